@@ -1,0 +1,36 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: the mewm authors
+# Finds every third-party dependency once, so module CMakeLists only link targets.
+
+# OpenVDB ships only a find module, under its own folder.
+list(APPEND CMAKE_MODULE_PATH /usr/lib/x86_64-linux-gnu/cmake/OpenVDB /usr/lib/cmake/OpenVDB)
+find_package(OpenVDB REQUIRED COMPONENTS openvdb)
+find_package(TBB REQUIRED)
+find_package(Eigen3 REQUIRED NO_MODULE)
+find_package(nlohmann_json REQUIRED)
+find_package(tomlplusplus REQUIRED)
+find_package(CLI11 REQUIRED)
+find_package(spdlog REQUIRED)
+find_package(PNG REQUIRED)
+find_package(ZLIB REQUIRED)
+find_package(Threads REQUIRED)
+
+# libnifti2-dev's CMake config points at a non-existent libznz path: find the pieces by hand.
+find_path(NIFTI_INCLUDE_DIR nifti2_io.h PATH_SUFFIXES nifti REQUIRED)
+find_library(NIFTI2_LIBRARY nifti2 REQUIRED)
+find_library(ZNZ_LIBRARY znz REQUIRED)
+if(NOT TARGET mewm_nifti)
+  add_library(mewm_nifti INTERFACE IMPORTED)
+  target_include_directories(mewm_nifti SYSTEM INTERFACE ${NIFTI_INCLUDE_DIR})
+  target_link_libraries(mewm_nifti INTERFACE ${NIFTI2_LIBRARY} ${ZNZ_LIBRARY} ZLIB::ZLIB m)
+endif()
+
+# libtorch: Debian's CPU build by default, or a CUDA build from Torch_DIR.
+if(MEWM_WITH_CUDA)
+  if(NOT Torch_DIR)
+    message(FATAL_ERROR "MEWM_WITH_CUDA=ON needs -DTorch_DIR=<cuda libtorch>/share/cmake/Torch")
+  endif()
+  set(CUDA_TOOLKIT_ROOT_DIR /usr/local/cuda CACHE PATH "CUDA toolkit")
+  enable_language(CUDA)
+endif()
+find_package(Torch REQUIRED)

@@ -1,0 +1,47 @@
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: the mewm authors
+
+# Warnings for mewm's own code; third-party headers come in as SYSTEM includes.
+function(mewm_set_warnings target)
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic -Wshadow=local
+                                           -Wnon-virtual-dtor -Wno-unused-parameter)
+  if(MEWM_WERROR)
+    target_compile_options(${target} PRIVATE -Werror)
+  endif()
+  if(MEWM_SANITIZE)
+    target_compile_options(${target} PRIVATE -fsanitize=address,undefined -fno-omit-frame-pointer
+                                             -fno-sanitize-recover=undefined)
+    target_link_options(${target} PRIVATE -fsanitize=address,undefined)
+  endif()
+endfunction()
+
+# mewm_add_module(<name> SOURCES ... [PUBLIC_DEPS ...] [PRIVATE_DEPS ...])
+# One static library per module, aliased mewm::<name>, with include/ public and src/ private.
+function(mewm_add_module name)
+  cmake_parse_arguments(ARG "" "" "SOURCES;PUBLIC_DEPS;PRIVATE_DEPS" ${ARGN})
+  add_library(mewm_${name} STATIC ${ARG_SOURCES})
+  add_library(mewm::${name} ALIAS mewm_${name})
+  target_include_directories(mewm_${name}
+    PUBLIC $<BUILD_INTERFACE:${CMAKE_CURRENT_SOURCE_DIR}/include>
+    PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/src)
+  target_link_libraries(mewm_${name} PUBLIC ${ARG_PUBLIC_DEPS} PRIVATE ${ARG_PRIVATE_DEPS})
+  set_target_properties(mewm_${name} PROPERTIES POSITION_INDEPENDENT_CODE ON)
+  mewm_set_warnings(mewm_${name})
+endfunction()
+
+# mewm_add_test(<name> SOURCES ... DEPS ... [LABELS ...])
+# One GoogleTest binary; every TEST is discovered as its own ctest entry.
+function(mewm_add_test name)
+  cmake_parse_arguments(ARG "" "" "SOURCES;DEPS;LABELS" ${ARGN})
+  add_executable(${name} ${ARG_SOURCES})
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest_main GTest::gmock)
+  target_compile_definitions(${name} PRIVATE
+    MEWM_TEST_DATA_DIR="${PROJECT_SOURCE_DIR}/tests/data"
+    MEWM_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
+  mewm_set_warnings(${name})
+  set(labels ${ARG_LABELS})
+  if(NOT labels)
+    set(labels unit)
+  endif()
+  gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES LABELS "${labels}" TIMEOUT 300)
+endfunction()

@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// Dense crops around a world point, and pasting them back; HU windowing to the [-1, 1] range
+// that the networks see.
+#pragma once
+
+#include <Eigen/Core>
+
+#include "mewm/core/dense.h"
+#include "mewm/core/expected.h"
+#include "mewm/core/volume.h"
+
+namespace mewm {
+
+/// A crop lattice: `size` voxels of `spacing_mm` along the source volume's axes (its direction),
+/// centred on `center_world` (LPS mm). The centre lies at continuous index (size - 1) / 2.
+struct CropSpec {
+  Eigen::Vector3d center_world = Eigen::Vector3d::Zero();
+  Index3 size{64, 64, 64};
+  Eigen::Vector3d spacing_mm = Eigen::Vector3d::Constant(1.5);
+};
+
+/// Geometry of the crop lattice for a volume of geometry `source`.
+Geometry CropGeometry(const Geometry& source, const CropSpec& spec);
+
+/// Trilinear resampling of CT into the crop; outside the volume reads as background (-1000).
+Expected<DenseFloat> ExtractCrop(const Volume& volume, const CropSpec& spec);
+/// Nearest-neighbour resampling of labels into the crop; outside reads as 0.
+Expected<DenseLabel> ExtractCrop(const LabelVolume& labels, const CropSpec& spec);
+
+/// Blends `crop` into `volume`: v = w * crop + (1 - w) * v for every voxel of the volume whose
+/// centre falls inside the crop lattice, with crop and weight sampled trilinearly. `weight` has the
+/// crop's dims, values in [0, 1]. Voxels that end at the background become inactive.
+/// kMismatch when the weight's dims differ from the crop's.
+Status PasteCrop(Volume& volume, const DenseFloat& crop, const DenseFloat& weight);
+/// Labels: where the (nearest) weight is >= 0.5 the crop's label replaces the volume's.
+Status PasteCrop(LabelVolume& labels, const DenseLabel& crop, const DenseFloat& weight);
+
+/// An intensity window in HU. The default [-175, 600] follows MeWM.
+struct HuWindow {
+  float lo = -175.0f;
+  float hi = 600.0f;
+
+  /// Maps [lo, hi] linearly to [-1, 1], clamping outside.
+  float ToUnit(float hu) const;
+  /// Inverse of ToUnit on [-1, 1] (values outside are clamped first).
+  float FromUnit(float u) const;
+  Status Validate() const;
+};
+
+/// Applies the window in place.
+void WindowToUnit(DenseFloat& image, const HuWindow& window);
+void UnitToHu(DenseFloat& image, const HuWindow& window);
+
+}  // namespace mewm

@@ -1,0 +1,227 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "mewm/core/crop.h"
+
+#include <openvdb/tools/Interpolation.h>
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace mewm {
+namespace {
+
+/// An affine map between two index spaces: to = linear * from + offset.
+struct IndexMap {
+  Eigen::Matrix3d linear;
+  Eigen::Vector3d offset;
+  Eigen::Vector3d operator()(const Eigen::Vector3d& from) const { return linear * from + offset; }
+};
+
+/// Maps `from`'s index space to `to`'s index space through world coordinates.
+IndexMap MapBetween(const Geometry& from, const Geometry& to) {
+  const Eigen::Matrix3d to_world = from.direction * from.spacing.asDiagonal();
+  const Eigen::Matrix3d world_to =
+      to.spacing.cwiseInverse().asDiagonal() * to.direction.transpose();
+  return {world_to * to_world, world_to * (from.origin - to.origin)};
+}
+
+Status ValidateSpec(const CropSpec& spec) {
+  for (int a = 0; a < 3; ++a) {
+    if (spec.size[a] <= 0 || spec.size[a] > 4096) {
+      return MakeError(ErrorCode::kInvalidArgument, "crop size must be in [1, 4096] per axis");
+    }
+    if (!(spec.spacing_mm[a] > 0.0) || !std::isfinite(spec.spacing_mm[a])) {
+      return MakeError(ErrorCode::kInvalidArgument, "crop spacing must be finite and > 0 mm");
+    }
+  }
+  if (!spec.center_world.allFinite()) {
+    return MakeError(ErrorCode::kInvalidArgument, "crop centre must be finite");
+  }
+  return {};
+}
+
+template <typename VolumeT, typename Sampler>
+DenseVolume<typename VolumeT::ValueType> Resample(const VolumeT& volume, const CropSpec& spec) {
+  using ValueT = typename VolumeT::ValueType;
+  DenseVolume<ValueT> crop(spec.size, CropGeometry(volume.geometry(), spec), VolumeT::Background());
+  const IndexMap map = MapBetween(crop.geometry, volume.geometry());
+  tbb::parallel_for(tbb::blocked_range<std::int64_t>(0, crop.dims[2]),
+                    [&](const tbb::blocked_range<std::int64_t>& range) {
+                      auto accessor = volume.grid().getConstAccessor();
+                      for (std::int64_t k = range.begin(); k != range.end(); ++k) {
+                        for (std::int64_t j = 0; j < crop.dims[1]; ++j) {
+                          for (std::int64_t i = 0; i < crop.dims[0]; ++i) {
+                            const Eigen::Vector3d v = map(Eigen::Vector3d(double(i), double(j), double(k)));
+                            crop.at(i, j, k) = static_cast<ValueT>(
+                                Sampler::sample(accessor, openvdb::Vec3R(v[0], v[1], v[2])));
+                          }
+                        }
+                      }
+                    });
+  return crop;
+}
+
+/// Trilinear sample of a dense array at a continuous index, clamped to its edges.
+float SampleDense(const DenseFloat& dense, const Eigen::Vector3d& c) {
+  std::int64_t lo[3];
+  double t[3];
+  for (int a = 0; a < 3; ++a) {
+    const double x = std::clamp(c[a], 0.0, double(dense.dims[a] - 1));
+    lo[a] = std::min<std::int64_t>(static_cast<std::int64_t>(std::floor(x)), dense.dims[a] - 1);
+    t[a] = x - double(lo[a]);
+  }
+  const std::int64_t hi[3] = {std::min(lo[0] + 1, dense.dims[0] - 1),
+                              std::min(lo[1] + 1, dense.dims[1] - 1),
+                              std::min(lo[2] + 1, dense.dims[2] - 1)};
+  double result = 0.0;
+  for (int corner = 0; corner < 8; ++corner) {
+    const std::int64_t i = (corner & 1) ? hi[0] : lo[0];
+    const std::int64_t j = (corner & 2) ? hi[1] : lo[1];
+    const std::int64_t k = (corner & 4) ? hi[2] : lo[2];
+    const double w = ((corner & 1) ? t[0] : 1 - t[0]) * ((corner & 2) ? t[1] : 1 - t[1]) *
+                     ((corner & 4) ? t[2] : 1 - t[2]);
+    if (w != 0.0) result += w * double(dense.at(i, j, k));
+  }
+  return float(result);
+}
+
+/// Calls fn(i, j, k, crop_index) for every volume voxel whose centre lies inside the crop lattice.
+template <typename Fn>
+void ForEachCoveredVoxel(const Geometry& volume_geometry, const Geometry& crop_geometry,
+                         const Index3& crop_dims, Fn&& fn) {
+  const IndexMap crop_to_volume = MapBetween(crop_geometry, volume_geometry);
+  const IndexMap volume_to_crop = MapBetween(volume_geometry, crop_geometry);
+  Eigen::Vector3d lo = Eigen::Vector3d::Constant(1e300), hi = -lo;
+  for (int corner = 0; corner < 8; ++corner) {
+    const Eigen::Vector3d c((corner & 1) ? double(crop_dims[0] - 1) : 0.0,
+                            (corner & 2) ? double(crop_dims[1] - 1) : 0.0,
+                            (corner & 4) ? double(crop_dims[2] - 1) : 0.0);
+    const Eigen::Vector3d v = crop_to_volume(c);
+    lo = lo.cwiseMin(v);
+    hi = hi.cwiseMax(v);
+  }
+  constexpr double kEps = 1e-6;
+  for (auto k = std::int64_t(std::ceil(lo[2] - kEps)); k <= std::int64_t(std::floor(hi[2] + kEps)); ++k) {
+    for (auto j = std::int64_t(std::ceil(lo[1] - kEps)); j <= std::int64_t(std::floor(hi[1] + kEps)); ++j) {
+      for (auto i = std::int64_t(std::ceil(lo[0] - kEps)); i <= std::int64_t(std::floor(hi[0] + kEps)); ++i) {
+        const Eigen::Vector3d c = volume_to_crop(Eigen::Vector3d(double(i), double(j), double(k)));
+        bool inside = true;
+        for (int a = 0; a < 3; ++a) {
+          inside = inside && c[a] >= -kEps && c[a] <= double(crop_dims[a] - 1) + kEps;
+        }
+        if (inside) fn(i, j, k, c);
+      }
+    }
+  }
+}
+
+template <typename T>
+Status CheckPasteInputs(const DenseVolume<T>& crop, const DenseFloat& weight) {
+  if (crop.dims != weight.dims) {
+    return MakeError(ErrorCode::kMismatch, "paste weight dims differ from the crop's dims");
+  }
+  if (crop.data.size() != static_cast<std::size_t>(crop.dims[0] * crop.dims[1] * crop.dims[2]) ||
+      crop.data.empty()) {
+    return MakeError(ErrorCode::kInvalidArgument, "crop data size does not match its dims");
+  }
+  MEWM_RETURN_IF_ERROR(crop.geometry.Validate());
+  for (float w : weight.data) {
+    if (!(w >= 0.0f && w <= 1.0f)) {
+      return MakeError(ErrorCode::kInvalidArgument, "paste weights must lie in [0, 1]");
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
+Geometry CropGeometry(const Geometry& source, const CropSpec& spec) {
+  Geometry g;
+  g.direction = source.direction;
+  g.spacing = spec.spacing_mm;
+  const Eigen::Vector3d half((spec.size[0] - 1) / 2.0, (spec.size[1] - 1) / 2.0,
+                             (spec.size[2] - 1) / 2.0);
+  g.origin = spec.center_world - g.direction * g.spacing.cwiseProduct(half);
+  return g;
+}
+
+Expected<DenseFloat> ExtractCrop(const Volume& volume, const CropSpec& spec) {
+  MEWM_RETURN_IF_ERROR(ValidateSpec(spec));
+  return Resample<Volume, openvdb::tools::BoxSampler>(volume, spec);
+}
+
+Expected<DenseLabel> ExtractCrop(const LabelVolume& labels, const CropSpec& spec) {
+  MEWM_RETURN_IF_ERROR(ValidateSpec(spec));
+  return Resample<LabelVolume, openvdb::tools::PointSampler>(labels, spec);
+}
+
+Status PasteCrop(Volume& volume, const DenseFloat& crop, const DenseFloat& weight) {
+  MEWM_RETURN_IF_ERROR(CheckPasteInputs(crop, weight));
+  for (float v : crop.data) {
+    if (!std::isfinite(v)) return MakeError(ErrorCode::kInvalidArgument, "crop has non-finite values");
+  }
+  auto accessor = volume.grid().getAccessor();
+  const float background = Volume::Background();
+  ForEachCoveredVoxel(volume.geometry(), crop.geometry, crop.dims,
+                      [&](std::int64_t i, std::int64_t j, std::int64_t k, const Eigen::Vector3d& c) {
+                        const float w = SampleDense(weight, c);
+                        if (w <= 0.0f) return;
+                        const openvdb::Coord ijk{int(i), int(j), int(k)};
+                        const float old = accessor.getValue(ijk);
+                        const float blended = w * SampleDense(crop, c) + (1.0f - w) * old;
+                        if (blended == background) {
+                          accessor.setValueOff(ijk, background);
+                        } else {
+                          accessor.setValueOn(ijk, blended);
+                        }
+                      });
+  return {};
+}
+
+Status PasteCrop(LabelVolume& labels, const DenseLabel& crop, const DenseFloat& weight) {
+  MEWM_RETURN_IF_ERROR(CheckPasteInputs(crop, weight));
+  auto accessor = labels.grid().getAccessor();
+  ForEachCoveredVoxel(labels.geometry(), crop.geometry, crop.dims,
+                      [&](std::int64_t i, std::int64_t j, std::int64_t k, const Eigen::Vector3d& c) {
+                        const auto ci = std::llround(c[0]), cj = std::llround(c[1]), ck = std::llround(c[2]);
+                        if (weight.at(ci, cj, ck) < 0.5f) return;
+                        const openvdb::Coord ijk{int(i), int(j), int(k)};
+                        const std::int32_t label = crop.at(ci, cj, ck);
+                        if (label == 0) {
+                          accessor.setValueOff(ijk, 0);
+                        } else {
+                          accessor.setValueOn(ijk, label);
+                        }
+                      });
+  return {};
+}
+
+float HuWindow::ToUnit(float hu) const {
+  const float u = 2.0f * (hu - lo) / (hi - lo) - 1.0f;
+  return std::clamp(u, -1.0f, 1.0f);
+}
+
+float HuWindow::FromUnit(float u) const {
+  return lo + (std::clamp(u, -1.0f, 1.0f) + 1.0f) * 0.5f * (hi - lo);
+}
+
+Status HuWindow::Validate() const {
+  if (!std::isfinite(lo) || !std::isfinite(hi) || !(hi > lo)) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "HU window must have finite lo < hi (got " + std::to_string(lo) + ", " +
+                         std::to_string(hi) + ")");
+  }
+  return {};
+}
+
+void WindowToUnit(DenseFloat& image, const HuWindow& window) {
+  for (float& v : image.data) v = window.ToUnit(v);
+}
+
+void UnitToHu(DenseFloat& image, const HuWindow& window) {
+  for (float& v : image.data) v = window.FromUnit(v);
+}
+
+}  // namespace mewm

@@ -1,0 +1,213 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "mewm/torch/bridge.h"
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <map>
+#include <thread>
+
+#include "mewm/core/file_util.h"
+
+namespace mewm::torch_bridge {
+namespace {
+
+constexpr const char* kConfigKey = "mewm.config";
+constexpr const char* kMetadataKey = "mewm.metadata";
+constexpr const char* kFormatKey = "mewm.format";
+constexpr std::int64_t kFormatVersion = 1;
+constexpr const char* kTensorPrefix = "t.";
+
+std::string ShortJson(const nlohmann::json& j) {
+  std::string s = j.dump();
+  return s.size() > 80 ? s.substr(0, 77) + "..." : s;
+}
+
+Expected<nlohmann::json> ParseJson(const std::string& text, const std::string& what) {
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    return MakeError(ErrorCode::kParse, what + " is not valid JSON: " + e.what());
+  }
+}
+
+Expected<torch::serialize::InputArchive> OpenArchive(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    return MakeError(ErrorCode::kNotFound, "checkpoint '" + path + "' does not exist");
+  }
+  torch::serialize::InputArchive archive;
+  try {
+    archive.load_from(path, torch::Device(torch::kCPU));
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kCorruptData,
+                     "checkpoint '" + path + "' is not a readable torch archive: " +
+                         std::string(e.what()).substr(0, 200));
+  }
+  return archive;
+}
+
+Expected<CheckpointInfo> ReadInfo(torch::serialize::InputArchive& archive, const std::string& path) {
+  c10::IValue format, config, metadata;
+  if (!archive.try_read(kFormatKey, format) || !format.isInt() ||
+      !archive.try_read(kConfigKey, config) || !config.isString() ||
+      !archive.try_read(kMetadataKey, metadata) || !metadata.isString()) {
+    return MakeError(ErrorCode::kCorruptData,
+                     "'" + path + "' is a torch archive but not a mewm checkpoint (no mewm.config)");
+  }
+  if (format.toInt() != kFormatVersion) {
+    return MakeError(ErrorCode::kUnsupported, "checkpoint '" + path + "' has format version " +
+                                                  std::to_string(format.toInt()) + ", expected " +
+                                                  std::to_string(kFormatVersion));
+  }
+  return CheckpointInfo{config.toStringRef(), metadata.toStringRef()};
+}
+
+/// Every parameter and buffer, by dotted name.
+std::map<std::string, torch::Tensor> NamedState(const torch::nn::Module& module) {
+  std::map<std::string, torch::Tensor> state;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) state[item.key()] = item.value();
+  for (const auto& item : module.named_buffers(/*recurse=*/true)) state[item.key()] = item.value();
+  return state;
+}
+
+std::string ShapeString(const torch::Tensor& t) {
+  std::string s = "[";
+  for (int64_t d = 0; d < t.dim(); ++d) s += (d ? "," : "") + std::to_string(t.size(d));
+  return s + "]";
+}
+
+}  // namespace
+
+Expected<torch::Device> ResolveDevice(const DeviceSpec& spec) {
+  if (spec.kind == DeviceSpec::Kind::kCpu) return torch::Device(torch::kCPU);
+  if (!torch::cuda::is_available()) {
+    return MakeError(ErrorCode::kUnsupported,
+                     "device '" + spec.ToString() +
+                         "' requested, but this libtorch build has no usable CUDA (rebuild with "
+                         "MEWM_WITH_CUDA=ON and a CUDA libtorch; see docs/BUILDING.md), or use cpu");
+  }
+  const auto count = static_cast<int>(torch::cuda::device_count());
+  if (spec.index >= count) {
+    return MakeError(ErrorCode::kInvalidArgument, "device '" + spec.ToString() + "' does not exist (" +
+                                                      std::to_string(count) + " CUDA devices)");
+  }
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(spec.index));
+}
+
+Expected<torch::Device> ResolveDevice(const std::string& text) {
+  MEWM_TRY(const DeviceSpec spec, ParseDevice(text));
+  return ResolveDevice(spec);
+}
+
+void ConfigureThreads(int threads) {
+  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(threads);
+}
+
+torch::Tensor ToTensor(const DenseFloat& dense, const torch::Device& device) {
+  auto cpu = torch::from_blob(const_cast<float*>(dense.data.data()),
+                              {dense.dims[2], dense.dims[1], dense.dims[0]}, torch::kFloat32);
+  return cpu.to(device, /*non_blocking=*/false, /*copy=*/true);
+}
+
+torch::Tensor MaskToTensor(const DenseLabel& labels, std::int32_t label, const torch::Device& device) {
+  torch::Tensor mask = torch::empty({labels.dims[2], labels.dims[1], labels.dims[0]}, torch::kFloat32);
+  float* out = mask.data_ptr<float>();
+  for (std::size_t n = 0; n < labels.data.size(); ++n) {
+    const std::int32_t v = labels.data[n];
+    out[n] = (label == 0 ? v != 0 : v == label) ? 1.0f : 0.0f;
+  }
+  return mask.to(device);
+}
+
+Expected<DenseFloat> FromTensor(const torch::Tensor& tensor, const Geometry& geometry) {
+  torch::Tensor t = tensor.detach();
+  while (t.dim() > 3 && t.size(0) == 1) t = t.squeeze(0);
+  if (t.dim() != 3) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "expected a [D, H, W] tensor, got shape " + ShapeString(tensor));
+  }
+  t = t.to(torch::kCPU, torch::kFloat32).contiguous();
+  if (!torch::isfinite(t).all().item<bool>()) {
+    return MakeError(ErrorCode::kCorruptData, "tensor has NaN or Inf values");
+  }
+  DenseFloat dense({t.size(2), t.size(1), t.size(0)}, geometry);
+  std::memcpy(dense.data.data(), t.data_ptr<float>(), dense.data.size() * sizeof(float));
+  return dense;
+}
+
+Status SaveCheckpoint(const std::string& path, const torch::nn::Module& module,
+                      const CheckpointInfo& info) {
+  MEWM_RETURN_IF_ERROR(ParseJson(info.config_json, "checkpoint config"));
+  MEWM_RETURN_IF_ERROR(ParseJson(info.metadata_json, "checkpoint metadata"));
+  return WriteAtomically(path, [&](const std::string& temp) -> Status {
+    try {
+      torch::serialize::OutputArchive archive;
+      archive.write(kFormatKey, c10::IValue(kFormatVersion));
+      archive.write(kConfigKey, c10::IValue(info.config_json));
+      archive.write(kMetadataKey, c10::IValue(info.metadata_json));
+      for (const auto& [name, tensor] : NamedState(module)) {
+        archive.write(kTensorPrefix + name, tensor.detach().to(torch::kCPU));
+      }
+      archive.save_to(temp);
+    } catch (const std::exception& e) {
+      return MakeError(ErrorCode::kIo, "cannot write checkpoint '" + path + "': " + e.what());
+    }
+    return {};
+  });
+}
+
+Expected<CheckpointInfo> ReadCheckpointInfo(const std::string& path) {
+  MEWM_TRY(auto archive, OpenArchive(path));
+  return ReadInfo(archive, path);
+}
+
+Expected<CheckpointInfo> LoadCheckpoint(const std::string& path, torch::nn::Module& module,
+                                        const std::string& expected_config_json) {
+  MEWM_TRY(auto archive, OpenArchive(path));
+  MEWM_TRY(CheckpointInfo info, ReadInfo(archive, path));
+  MEWM_TRY(const nlohmann::json stored, ParseJson(info.config_json, "config in '" + path + "'"));
+  MEWM_TRY(const nlohmann::json expected, ParseJson(expected_config_json, "expected config"));
+  if (stored != expected) {
+    std::string diff;
+    if (stored.is_object() && expected.is_object()) {
+      for (const auto& [key, value] : expected.items()) {
+        if (!stored.contains(key)) {
+          diff += "\n  " + key + ": missing in checkpoint, model expects " + ShortJson(value);
+        } else if (stored[key] != value) {
+          diff += "\n  " + key + ": checkpoint has " + ShortJson(stored[key]) + ", model expects " +
+                  ShortJson(value);
+        }
+      }
+      for (const auto& [key, value] : stored.items()) {
+        if (!expected.contains(key)) diff += "\n  " + key + ": only in checkpoint (" + ShortJson(value) + ")";
+      }
+    } else {
+      diff = "\n  checkpoint " + ShortJson(stored) + " vs model " + ShortJson(expected);
+    }
+    return MakeError(ErrorCode::kMismatch,
+                     "checkpoint '" + path + "' was saved for another model config:" + diff);
+  }
+  // Read and check every tensor before touching the module, so a failure changes nothing.
+  auto state = NamedState(module);
+  std::map<std::string, torch::Tensor> loaded;
+  for (const auto& [name, tensor] : state) {
+    torch::Tensor value;
+    if (!archive.try_read(kTensorPrefix + name, value)) {
+      return MakeError(ErrorCode::kMismatch, "checkpoint '" + path + "' has no tensor '" + name + "'");
+    }
+    if (value.sizes() != tensor.sizes()) {
+      return MakeError(ErrorCode::kMismatch, "checkpoint '" + path + "': tensor '" + name +
+                                                 "' has shape " + ShapeString(value) +
+                                                 ", the model expects " + ShapeString(tensor));
+    }
+    loaded[name] = value;
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& [name, tensor] : state) tensor.copy_(loaded[name]);
+  return info;
+}
+
+}  // namespace mewm::torch_bridge

@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "mewm/core/render.h"
+
+#include <gtest/gtest.h>
+
+#include "mewm/core/file_util.h"
+#include "test_env.h"
+
+namespace mewm {
+namespace {
+
+class RenderTest : public testing::VdbTest {
+ protected:
+  void SetUp() override {
+    Geometry g;
+    g.spacing = Eigen::Vector3d(1.0, 1.0, 2.0);
+    DenseFloat ct({8, 6, 4}, g, -1000.0f);
+    DenseLabel tumor({8, 6, 4}, g, 0);
+    for (int k = 0; k < 4; ++k)
+      for (int j = 0; j < 6; ++j)
+        for (int i = 0; i < 8; ++i) ct.at(i, j, k) = i < 4 ? -175.0f : 600.0f;
+    tumor.at(6, 1, 2) = 1;
+    ct_ = *Volume::FromDense(ct, "ct");
+    tumor_ = *LabelVolume::FromDense(tumor, "tumor");
+  }
+  std::optional<Volume> ct_;
+  std::optional<LabelVolume> tumor_;
+  testing::TempDir dir_;
+};
+
+TEST_F(RenderTest, AxialSliceIsWindowedWithRightOnTheLeft) {
+  SliceSpec spec;
+  spec.index = 2;
+  auto image = RenderSlice(*ct_, spec);
+  ASSERT_TRUE(image);
+  EXPECT_EQ(image->width, 8);
+  EXPECT_EQ(image->height, 6);
+  EXPECT_EQ(image->pixels[0], 0);                  // low i (patient right) at the image left: -175 HU
+  EXPECT_EQ(image->pixels[(7) * 3], 255);          // high i: 600 HU
+}
+
+TEST_F(RenderTest, CoronalSliceIsStretchedToSquareMillimetres) {
+  SliceSpec spec;
+  spec.plane = SlicePlane::kCoronal;
+  auto image = RenderSlice(*ct_, spec);
+  ASSERT_TRUE(image);
+  EXPECT_EQ(image->width, 8);
+  EXPECT_EQ(image->height, 8);  // 4 slices of 2 mm shown as 8 pixels of 1 mm
+}
+
+TEST_F(RenderTest, OverlayTintsLabelledPixels) {
+  SliceSpec spec;
+  spec.index = 2;
+  auto image = RenderSlice(*ct_, spec, &*tumor_);
+  ASSERT_TRUE(image);
+  const std::uint8_t* px = &image->pixels[(1 * 8 + 6) * 3];
+  EXPECT_GT(px[0], px[1]);  // red tint over white
+  const std::uint8_t* plain = &image->pixels[(1 * 8 + 5) * 3];
+  EXPECT_EQ(plain[0], plain[1]);
+}
+
+TEST_F(RenderTest, PngRoundTrips) {
+  auto image = RenderSlice(*ct_, SliceSpec{});
+  ASSERT_TRUE(image);
+  const std::string path = dir_.File("s.png");
+  ASSERT_TRUE(WritePng(path, *image));
+  auto back = ReadPng(path);
+  ASSERT_TRUE(back) << back.error().ToString();
+  EXPECT_EQ(back->width, image->width);
+  EXPECT_EQ(back->pixels, image->pixels);
+}
+
+TEST_F(RenderTest, ErrorsForBadIndexPlaneOverlayAndFiles) {
+  SliceSpec spec;
+  spec.index = 4;
+  auto r = RenderSlice(*ct_, spec);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("outside [0, 3]"), std::string::npos);
+  EXPECT_FALSE(ParseSlicePlane("oblique"));
+  LabelVolume other(Geometry::Isotropic(3.0), {8, 6, 4}, "x");
+  EXPECT_FALSE(RenderSlice(*ct_, SliceSpec{}, &other));
+  spec = SliceSpec{};
+  spec.window = HuWindow{10, 10};
+  EXPECT_FALSE(RenderSlice(*ct_, spec));
+  ASSERT_TRUE(WriteFileAtomic(dir_.File("bad.png"), "not a png"));
+  auto bad = ReadPng(dir_.File("bad.png"));
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code, ErrorCode::kCorruptData);
+  EXPECT_FALSE(WritePng(dir_.File("missing/x.png"), *RenderSlice(*ct_, SliceSpec{})));
+}
+
+}  // namespace
+}  // namespace mewm

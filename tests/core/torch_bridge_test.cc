@@ -1,0 +1,115 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "mewm/torch/bridge.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "mewm/core/file_util.h"
+#include "test_env.h"
+
+namespace mewm::torch_bridge {
+namespace {
+
+struct TinyNetImpl : torch::nn::Module {
+  explicit TinyNetImpl(int channels) {
+    conv = register_module("conv", torch::nn::Conv3d(torch::nn::Conv3dOptions(1, channels, 3)));
+    norm = register_module("norm", torch::nn::BatchNorm3d(channels));
+  }
+  torch::nn::Conv3d conv{nullptr};
+  torch::nn::BatchNorm3d norm{nullptr};
+};
+TORCH_MODULE(TinyNet);
+
+// One process per test case costs ~0.7 s of libtorch start-up, so cases are grouped.
+
+TEST(TorchBridgeTest, DevicesResolveOrFailClearly) {
+  auto cpu = ResolveDevice("cpu");
+  ASSERT_TRUE(cpu);
+  EXPECT_TRUE(cpu->is_cpu());
+  EXPECT_FALSE(ResolveDevice("tpu"));
+  auto cuda = ResolveDevice("cuda:0");
+  if (torch::cuda::is_available()) {
+    ASSERT_TRUE(cuda);
+    EXPECT_TRUE(cuda->is_cuda());
+    EXPECT_FALSE(ResolveDevice("cuda:64"));
+  } else {
+    ASSERT_FALSE(cuda);
+    EXPECT_EQ(cuda.error().code, ErrorCode::kUnsupported);
+    EXPECT_NE(cuda.error().message.find("no usable CUDA"), std::string::npos);
+  }
+}
+
+TEST(TorchBridgeTest, DenseTensorRoundTripKeepsLayoutAndGeometry) {
+  Geometry g = Geometry::Isotropic(1.5, {1, 2, 3});
+  DenseFloat d({4, 3, 2}, g);
+  for (std::size_t n = 0; n < d.data.size(); ++n) d.data[n] = float(n);
+  torch::Tensor t = ToTensor(d);
+  ASSERT_EQ(t.sizes(), (std::vector<int64_t>{2, 3, 4}));
+  EXPECT_EQ(t[1][2][3].item<float>(), d.at(3, 2, 1));
+  auto back = FromTensor(t.unsqueeze(0).unsqueeze(0), g);
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->data, d.data);
+  EXPECT_EQ(back->dims, d.dims);
+
+  DenseLabel labels({2, 2, 1}, g, 0);
+  labels.at(1, 0, 0) = 2;
+  labels.at(0, 1, 0) = 1;
+  EXPECT_EQ(MaskToTensor(labels).sum().item<float>(), 2.0f);
+  EXPECT_EQ(MaskToTensor(labels, 2).sum().item<float>(), 1.0f);
+
+  EXPECT_FALSE(FromTensor(torch::zeros({2, 2}), g));
+  auto nan = FromTensor(torch::full({2, 2, 2}, NAN), g);
+  ASSERT_FALSE(nan);
+  EXPECT_EQ(nan.error().code, ErrorCode::kCorruptData);
+}
+
+TEST(TorchBridgeTest, CheckpointRoundTripAndEveryRefusal) {
+  testing::TempDir dir;
+  const std::string path = dir.File("tiny.pt");
+  const std::string config = R"({"channels": 4, "kind": "tiny"})";
+  TinyNet saved(4);
+  ASSERT_TRUE(SaveCheckpoint(path, *saved, {config, R"({"seed": 1})"}));
+
+  TinyNet loaded(4);
+  auto info = LoadCheckpoint(path, *loaded, R"({"kind": "tiny", "channels": 4})");
+  ASSERT_TRUE(info) << info.error().ToString();
+  EXPECT_EQ(info->metadata_json, R"({"seed": 1})");
+  EXPECT_TRUE(torch::equal(saved->conv->weight, loaded->conv->weight));
+  EXPECT_TRUE(torch::equal(saved->norm->running_var, loaded->norm->running_var));
+
+  // Another config: refused, naming the key, and the weights stay as they were.
+  TinyNet other(4);
+  const torch::Tensor before = other->conv->weight.clone();
+  auto mismatch = LoadCheckpoint(path, *other, R"({"channels": 8, "kind": "tiny"})");
+  ASSERT_FALSE(mismatch);
+  EXPECT_EQ(mismatch.error().code, ErrorCode::kMismatch);
+  EXPECT_NE(mismatch.error().message.find("channels: checkpoint has 4, model expects 8"),
+            std::string::npos);
+  EXPECT_TRUE(torch::equal(before, other->conv->weight));
+
+  // Same config text but a differently shaped model: refused by shape.
+  TinyNet wide(8);
+  auto shape = LoadCheckpoint(path, *wide, config);
+  ASSERT_FALSE(shape);
+  EXPECT_NE(shape.error().message.find("shape"), std::string::npos);
+
+  auto missing = LoadCheckpoint(dir.File("none.pt"), *loaded, config);
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().code, ErrorCode::kNotFound);
+
+  ASSERT_TRUE(WriteFileAtomic(dir.File("bad.pt"), "garbage"));
+  auto corrupt = ReadCheckpointInfo(dir.File("bad.pt"));
+  ASSERT_FALSE(corrupt);
+  EXPECT_EQ(corrupt.error().code, ErrorCode::kCorruptData);
+
+  std::filesystem::copy_file(path, dir.File("cut.pt"));
+  testing::Truncate(dir.File("cut.pt"), std::filesystem::file_size(path) / 2);
+  EXPECT_FALSE(LoadCheckpoint(dir.File("cut.pt"), *loaded, config));
+
+  EXPECT_FALSE(SaveCheckpoint(dir.File("x.pt"), *saved, {"{not json", "{}"}));
+}
+
+}  // namespace
+}  // namespace mewm::torch_bridge

@@ -1,0 +1,139 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "mewm/core/vdb_io.h"
+
+#include <gtest/gtest.h>
+
+#include <Eigen/Geometry>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "mewm/core/file_util.h"
+#include "test_env.h"
+
+namespace mewm {
+namespace {
+
+class VdbIoTest : public testing::VdbTest {
+ protected:
+  static VolumeSet Patient() {
+    Geometry g;
+    g.spacing = Eigen::Vector3d(0.9, 0.9, 2.0);
+    g.origin = Eigen::Vector3d(-50, -60, 20);
+    g.direction = Eigen::AngleAxisd(0.25, Eigen::Vector3d(1, 2, 3).normalized()).toRotationMatrix();
+    DenseFloat ct({24, 20, 10}, g, -1000.0f);
+    DenseLabel tumor({24, 20, 10}, g, 0);
+    for (int k = 2; k < 8; ++k)
+      for (int j = 3; j < 17; ++j)
+        for (int i = 2; i < 22; ++i) {
+          ct.at(i, j, k) = 40.0f + 0.5f * float(i + j + k);
+          if (i > 8 && i < 13 && j > 8 && j < 12) tumor.at(i, j, k) = 1;
+        }
+    VolumeSet set;
+    set.metadata.patient_id = "P007";
+    set.metadata.provenance_json = R"({"generator":"test","seed":7})";
+    set.scalars.emplace("ct", *Volume::FromDense(ct, "ct"));
+    set.labels.emplace("tumor", *LabelVolume::FromDense(tumor, "tumor"));
+    return set;
+  }
+  testing::TempDir dir_;
+};
+
+TEST_F(VdbIoTest, RoundTripKeepsGridsGeometryValuesAndMetadata) {
+  const VolumeSet set = Patient();
+  const std::string path = dir_.File("p.vdb");
+  ASSERT_TRUE(WriteVdb(path, set));
+  auto back = ReadVdb(path);
+  ASSERT_TRUE(back) << back.error().ToString();
+  EXPECT_EQ(back->metadata.patient_id, "P007");
+  EXPECT_EQ(back->metadata.modality, "CT");
+  EXPECT_EQ(back->metadata.units, "HU");
+  EXPECT_EQ(back->metadata.provenance_json, set.metadata.provenance_json);
+  EXPECT_EQ(back->GridNames(), (std::vector<std::string>{"ct", "tumor"}));
+  auto ct = back->Scalar("ct");
+  ASSERT_TRUE(ct);
+  EXPECT_EQ(ct->extent(), (Index3{24, 20, 10}));
+  EXPECT_TRUE(ct->geometry().ApproxEquals(set.scalars.at("ct").geometry(), 1e-9));
+  EXPECT_EQ(ct->ToDense().data, set.scalars.at("ct").ToDense().data);
+  auto tumor = back->Label("tumor");
+  ASSERT_TRUE(tumor);
+  EXPECT_EQ(tumor->ToDense().data, set.labels.at("tumor").ToDense().data);
+}
+
+TEST_F(VdbIoTest, MissingGridNamesTheGridsThatExist) {
+  const std::string path = dir_.File("p.vdb");
+  ASSERT_TRUE(WriteVdb(path, Patient()));
+  auto back = ReadVdb(path);
+  ASSERT_TRUE(back);
+  auto liver = back->Label("liver");
+  ASSERT_FALSE(liver);
+  EXPECT_EQ(liver.error().code, ErrorCode::kNotFound);
+  EXPECT_NE(liver.error().message.find("'liver'"), std::string::npos);
+  EXPECT_NE(liver.error().message.find("ct, tumor"), std::string::npos);
+}
+
+TEST_F(VdbIoTest, StockVdbPrintListsTheGrids) {
+  if (std::system("command -v vdb_print >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "vdb_print (libopenvdb-tools) is not installed";
+  }
+  const std::string path = dir_.File("p.vdb");
+  ASSERT_TRUE(WriteVdb(path, Patient()));
+  const std::string out = dir_.File("print.txt");
+  ASSERT_EQ(std::system(("vdb_print " + path + " > " + out + " 2>&1").c_str()), 0);
+  auto text = ReadFile(out);
+  ASSERT_TRUE(text);
+  EXPECT_NE(text->find("ct"), std::string::npos);
+  EXPECT_NE(text->find("tumor"), std::string::npos);
+}
+
+TEST_F(VdbIoTest, MissingFileIsNotFound) {
+  auto r = ReadVdb(dir_.File("nope.vdb"));
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kNotFound);
+  EXPECT_NE(r.error().message.find("nope.vdb"), std::string::npos);
+}
+
+TEST_F(VdbIoTest, GarbageFileIsCorruptData) {
+  const std::string path = dir_.File("garbage.vdb");
+  ASSERT_TRUE(WriteFileAtomic(path, std::string(4096, 'x')));
+  auto r = ReadVdb(path);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kCorruptData);
+  EXPECT_NE(r.error().message.find("garbage.vdb"), std::string::npos);
+}
+
+TEST_F(VdbIoTest, TruncatedFilesFailCleanlyAtEveryCut) {
+  const std::string path = dir_.File("p.vdb");
+  ASSERT_TRUE(WriteVdb(path, Patient()));
+  const auto size = std::filesystem::file_size(path);
+  for (double fraction : {0.0, 0.05, 0.2, 0.5, 0.8, 0.95, 0.999}) {
+    const std::string cut = dir_.File("cut.vdb");
+    std::filesystem::copy_file(path, cut, std::filesystem::copy_options::overwrite_existing);
+    testing::Truncate(cut, std::uintmax_t(double(size) * fraction));
+    auto r = ReadVdb(cut);
+    EXPECT_FALSE(r) << "truncated at " << fraction;
+    if (!r) EXPECT_EQ(r.error().code, ErrorCode::kCorruptData);
+  }
+}
+
+TEST_F(VdbIoTest, WriteRejectsBadPathsAndLeavesNothingBehind) {
+  auto bad_ext = WriteVdb(dir_.File("p.nii"), Patient());
+  ASSERT_FALSE(bad_ext);
+  EXPECT_EQ(bad_ext.error().code, ErrorCode::kInvalidArgument);
+  auto no_dir = WriteVdb(dir_.File("missing/p.vdb"), Patient());
+  ASSERT_FALSE(no_dir);
+  EXPECT_EQ(no_dir.error().code, ErrorCode::kIo);
+  EXPECT_TRUE(std::filesystem::is_empty(dir_.path()));
+}
+
+TEST_F(VdbIoTest, DuplicateGridNameIsRejected) {
+  VolumeSet set = Patient();
+  set.labels.emplace("ct", set.labels.at("tumor"));
+  auto r = WriteVdb(dir_.File("p.vdb"), set);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("'ct' used twice"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace mewm

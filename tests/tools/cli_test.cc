@@ -1,0 +1,134 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// Runs the real `mewm` binary on real files and checks exit codes, outputs and messages.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+
+#include "../core/test_env.h"
+#include "mewm/core/nifti_io.h"
+#include "mewm/core/render.h"
+#include "mewm/core/vdb_io.h"
+
+namespace mewm {
+namespace {
+
+struct Result {
+  int code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+Result Run(const std::string& args) {
+  Result r;
+  const std::string command = std::string(MEWM_CLI) + " " + args + " 2>&1";
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) return r;
+  std::array<char, 4096> buffer{};
+  std::size_t n;
+  while ((n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0) r.output.append(buffer.data(), n);
+  const int status = ::pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+class CliTest : public testing::VdbTest {
+ protected:
+  void SetUp() override {
+    Geometry g;
+    g.spacing = Eigen::Vector3d(0.8, 0.8, 2.0);
+    g.origin = Eigen::Vector3d(-10, -20, 30);
+    DenseFloat ct({20, 18, 6}, g, -1000.0f);
+    DenseLabel tumor({20, 18, 6}, g, 0);
+    for (int k = 0; k < 6; ++k)
+      for (int j = 2; j < 16; ++j)
+        for (int i = 2; i < 18; ++i) {
+          ct.at(i, j, k) = 55.0f + float(i);
+          if (i > 8 && i < 12 && j > 7 && j < 11) tumor.at(i, j, k) = 1;
+        }
+    ct_path_ = dir_.File("ct.nii.gz");
+    tumor_path_ = dir_.File("tumor.nii.gz");
+    ASSERT_TRUE(WriteNifti(ct_path_, ct));
+    ASSERT_TRUE(WriteNiftiLabels(tumor_path_, tumor));
+  }
+  testing::TempDir dir_;
+  std::string ct_path_, tumor_path_;
+};
+
+TEST_F(CliTest, VersionAndHelp) {
+  const Result version = Run("--version");
+  EXPECT_EQ(version.code, 0);
+  EXPECT_NE(version.output.find("mewm 0."), std::string::npos);
+  for (const char* sub : {"inspect", "convert", "render", "bench"}) {
+    const Result help = Run(std::string(sub) + " --help");
+    EXPECT_EQ(help.code, 0) << sub;
+    EXPECT_NE(help.output.find("Usage"), std::string::npos) << sub;
+  }
+  EXPECT_NE(Run("frobnicate").code, 0);
+}
+
+TEST_F(CliTest, ConvertNiftiToVdbAndBackThenInspect) {
+  const std::string vdb = dir_.File("ct.vdb");
+  const std::string back = dir_.File("back.nii");
+  Result r = Run("convert " + ct_path_ + " " + vdb + " --patient-id P1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = Run("convert " + vdb + " " + back);
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto a = ReadNifti(ct_path_);
+  auto b = ReadNifti(back);
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->data, b->data);
+  EXPECT_TRUE(a->geometry.ApproxEquals(b->geometry, 1e-5));
+
+  r = Run("inspect " + vdb);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("grid 'ct'"), std::string::npos);
+  EXPECT_NE(r.output.find("patient 'P1'"), std::string::npos);
+  EXPECT_NE(r.output.find("[20,18,6]"), std::string::npos);
+  r = Run("inspect --json " + ct_path_);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("\"affine_ras\""), std::string::npos);
+}
+
+TEST_F(CliTest, RenderWithOverlayWritesAPng) {
+  const std::string png = dir_.File("slice.png");
+  const Result r = Run("render " + ct_path_ + " --plane axial --index 3 --window -175,600 --overlay " +
+                       tumor_path_ + " --out " + png);
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto image = ReadPng(png);
+  ASSERT_TRUE(image);
+  EXPECT_EQ(image->width, 20);
+}
+
+TEST_F(CliTest, ErrorsExitNonZeroAndNameTheFileAndProblem) {
+  Result r = Run("inspect " + dir_.File("missing.vdb"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("missing.vdb"), std::string::npos);
+  EXPECT_NE(r.output.find("does not exist"), std::string::npos);
+
+  r = Run("render " + ct_path_ + " --window 600 --out " + dir_.File("x.png"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("--window"), std::string::npos);
+
+  r = Run("render " + ct_path_ + " --index 99 --out " + dir_.File("x.png"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("outside"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("x.png")));
+
+  r = Run("convert " + ct_path_ + " " + dir_.File("out.mha"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("unknown image format"), std::string::npos);
+
+  std::filesystem::copy_file(ct_path_, dir_.File("cut.nii.gz"));
+  testing::Truncate(dir_.File("cut.nii.gz"), std::filesystem::file_size(ct_path_) / 2);
+  r = Run("convert " + dir_.File("cut.nii.gz") + " " + dir_.File("cut.vdb"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("cut.nii.gz"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("cut.vdb")));
+}
+
+}  // namespace
+}  // namespace mewm

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# SPDX-FileCopyrightText: the mewm authors
+#
+# One entry point for a fresh Debian 12 machine (run as root, or with sudo available):
+#   tools/dev.sh setup   install the Debian packages mewm needs (skips what is installed)
+#   tools/dev.sh build   setup, then configure and build (Release, -j2) into build/
+#   tools/dev.sh test    build, then run the test suite (ctest; MEWM_TEST_LABELS selects labels)
+#   tools/dev.sh demo    build, then run the main job; results land in out/demo/
+#   tools/dev.sh asan    build core with ASan+UBSan into build-asan/ and run the core tests
+#   tools/dev.sh bench   build, then run the benchmarks of docs/BENCHMARKS.md
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD="${MEWM_BUILD_DIR:-$ROOT/build}"
+JOBS="${MEWM_JOBS:-2}"
+
+PACKAGES=(
+  build-essential cmake ninja-build pkg-config ccache
+  libtorch-dev libopenblas0-pthread
+  libopenvdb-dev libopenvdb-tools libboost-iostreams-dev libtbb-dev
+  libzmq3-dev cppzmq-dev capnproto libcapnp-dev
+  libeigen3-dev libnifti2-dev zlib1g-dev libpng-dev
+  libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+)
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+setup() {
+  local missing=()
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+}
+
+configure_and_build() {
+  local dir="$1"; shift
+  local launcher=()
+  command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+  cmake -S "$ROOT" -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release "${launcher[@]}" "$@" >/dev/null
+  cmake --build "$dir" -j "$JOBS"
+}
+
+build() { setup; configure_and_build "$BUILD"; }
+
+run_tests() {
+  build
+  local args=(--test-dir "$BUILD" --output-on-failure -j "$JOBS" --timeout 600)
+  [ -n "${MEWM_TEST_LABELS:-}" ] && args+=(-L "$MEWM_TEST_LABELS")
+  [ -n "${MEWM_TEST_EXCLUDE:-}" ] && args+=(-LE "$MEWM_TEST_EXCLUDE")
+  ctest "${args[@]}"
+}
+
+demo() {
+  build
+  local out="$ROOT/out/demo" mewm="$BUILD/tools/mewm/mewm"
+  mkdir -p "$out"
+  # The most complete job the CLI has today: a CT phantom through every core format and view.
+  "$mewm" bench core --repeats 1 --keep "$out/phantom" --json "$out/bench.json"
+  "$mewm" convert "$out/phantom/phantom.nii.gz" "$out/phantom_roundtrip.vdb" --patient-id demo
+  "$mewm" inspect "$out/phantom_roundtrip.vdb"
+  "$mewm" render "$out/phantom_roundtrip.vdb" --plane axial --out "$out/axial.png"
+  "$mewm" render "$out/phantom_roundtrip.vdb" --plane coronal --out "$out/coronal.png"
+  echo "demo: results in $out"
+}
+
+asan() {
+  setup
+  configure_and_build "$ROOT/build-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMEWM_SANITIZE=ON
+  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    ctest --test-dir "$ROOT/build-asan" --output-on-failure -j "$JOBS" -L core -LE torch
+}
+
+bench() {
+  build
+  "$BUILD/tools/mewm/mewm" bench core --repeats 5
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  build) build ;;
+  test) run_tests ;;
+  demo) demo ;;
+  asan) asan ;;
+  bench) bench ;;
+  *) sed -n '5,12p' "$0"; exit 2 ;;
+esac

@@ -1,0 +1,156 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// `mewm bench core`: sizes and timings of the core volume operations on a CT-like phantom,
+// measured side by side in one run (docs/BENCHMARKS.md).
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <iomanip>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <thread>
+#include <unistd.h>
+
+#include "commands.h"
+#include "mewm/core/crop.h"
+#include "mewm/core/file_util.h"
+#include "mewm/core/nifti_io.h"
+#include "mewm/core/seed.h"
+#include "mewm/core/vdb_io.h"
+#include "mewm/core/version.h"
+
+namespace mewm::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+/// A 256x256x128 abdomen-like volume: an elliptic body (fat rim, muscle, liver, spine) in air.
+/// Air is exactly -1000 HU so it stays sparse; tissue carries 15 HU Gaussian noise.
+DenseFloat MakeBenchPhantom(const Index3& dims, std::uint64_t seed) {
+  Geometry g;
+  g.spacing = Eigen::Vector3d(1.5, 1.5, 2.5);
+  DenseFloat ct(dims, g, -1000.0f);
+  Rng rng(seed);
+  const double cx = dims[0] / 2.0, cy = dims[1] / 2.0;
+  for (std::int64_t k = 0; k < dims[2]; ++k) {
+    for (std::int64_t j = 0; j < dims[1]; ++j) {
+      for (std::int64_t i = 0; i < dims[0]; ++i) {
+        const double x = (i - cx) / (0.42 * dims[0]), y = (j - cy) / (0.32 * dims[1]);
+        const double r = x * x + y * y;
+        if (r > 1.0) continue;
+        double hu = r > 0.8 ? -100.0 : 40.0;                      // subcutaneous fat, muscle
+        const double lx = (i - 0.38 * dims[0]) / (0.2 * dims[0]);  // liver on the patient's right
+        const double ly = (j - 0.45 * dims[1]) / (0.16 * dims[1]);
+        if (lx * lx + ly * ly < 1.0) hu = 55.0;
+        const double sx = (i - cx) / 10.0, sy = (j - 0.72 * dims[1]) / 10.0;
+        if (sx * sx + sy * sy < 1.0) hu = 400.0;  // vertebral body
+        ct.at(i, j, k) = static_cast<float>(hu + rng.Normal(0.0, 15.0));
+      }
+    }
+  }
+  return ct;
+}
+
+template <typename Fn>
+double MedianMs(int repeats, Fn&& fn) {
+  std::vector<double> ms;
+  for (int r = 0; r < repeats; ++r) {
+    const auto t0 = Clock::now();
+    fn();
+    ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+int RunCoreBench(int repeats, const std::string& json_path, const std::string& keep_dir) {
+  const Index3 dims{256, 256, 128};
+  const DenseFloat dense = MakeBenchPhantom(dims, 7);
+  std::int64_t body_voxels = 0;
+  for (float v : dense.data) body_voxels += v != -1000.0f;
+
+  const fs::path dir = keep_dir.empty() ? fs::temp_directory_path() /
+                                              ("mewm-bench-" + std::to_string(::getpid()))
+                                        : fs::path(keep_dir);
+  fs::create_directories(dir);
+
+  Expected<Volume> volume = Volume::FromDense(dense, "ct");
+  if (!volume) return Fail(volume.error());
+  const double dense_to_grid = MedianMs(repeats, [&] { (void)Volume::FromDense(dense, "ct"); });
+  const double grid_to_dense = MedianMs(repeats, [&] { (void)volume->ToDense(); });
+
+  VolumeSet set;
+  set.metadata.patient_id = "bench";
+  set.scalars.emplace("ct", *volume);
+  const std::string vdb = (dir / "phantom.vdb").string();
+  const std::string nii = (dir / "phantom.nii").string();
+  const std::string niigz = (dir / "phantom.nii.gz").string();
+  Status ok;
+  const double write_vdb = MedianMs(repeats, [&] { ok = WriteVdb(vdb, set); });
+  if (!ok) return Fail(ok.error());
+  const double read_vdb = MedianMs(repeats, [&] { (void)ReadVdb(vdb); });
+  const double write_nii = MedianMs(repeats, [&] { ok = WriteNifti(nii, dense); });
+  if (!ok) return Fail(ok.error());
+  const double read_nii = MedianMs(repeats, [&] { (void)ReadNifti(nii); });
+  ok = WriteNifti(niigz, dense);
+  if (!ok) return Fail(ok.error());
+
+  const Eigen::Vector3d centre = dense.geometry.IndexToWorld(Eigen::Vector3d(98, 115, 64));
+  CropSpec mewm_crop{centre, {96, 96, 96}, Eigen::Vector3d::Constant(1.0)};
+  CropSpec cpu_crop{centre, {64, 64, 64}, Eigen::Vector3d::Constant(1.5)};
+  const double crop96 = MedianMs(repeats, [&] { (void)ExtractCrop(*volume, mewm_crop); });
+  const double crop64 = MedianMs(repeats, [&] { (void)ExtractCrop(*volume, cpu_crop); });
+
+  const double raw_bytes = double(dense.data.size() * sizeof(float));
+  const auto size_of = [](const std::string& p) { return double(fs::file_size(p)); };
+  nlohmann::json out = {
+      {"mewm_version", Version()},
+      {"volume", {{"dims", {dims[0], dims[1], dims[2]}}, {"body_fraction", double(body_voxels) / double(dense.data.size())}}},
+      {"threads", std::thread::hardware_concurrency()},
+      {"repeats", repeats},
+      {"bytes", {{"dense_float32", raw_bytes}, {"nii", size_of(nii)}, {"nii_gz", size_of(niigz)}, {"vdb", size_of(vdb)}}},
+      {"ms", {{"dense_to_grid", dense_to_grid}, {"grid_to_dense", grid_to_dense}, {"write_vdb", write_vdb},
+              {"read_vdb", read_vdb}, {"write_nii", write_nii}, {"read_nii", read_nii},
+              {"crop_96_1mm_trilinear", crop96}, {"crop_64_1p5mm_trilinear", crop64}}}};
+
+  std::cout << std::fixed << std::setprecision(1)
+            << "mewm bench core: 256x256x128 CT phantom, body " << 100.0 * body_voxels / double(dense.data.size())
+            << "% of voxels, median of " << repeats << "\n\n"
+            << "  file sizes (vs dense float32 " << raw_bytes / 1e6 << " MB)\n"
+            << "    .nii          " << std::setw(8) << size_of(nii) / 1e6 << " MB  " << size_of(nii) / raw_bytes << "x\n"
+            << std::setprecision(3)
+            << "    .nii.gz       " << std::setw(8) << size_of(niigz) / 1e6 << " MB  " << size_of(niigz) / raw_bytes << "x\n"
+            << "    .vdb          " << std::setw(8) << size_of(vdb) / 1e6 << " MB  " << size_of(vdb) / raw_bytes << "x\n"
+            << std::setprecision(1) << "\n  times (ms)\n"
+            << "    dense -> grid " << std::setw(8) << dense_to_grid << "\n"
+            << "    grid -> dense " << std::setw(8) << grid_to_dense << "\n"
+            << "    write .vdb    " << std::setw(8) << write_vdb << "   read .vdb " << read_vdb << "\n"
+            << "    write .nii    " << std::setw(8) << write_nii << "   read .nii " << read_nii << "\n"
+            << "    crop 96^3 @1mm   " << std::setw(5) << crop96 << "  (MeWM-size)\n"
+            << "    crop 64^3 @1.5mm " << std::setw(5) << crop64 << "  (CPU config)\n";
+  if (!json_path.empty()) {
+    if (auto w = WriteFileAtomic(json_path, out.dump(2) + "\n"); !w) return Fail(w.error());
+  }
+  if (keep_dir.empty()) fs::remove_all(dir);
+  return 0;
+}
+
+}  // namespace
+
+Action RegisterBench(CLI::App& app) {
+  auto repeats = std::make_shared<int>(5);
+  auto json_path = std::make_shared<std::string>();
+  auto keep = std::make_shared<std::string>();
+  auto* core = app.add_subcommand("core", "Volume IO, dense<->grid and crop timings");
+  core->add_option("--repeats", *repeats, "Repetitions per measurement (median reported)")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  core->add_option("--json", *json_path, "Also write the figures as JSON to this file");
+  core->add_option("--keep", *keep, "Keep the phantom files in this folder");
+  app.require_subcommand(1);
+  return [=]() -> int { return RunCoreBench(*repeats, *json_path, *keep); };
+}
+
+}  // namespace mewm::cli

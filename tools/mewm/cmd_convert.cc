@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "mewm/core/version.h"
+#include "mewm/core/volume_file.h"
+
+namespace mewm::cli {
+
+Action RegisterConvert(CLI::App& app) {
+  struct Options {
+    std::string in, out, grid, kind = "auto", patient;
+  };
+  auto o = std::make_shared<Options>();
+  app.add_option("IN", o->in, "Input .nii, .nii.gz or .vdb")->required();
+  app.add_option("OUT", o->out, "Output .nii, .nii.gz or .vdb")->required();
+  app.add_option("--grid", o->grid,
+                 "NIfTI input: name of the grid to create (default ct / label); "
+                 "NIfTI output: grid to write (default: the only grid)");
+  app.add_option("--kind", o->kind, "NIfTI input: read as ct, label or auto (by datatype)")
+      ->check(CLI::IsMember({"auto", "ct", "label"}))
+      ->capture_default_str();
+  app.add_option("--patient-id", o->patient, ".vdb output: patient id metadata");
+  return [o]() -> int {
+    const NiftiKind kind = o->kind == "ct"      ? NiftiKind::kScalar
+                           : o->kind == "label" ? NiftiKind::kLabel
+                                                : NiftiKind::kAuto;
+    const bool nifti_in = !IsVdbPath(o->in);
+    auto set = ReadVolumeFile(o->in, kind, nifti_in ? o->grid : "");
+    if (!set) return Fail(set.error());
+    if (!o->patient.empty()) set->metadata.patient_id = o->patient;
+    set->metadata.provenance_json =
+        nlohmann::json{{"tool", "mewm convert"}, {"version", Version()}, {"source", o->in}}.dump();
+    if (auto written = WriteVolumeFile(o->out, *set, nifti_in ? "" : o->grid); !written) {
+      return Fail(written.error());
+    }
+    std::cout << "wrote " << o->out << "\n";
+    return 0;
+  };
+}
+
+}  // namespace mewm::cli

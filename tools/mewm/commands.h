@@ -1,0 +1,25 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// Each subcommand registers its flags on the CLI11 app and returns the function that runs it. The
+// functions return an exit code; they print errors themselves (file and problem named).
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+
+#include "mewm/core/expected.h"
+
+namespace mewm::cli {
+
+using Action = std::function<int()>;
+
+Action RegisterInspect(CLI::App& app);
+Action RegisterConvert(CLI::App& app);
+Action RegisterRender(CLI::App& app);
+Action RegisterBench(CLI::App& app);
+
+/// Prints "mewm: error: <message>" to stderr and returns 1.
+int Fail(const Error& error);
+
+}  // namespace mewm::cli
