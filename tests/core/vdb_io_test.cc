@@ -113,7 +113,9 @@ TEST_F(VdbIoTest, TruncatedFilesFailCleanlyAtEveryCut) {
     testing::Truncate(cut, std::uintmax_t(double(size) * fraction));
     auto r = ReadVdb(cut);
     EXPECT_FALSE(r) << "truncated at " << fraction;
-    if (!r) EXPECT_EQ(r.error().code, ErrorCode::kCorruptData);
+    if (!r) {
+      EXPECT_EQ(r.error().code, ErrorCode::kCorruptData);
+    }
   }
 }
 

@@ -22,7 +22,7 @@ struct Result {
   std::string output;  // stdout and stderr together
 };
 
-Result Run(const std::string& args) {
+Result RunMewm(const std::string& args) {
   Result r;
   const std::string command = std::string(MEWM_CLI) + " " + args + " 2>&1";
   FILE* pipe = ::popen(command.c_str(), "r");
@@ -59,23 +59,23 @@ class CliTest : public testing::VdbTest {
 };
 
 TEST_F(CliTest, VersionAndHelp) {
-  const Result version = Run("--version");
+  const Result version = RunMewm("--version");
   EXPECT_EQ(version.code, 0);
   EXPECT_NE(version.output.find("mewm 0."), std::string::npos);
   for (const char* sub : {"inspect", "convert", "render", "bench"}) {
-    const Result help = Run(std::string(sub) + " --help");
+    const Result help = RunMewm(std::string(sub) + " --help");
     EXPECT_EQ(help.code, 0) << sub;
     EXPECT_NE(help.output.find("Usage"), std::string::npos) << sub;
   }
-  EXPECT_NE(Run("frobnicate").code, 0);
+  EXPECT_NE(RunMewm("frobnicate").code, 0);
 }
 
 TEST_F(CliTest, ConvertNiftiToVdbAndBackThenInspect) {
   const std::string vdb = dir_.File("ct.vdb");
   const std::string back = dir_.File("back.nii");
-  Result r = Run("convert " + ct_path_ + " " + vdb + " --patient-id P1");
+  Result r = RunMewm("convert " + ct_path_ + " " + vdb + " --patient-id P1");
   ASSERT_EQ(r.code, 0) << r.output;
-  r = Run("convert " + vdb + " " + back);
+  r = RunMewm("convert " + vdb + " " + back);
   ASSERT_EQ(r.code, 0) << r.output;
   auto a = ReadNifti(ct_path_);
   auto b = ReadNifti(back);
@@ -83,19 +83,19 @@ TEST_F(CliTest, ConvertNiftiToVdbAndBackThenInspect) {
   EXPECT_EQ(a->data, b->data);
   EXPECT_TRUE(a->geometry.ApproxEquals(b->geometry, 1e-5));
 
-  r = Run("inspect " + vdb);
+  r = RunMewm("inspect " + vdb);
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("grid 'ct'"), std::string::npos);
   EXPECT_NE(r.output.find("patient 'P1'"), std::string::npos);
   EXPECT_NE(r.output.find("[20,18,6]"), std::string::npos);
-  r = Run("inspect --json " + ct_path_);
+  r = RunMewm("inspect --json " + ct_path_);
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("\"affine_ras\""), std::string::npos);
 }
 
 TEST_F(CliTest, RenderWithOverlayWritesAPng) {
   const std::string png = dir_.File("slice.png");
-  const Result r = Run("render " + ct_path_ + " --plane axial --index 3 --window -175,600 --overlay " +
+  const Result r = RunMewm("render " + ct_path_ + " --plane axial --index 3 --window -175,600 --overlay " +
                        tumor_path_ + " --out " + png);
   ASSERT_EQ(r.code, 0) << r.output;
   auto image = ReadPng(png);
@@ -104,27 +104,27 @@ TEST_F(CliTest, RenderWithOverlayWritesAPng) {
 }
 
 TEST_F(CliTest, ErrorsExitNonZeroAndNameTheFileAndProblem) {
-  Result r = Run("inspect " + dir_.File("missing.vdb"));
+  Result r = RunMewm("inspect " + dir_.File("missing.vdb"));
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("missing.vdb"), std::string::npos);
   EXPECT_NE(r.output.find("does not exist"), std::string::npos);
 
-  r = Run("render " + ct_path_ + " --window 600 --out " + dir_.File("x.png"));
+  r = RunMewm("render " + ct_path_ + " --window 600 --out " + dir_.File("x.png"));
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("--window"), std::string::npos);
 
-  r = Run("render " + ct_path_ + " --index 99 --out " + dir_.File("x.png"));
+  r = RunMewm("render " + ct_path_ + " --index 99 --out " + dir_.File("x.png"));
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("outside"), std::string::npos);
   EXPECT_FALSE(std::filesystem::exists(dir_.File("x.png")));
 
-  r = Run("convert " + ct_path_ + " " + dir_.File("out.mha"));
+  r = RunMewm("convert " + ct_path_ + " " + dir_.File("out.mha"));
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("unknown image format"), std::string::npos);
 
   std::filesystem::copy_file(ct_path_, dir_.File("cut.nii.gz"));
   testing::Truncate(dir_.File("cut.nii.gz"), std::filesystem::file_size(ct_path_) / 2);
-  r = Run("convert " + dir_.File("cut.nii.gz") + " " + dir_.File("cut.vdb"));
+  r = RunMewm("convert " + dir_.File("cut.nii.gz") + " " + dir_.File("cut.vdb"));
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("cut.nii.gz"), std::string::npos);
   EXPECT_FALSE(std::filesystem::exists(dir_.File("cut.vdb")));

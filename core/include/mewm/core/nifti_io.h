@@ -33,23 +33,31 @@ struct NiftiInfo {
 
 enum class NiftiVersion { kNifti1 = 1, kNifti2 = 2 };
 
-/// Reads the header only. kNotFound, kIo, kCorruptData (bad magic, bad dims, singular affine).
+/// Reads the header only. kInvalidArgument (path not .nii/.nii.gz), kNotFound, kIo (a folder, an
+/// unreadable file), kCorruptData (not NIfTI, bad magic, bad or non-3D dims, an uncompressed file
+/// shorter than its header says, singular affine), kUnsupported (complex, RGB, ... datatypes).
 Expected<NiftiInfo> ReadNiftiInfo(const std::string& path);
 
-/// Reads a 3D image (a 4th dimension of size 1 is accepted) as float, applying scl_slope/inter.
-/// kCorruptData on truncated data, non-3D images or NaN/Inf voxels (the message gives the count
-/// and the first offending index). Geometry is in LPS.
+/// Reads a 3D image (trailing dimensions of size 1, e.g. a 4th, are accepted) as float, applying
+/// scl_slope/inter as nibabel does. The errors of ReadNiftiInfo, plus kCorruptData on truncated
+/// data or a damaged gzip stream (CRC, missing trailer) and on NaN/Inf voxels (the message gives
+/// the count and the first offending index), and kUnsupported when the affine is sheared.
+/// Geometry is in LPS.
 Expected<DenseFloat> ReadNifti(const std::string& path, NiftiInfo* info = nullptr);
 
-/// Reads an integer-valued image as labels. kCorruptData when a voxel is not an integer.
+/// Reads an integer-valued image (any datatype) as labels. kCorruptData when a voxel, after
+/// scaling, is not an integer in int32 range; otherwise the errors of ReadNifti.
 Expected<DenseLabel> ReadNiftiLabels(const std::string& path, NiftiInfo* info = nullptr);
 
 /// Writes float32 data. The file type follows the extension (.nii or .nii.gz). The file appears
 /// atomically: it is written to a temporary name in the same folder, then renamed.
+/// kInvalidArgument for another extension, empty dims, dims that do not match data.size(), an
+/// invalid geometry, NIfTI-1 dims over 32767, or NaN/Inf voxels (which ReadNifti would refuse);
+/// kIo when the folder is missing or the file cannot be written in full.
 Status WriteNifti(const std::string& path, const DenseFloat& image,
                   NiftiVersion version = NiftiVersion::kNifti1);
 
-/// Writes labels as int16 when they fit, else int32. Same atomicity.
+/// Writes labels as int16 when they fit, else int32. Same atomicity and errors (NaN aside).
 Status WriteNiftiLabels(const std::string& path, const DenseLabel& labels,
                         NiftiVersion version = NiftiVersion::kNifti1);
 

@@ -1,0 +1,384 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// The toml++ adapter behind ConfigDocument / ConfigTable. toml++ is built with exceptions, so
+// toml::parse throws toml::parse_error; it is caught here, at the module edge, and becomes kParse.
+#include "mewm/core/config.h"
+
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <charconv>
+#include <map>
+#include <sstream>
+#include <utility>
+
+#include "mewm/core/file_util.h"
+
+namespace mewm {
+
+struct ConfigDocument::Impl {
+  std::string origin;
+  toml::table root;
+  /// Keys read so far, per table path. Every ConfigTable view of the same table shares one set, so
+  /// RejectUnknownKeys sees reads made through any copy or any later GetTable() of that table.
+  /// Mutable because reading is logically const; a document is read from one thread.
+  mutable std::map<std::string, std::shared_ptr<std::set<std::string>>> used;
+
+  std::shared_ptr<std::set<std::string>> UsedSet(const std::string& path) const {
+    auto& slot = used[path];
+    if (!slot) slot = std::make_shared<std::set<std::string>>();
+    return slot;
+  }
+};
+
+namespace {
+
+const toml::table& AsTable(const void* table) { return *static_cast<const toml::table*>(table); }
+
+/// The view given for a missing optional table: no keys, no source.
+const toml::table& EmptyTable() {
+  static const toml::table empty;
+  return empty;
+}
+
+std::string FormatDouble(double v) {
+  char buf[64];
+  const auto res = std::to_chars(buf, buf + sizeof(buf), v);
+  std::string s(buf, res.ptr);
+  // Show floats as floats ("3.0", not "3"), like TOML writes them.
+  if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
+  return s;
+}
+
+std::string Quote(const std::string& s) {
+  constexpr std::size_t kMaxShown = 60;
+  if (s.size() <= kMaxShown) return "\"" + s + "\"";
+  return "\"" + s.substr(0, kMaxShown) + "...\"";
+}
+
+template <typename T>
+std::string Streamed(const T& v) {
+  std::ostringstream out;
+  out << v;
+  return out.str();
+}
+
+/// What a node holds, for "(got ...)": `string "abc"`, `integer 5`, `array of 3 elements`.
+std::string Describe(const toml::node& node) {
+  switch (node.type()) {
+    case toml::node_type::string:
+      return "string " + Quote(node.as_string()->get());
+    case toml::node_type::integer:
+      return "integer " + std::to_string(node.as_integer()->get());
+    case toml::node_type::floating_point:
+      return "float " + FormatDouble(node.as_floating_point()->get());
+    case toml::node_type::boolean:
+      return std::string("boolean ") + (node.as_boolean()->get() ? "true" : "false");
+    case toml::node_type::date:
+      return "date " + Streamed(node.as_date()->get());
+    case toml::node_type::time:
+      return "time " + Streamed(node.as_time()->get());
+    case toml::node_type::date_time:
+      return "date-time " + Streamed(node.as_date_time()->get());
+    case toml::node_type::array: {
+      const std::size_t n = node.as_array()->size();
+      if (n == 0) return "empty array";
+      return "array of " + std::to_string(n) + (n == 1 ? " element" : " elements");
+    }
+    case toml::node_type::table:
+      return "table";
+    case toml::node_type::none:
+      break;
+  }
+  return "nothing";
+}
+
+std::string Join(const std::vector<std::string>& parts, const std::string& sep) {
+  std::string out;
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    if (i > 0) out += sep;
+    out += parts[i];
+  }
+  return out;
+}
+
+std::string WhereLine(const std::string& origin, const toml::source_region& src) {
+  if (src.begin.line == 0) return origin;
+  return origin + ":" + std::to_string(src.begin.line);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// ConfigDocument
+
+ConfigDocument::ConfigDocument(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ConfigDocument::ConfigDocument(ConfigDocument&&) noexcept = default;
+ConfigDocument& ConfigDocument::operator=(ConfigDocument&&) noexcept = default;
+ConfigDocument::~ConfigDocument() = default;
+
+Expected<ConfigDocument> ConfigDocument::Parse(const std::string& text, const std::string& origin) {
+  auto impl = std::make_unique<Impl>();
+  impl->origin = origin;
+  try {
+    impl->root = toml::parse(text, origin);
+  } catch (const toml::parse_error& e) {
+    const auto& pos = e.source().begin;
+    return MakeError(ErrorCode::kParse, origin + ":" + std::to_string(pos.line) + ":" +
+                                            std::to_string(pos.column) + ": " +
+                                            std::string(e.description()));
+  }
+  return ConfigDocument(std::move(impl));
+}
+
+Expected<ConfigDocument> ConfigDocument::Load(const std::string& path) {
+  MEWM_TRY(std::string text, ReadFile(path));
+  return Parse(text, path);
+}
+
+ConfigTable ConfigDocument::Root() const { return ConfigTable(impl_.get(), &impl_->root, ""); }
+
+const std::string& ConfigDocument::origin() const { return impl_->origin; }
+
+// ---------------------------------------------------------------------------------------------
+// ConfigTable
+
+ConfigTable::ConfigTable(const ConfigDocument::Impl* doc, const void* table, std::string path)
+    : doc_(doc), table_(table), path_(std::move(path)), used_(doc->UsedSet(path_)) {}
+
+std::string ConfigTable::KeyPath(const std::string& key) const {
+  return path_.empty() ? key : path_ + "." + key;
+}
+
+const void* ConfigTable::Node(const std::string& key) const { return AsTable(table_).get(key); }
+
+std::string ConfigTable::Where() const {
+  if (path_.empty()) return doc_->origin;
+  return WhereLine(doc_->origin, AsTable(table_).source());
+}
+
+std::string ConfigTable::WhereKey(const std::string& key) const {
+  const auto& table = AsTable(table_);
+  const auto it = table.find(key);
+  if (it == table.end()) return Where();
+  if (it->first.source().begin.line != 0) return WhereLine(doc_->origin, it->first.source());
+  if (it->second.source().begin.line != 0) return WhereLine(doc_->origin, it->second.source());
+  return Where();
+}
+
+bool ConfigTable::Has(const std::string& key) const { return Node(key) != nullptr; }
+
+std::vector<std::string> ConfigTable::Keys() const {
+  std::vector<std::pair<std::uint32_t, std::string>> keyed;
+  for (const auto& [key, node] : AsTable(table_)) {
+    keyed.emplace_back(key.source().begin.line, std::string(key.str()));
+  }
+  std::stable_sort(keyed.begin(), keyed.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<std::string> keys;
+  keys.reserve(keyed.size());
+  for (auto& k : keyed) keys.push_back(std::move(k.second));
+  return keys;
+}
+
+namespace {
+
+/// The shared shape of every getter's failure messages.
+struct KeyErrors {
+  std::string where;
+  std::string path;
+
+  Unexpected Missing(const std::string& expected) const {
+    return MakeError(ErrorCode::kNotFound,
+                     where + ": missing required key " + path + " (" + expected + ")");
+  }
+  Unexpected WrongType(const std::string& expected, const toml::node& got) const {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     where + ": " + path + " must be " + expected + " (got " + Describe(got) + ")");
+  }
+  template <typename T, typename Fmt>
+  std::optional<Unexpected> Range(T v, std::optional<T> min, std::optional<T> max, Fmt fmt) const {
+    // Written as !(v >= min) so that NaN fails every bound.
+    const bool low = min && !(v >= *min);
+    const bool high = max && !(v <= *max);
+    if (!low && !high) return std::nullopt;
+    std::string bound;
+    if (min && max) {
+      bound = "between " + fmt(*min) + " and " + fmt(*max);
+    } else if (min) {
+      bound = ">= " + fmt(*min);
+    } else {
+      bound = "<= " + fmt(*max);
+    }
+    return MakeError(ErrorCode::kInvalidArgument,
+                     where + ": " + path + " must be " + bound + " (got " + fmt(v) + ")");
+  }
+};
+
+}  // namespace
+
+Expected<std::string> ConfigTable::GetString(const std::string& key,
+                                             std::optional<std::string> fallback) const {
+  used_->insert(key);
+  const KeyErrors err{WhereKey(key), KeyPath(key)};
+  const auto* node = static_cast<const toml::node*>(Node(key));
+  if (node == nullptr) {
+    if (fallback) return *std::move(fallback);
+    return err.Missing("a string");
+  }
+  if (!node->is_string()) return err.WrongType("a string", *node);
+  return node->as_string()->get();
+}
+
+Expected<std::int64_t> ConfigTable::GetInt(const std::string& key,
+                                           std::optional<std::int64_t> fallback,
+                                           std::optional<std::int64_t> min,
+                                           std::optional<std::int64_t> max) const {
+  used_->insert(key);
+  const KeyErrors err{WhereKey(key), KeyPath(key)};
+  const auto* node = static_cast<const toml::node*>(Node(key));
+  if (node == nullptr) {
+    if (fallback) return *fallback;
+    return err.Missing("an integer");
+  }
+  if (!node->is_integer()) return err.WrongType("an integer", *node);
+  const std::int64_t v = node->as_integer()->get();
+  if (auto bad =
+          err.Range<std::int64_t>(v, min, max, [](std::int64_t x) { return std::to_string(x); })) {
+    return *std::move(bad);
+  }
+  return v;
+}
+
+Expected<double> ConfigTable::GetDouble(const std::string& key, std::optional<double> fallback,
+                                        std::optional<double> min,
+                                        std::optional<double> max) const {
+  used_->insert(key);
+  const KeyErrors err{WhereKey(key), KeyPath(key)};
+  const auto* node = static_cast<const toml::node*>(Node(key));
+  if (node == nullptr) {
+    if (fallback) return *fallback;
+    return err.Missing("a number");
+  }
+  double v = 0.0;
+  if (node->is_floating_point()) {
+    v = node->as_floating_point()->get();
+  } else if (node->is_integer()) {
+    v = static_cast<double>(node->as_integer()->get());
+  } else {
+    return err.WrongType("a number", *node);
+  }
+  // Bounds print in the shortest form ("0.5", "1"); TOML's ".0" suffix would only add noise.
+  const auto fmt = [](double x) {
+    char buf[64];
+    const auto res = std::to_chars(buf, buf + sizeof(buf), x);
+    return std::string(buf, res.ptr);
+  };
+  if (auto bad = err.Range<double>(v, min, max, fmt)) return *std::move(bad);
+  return v;
+}
+
+Expected<bool> ConfigTable::GetBool(const std::string& key, std::optional<bool> fallback) const {
+  used_->insert(key);
+  const KeyErrors err{WhereKey(key), KeyPath(key)};
+  const auto* node = static_cast<const toml::node*>(Node(key));
+  if (node == nullptr) {
+    if (fallback) return *fallback;
+    return err.Missing("a boolean, true or false");
+  }
+  if (!node->is_boolean()) return err.WrongType("a boolean, true or false", *node);
+  return node->as_boolean()->get();
+}
+
+Expected<std::vector<std::string>> ConfigTable::GetStringList(
+    const std::string& key, std::optional<std::vector<std::string>> fallback) const {
+  used_->insert(key);
+  const KeyErrors err{WhereKey(key), KeyPath(key)};
+  const auto* node = static_cast<const toml::node*>(Node(key));
+  if (node == nullptr) {
+    if (fallback) return *std::move(fallback);
+    return err.Missing("an array of strings");
+  }
+  if (!node->is_array()) return err.WrongType("an array of strings", *node);
+  std::vector<std::string> out;
+  const auto& array = *node->as_array();
+  out.reserve(array.size());
+  for (std::size_t i = 0; i < array.size(); ++i) {
+    const toml::node& element = array[i];
+    if (!element.is_string()) {
+      const KeyErrors element_err{WhereLine(doc_->origin, element.source()),
+                                  err.path + "[" + std::to_string(i) + "]"};
+      return element_err.WrongType("a string", element);
+    }
+    out.push_back(element.as_string()->get());
+  }
+  return out;
+}
+
+Expected<std::string> ConfigTable::GetEnum(const std::string& key,
+                                           const std::vector<std::string>& choices,
+                                           std::optional<std::string> fallback) const {
+  const std::string expected = "one of: " + Join(choices, ", ");
+  const auto* node = static_cast<const toml::node*>(Node(key));
+  if (node != nullptr && !node->is_string()) {
+    used_->insert(key);
+    return KeyErrors{WhereKey(key), KeyPath(key)}.WrongType("a string, " + expected, *node);
+  }
+  MEWM_TRY(std::string value, GetString(key, std::move(fallback)));
+  if (node != nullptr && std::find(choices.begin(), choices.end(), value) == choices.end()) {
+    return MakeError(ErrorCode::kInvalidArgument, WhereKey(key) + ": " + KeyPath(key) +
+                                                      " must be " + expected + " (got " +
+                                                      Quote(value) + ")");
+  }
+  return value;
+}
+
+Expected<ConfigTable> ConfigTable::GetTable(const std::string& key, bool optional) const {
+  used_->insert(key);
+  const KeyErrors err{WhereKey(key), KeyPath(key)};
+  const auto* node = static_cast<const toml::node*>(Node(key));
+  if (node == nullptr) {
+    if (optional) return ConfigTable(doc_, &EmptyTable(), KeyPath(key));
+    return err.Missing("a table, [" + KeyPath(key) + "]");
+  }
+  if (!node->is_table()) return err.WrongType("a table", *node);
+  return ConfigTable(doc_, node->as_table(), KeyPath(key));
+}
+
+Expected<std::vector<ConfigTable>> ConfigTable::GetTableArray(const std::string& key) const {
+  used_->insert(key);
+  const KeyErrors err{WhereKey(key), KeyPath(key)};
+  const auto* node = static_cast<const toml::node*>(Node(key));
+  std::vector<ConfigTable> out;
+  if (node == nullptr) return out;
+  const std::string expected = "an array of tables, [[" + KeyPath(key) + "]]";
+  if (!node->is_array()) return err.WrongType(expected, *node);
+  const auto& array = *node->as_array();
+  out.reserve(array.size());
+  for (std::size_t i = 0; i < array.size(); ++i) {
+    const toml::node& element = array[i];
+    const std::string element_path = KeyPath(key) + "[" + std::to_string(i) + "]";
+    if (!element.is_table()) {
+      const KeyErrors element_err{WhereLine(doc_->origin, element.source()), element_path};
+      return element_err.WrongType("a table", element);
+    }
+    out.push_back(ConfigTable(doc_, element.as_table(), element_path));
+  }
+  return out;
+}
+
+Status ConfigTable::RejectUnknownKeys() const {
+  const std::vector<std::string> allowed(used_->begin(), used_->end());  // sorted: std::set
+  const std::string allowed_text = allowed.empty() ? "none" : Join(allowed, ", ");
+  std::vector<std::string> lines;
+  for (const std::string& key : Keys()) {  // file order
+    if (used_->count(key) != 0) continue;
+    lines.push_back(WhereKey(key) + ": unknown key " + KeyPath(key) + " (allowed: " + allowed_text +
+                    ")");
+  }
+  if (lines.empty()) return {};
+  return MakeError(ErrorCode::kInvalidArgument, Join(lines, "\n"));
+}
+
+}  // namespace mewm
