@@ -19,6 +19,15 @@ endfunction()
 # One static library per module, aliased mewm::<name>, with include/ public and src/ private.
 function(mewm_add_module name)
   cmake_parse_arguments(ARG "" "" "SOURCES;PUBLIC_DEPS;PRIVATE_DEPS" ${ARGN})
+  if(NOT ARG_SOURCES)
+    # Interfaces only (no backend yet): a header library with the same name and alias.
+    add_library(mewm_${name} INTERFACE)
+    add_library(mewm::${name} ALIAS mewm_${name})
+    target_include_directories(mewm_${name} INTERFACE
+      $<BUILD_INTERFACE:${CMAKE_CURRENT_SOURCE_DIR}/include>)
+    target_link_libraries(mewm_${name} INTERFACE ${ARG_PUBLIC_DEPS})
+    return()
+  endif()
   add_library(mewm_${name} STATIC ${ARG_SOURCES})
   add_library(mewm::${name} ALIAS mewm_${name})
   target_include_directories(mewm_${name}

@@ -81,7 +81,7 @@ Expected<LabelVolume> VolumeSet::Label(const std::string& name) const {
   return it->second;
 }
 
-Status WriteVdb(const std::string& path, const VolumeSet& set) {
+Status WriteVdb(const std::string& path, const VolumeSet& set, const VdbWriteOptions& options) {
   openvdb::initialize();  // idempotent; registers grid types if main() has not
   if (!IsVdbPath(path)) {
     return MakeError(ErrorCode::kInvalidArgument,
@@ -101,7 +101,9 @@ Status WriteVdb(const std::string& path, const VolumeSet& set) {
     return {};
   };
   for (const auto& [name, volume] : set.scalars) {
-    MEWM_RETURN_IF_ERROR(add(name, PrepareForWrite(volume, name)));
+    openvdb::GridBase::Ptr grid = PrepareForWrite(volume, name);
+    grid->setSaveFloatAsHalf(options.half_float);
+    MEWM_RETURN_IF_ERROR(add(name, std::move(grid)));
   }
   for (const auto& [name, volume] : set.labels) {
     MEWM_RETURN_IF_ERROR(add(name, PrepareForWrite(volume, name)));

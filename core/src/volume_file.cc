@@ -54,8 +54,9 @@ Expected<VolumeSet> ReadVolumeFile(const std::string& path, NiftiKind kind,
   return set;
 }
 
-Status WriteVolumeFile(const std::string& path, const VolumeSet& set, const std::string& grid) {
-  if (IsVdbPath(path)) return WriteVdb(path, set);
+Status WriteVolumeFile(const std::string& path, const VolumeSet& set, const std::string& grid,
+                       const VdbWriteOptions& vdb_options) {
+  if (IsVdbPath(path)) return WriteVdb(path, set, vdb_options);
   if (!IsNiftiPath(path)) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "'" + path + "': unknown image format (expected .vdb, .nii or .nii.gz)");

@@ -61,6 +61,18 @@ TEST_F(VdbIoTest, RoundTripKeepsGridsGeometryValuesAndMetadata) {
   EXPECT_EQ(tumor->ToDense().data, set.labels.at("tumor").ToDense().data);
 }
 
+TEST_F(VdbIoTest, HalfFloatStorageKeepsValuesWithinHalfAHounsfieldUnit) {
+  const VolumeSet set = Patient();
+  ASSERT_TRUE(WriteVdb(dir_.File("full.vdb"), set));
+  ASSERT_TRUE(WriteVdb(dir_.File("half.vdb"), set, VdbWriteOptions{true}));
+  auto back = ReadVdb(dir_.File("half.vdb"));
+  ASSERT_TRUE(back);
+  const DenseFloat a = set.scalars.at("ct").ToDense();
+  const DenseFloat b = back->scalars.at("ct").ToDense();
+  for (std::size_t n = 0; n < a.data.size(); ++n) ASSERT_NEAR(a.data[n], b.data[n], 0.5);
+  EXPECT_EQ(back->labels.at("tumor").ToDense().data, set.labels.at("tumor").ToDense().data);
+}
+
 TEST_F(VdbIoTest, MissingGridNamesTheGridsThatExist) {
   const std::string path = dir_.File("p.vdb");
   ASSERT_TRUE(WriteVdb(path, Patient()));

@@ -91,6 +91,9 @@ int RunCoreBench(int repeats, const std::string& json_path, const std::string& k
   const double write_vdb = MedianMs(repeats, [&] { ok = WriteVdb(vdb, set); });
   if (!ok) return Fail(ok.error());
   const double read_vdb = MedianMs(repeats, [&] { (void)ReadVdb(vdb); });
+  const std::string vdb_half = (dir / "phantom_half.vdb").string();
+  ok = WriteVdb(vdb_half, set, VdbWriteOptions{/*half_float=*/true});
+  if (!ok) return Fail(ok.error());
   const double write_nii = MedianMs(repeats, [&] { ok = WriteNifti(nii, dense); });
   if (!ok) return Fail(ok.error());
   const double read_nii = MedianMs(repeats, [&] { (void)ReadNifti(nii); });
@@ -110,7 +113,7 @@ int RunCoreBench(int repeats, const std::string& json_path, const std::string& k
       {"volume", {{"dims", {dims[0], dims[1], dims[2]}}, {"body_fraction", double(body_voxels) / double(dense.data.size())}}},
       {"threads", std::thread::hardware_concurrency()},
       {"repeats", repeats},
-      {"bytes", {{"dense_float32", raw_bytes}, {"nii", size_of(nii)}, {"nii_gz", size_of(niigz)}, {"vdb", size_of(vdb)}}},
+      {"bytes", {{"dense_float32", raw_bytes}, {"nii", size_of(nii)}, {"nii_gz", size_of(niigz)}, {"vdb", size_of(vdb)}, {"vdb_half", size_of(vdb_half)}}},
       {"ms", {{"dense_to_grid", dense_to_grid}, {"grid_to_dense", grid_to_dense}, {"write_vdb", write_vdb},
               {"read_vdb", read_vdb}, {"write_nii", write_nii}, {"read_nii", read_nii},
               {"crop_96_1mm_trilinear", crop96}, {"crop_64_1p5mm_trilinear", crop64}}}};
@@ -123,6 +126,7 @@ int RunCoreBench(int repeats, const std::string& json_path, const std::string& k
             << std::setprecision(3)
             << "    .nii.gz       " << std::setw(8) << size_of(niigz) / 1e6 << " MB  " << size_of(niigz) / raw_bytes << "x\n"
             << "    .vdb          " << std::setw(8) << size_of(vdb) / 1e6 << " MB  " << size_of(vdb) / raw_bytes << "x\n"
+            << "    .vdb (half)   " << std::setw(8) << size_of(vdb_half) / 1e6 << " MB  " << size_of(vdb_half) / raw_bytes << "x\n"
             << std::setprecision(1) << "\n  times (ms)\n"
             << "    dense -> grid " << std::setw(8) << dense_to_grid << "\n"
             << "    grid -> dense " << std::setw(8) << grid_to_dense << "\n"

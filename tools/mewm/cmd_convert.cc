@@ -12,6 +12,7 @@ namespace mewm::cli {
 Action RegisterConvert(CLI::App& app) {
   struct Options {
     std::string in, out, grid, kind = "auto", patient;
+    bool half = false;
   };
   auto o = std::make_shared<Options>();
   app.add_option("IN", o->in, "Input .nii, .nii.gz or .vdb")->required();
@@ -23,6 +24,7 @@ Action RegisterConvert(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "ct", "label"}))
       ->capture_default_str();
   app.add_option("--patient-id", o->patient, ".vdb output: patient id metadata");
+  app.add_flag("--half", o->half, ".vdb output: store CT as 16-bit halves (about half the size)");
   return [o]() -> int {
     const NiftiKind kind = o->kind == "ct"      ? NiftiKind::kScalar
                            : o->kind == "label" ? NiftiKind::kLabel
@@ -33,7 +35,7 @@ Action RegisterConvert(CLI::App& app) {
     if (!o->patient.empty()) set->metadata.patient_id = o->patient;
     set->metadata.provenance_json =
         nlohmann::json{{"tool", "mewm convert"}, {"version", Version()}, {"source", o->in}}.dump();
-    if (auto written = WriteVolumeFile(o->out, *set, nifti_in ? "" : o->grid); !written) {
+    if (auto written = WriteVolumeFile(o->out, *set, nifti_in ? "" : o->grid, VdbWriteOptions{o->half}); !written) {
       return Fail(written.error());
     }
     std::cout << "wrote " << o->out << "\n";

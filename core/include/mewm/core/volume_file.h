@@ -22,7 +22,8 @@ Expected<VolumeSet> ReadVolumeFile(const std::string& path, NiftiKind kind = Nif
 
 /// Writes a set: all grids to a .vdb, or the grid `grid` to a NIfTI file (the only grid when
 /// `grid` is empty and the set has one; kInvalidArgument when the choice is ambiguous).
-Status WriteVolumeFile(const std::string& path, const VolumeSet& set, const std::string& grid = "");
+Status WriteVolumeFile(const std::string& path, const VolumeSet& set, const std::string& grid = "",
+                       const VdbWriteOptions& vdb_options = {});
 
 /// The dense box that covers a grid's extent and every active voxel (foreign .vdb files may have
 /// voxels at negative indices or beyond the recorded extent).

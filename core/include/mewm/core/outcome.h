@@ -1,0 +1,39 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// Simulation requests and outcomes: the value types that flow from the dynamics stage to the
+// survival stage, the planner and the stream.
+#pragma once
+
+#include <cstdint>
+
+#include "mewm/core/action_base.h"
+#include "mewm/core/expected.h"
+#include "mewm/core/patient.h"
+
+namespace mewm {
+
+/// One simulation to run.
+struct SimulationRequest {
+  Plan plan;
+  int sample_index = 0;
+  std::uint64_t seed = 0;  ///< derived by the caller from (run seed, patient, plan, sample index)
+};
+
+/// A simulated post-treatment state.
+struct Outcome {
+  Plan plan;
+  int sample_index = 0;
+  Volume post_ct;      ///< post-treatment CT on the patient's lattice, HU
+  LabelVolume viable;  ///< viable-tumor mask on the same lattice
+};
+
+/// Viable tumor volume of an outcome in millilitres (voxel count x voxel volume).
+double ViableVolumeMl(const Outcome& outcome);
+
+/// kMismatch when the outcome's grids are not on the patient's CT lattice; kInvalidArgument when
+/// its plan or sample index differ from the request's.
+Status CheckOutcome(const Outcome& outcome, const SimulationRequest& request,
+                    const PatientCase& patient);
+
+}  // namespace mewm

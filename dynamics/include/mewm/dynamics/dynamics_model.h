@@ -1,0 +1,43 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// The dynamics stage: simulate the post-treatment CT and viable tumor for candidate plans.
+//   input:  PatientCase, a batch of SimulationRequests (plan, sample index, seed)
+//   output: one Outcome per request, in request order
+// Backends (planned): `mechanistic` (reaction-diffusion; the synthetic world's truth) and
+// `diffusion` (learned 3D latent diffusion).
+//
+// Determinism contract: an outcome depends only on (patient, plan, seed), never on which other
+// requests share its batch, so the planner may memoise and batch freely.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "mewm/core/action_base.h"
+#include "mewm/core/expected.h"
+#include "mewm/core/outcome.h"
+#include "mewm/core/patient.h"
+
+namespace mewm::dynamics {
+
+using mewm::Outcome;
+using mewm::SimulationRequest;
+
+/// A dynamics backend. Resource type: not copyable; created by its backend's factory.
+class DynamicsModel {
+ public:
+  virtual ~DynamicsModel() = default;
+  DynamicsModel() = default;
+  DynamicsModel(const DynamicsModel&) = delete;
+  DynamicsModel& operator=(const DynamicsModel&) = delete;
+
+  /// Simulates every request for one patient, as one batch where the backend can.
+  virtual Expected<std::vector<Outcome>> Simulate(const PatientCase& patient,
+                                                  const std::vector<SimulationRequest>& requests) = 0;
+  /// Backend name, e.g. "mechanistic".
+  virtual std::string name() const = 0;
+};
+
+}  // namespace mewm::dynamics
