@@ -32,6 +32,18 @@ std::uint64_t DeriveSeed(std::uint64_t parent, std::string_view label) {
   return DeriveSeed(parent, {HashString(label)});
 }
 
+double HashUniform(std::uint64_t seed, std::uint64_t counter) {
+  return static_cast<double>(SplitMix64(seed ^ SplitMix64(counter)) >> 11) * 0x1.0p-53;
+}
+
+double HashNormal(std::uint64_t seed, std::uint64_t counter) {
+  // Box-Muller on two decorrelated counter draws.
+  const std::uint64_t h = SplitMix64(seed ^ SplitMix64(counter));
+  const double u1 = (static_cast<double>(h >> 11) + 0.5) * 0x1.0p-53;
+  const double u2 = static_cast<double>(SplitMix64(h) >> 11) * 0x1.0p-53;
+  return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
+}
+
 namespace {
 std::uint64_t Rotl(std::uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 }  // namespace

@@ -4,11 +4,13 @@
 
 #include <openvdb/io/File.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <set>
 
 #include "mewm/core/file_util.h"
 #include "mewm/core/log.h"
+#include "mewm/core/seed.h"
 
 namespace mewm {
 namespace {
@@ -44,6 +46,32 @@ Index3 ExtentOf(const openvdb::GridBase& grid) {
   const openvdb::CoordBBox box = grid.evalActiveVoxelBoundingBox();
   if (box.empty()) return {0, 0, 0};
   return {box.max().x() + 1, box.max().y() + 1, box.max().z() + 1};
+}
+
+/// OpenVDB stamps every file with a random UUID. Replace it by one derived from the file's other
+/// bytes, so the same grids always give byte-identical files (reproducible cohorts).
+Status MakeUuidDeterministic(const std::string& file_path, const std::string& random_tag) {
+  MEWM_TRY(std::string bytes, ReadFile(file_path));
+  const std::size_t at = bytes.substr(0, 128).find(random_tag);
+  if (random_tag.size() != 36 || at == std::string::npos) {
+    return MakeError(ErrorCode::kInternal, "OpenVDB header layout not recognised (UUID not found)");
+  }
+  std::string rest = bytes;
+  rest.erase(at, random_tag.size());
+  const std::uint64_t h1 = HashString(rest);
+  const std::uint64_t h2 = SplitMix64(h1 ^ rest.size());
+  char tag[37];
+  std::snprintf(tag, sizeof(tag), "%08x-%04x-4%03x-%04x-%012llx", unsigned(h1 >> 32),
+                unsigned((h1 >> 16) & 0xffff), unsigned(h1 & 0xfff),
+                unsigned(0x8000 | ((h2 >> 48) & 0x3fff)),
+                static_cast<unsigned long long>(h2 & 0xffffffffffffULL));
+  bytes.replace(at, 36, tag, 36);
+  std::FILE* f = std::fopen(file_path.c_str(), "r+b");
+  if (f == nullptr) return MakeError(ErrorCode::kIo, "cannot reopen '" + file_path + "'");
+  const bool ok = std::fseek(f, long(at), SEEK_SET) == 0 && std::fwrite(tag, 1, 36, f) == 36;
+  const bool closed = std::fclose(f) == 0;
+  if (!ok || !closed) return MakeError(ErrorCode::kIo, "cannot rewrite header of '" + file_path + "'");
+  return {};
 }
 
 std::string StringMeta(const openvdb::MetaMap& meta, const std::string& key,
@@ -119,11 +147,12 @@ Status WriteVdb(const std::string& path, const VolumeSet& set, const VdbWriteOpt
     try {
       openvdb::io::File file(temp);
       file.write(grids, meta);
+      const std::string tag = file.getUniqueTag();
       file.close();
+      return MakeUuidDeterministic(temp, tag);
     } catch (const std::exception& e) {
       return MakeError(ErrorCode::kIo, "cannot write '" + path + "': " + e.what());
     }
-    return {};
   });
 }
 

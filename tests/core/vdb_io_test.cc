@@ -73,6 +73,14 @@ TEST_F(VdbIoTest, HalfFloatStorageKeepsValuesWithinHalfAHounsfieldUnit) {
   EXPECT_EQ(back->labels.at("tumor").ToDense().data, set.labels.at("tumor").ToDense().data);
 }
 
+TEST_F(VdbIoTest, SameGridsGiveByteIdenticalFiles) {
+  const VolumeSet set = Patient();
+  ASSERT_TRUE(WriteVdb(dir_.File("a.vdb"), set));
+  ASSERT_TRUE(WriteVdb(dir_.File("b.vdb"), set));
+  EXPECT_EQ(*ReadFile(dir_.File("a.vdb")), *ReadFile(dir_.File("b.vdb")));
+  ASSERT_TRUE(ReadVdb(dir_.File("a.vdb")));  // the rewritten UUID keeps the file valid
+}
+
 TEST_F(VdbIoTest, MissingGridNamesTheGridsThatExist) {
   const std::string path = dir_.File("p.vdb");
   ASSERT_TRUE(WriteVdb(path, Patient()));

@@ -22,6 +22,11 @@ std::uint64_t HashString(std::string_view text);
 std::uint64_t DeriveSeed(std::uint64_t parent, std::initializer_list<std::uint64_t> labels);
 std::uint64_t DeriveSeed(std::uint64_t parent, std::string_view label);
 
+/// Counter-based draws: a pure function of (seed, counter), so a voxel's noise does not depend on
+/// which region is rendered or in which order. Uniform in [0, 1) and standard normal.
+double HashUniform(std::uint64_t seed, std::uint64_t counter);
+double HashNormal(std::uint64_t seed, std::uint64_t counter);
+
 /// xoshiro256** generator with portable distributions.
 class Rng {
  public:

@@ -1,0 +1,23 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// The plan space the planner and the synthetic world's exhaustive search share (DESIGN section 5):
+// up to H_d drugs, the protocol's mandatory items (Lipiodol for cTACE), then further embolics up
+// to an embolic horizon H_e that counts the mandatory embolics too.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "mewm/core/action_base.h"
+
+namespace mewm {
+
+/// Every valid plan within the horizons, in canonical order. kInvalidArgument for negative
+/// horizons or an embolic horizon smaller than the protocol's mandatory embolics; kNotFound for an
+/// unknown protocol.
+Expected<std::vector<Plan>> EnumeratePlans(const ActionBase& actions, int drug_horizon,
+                                           int embolic_horizon,
+                                           const std::string& protocol = "cTACE");
+
+}  // namespace mewm

@@ -1,0 +1,139 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// Mechanistic TACE response: a proliferation-invasion (Fisher-KPP) model of viable tumor density
+// with kill terms for each plan item, solved on the dense tumor neighbourhood only. It is both the
+// synthetic world's ground truth (fed the hidden biology) and a planner backend (fed biology
+// estimated from visible features). docs/SYNTHETIC_WORLD.md has the equations and constants.
+//
+//   inputs:  PatientCase (CT, tumor mask), TumorBiology, Plan, seed
+//   outputs: Outcome (post-treatment CT and viable mask on the patient's lattice), ResponseSummary
+//   config:  MechanisticConfig (grid_mm = 2.0, follow_up_days = 42, margin_mm = 10, ...)
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mewm/core/action_base.h"
+#include "mewm/core/dense.h"
+#include "mewm/core/expected.h"
+#include "mewm/core/outcome.h"
+#include "mewm/dynamics/dynamics_model.h"
+
+namespace mewm::dynamics {
+
+/// Drug classes the biology has a sensitivity for, in this order.
+inline constexpr std::array<const char*, 4> kDrugClasses = {"platinum", "anthracycline",
+                                                            "antimetabolite", "mitomycin"};
+
+/// Per-patient tumor biology (hidden in the synthetic world; estimated for planning).
+struct TumorBiology {
+  double proliferation_per_day = 0.02;   ///< logistic growth rate rho
+  double infiltration_mm2_per_day = 0.05;  ///< diffusion D
+  std::array<double, 4> sensitivity{1.0, 1.0, 1.0, 1.0};  ///< by kDrugClasses, ~lognormal around 1
+  double vascularity = 0.5;  ///< [0, 1]: drug/Lipiodol delivery and embolic benefit
+
+  /// kInvalidArgument for non-finite or out-of-range values.
+  Status Validate() const;
+};
+
+/// Physical effect of one plan item (docs/SYNTHETIC_WORLD.md, "Item physics").
+struct ItemPhysics {
+  std::string drug_class;    ///< empty for embolics
+  double potency = 0.0;      ///< drugs: peak kill rate per day at full delivery and sensitivity 1
+  double toxicity = 0.0;     ///< added to the plan's toxicity (hazard units)
+  double ischemia = 0.0;     ///< embolics: ischemic kill rate per day at full dependence
+  double duration_days = 0;  ///< embolics: how long the occlusion lasts (1e9 = permanent)
+  bool lipiodol = false;     ///< leaves hyperdense deposits and prolongs drug retention
+};
+
+/// Physics of a canonical item name; kNotFound for an item the model has no parameters for.
+Expected<ItemPhysics> PhysicsOf(const std::string& item);
+
+/// Toxicity of a plan for a patient with the given Child-Pugh class ('A'..'C'): per-item toxicity,
+/// scaled up for poor liver reserve, plus penalties for risky pairs (two cardiotoxic/nephrotoxic
+/// drugs, alcohol with Child-Pugh B/C). kNotFound for an unknown item.
+Expected<double> PlanToxicity(const Plan& plan, char child_pugh);
+
+struct MechanisticConfig {
+  double grid_mm = 2.0;            ///< spacing of the response grid
+  double margin_mm = 10.0;         ///< neighbourhood margin around the tumor's bounding box
+  double follow_up_days = 42.0;    ///< time from TACE to the post-treatment CT
+  double max_dt_days = 1.0;        ///< upper bound on the time step (also CFL-limited)
+  double sample_sigma = 0.15;      ///< log-normal spread of biology between samples (sample > 0)
+  double viable_threshold = 0.5;   ///< density above which a voxel counts as viable in the mask
+};
+
+/// What the response looks like, in numbers.
+struct ResponseSummary {
+  double pre_viable_ml = 0.0;   ///< integral of density before treatment
+  double post_viable_ml = 0.0;  ///< integral of density at follow-up
+  double lipiodol_coverage = 0.0;  ///< fraction of the pre-treatment tumor with deposits
+  double toxicity = 0.0;
+};
+
+/// One lesion's neighbourhood on the response grid: initial density and perfusion in [0, 1].
+struct TumorField {
+  std::int32_t label = 1;   ///< the tumor-mask label of this lesion
+  DenseFloat density;       ///< viable tumor fraction u0
+  DenseFloat perfusion;     ///< relative blood supply of tumor tissue (enhancing rim high, core low)
+  double diameter_mm = 0;   ///< equivalent-sphere diameter of the lesion (mask volume)
+};
+
+/// The response of one field: final density and Lipiodol deposit fraction, on its lattice.
+struct FieldResponse {
+  DenseFloat density;
+  DenseFloat lipiodol;
+};
+
+/// Builds one field per lesion label of the tumor mask: density from the partial-volume mask
+/// minus necrosis (< 40 HU), perfusion from enhancement above necrosis, on a grid of
+/// `config.grid_mm` covering the lesion plus margin. kInvalidArgument for an empty tumor mask.
+Expected<std::vector<TumorField>> BuildTumorFields(const PatientCase& patient,
+                                                   const MechanisticConfig& config);
+
+/// Runs the PDE for one plan over every field. `sample_seed` 0 gives the unperturbed biology; any
+/// other seed perturbs it log-normally by config.sample_sigma. Fills `responses` when non-null.
+Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields,
+                                           const TumorBiology& biology, const Plan& plan,
+                                           char child_pugh, const MechanisticConfig& config,
+                                           std::uint64_t sample_seed,
+                                           std::vector<FieldResponse>* responses);
+
+/// Renders the post-treatment CT and viable mask on the patient's lattice: surviving tumor keeps
+/// its HU, killed tumor becomes necrosis (about 20 HU), new growth looks like viable tumor, and
+/// Lipiodol adds +200..+600 HU. Deterministic given `seed`.
+Expected<Outcome> RenderOutcome(const PatientCase& patient, const std::vector<TumorField>& fields,
+                                const std::vector<FieldResponse>& responses, const Plan& plan,
+                                int sample_index, std::uint64_t seed,
+                                const MechanisticConfig& config);
+
+/// Where the biology comes from: the synthetic truth, or an estimate from visible features.
+using BiologySource = std::function<Expected<TumorBiology>(const PatientCase&)>;
+
+/// The mechanistic DynamicsModel backend.
+class MechanisticDynamics final : public DynamicsModel {
+ public:
+  static Expected<std::unique_ptr<MechanisticDynamics>> Create(const MechanisticConfig& config,
+                                                               BiologySource biology);
+
+  Expected<std::vector<Outcome>> Simulate(const PatientCase& patient,
+                                          const std::vector<SimulationRequest>& requests) override;
+  std::string name() const override { return "mechanistic"; }
+
+  /// Number of PDE solves run so far (one per request).
+  std::int64_t solves() const { return solves_; }
+
+ private:
+  MechanisticDynamics(const MechanisticConfig& config, BiologySource biology)
+      : config_(config), biology_(std::move(biology)) {}
+  MechanisticConfig config_;
+  BiologySource biology_;
+  std::int64_t solves_ = 0;
+};
+
+}  // namespace mewm::dynamics
