@@ -121,6 +121,19 @@ Expected<GridVolume<GridT>> GridVolume<GridT>::FromDense(const DenseVolume<Value
 }
 
 template <typename GridT>
+Status GridVolume<GridT>::CopyFromDense(const IndexBox& box, const std::vector<ValueType>& values,
+                                        ValueType tolerance) {
+  const Index3 e = box.extent();
+  if (box.empty() || values.size() != static_cast<std::size_t>(e[0] * e[1] * e[2])) {
+    return MakeError(ErrorCode::kInvalidArgument, "dense block size does not match its index box");
+  }
+  openvdb::tools::Dense<ValueType, openvdb::tools::LayoutXYZ> view(
+      ToBBox(box), const_cast<ValueType*>(values.data()));
+  openvdb::tools::copyFromDense(view, *grid_, tolerance);
+  return {};
+}
+
+template <typename GridT>
 DenseVolume<typename GridT::ValueType> GridVolume<GridT>::ToDense(const IndexBox& box) const {
   Geometry g = geometry_;
   g.origin = geometry_.IndexToWorld(

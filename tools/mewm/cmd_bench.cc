@@ -9,6 +9,7 @@
 #include <iomanip>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <functional>
 #include <thread>
 #include <unistd.h>
 
@@ -19,6 +20,8 @@
 #include "mewm/core/seed.h"
 #include "mewm/core/vdb_io.h"
 #include "mewm/core/version.h"
+#include "mewm/scenarios/cohort.h"
+#include "mewm/scenarios/synthetic_world.h"
 
 namespace mewm::cli {
 namespace {
@@ -141,6 +144,72 @@ int RunCoreBench(int repeats, const std::string& json_path, const std::string& k
   return 0;
 }
 
+double SecondsOf(const std::function<void()>& fn) {
+  const auto t0 = Clock::now();
+  fn();
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+int RunWorldBench(int patients, const std::string& json_path) {
+  const ActionBase& actions = ActionBase::Default();
+  auto world = scenarios::SyntheticWorld::Create(scenarios::WorldConfig{}, actions);
+  if (!world) return Fail(world.error());
+  nlohmann::json rows = nlohmann::json::array();
+  double total_plans = 0, total_solve_s = 0;
+  std::cout << std::fixed << std::setprecision(3) << "mewm bench world: " << patients
+            << " patients of seed 1, " << world->plans().size() << " valid plans each\n\n"
+            << "  patient lesions  tumor_ml  render_full_s  render_region_s  fields_s  "
+               "exhaustive_s  plans_per_s\n";
+  for (int i = 0; i < patients; ++i) {
+    const scenarios::SyntheticPatient p = world->Sample(1, i);
+    Expected<PatientCase> full = MakeError(ErrorCode::kInternal, "not rendered");
+    Expected<PatientCase> region = MakeError(ErrorCode::kInternal, "not rendered");
+    const double render_full = SecondsOf([&] { full = world->Render(p); });
+    const double render_region = SecondsOf([&] { region = world->Render(p, true); });
+    if (!full) return Fail(full.error());
+    if (!region) return Fail(region.error());
+    Expected<std::vector<dynamics::TumorField>> fields = MakeError(ErrorCode::kInternal, "");
+    const double fields_s = SecondsOf([&] { fields = dynamics::BuildTumorFields(*region, world->config().mechanistic); });
+    if (!fields) return Fail(fields.error());
+    Expected<scenarios::PatientTruth> truth = MakeError(ErrorCode::kInternal, "");
+    const double truth_s = SecondsOf([&] { truth = world->Truth(p, *region); });
+    if (!truth) return Fail(truth.error());
+    const double solve_s = truth_s - fields_s;
+    const double plans_per_s = double(world->plans().size()) / solve_s;
+    total_plans += double(world->plans().size());
+    total_solve_s += solve_s;
+    std::cout << "  " << p.id << "   " << std::setw(7) << p.lesions.size() << std::setw(10) << truth->pre_viable_ml
+              << std::setw(15) << render_full << std::setw(17) << render_region << std::setw(10) << fields_s
+              << std::setw(14) << truth_s << std::setw(13) << std::setprecision(1) << plans_per_s
+              << std::setprecision(3) << "\n";
+    rows.push_back({{"patient", p.id}, {"lesions", p.lesions.size()}, {"pre_viable_ml", truth->pre_viable_ml},
+                    {"render_full_s", render_full}, {"render_region_s", render_region},
+                    {"fields_s", fields_s}, {"exhaustive_truth_s", truth_s}, {"plans_per_s", plans_per_s}});
+  }
+  // Whole-cohort generation, files included, per patient.
+  const fs::path dir = fs::temp_directory_path() / ("mewm-bench-cohort-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  scenarios::CohortOptions options;
+  options.n = 2;
+  options.seed = 1;
+  options.out_dir = dir.string();
+  Status generated;
+  const double cohort_s = SecondsOf([&] { generated = scenarios::GenerateCohort(options, actions); });
+  fs::remove_all(dir);
+  if (!generated) return Fail(generated.error());
+  std::cout << "\n  mechanistic throughput: " << std::setprecision(1) << total_plans / total_solve_s
+            << " plans/s (2 threads over plans, all valid plans of each patient)\n"
+            << "  cohort generate, 2 patients with images and NIfTI: " << std::setprecision(2)
+            << cohort_s / 2 << " s per patient (2 threads)\n";
+  if (!json_path.empty()) {
+    nlohmann::json out = {{"mewm_version", Version()}, {"patients", rows},
+                          {"plans_per_s", total_plans / total_solve_s},
+                          {"cohort_generate_s_per_patient", cohort_s / 2}};
+    if (auto w = WriteFileAtomic(json_path, out.dump(2) + "\n"); !w) return Fail(w.error());
+  }
+  return 0;
+}
+
 }  // namespace
 
 Action RegisterBench(CLI::App& app) {
@@ -153,8 +222,16 @@ Action RegisterBench(CLI::App& app) {
       ->capture_default_str();
   core->add_option("--json", *json_path, "Also write the figures as JSON to this file");
   core->add_option("--keep", *keep, "Keep the phantom files in this folder");
+  auto world_patients = std::make_shared<int>(3);
+  auto* world = app.add_subcommand("world", "Synthetic world: render, mechanistic and truth timings");
+  world->add_option("--patients", *world_patients, "Patients to time")->check(CLI::Range(1, 100))
+      ->capture_default_str();
+  world->add_option("--json", *json_path, "Also write the figures as JSON to this file");
   app.require_subcommand(1);
-  return [=]() -> int { return RunCoreBench(*repeats, *json_path, *keep); };
+  return [=]() -> int {
+    if (world->parsed()) return RunWorldBench(*world_patients, *json_path);
+    return RunCoreBench(*repeats, *json_path, *keep);
+  };
 }
 
 }  // namespace mewm::cli

@@ -18,6 +18,7 @@ Action RegisterInspect(CLI::App& app);
 Action RegisterConvert(CLI::App& app);
 Action RegisterRender(CLI::App& app);
 Action RegisterBench(CLI::App& app);
+Action RegisterCohort(CLI::App& app);
 
 /// Prints "mewm: error: <message>" to stderr and returns 1.
 int Fail(const Error& error);

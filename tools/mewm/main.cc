@@ -39,7 +39,9 @@ int main(int argc, char** argv) {
       mewm::cli::RegisterConvert);
   add("render", "Render one slice of a volume to PNG, optionally with a label overlay",
       mewm::cli::RegisterRender);
-  add("bench", "Measure core operations (volume IO, dense<->grid, crops)", mewm::cli::RegisterBench);
+  add("cohort", "Generate a synthetic cohort, or print its world-validity figures",
+      mewm::cli::RegisterCohort);
+  add("bench", "Measure core operations and the synthetic world", mewm::cli::RegisterBench);
 
   try {
     app.parse(argc, argv);

@@ -48,6 +48,12 @@ class GridVolume {
   static Expected<GridVolume> FromDense(const DenseVolume<ValueType>& dense, std::string name,
                                         ValueType tolerance = ValueType{});
 
+  /// Writes a dense block of values (i fastest) into the index box `box`, which may lie anywhere;
+  /// values within `tolerance` of the background become inactive. kInvalidArgument when the value
+  /// count does not match the box.
+  Status CopyFromDense(const IndexBox& box, const std::vector<ValueType>& values,
+                       ValueType tolerance = ValueType{});
+
   /// Dense copy of the declared extent (inactive voxels read as background).
   DenseVolume<ValueType> ToDense() const;
   /// Dense copy of an arbitrary index box (may reach outside the extent).
