@@ -64,13 +64,18 @@ demo() {
   build
   local out="$ROOT/out/demo" mewm="$BUILD/tools/mewm/mewm"
   mkdir -p "$out"
-  # The most complete job the CLI has today: a CT phantom through every core format and view.
-  "$mewm" bench core --repeats 1 --keep "$out/phantom" --json "$out/bench.json"
-  "$mewm" convert "$out/phantom/phantom.nii.gz" "$out/phantom_roundtrip.vdb" --patient-id demo
-  "$mewm" inspect "$out/phantom_roundtrip.vdb"
-  "$mewm" render "$out/phantom_roundtrip.vdb" --plane axial --out "$out/axial.png"
-  "$mewm" render "$out/phantom_roundtrip.vdb" --plane coronal --out "$out/coronal.png"
-  echo "demo: results in $out"
+  # The most complete job the CLI has today: a seeded synthetic HCC-TACE cohort (CT phantoms,
+  # hidden biology, mechanistic TACE response, survival truth, exhaustive optimal plans), its
+  # world-validity figures, and views of the first patient before and after treatment.
+  "$mewm" cohort generate --n 8 --seed 7 --plans-per-patient 2 --out "$out/cohort" --force
+  "$mewm" cohort stats "$out/cohort" | tee "$out/cohort_stats.txt"
+  local p="$out/cohort/patients/P0001"
+  "$mewm" inspect "$p/pre.vdb"
+  "$mewm" render "$p/pre.vdb" --plane axial --at tumor --overlay tumor --out "$out/P0001_pre_axial.png"
+  "$mewm" render "$p/post_administered.vdb" --plane axial --at viable --overlay viable \
+    --out "$out/P0001_post_axial.png"
+  "$mewm" render "$p/pre.vdb" --plane coronal --at tumor --out "$out/P0001_pre_coronal.png"
+  echo "demo: results in $out (cohort in $out/cohort, renders *.png)"
 }
 
 asan() {

@@ -205,7 +205,7 @@ Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields
     }
     const double drug_boost = effect.lipiodol ? 1.3 : 1.0;
     const double tau = DrugTau(effect.lipiodol);
-    const std::int64_t sx = 1, sy = n[0], sz = n[0] * n[1];
+    const std::int64_t sy = n[0], sz = n[0] * n[1];
     for (int s = 0; s < steps; ++s) {
       const double t = (s + 0.5) * dt;
       const double drug = effect.drug_rate * drug_boost * std::exp(-t / tau);
@@ -215,19 +215,29 @@ Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields
       const double diffusion = bio.infiltration_mm2_per_day * dt / (h * h);
       for (std::int64_t k = 0; k < n[2]; ++k) {
         for (std::int64_t j = 0; j < n[1]; ++j) {
+          const std::int64_t base = n[0] * (j + n[1] * k);
+          const float* row = &u[std::size_t(base)];
+          // Zero-flux boundary: a missing neighbour mirrors the centre row.
+          const float* ym = j > 0 ? row - sy : row;
+          const float* yp = j + 1 < n[1] ? row + sy : row;
+          const float* zm = k > 0 ? row - sz : row;
+          const float* zp = k + 1 < n[2] ? row + sz : row;
           for (std::int64_t i = 0; i < n[0]; ++i) {
-            const std::int64_t x = i + n[0] * (j + n[1] * k);
-            const double c = u[std::size_t(x)];
-            // Zero-flux boundary: a missing neighbour mirrors the centre.
-            const auto at = [&](bool inside, std::int64_t off) { return inside ? double(u[std::size_t(x + off)]) : c; };
-            const double lap = at(i > 0, -sx) + at(i + 1 < n[0], sx) + at(j > 0, -sy) +
-                               at(j + 1 < n[1], sy) + at(k > 0, -sz) + at(k + 1 < n[2], sz) - 6.0 * c;
+            const double c = row[i];
+            const double xm = i > 0 ? row[i - 1] : c;
+            const double xp = i + 1 < n[0] ? row[i + 1] : c;
+            const double lap = xm + xp + ym[i] + yp[i] + zm[i] + zp[i] - 6.0 * c;
+            const std::size_t x = std::size_t(base + i);
+            if (c == 0.0 && lap == 0.0) {  // empty margin stays empty
+              next[x] = 0.0f;
+              continue;
+            }
             double v = c + diffusion * lap;
             v += growth * v * (1.0 - v);
             // Kill integrated exactly over the step (stable for any rate).
-            const double kill = drug * delivery[std::size_t(x)] + ischemia * dependence[std::size_t(x)];
-            v *= std::exp(-kill * dt);
-            next[std::size_t(x)] = float(std::clamp(v, 0.0, 1.0));
+            const double kill = drug * delivery[x] + ischemia * dependence[x];
+            if (kill > 0.0) v *= std::exp(-kill * dt);
+            next[x] = float(std::clamp(v, 0.0, 1.0));
           }
         }
       }
@@ -302,7 +312,9 @@ Expected<Outcome> RenderOutcome(const PatientCase& patient, const std::vector<Tu
           } else if (!was_tumor && is_viable) {
             hu = kNewGrowthHu + 12.0 * HashNormal(seed, counter);
           }
-          if (was_tumor && lip > 0.15) hu += 200.0 + 400.0 * std::min(lip, 1.0);
+          // Lipiodol stays where the tumor died; residual viable tumor shows as a deposit defect,
+          // the classic look of incomplete response after cTACE.
+          if (was_tumor && !is_viable && lip > 0.15) hu += 200.0 + 400.0 * std::min(lip, 1.0);
           ct.setValueOn(ijk, float(hu));
           if (is_viable) viable.setValueOn(ijk, 1);
         }

@@ -292,10 +292,13 @@ Expected<WorldStats> SummarizeTruths(const std::vector<SyntheticPatient>& patien
     }
   }
   s.event_fraction = double(events) / double(patients.size());
-  MEWM_TRY(s.oracle_c_index, survival::HarrellC(oracle, records));
+  // Survival figures need enough events; a small cohort reports them as not measurable (NaN).
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  auto oracle_c = survival::HarrellC(oracle, records);
+  s.oracle_c_index = oracle_c ? *oracle_c : nan;
   MEWM_TRY(const survival::KaplanMeier km, survival::FitKaplanMeier(records));
   auto median = survival::MedianSurvival(km);
-  s.km_median_os_months = median ? *median : std::numeric_limits<double>::quiet_NaN();
+  s.km_median_os_months = median ? *median : nan;
 
   // A Cox model on what a clinician sees (volumes and covariates), 2-fold cross-validated.
   const std::vector<std::string> names = {"log_pre_viable_ml", "log10_afp", "child_pugh_b", "child_pugh_c",
@@ -309,6 +312,7 @@ Expected<WorldStats> SummarizeTruths(const std::vector<SyntheticPatient>& patien
         c.age_years, double(c.lesion_count), std::log(c.max_diameter_mm);
   }
   std::vector<double> predicted(patients.size(), 0.0);
+  bool cox_ok = true;
   for (int fold = 0; fold < 2; ++fold) {
     std::vector<long> train;
     for (std::size_t n = 0; n < patients.size(); ++n) {
@@ -320,13 +324,17 @@ Expected<WorldStats> SummarizeTruths(const std::vector<SyntheticPatient>& patien
       xt.row(long(r)) = x.row(train[r]);
       yt.push_back(records[std::size_t(train[r])]);
     }
-    MEWM_TRY(const survival::CoxFit fit, survival::FitCox(xt, yt, names));
+    auto fit = survival::FitCox(xt, yt, names);
+    if (!fit) {
+      cox_ok = false;
+      break;
+    }
     for (std::size_t n = 0; n < patients.size(); ++n) {
-      if (int(n % 2) == fold) predicted[n] = fit.LinearPredictor(x.row(long(n)).transpose());
+      if (int(n % 2) == fold) predicted[n] = fit->LinearPredictor(x.row(long(n)).transpose());
     }
   }
-  MEWM_TRY(s.visible_cox_c_index, survival::HarrellC(predicted, records));
-  const double nan = std::numeric_limits<double>::quiet_NaN();
+  auto cox_c = cox_ok ? survival::HarrellC(predicted, records) : Expected<double>(nan);
+  s.visible_cox_c_index = cox_c ? *cox_c : nan;
   s.liver_hu = s.viable_tumor_hu = s.necrosis_hu = s.lipiodol_hu = s.air_hu = nan;
   return s;
 }

@@ -149,8 +149,8 @@ SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) co
   b.proliferation_per_day = 0.018 * std::exp(0.45 * z_p);
   b.infiltration_mm2_per_day = 0.06 * std::exp(0.5 * z_d);
   b.vascularity = Sigmoid(1.2 * z_v);
-  b.sensitivity = {std::exp(0.55 * z_pt), std::exp(0.55 * z_an), std::exp(0.55 * z_am),
-                   std::exp(0.55 * z_mi)};
+  b.sensitivity = {std::exp(0.8 * z_pt), std::exp(0.8 * z_an), std::exp(0.8 * z_am),
+                   std::exp(0.8 * z_mi)};
 
   // Anatomy.
   AnatomySpec& a = p.anatomy;
@@ -326,7 +326,7 @@ double SyntheticWorld::LinearPredictor(const SyntheticPatient& p, double post_vi
   const Covariates& c = p.covariates;
   const double cp = c.child_pugh == 'A' ? 0.0 : c.child_pugh == 'B' ? 0.45 : 0.9;
   const double bclc = c.bclc_stage == 'C' ? 0.35 : c.bclc_stage == 'B' ? 0.0 : -0.3;
-  return 0.60 * std::log1p(post_viable_ml) - 1.5 + 0.45 * (std::log10(c.afp_ng_ml) - 1.5) + cp +
+  return 0.70 * std::log1p(post_viable_ml) - 2.55 + 0.30 * (std::log10(c.afp_ng_ml) - 1.5) + cp +
          bclc + 0.35 * (c.vascular_invasion ? 1.0 : 0.0) + 0.015 * (c.age_years - 62.0) + toxicity;
 }
 

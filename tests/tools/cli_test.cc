@@ -62,7 +62,7 @@ TEST_F(CliTest, VersionAndHelp) {
   const Result version = RunMewm("--version");
   EXPECT_EQ(version.code, 0);
   EXPECT_NE(version.output.find("mewm 0."), std::string::npos);
-  for (const char* sub : {"inspect", "convert", "render", "bench"}) {
+  for (const char* sub : {"inspect", "convert", "render", "bench", "cohort", "cohort generate"}) {
     const Result help = RunMewm(std::string(sub) + " --help");
     EXPECT_EQ(help.code, 0) << sub;
     EXPECT_NE(help.output.find("Usage"), std::string::npos) << sub;
@@ -128,6 +128,39 @@ TEST_F(CliTest, ErrorsExitNonZeroAndNameTheFileAndProblem) {
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("cut.nii.gz"), std::string::npos);
   EXPECT_FALSE(std::filesystem::exists(dir_.File("cut.vdb")));
+}
+
+TEST_F(CliTest, CohortGenerateThenStats) {
+  const std::string out = dir_.File("cohort");
+  Result r = RunMewm("cohort generate --n 4 --seed 3 --spacing 3 --no-nifti --quiet --out " + out);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(std::filesystem::exists(out + "/patients/P0004/pre.vdb"));
+  r = RunMewm("cohort stats " + out + " --hu-patients 2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("oracle C-index"), std::string::npos);
+  EXPECT_NE(r.output.find("liver HU"), std::string::npos);
+  r = RunMewm("inspect " + out + "/patients/P0001/pre.vdb");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("grid 'tumor'"), std::string::npos);
+}
+
+TEST_F(CliTest, CohortRefusesBadRequests) {
+  Result r = RunMewm("cohort generate --n 0 --out " + dir_.File("x"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("--n must be >= 1"), std::string::npos);
+  std::filesystem::create_directories(dir_.File("full"));
+  std::filesystem::copy_file(ct_path_, dir_.File("full/keep.nii.gz"));
+  r = RunMewm("cohort generate --n 1 --spacing 3 --out " + dir_.File("full"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("not empty"), std::string::npos);
+  EXPECT_TRUE(std::filesystem::exists(dir_.File("full/keep.nii.gz")));
+  r = RunMewm("cohort generate --n 1 --out /proc/mewm-no");
+  EXPECT_EQ(r.code, 1);
+  r = RunMewm("cohort generate --n abc --out " + dir_.File("y"));
+  EXPECT_NE(r.code, 0);
+  r = RunMewm("cohort stats " + dir_.File("nothing"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("truth.json"), std::string::npos);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
 #include <iostream>
+#include <cmath>
 #include <optional>
 
 #include "commands.h"
@@ -30,7 +31,7 @@ Expected<HuWindow> ParseWindow(const std::string& text) {
 
 Action RegisterRender(CLI::App& app) {
   struct Options {
-    std::string file, plane = "axial", window = "-175,600", overlay, grid = "ct", out;
+    std::string file, plane = "axial", window = "-175,600", overlay, grid = "ct", out, at;
     std::int64_t index = -1;
   };
   auto o = std::make_shared<Options>();
@@ -42,6 +43,8 @@ Action RegisterRender(CLI::App& app) {
   app.add_option("--grid", o->grid, "CT grid to render (.vdb input)")->capture_default_str();
   app.add_option("--overlay", o->overlay,
                  "Label overlay: a grid name in FILE (e.g. tumor) or a label NIfTI/.vdb path");
+  app.add_option("--at", o->at,
+                 "Slice through the centre of this label grid of FILE (e.g. tumor) instead of --index");
   app.add_option("--out", o->out, "Output PNG path")->required();
   return [o]() -> int {
     auto plane = ParseSlicePlane(o->plane);
@@ -69,6 +72,15 @@ Action RegisterRender(CLI::App& app) {
     SliceSpec spec;
     spec.plane = *plane;
     spec.index = o->index;
+    if (!o->at.empty()) {
+      auto label = set->Label(o->at);
+      if (!label) return Fail(label.error().WithContext("--at"));
+      auto box = LabelWorldBox(*label);
+      if (!box) return Fail(box.error().WithContext("--at"));
+      const Eigen::Vector3d centre = ct->geometry().WorldToIndex(0.5 * (box->min + box->max));
+      const int axis = *plane == SlicePlane::kAxial ? 2 : *plane == SlicePlane::kCoronal ? 1 : 0;
+      spec.index = std::llround(centre[axis]);
+    }
     spec.window = *window;
     auto image = RenderSlice(*ct, spec, overlay ? &*overlay : nullptr);
     if (!image) return Fail(image.error().WithContext("'" + o->file + "'"));

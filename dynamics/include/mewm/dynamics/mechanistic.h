@@ -8,7 +8,7 @@
 //
 //   inputs:  PatientCase (CT, tumor mask), TumorBiology, Plan, seed
 //   outputs: Outcome (post-treatment CT and viable mask on the patient's lattice), ResponseSummary
-//   config:  MechanisticConfig (grid_mm = 2.0, follow_up_days = 42, margin_mm = 10, ...)
+//   config:  MechanisticConfig (grid_mm = 2.0, follow_up_days = 42, margin_mm = 6, ...)
 #pragma once
 
 #include <array>
@@ -61,7 +61,7 @@ Expected<double> PlanToxicity(const Plan& plan, char child_pugh);
 
 struct MechanisticConfig {
   double grid_mm = 2.0;            ///< spacing of the response grid
-  double margin_mm = 10.0;         ///< neighbourhood margin around the tumor's bounding box
+  double margin_mm = 6.0;          ///< neighbourhood margin around the tumor's bounding box
   double follow_up_days = 42.0;    ///< time from TACE to the post-treatment CT
   double max_dt_days = 1.0;        ///< upper bound on the time step (also CFL-limited)
   double sample_sigma = 0.15;      ///< log-normal spread of biology between samples (sample > 0)
@@ -106,7 +106,8 @@ Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields
 
 /// Renders the post-treatment CT and viable mask on the patient's lattice: surviving tumor keeps
 /// its HU, killed tumor becomes necrosis (about 20 HU), new growth looks like viable tumor, and
-/// Lipiodol adds +200..+600 HU. Deterministic given `seed`.
+/// Lipiodol adds +200..+600 HU where it was retained in tumor that died (viable residual tumor is
+/// a deposit defect). Deterministic given `seed`.
 Expected<Outcome> RenderOutcome(const PatientCase& patient, const std::vector<TumorField>& fields,
                                 const std::vector<FieldResponse>& responses, const Plan& plan,
                                 int sample_index, std::uint64_t seed,

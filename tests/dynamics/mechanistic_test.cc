@@ -1,0 +1,156 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "mewm/dynamics/mechanistic.h"
+
+#include <gtest/gtest.h>
+
+#include "../core/test_env.h"
+
+namespace mewm::dynamics {
+namespace {
+
+class MechanisticTest : public testing::VdbTest {
+ protected:
+  /// A 48 mm cube of liver (55 HU) in air with a 12 mm-radius tumor: 115 HU rim, 85 HU interior.
+  static PatientCase Case() {
+    const Geometry g = Geometry::Isotropic(1.0, {-24, -24, -24});
+    DenseFloat ct({48, 48, 48}, g, 55.0f);
+    DenseLabel tumor({48, 48, 48}, g, 0);
+    for (int k = 0; k < 48; ++k)
+      for (int j = 0; j < 48; ++j)
+        for (int i = 0; i < 48; ++i) {
+          const double r = (g.IndexToWorld({double(i), double(j), double(k)})).norm();
+          if (r < 12.0) {
+            tumor.at(i, j, k) = 1;
+            ct.at(i, j, k) = r > 10.0 ? 115.0f : 85.0f;
+          }
+        }
+    PatientCase c{"T1", *Volume::FromDense(ct, "ct"), *LabelVolume::FromDense(tumor, "tumor"),
+                  std::nullopt, Covariates{}};
+    c.covariates.age_years = 60;
+    return c;
+  }
+  static Plan P(const std::string& text) { return *ActionBase::Default().ParsePlan(text); }
+  static double Residual(const std::vector<TumorField>& f, const TumorBiology& b, const std::string& plan,
+                         std::uint64_t seed = 0) {
+    auto r = SimulateResponse(f, b, P(plan), 'A', MechanisticConfig{}, seed, nullptr);
+    EXPECT_TRUE(r) << r.error().ToString();
+    return r ? r->post_viable_ml : -1.0;
+  }
+};
+
+TEST_F(MechanisticTest, FieldsCoverTheTumorWithDensityAndPerfusion) {
+  auto fields = BuildTumorFields(Case(), MechanisticConfig{});
+  ASSERT_TRUE(fields) << fields.error().ToString();
+  ASSERT_EQ(fields->size(), 1u);
+  const TumorField& f = fields->front();
+  EXPECT_NEAR(f.diameter_mm, 24.0, 1.0);
+  double mass = 0.0, max_perf = 0.0;
+  for (std::size_t x = 0; x < f.density.data.size(); ++x) {
+    mass += f.density.data[x];
+    max_perf = std::max(max_perf, double(f.perfusion.data[x]));
+  }
+  // 4/3 pi 12^3 mm^3 = 7.24 mL, in 2 mm voxels of 8 mm^3.
+  EXPECT_NEAR(mass * 8.0 / 1000.0, 7.24, 0.4);
+  EXPECT_GT(max_perf, 0.8);  // the enhancing rim
+}
+
+TEST_F(MechanisticTest, TreatmentsShrinkTheTumorInTheExpectedOrder) {
+  auto fields = *BuildTumorFields(Case(), MechanisticConfig{});
+  TumorBiology b;
+  const double lipiodol = Residual(fields, b, "Lipiodol");
+  const double one_drug = Residual(fields, b, "Lipiodol+Epirubicin");
+  const double two_drugs = Residual(fields, b, "Lipiodol+Epirubicin+Cisplatin");
+  const double embolized = Residual(fields, b, "Lipiodol+Epirubicin+Cisplatin+PVA");
+  EXPECT_LT(one_drug, lipiodol);
+  EXPECT_LT(two_drugs, one_drug);
+  EXPECT_LT(embolized, two_drugs);
+  // A patient insensitive to anthracyclines gains little from epirubicin.
+  TumorBiology resistant = b;
+  resistant.sensitivity[1] = 0.05;
+  EXPECT_GT(Residual(fields, resistant, "Lipiodol+Epirubicin"), one_drug);
+}
+
+TEST_F(MechanisticTest, DiffusionAloneConservesMassAndStaysStableAtHighInfiltration) {
+  auto fields = *BuildTumorFields(Case(), MechanisticConfig{});
+  TumorBiology b;
+  b.proliferation_per_day = 0.0;
+  b.infiltration_mm2_per_day = 5.0;  // forces many CFL-limited steps
+  auto r = SimulateResponse(fields, b, Plan(), 'A', MechanisticConfig{}, 0, nullptr);
+  ASSERT_TRUE(r);
+  EXPECT_NEAR(r->post_viable_ml, r->pre_viable_ml, 1e-3 * r->pre_viable_ml);
+  std::vector<FieldResponse> out;
+  ASSERT_TRUE(SimulateResponse(fields, b, Plan(), 'A', MechanisticConfig{}, 0, &out));
+  for (float v : out.front().density.data) {
+    ASSERT_TRUE(v >= 0.0f && v <= 1.0f);
+  }
+}
+
+TEST_F(MechanisticTest, SamplesDifferBySeedAndRepeatExactly) {
+  auto fields = *BuildTumorFields(Case(), MechanisticConfig{});
+  TumorBiology b;
+  const double a1 = Residual(fields, b, "Lipiodol+Epirubicin", 11);
+  const double a2 = Residual(fields, b, "Lipiodol+Epirubicin", 11);
+  const double c = Residual(fields, b, "Lipiodol+Epirubicin", 12);
+  EXPECT_EQ(a1, a2);
+  EXPECT_NE(a1, c);
+}
+
+TEST_F(MechanisticTest, ToxicityGrowsWithPoorLiverReserveAndRiskyPairs) {
+  const double a = *PlanToxicity(P("Lipiodol+Epirubicin"), 'A');
+  EXPECT_GT(*PlanToxicity(P("Lipiodol+Epirubicin"), 'B'), a);
+  EXPECT_GT(*PlanToxicity(P("Lipiodol+Epirubicin+Cisplatin"), 'A'),
+            a + PhysicsOf("Cisplatin")->toxicity);
+  EXPECT_GT(*PlanToxicity(P("Lipiodol+Absolute Alcohol"), 'B') - *PlanToxicity(P("Lipiodol+Absolute Alcohol"), 'A'),
+            0.25);
+  auto unknown = PhysicsOf("Sorafenib");
+  ASSERT_FALSE(unknown);
+  EXPECT_NE(unknown.error().message.find("Sorafenib"), std::string::npos);
+}
+
+TEST_F(MechanisticTest, BackendRendersOutcomesAndBatchingNeverChangesThem) {
+  const PatientCase patient = Case();
+  TumorBiology b;
+  auto model = MechanisticDynamics::Create(MechanisticConfig{}, [b](const PatientCase&) -> Expected<TumorBiology> { return b; });
+  ASSERT_TRUE(model);
+  const std::vector<SimulationRequest> requests = {{P("Lipiodol+Epirubicin"), 0, 5},
+                                                   {P("Lipiodol+Cisplatin+Gelatin Sponge"), 1, 6}};
+  auto batch = (*model)->Simulate(patient, requests);
+  ASSERT_TRUE(batch) << batch.error().ToString();
+  ASSERT_EQ(batch->size(), 2u);
+  for (std::size_t n = 0; n < requests.size(); ++n) {
+    auto single = (*model)->Simulate(patient, {requests[n]});
+    ASSERT_TRUE(single);
+    EXPECT_EQ(single->front().post_ct.ToDense().data, (*batch)[n].post_ct.ToDense().data);
+    EXPECT_EQ(single->front().viable.ToDense().data, (*batch)[n].viable.ToDense().data);
+    EXPECT_TRUE(CheckOutcome((*batch)[n], requests[n], patient));
+  }
+  EXPECT_EQ((*model)->solves(), 4);
+  // Lipiodol deposits are hyperdense; the viable tumor shrank.
+  const Outcome& o = batch->front();
+  EXPECT_GT(o.post_ct.Statistics().max, 200.0);
+  EXPECT_LT(ViableVolumeMl(o), 7.24);
+}
+
+TEST_F(MechanisticTest, BadInputsAreClearErrors) {
+  PatientCase empty = Case();
+  empty.tumor = LabelVolume(empty.ct.geometry(), empty.ct.extent(), "tumor");
+  auto fields = BuildTumorFields(empty, MechanisticConfig{});
+  ASSERT_FALSE(fields);
+  EXPECT_NE(fields.error().message.find("tumor mask is empty"), std::string::npos);
+  auto good = *BuildTumorFields(Case(), MechanisticConfig{});
+  TumorBiology bad;
+  bad.vascularity = 2.0;
+  EXPECT_FALSE(SimulateResponse(good, bad, Plan(), 'A', MechanisticConfig{}, 0, nullptr));
+  EXPECT_FALSE(SimulateResponse(good, TumorBiology{}, Plan({"Lipiodol", "Sorafenib"}), 'A',
+                                MechanisticConfig{}, 0, nullptr));
+  EXPECT_FALSE(MechanisticDynamics::Create(MechanisticConfig{}, nullptr));
+  MechanisticConfig zero;
+  zero.grid_mm = 0.0;
+  EXPECT_FALSE(MechanisticDynamics::Create(zero, [](const PatientCase&) -> Expected<TumorBiology> {
+    return TumorBiology{};
+  }));
+}
+
+}  // namespace
+}  // namespace mewm::dynamics

@@ -1,0 +1,182 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "mewm/scenarios/synthetic_world.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <set>
+
+#include "../core/test_env.h"
+#include "mewm/core/file_util.h"
+#include "mewm/scenarios/cohort.h"
+
+namespace mewm::scenarios {
+namespace {
+
+namespace fs = std::filesystem;
+
+/// A coarse world (2 mm voxels) so that tests render in a fraction of a second.
+WorldConfig SmallWorld() {
+  WorldConfig c;
+  c.spacing_mm = 2.0;
+  return c;
+}
+
+class SyntheticWorldTest : public testing::VdbTest {
+ protected:
+  SyntheticWorld world_ = *SyntheticWorld::Create(SmallWorld(), ActionBase::Default());
+};
+
+TEST_F(SyntheticWorldTest, PatientsArePureFunctionsOfSeedAndIndex) {
+  const SyntheticPatient a = world_.Sample(7, 3), b = world_.Sample(7, 3), c = world_.Sample(7, 4);
+  EXPECT_EQ(a.id, "P0004");
+  EXPECT_EQ(a.seed, b.seed);
+  EXPECT_EQ(a.biology.sensitivity, b.biology.sensitivity);
+  EXPECT_EQ(a.administered, b.administered);
+  EXPECT_NE(a.seed, c.seed);
+  EXPECT_TRUE(a.covariates.Validate());
+  EXPECT_TRUE(ActionBase::Default().Validate(a.administered));
+}
+
+TEST_F(SyntheticWorldTest, CovariateMarginalsArePlausibleForTace) {
+  int male = 0, child_a = 0, multi = 0;
+  double age = 0.0, log_afp = 0.0;
+  const int n = 400;
+  for (int i = 0; i < n; ++i) {
+    const Covariates c = world_.Sample(11, i).covariates;
+    male += c.sex == Covariates::Sex::kMale;
+    child_a += c.child_pugh == 'A';
+    multi += c.lesion_count > 1;
+    age += c.age_years;
+    log_afp += std::log10(c.afp_ng_ml);
+  }
+  EXPECT_NEAR(double(male) / n, 0.82, 0.06);
+  EXPECT_NEAR(double(child_a) / n, 0.70, 0.07);
+  EXPECT_NEAR(double(multi) / n, 0.45, 0.07);
+  EXPECT_NEAR(age / n, 62.0, 2.0);
+  EXPECT_NEAR(log_afp / n, 1.5, 0.2);
+}
+
+TEST_F(SyntheticWorldTest, TumorRegionRenderMatchesTheFullRenderThere) {
+  const SyntheticPatient p = world_.Sample(3, 0);
+  auto full = world_.Render(p);
+  auto region = world_.Render(p, true);
+  ASSERT_TRUE(full && region);
+  EXPECT_TRUE(full->Validate()) << full->Validate().error().ToString();
+  int compared = 0;
+  for (auto it = region->ct.grid().cbeginValueOn(); it; ++it) {
+    ASSERT_EQ(*it, full->ct.grid().getConstAccessor().getValue(it.getCoord()));
+    ++compared;
+  }
+  EXPECT_GT(compared, 1000);
+  EXPECT_EQ(CountLabel(region->tumor), CountLabel(full->tumor));
+  // Air stays the sparse background.
+  EXPECT_EQ(full->ct.GetValue(0, 0, 0), -1000.0f);
+  EXPECT_LT(full->ct.ActiveVoxelCount(), full->ct.extent()[0] * full->ct.extent()[1] * full->ct.extent()[2]);
+  for (std::size_t l = 0; l < p.lesions.size(); ++l) EXPECT_GT(CountLabel(full->tumor, int(l + 1)), 0);
+}
+
+TEST_F(SyntheticWorldTest, TruthFindsTheMinimumOverEveryValidPlan) {
+  const SyntheticPatient p = world_.Sample(5, 1);
+  auto region = world_.Render(p, true);
+  ASSERT_TRUE(region);
+  auto truth = world_.Truth(p, *region);
+  ASSERT_TRUE(truth) << truth.error().ToString();
+  ASSERT_EQ(truth->plans.size(), world_.plans().size());
+  for (const PlanTruth& t : truth->plans) EXPECT_GE(t.risk, truth->plans[truth->optimal].risk);
+  EXPECT_EQ(truth->plans[truth->administered].plan, p.administered);
+  EXPECT_GT(truth->event_time_months, 0.0);
+  EXPECT_GT(truth->pre_viable_ml, 0.0);
+}
+
+TEST_F(SyntheticWorldTest, BadConfigsAreRejected) {
+  WorldConfig c = SmallWorld();
+  c.spacing_mm = 0.0;
+  EXPECT_FALSE(SyntheticWorld::Create(c, ActionBase::Default()));
+  c = SmallWorld();
+  c.counterfactual_plans = 1000;
+  EXPECT_FALSE(SyntheticWorld::Create(c, ActionBase::Default()));
+}
+
+class CohortTest : public testing::VdbTest {
+ protected:
+  CohortOptions Options(const std::string& out, int n) {
+    CohortOptions o;
+    o.n = n;
+    o.seed = 42;
+    o.out_dir = out;
+    o.world = SmallWorld();
+    o.world.counterfactual_plans = 1;
+    return o;
+  }
+  testing::TempDir dir_;
+};
+
+TEST_F(CohortTest, SameSeedGivesByteIdenticalCohorts) {
+  const std::string a = dir_.File("a"), b = dir_.File("b");
+  ASSERT_TRUE(GenerateCohort(Options(a, 2), ActionBase::Default()));
+  ASSERT_TRUE(GenerateCohort(Options(b, 2), ActionBase::Default()));
+  int files = 0;
+  for (const auto& entry : fs::recursive_directory_iterator(a)) {
+    if (!entry.is_regular_file()) continue;
+    const fs::path rel = fs::relative(entry.path(), a);
+    ASSERT_EQ(*ReadFile(entry.path().string()), *ReadFile((fs::path(b) / rel).string())) << rel;
+    ++files;
+  }
+  // manifest, clinical, truth + per patient: pre.vdb, 3 NIfTI, post vdb + 2 NIfTI, 1 counterfactual, truth.
+  EXPECT_EQ(files, 3 + 2 * 9);
+  for (const char* name : {"manifest.json", "clinical.csv", "truth.json", "patients/P0001/pre.vdb",
+                           "patients/P0002/post_administered.vdb", "patients/P0002/post_cf1.vdb",
+                           "patients/P0001/pre_ct.nii.gz", "patients/P0001/tumor.nii.gz"}) {
+    EXPECT_TRUE(fs::exists(fs::path(a) / name)) << name;
+  }
+}
+
+TEST_F(CohortTest, RefusesBadRequestsAndLeavesNoTemporaryFolders) {
+  const std::string out = dir_.File("c");
+  EXPECT_FALSE(GenerateCohort(Options(out, 0), ActionBase::Default()));
+  ASSERT_TRUE(GenerateCohort(Options(out, 1), ActionBase::Default()));
+  auto again = GenerateCohort(Options(out, 1), ActionBase::Default());
+  ASSERT_FALSE(again);
+  EXPECT_NE(again.error().message.find("--force"), std::string::npos);
+  CohortOptions forced = Options(out, 1);
+  forced.force = true;
+  EXPECT_TRUE(GenerateCohort(forced, ActionBase::Default()));
+  for (const auto& entry : fs::directory_iterator(fs::path(out) / "patients")) {
+    EXPECT_EQ(entry.path().filename().string().rfind(".tmp", 0), std::string::npos);
+  }
+  ASSERT_TRUE(WriteFileAtomic(dir_.File("file"), "x"));
+  EXPECT_FALSE(GenerateCohort(Options(dir_.File("file"), 1), ActionBase::Default()));
+  EXPECT_FALSE(GenerateCohort(Options("/proc/mewm-cannot-write", 1), ActionBase::Default()));
+}
+
+TEST_F(CohortTest, ImagesFallInPortalVenousHuBands) {
+  const std::string out = dir_.File("hu");
+  CohortOptions o = Options(out, 6);
+  o.write_nifti = false;
+  o.world.counterfactual_plans = 0;
+  ASSERT_TRUE(GenerateCohort(o, ActionBase::Default()));
+  auto stats = ComputeCohortStats(out, 6);
+  ASSERT_TRUE(stats) << stats.error().ToString();
+  EXPECT_EQ(stats->hu_patients, 6);
+  EXPECT_GE(stats->liver_hu, 45.0);
+  EXPECT_LE(stats->liver_hu, 75.0);
+  EXPECT_GE(stats->viable_tumor_hu, 60.0);
+  EXPECT_LE(stats->viable_tumor_hu, 130.0);
+  EXPECT_GE(stats->necrosis_hu, 0.0);
+  EXPECT_LE(stats->necrosis_hu, 40.0);
+  EXPECT_GT(stats->lipiodol_hu, 200.0);
+  EXPECT_EQ(stats->air_hu, -1000.0);
+}
+
+TEST_F(CohortTest, StatsOfACorruptCohortAreErrors) {
+  EXPECT_FALSE(ComputeCohortStats(dir_.File("none")));
+  ASSERT_TRUE(WriteFileAtomic(dir_.File("truth.json"), "{\"patients\": {\"P1\": {}}}"));
+  auto r = ComputeCohortStats(dir_.path().string());
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kCorruptData);
+}
+
+}  // namespace
+}  // namespace mewm::scenarios
