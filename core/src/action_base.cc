@@ -11,6 +11,7 @@
 
 #include "mewm/core/config.h"
 #include "mewm/core/file_util.h"
+#include "mewm/core/text.h"
 
 namespace mewm::detail {
 /// The text of core/data/tace_actions.toml; CMake generates the definition from
@@ -41,15 +42,6 @@ std::string Trim(const std::string& s) {
   if (first == std::string::npos) return "";
   const auto last = s.find_last_not_of(kBlanks);
   return s.substr(first, last - first + 1);
-}
-
-std::string Join(const std::vector<std::string>& parts, const std::string& sep) {
-  std::string out;
-  for (std::size_t i = 0; i < parts.size(); ++i) {
-    if (i > 0) out += sep;
-    out += parts[i];
-  }
-  return out;
 }
 
 /// "A", "A and B", "A, B and C".

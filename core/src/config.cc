@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "mewm/core/file_util.h"
+#include "mewm/core/text.h"
 
 namespace mewm {
 
@@ -92,15 +93,6 @@ std::string Describe(const toml::node& node) {
       break;
   }
   return "nothing";
-}
-
-std::string Join(const std::vector<std::string>& parts, const std::string& sep) {
-  std::string out;
-  for (std::size_t i = 0; i < parts.size(); ++i) {
-    if (i > 0) out += sep;
-    out += parts[i];
-  }
-  return out;
 }
 
 std::string WhereLine(const std::string& origin, const toml::source_region& src) {

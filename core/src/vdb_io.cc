@@ -11,6 +11,7 @@
 #include "mewm/core/file_util.h"
 #include "mewm/core/log.h"
 #include "mewm/core/seed.h"
+#include "mewm/core/text.h"
 
 namespace mewm {
 namespace {
@@ -20,9 +21,7 @@ constexpr const char* kFormatKey = "mewm_format";
 constexpr int kFormatVersion = 1;
 
 std::string JoinNames(const std::vector<std::string>& names) {
-  std::string out;
-  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
-  return out.empty() ? "none" : out;
+  return names.empty() ? "none" : Join(names, ", ");
 }
 
 template <typename VolumeT>

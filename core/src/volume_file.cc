@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "mewm/core/nifti_io.h"
+#include "mewm/core/text.h"
 
 namespace mewm {
 
@@ -65,10 +66,8 @@ Status WriteVolumeFile(const std::string& path, const VolumeSet& set, const std:
   if (name.empty()) {
     const auto names = set.GridNames();
     if (names.size() != 1) {
-      std::string list;
-      for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
       return MakeError(ErrorCode::kInvalidArgument,
-                       "a NIfTI file holds one grid; choose one of: " + list);
+                       "a NIfTI file holds one grid; choose one of: " + Join(names, ", "));
     }
     name = names.front();
   }

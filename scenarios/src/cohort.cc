@@ -194,6 +194,12 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
                        "output folder '" + options.out_dir + "' is not empty (use --force to replace its cohort)");
     }
   }
+  if (options.force) {
+    // Replace the previous cohort (its patients and index files), nothing else in the folder.
+    for (const char* name : {"patients", "manifest.json", "truth.json", "clinical.csv"}) {
+      fs::remove_all(fs::path(options.out_dir) / name, ec);
+    }
+  }
   fs::create_directories(fs::path(options.out_dir) / "patients", ec);
   if (ec || access(options.out_dir.c_str(), W_OK) != 0) {
     return MakeError(ErrorCode::kIo, "cannot write to '" + options.out_dir + "'" +
@@ -202,6 +208,10 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
   MEWM_TRY(const SyntheticWorld world, SyntheticWorld::Create(options.world, actions));
   std::vector<SyntheticPatient> patients;
   for (int n = 0; n < options.n; ++n) patients.push_back(world.Sample(options.seed, n));
+  // Folders left by an interrupted run are incomplete by construction: remove them.
+  for (const auto& entry : fs::directory_iterator(fs::path(options.out_dir) / "patients", ec)) {
+    if (entry.path().filename().string().rfind(".tmp-", 0) == 0) fs::remove_all(entry.path(), ec);
+  }
 
   std::vector<PatientTruth> truths(patients.size());
   std::vector<std::optional<Error>> errors(patients.size());

@@ -326,7 +326,7 @@ double SyntheticWorld::LinearPredictor(const SyntheticPatient& p, double post_vi
   const Covariates& c = p.covariates;
   const double cp = c.child_pugh == 'A' ? 0.0 : c.child_pugh == 'B' ? 0.45 : 0.9;
   const double bclc = c.bclc_stage == 'C' ? 0.35 : c.bclc_stage == 'B' ? 0.0 : -0.3;
-  return 0.70 * std::log1p(post_viable_ml) - 2.55 + 0.30 * (std::log10(c.afp_ng_ml) - 1.5) + cp +
+  return 0.70 * std::log1p(post_viable_ml) - 2.75 + 0.30 * (std::log10(c.afp_ng_ml) - 1.5) + cp +
          bclc + 0.35 * (c.vascular_invasion ? 1.0 : 0.0) + 0.015 * (c.age_years - 62.0) + toxicity;
 }
 

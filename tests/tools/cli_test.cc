@@ -3,7 +3,11 @@
 //
 // Runs the real `mewm` binary on real files and checks exit codes, outputs and messages.
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/wait.h>
+
+#include <chrono>
+#include <thread>
 
 #include <array>
 #include <cstdio>
@@ -142,6 +146,39 @@ TEST_F(CliTest, CohortGenerateThenStats) {
   r = RunMewm("inspect " + out + "/patients/P0001/pre.vdb");
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("grid 'tumor'"), std::string::npos);
+}
+
+TEST_F(CliTest, InterruptedCohortLeavesOnlyCompletePatients) {
+  const std::string out = dir_.File("interrupted");
+  const std::string command = std::string(MEWM_CLI) + " cohort generate --n 40 --spacing 3 --no-nifti --quiet --out " +
+                              out + " > /dev/null 2>&1 & echo $!";
+  FILE* pipe = ::popen(command.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  int pid = 0;
+  ASSERT_EQ(std::fscanf(pipe, "%d", &pid), 1);
+  ::pclose(pipe);
+  // Wait (bounded) until at least one patient is complete, then kill the generator mid-run.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (!std::filesystem::exists(out + "/patients/P0001") && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+  ASSERT_TRUE(std::filesystem::exists(out + "/patients/P0001"));
+  EXPECT_FALSE(std::filesystem::exists(out + "/manifest.json"));  // the run did not finish
+  for (const auto& entry : std::filesystem::directory_iterator(out + "/patients")) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(".tmp-", 0) == 0) continue;  // hidden, and removed by the next run
+    for (const char* file : {"pre.vdb", "post_administered.vdb", "truth.json"}) {
+      EXPECT_TRUE(std::filesystem::exists(entry.path() / file)) << name << "/" << file;
+    }
+  }
+  // A rerun with --force completes the cohort and clears the leftovers.
+  const Result r = RunMewm("cohort generate --n 2 --spacing 3 --no-nifti --quiet --force --out " + out);
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const auto& entry : std::filesystem::directory_iterator(out + "/patients")) {
+    EXPECT_NE(entry.path().filename().string().rfind(".tmp-", 0), 0u);
+  }
 }
 
 TEST_F(CliTest, CohortRefusesBadRequests) {

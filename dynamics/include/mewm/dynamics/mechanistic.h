@@ -63,7 +63,7 @@ struct MechanisticConfig {
   double grid_mm = 2.0;            ///< spacing of the response grid
   double margin_mm = 6.0;          ///< neighbourhood margin around the tumor's bounding box
   double follow_up_days = 42.0;    ///< time from TACE to the post-treatment CT
-  double max_dt_days = 1.0;        ///< upper bound on the time step (also CFL-limited)
+  double max_dt_days = 2.0;        ///< upper bound on the time step (also CFL-limited)
   double sample_sigma = 0.15;      ///< log-normal spread of biology between samples (sample > 0)
   double viable_threshold = 0.5;   ///< density above which a voxel counts as viable in the mask
 };

@@ -29,7 +29,7 @@ struct CohortOptions {
   int n = 0;
   std::uint64_t seed = 0;
   std::string out_dir;
-  bool force = false;        ///< allow a non-empty output folder (its patients are replaced)
+  bool force = false;  ///< allow a non-empty folder: its previous cohort (patients/, index files) is removed
   bool write_nifti = true;   ///< NIfTI copies of the pre-treatment and administered images
   WorldConfig world;
   /// Called after each finished patient with (done, total); may be empty.
