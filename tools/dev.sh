@@ -72,7 +72,7 @@ demo() {
   local p="$out/cohort/patients/P0001"
   "$mewm" inspect "$p/pre.vdb"
   "$mewm" render "$p/pre.vdb" --plane axial --at tumor --overlay tumor --out "$out/P0001_pre_axial.png"
-  "$mewm" render "$p/post_administered.vdb" --plane axial --at viable --overlay viable \
+  "$mewm" render "$p/post_administered.vdb" --plane axial --at pre_tumor --overlay viable \
     --out "$out/P0001_post_axial.png"
   "$mewm" render "$p/pre.vdb" --plane coronal --at tumor --out "$out/P0001_pre_coronal.png"
   echo "demo: results in $out (cohort in $out/cohort, renders *.png)"

@@ -105,13 +105,14 @@ std::string ClinicalCsv(const std::vector<SyntheticPatient>& patients, const std
 }
 
 Status WriteOutcome(const std::string& dir, const std::string& stem, const Outcome& o,
-                    const SyntheticPatient& p, bool nifti) {
+                    const SyntheticPatient& p, const LabelVolume& pre_tumor, bool nifti) {
   VolumeSet set;
   set.metadata.patient_id = p.id;
   set.metadata.provenance_json =
       json{{"generator", "mewm synthetic world"}, {"world_version", kWorldVersion}, {"plan", o.plan.ToString()}}.dump();
   set.scalars.emplace("ct", o.post_ct);
   set.labels.emplace("viable", o.viable);
+  set.labels.emplace("pre_tumor", pre_tumor);  // the pre-treatment mask, for reference
   MEWM_RETURN_IF_ERROR(WriteVdb(dir + "/" + stem + ".vdb", set));
   if (nifti) {
     MEWM_RETURN_IF_ERROR(WriteNifti(dir + "/post_ct.nii.gz", o.post_ct.ToDense()));
@@ -160,7 +161,7 @@ Expected<PatientTruth> GeneratePatient(const SyntheticWorld& world, const Synthe
       MEWM_TRY(const Outcome outcome, dynamics::RenderOutcome(rendered, fields, responses, plans[k], 0,
                                                               render_seed, mech));
       const std::string stem = k == 0 ? "post_administered" : "post_cf" + std::to_string(k);
-      MEWM_RETURN_IF_ERROR(WriteOutcome(temp, stem, outcome, p, options.write_nifti && k == 0));
+      MEWM_RETURN_IF_ERROR(WriteOutcome(temp, stem, outcome, p, rendered.tumor, options.write_nifti && k == 0));
     }
     return WriteFileAtomic(temp + "/truth.json", TruthJson(p, truth).dump(2) + "\n");
   };
@@ -478,14 +479,20 @@ struct Check {
   bool Passes() const { return std::isnan(value) ? true : value >= lo && value <= hi; }
 };
 
+/// Population figures are only judged on cohorts this large (smaller ones are shown, not judged).
+constexpr int kMinPatientsForPopulationChecks = 100;
+
 std::vector<Check> Checks(const WorldStats& s) {
   const double inf = std::numeric_limits<double>::infinity();
+  const auto pop = [&](double v) {
+    return s.patients >= kMinPatientsForPopulationChecks ? v : std::numeric_limits<double>::quiet_NaN();
+  };
   return {
-      {"mean HR median plan / optimal plan", s.mean_hr_median_vs_optimal, 1.3, inf},
-      {"largest share of one optimal plan", s.max_optimal_share, 0.0, 0.35},
-      {"oracle C-index (true risk)", s.oracle_c_index, 0.70, 0.85},
-      {"visible-feature Cox C-index (2-fold)", s.visible_cox_c_index, 0.0, s.oracle_c_index - 0.03},
-      {"Kaplan-Meier median OS (months)", s.km_median_os_months, 15.0, 35.0},
+      {"mean HR median plan / optimal plan", pop(s.mean_hr_median_vs_optimal), 1.3, inf},
+      {"largest share of one optimal plan", pop(s.max_optimal_share), 0.0, 0.35},
+      {"oracle C-index (true risk)", pop(s.oracle_c_index), 0.70, 0.85},
+      {"visible-feature Cox C-index (2-fold)", pop(s.visible_cox_c_index), 0.0, s.oracle_c_index - 0.03},
+      {"Kaplan-Meier median OS (months)", pop(s.km_median_os_months), 15.0, 35.0},
       {"liver HU", s.liver_hu, 45.0, 75.0},
       {"viable tumor HU", s.viable_tumor_hu, 60.0, 130.0},
       {"necrosis HU", s.necrosis_hu, 0.0, 40.0},
@@ -515,6 +522,13 @@ std::string WorldStats::Format() const {
   out << "synthetic world: " << patients << " patients, " << distinct_optimal_plans
       << " distinct optimal plans (most common: " << most_common_optimal << "), events "
       << 100.0 * event_fraction << "%, HU measured on " << hu_patients << " patients\n";
+  if (patients < kMinPatientsForPopulationChecks) {
+    out << "  (population figures are judged from " << kMinPatientsForPopulationChecks
+        << " patients; try `mewm cohort stats --simulate 200`)\n";
+    out << "  mean HR median/optimal " << mean_hr_median_vs_optimal << ", largest optimal share "
+        << max_optimal_share << ", oracle C " << oracle_c_index << ", visible Cox C "
+        << visible_cox_c_index << ", KM median OS " << km_median_os_months << " months\n";
+  }
   for (const Check& c : Checks(*this)) {
     out << "  " << (std::isnan(c.value) ? "  -  " : c.Passes() ? "[ok] " : "[FAIL]") << " ";
     out.width(40);

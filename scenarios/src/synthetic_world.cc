@@ -156,8 +156,8 @@ SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) co
   AnatomySpec& a = p.anatomy;
   a.body_radii_mm = {135 + 8 * rng.Normal(), 105 + 6 * rng.Normal()};
   a.fat_mm = rng.Uniform(10, 24);
-  a.liver_center_mm = {-55 + 4 * rng.Normal(), -5 + 4 * rng.Normal(), 4 * rng.Normal()};
-  a.liver_radii_mm = {85 + 5 * rng.Normal(), 72 + 5 * rng.Normal(), 62 + 4 * rng.Normal()};
+  a.liver_center_mm = {-48 + 3 * rng.Normal(), -8 + 3 * rng.Normal(), 3 * rng.Normal()};
+  a.liver_radii_mm = {72 + 4 * rng.Normal(), 64 + 4 * rng.Normal(), 60 + 4 * rng.Normal()};
   a.liver_hu = std::clamp(57 + 4 * rng.Normal(), 48.0, 68.0);
   a.noise_sd = rng.Uniform(10, 20);
   a.texture_seed = rng.NextU64();
@@ -179,9 +179,18 @@ SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) co
     for (int k = 0; k < 3; ++k) s.radii_mm[k] = 0.5 * d * std::clamp(1.0 + 0.15 * rng.Normal(), 0.7, 1.3);
     s.axes = RandomRotation(rng);
     s.deform = std::clamp(0.08 + 0.05 * (0.7 * z_d + 0.7 * rng.Normal()), 0.02, 0.25);
+    // Inside the liver, not overlapping an earlier lesion (a few tries, then accept).
     const double reach = std::max(0.0, 0.75 - 0.5 * d / a.liver_radii_mm.minCoeff());
-    const Eigen::Vector3d dir = Eigen::Vector3d(rng.Normal(), rng.Normal(), rng.Normal()).normalized();
-    s.center_mm = a.liver_center_mm + reach * std::cbrt(rng.Uniform()) * dir.cwiseProduct(a.liver_radii_mm);
+    for (int attempt = 0; attempt < 20; ++attempt) {
+      const Eigen::Vector3d dir = Eigen::Vector3d(rng.Normal(), rng.Normal(), rng.Normal()).normalized();
+      s.center_mm = a.liver_center_mm + reach * std::cbrt(rng.Uniform()) * dir.cwiseProduct(a.liver_radii_mm);
+      bool clear = true;
+      for (const LesionSpec& other : p.lesions) {
+        clear = clear && (s.center_mm - other.center_mm).norm() >
+                             1.3 * (s.radii_mm.maxCoeff() + other.radii_mm.maxCoeff());
+      }
+      if (clear) break;
+    }
     const bool core = d >= 15.0 && rng.Bernoulli(Sigmoid(0.2 + 0.8 * z_an_seen + (d > 40 ? 0.5 : 0.0)));
     s.core_fraction = core ? std::clamp(0.35 + 0.1 * z_an_seen, 0.15, 0.6) : 0.0;
     s.rim_mm = rng.Uniform(1.5, 3.5);
@@ -278,15 +287,18 @@ Expected<PatientCase> SyntheticWorld::Render(const SyntheticPatient& p, bool tum
             if ((xy - aorta).norm() < 11.0) hu = 165.0;
             if ((xy - ivc).norm() < 10.5) hu = 135.0;
             std::int32_t liver_label = 0, tumor_label = 0;
+            // The liver and its lesions are intra-abdominal: never in the fat or muscle wall.
+            const bool visceral = depth >= a.fat_mm + 12.0;
             const Eigen::Vector3d q = (w - a.liver_center_mm).cwiseQuotient(a.liver_radii_mm);
-            if (q.norm() < 1.25 && q.norm() * (1.0 + 0.08 * ValueNoise(a.texture_seed, w, 30.0)) < 1.0) {
+            if (visceral && q.norm() < 1.25 &&
+                q.norm() * (1.0 + 0.08 * ValueNoise(a.texture_seed, w, 30.0)) < 1.0) {
               liver_label = 1;
               hu = a.liver_hu + 6.0 * ValueNoise(a.texture_seed + 1, w, 6.0);
               for (const auto& v : a.vessels) {
                 if (SegmentDistance(w, v.a, v.b) < v.radius_mm) hu = v.hu;
               }
             }
-            for (std::size_t l = 0; l < p.lesions.size(); ++l) {
+            for (std::size_t l = 0; visceral && l < p.lesions.size(); ++l) {
               const LesionSpec& s = p.lesions[l];
               if ((w - s.center_mm).norm() > s.radii_mm.maxCoeff() * (1.0 + s.deform) + 1.0) continue;
               const double rho = LesionRadius(s, w);

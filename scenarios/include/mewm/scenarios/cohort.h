@@ -11,7 +11,7 @@
 //   patients/P0001/        written atomically (a temporary folder renamed when complete)
 //     pre.vdb              grids ct, liver, tumor
 //     pre_ct.nii.gz  liver.nii.gz  tumor.nii.gz
-//     post_administered.vdb + post_ct.nii.gz + viable.nii.gz   (the plan the patient received)
+//     post_administered.vdb (ct, viable, pre_tumor) + post_ct.nii.gz + viable.nii.gz: the plan given
 //     post_cf<k>.vdb       counterfactual plans (--plans-per-patient), grids ct, viable
 #pragma once
 
