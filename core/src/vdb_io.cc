@@ -5,6 +5,7 @@
 #include <openvdb/io/File.h>
 
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <set>
 
@@ -70,6 +71,63 @@ Status MakeUuidDeterministic(const std::string& file_path, const std::string& ra
   const bool ok = std::fseek(f, long(at), SEEK_SET) == 0 && std::fwrite(tag, 1, 36, f) == 36;
   const bool closed = std::fclose(f) == 0;
   if (!ok || !closed) return MakeError(ErrorCode::kIo, "cannot rewrite header of '" + file_path + "'");
+  return {};
+}
+
+/// Walks the OpenVDB file layout (header, file metadata, then each grid's descriptor, whose end
+/// offset locates the next) and checks that every grid ends inside the file. OpenVDB 10's Blosc
+/// reader does not check its reads, so a truncated file makes it allocate an uninitialised size;
+/// this check turns truncation into a clear error before OpenVDB sees the file. Only files of
+/// format 222 or later with grid offsets (everything OpenVDB 6+ writes to disk) are walked.
+Status CheckGridsInsideFile(const std::string& path, const std::string& bytes) {
+  std::size_t at = 0;
+  const auto corrupt = [&](const std::string& why) {
+    return MakeError(ErrorCode::kCorruptData, "'" + path + "' is truncated or corrupt: " + why);
+  };
+  const auto take = [&](void* out, std::size_t n) {
+    if (at + n > bytes.size()) return false;
+    std::memcpy(out, bytes.data() + at, n);
+    at += n;
+    return true;
+  };
+  const auto skip_string = [&]() {
+    std::uint32_t n = 0;
+    if (!take(&n, sizeof(n)) || at + n > bytes.size()) return false;
+    at += n;
+    return true;
+  };
+  std::int64_t magic = 0;
+  std::uint32_t version = 0, major = 0, minor = 0;
+  char has_offsets = 0;
+  if (!take(&magic, 8) || magic != 0x56444220 || !take(&version, 4)) return corrupt("bad header");
+  if (version < 222) return {};  // older layouts: leave it to OpenVDB
+  if (!take(&major, 4) || !take(&minor, 4) || !take(&has_offsets, 1) || at + 36 > bytes.size()) {
+    return corrupt("short header");
+  }
+  at += 36;  // UUID
+  if (!has_offsets) return {};
+  std::uint32_t entries = 0;
+  if (!take(&entries, 4)) return corrupt("no file metadata");
+  for (std::uint32_t e = 0; e < entries; ++e) {
+    std::uint32_t value_bytes = 0;
+    if (!skip_string() || !skip_string() || !take(&value_bytes, 4) || at + value_bytes > bytes.size()) {
+      return corrupt("file metadata runs past the end");
+    }
+    at += value_bytes;
+  }
+  std::uint32_t grids = 0;
+  if (!take(&grids, 4)) return corrupt("no grid count");
+  for (std::uint32_t g = 0; g < grids; ++g) {
+    std::int64_t offsets[3] = {0, 0, 0};  // grid, block and end positions
+    if (!skip_string() || !skip_string() || !skip_string() || !take(offsets, sizeof(offsets))) {
+      return corrupt("grid descriptor " + std::to_string(g) + " runs past the end");
+    }
+    if (offsets[2] < std::int64_t(at) || std::uint64_t(offsets[2]) > bytes.size()) {
+      return corrupt("grid " + std::to_string(g) + " ends at byte " + std::to_string(offsets[2]) +
+                     " of a " + std::to_string(bytes.size()) + "-byte file");
+    }
+    at = std::size_t(offsets[2]);
+  }
   return {};
 }
 
@@ -163,6 +221,10 @@ Expected<VolumeSet> ReadVdb(const std::string& path) {
   }
   if (!std::filesystem::is_regular_file(path, ec)) {
     return MakeError(ErrorCode::kIo, "'" + path + "' is not a regular file");
+  }
+  {
+    MEWM_TRY(const std::string bytes, ReadFile(path));
+    MEWM_RETURN_IF_ERROR(CheckGridsInsideFile(path, bytes));
   }
   openvdb::GridPtrVecPtr grids;
   openvdb::MetaMap::Ptr meta;
