@@ -47,19 +47,20 @@ DenseVolume<typename VolumeT::ValueType> Resample(const VolumeT& volume, const C
   using ValueT = typename VolumeT::ValueType;
   DenseVolume<ValueT> crop(spec.size, CropGeometry(volume.geometry(), spec), VolumeT::Background());
   const IndexMap map = MapBetween(crop.geometry, volume.geometry());
-  tbb::parallel_for(tbb::blocked_range<std::int64_t>(0, crop.dims[2]),
-                    [&](const tbb::blocked_range<std::int64_t>& range) {
-                      auto accessor = volume.grid().getConstAccessor();
-                      for (std::int64_t k = range.begin(); k != range.end(); ++k) {
-                        for (std::int64_t j = 0; j < crop.dims[1]; ++j) {
-                          for (std::int64_t i = 0; i < crop.dims[0]; ++i) {
-                            const Eigen::Vector3d v = map(Eigen::Vector3d(double(i), double(j), double(k)));
-                            crop.at(i, j, k) = static_cast<ValueT>(
-                                Sampler::sample(accessor, openvdb::Vec3R(v[0], v[1], v[2])));
-                          }
-                        }
-                      }
-                    });
+  tbb::parallel_for(
+      tbb::blocked_range<std::int64_t>(0, crop.dims[2]),
+      [&](const tbb::blocked_range<std::int64_t>& range) {
+        auto accessor = volume.grid().getConstAccessor();
+        for (std::int64_t k = range.begin(); k != range.end(); ++k) {
+          for (std::int64_t j = 0; j < crop.dims[1]; ++j) {
+            for (std::int64_t i = 0; i < crop.dims[0]; ++i) {
+              const Eigen::Vector3d v = map(Eigen::Vector3d(double(i), double(j), double(k)));
+              crop.at(i, j, k) =
+                  static_cast<ValueT>(Sampler::sample(accessor, openvdb::Vec3R(v[0], v[1], v[2])));
+            }
+          }
+        }
+      });
   return crop;
 }
 
@@ -103,9 +104,12 @@ void ForEachCoveredVoxel(const Geometry& volume_geometry, const Geometry& crop_g
     hi = hi.cwiseMax(v);
   }
   constexpr double kEps = 1e-6;
-  for (auto k = std::int64_t(std::ceil(lo[2] - kEps)); k <= std::int64_t(std::floor(hi[2] + kEps)); ++k) {
-    for (auto j = std::int64_t(std::ceil(lo[1] - kEps)); j <= std::int64_t(std::floor(hi[1] + kEps)); ++j) {
-      for (auto i = std::int64_t(std::ceil(lo[0] - kEps)); i <= std::int64_t(std::floor(hi[0] + kEps)); ++i) {
+  for (auto k = std::int64_t(std::ceil(lo[2] - kEps)); k <= std::int64_t(std::floor(hi[2] + kEps));
+       ++k) {
+    for (auto j = std::int64_t(std::ceil(lo[1] - kEps));
+         j <= std::int64_t(std::floor(hi[1] + kEps)); ++j) {
+      for (auto i = std::int64_t(std::ceil(lo[0] - kEps));
+           i <= std::int64_t(std::floor(hi[0] + kEps)); ++i) {
         const Eigen::Vector3d c = volume_to_crop(Eigen::Vector3d(double(i), double(j), double(k)));
         bool inside = true;
         for (int a = 0; a < 3; ++a) {
@@ -160,41 +164,44 @@ Expected<DenseLabel> ExtractCrop(const LabelVolume& labels, const CropSpec& spec
 Status PasteCrop(Volume& volume, const DenseFloat& crop, const DenseFloat& weight) {
   MEWM_RETURN_IF_ERROR(CheckPasteInputs(crop, weight));
   for (float v : crop.data) {
-    if (!std::isfinite(v)) return MakeError(ErrorCode::kInvalidArgument, "crop has non-finite values");
+    if (!std::isfinite(v))
+      return MakeError(ErrorCode::kInvalidArgument, "crop has non-finite values");
   }
   auto accessor = volume.grid().getAccessor();
   const float background = Volume::Background();
-  ForEachCoveredVoxel(volume.geometry(), crop.geometry, crop.dims,
-                      [&](std::int64_t i, std::int64_t j, std::int64_t k, const Eigen::Vector3d& c) {
-                        const float w = SampleDense(weight, c);
-                        if (w <= 0.0f) return;
-                        const openvdb::Coord ijk{int(i), int(j), int(k)};
-                        const float old = accessor.getValue(ijk);
-                        const float blended = w * SampleDense(crop, c) + (1.0f - w) * old;
-                        if (blended == background) {
-                          accessor.setValueOff(ijk, background);
-                        } else {
-                          accessor.setValueOn(ijk, blended);
-                        }
-                      });
+  ForEachCoveredVoxel(
+      volume.geometry(), crop.geometry, crop.dims,
+      [&](std::int64_t i, std::int64_t j, std::int64_t k, const Eigen::Vector3d& c) {
+        const float w = SampleDense(weight, c);
+        if (w <= 0.0f) return;
+        const openvdb::Coord ijk{int(i), int(j), int(k)};
+        const float old = accessor.getValue(ijk);
+        const float blended = w * SampleDense(crop, c) + (1.0f - w) * old;
+        if (blended == background) {
+          accessor.setValueOff(ijk, background);
+        } else {
+          accessor.setValueOn(ijk, blended);
+        }
+      });
   return {};
 }
 
 Status PasteCrop(LabelVolume& labels, const DenseLabel& crop, const DenseFloat& weight) {
   MEWM_RETURN_IF_ERROR(CheckPasteInputs(crop, weight));
   auto accessor = labels.grid().getAccessor();
-  ForEachCoveredVoxel(labels.geometry(), crop.geometry, crop.dims,
-                      [&](std::int64_t i, std::int64_t j, std::int64_t k, const Eigen::Vector3d& c) {
-                        const auto ci = std::llround(c[0]), cj = std::llround(c[1]), ck = std::llround(c[2]);
-                        if (weight.at(ci, cj, ck) < 0.5f) return;
-                        const openvdb::Coord ijk{int(i), int(j), int(k)};
-                        const std::int32_t label = crop.at(ci, cj, ck);
-                        if (label == 0) {
-                          accessor.setValueOff(ijk, 0);
-                        } else {
-                          accessor.setValueOn(ijk, label);
-                        }
-                      });
+  ForEachCoveredVoxel(
+      labels.geometry(), crop.geometry, crop.dims,
+      [&](std::int64_t i, std::int64_t j, std::int64_t k, const Eigen::Vector3d& c) {
+        const auto ci = std::llround(c[0]), cj = std::llround(c[1]), ck = std::llround(c[2]);
+        if (weight.at(ci, cj, ck) < 0.5f) return;
+        const openvdb::Coord ijk{int(i), int(j), int(k)};
+        const std::int32_t label = crop.at(ci, cj, ck);
+        if (label == 0) {
+          accessor.setValueOff(ijk, 0);
+        } else {
+          accessor.setValueOn(ijk, label);
+        }
+      });
   return {};
 }
 
@@ -209,9 +216,9 @@ float HuWindow::FromUnit(float u) const {
 
 Status HuWindow::Validate() const {
   if (!std::isfinite(lo) || !std::isfinite(hi) || !(hi > lo)) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "HU window must have finite lo < hi (got " + std::to_string(lo) + ", " +
-                         std::to_string(hi) + ")");
+    return MakeError(ErrorCode::kInvalidArgument, "HU window must have finite lo < hi (got " +
+                                                      std::to_string(lo) + ", " +
+                                                      std::to_string(hi) + ")");
   }
   return {};
 }

@@ -6,15 +6,24 @@ namespace mewm {
 
 const char* ErrorCodeName(ErrorCode code) {
   switch (code) {
-    case ErrorCode::kInvalidArgument: return "invalid_argument";
-    case ErrorCode::kNotFound: return "not_found";
-    case ErrorCode::kIo: return "io";
-    case ErrorCode::kCorruptData: return "corrupt_data";
-    case ErrorCode::kParse: return "parse";
-    case ErrorCode::kRuleViolation: return "rule_violation";
-    case ErrorCode::kUnsupported: return "unsupported";
-    case ErrorCode::kMismatch: return "mismatch";
-    case ErrorCode::kInternal: return "internal";
+    case ErrorCode::kInvalidArgument:
+      return "invalid_argument";
+    case ErrorCode::kNotFound:
+      return "not_found";
+    case ErrorCode::kIo:
+      return "io";
+    case ErrorCode::kCorruptData:
+      return "corrupt_data";
+    case ErrorCode::kParse:
+      return "parse";
+    case ErrorCode::kRuleViolation:
+      return "rule_violation";
+    case ErrorCode::kUnsupported:
+      return "unsupported";
+    case ErrorCode::kMismatch:
+      return "mismatch";
+    case ErrorCode::kInternal:
+      return "internal";
   }
   return "unknown";
 }

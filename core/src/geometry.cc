@@ -24,9 +24,8 @@ Expected<Geometry> Geometry::FromAffine(const Eigen::Matrix4d& affine, double to
   for (int c = 0; c < 3; ++c) {
     const double norm = linear.col(c).norm();
     if (!(norm > 1e-12)) {
-      return MakeError(ErrorCode::kInvalidArgument,
-                       "voxel-to-world affine is singular (axis " + std::to_string(c) +
-                           " has zero length)");
+      return MakeError(ErrorCode::kInvalidArgument, "voxel-to-world affine is singular (axis " +
+                                                        std::to_string(c) + " has zero length)");
     }
     g.spacing[c] = norm;
     g.direction.col(c) = linear.col(c) / norm;
@@ -68,8 +67,7 @@ Status Geometry::Validate() const {
     return MakeError(ErrorCode::kInvalidArgument, "origin must be finite");
   }
   const Eigen::Matrix3d gram = direction.transpose() * direction;
-  if (!direction.allFinite() ||
-      (gram - Eigen::Matrix3d::Identity()).cwiseAbs().maxCoeff() > 1e-4) {
+  if (!direction.allFinite() || (gram - Eigen::Matrix3d::Identity()).cwiseAbs().maxCoeff() > 1e-4) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "direction must be an orthonormal 3x3 matrix (got " + ToString() + ")");
   }

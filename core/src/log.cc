@@ -12,8 +12,9 @@ Status ConfigureLogging(const std::string& level) {
   // from_str maps unknown names to "off"; only accept "off" when it was asked for.
   if (parsed == spdlog::level::off && level != "off") {
     return MakeError(ErrorCode::kInvalidArgument,
-                     "log level '" + level + "' not understood (expected trace, debug, info, "
-                     "warn, error or off)");
+                     "log level '" + level +
+                         "' not understood (expected trace, debug, info, "
+                         "warn, error or off)");
   }
   static auto logger = [] {
     auto l = spdlog::stderr_color_mt("mewm");

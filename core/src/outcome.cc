@@ -12,7 +12,8 @@ double ViableVolumeMl(const Outcome& outcome) {
 Status CheckOutcome(const Outcome& outcome, const SimulationRequest& request,
                     const PatientCase& patient) {
   const std::string what = "outcome " + request.plan.ToString() + " #" +
-                           std::to_string(request.sample_index) + " for patient '" + patient.id + "'";
+                           std::to_string(request.sample_index) + " for patient '" + patient.id +
+                           "'";
   if (outcome.plan != request.plan || outcome.sample_index != request.sample_index) {
     return MakeError(ErrorCode::kInvalidArgument, what + " answers another request (" +
                                                       outcome.plan.ToString() + " #" +

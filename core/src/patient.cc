@@ -27,9 +27,10 @@ Status PatientCase::Validate() const {
   const std::string who = "patient '" + id + "'";
   const auto same_lattice = [&](const LabelVolume& mask) -> Status {
     if (mask.extent() != ct.extent() || !mask.geometry().ApproxEquals(ct.geometry(), 1e-4)) {
-      return MakeError(ErrorCode::kMismatch,
-                       who + ": mask '" + mask.name() + "' geometry (" + mask.geometry().ToString() +
-                           ") differs from the CT's (" + ct.geometry().ToString() + ")");
+      return MakeError(ErrorCode::kMismatch, who + ": mask '" + mask.name() + "' geometry (" +
+                                                 mask.geometry().ToString() +
+                                                 ") differs from the CT's (" +
+                                                 ct.geometry().ToString() + ")");
     }
     return {};
   };

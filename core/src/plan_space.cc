@@ -43,7 +43,8 @@ Expected<std::vector<Plan>> EnumeratePlans(const ActionBase& actions, int drug_h
   if (embolic_horizon < mandatory_embolics) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "embolic horizon " + std::to_string(embolic_horizon) + " is below the " +
-                         std::to_string(mandatory_embolics) + " mandatory embolic(s) of " + protocol);
+                         std::to_string(mandatory_embolics) + " mandatory embolic(s) of " +
+                         protocol);
   }
   std::vector<std::string> embolics;
   for (const auto& e : actions.Embolics()) {

@@ -22,25 +22,31 @@ struct SliceAxes {
 
 SliceAxes AxesOf(SlicePlane plane) {
   switch (plane) {
-    case SlicePlane::kAxial: return {2, 0, 1, false};
-    case SlicePlane::kCoronal: return {1, 0, 2, true};
-    case SlicePlane::kSagittal: return {0, 1, 2, true};
+    case SlicePlane::kAxial:
+      return {2, 0, 1, false};
+    case SlicePlane::kCoronal:
+      return {1, 0, 2, true};
+    case SlicePlane::kSagittal:
+      return {0, 1, 2, true};
   }
   return {2, 0, 1, false};
 }
 
 const char* PlaneName(SlicePlane plane) {
   switch (plane) {
-    case SlicePlane::kAxial: return "axial";
-    case SlicePlane::kCoronal: return "coronal";
-    case SlicePlane::kSagittal: return "sagittal";
+    case SlicePlane::kAxial:
+      return "axial";
+    case SlicePlane::kCoronal:
+      return "coronal";
+    case SlicePlane::kSagittal:
+      return "sagittal";
   }
   return "?";
 }
 
 // Overlay colours for labels 1..6, then repeating.
-constexpr std::array<std::array<std::uint8_t, 3>, 6> kPalette = {{
-    {230, 40, 40}, {40, 200, 60}, {50, 110, 240}, {240, 200, 30}, {200, 60, 220}, {30, 210, 210}}};
+constexpr std::array<std::array<std::uint8_t, 3>, 6> kPalette = {
+    {{230, 40, 40}, {40, 200, 60}, {50, 110, 240}, {240, 200, 30}, {200, 60, 220}, {30, 210, 210}}};
 
 }  // namespace
 
@@ -57,7 +63,8 @@ Expected<RgbImage> RenderSlice(const Volume& volume, const SliceSpec& spec,
   MEWM_RETURN_IF_ERROR(spec.window.Validate());
   const Index3& extent = volume.extent();
   if (extent[0] <= 0 || extent[1] <= 0 || extent[2] <= 0) {
-    return MakeError(ErrorCode::kInvalidArgument, "volume '" + volume.name() + "' has an empty extent");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "volume '" + volume.name() + "' has an empty extent");
   }
   const SliceAxes axes = AxesOf(spec.plane);
   const std::int64_t index = spec.index < 0 ? extent[axes.fixed] / 2 : spec.index;
@@ -68,8 +75,9 @@ Expected<RgbImage> RenderSlice(const Volume& volume, const SliceSpec& spec,
   }
   if (overlay != nullptr &&
       (overlay->extent() != extent || !overlay->geometry().ApproxEquals(volume.geometry(), 1e-4))) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "overlay '" + overlay->name() + "' does not share the volume's geometry and extent");
+    return MakeError(
+        ErrorCode::kInvalidArgument,
+        "overlay '" + overlay->name() + "' does not share the volume's geometry and extent");
   }
   IndexBox box{{0, 0, 0}, {extent[0] - 1, extent[1] - 1, extent[2] - 1}};
   box.min[axes.fixed] = box.max[axes.fixed] = index;
@@ -89,7 +97,8 @@ Expected<RgbImage> RenderSlice(const Volume& volume, const SliceSpec& spec,
     std::int64_t r = std::min<std::int64_t>(nrows - 1, std::int64_t((y + 0.5) * pixel_mm / row_mm));
     if (axes.flip_rows) r = nrows - 1 - r;
     for (int x = 0; x < image.width; ++x) {
-      const std::int64_t c = std::min<std::int64_t>(ncols - 1, std::int64_t((x + 0.5) * pixel_mm / col_mm));
+      const std::int64_t c =
+          std::min<std::int64_t>(ncols - 1, std::int64_t((x + 0.5) * pixel_mm / col_mm));
       std::int64_t ijk[3] = {0, 0, 0};
       ijk[axes.col] = c;
       ijk[axes.row] = r;  // the fixed axis has extent 1 in the dense slice
@@ -98,13 +107,16 @@ Expected<RgbImage> RenderSlice(const Volume& volume, const SliceSpec& spec,
       double rgb[3];
       rgb[0] = rgb[1] = rgb[2] = (unit + 1.0) * 127.5;
       if (overlay != nullptr && labels.data[offset] != 0) {
-        const auto& color = kPalette[std::size_t(std::abs(labels.data[offset]) - 1) % kPalette.size()];
+        const auto& color =
+            kPalette[std::size_t(std::abs(labels.data[offset]) - 1) % kPalette.size()];
         for (int ch = 0; ch < 3; ++ch) {
           rgb[ch] = (1.0 - spec.overlay_alpha) * rgb[ch] + spec.overlay_alpha * color[ch];
         }
       }
-      std::uint8_t* px = &image.pixels[(std::size_t(y) * std::size_t(image.width) + std::size_t(x)) * 3];
-      for (int ch = 0; ch < 3; ++ch) px[ch] = std::uint8_t(std::clamp(std::lround(rgb[ch]), 0L, 255L));
+      std::uint8_t* px =
+          &image.pixels[(std::size_t(y) * std::size_t(image.width) + std::size_t(x)) * 3];
+      for (int ch = 0; ch < 3; ++ch)
+        px[ch] = std::uint8_t(std::clamp(std::lround(rgb[ch]), 0L, 255L));
     }
   }
   return image;
@@ -139,7 +151,8 @@ Expected<RgbImage> ReadPng(const std::string& path) {
   std::memset(&png, 0, sizeof(png));
   png.version = PNG_IMAGE_VERSION;
   if (!png_image_begin_read_from_memory(&png, bytes.data(), bytes.size())) {
-    return MakeError(ErrorCode::kCorruptData, "'" + path + "' is not a readable PNG: " + png.message);
+    return MakeError(ErrorCode::kCorruptData,
+                     "'" + path + "' is not a readable PNG: " + png.message);
   }
   png.format = PNG_FORMAT_RGB;
   RgbImage image;
@@ -148,7 +161,8 @@ Expected<RgbImage> ReadPng(const std::string& path) {
   image.pixels.resize(PNG_IMAGE_SIZE(png));
   if (!png_image_finish_read(&png, nullptr, image.pixels.data(), 0, nullptr)) {
     png_image_free(&png);
-    return MakeError(ErrorCode::kCorruptData, "'" + path + "' is not a readable PNG: " + png.message);
+    return MakeError(ErrorCode::kCorruptData,
+                     "'" + path + "' is not a readable PNG: " + png.message);
   }
   return image;
 }

@@ -32,8 +32,8 @@ openvdb::GridBase::Ptr PrepareForWrite(const VolumeT& volume, const std::string&
   grid->setName(name);
   grid->setTransform(MakeTransform(volume.geometry()));
   const Index3& e = volume.extent();
-  grid->insertMeta(kExtentKey, openvdb::Vec3IMetadata(openvdb::Vec3i(
-                                   int(e[0]), int(e[1]), int(e[2]))));
+  grid->insertMeta(kExtentKey,
+                   openvdb::Vec3IMetadata(openvdb::Vec3i(int(e[0]), int(e[1]), int(e[2]))));
   return grid;
 }
 
@@ -70,7 +70,8 @@ Status MakeUuidDeterministic(const std::string& file_path, const std::string& ra
   if (f == nullptr) return MakeError(ErrorCode::kIo, "cannot reopen '" + file_path + "'");
   const bool ok = std::fseek(f, long(at), SEEK_SET) == 0 && std::fwrite(tag, 1, 36, f) == 36;
   const bool closed = std::fclose(f) == 0;
-  if (!ok || !closed) return MakeError(ErrorCode::kIo, "cannot rewrite header of '" + file_path + "'");
+  if (!ok || !closed)
+    return MakeError(ErrorCode::kIo, "cannot rewrite header of '" + file_path + "'");
   return {};
 }
 
@@ -110,7 +111,8 @@ Status CheckGridsInsideFile(const std::string& path, const std::string& bytes) {
   if (!take(&entries, 4)) return corrupt("no file metadata");
   for (std::uint32_t e = 0; e < entries; ++e) {
     std::uint32_t value_bytes = 0;
-    if (!skip_string() || !skip_string() || !take(&value_bytes, 4) || at + value_bytes > bytes.size()) {
+    if (!skip_string() || !skip_string() || !take(&value_bytes, 4) ||
+        at + value_bytes > bytes.size()) {
       return corrupt("file metadata runs past the end");
     }
     at += value_bytes;
@@ -151,8 +153,8 @@ std::vector<std::string> VolumeSet::GridNames() const {
 Expected<Volume> VolumeSet::Scalar(const std::string& name) const {
   auto it = scalars.find(name);
   if (it == scalars.end()) {
-    return MakeError(ErrorCode::kNotFound, "no CT/scalar grid '" + name + "' (grids: " +
-                                               JoinNames(GridNames()) + ")");
+    return MakeError(ErrorCode::kNotFound,
+                     "no CT/scalar grid '" + name + "' (grids: " + JoinNames(GridNames()) + ")");
   }
   return it->second;
 }
@@ -160,8 +162,8 @@ Expected<Volume> VolumeSet::Scalar(const std::string& name) const {
 Expected<LabelVolume> VolumeSet::Label(const std::string& name) const {
   auto it = labels.find(name);
   if (it == labels.end()) {
-    return MakeError(ErrorCode::kNotFound, "no label grid '" + name + "' (grids: " +
-                                               JoinNames(GridNames()) + ")");
+    return MakeError(ErrorCode::kNotFound,
+                     "no label grid '" + name + "' (grids: " + JoinNames(GridNames()) + ")");
   }
   return it->second;
 }

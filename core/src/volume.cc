@@ -91,22 +91,23 @@ Expected<GridVolume<GridT>> GridVolume<GridT>::FromDense(const DenseVolume<Value
                                                          std::string name, ValueType tolerance) {
   for (int a = 0; a < 3; ++a) {
     if (dense.dims[a] <= 0 || dense.dims[a] > std::numeric_limits<openvdb::Int32>::max() / 2) {
-      return MakeError(ErrorCode::kInvalidArgument,
-                       "dense volume dims must be positive (got " + std::to_string(dense.dims[0]) +
-                           "x" + std::to_string(dense.dims[1]) + "x" +
-                           std::to_string(dense.dims[2]) + ")");
+      return MakeError(ErrorCode::kInvalidArgument, "dense volume dims must be positive (got " +
+                                                        std::to_string(dense.dims[0]) + "x" +
+                                                        std::to_string(dense.dims[1]) + "x" +
+                                                        std::to_string(dense.dims[2]) + ")");
     }
   }
-  if (dense.data.size() != static_cast<std::size_t>(dense.dims[0] * dense.dims[1] * dense.dims[2])) {
+  if (dense.data.size() !=
+      static_cast<std::size_t>(dense.dims[0] * dense.dims[1] * dense.dims[2])) {
     return MakeError(ErrorCode::kInvalidArgument, "dense volume data size does not match its dims");
   }
   MEWM_RETURN_IF_ERROR(dense.geometry.Validate());
   if constexpr (std::is_floating_point_v<ValueType>) {
     for (std::size_t n = 0; n < dense.data.size(); ++n) {
       if (!std::isfinite(dense.data[n])) {
-        return MakeError(ErrorCode::kCorruptData,
-                         "dense volume '" + name + "' has a non-finite value at offset " +
-                             std::to_string(n));
+        return MakeError(
+            ErrorCode::kCorruptData,
+            "dense volume '" + name + "' has a non-finite value at offset " + std::to_string(n));
       }
     }
   }

@@ -14,10 +14,10 @@
 namespace mewm::dynamics {
 namespace {
 
-constexpr double kNecrosisHu = 20.0;   // hypodense necrosis
+constexpr double kNecrosisHu = 20.0;     // hypodense necrosis
 constexpr double kViableHuFloor = 40.0;  // below this a tumor voxel counts as necrotic
-constexpr double kNewGrowthHu = 95.0;  // viable tumor that grew into liver
-constexpr int kSubsamples = 3;         // per axis, for partial-volume density
+constexpr double kNewGrowthHu = 95.0;    // viable tumor that grew into liver
+constexpr int kSubsamples = 3;           // per axis, for partial-volume density
 
 /// Drug retention time constant (days); the Lipiodol emulsion doubles it.
 double DrugTau(bool lipiodol) { return lipiodol ? 8.0 : 4.0; }
@@ -113,11 +113,14 @@ Expected<std::vector<TumorField>> BuildTumorFields(const PatientCase& patient,
     // Box in the patient's index frame (direction-aligned), padded by the margin.
     const Eigen::Vector3d a = g.WorldToIndex(box.min), b = g.WorldToIndex(box.max);
     const Eigen::Vector3d lo = a.cwiseMin(b), hi = a.cwiseMax(b);
-    const Eigen::Vector3d lo_mm = lo.cwiseProduct(g.spacing) - Eigen::Vector3d::Constant(config.margin_mm);
-    const Eigen::Vector3d hi_mm = hi.cwiseProduct(g.spacing) + Eigen::Vector3d::Constant(config.margin_mm);
+    const Eigen::Vector3d lo_mm =
+        lo.cwiseProduct(g.spacing) - Eigen::Vector3d::Constant(config.margin_mm);
+    const Eigen::Vector3d hi_mm =
+        hi.cwiseProduct(g.spacing) + Eigen::Vector3d::Constant(config.margin_mm);
     Index3 dims;
     for (int k = 0; k < 3; ++k) {
-      dims[k] = std::max<std::int64_t>(3, std::int64_t(std::ceil((hi_mm[k] - lo_mm[k]) / config.grid_mm)) + 1);
+      dims[k] = std::max<std::int64_t>(
+          3, std::int64_t(std::ceil((hi_mm[k] - lo_mm[k]) / config.grid_mm)) + 1);
     }
     Geometry fg;
     fg.direction = g.direction;
@@ -137,9 +140,10 @@ Expected<std::vector<TumorField>> BuildTumorFields(const PatientCase& patient,
           int tumor = 0, viable = 0;
           double viable_hu = 0.0;
           for (int s = 0; s < kSubsamples * kSubsamples * kSubsamples; ++s) {
-            const Eigen::Vector3d sub(double(i) - 0.5 + step * (s % kSubsamples + 0.5),
-                                      double(j) - 0.5 + step * ((s / kSubsamples) % kSubsamples + 0.5),
-                                      double(k) - 0.5 + step * (s / (kSubsamples * kSubsamples) + 0.5));
+            const Eigen::Vector3d sub(
+                double(i) - 0.5 + step * (s % kSubsamples + 0.5),
+                double(j) - 0.5 + step * ((s / kSubsamples) % kSubsamples + 0.5),
+                double(k) - 0.5 + step * (s / (kSubsamples * kSubsamples) + 0.5));
             const Eigen::Vector3d idx = g.WorldToIndex(fg.IndexToWorld(sub));
             const openvdb::Vec3R v(idx[0], idx[1], idx[2]);
             if (openvdb::tools::PointSampler::sample(labels, v) != label) continue;
@@ -187,7 +191,8 @@ Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields
     const double voxel_ml = std::pow(h, 3) / 1000.0;
     // Explicit diffusion is stable for dt <= h^2 / (6 D); keep a 10% safety margin.
     double dt = config.max_dt_days;
-    if (bio.infiltration_mm2_per_day > 0.0) dt = std::min(dt, 0.9 * h * h / (6.0 * bio.infiltration_mm2_per_day));
+    if (bio.infiltration_mm2_per_day > 0.0)
+      dt = std::min(dt, 0.9 * h * h / (6.0 * bio.infiltration_mm2_per_day));
     dt = std::min(dt, 0.5 / std::max(bio.proliferation_per_day, 1e-9));
     const int steps = std::max(1, int(std::ceil(config.follow_up_days / dt)));
     dt = config.follow_up_days / steps;
@@ -201,7 +206,8 @@ Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields
       const bool tissue = field.density.data[x] > 0.0f || perf[x] > 0.0f;
       delivery[x] = tissue ? float((0.3 + 0.7 * perf[x]) * (0.5 + 0.5 * vasc)) : 0.0f;
       dependence[x] = tissue ? float(perf[x] * (0.3 + 0.7 * vasc)) : 0.0f;
-      if (effect.lipiodol && tissue) lipiodol[x] = float(std::clamp(perf[x] * (0.4 + 0.8 * vasc), 0.0, 1.0));
+      if (effect.lipiodol && tissue)
+        lipiodol[x] = float(std::clamp(perf[x] * (0.4 + 0.8 * vasc), 0.0, 1.0));
     }
     const double drug_boost = effect.lipiodol ? 1.3 : 1.0;
     const double tau = DrugTau(effect.lipiodol);
@@ -295,16 +301,18 @@ Expected<Outcome> RenderOutcome(const PatientCase& patient, const std::vector<Tu
     for (auto k = std::int64_t(std::ceil(lo[2])); k <= std::int64_t(std::floor(hi[2])); ++k) {
       for (auto j = std::int64_t(std::ceil(lo[1])); j <= std::int64_t(std::floor(hi[1])); ++j) {
         for (auto i = std::int64_t(std::ceil(lo[0])); i <= std::int64_t(std::floor(hi[0])); ++i) {
-          if (i < 0 || j < 0 || k < 0 || i >= patient.ct.extent()[0] || j >= patient.ct.extent()[1] ||
-              k >= patient.ct.extent()[2]) {
+          if (i < 0 || j < 0 || k < 0 || i >= patient.ct.extent()[0] ||
+              j >= patient.ct.extent()[1] || k >= patient.ct.extent()[2]) {
             continue;
           }
           const openvdb::Coord ijk{int(i), int(j), int(k)};
-          const Eigen::Vector3d c = fg.WorldToIndex(g.IndexToWorld(Eigen::Vector3d(double(i), double(j), double(k))));
+          const Eigen::Vector3d c =
+              fg.WorldToIndex(g.IndexToWorld(Eigen::Vector3d(double(i), double(j), double(k))));
           const double u = TrilinearAt(r.density, c);
           const double lip = TrilinearAt(r.lipiodol, c);
           const bool was_tumor = tumor.getValue(ijk) == field.label;
-          const std::uint64_t counter = std::uint64_t(i) + 0x100000ULL * (std::uint64_t(j) + 0x100000ULL * std::uint64_t(k));
+          const std::uint64_t counter =
+              std::uint64_t(i) + 0x100000ULL * (std::uint64_t(j) + 0x100000ULL * std::uint64_t(k));
           double hu = ct.getValue(ijk);
           const bool is_viable = u >= config.viable_threshold;
           if (was_tumor && !is_viable) {
@@ -326,9 +334,11 @@ Expected<Outcome> RenderOutcome(const PatientCase& patient, const std::vector<Tu
 
 Expected<std::unique_ptr<MechanisticDynamics>> MechanisticDynamics::Create(
     const MechanisticConfig& config, BiologySource biology) {
-  if (!biology) return MakeError(ErrorCode::kInvalidArgument, "mechanistic dynamics needs a biology source");
+  if (!biology)
+    return MakeError(ErrorCode::kInvalidArgument, "mechanistic dynamics needs a biology source");
   if (!(config.grid_mm > 0.0) || !(config.follow_up_days > 0.0) || !(config.max_dt_days > 0.0) ||
-      !(config.sample_sigma >= 0.0) || !(config.viable_threshold > 0.0 && config.viable_threshold < 1.0)) {
+      !(config.sample_sigma >= 0.0) ||
+      !(config.viable_threshold > 0.0 && config.viable_threshold < 1.0)) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "mechanistic config: grid_mm, follow_up_days, max_dt_days must be > 0, "
                      "sample_sigma >= 0, viable_threshold in (0, 1)");

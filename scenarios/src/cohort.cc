@@ -32,7 +32,8 @@ std::string Sex(const Covariates& c) { return c.sex == Covariates::Sex::kMale ? 
 
 json BiologyJson(const dynamics::TumorBiology& b) {
   json s = json::object();
-  for (std::size_t c = 0; c < dynamics::kDrugClasses.size(); ++c) s[dynamics::kDrugClasses[c]] = b.sensitivity[c];
+  for (std::size_t c = 0; c < dynamics::kDrugClasses.size(); ++c)
+    s[dynamics::kDrugClasses[c]] = b.sensitivity[c];
   return {{"proliferation_per_day", b.proliferation_per_day},
           {"infiltration_mm2_per_day", b.infiltration_mm2_per_day},
           {"vascularity", b.vascularity},
@@ -54,7 +55,8 @@ Expected<Covariates> CovariatesFromJson(const json& j) {
   try {
     Covariates c;
     c.age_years = j.at("age_years").get<double>();
-    c.sex = j.at("sex").get<std::string>() == "M" ? Covariates::Sex::kMale : Covariates::Sex::kFemale;
+    c.sex =
+        j.at("sex").get<std::string>() == "M" ? Covariates::Sex::kMale : Covariates::Sex::kFemale;
     c.child_pugh = j.at("child_pugh").get<std::string>().at(0);
     c.bclc_stage = j.at("bclc_stage").get<std::string>().at(0);
     c.afp_ng_ml = j.at("afp_ng_ml").get<double>();
@@ -89,7 +91,8 @@ json TruthJson(const SyntheticPatient& p, const PatientTruth& t) {
           {"plan_risks", risks}};
 }
 
-std::string ClinicalCsv(const std::vector<SyntheticPatient>& patients, const std::vector<PatientTruth>& truths) {
+std::string ClinicalCsv(const std::vector<SyntheticPatient>& patients,
+                        const std::vector<PatientTruth>& truths) {
   std::ostringstream out;
   out.precision(10);
   out << "patient_id,age_years,sex,child_pugh,bclc_stage,afp_ng_ml,lesion_count,max_diameter_mm,"
@@ -97,9 +100,9 @@ std::string ClinicalCsv(const std::vector<SyntheticPatient>& patients, const std
   for (std::size_t n = 0; n < patients.size(); ++n) {
     const Covariates& c = patients[n].covariates;
     out << patients[n].id << "," << c.age_years << "," << Sex(c) << "," << c.child_pugh << ","
-        << c.bclc_stage << "," << c.afp_ng_ml << "," << c.lesion_count << "," << c.max_diameter_mm << ","
-        << (c.vascular_invasion ? 1 : 0) << ",\"" << patients[n].administered.ToString() << "\","
-        << truths[n].event_time_months << "," << (truths[n].event ? 1 : 0) << "\n";
+        << c.bclc_stage << "," << c.afp_ng_ml << "," << c.lesion_count << "," << c.max_diameter_mm
+        << "," << (c.vascular_invasion ? 1 : 0) << ",\"" << patients[n].administered.ToString()
+        << "\"," << truths[n].event_time_months << "," << (truths[n].event ? 1 : 0) << "\n";
   }
   return out.str();
 }
@@ -108,8 +111,10 @@ Status WriteOutcome(const std::string& dir, const std::string& stem, const Outco
                     const SyntheticPatient& p, const LabelVolume& pre_tumor, bool nifti) {
   VolumeSet set;
   set.metadata.patient_id = p.id;
-  set.metadata.provenance_json =
-      json{{"generator", "mewm synthetic world"}, {"world_version", kWorldVersion}, {"plan", o.plan.ToString()}}.dump();
+  set.metadata.provenance_json = json{
+      {"generator", "mewm synthetic world"},
+      {"world_version", kWorldVersion},
+      {"plan", o.plan.ToString()}}.dump();
   set.scalars.emplace("ct", o.post_ct);
   set.labels.emplace("viable", o.viable);
   set.labels.emplace("pre_tumor", pre_tumor);  // the pre-treatment mask, for reference
@@ -127,7 +132,8 @@ Expected<PatientTruth> GeneratePatient(const SyntheticWorld& world, const Synthe
   MEWM_TRY(const PatientCase rendered, world.Render(p));
   MEWM_TRY(PatientTruth truth, world.Truth(p, rendered));
   const auto& mech = world.config().mechanistic;
-  MEWM_TRY(const std::vector<dynamics::TumorField> fields, dynamics::BuildTumorFields(rendered, mech));
+  MEWM_TRY(const std::vector<dynamics::TumorField> fields,
+           dynamics::BuildTumorFields(rendered, mech));
 
   const std::string temp = fs::path(final_dir).parent_path().string() + "/.tmp-" + p.id + "-" +
                            std::to_string(::getpid());
@@ -139,9 +145,11 @@ Expected<PatientTruth> GeneratePatient(const SyntheticWorld& world, const Synthe
   auto write_all = [&]() -> Status {
     VolumeSet pre;
     pre.metadata.patient_id = p.id;
-    pre.metadata.provenance_json = json{{"generator", "mewm synthetic world"},
-                                        {"world_version", kWorldVersion},
-                                        {"patient_seed", std::to_string(p.seed)}}.dump();
+    pre.metadata.provenance_json = json{
+        {"generator", "mewm synthetic world"},
+        {"world_version", kWorldVersion},
+        {"patient_seed",
+         std::to_string(p.seed)}}.dump();
     pre.scalars.emplace("ct", rendered.ct);
     pre.labels.emplace("liver", *rendered.liver);
     pre.labels.emplace("tumor", rendered.tumor);
@@ -155,13 +163,14 @@ Expected<PatientTruth> GeneratePatient(const SyntheticWorld& world, const Synthe
     plans.insert(plans.end(), p.counterfactual.begin(), p.counterfactual.end());
     for (std::size_t k = 0; k < plans.size(); ++k) {
       std::vector<dynamics::FieldResponse> responses;
-      MEWM_RETURN_IF_ERROR(dynamics::SimulateResponse(fields, p.biology, plans[k], p.covariates.child_pugh,
-                                                      mech, 0, &responses));
+      MEWM_RETURN_IF_ERROR(dynamics::SimulateResponse(
+          fields, p.biology, plans[k], p.covariates.child_pugh, mech, 0, &responses));
       const std::uint64_t render_seed = DeriveSeed(p.seed, plans[k].ToString());
-      MEWM_TRY(const Outcome outcome, dynamics::RenderOutcome(rendered, fields, responses, plans[k], 0,
-                                                              render_seed, mech));
+      MEWM_TRY(const Outcome outcome, dynamics::RenderOutcome(rendered, fields, responses, plans[k],
+                                                              0, render_seed, mech));
       const std::string stem = k == 0 ? "post_administered" : "post_cf" + std::to_string(k);
-      MEWM_RETURN_IF_ERROR(WriteOutcome(temp, stem, outcome, p, rendered.tumor, options.write_nifti && k == 0));
+      MEWM_RETURN_IF_ERROR(
+          WriteOutcome(temp, stem, outcome, p, rendered.tumor, options.write_nifti && k == 0));
     }
     return WriteFileAtomic(temp + "/truth.json", TruthJson(p, truth).dump(2) + "\n");
   };
@@ -173,7 +182,8 @@ Expected<PatientTruth> GeneratePatient(const SyntheticWorld& world, const Synthe
   fs::rename(temp, final_dir, ec);
   if (ec) {
     fs::remove_all(temp, ec);
-    return MakeError(ErrorCode::kIo, "cannot move patient " + p.id + " into place: " + ec.message());
+    return MakeError(ErrorCode::kIo,
+                     "cannot move patient " + p.id + " into place: " + ec.message());
   }
   return truth;
 }
@@ -182,17 +192,20 @@ Expected<PatientTruth> GeneratePatient(const SyntheticWorld& world, const Synthe
 
 Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
   if (options.n <= 0) {
-    return MakeError(ErrorCode::kInvalidArgument, "--n must be >= 1 (got " + std::to_string(options.n) + ")");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "--n must be >= 1 (got " + std::to_string(options.n) + ")");
   }
   if (options.out_dir.empty()) return MakeError(ErrorCode::kInvalidArgument, "--out is required");
   std::error_code ec;
   if (fs::exists(options.out_dir, ec)) {
     if (!fs::is_directory(options.out_dir, ec)) {
-      return MakeError(ErrorCode::kInvalidArgument, "'" + options.out_dir + "' exists and is not a folder");
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "'" + options.out_dir + "' exists and is not a folder");
     }
     if (!fs::is_empty(options.out_dir, ec) && !options.force) {
       return MakeError(ErrorCode::kInvalidArgument,
-                       "output folder '" + options.out_dir + "' is not empty (use --force to replace its cohort)");
+                       "output folder '" + options.out_dir +
+                           "' is not empty (use --force to replace its cohort)");
     }
   }
   if (options.force) {
@@ -203,8 +216,9 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
   }
   fs::create_directories(fs::path(options.out_dir) / "patients", ec);
   if (ec || access(options.out_dir.c_str(), W_OK) != 0) {
-    return MakeError(ErrorCode::kIo, "cannot write to '" + options.out_dir + "'" +
-                                         (ec ? ": " + ec.message() : std::string(": permission denied")));
+    return MakeError(ErrorCode::kIo,
+                     "cannot write to '" + options.out_dir + "'" +
+                         (ec ? ": " + ec.message() : std::string(": permission denied")));
   }
   MEWM_TRY(const SyntheticWorld world, SyntheticWorld::Create(options.world, actions));
   std::vector<SyntheticPatient> patients;
@@ -236,17 +250,20 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
     if (e) return *e;
   }
 
-  json truth = {{"world_version", kWorldVersion}, {"seed", std::to_string(options.seed)}, {"patients", json::object()}};
-  json manifest = {{"generator", "mewm synthetic world"},
-                   {"world_version", kWorldVersion},
-                   {"seed", std::to_string(options.seed)},
-                   {"n", options.n},
-                   {"plans_per_patient", options.world.counterfactual_plans},
-                   {"spacing_mm", options.world.spacing_mm},
-                   {"fov_mm", {options.world.fov_mm[0], options.world.fov_mm[1], options.world.fov_mm[2]}},
-                   {"follow_up_days", options.world.mechanistic.follow_up_days},
-                   {"valid_plans", world.plans().size()},
-                   {"patients", json::array()}};
+  json truth = {{"world_version", kWorldVersion},
+                {"seed", std::to_string(options.seed)},
+                {"patients", json::object()}};
+  json manifest = {
+      {"generator", "mewm synthetic world"},
+      {"world_version", kWorldVersion},
+      {"seed", std::to_string(options.seed)},
+      {"n", options.n},
+      {"plans_per_patient", options.world.counterfactual_plans},
+      {"spacing_mm", options.world.spacing_mm},
+      {"fov_mm", {options.world.fov_mm[0], options.world.fov_mm[1], options.world.fov_mm[2]}},
+      {"follow_up_days", options.world.mechanistic.follow_up_days},
+      {"valid_plans", world.plans().size()},
+      {"patients", json::array()}};
   for (std::size_t n = 0; n < patients.size(); ++n) {
     const SyntheticPatient& p = patients[n];
     truth["patients"][p.id] = TruthJson(p, truths[n]);
@@ -265,7 +282,8 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
   }
   const fs::path out(options.out_dir);
   MEWM_RETURN_IF_ERROR(WriteFileAtomic((out / "truth.json").string(), truth.dump(1) + "\n"));
-  MEWM_RETURN_IF_ERROR(WriteFileAtomic((out / "clinical.csv").string(), ClinicalCsv(patients, truths)));
+  MEWM_RETURN_IF_ERROR(
+      WriteFileAtomic((out / "clinical.csv").string(), ClinicalCsv(patients, truths)));
   MEWM_RETURN_IF_ERROR(WriteFileAtomic((out / "manifest.json").string(), manifest.dump(2) + "\n"));
   return {};
 }
@@ -273,7 +291,8 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
 Expected<WorldStats> SummarizeTruths(const std::vector<SyntheticPatient>& patients,
                                      const std::vector<PatientTruth>& truths) {
   if (patients.size() != truths.size() || patients.size() < 4) {
-    return MakeError(ErrorCode::kInvalidArgument, "world stats need at least 4 patients with truths");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "world stats need at least 4 patients with truths");
   }
   WorldStats s;
   s.patients = int(patients.size());
@@ -312,15 +331,16 @@ Expected<WorldStats> SummarizeTruths(const std::vector<SyntheticPatient>& patien
   s.km_median_os_months = median ? *median : nan;
 
   // A Cox model on what a clinician sees (volumes and covariates), 2-fold cross-validated.
-  const std::vector<std::string> names = {"log_pre_viable_ml", "log10_afp", "child_pugh_b", "child_pugh_c",
-                                          "bclc_a", "bclc_c", "vascular_invasion", "age", "lesions",
-                                          "log_max_diameter"};
+  const std::vector<std::string> names = {
+      "log_pre_viable_ml", "log10_afp", "child_pugh_b", "child_pugh_c",    "bclc_a", "bclc_c",
+      "vascular_invasion", "age",       "lesions",      "log_max_diameter"};
   Eigen::MatrixXd x(long(patients.size()), long(names.size()));
   for (std::size_t n = 0; n < patients.size(); ++n) {
     const Covariates& c = patients[n].covariates;
-    x.row(long(n)) << std::log1p(truths[n].pre_viable_ml), std::log10(c.afp_ng_ml), c.child_pugh == 'B',
-        c.child_pugh == 'C', c.bclc_stage == 'A', c.bclc_stage == 'C', c.vascular_invasion ? 1.0 : 0.0,
-        c.age_years, double(c.lesion_count), std::log(c.max_diameter_mm);
+    x.row(long(n)) << std::log1p(truths[n].pre_viable_ml), std::log10(c.afp_ng_ml),
+        c.child_pugh == 'B', c.child_pugh == 'C', c.bclc_stage == 'A', c.bclc_stage == 'C',
+        c.vascular_invasion ? 1.0 : 0.0, c.age_years, double(c.lesion_count),
+        std::log(c.max_diameter_mm);
   }
   std::vector<double> predicted(patients.size(), 0.0);
   bool cox_ok = true;
@@ -386,7 +406,9 @@ struct HuAccumulator {
     sum += v;
     ++count;
   }
-  double Mean() const { return count ? sum / double(count) : std::numeric_limits<double>::quiet_NaN(); }
+  double Mean() const {
+    return count ? sum / double(count) : std::numeric_limits<double>::quiet_NaN();
+  }
 };
 
 }  // namespace
@@ -398,7 +420,8 @@ Expected<WorldStats> ComputeCohortStats(const std::string& cohort_dir, int max_h
   try {
     truth = json::parse(truth_text);
   } catch (const std::exception& e) {
-    return MakeError(ErrorCode::kCorruptData, "'" + (dir / "truth.json").string() + "': " + e.what());
+    return MakeError(ErrorCode::kCorruptData,
+                     "'" + (dir / "truth.json").string() + "': " + e.what());
   }
   std::vector<SyntheticPatient> patients;
   std::vector<PatientTruth> truths;
@@ -426,7 +449,8 @@ Expected<WorldStats> ComputeCohortStats(const std::string& cohort_dir, int max_h
       truths.push_back(std::move(t));
     }
   } catch (const std::exception& e) {
-    return MakeError(ErrorCode::kCorruptData, "'" + (dir / "truth.json").string() + "': " + e.what());
+    return MakeError(ErrorCode::kCorruptData,
+                     "'" + (dir / "truth.json").string() + "': " + e.what());
   }
   MEWM_TRY(WorldStats stats, SummarizeTruths(patients, truths));
 
@@ -443,7 +467,8 @@ Expected<WorldStats> ComputeCohortStats(const std::string& cohort_dir, int max_h
     MEWM_TRY(const Volume post_ct, post.Scalar("ct"));
     MEWM_TRY(const LabelVolume viable_mask, post.Label("viable"));
     const DenseFloat a = pre_ct.ToDense(), b = post_ct.ToDense();
-    const DenseLabel lv = liver_mask.ToDense(), tm = tumor_mask.ToDense(), vm = viable_mask.ToDense();
+    const DenseLabel lv = liver_mask.ToDense(), tm = tumor_mask.ToDense(),
+                     vm = viable_mask.ToDense();
     for (std::size_t x = 0; x < a.data.size(); ++x) {
       const bool tumor = tm.data[x] != 0;
       if (lv.data[x] != 0 && !tumor) liver.Add(a.data[x]);
@@ -485,13 +510,15 @@ constexpr int kMinPatientsForPopulationChecks = 100;
 std::vector<Check> Checks(const WorldStats& s) {
   const double inf = std::numeric_limits<double>::infinity();
   const auto pop = [&](double v) {
-    return s.patients >= kMinPatientsForPopulationChecks ? v : std::numeric_limits<double>::quiet_NaN();
+    return s.patients >= kMinPatientsForPopulationChecks ? v
+                                                         : std::numeric_limits<double>::quiet_NaN();
   };
   return {
       {"mean HR median plan / optimal plan", pop(s.mean_hr_median_vs_optimal), 1.3, inf},
       {"largest share of one optimal plan", pop(s.max_optimal_share), 0.0, 0.35},
       {"oracle C-index (true risk)", pop(s.oracle_c_index), 0.70, 0.85},
-      {"visible-feature Cox C-index (2-fold)", pop(s.visible_cox_c_index), 0.0, s.oracle_c_index - 0.03},
+      {"visible-feature Cox C-index (2-fold)", pop(s.visible_cox_c_index), 0.0,
+       s.oracle_c_index - 0.03},
       {"Kaplan-Meier median OS (months)", pop(s.km_median_os_months), 15.0, 35.0},
       {"liver HU", s.liver_hu, 45.0, 75.0},
       {"viable tumor HU", s.viable_tumor_hu, 60.0, 130.0},

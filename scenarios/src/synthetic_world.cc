@@ -34,13 +34,15 @@ double ValueNoise(std::uint64_t seed, const Eigen::Vector3d& p, double scale_mm)
     const auto z = std::int64_t(f[2]) + ((corner & 4) ? 1 : 0);
     const double w = ((corner & 1) ? t[0] : 1 - t[0]) * ((corner & 2) ? t[1] : 1 - t[1]) *
                      ((corner & 4) ? t[2] : 1 - t[2]);
-    const std::uint64_t key = DeriveSeed(seed, {std::uint64_t(x), std::uint64_t(y), std::uint64_t(z)});
+    const std::uint64_t key =
+        DeriveSeed(seed, {std::uint64_t(x), std::uint64_t(y), std::uint64_t(z)});
     v += w * (2.0 * (double(key >> 11) * 0x1.0p-53) - 1.0);
   }
   return v;
 }
 
-double SegmentDistance(const Eigen::Vector3d& p, const Eigen::Vector3d& a, const Eigen::Vector3d& b) {
+double SegmentDistance(const Eigen::Vector3d& p, const Eigen::Vector3d& a,
+                       const Eigen::Vector3d& b) {
   const Eigen::Vector3d ab = b - a;
   const double t = std::clamp((p - a).dot(ab) / std::max(ab.squaredNorm(), 1e-12), 0.0, 1.0);
   return (a + t * ab - p).norm();
@@ -61,10 +63,14 @@ double LesionRadius(const LesionSpec& l, const Eigen::Vector3d& p) {
 Plan DrawAdministeredPlan(Rng& rng, const ActionBase& actions, const std::vector<Plan>& valid) {
   // Physicians' habits: popular drugs, usually one or two, often a gelatin sponge.
   static const std::vector<std::pair<const char*, double>> kDrugs = {
-      {"Epirubicin", 3}, {"Pirarubicin", 2}, {"Oxaliplatin", 2}, {"Lobaplatin", 2},
-      {"Raltitrexed", 2}, {"Cisplatin", 1}, {"Idarubicin", 1}, {"Nedaplatin", 1}, {"Mitomycin", 1}};
-  static const std::vector<std::pair<const char*, double>> kEmbolics = {
-      {"", 0.25}, {"Gelatin Sponge", 0.45}, {"PVA", 0.2}, {"NBCA", 0.05}, {"Absolute Alcohol", 0.05}};
+      {"Epirubicin", 3}, {"Pirarubicin", 2}, {"Oxaliplatin", 2},
+      {"Lobaplatin", 2}, {"Raltitrexed", 2}, {"Cisplatin", 1},
+      {"Idarubicin", 1}, {"Nedaplatin", 1},  {"Mitomycin", 1}};
+  static const std::vector<std::pair<const char*, double>> kEmbolics = {{"", 0.25},
+                                                                        {"Gelatin Sponge", 0.45},
+                                                                        {"PVA", 0.2},
+                                                                        {"NBCA", 0.05},
+                                                                        {"Absolute Alcohol", 0.05}};
   const auto pick = [&](const std::vector<std::pair<const char*, double>>& table) {
     double total = 0;
     for (const auto& e : table) total += e.second;
@@ -96,7 +102,8 @@ Status WorldConfig::Validate() const {
     return MakeError(ErrorCode::kInvalidArgument, "world spacing must be in [0.3, 5] mm");
   }
   if (!(fov_mm.minCoeff() >= 64.0 && fov_mm.maxCoeff() <= 600.0)) {
-    return MakeError(ErrorCode::kInvalidArgument, "world field of view must be in [64, 600] mm per axis");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "world field of view must be in [64, 600] mm per axis");
   }
   if (!(weibull_shape > 0 && weibull_scale_months > 0 && censor_min_months > 0 &&
         censor_max_months >= censor_min_months)) {
@@ -111,25 +118,30 @@ Status WorldConfig::Validate() const {
 Geometry WorldConfig::CtGeometry() const {
   const Index3 e = CtExtent();
   Geometry g = Geometry::Isotropic(spacing_mm);
-  g.origin = -0.5 * spacing_mm * Eigen::Vector3d(double(e[0] - 1), double(e[1] - 1), double(e[2] - 1));
+  g.origin =
+      -0.5 * spacing_mm * Eigen::Vector3d(double(e[0] - 1), double(e[1] - 1), double(e[2] - 1));
   return g;
 }
 
 Index3 WorldConfig::CtExtent() const {
-  return {std::int64_t(std::lround(fov_mm[0] / spacing_mm)), std::int64_t(std::lround(fov_mm[1] / spacing_mm)),
+  return {std::int64_t(std::lround(fov_mm[0] / spacing_mm)),
+          std::int64_t(std::lround(fov_mm[1] / spacing_mm)),
           std::int64_t(std::lround(fov_mm[2] / spacing_mm))};
 }
 
-Expected<SyntheticWorld> SyntheticWorld::Create(const WorldConfig& config, const ActionBase& actions) {
+Expected<SyntheticWorld> SyntheticWorld::Create(const WorldConfig& config,
+                                                const ActionBase& actions) {
   MEWM_RETURN_IF_ERROR(config.Validate());
-  MEWM_TRY(std::vector<Plan> plans, EnumeratePlans(actions, config.drug_horizon, config.embolic_horizon));
+  MEWM_TRY(std::vector<Plan> plans,
+           EnumeratePlans(actions, config.drug_horizon, config.embolic_horizon));
   if (plans.empty()) return MakeError(ErrorCode::kInvalidArgument, "the plan space is empty");
   for (const Plan& p : plans) {
     for (const auto& item : p.items()) MEWM_RETURN_IF_ERROR(dynamics::PhysicsOf(item));
   }
   if (config.counterfactual_plans >= int(plans.size())) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "plans per patient must be below the " + std::to_string(plans.size()) + " valid plans");
+    return MakeError(
+        ErrorCode::kInvalidArgument,
+        "plans per patient must be below the " + std::to_string(plans.size()) + " valid plans");
   }
   return SyntheticWorld(config, actions, std::move(plans));
 }
@@ -163,7 +175,8 @@ SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) co
   a.texture_seed = rng.NextU64();
   const Eigen::Vector3d hilum = a.liver_center_mm + Eigen::Vector3d(25, 10, -12);
   for (int v = 0; v < 5; ++v) {
-    const Eigen::Vector3d dir = Eigen::Vector3d(rng.Normal(), rng.Normal(), rng.Normal()).normalized();
+    const Eigen::Vector3d dir =
+        Eigen::Vector3d(rng.Normal(), rng.Normal(), rng.Normal()).normalized();
     a.vessels.push_back({hilum, a.liver_center_mm + 0.8 * dir.cwiseProduct(a.liver_radii_mm),
                          rng.Uniform(2.0, 5.0), 150 + 8 * rng.Normal()});
   }
@@ -176,14 +189,17 @@ SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) co
   for (int l = 0; l < count; ++l) {
     LesionSpec s;
     const double d = l == 0 ? d1 : std::max(6.0, d1 * rng.Uniform(0.2, 0.7));
-    for (int k = 0; k < 3; ++k) s.radii_mm[k] = 0.5 * d * std::clamp(1.0 + 0.15 * rng.Normal(), 0.7, 1.3);
+    for (int k = 0; k < 3; ++k)
+      s.radii_mm[k] = 0.5 * d * std::clamp(1.0 + 0.15 * rng.Normal(), 0.7, 1.3);
     s.axes = RandomRotation(rng);
     s.deform = std::clamp(0.08 + 0.05 * (0.7 * z_d + 0.7 * rng.Normal()), 0.02, 0.25);
     // Inside the liver, not overlapping an earlier lesion (a few tries, then accept).
     const double reach = std::max(0.0, 0.75 - 0.5 * d / a.liver_radii_mm.minCoeff());
     for (int attempt = 0; attempt < 20; ++attempt) {
-      const Eigen::Vector3d dir = Eigen::Vector3d(rng.Normal(), rng.Normal(), rng.Normal()).normalized();
-      s.center_mm = a.liver_center_mm + reach * std::cbrt(rng.Uniform()) * dir.cwiseProduct(a.liver_radii_mm);
+      const Eigen::Vector3d dir =
+          Eigen::Vector3d(rng.Normal(), rng.Normal(), rng.Normal()).normalized();
+      s.center_mm =
+          a.liver_center_mm + reach * std::cbrt(rng.Uniform()) * dir.cwiseProduct(a.liver_radii_mm);
       bool clear = true;
       for (const LesionSpec& other : p.lesions) {
         clear = clear && (s.center_mm - other.center_mm).norm() >
@@ -191,7 +207,8 @@ SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) co
       }
       if (clear) break;
     }
-    const bool core = d >= 15.0 && rng.Bernoulli(Sigmoid(0.2 + 0.8 * z_an_seen + (d > 40 ? 0.5 : 0.0)));
+    const bool core =
+        d >= 15.0 && rng.Bernoulli(Sigmoid(0.2 + 0.8 * z_an_seen + (d > 40 ? 0.5 : 0.0)));
     s.core_fraction = core ? std::clamp(0.35 + 0.1 * z_an_seen, 0.15, 0.6) : 0.0;
     s.rim_mm = rng.Uniform(1.5, 3.5);
     s.rim_hu = 100 + 25 * b.vascularity + 4 * rng.Normal();
@@ -207,7 +224,8 @@ SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) co
   c.sex = rng.Bernoulli(0.82) ? Covariates::Sex::kMale : Covariates::Sex::kFemale;
   const double u_cp = rng.Uniform();
   c.child_pugh = u_cp < 0.70 ? 'A' : u_cp < 0.97 ? 'B' : 'C';
-  c.afp_ng_ml = std::pow(10.0, std::clamp(1.5 + 0.75 * z_p - 0.35 * z_am + 0.55 * rng.Normal(), 0.3, 5.0));
+  c.afp_ng_ml =
+      std::pow(10.0, std::clamp(1.5 + 0.75 * z_p - 0.35 * z_am + 0.55 * rng.Normal(), 0.3, 5.0));
   c.lesion_count = count;
   c.max_diameter_mm = d1;
   c.vascular_invasion = rng.Bernoulli(Sigmoid(-1.6 + 0.9 * z_d + 0.4 * z_p + 0.015 * (d1 - 45)));
@@ -222,15 +240,16 @@ SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) co
   p.administered = DrawAdministeredPlan(rng, actions_, plans_);
   while (int(p.counterfactual.size()) < config_.counterfactual_plans) {
     const Plan& candidate = plans_[std::size_t(rng.UniformInt(0, std::int64_t(plans_.size()) - 1))];
-    if (candidate != p.administered &&
-        std::find(p.counterfactual.begin(), p.counterfactual.end(), candidate) == p.counterfactual.end()) {
+    if (candidate != p.administered && std::find(p.counterfactual.begin(), p.counterfactual.end(),
+                                                 candidate) == p.counterfactual.end()) {
       p.counterfactual.push_back(candidate);
     }
   }
   return p;
 }
 
-Expected<PatientCase> SyntheticWorld::Render(const SyntheticPatient& p, bool tumor_region_only) const {
+Expected<PatientCase> SyntheticWorld::Render(const SyntheticPatient& p,
+                                             bool tumor_region_only) const {
   const Geometry g = config_.CtGeometry();
   const Index3 extent = config_.CtExtent();
   std::vector<IndexBox> boxes;
@@ -262,69 +281,74 @@ Expected<PatientCase> SyntheticWorld::Render(const SyntheticPatient& p, bool tum
     const Index3 n = box.extent();
     std::vector<float> ct(std::size_t(n[0] * n[1] * n[2]), float(kAirHu));
     std::vector<std::int32_t> liver(ct.size(), 0), tumor(ct.size(), 0);
-    tbb::parallel_for(tbb::blocked_range<std::int64_t>(box.min[2], box.max[2] + 1),
-                      [&](const tbb::blocked_range<std::int64_t>& range) {
-      for (std::int64_t k = range.begin(); k != range.end(); ++k) {
-        for (std::int64_t j = box.min[1]; j <= box.max[1]; ++j) {
-          for (std::int64_t i = box.min[0]; i <= box.max[0]; ++i) {
-            const Eigen::Vector3d w = g.IndexToWorld(Eigen::Vector3d(double(i), double(j), double(k)));
-            const double bx = w[0] / a.body_radii_mm[0], by = w[1] / a.body_radii_mm[1];
-            const double r = std::sqrt(bx * bx + by * by);
-            if (r > 1.0) continue;  // air: the sparse background
-            const double depth = (1.0 - r) * a.body_radii_mm.minCoeff();
-            double hu;
-            if (depth < a.fat_mm) {
-              hu = -100 + 10 * ValueNoise(a.texture_seed + 3, w, 8.0);  // subcutaneous fat
-            } else if (depth < a.fat_mm + 12.0) {
-              hu = 48 + 6 * ValueNoise(a.texture_seed + 4, w, 6.0);  // abdominal wall muscle
-            } else {
-              // Bowel and mesenteric fat, mottled.
-              hu = -20 + 60 * ValueNoise(a.texture_seed + 5, w, 14.0);
-            }
-            const Eigen::Vector2d xy(w[0], w[1]);
-            const double ds = (xy - spine).norm();
-            if (ds < 17.0) hu = ds > 13.5 ? 650.0 : 260.0;  // vertebral cortex and body
-            if ((xy - aorta).norm() < 11.0) hu = 165.0;
-            if ((xy - ivc).norm() < 10.5) hu = 135.0;
-            std::int32_t liver_label = 0, tumor_label = 0;
-            // The liver and its lesions are intra-abdominal: never in the fat or muscle wall.
-            const bool visceral = depth >= a.fat_mm + 12.0;
-            const Eigen::Vector3d q = (w - a.liver_center_mm).cwiseQuotient(a.liver_radii_mm);
-            if (visceral && q.norm() < 1.25 &&
-                q.norm() * (1.0 + 0.08 * ValueNoise(a.texture_seed, w, 30.0)) < 1.0) {
-              liver_label = 1;
-              hu = a.liver_hu + 6.0 * ValueNoise(a.texture_seed + 1, w, 6.0);
-              for (const auto& v : a.vessels) {
-                if (SegmentDistance(w, v.a, v.b) < v.radius_mm) hu = v.hu;
+    tbb::parallel_for(
+        tbb::blocked_range<std::int64_t>(box.min[2], box.max[2] + 1),
+        [&](const tbb::blocked_range<std::int64_t>& range) {
+          for (std::int64_t k = range.begin(); k != range.end(); ++k) {
+            for (std::int64_t j = box.min[1]; j <= box.max[1]; ++j) {
+              for (std::int64_t i = box.min[0]; i <= box.max[0]; ++i) {
+                const Eigen::Vector3d w =
+                    g.IndexToWorld(Eigen::Vector3d(double(i), double(j), double(k)));
+                const double bx = w[0] / a.body_radii_mm[0], by = w[1] / a.body_radii_mm[1];
+                const double r = std::sqrt(bx * bx + by * by);
+                if (r > 1.0) continue;  // air: the sparse background
+                const double depth = (1.0 - r) * a.body_radii_mm.minCoeff();
+                double hu;
+                if (depth < a.fat_mm) {
+                  hu = -100 + 10 * ValueNoise(a.texture_seed + 3, w, 8.0);  // subcutaneous fat
+                } else if (depth < a.fat_mm + 12.0) {
+                  hu = 48 + 6 * ValueNoise(a.texture_seed + 4, w, 6.0);  // abdominal wall muscle
+                } else {
+                  // Bowel and mesenteric fat, mottled.
+                  hu = -20 + 60 * ValueNoise(a.texture_seed + 5, w, 14.0);
+                }
+                const Eigen::Vector2d xy(w[0], w[1]);
+                const double ds = (xy - spine).norm();
+                if (ds < 17.0) hu = ds > 13.5 ? 650.0 : 260.0;  // vertebral cortex and body
+                if ((xy - aorta).norm() < 11.0) hu = 165.0;
+                if ((xy - ivc).norm() < 10.5) hu = 135.0;
+                std::int32_t liver_label = 0, tumor_label = 0;
+                // The liver and its lesions are intra-abdominal: never in the fat or muscle wall.
+                const bool visceral = depth >= a.fat_mm + 12.0;
+                const Eigen::Vector3d q = (w - a.liver_center_mm).cwiseQuotient(a.liver_radii_mm);
+                if (visceral && q.norm() < 1.25 &&
+                    q.norm() * (1.0 + 0.08 * ValueNoise(a.texture_seed, w, 30.0)) < 1.0) {
+                  liver_label = 1;
+                  hu = a.liver_hu + 6.0 * ValueNoise(a.texture_seed + 1, w, 6.0);
+                  for (const auto& v : a.vessels) {
+                    if (SegmentDistance(w, v.a, v.b) < v.radius_mm) hu = v.hu;
+                  }
+                }
+                for (std::size_t l = 0; visceral && l < p.lesions.size(); ++l) {
+                  const LesionSpec& s = p.lesions[l];
+                  if ((w - s.center_mm).norm() > s.radii_mm.maxCoeff() * (1.0 + s.deform) + 1.0)
+                    continue;
+                  const double rho = LesionRadius(s, w);
+                  if (rho >= 1.0) continue;
+                  tumor_label = std::int32_t(l + 1);
+                  liver_label = 1;
+                  const double depth_mm = (1.0 - rho) * s.radii_mm.minCoeff();
+                  if (s.core_fraction > 0.0 && rho < s.core_fraction) {
+                    hu = 20.0 + 4.0 * ValueNoise(s.shape_seed + 9, w, 5.0);  // necrotic core
+                  } else if (depth_mm < s.rim_mm) {
+                    hu = s.rim_hu;  // enhancing rim
+                  } else {
+                    hu = s.interior_hu + s.texture_sd * ValueNoise(s.shape_seed + 7, w, 4.0);
+                  }
+                }
+                // The noise is keyed by the voxel's index in the whole CT, whatever box is
+                // rendered.
+                const std::uint64_t voxel = std::uint64_t(i + extent[0] * (j + extent[1] * k));
+                const std::size_t at = std::size_t(
+                    (i - box.min[0]) + n[0] * ((j - box.min[1]) + n[1] * (k - box.min[2])));
+                ct[at] = float(hu + a.noise_sd * HashNormal(noise_seed, voxel));
+                if (ct[at] == float(kAirHu)) ct[at] = float(kAirHu + 1.0);
+                liver[at] = liver_label;
+                tumor[at] = tumor_label;
               }
             }
-            for (std::size_t l = 0; visceral && l < p.lesions.size(); ++l) {
-              const LesionSpec& s = p.lesions[l];
-              if ((w - s.center_mm).norm() > s.radii_mm.maxCoeff() * (1.0 + s.deform) + 1.0) continue;
-              const double rho = LesionRadius(s, w);
-              if (rho >= 1.0) continue;
-              tumor_label = std::int32_t(l + 1);
-              liver_label = 1;
-              const double depth_mm = (1.0 - rho) * s.radii_mm.minCoeff();
-              if (s.core_fraction > 0.0 && rho < s.core_fraction) {
-                hu = 20.0 + 4.0 * ValueNoise(s.shape_seed + 9, w, 5.0);  // necrotic core
-              } else if (depth_mm < s.rim_mm) {
-                hu = s.rim_hu;  // enhancing rim
-              } else {
-                hu = s.interior_hu + s.texture_sd * ValueNoise(s.shape_seed + 7, w, 4.0);
-              }
-            }
-            // The noise is keyed by the voxel's index in the whole CT, whatever box is rendered.
-            const std::uint64_t voxel = std::uint64_t(i + extent[0] * (j + extent[1] * k));
-            const std::size_t at = std::size_t((i - box.min[0]) + n[0] * ((j - box.min[1]) + n[1] * (k - box.min[2])));
-            ct[at] = float(hu + a.noise_sd * HashNormal(noise_seed, voxel));
-            if (ct[at] == float(kAirHu)) ct[at] = float(kAirHu + 1.0);
-            liver[at] = liver_label;
-            tumor[at] = tumor_label;
           }
-        }
-      }
-    });
+        });
     MEWM_RETURN_IF_ERROR(ct_volume.CopyFromDense(box, ct));
     MEWM_RETURN_IF_ERROR(tumor_volume.CopyFromDense(box, tumor));
     MEWM_RETURN_IF_ERROR(liver_volume.CopyFromDense(box, liver));
@@ -342,7 +366,8 @@ double SyntheticWorld::LinearPredictor(const SyntheticPatient& p, double post_vi
          bclc + 0.35 * (c.vascular_invasion ? 1.0 : 0.0) + 0.015 * (c.age_years - 62.0) + toxicity;
 }
 
-Expected<PatientTruth> SyntheticWorld::Truth(const SyntheticPatient& p, const PatientCase& rendered) const {
+Expected<PatientTruth> SyntheticWorld::Truth(const SyntheticPatient& p,
+                                             const PatientCase& rendered) const {
   MEWM_TRY(const std::vector<dynamics::TumorField> fields,
            dynamics::BuildTumorFields(rendered, config_.mechanistic));
   PatientTruth truth;

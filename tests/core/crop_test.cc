@@ -44,7 +44,8 @@ TEST_F(CropTest, TrilinearReproducesALinearFieldAtOtherSpacingAndOrientation) {
   for (int k = 0; k < 9; ++k)
     for (int j = 0; j < 13; ++j)
       for (int i = 0; i < 11; ++i) {
-        const Eigen::Vector3d idx = g.WorldToIndex(crop->geometry.IndexToWorld({double(i), double(j), double(k)}));
+        const Eigen::Vector3d idx =
+            g.WorldToIndex(crop->geometry.IndexToWorld({double(i), double(j), double(k)}));
         EXPECT_NEAR(crop->at(i, j, k), 2 * idx[0] + 3 * idx[1] - idx[2], 1e-3);
       }
 }
@@ -68,7 +69,8 @@ TEST_F(CropTest, PasteOfAnUnchangedCropChangesNothing) {
   DenseFloat weight(crop->dims, crop->geometry, 1.0f);
   ASSERT_TRUE(PasteCrop(v, *crop, weight));
   const DenseFloat after = v.ToDense();
-  for (std::size_t n = 0; n < after.data.size(); ++n) ASSERT_NEAR(after.data[n], before.data[n], 1e-4);
+  for (std::size_t n = 0; n < after.data.size(); ++n)
+    ASSERT_NEAR(after.data[n], before.data[n], 1e-4);
 }
 
 TEST_F(CropTest, PasteBlendsByWeightAndOnlyInsideTheCrop) {
@@ -129,7 +131,8 @@ TEST(HuWindowTest, MapsTheDefaultMeWMWindowToUnitRangeAndBack) {
   EXPECT_FLOAT_EQ(w.ToUnit(600.0f), 1.0f);
   EXPECT_FLOAT_EQ(w.ToUnit(-1000.0f), -1.0f);
   EXPECT_FLOAT_EQ(w.ToUnit(3000.0f), 1.0f);
-  for (float hu : {-175.0f, 0.0f, 55.0f, 212.5f, 600.0f}) EXPECT_NEAR(w.FromUnit(w.ToUnit(hu)), hu, 1e-3);
+  for (float hu : {-175.0f, 0.0f, 55.0f, 212.5f, 600.0f})
+    EXPECT_NEAR(w.FromUnit(w.ToUnit(hu)), hu, 1e-3);
   EXPECT_TRUE(w.Validate());
   EXPECT_FALSE((HuWindow{600.0f, -175.0f}).Validate());
 }

@@ -21,8 +21,8 @@ Geometry ObliqueAnisotropic() {
 
 TEST(GeometryTest, IndexWorldIndexRoundTripsForObliqueAnisotropicGrids) {
   const Geometry g = ObliqueAnisotropic();
-  for (const Eigen::Vector3d& index : {Eigen::Vector3d(0, 0, 0), Eigen::Vector3d(10.5, -3, 99),
-                                      Eigen::Vector3d(255, 255, 127)}) {
+  for (const Eigen::Vector3d& index :
+       {Eigen::Vector3d(0, 0, 0), Eigen::Vector3d(10.5, -3, 99), Eigen::Vector3d(255, 255, 127)}) {
     const Eigen::Vector3d back = g.WorldToIndex(g.IndexToWorld(index));
     EXPECT_LT((back - index).norm(), 1e-9);
   }

@@ -36,8 +36,8 @@ TEST_F(RenderTest, AxialSliceIsWindowedWithRightOnTheLeft) {
   ASSERT_TRUE(image);
   EXPECT_EQ(image->width, 8);
   EXPECT_EQ(image->height, 6);
-  EXPECT_EQ(image->pixels[0], 0);                  // low i (patient right) at the image left: -175 HU
-  EXPECT_EQ(image->pixels[(7) * 3], 255);          // high i: 600 HU
+  EXPECT_EQ(image->pixels[0], 0);          // low i (patient right) at the image left: -175 HU
+  EXPECT_EQ(image->pixels[(7) * 3], 255);  // high i: 600 HU
 }
 
 TEST_F(RenderTest, CoronalSliceIsStretchedToSquareMillimetres) {

@@ -28,8 +28,9 @@ TEST(SeedTest, StreamIsPinnedAcrossPlatformsAndVersions) {
 }
 
 TEST(SeedTest, DerivedSeedsDependOnEveryLabelAndItsOrder) {
-  std::set<std::uint64_t> seeds = {DeriveSeed(7, {1, 2}), DeriveSeed(7, {2, 1}), DeriveSeed(7, {1}),
-                                   DeriveSeed(8, {1, 2}), DeriveSeed(7, "P001"), DeriveSeed(7, "P002")};
+  std::set<std::uint64_t> seeds = {DeriveSeed(7, {1, 2}), DeriveSeed(7, {2, 1}),
+                                   DeriveSeed(7, {1}),    DeriveSeed(8, {1, 2}),
+                                   DeriveSeed(7, "P001"), DeriveSeed(7, "P002")};
   EXPECT_EQ(seeds.size(), 6u);
 }
 

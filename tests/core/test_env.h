@@ -6,10 +6,10 @@
 
 #include <gtest/gtest.h>
 #include <openvdb/openvdb.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <string>
-#include <unistd.h>
 
 namespace mewm::testing {
 

@@ -1,12 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
-#include "mewm/torch/bridge.h"
-
 #include <gtest/gtest.h>
 
 #include <filesystem>
 
 #include "mewm/core/file_util.h"
+#include "mewm/torch/bridge.h"
 #include "test_env.h"
 
 namespace mewm::torch_bridge {

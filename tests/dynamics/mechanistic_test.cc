@@ -31,8 +31,8 @@ class MechanisticTest : public testing::VdbTest {
     return c;
   }
   static Plan P(const std::string& text) { return *ActionBase::Default().ParsePlan(text); }
-  static double Residual(const std::vector<TumorField>& f, const TumorBiology& b, const std::string& plan,
-                         std::uint64_t seed = 0) {
+  static double Residual(const std::vector<TumorField>& f, const TumorBiology& b,
+                         const std::string& plan, std::uint64_t seed = 0) {
     auto r = SimulateResponse(f, b, P(plan), 'A', MechanisticConfig{}, seed, nullptr);
     EXPECT_TRUE(r) << r.error().ToString();
     return r ? r->post_viable_ml : -1.0;
@@ -101,7 +101,8 @@ TEST_F(MechanisticTest, ToxicityGrowsWithPoorLiverReserveAndRiskyPairs) {
   EXPECT_GT(*PlanToxicity(P("Lipiodol+Epirubicin"), 'B'), a);
   EXPECT_GT(*PlanToxicity(P("Lipiodol+Epirubicin+Cisplatin"), 'A'),
             a + PhysicsOf("Cisplatin")->toxicity);
-  EXPECT_GT(*PlanToxicity(P("Lipiodol+Absolute Alcohol"), 'B') - *PlanToxicity(P("Lipiodol+Absolute Alcohol"), 'A'),
+  EXPECT_GT(*PlanToxicity(P("Lipiodol+Absolute Alcohol"), 'B') -
+                *PlanToxicity(P("Lipiodol+Absolute Alcohol"), 'A'),
             0.25);
   auto unknown = PhysicsOf("Sorafenib");
   ASSERT_FALSE(unknown);
@@ -111,7 +112,8 @@ TEST_F(MechanisticTest, ToxicityGrowsWithPoorLiverReserveAndRiskyPairs) {
 TEST_F(MechanisticTest, BackendRendersOutcomesAndBatchingNeverChangesThem) {
   const PatientCase patient = Case();
   TumorBiology b;
-  auto model = MechanisticDynamics::Create(MechanisticConfig{}, [b](const PatientCase&) -> Expected<TumorBiology> { return b; });
+  auto model = MechanisticDynamics::Create(
+      MechanisticConfig{}, [b](const PatientCase&) -> Expected<TumorBiology> { return b; });
   ASSERT_TRUE(model);
   const std::vector<SimulationRequest> requests = {{P("Lipiodol+Epirubicin"), 0, 5},
                                                    {P("Lipiodol+Cisplatin+Gelatin Sponge"), 1, 6}};
@@ -147,9 +149,8 @@ TEST_F(MechanisticTest, BadInputsAreClearErrors) {
   EXPECT_FALSE(MechanisticDynamics::Create(MechanisticConfig{}, nullptr));
   MechanisticConfig zero;
   zero.grid_mm = 0.0;
-  EXPECT_FALSE(MechanisticDynamics::Create(zero, [](const PatientCase&) -> Expected<TumorBiology> {
-    return TumorBiology{};
-  }));
+  EXPECT_FALSE(MechanisticDynamics::Create(
+      zero, [](const PatientCase&) -> Expected<TumorBiology> { return TumorBiology{}; }));
 }
 
 }  // namespace

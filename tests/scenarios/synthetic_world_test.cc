@@ -73,8 +73,10 @@ TEST_F(SyntheticWorldTest, TumorRegionRenderMatchesTheFullRenderThere) {
   EXPECT_EQ(CountLabel(region->tumor), CountLabel(full->tumor));
   // Air stays the sparse background.
   EXPECT_EQ(full->ct.GetValue(0, 0, 0), -1000.0f);
-  EXPECT_LT(full->ct.ActiveVoxelCount(), full->ct.extent()[0] * full->ct.extent()[1] * full->ct.extent()[2]);
-  for (std::size_t l = 0; l < p.lesions.size(); ++l) EXPECT_GT(CountLabel(full->tumor, int(l + 1)), 0);
+  EXPECT_LT(full->ct.ActiveVoxelCount(),
+            full->ct.extent()[0] * full->ct.extent()[1] * full->ct.extent()[2]);
+  for (std::size_t l = 0; l < p.lesions.size(); ++l)
+    EXPECT_GT(CountLabel(full->tumor, int(l + 1)), 0);
 }
 
 TEST_F(SyntheticWorldTest, TruthFindsTheMinimumOverEveryValidPlan) {
@@ -124,7 +126,8 @@ TEST_F(CohortTest, SameSeedGivesByteIdenticalCohorts) {
     ASSERT_EQ(*ReadFile(entry.path().string()), *ReadFile((fs::path(b) / rel).string())) << rel;
     ++files;
   }
-  // manifest, clinical, truth + per patient: pre.vdb, 3 NIfTI, post vdb + 2 NIfTI, 1 counterfactual, truth.
+  // manifest, clinical, truth + per patient: pre.vdb, 3 NIfTI, post vdb + 2 NIfTI, 1
+  // counterfactual, truth.
   EXPECT_EQ(files, 3 + 2 * 9);
   for (const char* name : {"manifest.json", "clinical.csv", "truth.json", "patients/P0001/pre.vdb",
                            "patients/P0002/post_administered.vdb", "patients/P0002/post_cf1.vdb",

@@ -6,12 +6,11 @@
 #include <signal.h>
 #include <sys/wait.h>
 
-#include <chrono>
-#include <thread>
-
 #include <array>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <thread>
 
 #include "../core/test_env.h"
 #include "mewm/core/nifti_io.h"
@@ -33,7 +32,8 @@ Result RunMewm(const std::string& args) {
   if (pipe == nullptr) return r;
   std::array<char, 4096> buffer{};
   std::size_t n;
-  while ((n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0) r.output.append(buffer.data(), n);
+  while ((n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0)
+    r.output.append(buffer.data(), n);
   const int status = ::pclose(pipe);
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
@@ -99,8 +99,9 @@ TEST_F(CliTest, ConvertNiftiToVdbAndBackThenInspect) {
 
 TEST_F(CliTest, RenderWithOverlayWritesAPng) {
   const std::string png = dir_.File("slice.png");
-  const Result r = RunMewm("render " + ct_path_ + " --plane axial --index 3 --window -175,600 --overlay " +
-                       tumor_path_ + " --out " + png);
+  const Result r =
+      RunMewm("render " + ct_path_ + " --plane axial --index 3 --window -175,600 --overlay " +
+              tumor_path_ + " --out " + png);
   ASSERT_EQ(r.code, 0) << r.output;
   auto image = ReadPng(png);
   ASSERT_TRUE(image);
@@ -150,7 +151,8 @@ TEST_F(CliTest, CohortGenerateThenStats) {
 
 TEST_F(CliTest, InterruptedCohortLeavesOnlyCompletePatients) {
   const std::string out = dir_.File("interrupted");
-  const std::string command = std::string(MEWM_CLI) + " cohort generate --n 40 --spacing 3 --no-nifti --quiet --out " +
+  const std::string command = std::string(MEWM_CLI) +
+                              " cohort generate --n 40 --spacing 3 --no-nifti --quiet --out " +
                               out + " > /dev/null 2>&1 & echo $!";
   FILE* pipe = ::popen(command.c_str(), "r");
   ASSERT_NE(pipe, nullptr);
@@ -159,7 +161,8 @@ TEST_F(CliTest, InterruptedCohortLeavesOnlyCompletePatients) {
   ::pclose(pipe);
   // Wait (bounded) until at least one patient is complete, then kill the generator mid-run.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  while (!std::filesystem::exists(out + "/patients/P0001") && std::chrono::steady_clock::now() < deadline) {
+  while (!std::filesystem::exists(out + "/patients/P0001") &&
+         std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   ::kill(pid, SIGKILL);
@@ -174,7 +177,8 @@ TEST_F(CliTest, InterruptedCohortLeavesOnlyCompletePatients) {
     }
   }
   // A rerun with --force completes the cohort and clears the leftovers.
-  const Result r = RunMewm("cohort generate --n 2 --spacing 3 --no-nifti --quiet --force --out " + out);
+  const Result r =
+      RunMewm("cohort generate --n 2 --spacing 3 --no-nifti --quiet --force --out " + out);
   ASSERT_EQ(r.code, 0) << r.output;
   for (const auto& entry : std::filesystem::directory_iterator(out + "/patients")) {
     EXPECT_NE(entry.path().filename().string().rfind(".tmp-", 0), 0u);

@@ -3,15 +3,16 @@
 //
 // `mewm bench core`: sizes and timings of the core volume operations on a CT-like phantom,
 // measured side by side in one run (docs/BENCHMARKS.md).
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <iomanip>
 #include <iostream>
 #include <nlohmann/json.hpp>
-#include <functional>
 #include <thread>
-#include <unistd.h>
 
 #include "commands.h"
 #include "mewm/core/crop.h"
@@ -43,7 +44,7 @@ DenseFloat MakeBenchPhantom(const Index3& dims, std::uint64_t seed) {
         const double x = (i - cx) / (0.42 * dims[0]), y = (j - cy) / (0.32 * dims[1]);
         const double r = x * x + y * y;
         if (r > 1.0) continue;
-        double hu = r > 0.8 ? -100.0 : 40.0;                      // subcutaneous fat, muscle
+        double hu = r > 0.8 ? -100.0 : 40.0;                       // subcutaneous fat, muscle
         const double lx = (i - 0.38 * dims[0]) / (0.2 * dims[0]);  // liver on the patient's right
         const double ly = (j - 0.45 * dims[1]) / (0.16 * dims[1]);
         if (lx * lx + ly * ly < 1.0) hu = 55.0;
@@ -74,9 +75,9 @@ int RunCoreBench(int repeats, const std::string& json_path, const std::string& k
   std::int64_t body_voxels = 0;
   for (float v : dense.data) body_voxels += v != -1000.0f;
 
-  const fs::path dir = keep_dir.empty() ? fs::temp_directory_path() /
-                                              ("mewm-bench-" + std::to_string(::getpid()))
-                                        : fs::path(keep_dir);
+  const fs::path dir =
+      keep_dir.empty() ? fs::temp_directory_path() / ("mewm-bench-" + std::to_string(::getpid()))
+                       : fs::path(keep_dir);
   fs::create_directories(dir);
 
   Expected<Volume> volume = Volume::FromDense(dense, "ct");
@@ -111,30 +112,48 @@ int RunCoreBench(int repeats, const std::string& json_path, const std::string& k
 
   const double raw_bytes = double(dense.data.size() * sizeof(float));
   const auto size_of = [](const std::string& p) { return double(fs::file_size(p)); };
-  nlohmann::json out = {
-      {"mewm_version", Version()},
-      {"volume", {{"dims", {dims[0], dims[1], dims[2]}}, {"body_fraction", double(body_voxels) / double(dense.data.size())}}},
-      {"threads", std::thread::hardware_concurrency()},
-      {"repeats", repeats},
-      {"bytes", {{"dense_float32", raw_bytes}, {"nii", size_of(nii)}, {"nii_gz", size_of(niigz)}, {"vdb", size_of(vdb)}, {"vdb_half", size_of(vdb_half)}}},
-      {"ms", {{"dense_to_grid", dense_to_grid}, {"grid_to_dense", grid_to_dense}, {"write_vdb", write_vdb},
-              {"read_vdb", read_vdb}, {"write_nii", write_nii}, {"read_nii", read_nii},
-              {"crop_96_1mm_trilinear", crop96}, {"crop_64_1p5mm_trilinear", crop64}}}};
+  nlohmann::json out = {{"mewm_version", Version()},
+                        {"volume",
+                         {{"dims", {dims[0], dims[1], dims[2]}},
+                          {"body_fraction", double(body_voxels) / double(dense.data.size())}}},
+                        {"threads", std::thread::hardware_concurrency()},
+                        {"repeats", repeats},
+                        {"bytes",
+                         {{"dense_float32", raw_bytes},
+                          {"nii", size_of(nii)},
+                          {"nii_gz", size_of(niigz)},
+                          {"vdb", size_of(vdb)},
+                          {"vdb_half", size_of(vdb_half)}}},
+                        {"ms",
+                         {{"dense_to_grid", dense_to_grid},
+                          {"grid_to_dense", grid_to_dense},
+                          {"write_vdb", write_vdb},
+                          {"read_vdb", read_vdb},
+                          {"write_nii", write_nii},
+                          {"read_nii", read_nii},
+                          {"crop_96_1mm_trilinear", crop96},
+                          {"crop_64_1p5mm_trilinear", crop64}}}};
 
   std::cout << std::fixed << std::setprecision(1)
-            << "mewm bench core: 256x256x128 CT phantom, body " << 100.0 * body_voxels / double(dense.data.size())
-            << "% of voxels, median of " << repeats << "\n\n"
+            << "mewm bench core: 256x256x128 CT phantom, body "
+            << 100.0 * body_voxels / double(dense.data.size()) << "% of voxels, median of "
+            << repeats << "\n\n"
             << "  file sizes (vs dense float32 " << raw_bytes / 1e6 << " MB)\n"
-            << "    .nii          " << std::setw(8) << size_of(nii) / 1e6 << " MB  " << size_of(nii) / raw_bytes << "x\n"
-            << std::setprecision(3)
-            << "    .nii.gz       " << std::setw(8) << size_of(niigz) / 1e6 << " MB  " << size_of(niigz) / raw_bytes << "x\n"
-            << "    .vdb          " << std::setw(8) << size_of(vdb) / 1e6 << " MB  " << size_of(vdb) / raw_bytes << "x\n"
-            << "    .vdb (half)   " << std::setw(8) << size_of(vdb_half) / 1e6 << " MB  " << size_of(vdb_half) / raw_bytes << "x\n"
+            << "    .nii          " << std::setw(8) << size_of(nii) / 1e6 << " MB  "
+            << size_of(nii) / raw_bytes << "x\n"
+            << std::setprecision(3) << "    .nii.gz       " << std::setw(8) << size_of(niigz) / 1e6
+            << " MB  " << size_of(niigz) / raw_bytes << "x\n"
+            << "    .vdb          " << std::setw(8) << size_of(vdb) / 1e6 << " MB  "
+            << size_of(vdb) / raw_bytes << "x\n"
+            << "    .vdb (half)   " << std::setw(8) << size_of(vdb_half) / 1e6 << " MB  "
+            << size_of(vdb_half) / raw_bytes << "x\n"
             << std::setprecision(1) << "\n  times (ms)\n"
             << "    dense -> grid " << std::setw(8) << dense_to_grid << "\n"
             << "    grid -> dense " << std::setw(8) << grid_to_dense << "\n"
-            << "    write .vdb    " << std::setw(8) << write_vdb << "   read .vdb " << read_vdb << "\n"
-            << "    write .nii    " << std::setw(8) << write_nii << "   read .nii " << read_nii << "\n"
+            << "    write .vdb    " << std::setw(8) << write_vdb << "   read .vdb " << read_vdb
+            << "\n"
+            << "    write .nii    " << std::setw(8) << write_nii << "   read .nii " << read_nii
+            << "\n"
             << "    crop 96^3 @1mm   " << std::setw(5) << crop96 << "  (MeWM-size)\n"
             << "    crop 64^3 @1.5mm " << std::setw(5) << crop64 << "  (CPU config)\n";
   if (!json_path.empty()) {
@@ -169,7 +188,8 @@ int RunWorldBench(int patients, const std::string& json_path) {
     if (!full) return Fail(full.error());
     if (!region) return Fail(region.error());
     Expected<std::vector<dynamics::TumorField>> fields = MakeError(ErrorCode::kInternal, "");
-    const double fields_s = SecondsOf([&] { fields = dynamics::BuildTumorFields(*region, world->config().mechanistic); });
+    const double fields_s = SecondsOf(
+        [&] { fields = dynamics::BuildTumorFields(*region, world->config().mechanistic); });
     if (!fields) return Fail(fields.error());
     Expected<scenarios::PatientTruth> truth = MakeError(ErrorCode::kInternal, "");
     const double truth_s = SecondsOf([&] { truth = world->Truth(p, *region); });
@@ -178,23 +198,31 @@ int RunWorldBench(int patients, const std::string& json_path) {
     const double plans_per_s = double(world->plans().size()) / solve_s;
     total_plans += double(world->plans().size());
     total_solve_s += solve_s;
-    std::cout << "  " << p.id << "   " << std::setw(7) << p.lesions.size() << std::setw(10) << truth->pre_viable_ml
-              << std::setw(15) << render_full << std::setw(17) << render_region << std::setw(10) << fields_s
-              << std::setw(14) << truth_s << std::setw(13) << std::setprecision(1) << plans_per_s
-              << std::setprecision(3) << "\n";
-    rows.push_back({{"patient", p.id}, {"lesions", p.lesions.size()}, {"pre_viable_ml", truth->pre_viable_ml},
-                    {"render_full_s", render_full}, {"render_region_s", render_region},
-                    {"fields_s", fields_s}, {"exhaustive_truth_s", truth_s}, {"plans_per_s", plans_per_s}});
+    std::cout << "  " << p.id << "   " << std::setw(7) << p.lesions.size() << std::setw(10)
+              << truth->pre_viable_ml << std::setw(15) << render_full << std::setw(17)
+              << render_region << std::setw(10) << fields_s << std::setw(14) << truth_s
+              << std::setw(13) << std::setprecision(1) << plans_per_s << std::setprecision(3)
+              << "\n";
+    rows.push_back({{"patient", p.id},
+                    {"lesions", p.lesions.size()},
+                    {"pre_viable_ml", truth->pre_viable_ml},
+                    {"render_full_s", render_full},
+                    {"render_region_s", render_region},
+                    {"fields_s", fields_s},
+                    {"exhaustive_truth_s", truth_s},
+                    {"plans_per_s", plans_per_s}});
   }
   // Whole-cohort generation, files included, per patient.
-  const fs::path dir = fs::temp_directory_path() / ("mewm-bench-cohort-" + std::to_string(::getpid()));
+  const fs::path dir =
+      fs::temp_directory_path() / ("mewm-bench-cohort-" + std::to_string(::getpid()));
   fs::remove_all(dir);
   scenarios::CohortOptions options;
   options.n = 2;
   options.seed = 1;
   options.out_dir = dir.string();
   Status generated;
-  const double cohort_s = SecondsOf([&] { generated = scenarios::GenerateCohort(options, actions); });
+  const double cohort_s =
+      SecondsOf([&] { generated = scenarios::GenerateCohort(options, actions); });
   fs::remove_all(dir);
   if (!generated) return Fail(generated.error());
   std::cout << "\n  mechanistic throughput: " << std::setprecision(1) << total_plans / total_solve_s
@@ -202,7 +230,8 @@ int RunWorldBench(int patients, const std::string& json_path) {
             << "  cohort generate, 2 patients with images and NIfTI: " << std::setprecision(2)
             << cohort_s / 2 << " s per patient (2 threads)\n";
   if (!json_path.empty()) {
-    nlohmann::json out = {{"mewm_version", Version()}, {"patients", rows},
+    nlohmann::json out = {{"mewm_version", Version()},
+                          {"patients", rows},
                           {"plans_per_s", total_plans / total_solve_s},
                           {"cohort_generate_s_per_patient", cohort_s / 2}};
     if (auto w = WriteFileAtomic(json_path, out.dump(2) + "\n"); !w) return Fail(w.error());
@@ -223,8 +252,10 @@ Action RegisterBench(CLI::App& app) {
   core->add_option("--json", *json_path, "Also write the figures as JSON to this file");
   core->add_option("--keep", *keep, "Keep the phantom files in this folder");
   auto world_patients = std::make_shared<int>(3);
-  auto* world = app.add_subcommand("world", "Synthetic world: render, mechanistic and truth timings");
-  world->add_option("--patients", *world_patients, "Patients to time")->check(CLI::Range(1, 100))
+  auto* world =
+      app.add_subcommand("world", "Synthetic world: render, mechanistic and truth timings");
+  world->add_option("--patients", *world_patients, "Patients to time")
+      ->check(CLI::Range(1, 100))
       ->capture_default_str();
   world->add_option("--json", *json_path, "Also write the figures as JSON to this file");
   app.require_subcommand(1);

@@ -21,13 +21,15 @@ Action RegisterCohort(CLI::App& app) {
   };
   auto o = std::make_shared<Options>();
   app.require_subcommand(1);
-  CLI::App* generate = app.add_subcommand("generate", "Generate a seeded synthetic HCC-TACE cohort");
+  CLI::App* generate =
+      app.add_subcommand("generate", "Generate a seeded synthetic HCC-TACE cohort");
   generate->add_option("--n", o->n, "Number of patients (>= 1)")->required();
   generate->add_option("--seed", o->seed, "Cohort seed; the same seed gives identical files")
       ->capture_default_str();
   generate->add_option("--out", o->out, "Output folder (must be empty unless --force)")->required();
-  generate->add_option("--plans-per-patient", o->plans_per_patient,
-                       "Extra counterfactual plans simulated per patient (for training)")
+  generate
+      ->add_option("--plans-per-patient", o->plans_per_patient,
+                   "Extra counterfactual plans simulated per patient (for training)")
       ->capture_default_str();
   generate->add_option("--spacing", o->spacing_mm, "CT voxel size in mm")->capture_default_str();
   generate->add_flag("--force", o->force, "Replace the cohort in a non-empty output folder");
@@ -65,8 +67,8 @@ Action RegisterCohort(CLI::App& app) {
       return Fail(Error{ErrorCode::kInvalidArgument, "cohort stats takes a DIR or --simulate N"});
     }
     auto computed = o->simulate > 0
-                        ? scenarios::SimulateWorldStats(scenarios::WorldConfig{}, ActionBase::Default(),
-                                                        o->seed, o->simulate)
+                        ? scenarios::SimulateWorldStats(scenarios::WorldConfig{},
+                                                        ActionBase::Default(), o->seed, o->simulate)
                         : scenarios::ComputeCohortStats(o->dir, o->hu_patients);
     if (!computed) return Fail(computed.error().WithContext("cohort stats"));
     std::cout << computed->Format();

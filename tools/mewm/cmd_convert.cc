@@ -35,7 +35,9 @@ Action RegisterConvert(CLI::App& app) {
     if (!o->patient.empty()) set->metadata.patient_id = o->patient;
     set->metadata.provenance_json =
         nlohmann::json{{"tool", "mewm convert"}, {"version", Version()}, {"source", o->in}}.dump();
-    if (auto written = WriteVolumeFile(o->out, *set, nifti_in ? "" : o->grid, VdbWriteOptions{o->half}); !written) {
+    if (auto written =
+            WriteVolumeFile(o->out, *set, nifti_in ? "" : o->grid, VdbWriteOptions{o->half});
+        !written) {
       return Fail(written.error());
     }
     std::cout << "wrote " << o->out << "\n";

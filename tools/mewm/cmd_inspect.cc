@@ -21,7 +21,9 @@ json Idx(const Index3& v) { return json::array({v[0], v[1], v[2]}); }
 json GeometryJson(const Geometry& g) {
   json direction = json::array();
   for (int r = 0; r < 3; ++r) direction.push_back(Vec(g.direction.row(r).transpose()));
-  return {{"frame", "LPS"}, {"spacing_mm", Vec(g.spacing)}, {"origin_mm", Vec(g.origin)},
+  return {{"frame", "LPS"},
+          {"spacing_mm", Vec(g.spacing)},
+          {"origin_mm", Vec(g.origin)},
           {"direction", direction}};
 }
 
@@ -54,8 +56,8 @@ void PrintGrid(const json& g) {
   if (g.contains("active_bbox")) std::cout << "  bbox " << g["active_bbox"].dump();
   std::cout << "\n    values        min " << g["min"].get<double>() << ", max "
             << g["max"].get<double>() << ", mean " << g["mean"].get<double>() << ", std "
-            << g["stddev"].get<double>() << " (active voxels; background "
-            << g["background"].dump() << ")\n";
+            << g["stddev"].get<double>() << " (active voxels; background " << g["background"].dump()
+            << ")\n";
 }
 
 Expected<json> InspectVolumes(const std::string& path) {
@@ -67,7 +69,7 @@ Expected<json> InspectVolumes(const std::string& path) {
       affine.push_back({info.affine_ras(r, 0), info.affine_ras(r, 1), info.affine_ras(r, 2),
                         info.affine_ras(r, 3)});
     }
-    out["nifti"] = {{"version", info.version},     {"datatype", info.datatype},
+    out["nifti"] = {{"version", info.version},       {"datatype", info.datatype},
                     {"sform_code", info.sform_code}, {"qform_code", info.qform_code},
                     {"scl_slope", info.scl_slope},   {"scl_inter", info.scl_inter},
                     {"affine_ras", affine}};
@@ -96,8 +98,9 @@ Action RegisterInspect(CLI::App& app) {
       auto info = torch_bridge::ReadCheckpointInfo(*path);
       if (!info) return Fail(info.error());
       out = {{"file", *path},
-             {"checkpoint", {{"config", json::parse(info->config_json, nullptr, false)},
-                             {"metadata", json::parse(info->metadata_json, nullptr, false)}}}};
+             {"checkpoint",
+              {{"config", json::parse(info->config_json, nullptr, false)},
+               {"metadata", json::parse(info->metadata_json, nullptr, false)}}}};
       std::cout << out.dump(*as_json ? -1 : 2) << "\n";
       return 0;
     }

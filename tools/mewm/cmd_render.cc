@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
-#include <iostream>
 #include <cmath>
+#include <iostream>
 #include <optional>
 
 #include "commands.h"
@@ -20,8 +20,9 @@ Expected<HuWindow> ParseWindow(const std::string& text) {
     window.lo = std::stof(text.substr(0, comma), &used);
     window.hi = std::stof(text.substr(comma + 1), &used);
   } catch (const std::exception&) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "--window '" + text + "' not understood (expected LO,HI in HU, e.g. -175,600)");
+    return MakeError(
+        ErrorCode::kInvalidArgument,
+        "--window '" + text + "' not understood (expected LO,HI in HU, e.g. -175,600)");
   }
   MEWM_RETURN_IF_ERROR(window.Validate());
   return window;
@@ -43,8 +44,9 @@ Action RegisterRender(CLI::App& app) {
   app.add_option("--grid", o->grid, "CT grid to render (.vdb input)")->capture_default_str();
   app.add_option("--overlay", o->overlay,
                  "Label overlay: a grid name in FILE (e.g. tumor) or a label NIfTI/.vdb path");
-  app.add_option("--at", o->at,
-                 "Slice through the centre of this label grid of FILE (e.g. tumor) instead of --index");
+  app.add_option(
+      "--at", o->at,
+      "Slice through the centre of this label grid of FILE (e.g. tumor) instead of --index");
   app.add_option("--out", o->out, "Output PNG path")->required();
   return [o]() -> int {
     auto plane = ParseSlicePlane(o->plane);

@@ -23,7 +23,10 @@ std::string Duration(double seconds) {
 }  // namespace
 
 ProgressBar::ProgressBar(std::string label, int total, bool quiet)
-    : label_(std::move(label)), total_(total), quiet_(quiet), tty_(::isatty(STDERR_FILENO) != 0),
+    : label_(std::move(label)),
+      total_(total),
+      quiet_(quiet),
+      tty_(::isatty(STDERR_FILENO) != 0),
       start_(std::chrono::steady_clock::now()) {}
 
 void ProgressBar::Update(int done) {

@@ -2,10 +2,9 @@
 // SPDX-FileCopyrightText: the mewm authors
 #include "mewm/torch/bridge.h"
 
-#include <nlohmann/json.hpp>
-
 #include <filesystem>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "mewm/core/file_util.h"
@@ -41,20 +40,22 @@ Expected<torch::serialize::InputArchive> OpenArchive(const std::string& path) {
   try {
     archive.load_from(path, torch::Device(torch::kCPU));
   } catch (const std::exception& e) {
-    return MakeError(ErrorCode::kCorruptData,
-                     "checkpoint '" + path + "' is not a readable torch archive: " +
-                         std::string(e.what()).substr(0, 200));
+    return MakeError(ErrorCode::kCorruptData, "checkpoint '" + path +
+                                                  "' is not a readable torch archive: " +
+                                                  std::string(e.what()).substr(0, 200));
   }
   return archive;
 }
 
-Expected<CheckpointInfo> ReadInfo(torch::serialize::InputArchive& archive, const std::string& path) {
+Expected<CheckpointInfo> ReadInfo(torch::serialize::InputArchive& archive,
+                                  const std::string& path) {
   c10::IValue format, config, metadata;
   if (!archive.try_read(kFormatKey, format) || !format.isInt() ||
       !archive.try_read(kConfigKey, config) || !config.isString() ||
       !archive.try_read(kMetadataKey, metadata) || !metadata.isString()) {
-    return MakeError(ErrorCode::kCorruptData,
-                     "'" + path + "' is a torch archive but not a mewm checkpoint (no mewm.config)");
+    return MakeError(
+        ErrorCode::kCorruptData,
+        "'" + path + "' is a torch archive but not a mewm checkpoint (no mewm.config)");
   }
   if (format.toInt() != kFormatVersion) {
     return MakeError(ErrorCode::kUnsupported, "checkpoint '" + path + "' has format version " +
@@ -67,7 +68,8 @@ Expected<CheckpointInfo> ReadInfo(torch::serialize::InputArchive& archive, const
 /// Every parameter and buffer, by dotted name.
 std::map<std::string, torch::Tensor> NamedState(const torch::nn::Module& module) {
   std::map<std::string, torch::Tensor> state;
-  for (const auto& item : module.named_parameters(/*recurse=*/true)) state[item.key()] = item.value();
+  for (const auto& item : module.named_parameters(/*recurse=*/true))
+    state[item.key()] = item.value();
   for (const auto& item : module.named_buffers(/*recurse=*/true)) state[item.key()] = item.value();
   return state;
 }
@@ -83,15 +85,17 @@ std::string ShapeString(const torch::Tensor& t) {
 Expected<torch::Device> ResolveDevice(const DeviceSpec& spec) {
   if (spec.kind == DeviceSpec::Kind::kCpu) return torch::Device(torch::kCPU);
   if (!torch::cuda::is_available()) {
-    return MakeError(ErrorCode::kUnsupported,
-                     "device '" + spec.ToString() +
-                         "' requested, but this libtorch build has no usable CUDA (rebuild with "
-                         "MEWM_WITH_CUDA=ON and a CUDA libtorch; see docs/BUILDING.md), or use cpu");
+    return MakeError(
+        ErrorCode::kUnsupported,
+        "device '" + spec.ToString() +
+            "' requested, but this libtorch build has no usable CUDA (rebuild with "
+            "MEWM_WITH_CUDA=ON and a CUDA libtorch; see docs/BUILDING.md), or use cpu");
   }
   const auto count = static_cast<int>(torch::cuda::device_count());
   if (spec.index >= count) {
-    return MakeError(ErrorCode::kInvalidArgument, "device '" + spec.ToString() + "' does not exist (" +
-                                                      std::to_string(count) + " CUDA devices)");
+    return MakeError(ErrorCode::kInvalidArgument, "device '" + spec.ToString() +
+                                                      "' does not exist (" + std::to_string(count) +
+                                                      " CUDA devices)");
   }
   return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(spec.index));
 }
@@ -112,8 +116,10 @@ torch::Tensor ToTensor(const DenseFloat& dense, const torch::Device& device) {
   return cpu.to(device, /*non_blocking=*/false, /*copy=*/true);
 }
 
-torch::Tensor MaskToTensor(const DenseLabel& labels, std::int32_t label, const torch::Device& device) {
-  torch::Tensor mask = torch::empty({labels.dims[2], labels.dims[1], labels.dims[0]}, torch::kFloat32);
+torch::Tensor MaskToTensor(const DenseLabel& labels, std::int32_t label,
+                           const torch::Device& device) {
+  torch::Tensor mask =
+      torch::empty({labels.dims[2], labels.dims[1], labels.dims[0]}, torch::kFloat32);
   float* out = mask.data_ptr<float>();
   for (std::size_t n = 0; n < labels.data.size(); ++n) {
     const std::int32_t v = labels.data[n];
@@ -182,7 +188,8 @@ Expected<CheckpointInfo> LoadCheckpoint(const std::string& path, torch::nn::Modu
         }
       }
       for (const auto& [key, value] : stored.items()) {
-        if (!expected.contains(key)) diff += "\n  " + key + ": only in checkpoint (" + ShortJson(value) + ")";
+        if (!expected.contains(key))
+          diff += "\n  " + key + ": only in checkpoint (" + ShortJson(value) + ")";
       }
     } else {
       diff = "\n  checkpoint " + ShortJson(stored) + " vs model " + ShortJson(expected);
@@ -196,7 +203,8 @@ Expected<CheckpointInfo> LoadCheckpoint(const std::string& path, torch::nn::Modu
   for (const auto& [name, tensor] : state) {
     torch::Tensor value;
     if (!archive.try_read(kTensorPrefix + name, value)) {
-      return MakeError(ErrorCode::kMismatch, "checkpoint '" + path + "' has no tensor '" + name + "'");
+      return MakeError(ErrorCode::kMismatch,
+                       "checkpoint '" + path + "' has no tensor '" + name + "'");
     }
     if (value.sizes() != tensor.sizes()) {
       return MakeError(ErrorCode::kMismatch, "checkpoint '" + path + "': tensor '" + name +

@@ -19,7 +19,7 @@ enum class ItemKind { kDrug, kEmbolic };
 
 /// One plan item as the action base defines it.
 struct ActionItem {
-  std::string name;                  ///< canonical name, e.g. "Pirarubicin"
+  std::string name;  ///< canonical name, e.g. "Pirarubicin"
   ItemKind kind = ItemKind::kDrug;
   std::string drug_class;            ///< e.g. "platinum" (drugs only)
   std::vector<std::string> aliases;  ///< e.g. {"THP"}
@@ -54,8 +54,9 @@ class Plan {
 
 /// One broken rule: which rule, and a sentence that says why.
 struct RuleViolation {
-  std::string rule;    ///< rule id from the TOML, e.g. "one_platinum"
-  std::string reason;  ///< e.g. "at most 1 platinum drug allowed, plan has 2 (Cisplatin, Oxaliplatin)"
+  std::string rule;  ///< rule id from the TOML, e.g. "one_platinum"
+  std::string
+      reason;  ///< e.g. "at most 1 platinum drug allowed, plan has 2 (Cisplatin, Oxaliplatin)"
 };
 
 /// The vocabulary and its rules.
@@ -97,7 +98,8 @@ class ActionBase {
   /// action base does not define), "non_canonical_item" (an alias or miscased name in a Plan
   /// built without MakePlan/ParsePlan) and "unknown_protocol". Order: item problems, class limits,
   /// exclusions (each in file order), then the protocol.
-  std::vector<RuleViolation> Violations(const Plan& plan, const std::string& protocol = "cTACE") const;
+  std::vector<RuleViolation> Violations(const Plan& plan,
+                                        const std::string& protocol = "cTACE") const;
   /// kRuleViolation listing all violations, one per line after a summary line:
   /// "plan Cisplatin+Oxaliplatin breaks 2 rules:\none_platinum: at most 1 ...".
   Status Validate(const Plan& plan, const std::string& protocol = "cTACE") const;

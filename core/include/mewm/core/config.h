@@ -59,7 +59,8 @@ class ConfigTable {
   /// Typed getters. A missing key gives the fallback, or kNotFound when there is none; a wrong
   /// type or a value outside [min, max] is kInvalidArgument. Every getter marks its key as read,
   /// present or not. GetDouble accepts integers; GetInt rejects floats.
-  Expected<std::string> GetString(const std::string& key, std::optional<std::string> fallback = {}) const;
+  Expected<std::string> GetString(const std::string& key,
+                                  std::optional<std::string> fallback = {}) const;
   Expected<std::int64_t> GetInt(const std::string& key, std::optional<std::int64_t> fallback = {},
                                 std::optional<std::int64_t> min = {},
                                 std::optional<std::int64_t> max = {}) const;

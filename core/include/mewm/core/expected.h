@@ -15,15 +15,15 @@ namespace mewm {
 
 /// What kind of failure an Error is. Callers branch on the code, people read the message.
 enum class ErrorCode {
-  kInvalidArgument,   ///< a value that breaks a documented precondition
-  kNotFound,          ///< a file, grid, key, run or item that does not exist
-  kIo,                ///< the OS refused a read or write
-  kCorruptData,       ///< a file or message that is truncated, malformed or inconsistent
-  kParse,             ///< a text format (TOML, JSON, CSV, plan string) that does not parse
-  kRuleViolation,     ///< a treatment plan that breaks an action-base rule
-  kUnsupported,       ///< valid input this build cannot handle (e.g. CUDA without CUDA)
-  kMismatch,          ///< two inputs that must agree do not (geometry, checkpoint config)
-  kInternal,          ///< a dependency failed in a way we did not anticipate
+  kInvalidArgument,  ///< a value that breaks a documented precondition
+  kNotFound,         ///< a file, grid, key, run or item that does not exist
+  kIo,               ///< the OS refused a read or write
+  kCorruptData,      ///< a file or message that is truncated, malformed or inconsistent
+  kParse,            ///< a text format (TOML, JSON, CSV, plan string) that does not parse
+  kRuleViolation,    ///< a treatment plan that breaks an action-base rule
+  kUnsupported,      ///< valid input this build cannot handle (e.g. CUDA without CUDA)
+  kMismatch,         ///< two inputs that must agree do not (geometry, checkpoint config)
+  kInternal,         ///< a dependency failed in a way we did not anticipate
 };
 
 /// Short lower-case name of a code, e.g. "not_found".
@@ -109,9 +109,9 @@ inline Unexpected MakeError(ErrorCode code, std::string message) {
 #define MEWM_CONCAT_(a, b) MEWM_CONCAT_INNER_(a, b)
 
 /// Returns the error of an Expected expression from the enclosing function.
-#define MEWM_RETURN_IF_ERROR(expr)                                   \
-  do {                                                               \
-    auto&& mewm_status_ = (expr);                                    \
+#define MEWM_RETURN_IF_ERROR(expr)                                         \
+  do {                                                                     \
+    auto&& mewm_status_ = (expr);                                          \
     if (!mewm_status_.has_value()) return std::move(mewm_status_).error(); \
   } while (false)
 

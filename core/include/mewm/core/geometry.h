@@ -27,9 +27,7 @@ struct IndexBox {
   Index3 min{0, 0, 0};
   Index3 max{-1, -1, -1};
   bool empty() const { return min[0] > max[0] || min[1] > max[1] || min[2] > max[2]; }
-  Index3 extent() const {
-    return {max[0] - min[0] + 1, max[1] - min[1] + 1, max[2] - min[2] + 1};
-  }
+  Index3 extent() const { return {max[0] - min[0] + 1, max[1] - min[1] + 1, max[2] - min[2] + 1}; }
 };
 
 /// Axis-aligned box in world millimetres.
@@ -40,8 +38,8 @@ struct WorldBox {
 
 /// Index <-> world mapping of a voxel lattice.
 struct Geometry {
-  Eigen::Vector3d spacing = Eigen::Vector3d::Ones();    ///< mm per voxel along i, j, k (> 0)
-  Eigen::Vector3d origin = Eigen::Vector3d::Zero();     ///< world position of voxel (0,0,0), mm
+  Eigen::Vector3d spacing = Eigen::Vector3d::Ones();        ///< mm per voxel along i, j, k (> 0)
+  Eigen::Vector3d origin = Eigen::Vector3d::Zero();         ///< world position of voxel (0,0,0), mm
   Eigen::Matrix3d direction = Eigen::Matrix3d::Identity();  ///< orthonormal; columns = axes
 
   /// Isotropic spacing, identity direction.

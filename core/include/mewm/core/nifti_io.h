@@ -20,7 +20,7 @@ namespace mewm {
 
 /// Header facts of a NIfTI file (as read, before frame conversion where noted).
 struct NiftiInfo {
-  int version = 1;                ///< 1 or 2
+  int version = 1;  ///< 1 or 2
   Index3 dims{0, 0, 0};
   int datatype = 0;               ///< NIFTI_TYPE_* code
   bool integer_datatype = false;  ///< true for the integer NIfTI types

@@ -17,9 +17,9 @@ namespace mewm {
 struct Covariates {
   double age_years = 0.0;
   enum class Sex { kFemale, kMale } sex = Sex::kMale;
-  char child_pugh = 'A';          ///< 'A', 'B' or 'C'
-  char bclc_stage = 'B';          ///< '0', 'A', 'B', 'C' or 'D'
-  double afp_ng_ml = 0.0;         ///< alpha-fetoprotein
+  char child_pugh = 'A';   ///< 'A', 'B' or 'C'
+  char bclc_stage = 'B';   ///< '0', 'A', 'B', 'C' or 'D'
+  double afp_ng_ml = 0.0;  ///< alpha-fetoprotein
   int lesion_count = 1;
   double max_diameter_mm = 0.0;
   bool vascular_invasion = false;

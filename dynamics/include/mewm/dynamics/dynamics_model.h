@@ -34,8 +34,8 @@ class DynamicsModel {
   DynamicsModel& operator=(const DynamicsModel&) = delete;
 
   /// Simulates every request for one patient, as one batch where the backend can.
-  virtual Expected<std::vector<Outcome>> Simulate(const PatientCase& patient,
-                                                  const std::vector<SimulationRequest>& requests) = 0;
+  virtual Expected<std::vector<Outcome>> Simulate(
+      const PatientCase& patient, const std::vector<SimulationRequest>& requests) = 0;
   /// Backend name, e.g. "mechanistic".
   virtual std::string name() const = 0;
 };

@@ -32,8 +32,8 @@ inline constexpr std::array<const char*, 4> kDrugClasses = {"platinum", "anthrac
 
 /// Per-patient tumor biology (hidden in the synthetic world; estimated for planning).
 struct TumorBiology {
-  double proliferation_per_day = 0.02;   ///< logistic growth rate rho
-  double infiltration_mm2_per_day = 0.05;  ///< diffusion D
+  double proliferation_per_day = 0.02;                    ///< logistic growth rate rho
+  double infiltration_mm2_per_day = 0.05;                 ///< diffusion D
   std::array<double, 4> sensitivity{1.0, 1.0, 1.0, 1.0};  ///< by kDrugClasses, ~lognormal around 1
   double vascularity = 0.5;  ///< [0, 1]: drug/Lipiodol delivery and embolic benefit
 
@@ -60,28 +60,28 @@ Expected<ItemPhysics> PhysicsOf(const std::string& item);
 Expected<double> PlanToxicity(const Plan& plan, char child_pugh);
 
 struct MechanisticConfig {
-  double grid_mm = 2.0;            ///< spacing of the response grid
-  double margin_mm = 6.0;          ///< neighbourhood margin around the tumor's bounding box
-  double follow_up_days = 42.0;    ///< time from TACE to the post-treatment CT
-  double max_dt_days = 2.0;        ///< upper bound on the time step (also CFL-limited)
-  double sample_sigma = 0.15;      ///< log-normal spread of biology between samples (sample > 0)
-  double viable_threshold = 0.5;   ///< density above which a voxel counts as viable in the mask
+  double grid_mm = 2.0;           ///< spacing of the response grid
+  double margin_mm = 6.0;         ///< neighbourhood margin around the tumor's bounding box
+  double follow_up_days = 42.0;   ///< time from TACE to the post-treatment CT
+  double max_dt_days = 2.0;       ///< upper bound on the time step (also CFL-limited)
+  double sample_sigma = 0.15;     ///< log-normal spread of biology between samples (sample > 0)
+  double viable_threshold = 0.5;  ///< density above which a voxel counts as viable in the mask
 };
 
 /// What the response looks like, in numbers.
 struct ResponseSummary {
-  double pre_viable_ml = 0.0;   ///< integral of density before treatment
-  double post_viable_ml = 0.0;  ///< integral of density at follow-up
+  double pre_viable_ml = 0.0;      ///< integral of density before treatment
+  double post_viable_ml = 0.0;     ///< integral of density at follow-up
   double lipiodol_coverage = 0.0;  ///< fraction of the pre-treatment tumor with deposits
   double toxicity = 0.0;
 };
 
 /// One lesion's neighbourhood on the response grid: initial density and perfusion in [0, 1].
 struct TumorField {
-  std::int32_t label = 1;   ///< the tumor-mask label of this lesion
-  DenseFloat density;       ///< viable tumor fraction u0
-  DenseFloat perfusion;     ///< relative blood supply of tumor tissue (enhancing rim high, core low)
-  double diameter_mm = 0;   ///< equivalent-sphere diameter of the lesion (mask volume)
+  std::int32_t label = 1;  ///< the tumor-mask label of this lesion
+  DenseFloat density;      ///< viable tumor fraction u0
+  DenseFloat perfusion;    ///< relative blood supply of tumor tissue (enhancing rim high, core low)
+  double diameter_mm = 0;  ///< equivalent-sphere diameter of the lesion (mask volume)
 };
 
 /// The response of one field: final density and Lipiodol deposit fraction, on its lattice.

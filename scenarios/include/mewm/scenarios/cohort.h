@@ -11,8 +11,8 @@
 //   patients/P0001/        written atomically (a temporary folder renamed when complete)
 //     pre.vdb              grids ct, liver, tumor
 //     pre_ct.nii.gz  liver.nii.gz  tumor.nii.gz
-//     post_administered.vdb (ct, viable, pre_tumor) + post_ct.nii.gz + viable.nii.gz: the plan given
-//     post_cf<k>.vdb       counterfactual plans (--plans-per-patient), grids ct, viable
+//     post_administered.vdb (ct, viable, pre_tumor) + post_ct.nii.gz + viable.nii.gz: the plan
+//     given post_cf<k>.vdb       counterfactual plans (--plans-per-patient), grids ct, viable
 #pragma once
 
 #include <functional>
@@ -29,8 +29,9 @@ struct CohortOptions {
   int n = 0;
   std::uint64_t seed = 0;
   std::string out_dir;
-  bool force = false;  ///< allow a non-empty folder: its previous cohort (patients/, index files) is removed
-  bool write_nifti = true;   ///< NIfTI copies of the pre-treatment and administered images
+  bool force =
+      false;  ///< allow a non-empty folder: its previous cohort (patients/, index files) is removed
+  bool write_nifti = true;  ///< NIfTI copies of the pre-treatment and administered images
   WorldConfig world;
   /// Called after each finished patient with (done, total); may be empty.
   std::function<void(int, int)> progress;
@@ -43,12 +44,13 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions);
 /// World-validity figures (issue: the synthetic world must pass these).
 struct WorldStats {
   int patients = 0;
-  double mean_hr_median_vs_optimal = 0.0;  ///< mean over patients of risk(median plan)/risk(optimal)
-  double max_optimal_share = 0.0;          ///< largest fraction of patients sharing one optimal plan
+  double mean_hr_median_vs_optimal =
+      0.0;                         ///< mean over patients of risk(median plan)/risk(optimal)
+  double max_optimal_share = 0.0;  ///< largest fraction of patients sharing one optimal plan
   std::string most_common_optimal;
   int distinct_optimal_plans = 0;
-  double oracle_c_index = 0.0;        ///< Harrell's C of the true risk of the administered plan
-  double visible_cox_c_index = 0.0;   ///< Harrell's C of a Cox model on visible features (2-fold)
+  double oracle_c_index = 0.0;       ///< Harrell's C of the true risk of the administered plan
+  double visible_cox_c_index = 0.0;  ///< Harrell's C of a Cox model on visible features (2-fold)
   double km_median_os_months = 0.0;
   double event_fraction = 0.0;
   // Mean HU per tissue (NaN when not measured: stats from truths alone).

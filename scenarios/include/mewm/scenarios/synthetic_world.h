@@ -27,13 +27,13 @@ inline constexpr const char* kWorldVersion = "1";
 struct LesionSpec {
   Eigen::Vector3d center_mm = Eigen::Vector3d::Zero();  ///< world (LPS)
   Eigen::Vector3d radii_mm = Eigen::Vector3d::Constant(10);
-  Eigen::Matrix3d axes = Eigen::Matrix3d::Identity();   ///< rotation, columns = ellipsoid axes
-  double deform = 0.1;        ///< relative amplitude of boundary irregularity
-  double core_fraction = 0.0; ///< normalised radius of the necrotic core (0 = none)
-  double rim_mm = 2.5;        ///< enhancing rim thickness
+  Eigen::Matrix3d axes = Eigen::Matrix3d::Identity();  ///< rotation, columns = ellipsoid axes
+  double deform = 0.1;         ///< relative amplitude of boundary irregularity
+  double core_fraction = 0.0;  ///< normalised radius of the necrotic core (0 = none)
+  double rim_mm = 2.5;         ///< enhancing rim thickness
   double interior_hu = 85.0;
   double rim_hu = 115.0;
-  double texture_sd = 8.0;    ///< smooth heterogeneity of the viable tumor, HU
+  double texture_sd = 8.0;  ///< smooth heterogeneity of the viable tumor, HU
   std::uint64_t shape_seed = 0;
 };
 
@@ -61,8 +61,8 @@ struct SyntheticPatient {
   AnatomySpec anatomy;
   std::vector<LesionSpec> lesions;
   Covariates covariates;
-  dynamics::TumorBiology biology;  ///< hidden
-  Plan administered;               ///< the plan the patient actually received
+  dynamics::TumorBiology biology;    ///< hidden
+  Plan administered;                 ///< the plan the patient actually received
   std::vector<Plan> counterfactual;  ///< extra plans simulated for training (--plans-per-patient)
 };
 
@@ -74,7 +74,7 @@ struct WorldConfig {
   int embolic_horizon = 2;
   double weibull_shape = 1.3;
   double weibull_scale_months = 24.0;  ///< at linear predictor 0
-  double censor_min_months = 6.0;       ///< administrative censoring ~ Uniform(min, max)
+  double censor_min_months = 6.0;      ///< administrative censoring ~ Uniform(min, max)
   double censor_max_months = 60.0;
   int counterfactual_plans = 0;
 
@@ -117,7 +117,8 @@ class SyntheticWorld {
   /// Renders the pre-treatment CT, liver mask and tumor mask (lesion k has label k+1). With
   /// `tumor_region_only`, only the lesions' neighbourhoods are rendered (identical voxels there,
   /// background elsewhere): enough for the mechanistic model, at a fraction of the cost.
-  Expected<PatientCase> Render(const SyntheticPatient& patient, bool tumor_region_only = false) const;
+  Expected<PatientCase> Render(const SyntheticPatient& patient,
+                               bool tumor_region_only = false) const;
 
   /// Linear predictor of the true hazard for a residual viable volume and a plan toxicity.
   double LinearPredictor(const SyntheticPatient& patient, double post_viable_ml,
