@@ -64,8 +64,9 @@ DenseVolume<typename VolumeT::ValueType> Resample(const VolumeT& volume, const C
   return crop;
 }
 
-/// Trilinear sample of a dense array at a continuous index, clamped to its edges.
-float SampleDense(const DenseFloat& dense, const Eigen::Vector3d& c) {
+}  // namespace
+
+float SampleTrilinear(const DenseFloat& dense, const Eigen::Vector3d& c) {
   std::int64_t lo[3];
   double t[3];
   for (int a = 0; a < 3; ++a) {
@@ -87,6 +88,8 @@ float SampleDense(const DenseFloat& dense, const Eigen::Vector3d& c) {
   }
   return float(result);
 }
+
+namespace {
 
 /// Calls fn(i, j, k, crop_index) for every volume voxel whose centre lies inside the crop lattice.
 template <typename Fn>
@@ -172,11 +175,11 @@ Status PasteCrop(Volume& volume, const DenseFloat& crop, const DenseFloat& weigh
   ForEachCoveredVoxel(
       volume.geometry(), crop.geometry, crop.dims,
       [&](std::int64_t i, std::int64_t j, std::int64_t k, const Eigen::Vector3d& c) {
-        const float w = SampleDense(weight, c);
+        const float w = SampleTrilinear(weight, c);
         if (w <= 0.0f) return;
         const openvdb::Coord ijk{int(i), int(j), int(k)};
         const float old = accessor.getValue(ijk);
-        const float blended = w * SampleDense(crop, c) + (1.0f - w) * old;
+        const float blended = w * SampleTrilinear(crop, c) + (1.0f - w) * old;
         if (blended == background) {
           accessor.setValueOff(ijk, background);
         } else {

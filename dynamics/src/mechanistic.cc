@@ -66,29 +66,6 @@ TumorBiology Perturb(const TumorBiology& b, double sigma, std::uint64_t seed) {
   return p;
 }
 
-template <typename T>
-T TrilinearAt(const DenseVolume<T>& d, const Eigen::Vector3d& c) {
-  std::int64_t lo[3];
-  double t[3];
-  for (int a = 0; a < 3; ++a) {
-    const double x = std::clamp(c[a], 0.0, double(d.dims[a] - 1));
-    lo[a] = std::min<std::int64_t>(std::int64_t(x), std::max<std::int64_t>(d.dims[a] - 2, 0));
-    t[a] = x - double(lo[a]);
-  }
-  double r = 0.0;
-  for (int corner = 0; corner < 8; ++corner) {
-    std::int64_t idx[3];
-    double w = 1.0;
-    for (int a = 0; a < 3; ++a) {
-      const bool hi = corner & (1 << a);
-      idx[a] = std::min(lo[a] + (hi ? 1 : 0), d.dims[a] - 1);
-      w *= hi ? t[a] : 1.0 - t[a];
-    }
-    if (w > 0.0) r += w * double(d.at(idx[0], idx[1], idx[2]));
-  }
-  return T(r);
-}
-
 }  // namespace
 
 Expected<std::vector<TumorField>> BuildTumorFields(const PatientCase& patient,
@@ -308,8 +285,8 @@ Expected<Outcome> RenderOutcome(const PatientCase& patient, const std::vector<Tu
           const openvdb::Coord ijk{int(i), int(j), int(k)};
           const Eigen::Vector3d c =
               fg.WorldToIndex(g.IndexToWorld(Eigen::Vector3d(double(i), double(j), double(k))));
-          const double u = TrilinearAt(r.density, c);
-          const double lip = TrilinearAt(r.lipiodol, c);
+          const double u = SampleTrilinear(r.density, c);
+          const double lip = SampleTrilinear(r.lipiodol, c);
           const bool was_tumor = tumor.getValue(ijk) == field.label;
           const std::uint64_t counter =
               std::uint64_t(i) + 0x100000ULL * (std::uint64_t(j) + 0x100000ULL * std::uint64_t(k));

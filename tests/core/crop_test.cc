@@ -125,6 +125,17 @@ TEST_F(CropTest, BadSpecsAndInputsAreErrors) {
   EXPECT_FALSE(PasteCrop(target, crop, ok));
 }
 
+TEST(SampleTrilinearTest, InterpolatesLinearFieldsExactlyAndClampsAtEdges) {
+  DenseFloat d({4, 3, 2}, Geometry::Isotropic(1.0));
+  for (int k = 0; k < 2; ++k)
+    for (int j = 0; j < 3; ++j)
+      for (int i = 0; i < 4; ++i) d.at(i, j, k) = float(i + 10 * j + 100 * k);
+  EXPECT_FLOAT_EQ(SampleTrilinear(d, {1.5, 0.25, 0.5}), 1.5f + 2.5f + 50.0f);
+  EXPECT_FLOAT_EQ(SampleTrilinear(d, {3, 2, 1}), 3 + 20 + 100);
+  EXPECT_FLOAT_EQ(SampleTrilinear(d, {-5, 1, 0}), 10.0f);        // clamped to i = 0
+  EXPECT_FLOAT_EQ(SampleTrilinear(d, {9, 9, 9}), 3 + 20 + 100);  // clamped to the far corner
+}
+
 TEST(HuWindowTest, MapsTheDefaultMeWMWindowToUnitRangeAndBack) {
   HuWindow w;
   EXPECT_FLOAT_EQ(w.ToUnit(-175.0f), -1.0f);

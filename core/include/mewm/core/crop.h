@@ -37,6 +37,9 @@ Status PasteCrop(Volume& volume, const DenseFloat& crop, const DenseFloat& weigh
 /// Labels: where the (nearest) weight is >= 0.5 the crop's label replaces the volume's.
 Status PasteCrop(LabelVolume& labels, const DenseLabel& crop, const DenseFloat& weight);
 
+/// Trilinear sample of a dense array at a continuous index (i, j, k), clamped to its edges.
+float SampleTrilinear(const DenseFloat& dense, const Eigen::Vector3d& index);
+
 /// An intensity window in HU. The default [-175, 600] follows MeWM.
 struct HuWindow {
   float lo = -175.0f;
