@@ -5,8 +5,8 @@
 #include <openvdb/io/File.h>
 
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <set>
 
 #include "mewm/core/file_util.h"
@@ -80,20 +80,26 @@ Status MakeUuidDeterministic(const std::string& file_path, const std::string& ra
 /// reader does not check its reads, so a truncated file makes it allocate an uninitialised size;
 /// this check turns truncation into a clear error before OpenVDB sees the file. Only files of
 /// format 222 or later with grid offsets (everything OpenVDB 6+ writes to disk) are walked.
-Status CheckGridsInsideFile(const std::string& path, const std::string& bytes) {
-  std::size_t at = 0;
+/// It reads only the header and the grid descriptors, seeking over the grids' data.
+Status CheckGridsInsideFile(const std::string& path) {
+  std::error_code ec;
+  const std::uint64_t size = std::filesystem::file_size(path, ec);
+  std::ifstream in(path, std::ios::binary);
+  if (ec || !in) return MakeError(ErrorCode::kIo, "cannot read '" + path + "'");
+  std::uint64_t at = 0;
   const auto corrupt = [&](const std::string& why) {
     return MakeError(ErrorCode::kCorruptData, "'" + path + "' is truncated or corrupt: " + why);
   };
-  const auto take = [&](void* out, std::size_t n) {
-    if (at + n > bytes.size()) return false;
-    std::memcpy(out, bytes.data() + at, n);
+  const auto take = [&](void* out, std::uint64_t n) {
+    if (at + n > size) return false;
+    in.seekg(std::streamoff(at));
+    in.read(static_cast<char*>(out), std::streamsize(n));
     at += n;
-    return true;
+    return bool(in);
   };
   const auto skip_string = [&]() {
     std::uint32_t n = 0;
-    if (!take(&n, sizeof(n)) || at + n > bytes.size()) return false;
+    if (!take(&n, sizeof(n)) || at + n > size) return false;
     at += n;
     return true;
   };
@@ -102,7 +108,7 @@ Status CheckGridsInsideFile(const std::string& path, const std::string& bytes) {
   char has_offsets = 0;
   if (!take(&magic, 8) || magic != 0x56444220 || !take(&version, 4)) return corrupt("bad header");
   if (version < 222) return {};  // older layouts: leave it to OpenVDB
-  if (!take(&major, 4) || !take(&minor, 4) || !take(&has_offsets, 1) || at + 36 > bytes.size()) {
+  if (!take(&major, 4) || !take(&minor, 4) || !take(&has_offsets, 1) || at + 36 > size) {
     return corrupt("short header");
   }
   at += 36;  // UUID
@@ -111,8 +117,7 @@ Status CheckGridsInsideFile(const std::string& path, const std::string& bytes) {
   if (!take(&entries, 4)) return corrupt("no file metadata");
   for (std::uint32_t e = 0; e < entries; ++e) {
     std::uint32_t value_bytes = 0;
-    if (!skip_string() || !skip_string() || !take(&value_bytes, 4) ||
-        at + value_bytes > bytes.size()) {
+    if (!skip_string() || !skip_string() || !take(&value_bytes, 4) || at + value_bytes > size) {
       return corrupt("file metadata runs past the end");
     }
     at += value_bytes;
@@ -124,11 +129,11 @@ Status CheckGridsInsideFile(const std::string& path, const std::string& bytes) {
     if (!skip_string() || !skip_string() || !skip_string() || !take(offsets, sizeof(offsets))) {
       return corrupt("grid descriptor " + std::to_string(g) + " runs past the end");
     }
-    if (offsets[2] < std::int64_t(at) || std::uint64_t(offsets[2]) > bytes.size()) {
+    if (offsets[2] < std::int64_t(at) || std::uint64_t(offsets[2]) > size) {
       return corrupt("grid " + std::to_string(g) + " ends at byte " + std::to_string(offsets[2]) +
-                     " of a " + std::to_string(bytes.size()) + "-byte file");
+                     " of a " + std::to_string(size) + "-byte file");
     }
-    at = std::size_t(offsets[2]);
+    at = std::uint64_t(offsets[2]);
   }
   return {};
 }
@@ -224,10 +229,7 @@ Expected<VolumeSet> ReadVdb(const std::string& path) {
   if (!std::filesystem::is_regular_file(path, ec)) {
     return MakeError(ErrorCode::kIo, "'" + path + "' is not a regular file");
   }
-  {
-    MEWM_TRY(const std::string bytes, ReadFile(path));
-    MEWM_RETURN_IF_ERROR(CheckGridsInsideFile(path, bytes));
-  }
+  MEWM_RETURN_IF_ERROR(CheckGridsInsideFile(path));
   openvdb::GridPtrVecPtr grids;
   openvdb::MetaMap::Ptr meta;
   try {

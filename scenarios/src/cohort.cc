@@ -130,10 +130,10 @@ Status WriteOutcome(const std::string& dir, const std::string& stem, const Outco
 Expected<PatientTruth> GeneratePatient(const SyntheticWorld& world, const SyntheticPatient& p,
                                        const CohortOptions& options, const std::string& final_dir) {
   MEWM_TRY(const PatientCase rendered, world.Render(p));
-  MEWM_TRY(PatientTruth truth, world.Truth(p, rendered));
   const auto& mech = world.config().mechanistic;
   MEWM_TRY(const std::vector<dynamics::TumorField> fields,
            dynamics::BuildTumorFields(rendered, mech));
+  MEWM_TRY(PatientTruth truth, world.Truth(p, fields));
 
   const std::string temp = fs::path(final_dir).parent_path().string() + "/.tmp-" + p.id + "-" +
                            std::to_string(::getpid());

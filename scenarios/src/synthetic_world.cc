@@ -370,6 +370,11 @@ Expected<PatientTruth> SyntheticWorld::Truth(const SyntheticPatient& p,
                                              const PatientCase& rendered) const {
   MEWM_TRY(const std::vector<dynamics::TumorField> fields,
            dynamics::BuildTumorFields(rendered, config_.mechanistic));
+  return Truth(p, fields);
+}
+
+Expected<PatientTruth> SyntheticWorld::Truth(
+    const SyntheticPatient& p, const std::vector<dynamics::TumorField>& fields) const {
   PatientTruth truth;
   truth.plans.resize(plans_.size());
   std::vector<std::optional<Error>> errors(plans_.size());

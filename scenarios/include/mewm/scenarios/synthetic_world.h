@@ -127,6 +127,10 @@ class SyntheticWorld {
   /// Exhaustive truth: simulates every valid plan with the hidden biology, finds the optimum,
   /// and samples the event time of the administered plan. `rendered` must come from Render.
   Expected<PatientTruth> Truth(const SyntheticPatient& patient, const PatientCase& rendered) const;
+  /// The same, from tumor fields already built from the render (callers that also simulate
+  /// outcomes build them once).
+  Expected<PatientTruth> Truth(const SyntheticPatient& patient,
+                               const std::vector<dynamics::TumorField>& fields) const;
 
  private:
   SyntheticWorld(const WorldConfig& config, const ActionBase& actions, std::vector<Plan> plans)
