@@ -24,6 +24,8 @@ const char* ErrorCodeName(ErrorCode code) {
       return "mismatch";
     case ErrorCode::kInternal:
       return "internal";
+    case ErrorCode::kCancelled:
+      return "cancelled";
   }
   return "unknown";
 }

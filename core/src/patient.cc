@@ -2,6 +2,7 @@
 // SPDX-FileCopyrightText: the mewm authors
 #include "mewm/core/patient.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace mewm {
@@ -41,6 +42,30 @@ Status PatientCase::Validate() const {
   }
   if (auto valid = covariates.Validate(); !valid) return valid.error().WithContext(who);
   return {};
+}
+
+Expected<PatientCase> TumorRegion(const PatientCase& patient, double margin_mm) {
+  const IndexBox tumor = patient.tumor.ActiveBoundingBox();
+  if (tumor.empty() || !(margin_mm >= 0.0)) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "patient '" + patient.id + "': tumor region needs a non-empty tumor mask and "
+                     "a margin >= 0 mm");
+  }
+  IndexBox box;
+  for (int a = 0; a < 3; ++a) {
+    const auto pad = std::int64_t(std::ceil(margin_mm / patient.ct.geometry().spacing[a]));
+    box.min[a] = std::max<std::int64_t>(0, tumor.min[a] - pad);
+    box.max[a] = std::min<std::int64_t>(patient.ct.extent()[a] - 1, tumor.max[a] + pad);
+  }
+  const auto clip = [&](const auto& volume) {
+    std::decay_t<decltype(volume)> out(volume.geometry(), volume.extent(), volume.name());
+    (void)out.CopyFromDense(box, volume.ToDense(box).data);  // sizes match by construction
+    return out;
+  };
+  PatientCase region{patient.id, clip(patient.ct), clip(patient.tumor), std::nullopt,
+                     patient.covariates};
+  if (patient.liver) region.liver = clip(*patient.liver);
+  return region;
 }
 
 }  // namespace mewm

@@ -342,4 +342,21 @@ Expected<std::vector<Outcome>> MechanisticDynamics::Simulate(
   return outcomes;
 }
 
+Status TumorBiology::Validate() const {
+  const auto bad = [](const std::string& what) {
+    return MakeError(ErrorCode::kInvalidArgument, "tumor biology: " + what);
+  };
+  if (!(proliferation_per_day >= 0.0 && proliferation_per_day < 0.5)) {
+    return bad("proliferation must be in [0, 0.5) per day");
+  }
+  if (!(infiltration_mm2_per_day >= 0.0 && infiltration_mm2_per_day < 10.0)) {
+    return bad("infiltration must be in [0, 10) mm^2/day");
+  }
+  for (double s : sensitivity) {
+    if (!(s >= 0.0 && s < 100.0)) return bad("sensitivities must be in [0, 100)");
+  }
+  if (!(vascularity >= 0.0 && vascularity <= 1.0)) return bad("vascularity must be in [0, 1]");
+  return {};
+}
+
 }  // namespace mewm::dynamics

@@ -136,7 +136,7 @@ Expected<SyntheticWorld> SyntheticWorld::Create(const WorldConfig& config,
            EnumeratePlans(actions, config.drug_horizon, config.embolic_horizon));
   if (plans.empty()) return MakeError(ErrorCode::kInvalidArgument, "the plan space is empty");
   for (const Plan& p : plans) {
-    for (const auto& item : p.items()) MEWM_RETURN_IF_ERROR(dynamics::PhysicsOf(item));
+    for (const auto& item : p.items()) MEWM_RETURN_IF_ERROR(PhysicsOf(item));
   }
   if (config.counterfactual_plans >= int(plans.size())) {
     return MakeError(

@@ -127,7 +127,7 @@ TEST_F(MechanisticTest, BackendRendersOutcomesAndBatchingNeverChangesThem) {
     EXPECT_EQ(single->front().viable.ToDense().data, (*batch)[n].viable.ToDense().data);
     EXPECT_TRUE(CheckOutcome((*batch)[n], requests[n], patient));
   }
-  EXPECT_EQ((*model)->solves(), 4);
+  EXPECT_EQ((*model)->evaluations(), 4);
   // Lipiodol deposits are hyperdense; the viable tumor shrank.
   const Outcome& o = batch->front();
   EXPECT_GT(o.post_ct.Statistics().max, 200.0);

@@ -24,6 +24,7 @@ enum class ErrorCode {
   kUnsupported,      ///< valid input this build cannot handle (e.g. CUDA without CUDA)
   kMismatch,         ///< two inputs that must agree do not (geometry, checkpoint config)
   kInternal,         ///< a dependency failed in a way we did not anticipate
+  kCancelled,        ///< the caller asked to stop (Ctrl-C, a cancel request)
 };
 
 /// Short lower-case name of a code, e.g. "not_found".

@@ -42,4 +42,10 @@ struct PatientCase {
   Status Validate() const;
 };
 
+/// The patient restricted to the tumor's neighbourhood: same lattice and extent, but only voxels
+/// within `margin_mm` of the tumor's bounding box are kept (the rest read as background). Models
+/// that act near the tumor use it to avoid copying the whole CT for every simulated outcome.
+/// kInvalidArgument for an empty tumor mask or a negative margin.
+Expected<PatientCase> TumorRegion(const PatientCase& patient, double margin_mm);
+
 }  // namespace mewm

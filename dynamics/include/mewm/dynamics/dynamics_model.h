@@ -36,6 +36,9 @@ class DynamicsModel {
   /// Simulates every request for one patient, as one batch where the backend can.
   virtual Expected<std::vector<Outcome>> Simulate(
       const PatientCase& patient, const std::vector<SimulationRequest>& requests) = 0;
+  /// Units of backend work done so far (mechanistic: PDE solves; diffusion: denoiser forwards),
+  /// so planners can report model evaluations next to simulations.
+  virtual std::int64_t evaluations() const = 0;
   /// Backend name, e.g. "mechanistic".
   virtual std::string name() const = 0;
 };

@@ -22,6 +22,7 @@
 #include "mewm/core/dense.h"
 #include "mewm/core/expected.h"
 #include "mewm/core/outcome.h"
+#include "mewm/core/pharmacology.h"
 #include "mewm/dynamics/dynamics_model.h"
 
 namespace mewm::dynamics {
@@ -41,23 +42,9 @@ struct TumorBiology {
   Status Validate() const;
 };
 
-/// Physical effect of one plan item (docs/SYNTHETIC_WORLD.md, "Item physics").
-struct ItemPhysics {
-  std::string drug_class;    ///< empty for embolics
-  double potency = 0.0;      ///< drugs: peak kill rate per day at full delivery and sensitivity 1
-  double toxicity = 0.0;     ///< added to the plan's toxicity (hazard units)
-  double ischemia = 0.0;     ///< embolics: ischemic kill rate per day at full dependence
-  double duration_days = 0;  ///< embolics: how long the occlusion lasts (1e9 = permanent)
-  bool lipiodol = false;     ///< leaves hyperdense deposits and prolongs drug retention
-};
-
-/// Physics of a canonical item name; kNotFound for an item the model has no parameters for.
-Expected<ItemPhysics> PhysicsOf(const std::string& item);
-
-/// Toxicity of a plan for a patient with the given Child-Pugh class ('A'..'C'): per-item toxicity,
-/// scaled up for poor liver reserve, plus penalties for risky pairs (two cardiotoxic/nephrotoxic
-/// drugs, alcohol with Child-Pugh B/C). kNotFound for an unknown item.
-Expected<double> PlanToxicity(const Plan& plan, char child_pugh);
+using mewm::ItemPhysics;
+using mewm::PhysicsOf;
+using mewm::PlanToxicity;
 
 struct MechanisticConfig {
   double grid_mm = 2.0;           ///< spacing of the response grid
@@ -127,7 +114,7 @@ class MechanisticDynamics final : public DynamicsModel {
   std::string name() const override { return "mechanistic"; }
 
   /// Number of PDE solves run so far (one per request).
-  std::int64_t solves() const { return solves_; }
+  std::int64_t evaluations() const override { return solves_; }
 
  private:
   MechanisticDynamics(const MechanisticConfig& config, BiologySource biology)

@@ -1,13 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
 //
-// The physics of each plan item in the mechanistic model. These constants define the synthetic
-// world; docs/SYNTHETIC_WORLD.md explains each and must change with them.
+// The pharmacology of each plan item: potency, toxicity and embolic behaviour. These constants
+// define the synthetic world (docs/SYNTHETIC_WORLD.md explains each and must change with them);
+// toxicity is public drug knowledge, so planners and survival models may use it too.
 #include <map>
 
-#include "mewm/dynamics/mechanistic.h"
+#include "mewm/core/pharmacology.h"
 
-namespace mewm::dynamics {
+namespace mewm {
 namespace {
 
 constexpr double kPermanent = 1e9;
@@ -69,21 +70,4 @@ Expected<double> PlanToxicity(const Plan& plan, char child_pugh) {
   return toxicity;
 }
 
-Status TumorBiology::Validate() const {
-  const auto bad = [](const std::string& what) {
-    return MakeError(ErrorCode::kInvalidArgument, "tumor biology: " + what);
-  };
-  if (!(proliferation_per_day >= 0.0 && proliferation_per_day < 0.5)) {
-    return bad("proliferation must be in [0, 0.5) per day");
-  }
-  if (!(infiltration_mm2_per_day >= 0.0 && infiltration_mm2_per_day < 10.0)) {
-    return bad("infiltration must be in [0, 10) mm^2/day");
-  }
-  for (double s : sensitivity) {
-    if (!(s >= 0.0 && s < 100.0)) return bad("sensitivities must be in [0, 100)");
-  }
-  if (!(vascularity >= 0.0 && vascularity <= 1.0)) return bad("vascularity must be in [0, 1]");
-  return {};
-}
-
-}  // namespace mewm::dynamics
+}  // namespace mewm

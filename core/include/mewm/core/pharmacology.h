@@ -1,0 +1,34 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// Pharmacology of plan items: what each drug and embolic does and how toxic a plan is. Shared by
+// the mechanistic dynamics (which kills tumor with it) and by survival models and planners
+// (toxicity is known drug behaviour, not hidden patient biology).
+#pragma once
+
+#include <string>
+
+#include "mewm/core/action_base.h"
+#include "mewm/core/expected.h"
+
+namespace mewm {
+
+/// Physical effect of one plan item (docs/SYNTHETIC_WORLD.md, "Item physics").
+struct ItemPhysics {
+  std::string drug_class;    ///< empty for embolics
+  double potency = 0.0;      ///< drugs: peak kill rate per day at full delivery and sensitivity 1
+  double toxicity = 0.0;     ///< added to the plan's toxicity (hazard units)
+  double ischemia = 0.0;     ///< embolics: ischemic kill rate per day at full dependence
+  double duration_days = 0;  ///< embolics: how long the occlusion lasts (1e9 = permanent)
+  bool lipiodol = false;     ///< leaves hyperdense deposits and prolongs drug retention
+};
+
+/// Physics of a canonical item name; kNotFound for an item the model has no parameters for.
+Expected<ItemPhysics> PhysicsOf(const std::string& item);
+
+/// Toxicity of a plan for a patient with the given Child-Pugh class ('A'..'C'): per-item toxicity,
+/// scaled up for poor liver reserve, plus penalties for risky pairs (two cardiotoxic/nephrotoxic
+/// drugs, alcohol with Child-Pugh B/C). kNotFound for an unknown item.
+Expected<double> PlanToxicity(const Plan& plan, char child_pugh);
+
+}  // namespace mewm

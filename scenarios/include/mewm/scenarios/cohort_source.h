@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// Where a run's patients come from: a synthetic cohort folder (written by `mewm cohort generate`)
+// or a user manifest (a CSV naming each patient's CT, tumor mask, optional liver mask and clinical
+// columns). Loading is lazy, one patient at a time, and every error names the patient and file.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "mewm/core/action_base.h"
+#include "mewm/core/csv.h"
+#include "mewm/core/expected.h"
+#include "mewm/core/outcome.h"
+#include "mewm/core/patient.h"
+#include "mewm/survival/metrics.h"
+
+namespace mewm::scenarios {
+
+/// One patient of a cohort, before its images are read.
+struct CohortEntry {
+  std::string id;
+  std::string ct;     ///< path; a .vdb holds a grid "ct", a NIfTI holds the CT itself
+  std::string tumor;  ///< path; a .vdb grid "tumor" (or the only label grid)
+  std::string liver;  ///< optional path ("" = none)
+  Covariates covariates;
+  std::string origin;  ///< "file:line" that described this patient
+  // Observed follow-up, when the source has it (training cohorts):
+  std::string post;              ///< administered post-treatment image (.vdb: ct + viable)
+  std::string administered;      ///< administered plan text
+  std::optional<survival::SurvivalRecord> survival;
+};
+
+/// Reads a synthetic cohort folder: manifest.json for the files and clinical.csv for covariates
+/// and follow-up. It never reads truth.json.
+Expected<std::vector<CohortEntry>> ReadSyntheticCohort(const std::string& dir);
+
+/// Reads a manifest CSV. Required columns: patient_id, ct, tumor, age_years, sex (M/F),
+/// child_pugh, bclc_stage, afp_ng_ml, lesion_count, max_diameter_mm, vascular_invasion (0/1).
+/// Optional: liver, post, administered_plan, time_months + event. Paths resolve against the CSV's
+/// folder. kParse / kInvalidArgument naming file:line and the column.
+Expected<std::vector<CohortEntry>> ReadManifest(const std::string& csv_path);
+
+/// Reads the images of one patient and validates them (PatientCase::Validate): missing files,
+/// mismatched geometry and an empty tumor mask are errors naming the patient and the file.
+Expected<PatientCase> LoadPatient(const CohortEntry& entry);
+
+/// The administered post-treatment outcome of a patient that has one (kNotFound otherwise).
+Expected<Outcome> LoadAdministeredOutcome(const CohortEntry& entry, const ActionBase& actions);
+
+/// Parses the clinical columns of row `row` (shared by both readers).
+Expected<Covariates> ReadCovariates(const CsvTable& table, std::size_t row);
+
+}  // namespace mewm::scenarios

@@ -1,0 +1,79 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// Evaluation and training against synthetic cohorts. These are the only readers of truth.json:
+// plan selection is compared with the true optimum, and the mechanistic calibration learns from
+// a *training* cohort's biology. The planner itself never sees it.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mewm/core/action_base.h"
+#include "mewm/core/expected.h"
+#include "mewm/dynamics/calibration.h"
+#include "mewm/survival/cox_survival.h"
+
+namespace mewm::scenarios {
+
+/// Item-set agreement of a chosen plan with the optimal one (MeWM's table).
+struct PlanMatch {
+  double precision = 0.0, recall = 0.0, f1 = 0.0, jaccard = 0.0;
+  bool exact = false;
+};
+PlanMatch ComparePlanItems(const Plan& chosen, const Plan& optimal);
+
+/// Averages over patients for one method.
+struct MethodScores {
+  std::string method;
+  int patients = 0;
+  double f1 = 0.0, jaccard = 0.0, precision = 0.0, recall = 0.0, top1 = 0.0;
+  double regret = 0.0;         ///< mean of true risk(chosen) - true risk(optimal)
+  double regret_median = 0.0;
+  double risk_ratio = 0.0;     ///< mean of true risk(chosen) / true risk(optimal)
+};
+
+struct PlanEvaluation {
+  std::string run_dir, cohort_dir;
+  int patients = 0;  ///< finished patients compared
+  int failed = 0;    ///< patients of the run that failed (not compared)
+  std::vector<MethodScores> methods;  ///< pipeline first, then the baselines
+
+  std::string FormatTable() const;
+  std::string ToJson() const;
+};
+
+/// Compares a run's chosen plans with its synthetic cohort's truth, next to three baselines on
+/// the same patients: a random valid plan (the exact expectation over every valid plan), the
+/// majority optimal plan (leave-one-out over the other patients) and the guideline policy's first
+/// choice without search. kNotFound when the run has no synthetic cohort truth.
+Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir);
+
+struct SurvivalEvaluation {
+  int patients = 0;
+  double harrell_c = 0.0, uno_c = 0.0, integrated_brier = 0.0, auc_24 = 0.0;
+  double oracle_harrell_c = 0.0;  ///< Harrell's C of the true hazard of the administered plan
+  std::string FormatTable() const;
+  std::string ToJson() const;
+};
+
+/// Scores each held-out patient's administered outcome and compares with the observed follow-up.
+/// `train_dir` gives the censoring distribution for Uno's C and the Brier score.
+Expected<SurvivalEvaluation> EvaluateSurvival(survival::SurvivalModel& model,
+                                              const std::string& cohort_dir,
+                                              const std::string& train_dir,
+                                              const std::function<void(int, int)>& progress = {});
+
+/// Fits the Cox survival backend on a training cohort's administered outcomes and follow-up.
+Expected<std::unique_ptr<survival::CoxSurvival>> TrainCoxSurvival(
+    const std::string& cohort_dir, survival::CoxTies ties, const survival::ModelProvenance& provenance,
+    const std::function<void(int, int)>& progress = {});
+
+/// Fits the mechanistic calibration (visible features -> biology) on a training cohort.
+Expected<dynamics::BiologyRegression> TrainMechanisticCalibration(
+    const std::string& cohort_dir, double ridge,
+    const std::function<void(int, int)>& progress = {});
+
+}  // namespace mewm::scenarios

@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// The planner: searches the plan space (drug horizon, the protocol's mandatory items such as
+// Lipiodol, then the embolic horizon) for the plan with the lowest predicted risk, scoring each
+// candidate by the mean survival-model risk over T simulated outcomes. docs/SCENARIOS.md and
+// DESIGN section 5 describe the three search modes.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "mewm/core/action_base.h"
+#include "mewm/core/expected.h"
+#include "mewm/core/patient.h"
+#include "mewm/dynamics/dynamics_model.h"
+#include "mewm/policy/policy_model.h"
+#include "mewm/scenarios/scenario.h"
+#include "mewm/survival/survival_model.h"
+
+namespace mewm::scenarios {
+
+/// One scored candidate plan.
+struct CandidateScore {
+  Plan plan;
+  double risk_mean = 0.0;             ///< mean relative risk over the samples (the score)
+  double risk_std = 0.0;              ///< its spread (sample standard deviation; 0 for T = 1)
+  std::vector<double> sample_risks;   ///< one per sample, in sample order
+  survival::RiskScore curve;          ///< mean survival curve over the samples
+};
+
+struct PlannerCounters {
+  std::int64_t simulations = 0;        ///< outcomes simulated by the dynamics model
+  std::int64_t memo_hits = 0;          ///< (plan, sample) scores reused instead of simulated
+  std::int64_t batches = 0;            ///< DynamicsModel::Simulate calls
+  std::int64_t model_evaluations = 0;  ///< backend work units (PDE solves, denoiser forwards)
+  std::int64_t survival_scores = 0;    ///< SurvivalModel::Score calls
+  std::int64_t candidates = 0;         ///< candidate evaluations reported (with repeats)
+  double dynamics_seconds = 0.0;
+  double survival_seconds = 0.0;
+  double search_seconds = 0.0;  ///< the whole search, wall time
+};
+
+/// Called as the search goes; all optional. `stage` is "drug", "embolic" or "exhaustive".
+struct PlannerObserver {
+  std::function<void(const CandidateScore&, const std::string& stage, int step, bool memo_hit)>
+      candidate;
+  std::function<void(const std::string& stage, int step, const std::vector<CandidateScore>& kept)>
+      beam;
+  /// Polled between simulation batches; returning true stops the search with kCancelled.
+  std::function<bool()> cancelled;
+};
+
+struct PlanDecision {
+  CandidateScore best;
+  std::vector<CandidateScore> evaluated;  ///< every distinct plan scored, in first-scored order
+  PlannerCounters counters;
+};
+
+class Planner {
+ public:
+  /// Borrowed models must outlive the planner. kInvalidArgument for a bad spec (B, T < 1,
+  /// horizons out of range), or when the constraints themselves break a rule.
+  static Expected<Planner> Create(const PlannerSpec& spec, const ActionBase& actions,
+                                  const std::string& protocol,
+                                  const std::vector<std::string>& require,
+                                  const std::vector<std::string>& forbid,
+                                  dynamics::DynamicsModel& dynamics,
+                                  survival::SurvivalModel& survival);
+
+  /// Plans for one patient within the proposal's items. `run_seed` and the patient id seed every
+  /// sample: seed = f(run seed, patient, plan, sample index), so scores never depend on batching
+  /// or on the search mode's visiting order (except `reference`, which re-draws per beam as
+  /// MeWM's loop does). kCancelled when the observer asks to stop.
+  Expected<PlanDecision> Plan(const PatientCase& patient, const policy::Proposal& proposal,
+                              std::uint64_t run_seed, const PlannerObserver& observer = {});
+
+  /// The sample seed of (run, patient, plan, sample).
+  static std::uint64_t SampleSeed(std::uint64_t run_seed, const std::string& patient_id,
+                                  const mewm::Plan& plan, int sample_index);
+
+ private:
+  Planner(const PlannerSpec& spec, const ActionBase& actions, std::string protocol,
+          std::vector<std::string> require, std::vector<std::string> forbid,
+          dynamics::DynamicsModel& dynamics, survival::SurvivalModel& survival)
+      : spec_(spec), actions_(actions), protocol_(std::move(protocol)),
+        require_(std::move(require)), forbid_(std::move(forbid)), dynamics_(&dynamics),
+        survival_(&survival) {}
+
+  PlannerSpec spec_;
+  ActionBase actions_;
+  std::string protocol_;
+  std::vector<std::string> require_, forbid_;
+  dynamics::DynamicsModel* dynamics_;
+  survival::SurvivalModel* survival_;
+};
+
+/// Mean and sample standard deviation.
+std::pair<double, double> MeanStd(const std::vector<double>& values);
+
+}  // namespace mewm::scenarios

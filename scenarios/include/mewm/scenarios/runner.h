@@ -1,0 +1,70 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// The runner: executes a scenario patient by patient (policy proposal, planner search, final
+// render of the chosen plan), emits typed events, and writes results atomically:
+//
+//   <out>/run.json, scenario.toml, events.jsonl, summary.json, summary.csv
+//   <out>/patients/<id>/result.json     chosen plan, every candidate, survival curve, counters
+//   <out>/patients/<id>/post_chosen.vdb  simulated post-treatment CT + viable mask of the plan
+//
+// A failing patient is reported (patient_failed, summary) and the run goes on.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mewm/core/expected.h"
+#include "mewm/scenarios/cohort_source.h"
+#include "mewm/scenarios/events.h"
+#include "mewm/scenarios/scenario.h"
+
+namespace mewm::scenarios {
+
+struct RunOptions {
+  std::string output_dir;  ///< overrides the scenario's run.output when not empty
+  bool resume = false;     ///< keep finished patients of an earlier run in the same folder
+  int shard_index = 0;     ///< plan patients whose index % shard_count == shard_index
+  int shard_count = 1;
+  std::function<bool()> cancelled;  ///< polled between simulation batches and patients
+  /// Synthetic cohorts: called while the cohort is generated (done, total).
+  std::function<void(int, int)> cohort_progress;
+};
+
+struct RunSummary {
+  std::string run_id;
+  std::string output_dir;
+  int finished = 0, failed = 0, skipped = 0;
+  bool cancelled = false;
+};
+
+class Runner {
+ public:
+  /// Loads the models and the cohort list. kInvalidArgument for a bad shard; the models' errors.
+  static Expected<std::unique_ptr<Runner>> Create(const ScenarioSpec& spec,
+                                                  const RunOptions& options);
+  ~Runner();
+
+  /// Runs every patient of this shard. Returns an error only when the run itself cannot go on
+  /// (output folder unwritable, a sink failing); patient failures are in the summary.
+  Expected<RunSummary> Run(EventSink& sink);
+
+  const std::string& run_id() const;
+  const std::string& output_dir() const;
+
+ private:
+  struct Impl;
+  explicit Runner(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Rebuilds summary.json and summary.csv of a results folder from its patients/*/result.json.
+Status WriteSummary(const std::string& output_dir);
+
+/// Combines shard result folders into `output_dir`: copies each patient folder (a patient present
+/// in two shards is an error) and writes the summary. The shards must come from the same scenario.
+Status MergeResults(const std::vector<std::string>& shard_dirs, const std::string& output_dir);
+
+}  // namespace mewm::scenarios

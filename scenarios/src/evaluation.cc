@@ -1,0 +1,345 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "mewm/scenarios/evaluation.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "mewm/core/file_util.h"
+#include "mewm/scenarios/cohort_source.h"
+#include "mewm/survival/metrics.h"
+
+namespace mewm::scenarios {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+Expected<json> ReadJson(const std::string& path) {
+  MEWM_TRY(const std::string text, ReadFile(path));
+  try {
+    return json::parse(text);
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kCorruptData, "'" + path + "': " + e.what());
+  }
+}
+
+Plan PlanOf(const std::string& text) {
+  std::vector<std::string> items;
+  if (text == "none" || text.empty()) return Plan(items);
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, '+')) items.push_back(item);
+  return Plan(items);
+}
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/// Accumulates one method's per-patient results.
+struct Accumulator {
+  explicit Accumulator(std::string method) { s.method = std::move(method); }
+  MethodScores s;
+  std::vector<double> regrets;
+  void Add(const PlanMatch& m, double regret, double ratio, double weight = 1.0) {
+    s.f1 += weight * m.f1;
+    s.jaccard += weight * m.jaccard;
+    s.precision += weight * m.precision;
+    s.recall += weight * m.recall;
+    s.top1 += weight * (m.exact ? 1.0 : 0.0);
+    s.regret += weight * regret;
+    s.risk_ratio += weight * ratio;
+  }
+  MethodScores Finish(int patients) {
+    const double n = std::max(1, patients);
+    s.patients = patients;
+    for (double* v : {&s.f1, &s.jaccard, &s.precision, &s.recall, &s.top1, &s.regret,
+                      &s.risk_ratio}) {
+      *v /= n;
+    }
+    s.regret_median = Median(regrets);
+    return s;
+  }
+};
+
+json MethodJson(const MethodScores& m) {
+  return {{"method", m.method},       {"patients", m.patients},
+          {"f1", m.f1},               {"jaccard", m.jaccard},
+          {"precision", m.precision}, {"recall", m.recall},
+          {"top1", m.top1},           {"regret_mean", m.regret},
+          {"regret_median", m.regret_median}, {"risk_ratio_mean", m.risk_ratio}};
+}
+
+}  // namespace
+
+PlanMatch ComparePlanItems(const Plan& chosen, const Plan& optimal) {
+  PlanMatch m;
+  const std::set<std::string> a(chosen.items().begin(), chosen.items().end());
+  const std::set<std::string> b(optimal.items().begin(), optimal.items().end());
+  std::size_t common = 0;
+  for (const std::string& item : a) common += b.count(item);
+  const std::size_t uni = a.size() + b.size() - common;
+  m.exact = a == b;
+  if (a.empty() && b.empty()) {
+    m.precision = m.recall = m.f1 = m.jaccard = 1.0;
+    return m;
+  }
+  m.precision = a.empty() ? 0.0 : double(common) / double(a.size());
+  m.recall = b.empty() ? 0.0 : double(common) / double(b.size());
+  m.f1 = m.precision + m.recall > 0 ? 2 * m.precision * m.recall / (m.precision + m.recall) : 0.0;
+  m.jaccard = uni > 0 ? double(common) / double(uni) : 1.0;
+  return m;
+}
+
+Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir) {
+  MEWM_TRY(const json summary, ReadJson((fs::path(run_dir) / "summary.json").string()));
+  PlanEvaluation eval;
+  eval.run_dir = run_dir;
+  json truth;
+  try {
+    if (summary.at("run").at("cohort_source").get<std::string>() != "synthetic") {
+      return MakeError(ErrorCode::kNotFound,
+                       "run '" + run_dir + "' planned a manifest cohort, which has no ground truth");
+    }
+    eval.cohort_dir = summary.at("run").at("cohort").get<std::string>();
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kCorruptData, "'" + run_dir + "/summary.json': " + e.what());
+  }
+  MEWM_TRY(truth, ReadJson((fs::path(eval.cohort_dir) / "truth.json").string()));
+
+  struct Row {
+    std::string id;
+    Plan chosen, first_choice, optimal;
+    std::map<std::string, double> risks;
+  };
+  std::vector<Row> rows;
+  try {
+    for (const json& p : summary.at("patients")) {
+      if (p.at("status").get<std::string>() != "finished") {
+        ++eval.failed;
+        continue;
+      }
+      Row row;
+      row.id = p.at("patient_id").get<std::string>();
+      const json& t = truth.at("patients").at(row.id);
+      row.chosen = PlanOf(p.at("plan").get<std::string>());
+      row.first_choice = PlanOf(p.at("first_choice_proposal").value("first_choice", ""));
+      row.optimal = PlanOf(t.at("optimal_plan").get<std::string>());
+      for (const auto& [plan, risk] : t.at("plan_risks").items()) row.risks[plan] = risk.get<double>();
+      rows.push_back(std::move(row));
+    }
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kCorruptData,
+                     "run '" + run_dir + "' does not match cohort truth '" + eval.cohort_dir +
+                         "': " + e.what());
+  }
+  if (rows.empty()) {
+    return MakeError(ErrorCode::kInvalidArgument, "run '" + run_dir + "' has no finished patient");
+  }
+  eval.patients = int(rows.size());
+
+  std::map<std::string, int> optimal_counts;
+  for (const Row& r : rows) ++optimal_counts[r.optimal.ToString()];
+
+  Accumulator pipeline("pipeline"), random("random valid plan"), majority("majority plan"),
+      guideline("guideline first choice");
+  const auto score = [](Accumulator& acc, const Row& r, const Plan& plan) -> Status {
+    const double opt = r.risks.at(r.optimal.ToString());
+    auto it = r.risks.find(plan.ToString());
+    if (it == r.risks.end()) {
+      return MakeError(ErrorCode::kInvalidArgument, "patient '" + r.id + "': plan " +
+                                                        plan.ToString() +
+                                                        " is not a valid plan of the cohort");
+    }
+    acc.Add(ComparePlanItems(plan, r.optimal), it->second - opt, it->second / opt);
+    acc.regrets.push_back(it->second - opt);
+    return {};
+  };
+  for (const Row& r : rows) {
+    MEWM_RETURN_IF_ERROR(score(pipeline, r, r.chosen));
+    if (!r.first_choice.empty()) MEWM_RETURN_IF_ERROR(score(guideline, r, r.first_choice));
+    // Majority: the most frequent optimum among the *other* patients (ties by name).
+    std::string best;
+    int best_count = -1;
+    for (const auto& [plan, count] : optimal_counts) {
+      const int c = count - (plan == r.optimal.ToString() ? 1 : 0);
+      if (c > best_count) best = plan, best_count = c;
+    }
+    MEWM_RETURN_IF_ERROR(score(majority, r, PlanOf(best)));
+    // Random: the exact expectation over every valid plan.
+    const double opt = r.risks.at(r.optimal.ToString());
+    const double w = 1.0 / double(r.risks.size());
+    double mean_regret = 0.0;
+    for (const auto& [plan, risk] : r.risks) {
+      random.Add(ComparePlanItems(PlanOf(plan), r.optimal), risk - opt, risk / opt, w);
+      mean_regret += w * (risk - opt);
+    }
+    random.regrets.push_back(mean_regret);
+  }
+  eval.methods = {pipeline.Finish(eval.patients), random.Finish(eval.patients),
+                  majority.Finish(eval.patients),
+                  guideline.Finish(int(guideline.regrets.size()))};
+  return eval;
+}
+
+std::string PlanEvaluation::FormatTable() const {
+  std::ostringstream out;
+  out << "plan selection on " << patients << " patients (" << failed << " failed) of "
+      << cohort_dir << "\n";
+  char line[256];
+  std::snprintf(line, sizeof(line), "%-24s %6s %6s %6s %6s %6s %9s %9s %7s\n", "method", "F1",
+                "Jacc", "Prec", "Rec", "Top1", "regret", "reg.med", "HR/opt");
+  out << line;
+  for (const MethodScores& m : methods) {
+    std::snprintf(line, sizeof(line), "%-24s %6.3f %6.3f %6.3f %6.3f %6.3f %9.4f %9.4f %7.3f\n",
+                  m.method.c_str(), m.f1, m.jaccard, m.precision, m.recall, m.top1, m.regret,
+                  m.regret_median, m.risk_ratio);
+    out << line;
+  }
+  return out.str();
+}
+
+std::string PlanEvaluation::ToJson() const {
+  json methods_json = json::array();
+  for (const MethodScores& m : methods) methods_json.push_back(MethodJson(m));
+  return json{{"run_dir", run_dir},
+              {"cohort_dir", cohort_dir},
+              {"patients", patients},
+              {"failed", failed},
+              {"methods", methods_json}}
+      .dump(1);
+}
+
+namespace {
+
+/// Follow-up records of a cohort, in manifest order.
+Expected<std::vector<survival::SurvivalRecord>> FollowUp(const std::vector<CohortEntry>& entries,
+                                                         const std::string& dir) {
+  std::vector<survival::SurvivalRecord> y;
+  for (const CohortEntry& e : entries) {
+    if (!e.survival) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "cohort '" + dir + "': patient '" + e.id + "' has no follow-up");
+    }
+    y.push_back(*e.survival);
+  }
+  return y;
+}
+
+}  // namespace
+
+Expected<SurvivalEvaluation> EvaluateSurvival(survival::SurvivalModel& model,
+                                              const std::string& cohort_dir,
+                                              const std::string& train_dir,
+                                              const std::function<void(int, int)>& progress) {
+  MEWM_TRY(const std::vector<CohortEntry> entries, ReadSyntheticCohort(cohort_dir));
+  MEWM_TRY(const std::vector<CohortEntry> train, ReadSyntheticCohort(train_dir));
+  MEWM_TRY(const std::vector<survival::SurvivalRecord> y, FollowUp(entries, cohort_dir));
+  MEWM_TRY(const std::vector<survival::SurvivalRecord> y_train, FollowUp(train, train_dir));
+  MEWM_TRY(const json truth, ReadJson((fs::path(cohort_dir) / "truth.json").string()));
+  std::vector<double> risk, oracle;
+  std::vector<survival::RiskScore> curves;
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    MEWM_TRY(const PatientCase patient, LoadPatient(entries[i]));
+    MEWM_TRY(const Outcome outcome, LoadAdministeredOutcome(entries[i], ActionBase::Default()));
+    MEWM_TRY(survival::RiskScore score, model.Score(patient, outcome));
+    risk.push_back(score.risk);
+    curves.push_back(std::move(score));
+    try {
+      oracle.push_back(
+          truth.at("patients").at(entries[i].id).at("administered_risk").get<double>());
+    } catch (const std::exception& e) {
+      return MakeError(ErrorCode::kCorruptData, "'" + cohort_dir + "/truth.json': " + e.what());
+    }
+    if (progress) progress(int(i + 1), int(entries.size()));
+  }
+  SurvivalEvaluation eval;
+  eval.patients = int(entries.size());
+  MEWM_TRY(eval.harrell_c, survival::HarrellC(risk, y));
+  MEWM_TRY(eval.oracle_harrell_c, survival::HarrellC(oracle, y));
+  MEWM_TRY(eval.uno_c, survival::UnoC(risk, y, y_train, 48.0));
+  MEWM_TRY(eval.integrated_brier,
+           survival::IntegratedBrierScore(curves, y, y_train, {3, 6, 12, 18, 24, 30, 36, 42, 48}));
+  MEWM_TRY(eval.auc_24, survival::TimeDependentAuc(risk, y, y_train, 24.0));
+  return eval;
+}
+
+std::string SurvivalEvaluation::FormatTable() const {
+  char text[512];
+  std::snprintf(text, sizeof(text),
+                "survival on %d held-out patients\n"
+                "  Harrell C            %.3f   (oracle, true hazard: %.3f)\n"
+                "  Uno C (tau 48 mo)    %.3f\n"
+                "  integrated Brier     %.3f   (3-48 months)\n"
+                "  AUC at 24 months     %.3f\n",
+                patients, harrell_c, oracle_harrell_c, uno_c, integrated_brier, auc_24);
+  return text;
+}
+
+std::string SurvivalEvaluation::ToJson() const {
+  return json{{"patients", patients},
+              {"harrell_c", harrell_c},
+              {"uno_c_tau48", uno_c},
+              {"integrated_brier_3_48", integrated_brier},
+              {"auc_24", auc_24},
+              {"oracle_harrell_c", oracle_harrell_c}}
+      .dump(1);
+}
+
+Expected<std::unique_ptr<survival::CoxSurvival>> TrainCoxSurvival(
+    const std::string& cohort_dir, survival::CoxTies ties,
+    const survival::ModelProvenance& provenance, const std::function<void(int, int)>& progress) {
+  MEWM_TRY(const std::vector<CohortEntry> entries, ReadSyntheticCohort(cohort_dir));
+  MEWM_TRY(const std::vector<survival::SurvivalRecord> y, FollowUp(entries, cohort_dir));
+  const auto p = Eigen::Index(survival::CoxFeatureNames().size());
+  Eigen::MatrixXd X(Eigen::Index(entries.size()), p);
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    MEWM_TRY(const PatientCase patient, LoadPatient(entries[i]));
+    MEWM_TRY(const Outcome outcome, LoadAdministeredOutcome(entries[i], ActionBase::Default()));
+    MEWM_TRY(const survival::PreTreatment pre, survival::MeasurePreTreatment(patient));
+    MEWM_TRY(const Eigen::VectorXd x, survival::CoxFeatures(pre, patient.tumor, outcome));
+    X.row(Eigen::Index(i)) = x.transpose();
+    if (progress) progress(int(i + 1), int(entries.size()));
+  }
+  MEWM_TRY(survival::CoxFit fit, survival::FitCox(X, y, survival::CoxFeatureNames(), ties));
+  return survival::CoxSurvival::Create(std::move(fit), provenance);
+}
+
+Expected<dynamics::BiologyRegression> TrainMechanisticCalibration(
+    const std::string& cohort_dir, double ridge, const std::function<void(int, int)>& progress) {
+  MEWM_TRY(const std::vector<CohortEntry> entries, ReadSyntheticCohort(cohort_dir));
+  MEWM_TRY(const json truth, ReadJson((fs::path(cohort_dir) / "truth.json").string()));
+  const auto p = Eigen::Index(dynamics::BiologyFeatureNames().size());
+  const auto q = Eigen::Index(dynamics::BiologyTargetNames().size());
+  Eigen::MatrixXd X(Eigen::Index(entries.size()), p), Y(Eigen::Index(entries.size()), q);
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    MEWM_TRY(const PatientCase patient, LoadPatient(entries[i]));
+    MEWM_TRY(const Eigen::VectorXd x, dynamics::BiologyFeatures(patient));
+    dynamics::TumorBiology b;
+    try {
+      const json& j = truth.at("patients").at(entries[i].id).at("biology");
+      b.proliferation_per_day = j.at("proliferation_per_day").get<double>();
+      b.infiltration_mm2_per_day = j.at("infiltration_mm2_per_day").get<double>();
+      b.vascularity = j.at("vascularity").get<double>();
+      const json& s = j.at("sensitivity");
+      for (std::size_t k = 0; k < 4; ++k) b.sensitivity[k] = s.at(dynamics::kDrugClasses[k]).get<double>();
+    } catch (const std::exception& e) {
+      return MakeError(ErrorCode::kCorruptData, "'" + cohort_dir + "/truth.json', patient '" +
+                                                    entries[i].id + "': " + e.what());
+    }
+    X.row(Eigen::Index(i)) = x.transpose();
+    Y.row(Eigen::Index(i)) = dynamics::BiologyTargets(b).transpose();
+    if (progress) progress(int(i + 1), int(entries.size()));
+  }
+  return dynamics::BiologyRegression::Fit(X, Y, ridge);
+}
+
+}  // namespace mewm::scenarios

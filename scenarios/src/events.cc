@@ -1,0 +1,123 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "mewm/scenarios/events.h"
+
+#include <nlohmann/json.hpp>
+
+#include "mewm/core/file_util.h"
+
+namespace mewm::scenarios {
+
+using nlohmann::json;
+
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(PlanScoreView, plan, risk_mean, risk_std)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RunStarted, scenario, output_dir, seed, patients, skipped)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(PatientStarted, patient_id, index, total)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(ProposalMade, patient_id, drugs, embolics, rationale)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(CandidateEvaluated, patient_id, stage, step, score, memo_hit)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(BeamUpdated, patient_id, stage, step, beams)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(PlanDecided, patient_id, best, median_months, volume_path)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(PatientFinished, patient_id, simulations, memo_hits,
+                                   model_evaluations, seconds)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(PatientFailed, patient_id, error)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RunFinished, finished, failed, seconds)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RunFailed, error)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RunCancelled, finished)
+
+namespace {
+
+constexpr const char* kTypeNames[] = {
+    "run_started",     "patient_started",  "proposal",      "candidate_evaluated",
+    "beam_updated",    "plan_decided",     "patient_finished", "patient_failed",
+    "run_finished",    "run_failed",       "run_cancelled"};
+static_assert(std::size(kTypeNames) == std::variant_size_v<EventBody>);
+
+/// Builds the alternative with index I from JSON when its name matches.
+template <std::size_t I = 0>
+bool BodyFromJson(const std::string& type, const json& j, EventBody* body) {
+  if constexpr (I < std::variant_size_v<EventBody>) {
+    if (type == kTypeNames[I]) {
+      *body = j.get<std::variant_alternative_t<I, EventBody>>();
+      return true;
+    }
+    return BodyFromJson<I + 1>(type, j, body);
+  } else {
+    return false;
+  }
+}
+
+}  // namespace
+
+const char* EventTypeName(const EventBody& body) { return kTypeNames[body.index()]; }
+
+std::string EventToJson(const Event& event) {
+  json j = std::visit([](const auto& b) { return json(b); }, event.body);
+  j["run_id"] = event.run_id;
+  j["seq"] = event.seq;
+  j["timestamp_ns"] = event.timestamp_ns;
+  j["type"] = EventTypeName(event.body);
+  return j.dump();
+}
+
+Expected<Event> EventFromJson(const std::string& line) {
+  json j;
+  try {
+    j = json::parse(line);
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kParse, std::string("event is not JSON: ") + e.what());
+  }
+  try {
+    Event event;
+    event.run_id = j.at("run_id").get<std::string>();
+    event.seq = j.at("seq").get<std::uint64_t>();
+    event.timestamp_ns = j.at("timestamp_ns").get<std::int64_t>();
+    const std::string type = j.at("type").get<std::string>();
+    if (!BodyFromJson(type, j, &event.body)) {
+      return MakeError(ErrorCode::kCorruptData, "unknown event type '" + type + "'");
+    }
+    return event;
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kCorruptData, std::string("malformed event: ") + e.what());
+  }
+}
+
+Expected<std::unique_ptr<JsonlSink>> JsonlSink::Open(const std::string& path) {
+  std::unique_ptr<JsonlSink> sink(new JsonlSink(path));
+  sink->out_.open(path, std::ios::app);
+  if (!sink->out_) return MakeError(ErrorCode::kIo, "cannot open '" + path + "' for appending");
+  return sink;
+}
+
+Status JsonlSink::Emit(const Event& event) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  out_ << EventToJson(event) << '\n';
+  out_.flush();
+  if (!out_) return MakeError(ErrorCode::kIo, "cannot write to '" + path_ + "'");
+  return {};
+}
+
+Status FanoutSink::Emit(const Event& event) {
+  for (EventSink* sink : sinks_) MEWM_RETURN_IF_ERROR(sink->Emit(event));
+  return {};
+}
+
+Expected<std::vector<Event>> ReadEvents(const std::string& path) {
+  MEWM_TRY(const std::string text, ReadFile(path));
+  std::vector<Event> events;
+  std::size_t start = 0;
+  int line = 0;
+  while (start < text.size()) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    ++line;
+    if (end > start) {
+      auto event = EventFromJson(text.substr(start, end - start));
+      if (!event) return event.error().WithContext(path + ":" + std::to_string(line));
+      events.push_back(std::move(*event));
+    }
+    start = end + 1;
+  }
+  return events;
+}
+
+}  // namespace mewm::scenarios

@@ -1,0 +1,255 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "mewm/scenarios/scenario.h"
+
+#include <filesystem>
+#include <map>
+
+#include "mewm/core/config.h"
+#include "mewm/core/device.h"
+#include "mewm/core/file_util.h"
+#include "mewm/core/text.h"
+
+namespace mewm::scenarios {
+namespace fs = std::filesystem;
+
+const char* ToString(SearchMode mode) {
+  switch (mode) {
+    case SearchMode::kBeam:
+      return "beam";
+    case SearchMode::kReference:
+      return "reference";
+    case SearchMode::kExhaustive:
+      return "exhaustive";
+  }
+  return "?";
+}
+
+const std::vector<std::string>& KnownBackends(const std::string& family) {
+  static const std::map<std::string, std::vector<std::string>> backends = {
+      {"policy", {"guideline"}}, {"dynamics", {"mechanistic"}}, {"survival", {"cox"}}};
+  static const std::vector<std::string> none;
+  auto it = backends.find(family);
+  return it == backends.end() ? none : it->second;
+}
+
+namespace {
+
+/// Collects every problem instead of stopping at the first.
+class Problems {
+ public:
+  template <typename T>
+  bool Take(Expected<T> value, T* out) {
+    if (!value) {
+      Add(value.error().message);
+      return false;
+    }
+    *out = std::move(*value);
+    return true;
+  }
+  void Add(const std::string& message) { messages_.push_back(message); }
+  void Check(const Status& status) {
+    if (!status) Add(status.error().message);
+  }
+  bool empty() const { return messages_.empty(); }
+  Error ToError(const std::string& origin) const {
+    return Error{ErrorCode::kInvalidArgument,
+                 "invalid scenario " + origin + ":\n  " + Join(messages_, "\n  ")};
+  }
+
+ private:
+  std::vector<std::string> messages_;
+};
+
+std::string Resolve(const std::string& base_dir, const std::string& path) {
+  if (path.empty() || fs::path(path).is_absolute()) return path;
+  return (fs::path(base_dir) / path).lexically_normal().string();
+}
+
+/// A required path key whose file must exist.
+void ReadPath(const ConfigTable& table, const std::string& key, const std::string& base_dir,
+              Problems& problems, std::string* out) {
+  std::string value;
+  if (!problems.Take(table.GetString(key), &value)) return;
+  *out = Resolve(base_dir, value);
+  if (!fs::exists(*out)) {
+    problems.Add(table.WhereKey(key) + ": " + table.path() + "." + key + " names '" + *out +
+                 "', which does not exist");
+  }
+}
+
+}  // namespace
+
+Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string& origin,
+                                     const std::string& base_dir) {
+  MEWM_TRY(const ConfigDocument doc, ConfigDocument::Parse(text, origin));
+  const ConfigTable root = doc.Root();
+  ScenarioSpec s;
+  s.text = text;
+  Problems problems;
+  const auto table = [&](const std::string& key, bool optional) -> ConfigTable {
+    auto t = root.GetTable(key, optional);
+    if (!t) {
+      problems.Add(t.error().message);
+      return *root.GetTable("__missing__", true);
+    }
+    return *t;
+  };
+  const auto get_int = [&](const ConfigTable& t, const std::string& key, std::int64_t fallback,
+                           std::int64_t lo, std::int64_t hi, int* out) {
+    std::int64_t v = fallback;
+    if (problems.Take(t.GetInt(key, fallback, lo, hi), &v)) *out = int(v);
+  };
+
+  // [run]
+  const ConfigTable run = table("run", false);
+  problems.Take(run.GetString("name"), &s.name);
+  std::int64_t seed = 0;
+  if (problems.Take(run.GetInt("seed", 0, 0), &seed)) s.seed = std::uint64_t(seed);
+  if (problems.Take(run.GetString("device", std::string("cpu")), &s.device)) {
+    if (auto d = ParseDevice(s.device); !d) {
+      problems.Add(run.WhereKey("device") + ": run.device: " + d.error().message);
+    }
+  }
+  problems.Take(run.GetString("output", "results/" + (s.name.empty() ? "run" : s.name)), &s.output);
+  problems.Check(run.RejectUnknownKeys());
+
+  // [cohort]
+  const ConfigTable cohort = table("cohort", false);
+  std::string source;
+  if (problems.Take(cohort.GetEnum("source", {"synthetic", "manifest"}), &source)) {
+    if (source == "synthetic") {
+      s.cohort.source = CohortSpec::Source::kSynthetic;
+      get_int(cohort, "n", 4, 1, 100000, &s.cohort.n);
+      std::int64_t cohort_seed = 1;
+      if (problems.Take(cohort.GetInt("seed", 1, 0), &cohort_seed)) {
+        s.cohort.seed = std::uint64_t(cohort_seed);
+      }
+      problems.Take(cohort.GetDouble("spacing_mm", 1.0, 0.5, 4.0), &s.cohort.spacing_mm);
+    } else {
+      s.cohort.source = CohortSpec::Source::kManifest;
+      ReadPath(cohort, "manifest", base_dir, problems, &s.cohort.manifest);
+    }
+  }
+  problems.Check(cohort.RejectUnknownKeys());
+
+  // [policy]
+  const ConfigTable pol = table("policy", true);
+  problems.Take(pol.GetEnum("backend", KnownBackends("policy"), std::string("guideline")),
+                &s.policy_backend);
+  get_int(pol, "max_drugs", s.guideline.max_drugs, 1, 64, &s.guideline.max_drugs);
+  get_int(pol, "max_embolics", s.guideline.max_embolics, 1, 64, &s.guideline.max_embolics);
+  problems.Check(pol.RejectUnknownKeys());
+
+  // [dynamics]
+  const ConfigTable dyn = table("dynamics", false);
+  if (problems.Take(dyn.GetEnum("backend", KnownBackends("dynamics")), &s.dynamics_backend)) {
+    ReadPath(dyn, "calibration", base_dir, problems, &s.calibration);
+  }
+  dynamics::MechanisticConfig& m = s.mechanistic;
+  problems.Take(dyn.GetDouble("sample_sigma", m.sample_sigma, 0.0, 2.0), &m.sample_sigma);
+  problems.Take(dyn.GetDouble("grid_mm", m.grid_mm, 0.5, 8.0), &m.grid_mm);
+  problems.Take(dyn.GetDouble("follow_up_days", m.follow_up_days, 1.0, 365.0), &m.follow_up_days);
+  problems.Check(dyn.RejectUnknownKeys());
+
+  // [survival]
+  const ConfigTable surv = table("survival", false);
+  if (problems.Take(surv.GetEnum("backend", KnownBackends("survival")), &s.survival_backend)) {
+    ReadPath(surv, "model", base_dir, problems, &s.survival_model);
+  }
+  problems.Check(surv.RejectUnknownKeys());
+
+  // [planner]
+  const ConfigTable plan = table("planner", true);
+  std::string search;
+  if (problems.Take(plan.GetEnum("search", {"beam", "reference", "exhaustive"},
+                                 std::string("beam")),
+                    &search)) {
+    s.planner.search = search == "beam"        ? SearchMode::kBeam
+                       : search == "reference" ? SearchMode::kReference
+                                               : SearchMode::kExhaustive;
+  }
+  get_int(plan, "beams", 5, 1, 64, &s.planner.beams);
+  get_int(plan, "drug_horizon", 2, 0, 4, &s.planner.drug_horizon);
+  get_int(plan, "embolic_horizon", 2, 1, 5, &s.planner.embolic_horizon);
+  get_int(plan, "samples", 4, 1, 64, &s.planner.samples);
+  get_int(plan, "max_batch", 1024, 1, 1 << 20, &s.planner.max_batch);
+  problems.Check(plan.RejectUnknownKeys());
+
+  // [actions]
+  const ConfigTable act = table("actions", true);
+  if (act.Has("path")) ReadPath(act, "path", base_dir, problems, &s.actions_path);
+  problems.Take(act.GetString("protocol", std::string("cTACE")), &s.protocol);
+  problems.Check(act.RejectUnknownKeys());
+  bool actions_ok = true;
+  if (!s.actions_path.empty() && fs::exists(s.actions_path)) {
+    actions_ok = problems.Take(ActionBase::Load(s.actions_path), &s.actions);
+  }
+  if (actions_ok) {
+    if (auto mandatory = s.actions.MandatoryItems(s.protocol); !mandatory) {
+      problems.Add(act.WhereKey("protocol") + ": actions.protocol: " + mandatory.error().message);
+      actions_ok = false;
+    }
+  }
+
+  // [constraints]
+  const ConfigTable con = table("constraints", true);
+  std::vector<std::string> require, forbid;
+  problems.Take(con.GetStringList("require", std::vector<std::string>{}), &require);
+  problems.Take(con.GetStringList("forbid", std::vector<std::string>{}), &forbid);
+  problems.Check(con.RejectUnknownKeys());
+  if (actions_ok) {
+    const auto canonical = [&](const std::vector<std::string>& names, const std::string& key,
+                               std::vector<std::string>* out) {
+      for (const std::string& name : names) {
+        auto item = s.actions.Find(name);
+        if (!item) {
+          problems.Add(con.WhereKey(key) + ": constraints." + key + ": " + item.error().message);
+        } else {
+          out->push_back(item->name);
+        }
+      }
+    };
+    canonical(require, "require", &s.require);
+    canonical(forbid, "forbid", &s.forbid);
+    for (const std::string& item : s.require) {
+      if (std::find(s.forbid.begin(), s.forbid.end(), item) != s.forbid.end()) {
+        problems.Add(con.Where() + ": constraints: '" + item + "' is both required and forbidden");
+      }
+    }
+    // The required items plus the protocol's mandatory ones must form a valid plan.
+    std::vector<std::string> mandatory;
+    problems.Take(s.actions.MandatoryItems(s.protocol), &mandatory);
+    for (const std::string& item : mandatory) {
+      if (std::find(s.forbid.begin(), s.forbid.end(), item) != s.forbid.end()) {
+        problems.Add(con.WhereKey("forbid") + ": constraints.forbid: '" + item +
+                     "' is mandatory in protocol " + s.protocol);
+      }
+    }
+    std::vector<std::string> base = mandatory;
+    base.insert(base.end(), s.require.begin(), s.require.end());
+    Plan required;
+    if (problems.Take(s.actions.MakePlan(base), &required)) {
+      for (const RuleViolation& v : s.actions.Violations(required, s.protocol)) {
+        problems.Add(con.WhereKey("require") + ": constraints.require breaks rule '" + v.rule +
+                     "': " + v.reason);
+      }
+    }
+  }
+
+  // Unknown top-level tables.
+  problems.Check(root.RejectUnknownKeys());
+  if (!problems.empty()) return problems.ToError(origin);
+  return s;
+}
+
+Expected<ScenarioSpec> LoadScenario(const std::string& path) {
+  MEWM_TRY(const std::string text, ReadFile(path));
+  const fs::path p(path);
+  MEWM_TRY(ScenarioSpec spec,
+           ParseScenario(text, path, p.has_parent_path() ? p.parent_path().string() : "."));
+  spec.path = path;
+  return spec;
+}
+
+}  // namespace mewm::scenarios
