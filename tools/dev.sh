@@ -6,7 +6,7 @@
 #   tools/dev.sh setup   install the Debian packages mewm needs (skips what is installed)
 #   tools/dev.sh build   setup, then configure and build (Release, -j2) into build/
 #   tools/dev.sh test    build, then run the test suite (ctest; MEWM_TEST_LABELS selects labels)
-#   tools/dev.sh demo    build, then run the main job; results land in out/demo/
+#   tools/dev.sh demo    build, then plan scenarios/tace_demo; results land in out/demo/
 #   tools/dev.sh asan    build core with ASan+UBSan into build-asan/ and run the core tests
 #   tools/dev.sh bench   build, then run the benchmarks of docs/BENCHMARKS.md
 set -euo pipefail
@@ -63,19 +63,16 @@ run_tests() {
 demo() {
   build
   local out="$ROOT/out/demo" mewm="$BUILD/tools/mewm/mewm"
-  mkdir -p "$out"
-  # The most complete job the CLI has today: a seeded synthetic HCC-TACE cohort (CT phantoms,
-  # hidden biology, mechanistic TACE response, survival truth, exhaustive optimal plans), its
-  # world-validity figures, and views of the first patient before and after treatment.
-  "$mewm" cohort generate --n 8 --seed 7 --plans-per-patient 2 --out "$out/cohort" --force
-  "$mewm" cohort stats "$out/cohort" | tee "$out/cohort_stats.txt"
-  local p="$out/cohort/patients/P0001"
-  "$mewm" inspect "$p/pre.vdb"
-  "$mewm" render "$p/pre.vdb" --plane axial --at tumor --overlay tumor --out "$out/P0001_pre_axial.png"
-  "$mewm" render "$p/post_administered.vdb" --plane axial --at pre_tumor --overlay viable \
-    --out "$out/P0001_post_axial.png"
-  "$mewm" render "$p/pre.vdb" --plane coronal --at tumor --out "$out/P0001_pre_coronal.png"
-  echo "demo: results in $out (cohort in $out/cohort, renders *.png)"
+  # The main job: plan the scenarios/tace_demo cohort (synthetic patients, guideline policy,
+  # calibrated mechanistic dynamics, Cox survival, beam search) and keep everything on disk.
+  "$mewm" run "$ROOT/scenarios/tace_demo/scenario.toml" --out "$out"
+  "$mewm" eval plans "$out" --json "$out/eval_plans.json"
+  local p="$out/patients/P0001"
+  "$mewm" render "$out/cohort/patients/P0001/pre.vdb" --plane axial --at tumor --overlay tumor \
+    --out "$out/P0001_pre_axial.png"
+  "$mewm" render "$p/post_chosen.vdb" --plane axial --at pre_tumor --overlay viable \
+    --out "$out/P0001_chosen_post_axial.png"
+  echo "demo: results in $out (summary.json, summary.csv, events.jsonl, patients/*, *.png)"
 }
 
 asan() {

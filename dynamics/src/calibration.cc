@@ -3,6 +3,7 @@
 #include "mewm/dynamics/calibration.h"
 
 #include <Eigen/Dense>
+#include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
 
@@ -61,9 +62,10 @@ Expected<Eigen::VectorXd> BiologyFeatures(const PatientCase& patient) {
 Eigen::VectorXd BiologyTargets(const TumorBiology& b) {
   const double v = std::clamp(b.vascularity, 1e-4, 1.0 - 1e-4);
   Eigen::VectorXd y(7);
-  y << std::log(b.proliferation_per_day), std::log(b.infiltration_mm2_per_day),
-      std::log(v / (1.0 - v)), std::log(b.sensitivity[0]), std::log(b.sensitivity[1]),
-      std::log(b.sensitivity[2]), std::log(b.sensitivity[3]);
+  // Floors keep valid-but-zero parameters finite on the log scale.
+  const auto log = [](double x) { return std::log(std::max(x, 1e-6)); };
+  y << log(b.proliferation_per_day), log(b.infiltration_mm2_per_day), std::log(v / (1.0 - v)),
+      log(b.sensitivity[0]), log(b.sensitivity[1]), log(b.sensitivity[2]), log(b.sensitivity[3]);
   return y;
 }
 
@@ -107,7 +109,7 @@ Expected<BiologyRegression> BiologyRegression::Fit(const Eigen::MatrixXd& X,
 }
 
 Expected<TumorBiology> BiologyRegression::Predict(const Eigen::VectorXd& x) const {
-  if (x.size() != mean_.size() || !x.allFinite()) {
+  if (mean_.size() == 0 || x.size() != mean_.size() || !x.allFinite()) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "biology regression: expected " + std::to_string(mean_.size()) +
                          " finite features, got " + std::to_string(x.size()));
@@ -195,7 +197,9 @@ Expected<BiologyRegression> BiologyRegression::FromJson(const std::string& text,
     MEWM_TRY(r.r2_, vec("r2", q));
     MEWM_TRY(r.residual_sd_, vec("residual_sd", q));
     const json& w = j.at("weights");
-    if (!w.is_array() || Eigen::Index(w.size()) != p) return corrupt("weights must be 10 rows");
+    if (!w.is_array() || Eigen::Index(w.size()) != p) {
+      return corrupt("weights must have " + std::to_string(p) + " rows");
+    }
     r.weights_.resize(p, q);
     for (Eigen::Index k = 0; k < p; ++k) {
       auto row = FromVector(w[std::size_t(k)], q, "weights row");

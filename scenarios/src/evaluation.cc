@@ -131,7 +131,7 @@ Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir) {
       row.id = p.at("patient_id").get<std::string>();
       const json& t = truth.at("patients").at(row.id);
       row.chosen = PlanOf(p.at("plan").get<std::string>());
-      row.first_choice = PlanOf(p.at("first_choice_proposal").value("first_choice", ""));
+      row.first_choice = PlanOf(p.at("proposal").value("first_choice", ""));
       row.optimal = PlanOf(t.at("optimal_plan").get<std::string>());
       for (const auto& [plan, risk] : t.at("plan_risks").items()) row.risks[plan] = risk.get<double>();
       rows.push_back(std::move(row));

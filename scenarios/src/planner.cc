@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <optional>
 #include <set>
 
 #include "mewm/core/plan_space.h"
@@ -340,32 +341,65 @@ Expected<PlanDecision> Planner::Plan(const PatientCase& full_patient,
       }
     }
     decision.best = kept.front();
-  } else {  // reference: MeWM's released loop
-    MEWM_TRY(const CandidateScore first, search.EvaluateFresh(root, 0, "root", 0));
-    std::vector<CandidateScore> beams(std::size_t(spec_.beams), first);
-    for (const Stage& stage : stages) {
-      for (int step = 1; step <= stage.steps; ++step) {
+  } else {
+    // reference: MeWM's released loop. Beams start without the protocol's mandatory items; the
+    // drug stage scores drug-only plans; a beam takes its argmin candidate only when it beats the
+    // beam's current score; the worst beam is then overwritten by the best; the mandatory items
+    // are appended unscored; the embolic stage repeats the same. No memo, one candidate per call.
+    struct Beam {
+      mewm::Plan plan;
+      std::optional<CandidateScore> score;
+    };
+    std::vector<Beam> beams(std::size_t(spec_.beams), Beam{mewm::Plan(require_), std::nullopt});
+    const auto rules_ok = [&](const mewm::Plan& p) { return actions_.Violations(p, "").empty(); };
+    const auto run_stage = [&](const Stage& stage, int steps) -> Status {
+      for (int step = 1; step <= steps; ++step) {
         for (std::size_t b = 0; b < beams.size(); ++b) {
-          std::vector<mewm::Plan> candidates = {beams[b].plan};
-          for (mewm::Plan& next : expand(beams[b].plan, *stage.items, stage.kind, stage.horizon)) {
-            candidates.push_back(std::move(next));
+          for (const std::string& item : *stage.items) {
+            const mewm::Plan next = beams[b].plan.With(item);
+            if (beams[b].plan.Contains(item) || !rules_ok(next)) continue;
+            MEWM_TRY(CandidateScore score, search.EvaluateFresh(next, int(b), stage.name, step));
+            if (!beams[b].score || score.risk_mean < beams[b].score->risk_mean) {
+              beams[b].score = std::move(score);
+            }
           }
-          std::optional<CandidateScore> best;
-          for (const mewm::Plan& c : candidates) {
-            MEWM_TRY(CandidateScore score, search.EvaluateFresh(c, int(b), stage.name, step));
-            if (!best || score.risk_mean < best->risk_mean) best = std::move(score);
-          }
-          beams[b] = std::move(*best);
+          if (beams[b].score) beams[b].plan = beams[b].score->plan;
         }
-        // The worst beam is overwritten by the best.
-        const auto [worst, best] = std::minmax_element(
-            beams.begin(), beams.end(),
-            [](const CandidateScore& a, const CandidateScore& b) { return Better(b, a); });
+        const auto by_score = [](const Beam& x, const Beam& y) {
+          const double a = x.score ? x.score->risk_mean : HUGE_VAL;
+          const double c = y.score ? y.score->risk_mean : HUGE_VAL;
+          return a < c;
+        };
+        auto best = std::min_element(beams.begin(), beams.end(), by_score);
+        auto worst = std::max_element(beams.begin(), beams.end(), by_score);
         *worst = *best;
-        if (observer.beam) observer.beam(stage.name, step, beams);
+        if (observer.beam) {
+          std::vector<CandidateScore> kept;
+          for (const Beam& beam : beams) {
+            if (beam.score) kept.push_back(*beam.score);
+          }
+          observer.beam(stage.name, step, kept);
+        }
       }
+      return {};
+    };
+    MEWM_RETURN_IF_ERROR(run_stage(stages[0], stages[0].steps));
+    MEWM_TRY(const std::vector<std::string> mandatory, actions_.MandatoryItems(protocol_));
+    for (Beam& beam : beams) {
+      for (const std::string& item : mandatory) beam.plan = beam.plan.With(item);
     }
-    decision.best = *std::min_element(beams.begin(), beams.end(), Better);
+    MEWM_RETURN_IF_ERROR(run_stage(stages[1], stages[1].steps));
+    const Beam* best = nullptr;
+    for (const Beam& beam : beams) {
+      if (beam.score && (!best || beam.score->risk_mean < best->score->risk_mean)) best = &beam;
+    }
+    if (best == nullptr) {
+      // No candidate at all (empty proposal): score the mandatory plan once.
+      MEWM_TRY(decision.best, search.EvaluateFresh(beams.front().plan, 0, "root", 0));
+    } else {
+      decision.best = *best->score;
+      decision.best.plan = best->plan;  // as released: the score may predate the last items
+    }
   }
   decision.counters.search_seconds = Since(t0);
   return decision;

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "mewm/core/file_util.h"
@@ -163,6 +164,7 @@ struct Runner::Impl {
         {"candidates", candidates},
         {"counters",
          {{"simulations", k.simulations},
+          {"render_simulations", 1},  // the chosen plan re-simulated on the full lattice
           {"memo_hits", k.memo_hits},
           {"batches", k.batches},
           {"model_evaluations", k.model_evaluations},
@@ -257,7 +259,21 @@ Expected<RunSummary> Runner::Run(EventSink& sink) {
     fs::remove_all(fs::path(m.out) / "patients", ec);
     fs::create_directories(fs::path(m.out) / "patients", ec);
   }
-  MEWM_TRY(auto jsonl, JsonlSink::Open((fs::path(m.out) / "events.jsonl").string()));
+  const std::string events_path = (fs::path(m.out) / "events.jsonl").string();
+  if (m.options.resume && fs::exists(events_path)) {
+    // Continue the earlier run's sequence so the log stays one gap-free stream.
+    auto earlier = ReadEvents(events_path);
+    if (!earlier) return earlier.error().WithContext("cannot resume");
+    if (!earlier->empty()) {
+      if (earlier->back().run_id != m.run_id) {
+        return MakeError(ErrorCode::kMismatch,
+                         "cannot resume: '" + m.out + "' holds run " + earlier->back().run_id +
+                             ", not " + m.run_id + " (another scenario or seed)");
+      }
+      m.seq = earlier->back().seq;
+    }
+  }
+  MEWM_TRY(auto jsonl, JsonlSink::Open(events_path));
   FanoutSink fanout;
   fanout.Add(jsonl.get());  // durable first
   fanout.Add(&sink);
@@ -372,7 +388,7 @@ Status WriteSummary(const std::string& output_dir) {
         item["risk_mean"] = c.at("risk_mean");
         item["risk_std"] = c.at("risk_std");
         item["median_months"] = r.at("median_months");
-        item["first_choice_proposal"] = r.at("proposal");
+        item["proposal"] = r.at("proposal");
         item["counters"] = k;
         simulations += k.at("simulations").get<std::int64_t>();
         memo_hits += k.at("memo_hits").get<std::int64_t>();
@@ -418,23 +434,42 @@ Status MergeResults(const std::vector<std::string>& shard_dirs, const std::strin
   }
   std::string scenario_text, first_run;
   json run;
+  std::set<int> indices;
+  int count = -1;
   for (const std::string& shard : shard_dirs) {
     MEWM_TRY(const std::string text, ReadFile((fs::path(shard) / "scenario.toml").string()));
     MEWM_TRY(const std::string run_text, ReadFile((fs::path(shard) / "run.json").string()));
+    json this_run;
+    try {
+      this_run = json::parse(run_text);
+    } catch (const std::exception& e) {
+      return MakeError(ErrorCode::kCorruptData, "'" + shard + "/run.json': " + e.what());
+    }
+    int i = -1, n = -1;
+    if (std::sscanf(this_run.value("shard", "").c_str(), "%d/%d", &i, &n) != 2 ||
+        (count >= 0 && n != count) || !indices.insert(i).second) {
+      return MakeError(ErrorCode::kMismatch, "'" + shard + "' is not a distinct shard i/N of " +
+                                                 "the same run (its shard: " +
+                                                 this_run.value("shard", "?") + ")");
+    }
+    count = n;
     if (first_run.empty()) {
       scenario_text = text;
       first_run = shard;
-      try {
-        run = json::parse(run_text);
-      } catch (const std::exception& e) {
-        return MakeError(ErrorCode::kCorruptData, "'" + shard + "/run.json': " + e.what());
-      }
+      run = this_run;
     } else if (text != scenario_text) {
       return MakeError(ErrorCode::kMismatch, "'" + shard + "' ran another scenario than '" +
                                                  first_run + "'; only shards of one run merge");
     }
   }
+  if (int(indices.size()) != count) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "merge got " + std::to_string(indices.size()) + " of " +
+                         std::to_string(count) + " shards; every shard 0.." +
+                         std::to_string(count - 1) + " is needed");
+  }
   std::error_code ec;
+  fs::remove_all(fs::path(output_dir) / "patients", ec);  // no leftovers of an earlier merge
   fs::create_directories(fs::path(output_dir) / "patients", ec);
   if (ec) return MakeError(ErrorCode::kIo, "cannot create '" + output_dir + "': " + ec.message());
   std::map<std::string, std::string> origin;

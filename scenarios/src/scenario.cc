@@ -53,8 +53,11 @@ class Problems {
   }
   bool empty() const { return messages_.empty(); }
   Error ToError(const std::string& origin) const {
-    return Error{ErrorCode::kInvalidArgument,
-                 "invalid scenario " + origin + ":\n  " + Join(messages_, "\n  ")};
+    std::string text = Join(messages_, "\n");
+    for (std::size_t at = text.find('\n'); at != std::string::npos; at = text.find('\n', at + 3)) {
+      text.replace(at, 1, "\n  ");
+    }
+    return Error{ErrorCode::kInvalidArgument, "invalid scenario " + origin + ":\n  " + text};
   }
 
  private:
@@ -137,15 +140,14 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
   const ConfigTable pol = table("policy", true);
   problems.Take(pol.GetEnum("backend", KnownBackends("policy"), std::string("guideline")),
                 &s.policy_backend);
-  get_int(pol, "max_drugs", s.guideline.max_drugs, 1, 64, &s.guideline.max_drugs);
+  get_int(pol, "max_drugs", s.guideline.max_drugs, 2, 64, &s.guideline.max_drugs);
   get_int(pol, "max_embolics", s.guideline.max_embolics, 1, 64, &s.guideline.max_embolics);
   problems.Check(pol.RejectUnknownKeys());
 
   // [dynamics]
   const ConfigTable dyn = table("dynamics", false);
-  if (problems.Take(dyn.GetEnum("backend", KnownBackends("dynamics")), &s.dynamics_backend)) {
-    ReadPath(dyn, "calibration", base_dir, problems, &s.calibration);
-  }
+  problems.Take(dyn.GetEnum("backend", KnownBackends("dynamics")), &s.dynamics_backend);
+  ReadPath(dyn, "calibration", base_dir, problems, &s.calibration);
   dynamics::MechanisticConfig& m = s.mechanistic;
   problems.Take(dyn.GetDouble("sample_sigma", m.sample_sigma, 0.0, 2.0), &m.sample_sigma);
   problems.Take(dyn.GetDouble("grid_mm", m.grid_mm, 0.5, 8.0), &m.grid_mm);
@@ -154,9 +156,8 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
 
   // [survival]
   const ConfigTable surv = table("survival", false);
-  if (problems.Take(surv.GetEnum("backend", KnownBackends("survival")), &s.survival_backend)) {
-    ReadPath(surv, "model", base_dir, problems, &s.survival_model);
-  }
+  problems.Take(surv.GetEnum("backend", KnownBackends("survival")), &s.survival_backend);
+  ReadPath(surv, "model", base_dir, problems, &s.survival_model);
   problems.Check(surv.RejectUnknownKeys());
 
   // [planner]
@@ -233,6 +234,17 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
       for (const RuleViolation& v : s.actions.Violations(required, s.protocol)) {
         problems.Add(con.WhereKey("require") + ": constraints.require breaks rule '" + v.rule +
                      "': " + v.reason);
+      }
+      int drugs = 0, embolics = 0;
+      for (const std::string& item : required.items()) {
+        auto found = s.actions.Find(item);
+        if (found) (found->kind == ItemKind::kDrug ? drugs : embolics) += 1;
+      }
+      if (drugs > s.planner.drug_horizon || embolics > s.planner.embolic_horizon) {
+        problems.Add(con.WhereKey("require") + ": the mandatory and required items (" +
+                     required.ToString() + ") do not fit planner.drug_horizon = " +
+                     std::to_string(s.planner.drug_horizon) + " and planner.embolic_horizon = " +
+                     std::to_string(s.planner.embolic_horizon));
       }
     }
   }

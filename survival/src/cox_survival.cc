@@ -59,9 +59,20 @@ Expected<std::unique_ptr<CoxSurvival>> CoxSurvival::Create(CoxFit fit,
                          std::to_string(CoxFeatureNames().size()) +
                          "); retrain it with `mewm train survival --backend cox`");
   }
-  if (fit.beta.size() != Eigen::Index(CoxFeatureNames().size()) || fit.baseline_times.empty()) {
+  const auto p = Eigen::Index(CoxFeatureNames().size());
+  if (fit.beta.size() != p || fit.mean.size() != p || fit.scale.size() != p ||
+      fit.baseline_times.empty() || fit.baseline_times.size() != fit.baseline_cumhaz.size()) {
     return MakeError(ErrorCode::kInvalidArgument,
-                     "Cox survival model: coefficients or baseline hazard missing");
+                     "Cox survival model: coefficients, feature scaling or baseline hazard "
+                     "missing or of the wrong size");
+  }
+  for (std::size_t i = 1; i < fit.baseline_times.size(); ++i) {
+    if (!(fit.baseline_times[i] > fit.baseline_times[i - 1]) ||
+        fit.baseline_cumhaz[i] < fit.baseline_cumhaz[i - 1]) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "Cox survival model: baseline times must increase and the cumulative "
+                       "hazard must not fall");
+    }
   }
   if (provenance.metrics.empty()) provenance.metrics = "{}";
   return std::unique_ptr<CoxSurvival>(new CoxSurvival(std::move(fit), std::move(provenance)));
@@ -78,17 +89,17 @@ Expected<std::unique_ptr<CoxSurvival>> CoxSurvival::Load(const std::string& path
   } catch (const std::exception& e) {
     return corrupt(std::string("not JSON: ") + e.what());
   }
-  if (!j.is_object() || j.value("format", "") != kFormat) {
-    return corrupt(std::string("not a mewm Cox survival model (format must be '") + kFormat +
-                   "')");
-  }
-  if (j.value("version", 0) != kFormatVersion) {
-    return corrupt("format version " + j.value("version", json(0)).dump() + ", this build reads " +
-                   std::to_string(kFormatVersion));
-  }
   ModelProvenance provenance;
   std::string model_text;
   try {
+    if (!j.is_object() || !j.contains("format") || j.at("format") != kFormat) {
+      return corrupt(std::string("not a mewm Cox survival model (format must be '") + kFormat +
+                     "')");
+    }
+    if (!j.contains("version") || j.at("version") != kFormatVersion) {
+      return corrupt("format version " + j.value("version", json(nullptr)).dump() +
+                     ", this build reads " + std::to_string(kFormatVersion));
+    }
     const json& p = j.at("provenance");
     provenance = {p.at("command").get<std::string>(), p.at("seed").get<std::string>(),
                   p.at("data").get<std::string>(), p.at("metrics").dump()};
@@ -123,9 +134,16 @@ Status CoxSurvival::Save(const std::string& path) const {
 }
 
 Expected<RiskScore> CoxSurvival::Score(const PatientCase& pre, const Outcome& post) {
-  if (cached_id_.empty() || cached_id_ != pre.id) {
+  // Keyed by id and tumor grid, so another case under the same id is measured afresh.
+  if (cached_id_ != pre.id || cached_tumor_ != pre.tumor.grid_ptr().get() || cached_id_.empty()) {
     MEWM_TRY(cached_, MeasurePreTreatment(pre));
     cached_id_ = pre.id;
+    cached_tumor_ = pre.tumor.grid_ptr().get();
+  }
+  if (post.viable.extent() != pre.ct.extent() ||
+      !post.viable.geometry().ApproxEquals(pre.ct.geometry(), 1e-4)) {
+    return MakeError(ErrorCode::kMismatch,
+                     "Cox survival: the viable mask of patient '" + pre.id + "' is off its lattice");
   }
   MEWM_TRY(const Eigen::VectorXd x, CoxFeatures(cached_, pre.tumor, post));
   RiskScore score = fit_.Predict(x);

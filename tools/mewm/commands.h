@@ -19,6 +19,10 @@ Action RegisterConvert(CLI::App& app);
 Action RegisterRender(CLI::App& app);
 Action RegisterBench(CLI::App& app);
 Action RegisterCohort(CLI::App& app);
+Action RegisterRun(CLI::App& app);
+Action RegisterMerge(CLI::App& app);
+Action RegisterTrain(CLI::App& app);
+Action RegisterEval(CLI::App& app);
 
 /// Prints "mewm: error: <message>" to stderr and returns 1.
 int Fail(const Error& error);

@@ -33,6 +33,14 @@ int main(int argc, char** argv) {
     CLI::App* sub = app.add_subcommand(name, help);
     actions[sub] = registrar(*sub);
   };
+  add("run", "Plan every patient of a scenario; results on disk, progress on the terminal",
+      mewm::cli::RegisterRun);
+  add("merge", "Combine the results of sharded runs (mewm run --shard i/N)",
+      mewm::cli::RegisterMerge);
+  add("train", "Fit the survival model or the mechanistic calibration on a training cohort",
+      mewm::cli::RegisterTrain);
+  add("eval", "Evaluate plan selection of a run, or a survival model, against the truth",
+      mewm::cli::RegisterEval);
   add("inspect", "Show geometry, grids, value ranges and metadata of a .vdb, NIfTI or checkpoint",
       mewm::cli::RegisterInspect);
   add("convert", "Convert between NIfTI (.nii, .nii.gz) and .vdb, keeping geometry and values",

@@ -5,6 +5,7 @@
 // that hold commas, quotes ("") or newlines. Used for clinical tables and patient manifests.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>

@@ -46,7 +46,7 @@ class BiologyRegression {
   /// A BiologySource for MechanisticDynamics that uses this regression.
   BiologySource AsSource() const;
 
-  /// Out-of-sample-free fit quality: R^2 of each target on the training rows.
+  /// In-sample fit quality: R^2 of each target on the training rows.
   const Eigen::VectorXd& r2() const { return r2_; }
   /// Residual standard deviation of each target on the training rows.
   const Eigen::VectorXd& residual_sd() const { return residual_sd_; }

@@ -42,7 +42,8 @@ struct ModelProvenance {
 
 class CoxSurvival final : public SurvivalModel {
  public:
-  /// kInvalidArgument when the fit's feature names differ from CoxFeatureNames().
+  /// kMismatch when the fit's feature names differ from CoxFeatureNames(); kInvalidArgument for
+  /// missing or mis-sized coefficients or a malformed baseline hazard.
   static Expected<std::unique_ptr<CoxSurvival>> Create(CoxFit fit, ModelProvenance provenance = {});
   /// kNotFound / kIo; kCorruptData for a file that is not a mewm Cox model, or kMismatch for one
   /// made with other features.
@@ -50,7 +51,7 @@ class CoxSurvival final : public SurvivalModel {
   /// Writes the model atomically as JSON.
   Status Save(const std::string& path) const;
 
-  /// Scores one outcome. The pre-treatment measurement is cached per patient id.
+  /// Scores one outcome. The pre-treatment measurement is cached per patient (id and tumor grid).
   Expected<RiskScore> Score(const PatientCase& pre, const Outcome& post) override;
   std::string name() const override { return "cox"; }
 
@@ -63,6 +64,7 @@ class CoxSurvival final : public SurvivalModel {
   CoxFit fit_;
   ModelProvenance provenance_;
   std::string cached_id_;
+  const void* cached_tumor_ = nullptr;
   PreTreatment cached_;
 };
 

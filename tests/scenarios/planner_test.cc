@@ -1,0 +1,218 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "mewm/scenarios/planner.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+
+#include "mewm/core/plan_space.h"
+#include "planning_fixture.h"
+
+namespace mewm::scenarios {
+namespace {
+
+using testing::HandCox;
+using testing::SmallWorld;
+
+/// Counts every request that reaches the model, to prove what the planner claims.
+class CountingDynamics final : public dynamics::DynamicsModel {
+ public:
+  explicit CountingDynamics(std::unique_ptr<dynamics::DynamicsModel> inner)
+      : inner_(std::move(inner)) {}
+  Expected<std::vector<Outcome>> Simulate(const PatientCase& patient,
+                                          const std::vector<SimulationRequest>& requests) override {
+    batch_sizes.push_back(requests.size());
+    for (const SimulationRequest& r : requests) ++requests_per_key[{r.plan.ToString(), r.sample_index}];
+    return inner_->Simulate(patient, requests);
+  }
+  std::int64_t evaluations() const override { return inner_->evaluations(); }
+  std::string name() const override { return "counting"; }
+
+  std::map<std::pair<std::string, int>, int> requests_per_key;
+  std::vector<std::size_t> batch_sizes;
+
+ private:
+  std::unique_ptr<dynamics::DynamicsModel> inner_;
+};
+
+class PlannerTest : public testing::VdbTest {
+ protected:
+  void SetUp() override {
+    auto world = SyntheticWorld::Create(SmallWorld(), ActionBase::Default());
+    ASSERT_TRUE(world);
+    const SyntheticPatient sp = world->Sample(5, 0);
+    auto rendered = world->Render(sp, /*tumor_region_only=*/true);
+    ASSERT_TRUE(rendered) << rendered.error().message;
+    patient_ = std::make_unique<PatientCase>(std::move(*rendered));
+    const dynamics::TumorBiology biology = sp.biology;
+    auto mech = dynamics::MechanisticDynamics::Create(
+        {}, [biology](const PatientCase&) -> Expected<dynamics::TumorBiology> { return biology; });
+    ASSERT_TRUE(mech);
+    dynamics_ = std::make_unique<CountingDynamics>(std::move(*mech));
+    auto cox = survival::CoxSurvival::Create(HandCox());
+    ASSERT_TRUE(cox);
+    survival_ = std::move(*cox);
+    proposal_.drugs = actions_.Drugs();
+    proposal_.embolics = actions_.Embolics();
+  }
+
+  Expected<PlanDecision> Run(PlannerSpec spec, const std::vector<std::string>& require = {},
+                             const std::vector<std::string>& forbid = {},
+                             const PlannerObserver& observer = {}) {
+    MEWM_TRY(Planner planner, Planner::Create(spec, actions_, "cTACE", require, forbid,
+                                              *dynamics_, *survival_));
+    return planner.Plan(*patient_, proposal_, 42, observer);
+  }
+
+  static PlannerSpec Spec(SearchMode mode, int beams = 3, int samples = 2) {
+    PlannerSpec spec;
+    spec.search = mode;
+    spec.beams = beams;
+    spec.samples = samples;
+    return spec;
+  }
+
+  const ActionBase& actions_ = ActionBase::Default();
+  std::unique_ptr<PatientCase> patient_;
+  std::unique_ptr<CountingDynamics> dynamics_;
+  std::unique_ptr<survival::SurvivalModel> survival_;
+  policy::Proposal proposal_;
+};
+
+TEST_F(PlannerTest, BeamNeverSimulatesAPlanSampleTwiceAndBatchesEachStep) {
+  PlannerObserver observer;
+  int beam_updates = 0;
+  observer.beam = [&](const std::string&, int, const std::vector<CandidateScore>& kept) {
+    ++beam_updates;
+    EXPECT_LE(kept.size(), 3u);
+    std::set<Plan> distinct;
+    for (const CandidateScore& c : kept) distinct.insert(c.plan);
+    EXPECT_EQ(distinct.size(), kept.size()) << "beams must hold distinct plans";
+    for (std::size_t i = 1; i < kept.size(); ++i) EXPECT_LE(kept[i - 1].risk_mean, kept[i].risk_mean);
+  };
+  auto decision = Run(Spec(SearchMode::kBeam), {}, {}, observer);
+  ASSERT_TRUE(decision) << decision.error().message;
+  for (const auto& [key, count] : dynamics_->requests_per_key) {
+    EXPECT_EQ(count, 1) << key.first << " #" << key.second << " simulated " << count << " times";
+  }
+  const PlannerCounters& k = decision->counters;
+  EXPECT_EQ(k.simulations, std::int64_t(dynamics_->requests_per_key.size()));
+  EXPECT_EQ(k.simulations, std::int64_t(decision->evaluated.size()) * 2);
+  EXPECT_GT(k.memo_hits, 0);  // kept beams are re-ranked from the memo
+  // One batch for the root, then one per step: 2 drug steps + 1 embolic step.
+  EXPECT_EQ(k.batches, 4);
+  EXPECT_EQ(beam_updates, 3);
+  EXPECT_EQ(k.model_evaluations, k.simulations);  // one PDE solve per mechanistic outcome
+  EXPECT_TRUE(actions_.Validate(decision->best.plan));
+  EXPECT_EQ(decision->best.sample_risks.size(), 2u);
+  EXPECT_TRUE(decision->best.curve.Validate());
+}
+
+TEST_F(PlannerTest, BatchingNeverChangesAScore) {
+  auto batched = Run(Spec(SearchMode::kBeam));
+  PlannerSpec one = Spec(SearchMode::kBeam);
+  one.max_batch = 1;
+  auto serial = Run(one);
+  ASSERT_TRUE(batched && serial);
+  ASSERT_EQ(batched->evaluated.size(), serial->evaluated.size());
+  for (std::size_t i = 0; i < batched->evaluated.size(); ++i) {
+    EXPECT_EQ(batched->evaluated[i].plan, serial->evaluated[i].plan);
+    EXPECT_EQ(batched->evaluated[i].sample_risks, serial->evaluated[i].sample_risks);
+  }
+  EXPECT_EQ(batched->best.plan, serial->best.plan);
+  EXPECT_EQ(serial->counters.batches, serial->counters.simulations);
+}
+
+TEST_F(PlannerTest, ExhaustiveScoresEveryValidPlanAndBeamCannotBeatIt) {
+  auto exhaustive = Run(Spec(SearchMode::kExhaustive, 3, 1));
+  ASSERT_TRUE(exhaustive) << exhaustive.error().message;
+  EXPECT_EQ(exhaustive->evaluated.size(), EnumeratePlans(actions_, 2, 2)->size());
+  for (const CandidateScore& c : exhaustive->evaluated) {
+    EXPECT_GE(c.risk_mean, exhaustive->best.risk_mean);
+  }
+  auto beam = Run(Spec(SearchMode::kBeam, 3, 1));
+  ASSERT_TRUE(beam);
+  EXPECT_GE(beam->best.risk_mean, exhaustive->best.risk_mean);
+  // Same seeds, same plan: identical scores whatever the search mode.
+  for (const CandidateScore& c : beam->evaluated) {
+    for (const CandidateScore& e : exhaustive->evaluated) {
+      if (e.plan == c.plan) {
+        EXPECT_EQ(e.sample_risks, c.sample_risks);
+      }
+    }
+  }
+}
+
+TEST_F(PlannerTest, ReferenceLoopRunsSeriallyWithoutMemoAndCostsMore) {
+  auto beam = Run(Spec(SearchMode::kBeam));
+  const std::size_t beam_requests = dynamics_->batch_sizes.size();
+  auto reference = Run(Spec(SearchMode::kReference));
+  ASSERT_TRUE(beam && reference) << (reference ? "" : reference.error().message);
+  EXPECT_EQ(reference->counters.memo_hits, 0);
+  EXPECT_EQ(reference->counters.batches, reference->counters.simulations);
+  for (std::size_t i = beam_requests; i < dynamics_->batch_sizes.size(); ++i) {
+    EXPECT_EQ(dynamics_->batch_sizes[i], 1u);
+  }
+  EXPECT_GT(reference->counters.simulations, beam->counters.simulations);
+  EXPECT_TRUE(actions_.Validate(reference->best.plan));
+  // As released, the drug stage scores drug-only plans (no Lipiodol yet).
+  bool drug_only = false;
+  for (const CandidateScore& c : reference->evaluated) drug_only |= !c.plan.Contains("Lipiodol");
+  EXPECT_TRUE(drug_only);
+}
+
+TEST_F(PlannerTest, ConstraintsHoldForEveryCandidate) {
+  auto decision = Run(Spec(SearchMode::kBeam), {"Epirubicin"}, {"PVA", "Cisplatin"});
+  ASSERT_TRUE(decision) << decision.error().message;
+  for (const CandidateScore& c : decision->evaluated) {
+    EXPECT_TRUE(c.plan.Contains("Epirubicin")) << c.plan.ToString();
+    EXPECT_FALSE(c.plan.Contains("PVA")) << c.plan.ToString();
+    EXPECT_FALSE(c.plan.Contains("Cisplatin")) << c.plan.ToString();
+  }
+}
+
+TEST_F(PlannerTest, ProposalLimitsTheSearch) {
+  proposal_.drugs = {"Raltitrexed"};
+  proposal_.embolics = {"Lipiodol", "Gelatin Sponge"};
+  auto decision = Run(Spec(SearchMode::kExhaustive, 2, 1));
+  ASSERT_TRUE(decision);
+  // {}, {R} x {}, {GS}: four plans, all with Lipiodol.
+  EXPECT_EQ(decision->evaluated.size(), 4u);
+}
+
+TEST_F(PlannerTest, CancelStopsBetweenBatches) {
+  PlannerObserver observer;
+  int polls = 0;
+  observer.cancelled = [&] { return ++polls > 2; };
+  auto decision = Run(Spec(SearchMode::kBeam), {}, {}, observer);
+  ASSERT_FALSE(decision);
+  EXPECT_EQ(decision.error().code, ErrorCode::kCancelled);
+  EXPECT_EQ(dynamics_->batch_sizes.size(), 2u);
+}
+
+TEST_F(PlannerTest, RejectsBadSpecsAndRuleBreakingConstraints) {
+  PlannerSpec bad = Spec(SearchMode::kBeam, 0);
+  EXPECT_FALSE(Planner::Create(bad, actions_, "cTACE", {}, {}, *dynamics_, *survival_));
+  auto rule = Planner::Create(Spec(SearchMode::kBeam), actions_, "cTACE",
+                              {"Cisplatin", "Oxaliplatin"}, {}, *dynamics_, *survival_);
+  ASSERT_FALSE(rule);
+  EXPECT_NE(rule.error().message.find("platinum"), std::string::npos) << rule.error().message;
+  auto horizon = Planner::Create(Spec(SearchMode::kBeam), actions_, "cTACE",
+                                 {"Epirubicin", "Raltitrexed", "Mitomycin"}, {}, *dynamics_,
+                                 *survival_);
+  ASSERT_FALSE(horizon);
+  EXPECT_NE(horizon.error().message.find("horizon"), std::string::npos);
+}
+
+TEST(MeanStdTest, SampleStandardDeviation) {
+  EXPECT_EQ(MeanStd({}).first, 0.0);
+  EXPECT_EQ(MeanStd({2.0}).second, 0.0);
+  const auto [mean, sd] = MeanStd({1.0, 2.0, 3.0});
+  EXPECT_DOUBLE_EQ(mean, 2.0);
+  EXPECT_DOUBLE_EQ(sd, 1.0);
+}
+
+}  // namespace
+}  // namespace mewm::scenarios

@@ -1,0 +1,262 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "mewm/scenarios/runner.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "mewm/core/file_util.h"
+#include "mewm/core/vdb_io.h"
+#include "mewm/core/volume_file.h"
+#include "mewm/scenarios/evaluation.h"
+#include "planning_fixture.h"
+
+namespace mewm::scenarios {
+namespace {
+
+namespace fs = std::filesystem;
+
+class CollectingSink final : public EventSink {
+ public:
+  Status Emit(const Event& event) override {
+    events.push_back(event);
+    return {};
+  }
+  std::vector<Event> events;
+  template <typename T>
+  std::vector<T> Of() const {
+    std::vector<T> out;
+    for (const Event& e : events) {
+      if (const T* body = std::get_if<T>(&e.body)) out.push_back(*body);
+    }
+    return out;
+  }
+};
+
+class RunnerTest : public testing::VdbTest {
+ protected:
+  void SetUp() override { testing::WriteTestModels(dir_.path().string()); }
+
+  ScenarioSpec Spec(const std::string& cohort_toml) {
+    const std::string text = R"([run]
+name = "rt"
+seed = 5
+output = ")" + dir_.File("out") + R"("
+
+[cohort]
+)" + cohort_toml + R"(
+
+[dynamics]
+backend = "mechanistic"
+calibration = "models/calibration.json"
+
+[survival]
+backend = "cox"
+model = "models/cox.json"
+
+[planner]
+beams = 2
+samples = 2
+)";
+    auto spec = ParseScenario(text, "rt.toml", dir_.path().string());
+    EXPECT_TRUE(spec) << spec.error().message;
+    return *spec;
+  }
+  ScenarioSpec Synthetic() { return Spec("source = \"synthetic\"\nn = 3\nseed = 4\nspacing_mm = 2.0"); }
+
+  Expected<RunSummary> Run(const ScenarioSpec& spec, RunOptions options, CollectingSink* sink) {
+    MEWM_TRY(auto runner, Runner::Create(spec, options));
+    return runner->Run(*sink);
+  }
+
+  std::string Read(const std::string& path) {
+    auto text = ReadFile(path);
+    EXPECT_TRUE(text) << path;
+    return text ? *text : "";
+  }
+
+  testing::TempDir dir_;
+};
+
+TEST_F(RunnerTest, RunsEveryPatientEmitsOrderedEventsAndWritesResults) {
+  CollectingSink sink;
+  auto summary = Run(Synthetic(), {}, &sink);
+  ASSERT_TRUE(summary) << summary.error().message;
+  EXPECT_EQ(summary->finished, 3);
+  EXPECT_EQ(summary->failed, 0);
+  ASSERT_FALSE(sink.events.empty());
+  for (std::size_t i = 0; i < sink.events.size(); ++i) {
+    EXPECT_EQ(sink.events[i].seq, i + 1);
+    EXPECT_EQ(sink.events[i].run_id, summary->run_id);
+  }
+  EXPECT_TRUE(std::holds_alternative<RunStarted>(sink.events.front().body));
+  EXPECT_TRUE(std::holds_alternative<RunFinished>(sink.events.back().body));
+  EXPECT_EQ(sink.Of<PlanDecided>().size(), 3u);
+  EXPECT_EQ(sink.Of<ProposalMade>().size(), 3u);
+  EXPECT_GT(sink.Of<CandidateEvaluated>().size(), 30u);
+  // events.jsonl holds exactly the same events.
+  auto logged = ReadEvents(dir_.File("out/events.jsonl"));
+  ASSERT_TRUE(logged) << logged.error().message;
+  ASSERT_EQ(logged->size(), sink.events.size());
+  for (std::size_t i = 0; i < logged->size(); ++i) {
+    EXPECT_EQ(EventToJson((*logged)[i]), EventToJson(sink.events[i]));
+  }
+  for (const char* id : {"P0001", "P0002", "P0003"}) {
+    const std::string p = dir_.File(std::string("out/patients/") + id);
+    EXPECT_TRUE(fs::exists(p + "/result.json"));
+    auto vdb = ReadVdb(p + "/post_chosen.vdb");
+    ASSERT_TRUE(vdb) << vdb.error().message;
+    EXPECT_TRUE(vdb->Scalar("ct"));
+    EXPECT_TRUE(vdb->Label("viable"));
+  }
+  EXPECT_TRUE(fs::exists(dir_.File("out/summary.csv")));
+  EXPECT_NE(Read(dir_.File("out/summary.json")).find("\"finished\": 3"), std::string::npos);
+}
+
+TEST_F(RunnerTest, RerunReproducesResultsAndResumeSkipsFinishedPatients) {
+  CollectingSink first;
+  ASSERT_TRUE(Run(Synthetic(), {}, &first));
+  const std::string result = Read(dir_.File("out/patients/P0002/result.json"));
+  const std::string volume = Read(dir_.File("out/patients/P0002/post_chosen.vdb"));
+  const std::string summary = Read(dir_.File("out/summary.json"));
+
+  CollectingSink second;
+  ASSERT_TRUE(Run(Synthetic(), {}, &second));
+  EXPECT_EQ(Read(dir_.File("out/patients/P0002/result.json")), result);
+  EXPECT_EQ(Read(dir_.File("out/patients/P0002/post_chosen.vdb")), volume);
+  EXPECT_EQ(Read(dir_.File("out/summary.json")), summary);
+
+  fs::remove_all(dir_.File("out/patients/P0002"));
+  CollectingSink resumed;
+  RunOptions options;
+  options.resume = true;
+  auto r = Run(Synthetic(), options, &resumed);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->finished, 1);
+  EXPECT_EQ(r->skipped, 2);
+  ASSERT_EQ(resumed.Of<PatientStarted>().size(), 1u);
+  EXPECT_EQ(resumed.Of<PatientStarted>().front().patient_id, "P0002");
+  EXPECT_EQ(Read(dir_.File("out/patients/P0002/result.json")), result);
+  EXPECT_EQ(Read(dir_.File("out/summary.json")), summary);
+}
+
+TEST_F(RunnerTest, ShardsMergeIntoTheFullRun) {
+  CollectingSink full;
+  ASSERT_TRUE(Run(Synthetic(), {}, &full));
+  const std::string expected = Read(dir_.File("out/patients/P0003/result.json"));
+  std::vector<std::string> shards;
+  for (int i = 0; i < 2; ++i) {
+    RunOptions options;
+    options.shard_index = i;
+    options.shard_count = 2;
+    options.output_dir = dir_.File("shard-" + std::to_string(i));
+    CollectingSink sink;
+    auto s = Run(Synthetic(), options, &sink);
+    ASSERT_TRUE(s) << s.error().message;
+    EXPECT_EQ(s->finished, i == 0 ? 2 : 1);
+    shards.push_back(options.output_dir);
+  }
+  ASSERT_TRUE(MergeResults(shards, dir_.File("merged")));
+  EXPECT_EQ(Read(dir_.File("merged/patients/P0003/result.json")), expected);
+  EXPECT_NE(Read(dir_.File("merged/summary.json")).find("\"finished\": 3"), std::string::npos);
+  // The same shard twice, or a missing shard, is refused.
+  auto twice = MergeResults({shards[0], shards[0]}, dir_.File("bad"));
+  ASSERT_FALSE(twice);
+  EXPECT_NE(twice.error().message.find("distinct shard"), std::string::npos);
+  auto missing = MergeResults({shards[1]}, dir_.File("bad"));
+  ASSERT_FALSE(missing);
+  EXPECT_NE(missing.error().message.find("1 of 2 shards"), std::string::npos);
+  RunOptions bad;
+  bad.shard_index = 2;
+  bad.shard_count = 2;
+  EXPECT_FALSE(Runner::Create(Synthetic(), bad));
+}
+
+TEST_F(RunnerTest, FailingPatientsAreReportedAndTheRunGoesOn) {
+  CollectingSink synthetic;
+  ASSERT_TRUE(Run(Synthetic(), {}, &synthetic));
+  const std::string pre = dir_.File("out/cohort/patients/P0001/pre.vdb");
+  // A tumor mask on another lattice, and an empty one.
+  VolumeSet small;
+  small.labels.emplace("tumor", LabelVolume(Geometry::Isotropic(1.0), Index3{8, 8, 8}, "tumor"));
+  ASSERT_TRUE(WriteVdb(dir_.File("small.vdb"), small));
+  auto set = ReadVdb(pre);
+  ASSERT_TRUE(set);
+  VolumeSet empty;
+  empty.labels.emplace("tumor", LabelVolume(set->labels.at("tumor").geometry(),
+                                            set->labels.at("tumor").extent(), "tumor"));
+  ASSERT_TRUE(WriteVdb(dir_.File("empty.vdb"), empty));
+  const std::string clinical = ",62,M,A,B,30,1,40,0\n";
+  std::ofstream(dir_.File("patients.csv"))
+      << "patient_id,ct,tumor,age_years,sex,child_pugh,bclc_stage,afp_ng_ml,lesion_count,"
+         "max_diameter_mm,vascular_invasion\n"
+      << "ok," << pre << "," << pre << clinical << "missing,nowhere.nii.gz," << pre << clinical
+      << "mismatch," << pre << ",small.vdb" << clinical << "empty," << pre << ",empty.vdb"
+      << clinical;
+  CollectingSink sink;
+  RunOptions options;
+  options.output_dir = dir_.File("manifest-out");
+  auto summary = Run(Spec("source = \"manifest\"\nmanifest = \"patients.csv\""), options, &sink);
+  ASSERT_TRUE(summary) << summary.error().message;
+  EXPECT_EQ(summary->finished, 1);
+  EXPECT_EQ(summary->failed, 3);
+  const auto failed = sink.Of<PatientFailed>();
+  ASSERT_EQ(failed.size(), 3u);
+  EXPECT_EQ(failed[0].patient_id, "missing");
+  EXPECT_NE(failed[0].error.find("nowhere.nii.gz"), std::string::npos) << failed[0].error;
+  EXPECT_NE(failed[1].error.find("patient 'mismatch'"), std::string::npos) << failed[1].error;
+  EXPECT_NE(failed[1].error.find("small.vdb"), std::string::npos) << failed[1].error;
+  EXPECT_NE(failed[2].error.find("empty"), std::string::npos) << failed[2].error;
+  EXPECT_TRUE(fs::exists(dir_.File("manifest-out/patients/ok/post_chosen.vdb")));
+  const std::string csv = Read(dir_.File("manifest-out/summary.csv"));
+  EXPECT_NE(csv.find("missing,failed"), std::string::npos) << csv;
+  // No truth for a manifest cohort.
+  auto eval = EvaluatePlans(dir_.File("manifest-out"));
+  ASSERT_FALSE(eval);
+  EXPECT_EQ(eval.error().code, ErrorCode::kNotFound);
+}
+
+TEST_F(RunnerTest, CancelKeepsFinishedPatients) {
+  CollectingSink sink;
+  RunOptions options;
+  options.cancelled = [&] { return !sink.Of<PatientFinished>().empty(); };
+  auto summary = Run(Synthetic(), options, &sink);
+  ASSERT_TRUE(summary) << summary.error().message;
+  EXPECT_TRUE(summary->cancelled);
+  EXPECT_EQ(summary->finished, 1);
+  EXPECT_TRUE(std::holds_alternative<RunCancelled>(sink.events.back().body));
+  EXPECT_TRUE(fs::exists(dir_.File("out/patients/P0001/result.json")));
+  EXPECT_FALSE(fs::exists(dir_.File("out/patients/P0002")));
+}
+
+TEST_F(RunnerTest, EvaluatePlansAgainstTruthWithBaselines) {
+  CollectingSink sink;
+  ASSERT_TRUE(Run(Synthetic(), {}, &sink));
+  auto eval = EvaluatePlans(dir_.File("out"));
+  ASSERT_TRUE(eval) << eval.error().message;
+  EXPECT_EQ(eval->patients, 3);
+  ASSERT_EQ(eval->methods.size(), 4u);
+  for (const MethodScores& m : eval->methods) {
+    EXPECT_GE(m.f1, 0.0);
+    EXPECT_LE(m.f1, 1.0);
+    EXPECT_GE(m.regret, 0.0) << m.method;  // nothing beats the true optimum
+    EXPECT_GE(m.risk_ratio, 1.0) << m.method;
+  }
+  EXPECT_NE(eval->FormatTable().find("guideline first choice"), std::string::npos);
+  EXPECT_NE(eval->ToJson().find("\"regret_mean\""), std::string::npos);
+}
+
+TEST(PlanMatchTest, ItemSetMetrics) {
+  const auto m = ComparePlanItems(Plan({"A", "B", "C"}), Plan({"A", "B", "D", "E"}));
+  EXPECT_DOUBLE_EQ(m.precision, 2.0 / 3.0);
+  EXPECT_DOUBLE_EQ(m.recall, 0.5);
+  EXPECT_DOUBLE_EQ(m.f1, 2 * (2.0 / 3.0) * 0.5 / (2.0 / 3.0 + 0.5));
+  EXPECT_DOUBLE_EQ(m.jaccard, 2.0 / 5.0);
+  EXPECT_FALSE(m.exact);
+  EXPECT_TRUE(ComparePlanItems(Plan({"A"}), Plan({"A"})).exact);
+  EXPECT_EQ(ComparePlanItems(Plan({"A"}), Plan({"B"})).f1, 0.0);
+}
+
+}  // namespace
+}  // namespace mewm::scenarios

@@ -1,0 +1,170 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "mewm/scenarios/scenario.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "planning_fixture.h"
+
+namespace mewm::scenarios {
+namespace {
+
+class ScenarioTest : public testing::VdbTest {
+ protected:
+  void SetUp() override { testing::WriteTestModels(dir_.path().string()); }
+
+  /// A valid scenario, with `extra` appended (TOML tables may be reopened only once, so tests
+  /// add whole new tables or replace keys by text substitution).
+  std::string Valid() const {
+    return R"([run]
+name = "t"
+seed = 3
+output = "out"
+
+[cohort]
+source = "synthetic"
+n = 2
+seed = 9
+spacing_mm = 2.0
+
+[dynamics]
+backend = "mechanistic"
+calibration = "models/calibration.json"
+
+[survival]
+backend = "cox"
+model = "models/cox.json"
+)";
+  }
+
+  Expected<ScenarioSpec> Parse(const std::string& text) {
+    return ParseScenario(text, "test.toml", dir_.path().string());
+  }
+
+  static std::string Replace(std::string text, const std::string& from, const std::string& to) {
+    const auto at = text.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    return text.replace(at, from.size(), to);
+  }
+
+  testing::TempDir dir_;
+};
+
+TEST_F(ScenarioTest, ParsesAValidScenarioWithDefaults) {
+  auto spec = Parse(Valid());
+  ASSERT_TRUE(spec) << spec.error().message;
+  EXPECT_EQ(spec->name, "t");
+  EXPECT_EQ(spec->seed, 3u);
+  EXPECT_EQ(spec->output, "out");
+  EXPECT_EQ(spec->cohort.source, CohortSpec::Source::kSynthetic);
+  EXPECT_EQ(spec->cohort.n, 2);
+  EXPECT_EQ(spec->cohort.spacing_mm, 2.0);
+  EXPECT_EQ(spec->planner.search, SearchMode::kBeam);
+  EXPECT_EQ(spec->planner.beams, 5);
+  EXPECT_EQ(spec->planner.samples, 4);
+  EXPECT_EQ(spec->policy_backend, "guideline");
+  EXPECT_EQ(spec->calibration, dir_.File("models/calibration.json"));
+  EXPECT_EQ(spec->protocol, "cTACE");
+  EXPECT_EQ(spec->text, Valid());
+}
+
+TEST_F(ScenarioTest, ReadsPlannerAndConstraints) {
+  auto spec = Parse(Valid() + R"(
+[planner]
+search = "reference"
+beams = 2
+samples = 3
+drug_horizon = 1
+embolic_horizon = 3
+
+[constraints]
+require = ["thp"]
+forbid = ["pva"]
+)");
+  ASSERT_TRUE(spec) << spec.error().message;
+  EXPECT_EQ(spec->planner.search, SearchMode::kReference);
+  EXPECT_EQ(spec->planner.beams, 2);
+  EXPECT_EQ(spec->planner.drug_horizon, 1);
+  EXPECT_EQ(spec->require, std::vector<std::string>{"Pirarubicin"});  // aliases canonicalised
+  EXPECT_EQ(spec->forbid, std::vector<std::string>{"PVA"});
+}
+
+TEST_F(ScenarioTest, ReportsEveryProblemAtOnceWithLines) {
+  const std::string text = Replace(Replace(Valid(), "n = 2", "n = 0"), "seed = 3",
+                                   "seed = \"three\"") +
+                           "\n[planner]\nbeamz = 3\nsearch = \"greedy\"\n";
+  auto spec = Parse(text);
+  ASSERT_FALSE(spec);
+  const std::string& m = spec.error().message;
+  EXPECT_EQ(spec.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(m.find("test.toml:3"), std::string::npos) << m;   // seed: wrong type
+  EXPECT_NE(m.find("run.seed"), std::string::npos) << m;
+  EXPECT_NE(m.find("cohort.n"), std::string::npos) << m;      // out of range
+  EXPECT_NE(m.find("beamz"), std::string::npos) << m;         // unknown key
+  EXPECT_NE(m.find("greedy"), std::string::npos) << m;        // bad enum
+  EXPECT_NE(m.find("beam, reference, exhaustive"), std::string::npos) << m;
+}
+
+TEST_F(ScenarioTest, RejectsUnknownBackendsAndMissingFiles) {
+  auto backend = Parse(Replace(Valid(), "backend = \"cox\"", "backend = \"deepsurv\""));
+  ASSERT_FALSE(backend);
+  EXPECT_NE(backend.error().message.find("deepsurv"), std::string::npos);
+  EXPECT_NE(backend.error().message.find("cox"), std::string::npos);
+  auto missing = Parse(Replace(Valid(), "models/cox.json", "models/nope.json"));
+  ASSERT_FALSE(missing);
+  EXPECT_NE(missing.error().message.find("nope.json"), std::string::npos);
+  EXPECT_NE(missing.error().message.find("does not exist"), std::string::npos);
+}
+
+TEST_F(ScenarioTest, RejectsRuleBreakingAndUnknownConstraints) {
+  auto rule = Parse(Valid() + "\n[constraints]\nrequire = [\"Cisplatin\", \"Oxaliplatin\"]\n");
+  ASSERT_FALSE(rule);
+  EXPECT_NE(rule.error().message.find("constraints.require breaks rule"), std::string::npos)
+      << rule.error().message;
+  auto unknown = Parse(Valid() + "\n[constraints]\nforbid = [\"Cisplatine\"]\n");
+  ASSERT_FALSE(unknown);
+  EXPECT_NE(unknown.error().message.find("Cisplatin"), std::string::npos);  // did you mean
+  auto mandatory = Parse(Valid() + "\n[constraints]\nforbid = [\"Lipiodol\"]\n");
+  ASSERT_FALSE(mandatory);
+  EXPECT_NE(mandatory.error().message.find("mandatory"), std::string::npos);
+  auto both = Parse(Valid() + "\n[constraints]\nforbid = [\"PVA\"]\nrequire = [\"PVA\"]\n");
+  ASSERT_FALSE(both);
+  EXPECT_NE(both.error().message.find("both required and forbidden"), std::string::npos);
+}
+
+TEST_F(ScenarioTest, RejectsUnknownTablesBadDevicesAndBadTomlSyntax) {
+  auto table = Parse(Valid() + "\n[plannner]\nbeams = 2\n");
+  ASSERT_FALSE(table);
+  EXPECT_NE(table.error().message.find("plannner"), std::string::npos);
+  auto device = Parse(Replace(Valid(), "seed = 3", "seed = 3\ndevice = \"tpu\""));
+  ASSERT_FALSE(device);
+  EXPECT_NE(device.error().message.find("run.device"), std::string::npos);
+  auto syntax = Parse("[run\nname = 1");
+  ASSERT_FALSE(syntax);
+  EXPECT_EQ(syntax.error().code, ErrorCode::kParse);
+}
+
+TEST_F(ScenarioTest, ManifestSourceNeedsAnExistingCsv) {
+  const std::string manifest = Replace(Replace(Valid(), "source = \"synthetic\"",
+                                               "source = \"manifest\"\nmanifest = \"p.csv\""),
+                                       "n = 2\nseed = 9\nspacing_mm = 2.0\n", "");
+  auto missing = Parse(manifest);
+  ASSERT_FALSE(missing);
+  EXPECT_NE(missing.error().message.find("p.csv"), std::string::npos);
+  std::ofstream(dir_.File("p.csv")) << "patient_id\n";
+  auto ok = Parse(manifest);
+  ASSERT_TRUE(ok) << ok.error().message;
+  EXPECT_EQ(ok->cohort.manifest, dir_.File("p.csv"));
+}
+
+TEST_F(ScenarioTest, ShippedScenariosAreValid) {
+  for (const char* name : {"tace_demo", "tace_cohort_eval"}) {
+    auto spec = LoadScenario(std::string(MEWM_SOURCE_DIR) + "/scenarios/" + name + "/scenario.toml");
+    EXPECT_TRUE(spec) << name << ": " << spec.error().message;
+  }
+}
+
+}  // namespace
+}  // namespace mewm::scenarios

@@ -1,0 +1,57 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// `mewm eval plans RUN_DIR` and `mewm eval survival`: the numbers the project reports.
+#include <iostream>
+
+#include "commands.h"
+#include "mewm/core/file_util.h"
+#include "mewm/scenarios/evaluation.h"
+
+namespace mewm::cli {
+
+Action RegisterEval(CLI::App& app) {
+  struct Options {
+    std::string run_dir, json_out, model, cohort, train;
+  };
+  auto o = std::make_shared<Options>();
+  app.require_subcommand(1);
+  CLI::App* plans = app.add_subcommand(
+      "plans", "Compare a run's chosen plans with the synthetic truth, next to baselines");
+  plans->add_option("RUN_DIR", o->run_dir, "Results folder of mewm run")->required();
+  CLI::App* surv =
+      app.add_subcommand("survival", "C-index, Brier score and AUC of a survival model");
+  surv->add_option("--model", o->model, "Survival model file (cox)")->required();
+  surv->add_option("--cohort", o->cohort, "Held-out cohort folder")->required();
+  surv->add_option("--train-cohort", o->train,
+                   "Training cohort (censoring distribution for Uno's C and Brier)")
+      ->required();
+  for (CLI::App* sub : {plans, surv}) {
+    sub->add_option("--json", o->json_out, "Also write the numbers to this JSON file");
+  }
+  return [o, plans]() -> int {
+    std::string table, json;
+    if (plans->parsed()) {
+      auto eval = scenarios::EvaluatePlans(o->run_dir);
+      if (!eval) return Fail(eval.error());
+      table = eval->FormatTable();
+      json = eval->ToJson();
+    } else {
+      auto model = survival::CoxSurvival::Load(o->model);
+      if (!model) return Fail(model.error());
+      auto eval = scenarios::EvaluateSurvival(**model, o->cohort, o->train);
+      if (!eval) return Fail(eval.error());
+      table = eval->FormatTable();
+      json = eval->ToJson();
+    }
+    std::cout << table;
+    if (!o->json_out.empty()) {
+      if (auto written = WriteFileAtomic(o->json_out, json + "\n"); !written) {
+        return Fail(written.error());
+      }
+    }
+    return 0;
+  };
+}
+
+}  // namespace mewm::cli
