@@ -55,10 +55,25 @@ double IschemiaRate(const ItemPhysics& e, double t, double diameter_mm) {
   return rate;
 }
 
-TumorBiology Perturb(const TumorBiology& b, double sigma, std::uint64_t seed) {
-  if (seed == 0 || sigma <= 0.0) return b;
+TumorBiology Perturb(const TumorBiology& b, const MechanisticConfig& config,
+                     std::uint64_t seed) {
+  const auto& sd = config.sample_log_sd;
+  const bool per_parameter = std::any_of(sd.begin(), sd.end(), [](double v) { return v > 0.0; });
+  if (seed == 0 || (!per_parameter && config.sample_sigma <= 0.0)) return b;
   Rng rng(seed);
   TumorBiology p = b;
+  if (per_parameter) {
+    // Log-normal (logit-normal for vascularity) draws with one spread per parameter.
+    p.proliferation_per_day = std::min(0.45, p.proliferation_per_day * std::exp(sd[0] * rng.Normal()));
+    p.infiltration_mm2_per_day = std::min(9.0, p.infiltration_mm2_per_day * std::exp(sd[1] * rng.Normal()));
+    const double v = std::clamp(b.vascularity, 1e-4, 1.0 - 1e-4);
+    p.vascularity = 1.0 / (1.0 + std::exp(-(std::log(v / (1.0 - v)) + sd[2] * rng.Normal())));
+    for (std::size_t k = 0; k < p.sensitivity.size(); ++k) {
+      p.sensitivity[k] = std::min(50.0, p.sensitivity[k] * std::exp(sd[3 + k] * rng.Normal()));
+    }
+    return p;
+  }
+  const double sigma = config.sample_sigma;
   p.proliferation_per_day *= std::exp(sigma * rng.Normal());
   p.infiltration_mm2_per_day *= std::exp(sigma * rng.Normal());
   for (double& s : p.sensitivity) s *= std::exp(sigma * rng.Normal());
@@ -156,7 +171,7 @@ Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields
   if (!(config.follow_up_days > 0.0) || !(config.max_dt_days > 0.0)) {
     return MakeError(ErrorCode::kInvalidArgument, "follow_up_days and max_dt_days must be > 0");
   }
-  const TumorBiology bio = Perturb(biology_in, config.sample_sigma, sample_seed);
+  const TumorBiology bio = Perturb(biology_in, config, sample_seed);
   MEWM_TRY(const PlanEffect effect, EffectOf(plan, bio));
   ResponseSummary summary;
   MEWM_TRY(summary.toxicity, PlanToxicity(plan, child_pugh));
@@ -259,6 +274,10 @@ Expected<Outcome> RenderOutcome(const PatientCase& patient, const std::vector<Tu
               LabelVolume(patient.ct.geometry(), patient.ct.extent(), "viable")};
   const Geometry& g = patient.ct.geometry();
   auto ct = out.post_ct.grid().getAccessor();
+  out.viable_fraction = Volume(openvdb::FloatGrid::create(0.0f), patient.ct.geometry(),
+                               patient.ct.extent());
+  out.viable_fraction->set_name("viable_fraction");
+  auto fraction = out.viable_fraction->grid().getAccessor();
   auto viable = out.viable.grid().getAccessor();
   auto tumor = patient.tumor.grid().getConstAccessor();
   for (std::size_t f = 0; f < fields.size(); ++f) {
@@ -302,6 +321,7 @@ Expected<Outcome> RenderOutcome(const PatientCase& patient, const std::vector<Tu
           if (was_tumor && !is_viable && lip > 0.15) hu += 200.0 + 400.0 * std::min(lip, 1.0);
           ct.setValueOn(ijk, float(hu));
           if (is_viable) viable.setValueOn(ijk, 1);
+          if (u > 0.01) fraction.setValueOn(ijk, float(std::min(u, 1.0)));
         }
       }
     }
@@ -315,10 +335,12 @@ Expected<std::unique_ptr<MechanisticDynamics>> MechanisticDynamics::Create(
     return MakeError(ErrorCode::kInvalidArgument, "mechanistic dynamics needs a biology source");
   if (!(config.grid_mm > 0.0) || !(config.follow_up_days > 0.0) || !(config.max_dt_days > 0.0) ||
       !(config.sample_sigma >= 0.0) ||
+      std::any_of(config.sample_log_sd.begin(), config.sample_log_sd.end(),
+                  [](double v) { return !(v >= 0.0 && v < 5.0); }) ||
       !(config.viable_threshold > 0.0 && config.viable_threshold < 1.0)) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "mechanistic config: grid_mm, follow_up_days, max_dt_days must be > 0, "
-                     "sample_sigma >= 0, viable_threshold in (0, 1)");
+                     "sample_sigma >= 0, sample_log_sd in [0, 5), viable_threshold in (0, 1)");
   }
   return std::unique_ptr<MechanisticDynamics>(new MechanisticDynamics(config, std::move(biology)));
 }
@@ -331,9 +353,11 @@ Expected<std::vector<Outcome>> MechanisticDynamics::Simulate(
   outcomes.reserve(requests.size());
   for (const SimulationRequest& request : requests) {
     std::vector<FieldResponse> responses;
-    MEWM_RETURN_IF_ERROR(SimulateResponse(fields, biology, request.plan,
-                                          patient.covariates.child_pugh, config_, request.seed,
-                                          &responses));
+    // The biology draw uses the shared seed when there is one: every plan with this sample index
+    // then acts on the same simulated patient (common random numbers).
+    MEWM_RETURN_IF_ERROR(SimulateResponse(
+        fields, biology, request.plan, patient.covariates.child_pugh, config_,
+        request.shared_seed != 0 ? request.shared_seed : request.seed, &responses));
     ++solves_;
     MEWM_TRY(Outcome outcome, RenderOutcome(patient, fields, responses, request.plan,
                                             request.sample_index, request.seed, config_));

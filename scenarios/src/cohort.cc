@@ -117,6 +117,7 @@ Status WriteOutcome(const std::string& dir, const std::string& stem, const Outco
       {"plan", o.plan.ToString()}}.dump();
   set.scalars.emplace("ct", o.post_ct);
   set.labels.emplace("viable", o.viable);
+  if (o.viable_fraction) set.scalars.emplace("viable_fraction", *o.viable_fraction);
   set.labels.emplace("pre_tumor", pre_tumor);  // the pre-treatment mask, for reference
   MEWM_RETURN_IF_ERROR(WriteVdb(dir + "/" + stem + ".vdb", set));
   if (nifti) {

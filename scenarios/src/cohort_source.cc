@@ -194,11 +194,19 @@ Expected<Outcome> LoadAdministeredOutcome(const CohortEntry& entry, const Action
   };
   auto plan = actions.ParsePlan(entry.administered);
   if (!plan) return fail(plan.error());
-  auto ct = ReadGrid<Volume>(entry.post, "ct");
+  // One .vdb holds the post-treatment CT, its viable mask and, when written by mewm, the soft
+  // viable fraction.
+  auto set = ReadVdb(entry.post);
+  if (!set) return fail(set.error());
+  auto ct = set->Scalar("ct");
   if (!ct) return fail(ct.error());
-  auto viable = ReadGrid<LabelVolume>(entry.post, "viable");
+  auto viable = set->Label("viable");
   if (!viable) return fail(viable.error());
-  return Outcome{*plan, 0, std::move(*ct), std::move(*viable)};
+  Outcome outcome{*plan, 0, std::move(*ct), std::move(*viable)};
+  if (auto fraction = set->scalars.find("viable_fraction"); fraction != set->scalars.end()) {
+    outcome.viable_fraction = fraction->second;
+  }
+  return outcome;
 }
 
 }  // namespace mewm::scenarios

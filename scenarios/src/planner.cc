@@ -74,8 +74,8 @@ class Search {
         }
         pending_.insert(key);
         all_hit[p] = false;
-        requests.push_back(
-            {plans[p], s, Planner::SampleSeed(run_seed_, patient_.id, plans[p], s)});
+        requests.push_back({plans[p], s, Planner::SampleSeed(run_seed_, patient_.id, plans[p], s),
+                            Planner::SharedSeed(run_seed_, patient_.id, s)});
       }
     }
     for (std::size_t begin = 0; begin < requests.size(); begin += std::size_t(spec_.max_batch)) {
@@ -108,7 +108,8 @@ class Search {
     for (int s = 0; s < spec_.samples; ++s) {
       const std::uint64_t seed = DeriveSeed(Planner::SampleSeed(run_seed_, patient_.id, plan, s),
                                             {std::uint64_t(beam), fresh_counter_++});
-      MEWM_TRY(std::vector<SampleScore> one, Simulate({{plan, s, seed}}));
+      // Fresh, unshared draws per call, as MeWM's loop samples new noise every time.
+      MEWM_TRY(std::vector<SampleScore> one, Simulate({{plan, s, seed, 0}}));
       scores.push_back(std::move(one.front()));
     }
     std::vector<const SampleScore*> samples;
@@ -217,6 +218,13 @@ std::uint64_t Planner::SampleSeed(std::uint64_t run_seed, const std::string& pat
   // Seed 0 means "unperturbed" to the mechanistic model; sample seeds are never 0.
   const std::uint64_t seed = DeriveSeed(
       run_seed, {HashString(patient_id), HashString(plan.ToString()), std::uint64_t(sample_index)});
+  return seed == 0 ? 1 : seed;
+}
+
+std::uint64_t Planner::SharedSeed(std::uint64_t run_seed, const std::string& patient_id,
+                                  int sample_index) {
+  const std::uint64_t seed =
+      DeriveSeed(run_seed, {HashString(patient_id), HashString("shared"), std::uint64_t(sample_index)});
   return seed == 0 ? 1 : seed;
 }
 

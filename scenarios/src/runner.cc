@@ -47,7 +47,7 @@ constexpr const char* kResultFormat = "mewm.patient_result";
 
 /// The synthetic cohort for this scenario: reused when its manifest matches, else generated.
 Status PrepareSyntheticCohort(const ScenarioSpec& spec, const std::string& dir,
-                              const RunOptions& options) {
+                              const std::function<void(int, int)>& progress) {
   const fs::path manifest = fs::path(dir) / "manifest.json";
   if (fs::exists(manifest)) {
     MEWM_TRY(const std::string text, ReadFile(manifest.string()));
@@ -70,11 +70,38 @@ Status PrepareSyntheticCohort(const ScenarioSpec& spec, const std::string& dir,
   c.force = true;
   c.write_nifti = false;
   c.world.spacing_mm = spec.cohort.spacing_mm;
-  c.progress = options.cohort_progress;
+  c.progress = progress;
   return GenerateCohort(c, spec.actions);
 }
 
 }  // namespace
+
+Expected<Models> LoadModels(const ScenarioSpec& spec) {
+  Models models;
+  MEWM_TRY(models.policy, policy::GuidelinePolicy::Create(spec.actions, spec.guideline));
+  MEWM_TRY(const dynamics::BiologyRegression calibration,
+           dynamics::BiologyRegression::Load(spec.calibration));
+  dynamics::MechanisticConfig config = spec.mechanistic;
+  if (spec.calibrated_uncertainty) {
+    // Samples follow the calibration's predictive spread instead of a fixed sigma.
+    for (std::size_t k = 0; k < config.sample_log_sd.size(); ++k) {
+      config.sample_log_sd[k] = std::min(4.0, calibration.residual_sd()[Eigen::Index(k)]);
+    }
+  }
+  MEWM_TRY(models.dynamics, dynamics::MechanisticDynamics::Create(config, calibration.AsSource()));
+  MEWM_TRY(models.survival, survival::CoxSurvival::Load(spec.survival_model));
+  return models;
+}
+
+Expected<std::vector<CohortEntry>> PrepareCohort(const ScenarioSpec& spec,
+                                                 const std::string& synthetic_dir,
+                                                 const std::function<void(int, int)>& progress) {
+  if (spec.cohort.source == CohortSpec::Source::kManifest) {
+    return ReadManifest(spec.cohort.manifest);
+  }
+  MEWM_RETURN_IF_ERROR(PrepareSyntheticCohort(spec, synthetic_dir, progress));
+  return ReadSyntheticCohort(synthetic_dir);
+}
 
 struct Runner::Impl {
   ScenarioSpec spec;
@@ -133,7 +160,8 @@ struct Runner::Impl {
     // The chosen plan's outcome on the full lattice: sample 0, the same seed the search used.
     const CandidateScore& best = decision->best;
     const SimulationRequest request{best.plan, 0,
-                                    Planner::SampleSeed(spec.seed, patient.id, best.plan, 0)};
+                                    Planner::SampleSeed(spec.seed, patient.id, best.plan, 0),
+                                    Planner::SharedSeed(spec.seed, patient.id, 0)};
     MEWM_TRY(std::vector<Outcome> outcomes, dynamics->Simulate(patient, {request}));
     MEWM_RETURN_IF_ERROR(CheckOutcome(outcomes.front(), request, patient));
 
@@ -183,6 +211,9 @@ struct Runner::Impl {
             .dump();
     set.scalars.emplace("ct", outcomes.front().post_ct);
     set.labels.emplace("viable", outcomes.front().viable);
+    if (outcomes.front().viable_fraction) {
+      set.scalars.emplace("viable_fraction", *outcomes.front().viable_fraction);
+    }
     set.labels.emplace("pre_tumor", patient.tumor);
     MEWM_RETURN_IF_ERROR(WriteVdb((temp_dir / "post_chosen.vdb").string(), set));
     MEWM_RETURN_IF_ERROR(
@@ -229,18 +260,18 @@ Expected<std::unique_ptr<Runner>> Runner::Create(const ScenarioSpec& spec,
   impl->spec = spec;
   impl->options = options;
   impl->out = options.output_dir.empty() ? spec.output : options.output_dir;
-  impl->cohort_dir = (fs::path(impl->out) / "cohort").string();
+  impl->cohort_dir = spec.cohort.dir.empty() ? (fs::path(impl->out) / "cohort").string()
+                                              : spec.cohort.dir;
   char id[32];
   std::snprintf(id, sizeof(id), "%016llx",
-                static_cast<unsigned long long>(DeriveSeed(spec.seed, spec.text)));
+                static_cast<unsigned long long>(
+                    DeriveSeed(spec.seed, spec.text + ToString(spec.planner.search))));
   impl->run_id = spec.name + "-" + std::string(id).substr(0, 8);
 
-  MEWM_TRY(impl->policy, policy::GuidelinePolicy::Create(spec.actions, spec.guideline));
-  MEWM_TRY(const dynamics::BiologyRegression calibration,
-           dynamics::BiologyRegression::Load(spec.calibration));
-  MEWM_TRY(impl->dynamics,
-           dynamics::MechanisticDynamics::Create(spec.mechanistic, calibration.AsSource()));
-  MEWM_TRY(impl->survival, survival::CoxSurvival::Load(spec.survival_model));
+  MEWM_TRY(Models models, LoadModels(spec));
+  impl->policy = std::move(models.policy);
+  impl->dynamics = std::move(models.dynamics);
+  impl->survival = std::move(models.survival);
   return std::unique_ptr<Runner>(new Runner(std::move(impl)));
 }
 
@@ -298,17 +329,9 @@ Expected<RunSummary> Runner::Run(EventSink& sink) {
                                   std::to_string(m.options.shard_count)}};
   MEWM_RETURN_IF_ERROR(WriteFileAtomic((fs::path(m.out) / "run.json").string(), run.dump(1) + "\n"));
 
-  std::vector<CohortEntry> entries;
-  if (m.spec.cohort.source == CohortSpec::Source::kSynthetic) {
-    if (auto s = PrepareSyntheticCohort(m.spec, m.cohort_dir, m.options); !s) return fail_run(s.error());
-    auto read = ReadSyntheticCohort(m.cohort_dir);
-    if (!read) return fail_run(read.error());
-    entries = std::move(*read);
-  } else {
-    auto read = ReadManifest(m.spec.cohort.manifest);
-    if (!read) return fail_run(read.error());
-    entries = std::move(*read);
-  }
+  auto prepared = PrepareCohort(m.spec, m.cohort_dir, m.options.cohort_progress);
+  if (!prepared) return fail_run(prepared.error());
+  const std::vector<CohortEntry> entries = std::move(*prepared);
   std::vector<const CohortEntry*> todo;
   for (std::size_t i = 0; i < entries.size(); ++i) {
     if (int(i % std::size_t(m.options.shard_count)) != m.options.shard_index) {

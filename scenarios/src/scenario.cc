@@ -129,6 +129,7 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
         s.cohort.seed = std::uint64_t(cohort_seed);
       }
       problems.Take(cohort.GetDouble("spacing_mm", 1.0, 0.5, 4.0), &s.cohort.spacing_mm);
+      problems.Take(cohort.GetString("dir", std::string()), &s.cohort.dir);
     } else {
       s.cohort.source = CohortSpec::Source::kManifest;
       ReadPath(cohort, "manifest", base_dir, problems, &s.cohort.manifest);
@@ -149,6 +150,11 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
   problems.Take(dyn.GetEnum("backend", KnownBackends("dynamics")), &s.dynamics_backend);
   ReadPath(dyn, "calibration", base_dir, problems, &s.calibration);
   dynamics::MechanisticConfig& m = s.mechanistic;
+  std::string uncertainty;
+  if (problems.Take(dyn.GetEnum("uncertainty", {"calibrated", "fixed"}, std::string("calibrated")),
+                    &uncertainty)) {
+    s.calibrated_uncertainty = uncertainty == "calibrated";
+  }
   problems.Take(dyn.GetDouble("sample_sigma", m.sample_sigma, 0.0, 2.0), &m.sample_sigma);
   problems.Take(dyn.GetDouble("grid_mm", m.grid_mm, 0.5, 8.0), &m.grid_mm);
   problems.Take(dyn.GetDouble("follow_up_days", m.follow_up_days, 1.0, 365.0), &m.follow_up_days);

@@ -60,7 +60,7 @@ TEST_F(PatientTest, OutcomeVolumeAndChecks) {
   const PatientCase c = Case();
   Outcome o{Plan({"Lipiodol"}), 0, c.ct, c.tumor};
   EXPECT_DOUBLE_EQ(ViableVolumeMl(o), 2 * 8.0 / 1000.0);
-  SimulationRequest request{Plan({"Lipiodol"}), 0, 1};
+  SimulationRequest request{Plan({"Lipiodol"}), 0, 1, 0};
   EXPECT_TRUE(CheckOutcome(o, request, c));
   request.sample_index = 1;
   EXPECT_FALSE(CheckOutcome(o, request, c));

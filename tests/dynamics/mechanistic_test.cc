@@ -115,8 +115,8 @@ TEST_F(MechanisticTest, BackendRendersOutcomesAndBatchingNeverChangesThem) {
   auto model = MechanisticDynamics::Create(
       MechanisticConfig{}, [b](const PatientCase&) -> Expected<TumorBiology> { return b; });
   ASSERT_TRUE(model);
-  const std::vector<SimulationRequest> requests = {{P("Lipiodol+Epirubicin"), 0, 5},
-                                                   {P("Lipiodol+Cisplatin+Gelatin Sponge"), 1, 6}};
+  const std::vector<SimulationRequest> requests = {
+      {P("Lipiodol+Epirubicin"), 0, 5, 0}, {P("Lipiodol+Cisplatin+Gelatin Sponge"), 1, 6, 0}};
   auto batch = (*model)->Simulate(patient, requests);
   ASSERT_TRUE(batch) << batch.error().ToString();
   ASSERT_EQ(batch->size(), 2u);
@@ -154,4 +154,24 @@ TEST_F(MechanisticTest, BadInputsAreClearErrors) {
 }
 
 }  // namespace
+TEST_F(MechanisticTest, SharedSeedDrawsTheSameBiologyAndPerParameterSpreadIsUsed) {
+  const PatientCase patient = Case();
+  TumorBiology b;
+  MechanisticConfig config;
+  config.sample_log_sd = {0.3, 0.3, 0.5, 0.8, 0.8, 0.8, 0.8};
+  auto model = MechanisticDynamics::Create(
+      config, [b](const PatientCase&) -> Expected<TumorBiology> { return b; });
+  ASSERT_TRUE(model);
+  const Plan plan = P("Lipiodol+Epirubicin");
+  // Same shared seed, different per-plan seeds: the same simulated patient, so the same viable
+  // mask (only the rendering noise differs). Another shared seed gives another patient.
+  auto a = (*model)->Simulate(patient, {{plan, 0, 11, 77}, {plan, 0, 12, 77}, {plan, 0, 11, 78}});
+  ASSERT_TRUE(a) << a.error().message;
+  EXPECT_EQ(ViableVolumeMl((*a)[0]), ViableVolumeMl((*a)[1]));
+  EXPECT_NE(ViableVolumeMl((*a)[0]), ViableVolumeMl((*a)[2]));
+  config.sample_log_sd[3] = -1.0;
+  EXPECT_FALSE(MechanisticDynamics::Create(
+      config, [b](const PatientCase&) -> Expected<TumorBiology> { return b; }));
+}
+
 }  // namespace mewm::dynamics

@@ -4,12 +4,15 @@
 // Runs the real `mewm` binary on real files and checks exit codes, outputs and messages.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <fcntl.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "../core/test_env.h"
@@ -202,6 +205,100 @@ TEST_F(CliTest, CohortRefusesBadRequests) {
   r = RunMewm("cohort stats " + dir_.File("nothing"));
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("truth.json"), std::string::npos);
+}
+
+
+std::string ReadText(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+/// Trains both models on a small cohort with the real commands, then plans, evaluates, shards,
+/// merges and interrupts runs of a scenario that uses them.
+TEST_F(CliTest, TrainRunEvaluateMergeAndInterrupt) {
+  const std::string train = dir_.File("train");
+  Result r = RunMewm("cohort generate --n 24 --seed 5 --spacing 3 --no-nifti --quiet --out " + train);
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = RunMewm("train mechanistic --quiet --cohort " + train + " --out " + dir_.File("mech.json"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("log_proliferation"), std::string::npos);
+  r = RunMewm("train survival --quiet --backend cox --cohort " + train + " --out " +
+              dir_.File("cox.json"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("plan_toxicity"), std::string::npos);
+  r = RunMewm("eval survival --model " + dir_.File("cox.json") + " --cohort " + train +
+              " --train-cohort " + train);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("Harrell C"), std::string::npos);
+
+  const auto scenario = [&](int n, const std::string& planner = "beams = 2\nsamples = 1\n") {
+    return "[run]\nname = \"cli\"\nseed = 1\n[cohort]\nsource = \"synthetic\"\nn = " +
+           std::to_string(n) +
+           "\nseed = 77\nspacing_mm = 3.0\n[dynamics]\nbackend = \"mechanistic\"\n"
+           "calibration = \"mech.json\"\n[survival]\nbackend = \"cox\"\nmodel = \"cox.json\"\n"
+           "[planner]\n" + planner;
+  };
+  std::ofstream(dir_.File("s.toml")) << scenario(2);
+  const std::string out = dir_.File("out");
+  r = RunMewm("run " + dir_.File("s.toml") + " --json --out " + out);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("\"type\":\"run_started\""), std::string::npos);
+  EXPECT_NE(r.output.find("\"type\":\"plan_decided\""), std::string::npos);
+  EXPECT_NE(r.output.find("\"type\":\"run_finished\""), std::string::npos);
+  r = RunMewm("eval plans " + out + " --json " + dir_.File("eval.json"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("majority plan"), std::string::npos);
+  EXPECT_NE(ReadText(dir_.File("eval.json")).find("\"regret_mean\""), std::string::npos);
+
+  // Shards and merge give the same summary as the whole run.
+  for (int i = 0; i < 2; ++i) {
+    r = RunMewm("run " + dir_.File("s.toml") + " --quiet --shard " + std::to_string(i) +
+                "/2 --out " + dir_.File("shard" + std::to_string(i)));
+    ASSERT_EQ(r.code, 0) << r.output;
+  }
+  r = RunMewm("merge --out " + dir_.File("merged") + " " + dir_.File("shard0") + " " +
+              dir_.File("shard1"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(ReadText(dir_.File("merged/patients/P0002/result.json")),
+            ReadText(out + "/patients/P0002/result.json"));
+
+  // Bad input: an invalid scenario, a bad shard.
+  std::ofstream(dir_.File("bad.toml")) << scenario(2) << "[planner2]\n";
+  r = RunMewm("run " + dir_.File("bad.toml"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("bad.toml:"), std::string::npos) << r.output;
+  r = RunMewm("run " + dir_.File("s.toml") + " --shard 2/2");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("shard"), std::string::npos) << r.output;
+
+  // Ctrl-C: finished patients stay, the run ends with run_cancelled and exit 130.
+  // Exhaustive search with 4 samples takes seconds per patient, so the signal lands mid-run.
+  std::ofstream(dir_.File("long.toml")) << scenario(6, "search = \"exhaustive\"\nsamples = 4\n");
+  const std::string long_out = dir_.File("long"), long_toml = dir_.File("long.toml");
+  const pid_t pid = ::fork();  // our own child, so its exit status can be read
+  if (pid == 0) {
+    const int devnull = ::open("/dev/null", O_WRONLY);
+    ::dup2(devnull, STDOUT_FILENO);
+    ::dup2(devnull, STDERR_FILENO);
+    ::execl(MEWM_CLI, MEWM_CLI, "run", long_toml.c_str(), "--quiet", "--out", long_out.c_str(),
+            static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ASSERT_GT(pid, 0);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(240);
+  while (!std::filesystem::exists(long_out + "/patients/P0001/result.json") &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ::kill(pid, SIGINT);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 130);
+  EXPECT_TRUE(std::filesystem::exists(long_out + "/patients/P0001/post_chosen.vdb"));
+  const std::string events = ReadText(long_out + "/events.jsonl");
+  EXPECT_NE(events.find("\"type\":\"run_cancelled\""), std::string::npos);
+  EXPECT_NE(ReadText(long_out + "/summary.json").find("P0001"), std::string::npos);
 }
 
 }  // namespace

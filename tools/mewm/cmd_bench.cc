@@ -22,6 +22,8 @@
 #include "mewm/core/vdb_io.h"
 #include "mewm/core/version.h"
 #include "mewm/scenarios/cohort.h"
+#include "mewm/scenarios/planner.h"
+#include "mewm/scenarios/runner.h"
 #include "mewm/scenarios/synthetic_world.h"
 
 namespace mewm::cli {
@@ -239,6 +241,93 @@ int RunWorldBench(int patients, const std::string& json_path) {
   return 0;
 }
 
+/// Beam search against MeWM's reference loop (and exhaustive search) on the same patients, in one
+/// process: simulations, model evaluations, wall time and the true regret of each choice.
+int RunPlannerBench(const std::string& scenario, int patients, const std::string& json_path) {
+  auto spec = scenarios::LoadScenario(scenario);
+  if (!spec) return Fail(spec.error());
+  if (spec->cohort.source != scenarios::CohortSpec::Source::kSynthetic) {
+    return Fail(Error{ErrorCode::kInvalidArgument,
+                      "bench planner needs a synthetic cohort (it reads the true risks)"});
+  }
+  const std::string cohort_dir = spec->cohort.dir.empty()
+                                     ? (std::filesystem::path(spec->output) / "cohort").string()
+                                     : spec->cohort.dir;
+  auto entries = scenarios::PrepareCohort(*spec, cohort_dir);
+  if (!entries) return Fail(entries.error());
+  auto truth_text = ReadFile(cohort_dir + "/truth.json");
+  if (!truth_text) return Fail(truth_text.error());
+  const nlohmann::json truth = nlohmann::json::parse(*truth_text);
+  auto models = scenarios::LoadModels(*spec);
+  if (!models) return Fail(models.error());
+  const std::vector<scenarios::SearchMode> modes = {scenarios::SearchMode::kBeam,
+                                                    scenarios::SearchMode::kReference,
+                                                    scenarios::SearchMode::kExhaustive};
+  struct Totals {
+    double seconds = 0, regret = 0;
+    std::int64_t simulations = 0, evaluations = 0;
+    int optimal = 0;
+  };
+  std::vector<Totals> totals(modes.size());
+  const int n = std::min<int>(patients, int(entries->size()));
+  std::cout << "planner bench: " << n << " patients of " << scenario << ", B=" << spec->planner.beams
+            << " T=" << spec->planner.samples << " H=" << spec->planner.drug_horizon << "/"
+            << spec->planner.embolic_horizon << "\n";
+  for (int i = 0; i < n; ++i) {
+    auto patient = scenarios::LoadPatient((*entries)[std::size_t(i)]);
+    if (!patient) return Fail(patient.error());
+    auto proposal = models->policy->Propose(*patient);
+    if (!proposal) return Fail(proposal.error());
+    const nlohmann::json& t = truth.at("patients").at(patient->id);
+    const double optimal = t.at("optimal_risk").get<double>();
+    for (std::size_t m = 0; m < modes.size(); ++m) {
+      scenarios::PlannerSpec ps = spec->planner;
+      ps.search = modes[m];
+      auto planner = scenarios::Planner::Create(ps, spec->actions, spec->protocol, spec->require,
+                                                spec->forbid, *models->dynamics, *models->survival);
+      if (!planner) return Fail(planner.error());
+      auto decision = planner->Plan(*patient, *proposal, spec->seed);
+      if (!decision) return Fail(decision.error());
+      const double risk = t.at("plan_risks").at(decision->best.plan.ToString()).get<double>();
+      Totals& k = totals[m];
+      k.seconds += decision->counters.search_seconds;
+      k.simulations += decision->counters.simulations;
+      k.evaluations += decision->counters.model_evaluations;
+      k.regret += risk - optimal;
+      k.optimal += decision->best.plan.ToString() == t.at("optimal_plan").get<std::string>();
+    }
+    std::cerr << "  " << patient->id << " done\n";
+  }
+  nlohmann::json rows = nlohmann::json::array();
+  std::printf("%-11s %12s %12s %10s %12s %8s\n", "search", "simulations", "model evals",
+              "wall s", "mean regret", "optimal");
+  for (std::size_t m = 0; m < modes.size(); ++m) {
+    const Totals& k = totals[m];
+    std::printf("%-11s %12lld %12lld %10.2f %12.4f %5d/%d\n", scenarios::ToString(modes[m]),
+                static_cast<long long>(k.simulations), static_cast<long long>(k.evaluations),
+                k.seconds, k.regret / n, k.optimal, n);
+    rows.push_back({{"search", scenarios::ToString(modes[m])},
+                    {"simulations", k.simulations},
+                    {"model_evaluations", k.evaluations},
+                    {"wall_s", k.seconds},
+                    {"mean_regret", k.regret / n},
+                    {"optimal", k.optimal}});
+  }
+  const double sim_ratio = double(totals[0].simulations) / double(totals[1].simulations);
+  const double time_ratio = totals[0].seconds / totals[1].seconds;
+  std::printf("beam / reference: simulations %.3f, wall time %.3f\n", sim_ratio, time_ratio);
+  if (!json_path.empty()) {
+    nlohmann::json out = {{"mewm_version", Version()},
+                          {"scenario", scenario},
+                          {"patients", n},
+                          {"searches", rows},
+                          {"beam_over_reference_simulations", sim_ratio},
+                          {"beam_over_reference_wall_time", time_ratio}};
+    if (auto w = WriteFileAtomic(json_path, out.dump(2) + "\n"); !w) return Fail(w.error());
+  }
+  return 0;
+}
+
 }  // namespace
 
 Action RegisterBench(CLI::App& app) {
@@ -258,9 +347,20 @@ Action RegisterBench(CLI::App& app) {
       ->check(CLI::Range(1, 100))
       ->capture_default_str();
   world->add_option("--json", *json_path, "Also write the figures as JSON to this file");
+  auto planner_scenario = std::make_shared<std::string>();
+  auto planner_patients = std::make_shared<int>(10);
+  auto* planner = app.add_subcommand(
+      "planner", "Beam search vs MeWM's reference loop vs exhaustive, on the same patients");
+  planner->add_option("SCENARIO", *planner_scenario, "Scenario with a synthetic cohort")
+      ->required();
+  planner->add_option("--patients", *planner_patients, "Patients to plan with each search")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  planner->add_option("--json", *json_path, "Also write the figures as JSON to this file");
   app.require_subcommand(1);
   return [=]() -> int {
     if (world->parsed()) return RunWorldBench(*world_patients, *json_path);
+    if (planner->parsed()) return RunPlannerBench(*planner_scenario, *planner_patients, *json_path);
     return RunCoreBench(*repeats, *json_path, *keep);
   };
 }

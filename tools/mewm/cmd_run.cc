@@ -132,7 +132,7 @@ class StdoutJsonSink final : public scenarios::EventSink {
 
 Action RegisterRun(CLI::App& app) {
   struct Options {
-    std::string scenario, out, shard;
+    std::string scenario, out, shard, search;
     bool resume = false, quiet = false, json = false;
   };
   auto o = std::make_shared<Options>();
@@ -141,11 +141,18 @@ Action RegisterRun(CLI::App& app) {
   app.add_option("--out", o->out, "Results folder (default: the scenario's run.output)");
   app.add_flag("--resume", o->resume, "Keep patients finished by an earlier run in this folder");
   app.add_option("--shard", o->shard, "Plan only patients i, i+N, i+2N, ... (i/N, 0-based)");
+  app.add_option("--search", o->search, "Override planner.search")
+      ->check(CLI::IsMember({"beam", "reference", "exhaustive"}));
   app.add_flag("--quiet", o->quiet, "No progress display");
   app.add_flag("--json", o->json, "Print every event as a JSON line on stdout");
   return [o]() -> int {
     auto spec = scenarios::LoadScenario(o->scenario);
     if (!spec) return Fail(spec.error());
+    if (!o->search.empty()) {
+      spec->planner.search = o->search == "beam"        ? scenarios::SearchMode::kBeam
+                             : o->search == "reference" ? scenarios::SearchMode::kReference
+                                                        : scenarios::SearchMode::kExhaustive;
+    }
     scenarios::RunOptions options;
     options.output_dir = o->out;
     options.resume = o->resume;

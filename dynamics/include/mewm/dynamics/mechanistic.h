@@ -52,6 +52,10 @@ struct MechanisticConfig {
   double follow_up_days = 42.0;   ///< time from TACE to the post-treatment CT
   double max_dt_days = 2.0;       ///< upper bound on the time step (also CFL-limited)
   double sample_sigma = 0.15;     ///< log-normal spread of biology between samples (sample > 0)
+  /// Per-parameter spread (log proliferation, log infiltration, logit vascularity, log
+  /// sensitivity per kDrugClasses); used instead of sample_sigma when any entry is > 0. A planner
+  /// sets it to its calibration's residual SDs, so samples follow the predictive distribution.
+  std::array<double, 7> sample_log_sd{};
   double viable_threshold = 0.5;  ///< density above which a voxel counts as viable in the mask
 };
 
@@ -84,7 +88,8 @@ Expected<std::vector<TumorField>> BuildTumorFields(const PatientCase& patient,
                                                    const MechanisticConfig& config);
 
 /// Runs the PDE for one plan over every field. `sample_seed` 0 gives the unperturbed biology; any
-/// other seed perturbs it log-normally by config.sample_sigma. Fills `responses` when non-null.
+/// other seed perturbs it log-normally by config.sample_log_sd (or sample_sigma). Fills
+/// `responses` when non-null.
 Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields,
                                            const TumorBiology& biology, const Plan& plan,
                                            char child_pugh, const MechanisticConfig& config,

@@ -81,6 +81,9 @@ class Planner {
   /// The sample seed of (run, patient, plan, sample).
   static std::uint64_t SampleSeed(std::uint64_t run_seed, const std::string& patient_id,
                                   const mewm::Plan& plan, int sample_index);
+  /// The shared seed of (run, patient, sample): the same simulated patient for every plan.
+  static std::uint64_t SharedSeed(std::uint64_t run_seed, const std::string& patient_id,
+                                  int sample_index);
 
  private:
   Planner(const PlannerSpec& spec, const ActionBase& actions, std::string protocol,

@@ -17,11 +17,29 @@
 #include <vector>
 
 #include "mewm/core/expected.h"
+#include "mewm/dynamics/dynamics_model.h"
+#include "mewm/policy/policy_model.h"
 #include "mewm/scenarios/cohort_source.h"
 #include "mewm/scenarios/events.h"
 #include "mewm/scenarios/scenario.h"
+#include "mewm/survival/survival_model.h"
 
 namespace mewm::scenarios {
+
+/// The three models a scenario names, loaded and ready.
+struct Models {
+  std::unique_ptr<policy::PolicyModel> policy;
+  std::unique_ptr<dynamics::DynamicsModel> dynamics;
+  std::unique_ptr<survival::SurvivalModel> survival;
+};
+/// Loads the scenario's backends and their files (errors name the file).
+Expected<Models> LoadModels(const ScenarioSpec& spec);
+
+/// The scenario's patients, in cohort order. A synthetic cohort is generated into
+/// `synthetic_dir` first unless a matching one (same seed, n, spacing, world version) is there.
+Expected<std::vector<CohortEntry>> PrepareCohort(const ScenarioSpec& spec,
+                                                 const std::string& synthetic_dir,
+                                                 const std::function<void(int, int)>& progress = {});
 
 struct RunOptions {
   std::string output_dir;  ///< overrides the scenario's run.output when not empty

@@ -39,6 +39,9 @@ struct CohortSpec {
   int n = 4;
   std::uint64_t seed = 1;
   double spacing_mm = 1.0;
+  /// Where the generated cohort is kept and reused; "" = <output>/cohort. Relative to the working
+  /// directory, like run.output, so runs with different outputs can share one cohort.
+  std::string dir;
   // manifest
   std::string manifest;  ///< CSV path, resolved against the scenario's folder
 };
@@ -60,6 +63,9 @@ struct ScenarioSpec {
   std::string dynamics_backend = "mechanistic";
   std::string calibration;  ///< mechanistic: BiologyRegression file (resolved path)
   dynamics::MechanisticConfig mechanistic;
+  /// Sample spread: true ("calibrated") draws each parameter with the calibration's residual SD;
+  /// false ("fixed") uses mechanistic.sample_sigma for all.
+  bool calibrated_uncertainty = true;
   // [survival]
   std::string survival_backend = "cox";
   std::string survival_model;  ///< resolved path
