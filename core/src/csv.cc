@@ -69,8 +69,8 @@ Expected<CsvTable> CsvTable::Parse(const std::string& text, const std::string& o
   for (std::size_t c = 0; c < table.columns_.size(); ++c) {
     const std::string& name = table.columns_[c];
     if (name.empty()) {
-      return MakeError(ErrorCode::kParse, origin + ":1: column " + std::to_string(c + 1) +
-                                              " has an empty name");
+      return MakeError(ErrorCode::kParse,
+                       origin + ":1: column " + std::to_string(c + 1) + " has an empty name");
     }
     if (!table.index_.emplace(name, c).second) {
       return MakeError(ErrorCode::kParse, origin + ":1: duplicate column '" + name + "'");
@@ -78,10 +78,10 @@ Expected<CsvTable> CsvTable::Parse(const std::string& text, const std::string& o
   }
   for (std::size_t r = 1; r < records.size(); ++r) {
     if (records[r].size() != table.columns_.size()) {
-      return MakeError(ErrorCode::kParse,
-                       origin + ":" + std::to_string(lines[r]) + ": " +
-                           std::to_string(records[r].size()) + " fields, the header has " +
-                           std::to_string(table.columns_.size()));
+      return MakeError(ErrorCode::kParse, origin + ":" + std::to_string(lines[r]) + ": " +
+                                              std::to_string(records[r].size()) +
+                                              " fields, the header has " +
+                                              std::to_string(table.columns_.size()));
     }
     table.rows_.push_back(std::move(records[r]));
     table.lines_.push_back(lines[r]);

@@ -48,8 +48,9 @@ Expected<PatientCase> TumorRegion(const PatientCase& patient, double margin_mm) 
   const IndexBox tumor = patient.tumor.ActiveBoundingBox();
   if (tumor.empty() || !(margin_mm >= 0.0)) {
     return MakeError(ErrorCode::kInvalidArgument,
-                     "patient '" + patient.id + "': tumor region needs a non-empty tumor mask and "
-                     "a margin >= 0 mm");
+                     "patient '" + patient.id +
+                         "': tumor region needs a non-empty tumor mask and "
+                         "a margin >= 0 mm");
   }
   IndexBox box;
   for (int a = 0; a < 3; ++a) {

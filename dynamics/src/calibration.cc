@@ -35,16 +35,19 @@ Expected<Eigen::VectorXd> FromVector(const json& j, Eigen::Index n, const char* 
 
 const std::vector<std::string>& BiologyFeatureNames() {
   static const std::vector<std::string> names = {
-      "log_tumor_ml", "enhancing_hu",      "sd_hu",     "necrotic_fraction", "sphericity",
+      "log_tumor_ml", "enhancing_hu",     "sd_hu",     "necrotic_fraction", "sphericity",
       "lesions",      "log_max_diameter", "log10_afp", "vascular_invasion", "age_years"};
   return names;
 }
 
 const std::vector<std::string>& BiologyTargetNames() {
-  static const std::vector<std::string> names = {
-      "log_proliferation",         "log_infiltration",       "logit_vascularity",
-      "log_sensitivity_platinum",  "log_sensitivity_anthracycline",
-      "log_sensitivity_antimetabolite", "log_sensitivity_mitomycin"};
+  static const std::vector<std::string> names = {"log_proliferation",
+                                                 "log_infiltration",
+                                                 "logit_vascularity",
+                                                 "log_sensitivity_platinum",
+                                                 "log_sensitivity_anthracycline",
+                                                 "log_sensitivity_antimetabolite",
+                                                 "log_sensitivity_mitomycin"};
   return names;
 }
 
@@ -85,9 +88,8 @@ Expected<BiologyRegression> BiologyRegression::Fit(const Eigen::MatrixXd& X,
   BiologyRegression r;
   const double n = double(X.rows());
   r.mean_ = X.colwise().mean().transpose();
-  r.scale_ = ((X.rowwise() - r.mean_.transpose()).colwise().squaredNorm() / n)
-                 .cwiseSqrt()
-                 .transpose();
+  r.scale_ =
+      ((X.rowwise() - r.mean_.transpose()).colwise().squaredNorm() / n).cwiseSqrt().transpose();
   for (Eigen::Index k = 0; k < p; ++k) {
     if (r.scale_[k] < 1e-12) r.scale_[k] = 1.0;
   }
@@ -95,8 +97,7 @@ Expected<BiologyRegression> BiologyRegression::Fit(const Eigen::MatrixXd& X,
       (X.rowwise() - r.mean_.transpose()).array().rowwise() / r.scale_.transpose().array();
   r.intercept_ = Y.colwise().mean().transpose();
   const Eigen::MatrixXd Yc = Y.rowwise() - r.intercept_.transpose();
-  const Eigen::MatrixXd A =
-      Z.transpose() * Z + ridge * Eigen::MatrixXd::Identity(p, p);
+  const Eigen::MatrixXd A = Z.transpose() * Z + ridge * Eigen::MatrixXd::Identity(p, p);
   r.weights_ = A.ldlt().solve(Z.transpose() * Yc);
   const Eigen::MatrixXd residual = Yc - Z * r.weights_;
   r.residual_sd_ = (residual.colwise().squaredNorm() / n).cwiseSqrt().transpose();
@@ -121,7 +122,8 @@ Expected<TumorBiology> BiologyRegression::Predict(const Eigen::VectorXd& x) cons
   b.proliferation_per_day = std::clamp(std::exp(y[0]), 1e-4, 0.45);
   b.infiltration_mm2_per_day = std::clamp(std::exp(y[1]), 1e-4, 9.0);
   b.vascularity = Sigmoid(y[2]);
-  for (int k = 0; k < 4; ++k) b.sensitivity[std::size_t(k)] = std::clamp(std::exp(y[3 + k]), 0.0, 50.0);
+  for (int k = 0; k < 4; ++k)
+    b.sensitivity[std::size_t(k)] = std::clamp(std::exp(y[3 + k]), 0.0, 50.0);
   MEWM_RETURN_IF_ERROR(b.Validate());
   return b;
 }
@@ -148,17 +150,18 @@ std::string BiologyRegression::ToJson() const {
   } catch (const std::exception&) {
     m = json::object();
   }
-  const json j = {{"format", kFormat},
-                  {"version", kFormatVersion},
-                  {"provenance", {{"command", command}, {"seed", seed}, {"data", data}, {"metrics", m}}},
-                  {"features", BiologyFeatureNames()},
-                  {"targets", BiologyTargetNames()},
-                  {"feature_mean", ToVector(mean_)},
-                  {"feature_scale", ToVector(scale_)},
-                  {"intercept", ToVector(intercept_)},
-                  {"weights", weights},
-                  {"r2", ToVector(r2_)},
-                  {"residual_sd", ToVector(residual_sd_)}};
+  const json j = {
+      {"format", kFormat},
+      {"version", kFormatVersion},
+      {"provenance", {{"command", command}, {"seed", seed}, {"data", data}, {"metrics", m}}},
+      {"features", BiologyFeatureNames()},
+      {"targets", BiologyTargetNames()},
+      {"feature_mean", ToVector(mean_)},
+      {"feature_scale", ToVector(scale_)},
+      {"intercept", ToVector(intercept_)},
+      {"weights", weights},
+      {"r2", ToVector(r2_)},
+      {"residual_sd", ToVector(residual_sd_)}};
   return j.dump(1) + "\n";
 }
 
@@ -170,8 +173,8 @@ Expected<BiologyRegression> BiologyRegression::FromJson(const std::string& text,
   try {
     const json j = json::parse(text);
     if (!j.is_object() || j.value("format", "") != kFormat) {
-      return corrupt(std::string("not a mewm mechanistic calibration (format must be '") +
-                     kFormat + "')");
+      return corrupt(std::string("not a mewm mechanistic calibration (format must be '") + kFormat +
+                     "')");
     }
     if (j.value("version", 0) != kFormatVersion) {
       return corrupt("unsupported format version " + j.value("version", json(0)).dump());

@@ -55,8 +55,7 @@ double IschemiaRate(const ItemPhysics& e, double t, double diameter_mm) {
   return rate;
 }
 
-TumorBiology Perturb(const TumorBiology& b, const MechanisticConfig& config,
-                     std::uint64_t seed) {
+TumorBiology Perturb(const TumorBiology& b, const MechanisticConfig& config, std::uint64_t seed) {
   const auto& sd = config.sample_log_sd;
   const bool per_parameter = std::any_of(sd.begin(), sd.end(), [](double v) { return v > 0.0; });
   if (seed == 0 || (!per_parameter && config.sample_sigma <= 0.0)) return b;
@@ -64,8 +63,10 @@ TumorBiology Perturb(const TumorBiology& b, const MechanisticConfig& config,
   TumorBiology p = b;
   if (per_parameter) {
     // Log-normal (logit-normal for vascularity) draws with one spread per parameter.
-    p.proliferation_per_day = std::min(0.45, p.proliferation_per_day * std::exp(sd[0] * rng.Normal()));
-    p.infiltration_mm2_per_day = std::min(9.0, p.infiltration_mm2_per_day * std::exp(sd[1] * rng.Normal()));
+    p.proliferation_per_day =
+        std::min(0.45, p.proliferation_per_day * std::exp(sd[0] * rng.Normal()));
+    p.infiltration_mm2_per_day =
+        std::min(9.0, p.infiltration_mm2_per_day * std::exp(sd[1] * rng.Normal()));
     const double v = std::clamp(b.vascularity, 1e-4, 1.0 - 1e-4);
     p.vascularity = 1.0 / (1.0 + std::exp(-(std::log(v / (1.0 - v)) + sd[2] * rng.Normal())));
     for (std::size_t k = 0; k < p.sensitivity.size(); ++k) {
@@ -274,8 +275,8 @@ Expected<Outcome> RenderOutcome(const PatientCase& patient, const std::vector<Tu
               LabelVolume(patient.ct.geometry(), patient.ct.extent(), "viable")};
   const Geometry& g = patient.ct.geometry();
   auto ct = out.post_ct.grid().getAccessor();
-  out.viable_fraction = Volume(openvdb::FloatGrid::create(0.0f), patient.ct.geometry(),
-                               patient.ct.extent());
+  out.viable_fraction =
+      Volume(openvdb::FloatGrid::create(0.0f), patient.ct.geometry(), patient.ct.extent());
   out.viable_fraction->set_name("viable_fraction");
   auto fraction = out.viable_fraction->grid().getAccessor();
   auto viable = out.viable.grid().getAccessor();

@@ -31,7 +31,8 @@ Expected<VolumeT> ReadGrid(const std::string& path, const std::string& grid) {
     } else {
       return set.scalars;
     }
-  }();
+  }
+  ();
   if (auto it = grids.find(grid); it != grids.end()) return it->second;
   if (grids.size() == 1) return grids.begin()->second;
   if constexpr (kLabel) {
@@ -49,7 +50,8 @@ Expected<Covariates> ReadCovariates(const CsvTable& t, std::size_t row) {
   MEWM_TRY(c.age_years, t.GetDouble(row, "age_years"));
   MEWM_TRY(const std::string sex, t.Get(row, "sex"));
   if (sex != "M" && sex != "F") {
-    return MakeError(ErrorCode::kInvalidArgument, where + ": sex must be M or F, got '" + sex + "'");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     where + ": sex must be M or F, got '" + sex + "'");
   }
   c.sex = sex == "M" ? Covariates::Sex::kMale : Covariates::Sex::kFemale;
   MEWM_TRY(const std::string cp, t.Get(row, "child_pugh"));
@@ -113,9 +115,9 @@ Expected<std::vector<CohortEntry>> ReadSyntheticCohort(const std::string& dir) {
       e.post = Resolve(base, p.at("post_administered").get<std::string>());
       auto row = rows.find(e.id);
       if (row == rows.end()) {
-        return MakeError(ErrorCode::kCorruptData,
-                         "'" + (base / "clinical.csv").string() + "' has no row for patient '" +
-                             e.id + "' of the manifest");
+        return MakeError(ErrorCode::kCorruptData, "'" + (base / "clinical.csv").string() +
+                                                      "' has no row for patient '" + e.id +
+                                                      "' of the manifest");
       }
       MEWM_TRY(e.covariates, ReadCovariates(clinical, row->second));
       MEWM_RETURN_IF_ERROR(ReadFollowUp(clinical, row->second, &e));

@@ -61,8 +61,8 @@ struct Accumulator {
   MethodScores Finish(int patients) {
     const double n = std::max(1, patients);
     s.patients = patients;
-    for (double* v : {&s.f1, &s.jaccard, &s.precision, &s.recall, &s.top1, &s.regret,
-                      &s.risk_ratio}) {
+    for (double* v :
+         {&s.f1, &s.jaccard, &s.precision, &s.recall, &s.top1, &s.regret, &s.risk_ratio}) {
       *v /= n;
     }
     s.regret_median = Median(regrets);
@@ -71,11 +71,16 @@ struct Accumulator {
 };
 
 json MethodJson(const MethodScores& m) {
-  return {{"method", m.method},       {"patients", m.patients},
-          {"f1", m.f1},               {"jaccard", m.jaccard},
-          {"precision", m.precision}, {"recall", m.recall},
-          {"top1", m.top1},           {"regret_mean", m.regret},
-          {"regret_median", m.regret_median}, {"risk_ratio_mean", m.risk_ratio}};
+  return {{"method", m.method},
+          {"patients", m.patients},
+          {"f1", m.f1},
+          {"jaccard", m.jaccard},
+          {"precision", m.precision},
+          {"recall", m.recall},
+          {"top1", m.top1},
+          {"regret_mean", m.regret},
+          {"regret_median", m.regret_median},
+          {"risk_ratio_mean", m.risk_ratio}};
 }
 
 }  // namespace
@@ -106,8 +111,9 @@ Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir) {
   json truth;
   try {
     if (summary.at("run").at("cohort_source").get<std::string>() != "synthetic") {
-      return MakeError(ErrorCode::kNotFound,
-                       "run '" + run_dir + "' planned a manifest cohort, which has no ground truth");
+      return MakeError(
+          ErrorCode::kNotFound,
+          "run '" + run_dir + "' planned a manifest cohort, which has no ground truth");
     }
     eval.cohort_dir = summary.at("run").at("cohort").get<std::string>();
   } catch (const std::exception& e) {
@@ -133,13 +139,14 @@ Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir) {
       row.chosen = PlanOf(p.at("plan").get<std::string>());
       row.first_choice = PlanOf(p.at("proposal").value("first_choice", ""));
       row.optimal = PlanOf(t.at("optimal_plan").get<std::string>());
-      for (const auto& [plan, risk] : t.at("plan_risks").items()) row.risks[plan] = risk.get<double>();
+      for (const auto& [plan, risk] : t.at("plan_risks").items())
+        row.risks[plan] = risk.get<double>();
       rows.push_back(std::move(row));
     }
   } catch (const std::exception& e) {
-    return MakeError(ErrorCode::kCorruptData,
-                     "run '" + run_dir + "' does not match cohort truth '" + eval.cohort_dir +
-                         "': " + e.what());
+    return MakeError(
+        ErrorCode::kCorruptData,
+        "run '" + run_dir + "' does not match cohort truth '" + eval.cohort_dir + "': " + e.what());
   }
   if (rows.empty()) {
     return MakeError(ErrorCode::kInvalidArgument, "run '" + run_dir + "' has no finished patient");
@@ -155,9 +162,9 @@ Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir) {
     const double opt = r.risks.at(r.optimal.ToString());
     auto it = r.risks.find(plan.ToString());
     if (it == r.risks.end()) {
-      return MakeError(ErrorCode::kInvalidArgument, "patient '" + r.id + "': plan " +
-                                                        plan.ToString() +
-                                                        " is not a valid plan of the cohort");
+      return MakeError(
+          ErrorCode::kInvalidArgument,
+          "patient '" + r.id + "': plan " + plan.ToString() + " is not a valid plan of the cohort");
     }
     acc.Add(ComparePlanItems(plan, r.optimal), it->second - opt, it->second / opt);
     acc.regrets.push_back(it->second - opt);
@@ -185,15 +192,14 @@ Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir) {
     random.regrets.push_back(mean_regret);
   }
   eval.methods = {pipeline.Finish(eval.patients), random.Finish(eval.patients),
-                  majority.Finish(eval.patients),
-                  guideline.Finish(int(guideline.regrets.size()))};
+                  majority.Finish(eval.patients), guideline.Finish(int(guideline.regrets.size()))};
   return eval;
 }
 
 std::string PlanEvaluation::FormatTable() const {
   std::ostringstream out;
-  out << "plan selection on " << patients << " patients (" << failed << " failed) of "
-      << cohort_dir << "\n";
+  out << "plan selection on " << patients << " patients (" << failed << " failed) of " << cohort_dir
+      << "\n";
   char line[256];
   std::snprintf(line, sizeof(line), "%-24s %6s %6s %6s %6s %6s %9s %9s %7s\n", "method", "F1",
                 "Jacc", "Prec", "Rec", "Top1", "regret", "reg.med", "HR/opt");
@@ -285,12 +291,9 @@ std::string SurvivalEvaluation::FormatTable() const {
 }
 
 std::string SurvivalEvaluation::ToJson() const {
-  return json{{"patients", patients},
-              {"harrell_c", harrell_c},
-              {"uno_c_tau48", uno_c},
-              {"integrated_brier_3_48", integrated_brier},
-              {"auc_24", auc_24},
-              {"oracle_harrell_c", oracle_harrell_c}}
+  return json{{"patients", patients}, {"harrell_c", harrell_c},
+              {"uno_c_tau48", uno_c}, {"integrated_brier_3_48", integrated_brier},
+              {"auc_24", auc_24},     {"oracle_harrell_c", oracle_harrell_c}}
       .dump(1);
 }
 
@@ -330,7 +333,8 @@ Expected<dynamics::BiologyRegression> TrainMechanisticCalibration(
       b.infiltration_mm2_per_day = j.at("infiltration_mm2_per_day").get<double>();
       b.vascularity = j.at("vascularity").get<double>();
       const json& s = j.at("sensitivity");
-      for (std::size_t k = 0; k < 4; ++k) b.sensitivity[k] = s.at(dynamics::kDrugClasses[k]).get<double>();
+      for (std::size_t k = 0; k < 4; ++k)
+        b.sensitivity[k] = s.at(dynamics::kDrugClasses[k]).get<double>();
     } catch (const std::exception& e) {
       return MakeError(ErrorCode::kCorruptData, "'" + cohort_dir + "/truth.json', patient '" +
                                                     entries[i].id + "': " + e.what());

@@ -26,10 +26,10 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RunCancelled, finished)
 
 namespace {
 
-constexpr const char* kTypeNames[] = {
-    "run_started",     "patient_started",  "proposal",      "candidate_evaluated",
-    "beam_updated",    "plan_decided",     "patient_finished", "patient_failed",
-    "run_finished",    "run_failed",       "run_cancelled"};
+constexpr const char* kTypeNames[] = {"run_started",         "patient_started", "proposal",
+                                      "candidate_evaluated", "beam_updated",    "plan_decided",
+                                      "patient_finished",    "patient_failed",  "run_finished",
+                                      "run_failed",          "run_cancelled"};
 static_assert(std::size(kTypeNames) == std::variant_size_v<EventBody>);
 
 /// Builds the alternative with index I from JSON when its name matches.
@@ -112,7 +112,11 @@ Expected<std::vector<Event>> ReadEvents(const std::string& path) {
     ++line;
     if (end > start) {
       auto event = EventFromJson(text.substr(start, end - start));
-      if (!event) return event.error().WithContext(path + ":" + std::to_string(line));
+      if (!event) {
+        // A last line without its newline was cut off by a crash: everything before it stands.
+        if (end == text.size() && text.back() != '\n') break;
+        return event.error().WithContext(path + ":" + std::to_string(line));
+      }
       events.push_back(std::move(*event));
     }
     start = end + 1;

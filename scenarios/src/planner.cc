@@ -55,8 +55,14 @@ class Search {
   Search(const PlannerSpec& spec, const ActionBase& actions, const std::string& protocol,
          const PatientCase& patient, std::uint64_t run_seed, dynamics::DynamicsModel& dynamics,
          survival::SurvivalModel& survival, const PlannerObserver& observer, PlanDecision* out)
-      : spec_(spec), actions_(actions), protocol_(protocol), patient_(patient),
-        run_seed_(run_seed), dynamics_(dynamics), survival_(survival), observer_(observer),
+      : spec_(spec),
+        actions_(actions),
+        protocol_(protocol),
+        patient_(patient),
+        run_seed_(run_seed),
+        dynamics_(dynamics),
+        survival_(survival),
+        observer_(observer),
         out_(out) {}
 
   /// Scores `plans` with T samples each: memoised samples are reused, the rest go to the
@@ -131,10 +137,9 @@ class Search {
     out_->counters.dynamics_seconds += Since(t0);
     ++out_->counters.batches;
     if (outcomes.size() != batch.size()) {
-      return MakeError(ErrorCode::kInternal, dynamics_.name() + " returned " +
-                                                 std::to_string(outcomes.size()) +
-                                                 " outcomes for " + std::to_string(batch.size()) +
-                                                 " requests");
+      return MakeError(ErrorCode::kInternal,
+                       dynamics_.name() + " returned " + std::to_string(outcomes.size()) +
+                           " outcomes for " + std::to_string(batch.size()) + " requests");
     }
     out_->counters.simulations += std::int64_t(batch.size());
     const auto t1 = Clock::now();
@@ -223,8 +228,8 @@ std::uint64_t Planner::SampleSeed(std::uint64_t run_seed, const std::string& pat
 
 std::uint64_t Planner::SharedSeed(std::uint64_t run_seed, const std::string& patient_id,
                                   int sample_index) {
-  const std::uint64_t seed =
-      DeriveSeed(run_seed, {HashString(patient_id), HashString("shared"), std::uint64_t(sample_index)});
+  const std::uint64_t seed = DeriveSeed(
+      run_seed, {HashString(patient_id), HashString("shared"), std::uint64_t(sample_index)});
   return seed == 0 ? 1 : seed;
 }
 
@@ -247,9 +252,9 @@ Expected<Planner> Planner::Create(const PlannerSpec& spec, const ActionBase& act
   }
   if (CountKind(root_plan, actions, ItemKind::kDrug) > spec.drug_horizon ||
       CountKind(root_plan, actions, ItemKind::kEmbolic) > spec.embolic_horizon) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "planner: the mandatory and required items (" + root_plan.ToString() +
-                         ") exceed the horizons");
+    return MakeError(ErrorCode::kInvalidArgument, "planner: the mandatory and required items (" +
+                                                      root_plan.ToString() +
+                                                      ") exceed the horizons");
   }
   return Planner(spec, actions, protocol, require, forbid, dynamics, survival);
 }
@@ -280,8 +285,8 @@ Expected<PlanDecision> Planner::Plan(const PatientCase& full_patient,
   MEWM_TRY(const mewm::Plan root, actions_.MakePlan(root_items));
 
   const auto valid = [&](const mewm::Plan& p) { return actions_.Violations(p, protocol_).empty(); };
-  const auto expand = [&](const mewm::Plan& p, const std::vector<std::string>& items,
-                          ItemKind kind, int horizon) {
+  const auto expand = [&](const mewm::Plan& p, const std::vector<std::string>& items, ItemKind kind,
+                          int horizon) {
     std::vector<mewm::Plan> out;
     for (const std::string& item : items) {
       if (p.Contains(item)) continue;
@@ -320,11 +325,11 @@ Expected<PlanDecision> Planner::Plan(const PatientCase& full_patient,
     MEWM_TRY(std::vector<CandidateScore> scores, search.Evaluate(plans, "exhaustive", 1));
     std::sort(scores.begin(), scores.end(), Better);
     if (observer.beam) {
-      observer.beam("exhaustive", 1,
-                    std::vector<CandidateScore>(
-                        scores.begin(),
-                        scores.begin() + std::min<std::ptrdiff_t>(spec_.beams,
-                                                                  std::ptrdiff_t(scores.size()))));
+      observer.beam(
+          "exhaustive", 1,
+          std::vector<CandidateScore>(
+              scores.begin(), scores.begin() + std::min<std::ptrdiff_t>(
+                                                   spec_.beams, std::ptrdiff_t(scores.size()))));
     }
     decision.best = scores.front();
   } else if (spec_.search == SearchMode::kBeam) {
@@ -363,15 +368,18 @@ Expected<PlanDecision> Planner::Plan(const PatientCase& full_patient,
     const auto run_stage = [&](const Stage& stage, int steps) -> Status {
       for (int step = 1; step <= steps; ++step) {
         for (std::size_t b = 0; b < beams.size(); ++b) {
+          bool improved = false;
           for (const std::string& item : *stage.items) {
             const mewm::Plan next = beams[b].plan.With(item);
             if (beams[b].plan.Contains(item) || !rules_ok(next)) continue;
             MEWM_TRY(CandidateScore score, search.EvaluateFresh(next, int(b), stage.name, step));
             if (!beams[b].score || score.risk_mean < beams[b].score->risk_mean) {
               beams[b].score = std::move(score);
+              improved = true;
             }
           }
-          if (beams[b].score) beams[b].plan = beams[b].score->plan;
+          // Only an improving candidate changes the plan; otherwise the beam keeps its items.
+          if (improved) beams[b].plan = beams[b].score->plan;
         }
         const auto by_score = [](const Beam& x, const Beam& y) {
           const double a = x.score ? x.score->risk_mean : HUGE_VAL;

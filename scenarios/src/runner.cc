@@ -31,9 +31,7 @@ std::int64_t NowNs() {
       .count();
 }
 
-PlanScoreView View(const CandidateScore& c) {
-  return {c.plan.items(), c.risk_mean, c.risk_std};
-}
+PlanScoreView View(const CandidateScore& c) { return {c.plan.items(), c.risk_mean, c.risk_std}; }
 
 json CandidateJson(const CandidateScore& c) {
   return {{"plan", c.plan.ToString()},
@@ -132,8 +130,8 @@ struct Runner::Impl {
     const auto t0 = Clock::now();
     MEWM_TRY(const PatientCase patient, LoadPatient(entry));
     MEWM_TRY(const policy::Proposal proposal, policy->Propose(patient));
-    MEWM_RETURN_IF_ERROR(Emit(sink, ProposalMade{patient.id, proposal.drugs, proposal.embolics,
-                                                 proposal.rationale}));
+    MEWM_RETURN_IF_ERROR(Emit(
+        sink, ProposalMade{patient.id, proposal.drugs, proposal.embolics, proposal.rationale}));
     MEWM_TRY(Planner planner, Planner::Create(spec.planner, spec.actions, spec.protocol,
                                               spec.require, spec.forbid, *dynamics, *survival));
     Status sink_status;
@@ -150,9 +148,7 @@ struct Runner::Impl {
       for (const CandidateScore& c : kept) beams.push_back(View(c));
       if (sink_status) sink_status = Emit(sink, BeamUpdated{patient.id, stage, step, beams});
     };
-    observer.cancelled = [&] {
-      return !sink_status || (options.cancelled && options.cancelled());
-    };
+    observer.cancelled = [&] { return !sink_status || (options.cancelled && options.cancelled()); };
     auto decision = planner.Plan(patient, proposal, spec.seed, observer);
     MEWM_RETURN_IF_ERROR(sink_status);
     if (!decision) return decision.error();
@@ -206,9 +202,10 @@ struct Runner::Impl {
     if (ec) return MakeError(ErrorCode::kIo, "cannot create '" + temp_dir.string() + "'");
     VolumeSet set;
     set.metadata.patient_id = patient.id;
-    set.metadata.provenance_json =
-        json{{"run_id", run_id}, {"plan", best.plan.ToString()}, {"model", dynamics->name()}}
-            .dump();
+    set.metadata.provenance_json = json{
+        {"run_id", run_id},
+        {"plan", best.plan.ToString()},
+        {"model", dynamics->name()}}.dump();
     set.scalars.emplace("ct", outcomes.front().post_ct);
     set.labels.emplace("viable", outcomes.front().viable);
     if (outcomes.front().viable_fraction) {
@@ -236,7 +233,7 @@ struct Runner::Impl {
     std::error_code ec;
     fs::remove_all(dir, ec);
     fs::create_directories(dir, ec);
-    const json result = {{"format", kResultFormat}, {"version", 1},      {"status", "failed"},
+    const json result = {{"format", kResultFormat}, {"version", 1},     {"status", "failed"},
                          {"patient_id", id},        {"run_id", run_id}, {"error", error}};
     return WriteFileAtomic((dir / "result.json").string(), result.dump(1) + "\n");
   }
@@ -251,17 +248,16 @@ Expected<std::unique_ptr<Runner>> Runner::Create(const ScenarioSpec& spec,
                                                  const RunOptions& options) {
   if (options.shard_count < 1 || options.shard_index < 0 ||
       options.shard_index >= options.shard_count) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "shard must be i/N with 0 <= i < N, got " +
-                         std::to_string(options.shard_index) + "/" +
-                         std::to_string(options.shard_count));
+    return MakeError(ErrorCode::kInvalidArgument, "shard must be i/N with 0 <= i < N, got " +
+                                                      std::to_string(options.shard_index) + "/" +
+                                                      std::to_string(options.shard_count));
   }
   auto impl = std::make_unique<Impl>();
   impl->spec = spec;
   impl->options = options;
   impl->out = options.output_dir.empty() ? spec.output : options.output_dir;
-  impl->cohort_dir = spec.cohort.dir.empty() ? (fs::path(impl->out) / "cohort").string()
-                                              : spec.cohort.dir;
+  impl->cohort_dir =
+      spec.cohort.dir.empty() ? (fs::path(impl->out) / "cohort").string() : spec.cohort.dir;
   char id[32];
   std::snprintf(id, sizeof(id), "%016llx",
                 static_cast<unsigned long long>(
@@ -293,13 +289,18 @@ Expected<RunSummary> Runner::Run(EventSink& sink) {
   const std::string events_path = (fs::path(m.out) / "events.jsonl").string();
   if (m.options.resume && fs::exists(events_path)) {
     // Continue the earlier run's sequence so the log stays one gap-free stream.
+    // A line cut off by a crash is dropped, so appended events start on a line of their own.
+    MEWM_TRY(const std::string log, ReadFile(events_path));
+    if (!log.empty() && log.back() != '\n') {
+      MEWM_RETURN_IF_ERROR(WriteFileAtomic(events_path, log.substr(0, log.rfind('\n') + 1)));
+    }
     auto earlier = ReadEvents(events_path);
     if (!earlier) return earlier.error().WithContext("cannot resume");
     if (!earlier->empty()) {
       if (earlier->back().run_id != m.run_id) {
-        return MakeError(ErrorCode::kMismatch,
-                         "cannot resume: '" + m.out + "' holds run " + earlier->back().run_id +
-                             ", not " + m.run_id + " (another scenario or seed)");
+        return MakeError(ErrorCode::kMismatch, "cannot resume: '" + m.out + "' holds run " +
+                                                   earlier->back().run_id + ", not " + m.run_id +
+                                                   " (another scenario or seed)");
       }
       m.seq = earlier->back().seq;
     }
@@ -314,20 +315,21 @@ Expected<RunSummary> Runner::Run(EventSink& sink) {
     return e;
   };
   MEWM_RETURN_IF_ERROR(WriteFileAtomic((fs::path(m.out) / "scenario.toml").string(), m.spec.text));
-  const json run = {{"run_id", m.run_id},
-                    {"scenario", m.spec.name},
-                    {"scenario_path", m.spec.path},
-                    {"seed", std::to_string(m.spec.seed)},
-                    {"search", ToString(m.spec.planner.search)},
-                    {"cohort_source", m.spec.cohort.source == CohortSpec::Source::kSynthetic
-                                          ? "synthetic"
-                                          : "manifest"},
-                    {"cohort", m.spec.cohort.source == CohortSpec::Source::kSynthetic
-                                   ? fs::absolute(m.cohort_dir).string()
-                                   : fs::absolute(m.spec.cohort.manifest).string()},
-                    {"shard", std::to_string(m.options.shard_index) + "/" +
-                                  std::to_string(m.options.shard_count)}};
-  MEWM_RETURN_IF_ERROR(WriteFileAtomic((fs::path(m.out) / "run.json").string(), run.dump(1) + "\n"));
+  const json run = {
+      {"run_id", m.run_id},
+      {"scenario", m.spec.name},
+      {"scenario_path", m.spec.path},
+      {"seed", std::to_string(m.spec.seed)},
+      {"search", ToString(m.spec.planner.search)},
+      {"cohort_source",
+       m.spec.cohort.source == CohortSpec::Source::kSynthetic ? "synthetic" : "manifest"},
+      {"cohort", m.spec.cohort.source == CohortSpec::Source::kSynthetic
+                     ? fs::absolute(m.cohort_dir).string()
+                     : fs::absolute(m.spec.cohort.manifest).string()},
+      {"shard",
+       std::to_string(m.options.shard_index) + "/" + std::to_string(m.options.shard_count)}};
+  MEWM_RETURN_IF_ERROR(
+      WriteFileAtomic((fs::path(m.out) / "run.json").string(), run.dump(1) + "\n"));
 
   auto prepared = PrepareCohort(m.spec, m.cohort_dir, m.options.cohort_progress);
   if (!prepared) return fail_run(prepared.error());
@@ -347,8 +349,8 @@ Expected<RunSummary> Runner::Run(EventSink& sink) {
     }
     todo.push_back(&entries[i]);
   }
-  MEWM_RETURN_IF_ERROR(m.Emit(fanout, RunStarted{m.spec.name, m.out, m.spec.seed,
-                                                 int(todo.size()), summary.skipped}));
+  MEWM_RETURN_IF_ERROR(m.Emit(
+      fanout, RunStarted{m.spec.name, m.out, m.spec.seed, int(todo.size()), summary.skipped}));
   for (std::size_t i = 0; i < todo.size(); ++i) {
     if (m.options.cancelled && m.options.cancelled()) {
       summary.cancelled = true;
@@ -446,8 +448,8 @@ Status WriteSummary(const std::string& output_dir) {
       return MakeError(ErrorCode::kCorruptData, "'" + run_json.string() + "': " + e.what());
     }
   }
-  MEWM_RETURN_IF_ERROR(WriteFileAtomic((fs::path(output_dir) / "summary.json").string(),
-                                       summary.dump(1) + "\n"));
+  MEWM_RETURN_IF_ERROR(
+      WriteFileAtomic((fs::path(output_dir) / "summary.json").string(), summary.dump(1) + "\n"));
   return WriteFileAtomic((fs::path(output_dir) / "summary.csv").string(), csv.str());
 }
 
@@ -471,46 +473,52 @@ Status MergeResults(const std::vector<std::string>& shard_dirs, const std::strin
     int i = -1, n = -1;
     if (std::sscanf(this_run.value("shard", "").c_str(), "%d/%d", &i, &n) != 2 ||
         (count >= 0 && n != count) || !indices.insert(i).second) {
-      return MakeError(ErrorCode::kMismatch, "'" + shard + "' is not a distinct shard i/N of " +
-                                                 "the same run (its shard: " +
-                                                 this_run.value("shard", "?") + ")");
+      return MakeError(ErrorCode::kMismatch,
+                       "'" + shard + "' is not a distinct shard i/N of " +
+                           "the same run (its shard: " + this_run.value("shard", "?") + ")");
     }
     count = n;
     if (first_run.empty()) {
       scenario_text = text;
       first_run = shard;
       run = this_run;
-    } else if (text != scenario_text) {
-      return MakeError(ErrorCode::kMismatch, "'" + shard + "' ran another scenario than '" +
+    } else if (text != scenario_text || this_run.value("search", "") != run.value("search", "")) {
+      return MakeError(ErrorCode::kMismatch, "'" + shard +
+                                                 "' ran another scenario or search than '" +
                                                  first_run + "'; only shards of one run merge");
+    }
+    if (fs::exists(output_dir) && fs::equivalent(output_dir, shard)) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "merge output '" + output_dir + "' is one of the shards");
     }
   }
   if (int(indices.size()) != count) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "merge got " + std::to_string(indices.size()) + " of " +
-                         std::to_string(count) + " shards; every shard 0.." +
-                         std::to_string(count - 1) + " is needed");
+    return MakeError(ErrorCode::kInvalidArgument, "merge got " + std::to_string(indices.size()) +
+                                                      " of " + std::to_string(count) +
+                                                      " shards; every shard 0.." +
+                                                      std::to_string(count - 1) + " is needed");
   }
   std::error_code ec;
-  fs::remove_all(fs::path(output_dir) / "patients", ec);  // no leftovers of an earlier merge
-  fs::create_directories(fs::path(output_dir) / "patients", ec);
-  if (ec) return MakeError(ErrorCode::kIo, "cannot create '" + output_dir + "': " + ec.message());
-  std::map<std::string, std::string> origin;
+  std::map<std::string, fs::path> sources;  // patient id -> folder, checked before any write
   for (const std::string& shard : shard_dirs) {
     for (const auto& e : fs::directory_iterator(fs::path(shard) / "patients", ec)) {
       const std::string id = e.path().filename().string();
       if (!e.is_directory() || id.rfind(".tmp-", 0) == 0) continue;
-      if (auto [it, fresh] = origin.emplace(id, shard); !fresh) {
-        return MakeError(ErrorCode::kMismatch, "patient '" + id + "' is in both '" + it->second +
-                                                   "' and '" + shard + "'");
+      if (auto [it, fresh] = sources.emplace(id, e.path()); !fresh) {
+        return MakeError(ErrorCode::kMismatch, "patient '" + id + "' is in both '" +
+                                                   it->second.string() + "' and '" + shard + "'");
       }
-      const fs::path target = fs::path(output_dir) / "patients" / id;
-      fs::remove_all(target, ec);
-      fs::copy(e.path(), target, fs::copy_options::recursive, ec);
-      if (ec) {
-        return MakeError(ErrorCode::kIo, "cannot copy '" + e.path().string() + "' to '" +
-                                             target.string() + "': " + ec.message());
-      }
+    }
+  }
+  fs::remove_all(fs::path(output_dir) / "patients", ec);  // no leftovers of an earlier merge
+  fs::create_directories(fs::path(output_dir) / "patients", ec);
+  if (ec) return MakeError(ErrorCode::kIo, "cannot create '" + output_dir + "': " + ec.message());
+  for (const auto& [id, source] : sources) {
+    const fs::path target = fs::path(output_dir) / "patients" / id;
+    fs::copy(source, target, fs::copy_options::recursive, ec);
+    if (ec) {
+      return MakeError(ErrorCode::kIo, "cannot copy '" + source.string() + "' to '" +
+                                           target.string() + "': " + ec.message());
     }
   }
   MEWM_RETURN_IF_ERROR(

@@ -169,9 +169,9 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
   // [planner]
   const ConfigTable plan = table("planner", true);
   std::string search;
-  if (problems.Take(plan.GetEnum("search", {"beam", "reference", "exhaustive"},
-                                 std::string("beam")),
-                    &search)) {
+  if (problems.Take(
+          plan.GetEnum("search", {"beam", "reference", "exhaustive"}, std::string("beam")),
+          &search)) {
     s.planner.search = search == "beam"        ? SearchMode::kBeam
                        : search == "reference" ? SearchMode::kReference
                                                : SearchMode::kExhaustive;
@@ -247,10 +247,10 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
         if (found) (found->kind == ItemKind::kDrug ? drugs : embolics) += 1;
       }
       if (drugs > s.planner.drug_horizon || embolics > s.planner.embolic_horizon) {
-        problems.Add(con.WhereKey("require") + ": the mandatory and required items (" +
-                     required.ToString() + ") do not fit planner.drug_horizon = " +
-                     std::to_string(s.planner.drug_horizon) + " and planner.embolic_horizon = " +
-                     std::to_string(s.planner.embolic_horizon));
+        problems.Add(
+            con.WhereKey("require") + ": the mandatory and required items (" + required.ToString() +
+            ") do not fit planner.drug_horizon = " + std::to_string(s.planner.drug_horizon) +
+            " and planner.embolic_horizon = " + std::to_string(s.planner.embolic_horizon));
       }
     }
   }

@@ -18,19 +18,20 @@ constexpr int kFormatVersion = 1;
 }  // namespace
 
 const std::vector<std::string>& CoxFeatureNames() {
-  static const std::vector<std::string> names = {
-      "log1p_pre_tumor_ml", "log1p_post_viable_ml", "residual_fraction", "lipiodol_coverage",
-      "plan_toxicity",      "log10_afp",            "child_pugh_b",      "child_pugh_c",
-      "bclc_early",         "bclc_c",               "vascular_invasion", "age_years",
-      "lesion_count"};
+  static const std::vector<std::string> names = {"log1p_pre_tumor_ml", "log1p_post_viable_ml",
+                                                 "residual_fraction",  "lipiodol_coverage",
+                                                 "plan_toxicity",      "log10_afp",
+                                                 "child_pugh_b",       "child_pugh_c",
+                                                 "bclc_early",         "bclc_c",
+                                                 "vascular_invasion",  "age_years",
+                                                 "lesion_count"};
   return names;
 }
 
 Expected<PreTreatment> MeasurePreTreatment(const PatientCase& patient) {
   MEWM_RETURN_IF_ERROR(patient.Validate());
   PreTreatment pre;
-  pre.tumor_ml =
-      double(CountLabel(patient.tumor)) * patient.ct.geometry().spacing.prod() / 1000.0;
+  pre.tumor_ml = double(CountLabel(patient.tumor)) * patient.ct.geometry().spacing.prod() / 1000.0;
   pre.covariates = patient.covariates;
   return pre;
 }
@@ -44,14 +45,13 @@ Expected<Eigen::VectorXd> CoxFeatures(const PreTreatment& pre, const LabelVolume
   Eigen::VectorXd x(13);
   x << std::log1p(pre.tumor_ml), std::log1p(viable), viable / std::max(pre.tumor_ml, 1e-6),
       coverage, toxicity, std::log10(std::max(c.afp_ng_ml, 0.1)), c.child_pugh == 'B' ? 1.0 : 0.0,
-      c.child_pugh == 'C' ? 1.0 : 0.0,
-      (c.bclc_stage == '0' || c.bclc_stage == 'A') ? 1.0 : 0.0, c.bclc_stage == 'C' ? 1.0 : 0.0,
-      c.vascular_invasion ? 1.0 : 0.0, c.age_years, double(c.lesion_count);
+      c.child_pugh == 'C' ? 1.0 : 0.0, (c.bclc_stage == '0' || c.bclc_stage == 'A') ? 1.0 : 0.0,
+      c.bclc_stage == 'C' ? 1.0 : 0.0, c.vascular_invasion ? 1.0 : 0.0, c.age_years,
+      double(c.lesion_count);
   return x;
 }
 
-Expected<std::unique_ptr<CoxSurvival>> CoxSurvival::Create(CoxFit fit,
-                                                          ModelProvenance provenance) {
+Expected<std::unique_ptr<CoxSurvival>> CoxSurvival::Create(CoxFit fit, ModelProvenance provenance) {
   if (fit.feature_names != CoxFeatureNames()) {
     return MakeError(ErrorCode::kMismatch,
                      "Cox survival model: its features differ from this build's (" +
@@ -142,8 +142,8 @@ Expected<RiskScore> CoxSurvival::Score(const PatientCase& pre, const Outcome& po
   }
   if (post.viable.extent() != pre.ct.extent() ||
       !post.viable.geometry().ApproxEquals(pre.ct.geometry(), 1e-4)) {
-    return MakeError(ErrorCode::kMismatch,
-                     "Cox survival: the viable mask of patient '" + pre.id + "' is off its lattice");
+    return MakeError(ErrorCode::kMismatch, "Cox survival: the viable mask of patient '" + pre.id +
+                                               "' is off its lattice");
   }
   MEWM_TRY(const Eigen::VectorXd x, CoxFeatures(cached_, pre.tumor, post));
   RiskScore score = fit_.Predict(x);

@@ -24,7 +24,8 @@ class CountingDynamics final : public dynamics::DynamicsModel {
   Expected<std::vector<Outcome>> Simulate(const PatientCase& patient,
                                           const std::vector<SimulationRequest>& requests) override {
     batch_sizes.push_back(requests.size());
-    for (const SimulationRequest& r : requests) ++requests_per_key[{r.plan.ToString(), r.sample_index}];
+    for (const SimulationRequest& r : requests)
+      ++requests_per_key[{r.plan.ToString(), r.sample_index}];
     return inner_->Simulate(patient, requests);
   }
   std::int64_t evaluations() const override { return inner_->evaluations(); }
@@ -61,8 +62,8 @@ class PlannerTest : public testing::VdbTest {
   Expected<PlanDecision> Run(PlannerSpec spec, const std::vector<std::string>& require = {},
                              const std::vector<std::string>& forbid = {},
                              const PlannerObserver& observer = {}) {
-    MEWM_TRY(Planner planner, Planner::Create(spec, actions_, "cTACE", require, forbid,
-                                              *dynamics_, *survival_));
+    MEWM_TRY(Planner planner,
+             Planner::Create(spec, actions_, "cTACE", require, forbid, *dynamics_, *survival_));
     return planner.Plan(*patient_, proposal_, 42, observer);
   }
 
@@ -90,7 +91,8 @@ TEST_F(PlannerTest, BeamNeverSimulatesAPlanSampleTwiceAndBatchesEachStep) {
     std::set<Plan> distinct;
     for (const CandidateScore& c : kept) distinct.insert(c.plan);
     EXPECT_EQ(distinct.size(), kept.size()) << "beams must hold distinct plans";
-    for (std::size_t i = 1; i < kept.size(); ++i) EXPECT_LE(kept[i - 1].risk_mean, kept[i].risk_mean);
+    for (std::size_t i = 1; i < kept.size(); ++i)
+      EXPECT_LE(kept[i - 1].risk_mean, kept[i].risk_mean);
   };
   auto decision = Run(Spec(SearchMode::kBeam), {}, {}, observer);
   ASSERT_TRUE(decision) << decision.error().message;
@@ -163,6 +165,14 @@ TEST_F(PlannerTest, ReferenceLoopRunsSeriallyWithoutMemoAndCostsMore) {
   EXPECT_TRUE(drug_only);
 }
 
+TEST_F(PlannerTest, ReferenceKeepsMandatoryItemsWhenNoEmbolicImproves) {
+  proposal_.embolics = {"Lipiodol"};  // nothing to add in the embolic stage
+  auto reference = Run(Spec(SearchMode::kReference));
+  ASSERT_TRUE(reference) << reference.error().message;
+  EXPECT_TRUE(reference->best.plan.Contains("Lipiodol")) << reference->best.plan.ToString();
+  EXPECT_TRUE(actions_.Validate(reference->best.plan));
+}
+
 TEST_F(PlannerTest, ConstraintsHoldForEveryCandidate) {
   auto decision = Run(Spec(SearchMode::kBeam), {"Epirubicin"}, {"PVA", "Cisplatin"});
   ASSERT_TRUE(decision) << decision.error().message;
@@ -199,9 +209,9 @@ TEST_F(PlannerTest, RejectsBadSpecsAndRuleBreakingConstraints) {
                               {"Cisplatin", "Oxaliplatin"}, {}, *dynamics_, *survival_);
   ASSERT_FALSE(rule);
   EXPECT_NE(rule.error().message.find("platinum"), std::string::npos) << rule.error().message;
-  auto horizon = Planner::Create(Spec(SearchMode::kBeam), actions_, "cTACE",
-                                 {"Epirubicin", "Raltitrexed", "Mitomycin"}, {}, *dynamics_,
-                                 *survival_);
+  auto horizon =
+      Planner::Create(Spec(SearchMode::kBeam), actions_, "cTACE",
+                      {"Epirubicin", "Raltitrexed", "Mitomycin"}, {}, *dynamics_, *survival_);
   ASSERT_FALSE(horizon);
   EXPECT_NE(horizon.error().message.find("horizon"), std::string::npos);
 }

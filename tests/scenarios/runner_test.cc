@@ -42,7 +42,8 @@ class RunnerTest : public testing::VdbTest {
     const std::string text = R"([run]
 name = "rt"
 seed = 5
-output = ")" + dir_.File("out") + R"("
+output = ")" + dir_.File("out") +
+                             R"("
 
 [cohort]
 )" + cohort_toml + R"(
@@ -63,7 +64,9 @@ samples = 2
     EXPECT_TRUE(spec) << spec.error().message;
     return *spec;
   }
-  ScenarioSpec Synthetic() { return Spec("source = \"synthetic\"\nn = 3\nseed = 4\nspacing_mm = 2.0"); }
+  ScenarioSpec Synthetic() {
+    return Spec("source = \"synthetic\"\nn = 3\nseed = 4\nspacing_mm = 2.0");
+  }
 
   Expected<RunSummary> Run(const ScenarioSpec& spec, RunOptions options, CollectingSink* sink) {
     MEWM_TRY(auto runner, Runner::Create(spec, options));
@@ -245,6 +248,29 @@ TEST_F(RunnerTest, EvaluatePlansAgainstTruthWithBaselines) {
   }
   EXPECT_NE(eval->FormatTable().find("guideline first choice"), std::string::npos);
   EXPECT_NE(eval->ToJson().find("\"regret_mean\""), std::string::npos);
+}
+
+TEST(EventsTest, JsonRoundTripAndCutOffLastLine) {
+  testing::TempDir dir;
+  Event e{"run-1", 7, 123, CandidateEvaluated{"P1", "drug", 2, {{"A", "B"}, 0.5, 0.1}, true}};
+  auto back = EventFromJson(EventToJson(e));
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_EQ(EventToJson(*back), EventToJson(e));
+  EXPECT_STREQ(EventTypeName(back->body), "candidate_evaluated");
+  EXPECT_EQ(EventFromJson("{").error().code, ErrorCode::kParse);
+  EXPECT_EQ(EventFromJson(R"({"run_id":"r","seq":1,"timestamp_ns":0,"type":"nope"})").error().code,
+            ErrorCode::kCorruptData);
+  // A crash can cut the last line short; the complete lines before it still read.
+  const std::string line = EventToJson(e);
+  std::ofstream(dir.File("events.jsonl")) << line << "\n" << line << "\n" << line.substr(0, 20);
+  auto events = ReadEvents(dir.File("events.jsonl"));
+  ASSERT_TRUE(events) << events.error().message;
+  EXPECT_EQ(events->size(), 2u);
+  // A corrupt line in the middle is an error naming the line.
+  std::ofstream(dir.File("bad.jsonl")) << line << "\n{oops}\n" << line << "\n";
+  auto bad = ReadEvents(dir.File("bad.jsonl"));
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("bad.jsonl:2"), std::string::npos) << bad.error().message;
 }
 
 TEST(PlanMatchTest, ItemSetMetrics) {

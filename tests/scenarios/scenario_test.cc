@@ -92,18 +92,18 @@ forbid = ["pva"]
 }
 
 TEST_F(ScenarioTest, ReportsEveryProblemAtOnceWithLines) {
-  const std::string text = Replace(Replace(Valid(), "n = 2", "n = 0"), "seed = 3",
-                                   "seed = \"three\"") +
-                           "\n[planner]\nbeamz = 3\nsearch = \"greedy\"\n";
+  const std::string text =
+      Replace(Replace(Valid(), "n = 2", "n = 0"), "seed = 3", "seed = \"three\"") +
+      "\n[planner]\nbeamz = 3\nsearch = \"greedy\"\n";
   auto spec = Parse(text);
   ASSERT_FALSE(spec);
   const std::string& m = spec.error().message;
   EXPECT_EQ(spec.error().code, ErrorCode::kInvalidArgument);
-  EXPECT_NE(m.find("test.toml:3"), std::string::npos) << m;   // seed: wrong type
+  EXPECT_NE(m.find("test.toml:3"), std::string::npos) << m;  // seed: wrong type
   EXPECT_NE(m.find("run.seed"), std::string::npos) << m;
-  EXPECT_NE(m.find("cohort.n"), std::string::npos) << m;      // out of range
-  EXPECT_NE(m.find("beamz"), std::string::npos) << m;         // unknown key
-  EXPECT_NE(m.find("greedy"), std::string::npos) << m;        // bad enum
+  EXPECT_NE(m.find("cohort.n"), std::string::npos) << m;  // out of range
+  EXPECT_NE(m.find("beamz"), std::string::npos) << m;     // unknown key
+  EXPECT_NE(m.find("greedy"), std::string::npos) << m;    // bad enum
   EXPECT_NE(m.find("beam, reference, exhaustive"), std::string::npos) << m;
 }
 
@@ -147,9 +147,9 @@ TEST_F(ScenarioTest, RejectsUnknownTablesBadDevicesAndBadTomlSyntax) {
 }
 
 TEST_F(ScenarioTest, ManifestSourceNeedsAnExistingCsv) {
-  const std::string manifest = Replace(Replace(Valid(), "source = \"synthetic\"",
-                                               "source = \"manifest\"\nmanifest = \"p.csv\""),
-                                       "n = 2\nseed = 9\nspacing_mm = 2.0\n", "");
+  const std::string manifest = Replace(
+      Replace(Valid(), "source = \"synthetic\"", "source = \"manifest\"\nmanifest = \"p.csv\""),
+      "n = 2\nseed = 9\nspacing_mm = 2.0\n", "");
   auto missing = Parse(manifest);
   ASSERT_FALSE(missing);
   EXPECT_NE(missing.error().message.find("p.csv"), std::string::npos);
@@ -161,7 +161,8 @@ TEST_F(ScenarioTest, ManifestSourceNeedsAnExistingCsv) {
 
 TEST_F(ScenarioTest, ShippedScenariosAreValid) {
   for (const char* name : {"tace_demo", "tace_cohort_eval"}) {
-    auto spec = LoadScenario(std::string(MEWM_SOURCE_DIR) + "/scenarios/" + name + "/scenario.toml");
+    auto spec =
+        LoadScenario(std::string(MEWM_SOURCE_DIR) + "/scenarios/" + name + "/scenario.toml");
     EXPECT_TRUE(spec) << name << ": " << spec.error().message;
   }
 }

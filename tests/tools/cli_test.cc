@@ -2,9 +2,9 @@
 // SPDX-FileCopyrightText: the mewm authors
 //
 // Runs the real `mewm` binary on real files and checks exit codes, outputs and messages.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -207,7 +207,6 @@ TEST_F(CliTest, CohortRefusesBadRequests) {
   EXPECT_NE(r.output.find("truth.json"), std::string::npos);
 }
 
-
 std::string ReadText(const std::string& path) {
   std::ifstream in(path);
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
@@ -217,7 +216,8 @@ std::string ReadText(const std::string& path) {
 /// merges and interrupts runs of a scenario that uses them.
 TEST_F(CliTest, TrainRunEvaluateMergeAndInterrupt) {
   const std::string train = dir_.File("train");
-  Result r = RunMewm("cohort generate --n 24 --seed 5 --spacing 3 --no-nifti --quiet --out " + train);
+  Result r =
+      RunMewm("cohort generate --n 24 --seed 5 --spacing 3 --no-nifti --quiet --out " + train);
   ASSERT_EQ(r.code, 0) << r.output;
   r = RunMewm("train mechanistic --quiet --cohort " + train + " --out " + dir_.File("mech.json"));
   ASSERT_EQ(r.code, 0) << r.output;
@@ -236,7 +236,8 @@ TEST_F(CliTest, TrainRunEvaluateMergeAndInterrupt) {
            std::to_string(n) +
            "\nseed = 77\nspacing_mm = 3.0\n[dynamics]\nbackend = \"mechanistic\"\n"
            "calibration = \"mech.json\"\n[survival]\nbackend = \"cox\"\nmodel = \"cox.json\"\n"
-           "[planner]\n" + planner;
+           "[planner]\n" +
+           planner;
   };
   std::ofstream(dir_.File("s.toml")) << scenario(2);
   const std::string out = dir_.File("out");

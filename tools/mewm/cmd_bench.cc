@@ -270,9 +270,9 @@ int RunPlannerBench(const std::string& scenario, int patients, const std::string
   };
   std::vector<Totals> totals(modes.size());
   const int n = std::min<int>(patients, int(entries->size()));
-  std::cout << "planner bench: " << n << " patients of " << scenario << ", B=" << spec->planner.beams
-            << " T=" << spec->planner.samples << " H=" << spec->planner.drug_horizon << "/"
-            << spec->planner.embolic_horizon << "\n";
+  std::cout << "planner bench: " << n << " patients of " << scenario
+            << ", B=" << spec->planner.beams << " T=" << spec->planner.samples
+            << " H=" << spec->planner.drug_horizon << "/" << spec->planner.embolic_horizon << "\n";
   for (int i = 0; i < n; ++i) {
     auto patient = scenarios::LoadPatient((*entries)[std::size_t(i)]);
     if (!patient) return Fail(patient.error());
@@ -288,7 +288,14 @@ int RunPlannerBench(const std::string& scenario, int patients, const std::string
       if (!planner) return Fail(planner.error());
       auto decision = planner->Plan(*patient, *proposal, spec->seed);
       if (!decision) return Fail(decision.error());
-      const double risk = t.at("plan_risks").at(decision->best.plan.ToString()).get<double>();
+      const auto known = t.at("plan_risks").find(decision->best.plan.ToString());
+      if (known == t.at("plan_risks").end()) {
+        return Fail(Error{ErrorCode::kInvalidArgument,
+                          std::string(scenarios::ToString(modes[m])) + " chose " +
+                              decision->best.plan.ToString() + " for " + patient->id +
+                              ", which the cohort's truth does not score (horizons above 2/2?)"});
+      }
+      const double risk = known->get<double>();
       Totals& k = totals[m];
       k.seconds += decision->counters.search_seconds;
       k.simulations += decision->counters.simulations;
@@ -299,8 +306,8 @@ int RunPlannerBench(const std::string& scenario, int patients, const std::string
     std::cerr << "  " << patient->id << " done\n";
   }
   nlohmann::json rows = nlohmann::json::array();
-  std::printf("%-11s %12s %12s %10s %12s %8s\n", "search", "simulations", "model evals",
-              "wall s", "mean regret", "optimal");
+  std::printf("%-11s %12s %12s %10s %12s %8s\n", "search", "simulations", "model evals", "wall s",
+              "mean regret", "optimal");
   for (std::size_t m = 0; m < modes.size(); ++m) {
     const Totals& k = totals[m];
     std::printf("%-11s %12lld %12lld %10.2f %12.4f %5d/%d\n", scenarios::ToString(modes[m]),

@@ -75,8 +75,9 @@ class TerminalSink final : public scenarios::EventSink {
     ClearLine();
     std::fprintf(stderr, "%-8s %-48s risk %.3f +- %.3f  median OS %s\n", e.patient_id.c_str(),
                  PlanText(e.best.plan).c_str(), e.best.risk_mean, e.best.risk_std,
-                 e.median_months < 0 ? "> follow-up"
-                                     : (std::to_string(int(e.median_months + 0.5)) + " mo").c_str());
+                 e.median_months < 0
+                     ? "> follow-up"
+                     : (std::to_string(int(e.median_months + 0.5)) + " mo").c_str());
   }
   void Show(const scenarios::PatientFinished&) { ++done_; }
   void Show(const scenarios::PatientFailed& e) {

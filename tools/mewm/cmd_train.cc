@@ -3,8 +3,10 @@
 //
 // `mewm train survival|mechanistic`: fit the shipped non-deep models on a training cohort.
 #include <iostream>
+#include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "mewm/core/file_util.h"
 #include "mewm/core/text.h"
 #include "mewm/scenarios/evaluation.h"
 #include "progress.h"
@@ -41,11 +43,25 @@ Action RegisterTrain(CLI::App& app) {
     sub->add_flag("--quiet", o->quiet, "No progress bar");
   }
   return [o, surv, mech]() -> int {
-    const std::string command = "mewm train " + std::string(surv->parsed() ? "survival" : "mechanistic") +
+    const std::string command = "mewm train " +
+                                std::string(surv->parsed() ? "survival" : "mechanistic") +
                                 " --cohort " + o->cohort + " --out " + o->out +
                                 (surv->parsed() ? " --backend " + o->backend + " --ties " + o->ties
                                                 : " --ridge " + std::to_string(o->ridge)) +
                                 (o->eval_cohort.empty() ? "" : " --eval-cohort " + o->eval_cohort);
+    // Provenance: the training cohort's generator seed and size, from its manifest.
+    std::string seed, data = o->cohort;
+    if (auto manifest = ReadFile(o->cohort + "/manifest.json"); manifest) {
+      try {
+        const nlohmann::json m = nlohmann::json::parse(*manifest);
+        seed = m.at("seed").get<std::string>();
+        data = "synthetic cohort " + o->cohort + " (seed " + seed + ", " +
+               std::to_string(m.at("n").get<int>()) + " patients, world version " +
+               m.at("world_version").get<std::string>() + ")";
+      } catch (const std::exception&) {
+        // Not a synthetic cohort manifest: the reader below reports the problem.
+      }
+    }
     std::unique_ptr<ProgressBar> bar;
     const auto progress = [&](int done, int total) {
       if (!bar) bar = std::make_unique<ProgressBar>("reading patients", total, o->quiet);
@@ -56,7 +72,7 @@ Action RegisterTrain(CLI::App& app) {
       }
     };
     if (surv->parsed()) {
-      survival::ModelProvenance provenance{command, "", o->cohort, "{}"};
+      survival::ModelProvenance provenance{command, seed, data, "{}"};
       auto model = scenarios::TrainCoxSurvival(
           o->cohort, o->ties == "efron" ? survival::CoxTies::kEfron : survival::CoxTies::kBreslow,
           provenance, progress);
@@ -72,8 +88,8 @@ Action RegisterTrain(CLI::App& app) {
         auto eval = scenarios::EvaluateSurvival(**model, o->eval_cohort, o->cohort, progress);
         if (!eval) return Fail(eval.error());
         std::cout << eval->FormatTable();
-        auto rebuilt = survival::CoxSurvival::Create(
-            (*model)->fit(), {command, "", o->cohort, eval->ToJson()});
+        auto rebuilt =
+            survival::CoxSurvival::Create((*model)->fit(), {command, seed, data, eval->ToJson()});
         if (!rebuilt) return Fail(rebuilt.error());
         *model = std::move(*rebuilt);
       }
@@ -84,7 +100,8 @@ Action RegisterTrain(CLI::App& app) {
     auto fit = scenarios::TrainMechanisticCalibration(o->cohort, o->ridge, progress);
     if (!fit) return Fail(fit.error());
     fit->command = command;
-    fit->data = o->cohort;
+    fit->seed = seed;
+    fit->data = data;
     const auto& targets = dynamics::BiologyTargetNames();
     std::cout << "biology regression, training R^2 per target:\n";
     for (std::size_t t = 0; t < targets.size(); ++t) {

@@ -47,11 +47,11 @@ using mewm::PhysicsOf;
 using mewm::PlanToxicity;
 
 struct MechanisticConfig {
-  double grid_mm = 2.0;           ///< spacing of the response grid
-  double margin_mm = 6.0;         ///< neighbourhood margin around the tumor's bounding box
-  double follow_up_days = 42.0;   ///< time from TACE to the post-treatment CT
-  double max_dt_days = 2.0;       ///< upper bound on the time step (also CFL-limited)
-  double sample_sigma = 0.15;     ///< log-normal spread of biology between samples (sample > 0)
+  double grid_mm = 2.0;          ///< spacing of the response grid
+  double margin_mm = 6.0;        ///< neighbourhood margin around the tumor's bounding box
+  double follow_up_days = 42.0;  ///< time from TACE to the post-treatment CT
+  double max_dt_days = 2.0;      ///< upper bound on the time step (also CFL-limited)
+  double sample_sigma = 0.15;    ///< log-normal spread of biology between samples (sample > 0)
   /// Per-parameter spread (log proliferation, log infiltration, logit vascularity, log
   /// sensitivity per kDrugClasses); used instead of sample_sigma when any entry is > 0. A planner
   /// sets it to its calibration's residual SDs, so samples follow the predictive distribution.

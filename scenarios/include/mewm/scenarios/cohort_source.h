@@ -28,8 +28,8 @@ struct CohortEntry {
   Covariates covariates;
   std::string origin;  ///< "file:line" that described this patient
   // Observed follow-up, when the source has it (training cohorts):
-  std::string post;              ///< administered post-treatment image (.vdb: ct + viable)
-  std::string administered;      ///< administered plan text
+  std::string post;          ///< administered post-treatment image (.vdb: ct + viable)
+  std::string administered;  ///< administered plan text
   std::optional<survival::SurvivalRecord> survival;
 };
 

@@ -30,15 +30,15 @@ struct MethodScores {
   std::string method;
   int patients = 0;
   double f1 = 0.0, jaccard = 0.0, precision = 0.0, recall = 0.0, top1 = 0.0;
-  double regret = 0.0;         ///< mean of true risk(chosen) - true risk(optimal)
+  double regret = 0.0;  ///< mean of true risk(chosen) - true risk(optimal)
   double regret_median = 0.0;
-  double risk_ratio = 0.0;     ///< mean of true risk(chosen) / true risk(optimal)
+  double risk_ratio = 0.0;  ///< mean of true risk(chosen) / true risk(optimal)
 };
 
 struct PlanEvaluation {
   std::string run_dir, cohort_dir;
-  int patients = 0;  ///< finished patients compared
-  int failed = 0;    ///< patients of the run that failed (not compared)
+  int patients = 0;                   ///< finished patients compared
+  int failed = 0;                     ///< patients of the run that failed (not compared)
   std::vector<MethodScores> methods;  ///< pipeline first, then the baselines
 
   std::string FormatTable() const;
@@ -68,7 +68,8 @@ Expected<SurvivalEvaluation> EvaluateSurvival(survival::SurvivalModel& model,
 
 /// Fits the Cox survival backend on a training cohort's administered outcomes and follow-up.
 Expected<std::unique_ptr<survival::CoxSurvival>> TrainCoxSurvival(
-    const std::string& cohort_dir, survival::CoxTies ties, const survival::ModelProvenance& provenance,
+    const std::string& cohort_dir, survival::CoxTies ties,
+    const survival::ModelProvenance& provenance,
     const std::function<void(int, int)>& progress = {});
 
 /// Fits the mechanistic calibration (visible features -> biology) on a training cohort.

@@ -80,9 +80,9 @@ struct RunCancelled {
   int finished = 0;
 };
 
-using EventBody = std::variant<RunStarted, PatientStarted, ProposalMade, CandidateEvaluated,
-                               BeamUpdated, PlanDecided, PatientFinished, PatientFailed,
-                               RunFinished, RunFailed, RunCancelled>;
+using EventBody =
+    std::variant<RunStarted, PatientStarted, ProposalMade, CandidateEvaluated, BeamUpdated,
+                 PlanDecided, PatientFinished, PatientFailed, RunFinished, RunFailed, RunCancelled>;
 
 struct Event {
   std::string run_id;

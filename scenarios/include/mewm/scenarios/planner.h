@@ -26,10 +26,10 @@ namespace mewm::scenarios {
 /// One scored candidate plan.
 struct CandidateScore {
   Plan plan;
-  double risk_mean = 0.0;             ///< mean relative risk over the samples (the score)
-  double risk_std = 0.0;              ///< its spread (sample standard deviation; 0 for T = 1)
-  std::vector<double> sample_risks;   ///< one per sample, in sample order
-  survival::RiskScore curve;          ///< mean survival curve over the samples
+  double risk_mean = 0.0;            ///< mean relative risk over the samples (the score)
+  double risk_std = 0.0;             ///< its spread (sample standard deviation; 0 for T = 1)
+  std::vector<double> sample_risks;  ///< one per sample, in sample order
+  survival::RiskScore curve;         ///< mean survival curve over the samples
 };
 
 struct PlannerCounters {
@@ -89,8 +89,12 @@ class Planner {
   Planner(const PlannerSpec& spec, const ActionBase& actions, std::string protocol,
           std::vector<std::string> require, std::vector<std::string> forbid,
           dynamics::DynamicsModel& dynamics, survival::SurvivalModel& survival)
-      : spec_(spec), actions_(actions), protocol_(std::move(protocol)),
-        require_(std::move(require)), forbid_(std::move(forbid)), dynamics_(&dynamics),
+      : spec_(spec),
+        actions_(actions),
+        protocol_(std::move(protocol)),
+        require_(std::move(require)),
+        forbid_(std::move(forbid)),
+        dynamics_(&dynamics),
         survival_(&survival) {}
 
   PlannerSpec spec_;

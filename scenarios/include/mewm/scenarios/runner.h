@@ -37,9 +37,9 @@ Expected<Models> LoadModels(const ScenarioSpec& spec);
 
 /// The scenario's patients, in cohort order. A synthetic cohort is generated into
 /// `synthetic_dir` first unless a matching one (same seed, n, spacing, world version) is there.
-Expected<std::vector<CohortEntry>> PrepareCohort(const ScenarioSpec& spec,
-                                                 const std::string& synthetic_dir,
-                                                 const std::function<void(int, int)>& progress = {});
+Expected<std::vector<CohortEntry>> PrepareCohort(
+    const ScenarioSpec& spec, const std::string& synthetic_dir,
+    const std::function<void(int, int)>& progress = {});
 
 struct RunOptions {
   std::string output_dir;  ///< overrides the scenario's run.output when not empty

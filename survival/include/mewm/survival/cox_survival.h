@@ -34,10 +34,10 @@ Expected<Eigen::VectorXd> CoxFeatures(const PreTreatment& pre, const LabelVolume
 
 /// Provenance stored with a model: how it was made and how well it did.
 struct ModelProvenance {
-  std::string command;     ///< the exact `mewm train ...` command
-  std::string seed;        ///< seed of the training data
-  std::string data;        ///< training data description (cohort path, patients)
-  std::string metrics;     ///< JSON object of evaluation numbers ("{}" when none)
+  std::string command;  ///< the exact `mewm train ...` command
+  std::string seed;     ///< seed of the training data
+  std::string data;     ///< training data description (cohort path, patients)
+  std::string metrics;  ///< JSON object of evaluation numbers ("{}" when none)
 };
 
 class CoxSurvival final : public SurvivalModel {
