@@ -348,8 +348,16 @@ Expected<std::unique_ptr<MechanisticDynamics>> MechanisticDynamics::Create(
 
 Expected<std::vector<Outcome>> MechanisticDynamics::Simulate(
     const PatientCase& patient, const std::vector<SimulationRequest>& requests) {
-  MEWM_TRY(const TumorBiology biology, biology_(patient));
-  MEWM_TRY(const std::vector<TumorField> fields, BuildTumorFields(patient, config_));
+  if (cached_id_.empty() || cached_id_ != patient.id ||
+      cached_tumor_ != patient.tumor.grid_ptr().get()) {
+    cached_id_.clear();
+    MEWM_TRY(cached_biology_, biology_(patient));
+    MEWM_TRY(cached_fields_, BuildTumorFields(patient, config_));
+    cached_id_ = patient.id;
+    cached_tumor_ = patient.tumor.grid_ptr().get();
+  }
+  const TumorBiology& biology = cached_biology_;
+  const std::vector<TumorField>& fields = cached_fields_;
   std::vector<Outcome> outcomes;
   outcomes.reserve(requests.size());
   for (const SimulationRequest& request : requests) {

@@ -114,6 +114,8 @@ class MechanisticDynamics final : public DynamicsModel {
   static Expected<std::unique_ptr<MechanisticDynamics>> Create(const MechanisticConfig& config,
                                                                BiologySource biology);
 
+  /// Simulates each request. The biology estimate and tumor fields are computed once per patient
+  /// and reused while the same patient (id and tumor grid) comes back.
   Expected<std::vector<Outcome>> Simulate(const PatientCase& patient,
                                           const std::vector<SimulationRequest>& requests) override;
   std::string name() const override { return "mechanistic"; }
@@ -127,6 +129,12 @@ class MechanisticDynamics final : public DynamicsModel {
   MechanisticConfig config_;
   BiologySource biology_;
   std::int64_t solves_ = 0;
+  /// Per-patient work (biology estimate, tumor fields), kept for the patient last simulated so a
+  /// planner's successive batches for one patient do it once. Keyed by id and tumor grid.
+  std::string cached_id_;
+  const void* cached_tumor_ = nullptr;
+  TumorBiology cached_biology_;
+  std::vector<TumorField> cached_fields_;
 };
 
 }  // namespace mewm::dynamics
