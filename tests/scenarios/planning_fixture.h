@@ -59,6 +59,17 @@ inline dynamics::BiologyRegression RandomCalibration() {
   return *dynamics::BiologyRegression::Fit(X, Y, 1.0);
 }
 
+/// Scenario tables naming the files WriteTestModels writes (paths relative to its folder).
+inline constexpr const char* kTestModelsToml = R"(
+[dynamics]
+backend = "mechanistic"
+calibration = "models/calibration.json"
+
+[survival]
+backend = "cox"
+model = "models/cox.json"
+)";
+
 /// Writes models/cox.json and models/calibration.json under `dir`.
 inline void WriteTestModels(const std::string& dir) {
   std::filesystem::create_directories(dir + "/models");

@@ -46,16 +46,8 @@ output = ")" + dir_.File("out") +
                              R"("
 
 [cohort]
-)" + cohort_toml + R"(
-
-[dynamics]
-backend = "mechanistic"
-calibration = "models/calibration.json"
-
-[survival]
-backend = "cox"
-model = "models/cox.json"
-
+)" + cohort_toml + testing::kTestModelsToml +
+                             R"(
 [planner]
 beams = 2
 samples = 2

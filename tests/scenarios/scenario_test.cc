@@ -28,15 +28,7 @@ source = "synthetic"
 n = 2
 seed = 9
 spacing_mm = 2.0
-
-[dynamics]
-backend = "mechanistic"
-calibration = "models/calibration.json"
-
-[survival]
-backend = "cox"
-model = "models/cox.json"
-)";
+)" + std::string(testing::kTestModelsToml);
   }
 
   Expected<ScenarioSpec> Parse(const std::string& text) {
