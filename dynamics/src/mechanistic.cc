@@ -3,10 +3,12 @@
 #include "mewm/dynamics/mechanistic.h"
 
 #include <openvdb/tools/Interpolation.h>
+#include <tbb/parallel_for.h>
 
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <optional>
 
 #include "mewm/core/crop.h"
 #include "mewm/core/seed.h"
@@ -358,19 +360,36 @@ Expected<std::vector<Outcome>> MechanisticDynamics::Simulate(
   }
   const TumorBiology& biology = cached_biology_;
   const std::vector<TumorField>& fields = cached_fields_;
-  std::vector<Outcome> outcomes;
-  outcomes.reserve(requests.size());
-  for (const SimulationRequest& request : requests) {
+  // Requests are independent: solve and render them in parallel, each into its own slot, so the
+  // result never depends on the thread count.
+  std::vector<std::optional<Outcome>> slots(requests.size());
+  std::vector<std::optional<Error>> errors(requests.size());
+  tbb::parallel_for(std::size_t(0), requests.size(), [&](std::size_t n) {
+    const SimulationRequest& request = requests[n];
     std::vector<FieldResponse> responses;
     // The biology draw uses the shared seed when there is one: every plan with this sample index
     // then acts on the same simulated patient (common random numbers).
-    MEWM_RETURN_IF_ERROR(SimulateResponse(
-        fields, biology, request.plan, patient.covariates.child_pugh, config_,
-        request.shared_seed != 0 ? request.shared_seed : request.seed, &responses));
-    ++solves_;
-    MEWM_TRY(Outcome outcome, RenderOutcome(patient, fields, responses, request.plan,
-                                            request.sample_index, request.seed, config_));
-    outcomes.push_back(std::move(outcome));
+    auto solved =
+        SimulateResponse(fields, biology, request.plan, patient.covariates.child_pugh, config_,
+                         request.shared_seed != 0 ? request.shared_seed : request.seed, &responses);
+    if (!solved) {
+      errors[n] = solved.error();
+      return;
+    }
+    auto outcome = RenderOutcome(patient, fields, responses, request.plan, request.sample_index,
+                                 request.seed, config_);
+    if (!outcome) {
+      errors[n] = outcome.error();
+      return;
+    }
+    slots[n] = std::move(*outcome);
+  });
+  solves_ += std::int64_t(requests.size());
+  std::vector<Outcome> outcomes;
+  outcomes.reserve(requests.size());
+  for (std::size_t n = 0; n < requests.size(); ++n) {
+    if (errors[n]) return *errors[n];
+    outcomes.push_back(std::move(*slots[n]));
   }
   return outcomes;
 }
