@@ -19,8 +19,10 @@ namespace mewm::cli {
 namespace {
 
 std::atomic<bool> g_stop{false};
+std::atomic<int> g_signal{0};
 
-extern "C" void OnSignal(int) {
+extern "C" void OnSignal(int signal) {
+  g_signal.store(signal);
   g_stop.store(true);
   std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C kills at once
   std::signal(SIGTERM, SIG_DFL);
@@ -186,7 +188,8 @@ Action RegisterRun(CLI::App& app) {
       std::cout << "results: " << summary->output_dir << " (" << summary->finished << " planned, "
                 << summary->failed << " failed, " << summary->skipped << " skipped)\n";
     }
-    if (summary->cancelled) return 130;
+    // The shell convention: 128 + the signal (130 for Ctrl-C, 143 for SIGTERM).
+    if (summary->cancelled) return 128 + (g_signal.load() != 0 ? g_signal.load() : SIGINT);
     return summary->failed > 0 ? 3 : 0;
   };
 }
