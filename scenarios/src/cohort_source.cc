@@ -3,6 +3,7 @@
 #include "mewm/scenarios/cohort_source.h"
 
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "mewm/core/file_util.h"
@@ -19,26 +20,40 @@ std::string Resolve(const fs::path& base, const std::string& path) {
   return (base / path).lexically_normal().string();
 }
 
+/// .vdb files already read while loading one patient: a synthetic pre.vdb holds the CT, tumor
+/// and liver grids together and is read once, not once per grid.
+using VdbCache = std::map<std::string, VolumeSet>;
+
 /// One grid of a volume file: by name in a .vdb (or the only grid of that type), or the NIfTI.
 template <typename VolumeT>
-Expected<VolumeT> ReadGrid(const std::string& path, const std::string& grid) {
+Expected<VolumeT> ReadGrid(const std::string& path, const std::string& grid, VdbCache* cache) {
   constexpr bool kLabel = std::is_same_v<VolumeT, LabelVolume>;
-  MEWM_TRY(const VolumeSet set,
-           ReadVolumeFile(path, kLabel ? NiftiKind::kLabel : NiftiKind::kScalar, grid));
+  VolumeSet nifti;
+  const VolumeSet* set = &nifti;
+  if (FileExtension(path) == ".vdb") {
+    auto it = cache->find(path);
+    if (it == cache->end()) {
+      MEWM_TRY(VolumeSet read, ReadVdb(path));
+      it = cache->emplace(path, std::move(read)).first;
+    }
+    set = &it->second;
+  } else {
+    MEWM_TRY(nifti, ReadVolumeFile(path, kLabel ? NiftiKind::kLabel : NiftiKind::kScalar, grid));
+  }
   const auto& grids = [&]() -> const auto& {
     if constexpr (kLabel) {
-      return set.labels;
+      return set->labels;
     } else {
-      return set.scalars;
+      return set->scalars;
     }
   }
   ();
   if (auto it = grids.find(grid); it != grids.end()) return it->second;
   if (grids.size() == 1) return grids.begin()->second;
   if constexpr (kLabel) {
-    return set.Label(grid);  // the kNotFound error lists the grids present
+    return set->Label(grid);  // the kNotFound error lists the grids present
   } else {
-    return set.Scalar(grid);
+    return set->Scalar(grid);
   }
 }
 
@@ -170,13 +185,14 @@ Expected<PatientCase> LoadPatient(const CohortEntry& entry) {
   const auto fail = [&](const Error& e, const std::string& file) {
     return e.WithContext(who + ", file '" + file + "'");
   };
-  auto ct = ReadGrid<Volume>(entry.ct, "ct");
+  VdbCache cache;
+  auto ct = ReadGrid<Volume>(entry.ct, "ct", &cache);
   if (!ct) return fail(ct.error(), entry.ct);
-  auto tumor = ReadGrid<LabelVolume>(entry.tumor, "tumor");
+  auto tumor = ReadGrid<LabelVolume>(entry.tumor, "tumor", &cache);
   if (!tumor) return fail(tumor.error(), entry.tumor);
   PatientCase patient{entry.id, std::move(*ct), std::move(*tumor), std::nullopt, entry.covariates};
   if (!entry.liver.empty()) {
-    auto liver = ReadGrid<LabelVolume>(entry.liver, "liver");
+    auto liver = ReadGrid<LabelVolume>(entry.liver, "liver", &cache);
     if (!liver) return fail(liver.error(), entry.liver);
     patient.liver = std::move(*liver);
   }
