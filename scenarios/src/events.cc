@@ -23,13 +23,16 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(PatientFailed, patient_id, error)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RunFinished, finished, failed, seconds)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RunFailed, error)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RunCancelled, finished)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RunAccepted, scenario, output_dir, queue_position)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Progress, stage, done, total)
 
 namespace {
 
 constexpr const char* kTypeNames[] = {"run_started",         "patient_started", "proposal",
                                       "candidate_evaluated", "beam_updated",    "plan_decided",
                                       "patient_finished",    "patient_failed",  "run_finished",
-                                      "run_failed",          "run_cancelled"};
+                                      "run_failed",          "run_cancelled",   "run_accepted",
+                                      "progress"};
 static_assert(std::size(kTypeNames) == std::variant_size_v<EventBody>);
 
 /// Builds the alternative with index I from JSON when its name matches.
@@ -49,6 +52,11 @@ bool BodyFromJson(const std::string& type, const json& j, EventBody* body) {
 }  // namespace
 
 const char* EventTypeName(const EventBody& body) { return kTypeNames[body.index()]; }
+
+bool IsTerminal(const EventBody& body) {
+  return std::holds_alternative<RunFinished>(body) || std::holds_alternative<RunFailed>(body) ||
+         std::holds_alternative<RunCancelled>(body);
+}
 
 std::string EventToJson(const Event& event) {
   json j = std::visit([](const auto& b) { return json(b); }, event.body);

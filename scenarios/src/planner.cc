@@ -135,6 +135,7 @@ class Search {
     MEWM_TRY(std::vector<Outcome> outcomes, dynamics_.Simulate(patient_, batch));
     out_->counters.model_evaluations += dynamics_.evaluations() - work_before;
     out_->counters.dynamics_seconds += Since(t0);
+    if (observer_.stage_seconds) observer_.stage_seconds("dynamics", Since(t0));
     ++out_->counters.batches;
     if (outcomes.size() != batch.size()) {
       return MakeError(ErrorCode::kInternal,
@@ -151,6 +152,7 @@ class Search {
       scores.push_back({score.risk, std::move(score)});
     }
     out_->counters.survival_seconds += Since(t1);
+    if (observer_.stage_seconds) observer_.stage_seconds("survival", Since(t1));
     return scores;
   }
 

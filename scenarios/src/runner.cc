@@ -129,7 +129,12 @@ struct Runner::Impl {
   Status PlanPatient(const CohortEntry& entry, EventSink& sink, PatientFinished* finished) {
     const auto t0 = Clock::now();
     MEWM_TRY(const PatientCase patient, LoadPatient(entry));
+    const auto t_policy = Clock::now();
     MEWM_TRY(const policy::Proposal proposal, policy->Propose(patient));
+    if (options.stage_seconds) {
+      options.stage_seconds(
+          "policy", std::chrono::duration<double>(Clock::now() - t_policy).count());
+    }
     MEWM_RETURN_IF_ERROR(Emit(
         sink, ProposalMade{patient.id, proposal.drugs, proposal.embolics, proposal.rationale}));
     MEWM_TRY(Planner planner, Planner::Create(spec.planner, spec.actions, spec.protocol,
@@ -149,6 +154,7 @@ struct Runner::Impl {
       if (sink_status) sink_status = Emit(sink, BeamUpdated{patient.id, stage, step, beams});
     };
     observer.cancelled = [&] { return !sink_status || (options.cancelled && options.cancelled()); };
+    observer.stage_seconds = options.stage_seconds;
     auto decision = planner.Plan(patient, proposal, spec.seed, observer);
     MEWM_RETURN_IF_ERROR(sink_status);
     if (!decision) return decision.error();
@@ -244,6 +250,14 @@ Runner::~Runner() = default;
 const std::string& Runner::run_id() const { return impl_->run_id; }
 const std::string& Runner::output_dir() const { return impl_->out; }
 
+std::string DefaultRunId(const ScenarioSpec& spec) {
+  char id[32];
+  std::snprintf(id, sizeof(id), "%016llx",
+                static_cast<unsigned long long>(
+                    DeriveSeed(spec.seed, spec.text + ToString(spec.planner.search))));
+  return spec.name + "-" + std::string(id).substr(0, 8);
+}
+
 Expected<std::unique_ptr<Runner>> Runner::Create(const ScenarioSpec& spec,
                                                  const RunOptions& options) {
   if (options.shard_count < 1 || options.shard_index < 0 ||
@@ -258,11 +272,7 @@ Expected<std::unique_ptr<Runner>> Runner::Create(const ScenarioSpec& spec,
   impl->out = options.output_dir.empty() ? spec.output : options.output_dir;
   impl->cohort_dir =
       spec.cohort.dir.empty() ? (fs::path(impl->out) / "cohort").string() : spec.cohort.dir;
-  char id[32];
-  std::snprintf(id, sizeof(id), "%016llx",
-                static_cast<unsigned long long>(
-                    DeriveSeed(spec.seed, spec.text + ToString(spec.planner.search))));
-  impl->run_id = spec.name + "-" + std::string(id).substr(0, 8);
+  impl->run_id = options.run_id.empty() ? DefaultRunId(spec) : options.run_id;
 
   MEWM_TRY(Models models, LoadModels(spec));
   impl->policy = std::move(models.policy);
@@ -331,7 +341,12 @@ Expected<RunSummary> Runner::Run(EventSink& sink) {
   MEWM_RETURN_IF_ERROR(
       WriteFileAtomic((fs::path(m.out) / "run.json").string(), run.dump(1) + "\n"));
 
-  auto prepared = PrepareCohort(m.spec, m.cohort_dir, m.options.cohort_progress);
+  Status progress_status;
+  auto prepared = PrepareCohort(m.spec, m.cohort_dir, [&](int done, int total) {
+    if (progress_status) progress_status = m.Emit(fanout, Progress{"cohort", done, total});
+    if (m.options.cohort_progress) m.options.cohort_progress(done, total);
+  });
+  MEWM_RETURN_IF_ERROR(progress_status);
   if (!prepared) return fail_run(prepared.error());
   const std::vector<CohortEntry> entries = std::move(*prepared);
   std::vector<const CohortEntry*> todo;

@@ -13,7 +13,9 @@
 #include "commands.h"
 #include "mewm/core/text.h"
 #include "mewm/scenarios/runner.h"
+#include "mewm/streaming/server.h"
 #include "progress.h"
+#include "terminal_sink.h"
 
 namespace mewm::cli {
 namespace {
@@ -28,100 +30,6 @@ extern "C" void OnSignal(int signal) {
   std::signal(SIGTERM, SIG_DFL);
 }
 
-std::string PlanText(const std::vector<std::string>& items) {
-  return items.empty() ? "none" : Join(items, "+");
-}
-
-/// Shows a run on the terminal: an in-place status line on a TTY, plain lines otherwise.
-class TerminalSink final : public scenarios::EventSink {
- public:
-  explicit TerminalSink(bool quiet) : quiet_(quiet), tty_(::isatty(STDERR_FILENO) != 0) {}
-
-  Status Emit(const scenarios::Event& event) override {
-    if (quiet_) return {};
-    std::visit([&](const auto& body) { Show(body); }, event.body);
-    return {};
-  }
-
- private:
-  using Clock = std::chrono::steady_clock;
-
-  void Show(const scenarios::RunStarted& e) {
-    start_ = Clock::now();
-    total_ = e.patients;
-    std::fprintf(stderr, "run %s: %d patients to plan (%d skipped), results in %s\n",
-                 e.scenario.c_str(), e.patients, e.skipped, e.output_dir.c_str());
-  }
-  void Show(const scenarios::PatientStarted& e) {
-    index_ = e.index;
-    patient_ = e.patient_id;
-    candidates_ = 0;
-    best_.clear();
-    Redraw();
-  }
-  void Show(const scenarios::ProposalMade&) {}
-  void Show(const scenarios::CandidateEvaluated&) {
-    ++candidates_;
-    Redraw();
-  }
-  void Show(const scenarios::BeamUpdated& e) {
-    if (!e.beams.empty()) {
-      char text[160];
-      std::snprintf(text, sizeof(text), "%s %.3f", PlanText(e.beams.front().plan).c_str(),
-                    e.beams.front().risk_mean);
-      best_ = text;
-    }
-    Redraw();
-  }
-  void Show(const scenarios::PlanDecided& e) {
-    ClearLine();
-    std::fprintf(stderr, "%-8s %-48s risk %.3f +- %.3f  median OS %s\n", e.patient_id.c_str(),
-                 PlanText(e.best.plan).c_str(), e.best.risk_mean, e.best.risk_std,
-                 e.median_months < 0
-                     ? "> follow-up"
-                     : (std::to_string(int(e.median_months + 0.5)) + " mo").c_str());
-  }
-  void Show(const scenarios::PatientFinished&) { ++done_; }
-  void Show(const scenarios::PatientFailed& e) {
-    ++done_;
-    ClearLine();
-    std::fprintf(stderr, "%-8s FAILED: %s\n", e.patient_id.c_str(), e.error.c_str());
-  }
-  void Show(const scenarios::RunFinished& e) {
-    ClearLine();
-    std::fprintf(stderr, "finished %d patients, %d failed, in %.1f s\n", e.finished, e.failed,
-                 e.seconds);
-  }
-  void Show(const scenarios::RunFailed& e) {
-    ClearLine();
-    std::fprintf(stderr, "run failed: %s\n", e.error.c_str());
-  }
-  void Show(const scenarios::RunCancelled& e) {
-    ClearLine();
-    std::fprintf(stderr, "cancelled; %d patients finished and kept\n", e.finished);
-  }
-
-  void Redraw() {
-    if (!tty_) return;
-    const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
-    char eta[32] = "?";
-    if (done_ > 0) {
-      std::snprintf(eta, sizeof(eta), "%.0fs", elapsed / done_ * (total_ - done_));
-    }
-    std::fprintf(stderr, "\r[%d/%d, eta %s] %s: %d candidates, best %s\x1b[K", done_, total_, eta,
-                 patient_.c_str(), candidates_, best_.empty() ? "-" : best_.c_str());
-    std::fflush(stderr);
-  }
-  void ClearLine() {
-    if (tty_) std::fprintf(stderr, "\r\x1b[K");
-  }
-
-  bool quiet_, tty_;
-  Clock::time_point start_ = Clock::now();
-  int total_ = 0, done_ = 0, index_ = 0, candidates_ = 0;
-  std::string patient_, best_;
-};
-
 /// Writes every event as a JSON line on stdout.
 class StdoutJsonSink final : public scenarios::EventSink {
  public:
@@ -135,7 +43,7 @@ class StdoutJsonSink final : public scenarios::EventSink {
 
 Action RegisterRun(CLI::App& app) {
   struct Options {
-    std::string scenario, out, shard, search;
+    std::string scenario, out, shard, search, publish, control;
     bool resume = false, quiet = false, json = false;
   };
   auto o = std::make_shared<Options>();
@@ -148,7 +56,16 @@ Action RegisterRun(CLI::App& app) {
       ->check(CLI::IsMember({"beam", "reference", "exhaustive"}));
   app.add_flag("--quiet", o->quiet, "No progress display");
   app.add_flag("--json", o->json, "Print every event as a JSON line on stdout");
+  app.add_option("--publish", o->publish,
+                 "Also publish every event on this ZeroMQ PUB endpoint (e.g. tcp://127.0.0.1:5556)"
+                 " for `mewm watch`");
+  app.add_option("--control", o->control,
+                 "With --publish: answer status and snapshot requests here, so watchers that "
+                 "join late get the history");
   return [o]() -> int {
+    if (!o->control.empty() && o->publish.empty()) {
+      return Fail(Error{ErrorCode::kInvalidArgument, "--control needs --publish"});
+    }
     auto spec = scenarios::LoadScenario(o->scenario);
     if (!spec) return Fail(spec.error());
     if (!o->search.empty()) {
@@ -172,16 +89,34 @@ Action RegisterRun(CLI::App& app) {
     options.cancelled = [] { return g_stop.load(); };
     auto bar = std::make_shared<ProgressBar>("cohort", spec->cohort.n, o->quiet || o->json);
     options.cohort_progress = [bar](int done, int) { bar->Update(done); };
-    auto runner = scenarios::Runner::Create(*spec, options);
-    if (!runner) return Fail(runner.error());
-    std::signal(SIGINT, OnSignal);
-    std::signal(SIGTERM, OnSignal);
     TerminalSink terminal(o->quiet || o->json);
     StdoutJsonSink stdout_json;
     scenarios::FanoutSink sink;
     sink.Add(&terminal);
     if (o->json) sink.Add(&stdout_json);
-    auto summary = (*runner)->Run(sink);
+    Expected<scenarios::RunSummary> summary = MakeError(ErrorCode::kInternal, "not run");
+    if (o->publish.empty()) {
+      auto runner = scenarios::Runner::Create(*spec, options);
+      if (!runner) return Fail(runner.error());
+      std::signal(SIGINT, OnSignal);
+      std::signal(SIGTERM, OnSignal);
+      summary = (*runner)->Run(sink);
+    } else {
+      // The same run inside a one-run server, so `mewm watch` works as with `mewm serve`.
+      streaming::ServerOptions server_options;
+      server_options.event_endpoint = o->publish;
+      server_options.control_endpoint = o->control;
+      server_options.exit_when_idle = true;
+      auto server = streaming::Server::Create(server_options);
+      if (!server) return Fail(server.error());
+      if (auto queued = (*server)->SubmitLocal(*spec, options, &sink); !queued) {
+        return Fail(queued.error());
+      }
+      std::signal(SIGINT, OnSignal);
+      std::signal(SIGTERM, OnSignal);
+      if (auto served = (*server)->Serve(); !served) return Fail(served.error());
+      summary = (*server)->last_summary();
+    }
     bar->Finish();
     if (!summary) return Fail(summary.error());
     if (!o->json) {

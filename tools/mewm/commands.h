@@ -23,6 +23,12 @@ Action RegisterRun(CLI::App& app);
 Action RegisterMerge(CLI::App& app);
 Action RegisterTrain(CLI::App& app);
 Action RegisterEval(CLI::App& app);
+Action RegisterServe(CLI::App& app);
+Action RegisterSubmit(CLI::App& app);
+Action RegisterWatch(CLI::App& app);
+Action RegisterStatus(CLI::App& app);
+Action RegisterCancel(CLI::App& app);
+Action RegisterKeygen(CLI::App& app);
 
 /// Prints "mewm: error: <message>" to stderr and returns 1.
 int Fail(const Error& error);

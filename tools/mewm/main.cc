@@ -37,6 +37,15 @@ int main(int argc, char** argv) {
       mewm::cli::RegisterRun);
   add("merge", "Combine the results of sharded runs (mewm run --shard i/N)",
       mewm::cli::RegisterMerge);
+  add("serve", "Serve scenario runs over ZeroMQ: a control socket and a live event stream",
+      mewm::cli::RegisterServe);
+  add("submit", "Submit a scenario to a server; prints the run id", mewm::cli::RegisterSubmit);
+  add("watch", "Follow runs on a server (or mewm run --publish) live, history first",
+      mewm::cli::RegisterWatch);
+  add("status", "A server's health and runs, or one run's status", mewm::cli::RegisterStatus);
+  add("cancel", "Cancel a queued or running run on a server", mewm::cli::RegisterCancel);
+  add("keygen", "Make a CURVE key pair for an encrypted server or client",
+      mewm::cli::RegisterKeygen);
   add("train", "Fit the survival model or the mechanistic calibration on a training cohort",
       mewm::cli::RegisterTrain);
   add("eval", "Evaluate plan selection of a run, or a survival model, against the truth",

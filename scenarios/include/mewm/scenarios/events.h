@@ -24,6 +24,12 @@ struct PlanScoreView {
   double risk_std = 0.0;
 };
 
+/// Written by the server when it queues a submitted run (before any runner event).
+struct RunAccepted {
+  std::string scenario;
+  std::string output_dir;
+  int queue_position = 0;  ///< 0 = runs next
+};
 struct RunStarted {
   std::string scenario;  ///< scenario name
   std::string output_dir;
@@ -79,10 +85,20 @@ struct RunFailed {
 struct RunCancelled {
   int finished = 0;
 };
+/// Work before planning starts, e.g. generating a synthetic cohort ("cohort", done, total).
+struct Progress {
+  std::string stage;
+  int done = 0;
+  int total = 0;
+};
 
 using EventBody =
     std::variant<RunStarted, PatientStarted, ProposalMade, CandidateEvaluated, BeamUpdated,
-                 PlanDecided, PatientFinished, PatientFailed, RunFinished, RunFailed, RunCancelled>;
+                 PlanDecided, PatientFinished, PatientFailed, RunFinished, RunFailed, RunCancelled,
+                 RunAccepted, Progress>;
+
+/// True for run_finished, run_failed and run_cancelled: nothing follows them in a run.
+bool IsTerminal(const EventBody& body);
 
 struct Event {
   std::string run_id;

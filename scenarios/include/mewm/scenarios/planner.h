@@ -52,6 +52,8 @@ struct PlannerObserver {
       beam;
   /// Polled between simulation batches; returning true stops the search with kCancelled.
   std::function<bool()> cancelled;
+  /// Wall time of each model call: "dynamics" (one Simulate batch), "survival" (its scoring).
+  std::function<void(const char* stage, double seconds)> stage_seconds;
 };
 
 struct PlanDecision {

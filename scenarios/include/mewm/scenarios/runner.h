@@ -47,8 +47,15 @@ struct RunOptions {
   int shard_index = 0;     ///< plan patients whose index % shard_count == shard_index
   int shard_count = 1;
   std::function<bool()> cancelled;  ///< polled between simulation batches and patients
-  /// Synthetic cohorts: called while the cohort is generated (done, total).
+  /// Synthetic cohorts: called while the cohort is generated (done, total). The runner also
+  /// emits a `progress` event ("cohort", done, total) for each step.
   std::function<void(int, int)> cohort_progress;
+  /// Overrides the run id (default: derived from the scenario text, seed and search). A server
+  /// gives each submission its own. With `resume`, an events.jsonl of this id is continued.
+  std::string run_id;
+  /// Called with the wall time of each model call: "policy" (a proposal), "dynamics" (a
+  /// simulation batch), "survival" (scoring a batch). From the runner's thread.
+  std::function<void(const char* stage, double seconds)> stage_seconds;
 };
 
 struct RunSummary {
@@ -57,6 +64,10 @@ struct RunSummary {
   int finished = 0, failed = 0, skipped = 0;
   bool cancelled = false;
 };
+
+/// The run id a scenario gets unless RunOptions::run_id says otherwise: "<name>-<8 hex>", a hash
+/// of the scenario text, seed and search, so a rerun of the same file keeps its id.
+std::string DefaultRunId(const ScenarioSpec& spec);
 
 class Runner {
  public:

@@ -1,0 +1,119 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// The streaming server behind `mewm serve` (DESIGN section 6, docs/PROTOCOL.md):
+//
+//   control ROUTER   submit / cancel / status / snapshot / list / health  (Request -> Reply)
+//   event PUB        [topic, Envelope, (.vdb frame)]  topics run/<id>/<type> and server/<type>
+//
+// Submitted scenarios wait in a bounded queue and run one at a time through a RunFunction (the
+// real scenarios::Runner by default). Every event reaches the run's events.jsonl before it is
+// published, and is kept in memory so a snapshot request can replay a run's history to a client
+// that joins late (the zguide Clone pattern). A subscriber at its high-water mark never blocks a
+// run or the other subscribers: it misses the event, the server counts the drop, and the client
+// heals the gap from a snapshot.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "mewm/core/expected.h"
+#include "mewm/scenarios/runner.h"
+#include "mewm/streaming/protocol.h"
+
+namespace mewm::streaming {
+
+struct ServerOptions {
+  /// "" = no control socket (the embedded `mewm run --publish` without --control).
+  std::string control_endpoint = "tcp://127.0.0.1:5555";
+  std::string event_endpoint = "tcp://127.0.0.1:5556";
+  /// Every submitted run writes under this folder; scenario paths cannot leave it.
+  std::string results_root = "results/server";
+  /// Relative model, manifest and action-base paths in submitted scenarios resolve here.
+  std::string scenario_base = ".";
+  int queue_capacity = 8;    ///< queued runs, not counting the one running
+  int send_hwm = 10000;      ///< PUB high-water mark per subscriber (messages)
+  int heartbeat_ms = 1000;   ///< a heartbeat after this long without any event
+  int snapshot_page = 2000;  ///< events per snapshot reply, at most
+  int linger_ms = 1000;      ///< how long closing sockets may flush
+  /// Requests above this size get a `too_large` error reply.
+  std::size_t max_request_bytes = 1u << 20;
+  /// ZMQ_MAXMSGSIZE: a peer sending more than this is disconnected (no reply is possible).
+  std::size_t hard_max_message_bytes = 64u << 20;
+  /// On shutdown: false cancels the active run, true lets it finish. Queued runs are cancelled.
+  bool finish_on_shutdown = false;
+  /// Send the chosen plan's .vdb as a frame with plan_decided.
+  bool publish_volumes = true;
+  /// CURVE: the server's secret key (z85, 40 characters, in a file written by `mewm keygen`) and
+  /// the allowlist of client public keys (one z85 key per line, # comments). Both or neither.
+  std::string curve_secret_file;
+  std::string curve_allowlist_file;
+  /// Prometheus text endpoint: -1 = off, 0 = any free port, else the port (on metrics_address).
+  int metrics_port = -1;
+  std::string metrics_address = "127.0.0.1";
+  /// Serve() returns once the queue is empty and nothing runs (the embedded runner's mode).
+  bool exit_when_idle = false;
+};
+
+/// Runs one scenario. It must write each event durably (events.jsonl) before passing it to
+/// `sink`, continue an existing events.jsonl when `options.resume` is set, and poll
+/// `options.cancelled` between simulation batches. The default is the real scenarios::Runner.
+using RunFunction = std::function<Expected<scenarios::RunSummary>(
+    const scenarios::ScenarioSpec&, const scenarios::RunOptions&, scenarios::EventSink&)>;
+Expected<scenarios::RunSummary> RunWithRunner(const scenarios::ScenarioSpec& spec,
+                                              const scenarios::RunOptions& options,
+                                              scenarios::EventSink& sink);
+
+class Server {
+ public:
+  /// Binds the sockets (so endpoints with port 0 or * are known at once), loads the CURVE keys
+  /// (an unreadable key or allowlist is an error: it fails closed) and starts the metrics endpoint.
+  static Expected<std::unique_ptr<Server>> Create(const ServerOptions& options,
+                                                  RunFunction run = RunWithRunner);
+  ~Server();
+
+  /// Serves until Stop() (or, with exit_when_idle, until idle), then shuts down: no new
+  /// submissions, queued runs cancelled, the active run cancelled or finished, `server closing`
+  /// published, sockets closed with bounded linger.
+  Status Serve();
+  /// Asks Serve() to shut down. Async-signal-safe.
+  void Stop();
+
+  /// Queues an already-validated scenario with the caller's run options (output folder, resume,
+  /// shard) and an extra sink that sees every event after the log (the terminal display). No
+  /// path confinement: this is the local `mewm run --publish`. Returns the run id.
+  Expected<std::string> SubmitLocal(const scenarios::ScenarioSpec& spec,
+                                    const scenarios::RunOptions& options,
+                                    scenarios::EventSink* extra_sink = nullptr);
+
+  /// The bound endpoints (with the real port when asked for 0 or *).
+  const std::string& control_endpoint() const;
+  const std::string& event_endpoint() const;
+  /// The metrics port, or -1.
+  int metrics_port() const;
+  /// The CURVE public key clients must trust ("" without CURVE).
+  const std::string& public_key() const;
+
+  Health health() const;
+  /// Summary of the last finished run (for the embedded runner's exit code).
+  Expected<scenarios::RunSummary> last_summary() const;
+
+ private:
+  struct Impl;
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+/// A CURVE key pair in z85 (40 characters each).
+struct CurveKeyPair {
+  std::string public_key, secret_key;
+};
+Expected<CurveKeyPair> GenerateCurveKeyPair();
+/// Writes "<base>.key" (secret, mode 0600) and "<base>.pub".
+Status WriteCurveKeyPair(const CurveKeyPair& keys, const std::string& base);
+/// Reads a z85 key (the first non-comment line) from a file: 40 characters or kCorruptData.
+Expected<std::string> ReadCurveKey(const std::string& path);
+
+}  // namespace mewm::streaming

@@ -1,0 +1,367 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "mewm/streaming/client.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <map>
+#include <set>
+#include <zmq.hpp>
+#include <zmq_addon.hpp>
+
+namespace mewm::streaming {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+template <typename T>
+Expected<T> Expect(Expected<Reply> reply, const char* what) {
+  if (!reply) return reply.error();
+  if (const auto* error = std::get_if<ErrorReply>(&reply->body)) return ToError(*error);
+  if (auto* value = std::get_if<T>(&reply->body)) return std::move(*value);
+  return MakeError(ErrorCode::kCorruptData, std::string("the server answered a ") + what +
+                                                " request with the wrong kind of reply");
+}
+
+}  // namespace
+
+Error ToError(const ErrorReply& reply) {
+  ErrorCode code = ErrorCode::kInternal;
+  switch (reply.code) {
+    case ReplyError::kInvalidScenario:
+    case ReplyError::kForbiddenPath:
+    case ReplyError::kNotCancellable:
+      code = ErrorCode::kInvalidArgument;
+      break;
+    case ReplyError::kUnknownRun:
+      code = ErrorCode::kNotFound;
+      break;
+    case ReplyError::kMalformed:
+    case ReplyError::kTooLarge:
+      code = ErrorCode::kCorruptData;
+      break;
+    case ReplyError::kWrongVersion:
+      code = ErrorCode::kMismatch;
+      break;
+    case ReplyError::kQueueFull:
+    case ReplyError::kShuttingDown:
+      code = ErrorCode::kUnsupported;
+      break;
+    case ReplyError::kInternal:
+      code = ErrorCode::kInternal;
+      break;
+  }
+  return Error{code, std::string("server: ") + ToString(reply.code) + ": " + reply.message};
+}
+
+struct Client::Impl {
+  ClientOptions options;
+  zmq::context_t context{1};
+  zmq::socket_t dealer;
+  std::uint64_t requests = 0;
+  WatchStats stats;
+
+  void Secure(zmq::socket_t& socket) const {
+    if (options.server_public_key.empty()) return;
+    socket.set(zmq::sockopt::curve_serverkey, options.server_public_key);
+    socket.set(zmq::sockopt::curve_publickey, options.public_key);
+    socket.set(zmq::sockopt::curve_secretkey, options.secret_key);
+  }
+
+  void OpenDealer() {
+    dealer = zmq::socket_t(context, zmq::socket_type::dealer);
+    dealer.set(zmq::sockopt::linger, 0);
+    Secure(dealer);
+    dealer.connect(options.control_endpoint);
+  }
+
+  zmq::socket_t OpenSubscriber(const std::string& run_id) {
+    zmq::socket_t sub(context, zmq::socket_type::sub);
+    sub.set(zmq::sockopt::linger, 0);
+    sub.set(zmq::sockopt::rcvhwm, options.receive_hwm);
+    Secure(sub);
+    sub.set(zmq::sockopt::subscribe, run_id.empty() ? std::string("run/") : RunTopicPrefix(run_id));
+    sub.set(zmq::sockopt::subscribe, "server/");
+    sub.connect(options.event_endpoint);
+    return sub;
+  }
+
+  Expected<Reply> Exchange(const std::string& bytes, const std::string& request_id) {
+    try {
+      std::array<zmq::const_buffer, 2> frames = {zmq::const_buffer(), zmq::buffer(bytes)};
+      if (!zmq::send_multipart(dealer, frames, zmq::send_flags::dontwait)) {
+        OpenDealer();
+        return MakeError(ErrorCode::kIo, "cannot send to " + options.control_endpoint);
+      }
+      const auto deadline = Clock::now() + std::chrono::milliseconds(options.request_timeout_ms);
+      for (;;) {
+        const auto left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        zmq::pollitem_t item{dealer.handle(), 0, ZMQ_POLLIN, 0};
+        if (left.count() <= 0 || zmq::poll(&item, 1, left) == 0) {
+          OpenDealer();  // Lazy Pirate: a late reply must not answer the next request
+          return MakeError(ErrorCode::kIo,
+                           "no reply from " + options.control_endpoint + " within " +
+                               std::to_string(options.request_timeout_ms) +
+                               " ms (is the server running? with CURVE: is this client's key on "
+                               "its allowlist?)");
+        }
+        std::vector<zmq::message_t> reply;
+        if (!zmq::recv_multipart(dealer, std::back_inserter(reply), zmq::recv_flags::dontwait)) {
+          continue;
+        }
+        if (reply.size() != 2 || reply[0].size() != 0) continue;  // not a reply to us
+        auto decoded = DecodeReply(reply[1].to_string_view());
+        if (!decoded) return decoded.error().WithContext("reply from " + options.control_endpoint);
+        // A reply to an earlier request that timed out is skipped; "" answers undecodable input.
+        if (!decoded->request_id.empty() && decoded->request_id != request_id) continue;
+        return decoded;
+      }
+    } catch (const zmq::error_t& e) {
+      return MakeError(ErrorCode::kIo, std::string("control socket: ") + e.what());
+    }
+  }
+
+  Expected<Reply> Call(Request request) {
+    request.request_id = "c" + std::to_string(::getpid()) + "-" + std::to_string(++requests);
+    return Exchange(EncodeRequest(request), request.request_id);
+  }
+
+  Expected<SnapshotReply> Snapshot(const std::string& run_id, std::uint64_t after,
+                                   std::uint32_t max_events) {
+    return Expect<SnapshotReply>(Call(Request{"", "", SnapshotRequest{run_id, after, max_events}}),
+                                 "snapshot");
+  }
+};
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::~Client() = default;
+
+Expected<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
+  if (!options.server_public_key.empty() &&
+      (options.public_key.size() != 40 || options.secret_key.size() != 40)) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "CURVE needs this client's public and secret keys (z85, 40 characters)");
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  try {
+    impl->OpenDealer();
+  } catch (const zmq::error_t& e) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "cannot connect to " + options.control_endpoint + ": " + e.what());
+  }
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+Expected<Reply> Client::Call(const Request& request) { return impl_->Call(request); }
+Expected<Reply> Client::CallRaw(const std::string& bytes) { return impl_->Exchange(bytes, ""); }
+
+Expected<Submitted> Client::Submit(const SubmitRequest& submit) {
+  return Expect<Submitted>(Call(Request{"", "", submit}), "submit");
+}
+Expected<RunStatus> Client::Cancel(const std::string& run_id) {
+  auto reply = Expect<CancelReply>(Call(Request{"", "", CancelRequest{run_id}}), "cancel");
+  if (!reply) return reply.error();
+  return reply->run;
+}
+Expected<RunStatus> Client::GetStatus(const std::string& run_id) {
+  return Expect<RunStatus>(Call(Request{"", "", StatusRequest{run_id}}), "status");
+}
+Expected<std::vector<RunStatus>> Client::ListRuns() {
+  auto reply = Expect<RunList>(Call(Request{"", "", ListRunsRequest{}}), "list");
+  if (!reply) return reply.error();
+  return reply->runs;
+}
+Expected<Health> Client::GetHealth() {
+  return Expect<Health>(Call(Request{"", "", HealthRequest{}}), "health");
+}
+Expected<SnapshotReply> Client::Snapshot(const std::string& run_id, std::uint64_t after_seq,
+                                         std::uint32_t max_events) {
+  return impl_->Snapshot(run_id, after_seq, max_events);
+}
+const WatchStats& Client::stats() const { return impl_->stats; }
+
+Status Client::Watch(
+    const WatchOptions& options,
+    const std::function<bool(const RunEvent&, const std::string& volume)>& on_event,
+    const std::function<void(const ServerEvent&)>& on_server) {
+  Impl& m = *impl_;
+  std::map<std::string, std::uint64_t> last;  // per run: the last seq delivered
+  std::set<std::string> ended;
+  bool halted = false;  // on_event asked to stop
+
+  const auto deliver = [&](const RunEvent& e, const std::string& volume, bool history) {
+    last[e.event.run_id] = e.event.seq;
+    if (scenarios::IsTerminal(e.event.body)) ended.insert(e.event.run_id);
+    ++m.stats.delivered;
+    if (history) ++m.stats.from_history;
+    if (!on_event(e, volume)) halted = true;
+  };
+  // Reads a run's history after the last delivered event, page by page.
+  const auto heal = [&](const std::string& run_id) -> Status {
+    for (;;) {
+      auto snapshot = m.Snapshot(run_id, last[run_id], 0);
+      if (!snapshot) return snapshot.error();
+      for (const std::string& bytes : snapshot->events) {
+        MEWM_TRY(Envelope envelope, DecodeEnvelope(bytes));
+        const auto* e = std::get_if<RunEvent>(&envelope);
+        if (e == nullptr || e->event.run_id != run_id) {
+          return MakeError(ErrorCode::kCorruptData,
+                           "snapshot of " + run_id + " holds a foreign event");
+        }
+        if (e->event.seq <= last[run_id]) continue;
+        if (e->event.seq != last[run_id] + 1) {
+          return MakeError(ErrorCode::kCorruptData, "gap in the server's history of " + run_id +
+                                                        ": after seq " +
+                                                        std::to_string(last[run_id]) + " comes " +
+                                                        std::to_string(e->event.seq));
+        }
+        deliver(*e, "", true);
+        if (halted) return {};
+      }
+      if (!snapshot->more || snapshot->events.empty()) return {};
+    }
+  };
+  const auto done = [&] {
+    return halted || (options.stop && options.stop()) ||
+           (!options.run_id.empty() && options.until_end && ended.count(options.run_id));
+  };
+  const auto heal_all = [&]() -> Status {
+    if (!options.run_id.empty()) return heal(options.run_id);
+    for (const auto& [run_id, seq] : last) {
+      if (!ended.count(run_id)) MEWM_RETURN_IF_ERROR(heal(run_id));
+    }
+    return {};
+  };
+
+  // One message from the SUB socket: kOk to go on; an error ends the watch.
+  const auto handle = [&](std::vector<zmq::message_t>& frames) -> Status {
+    if (frames.size() < 2) {
+      return MakeError(ErrorCode::kCorruptData, "event message without an envelope frame");
+    }
+    MEWM_TRY(Envelope envelope, DecodeEnvelope(frames[1].to_string_view()));
+    if (const auto* server = std::get_if<ServerEvent>(&envelope)) {
+      ++m.stats.heartbeats;
+      if (on_server) on_server(*server);
+      if (const auto* beat = std::get_if<Heartbeat>(&server->body)) {
+        // A run further along than what we have, with nothing on the way: a missed tail.
+        for (const RunSeq& run : beat->recent_runs) {
+          if ((!options.run_id.empty() && run.run_id != options.run_id) ||
+              ended.count(run.run_id) || run.last_seq <= last[run.run_id]) {
+            continue;
+          }
+          ++m.stats.gaps;
+          if (auto healed = heal(run.run_id); !healed && healed.error().code != ErrorCode::kIo) {
+            return healed;
+          }
+        }
+      }
+      if (std::holds_alternative<ServerClosing>(server->body)) {
+        return MakeError(ErrorCode::kCancelled, "the server closed (" +
+                                                    std::get<ServerClosing>(server->body).reason +
+                                                    ") before the watch ended");
+      }
+      return {};
+    }
+    const RunEvent& e = std::get<RunEvent>(envelope);
+    const std::string& run_id = e.event.run_id;
+    if (!options.run_id.empty() && run_id != options.run_id) return {};
+    std::string volume;
+    if (e.volume) {
+      if (frames.size() != 3 || frames[2].size() != e.volume->size_bytes ||
+          Sha256(frames[2].to_string_view()) != e.volume->sha256) {
+        return MakeError(ErrorCode::kCorruptData, "volume frame of " + run_id + " seq " +
+                                                      std::to_string(e.event.seq) +
+                                                      " does not match its size and SHA-256");
+      }
+      volume = frames[2].to_string();
+    } else if (frames.size() != 2) {
+      return MakeError(ErrorCode::kCorruptData, "unexpected frames after the envelope of " +
+                                                    run_id + " seq " + std::to_string(e.event.seq));
+    }
+    const std::uint64_t have = last.count(run_id) ? last[run_id] : 0;
+    if (e.event.seq <= have) {
+      ++m.stats.duplicates;
+      return {};
+    }
+    if (e.event.seq > have + 1) {
+      if (last.count(run_id)) ++m.stats.gaps;  // a run seen for the first time is a late join
+      last[run_id] = have;
+      if (auto healed = heal(run_id); !healed) {
+        return MakeError(ErrorCode::kCorruptData,
+                         "gap in " + run_id + ": after seq " + std::to_string(have) + " came " +
+                             std::to_string(e.event.seq) +
+                             ", and the server could not supply the missing events (" +
+                             healed.error().message + ")");
+      }
+      if (halted || e.event.seq <= last[run_id]) return {};  // the history already had it
+      if (e.event.seq != last[run_id] + 1) {
+        return MakeError(ErrorCode::kCorruptData,
+                         "gap in " + run_id + ": the server's history ends at seq " +
+                             std::to_string(last[run_id]) + " but seq " +
+                             std::to_string(e.event.seq) + " was published");
+      }
+    }
+    deliver(e, volume, false);
+    return {};
+  };
+  // Subscribes, then waits for the first message (any: a heartbeat will do) so the subscription
+  // is known to be live before the history is read. Otherwise the events published between the
+  // snapshot and the subscription taking effect would be missed with nothing after them to
+  // reveal the gap. Messages that arrive meanwhile are kept for after the history.
+  std::vector<std::vector<zmq::message_t>> early;
+  const auto subscribe = [&]() -> zmq::socket_t {
+    zmq::socket_t sub = m.OpenSubscriber(options.run_id);
+    zmq::pollitem_t item{sub.handle(), 0, ZMQ_POLLIN, 0};
+    if (zmq::poll(&item, 1, std::chrono::milliseconds(m.options.liveness_ms)) > 0) {
+      std::vector<zmq::message_t> frames;
+      if (zmq::recv_multipart(sub, std::back_inserter(frames), zmq::recv_flags::dontwait)) {
+        early.push_back(std::move(frames));
+      }
+    }
+    return sub;
+  };
+
+  try {
+    zmq::socket_t sub = subscribe();
+    if (options.run_id.empty()) {
+      MEWM_TRY(std::vector<RunStatus> runs, ListRuns());
+      for (const RunStatus& run : runs) {
+        if (!IsEnded(run.state)) last[run.run_id] = 0;
+      }
+    }
+    MEWM_RETURN_IF_ERROR(heal_all());
+    auto last_traffic = Clock::now();
+    while (!done()) {
+      for (auto& frames : early) MEWM_RETURN_IF_ERROR(handle(frames));
+      early.clear();
+      if (done()) break;
+      zmq::pollitem_t item{sub.handle(), 0, ZMQ_POLLIN, 0};
+      if (zmq::poll(&item, 1, std::chrono::milliseconds(50)) == 0) {
+        if (Clock::now() - last_traffic > std::chrono::milliseconds(m.options.liveness_ms)) {
+          // Silence: reopen the subscription, then catch up from the history.
+          sub = subscribe();
+          ++m.stats.reconnects;
+          last_traffic = Clock::now();
+          if (auto healed = heal_all(); !healed) {
+            if (healed.error().code != ErrorCode::kIo) return healed;  // server away: keep trying
+          }
+        }
+        continue;
+      }
+      std::vector<zmq::message_t> frames;
+      if (!zmq::recv_multipart(sub, std::back_inserter(frames), zmq::recv_flags::dontwait)) {
+        continue;
+      }
+      last_traffic = Clock::now();
+      MEWM_RETURN_IF_ERROR(handle(frames));
+    }
+  } catch (const zmq::error_t& e) {
+    return MakeError(ErrorCode::kIo, std::string("event socket: ") + e.what());
+  }
+  return {};
+}
+
+}  // namespace mewm::streaming

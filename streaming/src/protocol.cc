@@ -1,0 +1,607 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "mewm/streaming/protocol.h"
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <kj/exception.h>
+#include <sodium.h>
+
+#include <cstring>
+
+#include "mewm.capnp.h"
+
+namespace mewm::streaming {
+namespace {
+
+namespace w = wire;
+using scenarios::Event;
+
+static_assert(kSchemaVersion == w::SCHEMA_VERSION, "protocol.h and mewm.capnp disagree");
+
+// --- small helpers ------------------------------------------------------------------------------
+
+capnp::Text::Reader T(const std::string& s) { return capnp::Text::Reader(s.c_str(), s.size()); }
+std::string S(capnp::Text::Reader r) { return std::string(r.cStr(), r.size()); }
+capnp::Data::Reader D(const std::string& s) {
+  return capnp::Data::Reader(reinterpret_cast<const kj::byte*>(s.data()), s.size());
+}
+std::string S(capnp::Data::Reader r) {
+  return std::string(reinterpret_cast<const char*>(r.begin()), r.size());
+}
+
+void SetTexts(capnp::List<capnp::Text>::Builder list, const std::vector<std::string>& items) {
+  for (unsigned i = 0; i < items.size(); ++i) list.set(i, T(items[i]));
+}
+std::vector<std::string> Texts(capnp::List<capnp::Text>::Reader list) {
+  std::vector<std::string> out;
+  out.reserve(list.size());
+  for (auto t : list) out.push_back(S(t));
+  return out;
+}
+
+void SetScore(w::PlanScore::Builder b, const scenarios::PlanScoreView& s) {
+  SetTexts(b.initItems(unsigned(s.plan.size())), s.plan);
+  b.setRiskMean(s.risk_mean);
+  b.setRiskStd(s.risk_std);
+}
+scenarios::PlanScoreView Score(w::PlanScore::Reader r) {
+  return {Texts(r.getItems()), r.getRiskMean(), r.getRiskStd()};
+}
+
+std::string Serialize(capnp::MessageBuilder& message) {
+  kj::Array<capnp::word> words = capnp::messageToFlatArray(message);
+  auto bytes = words.asBytes();
+  return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+}
+
+/// Reads a flat message from untrusted bytes of any alignment and runs `fn(reader)` under
+/// Cap'n Proto's limits; every exception becomes kCorruptData.
+template <typename Root, typename Fn>
+auto Read(std::string_view bytes, const DecodeLimits& limits, const char* what, Fn&& fn)
+    -> decltype(fn(std::declval<typename Root::Reader>())) {
+  if (bytes.empty() || bytes.size() % sizeof(capnp::word) != 0) {
+    return MakeError(ErrorCode::kCorruptData, std::string(what) + " of " +
+                                                  std::to_string(bytes.size()) +
+                                                  " bytes is not a Cap'n Proto message");
+  }
+  // zmq frames are often not 8-byte aligned (TOOLCHAIN.md): copy those into aligned words.
+  kj::Array<capnp::word> copy;
+  const capnp::word* words = reinterpret_cast<const capnp::word*>(bytes.data());
+  if (reinterpret_cast<std::uintptr_t>(bytes.data()) % alignof(capnp::word) != 0) {
+    copy = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
+    std::memcpy(copy.begin(), bytes.data(), bytes.size());
+    words = copy.begin();
+  }
+  capnp::ReaderOptions options;
+  options.traversalLimitInWords = limits.traversal_words;
+  options.nestingLimit = limits.nesting;
+  try {
+    capnp::FlatArrayMessageReader reader(
+        kj::ArrayPtr<const capnp::word>(words, bytes.size() / sizeof(capnp::word)), options);
+    return fn(reader.getRoot<Root>());
+  } catch (const kj::Exception& e) {
+    return MakeError(ErrorCode::kCorruptData,
+                     std::string("malformed ") + what + ": " + e.getDescription().cStr());
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kCorruptData, std::string("malformed ") + what + ": " + e.what());
+  }
+}
+
+Status CheckVersion(std::uint16_t version, const char* what) {
+  if (version == 0 || version > kSchemaVersion) {
+    return MakeError(ErrorCode::kMismatch, std::string(what) + " has schema version " +
+                                               std::to_string(version) + "; this build speaks 1.." +
+                                               std::to_string(kSchemaVersion));
+  }
+  return {};
+}
+
+Unexpected Unknown(const char* what, unsigned which) {
+  return MakeError(ErrorCode::kCorruptData, std::string("unknown ") + what + " kind " +
+                                                std::to_string(which) + " (newer schema?)");
+}
+
+// --- run events ---------------------------------------------------------------------------------
+
+struct EventWriter {
+  w::Envelope::Event::Builder b;
+  void operator()(const scenarios::RunAccepted& e) {
+    auto x = b.initRunAccepted();
+    x.setScenario(T(e.scenario));
+    x.setOutputDir(T(e.output_dir));
+    x.setQueuePosition(std::uint32_t(e.queue_position));
+  }
+  void operator()(const scenarios::RunStarted& e) {
+    auto x = b.initRunStarted();
+    x.setScenario(T(e.scenario));
+    x.setOutputDir(T(e.output_dir));
+    x.setSeed(e.seed);
+    x.setPatients(std::uint32_t(e.patients));
+    x.setSkipped(std::uint32_t(e.skipped));
+  }
+  void operator()(const scenarios::RunFinished& e) {
+    auto x = b.initRunFinished();
+    x.setFinished(std::uint32_t(e.finished));
+    x.setFailed(std::uint32_t(e.failed));
+    x.setSeconds(e.seconds);
+  }
+  void operator()(const scenarios::RunFailed& e) { b.initRunFailed().setError(T(e.error)); }
+  void operator()(const scenarios::RunCancelled& e) {
+    b.initRunCancelled().setFinished(std::uint32_t(e.finished));
+  }
+  void operator()(const scenarios::PatientStarted& e) {
+    auto x = b.initPatientStarted();
+    x.setPatientId(T(e.patient_id));
+    x.setIndex(std::uint32_t(e.index));
+    x.setTotal(std::uint32_t(e.total));
+  }
+  void operator()(const scenarios::PatientFinished& e) {
+    auto x = b.initPatientFinished();
+    x.setPatientId(T(e.patient_id));
+    x.setSimulations(e.simulations);
+    x.setMemoHits(e.memo_hits);
+    x.setModelEvaluations(e.model_evaluations);
+    x.setSeconds(e.seconds);
+  }
+  void operator()(const scenarios::PatientFailed& e) {
+    auto x = b.initPatientFailed();
+    x.setPatientId(T(e.patient_id));
+    x.setError(T(e.error));
+  }
+  void operator()(const scenarios::ProposalMade& e) {
+    auto x = b.initProposal();
+    x.setPatientId(T(e.patient_id));
+    SetTexts(x.initDrugs(unsigned(e.drugs.size())), e.drugs);
+    SetTexts(x.initEmbolics(unsigned(e.embolics.size())), e.embolics);
+    x.setRationale(T(e.rationale));
+  }
+  void operator()(const scenarios::CandidateEvaluated& e) {
+    auto x = b.initCandidateEvaluated();
+    x.setPatientId(T(e.patient_id));
+    x.setStage(T(e.stage));
+    x.setStep(std::uint32_t(e.step));
+    SetScore(x.initScore(), e.score);
+    x.setMemoHit(e.memo_hit);
+  }
+  void operator()(const scenarios::BeamUpdated& e) {
+    auto x = b.initBeamUpdated();
+    x.setPatientId(T(e.patient_id));
+    x.setStage(T(e.stage));
+    x.setStep(std::uint32_t(e.step));
+    auto beams = x.initBeams(unsigned(e.beams.size()));
+    for (unsigned i = 0; i < e.beams.size(); ++i) SetScore(beams[i], e.beams[i]);
+  }
+  void operator()(const scenarios::PlanDecided& e) {
+    auto x = b.initPlanDecided();
+    x.setPatientId(T(e.patient_id));
+    SetScore(x.initBest(), e.best);
+    x.setMedianMonths(e.median_months);
+    x.setVolumePath(T(e.volume_path));
+  }
+  void operator()(const scenarios::Progress& e) {
+    auto x = b.initProgress();
+    x.setStage(T(e.stage));
+    x.setDone(std::uint32_t(e.done));
+    x.setTotal(std::uint32_t(e.total));
+  }
+};
+
+Expected<scenarios::EventBody> ReadRunBody(w::Envelope::Event::Reader r) {
+  using W = w::Envelope::Event::Which;
+  switch (r.which()) {
+    case W::RUN_ACCEPTED: {
+      auto x = r.getRunAccepted();
+      return scenarios::RunAccepted{S(x.getScenario()), S(x.getOutputDir()),
+                                    int(x.getQueuePosition())};
+    }
+    case W::RUN_STARTED: {
+      auto x = r.getRunStarted();
+      return scenarios::RunStarted{S(x.getScenario()), S(x.getOutputDir()), x.getSeed(),
+                                   int(x.getPatients()), int(x.getSkipped())};
+    }
+    case W::RUN_FINISHED: {
+      auto x = r.getRunFinished();
+      return scenarios::RunFinished{int(x.getFinished()), int(x.getFailed()), x.getSeconds()};
+    }
+    case W::RUN_FAILED:
+      return scenarios::RunFailed{S(r.getRunFailed().getError())};
+    case W::RUN_CANCELLED:
+      return scenarios::RunCancelled{int(r.getRunCancelled().getFinished())};
+    case W::PATIENT_STARTED: {
+      auto x = r.getPatientStarted();
+      return scenarios::PatientStarted{S(x.getPatientId()), int(x.getIndex()), int(x.getTotal())};
+    }
+    case W::PATIENT_FINISHED: {
+      auto x = r.getPatientFinished();
+      return scenarios::PatientFinished{S(x.getPatientId()), x.getSimulations(), x.getMemoHits(),
+                                        x.getModelEvaluations(), x.getSeconds()};
+    }
+    case W::PATIENT_FAILED: {
+      auto x = r.getPatientFailed();
+      return scenarios::PatientFailed{S(x.getPatientId()), S(x.getError())};
+    }
+    case W::PROPOSAL: {
+      auto x = r.getProposal();
+      return scenarios::ProposalMade{S(x.getPatientId()), Texts(x.getDrugs()),
+                                     Texts(x.getEmbolics()), S(x.getRationale())};
+    }
+    case W::CANDIDATE_EVALUATED: {
+      auto x = r.getCandidateEvaluated();
+      return scenarios::CandidateEvaluated{S(x.getPatientId()), S(x.getStage()), int(x.getStep()),
+                                           Score(x.getScore()), x.getMemoHit()};
+    }
+    case W::BEAM_UPDATED: {
+      auto x = r.getBeamUpdated();
+      std::vector<scenarios::PlanScoreView> beams;
+      for (auto s : x.getBeams()) beams.push_back(Score(s));
+      return scenarios::BeamUpdated{S(x.getPatientId()), S(x.getStage()), int(x.getStep()),
+                                    std::move(beams)};
+    }
+    case W::PLAN_DECIDED: {
+      auto x = r.getPlanDecided();
+      return scenarios::PlanDecided{S(x.getPatientId()), Score(x.getBest()), x.getMedianMonths(),
+                                    S(x.getVolumePath())};
+    }
+    case W::PROGRESS: {
+      auto x = r.getProgress();
+      return scenarios::Progress{S(x.getStage()), int(x.getDone()), int(x.getTotal())};
+    }
+    default:
+      return Unknown("run event", unsigned(r.which()));
+  }
+}
+
+// --- run status ---------------------------------------------------------------------------------
+
+void SetStatus(w::RunStatus::Builder b, const RunStatus& s) {
+  b.setRunId(T(s.run_id));
+  b.setScenario(T(s.scenario));
+  b.setState(static_cast<w::RunState>(s.state));
+  b.setLastSeq(s.last_seq);
+  b.setPatientsTotal(std::uint32_t(s.patients_total));
+  b.setPatientsDone(std::uint32_t(s.patients_done));
+  b.setPatientsFailed(std::uint32_t(s.patients_failed));
+  b.setOutputDir(T(s.output_dir));
+  b.setError(T(s.error));
+  b.setTraceId(T(s.trace_id));
+}
+Expected<RunStatus> ReadStatus(w::RunStatus::Reader r) {
+  const auto state = unsigned(r.getState());
+  if (state > unsigned(RunState::kCancelled)) return Unknown("run state", state);
+  return RunStatus{S(r.getRunId()),
+                   S(r.getScenario()),
+                   RunState(state),
+                   r.getLastSeq(),
+                   int(r.getPatientsTotal()),
+                   int(r.getPatientsDone()),
+                   int(r.getPatientsFailed()),
+                   S(r.getOutputDir()),
+                   S(r.getError()),
+                   S(r.getTraceId())};
+}
+
+}  // namespace
+
+// --- envelopes ----------------------------------------------------------------------------------
+
+std::string EncodeEnvelope(const Envelope& envelope) {
+  capnp::MallocMessageBuilder message;
+  auto b = message.initRoot<w::Envelope>();
+  b.setSchemaVersion(kSchemaVersion);
+  if (const auto* run = std::get_if<RunEvent>(&envelope)) {
+    b.setRunId(T(run->event.run_id));
+    b.setSeq(run->event.seq);
+    b.setTimestampNs(run->event.timestamp_ns);
+    b.setTraceId(T(run->trace_id));
+    if (run->volume) {
+      auto v = b.initVolume();
+      v.setSizeBytes(run->volume->size_bytes);
+      v.setSha256(D(run->volume->sha256));
+      v.setPath(T(run->volume->path));
+    }
+    std::visit(EventWriter{b.getEvent()}, run->event.body);
+  } else {
+    const auto& server = std::get<ServerEvent>(envelope);
+    b.setSeq(server.seq);
+    b.setTimestampNs(server.timestamp_ns);
+    if (const auto* beat = std::get_if<Heartbeat>(&server.body)) {
+      auto x = b.getEvent().initHeartbeat();
+      x.setActiveRun(T(beat->active_run));
+      x.setQueueDepth(std::uint32_t(beat->queue_depth));
+      auto runs = x.initRecentRuns(unsigned(beat->recent_runs.size()));
+      for (unsigned i = 0; i < beat->recent_runs.size(); ++i) {
+        runs[i].setRunId(T(beat->recent_runs[i].run_id));
+        runs[i].setLastSeq(beat->recent_runs[i].last_seq);
+      }
+    } else {
+      const auto& closing = std::get<ServerClosing>(server.body);
+      auto x = b.getEvent().initServerClosing();
+      x.setReason(T(closing.reason));
+      x.setCancelledRuns(std::uint32_t(closing.cancelled_runs));
+    }
+  }
+  return Serialize(message);
+}
+
+Expected<Envelope> DecodeEnvelope(std::string_view bytes, const DecodeLimits& limits) {
+  return Read<w::Envelope>(
+      bytes, limits, "event envelope", [](w::Envelope::Reader r) -> Expected<Envelope> {
+        MEWM_RETURN_IF_ERROR(CheckVersion(r.getSchemaVersion(), "event envelope"));
+        const auto event = r.getEvent();
+        using W = w::Envelope::Event::Which;
+        if (event.which() == W::HEARTBEAT || event.which() == W::SERVER_CLOSING) {
+          ServerEvent server;
+          server.seq = r.getSeq();
+          server.timestamp_ns = r.getTimestampNs();
+          if (event.which() == W::HEARTBEAT) {
+            auto x = event.getHeartbeat();
+            Heartbeat beat{S(x.getActiveRun()), int(x.getQueueDepth()), {}};
+            for (auto run : x.getRecentRuns()) {
+              beat.recent_runs.push_back({S(run.getRunId()), run.getLastSeq()});
+            }
+            server.body = std::move(beat);
+          } else {
+            auto x = event.getServerClosing();
+            server.body = ServerClosing{S(x.getReason()), int(x.getCancelledRuns())};
+          }
+          return Envelope(std::move(server));
+        }
+        RunEvent run;
+        run.event.run_id = S(r.getRunId());
+        run.event.seq = r.getSeq();
+        run.event.timestamp_ns = r.getTimestampNs();
+        run.trace_id = S(r.getTraceId());
+        if (run.event.run_id.empty() || run.event.seq == 0) {
+          return MakeError(ErrorCode::kCorruptData, "run event without a run id or seq");
+        }
+        if (r.hasVolume()) {
+          auto v = r.getVolume();
+          run.volume = VolumeRef{v.getSizeBytes(), S(v.getSha256()), S(v.getPath())};
+          if (run.volume->sha256.size() != 32) {
+            return MakeError(ErrorCode::kCorruptData, "volume sha256 is not 32 bytes");
+          }
+        }
+        MEWM_TRY(run.event.body, ReadRunBody(event));
+        return Envelope(std::move(run));
+      });
+}
+
+std::string RunTopicPrefix(const std::string& run_id) { return "run/" + run_id + "/"; }
+
+std::string TopicOf(const Envelope& envelope) {
+  if (const auto* run = std::get_if<RunEvent>(&envelope)) {
+    return RunTopicPrefix(run->event.run_id) + scenarios::EventTypeName(run->event.body);
+  }
+  const auto& server = std::get<ServerEvent>(envelope);
+  return std::holds_alternative<Heartbeat>(server.body) ? "server/heartbeat" : "server/closing";
+}
+
+std::string Sha256(std::string_view bytes) {
+  unsigned char digest[crypto_hash_sha256_BYTES];
+  crypto_hash_sha256(digest, reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
+  return std::string(reinterpret_cast<const char*>(digest), sizeof(digest));
+}
+
+std::string ToHex(std::string_view bytes) {
+  static const char* kDigits = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : bytes) {
+    out += kDigits[c >> 4];
+    out += kDigits[c & 15];
+  }
+  return out;
+}
+
+// --- requests -----------------------------------------------------------------------------------
+
+std::string EncodeRequest(const Request& request, std::uint16_t version) {
+  capnp::MallocMessageBuilder message;
+  auto b = message.initRoot<w::Request>();
+  b.setSchemaVersion(version);
+  b.setRequestId(T(request.request_id));
+  b.setTraceId(T(request.trace_id));
+  auto body = b.getBody();
+  if (const auto* submit = std::get_if<SubmitRequest>(&request.body)) {
+    auto s = body.initSubmit();
+    s.setScenarioToml(T(submit->scenario_toml));
+    s.setClientRequestId(T(submit->client_request_id));
+    s.setScenarioPath(T(submit->scenario_path));
+  } else if (const auto* cancel = std::get_if<CancelRequest>(&request.body)) {
+    body.initCancel().setRunId(T(cancel->run_id));
+  } else if (const auto* status = std::get_if<StatusRequest>(&request.body)) {
+    body.initStatus().setRunId(T(status->run_id));
+  } else if (const auto* snapshot = std::get_if<SnapshotRequest>(&request.body)) {
+    auto s = body.initSnapshot();
+    s.setRunId(T(snapshot->run_id));
+    s.setAfterSeq(snapshot->after_seq);
+    s.setMaxEvents(snapshot->max_events);
+  } else if (std::holds_alternative<ListRunsRequest>(request.body)) {
+    body.setListRuns();
+  } else {
+    body.setHealth();
+  }
+  return Serialize(message);
+}
+
+Expected<Request> DecodeRequest(std::string_view bytes, const DecodeLimits& limits) {
+  return Read<w::Request>(bytes, limits, "request", [](w::Request::Reader r) -> Expected<Request> {
+    MEWM_RETURN_IF_ERROR(CheckVersion(r.getSchemaVersion(), "request"));
+    Request request;
+    request.request_id = S(r.getRequestId());
+    request.trace_id = S(r.getTraceId());
+    const auto body = r.getBody();
+    using W = w::Request::Body::Which;
+    switch (body.which()) {
+      case W::SUBMIT:
+        request.body = SubmitRequest{S(body.getSubmit().getScenarioToml()),
+                                     S(body.getSubmit().getClientRequestId()),
+                                     S(body.getSubmit().getScenarioPath())};
+        break;
+      case W::CANCEL:
+        request.body = CancelRequest{S(body.getCancel().getRunId())};
+        break;
+      case W::STATUS:
+        request.body = StatusRequest{S(body.getStatus().getRunId())};
+        break;
+      case W::SNAPSHOT: {
+        auto s = body.getSnapshot();
+        request.body = SnapshotRequest{S(s.getRunId()), s.getAfterSeq(), s.getMaxEvents()};
+        break;
+      }
+      case W::LIST_RUNS:
+        request.body = ListRunsRequest{};
+        break;
+      case W::HEALTH:
+        request.body = HealthRequest{};
+        break;
+      default:
+        return Unknown("request", unsigned(body.which()));
+    }
+    return request;
+  });
+}
+
+// --- replies ------------------------------------------------------------------------------------
+
+const char* ToString(RunState state) {
+  static const char* kNames[] = {"queued", "running", "finished", "failed", "cancelled"};
+  return kNames[int(state)];
+}
+bool IsEnded(RunState state) {
+  return state == RunState::kFinished || state == RunState::kFailed ||
+         state == RunState::kCancelled;
+}
+
+const char* ToString(ReplyError code) {
+  static const char* kNames[] = {
+      "malformed",   "too_large",     "wrong_version",  "invalid_scenario", "queue_full",
+      "unknown_run", "shutting_down", "forbidden_path", "internal",         "not_cancellable"};
+  return kNames[int(code)];
+}
+
+std::string EncodeReply(const Reply& reply) {
+  capnp::MallocMessageBuilder message;
+  auto b = message.initRoot<w::Reply>();
+  b.setSchemaVersion(kSchemaVersion);
+  b.setRequestId(T(reply.request_id));
+  auto body = b.getBody();
+  if (const auto* error = std::get_if<ErrorReply>(&reply.body)) {
+    auto e = body.initError();
+    e.setCode(static_cast<w::ErrorCode>(error->code));
+    e.setMessage(T(error->message));
+  } else if (const auto* submitted = std::get_if<Submitted>(&reply.body)) {
+    auto s = body.initSubmitted();
+    s.setRunId(T(submitted->run_id));
+    s.setQueuePosition(std::uint32_t(submitted->queue_position));
+    s.setDuplicate(submitted->duplicate);
+  } else if (const auto* cancelled = std::get_if<CancelReply>(&reply.body)) {
+    SetStatus(body.initCancelled(), cancelled->run);
+  } else if (const auto* status = std::get_if<RunStatus>(&reply.body)) {
+    SetStatus(body.initStatus(), *status);
+  } else if (const auto* snapshot = std::get_if<SnapshotReply>(&reply.body)) {
+    auto s = body.initSnapshot();
+    SetStatus(s.initRun(), snapshot->run);
+    auto events = s.initEvents(unsigned(snapshot->events.size()));
+    for (unsigned i = 0; i < snapshot->events.size(); ++i) events.set(i, D(snapshot->events[i]));
+    s.setMore(snapshot->more);
+  } else if (const auto* list = std::get_if<RunList>(&reply.body)) {
+    auto runs = body.initRuns(unsigned(list->runs.size()));
+    for (unsigned i = 0; i < list->runs.size(); ++i) SetStatus(runs[i], list->runs[i]);
+  } else {
+    const auto& h = std::get<Health>(reply.body);
+    auto x = body.initHealth();
+    x.setUptimeSeconds(h.uptime_seconds);
+    x.setQueueDepth(std::uint32_t(h.queue_depth));
+    x.setQueueCapacity(std::uint32_t(h.queue_capacity));
+    x.setActiveRun(T(h.active_run));
+    SetTexts(x.initModelsLoaded(unsigned(h.models_loaded.size())), h.models_loaded);
+    x.setEventsPublished(h.events_published);
+    x.setEventsDropped(h.events_dropped);
+    x.setBadRequests(h.bad_requests);
+    x.setRejectedSubmits(h.rejected_submits);
+    x.setAuthFailures(h.auth_failures);
+    auto stages = x.initStages(unsigned(h.stages.size()));
+    for (unsigned i = 0; i < h.stages.size(); ++i) {
+      stages[i].setStage(T(h.stages[i].stage));
+      stages[i].setCount(h.stages[i].count);
+      stages[i].setSumSeconds(h.stages[i].sum_seconds);
+    }
+  }
+  return Serialize(message);
+}
+
+Expected<Reply> DecodeReply(std::string_view bytes, const DecodeLimits& limits) {
+  return Read<w::Reply>(bytes, limits, "reply", [](w::Reply::Reader r) -> Expected<Reply> {
+    MEWM_RETURN_IF_ERROR(CheckVersion(r.getSchemaVersion(), "reply"));
+    Reply reply;
+    reply.request_id = S(r.getRequestId());
+    const auto body = r.getBody();
+    using W = w::Reply::Body::Which;
+    switch (body.which()) {
+      case W::ERROR: {
+        const auto code = unsigned(body.getError().getCode());
+        if (code > unsigned(ReplyError::kNotCancellable)) return Unknown("error code", code);
+        reply.body = ErrorReply{ReplyError(code), S(body.getError().getMessage())};
+        break;
+      }
+      case W::SUBMITTED: {
+        auto s = body.getSubmitted();
+        reply.body = Submitted{S(s.getRunId()), int(s.getQueuePosition()), s.getDuplicate()};
+        break;
+      }
+      case W::CANCELLED: {
+        MEWM_TRY(RunStatus run, ReadStatus(body.getCancelled()));
+        reply.body = CancelReply{std::move(run)};
+        break;
+      }
+      case W::STATUS: {
+        MEWM_TRY(RunStatus run, ReadStatus(body.getStatus()));
+        reply.body = std::move(run);
+        break;
+      }
+      case W::SNAPSHOT: {
+        auto s = body.getSnapshot();
+        SnapshotReply snapshot;
+        MEWM_TRY(snapshot.run, ReadStatus(s.getRun()));
+        for (auto e : s.getEvents()) snapshot.events.push_back(S(e));
+        snapshot.more = s.getMore();
+        reply.body = std::move(snapshot);
+        break;
+      }
+      case W::RUNS: {
+        RunList list;
+        for (auto run : body.getRuns()) {
+          MEWM_TRY(RunStatus status, ReadStatus(run));
+          list.runs.push_back(std::move(status));
+        }
+        reply.body = std::move(list);
+        break;
+      }
+      case W::HEALTH: {
+        auto x = body.getHealth();
+        Health h;
+        h.uptime_seconds = x.getUptimeSeconds();
+        h.queue_depth = int(x.getQueueDepth());
+        h.queue_capacity = int(x.getQueueCapacity());
+        h.active_run = S(x.getActiveRun());
+        h.models_loaded = Texts(x.getModelsLoaded());
+        h.events_published = x.getEventsPublished();
+        h.events_dropped = x.getEventsDropped();
+        h.bad_requests = x.getBadRequests();
+        h.rejected_submits = x.getRejectedSubmits();
+        h.auth_failures = x.getAuthFailures();
+        for (auto s : x.getStages()) {
+          h.stages.push_back({S(s.getStage()), s.getCount(), s.getSumSeconds()});
+        }
+        reply.body = std::move(h);
+        break;
+      }
+      default:
+        return Unknown("reply", unsigned(body.which()));
+    }
+    return reply;
+  });
+}
+
+}  // namespace mewm::streaming

@@ -1,0 +1,854 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "mewm/streaming/server.h"
+
+#include <sys/stat.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+#include <zmq.hpp>
+#include <zmq_addon.hpp>
+
+#include "metrics.h"
+#include "mewm/core/file_util.h"
+#include "mewm/core/log.h"
+#include "mewm/core/seed.h"
+
+namespace mewm::streaming {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using scenarios::Event;
+
+std::int64_t WallNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+std::int64_t SteadyNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+      .count();
+}
+double Since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+/// One submitted run: its spec, its live status and its event history (encoded envelopes).
+struct RunRecord {
+  std::string id, trace_id, out;
+  scenarios::ScenarioSpec spec;
+  scenarios::RunOptions options;
+  scenarios::EventSink* extra = nullptr;
+  std::atomic<bool> cancel{false};
+  std::atomic<std::int64_t> last_event_ns{0};  ///< steady clock, for heartbeats
+
+  mutable std::mutex mutex;
+  RunState state = RunState::kQueued;
+  std::uint64_t first_seq = 1;   ///< seq of log[0]
+  std::vector<std::string> log;  ///< encoded envelopes, seq first_seq, first_seq + 1, ...
+  int total = 0, done = 0, failed = 0;
+  std::string error;
+
+  std::uint64_t last_seq() const {
+    return log.empty() ? first_seq - 1 : first_seq + log.size() - 1;
+  }
+
+  RunStatus Status() const {
+    std::lock_guard<std::mutex> lock(mutex);
+    return {id, spec.name, state, last_seq(), total, done, failed, out, error, trace_id};
+  }
+
+  /// Appends an event already written to events.jsonl; updates the status. A run that starts
+  /// with seq > 1 (resumed) first loads its earlier history from the log on disk.
+  void Record(const Event& event, std::string encoded) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (log.empty() && event.seq > 1) {
+      auto earlier = scenarios::ReadEvents((fs::path(out) / "events.jsonl").string());
+      if (earlier) {
+        for (const Event& e : *earlier) {
+          if (e.seq < event.seq) log.push_back(EncodeEnvelope(RunEvent{e, trace_id, {}}));
+        }
+      }
+      first_seq = event.seq - log.size();
+    }
+    log.push_back(std::move(encoded));
+    std::visit(
+        [&](const auto& body) {
+          using T = std::decay_t<decltype(body)>;
+          if constexpr (std::is_same_v<T, scenarios::RunStarted>) total = body.patients;
+          if constexpr (std::is_same_v<T, scenarios::PatientFinished>) ++done;
+          if constexpr (std::is_same_v<T, scenarios::PatientFailed>) ++failed;
+          if constexpr (std::is_same_v<T, scenarios::RunFinished>) state = RunState::kFinished;
+          if constexpr (std::is_same_v<T, scenarios::RunCancelled>) state = RunState::kCancelled;
+          if constexpr (std::is_same_v<T, scenarios::RunFailed>) {
+            state = RunState::kFailed;
+            error = body.error;
+          }
+        },
+        event.body);
+  }
+};
+
+/// Resolves a scenario path inside the results root; kInvalidArgument when it would leave it.
+Expected<fs::path> Confine(const fs::path& root, const std::string& path, const char* key) {
+  const fs::path p(path);
+  fs::path inside = p.is_absolute() ? p.lexically_normal() : (root / p).lexically_normal();
+  for (const auto& part : p) {
+    if (part == "..") {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       std::string(key) + " = \"" + path + "\" may not contain '..'");
+    }
+  }
+  const std::string r = root.lexically_normal().string();
+  const std::string s = inside.string();
+  if (s.compare(0, r.size(), r) != 0 || (s.size() > r.size() && s[r.size()] != '/')) {
+    return MakeError(
+        ErrorCode::kInvalidArgument,
+        std::string(key) + " = \"" + path + "\" is outside the server's results root " + r);
+  }
+  return inside;
+}
+
+Expected<std::set<std::string>> ReadAllowlist(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return MakeError(ErrorCode::kIo, "cannot read CURVE allowlist '" + path + "'");
+  std::set<std::string> keys;
+  std::string line;
+  int number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    const auto start = line.find_first_not_of(" \t\r");
+    if (start == std::string::npos || line[start] == '#') continue;
+    const std::string key = line.substr(start, 40);
+    std::uint8_t binary[32];
+    if (line.find_first_not_of(" \t\r", start + 40) != std::string::npos ||
+        zmq_z85_decode(binary, key.c_str()) == nullptr) {
+      return MakeError(ErrorCode::kCorruptData,
+                       path + ":" + std::to_string(number) + ": not a 40-character z85 public key");
+    }
+    keys.insert(std::string(reinterpret_cast<char*>(binary), 32));
+  }
+  return keys;
+}
+
+std::string BoundEndpoint(zmq::socket_t& socket) { return socket.get(zmq::sockopt::last_endpoint); }
+
+}  // namespace
+
+Expected<scenarios::RunSummary> RunWithRunner(const scenarios::ScenarioSpec& spec,
+                                              const scenarios::RunOptions& options,
+                                              scenarios::EventSink& sink) {
+  MEWM_TRY(auto runner, scenarios::Runner::Create(spec, options));
+  return runner->Run(sink);
+}
+
+struct Server::Impl {
+  ServerOptions options;
+  RunFunction run_fn;
+  zmq::context_t context{1};
+  zmq::socket_t control, events, zap;
+  std::string control_ep, event_ep, public_key;
+  std::set<std::string> allowlist;
+  std::thread zap_thread, worker;
+  std::atomic<bool> zap_stop{false};
+  std::unique_ptr<MetricsServer> metrics;
+  StageMetrics stages;
+  const Clock::time_point started = Clock::now();
+
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> published{0}, dropped{0}, bad_requests{0}, rejected{0},
+      auth_failures{0};
+  std::atomic<std::int64_t> last_publish_ns{SteadyNs()};
+  std::mutex pub_mutex;  // guards `events` and server_seq
+  std::uint64_t server_seq = 0;
+
+  mutable std::mutex runs_mutex;
+  std::condition_variable runs_cv;
+  std::map<std::string, std::shared_ptr<RunRecord>> runs;
+  std::vector<std::shared_ptr<RunRecord>> run_order;
+  std::deque<std::shared_ptr<RunRecord>> queue;
+  std::shared_ptr<RunRecord> active;
+  std::map<std::string, std::string> by_client_request;
+  std::vector<std::string> models_loaded;
+  bool accepting = true, worker_stop = false;
+  std::optional<Expected<scenarios::RunSummary>> last_summary;
+  std::mt19937_64 id_rng{std::random_device{}()};
+
+  ~Impl() {
+    {
+      std::lock_guard<std::mutex> lock(runs_mutex);
+      worker_stop = true;
+      for (auto& run : queue) run->cancel = true;
+      if (active) active->cancel = true;
+    }
+    runs_cv.notify_all();
+    if (worker.joinable()) worker.join();
+    metrics.reset();
+    control.close();
+    events.close();
+    zap_stop = true;
+    if (zap_thread.joinable()) zap_thread.join();
+  }
+
+  // --- publishing ---------------------------------------------------------------------------
+
+  /// Sends [topic, envelope, (volume)] without blocking; counts a drop when a subscriber is full.
+  void Publish(const std::string& topic, const std::string& envelope, std::string* volume) {
+    std::lock_guard<std::mutex> lock(pub_mutex);
+    const auto more = zmq::send_flags::sndmore | zmq::send_flags::dontwait;
+    if (!events.send(zmq::buffer(topic), more)) {
+      // A subscriber is at its high-water mark (XPUB_NODROP refuses the send to tell us). Count
+      // it, then send in lossy mode: the full subscriber misses this event (and heals the gap
+      // from a snapshot later); everyone else gets it now.
+      dropped.fetch_add(1, std::memory_order_relaxed);
+      events.set(zmq::sockopt::xpub_nodrop, 0);
+      const bool sent = bool(events.send(zmq::buffer(topic), more));
+      events.set(zmq::sockopt::xpub_nodrop, 1);
+      if (!sent) return;
+    }
+    // Only the first frame can meet the high-water mark; the rest of the message follows it.
+    if (volume == nullptr) {
+      (void)events.send(zmq::buffer(envelope), zmq::send_flags::dontwait);
+    } else {
+      (void)events.send(zmq::buffer(envelope), more);
+      auto* owned = new std::string(std::move(*volume));  // zero-copy: zmq frees it when sent
+      zmq::message_t frame(
+          owned->data(), owned->size(),
+          [](void*, void* hint) { delete static_cast<std::string*>(hint); }, owned);
+      (void)events.send(frame, zmq::send_flags::dontwait);
+    }
+    published.fetch_add(1, std::memory_order_relaxed);
+    last_publish_ns.store(SteadyNs(), std::memory_order_relaxed);
+  }
+
+  void PublishServer(std::variant<Heartbeat, ServerClosing> body) {
+    ServerEvent event;
+    {
+      std::lock_guard<std::mutex> lock(pub_mutex);
+      event.seq = ++server_seq;
+    }
+    event.timestamp_ns = WallNs();
+    event.body = std::move(body);
+    const Envelope envelope(std::move(event));
+    Publish(TopicOf(envelope), EncodeEnvelope(envelope), nullptr);
+  }
+
+  /// A run's event after it is on disk: into the history, then onto the PUB socket.
+  Status Deliver(RunRecord& run, const Event& event) {
+    const auto t0 = Clock::now();
+    if (event.run_id != run.id) {
+      return MakeError(ErrorCode::kInternal,
+                       "runner emitted run id " + event.run_id + " for run " + run.id);
+    }
+    RunEvent wire{event, run.trace_id, std::nullopt};
+    std::string volume;
+    if (const auto* decided = std::get_if<scenarios::PlanDecided>(&event.body);
+        decided && options.publish_volumes && !decided->volume_path.empty()) {
+      if (auto bytes = ReadFile(decided->volume_path)) {
+        volume = std::move(*bytes);
+        wire.volume = VolumeRef{volume.size(), Sha256(volume), decided->volume_path};
+      } else {
+        LogWarn("not publishing volume: " + bytes.error().message);
+      }
+    }
+    std::string encoded = EncodeEnvelope(wire);
+    run.Record(event, encoded);
+    run.last_event_ns.store(SteadyNs(), std::memory_order_relaxed);
+    Publish(TopicOf(Envelope(wire)), encoded, volume.empty() ? nullptr : &volume);
+    stages.publish().Observe(Since(t0));
+    if (run.extra) return run.extra->Emit(event);
+    return {};
+  }
+
+  /// An event the server itself makes for a run (accepted, cancelled while queued, failed to
+  /// start): appended to the run's events.jsonl first, like the runner's.
+  Status Append(RunRecord& run, scenarios::EventBody body) {
+    const Event event{run.id, run.Status().last_seq + 1, WallNs(), std::move(body)};
+    MEWM_TRY(auto log, scenarios::JsonlSink::Open((fs::path(run.out) / "events.jsonl").string()));
+    MEWM_RETURN_IF_ERROR(log->Emit(event));
+    return Deliver(run, event);
+  }
+
+  // --- runs -----------------------------------------------------------------------------------
+
+  class RunSink final : public scenarios::EventSink {
+   public:
+    RunSink(Impl& server, RunRecord& run) : server_(server), run_(run) {}
+    Status Emit(const Event& event) override { return server_.Deliver(run_, event); }
+
+   private:
+    Impl& server_;
+    RunRecord& run_;
+  };
+
+  void WorkerLoop() {
+    for (;;) {
+      std::shared_ptr<RunRecord> run;
+      {
+        std::unique_lock<std::mutex> lock(runs_mutex);
+        runs_cv.wait(lock, [&] { return worker_stop || !queue.empty(); });
+        if (queue.empty()) return;
+        run = queue.front();
+        queue.pop_front();
+        active = run;
+        models_loaded = {
+            "policy:" + run->spec.policy_backend,
+            "dynamics:" + run->spec.dynamics_backend +
+                (run->spec.calibration.empty() ? "" : " " + run->spec.calibration),
+            "survival:" + run->spec.survival_backend +
+                (run->spec.survival_model.empty() ? "" : " " + run->spec.survival_model)};
+      }
+      {
+        std::lock_guard<std::mutex> lock(run->mutex);
+        run->state = RunState::kRunning;
+      }
+      Execute(*run);
+      {
+        std::lock_guard<std::mutex> lock(runs_mutex);
+        active.reset();
+      }
+      runs_cv.notify_all();
+    }
+  }
+
+  void Execute(RunRecord& run) {
+    scenarios::RunOptions options = run.options;
+    options.output_dir = run.out;
+    options.run_id = run.id;
+    options.cancelled = [&run, user = run.options.cancelled] {
+      return run.cancel.load() || (user && user());
+    };
+    options.stage_seconds = [this](const char* stage, double seconds) {
+      stages.Observe(stage, seconds);
+    };
+    RunSink sink(*this, run);
+    auto summary = run_fn(run.spec, options, sink);
+    if (!summary) {
+      LogWarn("run " + run.id + " failed: " + summary.error().message);
+      bool ended;
+      {
+        std::lock_guard<std::mutex> lock(run.mutex);
+        ended = IsEnded(run.state);
+      }
+      if (!ended) {
+        if (auto appended = Append(run, scenarios::RunFailed{summary.error().message}); !appended) {
+          std::lock_guard<std::mutex> lock(run.mutex);
+          run.state = RunState::kFailed;
+          run.error = summary.error().message;
+        }
+      }
+    }
+    std::lock_guard<std::mutex> lock(runs_mutex);
+    last_summary = std::move(summary);
+  }
+
+  std::string NewRunId(const std::string& name) {
+    for (;;) {
+      char hex[17];
+      std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(id_rng()));
+      std::string id = name + "-" + std::string(hex).substr(0, 8);
+      if (!runs.count(id)) return id;
+    }
+  }
+
+  // --- control --------------------------------------------------------------------------------
+
+  static Reply Fail(const std::string& request_id, ReplyError code, std::string message) {
+    return Reply{request_id, ErrorReply{code, std::move(message)}};
+  }
+
+  std::shared_ptr<RunRecord> Find(const std::string& id) {
+    std::lock_guard<std::mutex> lock(runs_mutex);
+    auto it = runs.find(id);
+    return it == runs.end() ? nullptr : it->second;
+  }
+
+  Reply HandleSubmit(const Request& request, const SubmitRequest& submit) {
+    const auto reject = [&](ReplyError code, std::string message) {
+      rejected.fetch_add(1, std::memory_order_relaxed);
+      return Fail(request.request_id, code, std::move(message));
+    };
+    {
+      std::lock_guard<std::mutex> lock(runs_mutex);
+      if (!accepting) return reject(ReplyError::kShuttingDown, "the server is shutting down");
+      if (!submit.client_request_id.empty()) {
+        if (auto it = by_client_request.find(submit.client_request_id);
+            it != by_client_request.end()) {
+          int position = 0;
+          for (const auto& queued : queue) {
+            if (queued->id == it->second) break;
+            ++position;
+          }
+          return Reply{request.request_id, Submitted{it->second, position, true}};
+        }
+      }
+    }
+    // Input files (models, manifest, action base) must lie under the scenario base.
+    const fs::path base = fs::absolute(options.scenario_base).lexically_normal();
+    fs::path folder = base;
+    if (!submit.scenario_path.empty()) {
+      auto file = Confine(base, submit.scenario_path, "scenario path");
+      if (!file) return reject(ReplyError::kForbiddenPath, file.error().message);
+      folder = file->parent_path();
+    }
+    const std::string origin =
+        submit.scenario_path.empty() ? "submitted scenario" : submit.scenario_path;
+    auto spec = scenarios::ParseScenario(submit.scenario_toml, origin, folder.string());
+    if (!spec) return reject(ReplyError::kInvalidScenario, spec.error().message);
+    const std::pair<const char*, std::string> inputs[] = {
+        {"dynamics.calibration", spec->calibration},
+        {"survival.model", spec->survival_model},
+        {"cohort.manifest", spec->cohort.manifest},
+        {"actions.path", spec->actions_path}};
+    for (const auto& [key, path] : inputs) {
+      if (path.empty()) continue;
+      if (auto inside = Confine(base, fs::absolute(path).lexically_normal().string(), key);
+          !inside) {
+        return reject(ReplyError::kForbiddenPath, inside.error().message);
+      }
+    }
+    const fs::path root = fs::absolute(options.results_root);
+    auto output = Confine(root, spec->output, "run.output");
+    if (!output) return reject(ReplyError::kForbiddenPath, output.error().message);
+    if (spec->cohort.source == scenarios::CohortSpec::Source::kSynthetic) {
+      if (spec->cohort.dir.empty()) {
+        // Submissions of one cohort share its generated patients.
+        char name[96];
+        std::snprintf(name, sizeof(name), "cohorts/n%d-seed%llu-%.3gmm", spec->cohort.n,
+                      static_cast<unsigned long long>(spec->cohort.seed), spec->cohort.spacing_mm);
+        spec->cohort.dir = (root / name).string();
+      } else {
+        auto cohort = Confine(root, spec->cohort.dir, "cohort.dir");
+        if (!cohort) return reject(ReplyError::kForbiddenPath, cohort.error().message);
+        spec->cohort.dir = cohort->string();
+      }
+    }
+
+    auto run = std::make_shared<RunRecord>();
+    int position = 0;
+    {
+      std::lock_guard<std::mutex> lock(runs_mutex);
+      if (int(queue.size()) >= options.queue_capacity) {
+        return reject(ReplyError::kQueueFull, "the run queue is full (" +
+                                                  std::to_string(options.queue_capacity) +
+                                                  " waiting); try again later");
+      }
+      run->id = NewRunId(spec->name);
+      position = int(queue.size());
+    }
+    run->trace_id = request.trace_id.empty() ? run->id : request.trace_id;
+    run->out = (*output / run->id).string();
+    run->spec = std::move(*spec);
+    run->options.resume = true;  // continue the log that starts with run_accepted
+    std::error_code ec;
+    fs::create_directories(run->out, ec);
+    if (ec) {
+      return Fail(request.request_id, ReplyError::kInternal,
+                  "cannot create '" + run->out + "': " + ec.message());
+    }
+    if (auto accepted = Append(*run, scenarios::RunAccepted{run->spec.name, run->out, position});
+        !accepted) {
+      return Fail(request.request_id, ReplyError::kInternal, accepted.error().message);
+    }
+    {
+      std::lock_guard<std::mutex> lock(runs_mutex);
+      runs[run->id] = run;
+      run_order.push_back(run);
+      queue.push_back(run);
+      if (!submit.client_request_id.empty()) by_client_request[submit.client_request_id] = run->id;
+    }
+    runs_cv.notify_all();
+    return Reply{request.request_id, Submitted{run->id, position, false}};
+  }
+
+  Reply HandleCancel(const Request& request, const std::string& id) {
+    auto run = Find(id);
+    if (!run) return Fail(request.request_id, ReplyError::kUnknownRun, "no run '" + id + "'");
+    bool was_queued = false;
+    {
+      std::lock_guard<std::mutex> lock(runs_mutex);
+      for (auto it = queue.begin(); it != queue.end(); ++it) {
+        if (*it == run) {
+          queue.erase(it);
+          was_queued = true;
+          break;
+        }
+      }
+    }
+    if (was_queued) {
+      if (auto cancelled = Append(*run, scenarios::RunCancelled{0}); !cancelled) {
+        return Fail(request.request_id, ReplyError::kInternal, cancelled.error().message);
+      }
+      return Reply{request.request_id, CancelReply{run->Status()}};
+    }
+    const RunStatus status = run->Status();
+    if (IsEnded(status.state)) {
+      return Fail(request.request_id, ReplyError::kNotCancellable,
+                  "run '" + id + "' already ended (" + ToString(status.state) + ")");
+    }
+    run->cancel = true;  // the runner stops between simulation batches
+    return Reply{request.request_id, CancelReply{status}};
+  }
+
+  Reply HandleSnapshot(const Request& request, const SnapshotRequest& snapshot) {
+    auto run = Find(snapshot.run_id);
+    if (!run) {
+      return Fail(request.request_id, ReplyError::kUnknownRun, "no run '" + snapshot.run_id + "'");
+    }
+    SnapshotReply reply;
+    reply.run = run->Status();
+    std::lock_guard<std::mutex> lock(run->mutex);
+    const std::uint64_t limit =
+        snapshot.max_events == 0
+            ? std::uint64_t(options.snapshot_page)
+            : std::min<std::uint64_t>(snapshot.max_events, std::uint64_t(options.snapshot_page));
+    std::uint64_t begin = std::max(snapshot.after_seq + 1, run->first_seq) - run->first_seq;
+    if (snapshot.after_seq + 1 < run->first_seq) begin = 0;
+    for (std::uint64_t i = begin; i < run->log.size() && reply.events.size() < limit; ++i) {
+      reply.events.push_back(run->log[i]);
+    }
+    reply.more = begin + reply.events.size() < run->log.size();
+    return Reply{request.request_id, std::move(reply)};
+  }
+
+  Health MakeHealth() const {
+    Health h;
+    h.uptime_seconds = Since(started);
+    h.queue_capacity = options.queue_capacity;
+    {
+      std::lock_guard<std::mutex> lock(runs_mutex);
+      h.queue_depth = int(queue.size());
+      h.active_run = active ? active->id : "";
+      h.models_loaded = models_loaded;
+    }
+    h.events_published = published.load();
+    h.events_dropped = dropped.load();
+    h.bad_requests = bad_requests.load();
+    h.rejected_submits = rejected.load();
+    h.auth_failures = auth_failures.load();
+    h.stages = stages.Stats();
+    return h;
+  }
+
+  Reply Handle(std::string_view bytes) {
+    if (bytes.size() > options.max_request_bytes) {
+      bad_requests.fetch_add(1, std::memory_order_relaxed);
+      return Fail("", ReplyError::kTooLarge,
+                  "request of " + std::to_string(bytes.size()) + " bytes is over the limit of " +
+                      std::to_string(options.max_request_bytes));
+    }
+    auto request = DecodeRequest(bytes);
+    if (!request) {
+      bad_requests.fetch_add(1, std::memory_order_relaxed);
+      return Fail("",
+                  request.error().code == ErrorCode::kMismatch ? ReplyError::kWrongVersion
+                                                               : ReplyError::kMalformed,
+                  request.error().message);
+    }
+    const std::string& rid = request->request_id;
+    if (const auto* x = std::get_if<SubmitRequest>(&request->body))
+      return HandleSubmit(*request, *x);
+    if (const auto* x = std::get_if<CancelRequest>(&request->body))
+      return HandleCancel(*request, x->run_id);
+    if (const auto* x = std::get_if<SnapshotRequest>(&request->body)) {
+      return HandleSnapshot(*request, *x);
+    }
+    if (const auto* x = std::get_if<StatusRequest>(&request->body)) {
+      auto run = Find(x->run_id);
+      if (!run) return Fail(rid, ReplyError::kUnknownRun, "no run '" + x->run_id + "'");
+      return Reply{rid, run->Status()};
+    }
+    if (std::holds_alternative<ListRunsRequest>(request->body)) {
+      RunList list;
+      std::lock_guard<std::mutex> lock(runs_mutex);
+      for (const auto& run : run_order) list.runs.push_back(run->Status());
+      return Reply{rid, std::move(list)};
+    }
+    return Reply{rid, MakeHealth()};
+  }
+
+  /// Answers every request waiting on the control socket.
+  void ServeControl() {
+    for (;;) {
+      std::vector<zmq::message_t> frames;
+      auto got =
+          zmq::recv_multipart(control, std::back_inserter(frames), zmq::recv_flags::dontwait);
+      if (!got) return;
+      if (frames.size() < 2) continue;  // an identity alone: nothing to answer
+      // [identity, "", request] from DEALER/REQ clients; [identity, request] is accepted too.
+      const bool delimited = frames.size() >= 3 && frames[1].size() == 0;
+      const std::size_t first = delimited ? 2 : 1;
+      Reply reply;
+      if (frames.size() != first + 1) {
+        bad_requests.fetch_add(1, std::memory_order_relaxed);
+        reply = Fail("", ReplyError::kMalformed,
+                     "a request is one frame (after the empty delimiter), got " +
+                         std::to_string(frames.size() - first));
+      } else {
+        reply = Handle(frames[first].to_string_view());
+      }
+      const std::string encoded = EncodeReply(reply);
+      (void)control.send(frames[0], zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+      if (delimited) (void)control.send(zmq::message_t(), zmq::send_flags::sndmore);
+      (void)control.send(zmq::buffer(encoded), zmq::send_flags::dontwait);
+    }
+  }
+
+  // --- CURVE ----------------------------------------------------------------------------------
+
+  /// The ZAP handler (RFC 27): allows CURVE clients whose public key is on the allowlist and
+  /// refuses everything else, including requests it cannot parse.
+  void ZapLoop() {
+    while (!zap_stop) {
+      zmq::pollitem_t item{zap.handle(), 0, ZMQ_POLLIN, 0};
+      if (zmq::poll(&item, 1, std::chrono::milliseconds(50)) == 0) continue;
+      std::vector<zmq::message_t> frames;
+      if (!zmq::recv_multipart(zap, std::back_inserter(frames), zmq::recv_flags::dontwait)) {
+        continue;
+      }
+      // version, request id, domain, address, identity, mechanism, credentials...
+      const std::string request_id = frames.size() > 1 ? frames[1].to_string() : "";
+      bool allowed = frames.size() >= 7 && frames[0].to_string() == "1.0" &&
+                     frames[5].to_string() == "CURVE" && frames[6].size() == 32 &&
+                     allowlist.count(frames[6].to_string()) > 0;
+      if (!allowed) auth_failures.fetch_add(1, std::memory_order_relaxed);
+      std::array<zmq::const_buffer, 6> reply = {
+          zmq::str_buffer("1.0"),
+          zmq::buffer(request_id),
+          allowed ? zmq::str_buffer("200") : zmq::str_buffer("400"),
+          allowed ? zmq::str_buffer("OK") : zmq::str_buffer("key not on the allowlist"),
+          zmq::str_buffer(""),
+          zmq::str_buffer("")};
+      (void)zmq::send_multipart(zap, reply);
+    }
+  }
+
+  Status SetUpCurve() {
+    if (options.curve_secret_file.empty() != options.curve_allowlist_file.empty()) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "CURVE needs both a secret key file and an allowlist file");
+    }
+    if (options.curve_secret_file.empty()) return {};
+    if (zmq_has("curve") == 0) {
+      return MakeError(ErrorCode::kUnsupported, "this libzmq was built without CURVE");
+    }
+    MEWM_TRY(const std::string secret, ReadCurveKey(options.curve_secret_file));
+    MEWM_TRY(allowlist, ReadAllowlist(options.curve_allowlist_file));
+    char public_z85[41];
+    if (zmq_curve_public(public_z85, secret.c_str()) != 0) {
+      return MakeError(ErrorCode::kCorruptData,
+                       "'" + options.curve_secret_file + "' is not a CURVE secret key");
+    }
+    public_key = public_z85;
+    // The handler is bound before any socket so no connection is ever accepted without it.
+    zap = zmq::socket_t(context, zmq::socket_type::rep);
+    zap.bind("inproc://zeromq.zap.01");
+    zap_thread = std::thread([this] { ZapLoop(); });
+    for (zmq::socket_t* socket : {&control, &events}) {
+      socket->set(zmq::sockopt::curve_server, 1);
+      socket->set(zmq::sockopt::curve_secretkey, secret);
+      socket->set(zmq::sockopt::zap_domain, "mewm");
+    }
+    return {};
+  }
+};
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Server::~Server() = default;
+
+Expected<std::unique_ptr<Server>> Server::Create(const ServerOptions& options, RunFunction run) {
+  if (options.queue_capacity < 1 || options.send_hwm < 1 || options.heartbeat_ms < 1 ||
+      options.snapshot_page < 1) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "queue capacity, high-water mark, heartbeat and snapshot page must be >= 1");
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->run_fn = std::move(run);
+  try {
+    impl->events = zmq::socket_t(impl->context, zmq::socket_type::pub);
+    if (!options.control_endpoint.empty()) {
+      impl->control = zmq::socket_t(impl->context, zmq::socket_type::router);
+    }
+    MEWM_RETURN_IF_ERROR(impl->SetUpCurve());
+    impl->events.set(zmq::sockopt::sndhwm, options.send_hwm);
+    impl->events.set(zmq::sockopt::xpub_nodrop, 1);  // EAGAIN at the HWM: drops are counted
+    impl->events.set(zmq::sockopt::maxmsgsize, std::int64_t(options.hard_max_message_bytes));
+    impl->events.set(zmq::sockopt::linger, options.linger_ms);
+    impl->events.bind(options.event_endpoint);
+    impl->event_ep = BoundEndpoint(impl->events);
+    if (impl->control) {
+      impl->control.set(zmq::sockopt::maxmsgsize, std::int64_t(options.hard_max_message_bytes));
+      impl->control.set(zmq::sockopt::linger, options.linger_ms);
+      impl->control.bind(options.control_endpoint);
+      impl->control_ep = BoundEndpoint(impl->control);
+    }
+  } catch (const zmq::error_t& e) {
+    return MakeError(ErrorCode::kIo, std::string("cannot open the server sockets (") +
+                                         options.control_endpoint + ", " + options.event_endpoint +
+                                         "): " + e.what());
+  }
+  if (options.metrics_port >= 0) {
+    Impl* raw = impl.get();
+    MEWM_TRY(impl->metrics,
+             MetricsServer::Start(options.metrics_address, options.metrics_port, [raw] {
+               return RenderPrometheus(raw->MakeHealth(), raw->stages);
+             }));
+  }
+  Impl* raw = impl.get();
+  impl->worker = std::thread([raw] { raw->WorkerLoop(); });
+  return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+Status Server::Serve() {
+  Impl& m = *impl_;
+  bool shutting_down = false;
+  int cancelled_runs = 0;
+  const auto heartbeat_ns = std::int64_t(m.options.heartbeat_ms) * 1000000;
+  for (;;) {
+    const bool idle_exit = [&] {
+      if (!m.options.exit_when_idle) return false;
+      std::lock_guard<std::mutex> lock(m.runs_mutex);
+      return m.queue.empty() && !m.active;
+    }();
+    if ((m.stop.load() || idle_exit) && !shutting_down) {
+      shutting_down = true;
+      std::deque<std::shared_ptr<RunRecord>> queued;
+      {
+        std::lock_guard<std::mutex> lock(m.runs_mutex);
+        m.accepting = false;
+        m.worker_stop = true;
+        queued.swap(m.queue);
+        if (m.active && !m.options.finish_on_shutdown) {
+          m.active->cancel = true;
+          ++cancelled_runs;
+        }
+      }
+      m.runs_cv.notify_all();
+      for (auto& run : queued) {
+        if (auto cancelled = m.Append(*run, scenarios::RunCancelled{0}); !cancelled) {
+          LogWarn("cannot record the cancel of " + run->id + ": " + cancelled.error().message);
+        }
+        ++cancelled_runs;
+      }
+    }
+    if (shutting_down) {
+      std::lock_guard<std::mutex> lock(m.runs_mutex);
+      if (!m.active && m.queue.empty()) break;
+    }
+    // Keep answering status and snapshots while a run drains.
+    if (m.control) {
+      zmq::pollitem_t item{m.control.handle(), 0, ZMQ_POLLIN, 0};
+      if (zmq::poll(&item, 1, std::chrono::milliseconds(50)) > 0) m.ServeControl();
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    if (SteadyNs() - m.last_publish_ns.load(std::memory_order_relaxed) >= heartbeat_ns) {
+      Heartbeat beat;
+      {
+        std::lock_guard<std::mutex> lock(m.runs_mutex);
+        beat = {m.active ? m.active->id : "", int(m.queue.size()), {}};
+        const std::int64_t recent = SteadyNs() - 60'000'000'000;
+        for (auto it = m.run_order.rbegin();
+             it != m.run_order.rend() && beat.recent_runs.size() < 16; ++it) {
+          if ((*it)->last_event_ns.load(std::memory_order_relaxed) < recent) continue;
+          beat.recent_runs.push_back({(*it)->id, (*it)->Status().last_seq});
+        }
+      }
+      m.PublishServer(beat);
+    }
+  }
+  if (m.worker.joinable()) m.worker.join();
+  m.PublishServer(ServerClosing{m.stop.load() ? "shutdown" : "idle", cancelled_runs});
+  return {};
+}
+
+void Server::Stop() { impl_->stop.store(true); }
+
+Expected<std::string> Server::SubmitLocal(const scenarios::ScenarioSpec& spec,
+                                          const scenarios::RunOptions& options,
+                                          scenarios::EventSink* extra_sink) {
+  auto run = std::make_shared<RunRecord>();
+  run->spec = spec;
+  run->options = options;
+  run->extra = extra_sink;
+  run->id = options.run_id.empty() ? scenarios::DefaultRunId(spec) : options.run_id;
+  run->trace_id = run->id;
+  run->out = options.output_dir.empty() ? spec.output : options.output_dir;
+  {
+    std::lock_guard<std::mutex> lock(impl_->runs_mutex);
+    if (!impl_->accepting) {
+      return MakeError(ErrorCode::kCancelled, "the server is shutting down");
+    }
+    if (impl_->runs.count(run->id)) {
+      return MakeError(ErrorCode::kInvalidArgument, "run '" + run->id + "' is already known");
+    }
+    impl_->runs[run->id] = run;
+    impl_->run_order.push_back(run);
+    impl_->queue.push_back(run);
+  }
+  impl_->runs_cv.notify_all();
+  return run->id;
+}
+
+const std::string& Server::control_endpoint() const { return impl_->control_ep; }
+const std::string& Server::event_endpoint() const { return impl_->event_ep; }
+int Server::metrics_port() const { return impl_->metrics ? impl_->metrics->port() : -1; }
+const std::string& Server::public_key() const { return impl_->public_key; }
+Health Server::health() const { return impl_->MakeHealth(); }
+
+Expected<scenarios::RunSummary> Server::last_summary() const {
+  std::lock_guard<std::mutex> lock(impl_->runs_mutex);
+  if (!impl_->last_summary) return MakeError(ErrorCode::kNotFound, "no run has finished");
+  return *impl_->last_summary;
+}
+
+// --- keys ---------------------------------------------------------------------------------------
+
+Expected<CurveKeyPair> GenerateCurveKeyPair() {
+  char public_key[41], secret_key[41];
+  if (zmq_curve_keypair(public_key, secret_key) != 0) {
+    return MakeError(ErrorCode::kUnsupported, "this libzmq cannot make CURVE keys");
+  }
+  return CurveKeyPair{public_key, secret_key};
+}
+
+Status WriteCurveKeyPair(const CurveKeyPair& keys, const std::string& base) {
+  const std::string secret_path = base + ".key";
+  MEWM_RETURN_IF_ERROR(WriteFileAtomic(
+      secret_path, "# mewm CURVE secret key: keep private\n" + keys.secret_key + "\n"));
+  ::chmod(secret_path.c_str(), 0600);
+  return WriteFileAtomic(base + ".pub", "# mewm CURVE public key\n" + keys.public_key + "\n");
+}
+
+Expected<std::string> ReadCurveKey(const std::string& path) {
+  MEWM_TRY(const std::string text, ReadFile(path));
+  std::size_t start = 0;
+  while (start < text.size()) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    std::string line = text.substr(start, end - start);
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+    if (!line.empty() && line[0] != '#') {
+      std::uint8_t binary[32];
+      if (line.size() != 40 || zmq_z85_decode(binary, line.c_str()) == nullptr) {
+        return MakeError(ErrorCode::kCorruptData,
+                         "'" + path + "' does not hold a 40-character z85 CURVE key");
+      }
+      return line;
+    }
+    start = end + 1;
+  }
+  return MakeError(ErrorCode::kCorruptData, "'" + path + "' holds no CURVE key");
+}
+
+}  // namespace mewm::streaming

@@ -1,0 +1,673 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// The server and client over real sockets on 127.0.0.1. Runs are scripted (a RunFunction that
+// writes events.jsonl like the Runner) so a test controls where a run pauses; one test plans real
+// patients. Waits are on events, with bounds; no sleep is used to synchronise.
+#include "mewm/streaming/server.h"
+
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <condition_variable>
+#include <fstream>
+#include <random>
+#include <thread>
+#include <zmq.hpp>
+#include <zmq_addon.hpp>
+
+#include "../scenarios/planning_fixture.h"
+#include "mewm/core/file_util.h"
+#include "mewm/streaming/client.h"
+
+namespace mewm::streaming {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using scenarios::Event;
+using scenarios::EventBody;
+
+std::int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+/// Lets a test hold a scripted run at a chosen event until it says go.
+class Gate {
+ public:
+  /// Called by the run: marks the gate reached and waits (at most 30 s) to be released.
+  void Reach() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    reached_ = true;
+    cv_.notify_all();
+    cv_.wait_for(lock, 30s, [&] { return released_; });
+  }
+  bool WaitReached() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    return cv_.wait_for(lock, 30s, [&] { return reached_; });
+  }
+  void Release() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    released_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool reached_ = false, released_ = false;
+};
+
+struct Script {
+  int patients = 2;
+  int candidates = 5;
+  std::size_t payload = 0;  ///< > 0: each candidate is a proposal event with this much text
+  std::chrono::milliseconds work{0};  ///< simulated model work per candidate (a "batch")
+  int pause_after = -1;               ///< hold at this many events, until the gate opens
+  std::shared_ptr<Gate> gate;
+};
+
+/// A RunFunction that behaves like the Runner: events.jsonl first, seq continued on resume,
+/// cancellation polled between batches.
+RunFunction Scripted(Script script) {
+  return [script](const scenarios::ScenarioSpec& spec, const scenarios::RunOptions& options,
+                  scenarios::EventSink& sink) -> Expected<scenarios::RunSummary> {
+    const std::string log_path = options.output_dir + "/events.jsonl";
+    std::uint64_t seq = 0;
+    if (options.resume && fs::exists(log_path)) {
+      MEWM_TRY(auto earlier, scenarios::ReadEvents(log_path));
+      if (!earlier.empty()) seq = earlier.back().seq;
+    }
+    MEWM_TRY(auto log, scenarios::JsonlSink::Open(log_path));
+    scenarios::FanoutSink out;
+    out.Add(log.get());
+    out.Add(&sink);
+    int emitted = 0;
+    const auto emit = [&](EventBody body) -> Status {
+      if (++emitted == script.pause_after && script.gate) script.gate->Reach();
+      return out.Emit(Event{options.run_id, ++seq, NowNs(), std::move(body)});
+    };
+    scenarios::RunSummary summary{options.run_id, options.output_dir, 0, 0, 0, false};
+    MEWM_RETURN_IF_ERROR(
+        emit(scenarios::RunStarted{spec.name, options.output_dir, spec.seed, script.patients, 0}));
+    for (int p = 0; p < script.patients; ++p) {
+      const std::string id = "P" + std::to_string(p);
+      MEWM_RETURN_IF_ERROR(emit(scenarios::PatientStarted{id, p, script.patients}));
+      for (int c = 0; c < script.candidates; ++c) {
+        if (options.cancelled && options.cancelled()) {
+          MEWM_RETURN_IF_ERROR(emit(scenarios::RunCancelled{summary.finished}));
+          summary.cancelled = true;
+          return summary;
+        }
+        if (script.work.count() > 0) std::this_thread::sleep_for(script.work);
+        if (options.stage_seconds) options.stage_seconds("dynamics", 0.001);
+        if (script.payload > 0) {
+          MEWM_RETURN_IF_ERROR(
+              emit(scenarios::ProposalMade{id, {}, {}, std::string(script.payload, 'r')}));
+        } else {
+          MEWM_RETURN_IF_ERROR(emit(scenarios::CandidateEvaluated{
+              id, "drug", c, {{"Epirubicin"}, 0.5 + 0.01 * c, 0.1}, false}));
+        }
+      }
+      MEWM_RETURN_IF_ERROR(emit(scenarios::PlanDecided{id, {{"Epirubicin"}, 0.5, 0.1}, 20, ""}));
+      MEWM_RETURN_IF_ERROR(emit(scenarios::PatientFinished{id, 8, 0, 8, 0.1}));
+      ++summary.finished;
+    }
+    MEWM_RETURN_IF_ERROR(emit(scenarios::RunFinished{summary.finished, 0, 0.5}));
+    return summary;
+  };
+}
+
+std::vector<std::string> Json(const std::vector<Event>& events) {
+  std::vector<std::string> out;
+  for (const Event& e : events) out.push_back(scenarios::EventToJson(e));
+  return out;
+}
+
+class ServerTest : public testing::VdbTest {
+ protected:
+  void SetUp() override { testing::WriteTestModels(dir_.path().string()); }
+
+  void TearDown() override { StopServer(); }
+
+  ServerOptions Options() const {
+    ServerOptions options;
+    options.control_endpoint = "tcp://127.0.0.1:*";
+    options.event_endpoint = "tcp://127.0.0.1:*";
+    options.results_root = dir_.File("results");
+    options.scenario_base = dir_.path().string();
+    options.heartbeat_ms = 50;
+    return options;
+  }
+
+  void StartServer(const ServerOptions& options, RunFunction run) {
+    auto server = Server::Create(options, std::move(run));
+    ASSERT_TRUE(server) << server.error().message;
+    server_ = std::move(*server);
+    serve_thread_ = std::thread([this] { served_ = server_->Serve(); });
+  }
+
+  void StopServer() {
+    if (!server_) return;
+    server_->Stop();
+    if (serve_thread_.joinable()) serve_thread_.join();
+    server_.reset();
+  }
+
+  ClientOptions ClientOpts(int timeout_ms = 5000) const {
+    ClientOptions options;
+    options.control_endpoint = server_->control_endpoint();
+    options.event_endpoint = server_->event_endpoint();
+    options.request_timeout_ms = timeout_ms;
+    options.liveness_ms = 2000;
+    return options;
+  }
+
+  std::unique_ptr<Client> NewClient(int timeout_ms = 5000) {
+    auto client = Client::Connect(ClientOpts(timeout_ms));
+    EXPECT_TRUE(client) << client.error().message;
+    return std::move(*client);
+  }
+
+  static std::string Toml(const std::string& name = "st", const std::string& extra = "") {
+    return "[run]\nname = \"" + name + "\"\nseed = 3\noutput = \"runs\"\n" + extra +
+           "\n[cohort]\nsource = \"synthetic\"\nn = 2\nseed = 4\nspacing_mm = 2.0\n" +
+           testing::kTestModelsToml + "\n[planner]\nbeams = 2\nsamples = 2\n";
+  }
+
+  std::string SubmitOk(Client& client, const std::string& toml = Toml()) {
+    auto submitted = client.Submit({toml, "", ""});
+    EXPECT_TRUE(submitted) << submitted.error().message;
+    return submitted ? submitted->run_id : "";
+  }
+
+  /// Watches one run to its end; returns the delivered events.
+  std::vector<Event> WatchToEnd(Client& client, const std::string& run_id,
+                                std::vector<std::string>* volumes = nullptr) {
+    std::vector<Event> events;
+    WatchOptions options;
+    options.run_id = run_id;
+    const Status watched = client.Watch(options, [&](const RunEvent& e, const std::string& v) {
+      events.push_back(e.event);
+      if (volumes && !v.empty()) volumes->push_back(v);
+      return true;
+    });
+    EXPECT_TRUE(watched) << watched.error().message;
+    return events;
+  }
+
+  std::vector<Event> Log(Client& client, const std::string& run_id) {
+    auto status = client.GetStatus(run_id);
+    EXPECT_TRUE(status);
+    auto events = scenarios::ReadEvents(status->output_dir + "/events.jsonl");
+    EXPECT_TRUE(events) << events.error().message;
+    return events ? *events : std::vector<Event>{};
+  }
+
+  testing::TempDir dir_;
+  std::unique_ptr<Server> server_;
+  std::thread serve_thread_;
+  Status served_;
+};
+
+TEST_F(ServerTest, SubmitStreamsEveryEventInOrderAndEndsFinished) {
+  StartServer(Options(), Scripted({}));
+  auto client = NewClient();
+  const std::string id = SubmitOk(*client);
+  const std::vector<Event> events = WatchToEnd(*client, id);
+  ASSERT_FALSE(events.empty());
+  for (std::size_t i = 0; i < events.size(); ++i) EXPECT_EQ(events[i].seq, i + 1);
+  EXPECT_TRUE(std::holds_alternative<scenarios::RunAccepted>(events.front().body));
+  EXPECT_TRUE(std::holds_alternative<scenarios::RunFinished>(events.back().body));
+  EXPECT_EQ(Json(events), Json(Log(*client, id)));  // exactly what was written to disk
+  auto status = client->GetStatus(id);
+  ASSERT_TRUE(status);
+  EXPECT_EQ(status->state, RunState::kFinished);
+  EXPECT_EQ(status->patients_done, 2);
+  EXPECT_EQ(status->last_seq, events.size());
+  EXPECT_EQ(fs::path(status->output_dir).parent_path(), fs::path(dir_.File("results/runs")));
+}
+
+TEST_F(ServerTest, WatcherJoiningMidRunEndsWithThePublishersEventList) {
+  auto gate = std::make_shared<Gate>();
+  Script script;
+  script.candidates = 20;
+  script.pause_after = 25;
+  script.gate = gate;
+  StartServer(Options(), Scripted(script));
+  auto client = NewClient();
+  const std::string id = SubmitOk(*client);
+  ASSERT_TRUE(gate->WaitReached());
+  auto watcher = NewClient();
+  std::vector<Event> events;
+  std::thread watch([&] { events = WatchToEnd(*watcher, id); });
+  // Release once the watcher has the history: what follows arrives live.
+  for (int i = 0; i < 500 && watcher->stats().delivered < 24; ++i)
+    std::this_thread::sleep_for(10ms);
+  gate->Release();
+  watch.join();
+  EXPECT_EQ(Json(events), Json(Log(*client, id)));
+  EXPECT_GE(watcher->stats().from_history, 24u);
+  EXPECT_GT(watcher->stats().delivered, watcher->stats().from_history);  // live part too
+}
+
+TEST_F(ServerTest, KilledWatcherRestartsAndRecoversEverything) {
+  auto gate = std::make_shared<Gate>();
+  Script script;
+  script.candidates = 30;
+  script.pause_after = 40;
+  script.gate = gate;
+  StartServer(Options(), Scripted(script));
+  auto client = NewClient();
+  const std::string id = SubmitOk(*client);
+  {
+    // The first watcher dies after 10 events: its sockets close mid-stream.
+    auto first = NewClient();
+    WatchOptions options;
+    options.run_id = id;
+    int seen = 0;
+    ASSERT_TRUE(
+        first->Watch(options, [&](const RunEvent&, const std::string&) { return ++seen < 10; }));
+    EXPECT_EQ(seen, 10);
+  }
+  ASSERT_TRUE(gate->WaitReached());
+  auto second = NewClient();
+  std::vector<Event> events;
+  std::thread watch([&] { events = WatchToEnd(*second, id); });
+  gate->Release();
+  watch.join();
+  EXPECT_EQ(Json(events), Json(Log(*client, id)));
+}
+
+TEST_F(ServerTest, GapThatTheServerCannotFillIsAnExplicitError) {
+  // A fake server: its history of run "g-1" ends at seq 2, but it publishes seq 4.
+  zmq::context_t context;
+  zmq::socket_t pub(context, zmq::socket_type::pub), router(context, zmq::socket_type::router);
+  pub.bind("tcp://127.0.0.1:*");
+  router.bind("tcp://127.0.0.1:*");
+  const auto make = [](std::uint64_t seq) {
+    return EncodeEnvelope(
+        RunEvent{Event{"g-1", seq, NowNs(), scenarios::Progress{"x", 0, 1}}, "", std::nullopt});
+  };
+  std::atomic<bool> done{false};
+  std::thread fake([&] {
+    for (int i = 0; i < 2000 && !done; ++i) {
+      zmq::pollitem_t item{router.handle(), 0, ZMQ_POLLIN, 0};
+      if (zmq::poll(&item, 1, 5ms) > 0) {
+        std::vector<zmq::message_t> frames;
+        (void)zmq::recv_multipart(router, std::back_inserter(frames));
+        auto request = DecodeRequest(frames.back().to_string_view());
+        Reply reply{request ? request->request_id : "", RunList{}};
+        if (request && std::holds_alternative<SnapshotRequest>(request->body)) {
+          RunStatus run{"g-1", "g", RunState::kRunning, 2, 0, 0, 0, "", "", ""};
+          reply.body = SnapshotReply{run, {make(1), make(2)}, false};
+        }
+        const std::string bytes = EncodeReply(reply);
+        std::array<zmq::const_buffer, 3> out = {zmq::buffer(frames[0].to_string_view()),
+                                                zmq::const_buffer(), zmq::buffer(bytes)};
+        (void)zmq::send_multipart(router, out);
+      }
+      // seq 1 and 2 until the watcher has them (the subscription takes a moment), then 4.
+      for (std::uint64_t seq : {1, 2, 4}) {
+        const std::string bytes = make(seq);
+        std::array<zmq::const_buffer, 2> msg = {zmq::str_buffer("run/g-1/progress"),
+                                                zmq::buffer(bytes)};
+        (void)zmq::send_multipart(pub, msg);
+      }
+    }
+  });
+  ClientOptions options;
+  options.control_endpoint = router.get(zmq::sockopt::last_endpoint);
+  options.event_endpoint = pub.get(zmq::sockopt::last_endpoint);
+  options.request_timeout_ms = 2000;
+  auto client = Client::Connect(options);
+  ASSERT_TRUE(client);
+  std::vector<std::uint64_t> seqs;
+  const Status watched = (*client)->Watch({}, [&](const RunEvent& e, const std::string&) {
+    seqs.push_back(e.event.seq);
+    return true;
+  });
+  done = true;
+  fake.join();
+  ASSERT_FALSE(watched);
+  EXPECT_EQ(watched.error().code, ErrorCode::kCorruptData);
+  EXPECT_NE(watched.error().message.find("gap in g-1"), std::string::npos)
+      << watched.error().message;
+  EXPECT_EQ(seqs, (std::vector<std::uint64_t>{1, 2}));  // nothing after the gap was delivered
+}
+
+TEST_F(ServerTest, SlowSubscriberNeitherBlocksTheRunNorLosesEventsForOthers) {
+  ServerOptions options = Options();
+  options.send_hwm = 4;
+  options.heartbeat_ms = 10;
+  Script script;
+  script.patients = 2;
+  script.candidates = 1500;
+  script.payload = 2048;  // ~6 MB in all: far more than the socket buffers hold
+  StartServer(options, Scripted(script));
+  // A subscriber that stops reading once its subscription is known to be live.
+  zmq::context_t context;
+  zmq::socket_t slow(context, zmq::socket_type::sub);
+  slow.set(zmq::sockopt::rcvhwm, 4);
+  slow.set(zmq::sockopt::rcvbuf, 4096);
+  slow.set(zmq::sockopt::subscribe, "");
+  slow.connect(server_->event_endpoint());
+  zmq::message_t first;
+  slow.set(zmq::sockopt::rcvtimeo, 5000);
+  ASSERT_TRUE(slow.recv(first));  // a heartbeat: the server now sends to us
+  auto client = NewClient();
+  const std::string id = SubmitOk(*client);
+  auto watcher = NewClient();
+  const std::vector<Event> events = WatchToEnd(*watcher, id);  // returns: the run was not blocked
+  EXPECT_EQ(Json(events), Json(Log(*client, id)));
+  auto health = client->GetHealth();
+  ASSERT_TRUE(health);
+  EXPECT_GT(health->events_dropped, 0u);       // the stuck subscriber missed events...
+  EXPECT_EQ(watcher->stats().reconnects, 0u);  // ...while the watcher kept getting them live
+}
+
+TEST_F(ServerTest, FullQueueRejectsWithAReason) {
+  ServerOptions options = Options();
+  options.queue_capacity = 1;
+  auto gate = std::make_shared<Gate>();
+  Script script;
+  script.pause_after = 2;
+  script.gate = gate;
+  StartServer(options, Scripted(script));
+  auto client = NewClient();
+  const std::string running = SubmitOk(*client);
+  ASSERT_TRUE(gate->WaitReached());  // the first run left the queue
+  const std::string queued = SubmitOk(*client);
+  auto rejected = client->Call(Request{"", "", SubmitRequest{Toml(), "", ""}});
+  ASSERT_TRUE(rejected);
+  const auto* error = std::get_if<ErrorReply>(&rejected->body);
+  ASSERT_NE(error, nullptr);
+  EXPECT_EQ(error->code, ReplyError::kQueueFull);
+  EXPECT_NE(error->message.find("queue is full"), std::string::npos);
+  gate->Release();
+  WatchToEnd(*client, queued);
+  auto health = client->GetHealth();
+  EXPECT_EQ(health->rejected_submits, 1u);
+  EXPECT_EQ(client->GetStatus(running)->state, RunState::kFinished);
+}
+
+TEST_F(ServerTest, CancelEndsTheRunWithinASecondOfTheCurrentBatch) {
+  auto gate = std::make_shared<Gate>();
+  Script script;
+  script.candidates = 100000;
+  script.work = 20ms;  // one simulated batch
+  script.pause_after = 5;
+  script.gate = gate;
+  StartServer(Options(), Scripted(script));
+  auto client = NewClient();
+  const std::string id = SubmitOk(*client);
+  ASSERT_TRUE(gate->WaitReached());
+  gate->Release();
+  auto watcher = NewClient();
+  std::vector<Event> events;
+  std::thread watch([&] { events = WatchToEnd(*watcher, id); });
+  const auto t0 = std::chrono::steady_clock::now();
+  auto cancelled = client->Cancel(id);
+  ASSERT_TRUE(cancelled) << cancelled.error().message;
+  watch.join();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_FALSE(events.empty());
+  EXPECT_TRUE(std::holds_alternative<scenarios::RunCancelled>(events.back().body));
+  EXPECT_LT(seconds, 1.0);
+  EXPECT_EQ(client->GetStatus(id)->state, RunState::kCancelled);
+  auto again = client->Cancel(id);
+  ASSERT_FALSE(again);
+  EXPECT_NE(again.error().message.find("not_cancellable"), std::string::npos);
+}
+
+TEST_F(ServerTest, CancellingAQueuedRunRecordsItWithoutRunningIt) {
+  auto gate = std::make_shared<Gate>();
+  Script script;
+  script.pause_after = 2;
+  script.gate = gate;
+  StartServer(Options(), Scripted(script));
+  auto client = NewClient();
+  const std::string first = SubmitOk(*client);
+  ASSERT_TRUE(gate->WaitReached());
+  const std::string second = SubmitOk(*client);
+  auto cancelled = client->Cancel(second);
+  ASSERT_TRUE(cancelled);
+  gate->Release();
+  const auto events = WatchToEnd(*client, second);
+  ASSERT_EQ(events.size(), 2u);  // accepted, cancelled
+  EXPECT_TRUE(std::holds_alternative<scenarios::RunCancelled>(events[1].body));
+  EXPECT_EQ(Json(events), Json(Log(*client, second)));
+  WatchToEnd(*client, first);
+}
+
+TEST_F(ServerTest, BadMessagesGetErrorRepliesWhileARunContinues) {
+  ServerOptions options = Options();
+  options.max_request_bytes = 64 * 1024;
+  auto gate = std::make_shared<Gate>();
+  Script script;
+  script.pause_after = 3;
+  script.gate = gate;
+  StartServer(options, Scripted(script));
+  auto client = NewClient();
+  const std::string id = SubmitOk(*client);
+  ASSERT_TRUE(gate->WaitReached());  // a run is in the middle of its work
+  const auto expect_error = [&](const std::string& bytes, ReplyError code) {
+    auto reply = client->CallRaw(bytes);
+    ASSERT_TRUE(reply) << reply.error().message;
+    const auto* error = std::get_if<ErrorReply>(&reply->body);
+    ASSERT_NE(error, nullptr);
+    EXPECT_EQ(error->code, code) << error->message;
+  };
+  std::mt19937 rng(3);
+  std::string junk(333, '\0');
+  for (char& c : junk) c = char(rng());
+  expect_error(junk, ReplyError::kMalformed);
+  const std::string valid = EncodeRequest(Request{"r", "", StatusRequest{id}});
+  expect_error(valid.substr(0, valid.size() - 8), ReplyError::kMalformed);
+  expect_error(std::string(100 * 1024, 'x'), ReplyError::kTooLarge);
+  expect_error(EncodeRequest(Request{"r", "", HealthRequest{}}, kSchemaVersion + 1),
+               ReplyError::kWrongVersion);
+  expect_error("", ReplyError::kMalformed);
+  gate->Release();
+  const auto events = WatchToEnd(*client, id);
+  EXPECT_TRUE(std::holds_alternative<scenarios::RunFinished>(events.back().body));
+  EXPECT_EQ(client->GetHealth()->bad_requests, 5u);
+}
+
+TEST_F(ServerTest, InvalidScenariosAndEscapingPathsAreRejected) {
+  StartServer(Options(), Scripted({}));
+  auto client = NewClient();
+  const auto expect = [&](const SubmitRequest& submit, ReplyError code, const std::string& text) {
+    auto reply = client->Call(Request{"", "", submit});
+    ASSERT_TRUE(reply);
+    const auto* error = std::get_if<ErrorReply>(&reply->body);
+    ASSERT_NE(error, nullptr) << submit.scenario_toml;
+    EXPECT_EQ(error->code, code);
+    EXPECT_NE(error->message.find(text), std::string::npos) << error->message;
+  };
+  expect({"[run\nname=", "", ""}, ReplyError::kInvalidScenario, "");
+  expect({Toml("x", "bogus = 1"), "", ""}, ReplyError::kInvalidScenario, "bogus");
+  std::string escaping = Toml();
+  escaping.replace(escaping.find("\"runs\""), 6, "\"../../etc\"");
+  expect({escaping, "", ""}, ReplyError::kForbiddenPath, "..");
+  std::string absolute = Toml();
+  absolute.replace(absolute.find("\"runs\""), 6, "\"/tmp/elsewhere\"");
+  expect({absolute, "", ""}, ReplyError::kForbiddenPath, "outside");
+  expect({Toml(), "", "../outside/s.toml"}, ReplyError::kForbiddenPath, "..");
+  EXPECT_TRUE(client->ListRuns()->empty());  // nothing was queued
+}
+
+TEST_F(ServerTest, ResubmittingWithTheSameRequestIdReturnsTheSameRun) {
+  StartServer(Options(), Scripted({}));
+  auto client = NewClient();
+  auto first = client->Submit({Toml(), "idem-1", ""});
+  auto second = client->Submit({Toml(), "idem-1", ""});
+  ASSERT_TRUE(first && second);
+  EXPECT_EQ(first->run_id, second->run_id);
+  EXPECT_FALSE(first->duplicate);
+  EXPECT_TRUE(second->duplicate);
+  auto third = client->Submit({Toml(), "idem-2", ""});
+  EXPECT_NE(third->run_id, first->run_id);
+  EXPECT_EQ(client->ListRuns()->size(), 2u);
+}
+
+TEST_F(ServerTest, SnapshotsPageThroughHistoryAndUnknownRunsAreErrors) {
+  StartServer(Options(), Scripted({}));
+  auto client = NewClient();
+  const std::string id = SubmitOk(*client);
+  const auto all = WatchToEnd(*client, id);
+  auto page = client->Snapshot(id, 3, 4);
+  ASSERT_TRUE(page);
+  ASSERT_EQ(page->events.size(), 4u);
+  EXPECT_TRUE(page->more);
+  auto first = DecodeEnvelope(page->events.front());
+  EXPECT_EQ(std::get<RunEvent>(*first).event.seq, 4u);
+  auto tail = client->Snapshot(id, all.size() - 1, 0);
+  EXPECT_EQ(tail->events.size(), 1u);
+  EXPECT_FALSE(tail->more);
+  for (auto result : {client->GetStatus("nope").error(), client->Cancel("nope").error(),
+                      client->Snapshot("nope", 0).error()}) {
+    EXPECT_EQ(result.code, ErrorCode::kNotFound);
+  }
+}
+
+TEST_F(ServerTest, CurveAllowsListedKeysAndRefusesOthers) {
+  auto server_keys = GenerateCurveKeyPair();
+  auto listed = GenerateCurveKeyPair();
+  auto stranger = GenerateCurveKeyPair();
+  ASSERT_TRUE(server_keys && listed && stranger);
+  ASSERT_TRUE(WriteCurveKeyPair(*server_keys, dir_.File("server")));
+  ASSERT_TRUE(WriteFileAtomic(dir_.File("allow.txt"), "# clients\n" + listed->public_key + "\n"));
+  ServerOptions options = Options();
+  options.curve_secret_file = dir_.File("server.key");
+  options.curve_allowlist_file = dir_.File("allow.txt");
+  StartServer(options, Scripted({}));
+  EXPECT_EQ(server_->public_key(), server_keys->public_key);
+  const auto connect = [&](const CurveKeyPair& keys) {
+    ClientOptions c = ClientOpts(700);
+    c.server_public_key = server_keys->public_key;
+    c.public_key = keys.public_key;
+    c.secret_key = keys.secret_key;
+    return std::move(*Client::Connect(c));
+  };
+  auto good = connect(*listed);
+  const std::string id = SubmitOk(*good);
+  const auto events = WatchToEnd(*good, id);  // events arrive encrypted over the PUB socket too
+  EXPECT_TRUE(std::holds_alternative<scenarios::RunFinished>(events.back().body));
+  auto bad = connect(*stranger);
+  auto refused = bad->GetHealth();
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, ErrorCode::kIo);
+  auto plain = NewClient(700);
+  EXPECT_FALSE(plain->GetHealth());  // no CURVE at all
+  auto health = good->GetHealth();
+  ASSERT_TRUE(health);
+  EXPECT_GE(health->auth_failures, 1u);
+}
+
+TEST_F(ServerTest, CurveFailsClosedOnAMissingOrBadAllowlist) {
+  auto keys = GenerateCurveKeyPair();
+  ASSERT_TRUE(WriteCurveKeyPair(*keys, dir_.File("server")));
+  ServerOptions options = Options();
+  options.curve_secret_file = dir_.File("server.key");
+  options.curve_allowlist_file = dir_.File("missing.txt");
+  EXPECT_FALSE(Server::Create(options, Scripted({})));
+  ASSERT_TRUE(WriteFileAtomic(dir_.File("bad.txt"), "not-a-key\n"));
+  options.curve_allowlist_file = dir_.File("bad.txt");
+  auto bad = Server::Create(options, Scripted({}));
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("bad.txt:1"), std::string::npos);
+  options.curve_allowlist_file = "";
+  EXPECT_FALSE(Server::Create(options, Scripted({})));  // a key without an allowlist
+}
+
+TEST_F(ServerTest, ShutdownCancelsTheActiveRunAndPublishesServerClosing) {
+  auto gate = std::make_shared<Gate>();
+  Script script;
+  script.candidates = 100000;
+  script.work = 20ms;  // a run far longer than the test
+  script.pause_after = 3;
+  script.gate = gate;
+  StartServer(Options(), Scripted(script));
+  zmq::context_t context;
+  zmq::socket_t sub(context, zmq::socket_type::sub);
+  sub.set(zmq::sockopt::subscribe, "server/");
+  sub.set(zmq::sockopt::rcvtimeo, 5000);
+  sub.connect(server_->event_endpoint());
+  zmq::message_t topic;
+  ASSERT_TRUE(sub.recv(topic));  // a heartbeat: subscribed
+  std::vector<zmq::message_t> rest;
+  (void)zmq::recv_multipart(sub, std::back_inserter(rest));  // the heartbeat's envelope
+  auto client = NewClient();
+  const std::string id = SubmitOk(*client);
+  ASSERT_TRUE(gate->WaitReached());
+  server_->Stop();
+  gate->Release();
+  serve_thread_.join();
+  EXPECT_TRUE(served_);
+  // Heartbeats may come first; the last server message is `closing`.
+  std::optional<ServerClosing> closing;
+  for (int i = 0; i < 1000 && !closing; ++i) {
+    std::vector<zmq::message_t> frames;
+    if (!zmq::recv_multipart(sub, std::back_inserter(frames))) break;
+    auto envelope = DecodeEnvelope(frames.at(1).to_string_view());
+    ASSERT_TRUE(envelope);
+    const auto& server = std::get<ServerEvent>(*envelope);
+    if (auto* c = std::get_if<ServerClosing>(&server.body)) closing = *c;
+  }
+  ASSERT_TRUE(closing.has_value());
+  EXPECT_EQ(closing->reason, "shutdown");
+  EXPECT_EQ(closing->cancelled_runs, 1);
+  const std::string out = dir_.File("results/runs/" + id + "/events.jsonl");
+  auto log = scenarios::ReadEvents(out);
+  ASSERT_TRUE(log);
+  EXPECT_TRUE(std::holds_alternative<scenarios::RunCancelled>(log->back().body));
+  server_.reset();
+}
+
+TEST_F(ServerTest, MetricsEndpointServesStageHistograms) {
+  ServerOptions options = Options();
+  options.metrics_port = 0;
+  StartServer(options, Scripted({}));
+  ASSERT_GT(server_->metrics_port(), 0);
+  auto client = NewClient();
+  WatchToEnd(*client, SubmitOk(*client));
+  httplib::Client http("127.0.0.1", server_->metrics_port());
+  auto response = http.Get("/metrics");
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 200);
+  EXPECT_NE(response->body.find("mewm_stage_seconds_bucket{stage=\"publish\",le=\"+Inf\"}"),
+            std::string::npos);
+  EXPECT_NE(response->body.find("mewm_stage_seconds_count{stage=\"dynamics\"} 10"),
+            std::string::npos)
+      << response->body;
+  EXPECT_NE(response->body.find("mewm_events_published_total"), std::string::npos);
+}
+
+TEST_F(ServerTest, RealRunnerStreamsPlansWithVerifiedVolumeFrames) {
+  StartServer(Options(), RunWithRunner);
+  auto client = NewClient(10000);
+  const std::string id = SubmitOk(*client);
+  std::vector<std::string> volumes;
+  const auto events = WatchToEnd(*client, id, &volumes);
+  ASSERT_FALSE(events.empty());
+  ASSERT_TRUE(std::holds_alternative<scenarios::RunFinished>(events.back().body))
+      << scenarios::EventToJson(events.back());
+  EXPECT_EQ(Json(events), Json(Log(*client, id)));
+  int decided = 0;
+  for (const Event& e : events) decided += std::holds_alternative<scenarios::PlanDecided>(e.body);
+  EXPECT_EQ(decided, 2);
+  // Plans decided while watching came with their .vdb, checked against size and SHA-256.
+  for (const std::string& volume : volumes) EXPECT_EQ(volume.substr(0, 4), " BDV");
+  auto health = client->GetHealth();
+  ASSERT_TRUE(health);
+  ASSERT_EQ(health->stages.size(), 4u);
+  EXPECT_GT(health->stages[1].count, 0u);  // dynamics batches were timed
+  EXPECT_EQ(health->models_loaded.size(), 3u);
+}
+
+}  // namespace
+}  // namespace mewm::streaming

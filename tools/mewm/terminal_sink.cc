@@ -1,0 +1,113 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "terminal_sink.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "mewm/core/text.h"
+
+namespace mewm::cli {
+
+std::string PlanText(const std::vector<std::string>& items) {
+  return items.empty() ? "none" : Join(items, "+");
+}
+
+TerminalSink::TerminalSink(bool quiet) : quiet_(quiet), tty_(::isatty(STDERR_FILENO) != 0) {}
+
+Status TerminalSink::Emit(const scenarios::Event& event) {
+  if (quiet_) return {};
+  std::visit([&](const auto& body) { Show(body); }, event.body);
+  return {};
+}
+
+void TerminalSink::Show(const scenarios::RunAccepted& e) {
+  std::fprintf(stderr, "run %s accepted (queue position %d), results in %s\n", e.scenario.c_str(),
+               e.queue_position, e.output_dir.c_str());
+}
+
+void TerminalSink::Show(const scenarios::Progress& e) {
+  if (!tty_) return;  // the embedded runner shows its own bar; a watcher's line is enough
+  std::fprintf(stderr, "\r%s %d/%d\x1b[K", e.stage.c_str(), e.done, e.total);
+  std::fflush(stderr);
+}
+
+void TerminalSink::Show(const scenarios::RunStarted& e) {
+  ClearLine();
+  start_ = Clock::now();
+  total_ = e.patients;
+  std::fprintf(stderr, "run %s: %d patients to plan (%d skipped), results in %s\n",
+               e.scenario.c_str(), e.patients, e.skipped, e.output_dir.c_str());
+}
+
+void TerminalSink::Show(const scenarios::PatientStarted& e) {
+  index_ = e.index;
+  patient_ = e.patient_id;
+  candidates_ = 0;
+  best_.clear();
+  Redraw();
+}
+
+void TerminalSink::Show(const scenarios::CandidateEvaluated&) {
+  ++candidates_;
+  Redraw();
+}
+
+void TerminalSink::Show(const scenarios::BeamUpdated& e) {
+  if (!e.beams.empty()) {
+    char text[160];
+    std::snprintf(text, sizeof(text), "%s %.3f", PlanText(e.beams.front().plan).c_str(),
+                  e.beams.front().risk_mean);
+    best_ = text;
+  }
+  Redraw();
+}
+
+void TerminalSink::Show(const scenarios::PlanDecided& e) {
+  ClearLine();
+  std::fprintf(stderr, "%-8s %-48s risk %.3f +- %.3f  median OS %s\n", e.patient_id.c_str(),
+               PlanText(e.best.plan).c_str(), e.best.risk_mean, e.best.risk_std,
+               e.median_months < 0 ? "> follow-up"
+                                   : (std::to_string(int(e.median_months + 0.5)) + " mo").c_str());
+}
+
+void TerminalSink::Show(const scenarios::PatientFinished&) { ++done_; }
+
+void TerminalSink::Show(const scenarios::PatientFailed& e) {
+  ++done_;
+  ClearLine();
+  std::fprintf(stderr, "%-8s FAILED: %s\n", e.patient_id.c_str(), e.error.c_str());
+}
+
+void TerminalSink::Show(const scenarios::RunFinished& e) {
+  ClearLine();
+  std::fprintf(stderr, "finished %d patients, %d failed, in %.1f s\n", e.finished, e.failed,
+               e.seconds);
+}
+
+void TerminalSink::Show(const scenarios::RunFailed& e) {
+  ClearLine();
+  std::fprintf(stderr, "run failed: %s\n", e.error.c_str());
+}
+
+void TerminalSink::Show(const scenarios::RunCancelled& e) {
+  ClearLine();
+  std::fprintf(stderr, "cancelled; %d patients finished and kept\n", e.finished);
+}
+
+void TerminalSink::Redraw() {
+  if (!tty_) return;
+  const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
+  char eta[32] = "?";
+  if (done_ > 0) std::snprintf(eta, sizeof(eta), "%.0fs", elapsed / done_ * (total_ - done_));
+  std::fprintf(stderr, "\r[%d/%d, eta %s] %s: %d candidates, best %s\x1b[K", done_, total_, eta,
+               patient_.c_str(), candidates_, best_.empty() ? "-" : best_.c_str());
+  std::fflush(stderr);
+}
+
+void TerminalSink::ClearLine() {
+  if (tty_) std::fprintf(stderr, "\r\x1b[K");
+}
+
+}  // namespace mewm::cli
