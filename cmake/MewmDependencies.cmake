@@ -14,11 +14,11 @@ find_package(spdlog REQUIRED)
 find_package(PNG REQUIRED)
 find_package(ZLIB REQUIRED)
 find_package(Threads REQUIRED)
-# Streaming: Cap'n Proto, ZeroMQ (cppzmq), libsodium (SHA-256) and cpp-httplib (metrics).
+# Streaming: Cap'n Proto, ZeroMQ (cppzmq), OpenSSL libcrypto (SHA-256) and cpp-httplib (metrics).
 find_package(CapnProto CONFIG REQUIRED)
 find_package(cppzmq REQUIRED)
 find_package(PkgConfig REQUIRED)
-pkg_check_modules(SODIUM REQUIRED IMPORTED_TARGET libsodium)
+pkg_check_modules(CRYPTO REQUIRED IMPORTED_TARGET libcrypto)
 pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
 
 # libnifti2-dev's CMake config points at a non-existent libznz path: find the pieces by hand.

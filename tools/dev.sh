@@ -9,6 +9,7 @@
 #   tools/dev.sh demo    build, then plan scenarios/tace_demo; results land in out/demo/
 #   tools/dev.sh asan    build core with ASan+UBSan into build-asan/ and run the core tests
 #   tools/dev.sh bench   build, then run the benchmarks of docs/BENCHMARKS.md
+#   tools/dev.sh fuzz [S] build the libFuzzer target (clang) into build-fuzz/ and fuzz for S seconds
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,7 +22,7 @@ PACKAGES=(
   libopenvdb-dev libopenvdb-tools libboost-iostreams-dev libtbb-dev
   libzmq3-dev cppzmq-dev capnproto libcapnp-dev
   libeigen3-dev libnifti2-dev zlib1g-dev libpng-dev
-  libsodium-dev libcpp-httplib-dev
+  libssl-dev libcpp-httplib-dev
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
 )
@@ -90,6 +91,17 @@ asan() {
 bench() {
   build
   "$BUILD/tools/mewm/mewm" bench core --repeats 5
+  "$BUILD/tools/mewm/mewm" bench stream
+}
+
+fuzz() {
+  setup
+  local seconds="${1:-60}" corpus="$ROOT/build-fuzz/corpus"
+  CC=clang CXX=clang++ configure_and_build "$ROOT/build-fuzz" mewm_control_fuzz -- \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMEWM_FUZZ=ON -DMEWM_BUILD_TESTS=OFF -DMEWM_WERROR=OFF
+  mkdir -p "$corpus"
+  "$ROOT/build-fuzz/streaming/mewm_control_fuzz" -max_total_time="$seconds" -max_len=65536 \
+    -print_final_stats=1 "$corpus"
 }
 
 case "${1:-}" in
@@ -99,5 +111,6 @@ case "${1:-}" in
   demo) demo ;;
   asan) asan ;;
   bench) bench ;;
-  *) sed -n '5,12p' "$0"; exit 2 ;;
+  fuzz) fuzz "${2:-60}" ;;
+  *) sed -n '5,13p' "$0"; exit 2 ;;
 esac

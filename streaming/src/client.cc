@@ -10,6 +10,8 @@
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
+#include "zmq_util.h"
+
 namespace mewm::streaming {
 namespace {
 
@@ -98,8 +100,7 @@ struct Client::Impl {
       for (;;) {
         const auto left =
             std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-        zmq::pollitem_t item{dealer.handle(), 0, ZMQ_POLLIN, 0};
-        if (left.count() <= 0 || zmq::poll(&item, 1, left) == 0) {
+        if (left.count() <= 0) {
           OpenDealer();  // Lazy Pirate: a late reply must not answer the next request
           return MakeError(ErrorCode::kIo,
                            "no reply from " + options.control_endpoint + " within " +
@@ -108,9 +109,7 @@ struct Client::Impl {
                                "its allowlist?)");
         }
         std::vector<zmq::message_t> reply;
-        if (!zmq::recv_multipart(dealer, std::back_inserter(reply), zmq::recv_flags::dontwait)) {
-          continue;
-        }
+        if (!WaitReadable(dealer, left) || !TryReceive(dealer, &reply)) continue;
         if (reply.size() != 2 || reply[0].size() != 0) continue;  // not a reply to us
         auto decoded = DecodeReply(reply[1].to_string_view());
         if (!decoded) return decoded.error().WithContext("reply from " + options.control_endpoint);
@@ -194,6 +193,10 @@ Status Client::Watch(
 
   const auto deliver = [&](const RunEvent& e, const std::string& volume, bool history) {
     last[e.event.run_id] = e.event.seq;
+    if (e.unknown_kind) {  // a newer server's event kind: keep the seq, show nothing
+      ++m.stats.unknown;
+      return;
+    }
     if (scenarios::IsTerminal(e.event.body)) ended.insert(e.event.run_id);
     ++m.stats.delivered;
     if (history) ++m.stats.from_history;
@@ -247,11 +250,13 @@ Status Client::Watch(
       if (on_server) on_server(*server);
       if (const auto* beat = std::get_if<Heartbeat>(&server->body)) {
         // A run further along than what we have, with nothing on the way: a missed tail.
+        // Watching every run, only runs already followed (or the active one) are healed, so
+        // recently ended runs are not replayed.
         for (const RunSeq& run : beat->recent_runs) {
-          if ((!options.run_id.empty() && run.run_id != options.run_id) ||
-              ended.count(run.run_id) || run.last_seq <= last[run.run_id]) {
-            continue;
-          }
+          const bool followed = options.run_id.empty()
+                                    ? last.count(run.run_id) > 0 || run.run_id == beat->active_run
+                                    : run.run_id == options.run_id;
+          if (!followed || ended.count(run.run_id) || run.last_seq <= last[run.run_id]) continue;
           ++m.stats.gaps;
           if (auto healed = heal(run.run_id); !healed && healed.error().code != ErrorCode::kIo) {
             return healed;
@@ -314,12 +319,10 @@ Status Client::Watch(
   std::vector<std::vector<zmq::message_t>> early;
   const auto subscribe = [&]() -> zmq::socket_t {
     zmq::socket_t sub = m.OpenSubscriber(options.run_id);
-    zmq::pollitem_t item{sub.handle(), 0, ZMQ_POLLIN, 0};
-    if (zmq::poll(&item, 1, std::chrono::milliseconds(m.options.liveness_ms)) > 0) {
-      std::vector<zmq::message_t> frames;
-      if (zmq::recv_multipart(sub, std::back_inserter(frames), zmq::recv_flags::dontwait)) {
-        early.push_back(std::move(frames));
-      }
+    std::vector<zmq::message_t> frames;
+    if (WaitReadable(sub, std::chrono::milliseconds(m.options.liveness_ms)) &&
+        TryReceive(sub, &frames)) {
+      early.push_back(std::move(frames));
     }
     return sub;
   };
@@ -338,8 +341,8 @@ Status Client::Watch(
       for (auto& frames : early) MEWM_RETURN_IF_ERROR(handle(frames));
       early.clear();
       if (done()) break;
-      zmq::pollitem_t item{sub.handle(), 0, ZMQ_POLLIN, 0};
-      if (zmq::poll(&item, 1, std::chrono::milliseconds(50)) == 0) {
+      std::vector<zmq::message_t> frames;
+      if (!WaitReadable(sub, std::chrono::milliseconds(50))) {
         if (Clock::now() - last_traffic > std::chrono::milliseconds(m.options.liveness_ms)) {
           // Silence: reopen the subscription, then catch up from the history.
           sub = subscribe();
@@ -351,10 +354,7 @@ Status Client::Watch(
         }
         continue;
       }
-      std::vector<zmq::message_t> frames;
-      if (!zmq::recv_multipart(sub, std::back_inserter(frames), zmq::recv_flags::dontwait)) {
-        continue;
-      }
+      if (!TryReceive(sub, &frames)) continue;
       last_traffic = Clock::now();
       MEWM_RETURN_IF_ERROR(handle(frames));
     }

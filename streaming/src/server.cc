@@ -21,6 +21,7 @@
 #include "mewm/core/file_util.h"
 #include "mewm/core/log.h"
 #include "mewm/core/seed.h"
+#include "zmq_util.h"
 
 namespace mewm::streaming {
 namespace {
@@ -98,22 +99,25 @@ struct RunRecord {
   }
 };
 
-/// Resolves a scenario path inside the results root; kInvalidArgument when it would leave it.
-Expected<fs::path> Confine(const fs::path& root, const std::string& path, const char* key) {
+/// Resolves a scenario path inside `root` (the results root or the scenario base, named by
+/// `root_name`); kInvalidArgument when it would leave it.
+Expected<fs::path> Confine(const fs::path& root, const char* root_name, const std::string& path,
+                           const char* key) {
   const fs::path p(path);
-  fs::path inside = p.is_absolute() ? p.lexically_normal() : (root / p).lexically_normal();
   for (const auto& part : p) {
     if (part == "..") {
       return MakeError(ErrorCode::kInvalidArgument,
                        std::string(key) + " = \"" + path + "\" may not contain '..'");
     }
   }
-  const std::string r = root.lexically_normal().string();
+  const fs::path inside = p.is_absolute() ? p.lexically_normal() : (root / p).lexically_normal();
+  std::string r = root.lexically_normal().string();
+  while (r.size() > 1 && r.back() == '/') r.pop_back();  // "/srv/" and "/srv" are one root
   const std::string s = inside.string();
-  if (s.compare(0, r.size(), r) != 0 || (s.size() > r.size() && s[r.size()] != '/')) {
+  if (s.compare(0, r.size(), r) != 0 || (s.size() > r.size() && s[r.size()] != '/' && r != "/")) {
     return MakeError(
         ErrorCode::kInvalidArgument,
-        std::string(key) + " = \"" + path + "\" is outside the server's results root " + r);
+        std::string(key) + " = \"" + path + "\" is outside the server's " + root_name + " " + r);
   }
   return inside;
 }
@@ -128,10 +132,12 @@ Expected<std::set<std::string>> ReadAllowlist(const std::string& path) {
     ++number;
     const auto start = line.find_first_not_of(" \t\r");
     if (start == std::string::npos || line[start] == '#') continue;
-    const std::string key = line.substr(start, 40);
+    std::string key = line.substr(start);
+    while (!key.empty() && (key.back() == ' ' || key.back() == '\t' || key.back() == '\r')) {
+      key.pop_back();
+    }
     std::uint8_t binary[32];
-    if (line.find_first_not_of(" \t\r", start + 40) != std::string::npos ||
-        zmq_z85_decode(binary, key.c_str()) == nullptr) {
+    if (key.size() != 40 || zmq_z85_decode(binary, key.c_str()) == nullptr) {
       return MakeError(ErrorCode::kCorruptData,
                        path + ":" + std::to_string(number) + ": not a 40-character z85 public key");
     }
@@ -383,10 +389,9 @@ struct Server::Impl {
       if (!submit.client_request_id.empty()) {
         if (auto it = by_client_request.find(submit.client_request_id);
             it != by_client_request.end()) {
-          int position = 0;
-          for (const auto& queued : queue) {
-            if (queued->id == it->second) break;
-            ++position;
+          int position = 0;  // 0 also when it already left the queue
+          for (std::size_t i = 0; i < queue.size(); ++i) {
+            if (queue[i]->id == it->second) position = int(i);
           }
           return Reply{request.request_id, Submitted{it->second, position, true}};
         }
@@ -396,7 +401,7 @@ struct Server::Impl {
     const fs::path base = fs::absolute(options.scenario_base).lexically_normal();
     fs::path folder = base;
     if (!submit.scenario_path.empty()) {
-      auto file = Confine(base, submit.scenario_path, "scenario path");
+      auto file = Confine(base, "scenario base", submit.scenario_path, "scenario path");
       if (!file) return reject(ReplyError::kForbiddenPath, file.error().message);
       folder = file->parent_path();
     }
@@ -411,13 +416,14 @@ struct Server::Impl {
         {"actions.path", spec->actions_path}};
     for (const auto& [key, path] : inputs) {
       if (path.empty()) continue;
-      if (auto inside = Confine(base, fs::absolute(path).lexically_normal().string(), key);
+      if (auto inside =
+              Confine(base, "scenario base", fs::absolute(path).lexically_normal().string(), key);
           !inside) {
         return reject(ReplyError::kForbiddenPath, inside.error().message);
       }
     }
     const fs::path root = fs::absolute(options.results_root);
-    auto output = Confine(root, spec->output, "run.output");
+    auto output = Confine(root, "results root", spec->output, "run.output");
     if (!output) return reject(ReplyError::kForbiddenPath, output.error().message);
     if (spec->cohort.source == scenarios::CohortSpec::Source::kSynthetic) {
       if (spec->cohort.dir.empty()) {
@@ -427,7 +433,7 @@ struct Server::Impl {
                       static_cast<unsigned long long>(spec->cohort.seed), spec->cohort.spacing_mm);
         spec->cohort.dir = (root / name).string();
       } else {
-        auto cohort = Confine(root, spec->cohort.dir, "cohort.dir");
+        auto cohort = Confine(root, "results root", spec->cohort.dir, "cohort.dir");
         if (!cohort) return reject(ReplyError::kForbiddenPath, cohort.error().message);
         spec->cohort.dir = cohort->string();
       }
@@ -580,9 +586,7 @@ struct Server::Impl {
   void ServeControl() {
     for (;;) {
       std::vector<zmq::message_t> frames;
-      auto got =
-          zmq::recv_multipart(control, std::back_inserter(frames), zmq::recv_flags::dontwait);
-      if (!got) return;
+      if (!TryReceive(control, &frames)) return;
       if (frames.size() < 2) continue;  // an identity alone: nothing to answer
       // [identity, "", request] from DEALER/REQ clients; [identity, request] is accepted too.
       const bool delimited = frames.size() >= 3 && frames[1].size() == 0;
@@ -609,12 +613,8 @@ struct Server::Impl {
   /// refuses everything else, including requests it cannot parse.
   void ZapLoop() {
     while (!zap_stop) {
-      zmq::pollitem_t item{zap.handle(), 0, ZMQ_POLLIN, 0};
-      if (zmq::poll(&item, 1, std::chrono::milliseconds(50)) == 0) continue;
       std::vector<zmq::message_t> frames;
-      if (!zmq::recv_multipart(zap, std::back_inserter(frames), zmq::recv_flags::dontwait)) {
-        continue;
-      }
+      if (!WaitReadable(zap, std::chrono::milliseconds(50)) || !TryReceive(zap, &frames)) continue;
       // version, request id, domain, address, identity, mechanism, credentials...
       const std::string request_id = frames.size() > 1 ? frames[1].to_string() : "";
       bool allowed = frames.size() >= 7 && frames[0].to_string() == "1.0" &&
@@ -747,8 +747,7 @@ Status Server::Serve() {
     }
     // Keep answering status and snapshots while a run drains.
     if (m.control) {
-      zmq::pollitem_t item{m.control.handle(), 0, ZMQ_POLLIN, 0};
-      if (zmq::poll(&item, 1, std::chrono::milliseconds(50)) > 0) m.ServeControl();
+      if (WaitReadable(m.control, std::chrono::milliseconds(50))) m.ServeControl();
     } else {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }

@@ -85,7 +85,13 @@ TEST_F(RunnerTest, RunsEveryPatientEmitsOrderedEventsAndWritesResults) {
     EXPECT_EQ(sink.events[i].seq, i + 1);
     EXPECT_EQ(sink.events[i].run_id, summary->run_id);
   }
-  EXPECT_TRUE(std::holds_alternative<RunStarted>(sink.events.front().body));
+  // Generating the cohort comes first, as progress events; then the run starts.
+  const auto progress = sink.Of<Progress>();
+  ASSERT_FALSE(progress.empty());
+  EXPECT_EQ(progress.back().stage, "cohort");
+  EXPECT_EQ(progress.back().done, 3);
+  EXPECT_EQ(progress.back().total, 3);
+  EXPECT_TRUE(std::holds_alternative<RunStarted>(sink.events[progress.size()].body));
   EXPECT_TRUE(std::holds_alternative<RunFinished>(sink.events.back().body));
   EXPECT_EQ(sink.Of<PlanDecided>().size(), 3u);
   EXPECT_EQ(sink.Of<ProposalMade>().size(), 3u);

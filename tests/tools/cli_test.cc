@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <thread>
+#include <vector>
 
 #include "../core/test_env.h"
 #include "mewm/core/nifti_io.h"
@@ -300,6 +301,160 @@ TEST_F(CliTest, TrainRunEvaluateMergeAndInterrupt) {
   const std::string events = ReadText(long_out + "/events.jsonl");
   EXPECT_NE(events.find("\"type\":\"run_cancelled\""), std::string::npos);
   EXPECT_NE(ReadText(long_out + "/summary.json").find("P0001"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace mewm
+
+namespace mewm {
+namespace {
+
+/// A `mewm` child process with its output in a file; killed (SIGKILL) if the test leaves early.
+class Child {
+ public:
+  Child(std::vector<std::string> args, const std::string& log) {
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      ::dup2(fd, STDOUT_FILENO);
+      ::dup2(fd, STDERR_FILENO);
+      std::vector<char*> argv{const_cast<char*>(MEWM_CLI)};
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(MEWM_CLI, argv.data());
+      ::_exit(127);
+    }
+  }
+  ~Child() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  /// Sends `signal` and returns the exit code (-1 when killed by a signal).
+  int Stop(int signal) {
+    ::kill(pid_, signal);
+    return Wait();
+  }
+  int Wait() {
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+class CliStreamTest : public testing::VdbTest {
+ protected:
+  void SetUp() override {
+    // Ports from the pid, so parallel test processes do not collide.
+    const int base = 20000 + int(::getpid() % 20000) / 4 * 4;
+    control_ = "tcp://127.0.0.1:" + std::to_string(base);
+    events_ = "tcp://127.0.0.1:" + std::to_string(base + 1);
+    const std::filesystem::path models = std::filesystem::path(MEWM_SOURCE_DIR) / "models";
+    std::filesystem::copy_file(models / "mechanistic_calibration.json", dir_.File("mech.json"));
+    std::filesystem::copy_file(models / "cox_survival.json", dir_.File("cox.json"));
+  }
+
+  std::string Scenario(int n, const std::string& planner, const std::string& output = "runs") {
+    return "[run]\nname = \"cs\"\nseed = 1\noutput = \"" + output +
+           "\"\n[cohort]\nsource = \"synthetic\"\nn = " + std::to_string(n) +
+           "\nseed = 77\nspacing_mm = 3.0\n[dynamics]\nbackend = \"mechanistic\"\n"
+           "calibration = \"mech.json\"\n[survival]\nbackend = \"cox\"\nmodel = \"cox.json\"\n"
+           "[planner]\n" +
+           planner;
+  }
+  std::string Endpoints() const { return " --control " + control_ + " --events " + events_; }
+
+  /// Waits (bounded) until a server answers on the control endpoint.
+  bool WaitForServer() {
+    for (int i = 0; i < 100; ++i) {
+      if (RunMewm("status --timeout-ms 200" + Endpoints()).code == 0) return true;
+    }
+    return false;
+  }
+
+  testing::TempDir dir_;
+  std::string control_, events_;
+};
+
+TEST_F(CliStreamTest, ServeSubmitWatchStatusCancelAndShutdown) {
+  Child server(
+      {"serve", "--control", control_, "--events", events_, "--results-root", dir_.File("results"),
+       "--scenario-base", dir_.path().string(), "--heartbeat-ms", "100"},
+      dir_.File("serve.log"));
+  ASSERT_TRUE(WaitForServer()) << ReadText(dir_.File("serve.log"));
+
+  std::ofstream(dir_.File("s.toml")) << Scenario(2, "beams = 2\nsamples = 1\n");
+  // Relative to the scenario base, as the server resolves it.
+  const std::string scenario = dir_.File("s.toml");
+  Result r = RunMewm("submit " + scenario + " --wait" + Endpoints());
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string id = r.output.substr(0, r.output.find('\n'));
+  EXPECT_EQ(id.rfind("cs-", 0), 0u) << r.output;
+  EXPECT_NE(r.output.find("finished 2 patients"), std::string::npos) << r.output;
+
+  // A watcher that starts after the run gets its whole history.
+  r = RunMewm("watch --json --run " + id + Endpoints());
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string log = ReadText(dir_.File("results/runs/" + id + "/events.jsonl"));
+  EXPECT_EQ(r.output, log);
+  EXPECT_NE(log.substr(0, log.find('\n')).find("\"type\":\"run_accepted\""), std::string::npos);
+
+  r = RunMewm("status" + Endpoints());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find(id), std::string::npos);
+  EXPECT_NE(r.output.find("finished"), std::string::npos);
+  EXPECT_NE(r.output.find("model dynamics:mechanistic"), std::string::npos) << r.output;
+  r = RunMewm("cancel " + id + Endpoints());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("not_cancellable"), std::string::npos) << r.output;
+
+  // A long run, cancelled while it plans: the watcher exits 4.
+  std::ofstream(dir_.File("long.toml")) << Scenario(6, "search = \"exhaustive\"\nsamples = 4\n");
+  r = RunMewm("submit " + dir_.File("long.toml") + Endpoints());
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string long_id = r.output.substr(0, r.output.find('\n'));
+  r = RunMewm("cancel " + long_id + Endpoints());
+  EXPECT_EQ(r.code, 0) << r.output;
+  r = RunMewm("watch --run " + long_id + Endpoints());
+  EXPECT_EQ(r.code, 4) << r.output;
+  EXPECT_NE(r.output.find("cancelled"), std::string::npos) << r.output;
+
+  // Scenarios may not write outside the results root.
+  std::ofstream(dir_.File("escape.toml")) << Scenario(1, "beams = 1\n", "../outside");
+  r = RunMewm("submit " + dir_.File("escape.toml") + Endpoints());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("forbidden_path"), std::string::npos) << r.output;
+
+  EXPECT_EQ(server.Stop(SIGTERM), 0) << ReadText(dir_.File("serve.log"));
+  EXPECT_NE(ReadText(dir_.File("serve.log")).find("closed"), std::string::npos);
+  r = RunMewm("status --timeout-ms 300" + Endpoints());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("no reply"), std::string::npos) << r.output;
+}
+
+TEST_F(CliStreamTest, EmbeddedRunPublishesForWatchersThatJoinLate) {
+  std::ofstream(dir_.File("s.toml"))
+      << Scenario(3, "search = \"exhaustive\"\nsamples = 2\n", dir_.File("out"));
+  Child run({"run", dir_.File("s.toml"), "--quiet", "--publish", events_, "--control", control_},
+            dir_.File("run.log"));
+  // The run's id, once it is listed.
+  std::string id;
+  for (int i = 0; i < 200 && id.empty(); ++i) {
+    Result r = RunMewm("status --timeout-ms 200" + Endpoints());
+    const auto at = r.output.find("cs-");
+    if (r.code == 0 && at != std::string::npos) id = r.output.substr(at, 11);
+  }
+  ASSERT_FALSE(id.empty()) << ReadText(dir_.File("run.log"));
+  Result r = RunMewm("watch --json --run " + id + Endpoints());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(run.Wait(), 0) << ReadText(dir_.File("run.log"));
+  EXPECT_EQ(r.output, ReadText(dir_.File("out/events.jsonl")));
+  EXPECT_NE(r.output.find("\"type\":\"run_finished\""), std::string::npos);
 }
 
 }  // namespace

@@ -364,8 +364,16 @@ Action RegisterBench(CLI::App& app) {
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
   planner->add_option("--json", *json_path, "Also write the figures as JSON to this file");
+  auto stream_events = std::make_shared<int>(200000);
+  auto* stream = app.add_subcommand(
+      "stream", "Streaming server path vs a raw cppzmq PUB/SUB baseline: rate, latency, MB/s");
+  stream->add_option("--events", *stream_events, "1 KiB events in the throughput run")
+      ->check(CLI::Range(1000, 10000000))
+      ->capture_default_str();
+  stream->add_option("--json", *json_path, "Also write the figures as JSON to this file");
   app.require_subcommand(1);
   return [=]() -> int {
+    if (stream->parsed()) return RunStreamBench(*stream_events, *json_path);
     if (world->parsed()) return RunWorldBench(*world_patients, *json_path);
     if (planner->parsed()) return RunPlannerBench(*planner_scenario, *planner_patients, *json_path);
     return RunCoreBench(*repeats, *json_path, *keep);

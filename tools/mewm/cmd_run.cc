@@ -60,11 +60,12 @@ Action RegisterRun(CLI::App& app) {
                  "Also publish every event on this ZeroMQ PUB endpoint (e.g. tcp://127.0.0.1:5556)"
                  " for `mewm watch`");
   app.add_option("--control", o->control,
-                 "With --publish: answer status and snapshot requests here, so watchers that "
-                 "join late get the history");
+                 "With --publish: answer status and snapshot requests here (e.g. "
+                 "tcp://127.0.0.1:5555), so watchers that join late get the history");
   return [o]() -> int {
-    if (!o->control.empty() && o->publish.empty()) {
-      return Fail(Error{ErrorCode::kInvalidArgument, "--control needs --publish"});
+    if (o->control.empty() != o->publish.empty()) {
+      // Watchers read the history over the control socket: the two go together.
+      return Fail(Error{ErrorCode::kInvalidArgument, "--publish and --control go together"});
     }
     auto spec = scenarios::LoadScenario(o->scenario);
     if (!spec) return Fail(spec.error());

@@ -200,12 +200,10 @@ Action RegisterSubmit(CLI::App& app) {
     if (!text) return Fail(text.error());
     auto client = ConnectClient(o->client);
     if (!client) return Fail(client.error());
-    // The server finds the scenario's folder under its scenario base by this relative path.
-    std::string relative = fs::path(o->scenario).lexically_normal().string();
-    if (fs::path(o->scenario).is_absolute()) {
-      relative = fs::path(o->scenario).lexically_relative(fs::current_path()).string();
-    }
-    auto submitted = (*client)->Submit({*text, o->request_id, relative});
+    // The server finds the scenario's folder under its scenario base by this path (relative to
+    // the base, or absolute); the scenario's relative model paths resolve against that folder.
+    const std::string path = fs::path(o->scenario).lexically_normal().string();
+    auto submitted = (*client)->Submit({*text, o->request_id, path});
     if (!submitted) return Fail(submitted.error());
     std::cout << submitted->run_id << std::endl;
     if (!o->wait) return 0;

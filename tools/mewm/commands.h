@@ -30,6 +30,9 @@ Action RegisterStatus(CLI::App& app);
 Action RegisterCancel(CLI::App& app);
 Action RegisterKeygen(CLI::App& app);
 
+/// `mewm bench stream` (cmd_bench_stream.cc): server path vs raw PUB/SUB.
+int RunStreamBench(int events, const std::string& json_path);
+
 /// Prints "mewm: error: <message>" to stderr and returns 1.
 int Fail(const Error& error);
 

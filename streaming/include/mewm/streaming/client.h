@@ -52,6 +52,7 @@ struct WatchStats {
   std::uint64_t gaps = 0;          ///< seq jumps seen (and healed) on the live stream
   std::uint64_t reconnects = 0;    ///< subscriptions reopened after `liveness_ms` of silence
   std::uint64_t heartbeats = 0;
+  std::uint64_t unknown = 0;  ///< events of a kind newer than this build, skipped
 };
 
 class Client {

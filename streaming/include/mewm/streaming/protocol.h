@@ -45,6 +45,9 @@ struct RunEvent {
   scenarios::Event event;  ///< run id, seq, timestamp and body
   std::string trace_id;
   std::optional<VolumeRef> volume;
+  /// An event kind newer than this build (schema evolution): run id, seq and timestamp are valid,
+  /// the body is not. Clients keep counting seq past it and do not show it.
+  bool unknown_kind = false;
 };
 
 struct RunSeq {
