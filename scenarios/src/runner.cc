@@ -315,9 +315,12 @@ Expected<RunSummary> Runner::Run(EventSink& sink) {
       m.seq = earlier->back().seq;
     }
   }
-  MEWM_TRY(auto jsonl, JsonlSink::Open(events_path));
+  std::unique_ptr<JsonlSink> jsonl;
   FanoutSink fanout;
-  fanout.Add(jsonl.get());  // durable first
+  if (m.options.write_event_log) {
+    MEWM_TRY(jsonl, JsonlSink::Open(events_path));
+    fanout.Add(jsonl.get());  // durable first
+  }
   fanout.Add(&sink);
 
   const auto fail_run = [&](const Error& e) -> Expected<RunSummary> {

@@ -341,7 +341,14 @@ Status Client::Watch(
       for (auto& frames : early) MEWM_RETURN_IF_ERROR(handle(frames));
       early.clear();
       if (done()) break;
+      // Drain what is waiting first; poll only when the socket is empty (one syscall fewer per
+      // event at high rates).
       std::vector<zmq::message_t> frames;
+      if (TryReceive(sub, &frames)) {
+        last_traffic = Clock::now();
+        MEWM_RETURN_IF_ERROR(handle(frames));
+        continue;
+      }
       if (!WaitReadable(sub, std::chrono::milliseconds(50))) {
         if (Clock::now() - last_traffic > std::chrono::milliseconds(m.options.liveness_ms)) {
           // Silence: reopen the subscription, then catch up from the history.
@@ -354,9 +361,6 @@ Status Client::Watch(
         }
         continue;
       }
-      if (!TryReceive(sub, &frames)) continue;
-      last_traffic = Clock::now();
-      MEWM_RETURN_IF_ERROR(handle(frames));
     }
   } catch (const zmq::error_t& e) {
     return MakeError(ErrorCode::kIo, std::string("event socket: ") + e.what());

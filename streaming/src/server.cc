@@ -2,10 +2,14 @@
 // SPDX-FileCopyrightText: the mewm authors
 #include "mewm/streaming/server.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -43,7 +47,7 @@ double Since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-/// One submitted run: its spec, its live status and its event history (encoded envelopes).
+/// One submitted run: its spec, its live status, and the index of its durable event log.
 struct RunRecord {
   std::string id, trace_id, out;
   scenarios::ScenarioSpec spec;
@@ -54,34 +58,28 @@ struct RunRecord {
 
   mutable std::mutex mutex;
   RunState state = RunState::kQueued;
-  std::uint64_t first_seq = 1;   ///< seq of log[0]
-  std::vector<std::string> log;  ///< encoded envelopes, seq first_seq, first_seq + 1, ...
   int total = 0, done = 0, failed = 0;
   std::string error;
+  // events.jsonl is the history: the byte offset of each published event's line (8 bytes per
+  // event in memory), so snapshots read pages of it from disk.
+  std::uint64_t first_seq = 1;  ///< seq of the line at offsets[0]
+  std::vector<std::uint64_t> offsets;
+  std::uint64_t log_size = 0;    ///< end of the last published line
+  std::uint64_t queued_seq = 0;  ///< last seq handed to the log writer
+  Status log_error;              ///< sticky: the log could not be written
+  bool indexed = false;          ///< lines already in the file (a resumed run) are indexed
+  int fd = -1;                   ///< open while events are being written
 
-  std::uint64_t last_seq() const {
-    return log.empty() ? first_seq - 1 : first_seq + log.size() - 1;
-  }
+  std::string log_path() const { return (fs::path(out) / "events.jsonl").string(); }
+  std::uint64_t last_seq() const { return first_seq + offsets.size() - 1; }
 
-  RunStatus Status() const {
+  RunStatus GetStatus() const {
     std::lock_guard<std::mutex> lock(mutex);
     return {id, spec.name, state, last_seq(), total, done, failed, out, error, trace_id};
   }
 
-  /// Appends an event already written to events.jsonl; updates the status. A run that starts
-  /// with seq > 1 (resumed) first loads its earlier history from the log on disk.
-  void Record(const Event& event, std::string encoded) {
-    std::lock_guard<std::mutex> lock(mutex);
-    if (log.empty() && event.seq > 1) {
-      auto earlier = scenarios::ReadEvents((fs::path(out) / "events.jsonl").string());
-      if (earlier) {
-        for (const Event& e : *earlier) {
-          if (e.seq < event.seq) log.push_back(EncodeEnvelope(RunEvent{e, trace_id, {}}));
-        }
-      }
-      first_seq = event.seq - log.size();
-    }
-    log.push_back(std::move(encoded));
+  /// Updates the status for a published event (the caller holds `mutex`).
+  void Apply(const Event& event) {
     std::visit(
         [&](const auto& body) {
           using T = std::decay_t<decltype(body)>;
@@ -98,6 +96,60 @@ struct RunRecord {
         event.body);
   }
 };
+
+/// An event on its way to the log and the PUB socket.
+struct LogItem {
+  std::shared_ptr<RunRecord> run;
+  /// The event, kept only when it changes the run's status (not the frequent candidate and beam
+  /// events): the log thread applies it once the event is published.
+  std::optional<Event> status_event;
+  bool terminal = false;
+  std::uint64_t seq = 0;
+  std::string line;     ///< its events.jsonl line (no newline)
+  std::string encoded;  ///< its envelope
+  std::string topic;
+  std::string volume;  ///< the .vdb frame, or empty
+  Clock::time_point made;
+};
+
+/// Line start offsets of an existing events.jsonl (complete lines only) and its first seq.
+Status IndexLog(RunRecord& run) {
+  std::error_code ec;
+  if (!fs::exists(run.log_path(), ec)) return {};
+  MEWM_TRY(const std::string text, ReadFile(run.log_path()));
+  std::uint64_t start = 0;
+  for (std::size_t end = text.find('\n'); end != std::string::npos;
+       start = end + 1, end = text.find('\n', start)) {
+    if (run.offsets.empty()) {
+      MEWM_TRY(const Event first, scenarios::EventFromJson(text.substr(0, end)));
+      run.first_seq = first.seq;
+    }
+    run.offsets.push_back(start);
+  }
+  run.log_size = start;
+  return {};
+}
+
+/// Appends lines to the run's events.jsonl in one write (group commit).
+Status WriteLines(RunRecord& run, const std::string& text) {
+  if (run.fd < 0) {
+    run.fd = ::open(run.log_path().c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (run.fd < 0) {
+      return MakeError(ErrorCode::kIo,
+                       "cannot open '" + run.log_path() + "': " + std::strerror(errno));
+    }
+  }
+  for (std::size_t written = 0; written < text.size();) {
+    const ssize_t n = ::write(run.fd, text.data() + written, text.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      return MakeError(ErrorCode::kIo,
+                       "cannot write '" + run.log_path() + "': " + std::strerror(errno));
+    }
+    written += std::size_t(n);
+  }
+  return {};
+}
 
 /// Resolves a scenario path inside `root` (the results root or the scenario base, named by
 /// `root_name`); kInvalidArgument when it would leave it.
@@ -148,6 +200,24 @@ Expected<std::set<std::string>> ReadAllowlist(const std::string& path) {
 
 std::string BoundEndpoint(zmq::socket_t& socket) { return socket.get(zmq::sockopt::last_endpoint); }
 
+/// `size` bytes of a file from `offset`.
+Expected<std::string> ReadRange(const std::string& path, std::uint64_t offset, std::uint64_t size) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return MakeError(ErrorCode::kIo, "cannot open '" + path + "': " + std::strerror(errno));
+  std::string bytes(size, '\0');
+  std::uint64_t got = 0;
+  while (got < size) {
+    const ssize_t n = ::pread(fd, bytes.data() + got, size - got, off_t(offset + got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += std::uint64_t(n);
+  }
+  ::close(fd);
+  if (got != size) return MakeError(ErrorCode::kIo, "'" + path + "' is shorter than its index");
+  return bytes;
+}
+
 }  // namespace
 
 Expected<scenarios::RunSummary> RunWithRunner(const scenarios::ScenarioSpec& spec,
@@ -177,6 +247,14 @@ struct Server::Impl {
   std::mutex pub_mutex;  // guards `events` and server_seq
   std::uint64_t server_seq = 0;
 
+  static constexpr std::size_t kMaxQueuedEvents = 8192;
+  std::mutex log_mutex;  // guards the log queue and its counters
+  std::condition_variable log_cv, log_done_cv;
+  std::deque<LogItem> log_queue;
+  std::uint64_t log_enqueued = 0, log_written = 0;
+  bool log_stop = false;
+  std::thread log_thread;
+
   mutable std::mutex runs_mutex;
   std::condition_variable runs_cv;
   std::map<std::string, std::shared_ptr<RunRecord>> runs;
@@ -198,6 +276,12 @@ struct Server::Impl {
     }
     runs_cv.notify_all();
     if (worker.joinable()) worker.join();
+    {
+      std::lock_guard<std::mutex> lock(log_mutex);
+      log_stop = true;
+    }
+    log_cv.notify_all();
+    if (log_thread.joinable()) log_thread.join();
     metrics.reset();
     control.close();
     events.close();
@@ -248,52 +332,160 @@ struct Server::Impl {
     Publish(TopicOf(envelope), EncodeEnvelope(envelope), nullptr);
   }
 
-  /// A run's event after it is on disk: into the history, then onto the PUB socket.
-  Status Deliver(RunRecord& run, const Event& event) {
-    const auto t0 = Clock::now();
-    if (event.run_id != run.id) {
+  // --- the event log ---------------------------------------------------------------------------
+  //
+  // A run's thread prepares each event (its JSON line, its envelope, its volume frame) and hands
+  // it to the log thread, which appends everything waiting for a run in one write (group commit)
+  // and only then publishes those events, in order. So every published event is on disk, a
+  // burst of events costs one write, and the run never waits on the PUB socket.
+
+  /// Queues a run's event for the log and the PUB socket; the run's first log error, if any.
+  Status Enqueue(const std::shared_ptr<RunRecord>& run, const Event& event) {
+    if (event.run_id != run->id) {
       return MakeError(ErrorCode::kInternal,
-                       "runner emitted run id " + event.run_id + " for run " + run.id);
+                       "runner emitted run id " + event.run_id + " for run " + run->id);
     }
-    RunEvent wire{event, run.trace_id, std::nullopt};
-    std::string volume;
+    {
+      std::lock_guard<std::mutex> lock(run->mutex);
+      if (!run->log_error) return run->log_error.error();
+      run->queued_seq = event.seq;
+    }
+    LogItem item;
+    item.run = run;
+    item.made = Clock::now();
+    item.seq = event.seq;
+    item.terminal = scenarios::IsTerminal(event.body);
+    if (item.terminal || std::holds_alternative<scenarios::RunStarted>(event.body) ||
+        std::holds_alternative<scenarios::PatientFinished>(event.body) ||
+        std::holds_alternative<scenarios::PatientFailed>(event.body)) {
+      item.status_event = event;
+    }
+    item.line = scenarios::EventToJson(event);
+    RunEvent wire{event, run->trace_id, std::nullopt};
     if (const auto* decided = std::get_if<scenarios::PlanDecided>(&event.body);
         decided && options.publish_volumes && !decided->volume_path.empty()) {
       if (auto bytes = ReadFile(decided->volume_path)) {
-        volume = std::move(*bytes);
-        wire.volume = VolumeRef{volume.size(), Sha256(volume), decided->volume_path};
+        item.volume = std::move(*bytes);
+        wire.volume = VolumeRef{item.volume.size(), Sha256(item.volume), decided->volume_path};
       } else {
         LogWarn("not publishing volume: " + bytes.error().message);
       }
     }
-    std::string encoded = EncodeEnvelope(wire);
-    run.Record(event, encoded);
-    run.last_event_ns.store(SteadyNs(), std::memory_order_relaxed);
-    Publish(TopicOf(Envelope(wire)), encoded, volume.empty() ? nullptr : &volume);
-    stages.publish().Observe(Since(t0));
-    if (run.extra) return run.extra->Emit(event);
+    item.encoded = EncodeEnvelope(wire);
+    item.topic = RunTopicPrefix(run->id) + scenarios::EventTypeName(event.body);
+    bool wake;
+    {
+      std::unique_lock<std::mutex> lock(log_mutex);
+      // A disk slower than the run holds the run back (bounded memory), not the subscribers.
+      log_done_cv.wait(lock, [&] { return log_queue.size() < kMaxQueuedEvents; });
+      wake = log_queue.empty();  // a busy log thread finds the item without a wake-up
+      log_queue.push_back(std::move(item));
+      ++log_enqueued;
+    }
+    if (wake) log_cv.notify_one();
     return {};
   }
 
+  /// Waits until everything queued so far is written and published.
+  void Flush() {
+    std::unique_lock<std::mutex> lock(log_mutex);
+    const std::uint64_t target = log_enqueued;
+    log_done_cv.wait(lock, [&] { return log_written >= target; });
+  }
+
+  void LogLoop() {
+    for (;;) {
+      std::deque<LogItem> batch;
+      {
+        std::unique_lock<std::mutex> lock(log_mutex);
+        log_cv.wait(lock, [&] { return log_stop || !log_queue.empty(); });
+        if (log_queue.empty()) return;
+        batch.swap(log_queue);
+      }
+      log_done_cv.notify_all();  // room in the queue again
+      for (std::size_t begin = 0; begin < batch.size();) {
+        std::size_t end = begin + 1;
+        while (end < batch.size() && batch[end].run == batch[begin].run) ++end;
+        WriteThenPublish(batch, begin, end);
+        begin = end;
+      }
+      {
+        std::lock_guard<std::mutex> lock(log_mutex);
+        log_written += batch.size();
+      }
+      log_done_cv.notify_all();
+    }
+  }
+
+  /// One run's consecutive events: one write, then each published.
+  void WriteThenPublish(std::deque<LogItem>& batch, std::size_t begin, std::size_t end) {
+    RunRecord& run = *batch[begin].run;
+    std::string text;
+    for (std::size_t i = begin; i < end; ++i) {
+      text += batch[i].line;
+      text += '\n';
+    }
+    Status written;
+    {
+      std::lock_guard<std::mutex> lock(run.mutex);
+      if (!run.log_error) return;  // the run already lost its log: publish nothing more
+      if (!run.indexed) {
+        run.first_seq = batch[begin].seq;
+        written = IndexLog(run);  // a resumed run's earlier lines are its history too
+        run.indexed = true;
+      }
+      if (written) written = WriteLines(run, text);
+      if (!written) {
+        LogWarn("run " + run.id + ": " + written.error().message);
+        run.log_error = written;
+        return;
+      }
+    }
+    for (std::size_t i = begin; i < end; ++i) {
+      LogItem& item = batch[i];
+      {
+        std::lock_guard<std::mutex> lock(run.mutex);
+        run.offsets.push_back(run.log_size);
+        run.log_size += item.line.size() + 1;
+        if (item.status_event) run.Apply(*item.status_event);
+        if (item.terminal && run.fd >= 0) {
+          ::close(run.fd);  // nothing follows a terminal event
+          run.fd = -1;
+        }
+      }
+      run.last_event_ns.store(SteadyNs(), std::memory_order_relaxed);
+      Publish(item.topic, item.encoded, item.volume.empty() ? nullptr : &item.volume);
+      stages.publish().Observe(Since(item.made));  // made -> on disk -> sent
+    }
+  }
+
   /// An event the server itself makes for a run (accepted, cancelled while queued, failed to
-  /// start): appended to the run's events.jsonl first, like the runner's.
-  Status Append(RunRecord& run, scenarios::EventBody body) {
-    const Event event{run.id, run.Status().last_seq + 1, WallNs(), std::move(body)};
-    MEWM_TRY(auto log, scenarios::JsonlSink::Open((fs::path(run.out) / "events.jsonl").string()));
-    MEWM_RETURN_IF_ERROR(log->Emit(event));
-    return Deliver(run, event);
+  /// start): logged and published before this returns.
+  Status Append(const std::shared_ptr<RunRecord>& run, scenarios::EventBody body) {
+    std::uint64_t seq;
+    {
+      std::lock_guard<std::mutex> lock(run->mutex);
+      seq = run->queued_seq + 1;
+    }
+    MEWM_RETURN_IF_ERROR(Enqueue(run, Event{run->id, seq, WallNs(), std::move(body)}));
+    Flush();
+    std::lock_guard<std::mutex> lock(run->mutex);
+    return run->log_error;
   }
 
   // --- runs -----------------------------------------------------------------------------------
 
   class RunSink final : public scenarios::EventSink {
    public:
-    RunSink(Impl& server, RunRecord& run) : server_(server), run_(run) {}
-    Status Emit(const Event& event) override { return server_.Deliver(run_, event); }
+    RunSink(Impl& server, std::shared_ptr<RunRecord> run) : server_(server), run_(std::move(run)) {}
+    Status Emit(const Event& event) override {
+      MEWM_RETURN_IF_ERROR(server_.Enqueue(run_, event));
+      return run_->extra ? run_->extra->Emit(event) : Status{};
+    }
 
    private:
     Impl& server_;
-    RunRecord& run_;
+    std::shared_ptr<RunRecord> run_;
   };
 
   void WorkerLoop() {
@@ -317,7 +509,7 @@ struct Server::Impl {
         std::lock_guard<std::mutex> lock(run->mutex);
         run->state = RunState::kRunning;
       }
-      Execute(*run);
+      Execute(run);
       {
         std::lock_guard<std::mutex> lock(runs_mutex);
         active.reset();
@@ -326,32 +518,39 @@ struct Server::Impl {
     }
   }
 
-  void Execute(RunRecord& run) {
-    scenarios::RunOptions options = run.options;
-    options.output_dir = run.out;
-    options.run_id = run.id;
-    options.cancelled = [&run, user = run.options.cancelled] {
-      return run.cancel.load() || (user && user());
+  void Execute(const std::shared_ptr<RunRecord>& run) {
+    scenarios::RunOptions options = run->options;
+    options.output_dir = run->out;
+    options.run_id = run->id;
+    options.write_event_log = false;  // the log thread keeps events.jsonl
+    options.cancelled = [run, user = run->options.cancelled] {
+      return run->cancel.load() || (user && user());
     };
     options.stage_seconds = [this](const char* stage, double seconds) {
       stages.Observe(stage, seconds);
     };
     RunSink sink(*this, run);
-    auto summary = run_fn(run.spec, options, sink);
+    auto summary = run_fn(run->spec, options, sink);
+    Flush();
     if (!summary) {
-      LogWarn("run " + run.id + " failed: " + summary.error().message);
+      LogWarn("run " + run->id + " failed: " + summary.error().message);
       bool ended;
       {
-        std::lock_guard<std::mutex> lock(run.mutex);
-        ended = IsEnded(run.state);
+        std::lock_guard<std::mutex> lock(run->mutex);
+        ended = IsEnded(run->state);
       }
       if (!ended) {
         if (auto appended = Append(run, scenarios::RunFailed{summary.error().message}); !appended) {
-          std::lock_guard<std::mutex> lock(run.mutex);
-          run.state = RunState::kFailed;
-          run.error = summary.error().message;
+          std::lock_guard<std::mutex> lock(run->mutex);
+          run->state = RunState::kFailed;
+          run->error = summary.error().message;
         }
       }
+    }
+    {
+      std::lock_guard<std::mutex> lock(run->mutex);
+      if (run->fd >= 0) ::close(run->fd);
+      run->fd = -1;
     }
     std::lock_guard<std::mutex> lock(runs_mutex);
     last_summary = std::move(summary);
@@ -461,7 +660,7 @@ struct Server::Impl {
       return Fail(request.request_id, ReplyError::kInternal,
                   "cannot create '" + run->out + "': " + ec.message());
     }
-    if (auto accepted = Append(*run, scenarios::RunAccepted{run->spec.name, run->out, position});
+    if (auto accepted = Append(run, scenarios::RunAccepted{run->spec.name, run->out, position});
         !accepted) {
       return Fail(request.request_id, ReplyError::kInternal, accepted.error().message);
     }
@@ -491,12 +690,12 @@ struct Server::Impl {
       }
     }
     if (was_queued) {
-      if (auto cancelled = Append(*run, scenarios::RunCancelled{0}); !cancelled) {
+      if (auto cancelled = Append(run, scenarios::RunCancelled{0}); !cancelled) {
         return Fail(request.request_id, ReplyError::kInternal, cancelled.error().message);
       }
-      return Reply{request.request_id, CancelReply{run->Status()}};
+      return Reply{request.request_id, CancelReply{run->GetStatus()}};
     }
-    const RunStatus status = run->Status();
+    const RunStatus status = run->GetStatus();
     if (IsEnded(status.state)) {
       return Fail(request.request_id, ReplyError::kNotCancellable,
                   "run '" + id + "' already ended (" + ToString(status.state) + ")");
@@ -511,18 +710,34 @@ struct Server::Impl {
       return Fail(request.request_id, ReplyError::kUnknownRun, "no run '" + snapshot.run_id + "'");
     }
     SnapshotReply reply;
-    reply.run = run->Status();
-    std::lock_guard<std::mutex> lock(run->mutex);
+    reply.run = run->GetStatus();
     const std::uint64_t limit =
         snapshot.max_events == 0
             ? std::uint64_t(options.snapshot_page)
             : std::min<std::uint64_t>(snapshot.max_events, std::uint64_t(options.snapshot_page));
-    std::uint64_t begin = std::max(snapshot.after_seq + 1, run->first_seq) - run->first_seq;
-    if (snapshot.after_seq + 1 < run->first_seq) begin = 0;
-    for (std::uint64_t i = begin; i < run->log.size() && reply.events.size() < limit; ++i) {
-      reply.events.push_back(run->log[i]);
+    std::uint64_t from = 0, to = 0;  // byte range of the page in events.jsonl
+    {
+      std::lock_guard<std::mutex> lock(run->mutex);
+      const std::uint64_t count = run->offsets.size();
+      const std::uint64_t begin =
+          snapshot.after_seq < run->first_seq ? 0 : snapshot.after_seq + 1 - run->first_seq;
+      const std::uint64_t end = std::min(count, begin + limit);
+      if (begin < end) {
+        from = run->offsets[begin];
+        to = end < count ? run->offsets[end] : run->log_size;
+      }
+      reply.more = end < count;
     }
-    reply.more = begin + reply.events.size() < run->log.size();
+    if (from < to) {
+      auto page = ReadRange(run->log_path(), from, to - from);
+      if (!page) return Fail(request.request_id, ReplyError::kInternal, page.error().message);
+      for (std::size_t start = 0, end = page->find('\n'); end != std::string::npos;
+           start = end + 1, end = page->find('\n', start)) {
+        auto event = scenarios::EventFromJson(page->substr(start, end - start));
+        if (!event) return Fail(request.request_id, ReplyError::kInternal, event.error().message);
+        reply.events.push_back(EncodeEnvelope(RunEvent{std::move(*event), run->trace_id, {}}));
+      }
+    }
     return Reply{request.request_id, std::move(reply)};
   }
 
@@ -571,12 +786,12 @@ struct Server::Impl {
     if (const auto* x = std::get_if<StatusRequest>(&request->body)) {
       auto run = Find(x->run_id);
       if (!run) return Fail(rid, ReplyError::kUnknownRun, "no run '" + x->run_id + "'");
-      return Reply{rid, run->Status()};
+      return Reply{rid, run->GetStatus()};
     }
     if (std::holds_alternative<ListRunsRequest>(request->body)) {
       RunList list;
       std::lock_guard<std::mutex> lock(runs_mutex);
-      for (const auto& run : run_order) list.runs.push_back(run->Status());
+      for (const auto& run : run_order) list.runs.push_back(run->GetStatus());
       return Reply{rid, std::move(list)};
     }
     return Reply{rid, MakeHealth()};
@@ -666,10 +881,11 @@ Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Server::~Server() = default;
 
 Expected<std::unique_ptr<Server>> Server::Create(const ServerOptions& options, RunFunction run) {
-  if (options.queue_capacity < 1 || options.send_hwm < 1 || options.heartbeat_ms < 1 ||
+  if (options.queue_capacity < 1 || options.send_hwm < 0 || options.heartbeat_ms < 1 ||
       options.snapshot_page < 1) {
     return MakeError(ErrorCode::kInvalidArgument,
-                     "queue capacity, high-water mark, heartbeat and snapshot page must be >= 1");
+                     "queue capacity, heartbeat and snapshot page must be >= 1, the high-water "
+                     "mark >= 0");
   }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
@@ -705,6 +921,7 @@ Expected<std::unique_ptr<Server>> Server::Create(const ServerOptions& options, R
              }));
   }
   Impl* raw = impl.get();
+  impl->log_thread = std::thread([raw] { raw->LogLoop(); });
   impl->worker = std::thread([raw] { raw->WorkerLoop(); });
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
@@ -735,7 +952,7 @@ Status Server::Serve() {
       }
       m.runs_cv.notify_all();
       for (auto& run : queued) {
-        if (auto cancelled = m.Append(*run, scenarios::RunCancelled{0}); !cancelled) {
+        if (auto cancelled = m.Append(run, scenarios::RunCancelled{0}); !cancelled) {
           LogWarn("cannot record the cancel of " + run->id + ": " + cancelled.error().message);
         }
         ++cancelled_runs;
@@ -760,13 +977,14 @@ Status Server::Serve() {
         for (auto it = m.run_order.rbegin();
              it != m.run_order.rend() && beat.recent_runs.size() < 16; ++it) {
           if ((*it)->last_event_ns.load(std::memory_order_relaxed) < recent) continue;
-          beat.recent_runs.push_back({(*it)->id, (*it)->Status().last_seq});
+          beat.recent_runs.push_back({(*it)->id, (*it)->GetStatus().last_seq});
         }
       }
       m.PublishServer(beat);
     }
   }
   if (m.worker.joinable()) m.worker.join();
+  m.Flush();
   m.PublishServer(ServerClosing{m.stop.load() ? "shutdown" : "idle", cancelled_runs});
   return {};
 }
@@ -783,6 +1001,12 @@ Expected<std::string> Server::SubmitLocal(const scenarios::ScenarioSpec& spec,
   run->id = options.run_id.empty() ? scenarios::DefaultRunId(spec) : options.run_id;
   run->trace_id = run->id;
   run->out = options.output_dir.empty() ? spec.output : options.output_dir;
+  if (options.resume) {
+    // Events the server itself adds (a failure to start) continue the earlier sequence.
+    if (auto earlier = scenarios::ReadEvents(run->log_path()); earlier && !earlier->empty()) {
+      run->queued_seq = earlier->back().seq;
+    }
+  }
   {
     std::lock_guard<std::mutex> lock(impl_->runs_mutex);
     if (!impl_->accepting) {

@@ -69,8 +69,8 @@ struct Script {
   std::shared_ptr<Gate> gate;
 };
 
-/// A RunFunction that behaves like the Runner: events.jsonl first, seq continued on resume,
-/// cancellation polled between batches.
+/// A RunFunction that behaves like the Runner: seq continued on resume, cancellation polled
+/// between batches, events.jsonl written unless the caller keeps it.
 RunFunction Scripted(Script script) {
   return [script](const scenarios::ScenarioSpec& spec, const scenarios::RunOptions& options,
                   scenarios::EventSink& sink) -> Expected<scenarios::RunSummary> {
@@ -80,9 +80,12 @@ RunFunction Scripted(Script script) {
       MEWM_TRY(auto earlier, scenarios::ReadEvents(log_path));
       if (!earlier.empty()) seq = earlier.back().seq;
     }
-    MEWM_TRY(auto log, scenarios::JsonlSink::Open(log_path));
+    std::unique_ptr<scenarios::JsonlSink> log;
     scenarios::FanoutSink out;
-    out.Add(log.get());
+    if (options.write_event_log) {  // the server keeps the log itself
+      MEWM_TRY(log, scenarios::JsonlSink::Open(log_path));
+      out.Add(log.get());
+    }
     out.Add(&sink);
     int emitted = 0;
     const auto emit = [&](EventBody body) -> Status {

@@ -7,6 +7,7 @@
 //   server path = event made by a run -> events.jsonl -> history -> Cap'n Proto envelope -> PUB
 //                 -> SUB -> decode, seq check (and SHA-256 check of volume frames) in the client
 //   raw         = the same topic and payload bytes through a bare PUB/SUB pair
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -48,6 +49,8 @@ struct Load {
 
 struct Result {
   double seconds = 0.0;
+  double sender_seconds = 0.0;  ///< server path: how long the run took to emit everything
+  double cpu_us_per_event = 0.0;
   std::uint64_t received = 0, bytes = 0;
   std::vector<double> latency_us;
   double Rate() const { return double(received) / seconds; }
@@ -60,6 +63,14 @@ struct Result {
     return v[k];
   }
 };
+
+/// User plus system CPU seconds of this process (all threads).
+double CpuSeconds() {
+  rusage usage{};
+  ::getrusage(RUSAGE_SELF, &usage);
+  return double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+         1e-6 * double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec);
+}
 
 /// Paces a sender at `rate` per second (none when 0).
 class Pacer {
@@ -77,8 +88,10 @@ class Pacer {
 
 /// The baseline: bare PUB/SUB, the same topic and envelope bytes, timestamp inside the payload.
 Result RunRaw(const Load& load, const std::string& payload) {
-  zmq::context_t context;
-  zmq::socket_t pub(context, zmq::socket_type::pub), sub(context, zmq::socket_type::sub);
+  // One context (I/O thread) each, as a publishing and a subscribing process would have; the
+  // server path has the same: the server's and the client's.
+  zmq::context_t pub_context, sub_context;
+  zmq::socket_t pub(pub_context, zmq::socket_type::pub), sub(sub_context, zmq::socket_type::sub);
   pub.set(zmq::sockopt::sndhwm, 0);
   sub.set(zmq::sockopt::rcvhwm, 0);
   pub.bind("tcp://127.0.0.1:*");
@@ -122,16 +135,13 @@ Result RunRaw(const Load& load, const std::string& payload) {
   return result;
 }
 
-/// A run that makes `load.events` events (through events.jsonl, like the Runner) as fast as
-/// asked, then finishes.
+/// A run that makes `load.events` events as fast as asked, then finishes. As with the Runner
+/// under a server, the server writes each event to events.jsonl before publishing it.
 streaming::RunFunction LoadRun(const Load& load, Clock::time_point* t0) {
   return [load, t0](const scenarios::ScenarioSpec& spec, const scenarios::RunOptions& options,
                     scenarios::EventSink& sink) -> Expected<scenarios::RunSummary> {
-    fs::create_directories(options.output_dir);
-    MEWM_TRY(auto log, scenarios::JsonlSink::Open(options.output_dir + "/events.jsonl"));
-    scenarios::FanoutSink out;
-    out.Add(log.get());
-    out.Add(&sink);
+    fs::create_directories(options.output_dir);  // the server writes events.jsonl here
+    scenarios::EventSink& out = sink;
     std::uint64_t seq = 0;
     const Pacer pacer(load.rate_per_s);
     *t0 = Clock::now();
@@ -148,8 +158,9 @@ streaming::RunFunction LoadRun(const Load& load, Clock::time_point* t0) {
       }
       MEWM_RETURN_IF_ERROR(out.Emit(Event{options.run_id, ++seq, WallNs(), std::move(body)}));
     }
-    MEWM_RETURN_IF_ERROR(
-        out.Emit(Event{options.run_id, ++seq, WallNs(), scenarios::RunFinished{0, 0, 0}}));
+    const double emit_seconds = std::chrono::duration<double>(Clock::now() - *t0).count();
+    MEWM_RETURN_IF_ERROR(out.Emit(
+        Event{options.run_id, ++seq, WallNs(), scenarios::RunFinished{0, 0, emit_seconds}}));
     return scenarios::RunSummary{options.run_id, options.output_dir, 0, 0, 0, false};
   };
 }
@@ -190,7 +201,8 @@ Expected<Result> RunServer(const Load& load, const std::string& dir, std::size_t
   const Status watched = client->Watch(
       watch,
       [&](const streaming::RunEvent& e, const std::string& volume) {
-        if (scenarios::IsTerminal(e.event.body)) {
+        if (const auto* end = std::get_if<scenarios::RunFinished>(&e.event.body)) {
+          result.sender_seconds = end->seconds;
           finished = true;
           return false;
         }
@@ -249,17 +261,44 @@ int RunStreamBench(int events, const std::string& json_path) {
     return Fail(e);
   };
 
-  // 1. Throughput of 1 KiB events, as fast as the sender can go.
+  // 1. Throughput of 1 KiB events, as fast as the sender can go. Loopback rates on 2 shared
+  // cores swing by 2x from run to run, so the two paths alternate, 3 times each, and the
+  // medians are compared; CPU time per event (all threads) is the steadier figure.
   Load burst{events, 880, 0.0, false, ""};  // an 880-character rationale: a 1 KiB envelope
   std::size_t envelope = 0;
-  auto server_burst = RunServer(burst, (dir / "burst").string(), &envelope);
-  if (!server_burst) return fail(server_burst.error());
-  const Result raw_burst = RunRaw(burst, std::string(envelope, 'x'));
-  std::printf("1 KiB events (envelope %zu bytes), unpaced:\n", envelope);
+  std::vector<Result> raw_runs, server_runs;
+  for (int repeat = 0; repeat < 3; ++repeat) {
+    const double cpu0 = CpuSeconds();
+    auto server_burst = RunServer(burst, (dir / "burst").string(), &envelope);
+    if (!server_burst) return fail(server_burst.error());
+    server_burst->cpu_us_per_event = (CpuSeconds() - cpu0) * 1e6 / burst.events;
+    server_runs.push_back(std::move(*server_burst));
+    fs::remove_all(dir / "burst");
+    const double cpu1 = CpuSeconds();
+    raw_runs.push_back(RunRaw(burst, std::string(envelope, 'x')));
+    raw_runs.back().cpu_us_per_event = (CpuSeconds() - cpu1) * 1e6 / burst.events;
+  }
+  const auto median = [](std::vector<Result> runs) {
+    std::sort(runs.begin(), runs.end(),
+              [](const Result& a, const Result& b) { return a.Rate() < b.Rate(); });
+    return runs[runs.size() / 2];
+  };
+  const Result raw_burst = median(raw_runs), server_burst = median(server_runs);
+  std::printf("1 KiB events (envelope %zu bytes), unpaced, median of 3:\n", envelope);
   row("raw PUB/SUB", raw_burst);
-  row("server path", *server_burst);
-  const double throughput_ratio = server_burst->Rate() / raw_burst.Rate();
-  std::printf("  server / raw throughput: %.2f\n", throughput_ratio);
+  row("server path", server_burst);
+  const double throughput_ratio = server_burst.Rate() / raw_burst.Rate();
+  std::printf(
+      "  server / raw throughput: %.2f; CPU per event %.1f us (server path, all threads)"
+      " vs %.1f us (raw)\n",
+      throughput_ratio, server_burst.cpu_us_per_event, raw_burst.cpu_us_per_event);
+  std::printf("  each repeat, raw vs server events/s:");
+  for (int repeat = 0; repeat < 3; ++repeat) {
+    std::printf(" %.0f/%.0f", raw_runs[repeat].Rate(), server_runs[repeat].Rate());
+  }
+  std::printf("\n");
+  out["cpu_us_per_event"] = {{"raw", raw_burst.cpu_us_per_event},
+                             {"server", server_burst.cpu_us_per_event}};
 
   // 2. Latency at 10k events/s.
   Load paced{std::min(events, 20000), 880, 10000.0, false, ""};

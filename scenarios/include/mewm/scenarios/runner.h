@@ -53,6 +53,9 @@ struct RunOptions {
   /// Overrides the run id (default: derived from the scenario text, seed and search). A server
   /// gives each submission its own. With `resume`, an events.jsonl of this id is continued.
   std::string run_id;
+  /// false: `sink` keeps events.jsonl itself (the streaming server's group-committed log), so
+  /// the runner does not write it; it still reads it to continue the sequence on resume.
+  bool write_event_log = true;
   /// Called with the wall time of each model call: "policy" (a proposal), "dynamics" (a
   /// simulation batch), "survival" (scoring a batch). From the runner's thread.
   std::function<void(const char* stage, double seconds)> stage_seconds;

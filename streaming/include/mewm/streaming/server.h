@@ -7,9 +7,10 @@
 //   event PUB        [topic, Envelope, (.vdb frame)]  topics run/<id>/<type> and server/<type>
 //
 // Submitted scenarios wait in a bounded queue and run one at a time through a RunFunction (the
-// real scenarios::Runner by default). Every event reaches the run's events.jsonl before it is
-// published, and is kept in memory so a snapshot request can replay a run's history to a client
-// that joins late (the zguide Clone pattern). A subscriber at its high-water mark never blocks a
+// real scenarios::Runner by default). A log thread appends every event to the run's events.jsonl
+// (a burst in one write) before it publishes it; the log is the history, read page by page from
+// disk when a client that joins late asks for a snapshot (the zguide Clone pattern). Memory per
+// event is one 8-byte offset. A subscriber at its high-water mark never blocks a
 // run or the other subscribers: it misses the event, the server counts the drop, and the client
 // heals the gap from a snapshot.
 #pragma once
@@ -34,7 +35,7 @@ struct ServerOptions {
   /// Relative model, manifest and action-base paths in submitted scenarios resolve here.
   std::string scenario_base = ".";
   int queue_capacity = 8;    ///< queued runs, not counting the one running
-  int send_hwm = 10000;      ///< PUB high-water mark per subscriber (messages)
+  int send_hwm = 10000;      ///< PUB high-water mark per subscriber (messages; 0 = none)
   int heartbeat_ms = 1000;   ///< a heartbeat after this long without any event
   int snapshot_page = 2000;  ///< events per snapshot reply, at most
   int linger_ms = 1000;      ///< how long closing sockets may flush
@@ -57,9 +58,10 @@ struct ServerOptions {
   bool exit_when_idle = false;
 };
 
-/// Runs one scenario. It must write each event durably (events.jsonl) before passing it to
-/// `sink`, continue an existing events.jsonl when `options.resume` is set, and poll
-/// `options.cancelled` between simulation batches. The default is the real scenarios::Runner.
+/// Runs one scenario, emitting every event to `sink`. The server keeps events.jsonl itself
+/// (`options.write_event_log` is false): it appends each event there before publishing it. The
+/// function must continue the sequence of an existing events.jsonl when `options.resume` is set
+/// and poll `options.cancelled` between simulation batches. The default is scenarios::Runner.
 using RunFunction = std::function<Expected<scenarios::RunSummary>(
     const scenarios::ScenarioSpec&, const scenarios::RunOptions&, scenarios::EventSink&)>;
 Expected<scenarios::RunSummary> RunWithRunner(const scenarios::ScenarioSpec& spec,
@@ -82,7 +84,7 @@ class Server {
   void Stop();
 
   /// Queues an already-validated scenario with the caller's run options (output folder, resume,
-  /// shard) and an extra sink that sees every event after the log (the terminal display). No
+  /// shard) and an extra sink that sees every event from the run's thread (the display). No
   /// path confinement: this is the local `mewm run --publish`. Returns the run id.
   Expected<std::string> SubmitLocal(const scenarios::ScenarioSpec& spec,
                                     const scenarios::RunOptions& options,
