@@ -65,9 +65,15 @@ run_tests() {
 demo() {
   build
   local out="$ROOT/out/demo" mewm="$BUILD/tools/mewm/mewm"
+  local events="${MEWM_DEMO_EVENTS:-tcp://127.0.0.1:5556}"
+  local control="${MEWM_DEMO_CONTROL:-tcp://127.0.0.1:5555}"
   # The main job: plan the scenarios/tace_demo cohort (synthetic patients, guideline policy,
-  # calibrated mechanistic dynamics, Cox survival, beam search) and keep everything on disk.
-  "$mewm" run "$ROOT/scenarios/tace_demo/scenario.toml" --out "$out"
+  # calibrated mechanistic dynamics, Cox survival, beam search), stream every event live over
+  # ZeroMQ, and keep everything on disk. Follow it from another terminal with
+  #   build/tools/mewm/mewm watch
+  echo "demo: streaming on $events (control $control); watch with: $mewm watch"
+  "$mewm" run "$ROOT/scenarios/tace_demo/scenario.toml" --out "$out" \
+    --publish "$events" --control "$control"
   "$mewm" eval plans "$out" --json "$out/eval_plans.json"
   local p="$out/patients/P0001"
   "$mewm" render "$out/cohort/patients/P0001/pre.vdb" --plane axial --at tumor --overlay tumor \

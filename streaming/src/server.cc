@@ -3,6 +3,7 @@
 #include "mewm/streaming/server.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -64,11 +65,12 @@ struct RunRecord {
   // event in memory), so snapshots read pages of it from disk.
   std::uint64_t first_seq = 1;  ///< seq of the line at offsets[0]
   std::vector<std::uint64_t> offsets;
-  std::uint64_t log_size = 0;    ///< end of the last published line
-  std::uint64_t queued_seq = 0;  ///< last seq handed to the log writer
-  Status log_error;              ///< sticky: the log could not be written
-  bool indexed = false;          ///< lines already in the file (a resumed run) are indexed
-  int fd = -1;                   ///< open while events are being written
+  std::uint64_t log_size = 0;                ///< end of the last published line
+  std::atomic<std::uint64_t> queued_seq{0};  ///< last seq handed to the log thread
+  std::atomic<bool> log_failed{false};       ///< then log_error says why (sticky)
+  Status log_error;
+  bool indexed = false;  ///< lines already in the file (a resumed run) are indexed
+  int fd = -1;           ///< open while events are being written
 
   std::string log_path() const { return (fs::path(out) / "events.jsonl").string(); }
   std::uint64_t last_seq() const { return first_seq + offsets.size() - 1; }
@@ -294,6 +296,11 @@ struct Server::Impl {
   /// Sends [topic, envelope, (volume)] without blocking; counts a drop when a subscriber is full.
   void Publish(const std::string& topic, const std::string& envelope, std::string* volume) {
     std::lock_guard<std::mutex> lock(pub_mutex);
+    PublishLocked(topic, envelope, volume);
+  }
+
+  /// Publish() for a caller that holds pub_mutex (the log thread sends a batch under one lock).
+  void PublishLocked(const std::string& topic, const std::string& envelope, std::string* volume) {
     const auto more = zmq::send_flags::sndmore | zmq::send_flags::dontwait;
     if (!events.send(zmq::buffer(topic), more)) {
       // A subscriber is at its high-water mark (XPUB_NODROP refuses the send to tell us). Count
@@ -345,11 +352,11 @@ struct Server::Impl {
       return MakeError(ErrorCode::kInternal,
                        "runner emitted run id " + event.run_id + " for run " + run->id);
     }
-    {
+    if (run->log_failed.load()) {
       std::lock_guard<std::mutex> lock(run->mutex);
-      if (!run->log_error) return run->log_error.error();
-      run->queued_seq = event.seq;
+      return run->log_error.error();
     }
+    run->queued_seq.store(event.seq);
     LogItem item;
     item.run = run;
     item.made = Clock::now();
@@ -425,36 +432,43 @@ struct Server::Impl {
       text += batch[i].line;
       text += '\n';
     }
+    if (run.log_failed.load()) return;  // the run already lost its log: publish nothing more
     Status written;
     {
       std::lock_guard<std::mutex> lock(run.mutex);
-      if (!run.log_error) return;  // the run already lost its log: publish nothing more
       if (!run.indexed) {
         run.first_seq = batch[begin].seq;
         written = IndexLog(run);  // a resumed run's earlier lines are its history too
         run.indexed = true;
       }
-      if (written) written = WriteLines(run, text);
-      if (!written) {
-        LogWarn("run " + run.id + ": " + written.error().message);
-        run.log_error = written;
-        return;
+    }
+    // Only this thread writes a run's log, so the write itself holds no lock (a run's thread
+    // queueing its next event, or a snapshot, never waits on the disk).
+    if (written) written = WriteLines(run, text);
+    if (!written) {
+      LogWarn("run " + run.id + ": " + written.error().message);
+      std::lock_guard<std::mutex> lock(run.mutex);
+      run.log_error = written;
+      run.log_failed = true;
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(run.mutex);
+      for (std::size_t i = begin; i < end; ++i) {
+        run.offsets.push_back(run.log_size);
+        run.log_size += batch[i].line.size() + 1;
+        if (batch[i].status_event) run.Apply(*batch[i].status_event);
+      }
+      if (batch[end - 1].terminal && run.fd >= 0) {
+        ::close(run.fd);  // nothing follows a terminal event
+        run.fd = -1;
       }
     }
+    run.last_event_ns.store(SteadyNs(), std::memory_order_relaxed);
+    std::lock_guard<std::mutex> lock(pub_mutex);
     for (std::size_t i = begin; i < end; ++i) {
       LogItem& item = batch[i];
-      {
-        std::lock_guard<std::mutex> lock(run.mutex);
-        run.offsets.push_back(run.log_size);
-        run.log_size += item.line.size() + 1;
-        if (item.status_event) run.Apply(*item.status_event);
-        if (item.terminal && run.fd >= 0) {
-          ::close(run.fd);  // nothing follows a terminal event
-          run.fd = -1;
-        }
-      }
-      run.last_event_ns.store(SteadyNs(), std::memory_order_relaxed);
-      Publish(item.topic, item.encoded, item.volume.empty() ? nullptr : &item.volume);
+      PublishLocked(item.topic, item.encoded, item.volume.empty() ? nullptr : &item.volume);
       stages.publish().Observe(Since(item.made));  // made -> on disk -> sent
     }
   }
@@ -462,11 +476,7 @@ struct Server::Impl {
   /// An event the server itself makes for a run (accepted, cancelled while queued, failed to
   /// start): logged and published before this returns.
   Status Append(const std::shared_ptr<RunRecord>& run, scenarios::EventBody body) {
-    std::uint64_t seq;
-    {
-      std::lock_guard<std::mutex> lock(run->mutex);
-      seq = run->queued_seq + 1;
-    }
+    const std::uint64_t seq = run->queued_seq.load() + 1;
     MEWM_RETURN_IF_ERROR(Enqueue(run, Event{run->id, seq, WallNs(), std::move(body)}));
     Flush();
     std::lock_guard<std::mutex> lock(run->mutex);
@@ -921,8 +931,14 @@ Expected<std::unique_ptr<Server>> Server::Create(const ServerOptions& options, R
              }));
   }
   Impl* raw = impl.get();
-  impl->log_thread = std::thread([raw] { raw->LogLoop(); });
-  impl->worker = std::thread([raw] { raw->WorkerLoop(); });
+  impl->log_thread = std::thread([raw] {
+    ::pthread_setname_np(::pthread_self(), "mewm-log");  // names show in top -H and perf
+    raw->LogLoop();
+  });
+  impl->worker = std::thread([raw] {
+    ::pthread_setname_np(::pthread_self(), "mewm-run");
+    raw->WorkerLoop();
+  });
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 
@@ -1004,7 +1020,7 @@ Expected<std::string> Server::SubmitLocal(const scenarios::ScenarioSpec& spec,
   if (options.resume) {
     // Events the server itself adds (a failure to start) continue the earlier sequence.
     if (auto earlier = scenarios::ReadEvents(run->log_path()); earlier && !earlier->empty()) {
-      run->queued_seq = earlier->back().seq;
+      run->queued_seq.store(earlier->back().seq);
     }
   }
   {
