@@ -29,9 +29,10 @@ PACKAGES=(
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-setup() {
+# install_packages PACKAGE...: installs those not installed yet.
+install_packages() {
   local missing=()
-  for p in "${PACKAGES[@]}"; do
+  for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
@@ -40,6 +41,8 @@ setup() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
   fi
 }
+
+setup() { install_packages "${PACKAGES[@]}"; }
 
 # configure_and_build DIR [TARGET...] [-- CMAKE_ARGS...]
 configure_and_build() {
@@ -102,6 +105,7 @@ bench() {
 
 fuzz() {
   setup
+  install_packages clang libclang-rt-14-dev  # clang's libFuzzer runtime
   local seconds="${1:-60}" corpus="$ROOT/build-fuzz/corpus"
   CC=clang CXX=clang++ configure_and_build "$ROOT/build-fuzz" mewm_control_fuzz -- \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMEWM_FUZZ=ON -DMEWM_BUILD_TESTS=OFF -DMEWM_WERROR=OFF
