@@ -2,6 +2,7 @@
 // SPDX-FileCopyrightText: the mewm authors
 #include "mewm/scenarios/events.h"
 
+#include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
@@ -154,6 +155,12 @@ void AppendJson(const json& j, std::string* out) {
 }
 
 }  // namespace
+
+std::int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
 const char* EventTypeName(const EventBody& body) { return kTypeNames[body.index()]; }
 

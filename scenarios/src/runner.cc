@@ -25,12 +25,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::int64_t NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 PlanScoreView View(const CandidateScore& c) { return {c.plan.items(), c.risk_mean, c.risk_std}; }
 
 json CandidateJson(const CandidateScore& c) {
@@ -132,8 +126,8 @@ struct Runner::Impl {
     const auto t_policy = Clock::now();
     MEWM_TRY(const policy::Proposal proposal, policy->Propose(patient));
     if (options.stage_seconds) {
-      options.stage_seconds(
-          "policy", std::chrono::duration<double>(Clock::now() - t_policy).count());
+      options.stage_seconds("policy",
+                            std::chrono::duration<double>(Clock::now() - t_policy).count());
     }
     MEWM_RETURN_IF_ERROR(Emit(
         sink, ProposalMade{patient.id, proposal.drugs, proposal.embolics, proposal.rationale}));

@@ -35,11 +35,6 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using scenarios::Event;
 
-std::int64_t WallNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 std::int64_t SteadyNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
       .count();
@@ -333,7 +328,7 @@ struct Server::Impl {
       std::lock_guard<std::mutex> lock(pub_mutex);
       event.seq = ++server_seq;
     }
-    event.timestamp_ns = WallNs();
+    event.timestamp_ns = scenarios::NowNs();
     event.body = std::move(body);
     const Envelope envelope(std::move(event));
     Publish(TopicOf(envelope), EncodeEnvelope(envelope), nullptr);
@@ -477,7 +472,7 @@ struct Server::Impl {
   /// start): logged and published before this returns.
   Status Append(const std::shared_ptr<RunRecord>& run, scenarios::EventBody body) {
     const std::uint64_t seq = run->queued_seq.load() + 1;
-    MEWM_RETURN_IF_ERROR(Enqueue(run, Event{run->id, seq, WallNs(), std::move(body)}));
+    MEWM_RETURN_IF_ERROR(Enqueue(run, Event{run->id, seq, scenarios::NowNs(), std::move(body)}));
     Flush();
     std::lock_guard<std::mutex> lock(run->mutex);
     return run->log_error;

@@ -28,12 +28,6 @@ using namespace std::chrono_literals;
 using scenarios::Event;
 using scenarios::EventBody;
 
-std::int64_t NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 /// Lets a test hold a scripted run at a chosen event until it says go.
 class Gate {
  public:
@@ -90,7 +84,7 @@ RunFunction Scripted(Script script) {
     int emitted = 0;
     const auto emit = [&](EventBody body) -> Status {
       if (++emitted == script.pause_after && script.gate) script.gate->Reach();
-      return out.Emit(Event{options.run_id, ++seq, NowNs(), std::move(body)});
+      return out.Emit(Event{options.run_id, ++seq, scenarios::NowNs(), std::move(body)});
     };
     scenarios::RunSummary summary{options.run_id, options.output_dir, 0, 0, 0, false};
     MEWM_RETURN_IF_ERROR(
@@ -291,8 +285,8 @@ TEST_F(ServerTest, GapThatTheServerCannotFillIsAnExplicitError) {
   pub.bind("tcp://127.0.0.1:*");
   router.bind("tcp://127.0.0.1:*");
   const auto make = [](std::uint64_t seq) {
-    return EncodeEnvelope(
-        RunEvent{Event{"g-1", seq, NowNs(), scenarios::Progress{"x", 0, 1}}, "", std::nullopt});
+    return EncodeEnvelope(RunEvent{
+        Event{"g-1", seq, scenarios::NowNs(), scenarios::Progress{"x", 0, 1}}, "", std::nullopt});
   };
   std::atomic<bool> done{false};
   std::thread fake([&] {

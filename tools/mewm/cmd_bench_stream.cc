@@ -33,12 +33,6 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using scenarios::Event;
 
-std::int64_t WallNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 struct Load {
   int events = 0;
   std::size_t payload = 0;  ///< rationale bytes (event) or volume bytes
@@ -112,7 +106,7 @@ Result RunRaw(const Load& load, const std::string& payload) {
     for (int i = 0; i < load.events; ++i) {
       pacer.Wait(i);
       std::string body = payload;
-      const std::int64_t now = WallNs();
+      const std::int64_t now = scenarios::NowNs();
       std::memcpy(body.data(), &now, sizeof(now));
       std::array<zmq::const_buffer, 2> frames = {zmq::str_buffer("run/bench/event"),
                                                  zmq::buffer(body)};
@@ -126,7 +120,7 @@ Result RunRaw(const Load& load, const std::string& payload) {
     if (frames.size() != 2 || frames[0].to_string_view() == "probe") continue;
     std::int64_t sent;
     std::memcpy(&sent, frames[1].data(), sizeof(sent));
-    result.latency_us.push_back(double(WallNs() - sent) / 1e3);
+    result.latency_us.push_back(double(scenarios::NowNs() - sent) / 1e3);
     result.bytes += frames[1].size();
     ++result.received;
   }
@@ -156,11 +150,12 @@ streaming::RunFunction LoadRun(const Load& load, Clock::time_point* t0) {
         body = scenarios::ProposalMade{
             "P" + std::to_string(i), {"Epirubicin"}, {"Lipiodol"}, rationale};
       }
-      MEWM_RETURN_IF_ERROR(out.Emit(Event{options.run_id, ++seq, WallNs(), std::move(body)}));
+      MEWM_RETURN_IF_ERROR(
+          out.Emit(Event{options.run_id, ++seq, scenarios::NowNs(), std::move(body)}));
     }
     const double emit_seconds = std::chrono::duration<double>(Clock::now() - *t0).count();
-    MEWM_RETURN_IF_ERROR(out.Emit(
-        Event{options.run_id, ++seq, WallNs(), scenarios::RunFinished{0, 0, emit_seconds}}));
+    MEWM_RETURN_IF_ERROR(out.Emit(Event{options.run_id, ++seq, scenarios::NowNs(),
+                                        scenarios::RunFinished{0, 0, emit_seconds}}));
     return scenarios::RunSummary{options.run_id, options.output_dir, 0, 0, 0, false};
   };
 }
@@ -206,7 +201,7 @@ Expected<Result> RunServer(const Load& load, const std::string& dir, std::size_t
           finished = true;
           return false;
         }
-        result.latency_us.push_back(double(WallNs() - e.event.timestamp_ns) / 1e3);
+        result.latency_us.push_back(double(scenarios::NowNs() - e.event.timestamp_ns) / 1e3);
         result.bytes += load.volumes ? volume.size() : 0;
         ++result.received;
         return true;

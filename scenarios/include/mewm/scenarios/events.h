@@ -107,6 +107,9 @@ struct Event {
   EventBody body;
 };
 
+/// The current time in the unit of Event::timestamp_ns (ns since the Unix epoch, wall clock).
+std::int64_t NowNs();
+
 /// Snake-case type name, e.g. "candidate_evaluated".
 const char* EventTypeName(const EventBody& body);
 /// One line of JSON (no newline): {"run_id", "seq", "timestamp_ns", "type", ...fields}.
