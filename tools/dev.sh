@@ -107,9 +107,10 @@ fuzz() {
   setup
   install_packages clang libclang-rt-14-dev  # clang's libFuzzer runtime
   local seconds="${1:-60}" corpus="$ROOT/build-fuzz/corpus"
-  CC=clang CXX=clang++ configure_and_build "$ROOT/build-fuzz" mewm_control_fuzz -- \
+  CC=clang CXX=clang++ configure_and_build "$ROOT/build-fuzz" mewm_control_fuzz mewm_fuzz_seeds -- \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMEWM_FUZZ=ON -DMEWM_BUILD_TESTS=OFF -DMEWM_WERROR=OFF
   mkdir -p "$corpus"
+  "$ROOT/build-fuzz/streaming/mewm_fuzz_seeds" "$corpus"
   "$ROOT/build-fuzz/streaming/mewm_control_fuzz" -max_total_time="$seconds" -max_len=65536 \
     -print_final_stats=1 "$corpus"
 }

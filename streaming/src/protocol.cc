@@ -4,6 +4,7 @@
 
 #include <capnp/message.h>
 #include <capnp/serialize.h>
+#include <kj/debug.h>
 #include <kj/exception.h>
 #include <openssl/evp.h>
 
@@ -30,13 +31,27 @@ std::string S(capnp::Data::Reader r) {
   return std::string(reinterpret_cast<const char*>(r.begin()), r.size());
 }
 
+// Cap'n Proto lets a list of all-default structs or empty texts take almost no bytes, so a
+// 64-byte message could name millions of elements and be decoded into millions of C++ objects.
+// A list may not have more elements than the message has words: every element this schema's
+// encoder writes takes at least one. Read() sets the bound for the message being decoded.
+thread_local std::size_t t_max_list_elements = 0;
+
+template <typename List>
+List Bounded(List list) {
+  if (list.size() > t_max_list_elements) {
+    KJ_FAIL_REQUIRE("list longer than its message", list.size(), t_max_list_elements);
+  }
+  return list;
+}
+
 void SetTexts(capnp::List<capnp::Text>::Builder list, const std::vector<std::string>& items) {
   for (unsigned i = 0; i < items.size(); ++i) list.set(i, T(items[i]));
 }
 std::vector<std::string> Texts(capnp::List<capnp::Text>::Reader list) {
   std::vector<std::string> out;
   out.reserve(list.size());
-  for (auto t : list) out.push_back(S(t));
+  for (auto t : Bounded(list)) out.push_back(S(t));
   return out;
 }
 
@@ -76,6 +91,7 @@ auto Read(std::string_view bytes, const DecodeLimits& limits, const char* what, 
   capnp::ReaderOptions options;
   options.traversalLimitInWords = limits.traversal_words;
   options.nestingLimit = limits.nesting;
+  t_max_list_elements = bytes.size() / sizeof(capnp::word);
   try {
     capnp::FlatArrayMessageReader reader(
         kj::ArrayPtr<const capnp::word>(words, bytes.size() / sizeof(capnp::word)), options);
@@ -234,7 +250,7 @@ Expected<scenarios::EventBody> ReadRunBody(w::Envelope::Event::Reader r) {
     case W::BEAM_UPDATED: {
       auto x = r.getBeamUpdated();
       std::vector<scenarios::PlanScoreView> beams;
-      for (auto s : x.getBeams()) beams.push_back(Score(s));
+      for (auto s : Bounded(x.getBeams())) beams.push_back(Score(s));
       return scenarios::BeamUpdated{S(x.getPatientId()), S(x.getStage()), int(x.getStep()),
                                     std::move(beams)};
     }
@@ -340,7 +356,7 @@ Expected<Envelope> DecodeEnvelope(std::string_view bytes, const DecodeLimits& li
           if (event.which() == W::HEARTBEAT) {
             auto x = event.getHeartbeat();
             Heartbeat beat{S(x.getActiveRun()), int(x.getQueueDepth()), {}};
-            for (auto run : x.getRecentRuns()) {
+            for (auto run : Bounded(x.getRecentRuns())) {
               beat.recent_runs.push_back({S(run.getRunId()), run.getLastSeq()});
             }
             server.body = std::move(beat);
@@ -577,14 +593,14 @@ Expected<Reply> DecodeReply(std::string_view bytes, const DecodeLimits& limits) 
         auto s = body.getSnapshot();
         SnapshotReply snapshot;
         MEWM_TRY(snapshot.run, ReadStatus(s.getRun()));
-        for (auto e : s.getEvents()) snapshot.events.push_back(S(e));
+        for (auto e : Bounded(s.getEvents())) snapshot.events.push_back(S(e));
         snapshot.more = s.getMore();
         reply.body = std::move(snapshot);
         break;
       }
       case W::RUNS: {
         RunList list;
-        for (auto run : body.getRuns()) {
+        for (auto run : Bounded(body.getRuns())) {
           MEWM_TRY(RunStatus status, ReadStatus(run));
           list.runs.push_back(std::move(status));
         }
@@ -604,7 +620,7 @@ Expected<Reply> DecodeReply(std::string_view bytes, const DecodeLimits& limits) 
         h.bad_requests = x.getBadRequests();
         h.rejected_submits = x.getRejectedSubmits();
         h.auth_failures = x.getAuthFailures();
-        for (auto s : x.getStages()) {
+        for (auto s : Bounded(x.getStages())) {
           h.stages.push_back({S(s.getStage()), s.getCount(), s.getSumSeconds()});
         }
         reply.body = std::move(h);

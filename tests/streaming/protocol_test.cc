@@ -179,6 +179,26 @@ TEST(ProtocolTest, TraversalLimitStopsOversizedContent) {
   EXPECT_TRUE(DecodeReply(bytes));  // the default limits allow it
 }
 
+TEST(ProtocolTest, RefusesListsThatClaimMoreElementsThanTheMessageHolds) {
+  // Found by the fuzzer: 64 bytes whose run list names millions of empty statuses.
+  const unsigned char amplified[] = {
+      0x00, 0x00, 0x00, 0x00, 0x07, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01,
+      0x00, 0x03, 0x00, 0x01, 0x00, 0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x09, 0x00,
+      0x00, 0x00, 0x1a, 0x00, 0x00, 0x00, 0x09, 0x00, 0x00, 0x00, 0x00, 0x00, 0x7e,
+      0x00, 0x00, 0x0b, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x03,
+      0x08, 0x00, 0x00, 0x00, 0x74, 0x31, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00};
+  auto out = DecodeReply(std::string(reinterpret_cast<const char*>(amplified), sizeof(amplified)));
+  ASSERT_FALSE(out);
+  EXPECT_NE(out.error().message.find("list longer than its message"), std::string::npos)
+      << out.error().message;
+  // Long lists that really are in the message still decode.
+  RunList runs;
+  runs.runs.resize(5000);
+  auto many = DecodeReply(EncodeReply(Reply{"r", runs}));
+  ASSERT_TRUE(many) << many.error().message;
+  EXPECT_EQ(std::get<RunList>(many->body).runs.size(), 5000u);
+}
+
 TEST(ProtocolTest, Sha256MatchesTheStandardVector) {
   EXPECT_EQ(ToHex(Sha256("abc")),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
