@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -561,6 +562,61 @@ struct Server::Impl {
     last_summary = std::move(summary);
   }
 
+  /// Lists the runs an earlier server process left under the results root, from their logs, so
+  /// their status and history stay available. A run whose log has no terminal event was cut off
+  /// by that process's end: it gets run_failed, so its watchers stop.
+  void RecoverRuns() {
+    std::error_code ec;
+    const fs::path root = fs::absolute(options.results_root);
+    if (!fs::is_directory(root, ec)) return;
+    std::vector<std::pair<std::int64_t, std::shared_ptr<RunRecord>>> found;
+    for (auto it = fs::recursive_directory_iterator(root, ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      if (it.depth() > 6) it.disable_recursion_pending();
+      if (it->path().filename() != "events.jsonl") continue;
+      auto events = scenarios::ReadEvents(it->path().string());
+      if (!events || events->empty()) {
+        LogWarn("not recovering " + it->path().string() + ": " +
+                (events ? std::string("empty log") : events.error().message));
+        continue;
+      }
+      auto run = std::make_shared<RunRecord>();
+      run->id = events->front().run_id;
+      run->trace_id = run->id;
+      run->out = it->path().parent_path().string();
+      for (const Event& e : *events) {
+        if (const auto* a = std::get_if<scenarios::RunAccepted>(&e.body))
+          run->spec.name = a->scenario;
+        if (const auto* st = std::get_if<scenarios::RunStarted>(&e.body)) {
+          run->spec.name = st->scenario;
+        }
+        run->Apply(e);
+      }
+      if (auto indexed = IndexLog(*run); !indexed) {
+        LogWarn("not recovering " + run->out + ": " + indexed.error().message);
+        continue;
+      }
+      run->indexed = true;
+      run->queued_seq.store(events->back().seq);
+      if (!IsEnded(run->state)) run->state = RunState::kRunning;  // until run_failed below
+      found.emplace_back(events->front().timestamp_ns, std::move(run));
+    }
+    std::sort(found.begin(), found.end(),
+              [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (auto& [time, run] : found) {
+      if (runs.count(run->id)) {
+        LogWarn("not recovering a second run " + run->id + " in " + run->out);
+        continue;
+      }
+      runs[run->id] = run;
+      run_order.push_back(run);
+      if (!IsEnded(run->state)) {
+        (void)Append(run, scenarios::RunFailed{"interrupted: the server stopped before the run "
+                                               "ended (restarted server)"});
+      }
+    }
+  }
+
   std::string NewRunId(const std::string& name) {
     for (;;) {
       char hex[17];
@@ -930,6 +986,7 @@ Expected<std::unique_ptr<Server>> Server::Create(const ServerOptions& options, R
     ::pthread_setname_np(::pthread_self(), "mewm-log");  // names show in top -H and perf
     raw->LogLoop();
   });
+  if (options.recover_runs) raw->RecoverRuns();
   impl->worker = std::thread([raw] {
     ::pthread_setname_np(::pthread_self(), "mewm-run");
     raw->WorkerLoop();

@@ -625,6 +625,48 @@ TEST_F(ServerTest, ShutdownCancelsTheActiveRunAndPublishesServerClosing) {
   server_.reset();
 }
 
+TEST_F(ServerTest, RestartedServerListsEarlierRunsAndEndsTheCutOffOnes) {
+  StartServer(Options(), Scripted({}));
+  std::string finished_id;
+  std::vector<Event> finished_events;
+  {
+    auto client = NewClient();
+    finished_id = SubmitOk(*client);
+    finished_events = WatchToEnd(*client, finished_id);
+  }
+  StopServer();
+  // A run an earlier process left without a terminal event (as after a crash).
+  const std::string cut = dir_.File("results/runs/cut-1");
+  fs::create_directories(cut);
+  {
+    scenarios::JsonlSink::Open(cut + "/events.jsonl")
+        .value()
+        ->Emit(Event{"cut-1", 1, scenarios::NowNs(), scenarios::RunAccepted{"cut", cut, 0}})
+        .value();
+  }
+
+  StartServer(Options(), Scripted({}));
+  auto client = NewClient();
+  auto runs = client->ListRuns();
+  ASSERT_TRUE(runs);
+  ASSERT_EQ(runs->size(), 2u);
+  auto finished = client->GetStatus(finished_id);
+  ASSERT_TRUE(finished);
+  EXPECT_EQ(finished->state, RunState::kFinished);
+  EXPECT_EQ(finished->patients_done, 2);
+  EXPECT_EQ(Json(WatchToEnd(*client, finished_id)), Json(finished_events));  // history served
+  auto cut_status = client->GetStatus("cut-1");
+  ASSERT_TRUE(cut_status);
+  EXPECT_EQ(cut_status->state, RunState::kFailed);
+  EXPECT_NE(cut_status->error.find("interrupted"), std::string::npos);
+  const auto cut_events = WatchToEnd(*client, "cut-1");  // ends: the log is terminal now
+  ASSERT_EQ(cut_events.size(), 2u);
+  EXPECT_TRUE(std::holds_alternative<scenarios::RunFailed>(cut_events[1].body));
+  EXPECT_EQ(Json(cut_events), Json(Log(*client, "cut-1")));
+  // New runs still get fresh ids alongside.
+  EXPECT_NE(SubmitOk(*client), finished_id);
+}
+
 TEST_F(ServerTest, MetricsEndpointServesStageHistograms) {
   ServerOptions options = Options();
   options.metrics_port = 0;

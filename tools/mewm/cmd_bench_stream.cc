@@ -168,6 +168,7 @@ Expected<Result> RunServer(const Load& load, const std::string& dir, std::size_t
   options.event_endpoint = "tcp://127.0.0.1:*";
   options.send_hwm = 0;  // like the baseline: no high-water mark
   options.heartbeat_ms = 20;
+  options.recover_runs = false;
   MEWM_TRY(auto server, streaming::Server::Create(options, LoadRun(load, &t0)));
   std::thread serve([&] { (void)server->Serve(); });
   streaming::ClientOptions client_options;

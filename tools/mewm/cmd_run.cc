@@ -108,6 +108,7 @@ Action RegisterRun(CLI::App& app) {
       server_options.event_endpoint = o->publish;
       server_options.control_endpoint = o->control;
       server_options.exit_when_idle = true;
+      server_options.recover_runs = false;  // this run only
       auto server = streaming::Server::Create(server_options);
       if (!server) return Fail(server.error());
       if (auto queued = (*server)->SubmitLocal(*spec, options, &sink); !queued) {

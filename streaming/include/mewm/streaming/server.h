@@ -56,6 +56,9 @@ struct ServerOptions {
   std::string metrics_address = "127.0.0.1";
   /// Serve() returns once the queue is empty and nothing runs (the embedded runner's mode).
   bool exit_when_idle = false;
+  /// List the runs found under results_root (their events.jsonl) as known runs, with status and
+  /// history; one an earlier process left unfinished is ended with run_failed.
+  bool recover_runs = true;
 };
 
 /// Runs one scenario, emitting every event to `sink`. The server keeps events.jsonl itself
