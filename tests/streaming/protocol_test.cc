@@ -199,6 +199,32 @@ TEST(ProtocolTest, RefusesListsThatClaimMoreElementsThanTheMessageHolds) {
   EXPECT_EQ(std::get<RunList>(many->body).runs.size(), 5000u);
 }
 
+TEST(ProtocolTest, RunEventOfANewerKindKeepsItsSeqAndIsMarkedUnknown) {
+  std::string bytes = EncodeEnvelope(
+      RunEvent{Event{"run-1", 5, 7, scenarios::Progress{"cohort", 1, 2}}, "t", std::nullopt});
+  // The event union's discriminant is the second 16-bit field of the root struct, which starts
+  // after the segment table and the root pointer (bytes 16 + 2). Layouts never move (additive
+  // schema evolution), so a later schema's member 99 would sit exactly here.
+  ASSERT_GE(bytes.size(), 20u);
+  ASSERT_EQ(std::uint8_t(bytes[18]) | std::uint8_t(bytes[19]) << 8, 12);  // progress
+  bytes[18] = 99;
+  auto out = DecodeEnvelope(bytes);
+  ASSERT_TRUE(out) << out.error().message;
+  const auto& run = std::get<RunEvent>(*out);
+  EXPECT_TRUE(run.unknown_kind);
+  EXPECT_EQ(run.event.run_id, "run-1");
+  EXPECT_EQ(run.event.seq, 5u);
+  EXPECT_EQ(TopicOf(*out), "run/run-1/unknown");
+  // An unknown request kind is still an error: a server cannot answer what it does not know.
+  std::string request = EncodeRequest(Request{"r", "", HealthRequest{}});
+  ASSERT_EQ(std::uint8_t(request[18]), 5);  // health, the union's sixth member
+  request[18] = 77;
+  auto unknown = DecodeRequest(request);
+  ASSERT_FALSE(unknown);
+  EXPECT_EQ(unknown.error().code, ErrorCode::kCorruptData);
+  EXPECT_NE(unknown.error().message.find("newer schema"), std::string::npos);
+}
+
 TEST(ProtocolTest, Sha256MatchesTheStandardVector) {
   EXPECT_EQ(ToHex(Sha256("abc")),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
