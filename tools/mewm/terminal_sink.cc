@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "mewm/core/text.h"
@@ -45,12 +46,16 @@ void TerminalSink::Show(const scenarios::PatientStarted& e) {
   index_ = e.index;
   patient_ = e.patient_id;
   candidates_ = 0;
+  step_ = 0;
+  stage_ = "proposal";
   best_.clear();
   Redraw();
 }
 
-void TerminalSink::Show(const scenarios::CandidateEvaluated&) {
+void TerminalSink::Show(const scenarios::CandidateEvaluated& e) {
   ++candidates_;
+  stage_ = e.stage;
+  step_ = e.step;
   Redraw();
 }
 
@@ -101,8 +106,12 @@ void TerminalSink::Redraw() {
   const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
   char eta[32] = "?";
   if (done_ > 0) std::snprintf(eta, sizeof(eta), "%.0fs", elapsed / done_ * (total_ - done_));
-  std::fprintf(stderr, "\r[%d/%d, eta %s] %s: %d candidates, best %s\x1b[K", done_, total_, eta,
-               patient_.c_str(), candidates_, best_.empty() ? "-" : best_.c_str());
+  constexpr int kWidth = 16;
+  const int filled = total_ > 0 ? std::min(kWidth, done_ * kWidth / total_) : 0;
+  const std::string bar = std::string(filled, '#') + std::string(kWidth - filled, '.');
+  std::fprintf(stderr, "\r[%s] %d/%d, eta %s | %s %s %d: %d candidates, best %s\x1b[K", bar.c_str(),
+               done_, total_, eta, patient_.c_str(), stage_.c_str(), step_, candidates_,
+               best_.empty() ? "-" : best_.c_str());
   std::fflush(stderr);
 }
 

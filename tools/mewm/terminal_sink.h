@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
 //
-// The terminal display of a run's events, shared by `mewm run` and `mewm watch`: an in-place
-// status line per patient on a TTY (patients done, ETA, candidates, best plan so far), plain lines
-// otherwise, and one line per decided plan.
+// The terminal display of a run's events, shared by `mewm run` and `mewm watch`: on a TTY an
+// in-place line with a bar of patients done, the ETA, and the current patient's search stage and
+// step, candidates and best plan so far; plain lines otherwise; one line per decided plan.
 #pragma once
 
 #include <chrono>
@@ -42,8 +42,8 @@ class TerminalSink final : public scenarios::EventSink {
 
   bool quiet_, tty_;
   Clock::time_point start_ = Clock::now();
-  int total_ = 0, done_ = 0, index_ = 0, candidates_ = 0;
-  std::string patient_, best_;
+  int total_ = 0, done_ = 0, index_ = 0, candidates_ = 0, step_ = 0;
+  std::string patient_, best_, stage_;
 };
 
 }  // namespace mewm::cli
