@@ -189,7 +189,8 @@ Status Client::Watch(
   Impl& m = *impl_;
   std::map<std::string, std::uint64_t> last;  // per run: the last seq delivered
   std::set<std::string> ended;
-  bool halted = false;  // on_event asked to stop
+  bool halted = false;         // on_event asked to stop
+  bool server_closed = false;  // every-run watch: `server closing` arrived
 
   const auto deliver = [&](const RunEvent& e, const std::string& volume, bool history) {
     last[e.event.run_id] = e.event.seq;
@@ -228,7 +229,7 @@ Status Client::Watch(
     }
   };
   const auto done = [&] {
-    return halted || (options.stop && options.stop()) ||
+    return halted || server_closed || (options.stop && options.stop()) ||
            (!options.run_id.empty() && options.until_end && ended.count(options.run_id));
   };
   const auto heal_all = [&]() -> Status {
@@ -264,6 +265,10 @@ Status Client::Watch(
         }
       }
       if (std::holds_alternative<ServerClosing>(server->body)) {
+        if (options.run_id.empty()) {  // following every run: the server's end is the watch's
+          server_closed = true;
+          return {};
+        }
         return MakeError(ErrorCode::kCancelled, "the server closed (" +
                                                     std::get<ServerClosing>(server->body).reason +
                                                     ") before the watch ended");
@@ -330,8 +335,10 @@ Status Client::Watch(
   try {
     zmq::socket_t sub = subscribe();
     if (options.run_id.empty()) {
-      MEWM_TRY(std::vector<RunStatus> runs, ListRuns());
-      for (const RunStatus& run : runs) {
+      // A server that is not up yet has no runs to catch up on: its runs will arrive live.
+      auto runs = ListRuns();
+      if (!runs && runs.error().code != ErrorCode::kIo) return runs.error();
+      for (const RunStatus& run : runs ? *runs : std::vector<RunStatus>{}) {
         if (!IsEnded(run.state)) last[run.run_id] = 0;
       }
     }

@@ -278,6 +278,32 @@ TEST_F(ServerTest, KilledWatcherRestartsAndRecoversEverything) {
   EXPECT_EQ(Json(events), Json(Log(*client, id)));
 }
 
+TEST_F(ServerTest, EveryRunWatchFollowsNewRunsAndEndsWhenTheServerCloses) {
+  StartServer(Options(), Scripted({}));
+  auto watcher = NewClient();
+  std::vector<Event> events;
+  std::atomic<bool> live{false};
+  Status watched;
+  std::thread watch([&] {
+    watched = watcher->Watch(
+        {},
+        [&](const RunEvent& e, const std::string&) {
+          events.push_back(e.event);
+          return true;
+        },
+        [&](const ServerEvent&) { live = true; });
+  });
+  for (int i = 0; i < 500 && !live; ++i) std::this_thread::sleep_for(10ms);  // subscribed
+  auto client = NewClient();
+  const std::string id = SubmitOk(*client);
+  WatchToEnd(*client, id);
+  const auto log = Log(*client, id);
+  StopServer();  // publishes `server closing`: the every-run watch ends without an error
+  watch.join();
+  EXPECT_TRUE(watched) << watched.error().message;
+  EXPECT_EQ(Json(events), Json(log));
+}
+
 TEST_F(ServerTest, GapThatTheServerCannotFillIsAnExplicitError) {
   // A fake server: its history of run "g-1" ends at seq 2, but it publishes seq 4.
   zmq::context_t context;

@@ -89,6 +89,9 @@ int ExitCodeOf(const streaming::RunStatus& run) {
 /// Shows runs' events on the terminal (one display per run) or as JSON lines on stdout.
 int WatchRuns(streaming::Client& client, const std::string& run_id, bool json) {
   std::map<std::string, std::unique_ptr<TerminalSink>> displays;
+  if (run_id.empty() && !json) {
+    std::fprintf(stderr, "watching every run (Ctrl-C to stop)\n");
+  }
   streaming::WatchOptions options;
   options.run_id = run_id;
   options.stop = [] { return g_stop.load(); };

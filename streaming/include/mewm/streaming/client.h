@@ -75,8 +75,9 @@ class Client {
                                    std::uint32_t max_events = 0);
 
   /// Delivers a run's events in seq order, each exactly once, history first. `on_event` returns
-  /// false to stop. `on_server` sees heartbeats and `server closing`; a server closing ends
-  /// Watch() with kCancelled unless the watched run already ended. A volume frame whose size or
+  /// false to stop. `on_server` sees heartbeats and `server closing`. Following one run, a server
+  /// closing before the run ended is kCancelled; following every run, it ends Watch() normally,
+  /// and a server that is not up yet is waited for. A volume frame whose size or
   /// SHA-256 does not match its envelope is an error (kCorruptData).
   Status Watch(const WatchOptions& options,
                const std::function<bool(const RunEvent&, const std::string& volume)>& on_event,
