@@ -14,10 +14,11 @@ Event WithRationale(const std::string& text) {
 }
 
 TEST(EventsTest, JsonLinesMatchNlohmannForValidTextAndRoundTrip) {
-  for (const std::string& text : {std::string("plain"), std::string("quote \" backslash \\ slash /"),
-                                 std::string("tab\tnewline\nreturn\rbell\x07 del\x7f"),
-                                 std::string("\xc3\xa9t\xc3\xa9 \xe2\x82\xac \xf0\x9f\x92\x89"),
-                                 std::string(5000, 'x'), std::string()}) {
+  for (const std::string& text :
+       {std::string("plain"), std::string("quote \" backslash \\ slash /"),
+        std::string("tab\tnewline\nreturn\rbell\x07 del\x7f"),
+        std::string("\xc3\xa9t\xc3\xa9 \xe2\x82\xac \xf0\x9f\x92\x89"), std::string(5000, 'x'),
+        std::string()}) {
     const Event event = WithRationale(text);
     // The reference: nlohmann's own dump of the same object.
     nlohmann::json j = nlohmann::json::parse(EventToJson(event));

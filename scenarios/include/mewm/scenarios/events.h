@@ -92,10 +92,9 @@ struct Progress {
   int total = 0;
 };
 
-using EventBody =
-    std::variant<RunStarted, PatientStarted, ProposalMade, CandidateEvaluated, BeamUpdated,
-                 PlanDecided, PatientFinished, PatientFailed, RunFinished, RunFailed, RunCancelled,
-                 RunAccepted, Progress>;
+using EventBody = std::variant<RunStarted, PatientStarted, ProposalMade, CandidateEvaluated,
+                               BeamUpdated, PlanDecided, PatientFinished, PatientFailed,
+                               RunFinished, RunFailed, RunCancelled, RunAccepted, Progress>;
 
 /// True for run_finished, run_failed and run_cancelled: nothing follows them in a run.
 bool IsTerminal(const EventBody& body);
