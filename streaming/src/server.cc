@@ -14,7 +14,7 @@
 #include <cstring>
 #include <deque>
 #include <filesystem>
-#include <fstream>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <random>
@@ -110,17 +110,19 @@ struct LogItem {
   Clock::time_point made;
 };
 
-/// Line start offsets of an existing events.jsonl (complete lines only) and its first seq.
-Status IndexLog(RunRecord& run) {
+/// Indexes an existing events.jsonl: the line start offsets of its complete lines and its first
+/// seq. With `each`, every line is parsed and handed over too (recovery), in the same read.
+Status IndexLog(RunRecord& run, const std::function<void(const Event&)>& each = {}) {
   std::error_code ec;
   if (!fs::exists(run.log_path(), ec)) return {};
   MEWM_TRY(const std::string text, ReadFile(run.log_path()));
   std::uint64_t start = 0;
   for (std::size_t end = text.find('\n'); end != std::string::npos;
        start = end + 1, end = text.find('\n', start)) {
-    if (run.offsets.empty()) {
-      MEWM_TRY(const Event first, scenarios::EventFromJson(text.substr(0, end)));
-      run.first_seq = first.seq;
+    if (run.offsets.empty() || each) {
+      MEWM_TRY(const Event event, scenarios::EventFromJson(text.substr(start, end - start)));
+      if (run.offsets.empty()) run.first_seq = event.seq;
+      if (each) each(event);
     }
     run.offsets.push_back(start);
   }
@@ -172,25 +174,37 @@ Expected<fs::path> Confine(const fs::path& root, const char* root_name, const st
   return inside;
 }
 
-Expected<std::set<std::string>> ReadAllowlist(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return MakeError(ErrorCode::kIo, "cannot read CURVE allowlist '" + path + "'");
-  std::set<std::string> keys;
-  std::string line;
-  int number = 0;
-  while (std::getline(in, line)) {
-    ++number;
-    const auto start = line.find_first_not_of(" \t\r");
-    if (start == std::string::npos || line[start] == '#') continue;
-    std::string key = line.substr(start);
-    while (!key.empty() && (key.back() == ' ' || key.back() == '\t' || key.back() == '\r')) {
-      key.pop_back();
-    }
+/// The z85 keys of a key file or an allowlist: one per line; blank lines and `#` comments are
+/// skipped; any other line must be exactly one 40-character z85 key (kCorruptData naming it).
+Expected<std::vector<std::string>> ReadKeyLines(const std::string& path) {
+  MEWM_TRY(const std::string text, ReadFile(path));
+  std::vector<std::string> keys;
+  std::size_t start = 0;
+  for (int number = 1; start < text.size(); ++number) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    std::string line = text.substr(start, end - start);
+    start = end + 1;
+    const auto first = line.find_first_not_of(" \t\r");
+    if (first == std::string::npos || line[first] == '#') continue;
+    line = line.substr(first, line.find_last_not_of(" \t\r") + 1 - first);
     std::uint8_t binary[32];
-    if (key.size() != 40 || zmq_z85_decode(binary, key.c_str()) == nullptr) {
+    if (line.size() != 40 || zmq_z85_decode(binary, line.c_str()) == nullptr) {
       return MakeError(ErrorCode::kCorruptData,
-                       path + ":" + std::to_string(number) + ": not a 40-character z85 public key");
+                       path + ":" + std::to_string(number) + ": not a 40-character z85 key");
     }
+    keys.push_back(std::move(line));
+  }
+  return keys;
+}
+
+/// The allowlist's public keys, as the 32 raw bytes the ZAP handler sees.
+Expected<std::set<std::string>> ReadAllowlist(const std::string& path) {
+  MEWM_TRY(const std::vector<std::string> lines, ReadKeyLines(path));
+  std::set<std::string> keys;
+  for (const std::string& key : lines) {
+    std::uint8_t binary[32];
+    zmq_z85_decode(binary, key.c_str());
     keys.insert(std::string(reinterpret_cast<char*>(binary), 32));
   }
   return keys;
@@ -574,32 +588,29 @@ struct Server::Impl {
          !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
       if (it.depth() > 6) it.disable_recursion_pending();
       if (it->path().filename() != "events.jsonl") continue;
-      auto events = scenarios::ReadEvents(it->path().string());
-      if (!events || events->empty()) {
-        LogWarn("not recovering " + it->path().string() + ": " +
-                (events ? std::string("empty log") : events.error().message));
-        continue;
-      }
       auto run = std::make_shared<RunRecord>();
-      run->id = events->front().run_id;
-      run->trace_id = run->id;
       run->out = it->path().parent_path().string();
-      for (const Event& e : *events) {
+      Event first, last;
+      const Status indexed = IndexLog(*run, [&](const Event& e) {
+        if (run->offsets.empty()) first = e;
+        last = e;
         if (const auto* a = std::get_if<scenarios::RunAccepted>(&e.body))
           run->spec.name = a->scenario;
-        if (const auto* st = std::get_if<scenarios::RunStarted>(&e.body)) {
+        if (const auto* st = std::get_if<scenarios::RunStarted>(&e.body))
           run->spec.name = st->scenario;
-        }
         run->Apply(e);
-      }
-      if (auto indexed = IndexLog(*run); !indexed) {
-        LogWarn("not recovering " + run->out + ": " + indexed.error().message);
+      });
+      if (!indexed || run->offsets.empty()) {
+        LogWarn("not recovering " + it->path().string() + ": " +
+                (indexed ? std::string("empty log") : indexed.error().message));
         continue;
       }
+      run->id = first.run_id;
+      run->trace_id = run->id;
       run->indexed = true;
-      run->queued_seq.store(events->back().seq);
+      run->queued_seq.store(last.seq);
       if (!IsEnded(run->state)) run->state = RunState::kRunning;  // until run_failed below
-      found.emplace_back(events->front().timestamp_ns, std::move(run));
+      found.emplace_back(first.timestamp_ns, std::move(run));
     }
     std::sort(found.begin(), found.end(),
               [](const auto& a, const auto& b) { return a.first < b.first; });
@@ -1122,24 +1133,9 @@ Status WriteCurveKeyPair(const CurveKeyPair& keys, const std::string& base) {
 }
 
 Expected<std::string> ReadCurveKey(const std::string& path) {
-  MEWM_TRY(const std::string text, ReadFile(path));
-  std::size_t start = 0;
-  while (start < text.size()) {
-    std::size_t end = text.find('\n', start);
-    if (end == std::string::npos) end = text.size();
-    std::string line = text.substr(start, end - start);
-    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
-    if (!line.empty() && line[0] != '#') {
-      std::uint8_t binary[32];
-      if (line.size() != 40 || zmq_z85_decode(binary, line.c_str()) == nullptr) {
-        return MakeError(ErrorCode::kCorruptData,
-                         "'" + path + "' does not hold a 40-character z85 CURVE key");
-      }
-      return line;
-    }
-    start = end + 1;
-  }
-  return MakeError(ErrorCode::kCorruptData, "'" + path + "' holds no CURVE key");
+  MEWM_TRY(const std::vector<std::string> keys, ReadKeyLines(path));
+  if (keys.empty()) return MakeError(ErrorCode::kCorruptData, "'" + path + "' holds no CURVE key");
+  return keys.front();
 }
 
 }  // namespace mewm::streaming

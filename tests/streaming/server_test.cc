@@ -63,6 +63,14 @@ struct Script {
   std::shared_ptr<Gate> gate;
 };
 
+/// A script that holds its run at event `events` until `gate` opens.
+Script PausedAt(int events, const std::shared_ptr<Gate>& gate) {
+  Script script;
+  script.pause_after = events;
+  script.gate = gate;
+  return script;
+}
+
 /// A RunFunction that behaves like the Runner: seq continued on resume, cancellation polled
 /// between batches, events.jsonl written unless the caller keeps it.
 RunFunction Scripted(Script script) {
@@ -229,10 +237,8 @@ TEST_F(ServerTest, SubmitStreamsEveryEventInOrderAndEndsFinished) {
 
 TEST_F(ServerTest, WatcherJoiningMidRunEndsWithThePublishersEventList) {
   auto gate = std::make_shared<Gate>();
-  Script script;
+  Script script = PausedAt(25, gate);
   script.candidates = 20;
-  script.pause_after = 25;
-  script.gate = gate;
   StartServer(Options(), Scripted(script));
   auto client = NewClient();
   const std::string id = SubmitOk(*client);
@@ -252,10 +258,8 @@ TEST_F(ServerTest, WatcherJoiningMidRunEndsWithThePublishersEventList) {
 
 TEST_F(ServerTest, KilledWatcherRestartsAndRecoversEverything) {
   auto gate = std::make_shared<Gate>();
-  Script script;
+  Script script = PausedAt(40, gate);
   script.candidates = 30;
-  script.pause_after = 40;
-  script.gate = gate;
   StartServer(Options(), Scripted(script));
   auto client = NewClient();
   const std::string id = SubmitOk(*client);
@@ -395,9 +399,7 @@ TEST_F(ServerTest, FullQueueRejectsWithAReason) {
   ServerOptions options = Options();
   options.queue_capacity = 1;
   auto gate = std::make_shared<Gate>();
-  Script script;
-  script.pause_after = 2;
-  script.gate = gate;
+  Script script = PausedAt(2, gate);
   StartServer(options, Scripted(script));
   auto client = NewClient();
   const std::string running = SubmitOk(*client);
@@ -418,11 +420,9 @@ TEST_F(ServerTest, FullQueueRejectsWithAReason) {
 
 TEST_F(ServerTest, CancelEndsTheRunWithinASecondOfTheCurrentBatch) {
   auto gate = std::make_shared<Gate>();
-  Script script;
+  Script script = PausedAt(5, gate);
   script.candidates = 100000;
   script.work = 20ms;  // one simulated batch
-  script.pause_after = 5;
-  script.gate = gate;
   StartServer(Options(), Scripted(script));
   auto client = NewClient();
   const std::string id = SubmitOk(*client);
@@ -448,9 +448,7 @@ TEST_F(ServerTest, CancelEndsTheRunWithinASecondOfTheCurrentBatch) {
 
 TEST_F(ServerTest, CancellingAQueuedRunRecordsItWithoutRunningIt) {
   auto gate = std::make_shared<Gate>();
-  Script script;
-  script.pause_after = 2;
-  script.gate = gate;
+  Script script = PausedAt(2, gate);
   StartServer(Options(), Scripted(script));
   auto client = NewClient();
   const std::string first = SubmitOk(*client);
@@ -470,9 +468,7 @@ TEST_F(ServerTest, BadMessagesGetErrorRepliesWhileARunContinues) {
   ServerOptions options = Options();
   options.max_request_bytes = 64 * 1024;
   auto gate = std::make_shared<Gate>();
-  Script script;
-  script.pause_after = 3;
-  script.gate = gate;
+  Script script = PausedAt(3, gate);
   StartServer(options, Scripted(script));
   auto client = NewClient();
   const std::string id = SubmitOk(*client);
@@ -609,11 +605,9 @@ TEST_F(ServerTest, CurveFailsClosedOnAMissingOrBadAllowlist) {
 
 TEST_F(ServerTest, ShutdownCancelsTheActiveRunAndPublishesServerClosing) {
   auto gate = std::make_shared<Gate>();
-  Script script;
+  Script script = PausedAt(3, gate);
   script.candidates = 100000;
   script.work = 20ms;  // a run far longer than the test
-  script.pause_after = 3;
-  script.gate = gate;
   StartServer(Options(), Scripted(script));
   zmq::context_t context;
   zmq::socket_t sub(context, zmq::socket_type::sub);
