@@ -68,9 +68,17 @@ Status PrepareSyntheticCohort(const ScenarioSpec& spec, const std::string& dir,
 
 }  // namespace
 
-Expected<Models> LoadModels(const ScenarioSpec& spec) {
-  Models models;
-  MEWM_TRY(models.policy, policy::GuidelinePolicy::Create(spec.actions, spec.guideline));
+Expected<std::unique_ptr<dynamics::DynamicsModel>> LoadDynamics(const ScenarioSpec& spec) {
+  if (spec.dynamics_backend == "diffusion") {
+    dynamics::DiffusionBackendOptions options = spec.diffusion;
+    options.actions = spec.actions;
+    options.device = spec.device;
+    // MeWM's loop as released samples with 200 ancestral steps; `reference` reproduces it.
+    if (spec.planner.search == SearchMode::kReference) {
+      options.sampler = dynamics::ReferenceSampler();
+    }
+    return dynamics::CreateRegisteredDiffusion(options);
+  }
   MEWM_TRY(const dynamics::BiologyRegression calibration,
            dynamics::BiologyRegression::Load(spec.calibration));
   dynamics::MechanisticConfig config = spec.mechanistic;
@@ -80,7 +88,14 @@ Expected<Models> LoadModels(const ScenarioSpec& spec) {
       config.sample_log_sd[k] = std::min(4.0, calibration.residual_sd()[Eigen::Index(k)]);
     }
   }
-  MEWM_TRY(models.dynamics, dynamics::MechanisticDynamics::Create(config, calibration.AsSource()));
+  MEWM_TRY(auto model, dynamics::MechanisticDynamics::Create(config, calibration.AsSource()));
+  return std::unique_ptr<dynamics::DynamicsModel>(std::move(model));
+}
+
+Expected<Models> LoadModels(const ScenarioSpec& spec) {
+  Models models;
+  MEWM_TRY(models.policy, policy::GuidelinePolicy::Create(spec.actions, spec.guideline));
+  MEWM_TRY(models.dynamics, LoadDynamics(spec));
   MEWM_TRY(models.survival, survival::CoxSurvival::Load(spec.survival_model));
   return models;
 }

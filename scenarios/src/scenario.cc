@@ -27,7 +27,7 @@ const char* ToString(SearchMode mode) {
 
 const std::vector<std::string>& KnownBackends(const std::string& family) {
   static const std::map<std::string, std::vector<std::string>> backends = {
-      {"policy", {"guideline"}}, {"dynamics", {"mechanistic"}}, {"survival", {"cox"}}};
+      {"policy", {"guideline"}}, {"dynamics", {"mechanistic", "diffusion"}}, {"survival", {"cox"}}};
   static const std::vector<std::string> none;
   auto it = backends.find(family);
   return it == backends.end() ? none : it->second;
@@ -148,6 +148,22 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
   // [dynamics]
   const ConfigTable dyn = table("dynamics", false);
   problems.Take(dyn.GetEnum("backend", KnownBackends("dynamics")), &s.dynamics_backend);
+  if (s.dynamics_backend == "diffusion") {
+    // The learned backend: a checkpoint, its preset and the DDIM sampler.
+    ReadPath(dyn, "model", base_dir, problems, &s.diffusion.model_path);
+    problems.Take(dyn.GetEnum("config", {"cpu", "mewm"}, std::string("cpu")),
+                  &s.diffusion.config);
+    dynamics::SamplerConfig& sampler = s.diffusion.sampler;
+    std::int64_t steps = sampler.steps;
+    if (problems.Take(dyn.GetInt("steps", sampler.steps, 1, 1000), &steps)) {
+      sampler.steps = int(steps);
+    }
+    problems.Take(dyn.GetDouble("eta", sampler.eta, 0.0, 1.0), &sampler.eta);
+    problems.Take(dyn.GetDouble("guidance", sampler.guidance, 0.0, 20.0), &sampler.guidance);
+    problems.Take(dyn.GetDouble("blend_margin_mm", s.diffusion.blend_margin_mm, 0.0, 50.0),
+                  &s.diffusion.blend_margin_mm);
+    problems.Check(dyn.RejectUnknownKeys());
+  } else {
   ReadPath(dyn, "calibration", base_dir, problems, &s.calibration);
   dynamics::MechanisticConfig& m = s.mechanistic;
   std::string uncertainty;
@@ -159,6 +175,7 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
   problems.Take(dyn.GetDouble("grid_mm", m.grid_mm, 0.5, 8.0), &m.grid_mm);
   problems.Take(dyn.GetDouble("follow_up_days", m.follow_up_days, 1.0, 365.0), &m.follow_up_days);
   problems.Check(dyn.RejectUnknownKeys());
+  }
 
   // [survival]
   const ConfigTable surv = table("survival", false);

@@ -521,7 +521,8 @@ struct Server::Impl {
         models_loaded = {
             "policy:" + run->spec.policy_backend,
             "dynamics:" + run->spec.dynamics_backend +
-                (run->spec.calibration.empty() ? "" : " " + run->spec.calibration),
+                (run->spec.calibration.empty() ? "" : " " + run->spec.calibration) +
+                (run->spec.diffusion.model_path.empty() ? "" : " " + run->spec.diffusion.model_path),
             "survival:" + run->spec.survival_backend +
                 (run->spec.survival_model.empty() ? "" : " " + run->spec.survival_model)};
       }
@@ -682,6 +683,7 @@ struct Server::Impl {
     if (!spec) return reject(ReplyError::kInvalidScenario, spec.error().message);
     const std::pair<const char*, std::string> inputs[] = {
         {"dynamics.calibration", spec->calibration},
+        {"dynamics.model", spec->diffusion.model_path},
         {"survival.model", spec->survival_model},
         {"cohort.manifest", spec->cohort.manifest},
         {"actions.path", spec->actions_path}};

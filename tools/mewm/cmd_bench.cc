@@ -371,8 +371,10 @@ Action RegisterBench(CLI::App& app) {
       ->check(CLI::Range(1000, 10000000))
       ->capture_default_str();
   stream->add_option("--json", *json_path, "Also write the figures as JSON to this file");
+  Action dynamics = AddBenchDynamics(app);
   app.require_subcommand(1);
   return [=]() -> int {
+    if (const int rc = dynamics(); rc >= 0) return rc;
     if (stream->parsed()) return RunStreamBench(*stream_events, *json_path);
     if (world->parsed()) return RunWorldBench(*world_patients, *json_path);
     if (planner->parsed()) return RunPlannerBench(*planner_scenario, *planner_patients, *json_path);

@@ -26,10 +26,12 @@ Action RegisterEval(CLI::App& app) {
   surv->add_option("--train-cohort", o->train,
                    "Training cohort (censoring distribution for Uno's C and Brier)")
       ->required();
+  Action dynamics = AddEvalDynamics(app);
   for (CLI::App* sub : {plans, surv}) {
     sub->add_option("--json", o->json_out, "Also write the numbers to this JSON file");
   }
-  return [o, plans]() -> int {
+  return [o, plans, dynamics]() -> int {
+    if (const int rc = dynamics(); rc >= 0) return rc;
     std::string table, json;
     if (plans->parsed()) {
       auto eval = scenarios::EvaluatePlans(o->run_dir);

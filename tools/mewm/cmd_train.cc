@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
 //
-// `mewm train survival|mechanistic`: fit the shipped non-deep models on a training cohort.
+// `mewm train survival|mechanistic`: fit the shipped non-deep models on a training cohort
+// (`mewm train dynamics` lives in cmd_dynamics.cc).
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -34,6 +35,7 @@ Action RegisterTrain(CLI::App& app) {
   mech->add_option("--ridge", o->ridge, "Ridge penalty on standardised features")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  Action dynamics = AddTrainDynamics(app);
   for (CLI::App* sub : {surv, mech}) {
     sub->add_option("--cohort", o->cohort, "Training cohort folder (mewm cohort generate)")
         ->required();
@@ -42,7 +44,8 @@ Action RegisterTrain(CLI::App& app) {
                     "Held-out cohort: evaluate and store the numbers in the model file");
     sub->add_flag("--quiet", o->quiet, "No progress bar");
   }
-  return [o, surv, mech]() -> int {
+  return [o, surv, mech, dynamics]() -> int {
+    if (const int rc = dynamics(); rc >= 0) return rc;
     const std::string command = "mewm train " +
                                 std::string(surv->parsed() ? "survival" : "mechanistic") +
                                 " --cohort " + o->cohort + " --out " + o->out +

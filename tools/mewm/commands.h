@@ -23,6 +23,11 @@ Action RegisterRun(CLI::App& app);
 Action RegisterMerge(CLI::App& app);
 Action RegisterTrain(CLI::App& app);
 Action RegisterEval(CLI::App& app);
+/// Adds `dynamics` under `train`; the action returns -1 when that subcommand was not chosen.
+Action AddTrainDynamics(CLI::App& train);
+/// `eval dynamics` and `bench dynamics`, likewise.
+Action AddEvalDynamics(CLI::App& eval);
+Action AddBenchDynamics(CLI::App& bench);
 Action RegisterServe(CLI::App& app);
 Action RegisterSubmit(CLI::App& app);
 Action RegisterWatch(CLI::App& app);

@@ -10,6 +10,7 @@
 #include "commands.h"
 #include "mewm/core/log.h"
 #include "mewm/core/version.h"
+#include "mewm/dynamics/diffusion.h"
 
 namespace mewm::cli {
 
@@ -69,6 +70,7 @@ int main(int argc, char** argv) {
     return mewm::cli::Fail(configured.error());
   }
   openvdb::initialize();
+  mewm::dynamics::EnableDiffusionBackend();
   for (auto& [sub, action] : actions) {
     if (sub->parsed()) {
       try {

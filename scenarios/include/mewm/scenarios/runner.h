@@ -34,6 +34,9 @@ struct Models {
 };
 /// Loads the scenario's backends and their files (errors name the file).
 Expected<Models> LoadModels(const ScenarioSpec& spec);
+/// Loads the scenario's dynamics backend alone. The diffusion backend comes from the registry
+/// (dynamics::EnableDiffusionBackend), kUnsupported in binaries without it.
+Expected<std::unique_ptr<dynamics::DynamicsModel>> LoadDynamics(const ScenarioSpec& spec);
 
 /// The scenario's patients, in cohort order. A synthetic cohort is generated into
 /// `synthetic_dir` first unless a matching one (same seed, n, spacing, world version) is there.

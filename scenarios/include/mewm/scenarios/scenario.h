@@ -11,6 +11,7 @@
 
 #include "mewm/core/action_base.h"
 #include "mewm/core/expected.h"
+#include "mewm/dynamics/diffusion.h"
 #include "mewm/dynamics/mechanistic.h"
 #include "mewm/policy/guideline.h"
 
@@ -66,6 +67,9 @@ struct ScenarioSpec {
   /// Sample spread: true ("calibrated") draws each parameter with the calibration's residual SD;
   /// false ("fixed") uses mechanistic.sample_sigma for all.
   bool calibrated_uncertainty = true;
+  /// diffusion: checkpoint (resolved path), preset, sampler. search = reference replaces the
+  /// sampler with MeWM's 200-step ancestral one.
+  dynamics::DiffusionBackendOptions diffusion;
   // [survival]
   std::string survival_backend = "cox";
   std::string survival_model;  ///< resolved path

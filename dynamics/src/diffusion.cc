@@ -1,0 +1,256 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// The torch-free half of the diffusion backend: configs, lesion crops, paste weights, registry.
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "mewm/dynamics/diffusion.h"
+
+namespace mewm::dynamics {
+namespace {
+
+using json = nlohmann::json;
+
+Status Invalid(const std::string& message) {
+  return MakeError(ErrorCode::kInvalidArgument, "diffusion config: " + message);
+}
+
+}  // namespace
+
+Expected<DiffusionConfig> DiffusionConfig::Preset(const std::string& name,
+                                                  const ActionBase& actions) {
+  DiffusionConfig c;
+  c.name = name;
+  for (const ActionItem& item : actions.items()) c.items.push_back(item.name);
+  if (name == "cpu") return c;
+  if (name == "mewm") {
+    // MeWM's size: 96^3 crops at 1 mm, 8 x 24^3 latents, wider networks; meant for GPUs.
+    c.crop_voxels = 96;
+    c.spacing_mm = 1.0;
+    c.ae_channels = {32, 64, 128};
+    c.unet_channels = {64, 128};
+    c.embed_dim = 256;
+    return c;
+  }
+  return MakeError(ErrorCode::kInvalidArgument,
+                   "unknown diffusion config '" + name + "' (expected cpu or mewm)");
+}
+
+Status DiffusionConfig::Validate() const {
+  if (crop_voxels < 16 || crop_voxels > 256 || crop_voxels % 4 != 0) {
+    return Invalid("crop_voxels must be a multiple of 4 in [16, 256]");
+  }
+  if (!(spacing_mm > 0.0) || !std::isfinite(spacing_mm)) return Invalid("spacing_mm must be > 0");
+  if (latent_channels < 1 || latent_channels > 64) {
+    return Invalid("latent_channels must be in [1, 64]");
+  }
+  if (ae_channels.size() != 3 || unet_channels.size() != 2) {
+    return Invalid("ae_channels needs 3 widths and unet_channels 2");
+  }
+  for (int c : ae_channels) {
+    if (c < 4 || c % 4 != 0) return Invalid("network widths must be multiples of 4");
+  }
+  for (int c : unet_channels) {
+    if (c < 4 || c % 4 != 0) return Invalid("network widths must be multiples of 4");
+  }
+  if (embed_dim < 8 || embed_dim % 2 != 0) return Invalid("embed_dim must be even and >= 8");
+  if (train_timesteps < 10) return Invalid("train_timesteps must be >= 10");
+  if (items.empty()) return Invalid("the plan-item vocabulary is empty");
+  if (std::set<std::string>(items.begin(), items.end()).size() != items.size()) {
+    return Invalid("the plan-item vocabulary repeats an item");
+  }
+  return window.Validate();
+}
+
+std::string DiffusionConfig::ToJson() const {
+  const json j = {{"name", name},
+                  {"crop_voxels", crop_voxels},
+                  {"spacing_mm", spacing_mm},
+                  {"latent_channels", latent_channels},
+                  {"ae_channels", ae_channels},
+                  {"unet_channels", unet_channels},
+                  {"embed_dim", embed_dim},
+                  {"train_timesteps", train_timesteps},
+                  {"window_hu", {window.lo, window.hi}},
+                  {"items", items}};
+  return j.dump();
+}
+
+Expected<DiffusionConfig> DiffusionConfig::FromJson(const std::string& text,
+                                                    const std::string& origin) {
+  DiffusionConfig c;
+  try {
+    const json j = json::parse(text);
+    c.name = j.at("name").get<std::string>();
+    c.crop_voxels = j.at("crop_voxels").get<int>();
+    c.spacing_mm = j.at("spacing_mm").get<double>();
+    c.latent_channels = j.at("latent_channels").get<int>();
+    c.ae_channels = j.at("ae_channels").get<std::vector<int>>();
+    c.unet_channels = j.at("unet_channels").get<std::vector<int>>();
+    c.embed_dim = j.at("embed_dim").get<int>();
+    c.train_timesteps = j.at("train_timesteps").get<int>();
+    const auto window = j.at("window_hu").get<std::vector<float>>();
+    if (window.size() != 2) throw std::runtime_error("window_hu needs [lo, hi]");
+    c.window = {window[0], window[1]};
+    c.items = j.at("items").get<std::vector<std::string>>();
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kParse, origin + ": not a diffusion config: " + e.what());
+  }
+  if (auto valid = c.Validate(); !valid) return valid.error().WithContext(origin);
+  return c;
+}
+
+Status SamplerConfig::Validate() const {
+  if (steps < 1 || steps > 10000) {
+    return MakeError(ErrorCode::kInvalidArgument, "sampler steps must be in [1, 10000]");
+  }
+  if (!(eta >= 0.0 && eta <= 1.0)) {
+    return MakeError(ErrorCode::kInvalidArgument, "sampler eta must be in [0, 1]");
+  }
+  if (!(guidance >= 0.0 && guidance <= 20.0)) {
+    return MakeError(ErrorCode::kInvalidArgument, "guidance scale must be in [0, 20]");
+  }
+  return {};
+}
+
+SamplerConfig ReferenceSampler() { return SamplerConfig{200, 1.0, 1.0}; }
+
+Expected<std::vector<CropSpec>> LesionCrops(const PatientCase& patient,
+                                            const DiffusionConfig& config) {
+  std::set<std::int32_t> labels;
+  for (auto it = patient.tumor.grid().cbeginValueOn(); it; ++it) {
+    if (*it != 0) labels.insert(*it);
+  }
+  if (labels.empty()) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "patient '" + patient.id + "' has an empty tumor mask");
+  }
+  const double half = 0.5 * config.crop_voxels * config.spacing_mm;
+  constexpr double kMarginMm = 8.0;
+  std::vector<CropSpec> crops;
+  for (std::int32_t label : labels) {
+    MEWM_TRY(const WorldBox box, LabelWorldBox(patient.tumor, label));
+    const Eigen::Vector3d centre = 0.5 * (box.min + box.max);
+    const bool covered = std::any_of(crops.begin(), crops.end(), [&](const CropSpec& c) {
+      return ((box.min - c.center_world).array().abs() < half - kMarginMm).all() &&
+             ((box.max - c.center_world).array().abs() < half - kMarginMm).all();
+    });
+    if (covered) continue;
+    CropSpec spec;
+    spec.center_world = centre;
+    spec.size = {config.crop_voxels, config.crop_voxels, config.crop_voxels};
+    spec.spacing_mm = Eigen::Vector3d::Constant(config.spacing_mm);
+    crops.push_back(spec);
+  }
+  return crops;
+}
+
+Expected<CropChannels> ExtractChannels(const Volume& ct, const LabelVolume& mask,
+                                       const CropSpec& spec, const HuWindow& window) {
+  if (!ct.geometry().ApproxEquals(mask.geometry()) || ct.extent() != mask.extent()) {
+    return MakeError(ErrorCode::kMismatch,
+                     "the mask's lattice (" + mask.geometry().ToString() +
+                         ") differs from the CT's (" + ct.geometry().ToString() + ")");
+  }
+  MEWM_TRY(DenseFloat image, ExtractCrop(ct, spec));
+  for (float v : image.data) {
+    if (!std::isfinite(v)) {
+      return MakeError(ErrorCode::kInvalidArgument, "the CT crop holds NaN or Inf values");
+    }
+  }
+  WindowToUnit(image, window);
+  MEWM_TRY(const DenseLabel labels, ExtractCrop(mask, spec));
+  DenseFloat binary(labels.dims, labels.geometry, 0.0f);
+  for (std::size_t x = 0; x < labels.size(); ++x) binary.data[x] = labels.data[x] != 0 ? 1.f : 0.f;
+  return CropChannels{std::move(image), std::move(binary)};
+}
+
+DenseFloat BlendWeight(const DenseFloat& mask, double spacing_mm, double margin_mm) {
+  // Two passes of a separable box blur of radius r approximate a Gaussian of sigma ~ r*0.8;
+  // scaling by 3 and clamping makes the weight 1 out to about the margin.
+  const int r = std::max(1, int(std::lround(0.5 * margin_mm / spacing_mm)));
+  DenseFloat w = mask;
+  std::vector<float> line;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (int axis = 0; axis < 3; ++axis) {
+      const std::int64_t n = w.dims[axis];
+      line.resize(std::size_t(n));
+      const int a1 = (axis + 1) % 3, a2 = (axis + 2) % 3;
+      for (std::int64_t u = 0; u < w.dims[a1]; ++u) {
+        for (std::int64_t v = 0; v < w.dims[a2]; ++v) {
+          std::int64_t idx[3];
+          idx[a1] = u;
+          idx[a2] = v;
+          for (std::int64_t x = 0; x < n; ++x) {
+            idx[axis] = x;
+            line[std::size_t(x)] = w.at(idx[0], idx[1], idx[2]);
+          }
+          double sum = 0.0;
+          std::int64_t count = 0;
+          for (std::int64_t x = -r; x < n + r; ++x) {
+            if (x + r < n) {
+              sum += line[std::size_t(x + r)];
+              ++count;
+            }
+            if (x - r - 1 >= 0) {
+              sum -= line[std::size_t(x - r - 1)];
+              --count;
+            }
+            if (x >= 0 && x < n) {
+              idx[axis] = x;
+              w.at(idx[0], idx[1], idx[2]) = float(sum / double(2 * r + 1));
+            }
+          }
+        }
+      }
+    }
+  }
+  const std::int64_t border = 2;
+  for (std::int64_t k = 0; k < w.dims[2]; ++k) {
+    for (std::int64_t j = 0; j < w.dims[1]; ++j) {
+      for (std::int64_t i = 0; i < w.dims[0]; ++i) {
+        const std::int64_t edge = std::min({i, j, k, w.dims[0] - 1 - i, w.dims[1] - 1 - j,
+                                            w.dims[2] - 1 - k});
+        const float taper = std::clamp(float(edge - border) / 4.0f, 0.0f, 1.0f);
+        float& value = w.at(i, j, k);
+        value = std::max(std::clamp(3.0f * value, 0.0f, 1.0f), mask.at(i, j, k)) * taper;
+      }
+    }
+  }
+  return w;
+}
+
+namespace {
+std::mutex registry_mutex;
+DiffusionFactory& Registered() {
+  static DiffusionFactory factory;
+  return factory;
+}
+}  // namespace
+
+void SetDiffusionFactory(DiffusionFactory factory) {
+  std::lock_guard<std::mutex> lock(registry_mutex);
+  Registered() = std::move(factory);
+}
+
+Expected<std::unique_ptr<DynamicsModel>> CreateRegisteredDiffusion(
+    const DiffusionBackendOptions& options) {
+  DiffusionFactory factory;
+  {
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    factory = Registered();
+  }
+  if (!factory) {
+    return MakeError(ErrorCode::kUnsupported,
+                     "this binary was built without the diffusion dynamics backend (link "
+                     "mewm::dynamics_diffusion and call EnableDiffusionBackend)");
+  }
+  return factory(options);
+}
+
+}  // namespace mewm::dynamics

@@ -1,0 +1,353 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// The diffusion backend at serving time: load a checkpoint, encode each lesion crop once per
+// patient, embed each plan once per batch, run DDIM over (plans x samples) in batched forwards,
+// decode, and paste the outcomes back into the patient's grid.
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <map>
+
+#include "diffusion_nets.h"
+#include "mewm/core/seed.h"
+#include "mewm/torch/bridge.h"
+
+namespace mewm::dynamics {
+namespace nets {
+
+Expected<torch::Tensor> PlansToMultiHot(const std::vector<Plan>& plans,
+                                        const std::vector<std::string>& vocabulary) {
+  std::map<std::string, std::int64_t> index;
+  for (std::size_t v = 0; v < vocabulary.size(); ++v) index[vocabulary[v]] = std::int64_t(v);
+  torch::Tensor rows = torch::zeros({std::int64_t(plans.size()), std::int64_t(vocabulary.size())});
+  auto a = rows.accessor<float, 2>();
+  for (std::size_t p = 0; p < plans.size(); ++p) {
+    if (plans[p].empty()) {
+      return MakeError(ErrorCode::kInvalidArgument, "the diffusion model needs a non-empty plan");
+    }
+    for (const std::string& item : plans[p].items()) {
+      auto it = index.find(item);
+      if (it == index.end()) {
+        return MakeError(ErrorCode::kInvalidArgument,
+                         "plan item '" + item + "' (plan " + plans[p].ToString() +
+                             ") is not in the diffusion model's vocabulary of " +
+                             std::to_string(vocabulary.size()) + " items");
+      }
+      a[std::int64_t(p)][it->second] = 1.0f;
+    }
+  }
+  return rows;
+}
+
+torch::Tensor ChannelsToTensor(const CropChannels& channels) {
+  return torch::stack({torch_bridge::ToTensor(channels.ct),
+                       torch_bridge::ToTensor(channels.mask) * 2.0 - 1.0});
+}
+
+}  // namespace nets
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+/// Per-request noise from its own generator, so an outcome never depends on its batch.
+torch::Tensor Noise(std::uint64_t seed, std::uint64_t stream, const std::vector<std::int64_t>& shape) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(DeriveSeed(seed, {stream}));
+  return torch::randn(shape, gen);
+}
+
+class DiffusionDynamicsImpl final : public DiffusionDynamics {
+ public:
+  DiffusionDynamicsImpl(DiffusionConfig config, const DiffusionBackendOptions& options,
+                        torch::Device device, std::string metadata)
+      : config_(std::move(config)),
+        options_(options),
+        device_(device),
+        metadata_(std::move(metadata)),
+        net_(config_),
+        alpha_bar_(nets::CosineAlphaBar(config_.train_timesteps)) {}
+
+  nets::DiffusionNet& net() { return net_; }
+
+  Expected<std::vector<Outcome>> Simulate(const PatientCase& patient,
+                                          const std::vector<SimulationRequest>& requests) override {
+    if (requests.empty()) return std::vector<Outcome>{};
+    torch::NoGradGuard no_grad;
+    std::vector<Plan> plans;
+    std::map<std::string, std::int64_t> plan_index;
+    std::vector<std::int64_t> row_plan;
+    for (const SimulationRequest& r : requests) {
+      auto [it, added] = plan_index.emplace(r.plan.ToString(), std::int64_t(plans.size()));
+      if (added) plans.push_back(r.plan);
+      row_plan.push_back(it->second);
+    }
+    MEWM_TRY(const torch::Tensor multi_hot, nets::PlansToMultiHot(plans, config_.items));
+    MEWM_RETURN_IF_ERROR(PreparePatient(patient));
+    // Each plan is embedded once per call, however many samples it has.
+    const torch::Tensor plan_emb = net_->denoiser->PlanEmbedding(multi_hot.to(device_));
+    counters_.plan_embeddings += std::int64_t(plans.size());
+    const torch::Tensor rows_plan =
+        plan_emb.index_select(0, torch::tensor(row_plan, torch::kLong).to(device_));
+
+    std::vector<Outcome> outcomes;
+    outcomes.reserve(requests.size());
+    for (std::size_t r = 0; r < requests.size(); ++r) {
+      Outcome o{requests[r].plan, requests[r].sample_index, patient.ct.DeepCopy(),
+                LabelVolume(patient.ct.geometry(), patient.ct.extent(), "viable")};
+      o.viable_fraction =
+          Volume(openvdb::FloatGrid::create(0.0f), patient.ct.geometry(), patient.ct.extent());
+      o.viable_fraction->set_name("viable_fraction");
+      outcomes.push_back(std::move(o));
+    }
+    const std::int64_t n = std::int64_t(requests.size());
+    for (std::size_t c = 0; c < crops_.size(); ++c) {
+      for (std::int64_t begin = 0; begin < n; begin += kMaxRows) {
+        const std::int64_t end = std::min(n, begin + kMaxRows);
+        std::vector<torch::Tensor> noise;
+        for (std::int64_t r = begin; r < end; ++r) {
+          noise.push_back(Noise(requests[std::size_t(r)].seed, c, LatentShape()));
+        }
+        torch::Tensor x = torch::stack(noise).to(device_);
+        x = Sample(x, crops_[c].context, rows_plan.slice(0, begin, end), requests, begin);
+        // Decode z_post = z_pre + delta / scale in small chunks (decoder activations are large).
+        for (std::int64_t d = 0; d < end - begin; d += kDecodeRows) {
+          const std::int64_t e = std::min(end - begin, d + kDecodeRows);
+          const torch::Tensor z =
+              crops_[c].z_pre + x.slice(0, d, e) / net_->latent_scale.to(device_);
+          const torch::Tensor decoded = net_->ae->Decode(z).to(torch::kCPU).contiguous();
+          counters_.decodes += e - d;
+          for (std::int64_t row = 0; row < e - d; ++row) {
+            MEWM_RETURN_IF_ERROR(
+                Paste(decoded[row], crops_[c], outcomes[std::size_t(begin + d + row)]));
+          }
+        }
+      }
+    }
+    return outcomes;
+  }
+
+  std::int64_t evaluations() const override { return counters_.forwards; }
+  std::string name() const override { return "diffusion"; }
+  const DiffusionConfig& config() const override { return config_; }
+  const SamplerConfig& sampler() const override { return options_.sampler; }
+  void set_sampler(const SamplerConfig& sampler) override { options_.sampler = sampler; }
+  DiffusionCounters counters() const override { return counters_; }
+  const std::string& metadata_json() const override { return metadata_; }
+
+  /// One denoiser forward on `rows` random inputs, counting FLOPs (for MeasureDenoiserSpeed).
+  double TimedForward(int rows, int iterations, double* gflop) {
+    torch::NoGradGuard no_grad;
+    const std::int64_t l = config_.latent_voxels();
+    const auto x = torch::randn({rows, config_.latent_channels, l, l, l}, device_);
+    const auto ctx = torch::randn({rows, config_.latent_channels + 1, l, l, l}, device_);
+    const auto t = torch::full({rows}, 500.0, device_);
+    const auto plan = net_->denoiser->null_plan.expand({rows, -1});
+    double flops = 0.0;
+    nets::tl_flop_sink = &flops;
+    net_->denoiser->forward(x, ctx, t, plan);
+    nets::tl_flop_sink = nullptr;
+    *gflop = flops * 1e-9;
+    for (int w = 0; w < 2; ++w) net_->denoiser->forward(x, ctx, t, plan);
+    const auto t0 = Clock::now();
+    for (int i = 0; i < iterations; ++i) net_->denoiser->forward(x, ctx, t, plan);
+    return std::chrono::duration<double, std::milli>(Clock::now() - t0).count() / iterations;
+  }
+
+ private:
+  static constexpr std::int64_t kMaxRows = 64;
+  static constexpr std::int64_t kDecodeRows = 8;
+
+  struct Crop {
+    CropSpec spec;
+    Geometry geometry;
+    torch::Tensor z_pre;    ///< [1, latent, l, l, l]
+    torch::Tensor context;  ///< [1, latent + 1, l, l, l]: z_pre, downsampled mask
+    DenseFloat weight;      ///< paste weight
+  };
+
+  std::vector<std::int64_t> LatentShape() const {
+    const std::int64_t l = config_.latent_voxels();
+    return {config_.latent_channels, l, l, l};
+  }
+
+  /// Crops, their latents and paste weights, once per patient (keyed like MechanisticDynamics).
+  Status PreparePatient(const PatientCase& patient) {
+    if (patient.id == cached_id_ && &patient.tumor.grid() == cached_tumor_ && !crops_.empty()) {
+      return {};
+    }
+    crops_.clear();
+    cached_id_.clear();
+    const auto context = [&](const Error& e) { return e.WithContext("patient '" + patient.id + "'"); };
+    if (auto valid = patient.Validate(); !valid) return context(valid.error());
+    auto specs = LesionCrops(patient, config_);
+    if (!specs) return context(specs.error());
+    for (const CropSpec& spec : *specs) {
+      auto channels = ExtractChannels(patient.ct, patient.tumor, spec, config_.window);
+      if (!channels) return context(channels.error());
+      Crop crop;
+      crop.spec = spec;
+      crop.geometry = channels->ct.geometry;
+      const torch::Tensor input = nets::ChannelsToTensor(*channels).unsqueeze(0).to(device_);
+      crop.z_pre = net_->ae->Encode(input).first;
+      ++counters_.encodes;
+      const torch::Tensor mask = input.slice(1, 1, 2).add(1.0).mul(0.5);
+      crop.context = torch::cat({crop.z_pre, torch::avg_pool3d(mask, 4)}, 1);
+      crop.weight = BlendWeight(channels->mask, config_.spacing_mm, options_.blend_margin_mm);
+      crops_.push_back(std::move(crop));
+    }
+    cached_id_ = patient.id;
+    cached_tumor_ = &patient.tumor.grid();
+    return {};
+  }
+
+  /// DDIM (eta = 0) to ancestral (eta = 1) sampling of the delta latent, v-parametrised, with
+  /// classifier-free guidance batched into the same forward.
+  torch::Tensor Sample(torch::Tensor x, const torch::Tensor& context, const torch::Tensor& plan,
+                       const std::vector<SimulationRequest>& requests, std::int64_t first_row) {
+    const SamplerConfig& s = options_.sampler;
+    const int T = config_.train_timesteps;
+    const int steps = std::min(s.steps, T);
+    std::vector<int> ts;
+    for (int i = 0; i < steps; ++i) {
+      ts.push_back(steps == 1 ? T - 1
+                              : int(std::lround(double(T - 1) * (1.0 - double(i) / (steps - 1)))));
+    }
+    const bool guided = s.guidance != 1.0;
+    const std::int64_t rows = x.size(0);
+    torch::Tensor ctx = context.expand({rows, -1, -1, -1, -1});
+    torch::Tensor cond = plan;
+    if (guided) {
+      ctx = torch::cat({ctx, ctx});
+      cond = torch::cat({plan, net_->denoiser->null_plan.expand({rows, -1})});
+    }
+    for (std::size_t i = 0; i < ts.size(); ++i) {
+      const int t = ts[i];
+      const double ab = alpha_bar_[std::size_t(t)];
+      const double ab_prev = i + 1 < ts.size() ? alpha_bar_[std::size_t(ts[i + 1])] : 1.0;
+      const torch::Tensor xin = guided ? torch::cat({x, x}) : x;
+      const torch::Tensor tt = torch::full({xin.size(0)}, double(t), x.options());
+      double flops = 0.0;
+      nets::tl_flop_sink = &flops;
+      torch::Tensor v = net_->denoiser->forward(xin, ctx, tt, cond);
+      nets::tl_flop_sink = nullptr;
+      counters_.denoiser_gflop += flops * 1e-9;
+      ++counters_.forwards;
+      counters_.sample_forwards += xin.size(0);
+      if (guided) {
+        const auto parts = v.chunk(2, 0);
+        v = parts[1] + s.guidance * (parts[0] - parts[1]);
+      }
+      const double sa = std::sqrt(ab), sb = std::sqrt(1.0 - ab);
+      const torch::Tensor x0 = sa * x - sb * v;
+      const torch::Tensor eps = sb * x + sa * v;
+      if (ab_prev >= 1.0) {
+        x = x0;
+        break;
+      }
+      const double sigma =
+          s.eta * std::sqrt((1.0 - ab_prev) / (1.0 - ab)) * std::sqrt(1.0 - ab / ab_prev);
+      x = std::sqrt(ab_prev) * x0 + std::sqrt(std::max(0.0, 1.0 - ab_prev - sigma * sigma)) * eps;
+      if (sigma > 0.0) {
+        std::vector<torch::Tensor> z;
+        for (std::int64_t r = 0; r < rows; ++r) {
+          z.push_back(Noise(requests[std::size_t(first_row + r)].seed, 1000 + i, LatentShape()));
+        }
+        x = x + sigma * torch::stack(z).to(device_);
+      }
+    }
+    return x;
+  }
+
+  /// Pastes one decoded [2, D, H, W] crop into an outcome.
+  Status Paste(const torch::Tensor& decoded, const Crop& crop, Outcome& outcome) const {
+    auto ct = torch_bridge::FromTensor(decoded[0], crop.geometry);
+    if (!ct) {
+      return MakeError(ErrorCode::kInternal,
+                       "the diffusion decoder produced NaN or Inf: refusing the outcome");
+    }
+    UnitToHu(*ct, config_.window);
+    MEWM_TRY(DenseFloat fraction, torch_bridge::FromTensor(decoded[1], crop.geometry));
+    DenseLabel labels(fraction.dims, fraction.geometry, 0);
+    for (std::size_t x = 0; x < fraction.size(); ++x) {
+      fraction.data[x] = std::clamp(0.5f * (fraction.data[x] + 1.0f), 0.0f, 1.0f);
+      labels.data[x] = fraction.data[x] >= 0.5f ? 1 : 0;
+    }
+    MEWM_RETURN_IF_ERROR(PasteCrop(outcome.post_ct, *ct, crop.weight));
+    MEWM_RETURN_IF_ERROR(PasteCrop(*outcome.viable_fraction, fraction, crop.weight));
+    return PasteCrop(outcome.viable, labels, crop.weight);
+  }
+
+  DiffusionConfig config_;
+  DiffusionBackendOptions options_;
+  torch::Device device_;
+  std::string metadata_;
+  nets::DiffusionNet net_;
+  std::vector<double> alpha_bar_;
+  DiffusionCounters counters_;
+  std::string cached_id_;
+  const void* cached_tumor_ = nullptr;
+  std::vector<Crop> crops_;
+};
+
+}  // namespace
+
+Expected<std::unique_ptr<DiffusionDynamics>> CreateDiffusionDynamics(
+    const DiffusionBackendOptions& options) {
+  MEWM_RETURN_IF_ERROR(options.sampler.Validate());
+  MEWM_TRY(const DiffusionConfig expected, DiffusionConfig::Preset(options.config, options.actions));
+  MEWM_TRY(const torch::Device device, torch_bridge::ResolveDevice(options.device));
+  torch_bridge::ConfigureThreads(options.threads);
+  MEWM_TRY(const auto info, torch_bridge::ReadCheckpointInfo(options.model_path));
+  auto model =
+      std::make_unique<DiffusionDynamicsImpl>(expected, options, device, info.metadata_json);
+  MEWM_RETURN_IF_ERROR(
+      torch_bridge::LoadCheckpoint(options.model_path, *model->net(), expected.ToJson()));
+  model->net()->to(device);
+  model->net()->eval();
+  return std::unique_ptr<DiffusionDynamics>(std::move(model));
+}
+
+void EnableDiffusionBackend() {
+  SetDiffusionFactory(
+      [](const DiffusionBackendOptions& options) -> Expected<std::unique_ptr<DynamicsModel>> {
+        MEWM_TRY(auto model, CreateDiffusionDynamics(options));
+        return std::unique_ptr<DynamicsModel>(std::move(model));
+      });
+}
+
+Expected<DiffusionSpeed> MeasureDenoiserSpeed(DiffusionDynamics& model, int batch, int iterations) {
+  auto* impl = dynamic_cast<DiffusionDynamicsImpl*>(&model);
+  if (impl == nullptr || batch < 1 || iterations < 1) {
+    return MakeError(ErrorCode::kInvalidArgument, "MeasureDenoiserSpeed needs a loaded model");
+  }
+  DiffusionSpeed speed;
+  speed.batch = batch;
+  speed.denoiser_ms_per_step = impl->TimedForward(batch, iterations, &speed.denoiser_gflop_per_step);
+  speed.denoiser_gflops = speed.denoiser_gflop_per_step / (speed.denoiser_ms_per_step * 1e-3);
+  // The raw reference: the denoiser's widest full-resolution convolution, alone, through oneDNN.
+  const DiffusionConfig& c = model.config();
+  const std::int64_t l = c.latent_voxels(), ch = c.unet_channels[0];
+  torch::NoGradGuard no_grad;
+  const auto x = torch::randn({batch, ch, l, l, l});
+  const auto w = torch::randn({ch, ch, 3, 3, 3}) * 0.05;
+  const auto b = torch::zeros({ch});
+  const int reps = iterations * 8;
+  for (int i = 0; i < 3; ++i) at::mkldnn_convolution(x, w, b, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 1);
+  const auto t0 = Clock::now();
+  for (int i = 0; i < reps; ++i) at::mkldnn_convolution(x, w, b, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 1);
+  const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count() / reps;
+  const double flop = 2.0 * double(batch) * double(ch * ch * 27) * double(l * l * l);
+  speed.raw_conv_gflops = flop * 1e-9 / (ms * 1e-3);
+  speed.raw_conv_shape = "conv3d " + std::to_string(ch) + "->" + std::to_string(ch) + " k3 at " +
+                         std::to_string(l) + "^3, batch " + std::to_string(batch);
+  nets::g_default_dispatch = true;
+  double unused = 0.0;
+  speed.default_dispatch_ms_per_step = impl->TimedForward(batch, iterations, &unused);
+  nets::g_default_dispatch = false;
+  return speed;
+}
+
+}  // namespace mewm::dynamics

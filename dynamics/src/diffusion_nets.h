@@ -1,0 +1,255 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// The diffusion networks and noise schedule (private: includes torch). Shared by the serving
+// backend (diffusion_model.cc) and the trainer (diffusion_train.cc).
+//
+// Autoencoder: 2 channels (windowed CT, mask) at crop^3 -> latent_channels at (crop/4)^3, KL
+// regularised; upsampling is trilinear + conv (ConvTranspose3d never reaches oneDNN here).
+// Denoiser: a 2-level 3D U-Net on [noisy delta latent, pre-treatment latent, tumor mask / 4],
+// predicting v; time + plan embedding drive a scale/shift in every residual block. The plan
+// embedding is an MLP over the sum of learned item embeddings (order-invariant), with a learned
+// null plan for classifier-free guidance. The diffusion runs on the change of the latent,
+// (z_post - z_pre) * latent_scale, which is zero away from the tumor.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <vector>
+
+#include "mewm/dynamics/diffusion.h"
+
+namespace mewm::dynamics::nets {
+
+/// When non-null, every Conv3d adds its multiply-add FLOPs (2 per MAC) here.
+inline thread_local double* tl_flop_sink = nullptr;
+/// Forces torch::conv3d's default dispatch (for the speed comparison).
+inline bool g_default_dispatch = false;
+
+/// Conv3d with "same" padding that calls oneDNN directly for inference on CPU: libtorch 1.13
+/// sends small batch-1 3D convolutions to a slow im2col path (docs/TOOLCHAIN traps).
+class Conv3dImpl : public torch::nn::Module {
+ public:
+  Conv3dImpl(int in, int out, int kernel, int stride = 1) : kernel_(kernel), stride_(stride) {
+    weight = register_parameter("weight", torch::empty({out, in, kernel, kernel, kernel}));
+    bias = register_parameter("bias", torch::empty({out}));
+    const double bound = 1.0 / std::sqrt(double(in * kernel * kernel * kernel));
+    torch::NoGradGuard no_grad;
+    weight.uniform_(-bound * std::sqrt(3.0), bound * std::sqrt(3.0));
+    bias.uniform_(-bound, bound);
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    const std::int64_t pad = kernel_ / 2;
+    if (tl_flop_sink != nullptr) {
+      std::int64_t out_voxels = 1;
+      for (int a = 2; a < 5; ++a) out_voxels *= (x.size(a) + 2 * pad - kernel_) / stride_ + 1;
+      *tl_flop_sink += 2.0 * double(x.size(0)) * double(weight.size(0)) * double(weight.size(1)) *
+                       double(kernel_ * kernel_ * kernel_) * double(out_voxels);
+    }
+    if (!g_default_dispatch && x.device().is_cpu() && !torch::GradMode::is_enabled() &&
+        x.scalar_type() == torch::kFloat32) {
+      return at::mkldnn_convolution(x.contiguous(), weight, bias, {pad, pad, pad},
+                                    {stride_, stride_, stride_}, {1, 1, 1}, 1);
+    }
+    return torch::conv3d(x, weight, bias, stride_, pad);
+  }
+  torch::Tensor weight, bias;
+
+ private:
+  std::int64_t kernel_, stride_;
+};
+TORCH_MODULE(Conv3d);
+
+inline torch::nn::GroupNorm Norm(int channels) {
+  return torch::nn::GroupNorm(torch::nn::GroupNormOptions(channels % 8 == 0 ? 8 : 4, channels));
+}
+
+inline torch::Tensor Upsample2(const torch::Tensor& x) {
+  namespace F = torch::nn::functional;
+  return F::interpolate(x, F::InterpolateFuncOptions()
+                               .scale_factor(std::vector<double>{2.0, 2.0, 2.0})
+                               .mode(torch::kTrilinear)
+                               .align_corners(false));
+}
+
+/// Pre-activation residual block; with cond_dim > 0 the condition sets a scale and shift after
+/// the second norm (FiLM).
+class ResBlockImpl : public torch::nn::Module {
+ public:
+  ResBlockImpl(int in, int out, int cond_dim)
+      : norm1(register_module("norm1", Norm(in))),
+        conv1(register_module("conv1", Conv3d(in, out, 3))),
+        norm2(register_module("norm2", Norm(out))),
+        conv2(register_module("conv2", Conv3d(out, out, 3))) {
+    if (in != out) skip = register_module("skip", Conv3d(in, out, 1));
+    if (cond_dim > 0) {
+      film = register_module("film", torch::nn::Linear(cond_dim, 2 * out));
+      torch::NoGradGuard no_grad;
+      film->weight.zero_();
+      film->bias.zero_();
+    }
+  }
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cond = {}) {
+    torch::Tensor h = conv1(torch::silu(norm1(x)));
+    h = norm2(h);
+    if (film) {
+      const torch::Tensor ss = film(torch::silu(cond)).view({h.size(0), -1, 1, 1, 1});
+      const auto parts = ss.chunk(2, 1);
+      h = h * (1 + parts[0]) + parts[1];
+    }
+    h = conv2(torch::silu(h));
+    return (skip ? skip(x) : x) + h;
+  }
+  torch::nn::GroupNorm norm1;
+  Conv3d conv1;
+  torch::nn::GroupNorm norm2;
+  Conv3d conv2, skip{nullptr};
+  torch::nn::Linear film{nullptr};
+};
+TORCH_MODULE(ResBlock);
+
+class AutoencoderImpl : public torch::nn::Module {
+ public:
+  explicit AutoencoderImpl(const DiffusionConfig& c) {
+    const int c0 = c.ae_channels[0], c1 = c.ae_channels[1], c2 = c.ae_channels[2];
+    const int latent = c.latent_channels;
+    enc_in = register_module("enc_in", Conv3d(2, c0, 3));
+    enc_down1 = register_module("enc_down1", Conv3d(c0, c1, 3, 2));
+    enc_rb1 = register_module("enc_rb1", ResBlock(c1, c1, 0));
+    enc_down2 = register_module("enc_down2", Conv3d(c1, c2, 3, 2));
+    enc_rb2 = register_module("enc_rb2", ResBlock(c2, c2, 0));
+    enc_norm = register_module("enc_norm", Norm(c2));
+    enc_out = register_module("enc_out", Conv3d(c2, 2 * latent, 1));
+    dec_in = register_module("dec_in", Conv3d(latent, c2, 3));
+    dec_rb2 = register_module("dec_rb2", ResBlock(c2, c2, 0));
+    dec_up1 = register_module("dec_up1", Conv3d(c2, c1, 3));
+    dec_rb1 = register_module("dec_rb1", ResBlock(c1, c1, 0));
+    dec_up0 = register_module("dec_up0", Conv3d(c1, c0, 3));
+    dec_norm = register_module("dec_norm", Norm(c0));
+    dec_out = register_module("dec_out", Conv3d(c0, 2, 3));
+  }
+  /// [N, 2, D, H, W] -> (mean, logvar), each [N, latent, D/4, H/4, W/4].
+  std::pair<torch::Tensor, torch::Tensor> Encode(const torch::Tensor& x) {
+    torch::Tensor h = torch::silu(enc_in(x));
+    h = enc_rb1(enc_down1(h));
+    h = enc_rb2(enc_down2(h));
+    const auto parts = enc_out(torch::silu(enc_norm(h))).chunk(2, 1);
+    return {parts[0], parts[1].clamp(-20.0, 10.0)};
+  }
+  torch::Tensor Decode(const torch::Tensor& z) {
+    torch::Tensor h = dec_rb2(dec_in(z));
+    h = dec_rb1(dec_up1(Upsample2(h)));
+    h = torch::silu(dec_norm(dec_up0(Upsample2(h))));
+    return dec_out(h);
+  }
+  Conv3d enc_in{nullptr}, enc_down1{nullptr}, enc_down2{nullptr}, enc_out{nullptr},
+      dec_in{nullptr}, dec_up1{nullptr}, dec_up0{nullptr}, dec_out{nullptr};
+  ResBlock enc_rb1{nullptr}, enc_rb2{nullptr}, dec_rb2{nullptr}, dec_rb1{nullptr};
+  torch::nn::GroupNorm enc_norm{nullptr}, dec_norm{nullptr};
+};
+TORCH_MODULE(Autoencoder);
+
+/// Sinusoidal embedding of (float) timesteps, [N] -> [N, dim].
+inline torch::Tensor TimestepEmbedding(const torch::Tensor& t, int dim) {
+  const int half = dim / 2;
+  const torch::Tensor freqs =
+      torch::exp(-std::log(10000.0) * torch::arange(half, t.options()) / double(half));
+  const torch::Tensor args = t.unsqueeze(1) * freqs.unsqueeze(0);
+  return torch::cat({torch::sin(args), torch::cos(args)}, 1);
+}
+
+class DenoiserImpl : public torch::nn::Module {
+ public:
+  explicit DenoiserImpl(const DiffusionConfig& c) : embed_dim_(c.embed_dim) {
+    const int c0 = c.unet_channels[0], c1 = c.unet_channels[1], e = c.embed_dim;
+    const int latent = c.latent_channels;
+    time1 = register_module("time1", torch::nn::Linear(e, e));
+    time2 = register_module("time2", torch::nn::Linear(e, e));
+    items = register_module("items", torch::nn::Embedding(std::int64_t(c.items.size()), e));
+    plan1 = register_module("plan1", torch::nn::Linear(e, e));
+    plan2 = register_module("plan2", torch::nn::Linear(e, e));
+    null_plan = register_parameter("null_plan", torch::randn({e}) * 0.02);
+    conv_in = register_module("conv_in", Conv3d(2 * latent + 1, c0, 3));
+    rb_in = register_module("rb_in", ResBlock(c0, c0, e));
+    down = register_module("down", Conv3d(c0, c1, 3, 2));
+    rb_down = register_module("rb_down", ResBlock(c1, c1, e));
+    rb_mid = register_module("rb_mid", ResBlock(c1, c1, e));
+    up = register_module("up", Conv3d(c1, c0, 3));
+    rb_up = register_module("rb_up", ResBlock(2 * c0, c0, e));
+    norm_out = register_module("norm_out", Norm(c0));
+    conv_out = register_module("conv_out", Conv3d(c0, latent, 3));
+    torch::NoGradGuard no_grad;
+    conv_out->weight.zero_();
+    conv_out->bias.zero_();
+  }
+  /// Plans as multi-hot rows over the vocabulary, [P, V] -> [P, embed]: sum of item embeddings
+  /// (order-invariant), then an MLP.
+  torch::Tensor PlanEmbedding(const torch::Tensor& multi_hot) {
+    return plan2(torch::silu(plan1(multi_hot.matmul(items->weight))));
+  }
+  /// x: [N, latent] noisy delta; context: [N, latent + 1] (pre latent, mask); t: [N] float
+  /// timesteps; plan: [N, embed] plan embeddings (or the null plan).
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context, const torch::Tensor& t,
+                        const torch::Tensor& plan) {
+    const torch::Tensor cond =
+        time2(torch::silu(time1(TimestepEmbedding(t, embed_dim_)))) + plan;
+    torch::Tensor h0 = rb_in(conv_in(torch::cat({x, context}, 1)), cond);
+    torch::Tensor h = rb_down(down(h0), cond);
+    h = rb_mid(h, cond);
+    h = up(Upsample2(h));
+    h = rb_up(torch::cat({h, h0}, 1), cond);
+    return conv_out(torch::silu(norm_out(h)));
+  }
+  torch::nn::Linear time1{nullptr}, time2{nullptr}, plan1{nullptr}, plan2{nullptr};
+  torch::nn::Embedding items{nullptr};
+  torch::Tensor null_plan;
+  Conv3d conv_in{nullptr}, down{nullptr}, up{nullptr}, conv_out{nullptr};
+  ResBlock rb_in{nullptr}, rb_down{nullptr}, rb_mid{nullptr}, rb_up{nullptr};
+  torch::nn::GroupNorm norm_out{nullptr};
+
+ private:
+  int embed_dim_;
+};
+TORCH_MODULE(Denoiser);
+
+/// Everything a checkpoint holds.
+class DiffusionNetImpl : public torch::nn::Module {
+ public:
+  explicit DiffusionNetImpl(const DiffusionConfig& c)
+      : ae(register_module("ae", Autoencoder(c))),
+        denoiser(register_module("denoiser", Denoiser(c))) {
+    latent_scale = register_buffer("latent_scale", torch::ones({1}));
+  }
+  Autoencoder ae;
+  Denoiser denoiser;
+  torch::Tensor latent_scale;  ///< multiplies (z_post - z_pre) to unit variance
+};
+TORCH_MODULE(DiffusionNet);
+
+/// Cosine schedule (Nichol & Dhariwal): alpha_bar[t] for t = 0 .. T-1 (step t + 1).
+inline std::vector<double> CosineAlphaBar(int timesteps) {
+  const double s = 0.008;
+  const auto f = [&](double t) {
+    const double x = (t / timesteps + s) / (1 + s) * M_PI / 2;
+    return std::cos(x) * std::cos(x);
+  };
+  std::vector<double> alpha_bar(static_cast<std::size_t>(timesteps));
+  double previous = 1.0;
+  for (int t = 0; t < timesteps; ++t) {
+    const double a = f(t + 1) / f(0);
+    const double beta = std::min(0.999, 1.0 - a / previous);
+    previous = previous * (1.0 - beta);
+    alpha_bar[std::size_t(t)] = previous;
+  }
+  return alpha_bar;
+}
+
+/// Multi-hot plan rows over `vocabulary`; kInvalidArgument naming an unknown item.
+Expected<torch::Tensor> PlansToMultiHot(const std::vector<Plan>& plans,
+                                        const std::vector<std::string>& vocabulary);
+
+/// A crop pair as a [2, D, H, W] tensor (CT, mask mapped to [-1, 1]).
+torch::Tensor ChannelsToTensor(const CropChannels& channels);
+
+}  // namespace mewm::dynamics::nets

@@ -1,0 +1,496 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// Training of the diffusion dynamics (autoencoder, then denoiser with EMA) and the machine
+// Turing test's classifier.
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <numeric>
+
+#include "diffusion_nets.h"
+#include "mewm/core/file_util.h"
+#include "mewm/core/seed.h"
+#include "mewm/torch/bridge.h"
+
+namespace mewm::dynamics {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+at::Generator Rng(std::uint64_t seed, std::initializer_list<std::uint64_t> labels) {
+  return at::make_generator<at::CPUGeneratorImpl>(DeriveSeed(seed, labels));
+}
+
+/// Random integers in [0, n) from a generator.
+torch::Tensor RandomIndex(std::int64_t n, std::int64_t count, at::Generator& gen) {
+  return torch::randint(n, {count}, gen, torch::kLong);
+}
+
+double Seconds(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+/// The stacked dataset: [M, 2, D, H, W] pre and post crops in half precision (1 MiB per crop at
+/// 64^3), plus each pair's plan row.
+struct Stacked {
+  torch::Tensor pre, post, multi_hot;
+};
+
+Expected<Stacked> Stack(const std::vector<DiffusionPair>& pairs, const DiffusionConfig& config) {
+  if (pairs.empty()) return MakeError(ErrorCode::kInvalidArgument, "no training pairs");
+  const Index3 want{config.crop_voxels, config.crop_voxels, config.crop_voxels};
+  std::vector<torch::Tensor> pre, post;
+  std::vector<Plan> plans;
+  for (const DiffusionPair& p : pairs) {
+    for (const CropChannels* c : {&p.pre, &p.post}) {
+      if (c->ct.dims != want || c->mask.dims != want) {
+        return MakeError(ErrorCode::kMismatch,
+                         "training crop of patient '" + p.patient + "' is not " +
+                             std::to_string(config.crop_voxels) + "^3 (config '" + config.name +
+                             "')");
+      }
+    }
+    pre.push_back(nets::ChannelsToTensor(p.pre).to(torch::kHalf));
+    post.push_back(nets::ChannelsToTensor(p.post).to(torch::kHalf));
+    plans.push_back(p.plan);
+  }
+  MEWM_TRY(torch::Tensor multi_hot, nets::PlansToMultiHot(plans, config.items));
+  return Stacked{torch::stack(pre), torch::stack(post), multi_hot};
+}
+
+/// Reconstruction loss of the autoencoder: L1 per channel (mask weighted 2x), an L1 on the CT's
+/// finite differences (edges), and the KL term.
+torch::Tensor AeLoss(const torch::Tensor& x, const torch::Tensor& recon, const torch::Tensor& mean,
+                     const torch::Tensor& logvar, const DiffusionTrainOptions& o) {
+  const torch::Tensor ct = x.slice(1, 0, 1), rct = recon.slice(1, 0, 1);
+  torch::Tensor loss = torch::l1_loss(rct, ct) + 2.0 * torch::l1_loss(recon.slice(1, 1, 2),
+                                                                        x.slice(1, 1, 2));
+  if (o.edge_weight > 0.0) {
+    for (int axis = 2; axis < 5; ++axis) {
+      const std::int64_t n = x.size(axis);
+      const auto d = [&](const torch::Tensor& t) {
+        return t.slice(axis, 1, n) - t.slice(axis, 0, n - 1);
+      };
+      loss = loss + o.edge_weight / 3.0 * torch::l1_loss(d(rct), d(ct));
+    }
+  }
+  const torch::Tensor kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean();
+  return loss + o.kl_weight * kl;
+}
+
+/// Resumable state: which stage and step, plus the modules and optimizers.
+struct TrainState {
+  std::string stage = "autoencoder";
+  int step = 0;
+};
+
+Status SaveState(const std::string& dir, const TrainState& state, nets::DiffusionNet& net,
+                 nets::DiffusionNet& ema, torch::optim::Optimizer& optimizer) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  try {
+    torch::save(net, dir + "/net.pt.tmp");
+    torch::save(ema, dir + "/ema.pt.tmp");
+    torch::save(optimizer, dir + "/optim.pt.tmp");
+    for (const char* name : {"net.pt", "ema.pt", "optim.pt"}) {
+      fs::rename(dir + "/" + name + ".tmp", dir + "/" + name);
+    }
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kIo, "cannot save training state in '" + dir + "': " + e.what());
+  }
+  const nlohmann::json j = {{"stage", state.stage}, {"step", state.step}};
+  return WriteFileAtomic(dir + "/state.json", j.dump() + "\n");
+}
+
+Expected<TrainState> LoadState(const std::string& dir, nets::DiffusionNet& net,
+                               nets::DiffusionNet& ema) {
+  TrainState state;
+  auto text = ReadFile(dir + "/state.json");
+  if (!text) return state;  // nothing to resume
+  try {
+    const auto j = nlohmann::json::parse(*text);
+    state.stage = j.at("stage").get<std::string>();
+    state.step = j.at("step").get<int>();
+    torch::load(net, dir + "/net.pt");
+    torch::load(ema, dir + "/ema.pt");
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kCorruptData,
+                     "training state in '" + dir + "' is unreadable: " + e.what() +
+                         " (delete the folder to start afresh)");
+  }
+  return state;
+}
+
+void UpdateEma(nets::DiffusionNet& ema, nets::DiffusionNet& net, double decay) {
+  torch::NoGradGuard no_grad;
+  auto target = ema->denoiser->parameters();
+  auto source = net->denoiser->parameters();
+  for (std::size_t k = 0; k < target.size(); ++k) {
+    target[k].mul_(decay).add_(source[k], 1.0 - decay);
+  }
+}
+
+void CopyWeights(nets::DiffusionNet& to, nets::DiffusionNet& from) {
+  torch::NoGradGuard no_grad;
+  auto t = to->named_parameters(), f = from->named_parameters();
+  for (auto& item : t) item.value().copy_(f[item.key()]);
+  auto tb = to->named_buffers(), fb = from->named_buffers();
+  for (auto& item : tb) item.value().copy_(fb[item.key()]);
+}
+
+/// Encodes every crop with the autoencoder's mean, in batches.
+torch::Tensor EncodeAll(nets::DiffusionNet& net, const torch::Tensor& crops) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> z;
+  for (std::int64_t b = 0; b < crops.size(0); b += 8) {
+    z.push_back(net->ae->Encode(crops.slice(0, b, std::min(crops.size(0), b + 8)).to(torch::kFloat))
+                    .first);
+  }
+  return torch::cat(z);
+}
+
+}  // namespace
+
+namespace {
+
+Expected<DiffusionTrainReport> Train(
+    const std::vector<DiffusionPair>& train, const std::vector<DiffusionPair>& validation,
+    const DiffusionTrainOptions& o,
+    const std::function<void(const DiffusionTrainProgress&)>& progress) {
+  const auto t_start = Clock::now();
+  MEWM_RETURN_IF_ERROR(o.config.Validate());
+  if (o.ae_steps < 1 || o.denoiser_steps < 1 || o.ae_batch < 1 || o.denoiser_batch < 1 ||
+      o.ae_patch < 8 || o.ae_patch % 4 != 0 || o.ae_patch > o.config.crop_voxels) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "training steps and batches must be >= 1 and the patch a multiple of 4 "
+                     "within the crop");
+  }
+  torch_bridge::ConfigureThreads(o.threads);
+  torch::manual_seed(o.seed);
+  MEWM_TRY(const Stacked data, Stack(train, o.config));
+  MEWM_TRY(const Stacked val, Stack(validation.empty() ? train : validation, o.config));
+  const auto report = [&](const DiffusionTrainProgress& p) {
+    if (progress) progress(p);
+  };
+
+  nets::DiffusionNet net(o.config), ema(o.config);
+  CopyWeights(ema, net);
+  TrainState state;
+  DiffusionTrainReport result;
+  if (!o.state_dir.empty()) {
+    MEWM_TRY(state, LoadState(o.state_dir, net, ema));
+    result.resumed_from_step = state.stage == "autoencoder" ? state.step : o.ae_steps + state.step;
+  }
+
+  // ---- Autoencoder on random patches of pre and post crops ----
+  const torch::Tensor all_crops = torch::cat({data.pre, data.post});
+  const torch::Tensor val_crops = torch::cat({val.pre, val.post}).slice(0, 0, 16).to(torch::kFloat);
+  const auto ae_validate = [&]() {
+    torch::NoGradGuard no_grad;
+    net->eval();
+    const torch::Tensor recon = net->ae->Decode(net->ae->Encode(val_crops).first);
+    net->train();
+    const double l1 = torch::l1_loss(recon.slice(1, 0, 1), val_crops.slice(1, 0, 1)).item<double>();
+    const torch::Tensor pm = recon.slice(1, 1, 2) > 0, tm = val_crops.slice(1, 1, 2) > 0;
+    const double inter = (pm & tm).sum().item<double>();
+    const double dice = 2.0 * inter / std::max(1.0, pm.sum().item<double>() + tm.sum().item<double>());
+    return std::make_pair(l1, dice);
+  };
+  if (state.stage == "autoencoder") {
+    torch::optim::Adam optimizer(net->ae->parameters(), torch::optim::AdamOptions(o.ae_lr));
+    if (state.step > 0) torch::load(optimizer, o.state_dir + "/optim.pt");
+    net->train();
+    const std::int64_t crop = o.config.crop_voxels, patch = o.ae_patch;
+    for (int step = state.step; step < o.ae_steps; ++step) {
+      auto gen = Rng(o.seed, {1, std::uint64_t(step)});
+      const torch::Tensor idx = RandomIndex(all_crops.size(0), o.ae_batch, gen);
+      torch::Tensor x = all_crops.index_select(0, idx).to(torch::kFloat);
+      if (patch < crop) {
+        const auto off = torch::randint(crop - patch + 1, {3}, gen, torch::kLong);
+        const auto a = off.accessor<std::int64_t, 1>();
+        x = x.slice(2, a[0], a[0] + patch).slice(3, a[1], a[1] + patch).slice(4, a[2], a[2] + patch);
+      }
+      const double lr = o.ae_lr * 0.5 * (1.0 + std::cos(M_PI * step / o.ae_steps));
+      for (auto& group : optimizer.param_groups()) {
+        static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
+      }
+      auto [mean, logvar] = net->ae->Encode(x);
+      const torch::Tensor z =
+          mean + torch::exp(0.5 * logvar) * torch::randn(mean.sizes(), gen);
+      const torch::Tensor loss = AeLoss(x, net->ae->Decode(z), mean, logvar, o);
+      optimizer.zero_grad();
+      loss.backward();
+      optimizer.step();
+      DiffusionTrainProgress p{"autoencoder", step + 1, o.ae_steps, loss.item<double>(), -1.0};
+      if ((step + 1) % o.validate_every == 0 || step + 1 == o.ae_steps) {
+        p.val_loss = ae_validate().first;
+        if (!o.state_dir.empty()) {
+          MEWM_RETURN_IF_ERROR(SaveState(o.state_dir, {"autoencoder", step + 1}, net, ema, optimizer));
+        }
+      }
+      report(p);
+    }
+    state = {"denoiser", 0};
+  }
+  std::tie(result.ae_val_l1_ct, result.ae_val_mask_dice) = ae_validate();
+
+  // ---- Latents: the diffusion target is the scaled change of the latent ----
+  net->eval();
+  const torch::Tensor z_pre = EncodeAll(net, data.pre), z_post = EncodeAll(net, data.post);
+  const torch::Tensor mask_down =
+      torch::avg_pool3d(data.pre.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5), 4);
+  const double delta_std = (z_post - z_pre).std().item<double>();
+  const double scale = 1.0 / std::max(delta_std, 1e-3);
+  {
+    torch::NoGradGuard no_grad;
+    net->latent_scale.fill_(scale);
+  }
+  result.latent_scale = scale;
+  const torch::Tensor delta = (z_post - z_pre) * scale;
+  const torch::Tensor context = torch::cat({z_pre, mask_down}, 1);
+  const torch::Tensor vz_pre = EncodeAll(net, val.pre), vz_post = EncodeAll(net, val.post);
+  const torch::Tensor vdelta = (vz_post - vz_pre) * scale;
+  const torch::Tensor vcontext = torch::cat(
+      {vz_pre, torch::avg_pool3d(val.pre.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5), 4)}, 1);
+  const std::vector<double> alpha_bar = nets::CosineAlphaBar(o.config.train_timesteps);
+  const torch::Tensor ab = torch::tensor(alpha_bar, torch::kDouble).to(torch::kFloat);
+
+  // v-prediction loss of a batch; `null_prob` of the rows see the null plan.
+  const auto denoise_loss = [&](const torch::Tensor& x0, const torch::Tensor& ctx,
+                                const torch::Tensor& hot, at::Generator& gen, double null_prob) {
+    const std::int64_t n = x0.size(0);
+    const torch::Tensor t = torch::randint(o.config.train_timesteps, {n}, gen, torch::kLong);
+    const torch::Tensor a = ab.index_select(0, t).view({n, 1, 1, 1, 1});
+    const torch::Tensor noise = torch::randn(x0.sizes(), gen);
+    const torch::Tensor xt = a.sqrt() * x0 + (1 - a).sqrt() * noise;
+    const torch::Tensor v = a.sqrt() * noise - (1 - a).sqrt() * x0;
+    torch::Tensor plan = net->denoiser->PlanEmbedding(hot);
+    if (null_prob > 0.0) {
+      const torch::Tensor drop = (torch::rand({n, 1}, gen) < null_prob).to(torch::kFloat);
+      plan = plan * (1 - drop) + net->denoiser->null_plan.unsqueeze(0) * drop;
+    }
+    return torch::mse_loss(net->denoiser->forward(xt, ctx, t.to(torch::kFloat), plan), v);
+  };
+  const auto denoiser_validate = [&](nets::DiffusionNet& model) {
+    torch::NoGradGuard no_grad;
+    nets::DiffusionNet keep = net;
+    net = model;
+    double total = 0.0;
+    const std::int64_t n = std::min<std::int64_t>(vdelta.size(0), 48);
+    auto gen = Rng(o.seed, {3});
+    for (std::int64_t b = 0; b < n; b += 16) {
+      const std::int64_t e = std::min(n, b + 16);
+      total += denoise_loss(vdelta.slice(0, b, e), vcontext.slice(0, b, e),
+                            val.multi_hot.slice(0, b, e), gen, 0.0)
+                   .item<double>() *
+               double(e - b);
+    }
+    net = keep;
+    return total / double(n);
+  };
+  if (state.stage == "denoiser") {
+    torch::optim::AdamW optimizer(net->denoiser->parameters(),
+                                  torch::optim::AdamWOptions(o.denoiser_lr).weight_decay(1e-4));
+    if (state.step > 0) torch::load(optimizer, o.state_dir + "/optim.pt");
+    net->train();
+    for (int step = state.step; step < o.denoiser_steps; ++step) {
+      auto gen = Rng(o.seed, {2, std::uint64_t(step)});
+      const torch::Tensor idx = RandomIndex(delta.size(0), o.denoiser_batch, gen);
+      const double warm = std::min(1.0, double(step + 1) / 100.0);
+      const double lr = o.denoiser_lr * warm * 0.5 * (1.0 + std::cos(M_PI * step / o.denoiser_steps));
+      for (auto& group : optimizer.param_groups()) {
+        static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+      }
+      const torch::Tensor loss =
+          denoise_loss(delta.index_select(0, idx), context.index_select(0, idx),
+                       data.multi_hot.index_select(0, idx), gen, o.null_plan_prob);
+      optimizer.zero_grad();
+      loss.backward();
+      torch::nn::utils::clip_grad_norm_(net->denoiser->parameters(), 1.0);
+      optimizer.step();
+      UpdateEma(ema, net, step < 100 ? 0.0 : o.ema_decay);
+      DiffusionTrainProgress p{"denoiser", step + 1, o.denoiser_steps, loss.item<double>(), -1.0};
+      if ((step + 1) % o.validate_every == 0 || step + 1 == o.denoiser_steps) {
+        p.val_loss = denoiser_validate(ema);
+        if (!o.state_dir.empty()) {
+          // The autoencoder and scale live in `net`; EMA copies them before saving.
+          MEWM_RETURN_IF_ERROR(SaveState(o.state_dir, {"denoiser", step + 1}, net, ema, optimizer));
+        }
+      }
+      report(p);
+    }
+  }
+  // Ship the EMA denoiser with the trained autoencoder and scale.
+  {
+    torch::NoGradGuard no_grad;
+    auto ae_t = ema->ae->named_parameters(), ae_f = net->ae->named_parameters();
+    for (auto& item : ae_t) item.value().copy_(ae_f[item.key()]);
+    ema->latent_scale.copy_(net->latent_scale);
+  }
+  result.denoiser_val_loss = denoiser_validate(ema);
+  result.seconds = Seconds(t_start);
+  if (!o.out.empty()) {
+    nlohmann::json meta = nlohmann::json::parse(o.metadata_json.empty() ? "{}" : o.metadata_json,
+                                                nullptr, false);
+    if (meta.is_discarded() || !meta.is_object()) meta = nlohmann::json::object();
+    meta["training"] = {{"ae_val_l1_ct", result.ae_val_l1_ct},
+                        {"ae_val_mask_dice", result.ae_val_mask_dice},
+                        {"denoiser_val_loss", result.denoiser_val_loss},
+                        {"latent_scale", result.latent_scale},
+                        {"train_pairs", train.size()},
+                        {"validation_pairs", validation.size()},
+                        {"seconds", result.seconds}};
+    MEWM_RETURN_IF_ERROR(torch_bridge::SaveCheckpoint(o.out, *ema, {o.config.ToJson(), meta.dump()}));
+  }
+  return result;
+}
+
+}  // namespace
+
+Expected<DiffusionTrainReport> TrainDiffusion(
+    const std::vector<DiffusionPair>& train, const std::vector<DiffusionPair>& validation,
+    const DiffusionTrainOptions& options,
+    const std::function<void(const DiffusionTrainProgress&)>& progress) {
+  try {
+    return Train(train, validation, options, progress);
+  } catch (const std::exception& e) {
+    // libtorch reports shape and file problems by exception; callers get an error value.
+    return MakeError(ErrorCode::kInternal, std::string("diffusion training failed: ") + e.what());
+  }
+}
+
+// ---- Machine Turing test ----
+
+namespace {
+
+class TuringNetImpl : public torch::nn::Module {
+ public:
+  TuringNetImpl()
+      : c1(register_module("c1", nets::Conv3d(1, 8, 3, 2))),
+        c2(register_module("c2", nets::Conv3d(8, 16, 3, 2))),
+        c3(register_module("c3", nets::Conv3d(16, 32, 3, 2))),
+        n1(register_module("n1", nets::Norm(8))),
+        n2(register_module("n2", nets::Norm(16))),
+        n3(register_module("n3", nets::Norm(32))),
+        head(register_module("head", torch::nn::Linear(32, 1))) {}
+  torch::Tensor forward(const torch::Tensor& x) {
+    torch::Tensor h = torch::silu(n1(c1(x)));
+    h = torch::silu(n2(c2(h)));
+    h = torch::silu(n3(c3(h)));
+    return head(h.mean({2, 3, 4})).squeeze(1);
+  }
+  nets::Conv3d c1, c2, c3;
+  torch::nn::GroupNorm n1, n2, n3;
+  torch::nn::Linear head;
+};
+TORCH_MODULE(TuringNet);
+
+/// Mann-Whitney AUC of scores (label 1 = synthetic).
+double Auc(const std::vector<double>& score, const std::vector<int>& label) {
+  double pairs = 0.0, wins = 0.0;
+  for (std::size_t a = 0; a < score.size(); ++a) {
+    if (label[a] != 1) continue;
+    for (std::size_t b = 0; b < score.size(); ++b) {
+      if (label[b] != 0) continue;
+      pairs += 1.0;
+      wins += score[a] > score[b] ? 1.0 : (score[a] == score[b] ? 0.5 : 0.0);
+    }
+  }
+  return pairs > 0 ? wins / pairs : 0.5;
+}
+
+}  // namespace
+
+Expected<TuringTestResult> MachineTuringTest(const std::vector<DenseFloat>& real,
+                                             const std::vector<DenseFloat>& synthetic, int folds,
+                                             std::uint64_t seed, int threads) {
+  if (folds < 2 || int(real.size()) < folds || int(synthetic.size()) < folds) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "the Turing test needs at least `folds` (>= 2) crops of each kind");
+  }
+  torch_bridge::ConfigureThreads(threads);
+  std::vector<torch::Tensor> crops;
+  std::vector<int> labels;
+  for (int kind = 0; kind < 2; ++kind) {
+    for (const DenseFloat& d : kind == 0 ? real : synthetic) {
+      if (d.dims != real.front().dims) {
+        return MakeError(ErrorCode::kMismatch, "Turing-test crops differ in size");
+      }
+      crops.push_back(torch_bridge::ToTensor(d).unsqueeze(0));
+      labels.push_back(kind);
+    }
+  }
+  torch::Tensor x = torch::stack(crops);
+  if (x.size(2) > 32) x = torch::avg_pool3d(x, x.size(2) / 32);  // the classifier sees 32^3
+  const std::int64_t n = x.size(0);
+  // Stratified folds.
+  std::vector<int> fold(std::size_t(n), 0);
+  {
+    auto gen = Rng(seed, {7});
+    for (int kind = 0; kind < 2; ++kind) {
+      std::vector<std::int64_t> members;
+      for (std::int64_t i = 0; i < n; ++i) {
+        if (labels[std::size_t(i)] == kind) members.push_back(i);
+      }
+      const torch::Tensor perm = torch::randperm(std::int64_t(members.size()), gen);
+      for (std::int64_t k = 0; k < perm.size(0); ++k) {
+        fold[std::size_t(members[std::size_t(perm[k].item<std::int64_t>())])] = int(k % folds);
+      }
+    }
+  }
+  std::vector<double> score(std::size_t(n), 0.0);
+  const torch::Tensor y = torch::tensor(labels, torch::kFloat);
+  for (int f = 0; f < folds; ++f) {
+    std::vector<std::int64_t> tr, te;
+    for (std::int64_t i = 0; i < n; ++i) (fold[std::size_t(i)] == f ? te : tr).push_back(i);
+    torch::manual_seed(DeriveSeed(seed, {8, std::uint64_t(f)}));
+    TuringNet model;
+    torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-3));
+    const torch::Tensor tr_idx = torch::tensor(tr, torch::kLong);
+    auto gen = Rng(seed, {9, std::uint64_t(f)});
+    const int epochs = 25;
+    for (int epoch = 0; epoch < epochs; ++epoch) {
+      const torch::Tensor perm = tr_idx.index_select(0, torch::randperm(tr_idx.size(0), gen));
+      for (std::int64_t b = 0; b < perm.size(0); b += 16) {
+        const torch::Tensor idx = perm.slice(0, b, std::min(perm.size(0), b + 16));
+        torch::Tensor xb = x.index_select(0, idx);
+        if (torch::rand({1}, gen).item<double>() < 0.5) xb = xb.flip({2});
+        if (torch::rand({1}, gen).item<double>() < 0.5) xb = xb.flip({4});
+        const torch::Tensor loss = torch::binary_cross_entropy_with_logits(
+            model->forward(xb), y.index_select(0, idx));
+        optimizer.zero_grad();
+        loss.backward();
+        optimizer.step();
+      }
+    }
+    torch::NoGradGuard no_grad;
+    model->eval();
+    const torch::Tensor out = model->forward(x.index_select(0, torch::tensor(te, torch::kLong)));
+    for (std::size_t k = 0; k < te.size(); ++k) {
+      score[std::size_t(te[k])] = out[std::int64_t(k)].item<double>();
+    }
+  }
+  TuringTestResult r;
+  r.real = int(real.size());
+  r.synthetic = int(synthetic.size());
+  r.folds = folds;
+  r.auc = Auc(score, labels);
+  // Hanley & McNeil (1982) standard error.
+  const double a = r.auc, n1 = r.synthetic, n2 = r.real;
+  const double q1 = a / (2 - a), q2 = 2 * a * a / (1 + a);
+  const double se =
+      std::sqrt(std::max(0.0, (a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n2 - 1) * (q2 - a * a)) /
+                                  (n1 * n2)));
+  r.ci_low = std::max(0.0, a - 1.96 * se);
+  r.ci_high = std::min(1.0, a + 1.96 * se);
+  return r;
+}
+
+}  // namespace mewm::dynamics

@@ -1,0 +1,87 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// Learned-dynamics data and evaluation on synthetic cohorts generated with counterfactual plans
+// (`mewm cohort generate --plans-per-patient K`): every patient's pre-treatment crop next to its
+// true post-treatment crop under several plans. `mewm train dynamics` trains on it and
+// `mewm eval dynamics` scores backends against it.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mewm/core/action_base.h"
+#include "mewm/core/expected.h"
+#include "mewm/dynamics/diffusion.h"
+#include "mewm/scenarios/cohort_source.h"
+
+namespace mewm::scenarios {
+
+/// A plan and the file holding its true post-treatment image (grids ct, viable).
+struct PlanOutcomeFile {
+  Plan plan;
+  std::string post;
+};
+
+/// Per patient id: the administered plan and every counterfactual plan, from manifest.json.
+/// kNotFound / kCorruptData naming the file.
+Expected<std::map<std::string, std::vector<PlanOutcomeFile>>> ReadPlanOutcomes(
+    const std::string& cohort_dir, const ActionBase& actions);
+
+/// Crop pairs of every (patient, lesion crop, plan) of a cohort; patients in `ids` only when it is
+/// non-empty. Reads patients in parallel; `progress(done, total)` per patient.
+Expected<std::vector<dynamics::DiffusionPair>> BuildDiffusionPairs(
+    const std::string& cohort_dir, const dynamics::DiffusionConfig& config,
+    const ActionBase& actions, const std::vector<std::string>& ids = {},
+    const std::function<void(int, int)>& progress = {});
+
+}  // namespace mewm::scenarios
+
+namespace mewm::scenarios {
+
+/// Fidelity of one dynamics method against the mechanistic truth, over (patient, plan) cases.
+struct DynamicsMetrics {
+  std::string method;
+  int cases = 0;
+  double dice = 0.0;                ///< mean Dice of the viable-tumor mask
+  double volume_rel_error = 0.0;    ///< median |pred - true| / max(true, 1 mL) of viable volume
+  double volume_mae_ml = 0.0;       ///< mean |pred - true| viable volume, mL
+  double hu_mae = 0.0;              ///< mean |pred - true| HU within 6 mm of the pre-treatment tumor
+  double spearman = 0.0;            ///< mean over patients of Spearman(pred, true volume) across plans
+  int spearman_patients = 0;        ///< patients where both sides vary across plans
+  double spearman_shuffled = 0.0;   ///< the same with predictions shuffled across plans (mean)
+  double spearman_p = 1.0;          ///< permutation p-value of spearman over the shuffled control
+  bool has_turing = false;
+  dynamics::TuringTestResult turing;
+  double seconds = 0.0;  ///< simulation wall time
+};
+
+struct DynamicsEvaluation {
+  std::string cohort_dir;
+  int patients = 0, plans_per_patient = 0;
+  std::vector<DynamicsMetrics> methods;
+  std::string FormatTable() const;
+  std::string ToJson() const;
+};
+
+/// The machine Turing test, injected so this module stays free of libtorch.
+using TuringTest = std::function<Expected<dynamics::TuringTestResult>(
+    const std::vector<DenseFloat>& real, const std::vector<DenseFloat>& synthetic)>;
+
+/// Scores each method (name, model) and the identity baseline (post = pre) on every patient and
+/// plan of a held-out cohort with counterfactual plans, one sample per case. Crops for the Turing
+/// test follow `crop_config`. kInvalidArgument for a cohort without counterfactual plans.
+Expected<DynamicsEvaluation> EvaluateDynamics(
+    const std::string& cohort_dir,
+    const std::vector<std::pair<std::string, dynamics::DynamicsModel*>>& methods,
+    const ActionBase& actions, const dynamics::DiffusionConfig& crop_config,
+    const TuringTest& turing, std::uint64_t seed,
+    const std::function<void(int, int)>& progress = {});
+
+/// Spearman rank correlation (average ranks for ties); NaN when either side is constant.
+double Spearman(const std::vector<double>& a, const std::vector<double>& b);
+
+}  // namespace mewm::scenarios

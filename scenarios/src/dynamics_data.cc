@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "mewm/scenarios/dynamics_data.h"
+
+#include <tbb/parallel_for.h>
+
+#include <algorithm>
+#include <atomic>
+#include <filesystem>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "mewm/core/file_util.h"
+#include "mewm/core/vdb_io.h"
+
+namespace mewm::scenarios {
+namespace {
+namespace fs = std::filesystem;
+}  // namespace
+
+Expected<std::map<std::string, std::vector<PlanOutcomeFile>>> ReadPlanOutcomes(
+    const std::string& cohort_dir, const ActionBase& actions) {
+  const std::string path = (fs::path(cohort_dir) / "manifest.json").string();
+  MEWM_TRY(const std::string text, ReadFile(path));
+  std::map<std::string, std::vector<PlanOutcomeFile>> out;
+  try {
+    const nlohmann::json manifest = nlohmann::json::parse(text);
+    for (const auto& p : manifest.at("patients")) {
+      const std::string id = p.at("id").get<std::string>();
+      std::vector<std::pair<std::string, std::string>> listed = {
+          {p.at("administered_plan").get<std::string>(), p.at("post_administered").get<std::string>()}};
+      for (const auto& cf : p.at("counterfactual")) {
+        listed.emplace_back(cf.at("plan").get<std::string>(), cf.at("post").get<std::string>());
+      }
+      for (const auto& [plan_text, file] : listed) {
+        auto plan = actions.ParsePlan(plan_text);
+        if (!plan) return plan.error().WithContext(path + ", patient '" + id + "'");
+        out[id].push_back({*plan, (fs::path(cohort_dir) / file).string()});
+      }
+    }
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kCorruptData, path + ": not a cohort manifest: " + e.what());
+  }
+  return out;
+}
+
+Expected<std::vector<dynamics::DiffusionPair>> BuildDiffusionPairs(
+    const std::string& cohort_dir, const dynamics::DiffusionConfig& config,
+    const ActionBase& actions, const std::vector<std::string>& ids,
+    const std::function<void(int, int)>& progress) {
+  MEWM_TRY(const auto outcomes, ReadPlanOutcomes(cohort_dir, actions));
+  MEWM_TRY(std::vector<CohortEntry> entries, ReadSyntheticCohort(cohort_dir));
+  if (!ids.empty()) {
+    const std::set<std::string> wanted(ids.begin(), ids.end());
+    entries.erase(std::remove_if(entries.begin(), entries.end(),
+                                 [&](const CohortEntry& e) { return !wanted.count(e.id); }),
+                  entries.end());
+  }
+  std::vector<std::vector<dynamics::DiffusionPair>> per_patient(entries.size());
+  std::vector<Status> status(entries.size());
+  std::atomic<int> done{0};
+  std::mutex progress_mutex;
+  tbb::parallel_for(std::size_t(0), entries.size(), [&](std::size_t n) {
+    status[n] = [&]() -> Status {
+      const CohortEntry& entry = entries[n];
+      MEWM_TRY(const PatientCase patient, LoadPatient(entry));
+      MEWM_TRY(const auto crops, dynamics::LesionCrops(patient, config));
+      std::vector<dynamics::CropChannels> pre;
+      for (const CropSpec& spec : crops) {
+        MEWM_TRY(auto channels,
+                 dynamics::ExtractChannels(patient.ct, patient.tumor, spec, config.window));
+        pre.push_back(std::move(channels));
+      }
+      auto it = outcomes.find(entry.id);
+      if (it == outcomes.end()) return {};
+      for (const PlanOutcomeFile& file : it->second) {
+        const auto fail = [&](const Error& e) { return e.WithContext("file '" + file.post + "'"); };
+        auto set = ReadVdb(file.post);
+        if (!set) return fail(set.error());
+        auto ct = set->Scalar("ct");
+        if (!ct) return fail(ct.error());
+        auto viable = set->Label("viable");
+        if (!viable) return fail(viable.error());
+        for (std::size_t c = 0; c < crops.size(); ++c) {
+          auto post = dynamics::ExtractChannels(*ct, *viable, crops[c], config.window);
+          if (!post) return fail(post.error());
+          per_patient[n].push_back({entry.id, file.plan, pre[c], std::move(*post)});
+        }
+      }
+      return {};
+    }();
+    const int finished = ++done;
+    if (progress) {
+      std::lock_guard<std::mutex> lock(progress_mutex);
+      progress(finished, int(entries.size()));
+    }
+  });
+  std::vector<dynamics::DiffusionPair> pairs;
+  for (std::size_t n = 0; n < entries.size(); ++n) {
+    if (!status[n]) return status[n].error().WithContext("patient '" + entries[n].id + "'");
+    for (auto& p : per_patient[n]) pairs.push_back(std::move(p));
+  }
+  return pairs;
+}
+
+}  // namespace mewm::scenarios

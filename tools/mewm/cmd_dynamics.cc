@@ -1,0 +1,429 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// `mewm train dynamics`, `mewm eval dynamics` and `mewm bench dynamics`: the learned diffusion
+// dynamics, trained and measured by the project's own commands.
+#include <chrono>
+#include <filesystem>
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "mewm/core/file_util.h"
+#include "mewm/policy/guideline.h"
+#include "mewm/scenarios/dynamics_data.h"
+#include "mewm/scenarios/planner.h"
+#include "mewm/scenarios/runner.h"
+#include "mewm/scenarios/scenario.h"
+#include "mewm/survival/cox_survival.h"
+#include "progress.h"
+
+namespace mewm::cli {
+namespace {
+
+/// The provenance of a synthetic cohort (seed, size), for model cards.
+std::pair<std::string, std::string> CohortProvenance(const std::string& dir) {
+  std::string seed, data = dir;
+  if (auto manifest = ReadFile(dir + "/manifest.json"); manifest) {
+    try {
+      const nlohmann::json m = nlohmann::json::parse(*manifest);
+      seed = m.at("seed").get<std::string>();
+      data = "synthetic cohort " + dir + " (seed " + seed + ", " +
+             std::to_string(m.at("n").get<int>()) + " patients, " +
+             std::to_string(m.value("plans_per_patient", 0)) +
+             " counterfactual plans each, world version " +
+             m.at("world_version").get<std::string>() + ")";
+    } catch (const std::exception&) {
+    }
+  }
+  return {seed, data};
+}
+
+std::function<void(int, int)> PatientProgress(const std::string& label, bool quiet) {
+  auto bar = std::make_shared<std::unique_ptr<ProgressBar>>();
+  return [bar, label, quiet](int done, int total) {
+    if (!*bar) *bar = std::make_unique<ProgressBar>(label, total, quiet);
+    (*bar)->Update(done);
+    if (done == total) {
+      (*bar)->Finish();
+      bar->reset();
+    }
+  };
+}
+
+}  // namespace
+
+Action AddTrainDynamics(CLI::App& train_app) {
+  struct Options {
+    std::string cohort, out, config = "cpu", state_dir;
+    std::uint64_t seed = 1;
+    int ae_steps = 1500, denoiser_steps = 1500, ae_batch = 8, denoiser_batch = 12, threads = 0;
+    double validation_fraction = 0.1;
+    bool quiet = false;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* sub = train_app.add_subcommand(
+      "dynamics", "Train the diffusion dynamics (autoencoder, then denoiser) on a cohort with "
+                  "counterfactual plans");
+  sub->add_option("--cohort", o->cohort,
+                  "Training cohort (mewm cohort generate --plans-per-patient K)")
+      ->required();
+  sub->add_option("--out", o->out, "Checkpoint to write (.pt)")->required();
+  sub->add_option("--config", o->config, "Architecture preset: cpu or mewm")
+      ->check(CLI::IsMember({"cpu", "mewm"}))
+      ->capture_default_str();
+  sub->add_option("--seed", o->seed, "Seed of initialisation, batches and noise")
+      ->capture_default_str();
+  sub->add_option("--ae-steps", o->ae_steps, "Autoencoder steps")->capture_default_str();
+  sub->add_option("--denoiser-steps", o->denoiser_steps, "Denoiser steps")->capture_default_str();
+  sub->add_option("--ae-batch", o->ae_batch, "Autoencoder batch")->capture_default_str();
+  sub->add_option("--denoiser-batch", o->denoiser_batch, "Denoiser batch")->capture_default_str();
+  sub->add_option("--validation-fraction", o->validation_fraction,
+                  "Patients held out for validation (the last ones)")
+      ->check(CLI::Range(0.0, 0.5))
+      ->capture_default_str();
+  sub->add_option("--state-dir", o->state_dir,
+                  "Resumable training state; a rerun with the same folder continues");
+  sub->add_option("--threads", o->threads, "libtorch threads (0 = all cores)")
+      ->capture_default_str();
+  sub->add_flag("--quiet", o->quiet, "No progress bars");
+  return [o, sub]() -> int {
+    if (!sub->parsed()) return -1;
+    const ActionBase& actions = ActionBase::Default();
+    auto config = dynamics::DiffusionConfig::Preset(o->config, actions);
+    if (!config) return Fail(config.error());
+    auto entries = scenarios::ReadSyntheticCohort(o->cohort);
+    if (!entries) return Fail(entries.error());
+    const int n_val = int(double(entries->size()) * o->validation_fraction);
+    std::vector<std::string> train_ids, val_ids;
+    for (std::size_t k = 0; k < entries->size(); ++k) {
+      (int(k) >= int(entries->size()) - n_val ? val_ids : train_ids).push_back((*entries)[k].id);
+    }
+    auto train = scenarios::BuildDiffusionPairs(o->cohort, *config, actions, train_ids,
+                                                PatientProgress("reading training crops", o->quiet));
+    if (!train) return Fail(train.error());
+    std::vector<dynamics::DiffusionPair> val;
+    if (!val_ids.empty()) {
+      auto read = scenarios::BuildDiffusionPairs(o->cohort, *config, actions, val_ids,
+                                                 PatientProgress("reading validation crops", o->quiet));
+      if (!read) return Fail(read.error());
+      val = std::move(*read);
+    }
+    std::cout << train->size() << " training and " << val.size()
+              << " validation crop pairs (" << train_ids.size() << " + " << val_ids.size()
+              << " patients)\n";
+    const std::string command =
+        "mewm train dynamics --cohort " + o->cohort + " --out " + o->out + " --config " +
+        o->config + " --seed " + std::to_string(o->seed) + " --ae-steps " +
+        std::to_string(o->ae_steps) + " --denoiser-steps " + std::to_string(o->denoiser_steps) +
+        " --ae-batch " + std::to_string(o->ae_batch) + " --denoiser-batch " +
+        std::to_string(o->denoiser_batch);
+    const auto [cohort_seed, data] = CohortProvenance(o->cohort);
+    dynamics::DiffusionTrainOptions options;
+    options.config = *config;
+    options.seed = o->seed;
+    options.ae_steps = o->ae_steps;
+    options.denoiser_steps = o->denoiser_steps;
+    options.ae_batch = o->ae_batch;
+    options.denoiser_batch = o->denoiser_batch;
+    options.state_dir = o->state_dir;
+    options.threads = o->threads;
+    options.out = o->out;
+    options.metadata_json =
+        nlohmann::json{{"command", command}, {"seed", o->seed}, {"data", data}}.dump();
+    std::unique_ptr<ProgressBar> bar;
+    std::string stage;
+    const auto progress = [&](const dynamics::DiffusionTrainProgress& p) {
+      if (stage != p.stage) {
+        if (bar) bar->Finish();
+        stage = p.stage;
+        bar = std::make_unique<ProgressBar>("training " + p.stage, p.total, o->quiet);
+      }
+      bar->Update(p.step);
+      if (p.val_loss >= 0.0) {
+        std::printf("  %s step %d/%d: loss %.4f, validation %.4f\n", p.stage.c_str(), p.step,
+                    p.total, p.loss, p.val_loss);
+        std::fflush(stdout);
+      }
+    };
+    auto report = dynamics::TrainDiffusion(*train, val, options, progress);
+    if (bar) bar->Finish();
+    if (!report) return Fail(report.error());
+    std::printf(
+        "autoencoder: validation CT L1 %.4f (window units), mask Dice %.3f\n"
+        "denoiser: validation v-loss %.4f, latent scale %.3f\n"
+        "trained in %.0f s%s; wrote %s\n",
+        report->ae_val_l1_ct, report->ae_val_mask_dice, report->denoiser_val_loss,
+        report->latent_scale, report->seconds,
+        report->resumed_from_step > 0
+            ? (" (resumed at step " + std::to_string(report->resumed_from_step) + ")").c_str()
+            : "",
+        o->out.c_str());
+    return 0;
+  };
+}
+
+Action AddEvalDynamics(CLI::App& eval_app) {
+  struct Options {
+    std::string cohort, model, calibration = "models/mechanistic_calibration.json", json_out;
+    std::string config = "cpu";
+    dynamics::SamplerConfig sampler;
+    std::uint64_t seed = 1;
+    int folds = 5, threads = 0;
+    bool quiet = false;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* sub = eval_app.add_subcommand(
+      "dynamics", "Fidelity of the diffusion dynamics against the truth, next to the identity and "
+                  "mechanistic baselines");
+  sub->add_option("--cohort", o->cohort,
+                  "Held-out cohort with counterfactual plans (--plans-per-patient K)")
+      ->required();
+  sub->add_option("--model", o->model, "Diffusion checkpoint")->required();
+  sub->add_option("--config", o->config, "Preset the checkpoint must match")->capture_default_str();
+  sub->add_option("--calibration", o->calibration,
+                  "Mechanistic baseline's calibration (\"\" to skip the baseline)")
+      ->capture_default_str();
+  sub->add_option("--steps", o->sampler.steps, "DDIM steps")->capture_default_str();
+  sub->add_option("--eta", o->sampler.eta, "DDIM eta")->capture_default_str();
+  sub->add_option("--guidance", o->sampler.guidance, "Classifier-free guidance scale")
+      ->capture_default_str();
+  sub->add_option("--seed", o->seed, "Run seed of the sample seeds and the Turing test")
+      ->capture_default_str();
+  sub->add_option("--folds", o->folds, "Cross-validation folds of the Turing test")
+      ->check(CLI::Range(2, 20))
+      ->capture_default_str();
+  sub->add_option("--threads", o->threads, "libtorch threads (0 = all cores)")
+      ->capture_default_str();
+  sub->add_option("--json", o->json_out, "Also write the numbers to this JSON file");
+  sub->add_flag("--quiet", o->quiet, "No progress bar");
+  return [o, sub]() -> int {
+    if (!sub->parsed()) return -1;
+    const ActionBase& actions = ActionBase::Default();
+    dynamics::DiffusionBackendOptions options;
+    options.model_path = o->model;
+    options.config = o->config;
+    options.sampler = o->sampler;
+    options.threads = o->threads;
+    auto diffusion = dynamics::CreateDiffusionDynamics(options);
+    if (!diffusion) return Fail(diffusion.error());
+    std::vector<std::pair<std::string, dynamics::DynamicsModel*>> methods;
+    std::unique_ptr<dynamics::DynamicsModel> mechanistic;
+    if (!o->calibration.empty()) {
+      scenarios::ScenarioSpec spec;
+      spec.dynamics_backend = "mechanistic";
+      spec.calibration = o->calibration;
+      auto loaded = scenarios::LoadDynamics(spec);
+      if (!loaded) return Fail(loaded.error());
+      mechanistic = std::move(*loaded);
+      methods.emplace_back("mechanistic", mechanistic.get());
+    }
+    methods.emplace_back("diffusion", diffusion->get());
+    const int folds = o->folds, threads = o->threads;
+    const std::uint64_t seed = o->seed;
+    const scenarios::TuringTest turing = [=](const std::vector<DenseFloat>& real,
+                                             const std::vector<DenseFloat>& synthetic) {
+      return dynamics::MachineTuringTest(real, synthetic, folds, seed, threads);
+    };
+    auto eval = scenarios::EvaluateDynamics(o->cohort, methods, actions, (*diffusion)->config(),
+                                            turing, o->seed,
+                                            PatientProgress("simulating patients", o->quiet));
+    if (!eval) return Fail(eval.error());
+    std::cout << eval->FormatTable();
+    std::printf("diffusion sampler: %d DDIM steps, eta %.2f, guidance %.2f\n", o->sampler.steps,
+                o->sampler.eta, o->sampler.guidance);
+    if (!o->json_out.empty()) {
+      if (auto written = WriteFileAtomic(o->json_out, eval->ToJson() + "\n"); !written) {
+        return Fail(written.error());
+      }
+    }
+    return 0;
+  };
+}
+
+namespace {
+
+double Seconds(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+Action AddBenchDynamics(CLI::App& bench_app) {
+  struct Options {
+    std::string scenario, json_out;
+    int batch = 64, iterations = 10;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* sub = bench_app.add_subcommand(
+      "dynamics", "Diffusion speed: denoiser vs raw conv3d, outcomes/s, and compute per decision "
+                  "of beam search against MeWM's reference loop");
+  sub->add_option("SCENARIO", o->scenario, "Scenario with dynamics.backend = diffusion")
+      ->required();
+  sub->add_option("--batch", o->batch, "Serving batch of the denoiser timing")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  sub->add_option("--iterations", o->iterations, "Timed forwards")->capture_default_str();
+  sub->add_option("--json", o->json_out, "Also write the figures as JSON to this file");
+  return [o, sub]() -> int {
+    if (!sub->parsed()) return -1;
+    auto spec = scenarios::LoadScenario(o->scenario);
+    if (!spec) return Fail(spec.error());
+    if (spec->dynamics_backend != "diffusion") {
+      return Fail(Error{ErrorCode::kInvalidArgument,
+                        o->scenario + ": bench dynamics needs dynamics.backend = \"diffusion\""});
+    }
+    const std::string cohort_dir = spec->cohort.dir.empty()
+                                       ? (std::filesystem::path(spec->output) / "cohort").string()
+                                       : spec->cohort.dir;
+    auto entries = scenarios::PrepareCohort(*spec, cohort_dir);
+    if (!entries) return Fail(entries.error());
+    auto patient = scenarios::LoadPatient(entries->front());
+    if (!patient) return Fail(patient.error());
+    dynamics::DiffusionBackendOptions options = spec->diffusion;
+    options.actions = spec->actions;
+    auto model = dynamics::CreateDiffusionDynamics(options);
+    if (!model) return Fail(model.error());
+    dynamics::DiffusionDynamics& m = **model;
+    nlohmann::json out = {{"scenario", o->scenario},
+                          {"patient", patient->id},
+                          {"config", m.config().name},
+                          {"sampler_steps", m.sampler().steps},
+                          {"guidance", m.sampler().guidance}};
+
+    // 1. The denoiser against a raw oneDNN conv3d, and against torch's default dispatch.
+    auto speed = dynamics::MeasureDenoiserSpeed(m, o->batch, o->iterations);
+    if (!speed) return Fail(speed.error());
+    std::printf(
+        "denoiser at batch %d: %.2f ms/step, %.2f GFLOP/step, %.1f GFLOP/s\n"
+        "raw %s: %.1f GFLOP/s -> denoiser reaches %.0f%% of it\n"
+        "torch's default conv3d dispatch: %.2f ms/step (%.1fx slower)\n",
+        speed->batch, speed->denoiser_ms_per_step, speed->denoiser_gflop_per_step,
+        speed->denoiser_gflops, speed->raw_conv_shape.c_str(), speed->raw_conv_gflops,
+        100.0 * speed->denoiser_gflops / speed->raw_conv_gflops,
+        speed->default_dispatch_ms_per_step,
+        speed->default_dispatch_ms_per_step / speed->denoiser_ms_per_step);
+    auto one = dynamics::MeasureDenoiserSpeed(m, 1, o->iterations);
+    if (!one) return Fail(one.error());
+    out["denoiser"] = {{"batch", speed->batch},
+                       {"ms_per_step", speed->denoiser_ms_per_step},
+                       {"gflop_per_step", speed->denoiser_gflop_per_step},
+                       {"gflops", speed->denoiser_gflops},
+                       {"raw_conv_gflops", speed->raw_conv_gflops},
+                       {"raw_conv_shape", speed->raw_conv_shape},
+                       {"fraction_of_raw", speed->denoiser_gflops / speed->raw_conv_gflops},
+                       {"default_dispatch_ms_per_step", speed->default_dispatch_ms_per_step},
+                       {"batch1_ms_per_step", one->denoiser_ms_per_step},
+                       {"batch1_default_dispatch_ms_per_step", one->default_dispatch_ms_per_step}};
+    std::printf("batch 1: %.2f ms/step (default dispatch %.2f ms)\n", one->denoiser_ms_per_step,
+                one->default_dispatch_ms_per_step);
+
+    // 2. Outcomes per second, end to end (encode, DDIM, decode, paste) on a fresh model.
+    {
+      auto fresh = dynamics::CreateDiffusionDynamics(options);
+      if (!fresh) return Fail(fresh.error());
+      std::vector<SimulationRequest> requests;
+      const auto plans = std::vector<std::string>{"Lipiodol", "Epirubicin+Lipiodol",
+                                                  "Gelatin Sponge+Lipiodol",
+                                                  "Epirubicin+Gelatin Sponge+Lipiodol"};
+      for (const std::string& text : plans) {
+        auto plan = spec->actions.ParsePlan(text);
+        if (!plan) return Fail(plan.error());
+        for (int s = 0; s < 4; ++s) {
+          requests.push_back({*plan, s, scenarios::Planner::SampleSeed(1, patient->id, *plan, s),
+                              0});
+        }
+      }
+      const auto t0 = std::chrono::steady_clock::now();
+      auto outcomes = (*fresh)->Simulate(*patient, requests);
+      if (!outcomes) return Fail(outcomes.error());
+      const double wall = Seconds(t0);
+      std::printf("end to end: %zu outcomes in %.2f s = %.2f outcomes/s (%d steps, %d crop(s))\n",
+                  requests.size(), wall, double(requests.size()) / wall, m.sampler().steps,
+                  int((*fresh)->counters().encodes));
+      out["end_to_end"] = {{"outcomes", requests.size()},
+                           {"seconds", wall},
+                           {"outcomes_per_s", double(requests.size()) / wall}};
+    }
+
+    // 3. Compute per decision: beam search (batched, memoised, DDIM) against the reference loop
+    //    (batch 1, no memo, 200 ancestral steps).
+    auto policy_model = policy::GuidelinePolicy::Create(spec->actions, spec->guideline);
+    if (!policy_model) return Fail(policy_model.error());
+    auto proposal = (*policy_model)->Propose(*patient);
+    if (!proposal) return Fail(proposal.error());
+    auto survival = survival::CoxSurvival::Load(spec->survival_model);
+    if (!survival) return Fail(survival.error());
+    const auto decide = [&](scenarios::SearchMode mode, const dynamics::SamplerConfig& sampler)
+        -> Expected<std::pair<scenarios::PlanDecision, dynamics::DiffusionCounters>> {
+      auto fresh = dynamics::CreateDiffusionDynamics(options);
+      if (!fresh) return fresh.error();
+      (*fresh)->set_sampler(sampler);
+      scenarios::PlannerSpec ps = spec->planner;
+      ps.search = mode;
+      MEWM_TRY(auto planner, scenarios::Planner::Create(ps, spec->actions, spec->protocol,
+                                                        spec->require, spec->forbid, **fresh,
+                                                        **survival));
+      MEWM_TRY(auto decision, planner.Plan(*patient, *proposal, spec->seed));
+      return std::make_pair(decision, (*fresh)->counters());
+    };
+    auto beam = decide(scenarios::SearchMode::kBeam, m.sampler());
+    if (!beam) return Fail(beam.error());
+    // The reference loop at 200 steps would take tens of minutes on 2 cores. It runs here with a
+    // 2-step ancestral sampler: its Simulate calls and requests are exact, and each call is one
+    // request, so 200 steps cost exactly 200 batch-1 forwards per simulation. Its wall time is
+    // projected with the measured batch-1 forward.
+    dynamics::SamplerConfig short_reference = dynamics::ReferenceSampler();
+    short_reference.steps = 2;
+    auto reference = decide(scenarios::SearchMode::kReference, short_reference);
+    if (!reference) return Fail(reference.error());
+    const dynamics::SamplerConfig full = dynamics::ReferenceSampler();
+    const auto& bc = beam->first.counters;
+    const auto& rc = reference->first.counters;
+    const std::int64_t ref_forwards = rc.simulations * full.steps;
+    const double ref_wall = rc.search_seconds + double(rc.simulations) * (full.steps - 2) *
+                                                    one->denoiser_ms_per_step * 1e-3;
+    std::printf(
+        "compute per decision (B=%d, T=%d, horizons %d/%d):\n"
+        "  %-28s %12s %14s %16s %10s\n"
+        "  %-28s %12lld %14lld %16lld %10.1f\n"
+        "  %-28s %12lld %14lld %16lld %10.1f (projected)\n"
+        "  reference / beam: %.1fx denoiser forwards, %.1fx latent evaluations, %.1fx wall time\n",
+        spec->planner.beams, spec->planner.samples, spec->planner.drug_horizon,
+        spec->planner.embolic_horizon, "search", "simulations", "denoiser calls",
+        "latent evals", "wall s",
+        ("beam (" + std::to_string(m.sampler().steps) + "-step DDIM)").c_str(),
+        static_cast<long long>(bc.simulations), static_cast<long long>(beam->second.forwards),
+        static_cast<long long>(beam->second.sample_forwards), bc.search_seconds,
+        "reference (200 ancestral)", static_cast<long long>(rc.simulations),
+        static_cast<long long>(ref_forwards), static_cast<long long>(ref_forwards), ref_wall,
+        double(ref_forwards) / double(beam->second.forwards),
+        double(ref_forwards) / double(beam->second.sample_forwards),
+        ref_wall / bc.search_seconds);
+    out["decision"] = {
+        {"beam",
+         {{"simulations", bc.simulations},
+          {"denoiser_calls", beam->second.forwards},
+          {"latent_evaluations", beam->second.sample_forwards},
+          {"wall_s", bc.search_seconds},
+          {"plan", beam->first.best.plan.ToString()}}},
+        {"reference",
+         {{"simulations", rc.simulations},
+          {"denoiser_calls", ref_forwards},
+          {"latent_evaluations", ref_forwards},
+          {"wall_s_projected", ref_wall},
+          {"wall_s_measured_at_2_steps", rc.search_seconds}}},
+        {"forward_ratio", double(ref_forwards) / double(beam->second.forwards)},
+        {"latent_evaluation_ratio", double(ref_forwards) / double(beam->second.sample_forwards)},
+        {"wall_ratio", ref_wall / bc.search_seconds}};
+    if (!o->json_out.empty()) {
+      if (auto written = WriteFileAtomic(o->json_out, out.dump(2) + "\n"); !written) {
+        return Fail(written.error());
+      }
+    }
+    return 0;
+  };
+}
+
+}  // namespace mewm::cli
