@@ -170,46 +170,50 @@ Expected<CropChannels> ExtractChannels(const Volume& ct, const LabelVolume& mask
   return CropChannels{std::move(image), std::move(binary)};
 }
 
-DenseFloat BlendWeight(const DenseFloat& mask, double spacing_mm, double margin_mm) {
-  // Two passes of a separable box blur of radius r approximate a Gaussian of sigma ~ r*0.8;
-  // scaling by 3 and clamping makes the weight 1 out to about the margin.
-  const int r = std::max(1, int(std::lround(0.5 * margin_mm / spacing_mm)));
-  DenseFloat w = mask;
+namespace {
+
+/// Separable box blur of radius r (clamped at the edges), in place.
+void BoxBlur(DenseFloat& w, int r) {
   std::vector<float> line;
-  for (int pass = 0; pass < 2; ++pass) {
-    for (int axis = 0; axis < 3; ++axis) {
-      const std::int64_t n = w.dims[axis];
-      line.resize(std::size_t(n));
-      const int a1 = (axis + 1) % 3, a2 = (axis + 2) % 3;
-      for (std::int64_t u = 0; u < w.dims[a1]; ++u) {
-        for (std::int64_t v = 0; v < w.dims[a2]; ++v) {
-          std::int64_t idx[3];
-          idx[a1] = u;
-          idx[a2] = v;
-          for (std::int64_t x = 0; x < n; ++x) {
-            idx[axis] = x;
-            line[std::size_t(x)] = w.at(idx[0], idx[1], idx[2]);
-          }
-          double sum = 0.0;
-          std::int64_t count = 0;
-          for (std::int64_t x = -r; x < n + r; ++x) {
-            if (x + r < n) {
-              sum += line[std::size_t(x + r)];
-              ++count;
-            }
-            if (x - r - 1 >= 0) {
-              sum -= line[std::size_t(x - r - 1)];
-              --count;
-            }
-            if (x >= 0 && x < n) {
-              idx[axis] = x;
-              w.at(idx[0], idx[1], idx[2]) = float(sum / double(2 * r + 1));
-            }
-          }
+  for (int axis = 0; axis < 3; ++axis) {
+    const std::int64_t n = w.dims[axis];
+    line.resize(std::size_t(n));
+    const int a1 = (axis + 1) % 3, a2 = (axis + 2) % 3;
+    for (std::int64_t u = 0; u < w.dims[a1]; ++u) {
+      for (std::int64_t v = 0; v < w.dims[a2]; ++v) {
+        std::int64_t idx[3];
+        idx[a1] = u;
+        idx[a2] = v;
+        for (std::int64_t x = 0; x < n; ++x) {
+          idx[axis] = x;
+          line[std::size_t(x)] = w.at(idx[0], idx[1], idx[2]);
+        }
+        double sum = 0.0;
+        for (std::int64_t x = 0; x < std::min<std::int64_t>(r, n); ++x) sum += line[std::size_t(x)];
+        for (std::int64_t x = 0; x < n; ++x) {
+          if (x + r < n) sum += line[std::size_t(x + r)];
+          if (x - r - 1 >= 0) sum -= line[std::size_t(x - r - 1)];
+          idx[axis] = x;
+          w.at(idx[0], idx[1], idx[2]) = float(sum / double(2 * r + 1));
         }
       }
     }
   }
+}
+
+}  // namespace
+
+DenseFloat BlendWeight(const DenseFloat& mask, double spacing_mm, double margin_mm) {
+  // Dilate the mask by the margin (a box), then soften the edge over about 3 mm.
+  DenseFloat w = mask;
+  const int dilate = std::max(0, int(std::ceil(margin_mm / spacing_mm)));
+  if (dilate > 0) {
+    BoxBlur(w, dilate);
+    for (float& v : w.data) v = v > 1e-6f ? 1.0f : 0.0f;
+  }
+  const int soft = std::max(1, int(std::lround(1.5 / spacing_mm)));
+  BoxBlur(w, soft);
+  BoxBlur(w, soft);
   const std::int64_t border = 2;
   for (std::int64_t k = 0; k < w.dims[2]; ++k) {
     for (std::int64_t j = 0; j < w.dims[1]; ++j) {
@@ -218,7 +222,7 @@ DenseFloat BlendWeight(const DenseFloat& mask, double spacing_mm, double margin_
                                             w.dims[2] - 1 - k});
         const float taper = std::clamp(float(edge - border) / 4.0f, 0.0f, 1.0f);
         float& value = w.at(i, j, k);
-        value = std::max(std::clamp(3.0f * value, 0.0f, 1.0f), mask.at(i, j, k)) * taper;
+        value = std::max(value, mask.at(i, j, k)) * taper;
       }
     }
   }

@@ -158,7 +158,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
 
  private:
   static constexpr std::int64_t kMaxRows = 64;
-  static constexpr std::int64_t kDecodeRows = 8;
+  static constexpr std::int64_t kDecodeRows = 2;  // activations under the mmap threshold
 
   struct Crop {
     CropSpec spec;
@@ -297,10 +297,16 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
 Expected<std::unique_ptr<DiffusionDynamics>> CreateDiffusionDynamics(
     const DiffusionBackendOptions& options) {
   MEWM_RETURN_IF_ERROR(options.sampler.Validate());
-  MEWM_TRY(const DiffusionConfig expected, DiffusionConfig::Preset(options.config, options.actions));
   MEWM_TRY(const torch::Device device, torch_bridge::ResolveDevice(options.device));
-  torch_bridge::ConfigureThreads(options.threads);
   MEWM_TRY(const auto info, torch_bridge::ReadCheckpointInfo(options.model_path));
+  DiffusionConfig expected;
+  if (options.config.empty()) {
+    MEWM_TRY(expected, DiffusionConfig::FromJson(info.config_json, options.model_path));
+  } else {
+    MEWM_TRY(expected, DiffusionConfig::Preset(options.config, options.actions));
+  }
+  torch_bridge::ConfigureThreads(options.threads);
+  torch_bridge::KeepLargeBuffersInHeap();
   auto model =
       std::make_unique<DiffusionDynamicsImpl>(expected, options, device, info.metadata_json);
   MEWM_RETURN_IF_ERROR(

@@ -145,12 +145,13 @@ void CopyWeights(nets::DiffusionNet& to, nets::DiffusionNet& from) {
   for (auto& item : tb) item.value().copy_(fb[item.key()]);
 }
 
-/// Encodes every crop with the autoencoder's mean, in batches.
+/// Encodes every crop with the autoencoder's mean, two at a time (activations stay under glibc's
+/// mmap threshold, so their buffers are reused).
 torch::Tensor EncodeAll(nets::DiffusionNet& net, const torch::Tensor& crops) {
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> z;
-  for (std::int64_t b = 0; b < crops.size(0); b += 8) {
-    z.push_back(net->ae->Encode(crops.slice(0, b, std::min(crops.size(0), b + 8)).to(torch::kFloat))
+  for (std::int64_t b = 0; b < crops.size(0); b += 2) {
+    z.push_back(net->ae->Encode(crops.slice(0, b, std::min(crops.size(0), b + 2)).to(torch::kFloat))
                     .first);
   }
   return torch::cat(z);
@@ -173,6 +174,7 @@ Expected<DiffusionTrainReport> Train(
                      "within the crop");
   }
   torch_bridge::ConfigureThreads(o.threads);
+  torch_bridge::KeepLargeBuffersInHeap();
   torch::manual_seed(o.seed);
   MEWM_TRY(const Stacked data, Stack(train, o.config));
   MEWM_TRY(const Stacked val, Stack(validation.empty() ? train : validation, o.config));
@@ -195,7 +197,11 @@ Expected<DiffusionTrainReport> Train(
   const auto ae_validate = [&]() {
     torch::NoGradGuard no_grad;
     net->eval();
-    const torch::Tensor recon = net->ae->Decode(net->ae->Encode(val_crops).first);
+    std::vector<torch::Tensor> parts;
+    for (std::int64_t b = 0; b < val_crops.size(0); b += 2) {
+      parts.push_back(net->ae->Decode(net->ae->Encode(val_crops.slice(0, b, b + 2)).first));
+    }
+    const torch::Tensor recon = torch::cat(parts);
     net->train();
     const double l1 = torch::l1_loss(recon.slice(1, 0, 1), val_crops.slice(1, 0, 1)).item<double>();
     const torch::Tensor pm = recon.slice(1, 1, 2) > 0, tm = val_crops.slice(1, 1, 2) > 0;

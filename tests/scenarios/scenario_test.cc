@@ -6,6 +6,8 @@
 
 #include <fstream>
 
+#include "mewm/scenarios/dynamics_data.h"
+#include "mewm/scenarios/runner.h"
 #include "planning_fixture.h"
 
 namespace mewm::scenarios {
@@ -151,12 +153,48 @@ TEST_F(ScenarioTest, ManifestSourceNeedsAnExistingCsv) {
   EXPECT_EQ(ok->cohort.manifest, dir_.File("p.csv"));
 }
 
+TEST_F(ScenarioTest, DiffusionBackendReadsItsModelAndSampler) {
+  const std::string mech = "backend = \"mechanistic\"\ncalibration = \"models/calibration.json\"";
+  std::ofstream(dir_.File("models/diffusion.pt")) << "weights";
+  auto spec = Parse(Replace(Valid(), mech,
+                            "backend = \"diffusion\"\nmodel = \"models/diffusion.pt\"\n"
+                            "steps = 10\neta = 0.5\nguidance = 2.0"));
+  ASSERT_TRUE(spec) << spec.error().message;
+  EXPECT_EQ(spec->dynamics_backend, "diffusion");
+  EXPECT_EQ(spec->diffusion.model_path, dir_.File("models/diffusion.pt"));
+  EXPECT_EQ(spec->diffusion.config, "cpu");
+  EXPECT_EQ(spec->diffusion.sampler.steps, 10);
+  EXPECT_EQ(spec->diffusion.sampler.eta, 0.5);
+  EXPECT_EQ(spec->diffusion.sampler.guidance, 2.0);
+  // Mechanistic keys do not belong to the diffusion backend, and bad values are named.
+  auto wrong = Parse(Replace(Valid(), mech,
+                             "backend = \"diffusion\"\nmodel = \"models/diffusion.pt\"\n"
+                             "calibration = \"models/calibration.json\"\nsteps = 0\n"
+                             "config = \"gpu\""));
+  ASSERT_FALSE(wrong);
+  EXPECT_NE(wrong.error().message.find("calibration"), std::string::npos);
+  EXPECT_NE(wrong.error().message.find("steps"), std::string::npos);
+  EXPECT_NE(wrong.error().message.find("gpu"), std::string::npos);
+  // A binary without the torch backend says so instead of running something else.
+  auto loaded = LoadDynamics(*spec);
+  ASSERT_FALSE(loaded);
+  EXPECT_EQ(loaded.error().code, ErrorCode::kUnsupported);
+}
+
 TEST_F(ScenarioTest, ShippedScenariosAreValid) {
-  for (const char* name : {"tace_demo", "tace_cohort_eval"}) {
+  for (const char* name : {"tace_demo", "tace_cohort_eval", "tace_cohort_eval_diffusion"}) {
     auto spec =
         LoadScenario(std::string(MEWM_SOURCE_DIR) + "/scenarios/" + name + "/scenario.toml");
     EXPECT_TRUE(spec) << name << ": " << spec.error().message;
   }
+}
+
+TEST(SpearmanTest, RanksWithTiesAndRefusesConstantSides) {
+  EXPECT_DOUBLE_EQ(Spearman({1, 2, 3, 4}, {10, 20, 30, 40}), 1.0);
+  EXPECT_DOUBLE_EQ(Spearman({1, 2, 3, 4}, {4, 3, 2, 1}), -1.0);
+  EXPECT_NEAR(Spearman({1, 2, 2, 3}, {1, 2, 3, 4}), 0.9487, 1e-4);
+  EXPECT_TRUE(std::isnan(Spearman({1, 1, 1}, {1, 2, 3})));
+  EXPECT_TRUE(std::isnan(Spearman({1, 2}, {1, 2, 3})));
 }
 
 }  // namespace

@@ -5,6 +5,8 @@
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <malloc.h>
+
 #include <thread>
 
 #include "mewm/core/file_util.h"
@@ -108,6 +110,11 @@ Expected<torch::Device> ResolveDevice(const std::string& text) {
 void ConfigureThreads(int threads) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(threads);
+}
+
+void KeepLargeBuffersInHeap() {
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's maximum on 64-bit
+  mallopt(M_TRIM_THRESHOLD, 512 << 20);
 }
 
 torch::Tensor ToTensor(const DenseFloat& dense, const torch::Device& device) {

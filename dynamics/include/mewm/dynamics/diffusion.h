@@ -87,7 +87,7 @@ DenseFloat BlendWeight(const DenseFloat& mask, double spacing_mm, double margin_
 /// Where the backend runs and how it samples.
 struct DiffusionBackendOptions {
   std::string model_path;        ///< checkpoint written by `mewm train dynamics`
-  std::string config = "cpu";    ///< preset the checkpoint must match
+  std::string config = "cpu";    ///< preset the checkpoint must match; "" = the one it records
   SamplerConfig sampler;
   std::string device = "cpu";    ///< "cpu", "cuda" or "cuda:N"
   int threads = 0;               ///< libtorch intra-op threads; 0 = all cores

@@ -1,0 +1,314 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// The diffusion dynamics: configs, crops, a real (tiny) training run, the backend's contract
+// (conditioning, determinism, batching) and its errors. diffusion_shipped_test.cc checks the
+// shipped checkpoint.
+#include "mewm/dynamics/diffusion.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "../core/test_env.h"
+#include "mewm/core/file_util.h"
+#include "mewm/core/seed.h"
+
+namespace mewm::dynamics {
+namespace {
+
+namespace fs = std::filesystem;
+
+Plan P(const std::string& text) { return *ActionBase::Default().ParsePlan(text); }
+
+/// A small config that trains in seconds: 16^3 crops at 3 mm.
+DiffusionConfig Tiny() {
+  DiffusionConfig c = *DiffusionConfig::Preset("cpu", ActionBase::Default());
+  c.name = "tiny";
+  c.crop_voxels = 16;
+  c.spacing_mm = 3.0;
+  c.latent_channels = 4;
+  c.ae_channels = {4, 8, 8};
+  c.unet_channels = {8, 8};
+  c.embed_dim = 16;
+  c.train_timesteps = 50;
+  return c;
+}
+
+/// A 48 mm cube of liver with spherical tumors of `radius` mm at `centres` (lesion k = label k+1).
+PatientCase Phantom(const std::vector<Eigen::Vector3d>& centres, double radius = 9.0,
+                    double tumor_hu = 100.0) {
+  const Geometry g = Geometry::Isotropic(1.5, {-60, -60, -60});
+  DenseFloat ct({80, 80, 80}, g, 55.0f);
+  DenseLabel tumor({80, 80, 80}, g, 0);
+  for (int k = 0; k < 80; ++k)
+    for (int j = 0; j < 80; ++j)
+      for (int i = 0; i < 80; ++i) {
+        const Eigen::Vector3d w = g.IndexToWorld({double(i), double(j), double(k)});
+        for (std::size_t c = 0; c < centres.size(); ++c) {
+          if ((w - centres[c]).norm() < radius) {
+            tumor.at(i, j, k) = std::int32_t(c + 1);
+            ct.at(i, j, k) = float(tumor_hu);
+          }
+        }
+      }
+  PatientCase p{"D1", *Volume::FromDense(ct, "ct"), *LabelVolume::FromDense(tumor, "tumor"),
+                std::nullopt, Covariates{}};
+  p.covariates.age_years = 60;
+  return p;
+}
+
+/// Training pairs where the post-treatment tumor shrinks more with an embolic than with a drug:
+/// a learnable, plan-dependent response.
+std::vector<DiffusionPair> Pairs(const DiffusionConfig& config) {
+  std::vector<DiffusionPair> pairs;
+  for (int n = 0; n < 6; ++n) {
+    const PatientCase pre = Phantom({{double(n % 3) * 3.0, 0, 0}}, 8.0 + n);
+    const CropSpec spec = LesionCrops(pre, config)->front();
+    for (const auto& [plan, kept] : std::vector<std::pair<std::string, double>>{
+             {"Lipiodol+Epirubicin", 0.8}, {"Lipiodol+PVA", 0.3}}) {
+      const PatientCase post = Phantom({{double(n % 3) * 3.0, 0, 0}}, (8.0 + n) * kept, 20.0);
+      pairs.push_back({pre.id, P(plan), *ExtractChannels(pre.ct, pre.tumor, spec, config.window),
+                       *ExtractChannels(post.ct, post.tumor, spec, config.window)});
+    }
+  }
+  return pairs;
+}
+
+class DiffusionTest : public testing::VdbTest {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new testing::TempDir();
+    DiffusionTrainOptions o;
+    o.config = Tiny();
+    o.seed = 5;
+    o.ae_steps = 30;
+    o.ae_batch = 4;
+    o.ae_patch = 16;
+    o.denoiser_steps = 30;
+    o.denoiser_batch = 4;
+    o.validate_every = 10;
+    o.threads = 1;
+    o.out = (dir_->path() / "tiny.pt").string();
+    o.metadata_json = R"({"command":"test"})";
+    auto pairs = Pairs(o.config);
+    auto report = TrainDiffusion(pairs, {}, o, {});
+    ASSERT_TRUE(report) << report.error().ToString();
+    model_path_ = new std::string(o.out);
+  }
+  static void TearDownTestSuite() {
+    delete dir_;
+    delete model_path_;
+  }
+  static DiffusionBackendOptions Options() {
+    DiffusionBackendOptions o;
+    o.model_path = *model_path_;
+    o.config = "";  // the tiny config it records
+    o.sampler.steps = 4;
+    o.threads = 1;
+    return o;
+  }
+  static std::unique_ptr<DiffusionDynamics> Model() {
+    auto m = CreateDiffusionDynamics(Options());
+    EXPECT_TRUE(m) << m.error().ToString();
+    return m ? std::move(*m) : nullptr;
+  }
+  static testing::TempDir* dir_;
+  static std::string* model_path_;
+};
+testing::TempDir* DiffusionTest::dir_ = nullptr;
+std::string* DiffusionTest::model_path_ = nullptr;
+
+TEST_F(DiffusionTest, ConfigRoundTripsAndRejectsBadValues) {
+  const DiffusionConfig c = *DiffusionConfig::Preset("mewm", ActionBase::Default());
+  EXPECT_EQ(c.crop_voxels, 96);
+  EXPECT_EQ(c.latent_voxels(), 24);
+  auto back = DiffusionConfig::FromJson(c.ToJson(), "test");
+  ASSERT_TRUE(back) << back.error().ToString();
+  EXPECT_EQ(back->ToJson(), c.ToJson());
+  EXPECT_EQ(DiffusionConfig::Preset("huge", ActionBase::Default()).error().code,
+            ErrorCode::kInvalidArgument);
+  DiffusionConfig bad = c;
+  bad.crop_voxels = 30;
+  EXPECT_FALSE(bad.Validate());
+  bad = c;
+  bad.items.push_back(bad.items.front());
+  EXPECT_FALSE(bad.Validate());
+  EXPECT_EQ(DiffusionConfig::FromJson("{\"name\":1}", "x.json").error().code, ErrorCode::kParse);
+  EXPECT_FALSE((SamplerConfig{0, 0.0, 1.0}.Validate()));
+  EXPECT_FALSE((SamplerConfig{10, 1.5, 1.0}.Validate()));
+  EXPECT_EQ(ReferenceSampler().steps, 200);
+}
+
+TEST_F(DiffusionTest, CropsCoverEveryLesionAndWeightsFadeAwayFromTheTumor) {
+  const DiffusionConfig c = *DiffusionConfig::Preset("cpu", ActionBase::Default());
+  // Two lesions 24 mm apart share one 96 mm crop; one 90 mm away gets its own.
+  EXPECT_EQ(LesionCrops(Phantom({{-12, 0, 0}, {12, 0, 0}}), c)->size(), 1u);
+  EXPECT_EQ(LesionCrops(Phantom({{-45, 0, 0}, {45, 0, 0}}), c)->size(), 2u);
+  PatientCase empty = Phantom({});
+  EXPECT_EQ(LesionCrops(empty, c).error().code, ErrorCode::kInvalidArgument);
+
+  const PatientCase p = Phantom({{0, 0, 0}});
+  const CropSpec spec = LesionCrops(p, c)->front();
+  auto ch = ExtractChannels(p.ct, p.tumor, spec, c.window);
+  ASSERT_TRUE(ch) << ch.error().ToString();
+  EXPECT_EQ(ch->ct.dims, (Index3{64, 64, 64}));
+  EXPECT_FLOAT_EQ(ch->mask.at(32, 32, 32), 1.0f);
+  EXPECT_NEAR(ch->ct.at(32, 32, 32), c.window.ToUnit(100.0f), 1e-4);
+  const DenseFloat w = BlendWeight(ch->mask, c.spacing_mm, 6.0);
+  EXPECT_FLOAT_EQ(w.at(32, 32, 32), 1.0f);  // tumor
+  EXPECT_GT(w.at(32, 32, 39), 0.85f);       // 11 mm from the centre, 2 mm outside the tumor
+  EXPECT_FLOAT_EQ(w.at(0, 32, 32), 0.0f);   // crop border
+  EXPECT_LT(w.at(32, 32, 58), 0.05f);       // 39 mm out
+}
+
+TEST_F(DiffusionTest, PlansConditionTheOutcomeAndSeedsMakeItReproducible) {
+  auto model = Model();
+  ASSERT_TRUE(model);
+  const PatientCase p = Phantom({{0, 0, 0}});
+  const SimulationRequest a{P("Lipiodol+Epirubicin"), 0, 42, 0};
+  const SimulationRequest b{P("Lipiodol+PVA"), 0, 42, 0};
+  auto both = model->Simulate(p, {a, b});
+  ASSERT_TRUE(both) << both.error().ToString();
+  ASSERT_EQ(both->size(), 2u);
+  for (const Outcome& o : *both) {
+    EXPECT_TRUE(CheckOutcome(o, o.plan == a.plan ? a : b, p));
+    ASSERT_TRUE(o.viable_fraction.has_value());
+  }
+  // Same noise, different plan: a different outcome (the plan reaches the generator).
+  const DenseFloat ca = (*both)[0].post_ct.ToDense(), cb = (*both)[1].post_ct.ToDense();
+  double diff = 0.0;
+  for (std::size_t x = 0; x < ca.size(); ++x) diff += std::abs(ca.data[x] - cb.data[x]);
+  EXPECT_GT(diff, 1.0);
+  // An outcome depends on its request alone, not on its batch.
+  auto alone = model->Simulate(p, {a});
+  ASSERT_TRUE(alone);
+  const DenseFloat c1 = (*alone)[0].post_ct.ToDense();
+  double max_diff = 0.0;
+  for (std::size_t x = 0; x < ca.size(); ++x) {
+    max_diff = std::max(max_diff, double(std::abs(ca.data[x] - c1.data[x])));
+  }
+  EXPECT_LT(max_diff, 0.5);  // HU: float noise of a different batch size only
+  // Away from the tumor the CT is untouched.
+  EXPECT_FLOAT_EQ((*both)[0].post_ct.GetValue(2, 2, 2), p.ct.GetValue(2, 2, 2));
+  // Counters: one encode for the patient, one forward per step, one embedding per plan.
+  const DiffusionCounters k = model->counters();
+  EXPECT_EQ(k.encodes, 1);
+  EXPECT_EQ(k.forwards, 8);
+  EXPECT_EQ(k.sample_forwards, 12);
+  EXPECT_EQ(k.plan_embeddings, 3);
+  EXPECT_EQ(model->evaluations(), 8);
+  EXPECT_GT(k.denoiser_gflop, 0.0);
+}
+
+TEST_F(DiffusionTest, GuidanceBatchesTheNullPlanIntoTheSameForward) {
+  DiffusionBackendOptions o = Options();
+  o.sampler.guidance = 3.0;
+  auto model = CreateDiffusionDynamics(o);
+  ASSERT_TRUE(model);
+  auto out = (*model)->Simulate(Phantom({{0, 0, 0}}), {{P("Lipiodol+PVA"), 0, 1, 0}});
+  ASSERT_TRUE(out) << out.error().ToString();
+  EXPECT_EQ((*model)->counters().forwards, 4);
+  EXPECT_EQ((*model)->counters().sample_forwards, 8);
+}
+
+TEST_F(DiffusionTest, BadInputGivesClearErrors) {
+  auto model = Model();
+  ASSERT_TRUE(model);
+  const PatientCase p = Phantom({{0, 0, 0}});
+  // An item outside the vocabulary.
+  auto unknown = model->Simulate(p, {{Plan({"Lipiodol", "Unobtainium"}), 0, 1, 0}});
+  ASSERT_FALSE(unknown);
+  EXPECT_EQ(unknown.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(unknown.error().message.find("Unobtainium"), std::string::npos);
+  // NaN in the CT.
+  PatientCase nan = Phantom({{0, 0, 0}});
+  nan.id = "NaN";
+  nan.ct.SetValue(40, 40, 40, std::nanf(""));
+  auto bad = model->Simulate(nan, {{P("Lipiodol"), 0, 1, 0}});
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(bad.error().message.find("NaN"), std::string::npos);
+  // A mask on another lattice.
+  PatientCase shifted = Phantom({{0, 0, 0}});
+  shifted.id = "shifted";
+  Geometry g = shifted.tumor.geometry();
+  g.origin += Eigen::Vector3d(0.5, 0, 0);
+  ASSERT_TRUE(shifted.tumor.SetGeometry(g));
+  auto mismatch = model->Simulate(shifted, {{P("Lipiodol"), 0, 1, 0}});
+  ASSERT_FALSE(mismatch);
+  EXPECT_EQ(mismatch.error().code, ErrorCode::kMismatch);
+  // A checkpoint for another config.
+  DiffusionBackendOptions o = Options();
+  o.config = "cpu";
+  auto other = CreateDiffusionDynamics(o);
+  ASSERT_FALSE(other);
+  EXPECT_EQ(other.error().code, ErrorCode::kMismatch);
+  EXPECT_NE(other.error().message.find("crop_voxels"), std::string::npos);
+  // Missing and corrupt files.
+  o = Options();
+  o.model_path = (dir_->path() / "missing.pt").string();
+  EXPECT_EQ(CreateDiffusionDynamics(o).error().code, ErrorCode::kNotFound);
+  o.model_path = (dir_->path() / "corrupt.pt").string();
+  ASSERT_TRUE(WriteFileAtomic(o.model_path, "not a checkpoint"));
+  EXPECT_EQ(CreateDiffusionDynamics(o).error().code, ErrorCode::kCorruptData);
+  // Training data of the wrong size.
+  DiffusionTrainOptions t;
+  t.config = *DiffusionConfig::Preset("cpu", ActionBase::Default());
+  EXPECT_EQ(TrainDiffusion(Pairs(Tiny()), {}, t, {}).error().code, ErrorCode::kMismatch);
+}
+
+TEST_F(DiffusionTest, TrainingResumesFromItsState) {
+  DiffusionTrainOptions o;
+  o.config = Tiny();
+  o.seed = 9;
+  o.ae_steps = 4;
+  o.ae_batch = 2;
+  o.ae_patch = 16;
+  o.denoiser_steps = 4;
+  o.denoiser_batch = 2;
+  o.validate_every = 2;
+  o.threads = 1;
+  o.state_dir = (dir_->path() / "state").string();
+  o.out = (dir_->path() / "resumed.pt").string();
+  const auto pairs = Pairs(o.config);
+  auto first = TrainDiffusion(pairs, {}, o, {});
+  ASSERT_TRUE(first) << first.error().ToString();
+  EXPECT_EQ(first->resumed_from_step, 0);
+  o.denoiser_steps = 6;  // continue the same run for two more steps
+  int steps_seen = 0;
+  auto second = TrainDiffusion(pairs, {}, o, [&](const DiffusionTrainProgress&) { ++steps_seen; });
+  ASSERT_TRUE(second) << second.error().ToString();
+  EXPECT_EQ(second->resumed_from_step, 8);
+  EXPECT_EQ(steps_seen, 2);
+  EXPECT_TRUE(fs::exists(o.out));
+}
+
+TEST_F(DiffusionTest, MachineTuringTestSeparatesDifferentCropsOnly) {
+  Rng rng(3);
+  const Geometry g = Geometry::Isotropic(1.0);
+  const auto noise = [&](float offset) {
+    DenseFloat d({16, 16, 16}, g, 0.0f);
+    for (float& v : d.data) v = float(0.2 * rng.Normal()) + offset;
+    return d;
+  };
+  std::vector<DenseFloat> real, same, shifted;
+  for (int n = 0; n < 24; ++n) {
+    real.push_back(noise(0.0f));
+    same.push_back(noise(0.0f));
+    shifted.push_back(noise(0.5f));
+  }
+  auto separable = MachineTuringTest(real, shifted, 3, 1, 1);
+  ASSERT_TRUE(separable) << separable.error().ToString();
+  EXPECT_GT(separable->auc, 0.9);
+  auto alike = MachineTuringTest(real, same, 3, 1, 1);
+  ASSERT_TRUE(alike);
+  EXPECT_LT(alike->ci_low, 0.5);
+  EXPECT_GT(alike->ci_high, 0.5);
+  EXPECT_EQ(MachineTuringTest(real, {}, 3, 1).error().code, ErrorCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace mewm::dynamics
