@@ -272,7 +272,9 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     MEWM_TRY(DenseFloat fraction, torch_bridge::FromTensor(decoded[1], crop.geometry));
     DenseLabel labels(fraction.dims, fraction.geometry, 0);
     for (std::size_t x = 0; x < fraction.size(); ++x) {
-      fraction.data[x] = std::clamp(0.5f * (fraction.data[x] + 1.0f), 0.0f, 1.0f);
+      // The mask channel is trained on {-1, 1}: map [-0.5, 0.5] to [0, 1] so that the decoder's
+      // small residuals away from the tumor do not add up to millilitres of phantom tumor.
+      fraction.data[x] = std::clamp(0.5f + fraction.data[x], 0.0f, 1.0f);
       labels.data[x] = fraction.data[x] >= 0.5f ? 1 : 0;
     }
     MEWM_RETURN_IF_ERROR(PasteCrop(outcome.post_ct, *ct, crop.weight));

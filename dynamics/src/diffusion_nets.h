@@ -121,6 +121,13 @@ class AutoencoderImpl : public torch::nn::Module {
     enc_rb2 = register_module("enc_rb2", ResBlock(c2, c2, 0));
     enc_norm = register_module("enc_norm", Norm(c2));
     enc_out = register_module("enc_out", Conv3d(c2, 2 * latent, 1));
+    {
+      // Start the posterior narrow (std ~0.02): with unit noise at the start the decoder learns
+      // to ignore the latent's detail and the reconstruction plateaus smooth (measured: a
+      // +450 HU Lipiodol deposit came back at liver intensity).
+      torch::NoGradGuard no_grad;
+      enc_out->bias.slice(0, latent, 2 * latent).fill_(-8.0);
+    }
     dec_in = register_module("dec_in", Conv3d(latent, c2, 3));
     dec_rb2 = register_module("dec_rb2", ResBlock(c2, c2, 0));
     dec_up1 = register_module("dec_up1", Conv3d(c2, c1, 3));

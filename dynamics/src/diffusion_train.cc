@@ -68,10 +68,13 @@ Expected<Stacked> Stack(const std::vector<DiffusionPair>& pairs, const Diffusion
 /// Reconstruction loss of the autoencoder: L1 per channel (mask weighted 2x), an L1 on the CT's
 /// finite differences (edges), and the KL term.
 torch::Tensor AeLoss(const torch::Tensor& x, const torch::Tensor& recon, const torch::Tensor& mean,
-                     const torch::Tensor& logvar, const DiffusionTrainOptions& o) {
+                     const torch::Tensor& logvar, const torch::Tensor& region,
+                     const DiffusionTrainOptions& o) {
   const torch::Tensor ct = x.slice(1, 0, 1), rct = recon.slice(1, 0, 1);
-  torch::Tensor loss = torch::l1_loss(rct, ct) + 2.0 * torch::l1_loss(recon.slice(1, 1, 2),
-                                                                        x.slice(1, 1, 2));
+  // The tumor's neighbourhood (where treatment changes the image) weighs 5x.
+  const torch::Tensor weight = 1.0 + 4.0 * region;
+  torch::Tensor loss = ((rct - ct).abs() * weight).mean() / weight.mean() +
+                       2.0 * torch::l1_loss(recon.slice(1, 1, 2), x.slice(1, 1, 2));
   if (o.edge_weight > 0.0) {
     for (int axis = 2; axis < 5; ++axis) {
       const std::int64_t n = x.size(axis);
@@ -193,6 +196,10 @@ Expected<DiffusionTrainReport> Train(
 
   // ---- Autoencoder on random patches of pre and post crops ----
   const torch::Tensor all_crops = torch::cat({data.pre, data.post});
+  // Pre-treatment tumor mask dilated by 2 voxels, for both halves of all_crops.
+  const torch::Tensor pre_region = torch::max_pool3d(
+      data.pre.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5), 5, 1, 2).to(torch::kHalf);
+  const torch::Tensor all_regions = torch::cat({pre_region, pre_region});
   const torch::Tensor val_crops = torch::cat({val.pre, val.post}).slice(0, 0, 16).to(torch::kFloat);
   const auto ae_validate = [&]() {
     torch::NoGradGuard no_grad;
@@ -218,10 +225,15 @@ Expected<DiffusionTrainReport> Train(
       auto gen = Rng(o.seed, {1, std::uint64_t(step)});
       const torch::Tensor idx = RandomIndex(all_crops.size(0), o.ae_batch, gen);
       torch::Tensor x = all_crops.index_select(0, idx).to(torch::kFloat);
+      torch::Tensor region = all_regions.index_select(0, idx).to(torch::kFloat);
       if (patch < crop) {
         const auto off = torch::randint(crop - patch + 1, {3}, gen, torch::kLong);
         const auto a = off.accessor<std::int64_t, 1>();
-        x = x.slice(2, a[0], a[0] + patch).slice(3, a[1], a[1] + patch).slice(4, a[2], a[2] + patch);
+        const auto cut = [&](const torch::Tensor& t) {
+          return t.slice(2, a[0], a[0] + patch).slice(3, a[1], a[1] + patch).slice(4, a[2], a[2] + patch);
+        };
+        x = cut(x);
+        region = cut(region);
       }
       const double lr = o.ae_lr * 0.5 * (1.0 + std::cos(M_PI * step / o.ae_steps));
       for (auto& group : optimizer.param_groups()) {
@@ -230,7 +242,7 @@ Expected<DiffusionTrainReport> Train(
       auto [mean, logvar] = net->ae->Encode(x);
       const torch::Tensor z =
           mean + torch::exp(0.5 * logvar) * torch::randn(mean.sizes(), gen);
-      const torch::Tensor loss = AeLoss(x, net->ae->Decode(z), mean, logvar, o);
+      const torch::Tensor loss = AeLoss(x, net->ae->Decode(z), mean, logvar, region, o);
       optimizer.zero_grad();
       loss.backward();
       optimizer.step();
