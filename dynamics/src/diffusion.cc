@@ -2,14 +2,14 @@
 // SPDX-FileCopyrightText: the mewm authors
 //
 // The torch-free half of the diffusion backend: configs, lesion crops, paste weights, registry.
+#include "mewm/dynamics/diffusion.h"
+
 #include <algorithm>
 #include <cmath>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
-
-#include "mewm/dynamics/diffusion.h"
 
 namespace mewm::dynamics {
 namespace {
@@ -153,9 +153,9 @@ Expected<std::vector<CropSpec>> LesionCrops(const PatientCase& patient,
 Expected<CropChannels> ExtractChannels(const Volume& ct, const LabelVolume& mask,
                                        const CropSpec& spec, const HuWindow& window) {
   if (!ct.geometry().ApproxEquals(mask.geometry()) || ct.extent() != mask.extent()) {
-    return MakeError(ErrorCode::kMismatch,
-                     "the mask's lattice (" + mask.geometry().ToString() +
-                         ") differs from the CT's (" + ct.geometry().ToString() + ")");
+    return MakeError(ErrorCode::kMismatch, "the mask's lattice (" + mask.geometry().ToString() +
+                                               ") differs from the CT's (" +
+                                               ct.geometry().ToString() + ")");
   }
   MEWM_TRY(DenseFloat image, ExtractCrop(ct, spec));
   for (float v : image.data) {
@@ -218,8 +218,8 @@ DenseFloat BlendWeight(const DenseFloat& mask, double spacing_mm, double margin_
   for (std::int64_t k = 0; k < w.dims[2]; ++k) {
     for (std::int64_t j = 0; j < w.dims[1]; ++j) {
       for (std::int64_t i = 0; i < w.dims[0]; ++i) {
-        const std::int64_t edge = std::min({i, j, k, w.dims[0] - 1 - i, w.dims[1] - 1 - j,
-                                            w.dims[2] - 1 - k});
+        const std::int64_t edge =
+            std::min({i, j, k, w.dims[0] - 1 - i, w.dims[1] - 1 - j, w.dims[2] - 1 - k});
         const float taper = std::clamp(float(edge - border) / 4.0f, 0.0f, 1.0f);
         float& value = w.at(i, j, k);
         value = std::max(value, mask.at(i, j, k)) * taper;

@@ -150,8 +150,8 @@ class AutoencoderImpl : public torch::nn::Module {
     h = torch::silu(dec_norm(dec_up0(Upsample2(h))));
     return dec_out(h);
   }
-  Conv3d enc_in{nullptr}, enc_down1{nullptr}, enc_down2{nullptr}, enc_out{nullptr},
-      dec_in{nullptr}, dec_up1{nullptr}, dec_up0{nullptr}, dec_out{nullptr};
+  Conv3d enc_in{nullptr}, enc_down1{nullptr}, enc_down2{nullptr}, enc_out{nullptr}, dec_in{nullptr},
+      dec_up1{nullptr}, dec_up0{nullptr}, dec_out{nullptr};
   ResBlock enc_rb1{nullptr}, enc_rb2{nullptr}, dec_rb2{nullptr}, dec_rb1{nullptr};
   torch::nn::GroupNorm enc_norm{nullptr}, dec_norm{nullptr};
 };
@@ -197,10 +197,9 @@ class DenoiserImpl : public torch::nn::Module {
   }
   /// x: [N, latent] noisy delta; context: [N, latent + 1] (pre latent, mask); t: [N] float
   /// timesteps; plan: [N, embed] plan embeddings (or the null plan).
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context, const torch::Tensor& t,
-                        const torch::Tensor& plan) {
-    const torch::Tensor cond =
-        time2(torch::silu(time1(TimestepEmbedding(t, embed_dim_)))) + plan;
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context,
+                        const torch::Tensor& t, const torch::Tensor& plan) {
+    const torch::Tensor cond = time2(torch::silu(time1(TimestepEmbedding(t, embed_dim_)))) + plan;
     torch::Tensor h0 = rb_in(conv_in(torch::cat({x, context}, 1)), cond);
     torch::Tensor h = rb_down(down(h0), cond);
     h = rb_mid(h, cond);

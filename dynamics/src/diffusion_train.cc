@@ -51,10 +51,10 @@ Expected<Stacked> Stack(const std::vector<DiffusionPair>& pairs, const Diffusion
   for (const DiffusionPair& p : pairs) {
     for (const CropChannels* c : {&p.pre, &p.post}) {
       if (c->ct.dims != want || c->mask.dims != want) {
-        return MakeError(ErrorCode::kMismatch,
-                         "training crop of patient '" + p.patient + "' is not " +
-                             std::to_string(config.crop_voxels) + "^3 (config '" + config.name +
-                             "')");
+        return MakeError(ErrorCode::kMismatch, "training crop of patient '" + p.patient +
+                                                   "' is not " +
+                                                   std::to_string(config.crop_voxels) +
+                                                   "^3 (config '" + config.name + "')");
       }
     }
     pre.push_back(nets::ChannelsToTensor(p.pre).to(torch::kHalf));
@@ -124,9 +124,9 @@ Expected<TrainState> LoadState(const std::string& dir, nets::DiffusionNet& net,
     torch::load(net, dir + "/net.pt");
     torch::load(ema, dir + "/ema.pt");
   } catch (const std::exception& e) {
-    return MakeError(ErrorCode::kCorruptData,
-                     "training state in '" + dir + "' is unreadable: " + e.what() +
-                         " (delete the folder to start afresh)");
+    return MakeError(ErrorCode::kCorruptData, "training state in '" + dir +
+                                                  "' is unreadable: " + e.what() +
+                                                  " (delete the folder to start afresh)");
   }
   return state;
 }
@@ -154,8 +154,8 @@ torch::Tensor EncodeAll(nets::DiffusionNet& net, const torch::Tensor& crops) {
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> z;
   for (std::int64_t b = 0; b < crops.size(0); b += 2) {
-    z.push_back(net->ae->Encode(crops.slice(0, b, std::min(crops.size(0), b + 2)).to(torch::kFloat))
-                    .first);
+    z.push_back(
+        net->ae->Encode(crops.slice(0, b, std::min(crops.size(0), b + 2)).to(torch::kFloat)).first);
   }
   return torch::cat(z);
 }
@@ -197,8 +197,9 @@ Expected<DiffusionTrainReport> Train(
   // ---- Autoencoder on random patches of pre and post crops ----
   const torch::Tensor all_crops = torch::cat({data.pre, data.post});
   // Pre-treatment tumor mask dilated by 2 voxels, for both halves of all_crops.
-  const torch::Tensor pre_region = torch::max_pool3d(
-      data.pre.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5), 5, 1, 2).to(torch::kHalf);
+  const torch::Tensor pre_region =
+      torch::max_pool3d(data.pre.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5), 5, 1, 2)
+          .to(torch::kHalf);
   const torch::Tensor all_regions = torch::cat({pre_region, pre_region});
   const torch::Tensor val_crops = torch::cat({val.pre, val.post}).slice(0, 0, 16).to(torch::kFloat);
   const auto ae_validate = [&]() {
@@ -213,7 +214,8 @@ Expected<DiffusionTrainReport> Train(
     const double l1 = torch::l1_loss(recon.slice(1, 0, 1), val_crops.slice(1, 0, 1)).item<double>();
     const torch::Tensor pm = recon.slice(1, 1, 2) > 0, tm = val_crops.slice(1, 1, 2) > 0;
     const double inter = (pm & tm).sum().item<double>();
-    const double dice = 2.0 * inter / std::max(1.0, pm.sum().item<double>() + tm.sum().item<double>());
+    const double dice =
+        2.0 * inter / std::max(1.0, pm.sum().item<double>() + tm.sum().item<double>());
     return std::make_pair(l1, dice);
   };
   if (state.stage == "autoencoder") {
@@ -230,7 +232,9 @@ Expected<DiffusionTrainReport> Train(
         const auto off = torch::randint(crop - patch + 1, {3}, gen, torch::kLong);
         const auto a = off.accessor<std::int64_t, 1>();
         const auto cut = [&](const torch::Tensor& t) {
-          return t.slice(2, a[0], a[0] + patch).slice(3, a[1], a[1] + patch).slice(4, a[2], a[2] + patch);
+          return t.slice(2, a[0], a[0] + patch)
+              .slice(3, a[1], a[1] + patch)
+              .slice(4, a[2], a[2] + patch);
         };
         x = cut(x);
         region = cut(region);
@@ -240,8 +244,7 @@ Expected<DiffusionTrainReport> Train(
         static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
       }
       auto [mean, logvar] = net->ae->Encode(x);
-      const torch::Tensor z =
-          mean + torch::exp(0.5 * logvar) * torch::randn(mean.sizes(), gen);
+      const torch::Tensor z = mean + torch::exp(0.5 * logvar) * torch::randn(mean.sizes(), gen);
       const torch::Tensor loss = AeLoss(x, net->ae->Decode(z), mean, logvar, region, o);
       optimizer.zero_grad();
       loss.backward();
@@ -250,7 +253,8 @@ Expected<DiffusionTrainReport> Train(
       if ((step + 1) % o.validate_every == 0 || step + 1 == o.ae_steps) {
         p.val_loss = ae_validate().first;
         if (!o.state_dir.empty()) {
-          MEWM_RETURN_IF_ERROR(SaveState(o.state_dir, {"autoencoder", step + 1}, net, ema, optimizer));
+          MEWM_RETURN_IF_ERROR(
+              SaveState(o.state_dir, {"autoencoder", step + 1}, net, ema, optimizer));
         }
       }
       report(p);
@@ -276,7 +280,8 @@ Expected<DiffusionTrainReport> Train(
   const torch::Tensor vz_pre = EncodeAll(net, val.pre), vz_post = EncodeAll(net, val.post);
   const torch::Tensor vdelta = (vz_post - vz_pre) * scale;
   const torch::Tensor vcontext = torch::cat(
-      {vz_pre, torch::avg_pool3d(val.pre.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5), 4)}, 1);
+      {vz_pre, torch::avg_pool3d(val.pre.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5), 4)},
+      1);
   const std::vector<double> alpha_bar = nets::CosineAlphaBar(o.config.train_timesteps);
   const torch::Tensor ab = torch::tensor(alpha_bar, torch::kDouble).to(torch::kFloat);
 
@@ -322,7 +327,8 @@ Expected<DiffusionTrainReport> Train(
       auto gen = Rng(o.seed, {2, std::uint64_t(step)});
       const torch::Tensor idx = RandomIndex(delta.size(0), o.denoiser_batch, gen);
       const double warm = std::min(1.0, double(step + 1) / 100.0);
-      const double lr = o.denoiser_lr * warm * 0.5 * (1.0 + std::cos(M_PI * step / o.denoiser_steps));
+      const double lr =
+          o.denoiser_lr * warm * 0.5 * (1.0 + std::cos(M_PI * step / o.denoiser_steps));
       for (auto& group : optimizer.param_groups()) {
         static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
       }
@@ -355,8 +361,8 @@ Expected<DiffusionTrainReport> Train(
   result.denoiser_val_loss = denoiser_validate(ema);
   result.seconds = Seconds(t_start);
   if (!o.out.empty()) {
-    nlohmann::json meta = nlohmann::json::parse(o.metadata_json.empty() ? "{}" : o.metadata_json,
-                                                nullptr, false);
+    nlohmann::json meta =
+        nlohmann::json::parse(o.metadata_json.empty() ? "{}" : o.metadata_json, nullptr, false);
     if (meta.is_discarded() || !meta.is_object()) meta = nlohmann::json::object();
     meta["training"] = {{"ae_val_l1_ct", result.ae_val_l1_ct},
                         {"ae_val_mask_dice", result.ae_val_mask_dice},
@@ -365,7 +371,8 @@ Expected<DiffusionTrainReport> Train(
                         {"train_pairs", train.size()},
                         {"validation_pairs", validation.size()},
                         {"seconds", result.seconds}};
-    MEWM_RETURN_IF_ERROR(torch_bridge::SaveCheckpoint(o.out, *ema, {o.config.ToJson(), meta.dump()}));
+    MEWM_RETURN_IF_ERROR(
+        torch_bridge::SaveCheckpoint(o.out, *ema, {o.config.ToJson(), meta.dump()}));
   }
   return result;
 }
@@ -481,8 +488,8 @@ Expected<TuringTestResult> MachineTuringTest(const std::vector<DenseFloat>& real
         torch::Tensor xb = x.index_select(0, idx);
         if (torch::rand({1}, gen).item<double>() < 0.5) xb = xb.flip({2});
         if (torch::rand({1}, gen).item<double>() < 0.5) xb = xb.flip({4});
-        const torch::Tensor loss = torch::binary_cross_entropy_with_logits(
-            model->forward(xb), y.index_select(0, idx));
+        const torch::Tensor loss =
+            torch::binary_cross_entropy_with_logits(model->forward(xb), y.index_select(0, idx));
         optimizer.zero_grad();
         loss.backward();
         optimizer.step();
@@ -503,9 +510,8 @@ Expected<TuringTestResult> MachineTuringTest(const std::vector<DenseFloat>& real
   // Hanley & McNeil (1982) standard error.
   const double a = r.auc, n1 = r.synthetic, n2 = r.real;
   const double q1 = a / (2 - a), q2 = 2 * a * a / (1 + a);
-  const double se =
-      std::sqrt(std::max(0.0, (a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n2 - 1) * (q2 - a * a)) /
-                                  (n1 * n2)));
+  const double se = std::sqrt(
+      std::max(0.0, (a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n2 - 1) * (q2 - a * a)) / (n1 * n2)));
   r.ci_low = std::max(0.0, a - 1.96 * se);
   r.ci_high = std::min(1.0, a + 1.96 * se);
   return r;

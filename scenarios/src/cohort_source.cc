@@ -202,28 +202,34 @@ Expected<PatientCase> LoadPatient(const CohortEntry& entry) {
   return patient;
 }
 
-Expected<Outcome> LoadAdministeredOutcome(const CohortEntry& entry, const ActionBase& actions) {
-  if (entry.post.empty() || entry.administered.empty()) {
-    return MakeError(ErrorCode::kNotFound,
-                     "patient '" + entry.id + "' has no administered post-treatment image");
-  }
-  const auto fail = [&](const Error& e) {
-    return e.WithContext("patient '" + entry.id + "', file '" + entry.post + "'");
-  };
-  auto plan = actions.ParsePlan(entry.administered);
-  if (!plan) return fail(plan.error());
+Expected<Outcome> LoadOutcomeFile(const std::string& path, const Plan& plan) {
+  const auto fail = [&](const Error& e) { return e.WithContext("file '" + path + "'"); };
   // One .vdb holds the post-treatment CT, its viable mask and, when written by mewm, the soft
   // viable fraction.
-  auto set = ReadVdb(entry.post);
+  auto set = ReadVdb(path);
   if (!set) return fail(set.error());
   auto ct = set->Scalar("ct");
   if (!ct) return fail(ct.error());
   auto viable = set->Label("viable");
   if (!viable) return fail(viable.error());
-  Outcome outcome{*plan, 0, std::move(*ct), std::move(*viable)};
+  Outcome outcome{plan, 0, std::move(*ct), std::move(*viable)};
   if (auto fraction = set->scalars.find("viable_fraction"); fraction != set->scalars.end()) {
     outcome.viable_fraction = fraction->second;
   }
+  return outcome;
+}
+
+Expected<Outcome> LoadAdministeredOutcome(const CohortEntry& entry, const ActionBase& actions) {
+  if (entry.post.empty() || entry.administered.empty()) {
+    return MakeError(ErrorCode::kNotFound,
+                     "patient '" + entry.id + "' has no administered post-treatment image");
+  }
+  auto plan = actions.ParsePlan(entry.administered);
+  if (!plan) {
+    return plan.error().WithContext("patient '" + entry.id + "', file '" + entry.post + "'");
+  }
+  auto outcome = LoadOutcomeFile(entry.post, *plan);
+  if (!outcome) return outcome.error().WithContext("patient '" + entry.id + "'");
   return outcome;
 }
 

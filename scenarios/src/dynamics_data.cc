@@ -12,7 +12,6 @@
 #include <set>
 
 #include "mewm/core/file_util.h"
-#include "mewm/core/vdb_io.h"
 
 namespace mewm::scenarios {
 namespace {
@@ -29,7 +28,8 @@ Expected<std::map<std::string, std::vector<PlanOutcomeFile>>> ReadPlanOutcomes(
     for (const auto& p : manifest.at("patients")) {
       const std::string id = p.at("id").get<std::string>();
       std::vector<std::pair<std::string, std::string>> listed = {
-          {p.at("administered_plan").get<std::string>(), p.at("post_administered").get<std::string>()}};
+          {p.at("administered_plan").get<std::string>(),
+           p.at("post_administered").get<std::string>()}};
       for (const auto& cf : p.at("counterfactual")) {
         listed.emplace_back(cf.at("plan").get<std::string>(), cf.at("post").get<std::string>());
       }
@@ -75,16 +75,11 @@ Expected<std::vector<dynamics::DiffusionPair>> BuildDiffusionPairs(
       auto it = outcomes.find(entry.id);
       if (it == outcomes.end()) return {};
       for (const PlanOutcomeFile& file : it->second) {
-        const auto fail = [&](const Error& e) { return e.WithContext("file '" + file.post + "'"); };
-        auto set = ReadVdb(file.post);
-        if (!set) return fail(set.error());
-        auto ct = set->Scalar("ct");
-        if (!ct) return fail(ct.error());
-        auto viable = set->Label("viable");
-        if (!viable) return fail(viable.error());
+        MEWM_TRY(const Outcome truth, LoadOutcomeFile(file.post, file.plan));
         for (std::size_t c = 0; c < crops.size(); ++c) {
-          auto post = dynamics::ExtractChannels(*ct, *viable, crops[c], config.window);
-          if (!post) return fail(post.error());
+          auto post =
+              dynamics::ExtractChannels(truth.post_ct, truth.viable, crops[c], config.window);
+          if (!post) return post.error().WithContext("file '" + file.post + "'");
           per_patient[n].push_back({entry.id, file.plan, pre[c], std::move(*post)});
         }
       }

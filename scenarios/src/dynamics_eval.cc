@@ -11,7 +11,6 @@
 #include <random>
 
 #include "mewm/core/seed.h"
-#include "mewm/core/vdb_io.h"
 #include "mewm/scenarios/dynamics_data.h"
 #include "mewm/scenarios/planner.h"
 
@@ -139,10 +138,8 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
     for (const PlanOutcomeFile& file : listed->second) {
       requests.push_back({file.plan, 0, Planner::SampleSeed(seed, entry.id, file.plan, 0),
                           Planner::SharedSeed(seed, entry.id, 0)});
-      MEWM_TRY(const VolumeSet set, ReadVdb(file.post));
-      MEWM_TRY(Volume ct, set.Scalar("ct"));
-      MEWM_TRY(LabelVolume viable, set.Label("viable"));
-      truth.push_back({file.plan, 0, std::move(ct), std::move(viable)});
+      MEWM_TRY(Outcome outcome, LoadOutcomeFile(file.post, file.plan));
+      truth.push_back(std::move(outcome));
       MEWM_TRY(auto crop, dynamics::ExtractChannels(truth.back().post_ct, truth.back().viable,
                                                     crops.front(), crop_config.window));
       real_crops.push_back(std::move(crop.ct));
@@ -165,8 +162,8 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
         cases[m].rel.push_back(std::abs(pv - tv) / std::max(tv, 1.0));
         cases[m].abs_ml.push_back(std::abs(pv - tv));
         cases[m].hu.push_back(HuMae(o.post_ct, truth[p].post_ct, region.ct));
-        MEWM_TRY(auto crop, dynamics::ExtractChannels(o.post_ct, o.viable, crops.front(),
-                                                      crop_config.window));
+        MEWM_TRY(auto crop,
+                 dynamics::ExtractChannels(o.post_ct, o.viable, crops.front(), crop_config.window));
         cases[m].crops.push_back(std::move(crop.ct));
       }
       cases[m].pred_ml.push_back(std::move(pred_ml));
@@ -231,8 +228,8 @@ std::string DynamicsEvaluation::FormatTable() const {
                     " patients x " + std::to_string(plans_per_patient) + " plans\n";
   char line[512];
   std::snprintf(line, sizeof line, "%-12s %7s %9s %9s %7s %17s %9s %20s %8s\n", "method", "Dice",
-                "vol.rel", "vol.MAE", "HU.MAE", "Spearman(shuffle)", "perm.p", "Turing AUC [95% CI]",
-                "sim.s");
+                "vol.rel", "vol.MAE", "HU.MAE", "Spearman(shuffle)", "perm.p",
+                "Turing AUC [95% CI]", "sim.s");
   out += line;
   for (const DynamicsMetrics& m : methods) {
     char spearman[64], turing_text[64];
@@ -248,17 +245,16 @@ std::string DynamicsEvaluation::FormatTable() const {
       std::snprintf(turing_text, sizeof turing_text, "-");
     }
     std::snprintf(line, sizeof line, "%-12s %7.3f %9.3f %7.2fmL %7.1f %17s %9.4f %20s %8.1f\n",
-                  m.method.c_str(), m.dice, m.volume_rel_error, m.volume_mae_ml, m.hu_mae,
-                  spearman, std::isnan(m.spearman) ? 1.0 : m.spearman_p, turing_text, m.seconds);
+                  m.method.c_str(), m.dice, m.volume_rel_error, m.volume_mae_ml, m.hu_mae, spearman,
+                  std::isnan(m.spearman) ? 1.0 : m.spearman_p, turing_text, m.seconds);
     out += line;
   }
   return out;
 }
 
 std::string DynamicsEvaluation::ToJson() const {
-  nlohmann::json j = {{"cohort", cohort_dir},
-                      {"patients", patients},
-                      {"plans_per_patient", plans_per_patient}};
+  nlohmann::json j = {
+      {"cohort", cohort_dir}, {"patients", patients}, {"plans_per_patient", plans_per_patient}};
   for (const DynamicsMetrics& m : methods) {
     const auto num = [](double v) { return std::isnan(v) ? nlohmann::json() : nlohmann::json(v); };
     nlohmann::json e = {{"method", m.method},

@@ -21,7 +21,8 @@ double Since(Clock::time_point start) {
 }
 
 /// Models see the tumor's neighbourhood only; outcomes then cost a small copy instead of the
-/// whole CT. 20 mm covers the mechanistic margin (6 mm) plus a follow-up's growth.
+/// whole CT. 20 mm covers the mechanistic margin (6 mm) plus a follow-up's growth; a backend that
+/// reads more context (the diffusion model's crops) asks for more.
 constexpr double kPlanningMarginMm = 20.0;
 
 struct SampleScore {
@@ -265,7 +266,9 @@ Expected<PlanDecision> Planner::Plan(const PatientCase& full_patient,
                                      const policy::Proposal& proposal, std::uint64_t run_seed,
                                      const PlannerObserver& observer) {
   const auto t0 = Clock::now();
-  MEWM_TRY(const PatientCase patient, TumorRegion(full_patient, kPlanningMarginMm));
+  MEWM_TRY(const PatientCase patient,
+           TumorRegion(full_patient,
+                       std::max(kPlanningMarginMm, dynamics_->context_margin_mm())));
   PlanDecision decision;
   Search search(spec_, actions_, protocol_, patient, run_seed, *dynamics_, *survival_, observer,
                 &decision);

@@ -151,8 +151,7 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
   if (s.dynamics_backend == "diffusion") {
     // The learned backend: a checkpoint, its preset and the DDIM sampler.
     ReadPath(dyn, "model", base_dir, problems, &s.diffusion.model_path);
-    problems.Take(dyn.GetEnum("config", {"cpu", "mewm"}, std::string("cpu")),
-                  &s.diffusion.config);
+    problems.Take(dyn.GetEnum("config", {"cpu", "mewm"}, std::string("cpu")), &s.diffusion.config);
     dynamics::SamplerConfig& sampler = s.diffusion.sampler;
     std::int64_t steps = sampler.steps;
     if (problems.Take(dyn.GetInt("steps", sampler.steps, 1, 1000), &steps)) {
@@ -164,17 +163,18 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
                   &s.diffusion.blend_margin_mm);
     problems.Check(dyn.RejectUnknownKeys());
   } else {
-  ReadPath(dyn, "calibration", base_dir, problems, &s.calibration);
-  dynamics::MechanisticConfig& m = s.mechanistic;
-  std::string uncertainty;
-  if (problems.Take(dyn.GetEnum("uncertainty", {"calibrated", "fixed"}, std::string("calibrated")),
-                    &uncertainty)) {
-    s.calibrated_uncertainty = uncertainty == "calibrated";
-  }
-  problems.Take(dyn.GetDouble("sample_sigma", m.sample_sigma, 0.0, 2.0), &m.sample_sigma);
-  problems.Take(dyn.GetDouble("grid_mm", m.grid_mm, 0.5, 8.0), &m.grid_mm);
-  problems.Take(dyn.GetDouble("follow_up_days", m.follow_up_days, 1.0, 365.0), &m.follow_up_days);
-  problems.Check(dyn.RejectUnknownKeys());
+    ReadPath(dyn, "calibration", base_dir, problems, &s.calibration);
+    dynamics::MechanisticConfig& m = s.mechanistic;
+    std::string uncertainty;
+    if (problems.Take(
+            dyn.GetEnum("uncertainty", {"calibrated", "fixed"}, std::string("calibrated")),
+            &uncertainty)) {
+      s.calibrated_uncertainty = uncertainty == "calibrated";
+    }
+    problems.Take(dyn.GetDouble("sample_sigma", m.sample_sigma, 0.0, 2.0), &m.sample_sigma);
+    problems.Take(dyn.GetDouble("grid_mm", m.grid_mm, 0.5, 8.0), &m.grid_mm);
+    problems.Take(dyn.GetDouble("follow_up_days", m.follow_up_days, 1.0, 365.0), &m.follow_up_days);
+    problems.Check(dyn.RejectUnknownKeys());
   }
 
   // [survival]

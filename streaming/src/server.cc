@@ -522,7 +522,8 @@ struct Server::Impl {
             "policy:" + run->spec.policy_backend,
             "dynamics:" + run->spec.dynamics_backend +
                 (run->spec.calibration.empty() ? "" : " " + run->spec.calibration) +
-                (run->spec.diffusion.model_path.empty() ? "" : " " + run->spec.diffusion.model_path),
+                (run->spec.diffusion.model_path.empty() ? ""
+                                                        : " " + run->spec.diffusion.model_path),
             "survival:" + run->spec.survival_backend +
                 (run->spec.survival_model.empty() ? "" : " " + run->spec.survival_model)};
       }

@@ -200,6 +200,8 @@ TEST_F(DiffusionTest, PlansConditionTheOutcomeAndSeedsMakeItReproducible) {
   EXPECT_EQ(k.sample_forwards, 12);
   EXPECT_EQ(k.plan_embeddings, 3);
   EXPECT_EQ(model->evaluations(), 8);
+  // Planners must hand it the crop's whole context: half the 48 mm crop, plus 2 mm.
+  EXPECT_DOUBLE_EQ(model->context_margin_mm(), 26.0);
   EXPECT_GT(k.denoiser_gflop, 0.0);
 }
 

@@ -4,8 +4,8 @@
 // `mewm train dynamics`, `mewm eval dynamics` and `mewm bench dynamics`: the learned diffusion
 // dynamics, trained and measured by the project's own commands.
 #include <chrono>
-#include <filesystem>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -64,8 +64,9 @@ Action AddTrainDynamics(CLI::App& train_app) {
   };
   auto o = std::make_shared<Options>();
   CLI::App* sub = train_app.add_subcommand(
-      "dynamics", "Train the diffusion dynamics (autoencoder, then denoiser) on a cohort with "
-                  "counterfactual plans");
+      "dynamics",
+      "Train the diffusion dynamics (autoencoder, then denoiser) on a cohort with "
+      "counterfactual plans");
   sub->add_option("--cohort", o->cohort,
                   "Training cohort (mewm cohort generate --plans-per-patient K)")
       ->required();
@@ -100,25 +101,26 @@ Action AddTrainDynamics(CLI::App& train_app) {
     for (std::size_t k = 0; k < entries->size(); ++k) {
       (int(k) >= int(entries->size()) - n_val ? val_ids : train_ids).push_back((*entries)[k].id);
     }
-    auto train = scenarios::BuildDiffusionPairs(o->cohort, *config, actions, train_ids,
-                                                PatientProgress("reading training crops", o->quiet));
+    auto train =
+        scenarios::BuildDiffusionPairs(o->cohort, *config, actions, train_ids,
+                                       PatientProgress("reading training crops", o->quiet));
     if (!train) return Fail(train.error());
     std::vector<dynamics::DiffusionPair> val;
     if (!val_ids.empty()) {
-      auto read = scenarios::BuildDiffusionPairs(o->cohort, *config, actions, val_ids,
-                                                 PatientProgress("reading validation crops", o->quiet));
+      auto read =
+          scenarios::BuildDiffusionPairs(o->cohort, *config, actions, val_ids,
+                                         PatientProgress("reading validation crops", o->quiet));
       if (!read) return Fail(read.error());
       val = std::move(*read);
     }
-    std::cout << train->size() << " training and " << val.size()
-              << " validation crop pairs (" << train_ids.size() << " + " << val_ids.size()
-              << " patients)\n";
-    const std::string command =
-        "mewm train dynamics --cohort " + o->cohort + " --out " + o->out + " --config " +
-        o->config + " --seed " + std::to_string(o->seed) + " --ae-steps " +
-        std::to_string(o->ae_steps) + " --denoiser-steps " + std::to_string(o->denoiser_steps) +
-        " --ae-batch " + std::to_string(o->ae_batch) + " --denoiser-batch " +
-        std::to_string(o->denoiser_batch);
+    std::cout << train->size() << " training and " << val.size() << " validation crop pairs ("
+              << train_ids.size() << " + " << val_ids.size() << " patients)\n";
+    const std::string command = "mewm train dynamics --cohort " + o->cohort + " --out " + o->out +
+                                " --config " + o->config + " --seed " + std::to_string(o->seed) +
+                                " --ae-steps " + std::to_string(o->ae_steps) +
+                                " --denoiser-steps " + std::to_string(o->denoiser_steps) +
+                                " --ae-batch " + std::to_string(o->ae_batch) +
+                                " --denoiser-batch " + std::to_string(o->denoiser_batch);
     const auto [cohort_seed, data] = CohortProvenance(o->cohort);
     dynamics::DiffusionTrainOptions options;
     options.config = *config;
@@ -175,8 +177,9 @@ Action AddEvalDynamics(CLI::App& eval_app) {
   };
   auto o = std::make_shared<Options>();
   CLI::App* sub = eval_app.add_subcommand(
-      "dynamics", "Fidelity of the diffusion dynamics against the truth, next to the identity and "
-                  "mechanistic baselines");
+      "dynamics",
+      "Fidelity of the diffusion dynamics against the truth, next to the identity and "
+      "mechanistic baselines");
   sub->add_option("--cohort", o->cohort,
                   "Held-out cohort with counterfactual plans (--plans-per-patient K)")
       ->required();
@@ -226,9 +229,9 @@ Action AddEvalDynamics(CLI::App& eval_app) {
                                              const std::vector<DenseFloat>& synthetic) {
       return dynamics::MachineTuringTest(real, synthetic, folds, seed, threads);
     };
-    auto eval = scenarios::EvaluateDynamics(o->cohort, methods, actions, (*diffusion)->config(),
-                                            turing, o->seed,
-                                            PatientProgress("simulating patients", o->quiet));
+    auto eval =
+        scenarios::EvaluateDynamics(o->cohort, methods, actions, (*diffusion)->config(), turing,
+                                    o->seed, PatientProgress("simulating patients", o->quiet));
     if (!eval) return Fail(eval.error());
     std::cout << eval->FormatTable();
     std::printf("diffusion sampler: %d DDIM steps, eta %.2f, guidance %.2f\n", o->sampler.steps,
@@ -253,12 +256,13 @@ double Seconds(std::chrono::steady_clock::time_point t0) {
 Action AddBenchDynamics(CLI::App& bench_app) {
   struct Options {
     std::string scenario, json_out;
-    int batch = 64, iterations = 10;
+    int batch = 8, iterations = 10;
   };
   auto o = std::make_shared<Options>();
   CLI::App* sub = bench_app.add_subcommand(
-      "dynamics", "Diffusion speed: denoiser vs raw conv3d, outcomes/s, and compute per decision "
-                  "of beam search against MeWM's reference loop");
+      "dynamics",
+      "Diffusion speed: denoiser vs raw conv3d, outcomes/s, and compute per decision "
+      "of beam search against MeWM's reference loop");
   sub->add_option("SCENARIO", o->scenario, "Scenario with dynamics.backend = diffusion")
       ->required();
   sub->add_option("--batch", o->batch, "Serving batch of the denoiser timing")
@@ -324,15 +328,15 @@ Action AddBenchDynamics(CLI::App& bench_app) {
       auto fresh = dynamics::CreateDiffusionDynamics(options);
       if (!fresh) return Fail(fresh.error());
       std::vector<SimulationRequest> requests;
-      const auto plans = std::vector<std::string>{"Lipiodol", "Epirubicin+Lipiodol",
-                                                  "Gelatin Sponge+Lipiodol",
-                                                  "Epirubicin+Gelatin Sponge+Lipiodol"};
+      const auto plans =
+          std::vector<std::string>{"Lipiodol", "Epirubicin+Lipiodol", "Gelatin Sponge+Lipiodol",
+                                   "Epirubicin+Gelatin Sponge+Lipiodol"};
       for (const std::string& text : plans) {
         auto plan = spec->actions.ParsePlan(text);
         if (!plan) return Fail(plan.error());
         for (int s = 0; s < 4; ++s) {
-          requests.push_back({*plan, s, scenarios::Planner::SampleSeed(1, patient->id, *plan, s),
-                              0});
+          requests.push_back(
+              {*plan, s, scenarios::Planner::SampleSeed(1, patient->id, *plan, s), 0});
         }
       }
       const auto t0 = std::chrono::steady_clock::now();
@@ -362,9 +366,9 @@ Action AddBenchDynamics(CLI::App& bench_app) {
       (*fresh)->set_sampler(sampler);
       scenarios::PlannerSpec ps = spec->planner;
       ps.search = mode;
-      MEWM_TRY(auto planner, scenarios::Planner::Create(ps, spec->actions, spec->protocol,
-                                                        spec->require, spec->forbid, **fresh,
-                                                        **survival));
+      MEWM_TRY(auto planner,
+               scenarios::Planner::Create(ps, spec->actions, spec->protocol, spec->require,
+                                          spec->forbid, **fresh, **survival));
       MEWM_TRY(auto decision, planner.Plan(*patient, *proposal, spec->seed));
       return std::make_pair(decision, (*fresh)->counters());
     };
@@ -391,16 +395,14 @@ Action AddBenchDynamics(CLI::App& bench_app) {
         "  %-28s %12lld %14lld %16lld %10.1f (projected)\n"
         "  reference / beam: %.1fx denoiser forwards, %.1fx latent evaluations, %.1fx wall time\n",
         spec->planner.beams, spec->planner.samples, spec->planner.drug_horizon,
-        spec->planner.embolic_horizon, "search", "simulations", "denoiser calls",
-        "latent evals", "wall s",
-        ("beam (" + std::to_string(m.sampler().steps) + "-step DDIM)").c_str(),
+        spec->planner.embolic_horizon, "search", "simulations", "denoiser calls", "latent evals",
+        "wall s", ("beam (" + std::to_string(m.sampler().steps) + "-step DDIM)").c_str(),
         static_cast<long long>(bc.simulations), static_cast<long long>(beam->second.forwards),
         static_cast<long long>(beam->second.sample_forwards), bc.search_seconds,
         "reference (200 ancestral)", static_cast<long long>(rc.simulations),
         static_cast<long long>(ref_forwards), static_cast<long long>(ref_forwards), ref_wall,
         double(ref_forwards) / double(beam->second.forwards),
-        double(ref_forwards) / double(beam->second.sample_forwards),
-        ref_wall / bc.search_seconds);
+        double(ref_forwards) / double(beam->second.sample_forwards), ref_wall / bc.search_seconds);
     out["decision"] = {
         {"beam",
          {{"simulations", bc.simulations},

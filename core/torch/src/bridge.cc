@@ -2,11 +2,11 @@
 // SPDX-FileCopyrightText: the mewm authors
 #include "mewm/torch/bridge.h"
 
+#include <malloc.h>
+
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <malloc.h>
-
 #include <thread>
 
 #include "mewm/core/file_util.h"

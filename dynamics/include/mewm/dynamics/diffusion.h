@@ -53,9 +53,9 @@ struct DiffusionConfig {
 
 /// DDIM sampling. eta = 1 with many steps is DDPM's ancestral sampler (the `reference` search).
 struct SamplerConfig {
-  int steps = 25;          ///< denoiser steps per outcome, in [1, train_timesteps]
-  double eta = 0.0;        ///< 0: deterministic DDIM; 1: ancestral
-  double guidance = 1.0;   ///< classifier-free guidance scale; 1 = conditional only (no null pass)
+  int steps = 25;         ///< denoiser steps per outcome, in [1, train_timesteps]
+  double eta = 0.0;       ///< 0: deterministic DDIM; 1: ancestral
+  double guidance = 1.0;  ///< classifier-free guidance scale; 1 = conditional only (no null pass)
   Status Validate() const;
 };
 
@@ -86,23 +86,23 @@ DenseFloat BlendWeight(const DenseFloat& mask, double spacing_mm, double margin_
 
 /// Where the backend runs and how it samples.
 struct DiffusionBackendOptions {
-  std::string model_path;        ///< checkpoint written by `mewm train dynamics`
-  std::string config = "cpu";    ///< preset the checkpoint must match; "" = the one it records
+  std::string model_path;      ///< checkpoint written by `mewm train dynamics`
+  std::string config = "cpu";  ///< preset the checkpoint must match; "" = the one it records
   SamplerConfig sampler;
-  std::string device = "cpu";    ///< "cpu", "cuda" or "cuda:N"
-  int threads = 0;               ///< libtorch intra-op threads; 0 = all cores
-  double blend_margin_mm = 6.0;  ///< paste margin around the pre-treatment tumor
+  std::string device = "cpu";                  ///< "cpu", "cuda" or "cuda:N"
+  int threads = 0;                             ///< libtorch intra-op threads; 0 = all cores
+  double blend_margin_mm = 6.0;                ///< paste margin around the pre-treatment tumor
   ActionBase actions = ActionBase::Default();  ///< vocabulary source for the config preset
 };
 
 /// Counters beyond DynamicsModel::evaluations() (which counts batched denoiser forwards).
 struct DiffusionCounters {
-  std::int64_t forwards = 0;           ///< batched denoiser calls
-  std::int64_t sample_forwards = 0;    ///< denoiser evaluations of one latent (rows x calls)
-  std::int64_t encodes = 0;            ///< pre-treatment crops encoded (once per patient crop)
-  std::int64_t decodes = 0;            ///< outcome crops decoded
-  std::int64_t plan_embeddings = 0;    ///< plan embeddings computed
-  double denoiser_gflop = 0.0;         ///< convolution GFLOP spent in the denoiser
+  std::int64_t forwards = 0;         ///< batched denoiser calls
+  std::int64_t sample_forwards = 0;  ///< denoiser evaluations of one latent (rows x calls)
+  std::int64_t encodes = 0;          ///< pre-treatment crops encoded (once per patient crop)
+  std::int64_t decodes = 0;          ///< outcome crops decoded
+  std::int64_t plan_embeddings = 0;  ///< plan embeddings computed
+  double denoiser_gflop = 0.0;       ///< convolution GFLOP spent in the denoiser
 };
 
 /// The diffusion DynamicsModel. Created by CreateDiffusionDynamics.
@@ -123,8 +123,8 @@ Expected<std::unique_ptr<DiffusionDynamics>> CreateDiffusionDynamics(
 
 // ---- Backend registry: keeps libtorch out of binaries that do not run the diffusion backend ----
 
-using DiffusionFactory = std::function<Expected<std::unique_ptr<DynamicsModel>>(
-    const DiffusionBackendOptions&)>;
+using DiffusionFactory =
+    std::function<Expected<std::unique_ptr<DynamicsModel>>(const DiffusionBackendOptions&)>;
 /// Installs CreateDiffusionDynamics as the factory (called by binaries that link the backend).
 void EnableDiffusionBackend();
 /// The installed factory's result; kUnsupported when this binary has none.
@@ -171,8 +171,8 @@ struct DiffusionTrainProgress {
 };
 
 struct DiffusionTrainReport {
-  double ae_val_l1_ct = 0.0;     ///< validation L1 of the CT channel, [-1, 1] units
-  double ae_val_mask_dice = 0.0; ///< validation Dice of the reconstructed mask channel
+  double ae_val_l1_ct = 0.0;      ///< validation L1 of the CT channel, [-1, 1] units
+  double ae_val_mask_dice = 0.0;  ///< validation Dice of the reconstructed mask channel
   double denoiser_val_loss = 0.0;
   double latent_scale = 1.0;
   double seconds = 0.0;
@@ -181,10 +181,10 @@ struct DiffusionTrainReport {
 
 /// Trains the autoencoder, then the denoiser (EMA weights are shipped), and writes `options.out`.
 /// Deterministic given the seed and data. kInvalidArgument for empty or mis-shaped data.
-Expected<DiffusionTrainReport> TrainDiffusion(const std::vector<DiffusionPair>& train,
-                                              const std::vector<DiffusionPair>& validation,
-                                              const DiffusionTrainOptions& options,
-                                              const std::function<void(const DiffusionTrainProgress&)>& progress);
+Expected<DiffusionTrainReport> TrainDiffusion(
+    const std::vector<DiffusionPair>& train, const std::vector<DiffusionPair>& validation,
+    const DiffusionTrainOptions& options,
+    const std::function<void(const DiffusionTrainProgress&)>& progress);
 
 // ---- Evaluation helpers ----
 

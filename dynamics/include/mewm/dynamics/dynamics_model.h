@@ -41,6 +41,9 @@ class DynamicsModel {
   virtual std::int64_t evaluations() const = 0;
   /// Backend name, e.g. "mechanistic".
   virtual std::string name() const = 0;
+  /// How much image context around the tumor's bounding box the backend reads, in mm. Planners
+  /// hand it the patient cut to at least this neighbourhood (outcomes then copy less).
+  virtual double context_margin_mm() const { return 0.0; }
 };
 
 }  // namespace mewm::dynamics

@@ -47,6 +47,10 @@ Expected<std::vector<CohortEntry>> ReadManifest(const std::string& csv_path);
 /// mismatched geometry and an empty tumor mask are errors naming the patient and the file.
 Expected<PatientCase> LoadPatient(const CohortEntry& entry);
 
+/// A post-treatment image file (.vdb with grids ct and viable, optionally viable_fraction) as
+/// the outcome of `plan`; errors name the file.
+Expected<Outcome> LoadOutcomeFile(const std::string& path, const Plan& plan);
+
 /// The administered post-treatment outcome of a patient that has one (kNotFound otherwise).
 Expected<Outcome> LoadAdministeredOutcome(const CohortEntry& entry, const ActionBase& actions);
 

@@ -46,14 +46,14 @@ namespace mewm::scenarios {
 struct DynamicsMetrics {
   std::string method;
   int cases = 0;
-  double dice = 0.0;                ///< mean Dice of the viable-tumor mask
-  double volume_rel_error = 0.0;    ///< median |pred - true| / max(true, 1 mL) of viable volume
-  double volume_mae_ml = 0.0;       ///< mean |pred - true| viable volume, mL
-  double hu_mae = 0.0;              ///< mean |pred - true| HU within 6 mm of the pre-treatment tumor
-  double spearman = 0.0;            ///< mean over patients of Spearman(pred, true volume) across plans
-  int spearman_patients = 0;        ///< patients where both sides vary across plans
-  double spearman_shuffled = 0.0;   ///< the same with predictions shuffled across plans (mean)
-  double spearman_p = 1.0;          ///< permutation p-value of spearman over the shuffled control
+  double dice = 0.0;              ///< mean Dice of the viable-tumor mask
+  double volume_rel_error = 0.0;  ///< median |pred - true| / max(true, 1 mL) of viable volume
+  double volume_mae_ml = 0.0;     ///< mean |pred - true| viable volume, mL
+  double hu_mae = 0.0;            ///< mean |pred - true| HU within 6 mm of the pre-treatment tumor
+  double spearman = 0.0;      ///< mean over patients of Spearman(pred, true volume) across plans
+  int spearman_patients = 0;  ///< patients where both sides vary across plans
+  double spearman_shuffled = 0.0;  ///< the same with predictions shuffled across plans (mean)
+  double spearman_p = 1.0;         ///< permutation p-value of spearman over the shuffled control
   bool has_turing = false;
   dynamics::TuringTestResult turing;
   double seconds = 0.0;  ///< simulation wall time
