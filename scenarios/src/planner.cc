@@ -267,8 +267,7 @@ Expected<PlanDecision> Planner::Plan(const PatientCase& full_patient,
                                      const PlannerObserver& observer) {
   const auto t0 = Clock::now();
   MEWM_TRY(const PatientCase patient,
-           TumorRegion(full_patient,
-                       std::max(kPlanningMarginMm, dynamics_->context_margin_mm())));
+           TumorRegion(full_patient, std::max(kPlanningMarginMm, dynamics_->context_margin_mm())));
   PlanDecision decision;
   Search search(spec_, actions_, protocol_, patient, run_seed, *dynamics_, *survival_, observer,
                 &decision);
