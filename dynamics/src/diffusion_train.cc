@@ -286,36 +286,34 @@ Expected<DiffusionTrainReport> Train(
   const torch::Tensor ab = torch::tensor(alpha_bar, torch::kDouble).to(torch::kFloat);
 
   // v-prediction loss of a batch; `null_prob` of the rows see the null plan.
-  const auto denoise_loss = [&](const torch::Tensor& x0, const torch::Tensor& ctx,
-                                const torch::Tensor& hot, at::Generator& gen, double null_prob) {
+  const auto denoise_loss = [&](nets::Denoiser& denoiser, const torch::Tensor& x0,
+                                const torch::Tensor& ctx, const torch::Tensor& hot,
+                                at::Generator& gen, double null_prob) {
     const std::int64_t n = x0.size(0);
     const torch::Tensor t = torch::randint(o.config.train_timesteps, {n}, gen, torch::kLong);
     const torch::Tensor a = ab.index_select(0, t).view({n, 1, 1, 1, 1});
     const torch::Tensor noise = torch::randn(x0.sizes(), gen);
     const torch::Tensor xt = a.sqrt() * x0 + (1 - a).sqrt() * noise;
     const torch::Tensor v = a.sqrt() * noise - (1 - a).sqrt() * x0;
-    torch::Tensor plan = net->denoiser->PlanEmbedding(hot);
+    torch::Tensor plan = denoiser->PlanEmbedding(hot);
     if (null_prob > 0.0) {
       const torch::Tensor drop = (torch::rand({n, 1}, gen) < null_prob).to(torch::kFloat);
-      plan = plan * (1 - drop) + net->denoiser->null_plan.unsqueeze(0) * drop;
+      plan = plan * (1 - drop) + denoiser->null_plan.unsqueeze(0) * drop;
     }
-    return torch::mse_loss(net->denoiser->forward(xt, ctx, t.to(torch::kFloat), plan), v);
+    return torch::mse_loss(denoiser->forward(xt, ctx, t.to(torch::kFloat), plan), v);
   };
   const auto denoiser_validate = [&](nets::DiffusionNet& model) {
     torch::NoGradGuard no_grad;
-    nets::DiffusionNet keep = net;
-    net = model;
     double total = 0.0;
     const std::int64_t n = std::min<std::int64_t>(vdelta.size(0), 48);
     auto gen = Rng(o.seed, {3});
     for (std::int64_t b = 0; b < n; b += 16) {
       const std::int64_t e = std::min(n, b + 16);
-      total += denoise_loss(vdelta.slice(0, b, e), vcontext.slice(0, b, e),
+      total += denoise_loss(model->denoiser, vdelta.slice(0, b, e), vcontext.slice(0, b, e),
                             val.multi_hot.slice(0, b, e), gen, 0.0)
                    .item<double>() *
                double(e - b);
     }
-    net = keep;
     return total / double(n);
   };
   if (state.stage == "denoiser") {
@@ -333,7 +331,7 @@ Expected<DiffusionTrainReport> Train(
         static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
       }
       const torch::Tensor loss =
-          denoise_loss(delta.index_select(0, idx), context.index_select(0, idx),
+          denoise_loss(net->denoiser, delta.index_select(0, idx), context.index_select(0, idx),
                        data.multi_hot.index_select(0, idx), gen, o.null_plan_prob);
       optimizer.zero_grad();
       loss.backward();

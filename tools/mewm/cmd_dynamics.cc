@@ -20,39 +20,6 @@
 #include "progress.h"
 
 namespace mewm::cli {
-namespace {
-
-/// The provenance of a synthetic cohort (seed, size), for model cards.
-std::pair<std::string, std::string> CohortProvenance(const std::string& dir) {
-  std::string seed, data = dir;
-  if (auto manifest = ReadFile(dir + "/manifest.json"); manifest) {
-    try {
-      const nlohmann::json m = nlohmann::json::parse(*manifest);
-      seed = m.at("seed").get<std::string>();
-      data = "synthetic cohort " + dir + " (seed " + seed + ", " +
-             std::to_string(m.at("n").get<int>()) + " patients, " +
-             std::to_string(m.value("plans_per_patient", 0)) +
-             " counterfactual plans each, world version " +
-             m.at("world_version").get<std::string>() + ")";
-    } catch (const std::exception&) {
-    }
-  }
-  return {seed, data};
-}
-
-std::function<void(int, int)> PatientProgress(const std::string& label, bool quiet) {
-  auto bar = std::make_shared<std::unique_ptr<ProgressBar>>();
-  return [bar, label, quiet](int done, int total) {
-    if (!*bar) *bar = std::make_unique<ProgressBar>(label, total, quiet);
-    (*bar)->Update(done);
-    if (done == total) {
-      (*bar)->Finish();
-      bar->reset();
-    }
-  };
-}
-
-}  // namespace
 
 Action AddTrainDynamics(CLI::App& train_app) {
   struct Options {

@@ -52,28 +52,8 @@ Action RegisterTrain(CLI::App& app) {
                                 (surv->parsed() ? " --backend " + o->backend + " --ties " + o->ties
                                                 : " --ridge " + std::to_string(o->ridge)) +
                                 (o->eval_cohort.empty() ? "" : " --eval-cohort " + o->eval_cohort);
-    // Provenance: the training cohort's generator seed and size, from its manifest.
-    std::string seed, data = o->cohort;
-    if (auto manifest = ReadFile(o->cohort + "/manifest.json"); manifest) {
-      try {
-        const nlohmann::json m = nlohmann::json::parse(*manifest);
-        seed = m.at("seed").get<std::string>();
-        data = "synthetic cohort " + o->cohort + " (seed " + seed + ", " +
-               std::to_string(m.at("n").get<int>()) + " patients, world version " +
-               m.at("world_version").get<std::string>() + ")";
-      } catch (const std::exception&) {
-        // Not a synthetic cohort manifest: the reader below reports the problem.
-      }
-    }
-    std::unique_ptr<ProgressBar> bar;
-    const auto progress = [&](int done, int total) {
-      if (!bar) bar = std::make_unique<ProgressBar>("reading patients", total, o->quiet);
-      bar->Update(done);
-      if (done == total) {
-        bar->Finish();
-        bar.reset();
-      }
-    };
+    const auto [seed, data] = CohortProvenance(o->cohort);
+    const auto progress = PatientProgress("reading patients", o->quiet);
     if (surv->parsed()) {
       survival::ModelProvenance provenance{command, seed, data, "{}"};
       auto model = scenarios::TrainCoxSurvival(

@@ -7,6 +7,8 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <string>
+#include <utility>
 
 #include "mewm/core/expected.h"
 
@@ -40,5 +42,12 @@ int RunStreamBench(int events, const std::string& json_path);
 
 /// Prints "mewm: error: <message>" to stderr and returns 1.
 int Fail(const Error& error);
+
+/// A synthetic cohort's generator seed and a description of it (size, counterfactual plans, world
+/// version) from its manifest.json, for model provenance; ("", dir) when there is none.
+std::pair<std::string, std::string> CohortProvenance(const std::string& dir);
+
+/// A progress callback (done, total) that shows a bar for each pass over a cohort.
+std::function<void(int, int)> PatientProgress(const std::string& label, bool quiet);
 
 }  // namespace mewm::cli

@@ -5,6 +5,11 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "mewm/core/file_util.h"
 
 namespace mewm::cli {
 namespace {
@@ -55,6 +60,36 @@ void ProgressBar::Update(int done) {
 
 void ProgressBar::Finish() {
   if (!quiet_ && tty_) std::fprintf(stderr, "\n");
+}
+
+std::pair<std::string, std::string> CohortProvenance(const std::string& dir) {
+  std::string seed, data = dir;
+  if (auto manifest = ReadFile(dir + "/manifest.json"); manifest) {
+    try {
+      const nlohmann::json m = nlohmann::json::parse(*manifest);
+      seed = m.at("seed").get<std::string>();
+      const int plans = m.value("plans_per_patient", 0);
+      data = "synthetic cohort " + dir + " (seed " + seed + ", " +
+             std::to_string(m.at("n").get<int>()) + " patients, " +
+             (plans > 0 ? std::to_string(plans) + " counterfactual plans each, " : "") +
+             "world version " + m.at("world_version").get<std::string>() + ")";
+    } catch (const std::exception&) {
+      // Not a synthetic cohort manifest: the cohort reader reports the problem.
+    }
+  }
+  return {seed, data};
+}
+
+std::function<void(int, int)> PatientProgress(const std::string& label, bool quiet) {
+  auto bar = std::make_shared<std::unique_ptr<ProgressBar>>();
+  return [bar, label, quiet](int done, int total) {
+    if (!*bar) *bar = std::make_unique<ProgressBar>(label, total, quiet);
+    (*bar)->Update(done);
+    if (done == total) {
+      (*bar)->Finish();
+      bar->reset();
+    }
+  };
 }
 
 }  // namespace mewm::cli
