@@ -77,7 +77,7 @@ demo() {
   echo "demo: streaming on $events (control $control); watch with: $mewm watch"
   "$mewm" run "$ROOT/scenarios/tace_demo/scenario.toml" --out "$out" \
     --publish "$events" --control "$control"
-  "$mewm" eval plans "$out" --json "$out/eval_plans.json"
+  "$mewm" eval plans "$out" --json-out "$out/eval_plans.json"
   local p="$out/patients/P0001"
   "$mewm" render "$out/cohort/patients/P0001/pre.vdb" --plane axial --at tumor --overlay tumor \
     --out "$out/P0001_pre_axial.png"

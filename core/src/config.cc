@@ -338,6 +338,10 @@ Expected<ConfigTable> ConfigTable::GetTable(const std::string& key, bool optiona
   return ConfigTable(doc_, node->as_table(), KeyPath(key));
 }
 
+ConfigTable ConfigTable::MissingTable(const std::string& key) const {
+  return ConfigTable(doc_, &EmptyTable(), KeyPath(key));
+}
+
 Expected<std::vector<ConfigTable>> ConfigTable::GetTableArray(const std::string& key) const {
   used_->insert(key);
   const KeyErrors err{WhereKey(key), KeyPath(key)};

@@ -67,6 +67,25 @@ Status WriteAtomically(const std::string& path,
   return {};
 }
 
+Status CheckWritable(const std::string& path) {
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) {
+    return MakeError(ErrorCode::kIo, "cannot write '" + path + "': it is a folder");
+  }
+  const std::string probe = TempSibling(path);
+  std::FILE* f = std::fopen(probe.c_str(), "wbx");  // x: fail rather than touch an existing file
+  if (f == nullptr) {
+    const fs::path parent = fs::path(path).parent_path();
+    return MakeError(ErrorCode::kIo, "cannot write '" + path + "': " +
+                                         (fs::is_directory(parent.empty() ? "." : parent, ec)
+                                              ? std::string(std::strerror(errno))
+                                              : "folder '" + parent.string() + "' does not exist"));
+  }
+  std::fclose(f);
+  fs::remove(probe, ec);
+  return {};
+}
+
 Status WriteFileAtomic(const std::string& path, const std::string& bytes) {
   return WriteAtomically(path, [&](const std::string& temp) -> Status {
     std::FILE* f = std::fopen(temp.c_str(), "wb");

@@ -31,4 +31,23 @@ void LogWarn(const std::string& message) { spdlog::warn("{}", message); }
 void LogError(const std::string& message) { spdlog::error("{}", message); }
 void LogDebug(const std::string& message) { spdlog::debug("{}", message); }
 
+std::string ExceptionCause(const std::string& what) {
+  std::string cause = what;
+  // libtorch: "<cause>\nException raised from <function> at <file>:<line> (most recent call
+  // first):\nframe #0: ...". Other libraries' multi-line messages keep their first lines.
+  for (const char* marker : {"Exception raised from ", "frame #0"}) {
+    if (const auto at = cause.find(marker); at != std::string::npos) cause.resize(at);
+  }
+  if (cause.size() != what.size()) LogDebug("full exception message: " + what);
+  while (!cause.empty() && (cause.back() == '\n' || cause.back() == ' ')) cause.pop_back();
+  for (char& c : cause) {
+    if (c == '\n') c = ' ';
+  }
+  return cause.empty() ? what.substr(0, what.find('\n')) : cause;
+}
+
+std::string ExceptionCause(const std::exception& e) {
+  return ExceptionCause(std::string(e.what()));
+}
+
 }  // namespace mewm

@@ -6,8 +6,10 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 
 #include "mewm/core/file_util.h"
 
@@ -67,8 +69,8 @@ Expected<RgbImage> RenderSlice(const Volume& volume, const SliceSpec& spec,
                      "volume '" + volume.name() + "' has an empty extent");
   }
   const SliceAxes axes = AxesOf(spec.plane);
-  const std::int64_t index = spec.index < 0 ? extent[axes.fixed] / 2 : spec.index;
-  if (index >= extent[axes.fixed]) {
+  const std::int64_t index = spec.index == -1 ? extent[axes.fixed] / 2 : spec.index;
+  if (index < 0 || index >= extent[axes.fixed]) {
     return MakeError(ErrorCode::kInvalidArgument,
                      std::string(PlaneName(spec.plane)) + " slice index " + std::to_string(index) +
                          " is outside [0, " + std::to_string(extent[axes.fixed] - 1) + "]");
@@ -126,6 +128,12 @@ Status WritePng(const std::string& path, const RgbImage& image) {
   if (image.width <= 0 || image.height <= 0 ||
       image.pixels.size() != std::size_t(image.width) * std::size_t(image.height) * 3) {
     return MakeError(ErrorCode::kInvalidArgument, "cannot write '" + path + "': malformed image");
+  }
+  std::string extension = std::filesystem::path(path).extension().string();
+  for (char& c : extension) c = char(std::tolower(static_cast<unsigned char>(c)));
+  if (extension != ".png") {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "cannot write '" + path + "': only PNG is written; name the file *.png");
   }
   png_image png;
   std::memset(&png, 0, sizeof(png));

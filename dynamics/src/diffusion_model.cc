@@ -12,6 +12,7 @@
 #include <map>
 
 #include "diffusion_nets.h"
+#include "mewm/core/log.h"
 #include "mewm/core/seed.h"
 #include "mewm/torch/bridge.h"
 
@@ -75,6 +76,18 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
 
   Expected<std::vector<Outcome>> Simulate(const PatientCase& patient,
                                           const std::vector<SimulationRequest>& requests) override {
+    // libtorch reports shape, memory and device problems by exception: they become error values
+    // here, at the module's edge, with the cause in one line (the backtrace goes to the debug log).
+    try {
+      return SimulateUnguarded(patient, requests);
+    } catch (const std::exception& e) {
+      return MakeError(ErrorCode::kInternal, "diffusion simulation of patient '" + patient.id +
+                                                 "' failed: " + ExceptionCause(e));
+    }
+  }
+
+  Expected<std::vector<Outcome>> SimulateUnguarded(const PatientCase& patient,
+                                                   const std::vector<SimulationRequest>& requests) {
     if (requests.empty()) return std::vector<Outcome>{};
     torch::NoGradGuard no_grad;
     std::vector<Plan> plans;

@@ -15,6 +15,7 @@
 
 #include "diffusion_nets.h"
 #include "mewm/core/file_util.h"
+#include "mewm/core/log.h"
 #include "mewm/core/seed.h"
 #include "mewm/torch/bridge.h"
 
@@ -106,7 +107,8 @@ Status SaveState(const std::string& dir, const TrainState& state, nets::Diffusio
       fs::rename(dir + "/" + name + ".tmp", dir + "/" + name);
     }
   } catch (const std::exception& e) {
-    return MakeError(ErrorCode::kIo, "cannot save training state in '" + dir + "': " + e.what());
+    return MakeError(ErrorCode::kIo,
+                     "cannot save training state in '" + dir + "': " + ExceptionCause(e));
   }
   const nlohmann::json j = {{"stage", state.stage}, {"step", state.step}};
   return WriteFileAtomic(dir + "/state.json", j.dump() + "\n");
@@ -125,7 +127,7 @@ Expected<TrainState> LoadState(const std::string& dir, nets::DiffusionNet& net,
     torch::load(ema, dir + "/ema.pt");
   } catch (const std::exception& e) {
     return MakeError(ErrorCode::kCorruptData, "training state in '" + dir +
-                                                  "' is unreadable: " + e.what() +
+                                                  "' is unreadable: " + ExceptionCause(e) +
                                                   " (delete the folder to start afresh)");
   }
   return state;
@@ -385,7 +387,7 @@ Expected<DiffusionTrainReport> TrainDiffusion(
     return Train(train, validation, options, progress);
   } catch (const std::exception& e) {
     // libtorch reports shape and file problems by exception; callers get an error value.
-    return MakeError(ErrorCode::kInternal, std::string("diffusion training failed: ") + e.what());
+    return MakeError(ErrorCode::kInternal, "diffusion training failed: " + ExceptionCause(e));
   }
 }
 

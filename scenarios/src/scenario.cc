@@ -94,7 +94,7 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
     auto t = root.GetTable(key, optional);
     if (!t) {
       problems.Add(t.error().message);
-      return *root.GetTable("__missing__", true);
+      return root.MissingTable(key);
     }
     return *t;
   };

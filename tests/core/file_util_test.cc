@@ -3,6 +3,7 @@
 #include "mewm/core/file_util.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 
@@ -43,6 +44,28 @@ TEST(FileUtilTest, ErrorsNameThePath) {
   auto no_parent = WriteFileAtomic(dir.File("a/b/c.txt"), "x");
   ASSERT_FALSE(no_parent);
   EXPECT_EQ(no_parent.error().code, ErrorCode::kIo);
+}
+
+TEST(FileUtilTest, CheckWritableProbesWithoutLeavingFiles) {
+  testing::TempDir dir;
+  EXPECT_TRUE(CheckWritable(dir.File("model.pt")));
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
+  ASSERT_TRUE(WriteFileAtomic(dir.File("kept.txt"), "mine"));
+  EXPECT_TRUE(CheckWritable(dir.File("kept.txt")));  // replaceable later, untouched now
+  EXPECT_EQ(*ReadFile(dir.File("kept.txt")), "mine");
+  auto no_folder = CheckWritable(dir.File("missing/model.pt"));
+  ASSERT_FALSE(no_folder);
+  EXPECT_NE(no_folder.error().message.find("does not exist"), std::string::npos);
+  auto folder = CheckWritable(dir.path().string());
+  ASSERT_FALSE(folder);
+  EXPECT_NE(folder.error().message.find("folder"), std::string::npos);
+  if (::geteuid() != 0) {  // root writes anywhere
+    std::filesystem::create_directory(dir.File("ro"));
+    std::filesystem::permissions(
+        dir.File("ro"), std::filesystem::perms::owner_read | std::filesystem::perms::owner_exec);
+    EXPECT_FALSE(CheckWritable(dir.File("ro/model.pt")));
+    std::filesystem::permissions(dir.File("ro"), std::filesystem::perms::owner_all);
+  }
 }
 
 TEST(FileUtilTest, ExtensionsAreLowerCaseAndCompound) {

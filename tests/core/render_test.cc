@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 #include "mewm/core/file_util.h"
 #include "test_env.h"
 
@@ -88,6 +90,18 @@ TEST_F(RenderTest, ErrorsForBadIndexPlaneOverlayAndFiles) {
   ASSERT_FALSE(bad);
   EXPECT_EQ(bad.error().code, ErrorCode::kCorruptData);
   EXPECT_FALSE(WritePng(dir_.File("missing/x.png"), *RenderSlice(*ct_, SliceSpec{})));
+  // Only -1 means "the middle"; other negative indices are refused, not silently re-centred.
+  spec = SliceSpec{};
+  spec.index = -5;
+  auto negative = RenderSlice(*ct_, spec);
+  ASSERT_FALSE(negative);
+  EXPECT_EQ(negative.error().code, ErrorCode::kInvalidArgument);
+  // A name that promises another format is refused rather than written as PNG bytes.
+  auto jpeg = WritePng(dir_.File("x.jpg"), *RenderSlice(*ct_, SliceSpec{}));
+  ASSERT_FALSE(jpeg);
+  EXPECT_NE(jpeg.error().message.find("*.png"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("x.jpg")));
+  EXPECT_TRUE(WritePng(dir_.File("upper.PNG"), *RenderSlice(*ct_, SliceSpec{})));
 }
 
 }  // namespace

@@ -255,7 +255,11 @@ TEST_F(DiffusionTest, BadInputGivesClearErrors) {
   EXPECT_EQ(CreateDiffusionDynamics(o).error().code, ErrorCode::kNotFound);
   o.model_path = (dir_->path() / "corrupt.pt").string();
   ASSERT_TRUE(WriteFileAtomic(o.model_path, "not a checkpoint"));
-  EXPECT_EQ(CreateDiffusionDynamics(o).error().code, ErrorCode::kCorruptData);
+  const auto corrupt = CreateDiffusionDynamics(o);
+  EXPECT_EQ(corrupt.error().code, ErrorCode::kCorruptData);
+  // libtorch's cause in one line, without its C++ backtrace.
+  EXPECT_EQ(corrupt.error().message.find("frame #"), std::string::npos) << corrupt.error().message;
+  EXPECT_EQ(corrupt.error().message.find('\n'), std::string::npos) << corrupt.error().message;
   // Training data of the wrong size.
   DiffusionTrainOptions t;
   t.config = *DiffusionConfig::Preset("cpu", ActionBase::Default());

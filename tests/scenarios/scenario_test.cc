@@ -140,6 +140,19 @@ TEST_F(ScenarioTest, RejectsUnknownTablesBadDevicesAndBadTomlSyntax) {
   EXPECT_EQ(syntax.error().code, ErrorCode::kParse);
 }
 
+TEST_F(ScenarioTest, AMissingTableIsNamedNotAPlaceholder) {
+  auto missing = Parse(Replace(Valid(), "[run]\nname = \"t\"\nseed = 3\noutput = \"out\"\n", ""));
+  ASSERT_FALSE(missing);
+  EXPECT_NE(missing.error().message.find("[run]"), std::string::npos) << missing.error().message;
+  EXPECT_NE(missing.error().message.find("run.name"), std::string::npos) << missing.error().message;
+  EXPECT_EQ(missing.error().message.find("__missing__"), std::string::npos)
+      << missing.error().message;
+  auto wrong =
+      Parse(Replace(Valid(), "[run]\nname = \"t\"\nseed = 3\noutput = \"out\"\n", "run = 5\n"));
+  ASSERT_FALSE(wrong);
+  EXPECT_EQ(wrong.error().message.find("__missing__"), std::string::npos) << wrong.error().message;
+}
+
 TEST_F(ScenarioTest, ManifestSourceNeedsAnExistingCsv) {
   const std::string manifest = Replace(
       Replace(Valid(), "source = \"synthetic\"", "source = \"manifest\"\nmanifest = \"p.csv\""),

@@ -78,6 +78,84 @@ TEST_F(CliTest, VersionAndHelp) {
   EXPECT_NE(RunMewm("frobnicate").code, 0);
 }
 
+TEST_F(CliTest, UsageErrorsExitTwoAndNameTheProblem) {
+  // An unknown command is named, with the list of commands.
+  Result r = RunMewm("frobnicate");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("unknown command 'frobnicate'"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("  run\n"), std::string::npos) << r.output;
+  // CLI11's own codes (105, 106, ...) become 2: a missing argument, an unknown flag, a bad value.
+  for (const char* args : {"render", "inspect --frobnicate x", "run",
+                           "eval dynamics --cohort x "
+                           "--model y --config gpu",
+                           "render x --out y.png --index abc"}) {
+    r = RunMewm(args);
+    EXPECT_EQ(r.code, 2) << args << ": " << r.output;
+  }
+  // Runtime errors stay 1.
+  r = RunMewm("inspect " + dir_.File("none.vdb"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  // --log-level's value is not mistaken for a command.
+  r = RunMewm("--log-level error inspect --json " + ct_path_);
+  EXPECT_EQ(r.code, 0) << r.output;
+}
+
+TEST_F(CliTest, EveryCommandsHelpShowsAnExample) {
+  for (const char* sub : {"run",
+                          "merge",
+                          "serve",
+                          "submit",
+                          "watch",
+                          "status",
+                          "cancel",
+                          "keygen",
+                          "train survival",
+                          "train mechanistic",
+                          "train dynamics",
+                          "eval plans",
+                          "eval survival",
+                          "eval dynamics",
+                          "inspect",
+                          "convert",
+                          "render",
+                          "cohort generate",
+                          "cohort stats",
+                          "bench core",
+                          "bench world",
+                          "bench planner",
+                          "bench stream",
+                          "bench dynamics"}) {
+    const Result help = RunMewm(std::string(sub) + " --help");
+    EXPECT_EQ(help.code, 0) << sub;
+    EXPECT_NE(help.output.find("Example:\n  mewm " + std::string(sub)), std::string::npos)
+        << sub << ": " << help.output;
+  }
+}
+
+TEST_F(CliTest, RenderRefusesNegativeIndicesAndOtherFormats) {
+  Result r = RunMewm("render " + ct_path_ + " --index -5 --out " + dir_.File("a.png"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("outside"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("a.png")));
+  r = RunMewm("render " + ct_path_ + " --out " + dir_.File("a.jpg"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("*.png"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("a.jpg")));
+  r = RunMewm("render " + ct_path_ + " --index -1 --out " + dir_.File("a.png"));
+  EXPECT_EQ(r.code, 0) << r.output;
+}
+
+TEST_F(CliTest, TrainingChecksItsOutputsBeforeItStarts) {
+  // The cohort does not matter: the unwritable --out is refused first, before any reading.
+  for (const char* kind : {"survival", "mechanistic", "dynamics"}) {
+    const Result r = RunMewm(std::string("train ") + kind + " --cohort " + dir_.File("none") +
+                             " --out " + dir_.File("no/such/folder/m.out"));
+    EXPECT_EQ(r.code, 1) << kind << ": " << r.output;
+    EXPECT_NE(r.output.find("does not exist"), std::string::npos) << kind << ": " << r.output;
+    EXPECT_NE(r.output.find("m.out"), std::string::npos) << kind << ": " << r.output;
+  }
+}
+
 TEST_F(CliTest, ConvertNiftiToVdbAndBackThenInspect) {
   const std::string vdb = dir_.File("ct.vdb");
   const std::string back = dir_.File("back.nii");
@@ -247,10 +325,15 @@ TEST_F(CliTest, TrainRunEvaluateMergeAndInterrupt) {
   EXPECT_NE(r.output.find("\"type\":\"run_started\""), std::string::npos);
   EXPECT_NE(r.output.find("\"type\":\"plan_decided\""), std::string::npos);
   EXPECT_NE(r.output.find("\"type\":\"run_finished\""), std::string::npos);
-  r = RunMewm("eval plans " + out + " --json " + dir_.File("eval.json"));
+  r = RunMewm("eval plans " + out + " --json-out " + dir_.File("eval.json"));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("majority plan"), std::string::npos);
   EXPECT_NE(ReadText(dir_.File("eval.json")).find("\"regret_mean\""), std::string::npos);
+  // --json is a flag everywhere: the same numbers as JSON on stdout.
+  r = RunMewm("eval plans " + out + " --json");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.rfind("{", 0), 0u) << r.output;
+  EXPECT_NE(r.output.find("\"regret_mean\""), std::string::npos);
 
   // Shards and merge give the same summary as the whole run.
   for (int i = 0; i < 2; ++i) {

@@ -7,11 +7,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <iomanip>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <random>
+#include <set>
 #include <thread>
 
 #include "commands.h"
@@ -21,6 +24,7 @@
 #include "mewm/core/seed.h"
 #include "mewm/core/vdb_io.h"
 #include "mewm/core/version.h"
+#include "mewm/policy/policy_model.h"
 #include "mewm/scenarios/cohort.h"
 #include "mewm/scenarios/planner.h"
 #include "mewm/scenarios/runner.h"
@@ -241,8 +245,72 @@ int RunWorldBench(int patients, const std::string& json_path) {
   return 0;
 }
 
+/// The mean of a - b over paired values, with a 95% percentile-bootstrap interval (2,000
+/// resamples of the pairs, fixed seed, so the figure is reproducible).
+struct PairedDifference {
+  double mean = 0, lo = 0, hi = 0;
+};
+PairedDifference ComparePaired(const std::vector<double>& a, const std::vector<double>& b) {
+  const std::size_t n = a.size();
+  std::vector<double> d(n);
+  for (std::size_t i = 0; i < n; ++i) d[i] = a[i] - b[i];
+  const auto mean = [](const std::vector<double>& v) {
+    double sum = 0;
+    for (double x : v) sum += x;
+    return v.empty() ? 0.0 : sum / double(v.size());
+  };
+  PairedDifference out;
+  out.mean = mean(d);
+  if (n < 2) {
+    out.lo = out.hi = out.mean;
+    return out;
+  }
+  std::mt19937_64 rng(20261130);
+  std::uniform_int_distribution<std::size_t> pick(0, n - 1);
+  std::vector<double> means(2000), sample(n);
+  for (double& m : means) {
+    for (double& x : sample) x = d[pick(rng)];
+    m = mean(sample);
+  }
+  std::sort(means.begin(), means.end());
+  out.lo = means[std::size_t(0.025 * double(means.size()))];
+  out.hi = means[std::size_t(0.975 * double(means.size())) - 1];
+  return out;
+}
+
+/// The lowest true risk among the plans the search could reach at all: plans of the truth whose
+/// items all lie in the proposal (or are mandatory or required) and that hold no forbidden item.
+/// Its gap to the true optimum is the regret the policy's exclusions cause, whatever the search.
+double BestReachableRisk(const nlohmann::json& plan_risks, const policy::Proposal& proposal,
+                         const std::vector<std::string>& mandatory,
+                         const std::vector<std::string>& require,
+                         const std::vector<std::string>& forbid) {
+  std::set<std::string> allowed(proposal.drugs.begin(), proposal.drugs.end());
+  allowed.insert(proposal.embolics.begin(), proposal.embolics.end());
+  allowed.insert(mandatory.begin(), mandatory.end());
+  allowed.insert(require.begin(), require.end());
+  for (const std::string& item : forbid) allowed.erase(item);
+  double best = HUGE_VAL;
+  for (const auto& [plan, risk] : plan_risks.items()) {
+    std::set<std::string> items;
+    for (std::size_t start = 0; start <= plan.size();) {
+      std::size_t end = plan.find('+', start);
+      if (end == std::string::npos) end = plan.size();
+      items.insert(plan.substr(start, end - start));
+      start = end + 1;
+    }
+    bool ok = std::all_of(items.begin(), items.end(),
+                          [&](const std::string& item) { return allowed.count(item) > 0; });
+    for (const std::string& item : require) ok = ok && items.count(item) > 0;
+    if (ok) best = std::min(best, risk.get<double>());
+  }
+  return best;
+}
+
 /// Beam search against MeWM's reference loop (and exhaustive search) on the same patients, in one
-/// process: simulations, model evaluations, wall time and the true regret of each choice.
+/// process: simulations, model evaluations, wall time and the true regret of each choice, the
+/// paired regret difference of beam and reference with its interval, and how much of the regret
+/// the policy's exclusions alone cause.
 int RunPlannerBench(const std::string& scenario, int patients, const std::string& json_path) {
   auto spec = scenarios::LoadScenario(scenario);
   if (!spec) return Fail(spec.error());
@@ -269,6 +337,10 @@ int RunPlannerBench(const std::string& scenario, int patients, const std::string
     int optimal = 0;
   };
   std::vector<Totals> totals(modes.size());
+  std::vector<std::vector<double>> regrets(modes.size());
+  std::vector<double> exclusion_regrets;
+  auto mandatory = spec->actions.MandatoryItems(spec->protocol);
+  if (!mandatory) return Fail(mandatory.error());
   const int n = std::min<int>(patients, int(entries->size()));
   std::cout << "planner bench: " << n << " patients of " << scenario
             << ", B=" << spec->planner.beams << " T=" << spec->planner.samples
@@ -280,6 +352,9 @@ int RunPlannerBench(const std::string& scenario, int patients, const std::string
     if (!proposal) return Fail(proposal.error());
     const nlohmann::json& t = truth.at("patients").at(patient->id);
     const double optimal = t.at("optimal_risk").get<double>();
+    exclusion_regrets.push_back(
+        BestReachableRisk(t.at("plan_risks"), *proposal, *mandatory, spec->require, spec->forbid) -
+        optimal);
     for (std::size_t m = 0; m < modes.size(); ++m) {
       scenarios::PlannerSpec ps = spec->planner;
       ps.search = modes[m];
@@ -301,6 +376,7 @@ int RunPlannerBench(const std::string& scenario, int patients, const std::string
       k.simulations += decision->counters.simulations;
       k.evaluations += decision->counters.model_evaluations;
       k.regret += risk - optimal;
+      regrets[m].push_back(risk - optimal);
       k.optimal += decision->best.plan.ToString() == t.at("optimal_plan").get<std::string>();
     }
     std::cerr << "  " << patient->id << " done\n";
@@ -323,13 +399,28 @@ int RunPlannerBench(const std::string& scenario, int patients, const std::string
   const double sim_ratio = double(totals[0].simulations) / double(totals[1].simulations);
   const double time_ratio = totals[0].seconds / totals[1].seconds;
   std::printf("beam / reference: simulations %.3f, wall time %.3f\n", sim_ratio, time_ratio);
+  const PairedDifference beam_vs_reference = ComparePaired(regrets[0], regrets[1]);
+  std::printf("regret, beam - reference (paired, %d patients): %+.4f, 95%% CI [%+.4f, %+.4f]\n", n,
+              beam_vs_reference.mean, beam_vs_reference.lo, beam_vs_reference.hi);
+  const std::vector<double> zeros(exclusion_regrets.size(), 0.0);
+  const PairedDifference exclusion = ComparePaired(exclusion_regrets, zeros);
+  std::printf(
+      "regret the policy's exclusions alone cause (best plan within the proposal vs the true "
+      "optimum): %.4f, 95%% CI [%.4f, %.4f]; %.0f%% of beam's regret\n",
+      exclusion.mean, exclusion.lo, exclusion.hi,
+      totals[0].regret > 0 ? 100.0 * exclusion.mean * n / totals[0].regret : 0.0);
   if (!json_path.empty()) {
     nlohmann::json out = {{"mewm_version", Version()},
                           {"scenario", scenario},
                           {"patients", n},
                           {"searches", rows},
                           {"beam_over_reference_simulations", sim_ratio},
-                          {"beam_over_reference_wall_time", time_ratio}};
+                          {"beam_over_reference_wall_time", time_ratio},
+                          {"regret_beam_minus_reference",
+                           {{"mean", beam_vs_reference.mean},
+                            {"ci95", {beam_vs_reference.lo, beam_vs_reference.hi}}}},
+                          {"regret_from_policy_exclusions",
+                           {{"mean", exclusion.mean}, {"ci95", {exclusion.lo, exclusion.hi}}}}};
     if (auto w = WriteFileAtomic(json_path, out.dump(2) + "\n"); !w) return Fail(w.error());
   }
   return 0;
@@ -345,7 +436,7 @@ Action RegisterBench(CLI::App& app) {
   core->add_option("--repeats", *repeats, "Repetitions per measurement (median reported)")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
-  core->add_option("--json", *json_path, "Also write the figures as JSON to this file");
+  core->add_option("--json-out", *json_path, "Also write the figures as JSON to this file");
   core->add_option("--keep", *keep, "Keep the phantom files in this folder");
   auto world_patients = std::make_shared<int>(3);
   auto* world =
@@ -353,7 +444,7 @@ Action RegisterBench(CLI::App& app) {
   world->add_option("--patients", *world_patients, "Patients to time")
       ->check(CLI::Range(1, 100))
       ->capture_default_str();
-  world->add_option("--json", *json_path, "Also write the figures as JSON to this file");
+  world->add_option("--json-out", *json_path, "Also write the figures as JSON to this file");
   auto planner_scenario = std::make_shared<std::string>();
   auto planner_patients = std::make_shared<int>(10);
   auto* planner = app.add_subcommand(
@@ -363,14 +454,14 @@ Action RegisterBench(CLI::App& app) {
   planner->add_option("--patients", *planner_patients, "Patients to plan with each search")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
-  planner->add_option("--json", *json_path, "Also write the figures as JSON to this file");
+  planner->add_option("--json-out", *json_path, "Also write the figures as JSON to this file");
   auto stream_events = std::make_shared<int>(200000);
   auto* stream = app.add_subcommand(
       "stream", "Streaming server path vs a raw cppzmq PUB/SUB baseline: rate, latency, MB/s");
   stream->add_option("--events", *stream_events, "1 KiB events in the throughput run")
       ->check(CLI::Range(1000, 10000000))
       ->capture_default_str();
-  stream->add_option("--json", *json_path, "Also write the figures as JSON to this file");
+  stream->add_option("--json-out", *json_path, "Also write the figures as JSON to this file");
   Action dynamics = AddBenchDynamics(app);
   app.require_subcommand(1);
   return [=]() -> int {

@@ -58,6 +58,16 @@ Action AddTrainDynamics(CLI::App& train_app) {
   sub->add_flag("--quiet", o->quiet, "No progress bars");
   return [o, sub]() -> int {
     if (!sub->parsed()) return -1;
+    // Fail now, not after an hour of training, when the outputs cannot be written.
+    if (auto writable = CheckWritable(o->out); !writable) return Fail(writable.error());
+    if (!o->state_dir.empty()) {
+      std::error_code ec;
+      std::filesystem::create_directories(o->state_dir, ec);
+      const std::string probe = (std::filesystem::path(o->state_dir) / "state.json").string();
+      if (auto writable = CheckWritable(probe); !writable) {
+        return Fail(writable.error().WithContext("--state-dir"));
+      }
+    }
     const ActionBase& actions = ActionBase::Default();
     auto config = dynamics::DiffusionConfig::Preset(o->config, actions);
     if (!config) return Fail(config.error());
@@ -151,7 +161,10 @@ Action AddEvalDynamics(CLI::App& eval_app) {
                   "Held-out cohort with counterfactual plans (--plans-per-patient K)")
       ->required();
   sub->add_option("--model", o->model, "Diffusion checkpoint")->required();
-  sub->add_option("--config", o->config, "Preset the checkpoint must match")->capture_default_str();
+  sub->add_option("--config", o->config,
+                  "Preset the checkpoint must match: cpu or mewm (\"\" = the checkpoint's own)")
+      ->check(CLI::IsMember({"", "cpu", "mewm"}))
+      ->capture_default_str();
   sub->add_option("--calibration", o->calibration,
                   "Mechanistic baseline's calibration (\"\" to skip the baseline)")
       ->capture_default_str();
@@ -166,7 +179,7 @@ Action AddEvalDynamics(CLI::App& eval_app) {
       ->capture_default_str();
   sub->add_option("--threads", o->threads, "libtorch threads (0 = all cores)")
       ->capture_default_str();
-  sub->add_option("--json", o->json_out, "Also write the numbers to this JSON file");
+  sub->add_option("--json-out", o->json_out, "Also write the numbers as JSON to this file");
   sub->add_flag("--quiet", o->quiet, "No progress bar");
   return [o, sub]() -> int {
     if (!sub->parsed()) return -1;
@@ -236,7 +249,7 @@ Action AddBenchDynamics(CLI::App& bench_app) {
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
   sub->add_option("--iterations", o->iterations, "Timed forwards")->capture_default_str();
-  sub->add_option("--json", o->json_out, "Also write the figures as JSON to this file");
+  sub->add_option("--json-out", o->json_out, "Also write the figures as JSON to this file");
   return [o, sub]() -> int {
     if (!sub->parsed()) return -1;
     auto spec = scenarios::LoadScenario(o->scenario);

@@ -13,6 +13,7 @@ namespace mewm::cli {
 Action RegisterEval(CLI::App& app) {
   struct Options {
     std::string run_dir, json_out, model, cohort, train;
+    bool json = false;
   };
   auto o = std::make_shared<Options>();
   app.require_subcommand(1);
@@ -28,7 +29,8 @@ Action RegisterEval(CLI::App& app) {
       ->required();
   Action dynamics = AddEvalDynamics(app);
   for (CLI::App* sub : {plans, surv}) {
-    sub->add_option("--json", o->json_out, "Also write the numbers to this JSON file");
+    sub->add_flag("--json", o->json, "Print the numbers as JSON on stdout instead of the table");
+    sub->add_option("--json-out", o->json_out, "Also write the numbers as JSON to this file");
   }
   return [o, plans, dynamics]() -> int {
     if (const int rc = dynamics(); rc >= 0) return rc;
@@ -46,7 +48,7 @@ Action RegisterEval(CLI::App& app) {
       table = eval->FormatTable();
       json = eval->ToJson();
     }
-    std::cout << table;
+    std::cout << (o->json ? json + "\n" : table);
     if (!o->json_out.empty()) {
       if (auto written = WriteFileAtomic(o->json_out, json + "\n"); !written) {
         return Fail(written.error());

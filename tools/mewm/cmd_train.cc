@@ -46,6 +46,7 @@ Action RegisterTrain(CLI::App& app) {
   }
   return [o, surv, mech, dynamics]() -> int {
     if (const int rc = dynamics(); rc >= 0) return rc;
+    if (auto writable = CheckWritable(o->out); !writable) return Fail(writable.error());
     const std::string command = "mewm train " +
                                 std::string(surv->parsed() ? "survival" : "mechanistic") +
                                 " --cohort " + o->cohort + " --out " + o->out +

@@ -21,13 +21,93 @@ int Fail(const Error& error) {
 
 }  // namespace mewm::cli
 
+namespace {
+
+/// Exit statuses every command shares (README, docs/SCENARIOS.md).
+constexpr int kExitUsage = 2;      ///< the command line is wrong: unknown command, bad flag
+constexpr int kExitInternal = 70;  ///< a bug (sysexits' EX_SOFTWARE): please report it
+
+/// The command word of argv ("" when there is none): the first argument that is neither an
+/// option nor the value of the one top-level option that takes a value.
+std::string CommandWord(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--log-level") {
+      ++i;
+      continue;
+    }
+    if (!arg.empty() && arg[0] != '-') return arg;
+  }
+  return "";
+}
+
+/// One worked example per command, shown at the end of its --help.
+const std::map<std::string, std::string>& Examples() {
+  static const std::map<std::string, std::string> examples = {
+      {"run", "mewm run scenarios/tace_demo/scenario.toml --out out/demo"},
+      {"merge", "mewm merge --out results/all results/shard0 results/shard1"},
+      {"serve", "mewm serve --results-root /srv/mewm --scenario-base scenarios"},
+      {"submit", "mewm submit scenarios/tace_demo/scenario.toml --wait"},
+      {"watch", "mewm watch --run tace_demo-1a2b3c4d --json"},
+      {"status", "mewm status tace_demo-1a2b3c4d"},
+      {"cancel", "mewm cancel tace_demo-1a2b3c4d"},
+      {"keygen", "mewm keygen keys/server   # writes keys/server.key (0600) and keys/server.pub"},
+      {"train survival",
+       "mewm train survival --cohort cohorts/train --out models/cox_survival.json"},
+      {"train mechanistic",
+       "mewm train mechanistic --cohort cohorts/train --out models/mechanistic_calibration.json"},
+      {"train dynamics",
+       "mewm train dynamics --cohort cohorts/train6 --out dyn.pt --state-dir dyn_state"},
+      {"eval plans", "mewm eval plans out/demo --json-out out/demo/eval_plans.json"},
+      {"eval survival",
+       "mewm eval survival --model models/cox_survival.json --cohort cohorts/test "
+       "--train-cohort cohorts/train"},
+      {"eval dynamics",
+       "mewm eval dynamics --cohort cohorts/test8 --model models/dynamics_diffusion.pt --json"},
+      {"inspect", "mewm inspect out/demo/patients/P0001/post_chosen.vdb --json"},
+      {"convert", "mewm convert ct.nii.gz ct.vdb --kind ct --patient-id P1"},
+      {"render",
+       "mewm render pre.vdb --plane axial --at tumor --overlay tumor --out pre_axial.png"},
+      {"cohort generate", "mewm cohort generate --n 20 --seed 7 --out cohorts/c7"},
+      {"cohort stats", "mewm cohort stats cohorts/c7"},
+      {"bench core", "mewm bench core --repeats 5 --json-out bench_core.json"},
+      {"bench world", "mewm bench world --patients 4 --json-out bench_world.json"},
+      {"bench planner",
+       "mewm bench planner scenarios/tace_cohort_eval/scenario.toml --patients 10"},
+      {"bench stream", "mewm bench stream --json-out bench_stream.json"},
+      {"bench dynamics", "mewm bench dynamics scenarios/tace_cohort_eval_diffusion/scenario.toml"},
+  };
+  return examples;
+}
+
+/// Adds the example of each (nested) command to its help; `path` is "eval dynamics" etc.
+void AddExamples(CLI::App& app, const std::string& path) {
+  for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+    const std::string name = path.empty() ? sub->get_name() : path + " " + sub->get_name();
+    if (auto it = Examples().find(name); it != Examples().end()) {
+      sub->footer("Example:\n  " + it->second);
+    }
+    AddExamples(*sub, name);
+  }
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   CLI::App app{"mewm: a medical world model for TACE treatment planning"};
   app.set_version_flag("--version", std::string("mewm ") + mewm::Version());
   app.require_subcommand(1);
+  app.footer(
+      "Exit status: 0 success; 1 error (the message names the file and the problem); 2 usage "
+      "error; 3 some patients failed (run, watch, submit --wait); 4 run cancelled (watch, "
+      "submit --wait); 70 internal error (a bug); 130/143 interrupted by SIGINT/SIGTERM.\n"
+      "Example: mewm run scenarios/tace_demo/scenario.toml --out out/demo");
   std::string log_level = "warn";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->capture_default_str();
+  bool verbose = false;
+  app.add_flag("-v,--verbose", verbose,
+               "Debug logging, with the full text of library errors (libtorch backtraces)");
 
   std::map<CLI::App*, mewm::cli::Action> actions;
   const auto add = [&](const char* name, const char* help, auto registrar) {
@@ -61,13 +141,34 @@ int main(int argc, char** argv) {
       mewm::cli::RegisterCohort);
   add("bench", "Measure core operations and the synthetic world", mewm::cli::RegisterBench);
 
+  AddExamples(app, "");
+  // An unknown command word is named, with the list of commands, rather than CLI11's "The
+  // following arguments were not expected".
+  if (const std::string word = CommandWord(argc, argv); !word.empty()) {
+    bool known = false;
+    std::string names;
+    for (const auto& [sub, action] : actions) {
+      known = known || sub->get_name() == word;
+      names += "\n  " + sub->get_name();
+    }
+    if (!known) {
+      std::cerr << "mewm: error: unknown command '" << word << "'. The commands are:" << names
+                << "\nRun 'mewm --help' for what each one does.\n";
+      return kExitUsage;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version exit 0; every other parse error is a usage error (2), whatever
+    // CLI11's own code for it.
+    const int code = app.exit(e);
+    return code == 0 ? 0 : kExitUsage;
   }
+  if (verbose) log_level = "debug";
   if (auto configured = mewm::ConfigureLogging(log_level); !configured) {
-    return mewm::cli::Fail(configured.error());
+    mewm::cli::Fail(configured.error());
+    return kExitUsage;
   }
   openvdb::initialize();
   mewm::dynamics::EnableDiffusionBackend();
@@ -77,10 +178,11 @@ int main(int argc, char** argv) {
         return action();
       } catch (const std::exception& e) {
         // Library code returns errors as values; reaching here is a bug worth reporting loudly.
-        std::cerr << "mewm: internal error: " << e.what() << "\n";
-        return 2;
+        std::cerr << "mewm: internal error: " << mewm::ExceptionCause(e)
+                  << (verbose ? "" : " (run with --verbose for details)") << "\n";
+        return kExitInternal;
       }
     }
   }
-  return 1;
+  return kExitUsage;
 }

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "mewm/core/file_util.h"
+#include "mewm/core/log.h"
 
 namespace mewm::torch_bridge {
 namespace {
@@ -42,9 +43,9 @@ Expected<torch::serialize::InputArchive> OpenArchive(const std::string& path) {
   try {
     archive.load_from(path, torch::Device(torch::kCPU));
   } catch (const std::exception& e) {
-    return MakeError(ErrorCode::kCorruptData, "checkpoint '" + path +
-                                                  "' is not a readable torch archive: " +
-                                                  std::string(e.what()).substr(0, 200));
+    return MakeError(
+        ErrorCode::kCorruptData,
+        "checkpoint '" + path + "' is not a readable torch archive: " + ExceptionCause(e));
   }
   return archive;
 }
@@ -166,7 +167,8 @@ Status SaveCheckpoint(const std::string& path, const torch::nn::Module& module,
       }
       archive.save_to(temp);
     } catch (const std::exception& e) {
-      return MakeError(ErrorCode::kIo, "cannot write checkpoint '" + path + "': " + e.what());
+      return MakeError(ErrorCode::kIo,
+                       "cannot write checkpoint '" + path + "': " + ExceptionCause(e));
     }
     return {};
   });

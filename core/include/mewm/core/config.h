@@ -76,6 +76,9 @@ class ConfigTable {
   /// A sub-table. Missing: kNotFound unless `optional`, in which case an empty table is returned.
   /// Its path is this table's path plus the key ("planner.search").
   Expected<ConfigTable> GetTable(const std::string& key, bool optional = false) const;
+  /// An empty stand-in for the sub-table `key`, with that table's path, for reading defaults after
+  /// GetTable failed, so that later messages name the real table ("run.name"), not a placeholder.
+  ConfigTable MissingTable(const std::string& key) const;
   /// An array of tables ([[key]]); missing gives an empty list. Element paths are "key[i]",
   /// counted from 0, so errors read "actions.toml:12: drug[3].name must be a string (...)".
   Expected<std::vector<ConfigTable>> GetTableArray(const std::string& key) const;

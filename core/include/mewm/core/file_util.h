@@ -21,6 +21,12 @@ Status WriteFileAtomic(const std::string& path, const std::string& bytes);
 Status WriteAtomically(const std::string& path,
                        const std::function<Status(const std::string& temp_path)>& writer);
 
+/// Whether a file can later be written at `path` by WriteAtomically, checked now so that a long
+/// job fails before it starts rather than after: the folder exists and accepts a new file (probed
+/// with a temporary file that is removed again), and `path` is not a folder. Creates nothing that
+/// stays. kIo naming the path and the reason.
+Status CheckWritable(const std::string& path);
+
 /// Reads a whole file. kNotFound or kIo.
 Expected<std::string> ReadFile(const std::string& path);
 

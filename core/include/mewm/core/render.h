@@ -32,7 +32,8 @@ struct RgbImage {
 
 struct SliceSpec {
   SlicePlane plane = SlicePlane::kAxial;
-  std::int64_t index = -1;  ///< slice index along the fixed axis; -1 = middle of the extent
+  std::int64_t index = -1;  ///< slice index along the fixed axis; -1 = middle of the extent, other
+                            ///< negatives are refused
   HuWindow window;
   float overlay_alpha = 0.45f;
 };
@@ -42,7 +43,8 @@ struct SliceSpec {
 Expected<RgbImage> RenderSlice(const Volume& volume, const SliceSpec& spec,
                                const LabelVolume* overlay = nullptr);
 
-/// Writes a PNG atomically. kIo on failure.
+/// Writes a PNG atomically. kInvalidArgument when the path does not end in .png (any case), kIo
+/// on failure.
 Status WritePng(const std::string& path, const RgbImage& image);
 
 /// Reads a PNG written by WritePng (8-bit RGB); used by tests and the Turing-test scorer.
