@@ -311,7 +311,8 @@ double BestReachableRisk(const nlohmann::json& plan_risks, const policy::Proposa
 /// process: simulations, model evaluations, wall time and the true regret of each choice, the
 /// paired regret difference of beam and reference with its interval, and how much of the regret
 /// the policy's exclusions alone cause.
-int RunPlannerBench(const std::string& scenario, int patients, const std::string& json_path) {
+int RunPlannerBench(const std::string& scenario, int patients, bool exhaustive,
+                    const std::string& json_path) {
   auto spec = scenarios::LoadScenario(scenario);
   if (!spec) return Fail(spec.error());
   if (spec->cohort.source != scenarios::CohortSpec::Source::kSynthetic) {
@@ -328,9 +329,9 @@ int RunPlannerBench(const std::string& scenario, int patients, const std::string
   const nlohmann::json truth = nlohmann::json::parse(*truth_text);
   auto models = scenarios::LoadModels(*spec);
   if (!models) return Fail(models.error());
-  const std::vector<scenarios::SearchMode> modes = {scenarios::SearchMode::kBeam,
-                                                    scenarios::SearchMode::kReference,
-                                                    scenarios::SearchMode::kExhaustive};
+  std::vector<scenarios::SearchMode> modes = {scenarios::SearchMode::kBeam,
+                                              scenarios::SearchMode::kReference};
+  if (exhaustive) modes.push_back(scenarios::SearchMode::kExhaustive);
   struct Totals {
     double seconds = 0, regret = 0;
     std::int64_t simulations = 0, evaluations = 0;
@@ -447,6 +448,7 @@ Action RegisterBench(CLI::App& app) {
   world->add_option("--json-out", *json_path, "Also write the figures as JSON to this file");
   auto planner_scenario = std::make_shared<std::string>();
   auto planner_patients = std::make_shared<int>(10);
+  auto planner_skip_exhaustive = std::make_shared<bool>(false);
   auto* planner = app.add_subcommand(
       "planner", "Beam search vs MeWM's reference loop vs exhaustive, on the same patients");
   planner->add_option("SCENARIO", *planner_scenario, "Scenario with a synthetic cohort")
@@ -454,6 +456,8 @@ Action RegisterBench(CLI::App& app) {
   planner->add_option("--patients", *planner_patients, "Patients to plan with each search")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
+  planner->add_flag("--skip-exhaustive", *planner_skip_exhaustive,
+                    "Only beam and reference (exhaustive search costs most of the time)");
   planner->add_option("--json-out", *json_path, "Also write the figures as JSON to this file");
   auto stream_events = std::make_shared<int>(200000);
   auto* stream = app.add_subcommand(
@@ -468,7 +472,10 @@ Action RegisterBench(CLI::App& app) {
     if (const int rc = dynamics(); rc >= 0) return rc;
     if (stream->parsed()) return RunStreamBench(*stream_events, *json_path);
     if (world->parsed()) return RunWorldBench(*world_patients, *json_path);
-    if (planner->parsed()) return RunPlannerBench(*planner_scenario, *planner_patients, *json_path);
+    if (planner->parsed()) {
+      return RunPlannerBench(*planner_scenario, *planner_patients, !*planner_skip_exhaustive,
+                             *json_path);
+    }
     return RunCoreBench(*repeats, *json_path, *keep);
   };
 }
