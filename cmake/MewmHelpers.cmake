@@ -20,7 +20,7 @@ endfunction()
 function(mewm_add_module name)
   cmake_parse_arguments(ARG "" "" "SOURCES;PUBLIC_DEPS;PRIVATE_DEPS" ${ARGN})
   if(NOT ARG_SOURCES)
-    # Interfaces only (no backend yet): a header library with the same name and alias.
+    # A module without sources: a header-only library with the same name and alias.
     add_library(mewm_${name} INTERFACE)
     add_library(mewm::${name} ALIAS mewm_${name})
     target_include_directories(mewm_${name} INTERFACE

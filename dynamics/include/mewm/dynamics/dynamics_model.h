@@ -4,8 +4,8 @@
 // The dynamics stage: simulate the post-treatment CT and viable tumor for candidate plans.
 //   input:  PatientCase, a batch of SimulationRequests (plan, sample index, seed)
 //   output: one Outcome per request, in request order
-// Backends (planned): `mechanistic` (reaction-diffusion; the synthetic world's truth) and
-// `diffusion` (learned 3D latent diffusion).
+// Backends: `mechanistic` (reaction-diffusion; the synthetic world's truth) and `diffusion`
+// (learned 3D latent diffusion, in the mewm::dynamics_diffusion library).
 //
 // Determinism contract: an outcome depends only on (patient, plan, seed), never on which other
 // requests share its batch, so the planner may memoise and batch freely.

@@ -4,7 +4,7 @@
 // The policy stage: given a patient, propose candidate treatment items for the planner to search.
 //   input:  PatientCase (pre-treatment CT, masks, covariates)
 //   output: Proposal (candidate drugs and embolics, with a rationale)
-// Backends (planned): `guideline` (rules), `vlm` (native libtorch), `openai` (chat endpoint).
+// Backends: `guideline` (rules); planned: `vlm` (native libtorch), `openai` (chat endpoint).
 #pragma once
 
 #include <string>

@@ -4,7 +4,7 @@
 // The survival stage (inverse dynamics): score a simulated outcome by its risk of death.
 //   input:  PatientCase (pre-treatment state and covariates), a dynamics Outcome
 //   output: RiskScore (relative risk plus a survival curve)
-// Backends (planned): `cox` (Cox PH on volumetric features, Eigen) and `deep` (libtorch).
+// Backends: `cox` (Cox PH on volumetric features, Eigen); planned: `deep` (libtorch).
 #pragma once
 
 #include <string>
