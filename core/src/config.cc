@@ -169,7 +169,7 @@ std::optional<DepthExcess> FindExcessiveDepth(const std::string& text) {
         if (!in_key) break;  // a float or a date-time
         ++dots;
         if (depth + dots + 1 > kMaxConfigDepth) {
-          return DepthExcess{line, in_header ? "a table header's dotted parts" : "dotted key parts"};
+          return DepthExcess{line, in_header ? "a table header goes" : "a dotted key goes"};
         }
         break;
       case '=':
@@ -194,7 +194,7 @@ std::optional<DepthExcess> FindExcessiveDepth(const std::string& text) {
       case '{': {
         frames.push_back({c == '{', key_parts});
         depth += key_parts + 1;
-        if (depth > kMaxConfigDepth) return DepthExcess{line, "arrays and inline tables"};
+        if (depth > kMaxConfigDepth) return DepthExcess{line, "arrays and inline tables go"};
         in_key = c == '{';
         dots = 0;
         key_parts = 0;
@@ -241,9 +241,9 @@ Expected<ConfigDocument> ConfigDocument::Parse(const std::string& text, const st
   if (const auto deep = FindExcessiveDepth(text)) {
     return MakeError(ErrorCode::kParse,
                      origin + ":" + std::to_string(deep->line) + ": nested too deeply: " +
-                         deep->what + " go past " + std::to_string(kMaxConfigDepth) +
-                         " levels (the limit for dotted key parts, table header parts, inline "
-                         "tables and arrays counted together)");
+                         deep->what + " deeper than " + std::to_string(kMaxConfigDepth) +
+                         " levels (dotted key parts, table header parts, inline tables and "
+                         "arrays count together)");
   }
   auto impl = std::make_unique<Impl>();
   impl->origin = origin;

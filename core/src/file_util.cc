@@ -163,7 +163,8 @@ Expected<std::string> ReadRegularFile(const std::string& path, std::uint64_t max
     std::vector<char> buffer(64 * 1024);
     for (;;) {
       const std::uint64_t room = max_bytes + 1 - out.size();
-      const ssize_t n = ::read(fd, buffer.data(), std::size_t(std::min<std::uint64_t>(room, buffer.size())));
+      const ssize_t n =
+          ::read(fd, buffer.data(), std::size_t(std::min<std::uint64_t>(room, buffer.size())));
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) {
         status = MakeError(ErrorCode::kIo,

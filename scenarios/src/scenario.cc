@@ -85,9 +85,9 @@ struct PathReader {
             bool optional = false) {
     std::string value;
     if (!refused) return false;
-    if (!problems.Take(table.GetString(key, optional ? std::optional<std::string>("")
-                                                     : std::nullopt),
-                       &value) ||
+    if (!problems.Take(
+            table.GetString(key, optional ? std::optional<std::string>("") : std::nullopt),
+            &value) ||
         (optional && !table.Has(key))) {
       return false;
     }
@@ -122,8 +122,8 @@ struct PathReader {
 Status ValidateRunName(const std::string& name) {
   constexpr std::size_t kMaxLength = 64;
   const auto allowed = [](char c) {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           c == '.' || c == '_' || c == '-';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
   };
   const bool ok = !name.empty() && name.size() <= kMaxLength && allowed(name[0]) &&
                   name[0] != '.' && name[0] != '_' && name[0] != '-' &&
@@ -131,14 +131,14 @@ Status ValidateRunName(const std::string& name) {
                   name.find("..") == std::string::npos;
   if (ok) return {};
   std::string shown = name.size() > kMaxLength ? name.substr(0, kMaxLength) + "..." : name;
-  return MakeError(ErrorCode::kInvalidArgument,
-                   "run.name must be 1 to 64 characters from A-Z a-z 0-9 . _ -, starting with a "
-                   "letter or a digit, without '..' (got \"" +
-                       shown + "\"" +
-                       (name.size() > kMaxLength
-                            ? ", " + std::to_string(name.size()) + " characters"
-                            : std::string()) +
-                       ")");
+  return MakeError(
+      ErrorCode::kInvalidArgument,
+      "run.name must be 1 to 64 characters from A-Z a-z 0-9 . _ -, starting with a "
+      "letter or a digit, without '..' (got \"" +
+          shown + "\"" +
+          (name.size() > kMaxLength ? ", " + std::to_string(name.size()) + " characters"
+                                    : std::string()) +
+          ")");
 }
 
 std::vector<ScenarioPath> ScenarioSpec::InputPaths() const {
@@ -316,9 +316,9 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
   if (paths.Read(act, "path", &s.actions_path, /*optional=*/true)) {
     // Bounded and regular only: a scenario may come from a client of the server.
     std::string actions_text;
-    actions_ok = problems.Take(ReadRegularFile(s.actions_path, kMaxActionBaseBytes),
-                               &actions_text) &&
-                 problems.Take(ActionBase::FromToml(actions_text, s.actions_path), &s.actions);
+    actions_ok =
+        problems.Take(ReadRegularFile(s.actions_path, kMaxActionBaseBytes), &actions_text) &&
+        problems.Take(ActionBase::FromToml(actions_text, s.actions_path), &s.actions);
   } else if (act.Has("path")) {
     actions_ok = false;
   }

@@ -160,7 +160,8 @@ Expected<fs::path> Confine(const fs::path& root, const char* root_name, const st
   const fs::path p(path);
   for (const auto& part : p) {
     if (part == "..") {
-      return MakeError(ErrorCode::kInvalidArgument, key + " = \"" + path + "\" may not contain '..'");
+      return MakeError(ErrorCode::kInvalidArgument,
+                       key + " = \"" + path + "\" may not contain '..'");
     }
   }
   const fs::path inside = p.is_absolute() ? p.lexically_normal() : (root / p).lexically_normal();
@@ -714,9 +715,9 @@ struct Server::Impl {
     auto output = Confine(root, "results root", spec->output, "run.output");
     if (!output) return reject(ReplyError::kForbiddenPath, output.error().message);
     if (IsPathInside(output->string(), cohorts.string())) {
-      return reject(ReplyError::kForbiddenPath,
-                    "run.output = \"" + spec->output + "\" is inside " +
-                        ResolvedPath(cohorts.string()) + ", where only cohorts live");
+      return reject(ReplyError::kForbiddenPath, "run.output = \"" + spec->output + "\" is inside " +
+                                                    ResolvedPath(cohorts.string()) +
+                                                    ", where only cohorts live");
     }
     if (spec->cohort.source == scenarios::CohortSpec::Source::kSynthetic) {
       auto cohort = scenarios::SyntheticCohortDir(*spec, output->string(), root.string());
@@ -749,9 +750,9 @@ struct Server::Impl {
       }
     }
     if (synthetic && !IsPathInside(spec->cohort.dir, cohorts.string())) {
-      return reject(ReplyError::kForbiddenPath,
-                    "the run's cohort '" + spec->cohort.dir + "' would leave " +
-                        ResolvedPath(cohorts.string()));
+      return reject(ReplyError::kForbiddenPath, "the run's cohort '" + spec->cohort.dir +
+                                                    "' would leave " +
+                                                    ResolvedPath(cohorts.string()));
     }
     run->spec = std::move(*spec);
     run->options.resume = true;  // continue the log that starts with run_accepted

@@ -410,12 +410,12 @@ TEST_F(ConfigTest, HugeNestingIsRefusedQuicklyBeforeTheParserRecurses) {
   for (int i = 0; i < 50000; ++i) inline_tables += "{a=";
   inline_tables += "1" + std::string(50000, '}') + "\n";
   const std::pair<std::string, std::string> cases[] = {
-      {"[run]\nseed = 1\n" + key + " = 1\n", "dotted key parts"},
-      {"# header\n[" + key + "]\n", "table header"},
-      {"[[" + key + "]]\n", "table header"},
-      {NestedArrays("x", 100000), "arrays and inline tables"},
-      {inline_tables, "arrays and inline tables"},
-      {"y = { " + key + " = 1 }\n", "dotted key parts"}};
+      {"[run]\nseed = 1\n" + key + " = 1\n", "a dotted key goes deeper than"},
+      {"# header\n[" + key + "]\n", "a table header goes deeper than"},
+      {"[[" + key + "]]\n", "a table header goes deeper than"},
+      {NestedArrays("x", 100000), "arrays and inline tables go deeper than"},
+      {inline_tables, "arrays and inline tables go deeper than"},
+      {"y = { " + key + " = 1 }\n", "a dotted key goes deeper than"}};
   for (const auto& [text, what] : cases) {
     const auto t0 = std::chrono::steady_clock::now();
     auto doc = ConfigDocument::Parse(text, "deep.toml");
@@ -456,15 +456,13 @@ TEST_F(ConfigTest, DotsAndBracketsInStringsCommentsAndValuesCountForNothing) {
   const std::string dots(5000, '.');
   const std::string brackets = std::string(5000, '[') + std::string(5000, '{');
   const std::string text =
-      "# comment " + dots + brackets + "\n" +           //
-      "[\"" + dots + "\".'" + brackets + "']\n" +     // a header of two quoted parts
-      "basic = \"" + dots + brackets + "\\\"" + dots + "\"\n" +
-      "literal = '" + dots + brackets + "'\n" +
-      "multi = \"\"\"\n" + dots + "\n\"\" " + brackets + "\\\n  " + dots + "\"\"\"\n" +
+      "# comment " + dots + brackets + "\n" +      //
+      "[\"" + dots + "\".'" + brackets + "']\n" +  // a header of two quoted parts
+      "basic = \"" + dots + brackets + "\\\"" + dots + "\"\n" + "literal = '" + dots + brackets +
+      "'\n" + "multi = \"\"\"\n" + dots + "\n\"\" " + brackets + "\\\n  " + dots + "\"\"\"\n" +
       "multi_literal = '''\n" + brackets + "\n" + dots + "'''\n" +
       "floats = [1.5, 2.5e3, -0.25, 1979-05-27T07:32:00.999999]  # " + dots + "\n" +
-      "tables = [ { a.b = 1.5 }, { c = \"" + brackets + "\" } ]\n" +
-      "spaced . key . parts = 2\n";
+      "tables = [ { a.b = 1.5 }, { c = \"" + brackets + "\" } ]\n" + "spaced . key . parts = 2\n";
   auto doc = ConfigDocument::Parse(text, "strings.toml");
   ASSERT_TRUE(doc.has_value()) << doc.error().message;
   EXPECT_EQ(doc->Root().Keys().size(), 1u);

@@ -86,7 +86,7 @@ TEST(FileUtilTest, IsPathInsideComparesResolvedComponents) {
   EXPECT_TRUE(IsPathInside(root + "/a/new/file", root + "/"));
   EXPECT_TRUE(IsPathInside(root + "/a/../b", root));
   EXPECT_FALSE(IsPathInside(root + "/a/../../outside", root));
-  EXPECT_FALSE(IsPathInside(root + "2/x", root));  // a sibling whose name starts alike
+  EXPECT_FALSE(IsPathInside(root + "2/x", root));      // a sibling whose name starts alike
   EXPECT_FALSE(IsPathInside(root + "/link/x", root));  // a symbolic link that leads out
   EXPECT_FALSE(IsPathInside(root + "/link", root));
   EXPECT_FALSE(IsPathInside("/etc/passwd", root));

@@ -208,9 +208,20 @@ TEST_F(ScenarioTest, RunNamesOutsideTheSafeAlphabetAreRefused) {
     EXPECT_TRUE(ValidateRunName(good)) << good;
   }
   EXPECT_TRUE(ValidateRunName(std::string(64, 'n')));
-  const std::vector<std::string> bad_names = {
-      "../../../x", "/tmp/abs", "a/b",  "victim/evil", "",           ".hidden", "-flag",
-      "_x",         "a..b",     "a b",  "tab\tname",  "nul\0x"s,     "caf\xc3\xa9", std::string(65, 'n')};
+  const std::vector<std::string> bad_names = {"../../../x",
+                                              "/tmp/abs",
+                                              "a/b",
+                                              "victim/evil",
+                                              "",
+                                              ".hidden",
+                                              "-flag",
+                                              "_x",
+                                              "a..b",
+                                              "a b",
+                                              "tab\tname",
+                                              "nul\0x"s,
+                                              "caf\xc3\xa9",
+                                              std::string(65, 'n')};
   for (const std::string& bad : bad_names) {
     const Status named = ValidateRunName(bad);
     ASSERT_FALSE(named) << bad;
@@ -277,8 +288,8 @@ TEST_F(ScenarioTest, TheInputCheckRunsBeforeAnyFileIsLookedAt) {
 /// so a new path key cannot escape the server's confinement silently: add a new string key
 /// either to those lists or, if it is no path, here.
 const std::set<std::string> kStringKeysThatAreNotPaths = {
-    "run.name",         "run.device",           "cohort.source",     "policy.backend",
-    "dynamics.backend", "dynamics.config",      "dynamics.uncertainty", "survival.backend",
+    "run.name",         "run.device",      "cohort.source",        "policy.backend",
+    "dynamics.backend", "dynamics.config", "dynamics.uncertainty", "survival.backend",
     "planner.search",   "actions.protocol"};
 
 /// A scenario as tables of key = TOML value ("" is the root, written first).
@@ -411,8 +422,7 @@ TEST_F(ScenarioTest, SyntheticCohortsLiveWhereTheOneRuleSays) {
   const std::string root = dir_.File("root");
   fs::create_directories(root + "/cohorts");
   spec->cohort.dir = "";
-  EXPECT_EQ(*SyntheticCohortDir(*spec, root + "/runs", root),
-            root + "/cohorts/n2-seed9-2mm");
+  EXPECT_EQ(*SyntheticCohortDir(*spec, root + "/runs", root), root + "/cohorts/n2-seed9-2mm");
   spec->cohort.dir = "cohorts/mine";
   EXPECT_EQ(*SyntheticCohortDir(*spec, root + "/runs", root), ResolvedPath(root) + "/cohorts/mine");
   fs::create_directories(dir_.File("elsewhere"));

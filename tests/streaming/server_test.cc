@@ -592,9 +592,9 @@ TEST_F(ServerTest, InputsOutsideTheBaseGetOneAnswerBeforeAnythingIsOpened) {
   const auto actions = [&](const std::string& path) {
     return Toml() + "\n[actions]\npath = \"" + path + "\"\n";
   };
-  for (const std::string& path : {(outside / "fifo").string(), "/dev/zero"s,
-                                 (outside / "secret.toml").string(), "../" +
-                                 outside.filename().string() + "/secret.toml"}) {
+  for (const std::string& path :
+       {(outside / "fifo").string(), "/dev/zero"s, (outside / "secret.toml").string(),
+        "../" + outside.filename().string() + "/secret.toml"}) {
     const ErrorReply error = submit(actions(path));
     EXPECT_EQ(error.code, ReplyError::kForbiddenPath) << path;
     EXPECT_NE(error.message.find("actions.path = \""), std::string::npos) << error.message;
@@ -678,8 +678,7 @@ TEST_F(ServerTest, RealRunnerNeverReplacesAFolderThatIsNotAMewmCohort) {
   ASSERT_FALSE(events.empty());
   const auto* failed = std::get_if<scenarios::RunFailed>(&events.back().body);
   ASSERT_NE(failed, nullptr) << scenarios::EventToJson(events.back());
-  EXPECT_NE(failed->error.find("not a cohort written by mewm"), std::string::npos)
-      << failed->error;
+  EXPECT_NE(failed->error.find("not a cohort written by mewm"), std::string::npos) << failed->error;
   auto kept = ReadFile(root + "/cohorts/mine/patients/P0001/keep.txt");
   ASSERT_TRUE(kept);
   EXPECT_EQ(*kept, "precious");

@@ -50,7 +50,8 @@ struct CohortOptions {
 };
 
 /// Generates a cohort. kInvalidArgument for n <= 0, a non-empty folder without force, or a
-/// non-empty folder that is not a mewm cohort (even with force); kIo for an unwritable folder. Patients are generated in parallel; the files do not depend on the order.
+/// non-empty folder that is not a mewm cohort (even with force); kIo for an unwritable folder.
+/// Patients are generated in parallel; the files do not depend on the order.
 Status GenerateCohort(const CohortOptions& options, const ActionBase& actions);
 
 /// World-validity figures (issue: the synthetic world must pass these).

@@ -127,8 +127,7 @@ inline constexpr std::uint64_t kMaxActionBaseBytes = 1u << 20;
 /// per line, each naming origin:line, the key and the expected form (kInvalidArgument); kParse
 /// for bad TOML; the error of `options.check_input` as it is.
 Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string& origin,
-                                     const std::string& base_dir,
-                                     const ParseOptions& options = {});
+                                     const std::string& base_dir, const ParseOptions& options = {});
 /// Reads and parses a scenario file; relative paths resolve against its folder.
 Expected<ScenarioSpec> LoadScenario(const std::string& path);
 
