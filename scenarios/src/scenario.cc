@@ -131,6 +131,9 @@ Status ValidateRunName(const std::string& name) {
                   name.find("..") == std::string::npos;
   if (ok) return {};
   std::string shown = name.size() > kMaxLength ? name.substr(0, kMaxLength) + "..." : name;
+  for (char& c : shown) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';  // keep messages one line
+  }
   return MakeError(
       ErrorCode::kInvalidArgument,
       "run.name must be 1 to 64 characters from A-Z a-z 0-9 . _ -, starting with a "
