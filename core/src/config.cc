@@ -12,6 +12,7 @@
 #include <map>
 #include <sstream>
 #include <utility>
+#include <vector>
 
 #include "mewm/core/file_util.h"
 #include "mewm/core/text.h"
@@ -100,6 +101,132 @@ std::string WhereLine(const std::string& origin, const toml::source_region& src)
   return origin + ":" + std::to_string(src.begin.line);
 }
 
+/// Where a text first nests deeper than kMaxConfigDepth, and in what.
+struct DepthExcess {
+  int line = 0;
+  const char* what = "";
+};
+
+/// Scans TOML text for its deepest nesting without parsing it: one pass, no recursion, no
+/// allocation beyond one int per open bracket. The depth of a point is what toml++ would recurse
+/// through to reach it: the parts of the current [table] header, plus for each open array or
+/// inline table one level and the parts of the key it is the value of, plus the parts of the
+/// key being read. Strings (all four kinds) and comments are skipped as TOML reads them, so a
+/// dot, bracket or '#' inside them counts for nothing; everything else that toml++ would refuse
+/// is left for it to report.
+std::optional<DepthExcess> FindExcessiveDepth(const std::string& text) {
+  struct Frame {
+    bool table;     ///< '{' (keys follow) rather than '[' (values follow)
+    int key_parts;  ///< parts of the key whose value it is (0 inside an array)
+  };
+  std::vector<Frame> frames;
+  int line = 1;
+  int header_parts = 0;  ///< parts of the current [table] or [[array]] header
+  int depth = 0;         ///< header_parts + sum over frames of (key_parts + 1)
+  int dots = 0;          ///< dots in the key being read
+  int key_parts = 0;     ///< parts of the key before the last '=' at this level
+  bool in_key = true;    ///< reading a key (statement start, after '{' or a ',' in a table)
+  bool in_header = false;
+  const std::size_t n = text.size();
+  // Skips a string starting at i (at its quote); leaves i on its last character.
+  const auto skip_string = [&](std::size_t& i) {
+    const char q = text[i];
+    const bool multi = i + 2 < n && text[i + 1] == q && text[i + 2] == q;
+    i += multi ? 3 : 1;
+    for (; i < n; ++i) {
+      const char c = text[i];
+      if (c == '\\' && q == '"') {
+        if (i + 1 < n && text[i + 1] == '\n') ++line;
+        ++i;
+      } else if (c == '\n') {
+        ++line;
+        if (!multi) return;  // unterminated: toml++ reports it
+      } else if (c == q && (!multi || (i + 2 < n && text[i + 1] == q && text[i + 2] == q))) {
+        if (multi) i += 2;
+        return;
+      }
+    }
+  };
+  for (std::size_t i = 0; i < n; ++i) {
+    const char c = text[i];
+    switch (c) {
+      case '"':
+      case '\'':
+        skip_string(i);
+        break;
+      case '#':
+        while (i + 1 < n && text[i + 1] != '\n') ++i;
+        break;
+      case '\n':
+        ++line;
+        if (frames.empty()) {  // a new statement (arrays may span lines)
+          in_key = true;
+          dots = 0;
+          key_parts = 0;
+        }
+        break;
+      case '.':
+        if (!in_key) break;  // a float or a date-time
+        ++dots;
+        if (depth + dots + 1 > kMaxConfigDepth) {
+          return DepthExcess{line, in_header ? "a table header goes" : "a dotted key goes"};
+        }
+        break;
+      case '=':
+        key_parts = dots + 1;
+        dots = 0;
+        in_key = false;
+        break;
+      case ',':
+        in_key = !frames.empty() && frames.back().table;
+        dots = 0;
+        key_parts = 0;
+        break;
+      case '[':
+        if (frames.empty() && in_key && !in_header) {  // a [table] or [[array of tables]] header
+          in_header = true;
+          if (i + 1 < n && text[i + 1] == '[') ++i;
+          depth = 0;
+          dots = 0;
+          break;
+        }
+        [[fallthrough]];
+      case '{': {
+        frames.push_back({c == '{', key_parts});
+        depth += key_parts + 1;
+        if (depth > kMaxConfigDepth) return DepthExcess{line, "arrays and inline tables go"};
+        in_key = c == '{';
+        dots = 0;
+        key_parts = 0;
+        break;
+      }
+      case ']':
+        if (in_header) {
+          if (i + 1 < n && text[i + 1] == ']') ++i;
+          header_parts = dots + 1;
+          depth = header_parts;
+          in_header = false;
+          in_key = false;  // until the next line
+          dots = 0;
+          break;
+        }
+        [[fallthrough]];
+      case '}':
+        if (!frames.empty()) {
+          depth -= frames.back().key_parts + 1;
+          frames.pop_back();
+        }
+        in_key = false;
+        dots = 0;
+        key_parts = 0;
+        break;
+      default:
+        break;
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -111,6 +238,13 @@ ConfigDocument& ConfigDocument::operator=(ConfigDocument&&) noexcept = default;
 ConfigDocument::~ConfigDocument() = default;
 
 Expected<ConfigDocument> ConfigDocument::Parse(const std::string& text, const std::string& origin) {
+  if (const auto deep = FindExcessiveDepth(text)) {
+    return MakeError(ErrorCode::kParse,
+                     origin + ":" + std::to_string(deep->line) + ": nested too deeply: " +
+                         deep->what + " deeper than " + std::to_string(kMaxConfigDepth) +
+                         " levels (dotted key parts, table header parts, inline tables and "
+                         "arrays count together)");
+  }
   auto impl = std::make_unique<Impl>();
   impl->origin = origin;
   try {

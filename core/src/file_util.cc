@@ -2,6 +2,8 @@
 // SPDX-FileCopyrightText: the mewm authors
 #include "mewm/core/file_util.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <vector>
 
 namespace mewm {
 namespace fs = std::filesystem;
@@ -120,6 +123,107 @@ Expected<std::string> ReadFile(const std::string& path) {
   out << in.rdbuf();
   if (in.bad()) return MakeError(ErrorCode::kIo, "error while reading '" + path + "'");
   return out.str();
+}
+
+}  // namespace mewm
+
+namespace mewm {
+namespace {
+
+/// What a stat() mode is, for "... is a FIFO, expected a regular file".
+const char* FileKind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a folder";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "not a regular file";
+}
+
+Unexpected NotRegular(const std::string& path, mode_t mode) {
+  return MakeError(ErrorCode::kInvalidArgument,
+                   "'" + path + "' is " + FileKind(mode) + ", expected a regular file");
+}
+
+Unexpected TooLarge(const std::string& path, std::uint64_t size, std::uint64_t max_bytes) {
+  return MakeError(ErrorCode::kInvalidArgument,
+                   "'" + path + "' is too large: " + std::to_string(size) +
+                       " bytes or more, at most " + std::to_string(max_bytes) + " allowed");
+}
+
+}  // namespace
+
+Expected<std::string> ReadRegularFile(const std::string& path, std::uint64_t max_bytes) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) {
+      return MakeError(ErrorCode::kNotFound, "file '" + path + "' does not exist");
+    }
+    return MakeError(ErrorCode::kIo,
+                     "cannot read '" + path + "': " + std::string(std::strerror(errno)));
+  }
+  if (!S_ISREG(st.st_mode)) return NotRegular(path, st.st_mode);
+  if (std::uint64_t(st.st_size) > max_bytes) return TooLarge(path, st.st_size, max_bytes);
+  // O_NONBLOCK: should the path have become a FIFO since stat(), open() still returns at once.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    return MakeError(ErrorCode::kIo,
+                     "cannot read '" + path + "': " + std::string(std::strerror(errno)));
+  }
+  std::string out;
+  Status status;
+  if (::fstat(fd, &st) != 0) {
+    status = MakeError(ErrorCode::kIo,
+                       "cannot read '" + path + "': " + std::string(std::strerror(errno)));
+  } else if (!S_ISREG(st.st_mode)) {
+    status = NotRegular(path, st.st_mode);
+  } else {
+    // Reads at most max_bytes + 1, so a file that grows meanwhile is caught without reading it.
+    std::vector<char> buffer(64 * 1024);
+    for (;;) {
+      const std::uint64_t room = max_bytes + 1 - out.size();
+      const ssize_t n =
+          ::read(fd, buffer.data(), std::size_t(std::min<std::uint64_t>(room, buffer.size())));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        status = MakeError(ErrorCode::kIo,
+                           "error while reading '" + path + "': " + std::strerror(errno));
+        break;
+      }
+      if (n == 0) break;
+      out.append(buffer.data(), std::size_t(n));
+      if (out.size() > max_bytes) {
+        status = TooLarge(path, out.size(), max_bytes);
+        break;
+      }
+    }
+  }
+  ::close(fd);
+  if (!status) return status.error();
+  return out;
+}
+
+std::string ResolvedPath(const std::string& path) {
+  std::error_code ec;
+  fs::path absolute = fs::absolute(path, ec);
+  if (ec) absolute = fs::path(path);
+  fs::path resolved = fs::weakly_canonical(absolute, ec);
+  if (ec) resolved = absolute;
+  std::string text = resolved.lexically_normal().string();
+  while (text.size() > 1 && text.back() == '/') text.pop_back();
+  return text;
+}
+
+bool IsPathInside(const std::string& path, const std::string& root) {
+  const fs::path p(ResolvedPath(path));
+  const fs::path r(ResolvedPath(root));
+  auto pi = p.begin();
+  for (auto ri = r.begin(); ri != r.end(); ++ri) {
+    if (ri->empty()) continue;  // a trailing separator
+    if (pi == p.end() || *pi != *ri) return false;
+    ++pi;
+  }
+  return true;
 }
 
 }  // namespace mewm

@@ -191,6 +191,25 @@ Expected<PatientTruth> GeneratePatient(const SyntheticWorld& world, const Synthe
 
 }  // namespace
 
+bool IsEmptyOrMewmCohort(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) return true;
+  if (!fs::is_directory(dir, ec)) return false;
+  if (fs::is_empty(dir, ec)) return true;
+  // Either index file will do; each is small (the manifest names every patient's files).
+  for (const char* name : {kCohortMarker, "manifest.json"}) {
+    auto text = ReadRegularFile((fs::path(dir) / name).string(), 64u << 20);
+    if (!text) continue;
+    try {
+      const json j = json::parse(*text);
+      if (j.is_object() && j.value("generator", std::string()) == kCohortGenerator) return true;
+    } catch (const std::exception&) {
+      // Not ours.
+    }
+  }
+  return false;
+}
+
 Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
   if (options.n <= 0) {
     return MakeError(ErrorCode::kInvalidArgument,
@@ -209,11 +228,24 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
                            "' is not empty (use --force to replace its cohort)");
     }
   }
+  if (options.force && !IsEmptyOrMewmCohort(options.out_dir)) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "'" + options.out_dir + "' is not a cohort written by mewm (no " +
+                         kCohortMarker + " or manifest.json from the synthetic world); mewm " +
+                         "replaces only its own cohorts, so choose another folder or empty it");
+  }
   if (options.force) {
     // Replace the previous cohort (its patients and index files), nothing else in the folder.
     for (const char* name : {"patients", "manifest.json", "truth.json", "clinical.csv"}) {
       fs::remove_all(fs::path(options.out_dir) / name, ec);
     }
+  }
+  // The marker comes first: a generation cut short (before manifest.json) stays replaceable.
+  fs::create_directories(options.out_dir, ec);
+  if (!ec) {
+    MEWM_RETURN_IF_ERROR(WriteFileAtomic(
+        (fs::path(options.out_dir) / kCohortMarker).string(),
+        json{{"generator", kCohortGenerator}, {"world_version", kWorldVersion}}.dump() + "\n"));
   }
   fs::create_directories(fs::path(options.out_dir) / "patients", ec);
   if (ec || access(options.out_dir.c_str(), W_OK) != 0) {
@@ -255,7 +287,7 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
                 {"seed", std::to_string(options.seed)},
                 {"patients", json::object()}};
   json manifest = {
-      {"generator", "mewm synthetic world"},
+      {"generator", kCohortGenerator},
       {"world_version", kWorldVersion},
       {"seed", std::to_string(options.seed)},
       {"n", options.n},

@@ -279,8 +279,7 @@ Expected<std::unique_ptr<Runner>> Runner::Create(const ScenarioSpec& spec,
   impl->spec = spec;
   impl->options = options;
   impl->out = options.output_dir.empty() ? spec.output : options.output_dir;
-  impl->cohort_dir =
-      spec.cohort.dir.empty() ? (fs::path(impl->out) / "cohort").string() : spec.cohort.dir;
+  MEWM_TRY(impl->cohort_dir, SyntheticCohortDir(spec, impl->out));
   impl->run_id = options.run_id.empty() ? DefaultRunId(spec) : options.run_id;
 
   MEWM_TRY(Models models, LoadModels(spec));

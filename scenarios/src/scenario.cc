@@ -2,8 +2,11 @@
 // SPDX-FileCopyrightText: the mewm authors
 #include "mewm/scenarios/scenario.h"
 
+#include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <map>
+#include <optional>
 
 #include "mewm/core/config.h"
 #include "mewm/core/device.h"
@@ -69,27 +72,132 @@ std::string Resolve(const std::string& base_dir, const std::string& path) {
   return (fs::path(base_dir) / path).lexically_normal().string();
 }
 
-/// A required path key whose file must exist.
-void ReadPath(const ConfigTable& table, const std::string& key, const std::string& base_dir,
-              Problems& problems, std::string* out) {
-  std::string value;
-  if (!problems.Take(table.GetString(key), &value)) return;
-  *out = Resolve(base_dir, value);
-  if (!fs::exists(*out)) {
-    problems.Add(table.WhereKey(key) + ": " + table.path() + "." + key + " names '" + *out +
-                 "', which does not exist");
+/// Reads input path keys: the caller's check comes first, before the file is looked at.
+struct PathReader {
+  const std::string& base_dir;
+  const ParseOptions& options;
+  Problems& problems;
+  Status refused;  ///< the first error of options.check_input: parsing stops with it
+
+  /// A path key whose value must name an existing regular file; an optional one may be absent
+  /// (out stays ""). False when the key is absent, refused or names no such file.
+  bool Read(const ConfigTable& table, const std::string& key, std::string* out,
+            bool optional = false) {
+    std::string value;
+    if (!refused) return false;
+    if (!problems.Take(
+            table.GetString(key, optional ? std::optional<std::string>("") : std::nullopt),
+            &value) ||
+        (optional && !table.Has(key))) {
+      return false;
+    }
+    const std::string name = table.path() + "." + key;
+    if (value.empty()) {
+      problems.Add(table.WhereKey(key) + ": " + name + " must name a file (got \"\")");
+      return false;
+    }
+    *out = Resolve(base_dir, value);
+    if (options.check_input) {
+      refused = options.check_input(ScenarioPath{name, *out});
+      if (!refused) return false;
+    }
+    std::error_code ec;
+    const auto status = fs::status(*out, ec);  // stat(): never blocks, not even on a FIFO
+    if (!fs::exists(status)) {
+      problems.Add(table.WhereKey(key) + ": " + name + " names '" + *out +
+                   "', which does not exist");
+      return false;
+    }
+    if (!fs::is_regular_file(status)) {
+      problems.Add(table.WhereKey(key) + ": " + name + " names '" + *out +
+                   "', which is not a regular file");
+      return false;
+    }
+    return true;
   }
-}
+};
 
 }  // namespace
 
+Status ValidateRunName(const std::string& name) {
+  constexpr std::size_t kMaxLength = 64;
+  const auto allowed = [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
+  };
+  const bool ok = !name.empty() && name.size() <= kMaxLength && allowed(name[0]) &&
+                  name[0] != '.' && name[0] != '_' && name[0] != '-' &&
+                  std::all_of(name.begin(), name.end(), allowed) &&
+                  name.find("..") == std::string::npos;
+  if (ok) return {};
+  std::string shown = name.size() > kMaxLength ? name.substr(0, kMaxLength) + "..." : name;
+  for (char& c : shown) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';  // keep messages one line
+  }
+  return MakeError(
+      ErrorCode::kInvalidArgument,
+      "run.name must be 1 to 64 characters from A-Z a-z 0-9 . _ -, starting with a "
+      "letter or a digit, without '..' (got \"" +
+          shown + "\"" +
+          (name.size() > kMaxLength ? ", " + std::to_string(name.size()) + " characters"
+                                    : std::string()) +
+          ")");
+}
+
+std::vector<ScenarioPath> ScenarioSpec::InputPaths() const {
+  std::vector<ScenarioPath> paths;
+  const auto add = [&](const char* key, const std::string& path) {
+    if (!path.empty()) paths.push_back({key, path});
+  };
+  add("cohort.manifest", cohort.manifest);
+  add("dynamics.calibration", calibration);
+  add("dynamics.model", diffusion.model_path);
+  add("survival.model", survival_model);
+  add("actions.path", actions_path);
+  return paths;
+}
+
+std::vector<ScenarioPath> ScenarioSpec::OutputPaths() const {
+  std::vector<ScenarioPath> paths;
+  if (!output.empty()) paths.push_back({"run.output", output});
+  if (!cohort.dir.empty()) paths.push_back({"cohort.dir", cohort.dir});
+  return paths;
+}
+
+Expected<std::string> SyntheticCohortDir(const ScenarioSpec& spec, const std::string& run_output,
+                                         const std::string& results_root) {
+  if (results_root.empty()) {
+    return spec.cohort.dir.empty() ? (fs::path(run_output) / "cohort").string() : spec.cohort.dir;
+  }
+  const fs::path cohorts = fs::path(results_root) / "cohorts";
+  if (spec.cohort.dir.empty()) {
+    // Runs of one cohort share its generated patients.
+    char name[96];
+    std::snprintf(name, sizeof(name), "n%d-seed%llu-%.3gmm", spec.cohort.n,
+                  static_cast<unsigned long long>(spec.cohort.seed), spec.cohort.spacing_mm);
+    return (cohorts / name).string();
+  }
+  const fs::path dir = fs::path(spec.cohort.dir).is_absolute()
+                           ? fs::path(spec.cohort.dir)
+                           : fs::path(results_root) / spec.cohort.dir;
+  const std::string resolved = ResolvedPath(dir.string());
+  if (!IsPathInside(resolved, cohorts.string()) || resolved == ResolvedPath(cohorts.string())) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "cohort.dir = \"" + spec.cohort.dir + "\" must name a folder inside " +
+                         ResolvedPath(cohorts.string()) +
+                         " (synthetic cohorts live in <results root>/cohorts/)");
+  }
+  return resolved;
+}
+
 Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string& origin,
-                                     const std::string& base_dir) {
+                                     const std::string& base_dir, const ParseOptions& options) {
   MEWM_TRY(const ConfigDocument doc, ConfigDocument::Parse(text, origin));
   const ConfigTable root = doc.Root();
   ScenarioSpec s;
   s.text = text;
   Problems problems;
+  PathReader paths{base_dir, options, problems, {}};
   const auto table = [&](const std::string& key, bool optional) -> ConfigTable {
     auto t = root.GetTable(key, optional);
     if (!t) {
@@ -106,7 +214,12 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
 
   // [run]
   const ConfigTable run = table("run", false);
-  problems.Take(run.GetString("name"), &s.name);
+  if (problems.Take(run.GetString("name"), &s.name)) {
+    if (Status named = ValidateRunName(s.name); !named) {
+      problems.Add(run.WhereKey("name") + ": " + named.error().message);
+      s.name.clear();  // keeps the invalid name out of the default run.output below
+    }
+  }
   std::int64_t seed = 0;
   if (problems.Take(run.GetInt("seed", 0, 0), &seed)) s.seed = std::uint64_t(seed);
   if (problems.Take(run.GetString("device", std::string("cpu")), &s.device)) {
@@ -132,7 +245,7 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
       problems.Take(cohort.GetString("dir", std::string()), &s.cohort.dir);
     } else {
       s.cohort.source = CohortSpec::Source::kManifest;
-      ReadPath(cohort, "manifest", base_dir, problems, &s.cohort.manifest);
+      paths.Read(cohort, "manifest", &s.cohort.manifest);
     }
   }
   problems.Check(cohort.RejectUnknownKeys());
@@ -150,7 +263,7 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
   problems.Take(dyn.GetEnum("backend", KnownBackends("dynamics")), &s.dynamics_backend);
   if (s.dynamics_backend == "diffusion") {
     // The learned backend: a checkpoint, its preset and the DDIM sampler.
-    ReadPath(dyn, "model", base_dir, problems, &s.diffusion.model_path);
+    paths.Read(dyn, "model", &s.diffusion.model_path);
     problems.Take(dyn.GetEnum("config", {"cpu", "mewm"}, std::string("cpu")), &s.diffusion.config);
     dynamics::SamplerConfig& sampler = s.diffusion.sampler;
     std::int64_t steps = sampler.steps;
@@ -163,7 +276,7 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
                   &s.diffusion.blend_margin_mm);
     problems.Check(dyn.RejectUnknownKeys());
   } else {
-    ReadPath(dyn, "calibration", base_dir, problems, &s.calibration);
+    paths.Read(dyn, "calibration", &s.calibration);
     dynamics::MechanisticConfig& m = s.mechanistic;
     std::string uncertainty;
     if (problems.Take(
@@ -180,7 +293,7 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
   // [survival]
   const ConfigTable surv = table("survival", false);
   problems.Take(surv.GetEnum("backend", KnownBackends("survival")), &s.survival_backend);
-  ReadPath(surv, "model", base_dir, problems, &s.survival_model);
+  paths.Read(surv, "model", &s.survival_model);
   problems.Check(surv.RejectUnknownKeys());
 
   // [planner]
@@ -202,13 +315,18 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
 
   // [actions]
   const ConfigTable act = table("actions", true);
-  if (act.Has("path")) ReadPath(act, "path", base_dir, problems, &s.actions_path);
+  bool actions_ok = true;
+  if (paths.Read(act, "path", &s.actions_path, /*optional=*/true)) {
+    // Bounded and regular only: a scenario may come from a client of the server.
+    std::string actions_text;
+    actions_ok =
+        problems.Take(ReadRegularFile(s.actions_path, kMaxActionBaseBytes), &actions_text) &&
+        problems.Take(ActionBase::FromToml(actions_text, s.actions_path), &s.actions);
+  } else if (act.Has("path")) {
+    actions_ok = false;
+  }
   problems.Take(act.GetString("protocol", std::string("cTACE")), &s.protocol);
   problems.Check(act.RejectUnknownKeys());
-  bool actions_ok = true;
-  if (!s.actions_path.empty() && fs::exists(s.actions_path)) {
-    actions_ok = problems.Take(ActionBase::Load(s.actions_path), &s.actions);
-  }
   if (actions_ok) {
     if (auto mandatory = s.actions.MandatoryItems(s.protocol); !mandatory) {
       problems.Add(act.WhereKey("protocol") + ": actions.protocol: " + mandatory.error().message);
@@ -274,6 +392,7 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
 
   // Unknown top-level tables.
   problems.Check(root.RejectUnknownKeys());
+  if (!paths.refused) return paths.refused.error();
   if (!problems.empty()) return problems.ToError(origin);
   return s;
 }

@@ -152,24 +152,23 @@ Status WriteLines(RunRecord& run, const std::string& text) {
 }
 
 /// Resolves a scenario path inside `root` (the results root or the scenario base, named by
-/// `root_name`); kInvalidArgument when it would leave it.
+/// `root_name`); kInvalidArgument when it would leave it. Inside means inside once normalised and
+/// the symbolic links of its existing parts resolved (IsPathInside). The message is the same
+/// whatever lies at the path, so a refusal tells nothing about files outside the root.
 Expected<fs::path> Confine(const fs::path& root, const char* root_name, const std::string& path,
-                           const char* key) {
+                           const std::string& key) {
   const fs::path p(path);
   for (const auto& part : p) {
     if (part == "..") {
       return MakeError(ErrorCode::kInvalidArgument,
-                       std::string(key) + " = \"" + path + "\" may not contain '..'");
+                       key + " = \"" + path + "\" may not contain '..'");
     }
   }
   const fs::path inside = p.is_absolute() ? p.lexically_normal() : (root / p).lexically_normal();
-  std::string r = root.lexically_normal().string();
-  while (r.size() > 1 && r.back() == '/') r.pop_back();  // "/srv/" and "/srv" are one root
-  const std::string s = inside.string();
-  if (s.compare(0, r.size(), r) != 0 || (s.size() > r.size() && s[r.size()] != '/' && r != "/")) {
-    return MakeError(
-        ErrorCode::kInvalidArgument,
-        std::string(key) + " = \"" + path + "\" is outside the server's " + root_name + " " + r);
+  if (!IsPathInside(inside.string(), root.string())) {
+    return MakeError(ErrorCode::kInvalidArgument, key + " = \"" + path +
+                                                      "\" is outside the server's " + root_name +
+                                                      " " + ResolvedPath(root.string()));
   }
   return inside;
 }
@@ -670,7 +669,8 @@ struct Server::Impl {
         }
       }
     }
-    // Input files (models, manifest, action base) must lie under the scenario base.
+    // Input files (models, manifest, action base) must lie under the scenario base. They are
+    // checked as the parser meets them, before it looks at or reads them.
     const fs::path base = fs::absolute(options.scenario_base).lexically_normal();
     fs::path folder = base;
     if (!submit.scenario_path.empty()) {
@@ -678,39 +678,51 @@ struct Server::Impl {
       if (!file) return reject(ReplyError::kForbiddenPath, file.error().message);
       folder = file->parent_path();
     }
+    const auto confine_input = [&](const scenarios::ScenarioPath& input) -> Status {
+      auto inside = Confine(base, "scenario base",
+                            fs::absolute(input.path).lexically_normal().string(), input.key);
+      if (!inside) return inside.error();
+      return {};
+    };
+    bool forbidden = false;
+    scenarios::ParseOptions parse;
+    parse.check_input = [&](const scenarios::ScenarioPath& input) {
+      Status inside = confine_input(input);
+      forbidden = forbidden || !inside;
+      return inside;
+    };
     const std::string origin =
         submit.scenario_path.empty() ? "submitted scenario" : submit.scenario_path;
-    auto spec = scenarios::ParseScenario(submit.scenario_toml, origin, folder.string());
-    if (!spec) return reject(ReplyError::kInvalidScenario, spec.error().message);
-    const std::pair<const char*, std::string> inputs[] = {
-        {"dynamics.calibration", spec->calibration},
-        {"dynamics.model", spec->diffusion.model_path},
-        {"survival.model", spec->survival_model},
-        {"cohort.manifest", spec->cohort.manifest},
-        {"actions.path", spec->actions_path}};
-    for (const auto& [key, path] : inputs) {
-      if (path.empty()) continue;
-      if (auto inside =
-              Confine(base, "scenario base", fs::absolute(path).lexically_normal().string(), key);
-          !inside) {
+    auto spec = scenarios::ParseScenario(submit.scenario_toml, origin, folder.string(), parse);
+    if (!spec) {
+      return reject(forbidden ? ReplyError::kForbiddenPath : ReplyError::kInvalidScenario,
+                    spec.error().message);
+    }
+    for (const scenarios::ScenarioPath& input : spec->InputPaths()) {  // every one, once more
+      if (Status inside = confine_input(input); !inside) {
         return reject(ReplyError::kForbiddenPath, inside.error().message);
       }
     }
-    const fs::path root = fs::absolute(options.results_root);
+    // Outputs: everything under the results root, cohorts only in <root>/cohorts/ (the rule of
+    // scenarios::SyntheticCohortDir) and runs anywhere else.
+    const fs::path root = fs::absolute(options.results_root).lexically_normal();
+    const fs::path cohorts = root / "cohorts";
+    for (const scenarios::ScenarioPath& out : spec->OutputPaths()) {
+      if (auto inside = Confine(root, "results root", out.path, out.key); !inside) {
+        return reject(ReplyError::kForbiddenPath, inside.error().message);
+      }
+    }
     auto output = Confine(root, "results root", spec->output, "run.output");
     if (!output) return reject(ReplyError::kForbiddenPath, output.error().message);
+    if (IsPathInside(output->string(), cohorts.string())) {
+      return reject(ReplyError::kForbiddenPath, "run.output = \"" + spec->output + "\" is inside " +
+                                                    ResolvedPath(cohorts.string()) +
+                                                    ", where only cohorts live");
+    }
     if (spec->cohort.source == scenarios::CohortSpec::Source::kSynthetic) {
-      if (spec->cohort.dir.empty()) {
-        // Submissions of one cohort share its generated patients.
-        char name[96];
-        std::snprintf(name, sizeof(name), "cohorts/n%d-seed%llu-%.3gmm", spec->cohort.n,
-                      static_cast<unsigned long long>(spec->cohort.seed), spec->cohort.spacing_mm);
-        spec->cohort.dir = (root / name).string();
-      } else {
-        auto cohort = Confine(root, "results root", spec->cohort.dir, "cohort.dir");
-        if (!cohort) return reject(ReplyError::kForbiddenPath, cohort.error().message);
-        spec->cohort.dir = cohort->string();
-      }
+      auto cohort = scenarios::SyntheticCohortDir(*spec, output->string(), root.string());
+      if (!cohort) return reject(ReplyError::kForbiddenPath, cohort.error().message);
+      spec->cohort.dir = *cohort;
     }
 
     auto run = std::make_shared<RunRecord>();
@@ -727,6 +739,21 @@ struct Server::Impl {
     }
     run->trace_id = request.trace_id.empty() ? run->id : request.trace_id;
     run->out = (*output / run->id).string();
+    // Every path derived for the run, checked as written (run.name is confined by the parser,
+    // this guards the derivations): its folder and log outside cohorts/, its cohort inside.
+    const bool synthetic = spec->cohort.source == scenarios::CohortSpec::Source::kSynthetic;
+    for (const std::string& derived : {run->out, run->log_path()}) {
+      if (!IsPathInside(derived, root.string()) || IsPathInside(derived, cohorts.string())) {
+        return reject(ReplyError::kForbiddenPath,
+                      "the run's folder '" + derived + "' would leave " +
+                          ResolvedPath(root.string()) + " or enter its cohorts/");
+      }
+    }
+    if (synthetic && !IsPathInside(spec->cohort.dir, cohorts.string())) {
+      return reject(ReplyError::kForbiddenPath, "the run's cohort '" + spec->cohort.dir +
+                                                    "' would leave " +
+                                                    ResolvedPath(cohorts.string()));
+    }
     run->spec = std::move(*spec);
     run->options.resume = true;  // continue the log that starts with run_accepted
     std::error_code ec;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -387,6 +388,84 @@ TEST_F(ConfigTest, LoadingAMissingFileIsNotFound) {
   ASSERT_FALSE(doc.has_value());
   EXPECT_EQ(doc.error().code, ErrorCode::kNotFound);
   EXPECT_NE(doc.error().message.find("no_such_config.toml"), std::string::npos);
+}
+
+/// `parts` dotted parts: "a.a.a...".
+std::string DottedKey(int parts) {
+  std::string key = "a";
+  for (int i = 1; i < parts; ++i) key += ".a";
+  return key;
+}
+
+/// `levels` arrays nested as the value of `key`: key = [[[...1...]]].
+std::string NestedArrays(const std::string& key, int levels) {
+  return key + " = " + std::string(std::size_t(levels), '[') + "1" +
+         std::string(std::size_t(levels), ']') + "\n";
+}
+
+TEST_F(ConfigTest, HugeNestingIsRefusedQuicklyBeforeTheParserRecurses) {
+  // Each of these overflowed the stack inside toml++ (100,000 dotted parts is about 200 KB).
+  const std::string key = DottedKey(100000);
+  std::string inline_tables = "x = ";
+  for (int i = 0; i < 50000; ++i) inline_tables += "{a=";
+  inline_tables += "1" + std::string(50000, '}') + "\n";
+  const std::pair<std::string, std::string> cases[] = {
+      {"[run]\nseed = 1\n" + key + " = 1\n", "a dotted key goes deeper than"},
+      {"# header\n[" + key + "]\n", "a table header goes deeper than"},
+      {"[[" + key + "]]\n", "a table header goes deeper than"},
+      {NestedArrays("x", 100000), "arrays and inline tables go deeper than"},
+      {inline_tables, "arrays and inline tables go deeper than"},
+      {"y = { " + key + " = 1 }\n", "a dotted key goes deeper than"}};
+  for (const auto& [text, what] : cases) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto doc = ConfigDocument::Parse(text, "deep.toml");
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ASSERT_FALSE(doc.has_value()) << what;
+    EXPECT_EQ(doc.error().code, ErrorCode::kParse);
+    const std::string& m = doc.error().message;
+    EXPECT_EQ(m.rfind("deep.toml:", 0), 0u) << m;
+    EXPECT_NE(m.find(what), std::string::npos) << m;
+    EXPECT_NE(m.find("64 levels"), std::string::npos) << m;
+    EXPECT_LT(seconds, 1.0) << what;
+  }
+  // The line named is the one that goes too deep.
+  auto doc = ConfigDocument::Parse("a = 1\n\nb = 2\n" + key + " = 3\n", "deep.toml");
+  ASSERT_FALSE(doc.has_value());
+  EXPECT_EQ(doc.error().message.rfind("deep.toml:4: ", 0), 0u) << doc.error().message;
+}
+
+TEST_F(ConfigTest, NestingUpToTheLimitParsesAndOneMoreLevelDoesNot) {
+  EXPECT_TRUE(ConfigDocument::Parse(DottedKey(kMaxConfigDepth) + " = 1\n", "t.toml"));
+  EXPECT_FALSE(ConfigDocument::Parse(DottedKey(kMaxConfigDepth + 1) + " = 1\n", "t.toml"));
+  EXPECT_TRUE(ConfigDocument::Parse("[" + DottedKey(kMaxConfigDepth) + "]\n", "t.toml"));
+  EXPECT_FALSE(ConfigDocument::Parse("[" + DottedKey(kMaxConfigDepth + 1) + "]\n", "t.toml"));
+  // Header parts and key parts add up: 32 + 32 fit, 32 + 33 do not.
+  EXPECT_TRUE(ConfigDocument::Parse("[" + DottedKey(32) + "]\n" + DottedKey(32) + " = 1\n", "t"));
+  EXPECT_FALSE(ConfigDocument::Parse("[" + DottedKey(32) + "]\n" + DottedKey(33) + " = 1\n", "t"));
+  // The key `x` is one level, each array one more.
+  EXPECT_TRUE(ConfigDocument::Parse(NestedArrays("x", kMaxConfigDepth - 1), "t.toml"));
+  EXPECT_FALSE(ConfigDocument::Parse(NestedArrays("x", kMaxConfigDepth), "t.toml"));
+  // Levels are counted along one path: many shallow values side by side are fine.
+  std::string wide;
+  for (int i = 0; i < 2000; ++i) wide += NestedArrays("k" + std::to_string(i), 40);
+  EXPECT_TRUE(ConfigDocument::Parse(wide, "t.toml"));
+}
+
+TEST_F(ConfigTest, DotsAndBracketsInStringsCommentsAndValuesCountForNothing) {
+  const std::string dots(5000, '.');
+  const std::string brackets = std::string(5000, '[') + std::string(5000, '{');
+  const std::string text =
+      "# comment " + dots + brackets + "\n" +      //
+      "[\"" + dots + "\".'" + brackets + "']\n" +  // a header of two quoted parts
+      "basic = \"" + dots + brackets + "\\\"" + dots + "\"\n" + "literal = '" + dots + brackets +
+      "'\n" + "multi = \"\"\"\n" + dots + "\n\"\" " + brackets + "\\\n  " + dots + "\"\"\"\n" +
+      "multi_literal = '''\n" + brackets + "\n" + dots + "'''\n" +
+      "floats = [1.5, 2.5e3, -0.25, 1979-05-27T07:32:00.999999]  # " + dots + "\n" +
+      "tables = [ { a.b = 1.5 }, { c = \"" + brackets + "\" } ]\n" + "spaced . key . parts = 2\n";
+  auto doc = ConfigDocument::Parse(text, "strings.toml");
+  ASSERT_TRUE(doc.has_value()) << doc.error().message;
+  EXPECT_EQ(doc->Root().Keys().size(), 1u);
 }
 
 TEST_F(ConfigTest, DocumentSurvivesAMove) {

@@ -3,6 +3,7 @@
 #include "mewm/core/file_util.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -66,6 +67,54 @@ TEST(FileUtilTest, CheckWritableProbesWithoutLeavingFiles) {
     EXPECT_FALSE(CheckWritable(dir.File("ro/model.pt")));
     std::filesystem::permissions(dir.File("ro"), std::filesystem::perms::owner_all);
   }
+}
+
+TEST(FileUtilTest, ReadRegularFileRefusesFifosDevicesFoldersAndLargeFilesWithoutReading) {
+  testing::TempDir dir;
+  ASSERT_TRUE(WriteFileAtomic(dir.File("ok.txt"), "twelve bytes"));
+  auto ok = ReadRegularFile(dir.File("ok.txt"), 12);
+  ASSERT_TRUE(ok) << ok.error().message;
+  EXPECT_EQ(*ok, "twelve bytes");
+  auto large = ReadRegularFile(dir.File("ok.txt"), 11);
+  ASSERT_FALSE(large);
+  EXPECT_EQ(large.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(large.error().message.find("too large"), std::string::npos);
+  EXPECT_NE(large.error().message.find("ok.txt"), std::string::npos);
+  // A FIFO with no writer would block a plain read forever; it is refused at once.
+  ASSERT_EQ(::mkfifo(dir.File("fifo").c_str(), 0600), 0);
+  auto fifo = ReadRegularFile(dir.File("fifo"), 1 << 20);
+  ASSERT_FALSE(fifo);
+  EXPECT_NE(fifo.error().message.find("a FIFO, expected a regular file"), std::string::npos)
+      << fifo.error().message;
+  // /dev/zero never ends: a plain read grows until bad_alloc.
+  auto zero = ReadRegularFile("/dev/zero", 1 << 20);
+  ASSERT_FALSE(zero);
+  EXPECT_NE(zero.error().message.find("character device"), std::string::npos);
+  auto folder = ReadRegularFile(dir.path().string(), 1 << 20);
+  ASSERT_FALSE(folder);
+  EXPECT_NE(folder.error().message.find("a folder"), std::string::npos);
+  auto missing = ReadRegularFile(dir.File("none"), 1 << 20);
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().code, ErrorCode::kNotFound);
+}
+
+TEST(FileUtilTest, IsPathInsideComparesResolvedComponents) {
+  testing::TempDir dir;
+  const std::string root = dir.File("root");
+  std::filesystem::create_directories(root + "/a");
+  std::filesystem::create_directories(dir.File("outside"));
+  std::filesystem::create_directory_symlink(dir.File("outside"), root + "/link");
+  EXPECT_TRUE(IsPathInside(root, root));
+  EXPECT_TRUE(IsPathInside(root + "/", root));
+  EXPECT_TRUE(IsPathInside(root + "/a/new/file", root + "/"));
+  EXPECT_TRUE(IsPathInside(root + "/a/../b", root));
+  EXPECT_FALSE(IsPathInside(root + "/a/../../outside", root));
+  EXPECT_FALSE(IsPathInside(root + "2/x", root));      // a sibling whose name starts alike
+  EXPECT_FALSE(IsPathInside(root + "/link/x", root));  // a symbolic link that leads out
+  EXPECT_FALSE(IsPathInside(root + "/link", root));
+  EXPECT_FALSE(IsPathInside("/etc/passwd", root));
+  EXPECT_TRUE(IsPathInside("/etc/passwd", "/"));
+  EXPECT_EQ(ResolvedPath(root + "/link/x/"), ResolvedPath(dir.File("outside")) + "/x");
 }
 
 TEST(FileUtilTest, ExtensionsAreLowerCaseAndCompound) {

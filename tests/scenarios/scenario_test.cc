@@ -2,16 +2,30 @@
 // SPDX-FileCopyrightText: the mewm authors
 #include "mewm/scenarios/scenario.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <fstream>
+#include <future>
+#include <map>
+#include <regex>
+#include <set>
+#include <sstream>
 
+#include "mewm/core/file_util.h"
 #include "mewm/scenarios/dynamics_data.h"
 #include "mewm/scenarios/runner.h"
 #include "planning_fixture.h"
 
 namespace mewm::scenarios {
 namespace {
+
+namespace fs = std::filesystem;
+using namespace std::string_literals;
 
 class ScenarioTest : public testing::VdbTest {
  protected:
@@ -199,6 +213,241 @@ TEST_F(ScenarioTest, ShippedScenariosAreValid) {
     auto spec =
         LoadScenario(std::string(MEWM_SOURCE_DIR) + "/scenarios/" + name + "/scenario.toml");
     EXPECT_TRUE(spec) << name << ": " << spec.error().message;
+  }
+}
+
+TEST_F(ScenarioTest, RunNamesOutsideTheSafeAlphabetAreRefused) {
+  for (const char* good : {"t", "tace_demo", "A-1.b_c", "9lives"}) {
+    EXPECT_TRUE(ValidateRunName(good)) << good;
+  }
+  EXPECT_TRUE(ValidateRunName(std::string(64, 'n')));
+  const std::vector<std::string> bad_names = {"../../../x",
+                                              "/tmp/abs",
+                                              "a/b",
+                                              "victim/evil",
+                                              "",
+                                              ".hidden",
+                                              "-flag",
+                                              "_x",
+                                              "a..b",
+                                              "a b",
+                                              "tab\tname",
+                                              "nul\0x"s,
+                                              "caf\xc3\xa9",
+                                              std::string(65, 'n')};
+  for (const std::string& bad : bad_names) {
+    const Status named = ValidateRunName(bad);
+    ASSERT_FALSE(named) << bad;
+    EXPECT_NE(named.error().message.find("A-Z a-z 0-9 . _ -"), std::string::npos);
+    auto spec = Parse(Replace(Valid(), "name = \"t\"", "name = \"" + bad + "\""));
+    if (bad.find('\t') != std::string::npos || bad.find('\0') != std::string::npos) continue;
+    ASSERT_FALSE(spec) << bad;
+    EXPECT_EQ(spec.error().code, ErrorCode::kInvalidArgument);
+    EXPECT_NE(spec.error().message.find("test.toml:2: run.name must be"), std::string::npos)
+        << spec.error().message;
+  }
+}
+
+TEST_F(ScenarioTest, TheInputCheckRunsBeforeAnyFileIsLookedAt) {
+  // A FIFO with no writer blocks a plain read forever, and /dev/zero never ends.
+  ASSERT_EQ(::mkfifo(dir_.File("fifo.toml").c_str(), 0600), 0);
+  const auto with_actions = [&](const std::string& path) {
+    return Valid() + "\n[actions]\npath = \"" + path + "\"\n";
+  };
+  std::vector<ScenarioPath> seen;
+  ParseOptions refuse_all;
+  refuse_all.check_input = [&](const ScenarioPath& input) -> Status {
+    seen.push_back(input);
+    return MakeError(ErrorCode::kInvalidArgument, input.key + " refused");
+  };
+  for (const std::string& path : {dir_.File("fifo.toml"), "/dev/zero"s, "/no/such/file"s}) {
+    seen.clear();
+    auto spec = ParseScenario(with_actions(path), "test.toml", dir_.path().string(), refuse_all);
+    ASSERT_FALSE(spec);
+    // The first input met is refused and nothing else is looked at.
+    EXPECT_EQ(spec.error().message, "dynamics.calibration refused");
+    ASSERT_EQ(seen.size(), 1u);
+  }
+  ParseOptions refuse_actions;
+  refuse_actions.check_input = [&](const ScenarioPath& input) -> Status {
+    if (input.key != "actions.path") return {};
+    return MakeError(ErrorCode::kInvalidArgument, input.path + " is outside");
+  };
+  auto refused =
+      ParseScenario(with_actions("/dev/zero"), "test.toml", dir_.path().string(), refuse_actions);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().message, "/dev/zero is outside");
+
+  // Without a check, special files are refused without being read, and so is a large file.
+  auto fifo = std::async(std::launch::async, [&] { return Parse(with_actions("fifo.toml")); });
+  if (fifo.wait_for(std::chrono::seconds(20)) != std::future_status::ready) {
+    const int unblock = ::open(dir_.File("fifo.toml").c_str(), O_WRONLY | O_NONBLOCK);
+    if (unblock >= 0) ::close(unblock);
+    FAIL() << "reading a FIFO named by actions.path blocked";
+  }
+  for (const auto& spec : {fifo.get(), Parse(with_actions("/dev/zero"))}) {
+    ASSERT_FALSE(spec);
+    EXPECT_NE(spec.error().message.find("which is not a regular file"), std::string::npos)
+        << spec.error().message;
+  }
+  std::ofstream(dir_.File("huge.toml")) << std::string(kMaxActionBaseBytes + 1, '#');
+  auto huge = Parse(with_actions("huge.toml"));
+  ASSERT_FALSE(huge);
+  EXPECT_NE(huge.error().message.find("too large"), std::string::npos) << huge.error().message;
+}
+
+/// String keys that are not paths, as "table.key". ScenarioTest.EveryPathKeyIsEnumerated makes
+/// every other string key the parser reads appear in ScenarioSpec::InputPaths or OutputPaths,
+/// so a new path key cannot escape the server's confinement silently: add a new string key
+/// either to those lists or, if it is no path, here.
+const std::set<std::string> kStringKeysThatAreNotPaths = {
+    "run.name",         "run.device",      "cohort.source",        "policy.backend",
+    "dynamics.backend", "dynamics.config", "dynamics.uncertainty", "survival.backend",
+    "planner.search",   "actions.protocol"};
+
+/// A scenario as tables of key = TOML value ("" is the root, written first).
+using Tables = std::map<std::string, std::map<std::string, std::string>>;
+
+std::string Render(const Tables& tables) {
+  std::string text;
+  for (const auto& [table, keys] : tables) {
+    if (!table.empty()) text += "\n[" + table + "]\n";
+    for (const auto& [key, value] : keys) text += key + " = " + value + "\n";
+  }
+  return text;
+}
+
+TEST_F(ScenarioTest, EveryPathKeyIsEnumerated) {
+  // Every regular file the probes name holds a valid action base, the only input parsing reads.
+  const auto probe_file = [&](const std::string& name) {
+    std::ofstream(dir_.File(name)) << ActionBase::DefaultToml();
+    return "\"" + name + "\"";
+  };
+  const std::string shared_models = "\"models/cox.json\"";
+  // Two scenarios that between them reach every branch of the parser.
+  const Tables synthetic = {
+      {"run", {{"name", "\"t\""}}},
+      {"cohort", {{"source", "\"synthetic\""}}},
+      {"dynamics", {{"backend", "\"mechanistic\""}, {"calibration", probe_file("calib.json")}}},
+      {"survival", {{"backend", "\"cox\""}, {"model", shared_models}}}};
+  const Tables manifest = {
+      {"run", {{"name", "\"t\""}}},
+      {"cohort", {{"source", "\"manifest\""}, {"manifest", probe_file("m.csv")}}},
+      {"dynamics", {{"backend", "\"diffusion\""}, {"model", probe_file("d.pt")}}},
+      {"survival", {{"backend", "\"cox\""}, {"model", shared_models}}}};
+  std::set<std::string> string_keys;
+  for (Tables base : {synthetic, manifest}) {
+    ASSERT_TRUE(Parse(Render(base))) << Parse(Render(base)).error().message;
+    // 1. The keys the parser reads in each table, as its unknown-key errors list them.
+    std::map<std::string, std::vector<std::string>> allowed;
+    for (int pass = 0; pass < 2; ++pass) {
+      Tables probe = base;
+      probe[""]["zz_probe"] = "1";
+      for (const auto& [table, keys] : allowed) {
+        if (!table.empty()) probe[table]["zz_probe"] = "1";
+      }
+      for (auto& [table, keys] : probe) keys["zz_probe"] = "1";
+      auto spec = Parse(Render(probe));
+      ASSERT_FALSE(spec);
+      const std::string& m = spec.error().message;
+      const std::regex unknown(R"(unknown key ((\w+)\.)?zz_probe \(allowed: ([^)]*)\))");
+      for (auto it = std::sregex_iterator(m.begin(), m.end(), unknown);
+           it != std::sregex_iterator(); ++it) {
+        std::vector<std::string>& keys = allowed[(*it)[2].str()];
+        keys.clear();
+        std::stringstream list((*it)[3].str());
+        for (std::string key; std::getline(list, key, ',');) {
+          key.erase(0, key.find_first_not_of(' '));
+          if (key != "none") keys.push_back(key);
+        }
+      }
+      if (pass == 0) {  // the root's keys are the tables: probe each in the second pass
+        for (const std::string& table : allowed[""]) allowed[table];
+      }
+    }
+    ASSERT_GE(allowed[""].size(), 8u);
+    // 2. Which of those keys take a string: a string value gets no "must be ... (got string".
+    for (const auto& [table, keys] : allowed) {
+      if (table.empty()) continue;
+      for (const std::string& key : keys) {
+        Tables probe = base;
+        probe[table][key] = "\"zz-probe\"";
+        auto spec = Parse(Render(probe));
+        const std::string name = table + "." + key;
+        if (!spec && spec.error().message.find(name + " must be ") != std::string::npos &&
+            spec.error().message.find("(got string") != std::string::npos) {
+          continue;
+        }
+        string_keys.insert(name);
+        if (kStringKeysThatAreNotPaths.count(name)) continue;
+        // 3. A path: set it alone to a file of its own and find it in the enumeration.
+        probe = base;
+        const std::string file = "probe-" + table + "-" + key;
+        probe[table][key] = probe_file(file);
+        auto parsed = Parse(Render(probe));
+        ASSERT_TRUE(parsed) << name << ": " << parsed.error().message;
+        std::vector<ScenarioPath> listed = parsed->InputPaths();
+        const auto outputs = parsed->OutputPaths();
+        listed.insert(listed.end(), outputs.begin(), outputs.end());
+        const bool found = std::any_of(listed.begin(), listed.end(), [&](const ScenarioPath& p) {
+          return p.key == name && p.path.size() >= file.size() &&
+                 p.path.compare(p.path.size() - file.size(), file.size(), file) == 0;
+        });
+        EXPECT_TRUE(found) << name << " takes a string but is neither enumerated by "
+                           << "ScenarioSpec::InputPaths/OutputPaths nor listed in "
+                           << "kStringKeysThatAreNotPaths";
+      }
+    }
+  }
+  // The probes found the known path keys (so a broken probe cannot pass by finding nothing).
+  for (const char* key : {"run.output", "cohort.dir", "cohort.manifest", "dynamics.calibration",
+                          "dynamics.model", "survival.model", "actions.path", "run.name"}) {
+    EXPECT_TRUE(string_keys.count(key)) << key;
+  }
+  // Every input the parser meets goes through ParseOptions::check_input, and only those.
+  for (Tables base : {synthetic, manifest}) {
+    base["actions"]["path"] = probe_file("actions.toml");
+    std::set<std::string> checked;
+    ParseOptions options;
+    options.check_input = [&](const ScenarioPath& input) -> Status {
+      checked.insert(input.key);
+      return {};
+    };
+    auto spec = ParseScenario(Render(base), "test.toml", dir_.path().string(), options);
+    ASSERT_TRUE(spec) << spec.error().message;
+    std::set<std::string> inputs;
+    for (const ScenarioPath& input : spec->InputPaths()) inputs.insert(input.key);
+    EXPECT_EQ(checked, inputs);
+    EXPECT_EQ(inputs.count("actions.path"), 1u);
+    EXPECT_EQ(inputs.count("survival.model"), 1u);
+    EXPECT_EQ(inputs.size(), spec->cohort.source == CohortSpec::Source::kManifest ? 4u : 3u);
+  }
+}
+
+TEST_F(ScenarioTest, SyntheticCohortsLiveWhereTheOneRuleSays) {
+  auto spec = Parse(Valid());
+  ASSERT_TRUE(spec);
+  // mewm run: <output>/cohort, or cohort.dir as given.
+  EXPECT_EQ(*SyntheticCohortDir(*spec, "runs/a"), "runs/a/cohort");
+  spec->cohort.dir = "shared/c";
+  EXPECT_EQ(*SyntheticCohortDir(*spec, "runs/a"), "shared/c");
+  // The server: inside <root>/cohorts/ only.
+  const std::string root = dir_.File("root");
+  fs::create_directories(root + "/cohorts");
+  spec->cohort.dir = "";
+  EXPECT_EQ(*SyntheticCohortDir(*spec, root + "/runs", root), root + "/cohorts/n2-seed9-2mm");
+  spec->cohort.dir = "cohorts/mine";
+  EXPECT_EQ(*SyntheticCohortDir(*spec, root + "/runs", root), ResolvedPath(root) + "/cohorts/mine");
+  fs::create_directories(dir_.File("elsewhere"));
+  fs::create_directory_symlink(dir_.File("elsewhere"), root + "/cohorts/link");
+  for (const std::string bad : {"runs/victim-1234", "cohorts", "cohorts/", "cohorts/../runs",
+                                "cohorts/link/x", "/tmp/x", "."}) {
+    spec->cohort.dir = bad;
+    auto dir = SyntheticCohortDir(*spec, root + "/runs", root);
+    ASSERT_FALSE(dir) << bad << " gave " << *dir;
+    EXPECT_NE(dir.error().message.find("cohort.dir = \"" + bad + "\" must name a folder inside"),
+              std::string::npos)
+        << dir.error().message;
   }
 }
 

@@ -126,9 +126,9 @@ TEST_F(CohortTest, SameSeedGivesByteIdenticalCohorts) {
     ASSERT_EQ(*ReadFile(entry.path().string()), *ReadFile((fs::path(b) / rel).string())) << rel;
     ++files;
   }
-  // manifest, clinical, truth + per patient: pre.vdb, 3 NIfTI, post vdb + 2 NIfTI, 1
-  // counterfactual, truth.
-  EXPECT_EQ(files, 3 + 2 * 9);
+  // .mewm-cohort, manifest, clinical, truth + per patient: pre.vdb, 3 NIfTI, post vdb + 2 NIfTI,
+  // 1 counterfactual, truth.
+  EXPECT_EQ(files, 4 + 2 * 9);
   for (const char* name : {"manifest.json", "clinical.csv", "truth.json", "patients/P0001/pre.vdb",
                            "patients/P0002/post_administered.vdb", "patients/P0002/post_cf1.vdb",
                            "patients/P0001/pre_ct.nii.gz", "patients/P0001/tumor.nii.gz"}) {
@@ -152,6 +152,42 @@ TEST_F(CohortTest, RefusesBadRequestsAndLeavesNoTemporaryFolders) {
   ASSERT_TRUE(WriteFileAtomic(dir_.File("file"), "x"));
   EXPECT_FALSE(GenerateCohort(Options(dir_.File("file"), 1), ActionBase::Default()));
   EXPECT_FALSE(GenerateCohort(Options("/proc/mewm-cannot-write", 1), ActionBase::Default()));
+}
+
+TEST_F(CohortTest, ForceReplacesOnlyACohortMewmWrote) {
+  // A folder of someone's own files, with a patients/ folder: force must not touch it.
+  const std::string mine = dir_.File("mine");
+  fs::create_directories(mine + "/patients/P0001");
+  ASSERT_TRUE(WriteFileAtomic(mine + "/patients/P0001/scan.nii.gz", "precious"));
+  ASSERT_TRUE(WriteFileAtomic(mine + "/manifest.json", "{\"generator\": \"someone else\"}"));
+  CohortOptions forced = Options(mine, 1);
+  forced.force = true;
+  auto refused = GenerateCohort(forced, ActionBase::Default());
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(refused.error().message.find("not a cohort written by mewm"), std::string::npos)
+      << refused.error().message;
+  EXPECT_EQ(*ReadFile(mine + "/patients/P0001/scan.nii.gz"), "precious");
+  EXPECT_FALSE(fs::exists(mine + "/" + kCohortMarker));
+  EXPECT_FALSE(IsEmptyOrMewmCohort(mine));
+  // An empty folder, a finished cohort and one whose generation was cut short (marker only) are
+  // mewm's to replace.
+  fs::create_directories(dir_.File("empty"));
+  EXPECT_TRUE(IsEmptyOrMewmCohort(dir_.File("empty")));
+  EXPECT_TRUE(IsEmptyOrMewmCohort(dir_.File("missing")));
+  const std::string cut = dir_.File("cut");
+  fs::create_directories(cut + "/patients/.tmp-P0001-1");
+  ASSERT_TRUE(WriteFileAtomic(cut + "/" + kCohortMarker,
+                              "{\"generator\": \"" + std::string(kCohortGenerator) + "\"}"));
+  EXPECT_TRUE(IsEmptyOrMewmCohort(cut));
+  CohortOptions again = Options(cut, 1);
+  again.force = true;
+  ASSERT_TRUE(GenerateCohort(again, ActionBase::Default()));
+  EXPECT_TRUE(fs::exists(cut + "/manifest.json"));
+  EXPECT_TRUE(IsEmptyOrMewmCohort(cut));
+  fs::remove(fs::path(cut) / kCohortMarker);  // a cohort written before the marker existed
+  EXPECT_TRUE(IsEmptyOrMewmCohort(cut));
+  ASSERT_TRUE(GenerateCohort(again, ActionBase::Default()));
 }
 
 TEST_F(CohortTest, ImagesFallInPortalVenousHuBands) {

@@ -6,8 +6,11 @@
 // patients. Waits are on events, with bounds; no sleep is used to synchronise.
 #include "mewm/streaming/server.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <condition_variable>
 #include <fstream>
@@ -25,6 +28,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
+using namespace std::string_literals;
 using scenarios::Event;
 using scenarios::EventBody;
 
@@ -517,6 +521,168 @@ TEST_F(ServerTest, InvalidScenariosAndEscapingPathsAreRejected) {
   expect({absolute, "", ""}, ReplyError::kForbiddenPath, "outside");
   expect({Toml(), "", "../outside/s.toml"}, ReplyError::kForbiddenPath, "..");
   EXPECT_TRUE(client->ListRuns()->empty());  // nothing was queued
+}
+
+TEST_F(ServerTest, DeeplyNestedTomlIsRefusedAndTheServerKeepsAnswering) {
+  StartServer(Options(), Scripted({}));
+  auto client = NewClient();
+  // One dotted key of 100,000 parts (about 200 KB, under the 1 MiB request cap) overflowed the
+  // stack inside toml++ and killed the server.
+  std::string key = "a";
+  for (int i = 1; i < 100000; ++i) key += ".a";
+  for (const std::string& toml :
+       {Toml() + key + " = 1\n", Toml() + "deep = " + std::string(100000, '[') + "]\n"}) {
+    auto reply = client->Call(Request{"", "", SubmitRequest{toml, "", ""}});
+    ASSERT_TRUE(reply) << reply.error().message;
+    const auto* error = std::get_if<ErrorReply>(&reply->body);
+    ASSERT_NE(error, nullptr);
+    EXPECT_EQ(error->code, ReplyError::kInvalidScenario);
+    EXPECT_NE(error->message.find("64 levels"), std::string::npos) << error->message;
+  }
+  auto health = client->GetHealth();
+  ASSERT_TRUE(health) << health.error().message;
+  EXPECT_EQ(health->rejected_submits, 2u);
+  WatchToEnd(*client, SubmitOk(*client));  // and it still runs scenarios
+}
+
+TEST_F(ServerTest, RunNamesThatCouldLeaveTheRootOrShareAPrefixAreRefused) {
+  StartServer(Options(), Scripted({}));
+  auto client = NewClient();
+  const std::vector<std::string> names = {"../../../x", "/tmp/abs-run", "victim/evil",
+                                          "..",         "a b",          std::string(65, 'n')};
+  for (const std::string& name : names) {
+    auto reply = client->Call(Request{"", "", SubmitRequest{Toml(name), "", ""}});
+    ASSERT_TRUE(reply);
+    const auto* error = std::get_if<ErrorReply>(&reply->body);
+    ASSERT_NE(error, nullptr) << name;
+    EXPECT_EQ(error->code, ReplyError::kInvalidScenario) << name;
+    EXPECT_NE(error->message.find("run.name must be 1 to 64 characters"), std::string::npos)
+        << error->message;
+  }
+  EXPECT_TRUE(client->ListRuns()->empty());  // nothing was queued, so no folder was made
+}
+
+TEST_F(ServerTest, InputsOutsideTheBaseGetOneAnswerBeforeAnythingIsOpened) {
+  // A folder beside the scenario base, holding what a client should learn nothing about.
+  const fs::path outside = dir_.path().string() + "-outside";
+  fs::create_directories(outside);
+  std::ofstream(outside / "secret.toml") << "[[drug]]\nsecret_key_name = 1\n";
+  fs::copy_file(dir_.File("models/cox.json"), outside / "cox.json");
+  ASSERT_EQ(::mkfifo((outside / "fifo").c_str(), 0600), 0);
+  ASSERT_EQ(::mkfifo(dir_.File("fifo").c_str(), 0600), 0);
+  fs::create_symlink(outside / "cox.json", dir_.File("models/link.json"));
+  StartServer(Options(), Scripted({}));
+  auto client = NewClient(3000);
+  const auto unblock = [&] {  // only needed if a read blocked the server
+    for (const std::string& fifo : {(outside / "fifo").string(), dir_.File("fifo")}) {
+      const int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+      if (fd >= 0) ::close(fd);
+    }
+  };
+  const auto submit = [&](const std::string& toml) -> ErrorReply {
+    auto reply = client->Call(Request{"", "", SubmitRequest{toml, "", ""}});
+    auto health = client->GetHealth();
+    if (!reply || !health) unblock();
+    EXPECT_TRUE(reply) << "no answer: " << reply.error().message;
+    EXPECT_TRUE(health) << "no health after the submit: " << health.error().message;
+    const auto* error = reply ? std::get_if<ErrorReply>(&reply->body) : nullptr;
+    EXPECT_NE(error, nullptr) << toml;
+    return error ? *error : ErrorReply{};
+  };
+  const auto actions = [&](const std::string& path) {
+    return Toml() + "\n[actions]\npath = \"" + path + "\"\n";
+  };
+  // /dev/zero last: a server that read it would grow until bad_alloc.
+  for (const std::string& path :
+       {(outside / "fifo").string(), (outside / "secret.toml").string(),
+        "../" + outside.filename().string() + "/secret.toml", "/dev/zero"s}) {
+    const ErrorReply error = submit(actions(path));
+    EXPECT_EQ(error.code, ReplyError::kForbiddenPath) << path;
+    EXPECT_NE(error.message.find("actions.path = \""), std::string::npos) << error.message;
+    EXPECT_NE(error.message.find("is outside the server's scenario base"), std::string::npos);
+    EXPECT_EQ(error.message.find("secret_key_name"), std::string::npos) << error.message;
+  }
+  // Inside the base, a FIFO is refused without being opened for a read.
+  const ErrorReply fifo = submit(actions("fifo"));
+  EXPECT_EQ(fifo.code, ReplyError::kInvalidScenario);
+  EXPECT_NE(fifo.message.find("not a regular file"), std::string::npos) << fifo.message;
+  // A model outside: the same answer whether or not a file is there, and through a link.
+  const auto model = [&](const std::string& path) {
+    std::string toml = Toml();
+    return toml.replace(toml.find("models/cox.json"), 15, path);
+  };
+  const ErrorReply there = submit(model((outside / "cox.json").string()));
+  const ErrorReply missing = submit(model((outside / "nope.json").string()));
+  EXPECT_EQ(there.code, ReplyError::kForbiddenPath);
+  EXPECT_EQ(missing.code, ReplyError::kForbiddenPath);
+  EXPECT_EQ(there.message.substr(there.message.find("\" is outside")),
+            missing.message.substr(missing.message.find("\" is outside")));
+  EXPECT_EQ(missing.message.find("does not exist"), std::string::npos) << missing.message;
+  EXPECT_EQ(submit(model("models/link.json")).code, ReplyError::kForbiddenPath);
+  EXPECT_TRUE(client->ListRuns()->empty());
+  StopServer();
+  fs::remove_all(outside);
+}
+
+TEST_F(ServerTest, CohortFoldersStayInCohortsAndRunsStayOut) {
+  StartServer(Options(), Scripted({}));
+  auto client = NewClient();
+  const std::string victim = SubmitOk(*client);
+  WatchToEnd(*client, victim);
+  const std::string root = ResolvedPath(Options().results_root);
+  fs::create_directories(dir_.File("elsewhere"));
+  fs::create_directory_symlink(dir_.File("elsewhere"), root + "/link");
+  fs::create_directories(root + "/cohorts");
+  fs::create_directory_symlink(dir_.File("elsewhere"), root + "/cohorts/link");
+  const auto expect_forbidden = [&](const std::string& toml, const std::string& text) {
+    auto reply = client->Call(Request{"", "", SubmitRequest{toml, "", ""}});
+    ASSERT_TRUE(reply);
+    const auto* error = std::get_if<ErrorReply>(&reply->body);
+    ASSERT_NE(error, nullptr) << toml;
+    EXPECT_EQ(error->code, ReplyError::kForbiddenPath) << error->message;
+    EXPECT_NE(error->message.find(text), std::string::npos) << error->message;
+  };
+  const auto cohort = [&](const std::string& dir) {
+    std::string toml = Toml();
+    return toml.replace(toml.find("spacing_mm = 2.0"), 16,
+                        "spacing_mm = 2.0\ndir = \"" + dir + "\"");
+  };
+  const auto output = [&](const std::string& dir) {
+    std::string toml = Toml();
+    return toml.replace(toml.find("\"runs\""), 6, "\"" + dir + "\"");
+  };
+  // Another run's folder, inside the root, was a valid cohort.dir: its patients/ was replaced.
+  expect_forbidden(cohort("runs/" + victim), "must name a folder inside " + root + "/cohorts");
+  expect_forbidden(cohort(root + "/runs/" + victim), "must name a folder inside");
+  expect_forbidden(cohort("cohorts"), "must name a folder inside");
+  expect_forbidden(cohort("cohorts/link/x"), "outside the server's results root");  // by a link
+  expect_forbidden(cohort("/tmp/elsewhere"), "outside the server's results root");
+  expect_forbidden(output("cohorts/mine"), "where only cohorts live");
+  expect_forbidden(output("link"), "outside the server's results root");
+  EXPECT_EQ(client->ListRuns()->size(), 1u);
+  EXPECT_TRUE(fs::is_empty(dir_.File("elsewhere")));
+  // Where the layout says, a cohort folder of one's own choosing is fine.
+  const std::string mine = SubmitOk(*client, cohort("cohorts/mine"));
+  WatchToEnd(*client, mine);
+  EXPECT_EQ(client->ListRuns()->size(), 2u);
+}
+
+TEST_F(ServerTest, RealRunnerNeverReplacesAFolderThatIsNotAMewmCohort) {
+  const std::string root = Options().results_root;
+  fs::create_directories(root + "/cohorts/mine/patients/P0001");
+  std::ofstream(root + "/cohorts/mine/patients/P0001/keep.txt") << "precious";
+  StartServer(Options(), RunWithRunner);
+  auto client = NewClient(10000);
+  std::string toml = Toml();
+  toml.replace(toml.find("spacing_mm = 2.0"), 16, "spacing_mm = 2.0\ndir = \"cohorts/mine\"");
+  const auto events = WatchToEnd(*client, SubmitOk(*client, toml));
+  ASSERT_FALSE(events.empty());
+  const auto* failed = std::get_if<scenarios::RunFailed>(&events.back().body);
+  ASSERT_NE(failed, nullptr) << scenarios::EventToJson(events.back());
+  EXPECT_NE(failed->error.find("not a cohort written by mewm"), std::string::npos) << failed->error;
+  auto kept = ReadFile(root + "/cohorts/mine/patients/P0001/keep.txt");
+  ASSERT_TRUE(kept);
+  EXPECT_EQ(*kept, "precious");
 }
 
 TEST_F(ServerTest, ResubmittingWithTheSameRequestIdReturnsTheSameRun) {

@@ -286,6 +286,45 @@ TEST_F(CliTest, CohortRefusesBadRequests) {
   EXPECT_NE(r.output.find("truth.json"), std::string::npos);
 }
 
+TEST_F(CliTest, RunRefusesDeepTomlUnsafeNamesAndFoldersThatAreNotMewmCohorts) {
+  const std::string models = std::string(MEWM_SOURCE_DIR) + "/models/";
+  const auto scenario = [&](const std::string& name, const std::string& cohort_dir) {
+    return "[run]\nname = \"" + name +
+           "\"\nseed = 1\n[cohort]\nsource = \"synthetic\"\nn = 1\nseed = 2\nspacing_mm = 4.0\n" +
+           "dir = \"" + cohort_dir + "\"\n[dynamics]\nbackend = \"mechanistic\"\ncalibration = \"" +
+           models + "mechanistic_calibration.json\"\n[survival]\nbackend = \"cox\"\nmodel = \"" +
+           models + "cox_survival.json\"\n[planner]\nbeams = 1\nsamples = 1\n";
+  };
+  const std::string out = dir_.File("out"), user = dir_.File("user");
+  // 50,000 dotted parts crashed `mewm run` inside the TOML parser (a segfault, no message).
+  std::string key = "a";
+  for (int i = 1; i < 50000; ++i) key += ".a";
+  std::ofstream(dir_.File("deep.toml")) << scenario("ok", user) << key << " = 1\n";
+  Result r = RunMewm("run " + dir_.File("deep.toml") + " --quiet --out " + out);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("deep.toml:19: nested too deeply"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("64 levels"), std::string::npos) << r.output;
+  // A name that is a path.
+  std::ofstream(dir_.File("name.toml")) << scenario("../escape", user);
+  r = RunMewm("run " + dir_.File("name.toml") + " --quiet --out " + out);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("name.toml:2: run.name must be 1 to 64 characters from A-Z a-z 0-9"),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(std::filesystem::exists(out));
+  // A cohort.dir that holds someone's own patients/ is not a cohort to regenerate.
+  std::filesystem::create_directories(user + "/patients");
+  std::filesystem::copy_file(ct_path_, user + "/patients/mine.nii.gz");
+  std::ofstream(dir_.File("user.toml")) << scenario("ok", user);
+  r = RunMewm("run " + dir_.File("user.toml") + " --quiet --out " + out);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("is not a cohort written by mewm"), std::string::npos) << r.output;
+  EXPECT_TRUE(std::filesystem::exists(user + "/patients/mine.nii.gz"));
+  r = RunMewm("cohort generate --n 1 --spacing 4 --no-nifti --quiet --force --out " + user);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_TRUE(std::filesystem::exists(user + "/patients/mine.nii.gz"));
+}
+
 std::string ReadText(const std::string& path) {
   std::ifstream in(path);
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());

@@ -319,9 +319,9 @@ int RunPlannerBench(const std::string& scenario, int patients, bool exhaustive,
     return Fail(Error{ErrorCode::kInvalidArgument,
                       "bench planner needs a synthetic cohort (it reads the true risks)"});
   }
-  const std::string cohort_dir = spec->cohort.dir.empty()
-                                     ? (std::filesystem::path(spec->output) / "cohort").string()
-                                     : spec->cohort.dir;
+  auto cohort = scenarios::SyntheticCohortDir(*spec, spec->output);
+  if (!cohort) return Fail(cohort.error());
+  const std::string cohort_dir = *cohort;
   auto entries = scenarios::PrepareCohort(*spec, cohort_dir);
   if (!entries) return Fail(entries.error());
   auto truth_text = ReadFile(cohort_dir + "/truth.json");

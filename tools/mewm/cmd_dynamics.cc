@@ -258,9 +258,9 @@ Action AddBenchDynamics(CLI::App& bench_app) {
       return Fail(Error{ErrorCode::kInvalidArgument,
                         o->scenario + ": bench dynamics needs dynamics.backend = \"diffusion\""});
     }
-    const std::string cohort_dir = spec->cohort.dir.empty()
-                                       ? (std::filesystem::path(spec->output) / "cohort").string()
-                                       : spec->cohort.dir;
+    auto cohort = scenarios::SyntheticCohortDir(*spec, spec->output);
+    if (!cohort) return Fail(cohort.error());
+    const std::string cohort_dir = *cohort;
     auto entries = scenarios::PrepareCohort(*spec, cohort_dir);
     if (!entries) return Fail(entries.error());
     auto patient = scenarios::LoadPatient(entries->front());

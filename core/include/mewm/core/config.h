@@ -19,10 +19,18 @@ namespace mewm {
 
 class ConfigTable;
 
+/// The deepest nesting a configuration may have: dotted key parts, table header parts, inline
+/// tables and arrays, counted together along one path from the root. toml++ recurses once per
+/// level, and a 200 KB key of 100,000 dotted parts overflows an 8 MiB stack, so
+/// ConfigDocument::Parse refuses deeper text before toml++ sees it. mewm's files need 4 levels.
+inline constexpr int kMaxConfigDepth = 64;
+
 /// A parsed TOML document.
 class ConfigDocument {
  public:
-  /// Parses text; `origin` is the file name used in errors. kParse with file:line:column.
+  /// Parses text; `origin` is the file name used in errors. kParse with file:line:column, or
+  /// kParse with file:line for text nested deeper than kMaxConfigDepth (checked by a linear scan
+  /// first, so untrusted text of any shape is safe to pass).
   static Expected<ConfigDocument> Parse(const std::string& text, const std::string& origin);
   /// Reads and parses a file. kNotFound / kIo / kParse.
   static Expected<ConfigDocument> Load(const std::string& path);

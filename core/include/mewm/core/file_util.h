@@ -5,6 +5,7 @@
 // rename (atomic on POSIX within one file system).
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <string>
 
@@ -29,6 +30,23 @@ Status CheckWritable(const std::string& path);
 
 /// Reads a whole file. kNotFound or kIo.
 Expected<std::string> ReadFile(const std::string& path);
+
+/// Reads a whole regular file of at most `max_bytes`, for files named by untrusted input. It never
+/// blocks and never reads without bound: the path is checked with stat() before it is opened
+/// (O_NONBLOCK) and again with fstat() on the open file, so a FIFO, device, socket or folder is
+/// refused before any read (kInvalidArgument), and so is a file larger than `max_bytes`
+/// (kInvalidArgument naming both sizes). kNotFound when it does not exist, kIo for other failures.
+Expected<std::string> ReadRegularFile(const std::string& path, std::uint64_t max_bytes);
+
+/// Whether `path` lies inside the folder `root`, or is `root` itself. Both are made absolute
+/// (against the working directory), and the symbolic links of their existing parts are resolved
+/// (std::filesystem::weakly_canonical) before their components are compared, so "root/link/x"
+/// with link -> /etc is outside, "root/a/../../x" is outside and "/srv/ab" is not inside "/srv/a".
+bool IsPathInside(const std::string& path, const std::string& root);
+
+/// The form IsPathInside compares: absolute, symbolic links of existing parts resolved, normal,
+/// without a trailing separator.
+std::string ResolvedPath(const std::string& path);
 
 /// Lower-case extension including compound ".nii.gz"; "" when none.
 std::string FileExtension(const std::string& path);

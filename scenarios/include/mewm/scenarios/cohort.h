@@ -5,6 +5,7 @@
 // (`mewm cohort stats`).
 //
 // Layout of a cohort folder:
+//   .mewm-cohort           {"generator": "mewm synthetic world", ...}, written before anything else
 //   manifest.json          generator version, seed, config, one entry per patient with its files
 //   clinical.csv           visible covariates, administered plan, observed (time, event)
 //   truth.json             hidden biology, risk of every valid plan, optimal plan (evaluation only)
@@ -25,20 +26,32 @@
 
 namespace mewm::scenarios {
 
+/// The marker file GenerateCohort writes first into a cohort folder, and the generator it names
+/// (manifest.json names it too).
+inline constexpr const char* kCohortMarker = ".mewm-cohort";
+inline constexpr const char* kCohortGenerator = "mewm synthetic world";
+
+/// Whether `dir` is missing, an empty folder, or a cohort mewm wrote (its .mewm-cohort or
+/// manifest.json names kCohortGenerator): the only folders GenerateCohort may write into or
+/// replace.
+bool IsEmptyOrMewmCohort(const std::string& dir);
+
 struct CohortOptions {
   int n = 0;
   std::uint64_t seed = 0;
   std::string out_dir;
-  bool force =
-      false;  ///< allow a non-empty folder: its previous cohort (patients/, index files) is removed
+  /// Allow a non-empty folder that holds a cohort mewm wrote (IsEmptyOrMewmCohort): its previous
+  /// cohort (patients/, index files) is removed. Any other non-empty folder is refused even so.
+  bool force = false;
   bool write_nifti = true;  ///< NIfTI copies of the pre-treatment and administered images
   WorldConfig world;
   /// Called after each finished patient with (done, total); may be empty.
   std::function<void(int, int)> progress;
 };
 
-/// Generates a cohort. kInvalidArgument for n <= 0 or a non-empty folder without force; kIo for an
-/// unwritable folder. Patients are generated in parallel; the files do not depend on the order.
+/// Generates a cohort. kInvalidArgument for n <= 0, a non-empty folder without force, or a
+/// non-empty folder that is not a mewm cohort (even with force); kIo for an unwritable folder.
+/// Patients are generated in parallel; the files do not depend on the order.
 Status GenerateCohort(const CohortOptions& options, const ActionBase& actions);
 
 /// World-validity figures (issue: the synthetic world must pass these).

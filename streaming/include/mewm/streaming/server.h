@@ -30,9 +30,11 @@ struct ServerOptions {
   /// "" = no control socket (the embedded `mewm run --publish` without --control).
   std::string control_endpoint = "tcp://127.0.0.1:5555";
   std::string event_endpoint = "tcp://127.0.0.1:5556";
-  /// Every submitted run writes under this folder; scenario paths cannot leave it.
+  /// Every submitted run writes under this folder; scenario paths cannot leave it. Synthetic
+  /// cohorts live in <results_root>/cohorts/ (scenarios::SyntheticCohortDir), runs elsewhere.
   std::string results_root = "results/server";
-  /// Relative model, manifest and action-base paths in submitted scenarios resolve here.
+  /// Relative model, manifest and action-base paths in submitted scenarios resolve here, and
+  /// every input path must stay inside it (checked before the file is looked at).
   std::string scenario_base = ".";
   int queue_capacity = 8;    ///< queued runs, not counting the one running
   int send_hwm = 10000;      ///< PUB high-water mark per subscriber (messages; 0 = none)
