@@ -226,6 +226,7 @@ TEST_F(CliTest, TrainRunEvaluateMergeAndInterrupt) {
   ASSERT_EQ(r.code, 0) << r.output;
   r = RunMewm("train mechanistic --quiet --cohort " + train + " --out " + dir_.File("mech.json"));
   ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(std::filesystem::exists(dir_.File("mech.json.sha256")));  // checked at load
   EXPECT_NE(r.output.find("log_proliferation"), std::string::npos);
   r = RunMewm("train survival --quiet --backend cox --cohort " + train + " --out " +
               dir_.File("cox.json"));
