@@ -515,8 +515,28 @@ Expected<RunSummary> Runner::Run(EventSink& sink) {
     MEWM_TRY(manifest_entries, ReadManifest(m.spec.cohort.manifest));
   }
   std::error_code ec;
-  fs::create_directories(fs::path(m.out) / "patients", ec);
+  fs::create_directories(m.out, ec);
   if (ec) return MakeError(ErrorCode::kIo, "cannot create '" + m.out + "': " + ec.message());
+  // run.json first: it is what marks the folder as this scenario's results folder.
+  MEWM_RETURN_IF_ERROR(WriteFileAtomic((fs::path(m.out) / "scenario.toml").string(), m.spec.text));
+  const json run = {
+      {"run_id", m.run_id},
+      {"scenario", m.spec.name},
+      {"scenario_path", m.spec.path},
+      {"seed", std::to_string(m.spec.seed)},
+      {"search", ToString(m.spec.planner.search)},
+      {"cohort_source",
+       m.spec.cohort.source == CohortSpec::Source::kSynthetic ? "synthetic" : "manifest"},
+      {"cohort", m.spec.cohort.source == CohortSpec::Source::kSynthetic
+                     ? fs::absolute(m.cohort_dir).string()
+                     : fs::absolute(m.spec.cohort.manifest).string()},
+      {"shard",
+       std::to_string(m.options.shard_index) + "/" + std::to_string(m.options.shard_count)}};
+  MEWM_RETURN_IF_ERROR(
+      WriteFileAtomic((fs::path(m.out) / "run.json").string(), run.dump(1) + "\n"));
+  fs::create_directories(fs::path(m.out) / "patients", ec);
+  if (ec)
+    return MakeError(ErrorCode::kIo, "cannot create '" + m.out + "/patients': " + ec.message());
   if (!m.options.resume) {
     // A fresh run replaces the previous results in this folder (the cohort cache stays);
     // CheckFolder made sure that they are a run's.
@@ -544,22 +564,6 @@ Expected<RunSummary> Runner::Run(EventSink& sink) {
     (void)m.Emit(fanout, RunFailed{e.message});
     return e;
   };
-  MEWM_RETURN_IF_ERROR(WriteFileAtomic((fs::path(m.out) / "scenario.toml").string(), m.spec.text));
-  const json run = {
-      {"run_id", m.run_id},
-      {"scenario", m.spec.name},
-      {"scenario_path", m.spec.path},
-      {"seed", std::to_string(m.spec.seed)},
-      {"search", ToString(m.spec.planner.search)},
-      {"cohort_source",
-       m.spec.cohort.source == CohortSpec::Source::kSynthetic ? "synthetic" : "manifest"},
-      {"cohort", m.spec.cohort.source == CohortSpec::Source::kSynthetic
-                     ? fs::absolute(m.cohort_dir).string()
-                     : fs::absolute(m.spec.cohort.manifest).string()},
-      {"shard",
-       std::to_string(m.options.shard_index) + "/" + std::to_string(m.options.shard_count)}};
-  MEWM_RETURN_IF_ERROR(
-      WriteFileAtomic((fs::path(m.out) / "run.json").string(), run.dump(1) + "\n"));
 
   Status progress_status;
   auto prepared = manifest_entries

@@ -520,6 +520,11 @@ TEST_F(CliDataTest, RunRefusesAFolderItDidNotWriteAndForceDeletesNothingItDidNot
   EXPECT_NE(r.output.find("is not empty and is not a results folder"), std::string::npos)
       << r.output;
   EXPECT_EQ(Snapshot(out), before);  // nothing deleted, nothing written
+  // The same with --publish: refused before the one-run server starts (no run_failed logged).
+  r = RunMewm("run " + s + " --quiet --out " + out +
+              " --publish tcp://127.0.0.1:9 --control tcp://127.0.0.1:10");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_EQ(Snapshot(out), before);
 
   // --force still never deletes what mewm did not write.
   r = RunMewm("run " + s + " --quiet --force --out " + out);
