@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "mewm/core/file_util.h"
+#include "mewm/core/limits.h"
 
 namespace mewm {
 namespace {
@@ -746,6 +747,19 @@ Status WriteVolume(const std::string& path, const Index3& dims, const Geometry& 
 
 }  // namespace
 
+namespace {
+
+/// The voxel bound of MEWM_MAX_VOXELS, before anything is allocated: the file's bytes are held
+/// next to the 4-byte values they become.
+Status CheckVoxelCount(const std::string& path, const ParsedHeader& h) {
+  const Index3& d = h.info.dims;
+  return CheckImageVoxels(
+      path, std::to_string(d[0]) + " x " + std::to_string(d[1]) + " x " + std::to_string(d[2]),
+      h.voxel_count, std::uint64_t(h.bytes_per_voxel) + 4);
+}
+
+}  // namespace
+
 Expected<NiftiInfo> ReadNiftiInfo(const std::string& path) {
   MEWM_TRY(ParsedHeader header, ReadHeader(path));
   return header.info;
@@ -754,6 +768,7 @@ Expected<NiftiInfo> ReadNiftiInfo(const std::string& path) {
 Expected<DenseFloat> ReadNifti(const std::string& path, NiftiInfo* info) {
   MEWM_TRY(ParsedHeader header, ReadHeader(path));
   MEWM_TRY(Geometry geometry, GeometryOf(path, header.info));
+  MEWM_RETURN_IF_ERROR(CheckVoxelCount(path, header));
   MEWM_TRY(std::vector<unsigned char> bytes, ReadVoxelBytes(path, header));
 
   DenseFloat image;
@@ -783,6 +798,7 @@ Expected<DenseFloat> ReadNifti(const std::string& path, NiftiInfo* info) {
 Expected<DenseLabel> ReadNiftiLabels(const std::string& path, NiftiInfo* info) {
   MEWM_TRY(ParsedHeader header, ReadHeader(path));
   MEWM_TRY(Geometry geometry, GeometryOf(path, header.info));
+  MEWM_RETURN_IF_ERROR(CheckVoxelCount(path, header));
   MEWM_TRY(std::vector<unsigned char> bytes, ReadVoxelBytes(path, header));
 
   DenseLabel labels;

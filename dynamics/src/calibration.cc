@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "mewm/core/file_util.h"
+#include "mewm/core/sha256.h"
 #include "mewm/core/tumor_features.h"
 
 namespace mewm::dynamics {
@@ -225,11 +226,13 @@ Expected<BiologyRegression> BiologyRegression::FromJson(const std::string& text,
 
 Expected<BiologyRegression> BiologyRegression::Load(const std::string& path) {
   MEWM_TRY(const std::string text, ReadFile(path));
+  MEWM_RETURN_IF_ERROR(VerifyModelChecksum(path, text));
   return FromJson(text, path);
 }
 
 Status BiologyRegression::Save(const std::string& path) const {
-  return WriteFileAtomic(path, ToJson());
+  MEWM_RETURN_IF_ERROR(WriteFileAtomic(path, ToJson()));
+  return WriteModelChecksum(path);
 }
 
 }  // namespace mewm::dynamics

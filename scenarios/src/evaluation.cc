@@ -71,7 +71,16 @@ struct Accumulator {
 };
 
 json MethodJson(const MethodScores& m) {
+  if (!m.available) {
+    json j = {{"method", m.method}, {"available", false}, {"patients", m.patients}};
+    for (const char* key : {"f1", "jaccard", "precision", "recall", "top1", "regret_mean",
+                            "regret_median", "risk_ratio_mean"}) {
+      j[key] = nullptr;
+    }
+    return j;
+  }
   return {{"method", m.method},
+          {"available", true},
           {"patients", m.patients},
           {"f1", m.f1},
           {"jaccard", m.jaccard},
@@ -170,17 +179,20 @@ Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir) {
     acc.regrets.push_back(it->second - opt);
     return {};
   };
+  // The leave-one-out majority needs at least 2 other patients: with 1 it is that patient's
+  // optimum, with 0 the patient's own (the truth itself).
+  const bool majority_available = rows.size() >= 3;
   for (const Row& r : rows) {
     MEWM_RETURN_IF_ERROR(score(pipeline, r, r.chosen));
     if (!r.first_choice.empty()) MEWM_RETURN_IF_ERROR(score(guideline, r, r.first_choice));
     // Majority: the most frequent optimum among the *other* patients (ties by name).
     std::string best;
-    int best_count = -1;
+    int best_count = 0;
     for (const auto& [plan, count] : optimal_counts) {
       const int c = count - (plan == r.optimal.ToString() ? 1 : 0);
       if (c > best_count) best = plan, best_count = c;
     }
-    MEWM_RETURN_IF_ERROR(score(majority, r, PlanOf(best)));
+    if (majority_available) MEWM_RETURN_IF_ERROR(score(majority, r, PlanOf(best)));
     // Random: the exact expectation over every valid plan.
     const double opt = r.risks.at(r.optimal.ToString());
     const double w = 1.0 / double(r.risks.size());
@@ -192,7 +204,9 @@ Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir) {
     random.regrets.push_back(mean_regret);
   }
   eval.methods = {pipeline.Finish(eval.patients), random.Finish(eval.patients),
-                  majority.Finish(eval.patients), guideline.Finish(int(guideline.regrets.size()))};
+                  majority.Finish(majority_available ? eval.patients : 0),
+                  guideline.Finish(int(guideline.regrets.size()))};
+  eval.methods[2].available = majority_available;
   return eval;
 }
 
@@ -205,6 +219,12 @@ std::string PlanEvaluation::FormatTable() const {
                 "Jacc", "Prec", "Rec", "Top1", "regret", "reg.med", "HR/opt");
   out << line;
   for (const MethodScores& m : methods) {
+    if (!m.available) {
+      std::snprintf(line, sizeof(line), "%-24s %6s %6s %6s %6s %6s %9s %9s %7s\n", m.method.c_str(),
+                    "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a");
+      out << line;
+      continue;
+    }
     std::snprintf(line, sizeof(line), "%-24s %6.3f %6.3f %6.3f %6.3f %6.3f %9.4f %9.4f %7.3f\n",
                   m.method.c_str(), m.f1, m.jaccard, m.precision, m.recall, m.top1, m.regret,
                   m.regret_median, m.risk_ratio);

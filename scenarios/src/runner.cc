@@ -2,9 +2,14 @@
 // SPDX-FileCopyrightText: the mewm authors
 #include "mewm/scenarios/runner.h"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -36,6 +41,205 @@ json CandidateJson(const CandidateScore& c) {
 }
 
 constexpr const char* kResultFormat = "mewm.patient_result";
+
+/// The files a run writes at the top of its results folder (besides patients/ and cohort/).
+constexpr const char* kRunFiles[] = {"run.json", "scenario.toml", "events.jsonl", "summary.json",
+                                     "summary.csv"};
+
+bool IsTempName(const std::string& name) { return name.rfind(".tmp-", 0) == 0; }
+
+/// run.json of a mewm run (an object with string run_id, scenario and shard), or nullopt when
+/// `dir` has none or another file under that name.
+std::optional<json> ReadRunJson(const fs::path& dir) {
+  std::error_code ec;
+  const fs::path path = dir / "run.json";
+  if (!fs::is_regular_file(path, ec)) return std::nullopt;
+  auto text = ReadFile(path.string());
+  if (!text) return std::nullopt;
+  try {
+    json j = json::parse(*text);
+    if (j.is_object() && j.contains("run_id") && j["run_id"].is_string() &&
+        j.contains("scenario") && j["scenario"].is_string() && j.contains("shard") &&
+        j["shard"].is_string()) {
+      return j;
+    }
+  } catch (const std::exception&) {
+  }
+  return std::nullopt;
+}
+
+/// One patients/<id>/result.json as summary.json and summary.csv list it.
+struct ResultRow {
+  json item;
+  std::string csv;
+  std::string patient_id;
+  bool finished = false;
+  std::int64_t simulations = 0, memo_hits = 0, evaluations = 0;
+};
+
+/// Reads and checks a result.json a run wrote; kCorruptData naming `path` when it is not one.
+Expected<ResultRow> ReadResultRow(const fs::path& path) {
+  MEWM_TRY(const std::string text, ReadFile(path.string()));
+  ResultRow row;
+  try {
+    const json r = json::parse(text);
+    if (!r.is_object() || r.value("format", "") != kResultFormat) {
+      return MakeError(ErrorCode::kCorruptData, "'" + path.string() +
+                                                    "' is not a patient result (format must be '" +
+                                                    kResultFormat + "')");
+    }
+    const std::string status = r.at("status").get<std::string>();
+    row.patient_id = r.at("patient_id").get<std::string>();
+    row.item = {{"patient_id", row.patient_id}, {"status", status}};
+    if (status == "finished") {
+      row.finished = true;
+      const json& c = r.at("chosen");
+      const json& k = r.at("counters");
+      row.item["plan"] = c.at("plan");
+      row.item["items"] = c.at("items");
+      row.item["risk_mean"] = c.at("risk_mean");
+      row.item["risk_std"] = c.at("risk_std");
+      row.item["median_months"] = r.at("median_months");
+      row.item["proposal"] = r.at("proposal");
+      row.item["counters"] = k;
+      row.simulations = k.at("simulations").get<std::int64_t>();
+      row.memo_hits = k.at("memo_hits").get<std::int64_t>();
+      row.evaluations = k.at("model_evaluations").get<std::int64_t>();
+      row.csv = row.patient_id + ",finished," + CsvQuote(c.at("plan").get<std::string>()) + "," +
+                c.at("risk_mean").dump() + "," + c.at("risk_std").dump() + "," +
+                r.at("median_months").dump() + "," + k.at("simulations").dump() + "," +
+                k.at("memo_hits").dump() + ",\n";
+    } else if (status == "failed") {
+      row.item["error"] = r.at("error");
+      row.csv =
+          row.patient_id + ",failed,,,,,,," + CsvQuote(r.at("error").get<std::string>()) + "\n";
+    } else {
+      return MakeError(ErrorCode::kCorruptData, "'" + path.string() + "': status '" + status +
+                                                    "', expected 'finished' or 'failed'");
+    }
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kCorruptData, "'" + path.string() + "': " + e.what());
+  }
+  return row;
+}
+
+/// OK when every entry of `patients` is what a run writes there: patient folders holding only
+/// result.json (a patient result), post_chosen.vdb and temporary files, and `.tmp-*` folders of
+/// an interrupted patient. Replacing them then deletes nothing a run did not write.
+Status CheckPatientsFolder(const fs::path& patients) {
+  std::error_code ec;
+  if (!fs::exists(patients, ec)) return {};
+  const auto foreign = [&](const fs::path& p, const std::string& why) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "'" + p.string() + "' " + why +
+                         "; mewm only replaces what a run wrote there. Move it away or choose "
+                         "another --out");
+  };
+  if (!fs::is_directory(patients, ec)) return foreign(patients, "is not a folder");
+  for (const auto& entry : fs::directory_iterator(patients, ec)) {
+    if (entry.is_symlink() || !entry.is_directory()) {
+      return foreign(entry.path(), "is not a patient folder of a mewm run");
+    }
+    for (const auto& file : fs::directory_iterator(entry.path(), ec)) {
+      const std::string name = file.path().filename().string();
+      if (file.is_symlink() || !file.is_regular_file() ||
+          (name != "result.json" && name != "post_chosen.vdb" && !IsTempName(name))) {
+        return foreign(file.path(), "was not written by a mewm run");
+      }
+      if (name == "result.json" && !ReadResultRow(file.path())) {
+        return foreign(file.path(), "is not a patient result of a mewm run");
+      }
+    }
+    if (ec) break;
+  }
+  if (ec)
+    return MakeError(ErrorCode::kIo, "cannot list '" + patients.string() + "': " + ec.message());
+  return {};
+}
+
+/// The checks of CheckRunFolder; returns the last seq of the log a resume continues (0: none).
+Expected<std::uint64_t> CheckFolder(const ScenarioSpec& spec, const RunOptions& options,
+                                    const std::string& out, const std::string& run_id) {
+  std::error_code ec;
+  const fs::path dir(out);
+  if (!fs::exists(dir, ec)) return std::uint64_t{0};
+  if (!fs::is_directory(dir, ec)) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "output folder '" + out + "' exists and is not a folder");
+  }
+  const std::optional<json> run = ReadRunJson(dir);
+
+  // Resume: the folder's log (or else its run.json) must be this run's, and whole. It is read
+  // first, and never modified here.
+  std::uint64_t last_seq = 0;
+  bool log_is_ours = false;
+  const fs::path events = dir / "events.jsonl";
+  if (options.resume && fs::exists(events, ec)) {
+    MEWM_TRY(const std::string log, ReadFile(events.string()));
+    if (!log.empty() && log.back() != '\n') {
+      const auto line = std::count(log.begin(), log.end(), '\n') + 1;
+      return MakeError(ErrorCode::kCorruptData,
+                       "cannot resume: '" + events.string() + "' line " + std::to_string(line) +
+                           " is cut short (no newline at its end; the process was killed while "
+                           "writing it). Delete that line to resume, or run without --resume to "
+                           "start over; the file is left as it is");
+    }
+    auto earlier = ReadEvents(events.string());
+    if (!earlier) {
+      return earlier.error().WithContext("cannot resume (the file is left as it is)");
+    }
+    if (!earlier->empty()) {
+      if (earlier->back().run_id != run_id) {
+        return MakeError(ErrorCode::kMismatch, "cannot resume: '" + out + "' holds run " +
+                                                   earlier->back().run_id + ", not " + run_id +
+                                                   " (another scenario or seed)");
+      }
+      last_seq = earlier->back().seq;
+      log_is_ours = true;
+    }
+  }
+  if (options.resume && !log_is_ours && run && (*run)["run_id"].get<std::string>() != run_id) {
+    return MakeError(ErrorCode::kMismatch, "cannot resume: '" + out + "' holds run " +
+                                               (*run)["run_id"].get<std::string>() + ", not " +
+                                               run_id + " (another scenario or seed)");
+  }
+
+  const bool empty = fs::is_empty(dir, ec);
+  const bool same_scenario = run && (*run)["scenario"].get<std::string>() == spec.name;
+  if (!empty && !same_scenario && !log_is_ours) {
+    if (!options.force) {
+      return MakeError(
+          ErrorCode::kInvalidArgument,
+          "output folder '" + out + "' is not empty and is not a results folder of scenario '" +
+              spec.name + "' (" +
+              (run ? "its run.json is of scenario '" + (*run)["scenario"].get<std::string>() + "'"
+                   : std::string("it has no run.json of a mewm run")) +
+              "); choose a new or empty folder with --out, or pass --force to write the run "
+              "there (mewm never deletes files it did not write)");
+    }
+    if (!run) {
+      // Nothing proves that files under the names a run writes are a run's: refuse them.
+      for (const char* name : kRunFiles) {
+        if (fs::exists(dir / name, ec) || fs::is_symlink(dir / name, ec)) {
+          return MakeError(ErrorCode::kInvalidArgument,
+                           "'" + (dir / name).string() +
+                               "' was not written by a mewm run (no run.json of a run beside "
+                               "it); mewm does not overwrite it, even with --force");
+        }
+      }
+      const fs::path cohort = dir / "cohort";
+      if (spec.cohort.source == CohortSpec::Source::kSynthetic && spec.cohort.dir.empty() &&
+          fs::exists(cohort, ec) && !fs::exists(cohort / "manifest.json", ec)) {
+        return MakeError(ErrorCode::kInvalidArgument,
+                         "'" + cohort.string() +
+                             "' is not a synthetic cohort of mewm (no manifest.json); the run "
+                             "would generate its cohort there. Move it away or set cohort.dir");
+      }
+    }
+  }
+  MEWM_RETURN_IF_ERROR(CheckPatientsFolder(dir / "patients"));
+  return last_seq;
+}
 
 /// The synthetic cohort for this scenario: reused when its manifest matches, else generated.
 Status PrepareSyntheticCohort(const ScenarioSpec& spec, const std::string& dir,
@@ -289,52 +493,30 @@ Expected<std::unique_ptr<Runner>> Runner::Create(const ScenarioSpec& spec,
   return std::unique_ptr<Runner>(new Runner(std::move(impl)));
 }
 
+Status CheckRunFolder(const ScenarioSpec& spec, const RunOptions& options) {
+  const std::string out = options.output_dir.empty() ? spec.output : options.output_dir;
+  const std::string run_id = options.run_id.empty() ? DefaultRunId(spec) : options.run_id;
+  MEWM_RETURN_IF_ERROR(CheckFolder(spec, options, out, run_id));
+  if (spec.cohort.source == CohortSpec::Source::kManifest) {
+    MEWM_RETURN_IF_ERROR(ReadManifest(spec.cohort.manifest));
+  }
+  return {};
+}
+
 Expected<RunSummary> Runner::Run(EventSink& sink) {
   Impl& m = *impl_;
   const auto t0 = Clock::now();
   RunSummary summary{m.run_id, m.out, 0, 0, 0, false};
+  // Everything that can refuse the run is checked before anything is written.
+  MEWM_TRY(const std::uint64_t last_seq, CheckFolder(m.spec, m.options, m.out, m.run_id));
+  std::optional<std::vector<CohortEntry>> manifest_entries;
+  if (m.spec.cohort.source == CohortSpec::Source::kManifest) {
+    MEWM_TRY(manifest_entries, ReadManifest(m.spec.cohort.manifest));
+  }
   std::error_code ec;
-  fs::create_directories(fs::path(m.out) / "patients", ec);
+  fs::create_directories(m.out, ec);
   if (ec) return MakeError(ErrorCode::kIo, "cannot create '" + m.out + "': " + ec.message());
-  if (!m.options.resume) {
-    // A fresh run replaces the previous results in this folder (the cohort cache stays).
-    for (const char* name : {"events.jsonl", "summary.json", "summary.csv"}) {
-      fs::remove(fs::path(m.out) / name, ec);
-    }
-    fs::remove_all(fs::path(m.out) / "patients", ec);
-    fs::create_directories(fs::path(m.out) / "patients", ec);
-  }
-  const std::string events_path = (fs::path(m.out) / "events.jsonl").string();
-  if (m.options.resume && fs::exists(events_path)) {
-    // Continue the earlier run's sequence so the log stays one gap-free stream.
-    // A line cut off by a crash is dropped, so appended events start on a line of their own.
-    MEWM_TRY(const std::string log, ReadFile(events_path));
-    if (!log.empty() && log.back() != '\n') {
-      MEWM_RETURN_IF_ERROR(WriteFileAtomic(events_path, log.substr(0, log.rfind('\n') + 1)));
-    }
-    auto earlier = ReadEvents(events_path);
-    if (!earlier) return earlier.error().WithContext("cannot resume");
-    if (!earlier->empty()) {
-      if (earlier->back().run_id != m.run_id) {
-        return MakeError(ErrorCode::kMismatch, "cannot resume: '" + m.out + "' holds run " +
-                                                   earlier->back().run_id + ", not " + m.run_id +
-                                                   " (another scenario or seed)");
-      }
-      m.seq = earlier->back().seq;
-    }
-  }
-  std::unique_ptr<JsonlSink> jsonl;
-  FanoutSink fanout;
-  if (m.options.write_event_log) {
-    MEWM_TRY(jsonl, JsonlSink::Open(events_path));
-    fanout.Add(jsonl.get());  // durable first
-  }
-  fanout.Add(&sink);
-
-  const auto fail_run = [&](const Error& e) -> Expected<RunSummary> {
-    (void)m.Emit(fanout, RunFailed{e.message});
-    return e;
-  };
+  // run.json first: it is what marks the folder as this scenario's results folder.
   MEWM_RETURN_IF_ERROR(WriteFileAtomic((fs::path(m.out) / "scenario.toml").string(), m.spec.text));
   const json run = {
       {"run_id", m.run_id},
@@ -351,12 +533,46 @@ Expected<RunSummary> Runner::Run(EventSink& sink) {
        std::to_string(m.options.shard_index) + "/" + std::to_string(m.options.shard_count)}};
   MEWM_RETURN_IF_ERROR(
       WriteFileAtomic((fs::path(m.out) / "run.json").string(), run.dump(1) + "\n"));
+  fs::create_directories(fs::path(m.out) / "patients", ec);
+  if (ec)
+    return MakeError(ErrorCode::kIo, "cannot create '" + m.out + "/patients': " + ec.message());
+  if (!m.options.resume) {
+    // A fresh run replaces the previous results in this folder (the cohort cache stays);
+    // CheckFolder made sure that they are a run's.
+    for (const char* name : {"events.jsonl", "summary.json", "summary.csv"}) {
+      fs::remove(fs::path(m.out) / name, ec);
+    }
+    std::vector<fs::path> earlier;
+    for (const auto& entry : fs::directory_iterator(fs::path(m.out) / "patients", ec)) {
+      earlier.push_back(entry.path());
+    }
+    for (const fs::path& path : earlier) fs::remove_all(path, ec);
+  }
+  const std::string events_path = (fs::path(m.out) / "events.jsonl").string();
+  // A resumed run continues the earlier sequence, so the log stays one gap-free stream.
+  if (m.options.resume) m.seq = last_seq;
+  std::unique_ptr<JsonlSink> jsonl;
+  FanoutSink fanout;
+  if (m.options.write_event_log) {
+    MEWM_TRY(jsonl, JsonlSink::Open(events_path));
+    fanout.Add(jsonl.get());  // durable first
+  }
+  fanout.Add(&sink);
+
+  const auto fail_run = [&](const Error& e) -> Expected<RunSummary> {
+    (void)m.Emit(fanout, RunFailed{e.message});
+    return e;
+  };
 
   Status progress_status;
-  auto prepared = PrepareCohort(m.spec, m.cohort_dir, [&](int done, int total) {
-    if (progress_status) progress_status = m.Emit(fanout, Progress{"cohort", done, total});
-    if (m.options.cohort_progress) m.options.cohort_progress(done, total);
-  });
+  auto prepared = manifest_entries
+                      ? Expected<std::vector<CohortEntry>>(std::move(*manifest_entries))
+                      : PrepareCohort(m.spec, m.cohort_dir, [&](int done, int total) {
+                          if (progress_status) {
+                            progress_status = m.Emit(fanout, Progress{"cohort", done, total});
+                          }
+                          if (m.options.cohort_progress) m.options.cohort_progress(done, total);
+                        });
   MEWM_RETURN_IF_ERROR(progress_status);
   if (!prepared) return fail_run(prepared.error());
   const std::vector<CohortEntry> entries = std::move(*prepared);
@@ -415,7 +631,7 @@ Status WriteSummary(const std::string& output_dir) {
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(patients, ec)) {
     const std::string name = e.path().filename().string();
-    if (e.is_directory() && name.rfind(".tmp-", 0) != 0) dirs.push_back(e.path());
+    if (e.is_directory() && !IsTempName(name)) dirs.push_back(e.path());
   }
   std::sort(dirs.begin(), dirs.end());
   json list = json::array();
@@ -424,40 +640,17 @@ Status WriteSummary(const std::string& output_dir) {
   std::int64_t simulations = 0, memo_hits = 0, evaluations = 0;
   int finished = 0, failed = 0;
   for (const fs::path& dir : dirs) {
-    const std::string path = (dir / "result.json").string();
-    MEWM_TRY(const std::string text, ReadFile(path));
-    try {
-      const json r = json::parse(text);
-      const std::string status = r.at("status").get<std::string>();
-      json item = {{"patient_id", r.at("patient_id")}, {"status", status}};
-      if (status == "finished") {
-        ++finished;
-        const json& c = r.at("chosen");
-        const json& k = r.at("counters");
-        item["plan"] = c.at("plan");
-        item["items"] = c.at("items");
-        item["risk_mean"] = c.at("risk_mean");
-        item["risk_std"] = c.at("risk_std");
-        item["median_months"] = r.at("median_months");
-        item["proposal"] = r.at("proposal");
-        item["counters"] = k;
-        simulations += k.at("simulations").get<std::int64_t>();
-        memo_hits += k.at("memo_hits").get<std::int64_t>();
-        evaluations += k.at("model_evaluations").get<std::int64_t>();
-        csv << r.at("patient_id").get<std::string>() << ",finished,"
-            << CsvQuote(c.at("plan").get<std::string>()) << "," << c.at("risk_mean").dump() << ","
-            << c.at("risk_std").dump() << "," << r.at("median_months").dump() << ","
-            << k.at("simulations").dump() << "," << k.at("memo_hits").dump() << ",\n";
-      } else {
-        ++failed;
-        item["error"] = r.at("error");
-        csv << r.at("patient_id").get<std::string>() << ",failed,,,,,,,"
-            << CsvQuote(r.at("error").get<std::string>()) << "\n";
-      }
-      list.push_back(item);
-    } catch (const std::exception& e) {
-      return MakeError(ErrorCode::kCorruptData, "'" + path + "': " + e.what());
+    MEWM_TRY(ResultRow row, ReadResultRow(dir / "result.json"));
+    if (row.finished) {
+      ++finished;
+      simulations += row.simulations;
+      memo_hits += row.memo_hits;
+      evaluations += row.evaluations;
+    } else {
+      ++failed;
     }
+    csv << row.csv;
+    list.push_back(std::move(row.item));
   }
   json summary = {{"finished", finished},
                   {"failed", failed},
@@ -479,80 +672,205 @@ Status WriteSummary(const std::string& output_dir) {
   return WriteFileAtomic((fs::path(output_dir) / "summary.csv").string(), csv.str());
 }
 
+namespace {
+
+/// A shard of a merge, checked in full.
+struct ShardContents {
+  fs::path dir;
+  json run;
+  std::string scenario_text;
+  int index = -1, count = -1;
+  std::vector<std::pair<std::string, fs::path>> patients;  // id -> patient folder
+};
+
+Expected<ShardContents> ReadShard(const std::string& shard) {
+  ShardContents s;
+  s.dir = shard;
+  std::error_code ec;
+  if (!fs::is_directory(s.dir, ec)) {
+    return MakeError(fs::exists(s.dir, ec) ? ErrorCode::kInvalidArgument : ErrorCode::kNotFound,
+                     "shard '" + shard + "' is not a folder");
+  }
+  const fs::path run_path = s.dir / "run.json";
+  MEWM_TRY(s.scenario_text, ReadFile((s.dir / "scenario.toml").string()));
+  MEWM_TRY(const std::string run_text, ReadFile(run_path.string()));
+  try {
+    s.run = json::parse(run_text);
+    if (!s.run.is_object() || !s.run.contains("run_id") || !s.run["run_id"].is_string() ||
+        !s.run.contains("shard") || !s.run["shard"].is_string()) {
+      return MakeError(ErrorCode::kCorruptData, "'" + run_path.string() +
+                                                    "' is not the run.json of a mewm run (no "
+                                                    "string run_id and shard)");
+    }
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kCorruptData, "'" + run_path.string() + "': " + e.what());
+  }
+  const std::string shard_text = s.run["shard"].get<std::string>();
+  char tail = 0;
+  if (std::sscanf(shard_text.c_str(), "%d/%d%c", &s.index, &s.count, &tail) != 2 || s.count < 1 ||
+      s.index < 0 || s.index >= s.count) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "'" + run_path.string() + "' says shard '" + shard_text +
+                         "'; expected i/N with 0 <= i < N (a merged folder is not a shard)");
+  }
+  const fs::path patients = s.dir / "patients";
+  if (!fs::exists(patients, ec)) {
+    return MakeError(ErrorCode::kNotFound,
+                     "shard '" + shard + "' has no patients folder ('" + patients.string() + "')");
+  }
+  if (fs::is_symlink(patients, ec) || !fs::is_directory(patients, ec)) {
+    return MakeError(ErrorCode::kCorruptData,
+                     "'" + patients.string() + "' is not a folder; expected the shard's patients");
+  }
+  for (const auto& e : fs::directory_iterator(patients, ec)) {
+    const std::string id = e.path().filename().string();
+    if (IsTempName(id)) continue;  // an interrupted patient, planned again on resume
+    if (e.is_symlink() || !e.is_directory()) {
+      return MakeError(ErrorCode::kCorruptData,
+                       "'" + e.path().string() + "' is not a patient folder of a mewm run");
+    }
+    MEWM_TRY(const ResultRow row, ReadResultRow(e.path() / "result.json"));
+    if (row.patient_id != id) {
+      return MakeError(ErrorCode::kCorruptData, "'" + (e.path() / "result.json").string() +
+                                                    "' is of patient '" + row.patient_id +
+                                                    "', not of '" + id + "'");
+    }
+    if (row.finished && !fs::is_regular_file(e.path() / "post_chosen.vdb", ec)) {
+      return MakeError(ErrorCode::kNotFound, "'" + (e.path() / "post_chosen.vdb").string() +
+                                                 "' is missing; its result.json says finished");
+    }
+    s.patients.emplace_back(id, e.path());
+  }
+  if (ec)
+    return MakeError(ErrorCode::kIo, "cannot list '" + patients.string() + "': " + ec.message());
+  return s;
+}
+
+}  // namespace
+
 Status MergeResults(const std::vector<std::string>& shard_dirs, const std::string& output_dir) {
   if (shard_dirs.empty()) {
     return MakeError(ErrorCode::kInvalidArgument, "merge needs at least one shard folder");
   }
-  std::string scenario_text, first_run;
-  json run;
-  std::set<int> indices;
-  int count = -1;
-  for (const std::string& shard : shard_dirs) {
-    MEWM_TRY(const std::string text, ReadFile((fs::path(shard) / "scenario.toml").string()));
-    MEWM_TRY(const std::string run_text, ReadFile((fs::path(shard) / "run.json").string()));
-    json this_run;
-    try {
-      this_run = json::parse(run_text);
-    } catch (const std::exception& e) {
-      return MakeError(ErrorCode::kCorruptData, "'" + shard + "/run.json': " + e.what());
+  // 1. Every shard, in full, before anything is written.
+  std::vector<ShardContents> shards;
+  std::map<int, std::string> by_index;
+  std::map<std::string, fs::path> sources;  // patient id -> folder
+  std::error_code ec;
+  for (const std::string& dir : shard_dirs) {
+    MEWM_TRY(ShardContents s, ReadShard(dir));
+    const std::string run_file = (s.dir / "run.json").string();
+    if (!shards.empty()) {
+      const ShardContents& first = shards.front();
+      const std::string first_file = (first.dir / "run.json").string();
+      if (s.count != first.count) {
+        return MakeError(ErrorCode::kMismatch, "'" + run_file + "' says shard " +
+                                                   s.run["shard"].get<std::string>() + ", '" +
+                                                   first_file + "' says " +
+                                                   first.run["shard"].get<std::string>() +
+                                                   "; only the shards of one split merge");
+      }
+      if (s.run["run_id"] != first.run["run_id"] ||
+          s.run.value("search", "") != first.run.value("search", "") ||
+          s.scenario_text != first.scenario_text) {
+        return MakeError(
+            ErrorCode::kMismatch,
+            "'" + dir + "' ran another scenario or search than '" + first.dir.string() +
+                "' (run ids " + s.run["run_id"].get<std::string>() + " and " +
+                first.run["run_id"].get<std::string>() + "); only shards of one run merge");
+      }
     }
-    int i = -1, n = -1;
-    if (std::sscanf(this_run.value("shard", "").c_str(), "%d/%d", &i, &n) != 2 ||
-        (count >= 0 && n != count) || !indices.insert(i).second) {
-      return MakeError(ErrorCode::kMismatch,
-                       "'" + shard + "' is not a distinct shard i/N of " +
-                           "the same run (its shard: " + this_run.value("shard", "?") + ")");
+    if (auto [it, fresh] = by_index.emplace(s.index, dir); !fresh) {
+      return MakeError(ErrorCode::kMismatch, "'" + run_file + "' is not a distinct shard i/N: '" +
+                                                 it->second + "' is shard " +
+                                                 s.run["shard"].get<std::string>() + " too");
     }
-    count = n;
-    if (first_run.empty()) {
-      scenario_text = text;
-      first_run = shard;
-      run = this_run;
-    } else if (text != scenario_text || this_run.value("search", "") != run.value("search", "")) {
-      return MakeError(ErrorCode::kMismatch, "'" + shard +
-                                                 "' ran another scenario or search than '" +
-                                                 first_run + "'; only shards of one run merge");
-    }
-    if (fs::exists(output_dir) && fs::equivalent(output_dir, shard)) {
+    if (fs::exists(output_dir, ec) && fs::equivalent(output_dir, dir, ec)) {
       return MakeError(ErrorCode::kInvalidArgument,
                        "merge output '" + output_dir + "' is one of the shards");
     }
+    for (const auto& [id, folder] : s.patients) {
+      if (auto [it, fresh] = sources.emplace(id, folder); !fresh) {
+        return MakeError(ErrorCode::kMismatch, "patient '" + id + "' is in both '" +
+                                                   it->second.string() + "' and '" +
+                                                   folder.string() + "'");
+      }
+    }
+    shards.push_back(std::move(s));
   }
-  if (int(indices.size()) != count) {
-    return MakeError(ErrorCode::kInvalidArgument, "merge got " + std::to_string(indices.size()) +
+  const int count = shards.front().count;
+  if (int(by_index.size()) != count) {
+    return MakeError(ErrorCode::kInvalidArgument, "merge got " + std::to_string(by_index.size()) +
                                                       " of " + std::to_string(count) +
                                                       " shards; every shard 0.." +
                                                       std::to_string(count - 1) + " is needed");
   }
-  std::error_code ec;
-  std::map<std::string, fs::path> sources;  // patient id -> folder, checked before any write
-  for (const std::string& shard : shard_dirs) {
-    for (const auto& e : fs::directory_iterator(fs::path(shard) / "patients", ec)) {
-      const std::string id = e.path().filename().string();
-      if (!e.is_directory() || id.rfind(".tmp-", 0) == 0) continue;
-      if (auto [it, fresh] = sources.emplace(id, e.path()); !fresh) {
-        return MakeError(ErrorCode::kMismatch, "patient '" + id + "' is in both '" +
-                                                   it->second.string() + "' and '" + shard + "'");
+
+  // 2. The output folder: files of an earlier merge (or run) are replaced, nothing else.
+  const fs::path out(output_dir);
+  if (fs::exists(out, ec) && !fs::is_directory(out, ec)) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "merge output '" + output_dir + "' exists and is not a folder");
+  }
+  if (!ReadRunJson(out)) {
+    for (const char* name : kRunFiles) {
+      if (std::string(name) == "events.jsonl") continue;  // a merge writes none
+      if (fs::exists(out / name, ec) || fs::is_symlink(out / name, ec)) {
+        return MakeError(ErrorCode::kInvalidArgument,
+                         "'" + (out / name).string() +
+                             "' was not written by a mewm run or merge (no run.json of a run "
+                             "beside it); mewm does not overwrite it");
       }
     }
   }
-  fs::remove_all(fs::path(output_dir) / "patients", ec);  // no leftovers of an earlier merge
-  fs::create_directories(fs::path(output_dir) / "patients", ec);
+  MEWM_RETURN_IF_ERROR(CheckPatientsFolder(out / "patients"));
+
+  // 3. Write everything into a temporary folder inside the output, then rename into place.
+  const bool created = !fs::exists(out, ec);
+  fs::create_directories(out, ec);
   if (ec) return MakeError(ErrorCode::kIo, "cannot create '" + output_dir + "': " + ec.message());
+  const fs::path temp = out / (".tmp-merge-" + std::to_string(::getpid()));
+  const auto discard = [&](Error e) -> Status {
+    std::error_code ignored;
+    fs::remove_all(temp, ignored);
+    if (created) fs::remove(out, ignored);  // only when empty again
+    return e;
+  };
+  fs::remove_all(temp, ec);
+  fs::create_directories(temp / "patients", ec);
+  if (ec) {
+    return discard(Error{ErrorCode::kIo, "cannot create '" + temp.string() + "': " + ec.message()});
+  }
   for (const auto& [id, source] : sources) {
-    const fs::path target = fs::path(output_dir) / "patients" / id;
-    fs::copy(source, target, fs::copy_options::recursive, ec);
+    const fs::path target = temp / "patients" / id;
+    fs::create_directory(target, ec);
+    for (const char* name : {"result.json", "post_chosen.vdb"}) {
+      if (ec || !fs::exists(source / name)) continue;
+      fs::copy_file(source / name, target / name, ec);
+    }
     if (ec) {
-      return MakeError(ErrorCode::kIo, "cannot copy '" + source.string() + "' to '" +
-                                           target.string() + "': " + ec.message());
+      return discard(Error{ErrorCode::kIo, "cannot copy '" + source.string() + "' to '" +
+                                               target.string() + "': " + ec.message()});
     }
   }
-  MEWM_RETURN_IF_ERROR(
-      WriteFileAtomic((fs::path(output_dir) / "scenario.toml").string(), scenario_text));
+  json run = shards.front().run;
   run["shard"] = "merged from " + std::to_string(shard_dirs.size()) + " shards";
-  MEWM_RETURN_IF_ERROR(
-      WriteFileAtomic((fs::path(output_dir) / "run.json").string(), run.dump(1) + "\n"));
-  return WriteSummary(output_dir);
+  Status written = WriteFileAtomic((temp / "scenario.toml").string(), shards.front().scenario_text);
+  if (written) written = WriteFileAtomic((temp / "run.json").string(), run.dump(1) + "\n");
+  if (written) written = WriteSummary(temp.string());
+  if (!written) return discard(written.error());
+
+  if (fs::exists(out / "patients", ec)) fs::rename(out / "patients", temp / "replaced", ec);
+  if (!ec) fs::rename(temp / "patients", out / "patients", ec);
+  for (const char* name : {"scenario.toml", "run.json", "summary.json", "summary.csv"}) {
+    if (!ec) fs::rename(temp / name, out / name, ec);
+  }
+  if (ec) {
+    return MakeError(ErrorCode::kIo, "cannot move the merge from '" + temp.string() + "' into '" +
+                                         output_dir + "': " + ec.message());
+  }
+  fs::remove_all(temp, ec);
+  return {};
 }
 
 }  // namespace mewm::scenarios

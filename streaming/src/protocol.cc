@@ -6,7 +6,6 @@
 #include <capnp/serialize.h>
 #include <kj/debug.h>
 #include <kj/exception.h>
-#include <openssl/evp.h>
 
 #include <cstring>
 
@@ -402,24 +401,6 @@ std::string TopicOf(const Envelope& envelope) {
   }
   const auto& server = std::get<ServerEvent>(envelope);
   return std::holds_alternative<Heartbeat>(server.body) ? "server/heartbeat" : "server/closing";
-}
-
-std::string Sha256(std::string_view bytes) {
-  // OpenSSL uses the CPU's SHA extensions where present (about 10x libsodium's portable code).
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int size = 0;
-  EVP_Digest(bytes.data(), bytes.size(), digest, &size, EVP_sha256(), nullptr);
-  return std::string(reinterpret_cast<const char*>(digest), size);
-}
-
-std::string ToHex(std::string_view bytes) {
-  static const char* kDigits = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : bytes) {
-    out += kDigits[c >> 4];
-    out += kDigits[c & 15];
-  }
-  return out;
 }
 
 // --- requests -----------------------------------------------------------------------------------

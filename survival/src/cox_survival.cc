@@ -7,6 +7,7 @@
 
 #include "mewm/core/file_util.h"
 #include "mewm/core/pharmacology.h"
+#include "mewm/core/sha256.h"
 
 namespace mewm::survival {
 namespace {
@@ -80,6 +81,7 @@ Expected<std::unique_ptr<CoxSurvival>> CoxSurvival::Create(CoxFit fit, ModelProv
 
 Expected<std::unique_ptr<CoxSurvival>> CoxSurvival::Load(const std::string& path) {
   MEWM_TRY(const std::string text, ReadFile(path));
+  MEWM_RETURN_IF_ERROR(VerifyModelChecksum(path, text));
   const auto corrupt = [&](const std::string& what) {
     return MakeError(ErrorCode::kCorruptData, "'" + path + "': " + what);
   };
@@ -130,7 +132,8 @@ Status CoxSurvival::Save(const std::string& path) const {
                     {"data", provenance_.data},
                     {"metrics", metrics}}},
                   {"model", json::parse(fit_.ToJson())}};
-  return WriteFileAtomic(path, j.dump(1) + "\n");
+  MEWM_RETURN_IF_ERROR(WriteFileAtomic(path, j.dump(1) + "\n"));
+  return WriteModelChecksum(path);
 }
 
 Expected<RiskScore> CoxSurvival::Score(const PatientCase& pre, const Outcome& post) {

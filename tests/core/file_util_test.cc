@@ -8,10 +8,47 @@
 
 #include <filesystem>
 
+#include "mewm/core/sha256.h"
 #include "test_env.h"
 
 namespace mewm {
 namespace {
+
+TEST(ModelChecksumTest, RecordedChecksumsAreVerified) {
+  testing::TempDir dir;
+  const std::string model = dir.File("model.bin");
+  ASSERT_TRUE(WriteFileAtomic(model, "weights"));
+  auto unrecorded = VerifyModelChecksum(model);
+  ASSERT_TRUE(unrecorded) << unrecorded.error().message;
+  EXPECT_FALSE(unrecorded->recorded);
+  // sha256("weights"), as sha256sum prints it.
+  EXPECT_EQ(unrecorded->sha256, ToHex(Sha256("weights")));
+  ASSERT_TRUE(WriteModelChecksum(model));
+  auto text = ReadFile(model + ".sha256");
+  ASSERT_TRUE(text);
+  EXPECT_EQ(*text, unrecorded->sha256 + "  model.bin\n");
+  auto recorded = VerifyModelChecksum(model);
+  ASSERT_TRUE(recorded);
+  EXPECT_TRUE(recorded->recorded);
+  auto same = VerifyModelChecksum(model, "weights");
+  ASSERT_TRUE(same);
+  EXPECT_TRUE(same->recorded);
+
+  ASSERT_TRUE(WriteFileAtomic(model, "weightz"));
+  auto damaged = VerifyModelChecksum(model);
+  ASSERT_FALSE(damaged);
+  EXPECT_EQ(damaged.error().code, ErrorCode::kCorruptData);
+  EXPECT_NE(damaged.error().message.find(model), std::string::npos);
+  EXPECT_NE(damaged.error().message.find(ToHex(Sha256("weightz"))), std::string::npos);
+  EXPECT_NE(damaged.error().message.find(ToHex(Sha256("weights"))), std::string::npos);
+
+  ASSERT_TRUE(WriteFileAtomic(model + ".sha256", "not a checksum\n"));
+  auto malformed = VerifyModelChecksum(model);
+  ASSERT_FALSE(malformed);
+  EXPECT_NE(malformed.error().message.find(model + ".sha256"), std::string::npos);
+  EXPECT_EQ(ToHex(Sha256("abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
 
 TEST(FileUtilTest, AtomicWriteThenRead) {
   testing::TempDir dir;

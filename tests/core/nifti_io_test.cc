@@ -16,12 +16,57 @@
 #include <string>
 #include <vector>
 
+#include "mewm/core/limits.h"
+
 namespace mewm {
 namespace {
 
 namespace fs = std::filesystem;
 
 const std::string kFixtures = std::string(MEWM_TEST_DATA_DIR) + "/nifti";
+
+/// Sets MEWM_MAX_VOXELS for one scope.
+class ScopedMaxVoxels {
+ public:
+  explicit ScopedMaxVoxels(const char* value) { ::setenv("MEWM_MAX_VOXELS", value, 1); }
+  ~ScopedMaxVoxels() { ::unsetenv("MEWM_MAX_VOXELS"); }
+};
+
+TEST(ImageLimitTest, TheVoxelLimitComesFromTheEnvironment) {
+  {
+    ScopedMaxVoxels unset("");
+    auto limit = MaxImageVoxels();
+    ASSERT_TRUE(limit);
+    EXPECT_EQ(*limit, 512ull * 512ull * 512ull);
+  }
+  for (const char* bad : {"abc", "0", "-5", "12x"}) {
+    ScopedMaxVoxels set(bad);
+    auto limit = MaxImageVoxels();
+    ASSERT_FALSE(limit) << bad;
+    EXPECT_NE(limit.error().message.find("MEWM_MAX_VOXELS"), std::string::npos);
+  }
+  ScopedMaxVoxels set("1000");
+  ASSERT_TRUE(MaxImageVoxels());
+  EXPECT_EQ(*MaxImageVoxels(), 1000u);
+  EXPECT_TRUE(CheckImageVoxels("a.nii", "10 x 10 x 10", 1000, 8));
+  auto over = CheckImageVoxels("a.nii", "10 x 10 x 11", 1100, 8);
+  ASSERT_FALSE(over);
+  EXPECT_NE(over.error().message.find("'a.nii'"), std::string::npos) << over.error().message;
+  EXPECT_NE(over.error().message.find("10 x 10 x 11 = 1100 voxels"), std::string::npos);
+
+  // ReadNifti and ReadNiftiLabels check it before reading the voxels; the header still reads.
+  const std::string path =
+      (fs::path(::testing::TempDir()) / ("mewm_limit_" + std::to_string(::getpid()) + ".nii.gz"))
+          .string();
+  ASSERT_TRUE(WriteNifti(path, DenseFloat({11, 10, 10}, Geometry{}, 1.0f)));
+  auto image = ReadNifti(path);
+  ASSERT_FALSE(image);
+  EXPECT_EQ(image.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(image.error().message.find(path), std::string::npos) << image.error().message;
+  EXPECT_FALSE(ReadNiftiLabels(path));
+  EXPECT_TRUE(ReadNiftiInfo(path));
+  fs::remove(path);
+}
 
 // NIFTI_TYPE_* codes (nifti1.h), spelled out so that the test needs no niftilib headers.
 constexpr int kInt16 = 4;

@@ -108,6 +108,20 @@ TEST(TorchBridgeTest, CheckpointRoundTripAndEveryRefusal) {
   EXPECT_FALSE(LoadCheckpoint(dir.File("cut.pt"), *loaded, config));
 
   EXPECT_FALSE(SaveCheckpoint(dir.File("x.pt"), *saved, {"{not json", "{}"}));
+
+  // SaveCheckpoint records the file's SHA-256 beside it; one flipped bit is refused before torch
+  // reads the file, naming the file and both hashes.
+  ASSERT_TRUE(std::filesystem::exists(path + ".sha256"));
+  auto bytes = ReadFile(path);
+  ASSERT_TRUE(bytes);
+  (*bytes)[bytes->size() / 2] = char((*bytes)[bytes->size() / 2] ^ 0x01);
+  ASSERT_TRUE(WriteFileAtomic(path, *bytes));
+  auto flipped = LoadCheckpoint(path, *loaded, config);
+  ASSERT_FALSE(flipped);
+  EXPECT_EQ(flipped.error().code, ErrorCode::kCorruptData);
+  EXPECT_NE(flipped.error().message.find(path + ".sha256' expects"), std::string::npos)
+      << flipped.error().message;
+  EXPECT_FALSE(ReadCheckpointInfo(path));
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "mewm/core/file_util.h"
 #include "mewm/core/vdb_io.h"
@@ -246,6 +247,40 @@ TEST_F(RunnerTest, EvaluatePlansAgainstTruthWithBaselines) {
   }
   EXPECT_NE(eval->FormatTable().find("guideline first choice"), std::string::npos);
   EXPECT_NE(eval->ToJson().find("\"regret_mean\""), std::string::npos);
+}
+
+TEST_F(RunnerTest, MajorityBaselineNeedsTwoOtherPatients) {
+  CollectingSink sink;
+  ASSERT_TRUE(Run(Spec("source = \"synthetic\"\nn = 2\nseed = 4\nspacing_mm = 2.0"), {}, &sink));
+  auto eval = EvaluatePlans(dir_.File("out"));
+  ASSERT_TRUE(eval) << eval.error().message;
+  ASSERT_EQ(eval->methods.size(), 4u);
+  EXPECT_EQ(eval->methods[2].method, "majority plan");
+  EXPECT_FALSE(eval->methods[2].available);
+  EXPECT_TRUE(eval->methods[0].available);
+  const auto j = nlohmann::json::parse(eval->ToJson());
+  EXPECT_TRUE(j["methods"][2]["f1"].is_null());
+  EXPECT_TRUE(j["methods"][2]["regret_mean"].is_null());
+  EXPECT_EQ(j["methods"][2]["available"], false);
+  EXPECT_NE(eval->FormatTable().find("n/a"), std::string::npos);
+}
+
+TEST_F(RunnerTest, RunRefusesAForeignFolderBeforeWritingAnything) {
+  fs::create_directories(dir_.File("out/patients/mine"));
+  std::ofstream(dir_.File("out/patients/mine/scan.nii.gz")) << "a user's file";
+  CollectingSink sink;
+  auto refused = Run(Synthetic(), {}, &sink);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_TRUE(sink.events.empty());
+  EXPECT_FALSE(fs::exists(dir_.File("out/run.json")));
+  RunOptions force;
+  force.force = true;
+  auto forced = Run(Synthetic(), force, &sink);
+  ASSERT_FALSE(forced);
+  EXPECT_NE(forced.error().message.find("scan.nii.gz"), std::string::npos);
+  EXPECT_TRUE(fs::exists(dir_.File("out/patients/mine/scan.nii.gz")));
+  EXPECT_FALSE(CheckRunFolder(Synthetic(), {}));
 }
 
 TEST(EventsTest, JsonRoundTripAndCutOffLastLine) {

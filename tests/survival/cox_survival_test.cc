@@ -333,6 +333,29 @@ TEST_F(CoxSurvivalTest, SaveThenLoadRoundTripsExactly) {
   EXPECT_EQ(Slurp(dir.File("again.json")), Slurp(path));
 }
 
+TEST_F(CoxSurvivalTest, SaveRecordsAChecksumThatLoadChecks) {
+  mewm::testing::TempDir dir;
+  const std::string path = dir.File("cox.json");
+  auto model = CoxSurvival::Create(Fit(), {"cmd", "1", "data", "{}"});
+  ASSERT_TRUE(model);
+  ASSERT_TRUE((*model)->Save(path));
+  ASSERT_TRUE(std::filesystem::exists(path + ".sha256"));
+  ASSERT_TRUE(CoxSurvival::Load(path));
+  // One changed digit still parses as a model: only the checksum tells.
+  std::string text = Slurp(path);
+  const auto digit = text.find_first_of("123456789", text.find("\"model\""));
+  text[digit] = text[digit] == '9' ? '8' : char(text[digit] + 1);
+  std::ofstream(path, std::ios::binary) << text;
+  auto damaged = CoxSurvival::Load(path);
+  ASSERT_FALSE(damaged);
+  EXPECT_EQ(damaged.error().code, ErrorCode::kCorruptData);
+  EXPECT_NE(damaged.error().message.find(path + ".sha256' expects"), std::string::npos)
+      << damaged.error().message;
+  // Without its checksum file a model loads (one trained before checksums existed).
+  std::filesystem::remove(path + ".sha256");
+  EXPECT_TRUE(CoxSurvival::Load(path));
+}
+
 TEST_F(CoxSurvivalTest, SaveRejectsMetricsThatAreNotJson) {
   mewm::testing::TempDir dir;
   auto model = CoxSurvival::Create(Fit(), {"cmd", "1", "data", "c_index=0.7"});

@@ -8,11 +8,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <thread>
 #include <vector>
 
@@ -339,6 +343,7 @@ TEST_F(CliTest, TrainRunEvaluateMergeAndInterrupt) {
   ASSERT_EQ(r.code, 0) << r.output;
   r = RunMewm("train mechanistic --quiet --cohort " + train + " --out " + dir_.File("mech.json"));
   ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(std::filesystem::exists(dir_.File("mech.json.sha256")));  // checked at load
   EXPECT_NE(r.output.find("log_proliferation"), std::string::npos);
   r = RunMewm("train survival --quiet --backend cox --cohort " + train + " --out " +
               dir_.File("cox.json"));
@@ -577,6 +582,306 @@ TEST_F(CliStreamTest, EmbeddedRunPublishesForWatchersThatJoinLate) {
   EXPECT_EQ(run.Wait(), 0) << ReadText(dir_.File("run.log"));
   EXPECT_EQ(r.output, ReadText(dir_.File("out/events.jsonl")));
   EXPECT_NE(r.output.find("\"type\":\"run_finished\""), std::string::npos);
+}
+
+}  // namespace
+}  // namespace mewm
+
+// --- Data safety of run, merge and resume; model checksums; the voxel limit (issue 15) --------
+
+namespace mewm {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void Spit(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary) << bytes;
+}
+
+/// Runs of a 2-patient synthetic scenario on the shipped models (with their checksum files).
+class CliDataTest : public testing::VdbTest {
+ protected:
+  std::string Scenario(const std::string& name = "data", const std::string& extra = "") {
+    const std::string models = std::string(MEWM_SOURCE_DIR) + "/models/";
+    return "[run]\nname = \"" + name +
+           "\"\nseed = 1\n[cohort]\nsource = \"synthetic\"\nn = 2\nseed = 77\nspacing_mm = 3.0\n"
+           "[dynamics]\nbackend = \"mechanistic\"\ncalibration = \"" +
+           models + "mechanistic_calibration.json\"\n[survival]\nbackend = \"cox\"\nmodel = \"" +
+           models + "cox_survival.json\"\n[planner]\nbeams = 1\nsamples = 1\n" + extra;
+  }
+  std::string Write(const std::string& file, const std::string& text) {
+    Spit(dir_.File(file), text);
+    return dir_.File(file);
+  }
+  /// Every file under `root` with its bytes, to show that a refused command changed nothing.
+  static std::map<std::string, std::string> Snapshot(const std::string& root) {
+    std::map<std::string, std::string> files;
+    for (const auto& e : fs::recursive_directory_iterator(root)) {
+      files[e.path().string()] = e.is_regular_file() ? Slurp(e.path().string()) : "<dir>";
+    }
+    return files;
+  }
+  testing::TempDir dir_;
+};
+
+TEST_F(CliDataTest, RunRefusesAFolderItDidNotWriteAndForceDeletesNothingItDidNotWrite) {
+  const std::string s = Write("s.toml", Scenario());
+  const std::string out = dir_.File("mine");
+  fs::create_directories(out + "/patients");
+  Spit(out + "/patients/scan.nii.gz", "a user's image");
+  Spit(out + "/notes.txt", "a user's notes");
+  const auto before = Snapshot(out);
+
+  Result r = RunMewm("run " + s + " --quiet --out " + out);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("is not empty and is not a results folder"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(Snapshot(out), before);  // nothing deleted, nothing written
+  // The same with --publish: refused before the one-run server starts (no run_failed logged).
+  r = RunMewm("run " + s + " --quiet --out " + out +
+              " --publish tcp://127.0.0.1:9 --control tcp://127.0.0.1:10");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_EQ(Snapshot(out), before);
+
+  // --force still never deletes what mewm did not write.
+  r = RunMewm("run " + s + " --quiet --force --out " + out);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("scan.nii.gz"), std::string::npos) << r.output;
+  EXPECT_EQ(Snapshot(out), before);
+
+  // With the user's patients/ moved away, --force writes the run beside the notes.
+  fs::remove_all(out + "/patients");
+  r = RunMewm("run " + s + " --quiet --force --out " + out);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(Slurp(out + "/notes.txt"), "a user's notes");
+  EXPECT_TRUE(fs::exists(out + "/patients/P0002/result.json"));
+
+  // Now it is a results folder of this scenario: a rerun replaces it without --force...
+  r = RunMewm("run " + s + " --quiet --out " + out);
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(Slurp(out + "/notes.txt"), "a user's notes");
+  // ... but another scenario needs --force, and a file mewm did not write in a patient folder
+  // is refused even then.
+  const std::string other = Write("other.toml", Scenario("other"));
+  r = RunMewm("run " + other + " --quiet --out " + out);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("scenario 'data'"), std::string::npos) << r.output;
+  Spit(out + "/patients/P0001/annotation.txt", "mine");
+  r = RunMewm("run " + s + " --quiet --out " + out);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("annotation.txt"), std::string::npos) << r.output;
+  EXPECT_EQ(Slurp(out + "/patients/P0001/annotation.txt"), "mine");
+}
+
+TEST_F(CliDataTest, EmptyManifestAndRefusedResumeWriteNothing) {
+  Spit(dir_.File("patients.csv"),
+       "patient_id,ct,tumor,age_years,sex,child_pugh,bclc_stage,afp_ng_ml,lesion_count,"
+       "max_diameter_mm,vascular_invasion\n");
+  std::string text = Scenario();
+  text.replace(text.find("source = \"synthetic\""), std::string("source = \"synthetic\"").size(),
+               "source = \"manifest\"\nmanifest = \"patients.csv\"");
+  for (const char* key : {"n = 2\n", "seed = 77\n", "spacing_mm = 3.0\n"}) {
+    text.erase(text.find(key), std::string(key).size());
+  }
+  const std::string manifest = Write("m.toml", text);
+  Result r = RunMewm("run " + manifest + " --quiet --out " + dir_.File("empty"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("patients.csv"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir_.File("empty")));
+
+  // A log of another run: --resume refuses it and creates nothing beside it.
+  const std::string s = Write("s.toml", Scenario());
+  ASSERT_EQ(RunMewm("run " + s + " --quiet --out " + dir_.File("a")).code, 0);
+  fs::create_directories(dir_.File("b"));
+  fs::copy_file(dir_.File("a/events.jsonl"), dir_.File("b/events.jsonl"));
+  const std::string changed = Write("changed.toml", Scenario("data", "# another text\n"));
+  const auto before = Snapshot(dir_.File("b"));
+  r = RunMewm("run " + changed + " --quiet --resume --out " + dir_.File("b"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("cannot resume"), std::string::npos) << r.output;
+  EXPECT_EQ(Snapshot(dir_.File("b")), before);
+  EXPECT_FALSE(fs::exists(dir_.File("b/patients")));
+}
+
+TEST_F(CliDataTest, ResumeStopsOnACutLogOrGarbageAndLeavesTheLogAsItIs) {
+  const std::string s = Write("s.toml", Scenario());
+  const std::string out = dir_.File("out");
+  ASSERT_EQ(RunMewm("run " + s + " --quiet --out " + out).code, 0);
+  const std::string log = Slurp(out + "/events.jsonl");
+  const auto lines = std::count(log.begin(), log.end(), '\n');
+
+  // A last line cut short by a kill: an error naming the line, as docs/SCENARIOS.md says.
+  Spit(out + "/events.jsonl", log + "{\"run_id\":\"data-");
+  fs::remove_all(out + "/patients/P0002");
+  auto before = Snapshot(out);
+  Result r = RunMewm("run " + s + " --quiet --resume --out " + out);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("line " + std::to_string(lines + 1) + " is cut short"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(Snapshot(out), before);
+
+  // Random bytes: refused, and not rewritten.
+  std::string garbage;
+  for (int i = 0; i < 4096; ++i) garbage += char((i * 7919 + 13) % 251);
+  Spit(out + "/events.jsonl", garbage);
+  before = Snapshot(out);
+  r = RunMewm("run " + s + " --quiet --resume --out " + out);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("events.jsonl"), std::string::npos) << r.output;
+  EXPECT_EQ(Snapshot(out), before);
+
+  // The whole log back: resume plans the missing patient and continues the sequence.
+  Spit(out + "/events.jsonl", log);
+  r = RunMewm("run " + s + " --quiet --resume --out " + out);
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(Slurp(out + "/events.jsonl").rfind(log, 0), 0u);
+  EXPECT_TRUE(fs::exists(out + "/patients/P0002/result.json"));
+
+  // Two patients: the leave-one-out majority baseline would use the truth. Not available.
+  r = RunMewm("eval plans " + out);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto at = r.output.find("majority plan");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const std::string row = r.output.substr(at, r.output.find('\n', at) - at);
+  EXPECT_NE(row.find("n/a"), std::string::npos) << r.output;
+}
+
+TEST_F(CliDataTest, MergeChecksEveryShardBeforeWritingAndNamesTheShardsFile) {
+  const std::string s = Write("s.toml", Scenario());
+  for (int i = 0; i < 2; ++i) {
+    const Result r = RunMewm("run " + s + " --quiet --shard " + std::to_string(i) + "/2 --out " +
+                             dir_.File("shard" + std::to_string(i)));
+    ASSERT_EQ(r.code, 0) << r.output;
+  }
+  const std::string good0 = dir_.File("shard0"), good1 = dir_.File("shard1");
+  const std::string merged = dir_.File("merged");
+  ASSERT_EQ(RunMewm("merge --out " + merged + " " + good0 + " " + good1).code, 0);
+  const auto merged_before = Snapshot(merged);
+
+  const auto variant = [&](const std::string& name) {
+    fs::copy(good1, dir_.File(name), fs::copy_options::recursive);
+    return dir_.File(name);
+  };
+  // A shard index out of range.
+  const std::string seven = variant("seven");
+  std::string run = Slurp(seven + "/run.json");
+  run.replace(run.find("\"1/2\""), 5, "\"7/2\"");
+  Spit(seven + "/run.json", run);
+  Result r = RunMewm("merge --out " + dir_.File("m1") + " " + good0 + " " + seven);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find(seven + "/run.json"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("7/2"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir_.File("m1")));
+
+  // patients/ that is a file.
+  const std::string flat = variant("flat");
+  fs::remove_all(flat + "/patients");
+  Spit(flat + "/patients", "not a folder");
+  r = RunMewm("merge --out " + dir_.File("m2") + " " + good0 + " " + flat);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find(flat + "/patients"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir_.File("m2")));
+
+  // A corrupt result.json: named in the shard, and an earlier merge stays whole.
+  const std::string corrupt = variant("corrupt");
+  Spit(corrupt + "/patients/P0002/result.json", "{\"format\": \"mewm.patient_res");
+  r = RunMewm("merge --out " + merged + " " + good0 + " " + corrupt);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find(corrupt + "/patients/P0002/result.json"), std::string::npos) << r.output;
+  EXPECT_EQ(Snapshot(merged), merged_before);
+}
+
+TEST_F(CliDataTest, ModelChecksumsAreCheckedAtLoadAndShownByInspect) {
+  const fs::path models = fs::path(MEWM_SOURCE_DIR) / "models";
+  // The shipped models carry checksum files that match.
+  for (const char* name :
+       {"dynamics_diffusion.pt", "cox_survival.json", "mechanistic_calibration.json"}) {
+    const std::string recorded = Slurp((models / (std::string(name) + ".sha256")).string());
+    ASSERT_GE(recorded.size(), 64u) << name;
+    Result r = RunMewm("inspect --json " + (models / name).string());
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("\"sha256\":\"" + recorded.substr(0, 64) + "\""), std::string::npos)
+        << r.output;
+  }
+  // One flipped bit in a copy: inspect and loading refuse it, naming both hashes.
+  for (const char* name : {"dynamics_diffusion.pt", "cox_survival.json"}) {
+    const std::string copy = dir_.File(name);
+    fs::copy_file(models / name, copy);
+    fs::copy_file(models / (std::string(name) + ".sha256"), copy + ".sha256");
+    std::string bytes = Slurp(copy);
+    bytes[bytes.size() / 2] = char(bytes[bytes.size() / 2] ^ 0x04);
+    Spit(copy, bytes);
+    const std::string expected = Slurp(copy + ".sha256").substr(0, 64);
+    Result r = RunMewm("inspect " + copy);
+    EXPECT_EQ(r.code, 1) << r.output;
+    EXPECT_NE(r.output.find(copy), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(expected), std::string::npos) << r.output;
+  }
+  std::string text = Scenario();
+  text.replace(text.find(models.string() + "/cox_survival.json"),
+               (models.string() + "/cox_survival.json").size(), dir_.File("cox_survival.json"));
+  const Result r = RunMewm("run " + Write("s.toml", text) + " --quiet --out " + dir_.File("out"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("is damaged or was replaced"), std::string::npos) << r.output;
+}
+
+TEST_F(CliDataTest, ImagesOverTheVoxelLimitAreRefusedBeforeAllocating) {
+  // A small image written whole, then its header made to claim 1024^3 uint8 voxels and padded
+  // with incompressible bytes, so that its gzip is big enough to pass the deflate-ratio check.
+  DenseFloat small({4, 4, 4}, Geometry{}, 1.0f);
+  const std::string plain = dir_.File("bomb.nii");
+  ASSERT_TRUE(WriteNifti(plain, small));
+  std::string bytes = Slurp(plain);
+  ASSERT_GE(bytes.size(), 352u);
+  const auto put16 = [&](std::size_t at, std::int16_t v) { std::memcpy(&bytes[at], &v, 2); };
+  for (int d = 1; d <= 3; ++d) put16(40 + 2 * d, 1024);  // dim[1..3]
+  put16(70, 2);                                          // datatype uint8
+  put16(72, 8);                                          // bitpix
+  std::uint32_t x = 12345;
+  for (int i = 0; i < (3 << 19); ++i) {
+    x = x * 1664525u + 1013904223u;
+    bytes += char(x >> 24);
+  }
+  Spit(plain, bytes);
+  ASSERT_EQ(std::system(("gzip -1 -f " + plain).c_str()), 0);
+  const std::string bomb = plain + ".gz";
+  Result r = RunMewm("convert " + bomb + " " + dir_.File("bomb.vdb"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("bomb.nii.gz"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("1024 x 1024 x 1024"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("MEWM_MAX_VOXELS"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("GiB"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("bad_alloc"), std::string::npos) << r.output;
+
+  // The limit is the environment's: a 64-voxel image over a limit of 10, and a bad value.
+  const std::string ok = dir_.File("ok.nii.gz");
+  ASSERT_TRUE(WriteNifti(ok, small));
+  r = RunMewm("convert " + ok + " " + dir_.File("ok.vdb"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  const std::string env = "env MEWM_MAX_VOXELS=10 ";
+  const std::string command =
+      env + MEWM_CLI + " convert " + ok + " " + dir_.File("ok2.vdb") + " 2>&1";
+  FILE* pipe = ::popen(command.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string output(4096, '\0');
+  output.resize(std::fread(output.data(), 1, output.size(), pipe));
+  const int status = ::pclose(pipe);
+  EXPECT_EQ(WEXITSTATUS(status), 1) << output;
+  EXPECT_NE(output.find("over the limit of 10"), std::string::npos) << output;
+  // .vdb files are bounded the same way (readers densify their extent).
+  const std::string vdb_command =
+      env + MEWM_CLI + " convert " + dir_.File("ok.vdb") + " " + dir_.File("back.nii") + " 2>&1";
+  pipe = ::popen(vdb_command.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  output.assign(4096, '\0');
+  output.resize(std::fread(output.data(), 1, output.size(), pipe));
+  EXPECT_EQ(WEXITSTATUS(::pclose(pipe)), 1) << output;
+  EXPECT_NE(output.find("ok.vdb"), std::string::npos) << output;
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "mewm/core/file_util.h"
 #include "mewm/core/nifti_io.h"
+#include "mewm/core/sha256.h"
 #include "mewm/core/volume_file.h"
 #include "mewm/torch/bridge.h"
 
@@ -90,17 +91,31 @@ Expected<json> InspectVolumes(const std::string& path) {
 Action RegisterInspect(CLI::App& app) {
   auto path = std::make_shared<std::string>();
   auto as_json = std::make_shared<bool>(false);
-  app.add_option("FILE", *path, ".vdb, .nii, .nii.gz or a .pt checkpoint")->required();
+  app.add_option("FILE", *path,
+                 ".vdb, .nii, .nii.gz, a .pt checkpoint or a .json model (its SHA-256 too)")
+      ->required();
   app.add_flag("--json", *as_json, "Print JSON instead of text");
   return [path, as_json]() -> int {
     json out;
-    if (FileExtension(*path) == ".pt") {
-      auto info = torch_bridge::ReadCheckpointInfo(*path);
-      if (!info) return Fail(info.error());
+    const std::string extension = FileExtension(*path);
+    if (extension == ".pt" || extension == ".json") {
+      // A model file: its SHA-256, checked against its checksum file when there is one.
+      auto checksum = VerifyModelChecksum(*path);
+      if (!checksum) return Fail(checksum.error());
       out = {{"file", *path},
-             {"checkpoint",
-              {{"config", json::parse(info->config_json, nullptr, false)},
-               {"metadata", json::parse(info->metadata_json, nullptr, false)}}}};
+             {"sha256", checksum->sha256},
+             {"checksum_file", checksum->recorded ? json(ChecksumPath(*path)) : json(nullptr)}};
+      if (extension == ".pt") {
+        auto info = torch_bridge::ReadCheckpointInfo(*path);
+        if (!info) return Fail(info.error());
+        out["checkpoint"] = {{"config", json::parse(info->config_json, nullptr, false)},
+                             {"metadata", json::parse(info->metadata_json, nullptr, false)}};
+      } else {
+        auto text = ReadFile(*path);
+        if (!text) return Fail(text.error());
+        const json model = json::parse(*text, nullptr, false);
+        out["format"] = model.is_object() ? model.value("format", json(nullptr)) : json(nullptr);
+      }
       std::cout << out.dump(*as_json ? -1 : 2) << "\n";
       return 0;
     }

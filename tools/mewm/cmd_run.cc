@@ -44,13 +44,16 @@ class StdoutJsonSink final : public scenarios::EventSink {
 Action RegisterRun(CLI::App& app) {
   struct Options {
     std::string scenario, out, shard, search, publish, control;
-    bool resume = false, quiet = false, json = false;
+    bool resume = false, force = false, quiet = false, json = false;
   };
   auto o = std::make_shared<Options>();
   app.add_option("SCENARIO", o->scenario, "Scenario file (TOML; see docs/SCENARIOS.md)")
       ->required();
   app.add_option("--out", o->out, "Results folder (default: the scenario's run.output)");
   app.add_flag("--resume", o->resume, "Keep patients finished by an earlier run in this folder");
+  app.add_flag("--force", o->force,
+               "Also write into a non-empty folder that is not a results folder of this "
+               "scenario (files mewm did not write are never deleted)");
   app.add_option("--shard", o->shard, "Plan only patients i, i+N, i+2N, ... (i/N, 0-based)");
   app.add_option("--search", o->search, "Override planner.search")
       ->check(CLI::IsMember({"beam", "reference", "exhaustive"}));
@@ -77,6 +80,7 @@ Action RegisterRun(CLI::App& app) {
     scenarios::RunOptions options;
     options.output_dir = o->out;
     options.resume = o->resume;
+    options.force = o->force;
     if (!o->shard.empty()) {
       int i = -1, n = -1;
       char tail = 0;
@@ -104,6 +108,10 @@ Action RegisterRun(CLI::App& app) {
       summary = (*runner)->Run(sink);
     } else {
       // The same run inside a one-run server, so `mewm watch` works as with `mewm serve`.
+      // Its folder is checked first: a refused run writes nothing, not even run_failed.
+      if (auto checked = scenarios::CheckRunFolder(*spec, options); !checked) {
+        return Fail(checked.error());
+      }
       streaming::ServerOptions server_options;
       server_options.event_endpoint = o->publish;
       server_options.control_endpoint = o->control;

@@ -11,6 +11,7 @@
 
 #include "mewm/core/file_util.h"
 #include "mewm/core/log.h"
+#include "mewm/core/sha256.h"
 
 namespace mewm::torch_bridge {
 namespace {
@@ -156,7 +157,7 @@ Status SaveCheckpoint(const std::string& path, const torch::nn::Module& module,
                       const CheckpointInfo& info) {
   MEWM_RETURN_IF_ERROR(ParseJson(info.config_json, "checkpoint config"));
   MEWM_RETURN_IF_ERROR(ParseJson(info.metadata_json, "checkpoint metadata"));
-  return WriteAtomically(path, [&](const std::string& temp) -> Status {
+  MEWM_RETURN_IF_ERROR(WriteAtomically(path, [&](const std::string& temp) -> Status {
     try {
       torch::serialize::OutputArchive archive;
       archive.write(kFormatKey, c10::IValue(kFormatVersion));
@@ -171,16 +172,20 @@ Status SaveCheckpoint(const std::string& path, const torch::nn::Module& module,
                        "cannot write checkpoint '" + path + "': " + ExceptionCause(e));
     }
     return {};
-  });
+  }));
+  return WriteModelChecksum(path);
 }
 
 Expected<CheckpointInfo> ReadCheckpointInfo(const std::string& path) {
+  // The checksum is checked before torch sees the file: a damaged checkpoint may still parse.
+  MEWM_RETURN_IF_ERROR(VerifyModelChecksum(path));
   MEWM_TRY(auto archive, OpenArchive(path));
   return ReadInfo(archive, path);
 }
 
 Expected<CheckpointInfo> LoadCheckpoint(const std::string& path, torch::nn::Module& module,
                                         const std::string& expected_config_json) {
+  MEWM_RETURN_IF_ERROR(VerifyModelChecksum(path));
   MEWM_TRY(auto archive, OpenArchive(path));
   MEWM_TRY(CheckpointInfo info, ReadInfo(archive, path));
   MEWM_TRY(const nlohmann::json stored, ParseJson(info.config_json, "config in '" + path + "'"));

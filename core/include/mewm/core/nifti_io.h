@@ -41,7 +41,9 @@ Expected<NiftiInfo> ReadNiftiInfo(const std::string& path);
 /// Reads a 3D image (trailing dimensions of size 1, e.g. a 4th, are accepted) as float, applying
 /// scl_slope/inter as nibabel does. The errors of ReadNiftiInfo, plus kCorruptData on truncated
 /// data or a damaged gzip stream (CRC, missing trailer) and on NaN/Inf voxels (the message gives
-/// the count and the first offending index), and kUnsupported when the affine is sheared.
+/// the count and the first offending index), kUnsupported when the affine is sheared, and
+/// kInvalidArgument when the header's voxel count is over MaxImageVoxels() (MEWM_MAX_VOXELS,
+/// mewm/core/limits.h), checked before anything is allocated.
 /// Geometry is in LPS.
 Expected<DenseFloat> ReadNifti(const std::string& path, NiftiInfo* info = nullptr);
 

@@ -49,7 +49,9 @@ Status WriteVdb(const std::string& path, const VolumeSet& set, const VdbWriteOpt
 
 /// Reads every float and int32 grid; grids of other types are skipped with a warning, and a file
 /// with none that mewm can read is kCorruptData. Reading is eager (no delayed loading), so a
-/// truncated file fails here rather than on first voxel access. kNotFound, kIo, kCorruptData.
+/// truncated file fails here rather than on first voxel access. kNotFound, kIo, kCorruptData;
+/// kInvalidArgument when a grid's extent (which readers densify) is over MaxImageVoxels()
+/// (MEWM_MAX_VOXELS, mewm/core/limits.h).
 Expected<VolumeSet> ReadVdb(const std::string& path);
 
 /// True for paths ending in .vdb.

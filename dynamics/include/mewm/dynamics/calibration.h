@@ -35,9 +35,11 @@ class BiologyRegression {
   static Expected<BiologyRegression> Fit(const Eigen::MatrixXd& X, const Eigen::MatrixXd& Y,
                                          double ridge = 1.0);
   static Expected<BiologyRegression> FromJson(const std::string& text, const std::string& origin);
-  /// kNotFound / kIo / kCorruptData (with the path).
+  /// kNotFound / kIo / kCorruptData (with the path), also when the file's SHA-256 differs from
+  /// its checksum file `path`.sha256 (mewm/core/sha256.h).
   static Expected<BiologyRegression> Load(const std::string& path);
   std::string ToJson() const;
+  /// Writes the JSON atomically, then its checksum file `path`.sha256.
   Status Save(const std::string& path) const;
 
   /// The estimated biology (median of the predictive distribution).

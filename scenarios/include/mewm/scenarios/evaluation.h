@@ -28,6 +28,10 @@ PlanMatch ComparePlanItems(const Plan& chosen, const Plan& optimal);
 /// Averages over patients for one method.
 struct MethodScores {
   std::string method;
+  /// false when the method cannot be scored on this run: the majority baseline needs at least 2
+  /// other patients per patient (3 in all); with fewer, its leave-one-out majority would be the
+  /// patient's own optimum. The scores are then 0, null in JSON and "n/a" in the table.
+  bool available = true;
   int patients = 0;
   double f1 = 0.0, jaccard = 0.0, precision = 0.0, recall = 0.0, top1 = 0.0;
   double regret = 0.0;  ///< mean of true risk(chosen) - true risk(optimal)
@@ -47,8 +51,9 @@ struct PlanEvaluation {
 
 /// Compares a run's chosen plans with its synthetic cohort's truth, next to three baselines on
 /// the same patients: a random valid plan (the exact expectation over every valid plan), the
-/// majority optimal plan (leave-one-out over the other patients) and the guideline policy's first
-/// choice without search. kNotFound when the run has no synthetic cohort truth.
+/// majority optimal plan (leave-one-out over the other patients; not available with fewer than 3
+/// finished patients) and the guideline policy's first choice without search. kNotFound when the
+/// run has no synthetic cohort truth.
 Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir);
 
 struct SurvivalEvaluation {

@@ -9,6 +9,10 @@
 //   <out>/patients/<id>/post_chosen.vdb  simulated post-treatment CT + viable mask of the plan
 //
 // A failing patient is reported (patient_failed, summary) and the run goes on.
+//
+// The output folder must be new, empty, or a results folder of the same scenario (its run.json
+// names it); RunOptions::force also accepts another folder. Nothing is written before the folder,
+// the resume log and a manifest cohort are checked, and a run deletes only files a run wrote.
 #pragma once
 
 #include <functional>
@@ -49,6 +53,10 @@ struct RunOptions {
   bool resume = false;     ///< keep finished patients of an earlier run in the same folder
   int shard_index = 0;     ///< plan patients whose index % shard_count == shard_index
   int shard_count = 1;
+  /// Also write into a non-empty folder that is not a results folder of this scenario. Files a
+  /// run does not write stay; a file or folder with a name the run writes is still refused
+  /// unless a mewm run wrote it.
+  bool force = false;
   std::function<bool()> cancelled;  ///< polled between simulation batches and patients
   /// Synthetic cohorts: called while the cohort is generated (done, total). The runner also
   /// emits a `progress` event ("cohort", done, total) for each step.
@@ -95,11 +103,28 @@ class Runner {
   std::unique_ptr<Impl> impl_;
 };
 
+/// Checks, without writing anything, that a run with these options may use its output folder:
+/// - the folder is new, empty, or holds a run.json of a run of the same scenario name
+///   (kInvalidArgument otherwise, unless `options.force`);
+/// - every entry of its patients/ is a patient folder a run wrote (kInvalidArgument naming the
+///   first other one, even with `force`);
+/// - with `resume`, its events.jsonl (or else run.json) belongs to this run id (kMismatch), and
+///   every line of events.jsonl parses and ends with a newline (kCorruptData naming the line);
+/// - a manifest cohort reads (its errors).
+/// Runner::Run makes the same checks first; `mewm run --publish` calls this before queueing.
+Status CheckRunFolder(const ScenarioSpec& spec, const RunOptions& options);
+
 /// Rebuilds summary.json and summary.csv of a results folder from its patients/*/result.json.
 Status WriteSummary(const std::string& output_dir);
 
 /// Combines shard result folders into `output_dir`: copies each patient folder (a patient present
-/// in two shards is an error) and writes the summary. The shards must come from the same scenario.
+/// in two shards is an error) and writes the summary. Every shard is checked in full first: its
+/// run.json (shard "i/N" with 0 <= i < N, one N and run id for all, every i once), scenario.toml,
+/// patients/ (a folder) and each patients/<id>/result.json (a patient result of that id, with its
+/// post_chosen.vdb when finished); errors name the shard's file (kInvalidArgument, kMismatch,
+/// kCorruptData, kNotFound). The merge is written into `output_dir`/.tmp-merge-<pid>/ and renamed
+/// into place at the end, so a failure leaves the output as it was. An earlier merge's files in
+/// `output_dir` are replaced; files a run did not write are refused, never deleted.
 Status MergeResults(const std::vector<std::string>& shard_dirs, const std::string& output_dir);
 
 }  // namespace mewm::scenarios

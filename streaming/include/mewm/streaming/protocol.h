@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "mewm/core/expected.h"
+#include "mewm/core/sha256.h"
 #include "mewm/scenarios/events.h"
 
 namespace mewm::streaming {
@@ -81,9 +82,9 @@ std::string TopicOf(const Envelope& envelope);
 /// The topic prefix that selects every event of one run ("run/<id>/").
 std::string RunTopicPrefix(const std::string& run_id);
 
-/// Lower-case hex SHA-256 is for humans; the wire carries the 32 raw bytes this returns.
-std::string Sha256(std::string_view bytes);
-std::string ToHex(std::string_view bytes);
+/// Lower-case hex SHA-256 is for humans; the wire carries the 32 raw bytes Sha256 returns.
+using mewm::Sha256;
+using mewm::ToHex;
 
 // --- Control requests ---------------------------------------------------------------------------
 

@@ -46,9 +46,10 @@ class CoxSurvival final : public SurvivalModel {
   /// missing or mis-sized coefficients or a malformed baseline hazard.
   static Expected<std::unique_ptr<CoxSurvival>> Create(CoxFit fit, ModelProvenance provenance = {});
   /// kNotFound / kIo; kCorruptData for a file that is not a mewm Cox model, or kMismatch for one
-  /// made with other features.
+  /// made with other features; kCorruptData when the file's SHA-256 differs from its checksum
+  /// file `path`.sha256 (mewm/core/sha256.h).
   static Expected<std::unique_ptr<CoxSurvival>> Load(const std::string& path);
-  /// Writes the model atomically as JSON.
+  /// Writes the model atomically as JSON, then its checksum file `path`.sha256.
   Status Save(const std::string& path) const;
 
   /// Scores one outcome. The pre-treatment measurement is cached per patient (id and tumor grid).

@@ -44,18 +44,20 @@ struct CheckpointInfo {
   std::string metadata_json = "{}";  ///< training command, seed, data, evaluation numbers
 };
 
-/// Saves every parameter and buffer of `module` (flattened dotted names) with the info, atomically.
+/// Saves every parameter and buffer of `module` (flattened dotted names) with the info, atomically,
+/// then its checksum file `path`.sha256 (mewm/core/sha256.h).
 Status SaveCheckpoint(const std::string& path, const torch::nn::Module& module,
                       const CheckpointInfo& info);
 
 /// Loads weights into `module` after checking that the checkpoint's config equals
 /// `expected_config_json` (as JSON values). kMismatch names each differing key; also kMismatch
-/// for a missing or differently shaped tensor. kNotFound / kCorruptData for bad files. On error
-/// the module's weights are unchanged.
+/// for a missing or differently shaped tensor. kNotFound / kCorruptData for bad files, and
+/// kCorruptData when the file's SHA-256 differs from its checksum file `path`.sha256 (checked
+/// before torch reads the file). On error the module's weights are unchanged.
 Expected<CheckpointInfo> LoadCheckpoint(const std::string& path, torch::nn::Module& module,
                                         const std::string& expected_config_json);
 
-/// Reads only the info of a checkpoint (for `mewm inspect`).
+/// Reads only the info of a checkpoint (for `mewm inspect`), after the same checksum check.
 Expected<CheckpointInfo> ReadCheckpointInfo(const std::string& path);
 
 }  // namespace mewm::torch_bridge
