@@ -12,13 +12,14 @@
 namespace mewm::streaming {
 namespace {
 
-// Measured on the reference 2-core machine (docs/PROTOCOL.md "Admission limits"): a synthetic
-// patient's files (pre.vdb + post_administered.vdb) and a run's post_chosen.vdb per CT voxel, and
-// the wall time of generating a patient per CT voxel and of planning a patient per beam x sample.
-// They are meant to catch orders of magnitude, not to predict a run.
-constexpr double kCohortBytesPerVoxel = 1.0;
-constexpr double kResultBytesPerVoxel = 0.5;
-constexpr double kGenerateSecondsPerVoxel = 1e-6;
+// Measured on the 2-core VM (docs/PROTOCOL.md "Admission limits"), rounded up: a synthetic
+// patient's pre.vdb + post_administered.vdb took 4.9 bytes per CT voxel and a run's
+// post_chosen.vdb 2.5; generating 2 patients at 1 mm (7.2 M voxels each) took 16.4 s of wall time
+// (1.1 us per voxel and patient), and planning them at beams x samples = 20 took 17.3 s (0.43 s per
+// beam x sample and patient). They catch orders of magnitude; they do not predict a run.
+constexpr double kCohortBytesPerVoxel = 6.0;
+constexpr double kResultBytesPerVoxel = 3.0;
+constexpr double kGenerateSecondsPerVoxel = 1.5e-6;
 constexpr double kPlanSecondsPerBeamSample = 0.5;
 
 std::string Gb(double bytes) {
@@ -42,9 +43,11 @@ CostEstimate EstimateCost(const scenarios::ScenarioSpec& spec) {
   scenarios::WorldConfig world;  // the runner generates with the default world at this spacing
   world.spacing_mm = spec.cohort.spacing_mm;
   cost.patients = spec.cohort.n;
-  const double spacing = spec.cohort.spacing_mm > 0 ? spec.cohort.spacing_mm : 1.0;
   double voxels = 1.0;
-  for (int axis = 0; axis < 3; ++axis) voxels *= std::max(1.0, world.fov_mm[axis] / spacing);
+  if (world.spacing_mm > 0.0) {
+    const Index3 extent = world.CtExtent();  // the CT lattice the world renders
+    for (int axis = 0; axis < 3; ++axis) voxels *= double(std::max<std::int64_t>(1, extent[axis]));
+  }
   cost.voxels = std::uint64_t(voxels);
   const double n = double(cost.patients);
   cost.disk_bytes = std::uint64_t(n * voxels * (kCohortBytesPerVoxel + kResultBytesPerVoxel));

@@ -731,7 +731,9 @@ TEST_F(ServerTest, MetricsStayAnswerableWhileManyConnectionsStall) {
       const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
       ASSERT_GE(fd, 0);
       ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
-      if (i % 2 == 1) ASSERT_GT(::send(fd, "GET /metrics HTTP/1.1\r\n", 23, MSG_NOSIGNAL), 0);
+      if (i % 2 == 1) {
+        ASSERT_GT(::send(fd, "GET /metrics HTTP/1.1\r\n", 23, MSG_NOSIGNAL), 0);
+      }
       stalled.push_back(fd);
     }
   };
@@ -744,7 +746,9 @@ TEST_F(ServerTest, MetricsStayAnswerableWhileManyConnectionsStall) {
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     EXPECT_TRUE(response);
-    if (response) EXPECT_EQ(response->status, 200);
+    if (response) {
+      EXPECT_EQ(response->status, 200);
+    }
     return seconds;
   };
   stall(40);

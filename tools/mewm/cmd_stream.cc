@@ -326,6 +326,12 @@ Action RegisterStatus(CLI::App& app) {
         static_cast<unsigned long long>(health->bad_requests),
         static_cast<unsigned long long>(health->rejected_submits),
         static_cast<unsigned long long>(health->auth_failures));
+    const streaming::AdmissionLimits& limits = health->limits;
+    std::printf(
+        "limits: patients %d, voxels %llu, beams x samples %d, disk %.1f GB, time %.1f h "
+        "(0 = none)\n",
+        limits.max_patients, static_cast<unsigned long long>(limits.max_voxels),
+        limits.max_beam_samples, double(limits.max_disk_bytes) / 1e9, limits.max_seconds / 3600.0);
     for (const auto& model : health->models_loaded) std::printf("model %s\n", model.c_str());
     for (const auto& stage : health->stages) {
       if (stage.count == 0) continue;

@@ -181,11 +181,11 @@ struct StageStats {
 /// over any of them is refused with kOverLimit naming the limit. 0 = no limit. The defaults admit
 /// the shipped scenarios and refuse, for example, 100000 patients or a 0.5 mm grid.
 struct AdmissionLimits {
-  int max_patients = 1000;                      ///< synthetic cohort size
-  std::uint64_t max_voxels = 32'000'000;        ///< CT voxels per synthetic patient (1 mm: 7.2 M)
-  int max_beam_samples = 256;                   ///< planner beams x samples (shipped: 20)
-  std::uint64_t max_disk_bytes = 100ull << 30;  ///< estimated cohort + results on disk
-  double max_seconds = 48 * 3600.0;             ///< estimated wall time of one run
+  int max_patients = 1000;                ///< synthetic cohort size
+  std::uint64_t max_voxels = 32'000'000;  ///< CT voxels per synthetic patient (1 mm: 7.2 M)
+  int max_beam_samples = 256;             ///< planner beams x samples (shipped: 20)
+  std::uint64_t max_disk_bytes = 100'000'000'000;  ///< estimated cohort + results on disk
+  double max_seconds = 48 * 3600.0;                ///< estimated wall time of one run
 };
 
 struct Health {
