@@ -902,8 +902,8 @@ class SlowCohortTest : public ServerTest {
     toml.replace(toml.find("n = 2"), 5, "n = 8");
     toml.replace(toml.find("spacing_mm = 2.0"), 16, "spacing_mm = 1.0");
     const std::string id = SubmitOk(client, toml);
-    // Generation has begun once a patient's temporary folder appears.
-    EXPECT_TRUE(WaitForPathUnder(dir_.File("results"), ".tmp-"));
+    // Generation has begun once a patient's temporary folder (.tmp-P0001-<pid>) appears.
+    EXPECT_TRUE(WaitForPathUnder(dir_.File("results"), ".tmp-P"));
     return id;
   }
 

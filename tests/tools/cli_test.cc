@@ -469,13 +469,13 @@ TEST_F(CliStreamTest, SigtermStopsServeWhileACohortIsGenerated) {
   std::ofstream(dir_.File("slow.toml")) << scenario;
   Result r = RunMewm("submit " + dir_.File("slow.toml") + Endpoints());
   ASSERT_EQ(r.code, 0) << r.output;
-  // Generation has begun once a patient's temporary folder appears.
+  // Generation has begun once a patient's temporary folder (.tmp-P0001-<pid>) appears.
   bool generating = false;
   for (int i = 0; i < 3000 && !generating; ++i) {
     std::error_code ec;
     for (auto it = std::filesystem::recursive_directory_iterator(dir_.File("results"), ec);
          !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
-      generating = generating || it->path().filename().string().rfind(".tmp-", 0) == 0;
+      generating = generating || it->path().filename().string().rfind(".tmp-P", 0) == 0;
     }
     if (!generating) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
