@@ -90,11 +90,15 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
   ScenarioSpec s;
   s.text = text;
   Problems problems;
+  // A table that is missing or not a table is a problem; its keys are then read from an empty
+  // stand-in of its own document, so no key of the text (such as `__missing__ = 1`, found by the
+  // dispatch fuzzer: it crashed the server) can take its place.
+  MEWM_TRY(const ConfigDocument empty, ConfigDocument::Parse("", origin));
   const auto table = [&](const std::string& key, bool optional) -> ConfigTable {
     auto t = root.GetTable(key, optional);
     if (!t) {
       problems.Add(t.error().message);
-      return *root.GetTable("__missing__", true);
+      return empty.Root();
     }
     return *t;
   };

@@ -528,6 +528,21 @@ TEST_F(ServerTest, InvalidScenariosAndEscapingPathsAreRejected) {
   EXPECT_TRUE(client->ListRuns()->empty());  // nothing was queued
 }
 
+TEST_F(ServerTest, SubmitsTheDispatchFuzzerFoundGetErrorRepliesNotACrash) {
+  StartServer(Options(), Scripted({}));
+  auto client = NewClient();
+  // A missing [run] and a top-level `__missing__` key: ParseScenario threw and the server died.
+  for (const std::string toml : {std::string("__missing__ = 1\n"),
+                                 std::string("__missing__ = \"x\"\n[dynamics]\nsamples = 4\n")}) {
+    auto reply = client->Call(Request{"", "", SubmitRequest{toml, "", ""}});
+    ASSERT_TRUE(reply) << reply.error().message;
+    const auto* error = std::get_if<ErrorReply>(&reply->body);
+    ASSERT_NE(error, nullptr);
+    EXPECT_EQ(error->code, ReplyError::kInvalidScenario) << error->message;
+  }
+  EXPECT_TRUE(client->GetHealth());  // still serving
+}
+
 TEST_F(ServerTest, ResubmittingWithTheSameRequestIdReturnsTheSameRun) {
   StartServer(Options(), Scripted({}));
   auto client = NewClient();
