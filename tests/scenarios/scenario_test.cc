@@ -104,7 +104,7 @@ TEST_F(ScenarioTest, ReportsEveryProblemAtOnceWithLines) {
 TEST_F(ScenarioTest, MissingTablesAreProblemsWhateverKeysTheTextHas) {
   // Found by the dispatch fuzzer: a missing [run] with a top-level `__missing__` key that is not a
   // table threw std::bad_variant_access out of ParseScenario and killed `mewm serve`.
-  for (const std::string text :
+  for (const std::string& text :
        {std::string("__missing__ = 1\n"), std::string("run = 5\n__missing__ = \"x\"\n"),
         std::string("[__missing__]\nname = 3\n")}) {
     auto spec = Parse(text);

@@ -532,8 +532,8 @@ TEST_F(ServerTest, SubmitsTheDispatchFuzzerFoundGetErrorRepliesNotACrash) {
   StartServer(Options(), Scripted({}));
   auto client = NewClient();
   // A missing [run] and a top-level `__missing__` key: ParseScenario threw and the server died.
-  for (const std::string toml : {std::string("__missing__ = 1\n"),
-                                 std::string("__missing__ = \"x\"\n[dynamics]\nsamples = 4\n")}) {
+  for (const std::string& toml : {std::string("__missing__ = 1\n"),
+                                  std::string("__missing__ = \"x\"\n[dynamics]\nsamples = 4\n")}) {
     auto reply = client->Call(Request{"", "", SubmitRequest{toml, "", ""}});
     ASSERT_TRUE(reply) << reply.error().message;
     const auto* error = std::get_if<ErrorReply>(&reply->body);
