@@ -14,7 +14,8 @@ find_package(spdlog REQUIRED)
 find_package(PNG REQUIRED)
 find_package(ZLIB REQUIRED)
 find_package(Threads REQUIRED)
-# Streaming: Cap'n Proto, ZeroMQ (cppzmq), OpenSSL libcrypto (SHA-256) and cpp-httplib (metrics).
+# Streaming: Cap'n Proto, ZeroMQ (cppzmq), OpenSSL libcrypto (SHA-256); cpp-httplib (the tests'
+# HTTP client of the metrics endpoint).
 find_package(CapnProto CONFIG REQUIRED)
 find_package(cppzmq REQUIRED)
 find_package(PkgConfig REQUIRED)

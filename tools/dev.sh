@@ -9,7 +9,8 @@
 #   tools/dev.sh demo    build, then plan scenarios/tace_demo; results land in out/demo/
 #   tools/dev.sh asan    build core with ASan+UBSan into build-asan/ and run the core tests
 #   tools/dev.sh bench   build, then run the benchmarks of docs/BENCHMARKS.md
-#   tools/dev.sh fuzz [S] build the libFuzzer target (clang) into build-fuzz/ and fuzz for S seconds
+#   tools/dev.sh fuzz [S] [T] build a libFuzzer target (clang) into build-fuzz/ and fuzz it S seconds:
+#                        T = control (the decoders, default) or dispatch (the server's requests)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -106,12 +107,20 @@ bench() {
 fuzz() {
   setup
   install_packages clang libclang-rt-14-dev  # clang's libFuzzer runtime
-  local seconds="${1:-60}" corpus="$ROOT/build-fuzz/corpus"
-  CC=clang CXX=clang++ configure_and_build "$ROOT/build-fuzz" mewm_control_fuzz mewm_fuzz_seeds -- \
+  local seconds="${1:-60}" target="${2:-control}"
+  case "$target" in control|dispatch) ;; *) echo "fuzz: target is control or dispatch" >&2; exit 2 ;; esac
+  local corpus="$ROOT/build-fuzz/corpus" targets=(mewm_control_fuzz mewm_fuzz_seeds)
+  [ "$target" = dispatch ] && corpus="$ROOT/build-fuzz/corpus-dispatch" targets=(mewm_dispatch_fuzz mewm_fuzz_seeds)
+  CC=clang CXX=clang++ configure_and_build "$ROOT/build-fuzz" "${targets[@]}" -- \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMEWM_FUZZ=ON -DMEWM_BUILD_TESTS=OFF -DMEWM_WERROR=OFF
   mkdir -p "$corpus"
-  "$ROOT/build-fuzz/streaming/mewm_fuzz_seeds" "$corpus"
-  "$ROOT/build-fuzz/streaming/mewm_control_fuzz" -max_total_time="$seconds" -max_len=65536 \
+  if [ "$target" = dispatch ]; then
+    # Valid submits of the shipped scenarios (encoded and as raw TOML) and every request kind.
+    (cd "$ROOT" && "$ROOT/build-fuzz/streaming/mewm_fuzz_seeds" "$corpus" scenarios/*/scenario.toml)
+  else
+    "$ROOT/build-fuzz/streaming/mewm_fuzz_seeds" "$corpus"
+  fi
+  "$ROOT/build-fuzz/streaming/mewm_${target}_fuzz" -max_total_time="$seconds" -max_len=65536 \
     -print_final_stats=1 "$corpus"
 }
 
@@ -122,6 +131,6 @@ case "${1:-}" in
   demo) demo ;;
   asan) asan ;;
   bench) bench ;;
-  fuzz) fuzz "${2:-60}" ;;
-  *) sed -n '5,13p' "$0"; exit 2 ;;
+  fuzz) fuzz "${2:-60}" "${3:-control}" ;;
+  *) sed -n '5,14p' "$0"; exit 2 ;;
 esac

@@ -130,11 +130,12 @@ Status WriteOutcome(const std::string& dir, const std::string& stem, const Outco
 /// Generates one patient into `final_dir` atomically (temporary sibling folder, then rename).
 Expected<PatientTruth> GeneratePatient(const SyntheticWorld& world, const SyntheticPatient& p,
                                        const CohortOptions& options, const std::string& final_dir) {
-  MEWM_TRY(const PatientCase rendered, world.Render(p));
+  const auto cancelled = [&] { return options.cancelled && options.cancelled(); };
+  MEWM_TRY(const PatientCase rendered, world.Render(p, false, options.cancelled));
   const auto& mech = world.config().mechanistic;
   MEWM_TRY(const std::vector<dynamics::TumorField> fields,
            dynamics::BuildTumorFields(rendered, mech));
-  MEWM_TRY(PatientTruth truth, world.Truth(p, fields));
+  MEWM_TRY(PatientTruth truth, world.Truth(p, fields, options.cancelled));
 
   const std::string temp = fs::path(final_dir).parent_path().string() + "/.tmp-" + p.id + "-" +
                            std::to_string(::getpid());
@@ -163,6 +164,7 @@ Expected<PatientTruth> GeneratePatient(const SyntheticWorld& world, const Synthe
     std::vector<Plan> plans = {p.administered};
     plans.insert(plans.end(), p.counterfactual.begin(), p.counterfactual.end());
     for (std::size_t k = 0; k < plans.size(); ++k) {
+      if (cancelled()) return MakeError(ErrorCode::kCancelled, "cancelled");
       std::vector<dynamics::FieldResponse> responses;
       MEWM_RETURN_IF_ERROR(dynamics::SimulateResponse(
           fields, p.biology, plans[k], p.covariates.child_pugh, mech, 0, &responses));
@@ -264,12 +266,20 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
   std::vector<PatientTruth> truths(patients.size());
   std::vector<std::optional<Error>> errors(patients.size());
   std::atomic<int> done{0};
+  std::atomic<bool> stop{false};
   std::mutex progress_mutex;
   tbb::parallel_for(std::size_t(0), patients.size(), [&](std::size_t n) {
+    if (stop.load() || (options.cancelled && options.cancelled())) {
+      stop.store(true);
+      return;
+    }
     const std::string dir = (fs::path(options.out_dir) / "patients" / patients[n].id).string();
     auto truth = GeneratePatient(world, patients[n], options, dir);
     if (truth) {
       truths[n] = std::move(*truth);
+    } else if (truth.error().code == ErrorCode::kCancelled) {
+      stop.store(true);
+      return;
     } else {
       errors[n] = truth.error();
     }
@@ -279,6 +289,14 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
       options.progress(finished, int(patients.size()));
     }
   });
+  if (stop.load()) {
+    // No manifest is written: the folder is not a complete cohort, and the next generation
+    // replaces it. Patients finished before the cancel stay complete in their own folders.
+    return MakeError(ErrorCode::kCancelled, "cohort generation in '" + options.out_dir +
+                                                "' was cancelled after " +
+                                                std::to_string(done.load()) + " of " +
+                                                std::to_string(options.n) + " patients");
+  }
   for (const auto& e : errors) {
     if (e) return *e;
   }

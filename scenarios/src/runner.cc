@@ -243,7 +243,8 @@ Expected<std::uint64_t> CheckFolder(const ScenarioSpec& spec, const RunOptions& 
 
 /// The synthetic cohort for this scenario: reused when its manifest matches, else generated.
 Status PrepareSyntheticCohort(const ScenarioSpec& spec, const std::string& dir,
-                              const std::function<void(int, int)>& progress) {
+                              const std::function<void(int, int)>& progress,
+                              const std::function<bool()>& cancelled) {
   const fs::path manifest = fs::path(dir) / "manifest.json";
   if (fs::exists(manifest)) {
     MEWM_TRY(const std::string text, ReadFile(manifest.string()));
@@ -267,6 +268,7 @@ Status PrepareSyntheticCohort(const ScenarioSpec& spec, const std::string& dir,
   c.write_nifti = false;
   c.world.spacing_mm = spec.cohort.spacing_mm;
   c.progress = progress;
+  c.cancelled = cancelled;
   return GenerateCohort(c, spec.actions);
 }
 
@@ -306,11 +308,12 @@ Expected<Models> LoadModels(const ScenarioSpec& spec) {
 
 Expected<std::vector<CohortEntry>> PrepareCohort(const ScenarioSpec& spec,
                                                  const std::string& synthetic_dir,
-                                                 const std::function<void(int, int)>& progress) {
+                                                 const std::function<void(int, int)>& progress,
+                                                 const std::function<bool()>& cancelled) {
   if (spec.cohort.source == CohortSpec::Source::kManifest) {
     return ReadManifest(spec.cohort.manifest);
   }
-  MEWM_RETURN_IF_ERROR(PrepareSyntheticCohort(spec, synthetic_dir, progress));
+  MEWM_RETURN_IF_ERROR(PrepareSyntheticCohort(spec, synthetic_dir, progress, cancelled));
   return ReadSyntheticCohort(synthetic_dir);
 }
 
@@ -567,13 +570,24 @@ Expected<RunSummary> Runner::Run(EventSink& sink) {
   Status progress_status;
   auto prepared = manifest_entries
                       ? Expected<std::vector<CohortEntry>>(std::move(*manifest_entries))
-                      : PrepareCohort(m.spec, m.cohort_dir, [&](int done, int total) {
-                          if (progress_status) {
-                            progress_status = m.Emit(fanout, Progress{"cohort", done, total});
-                          }
-                          if (m.options.cohort_progress) m.options.cohort_progress(done, total);
-                        });
+                      : PrepareCohort(
+                            m.spec, m.cohort_dir,
+                            [&](int done, int total) {
+                              if (progress_status) {
+                                progress_status = m.Emit(fanout, Progress{"cohort", done, total});
+                              }
+                              if (m.options.cohort_progress) m.options.cohort_progress(done, total);
+                            },
+                            m.options.cancelled);
   MEWM_RETURN_IF_ERROR(progress_status);
+  if (!prepared && prepared.error().code == ErrorCode::kCancelled) {
+    // Cancelled while the cohort was generated: nothing was planned (the cohort has no manifest
+    // yet, so a later run generates it again).
+    summary.cancelled = true;
+    MEWM_RETURN_IF_ERROR(WriteSummary(m.out));
+    MEWM_RETURN_IF_ERROR(m.Emit(fanout, RunCancelled{0}));
+    return summary;
+  }
   if (!prepared) return fail_run(prepared.error());
   const std::vector<CohortEntry> entries = std::move(*prepared);
   std::vector<const CohortEntry*> todo;

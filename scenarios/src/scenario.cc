@@ -198,6 +198,9 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
   s.text = text;
   Problems problems;
   PathReader paths{base_dir, options, problems, {}};
+  // A table that is missing or not a table is a problem; its keys are then read from an empty
+  // stand-in that no key of the text can take the place of (`__missing__ = 1`, found by the
+  // dispatch fuzzer, crashed the server when the stand-in was looked up by name).
   const auto table = [&](const std::string& key, bool optional) -> ConfigTable {
     auto t = root.GetTable(key, optional);
     if (!t) {

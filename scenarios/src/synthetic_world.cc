@@ -7,6 +7,7 @@
 
 #include <Eigen/Geometry>
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <optional>
 
@@ -59,6 +60,23 @@ double LesionRadius(const LesionSpec& l, const Eigen::Vector3d& p) {
   const Eigen::Vector3d q = (l.axes.transpose() * (p - l.center_mm)).cwiseQuotient(l.radii_mm);
   return q.norm() * (1.0 + l.deform * ValueNoise(l.shape_seed, p, 10.0));
 }
+
+/// Shares one cancellation among a loop's worker threads: once any of them sees `cancelled`,
+/// every later poll says stop without calling it again.
+class CancelLatch {
+ public:
+  explicit CancelLatch(const CancelFn& cancelled) : cancelled_(cancelled) {}
+  bool Poll() {
+    if (stop_.load(std::memory_order_relaxed)) return true;
+    if (cancelled_ && cancelled_()) stop_.store(true, std::memory_order_relaxed);
+    return stop_.load(std::memory_order_relaxed);
+  }
+  bool stopped() const { return stop_.load(std::memory_order_relaxed); }
+
+ private:
+  const CancelFn& cancelled_;
+  std::atomic<bool> stop_{false};
+};
 
 Plan DrawAdministeredPlan(Rng& rng, const ActionBase& actions, const std::vector<Plan>& valid) {
   // Physicians' habits: popular drugs, usually one or two, often a gelatin sponge.
@@ -248,8 +266,8 @@ SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) co
   return p;
 }
 
-Expected<PatientCase> SyntheticWorld::Render(const SyntheticPatient& p,
-                                             bool tumor_region_only) const {
+Expected<PatientCase> SyntheticWorld::Render(const SyntheticPatient& p, bool tumor_region_only,
+                                             const CancelFn& cancelled) const {
   const Geometry g = config_.CtGeometry();
   const Index3 extent = config_.CtExtent();
   std::vector<IndexBox> boxes;
@@ -277,6 +295,7 @@ Expected<PatientCase> SyntheticWorld::Render(const SyntheticPatient& p,
 
   Volume ct_volume(g, extent, "ct");
   LabelVolume tumor_volume(g, extent, "tumor"), liver_volume(g, extent, "liver");
+  CancelLatch cancel(cancelled);
   for (const IndexBox& box : boxes) {
     const Index3 n = box.extent();
     std::vector<float> ct(std::size_t(n[0] * n[1] * n[2]), float(kAirHu));
@@ -285,6 +304,7 @@ Expected<PatientCase> SyntheticWorld::Render(const SyntheticPatient& p,
         tbb::blocked_range<std::int64_t>(box.min[2], box.max[2] + 1),
         [&](const tbb::blocked_range<std::int64_t>& range) {
           for (std::int64_t k = range.begin(); k != range.end(); ++k) {
+            if (cancel.Poll()) return;  // a slice at 0.5 mm is ~0.26 M voxels: a short wait
             for (std::int64_t j = box.min[1]; j <= box.max[1]; ++j) {
               for (std::int64_t i = box.min[0]; i <= box.max[0]; ++i) {
                 const Eigen::Vector3d w =
@@ -349,6 +369,9 @@ Expected<PatientCase> SyntheticWorld::Render(const SyntheticPatient& p,
             }
           }
         });
+    if (cancel.stopped()) {
+      return MakeError(ErrorCode::kCancelled, "rendering patient " + p.id + " was cancelled");
+    }
     MEWM_RETURN_IF_ERROR(ct_volume.CopyFromDense(box, ct));
     MEWM_RETURN_IF_ERROR(tumor_volume.CopyFromDense(box, tumor));
     MEWM_RETURN_IF_ERROR(liver_volume.CopyFromDense(box, liver));
@@ -366,20 +389,23 @@ double SyntheticWorld::LinearPredictor(const SyntheticPatient& p, double post_vi
          bclc + 0.35 * (c.vascular_invasion ? 1.0 : 0.0) + 0.015 * (c.age_years - 62.0) + toxicity;
 }
 
-Expected<PatientTruth> SyntheticWorld::Truth(const SyntheticPatient& p,
-                                             const PatientCase& rendered) const {
+Expected<PatientTruth> SyntheticWorld::Truth(const SyntheticPatient& p, const PatientCase& rendered,
+                                             const CancelFn& cancelled) const {
   MEWM_TRY(const std::vector<dynamics::TumorField> fields,
            dynamics::BuildTumorFields(rendered, config_.mechanistic));
-  return Truth(p, fields);
+  return Truth(p, fields, cancelled);
 }
 
-Expected<PatientTruth> SyntheticWorld::Truth(
-    const SyntheticPatient& p, const std::vector<dynamics::TumorField>& fields) const {
+Expected<PatientTruth> SyntheticWorld::Truth(const SyntheticPatient& p,
+                                             const std::vector<dynamics::TumorField>& fields,
+                                             const CancelFn& cancelled) const {
   PatientTruth truth;
   truth.plans.resize(plans_.size());
   std::vector<std::optional<Error>> errors(plans_.size());
   std::vector<double> pre(plans_.size());
+  CancelLatch cancel(cancelled);
   tbb::parallel_for(std::size_t(0), plans_.size(), [&](std::size_t n) {
+    if (cancel.Poll()) return;  // one plan's PDE runs on the 2 mm response grid: milliseconds
     auto r = dynamics::SimulateResponse(fields, p.biology, plans_[n], p.covariates.child_pugh,
                                         config_.mechanistic, /*sample_seed=*/0, nullptr);
     if (!r) {
@@ -392,6 +418,9 @@ Expected<PatientTruth> SyntheticWorld::Truth(
                   LinearPredictor(p, r->post_viable_ml, r->toxicity), 0.0};
     t.risk = std::exp(t.linear_predictor);
   });
+  if (cancel.stopped()) {
+    return MakeError(ErrorCode::kCancelled, "the truth of patient " + p.id + " was cancelled");
+  }
   for (const auto& e : errors) {
     if (e) return *e;
   }

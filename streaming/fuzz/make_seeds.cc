@@ -4,8 +4,12 @@
 // Writes one valid message of every kind into a folder: the starting corpus of
 // mewm_control_fuzz, so the fuzzer mutates real requests, replies and envelopes from the first
 // second instead of discovering the Cap'n Proto layout by itself. `tools/dev.sh fuzz` runs it.
+// Scenario files named after the folder (paths relative to the source tree, as
+// scenarios/<name>/scenario.toml) add seeds for mewm_dispatch_fuzz: each as an encoded Submit and
+// as raw TOML ('T' + text).
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -15,8 +19,8 @@ using namespace mewm;
 using namespace mewm::streaming;
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s CORPUS_DIR\n", argv[0]);
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: %s CORPUS_DIR [SCENARIO_FILE...]\n", argv[0]);
     return 2;
   }
   const std::string dir = argv[1];
@@ -61,6 +65,17 @@ int main(int argc, char** argv) {
            CancelReply{status}, status, SnapshotReply{status, {seeds.front()}, true},
            RunList{{status}}, health}) {
     seeds.push_back(EncodeReply(Reply{"r1", body}));
+  }
+  for (int a = 2; a < argc; ++a) {
+    std::ifstream in(argv[a], std::ios::binary);
+    const std::string toml((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (!in.good() && !in.eof()) {
+      std::fprintf(stderr, "cannot read %s\n", argv[a]);
+      return 1;
+    }
+    seeds.push_back(EncodeRequest(Request{"r1", "t1", SubmitRequest{toml, "", argv[a]}}));
+    seeds.push_back(EncodeRequest(Request{"r2", "", SubmitRequest{toml, "idem", argv[a]}}));
+    seeds.push_back("T" + toml);
   }
   for (std::size_t i = 0; i < seeds.size(); ++i) {
     std::ofstream(dir + "/seed-" + std::to_string(i), std::ios::binary) << seeds[i];

@@ -127,6 +127,7 @@ enum ErrorCode {
   forbiddenPath @7;    # an output or cohort path outside the results root
   internal @8;
   notCancellable @9;   # the run already ended
+  overLimit @10;       # a submit over one of the server's admission limits; the message names it
 }
 
 enum RunState { queued @0; running @1; finished @2; failed @3; cancelled @4; }
@@ -162,6 +163,16 @@ struct Histogram {
   sumSeconds @2 :Float64;
 }
 
+# The server's admission limits for submitted scenarios (0 = no limit). Estimates follow
+# docs/PROTOCOL.md "Admission limits".
+struct AdmissionLimits {
+  maxPatients @0 :UInt32;     # synthetic cohort size (cohort.n)
+  maxVoxels @1 :UInt64;       # CT voxels per synthetic patient: field of view / spacing, cubed
+  maxBeamSamples @2 :UInt32;  # planner beams x samples
+  maxDiskBytes @3 :UInt64;    # estimated disk of the cohort and the run's results
+  maxSeconds @4 :Float64;     # estimated wall time of the run
+}
+
 struct Health {
   uptimeSeconds @0 :Float64;
   queueDepth @1 :UInt32;
@@ -174,6 +185,7 @@ struct Health {
   rejectedSubmits @8 :UInt64;
   authFailures @9 :UInt64;    # CURVE clients refused by the allowlist
   stages @10 :List(Histogram);
+  limits @11 :AdmissionLimits;
 }
 
 struct ErrorReply { code @0 :ErrorCode; message @1 :Text; }

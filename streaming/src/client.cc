@@ -34,6 +34,7 @@ Error ToError(const ErrorReply& reply) {
     case ReplyError::kInvalidScenario:
     case ReplyError::kForbiddenPath:
     case ReplyError::kNotCancellable:
+    case ReplyError::kOverLimit:
       code = ErrorCode::kInvalidArgument;
       break;
     case ReplyError::kUnknownRun:

@@ -2,7 +2,8 @@
 // SPDX-FileCopyrightText: the mewm authors
 //
 // Latency histograms per pipeline stage and the server's counters, rendered in the Prometheus
-// text format and served over HTTP (cpp-httplib) when asked for.
+// text format and served over HTTP (a small poll(2) endpoint, bounded in connections and time)
+// when asked for.
 #pragma once
 
 #include <array>

@@ -7,6 +7,7 @@
 #include <kj/debug.h>
 #include <kj/exception.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "mewm.capnp.h"
@@ -484,9 +485,10 @@ bool IsEnded(RunState state) {
 }
 
 const char* ToString(ReplyError code) {
-  static const char* kNames[] = {
-      "malformed",   "too_large",     "wrong_version",  "invalid_scenario", "queue_full",
-      "unknown_run", "shutting_down", "forbidden_path", "internal",         "not_cancellable"};
+  static const char* kNames[] = {"malformed",        "too_large",      "wrong_version",
+                                 "invalid_scenario", "queue_full",     "unknown_run",
+                                 "shutting_down",    "forbidden_path", "internal",
+                                 "not_cancellable",  "over_limit"};
   return kNames[int(code)];
 }
 
@@ -537,6 +539,12 @@ std::string EncodeReply(const Reply& reply) {
       stages[i].setCount(h.stages[i].count);
       stages[i].setSumSeconds(h.stages[i].sum_seconds);
     }
+    auto limits = x.initLimits();
+    limits.setMaxPatients(std::uint32_t(std::max(0, h.limits.max_patients)));
+    limits.setMaxVoxels(h.limits.max_voxels);
+    limits.setMaxBeamSamples(std::uint32_t(std::max(0, h.limits.max_beam_samples)));
+    limits.setMaxDiskBytes(h.limits.max_disk_bytes);
+    limits.setMaxSeconds(h.limits.max_seconds);
   }
   return Serialize(message);
 }
@@ -551,7 +559,7 @@ Expected<Reply> DecodeReply(std::string_view bytes, const DecodeLimits& limits) 
     switch (body.which()) {
       case W::ERROR: {
         const auto code = unsigned(body.getError().getCode());
-        if (code > unsigned(ReplyError::kNotCancellable)) return Unknown("error code", code);
+        if (code > unsigned(ReplyError::kOverLimit)) return Unknown("error code", code);
         reply.body = ErrorReply{ReplyError(code), S(body.getError().getMessage())};
         break;
       }
@@ -604,6 +612,14 @@ Expected<Reply> DecodeReply(std::string_view bytes, const DecodeLimits& limits) 
         for (auto s : Bounded(x.getStages())) {
           h.stages.push_back({S(s.getStage()), s.getCount(), s.getSumSeconds()});
         }
+        // An older server sends no limits: every field reads 0 (none).
+        const auto admission = x.getLimits();
+        h.limits.max_patients = int(std::min<std::uint32_t>(admission.getMaxPatients(), INT32_MAX));
+        h.limits.max_voxels = admission.getMaxVoxels();
+        h.limits.max_beam_samples =
+            int(std::min<std::uint32_t>(admission.getMaxBeamSamples(), INT32_MAX));
+        h.limits.max_disk_bytes = admission.getMaxDiskBytes();
+        h.limits.max_seconds = admission.getMaxSeconds();
         reply.body = std::move(h);
         break;
       }

@@ -27,6 +27,7 @@
 #include "mewm/core/file_util.h"
 #include "mewm/core/log.h"
 #include "mewm/core/seed.h"
+#include "mewm/streaming/admission.h"
 #include "zmq_util.h"
 
 namespace mewm::streaming {
@@ -698,6 +699,9 @@ struct Server::Impl {
       return reject(forbidden ? ReplyError::kForbiddenPath : ReplyError::kInvalidScenario,
                     spec.error().message);
     }
+    if (auto admitted = CheckAdmission(EstimateCost(*spec), options.limits); !admitted) {
+      return reject(ReplyError::kOverLimit, admitted.error().message);
+    }
     for (const scenarios::ScenarioPath& input : spec->InputPaths()) {  // every one, once more
       if (Status inside = confine_input(input); !inside) {
         return reject(ReplyError::kForbiddenPath, inside.error().message);
@@ -859,6 +863,7 @@ struct Server::Impl {
     h.rejected_submits = rejected.load();
     h.auth_failures = auth_failures.load();
     h.stages = stages.Stats();
+    h.limits = options.limits;
     return h;
   }
 
@@ -983,6 +988,10 @@ Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Server::~Server() = default;
 
 Expected<std::unique_ptr<Server>> Server::Create(const ServerOptions& options, RunFunction run) {
+  if (options.limits.max_patients < 0 || options.limits.max_beam_samples < 0 ||
+      !(options.limits.max_seconds >= 0.0)) {
+    return MakeError(ErrorCode::kInvalidArgument, "admission limits must be >= 0 (0 = none)");
+  }
   if (options.queue_capacity < 1 || options.send_hwm < 0 || options.heartbeat_ms < 1 ||
       options.snapshot_page < 1) {
     return MakeError(ErrorCode::kInvalidArgument,
@@ -1137,6 +1146,9 @@ const std::string& Server::event_endpoint() const { return impl_->event_ep; }
 int Server::metrics_port() const { return impl_->metrics ? impl_->metrics->port() : -1; }
 const std::string& Server::public_key() const { return impl_->public_key; }
 Health Server::health() const { return impl_->MakeHealth(); }
+std::string Server::HandleRequestForTest(std::string_view request) {
+  return EncodeReply(impl_->Handle(request));
+}
 
 Expected<scenarios::RunSummary> Server::last_summary() const {
   std::lock_guard<std::mutex> lock(impl_->runs_mutex);
@@ -1154,12 +1166,85 @@ Expected<CurveKeyPair> GenerateCurveKeyPair() {
   return CurveKeyPair{public_key, secret_key};
 }
 
-Status WriteCurveKeyPair(const CurveKeyPair& keys, const std::string& base) {
-  const std::string secret_path = base + ".key";
-  MEWM_RETURN_IF_ERROR(WriteFileAtomic(
-      secret_path, "# mewm CURVE secret key: keep private\n" + keys.secret_key + "\n"));
-  ::chmod(secret_path.c_str(), 0600);
-  return WriteFileAtomic(base + ".pub", "# mewm CURVE public key\n" + keys.public_key + "\n");
+namespace {
+
+/// Creates `path` with exactly `mode` from the start (O_CREAT | O_EXCL: never another file, never
+/// looser permissions for a moment) and writes `text` to it. EEXIST is kInvalidArgument; a file
+/// system that cannot keep the mode (fstat disagrees) is kIo and the file is removed.
+Status WriteNewFile(const std::string& path, const std::string& text, mode_t mode) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+  if (fd < 0) {
+    if (errno == EEXIST) return MakeError(ErrorCode::kInvalidArgument, "'" + path + "' exists");
+    return MakeError(ErrorCode::kIo, "cannot create '" + path + "': " + std::strerror(errno));
+  }
+  const auto fail = [&](const std::string& what) {
+    const std::string reason = std::strerror(errno);
+    ::close(fd);
+    ::unlink(path.c_str());
+    return MakeError(ErrorCode::kIo, "cannot " + what + " '" + path + "': " + reason);
+  };
+  // The umask can only narrow `mode`; set it exactly, then check the file system kept it.
+  struct stat st {};
+  if (::fchmod(fd, mode) != 0) return fail("set the mode of");
+  if (::fstat(fd, &st) != 0) return fail("check");
+  if ((st.st_mode & 07777) != mode) {
+    errno = EPERM;
+    return fail("keep mode " + std::to_string(mode >> 6) + std::to_string((mode >> 3) & 7) +
+                std::to_string(mode & 7) + " on");
+  }
+  for (std::size_t written = 0; written < text.size();) {
+    const ssize_t n = ::write(fd, text.data() + written, text.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return fail("write");
+    written += std::size_t(n);
+  }
+  if (::fsync(fd) != 0) return fail("sync");
+  if (::close(fd) != 0) {
+    ::unlink(path.c_str());
+    return MakeError(ErrorCode::kIo, "cannot write '" + path + "': " + std::strerror(errno));
+  }
+  return {};
+}
+
+/// WriteNewFile, or with `overwrite` a new temporary file renamed over `path`.
+Status WriteKeyFile(const std::string& path, const std::string& text, mode_t mode, bool overwrite) {
+  if (!overwrite) return WriteNewFile(path, text, mode);
+  const std::string temp = path + ".tmp-" + std::to_string(::getpid());
+  ::unlink(temp.c_str());  // one this process left behind
+  MEWM_RETURN_IF_ERROR(WriteNewFile(temp, text, mode));
+  if (::rename(temp.c_str(), path.c_str()) != 0) {
+    const std::string reason = std::strerror(errno);
+    ::unlink(temp.c_str());
+    return MakeError(ErrorCode::kIo, "cannot replace '" + path + "': " + reason);
+  }
+  return {};
+}
+
+}  // namespace
+
+Status WriteCurveKeyPair(const CurveKeyPair& keys, const std::string& base, bool overwrite) {
+  const std::string secret_path = base + ".key", public_path = base + ".pub";
+  if (!overwrite) {
+    for (const std::string& path : {secret_path, public_path}) {
+      struct stat st {};
+      if (::lstat(path.c_str(), &st) == 0) {
+        return MakeError(ErrorCode::kInvalidArgument,
+                         "'" + path +
+                             "' already exists: choose another BASE, or replace the key pair "
+                             "with --force (then give the new public key to every peer)");
+      }
+    }
+  }
+  MEWM_RETURN_IF_ERROR(
+      WriteKeyFile(secret_path, "# mewm CURVE secret key: keep private\n" + keys.secret_key + "\n",
+                   0600, overwrite));
+  if (Status written = WriteKeyFile(
+          public_path, "# mewm CURVE public key\n" + keys.public_key + "\n", 0644, overwrite);
+      !written) {
+    if (!overwrite) ::unlink(secret_path.c_str());  // the half of a pair this call created
+    return written;
+  }
+  return {};
 }
 
 Expected<std::string> ReadCurveKey(const std::string& path) {

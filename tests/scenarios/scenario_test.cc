@@ -115,6 +115,19 @@ TEST_F(ScenarioTest, ReportsEveryProblemAtOnceWithLines) {
   EXPECT_NE(m.find("beam, reference, exhaustive"), std::string::npos) << m;
 }
 
+TEST_F(ScenarioTest, MissingTablesAreProblemsWhateverKeysTheTextHas) {
+  // Found by the dispatch fuzzer: a missing [run] with a top-level `__missing__` key that is not a
+  // table threw std::bad_variant_access out of ParseScenario and killed `mewm serve`.
+  for (const std::string& text :
+       {std::string("__missing__ = 1\n"), std::string("run = 5\n__missing__ = \"x\"\n"),
+        std::string("[__missing__]\nname = 3\n")}) {
+    auto spec = Parse(text);
+    ASSERT_FALSE(spec) << text;
+    EXPECT_EQ(spec.error().code, ErrorCode::kInvalidArgument) << spec.error().message;
+    EXPECT_NE(spec.error().message.find("run"), std::string::npos) << spec.error().message;
+  }
+}
+
 TEST_F(ScenarioTest, RejectsUnknownBackendsAndMissingFiles) {
   auto backend = Parse(Replace(Valid(), "backend = \"cox\"", "backend = \"deepsurv\""));
   ASSERT_FALSE(backend);

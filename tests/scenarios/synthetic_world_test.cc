@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <filesystem>
 #include <set>
 
@@ -188,6 +189,37 @@ TEST_F(CohortTest, ForceReplacesOnlyACohortMewmWrote) {
   fs::remove(fs::path(cut) / kCohortMarker);  // a cohort written before the marker existed
   EXPECT_TRUE(IsEmptyOrMewmCohort(cut));
   ASSERT_TRUE(GenerateCohort(again, ActionBase::Default()));
+}
+
+TEST_F(CohortTest, CancelStopsGenerationInsideAPatientAndLeavesNoCompleteCohort) {
+  // A forced regeneration over a complete cohort, cancelled after a few polls (inside the first
+  // patients' rendering): kCancelled, no manifest (the old one is gone too), no temporary folders.
+  const std::string out = dir_.File("cancelled");
+  ASSERT_TRUE(GenerateCohort(Options(out, 2), ActionBase::Default()));
+  CohortOptions o = Options(out, 4);
+  o.force = true;
+  std::atomic<int> polls{0};
+  o.cancelled = [&] { return ++polls > 3; };
+  const Status generated = GenerateCohort(o, ActionBase::Default());
+  ASSERT_FALSE(generated);
+  EXPECT_EQ(generated.error().code, ErrorCode::kCancelled) << generated.error().message;
+  EXPECT_NE(generated.error().message.find("cancelled"), std::string::npos);
+  EXPECT_FALSE(fs::exists(fs::path(out) / "manifest.json"));
+  for (const auto& entry : fs::directory_iterator(fs::path(out) / "patients")) {
+    EXPECT_EQ(entry.path().filename().string().rfind(".tmp", 0), std::string::npos);
+  }
+  // The world's long steps stop on their own too.
+  auto world = SyntheticWorld::Create(SmallWorld(), ActionBase::Default());
+  ASSERT_TRUE(world);
+  const SyntheticPatient p = world->Sample(1, 0);
+  auto rendered = world->Render(p, false, [] { return true; });
+  ASSERT_FALSE(rendered);
+  EXPECT_EQ(rendered.error().code, ErrorCode::kCancelled);
+  auto full = world->Render(p);
+  ASSERT_TRUE(full);
+  auto truth = world->Truth(p, *full, [] { return true; });
+  ASSERT_FALSE(truth);
+  EXPECT_EQ(truth.error().code, ErrorCode::kCancelled);
 }
 
 TEST_F(CohortTest, ImagesFallInPortalVenousHuBands) {

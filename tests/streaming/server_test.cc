@@ -6,21 +6,30 @@
 // patients. Waits are on events, with bounds; no sleep is used to synchronise.
 #include "mewm/streaming/server.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <thread>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
+#include "../../streaming/src/metrics.h"  // RenderPrometheus, private to the module
 #include "../scenarios/planning_fixture.h"
 #include "mewm/core/file_util.h"
+#include "mewm/streaming/admission.h"
 #include "mewm/streaming/client.h"
 
 namespace mewm::streaming {
@@ -892,6 +901,261 @@ TEST_F(ServerTest, RealRunnerStreamsPlansWithVerifiedVolumeFrames) {
   ASSERT_EQ(health->stages.size(), 4u);
   EXPECT_GT(health->stages[1].count, 0u);  // dynamics batches were timed
   EXPECT_EQ(health->models_loaded.size(), 3u);
+}
+
+TEST_F(ServerTest, SubmitsTheDispatchFuzzerFoundGetErrorRepliesNotACrash) {
+  StartServer(Options(), Scripted({}));
+  auto client = NewClient();
+  // A missing [run] and a top-level `__missing__` key: ParseScenario threw and the server died.
+  for (const std::string& toml : {std::string("__missing__ = 1\n"),
+                                  std::string("__missing__ = \"x\"\n[dynamics]\nsamples = 4\n")}) {
+    auto reply = client->Call(Request{"", "", SubmitRequest{toml, "", ""}});
+    ASSERT_TRUE(reply) << reply.error().message;
+    const auto* error = std::get_if<ErrorReply>(&reply->body);
+    ASSERT_NE(error, nullptr);
+    EXPECT_EQ(error->code, ReplyError::kInvalidScenario) << error->message;
+  }
+  EXPECT_TRUE(client->GetHealth());  // still serving
+}
+
+TEST_F(ServerTest, MetricsStayAnswerableWhileManyConnectionsStall) {
+  ServerOptions options = Options();
+  options.metrics_port = 0;
+  StartServer(options, Scripted({}));
+  ASSERT_GT(server_->metrics_port(), 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(std::uint16_t(server_->metrics_port()));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  // Clients that connect and never finish a request: silent ones, and ones stuck mid-request.
+  std::vector<int> stalled;
+  const auto stall = [&](int count) {
+    for (int i = 0; i < count; ++i) {
+      const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      ASSERT_GE(fd, 0);
+      ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+      if (i % 2 == 1) {
+        ASSERT_GT(::send(fd, "GET /metrics HTTP/1.1\r\n", 23, MSG_NOSIGNAL), 0);
+      }
+      stalled.push_back(fd);
+    }
+  };
+  const auto scrape = [&] {
+    httplib::Client http("127.0.0.1", server_->metrics_port());
+    http.set_connection_timeout(3);
+    http.set_read_timeout(3);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto response = http.Get("/metrics");
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_TRUE(response);
+    if (response) {
+      EXPECT_EQ(response->status, 200);
+    }
+    return seconds;
+  };
+  stall(40);
+  const double with_40 = scrape();
+  EXPECT_LT(with_40, 1.0);
+  stall(160);  // more than the endpoint keeps open: the oldest make room
+  const double with_200 = scrape();
+  EXPECT_LT(with_200, 1.0);
+  std::printf("GET /metrics: %.3f s with 40 stalled connections, %.3f s with 200\n", with_40,
+              with_200);
+  // Stalled connections are closed by the server within its deadline (2 s), not held.
+  const int last = stalled.back();
+  timeval timeout{5, 0};
+  ::setsockopt(last, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  char byte;
+  const auto t0 = std::chrono::steady_clock::now();
+  const ssize_t n = ::recv(last, &byte, 1, 0);
+  const double closed_after =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_TRUE(n == 0 || (n < 0 && errno == ECONNRESET)) << n << " " << std::strerror(errno);
+  EXPECT_LT(closed_after, 4.0);
+  for (int fd : stalled) ::close(fd);
+  EXPECT_LT(scrape(), 1.0);
+}
+
+TEST(MetricsTest, ValuesArePrintedExactly) {
+  Health health;
+  health.uptime_seconds = 123456.789012345;
+  health.queue_depth = 3;
+  health.events_published = 12345678901234567ull;
+  StageMetrics stages;
+  stages.Observe("dynamics", 4321.1234375);  // a whole number of ns: the sum is exact
+  const std::string text = RenderPrometheus(health, stages);
+  // Shortest round-trip decimals, integers as integers (6 significant digits would print 123457).
+  EXPECT_NE(text.find("\nmewm_uptime_seconds 123456.789012345\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("\nmewm_queue_depth 3\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("\nmewm_events_published_total 12345678901234567\n"), std::string::npos);
+  EXPECT_NE(text.find("\nmewm_stage_seconds_sum{stage=\"dynamics\"} 4321.1234375\n"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("mewm_stage_seconds_bucket{stage=\"dynamics\",le=\"1e-05\"} 0\n"),
+            std::string::npos)
+      << text;
+}
+
+TEST_F(ServerTest, SubmitsOverAnAdmissionLimitAreRefusedNamingTheLimit) {
+  ServerOptions options = Options();
+  StartServer(options, Scripted({}));
+  auto client = NewClient();
+  const auto refusal = [&](const std::string& toml) -> std::string {
+    auto reply = client->Call(Request{"", "", SubmitRequest{toml, "", ""}});
+    EXPECT_TRUE(reply);
+    if (!reply) return "";
+    const auto* error = std::get_if<ErrorReply>(&reply->body);
+    EXPECT_NE(error, nullptr) << "admitted: " << toml;
+    if (error == nullptr) return "";
+    EXPECT_EQ(error->code, ReplyError::kOverLimit) << error->message;
+    return error->message;
+  };
+  // The default limits refuse 100000 patients at 0.5 mm (days of work, terabytes).
+  std::string huge = Toml();
+  huge.replace(huge.find("n = 2"), 5, "n = 100000");
+  huge.replace(huge.find("spacing_mm = 2.0"), 16, "spacing_mm = 0.5");
+  const std::string message = refusal(huge);
+  for (const char* named : {"patients", "--max-patients", "voxels", "--max-voxels", "disk",
+                            "--max-disk-gb", "time", "--max-hours"}) {
+    EXPECT_NE(message.find(named), std::string::npos) << named << ": " << message;
+  }
+  std::string wide = Toml();
+  wide.replace(wide.find("beams = 2\nsamples = 2"), 21, "beams = 64\nsamples = 64");
+  EXPECT_NE(refusal(wide).find("beams x samples"), std::string::npos);
+  // Nothing was queued or written; the refusals are counted.
+  EXPECT_TRUE(client->ListRuns()->empty());
+  EXPECT_FALSE(fs::exists(dir_.File("results/runs")));
+  auto health = client->GetHealth();
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->rejected_submits, 2u);
+  // Health reports the limits in force.
+  const AdmissionLimits defaults;
+  EXPECT_EQ(health->limits.max_patients, defaults.max_patients);
+  EXPECT_EQ(health->limits.max_voxels, defaults.max_voxels);
+  EXPECT_EQ(health->limits.max_beam_samples, defaults.max_beam_samples);
+  EXPECT_EQ(health->limits.max_disk_bytes, defaults.max_disk_bytes);
+  EXPECT_EQ(health->limits.max_seconds, defaults.max_seconds);
+  // The usual scenario is admitted.
+  WatchToEnd(*client, SubmitOk(*client));
+  StopServer();
+
+  // Each limit is configurable and named on its own.
+  options.limits.max_patients = 1;
+  options.limits.max_voxels = 1000;
+  options.limits.max_beam_samples = 3;
+  options.limits.max_disk_bytes = 1000;
+  options.limits.max_seconds = 1.0;
+  StartServer(options, Scripted({}));
+  client = NewClient();
+  const std::string all = refusal(Toml());
+  for (const char* named : {"cohort.n = 2 is over the limit of 1", "over the limit of 1000 (",
+                            "= 4 is over the limit of 3", "--max-disk-gb", "--max-hours"}) {
+    EXPECT_NE(all.find(named), std::string::npos) << named << ": " << all;
+  }
+  health = client->GetHealth();
+  EXPECT_EQ(health->limits.max_patients, 1);
+  EXPECT_EQ(health->limits.max_voxels, 1000u);
+  EXPECT_EQ(health->limits.max_beam_samples, 3);
+  EXPECT_EQ(health->limits.max_disk_bytes, 1000u);
+  EXPECT_EQ(health->limits.max_seconds, 1.0);
+  StopServer();
+  options.limits = AdmissionLimits{0, 0, 0, 0, 0.0};  // 0 = no limit
+  StartServer(options, Scripted({}));
+  client = NewClient();
+  WatchToEnd(*client, SubmitOk(*client, huge));  // scripted: nothing is generated
+}
+
+TEST_F(ServerTest, DefaultAdmissionLimitsAdmitTheShippedScenarios) {
+  int checked = 0;
+  for (const auto& entry : fs::directory_iterator(fs::path(MEWM_SOURCE_DIR) / "scenarios")) {
+    const fs::path file = entry.path() / "scenario.toml";
+    if (!fs::exists(file)) continue;
+    auto spec = scenarios::LoadScenario(file.string());
+    ASSERT_TRUE(spec) << spec.error().message;
+    const CostEstimate cost = EstimateCost(*spec);
+    EXPECT_TRUE(CheckAdmission(cost, AdmissionLimits{})) << file;
+    std::printf("%s: %d patients, %llu voxels, %d beam samples, %.1f GB, %.2f h (estimated)\n",
+                file.parent_path().filename().c_str(), cost.patients,
+                static_cast<unsigned long long>(cost.voxels), cost.beam_samples,
+                double(cost.disk_bytes) / 1e9, cost.seconds / 3600.0);
+    ++checked;
+  }
+  EXPECT_GE(checked, 3);
+}
+
+/// Waits (bounded) until a file or folder whose name starts with `prefix` exists under `root`.
+bool WaitForPathUnder(const fs::path& root, const std::string& prefix) {
+  for (int i = 0; i < 3000; ++i) {
+    std::error_code ec;
+    for (auto it = fs::recursive_directory_iterator(root, ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      if (it->path().filename().string().rfind(prefix, 0) == 0) return true;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  return false;
+}
+
+class SlowCohortTest : public ServerTest {
+ protected:
+  /// A real run whose synthetic cohort takes tens of seconds to generate (8 patients at 1 mm).
+  std::string SubmitSlowCohort(Client& client) {
+    std::string toml = Toml();
+    toml.replace(toml.find("n = 2"), 5, "n = 8");
+    toml.replace(toml.find("spacing_mm = 2.0"), 16, "spacing_mm = 1.0");
+    const std::string id = SubmitOk(client, toml);
+    // Generation has begun once a patient's temporary folder (.tmp-P0001-<pid>) appears.
+    EXPECT_TRUE(WaitForPathUnder(dir_.File("results"), ".tmp-P"));
+    return id;
+  }
+
+  /// The generated cohort folder is not a complete cohort: no manifest, no temporary folders.
+  void ExpectNoHalfWrittenCohort() {
+    std::error_code ec;
+    for (auto it = fs::recursive_directory_iterator(dir_.File("results"), ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      EXPECT_NE(it->path().filename(), "manifest.json") << it->path();
+      EXPECT_NE(it->path().filename().string().rfind(".tmp-", 0), 0u) << it->path();
+    }
+  }
+};
+
+TEST_F(SlowCohortTest, CancelStopsCohortGenerationWithinTwoSeconds) {
+  StartServer(Options(), RunWithRunner);
+  auto client = NewClient();
+  const std::string id = SubmitSlowCohort(*client);
+  auto watcher = NewClient();
+  std::vector<Event> events;
+  std::thread watch([&] { events = WatchToEnd(*watcher, id); });
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(client->Cancel(id));
+  watch.join();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("cancel during cohort generation: run_cancelled after %.3f s\n", seconds);
+  EXPECT_LT(seconds, 2.0);
+  ASSERT_FALSE(events.empty());
+  EXPECT_TRUE(std::holds_alternative<scenarios::RunCancelled>(events.back().body))
+      << scenarios::EventToJson(events.back());
+  EXPECT_EQ(client->GetStatus(id)->state, RunState::kCancelled);
+  ExpectNoHalfWrittenCohort();
+}
+
+TEST_F(SlowCohortTest, ShutdownStopsCohortGenerationWithinTwoSeconds) {
+  StartServer(Options(), RunWithRunner);
+  auto client = NewClient();
+  const std::string id = SubmitSlowCohort(*client);
+  const auto t0 = std::chrono::steady_clock::now();
+  server_->Stop();  // what SIGTERM does
+  serve_thread_.join();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("shutdown during cohort generation: Serve() returned after %.3f s\n", seconds);
+  EXPECT_LT(seconds, 2.0);
+  EXPECT_TRUE(served_);
+  server_.reset();
+  ExpectNoHalfWrittenCohort();
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -582,6 +583,122 @@ TEST_F(CliStreamTest, EmbeddedRunPublishesForWatchersThatJoinLate) {
   EXPECT_EQ(run.Wait(), 0) << ReadText(dir_.File("run.log"));
   EXPECT_EQ(r.output, ReadText(dir_.File("out/events.jsonl")));
   EXPECT_NE(r.output.find("\"type\":\"run_finished\""), std::string::npos);
+}
+
+TEST_F(CliStreamTest, SigtermStopsServeWhileACohortIsGenerated) {
+  Child server({"serve", "--control", control_, "--events", events_, "--results-root",
+                dir_.File("results"), "--scenario-base", dir_.path().string()},
+               dir_.File("serve.log"));
+  ASSERT_TRUE(WaitForServer()) << ReadText(dir_.File("serve.log"));
+  // 8 patients at 1 mm: tens of seconds of generation.
+  std::string scenario = Scenario(8, "beams = 2\nsamples = 1\n");
+  scenario.replace(scenario.find("spacing_mm = 3.0"), 16, "spacing_mm = 1.0");
+  std::ofstream(dir_.File("slow.toml")) << scenario;
+  Result r = RunMewm("submit " + dir_.File("slow.toml") + Endpoints());
+  ASSERT_EQ(r.code, 0) << r.output;
+  // Generation has begun once a patient's temporary folder (.tmp-P0001-<pid>) appears.
+  bool generating = false;
+  for (int i = 0; i < 3000 && !generating; ++i) {
+    std::error_code ec;
+    for (auto it = std::filesystem::recursive_directory_iterator(dir_.File("results"), ec);
+         !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+      generating = generating || it->path().filename().string().rfind(".tmp-P", 0) == 0;
+    }
+    if (!generating) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(generating) << ReadText(dir_.File("serve.log"));
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(server.Stop(SIGTERM), 0) << ReadText(dir_.File("serve.log"));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("mewm serve exited %.3f s after SIGTERM during cohort generation\n", seconds);
+  EXPECT_LT(seconds, 2.0);
+  EXPECT_NE(ReadText(dir_.File("serve.log")).find("closed"), std::string::npos);
+}
+
+/// Runs mewm through the shell with a bound on its time (exit 124 when it would have hung).
+Result RunMewmBounded(const std::string& prefix, const std::string& args) {
+  Result r;
+  const std::string command =
+      prefix + "timeout -s KILL 20 " + std::string(MEWM_CLI) + " " + args + " 2>&1";
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) return r;
+  std::array<char, 4096> buffer{};
+  std::size_t n;
+  while ((n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0)
+    r.output.append(buffer.data(), n);
+  const int status = ::pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+TEST_F(CliStreamTest, ServeRejectsBadFlagsBeforeStarting) {
+  const std::string serve = "serve --control tcp://127.0.0.1:* --events tcp://127.0.0.1:* ";
+  std::ofstream(dir_.File("a_file")) << "not a folder\n";
+  Result r = RunMewmBounded("", serve + "--results-root " + dir_.File("a_file"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.code, 137) << "it served";
+  EXPECT_NE(r.output.find("--results-root"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("not a folder"), std::string::npos) << r.output;
+  r = RunMewmBounded("", serve + "--results-root " + dir_.File("a_file/below"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.code, 137) << "it served";
+  EXPECT_NE(r.output.find("is not a folder"), std::string::npos) << r.output;
+  r = RunMewmBounded("", serve + "--metrics-port 99999 --results-root " + dir_.File("results"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.code, 137) << "it served";
+  EXPECT_NE(r.output.find("--metrics-port"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("99999"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("results")));  // nothing started
+  for (const char* bad : {"--max-patients -1", "--queue 0", "--max-hours -2"}) {
+    r = RunMewmBounded("", serve + bad + " --results-root " + dir_.File("results"));
+    EXPECT_NE(r.code, 0) << bad;
+    EXPECT_NE(r.code, 137) << bad << ": it served";
+    EXPECT_NE(r.output.find(std::string(bad).substr(0, std::string(bad).find(' '))),
+              std::string::npos)
+        << r.output;
+  }
+  for (const char* command : {"status", "submit x.toml", "watch", "cancel x"}) {
+    r = RunMewmBounded("", std::string(command) + " --timeout-ms -1" + Endpoints());
+    EXPECT_NE(r.code, 0) << command;
+    EXPECT_NE(r.output.find("--timeout-ms"), std::string::npos) << command << ": " << r.output;
+    EXPECT_EQ(r.output.find("no reply"), std::string::npos) << command << ": " << r.output;
+  }
+}
+
+TEST_F(CliStreamTest, KeygenCreatesAPrivateKeyAndNeverOverwritesOneSilently) {
+  // Even with a permissive umask the secret key is 0600 (it is created so, never chmodded later).
+  const std::string base = dir_.File("server");
+  Result r = RunMewmBounded("umask 000; ", "keygen " + base);
+  ASSERT_EQ(r.code, 0) << r.output;
+  struct stat st {};
+  ASSERT_EQ(::stat((base + ".key").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  ASSERT_EQ(::stat((base + ".pub").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0644u);
+  const std::string secret = ReadText(base + ".key"), public_key = ReadText(base + ".pub");
+  // A second keygen on the same base refuses and says what to do; the keys stay as they were.
+  r = RunMewmBounded("", "keygen " + base);
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("already exists"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--force"), std::string::npos) << r.output;
+  EXPECT_EQ(ReadText(base + ".key"), secret);
+  EXPECT_EQ(ReadText(base + ".pub"), public_key);
+  // A public key left alone (a lost secret) also stops it, and no secret is written beside it.
+  std::filesystem::remove(base + ".key");
+  r = RunMewmBounded("", "keygen " + base);
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(base + ".key"));
+  // --force replaces the pair, still 0600.
+  r = RunMewmBounded("umask 000; ", "keygen --force " + base);
+  ASSERT_EQ(r.code, 0) << r.output;
+  ASSERT_EQ(::stat((base + ".key").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_NE(ReadText(base + ".pub"), public_key);
+  // Where the key cannot be created, it fails and says where.
+  r = RunMewmBounded("", "keygen " + dir_.File("no/such/folder/k"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("no/such/folder/k.key"), std::string::npos) << r.output;
 }
 
 }  // namespace

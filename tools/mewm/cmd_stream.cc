@@ -3,6 +3,8 @@
 //
 // The streaming commands: `mewm serve`, `submit`, `watch`, `status`, `cancel` and `keygen`
 // (docs/PROTOCOL.md).
+#include <unistd.h>
+
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -51,8 +53,36 @@ void AddClientFlags(CLI::App& app, ClientFlags* flags) {
                  "CURVE: the server's public key file (from `mewm keygen`)");
   app.add_option("--key", flags->key,
                  "CURVE: this client's key pair, BASE for BASE.key and BASE.pub (`mewm keygen`)");
-  app.add_option("--timeout-ms", flags->timeout_ms, "How long to wait for a reply")
-      ->capture_default_str();
+  app.add_option("--timeout-ms", flags->timeout_ms, "How long to wait for a reply (ms, >= 1)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 24 * 3600 * 1000));
+}
+
+/// --results-root: a folder, or a path where one can be created (its nearest existing ancestor
+/// is a writable folder). Checked when the flags are parsed, before anything starts.
+std::string CheckResultsRoot(const std::string& value) {
+  std::error_code ec;
+  fs::path path = fs::absolute(value, ec);
+  if (ec || value.empty()) return "'" + value + "' is not a usable path";
+  if (fs::exists(path, ec)) {
+    if (!fs::is_directory(path, ec)) return "'" + value + "' exists and is not a folder";
+    if (::access(path.c_str(), W_OK | X_OK) != 0) return "folder '" + value + "' is not writable";
+    return "";
+  }
+  for (fs::path parent = path.parent_path(); !parent.empty(); parent = parent.parent_path()) {
+    if (!fs::exists(parent, ec)) {
+      if (parent == parent.parent_path()) break;
+      continue;
+    }
+    if (!fs::is_directory(parent, ec)) {
+      return "cannot create '" + value + "': '" + parent.string() + "' is not a folder";
+    }
+    if (::access(parent.c_str(), W_OK | X_OK) != 0) {
+      return "cannot create '" + value + "': '" + parent.string() + "' is not writable";
+    }
+    return "";
+  }
+  return "cannot create '" + value + "'";
 }
 
 Expected<std::unique_ptr<streaming::Client>> ConnectClient(const ClientFlags& flags) {
@@ -131,26 +161,56 @@ std::string Row(const streaming::RunStatus& run) {
 Action RegisterServe(CLI::App& app) {
   auto o = std::make_shared<streaming::ServerOptions>();
   auto no_volumes = std::make_shared<bool>(false);
+  auto disk_gb = std::make_shared<double>(double(o->limits.max_disk_bytes) / 1e9);
+  auto hours = std::make_shared<double>(o->limits.max_seconds / 3600.0);
   app.add_option("--control", o->control_endpoint, "Control (ROUTER) endpoint")
       ->capture_default_str();
   app.add_option("--events", o->event_endpoint, "Event (PUB) endpoint")->capture_default_str();
   app.add_option("--results-root", o->results_root,
-                 "Every run writes under this folder; scenario paths cannot leave it")
-      ->capture_default_str();
+                 "Every run writes under this folder (created if missing); scenario paths cannot "
+                 "leave it")
+      ->capture_default_str()
+      ->check(CLI::Validator(CheckResultsRoot, "FOLDER", "a folder or a creatable path"));
   app.add_option("--scenario-base", o->scenario_base,
                  "Submitted scenarios' input files (models, manifests) must lie under this folder")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::ExistingDirectory);
   app.add_option("--queue", o->queue_capacity, "Runs that may wait; more are rejected")
-      ->capture_default_str();
-  app.add_option("--hwm", o->send_hwm, "PUB high-water mark per subscriber (messages)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  app.add_option("--hwm", o->send_hwm, "PUB high-water mark per subscriber (messages; 0 = none)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 100000000));
   app.add_option("--heartbeat-ms", o->heartbeat_ms, "Heartbeat period when idle")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::Range(1, 3600 * 1000));
   app.add_option("--max-request-bytes", o->max_request_bytes, "Larger requests get an error")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t(1), o->hard_max_message_bytes));
+  app.add_option("--max-patients", o->limits.max_patients,
+                 "Admission: refuse a synthetic cohort of more patients (0 = no limit)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 100000000));
+  app.add_option("--max-voxels", o->limits.max_voxels,
+                 "Admission: refuse more CT voxels per synthetic patient (0 = no limit; 1 mm is "
+                 "7.2 M, 0.5 mm 58 M)")
       ->capture_default_str();
+  app.add_option("--max-beam-samples", o->limits.max_beam_samples,
+                 "Admission: refuse a larger planner.beams x planner.samples (0 = no limit)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 100000000));
+  app.add_option("--max-disk-gb", *disk_gb,
+                 "Admission: refuse a run estimated to write more (GB; 0 = no limit)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1e9));
+  app.add_option("--max-hours", *hours,
+                 "Admission: refuse a run estimated to take longer (hours; 0 = no limit)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1e6));
   app.add_option("--metrics-port", o->metrics_port,
                  "Serve Prometheus metrics on this port (0 = any free port; -1 = off)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::Range(-1, 65535));
   app.add_option("--metrics-address", o->metrics_address, "Address of the metrics endpoint")
       ->capture_default_str();
   app.add_option("--curve-key", o->curve_secret_file,
@@ -160,8 +220,10 @@ Action RegisterServe(CLI::App& app) {
   app.add_flag("--finish-on-shutdown", o->finish_on_shutdown,
                "On SIGINT/SIGTERM let the active run finish (default: cancel it)");
   app.add_flag("--no-volumes", *no_volumes, "Do not send the chosen plan's .vdb frames");
-  return [o, no_volumes]() -> int {
+  return [o, no_volumes, disk_gb, hours]() -> int {
     o->publish_volumes = !*no_volumes;
+    o->limits.max_disk_bytes = std::uint64_t(*disk_gb * 1e9);
+    o->limits.max_seconds = *hours * 3600.0;
     auto server = streaming::Server::Create(*o);
     if (!server) return Fail(server.error());
     g_server.store(server->get());
@@ -264,6 +326,12 @@ Action RegisterStatus(CLI::App& app) {
         static_cast<unsigned long long>(health->bad_requests),
         static_cast<unsigned long long>(health->rejected_submits),
         static_cast<unsigned long long>(health->auth_failures));
+    const streaming::AdmissionLimits& limits = health->limits;
+    std::printf(
+        "limits: patients %d, voxels %llu, beams x samples %d, disk %.1f GB, time %.1f h "
+        "(0 = none)\n",
+        limits.max_patients, static_cast<unsigned long long>(limits.max_voxels),
+        limits.max_beam_samples, double(limits.max_disk_bytes) / 1e9, limits.max_seconds / 3600.0);
     for (const auto& model : health->models_loaded) std::printf("model %s\n", model.c_str());
     for (const auto& stage : health->stages) {
       if (stage.count == 0) continue;
@@ -296,11 +364,14 @@ Action RegisterCancel(CLI::App& app) {
 
 Action RegisterKeygen(CLI::App& app) {
   auto base = std::make_shared<std::string>();
-  app.add_option("BASE", *base, "Writes BASE.key (secret, mode 0600) and BASE.pub")->required();
-  return [base]() -> int {
+  auto force = std::make_shared<bool>(false);
+  app.add_option("BASE", *base, "Writes BASE.key (secret, created with mode 0600) and BASE.pub")
+      ->required();
+  app.add_flag("--force", *force, "Replace an existing key pair at BASE");
+  return [base, force]() -> int {
     auto keys = streaming::GenerateCurveKeyPair();
     if (!keys) return Fail(keys.error());
-    if (auto written = streaming::WriteCurveKeyPair(*keys, *base); !written) {
+    if (auto written = streaming::WriteCurveKeyPair(*keys, *base, *force); !written) {
       return Fail(written.error());
     }
     std::cout << *base << ".pub: " << keys->public_key << "\n";

@@ -47,11 +47,17 @@ struct CohortOptions {
   WorldConfig world;
   /// Called after each finished patient with (done, total); may be empty.
   std::function<void(int, int)> progress;
+  /// Polled before each patient and inside a patient's long steps (rendering slice by slice, the
+  /// exhaustive truth plan by plan, each outcome), from several threads at once; true stops the
+  /// generation with kCancelled. May be empty.
+  CancelFn cancelled;
 };
 
 /// Generates a cohort. kInvalidArgument for n <= 0, a non-empty folder without force, or a
-/// non-empty folder that is not a mewm cohort (even with force); kIo for an unwritable folder.
-/// Patients are generated in parallel; the files do not depend on the order.
+/// non-empty folder that is not a mewm cohort (even with force); kIo for an unwritable folder;
+/// kCancelled when `cancelled` stopped it. Patients are generated in parallel; the files do not
+/// depend on the order. manifest.json is written last, so a folder without it (an interrupted or
+/// cancelled generation) is never a complete cohort.
 Status GenerateCohort(const CohortOptions& options, const ActionBase& actions);
 
 /// World-validity figures (issue: the synthetic world must pass these).

@@ -43,10 +43,12 @@ Expected<Models> LoadModels(const ScenarioSpec& spec);
 Expected<std::unique_ptr<dynamics::DynamicsModel>> LoadDynamics(const ScenarioSpec& spec);
 
 /// The scenario's patients, in cohort order. A synthetic cohort is generated into
-/// `synthetic_dir` first unless a matching one (same seed, n, spacing, world version) is there.
-Expected<std::vector<CohortEntry>> PrepareCohort(
-    const ScenarioSpec& spec, const std::string& synthetic_dir,
-    const std::function<void(int, int)>& progress = {});
+/// `synthetic_dir` first unless a matching one (same seed, n, spacing, world version) is there;
+/// `cancelled` stops that generation with kCancelled (see CohortOptions::cancelled).
+Expected<std::vector<CohortEntry>> PrepareCohort(const ScenarioSpec& spec,
+                                                 const std::string& synthetic_dir,
+                                                 const std::function<void(int, int)>& progress = {},
+                                                 const std::function<bool()>& cancelled = {});
 
 struct RunOptions {
   std::string output_dir;  ///< overrides the scenario's run.output when not empty
@@ -57,7 +59,9 @@ struct RunOptions {
   /// run does not write stay; a file or folder with a name the run writes is still refused
   /// unless a mewm run wrote it.
   bool force = false;
-  std::function<bool()> cancelled;  ///< polled between simulation batches and patients
+  /// Polled between simulation batches and patients, and while a synthetic cohort is generated
+  /// (then from several threads at once: it must be thread-safe).
+  std::function<bool()> cancelled;
   /// Synthetic cohorts: called while the cohort is generated (done, total). The runner also
   /// emits a `progress` event ("cohort", done, total) for each step.
   std::function<void(int, int)> cohort_progress;

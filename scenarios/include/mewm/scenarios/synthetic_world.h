@@ -10,6 +10,7 @@
 
 #include <Eigen/Core>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,11 @@ namespace mewm::scenarios {
 
 /// Version of the generator; bump when any output of the world changes.
 inline constexpr const char* kWorldVersion = "1";
+
+/// Polled by the world's long loops (rendering slice by slice, the exhaustive truth plan by
+/// plan): returning true stops them with kCancelled. It may be called from several threads at
+/// once, so it must be thread-safe (an atomic flag). Empty = never cancelled.
+using CancelFn = std::function<bool()>;
 
 /// One HCC lesion: a deformed ellipsoid with an enhancing rim and an optional necrotic core.
 struct LesionSpec {
@@ -117,8 +123,9 @@ class SyntheticWorld {
   /// Renders the pre-treatment CT, liver mask and tumor mask (lesion k has label k+1). With
   /// `tumor_region_only`, only the lesions' neighbourhoods are rendered (identical voxels there,
   /// background elsewhere): enough for the mechanistic model, at a fraction of the cost.
-  Expected<PatientCase> Render(const SyntheticPatient& patient,
-                               bool tumor_region_only = false) const;
+  /// kCancelled when `cancelled` says so (polled once per slice).
+  Expected<PatientCase> Render(const SyntheticPatient& patient, bool tumor_region_only = false,
+                               const CancelFn& cancelled = {}) const;
 
   /// Linear predictor of the true hazard for a residual viable volume and a plan toxicity.
   double LinearPredictor(const SyntheticPatient& patient, double post_viable_ml,
@@ -126,11 +133,14 @@ class SyntheticWorld {
 
   /// Exhaustive truth: simulates every valid plan with the hidden biology, finds the optimum,
   /// and samples the event time of the administered plan. `rendered` must come from Render.
-  Expected<PatientTruth> Truth(const SyntheticPatient& patient, const PatientCase& rendered) const;
+  /// kCancelled when `cancelled` says so (polled before each plan's simulation).
+  Expected<PatientTruth> Truth(const SyntheticPatient& patient, const PatientCase& rendered,
+                               const CancelFn& cancelled = {}) const;
   /// The same, from tumor fields already built from the render (callers that also simulate
   /// outcomes build them once).
   Expected<PatientTruth> Truth(const SyntheticPatient& patient,
-                               const std::vector<dynamics::TumorField>& fields) const;
+                               const std::vector<dynamics::TumorField>& fields,
+                               const CancelFn& cancelled = {}) const;
 
  private:
   SyntheticWorld(const WorldConfig& config, const ActionBase& actions, std::vector<Plan> plans)

@@ -149,6 +149,7 @@ enum class ReplyError {
   kForbiddenPath,
   kInternal,
   kNotCancellable,
+  kOverLimit,  ///< a submit over an admission limit (the message names the limit)
 };
 const char* ToString(ReplyError code);
 
@@ -177,6 +178,17 @@ struct StageStats {
   std::uint64_t count = 0;
   double sum_seconds = 0.0;
 };
+/// Admission limits for submitted scenarios (`mewm serve --max-*`, docs/PROTOCOL.md); a submit
+/// over any of them is refused with kOverLimit naming the limit. 0 = no limit. The defaults admit
+/// the shipped scenarios and refuse, for example, 100000 patients or a 0.5 mm grid.
+struct AdmissionLimits {
+  int max_patients = 1000;                ///< synthetic cohort size
+  std::uint64_t max_voxels = 32'000'000;  ///< CT voxels per synthetic patient (1 mm: 7.2 M)
+  int max_beam_samples = 256;             ///< planner beams x samples (shipped: 20)
+  std::uint64_t max_disk_bytes = 100'000'000'000;  ///< estimated cohort + results on disk
+  double max_seconds = 48 * 3600.0;                ///< estimated wall time of one run
+};
+
 struct Health {
   double uptime_seconds = 0.0;
   int queue_depth = 0, queue_capacity = 0;
@@ -185,6 +197,7 @@ struct Health {
   std::uint64_t events_published = 0, events_dropped = 0, bad_requests = 0, rejected_submits = 0,
                 auth_failures = 0;
   std::vector<StageStats> stages;
+  AdmissionLimits limits;  ///< the server's; all 0 (none) from a server that predates them
 };
 
 struct Reply {

@@ -19,6 +19,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "mewm/core/expected.h"
 #include "mewm/scenarios/runner.h"
@@ -61,6 +62,9 @@ struct ServerOptions {
   /// List the runs found under results_root (their events.jsonl) as known runs, with status and
   /// history; one an earlier process left unfinished is ended with run_failed.
   bool recover_runs = true;
+  /// Submits whose estimated cost is over a limit are refused with `over_limit` (health reports
+  /// them). SubmitLocal is not limited.
+  AdmissionLimits limits;
 };
 
 /// Runs one scenario, emitting every event to `sink`. The server keeps events.jsonl itself
@@ -104,6 +108,9 @@ class Server {
   const std::string& public_key() const;
 
   Health health() const;
+  /// Answers one encoded control request exactly as the control socket would, without a socket:
+  /// the socket-free entry point of the request dispatch, for the dispatch fuzzer and tests.
+  std::string HandleRequestForTest(std::string_view request);
   /// Summary of the last finished run (for the embedded runner's exit code).
   Expected<scenarios::RunSummary> last_summary() const;
 
@@ -118,8 +125,11 @@ struct CurveKeyPair {
   std::string public_key, secret_key;
 };
 Expected<CurveKeyPair> GenerateCurveKeyPair();
-/// Writes "<base>.key" (secret, mode 0600) and "<base>.pub".
-Status WriteCurveKeyPair(const CurveKeyPair& keys, const std::string& base);
+/// Writes "<base>.key" (secret) and "<base>.pub". The secret key file is created with mode 0600
+/// from the start (O_CREAT | O_EXCL), never readable by others even for a moment; kInvalidArgument
+/// when either file exists and `overwrite` is false, kIo when it cannot be created. With
+/// `overwrite`, existing files are replaced atomically (a 0600 temporary file renamed).
+Status WriteCurveKeyPair(const CurveKeyPair& keys, const std::string& base, bool overwrite = false);
 /// Reads a z85 key (the first non-comment line) from a file: 40 characters or kCorruptData.
 Expected<std::string> ReadCurveKey(const std::string& path);
 

@@ -1,0 +1,91 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "mewm/streaming/admission.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <vector>
+
+#include "mewm/scenarios/synthetic_world.h"
+
+namespace mewm::streaming {
+namespace {
+
+// Measured on the 2-core VM (docs/PROTOCOL.md "Admission limits"), rounded up: a synthetic
+// patient's pre.vdb + post_administered.vdb took 4.9 bytes per CT voxel and a run's
+// post_chosen.vdb 2.5; generating 2 patients at 1 mm (7.2 M voxels each) took 16.4 s of wall time
+// (1.1 us per voxel and patient), and planning them at beams x samples = 20 took 17.3 s (0.43 s per
+// beam x sample and patient). They catch orders of magnitude; they do not predict a run.
+constexpr double kCohortBytesPerVoxel = 6.0;
+constexpr double kResultBytesPerVoxel = 3.0;
+constexpr double kGenerateSecondsPerVoxel = 1.5e-6;
+constexpr double kPlanSecondsPerBeamSample = 0.5;
+
+std::string Gb(double bytes) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1f GB", bytes / 1e9);
+  return text;
+}
+
+std::string Hours(double seconds) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1f h", seconds / 3600.0);
+  return text;
+}
+
+}  // namespace
+
+CostEstimate EstimateCost(const scenarios::ScenarioSpec& spec) {
+  CostEstimate cost;
+  cost.beam_samples = spec.planner.beams * spec.planner.samples;
+  if (spec.cohort.source != scenarios::CohortSpec::Source::kSynthetic) return cost;
+  scenarios::WorldConfig world;  // the runner generates with the default world at this spacing
+  world.spacing_mm = spec.cohort.spacing_mm;
+  cost.patients = spec.cohort.n;
+  double voxels = 1.0;
+  if (world.spacing_mm > 0.0) {
+    const Index3 extent = world.CtExtent();  // the CT lattice the world renders
+    for (int axis = 0; axis < 3; ++axis) voxels *= double(std::max<std::int64_t>(1, extent[axis]));
+  }
+  cost.voxels = std::uint64_t(voxels);
+  const double n = double(cost.patients);
+  cost.disk_bytes = std::uint64_t(n * voxels * (kCohortBytesPerVoxel + kResultBytesPerVoxel));
+  cost.seconds = n * (voxels * kGenerateSecondsPerVoxel +
+                      double(cost.beam_samples) * kPlanSecondsPerBeamSample);
+  return cost;
+}
+
+Status CheckAdmission(const CostEstimate& cost, const AdmissionLimits& limits) {
+  std::vector<std::string> over;
+  if (limits.max_patients > 0 && cost.patients > limits.max_patients) {
+    over.push_back("patients: cohort.n = " + std::to_string(cost.patients) +
+                   " is over the limit of " + std::to_string(limits.max_patients) +
+                   " (--max-patients)");
+  }
+  if (limits.max_voxels > 0 && cost.voxels > limits.max_voxels) {
+    over.push_back("voxels: " + std::to_string(cost.voxels) +
+                   " CT voxels per patient (field of view / cohort.spacing_mm) is over the limit "
+                   "of " +
+                   std::to_string(limits.max_voxels) + " (--max-voxels)");
+  }
+  if (limits.max_beam_samples > 0 && cost.beam_samples > limits.max_beam_samples) {
+    over.push_back("beams x samples: planner.beams x planner.samples = " +
+                   std::to_string(cost.beam_samples) + " is over the limit of " +
+                   std::to_string(limits.max_beam_samples) + " (--max-beam-samples)");
+  }
+  if (limits.max_disk_bytes > 0 && cost.disk_bytes > limits.max_disk_bytes) {
+    over.push_back("disk: an estimated " + Gb(double(cost.disk_bytes)) + " is over the limit of " +
+                   Gb(double(limits.max_disk_bytes)) + " (--max-disk-gb)");
+  }
+  if (limits.max_seconds > 0 && cost.seconds > limits.max_seconds) {
+    over.push_back("time: an estimated " + Hours(cost.seconds) + " is over the limit of " +
+                   Hours(limits.max_seconds) + " (--max-hours)");
+  }
+  if (over.empty()) return {};
+  std::string message = "the scenario is over the server's admission limits:";
+  for (const std::string& line : over) message += "\n  " + line;
+  return MakeError(ErrorCode::kInvalidArgument, message);
+}
+
+}  // namespace mewm::streaming
