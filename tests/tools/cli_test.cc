@@ -89,6 +89,11 @@ TEST_F(CliTest, UsageErrorsExitTwoAndNameTheProblem) {
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("unknown command 'frobnicate'"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("  run\n"), std::string::npos) << r.output;
+  // Also below a command: the subcommands of that command are listed.
+  r = RunMewm("train frobnicate --cohort x");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("unknown command 'train frobnicate'"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("  dynamics\n"), std::string::npos) << r.output;
   // CLI11's own codes (105, 106, ...) become 2: a missing argument, an unknown flag, a bad value.
   for (const char* args : {"render", "inspect --frobnicate x", "run",
                            "eval dynamics --cohort x "

@@ -27,16 +27,36 @@ namespace {
 constexpr int kExitUsage = 2;      ///< the command line is wrong: unknown command, bad flag
 constexpr int kExitInternal = 70;  ///< a bug (sysexits' EX_SOFTWARE): please report it
 
-/// The command word of argv ("" when there is none): the first argument that is neither an
-/// option nor the value of the one top-level option that takes a value.
-std::string CommandWord(int argc, char** argv) {
+/// Checks the command words of argv against the command tree: each word that follows a command
+/// with subcommands must name one of them. Returns "" when they do, else the message naming the
+/// unknown command and listing the commands at that level. Words after a command without
+/// subcommands are its arguments; options are skipped, with the value of the one top-level option
+/// that takes one.
+std::string UnknownCommand(CLI::App& app, int argc, char** argv) {
+  CLI::App* level = &app;
+  std::string path = "mewm";
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--log-level") {
       ++i;
       continue;
     }
-    if (!arg.empty() && arg[0] != '-') return arg;
+    if (arg.empty() || arg[0] == '-') continue;
+    const auto subs = level->get_subcommands([](CLI::App*) { return true; });
+    if (subs.empty()) break;
+    CLI::App* next = nullptr;
+    std::string names;
+    for (CLI::App* sub : subs) {
+      if (sub->get_name() == arg) next = sub;
+      names += "\n  " + sub->get_name();
+    }
+    if (next == nullptr) {
+      return "unknown command '" + (path == "mewm" ? arg : path.substr(5) + " " + arg) +
+             "'. The commands " + (path == "mewm" ? "are" : "of '" + path + "' are") + ":" + names +
+             "\nRun '" + path + " --help' for what each one does.";
+    }
+    level = next;
+    path += " " + arg;
   }
   return "";
 }
@@ -143,19 +163,10 @@ int main(int argc, char** argv) {
 
   AddExamples(app, "");
   // An unknown command word is named, with the list of commands, rather than CLI11's "The
-  // following arguments were not expected".
-  if (const std::string word = CommandWord(argc, argv); !word.empty()) {
-    bool known = false;
-    std::string names;
-    for (const auto& [sub, action] : actions) {
-      known = known || sub->get_name() == word;
-      names += "\n  " + sub->get_name();
-    }
-    if (!known) {
-      std::cerr << "mewm: error: unknown command '" << word << "'. The commands are:" << names
-                << "\nRun 'mewm --help' for what each one does.\n";
-      return kExitUsage;
-    }
+  // following arguments were not expected" or "A subcommand is required".
+  if (const std::string unknown = UnknownCommand(app, argc, argv); !unknown.empty()) {
+    std::cerr << "mewm: error: " << unknown << "\n";
+    return kExitUsage;
   }
   try {
     app.parse(argc, argv);
