@@ -125,9 +125,6 @@ Expected<std::string> ReadFile(const std::string& path) {
   return out.str();
 }
 
-}  // namespace mewm
-
-namespace mewm {
 namespace {
 
 /// What a stat() mode is, for "... is a FIFO, expected a regular file".
