@@ -192,6 +192,8 @@ Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields
     const int steps = std::max(1, int(std::ceil(config.follow_up_days / dt)));
     dt = config.follow_up_days / steps;
 
+    // A fresh `u` each call; clang-tidy mistakes the move at the end for a later iteration's.
+    // NOLINTNEXTLINE(bugprone-use-after-move)
     std::vector<float> u = field.density.data, next(u.size());
     const std::vector<float>& perf = field.perfusion.data;
     // Delivery of drugs and dependence on arterial supply, per voxel (tumor tissue only).

@@ -53,12 +53,10 @@ bool Better(const CandidateScore& a, const CandidateScore& b) {
 /// The state of one patient's search.
 class Search {
  public:
-  Search(const PlannerSpec& spec, const ActionBase& actions, const std::string& protocol,
-         const PatientCase& patient, std::uint64_t run_seed, dynamics::DynamicsModel& dynamics,
-         survival::SurvivalModel& survival, const PlannerObserver& observer, PlanDecision* out)
+  Search(const PlannerSpec& spec, const PatientCase& patient, std::uint64_t run_seed,
+         dynamics::DynamicsModel& dynamics, survival::SurvivalModel& survival,
+         const PlannerObserver& observer, PlanDecision* out)
       : spec_(spec),
-        actions_(actions),
-        protocol_(protocol),
         patient_(patient),
         run_seed_(run_seed),
         dynamics_(dynamics),
@@ -185,8 +183,6 @@ class Search {
   }
 
   const PlannerSpec& spec_;
-  const ActionBase& actions_;
-  const std::string& protocol_;
   const PatientCase& patient_;
   std::uint64_t run_seed_;
   dynamics::DynamicsModel& dynamics_;
@@ -269,8 +265,7 @@ Expected<PlanDecision> Planner::Plan(const PatientCase& full_patient,
   MEWM_TRY(const PatientCase patient,
            TumorRegion(full_patient, std::max(kPlanningMarginMm, dynamics_->context_margin_mm())));
   PlanDecision decision;
-  Search search(spec_, actions_, protocol_, patient, run_seed, *dynamics_, *survival_, observer,
-                &decision);
+  Search search(spec_, patient, run_seed, *dynamics_, *survival_, observer, &decision);
 
   const auto allowed = [&](const std::string& item) {
     return std::find(forbid_.begin(), forbid_.end(), item) == forbid_.end();

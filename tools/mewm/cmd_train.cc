@@ -44,7 +44,7 @@ Action RegisterTrain(CLI::App& app) {
                     "Held-out cohort: evaluate and store the numbers in the model file");
     sub->add_flag("--quiet", o->quiet, "No progress bar");
   }
-  return [o, surv, mech, dynamics]() -> int {
+  return [o, surv, dynamics]() -> int {
     if (const int rc = dynamics(); rc >= 0) return rc;
     if (auto writable = CheckWritable(o->out); !writable) return Fail(writable.error());
     const std::string command = "mewm train " +

@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -16,7 +17,7 @@ namespace {
 
 std::string Duration(double seconds) {
   char buffer[32];
-  const int s = int(seconds + 0.5);
+  const int s = int(std::lround(seconds));
   if (s >= 3600) {
     std::snprintf(buffer, sizeof(buffer), "%dh%02dm", s / 3600, (s / 60) % 60);
   } else {

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 
 #include "mewm/core/text.h"
@@ -73,8 +74,9 @@ void TerminalSink::Show(const scenarios::PlanDecided& e) {
   ClearLine();
   std::fprintf(stderr, "%-8s %-48s risk %.3f +- %.3f  median OS %s\n", e.patient_id.c_str(),
                PlanText(e.best.plan).c_str(), e.best.risk_mean, e.best.risk_std,
-               e.median_months < 0 ? "> follow-up"
-                                   : (std::to_string(int(e.median_months + 0.5)) + " mo").c_str());
+               e.median_months < 0
+                   ? "> follow-up"
+                   : (std::to_string(std::lround(e.median_months)) + " mo").c_str());
 }
 
 void TerminalSink::Show(const scenarios::PatientFinished&) { ++done_; }

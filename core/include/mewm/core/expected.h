@@ -118,7 +118,9 @@ inline Unexpected MakeError(ErrorCode code, std::string message) {
 
 /// `MEWM_TRY(auto vol, ReadVdb(path));` declares `vol` from the value, or returns the error.
 #define MEWM_TRY(decl, expr) MEWM_TRY_IMPL_(MEWM_CONCAT_(mewm_try_, __LINE__), decl, expr)
+// NOLINTBEGIN(bugprone-macro-parentheses): `tmp` is a name and `decl` a declaration.
 #define MEWM_TRY_IMPL_(tmp, decl, expr)                \
   auto tmp = (expr);                                   \
   if (!tmp.has_value()) return std::move(tmp).error(); \
   decl = std::move(tmp).value()
+// NOLINTEND(bugprone-macro-parentheses)
