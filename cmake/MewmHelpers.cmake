@@ -8,7 +8,10 @@ function(mewm_set_warnings target)
   if(MEWM_WERROR)
     target_compile_options(${target} PRIVATE -Werror)
   endif()
+  # Internal invariants (core/include/mewm/core/assert.h) are checked in Debug and sanitizer builds.
+  target_compile_definitions(${target} PRIVATE $<$<CONFIG:Debug>:MEWM_ENABLE_ASSERTS>)
   if(MEWM_SANITIZE)
+    target_compile_definitions(${target} PRIVATE MEWM_ENABLE_ASSERTS)
     target_compile_options(${target} PRIVATE -fsanitize=address,undefined -fno-omit-frame-pointer
                                              -fno-sanitize-recover=undefined)
     target_link_options(${target} PRIVATE -fsanitize=address,undefined)

@@ -8,6 +8,7 @@
 #include <optional>
 #include <set>
 
+#include "mewm/core/assert.h"
 #include "mewm/core/plan_space.h"
 #include "mewm/core/seed.h"
 
@@ -88,8 +89,11 @@ class Search {
       std::vector<SimulationRequest> batch(requests.begin() + std::ptrdiff_t(begin),
                                            requests.begin() + std::ptrdiff_t(end));
       MEWM_TRY(std::vector<SampleScore> scores, Simulate(batch));
+      MEWM_ASSERT(scores.size() == batch.size(), "one score per request");
       for (std::size_t r = 0; r < batch.size(); ++r) {
         const auto key = std::make_pair(batch[r].plan.ToString(), batch[r].sample_index);
+        MEWM_ASSERT(memo_.count(key) == 0, "plan " + key.first + " sample " +
+                                               std::to_string(key.second) + " simulated twice");
         memo_[key] = std::move(scores[r]);
         pending_.erase(key);
       }
