@@ -8,7 +8,7 @@
 #include <filesystem>
 
 #include "../core/test_env.h"
-#include "mewm/dynamics/diffusion.h"
+#include "mewm/dynamics/diffusion_backend.h"
 #include "mewm/scenarios/synthetic_world.h"
 
 namespace mewm::dynamics {

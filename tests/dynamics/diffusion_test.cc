@@ -4,7 +4,7 @@
 // The diffusion dynamics: configs, crops, a real (tiny) training run, the backend's contract
 // (conditioning, determinism, batching) and its errors. diffusion_shipped_test.cc checks the
 // shipped checkpoint.
-#include "mewm/dynamics/diffusion.h"
+#include "mewm/dynamics/diffusion_backend.h"
 
 #include <gtest/gtest.h>
 

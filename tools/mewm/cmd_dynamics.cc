@@ -11,6 +11,7 @@
 
 #include "commands.h"
 #include "mewm/core/file_util.h"
+#include "mewm/dynamics/diffusion_backend.h"
 #include "mewm/policy/guideline.h"
 #include "mewm/scenarios/dynamics_data.h"
 #include "mewm/scenarios/planner.h"

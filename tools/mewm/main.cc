@@ -10,7 +10,7 @@
 #include "commands.h"
 #include "mewm/core/log.h"
 #include "mewm/core/version.h"
-#include "mewm/dynamics/diffusion.h"
+#include "mewm/dynamics/diffusion_backend.h"
 
 namespace mewm::cli {
 

@@ -18,7 +18,7 @@
 #include <cmath>
 #include <vector>
 
-#include "mewm/dynamics/diffusion.h"
+#include "mewm/dynamics/diffusion_backend.h"
 
 namespace mewm::dynamics::nets {
 

@@ -1,0 +1,122 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// The diffusion backend's networks, as the mewm::dynamics_diffusion library defines them (the only
+// dynamics library that links libtorch; this header includes none of it): the DynamicsModel that
+// runs the autoencoder, the plan-conditioned denoiser and the batched DDIM sampler; its training;
+// the machine Turing test; and the denoiser's speed measurement. Binaries that link this library
+// call EnableDiffusionBackend() so that scenarios can create the backend by name.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mewm/core/dense.h"
+#include "mewm/core/expected.h"
+#include "mewm/dynamics/diffusion.h"
+
+namespace mewm::dynamics {
+
+/// Counters beyond DynamicsModel::evaluations() (which counts batched denoiser forwards).
+struct DiffusionCounters {
+  std::int64_t forwards = 0;         ///< batched denoiser calls
+  std::int64_t sample_forwards = 0;  ///< denoiser evaluations of one latent (rows x calls)
+  std::int64_t encodes = 0;          ///< pre-treatment crops encoded (once per patient crop)
+  std::int64_t decodes = 0;          ///< outcome crops decoded
+  std::int64_t plan_embeddings = 0;  ///< plan embeddings computed
+  double denoiser_gflop = 0.0;       ///< convolution GFLOP spent in the denoiser
+};
+
+/// The diffusion DynamicsModel. Created by CreateDiffusionDynamics.
+class DiffusionDynamics : public DynamicsModel {
+ public:
+  virtual const DiffusionConfig& config() const = 0;
+  virtual const SamplerConfig& sampler() const = 0;
+  virtual void set_sampler(const SamplerConfig& sampler) = 0;
+  virtual DiffusionCounters counters() const = 0;
+  /// Training metadata stored in the checkpoint (command, seed, data, numbers).
+  virtual const std::string& metadata_json() const = 0;
+};
+
+/// Loads the checkpoint and builds the backend. kNotFound / kCorruptData for bad files, kMismatch
+/// for a checkpoint of another config, kUnsupported for an unavailable device.
+Expected<std::unique_ptr<DiffusionDynamics>> CreateDiffusionDynamics(
+    const DiffusionBackendOptions& options);
+
+/// Installs CreateDiffusionDynamics as the registry's factory (SetDiffusionFactory in
+/// mewm/dynamics/diffusion.h); binaries that link this library call it once, from main.
+void EnableDiffusionBackend();
+
+// ---- Training ----
+
+struct DiffusionTrainOptions {
+  DiffusionConfig config;
+  std::uint64_t seed = 1;
+  int ae_steps = 1500;
+  int ae_batch = 8;
+  int ae_patch = 32;  ///< autoencoder trains on random patches of this edge (fully convolutional)
+  double ae_lr = 2e-3;
+  double kl_weight = 1e-6;
+  double edge_weight = 0.5;  ///< weight of the gradient (edge) term on the CT channel
+  int denoiser_steps = 1500;
+  int denoiser_batch = 12;
+  double denoiser_lr = 1e-3;
+  double null_plan_prob = 0.1;  ///< plan dropped to the learned null plan (for guidance)
+  double ema_decay = 0.995;
+  int validate_every = 250;
+  std::string state_dir;  ///< resumable state; "" = no resume
+  int threads = 0;
+  std::string out;            ///< checkpoint to write
+  std::string metadata_json;  ///< provenance to store (command, seed, data)
+};
+
+struct DiffusionTrainProgress {
+  std::string stage;  ///< "autoencoder" or "denoiser"
+  int step = 0, total = 0;
+  double loss = 0.0;
+  double val_loss = -1.0;  ///< < 0 when not validated at this step
+};
+
+struct DiffusionTrainReport {
+  double ae_val_l1_ct = 0.0;      ///< validation L1 of the CT channel, [-1, 1] units
+  double ae_val_mask_dice = 0.0;  ///< validation Dice of the reconstructed mask channel
+  double denoiser_val_loss = 0.0;
+  double latent_scale = 1.0;
+  double seconds = 0.0;
+  int resumed_from_step = 0;  ///< global step the run resumed from (0: fresh)
+};
+
+/// Trains the autoencoder, then the denoiser (EMA weights are shipped), and writes `options.out`.
+/// Deterministic given the seed and data. kInvalidArgument for empty or mis-shaped data.
+Expected<DiffusionTrainReport> TrainDiffusion(
+    const std::vector<DiffusionPair>& train, const std::vector<DiffusionPair>& validation,
+    const DiffusionTrainOptions& options,
+    const std::function<void(const DiffusionTrainProgress&)>& progress);
+
+// ---- Evaluation ----
+
+/// A machine Turing test: a small 3D CNN learns to tell `real` from `synthetic` crops (one
+/// channel each, same dims); AUC of the out-of-fold scores. kInvalidArgument for fewer than
+/// `folds` crops per class or mismatched dims.
+Expected<TuringTestResult> MachineTuringTest(const std::vector<DenseFloat>& real,
+                                             const std::vector<DenseFloat>& synthetic, int folds,
+                                             std::uint64_t seed, int threads = 0);
+
+/// Speed figures for docs/BENCHMARKS.md, measured in one process.
+struct DiffusionSpeed {
+  int batch = 0;
+  double denoiser_ms_per_step = 0.0;
+  double denoiser_gflop_per_step = 0.0;
+  double denoiser_gflops = 0.0;  ///< achieved GFLOP/s of the denoiser's convolutions
+  double raw_conv_gflops = 0.0;  ///< a raw conv3d at the denoiser's main shape and batch
+  double default_dispatch_ms_per_step = 0.0;  ///< the same forward through torch::conv3d
+  std::string raw_conv_shape;
+};
+
+/// Times the loaded model's denoiser at `batch` rows against a raw oneDNN conv3d.
+Expected<DiffusionSpeed> MeasureDenoiserSpeed(DiffusionDynamics& model, int batch, int iterations);
+
+}  // namespace mewm::dynamics
