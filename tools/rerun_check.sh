@@ -10,7 +10,8 @@
 #   tools/rerun_check.sh compare BASELINE_DIR  plan again and diff against BASELINE_DIR (exit 1 on
 #                                              any difference, listing it)
 #
-# Scenarios: scenarios/tace_demo (4 patients), and with MEWM_RERUN_EVAL_SHARD=1 also shard 0/10 of
+# Scenarios: scenarios/tace_demo (4 patients) with each search of MEWM_RERUN_SEARCHES (default
+# "beam reference"; "exhaustive" adds about 4 minutes), and with MEWM_RERUN_EVAL_SHARD=1 shard 0/10 of
 # scenarios/tace_cohort_eval (10 patients; its 100-patient cohort is generated once, about 15
 # minutes on 2 cores, into results/tace_cohort_eval/cohort). MEWM picks the binary (default
 # build/tools/mewm/mewm): record with the old build, rebuild, compare with the new one.
@@ -20,7 +21,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MEWM="${MEWM:-$ROOT/build/tools/mewm/mewm}"
 mode="${1:-}" baseline="${2:-}"
 if [ "$mode" != record ] && [ "$mode" != compare ] || [ -z "$baseline" ]; then
-  sed -n '5,16p' "$0"
+  sed -n '5,17p' "$0"
   exit 2
 fi
 [ -x "$MEWM" ] || { echo "rerun_check: no mewm binary at $MEWM (build first)" >&2; exit 1; }
@@ -44,7 +45,9 @@ plan() {  # plan NAME SCENARIO [ARGS...]: results in $work/runs/NAME
   (cd "$ROOT" && "$MEWM" run "$scenario" --out "$work/runs/$name" --quiet "$@" >/dev/null)
 }
 
-plan demo scenarios/tace_demo/scenario.toml
+for search in ${MEWM_RERUN_SEARCHES:-beam reference}; do
+  plan "demo_$search" scenarios/tace_demo/scenario.toml --search "$search"
+done
 if [ "${MEWM_RERUN_EVAL_SHARD:-0}" = 1 ]; then
   plan eval_shard0 scenarios/tace_cohort_eval/scenario.toml --shard 0/10
 fi

@@ -62,6 +62,10 @@ struct PlanDecision {
   PlannerCounters counters;
 };
 
+namespace detail {
+struct SearchSpace;  // scenarios/src/search.h
+}  // namespace detail
+
 class Planner {
  public:
   /// Borrowed models must outlive the planner. kInvalidArgument for a bad spec (B, T < 1,
@@ -98,6 +102,9 @@ class Planner {
         forbid_(std::move(forbid)),
         dynamics_(&dynamics),
         survival_(&survival) {}
+
+  /// The root plan and the stages' items for this proposal (forbidden items dropped).
+  Expected<detail::SearchSpace> Space(const policy::Proposal& proposal) const;
 
   PlannerSpec spec_;
   ActionBase actions_;
