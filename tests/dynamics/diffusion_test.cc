@@ -4,8 +4,6 @@
 // The diffusion dynamics: configs, crops, a real (tiny) training run, the backend's contract
 // (conditioning, determinism, batching) and its errors. diffusion_shipped_test.cc checks the
 // shipped checkpoint.
-#include "mewm/dynamics/diffusion_backend.h"
-
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -15,6 +13,7 @@
 #include "../core/test_env.h"
 #include "mewm/core/file_util.h"
 #include "mewm/core/seed.h"
+#include "mewm/dynamics/diffusion_backend.h"
 
 namespace mewm::dynamics {
 namespace {
