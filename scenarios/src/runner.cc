@@ -459,6 +459,96 @@ struct Runner::Impl {
                          {"patient_id", id},        {"run_id", run_id}, {"error", error}};
     return WriteFileAtomic((dir / "result.json").string(), result.dump(1) + "\n");
   }
+
+  /// Creates the results folder with scenario.toml and run.json (which marks it as this
+  /// scenario's), and patients/; a fresh run removes an earlier run's results (CheckFolder made
+  /// sure they are a run's). The cohort cache stays.
+  Status PrepareFolder() {
+    std::error_code ec;
+    fs::create_directories(out, ec);
+    if (ec) return MakeError(ErrorCode::kIo, "cannot create '" + out + "': " + ec.message());
+    // run.json first: it is what marks the folder as this scenario's results folder.
+    MEWM_RETURN_IF_ERROR(WriteFileAtomic((fs::path(out) / "scenario.toml").string(), spec.text));
+    const json run = {
+        {"run_id", run_id},
+        {"scenario", spec.name},
+        {"scenario_path", spec.path},
+        {"seed", std::to_string(spec.seed)},
+        {"search", ToString(spec.planner.search)},
+        {"cohort_source",
+         spec.cohort.source == CohortSpec::Source::kSynthetic ? "synthetic" : "manifest"},
+        {"cohort", spec.cohort.source == CohortSpec::Source::kSynthetic
+                       ? fs::absolute(cohort_dir).string()
+                       : fs::absolute(spec.cohort.manifest).string()},
+        {"shard", std::to_string(options.shard_index) + "/" + std::to_string(options.shard_count)}};
+    MEWM_RETURN_IF_ERROR(
+        WriteFileAtomic((fs::path(out) / "run.json").string(), run.dump(1) + "\n"));
+    fs::create_directories(fs::path(out) / "patients", ec);
+    if (ec)
+      return MakeError(ErrorCode::kIo, "cannot create '" + out + "/patients': " + ec.message());
+    if (!options.resume) {
+      // A fresh run replaces the previous results in this folder (the cohort cache stays);
+      // CheckFolder made sure that they are a run's.
+      for (const char* name : {"events.jsonl", "summary.json", "summary.csv"}) {
+        fs::remove(fs::path(out) / name, ec);
+      }
+      std::vector<fs::path> earlier;
+      for (const auto& entry : fs::directory_iterator(fs::path(out) / "patients", ec)) {
+        earlier.push_back(entry.path());
+      }
+      for (const fs::path& path : earlier) fs::remove_all(path, ec);
+    }
+    return {};
+  }
+
+  /// The entries this run plans: its shard's, less those an earlier run finished (resume).
+  Expected<std::vector<const CohortEntry*>> Select(const std::vector<CohortEntry>& entries,
+                                                   RunSummary& summary) {
+    std::vector<const CohortEntry*> todo;
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+      if (int(i % std::size_t(options.shard_count)) != options.shard_index) {
+        ++summary.skipped;
+        continue;
+      }
+      if (options.resume) {
+        MEWM_TRY(const bool done, AlreadyFinished(entries[i].id));
+        if (done) {
+          ++summary.skipped;
+          continue;
+        }
+      }
+      todo.push_back(&entries[i]);
+    }
+    return todo;
+  }
+
+  /// Plans each selected patient in turn, until done or cancelled.
+  Status PlanAll(const std::vector<const CohortEntry*>& todo, EventSink& fanout,
+                 RunSummary& summary) {
+    for (std::size_t i = 0; i < todo.size(); ++i) {
+      if (options.cancelled && options.cancelled()) {
+        summary.cancelled = true;
+        break;
+      }
+      const CohortEntry& entry = *todo[i];
+      MEWM_RETURN_IF_ERROR(Emit(fanout, PatientStarted{entry.id, int(i), int(todo.size())}));
+      PatientFinished finished;
+      const Status planned = PlanPatient(entry, fanout, &finished);
+      if (planned) {
+        ++summary.finished;
+        MEWM_RETURN_IF_ERROR(Emit(fanout, finished));
+      } else if (planned.error().code == ErrorCode::kCancelled) {
+        summary.cancelled = true;
+        break;
+      } else {
+        ++summary.failed;
+        LogWarn("patient " + entry.id + " failed: " + planned.error().message);
+        MEWM_RETURN_IF_ERROR(RecordFailure(entry.id, planned.error().message));
+        MEWM_RETURN_IF_ERROR(Emit(fanout, PatientFailed{entry.id, planned.error().message}));
+      }
+    }
+    return {};
+  }
 };
 
 Runner::Runner(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -516,41 +606,7 @@ Expected<RunSummary> Runner::Run(EventSink& sink) {
   if (m.spec.cohort.source == CohortSpec::Source::kManifest) {
     MEWM_TRY(manifest_entries, ReadManifest(m.spec.cohort.manifest));
   }
-  std::error_code ec;
-  fs::create_directories(m.out, ec);
-  if (ec) return MakeError(ErrorCode::kIo, "cannot create '" + m.out + "': " + ec.message());
-  // run.json first: it is what marks the folder as this scenario's results folder.
-  MEWM_RETURN_IF_ERROR(WriteFileAtomic((fs::path(m.out) / "scenario.toml").string(), m.spec.text));
-  const json run = {
-      {"run_id", m.run_id},
-      {"scenario", m.spec.name},
-      {"scenario_path", m.spec.path},
-      {"seed", std::to_string(m.spec.seed)},
-      {"search", ToString(m.spec.planner.search)},
-      {"cohort_source",
-       m.spec.cohort.source == CohortSpec::Source::kSynthetic ? "synthetic" : "manifest"},
-      {"cohort", m.spec.cohort.source == CohortSpec::Source::kSynthetic
-                     ? fs::absolute(m.cohort_dir).string()
-                     : fs::absolute(m.spec.cohort.manifest).string()},
-      {"shard",
-       std::to_string(m.options.shard_index) + "/" + std::to_string(m.options.shard_count)}};
-  MEWM_RETURN_IF_ERROR(
-      WriteFileAtomic((fs::path(m.out) / "run.json").string(), run.dump(1) + "\n"));
-  fs::create_directories(fs::path(m.out) / "patients", ec);
-  if (ec)
-    return MakeError(ErrorCode::kIo, "cannot create '" + m.out + "/patients': " + ec.message());
-  if (!m.options.resume) {
-    // A fresh run replaces the previous results in this folder (the cohort cache stays);
-    // CheckFolder made sure that they are a run's.
-    for (const char* name : {"events.jsonl", "summary.json", "summary.csv"}) {
-      fs::remove(fs::path(m.out) / name, ec);
-    }
-    std::vector<fs::path> earlier;
-    for (const auto& entry : fs::directory_iterator(fs::path(m.out) / "patients", ec)) {
-      earlier.push_back(entry.path());
-    }
-    for (const fs::path& path : earlier) fs::remove_all(path, ec);
-  }
+  MEWM_RETURN_IF_ERROR(m.PrepareFolder());
   const std::string events_path = (fs::path(m.out) / "events.jsonl").string();
   // A resumed run continues the earlier sequence, so the log stays one gap-free stream.
   if (m.options.resume) m.seq = last_seq;
@@ -590,45 +646,10 @@ Expected<RunSummary> Runner::Run(EventSink& sink) {
   }
   if (!prepared) return fail_run(prepared.error());
   const std::vector<CohortEntry> entries = std::move(*prepared);
-  std::vector<const CohortEntry*> todo;
-  for (std::size_t i = 0; i < entries.size(); ++i) {
-    if (int(i % std::size_t(m.options.shard_count)) != m.options.shard_index) {
-      ++summary.skipped;
-      continue;
-    }
-    if (m.options.resume) {
-      MEWM_TRY(const bool done, m.AlreadyFinished(entries[i].id));
-      if (done) {
-        ++summary.skipped;
-        continue;
-      }
-    }
-    todo.push_back(&entries[i]);
-  }
+  MEWM_TRY(const std::vector<const CohortEntry*> todo, m.Select(entries, summary));
   MEWM_RETURN_IF_ERROR(m.Emit(
       fanout, RunStarted{m.spec.name, m.out, m.spec.seed, int(todo.size()), summary.skipped}));
-  for (std::size_t i = 0; i < todo.size(); ++i) {
-    if (m.options.cancelled && m.options.cancelled()) {
-      summary.cancelled = true;
-      break;
-    }
-    const CohortEntry& entry = *todo[i];
-    MEWM_RETURN_IF_ERROR(m.Emit(fanout, PatientStarted{entry.id, int(i), int(todo.size())}));
-    PatientFinished finished;
-    const Status planned = m.PlanPatient(entry, fanout, &finished);
-    if (planned) {
-      ++summary.finished;
-      MEWM_RETURN_IF_ERROR(m.Emit(fanout, finished));
-    } else if (planned.error().code == ErrorCode::kCancelled) {
-      summary.cancelled = true;
-      break;
-    } else {
-      ++summary.failed;
-      LogWarn("patient " + entry.id + " failed: " + planned.error().message);
-      MEWM_RETURN_IF_ERROR(m.RecordFailure(entry.id, planned.error().message));
-      MEWM_RETURN_IF_ERROR(m.Emit(fanout, PatientFailed{entry.id, planned.error().message}));
-    }
-  }
+  MEWM_RETURN_IF_ERROR(m.PlanAll(todo, fanout, summary));
   MEWM_RETURN_IF_ERROR(WriteSummary(m.out));
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   if (summary.cancelled) {
