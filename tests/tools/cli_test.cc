@@ -2,9 +2,12 @@
 // SPDX-FileCopyrightText: the mewm authors
 //
 // Runs the real `mewm` binary on real files and checks exit codes, outputs and messages.
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -483,13 +486,36 @@ class Child {
   pid_t pid_ = -1;
 };
 
+/// Two loopback TCP ports that are free now: both bound with port 0 at once (so they differ),
+/// read back, then released for the server under test.
+std::pair<int, int> FreePorts() {
+  int fds[2] = {::socket(AF_INET, SOCK_STREAM, 0), ::socket(AF_INET, SOCK_STREAM, 0)};
+  int ports[2] = {0, 0};
+  for (int i = 0; i < 2; ++i) {
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof(address);
+    if (fds[i] >= 0 &&
+        ::bind(fds[i], reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
+        ::getsockname(fds[i], reinterpret_cast<sockaddr*>(&address), &length) == 0) {
+      ports[i] = ntohs(address.sin_port);
+    }
+  }
+  for (int fd : fds) {
+    if (fd >= 0) ::close(fd);
+  }
+  return {ports[0], ports[1]};
+}
+
 class CliStreamTest : public testing::VdbTest {
  protected:
   void SetUp() override {
-    // Ports from the pid, so parallel test processes do not collide.
-    const int base = 20000 + int(::getpid() % 20000) / 4 * 4;
-    control_ = "tcp://127.0.0.1:" + std::to_string(base);
-    events_ = "tcp://127.0.0.1:" + std::to_string(base + 1);
+    // Ports the kernel hands out as free, so parallel test processes do not collide (ports
+    // derived from the pid did: consecutive pids shared them).
+    const auto [control, events] = FreePorts();
+    control_ = "tcp://127.0.0.1:" + std::to_string(control);
+    events_ = "tcp://127.0.0.1:" + std::to_string(events);
     const std::filesystem::path models = std::filesystem::path(MEWM_SOURCE_DIR) / "models";
     std::filesystem::copy_file(models / "mechanistic_calibration.json", dir_.File("mech.json"));
     std::filesystem::copy_file(models / "cox_survival.json", dir_.File("cox.json"));
