@@ -133,6 +133,8 @@ struct Client::Impl {
     return Expect<SnapshotReply>(Call(Request{"", "", SnapshotRequest{run_id, after, max_events}}),
                                  "snapshot");
   }
+
+  class Watcher;
 };
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -183,187 +185,218 @@ Expected<SnapshotReply> Client::Snapshot(const std::string& run_id, std::uint64_
 }
 const WatchStats& Client::stats() const { return impl_->stats; }
 
-Status Client::Watch(
-    const WatchOptions& options,
-    const std::function<bool(const RunEvent&, const std::string& volume)>& on_event,
-    const std::function<void(const ServerEvent&)>& on_server) {
-  Impl& m = *impl_;
-  std::map<std::string, std::uint64_t> last;  // per run: the last seq delivered
-  std::set<std::string> ended;
-  bool halted = false;         // on_event asked to stop
-  bool server_closed = false;  // every-run watch: `server closing` arrived
+/// One Watch() call: what it has delivered per run, and the steps of the Clone pattern.
+class Client::Impl::Watcher {
+ public:
+  Watcher(Client& client, Impl& m, const WatchOptions& options,
+          const std::function<bool(const RunEvent&, const std::string& volume)>& on_event,
+          const std::function<void(const ServerEvent&)>& on_server)
+      : client_(client), m_(m), options_(options), on_event_(on_event), on_server_(on_server) {}
 
-  const auto deliver = [&](const RunEvent& e, const std::string& volume, bool history) {
-    last[e.event.run_id] = e.event.seq;
-    if (e.unknown_kind) {  // a newer server's event kind: keep the seq, show nothing
-      ++m.stats.unknown;
-      return;
-    }
-    if (scenarios::IsTerminal(e.event.body)) ended.insert(e.event.run_id);
-    ++m.stats.delivered;
-    if (history) ++m.stats.from_history;
-    if (!on_event(e, volume)) halted = true;
-  };
-  // Reads a run's history after the last delivered event, page by page.
-  const auto heal = [&](const std::string& run_id) -> Status {
-    for (;;) {
-      auto snapshot = m.Snapshot(run_id, last[run_id], 0);
-      if (!snapshot) return snapshot.error();
-      for (const std::string& bytes : snapshot->events) {
-        MEWM_TRY(Envelope envelope, DecodeEnvelope(bytes));
-        const auto* e = std::get_if<RunEvent>(&envelope);
-        if (e == nullptr || e->event.run_id != run_id) {
-          return MakeError(ErrorCode::kCorruptData,
-                           "snapshot of " + run_id + " holds a foreign event");
-        }
-        if (e->event.seq <= last[run_id]) continue;
-        if (e->event.seq != last[run_id] + 1) {
-          return MakeError(ErrorCode::kCorruptData, "gap in the server's history of " + run_id +
-                                                        ": after seq " +
-                                                        std::to_string(last[run_id]) + " comes " +
-                                                        std::to_string(e->event.seq));
-        }
-        deliver(*e, "", true);
-        if (halted) return {};
-      }
-      if (!snapshot->more || snapshot->events.empty()) return {};
-    }
-  };
-  const auto done = [&] {
-    return halted || server_closed || (options.stop && options.stop()) ||
-           (!options.run_id.empty() && options.until_end && ended.count(options.run_id));
-  };
-  const auto heal_all = [&]() -> Status {
-    if (!options.run_id.empty()) return heal(options.run_id);
-    for (const auto& [run_id, seq] : last) {
-      if (!ended.count(run_id)) MEWM_RETURN_IF_ERROR(heal(run_id));
-    }
-    return {};
-  };
+  Status Run();
 
-  // One message from the SUB socket: kOk to go on; an error ends the watch.
-  const auto handle = [&](std::vector<zmq::message_t>& frames) -> Status {
-    if (frames.size() < 2) {
-      return MakeError(ErrorCode::kCorruptData, "event message without an envelope frame");
+ private:
+  void Deliver(const RunEvent& e, const std::string& volume, bool history);
+  Status Heal(const std::string& run_id);
+  Status HealAll();
+  bool Done() const;
+  Status Handle(std::vector<zmq::message_t>& frames);
+  Status HandleServer(const ServerEvent& server);
+  Status HandleRun(const RunEvent& e, std::vector<zmq::message_t>& frames);
+  zmq::socket_t Subscribe();
+
+  Client& client_;
+  Impl& m_;
+  const WatchOptions& options_;
+  const std::function<bool(const RunEvent&, const std::string& volume)>& on_event_;
+  const std::function<void(const ServerEvent&)>& on_server_;
+  std::map<std::string, std::uint64_t> last_;  // per run: the last seq delivered
+  std::set<std::string> ended_;
+  bool halted_ = false;                             // on_event asked to stop
+  bool server_closed_ = false;                      // every-run watch: `server closing` arrived
+  std::vector<std::vector<zmq::message_t>> early_;  // received while subscribing
+};
+
+void Client::Impl::Watcher::Deliver(const RunEvent& e, const std::string& volume, bool history) {
+  last_[e.event.run_id] = e.event.seq;
+  if (e.unknown_kind) {  // a newer server's event kind: keep the seq, show nothing
+    ++m_.stats.unknown;
+    return;
+  }
+  if (scenarios::IsTerminal(e.event.body)) ended_.insert(e.event.run_id);
+  ++m_.stats.delivered;
+  if (history) ++m_.stats.from_history;
+  if (!on_event_(e, volume)) halted_ = true;
+}
+
+/// Reads a run's history after the last delivered event, page by page.
+Status Client::Impl::Watcher::Heal(const std::string& run_id) {
+  for (;;) {
+    auto snapshot = m_.Snapshot(run_id, last_[run_id], 0);
+    if (!snapshot) return snapshot.error();
+    for (const std::string& bytes : snapshot->events) {
+      MEWM_TRY(Envelope envelope, DecodeEnvelope(bytes));
+      const auto* e = std::get_if<RunEvent>(&envelope);
+      if (e == nullptr || e->event.run_id != run_id) {
+        return MakeError(ErrorCode::kCorruptData,
+                         "snapshot of " + run_id + " holds a foreign event");
+      }
+      if (e->event.seq <= last_[run_id]) continue;
+      if (e->event.seq != last_[run_id] + 1) {
+        return MakeError(ErrorCode::kCorruptData, "gap in the server's history of " + run_id +
+                                                      ": after seq " +
+                                                      std::to_string(last_[run_id]) + " comes " +
+                                                      std::to_string(e->event.seq));
+      }
+      Deliver(*e, "", true);
+      if (halted_) return {};
     }
-    MEWM_TRY(Envelope envelope, DecodeEnvelope(frames[1].to_string_view()));
-    if (const auto* server = std::get_if<ServerEvent>(&envelope)) {
-      ++m.stats.heartbeats;
-      if (on_server) on_server(*server);
-      if (const auto* beat = std::get_if<Heartbeat>(&server->body)) {
-        // A run further along than what we have, with nothing on the way: a missed tail.
-        // Watching every run, only runs already followed (or the active one) are healed, so
-        // recently ended runs are not replayed.
-        for (const RunSeq& run : beat->recent_runs) {
-          const bool followed = options.run_id.empty()
-                                    ? last.count(run.run_id) > 0 || run.run_id == beat->active_run
-                                    : run.run_id == options.run_id;
-          if (!followed || ended.count(run.run_id) || run.last_seq <= last[run.run_id]) continue;
-          ++m.stats.gaps;
-          if (auto healed = heal(run.run_id); !healed && healed.error().code != ErrorCode::kIo) {
-            return healed;
-          }
-        }
+    if (!snapshot->more || snapshot->events.empty()) return {};
+  }
+}
+
+Status Client::Impl::Watcher::HealAll() {
+  if (!options_.run_id.empty()) return Heal(options_.run_id);
+  for (const auto& [run_id, seq] : last_) {
+    if (!ended_.count(run_id)) MEWM_RETURN_IF_ERROR(Heal(run_id));
+  }
+  return {};
+}
+
+bool Client::Impl::Watcher::Done() const {
+  return halted_ || server_closed_ || (options_.stop && options_.stop()) ||
+         (!options_.run_id.empty() && options_.until_end && ended_.count(options_.run_id));
+}
+
+/// One message from the SUB socket: {} to go on; an error ends the watch.
+Status Client::Impl::Watcher::Handle(std::vector<zmq::message_t>& frames) {
+  if (frames.size() < 2) {
+    return MakeError(ErrorCode::kCorruptData, "event message without an envelope frame");
+  }
+  MEWM_TRY(Envelope envelope, DecodeEnvelope(frames[1].to_string_view()));
+  if (const auto* server = std::get_if<ServerEvent>(&envelope)) return HandleServer(*server);
+  return HandleRun(std::get<RunEvent>(envelope), frames);
+}
+
+Status Client::Impl::Watcher::HandleServer(const ServerEvent& server) {
+  ++m_.stats.heartbeats;
+  if (on_server_) on_server_(server);
+  if (const auto* beat = std::get_if<Heartbeat>(&server.body)) {
+    // A run further along than what we have, with nothing on the way: a missed tail.
+    // Watching every run, only runs already followed (or the active one) are healed, so
+    // recently ended runs are not replayed.
+    for (const RunSeq& run : beat->recent_runs) {
+      const bool followed = options_.run_id.empty()
+                                ? last_.count(run.run_id) > 0 || run.run_id == beat->active_run
+                                : run.run_id == options_.run_id;
+      if (!followed || ended_.count(run.run_id) || run.last_seq <= last_[run.run_id]) continue;
+      ++m_.stats.gaps;
+      if (auto healed = Heal(run.run_id); !healed && healed.error().code != ErrorCode::kIo) {
+        return healed;
       }
-      if (std::holds_alternative<ServerClosing>(server->body)) {
-        if (options.run_id.empty()) {  // following every run: the server's end is the watch's
-          server_closed = true;
-          return {};
-        }
-        return MakeError(ErrorCode::kCancelled, "the server closed (" +
-                                                    std::get<ServerClosing>(server->body).reason +
-                                                    ") before the watch ended");
-      }
+    }
+  }
+  if (std::holds_alternative<ServerClosing>(server.body)) {
+    if (options_.run_id.empty()) {  // following every run: the server's end is the watch's
+      server_closed_ = true;
       return {};
     }
-    const RunEvent& e = std::get<RunEvent>(envelope);
-    const std::string& run_id = e.event.run_id;
-    if (!options.run_id.empty() && run_id != options.run_id) return {};
-    std::string volume;
-    if (e.volume) {
-      if (frames.size() != 3 || frames[2].size() != e.volume->size_bytes ||
-          Sha256(frames[2].to_string_view()) != e.volume->sha256) {
-        return MakeError(ErrorCode::kCorruptData, "volume frame of " + run_id + " seq " +
-                                                      std::to_string(e.event.seq) +
-                                                      " does not match its size and SHA-256");
-      }
-      volume = frames[2].to_string();
-    } else if (frames.size() != 2) {
-      return MakeError(ErrorCode::kCorruptData, "unexpected frames after the envelope of " +
-                                                    run_id + " seq " + std::to_string(e.event.seq));
-    }
-    const std::uint64_t have = last.count(run_id) ? last[run_id] : 0;
-    if (e.event.seq <= have) {
-      ++m.stats.duplicates;
-      return {};
-    }
-    if (e.event.seq > have + 1) {
-      if (last.count(run_id)) ++m.stats.gaps;  // a run seen for the first time is a late join
-      last[run_id] = have;
-      if (auto healed = heal(run_id); !healed) {
-        return MakeError(ErrorCode::kCorruptData,
-                         "gap in " + run_id + ": after seq " + std::to_string(have) + " came " +
-                             std::to_string(e.event.seq) +
-                             ", and the server could not supply the missing events (" +
-                             healed.error().message + ")");
-      }
-      if (halted || e.event.seq <= last[run_id]) return {};  // the history already had it
-      if (e.event.seq != last[run_id] + 1) {
-        return MakeError(ErrorCode::kCorruptData,
-                         "gap in " + run_id + ": the server's history ends at seq " +
-                             std::to_string(last[run_id]) + " but seq " +
-                             std::to_string(e.event.seq) + " was published");
-      }
-    }
-    deliver(e, volume, false);
-    return {};
-  };
-  // Subscribes, then waits for the first message (any: a heartbeat will do) so the subscription
-  // is known to be live before the history is read. Otherwise the events published between the
-  // snapshot and the subscription taking effect would be missed with nothing after them to
-  // reveal the gap. Messages that arrive meanwhile are kept for after the history.
-  std::vector<std::vector<zmq::message_t>> early;
-  const auto subscribe = [&]() -> zmq::socket_t {
-    zmq::socket_t sub = m.OpenSubscriber(options.run_id);
-    std::vector<zmq::message_t> frames;
-    if (WaitReadable(sub, std::chrono::milliseconds(m.options.liveness_ms)) &&
-        TryReceive(sub, &frames)) {
-      early.push_back(std::move(frames));
-    }
-    return sub;
-  };
+    return MakeError(ErrorCode::kCancelled, "the server closed (" +
+                                                std::get<ServerClosing>(server.body).reason +
+                                                ") before the watch ended");
+  }
+  return {};
+}
 
+Status Client::Impl::Watcher::HandleRun(const RunEvent& e, std::vector<zmq::message_t>& frames) {
+  const std::string& run_id = e.event.run_id;
+  if (!options_.run_id.empty() && run_id != options_.run_id) return {};
+  std::string volume;
+  if (e.volume) {
+    if (frames.size() != 3 || frames[2].size() != e.volume->size_bytes ||
+        Sha256(frames[2].to_string_view()) != e.volume->sha256) {
+      return MakeError(ErrorCode::kCorruptData, "volume frame of " + run_id + " seq " +
+                                                    std::to_string(e.event.seq) +
+                                                    " does not match its size and SHA-256");
+    }
+    volume = frames[2].to_string();
+  } else if (frames.size() != 2) {
+    return MakeError(ErrorCode::kCorruptData, "unexpected frames after the envelope of " + run_id +
+                                                  " seq " + std::to_string(e.event.seq));
+  }
+  const std::uint64_t have = last_.count(run_id) ? last_[run_id] : 0;
+  if (e.event.seq <= have) {
+    ++m_.stats.duplicates;
+    return {};
+  }
+  if (e.event.seq > have + 1) {
+    if (last_.count(run_id)) ++m_.stats.gaps;  // a run seen for the first time is a late join
+    last_[run_id] = have;
+    if (auto healed = Heal(run_id); !healed) {
+      return MakeError(ErrorCode::kCorruptData,
+                       "gap in " + run_id + ": after seq " + std::to_string(have) + " came " +
+                           std::to_string(e.event.seq) +
+                           ", and the server could not supply the missing events (" +
+                           healed.error().message + ")");
+    }
+    if (halted_ || e.event.seq <= last_[run_id]) return {};  // the history already had it
+    if (e.event.seq != last_[run_id] + 1) {
+      return MakeError(ErrorCode::kCorruptData, "gap in " + run_id +
+                                                    ": the server's history ends at seq " +
+                                                    std::to_string(last_[run_id]) + " but seq " +
+                                                    std::to_string(e.event.seq) + " was published");
+    }
+  }
+  Deliver(e, volume, false);
+  return {};
+}
+
+/// Subscribes, then waits for the first message (any: a heartbeat will do) so the subscription
+/// is known to be live before the history is read. Otherwise the events published between the
+/// snapshot and the subscription taking effect would be missed with nothing after them to
+/// reveal the gap. Messages that arrive meanwhile are kept for after the history.
+zmq::socket_t Client::Impl::Watcher::Subscribe() {
+  zmq::socket_t sub = m_.OpenSubscriber(options_.run_id);
+  std::vector<zmq::message_t> frames;
+  if (WaitReadable(sub, std::chrono::milliseconds(m_.options.liveness_ms)) &&
+      TryReceive(sub, &frames)) {
+    early_.push_back(std::move(frames));
+  }
+  return sub;
+}
+
+Status Client::Impl::Watcher::Run() {
   try {
-    zmq::socket_t sub = subscribe();
-    if (options.run_id.empty()) {
+    zmq::socket_t sub = Subscribe();
+    if (options_.run_id.empty()) {
       // A server that is not up yet has no runs to catch up on: its runs will arrive live.
-      auto runs = ListRuns();
+      auto runs = client_.ListRuns();
       if (!runs && runs.error().code != ErrorCode::kIo) return runs.error();
       for (const RunStatus& run : runs ? *runs : std::vector<RunStatus>{}) {
-        if (!IsEnded(run.state)) last[run.run_id] = 0;
+        if (!IsEnded(run.state)) last_[run.run_id] = 0;
       }
     }
-    MEWM_RETURN_IF_ERROR(heal_all());
+    MEWM_RETURN_IF_ERROR(HealAll());
     auto last_traffic = Clock::now();
-    while (!done()) {
-      for (auto& frames : early) MEWM_RETURN_IF_ERROR(handle(frames));
-      early.clear();
-      if (done()) break;
+    while (!Done()) {
+      for (auto& frames : early_) MEWM_RETURN_IF_ERROR(Handle(frames));
+      early_.clear();
+      if (Done()) break;
       // Drain what is waiting first; poll only when the socket is empty (one syscall fewer per
       // event at high rates).
       std::vector<zmq::message_t> frames;
       if (TryReceive(sub, &frames)) {
         last_traffic = Clock::now();
-        MEWM_RETURN_IF_ERROR(handle(frames));
+        MEWM_RETURN_IF_ERROR(Handle(frames));
         continue;
       }
       if (!WaitReadable(sub, std::chrono::milliseconds(50))) {
-        if (Clock::now() - last_traffic > std::chrono::milliseconds(m.options.liveness_ms)) {
+        if (Clock::now() - last_traffic > std::chrono::milliseconds(m_.options.liveness_ms)) {
           // Silence: reopen the subscription, then catch up from the history.
-          sub = subscribe();
-          ++m.stats.reconnects;
+          sub = Subscribe();
+          ++m_.stats.reconnects;
           last_traffic = Clock::now();
-          if (auto healed = heal_all(); !healed) {
+          if (auto healed = HealAll(); !healed) {
             if (healed.error().code != ErrorCode::kIo) return healed;  // server away: keep trying
           }
         }
@@ -374,6 +407,13 @@ Status Client::Watch(
     return MakeError(ErrorCode::kIo, std::string("event socket: ") + e.what());
   }
   return {};
+}
+
+Status Client::Watch(
+    const WatchOptions& options,
+    const std::function<bool(const RunEvent&, const std::string& volume)>& on_event,
+    const std::function<void(const ServerEvent&)>& on_server) {
+  return Impl::Watcher(*this, *impl_, options, on_event, on_server).Run();
 }
 
 }  // namespace mewm::streaming
