@@ -254,11 +254,7 @@ PairedDifference ComparePaired(const std::vector<double>& a, const std::vector<d
   const std::size_t n = a.size();
   std::vector<double> d(n);
   for (std::size_t i = 0; i < n; ++i) d[i] = a[i] - b[i];
-  const auto mean = [](const std::vector<double>& v) {
-    double sum = 0;
-    for (double x : v) sum += x;
-    return v.empty() ? 0.0 : sum / double(v.size());
-  };
+  const auto mean = [](const std::vector<double>& v) { return scenarios::MeanStd(v).first; };
   PairedDifference out;
   out.mean = mean(d);
   if (n < 2) {
