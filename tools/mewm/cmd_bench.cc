@@ -277,10 +277,11 @@ PairedDifference ComparePaired(const std::vector<double>& a, const std::vector<d
 /// The lowest true risk among the plans the search could reach at all: plans of the truth whose
 /// items all lie in the proposal (or are mandatory or required) and that hold no forbidden item.
 /// Its gap to the true optimum is the regret the policy's exclusions cause, whatever the search.
-double BestReachableRisk(const nlohmann::json& plan_risks, const policy::Proposal& proposal,
-                         const std::vector<std::string>& mandatory,
-                         const std::vector<std::string>& require,
-                         const std::vector<std::string>& forbid) {
+Expected<double> BestReachableRisk(const nlohmann::json& plan_risks, const ActionBase& actions,
+                                   const policy::Proposal& proposal,
+                                   const std::vector<std::string>& mandatory,
+                                   const std::vector<std::string>& require,
+                                   const std::vector<std::string>& forbid) {
   std::set<std::string> allowed(proposal.drugs.begin(), proposal.drugs.end());
   allowed.insert(proposal.embolics.begin(), proposal.embolics.end());
   allowed.insert(mandatory.begin(), mandatory.end());
@@ -288,13 +289,8 @@ double BestReachableRisk(const nlohmann::json& plan_risks, const policy::Proposa
   for (const std::string& item : forbid) allowed.erase(item);
   double best = HUGE_VAL;
   for (const auto& [plan, risk] : plan_risks.items()) {
-    std::set<std::string> items;
-    for (std::size_t start = 0; start <= plan.size();) {
-      std::size_t end = plan.find('+', start);
-      if (end == std::string::npos) end = plan.size();
-      items.insert(plan.substr(start, end - start));
-      start = end + 1;
-    }
+    MEWM_TRY(const Plan parsed, actions.ParsePlan(plan));
+    const std::set<std::string> items(parsed.items().begin(), parsed.items().end());
     bool ok = std::all_of(items.begin(), items.end(),
                           [&](const std::string& item) { return allowed.count(item) > 0; });
     for (const std::string& item : require) ok = ok && items.count(item) > 0;
@@ -349,9 +345,10 @@ int RunPlannerBench(const std::string& scenario, int patients, bool exhaustive,
     if (!proposal) return Fail(proposal.error());
     const nlohmann::json& t = truth.at("patients").at(patient->id);
     const double optimal = t.at("optimal_risk").get<double>();
-    exclusion_regrets.push_back(
-        BestReachableRisk(t.at("plan_risks"), *proposal, *mandatory, spec->require, spec->forbid) -
-        optimal);
+    auto reachable = BestReachableRisk(t.at("plan_risks"), spec->actions, *proposal, *mandatory,
+                                       spec->require, spec->forbid);
+    if (!reachable) return Fail(reachable.error().WithContext("the truth of " + patient->id));
+    exclusion_regrets.push_back(*reachable - optimal);
     for (std::size_t m = 0; m < modes.size(); ++m) {
       scenarios::PlannerSpec ps = spec->planner;
       ps.search = modes[m];
