@@ -331,9 +331,12 @@ TEST_F(ServerTest, GapThatTheServerCannotFillIsAnExplicitError) {
     return EncodeEnvelope(RunEvent{
         Event{"g-1", seq, scenarios::NowNs(), scenarios::Progress{"x", 0, 1}}, "", std::nullopt});
   };
+  // One deadline bounds both the fake and the watch: a watcher that misses the gap fails the
+  // test instead of waiting forever on a server that has gone quiet.
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
   std::atomic<bool> done{false};
   std::thread fake([&] {
-    for (int i = 0; i < 2000 && !done; ++i) {
+    while (!done && std::chrono::steady_clock::now() < deadline) {
       zmq::pollitem_t item{router.handle(), 0, ZMQ_POLLIN, 0};
       if (zmq::poll(&item, 1, 5ms) > 0) {
         std::vector<zmq::message_t> frames;
@@ -365,7 +368,9 @@ TEST_F(ServerTest, GapThatTheServerCannotFillIsAnExplicitError) {
   auto client = Client::Connect(options);
   ASSERT_TRUE(client);
   std::vector<std::uint64_t> seqs;
-  const Status watched = (*client)->Watch({}, [&](const RunEvent& e, const std::string&) {
+  WatchOptions watch;
+  watch.stop = [&] { return std::chrono::steady_clock::now() > deadline; };
+  const Status watched = (*client)->Watch(watch, [&](const RunEvent& e, const std::string&) {
     seqs.push_back(e.event.seq);
     return true;
   });
