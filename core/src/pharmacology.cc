@@ -14,27 +14,33 @@ namespace {
 constexpr double kPermanent = 1e9;
 
 const std::map<std::string, ItemPhysics>& Table() {
-  // drug_class, potency (1/day), toxicity, ischemia (1/day), duration (days), lipiodol
+  // drug_class, potency (1/day), toxicity, ischemia (1/day), duration (days), lipiodol,
+  // penetration. Potencies are small next to embolization: chemoembolization adds little to
+  // bland embolization on average (docs/SYNTHETIC_WORLD.md, "Effect sizes").
   static const std::map<std::string, ItemPhysics> table = {
-      {"Raltitrexed", {"antimetabolite", 0.10, 0.06, 0.0, 0.0, false}},
-      {"Epirubicin", {"anthracycline", 0.12, 0.08, 0.0, 0.0, false}},
-      {"Idarubicin", {"anthracycline", 0.15, 0.13, 0.0, 0.0, false}},
-      {"Pirarubicin", {"anthracycline", 0.12, 0.07, 0.0, 0.0, false}},
-      {"Oxaliplatin", {"platinum", 0.11, 0.07, 0.0, 0.0, false}},
-      {"Lobaplatin", {"platinum", 0.12, 0.09, 0.0, 0.0, false}},
-      {"Cisplatin", {"platinum", 0.14, 0.13, 0.0, 0.0, false}},
-      {"Nedaplatin", {"platinum", 0.11, 0.06, 0.0, 0.0, false}},
-      {"Mitomycin", {"mitomycin", 0.12, 0.10, 0.0, 0.0, false}},
+      {"Raltitrexed", {"antimetabolite", 0.060, 0.05, 0.0, 0.0, false, 0.0}},
+      {"Epirubicin", {"anthracycline", 0.070, 0.07, 0.0, 0.0, false, 0.0}},
+      {"Idarubicin", {"anthracycline", 0.090, 0.12, 0.0, 0.0, false, 0.0}},
+      {"Pirarubicin", {"anthracycline", 0.070, 0.06, 0.0, 0.0, false, 0.0}},
+      {"Oxaliplatin", {"platinum", 0.060, 0.06, 0.0, 0.0, false, 0.0}},
+      {"Lobaplatin", {"platinum", 0.070, 0.08, 0.0, 0.0, false, 0.0}},
+      {"Cisplatin", {"platinum", 0.085, 0.12, 0.0, 0.0, false, 0.0}},
+      {"Nedaplatin", {"platinum", 0.060, 0.05, 0.0, 0.0, false, 0.0}},
+      {"Mitomycin", {"mitomycin", 0.075, 0.09, 0.0, 0.0, false, 0.0}},
       // Lipiodol: a weak, temporary embolic that carries the drugs (cTACE emulsion).
-      {"Lipiodol", {"", 0.0, 0.02, 0.03, 21.0, true}},
-      // Gelatin sponge: temporary occlusion, recanalises after about two weeks.
-      {"Gelatin Sponge", {"", 0.0, 0.03, 0.10, 14.0, false}},
-      // PVA particles: permanent occlusion (collaterals still weaken it over time).
-      {"PVA", {"", 0.0, 0.05, 0.08, kPermanent, false}},
-      // Absolute alcohol: ablative for two days; reach falls with tumor size.
-      {"Absolute Alcohol", {"", 0.0, 0.12, 0.90, 2.0, false}},
-      // NBCA glue: strong permanent cast.
-      {"NBCA", {"", 0.0, 0.09, 0.10, kPermanent, false}},
+      {"Lipiodol", {"", 0.0, 0.02, 0.05, 21.0, true, 0.0, 0.0}},
+      // Gelatin sponge: strong temporary occlusion that recanalises after about two weeks, and
+      // sooner in the large feeders of a big tumor.
+      {"Gelatin Sponge", {"", 0.0, 0.04, 0.24, 14.0, false, 0.0, -0.015}},
+      // PVA particles: permanent occlusion (collaterals still weaken it over time); too coarse
+      // for the small feeders of a small tumor.
+      {"PVA", {"", 0.0, 0.10, 0.16, kPermanent, false, 0.0, 0.012}},
+      // Absolute alcohol: ablative for two days; reach falls with tumor size; it diffuses into
+      // the margin.
+      {"Absolute Alcohol", {"", 0.0, 0.12, 0.90, 2.0, false, 0.4, -0.02}},
+      // NBCA glue: a liquid permanent cast that reaches part of the collateral margin; risk of
+      // non-target embolization.
+      {"NBCA", {"", 0.0, 0.16, 0.18, kPermanent, false, 0.2, 0.0}},
   };
   return table;
 }

@@ -44,6 +44,28 @@ double HashNormal(std::uint64_t seed, std::uint64_t counter) {
   return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
 }
 
+double ValueNoise(std::uint64_t seed, double x, double y, double z, double scale_mm) {
+  const double q[3] = {x / scale_mm, y / scale_mm, z / scale_mm};
+  double f[3], t[3];
+  for (int a = 0; a < 3; ++a) {
+    f[a] = std::floor(q[a]);
+    t[a] = q[a] - f[a];
+    t[a] = t[a] * t[a] * (3.0 - 2.0 * t[a]);
+  }
+  double v = 0.0;
+  for (int corner = 0; corner < 8; ++corner) {
+    const auto cx = std::int64_t(f[0]) + ((corner & 1) ? 1 : 0);
+    const auto cy = std::int64_t(f[1]) + ((corner & 2) ? 1 : 0);
+    const auto cz = std::int64_t(f[2]) + ((corner & 4) ? 1 : 0);
+    const double w = ((corner & 1) ? t[0] : 1 - t[0]) * ((corner & 2) ? t[1] : 1 - t[1]) *
+                     ((corner & 4) ? t[2] : 1 - t[2]);
+    const std::uint64_t key =
+        DeriveSeed(seed, {std::uint64_t(cx), std::uint64_t(cy), std::uint64_t(cz)});
+    v += w * (2.0 * (double(key >> 11) * 0x1.0p-53) - 1.0);
+  }
+  return v;
+}
+
 namespace {
 std::uint64_t Rotl(std::uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 }  // namespace

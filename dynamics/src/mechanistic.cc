@@ -18,30 +18,41 @@ namespace {
 
 constexpr double kNecrosisHu = 20.0;     // hypodense necrosis
 constexpr double kViableHuFloor = 40.0;  // below this a tumor voxel counts as necrotic
-constexpr double kNewGrowthHu = 95.0;    // viable tumor that grew into liver
+constexpr double kGrowthHu = 80.0;       // viable tumor grown into liver (washout, portal phase)
 constexpr int kSubsamples = 3;           // per axis, for partial-volume density
+constexpr double kLipiodolHu = 450.0;    // fully retained Lipiodol in dead tumor tissue
+constexpr double kPeripheryMm = 2.0;     // decay length of the collateral supply at the margin
+/// Drug kill saturates: the rates of several drugs add up to at most this (1/day), so a second
+/// drug adds less than the first.
+constexpr double kDrugCap = 0.12;
 
 /// Drug retention time constant (days); the Lipiodol emulsion doubles it.
 double DrugTau(bool lipiodol) { return lipiodol ? 8.0 : 4.0; }
 
 struct PlanEffect {
-  double drug_rate = 0.0;  ///< sum of potency x sensitivity (1/day at full delivery)
+  double drug_rate = 0.0;  ///< saturated sum of potency x sensitivity (1/day, full delivery)
   bool lipiodol = false;
+  /// Share of the peripheral collateral supply the plan still reaches (liquid agents penetrate
+  /// further than particles): 0 = none, 1 = all.
+  double penetration = 0.0;
   std::vector<ItemPhysics> embolics;
 };
 
 Expected<PlanEffect> EffectOf(const Plan& plan, const TumorBiology& biology) {
   PlanEffect effect;
+  double drug_sum = 0.0;
   for (const auto& item : plan.items()) {
     MEWM_TRY(const ItemPhysics p, PhysicsOf(item));
     if (!p.drug_class.empty()) {
       const auto cls = std::find(kDrugClasses.begin(), kDrugClasses.end(), p.drug_class);
-      effect.drug_rate += p.potency * biology.sensitivity[std::size_t(cls - kDrugClasses.begin())];
+      drug_sum += p.potency * biology.sensitivity[std::size_t(cls - kDrugClasses.begin())];
     } else {
       if (p.lipiodol) effect.lipiodol = true;
+      effect.penetration = std::max(effect.penetration, p.penetration);
       effect.embolics.push_back(p);
     }
   }
+  effect.drug_rate = kDrugCap * (1.0 - std::exp(-drug_sum / kDrugCap));
   return effect;
 }
 
@@ -49,12 +60,60 @@ Expected<PlanEffect> EffectOf(const Plan& plan, const TumorBiology& biology) {
 double IschemiaRate(const ItemPhysics& e, double t, double diameter_mm) {
   if (t >= e.duration_days) return 0.0;
   double rate = e.ischemia;
-  if (e.duration_days > 1e8) rate *= std::exp(-t / 20.0);  // collaterals take over
-  if (e.ischemia > 0.5) {
-    // Ablation (alcohol) reaches less of a large tumor.
-    rate *= std::clamp(1.3 - diameter_mm / 50.0, 0.1, 1.0);
+  if (e.duration_days > 1e8) rate *= std::exp(-t / 25.0);  // collaterals take over
+  return rate * std::clamp(1.0 + e.size_slope * (diameter_mm - 35.0), 0.1, 1.4);
+}
+
+/// Share of a tissue voxel's volume that retains Lipiodol where it dies: it follows the arterial
+/// supply, which the pre-treatment CT shows (so an image reader can predict it).
+float LipiodolUptake(float perfusion) { return std::clamp(0.25f + 0.75f * perfusion, 0.0f, 1.0f); }
+
+/// exp(-depth / kPeripheryMm) for every voxel of `tissue`, depth being a chamfer distance (mm)
+/// to the nearest voxel outside it; 0 outside.
+std::vector<float> PeripheryOf(const std::vector<bool>& tissue, const Index3& n, double h) {
+  const float big = 1e9f;
+  std::vector<float> d(tissue.size());
+  for (std::size_t x = 0; x < d.size(); ++x) d[x] = tissue[x] ? big : 0.0f;
+  const auto at = [&](std::int64_t i, std::int64_t j, std::int64_t k) {
+    return std::size_t(i + n[0] * (j + n[1] * k));
+  };
+  // Two raster passes over the 26-neighbourhood (half each way): a 3-4-5-like chamfer.
+  for (int pass = 0; pass < 2; ++pass) {
+    const int dir = pass == 0 ? 1 : -1;
+    for (std::int64_t kk = 0; kk < n[2]; ++kk) {
+      const std::int64_t k = pass == 0 ? kk : n[2] - 1 - kk;
+      for (std::int64_t jj = 0; jj < n[1]; ++jj) {
+        const std::int64_t j = pass == 0 ? jj : n[1] - 1 - jj;
+        for (std::int64_t ii = 0; ii < n[0]; ++ii) {
+          const std::int64_t i = pass == 0 ? ii : n[0] - 1 - ii;
+          float& here = d[at(i, j, k)];
+          if (here == 0.0f) continue;
+          for (int dk = -1; dk <= 0; ++dk) {
+            for (int dj = -1; dj <= 1; ++dj) {
+              for (int di = -1; di <= 1; ++di) {
+                // Neighbours already visited in this pass: earlier in raster order.
+                if (dk == 0 && (dj > 0 || (dj == 0 && di >= 0))) continue;
+                const std::int64_t a = i + dir * di, b = j + dir * dj, c = k + dir * dk;
+                const double step = h * std::sqrt(double(di * di + dj * dj + dk * dk));
+                // Beyond the lattice counts as outside the tissue.
+                const float there = (a < 0 || b < 0 || c < 0 || a >= n[0] || b >= n[1] ||
+                                     c >= n[2])
+                                        ? 0.0f
+                                        : d[at(a, b, c)];
+                here = std::min(here, float(there + step));
+              }
+            }
+          }
+        }
+      }
+    }
   }
-  return rate;
+  std::vector<float> periphery(d.size(), 0.0f);
+  for (std::size_t x = 0; x < d.size(); ++x) {
+    // Depth is measured from the boundary between voxels, half a voxel outside the first one.
+    if (tissue[x]) periphery[x] = float(std::exp(-std::max(0.0, d[x] - 0.5 * h) / kPeripheryMm));
+  }
+  return periphery;
 }
 
 TumorBiology Perturb(const TumorBiology& b, const MechanisticConfig& config, std::uint64_t seed) {
@@ -74,9 +133,11 @@ TumorBiology Perturb(const TumorBiology& b, const MechanisticConfig& config, std
     for (std::size_t k = 0; k < p.sensitivity.size(); ++k) {
       p.sensitivity[k] = std::min(50.0, p.sensitivity[k] * std::exp(sd[3 + k] * rng.Normal()));
     }
+    p.pattern_seed = DeriveSeed(seed, "collateral-pattern");  // where it spares is unknown
     return p;
   }
   const double sigma = config.sample_sigma;
+  p.pattern_seed = DeriveSeed(seed, "collateral-pattern");
   p.proliferation_per_day *= std::exp(sigma * rng.Normal());
   p.infiltration_mm2_per_day *= std::exp(sigma * rng.Normal());
   for (double& s : p.sensitivity) s *= std::exp(sigma * rng.Normal());
@@ -160,6 +221,12 @@ Expected<std::vector<TumorField>> BuildTumorFields(const PatientCase& patient,
         }
       }
     }
+    std::vector<bool> tissue(field.density.data.size());
+    for (std::size_t x = 0; x < tissue.size(); ++x) {
+      tissue[x] = field.density.data[x] > 0.0f || field.perfusion.data[x] > 0.0f;
+    }
+    field.periphery = field.density;
+    field.periphery.data = PeripheryOf(tissue, dims, config.grid_mm);
     fields.push_back(std::move(field));
   }
   return fields;
@@ -196,15 +263,38 @@ Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields
     // NOLINTNEXTLINE(bugprone-use-after-move)
     std::vector<float> u = field.density.data, next(u.size());
     const std::vector<float>& perf = field.perfusion.data;
-    // Delivery of drugs and dependence on arterial supply, per voxel (tumor tissue only).
+    const std::vector<float>& periphery = field.periphery.data;
+    // Delivery of drugs and dependence on arterial supply, per voxel (tumor tissue only). A
+    // collateral (portal) supply that particles do not cut and drugs reach less spares the
+    // margin and, in a smooth hidden pattern, patches inside; more so in hypovascular tumors.
+    // Liquid agents reach part of it. The result is the classic residual: a rim and nodules.
     const double vasc = bio.vascularity;
+    const double margin = 0.2 + 0.6 * (1.0 - vasc);
+    // Patches where the smooth pattern exceeds this level keep their supply: about a third of
+    // a hypovascular tumor, a few percent of a hypervascular one.
+    const double level = 0.15 + 0.35 * vasc;
+    const std::uint64_t pattern = DeriveSeed(bio.pattern_seed, {std::uint64_t(field.label)});
     std::vector<float> delivery(u.size()), dependence(u.size()), lipiodol(u.size(), 0.0f);
-    for (std::size_t x = 0; x < u.size(); ++x) {
-      const bool tissue = field.density.data[x] > 0.0f || perf[x] > 0.0f;
-      delivery[x] = tissue ? float((0.3 + 0.7 * perf[x]) * (0.5 + 0.5 * vasc)) : 0.0f;
-      dependence[x] = tissue ? float(perf[x] * (0.3 + 0.7 * vasc)) : 0.0f;
-      if (effect.lipiodol && tissue)
-        lipiodol[x] = float(std::clamp(perf[x] * (0.4 + 0.8 * vasc), 0.0, 1.0));
+    for (std::int64_t k = 0; k < n[2]; ++k) {
+      for (std::int64_t j = 0; j < n[1]; ++j) {
+        for (std::int64_t i = 0; i < n[0]; ++i) {
+          const auto x = std::size_t(i + n[0] * (j + n[1] * k));
+          if (!(field.density.data[x] > 0.0f || perf[x] > 0.0f)) continue;  // not tissue
+          double spared = margin * periphery[x];
+          if (bio.pattern_seed != 0) {
+            const Eigen::Vector3d w = field.density.geometry.IndexToWorld(
+                Eigen::Vector3d(double(i), double(j), double(k)));
+            const double t =
+                std::clamp((ValueNoise(pattern, w[0], w[1], w[2], 6.0) - level) / 0.2 + 0.5, 0.0,
+                           1.0);
+            spared += t * t * (3.0 - 2.0 * t);  // smoothstep: patches are spared or not
+          }
+          spared = std::clamp(spared, 0.0, 1.0) * (1.0 - effect.penetration);
+          delivery[x] = float((0.3 + 0.7 * perf[x]) * (0.5 + 0.5 * vasc) * (1.0 - 0.5 * spared));
+          dependence[x] = float((0.4 + 0.6 * perf[x]) * (0.4 + 0.6 * vasc) * (1.0 - spared));
+          if (effect.lipiodol) lipiodol[x] = LipiodolUptake(perf[x]);
+        }
+      }
     }
     const double drug_boost = effect.lipiodol ? 1.3 : 1.0;
     const double tau = DrugTau(effect.lipiodol);
@@ -246,10 +336,13 @@ Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields
       }
       u.swap(next);
     }
-    double pre = 0.0, post = 0.0;
+    double pre = 0.0, post = 0.0, pre_mask = 0.0, post_mask = 0.0;
+    const auto threshold = float(config.viable_threshold);
     for (std::size_t x = 0; x < u.size(); ++x) {
       pre += field.density.data[x];
       post += u[x];
+      pre_mask += field.density.data[x] >= threshold ? 1.0 : 0.0;
+      post_mask += u[x] >= threshold ? 1.0 : 0.0;
       if (field.density.data[x] > 0.5f) {
         tumor_voxels += 1.0;
         if (lipiodol[x] > 0.2f) covered += 1.0;
@@ -257,6 +350,8 @@ Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields
     }
     summary.pre_viable_ml += pre * voxel_ml;
     summary.post_viable_ml += post * voxel_ml;
+    summary.pre_mask_ml += pre_mask * voxel_ml;
+    summary.post_mask_ml += post_mask * voxel_ml;
     if (responses != nullptr) {
       FieldResponse r{field.density, field.density};
       r.density.data = std::move(u);
@@ -314,16 +409,17 @@ Expected<Outcome> RenderOutcome(const PatientCase& patient, const std::vector<Tu
           const bool was_tumor = tumor.getValue(ijk) == field.label;
           const std::uint64_t counter =
               std::uint64_t(i) + 0x100000ULL * (std::uint64_t(j) + 0x100000ULL * std::uint64_t(k));
-          double hu = ct.getValue(ijk);
+          const double before = ct.getValue(ijk);
           const bool is_viable = u >= config.viable_threshold;
-          if (was_tumor && !is_viable) {
-            hu = kNecrosisHu + 8.0 * HashNormal(seed, counter);
-          } else if (!was_tumor && is_viable) {
-            hu = kNewGrowthHu + 12.0 * HashNormal(seed, counter);
+          double hu = before;
+          if (was_tumor && before >= kViableHuFloor) {
+            // Viable tissue keeps its enhancement in proportion to its density; the dead part is
+            // necrosis holding the Lipiodol it retained, so residual tumor is a deposit defect.
+            const double dead = kNecrosisHu + 8.0 * HashNormal(seed, counter) + kLipiodolHu * lip;
+            hu = u * before + (1.0 - u) * dead;
+          } else if (!was_tumor && u > 0.0) {
+            hu = before + u * (kGrowthHu - before) + 12.0 * u * HashNormal(seed, counter);
           }
-          // Lipiodol stays where the tumor died; residual viable tumor shows as a deposit defect,
-          // the classic look of incomplete response after cTACE.
-          if (was_tumor && !is_viable && lip > 0.15) hu += 200.0 + 400.0 * std::min(lip, 1.0);
           ct.setValueOn(ijk, float(hu));
           if (is_viable) viable.setValueOn(ijk, 1);
           if (u > 0.01) fraction.setValueOn(ijk, float(std::min(u, 1.0)));
@@ -332,6 +428,59 @@ Expected<Outcome> RenderOutcome(const PatientCase& patient, const std::vector<Tu
     }
   }
   return out;
+}
+
+Expected<double> EstimateResidualFromImage(const PatientCase& pre, const Volume& post_ct,
+                                           const MechanisticConfig& config) {
+  if (post_ct.extent() != pre.ct.extent() ||
+      !post_ct.geometry().ApproxEquals(pre.ct.geometry(), 1e-4)) {
+    return MakeError(ErrorCode::kMismatch, "patient '" + pre.id +
+                                               "': the post-treatment CT is not on the "
+                                               "pre-treatment CT's lattice");
+  }
+  MEWM_TRY(const std::vector<TumorField> fields, BuildTumorFields(pre, config));
+  // The Lipiodol each field would retain, from its pre-treatment perfusion.
+  std::map<std::int32_t, std::pair<const TumorField*, DenseFloat>> uptake;
+  for (const TumorField& field : fields) {
+    DenseFloat lip = field.perfusion;
+    for (std::size_t x = 0; x < lip.data.size(); ++x) {
+      const bool tissue = field.density.data[x] > 0.0f || field.perfusion.data[x] > 0.0f;
+      lip.data[x] = tissue ? LipiodolUptake(field.perfusion.data[x]) : 0.0f;
+    }
+    uptake.emplace(field.label, std::make_pair(&field, std::move(lip)));
+  }
+  const Geometry& g = pre.ct.geometry();
+  auto before = pre.ct.grid().getConstAccessor();
+  auto after = post_ct.grid().getConstAccessor();
+  // Enhancing pre-treatment tumor voxels, each with its fraction of Lipiodol uptake.
+  struct Voxel {
+    double pre, post, lip;
+  };
+  std::vector<Voxel> voxels;
+  std::int64_t deposits = 0;
+  for (auto it = pre.tumor.grid().cbeginValueOn(); it; ++it) {
+    const auto found = uptake.find(*it);
+    if (*it == 0 || found == uptake.end()) continue;
+    const openvdb::CoordBBox box = it.getBoundingBox();  // a voxel, or a (rare) tile
+    for (auto voxel = box.begin(); voxel; ++voxel) {
+      const openvdb::Coord ijk = *voxel;
+      const double hu0 = before.getValue(ijk), hu1 = after.getValue(ijk);
+      if (hu0 < kViableHuFloor) continue;  // necrotic before treatment: nothing to read
+      const Eigen::Vector3d c = found->second.first->density.geometry.WorldToIndex(
+          g.IndexToWorld(Eigen::Vector3d(ijk.x(), ijk.y(), ijk.z())));
+      voxels.push_back({hu0, hu1, SampleTrilinear(found->second.second, c)});
+      if (hu1 > 200.0 && hu0 < 150.0) ++deposits;
+    }
+  }
+  // Lipiodol is on the image when a visible share of the tumor shows deposits.
+  const bool lipiodol = double(deposits) > 0.005 * double(voxels.size());
+  double viable = 0.0;
+  for (const Voxel& v : voxels) {
+    const double dead = kNecrosisHu + (lipiodol ? kLipiodolHu * v.lip : 0.0);
+    if (std::abs(v.pre - dead) < 10.0) continue;  // no contrast between the two states
+    viable += (v.post - dead) / (v.pre - dead);
+  }
+  return std::max(0.0, viable) * g.spacing.prod() / 1000.0;
 }
 
 Expected<std::unique_ptr<MechanisticDynamics>> MechanisticDynamics::Create(

@@ -17,6 +17,7 @@
 
 #include "mewm/core/file_util.h"
 #include "mewm/core/nifti_io.h"
+#include "mewm/core/pharmacology.h"
 #include "mewm/core/seed.h"
 #include "mewm/core/vdb_io.h"
 #include "mewm/survival/cox.h"
@@ -80,7 +81,9 @@ json TruthJson(const SyntheticPatient& p, const PatientTruth& t) {
   return {{"covariates", CovariatesJson(p.covariates)},
           {"biology", BiologyJson(p.biology)},
           {"pre_viable_ml", t.pre_viable_ml},
+          {"pre_mask_ml", t.pre_mask_ml},
           {"administered_plan", adm.plan.ToString()},
+          {"administered_post_mask_ml", adm.post_mask_ml},
           {"administered_risk", adm.risk},
           {"administered_post_viable_ml", adm.post_viable_ml},
           {"counterfactual_plans", cf},
@@ -339,6 +342,104 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
   return {};
 }
 
+namespace {
+
+/// Mean of per-patient values with a 95% percentile-bootstrap interval over patients (2000
+/// resamples, a fixed seed: the interval is reproducible). Non-finite values are left out.
+/// `transform` maps the mean (e.g. exp of a mean log hazard ratio).
+Figure Bootstrap(const std::vector<double>& values, double (*transform)(double) = nullptr) {
+  std::vector<double> v;
+  for (double x : values) {
+    if (std::isfinite(x)) v.push_back(x);
+  }
+  Figure f;
+  if (v.empty()) return f;
+  const auto map = [&](double m) { return transform ? transform(m) : m; };
+  double sum = 0.0;
+  for (double x : v) sum += x;
+  f.value = map(sum / double(v.size()));
+  if (v.size() < 2) return f;
+  Rng rng(DeriveSeed(0x5eed, "world-stats-bootstrap"));
+  std::vector<double> means(2000);
+  for (double& m : means) {
+    double total = 0.0;
+    for (std::size_t n = 0; n < v.size(); ++n) {
+      total += v[std::size_t(rng.UniformInt(0, std::int64_t(v.size()) - 1))];
+    }
+    m = map(total / double(v.size()));
+  }
+  std::sort(means.begin(), means.end());
+  f.lo = means[std::size_t(0.025 * double(means.size() - 1))];
+  f.hi = means[std::size_t(0.975 * double(means.size() - 1))];
+  return f;
+}
+
+double Exp(double x) { return std::exp(x); }
+
+/// The drugs among a plan's items (by the pharmacology table).
+std::vector<std::string> DrugsOf(const Plan& plan) {
+  std::vector<std::string> drugs;
+  for (const std::string& item : plan.items()) {
+    auto physics = PhysicsOf(item);
+    if (physics && !physics->drug_class.empty()) drugs.push_back(item);
+  }
+  return drugs;
+}
+
+/// The plan's embolic besides Lipiodol, or "none".
+std::string EmbolicOf(const Plan& plan) {
+  for (const std::string& item : plan.items()) {
+    auto physics = PhysicsOf(item);
+    if (physics && physics->drug_class.empty() && !physics->lipiodol) return item;
+  }
+  return "none";
+}
+
+/// mRECIST category from the viable volume before and after: 0 CR, 1 PR, 2 SD, 3 PD. Volumes
+/// stand in for diameters: -30% in diameter is 0.7^3 in volume, +20% is 1.2^3.
+int ResponseCategory(double pre_ml, double post_ml) {
+  if (post_ml < 0.1) return 0;
+  const double ratio = post_ml / std::max(pre_ml, 1e-9);
+  if (ratio <= 0.343) return 1;
+  if (ratio >= 1.728) return 3;
+  return 2;
+}
+
+/// Squared Pearson correlation of estimate and truth (NaN when either is constant).
+double Correlation2(const std::vector<std::pair<double, double>>& pairs) {
+  if (pairs.size() < 3) return std::numeric_limits<double>::quiet_NaN();
+  double ma = 0.0, mb = 0.0;
+  for (const auto& [a, b] : pairs) {
+    ma += a;
+    mb += b;
+  }
+  ma /= double(pairs.size());
+  mb /= double(pairs.size());
+  double sab = 0.0, saa = 0.0, sbb = 0.0;
+  for (const auto& [a, b] : pairs) {
+    sab += (a - ma) * (b - mb);
+    saa += (a - ma) * (a - ma);
+    sbb += (b - mb) * (b - mb);
+  }
+  return saa > 0.0 && sbb > 1e-6 ? sab * sab / (saa * sbb) : std::numeric_limits<double>::quiet_NaN();
+}
+
+/// 1 - SS_res / SS_tot of an estimate against the truth (NaN when the truth is constant).
+double RSquared(const std::vector<std::pair<double, double>>& pairs) {
+  if (pairs.size() < 2) return std::numeric_limits<double>::quiet_NaN();
+  double mean = 0.0;
+  for (const auto& [estimate, truth] : pairs) mean += truth;
+  mean /= double(pairs.size());
+  double residual = 0.0, total = 0.0;
+  for (const auto& [estimate, truth] : pairs) {
+    residual += (estimate - truth) * (estimate - truth);
+    total += (truth - mean) * (truth - mean);
+  }
+  return total > 0.0 ? 1.0 - residual / total : std::numeric_limits<double>::quiet_NaN();
+}
+
+}  // namespace
+
 Expected<WorldStats> SummarizeTruths(const std::vector<SyntheticPatient>& patients,
                                      const std::vector<PatientTruth>& truths) {
   if (patients.size() != truths.size() || patients.size() < 4) {
@@ -347,23 +448,71 @@ Expected<WorldStats> SummarizeTruths(const std::vector<SyntheticPatient>& patien
   }
   WorldStats s;
   s.patients = int(patients.size());
+  const double nan = std::numeric_limits<double>::quiet_NaN();
   std::map<std::string, int> optimal_counts;
-  std::vector<double> oracle;
+  std::vector<double> oracle, hr_median, cr, objective, pd, chemo, second, conflict;
   std::vector<survival::SurvivalRecord> records;
-  double hr_sum = 0.0;
   int events = 0;
+  std::array<int, 5> categories{};
   for (std::size_t n = 0; n < patients.size(); ++n) {
     const PatientTruth& t = truths[n];
+    std::map<std::string, double> risk_of;
     std::vector<double> risks;
-    for (const PlanTruth& pt : t.plans) risks.push_back(pt.risk);
+    for (const PlanTruth& pt : t.plans) {
+      risks.push_back(pt.risk);
+      risk_of[pt.plan.ToString()] = pt.risk;
+    }
     std::nth_element(risks.begin(), risks.begin() + long(risks.size() / 2), risks.end());
-    hr_sum += risks[risks.size() / 2] / t.plans[t.optimal].risk;
-    ++optimal_counts[t.plans[t.optimal].plan.ToString()];
-    oracle.push_back(t.plans[t.administered].linear_predictor);
+    hr_median.push_back(risks[risks.size() / 2] / t.plans[t.optimal].risk);
+    const Plan& optimal = t.plans[t.optimal].plan;
+    ++optimal_counts[optimal.ToString()];
+    s.optimal_drugs_share[std::min<std::size_t>(DrugsOf(optimal).size(), 2)] += 1.0;
+    s.optimal_embolic_share[EmbolicOf(optimal)] += 1.0;
+    conflict.push_back(patients[n].covariates.child_pugh != 'A' &&
+                               optimal.Contains("Absolute Alcohol")
+                           ? 1.0
+                           : 0.0);
+    const PlanTruth& given = t.plans[t.administered];
+    oracle.push_back(given.linear_predictor);
     records.push_back({t.event_time_months, t.event});
     events += t.event ? 1 : 0;
+    const int category = ResponseCategory(t.pre_mask_ml, given.post_mask_ml);
+    ++categories[std::size_t(category)];
+    cr.push_back(category == 0);
+    objective.push_back(category <= 1);
+    pd.push_back(category == 3);
+
+    // Chemoembolization against bland embolization, and a second drug against one, on the
+    // most used embolic (gelatin sponge) where the plan space has it.
+    const Plan bland({"Gelatin Sponge", "Lipiodol"});
+    std::vector<std::string> drugs;
+    for (const PlanTruth& pt : t.plans) {
+      for (const std::string& d : DrugsOf(pt.plan)) {
+        if (std::find(drugs.begin(), drugs.end(), d) == drugs.end()) drugs.push_back(d);
+      }
+    }
+    const auto risk = [&](const Plan& plan) {
+      auto it = risk_of.find(plan.ToString());
+      return it == risk_of.end() ? nan : it->second;
+    };
+    double chemo_sum = 0.0, second_sum = 0.0;
+    int chemo_n = 0, second_n = 0;
+    for (const std::string& d1 : drugs) {
+      const double one = risk(bland.With(d1));
+      if (!std::isfinite(one) || !std::isfinite(risk(bland))) continue;
+      chemo_sum += std::log(one / risk(bland));
+      ++chemo_n;
+      for (const std::string& d2 : drugs) {
+        const double two = risk(bland.With(d1).With(d2));
+        if (d2 == d1 || !std::isfinite(two)) continue;
+        second_sum += std::log(two / one);
+        ++second_n;
+      }
+    }
+    chemo.push_back(chemo_n ? chemo_sum / chemo_n : nan);
+    second.push_back(second_n ? second_sum / second_n : nan);
   }
-  s.mean_hr_median_vs_optimal = hr_sum / double(patients.size());
+  s.mean_hr_median_vs_optimal = Bootstrap(hr_median);
   s.distinct_optimal_plans = int(optimal_counts.size());
   for (const auto& [plan, count] : optimal_counts) {
     const double share = double(count) / double(patients.size());
@@ -372,14 +521,42 @@ Expected<WorldStats> SummarizeTruths(const std::vector<SyntheticPatient>& patien
       s.most_common_optimal = plan;
     }
   }
+  for (double& share : s.optimal_drugs_share) share /= double(patients.size());
+  for (auto& [embolic, share] : s.optimal_embolic_share) share /= double(patients.size());
+  s.complete_response = Bootstrap(cr);
+  s.objective_response = Bootstrap(objective);
+  s.progressive_disease = Bootstrap(pd);
+  s.partial_response = double(categories[1]) / double(patients.size());
+  s.stable_disease = double(categories[2]) / double(patients.size());
+  s.chemo_vs_bland_hr = Bootstrap(chemo, Exp);
+  s.second_drug_hr = Bootstrap(second, Exp);
+  s.guideline_conflict = Bootstrap(conflict);
   s.event_fraction = double(events) / double(patients.size());
   // Survival figures need enough events; a small cohort reports them as not measurable (NaN).
-  const double nan = std::numeric_limits<double>::quiet_NaN();
   auto oracle_c = survival::HarrellC(oracle, records);
   s.oracle_c_index = oracle_c ? *oracle_c : nan;
   MEWM_TRY(const survival::KaplanMeier km, survival::FitKaplanMeier(records));
   auto median = survival::MedianSurvival(km);
-  s.km_median_os_months = median ? *median : nan;
+  s.km_median_os_months.value = median ? *median : nan;
+  {
+    // Bootstrap of the Kaplan-Meier median (refitted per resample).
+    Rng rng(DeriveSeed(0x5eed, "world-stats-km"));
+    std::vector<double> medians;
+    for (int b = 0; b < 400; ++b) {
+      std::vector<survival::SurvivalRecord> sample;
+      for (std::size_t k = 0; k < records.size(); ++k) {
+        sample.push_back(records[std::size_t(rng.UniformInt(0, std::int64_t(records.size()) - 1))]);
+      }
+      auto fit = survival::FitKaplanMeier(sample);
+      auto m = fit ? survival::MedianSurvival(*fit) : Expected<double>(nan);
+      if (m && std::isfinite(*m)) medians.push_back(*m);
+    }
+    if (medians.size() >= 100) {
+      std::sort(medians.begin(), medians.end());
+      s.km_median_os_months.lo = medians[std::size_t(0.025 * double(medians.size() - 1))];
+      s.km_median_os_months.hi = medians[std::size_t(0.975 * double(medians.size() - 1))];
+    }
+  }
 
   // A Cox model on what a clinician sees (volumes and covariates), 2-fold cross-validated.
   const std::vector<std::string> names = {
@@ -422,30 +599,68 @@ Expected<WorldStats> SummarizeTruths(const std::vector<SyntheticPatient>& patien
 }
 
 Expected<WorldStats> SimulateWorldStats(const WorldConfig& config, const ActionBase& actions,
-                                        std::uint64_t seed, int n) {
+                                        std::uint64_t seed, int n, int visibility_plans) {
   if (n < 4) return MakeError(ErrorCode::kInvalidArgument, "world stats need at least 4 patients");
+  if (visibility_plans < 0) {
+    return MakeError(ErrorCode::kInvalidArgument, "visibility plans must be >= 0");
+  }
   MEWM_TRY(const SyntheticWorld world, SyntheticWorld::Create(config, actions));
   std::vector<SyntheticPatient> patients;
   for (int i = 0; i < n; ++i) patients.push_back(world.Sample(seed, i));
   std::vector<PatientTruth> truths(patients.size());
+  // Per patient: (image estimate, truth) of the residual for each rendered plan.
+  std::vector<std::vector<std::pair<double, double>>> visibility(patients.size());
   std::vector<std::optional<Error>> errors(patients.size());
+  const auto& mech = config.mechanistic;
   tbb::parallel_for(std::size_t(0), patients.size(), [&](std::size_t i) {
-    auto rendered = world.Render(patients[i], /*tumor_region_only=*/true);
-    if (!rendered) {
-      errors[i] = rendered.error();
-      return;
-    }
-    auto truth = world.Truth(patients[i], *rendered);
-    if (truth) {
-      truths[i] = std::move(*truth);
-    } else {
-      errors[i] = truth.error();
-    }
+    auto run = [&]() -> Status {
+      MEWM_TRY(const PatientCase rendered, world.Render(patients[i], /*tumor_region_only=*/true));
+      MEWM_TRY(const std::vector<dynamics::TumorField> fields,
+               dynamics::BuildTumorFields(rendered, mech));
+      MEWM_TRY(truths[i], world.Truth(patients[i], fields));
+      const auto& plans = truths[i].plans;
+      for (int k = 0; k < visibility_plans; ++k) {
+        // Plans spread evenly over the canonical order, offset per patient.
+        const std::size_t at = (i * 7 + std::size_t(k) * plans.size() /
+                                             std::size_t(visibility_plans)) % plans.size();
+        std::vector<dynamics::FieldResponse> responses;
+        MEWM_RETURN_IF_ERROR(dynamics::SimulateResponse(fields, patients[i].biology,
+                                                        plans[at].plan,
+                                                        patients[i].covariates.child_pugh, mech,
+                                                        /*sample_seed=*/0, &responses));
+        MEWM_TRY(const Outcome outcome,
+                 dynamics::RenderOutcome(rendered, fields, responses, plans[at].plan, 0,
+                                         DeriveSeed(patients[i].seed, {std::uint64_t(at)}), mech));
+        MEWM_TRY(const double estimate,
+                 dynamics::EstimateResidualFromImage(rendered, outcome.post_ct, mech));
+        visibility[i].emplace_back(estimate, plans[at].post_viable_ml);
+      }
+      return {};
+    };
+    if (Status done = run(); !done) errors[i] = done.error();
   });
   for (const auto& e : errors) {
     if (e) return *e;
   }
-  return SummarizeTruths(patients, truths);
+  MEWM_TRY(WorldStats stats, SummarizeTruths(patients, truths));
+  stats.seed = seed;
+  if (visibility_plans > 0) {
+    std::vector<std::pair<double, double>> pooled;
+    double within = 0.0;
+    int varying = 0;
+    for (const auto& cases : visibility) {
+      pooled.insert(pooled.end(), cases.begin(), cases.end());
+      const double r2 = Correlation2(cases);
+      if (std::isfinite(r2)) {
+        within += r2;
+        ++varying;
+      }
+    }
+    stats.visibility_cases = int(pooled.size());
+    stats.visibility_r2 = RSquared(pooled);
+    stats.visibility_within_r2 = varying ? within / varying : std::numeric_limits<double>::quiet_NaN();
+  }
+  return stats;
 }
 
 namespace {
@@ -483,6 +698,7 @@ Expected<WorldStats> ComputeCohortStats(const std::string& cohort_dir, int max_h
       MEWM_TRY(p.covariates, CovariatesFromJson(entry.at("covariates")));
       PatientTruth t;
       t.pre_viable_ml = entry.at("pre_viable_ml").get<double>();
+      t.pre_mask_ml = entry.at("pre_mask_ml").get<double>();
       t.event = entry.at("event").get<bool>();
       t.event_time_months = entry.at("event_time_months").get<double>();
       const std::string optimal = entry.at("optimal_plan").get<std::string>();
@@ -491,9 +707,15 @@ Expected<WorldStats> ComputeCohortStats(const std::string& cohort_dir, int max_h
         PlanTruth pt;
         pt.risk = risk.get<double>();
         pt.linear_predictor = std::log(pt.risk);
-        pt.plan = Plan({plan});  // only the string form is needed here
+        std::vector<std::string> items;
+        std::stringstream parts(plan);
+        for (std::string item; std::getline(parts, item, '+');) items.push_back(item);
+        pt.plan = Plan(items);
         if (plan == optimal) t.optimal = t.plans.size();
-        if (plan == administered) t.administered = t.plans.size();
+        if (plan == administered) {
+          t.administered = t.plans.size();
+          pt.post_mask_ml = entry.at("administered_post_mask_ml").get<double>();
+        }
         t.plans.push_back(pt);
       }
       patients.push_back(std::move(p));
@@ -550,32 +772,55 @@ namespace {
 
 struct Check {
   std::string what;
-  double value;
+  Figure figure;
   double lo, hi;
-  bool Passes() const { return std::isnan(value) ? true : value >= lo && value <= hi; }
+  std::string source;  ///< where the target comes from
+  bool judged = true;  ///< false: a known gap of the world, shown against its target only
+  bool Passes() const {
+    return std::isnan(figure.value) || !judged ? true : figure.value >= lo && figure.value <= hi;
+  }
 };
 
 /// Population figures are only judged on cohorts this large (smaller ones are shown, not judged).
 constexpr int kMinPatientsForPopulationChecks = 100;
 
+Figure Point(double v) { return Figure{v, std::numeric_limits<double>::quiet_NaN(),
+                                       std::numeric_limits<double>::quiet_NaN()}; }
+
 std::vector<Check> Checks(const WorldStats& s) {
   const double inf = std::numeric_limits<double>::infinity();
-  const auto pop = [&](double v) {
-    return s.patients >= kMinPatientsForPopulationChecks ? v
-                                                         : std::numeric_limits<double>::quiet_NaN();
+  const auto pop = [&](Figure f) {
+    return s.patients >= kMinPatientsForPopulationChecks ? f : Figure{};
   };
   return {
-      {"mean HR median plan / optimal plan", pop(s.mean_hr_median_vs_optimal), 1.3, inf},
-      {"largest share of one optimal plan", pop(s.max_optimal_share), 0.0, 0.35},
-      {"oracle C-index (true risk)", pop(s.oracle_c_index), 0.70, 0.85},
-      {"visible-feature Cox C-index (2-fold)", pop(s.visible_cox_c_index), 0.0,
-       s.oracle_c_index - 0.03},
-      {"Kaplan-Meier median OS (months)", pop(s.km_median_os_months), 15.0, 35.0},
-      {"liver HU", s.liver_hu, 45.0, 75.0},
-      {"viable tumor HU", s.viable_tumor_hu, 60.0, 130.0},
-      {"necrosis HU", s.necrosis_hu, 0.0, 40.0},
-      {"Lipiodol deposit HU", s.lipiodol_hu, 200.0, inf},
-      {"air HU", s.air_hu, -1000.0, -1000.0},
+      {"mean HR median plan / optimal plan", pop(s.mean_hr_median_vs_optimal), 1.3, inf,
+       "the plan must matter"},
+      {"largest share of one optimal plan", pop(Point(s.max_optimal_share)), 0.0, 0.35,
+       "no one-size-fits-all optimum"},
+      {"share of optima with two drugs", pop(Point(s.optimal_drugs_share[2])), 0.0, 0.40,
+       "most cTACE uses one agent"},
+      {"chemo- vs bland embolization HR", pop(s.chemo_vs_bland_hr), 0.80, 1.00,
+       "meta-analyses: no clear survival gain"},
+      {"HR of adding a second drug", pop(s.second_drug_hr), s.chemo_vs_bland_hr.value, inf,
+       "diminishing returns"},
+      {"complete response (mRECIST)", pop(s.complete_response), 0.15, 0.35, "about 1 in 4"},
+      {"objective response (mRECIST)", pop(s.objective_response), 0.40, 0.62,
+       "Lencioni 2016: 52.5%"},
+      {"progressive disease (mRECIST)", pop(s.progressive_disease), 0.02, 0.20,
+       "known gap: no new lesions", /*judged=*/false},
+      {"optimum forbidden by the guideline", pop(s.guideline_conflict), 0.0, 0.05, "rare"},
+      {"oracle C-index (true risk)", pop(Point(s.oracle_c_index)), 0.70, 0.85, ""},
+      {"visible-feature Cox C-index (2-fold)", pop(Point(s.visible_cox_c_index)), 0.0,
+       s.oracle_c_index - 0.03, "below the oracle"},
+      {"Kaplan-Meier median OS (months)", pop(s.km_median_os_months), 15.0, 35.0,
+       "Lencioni 2016: 19.4"},
+      {"image residual estimate R^2 (pooled)", Point(s.visibility_r2), 0.9, 1.0,
+       "residual visible"},
+      {"liver HU (portal-venous)", Point(s.liver_hu), 90.0, 125.0, ""},
+      {"viable tumor HU", Point(s.viable_tumor_hu), 60.0, 130.0, ""},
+      {"necrosis HU", Point(s.necrosis_hu), 0.0, 40.0, ""},
+      {"Lipiodol deposit HU", Point(s.lipiodol_hu), 200.0, inf, ""},
+      {"air HU", Point(s.air_hu), -1000.0, -1000.0, ""},
   };
 }
 
@@ -586,7 +831,8 @@ std::vector<std::string> WorldStats::Failures() const {
   for (const Check& c : Checks(*this)) {
     if (!c.Passes()) {
       std::ostringstream out;
-      out << c.what << " is " << c.value << ", expected in [" << c.lo << ", " << c.hi << "]";
+      out << c.what << " is " << c.figure.value << ", expected in [" << c.lo << ", " << c.hi
+          << "]";
       failures.push_back(out.str());
     }
   }
@@ -597,22 +843,52 @@ std::string WorldStats::Format() const {
   std::ostringstream out;
   out.setf(std::ios::fixed);
   out.precision(3);
-  out << "synthetic world: " << patients << " patients, " << distinct_optimal_plans
-      << " distinct optimal plans (most common: " << most_common_optimal << "), events "
-      << 100.0 * event_fraction << "%, HU measured on " << hu_patients << " patients\n";
+  out << "synthetic world: " << patients << " patients" << (seed ? ", seed " : "");
+  if (seed) out << seed;
+  out << ", " << distinct_optimal_plans << " distinct optimal plans (most common: "
+      << most_common_optimal << "), events " << 100.0 * event_fraction << "%, HU measured on "
+      << hu_patients << " patients\n";
+  out << "  response of the administered plan: CR " << complete_response.value << ", PR "
+      << partial_response << ", SD " << stable_disease << ", PD " << progressive_disease.value
+      << "\n  optimal plans by drug count: 0 " << optimal_drugs_share[0] << ", 1 "
+      << optimal_drugs_share[1] << ", 2 " << optimal_drugs_share[2] << "; by embolic:";
+  for (const auto& [embolic, share] : optimal_embolic_share) out << " " << embolic << " " << share;
+  out << "\n";
+  if (visibility_cases > 0) {
+    out << "  image residual estimate vs truth: R^2 " << visibility_r2 << " pooled over "
+        << visibility_cases << " (patient, plan) cases, mean within-patient r^2 "
+        << visibility_within_r2 << "\n";
+  }
   if (patients < kMinPatientsForPopulationChecks) {
     out << "  (population figures are judged from " << kMinPatientsForPopulationChecks
         << " patients; try `mewm cohort stats --simulate 200`)\n";
-    out << "  mean HR median/optimal " << mean_hr_median_vs_optimal << ", largest optimal share "
-        << max_optimal_share << ", oracle C " << oracle_c_index << ", visible Cox C "
-        << visible_cox_c_index << ", KM median OS " << km_median_os_months << " months\n";
+    out << "  mean HR median/optimal " << mean_hr_median_vs_optimal.value
+        << ", largest optimal share " << max_optimal_share << ", chemo vs bland HR "
+        << chemo_vs_bland_hr.value << ", second drug HR " << second_drug_hr.value
+        << ", oracle C " << oracle_c_index << ", visible Cox C " << visible_cox_c_index
+        << ", KM median OS " << km_median_os_months.value << " months\n";
   }
   for (const Check& c : Checks(*this)) {
-    out << "  " << (std::isnan(c.value) ? "  -  " : c.Passes() ? "[ok] " : "[FAIL]") << " ";
-    out.width(40);
+    const bool inside = c.figure.value >= c.lo && c.figure.value <= c.hi;
+    out << "  "
+        << (std::isnan(c.figure.value) ? "  -  "
+            : !c.judged               ? (inside ? "[ok] " : "[gap]")
+            : c.Passes()              ? "[ok] "
+                                      : "[FAIL]")
+        << " ";
+    out.width(38);
     out << std::left << c.what << std::right;
-    out.width(10);
-    out << c.value << "   target [" << c.lo << ", " << c.hi << "]\n";
+    out.width(9);
+    out << c.figure.value;
+    std::ostringstream ci;
+    ci.setf(std::ios::fixed);
+    ci.precision(3);
+    if (std::isfinite(c.figure.lo)) ci << "[" << c.figure.lo << ", " << c.figure.hi << "]";
+    out << " " << std::left;
+    out.width(18);
+    out << ci.str() << std::right << " target [" << c.lo << ", " << c.hi << "]";
+    if (!c.source.empty()) out << "  " << c.source;
+    out << "\n";
   }
   return out.str();
 }

@@ -21,25 +21,8 @@ constexpr double kAirHu = -1000.0;
 
 double Sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
-/// Smooth value noise in [-1, 1]: hashed lattice values every `scale_mm`, blended with a
-/// smoothstep. A pure function of (seed, position).
 double ValueNoise(std::uint64_t seed, const Eigen::Vector3d& p, double scale_mm) {
-  const Eigen::Vector3d q = p / scale_mm;
-  const Eigen::Vector3d f(std::floor(q[0]), std::floor(q[1]), std::floor(q[2]));
-  Eigen::Vector3d t = q - f;
-  for (int a = 0; a < 3; ++a) t[a] = t[a] * t[a] * (3.0 - 2.0 * t[a]);
-  double v = 0.0;
-  for (int corner = 0; corner < 8; ++corner) {
-    const auto x = std::int64_t(f[0]) + ((corner & 1) ? 1 : 0);
-    const auto y = std::int64_t(f[1]) + ((corner & 2) ? 1 : 0);
-    const auto z = std::int64_t(f[2]) + ((corner & 4) ? 1 : 0);
-    const double w = ((corner & 1) ? t[0] : 1 - t[0]) * ((corner & 2) ? t[1] : 1 - t[1]) *
-                     ((corner & 4) ? t[2] : 1 - t[2]);
-    const std::uint64_t key =
-        DeriveSeed(seed, {std::uint64_t(x), std::uint64_t(y), std::uint64_t(z)});
-    v += w * (2.0 * (double(key >> 11) * 0x1.0p-53) - 1.0);
-  }
-  return v;
+  return mewm::ValueNoise(seed, p[0], p[1], p[2], scale_mm);
 }
 
 double SegmentDistance(const Eigen::Vector3d& p, const Eigen::Vector3d& a,
@@ -176,11 +159,12 @@ SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) co
   const double z_p = rng.Normal(), z_d = rng.Normal(), z_v = rng.Normal();
   const double z_pt = rng.Normal(), z_an = rng.Normal(), z_am = rng.Normal(), z_mi = rng.Normal();
   dynamics::TumorBiology& b = p.biology;
-  b.proliferation_per_day = 0.018 * std::exp(0.45 * z_p);
-  b.infiltration_mm2_per_day = 0.06 * std::exp(0.5 * z_d);
+  b.proliferation_per_day = 0.02 * std::exp(0.6 * z_p);
+  b.infiltration_mm2_per_day = 0.08 * std::exp(1.1 * z_d);
   b.vascularity = Sigmoid(1.2 * z_v);
   b.sensitivity = {std::exp(0.8 * z_pt), std::exp(0.8 * z_an), std::exp(0.8 * z_am),
                    std::exp(0.8 * z_mi)};
+  b.pattern_seed = DeriveSeed(p.seed, "collateral-pattern");
 
   // Anatomy.
   AnatomySpec& a = p.anatomy;
@@ -188,7 +172,8 @@ SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) co
   a.fat_mm = rng.Uniform(10, 24);
   a.liver_center_mm = {-48 + 3 * rng.Normal(), -8 + 3 * rng.Normal(), 3 * rng.Normal()};
   a.liver_radii_mm = {72 + 4 * rng.Normal(), 64 + 4 * rng.Normal(), 60 + 4 * rng.Normal()};
-  a.liver_hu = std::clamp(57 + 4 * rng.Normal(), 48.0, 68.0);
+  // Portal-venous phase: the liver parenchyma enhances to about 105 HU.
+  a.liver_hu = std::clamp(105 + 6 * rng.Normal(), 90.0, 120.0);
   a.noise_sd = rng.Uniform(10, 20);
   a.texture_seed = rng.NextU64();
   const Eigen::Vector3d hilum = a.liver_center_mm + Eigen::Vector3d(25, 10, -12);
@@ -196,7 +181,7 @@ SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) co
     const Eigen::Vector3d dir =
         Eigen::Vector3d(rng.Normal(), rng.Normal(), rng.Normal()).normalized();
     a.vessels.push_back({hilum, a.liver_center_mm + 0.8 * dir.cwiseProduct(a.liver_radii_mm),
-                         rng.Uniform(2.0, 5.0), 150 + 8 * rng.Normal()});
+                         rng.Uniform(2.0, 5.0), 170 + 8 * rng.Normal()});
   }
 
   // Lesions: the largest first.
@@ -211,19 +196,22 @@ SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) co
       s.radii_mm[k] = 0.5 * d * std::clamp(1.0 + 0.15 * rng.Normal(), 0.7, 1.3);
     s.axes = RandomRotation(rng);
     s.deform = std::clamp(0.08 + 0.05 * (0.7 * z_d + 0.7 * rng.Normal()), 0.02, 0.25);
-    // Inside the liver, not overlapping an earlier lesion (a few tries, then accept).
+    // Inside the liver, clear of every earlier lesion; a lesion that finds no room is dropped,
+    // so the lesion count always matches the label image.
     const double reach = std::max(0.0, 0.75 - 0.5 * d / a.liver_radii_mm.minCoeff());
-    for (int attempt = 0; attempt < 20; ++attempt) {
+    bool placed = false;
+    for (int attempt = 0; attempt < 200 && !placed; ++attempt) {
       const Eigen::Vector3d dir =
           Eigen::Vector3d(rng.Normal(), rng.Normal(), rng.Normal()).normalized();
       s.center_mm =
           a.liver_center_mm + reach * std::cbrt(rng.Uniform()) * dir.cwiseProduct(a.liver_radii_mm);
-      bool clear = true;
+      placed = true;
       for (const LesionSpec& other : p.lesions) {
-        clear = clear && (s.center_mm - other.center_mm).norm() >
-                             1.3 * (s.radii_mm.maxCoeff() + other.radii_mm.maxCoeff());
+        // The deformed boundaries reach (1 + deform) times the largest radius at most.
+        const double extent = s.radii_mm.maxCoeff() * (1.0 + s.deform) +
+                              other.radii_mm.maxCoeff() * (1.0 + other.deform);
+        placed = placed && (s.center_mm - other.center_mm).norm() > extent + 4.0;
       }
-      if (clear) break;
     }
     const bool core =
         d >= 15.0 && rng.Bernoulli(Sigmoid(0.2 + 0.8 * z_an_seen + (d > 40 ? 0.5 : 0.0)));
@@ -233,7 +221,7 @@ SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) co
     s.interior_hu = 62 + 35 * b.vascularity + 5 * rng.Normal();
     s.texture_sd = std::clamp(7 + 3 * (0.6 * z_pt + 0.8 * rng.Normal()), 2.0, 15.0);
     s.shape_seed = rng.NextU64();
-    p.lesions.push_back(s);
+    if (placed) p.lesions.push_back(s);
   }
 
   // Clinical covariates, partly driven by the hidden biology.
@@ -244,12 +232,12 @@ SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) co
   c.child_pugh = u_cp < 0.70 ? 'A' : u_cp < 0.97 ? 'B' : 'C';
   c.afp_ng_ml =
       std::pow(10.0, std::clamp(1.5 + 0.75 * z_p - 0.35 * z_am + 0.55 * rng.Normal(), 0.3, 5.0));
-  c.lesion_count = count;
+  c.lesion_count = int(p.lesions.size());
   c.max_diameter_mm = d1;
   c.vascular_invasion = rng.Bernoulli(Sigmoid(-1.6 + 0.9 * z_d + 0.4 * z_p + 0.015 * (d1 - 45)));
   if (c.vascular_invasion) {
     c.bclc_stage = 'C';
-  } else if (count == 1 && d1 < 50 && c.child_pugh == 'A' && rng.Bernoulli(0.6)) {
+  } else if (c.lesion_count == 1 && d1 < 50 && c.child_pugh == 'A' && rng.Bernoulli(0.6)) {
     c.bclc_stage = 'A';
   } else {
     c.bclc_stage = 'B';
@@ -325,8 +313,8 @@ Expected<PatientCase> SyntheticWorld::Render(const SyntheticPatient& p, bool tum
                 const Eigen::Vector2d xy(w[0], w[1]);
                 const double ds = (xy - spine).norm();
                 if (ds < 17.0) hu = ds > 13.5 ? 650.0 : 260.0;  // vertebral cortex and body
-                if ((xy - aorta).norm() < 11.0) hu = 165.0;
-                if ((xy - ivc).norm() < 10.5) hu = 135.0;
+                if ((xy - aorta).norm() < 11.0) hu = 160.0;  // portal-venous phase
+                if ((xy - ivc).norm() < 10.5) hu = 150.0;
                 std::int32_t liver_label = 0, tumor_label = 0;
                 // The liver and its lesions are intra-abdominal: never in the fat or muscle wall.
                 const bool visceral = depth >= a.fat_mm + 12.0;
@@ -385,8 +373,12 @@ double SyntheticWorld::LinearPredictor(const SyntheticPatient& p, double post_vi
   const Covariates& c = p.covariates;
   const double cp = c.child_pugh == 'A' ? 0.0 : c.child_pugh == 'B' ? 0.45 : 0.9;
   const double bclc = c.bclc_stage == 'C' ? 0.35 : c.bclc_stage == 'B' ? 0.0 : -0.3;
-  return 0.70 * std::log1p(post_viable_ml) - 2.75 + 0.30 * (std::log10(c.afp_ng_ml) - 1.5) + cp +
-         bclc + 0.35 * (c.vascular_invasion ? 1.0 : 0.0) + 0.015 * (c.age_years - 62.0) + toxicity;
+  // The hidden biology's own progression: faster-growing tumors recur sooner, whatever the image
+  // showed at follow-up (z_p, the proliferation's standard-normal latent).
+  const double z_p = std::log(p.biology.proliferation_per_day / 0.02) / 0.6;
+  return 0.80 * std::log1p(post_viable_ml) - 3.0 + 0.30 * (std::log10(c.afp_ng_ml) - 1.5) + cp +
+         bclc + 0.35 * (c.vascular_invasion ? 1.0 : 0.0) + 0.015 * (c.age_years - 62.0) +
+         0.25 * z_p + toxicity;
 }
 
 Expected<PatientTruth> SyntheticWorld::Truth(const SyntheticPatient& p, const PatientCase& rendered,
@@ -402,7 +394,7 @@ Expected<PatientTruth> SyntheticWorld::Truth(const SyntheticPatient& p,
   PatientTruth truth;
   truth.plans.resize(plans_.size());
   std::vector<std::optional<Error>> errors(plans_.size());
-  std::vector<double> pre(plans_.size());
+  std::vector<double> pre(plans_.size()), pre_mask(plans_.size());
   CancelLatch cancel(cancelled);
   tbb::parallel_for(std::size_t(0), plans_.size(), [&](std::size_t n) {
     if (cancel.Poll()) return;  // one plan's PDE runs on the 2 mm response grid: milliseconds
@@ -413,8 +405,9 @@ Expected<PatientTruth> SyntheticWorld::Truth(const SyntheticPatient& p,
       return;
     }
     pre[n] = r->pre_viable_ml;
+    pre_mask[n] = r->pre_mask_ml;
     PlanTruth& t = truth.plans[n];
-    t = PlanTruth{plans_[n], r->post_viable_ml, r->toxicity,
+    t = PlanTruth{plans_[n], r->post_viable_ml, r->post_mask_ml, r->toxicity,
                   LinearPredictor(p, r->post_viable_ml, r->toxicity), 0.0};
     t.risk = std::exp(t.linear_predictor);
   });
@@ -425,6 +418,7 @@ Expected<PatientTruth> SyntheticWorld::Truth(const SyntheticPatient& p,
     if (e) return *e;
   }
   truth.pre_viable_ml = pre.front();
+  truth.pre_mask_ml = pre_mask.front();
   for (std::size_t n = 0; n < truth.plans.size(); ++n) {
     if (truth.plans[n].risk < truth.plans[truth.optimal].risk) truth.optimal = n;
     if (truth.plans[n].plan == p.administered) truth.administered = n;

@@ -21,6 +21,13 @@ struct ItemPhysics {
   double ischemia = 0.0;     ///< embolics: ischemic kill rate per day at full dependence
   double duration_days = 0;  ///< embolics: how long the occlusion lasts (1e9 = permanent)
   bool lipiodol = false;     ///< leaves hyperdense deposits and prolongs drug retention
+  /// Embolics: share of the tumor margin's collateral supply it still reaches (liquid agents
+  /// penetrate further than particles), in [0, 1].
+  double penetration = 0.0;
+  /// Embolics: relative change of the ischemic rate per mm of lesion diameter above 35 mm
+  /// (the factor is clamped to [0.1, 1.4]): particles suit large tumors, gelatin sponge and
+  /// alcohol small ones.
+  double size_slope = 0.0;
 };
 
 /// Physics of a canonical item name; kNotFound for an item the model has no parameters for.

@@ -27,6 +27,10 @@ std::uint64_t DeriveSeed(std::uint64_t parent, std::string_view label);
 double HashUniform(std::uint64_t seed, std::uint64_t counter);
 double HashNormal(std::uint64_t seed, std::uint64_t counter);
 
+/// Smooth value noise in [-1, 1] at point (x, y, z) mm: hashed lattice values every `scale_mm`,
+/// blended with a smoothstep. A pure function of (seed, position).
+double ValueNoise(std::uint64_t seed, double x, double y, double z, double scale_mm);
+
 /// xoshiro256** generator with portable distributions.
 class Rng {
  public:

@@ -37,6 +37,9 @@ struct TumorBiology {
   double infiltration_mm2_per_day = 0.05;                 ///< diffusion D
   std::array<double, 4> sensitivity{1.0, 1.0, 1.0, 1.0};  ///< by kDrugClasses, ~lognormal around 1
   double vascularity = 0.5;  ///< [0, 1]: drug/Lipiodol delivery and embolic benefit
+  /// Where a collateral supply spares patches of the tumor from the treatment (a smooth random
+  /// pattern, hidden); 0 = no pattern. Perturbed samples draw their own.
+  std::uint64_t pattern_seed = 0;
 
   /// kInvalidArgument for non-finite or out-of-range values.
   Status Validate() const;
@@ -63,6 +66,8 @@ struct MechanisticConfig {
 struct ResponseSummary {
   double pre_viable_ml = 0.0;      ///< integral of density before treatment
   double post_viable_ml = 0.0;     ///< integral of density at follow-up
+  double pre_mask_ml = 0.0;        ///< volume with density >= viable_threshold before treatment
+  double post_mask_ml = 0.0;       ///< the same at follow-up (what a reader calls viable tumor)
   double lipiodol_coverage = 0.0;  ///< fraction of the pre-treatment tumor with deposits
   double toxicity = 0.0;
 };
@@ -72,6 +77,9 @@ struct TumorField {
   std::int32_t label = 1;  ///< the tumor-mask label of this lesion
   DenseFloat density;      ///< viable tumor fraction u0
   DenseFloat perfusion;    ///< relative blood supply of tumor tissue (enhancing rim high, core low)
+  /// exp(-depth / 3 mm) inside the lesion, depth being the distance to its boundary: 1 at the
+  /// margin, which keeps a collateral (portal) supply that embolization does not cut.
+  DenseFloat periphery;
   double diameter_mm = 0;  ///< equivalent-sphere diameter of the lesion (mask volume)
 };
 
@@ -96,14 +104,25 @@ Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields
                                            std::uint64_t sample_seed,
                                            std::vector<FieldResponse>* responses);
 
-/// Renders the post-treatment CT and viable mask on the patient's lattice: surviving tumor keeps
-/// its HU, killed tumor becomes necrosis (about 20 HU), new growth looks like viable tumor, and
-/// Lipiodol adds +200..+600 HU where it was retained in tumor that died (viable residual tumor is
-/// a deposit defect). Deterministic given `seed`.
+/// Renders the post-treatment CT and viable mask on the patient's lattice. The viable density u
+/// is rendered continuously: a tumor voxel is the mix u x (its pre-treatment HU) + (1 - u) x
+/// (necrosis, about 20 HU, plus up to 450 HU of Lipiodol retained in dead tissue), so
+/// residual tumor below any threshold still shows as enhancement and as a deposit defect. Liver
+/// that the tumor grew into moves toward kGrowthHu in proportion to u. The viable mask is
+/// u >= config.viable_threshold. Deterministic given `seed`.
 Expected<Outcome> RenderOutcome(const PatientCase& patient, const std::vector<TumorField>& fields,
                                 const std::vector<FieldResponse>& responses, const Plan& plan,
                                 int sample_index, std::uint64_t seed,
                                 const MechanisticConfig& config);
+
+/// The image-only estimate of the residual viable volume (mL): over the pre-treatment tumor
+/// voxels that enhanced (HU >= 40), the viable fraction is read back from the post-treatment CT
+/// as u = (post - dead) / (pre - dead), where `dead` is necrosis plus, when the post CT shows
+/// Lipiodol, the deposit that the pre-treatment perfusion predicts. Unclamped, so CT noise
+/// averages out. It ignores growth outside the pre-treatment mask. kMismatch when the two CTs do
+/// not share a lattice.
+Expected<double> EstimateResidualFromImage(const PatientCase& pre, const Volume& post_ct,
+                                           const MechanisticConfig& config);
 
 /// Where the biology comes from: the synthetic truth, or an estimate from visible features.
 using BiologySource = std::function<Expected<TumorBiology>(const PatientCase&)>;

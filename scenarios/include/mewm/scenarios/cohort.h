@@ -16,7 +16,10 @@
 //     given post_cf<k>.vdb       counterfactual plans (--plans-per-patient), grids ct, viable
 #pragma once
 
+#include <array>
 #include <functional>
+#include <limits>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -60,23 +63,54 @@ struct CohortOptions {
 /// cancelled generation) is never a complete cohort.
 Status GenerateCohort(const CohortOptions& options, const ActionBase& actions);
 
-/// World-validity figures (issue: the synthetic world must pass these).
+/// A figure with its 95% bootstrap interval over patients (NaN when not measured).
+struct Figure {
+  double value = std::numeric_limits<double>::quiet_NaN();
+  double lo = std::numeric_limits<double>::quiet_NaN();
+  double hi = std::numeric_limits<double>::quiet_NaN();
+};
+
+/// World-validity figures (docs/SYNTHETIC_WORLD.md lists the targets and their sources).
 struct WorldStats {
   int patients = 0;
-  double mean_hr_median_vs_optimal =
-      0.0;                         ///< mean over patients of risk(median plan)/risk(optimal)
-  double max_optimal_share = 0.0;  ///< largest fraction of patients sharing one optimal plan
+  std::uint64_t seed = 0;  ///< the cohort seed, when known (simulated worlds)
+  Figure mean_hr_median_vs_optimal;  ///< mean over patients of risk(median plan)/risk(optimal)
+  double max_optimal_share = 0.0;    ///< largest fraction of patients sharing one optimal plan
   std::string most_common_optimal;
   int distinct_optimal_plans = 0;
   double oracle_c_index = 0.0;       ///< Harrell's C of the true risk of the administered plan
   double visible_cox_c_index = 0.0;  ///< Harrell's C of a Cox model on visible features (2-fold)
-  double km_median_os_months = 0.0;
+  Figure km_median_os_months;
   double event_fraction = 0.0;
+
+  // Response of the administered plan after one session, by mRECIST on the viable mask
+  // (volume change standing in for the change of the sum of diameters).
+  Figure complete_response, objective_response, progressive_disease;
+  double partial_response = 0.0, stable_disease = 0.0;
+  /// Geometric-mean hazard ratio of Lipiodol + gelatin sponge + one drug (each drug in turn)
+  /// against Lipiodol + gelatin sponge: chemoembolization against bland embolization.
+  Figure chemo_vs_bland_hr;
+  /// Geometric-mean hazard ratio of adding a second drug to a one-drug plan (same embolics).
+  Figure second_drug_hr;
+  /// Shares of patients whose optimal plan has 0, 1 and 2 drugs.
+  std::array<double, 3> optimal_drugs_share{};
+  /// Share of patients whose optimal plan uses each embolic besides Lipiodol ("none" too).
+  std::map<std::string, double> optimal_embolic_share;
+  /// Share of patients whose optimum holds an item the guideline rules out for them (alcohol
+  /// with a Child-Pugh B or C liver).
+  Figure guideline_conflict;
+  /// Image-only residual estimate (dynamics::EstimateResidualFromImage) against the truth's
+  /// integral, across plans: R^2 pooled over every (patient, plan), and the mean within-patient
+  /// R^2 over patients whose residual varies (simulated worlds only).
+  double visibility_r2 = std::numeric_limits<double>::quiet_NaN();
+  double visibility_within_r2 = std::numeric_limits<double>::quiet_NaN();
+  int visibility_cases = 0;
+
   // Mean HU per tissue (NaN when not measured: stats from truths alone).
   double liver_hu = 0.0, viable_tumor_hu = 0.0, necrosis_hu = 0.0, lipiodol_hu = 0.0, air_hu = 0.0;
   int hu_patients = 0;  ///< patients whose images were measured
 
-  /// Human-readable table with the target ranges and a pass/fail mark per line.
+  /// Human-readable table with the target ranges, 95% intervals and a pass/fail mark per line.
   std::string Format() const;
   /// Every failed validity check, one sentence each (empty when the world is valid).
   std::vector<std::string> Failures() const;
@@ -87,9 +121,11 @@ Expected<WorldStats> SummarizeTruths(const std::vector<SyntheticPatient>& patien
                                      const std::vector<PatientTruth>& truths);
 
 /// Figures for `n` patients of the world simulated in memory (tumor regions only, no files):
-/// the fast way to check a world configuration at scale. HU fields stay NaN.
+/// the fast way to check a world configuration at scale. HU fields stay NaN. With
+/// `visibility_plans` > 0, that many plans per patient (spread over the plan space) are also
+/// rendered and read back by the image-only residual estimate.
 Expected<WorldStats> SimulateWorldStats(const WorldConfig& config, const ActionBase& actions,
-                                        std::uint64_t seed, int n);
+                                        std::uint64_t seed, int n, int visibility_plans = 0);
 
 /// Figures for a cohort folder: the truths plus mean HU per tissue measured on up to
 /// `max_hu_patients` patients' pre and administered post images.

@@ -22,7 +22,7 @@
 namespace mewm::scenarios {
 
 /// Version of the generator; bump when any output of the world changes.
-inline constexpr const char* kWorldVersion = "1";
+inline constexpr const char* kWorldVersion = "2";
 
 /// Polled by the world's long loops (rendering slice by slice, the exhaustive truth plan by
 /// plan): returning true stops them with kCancelled. It may be called from several threads at
@@ -93,7 +93,8 @@ struct WorldConfig {
 /// The true outcome of one plan for one patient (unperturbed biology).
 struct PlanTruth {
   Plan plan;
-  double post_viable_ml = 0.0;
+  double post_viable_ml = 0.0;  ///< integral of the viable density at follow-up
+  double post_mask_ml = 0.0;    ///< volume a reader calls viable (density >= threshold)
   double toxicity = 0.0;
   double linear_predictor = 0.0;  ///< eta of the hazard
   double risk = 0.0;              ///< exp(eta): relative hazard
@@ -102,6 +103,7 @@ struct PlanTruth {
 /// Ground truth over the whole plan space.
 struct PatientTruth {
   double pre_viable_ml = 0.0;
+  double pre_mask_ml = 0.0;
   std::vector<PlanTruth> plans;  ///< every valid plan, canonical order
   std::size_t optimal = 0;       ///< index into plans of the lowest risk
   std::size_t administered = 0;  ///< index into plans of the administered plan
