@@ -27,6 +27,7 @@ PACKAGES=(
   libssl-dev libcpp-httplib-dev
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  strace  # the leak test traces a planning run (CliTest.PlanningRunUnderStrace...)
 )
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

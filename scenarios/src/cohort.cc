@@ -20,6 +20,7 @@
 #include "mewm/core/pharmacology.h"
 #include "mewm/core/seed.h"
 #include "mewm/core/vdb_io.h"
+#include "mewm/scenarios/cohort_source.h"
 #include "mewm/survival/cox.h"
 #include "mewm/survival/metrics.h"
 
@@ -71,11 +72,18 @@ Expected<Covariates> CovariatesFromJson(const json& j) {
   }
 }
 
+/// A patient's folders, relative to the cohort folder: what the planner may read, and the truth.
+std::string PatientDir(const std::string& id) { return "patients/" + id; }
+std::string TruthPatientDir(const std::string& id) { return "truth/patients/" + id; }
+
 json TruthJson(const SyntheticPatient& p, const PatientTruth& t) {
   json risks = json::object();
   for (const PlanTruth& pt : t.plans) risks[pt.plan.ToString()] = pt.risk;
-  json cf = json::array();
-  for (const Plan& plan : p.counterfactual) cf.push_back(plan.ToString());
+  json cf = json::array(), cf_posts = json::array();
+  for (std::size_t k = 0; k < p.counterfactual.size(); ++k) {
+    cf.push_back(p.counterfactual[k].ToString());
+    cf_posts.push_back(TruthPatientDir(p.id) + "/post_cf" + std::to_string(k + 1) + ".vdb");
+  }
   const PlanTruth& opt = t.plans[t.optimal];
   const PlanTruth& adm = t.plans[t.administered];
   return {{"covariates", CovariatesJson(p.covariates)},
@@ -87,6 +95,7 @@ json TruthJson(const SyntheticPatient& p, const PatientTruth& t) {
           {"administered_risk", adm.risk},
           {"administered_post_viable_ml", adm.post_viable_ml},
           {"counterfactual_plans", cf},
+          {"counterfactual_posts", cf_posts},
           {"event_time_months", t.event_time_months},
           {"event", t.event},
           {"optimal_plan", opt.plan.ToString()},
@@ -94,18 +103,31 @@ json TruthJson(const SyntheticPatient& p, const PatientTruth& t) {
           {"plan_risks", risks}};
 }
 
-std::string ClinicalCsv(const std::vector<SyntheticPatient>& patients,
-                        const std::vector<PatientTruth>& truths) {
+/// Baseline covariates only: what a clinician knows before treatment.
+std::string ClinicalCsv(const std::vector<SyntheticPatient>& patients) {
   std::ostringstream out;
   out.precision(10);
   out << "patient_id,age_years,sex,child_pugh,bclc_stage,afp_ng_ml,lesion_count,max_diameter_mm,"
-         "vascular_invasion,administered_plan,time_months,event\n";
+         "vascular_invasion\n";
+  for (const SyntheticPatient& p : patients) {
+    const Covariates& c = p.covariates;
+    out << p.id << "," << c.age_years << "," << Sex(c) << "," << c.child_pugh << "," << c.bclc_stage
+        << "," << c.afp_ng_ml << "," << c.lesion_count << "," << c.max_diameter_mm << ","
+        << (c.vascular_invasion ? 1 : 0) << "\n";
+  }
+  return out.str();
+}
+
+/// What happened after treatment (the plan given, observed time and event): training and
+/// evaluation read it, the planner never does.
+std::string OutcomesCsv(const std::vector<SyntheticPatient>& patients,
+                        const std::vector<PatientTruth>& truths) {
+  std::ostringstream out;
+  out.precision(10);
+  out << "patient_id,administered_plan,time_months,event\n";
   for (std::size_t n = 0; n < patients.size(); ++n) {
-    const Covariates& c = patients[n].covariates;
-    out << patients[n].id << "," << c.age_years << "," << Sex(c) << "," << c.child_pugh << ","
-        << c.bclc_stage << "," << c.afp_ng_ml << "," << c.lesion_count << "," << c.max_diameter_mm
-        << "," << (c.vascular_invasion ? 1 : 0) << ",\"" << patients[n].administered.ToString()
-        << "\"," << truths[n].event_time_months << "," << (truths[n].event ? 1 : 0) << "\n";
+    out << patients[n].id << ",\"" << patients[n].administered.ToString() << "\","
+        << truths[n].event_time_months << "," << (truths[n].event ? 1 : 0) << "\n";
   }
   return out.str();
 }
@@ -130,9 +152,26 @@ Status WriteOutcome(const std::string& dir, const std::string& stem, const Outco
   return {};
 }
 
-/// Generates one patient into `final_dir` atomically (temporary sibling folder, then rename).
+/// Moves a finished temporary folder into place, replacing what a previous generation left.
+Status MoveIntoPlace(const std::string& temp, const std::string& final_dir, const std::string& id) {
+  std::error_code ec;
+  fs::remove_all(final_dir, ec);
+  fs::rename(temp, final_dir, ec);
+  if (ec) {
+    const std::string message = ec.message();
+    fs::remove_all(temp, ec);
+    return MakeError(ErrorCode::kIo,
+                     "cannot move patient " + id + " into '" + final_dir + "': " + message);
+  }
+  return {};
+}
+
+/// Generates one patient atomically (temporary sibling folders, then renames): what the planner
+/// may read into `out_dir`/patients/<id>, its truth and counterfactual outcomes into
+/// `out_dir`/truth/patients/<id>. The truth folder is moved first, so a complete patients/<id>
+/// always has its truth.
 Expected<PatientTruth> GeneratePatient(const SyntheticWorld& world, const SyntheticPatient& p,
-                                       const CohortOptions& options, const std::string& final_dir) {
+                                       const CohortOptions& options) {
   const auto cancelled = [&] { return options.cancelled && options.cancelled(); };
   MEWM_TRY(const PatientCase rendered, world.Render(p, false, options.cancelled));
   const auto& mech = world.config().mechanistic;
@@ -140,21 +179,25 @@ Expected<PatientTruth> GeneratePatient(const SyntheticWorld& world, const Synthe
            dynamics::BuildTumorFields(rendered, mech));
   MEWM_TRY(PatientTruth truth, world.Truth(p, fields, options.cancelled));
 
-  const std::string temp = fs::path(final_dir).parent_path().string() + "/.tmp-" + p.id + "-" +
-                           std::to_string(::getpid());
+  const fs::path out(options.out_dir);
+  const std::string visible_dir = (out / PatientDir(p.id)).string();
+  const std::string truth_dir = (out / TruthPatientDir(p.id)).string();
+  const std::string suffix = "/.tmp-" + p.id + "-" + std::to_string(::getpid());
+  const std::string temp = (out / "patients").string() + suffix;
+  const std::string truth_temp = (out / "truth" / "patients").string() + suffix;
   std::error_code ec;
-  fs::remove_all(temp, ec);
-  if (!fs::create_directories(temp, ec)) {
-    return MakeError(ErrorCode::kIo, "cannot create '" + temp + "': " + ec.message());
+  for (const std::string& dir : {temp, truth_temp}) {
+    fs::remove_all(dir, ec);
+    if (!fs::create_directories(dir, ec)) {
+      return MakeError(ErrorCode::kIo, "cannot create '" + dir + "': " + ec.message());
+    }
   }
   auto write_all = [&]() -> Status {
     VolumeSet pre;
     pre.metadata.patient_id = p.id;
-    pre.metadata.provenance_json = json{
-        {"generator", "mewm synthetic world"},
-        {"world_version", kWorldVersion},
-        {"patient_seed",
-         std::to_string(p.seed)}}.dump();
+    // No seed: the patient seed reproduces every hidden draw (it lives in truth/truth.json).
+    pre.metadata.provenance_json =
+        json{{"generator", kCohortGenerator}, {"world_version", kWorldVersion}}.dump();
     pre.scalars.emplace("ct", rendered.ct);
     pre.labels.emplace("liver", *rendered.liver);
     pre.labels.emplace("tumor", rendered.tumor);
@@ -174,22 +217,24 @@ Expected<PatientTruth> GeneratePatient(const SyntheticWorld& world, const Synthe
       const std::uint64_t render_seed = DeriveSeed(p.seed, plans[k].ToString());
       MEWM_TRY(const Outcome outcome, dynamics::RenderOutcome(rendered, fields, responses, plans[k],
                                                               0, render_seed, mech));
-      const std::string stem = k == 0 ? "post_administered" : "post_cf" + std::to_string(k);
-      MEWM_RETURN_IF_ERROR(
-          WriteOutcome(temp, stem, outcome, p, rendered.tumor, options.write_nifti && k == 0));
+      // The administered follow-up CT is an observed outcome; counterfactuals never are.
+      if (k == 0) {
+        MEWM_RETURN_IF_ERROR(WriteOutcome(temp, "post_administered", outcome, p, rendered.tumor,
+                                          options.write_nifti));
+      } else {
+        MEWM_RETURN_IF_ERROR(WriteOutcome(truth_temp, "post_cf" + std::to_string(k), outcome, p,
+                                          rendered.tumor, false));
+      }
     }
-    return WriteFileAtomic(temp + "/truth.json", TruthJson(p, truth).dump(2) + "\n");
+    return WriteFileAtomic(truth_temp + "/truth.json", TruthJson(p, truth).dump(2) + "\n");
   };
-  if (Status written = write_all(); !written) {
+  Status written = write_all();
+  if (written) written = MoveIntoPlace(truth_temp, truth_dir, p.id);
+  if (written) written = MoveIntoPlace(temp, visible_dir, p.id);
+  if (!written) {
     fs::remove_all(temp, ec);
+    fs::remove_all(truth_temp, ec);
     return written.error().WithContext("patient " + p.id);
-  }
-  fs::remove_all(final_dir, ec);
-  fs::rename(temp, final_dir, ec);
-  if (ec) {
-    fs::remove_all(temp, ec);
-    return MakeError(ErrorCode::kIo,
-                     "cannot move patient " + p.id + " into place: " + ec.message());
   }
   return truth;
 }
@@ -240,10 +285,14 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
                          "replaces only its own cohorts, so choose another folder or empty it");
   }
   if (options.force) {
-    // Replace the previous cohort (its patients and index files), nothing else in the folder.
-    for (const char* name : {"patients", "manifest.json", "truth.json", "clinical.csv"}) {
-      fs::remove_all(fs::path(options.out_dir) / name, ec);
+    // Replace the previous cohort (its patients, truth and index files, of this layout or the
+    // first), nothing else in the folder: under truth/ only what a cohort writes there.
+    const fs::path out(options.out_dir);
+    for (const char* name : {"patients", "manifest.json", "clinical.csv", "outcomes.csv",
+                             "truth.json", "truth/truth.json", "truth/patients"}) {
+      fs::remove_all(out / name, ec);
     }
+    fs::remove(out / "truth", ec);  // only when empty
   }
   // The marker comes first: a generation cut short (before manifest.json) stays replaceable.
   fs::create_directories(options.out_dir, ec);
@@ -253,6 +302,7 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
         json{{"generator", kCohortGenerator}, {"world_version", kWorldVersion}}.dump() + "\n"));
   }
   fs::create_directories(fs::path(options.out_dir) / "patients", ec);
+  if (!ec) fs::create_directories(fs::path(options.out_dir) / "truth" / "patients", ec);
   if (ec || access(options.out_dir.c_str(), W_OK) != 0) {
     return MakeError(ErrorCode::kIo,
                      "cannot write to '" + options.out_dir + "'" +
@@ -262,8 +312,13 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
   std::vector<SyntheticPatient> patients;
   for (int n = 0; n < options.n; ++n) patients.push_back(world.Sample(options.seed, n));
   // Folders left by an interrupted run are incomplete by construction: remove them.
-  for (const auto& entry : fs::directory_iterator(fs::path(options.out_dir) / "patients", ec)) {
-    if (entry.path().filename().string().rfind(".tmp-", 0) == 0) fs::remove_all(entry.path(), ec);
+  for (const fs::path& parent :
+       {fs::path(options.out_dir) / "patients", fs::path(options.out_dir) / "truth" / "patients"}) {
+    for (const auto& entry : fs::directory_iterator(parent, ec)) {
+      if (entry.path().filename().string().rfind(".tmp-", 0) == 0) {
+        fs::remove_all(entry.path(), ec);
+      }
+    }
   }
 
   std::vector<PatientTruth> truths(patients.size());
@@ -276,8 +331,7 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
       stop.store(true);
       return;
     }
-    const std::string dir = (fs::path(options.out_dir) / "patients" / patients[n].id).string();
-    auto truth = GeneratePatient(world, patients[n], options, dir);
+    auto truth = GeneratePatient(world, patients[n], options);
     if (truth) {
       truths[n] = std::move(*truth);
     } else if (truth.error().code == ErrorCode::kCancelled) {
@@ -304,13 +358,17 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
     if (e) return *e;
   }
 
+  // The seeds reproduce every hidden draw: they go with the truth, never beside the planner's
+  // files.
+  json generation = {{"seed", std::to_string(options.seed)}, {"patient_seeds", json::object()}};
   json truth = {{"world_version", kWorldVersion},
-                {"seed", std::to_string(options.seed)},
+                {"layout", kCohortLayout},
+                {"generation", json::object()},
                 {"patients", json::object()}};
   json manifest = {
       {"generator", kCohortGenerator},
       {"world_version", kWorldVersion},
-      {"seed", std::to_string(options.seed)},
+      {"layout", kCohortLayout},
       {"n", options.n},
       {"plans_per_patient", options.world.counterfactual_plans},
       {"spacing_mm", options.world.spacing_mm},
@@ -321,25 +379,66 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
   for (std::size_t n = 0; n < patients.size(); ++n) {
     const SyntheticPatient& p = patients[n];
     truth["patients"][p.id] = TruthJson(p, truths[n]);
+    generation["patient_seeds"][p.id] = std::to_string(p.seed);
+    const std::string dir = PatientDir(p.id);
     json entry = {{"id", p.id},
-                  {"dir", "patients/" + p.id},
-                  {"pre", "patients/" + p.id + "/pre.vdb"},
-                  {"administered_plan", p.administered.ToString()},
-                  {"post_administered", "patients/" + p.id + "/post_administered.vdb"}};
-    json cf = json::array();
-    for (std::size_t k = 0; k < p.counterfactual.size(); ++k) {
-      cf.push_back({{"plan", p.counterfactual[k].ToString()},
-                    {"post", "patients/" + p.id + "/post_cf" + std::to_string(k + 1) + ".vdb"}});
+                  {"dir", dir},
+                  {"pre", dir + "/pre.vdb"},
+                  {"post_administered", dir + "/post_administered.vdb"}};
+    if (options.write_nifti) {
+      entry["nifti"] = {{"pre_ct", dir + "/pre_ct.nii.gz"},
+                        {"liver", dir + "/liver.nii.gz"},
+                        {"tumor", dir + "/tumor.nii.gz"},
+                        {"post_ct", dir + "/post_ct.nii.gz"},
+                        {"viable", dir + "/viable.nii.gz"}};
     }
-    entry["counterfactual"] = cf;
     manifest["patients"].push_back(entry);
   }
+  truth["generation"] = generation;
   const fs::path out(options.out_dir);
-  MEWM_RETURN_IF_ERROR(WriteFileAtomic((out / "truth.json").string(), truth.dump(1) + "\n"));
   MEWM_RETURN_IF_ERROR(
-      WriteFileAtomic((out / "clinical.csv").string(), ClinicalCsv(patients, truths)));
+      WriteFileAtomic((out / "truth" / "truth.json").string(), truth.dump(1) + "\n"));
+  MEWM_RETURN_IF_ERROR(
+      WriteFileAtomic((out / "outcomes.csv").string(), OutcomesCsv(patients, truths)));
+  MEWM_RETURN_IF_ERROR(WriteFileAtomic((out / "clinical.csv").string(), ClinicalCsv(patients)));
   MEWM_RETURN_IF_ERROR(WriteFileAtomic((out / "manifest.json").string(), manifest.dump(2) + "\n"));
   return {};
+}
+
+bool IsCohortOf(const std::string& dir, const CohortOptions& options, const ActionBase& actions) {
+  const fs::path base(dir);
+  if (!CheckSyntheticLayout(dir)) return false;
+  auto text = ReadFile((base / "manifest.json").string());
+  if (!text) return false;
+  try {
+    const json m = json::parse(*text);
+    if (m.at("generator").get<std::string>() != kCohortGenerator ||
+        m.at("world_version").get<std::string>() != kWorldVersion ||
+        m.at("n").get<int>() != options.n ||
+        m.at("spacing_mm").get<double>() != options.world.spacing_mm) {
+      return false;
+    }
+  } catch (const std::exception&) {
+    return false;
+  }
+  // No seed is stored beside the planner's files; the seed shows in what it draws. Drawing a
+  // patient is cheap (no rendering), and continuous covariates written with 10 digits do not
+  // match another seed's by chance.
+  auto clinical = CsvTable::Load((base / "clinical.csv").string());
+  auto world = SyntheticWorld::Create(options.world, actions);
+  if (!clinical || !world || clinical->rows() != std::size_t(options.n)) return false;
+  const auto close = [](double a, double b) { return std::abs(a - b) <= 1e-7 * std::abs(b); };
+  for (int n = 0; n < options.n; ++n) {
+    const SyntheticPatient p = world->Sample(options.seed, n);
+    auto id = clinical->Get(std::size_t(n), "patient_id");
+    auto c = ReadCovariates(*clinical, std::size_t(n));
+    if (!id || !c || *id != p.id || c->sex != p.covariates.sex ||
+        !close(c->age_years, p.covariates.age_years) ||
+        !close(c->afp_ng_ml, p.covariates.afp_ng_ml)) {
+      return false;
+    }
+  }
+  return true;
 }
 
 namespace {
@@ -681,13 +780,13 @@ struct HuAccumulator {
 
 Expected<WorldStats> ComputeCohortStats(const std::string& cohort_dir, int max_hu_patients) {
   const fs::path dir(cohort_dir);
-  MEWM_TRY(const std::string truth_text, ReadFile((dir / "truth.json").string()));
+  MEWM_TRY(const std::string truth_path, SyntheticTruthPath(cohort_dir));
+  MEWM_TRY(const std::string truth_text, ReadFile(truth_path));
   json truth;
   try {
     truth = json::parse(truth_text);
   } catch (const std::exception& e) {
-    return MakeError(ErrorCode::kCorruptData,
-                     "'" + (dir / "truth.json").string() + "': " + e.what());
+    return MakeError(ErrorCode::kCorruptData, "'" + truth_path + "': " + e.what());
   }
   std::vector<SyntheticPatient> patients;
   std::vector<PatientTruth> truths;
@@ -722,8 +821,7 @@ Expected<WorldStats> ComputeCohortStats(const std::string& cohort_dir, int max_h
       truths.push_back(std::move(t));
     }
   } catch (const std::exception& e) {
-    return MakeError(ErrorCode::kCorruptData,
-                     "'" + (dir / "truth.json").string() + "': " + e.what());
+    return MakeError(ErrorCode::kCorruptData, "'" + truth_path + "': " + e.what());
   }
   MEWM_TRY(WorldStats stats, SummarizeTruths(patients, truths));
 
@@ -731,7 +829,7 @@ Expected<WorldStats> ComputeCohortStats(const std::string& cohort_dir, int max_h
   int measured = 0;
   for (const SyntheticPatient& p : patients) {
     if (measured >= max_hu_patients) break;
-    const fs::path pdir = dir / "patients" / p.id;
+    const fs::path pdir = dir / PatientDir(p.id);
     MEWM_TRY(const VolumeSet pre, ReadVdb((pdir / "pre.vdb").string()));
     MEWM_TRY(const VolumeSet post, ReadVdb((pdir / "post_administered.vdb").string()));
     MEWM_TRY(const Volume pre_ct, pre.Scalar("ct"));

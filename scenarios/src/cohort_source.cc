@@ -108,7 +108,43 @@ Status ReadFollowUp(const CsvTable& t, std::size_t row, CohortEntry* e) {
 
 }  // namespace
 
+Status CheckSyntheticLayout(const std::string& dir) {
+  const fs::path base(dir);
+  const std::string manifest_path = (base / "manifest.json").string();
+  std::error_code ec;
+  if (!fs::exists(manifest_path, ec)) {
+    return MakeError(ErrorCode::kNotFound,
+                     "'" + dir + "' is not a complete synthetic cohort (no manifest.json)");
+  }
+  MEWM_TRY(const std::string text, ReadFile(manifest_path));
+  int layout = 1;  // layout 1 had no "layout" key
+  std::string version;
+  try {
+    const json manifest = json::parse(text);
+    layout = manifest.value("layout", 1);
+    version = manifest.value("world_version", std::string());
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kCorruptData, "'" + manifest_path + "': " + e.what());
+  }
+  if (layout < kCohortLayout) {
+    return MakeError(ErrorCode::kMismatch,
+                     "'" + dir + "' is a synthetic cohort of the old layout " +
+                         std::to_string(layout) + " (world version " + version +
+                         ", its truth and seeds beside the planner's files); this build reads "
+                         "layout " +
+                         std::to_string(kCohortLayout) +
+                         " only. Generate it again: mewm cohort generate --force --out " + dir);
+  }
+  if (layout > kCohortLayout) {
+    return MakeError(ErrorCode::kUnsupported,
+                     "'" + dir + "' is a synthetic cohort of layout " + std::to_string(layout) +
+                         ", newer than this build reads (" + std::to_string(kCohortLayout) + ")");
+  }
+  return {};
+}
+
 Expected<std::vector<CohortEntry>> ReadSyntheticCohort(const std::string& dir) {
+  MEWM_RETURN_IF_ERROR(CheckSyntheticLayout(dir));
   const fs::path base(dir);
   const std::string manifest_path = (base / "manifest.json").string();
   MEWM_TRY(const std::string text, ReadFile(manifest_path));
@@ -135,13 +171,42 @@ Expected<std::vector<CohortEntry>> ReadSyntheticCohort(const std::string& dir) {
                                                       "' of the manifest");
       }
       MEWM_TRY(e.covariates, ReadCovariates(clinical, row->second));
-      MEWM_RETURN_IF_ERROR(ReadFollowUp(clinical, row->second, &e));
       entries.push_back(std::move(e));
     }
   } catch (const std::exception& e) {
     return MakeError(ErrorCode::kCorruptData, "'" + manifest_path + "': " + e.what());
   }
   return entries;
+}
+
+Expected<std::vector<CohortEntry>> ReadSyntheticCohortWithOutcomes(const std::string& dir) {
+  MEWM_TRY(std::vector<CohortEntry> entries, ReadSyntheticCohort(dir));
+  const std::string path = (fs::path(dir) / "outcomes.csv").string();
+  MEWM_TRY(const CsvTable outcomes, CsvTable::Load(path));
+  std::map<std::string, std::size_t> rows;
+  for (std::size_t r = 0; r < outcomes.rows(); ++r) {
+    MEWM_TRY(const std::string id, outcomes.Get(r, "patient_id"));
+    rows[id] = r;
+  }
+  for (CohortEntry& e : entries) {
+    auto row = rows.find(e.id);
+    if (row == rows.end()) {
+      return MakeError(ErrorCode::kCorruptData,
+                       "'" + path + "' has no row for patient '" + e.id + "' of the manifest");
+    }
+    MEWM_RETURN_IF_ERROR(ReadFollowUp(outcomes, row->second, &e));
+    if (e.administered.empty() || !e.survival) {
+      return MakeError(ErrorCode::kCorruptData,
+                       outcomes.Where(row->second) +
+                           ": administered_plan, time_months and event must all be filled");
+    }
+  }
+  return entries;
+}
+
+Expected<std::string> SyntheticTruthPath(const std::string& dir) {
+  MEWM_RETURN_IF_ERROR(CheckSyntheticLayout(dir));
+  return (fs::path(dir) / "truth" / "truth.json").string();
 }
 
 Expected<std::vector<CohortEntry>> ReadManifest(const std::string& csv_path) {

@@ -20,27 +20,37 @@ namespace fs = std::filesystem;
 
 Expected<std::map<std::string, std::vector<PlanOutcomeFile>>> ReadPlanOutcomes(
     const std::string& cohort_dir, const ActionBase& actions) {
-  const std::string path = (fs::path(cohort_dir) / "manifest.json").string();
+  // The administered follow-up CT is listed in the manifest; the plan given (an outcome) and the
+  // counterfactual plans and images (never observable) are in the truth.
+  MEWM_TRY(const std::vector<CohortEntry> entries, ReadSyntheticCohort(cohort_dir));
+  MEWM_TRY(const std::string path, SyntheticTruthPath(cohort_dir));
   MEWM_TRY(const std::string text, ReadFile(path));
   std::map<std::string, std::vector<PlanOutcomeFile>> out;
   try {
-    const nlohmann::json manifest = nlohmann::json::parse(text);
-    for (const auto& p : manifest.at("patients")) {
-      const std::string id = p.at("id").get<std::string>();
+    const nlohmann::json truth = nlohmann::json::parse(text);
+    for (const CohortEntry& e : entries) {
+      const nlohmann::json& t = truth.at("patients").at(e.id);
       std::vector<std::pair<std::string, std::string>> listed = {
-          {p.at("administered_plan").get<std::string>(),
-           p.at("post_administered").get<std::string>()}};
-      for (const auto& cf : p.at("counterfactual")) {
-        listed.emplace_back(cf.at("plan").get<std::string>(), cf.at("post").get<std::string>());
+          {t.at("administered_plan").get<std::string>(), e.post}};
+      const auto& plans = t.at("counterfactual_plans");
+      const auto& posts = t.at("counterfactual_posts");
+      if (plans.size() != posts.size()) {
+        return MakeError(ErrorCode::kCorruptData,
+                         path + ", patient '" + e.id +
+                             "': counterfactual_plans and counterfactual_posts differ in length");
+      }
+      for (std::size_t k = 0; k < plans.size(); ++k) {
+        listed.emplace_back(plans[k].get<std::string>(),
+                            (fs::path(cohort_dir) / posts[k].get<std::string>()).string());
       }
       for (const auto& [plan_text, file] : listed) {
         auto plan = actions.ParsePlan(plan_text);
-        if (!plan) return plan.error().WithContext(path + ", patient '" + id + "'");
-        out[id].push_back({*plan, (fs::path(cohort_dir) / file).string()});
+        if (!plan) return plan.error().WithContext(path + ", patient '" + e.id + "'");
+        out[e.id].push_back({*plan, file});
       }
     }
   } catch (const std::exception& e) {
-    return MakeError(ErrorCode::kCorruptData, path + ": not a cohort manifest: " + e.what());
+    return MakeError(ErrorCode::kCorruptData, path + ": not a cohort truth: " + e.what());
   }
   return out;
 }

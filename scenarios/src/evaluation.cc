@@ -128,7 +128,8 @@ Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir) {
   } catch (const std::exception& e) {
     return MakeError(ErrorCode::kCorruptData, "'" + run_dir + "/summary.json': " + e.what());
   }
-  MEWM_TRY(truth, ReadJson((fs::path(eval.cohort_dir) / "truth.json").string()));
+  MEWM_TRY(const std::string truth_path, SyntheticTruthPath(eval.cohort_dir));
+  MEWM_TRY(truth, ReadJson(truth_path));
 
   struct Row {
     std::string id;
@@ -266,11 +267,12 @@ Expected<SurvivalEvaluation> EvaluateSurvival(survival::SurvivalModel& model,
                                               const std::string& cohort_dir,
                                               const std::string& train_dir,
                                               const std::function<void(int, int)>& progress) {
-  MEWM_TRY(const std::vector<CohortEntry> entries, ReadSyntheticCohort(cohort_dir));
-  MEWM_TRY(const std::vector<CohortEntry> train, ReadSyntheticCohort(train_dir));
+  MEWM_TRY(const std::vector<CohortEntry> entries, ReadSyntheticCohortWithOutcomes(cohort_dir));
+  MEWM_TRY(const std::vector<CohortEntry> train, ReadSyntheticCohortWithOutcomes(train_dir));
   MEWM_TRY(const std::vector<survival::SurvivalRecord> y, FollowUp(entries, cohort_dir));
   MEWM_TRY(const std::vector<survival::SurvivalRecord> y_train, FollowUp(train, train_dir));
-  MEWM_TRY(const json truth, ReadJson((fs::path(cohort_dir) / "truth.json").string()));
+  MEWM_TRY(const std::string truth_path, SyntheticTruthPath(cohort_dir));
+  MEWM_TRY(const json truth, ReadJson(truth_path));
   std::vector<double> risk, oracle;
   std::vector<survival::RiskScore> curves;
   for (std::size_t i = 0; i < entries.size(); ++i) {
@@ -283,7 +285,7 @@ Expected<SurvivalEvaluation> EvaluateSurvival(survival::SurvivalModel& model,
       oracle.push_back(
           truth.at("patients").at(entries[i].id).at("administered_risk").get<double>());
     } catch (const std::exception& e) {
-      return MakeError(ErrorCode::kCorruptData, "'" + cohort_dir + "/truth.json': " + e.what());
+      return MakeError(ErrorCode::kCorruptData, "'" + truth_path + "': " + e.what());
     }
     if (progress) progress(int(i + 1), int(entries.size()));
   }
@@ -320,7 +322,7 @@ std::string SurvivalEvaluation::ToJson() const {
 Expected<std::unique_ptr<survival::CoxSurvival>> TrainCoxSurvival(
     const std::string& cohort_dir, survival::CoxTies ties,
     const survival::ModelProvenance& provenance, const std::function<void(int, int)>& progress) {
-  MEWM_TRY(const std::vector<CohortEntry> entries, ReadSyntheticCohort(cohort_dir));
+  MEWM_TRY(const std::vector<CohortEntry> entries, ReadSyntheticCohortWithOutcomes(cohort_dir));
   MEWM_TRY(const std::vector<survival::SurvivalRecord> y, FollowUp(entries, cohort_dir));
   const auto p = Eigen::Index(survival::CoxFeatureNames().size());
   Eigen::MatrixXd X(Eigen::Index(entries.size()), p);
@@ -339,7 +341,8 @@ Expected<std::unique_ptr<survival::CoxSurvival>> TrainCoxSurvival(
 Expected<dynamics::BiologyRegression> TrainMechanisticCalibration(
     const std::string& cohort_dir, double ridge, const std::function<void(int, int)>& progress) {
   MEWM_TRY(const std::vector<CohortEntry> entries, ReadSyntheticCohort(cohort_dir));
-  MEWM_TRY(const json truth, ReadJson((fs::path(cohort_dir) / "truth.json").string()));
+  MEWM_TRY(const std::string truth_path, SyntheticTruthPath(cohort_dir));
+  MEWM_TRY(const json truth, ReadJson(truth_path));
   const auto p = Eigen::Index(dynamics::BiologyFeatureNames().size());
   const auto q = Eigen::Index(dynamics::BiologyTargetNames().size());
   Eigen::MatrixXd X(Eigen::Index(entries.size()), p), Y(Eigen::Index(entries.size()), q);
@@ -356,8 +359,8 @@ Expected<dynamics::BiologyRegression> TrainMechanisticCalibration(
       for (std::size_t k = 0; k < 4; ++k)
         b.sensitivity[k] = s.at(dynamics::kDrugClasses[k]).get<double>();
     } catch (const std::exception& e) {
-      return MakeError(ErrorCode::kCorruptData, "'" + cohort_dir + "/truth.json', patient '" +
-                                                    entries[i].id + "': " + e.what());
+      return MakeError(ErrorCode::kCorruptData,
+                       "'" + truth_path + "', patient '" + entries[i].id + "': " + e.what());
     }
     X.row(Eigen::Index(i)) = x.transpose();
     Y.row(Eigen::Index(i)) = dynamics::BiologyTargets(b).transpose();

@@ -241,25 +241,12 @@ Expected<std::uint64_t> CheckFolder(const ScenarioSpec& spec, const RunOptions& 
   return last_seq;
 }
 
-/// The synthetic cohort for this scenario: reused when its manifest matches, else generated.
+/// The synthetic cohort for this scenario: reused when it is the cohort of the scenario's seed,
+/// n and spacing (IsCohortOf: manifest.json and clinical.csv, nothing under truth/), else
+/// generated.
 Status PrepareSyntheticCohort(const ScenarioSpec& spec, const std::string& dir,
                               const std::function<void(int, int)>& progress,
                               const std::function<bool()>& cancelled) {
-  const fs::path manifest = fs::path(dir) / "manifest.json";
-  if (fs::exists(manifest)) {
-    MEWM_TRY(const std::string text, ReadFile(manifest.string()));
-    try {
-      const json m = json::parse(text);
-      if (m.at("seed").get<std::string>() == std::to_string(spec.cohort.seed) &&
-          m.at("n").get<int>() == spec.cohort.n &&
-          m.at("spacing_mm").get<double>() == spec.cohort.spacing_mm &&
-          m.at("world_version").get<std::string>() == kWorldVersion) {
-        return {};
-      }
-    } catch (const std::exception&) {
-      // Unreadable: regenerate below.
-    }
-  }
   CohortOptions c;
   c.n = spec.cohort.n;
   c.seed = spec.cohort.seed;
@@ -269,6 +256,7 @@ Status PrepareSyntheticCohort(const ScenarioSpec& spec, const std::string& dir,
   c.world.spacing_mm = spec.cohort.spacing_mm;
   c.progress = progress;
   c.cancelled = cancelled;
+  if (IsCohortOf(dir, c, spec.actions)) return {};
   return GenerateCohort(c, spec.actions);
 }
 

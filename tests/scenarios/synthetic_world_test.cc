@@ -6,11 +6,15 @@
 
 #include <atomic>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "../core/test_env.h"
 #include "mewm/core/file_util.h"
+#include "mewm/core/vdb_io.h"
 #include "mewm/scenarios/cohort.h"
+#include "mewm/scenarios/cohort_source.h"
+#include "mewm/scenarios/dynamics_data.h"
 
 namespace mewm::scenarios {
 namespace {
@@ -127,13 +131,20 @@ TEST_F(CohortTest, SameSeedGivesByteIdenticalCohorts) {
     ASSERT_EQ(*ReadFile(entry.path().string()), *ReadFile((fs::path(b) / rel).string())) << rel;
     ++files;
   }
-  // .mewm-cohort, manifest, clinical, truth + per patient: pre.vdb, 3 NIfTI, post vdb + 2 NIfTI,
-  // 1 counterfactual, truth.
-  EXPECT_EQ(files, 4 + 2 * 9);
-  for (const char* name : {"manifest.json", "clinical.csv", "truth.json", "patients/P0001/pre.vdb",
-                           "patients/P0002/post_administered.vdb", "patients/P0002/post_cf1.vdb",
-                           "patients/P0001/pre_ct.nii.gz", "patients/P0001/tumor.nii.gz"}) {
+  // .mewm-cohort, manifest, clinical, outcomes, truth/truth.json + per patient: pre.vdb, 3 NIfTI,
+  // post vdb + 2 NIfTI under patients/; truth.json and 1 counterfactual under truth/patients/.
+  EXPECT_EQ(files, 5 + 2 * 9);
+  for (const char* name :
+       {"manifest.json", "clinical.csv", "outcomes.csv", "truth/truth.json",
+        "patients/P0001/pre.vdb", "patients/P0002/post_administered.vdb",
+        "patients/P0001/pre_ct.nii.gz", "patients/P0001/tumor.nii.gz",
+        "truth/patients/P0001/truth.json", "truth/patients/P0002/post_cf1.vdb"}) {
     EXPECT_TRUE(fs::exists(fs::path(a) / name)) << name;
+  }
+  // Nothing hidden beside what the planner reads.
+  for (const char* name :
+       {"truth.json", "patients/P0001/truth.json", "patients/P0002/post_cf1.vdb"}) {
+    EXPECT_FALSE(fs::exists(fs::path(a) / name)) << name;
   }
 }
 
@@ -147,8 +158,10 @@ TEST_F(CohortTest, RefusesBadRequestsAndLeavesNoTemporaryFolders) {
   CohortOptions forced = Options(out, 1);
   forced.force = true;
   EXPECT_TRUE(GenerateCohort(forced, ActionBase::Default()));
-  for (const auto& entry : fs::directory_iterator(fs::path(out) / "patients")) {
-    EXPECT_EQ(entry.path().filename().string().rfind(".tmp", 0), std::string::npos);
+  for (const char* parent : {"patients", "truth/patients"}) {
+    for (const auto& entry : fs::directory_iterator(fs::path(out) / parent)) {
+      EXPECT_EQ(entry.path().filename().string().rfind(".tmp", 0), std::string::npos);
+    }
   }
   ASSERT_TRUE(WriteFileAtomic(dir_.File("file"), "x"));
   EXPECT_FALSE(GenerateCohort(Options(dir_.File("file"), 1), ActionBase::Default()));
@@ -188,7 +201,140 @@ TEST_F(CohortTest, ForceReplacesOnlyACohortMewmWrote) {
   EXPECT_TRUE(IsEmptyOrMewmCohort(cut));
   fs::remove(fs::path(cut) / kCohortMarker);  // a cohort written before the marker existed
   EXPECT_TRUE(IsEmptyOrMewmCohort(cut));
+  // Files the user put beside the cohort, even inside truth/, survive a forced regeneration; the
+  // old layout's top-level truth.json is the cohort's and goes.
+  ASSERT_TRUE(WriteFileAtomic(cut + "/notes.txt", "mine"));
+  ASSERT_TRUE(WriteFileAtomic(cut + "/truth/notes.txt", "mine too"));
+  ASSERT_TRUE(WriteFileAtomic(cut + "/truth.json", "{}"));
   ASSERT_TRUE(GenerateCohort(again, ActionBase::Default()));
+  EXPECT_EQ(*ReadFile(cut + "/notes.txt"), "mine");
+  EXPECT_EQ(*ReadFile(cut + "/truth/notes.txt"), "mine too");
+  EXPECT_FALSE(fs::exists(cut + "/truth.json"));
+  EXPECT_TRUE(fs::exists(cut + "/truth/truth.json"));
+  EXPECT_TRUE(fs::exists(cut + "/truth/patients/P0001/truth.json"));
+  // A folder with only a truth/ of someone else's is not a cohort either.
+  const std::string theirs = dir_.File("theirs");
+  fs::create_directories(theirs + "/truth");
+  ASSERT_TRUE(
+      WriteFileAtomic(theirs + "/truth/truth.json", "{\"generator\": \"mewm synthetic world\"}"));
+  EXPECT_FALSE(IsEmptyOrMewmCohort(theirs));
+  CohortOptions over = Options(theirs, 1);
+  over.force = true;
+  EXPECT_FALSE(GenerateCohort(over, ActionBase::Default()));
+  EXPECT_TRUE(fs::exists(theirs + "/truth/truth.json"));
+}
+
+/// The leak check on the files: no seed (the cohort's or a patient's, as a number or as a
+/// key) in anything the planner may read, and the outcomes apart from the covariates.
+TEST_F(CohortTest, NoSeedAndNoOutcomeBesideThePlannersFiles) {
+  const std::string out = dir_.File("seedless");
+  CohortOptions o = Options(out, 2);
+  o.seed = 8675309123457ull;  // a number that cannot appear by chance
+  o.write_nifti = false;
+  ASSERT_TRUE(GenerateCohort(o, ActionBase::Default()));
+  // The truth keeps the seeds for reproducibility.
+  auto truth = ReadFile(out + "/truth/truth.json");
+  ASSERT_TRUE(truth);
+  const nlohmann::json t = nlohmann::json::parse(*truth);
+  EXPECT_EQ(t.at("generation").at("seed").get<std::string>(), std::to_string(o.seed));
+  std::vector<std::string> secrets = {std::to_string(o.seed)};
+  for (const auto& [id, seed] : t.at("generation").at("patient_seeds").items()) {
+    secrets.push_back(seed.get<std::string>());
+  }
+  ASSERT_EQ(secrets.size(), 3u);
+  for (const char* name :
+       {"manifest.json", "clinical.csv", ".mewm-cohort", "patients/P0001/pre.vdb",
+        "patients/P0002/pre.vdb", "patients/P0001/post_administered.vdb"}) {
+    auto text = ReadFile(out + "/" + name);
+    ASSERT_TRUE(text) << name;
+    EXPECT_EQ(text->find("seed"), std::string::npos) << name;
+    for (const std::string& secret : secrets) {
+      EXPECT_EQ(text->find(secret), std::string::npos) << name << " holds " << secret;
+    }
+  }
+  auto pre = ReadVdb(out + "/patients/P0001/pre.vdb");
+  ASSERT_TRUE(pre);
+  EXPECT_EQ(pre->metadata.provenance_json.find("seed"), std::string::npos)
+      << pre->metadata.provenance_json;
+  EXPECT_NE(pre->metadata.provenance_json.find(kCohortGenerator), std::string::npos);
+  // clinical.csv: baseline covariates only; outcomes.csv: the plan given and the follow-up.
+  const std::string clinical = *ReadFile(out + "/clinical.csv");
+  for (const char* column : {"administered_plan", "time_months", "event"}) {
+    EXPECT_EQ(clinical.find(column), std::string::npos) << column;
+  }
+  EXPECT_EQ(
+      ReadFile(out + "/outcomes.csv")->rfind("patient_id,administered_plan,time_months,event\n", 0),
+      0u);
+  // The planner's reader has no outcome; training's reader has all of them.
+  auto planner = ReadSyntheticCohort(out);
+  ASSERT_TRUE(planner) << planner.error().ToString();
+  ASSERT_EQ(planner->size(), 2u);
+  EXPECT_TRUE((*planner)[0].administered.empty());
+  EXPECT_FALSE((*planner)[0].survival.has_value());
+  auto training = ReadSyntheticCohortWithOutcomes(out);
+  ASSERT_TRUE(training) << training.error().ToString();
+  EXPECT_EQ((*training)[1].administered,
+            t.at("patients").at("P0002").at("administered_plan").get<std::string>());
+  ASSERT_TRUE((*training)[1].survival.has_value());
+  EXPECT_NEAR((*training)[1].survival->time,
+              t.at("patients").at("P0002").at("event_time_months").get<double>(), 1e-6);
+  // Dynamics data: the administered image beside the planner's files, counterfactuals in truth/.
+  auto outcomes = ReadPlanOutcomes(out, ActionBase::Default());
+  ASSERT_TRUE(outcomes) << outcomes.error().ToString();
+  ASSERT_EQ(outcomes->at("P0001").size(), 2u);
+  EXPECT_NE(outcomes->at("P0001")[0].post.find("patients/P0001/post_administered.vdb"),
+            std::string::npos);
+  EXPECT_NE(outcomes->at("P0001")[1].post.find("truth/patients/P0001/post_cf1.vdb"),
+            std::string::npos);
+  EXPECT_TRUE(fs::exists(outcomes->at("P0001")[1].post));
+  // The runner recognises the cohort of a seed from its covariates alone.
+  EXPECT_TRUE(IsCohortOf(out, o, ActionBase::Default()));
+  CohortOptions other = o;
+  other.seed = o.seed + 1;
+  EXPECT_FALSE(IsCohortOf(out, other, ActionBase::Default()));
+  other = o;
+  other.n = 3;
+  EXPECT_FALSE(IsCohortOf(out, other, ActionBase::Default()));
+}
+
+TEST_F(CohortTest, AnOldLayoutCohortIsRefusedWithAClearMessage) {
+  // Layout 1: seed in the manifest, truth.json beside it, no "layout" key.
+  const std::string old = dir_.File("v1");
+  fs::create_directories(old);
+  ASSERT_TRUE(WriteFileAtomic(old + "/manifest.json",
+                              "{\"generator\": \"mewm synthetic world\", \"world_version\": \"1\", "
+                              "\"seed\": \"3\", \"n\": 1, \"patients\": [{\"id\": \"P0001\", "
+                              "\"pre\": \"patients/P0001/pre.vdb\", \"post_administered\": "
+                              "\"patients/P0001/post_administered.vdb\", \"administered_plan\": "
+                              "\"lipiodol\", \"counterfactual\": []}]}"));
+  ASSERT_TRUE(WriteFileAtomic(old + "/truth.json", "{\"seed\": \"3\", \"patients\": {}}"));
+  ASSERT_TRUE(WriteFileAtomic(old + "/clinical.csv",
+                              "patient_id,age_years,sex,child_pugh,bclc_stage,afp_ng_ml,"
+                              "lesion_count,max_diameter_mm,vascular_invasion,administered_plan,"
+                              "time_months,event\nP0001,60,M,A,B,30,1,40,0,\"lipiodol\",12,1\n"));
+  const auto expect_old = [&](const Error& e, const std::string& who) {
+    EXPECT_EQ(e.code, ErrorCode::kMismatch) << who << ": " << e.ToString();
+    EXPECT_NE(e.message.find("'" + old + "'"), std::string::npos) << who << ": " << e.message;
+    EXPECT_NE(e.message.find("old layout"), std::string::npos) << who << ": " << e.message;
+    EXPECT_NE(e.message.find("mewm cohort generate --force --out " + old), std::string::npos)
+        << who << ": " << e.message;
+  };
+  auto planner = ReadSyntheticCohort(old);
+  ASSERT_FALSE(planner);
+  expect_old(planner.error(), "ReadSyntheticCohort");
+  auto training = ReadSyntheticCohortWithOutcomes(old);
+  ASSERT_FALSE(training);
+  expect_old(training.error(), "ReadSyntheticCohortWithOutcomes");
+  auto stats = ComputeCohortStats(old);
+  ASSERT_FALSE(stats);
+  expect_old(stats.error(), "ComputeCohortStats");
+  auto outcomes = ReadPlanOutcomes(old, ActionBase::Default());
+  ASSERT_FALSE(outcomes);
+  expect_old(outcomes.error(), "ReadPlanOutcomes");
+  CohortOptions o = Options(old, 1);
+  EXPECT_FALSE(IsCohortOf(old, o, ActionBase::Default()));
+  // It is mewm's, so --force replaces it (the runner does the same).
+  EXPECT_TRUE(IsEmptyOrMewmCohort(old));
 }
 
 TEST_F(CohortTest, CancelStopsGenerationInsideAPatientAndLeavesNoCompleteCohort) {
@@ -242,11 +388,17 @@ TEST_F(CohortTest, ImagesFallInPortalVenousHuBands) {
 }
 
 TEST_F(CohortTest, StatsOfACorruptCohortAreErrors) {
-  EXPECT_FALSE(ComputeCohortStats(dir_.File("none")));
-  ASSERT_TRUE(WriteFileAtomic(dir_.File("truth.json"), "{\"patients\": {\"P1\": {}}}"));
+  auto none = ComputeCohortStats(dir_.File("none"));
+  ASSERT_FALSE(none);
+  EXPECT_EQ(none.error().code, ErrorCode::kNotFound);
+  ASSERT_TRUE(WriteFileAtomic(dir_.File("manifest.json"),
+                              "{\"generator\": \"mewm synthetic world\", \"layout\": 2}"));
+  fs::create_directories(dir_.File("truth"));
+  ASSERT_TRUE(WriteFileAtomic(dir_.File("truth/truth.json"), "{\"patients\": {\"P1\": {}}}"));
   auto r = ComputeCohortStats(dir_.path().string());
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code, ErrorCode::kCorruptData);
+  EXPECT_NE(r.error().message.find("truth/truth.json"), std::string::npos) << r.error().message;
 }
 
 }  // namespace

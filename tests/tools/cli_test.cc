@@ -21,6 +21,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -270,9 +271,11 @@ TEST_F(CliTest, InterruptedCohortLeavesOnlyCompletePatients) {
   for (const auto& entry : std::filesystem::directory_iterator(out + "/patients")) {
     const std::string name = entry.path().filename().string();
     if (name.rfind(".tmp-", 0) == 0) continue;  // hidden, and removed by the next run
-    for (const char* file : {"pre.vdb", "post_administered.vdb", "truth.json"}) {
+    for (const char* file : {"pre.vdb", "post_administered.vdb"}) {
       EXPECT_TRUE(std::filesystem::exists(entry.path() / file)) << name << "/" << file;
     }
+    // The truth of a patient is moved into place before its visible files.
+    EXPECT_TRUE(std::filesystem::exists(out + "/truth/patients/" + name + "/truth.json")) << name;
   }
   // A rerun with --force completes the cohort and clears the leftovers.
   const Result r =
@@ -299,7 +302,90 @@ TEST_F(CliTest, CohortRefusesBadRequests) {
   EXPECT_NE(r.code, 0);
   r = RunMewm("cohort stats " + dir_.File("nothing"));
   EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.output.find("truth.json"), std::string::npos);
+  EXPECT_NE(r.output.find("no manifest.json"), std::string::npos) << r.output;
+  // A cohort of the old layout (seed in the manifest, truth.json beside it): regenerate it.
+  std::filesystem::create_directories(dir_.File("v1"));
+  std::ofstream(dir_.File("v1/manifest.json"))
+      << "{\"generator\": \"mewm synthetic world\", \"world_version\": \"1\", \"seed\": \"3\"}";
+  std::ofstream(dir_.File("v1/truth.json")) << "{\"patients\": {}}";
+  for (const std::string& command : {"cohort stats " + dir_.File("v1"),
+                                     "eval survival --model " + std::string(MEWM_SOURCE_DIR) +
+                                         "/models/cox_survival.json --cohort " + dir_.File("v1") +
+                                         " --train-cohort " + dir_.File("v1")}) {
+    r = RunMewm(command);
+    EXPECT_EQ(r.code, 1) << command << ": " << r.output;
+    EXPECT_NE(r.output.find("'" + dir_.File("v1") + "' is a synthetic cohort of the old layout"),
+              std::string::npos)
+        << command << ": " << r.output;
+    EXPECT_NE(r.output.find("mewm cohort generate --force --out " + dir_.File("v1")),
+              std::string::npos)
+        << command << ": " << r.output;
+  }
+}
+
+/// The issue's leak test: a planning run on a complete cohort, traced with strace, touches the
+/// planner's files (manifest.json, clinical.csv, pre.vdb) and nothing under truth/, no
+/// outcomes.csv and no follow-up image.
+TEST_F(CliTest, PlanningRunUnderStraceTouchesOnlyThePlannersFiles) {
+  if (std::system("strace -f -qq -e trace=%file -o /dev/null true > /dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "strace is missing or cannot trace here (tools/dev.sh setup installs it)";
+  }
+  const std::string cohort = dir_.File("cohort"), out = dir_.File("out");
+  Result r =
+      RunMewm("cohort generate --n 2 --seed 9 --spacing 2 --no-nifti --quiet --out " + cohort);
+  ASSERT_EQ(r.code, 0) << r.output;
+  ASSERT_TRUE(std::filesystem::exists(cohort + "/truth/truth.json"));
+  ASSERT_TRUE(std::filesystem::exists(cohort + "/outcomes.csv"));
+  const auto manifest_time = std::filesystem::last_write_time(cohort + "/manifest.json");
+  const std::string models = std::string(MEWM_SOURCE_DIR) + "/models/";
+  // The scenario names the cohort's seed, n and spacing: the run reuses it as it is.
+  std::ofstream(dir_.File("leak.toml"))
+      << "[run]\nname = \"leak\"\nseed = 1\n[cohort]\nsource = \"synthetic\"\nn = 2\nseed = 9\n"
+      << "spacing_mm = 2.0\ndir = \"" << cohort << "\"\n[dynamics]\nbackend = \"mechanistic\"\n"
+      << "calibration = \"" << models << "mechanistic_calibration.json\"\n[survival]\n"
+      << "backend = \"cox\"\nmodel = \"" << models << "cox_survival.json\"\n[planner]\n"
+      << "beams = 1\nsamples = 1\n";
+  const std::string trace = dir_.File("trace.txt");
+  r = RunMewmWith("strace -f -qq -e trace=%file -o " + trace + " ",
+                  "run " + dir_.File("leak.toml") + " --quiet --out " + out);
+  ASSERT_EQ(r.code, 0) << r.output;
+  ASSERT_TRUE(std::filesystem::exists(out + "/patients/P0002/result.json"));
+  EXPECT_EQ(std::filesystem::last_write_time(cohort + "/manifest.json"), manifest_time)
+      << "the run generated the cohort again instead of reusing it";
+  // Every path in the trace: the quoted arguments of each file system call.
+  std::ifstream in(trace);
+  std::string line;
+  int lines = 0;
+  std::set<std::string> touched;
+  while (std::getline(in, line)) {
+    ++lines;
+    for (std::size_t a = line.find('"'); a != std::string::npos; a = line.find('"', a)) {
+      const std::size_t b = line.find('"', a + 1);
+      if (b == std::string::npos) break;
+      touched.insert(line.substr(a + 1, b - a - 1));
+      a = b + 1;
+    }
+  }
+  ASSERT_GT(lines, 0);
+  const auto ends_with = [](const std::string& s, const std::string& tail) {
+    return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  bool read_pre = false, read_manifest = false, read_clinical = false;
+  for (const std::string& path : touched) {
+    EXPECT_TRUE(path.find("/truth/") == std::string::npos && path.rfind("truth/", 0) != 0 &&
+                !ends_with(path, "/truth") && !ends_with(path, "truth.json"))
+        << "the planning run touched " << path;
+    EXPECT_FALSE(ends_with(path, "outcomes.csv")) << "the planning run touched " << path;
+    EXPECT_EQ(path.find("post_administered"), std::string::npos)
+        << "the planning run touched " << path;
+    read_pre = read_pre || path == cohort + "/patients/P0001/pre.vdb";
+    read_manifest = read_manifest || path == cohort + "/manifest.json";
+    read_clinical = read_clinical || path == cohort + "/clinical.csv";
+  }
+  // The trace saw the planner's own reads, so the absence above means something.
+  EXPECT_TRUE(read_pre && read_manifest && read_clinical)
+      << "pre.vdb " << read_pre << ", manifest.json " << read_manifest << ", clinical.csv "
+      << read_clinical << " in " << touched.size() << " traced paths";
 }
 
 TEST_F(CliTest, RunRefusesDeepTomlUnsafeNamesAndFoldersThatAreNotMewmCohorts) {

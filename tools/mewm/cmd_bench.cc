@@ -26,6 +26,7 @@
 #include "mewm/core/version.h"
 #include "mewm/policy/policy_model.h"
 #include "mewm/scenarios/cohort.h"
+#include "mewm/scenarios/cohort_source.h"
 #include "mewm/scenarios/planner.h"
 #include "mewm/scenarios/runner.h"
 #include "mewm/scenarios/synthetic_world.h"
@@ -316,9 +317,16 @@ int RunPlannerBench(const std::string& scenario, int patients, bool exhaustive,
   const std::string cohort_dir = *cohort;
   auto entries = scenarios::PrepareCohort(*spec, cohort_dir);
   if (!entries) return Fail(entries.error());
-  auto truth_text = ReadFile(cohort_dir + "/truth.json");
+  auto truth_path = scenarios::SyntheticTruthPath(cohort_dir);
+  if (!truth_path) return Fail(truth_path.error());
+  auto truth_text = ReadFile(*truth_path);
   if (!truth_text) return Fail(truth_text.error());
-  const nlohmann::json truth = nlohmann::json::parse(*truth_text);
+  nlohmann::json truth;
+  try {
+    truth = nlohmann::json::parse(*truth_text);
+  } catch (const std::exception& e) {
+    return Fail(Error{ErrorCode::kCorruptData, "'" + *truth_path + "': " + e.what()});
+  }
   auto models = scenarios::LoadModels(*spec);
   if (!models) return Fail(models.error());
   std::vector<scenarios::SearchMode> modes = {scenarios::SearchMode::kBeam,

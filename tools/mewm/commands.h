@@ -44,7 +44,8 @@ int RunStreamBench(int events, const std::string& json_path);
 int Fail(const Error& error);
 
 /// A synthetic cohort's generator seed and a description of it (size, counterfactual plans, world
-/// version) from its manifest.json, for model provenance; ("", dir) when there is none.
+/// version) from its manifest.json and truth/truth.json (the seed), for model provenance; ("", dir)
+/// when there is none.
 std::pair<std::string, std::string> CohortProvenance(const std::string& dir);
 
 /// A progress callback (done, total) that shows a bar for each pass over a cohort.

@@ -68,7 +68,14 @@ std::pair<std::string, std::string> CohortProvenance(const std::string& dir) {
   if (auto manifest = ReadFile(dir + "/manifest.json"); manifest) {
     try {
       const nlohmann::json m = nlohmann::json::parse(*manifest);
-      seed = m.at("seed").get<std::string>();
+      // The seed is kept with the truth (truth/truth.json "generation"), which training reads.
+      if (auto truth = ReadFile(dir + "/truth/truth.json"); truth) {
+        try {
+          seed = nlohmann::json::parse(*truth).at("generation").at("seed").get<std::string>();
+        } catch (const std::exception&) {
+          // No seed to record; the cohort reader reports a broken truth.
+        }
+      }
       const int plans = m.value("plans_per_patient", 0);
       data = "synthetic cohort " + dir + " (seed " + seed + ", " +
              std::to_string(m.at("n").get<int>()) + " patients, " +

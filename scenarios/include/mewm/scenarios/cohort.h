@@ -4,16 +4,25 @@
 // Synthetic cohorts on disk (`mewm cohort generate`) and the world-validity figures
 // (`mewm cohort stats`).
 //
-// Layout of a cohort folder:
+// Layout of a cohort folder (layout 2, kCohortLayout in cohort_source.h). What a planning run
+// may read is apart from what only training and evaluation read, and no seed is beside it:
 //   .mewm-cohort           {"generator": "mewm synthetic world", ...}, written before anything else
-//   manifest.json          generator version, seed, config, one entry per patient with its files
-//   clinical.csv           visible covariates, administered plan, observed (time, event)
-//   truth.json             hidden biology, risk of every valid plan, optimal plan (evaluation only)
+//   manifest.json          generator, world version, layout, config (no seed); one entry per
+//                          patient with its files: pre, NIfTI copies, post_administered
+//   clinical.csv           visible baseline covariates only
+//   outcomes.csv           administered_plan, time_months, event (training and evaluation only)
 //   patients/P0001/        written atomically (a temporary folder renamed when complete)
-//     pre.vdb              grids ct, liver, tumor
+//     pre.vdb              grids ct, liver, tumor; metadata without any seed
 //     pre_ct.nii.gz  liver.nii.gz  tumor.nii.gz
-//     post_administered.vdb (ct, viable, pre_tumor) + post_ct.nii.gz + viable.nii.gz: the plan
-//     given post_cf<k>.vdb       counterfactual plans (--plans-per-patient), grids ct, viable
+//     post_administered.vdb (ct, viable, pre_tumor) + post_ct.nii.gz + viable.nii.gz: the
+//                          follow-up CT of the plan given, an observed outcome
+//   truth/                 the hidden truth, never read by a planning run
+//     truth.json           every patient's truth below, plus "generation": the cohort seed and
+//                          each patient's seed (reproducibility lives here)
+//     patients/P0001/      written atomically, moved into place before patients/P0001
+//       truth.json         hidden biology, risk of every valid plan, optimal plan
+//       post_cf<k>.vdb     counterfactual plans (--plans-per-patient), grids ct, viable: never
+//                          observable in reality; only dynamics training and evaluation read them
 #pragma once
 
 #include <array>
@@ -62,6 +71,13 @@ struct CohortOptions {
 /// depend on the order. manifest.json is written last, so a folder without it (an interrupted or
 /// cancelled generation) is never a complete cohort.
 Status GenerateCohort(const CohortOptions& options, const ActionBase& actions);
+
+/// Whether `dir` holds the complete cohort GenerateCohort writes for `options` (seed, n and
+/// spacing; plans_per_patient and the action base are not checked): its manifest.json names this
+/// generator, world version and layout, n and spacing, and the covariates in its clinical.csv
+/// are those the seed draws. Reads manifest.json and clinical.csv only: no seed is stored beside
+/// them, and nothing under truth/ is opened.
+bool IsCohortOf(const std::string& dir, const CohortOptions& options, const ActionBase& actions);
 
 /// A figure with its 95% bootstrap interval over patients (NaN when not measured).
 struct Figure {

@@ -33,9 +33,31 @@ struct CohortEntry {
   std::optional<survival::SurvivalRecord> survival;
 };
 
-/// Reads a synthetic cohort folder: manifest.json for the files and clinical.csv for covariates
-/// and follow-up. It never reads truth.json.
+/// Layout of the synthetic cohort folders this build writes and reads (manifest.json "layout").
+/// Layout 2 keeps the planner's files (manifest.json, clinical.csv, patients/) apart from the
+/// outcomes (outcomes.csv) and the hidden truth (truth/); see cohort.h.
+inline constexpr int kCohortLayout = 2;
+
+/// Checks that `dir` holds a complete synthetic cohort of layout kCohortLayout, reading only its
+/// manifest.json. kMismatch naming the folder for a cohort of an older layout (layout 1:
+/// truth.json beside the planner's files, seeds in manifest.json and pre.vdb), which must be
+/// generated again; kNotFound when there is no manifest.json (not a complete cohort);
+/// kCorruptData for a manifest that does not parse.
+Status CheckSyntheticLayout(const std::string& dir);
+
+/// Reads a synthetic cohort folder as the planner sees it: manifest.json for the files and
+/// clinical.csv for the baseline covariates. It never opens outcomes.csv nor anything under
+/// truth/, so the entries carry no administered plan and no follow-up. Errors of
+/// CheckSyntheticLayout, and kCorruptData for a patient of the manifest without a clinical row.
 Expected<std::vector<CohortEntry>> ReadSyntheticCohort(const std::string& dir);
+
+/// ReadSyntheticCohort plus outcomes.csv: each entry's administered plan and observed follow-up.
+/// For training and evaluation only. kCorruptData when a patient has no row in outcomes.csv.
+Expected<std::vector<CohortEntry>> ReadSyntheticCohortWithOutcomes(const std::string& dir);
+
+/// Path of the cohort's hidden truth, `dir/truth/truth.json`, after CheckSyntheticLayout. Only
+/// evaluation, training and `mewm cohort stats` read it.
+Expected<std::string> SyntheticTruthPath(const std::string& dir);
 
 /// Reads a manifest CSV. Required columns: patient_id, ct, tumor, age_years, sex (M/F),
 /// child_pugh, bclc_stage, afp_ng_ml, lesion_count, max_diameter_mm, vascular_invasion (0/1).

@@ -26,8 +26,10 @@ struct PlanOutcomeFile {
   std::string post;
 };
 
-/// Per patient id: the administered plan and every counterfactual plan, from manifest.json.
-/// kNotFound / kCorruptData naming the file.
+/// Per patient id: the administered plan and every counterfactual plan with its image, from
+/// manifest.json (post_administered) and truth/truth.json (plans, counterfactual images): for
+/// dynamics training and evaluation only. kNotFound / kCorruptData naming the file, kMismatch
+/// for a cohort of the old layout.
 Expected<std::map<std::string, std::vector<PlanOutcomeFile>>> ReadPlanOutcomes(
     const std::string& cohort_dir, const ActionBase& actions);
 

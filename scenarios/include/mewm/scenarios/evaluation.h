@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
 //
-// Evaluation and training against synthetic cohorts. These are the only readers of truth.json:
-// plan selection is compared with the true optimum, and the mechanistic calibration learns from
-// a *training* cohort's biology. The planner itself never sees it.
+// Evaluation and training against synthetic cohorts. With `mewm cohort stats`, bench and the
+// dynamics data, these are the only readers of a cohort's truth/ and outcomes.csv: plan
+// selection is compared with the true optimum, survival is trained and scored on the observed
+// outcomes, and the mechanistic calibration learns from a *training* cohort's biology. The
+// planner itself never sees them.
 #pragma once
 
 #include <functional>
