@@ -19,6 +19,7 @@
 #include "mewm/core/nifti_io.h"
 #include "mewm/core/seed.h"
 #include "mewm/core/vdb_io.h"
+#include "mewm/scenarios/clinical_note.h"
 #include "mewm/survival/cox.h"
 #include "mewm/survival/metrics.h"
 
@@ -156,6 +157,7 @@ Expected<PatientTruth> GeneratePatient(const SyntheticWorld& world, const Synthe
     pre.labels.emplace("liver", *rendered.liver);
     pre.labels.emplace("tumor", rendered.tumor);
     MEWM_RETURN_IF_ERROR(WriteVdb(temp + "/pre.vdb", pre));
+    MEWM_RETURN_IF_ERROR(WriteFileAtomic(temp + "/note.txt", ClinicalNote(p)));
     if (options.write_nifti) {
       MEWM_RETURN_IF_ERROR(WriteNifti(temp + "/pre_ct.nii.gz", rendered.ct.ToDense()));
       MEWM_RETURN_IF_ERROR(WriteNiftiLabels(temp + "/liver.nii.gz", rendered.liver->ToDense()));
@@ -321,6 +323,7 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
     json entry = {{"id", p.id},
                   {"dir", "patients/" + p.id},
                   {"pre", "patients/" + p.id + "/pre.vdb"},
+                  {"note", "patients/" + p.id + "/note.txt"},
                   {"administered_plan", p.administered.ToString()},
                   {"post_administered", "patients/" + p.id + "/post_administered.vdb"}};
     json cf = json::array();
