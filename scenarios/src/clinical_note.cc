@@ -150,7 +150,7 @@ Facts DrawFacts(const SyntheticPatient& patient, std::uint64_t seed) {
       break;
     case Etiology::kAlcohol:
       f.etiology_detail = rng.Bernoulli(0.75)
-                              ? Format("abstinent for %d years", int(rng.UniformInt(1, 9)))
+                              ? Format("abstinent for %d years", int(rng.UniformInt(2, 9)))
                               : std::string("still drinking, counselled");
       break;
     case Etiology::kMasld:
@@ -235,12 +235,12 @@ Facts DrawFacts(const SyntheticPatient& patient, std::uint64_t seed) {
   }
   if (rng.Bernoulli(0.10)) {
     f.history.push_back(
-        Format("coronary artery disease (stent %d years ago)", int(rng.UniformInt(1, 12))));
+        Format("coronary artery disease (stent %d years ago)", int(rng.UniformInt(2, 12))));
   }
   if (rng.Bernoulli(0.08)) f.history.push_back("chronic kidney disease stage 3");
   if (rng.Bernoulli(0.06)) f.history.push_back("COPD");
   if (rng.Bernoulli(0.05)) f.history.push_back("hypothyroidism");
-  if (rng.Bernoulli(0.2)) f.history.push_back(Pick(rng, {"former smoker", "ex-smoker"}));
+  if (rng.Bernoulli(0.2)) f.history.push_back(Pick(rng, {"former tobacco use", "past smoking"}));
   return f;
 }
 
@@ -600,9 +600,10 @@ std::string Form(Rng& rng, const Facts& f, const Shown& show) {
     lines.push_back(s);
   }
   if (show.ecog) {
-    lines.push_back(Pick(rng, {"Performance status: ", "PS: "}) + Ecog(rng, f.ecog));
+    lines.push_back(Pick(rng, {"Performance status: ECOG ", "PS: ECOG ", "ECOG PS: "}) +
+                    std::to_string(f.ecog));
   }
-  if (show.afp) lines.push_back(AfpLabel(rng) + ": " + AfpValue(rng, f.afp, false));
+  if (show.afp) lines.push_back(Capitalize(AfpLabel(rng)) + ": " + AfpValue(rng, f.afp, false));
   {
     std::string s = Pick(rng, {"Imaging", "Imaging (", "CT"});
     if (s == "Imaging (") s += Modality(rng) + ")";

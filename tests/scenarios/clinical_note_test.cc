@@ -64,7 +64,7 @@ ParsedNote Parse(const std::string& note) {
   static const std::regex kScoreClass(R"(score (\d{1,2}) \(class ([ABC])\))");
   static const std::regex kScore(R"(\(score (\d{1,2})\)|\((\d{1,2}) points\))");
   static const std::regex kBclc(R"(BCLC\)?(?: stage)?[- ]([0ABCD])\b)");
-  static const std::regex kEcog(R"((?:ECOG(?: PS| performance status)?|\bPS) ([0-4])\b)");
+  static const std::regex kEcog(R"((?:ECOG(?: PS| performance status)?|\bPS):? ([0-4])\b)");
   static const std::regex kDiameter(R"((\d+(?:\.\d)?) (cm|mm)\b)");
   static const std::regex kSolitary(R"(\b(?:solitary|single) (?:\d|lesion|nodule|tumor|mass))");
   static const std::regex kCount(

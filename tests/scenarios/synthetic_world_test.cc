@@ -10,7 +10,9 @@
 
 #include "../core/test_env.h"
 #include "mewm/core/file_util.h"
+#include "mewm/scenarios/clinical_note.h"
 #include "mewm/scenarios/cohort.h"
+#include "mewm/scenarios/cohort_source.h"
 
 namespace mewm::scenarios {
 namespace {
@@ -128,13 +130,23 @@ TEST_F(CohortTest, SameSeedGivesByteIdenticalCohorts) {
     ++files;
   }
   // .mewm-cohort, manifest, clinical, truth + per patient: pre.vdb, 3 NIfTI, post vdb + 2 NIfTI,
-  // 1 counterfactual, truth.
-  EXPECT_EQ(files, 4 + 2 * 9);
+  // 1 counterfactual, truth, note.
+  EXPECT_EQ(files, 4 + 2 * 10);
   for (const char* name : {"manifest.json", "clinical.csv", "truth.json", "patients/P0001/pre.vdb",
                            "patients/P0002/post_administered.vdb", "patients/P0002/post_cf1.vdb",
                            "patients/P0001/pre_ct.nii.gz", "patients/P0001/tumor.nii.gz"}) {
     EXPECT_TRUE(fs::exists(fs::path(a) / name)) << name;
   }
+  // The clinical note: written per patient, named by the manifest, loaded with the patient.
+  auto entries = ReadSyntheticCohort(a);
+  ASSERT_TRUE(entries) << entries.error().message;
+  ASSERT_EQ(entries->size(), 2u);
+  EXPECT_EQ(entries->at(1).note, (fs::path(a) / "patients/P0002/note.txt").string());
+  auto patient = LoadPatient(entries->at(1));
+  ASSERT_TRUE(patient) << patient.error().message;
+  auto world = SyntheticWorld::Create(Options(a, 2).world, ActionBase::Default());
+  ASSERT_TRUE(world);
+  EXPECT_EQ(patient->note, ClinicalNote(world->Sample(42, 1)));
 }
 
 TEST_F(CohortTest, RefusesBadRequestsAndLeavesNoTemporaryFolders) {
