@@ -11,6 +11,7 @@
 //   truth.json             hidden biology, risk of every valid plan, optimal plan (evaluation only)
 //   patients/P0001/        written atomically (a temporary folder renamed when complete)
 //     pre.vdb              grids ct, liver, tumor
+//     note.txt             the clinical note (clinical_note.h): free text, visible facts only
 //     pre_ct.nii.gz  liver.nii.gz  tumor.nii.gz
 //     post_administered.vdb (ct, viable, pre_tumor) + post_ct.nii.gz + viable.nii.gz: the plan
 //     given post_cf<k>.vdb       counterfactual plans (--plans-per-patient), grids ct, viable
