@@ -7,6 +7,7 @@
 #include <atomic>
 #include <filesystem>
 #include <set>
+#include <sstream>
 
 #include "../core/test_env.h"
 #include "mewm/core/file_util.h"
@@ -147,6 +148,24 @@ TEST_F(CohortTest, SameSeedGivesByteIdenticalCohorts) {
   auto world = SyntheticWorld::Create(Options(a, 2).world, ActionBase::Default());
   ASSERT_TRUE(world);
   EXPECT_EQ(patient->note, ClinicalNote(world->Sample(42, 1)));
+  // A cohort written before notes existed has none; a manifest naming a note outside the cohort
+  // is refused.
+  std::string manifest = *ReadFile(b + "/manifest.json"), without, outside = manifest;
+  std::istringstream lines(manifest);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.find("\"note\"") == std::string::npos) without += line + "\n";
+  }
+  ASSERT_TRUE(WriteFileAtomic(b + "/manifest.json", without));
+  auto old = ReadSyntheticCohort(b);
+  ASSERT_TRUE(old) << old.error().message;
+  EXPECT_TRUE(old->at(0).note.empty());
+  EXPECT_TRUE(LoadPatient(old->at(0))->note.empty());
+  outside.replace(outside.find("patients/P0001/note.txt"), 23, "../elsewhere.txt");
+  ASSERT_TRUE(WriteFileAtomic(b + "/manifest.json", outside));
+  auto refused = ReadSyntheticCohort(b);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("outside the cohort's folder"), std::string::npos)
+      << refused.error().message;
 }
 
 TEST_F(CohortTest, RefusesBadRequestsAndLeavesNoTemporaryFolders) {
