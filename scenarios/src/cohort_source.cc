@@ -142,8 +142,8 @@ Expected<std::vector<CohortEntry>> ReadSyntheticCohort(const std::string& dir) {
       const std::string pre = Resolve(base, p.at("pre").get<std::string>());
       e.ct = e.tumor = e.liver = pre;
       e.post = Resolve(base, p.at("post_administered").get<std::string>());
-      if (auto note = p.find("note"); note != p.end()) {
-        MEWM_TRY(e.note, NotePath(base, note->get<std::string>(), e.origin));
+      if (const std::string note = p.value("note", std::string()); !note.empty()) {
+        MEWM_TRY(e.note, NotePath(base, note, e.origin));
       }
       auto row = rows.find(e.id);
       if (row == rows.end()) {
