@@ -21,6 +21,7 @@
 #include "mewm/core/seed.h"
 #include "mewm/core/vdb_io.h"
 #include "mewm/scenarios/cohort_source.h"
+#include "mewm/scenarios/clinical_note.h"
 #include "mewm/survival/cox.h"
 #include "mewm/survival/metrics.h"
 
@@ -202,6 +203,7 @@ Expected<PatientTruth> GeneratePatient(const SyntheticWorld& world, const Synthe
     pre.labels.emplace("liver", *rendered.liver);
     pre.labels.emplace("tumor", rendered.tumor);
     MEWM_RETURN_IF_ERROR(WriteVdb(temp + "/pre.vdb", pre));
+    MEWM_RETURN_IF_ERROR(WriteFileAtomic(temp + "/note.txt", ClinicalNote(p)));
     if (options.write_nifti) {
       MEWM_RETURN_IF_ERROR(WriteNifti(temp + "/pre_ct.nii.gz", rendered.ct.ToDense()));
       MEWM_RETURN_IF_ERROR(WriteNiftiLabels(temp + "/liver.nii.gz", rendered.liver->ToDense()));
@@ -384,6 +386,7 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
     json entry = {{"id", p.id},
                   {"dir", dir},
                   {"pre", dir + "/pre.vdb"},
+                  {"note", dir + "/note.txt"},
                   {"post_administered", dir + "/post_administered.vdb"}};
     if (options.write_nifti) {
       entry["nifti"] = {{"pre_ct", dir + "/pre_ct.nii.gz"},

@@ -20,6 +20,20 @@ std::string Resolve(const fs::path& base, const std::string& path) {
   return (base / path).lexically_normal().string();
 }
 
+/// The clinical note path `path` resolved against `base` and confined to it (a note is a file the
+/// cohort ships, not one from elsewhere on the machine). kInvalidArgument naming `where`.
+Expected<std::string> NotePath(const fs::path& base, const std::string& path,
+                               const std::string& where) {
+  const std::string resolved = Resolve(base, path);
+  const std::string root = base.empty() ? std::string(".") : base.string();
+  if (!IsPathInside(resolved, root)) {
+    return MakeError(
+        ErrorCode::kInvalidArgument,
+        where + ": note '" + path + "' lies outside the cohort's folder " + ResolvedPath(root));
+  }
+  return resolved;
+}
+
 /// .vdb files already read while loading one patient: a synthetic pre.vdb holds the CT, tumor
 /// and liver grids together and is read once, not once per grid.
 using VdbCache = std::map<std::string, VolumeSet>;
@@ -164,6 +178,9 @@ Expected<std::vector<CohortEntry>> ReadSyntheticCohort(const std::string& dir) {
       const std::string pre = Resolve(base, p.at("pre").get<std::string>());
       e.ct = e.tumor = e.liver = pre;
       e.post = Resolve(base, p.at("post_administered").get<std::string>());
+      if (const std::string note = p.value("note", std::string()); !note.empty()) {
+        MEWM_TRY(e.note, NotePath(base, note, e.origin));
+      }
       auto row = rows.find(e.id);
       if (row == rows.end()) {
         return MakeError(ErrorCode::kCorruptData, "'" + (base / "clinical.csv").string() +
@@ -233,6 +250,9 @@ Expected<std::vector<CohortEntry>> ReadManifest(const std::string& csv_path) {
     e.tumor = Resolve(base, tumor);
     e.liver = Resolve(base, t.Optional(r, "liver").value_or(""));
     e.post = Resolve(base, t.Optional(r, "post").value_or(""));
+    if (auto note = t.Optional(r, "note"); note && !note->empty()) {
+      MEWM_TRY(e.note, NotePath(base, *note, e.origin));
+    }
     auto covariates = ReadCovariates(t, r);
     if (!covariates) return covariates.error().WithContext("patient '" + e.id + "'");
     e.covariates = *covariates;
@@ -256,6 +276,11 @@ Expected<PatientCase> LoadPatient(const CohortEntry& entry) {
   auto tumor = ReadGrid<LabelVolume>(entry.tumor, "tumor", &cache);
   if (!tumor) return fail(tumor.error(), entry.tumor);
   PatientCase patient{entry.id, std::move(*ct), std::move(*tumor), std::nullopt, entry.covariates};
+  if (!entry.note.empty()) {
+    auto note = ReadRegularFile(entry.note, kMaxNoteBytes);
+    if (!note) return fail(note.error(), entry.note);
+    patient.note = std::move(*note);
+  }
   if (!entry.liver.empty()) {
     auto liver = ReadGrid<LabelVolume>(entry.liver, "liver", &cache);
     if (!liver) return fail(liver.error(), entry.liver);

@@ -8,10 +8,12 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 
 #include "../core/test_env.h"
 #include "mewm/core/file_util.h"
 #include "mewm/core/vdb_io.h"
+#include "mewm/scenarios/clinical_note.h"
 #include "mewm/scenarios/cohort.h"
 #include "mewm/scenarios/cohort_source.h"
 #include "mewm/scenarios/dynamics_data.h"
@@ -132,8 +134,9 @@ TEST_F(CohortTest, SameSeedGivesByteIdenticalCohorts) {
     ++files;
   }
   // .mewm-cohort, manifest, clinical, outcomes, truth/truth.json + per patient: pre.vdb, 3 NIfTI,
-  // post vdb + 2 NIfTI under patients/; truth.json and 1 counterfactual under truth/patients/.
-  EXPECT_EQ(files, 5 + 2 * 9);
+  // post vdb + 2 NIfTI, note under patients/; truth.json and 1 counterfactual under
+  // truth/patients/.
+  EXPECT_EQ(files, 5 + 2 * 10);
   for (const char* name :
        {"manifest.json", "clinical.csv", "outcomes.csv", "truth/truth.json",
         "patients/P0001/pre.vdb", "patients/P0002/post_administered.vdb",
@@ -146,6 +149,34 @@ TEST_F(CohortTest, SameSeedGivesByteIdenticalCohorts) {
        {"truth.json", "patients/P0001/truth.json", "patients/P0002/post_cf1.vdb"}) {
     EXPECT_FALSE(fs::exists(fs::path(a) / name)) << name;
   }
+  // The clinical note: written per patient, named by the manifest, loaded with the patient.
+  auto entries = ReadSyntheticCohort(a);
+  ASSERT_TRUE(entries) << entries.error().message;
+  ASSERT_EQ(entries->size(), 2u);
+  EXPECT_EQ(entries->at(1).note, (fs::path(a) / "patients/P0002/note.txt").string());
+  auto patient = LoadPatient(entries->at(1));
+  ASSERT_TRUE(patient) << patient.error().message;
+  auto world = SyntheticWorld::Create(Options(a, 2).world, ActionBase::Default());
+  ASSERT_TRUE(world);
+  EXPECT_EQ(patient->note, ClinicalNote(world->Sample(42, 1)));
+  // A cohort written before notes existed has none; a manifest naming a note outside the cohort
+  // is refused.
+  std::string manifest = *ReadFile(b + "/manifest.json"), without, outside = manifest;
+  std::istringstream lines(manifest);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.find("\"note\"") == std::string::npos) without += line + "\n";
+  }
+  ASSERT_TRUE(WriteFileAtomic(b + "/manifest.json", without));
+  auto old = ReadSyntheticCohort(b);
+  ASSERT_TRUE(old) << old.error().message;
+  EXPECT_TRUE(old->at(0).note.empty());
+  EXPECT_TRUE(LoadPatient(old->at(0))->note.empty());
+  outside.replace(outside.find("patients/P0001/note.txt"), 23, "../elsewhere.txt");
+  ASSERT_TRUE(WriteFileAtomic(b + "/manifest.json", outside));
+  auto refused = ReadSyntheticCohort(b);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("outside the cohort's folder"), std::string::npos)
+      << refused.error().message;
 }
 
 TEST_F(CohortTest, RefusesBadRequestsAndLeavesNoTemporaryFolders) {

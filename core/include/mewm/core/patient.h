@@ -29,13 +29,16 @@ struct Covariates {
   Status Validate() const;
 };
 
-/// A patient case: id, images and covariates.
+/// A patient case: id, images, covariates and, where the cohort has one, a clinical note.
 struct PatientCase {
   std::string id;
   Volume ct;                         ///< pre-treatment CT, HU
   LabelVolume tumor;                 ///< tumor mask (non-zero = tumor; labels may separate lesions)
   std::optional<LabelVolume> liver;  ///< liver mask, when available
   Covariates covariates;
+  /// Free-text clinical note (the referral), for policies that read it; empty when the cohort has
+  /// none. Only visible facts.
+  std::string note{};
 
   /// kMismatch when a mask's geometry or extent differs from the CT's; kInvalidArgument when the
   /// tumor mask is empty or the covariates are out of range. Messages name the patient.

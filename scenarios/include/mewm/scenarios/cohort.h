@@ -13,6 +13,7 @@
 //   outcomes.csv           administered_plan, time_months, event (training and evaluation only)
 //   patients/P0001/        written atomically (a temporary folder renamed when complete)
 //     pre.vdb              grids ct, liver, tumor; metadata without any seed
+//     note.txt             the clinical note (clinical_note.h): free text, visible facts only
 //     pre_ct.nii.gz  liver.nii.gz  tumor.nii.gz
 //     post_administered.vdb (ct, viable, pre_tumor) + post_ct.nii.gz + viable.nii.gz: the
 //                          follow-up CT of the plan given, an observed outcome

@@ -6,6 +6,7 @@
 // columns). Loading is lazy, one patient at a time, and every error names the patient and file.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -19,12 +20,16 @@
 
 namespace mewm::scenarios {
 
+/// The largest clinical note file a cohort may name (a referral is a few hundred bytes).
+inline constexpr std::uint64_t kMaxNoteBytes = 64u << 10;
+
 /// One patient of a cohort, before its images are read.
 struct CohortEntry {
   std::string id;
   std::string ct;     ///< path; a .vdb holds a grid "ct", a NIfTI holds the CT itself
   std::string tumor;  ///< path; a .vdb grid "tumor" (or the only label grid)
   std::string liver;  ///< optional path ("" = none)
+  std::string note;   ///< optional path of the clinical note, a text file ("" = none)
   Covariates covariates;
   std::string origin;  ///< "file:line" that described this patient
   // Observed follow-up, when the source has it (training cohorts):
@@ -45,8 +50,9 @@ inline constexpr int kCohortLayout = 2;
 /// kCorruptData for a manifest that does not parse.
 Status CheckSyntheticLayout(const std::string& dir);
 
-/// Reads a synthetic cohort folder as the planner sees it: manifest.json for the files and
-/// clinical.csv for the baseline covariates. It never opens outcomes.csv nor anything under
+/// Reads a synthetic cohort folder as the planner sees it: manifest.json for the files (and the
+/// clinical note, where a patient's entry names one; kInvalidArgument when its path leaves the
+/// folder) and clinical.csv for the baseline covariates. It never opens outcomes.csv nor anything under
 /// truth/, so the entries carry no administered plan and no follow-up. Errors of
 /// CheckSyntheticLayout, and kCorruptData for a patient of the manifest without a clinical row.
 Expected<std::vector<CohortEntry>> ReadSyntheticCohort(const std::string& dir);
@@ -61,12 +67,14 @@ Expected<std::string> SyntheticTruthPath(const std::string& dir);
 
 /// Reads a manifest CSV. Required columns: patient_id, ct, tumor, age_years, sex (M/F),
 /// child_pugh, bclc_stage, afp_ng_ml, lesion_count, max_diameter_mm, vascular_invasion (0/1).
-/// Optional: liver, post, administered_plan, time_months + event. Paths resolve against the CSV's
-/// folder. kParse / kInvalidArgument naming file:line and the column.
+/// Optional: liver, post, administered_plan, time_months + event, note (a text file, which must lie
+/// inside the CSV's folder). Paths resolve against the CSV's folder. kParse / kInvalidArgument
+/// naming file:line and the column.
 Expected<std::vector<CohortEntry>> ReadManifest(const std::string& csv_path);
 
-/// Reads the images of one patient and validates them (PatientCase::Validate): missing files,
-/// mismatched geometry and an empty tumor mask are errors naming the patient and the file.
+/// Reads the images and the clinical note of one patient and validates them
+/// (PatientCase::Validate): missing files, mismatched geometry, an empty tumor mask and a note that
+/// is not a regular file of at most kMaxNoteBytes are errors naming the patient and the file.
 Expected<PatientCase> LoadPatient(const CohortEntry& entry);
 
 /// A post-treatment image file (.vdb with grids ct and viable, optionally viable_fraction) as
