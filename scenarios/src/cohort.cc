@@ -839,21 +839,23 @@ Expected<WorldStats> ComputeCohortStats(const std::string& cohort_dir, int max_h
     MEWM_TRY(const LabelVolume liver_mask, pre.Label("liver"));
     MEWM_TRY(const LabelVolume tumor_mask, pre.Label("tumor"));
     MEWM_TRY(const Volume post_ct, post.Scalar("ct"));
-    MEWM_TRY(const LabelVolume viable_mask, post.Label("viable"));
-    const DenseFloat a = pre_ct.ToDense(), b = post_ct.ToDense();
-    const DenseLabel lv = liver_mask.ToDense(), tm = tumor_mask.ToDense(),
-                     vm = viable_mask.ToDense();
+    MEWM_TRY(const Volume viable_fraction, post.Scalar("viable_fraction"));
+    const DenseFloat a = pre_ct.ToDense(), b = post_ct.ToDense(), u = viable_fraction.ToDense();
+    const DenseLabel lv = liver_mask.ToDense(), tm = tumor_mask.ToDense();
     for (std::size_t x = 0; x < a.data.size(); ++x) {
       const bool tumor = tm.data[x] != 0;
       if (lv.data[x] != 0 && !tumor) liver.Add(a.data[x]);
       if (!tumor) continue;
+      // The post-treatment image mixes viable and dead tissue per voxel; only nearly pure voxels
+      // measure a tissue: the necrotic core (necrotic before treatment), fully viable tumor, and
+      // fully dead tumor holding Lipiodol.
       const double delta = double(b.data[x]) - double(a.data[x]);
-      if (delta > 150.0) {
-        lipiodol.Add(b.data[x]);
-      } else if (vm.data[x] != 0) {
-        viable.Add(b.data[x]);
-      } else {
+      if (a.data[x] < 40.0f) {
         necrosis.Add(b.data[x]);
+      } else if (u.data[x] >= 0.9f) {
+        viable.Add(b.data[x]);
+      } else if (u.data[x] < 0.1f && delta > 150.0) {
+        lipiodol.Add(b.data[x]);
       }
     }
     air.Add(a.data.front());

@@ -186,7 +186,9 @@ SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) co
 
   // Lesions: the largest first.
   const double u_count = rng.Uniform();
-  const int count = u_count < 0.55 ? 1 : u_count < 0.85 ? 2 : 3;
+  // Drawn counts; lesions that find no room are dropped below, which brings the share of
+  // multifocal patients down to about 45%.
+  const int count = u_count < 0.40 ? 1 : u_count < 0.75 ? 2 : 3;
   const double d1 = std::clamp(std::exp(std::log(45.0) + 0.45 * rng.Normal()), 12.0, 110.0);
   const double z_an_seen = 0.6 * z_an + 0.8 * rng.Normal();
   for (int l = 0; l < count; ++l) {
@@ -196,11 +198,14 @@ SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) co
       s.radii_mm[k] = 0.5 * d * std::clamp(1.0 + 0.15 * rng.Normal(), 0.7, 1.3);
     s.axes = RandomRotation(rng);
     s.deform = std::clamp(0.08 + 0.05 * (0.7 * z_d + 0.7 * rng.Normal()), 0.02, 0.25);
-    // Inside the liver, clear of every earlier lesion; a lesion that finds no room is dropped,
-    // so the lesion count always matches the label image.
-    const double reach = std::max(0.0, 0.75 - 0.5 * d / a.liver_radii_mm.minCoeff());
+    // Inside the liver, clear of every earlier lesion. A lesion that finds no room shrinks by
+    // 15% every 40 tries and is dropped after 200, so the lesion count always matches the label
+    // image.
     bool placed = false;
     for (int attempt = 0; attempt < 200 && !placed; ++attempt) {
+      if (attempt > 0 && attempt % 40 == 0) s.radii_mm *= 0.85;
+      const double reach =
+          std::max(0.0, 0.75 - s.radii_mm.maxCoeff() / a.liver_radii_mm.minCoeff());
       const Eigen::Vector3d dir =
           Eigen::Vector3d(rng.Normal(), rng.Normal(), rng.Normal()).normalized();
       s.center_mm =

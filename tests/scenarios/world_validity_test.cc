@@ -13,7 +13,7 @@
 namespace mewm::scenarios {
 namespace {
 
-class WorldValidityTest : public testing::TestWithParam<std::uint64_t> {};
+class WorldValidityTest : public ::testing::TestWithParam<std::uint64_t> {};
 
 TEST_P(WorldValidityTest, HundredPatientsPassEveryCheck) {
   auto stats = SimulateWorldStats(WorldConfig{}, ActionBase::Default(), GetParam(), 100,
@@ -29,7 +29,7 @@ TEST_P(WorldValidityTest, HundredPatientsPassEveryCheck) {
   EXPECT_GE(stats->visibility_r2, 0.9);
 }
 
-INSTANTIATE_TEST_SUITE_P(Seeds, WorldValidityTest, testing::Values(1, 2, 3));
+INSTANTIATE_TEST_SUITE_P(Seeds, WorldValidityTest, ::testing::Values(1, 2, 3));
 
 }  // namespace
 }  // namespace mewm::scenarios
