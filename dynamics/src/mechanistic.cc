@@ -96,8 +96,7 @@ std::vector<float> PeripheryOf(const std::vector<bool>& tissue, const Index3& n,
                 const std::int64_t a = i + dir * di, b = j + dir * dj, c = k + dir * dk;
                 const double step = h * std::sqrt(double(di * di + dj * dj + dk * dk));
                 // Beyond the lattice counts as outside the tissue.
-                const float there = (a < 0 || b < 0 || c < 0 || a >= n[0] || b >= n[1] ||
-                                     c >= n[2])
+                const float there = (a < 0 || b < 0 || c < 0 || a >= n[0] || b >= n[1] || c >= n[2])
                                         ? 0.0f
                                         : d[at(a, b, c)];
                 here = std::min(here, float(there + step));
@@ -284,9 +283,8 @@ Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields
           if (bio.pattern_seed != 0) {
             const Eigen::Vector3d w = field.density.geometry.IndexToWorld(
                 Eigen::Vector3d(double(i), double(j), double(k)));
-            const double t =
-                std::clamp((ValueNoise(pattern, w[0], w[1], w[2], 6.0) - level) / 0.2 + 0.5, 0.0,
-                           1.0);
+            const double t = std::clamp(
+                (ValueNoise(pattern, w[0], w[1], w[2], 6.0) - level) / 0.2 + 0.5, 0.0, 1.0);
             spared += t * t * (3.0 - 2.0 * t);  // smoothstep: patches are spared or not
           }
           spared = std::clamp(spared, 0.0, 1.0) * (1.0 - effect.penetration);

@@ -20,8 +20,8 @@
 #include "mewm/core/pharmacology.h"
 #include "mewm/core/seed.h"
 #include "mewm/core/vdb_io.h"
-#include "mewm/scenarios/cohort_source.h"
 #include "mewm/scenarios/clinical_note.h"
+#include "mewm/scenarios/cohort_source.h"
 #include "mewm/survival/cox.h"
 #include "mewm/survival/metrics.h"
 
@@ -523,7 +523,8 @@ double Correlation2(const std::vector<std::pair<double, double>>& pairs) {
     saa += (a - ma) * (a - ma);
     sbb += (b - mb) * (b - mb);
   }
-  return saa > 0.0 && sbb > 1e-6 ? sab * sab / (saa * sbb) : std::numeric_limits<double>::quiet_NaN();
+  return saa > 0.0 && sbb > 1e-6 ? sab * sab / (saa * sbb)
+                                 : std::numeric_limits<double>::quiet_NaN();
 }
 
 /// 1 - SS_res / SS_tot of an estimate against the truth (NaN when the truth is constant).
@@ -570,10 +571,9 @@ Expected<WorldStats> SummarizeTruths(const std::vector<SyntheticPatient>& patien
     ++optimal_counts[optimal.ToString()];
     s.optimal_drugs_share[std::min<std::size_t>(DrugsOf(optimal).size(), 2)] += 1.0;
     s.optimal_embolic_share[EmbolicOf(optimal)] += 1.0;
-    conflict.push_back(patients[n].covariates.child_pugh != 'A' &&
-                               optimal.Contains("Absolute Alcohol")
-                           ? 1.0
-                           : 0.0);
+    conflict.push_back(
+        patients[n].covariates.child_pugh != 'A' && optimal.Contains("Absolute Alcohol") ? 1.0
+                                                                                         : 0.0);
     const PlanTruth& given = t.plans[t.administered];
     oracle.push_back(given.linear_predictor);
     records.push_back({t.event_time_months, t.event});
@@ -723,11 +723,10 @@ Expected<WorldStats> SimulateWorldStats(const WorldConfig& config, const ActionB
       const auto& plans = truths[i].plans;
       for (int k = 0; k < visibility_plans; ++k) {
         // Plans spread evenly over the canonical order, offset per patient.
-        const std::size_t at = (i * 7 + std::size_t(k) * plans.size() /
-                                             std::size_t(visibility_plans)) % plans.size();
+        const std::size_t at =
+            (i * 7 + std::size_t(k) * plans.size() / std::size_t(visibility_plans)) % plans.size();
         std::vector<dynamics::FieldResponse> responses;
-        MEWM_RETURN_IF_ERROR(dynamics::SimulateResponse(fields, patients[i].biology,
-                                                        plans[at].plan,
+        MEWM_RETURN_IF_ERROR(dynamics::SimulateResponse(fields, patients[i].biology, plans[at].plan,
                                                         patients[i].covariates.child_pugh, mech,
                                                         /*sample_seed=*/0, &responses));
         MEWM_TRY(const Outcome outcome,
@@ -760,7 +759,8 @@ Expected<WorldStats> SimulateWorldStats(const WorldConfig& config, const ActionB
     }
     stats.visibility_cases = int(pooled.size());
     stats.visibility_r2 = RSquared(pooled);
-    stats.visibility_within_r2 = varying ? within / varying : std::numeric_limits<double>::quiet_NaN();
+    stats.visibility_within_r2 =
+        varying ? within / varying : std::numeric_limits<double>::quiet_NaN();
   }
   return stats;
 }
@@ -887,8 +887,10 @@ struct Check {
 /// Population figures are only judged on cohorts this large (smaller ones are shown, not judged).
 constexpr int kMinPatientsForPopulationChecks = 100;
 
-Figure Point(double v) { return Figure{v, std::numeric_limits<double>::quiet_NaN(),
-                                       std::numeric_limits<double>::quiet_NaN()}; }
+Figure Point(double v) {
+  return Figure{v, std::numeric_limits<double>::quiet_NaN(),
+                std::numeric_limits<double>::quiet_NaN()};
+}
 
 std::vector<Check> Checks(const WorldStats& s) {
   const double inf = std::numeric_limits<double>::infinity();
@@ -934,8 +936,7 @@ std::vector<std::string> WorldStats::Failures() const {
   for (const Check& c : Checks(*this)) {
     if (!c.Passes()) {
       std::ostringstream out;
-      out << c.what << " is " << c.figure.value << ", expected in [" << c.lo << ", " << c.hi
-          << "]";
+      out << c.what << " is " << c.figure.value << ", expected in [" << c.lo << ", " << c.hi << "]";
       failures.push_back(out.str());
     }
   }
@@ -948,9 +949,9 @@ std::string WorldStats::Format() const {
   out.precision(3);
   out << "synthetic world: " << patients << " patients" << (seed ? ", seed " : "");
   if (seed) out << seed;
-  out << ", " << distinct_optimal_plans << " distinct optimal plans (most common: "
-      << most_common_optimal << "), events " << 100.0 * event_fraction << "%, HU measured on "
-      << hu_patients << " patients\n";
+  out << ", " << distinct_optimal_plans
+      << " distinct optimal plans (most common: " << most_common_optimal << "), events "
+      << 100.0 * event_fraction << "%, HU measured on " << hu_patients << " patients\n";
   out << "  response of the administered plan: CR " << complete_response.value << ", PR "
       << partial_response << ", SD " << stable_disease << ", PD " << progressive_disease.value
       << "\n  optimal plans by drug count: 0 " << optimal_drugs_share[0] << ", 1 "
@@ -967,17 +968,17 @@ std::string WorldStats::Format() const {
         << " patients; try `mewm cohort stats --simulate 200`)\n";
     out << "  mean HR median/optimal " << mean_hr_median_vs_optimal.value
         << ", largest optimal share " << max_optimal_share << ", chemo vs bland HR "
-        << chemo_vs_bland_hr.value << ", second drug HR " << second_drug_hr.value
-        << ", oracle C " << oracle_c_index << ", visible Cox C " << visible_cox_c_index
-        << ", KM median OS " << km_median_os_months.value << " months\n";
+        << chemo_vs_bland_hr.value << ", second drug HR " << second_drug_hr.value << ", oracle C "
+        << oracle_c_index << ", visible Cox C " << visible_cox_c_index << ", KM median OS "
+        << km_median_os_months.value << " months\n";
   }
   for (const Check& c : Checks(*this)) {
     const bool inside = c.figure.value >= c.lo && c.figure.value <= c.hi;
     out << "  "
         << (std::isnan(c.figure.value) ? "  -  "
-            : !c.judged               ? (inside ? "[ok] " : "[gap]")
-            : c.Passes()              ? "[ok] "
-                                      : "[FAIL]")
+            : !c.judged                ? (inside ? "[ok] " : "[gap]")
+            : c.Passes()               ? "[ok] "
+                                       : "[FAIL]")
         << " ";
     out.width(38);
     out << std::left << c.what << std::right;

@@ -318,7 +318,7 @@ Expected<PatientCase> SyntheticWorld::Render(const SyntheticPatient& p, bool tum
                 const Eigen::Vector2d xy(w[0], w[1]);
                 const double ds = (xy - spine).norm();
                 if (ds < 17.0) hu = ds > 13.5 ? 650.0 : 260.0;  // vertebral cortex and body
-                if ((xy - aorta).norm() < 11.0) hu = 160.0;  // portal-venous phase
+                if ((xy - aorta).norm() < 11.0) hu = 160.0;     // portal-venous phase
                 if ((xy - ivc).norm() < 10.5) hu = 150.0;
                 std::int32_t liver_label = 0, tumor_label = 0;
                 // The liver and its lesions are intra-abdominal: never in the fat or muscle wall.
@@ -412,8 +412,12 @@ Expected<PatientTruth> SyntheticWorld::Truth(const SyntheticPatient& p,
     pre[n] = r->pre_viable_ml;
     pre_mask[n] = r->pre_mask_ml;
     PlanTruth& t = truth.plans[n];
-    t = PlanTruth{plans_[n], r->post_viable_ml, r->post_mask_ml, r->toxicity,
-                  LinearPredictor(p, r->post_viable_ml, r->toxicity), 0.0};
+    t = PlanTruth{plans_[n],
+                  r->post_viable_ml,
+                  r->post_mask_ml,
+                  r->toxicity,
+                  LinearPredictor(p, r->post_viable_ml, r->toxicity),
+                  0.0};
     t.risk = std::exp(t.linear_predictor);
   });
   if (cancel.stopped()) {

@@ -90,7 +90,7 @@ struct Figure {
 /// World-validity figures (docs/SYNTHETIC_WORLD.md lists the targets and their sources).
 struct WorldStats {
   int patients = 0;
-  std::uint64_t seed = 0;  ///< the cohort seed, when known (simulated worlds)
+  std::uint64_t seed = 0;            ///< the cohort seed, when known (simulated worlds)
   Figure mean_hr_median_vs_optimal;  ///< mean over patients of risk(median plan)/risk(optimal)
   double max_optimal_share = 0.0;    ///< largest fraction of patients sharing one optimal plan
   std::string most_common_optimal;

@@ -52,8 +52,8 @@ Status CheckSyntheticLayout(const std::string& dir);
 
 /// Reads a synthetic cohort folder as the planner sees it: manifest.json for the files (and the
 /// clinical note, where a patient's entry names one; kInvalidArgument when its path leaves the
-/// folder) and clinical.csv for the baseline covariates. It never opens outcomes.csv nor anything under
-/// truth/, so the entries carry no administered plan and no follow-up. Errors of
+/// folder) and clinical.csv for the baseline covariates. It never opens outcomes.csv nor anything
+/// under truth/, so the entries carry no administered plan and no follow-up. Errors of
 /// CheckSyntheticLayout, and kCorruptData for a patient of the manifest without a clinical row.
 Expected<std::vector<CohortEntry>> ReadSyntheticCohort(const std::string& dir);
 
