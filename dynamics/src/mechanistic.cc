@@ -268,10 +268,10 @@ Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields
     // margin and, in a smooth hidden pattern, patches inside; more so in hypovascular tumors.
     // Liquid agents reach part of it. The result is the classic residual: a rim and nodules.
     const double vasc = bio.vascularity;
-    const double margin = 0.2 + 0.6 * (1.0 - vasc);
-    // Patches where the smooth pattern exceeds this level keep their supply: about a third of
-    // a hypovascular tumor, a few percent of a hypervascular one.
-    const double level = 0.15 + 0.35 * vasc;
+    const double margin = 0.7 * std::pow(1.0 - vasc, 1.5);
+    // Patches where the smooth pattern exceeds this level keep their supply: about half of a
+    // hypovascular tumor, none of a hypervascular one (v > 0.7).
+    const double level = -0.5 + 1.75 * vasc;
     const std::uint64_t pattern = DeriveSeed(bio.pattern_seed, {std::uint64_t(field.label)});
     std::vector<float> delivery(u.size()), dependence(u.size()), lipiodol(u.size(), 0.0f);
     for (std::int64_t k = 0; k < n[2]; ++k) {

@@ -204,7 +204,18 @@ Expected<std::uint64_t> CheckFolder(const ScenarioSpec& spec, const RunOptions& 
                                                run_id + " (another scenario or seed)");
   }
 
-  const bool empty = fs::is_empty(dir, ec);
+  // A folder holding nothing but this scenario's own synthetic cohort (generated there ahead of
+  // the run, as models/README.md shows) counts as empty.
+  bool empty = fs::is_empty(dir, ec);
+  if (!empty && spec.cohort.source == CohortSpec::Source::kSynthetic) {
+    auto cohort = SyntheticCohortDir(spec, out);
+    std::size_t entries = 0;
+    for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator(); ++it) {
+      ++entries;
+    }
+    empty = cohort && entries == 1 && fs::equivalent(fs::path(*cohort).parent_path(), dir, ec) &&
+            IsEmptyOrMewmCohort(*cohort);
+  }
   const bool same_scenario = run && (*run)["scenario"].get<std::string>() == spec.name;
   if (!empty && !same_scenario && !log_is_ours) {
     if (!options.force) {

@@ -381,7 +381,7 @@ double SyntheticWorld::LinearPredictor(const SyntheticPatient& p, double post_vi
   // The hidden biology's own progression: faster-growing tumors recur sooner, whatever the image
   // showed at follow-up (z_p, the proliferation's standard-normal latent).
   const double z_p = std::log(p.biology.proliferation_per_day / 0.02) / 0.6;
-  return 0.80 * std::log1p(post_viable_ml) - 3.0 + 0.30 * (std::log10(c.afp_ng_ml) - 1.5) + cp +
+  return 0.80 * std::log1p(post_viable_ml) - 3.15 + 0.30 * (std::log10(c.afp_ng_ml) - 1.5) + cp +
          bclc + 0.35 * (c.vascular_invasion ? 1.0 : 0.0) + 0.015 * (c.age_years - 62.0) +
          0.25 * z_p + toxicity;
 }

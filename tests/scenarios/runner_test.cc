@@ -283,6 +283,16 @@ TEST_F(RunnerTest, RunRefusesAForeignFolderBeforeWritingAnything) {
   EXPECT_FALSE(CheckRunFolder(Synthetic(), {}));
 }
 
+TEST_F(RunnerTest, AFolderHoldingOnlyTheScenariosOwnCohortIsAcceptedAsEmpty) {
+  // models/README.md generates the cohort inside the run's folder before `mewm run`.
+  fs::create_directories(dir_.File("out/cohort"));
+  std::ofstream(dir_.File("out/cohort/.mewm-cohort")) << R"({"generator": "mewm synthetic world"})";
+  EXPECT_TRUE(CheckRunFolder(Synthetic(), {}));
+  // Anything else beside it is still a foreign folder.
+  std::ofstream(dir_.File("out/notes.txt")) << "a user's file";
+  EXPECT_FALSE(CheckRunFolder(Synthetic(), {}));
+}
+
 TEST(EventsTest, JsonRoundTripAndCutOffLastLine) {
   testing::TempDir dir;
   Event e{"run-1", 7, 123, CandidateEvaluated{"P1", "drug", 2, {{"A", "B"}, 0.5, 0.1}, true}};
