@@ -206,7 +206,7 @@ Facts DrawFacts(const SyntheticPatient& patient, std::uint64_t seed) {
       break;
     case 4:
       f.prior = Pick(rng, {"sorafenib, stopped for hand-foot skin reaction",
-                           "atezolizumab-bevacizumab, 4 cycles, stopped for bleeding risk",
+                           "atezolizumab-bevacizumab, 4 cycles, stopped after variceal bleeding",
                            "lenvatinib, stopped for fatigue"});
       break;
     default:
