@@ -237,9 +237,9 @@ Facts DrawFacts(const SyntheticPatient& patient, std::uint64_t seed) {
     f.history.push_back(
         Format("coronary artery disease (stent %d years ago)", int(rng.UniformInt(2, 12))));
   }
-  if (rng.Bernoulli(0.08)) f.history.push_back("chronic kidney disease stage 3");
-  if (rng.Bernoulli(0.06)) f.history.push_back("COPD");
-  if (rng.Bernoulli(0.05)) f.history.push_back("hypothyroidism");
+  if (rng.Bernoulli(0.08)) f.history.emplace_back("chronic kidney disease stage 3");
+  if (rng.Bernoulli(0.06)) f.history.emplace_back("COPD");
+  if (rng.Bernoulli(0.05)) f.history.emplace_back("hypothyroidism");
   if (rng.Bernoulli(0.2)) f.history.push_back(Pick(rng, {"former tobacco use", "past smoking"}));
   return f;
 }
@@ -461,7 +461,7 @@ std::string Decompensation(Rng& rng, const Facts& f) {
     parts.push_back(Pick(rng, {"grade 1-2 encephalopathy on lactulose",
                                "mild hepatic encephalopathy on lactulose and rifaximin"}));
   } else if (f.encephalopathy_points == 3) {
-    parts.push_back("grade 3 hepatic encephalopathy");
+    parts.emplace_back("grade 3 hepatic encephalopathy");
   }
   if (parts.empty()) {
     return rng.Bernoulli(0.5) ? Pick(rng, {"no ascites or encephalopathy",
