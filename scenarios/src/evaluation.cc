@@ -334,7 +334,12 @@ Expected<std::unique_ptr<survival::CoxSurvival>> TrainCoxSurvival(
     X.row(Eigen::Index(i)) = x.transpose();
     if (progress) progress(int(i + 1), int(entries.size()));
   }
-  MEWM_TRY(survival::CoxFit fit, survival::FitCox(X, y, survival::CoxFeatureNames(), ties));
+  // Plan toxicity is in hazard units by definition (core/pharmacology.h): its coefficient is 1,
+  // not estimated. Estimated from a few hundred administered plans it came out negative (World
+  // v2, 200 patients: -0.49), and a planner that trusted it chose the most toxic plans.
+  MEWM_TRY(survival::CoxFit fit,
+           survival::FitCox(X, y, survival::CoxFeatureNames(), ties, 1e-4, 50,
+                            {{"plan_toxicity", 1.0}}));
   return survival::CoxSurvival::Create(std::move(fit), provenance);
 }
 

@@ -177,8 +177,17 @@ Status CheckInputs(const Eigen::MatrixXd& x, const std::vector<SurvivalRecord>& 
 
 Expected<CoxFit> FitCox(const Eigen::MatrixXd& x, const std::vector<SurvivalRecord>& y,
                         const std::vector<std::string>& names, CoxTies ties, double l2,
-                        int max_iter) {
+                        int max_iter, const std::map<std::string, double>& fixed) {
   MEWM_RETURN_IF_ERROR(CheckInputs(x, y, names, l2, max_iter));
+  std::vector<Eigen::Index> held;  // features whose coefficient is given
+  for (const auto& [name, value] : fixed) {
+    const auto at = std::find(names.begin(), names.end(), name);
+    if (at == names.end()) return Invalid("fixed coefficient for unknown feature '" + name + "'");
+    if (!std::isfinite(value)) {
+      return Invalid("fixed coefficient of '" + name + "' is not finite (" + Num(value) + ")");
+    }
+    held.push_back(Eigen::Index(at - names.begin()));
+  }
   const Eigen::Index n = x.rows();
   const Eigen::Index p = x.cols();
 
@@ -202,6 +211,10 @@ Expected<CoxFit> FitCox(const Eigen::MatrixXd& x, const std::vector<SurvivalReco
     return ev.log_likelihood - 0.5 * l2 * b.squaredNorm();
   };
   Eigen::VectorXd beta = Eigen::VectorXd::Zero(p);
+  for (const auto& [name, value] : fixed) {
+    const auto j = Eigen::Index(std::find(names.begin(), names.end(), name) - names.begin());
+    beta[j] = value * fit.scale[j];  // per unit -> per standard deviation
+  }
   Evaluation ev = likelihood.Evaluate(beta);
   double current = objective(beta, ev);
   if (!std::isfinite(current)) {
@@ -209,9 +222,15 @@ Expected<CoxFit> FitCox(const Eigen::MatrixXd& x, const std::vector<SurvivalReco
   }
 
   for (int iter = 1; iter <= max_iter; ++iter) {
-    const Eigen::VectorXd gradient = ev.gradient - l2 * beta;
+    Eigen::VectorXd gradient = ev.gradient - l2 * beta;
     Eigen::MatrixXd information = ev.information;
     information.diagonal().array() += l2;
+    for (const Eigen::Index j : held) {  // a given coefficient never moves
+      gradient[j] = 0.0;
+      information.row(j).setZero();
+      information.col(j).setZero();
+      information(j, j) = 1.0;
+    }
     // A tiny damping keeps the solve defined for constant columns when l2 = 0. It changes the
     // path, not the fixed point (gradient = 0).
     information.diagonal().array() += 1e-10 * std::max(1.0, information.diagonal().maxCoeff());

@@ -17,7 +17,7 @@ class WorldValidityTest : public ::testing::TestWithParam<std::uint64_t> {};
 
 TEST_P(WorldValidityTest, HundredPatientsPassEveryCheck) {
   auto stats = SimulateWorldStats(WorldConfig{}, ActionBase::Default(), GetParam(), 100,
-                                  /*visibility_plans=*/4);
+                                  /*visibility_plans=*/2);
   ASSERT_TRUE(stats) << stats.error().ToString();
   std::cout << stats->Format();
   for (const std::string& failure : stats->Failures()) ADD_FAILURE() << failure;

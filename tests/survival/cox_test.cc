@@ -95,6 +95,23 @@ TEST(CoxTest, RecoversKnownCoefficientsOnASimulatedCohort) {
   EXPECT_GT(*HarrellC(risk, c.y), 0.65);
 }
 
+TEST(CoxTest, AFixedCoefficientIsKeptAndTheOthersAreFittedAroundIt) {
+  const Cohort c = Simulate(2000, 3);
+  // Fixing a coefficient at a wrong value moves it nowhere; fixing it at the truth leaves the
+  // others where an unconstrained fit puts them.
+  auto wrong = FitCox(c.x, c.y, kNames, CoxTies::kEfron, 1e-4, 50, {{"age_z", 0.2}});
+  ASSERT_TRUE(wrong) << wrong.error().ToString();
+  EXPECT_NEAR(wrong->Coefficients()[0], 0.2, 1e-12);
+  auto right = FitCox(c.x, c.y, kNames, CoxTies::kEfron, 1e-4, 50, {{"age_z", kTrueBeta[0]}});
+  ASSERT_TRUE(right) << right.error().ToString();
+  EXPECT_TRUE(right->converged);
+  EXPECT_NEAR(right->Coefficients()[0], kTrueBeta[0], 1e-12);
+  EXPECT_NEAR(right->Coefficients()[1], kTrueBeta[1], 0.1);
+  ExpectInvalid(FitCox(c.x, c.y, kNames, CoxTies::kEfron, 1e-4, 50, {{"nope", 1.0}}));
+  ExpectInvalid(FitCox(c.x, c.y, kNames, CoxTies::kEfron, 1e-4, 50,
+                       {{"age_z", std::numeric_limits<double>::quiet_NaN()}}));
+}
+
 TEST(CoxTest, BreslowAndEfronAgreeWithoutTies) {
   const Cohort c = Simulate(300, 11);
   auto breslow = FitCox(c.x, c.y, kNames, CoxTies::kBreslow);

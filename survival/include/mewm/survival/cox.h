@@ -10,6 +10,7 @@
 #pragma once
 
 #include <Eigen/Dense>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -65,8 +66,13 @@ struct CoxFit {
 /// kInvalidArgument when X's rows differ from y's size or its columns from the names, there are
 /// no columns, X or a time is NaN/infinite, a time is negative, there are fewer than 2 events, or
 /// l2 < 0 or max_iter < 1.
+///
+/// `fixed` holds features whose log hazard ratio per unit is known and is not estimated (an
+/// offset), e.g. plan toxicity, which the pharmacology table defines in hazard units.
+/// kInvalidArgument for a fixed name that is not a feature, or a non-finite value.
 Expected<CoxFit> FitCox(const Eigen::MatrixXd& X, const std::vector<SurvivalRecord>& y,
                         const std::vector<std::string>& names, CoxTies ties = CoxTies::kEfron,
-                        double l2 = 1e-4, int max_iter = 50);
+                        double l2 = 1e-4, int max_iter = 50,
+                        const std::map<std::string, double>& fixed = {});
 
 }  // namespace mewm::survival
