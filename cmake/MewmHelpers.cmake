@@ -41,10 +41,14 @@ function(mewm_add_module name)
   mewm_set_warnings(mewm_${name})
 endfunction()
 
-# mewm_add_test(<name> SOURCES ... DEPS ... [LABELS ...])
-# One GoogleTest binary; every TEST is discovered as its own ctest entry.
+# mewm_add_test(<name> SOURCES ... DEPS ... [LABELS ...] [TIMEOUT seconds])
+# One GoogleTest binary; every TEST is discovered as its own ctest entry (300 s each unless
+# TIMEOUT says otherwise).
 function(mewm_add_test name)
-  cmake_parse_arguments(ARG "" "" "SOURCES;DEPS;LABELS" ${ARGN})
+  cmake_parse_arguments(ARG "" "TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
+  if(NOT ARG_TIMEOUT)
+    set(ARG_TIMEOUT 300)
+  endif()
   add_executable(${name} ${ARG_SOURCES})
   target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest_main GTest::gmock)
   target_compile_definitions(${name} PRIVATE
@@ -55,7 +59,7 @@ function(mewm_add_test name)
   if(NOT labels)
     set(labels unit)
   endif()
-  gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 300)
+  gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT ${ARG_TIMEOUT})
   # Labels are set by a script of our own that ctest reads after the discovered tests: passed
   # through gtest_discover_tests' PROPERTIES, every label after the first was read as a property
   # name, so `ctest -L core` or `-L streaming` found nothing.

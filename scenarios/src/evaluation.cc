@@ -337,9 +337,8 @@ Expected<std::unique_ptr<survival::CoxSurvival>> TrainCoxSurvival(
   // Plan toxicity is in hazard units by definition (core/pharmacology.h): its coefficient is 1,
   // not estimated. Estimated from a few hundred administered plans it came out negative (World
   // v2, 200 patients: -0.49), and a planner that trusted it chose the most toxic plans.
-  MEWM_TRY(survival::CoxFit fit,
-           survival::FitCox(X, y, survival::CoxFeatureNames(), ties, 1e-4, 50,
-                            {{"plan_toxicity", 1.0}}));
+  MEWM_TRY(survival::CoxFit fit, survival::FitCox(X, y, survival::CoxFeatureNames(), ties, 1e-4, 50,
+                                                  {{"plan_toxicity", 1.0}}));
   return survival::CoxSurvival::Create(std::move(fit), provenance);
 }
 
