@@ -430,13 +430,19 @@ Expected<Outcome> RenderOutcome(const PatientCase& patient, const std::vector<Tu
 
 Expected<double> EstimateResidualFromImage(const PatientCase& pre, const Volume& post_ct,
                                            const MechanisticConfig& config) {
+  MEWM_TRY(const std::vector<TumorField> fields, BuildTumorFields(pre, config));
+  return EstimateResidualFromImage(pre, fields, post_ct);
+}
+
+Expected<double> EstimateResidualFromImage(const PatientCase& pre,
+                                           const std::vector<TumorField>& fields,
+                                           const Volume& post_ct) {
   if (post_ct.extent() != pre.ct.extent() ||
       !post_ct.geometry().ApproxEquals(pre.ct.geometry(), 1e-4)) {
     return MakeError(ErrorCode::kMismatch, "patient '" + pre.id +
                                                "': the post-treatment CT is not on the "
                                                "pre-treatment CT's lattice");
   }
-  MEWM_TRY(const std::vector<TumorField> fields, BuildTumorFields(pre, config));
   // The Lipiodol each field would retain, from its pre-treatment perfusion.
   std::map<std::int32_t, std::pair<const TumorField*, DenseFloat>> uptake;
   for (const TumorField& field : fields) {

@@ -733,7 +733,7 @@ Expected<WorldStats> SimulateWorldStats(const WorldConfig& config, const ActionB
                  dynamics::RenderOutcome(rendered, fields, responses, plans[at].plan, 0,
                                          DeriveSeed(patients[i].seed, {std::uint64_t(at)}), mech));
         MEWM_TRY(const double estimate,
-                 dynamics::EstimateResidualFromImage(rendered, outcome.post_ct, mech));
+                 dynamics::EstimateResidualFromImage(rendered, fields, outcome.post_ct));
         visibility[i].emplace_back(estimate, plans[at].post_viable_ml);
       }
       return {};

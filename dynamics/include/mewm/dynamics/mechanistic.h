@@ -123,6 +123,11 @@ Expected<Outcome> RenderOutcome(const PatientCase& patient, const std::vector<Tu
 /// not share a lattice.
 Expected<double> EstimateResidualFromImage(const PatientCase& pre, const Volume& post_ct,
                                            const MechanisticConfig& config);
+/// The same, with the pre-treatment tumor fields already built from `pre` (callers that also
+/// simulate build them once).
+Expected<double> EstimateResidualFromImage(const PatientCase& pre,
+                                           const std::vector<TumorField>& fields,
+                                           const Volume& post_ct);
 
 /// Where the biology comes from: the synthetic truth, or an estimate from visible features.
 using BiologySource = std::function<Expected<TumorBiology>(const PatientCase&)>;
