@@ -61,6 +61,10 @@ Status DiffusionConfig::Validate() const {
   if (embed_dim < 8 || embed_dim % 2 != 0) return Invalid("embed_dim must be even and >= 8");
   if (train_timesteps < 10) return Invalid("train_timesteps must be >= 10");
   if (items.empty()) return Invalid("the plan-item vocabulary is empty");
+  if (mask_channel != "viable_fraction" && mask_channel != "viable_mask") {
+    return Invalid("mask_channel must be viable_fraction or viable_mask, not '" + mask_channel +
+                   "'");
+  }
   if (std::set<std::string>(items.begin(), items.end()).size() != items.size()) {
     return Invalid("the plan-item vocabulary repeats an item");
   }
@@ -77,6 +81,7 @@ std::string DiffusionConfig::ToJson() const {
                   {"embed_dim", embed_dim},
                   {"train_timesteps", train_timesteps},
                   {"window_hu", {window.lo, window.hi}},
+                  {"mask_channel", mask_channel},
                   {"items", items}};
   return j.dump();
 }
@@ -97,6 +102,8 @@ Expected<DiffusionConfig> DiffusionConfig::FromJson(const std::string& text,
     const auto window = j.at("window_hu").get<std::vector<float>>();
     if (window.size() != 2) throw std::runtime_error("window_hu needs [lo, hi]");
     c.window = {window[0], window[1]};
+    // Checkpoints written before the field existed were trained on the thresholded mask.
+    c.mask_channel = j.value("mask_channel", std::string("viable_mask"));
     c.items = j.at("items").get<std::vector<std::string>>();
   } catch (const std::exception& e) {
     return MakeError(ErrorCode::kParse, origin + ": not a diffusion config: " + e.what());
@@ -150,8 +157,11 @@ Expected<std::vector<CropSpec>> LesionCrops(const PatientCase& patient,
   return crops;
 }
 
-Expected<CropChannels> ExtractChannels(const Volume& ct, const LabelVolume& mask,
-                                       const CropSpec& spec, const HuWindow& window) {
+namespace {
+
+template <typename Mask>
+Expected<DenseFloat> WindowedCtCrop(const Volume& ct, const Mask& mask, const CropSpec& spec,
+                                    const HuWindow& window) {
   if (!ct.geometry().ApproxEquals(mask.geometry()) || ct.extent() != mask.extent()) {
     return MakeError(ErrorCode::kMismatch, "the mask's lattice (" + mask.geometry().ToString() +
                                                ") differs from the CT's (" +
@@ -164,10 +174,61 @@ Expected<CropChannels> ExtractChannels(const Volume& ct, const LabelVolume& mask
     }
   }
   WindowToUnit(image, window);
+  return image;
+}
+
+}  // namespace
+
+Expected<CropChannels> ExtractChannels(const Volume& ct, const LabelVolume& mask,
+                                       const CropSpec& spec, const HuWindow& window) {
+  MEWM_TRY(DenseFloat image, WindowedCtCrop(ct, mask, spec, window));
   MEWM_TRY(const DenseLabel labels, ExtractCrop(mask, spec));
   DenseFloat binary(labels.dims, labels.geometry, 0.0f);
   for (std::size_t x = 0; x < labels.size(); ++x) binary.data[x] = labels.data[x] != 0 ? 1.f : 0.f;
   return CropChannels{std::move(image), std::move(binary)};
+}
+
+Expected<CropChannels> ExtractChannels(const Volume& ct, const Volume& fraction,
+                                       const CropSpec& spec, const HuWindow& window) {
+  MEWM_TRY(DenseFloat image, WindowedCtCrop(ct, fraction, spec, window));
+  MEWM_TRY(DenseFloat u, ExtractCrop(fraction, spec));
+  for (float& v : u.data) v = std::isfinite(v) ? std::clamp(v, 0.0f, 1.0f) : 0.0f;
+  return CropChannels{std::move(image), std::move(u)};
+}
+
+Expected<CropChannels> OutcomeChannels(const Outcome& outcome, const CropSpec& spec,
+                                       const DiffusionConfig& config) {
+  if (config.mask_channel == "viable_fraction" && outcome.viable_fraction) {
+    return ExtractChannels(outcome.post_ct, *outcome.viable_fraction, spec, config.window);
+  }
+  return ExtractChannels(outcome.post_ct, outcome.viable, spec, config.window);
+}
+
+double EstimateNoiseSd(const DenseFloat& ct_hu) {
+  // Second differences of white noise of SD s have SD s * sqrt(6); soft tissue only (liver and
+  // tumor HU), and the median absolute value, so organ edges and vessels barely count.
+  std::vector<float> d;
+  const Index3 n = ct_hu.dims;
+  const auto soft = [](float v) { return v > -50.0f && v < 250.0f; };
+  for (std::int64_t k = 1; k + 1 < n[2]; ++k) {
+    for (std::int64_t j = 1; j + 1 < n[1]; ++j) {
+      for (std::int64_t i = 1; i + 1 < n[0]; ++i) {
+        const float c = ct_hu.at(i, j, k);
+        if (!soft(c)) continue;
+        const float a = ct_hu.at(i - 1, j, k), b = ct_hu.at(i + 1, j, k);
+        const float e = ct_hu.at(i, j - 1, k), f = ct_hu.at(i, j + 1, k);
+        const float g = ct_hu.at(i, j, k - 1), h = ct_hu.at(i, j, k + 1);
+        if (!soft(a) || !soft(b) || !soft(e) || !soft(f) || !soft(g) || !soft(h)) continue;
+        d.push_back(std::abs(a + b - 2.0f * c));
+        d.push_back(std::abs(e + f - 2.0f * c));
+        d.push_back(std::abs(g + h - 2.0f * c));
+      }
+    }
+  }
+  if (d.size() < 300) return 0.0;
+  std::nth_element(d.begin(), d.begin() + std::ptrdiff_t(d.size() / 2), d.end());
+  // Median |N(0, 1)| = 0.6745.
+  return double(d[d.size() / 2]) / 0.6745 / std::sqrt(6.0);
 }
 
 namespace {

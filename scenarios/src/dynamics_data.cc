@@ -87,8 +87,7 @@ Expected<std::vector<dynamics::DiffusionPair>> BuildDiffusionPairs(
       for (const PlanOutcomeFile& file : it->second) {
         MEWM_TRY(const Outcome truth, LoadOutcomeFile(file.post, file.plan));
         for (std::size_t c = 0; c < crops.size(); ++c) {
-          auto post =
-              dynamics::ExtractChannels(truth.post_ct, truth.viable, crops[c], config.window);
+          auto post = dynamics::OutcomeChannels(truth, crops[c], config);
           if (!post) return post.error().WithContext("file '" + file.post + "'");
           per_patient[n].push_back({entry.id, file.plan, pre[c], std::move(*post)});
         }

@@ -11,13 +11,14 @@
 #include <random>
 
 #include "mewm/core/seed.h"
+#include "mewm/core/stats.h"
 #include "mewm/scenarios/dynamics_data.h"
 #include "mewm/scenarios/planner.h"
 
 namespace mewm::scenarios {
 namespace {
 
-/// The identity baseline: the post-treatment image is the pre-treatment one.
+/// The "no change" baseline: the post-treatment image is the pre-treatment one.
 class IdentityDynamics final : public dynamics::DynamicsModel {
  public:
   Expected<std::vector<Outcome>> Simulate(const PatientCase& patient,
@@ -29,28 +30,35 @@ class IdentityDynamics final : public dynamics::DynamicsModel {
     return out;
   }
   std::int64_t evaluations() const override { return 0; }
-  std::string name() const override { return "identity"; }
+  std::string name() const override { return "no change"; }
 };
 
-std::vector<double> Ranks(const std::vector<double>& v) {
-  std::vector<std::size_t> order(v.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return v[a] < v[b]; });
-  std::vector<double> rank(v.size());
-  for (std::size_t i = 0; i < order.size();) {
-    std::size_t j = i;
-    while (j + 1 < order.size() && v[order[j + 1]] == v[order[i]]) ++j;
-    for (std::size_t k = i; k <= j; ++k) rank[order[k]] = 0.5 * double(i + j);
-    i = j + 1;
+/// The "complete response" baseline: no residual tumor whatever the plan. Its image is the
+/// pre-treatment CT, which is not its claim, so its image metrics are not reported.
+class CompleteResponseDynamics final : public dynamics::DynamicsModel {
+ public:
+  Expected<std::vector<Outcome>> Simulate(const PatientCase& patient,
+                                          const std::vector<SimulationRequest>& requests) override {
+    std::vector<Outcome> out;
+    for (const SimulationRequest& r : requests) {
+      Outcome o{r.plan, r.sample_index, patient.ct.DeepCopy(),
+                LabelVolume(patient.ct.geometry(), patient.ct.extent(), "viable")};
+      o.viable_fraction =
+          Volume(openvdb::FloatGrid::create(0.0f), patient.ct.geometry(), patient.ct.extent());
+      out.push_back(std::move(o));
+    }
+    return out;
   }
-  return rank;
-}
+  std::int64_t evaluations() const override { return 0; }
+  std::string name() const override { return "complete response"; }
+};
 
-double ViableMl(const LabelVolume& viable) {
+double MaskMl(const LabelVolume& viable) {
   const Eigen::Vector3d s = viable.geometry().spacing;
   return double(CountLabel(viable)) * s.prod() * 1e-3;
 }
 
+/// Dice of two masks; NaN when both are empty.
 double Dice(const LabelVolume& a, const LabelVolume& b) {
   std::int64_t na = 0, nb = 0, both = 0;
   auto bacc = b.grid().getConstAccessor();
@@ -60,7 +68,7 @@ double Dice(const LabelVolume& a, const LabelVolume& b) {
     if (bacc.getValue(it.getCoord()) != 0) ++both;
   }
   nb = CountLabel(b);
-  return na + nb == 0 ? 1.0 : 2.0 * double(both) / double(na + nb);
+  return na + nb == 0 ? std::nan("") : 2.0 * double(both) / double(na + nb);
 }
 
 /// Mean |a - b| HU over the voxels of `region` (the tumor's neighbourhood).
@@ -75,49 +83,57 @@ double HuMae(const Volume& a, const Volume& b, const Volume& region) {
   return n > 0 ? sum / double(n) : 0.0;
 }
 
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  const std::size_t m = v.size() / 2;
-  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
-}
+double Mean(const std::vector<double>& v) { return MeanStd(v).first; }
 
 struct MethodCases {
-  std::vector<double> dice, rel, abs_ml, hu;
-  std::vector<std::vector<double>> pred_ml, true_ml;  ///< per patient, per plan
+  std::vector<double> residual_abs, residual_diff, residual_rel, dice, mask_abs, hu;
+  int empty_both = 0;
+  std::vector<std::vector<double>> pred_ml, true_ml;  ///< per patient, per plan (residual)
   std::vector<DenseFloat> crops;
+  std::vector<int> crop_patient;
   double seconds = 0.0;
 };
 
-}  // namespace
-
-double Spearman(const std::vector<double>& a, const std::vector<double>& b) {
-  if (a.size() != b.size() || a.size() < 2) return std::nan("");
-  const std::vector<double> ra = Ranks(a), rb = Ranks(b);
-  const double ma = std::accumulate(ra.begin(), ra.end(), 0.0) / double(ra.size());
-  const double mb = std::accumulate(rb.begin(), rb.end(), 0.0) / double(rb.size());
-  double sab = 0, saa = 0, sbb = 0;
-  for (std::size_t i = 0; i < ra.size(); ++i) {
-    sab += (ra[i] - ma) * (rb[i] - mb);
-    saa += (ra[i] - ma) * (ra[i] - ma);
-    sbb += (rb[i] - mb) * (rb[i] - mb);
+/// Mean over patients of Spearman(pred, true) across plans: patients whose truth is constant are
+/// left out (nothing to rank), a constant prediction counts as 0.
+double MeanSpearman(const std::vector<std::vector<double>>& pred,
+                    const std::vector<std::vector<double>>& truth, int* counted, int* constant) {
+  double sum = 0.0;
+  int k = 0, flat = 0;
+  for (std::size_t p = 0; p < pred.size(); ++p) {
+    if (std::isnan(Spearman(truth[p], truth[p]))) continue;
+    double rho = Spearman(pred[p], truth[p]);
+    if (std::isnan(rho)) {
+      rho = 0.0;
+      ++flat;
+    }
+    sum += rho;
+    ++k;
   }
-  if (saa <= 0.0 || sbb <= 0.0) return std::nan("");
-  return sab / std::sqrt(saa * sbb);
+  if (counted != nullptr) *counted = k;
+  if (constant != nullptr) *constant = flat;
+  return k > 0 ? sum / k : std::nan("");
 }
+
+}  // namespace
 
 Expected<DynamicsEvaluation> EvaluateDynamics(
     const std::string& cohort_dir,
     const std::vector<std::pair<std::string, dynamics::DynamicsModel*>>& methods,
     const ActionBase& actions, const dynamics::DiffusionConfig& crop_config,
-    const TuringTest& turing, std::uint64_t seed, const std::function<void(int, int)>& progress) {
+    const TuringTest& turing, std::uint64_t seed, const std::function<void(int, int)>& progress,
+    int max_patients) {
   MEWM_TRY(const auto outcomes, ReadPlanOutcomes(cohort_dir, actions));
-  MEWM_TRY(const std::vector<CohortEntry> entries, ReadSyntheticCohort(cohort_dir));
+  MEWM_TRY(std::vector<CohortEntry> entries, ReadSyntheticCohort(cohort_dir));
+  if (max_patients > 0 && int(entries.size()) > max_patients) entries.resize(max_patients);
   IdentityDynamics identity;
-  std::vector<std::pair<std::string, dynamics::DynamicsModel*>> all = {{"identity", &identity}};
+  CompleteResponseDynamics complete;
+  std::vector<std::pair<std::string, dynamics::DynamicsModel*>> all = {
+      {"no change", &identity}, {"complete response", &complete}};
   all.insert(all.end(), methods.begin(), methods.end());
   std::vector<MethodCases> cases(all.size());
   std::vector<DenseFloat> real_crops;
+  std::vector<int> real_patient;
   DynamicsEvaluation eval;
   eval.cohort_dir = cohort_dir;
   for (std::size_t n = 0; n < entries.size(); ++n) {
@@ -143,79 +159,80 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
       MEWM_TRY(auto crop, dynamics::ExtractChannels(truth.back().post_ct, truth.back().viable,
                                                     crops.front(), crop_config.window));
       real_crops.push_back(std::move(crop.ct));
+      real_patient.push_back(int(n));
     }
     for (std::size_t m = 0; m < all.size(); ++m) {
+      MethodCases& c = cases[m];
       const auto t0 = std::chrono::steady_clock::now();
       auto simulated = all[m].second->Simulate(patient, requests);
       if (!simulated) {
         return simulated.error().WithContext(all[m].first + ", patient '" + entry.id + "'");
       }
-      cases[m].seconds +=
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      c.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       std::vector<double> pred_ml, true_ml;
       for (std::size_t p = 0; p < requests.size(); ++p) {
         const Outcome& o = (*simulated)[p];
-        const double pv = ViableMl(o.viable), tv = ViableMl(truth[p].viable);
-        pred_ml.push_back(pv);
-        true_ml.push_back(tv);
-        cases[m].dice.push_back(Dice(o.viable, truth[p].viable));
-        cases[m].rel.push_back(std::abs(pv - tv) / std::max(tv, 1.0));
-        cases[m].abs_ml.push_back(std::abs(pv - tv));
-        cases[m].hu.push_back(HuMae(o.post_ct, truth[p].post_ct, region.ct));
+        const double pr = ViableVolumeMl(o), tr = ViableVolumeMl(truth[p]);
+        pred_ml.push_back(pr);
+        true_ml.push_back(tr);
+        c.residual_abs.push_back(std::abs(pr - tr));
+        c.residual_diff.push_back(pr - tr);
+        c.residual_rel.push_back(std::abs(pr - tr) / std::max(tr, 1.0));
+        c.mask_abs.push_back(std::abs(MaskMl(o.viable) - MaskMl(truth[p].viable)));
+        const double dice = Dice(o.viable, truth[p].viable);
+        if (std::isnan(dice)) {
+          ++c.empty_both;
+        } else {
+          c.dice.push_back(dice);
+        }
+        c.hu.push_back(HuMae(o.post_ct, truth[p].post_ct, region.ct));
         MEWM_TRY(auto crop,
                  dynamics::ExtractChannels(o.post_ct, o.viable, crops.front(), crop_config.window));
-        cases[m].crops.push_back(std::move(crop.ct));
+        c.crops.push_back(std::move(crop.ct));
+        c.crop_patient.push_back(int(n));
       }
-      cases[m].pred_ml.push_back(std::move(pred_ml));
-      cases[m].true_ml.push_back(std::move(true_ml));
+      c.pred_ml.push_back(std::move(pred_ml));
+      c.true_ml.push_back(std::move(true_ml));
     }
     ++eval.patients;
     if (progress) progress(int(n + 1), int(entries.size()));
   }
   std::mt19937_64 rng(DeriveSeed(seed, "spearman-shuffle"));
   for (std::size_t m = 0; m < all.size(); ++m) {
-    const MethodCases& c = cases[m];
+    MethodCases& c = cases[m];
     DynamicsMetrics r;
     r.method = all[m].first;
-    r.cases = int(c.dice.size());
-    const auto mean = [](const std::vector<double>& v) {
-      return v.empty() ? 0.0 : std::accumulate(v.begin(), v.end(), 0.0) / double(v.size());
-    };
-    r.dice = mean(c.dice);
-    r.volume_rel_error = Median(c.rel);
-    r.volume_mae_ml = mean(c.abs_ml);
-    r.hu_mae = mean(c.hu);
+    r.cases = int(c.residual_abs.size());
+    r.residual_mae_ml = Mean(c.residual_abs);
+    r.residual_bias_ml = Mean(c.residual_diff);
+    r.residual_rel_error = Median(c.residual_rel);
+    r.dice = Mean(c.dice);
+    r.dice_cases = int(c.dice.size());
+    r.empty_both = c.empty_both;
+    r.mask_mae_ml = Mean(c.mask_abs);
+    r.has_image = all[m].second != &complete;
+    r.hu_mae = Mean(c.hu);
     r.seconds = c.seconds;
     // Plan sensitivity, and a control with each patient's predictions shuffled across plans.
-    const auto mean_spearman = [&](const std::vector<std::vector<double>>& pred, int* count) {
-      double sum = 0.0;
-      int k = 0;
-      for (std::size_t p = 0; p < pred.size(); ++p) {
-        const double rho = Spearman(pred[p], c.true_ml[p]);
-        if (std::isnan(rho)) continue;
-        sum += rho;
-        ++k;
-      }
-      if (count != nullptr) *count = k;
-      return k > 0 ? sum / k : std::nan("");
-    };
-    r.spearman = mean_spearman(c.pred_ml, &r.spearman_patients);
-    if (!std::isnan(r.spearman)) {
+    r.spearman = MeanSpearman(c.pred_ml, c.true_ml, &r.spearman_patients, &r.spearman_constant);
+    if (!std::isnan(r.spearman) && r.spearman_constant < r.spearman_patients) {
       constexpr int kShuffles = 2000;
       int above = 0;
       double total = 0.0;
       for (int s = 0; s < kShuffles; ++s) {
         auto shuffled = c.pred_ml;
         for (auto& v : shuffled) std::shuffle(v.begin(), v.end(), rng);
-        const double rho = mean_spearman(shuffled, nullptr);
+        const double rho = MeanSpearman(shuffled, c.true_ml, nullptr, nullptr);
         total += rho;
         if (rho >= r.spearman) ++above;
       }
       r.spearman_shuffled = total / kShuffles;
       r.spearman_p = double(above + 1) / double(kShuffles + 1);
     }
-    if (turing) {
-      MEWM_TRY(r.turing, turing(real_crops, c.crops));
+    if (turing && r.has_image) {
+      std::vector<int> groups = real_patient;
+      groups.insert(groups.end(), c.crop_patient.begin(), c.crop_patient.end());
+      MEWM_TRY(r.turing, turing(real_crops, c.crops, groups));
       r.has_turing = true;
     }
     eval.methods.push_back(r);
@@ -226,17 +243,18 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
 std::string DynamicsEvaluation::FormatTable() const {
   std::string out = "dynamics fidelity on " + cohort_dir + ": " + std::to_string(patients) +
                     " patients x " + std::to_string(plans_per_patient) + " plans\n";
-  char line[512];
-  std::snprintf(line, sizeof line, "%-12s %7s %9s %9s %7s %17s %9s %20s %8s\n", "method", "Dice",
-                "vol.rel", "vol.MAE", "HU.MAE", "Spearman(shuffle)", "perm.p",
-                "Turing AUC [95% CI]", "sim.s");
+  char line[640];
+  std::snprintf(line, sizeof line, "%-18s %9s %9s %8s %13s %9s %7s %22s %20s %8s\n", "method",
+                "resid.MAE", "resid.bias", "resid.rel", "Dice(n,empty)", "mask.MAE", "HU.MAE",
+                "Spearman(shuffle),n", "Turing AUC [95% CI]", "sim.s");
   out += line;
   for (const DynamicsMetrics& m : methods) {
-    char spearman[64], turing_text[64];
+    char spearman[96], turing_text[64], dice[48], hu[16];
     if (std::isnan(m.spearman)) {
-      std::snprintf(spearman, sizeof spearman, "n/a (constant)");
+      std::snprintf(spearman, sizeof spearman, "n/a");
     } else {
-      std::snprintf(spearman, sizeof spearman, "%+.3f (%+.3f)", m.spearman, m.spearman_shuffled);
+      std::snprintf(spearman, sizeof spearman, "%+.3f (%+.3f),%d", m.spearman, m.spearman_shuffled,
+                    m.spearman_patients);
     }
     if (m.has_turing) {
       std::snprintf(turing_text, sizeof turing_text, "%.3f [%.3f, %.3f]", m.turing.auc,
@@ -244,11 +262,23 @@ std::string DynamicsEvaluation::FormatTable() const {
     } else {
       std::snprintf(turing_text, sizeof turing_text, "-");
     }
-    std::snprintf(line, sizeof line, "%-12s %7.3f %9.3f %7.2fmL %7.1f %17s %9.4f %20s %8.1f\n",
-                  m.method.c_str(), m.dice, m.volume_rel_error, m.volume_mae_ml, m.hu_mae, spearman,
-                  std::isnan(m.spearman) ? 1.0 : m.spearman_p, turing_text, m.seconds);
+    std::snprintf(dice, sizeof dice, "%.3f(%d,%d)", m.dice, m.dice_cases, m.empty_both);
+    if (m.has_image) {
+      std::snprintf(hu, sizeof hu, "%.1f", m.hu_mae);
+    } else {
+      std::snprintf(hu, sizeof hu, "-");
+    }
+    std::snprintf(line, sizeof line,
+                  "%-18s %7.2fmL %+8.2fmL %8.3f %13s %7.2fmL %7s %22s %20s %8.1f\n",
+                  m.method.c_str(), m.residual_mae_ml, m.residual_bias_ml, m.residual_rel_error,
+                  dice, m.mask_mae_ml, hu, spearman, turing_text, m.seconds);
     out += line;
   }
+  out +=
+      "residual: the integrated viable fraction (what survival reads); Dice over cases where "
+      "either viable mask (fraction >= 0.5) is non-empty, n cases, empty = both empty; Spearman: "
+      "mean over the n patients whose true residual varies across plans, a constant prediction "
+      "counting 0; Turing folds and CI grouped by patient\n";
   return out;
 }
 
@@ -259,21 +289,28 @@ std::string DynamicsEvaluation::ToJson() const {
     const auto num = [](double v) { return std::isnan(v) ? nlohmann::json() : nlohmann::json(v); };
     nlohmann::json e = {{"method", m.method},
                         {"cases", m.cases},
+                        {"residual_mae_ml", m.residual_mae_ml},
+                        {"residual_bias_ml", m.residual_bias_ml},
+                        {"residual_rel_error_median", m.residual_rel_error},
                         {"dice", m.dice},
-                        {"volume_rel_error_median", m.volume_rel_error},
-                        {"volume_mae_ml", m.volume_mae_ml},
-                        {"hu_mae", m.hu_mae},
+                        {"dice_cases", m.dice_cases},
+                        {"empty_both", m.empty_both},
+                        {"mask_mae_ml", m.mask_mae_ml},
+                        {"hu_mae", m.has_image ? nlohmann::json(m.hu_mae) : nlohmann::json()},
                         {"spearman", num(m.spearman)},
                         {"spearman_patients", m.spearman_patients},
+                        {"spearman_constant", m.spearman_constant},
                         {"spearman_shuffled", num(m.spearman_shuffled)},
                         {"spearman_p", m.spearman_p},
                         {"simulation_seconds", m.seconds}};
     if (m.has_turing) {
       e["turing"] = {{"auc", m.turing.auc},
                      {"ci95", {m.turing.ci_low, m.turing.ci_high}},
+                     {"ci_method", "patient-cluster bootstrap"},
                      {"real", m.turing.real},
                      {"synthetic", m.turing.synthetic},
-                     {"folds", m.turing.folds}};
+                     {"folds", m.turing.folds},
+                     {"patients", m.turing.groups}};
     }
     j["methods"].push_back(e);
   }

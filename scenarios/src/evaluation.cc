@@ -10,7 +10,9 @@
 #include <sstream>
 
 #include "mewm/core/file_util.h"
+#include "mewm/core/stats.h"
 #include "mewm/scenarios/cohort_source.h"
+#include "mewm/scenarios/planner.h"
 #include "mewm/survival/metrics.h"
 
 namespace mewm::scenarios {
@@ -35,13 +37,6 @@ Plan PlanOf(const std::string& text) {
   std::string item;
   while (std::getline(in, item, '+')) items.push_back(item);
   return Plan(items);
-}
-
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 /// Accumulates one method's per-patient results.
@@ -261,12 +256,30 @@ Expected<std::vector<survival::SurvivalRecord>> FollowUp(const std::vector<Cohor
   return y;
 }
 
+/// The patient as the survival model sees it and the outcome it scores (OutcomeSource).
+Expected<std::pair<PatientCase, Outcome>> ScoredCase(const CohortEntry& entry,
+                                                     const OutcomeSource& source) {
+  MEWM_TRY(PatientCase patient, LoadPatient(entry));
+  if (source.generator == nullptr) {
+    MEWM_TRY(Outcome outcome, LoadAdministeredOutcome(entry, ActionBase::Default()));
+    return std::make_pair(std::move(patient), std::move(outcome));
+  }
+  MEWM_TRY(const Plan plan, ActionBase::Default().ParsePlan(entry.administered));
+  MEWM_TRY(PatientCase region, Planner::ModelRegion(patient, *source.generator));
+  MEWM_TRY(std::vector<Outcome> outcomes,
+           source.generator->Simulate(
+               region, {{plan, 0, Planner::SampleSeed(source.seed, entry.id, plan, 0),
+                         Planner::SharedSeed(source.seed, entry.id, 0)}}));
+  return std::make_pair(std::move(region), std::move(outcomes.front()));
+}
+
 }  // namespace
 
 Expected<SurvivalEvaluation> EvaluateSurvival(survival::SurvivalModel& model,
                                               const std::string& cohort_dir,
                                               const std::string& train_dir,
-                                              const std::function<void(int, int)>& progress) {
+                                              const std::function<void(int, int)>& progress,
+                                              const OutcomeSource& source) {
   MEWM_TRY(const std::vector<CohortEntry> entries, ReadSyntheticCohortWithOutcomes(cohort_dir));
   MEWM_TRY(const std::vector<CohortEntry> train, ReadSyntheticCohortWithOutcomes(train_dir));
   MEWM_TRY(const std::vector<survival::SurvivalRecord> y, FollowUp(entries, cohort_dir));
@@ -276,9 +289,8 @@ Expected<SurvivalEvaluation> EvaluateSurvival(survival::SurvivalModel& model,
   std::vector<double> risk, oracle;
   std::vector<survival::RiskScore> curves;
   for (std::size_t i = 0; i < entries.size(); ++i) {
-    MEWM_TRY(const PatientCase patient, LoadPatient(entries[i]));
-    MEWM_TRY(const Outcome outcome, LoadAdministeredOutcome(entries[i], ActionBase::Default()));
-    MEWM_TRY(survival::RiskScore score, model.Score(patient, outcome));
+    MEWM_TRY(const auto scored, ScoredCase(entries[i], source));
+    MEWM_TRY(survival::RiskScore score, model.Score(scored.first, scored.second));
     risk.push_back(score.risk);
     curves.push_back(std::move(score));
     try {
@@ -321,16 +333,17 @@ std::string SurvivalEvaluation::ToJson() const {
 
 Expected<std::unique_ptr<survival::CoxSurvival>> TrainCoxSurvival(
     const std::string& cohort_dir, survival::CoxTies ties,
-    const survival::ModelProvenance& provenance, const std::function<void(int, int)>& progress) {
+    const survival::ModelProvenance& provenance, const std::function<void(int, int)>& progress,
+    const OutcomeSource& source) {
   MEWM_TRY(const std::vector<CohortEntry> entries, ReadSyntheticCohortWithOutcomes(cohort_dir));
   MEWM_TRY(const std::vector<survival::SurvivalRecord> y, FollowUp(entries, cohort_dir));
   const auto p = Eigen::Index(survival::CoxFeatureNames().size());
   Eigen::MatrixXd X(Eigen::Index(entries.size()), p);
   for (std::size_t i = 0; i < entries.size(); ++i) {
-    MEWM_TRY(const PatientCase patient, LoadPatient(entries[i]));
-    MEWM_TRY(const Outcome outcome, LoadAdministeredOutcome(entries[i], ActionBase::Default()));
-    MEWM_TRY(const survival::PreTreatment pre, survival::MeasurePreTreatment(patient));
-    MEWM_TRY(const Eigen::VectorXd x, survival::CoxFeatures(pre, patient.tumor, outcome));
+    MEWM_TRY(const auto scored, ScoredCase(entries[i], source));
+    MEWM_TRY(const survival::PreTreatment pre, survival::MeasurePreTreatment(scored.first));
+    MEWM_TRY(const Eigen::VectorXd x,
+             survival::CoxFeatures(pre, scored.first.tumor, scored.second));
     X.row(Eigen::Index(i)) = x.transpose();
     if (progress) progress(int(i + 1), int(entries.size()));
   }

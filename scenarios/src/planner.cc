@@ -25,15 +25,9 @@ constexpr double kPlanningMarginMm = 20.0;
 
 }  // namespace
 
-std::pair<double, double> MeanStd(const std::vector<double>& values) {
-  if (values.empty()) return {0.0, 0.0};
-  double mean = 0.0;
-  for (double v : values) mean += v;
-  mean /= double(values.size());
-  if (values.size() < 2) return {mean, 0.0};
-  double ss = 0.0;
-  for (double v : values) ss += (v - mean) * (v - mean);
-  return {mean, std::sqrt(ss / double(values.size() - 1))};
+Expected<PatientCase> Planner::ModelRegion(const PatientCase& patient,
+                                           const dynamics::DynamicsModel& dynamics) {
+  return TumorRegion(patient, std::max(kPlanningMarginMm, dynamics.context_margin_mm()));
 }
 
 std::uint64_t Planner::SampleSeed(std::uint64_t run_seed, const std::string& patient_id,
@@ -81,8 +75,7 @@ Expected<PlanDecision> Planner::Plan(const PatientCase& full_patient,
                                      const policy::Proposal& proposal, std::uint64_t run_seed,
                                      const PlannerObserver& observer) {
   const auto t0 = Clock::now();
-  MEWM_TRY(const PatientCase patient,
-           TumorRegion(full_patient, std::max(kPlanningMarginMm, dynamics_->context_margin_mm())));
+  MEWM_TRY(const PatientCase patient, ModelRegion(full_patient, *dynamics_));
   PlanDecision decision;
   detail::Search search(spec_, patient, run_seed, *dynamics_, *survival_, observer, &decision);
   MEWM_TRY(const detail::SearchSpace space, Space(proposal));

@@ -7,6 +7,7 @@
 
 #include "mewm/core/assert.h"
 #include "mewm/core/seed.h"
+#include "mewm/core/stats.h"
 
 namespace mewm::scenarios::detail {
 namespace {

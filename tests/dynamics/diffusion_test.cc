@@ -9,10 +9,12 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "../core/test_env.h"
 #include "mewm/core/file_util.h"
 #include "mewm/core/seed.h"
+#include "mewm/core/stats.h"
 #include "mewm/dynamics/diffusion_backend.h"
 
 namespace mewm::dynamics {
@@ -136,6 +138,14 @@ TEST_F(DiffusionTest, ConfigRoundTripsAndRejectsBadValues) {
   bad.items.push_back(bad.items.front());
   EXPECT_FALSE(bad.Validate());
   EXPECT_EQ(DiffusionConfig::FromJson("{\"name\":1}", "x.json").error().code, ErrorCode::kParse);
+  // Checkpoints from before World v2 record no mask channel: they were trained on the mask.
+  nlohmann::json old = nlohmann::json::parse(c.ToJson());
+  EXPECT_EQ(old.at("mask_channel"), "viable_fraction");
+  old.erase("mask_channel");
+  EXPECT_EQ(DiffusionConfig::FromJson(old.dump(), "v1.pt")->mask_channel, "viable_mask");
+  bad = c;
+  bad.mask_channel = "density";
+  EXPECT_FALSE(bad.Validate());
   EXPECT_FALSE((SamplerConfig{0, 0.0, 1.0}.Validate()));
   EXPECT_FALSE((SamplerConfig{10, 1.5, 1.0}.Validate()));
   EXPECT_EQ(ReferenceSampler().steps, 200);
@@ -161,6 +171,67 @@ TEST_F(DiffusionTest, CropsCoverEveryLesionAndWeightsFadeAwayFromTheTumor) {
   EXPECT_GT(w.at(32, 32, 39), 0.85f);       // 11 mm from the centre, 2 mm outside the tumor
   EXPECT_FLOAT_EQ(w.at(0, 32, 32), 0.0f);   // crop border
   EXPECT_LT(w.at(32, 32, 58), 0.05f);       // 39 mm out
+}
+
+TEST_F(DiffusionTest, PostCropsCarryTheContinuousViableFraction) {
+  const DiffusionConfig c = *DiffusionConfig::Preset("cpu", ActionBase::Default());
+  const PatientCase p = Phantom({{0, 0, 0}});
+  const CropSpec spec = LesionCrops(p, c)->front();
+  // A partial response: 30% of the tumor survives everywhere, so the thresholded mask is empty.
+  Outcome o{P("Lipiodol+Epirubicin"), 0, p.ct.DeepCopy(),
+            LabelVolume(p.ct.geometry(), p.ct.extent(), "viable")};
+  DenseFloat u = p.ct.ToDense();
+  const DenseLabel tumor = p.tumor.ToDense();
+  for (std::size_t x = 0; x < u.size(); ++x) u.data[x] = tumor.data[x] != 0 ? 0.3f : 0.0f;
+  o.viable_fraction = *Volume::FromDense(u, "viable_fraction");
+  auto fraction = OutcomeChannels(o, spec, c);
+  ASSERT_TRUE(fraction) << fraction.error().ToString();
+  EXPECT_NEAR(fraction->mask.at(32, 32, 32), 0.3f, 1e-5);
+  EXPECT_FLOAT_EQ(fraction->mask.at(2, 2, 2), 0.0f);
+  DiffusionConfig mask_config = c;
+  mask_config.mask_channel = "viable_mask";
+  EXPECT_FLOAT_EQ(OutcomeChannels(o, spec, mask_config)->mask.at(32, 32, 32), 0.0f);
+  o.viable_fraction.reset();  // an outcome without a fraction falls back on its mask
+  EXPECT_FLOAT_EQ(OutcomeChannels(o, spec, c)->mask.at(32, 32, 32), 0.0f);
+}
+
+TEST_F(DiffusionTest, NoiseEstimateRecoversWhiteNoiseAndIgnoresAir) {
+  Rng rng(11);
+  DenseFloat ct({40, 40, 40}, Geometry::Isotropic(1.0), 100.0f);
+  for (float& v : ct.data) v += float(12.0 * rng.Normal());
+  EXPECT_NEAR(EstimateNoiseSd(ct), 12.0, 1.0);
+  // An edge between two organs barely moves it.
+  for (int k = 0; k < 40; ++k)
+    for (int j = 0; j < 40; ++j)
+      for (int i = 20; i < 40; ++i) ct.at(i, j, k) += 60.0f;
+  EXPECT_NEAR(EstimateNoiseSd(ct), 12.0, 1.5);
+  const DenseFloat air({40, 40, 40}, Geometry::Isotropic(1.0), -1000.0f);
+  EXPECT_EQ(EstimateNoiseSd(air), 0.0);
+}
+
+TEST_F(DiffusionTest, GeneratedRegionGetsThePreTreatmentScannerNoise) {
+  PatientCase p = Phantom({{0, 0, 0}}, 12.0);
+  Rng rng(4);
+  DenseFloat noisy = p.ct.ToDense();
+  for (float& v : noisy.data) v += float(15.0 * rng.Normal());
+  p.ct = *Volume::FromDense(noisy, "ct");
+  DiffusionBackendOptions with = Options(), without = Options();
+  without.scanner_noise = false;
+  const SimulationRequest r{P("Lipiodol+PVA"), 0, 7, 0};
+  auto noisy_out = (*CreateDiffusionDynamics(with))->Simulate(p, {r});
+  auto smooth_out = (*CreateDiffusionDynamics(without))->Simulate(p, {r});
+  ASSERT_TRUE(noisy_out && smooth_out);
+  // The two outcomes differ by the added noise alone: about the pre-treatment CT's 15 HU inside
+  // the tumor (less after resampling from the crop's 3 mm lattice), nothing far from it.
+  const DenseFloat a = noisy_out->front().post_ct.ToDense();
+  const DenseFloat b = smooth_out->front().post_ct.ToDense();
+  std::vector<double> diff;
+  for (int k = 37; k < 44; ++k)
+    for (int j = 37; j < 44; ++j)
+      for (int i = 37; i < 44; ++i) diff.push_back(a.at(i, j, k) - b.at(i, j, k));
+  EXPECT_GT(MeanStd(diff).second, 5.0);
+  EXPECT_LT(MeanStd(diff).second, 20.0);
+  EXPECT_EQ(a.at(2, 2, 2), b.at(2, 2, 2));
 }
 
 TEST_F(DiffusionTest, PlansConditionTheOutcomeAndSeedsMakeItReproducible) {
@@ -287,6 +358,11 @@ TEST_F(DiffusionTest, TrainingResumesFromItsState) {
   auto second = TrainDiffusion(pairs, {}, o, [&](const DiffusionTrainProgress&) { ++steps_seen; });
   ASSERT_TRUE(second) << second.error().ToString();
   EXPECT_EQ(second->resumed_from_step, 8);
+  // Guidance scales tried on validation, and the recommended one among them.
+  ASSERT_EQ(second->guidance_scores.size(), o.guidance_grid.size());
+  EXPECT_NE(std::find(o.guidance_grid.begin(), o.guidance_grid.end(), second->recommended_guidance),
+            o.guidance_grid.end());
+  EXPECT_TRUE(std::isfinite(second->ae_val_residual_rel));
   EXPECT_EQ(steps_seen, 2);
   EXPECT_TRUE(fs::exists(o.out));
 }
@@ -294,25 +370,42 @@ TEST_F(DiffusionTest, TrainingResumesFromItsState) {
 TEST_F(DiffusionTest, MachineTuringTestSeparatesDifferentCropsOnly) {
   Rng rng(3);
   const Geometry g = Geometry::Isotropic(1.0);
-  const auto noise = [&](float offset) {
+  // White noise, or noise constant over 2x2x2 blocks (a smoother texture, as a generator's).
+  const auto noise = [&](float offset, bool blocky = false) {
     DenseFloat d({16, 16, 16}, g, 0.0f);
     for (float& v : d.data) v = float(0.2 * rng.Normal()) + offset;
+    if (blocky) {
+      for (int k = 0; k < 16; ++k)
+        for (int j = 0; j < 16; ++j)
+          for (int i = 0; i < 16; ++i) d.at(i, j, k) = d.at(i & ~1, j & ~1, k & ~1);
+    }
     return d;
   };
+  // Each patient has its own intensity; its real and synthetic crops share it, as a patient's
+  // true and generated outcomes share its anatomy.
   std::vector<DenseFloat> real, same, shifted;
-  for (int n = 0; n < 24; ++n) {
-    real.push_back(noise(0.0f));
-    same.push_back(noise(0.0f));
-    shifted.push_back(noise(0.5f));
+  std::vector<int> groups;
+  for (int kind = 0; kind < 2; ++kind) {
+    for (int n = 0; n < 24; ++n) groups.push_back(n);
   }
-  auto separable = MachineTuringTest(real, shifted, 3, 1, 1);
+  for (int n = 0; n < 24; ++n) {
+    const float patient = float(n % 6) * 0.3f - 0.75f;
+    real.push_back(noise(patient));
+    same.push_back(noise(patient));
+    shifted.push_back(noise(patient, /*blocky=*/true));
+  }
+  auto separable = MachineTuringTest(real, shifted, groups, 3, 1, 1);
   ASSERT_TRUE(separable) << separable.error().ToString();
-  EXPECT_GT(separable->auc, 0.9);
-  auto alike = MachineTuringTest(real, same, 3, 1, 1);
+  EXPECT_GT(separable->auc, 0.8);
+  EXPECT_EQ(separable->groups, 24);
+  auto alike = MachineTuringTest(real, same, groups, 3, 1, 1);
   ASSERT_TRUE(alike);
   EXPECT_LT(alike->ci_low, 0.5);
   EXPECT_GT(alike->ci_high, 0.5);
-  EXPECT_EQ(MachineTuringTest(real, {}, 3, 1).error().code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(MachineTuringTest(real, {}, groups, 3, 1).error().code, ErrorCode::kInvalidArgument);
+  const std::vector<int> short_groups(groups.begin(), groups.begin() + 10);
+  EXPECT_EQ(MachineTuringTest(real, same, short_groups, 3, 1).error().code,
+            ErrorCode::kInvalidArgument);
 }
 
 }  // namespace

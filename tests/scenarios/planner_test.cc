@@ -216,13 +216,5 @@ TEST_F(PlannerTest, RejectsBadSpecsAndRuleBreakingConstraints) {
   EXPECT_NE(horizon.error().message.find("horizon"), std::string::npos);
 }
 
-TEST(MeanStdTest, SampleStandardDeviation) {
-  EXPECT_EQ(MeanStd({}).first, 0.0);
-  EXPECT_EQ(MeanStd({2.0}).second, 0.0);
-  const auto [mean, sd] = MeanStd({1.0, 2.0, 3.0});
-  EXPECT_DOUBLE_EQ(mean, 2.0);
-  EXPECT_DOUBLE_EQ(sd, 1.0);
-}
-
 }  // namespace
 }  // namespace mewm::scenarios

@@ -464,13 +464,5 @@ TEST_F(ScenarioTest, SyntheticCohortsLiveWhereTheOneRuleSays) {
   }
 }
 
-TEST(SpearmanTest, RanksWithTiesAndRefusesConstantSides) {
-  EXPECT_DOUBLE_EQ(Spearman({1, 2, 3, 4}, {10, 20, 30, 40}), 1.0);
-  EXPECT_DOUBLE_EQ(Spearman({1, 2, 3, 4}, {4, 3, 2, 1}), -1.0);
-  EXPECT_NEAR(Spearman({1, 2, 2, 3}, {1, 2, 3, 4}), 0.9487, 1e-4);
-  EXPECT_TRUE(std::isnan(Spearman({1, 1, 1}, {1, 2, 3})));
-  EXPECT_TRUE(std::isnan(Spearman({1, 2}, {1, 2, 3})));
-}
-
 }  // namespace
 }  // namespace mewm::scenarios

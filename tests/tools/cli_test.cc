@@ -21,6 +21,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
 #include <vector>
@@ -430,6 +431,52 @@ TEST_F(CliTest, RunRefusesDeepTomlUnsafeNamesAndFoldersThatAreNotMewmCohorts) {
 std::string ReadText(const std::string& path) {
   std::ifstream in(path);
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+/// The diffusion pipeline with the real commands on a small cohort with counterfactual plans: a
+/// (very short) training, its fidelity evaluation with both baselines, and a survival model fit
+/// and scored on the generator's outcomes.
+TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
+  const std::string cohort = dir_.File("dd");
+  Result r = RunMewm(
+      "cohort generate --n 12 --seed 8 --spacing 3 --plans-per-patient 2 "
+      "--no-nifti --quiet --out " +
+      cohort);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string model = dir_.File("dd.pt");
+  r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + model +
+              " --ae-steps 2 --denoiser-steps 2 --ae-batch 2 --denoiser-batch 2 "
+              "--validation-fraction 0.25 --threads 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("recommended guidance"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("residual error of reconstructions"), std::string::npos) << r.output;
+  r = RunMewm("eval dynamics --quiet --cohort " + cohort + " --model " + model +
+              " --calibration \"\" --patients 3 --folds 2 --steps 2 --threads 1 --json-out " +
+              dir_.File("dd.json"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const char* method : {"no change", "complete response", "diffusion"}) {
+    EXPECT_NE(r.output.find(method), std::string::npos) << method << "\n" << r.output;
+  }
+  const nlohmann::json eval = nlohmann::json::parse(ReadText(dir_.File("dd.json")));
+  EXPECT_EQ(eval.at("patients"), 3);
+  for (const auto& m : eval.at("methods")) {
+    EXPECT_EQ(m.at("cases"), 9);
+    // The complete-response baseline has no image: no HU error and no Turing test.
+    EXPECT_EQ(m.at("hu_mae").is_null(), m.at("method") == "complete response");
+    EXPECT_EQ(m.contains("turing"), m.at("method") != "complete response");
+  }
+  r = RunMewm("train survival --quiet --cohort " + cohort + " --out " + dir_.File("gen_cox.json") +
+              " --generator " + model + " --generator-steps 2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(ReadText(dir_.File("gen_cox.json")).find("--generator"), std::string::npos);
+  r = RunMewm("eval survival --model " + dir_.File("gen_cox.json") + " --cohort " + cohort +
+              " --train-cohort " + cohort + " --generator " + model + " --generator-steps 2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("Harrell C"), std::string::npos);
+  r = RunMewm("eval survival --model " + dir_.File("gen_cox.json") + " --cohort " + cohort +
+              " --train-cohort " + cohort + " --generator " + dir_.File("missing.pt"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("missing.pt"), std::string::npos) << r.output;
 }
 
 /// Trains both models on a small cohort with the real commands, then plans, evaluates, shards,

@@ -22,6 +22,7 @@
 #include "mewm/core/file_util.h"
 #include "mewm/core/nifti_io.h"
 #include "mewm/core/seed.h"
+#include "mewm/core/stats.h"
 #include "mewm/core/vdb_io.h"
 #include "mewm/core/version.h"
 #include "mewm/policy/policy_model.h"
@@ -255,7 +256,7 @@ PairedDifference ComparePaired(const std::vector<double>& a, const std::vector<d
   const std::size_t n = a.size();
   std::vector<double> d(n);
   for (std::size_t i = 0; i < n; ++i) d[i] = a[i] - b[i];
-  const auto mean = [](const std::vector<double>& v) { return scenarios::MeanStd(v).first; };
+  const auto mean = [](const std::vector<double>& v) { return MeanStd(v).first; };
   PairedDifference out;
   out.mean = mean(d);
   if (n < 2) {

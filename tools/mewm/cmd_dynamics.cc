@@ -131,11 +131,21 @@ Action AddTrainDynamics(CLI::App& train_app) {
     if (bar) bar->Finish();
     if (!report) return Fail(report.error());
     std::printf(
-        "autoencoder: validation CT L1 %.4f (window units), mask Dice %.3f\n"
-        "denoiser: validation v-loss %.4f, latent scale %.3f\n"
+        "autoencoder: validation CT L1 %.4f (window units), mask Dice %.3f, residual error of "
+        "reconstructions %.1f%%\n"
+        "denoiser: validation v-loss %.4f, latent scale %.3f\n",
+        report->ae_val_l1_ct, report->ae_val_mask_dice, 100.0 * report->ae_val_residual_rel,
+        report->denoiser_val_loss, report->latent_scale);
+    for (const dynamics::GuidanceScore& g : report->guidance_scores) {
+      std::printf(
+          "  guidance %.1f on validation (10 DDIM steps): residual Spearman %+.3f, "
+          "residual MAE %.2f mL per crop\n",
+          g.guidance, g.spearman, g.residual_mae_ml);
+    }
+    std::printf(
+        "recommended guidance %.1f (set dynamics.guidance in the scenario)\n"
         "trained in %.0f s%s; wrote %s\n",
-        report->ae_val_l1_ct, report->ae_val_mask_dice, report->denoiser_val_loss,
-        report->latent_scale, report->seconds,
+        report->recommended_guidance, report->seconds,
         report->resumed_from_step > 0
             ? (" (resumed at step " + std::to_string(report->resumed_from_step) + ")").c_str()
             : "",
@@ -144,13 +154,35 @@ Action AddTrainDynamics(CLI::App& train_app) {
   };
 }
 
+void AddGeneratorOptions(CLI::App* sub, GeneratorOptions* options) {
+  sub->add_option("--generator", options->model,
+                  "Diffusion checkpoint: use its outcomes of the administered plans instead of "
+                  "the true post-treatment images");
+  sub->add_option("--generator-steps", options->steps, "Its DDIM steps")->capture_default_str();
+  sub->add_option("--generator-guidance", options->guidance, "Its guidance scale")
+      ->capture_default_str();
+  sub->add_option("--generator-seed", options->seed, "Run seed of its samples")
+      ->capture_default_str();
+}
+
+Expected<std::unique_ptr<dynamics::DynamicsModel>> LoadGenerator(const GeneratorOptions& options) {
+  if (options.model.empty()) return std::unique_ptr<dynamics::DynamicsModel>();
+  dynamics::DiffusionBackendOptions o;
+  o.model_path = options.model;
+  o.config = "";
+  o.sampler.steps = options.steps;
+  o.sampler.guidance = options.guidance;
+  MEWM_TRY(auto model, dynamics::CreateDiffusionDynamics(o));
+  return std::unique_ptr<dynamics::DynamicsModel>(std::move(model));
+}
+
 Action AddEvalDynamics(CLI::App& eval_app) {
   struct Options {
     std::string cohort, model, calibration = "models/mechanistic_calibration.json", json_out;
     std::string config = "cpu";
     dynamics::SamplerConfig sampler;
     std::uint64_t seed = 1;
-    int folds = 5, threads = 0;
+    int folds = 5, threads = 0, patients = 0;
     bool quiet = false;
   };
   auto o = std::make_shared<Options>();
@@ -180,6 +212,9 @@ Action AddEvalDynamics(CLI::App& eval_app) {
       ->capture_default_str();
   sub->add_option("--threads", o->threads, "libtorch threads (0 = all cores)")
       ->capture_default_str();
+  sub->add_option("--patients", o->patients, "Only the first N patients (0 = all)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   sub->add_option("--json-out", o->json_out, "Also write the numbers as JSON to this file");
   sub->add_flag("--quiet", o->quiet, "No progress bar");
   return [o, sub]() -> int {
@@ -207,12 +242,13 @@ Action AddEvalDynamics(CLI::App& eval_app) {
     const int folds = o->folds, threads = o->threads;
     const std::uint64_t seed = o->seed;
     const scenarios::TuringTest turing = [=](const std::vector<DenseFloat>& real,
-                                             const std::vector<DenseFloat>& synthetic) {
-      return dynamics::MachineTuringTest(real, synthetic, folds, seed, threads);
+                                             const std::vector<DenseFloat>& synthetic,
+                                             const std::vector<int>& groups) {
+      return dynamics::MachineTuringTest(real, synthetic, groups, folds, seed, threads);
     };
-    auto eval =
-        scenarios::EvaluateDynamics(o->cohort, methods, actions, (*diffusion)->config(), turing,
-                                    o->seed, PatientProgress("simulating patients", o->quiet));
+    auto eval = scenarios::EvaluateDynamics(
+        o->cohort, methods, actions, (*diffusion)->config(), turing, o->seed,
+        PatientProgress("simulating patients", o->quiet), o->patients);
     if (!eval) return Fail(eval.error());
     std::cout << eval->FormatTable();
     std::printf("diffusion sampler: %d DDIM steps, eta %.2f, guidance %.2f\n", o->sampler.steps,
@@ -305,6 +341,7 @@ Action AddBenchDynamics(CLI::App& bench_app) {
                 one->default_dispatch_ms_per_step);
 
     // 2. Outcomes per second, end to end (encode, DDIM, decode, paste) on a fresh model.
+    std::int64_t crops = 1;
     {
       auto fresh = dynamics::CreateDiffusionDynamics(options);
       if (!fresh) return Fail(fresh.error());
@@ -324,6 +361,7 @@ Action AddBenchDynamics(CLI::App& bench_app) {
       auto outcomes = (*fresh)->Simulate(*patient, requests);
       if (!outcomes) return Fail(outcomes.error());
       const double wall = Seconds(t0);
+      crops = std::max<std::int64_t>(1, (*fresh)->counters().encodes);
       std::printf("end to end: %zu outcomes in %.2f s = %.2f outcomes/s (%d steps, %d crop(s))\n",
                   requests.size(), wall, double(requests.size()) / wall, m.sampler().steps,
                   int((*fresh)->counters().encodes));
@@ -357,8 +395,9 @@ Action AddBenchDynamics(CLI::App& bench_app) {
     if (!beam) return Fail(beam.error());
     // The reference loop at 200 steps would take tens of minutes on 2 cores. It runs here with a
     // 2-step ancestral sampler: its Simulate calls and requests are exact, and each call is one
-    // request, so 200 steps cost exactly 200 batch-1 forwards per simulation. Its wall time is
-    // projected with the measured batch-1 forward.
+    // request, so 200 steps cost exactly 200 batch-1 forwards per simulation and lesion crop (the
+    // beam's count is per crop too). Its wall time is projected with the measured batch-1
+    // forward.
     dynamics::SamplerConfig short_reference = dynamics::ReferenceSampler();
     short_reference.steps = 2;
     auto reference = decide(scenarios::SearchMode::kReference, short_reference);
@@ -366,18 +405,19 @@ Action AddBenchDynamics(CLI::App& bench_app) {
     const dynamics::SamplerConfig full = dynamics::ReferenceSampler();
     const auto& bc = beam->first.counters;
     const auto& rc = reference->first.counters;
-    const std::int64_t ref_forwards = rc.simulations * full.steps;
-    const double ref_wall = rc.search_seconds + double(rc.simulations) * (full.steps - 2) *
+    const std::int64_t ref_forwards = rc.simulations * full.steps * crops;
+    const double ref_wall = rc.search_seconds + double(rc.simulations * crops) * (full.steps - 2) *
                                                     one->denoiser_ms_per_step * 1e-3;
     std::printf(
-        "compute per decision (B=%d, T=%d, horizons %d/%d):\n"
+        "compute per decision (B=%d, T=%d, horizons %d/%d, %lld lesion crop(s)):\n"
         "  %-28s %12s %14s %16s %10s\n"
         "  %-28s %12lld %14lld %16lld %10.1f\n"
         "  %-28s %12lld %14lld %16lld %10.1f (projected)\n"
         "  reference / beam: %.1fx denoiser forwards, %.1fx latent evaluations, %.1fx wall time\n",
         spec->planner.beams, spec->planner.samples, spec->planner.drug_horizon,
-        spec->planner.embolic_horizon, "search", "simulations", "denoiser calls", "latent evals",
-        "wall s", ("beam (" + std::to_string(m.sampler().steps) + "-step DDIM)").c_str(),
+        spec->planner.embolic_horizon, static_cast<long long>(crops), "search", "simulations",
+        "denoiser calls", "latent evals", "wall s",
+        ("beam (" + std::to_string(m.sampler().steps) + "-step DDIM)").c_str(),
         static_cast<long long>(bc.simulations), static_cast<long long>(beam->second.forwards),
         static_cast<long long>(beam->second.sample_forwards), bc.search_seconds,
         "reference (200 ancestral)", static_cast<long long>(rc.simulations),
@@ -385,6 +425,7 @@ Action AddBenchDynamics(CLI::App& bench_app) {
         double(ref_forwards) / double(beam->second.forwards),
         double(ref_forwards) / double(beam->second.sample_forwards), ref_wall / bc.search_seconds);
     out["decision"] = {
+        {"crops", crops},
         {"beam",
          {{"simulations", bc.simulations},
           {"denoiser_calls", beam->second.forwards},

@@ -14,6 +14,7 @@ Action RegisterEval(CLI::App& app) {
   struct Options {
     std::string run_dir, json_out, model, cohort, train;
     bool json = false;
+    GeneratorOptions generator;
   };
   auto o = std::make_shared<Options>();
   app.require_subcommand(1);
@@ -27,6 +28,7 @@ Action RegisterEval(CLI::App& app) {
   surv->add_option("--train-cohort", o->train,
                    "Training cohort (censoring distribution for Uno's C and Brier)")
       ->required();
+  AddGeneratorOptions(surv, &o->generator);
   Action dynamics = AddEvalDynamics(app);
   for (CLI::App* sub : {plans, surv}) {
     sub->add_flag("--json", o->json, "Print the numbers as JSON on stdout instead of the table");
@@ -43,7 +45,10 @@ Action RegisterEval(CLI::App& app) {
     } else {
       auto model = survival::CoxSurvival::Load(o->model);
       if (!model) return Fail(model.error());
-      auto eval = scenarios::EvaluateSurvival(**model, o->cohort, o->train);
+      auto generator = LoadGenerator(o->generator);
+      if (!generator) return Fail(generator.error());
+      auto eval = scenarios::EvaluateSurvival(**model, o->cohort, o->train, {},
+                                              {generator->get(), o->generator.seed});
       if (!eval) return Fail(eval.error());
       table = eval->FormatTable();
       json = eval->ToJson();

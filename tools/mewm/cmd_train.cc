@@ -20,6 +20,7 @@ Action RegisterTrain(CLI::App& app) {
     double ridge = 1.0;
     bool quiet = false;
     std::string command;
+    GeneratorOptions generator;
   };
   auto o = std::make_shared<Options>();
   app.require_subcommand(1);
@@ -30,6 +31,7 @@ Action RegisterTrain(CLI::App& app) {
   surv->add_option("--ties", o->ties, "Cox tie handling: efron or breslow")
       ->check(CLI::IsMember({"efron", "breslow"}))
       ->capture_default_str();
+  AddGeneratorOptions(surv, &o->generator);
   CLI::App* mech = app.add_subcommand(
       "mechanistic", "Fit the mechanistic planner's biology regression on a training cohort");
   mech->add_option("--ridge", o->ridge, "Ridge penalty on standardised features")
@@ -47,19 +49,28 @@ Action RegisterTrain(CLI::App& app) {
   return [o, surv, dynamics]() -> int {
     if (const int rc = dynamics(); rc >= 0) return rc;
     if (auto writable = CheckWritable(o->out); !writable) return Fail(writable.error());
-    const std::string command = "mewm train " +
-                                std::string(surv->parsed() ? "survival" : "mechanistic") +
-                                " --cohort " + o->cohort + " --out " + o->out +
-                                (surv->parsed() ? " --backend " + o->backend + " --ties " + o->ties
-                                                : " --ridge " + std::to_string(o->ridge)) +
-                                (o->eval_cohort.empty() ? "" : " --eval-cohort " + o->eval_cohort);
+    const std::string command =
+        "mewm train " + std::string(surv->parsed() ? "survival" : "mechanistic") + " --cohort " +
+        o->cohort + " --out " + o->out +
+        (surv->parsed() ? " --backend " + o->backend + " --ties " + o->ties
+                        : " --ridge " + std::to_string(o->ridge)) +
+        (o->eval_cohort.empty() ? "" : " --eval-cohort " + o->eval_cohort) +
+        (o->generator.model.empty()
+             ? ""
+             : " --generator " + o->generator.model + " --generator-steps " +
+                   std::to_string(o->generator.steps) + " --generator-guidance " +
+                   std::to_string(o->generator.guidance) + " --generator-seed " +
+                   std::to_string(o->generator.seed));
     const auto [seed, data] = CohortProvenance(o->cohort);
     const auto progress = PatientProgress("reading patients", o->quiet);
     if (surv->parsed()) {
+      auto generator = LoadGenerator(o->generator);
+      if (!generator) return Fail(generator.error());
+      const scenarios::OutcomeSource source{generator->get(), o->generator.seed};
       survival::ModelProvenance provenance{command, seed, data, "{}"};
       auto model = scenarios::TrainCoxSurvival(
           o->cohort, o->ties == "efron" ? survival::CoxTies::kEfron : survival::CoxTies::kBreslow,
-          provenance, progress);
+          provenance, progress, source);
       if (!model) return Fail(model.error());
       std::cout << "fitted Cox model: " << (*model)->fit().iterations << " Newton steps, "
                 << ((*model)->fit().converged ? "converged" : "NOT converged") << "\n";
@@ -69,7 +80,8 @@ Action RegisterTrain(CLI::App& app) {
         std::printf("  %-22s %+.4f\n", names[k].c_str(), beta[Eigen::Index(k)]);
       }
       if (!o->eval_cohort.empty()) {
-        auto eval = scenarios::EvaluateSurvival(**model, o->eval_cohort, o->cohort, progress);
+        auto eval =
+            scenarios::EvaluateSurvival(**model, o->eval_cohort, o->cohort, progress, source);
         if (!eval) return Fail(eval.error());
         std::cout << eval->FormatTable();
         auto rebuilt =

@@ -6,11 +6,14 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 
 #include "mewm/core/expected.h"
+#include "mewm/dynamics/dynamics_model.h"
 
 namespace mewm::cli {
 
@@ -36,6 +39,18 @@ Action RegisterWatch(CLI::App& app);
 Action RegisterStatus(CLI::App& app);
 Action RegisterCancel(CLI::App& app);
 Action RegisterKeygen(CLI::App& app);
+
+/// A diffusion generator for `train survival` and `eval survival --generator` (cmd_dynamics.cc).
+struct GeneratorOptions {
+  std::string model;  ///< diffusion checkpoint; "" = score the true outcomes
+  int steps = 10;
+  double guidance = 1.0;
+  std::uint64_t seed = 1;
+};
+/// Registers --generator, --generator-steps, --generator-guidance and --generator-seed.
+void AddGeneratorOptions(CLI::App* sub, GeneratorOptions* options);
+/// The generator named by the options, or nullptr when none is.
+Expected<std::unique_ptr<dynamics::DynamicsModel>> LoadGenerator(const GeneratorOptions& options);
 
 /// `mewm bench stream` (cmd_bench_stream.cc): server path vs raw PUB/SUB.
 int RunStreamBench(int events, const std::string& json_path);

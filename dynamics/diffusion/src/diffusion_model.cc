@@ -43,6 +43,61 @@ Expected<torch::Tensor> PlansToMultiHot(const std::vector<Plan>& plans,
   return rows;
 }
 
+torch::Tensor Ddim(Denoiser& denoiser, torch::Tensor x, const torch::Tensor& context,
+                   const torch::Tensor& plan, const std::vector<double>& alpha_bar,
+                   const SamplerConfig& s,
+                   const std::function<torch::Tensor(std::size_t)>& step_noise,
+                   const std::function<void(std::int64_t, double)>& on_forward) {
+  const int T = int(alpha_bar.size());
+  const int steps = std::min(s.steps, T);
+  std::vector<int> ts;
+  for (int i = 0; i < steps; ++i) {
+    ts.push_back(steps == 1 ? T - 1
+                            : int(std::lround(double(T - 1) * (1.0 - double(i) / (steps - 1)))));
+  }
+  const bool guided = s.guidance != 1.0;
+  const std::int64_t rows = x.size(0);
+  torch::Tensor ctx = context;
+  torch::Tensor cond = plan;
+  if (guided) {
+    ctx = torch::cat({ctx, ctx});
+    cond = torch::cat({plan, denoiser->null_plan.expand({rows, -1})});
+  }
+  for (std::size_t i = 0; i < ts.size(); ++i) {
+    const int t = ts[i];
+    const double ab = alpha_bar[std::size_t(t)];
+    const double ab_prev = i + 1 < ts.size() ? alpha_bar[std::size_t(ts[i + 1])] : 1.0;
+    const torch::Tensor xin = guided ? torch::cat({x, x}) : x;
+    const torch::Tensor tt = torch::full({xin.size(0)}, double(t), x.options());
+    double flops = 0.0;
+    tl_flop_sink = &flops;
+    torch::Tensor v = denoiser->forward(xin, ctx, tt, cond);
+    tl_flop_sink = nullptr;
+    if (on_forward) on_forward(xin.size(0), flops * 1e-9);
+    if (guided) {
+      const auto parts = v.chunk(2, 0);
+      v = parts[1] + s.guidance * (parts[0] - parts[1]);
+    }
+    const double sa = std::sqrt(ab), sb = std::sqrt(1.0 - ab);
+    const torch::Tensor x0 = sa * x - sb * v;
+    const torch::Tensor eps = sb * x + sa * v;
+    if (ab_prev >= 1.0) return x0;
+    const double sigma =
+        s.eta * std::sqrt((1.0 - ab_prev) / (1.0 - ab)) * std::sqrt(1.0 - ab / ab_prev);
+    x = std::sqrt(ab_prev) * x0 + std::sqrt(std::max(0.0, 1.0 - ab_prev - sigma * sigma)) * eps;
+    if (sigma > 0.0) x = x + sigma * step_noise(i);
+  }
+  return x;
+}
+
+torch::Tensor DecodedFraction(const torch::Tensor& channel, const DiffusionConfig& config) {
+  if (config.mask_channel == "viable_fraction") {
+    const torch::Tensor u = ((channel + 1.0) * 0.5).clamp(0.0, 1.0);
+    return u * (u >= 0.05).to(u.scalar_type());
+  }
+  return (channel + 0.5).clamp(0.0, 1.0);
+}
+
 torch::Tensor ChannelsToTensor(const CropChannels& channels) {
   return torch::stack(
       {torch_bridge::ToTensor(channels.ct), torch_bridge::ToTensor(channels.mask) * 2.0 - 1.0});
@@ -134,8 +189,8 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
           const torch::Tensor decoded = net_->ae->Decode(z).to(torch::kCPU).contiguous();
           counters_.decodes += e - d;
           for (std::int64_t row = 0; row < e - d; ++row) {
-            MEWM_RETURN_IF_ERROR(
-                Paste(decoded[row], crops_[c], outcomes[std::size_t(begin + d + row)]));
+            const std::size_t r = std::size_t(begin + d + row);
+            MEWM_RETURN_IF_ERROR(Paste(decoded[row], crops_[c], requests[r].seed + c, outcomes[r]));
           }
         }
       }
@@ -186,6 +241,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     torch::Tensor z_pre;    ///< [1, latent, l, l, l]
     torch::Tensor context;  ///< [1, latent + 1, l, l, l]: z_pre, downsampled mask
     DenseFloat weight;      ///< paste weight
+    double noise_sd = 0.0;  ///< scanner noise of the pre-treatment crop, HU
   };
 
   std::vector<std::int64_t> LatentShape() const {
@@ -218,6 +274,11 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
       const torch::Tensor mask = input.slice(1, 1, 2).add(1.0).mul(0.5);
       crop.context = torch::cat({crop.z_pre, torch::avg_pool3d(mask, 4)}, 1);
       crop.weight = BlendWeight(channels->mask, config_.spacing_mm, options_.blend_margin_mm);
+      if (options_.scanner_noise) {
+        DenseFloat hu = channels->ct;
+        UnitToHu(hu, config_.window);
+        crop.noise_sd = EstimateNoiseSd(hu);
+      }
       crops_.push_back(std::move(crop));
     }
     cached_id_ = patient.id;
@@ -225,80 +286,45 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     return {};
   }
 
-  /// DDIM (eta = 0) to ancestral (eta = 1) sampling of the delta latent, v-parametrised, with
-  /// classifier-free guidance batched into the same forward.
+  /// DDIM sampling of rows [first_row, first_row + x.size(0)) of `requests` (nets::Ddim), counting
+  /// the forwards; ancestral noise comes from each request's own seed.
   torch::Tensor Sample(torch::Tensor x, const torch::Tensor& context, const torch::Tensor& plan,
                        const std::vector<SimulationRequest>& requests, std::int64_t first_row) {
-    const SamplerConfig& s = options_.sampler;
-    const int T = config_.train_timesteps;
-    const int steps = std::min(s.steps, T);
-    std::vector<int> ts;
-    for (int i = 0; i < steps; ++i) {
-      ts.push_back(steps == 1 ? T - 1
-                              : int(std::lround(double(T - 1) * (1.0 - double(i) / (steps - 1)))));
-    }
-    const bool guided = s.guidance != 1.0;
     const std::int64_t rows = x.size(0);
-    torch::Tensor ctx = context.expand({rows, -1, -1, -1, -1});
-    torch::Tensor cond = plan;
-    if (guided) {
-      ctx = torch::cat({ctx, ctx});
-      cond = torch::cat({plan, net_->denoiser->null_plan.expand({rows, -1})});
-    }
-    for (std::size_t i = 0; i < ts.size(); ++i) {
-      const int t = ts[i];
-      const double ab = alpha_bar_[std::size_t(t)];
-      const double ab_prev = i + 1 < ts.size() ? alpha_bar_[std::size_t(ts[i + 1])] : 1.0;
-      const torch::Tensor xin = guided ? torch::cat({x, x}) : x;
-      const torch::Tensor tt = torch::full({xin.size(0)}, double(t), x.options());
-      double flops = 0.0;
-      nets::tl_flop_sink = &flops;
-      torch::Tensor v = net_->denoiser->forward(xin, ctx, tt, cond);
-      nets::tl_flop_sink = nullptr;
-      counters_.denoiser_gflop += flops * 1e-9;
+    const auto step_noise = [&](std::size_t i) {
+      std::vector<torch::Tensor> z;
+      for (std::int64_t r = 0; r < rows; ++r) {
+        z.push_back(Noise(requests[std::size_t(first_row + r)].seed, 1000 + i, LatentShape()));
+      }
+      return torch::stack(z).to(device_);
+    };
+    const auto count = [&](std::int64_t batch_rows, double gflop) {
+      counters_.denoiser_gflop += gflop;
       ++counters_.forwards;
-      counters_.sample_forwards += xin.size(0);
-      if (guided) {
-        const auto parts = v.chunk(2, 0);
-        v = parts[1] + s.guidance * (parts[0] - parts[1]);
-      }
-      const double sa = std::sqrt(ab), sb = std::sqrt(1.0 - ab);
-      const torch::Tensor x0 = sa * x - sb * v;
-      const torch::Tensor eps = sb * x + sa * v;
-      if (ab_prev >= 1.0) {
-        x = x0;
-        break;
-      }
-      const double sigma =
-          s.eta * std::sqrt((1.0 - ab_prev) / (1.0 - ab)) * std::sqrt(1.0 - ab / ab_prev);
-      x = std::sqrt(ab_prev) * x0 + std::sqrt(std::max(0.0, 1.0 - ab_prev - sigma * sigma)) * eps;
-      if (sigma > 0.0) {
-        std::vector<torch::Tensor> z;
-        for (std::int64_t r = 0; r < rows; ++r) {
-          z.push_back(Noise(requests[std::size_t(first_row + r)].seed, 1000 + i, LatentShape()));
-        }
-        x = x + sigma * torch::stack(z).to(device_);
-      }
-    }
-    return x;
+      counters_.sample_forwards += batch_rows;
+    };
+    return nets::Ddim(net_->denoiser, x, context.expand({rows, -1, -1, -1, -1}), plan, alpha_bar_,
+                      options_.sampler, step_noise, count);
   }
 
-  /// Pastes one decoded [2, D, H, W] crop into an outcome.
-  Status Paste(const torch::Tensor& decoded, const Crop& crop, Outcome& outcome) const {
+  /// Pastes one decoded [2, D, H, W] crop into an outcome; `noise_seed` draws its scanner noise.
+  Status Paste(const torch::Tensor& decoded, const Crop& crop, std::uint64_t noise_seed,
+               Outcome& outcome) const {
     auto ct = torch_bridge::FromTensor(decoded[0], crop.geometry);
     if (!ct) {
       return MakeError(ErrorCode::kInternal,
                        "the diffusion decoder produced NaN or Inf: refusing the outcome");
     }
     UnitToHu(*ct, config_.window);
-    MEWM_TRY(DenseFloat fraction, torch_bridge::FromTensor(decoded[1], crop.geometry));
-    DenseLabel labels(fraction.dims, fraction.geometry, 0);
-    for (std::size_t x = 0; x < fraction.size(); ++x) {
-      // The mask channel is trained on {-1, 1}: map [-0.5, 0.5] to [0, 1] so that the decoder's
-      // small residuals away from the tumor do not add up to millilitres of phantom tumor.
-      fraction.data[x] = std::clamp(0.5f + fraction.data[x], 0.0f, 1.0f);
-      labels.data[x] = fraction.data[x] >= 0.5f ? 1 : 0;
+    if (crop.noise_sd > 0.0) {
+      const torch::Tensor noise = Noise(noise_seed, 2000, {std::int64_t(ct->size())});
+      const float* n = noise.data_ptr<float>();
+      for (std::size_t x = 0; x < ct->size(); ++x) ct->data[x] += float(crop.noise_sd) * n[x];
     }
+    MEWM_TRY(DenseFloat fraction,
+             torch_bridge::FromTensor(nets::DecodedFraction(decoded[1], config_), crop.geometry));
+    DenseLabel labels(fraction.dims, fraction.geometry, 0);
+    for (std::size_t x = 0; x < fraction.size(); ++x) labels.data[x] = fraction.data[x] >= 0.5f;
     MEWM_RETURN_IF_ERROR(PasteCrop(outcome.post_ct, *ct, crop.weight));
     MEWM_RETURN_IF_ERROR(PasteCrop(*outcome.viable_fraction, fraction, crop.weight));
     return PasteCrop(outcome.viable, labels, crop.weight);

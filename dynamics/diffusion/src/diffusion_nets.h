@@ -16,6 +16,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <functional>
 #include <vector>
 
 #include "mewm/dynamics/diffusion_backend.h"
@@ -250,6 +251,22 @@ inline std::vector<double> CosineAlphaBar(int timesteps) {
   }
   return alpha_bar;
 }
+
+/// DDIM (eta = 0) to ancestral (eta = 1) sampling of the delta latent from the noise `x`,
+/// v-parametrised, with classifier-free guidance batched into the same forward. `context` and
+/// `plan` have one row per row of x. `step_noise(i)` gives fresh noise for step i when eta > 0;
+/// `on_forward(rows, gflop)` is told of every denoiser call.
+torch::Tensor Ddim(Denoiser& denoiser, torch::Tensor x, const torch::Tensor& context,
+                   const torch::Tensor& plan, const std::vector<double>& alpha_bar,
+                   const SamplerConfig& sampler,
+                   const std::function<torch::Tensor(std::size_t)>& step_noise,
+                   const std::function<void(std::int64_t, double)>& on_forward);
+
+/// The decoder's second channel as a viable fraction in [0, 1]. A "viable_fraction" channel was
+/// trained on 2u - 1, and values under 0.05 are cut so that the decoder's small residuals away
+/// from the tumor do not add up to millilitres of phantom tumor; a "viable_mask" channel was
+/// trained on {-1, 1}, and [-0.5, 0.5] maps to [0, 1] for the same reason.
+torch::Tensor DecodedFraction(const torch::Tensor& channel, const DiffusionConfig& config);
 
 /// Multi-hot plan rows over `vocabulary`; kInvalidArgument naming an unknown item.
 Expected<torch::Tensor> PlansToMultiHot(const std::vector<Plan>& plans,

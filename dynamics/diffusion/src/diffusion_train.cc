@@ -10,13 +10,16 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <random>
 
 #include "diffusion_nets.h"
 #include "mewm/core/file_util.h"
 #include "mewm/core/log.h"
 #include "mewm/core/seed.h"
+#include "mewm/core/stats.h"
 #include "mewm/torch/bridge.h"
 
 namespace mewm::dynamics {
@@ -162,6 +165,72 @@ torch::Tensor EncodeAll(nets::DiffusionNet& net, const torch::Tensor& crops) {
   return torch::cat(z);
 }
 
+/// Samples every validation pair (at most 96) with 10-step DDIM at each guidance scale of the
+/// grid, and scores the generated residual (integrated viable fraction) against the truth: per
+/// patient, Spearman across plans (crops of one plan summed; a constant prediction counts 0), and
+/// the mean absolute error per crop.
+std::vector<GuidanceScore> ScoreGuidance(nets::DiffusionNet& net,
+                                         const std::vector<DiffusionPair>& pairs,
+                                         const torch::Tensor& z_pre, const torch::Tensor& context,
+                                         const torch::Tensor& multi_hot, const torch::Tensor& post,
+                                         const std::vector<double>& alpha_bar,
+                                         const DiffusionTrainOptions& o) {
+  torch::NoGradGuard no_grad;
+  const std::int64_t n = std::min<std::int64_t>(z_pre.size(0), 96);
+  const double voxel_ml = std::pow(o.config.spacing_mm, 3) * 1e-3;
+  const torch::Tensor true_ml =
+      post.slice(0, 0, n).slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5).sum({1, 2, 3, 4}) *
+      voxel_ml;
+  const torch::Tensor plan_emb = net->denoiser->PlanEmbedding(multi_hot.slice(0, 0, n));
+  auto gen = Rng(o.seed, {4});
+  const torch::Tensor noise = torch::randn(z_pre.slice(0, 0, n).sizes(), gen);
+  std::vector<GuidanceScore> scores;
+  for (double guidance : o.guidance_grid) {
+    SamplerConfig sampler{10, 0.0, guidance};
+    std::vector<double> pred(std::size_t(n), 0.0);
+    for (std::int64_t b = 0; b < n; b += 8) {
+      const std::int64_t e = std::min(n, b + 8);
+      const torch::Tensor delta =
+          nets::Ddim(net->denoiser, noise.slice(0, b, e), context.slice(0, b, e),
+                     plan_emb.slice(0, b, e), alpha_bar, sampler, {}, {});
+      for (std::int64_t d = b; d < e; d += 2) {
+        const std::int64_t f = std::min(e, d + 2);
+        const torch::Tensor z =
+            z_pre.slice(0, d, f) + delta.slice(0, d - b, f - b) / net->latent_scale;
+        const torch::Tensor u =
+            nets::DecodedFraction(net->ae->Decode(z).slice(1, 1, 2), o.config).sum({1, 2, 3, 4});
+        for (std::int64_t r = d; r < f; ++r)
+          pred[std::size_t(r)] = u[r - d].item<double>() * voxel_ml;
+      }
+    }
+    // Per patient and plan: the sum over that plan's crops.
+    std::map<std::string, std::map<std::string, std::pair<double, double>>> by_patient;
+    double abs_error = 0.0;
+    for (std::int64_t r = 0; r < n; ++r) {
+      const double t = true_ml[r].item<double>();
+      auto& cell = by_patient[pairs[std::size_t(r)].patient][pairs[std::size_t(r)].plan.ToString()];
+      cell.first += pred[std::size_t(r)];
+      cell.second += t;
+      abs_error += std::abs(pred[std::size_t(r)] - t);
+    }
+    double rho_sum = 0.0;
+    int counted = 0;
+    for (const auto& [patient, plans] : by_patient) {
+      std::vector<double> p, t;
+      for (const auto& [plan, cell] : plans) {
+        p.push_back(cell.first);
+        t.push_back(cell.second);
+      }
+      if (std::isnan(Spearman(t, t))) continue;
+      const double rho = Spearman(p, t);
+      rho_sum += std::isnan(rho) ? 0.0 : rho;
+      ++counted;
+    }
+    scores.push_back({guidance, counted > 0 ? rho_sum / counted : 0.0, abs_error / double(n)});
+  }
+  return scores;
+}
+
 }  // namespace
 
 namespace {
@@ -204,21 +273,31 @@ Expected<DiffusionTrainReport> Train(
           .to(torch::kHalf);
   const torch::Tensor all_regions = torch::cat({pre_region, pre_region});
   const torch::Tensor val_crops = torch::cat({val.pre, val.post}).slice(0, 0, 16).to(torch::kFloat);
+  // The post-treatment half of the validation crops, for the residual ceiling.
+  const torch::Tensor val_post = val.post.slice(0, 0, 16).to(torch::kFloat);
   const auto ae_validate = [&]() {
     torch::NoGradGuard no_grad;
     net->eval();
-    std::vector<torch::Tensor> parts;
-    for (std::int64_t b = 0; b < val_crops.size(0); b += 2) {
-      parts.push_back(net->ae->Decode(net->ae->Encode(val_crops.slice(0, b, b + 2)).first));
-    }
-    const torch::Tensor recon = torch::cat(parts);
+    const auto reconstruct = [&](const torch::Tensor& crops) {
+      std::vector<torch::Tensor> parts;
+      for (std::int64_t b = 0; b < crops.size(0); b += 2) {
+        parts.push_back(net->ae->Decode(net->ae->Encode(crops.slice(0, b, b + 2)).first));
+      }
+      return torch::cat(parts);
+    };
+    const torch::Tensor recon = reconstruct(val_crops);
+    const torch::Tensor post_fraction =
+        nets::DecodedFraction(reconstruct(val_post).slice(1, 1, 2), o.config);
     net->train();
     const double l1 = torch::l1_loss(recon.slice(1, 0, 1), val_crops.slice(1, 0, 1)).item<double>();
     const torch::Tensor pm = recon.slice(1, 1, 2) > 0, tm = val_crops.slice(1, 1, 2) > 0;
     const double inter = (pm & tm).sum().item<double>();
     const double dice =
         2.0 * inter / std::max(1.0, pm.sum().item<double>() + tm.sum().item<double>());
-    return std::make_pair(l1, dice);
+    const double true_sum = val_post.slice(1, 1, 2).add(1.0).mul(0.5).sum().item<double>();
+    const double residual_rel =
+        std::abs(post_fraction.sum().item<double>() - true_sum) / std::max(true_sum, 1.0);
+    return std::make_tuple(l1, dice, residual_rel);
   };
   if (state.stage == "autoencoder") {
     torch::optim::Adam optimizer(net->ae->parameters(), torch::optim::AdamOptions(o.ae_lr));
@@ -253,7 +332,7 @@ Expected<DiffusionTrainReport> Train(
       optimizer.step();
       DiffusionTrainProgress p{"autoencoder", step + 1, o.ae_steps, loss.item<double>(), -1.0};
       if ((step + 1) % o.validate_every == 0 || step + 1 == o.ae_steps) {
-        p.val_loss = ae_validate().first;
+        p.val_loss = std::get<0>(ae_validate());
         if (!o.state_dir.empty()) {
           MEWM_RETURN_IF_ERROR(
               SaveState(o.state_dir, {"autoencoder", step + 1}, net, ema, optimizer));
@@ -263,7 +342,8 @@ Expected<DiffusionTrainReport> Train(
     }
     state = {"denoiser", 0};
   }
-  std::tie(result.ae_val_l1_ct, result.ae_val_mask_dice) = ae_validate();
+  std::tie(result.ae_val_l1_ct, result.ae_val_mask_dice, result.ae_val_residual_rel) =
+      ae_validate();
 
   // ---- Latents: the diffusion target is the scaled change of the latent ----
   net->eval();
@@ -359,13 +439,34 @@ Expected<DiffusionTrainReport> Train(
     ema->latent_scale.copy_(net->latent_scale);
   }
   result.denoiser_val_loss = denoiser_validate(ema);
+  ema->eval();
+  result.guidance_scores = ScoreGuidance(ema, validation.empty() ? train : validation, vz_pre,
+                                         vcontext, val.multi_hot, val.post, alpha_bar, o);
+  double best = -2.0, best_mae = 0.0;
+  for (const GuidanceScore& g : result.guidance_scores) {
+    if (g.spearman > best + 1e-9 ||
+        (std::abs(g.spearman - best) <= 1e-9 && g.residual_mae_ml < best_mae)) {
+      best = g.spearman;
+      best_mae = g.residual_mae_ml;
+      result.recommended_guidance = g.guidance;
+    }
+  }
   result.seconds = Seconds(t_start);
   if (!o.out.empty()) {
     nlohmann::json meta =
         nlohmann::json::parse(o.metadata_json.empty() ? "{}" : o.metadata_json, nullptr, false);
     if (meta.is_discarded() || !meta.is_object()) meta = nlohmann::json::object();
+    nlohmann::json scores = nlohmann::json::array();
+    for (const GuidanceScore& g : result.guidance_scores) {
+      scores.push_back({{"guidance", g.guidance},
+                        {"spearman", g.spearman},
+                        {"residual_mae_ml", g.residual_mae_ml}});
+    }
     meta["training"] = {{"ae_val_l1_ct", result.ae_val_l1_ct},
                         {"ae_val_mask_dice", result.ae_val_mask_dice},
+                        {"ae_val_residual_rel", result.ae_val_residual_rel},
+                        {"guidance_on_validation", scores},
+                        {"recommended_guidance", result.recommended_guidance},
                         {"denoiser_val_loss", result.denoiser_val_loss},
                         {"latent_scale", result.latent_scale},
                         {"train_pairs", train.size()},
@@ -434,11 +535,20 @@ double Auc(const std::vector<double>& score, const std::vector<int>& label) {
 }  // namespace
 
 Expected<TuringTestResult> MachineTuringTest(const std::vector<DenseFloat>& real,
-                                             const std::vector<DenseFloat>& synthetic, int folds,
+                                             const std::vector<DenseFloat>& synthetic,
+                                             const std::vector<int>& groups, int folds,
                                              std::uint64_t seed, int threads) {
-  if (folds < 2 || int(real.size()) < folds || int(synthetic.size()) < folds) {
+  if (groups.size() != real.size() + synthetic.size()) {
     return MakeError(ErrorCode::kInvalidArgument,
-                     "the Turing test needs at least `folds` (>= 2) crops of each kind");
+                     "the Turing test needs one patient group per crop (real, then synthetic)");
+  }
+  std::vector<int> patients(groups.begin(), groups.end());
+  std::sort(patients.begin(), patients.end());
+  patients.erase(std::unique(patients.begin(), patients.end()), patients.end());
+  if (folds < 2 || int(patients.size()) < folds || real.empty() || synthetic.empty()) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "the Turing test needs crops of both kinds from at least `folds` (>= 2) "
+                     "patients");
   }
   torch_bridge::ConfigureThreads(threads);
   std::vector<torch::Tensor> crops;
@@ -455,21 +565,17 @@ Expected<TuringTestResult> MachineTuringTest(const std::vector<DenseFloat>& real
   torch::Tensor x = torch::stack(crops);
   if (x.size(2) > 32) x = torch::avg_pool3d(x, x.size(2) / 32);  // the classifier sees 32^3
   const std::int64_t n = x.size(0);
-  // Stratified folds.
-  std::vector<int> fold(std::size_t(n), 0);
+  // Folds by patient: a patient's real and synthetic crops are tested together.
+  std::map<int, int> fold_of;
   {
     auto gen = Rng(seed, {7});
-    for (int kind = 0; kind < 2; ++kind) {
-      std::vector<std::int64_t> members;
-      for (std::int64_t i = 0; i < n; ++i) {
-        if (labels[std::size_t(i)] == kind) members.push_back(i);
-      }
-      const torch::Tensor perm = torch::randperm(std::int64_t(members.size()), gen);
-      for (std::int64_t k = 0; k < perm.size(0); ++k) {
-        fold[std::size_t(members[std::size_t(perm[k].item<std::int64_t>())])] = int(k % folds);
-      }
+    const torch::Tensor perm = torch::randperm(std::int64_t(patients.size()), gen);
+    for (std::int64_t k = 0; k < perm.size(0); ++k) {
+      fold_of[patients[std::size_t(perm[k].item<std::int64_t>())]] = int(k % folds);
     }
   }
+  std::vector<int> fold(std::size_t(n), 0);
+  for (std::int64_t i = 0; i < n; ++i) fold[std::size_t(i)] = fold_of[groups[std::size_t(i)]];
   std::vector<double> score(std::size_t(n), 0.0);
   const torch::Tensor y = torch::tensor(labels, torch::kFloat);
   for (int f = 0; f < folds; ++f) {
@@ -506,14 +612,29 @@ Expected<TuringTestResult> MachineTuringTest(const std::vector<DenseFloat>& real
   r.real = int(real.size());
   r.synthetic = int(synthetic.size());
   r.folds = folds;
+  r.groups = int(patients.size());
   r.auc = Auc(score, labels);
-  // Hanley & McNeil (1982) standard error.
-  const double a = r.auc, n1 = r.synthetic, n2 = r.real;
-  const double q1 = a / (2 - a), q2 = 2 * a * a / (1 + a);
-  const double se = std::sqrt(
-      std::max(0.0, (a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n2 - 1) * (q2 - a * a)) / (n1 * n2)));
-  r.ci_low = std::max(0.0, a - 1.96 * se);
-  r.ci_high = std::min(1.0, a + 1.96 * se);
+  // Percentile bootstrap over patients: a patient's crops are resampled together, since its real
+  // and synthetic crops share anatomy and are not independent.
+  std::map<int, std::vector<std::size_t>> members;
+  for (std::size_t i = 0; i < groups.size(); ++i) members[groups[i]].push_back(i);
+  std::mt19937_64 rng(DeriveSeed(seed, {10}));
+  std::uniform_int_distribution<std::size_t> pick(0, patients.size() - 1);
+  std::vector<double> aucs;
+  for (int b = 0; b < 1000; ++b) {
+    std::vector<double> s;
+    std::vector<int> l;
+    for (std::size_t k = 0; k < patients.size(); ++k) {
+      for (std::size_t i : members[patients[pick(rng)]]) {
+        s.push_back(score[i]);
+        l.push_back(labels[i]);
+      }
+    }
+    aucs.push_back(Auc(s, l));
+  }
+  std::sort(aucs.begin(), aucs.end());
+  r.ci_low = aucs[24];
+  r.ci_high = aucs[974];
   return r;
 }
 

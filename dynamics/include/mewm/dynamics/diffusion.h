@@ -41,7 +41,12 @@ struct DiffusionConfig {
   int embed_dim = 128;                      ///< time and plan embedding width
   int train_timesteps = 1000;               ///< diffusion timesteps (cosine schedule, v-target)
   HuWindow window;                          ///< CT window mapped to [-1, 1]
-  std::vector<std::string> items;           ///< plan-item vocabulary (canonical names)
+  /// What the second channel of a post-treatment crop holds: "viable_fraction" (the continuous
+  /// viable density in [0, 1], so partial response is representable) or "viable_mask" (the
+  /// thresholded mask of checkpoints trained before World v2). Pre-treatment crops hold the
+  /// tumor mask either way (all of a tumor is viable before treatment).
+  std::string mask_channel = "viable_fraction";
+  std::vector<std::string> items;  ///< plan-item vocabulary (canonical names)
 
   /// The presets, with the action base's items as vocabulary. kInvalidArgument for another name.
   static Expected<DiffusionConfig> Preset(const std::string& name, const ActionBase& actions);
@@ -81,6 +86,18 @@ Expected<std::vector<CropSpec>> LesionCrops(const PatientCase& patient,
 /// differ.
 Expected<CropChannels> ExtractChannels(const Volume& ct, const LabelVolume& mask,
                                        const CropSpec& spec, const HuWindow& window);
+/// The same with a continuous viable fraction (trilinear, clamped to [0, 1]) as the mask.
+Expected<CropChannels> ExtractChannels(const Volume& ct, const Volume& fraction,
+                                       const CropSpec& spec, const HuWindow& window);
+/// The crop channels a model with `config` is trained on for a post-treatment outcome: its
+/// viable fraction where the outcome has one and config.mask_channel asks for it, else its mask.
+Expected<CropChannels> OutcomeChannels(const Outcome& outcome, const CropSpec& spec,
+                                       const DiffusionConfig& config);
+
+/// Scanner noise of a CT crop in HU, estimated where it is homogeneous soft tissue: the median
+/// absolute second difference along each axis, scaled to the SD of white noise (robust to edges).
+/// 0 when the crop holds too few soft-tissue voxels.
+double EstimateNoiseSd(const DenseFloat& ct_hu);
 
 /// Paste weight of a crop: 1 within `margin_mm` of the pre-treatment mask, falling smoothly to 0
 /// beyond it and at the crop's border, so tissue away from the tumor keeps its exact HU.
@@ -91,9 +108,12 @@ struct DiffusionBackendOptions {
   std::string model_path;      ///< checkpoint written by `mewm train dynamics`
   std::string config = "cpu";  ///< preset the checkpoint must match; "" = the one it records
   SamplerConfig sampler;
-  std::string device = "cpu";                  ///< "cpu", "cuda" or "cuda:N"
-  int threads = 0;                             ///< libtorch intra-op threads; 0 = all cores
-  double blend_margin_mm = 6.0;                ///< paste margin around the pre-treatment tumor
+  std::string device = "cpu";    ///< "cpu", "cuda" or "cuda:N"
+  int threads = 0;               ///< libtorch intra-op threads; 0 = all cores
+  double blend_margin_mm = 6.0;  ///< paste margin around the pre-treatment tumor
+  /// Adds white noise of the pre-treatment CT's estimated scanner SD (EstimateNoiseSd) to the
+  /// generated region, weighted by the paste weight: the autoencoder returns a smooth image.
+  bool scanner_noise = true;
   ActionBase actions = ActionBase::Default();  ///< vocabulary source for the config preset
 };
 
@@ -120,8 +140,10 @@ struct DiffusionPair {
 /// What a machine Turing test (MachineTuringTest, mewm/dynamics/diffusion_backend.h) reports.
 struct TuringTestResult {
   double auc = 0.5;  ///< cross-validated AUC of real-vs-synthetic (0.5 = indistinguishable)
-  double ci_low = 0.0, ci_high = 1.0;  ///< 95% interval (Hanley-McNeil)
+  /// 95% interval: percentile bootstrap over patients (crops of one patient resampled together)
+  double ci_low = 0.0, ci_high = 1.0;
   int real = 0, synthetic = 0, folds = 0;
+  int groups = 0;  ///< patients
 };
 
 }  // namespace mewm::dynamics

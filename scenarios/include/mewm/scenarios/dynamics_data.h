@@ -45,15 +45,25 @@ Expected<std::vector<dynamics::DiffusionPair>> BuildDiffusionPairs(
 namespace mewm::scenarios {
 
 /// Fidelity of one dynamics method against the mechanistic truth, over (patient, plan) cases.
+/// "Residual" is the integrated viable fraction (what survival reads, ViableVolumeMl); "mask" is
+/// the viable mask thresholded at 0.5, which is empty for many true partial responses.
 struct DynamicsMetrics {
   std::string method;
   int cases = 0;
-  double dice = 0.0;              ///< mean Dice of the viable-tumor mask
-  double volume_rel_error = 0.0;  ///< median |pred - true| / max(true, 1 mL) of viable volume
-  double volume_mae_ml = 0.0;     ///< mean |pred - true| viable volume, mL
-  double hu_mae = 0.0;            ///< mean |pred - true| HU within 6 mm of the pre-treatment tumor
-  double spearman = 0.0;      ///< mean over patients of Spearman(pred, true volume) across plans
-  int spearman_patients = 0;  ///< patients where both sides vary across plans
+  double residual_mae_ml = 0.0;     ///< mean |pred - true| residual, mL
+  double residual_bias_ml = 0.0;    ///< mean (pred - true) residual, mL
+  double residual_rel_error = 0.0;  ///< median |pred - true| / max(true, 1 mL) of the residual
+  double dice = 0.0;                ///< mean mask Dice over cases where either mask is non-empty
+  int dice_cases = 0;               ///< cases behind `dice`
+  int empty_both = 0;               ///< cases where both masks are empty (left out of `dice`)
+  double mask_mae_ml = 0.0;         ///< mean |pred - true| mask volume, mL
+  bool has_image = true;            ///< false for a baseline without an image (complete response)
+  double hu_mae = 0.0;  ///< mean |pred - true| HU within 6 mm of the pre-treatment tumor
+  /// Mean over patients of Spearman(pred, true residual) across plans. Every patient whose true
+  /// residual varies counts; a prediction constant across plans counts as 0.
+  double spearman = 0.0;
+  int spearman_patients = 0;       ///< patients counted
+  int spearman_constant = 0;       ///< of them, patients whose prediction was constant
   double spearman_shuffled = 0.0;  ///< the same with predictions shuffled across plans (mean)
   double spearman_p = 1.0;         ///< permutation p-value of spearman over the shuffled control
   bool has_turing = false;
@@ -69,21 +79,22 @@ struct DynamicsEvaluation {
   std::string ToJson() const;
 };
 
-/// The machine Turing test, injected so this module stays free of libtorch.
+/// The machine Turing test, injected so this module stays free of libtorch. `groups` gives each
+/// crop's patient (real crops first, then synthetic), so folds and the CI can respect patients.
 using TuringTest = std::function<Expected<dynamics::TuringTestResult>(
-    const std::vector<DenseFloat>& real, const std::vector<DenseFloat>& synthetic)>;
+    const std::vector<DenseFloat>& real, const std::vector<DenseFloat>& synthetic,
+    const std::vector<int>& groups)>;
 
-/// Scores each method (name, model) and the identity baseline (post = pre) on every patient and
-/// plan of a held-out cohort with counterfactual plans, one sample per case. Crops for the Turing
-/// test follow `crop_config`. kInvalidArgument for a cohort without counterfactual plans.
+/// Scores each method (name, model) and two baselines on every patient and plan of a held-out
+/// cohort with counterfactual plans, one sample per case: "no change" (post = pre) and "complete
+/// response" (no residual anywhere; it has no image). Crops for the Turing test follow
+/// `crop_config`. At most `max_patients` patients when > 0. kInvalidArgument for a cohort
+/// without counterfactual plans.
 Expected<DynamicsEvaluation> EvaluateDynamics(
     const std::string& cohort_dir,
     const std::vector<std::pair<std::string, dynamics::DynamicsModel*>>& methods,
     const ActionBase& actions, const dynamics::DiffusionConfig& crop_config,
     const TuringTest& turing, std::uint64_t seed,
-    const std::function<void(int, int)>& progress = {});
-
-/// Spearman rank correlation (average ranks for ties); NaN when either side is constant.
-double Spearman(const std::vector<double>& a, const std::vector<double>& b);
+    const std::function<void(int, int)>& progress = {}, int max_patients = 0);
 
 }  // namespace mewm::scenarios

@@ -16,6 +16,7 @@
 #include "mewm/core/action_base.h"
 #include "mewm/core/expected.h"
 #include "mewm/dynamics/calibration.h"
+#include "mewm/dynamics/dynamics_model.h"
 #include "mewm/survival/cox_survival.h"
 
 namespace mewm::scenarios {
@@ -66,18 +67,28 @@ struct SurvivalEvaluation {
   std::string ToJson() const;
 };
 
+/// Which post-treatment outcome a survival model is fit or scored on: the administered true image
+/// (no generator), or a dynamics model's outcome of the administered plan (sample 0 of run `seed`,
+/// on the region the planner hands its models). A survival model that scores a generator's
+/// outcomes when planning can so be fit, and checked, on that generator's outcomes.
+struct OutcomeSource {
+  dynamics::DynamicsModel* generator = nullptr;
+  std::uint64_t seed = 1;
+};
+
 /// Scores each held-out patient's administered outcome and compares with the observed follow-up.
 /// `train_dir` gives the censoring distribution for Uno's C and the Brier score.
 Expected<SurvivalEvaluation> EvaluateSurvival(survival::SurvivalModel& model,
                                               const std::string& cohort_dir,
                                               const std::string& train_dir,
-                                              const std::function<void(int, int)>& progress = {});
+                                              const std::function<void(int, int)>& progress = {},
+                                              const OutcomeSource& source = {});
 
 /// Fits the Cox survival backend on a training cohort's administered outcomes and follow-up.
 Expected<std::unique_ptr<survival::CoxSurvival>> TrainCoxSurvival(
     const std::string& cohort_dir, survival::CoxTies ties,
-    const survival::ModelProvenance& provenance,
-    const std::function<void(int, int)>& progress = {});
+    const survival::ModelProvenance& provenance, const std::function<void(int, int)>& progress = {},
+    const OutcomeSource& source = {});
 
 /// Fits the mechanistic calibration (visible features -> biology) on a training cohort.
 Expected<dynamics::BiologyRegression> TrainMechanisticCalibration(

@@ -84,6 +84,11 @@ class Planner {
   Expected<PlanDecision> Plan(const PatientCase& patient, const policy::Proposal& proposal,
                               std::uint64_t run_seed, const PlannerObserver& observer = {});
 
+  /// The part of a patient the planner hands its models: the tumor's neighbourhood, wide enough
+  /// for `dynamics`'s context.
+  static Expected<PatientCase> ModelRegion(const PatientCase& patient,
+                                           const dynamics::DynamicsModel& dynamics);
+
   /// The sample seed of (run, patient, plan, sample).
   static std::uint64_t SampleSeed(std::uint64_t run_seed, const std::string& patient_id,
                                   const mewm::Plan& plan, int sample_index);
@@ -113,8 +118,5 @@ class Planner {
   dynamics::DynamicsModel* dynamics_;
   survival::SurvivalModel* survival_;
 };
-
-/// Mean and sample standard deviation.
-std::pair<double, double> MeanStd(const std::vector<double>& values);
 
 }  // namespace mewm::scenarios

@@ -65,6 +65,7 @@ struct DiffusionTrainOptions {
   int denoiser_batch = 12;
   double denoiser_lr = 1e-3;
   double null_plan_prob = 0.1;  ///< plan dropped to the learned null plan (for guidance)
+  std::vector<double> guidance_grid{1.0, 2.0, 3.0, 5.0};  ///< scales tried on validation
   double ema_decay = 0.995;
   int validate_every = 250;
   std::string state_dir;  ///< resumable state; "" = no resume
@@ -80,9 +81,21 @@ struct DiffusionTrainProgress {
   double val_loss = -1.0;  ///< < 0 when not validated at this step
 };
 
+/// One classifier-free guidance scale tried on the validation pairs after training.
+struct GuidanceScore {
+  double guidance = 1.0;
+  double spearman = 0.0;         ///< mean per-patient Spearman of residual across plans
+  double residual_mae_ml = 0.0;  ///< mean |generated - true| residual per crop, mL
+};
+
 struct DiffusionTrainReport {
   double ae_val_l1_ct = 0.0;      ///< validation L1 of the CT channel, [-1, 1] units
   double ae_val_mask_dice = 0.0;  ///< validation Dice of the reconstructed mask channel
+  /// |sum of reconstructed - true viable fraction| / true sum over the validation post crops:
+  /// the autoencoder's own residual error, the ceiling of the whole model.
+  double ae_val_residual_rel = 0.0;
+  std::vector<GuidanceScore> guidance_scores;  ///< 10-step DDIM on the validation pairs
+  double recommended_guidance = 1.0;  ///< the best Spearman (ties: the lower residual error)
   double denoiser_val_loss = 0.0;
   double latent_scale = 1.0;
   double seconds = 0.0;
@@ -99,10 +112,13 @@ Expected<DiffusionTrainReport> TrainDiffusion(
 // ---- Evaluation ----
 
 /// A machine Turing test: a small 3D CNN learns to tell `real` from `synthetic` crops (one
-/// channel each, same dims); AUC of the out-of-fold scores. kInvalidArgument for fewer than
-/// `folds` crops per class or mismatched dims.
+/// channel each, same dims); AUC of the out-of-fold scores. `groups` names each crop's patient
+/// (real crops first, then synthetic): a patient's crops all fall in one fold, so the classifier
+/// never sees the patient it is tested on, and the CI resamples patients. kInvalidArgument for
+/// fewer than `folds` patients, a group list of the wrong length, or mismatched dims.
 Expected<TuringTestResult> MachineTuringTest(const std::vector<DenseFloat>& real,
-                                             const std::vector<DenseFloat>& synthetic, int folds,
+                                             const std::vector<DenseFloat>& synthetic,
+                                             const std::vector<int>& groups, int folds,
                                              std::uint64_t seed, int threads = 0);
 
 /// Speed figures for docs/BENCHMARKS.md, measured in one process.
