@@ -189,6 +189,30 @@ Status PasteCrop(Volume& volume, const DenseFloat& crop, const DenseFloat& weigh
   return {};
 }
 
+Status AddCrop(Volume& volume, const DenseFloat& delta, const DenseFloat& weight) {
+  MEWM_RETURN_IF_ERROR(CheckPasteInputs(delta, weight));
+  for (float v : delta.data) {
+    if (!std::isfinite(v))
+      return MakeError(ErrorCode::kInvalidArgument, "crop has non-finite values");
+  }
+  auto accessor = volume.grid().getAccessor();
+  const float background = Volume::Background();
+  ForEachCoveredVoxel(
+      volume.geometry(), delta.geometry, delta.dims,
+      [&](std::int64_t i, std::int64_t j, std::int64_t k, const Eigen::Vector3d& c) {
+        const float w = SampleTrilinear(weight, c);
+        if (w <= 0.0f) return;
+        const openvdb::Coord ijk{int(i), int(j), int(k)};
+        const float changed = accessor.getValue(ijk) + w * SampleTrilinear(delta, c);
+        if (changed == background) {
+          accessor.setValueOff(ijk, background);
+        } else {
+          accessor.setValueOn(ijk, changed);
+        }
+      });
+  return {};
+}
+
 Status PasteCrop(LabelVolume& labels, const DenseLabel& crop, const DenseFloat& weight) {
   MEWM_RETURN_IF_ERROR(CheckPasteInputs(crop, weight));
   auto accessor = labels.grid().getAccessor();

@@ -204,33 +204,6 @@ Expected<CropChannels> OutcomeChannels(const Outcome& outcome, const CropSpec& s
   return ExtractChannels(outcome.post_ct, outcome.viable, spec, config.window);
 }
 
-double EstimateNoiseSd(const DenseFloat& ct_hu) {
-  // Second differences of white noise of SD s have SD s * sqrt(6); soft tissue only (liver and
-  // tumor HU), and the median absolute value, so organ edges and vessels barely count.
-  std::vector<float> d;
-  const Index3 n = ct_hu.dims;
-  const auto soft = [](float v) { return v > -50.0f && v < 250.0f; };
-  for (std::int64_t k = 1; k + 1 < n[2]; ++k) {
-    for (std::int64_t j = 1; j + 1 < n[1]; ++j) {
-      for (std::int64_t i = 1; i + 1 < n[0]; ++i) {
-        const float c = ct_hu.at(i, j, k);
-        if (!soft(c)) continue;
-        const float a = ct_hu.at(i - 1, j, k), b = ct_hu.at(i + 1, j, k);
-        const float e = ct_hu.at(i, j - 1, k), f = ct_hu.at(i, j + 1, k);
-        const float g = ct_hu.at(i, j, k - 1), h = ct_hu.at(i, j, k + 1);
-        if (!soft(a) || !soft(b) || !soft(e) || !soft(f) || !soft(g) || !soft(h)) continue;
-        d.push_back(std::abs(a + b - 2.0f * c));
-        d.push_back(std::abs(e + f - 2.0f * c));
-        d.push_back(std::abs(g + h - 2.0f * c));
-      }
-    }
-  }
-  if (d.size() < 300) return 0.0;
-  std::nth_element(d.begin(), d.begin() + std::ptrdiff_t(d.size() / 2), d.end());
-  // Median |N(0, 1)| = 0.6745.
-  return double(d[d.size() / 2]) / 0.6745 / std::sqrt(6.0);
-}
-
 namespace {
 
 /// Separable box blur of radius r (clamped at the edges), in place.

@@ -53,6 +53,28 @@ class CompleteResponseDynamics final : public dynamics::DynamicsModel {
   std::string name() const override { return "complete response"; }
 };
 
+/// The autoencoder's ceiling: each request's true outcome, reconstructed. `truth` is set to the
+/// patient's true outcomes (in request order) before each Simulate.
+class CeilingDynamics final : public dynamics::DynamicsModel {
+ public:
+  explicit CeilingDynamics(Reconstruction reconstruct) : reconstruct_(std::move(reconstruct)) {}
+  Expected<std::vector<Outcome>> Simulate(const PatientCase& patient,
+                                          const std::vector<SimulationRequest>& requests) override {
+    std::vector<Outcome> out;
+    for (std::size_t r = 0; r < requests.size(); ++r) {
+      MEWM_TRY(Outcome o, reconstruct_(patient, (*truth)[r]));
+      out.push_back(std::move(o));
+    }
+    return out;
+  }
+  std::int64_t evaluations() const override { return 0; }
+  std::string name() const override { return "autoencoder ceiling"; }
+  const std::vector<Outcome>* truth = nullptr;
+
+ private:
+  Reconstruction reconstruct_;
+};
+
 double MaskMl(const LabelVolume& viable) {
   const Eigen::Vector3d s = viable.geometry().spacing;
   return double(CountLabel(viable)) * s.prod() * 1e-3;
@@ -122,7 +144,7 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
     const std::vector<std::pair<std::string, dynamics::DynamicsModel*>>& methods,
     const ActionBase& actions, const dynamics::DiffusionConfig& crop_config,
     const TuringTest& turing, std::uint64_t seed, const std::function<void(int, int)>& progress,
-    int max_patients) {
+    int max_patients, const Reconstruction& ceiling) {
   MEWM_TRY(const auto outcomes, ReadPlanOutcomes(cohort_dir, actions));
   MEWM_TRY(std::vector<CohortEntry> entries, ReadSyntheticCohort(cohort_dir));
   if (max_patients > 0 && int(entries.size()) > max_patients) entries.resize(max_patients);
@@ -130,6 +152,8 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
   CompleteResponseDynamics complete;
   std::vector<std::pair<std::string, dynamics::DynamicsModel*>> all = {
       {"no change", &identity}, {"complete response", &complete}};
+  CeilingDynamics reconstructed(ceiling);
+  if (ceiling) all.emplace_back("autoencoder ceiling", &reconstructed);
   all.insert(all.end(), methods.begin(), methods.end());
   std::vector<MethodCases> cases(all.size());
   std::vector<DenseFloat> real_crops;
@@ -161,6 +185,7 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
       real_crops.push_back(std::move(crop.ct));
       real_patient.push_back(int(n));
     }
+    reconstructed.truth = &truth;
     for (std::size_t m = 0; m < all.size(); ++m) {
       MethodCases& c = cases[m];
       const auto t0 = std::chrono::steady_clock::now();

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <Eigen/Geometry>
+#include <cmath>
 
 #include "test_env.h"
 
@@ -84,6 +85,21 @@ TEST_F(CropTest, PasteBlendsByWeightAndOnlyInsideTheCrop) {
   EXPECT_NEAR(v.GetValue(20, 20, 20), 0.25f * 500.0f + 0.75f * old_centre, 1e-3);
   EXPECT_NEAR(v.GetValue(18, 22, 20), 0.25f * 500.0f + 0.75f * float(2 * 18 + 3 * 22 - 20), 1e-3);
   EXPECT_EQ(v.GetValue(17, 20, 20), float(2 * 17 + 3 * 20 - 20));  // just outside
+}
+
+TEST_F(CropTest, AddCropAddsAWeightedChangeAndKeepsTheRest) {
+  const Geometry g = Geometry::Isotropic(1.0);
+  Volume v = Ramp(g);
+  CropSpec spec{g.IndexToWorld({20, 20, 20}), {5, 5, 5}, Eigen::Vector3d::Constant(1.0)};
+  DenseFloat delta(spec.size, CropGeometry(g, spec), -40.0f);
+  DenseFloat weight(spec.size, delta.geometry, 0.5f);
+  ASSERT_TRUE(AddCrop(v, delta, weight));
+  EXPECT_NEAR(v.GetValue(20, 20, 20), float(2 * 20 + 3 * 20 - 20) - 20.0f, 1e-3);
+  EXPECT_EQ(v.GetValue(17, 20, 20), float(2 * 17 + 3 * 20 - 20));  // just outside
+  delta.data[3] = std::nanf("");
+  EXPECT_EQ(AddCrop(v, delta, weight).error().code, ErrorCode::kInvalidArgument);
+  DenseFloat wrong({4, 4, 4}, delta.geometry, 1.0f);
+  EXPECT_FALSE(AddCrop(v, delta, wrong));
 }
 
 TEST_F(CropTest, LabelsUseNearestNeighbourAndPasteByThreshold) {

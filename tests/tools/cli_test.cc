@@ -454,7 +454,8 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
               " --calibration \"\" --patients 3 --folds 2 --steps 2 --threads 1 --json-out " +
               dir_.File("dd.json"));
   ASSERT_EQ(r.code, 0) << r.output;
-  for (const char* method : {"no change", "complete response", "diffusion"}) {
+  for (const char* method :
+       {"no change", "complete response", "autoencoder ceiling", "diffusion"}) {
     EXPECT_NE(r.output.find(method), std::string::npos) << method << "\n" << r.output;
   }
   const nlohmann::json eval = nlohmann::json::parse(ReadText(dir_.File("dd.json")));

@@ -248,7 +248,10 @@ Action AddEvalDynamics(CLI::App& eval_app) {
     };
     auto eval = scenarios::EvaluateDynamics(
         o->cohort, methods, actions, (*diffusion)->config(), turing, o->seed,
-        PatientProgress("simulating patients", o->quiet), o->patients);
+        PatientProgress("simulating patients", o->quiet), o->patients,
+        [&](const PatientCase& patient, const Outcome& truth) {
+          return (*diffusion)->Reconstruct(patient, truth);
+        });
     if (!eval) return Fail(eval.error());
     std::cout << eval->FormatTable();
     std::printf("diffusion sampler: %d DDIM steps, eta %.2f, guidance %.2f\n", o->sampler.steps,

@@ -91,11 +91,15 @@ torch::Tensor Ddim(Denoiser& denoiser, torch::Tensor x, const torch::Tensor& con
 }
 
 torch::Tensor DecodedFraction(const torch::Tensor& channel, const DiffusionConfig& config) {
-  if (config.mask_channel == "viable_fraction") {
-    const torch::Tensor u = ((channel + 1.0) * 0.5).clamp(0.0, 1.0);
-    return u * (u >= 0.05).to(u.scalar_type());
-  }
-  return (channel + 0.5).clamp(0.0, 1.0);
+  return config.mask_channel == "viable_fraction" ? ((channel + 1.0) * 0.5).clamp(0.0, 1.0)
+                                                  : (channel + 0.5).clamp(0.0, 1.0);
+}
+
+torch::Tensor ResidualFraction(const torch::Tensor& post, const torch::Tensor& pre,
+                               const torch::Tensor& pre_mask, const DiffusionConfig& config) {
+  const torch::Tensor u =
+      (pre_mask + DecodedFraction(post, config) - DecodedFraction(pre, config)).clamp(0.0, 1.0);
+  return u * (u >= 0.05).to(u.scalar_type());
 }
 
 torch::Tensor ChannelsToTensor(const CropChannels& channels) {
@@ -108,6 +112,13 @@ torch::Tensor ChannelsToTensor(const CropChannels& channels) {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+/// The seed of a request's noise: its shared seed when it has one, so that sample t starts from the
+/// same latent noise under every plan and plans are compared on the same draws (common random
+/// numbers); else its own seed.
+std::uint64_t NoiseSeed(const SimulationRequest& r) {
+  return r.shared_seed != 0 ? r.shared_seed : r.seed;
+}
 
 /// Per-request noise from its own generator, so an outcome never depends on its batch.
 torch::Tensor Noise(std::uint64_t seed, std::uint64_t stream,
@@ -163,13 +174,8 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
 
     std::vector<Outcome> outcomes;
     outcomes.reserve(requests.size());
-    for (std::size_t r = 0; r < requests.size(); ++r) {
-      Outcome o{requests[r].plan, requests[r].sample_index, patient.ct.DeepCopy(),
-                LabelVolume(patient.ct.geometry(), patient.ct.extent(), "viable")};
-      o.viable_fraction =
-          Volume(openvdb::FloatGrid::create(0.0f), patient.ct.geometry(), patient.ct.extent());
-      o.viable_fraction->set_name("viable_fraction");
-      outcomes.push_back(std::move(o));
+    for (const SimulationRequest& r : requests) {
+      outcomes.push_back(BlankOutcome(patient, r.plan, r.sample_index));
     }
     const std::int64_t n = std::int64_t(requests.size());
     for (std::size_t c = 0; c < crops_.size(); ++c) {
@@ -177,7 +183,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
         const std::int64_t end = std::min(n, begin + kMaxRows);
         std::vector<torch::Tensor> noise;
         for (std::int64_t r = begin; r < end; ++r) {
-          noise.push_back(Noise(requests[std::size_t(r)].seed, c, LatentShape()));
+          noise.push_back(Noise(NoiseSeed(requests[std::size_t(r)]), c, LatentShape()));
         }
         torch::Tensor x = torch::stack(noise).to(device_);
         x = Sample(x, crops_[c].context, rows_plan.slice(0, begin, end), requests, begin);
@@ -190,12 +196,31 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
           counters_.decodes += e - d;
           for (std::int64_t row = 0; row < e - d; ++row) {
             const std::size_t r = std::size_t(begin + d + row);
-            MEWM_RETURN_IF_ERROR(Paste(decoded[row], crops_[c], requests[r].seed + c, outcomes[r]));
+            MEWM_RETURN_IF_ERROR(Paste(decoded[row], crops_[c], outcomes[r]));
           }
         }
       }
     }
     return outcomes;
+  }
+
+  Expected<Outcome> Reconstruct(const PatientCase& patient, const Outcome& truth) override {
+    try {
+      torch::NoGradGuard no_grad;
+      MEWM_RETURN_IF_ERROR(PreparePatient(patient));
+      Outcome out = BlankOutcome(patient, truth.plan, truth.sample_index);
+      for (const Crop& crop : crops_) {
+        MEWM_TRY(const CropChannels channels, OutcomeChannels(truth, crop.spec, config_));
+        const torch::Tensor input = nets::ChannelsToTensor(channels).unsqueeze(0).to(device_);
+        const torch::Tensor decoded =
+            net_->ae->Decode(net_->ae->Encode(input).first).to(torch::kCPU).contiguous();
+        MEWM_RETURN_IF_ERROR(Paste(decoded[0], crop, out));
+      }
+      return out;
+    } catch (const std::exception& e) {
+      return MakeError(ErrorCode::kInternal, "diffusion reconstruction of patient '" + patient.id +
+                                                 "' failed: " + ExceptionCause(e));
+    }
   }
 
   std::int64_t evaluations() const override { return counters_.forwards; }
@@ -238,11 +263,22 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
   struct Crop {
     CropSpec spec;
     Geometry geometry;
-    torch::Tensor z_pre;    ///< [1, latent, l, l, l]
-    torch::Tensor context;  ///< [1, latent + 1, l, l, l]: z_pre, downsampled mask
-    DenseFloat weight;      ///< paste weight
-    double noise_sd = 0.0;  ///< scanner noise of the pre-treatment crop, HU
+    torch::Tensor z_pre;        ///< [1, latent, l, l, l]
+    torch::Tensor context;      ///< [1, latent + 1, l, l, l]: z_pre, downsampled mask
+    DenseFloat weight;          ///< paste weight
+    torch::Tensor decoded_pre;  ///< [2, D, H, W] on the CPU: z_pre decoded (Paste's reference)
+    torch::Tensor pre_mask;     ///< [1, D, H, W] on the CPU: the tumor mask, 0/1
+    DenseFloat pre_ct_hu;       ///< decoded_pre's CT in HU
   };
+
+  static Outcome BlankOutcome(const PatientCase& patient, const Plan& plan, int sample_index) {
+    Outcome o{plan, sample_index, patient.ct.DeepCopy(),
+              LabelVolume(patient.ct.geometry(), patient.ct.extent(), "viable")};
+    o.viable_fraction =
+        Volume(openvdb::FloatGrid::create(0.0f), patient.ct.geometry(), patient.ct.extent());
+    o.viable_fraction->set_name("viable_fraction");
+    return o;
+  }
 
   std::vector<std::int64_t> LatentShape() const {
     const std::int64_t l = config_.latent_voxels();
@@ -274,11 +310,11 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
       const torch::Tensor mask = input.slice(1, 1, 2).add(1.0).mul(0.5);
       crop.context = torch::cat({crop.z_pre, torch::avg_pool3d(mask, 4)}, 1);
       crop.weight = BlendWeight(channels->mask, config_.spacing_mm, options_.blend_margin_mm);
-      if (options_.scanner_noise) {
-        DenseFloat hu = channels->ct;
-        UnitToHu(hu, config_.window);
-        crop.noise_sd = EstimateNoiseSd(hu);
-      }
+      crop.decoded_pre = net_->ae->Decode(crop.z_pre).to(torch::kCPU).contiguous()[0];
+      ++counters_.decodes;
+      crop.pre_mask = input[0].slice(0, 1, 2).add(1.0).mul(0.5).to(torch::kCPU).contiguous();
+      MEWM_TRY(crop.pre_ct_hu, torch_bridge::FromTensor(crop.decoded_pre[0], crop.geometry));
+      UnitToHu(crop.pre_ct_hu, config_.window);
       crops_.push_back(std::move(crop));
     }
     cached_id_ = patient.id;
@@ -294,7 +330,8 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     const auto step_noise = [&](std::size_t i) {
       std::vector<torch::Tensor> z;
       for (std::int64_t r = 0; r < rows; ++r) {
-        z.push_back(Noise(requests[std::size_t(first_row + r)].seed, 1000 + i, LatentShape()));
+        z.push_back(
+            Noise(NoiseSeed(requests[std::size_t(first_row + r)]), 1000 + i, LatentShape()));
       }
       return torch::stack(z).to(device_);
     };
@@ -307,25 +344,27 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
                       options_.sampler, step_noise, count);
   }
 
-  /// Pastes one decoded [2, D, H, W] crop into an outcome; `noise_seed` draws its scanner noise.
-  Status Paste(const torch::Tensor& decoded, const Crop& crop, std::uint64_t noise_seed,
-               Outcome& outcome) const {
+  /// Pastes one decoded [2, D, H, W] crop into an outcome as a change from the pre-treatment crop:
+  /// the CT gets decoded(post) - decoded(pre) added to its exact voxels, so tissue the model leaves
+  /// alone keeps its texture and noise, and the autoencoder's own error cancels where nothing
+  /// changes; the viable fraction is the tumor mask plus the decoded change
+  /// (nets::ResidualFraction).
+  Status Paste(const torch::Tensor& decoded, const Crop& crop, Outcome& outcome) const {
     auto ct = torch_bridge::FromTensor(decoded[0], crop.geometry);
     if (!ct) {
       return MakeError(ErrorCode::kInternal,
                        "the diffusion decoder produced NaN or Inf: refusing the outcome");
     }
     UnitToHu(*ct, config_.window);
-    if (crop.noise_sd > 0.0) {
-      const torch::Tensor noise = Noise(noise_seed, 2000, {std::int64_t(ct->size())});
-      const float* n = noise.data_ptr<float>();
-      for (std::size_t x = 0; x < ct->size(); ++x) ct->data[x] += float(crop.noise_sd) * n[x];
-    }
+    for (std::size_t x = 0; x < ct->size(); ++x) ct->data[x] -= crop.pre_ct_hu.data[x];
     MEWM_TRY(DenseFloat fraction,
-             torch_bridge::FromTensor(nets::DecodedFraction(decoded[1], config_), crop.geometry));
+             torch_bridge::FromTensor(
+                 nets::ResidualFraction(decoded.slice(0, 1, 2), crop.decoded_pre.slice(0, 1, 2),
+                                        crop.pre_mask, config_)[0],
+                 crop.geometry));
     DenseLabel labels(fraction.dims, fraction.geometry, 0);
     for (std::size_t x = 0; x < fraction.size(); ++x) labels.data[x] = fraction.data[x] >= 0.5f;
-    MEWM_RETURN_IF_ERROR(PasteCrop(outcome.post_ct, *ct, crop.weight));
+    MEWM_RETURN_IF_ERROR(AddCrop(outcome.post_ct, *ct, crop.weight));
     MEWM_RETURN_IF_ERROR(PasteCrop(*outcome.viable_fraction, fraction, crop.weight));
     return PasteCrop(outcome.viable, labels, crop.weight);
   }

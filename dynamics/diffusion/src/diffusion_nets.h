@@ -262,11 +262,17 @@ torch::Tensor Ddim(Denoiser& denoiser, torch::Tensor x, const torch::Tensor& con
                    const std::function<torch::Tensor(std::size_t)>& step_noise,
                    const std::function<void(std::int64_t, double)>& on_forward);
 
-/// The decoder's second channel as a viable fraction in [0, 1]. A "viable_fraction" channel was
-/// trained on 2u - 1, and values under 0.05 are cut so that the decoder's small residuals away
-/// from the tumor do not add up to millilitres of phantom tumor; a "viable_mask" channel was
-/// trained on {-1, 1}, and [-0.5, 0.5] maps to [0, 1] for the same reason.
+/// The decoder's second channel as a viable fraction in [0, 1]: a "viable_fraction" channel was
+/// trained on 2u - 1; a "viable_mask" channel on {-1, 1}, and [-0.5, 0.5] maps to [0, 1] so that
+/// small residuals away from the tumor do not count.
 torch::Tensor DecodedFraction(const torch::Tensor& channel, const DiffusionConfig& config);
+
+/// The viable fraction of an outcome from its decoded second channel `post`, as a change from the
+/// pre-treatment crop: pre_mask + fraction(post) - fraction(pre), in [0, 1], where `pre` is the
+/// pre-treatment latent decoded. The autoencoder's blur and phantom residual, alike in both
+/// decodes, cancel; values under 0.05 are cut. Shapes [..., 1, D, H, W] alike.
+torch::Tensor ResidualFraction(const torch::Tensor& post, const torch::Tensor& pre,
+                               const torch::Tensor& pre_mask, const DiffusionConfig& config);
 
 /// Multi-hot plan rows over `vocabulary`; kInvalidArgument naming an unknown item.
 Expected<torch::Tensor> PlansToMultiHot(const std::vector<Plan>& plans,

@@ -172,11 +172,21 @@ torch::Tensor EncodeAll(nets::DiffusionNet& net, const torch::Tensor& crops) {
 std::vector<GuidanceScore> ScoreGuidance(nets::DiffusionNet& net,
                                          const std::vector<DiffusionPair>& pairs,
                                          const torch::Tensor& z_pre, const torch::Tensor& context,
-                                         const torch::Tensor& multi_hot, const torch::Tensor& post,
+                                         const torch::Tensor& multi_hot, const torch::Tensor& pre,
+                                         const torch::Tensor& post,
                                          const std::vector<double>& alpha_bar,
                                          const DiffusionTrainOptions& o) {
   torch::NoGradGuard no_grad;
   const std::int64_t n = std::min<std::int64_t>(z_pre.size(0), 96);
+  // Each row's pre-treatment latent decoded and its tumor mask: the reference of the change.
+  std::vector<torch::Tensor> decoded_pre_parts;
+  for (std::int64_t d = 0; d < n; d += 2) {
+    decoded_pre_parts.push_back(
+        net->ae->Decode(z_pre.slice(0, d, std::min(n, d + 2))).slice(1, 1, 2));
+  }
+  const torch::Tensor decoded_pre = torch::cat(decoded_pre_parts);
+  const torch::Tensor pre_mask =
+      pre.slice(0, 0, n).slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5);
   const double voxel_ml = std::pow(o.config.spacing_mm, 3) * 1e-3;
   const torch::Tensor true_ml =
       post.slice(0, 0, n).slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5).sum({1, 2, 3, 4}) *
@@ -198,7 +208,9 @@ std::vector<GuidanceScore> ScoreGuidance(nets::DiffusionNet& net,
         const torch::Tensor z =
             z_pre.slice(0, d, f) + delta.slice(0, d - b, f - b) / net->latent_scale;
         const torch::Tensor u =
-            nets::DecodedFraction(net->ae->Decode(z).slice(1, 1, 2), o.config).sum({1, 2, 3, 4});
+            nets::ResidualFraction(net->ae->Decode(z).slice(1, 1, 2), decoded_pre.slice(0, d, f),
+                                   pre_mask.slice(0, d, f), o.config)
+                .sum({1, 2, 3, 4});
         for (std::int64_t r = d; r < f; ++r)
           pred[std::size_t(r)] = u[r - d].item<double>() * voxel_ml;
       }
@@ -272,9 +284,11 @@ Expected<DiffusionTrainReport> Train(
       torch::max_pool3d(data.pre.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5), 5, 1, 2)
           .to(torch::kHalf);
   const torch::Tensor all_regions = torch::cat({pre_region, pre_region});
-  const torch::Tensor val_crops = torch::cat({val.pre, val.post}).slice(0, 0, 16).to(torch::kFloat);
-  // The post-treatment half of the validation crops, for the residual ceiling.
-  const torch::Tensor val_post = val.post.slice(0, 0, 16).to(torch::kFloat);
+  // Eight pre- and eight post-treatment validation crops; the pre-treatment ones with their own
+  // post-treatment crops for the residual ceiling.
+  const torch::Tensor val_pre = val.pre.slice(0, 0, 8).to(torch::kFloat);
+  const torch::Tensor val_post = val.post.slice(0, 0, 8).to(torch::kFloat);
+  const torch::Tensor val_crops = torch::cat({val_pre, val_post});
   const auto ae_validate = [&]() {
     torch::NoGradGuard no_grad;
     net->eval();
@@ -286,8 +300,10 @@ Expected<DiffusionTrainReport> Train(
       return torch::cat(parts);
     };
     const torch::Tensor recon = reconstruct(val_crops);
-    const torch::Tensor post_fraction =
-        nets::DecodedFraction(reconstruct(val_post).slice(1, 1, 2), o.config);
+    const std::int64_t half = val_pre.size(0);
+    const torch::Tensor post_fraction = nets::ResidualFraction(
+        recon.slice(0, half).slice(1, 1, 2), recon.slice(0, 0, half).slice(1, 1, 2),
+        val_pre.slice(1, 1, 2).add(1.0).mul(0.5), o.config);
     net->train();
     const double l1 = torch::l1_loss(recon.slice(1, 0, 1), val_crops.slice(1, 0, 1)).item<double>();
     const torch::Tensor pm = recon.slice(1, 1, 2) > 0, tm = val_crops.slice(1, 1, 2) > 0;
@@ -441,7 +457,7 @@ Expected<DiffusionTrainReport> Train(
   result.denoiser_val_loss = denoiser_validate(ema);
   ema->eval();
   result.guidance_scores = ScoreGuidance(ema, validation.empty() ? train : validation, vz_pre,
-                                         vcontext, val.multi_hot, val.post, alpha_bar, o);
+                                         vcontext, val.multi_hot, val.pre, val.post, alpha_bar, o);
   double best = -2.0, best_mae = 0.0;
   for (const GuidanceScore& g : result.guidance_scores) {
     if (g.spearman > best + 1e-9 ||

@@ -34,6 +34,9 @@ Expected<DenseLabel> ExtractCrop(const LabelVolume& labels, const CropSpec& spec
 /// crop's dims, values in [0, 1]. Voxels that end at the background become inactive.
 /// kMismatch when the weight's dims differ from the crop's.
 Status PasteCrop(Volume& volume, const DenseFloat& crop, const DenseFloat& weight);
+/// Adds a change: v = v + w * delta over the same voxels, so that what the change leaves alone
+/// (texture, noise) stays exactly as it was. kMismatch when the dims differ.
+Status AddCrop(Volume& volume, const DenseFloat& delta, const DenseFloat& weight);
 /// Labels: where the (nearest) weight is >= 0.5 the crop's label replaces the volume's.
 Status PasteCrop(LabelVolume& labels, const DenseLabel& crop, const DenseFloat& weight);
 

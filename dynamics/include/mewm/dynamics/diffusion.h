@@ -94,11 +94,6 @@ Expected<CropChannels> ExtractChannels(const Volume& ct, const Volume& fraction,
 Expected<CropChannels> OutcomeChannels(const Outcome& outcome, const CropSpec& spec,
                                        const DiffusionConfig& config);
 
-/// Scanner noise of a CT crop in HU, estimated where it is homogeneous soft tissue: the median
-/// absolute second difference along each axis, scaled to the SD of white noise (robust to edges).
-/// 0 when the crop holds too few soft-tissue voxels.
-double EstimateNoiseSd(const DenseFloat& ct_hu);
-
 /// Paste weight of a crop: 1 within `margin_mm` of the pre-treatment mask, falling smoothly to 0
 /// beyond it and at the crop's border, so tissue away from the tumor keeps its exact HU.
 DenseFloat BlendWeight(const DenseFloat& mask, double spacing_mm, double margin_mm);
@@ -108,12 +103,9 @@ struct DiffusionBackendOptions {
   std::string model_path;      ///< checkpoint written by `mewm train dynamics`
   std::string config = "cpu";  ///< preset the checkpoint must match; "" = the one it records
   SamplerConfig sampler;
-  std::string device = "cpu";    ///< "cpu", "cuda" or "cuda:N"
-  int threads = 0;               ///< libtorch intra-op threads; 0 = all cores
-  double blend_margin_mm = 6.0;  ///< paste margin around the pre-treatment tumor
-  /// Adds white noise of the pre-treatment CT's estimated scanner SD (EstimateNoiseSd) to the
-  /// generated region, weighted by the paste weight: the autoencoder returns a smooth image.
-  bool scanner_noise = true;
+  std::string device = "cpu";                  ///< "cpu", "cuda" or "cuda:N"
+  int threads = 0;                             ///< libtorch intra-op threads; 0 = all cores
+  double blend_margin_mm = 6.0;                ///< paste margin around the pre-treatment tumor
   ActionBase actions = ActionBase::Default();  ///< vocabulary source for the config preset
 };
 

@@ -85,16 +85,22 @@ using TuringTest = std::function<Expected<dynamics::TuringTestResult>(
     const std::vector<DenseFloat>& real, const std::vector<DenseFloat>& synthetic,
     const std::vector<int>& groups)>;
 
+/// A generator's ceiling: a true outcome passed through its autoencoder alone
+/// (DiffusionDynamics::Reconstruct), injected like the Turing test.
+using Reconstruction = std::function<Expected<Outcome>(const PatientCase&, const Outcome&)>;
+
 /// Scores each method (name, model) and two baselines on every patient and plan of a held-out
 /// cohort with counterfactual plans, one sample per case: "no change" (post = pre) and "complete
-/// response" (no residual anywhere; it has no image). Crops for the Turing test follow
-/// `crop_config`. At most `max_patients` patients when > 0. kInvalidArgument for a cohort
-/// without counterfactual plans.
+/// response" (no residual anywhere; it has no image). With `ceiling`, also "autoencoder
+/// ceiling", the true outcomes reconstructed. Crops for the Turing test follow `crop_config`. At
+/// most `max_patients` patients when > 0. kInvalidArgument for a cohort without counterfactual
+/// plans.
 Expected<DynamicsEvaluation> EvaluateDynamics(
     const std::string& cohort_dir,
     const std::vector<std::pair<std::string, dynamics::DynamicsModel*>>& methods,
     const ActionBase& actions, const dynamics::DiffusionConfig& crop_config,
     const TuringTest& turing, std::uint64_t seed,
-    const std::function<void(int, int)>& progress = {}, int max_patients = 0);
+    const std::function<void(int, int)>& progress = {}, int max_patients = 0,
+    const Reconstruction& ceiling = {});
 
 }  // namespace mewm::scenarios

@@ -39,6 +39,10 @@ class DiffusionDynamics : public DynamicsModel {
   virtual DiffusionCounters counters() const = 0;
   /// Training metadata stored in the checkpoint (command, seed, data, numbers).
   virtual const std::string& metadata_json() const = 0;
+  /// The autoencoder's ceiling: `truth` (a true post-treatment outcome of `patient`) encoded and
+  /// decoded through the autoencoder alone, pasted like a generated outcome. No generator can be
+  /// closer to the truth than its autoencoder lets it.
+  virtual Expected<Outcome> Reconstruct(const PatientCase& patient, const Outcome& truth) = 0;
 };
 
 /// Loads the checkpoint and builds the backend. kNotFound / kCorruptData for bad files, kMismatch
