@@ -79,7 +79,7 @@ torch::Tensor Ddim(Denoiser& denoiser, torch::Tensor x, const torch::Tensor& con
       v = parts[1] + s.guidance * (parts[0] - parts[1]);
     }
     const double sa = std::sqrt(ab), sb = std::sqrt(1.0 - ab);
-    const torch::Tensor x0 = sa * x - sb * v;
+    torch::Tensor x0 = sa * x - sb * v;
     const torch::Tensor eps = sb * x + sa * v;
     if (ab_prev >= 1.0) return x0;
     const double sigma =
@@ -324,8 +324,9 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
 
   /// DDIM sampling of rows [first_row, first_row + x.size(0)) of `requests` (nets::Ddim), counting
   /// the forwards; ancestral noise comes from each request's own seed.
-  torch::Tensor Sample(torch::Tensor x, const torch::Tensor& context, const torch::Tensor& plan,
-                       const std::vector<SimulationRequest>& requests, std::int64_t first_row) {
+  torch::Tensor Sample(const torch::Tensor& x, const torch::Tensor& context,
+                       const torch::Tensor& plan, const std::vector<SimulationRequest>& requests,
+                       std::int64_t first_row) {
     const std::int64_t rows = x.size(0);
     const auto step_noise = [&](std::size_t i) {
       std::vector<torch::Tensor> z;
