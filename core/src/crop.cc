@@ -164,7 +164,13 @@ Expected<DenseLabel> ExtractCrop(const LabelVolume& labels, const CropSpec& spec
   return Resample<LabelVolume, openvdb::tools::PointSampler>(labels, spec);
 }
 
-Status PasteCrop(Volume& volume, const DenseFloat& crop, const DenseFloat& weight) {
+namespace {
+
+/// Sets every covered voxel of `volume` with a positive weight to combine(old value, w, crop
+/// value), crop and weight sampled trilinearly; a voxel that ends at the background goes inactive.
+template <typename Combine>
+Status CombineCrop(Volume& volume, const DenseFloat& crop, const DenseFloat& weight,
+                   Combine combine) {
   MEWM_RETURN_IF_ERROR(CheckPasteInputs(crop, weight));
   for (float v : crop.data) {
     if (!std::isfinite(v))
@@ -178,39 +184,26 @@ Status PasteCrop(Volume& volume, const DenseFloat& crop, const DenseFloat& weigh
         const float w = SampleTrilinear(weight, c);
         if (w <= 0.0f) return;
         const openvdb::Coord ijk{int(i), int(j), int(k)};
-        const float old = accessor.getValue(ijk);
-        const float blended = w * SampleTrilinear(crop, c) + (1.0f - w) * old;
-        if (blended == background) {
+        const float value = combine(accessor.getValue(ijk), w, SampleTrilinear(crop, c));
+        if (value == background) {
           accessor.setValueOff(ijk, background);
         } else {
-          accessor.setValueOn(ijk, blended);
+          accessor.setValueOn(ijk, value);
         }
       });
   return {};
 }
 
+}  // namespace
+
+Status PasteCrop(Volume& volume, const DenseFloat& crop, const DenseFloat& weight) {
+  return CombineCrop(volume, crop, weight,
+                     [](float old, float w, float value) { return w * value + (1.0f - w) * old; });
+}
+
 Status AddCrop(Volume& volume, const DenseFloat& delta, const DenseFloat& weight) {
-  MEWM_RETURN_IF_ERROR(CheckPasteInputs(delta, weight));
-  for (float v : delta.data) {
-    if (!std::isfinite(v))
-      return MakeError(ErrorCode::kInvalidArgument, "crop has non-finite values");
-  }
-  auto accessor = volume.grid().getAccessor();
-  const float background = Volume::Background();
-  ForEachCoveredVoxel(
-      volume.geometry(), delta.geometry, delta.dims,
-      [&](std::int64_t i, std::int64_t j, std::int64_t k, const Eigen::Vector3d& c) {
-        const float w = SampleTrilinear(weight, c);
-        if (w <= 0.0f) return;
-        const openvdb::Coord ijk{int(i), int(j), int(k)};
-        const float changed = accessor.getValue(ijk) + w * SampleTrilinear(delta, c);
-        if (changed == background) {
-          accessor.setValueOff(ijk, background);
-        } else {
-          accessor.setValueOn(ijk, changed);
-        }
-      });
-  return {};
+  return CombineCrop(volume, delta, weight,
+                     [](float old, float w, float change) { return old + w * change; });
 }
 
 Status PasteCrop(LabelVolume& labels, const DenseLabel& crop, const DenseFloat& weight) {
