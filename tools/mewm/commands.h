@@ -39,6 +39,10 @@ Action RegisterWatch(CLI::App& app);
 Action RegisterStatus(CLI::App& app);
 Action RegisterCancel(CLI::App& app);
 Action RegisterKeygen(CLI::App& app);
+/// `mewm turing export | audit | score | simulate-readers | serve` (cmd_turing.cc).
+Action RegisterTuring(CLI::App& app);
+/// `turing serve` (cmd_turing_serve.cc): the reader-study web page.
+Action AddTuringServe(CLI::App& turing);
 
 /// A diffusion generator for `train survival` and `eval survival --generator` (cmd_dynamics.cc).
 struct GeneratorOptions {

@@ -36,8 +36,9 @@ enum class TuringDesign { kSingle, kPair };
 Expected<TuringDesign> ParseTuringDesign(const std::string& text);
 const char* TuringDesignName(TuringDesign design);
 
-/// The liver window of the PNG montages: level 60 HU, width 160 HU.
-inline constexpr HuWindow kLiverWindow{-20.0f, 140.0f};
+/// The liver window of the PNG montages: level 80 HU, width 250 HU (the synthetic world's
+/// enhanced liver is near 100 HU; lipiodol deposits stay white above it).
+inline constexpr HuWindow kLiverWindow{-45.0f, 205.0f};
 
 struct TuringExportOptions {
   std::string cohort;  ///< synthetic cohort folder, or a manifest .csv with post + plan columns
@@ -116,8 +117,8 @@ Expected<TuringKey> ReadTuringKey(const std::string& path, const TuringManifest&
 /// One reader's answer to one case.
 struct TuringAnswer {
   std::string reader, case_id;
-  std::string answer;  ///< single: "real" | "synthetic"; pair: "A" | "B" (the synthetic one)
-  int confidence = 3;  ///< 1 (guess) .. 5 (certain)
+  std::string answer;    ///< single: "real" | "synthetic"; pair: "A" | "B" (the synthetic one)
+  int confidence = 3;    ///< 1 (guess) .. 5 (certain)
   double seconds = 0.0;  ///< time on the case
   std::string time;      ///< UTC timestamp, ISO 8601
   std::string key_sha256;
@@ -148,15 +149,15 @@ Expected<std::map<std::string, std::vector<TuringAnswer>>> ReadAnswers(
 
 struct Proportion {
   int k = 0, n = 0;
-  double value = 0.0;  ///< k / n (NaN when n = 0)
+  double value = 0.0;         ///< k / n (NaN when n = 0)
   double lo = 0.0, hi = 0.0;  ///< Wilson 95%
 };
 
 struct ReaderScore {
   std::string reader;
   Proportion accuracy;
-  Proportion sensitivity;  ///< single design: synthetic cases called synthetic
-  Proportion specificity;  ///< single design: real cases called real
+  Proportion sensitivity;   ///< single design: synthetic cases called synthetic
+  Proportion specificity;   ///< single design: real cases called real
   double binomial_p = 1.0;  ///< exact two-sided binomial test of accuracy against 50%
   double auc = 0.5;  ///< AUC of the signed confidence (positive = synthetic / "A is synthetic")
   double median_seconds = 0.0;

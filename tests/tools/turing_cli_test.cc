@@ -1,0 +1,363 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// `mewm turing ...` end to end on the real binary: one small synthetic cohort (8 patients at 3
+// mm, generated once for the suite), exported with the mechanistic backend.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <zlib.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "../core/test_env.h"
+#include "mewm/core/nifti_io.h"
+#include "mewm/core/render.h"
+#include "mewm/core/vdb_io.h"
+
+namespace mewm {
+namespace {
+namespace fs = std::filesystem;
+
+struct Result {
+  int code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+Result RunMewm(const std::string& args) {
+  Result r;
+  const std::string command = std::string(MEWM_CLI) + " " + args + " 2>&1";
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) return r;
+  std::array<char, 4096> buffer{};
+  std::size_t n;
+  while ((n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0) {
+    r.output.append(buffer.data(), n);
+  }
+  const int status = ::pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string Gunzip(const std::string& path) {
+  gzFile f = gzopen(path.c_str(), "rb");
+  std::string out;
+  std::array<char, 65536> buffer{};
+  int n;
+  while ((n = gzread(f, buffer.data(), unsigned(buffer.size()))) > 0)
+    out.append(buffer.data(), std::size_t(n));
+  gzclose(f);
+  return out;
+}
+
+const std::string kCalibration =
+    std::string(MEWM_SOURCE_DIR) + "/models/mechanistic_calibration.json";
+
+class TuringCliTest : public testing::VdbTest {
+ protected:
+  static void SetUpTestSuite() {
+    testing::VdbTest::SetUpTestSuite();
+    root_ = new fs::path(fs::temp_directory_path() / ("mewm-turing-" + std::to_string(::getpid())));
+    fs::remove_all(*root_);
+    fs::create_directories(*root_);
+    cohort_ = (*root_ / "cohort").string();
+    const Result r =
+        RunMewm("cohort generate --n 8 --seed 11 --spacing 3 --no-nifti --quiet --out " + cohort_);
+    ASSERT_EQ(r.code, 0) << r.output;
+  }
+  static void TearDownTestSuite() {
+    std::error_code ec;
+    fs::remove_all(*root_, ec);
+    delete root_;
+  }
+  static std::string Export(const std::string& name, const std::string& design, int n,
+                            Result* result = nullptr) {
+    const std::string out = (*root_ / name).string();
+    const std::string key = (*root_ / (name + "-key.json")).string();
+    const Result r = RunMewm("turing export --cohort " + cohort_ +
+                             " --dynamics-backend mechanistic --calibration " + kCalibration +
+                             " --seed 5 --n " + std::to_string(n) + " --design " + design +
+                             " --quiet --out " + out + " --key " + key);
+    if (result != nullptr) *result = r;
+    EXPECT_EQ(r.code, 0) << r.output;
+    return out;
+  }
+  static nlohmann::json Json(const std::string& path) { return nlohmann::json::parse(Slurp(path)); }
+
+  static fs::path* root_;
+  static std::string cohort_;
+};
+fs::path* TuringCliTest::root_ = nullptr;
+std::string TuringCliTest::cohort_;
+
+// The one property the study rests on: within a patient, the real and the synthetic volume differ
+// in their voxels and in nothing else a reader's software can see. Same file-name pattern, same
+// NIfTI header bytes (dims, datatype, spacing, affine, every other field), same gzip header
+// (compression level, OS, time stamp), the same .vdb grids, metadata and header (OpenVDB's random
+// per-file UUID aside), the same PNG dimensions, one modification time for every file; and the
+// public manifest says nothing about the class.
+TEST_F(TuringCliTest, ExportedClassesDifferOnlyInPixels) {
+  const std::string out = Export("single", "single", 16);
+  const std::string key_path = out + "-key.json";
+  const nlohmann::json manifest = Json(out + "/manifest.json");
+  const nlohmann::json key = Json(key_path);
+  std::set<std::string> fields;
+  for (const auto& [k, v] : manifest.items()) fields.insert(k);
+  EXPECT_EQ(fields,
+            (std::set<std::string>{"format", "version", "design", "key_sha256", "window_hu",
+                                   "crop_mm", "spacing_mm", "question", "written_by", "cases"}));
+  ASSERT_EQ(manifest["cases"].size(), 16u);
+  ASSERT_EQ(key["cases"].size(), 16u);
+  // Case-level fields: an id and its files, nothing more.
+  const std::regex name_pattern(R"(cases/T\d{3}\.(nii\.gz|vdb|png))");
+  std::map<std::string, std::map<std::string, std::string>> by_patient;  // patient -> class -> id
+  for (const auto& c : key["cases"]) {
+    by_patient[c["patient"].get<std::string>()][c["truth"].get<std::string>()] = c["id"];
+  }
+  ASSERT_EQ(by_patient.size(), 8u);
+  std::set<fs::file_time_type> mtimes;
+  std::set<std::string> gzip_headers, png_headers;
+  for (const auto& c : manifest["cases"]) {
+    std::set<std::string> keys;
+    for (const auto& [k, v] : c.items()) keys.insert(k);
+    EXPECT_EQ(keys, (std::set<std::string>{"id", "volumes"}));
+    ASSERT_EQ(c["volumes"].size(), 1u);
+    const auto& v = c["volumes"][0];
+    EXPECT_EQ(v["label"], "");
+    for (const char* kind : {"nifti", "vdb", "png"}) {
+      const std::string file = v[kind];
+      EXPECT_TRUE(std::regex_match(file, name_pattern)) << file;
+      EXPECT_EQ(file.substr(6, 4), c["id"].get<std::string>());
+      mtimes.insert(fs::last_write_time(out + "/" + file));
+    }
+    gzip_headers.insert(Slurp(out + "/" + v["nifti"].get<std::string>()).substr(0, 10));
+    png_headers.insert(Slurp(out + "/" + v["png"].get<std::string>()).substr(0, 16));
+  }
+  EXPECT_EQ(mtimes.size(), 1u) << "case files carry different modification times";
+  EXPECT_EQ(gzip_headers.size(), 1u) << "gzip headers (level, OS, mtime) differ";
+  EXPECT_EQ(png_headers.size(), 1u);
+  int differing_patients = 0;
+  for (const auto& [patient, ids] : by_patient) {
+    ASSERT_EQ(ids.size(), 2u) << patient;
+    const std::string real = out + "/cases/" + ids.at("real");
+    const std::string synthetic = out + "/cases/" + ids.at("synthetic");
+    // NIfTI: the 352 bytes before the voxels are identical; the voxels are not.
+    const std::string a = Gunzip(real + ".nii.gz"), b = Gunzip(synthetic + ".nii.gz");
+    ASSERT_EQ(a.size(), b.size()) << patient;
+    EXPECT_EQ(a.substr(0, 352), b.substr(0, 352)) << patient;
+    if (a.substr(352) != b.substr(352)) ++differing_patients;
+    NiftiInfo ia, ib;
+    auto da = ReadNifti(real + ".nii.gz", &ia);
+    auto db = ReadNifti(synthetic + ".nii.gz", &ib);
+    ASSERT_TRUE(da && db);
+    EXPECT_EQ(ia.datatype, 16);  // float32
+    EXPECT_TRUE(ia.affine_ras.isApprox(ib.affine_ras));
+    EXPECT_EQ(da->dims, db->dims);
+    // Whole HU in both classes.
+    for (float x : da->data) ASSERT_EQ(x, std::round(x));
+    for (float x : db->data) ASSERT_EQ(x, std::round(x));
+    // .vdb: the same grids, metadata and geometry; the same header bytes apart from the UUID.
+    auto va = ReadVdb(real + ".vdb");
+    auto vb = ReadVdb(synthetic + ".vdb");
+    ASSERT_TRUE(va && vb);
+    EXPECT_EQ(va->GridNames(), (std::vector<std::string>{"ct"}));
+    EXPECT_EQ(vb->GridNames(), va->GridNames());
+    EXPECT_EQ(va->metadata.modality, vb->metadata.modality);
+    EXPECT_EQ(va->metadata.provenance_json, vb->metadata.provenance_json);
+    EXPECT_EQ(va->metadata.patient_id, ids.at("real"));  // the case ID, not the patient
+    EXPECT_EQ(vb->metadata.patient_id, ids.at("synthetic"));
+    EXPECT_EQ(va->scalars.at("ct").extent(), vb->scalars.at("ct").extent());
+    EXPECT_TRUE(
+        va->scalars.at("ct").geometry().origin.isApprox(vb->scalars.at("ct").geometry().origin));
+    const std::string ha = Slurp(real + ".vdb").substr(0, 21),
+                      hb = Slurp(synthetic + ".vdb").substr(0, 21);
+    EXPECT_EQ(ha, hb);
+    // PNG: same size.
+    auto pa = ReadPng(real + ".png");
+    auto pb = ReadPng(synthetic + ".png");
+    ASSERT_TRUE(pa && pb);
+    EXPECT_EQ(pa->width, pb->width);
+    EXPECT_EQ(pa->height, pb->height);
+    EXPECT_GE(pa->width, 256);
+  }
+  EXPECT_GT(differing_patients, 0) << "the synthetic volumes equal the real ones";
+  // The key's hash is in the manifest.
+  const Result audit = RunMewm("turing audit " + out + " --key " + key_path + " --folds 4");
+  EXPECT_EQ(audit.code, 0) << audit.output;
+  EXPECT_NE(audit.output.find("file sizes + header bytes"), std::string::npos) << audit.output;
+  EXPECT_NE(audit.output.find("noise power spectrum"), std::string::npos) << audit.output;
+}
+
+TEST_F(TuringCliTest, PairDesignHidesTheSyntheticVolumeBehindAOrB) {
+  const std::string out = Export("pair", "pair", 8);
+  const nlohmann::json manifest = Json(out + "/manifest.json");
+  const nlohmann::json key = Json(out + "-key.json");
+  ASSERT_EQ(manifest["cases"].size(), 8u);
+  std::map<std::string, int> truths;
+  std::set<std::string> patients;
+  for (const auto& c : key["cases"]) {
+    truths[c["truth"].get<std::string>()]++;
+    patients.insert(c["patient"].get<std::string>());
+  }
+  EXPECT_EQ(patients.size(), 8u);
+  EXPECT_EQ(truths["A"] + truths["B"], 8);
+  for (const auto& c : manifest["cases"]) {
+    ASSERT_EQ(c["volumes"].size(), 2u);
+    EXPECT_EQ(c["volumes"][0]["label"], "A");
+    EXPECT_EQ(c["volumes"][1]["label"], "B");
+    const std::string id = c["id"];
+    EXPECT_EQ(c["volumes"][0]["nifti"], "cases/" + id + "_A.nii.gz");
+    EXPECT_EQ(c["volumes"][1]["vdb"], "cases/" + id + "_B.vdb");
+  }
+}
+
+TEST_F(TuringCliTest, ExportRefusesAKeyInsideTheExportAndForeignFolders) {
+  const std::string base = " --dynamics-backend mechanistic --calibration " + kCalibration +
+                           " --n 4 --quiet --cohort " + cohort_;
+  const std::string out = (*root_ / "refuse").string();
+  Result r = RunMewm("turing export" + base + " --out " + out + " --key " + out + "/key.json");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("lies inside the export folder"), std::string::npos) << r.output;
+  // A folder mewm did not write is not overwritten.
+  fs::create_directories(out);
+  std::ofstream(out + "/notes.txt") << "mine";
+  r = RunMewm("turing export" + base + " --out " + out + " --key " + (*root_ / "k1.json").string());
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("refusing to overwrite"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(out + "/notes.txt"));
+  // Its own export is replaced; odd n in the single design is refused.
+  const std::string again = (*root_ / "again").string();
+  const std::string k2 = (*root_ / "k2.json").string();
+  r = RunMewm("turing export" + base + " --out " + again + " --key " + k2);
+  EXPECT_EQ(r.code, 0) << r.output;
+  r = RunMewm("turing export" + base + " --out " + again + " --key " + k2);
+  EXPECT_EQ(r.code, 0) << r.output;
+  r = RunMewm("turing export --dynamics-backend mechanistic --calibration " + kCalibration +
+              " --n 3 --quiet --cohort " + cohort_ + " --out " + (*root_ / "odd").string() +
+              " --key " + (*root_ / "k3.json").string());
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("must be even"), std::string::npos) << r.output;
+  // A key that does not hash to the manifest's key_sha256 is refused by audit and score.
+  std::ofstream(k2, std::ios::app) << " ";
+  r = RunMewm("turing audit " + again + " --key " + k2 + " --folds 2");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("differs from the key_sha256"), std::string::npos) << r.output;
+}
+
+/// Writes one reader's answers file.
+void WriteAnswers(const std::string& dir, const std::string& reader,
+                  const std::vector<std::string>& lines) {
+  fs::create_directories(dir);
+  std::ofstream out(dir + "/" + reader + ".jsonl");
+  for (const std::string& l : lines) out << l << "\n";
+}
+
+std::string Line(const std::string& c, const std::string& answer, int confidence,
+                 const std::string& hash) {
+  return nlohmann::json{{"case", c},
+                        {"answer", answer},
+                        {"confidence", confidence},
+                        {"seconds", 12.5},
+                        {"time", "2026-01-01T00:00:00Z"},
+                        {"key_sha256", hash}}
+      .dump();
+}
+
+// A reader who is always right and one who always answers "real", scored through the binary:
+// the figures are those computed by hand from the counts.
+TEST_F(TuringCliTest, ScoreComputesTheHandCheckedFiguresAndNamesBadLines) {
+  const std::string out = Export("score", "single", 16);
+  const std::string key_path = out + "-key.json";
+  const nlohmann::json manifest = Json(out + "/manifest.json");
+  const nlohmann::json key = Json(key_path);
+  const std::string hash = manifest["key_sha256"];
+  std::vector<std::string> oracle, real_only;
+  for (const auto& c : key["cases"]) {
+    oracle.push_back(Line(c["id"], c["truth"], 5, hash));
+    real_only.push_back(Line(c["id"], "real", 1, hash));
+  }
+  const std::string answers = out + "/answers";
+  WriteAnswers(answers, "oracle", oracle);
+  WriteAnswers(answers, "lazy", real_only);
+  const std::string plot = (*root_ / "accuracy.png").string();
+  Result r = RunMewm("turing score " + out + " --key " + key_path + " --json --plot " + plot);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const nlohmann::json s = nlohmann::json::parse(r.output);
+  ASSERT_EQ(s["readers"].size(), 2u);
+  const auto& lazy = s["readers"][0];  // sorted by reader
+  const auto& perfect = s["readers"][1];
+  EXPECT_EQ(perfect["reader"], "oracle");
+  EXPECT_EQ(perfect["accuracy"]["k"], 16);
+  EXPECT_DOUBLE_EQ(perfect["accuracy"]["value"].get<double>(), 1.0);
+  // Wilson 16/16: lower end n / (n + z^2) = 16 / 19.841459 = 0.8063918.
+  EXPECT_NEAR(perfect["accuracy"]["ci95"][0].get<double>(), 0.8063918, 1e-6);
+  // Exact binomial 16/16: 2 / 2^16.
+  EXPECT_NEAR(perfect["binomial_p"].get<double>(), 2.0 / 65536.0, 1e-12);
+  EXPECT_DOUBLE_EQ(perfect["auc"].get<double>(), 1.0);
+  EXPECT_EQ(lazy["accuracy"]["k"], 8);
+  EXPECT_DOUBLE_EQ(lazy["sensitivity"]["value"].get<double>(), 0.0);
+  EXPECT_DOUBLE_EQ(lazy["specificity"]["value"].get<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(lazy["binomial_p"].get<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(lazy["auc"].get<double>(), 0.5);  // one constant score
+  // Cohen: the lazy reader's categories are constant, so p_e = 0.5 * 1 and p_o = 0.5: kappa 0.
+  EXPECT_NEAR(s["cohen_kappa"][0]["kappa"].get<double>(), 0.0, 1e-12);
+  // Pooled 24/32; Fleiss over 16 cases of 2 raters (by hand: P-bar = 0.5, p_syn = 0.25,
+  // P_e = 0.625, kappa = (0.5 - 0.625) / 0.375 = -1/3).
+  EXPECT_EQ(s["pooled"]["k"], 24);
+  EXPECT_NEAR(s["fleiss_kappa"]["kappa"].get<double>(), -1.0 / 3.0, 1e-12);
+  auto png = ReadPng(plot);
+  ASSERT_TRUE(png) << png.error().message;
+  EXPECT_GT(png->width, 400);
+
+  // Bad input is named by file and line.
+  const std::string bad = out + "/bad";
+  const std::string first = key["cases"][0]["id"];
+  const auto expect_error = [&](const std::vector<std::string>& lines, const std::string& what) {
+    fs::remove_all(bad);
+    WriteAnswers(bad, "r1", lines);
+    const Result e = RunMewm("turing score " + out + " --key " + key_path + " --answers " + bad);
+    EXPECT_EQ(e.code, 1) << e.output;
+    EXPECT_NE(e.output.find(bad + "/r1.jsonl:2"), std::string::npos) << e.output;
+    EXPECT_NE(e.output.find(what), std::string::npos) << e.output;
+  };
+  const std::string ok = Line(first, "real", 3, hash);
+  expect_error({ok, Line("T999", "real", 3, hash)}, "unknown case 'T999'");
+  expect_error({ok, Line(first, "synthetic", 3, hash)}, "duplicate answer to case '" + first + "'");
+  expect_error({ok, Line(key["cases"][1]["id"], "real", 3, std::string(64, '0'))}, "key_sha256");
+  expect_error({ok, "{not json"}, "not a JSON object");
+  expect_error({ok, Line(key["cases"][1]["id"], "maybe", 3, hash)}, "answer 'maybe'");
+  expect_error({ok, Line(key["cases"][1]["id"], "real", 7, hash)}, "confidence");
+}
+
+// The simulated panel: the guesser stays near chance, the readers who use image statistics do
+// better, and the statistics say so.
+TEST_F(TuringCliTest, SimulatedReadersAreScored) {
+  const std::string out = Export("panel", "single", 16);
+  const std::string key_path = out + "-key.json";
+  Result r = RunMewm("turing simulate-readers " + out + " --key " + key_path);
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const char* reader : {"guesser", "machine", "histogram"}) {
+    EXPECT_TRUE(fs::exists(out + "/answers/" + std::string(reader) + ".jsonl")) << reader;
+  }
+  r = RunMewm("turing score " + out + " --key " + key_path);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("Fleiss' kappa"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("pooled accuracy"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace mewm
