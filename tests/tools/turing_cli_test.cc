@@ -4,7 +4,10 @@
 // `mewm turing ...` end to end on the real binary: one small synthetic cohort (8 patients at 3
 // mm, generated once for the suite), exported with the mechanistic backend.
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <array>
@@ -21,6 +24,9 @@
 #include "mewm/core/nifti_io.h"
 #include "mewm/core/render.h"
 #include "mewm/core/vdb_io.h"
+
+// Last: <resolv.h>, which httplib includes, defines a macro `_res` that breaks Eigen's headers.
+#include <httplib.h>  // NOLINT(llvm-include-order)
 
 namespace mewm {
 namespace {
@@ -357,6 +363,182 @@ TEST_F(TuringCliTest, SimulatedReadersAreScored) {
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("Fleiss' kappa"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("pooled accuracy"), std::string::npos) << r.output;
+}
+
+/// `mewm turing serve` in a child process on a free port; stopped with SIGTERM.
+class ServeProcess {
+ public:
+  explicit ServeProcess(const std::string& args) {
+    int fds[2];
+    if (::pipe(fds) != 0) return;
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::dup2(fds[1], 1);
+      ::close(fds[0]);
+      const std::string command =
+          "exec " + std::string(MEWM_CLI) + " turing serve --port 0 " + args;
+      ::execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    ::close(fds[1]);
+    // The first line names the port once the socket is bound: wait for it (30 s at most).
+    std::string line;
+    pollfd p{fds[0], POLLIN, 0};
+    while (line.find('\n') == std::string::npos && ::poll(&p, 1, 30000) > 0) {
+      char c[256];
+      const ssize_t n = ::read(fds[0], c, sizeof c);
+      if (n <= 0) break;
+      line.append(c, std::size_t(n));
+    }
+    ::close(fds[0]);
+    std::smatch m;
+    if (std::regex_search(line, m, std::regex(R"(127\.0\.0\.1:(\d+)/)"))) port_ = std::stoi(m[1]);
+    first_line_ = line;
+  }
+  ~ServeProcess() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGTERM);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  ServeProcess(const ServeProcess&) = delete;
+  ServeProcess& operator=(const ServeProcess&) = delete;
+  int port() const { return port_; }
+  const std::string& first_line() const { return first_line_; }
+
+ private:
+  pid_t pid_ = -1;
+  int port_ = 0;
+  std::string first_line_;
+};
+
+std::vector<std::string> Lines(const std::string& path) {
+  std::vector<std::string> out;
+  std::ifstream in(path);
+  for (std::string l; std::getline(in, l);) {
+    if (!l.empty()) out.push_back(l);
+  }
+  return out;
+}
+
+// The server over a real socket: the page, a reader's session in an order seeded by the reader
+// ID, answers stored durably (one JSON line each, with case, answer, confidence, time on case,
+// timestamp), resumed after a restart, bad bodies refused with 400, and no path reaching the key
+// or anything the manifest does not list.
+TEST_F(TuringCliTest, ServeStoresAnswersResumesAndNeverServesTheKey) {
+  const std::string out = Export("serve", "single", 8);
+  const std::string key_path = out + "-key.json";
+  // The key beside the export's folder, and a copy inside it, as a careless study might leave it.
+  fs::copy_file(key_path, out + "/key.json");
+  const nlohmann::json key = Json(key_path);
+  std::vector<std::string> order;
+  {
+    ServeProcess server(out);
+    ASSERT_GT(server.port(), 0) << server.first_line();
+    httplib::Client client("127.0.0.1", server.port());
+    auto page = client.Get("/");
+    ASSERT_TRUE(page);
+    EXPECT_EQ(page->status, 200);
+    EXPECT_NE(page->body.find("Reader ID"), std::string::npos);
+    auto session = client.Get("/api/session?reader=alice");
+    ASSERT_TRUE(session);
+    ASSERT_EQ(session->status, 200) << session->body;
+    const nlohmann::json s = nlohmann::json::parse(session->body);
+    order = s["order"].get<std::vector<std::string>>();
+    EXPECT_EQ(order.size(), 8u);
+    EXPECT_TRUE(s["answered"].empty());
+    EXPECT_EQ(s.dump().find("truth"), std::string::npos);
+    // The order is a function of the reader ID.
+    const auto again = nlohmann::json::parse(client.Get("/api/session?reader=alice")->body);
+    EXPECT_EQ(again["order"].get<std::vector<std::string>>(), order);
+    const auto bob = nlohmann::json::parse(client.Get("/api/session?reader=bob")->body);
+    EXPECT_NE(bob["order"].get<std::vector<std::string>>(), order);
+    // Three answers.
+    for (int i = 0; i < 3; ++i) {
+      const nlohmann::json body = {{"reader", "alice"},
+                                   {"case", order[std::size_t(i)]},
+                                   {"answer", i == 1 ? "synthetic" : "real"},
+                                   {"confidence", i + 2},
+                                   {"seconds", 4.5}};
+      auto r = client.Post("/api/answer", body.dump(), "application/json");
+      ASSERT_TRUE(r);
+      EXPECT_EQ(r->status, 200) << r->body;
+    }
+    // Stored before the replies came back.
+    const std::vector<std::string> lines = Lines(out + "/answers/alice.jsonl");
+    ASSERT_EQ(lines.size(), 3u);
+    for (std::size_t i = 0; i < 3; ++i) {
+      const nlohmann::json l = nlohmann::json::parse(lines[i]);
+      EXPECT_EQ(l["case"], order[i]);
+      EXPECT_EQ(l["confidence"], int(i) + 2);
+      EXPECT_DOUBLE_EQ(l["seconds"].get<double>(), 4.5);
+      EXPECT_EQ(l["key_sha256"], Json(out + "/manifest.json")["key_sha256"]);
+      EXPECT_TRUE(std::regex_match(l["time"].get<std::string>(),
+                                   std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)")));
+    }
+    // A second answer to a case is a conflict; bad bodies are 400s and store nothing.
+    const auto post = [&](const std::string& body) {
+      auto r = client.Post("/api/answer", body, "application/json");
+      return r ? r->status : -1;
+    };
+    const nlohmann::json good = {{"reader", "alice"},
+                                 {"case", order[3]},
+                                 {"answer", "real"},
+                                 {"confidence", 3},
+                                 {"seconds", 1.0}};
+    EXPECT_EQ(post(nlohmann::json{{"reader", "alice"},
+                                  {"case", order[0]},
+                                  {"answer", "real"},
+                                  {"confidence", 3},
+                                  {"seconds", 1.0}}
+                       .dump()),
+              409);
+    const auto with = [&](const std::string& field, const nlohmann::json& value) {
+      nlohmann::json b = good;
+      b[field] = value;
+      return b.dump();
+    };
+    EXPECT_EQ(post("{not json"), 400);
+    EXPECT_EQ(post("[]"), 400);
+    EXPECT_EQ(post(with("reader", "../../etc")), 400);
+    EXPECT_EQ(post(with("reader", "a b")), 400);
+    EXPECT_EQ(post(with("reader", std::string(65, 'a'))), 400);
+    EXPECT_EQ(post(with("case", "T999")), 400);
+    EXPECT_EQ(post(with("answer", "maybe")), 400);
+    EXPECT_EQ(post(with("confidence", 0)), 400);
+    EXPECT_EQ(post(with("confidence", 2.5)), 400);
+    EXPECT_EQ(post(with("seconds", -1)), 400);
+    EXPECT_EQ(post(with("extra", 1)), 400);
+    EXPECT_EQ(post(std::string(64 * 1024, ' ')), 413);
+    EXPECT_EQ(client.Get("/api/session?reader=../x")->status, 400);
+    EXPECT_EQ(Lines(out + "/answers/alice.jsonl").size(), 3u);
+    EXPECT_FALSE(fs::exists(out + "/answers/...jsonl"));
+    // Only the listed files are served: never the key, the manifest or the answers.
+    EXPECT_EQ(client.Get("/cases/" + order[0] + ".png")->status, 200);
+    for (const std::string& path : std::vector<std::string>{
+             "/key.json", "/serve-key.json", "/../serve-key.json", "/cases/../key.json",
+             "/cases/../../serve-key.json", "/%2e%2e/serve-key.json", "/cases/%2e%2e/key.json",
+             "/cases/..%2fkey.json", "//key.json", "/manifest.json", "/answers/alice.jsonl",
+             "/cases/", "/vendor/../key.json", "/" + fs::absolute(key_path).string()}) {
+      auto r = client.Get(path.c_str());
+      ASSERT_TRUE(r) << path;
+      EXPECT_NE(r->status, 200) << path;
+      EXPECT_EQ(r->body.find("\"truth\""), std::string::npos) << path;
+    }
+  }
+  // A restart resumes: the reader's answers are read back from disk.
+  {
+    ServeProcess server(out);
+    ASSERT_GT(server.port(), 0) << server.first_line();
+    httplib::Client client("127.0.0.1", server.port());
+    const auto s = nlohmann::json::parse(client.Get("/api/session?reader=alice")->body);
+    EXPECT_EQ(s["answered"].get<std::vector<std::string>>(),
+              (std::vector<std::string>{order[0], order[1], order[2]}));
+  }
+  fs::remove(out + "/key.json");
+  const Result r = RunMewm("turing score " + out + " --key " + key_path);
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("alice"), std::string::npos) << r.output;
 }
 
 }  // namespace
