@@ -116,7 +116,7 @@ function show() {
       div.appendChild(canvas);
       holder.appendChild(div);
       try {
-        const nv = new niivue.Niivue({ show3Dcrosshair: false, isColorbar: false });
+        const nv = new niivue.Niivue({ show3Dcrosshair: false, isColorbar: false, crosshairWidth: 0.5 });
         nv.attachToCanvas(canvas);
         const w = WINDOWS[windowName];
         nv.loadVolumes([{ url: "/" + v.nifti, cal_min: w[0], cal_max: w[1] }]);
