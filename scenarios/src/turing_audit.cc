@@ -25,7 +25,8 @@ namespace {
 
 constexpr float kBodyHu = -500.0f;  ///< voxels above this are the body (not air)
 constexpr int kVdbHeaderBytes = 256, kPngHeaderBytes = 33;
-/// OpenVDB writes a random UUID (36 ASCII characters) at this offset of every file.
+/// The .vdb UUID (36 ASCII characters) at this offset: a hash of the rest of the file in the files
+/// mewm writes, so it is left out (it would only add noise).
 constexpr int kVdbUuidBegin = 21, kVdbUuidEnd = 57;
 
 void AppendBytes(std::vector<double>& out, const std::string& bytes, std::size_t count,

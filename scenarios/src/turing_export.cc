@@ -2,6 +2,8 @@
 // SPDX-FileCopyrightText: the mewm authors
 //
 // `mewm turing export`: blinded real-versus-synthetic cases, and reading the export back.
+#include <zlib.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -134,22 +136,97 @@ Expected<RgbImage> Montage(const DenseFloat& crop) {
   return out;
 }
 
-/// Writes one volume's three files. Nothing in them depends on the class: the same name
-/// pattern, float32 NIfTI with gzip's default level, one "ct" grid with the same metadata.
+/// A .nii.gz whose gzip stream is stored, not deflated (level 0): its size is the same for every
+/// volume of the same dims, so it cannot tell how compressible, and so how noisy, the image is.
+Status WriteStoredNiftiGz(const std::string& path, const DenseFloat& image) {
+  return WriteAtomically(path, [&](const std::string& temp) -> Status {
+    const std::string raw = temp.substr(0, temp.size() - 3);  // ".nii"
+    MEWM_RETURN_IF_ERROR(WriteNifti(raw, image));
+    auto bytes = ReadFile(raw);
+    std::error_code ec;
+    fs::remove(raw, ec);
+    if (!bytes) return bytes.error();
+    gzFile out = gzopen(temp.c_str(), "wb0");
+    if (out == nullptr) return MakeError(ErrorCode::kIo, "cannot write '" + path + "'");
+    const bool written = gzwrite(out, bytes->data(), unsigned(bytes->size())) == int(bytes->size());
+    if (gzclose(out) != Z_OK || !written) {
+      return MakeError(ErrorCode::kIo, "cannot write '" + path + "'");
+    }
+    return {};
+  });
+}
+
+void PngChunk(std::string& out, const char* type, const std::string& data) {
+  const auto be32 = [&](std::uint32_t v) {
+    for (int s = 24; s >= 0; s -= 8) out.push_back(char((v >> s) & 0xff));
+  };
+  be32(std::uint32_t(data.size()));
+  const std::string body = std::string(type, 4) + data;
+  out += body;
+  be32(std::uint32_t(crc32(0L, reinterpret_cast<const Bytef*>(body.data()), uInt(body.size()))));
+}
+
+/// An 8-bit RGB PNG with stored (level 0) zlib data and filter 0 on every row: its size follows
+/// its dimensions alone.
+Status WriteStoredPng(const std::string& path, const RgbImage& image) {
+  std::string raw;
+  raw.reserve(std::size_t(image.height) * (1 + std::size_t(image.width) * 3));
+  for (int y = 0; y < image.height; ++y) {
+    raw.push_back('\0');
+    raw.append(
+        reinterpret_cast<const char*>(image.pixels.data()) + std::ptrdiff_t(y) * image.width * 3,
+        std::size_t(image.width) * 3);
+  }
+  uLongf packed_size = compressBound(uLong(raw.size()));
+  std::string packed(packed_size, '\0');
+  if (compress2(reinterpret_cast<Bytef*>(packed.data()), &packed_size,
+                reinterpret_cast<const Bytef*>(raw.data()), uLong(raw.size()),
+                Z_NO_COMPRESSION) != Z_OK) {
+    return MakeError(ErrorCode::kInternal, "PNG encoding failed for '" + path + "'");
+  }
+  packed.resize(packed_size);
+  std::string png = "\x89PNG\r\n\x1a\n";
+  std::string ihdr;
+  for (const std::uint32_t v : {std::uint32_t(image.width), std::uint32_t(image.height)}) {
+    for (int s = 24; s >= 0; s -= 8) ihdr.push_back(char((v >> s) & 0xff));
+  }
+  ihdr += std::string("\x08\x02\x00\x00\x00", 5);  // 8-bit RGB, deflate, filter 0, no interlace
+  PngChunk(png, "IHDR", ihdr);
+  PngChunk(png, "IDAT", packed);
+  PngChunk(png, "IEND", "");
+  return WriteFileAtomic(path, png);
+}
+
+/// Writes one volume's three files. Nothing in them depends on the class, and their sizes depend
+/// only on the crop's dims: the same name pattern; float32 NIfTI in a stored gzip stream; a .vdb
+/// with one "ct" grid whose every voxel is active, written without compression, with the same
+/// metadata; a PNG with stored zlib data.
 Status WriteCaseVolume(const std::string& dir, const std::string& stem, const DenseFloat& crop,
                        TuringVolume* files) {
   files->nifti = "cases/" + stem + ".nii.gz";
   files->vdb = "cases/" + stem + ".vdb";
   files->png = "cases/" + stem + ".png";
-  MEWM_RETURN_IF_ERROR(WriteNifti((fs::path(dir) / files->nifti).string(), crop));
+  MEWM_RETURN_IF_ERROR(WriteStoredNiftiGz((fs::path(dir) / files->nifti).string(), crop));
   MEWM_TRY(Volume volume, Volume::FromDense(crop, "ct"));
+  // Every voxel of the crop active (air too), so the sparse topology is the crop's box.
+  volume.grid().tree().voxelizeActiveTiles();
+  auto accessor = volume.grid().getAccessor();
+  for (std::int64_t k = 0; k < crop.dims[2]; ++k) {
+    for (std::int64_t j = 0; j < crop.dims[1]; ++j) {
+      for (std::int64_t i = 0; i < crop.dims[0]; ++i) {
+        accessor.setValueOn(openvdb::Coord(int(i), int(j), int(k)));
+      }
+    }
+  }
   VolumeSet set;
   set.metadata.patient_id = stem;
   set.metadata.provenance_json = R"({"generator":"mewm turing export"})";
   set.scalars.emplace("ct", std::move(volume));
-  MEWM_RETURN_IF_ERROR(WriteVdb((fs::path(dir) / files->vdb).string(), set));
+  VdbWriteOptions options;
+  options.compress = false;
+  MEWM_RETURN_IF_ERROR(WriteVdb((fs::path(dir) / files->vdb).string(), set, options));
   MEWM_TRY(RgbImage montage, Montage(crop));
-  return WritePng((fs::path(dir) / files->png).string(), montage);
+  return WriteStoredPng((fs::path(dir) / files->png).string(), montage);
 }
 
 /// Makes `out` ready: created when missing; an earlier export (manifest.json of this format, no

@@ -192,6 +192,10 @@ TEST_F(TuringCliTest, ExportedClassesDifferOnlyInPixels) {
     const std::string ha = Slurp(real + ".vdb").substr(0, 21),
                       hb = Slurp(synthetic + ".vdb").substr(0, 21);
     EXPECT_EQ(ha, hb);
+    // File sizes follow the dims alone (no content-dependent compression).
+    for (const char* ext : {".nii.gz", ".vdb", ".png"}) {
+      EXPECT_EQ(fs::file_size(real + ext), fs::file_size(synthetic + ext)) << patient << ext;
+    }
     // PNG: same size.
     auto pa = ReadPng(real + ".png");
     auto pb = ReadPng(synthetic + ".png");
@@ -359,8 +363,10 @@ TEST_F(TuringCliTest, SimulatedReadersAreScored) {
   for (const char* reader : {"guesser", "machine", "histogram"}) {
     EXPECT_TRUE(fs::exists(out + "/answers/" + std::string(reader) + ".jsonl")) << reader;
   }
-  r = RunMewm("turing score " + out + " --key " + key_path);
+  // With eval dynamics's machine Turing test (the 3D CNN) on the same volumes, side by side.
+  r = RunMewm("turing score " + out + " --key " + key_path + " --machine --folds 4");
   ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("machine Turing test"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("Fleiss' kappa"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("pooled accuracy"), std::string::npos) << r.output;
 }

@@ -6,9 +6,14 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "mewm/core/crop.h"
 #include "mewm/core/file_util.h"
+#include "mewm/core/nifti_io.h"
+#include "mewm/dynamics/diffusion_backend.h"
 #include "mewm/scenarios/runner.h"
 #include "mewm/scenarios/scenario.h"
 #include "mewm/scenarios/turing.h"
@@ -148,11 +153,38 @@ Action AddAudit(CLI::App& turing) {
   };
 }
 
+/// The machine Turing test of `mewm eval dynamics` (a small 3D CNN, patient-grouped folds and
+/// bootstrap) on the exported volumes, windowed as the networks see CT ([-175, 600] HU).
+Expected<dynamics::TuringTestResult> MachineTest(const scenarios::TuringManifest& manifest,
+                                                 const scenarios::TuringKey& key, int folds,
+                                                 std::uint64_t seed) {
+  std::vector<DenseFloat> real, synthetic;
+  std::vector<int> real_group, synthetic_group;
+  std::map<std::string, int> patients;
+  for (const scenarios::TuringCase& c : manifest.cases) {
+    const scenarios::TuringKeyCase& truth = key.cases.at(c.id);
+    const int group = patients.emplace(truth.patient, int(patients.size())).first->second;
+    for (const scenarios::TuringVolume& v : c.volumes) {
+      MEWM_TRY(DenseFloat image,
+               ReadNifti((std::filesystem::path(manifest.dir) / v.nifti).string()));
+      WindowToUnit(image, HuWindow{});
+      const bool is_synthetic = manifest.design == scenarios::TuringDesign::kSingle
+                                    ? truth.truth == "synthetic"
+                                    : truth.truth == v.label;
+      (is_synthetic ? synthetic : real).push_back(std::move(image));
+      (is_synthetic ? synthetic_group : real_group).push_back(group);
+    }
+  }
+  std::vector<int> groups = real_group;
+  groups.insert(groups.end(), synthetic_group.begin(), synthetic_group.end());
+  return dynamics::MachineTuringTest(real, synthetic, groups, folds, seed);
+}
+
 Action AddScore(CLI::App& turing) {
   struct Options {
     std::string dir, key, answers, json_out, plot;
-    bool json = false;
-    int bootstrap = 2000;
+    bool json = false, machine = false;
+    int bootstrap = 2000, folds = 5;
     std::uint64_t seed = 1;
   };
   auto o = std::make_shared<Options>();
@@ -167,7 +199,12 @@ Action AddScore(CLI::App& turing) {
   sub->add_option("--bootstrap", o->bootstrap, "Reader bootstrap resamples")
       ->check(CLI::Range(0, 100000))
       ->capture_default_str();
-  sub->add_option("--seed", o->seed, "Bootstrap seed")->capture_default_str();
+  sub->add_option("--seed", o->seed, "Bootstrap and machine-test seed")->capture_default_str();
+  sub->add_flag("--machine", o->machine,
+                "Also run eval dynamics's machine Turing test (3D CNN) on the exported volumes");
+  sub->add_option("--folds", o->folds, "Folds of the machine test (by patient)")
+      ->check(CLI::Range(2, 20))
+      ->capture_default_str();
   return [o, sub]() -> int {
     if (!sub->parsed()) return -1;
     auto study = ReadStudy(o->dir, o->key);
@@ -178,9 +215,29 @@ Action AddScore(CLI::App& turing) {
     if (!answers) return Fail(answers.error());
     const scenarios::TuringScores scores =
         scenarios::ScoreReaders(study->second, *answers, o->bootstrap, o->seed);
-    std::cout << (o->json ? scores.ToJson() + "\n" : scores.FormatTable());
+    nlohmann::json json = nlohmann::json::parse(scores.ToJson());
+    std::string table = scores.FormatTable();
+    if (o->machine) {
+      auto machine = MachineTest(study->first, study->second, o->folds, o->seed);
+      if (!machine) return Fail(machine.error());
+      char line[256];
+      std::snprintf(line, sizeof line,
+                    "machine Turing test (eval dynamics's 3D CNN, %d patient-grouped folds): AUC "
+                    "%.3f [%.3f, %.3f] over %d real and %d synthetic volumes of %d patients\n",
+                    machine->folds, machine->auc, machine->ci_low, machine->ci_high, machine->real,
+                    machine->synthetic, machine->groups);
+      table += line;
+      json["machine_turing_test"] = {{"auc", machine->auc},
+                                     {"ci95", {machine->ci_low, machine->ci_high}},
+                                     {"ci_method", "patient-cluster bootstrap"},
+                                     {"real", machine->real},
+                                     {"synthetic", machine->synthetic},
+                                     {"folds", machine->folds},
+                                     {"patients", machine->groups}};
+    }
+    std::cout << (o->json ? json.dump(2) + "\n" : table);
     if (!o->json_out.empty()) {
-      if (auto w = WriteFileAtomic(o->json_out, scores.ToJson() + "\n"); !w) return Fail(w.error());
+      if (auto w = WriteFileAtomic(o->json_out, json.dump(2) + "\n"); !w) return Fail(w.error());
     }
     if (!o->plot.empty()) {
       if (auto w = scenarios::PlotReaderAccuracy(scores, o->plot); !w) return Fail(w.error());

@@ -60,12 +60,15 @@ struct TuringExportResult {
 /// Writes the export. Patients are the first ones of the cohort that have a follow-up image, in
 /// cohort order. Each volume is the native-lattice crop (no resampling) of `crop_mm` around the
 /// largest lesion's centroid, identical for both classes of a patient, rounded to whole HU
-/// (real CT is stored in integers), stored as float32 NIfTI (gzip, the patient's affine), as a
-/// .vdb with blinded metadata and as a PNG montage (axial | coronal | sagittal through the crop
-/// centre, kLiverWindow). Files are written in case-ID order and their mtimes set to one value, so
-/// neither the file system's order nor time stamps follow the class. kInvalidArgument for a key
-/// inside `out`, an odd n in the single design, too few patients; kIo for a non-empty `out` that
-/// is not an earlier export (or holds answers); the model's errors with the patient named.
+/// (real CT is stored in integers), stored as float32 NIfTI (the patient's affine), as a .vdb
+/// with blinded metadata and as a PNG montage (axial | coronal | sagittal through the crop
+/// centre, kLiverWindow). Every file is stored without content-dependent compression (gzip and
+/// zlib level 0, an uncompressed .vdb with every crop voxel active), so file sizes follow the
+/// crop's dims and cannot tell a noisy image from a smooth one. Files are written in case-ID order
+/// and their mtimes set to one value, so neither the file system's order nor time stamps follow the
+/// class. kInvalidArgument for a key inside `out`, an odd n in the single design, too few patients;
+/// kIo for a non-empty `out` that is not an earlier export (or holds answers); the model's errors
+/// with the patient named.
 Expected<TuringExportResult> ExportTuringCases(const TuringExportOptions& options,
                                                dynamics::DynamicsModel& model,
                                                const ActionBase& actions,
