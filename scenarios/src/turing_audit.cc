@@ -230,7 +230,7 @@ std::pair<double, double> AucInterval(const std::vector<double>& scores, const s
   if (aucs.empty()) return {0.0, 1.0};
   std::sort(aucs.begin(), aucs.end());
   const auto at = [&](double q) {
-    return aucs[std::min(aucs.size() - 1, std::size_t(q * double(aucs.size() - 1) + 0.5))];
+    return aucs[std::min(aucs.size() - 1, std::size_t(std::lround(q * double(aucs.size() - 1))))];
   };
   return {at(0.025), at(0.975)};
 }

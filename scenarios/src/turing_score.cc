@@ -283,7 +283,7 @@ TuringScores ScoreReaders(const TuringKey& key,
     if (!values.empty()) {
       const auto at = [&](double q) {
         return values[std::min(values.size() - 1,
-                               std::size_t(q * double(values.size() - 1) + 0.5))];
+                               std::size_t(std::lround(q * double(values.size() - 1))))];
       };
       s.pooled.lo = at(0.025);
       s.pooled.hi = at(0.975);
