@@ -379,7 +379,12 @@ std::string TuringAudit::ToJson() const {
 Expected<std::map<std::string, std::vector<TuringAnswer>>> SimulateReaders(
     const TuringManifest& manifest, const TuringKey& key, const TuringFeatures& features,
     std::uint64_t seed) {
-  MEWM_TRY(const TuringAudit audit, AuditTuringExport(features, 5, seed));
+  // Five folds, or one per patient for smaller exports.
+  std::vector<int> patients(features.group);
+  std::sort(patients.begin(), patients.end());
+  const int folds =
+      std::min<int>(5, int(std::unique(patients.begin(), patients.end()) - patients.begin()));
+  MEWM_TRY(const TuringAudit audit, AuditTuringExport(features, folds, seed));
   std::vector<std::vector<double>> image;
   for (std::size_t r = 0; r < features.histogram.size(); ++r) {
     std::vector<double> row = features.histogram[r];
@@ -387,7 +392,7 @@ Expected<std::map<std::string, std::vector<TuringAnswer>>> SimulateReaders(
     image.push_back(std::move(row));
   }
   const std::vector<double> machine =
-      CrossValidatedScores(Varying(image), features.label, features.group, 5, seed);
+      CrossValidatedScores(Varying(image), features.label, features.group, folds, seed);
   const std::vector<double>& histogram = audit.rows[1].scores;
   Rng rng(DeriveSeed(seed, "turing-simulated-readers"));
   std::map<std::string, std::vector<TuringAnswer>> out;

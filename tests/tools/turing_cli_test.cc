@@ -547,5 +547,43 @@ TEST_F(TuringCliTest, ServeStoresAnswersResumesAndNeverServesTheKey) {
   EXPECT_NE(r.output.find("alice"), std::string::npos) << r.output;
 }
 
+// A manifest cohort (CSV) whose patients have a follow-up image and an administered plan exports
+// like a synthetic one; a manifest without follow-ups is refused with the count it has.
+TEST_F(TuringCliTest, ExportsAManifestCohortWithFollowUps) {
+  const std::string dir = (*root_ / "manifest").string();
+  fs::create_directories(dir);
+  std::ifstream clinical(cohort_ + "/clinical.csv");
+  std::ifstream outcomes(cohort_ + "/outcomes.csv");
+  std::string header, line;
+  std::getline(clinical, header);
+  std::map<std::string, std::string> plans;
+  std::getline(outcomes, line);
+  while (std::getline(outcomes, line)) {
+    const auto q1 = line.find('"'), q2 = line.find('"', q1 + 1);
+    plans[line.substr(0, line.find(','))] = line.substr(q1 + 1, q2 - q1 - 1);
+  }
+  std::ofstream csv(dir + "/patients.csv");
+  std::ofstream bare(dir + "/bare.csv");
+  csv << header << ",ct,tumor,post,administered_plan\n";
+  bare << header << ",ct,tumor\n";
+  for (int p = 0; p < 3 && std::getline(clinical, line); ++p) {
+    const std::string id = line.substr(0, line.find(','));
+    const std::string pre = cohort_ + "/patients/" + id + "/pre.vdb";
+    csv << line << "," << pre << "," << pre << "," << cohort_ << "/patients/" << id
+        << "/post_administered.vdb,\"" << plans.at(id) << "\"\n";
+    bare << line << "," << pre << "," << pre << "\n";
+  }
+  csv.close();
+  bare.close();
+  const std::string base = "turing export --dynamics-backend mechanistic --calibration " +
+                           kCalibration + " --n 6 --quiet --out " + dir + "/study --key " + dir;
+  Result r = RunMewm(base + "/key.json --cohort " + dir + "/patients.csv");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(Json(dir + "/study/manifest.json")["cases"].size(), 6u);
+  r = RunMewm(base + "/key2.json --cohort " + dir + "/bare.csv");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("has 0 patients with a follow-up image"), std::string::npos) << r.output;
+}
+
 }  // namespace
 }  // namespace mewm
