@@ -24,7 +24,10 @@ timeout 60 "$CHROMIUM" --headless=new --no-sandbox --disable-gpu --dump-dom abou
 TMP="$(mktemp -d /tmp/mewm-turing-browser.XXXXXX)"
 SERVER=""
 cleanup() {
-  [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null
+  if [ -n "$SERVER" ]; then
+    kill "$SERVER" 2>/dev/null || true
+    wait "$SERVER" 2>/dev/null || true  # 143: it ended on our SIGTERM
+  fi
   rm -rf "$TMP"
 }
 trap cleanup EXIT
