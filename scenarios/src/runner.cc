@@ -271,6 +271,33 @@ Status PrepareSyntheticCohort(const ScenarioSpec& spec, const std::string& dir,
   return GenerateCohort(c, spec.actions);
 }
 
+/// Every file the manifest rows name, through `check` (the server's confinement). Then the run's
+/// own inputs: a synthetic cohort folder that mewm did not write is refused here, before the run
+/// writes anything, rather than when the cohort is prepared.
+Status CheckCohortInputs(const std::string& cohort_dir, const std::vector<CohortEntry>* manifest,
+                         const std::function<Status(const ScenarioPath&)>& check) {
+  if (manifest == nullptr) {
+    if (IsEmptyOrMewmCohort(cohort_dir)) return {};
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "cohort folder '" + cohort_dir + "' is not a cohort written by mewm (no " +
+                         std::string(kCohortMarker) + " or manifest.json from the synthetic " +
+                         "world); mewm replaces only its own cohorts, so set cohort.dir to " +
+                         "another folder or empty it");
+  }
+  if (!check) return {};
+  for (const CohortEntry& e : *manifest) {
+    for (const auto& [column, path] : {std::pair<const char*, const std::string*>{"ct", &e.ct},
+                                       {"tumor", &e.tumor},
+                                       {"liver", &e.liver},
+                                       {"note", &e.note},
+                                       {"post", &e.post}}) {
+      if (path->empty()) continue;
+      MEWM_RETURN_IF_ERROR(check({e.origin + " " + column, *path}));
+    }
+  }
+  return {};
+}
+
 }  // namespace
 
 Expected<std::unique_ptr<dynamics::DynamicsModel>> LoadDynamics(const ScenarioSpec& spec) {
@@ -590,9 +617,11 @@ Status CheckRunFolder(const ScenarioSpec& spec, const RunOptions& options) {
   const std::string run_id = options.run_id.empty() ? DefaultRunId(spec) : options.run_id;
   MEWM_RETURN_IF_ERROR(CheckFolder(spec, options, out, run_id));
   if (spec.cohort.source == CohortSpec::Source::kManifest) {
-    MEWM_RETURN_IF_ERROR(ReadManifest(spec.cohort.manifest));
+    MEWM_TRY(const auto entries, ReadManifest(spec.cohort.manifest));
+    return CheckCohortInputs("", &entries, options.check_input);
   }
-  return {};
+  MEWM_TRY(const std::string cohort_dir, SyntheticCohortDir(spec, out));
+  return CheckCohortInputs(cohort_dir, nullptr, options.check_input);
 }
 
 Expected<RunSummary> Runner::Run(EventSink& sink) {
@@ -605,6 +634,8 @@ Expected<RunSummary> Runner::Run(EventSink& sink) {
   if (m.spec.cohort.source == CohortSpec::Source::kManifest) {
     MEWM_TRY(manifest_entries, ReadManifest(m.spec.cohort.manifest));
   }
+  MEWM_RETURN_IF_ERROR(CheckCohortInputs(
+      m.cohort_dir, manifest_entries ? &*manifest_entries : nullptr, m.options.check_input));
   MEWM_RETURN_IF_ERROR(m.PrepareFolder());
   const std::string events_path = (fs::path(m.out) / "events.jsonl").string();
   // A resumed run continues the earlier sequence, so the log stays one gap-free stream.

@@ -174,6 +174,17 @@ Expected<fs::path> Confine(const fs::path& root, const char* root_name, const st
   return inside;
 }
 
+/// The check every input file passes, the scenario's keys and a manifest's rows alike: inside
+/// the scenario base `base` (Confine), or Confine's error.
+std::function<Status(const scenarios::ScenarioPath&)> InputConfinement(fs::path base) {
+  return [base = std::move(base)](const scenarios::ScenarioPath& input) -> Status {
+    auto inside = Confine(base, "scenario base",
+                          fs::absolute(input.path).lexically_normal().string(), input.key);
+    if (!inside) return inside.error();
+    return {};
+  };
+}
+
 /// The z85 keys of a key file or an allowlist: one per line; blank lines and `#` comments are
 /// skipped; any other line must be exactly one 40-character z85 key (kCorruptData naming it).
 Expected<std::vector<std::string>> ReadKeyLines(const std::string& path) {
@@ -679,12 +690,7 @@ struct Server::Impl {
       if (!file) return reject(ReplyError::kForbiddenPath, file.error().message);
       folder = file->parent_path();
     }
-    const auto confine_input = [&](const scenarios::ScenarioPath& input) -> Status {
-      auto inside = Confine(base, "scenario base",
-                            fs::absolute(input.path).lexically_normal().string(), input.key);
-      if (!inside) return inside.error();
-      return {};
-    };
+    const auto confine_input = InputConfinement(base);
     bool forbidden = false;
     scenarios::ParseOptions parse;
     parse.check_input = [&](const scenarios::ScenarioPath& input) {
@@ -760,6 +766,9 @@ struct Server::Impl {
     }
     run->spec = std::move(*spec);
     run->options.resume = true;  // continue the log that starts with run_accepted
+    // A manifest's rows name more files; the runner checks them on the worker thread, where
+    // reading the CSV cannot hold up the control socket.
+    run->options.check_input = confine_input;
     std::error_code ec;
     fs::create_directories(run->out, ec);
     if (ec) {

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -145,8 +146,23 @@ TEST_F(CliTest, EveryCommandsHelpShowsAnExample) {
                           "bench dynamics"}) {
     const Result help = RunMewm(std::string(sub) + " --help");
     EXPECT_EQ(help.code, 0) << sub;
-    EXPECT_NE(help.output.find("Example:\n  mewm " + std::string(sub)), std::string::npos)
-        << sub << ": " << help.output;
+    const std::size_t at = help.output.find("Example:\n  mewm " + std::string(sub));
+    ASSERT_NE(at, std::string::npos) << sub << ": " << help.output;
+    // Every flag the example uses is one the command offers (an example that is a usage error
+    // teaches the wrong thing): the options part of the help lists it.
+    const std::string options = help.output.substr(0, at);
+    const std::string example = help.output.substr(at, help.output.find('\n', at + 11) - at);
+    for (std::size_t p = example.find(" --"); p != std::string::npos;
+         p = example.find(" --", p + 1)) {
+      const std::string flag = example.substr(p + 1, example.find_first_of(" \n=", p + 1) - p - 1);
+      bool offered = false;  // the flag itself, not a longer one that starts with it
+      for (std::size_t q = options.find(flag); q != std::string::npos && !offered;
+           q = options.find(flag, q + 1)) {
+        const char next = q + flag.size() < options.size() ? options[q + flag.size()] : ' ';
+        offered = std::isalnum(static_cast<unsigned char>(next)) == 0 && next != '-';
+      }
+      EXPECT_TRUE(offered) << sub << ": example flag " << flag;
+    }
   }
 }
 
@@ -172,6 +188,39 @@ TEST_F(CliTest, TrainingChecksItsOutputsBeforeItStarts) {
     EXPECT_NE(r.output.find("does not exist"), std::string::npos) << kind << ": " << r.output;
     EXPECT_NE(r.output.find("m.out"), std::string::npos) << kind << ": " << r.output;
   }
+  // The state folder of `train dynamics` too: a file where the folder should be.
+  const std::string file = dir_.File("a_file");
+  std::ofstream(file) << "x";
+  const Result r = RunMewm("train dynamics --cohort " + dir_.File("none") + " --out " +
+                           dir_.File("d.pt") + " --state-dir " + file + "/state");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("a_file/state"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("d.pt")));
+}
+
+TEST_F(CliTest, AMissingTableIsNamedByTheBinary) {
+  // A scenario without its [cohort] table: the message names the table, never a placeholder.
+  const std::string scenario = dir_.File("s.toml");
+  std::ofstream(scenario) << "[run]\nname = \"t\"\n";
+  const Result r = RunMewm("run " + scenario + " --out " + dir_.File("out"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("[cohort]"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("__missing__"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("out")));
+}
+
+TEST_F(CliTest, ALibtorchErrorIsOneLineUnlessVerbose) {
+  // A file that is no checkpoint, with no checksum beside it: libtorch's reader fails, and the
+  // person sees its cause in one line; the backtrace (frame #0 ...) only with --verbose.
+  const std::string model = dir_.File("broken.pt");
+  std::ofstream(model) << std::string("PK\x03\x04 not a zip archive at all", 33);
+  Result r = RunMewm("inspect " + model);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("broken.pt"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("frame #"), std::string::npos) << r.output;
+  EXPECT_LE(std::count(r.output.begin(), r.output.end(), '\n'), 2) << r.output;
+  r = RunMewm("--verbose inspect " + model);
+  EXPECT_EQ(r.code, 1) << r.output;
 }
 
 TEST_F(CliTest, ConvertNiftiToVdbAndBackThenInspect) {
@@ -976,6 +1025,21 @@ TEST_F(CliDataTest, EmptyManifestAndRefusedResumeWriteNothing) {
   EXPECT_NE(r.output.find("cannot resume"), std::string::npos) << r.output;
   EXPECT_EQ(Snapshot(dir_.File("b")), before);
   EXPECT_FALSE(fs::exists(dir_.File("b/patients")));
+
+  // A cohort.dir holding someone else's files: refused before the run writes anything, and the
+  // files stay as they were.
+  fs::create_directories(dir_.File("theirs"));
+  Spit(dir_.File("theirs/keep.txt"), "mine");
+  std::string foreign = Scenario();
+  foreign.replace(foreign.find("spacing_mm = 3.0\n"), std::string("spacing_mm = 3.0\n").size(),
+                  "spacing_mm = 3.0\ndir = \"" + dir_.File("theirs") + "\"\n");
+  r = RunMewm("run " + Write("f.toml", foreign) + " --quiet --out " + dir_.File("f"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("not a cohort written by mewm"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir_.File("f")));
+  EXPECT_EQ(Slurp(dir_.File("theirs/keep.txt")), "mine");
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir_.File("theirs")), fs::directory_iterator()),
+            1);
 }
 
 TEST_F(CliDataTest, ResumeStopsOnACutLogOrGarbageAndLeavesTheLogAsItIs) {

@@ -183,7 +183,7 @@ Action AddEvalDynamics(CLI::App& eval_app) {
     dynamics::SamplerConfig sampler;
     std::uint64_t seed = 1;
     int folds = 5, threads = 0, patients = 0;
-    bool quiet = false;
+    bool quiet = false, json = false;
   };
   auto o = std::make_shared<Options>();
   CLI::App* sub = eval_app.add_subcommand(
@@ -215,6 +215,7 @@ Action AddEvalDynamics(CLI::App& eval_app) {
   sub->add_option("--patients", o->patients, "Only the first N patients (0 = all)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  sub->add_flag("--json", o->json, "Print the numbers as JSON on stdout instead of the table");
   sub->add_option("--json-out", o->json_out, "Also write the numbers as JSON to this file");
   sub->add_flag("--quiet", o->quiet, "No progress bar");
   return [o, sub]() -> int {
@@ -253,9 +254,13 @@ Action AddEvalDynamics(CLI::App& eval_app) {
           return (*diffusion)->Reconstruct(patient, truth);
         });
     if (!eval) return Fail(eval.error());
-    std::cout << eval->FormatTable();
-    std::printf("diffusion sampler: %d DDIM steps, eta %.2f, guidance %.2f\n", o->sampler.steps,
-                o->sampler.eta, o->sampler.guidance);
+    if (o->json) {
+      std::cout << eval->ToJson() << "\n";
+    } else {
+      std::cout << eval->FormatTable();
+      std::printf("diffusion sampler: %d DDIM steps, eta %.2f, guidance %.2f\n", o->sampler.steps,
+                  o->sampler.eta, o->sampler.guidance);
+    }
     if (!o->json_out.empty()) {
       if (auto written = WriteFileAtomic(o->json_out, eval->ToJson() + "\n"); !written) {
         return Fail(written.error());

@@ -74,6 +74,10 @@ struct RunOptions {
   /// Called with the wall time of each model call: "policy" (a proposal), "dynamics" (a
   /// simulation batch), "survival" (scoring a batch). From the runner's thread.
   std::function<void(const char* stage, double seconds)> stage_seconds;
+  /// Called with each file a manifest cohort's rows name (key "<csv>:<line> <column>", resolved
+  /// path) before the run looks at any of them. The server passes its scenario-base confinement
+  /// here, as it does to ParseScenario for the scenario's own keys. Empty: no check.
+  std::function<Status(const ScenarioPath&)> check_input;
 };
 
 struct RunSummary {
