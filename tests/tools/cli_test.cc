@@ -782,6 +782,30 @@ TEST_F(CliStreamTest, ServeSubmitWatchStatusCancelAndShutdown) {
   EXPECT_NE(r.output.find("no reply"), std::string::npos) << r.output;
 }
 
+TEST_F(CliStreamTest, ServesAdmissionFlagsAreEnforcedAndReported) {
+  Child server(
+      {"serve", "--control", control_, "--events", events_, "--results-root", dir_.File("results"),
+       "--scenario-base", dir_.path().string(), "--max-patients", "3", "--max-beam-samples", "4"},
+      dir_.File("serve.log"));
+  ASSERT_TRUE(WaitForServer()) << ReadText(dir_.File("serve.log"));
+  std::ofstream(dir_.File("many.toml")) << Scenario(6, "beams = 2\nsamples = 1\n");
+  Result r = RunMewm("submit " + dir_.File("many.toml") + Endpoints());
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("over_limit"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--max-patients"), std::string::npos) << r.output;
+  std::ofstream(dir_.File("wide.toml")) << Scenario(2, "beams = 2\nsamples = 4\n");
+  r = RunMewm("submit " + dir_.File("wide.toml") + Endpoints());
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("--max-beam-samples"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("--max-patients"), std::string::npos) << r.output;
+  r = RunMewm("status" + Endpoints());  // the limits in force, as health reports them
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("limits: patients 3,"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("beams x samples 4,"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("results/cohorts")));  // nothing generated
+  EXPECT_EQ(server.Stop(SIGTERM), 0) << ReadText(dir_.File("serve.log"));
+}
+
 TEST_F(CliStreamTest, EmbeddedRunPublishesForWatchersThatJoinLate) {
   std::ofstream(dir_.File("s.toml"))
       << Scenario(3, "search = \"exhaustive\"\nsamples = 2\n", dir_.File("out"));
