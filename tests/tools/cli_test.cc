@@ -930,7 +930,7 @@ TEST_F(CliStreamTest, KeygenCreatesAPrivateKeyAndNeverOverwritesOneSilently) {
 }  // namespace
 }  // namespace mewm
 
-// --- Data safety of run, merge and resume; model checksums; the voxel limit (issue 15) --------
+// --- Data safety of run, merge and resume; model checksums; the voxel limit ---------------------
 
 namespace mewm {
 namespace {

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
 //
-// The streaming server behind `mewm serve` (DESIGN section 6, docs/PROTOCOL.md):
+// The streaming server behind `mewm serve` (docs/DESIGN.md "Streaming", docs/PROTOCOL.md):
 //
 //   control ROUTER   submit / cancel / status / snapshot / list / health  (Request -> Reply)
 //   event PUB        [topic, Envelope, (.vdb frame)]  topics run/<id>/<type> and server/<type>
