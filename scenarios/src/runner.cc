@@ -300,35 +300,11 @@ Status CheckCohortInputs(const std::string& cohort_dir, const std::vector<Cohort
 
 }  // namespace
 
-Expected<std::unique_ptr<dynamics::DynamicsModel>> LoadDynamics(const ScenarioSpec& spec) {
-  if (spec.dynamics_backend == "diffusion") {
-    dynamics::DiffusionBackendOptions options = spec.diffusion;
-    options.actions = spec.actions;
-    options.device = spec.device;
-    // MeWM's loop as released samples with 200 ancestral steps; `reference` reproduces it.
-    if (spec.planner.search == SearchMode::kReference) {
-      options.sampler = dynamics::ReferenceSampler();
-    }
-    return dynamics::CreateRegisteredDiffusion(options);
-  }
-  MEWM_TRY(const dynamics::BiologyRegression calibration,
-           dynamics::BiologyRegression::Load(spec.calibration));
-  dynamics::MechanisticConfig config = spec.mechanistic;
-  if (spec.calibrated_uncertainty) {
-    // Samples follow the calibration's predictive spread instead of a fixed sigma.
-    for (std::size_t k = 0; k < config.sample_log_sd.size(); ++k) {
-      config.sample_log_sd[k] = std::min(4.0, calibration.residual_sd()[Eigen::Index(k)]);
-    }
-  }
-  MEWM_TRY(auto model, dynamics::MechanisticDynamics::Create(config, calibration.AsSource()));
-  return std::unique_ptr<dynamics::DynamicsModel>(std::move(model));
-}
-
-Expected<Models> LoadModels(const ScenarioSpec& spec) {
+Expected<Models> LoadModels(const ScenarioSpec& spec, const BackendRegistry& backends) {
   Models models;
-  MEWM_TRY(models.policy, policy::GuidelinePolicy::Create(spec.actions, spec.guideline));
-  MEWM_TRY(models.dynamics, LoadDynamics(spec));
-  MEWM_TRY(models.survival, survival::CoxSurvival::Load(spec.survival_model));
+  MEWM_TRY(models.policy, backends.CreatePolicy(spec));
+  MEWM_TRY(models.dynamics, backends.CreateDynamics(spec));
+  MEWM_TRY(models.survival, backends.CreateSurvival(spec));
   return models;
 }
 
@@ -605,7 +581,8 @@ Expected<std::unique_ptr<Runner>> Runner::Create(const ScenarioSpec& spec,
   MEWM_TRY(impl->cohort_dir, SyntheticCohortDir(spec, impl->out));
   impl->run_id = options.run_id.empty() ? DefaultRunId(spec) : options.run_id;
 
-  MEWM_TRY(Models models, LoadModels(spec));
+  MEWM_TRY(Models models,
+           LoadModels(spec, options.backends ? *options.backends : BackendRegistry::Builtin()));
   impl->policy = std::move(models.policy);
   impl->dynamics = std::move(models.dynamics);
   impl->survival = std::move(models.survival);

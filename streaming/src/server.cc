@@ -693,6 +693,7 @@ struct Server::Impl {
     const auto confine_input = InputConfinement(base);
     bool forbidden = false;
     scenarios::ParseOptions parse;
+    parse.backends = options.backends;
     parse.check_input = [&](const scenarios::ScenarioPath& input) {
       Status inside = confine_input(input);
       forbidden = forbidden || !inside;
@@ -769,6 +770,7 @@ struct Server::Impl {
     // A manifest's rows name more files; the runner checks them on the worker thread, where
     // reading the CSV cannot hold up the control socket.
     run->options.check_input = confine_input;
+    run->options.backends = options.backends;
     std::error_code ec;
     fs::create_directories(run->out, ec);
     if (ec) {

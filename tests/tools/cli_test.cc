@@ -209,6 +209,26 @@ TEST_F(CliTest, AMissingTableIsNamedByTheBinary) {
   EXPECT_FALSE(std::filesystem::exists(dir_.File("out")));
 }
 
+TEST_F(CliTest, ADiffusionScenarioPlansThroughTheBinarysBackendRegistry) {
+  // The binary's registry carries the libtorch backend: a diffusion scenario plans (a registry
+  // without it would end the run with "built without the diffusion dynamics backend").
+  const std::string models = std::string(MEWM_SOURCE_DIR) + "/models/";
+  const std::string scenario = dir_.File("d.toml");
+  std::ofstream(scenario) << "[run]\nname = \"d\"\nseed = 1\n[cohort]\nsource = \"synthetic\"\n"
+                             "n = 1\nseed = 5\nspacing_mm = 1.0\n[dynamics]\nbackend = "
+                             "\"diffusion\"\nmodel = \""
+                          << models
+                          << "dynamics_diffusion.pt\"\nsteps = 2\n[survival]\nbackend = \"cox\"\n"
+                             "model = \""
+                          << models
+                          << "cox_survival_diffusion.json\"\n[planner]\nbeams = 1\nsamples = 1\n"
+                             "drug_horizon = 1\nembolic_horizon = 1\n";
+  const Result r = RunMewm("run " + scenario + " --quiet --out " + dir_.File("out"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("1 planned, 0 failed"), std::string::npos) << r.output;
+  EXPECT_TRUE(std::filesystem::exists(dir_.File("out/patients/P0001/post_chosen.vdb")));
+}
+
 TEST_F(CliTest, ALibtorchErrorIsOneLineUnlessVerbose) {
   // A file that is no checkpoint, with no checksum beside it: libtorch's reader fails, and the
   // person sees its cause in one line; the backtrace (frame #0 ...) only with --verbose.

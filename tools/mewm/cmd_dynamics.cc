@@ -176,7 +176,7 @@ Expected<std::unique_ptr<dynamics::DynamicsModel>> LoadGenerator(const Generator
   return std::unique_ptr<dynamics::DynamicsModel>(std::move(model));
 }
 
-Action AddEvalDynamics(CLI::App& eval_app) {
+Action AddEvalDynamics(CLI::App& eval_app, const BackendRegistry& backends) {
   struct Options {
     std::string cohort, model, calibration = "models/mechanistic_calibration.json", json_out;
     std::string config = "cpu";
@@ -218,7 +218,7 @@ Action AddEvalDynamics(CLI::App& eval_app) {
   sub->add_flag("--json", o->json, "Print the numbers as JSON on stdout instead of the table");
   sub->add_option("--json-out", o->json_out, "Also write the numbers as JSON to this file");
   sub->add_flag("--quiet", o->quiet, "No progress bar");
-  return [o, sub]() -> int {
+  return [o, sub, &backends]() -> int {
     if (!sub->parsed()) return -1;
     const ActionBase& actions = ActionBase::Default();
     dynamics::DiffusionBackendOptions options;
@@ -234,7 +234,7 @@ Action AddEvalDynamics(CLI::App& eval_app) {
       scenarios::ScenarioSpec spec;
       spec.dynamics_backend = "mechanistic";
       spec.calibration = o->calibration;
-      auto loaded = scenarios::LoadDynamics(spec);
+      auto loaded = backends.CreateDynamics(spec);
       if (!loaded) return Fail(loaded.error());
       mechanistic = std::move(*loaded);
       methods.emplace_back("mechanistic", mechanistic.get());
@@ -278,7 +278,7 @@ double Seconds(std::chrono::steady_clock::time_point t0) {
 
 }  // namespace
 
-Action AddBenchDynamics(CLI::App& bench_app) {
+Action AddBenchDynamics(CLI::App& bench_app, const BackendRegistry& backends) {
   struct Options {
     std::string scenario, json_out;
     int batch = 8, iterations = 10;
@@ -295,9 +295,9 @@ Action AddBenchDynamics(CLI::App& bench_app) {
       ->capture_default_str();
   sub->add_option("--iterations", o->iterations, "Timed forwards")->capture_default_str();
   sub->add_option("--json-out", o->json_out, "Also write the figures as JSON to this file");
-  return [o, sub]() -> int {
+  return [o, sub, &backends]() -> int {
     if (!sub->parsed()) return -1;
-    auto spec = scenarios::LoadScenario(o->scenario);
+    auto spec = scenarios::LoadScenario(o->scenario, &backends);
     if (!spec) return Fail(spec.error());
     if (spec->dynamics_backend != "diffusion") {
       return Fail(Error{ErrorCode::kInvalidArgument,

@@ -65,6 +65,10 @@ struct ServerOptions {
   /// Submits whose estimated cost is over a limit are refused with `over_limit` (health reports
   /// them). SubmitLocal is not limited.
   AdmissionLimits limits;
+  /// The backends submitted scenarios may name, and that create their models; nullptr:
+  /// scenarios::BackendRegistry::Builtin() (it parses every shipped backend, but has no diffusion
+  /// model). The registry must outlive the server.
+  const scenarios::BackendRegistry* backends = nullptr;
 };
 
 /// Runs one scenario, emitting every event to `sink`. The server keeps events.jsonl itself
