@@ -24,6 +24,7 @@
 #include <zmq_addon.hpp>
 
 #include "metrics.h"
+#include "mewm/core/batch_queue.h"
 #include "mewm/core/file_util.h"
 #include "mewm/core/log.h"
 #include "mewm/core/seed.h"
@@ -271,11 +272,8 @@ struct Server::Impl {
   std::uint64_t server_seq = 0;
 
   static constexpr std::size_t kMaxQueuedEvents = 8192;
-  std::mutex log_mutex;  // guards the log queue and its counters
-  std::condition_variable log_cv, log_done_cv;
-  std::deque<LogItem> log_queue;
-  std::uint64_t log_enqueued = 0, log_written = 0;
-  bool log_stop = false;
+  /// Events on their way to the log thread (LogLoop), which writes each batch then publishes it.
+  BatchQueue<LogItem> log_queue{kMaxQueuedEvents};
   std::thread log_thread;
 
   mutable std::mutex runs_mutex;
@@ -299,11 +297,7 @@ struct Server::Impl {
     }
     runs_cv.notify_all();
     if (worker.joinable()) worker.join();
-    {
-      std::lock_guard<std::mutex> lock(log_mutex);
-      log_stop = true;
-    }
-    log_cv.notify_all();
+    log_queue.Stop();
     if (log_thread.joinable()) log_thread.join();
     metrics.reset();
     control.close();
@@ -401,47 +395,25 @@ struct Server::Impl {
     }
     item.encoded = EncodeEnvelope(wire);
     item.topic = RunTopicPrefix(run->id) + scenarios::EventTypeName(event.body);
-    bool wake;
-    {
-      std::unique_lock<std::mutex> lock(log_mutex);
-      // A disk slower than the run holds the run back (bounded memory), not the subscribers.
-      log_done_cv.wait(lock, [&] { return log_queue.size() < kMaxQueuedEvents; });
-      wake = log_queue.empty();  // a busy log thread finds the item without a wake-up
-      log_queue.push_back(std::move(item));
-      ++log_enqueued;
-    }
-    if (wake) log_cv.notify_one();
+    // A disk slower than the run holds the run back (bounded memory), not the subscribers.
+    log_queue.Push(std::move(item));
     return {};
   }
 
   /// Waits until everything queued so far is written and published.
-  void Flush() {
-    std::unique_lock<std::mutex> lock(log_mutex);
-    const std::uint64_t target = log_enqueued;
-    log_done_cv.wait(lock, [&] { return log_written >= target; });
-  }
+  void Flush() { log_queue.Flush(); }
 
   void LogLoop() {
     for (;;) {
-      std::deque<LogItem> batch;
-      {
-        std::unique_lock<std::mutex> lock(log_mutex);
-        log_cv.wait(lock, [&] { return log_stop || !log_queue.empty(); });
-        if (log_queue.empty()) return;
-        batch.swap(log_queue);
-      }
-      log_done_cv.notify_all();  // room in the queue again
+      std::deque<LogItem> batch = log_queue.TakeAll();
+      if (batch.empty()) return;  // stopped, and everything is written
       for (std::size_t begin = 0; begin < batch.size();) {
         std::size_t end = begin + 1;
         while (end < batch.size() && batch[end].run == batch[begin].run) ++end;
         WriteThenPublish(batch, begin, end);
         begin = end;
       }
-      {
-        std::lock_guard<std::mutex> lock(log_mutex);
-        log_written += batch.size();
-      }
-      log_done_cv.notify_all();
+      log_queue.Done(batch.size());
     }
   }
 
