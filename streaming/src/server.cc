@@ -27,6 +27,7 @@
 #include "mewm/core/batch_queue.h"
 #include "mewm/core/file_util.h"
 #include "mewm/core/log.h"
+#include "mewm/core/mutex_guarded.h"
 #include "mewm/core/seed.h"
 #include "mewm/streaming/admission.h"
 #include "zmq_util.h"
@@ -276,24 +277,27 @@ struct Server::Impl {
   BatchQueue<LogItem> log_queue{kMaxQueuedEvents};
   std::thread log_thread;
 
-  mutable std::mutex runs_mutex;
-  std::condition_variable runs_cv;
-  std::map<std::string, std::shared_ptr<RunRecord>> runs;
-  std::vector<std::shared_ptr<RunRecord>> run_order;
-  std::deque<std::shared_ptr<RunRecord>> queue;
-  std::shared_ptr<RunRecord> active;
-  std::map<std::string, std::string> by_client_request;
-  std::vector<std::string> models_loaded;
-  bool accepting = true, worker_stop = false;
-  std::optional<Expected<scenarios::RunSummary>> last_summary;
-  std::mt19937_64 id_rng{std::random_device{}()};
+  /// The runs the server knows and its queue: reachable only under their lock (`table.Lock()`).
+  struct RunTable {
+    std::map<std::string, std::shared_ptr<RunRecord>> runs;
+    std::vector<std::shared_ptr<RunRecord>> run_order;
+    std::deque<std::shared_ptr<RunRecord>> queue;
+    std::shared_ptr<RunRecord> active;
+    std::map<std::string, std::string> by_client_request;
+    std::vector<std::string> models_loaded;
+    bool accepting = true, worker_stop = false;
+    std::optional<Expected<scenarios::RunSummary>> last_summary;
+    std::mt19937_64 id_rng{std::random_device{}()};
+  };
+  MutexGuarded<RunTable> table;
+  std::condition_variable runs_cv;  ///< the queue or worker_stop changed, or a run ended
 
   ~Impl() {
     {
-      std::lock_guard<std::mutex> lock(runs_mutex);
-      worker_stop = true;
-      for (auto& run : queue) run->cancel = true;
-      if (active) active->cancel = true;
+      auto t = table.Lock();
+      t->worker_stop = true;
+      for (auto& run : t->queue) run->cancel = true;
+      if (t->active) t->active->cancel = true;
     }
     runs_cv.notify_all();
     if (worker.joinable()) worker.join();
@@ -495,13 +499,13 @@ struct Server::Impl {
     for (;;) {
       std::shared_ptr<RunRecord> run;
       {
-        std::unique_lock<std::mutex> lock(runs_mutex);
-        runs_cv.wait(lock, [&] { return worker_stop || !queue.empty(); });
-        if (queue.empty()) return;
-        run = queue.front();
-        queue.pop_front();
-        active = run;
-        models_loaded = {
+        auto t = table.Lock();
+        runs_cv.wait(t.lock(), [&] { return t->worker_stop || !t->queue.empty(); });
+        if (t->queue.empty()) return;
+        run = t->queue.front();
+        t->queue.pop_front();
+        t->active = run;
+        t->models_loaded = {
             "policy:" + run->spec.policy_backend,
             "dynamics:" + run->spec.dynamics_backend +
                 (run->spec.calibration.empty() ? "" : " " + run->spec.calibration) +
@@ -515,10 +519,7 @@ struct Server::Impl {
         run->state = RunState::kRunning;
       }
       Execute(run);
-      {
-        std::lock_guard<std::mutex> lock(runs_mutex);
-        active.reset();
-      }
+      table.Lock()->active.reset();
       runs_cv.notify_all();
     }
   }
@@ -557,8 +558,7 @@ struct Server::Impl {
       if (run->fd >= 0) ::close(run->fd);
       run->fd = -1;
     }
-    std::lock_guard<std::mutex> lock(runs_mutex);
-    last_summary = std::move(summary);
+    table.Lock()->last_summary = std::move(summary);
   }
 
   /// Lists the runs an earlier server process left under the results root, from their logs, so
@@ -599,26 +599,31 @@ struct Server::Impl {
     }
     std::sort(found.begin(), found.end(),
               [](const auto& a, const auto& b) { return a.first < b.first; });
-    for (auto& [time, run] : found) {
-      if (runs.count(run->id)) {
-        LogWarn("not recovering a second run " + run->id + " in " + run->out);
-        continue;
+    std::vector<std::shared_ptr<RunRecord>> cut_off;
+    {
+      auto t = table.Lock();
+      for (auto& [time, run] : found) {
+        if (t->runs.count(run->id)) {
+          LogWarn("not recovering a second run " + run->id + " in " + run->out);
+          continue;
+        }
+        t->runs[run->id] = run;
+        t->run_order.push_back(run);
+        if (!IsEnded(run->state)) cut_off.push_back(run);
       }
-      runs[run->id] = run;
-      run_order.push_back(run);
-      if (!IsEnded(run->state)) {
-        (void)Append(run, scenarios::RunFailed{"interrupted: the server stopped before the run "
-                                               "ended (restarted server)"});
-      }
+    }
+    for (const auto& run : cut_off) {  // logged outside the lock: Append waits for the log
+      (void)Append(run, scenarios::RunFailed{"interrupted: the server stopped before the run "
+                                             "ended (restarted server)"});
     }
   }
 
-  std::string NewRunId(const std::string& name) {
+  static std::string NewRunId(RunTable& t, const std::string& name) {
     for (;;) {
       char hex[17];
-      std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(id_rng()));
+      std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(t.id_rng()));
       std::string id = name + "-" + std::string(hex).substr(0, 8);
-      if (!runs.count(id)) return id;
+      if (!t.runs.count(id)) return id;
     }
   }
 
@@ -629,9 +634,9 @@ struct Server::Impl {
   }
 
   std::shared_ptr<RunRecord> Find(const std::string& id) {
-    std::lock_guard<std::mutex> lock(runs_mutex);
-    auto it = runs.find(id);
-    return it == runs.end() ? nullptr : it->second;
+    auto t = table.Lock();
+    auto it = t->runs.find(id);
+    return it == t->runs.end() ? nullptr : it->second;
   }
 
   Reply HandleSubmit(const Request& request, const SubmitRequest& submit) {
@@ -640,14 +645,14 @@ struct Server::Impl {
       return Fail(request.request_id, code, std::move(message));
     };
     {
-      std::lock_guard<std::mutex> lock(runs_mutex);
-      if (!accepting) return reject(ReplyError::kShuttingDown, "the server is shutting down");
+      auto t = table.Lock();
+      if (!t->accepting) return reject(ReplyError::kShuttingDown, "the server is shutting down");
       if (!submit.client_request_id.empty()) {
-        if (auto it = by_client_request.find(submit.client_request_id);
-            it != by_client_request.end()) {
+        if (auto it = t->by_client_request.find(submit.client_request_id);
+            it != t->by_client_request.end()) {
           int position = 0;  // 0 also when it already left the queue
-          for (std::size_t i = 0; i < queue.size(); ++i) {
-            if (queue[i]->id == it->second) position = int(i);
+          for (std::size_t i = 0; i < t->queue.size(); ++i) {
+            if (t->queue[i]->id == it->second) position = int(i);
           }
           return Reply{request.request_id, Submitted{it->second, position, true}};
         }
@@ -711,14 +716,14 @@ struct Server::Impl {
     auto run = std::make_shared<RunRecord>();
     int position = 0;
     {
-      std::lock_guard<std::mutex> lock(runs_mutex);
-      if (int(queue.size()) >= options.queue_capacity) {
+      auto t = table.Lock();
+      if (int(t->queue.size()) >= options.queue_capacity) {
         return reject(ReplyError::kQueueFull, "the run queue is full (" +
                                                   std::to_string(options.queue_capacity) +
                                                   " waiting); try again later");
       }
-      run->id = NewRunId(spec->name);
-      position = int(queue.size());
+      run->id = NewRunId(*t, spec->name);
+      position = int(t->queue.size());
     }
     run->trace_id = request.trace_id.empty() ? run->id : request.trace_id;
     run->out = (*output / run->id).string();
@@ -754,11 +759,13 @@ struct Server::Impl {
       return Fail(request.request_id, ReplyError::kInternal, accepted.error().message);
     }
     {
-      std::lock_guard<std::mutex> lock(runs_mutex);
-      runs[run->id] = run;
-      run_order.push_back(run);
-      queue.push_back(run);
-      if (!submit.client_request_id.empty()) by_client_request[submit.client_request_id] = run->id;
+      auto t = table.Lock();
+      t->runs[run->id] = run;
+      t->run_order.push_back(run);
+      t->queue.push_back(run);
+      if (!submit.client_request_id.empty()) {
+        t->by_client_request[submit.client_request_id] = run->id;
+      }
     }
     runs_cv.notify_all();
     return Reply{request.request_id, Submitted{run->id, position, false}};
@@ -769,10 +776,10 @@ struct Server::Impl {
     if (!run) return Fail(request.request_id, ReplyError::kUnknownRun, "no run '" + id + "'");
     bool was_queued = false;
     {
-      std::lock_guard<std::mutex> lock(runs_mutex);
-      for (auto it = queue.begin(); it != queue.end(); ++it) {
+      auto t = table.Lock();
+      for (auto it = t->queue.begin(); it != t->queue.end(); ++it) {
         if (*it == run) {
-          queue.erase(it);
+          t->queue.erase(it);
           was_queued = true;
           break;
         }
@@ -835,10 +842,10 @@ struct Server::Impl {
     h.uptime_seconds = Since(started);
     h.queue_capacity = options.queue_capacity;
     {
-      std::lock_guard<std::mutex> lock(runs_mutex);
-      h.queue_depth = int(queue.size());
-      h.active_run = active ? active->id : "";
-      h.models_loaded = models_loaded;
+      auto t = table.Lock();
+      h.queue_depth = int(t->queue.size());
+      h.active_run = t->active ? t->active->id : "";
+      h.models_loaded = t->models_loaded;
     }
     h.events_published = published.load();
     h.events_dropped = dropped.load();
@@ -880,8 +887,8 @@ struct Server::Impl {
     }
     if (std::holds_alternative<ListRunsRequest>(request->body)) {
       RunList list;
-      std::lock_guard<std::mutex> lock(runs_mutex);
-      for (const auto& run : run_order) list.runs.push_back(run->GetStatus());
+      auto t = table.Lock();
+      for (const auto& run : t->run_order) list.runs.push_back(run->GetStatus());
       return Reply{rid, std::move(list)};
     }
     return Reply{rid, MakeHealth()};
@@ -1035,19 +1042,19 @@ Status Server::Serve() {
   for (;;) {
     const bool idle_exit = [&] {
       if (!m.options.exit_when_idle) return false;
-      std::lock_guard<std::mutex> lock(m.runs_mutex);
-      return m.queue.empty() && !m.active;
+      auto t = m.table.Lock();
+      return t->queue.empty() && !t->active;
     }();
     if ((m.stop.load() || idle_exit) && !shutting_down) {
       shutting_down = true;
       std::deque<std::shared_ptr<RunRecord>> queued;
       {
-        std::lock_guard<std::mutex> lock(m.runs_mutex);
-        m.accepting = false;
-        m.worker_stop = true;
-        queued.swap(m.queue);
-        if (m.active && !m.options.finish_on_shutdown) {
-          m.active->cancel = true;
+        auto t = m.table.Lock();
+        t->accepting = false;
+        t->worker_stop = true;
+        queued.swap(t->queue);
+        if (t->active && !m.options.finish_on_shutdown) {
+          t->active->cancel = true;
           ++cancelled_runs;
         }
       }
@@ -1060,8 +1067,8 @@ Status Server::Serve() {
       }
     }
     if (shutting_down) {
-      std::lock_guard<std::mutex> lock(m.runs_mutex);
-      if (!m.active && m.queue.empty()) break;
+      auto t = m.table.Lock();
+      if (!t->active && t->queue.empty()) break;
     }
     // Keep answering status and snapshots while a run drains.
     if (m.control) {
@@ -1072,11 +1079,11 @@ Status Server::Serve() {
     if (SteadyNs() - m.last_publish_ns.load(std::memory_order_relaxed) >= heartbeat_ns) {
       Heartbeat beat;
       {
-        std::lock_guard<std::mutex> lock(m.runs_mutex);
-        beat = {m.active ? m.active->id : "", int(m.queue.size()), {}};
+        auto t = m.table.Lock();
+        beat = {t->active ? t->active->id : "", int(t->queue.size()), {}};
         const std::int64_t recent = SteadyNs() - 60'000'000'000;
-        for (auto it = m.run_order.rbegin();
-             it != m.run_order.rend() && beat.recent_runs.size() < 16; ++it) {
+        for (auto it = t->run_order.rbegin();
+             it != t->run_order.rend() && beat.recent_runs.size() < 16; ++it) {
           if ((*it)->last_event_ns.load(std::memory_order_relaxed) < recent) continue;
           beat.recent_runs.push_back({(*it)->id, (*it)->GetStatus().last_seq});
         }
@@ -1109,16 +1116,16 @@ Expected<std::string> Server::SubmitLocal(const scenarios::ScenarioSpec& spec,
     }
   }
   {
-    std::lock_guard<std::mutex> lock(impl_->runs_mutex);
-    if (!impl_->accepting) {
+    auto t = impl_->table.Lock();
+    if (!t->accepting) {
       return MakeError(ErrorCode::kCancelled, "the server is shutting down");
     }
-    if (impl_->runs.count(run->id)) {
+    if (t->runs.count(run->id)) {
       return MakeError(ErrorCode::kInvalidArgument, "run '" + run->id + "' is already known");
     }
-    impl_->runs[run->id] = run;
-    impl_->run_order.push_back(run);
-    impl_->queue.push_back(run);
+    t->runs[run->id] = run;
+    t->run_order.push_back(run);
+    t->queue.push_back(run);
   }
   impl_->runs_cv.notify_all();
   return run->id;
@@ -1134,9 +1141,9 @@ std::string Server::HandleRequestForTest(std::string_view request) {
 }
 
 Expected<scenarios::RunSummary> Server::last_summary() const {
-  std::lock_guard<std::mutex> lock(impl_->runs_mutex);
-  if (!impl_->last_summary) return MakeError(ErrorCode::kNotFound, "no run has finished");
-  return *impl_->last_summary;
+  auto t = impl_->table.Lock();
+  if (!t->last_summary) return MakeError(ErrorCode::kNotFound, "no run has finished");
+  return *t->last_summary;
 }
 
 // --- keys ---------------------------------------------------------------------------------------
