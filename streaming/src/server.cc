@@ -256,7 +256,7 @@ struct Server::Impl {
   ServerOptions options;
   RunFunction run_fn;
   zmq::context_t context{1};
-  zmq::socket_t control, events, zap;
+  zmq::socket_t control, zap;
   std::string control_ep, event_ep, public_key;
   std::set<std::string> allowlist;
   std::thread zap_thread, worker;
@@ -269,8 +269,12 @@ struct Server::Impl {
   std::atomic<std::uint64_t> published{0}, dropped{0}, bad_requests{0}, rejected{0},
       auth_failures{0};
   std::atomic<std::int64_t> last_publish_ns{SteadyNs()};
-  std::mutex pub_mutex;  // guards `events` and server_seq
-  std::uint64_t server_seq = 0;
+  /// The event PUB socket and the server's own event sequence: one sender at a time.
+  struct Publisher {
+    zmq::socket_t socket;
+    std::uint64_t server_seq = 0;
+  };
+  MutexGuarded<Publisher> pub;
 
   static constexpr std::size_t kMaxQueuedEvents = 8192;
   /// Events on their way to the log thread (LogLoop), which writes each batch then publishes it.
@@ -305,7 +309,7 @@ struct Server::Impl {
     if (log_thread.joinable()) log_thread.join();
     metrics.reset();
     control.close();
-    events.close();
+    pub.Lock()->socket.close();
     zap_stop = true;
     if (zap_thread.joinable()) zap_thread.join();
   }
@@ -314,12 +318,14 @@ struct Server::Impl {
 
   /// Sends [topic, envelope, (volume)] without blocking; counts a drop when a subscriber is full.
   void Publish(const std::string& topic, const std::string& envelope, std::string* volume) {
-    std::lock_guard<std::mutex> lock(pub_mutex);
-    PublishLocked(topic, envelope, volume);
+    PublishLocked(*pub.Lock(), topic, envelope, volume);
   }
 
-  /// Publish() for a caller that holds pub_mutex (the log thread sends a batch under one lock).
-  void PublishLocked(const std::string& topic, const std::string& envelope, std::string* volume) {
+  /// Publish() for a caller that holds the publisher (the log thread sends a batch under one
+  /// lock).
+  void PublishLocked(Publisher& publisher, const std::string& topic, const std::string& envelope,
+                     std::string* volume) {
+    zmq::socket_t& events = publisher.socket;
     const auto more = zmq::send_flags::sndmore | zmq::send_flags::dontwait;
     if (!events.send(zmq::buffer(topic), more)) {
       // A subscriber is at its high-water mark (XPUB_NODROP refuses the send to tell us). Count
@@ -348,10 +354,7 @@ struct Server::Impl {
 
   void PublishServer(std::variant<Heartbeat, ServerClosing> body) {
     ServerEvent event;
-    {
-      std::lock_guard<std::mutex> lock(pub_mutex);
-      event.seq = ++server_seq;
-    }
+    event.seq = ++pub.Lock()->server_seq;
     event.timestamp_ns = scenarios::NowNs();
     event.body = std::move(body);
     const Envelope envelope(std::move(event));
@@ -462,10 +465,11 @@ struct Server::Impl {
       }
     }
     run.last_event_ns.store(SteadyNs(), std::memory_order_relaxed);
-    std::lock_guard<std::mutex> lock(pub_mutex);
+    auto publisher = pub.Lock();
     for (std::size_t i = begin; i < end; ++i) {
       LogItem& item = batch[i];
-      PublishLocked(item.topic, item.encoded, item.volume.empty() ? nullptr : &item.volume);
+      PublishLocked(*publisher, item.topic, item.encoded,
+                    item.volume.empty() ? nullptr : &item.volume);
       stages.publish().Observe(Since(item.made));  // made -> on disk -> sent
     }
   }
@@ -965,7 +969,8 @@ struct Server::Impl {
     zap = zmq::socket_t(context, zmq::socket_type::rep);
     zap.bind("inproc://zeromq.zap.01");
     zap_thread = std::thread([this] { ZapLoop(); });
-    for (zmq::socket_t* socket : {&control, &events}) {
+    auto publisher = pub.Lock();  // set up before any thread publishes
+    for (zmq::socket_t* socket : {&control, &publisher->socket}) {
       socket->set(zmq::sockopt::curve_server, 1);
       socket->set(zmq::sockopt::curve_secretkey, secret);
       socket->set(zmq::sockopt::zap_domain, "mewm");
@@ -992,17 +997,21 @@ Expected<std::unique_ptr<Server>> Server::Create(const ServerOptions& options, R
   impl->options = options;
   impl->run_fn = std::move(run);
   try {
-    impl->events = zmq::socket_t(impl->context, zmq::socket_type::pub);
+    impl->pub.Lock()->socket = zmq::socket_t(impl->context, zmq::socket_type::pub);
     if (!options.control_endpoint.empty()) {
       impl->control = zmq::socket_t(impl->context, zmq::socket_type::router);
     }
-    MEWM_RETURN_IF_ERROR(impl->SetUpCurve());
-    impl->events.set(zmq::sockopt::sndhwm, options.send_hwm);
-    impl->events.set(zmq::sockopt::xpub_nodrop, 1);  // EAGAIN at the HWM: drops are counted
-    impl->events.set(zmq::sockopt::maxmsgsize, std::int64_t(options.hard_max_message_bytes));
-    impl->events.set(zmq::sockopt::linger, options.linger_ms);
-    impl->events.bind(options.event_endpoint);
-    impl->event_ep = BoundEndpoint(impl->events);
+    MEWM_RETURN_IF_ERROR(impl->SetUpCurve());  // on both sockets, before they bind
+    {
+      auto publisher = impl->pub.Lock();
+      zmq::socket_t& events = publisher->socket;
+      events.set(zmq::sockopt::sndhwm, options.send_hwm);
+      events.set(zmq::sockopt::xpub_nodrop, 1);  // EAGAIN at the HWM: drops are counted
+      events.set(zmq::sockopt::maxmsgsize, std::int64_t(options.hard_max_message_bytes));
+      events.set(zmq::sockopt::linger, options.linger_ms);
+      events.bind(options.event_endpoint);
+      impl->event_ep = BoundEndpoint(events);
+    }
     if (impl->control) {
       impl->control.set(zmq::sockopt::maxmsgsize, std::int64_t(options.hard_max_message_bytes));
       impl->control.set(zmq::sockopt::linger, options.linger_ms);
