@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -261,34 +260,6 @@ DenseFloat BlendWeight(const DenseFloat& mask, double spacing_mm, double margin_
     }
   }
   return w;
-}
-
-namespace {
-std::mutex registry_mutex;
-DiffusionFactory& Registered() {
-  static DiffusionFactory factory;
-  return factory;
-}
-}  // namespace
-
-void SetDiffusionFactory(DiffusionFactory factory) {
-  std::lock_guard<std::mutex> lock(registry_mutex);
-  Registered() = std::move(factory);
-}
-
-Expected<std::unique_ptr<DynamicsModel>> CreateRegisteredDiffusion(
-    const DiffusionBackendOptions& options) {
-  DiffusionFactory factory;
-  {
-    std::lock_guard<std::mutex> lock(registry_mutex);
-    factory = Registered();
-  }
-  if (!factory) {
-    return MakeError(ErrorCode::kUnsupported,
-                     "this binary was built without the diffusion dynamics backend (link "
-                     "mewm::dynamics_diffusion and call EnableDiffusionBackend)");
-  }
-  return factory(options);
 }
 
 }  // namespace mewm::dynamics

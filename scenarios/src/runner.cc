@@ -271,37 +271,40 @@ Status PrepareSyntheticCohort(const ScenarioSpec& spec, const std::string& dir,
   return GenerateCohort(c, spec.actions);
 }
 
-}  // namespace
-
-Expected<std::unique_ptr<dynamics::DynamicsModel>> LoadDynamics(const ScenarioSpec& spec) {
-  if (spec.dynamics_backend == "diffusion") {
-    dynamics::DiffusionBackendOptions options = spec.diffusion;
-    options.actions = spec.actions;
-    options.device = spec.device;
-    // MeWM's loop as released samples with 200 ancestral steps; `reference` reproduces it.
-    if (spec.planner.search == SearchMode::kReference) {
-      options.sampler = dynamics::ReferenceSampler();
-    }
-    return dynamics::CreateRegisteredDiffusion(options);
+/// Every file the manifest rows name, through `check` (the server's confinement). Then the run's
+/// own inputs: a synthetic cohort folder that mewm did not write is refused here, before the run
+/// writes anything, rather than when the cohort is prepared.
+Status CheckCohortInputs(const std::string& cohort_dir, const std::vector<CohortEntry>* manifest,
+                         const std::function<Status(const ScenarioPath&)>& check) {
+  if (manifest == nullptr) {
+    if (IsEmptyOrMewmCohort(cohort_dir)) return {};
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "cohort folder '" + cohort_dir + "' is not a cohort written by mewm (no " +
+                         std::string(kCohortMarker) + " or manifest.json from the synthetic " +
+                         "world); mewm replaces only its own cohorts, so set cohort.dir to " +
+                         "another folder or empty it");
   }
-  MEWM_TRY(const dynamics::BiologyRegression calibration,
-           dynamics::BiologyRegression::Load(spec.calibration));
-  dynamics::MechanisticConfig config = spec.mechanistic;
-  if (spec.calibrated_uncertainty) {
-    // Samples follow the calibration's predictive spread instead of a fixed sigma.
-    for (std::size_t k = 0; k < config.sample_log_sd.size(); ++k) {
-      config.sample_log_sd[k] = std::min(4.0, calibration.residual_sd()[Eigen::Index(k)]);
+  if (!check) return {};
+  for (const CohortEntry& e : *manifest) {
+    for (const auto& [column, path] : {std::pair<const char*, const std::string*>{"ct", &e.ct},
+                                       {"tumor", &e.tumor},
+                                       {"liver", &e.liver},
+                                       {"note", &e.note},
+                                       {"post", &e.post}}) {
+      if (path->empty()) continue;
+      MEWM_RETURN_IF_ERROR(check({e.origin + " " + column, *path}));
     }
   }
-  MEWM_TRY(auto model, dynamics::MechanisticDynamics::Create(config, calibration.AsSource()));
-  return std::unique_ptr<dynamics::DynamicsModel>(std::move(model));
+  return {};
 }
 
-Expected<Models> LoadModels(const ScenarioSpec& spec) {
+}  // namespace
+
+Expected<Models> LoadModels(const ScenarioSpec& spec, const BackendRegistry& backends) {
   Models models;
-  MEWM_TRY(models.policy, policy::GuidelinePolicy::Create(spec.actions, spec.guideline));
-  MEWM_TRY(models.dynamics, LoadDynamics(spec));
-  MEWM_TRY(models.survival, survival::CoxSurvival::Load(spec.survival_model));
+  MEWM_TRY(models.policy, backends.CreatePolicy(spec));
+  MEWM_TRY(models.dynamics, backends.CreateDynamics(spec));
+  MEWM_TRY(models.survival, backends.CreateSurvival(spec));
   return models;
 }
 
@@ -578,7 +581,8 @@ Expected<std::unique_ptr<Runner>> Runner::Create(const ScenarioSpec& spec,
   MEWM_TRY(impl->cohort_dir, SyntheticCohortDir(spec, impl->out));
   impl->run_id = options.run_id.empty() ? DefaultRunId(spec) : options.run_id;
 
-  MEWM_TRY(Models models, LoadModels(spec));
+  MEWM_TRY(Models models,
+           LoadModels(spec, options.backends ? *options.backends : BackendRegistry::Builtin()));
   impl->policy = std::move(models.policy);
   impl->dynamics = std::move(models.dynamics);
   impl->survival = std::move(models.survival);
@@ -590,9 +594,11 @@ Status CheckRunFolder(const ScenarioSpec& spec, const RunOptions& options) {
   const std::string run_id = options.run_id.empty() ? DefaultRunId(spec) : options.run_id;
   MEWM_RETURN_IF_ERROR(CheckFolder(spec, options, out, run_id));
   if (spec.cohort.source == CohortSpec::Source::kManifest) {
-    MEWM_RETURN_IF_ERROR(ReadManifest(spec.cohort.manifest));
+    MEWM_TRY(const auto entries, ReadManifest(spec.cohort.manifest));
+    return CheckCohortInputs("", &entries, options.check_input);
   }
-  return {};
+  MEWM_TRY(const std::string cohort_dir, SyntheticCohortDir(spec, out));
+  return CheckCohortInputs(cohort_dir, nullptr, options.check_input);
 }
 
 Expected<RunSummary> Runner::Run(EventSink& sink) {
@@ -605,6 +611,8 @@ Expected<RunSummary> Runner::Run(EventSink& sink) {
   if (m.spec.cohort.source == CohortSpec::Source::kManifest) {
     MEWM_TRY(manifest_entries, ReadManifest(m.spec.cohort.manifest));
   }
+  MEWM_RETURN_IF_ERROR(CheckCohortInputs(
+      m.cohort_dir, manifest_entries ? &*manifest_entries : nullptr, m.options.check_input));
   MEWM_RETURN_IF_ERROR(m.PrepareFolder());
   const std::string events_path = (fs::path(m.out) / "events.jsonl").string();
   // A resumed run continues the earlier sequence, so the log stays one gap-free stream.

@@ -12,6 +12,7 @@
 #include "mewm/core/device.h"
 #include "mewm/core/file_util.h"
 #include "mewm/core/text.h"
+#include "mewm/scenarios/backends.h"
 
 namespace mewm::scenarios {
 namespace fs = std::filesystem;
@@ -26,14 +27,6 @@ const char* ToString(SearchMode mode) {
       return "exhaustive";
   }
   return "?";
-}
-
-const std::vector<std::string>& KnownBackends(const std::string& family) {
-  static const std::map<std::string, std::vector<std::string>> backends = {
-      {"policy", {"guideline"}}, {"dynamics", {"mechanistic", "diffusion"}}, {"survival", {"cox"}}};
-  static const std::vector<std::string> none;
-  auto it = backends.find(family);
-  return it == backends.end() ? none : it->second;
 }
 
 namespace {
@@ -120,14 +113,16 @@ struct PathReader {
 /// Reads a scenario's tables into `s`, one method per table, collecting every problem.
 class ScenarioParser {
  public:
-  ScenarioParser(ScenarioSpec& spec, Problems& problems, PathReader& paths)
-      : s(spec), problems(problems), paths(paths) {}
+  ScenarioParser(ScenarioSpec& spec, Problems& problems, PathReader& paths,
+                 const BackendRegistry& backends)
+      : s(spec), problems(problems), paths(paths), backends(backends) {}
 
   void ReadRun(const ConfigTable& run);
   void ReadCohort(const ConfigTable& cohort);
-  void ReadPolicy(const ConfigTable& pol);
-  void ReadDynamics(const ConfigTable& dyn);
-  void ReadSurvival(const ConfigTable& surv);
+  /// A model table ([policy], [dynamics], [survival]): its `backend` (one of the registry's
+  /// names), then the keys that backend accepts, read by the registry's entry.
+  void ReadBackend(BackendFamily family, const ConfigTable& table, std::string* backend,
+                   const std::optional<std::string>& fallback);
   void ReadPlanner(const ConfigTable& plan);
   /// False when the action base could not be read (the constraints are then not checked).
   bool ReadActions(const ConfigTable& act);
@@ -143,6 +138,24 @@ class ScenarioParser {
   ScenarioSpec& s;
   Problems& problems;
   PathReader& paths;
+  const BackendRegistry& backends;
+};
+
+/// A backend's view of the parser: its table, the problem list and the path reader.
+class TableReader : public BackendTableReader {
+ public:
+  TableReader(const ConfigTable& table, Problems& problems, PathReader& paths)
+      : table_(table), problems_(problems), paths_(paths) {}
+  const ConfigTable& table() const override { return table_; }
+  void Problem(const std::string& message) override { problems_.Add(message); }
+  bool Path(const std::string& key, std::string* out) override {
+    return paths_.Read(table_, key, out);
+  }
+
+ private:
+  const ConfigTable& table_;
+  Problems& problems_;
+  PathReader& paths_;
 };
 
 void ScenarioParser::ReadRun(const ConfigTable& run) {
@@ -183,50 +196,13 @@ void ScenarioParser::ReadCohort(const ConfigTable& cohort) {
   problems.Check(cohort.RejectUnknownKeys());
 }
 
-void ScenarioParser::ReadPolicy(const ConfigTable& pol) {
-  problems.Take(pol.GetEnum("backend", KnownBackends("policy"), std::string("guideline")),
-                &s.policy_backend);
-  Int(pol, "max_drugs", s.guideline.max_drugs, 2, 64, &s.guideline.max_drugs);
-  Int(pol, "max_embolics", s.guideline.max_embolics, 1, 64, &s.guideline.max_embolics);
-  problems.Check(pol.RejectUnknownKeys());
-}
-
-void ScenarioParser::ReadDynamics(const ConfigTable& dyn) {
-  problems.Take(dyn.GetEnum("backend", KnownBackends("dynamics")), &s.dynamics_backend);
-  if (s.dynamics_backend == "diffusion") {
-    // The learned backend: a checkpoint, its preset and the DDIM sampler.
-    paths.Read(dyn, "model", &s.diffusion.model_path);
-    problems.Take(dyn.GetEnum("config", {"cpu", "mewm"}, std::string("cpu")), &s.diffusion.config);
-    dynamics::SamplerConfig& sampler = s.diffusion.sampler;
-    std::int64_t steps = sampler.steps;
-    if (problems.Take(dyn.GetInt("steps", sampler.steps, 1, 1000), &steps)) {
-      sampler.steps = int(steps);
-    }
-    problems.Take(dyn.GetDouble("eta", sampler.eta, 0.0, 1.0), &sampler.eta);
-    problems.Take(dyn.GetDouble("guidance", sampler.guidance, 0.0, 20.0), &sampler.guidance);
-    problems.Take(dyn.GetDouble("blend_margin_mm", s.diffusion.blend_margin_mm, 0.0, 50.0),
-                  &s.diffusion.blend_margin_mm);
-    problems.Check(dyn.RejectUnknownKeys());
-  } else {
-    paths.Read(dyn, "calibration", &s.calibration);
-    dynamics::MechanisticConfig& m = s.mechanistic;
-    std::string uncertainty;
-    if (problems.Take(
-            dyn.GetEnum("uncertainty", {"calibrated", "fixed"}, std::string("calibrated")),
-            &uncertainty)) {
-      s.calibrated_uncertainty = uncertainty == "calibrated";
-    }
-    problems.Take(dyn.GetDouble("sample_sigma", m.sample_sigma, 0.0, 2.0), &m.sample_sigma);
-    problems.Take(dyn.GetDouble("grid_mm", m.grid_mm, 0.5, 8.0), &m.grid_mm);
-    problems.Take(dyn.GetDouble("follow_up_days", m.follow_up_days, 1.0, 365.0), &m.follow_up_days);
-    problems.Check(dyn.RejectUnknownKeys());
-  }
-}
-
-void ScenarioParser::ReadSurvival(const ConfigTable& surv) {
-  problems.Take(surv.GetEnum("backend", KnownBackends("survival")), &s.survival_backend);
-  paths.Read(surv, "model", &s.survival_model);
-  problems.Check(surv.RejectUnknownKeys());
+void ScenarioParser::ReadBackend(BackendFamily family, const ConfigTable& table,
+                                 std::string* backend, const std::optional<std::string>& fallback) {
+  // A bad name is a problem; the table's other keys are then read as the default backend's.
+  problems.Take(table.GetEnum("backend", backends.Names(family), fallback), backend);
+  TableReader reader(table, problems, paths);
+  backends.Read(family, *backend, reader, s);
+  problems.Check(table.RejectUnknownKeys());
 }
 
 void ScenarioParser::ReadPlanner(const ConfigTable& plan) {
@@ -416,12 +392,16 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
     }
     return *t;
   };
-  ScenarioParser parse(s, problems, paths);
+  const BackendRegistry builtin = options.backends ? BackendRegistry() : BackendRegistry::Builtin();
+  ScenarioParser parse(s, problems, paths, options.backends ? *options.backends : builtin);
   parse.ReadRun(table("run", false));
   parse.ReadCohort(table("cohort", false));
-  parse.ReadPolicy(table("policy", true));
-  parse.ReadDynamics(table("dynamics", false));
-  parse.ReadSurvival(table("survival", false));
+  parse.ReadBackend(BackendFamily::kPolicy, table("policy", true), &s.policy_backend,
+                    std::string("guideline"));
+  parse.ReadBackend(BackendFamily::kDynamics, table("dynamics", false), &s.dynamics_backend,
+                    std::nullopt);
+  parse.ReadBackend(BackendFamily::kSurvival, table("survival", false), &s.survival_backend,
+                    std::nullopt);
   parse.ReadPlanner(table("planner", true));
   const bool actions_ok = parse.ReadActions(table("actions", true));
   parse.ReadConstraints(table("constraints", true), actions_ok);
@@ -432,11 +412,14 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
   return s;
 }
 
-Expected<ScenarioSpec> LoadScenario(const std::string& path) {
+Expected<ScenarioSpec> LoadScenario(const std::string& path, const BackendRegistry* backends) {
   MEWM_TRY(const std::string text, ReadFile(path));
   const fs::path p(path);
-  MEWM_TRY(ScenarioSpec spec,
-           ParseScenario(text, path, p.has_parent_path() ? p.parent_path().string() : "."));
+  ParseOptions options;
+  options.backends = backends;
+  MEWM_TRY(
+      ScenarioSpec spec,
+      ParseScenario(text, path, p.has_parent_path() ? p.parent_path().string() : ".", options));
   spec.path = path;
   return spec;
 }

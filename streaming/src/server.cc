@@ -24,8 +24,10 @@
 #include <zmq_addon.hpp>
 
 #include "metrics.h"
+#include "mewm/core/batch_queue.h"
 #include "mewm/core/file_util.h"
 #include "mewm/core/log.h"
+#include "mewm/core/mutex_guarded.h"
 #include "mewm/core/seed.h"
 #include "mewm/streaming/admission.h"
 #include "zmq_util.h"
@@ -174,6 +176,17 @@ Expected<fs::path> Confine(const fs::path& root, const char* root_name, const st
   return inside;
 }
 
+/// The check every input file passes, the scenario's keys and a manifest's rows alike: inside
+/// the scenario base `base` (Confine), or Confine's error.
+std::function<Status(const scenarios::ScenarioPath&)> InputConfinement(fs::path base) {
+  return [base = std::move(base)](const scenarios::ScenarioPath& input) -> Status {
+    auto inside = Confine(base, "scenario base",
+                          fs::absolute(input.path).lexically_normal().string(), input.key);
+    if (!inside) return inside.error();
+    return {};
+  };
+}
+
 /// The z85 keys of a key file or an allowlist: one per line; blank lines and `#` comments are
 /// skipped; any other line must be exactly one 40-character z85 key (kCorruptData naming it).
 Expected<std::vector<std::string>> ReadKeyLines(const std::string& path) {
@@ -243,7 +256,7 @@ struct Server::Impl {
   ServerOptions options;
   RunFunction run_fn;
   zmq::context_t context{1};
-  zmq::socket_t control, events, zap;
+  zmq::socket_t control, zap;
   std::string control_ep, event_ep, public_key;
   std::set<std::string> allowlist;
   std::thread zap_thread, worker;
@@ -256,47 +269,47 @@ struct Server::Impl {
   std::atomic<std::uint64_t> published{0}, dropped{0}, bad_requests{0}, rejected{0},
       auth_failures{0};
   std::atomic<std::int64_t> last_publish_ns{SteadyNs()};
-  std::mutex pub_mutex;  // guards `events` and server_seq
-  std::uint64_t server_seq = 0;
+  /// The event PUB socket and the server's own event sequence: one sender at a time.
+  struct Publisher {
+    zmq::socket_t socket;
+    std::uint64_t server_seq = 0;
+  };
+  MutexGuarded<Publisher> pub;
 
   static constexpr std::size_t kMaxQueuedEvents = 8192;
-  std::mutex log_mutex;  // guards the log queue and its counters
-  std::condition_variable log_cv, log_done_cv;
-  std::deque<LogItem> log_queue;
-  std::uint64_t log_enqueued = 0, log_written = 0;
-  bool log_stop = false;
+  /// Events on their way to the log thread (LogLoop), which writes each batch then publishes it.
+  BatchQueue<LogItem> log_queue{kMaxQueuedEvents};
   std::thread log_thread;
 
-  mutable std::mutex runs_mutex;
-  std::condition_variable runs_cv;
-  std::map<std::string, std::shared_ptr<RunRecord>> runs;
-  std::vector<std::shared_ptr<RunRecord>> run_order;
-  std::deque<std::shared_ptr<RunRecord>> queue;
-  std::shared_ptr<RunRecord> active;
-  std::map<std::string, std::string> by_client_request;
-  std::vector<std::string> models_loaded;
-  bool accepting = true, worker_stop = false;
-  std::optional<Expected<scenarios::RunSummary>> last_summary;
-  std::mt19937_64 id_rng{std::random_device{}()};
+  /// The runs the server knows and its queue: reachable only under their lock (`table.Lock()`).
+  struct RunTable {
+    std::map<std::string, std::shared_ptr<RunRecord>> runs;
+    std::vector<std::shared_ptr<RunRecord>> run_order;
+    std::deque<std::shared_ptr<RunRecord>> queue;
+    std::shared_ptr<RunRecord> active;
+    std::map<std::string, std::string> by_client_request;
+    std::vector<std::string> models_loaded;
+    bool accepting = true, worker_stop = false;
+    std::optional<Expected<scenarios::RunSummary>> last_summary;
+    std::mt19937_64 id_rng{std::random_device{}()};
+  };
+  MutexGuarded<RunTable> table;
+  std::condition_variable runs_cv;  ///< the queue or worker_stop changed, or a run ended
 
   ~Impl() {
     {
-      std::lock_guard<std::mutex> lock(runs_mutex);
-      worker_stop = true;
-      for (auto& run : queue) run->cancel = true;
-      if (active) active->cancel = true;
+      auto t = table.Lock();
+      t->worker_stop = true;
+      for (auto& run : t->queue) run->cancel = true;
+      if (t->active) t->active->cancel = true;
     }
     runs_cv.notify_all();
     if (worker.joinable()) worker.join();
-    {
-      std::lock_guard<std::mutex> lock(log_mutex);
-      log_stop = true;
-    }
-    log_cv.notify_all();
+    log_queue.Stop();
     if (log_thread.joinable()) log_thread.join();
     metrics.reset();
     control.close();
-    events.close();
+    pub.Lock()->socket.close();
     zap_stop = true;
     if (zap_thread.joinable()) zap_thread.join();
   }
@@ -305,12 +318,14 @@ struct Server::Impl {
 
   /// Sends [topic, envelope, (volume)] without blocking; counts a drop when a subscriber is full.
   void Publish(const std::string& topic, const std::string& envelope, std::string* volume) {
-    std::lock_guard<std::mutex> lock(pub_mutex);
-    PublishLocked(topic, envelope, volume);
+    PublishLocked(*pub.Lock(), topic, envelope, volume);
   }
 
-  /// Publish() for a caller that holds pub_mutex (the log thread sends a batch under one lock).
-  void PublishLocked(const std::string& topic, const std::string& envelope, std::string* volume) {
+  /// Publish() for a caller that holds the publisher (the log thread sends a batch under one
+  /// lock).
+  void PublishLocked(Publisher& publisher, const std::string& topic, const std::string& envelope,
+                     std::string* volume) {
+    zmq::socket_t& events = publisher.socket;
     const auto more = zmq::send_flags::sndmore | zmq::send_flags::dontwait;
     if (!events.send(zmq::buffer(topic), more)) {
       // A subscriber is at its high-water mark (XPUB_NODROP refuses the send to tell us). Count
@@ -339,10 +354,7 @@ struct Server::Impl {
 
   void PublishServer(std::variant<Heartbeat, ServerClosing> body) {
     ServerEvent event;
-    {
-      std::lock_guard<std::mutex> lock(pub_mutex);
-      event.seq = ++server_seq;
-    }
+    event.seq = ++pub.Lock()->server_seq;
     event.timestamp_ns = scenarios::NowNs();
     event.body = std::move(body);
     const Envelope envelope(std::move(event));
@@ -390,47 +402,25 @@ struct Server::Impl {
     }
     item.encoded = EncodeEnvelope(wire);
     item.topic = RunTopicPrefix(run->id) + scenarios::EventTypeName(event.body);
-    bool wake;
-    {
-      std::unique_lock<std::mutex> lock(log_mutex);
-      // A disk slower than the run holds the run back (bounded memory), not the subscribers.
-      log_done_cv.wait(lock, [&] { return log_queue.size() < kMaxQueuedEvents; });
-      wake = log_queue.empty();  // a busy log thread finds the item without a wake-up
-      log_queue.push_back(std::move(item));
-      ++log_enqueued;
-    }
-    if (wake) log_cv.notify_one();
+    // A disk slower than the run holds the run back (bounded memory), not the subscribers.
+    log_queue.Push(std::move(item));
     return {};
   }
 
   /// Waits until everything queued so far is written and published.
-  void Flush() {
-    std::unique_lock<std::mutex> lock(log_mutex);
-    const std::uint64_t target = log_enqueued;
-    log_done_cv.wait(lock, [&] { return log_written >= target; });
-  }
+  void Flush() { log_queue.Flush(); }
 
   void LogLoop() {
     for (;;) {
-      std::deque<LogItem> batch;
-      {
-        std::unique_lock<std::mutex> lock(log_mutex);
-        log_cv.wait(lock, [&] { return log_stop || !log_queue.empty(); });
-        if (log_queue.empty()) return;
-        batch.swap(log_queue);
-      }
-      log_done_cv.notify_all();  // room in the queue again
+      std::deque<LogItem> batch = log_queue.TakeAll();
+      if (batch.empty()) return;  // stopped, and everything is written
       for (std::size_t begin = 0; begin < batch.size();) {
         std::size_t end = begin + 1;
         while (end < batch.size() && batch[end].run == batch[begin].run) ++end;
         WriteThenPublish(batch, begin, end);
         begin = end;
       }
-      {
-        std::lock_guard<std::mutex> lock(log_mutex);
-        log_written += batch.size();
-      }
-      log_done_cv.notify_all();
+      log_queue.Done(batch.size());
     }
   }
 
@@ -475,10 +465,11 @@ struct Server::Impl {
       }
     }
     run.last_event_ns.store(SteadyNs(), std::memory_order_relaxed);
-    std::lock_guard<std::mutex> lock(pub_mutex);
+    auto publisher = pub.Lock();
     for (std::size_t i = begin; i < end; ++i) {
       LogItem& item = batch[i];
-      PublishLocked(item.topic, item.encoded, item.volume.empty() ? nullptr : &item.volume);
+      PublishLocked(*publisher, item.topic, item.encoded,
+                    item.volume.empty() ? nullptr : &item.volume);
       stages.publish().Observe(Since(item.made));  // made -> on disk -> sent
     }
   }
@@ -512,13 +503,13 @@ struct Server::Impl {
     for (;;) {
       std::shared_ptr<RunRecord> run;
       {
-        std::unique_lock<std::mutex> lock(runs_mutex);
-        runs_cv.wait(lock, [&] { return worker_stop || !queue.empty(); });
-        if (queue.empty()) return;
-        run = queue.front();
-        queue.pop_front();
-        active = run;
-        models_loaded = {
+        auto t = table.Lock();
+        runs_cv.wait(t.lock(), [&] { return t->worker_stop || !t->queue.empty(); });
+        if (t->queue.empty()) return;
+        run = t->queue.front();
+        t->queue.pop_front();
+        t->active = run;
+        t->models_loaded = {
             "policy:" + run->spec.policy_backend,
             "dynamics:" + run->spec.dynamics_backend +
                 (run->spec.calibration.empty() ? "" : " " + run->spec.calibration) +
@@ -532,10 +523,7 @@ struct Server::Impl {
         run->state = RunState::kRunning;
       }
       Execute(run);
-      {
-        std::lock_guard<std::mutex> lock(runs_mutex);
-        active.reset();
-      }
+      table.Lock()->active.reset();
       runs_cv.notify_all();
     }
   }
@@ -574,8 +562,7 @@ struct Server::Impl {
       if (run->fd >= 0) ::close(run->fd);
       run->fd = -1;
     }
-    std::lock_guard<std::mutex> lock(runs_mutex);
-    last_summary = std::move(summary);
+    table.Lock()->last_summary = std::move(summary);
   }
 
   /// Lists the runs an earlier server process left under the results root, from their logs, so
@@ -616,26 +603,31 @@ struct Server::Impl {
     }
     std::sort(found.begin(), found.end(),
               [](const auto& a, const auto& b) { return a.first < b.first; });
-    for (auto& [time, run] : found) {
-      if (runs.count(run->id)) {
-        LogWarn("not recovering a second run " + run->id + " in " + run->out);
-        continue;
+    std::vector<std::shared_ptr<RunRecord>> cut_off;
+    {
+      auto t = table.Lock();
+      for (auto& [time, run] : found) {
+        if (t->runs.count(run->id)) {
+          LogWarn("not recovering a second run " + run->id + " in " + run->out);
+          continue;
+        }
+        t->runs[run->id] = run;
+        t->run_order.push_back(run);
+        if (!IsEnded(run->state)) cut_off.push_back(run);
       }
-      runs[run->id] = run;
-      run_order.push_back(run);
-      if (!IsEnded(run->state)) {
-        (void)Append(run, scenarios::RunFailed{"interrupted: the server stopped before the run "
-                                               "ended (restarted server)"});
-      }
+    }
+    for (const auto& run : cut_off) {  // logged outside the lock: Append waits for the log
+      (void)Append(run, scenarios::RunFailed{"interrupted: the server stopped before the run "
+                                             "ended (restarted server)"});
     }
   }
 
-  std::string NewRunId(const std::string& name) {
+  static std::string NewRunId(RunTable& t, const std::string& name) {
     for (;;) {
       char hex[17];
-      std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(id_rng()));
+      std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(t.id_rng()));
       std::string id = name + "-" + std::string(hex).substr(0, 8);
-      if (!runs.count(id)) return id;
+      if (!t.runs.count(id)) return id;
     }
   }
 
@@ -646,9 +638,9 @@ struct Server::Impl {
   }
 
   std::shared_ptr<RunRecord> Find(const std::string& id) {
-    std::lock_guard<std::mutex> lock(runs_mutex);
-    auto it = runs.find(id);
-    return it == runs.end() ? nullptr : it->second;
+    auto t = table.Lock();
+    auto it = t->runs.find(id);
+    return it == t->runs.end() ? nullptr : it->second;
   }
 
   Reply HandleSubmit(const Request& request, const SubmitRequest& submit) {
@@ -657,14 +649,14 @@ struct Server::Impl {
       return Fail(request.request_id, code, std::move(message));
     };
     {
-      std::lock_guard<std::mutex> lock(runs_mutex);
-      if (!accepting) return reject(ReplyError::kShuttingDown, "the server is shutting down");
+      auto t = table.Lock();
+      if (!t->accepting) return reject(ReplyError::kShuttingDown, "the server is shutting down");
       if (!submit.client_request_id.empty()) {
-        if (auto it = by_client_request.find(submit.client_request_id);
-            it != by_client_request.end()) {
+        if (auto it = t->by_client_request.find(submit.client_request_id);
+            it != t->by_client_request.end()) {
           int position = 0;  // 0 also when it already left the queue
-          for (std::size_t i = 0; i < queue.size(); ++i) {
-            if (queue[i]->id == it->second) position = int(i);
+          for (std::size_t i = 0; i < t->queue.size(); ++i) {
+            if (t->queue[i]->id == it->second) position = int(i);
           }
           return Reply{request.request_id, Submitted{it->second, position, true}};
         }
@@ -679,14 +671,10 @@ struct Server::Impl {
       if (!file) return reject(ReplyError::kForbiddenPath, file.error().message);
       folder = file->parent_path();
     }
-    const auto confine_input = [&](const scenarios::ScenarioPath& input) -> Status {
-      auto inside = Confine(base, "scenario base",
-                            fs::absolute(input.path).lexically_normal().string(), input.key);
-      if (!inside) return inside.error();
-      return {};
-    };
+    const auto confine_input = InputConfinement(base);
     bool forbidden = false;
     scenarios::ParseOptions parse;
+    parse.backends = options.backends;
     parse.check_input = [&](const scenarios::ScenarioPath& input) {
       Status inside = confine_input(input);
       forbidden = forbidden || !inside;
@@ -732,14 +720,14 @@ struct Server::Impl {
     auto run = std::make_shared<RunRecord>();
     int position = 0;
     {
-      std::lock_guard<std::mutex> lock(runs_mutex);
-      if (int(queue.size()) >= options.queue_capacity) {
+      auto t = table.Lock();
+      if (int(t->queue.size()) >= options.queue_capacity) {
         return reject(ReplyError::kQueueFull, "the run queue is full (" +
                                                   std::to_string(options.queue_capacity) +
                                                   " waiting); try again later");
       }
-      run->id = NewRunId(spec->name);
-      position = int(queue.size());
+      run->id = NewRunId(*t, spec->name);
+      position = int(t->queue.size());
     }
     run->trace_id = request.trace_id.empty() ? run->id : request.trace_id;
     run->out = (*output / run->id).string();
@@ -760,6 +748,10 @@ struct Server::Impl {
     }
     run->spec = std::move(*spec);
     run->options.resume = true;  // continue the log that starts with run_accepted
+    // A manifest's rows name more files; the runner checks them on the worker thread, where
+    // reading the CSV cannot hold up the control socket.
+    run->options.check_input = confine_input;
+    run->options.backends = options.backends;
     std::error_code ec;
     fs::create_directories(run->out, ec);
     if (ec) {
@@ -771,11 +763,13 @@ struct Server::Impl {
       return Fail(request.request_id, ReplyError::kInternal, accepted.error().message);
     }
     {
-      std::lock_guard<std::mutex> lock(runs_mutex);
-      runs[run->id] = run;
-      run_order.push_back(run);
-      queue.push_back(run);
-      if (!submit.client_request_id.empty()) by_client_request[submit.client_request_id] = run->id;
+      auto t = table.Lock();
+      t->runs[run->id] = run;
+      t->run_order.push_back(run);
+      t->queue.push_back(run);
+      if (!submit.client_request_id.empty()) {
+        t->by_client_request[submit.client_request_id] = run->id;
+      }
     }
     runs_cv.notify_all();
     return Reply{request.request_id, Submitted{run->id, position, false}};
@@ -786,10 +780,10 @@ struct Server::Impl {
     if (!run) return Fail(request.request_id, ReplyError::kUnknownRun, "no run '" + id + "'");
     bool was_queued = false;
     {
-      std::lock_guard<std::mutex> lock(runs_mutex);
-      for (auto it = queue.begin(); it != queue.end(); ++it) {
+      auto t = table.Lock();
+      for (auto it = t->queue.begin(); it != t->queue.end(); ++it) {
         if (*it == run) {
-          queue.erase(it);
+          t->queue.erase(it);
           was_queued = true;
           break;
         }
@@ -852,10 +846,10 @@ struct Server::Impl {
     h.uptime_seconds = Since(started);
     h.queue_capacity = options.queue_capacity;
     {
-      std::lock_guard<std::mutex> lock(runs_mutex);
-      h.queue_depth = int(queue.size());
-      h.active_run = active ? active->id : "";
-      h.models_loaded = models_loaded;
+      auto t = table.Lock();
+      h.queue_depth = int(t->queue.size());
+      h.active_run = t->active ? t->active->id : "";
+      h.models_loaded = t->models_loaded;
     }
     h.events_published = published.load();
     h.events_dropped = dropped.load();
@@ -897,8 +891,8 @@ struct Server::Impl {
     }
     if (std::holds_alternative<ListRunsRequest>(request->body)) {
       RunList list;
-      std::lock_guard<std::mutex> lock(runs_mutex);
-      for (const auto& run : run_order) list.runs.push_back(run->GetStatus());
+      auto t = table.Lock();
+      for (const auto& run : t->run_order) list.runs.push_back(run->GetStatus());
       return Reply{rid, std::move(list)};
     }
     return Reply{rid, MakeHealth()};
@@ -975,7 +969,8 @@ struct Server::Impl {
     zap = zmq::socket_t(context, zmq::socket_type::rep);
     zap.bind("inproc://zeromq.zap.01");
     zap_thread = std::thread([this] { ZapLoop(); });
-    for (zmq::socket_t* socket : {&control, &events}) {
+    auto publisher = pub.Lock();  // set up before any thread publishes
+    for (zmq::socket_t* socket : {&control, &publisher->socket}) {
       socket->set(zmq::sockopt::curve_server, 1);
       socket->set(zmq::sockopt::curve_secretkey, secret);
       socket->set(zmq::sockopt::zap_domain, "mewm");
@@ -1002,17 +997,21 @@ Expected<std::unique_ptr<Server>> Server::Create(const ServerOptions& options, R
   impl->options = options;
   impl->run_fn = std::move(run);
   try {
-    impl->events = zmq::socket_t(impl->context, zmq::socket_type::pub);
+    impl->pub.Lock()->socket = zmq::socket_t(impl->context, zmq::socket_type::pub);
     if (!options.control_endpoint.empty()) {
       impl->control = zmq::socket_t(impl->context, zmq::socket_type::router);
     }
-    MEWM_RETURN_IF_ERROR(impl->SetUpCurve());
-    impl->events.set(zmq::sockopt::sndhwm, options.send_hwm);
-    impl->events.set(zmq::sockopt::xpub_nodrop, 1);  // EAGAIN at the HWM: drops are counted
-    impl->events.set(zmq::sockopt::maxmsgsize, std::int64_t(options.hard_max_message_bytes));
-    impl->events.set(zmq::sockopt::linger, options.linger_ms);
-    impl->events.bind(options.event_endpoint);
-    impl->event_ep = BoundEndpoint(impl->events);
+    MEWM_RETURN_IF_ERROR(impl->SetUpCurve());  // on both sockets, before they bind
+    {
+      auto publisher = impl->pub.Lock();
+      zmq::socket_t& events = publisher->socket;
+      events.set(zmq::sockopt::sndhwm, options.send_hwm);
+      events.set(zmq::sockopt::xpub_nodrop, 1);  // EAGAIN at the HWM: drops are counted
+      events.set(zmq::sockopt::maxmsgsize, std::int64_t(options.hard_max_message_bytes));
+      events.set(zmq::sockopt::linger, options.linger_ms);
+      events.bind(options.event_endpoint);
+      impl->event_ep = BoundEndpoint(events);
+    }
     if (impl->control) {
       impl->control.set(zmq::sockopt::maxmsgsize, std::int64_t(options.hard_max_message_bytes));
       impl->control.set(zmq::sockopt::linger, options.linger_ms);
@@ -1052,19 +1051,19 @@ Status Server::Serve() {
   for (;;) {
     const bool idle_exit = [&] {
       if (!m.options.exit_when_idle) return false;
-      std::lock_guard<std::mutex> lock(m.runs_mutex);
-      return m.queue.empty() && !m.active;
+      auto t = m.table.Lock();
+      return t->queue.empty() && !t->active;
     }();
     if ((m.stop.load() || idle_exit) && !shutting_down) {
       shutting_down = true;
       std::deque<std::shared_ptr<RunRecord>> queued;
       {
-        std::lock_guard<std::mutex> lock(m.runs_mutex);
-        m.accepting = false;
-        m.worker_stop = true;
-        queued.swap(m.queue);
-        if (m.active && !m.options.finish_on_shutdown) {
-          m.active->cancel = true;
+        auto t = m.table.Lock();
+        t->accepting = false;
+        t->worker_stop = true;
+        queued.swap(t->queue);
+        if (t->active && !m.options.finish_on_shutdown) {
+          t->active->cancel = true;
           ++cancelled_runs;
         }
       }
@@ -1077,8 +1076,8 @@ Status Server::Serve() {
       }
     }
     if (shutting_down) {
-      std::lock_guard<std::mutex> lock(m.runs_mutex);
-      if (!m.active && m.queue.empty()) break;
+      auto t = m.table.Lock();
+      if (!t->active && t->queue.empty()) break;
     }
     // Keep answering status and snapshots while a run drains.
     if (m.control) {
@@ -1089,11 +1088,11 @@ Status Server::Serve() {
     if (SteadyNs() - m.last_publish_ns.load(std::memory_order_relaxed) >= heartbeat_ns) {
       Heartbeat beat;
       {
-        std::lock_guard<std::mutex> lock(m.runs_mutex);
-        beat = {m.active ? m.active->id : "", int(m.queue.size()), {}};
+        auto t = m.table.Lock();
+        beat = {t->active ? t->active->id : "", int(t->queue.size()), {}};
         const std::int64_t recent = SteadyNs() - 60'000'000'000;
-        for (auto it = m.run_order.rbegin();
-             it != m.run_order.rend() && beat.recent_runs.size() < 16; ++it) {
+        for (auto it = t->run_order.rbegin();
+             it != t->run_order.rend() && beat.recent_runs.size() < 16; ++it) {
           if ((*it)->last_event_ns.load(std::memory_order_relaxed) < recent) continue;
           beat.recent_runs.push_back({(*it)->id, (*it)->GetStatus().last_seq});
         }
@@ -1126,16 +1125,16 @@ Expected<std::string> Server::SubmitLocal(const scenarios::ScenarioSpec& spec,
     }
   }
   {
-    std::lock_guard<std::mutex> lock(impl_->runs_mutex);
-    if (!impl_->accepting) {
+    auto t = impl_->table.Lock();
+    if (!t->accepting) {
       return MakeError(ErrorCode::kCancelled, "the server is shutting down");
     }
-    if (impl_->runs.count(run->id)) {
+    if (t->runs.count(run->id)) {
       return MakeError(ErrorCode::kInvalidArgument, "run '" + run->id + "' is already known");
     }
-    impl_->runs[run->id] = run;
-    impl_->run_order.push_back(run);
-    impl_->queue.push_back(run);
+    t->runs[run->id] = run;
+    t->run_order.push_back(run);
+    t->queue.push_back(run);
   }
   impl_->runs_cv.notify_all();
   return run->id;
@@ -1151,9 +1150,9 @@ std::string Server::HandleRequestForTest(std::string_view request) {
 }
 
 Expected<scenarios::RunSummary> Server::last_summary() const {
-  std::lock_guard<std::mutex> lock(impl_->runs_mutex);
-  if (!impl_->last_summary) return MakeError(ErrorCode::kNotFound, "no run has finished");
-  return *impl_->last_summary;
+  auto t = impl_->table.Lock();
+  if (!t->last_summary) return MakeError(ErrorCode::kNotFound, "no run has finished");
+  return *t->last_summary;
 }
 
 // --- keys ---------------------------------------------------------------------------------------

@@ -216,9 +216,84 @@ TEST_F(ScenarioTest, DiffusionBackendReadsItsModelAndSampler) {
   EXPECT_NE(wrong.error().message.find("steps"), std::string::npos);
   EXPECT_NE(wrong.error().message.find("gpu"), std::string::npos);
   // A binary without the torch backend says so instead of running something else.
-  auto loaded = LoadDynamics(*spec);
+  auto loaded = BackendRegistry::Builtin().CreateDynamics(*spec);
   ASSERT_FALSE(loaded);
   EXPECT_EQ(loaded.error().code, ErrorCode::kUnsupported);
+}
+
+/// A survival backend a test adds: constant risk, its level read from the scenario.
+class ConstantRisk : public survival::SurvivalModel {
+ public:
+  explicit ConstantRisk(double risk) : risk_(risk) {}
+  Expected<survival::RiskScore> Score(const PatientCase&, const Outcome&) override {
+    return survival::RiskScore{risk_, {}, {}};
+  }
+  std::string name() const override { return "constant"; }
+
+ private:
+  double risk_;
+};
+
+TEST_F(ScenarioTest, TheBuiltinRegistryNamesEveryShippedBackend) {
+  const BackendRegistry backends = BackendRegistry::Builtin();
+  EXPECT_EQ(backends.Names(BackendFamily::kPolicy), std::vector<std::string>{"guideline"});
+  EXPECT_EQ(backends.Names(BackendFamily::kDynamics),
+            (std::vector<std::string>{"mechanistic", "diffusion"}));
+  EXPECT_EQ(backends.Names(BackendFamily::kSurvival), std::vector<std::string>{"cox"});
+  // The parser offers exactly those names, and says so.
+  auto wrong = Parse(Replace(Valid(), "backend = \"cox\"", "backend = \"deep\""));
+  ASSERT_FALSE(wrong);
+  EXPECT_NE(wrong.error().message.find("cox"), std::string::npos) << wrong.error().message;
+  // Created through the registry, the models are the ones the scenario names.
+  auto spec = Parse(Valid());
+  ASSERT_TRUE(spec) << spec.error().message;
+  auto models = LoadModels(*spec, backends);
+  ASSERT_TRUE(models) << models.error().message;
+  EXPECT_EQ(models->policy->name(), "guideline");
+  EXPECT_EQ(models->survival->name(), "cox");
+}
+
+TEST_F(ScenarioTest, ABackendAddedToTheRegistryIsParsedAndCreatedFromItsOneEntry) {
+  BackendRegistry backends = BackendRegistry::Builtin();
+  Backend<survival::SurvivalModel> constant;
+  constant.name = "constant";
+  constant.keys = {"risk"};
+  auto risk = std::make_shared<double>(0.0);  // the entry's own option, read from its table
+  constant.read = [risk](BackendTableReader& r, ScenarioSpec&) {
+    r.Take(r.table().GetDouble("risk", std::nullopt, 0.0, 10.0), risk.get());
+  };
+  constant.create =
+      [risk](const ScenarioSpec&) -> Expected<std::unique_ptr<survival::SurvivalModel>> {
+    return std::unique_ptr<survival::SurvivalModel>(std::make_unique<ConstantRisk>(*risk));
+  };
+  ASSERT_TRUE(backends.Add(constant));
+  EXPECT_FALSE(backends.Add(constant));  // one name, once
+  const std::string text = Replace(Valid(), "backend = \"cox\"\nmodel = \"models/cox.json\"",
+                                   "backend = \"constant\"\nrisk = 1.5");
+  ParseOptions options;
+  options.backends = &backends;
+  auto spec = ParseScenario(text, "test.toml", dir_.path().string(), options);
+  ASSERT_TRUE(spec) << spec.error().message;
+  EXPECT_EQ(spec->survival_backend, "constant");
+  // LoadModels honours the survival (and policy) backend the scenario names.
+  auto models = LoadModels(*spec, backends);
+  ASSERT_TRUE(models) << models.error().message;
+  EXPECT_EQ(models->survival->name(), "constant");
+  EXPECT_EQ(*risk, 1.5);
+  // Its keys are its own: another backend's key, or a bad value, is a problem naming it.
+  auto foreign = ParseScenario(Replace(text, "risk = 1.5", "risk = 1.5\nmodel = \"x\""),
+                               "test.toml", dir_.path().string(), options);
+  ASSERT_FALSE(foreign);
+  EXPECT_NE(foreign.error().message.find("model"), std::string::npos) << foreign.error().message;
+  auto bad = ParseScenario(Replace(text, "risk = 1.5", "risk = 99"), "test.toml",
+                           dir_.path().string(), options);
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("risk"), std::string::npos) << bad.error().message;
+  // A parser without the entry does not know the name.
+  auto unknown = Parse(text);
+  ASSERT_FALSE(unknown);
+  EXPECT_NE(unknown.error().message.find("constant"), std::string::npos);
+  EXPECT_FALSE(BackendRegistry::Builtin().CreateSurvival(*spec));
 }
 
 TEST_F(ScenarioTest, ShippedScenariosAreValid) {

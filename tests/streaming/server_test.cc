@@ -638,6 +638,51 @@ TEST_F(ServerTest, InputsOutsideTheBaseGetOneAnswerBeforeAnythingIsOpened) {
   fs::remove_all(outside);
 }
 
+TEST_F(ServerTest, AManifestsRowsAreConfinedToTheBaseLikeTheScenariosKeys) {
+  // The manifest lies inside the base; one row names files outside it, by an absolute path and
+  // by '..'. The run fails naming the row, before any of them is opened.
+  const fs::path outside = dir_.path().string() + "-outside";
+  fs::create_directories(outside);
+  ASSERT_EQ(::mkfifo((outside / "ct.nii.gz").c_str(), 0600), 0);  // opening it would block
+  const std::string header =
+      "patient_id,ct,tumor,age_years,sex,child_pugh,bclc_stage,afp_ng_ml,lesion_count,"
+      "max_diameter_mm,vascular_invasion\n";
+  const std::string clinical = ",62,M,A,B,30,1,40,0\n";
+  std::ofstream(dir_.File("inside.csv")) << header << "P1,inside.nii.gz,inside.nii.gz" << clinical;
+  std::ofstream(dir_.File("absolute.csv"))
+      << header << "P1,inside.nii.gz,inside.nii.gz" << clinical << "P2," << (outside / "ct.nii.gz")
+      << ",inside.nii.gz" << clinical;
+  std::ofstream(dir_.File("dotdot.csv")) << header << "P1,inside.nii.gz,../"
+                                         << outside.filename().string() << "/ct.nii.gz" << clinical;
+  StartServer(Options(), RunWithRunner);
+  auto client = NewClient(10000);
+  const auto manifest = [](const std::string& csv) {
+    std::string toml = Toml();
+    const std::string synthetic = "source = \"synthetic\"\nn = 2\nseed = 4\nspacing_mm = 2.0\n";
+    return toml.replace(toml.find(synthetic), synthetic.size(),
+                        "source = \"manifest\"\nmanifest = \"" + csv + "\"\n");
+  };
+  // Inside the base the rows pass the check; the missing image fails only its patient.
+  auto events = WatchToEnd(*client, SubmitOk(*client, manifest("inside.csv")));
+  ASSERT_FALSE(events.empty());
+  ASSERT_TRUE(std::holds_alternative<scenarios::RunFinished>(events.back().body))
+      << scenarios::EventToJson(events.back());
+  for (const std::string csv : {"absolute.csv:3 ct", "dotdot.csv:2 tumor"}) {
+    events = WatchToEnd(*client, SubmitOk(*client, manifest(csv.substr(0, csv.find(':')))));
+    ASSERT_FALSE(events.empty());
+    const auto* failed = std::get_if<scenarios::RunFailed>(&events.back().body);
+    ASSERT_NE(failed, nullptr) << scenarios::EventToJson(events.back());
+    EXPECT_NE(failed->error.find(csv), std::string::npos) << failed->error;
+    EXPECT_NE(failed->error.find("is outside the server's scenario base"), std::string::npos)
+        << failed->error;
+    for (const Event& e : events) {  // no patient was planned or even started
+      EXPECT_FALSE(std::holds_alternative<scenarios::RunStarted>(e.body)) << csv;
+    }
+  }
+  StopServer();
+  fs::remove_all(outside);
+}
+
 TEST_F(ServerTest, CohortFoldersStayInCohortsAndRunsStayOut) {
   StartServer(Options(), Scripted({}));
   auto client = NewClient();

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -145,8 +146,23 @@ TEST_F(CliTest, EveryCommandsHelpShowsAnExample) {
                           "bench dynamics"}) {
     const Result help = RunMewm(std::string(sub) + " --help");
     EXPECT_EQ(help.code, 0) << sub;
-    EXPECT_NE(help.output.find("Example:\n  mewm " + std::string(sub)), std::string::npos)
-        << sub << ": " << help.output;
+    const std::size_t at = help.output.find("Example:\n  mewm " + std::string(sub));
+    ASSERT_NE(at, std::string::npos) << sub << ": " << help.output;
+    // Every flag the example uses is one the command offers (an example that is a usage error
+    // teaches the wrong thing): the options part of the help lists it.
+    const std::string options = help.output.substr(0, at);
+    const std::string example = help.output.substr(at, help.output.find('\n', at + 11) - at);
+    for (std::size_t p = example.find(" --"); p != std::string::npos;
+         p = example.find(" --", p + 1)) {
+      const std::string flag = example.substr(p + 1, example.find_first_of(" \n=", p + 1) - p - 1);
+      bool offered = false;  // the flag itself, not a longer one that starts with it
+      for (std::size_t q = options.find(flag); q != std::string::npos && !offered;
+           q = options.find(flag, q + 1)) {
+        const char next = q + flag.size() < options.size() ? options[q + flag.size()] : ' ';
+        offered = std::isalnum(static_cast<unsigned char>(next)) == 0 && next != '-';
+      }
+      EXPECT_TRUE(offered) << sub << ": example flag " << flag;
+    }
   }
 }
 
@@ -172,6 +188,59 @@ TEST_F(CliTest, TrainingChecksItsOutputsBeforeItStarts) {
     EXPECT_NE(r.output.find("does not exist"), std::string::npos) << kind << ": " << r.output;
     EXPECT_NE(r.output.find("m.out"), std::string::npos) << kind << ": " << r.output;
   }
+  // The state folder of `train dynamics` too: a file where the folder should be.
+  const std::string file = dir_.File("a_file");
+  std::ofstream(file) << "x";
+  const Result r = RunMewm("train dynamics --cohort " + dir_.File("none") + " --out " +
+                           dir_.File("d.pt") + " --state-dir " + file + "/state");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("a_file/state"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("d.pt")));
+}
+
+TEST_F(CliTest, AMissingTableIsNamedByTheBinary) {
+  // A scenario without its [cohort] table: the message names the table, never a placeholder.
+  const std::string scenario = dir_.File("s.toml");
+  std::ofstream(scenario) << "[run]\nname = \"t\"\n";
+  const Result r = RunMewm("run " + scenario + " --out " + dir_.File("out"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("[cohort]"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("__missing__"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("out")));
+}
+
+TEST_F(CliTest, ADiffusionScenarioPlansThroughTheBinarysBackendRegistry) {
+  // The binary's registry carries the libtorch backend: a diffusion scenario plans (a registry
+  // without it would end the run with "built without the diffusion dynamics backend").
+  const std::string models = std::string(MEWM_SOURCE_DIR) + "/models/";
+  const std::string scenario = dir_.File("d.toml");
+  std::ofstream(scenario) << "[run]\nname = \"d\"\nseed = 1\n[cohort]\nsource = \"synthetic\"\n"
+                             "n = 1\nseed = 5\nspacing_mm = 1.0\n[dynamics]\nbackend = "
+                             "\"diffusion\"\nmodel = \""
+                          << models
+                          << "dynamics_diffusion.pt\"\nsteps = 2\n[survival]\nbackend = \"cox\"\n"
+                             "model = \""
+                          << models
+                          << "cox_survival_diffusion.json\"\n[planner]\nbeams = 1\nsamples = 1\n"
+                             "drug_horizon = 1\nembolic_horizon = 1\n";
+  const Result r = RunMewm("run " + scenario + " --quiet --out " + dir_.File("out"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("1 planned, 0 failed"), std::string::npos) << r.output;
+  EXPECT_TRUE(std::filesystem::exists(dir_.File("out/patients/P0001/post_chosen.vdb")));
+}
+
+TEST_F(CliTest, ALibtorchErrorIsOneLineUnlessVerbose) {
+  // A file that is no checkpoint, with no checksum beside it: libtorch's reader fails, and the
+  // person sees its cause in one line; the backtrace (frame #0 ...) only with --verbose.
+  const std::string model = dir_.File("broken.pt");
+  std::ofstream(model) << std::string("PK\x03\x04 not a zip archive at all", 33);
+  Result r = RunMewm("inspect " + model);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("broken.pt"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("frame #"), std::string::npos) << r.output;
+  EXPECT_LE(std::count(r.output.begin(), r.output.end(), '\n'), 2) << r.output;
+  r = RunMewm("--verbose inspect " + model);
+  EXPECT_EQ(r.code, 1) << r.output;
 }
 
 TEST_F(CliTest, ConvertNiftiToVdbAndBackThenInspect) {
@@ -733,6 +802,30 @@ TEST_F(CliStreamTest, ServeSubmitWatchStatusCancelAndShutdown) {
   EXPECT_NE(r.output.find("no reply"), std::string::npos) << r.output;
 }
 
+TEST_F(CliStreamTest, ServesAdmissionFlagsAreEnforcedAndReported) {
+  Child server(
+      {"serve", "--control", control_, "--events", events_, "--results-root", dir_.File("results"),
+       "--scenario-base", dir_.path().string(), "--max-patients", "3", "--max-beam-samples", "4"},
+      dir_.File("serve.log"));
+  ASSERT_TRUE(WaitForServer()) << ReadText(dir_.File("serve.log"));
+  std::ofstream(dir_.File("many.toml")) << Scenario(6, "beams = 2\nsamples = 1\n");
+  Result r = RunMewm("submit " + dir_.File("many.toml") + Endpoints());
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("over_limit"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--max-patients"), std::string::npos) << r.output;
+  std::ofstream(dir_.File("wide.toml")) << Scenario(2, "beams = 2\nsamples = 4\n");
+  r = RunMewm("submit " + dir_.File("wide.toml") + Endpoints());
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("--max-beam-samples"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("--max-patients"), std::string::npos) << r.output;
+  r = RunMewm("status" + Endpoints());  // the limits in force, as health reports them
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("limits: patients 3,"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("beams x samples 4,"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("results/cohorts")));  // nothing generated
+  EXPECT_EQ(server.Stop(SIGTERM), 0) << ReadText(dir_.File("serve.log"));
+}
+
 TEST_F(CliStreamTest, EmbeddedRunPublishesForWatchersThatJoinLate) {
   std::ofstream(dir_.File("s.toml"))
       << Scenario(3, "search = \"exhaustive\"\nsamples = 2\n", dir_.File("out"));
@@ -857,7 +950,7 @@ TEST_F(CliStreamTest, KeygenCreatesAPrivateKeyAndNeverOverwritesOneSilently) {
 }  // namespace
 }  // namespace mewm
 
-// --- Data safety of run, merge and resume; model checksums; the voxel limit (issue 15) --------
+// --- Data safety of run, merge and resume; model checksums; the voxel limit ---------------------
 
 namespace mewm {
 namespace {
@@ -976,6 +1069,21 @@ TEST_F(CliDataTest, EmptyManifestAndRefusedResumeWriteNothing) {
   EXPECT_NE(r.output.find("cannot resume"), std::string::npos) << r.output;
   EXPECT_EQ(Snapshot(dir_.File("b")), before);
   EXPECT_FALSE(fs::exists(dir_.File("b/patients")));
+
+  // A cohort.dir holding someone else's files: refused before the run writes anything, and the
+  // files stay as they were.
+  fs::create_directories(dir_.File("theirs"));
+  Spit(dir_.File("theirs/keep.txt"), "mine");
+  std::string foreign = Scenario();
+  foreign.replace(foreign.find("spacing_mm = 3.0\n"), std::string("spacing_mm = 3.0\n").size(),
+                  "spacing_mm = 3.0\ndir = \"" + dir_.File("theirs") + "\"\n");
+  r = RunMewm("run " + Write("f.toml", foreign) + " --quiet --out " + dir_.File("f"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("not a cohort written by mewm"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir_.File("f")));
+  EXPECT_EQ(Slurp(dir_.File("theirs/keep.txt")), "mine");
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir_.File("theirs")), fs::directory_iterator()),
+            1);
 }
 
 TEST_F(CliDataTest, ResumeStopsOnACutLogOrGarbageAndLeavesTheLogAsItIs) {

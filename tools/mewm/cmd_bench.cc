@@ -306,8 +306,8 @@ Expected<double> BestReachableRisk(const nlohmann::json& plan_risks, const Actio
 /// paired regret difference of beam and reference with its interval, and how much of the regret
 /// the policy's exclusions alone cause.
 int RunPlannerBench(const std::string& scenario, int patients, bool exhaustive,
-                    const std::string& json_path) {
-  auto spec = scenarios::LoadScenario(scenario);
+                    const std::string& json_path, const BackendRegistry& backends) {
+  auto spec = scenarios::LoadScenario(scenario, &backends);
   if (!spec) return Fail(spec.error());
   if (spec->cohort.source != scenarios::CohortSpec::Source::kSynthetic) {
     return Fail(Error{ErrorCode::kInvalidArgument,
@@ -328,7 +328,7 @@ int RunPlannerBench(const std::string& scenario, int patients, bool exhaustive,
   } catch (const std::exception& e) {
     return Fail(Error{ErrorCode::kCorruptData, "'" + *truth_path + "': " + e.what()});
   }
-  auto models = scenarios::LoadModels(*spec);
+  auto models = scenarios::LoadModels(*spec, backends);
   if (!models) return Fail(models.error());
   std::vector<scenarios::SearchMode> modes = {scenarios::SearchMode::kBeam,
                                               scenarios::SearchMode::kReference};
@@ -431,7 +431,7 @@ int RunPlannerBench(const std::string& scenario, int patients, bool exhaustive,
 
 }  // namespace
 
-Action RegisterBench(CLI::App& app) {
+Action RegisterBench(CLI::App& app, const BackendRegistry& backends) {
   auto repeats = std::make_shared<int>(5);
   auto json_path = std::make_shared<std::string>();
   auto keep = std::make_shared<std::string>();
@@ -468,15 +468,15 @@ Action RegisterBench(CLI::App& app) {
       ->check(CLI::Range(1000, 10000000))
       ->capture_default_str();
   stream->add_option("--json-out", *json_path, "Also write the figures as JSON to this file");
-  Action dynamics = AddBenchDynamics(app);
+  Action dynamics = AddBenchDynamics(app, backends);
   app.require_subcommand(1);
-  return [=]() -> int {
+  return [=, &backends]() -> int {
     if (const int rc = dynamics(); rc >= 0) return rc;
     if (stream->parsed()) return RunStreamBench(*stream_events, *json_path);
     if (world->parsed()) return RunWorldBench(*world_patients, *json_path);
     if (planner->parsed()) {
       return RunPlannerBench(*planner_scenario, *planner_patients, !*planner_skip_exhaustive,
-                             *json_path);
+                             *json_path, backends);
     }
     return RunCoreBench(*repeats, *json_path, *keep);
   };

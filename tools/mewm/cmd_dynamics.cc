@@ -12,12 +12,10 @@
 #include "commands.h"
 #include "mewm/core/file_util.h"
 #include "mewm/dynamics/diffusion_backend.h"
-#include "mewm/policy/guideline.h"
 #include "mewm/scenarios/dynamics_data.h"
 #include "mewm/scenarios/planner.h"
 #include "mewm/scenarios/runner.h"
 #include "mewm/scenarios/scenario.h"
-#include "mewm/survival/cox_survival.h"
 #include "progress.h"
 
 namespace mewm::cli {
@@ -176,14 +174,14 @@ Expected<std::unique_ptr<dynamics::DynamicsModel>> LoadGenerator(const Generator
   return std::unique_ptr<dynamics::DynamicsModel>(std::move(model));
 }
 
-Action AddEvalDynamics(CLI::App& eval_app) {
+Action AddEvalDynamics(CLI::App& eval_app, const BackendRegistry& backends) {
   struct Options {
     std::string cohort, model, calibration = "models/mechanistic_calibration.json", json_out;
     std::string config = "cpu";
     dynamics::SamplerConfig sampler;
     std::uint64_t seed = 1;
     int folds = 5, threads = 0, patients = 0;
-    bool quiet = false;
+    bool quiet = false, json = false;
   };
   auto o = std::make_shared<Options>();
   CLI::App* sub = eval_app.add_subcommand(
@@ -215,9 +213,10 @@ Action AddEvalDynamics(CLI::App& eval_app) {
   sub->add_option("--patients", o->patients, "Only the first N patients (0 = all)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  sub->add_flag("--json", o->json, "Print the numbers as JSON on stdout instead of the table");
   sub->add_option("--json-out", o->json_out, "Also write the numbers as JSON to this file");
   sub->add_flag("--quiet", o->quiet, "No progress bar");
-  return [o, sub]() -> int {
+  return [o, sub, &backends]() -> int {
     if (!sub->parsed()) return -1;
     const ActionBase& actions = ActionBase::Default();
     dynamics::DiffusionBackendOptions options;
@@ -233,7 +232,7 @@ Action AddEvalDynamics(CLI::App& eval_app) {
       scenarios::ScenarioSpec spec;
       spec.dynamics_backend = "mechanistic";
       spec.calibration = o->calibration;
-      auto loaded = scenarios::LoadDynamics(spec);
+      auto loaded = backends.CreateDynamics(spec);
       if (!loaded) return Fail(loaded.error());
       mechanistic = std::move(*loaded);
       methods.emplace_back("mechanistic", mechanistic.get());
@@ -253,9 +252,13 @@ Action AddEvalDynamics(CLI::App& eval_app) {
           return (*diffusion)->Reconstruct(patient, truth);
         });
     if (!eval) return Fail(eval.error());
-    std::cout << eval->FormatTable();
-    std::printf("diffusion sampler: %d DDIM steps, eta %.2f, guidance %.2f\n", o->sampler.steps,
-                o->sampler.eta, o->sampler.guidance);
+    if (o->json) {
+      std::cout << eval->ToJson() << "\n";
+    } else {
+      std::cout << eval->FormatTable();
+      std::printf("diffusion sampler: %d DDIM steps, eta %.2f, guidance %.2f\n", o->sampler.steps,
+                  o->sampler.eta, o->sampler.guidance);
+    }
     if (!o->json_out.empty()) {
       if (auto written = WriteFileAtomic(o->json_out, eval->ToJson() + "\n"); !written) {
         return Fail(written.error());
@@ -271,9 +274,135 @@ double Seconds(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+/// 1. The denoiser against a raw oneDNN conv3d, and against torch's default dispatch, at the
+/// serving batch and at batch 1. Returns the batch-1 figures, which project the reference loop.
+Expected<dynamics::DiffusionSpeed> BenchDenoiser(dynamics::DiffusionDynamics& m, int batch,
+                                                 int iterations, nlohmann::json& out) {
+  MEWM_TRY(const dynamics::DiffusionSpeed speed,
+           dynamics::MeasureDenoiserSpeed(m, batch, iterations));
+  std::printf(
+      "denoiser at batch %d: %.2f ms/step, %.2f GFLOP/step, %.1f GFLOP/s\n"
+      "raw %s: %.1f GFLOP/s -> denoiser reaches %.0f%% of it\n"
+      "torch's default conv3d dispatch: %.2f ms/step (%.1fx slower)\n",
+      speed.batch, speed.denoiser_ms_per_step, speed.denoiser_gflop_per_step, speed.denoiser_gflops,
+      speed.raw_conv_shape.c_str(), speed.raw_conv_gflops,
+      100.0 * speed.denoiser_gflops / speed.raw_conv_gflops, speed.default_dispatch_ms_per_step,
+      speed.default_dispatch_ms_per_step / speed.denoiser_ms_per_step);
+  MEWM_TRY(const dynamics::DiffusionSpeed one, dynamics::MeasureDenoiserSpeed(m, 1, iterations));
+  out["denoiser"] = {{"batch", speed.batch},
+                     {"ms_per_step", speed.denoiser_ms_per_step},
+                     {"gflop_per_step", speed.denoiser_gflop_per_step},
+                     {"gflops", speed.denoiser_gflops},
+                     {"raw_conv_gflops", speed.raw_conv_gflops},
+                     {"raw_conv_shape", speed.raw_conv_shape},
+                     {"fraction_of_raw", speed.denoiser_gflops / speed.raw_conv_gflops},
+                     {"default_dispatch_ms_per_step", speed.default_dispatch_ms_per_step},
+                     {"batch1_ms_per_step", one.denoiser_ms_per_step},
+                     {"batch1_default_dispatch_ms_per_step", one.default_dispatch_ms_per_step}};
+  std::printf("batch 1: %.2f ms/step (default dispatch %.2f ms)\n", one.denoiser_ms_per_step,
+              one.default_dispatch_ms_per_step);
+  return one;
+}
+
+/// 2. Outcomes per second, end to end (encode, DDIM, decode, paste) on a fresh model: 4 plans x
+/// 4 samples. Returns the patient's number of lesion crops.
+Expected<std::int64_t> BenchEndToEnd(const dynamics::DiffusionBackendOptions& options,
+                                     const scenarios::ScenarioSpec& spec,
+                                     const PatientCase& patient, nlohmann::json& out) {
+  MEWM_TRY(auto fresh, dynamics::CreateDiffusionDynamics(options));
+  std::vector<SimulationRequest> requests;
+  for (const std::string text : {"Lipiodol", "Epirubicin+Lipiodol", "Gelatin Sponge+Lipiodol",
+                                 "Epirubicin+Gelatin Sponge+Lipiodol"}) {
+    MEWM_TRY(const Plan plan, spec.actions.ParsePlan(text));
+    for (int s = 0; s < 4; ++s) {
+      requests.push_back({plan, s, scenarios::Planner::SampleSeed(1, patient.id, plan, s), 0});
+    }
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  MEWM_RETURN_IF_ERROR(fresh->Simulate(patient, requests));
+  const double wall = Seconds(t0);
+  std::printf("end to end: %zu outcomes in %.2f s = %.2f outcomes/s (%d steps, %d crop(s))\n",
+              requests.size(), wall, double(requests.size()) / wall, fresh->sampler().steps,
+              int(fresh->counters().encodes));
+  out["end_to_end"] = {{"outcomes", requests.size()},
+                       {"seconds", wall},
+                       {"outcomes_per_s", double(requests.size()) / wall}};
+  return std::max<std::int64_t>(1, fresh->counters().encodes);
+}
+
+/// 3. Compute per decision: beam search (batched, memoised, DDIM) against the reference loop
+/// (batch 1, no memo, 200 ancestral steps), for one patient.
+Status BenchDecision(const dynamics::DiffusionBackendOptions& options,
+                     const scenarios::ScenarioSpec& spec, const BackendRegistry& backends,
+                     const PatientCase& patient, std::int64_t crops, double batch1_ms,
+                     nlohmann::json& out) {
+  MEWM_TRY(auto policy_model, backends.CreatePolicy(spec));
+  MEWM_TRY(const policy::Proposal proposal, policy_model->Propose(patient));
+  MEWM_TRY(auto survival, backends.CreateSurvival(spec));
+  const auto decide = [&](scenarios::SearchMode mode, const dynamics::SamplerConfig& sampler)
+      -> Expected<std::pair<scenarios::PlanDecision, dynamics::DiffusionCounters>> {
+    MEWM_TRY(auto fresh, dynamics::CreateDiffusionDynamics(options));
+    fresh->set_sampler(sampler);
+    scenarios::PlannerSpec ps = spec.planner;
+    ps.search = mode;
+    MEWM_TRY(auto planner, scenarios::Planner::Create(ps, spec.actions, spec.protocol, spec.require,
+                                                      spec.forbid, *fresh, *survival));
+    MEWM_TRY(auto decision, planner.Plan(patient, proposal, spec.seed));
+    return std::make_pair(decision, fresh->counters());
+  };
+  const dynamics::SamplerConfig full = dynamics::ReferenceSampler();
+  MEWM_TRY(const auto beam, decide(scenarios::SearchMode::kBeam, options.sampler));
+  // The reference loop at 200 steps would take tens of minutes on 2 cores. It runs here with a
+  // 2-step ancestral sampler: its Simulate calls and requests are exact, and each call is one
+  // request, so 200 steps cost exactly 200 batch-1 forwards per simulation and lesion crop (the
+  // beam's count is per crop too). Its wall time is projected with the measured batch-1 forward.
+  dynamics::SamplerConfig short_reference = full;
+  short_reference.steps = 2;
+  MEWM_TRY(const auto reference, decide(scenarios::SearchMode::kReference, short_reference));
+  const auto& bc = beam.first.counters;
+  const auto& rc = reference.first.counters;
+  const std::int64_t ref_forwards = rc.simulations * full.steps * crops;
+  const double ref_wall =
+      rc.search_seconds + double(rc.simulations * crops) * (full.steps - 2) * batch1_ms * 1e-3;
+  const double forward_ratio = double(ref_forwards) / double(beam.second.forwards);
+  const double latent_ratio = double(ref_forwards) / double(beam.second.sample_forwards);
+  std::printf(
+      "compute per decision (B=%d, T=%d, horizons %d/%d, %lld lesion crop(s)):\n"
+      "  %-28s %12s %14s %16s %10s\n"
+      "  %-28s %12lld %14lld %16lld %10.1f\n"
+      "  %-28s %12lld %14lld %16lld %10.1f (projected)\n"
+      "  reference / beam: %.1fx denoiser forwards, %.1fx latent evaluations, %.1fx wall time\n",
+      spec.planner.beams, spec.planner.samples, spec.planner.drug_horizon,
+      spec.planner.embolic_horizon, static_cast<long long>(crops), "search", "simulations",
+      "denoiser calls", "latent evals", "wall s",
+      ("beam (" + std::to_string(options.sampler.steps) + "-step DDIM)").c_str(),
+      static_cast<long long>(bc.simulations), static_cast<long long>(beam.second.forwards),
+      static_cast<long long>(beam.second.sample_forwards), bc.search_seconds,
+      "reference (200 ancestral)", static_cast<long long>(rc.simulations),
+      static_cast<long long>(ref_forwards), static_cast<long long>(ref_forwards), ref_wall,
+      forward_ratio, latent_ratio, ref_wall / bc.search_seconds);
+  out["decision"] = {{"crops", crops},
+                     {"beam",
+                      {{"simulations", bc.simulations},
+                       {"denoiser_calls", beam.second.forwards},
+                       {"latent_evaluations", beam.second.sample_forwards},
+                       {"wall_s", bc.search_seconds},
+                       {"plan", beam.first.best.plan.ToString()}}},
+                     {"reference",
+                      {{"simulations", rc.simulations},
+                       {"denoiser_calls", ref_forwards},
+                       {"latent_evaluations", ref_forwards},
+                       {"wall_s_projected", ref_wall},
+                       {"wall_s_measured_at_2_steps", rc.search_seconds}}},
+                     {"forward_ratio", forward_ratio},
+                     {"latent_evaluation_ratio", latent_ratio},
+                     {"wall_ratio", ref_wall / bc.search_seconds}};
+  return {};
+}
+
 }  // namespace
 
-Action AddBenchDynamics(CLI::App& bench_app) {
+Action AddBenchDynamics(CLI::App& bench_app, const BackendRegistry& backends) {
   struct Options {
     std::string scenario, json_out;
     int batch = 8, iterations = 10;
@@ -290,9 +419,9 @@ Action AddBenchDynamics(CLI::App& bench_app) {
       ->capture_default_str();
   sub->add_option("--iterations", o->iterations, "Timed forwards")->capture_default_str();
   sub->add_option("--json-out", o->json_out, "Also write the figures as JSON to this file");
-  return [o, sub]() -> int {
+  return [o, sub, &backends]() -> int {
     if (!sub->parsed()) return -1;
-    auto spec = scenarios::LoadScenario(o->scenario);
+    auto spec = scenarios::LoadScenario(o->scenario, &backends);
     if (!spec) return Fail(spec.error());
     if (spec->dynamics_backend != "diffusion") {
       return Fail(Error{ErrorCode::kInvalidArgument,
@@ -300,8 +429,7 @@ Action AddBenchDynamics(CLI::App& bench_app) {
     }
     auto cohort = scenarios::SyntheticCohortDir(*spec, spec->output);
     if (!cohort) return Fail(cohort.error());
-    const std::string cohort_dir = *cohort;
-    auto entries = scenarios::PrepareCohort(*spec, cohort_dir);
+    auto entries = scenarios::PrepareCohort(*spec, *cohort);
     if (!entries) return Fail(entries.error());
     auto patient = scenarios::LoadPatient(entries->front());
     if (!patient) return Fail(patient.error());
@@ -309,141 +437,20 @@ Action AddBenchDynamics(CLI::App& bench_app) {
     options.actions = spec->actions;
     auto model = dynamics::CreateDiffusionDynamics(options);
     if (!model) return Fail(model.error());
-    dynamics::DiffusionDynamics& m = **model;
     nlohmann::json out = {{"scenario", o->scenario},
                           {"patient", patient->id},
-                          {"config", m.config().name},
-                          {"sampler_steps", m.sampler().steps},
-                          {"guidance", m.sampler().guidance}};
-
-    // 1. The denoiser against a raw oneDNN conv3d, and against torch's default dispatch.
-    auto speed = dynamics::MeasureDenoiserSpeed(m, o->batch, o->iterations);
-    if (!speed) return Fail(speed.error());
-    std::printf(
-        "denoiser at batch %d: %.2f ms/step, %.2f GFLOP/step, %.1f GFLOP/s\n"
-        "raw %s: %.1f GFLOP/s -> denoiser reaches %.0f%% of it\n"
-        "torch's default conv3d dispatch: %.2f ms/step (%.1fx slower)\n",
-        speed->batch, speed->denoiser_ms_per_step, speed->denoiser_gflop_per_step,
-        speed->denoiser_gflops, speed->raw_conv_shape.c_str(), speed->raw_conv_gflops,
-        100.0 * speed->denoiser_gflops / speed->raw_conv_gflops,
-        speed->default_dispatch_ms_per_step,
-        speed->default_dispatch_ms_per_step / speed->denoiser_ms_per_step);
-    auto one = dynamics::MeasureDenoiserSpeed(m, 1, o->iterations);
+                          {"config", (*model)->config().name},
+                          {"sampler_steps", (*model)->sampler().steps},
+                          {"guidance", (*model)->sampler().guidance}};
+    auto one = BenchDenoiser(**model, o->batch, o->iterations, out);
     if (!one) return Fail(one.error());
-    out["denoiser"] = {{"batch", speed->batch},
-                       {"ms_per_step", speed->denoiser_ms_per_step},
-                       {"gflop_per_step", speed->denoiser_gflop_per_step},
-                       {"gflops", speed->denoiser_gflops},
-                       {"raw_conv_gflops", speed->raw_conv_gflops},
-                       {"raw_conv_shape", speed->raw_conv_shape},
-                       {"fraction_of_raw", speed->denoiser_gflops / speed->raw_conv_gflops},
-                       {"default_dispatch_ms_per_step", speed->default_dispatch_ms_per_step},
-                       {"batch1_ms_per_step", one->denoiser_ms_per_step},
-                       {"batch1_default_dispatch_ms_per_step", one->default_dispatch_ms_per_step}};
-    std::printf("batch 1: %.2f ms/step (default dispatch %.2f ms)\n", one->denoiser_ms_per_step,
-                one->default_dispatch_ms_per_step);
-
-    // 2. Outcomes per second, end to end (encode, DDIM, decode, paste) on a fresh model.
-    std::int64_t crops = 1;
-    {
-      auto fresh = dynamics::CreateDiffusionDynamics(options);
-      if (!fresh) return Fail(fresh.error());
-      std::vector<SimulationRequest> requests;
-      const auto plans =
-          std::vector<std::string>{"Lipiodol", "Epirubicin+Lipiodol", "Gelatin Sponge+Lipiodol",
-                                   "Epirubicin+Gelatin Sponge+Lipiodol"};
-      for (const std::string& text : plans) {
-        auto plan = spec->actions.ParsePlan(text);
-        if (!plan) return Fail(plan.error());
-        for (int s = 0; s < 4; ++s) {
-          requests.push_back(
-              {*plan, s, scenarios::Planner::SampleSeed(1, patient->id, *plan, s), 0});
-        }
-      }
-      const auto t0 = std::chrono::steady_clock::now();
-      auto outcomes = (*fresh)->Simulate(*patient, requests);
-      if (!outcomes) return Fail(outcomes.error());
-      const double wall = Seconds(t0);
-      crops = std::max<std::int64_t>(1, (*fresh)->counters().encodes);
-      std::printf("end to end: %zu outcomes in %.2f s = %.2f outcomes/s (%d steps, %d crop(s))\n",
-                  requests.size(), wall, double(requests.size()) / wall, m.sampler().steps,
-                  int((*fresh)->counters().encodes));
-      out["end_to_end"] = {{"outcomes", requests.size()},
-                           {"seconds", wall},
-                           {"outcomes_per_s", double(requests.size()) / wall}};
+    auto crops = BenchEndToEnd(options, *spec, *patient, out);
+    if (!crops) return Fail(crops.error());
+    if (auto decided = BenchDecision(options, *spec, backends, *patient, *crops,
+                                     one->denoiser_ms_per_step, out);
+        !decided) {
+      return Fail(decided.error());
     }
-
-    // 3. Compute per decision: beam search (batched, memoised, DDIM) against the reference loop
-    //    (batch 1, no memo, 200 ancestral steps).
-    auto policy_model = policy::GuidelinePolicy::Create(spec->actions, spec->guideline);
-    if (!policy_model) return Fail(policy_model.error());
-    auto proposal = (*policy_model)->Propose(*patient);
-    if (!proposal) return Fail(proposal.error());
-    auto survival = survival::CoxSurvival::Load(spec->survival_model);
-    if (!survival) return Fail(survival.error());
-    const auto decide = [&](scenarios::SearchMode mode, const dynamics::SamplerConfig& sampler)
-        -> Expected<std::pair<scenarios::PlanDecision, dynamics::DiffusionCounters>> {
-      auto fresh = dynamics::CreateDiffusionDynamics(options);
-      if (!fresh) return fresh.error();
-      (*fresh)->set_sampler(sampler);
-      scenarios::PlannerSpec ps = spec->planner;
-      ps.search = mode;
-      MEWM_TRY(auto planner,
-               scenarios::Planner::Create(ps, spec->actions, spec->protocol, spec->require,
-                                          spec->forbid, **fresh, **survival));
-      MEWM_TRY(auto decision, planner.Plan(*patient, *proposal, spec->seed));
-      return std::make_pair(decision, (*fresh)->counters());
-    };
-    auto beam = decide(scenarios::SearchMode::kBeam, m.sampler());
-    if (!beam) return Fail(beam.error());
-    // The reference loop at 200 steps would take tens of minutes on 2 cores. It runs here with a
-    // 2-step ancestral sampler: its Simulate calls and requests are exact, and each call is one
-    // request, so 200 steps cost exactly 200 batch-1 forwards per simulation and lesion crop (the
-    // beam's count is per crop too). Its wall time is projected with the measured batch-1
-    // forward.
-    dynamics::SamplerConfig short_reference = dynamics::ReferenceSampler();
-    short_reference.steps = 2;
-    auto reference = decide(scenarios::SearchMode::kReference, short_reference);
-    if (!reference) return Fail(reference.error());
-    const dynamics::SamplerConfig full = dynamics::ReferenceSampler();
-    const auto& bc = beam->first.counters;
-    const auto& rc = reference->first.counters;
-    const std::int64_t ref_forwards = rc.simulations * full.steps * crops;
-    const double ref_wall = rc.search_seconds + double(rc.simulations * crops) * (full.steps - 2) *
-                                                    one->denoiser_ms_per_step * 1e-3;
-    std::printf(
-        "compute per decision (B=%d, T=%d, horizons %d/%d, %lld lesion crop(s)):\n"
-        "  %-28s %12s %14s %16s %10s\n"
-        "  %-28s %12lld %14lld %16lld %10.1f\n"
-        "  %-28s %12lld %14lld %16lld %10.1f (projected)\n"
-        "  reference / beam: %.1fx denoiser forwards, %.1fx latent evaluations, %.1fx wall time\n",
-        spec->planner.beams, spec->planner.samples, spec->planner.drug_horizon,
-        spec->planner.embolic_horizon, static_cast<long long>(crops), "search", "simulations",
-        "denoiser calls", "latent evals", "wall s",
-        ("beam (" + std::to_string(m.sampler().steps) + "-step DDIM)").c_str(),
-        static_cast<long long>(bc.simulations), static_cast<long long>(beam->second.forwards),
-        static_cast<long long>(beam->second.sample_forwards), bc.search_seconds,
-        "reference (200 ancestral)", static_cast<long long>(rc.simulations),
-        static_cast<long long>(ref_forwards), static_cast<long long>(ref_forwards), ref_wall,
-        double(ref_forwards) / double(beam->second.forwards),
-        double(ref_forwards) / double(beam->second.sample_forwards), ref_wall / bc.search_seconds);
-    out["decision"] = {
-        {"crops", crops},
-        {"beam",
-         {{"simulations", bc.simulations},
-          {"denoiser_calls", beam->second.forwards},
-          {"latent_evaluations", beam->second.sample_forwards},
-          {"wall_s", bc.search_seconds},
-          {"plan", beam->first.best.plan.ToString()}}},
-        {"reference",
-         {{"simulations", rc.simulations},
-          {"denoiser_calls", ref_forwards},
-          {"latent_evaluations", ref_forwards},
-          {"wall_s_projected", ref_wall},
-          {"wall_s_measured_at_2_steps", rc.search_seconds}}},
-        {"forward_ratio", double(ref_forwards) / double(beam->second.forwards)},
-        {"latent_evaluation_ratio", double(ref_forwards) / double(beam->second.sample_forwards)},
-        {"wall_ratio", ref_wall / bc.search_seconds}};
     if (!o->json_out.empty()) {
       if (auto written = WriteFileAtomic(o->json_out, out.dump(2) + "\n"); !written) {
         return Fail(written.error());

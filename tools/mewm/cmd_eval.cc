@@ -10,7 +10,7 @@
 
 namespace mewm::cli {
 
-Action RegisterEval(CLI::App& app) {
+Action RegisterEval(CLI::App& app, const BackendRegistry& backends) {
   struct Options {
     std::string run_dir, json_out, model, cohort, train;
     bool json = false;
@@ -29,7 +29,7 @@ Action RegisterEval(CLI::App& app) {
                    "Training cohort (censoring distribution for Uno's C and Brier)")
       ->required();
   AddGeneratorOptions(surv, &o->generator);
-  Action dynamics = AddEvalDynamics(app);
+  Action dynamics = AddEvalDynamics(app, backends);
   for (CLI::App* sub : {plans, surv}) {
     sub->add_flag("--json", o->json, "Print the numbers as JSON on stdout instead of the table");
     sub->add_option("--json-out", o->json_out, "Also write the numbers as JSON to this file");

@@ -41,7 +41,7 @@ class StdoutJsonSink final : public scenarios::EventSink {
 
 }  // namespace
 
-Action RegisterRun(CLI::App& app) {
+Action RegisterRun(CLI::App& app, const BackendRegistry& backends) {
   struct Options {
     std::string scenario, out, shard, search, publish, control;
     bool resume = false, force = false, quiet = false, json = false;
@@ -65,12 +65,12 @@ Action RegisterRun(CLI::App& app) {
   app.add_option("--control", o->control,
                  "With --publish: answer status and snapshot requests here (e.g. "
                  "tcp://127.0.0.1:5555), so watchers that join late get the history");
-  return [o]() -> int {
+  return [o, &backends]() -> int {
     if (o->control.empty() != o->publish.empty()) {
       // Watchers read the history over the control socket: the two go together.
       return Fail(Error{ErrorCode::kInvalidArgument, "--publish and --control go together"});
     }
-    auto spec = scenarios::LoadScenario(o->scenario);
+    auto spec = scenarios::LoadScenario(o->scenario, &backends);
     if (!spec) return Fail(spec.error());
     if (!o->search.empty()) {
       spec->planner.search = o->search == "beam"        ? scenarios::SearchMode::kBeam
@@ -78,6 +78,7 @@ Action RegisterRun(CLI::App& app) {
                                                         : scenarios::SearchMode::kExhaustive;
     }
     scenarios::RunOptions options;
+    options.backends = &backends;
     options.output_dir = o->out;
     options.resume = o->resume;
     options.force = o->force;

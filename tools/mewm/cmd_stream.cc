@@ -158,8 +158,9 @@ std::string Row(const streaming::RunStatus& run) {
 
 }  // namespace
 
-Action RegisterServe(CLI::App& app) {
+Action RegisterServe(CLI::App& app, const BackendRegistry& backends) {
   auto o = std::make_shared<streaming::ServerOptions>();
+  o->backends = &backends;
   auto no_volumes = std::make_shared<bool>(false);
   auto disk_gb = std::make_shared<double>(double(o->limits.max_disk_bytes) / 1e9);
   auto hours = std::make_shared<double>(o->limits.max_seconds / 3600.0);

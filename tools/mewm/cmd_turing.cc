@@ -22,7 +22,7 @@
 namespace mewm::cli {
 namespace {
 
-Action AddExport(CLI::App& turing) {
+Action AddExport(CLI::App& turing, const BackendRegistry& backends) {
   struct Options {
     std::string cohort, backend = "mechanistic", model, out, key, design = "single";
     std::string calibration = "models/mechanistic_calibration.json";
@@ -60,7 +60,7 @@ Action AddExport(CLI::App& turing) {
   sub->add_option("--out", o->out, "Export folder (readers see it)")->required();
   sub->add_option("--key", o->key, "Answer key to write, outside the export folder")->required();
   sub->add_flag("--quiet", o->quiet, "No progress bar");
-  return [o, sub]() -> int {
+  return [o, sub, &backends]() -> int {
     if (!sub->parsed()) return -1;
     scenarios::ScenarioSpec spec;
     spec.dynamics_backend = o->backend;
@@ -80,7 +80,7 @@ Action AddExport(CLI::App& turing) {
     } else {
       description += " " + o->calibration;
     }
-    auto model = scenarios::LoadDynamics(spec);
+    auto model = backends.CreateDynamics(spec);
     if (!model) return Fail(model.error());
     scenarios::TuringExportOptions options;
     options.cohort = o->cohort;
@@ -286,9 +286,9 @@ Action AddSimulateReaders(CLI::App& turing) {
 
 }  // namespace
 
-Action RegisterTuring(CLI::App& app) {
+Action RegisterTuring(CLI::App& app, const BackendRegistry& backends) {
   app.require_subcommand(1);
-  std::vector<Action> actions = {AddExport(app), AddAudit(app), AddScore(app),
+  std::vector<Action> actions = {AddExport(app, backends), AddAudit(app), AddScore(app),
                                  AddSimulateReaders(app), AddTuringServe(app)};
   return [actions]() -> int {
     for (const Action& a : actions) {

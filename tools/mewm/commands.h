@@ -14,33 +14,38 @@
 
 #include "mewm/core/expected.h"
 #include "mewm/dynamics/dynamics_model.h"
+#include "mewm/scenarios/backends.h"
 
 namespace mewm::cli {
 
 using Action = std::function<int()>;
+using scenarios::BackendRegistry;
+
+// Commands that parse scenarios or create models take the binary's one backend registry (built in
+// main; it outlives every action).
 
 Action RegisterInspect(CLI::App& app);
 Action RegisterConvert(CLI::App& app);
 Action RegisterRender(CLI::App& app);
-Action RegisterBench(CLI::App& app);
+Action RegisterBench(CLI::App& app, const BackendRegistry& backends);
 Action RegisterCohort(CLI::App& app);
-Action RegisterRun(CLI::App& app);
+Action RegisterRun(CLI::App& app, const BackendRegistry& backends);
 Action RegisterMerge(CLI::App& app);
 Action RegisterTrain(CLI::App& app);
-Action RegisterEval(CLI::App& app);
+Action RegisterEval(CLI::App& app, const BackendRegistry& backends);
 /// Adds `dynamics` under `train`; the action returns -1 when that subcommand was not chosen.
 Action AddTrainDynamics(CLI::App& train);
 /// `eval dynamics` and `bench dynamics`, likewise.
-Action AddEvalDynamics(CLI::App& eval);
-Action AddBenchDynamics(CLI::App& bench);
-Action RegisterServe(CLI::App& app);
+Action AddEvalDynamics(CLI::App& eval, const BackendRegistry& backends);
+Action AddBenchDynamics(CLI::App& bench, const BackendRegistry& backends);
+Action RegisterServe(CLI::App& app, const BackendRegistry& backends);
 Action RegisterSubmit(CLI::App& app);
 Action RegisterWatch(CLI::App& app);
 Action RegisterStatus(CLI::App& app);
 Action RegisterCancel(CLI::App& app);
 Action RegisterKeygen(CLI::App& app);
 /// `mewm turing export | audit | score | simulate-readers | serve` (cmd_turing.cc).
-Action RegisterTuring(CLI::App& app);
+Action RegisterTuring(CLI::App& app, const BackendRegistry& backends);
 /// `turing serve` (cmd_turing_serve.cc): the reader-study web page.
 Action AddTuringServe(CLI::App& turing);
 

@@ -6,6 +6,7 @@
 
 #include <iostream>
 #include <map>
+#include <type_traits>
 
 #include "commands.h"
 #include "mewm/core/log.h"
@@ -136,10 +137,18 @@ int main(int argc, char** argv) {
   app.add_flag("-v,--verbose", verbose,
                "Debug logging, with the full text of library errors (libtorch backtraces)");
 
+  // The one backend registry: every command that parses a scenario or creates a model gets it.
+  const mewm::scenarios::BackendRegistry backends =
+      mewm::scenarios::BackendRegistry::Builtin(mewm::dynamics::DiffusionFactoryFunction());
   std::map<CLI::App*, mewm::cli::Action> actions;
   const auto add = [&](const char* name, const char* help, auto registrar) {
     CLI::App* sub = app.add_subcommand(name, help);
-    actions[sub] = registrar(*sub);
+    if constexpr (std::is_invocable_v<decltype(registrar), CLI::App&,
+                                      const mewm::scenarios::BackendRegistry&>) {
+      actions[sub] = registrar(*sub, backends);
+    } else {
+      actions[sub] = registrar(*sub);
+    }
   };
   add("run", "Plan every patient of a scenario; results on disk, progress on the terminal",
       mewm::cli::RegisterRun);
@@ -191,7 +200,6 @@ int main(int argc, char** argv) {
     return kExitUsage;
   }
   openvdb::initialize();
-  mewm::dynamics::EnableDiffusionBackend();
   for (auto& [sub, action] : actions) {
     if (sub->parsed()) {
       try {

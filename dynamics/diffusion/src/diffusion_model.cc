@@ -406,12 +406,11 @@ Expected<std::unique_ptr<DiffusionDynamics>> CreateDiffusionDynamics(
   return std::unique_ptr<DiffusionDynamics>(std::move(model));
 }
 
-void EnableDiffusionBackend() {
-  SetDiffusionFactory(
-      [](const DiffusionBackendOptions& options) -> Expected<std::unique_ptr<DynamicsModel>> {
-        MEWM_TRY(auto model, CreateDiffusionDynamics(options));
-        return std::unique_ptr<DynamicsModel>(std::move(model));
-      });
+DiffusionFactory DiffusionFactoryFunction() {
+  return [](const DiffusionBackendOptions& options) -> Expected<std::unique_ptr<DynamicsModel>> {
+    MEWM_TRY(auto model, CreateDiffusionDynamics(options));
+    return std::unique_ptr<DynamicsModel>(std::move(model));
+  };
 }
 
 Expected<DiffusionSpeed> MeasureDenoiserSpeed(DiffusionDynamics& model, int batch, int iterations) {

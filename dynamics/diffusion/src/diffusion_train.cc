@@ -247,6 +247,285 @@ std::vector<GuidanceScore> ScoreGuidance(nets::DiffusionNet& net,
 
 namespace {
 
+/// One training run, a method per stage: the autoencoder, the latent targets, the denoiser, the
+/// guidance scores and the checkpoint. Built after the options are checked and the global seed
+/// is set, because the networks draw their initial weights from it.
+class Trainer {
+ public:
+  Trainer(Stacked data, Stacked val, const DiffusionTrainOptions& o,
+          const std::function<void(const DiffusionTrainProgress&)>& progress)
+      : o_(o), progress_(progress), data_(std::move(data)), val_(std::move(val)) {
+    CopyWeights(ema_, net_);
+  }
+
+  /// Continues from the state folder's last checkpoint, when there is one.
+  Status Resume() {
+    if (o_.state_dir.empty()) return {};
+    MEWM_TRY(state_, LoadState(o_.state_dir, net_, ema_));
+    result_.resumed_from_step =
+        state_.stage == "autoencoder" ? state_.step : o_.ae_steps + state_.step;
+    return {};
+  }
+
+  Status TrainAutoencoder();
+  /// Encodes every crop with the trained autoencoder: the denoiser's targets (the scaled change
+  /// of the latent) and contexts, for training and validation.
+  void EncodeLatents();
+  Status TrainDenoiser();
+  /// Ships the EMA denoiser with the trained autoencoder and scale, and scores the guidance grid
+  /// on the validation pairs.
+  void Finish(const std::vector<DiffusionPair>& validation_pairs);
+  Status Save(std::size_t train_pairs, std::size_t validation_pairs);
+
+  DiffusionTrainReport& result() { return result_; }
+
+ private:
+  void Report(const DiffusionTrainProgress& p) const {
+    if (progress_) progress_(p);
+  }
+  /// Validation L1 of the CT channel, Dice of the mask channel and the relative residual error
+  /// of eight pre- and eight post-treatment validation crops.
+  std::tuple<double, double, double> ValidateAutoencoder();
+  /// v-prediction loss of a batch; `null_prob` of the rows see the null plan.
+  torch::Tensor DenoiseLoss(nets::Denoiser& denoiser, const torch::Tensor& x0,
+                            const torch::Tensor& ctx, const torch::Tensor& hot, at::Generator& gen,
+                            double null_prob) const;
+  double ValidateDenoiser(nets::DiffusionNet& model) const;
+
+  const DiffusionTrainOptions& o_;
+  const std::function<void(const DiffusionTrainProgress&)>& progress_;
+  const Stacked data_, val_;
+  nets::DiffusionNet net_{o_.config}, ema_{o_.config};
+  TrainState state_;
+  DiffusionTrainReport result_;
+  // Latent targets and contexts (EncodeLatents).
+  torch::Tensor delta_, context_, vz_pre_, vdelta_, vcontext_, ab_;
+  std::vector<double> alpha_bar_;
+};
+
+std::tuple<double, double, double> Trainer::ValidateAutoencoder() {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor val_pre = val_.pre.slice(0, 0, 8).to(torch::kFloat);
+  const torch::Tensor val_post = val_.post.slice(0, 0, 8).to(torch::kFloat);
+  const torch::Tensor val_crops = torch::cat({val_pre, val_post});
+  net_->eval();
+  std::vector<torch::Tensor> parts;
+  for (std::int64_t b = 0; b < val_crops.size(0); b += 2) {
+    parts.push_back(net_->ae->Decode(net_->ae->Encode(val_crops.slice(0, b, b + 2)).first));
+  }
+  const torch::Tensor recon = torch::cat(parts);
+  // The pre-treatment crops with their own post-treatment crops, for the residual ceiling.
+  const std::int64_t half = val_pre.size(0);
+  const torch::Tensor post_fraction = nets::ResidualFraction(
+      recon.slice(0, half).slice(1, 1, 2), recon.slice(0, 0, half).slice(1, 1, 2),
+      val_pre.slice(1, 1, 2).add(1.0).mul(0.5), o_.config);
+  net_->train();
+  const double l1 = torch::l1_loss(recon.slice(1, 0, 1), val_crops.slice(1, 0, 1)).item<double>();
+  const torch::Tensor pm = recon.slice(1, 1, 2) > 0, tm = val_crops.slice(1, 1, 2) > 0;
+  const double inter = (pm & tm).sum().item<double>();
+  const double dice =
+      2.0 * inter / std::max(1.0, pm.sum().item<double>() + tm.sum().item<double>());
+  const double true_sum = val_post.slice(1, 1, 2).add(1.0).mul(0.5).sum().item<double>();
+  const double residual_rel =
+      std::abs(post_fraction.sum().item<double>() - true_sum) / std::max(true_sum, 1.0);
+  return std::make_tuple(l1, dice, residual_rel);
+}
+
+Status Trainer::TrainAutoencoder() {
+  if (state_.stage == "autoencoder") {
+    // Random patches of pre and post crops, weighted toward the pre-treatment tumor mask
+    // dilated by 2 voxels (for both halves of all_crops).
+    const torch::Tensor all_crops = torch::cat({data_.pre, data_.post});
+    const torch::Tensor pre_region =
+        torch::max_pool3d(data_.pre.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5), 5, 1, 2)
+            .to(torch::kHalf);
+    const torch::Tensor all_regions = torch::cat({pre_region, pre_region});
+    torch::optim::Adam optimizer(net_->ae->parameters(), torch::optim::AdamOptions(o_.ae_lr));
+    if (state_.step > 0) torch::load(optimizer, o_.state_dir + "/optim.pt");
+    net_->train();
+    const std::int64_t crop = o_.config.crop_voxels, patch = o_.ae_patch;
+    for (int step = state_.step; step < o_.ae_steps; ++step) {
+      auto gen = Rng(o_.seed, {1, std::uint64_t(step)});
+      const torch::Tensor idx = RandomIndex(all_crops.size(0), o_.ae_batch, gen);
+      torch::Tensor x = all_crops.index_select(0, idx).to(torch::kFloat);
+      torch::Tensor region = all_regions.index_select(0, idx).to(torch::kFloat);
+      if (patch < crop) {
+        const auto off = torch::randint(crop - patch + 1, {3}, gen, torch::kLong);
+        const auto a = off.accessor<std::int64_t, 1>();
+        const auto cut = [&](const torch::Tensor& t) {
+          return t.slice(2, a[0], a[0] + patch)
+              .slice(3, a[1], a[1] + patch)
+              .slice(4, a[2], a[2] + patch);
+        };
+        x = cut(x);
+        region = cut(region);
+      }
+      const double lr = o_.ae_lr * 0.5 * (1.0 + std::cos(M_PI * step / o_.ae_steps));
+      for (auto& group : optimizer.param_groups()) {
+        static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
+      }
+      auto [mean, logvar] = net_->ae->Encode(x);
+      const torch::Tensor z = mean + torch::exp(0.5 * logvar) * torch::randn(mean.sizes(), gen);
+      const torch::Tensor loss = AeLoss(x, net_->ae->Decode(z), mean, logvar, region, o_);
+      optimizer.zero_grad();
+      loss.backward();
+      optimizer.step();
+      DiffusionTrainProgress p{"autoencoder", step + 1, o_.ae_steps, loss.item<double>(), -1.0};
+      if ((step + 1) % o_.validate_every == 0 || step + 1 == o_.ae_steps) {
+        p.val_loss = std::get<0>(ValidateAutoencoder());
+        if (!o_.state_dir.empty()) {
+          MEWM_RETURN_IF_ERROR(
+              SaveState(o_.state_dir, {"autoencoder", step + 1}, net_, ema_, optimizer));
+        }
+      }
+      Report(p);
+    }
+    state_ = {"denoiser", 0};
+  }
+  std::tie(result_.ae_val_l1_ct, result_.ae_val_mask_dice, result_.ae_val_residual_rel) =
+      ValidateAutoencoder();
+  return {};
+}
+
+void Trainer::EncodeLatents() {
+  net_->eval();
+  const torch::Tensor z_pre = EncodeAll(net_, data_.pre), z_post = EncodeAll(net_, data_.post);
+  const torch::Tensor mask_down =
+      torch::avg_pool3d(data_.pre.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5), 4);
+  const double delta_std = (z_post - z_pre).std().item<double>();
+  const double scale = 1.0 / std::max(delta_std, 1e-3);
+  {
+    torch::NoGradGuard no_grad;
+    net_->latent_scale.fill_(scale);
+  }
+  result_.latent_scale = scale;
+  delta_ = (z_post - z_pre) * scale;
+  context_ = torch::cat({z_pre, mask_down}, 1);
+  vz_pre_ = EncodeAll(net_, val_.pre);
+  const torch::Tensor vz_post = EncodeAll(net_, val_.post);
+  vdelta_ = (vz_post - vz_pre_) * scale;
+  vcontext_ = torch::cat(
+      {vz_pre_, torch::avg_pool3d(val_.pre.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5), 4)},
+      1);
+  alpha_bar_ = nets::CosineAlphaBar(o_.config.train_timesteps);
+  ab_ = torch::tensor(alpha_bar_, torch::kDouble).to(torch::kFloat);
+}
+
+torch::Tensor Trainer::DenoiseLoss(nets::Denoiser& denoiser, const torch::Tensor& x0,
+                                   const torch::Tensor& ctx, const torch::Tensor& hot,
+                                   at::Generator& gen, double null_prob) const {
+  const std::int64_t n = x0.size(0);
+  const torch::Tensor t = torch::randint(o_.config.train_timesteps, {n}, gen, torch::kLong);
+  const torch::Tensor a = ab_.index_select(0, t).view({n, 1, 1, 1, 1});
+  const torch::Tensor noise = torch::randn(x0.sizes(), gen);
+  const torch::Tensor xt = a.sqrt() * x0 + (1 - a).sqrt() * noise;
+  const torch::Tensor v = a.sqrt() * noise - (1 - a).sqrt() * x0;
+  torch::Tensor plan = denoiser->PlanEmbedding(hot);
+  if (null_prob > 0.0) {
+    const torch::Tensor drop = (torch::rand({n, 1}, gen) < null_prob).to(torch::kFloat);
+    plan = plan * (1 - drop) + denoiser->null_plan.unsqueeze(0) * drop;
+  }
+  return torch::mse_loss(denoiser->forward(xt, ctx, t.to(torch::kFloat), plan), v);
+}
+
+double Trainer::ValidateDenoiser(nets::DiffusionNet& model) const {
+  torch::NoGradGuard no_grad;
+  double total = 0.0;
+  const std::int64_t n = std::min<std::int64_t>(vdelta_.size(0), 48);
+  auto gen = Rng(o_.seed, {3});
+  for (std::int64_t b = 0; b < n; b += 16) {
+    const std::int64_t e = std::min(n, b + 16);
+    total += DenoiseLoss(model->denoiser, vdelta_.slice(0, b, e), vcontext_.slice(0, b, e),
+                         val_.multi_hot.slice(0, b, e), gen, 0.0)
+                 .item<double>() *
+             double(e - b);
+  }
+  return total / double(n);
+}
+
+Status Trainer::TrainDenoiser() {
+  if (state_.stage != "denoiser") return {};
+  torch::optim::AdamW optimizer(net_->denoiser->parameters(),
+                                torch::optim::AdamWOptions(o_.denoiser_lr).weight_decay(1e-4));
+  if (state_.step > 0) torch::load(optimizer, o_.state_dir + "/optim.pt");
+  net_->train();
+  for (int step = state_.step; step < o_.denoiser_steps; ++step) {
+    auto gen = Rng(o_.seed, {2, std::uint64_t(step)});
+    const torch::Tensor idx = RandomIndex(delta_.size(0), o_.denoiser_batch, gen);
+    const double warm = std::min(1.0, double(step + 1) / 100.0);
+    const double lr =
+        o_.denoiser_lr * warm * 0.5 * (1.0 + std::cos(M_PI * step / o_.denoiser_steps));
+    for (auto& group : optimizer.param_groups()) {
+      static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+    }
+    const torch::Tensor loss =
+        DenoiseLoss(net_->denoiser, delta_.index_select(0, idx), context_.index_select(0, idx),
+                    data_.multi_hot.index_select(0, idx), gen, o_.null_plan_prob);
+    optimizer.zero_grad();
+    loss.backward();
+    torch::nn::utils::clip_grad_norm_(net_->denoiser->parameters(), 1.0);
+    optimizer.step();
+    UpdateEma(ema_, net_, step < 100 ? 0.0 : o_.ema_decay);
+    DiffusionTrainProgress p{"denoiser", step + 1, o_.denoiser_steps, loss.item<double>(), -1.0};
+    if ((step + 1) % o_.validate_every == 0 || step + 1 == o_.denoiser_steps) {
+      p.val_loss = ValidateDenoiser(ema_);
+      if (!o_.state_dir.empty()) {
+        // The autoencoder and scale live in `net_`; EMA copies them before saving.
+        MEWM_RETURN_IF_ERROR(
+            SaveState(o_.state_dir, {"denoiser", step + 1}, net_, ema_, optimizer));
+      }
+    }
+    Report(p);
+  }
+  return {};
+}
+
+void Trainer::Finish(const std::vector<DiffusionPair>& validation_pairs) {
+  {
+    torch::NoGradGuard no_grad;
+    auto ae_t = ema_->ae->named_parameters(), ae_f = net_->ae->named_parameters();
+    for (auto& item : ae_t) item.value().copy_(ae_f[item.key()]);
+    ema_->latent_scale.copy_(net_->latent_scale);
+  }
+  result_.denoiser_val_loss = ValidateDenoiser(ema_);
+  ema_->eval();
+  result_.guidance_scores = ScoreGuidance(ema_, validation_pairs, vz_pre_, vcontext_,
+                                          val_.multi_hot, val_.pre, val_.post, alpha_bar_, o_);
+  double best = -2.0, best_mae = 0.0;
+  for (const GuidanceScore& g : result_.guidance_scores) {
+    if (g.spearman > best + 1e-9 ||
+        (std::abs(g.spearman - best) <= 1e-9 && g.residual_mae_ml < best_mae)) {
+      best = g.spearman;
+      best_mae = g.residual_mae_ml;
+      result_.recommended_guidance = g.guidance;
+    }
+  }
+}
+
+Status Trainer::Save(std::size_t train_pairs, std::size_t validation_pairs) {
+  if (o_.out.empty()) return {};
+  nlohmann::json meta =
+      nlohmann::json::parse(o_.metadata_json.empty() ? "{}" : o_.metadata_json, nullptr, false);
+  if (meta.is_discarded() || !meta.is_object()) meta = nlohmann::json::object();
+  nlohmann::json scores = nlohmann::json::array();
+  for (const GuidanceScore& g : result_.guidance_scores) {
+    scores.push_back({{"guidance", g.guidance},
+                      {"spearman", g.spearman},
+                      {"residual_mae_ml", g.residual_mae_ml}});
+  }
+  meta["training"] = {{"ae_val_l1_ct", result_.ae_val_l1_ct},
+                      {"ae_val_mask_dice", result_.ae_val_mask_dice},
+                      {"ae_val_residual_rel", result_.ae_val_residual_rel},
+                      {"guidance_on_validation", scores},
+                      {"recommended_guidance", result_.recommended_guidance},
+                      {"denoiser_val_loss", result_.denoiser_val_loss},
+                      {"latent_scale", result_.latent_scale},
+                      {"train_pairs", train_pairs},
+                      {"validation_pairs", validation_pairs},
+                      {"seconds", result_.seconds}};
+  return torch_bridge::SaveCheckpoint(o_.out, *ema_, {o_.config.ToJson(), meta.dump()});
+}
+
 Expected<DiffusionTrainReport> Train(
     const std::vector<DiffusionPair>& train, const std::vector<DiffusionPair>& validation,
     const DiffusionTrainOptions& o,
@@ -262,236 +541,18 @@ Expected<DiffusionTrainReport> Train(
   torch_bridge::ConfigureThreads(o.threads);
   torch_bridge::KeepLargeBuffersInHeap();
   torch::manual_seed(o.seed);
-  MEWM_TRY(const Stacked data, Stack(train, o.config));
-  MEWM_TRY(const Stacked val, Stack(validation.empty() ? train : validation, o.config));
-  const auto report = [&](const DiffusionTrainProgress& p) {
-    if (progress) progress(p);
-  };
-
-  nets::DiffusionNet net(o.config), ema(o.config);
-  CopyWeights(ema, net);
-  TrainState state;
-  DiffusionTrainReport result;
-  if (!o.state_dir.empty()) {
-    MEWM_TRY(state, LoadState(o.state_dir, net, ema));
-    result.resumed_from_step = state.stage == "autoencoder" ? state.step : o.ae_steps + state.step;
-  }
-
-  // ---- Autoencoder on random patches of pre and post crops ----
-  const torch::Tensor all_crops = torch::cat({data.pre, data.post});
-  // Pre-treatment tumor mask dilated by 2 voxels, for both halves of all_crops.
-  const torch::Tensor pre_region =
-      torch::max_pool3d(data.pre.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5), 5, 1, 2)
-          .to(torch::kHalf);
-  const torch::Tensor all_regions = torch::cat({pre_region, pre_region});
-  // Eight pre- and eight post-treatment validation crops; the pre-treatment ones with their own
-  // post-treatment crops for the residual ceiling.
-  const torch::Tensor val_pre = val.pre.slice(0, 0, 8).to(torch::kFloat);
-  const torch::Tensor val_post = val.post.slice(0, 0, 8).to(torch::kFloat);
-  const torch::Tensor val_crops = torch::cat({val_pre, val_post});
-  const auto ae_validate = [&]() {
-    torch::NoGradGuard no_grad;
-    net->eval();
-    const auto reconstruct = [&](const torch::Tensor& crops) {
-      std::vector<torch::Tensor> parts;
-      for (std::int64_t b = 0; b < crops.size(0); b += 2) {
-        parts.push_back(net->ae->Decode(net->ae->Encode(crops.slice(0, b, b + 2)).first));
-      }
-      return torch::cat(parts);
-    };
-    const torch::Tensor recon = reconstruct(val_crops);
-    const std::int64_t half = val_pre.size(0);
-    const torch::Tensor post_fraction = nets::ResidualFraction(
-        recon.slice(0, half).slice(1, 1, 2), recon.slice(0, 0, half).slice(1, 1, 2),
-        val_pre.slice(1, 1, 2).add(1.0).mul(0.5), o.config);
-    net->train();
-    const double l1 = torch::l1_loss(recon.slice(1, 0, 1), val_crops.slice(1, 0, 1)).item<double>();
-    const torch::Tensor pm = recon.slice(1, 1, 2) > 0, tm = val_crops.slice(1, 1, 2) > 0;
-    const double inter = (pm & tm).sum().item<double>();
-    const double dice =
-        2.0 * inter / std::max(1.0, pm.sum().item<double>() + tm.sum().item<double>());
-    const double true_sum = val_post.slice(1, 1, 2).add(1.0).mul(0.5).sum().item<double>();
-    const double residual_rel =
-        std::abs(post_fraction.sum().item<double>() - true_sum) / std::max(true_sum, 1.0);
-    return std::make_tuple(l1, dice, residual_rel);
-  };
-  if (state.stage == "autoencoder") {
-    torch::optim::Adam optimizer(net->ae->parameters(), torch::optim::AdamOptions(o.ae_lr));
-    if (state.step > 0) torch::load(optimizer, o.state_dir + "/optim.pt");
-    net->train();
-    const std::int64_t crop = o.config.crop_voxels, patch = o.ae_patch;
-    for (int step = state.step; step < o.ae_steps; ++step) {
-      auto gen = Rng(o.seed, {1, std::uint64_t(step)});
-      const torch::Tensor idx = RandomIndex(all_crops.size(0), o.ae_batch, gen);
-      torch::Tensor x = all_crops.index_select(0, idx).to(torch::kFloat);
-      torch::Tensor region = all_regions.index_select(0, idx).to(torch::kFloat);
-      if (patch < crop) {
-        const auto off = torch::randint(crop - patch + 1, {3}, gen, torch::kLong);
-        const auto a = off.accessor<std::int64_t, 1>();
-        const auto cut = [&](const torch::Tensor& t) {
-          return t.slice(2, a[0], a[0] + patch)
-              .slice(3, a[1], a[1] + patch)
-              .slice(4, a[2], a[2] + patch);
-        };
-        x = cut(x);
-        region = cut(region);
-      }
-      const double lr = o.ae_lr * 0.5 * (1.0 + std::cos(M_PI * step / o.ae_steps));
-      for (auto& group : optimizer.param_groups()) {
-        static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
-      }
-      auto [mean, logvar] = net->ae->Encode(x);
-      const torch::Tensor z = mean + torch::exp(0.5 * logvar) * torch::randn(mean.sizes(), gen);
-      const torch::Tensor loss = AeLoss(x, net->ae->Decode(z), mean, logvar, region, o);
-      optimizer.zero_grad();
-      loss.backward();
-      optimizer.step();
-      DiffusionTrainProgress p{"autoencoder", step + 1, o.ae_steps, loss.item<double>(), -1.0};
-      if ((step + 1) % o.validate_every == 0 || step + 1 == o.ae_steps) {
-        p.val_loss = std::get<0>(ae_validate());
-        if (!o.state_dir.empty()) {
-          MEWM_RETURN_IF_ERROR(
-              SaveState(o.state_dir, {"autoencoder", step + 1}, net, ema, optimizer));
-        }
-      }
-      report(p);
-    }
-    state = {"denoiser", 0};
-  }
-  std::tie(result.ae_val_l1_ct, result.ae_val_mask_dice, result.ae_val_residual_rel) =
-      ae_validate();
-
-  // ---- Latents: the diffusion target is the scaled change of the latent ----
-  net->eval();
-  const torch::Tensor z_pre = EncodeAll(net, data.pre), z_post = EncodeAll(net, data.post);
-  const torch::Tensor mask_down =
-      torch::avg_pool3d(data.pre.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5), 4);
-  const double delta_std = (z_post - z_pre).std().item<double>();
-  const double scale = 1.0 / std::max(delta_std, 1e-3);
-  {
-    torch::NoGradGuard no_grad;
-    net->latent_scale.fill_(scale);
-  }
-  result.latent_scale = scale;
-  const torch::Tensor delta = (z_post - z_pre) * scale;
-  const torch::Tensor context = torch::cat({z_pre, mask_down}, 1);
-  const torch::Tensor vz_pre = EncodeAll(net, val.pre), vz_post = EncodeAll(net, val.post);
-  const torch::Tensor vdelta = (vz_post - vz_pre) * scale;
-  const torch::Tensor vcontext = torch::cat(
-      {vz_pre, torch::avg_pool3d(val.pre.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5), 4)},
-      1);
-  const std::vector<double> alpha_bar = nets::CosineAlphaBar(o.config.train_timesteps);
-  const torch::Tensor ab = torch::tensor(alpha_bar, torch::kDouble).to(torch::kFloat);
-
-  // v-prediction loss of a batch; `null_prob` of the rows see the null plan.
-  const auto denoise_loss = [&](nets::Denoiser& denoiser, const torch::Tensor& x0,
-                                const torch::Tensor& ctx, const torch::Tensor& hot,
-                                at::Generator& gen, double null_prob) {
-    const std::int64_t n = x0.size(0);
-    const torch::Tensor t = torch::randint(o.config.train_timesteps, {n}, gen, torch::kLong);
-    const torch::Tensor a = ab.index_select(0, t).view({n, 1, 1, 1, 1});
-    const torch::Tensor noise = torch::randn(x0.sizes(), gen);
-    const torch::Tensor xt = a.sqrt() * x0 + (1 - a).sqrt() * noise;
-    const torch::Tensor v = a.sqrt() * noise - (1 - a).sqrt() * x0;
-    torch::Tensor plan = denoiser->PlanEmbedding(hot);
-    if (null_prob > 0.0) {
-      const torch::Tensor drop = (torch::rand({n, 1}, gen) < null_prob).to(torch::kFloat);
-      plan = plan * (1 - drop) + denoiser->null_plan.unsqueeze(0) * drop;
-    }
-    return torch::mse_loss(denoiser->forward(xt, ctx, t.to(torch::kFloat), plan), v);
-  };
-  const auto denoiser_validate = [&](nets::DiffusionNet& model) {
-    torch::NoGradGuard no_grad;
-    double total = 0.0;
-    const std::int64_t n = std::min<std::int64_t>(vdelta.size(0), 48);
-    auto gen = Rng(o.seed, {3});
-    for (std::int64_t b = 0; b < n; b += 16) {
-      const std::int64_t e = std::min(n, b + 16);
-      total += denoise_loss(model->denoiser, vdelta.slice(0, b, e), vcontext.slice(0, b, e),
-                            val.multi_hot.slice(0, b, e), gen, 0.0)
-                   .item<double>() *
-               double(e - b);
-    }
-    return total / double(n);
-  };
-  if (state.stage == "denoiser") {
-    torch::optim::AdamW optimizer(net->denoiser->parameters(),
-                                  torch::optim::AdamWOptions(o.denoiser_lr).weight_decay(1e-4));
-    if (state.step > 0) torch::load(optimizer, o.state_dir + "/optim.pt");
-    net->train();
-    for (int step = state.step; step < o.denoiser_steps; ++step) {
-      auto gen = Rng(o.seed, {2, std::uint64_t(step)});
-      const torch::Tensor idx = RandomIndex(delta.size(0), o.denoiser_batch, gen);
-      const double warm = std::min(1.0, double(step + 1) / 100.0);
-      const double lr =
-          o.denoiser_lr * warm * 0.5 * (1.0 + std::cos(M_PI * step / o.denoiser_steps));
-      for (auto& group : optimizer.param_groups()) {
-        static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-      }
-      const torch::Tensor loss =
-          denoise_loss(net->denoiser, delta.index_select(0, idx), context.index_select(0, idx),
-                       data.multi_hot.index_select(0, idx), gen, o.null_plan_prob);
-      optimizer.zero_grad();
-      loss.backward();
-      torch::nn::utils::clip_grad_norm_(net->denoiser->parameters(), 1.0);
-      optimizer.step();
-      UpdateEma(ema, net, step < 100 ? 0.0 : o.ema_decay);
-      DiffusionTrainProgress p{"denoiser", step + 1, o.denoiser_steps, loss.item<double>(), -1.0};
-      if ((step + 1) % o.validate_every == 0 || step + 1 == o.denoiser_steps) {
-        p.val_loss = denoiser_validate(ema);
-        if (!o.state_dir.empty()) {
-          // The autoencoder and scale live in `net`; EMA copies them before saving.
-          MEWM_RETURN_IF_ERROR(SaveState(o.state_dir, {"denoiser", step + 1}, net, ema, optimizer));
-        }
-      }
-      report(p);
-    }
-  }
-  // Ship the EMA denoiser with the trained autoencoder and scale.
-  {
-    torch::NoGradGuard no_grad;
-    auto ae_t = ema->ae->named_parameters(), ae_f = net->ae->named_parameters();
-    for (auto& item : ae_t) item.value().copy_(ae_f[item.key()]);
-    ema->latent_scale.copy_(net->latent_scale);
-  }
-  result.denoiser_val_loss = denoiser_validate(ema);
-  ema->eval();
-  result.guidance_scores = ScoreGuidance(ema, validation.empty() ? train : validation, vz_pre,
-                                         vcontext, val.multi_hot, val.pre, val.post, alpha_bar, o);
-  double best = -2.0, best_mae = 0.0;
-  for (const GuidanceScore& g : result.guidance_scores) {
-    if (g.spearman > best + 1e-9 ||
-        (std::abs(g.spearman - best) <= 1e-9 && g.residual_mae_ml < best_mae)) {
-      best = g.spearman;
-      best_mae = g.residual_mae_ml;
-      result.recommended_guidance = g.guidance;
-    }
-  }
-  result.seconds = Seconds(t_start);
-  if (!o.out.empty()) {
-    nlohmann::json meta =
-        nlohmann::json::parse(o.metadata_json.empty() ? "{}" : o.metadata_json, nullptr, false);
-    if (meta.is_discarded() || !meta.is_object()) meta = nlohmann::json::object();
-    nlohmann::json scores = nlohmann::json::array();
-    for (const GuidanceScore& g : result.guidance_scores) {
-      scores.push_back({{"guidance", g.guidance},
-                        {"spearman", g.spearman},
-                        {"residual_mae_ml", g.residual_mae_ml}});
-    }
-    meta["training"] = {{"ae_val_l1_ct", result.ae_val_l1_ct},
-                        {"ae_val_mask_dice", result.ae_val_mask_dice},
-                        {"ae_val_residual_rel", result.ae_val_residual_rel},
-                        {"guidance_on_validation", scores},
-                        {"recommended_guidance", result.recommended_guidance},
-                        {"denoiser_val_loss", result.denoiser_val_loss},
-                        {"latent_scale", result.latent_scale},
-                        {"train_pairs", train.size()},
-                        {"validation_pairs", validation.size()},
-                        {"seconds", result.seconds}};
-    MEWM_RETURN_IF_ERROR(
-        torch_bridge::SaveCheckpoint(o.out, *ema, {o.config.ToJson(), meta.dump()}));
-  }
-  return result;
+  const std::vector<DiffusionPair>& validation_pairs = validation.empty() ? train : validation;
+  MEWM_TRY(Stacked data, Stack(train, o.config));
+  MEWM_TRY(Stacked val, Stack(validation_pairs, o.config));
+  Trainer trainer(std::move(data), std::move(val), o, progress);
+  MEWM_RETURN_IF_ERROR(trainer.Resume());
+  MEWM_RETURN_IF_ERROR(trainer.TrainAutoencoder());
+  trainer.EncodeLatents();
+  MEWM_RETURN_IF_ERROR(trainer.TrainDenoiser());
+  trainer.Finish(validation_pairs);
+  trainer.result().seconds = Seconds(t_start);
+  MEWM_RETURN_IF_ERROR(trainer.Save(train.size(), validation.size()));
+  return trainer.result();
 }
 
 }  // namespace

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
 //
-// The plan space the planner and the synthetic world's exhaustive search share (DESIGN section 5):
-// up to H_d drugs, the protocol's mandatory items (Lipiodol for cTACE), then further embolics up
-// to an embolic horizon H_e that counts the mandatory embolics too.
+// The plan space the planner and the synthetic world's exhaustive search share (docs/DESIGN.md,
+// "The planner"): up to H_d drugs, the protocol's mandatory items (Lipiodol for cTACE), then
+// further embolics up to an embolic horizon H_e that counts the mandatory embolics too.
 #pragma once
 
 #include <string>

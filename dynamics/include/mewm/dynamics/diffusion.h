@@ -109,15 +109,12 @@ struct DiffusionBackendOptions {
   ActionBase actions = ActionBase::Default();  ///< vocabulary source for the config preset
 };
 
-// ---- Backend registry: keeps libtorch out of binaries that do not run the diffusion backend ----
-
+/// Creates the diffusion DynamicsModel. mewm::dynamics_diffusion defines the real one
+/// (DiffusionFactoryFunction in mewm/dynamics/diffusion_backend.h); the scenarios' backend
+/// registry takes it as a value (scenarios::BackendRegistry::Builtin), so libraries that never
+/// run the backend stay free of libtorch.
 using DiffusionFactory =
     std::function<Expected<std::unique_ptr<DynamicsModel>>(const DiffusionBackendOptions&)>;
-/// The installed factory's result (EnableDiffusionBackend in mewm/dynamics/diffusion_backend.h
-/// installs the real one); kUnsupported when this binary has none.
-Expected<std::unique_ptr<DynamicsModel>> CreateRegisteredDiffusion(
-    const DiffusionBackendOptions& options);
-void SetDiffusionFactory(DiffusionFactory factory);
 
 // ---- Training and evaluation data ----
 

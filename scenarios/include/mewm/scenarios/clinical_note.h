@@ -2,7 +2,7 @@
 // SPDX-FileCopyrightText: the mewm authors
 //
 // The clinical note of a synthetic patient: free text in the voice of a referring hepatologist,
-// as the policy reads it (issue 16, section 1).
+// as the policy reads it (docs/SYNTHETIC_WORLD.md, "Clinical note").
 //   inputs:  SyntheticPatient (id, seed, covariates, lesions; never the hidden biology)
 //   outputs: the note's text (plain UTF-8, a few hundred bytes, ends with a newline)
 //   config:  none; every choice is drawn from DeriveSeed(patient.seed, "clinical-note")

@@ -4,7 +4,7 @@
 // The planner: searches the plan space (drug horizon, the protocol's mandatory items such as
 // Lipiodol, then the embolic horizon) for the plan with the lowest predicted risk, scoring each
 // candidate by the mean survival-model risk over T simulated outcomes. docs/SCENARIOS.md and
-// DESIGN section 5 describe the three search modes.
+// docs/DESIGN.md ("The planner") describe the three search modes.
 #pragma once
 
 #include <cstdint>

@@ -23,6 +23,7 @@
 #include "mewm/core/expected.h"
 #include "mewm/dynamics/dynamics_model.h"
 #include "mewm/policy/policy_model.h"
+#include "mewm/scenarios/backends.h"
 #include "mewm/scenarios/cohort_source.h"
 #include "mewm/scenarios/events.h"
 #include "mewm/scenarios/scenario.h"
@@ -36,11 +37,9 @@ struct Models {
   std::unique_ptr<dynamics::DynamicsModel> dynamics;
   std::unique_ptr<survival::SurvivalModel> survival;
 };
-/// Loads the scenario's backends and their files (errors name the file).
-Expected<Models> LoadModels(const ScenarioSpec& spec);
-/// Loads the scenario's dynamics backend alone. The diffusion backend comes from the registry
-/// (dynamics::EnableDiffusionBackend), kUnsupported in binaries without it.
-Expected<std::unique_ptr<dynamics::DynamicsModel>> LoadDynamics(const ScenarioSpec& spec);
+/// Creates the scenario's policy, dynamics and survival models through `backends` (errors name
+/// the file).
+Expected<Models> LoadModels(const ScenarioSpec& spec, const BackendRegistry& backends);
 
 /// The scenario's patients, in cohort order. A synthetic cohort is generated into
 /// `synthetic_dir` first unless a matching one (same seed, n, spacing, world version) is there;
@@ -74,6 +73,12 @@ struct RunOptions {
   /// Called with the wall time of each model call: "policy" (a proposal), "dynamics" (a
   /// simulation batch), "survival" (scoring a batch). From the runner's thread.
   std::function<void(const char* stage, double seconds)> stage_seconds;
+  /// Called with each file a manifest cohort's rows name (key "<csv>:<line> <column>", resolved
+  /// path) before the run looks at any of them. The server passes its scenario-base confinement
+  /// here, as it does to ParseScenario for the scenario's own keys. Empty: no check.
+  std::function<Status(const ScenarioPath&)> check_input;
+  /// Creates the models; nullptr: BackendRegistry::Builtin(), which has no diffusion model.
+  const BackendRegistry* backends = nullptr;
 };
 
 struct RunSummary {

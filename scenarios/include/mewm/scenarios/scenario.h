@@ -18,6 +18,8 @@
 
 namespace mewm::scenarios {
 
+class BackendRegistry;
+
 enum class SearchMode {
   kBeam,        ///< true beam search over distinct partial plans (default)
   kReference,   ///< MeWM's released loop: per-beam greedy argmin, batch 1, no memo
@@ -115,6 +117,9 @@ struct ParseOptions {
   /// here, so a path outside its scenario base is refused before anything is known or read of
   /// what lies there.
   std::function<Status(const ScenarioPath&)> check_input;
+  /// The backends whose names and keys the model tables may use; nullptr: the shipped ones
+  /// (BackendRegistry::Builtin(), which parses every shipped backend).
+  const BackendRegistry* backends = nullptr;
 };
 
 /// The largest action base file (`actions.path`) a scenario may name, in bytes. The shipped one
@@ -129,7 +134,8 @@ inline constexpr std::uint64_t kMaxActionBaseBytes = 1u << 20;
 Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string& origin,
                                      const std::string& base_dir, const ParseOptions& options = {});
 /// Reads and parses a scenario file; relative paths resolve against its folder.
-Expected<ScenarioSpec> LoadScenario(const std::string& path);
+Expected<ScenarioSpec> LoadScenario(const std::string& path,
+                                    const BackendRegistry* backends = nullptr);
 
 /// The one rule for where a run keeps its synthetic cohort, shared by `mewm run` (the Runner,
 /// and the commands that prepare a scenario's cohort) and the server:
@@ -144,8 +150,5 @@ Expected<ScenarioSpec> LoadScenario(const std::string& path);
 /// (GenerateCohort refuses it).
 Expected<std::string> SyntheticCohortDir(const ScenarioSpec& spec, const std::string& run_output,
                                          const std::string& results_root = "");
-
-/// Backends this build knows, by family.
-const std::vector<std::string>& KnownBackends(const std::string& family);
 
 }  // namespace mewm::scenarios

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
 //
-// The streaming server behind `mewm serve` (DESIGN section 6, docs/PROTOCOL.md):
+// The streaming server behind `mewm serve` (docs/DESIGN.md "Streaming", docs/PROTOCOL.md):
 //
 //   control ROUTER   submit / cancel / status / snapshot / list / health  (Request -> Reply)
 //   event PUB        [topic, Envelope, (.vdb frame)]  topics run/<id>/<type> and server/<type>
@@ -65,6 +65,10 @@ struct ServerOptions {
   /// Submits whose estimated cost is over a limit are refused with `over_limit` (health reports
   /// them). SubmitLocal is not limited.
   AdmissionLimits limits;
+  /// The backends submitted scenarios may name, and that create their models; nullptr:
+  /// scenarios::BackendRegistry::Builtin() (it parses every shipped backend, but has no diffusion
+  /// model). The registry must outlive the server.
+  const scenarios::BackendRegistry* backends = nullptr;
 };
 
 /// Runs one scenario, emitting every event to `sink`. The server keeps events.jsonl itself

@@ -5,7 +5,8 @@
 // dynamics library that links libtorch; this header includes none of it): the DynamicsModel that
 // runs the autoencoder, the plan-conditioned denoiser and the batched DDIM sampler; its training;
 // the machine Turing test; and the denoiser's speed measurement. Binaries that link this library
-// call EnableDiffusionBackend() so that scenarios can create the backend by name.
+// pass DiffusionFactoryFunction() to scenarios::BackendRegistry::Builtin, so scenarios can create
+// the backend by name.
 #pragma once
 
 #include <cstdint>
@@ -50,9 +51,8 @@ class DiffusionDynamics : public DynamicsModel {
 Expected<std::unique_ptr<DiffusionDynamics>> CreateDiffusionDynamics(
     const DiffusionBackendOptions& options);
 
-/// Installs CreateDiffusionDynamics as the registry's factory (SetDiffusionFactory in
-/// mewm/dynamics/diffusion.h); binaries that link this library call it once, from main.
-void EnableDiffusionBackend();
+/// CreateDiffusionDynamics as a DiffusionFactory, for scenarios::BackendRegistry::Builtin.
+DiffusionFactory DiffusionFactoryFunction();
 
 // ---- Training ----
 
