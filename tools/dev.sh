@@ -3,7 +3,11 @@
 # SPDX-FileCopyrightText: the mewm authors
 #
 # One entry point for a fresh Debian 12 machine (run as root, or with sudo available):
-#   tools/dev.sh setup   install the Debian packages mewm needs (skips what is installed)
+#   tools/dev.sh setup   install the Debian packages mewm needs (skips what is installed), then
+#                        the reader-study page's npm packages (turing-web)
+#   tools/dev.sh turing-web  Debian chromium, node and npm, and tools/turing_web's pinned npm
+#                        packages (NiiVue for `mewm turing serve`, puppeteer-core for its browser
+#                        test) from package-lock.json; a failure only warns (the test then skips)
 #   tools/dev.sh build   setup, then configure and build (Release, -j2) into build/
 #   tools/dev.sh test    build, then run the test suite (ctest; MEWM_TEST_LABELS selects labels)
 #   tools/dev.sh demo    build, then plan scenarios/tace_demo; results land in out/demo/
@@ -45,7 +49,30 @@ install_packages() {
   fi
 }
 
-setup() { install_packages "${PACKAGES[@]}"; }
+# The reader-study page (docs/TURING.md): its viewer and its browser test. Nothing here downloads
+# a browser: puppeteer-core drives Debian's chromium.
+turing_web() {
+  local web="$ROOT/tools/turing_web"
+  # npm ships with some node builds (NodeSource's nodejs) and is a package of its own in Debian's.
+  local wanted=(chromium nodejs)
+  command -v npm >/dev/null || wanted+=(npm)
+  if ! install_packages "${wanted[@]}"; then
+    echo "setup: warning: chromium/node not installed; the browser test will skip" >&2
+    return 0
+  fi
+  if [ ! -f "$web/node_modules/.package-lock.json" ] ||
+      [ "$web/package-lock.json" -nt "$web/node_modules/.package-lock.json" ]; then
+    echo "setup: installing tools/turing_web's npm packages (package-lock.json)"
+    (cd "$web" && npm ci --no-audit --no-fund --loglevel=error) ||
+      echo "setup: warning: npm ci failed in $web; the page works without its viewer and the" \
+        "browser test skips" >&2
+  fi
+}
+
+setup() {
+  install_packages "${PACKAGES[@]}"
+  turing_web
+}
 
 # configure_and_build DIR [TARGET...] [-- CMAKE_ARGS...]
 configure_and_build() {
@@ -155,6 +182,7 @@ fuzz() {
 
 case "${1:-}" in
   setup) setup ;;
+  turing-web) turing_web ;;
   build) build ;;
   test) run_tests ;;
   demo) demo ;;
@@ -162,5 +190,5 @@ case "${1:-}" in
   asan) asan ;;
   bench) bench ;;
   fuzz) fuzz "${2:-60}" "${3:-control}" ;;
-  *) sed -n '5,15p' "$0"; exit 2 ;;
+  *) sed -n '5,19p' "$0"; exit 2 ;;
 esac

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <numeric>
 
 namespace mewm {
@@ -51,6 +52,94 @@ double Spearman(const std::vector<double>& a, const std::vector<double>& b) {
   }
   if (saa <= 0.0 || sbb <= 0.0) return std::nan("");
   return sab / std::sqrt(saa * sbb);
+}
+
+std::pair<double, double> WilsonInterval(int k, int n, double z) {
+  if (n <= 0) return {0.0, 1.0};
+  const double p = double(k) / double(n), z2 = z * z, nn = double(n);
+  const double centre = (p + z2 / (2.0 * nn)) / (1.0 + z2 / nn);
+  const double half = z / (1.0 + z2 / nn) * std::sqrt(p * (1.0 - p) / nn + z2 / (4.0 * nn * nn));
+  return {std::max(0.0, centre - half), std::min(1.0, centre + half)};
+}
+
+double BinomialTestHalf(int k, int n) {
+  if (n <= 0) return 1.0;
+  // As R's binom.test: sum the probabilities of outcomes no more likely than k, with a relative
+  // tolerance of 1e-7 so that the symmetric outcome counts despite rounding.
+  const auto log_pmf = [n](int i) {
+    return std::lgamma(n + 1.0) - std::lgamma(i + 1.0) - std::lgamma(n - i + 1.0) -
+           double(n) * std::log(2.0);
+  };
+  const double observed = log_pmf(k) + std::log1p(1e-7);
+  double p = 0.0;
+  for (int i = 0; i <= n; ++i) {
+    const double l = log_pmf(i);
+    if (l <= observed) p += std::exp(l);
+  }
+  return std::min(1.0, p);
+}
+
+double RocAuc(const std::vector<double>& scores, const std::vector<int>& positive) {
+  if (scores.size() != positive.size()) return std::nan("");
+  const std::vector<double> ranks = Ranks(scores);
+  double rank_sum = 0.0, np = 0.0, nn = 0.0;
+  for (std::size_t i = 0; i < scores.size(); ++i) {
+    if (positive[i] != 0) {
+      rank_sum += ranks[i] + 1.0;
+      np += 1.0;
+    } else {
+      nn += 1.0;
+    }
+  }
+  if (np == 0.0 || nn == 0.0) return std::nan("");
+  return (rank_sum - np * (np + 1.0) / 2.0) / (np * nn);
+}
+
+double FleissKappa(const std::vector<std::vector<int>>& counts) {
+  if (counts.empty() || counts.front().empty()) return std::nan("");
+  const std::size_t categories = counts.front().size();
+  int raters = 0;
+  for (int c : counts.front()) raters += c;
+  if (raters < 2) return std::nan("");
+  std::vector<double> column(categories, 0.0);
+  double p_bar = 0.0;
+  for (const std::vector<int>& row : counts) {
+    if (row.size() != categories) return std::nan("");
+    int total = 0;
+    double agree = 0.0;
+    for (std::size_t j = 0; j < categories; ++j) {
+      total += row[j];
+      agree += double(row[j]) * double(row[j] - 1);
+      column[j] += row[j];
+    }
+    if (total != raters) return std::nan("");
+    p_bar += agree / (double(raters) * double(raters - 1));
+  }
+  const double subjects = double(counts.size());
+  p_bar /= subjects;
+  double p_e = 0.0;
+  for (double c : column) p_e += (c / (subjects * raters)) * (c / (subjects * raters));
+  if (p_e >= 1.0) return std::nan("");
+  return (p_bar - p_e) / (1.0 - p_e);
+}
+
+double CohenKappa(const std::vector<int>& a, const std::vector<int>& b) {
+  if (a.size() != b.size() || a.empty()) return std::nan("");
+  std::map<int, double> ma, mb;
+  double agree = 0.0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    agree += a[i] == b[i] ? 1.0 : 0.0;
+    ma[a[i]] += 1.0;
+    mb[b[i]] += 1.0;
+  }
+  const double n = double(a.size());
+  double p_e = 0.0;
+  for (const auto& [category, count] : ma) {
+    const auto it = mb.find(category);
+    if (it != mb.end()) p_e += (count / n) * (it->second / n);
+  }
+  if (p_e >= 1.0) return std::nan("");
+  return (agree / n - p_e) / (1.0 - p_e);
 }
 
 }  // namespace mewm

@@ -212,6 +212,7 @@ Status WriteVdb(const std::string& path, const VolumeSet& set, const VdbWriteOpt
   return WriteAtomically(path, [&](const std::string& temp) -> Status {
     try {
       openvdb::io::File file(temp);
+      if (!options.compress) file.setCompression(openvdb::io::COMPRESS_NONE);
       file.write(grids, meta);
       const std::string tag = file.getUniqueTag();
       file.close();

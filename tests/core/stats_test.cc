@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <tuple>
 
 namespace mewm {
 namespace {
@@ -33,6 +34,73 @@ TEST(StatsTest, SpearmanRanksWithTiesAndRefusesConstantSides) {
   EXPECT_NEAR(Spearman({1, 2, 2, 3}, {1, 2, 3, 4}), 0.9487, 1e-4);
   EXPECT_TRUE(std::isnan(Spearman({1, 1, 1}, {1, 2, 3})));
   EXPECT_TRUE(std::isnan(Spearman({1, 2}, {1, 2, 3})));
+}
+
+// R 4.x: prop.test(8, 10, correct = FALSE)$conf.int = 0.4901625 0.9433178 (the Wilson interval);
+// for 0/10 the upper end is z^2 / (n + z^2) = 0.2775328 (hand).
+TEST(StatsTest, WilsonIntervalMatchesR) {
+  auto [lo, hi] = WilsonInterval(8, 10);
+  EXPECT_NEAR(lo, 0.4901625, 1e-7);
+  EXPECT_NEAR(hi, 0.9433178, 1e-7);
+  std::tie(lo, hi) = WilsonInterval(0, 10);
+  EXPECT_NEAR(lo, 0.0, 1e-12);
+  EXPECT_NEAR(hi, 3.841459 / (10 + 3.841459), 1e-6);
+  std::tie(lo, hi) = WilsonInterval(0, 0);
+  EXPECT_EQ(lo, 0.0);
+  EXPECT_EQ(hi, 1.0);
+}
+
+// Exact values by hand: P = 2 * sum_{i >= k} C(10, i) / 2^10. R's binom.test(7, 10)$p.value =
+// 0.34375 and binom.test(9, 10)$p.value = 0.02148438 agree.
+TEST(StatsTest, ExactBinomialTestAgainstOneHalf) {
+  EXPECT_NEAR(BinomialTestHalf(7, 10), 352.0 / 1024.0, 1e-12);
+  EXPECT_NEAR(BinomialTestHalf(3, 10), 352.0 / 1024.0, 1e-12);
+  EXPECT_NEAR(BinomialTestHalf(9, 10), 22.0 / 1024.0, 1e-12);
+  EXPECT_NEAR(BinomialTestHalf(0, 10), 2.0 / 1024.0, 1e-12);
+  EXPECT_DOUBLE_EQ(BinomialTestHalf(5, 10), 1.0);
+  EXPECT_DOUBLE_EQ(BinomialTestHalf(0, 0), 1.0);
+  // 40 of 40 trials: 2 / 2^40.
+  EXPECT_NEAR(BinomialTestHalf(40, 40) / (2.0 / std::pow(2.0, 40)), 1.0, 1e-9);
+}
+
+// scikit-learn's roc_auc_score docs example: scores (0.1, 0.4, 0.35, 0.8), truth (0, 0, 1, 1)
+// gives 0.75. Ties count one half: (1, 1, 2) with truth (0, 1, 1) gives (0.5 + 1) / 2.
+TEST(StatsTest, RocAucCountsTiesAsHalf) {
+  EXPECT_DOUBLE_EQ(RocAuc({0.1, 0.4, 0.35, 0.8}, {0, 0, 1, 1}), 0.75);
+  EXPECT_DOUBLE_EQ(RocAuc({1, 1, 2}, {0, 1, 1}), 0.75);
+  EXPECT_DOUBLE_EQ(RocAuc({3, 2, 1}, {1, 0, 0}), 1.0);
+  EXPECT_TRUE(std::isnan(RocAuc({1, 2}, {1, 1})));
+}
+
+// The worked example of Wikipedia's "Fleiss' kappa" article (10 subjects, 14 raters, 5
+// categories): P-bar = 0.378, P-bar_e = 0.213, kappa = 0.210 (0.2099307 computed exactly by hand
+// from the table: P-bar = 0.3780220, P-bar_e = 0.2127551).
+TEST(StatsTest, FleissKappaOfTheTextbookExample) {
+  const std::vector<std::vector<int>> table = {
+      {0, 0, 0, 0, 14}, {0, 2, 6, 4, 2}, {0, 0, 3, 5, 6}, {0, 3, 9, 2, 0}, {2, 2, 8, 1, 1},
+      {7, 7, 0, 0, 0},  {3, 2, 6, 3, 0}, {2, 5, 3, 2, 2}, {6, 5, 2, 1, 0}, {0, 2, 2, 3, 7}};
+  EXPECT_NEAR(FleissKappa(table), 0.2099307, 1e-7);
+  // Perfect agreement across two categories is 1; unequal rater counts are refused.
+  EXPECT_DOUBLE_EQ(FleissKappa({{3, 0}, {0, 3}}), 1.0);
+  EXPECT_TRUE(std::isnan(FleissKappa({{3, 0}, {0, 2}})));
+}
+
+// Wikipedia's "Cohen's kappa" example: 50 proposals, both yes 20, A yes / B no 5, A no / B yes 10,
+// both no 15: p_o = 0.7, p_e = 0.5 * 0.6 + 0.5 * 0.4 = 0.5, kappa = 0.4.
+TEST(StatsTest, CohenKappaOfTheTextbookExample) {
+  std::vector<int> a, b;
+  const auto add = [&](int x, int y, int n) {
+    for (int i = 0; i < n; ++i) {
+      a.push_back(x);
+      b.push_back(y);
+    }
+  };
+  add(1, 1, 20);
+  add(1, 0, 5);
+  add(0, 1, 10);
+  add(0, 0, 15);
+  EXPECT_NEAR(CohenKappa(a, b), 0.4, 1e-12);
+  EXPECT_TRUE(std::isnan(CohenKappa({1, 1}, {1, 1})));
 }
 
 }  // namespace

@@ -44,6 +44,10 @@ Action RegisterWatch(CLI::App& app);
 Action RegisterStatus(CLI::App& app);
 Action RegisterCancel(CLI::App& app);
 Action RegisterKeygen(CLI::App& app);
+/// `mewm turing export | audit | score | simulate-readers | serve` (cmd_turing.cc).
+Action RegisterTuring(CLI::App& app, const BackendRegistry& backends);
+/// `turing serve` (cmd_turing_serve.cc): the reader-study web page.
+Action AddTuringServe(CLI::App& turing);
 
 /// A diffusion generator for `train survival` and `eval survival --generator` (cmd_dynamics.cc).
 struct GeneratorOptions {

@@ -96,6 +96,13 @@ const std::map<std::string, std::string>& Examples() {
       {"bench planner",
        "mewm bench planner scenarios/tace_cohort_eval/scenario.toml --patients 10"},
       {"bench stream", "mewm bench stream --json-out bench_stream.json"},
+      {"turing export",
+       "mewm turing export --cohort cohorts/heldout --dynamics-backend mechanistic --n 40 "
+       "--out study --key secret/key.json"},
+      {"turing audit", "mewm turing audit study --key secret/key.json"},
+      {"turing serve", "mewm turing serve study --port 8017"},
+      {"turing score", "mewm turing score study --key secret/key.json --plot accuracy.png"},
+      {"turing simulate-readers", "mewm turing simulate-readers study --key secret/key.json"},
       {"bench dynamics", "mewm bench dynamics scenarios/tace_cohort_eval_diffusion/scenario.toml"},
   };
   return examples;
@@ -169,6 +176,8 @@ int main(int argc, char** argv) {
   add("cohort", "Generate a synthetic cohort, or print its world-validity figures",
       mewm::cli::RegisterCohort);
   add("bench", "Measure core operations and the synthetic world", mewm::cli::RegisterBench);
+  add("turing", "Turing-test reader study: export blinded cases, audit, serve the page, score",
+      mewm::cli::RegisterTuring);
 
   AddExamples(app, "");
   // An unknown command word is named, with the list of commands, rather than CLI11's "The

@@ -41,6 +41,9 @@ struct VdbWriteOptions {
   /// bits: steps of at most 0.5 HU below 1024 HU and 1 HU up to 2048 HU, well under CT noise
   /// (10-20 HU), for roughly half the file size. Off by default so conversions are exact.
   bool half_float = false;
+  /// Blosc/zip and active-mask compression (OpenVDB's default). Off: a file's size follows its
+  /// grids' topology alone, not their values (the Turing-test export needs that).
+  bool compress = true;
 };
 
 /// Writes all grids atomically (temporary file, then rename). kInvalidArgument for a grid name
