@@ -290,8 +290,7 @@ TEST_F(CliTest, ConvertWritesEveryGridOfAMultiGridVdbOrTheGridAsked) {
   Result r = RunMewm("convert " + vdb + " " + dir_.File("out.nii.gz"));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("wrote " + dir_.File("out_ct.nii.gz")), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("wrote " + dir_.File("out_tumor.nii.gz")), std::string::npos)
-      << r.output;
+  EXPECT_NE(r.output.find("wrote " + dir_.File("out_tumor.nii.gz")), std::string::npos) << r.output;
   EXPECT_FALSE(std::filesystem::exists(dir_.File("out.nii.gz")));
   auto a = ReadNifti(ct_path_);
   auto b = ReadNifti(dir_.File("out_ct.nii.gz"));
@@ -319,8 +318,7 @@ TEST_F(CliTest, ConvertAutoReadsAnInt16CtWithNegativeHuAsCtAndSaysWhy) {
   // An int16 CT (written by nibabel with scl_slope 1, as dcm2niix writes them).
   Result r = RunMewm("convert " + kind + "int16_hu.nii.gz " + dir_.File("ct.vdb"));
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("as CT (int16 data with negative values"), std::string::npos)
-      << r.output;
+  EXPECT_NE(r.output.find("as CT (int16 data with negative values"), std::string::npos) << r.output;
   auto ct = ReadVdb(dir_.File("ct.vdb"));
   ASSERT_TRUE(ct);
   ASSERT_TRUE(ct->Scalar("ct")) << r.output;
@@ -1328,7 +1326,6 @@ TEST_F(CliDataTest, ImagesOverTheVoxelLimitAreRefusedBeforeAllocating) {
   EXPECT_NE(output.find("ok.vdb"), std::string::npos) << output;
 }
 
-
 /// results.nifti through the binary: the NIfTI files of every patient match post_chosen.vdb,
 /// travel through merge and resume, and `mewm convert` of the .vdb gives the same CT.
 TEST_F(CliDataTest, RunWritesNiftiBesideTheVdbAndMergeAndResumeKeepIt) {
@@ -1339,8 +1336,8 @@ TEST_F(CliDataTest, RunWritesNiftiBesideTheVdbAndMergeAndResumeKeepIt) {
     ASSERT_EQ(r.code, 0) << r.output;
   }
   const std::string merged = dir_.File("merged");
-  Result r = RunMewm("merge --out " + merged + " " + dir_.File("shard0") + " " +
-                     dir_.File("shard1"));
+  Result r =
+      RunMewm("merge --out " + merged + " " + dir_.File("shard0") + " " + dir_.File("shard1"));
   ASSERT_EQ(r.code, 0) << r.output;
   for (const char* id : {"P0001", "P0002"}) {
     SCOPED_TRACE(id);
