@@ -16,6 +16,8 @@
 #include "mewm/core/file_util.h"
 #include "mewm/core/log.h"
 #include "mewm/core/nifti_io.h"
+#include "mewm/core/plot.h"
+#include "mewm/core/render.h"
 #include "mewm/core/seed.h"
 #include "mewm/core/vdb_io.h"
 #include "mewm/core/volume_file.h"
@@ -52,7 +54,9 @@ constexpr const char* kRunFiles[] = {"run.json", "scenario.toml", "events.jsonl"
 constexpr const char* kPostVdb = "post_chosen.vdb";
 constexpr const char* kPostCtNifti = "post_chosen_ct.nii.gz";
 constexpr const char* kPostLabelsNifti = "post_chosen_labels.nii.gz";
-constexpr const char* kPatientFiles[] = {"result.json", kPostVdb, kPostCtNifti, kPostLabelsNifti};
+constexpr const char* kSurvivalPng = "survival.png";
+constexpr const char* kPatientFiles[] = {"result.json", kPostVdb, kPostCtNifti, kPostLabelsNifti,
+                                         kSurvivalPng};
 
 bool IsTempName(const std::string& name) { return name.rfind(".tmp-", 0) == 0; }
 
@@ -159,6 +163,53 @@ Expected<ResultRow> ReadResultRow(const fs::path& path) {
     return MakeError(ErrorCode::kCorruptData, "'" + path.string() + "': " + e.what());
   }
   return row;
+}
+
+std::string MedianText(const survival::RiskScore& curve) {
+  const Expected<double> median = curve.MedianMonths();
+  if (!median) return "median not reached";
+  char text[48];
+  std::snprintf(text, sizeof text, "median %.1f months", *median);
+  return text;
+}
+
+/// survival.png: the chosen plan's and the next-best plan's predicted survival (the mean curve
+/// over their samples), each with the band from its lowest to its highest sample curve.
+Status WriteSurvivalPlot(const fs::path& path, const std::string& patient_id,
+                         const PlanDecision& decision, int samples) {
+  const CandidateScore& best = decision.best;
+  const CandidateScore* next = nullptr;
+  for (const CandidateScore& c : decision.evaluated) {
+    if (c.plan.ToString() == best.plan.ToString()) continue;
+    if (next == nullptr || c.risk_mean < next->risk_mean ||
+        (c.risk_mean == next->risk_mean && c.plan.ToString() < next->plan.ToString())) {
+      next = &c;
+    }
+  }
+  SurvivalPlot plot;
+  plot.title = "Patient " + patient_id + ": predicted survival";
+  const auto curve = [](const CandidateScore& c, const std::string& role,
+                        const std::array<std::uint8_t, 3>& color) {
+    PlotCurve out;
+    out.label = role + ": " + c.plan.ToString() + " (" + MedianText(c.curve) + ")";
+    out.times = c.curve.times_months;
+    out.values = c.curve.survival;
+    if (c.survival_lo.size() == out.times.size() && c.survival_hi.size() == out.times.size()) {
+      out.lo = c.survival_lo;
+      out.hi = c.survival_hi;
+    }
+    out.color = color;
+    return out;
+  };
+  plot.curves.push_back(curve(best, "Chosen", {31, 100, 200}));
+  if (next != nullptr) {
+    plot.curves.push_back(curve(*next, "Next best", {230, 120, 20}));
+    plot.curves.back().dashed = true;
+  }
+  plot.notes.push_back("Lines: mean over T = " + std::to_string(samples) +
+                       " simulated outcomes. Bands: lowest to highest sample.");
+  MEWM_TRY(const RgbImage image, RenderSurvivalPlot(plot));
+  return WritePng(path.string(), image);
 }
 
 /// OK when every entry of `patients` is what a run writes there: patient folders holding only
@@ -478,6 +529,10 @@ struct Runner::Impl {
     if (spec.results.nifti) {
       MEWM_RETURN_IF_ERROR(WritePostNifti(temp_dir, outcomes.front().post_ct,
                                           outcomes.front().viable, patient.tumor));
+    }
+    if (spec.results.plots) {
+      MEWM_RETURN_IF_ERROR(
+          WriteSurvivalPlot(temp_dir / kSurvivalPng, patient.id, *decision, spec.planner.samples));
     }
     MEWM_RETURN_IF_ERROR(
         WriteFileAtomic((temp_dir / "result.json").string(), result.dump(1) + "\n"));

@@ -303,6 +303,7 @@ void ScenarioParser::ReadConstraints(const ConfigTable& con, bool actions_ok) {
 
 void ScenarioParser::ReadResults(const ConfigTable& res) {
   problems.Take(res.GetBool("nifti", true), &s.results.nifti);
+  problems.Take(res.GetBool("plots", true), &s.results.plots);
   problems.Check(res.RejectUnknownKeys());
 }
 

@@ -10,6 +10,7 @@
 
 #include "mewm/core/file_util.h"
 #include "mewm/core/nifti_io.h"
+#include "mewm/core/render.h"
 #include "mewm/core/vdb_io.h"
 #include "mewm/core/volume_file.h"
 #include "mewm/scenarios/evaluation.h"
@@ -185,7 +186,7 @@ TEST_F(RunnerTest, ShardsMergeIntoTheFullRun) {
   EXPECT_FALSE(Runner::Create(Synthetic(), bad));
 }
 
-TEST_F(RunnerTest, NiftiBesideTheVdbHoldsItsGridsWithThePatientsAffine) {
+TEST_F(RunnerTest, NiftiAndPlotBesideTheVdbHoldItsGridsAndCurves) {
   CollectingSink sink;
   ASSERT_TRUE(Run(Synthetic(), {}, &sink));
   for (const char* id : {"P0001", "P0002", "P0003"}) {
@@ -224,6 +225,21 @@ TEST_F(RunnerTest, NiftiBesideTheVdbHoldsItsGridsWithThePatientsAffine) {
     EXPECT_EQ(wrong, 0u);
     EXPECT_GT(counts[1] + counts[2], 0u);
   }
+  // survival.png beside result.json: a PNG with the chosen plan's colour (blue) and the
+  // next-best plan's (orange).
+  for (const char* id : {"P0001", "P0002", "P0003"}) {
+    auto png = ReadPng(dir_.File(std::string("out/patients/") + id + "/survival.png"));
+    ASSERT_TRUE(png) << id;
+    EXPECT_EQ(png->width, 760);
+    int chosen = 0, next = 0;
+    for (std::size_t n = 0; n + 2 < png->pixels.size(); n += 3) {
+      const std::uint8_t* p = &png->pixels[n];
+      chosen += p[0] == 31 && p[1] == 100 && p[2] == 200;
+      next += p[0] == 230 && p[1] == 120 && p[2] == 20;
+    }
+    EXPECT_GT(chosen, 500) << id;
+    EXPECT_GT(next, 500) << id;
+  }
   // --kind auto of the run's own files: the CT as CT, the labels as labels.
   NiftiKindDecision ct_kind, label_kind;
   ASSERT_TRUE(ReadVolumeFile(dir_.File("out/patients/P0001/post_chosen_ct.nii.gz"),
@@ -239,6 +255,7 @@ TEST_F(RunnerTest, ResultsNiftiOffWritesTheVdbAloneAndTheSameResults) {
   ASSERT_TRUE(Run(Synthetic(), {}, &with));
   ScenarioSpec off = Synthetic();
   off.results.nifti = false;
+  off.results.plots = false;
   RunOptions options;
   options.output_dir = dir_.File("off");
   options.run_id = DefaultRunId(Synthetic());  // the same id, so the files compare byte for byte
@@ -249,6 +266,7 @@ TEST_F(RunnerTest, ResultsNiftiOffWritesTheVdbAloneAndTheSameResults) {
     EXPECT_TRUE(fs::exists(p + "/post_chosen.vdb"));
     EXPECT_FALSE(fs::exists(p + "/post_chosen_ct.nii.gz"));
     EXPECT_FALSE(fs::exists(p + "/post_chosen_labels.nii.gz"));
+    EXPECT_FALSE(fs::exists(p + "/survival.png"));
     EXPECT_EQ(Read(p + "/result.json"),
               Read(dir_.File(std::string("out/patients/") + id + "/result.json")));
   }
@@ -259,11 +277,13 @@ TEST_F(RunnerTest, ResultsNiftiOffWritesTheVdbAloneAndTheSameResults) {
   b.erase("run");
   EXPECT_EQ(a, b);
   // The key is read from the scenario, and checked.
-  auto parsed = ParseScenario(Synthetic().text + "\n[results]\nnifti = false\n", "x.toml",
-                              dir_.path().string());
+  auto parsed = ParseScenario(Synthetic().text + "\n[results]\nnifti = false\nplots = false\n",
+                              "x.toml", dir_.path().string());
   ASSERT_TRUE(parsed) << parsed.error().message;
   EXPECT_FALSE(parsed->results.nifti);
+  EXPECT_FALSE(parsed->results.plots);
   EXPECT_TRUE(Synthetic().results.nifti);
+  EXPECT_TRUE(Synthetic().results.plots);
   auto bad = ParseScenario(Synthetic().text + "\n[results]\nnifti = 1\npng = true\n", "x.toml",
                            dir_.path().string());
   ASSERT_FALSE(bad);

@@ -55,6 +55,9 @@ struct ResultsSpec {
   /// post_chosen_ct.nii.gz and post_chosen_labels.nii.gz beside post_chosen.vdb, for viewers
   /// that do not read .vdb (3D Slicer, ITK-SNAP).
   bool nifti = true;
+  /// survival.png: the predicted survival of the chosen and the next-best plan, with the spread
+  /// of their T samples.
+  bool plots = true;
 };
 
 /// A path a scenario names, with the key that names it.
