@@ -53,8 +53,9 @@ TEST(PlotTest, DrawsCurvesBandsAxesAndALegend) {
   EXPECT_FALSE(Has(*image, {230, 120, 20}, 0, 0, 63, 519)) << "curves stay right of the y axis";
   // The title is drawn in the top rows.
   EXPECT_TRUE(Has(*image, {0, 0, 0}, 60, 8, 400, 18));
-  // The curve starts at S = 1 at the top-left of the plot area (left = 64, top = 52).
-  EXPECT_TRUE(Has(*image, {230, 120, 20}, 64, 50, 80, 56));
+  // The curves start at S = 1 at the top-left of the plot area (left = 64, top = 52), the first
+  // curve drawn on top.
+  EXPECT_TRUE(Has(*image, {31, 100, 200}, 64, 50, 80, 56));
   // It round-trips through the PNG writer.
   testing::TempDir dir;
   ASSERT_TRUE(WritePng(dir.File("plot.png"), *image));
