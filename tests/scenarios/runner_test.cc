@@ -164,8 +164,8 @@ TEST_F(RunnerTest, ShardsMergeIntoTheFullRun) {
   }
   ASSERT_TRUE(MergeResults(shards, dir_.File("merged")));
   EXPECT_EQ(Read(dir_.File("merged/patients/P0003/result.json")), expected);
-  // The NIfTI views travel with their patient (P0003 is shard 0's: 0-based row 2).
-  for (const char* name : {"post_chosen_ct.nii.gz", "post_chosen_labels.nii.gz"}) {
+  // The NIfTI views and the plot travel with their patient (P0003 is shard 0's: 0-based row 2).
+  for (const char* name : {"post_chosen_ct.nii.gz", "post_chosen_labels.nii.gz", "survival.png"}) {
     EXPECT_EQ(Read(dir_.File(std::string("merged/patients/P0003/") + name)),
               Read(dir_.File(std::string("shard-0/patients/P0003/") + name)))
         << name;
