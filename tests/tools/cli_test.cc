@@ -629,9 +629,20 @@ TEST_F(CliTest, TrainRunEvaluateMergeAndInterrupt) {
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("plan_toxicity"), std::string::npos);
   r = RunMewm("eval survival --model " + dir_.File("cox.json") + " --cohort " + train +
-              " --train-cohort " + train);
+              " --train-cohort " + train + " --plot " + dir_.File("km.png"));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("Harrell C"), std::string::npos);
+  // The cohort's Kaplan-Meier curve (black) against the predicted curves (blue).
+  auto km = ReadPng(dir_.File("km.png"));
+  ASSERT_TRUE(km) << r.output;
+  int black = 0, blue = 0;
+  for (std::size_t n = 0; n + 2 < km->pixels.size(); n += 3) {
+    const std::uint8_t* p = &km->pixels[n];
+    black += p[0] == 20 && p[1] == 20 && p[2] == 20;
+    blue += p[0] == 31 && p[1] == 100 && p[2] == 200;
+  }
+  EXPECT_GT(black, 500);
+  EXPECT_GT(blue, 500);
 
   const auto scenario = [&](int n, const std::string& planner = "beams = 2\nsamples = 1\n") {
     return "[run]\nname = \"cli\"\nseed = 1\n[cohort]\nsource = \"synthetic\"\nn = " +
