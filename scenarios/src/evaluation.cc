@@ -3,6 +3,7 @@
 #include "mewm/scenarios/evaluation.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -326,7 +327,7 @@ Expected<SurvivalEvaluation> EvaluateSurvival(survival::SurvivalModel& model,
     }
     std::sort(at.begin(), at.end());
     const auto quantile = [&](double q) {
-      return at[std::min(at.size() - 1, std::size_t(q * double(at.size() - 1) + 0.5))];
+      return at[std::min(at.size() - 1, std::size_t(std::lround(q * double(at.size() - 1))))];
     };
     double sum = 0.0;
     for (const double v : at) sum += v;
