@@ -90,6 +90,7 @@ struct RawHeader {
   std::int64_t dim[8] = {};
   double pixdim[8] = {};
   int datatype = 0;
+  int intent_code = 0;
   double scl_slope = 0.0;
   double scl_inter = 0.0;
   int qform_code = 0;
@@ -110,6 +111,7 @@ RawHeader CopyRaw(const H& h, int version) {
     r.pixdim[d] = h.pixdim[d];
   }
   r.datatype = h.datatype;
+  r.intent_code = h.intent_code;
   r.scl_slope = h.scl_slope;
   r.scl_inter = h.scl_inter;
   r.qform_code = h.qform_code;
@@ -352,6 +354,7 @@ Expected<ParsedHeader> ReadHeader(const std::string& path) {
   info.version = h.version;
   info.datatype = h.datatype;
   info.integer_datatype = nifti_is_inttype(h.datatype) != 0;
+  info.intent_code = h.intent_code;
   info.scl_slope = h.scl_slope;
   info.scl_inter = h.scl_inter;
   info.sform_code = h.sform_code;
@@ -663,7 +666,8 @@ Status CheckWritable(const std::string& path, const Index3& dims, std::size_t si
 
 template <typename T>
 Status WriteVolume(const std::string& path, const Index3& dims, const Geometry& geometry,
-                   const std::vector<T>& data, int datatype, NiftiVersion version) {
+                   const std::vector<T>& data, int datatype, NiftiVersion version,
+                   int intent_code = NIFTI_INTENT_NONE) {
   SilenceNiftilib();
   MEWM_RETURN_IF_ERROR(CheckWritable(path, dims, data.size(), geometry, version));
 
@@ -682,6 +686,7 @@ Status WriteVolume(const std::string& path, const Index3& dims, const Geometry& 
   nim->dz = nim->pixdim[3] = geometry.spacing[2];
   nim->scl_slope = 0.0;  // no scaling
   nim->scl_inter = 0.0;
+  nim->intent_code = intent_code;
 
   Eigen::Matrix4d ras = geometry.Affine();
   ras.row(0) *= -1.0;
@@ -851,10 +856,12 @@ Status WriteNiftiLabels(const std::string& path, const DenseLabel& labels, Nifti
            v <= std::numeric_limits<std::int16_t>::max();
   });
   if (!fits_int16) {
-    return WriteVolume(path, labels.dims, labels.geometry, labels.data, NIFTI_TYPE_INT32, version);
+    return WriteVolume(path, labels.dims, labels.geometry, labels.data, NIFTI_TYPE_INT32, version,
+                       NIFTI_INTENT_LABEL);
   }
   const std::vector<std::int16_t> narrow(labels.data.begin(), labels.data.end());
-  return WriteVolume(path, labels.dims, labels.geometry, narrow, NIFTI_TYPE_INT16, version);
+  return WriteVolume(path, labels.dims, labels.geometry, narrow, NIFTI_TYPE_INT16, version,
+                     NIFTI_INTENT_LABEL);
 }
 
 bool IsNiftiPath(const std::string& path) {

@@ -3,6 +3,7 @@
 #include "mewm/scenarios/evaluation.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -10,6 +11,7 @@
 #include <sstream>
 
 #include "mewm/core/file_util.h"
+#include "mewm/core/plot.h"
 #include "mewm/core/stats.h"
 #include "mewm/scenarios/cohort_source.h"
 #include "mewm/scenarios/planner.h"
@@ -309,7 +311,53 @@ Expected<SurvivalEvaluation> EvaluateSurvival(survival::SurvivalModel& model,
   MEWM_TRY(eval.integrated_brier,
            survival::IntegratedBrierScore(curves, y, y_train, {3, 6, 12, 18, 24, 30, 36, 42, 48}));
   MEWM_TRY(eval.auc_24, survival::TimeDependentAuc(risk, y, y_train, 24.0));
+  MEWM_TRY(eval.observed, survival::FitKaplanMeier(y));
+  double last = 0.0;
+  for (const survival::SurvivalRecord& r : y) {
+    last = std::max(last, r.time);
+    eval.deaths += r.event ? 1 : 0;
+  }
+  constexpr int kSteps = 200;
+  std::vector<double> at(curves.size());
+  for (int k = 1; k <= kSteps && last > 0.0; ++k) {
+    const double t = last * k / kSteps;
+    for (std::size_t i = 0; i < curves.size(); ++i) {
+      const Expected<double> s = curves[i].SurvivalAt(t);
+      at[i] = s ? *s : 0.0;
+    }
+    std::sort(at.begin(), at.end());
+    const auto quantile = [&](double q) {
+      return at[std::min(at.size() - 1, std::size_t(std::lround(q * double(at.size() - 1))))];
+    };
+    double sum = 0.0;
+    for (const double v : at) sum += v;
+    eval.curve_times.push_back(t);
+    eval.predicted_mean.push_back(at.empty() ? 1.0 : sum / double(at.size()));
+    eval.predicted_lo.push_back(at.empty() ? 1.0 : quantile(0.1));
+    eval.predicted_hi.push_back(at.empty() ? 1.0 : quantile(0.9));
+  }
   return eval;
+}
+
+Expected<RgbImage> SurvivalEvaluation::Plot() const {
+  SurvivalPlot plot;
+  plot.title = "Observed vs predicted survival, " + std::to_string(patients) + " patients";
+  plot.x_label = "Months of follow-up";
+  PlotCurve km;
+  km.label = "Observed: Kaplan-Meier (" + std::to_string(deaths) + " deaths)";
+  km.times = observed.times;
+  km.values = observed.survival;
+  km.color = {20, 20, 20};
+  PlotCurve predicted;
+  predicted.label = "Predicted: mean of the model's curves";
+  predicted.times = curve_times;
+  predicted.values = predicted_mean;
+  predicted.lo = predicted_lo;
+  predicted.hi = predicted_hi;
+  predicted.color = {31, 100, 200};
+  plot.curves = {km, predicted};
+  plot.notes = {"Band: 10th to 90th percentile of the patients' predicted curves"};
+  return RenderSurvivalPlot(plot);
 }
 
 std::string SurvivalEvaluation::FormatTable() const {

@@ -15,8 +15,12 @@
 
 #include "mewm/core/file_util.h"
 #include "mewm/core/log.h"
+#include "mewm/core/nifti_io.h"
+#include "mewm/core/plot.h"
+#include "mewm/core/render.h"
 #include "mewm/core/seed.h"
 #include "mewm/core/vdb_io.h"
+#include "mewm/core/volume_file.h"
 #include "mewm/dynamics/calibration.h"
 #include "mewm/scenarios/cohort.h"
 #include "mewm/scenarios/planner.h"
@@ -46,7 +50,41 @@ constexpr const char* kResultFormat = "mewm.patient_result";
 constexpr const char* kRunFiles[] = {"run.json", "scenario.toml", "events.jsonl", "summary.json",
                                      "summary.csv"};
 
+/// The files a run may write in a patient's folder (results.nifti adds the two NIfTI files).
+constexpr const char* kPostVdb = "post_chosen.vdb";
+constexpr const char* kPostCtNifti = "post_chosen_ct.nii.gz";
+constexpr const char* kPostLabelsNifti = "post_chosen_labels.nii.gz";
+constexpr const char* kSurvivalPng = "survival.png";
+constexpr const char* kPatientFiles[] = {"result.json", kPostVdb, kPostCtNifti, kPostLabelsNifti,
+                                         kSurvivalPng};
+
 bool IsTempName(const std::string& name) { return name.rfind(".tmp-", 0) == 0; }
+
+bool IsPatientFile(const std::string& name) {
+  return std::any_of(std::begin(kPatientFiles), std::end(kPatientFiles),
+                     [&](const char* f) { return name == f; });
+}
+
+/// The NIfTI view of post_chosen.vdb for viewers that read no .vdb: the post-treatment CT, and
+/// one label map on the CT's lattice (0 background, 1 tumor before treatment that is not viable
+/// after it, 2 viable tumor after treatment). The files carry the patient's affine.
+Status WritePostNifti(const fs::path& dir, const Volume& ct, const LabelVolume& viable,
+                      const LabelVolume& pre_tumor) {
+  for (const LabelVolume* mask : {&viable, &pre_tumor}) {
+    if (!mask->geometry().ApproxEquals(ct.geometry(), 1e-9) || mask->extent() != ct.extent()) {
+      return MakeError(ErrorCode::kInternal,
+                       "grid '" + mask->name() + "' is not on the lattice of the post CT");
+    }
+  }
+  const IndexBox box = CoveringBox(ct);
+  MEWM_RETURN_IF_ERROR(WriteNifti((dir / kPostCtNifti).string(), ct.ToDense(box)));
+  DenseLabel labels = pre_tumor.ToDense(box);
+  const DenseLabel alive = viable.ToDense(box);
+  for (std::size_t n = 0; n < labels.data.size(); ++n) {
+    labels.data[n] = alive.data[n] != 0 ? 2 : (labels.data[n] != 0 ? 1 : 0);
+  }
+  return WriteNiftiLabels((dir / kPostLabelsNifti).string(), labels);
+}
 
 /// run.json of a mewm run (an object with string run_id, scenario and shard), or nullopt when
 /// `dir` has none or another file under that name.
@@ -105,10 +143,14 @@ Expected<ResultRow> ReadResultRow(const fs::path& path) {
       row.simulations = k.at("simulations").get<std::int64_t>();
       row.memo_hits = k.at("memo_hits").get<std::int64_t>();
       row.evaluations = k.at("model_evaluations").get<std::int64_t>();
+      // result.json says -1 when the median survival is not reached within the curve's
+      // horizon; the CSV leaves that field empty, as spreadsheets and pandas expect.
+      const json& median = r.at("median_months");
+      const std::string median_csv =
+          median.is_number() && median.get<double>() < 0.0 ? "" : median.dump();
       row.csv = row.patient_id + ",finished," + CsvQuote(c.at("plan").get<std::string>()) + "," +
-                c.at("risk_mean").dump() + "," + c.at("risk_std").dump() + "," +
-                r.at("median_months").dump() + "," + k.at("simulations").dump() + "," +
-                k.at("memo_hits").dump() + ",\n";
+                c.at("risk_mean").dump() + "," + c.at("risk_std").dump() + "," + median_csv + "," +
+                k.at("simulations").dump() + "," + k.at("memo_hits").dump() + ",\n";
     } else if (status == "failed") {
       row.item["error"] = r.at("error");
       row.csv =
@@ -123,9 +165,56 @@ Expected<ResultRow> ReadResultRow(const fs::path& path) {
   return row;
 }
 
+std::string MedianText(const survival::RiskScore& curve) {
+  const Expected<double> median = curve.MedianMonths();
+  if (!median) return "median not reached";
+  char text[48];
+  std::snprintf(text, sizeof text, "median %.1f months", *median);
+  return text;
+}
+
+/// survival.png: the chosen plan's and the next-best plan's predicted survival (the mean curve
+/// over their samples), each with the band from its lowest to its highest sample curve.
+Status WriteSurvivalPlot(const fs::path& path, const std::string& patient_id,
+                         const PlanDecision& decision, int samples) {
+  const CandidateScore& best = decision.best;
+  const CandidateScore* next = nullptr;
+  for (const CandidateScore& c : decision.evaluated) {
+    if (c.plan.ToString() == best.plan.ToString()) continue;
+    if (next == nullptr || c.risk_mean < next->risk_mean ||
+        (c.risk_mean == next->risk_mean && c.plan.ToString() < next->plan.ToString())) {
+      next = &c;
+    }
+  }
+  SurvivalPlot plot;
+  plot.title = "Patient " + patient_id + ": predicted survival";
+  const auto curve = [](const CandidateScore& c, const std::string& role,
+                        const std::array<std::uint8_t, 3>& color) {
+    PlotCurve out;
+    out.label = role + ": " + c.plan.ToString() + " (" + MedianText(c.curve) + ")";
+    out.times = c.curve.times_months;
+    out.values = c.curve.survival;
+    if (c.survival_lo.size() == out.times.size() && c.survival_hi.size() == out.times.size()) {
+      out.lo = c.survival_lo;
+      out.hi = c.survival_hi;
+    }
+    out.color = color;
+    return out;
+  };
+  plot.curves.push_back(curve(best, "Chosen", {31, 100, 200}));
+  if (next != nullptr) {
+    plot.curves.push_back(curve(*next, "Next best", {230, 120, 20}));
+    plot.curves.back().dashed = true;
+  }
+  plot.notes.push_back("Lines: mean over T = " + std::to_string(samples) +
+                       " simulated outcomes. Bands: lowest to highest sample.");
+  MEWM_TRY(const RgbImage image, RenderSurvivalPlot(plot));
+  return WritePng(path.string(), image);
+}
+
 /// OK when every entry of `patients` is what a run writes there: patient folders holding only
-/// result.json (a patient result), post_chosen.vdb and temporary files, and `.tmp-*` folders of
-/// an interrupted patient. Replacing them then deletes nothing a run did not write.
+/// result.json (a patient result), the other kPatientFiles and temporary files, and `.tmp-*`
+/// folders of an interrupted patient. Replacing them then deletes nothing a run did not write.
 Status CheckPatientsFolder(const fs::path& patients) {
   std::error_code ec;
   if (!fs::exists(patients, ec)) return {};
@@ -143,7 +232,7 @@ Status CheckPatientsFolder(const fs::path& patients) {
     for (const auto& file : fs::directory_iterator(entry.path(), ec)) {
       const std::string name = file.path().filename().string();
       if (file.is_symlink() || !file.is_regular_file() ||
-          (name != "result.json" && name != "post_chosen.vdb" && !IsTempName(name))) {
+          (!IsPatientFile(name) && !IsTempName(name))) {
         return foreign(file.path(), "was not written by a mewm run");
       }
       if (name == "result.json" && !ReadResultRow(file.path())) {
@@ -436,7 +525,15 @@ struct Runner::Impl {
       set.scalars.emplace("viable_fraction", *outcomes.front().viable_fraction);
     }
     set.labels.emplace("pre_tumor", patient.tumor);
-    MEWM_RETURN_IF_ERROR(WriteVdb((temp_dir / "post_chosen.vdb").string(), set));
+    MEWM_RETURN_IF_ERROR(WriteVdb((temp_dir / kPostVdb).string(), set));
+    if (spec.results.nifti) {
+      MEWM_RETURN_IF_ERROR(WritePostNifti(temp_dir, outcomes.front().post_ct,
+                                          outcomes.front().viable, patient.tumor));
+    }
+    if (spec.results.plots) {
+      MEWM_RETURN_IF_ERROR(
+          WriteSurvivalPlot(temp_dir / kSurvivalPng, patient.id, *decision, spec.planner.samples));
+    }
     MEWM_RETURN_IF_ERROR(
         WriteFileAtomic((temp_dir / "result.json").string(), result.dump(1) + "\n"));
     fs::remove_all(final_dir, ec);
@@ -475,7 +572,7 @@ struct Runner::Impl {
         {"run_id", run_id},
         {"scenario", spec.name},
         {"scenario_path", spec.path},
-        {"seed", std::to_string(spec.seed)},
+        {"seed", spec.seed},
         {"search", ToString(spec.planner.search)},
         {"cohort_source",
          spec.cohort.source == CohortSpec::Source::kSynthetic ? "synthetic" : "manifest"},
@@ -886,7 +983,7 @@ Status MergeResults(const std::vector<std::string>& shard_dirs, const std::strin
   for (const auto& [id, source] : sources) {
     const fs::path target = temp / "patients" / id;
     fs::create_directory(target, ec);
-    for (const char* name : {"result.json", "post_chosen.vdb"}) {
+    for (const char* name : kPatientFiles) {
       if (ec || !fs::exists(source / name)) continue;
       fs::copy_file(source / name, target / name, ec);
     }

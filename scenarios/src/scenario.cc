@@ -127,6 +127,7 @@ class ScenarioParser {
   /// False when the action base could not be read (the constraints are then not checked).
   bool ReadActions(const ConfigTable& act);
   void ReadConstraints(const ConfigTable& con, bool actions_ok);
+  void ReadResults(const ConfigTable& res);
 
  private:
   void Int(const ConfigTable& t, const std::string& key, std::int64_t fallback, std::int64_t lo,
@@ -300,6 +301,12 @@ void ScenarioParser::ReadConstraints(const ConfigTable& con, bool actions_ok) {
   }
 }
 
+void ScenarioParser::ReadResults(const ConfigTable& res) {
+  problems.Take(res.GetBool("nifti", true), &s.results.nifti);
+  problems.Take(res.GetBool("plots", true), &s.results.plots);
+  problems.Check(res.RejectUnknownKeys());
+}
+
 }  // namespace
 
 Status ValidateRunName(const std::string& name) {
@@ -405,6 +412,7 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
   parse.ReadPlanner(table("planner", true));
   const bool actions_ok = parse.ReadActions(table("actions", true));
   parse.ReadConstraints(table("constraints", true), actions_ok);
+  parse.ReadResults(table("results", true));
   // Unknown top-level tables.
   problems.Check(root.RejectUnknownKeys());
   if (!paths.refused) return paths.refused.error();

@@ -18,16 +18,23 @@ double Since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-survival::RiskScore MeanCurve(const std::vector<const survival::RiskScore*>& curves) {
+/// The mean curve over the samples, and the lowest and highest sample's S(t) at its times.
+survival::RiskScore MeanCurve(const std::vector<const survival::RiskScore*>& curves,
+                              std::vector<double>* lo, std::vector<double>* hi) {
   survival::RiskScore mean;
   if (curves.empty()) return mean;
   mean.times_months = curves.front()->times_months;
   mean.survival.assign(mean.times_months.size(), 0.0);
+  lo->assign(mean.times_months.size(), 1.0);
+  hi->assign(mean.times_months.size(), 0.0);
   for (const survival::RiskScore* c : curves) {
     mean.risk += c->risk / double(curves.size());
     for (std::size_t i = 0; i < mean.times_months.size(); ++i) {
       const Expected<double> s = c->SurvivalAt(mean.times_months[i]);
-      mean.survival[i] += (s ? *s : 0.0) / double(curves.size());
+      const double v = s ? *s : 0.0;
+      mean.survival[i] += v / double(curves.size());
+      (*lo)[i] = std::min((*lo)[i], v);
+      (*hi)[i] = std::max((*hi)[i], v);
     }
   }
   return mean;
@@ -159,7 +166,7 @@ CandidateScore Search::Aggregate(const Plan& plan, const std::vector<const Sampl
     curves.push_back(&s->curve);
   }
   std::tie(c.risk_mean, c.risk_std) = MeanStd(c.sample_risks);
-  c.curve = MeanCurve(curves);
+  c.curve = MeanCurve(curves, &c.survival_lo, &c.survival_hi);
   c.curve.risk = c.risk_mean;
   return c;
 }

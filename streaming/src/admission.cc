@@ -16,9 +16,12 @@ namespace {
 // patient's pre.vdb + post_administered.vdb took 4.9 bytes per CT voxel and a run's
 // post_chosen.vdb 2.5; generating 2 patients at 1 mm (7.2 M voxels each) took 16.4 s of wall time
 // (1.1 us per voxel and patient), and planning them at beams x samples = 20 took 17.3 s (0.43 s per
-// beam x sample and patient). They catch orders of magnitude; they do not predict a run.
+// beam x sample and patient). They catch orders of magnitude; they do not predict a run. The NIfTI
+// copies of results.nifti (post_chosen_ct.nii.gz, post_chosen_labels.nii.gz) took 2.5 bytes per
+// voxel more (2 patients at 1 mm, 2026-11-30).
 constexpr double kCohortBytesPerVoxel = 6.0;
 constexpr double kResultBytesPerVoxel = 3.0;
+constexpr double kResultNiftiBytesPerVoxel = 3.0;
 constexpr double kGenerateSecondsPerVoxel = 1.5e-6;
 constexpr double kPlanSecondsPerBeamSample = 0.5;
 
@@ -50,7 +53,9 @@ CostEstimate EstimateCost(const scenarios::ScenarioSpec& spec) {
   }
   cost.voxels = std::uint64_t(voxels);
   const double n = double(cost.patients);
-  cost.disk_bytes = std::uint64_t(n * voxels * (kCohortBytesPerVoxel + kResultBytesPerVoxel));
+  const double result_bytes =
+      kResultBytesPerVoxel + (spec.results.nifti ? kResultNiftiBytesPerVoxel : 0.0);
+  cost.disk_bytes = std::uint64_t(n * voxels * (kCohortBytesPerVoxel + result_bytes));
   cost.seconds = n * (voxels * kGenerateSecondsPerVoxel +
                       double(cost.beam_samples) * kPlanSecondsPerBeamSample);
   return cost;

@@ -6,8 +6,11 @@
 
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "mewm/core/file_util.h"
+#include "mewm/core/nifti_io.h"
+#include "mewm/core/render.h"
 #include "mewm/core/vdb_io.h"
 #include "mewm/core/volume_file.h"
 #include "mewm/scenarios/evaluation.h"
@@ -161,6 +164,14 @@ TEST_F(RunnerTest, ShardsMergeIntoTheFullRun) {
   }
   ASSERT_TRUE(MergeResults(shards, dir_.File("merged")));
   EXPECT_EQ(Read(dir_.File("merged/patients/P0003/result.json")), expected);
+  // The NIfTI views and the plot travel with their patient (P0003 is shard 0's: 0-based row 2).
+  for (const char* name : {"post_chosen_ct.nii.gz", "post_chosen_labels.nii.gz", "survival.png"}) {
+    EXPECT_EQ(Read(dir_.File(std::string("merged/patients/P0003/") + name)),
+              Read(dir_.File(std::string("shard-0/patients/P0003/") + name)))
+        << name;
+  }
+  // A merge over an earlier merge accepts the files a run wrote.
+  ASSERT_TRUE(MergeResults(shards, dir_.File("merged")));
   EXPECT_NE(Read(dir_.File("merged/summary.json")).find("\"finished\": 3"), std::string::npos);
   // The same shard twice, or a missing shard, is refused.
   auto twice = MergeResults({shards[0], shards[0]}, dir_.File("bad"));
@@ -173,6 +184,150 @@ TEST_F(RunnerTest, ShardsMergeIntoTheFullRun) {
   bad.shard_index = 2;
   bad.shard_count = 2;
   EXPECT_FALSE(Runner::Create(Synthetic(), bad));
+}
+
+TEST_F(RunnerTest, NiftiAndPlotBesideTheVdbHoldItsGridsAndCurves) {
+  CollectingSink sink;
+  ASSERT_TRUE(Run(Synthetic(), {}, &sink));
+  for (const char* id : {"P0001", "P0002", "P0003"}) {
+    SCOPED_TRACE(id);
+    const std::string p = dir_.File(std::string("out/patients/") + id);
+    auto vdb = ReadVdb(p + "/post_chosen.vdb");
+    ASSERT_TRUE(vdb) << vdb.error().message;
+    const Volume& ct = vdb->scalars.at("ct");
+    NiftiInfo info;
+    auto nii = ReadNifti(p + "/post_chosen_ct.nii.gz", &info);
+    ASSERT_TRUE(nii) << nii.error().message;
+    const DenseFloat dense = ct.ToDense();
+    EXPECT_EQ(nii->dims, dense.dims);
+    EXPECT_EQ(nii->data, dense.data);
+    EXPECT_TRUE(nii->geometry.ApproxEquals(ct.geometry(), 1e-5));
+    // RAS+ as nibabel reads it: the LPS affine with x and y negated.
+    Eigen::Matrix4d ras = ct.geometry().Affine();
+    ras.row(0) *= -1.0;
+    ras.row(1) *= -1.0;
+    EXPECT_LT((info.affine_ras - ras).cwiseAbs().maxCoeff(), 1e-4);
+    // Labels: 2 where viable, 1 where the tumor was and is not viable, 0 elsewhere.
+    NiftiInfo label_info;
+    auto labels = ReadNiftiLabels(p + "/post_chosen_labels.nii.gz", &label_info);
+    ASSERT_TRUE(labels) << labels.error().message;
+    EXPECT_EQ(label_info.intent_code, 1002);
+    EXPECT_EQ(labels->dims, dense.dims);
+    EXPECT_TRUE(labels->geometry.ApproxEquals(ct.geometry(), 1e-5));
+    const DenseLabel viable = vdb->labels.at("viable").ToDense();
+    const DenseLabel pre = vdb->labels.at("pre_tumor").ToDense();
+    std::size_t counts[3] = {0, 0, 0}, wrong = 0;
+    for (std::size_t n = 0; n < labels->data.size(); ++n) {
+      const int want = viable.data[n] != 0 ? 2 : (pre.data[n] != 0 ? 1 : 0);
+      wrong += labels->data[n] != want;
+      if (labels->data[n] >= 0 && labels->data[n] <= 2) ++counts[labels->data[n]];
+    }
+    EXPECT_EQ(wrong, 0u);
+    EXPECT_GT(counts[1] + counts[2], 0u);
+  }
+  // survival.png beside result.json: a PNG with the chosen plan's colour (blue) and the
+  // next-best plan's (orange).
+  for (const char* id : {"P0001", "P0002", "P0003"}) {
+    auto png = ReadPng(dir_.File(std::string("out/patients/") + id + "/survival.png"));
+    ASSERT_TRUE(png) << id;
+    EXPECT_EQ(png->width, 760);
+    int chosen = 0, next = 0;
+    for (std::size_t n = 0; n + 2 < png->pixels.size(); n += 3) {
+      const std::uint8_t* p = &png->pixels[n];
+      chosen += p[0] == 31 && p[1] == 100 && p[2] == 200;
+      next += p[0] == 230 && p[1] == 120 && p[2] == 20;
+    }
+    EXPECT_GT(chosen, 500) << id;
+    EXPECT_GT(next, 500) << id;
+  }
+  // --kind auto of the run's own files: the CT as CT, the labels as labels.
+  NiftiKindDecision ct_kind, label_kind;
+  ASSERT_TRUE(ReadVolumeFile(dir_.File("out/patients/P0001/post_chosen_ct.nii.gz"),
+                             NiftiKind::kAuto, "", &ct_kind));
+  ASSERT_TRUE(ReadVolumeFile(dir_.File("out/patients/P0001/post_chosen_labels.nii.gz"),
+                             NiftiKind::kAuto, "", &label_kind));
+  EXPECT_EQ(ct_kind.kind, NiftiKind::kScalar);
+  EXPECT_EQ(label_kind.kind, NiftiKind::kLabel);
+}
+
+TEST_F(RunnerTest, ResultsNiftiOffWritesTheVdbAloneAndTheSameResults) {
+  CollectingSink with;
+  ASSERT_TRUE(Run(Synthetic(), {}, &with));
+  ScenarioSpec off = Synthetic();
+  off.results.nifti = false;
+  off.results.plots = false;
+  RunOptions options;
+  options.output_dir = dir_.File("off");
+  options.run_id = DefaultRunId(Synthetic());  // the same id, so the files compare byte for byte
+  CollectingSink without;
+  ASSERT_TRUE(Run(off, options, &without));
+  for (const char* id : {"P0001", "P0002", "P0003"}) {
+    const std::string p = dir_.File(std::string("off/patients/") + id);
+    EXPECT_TRUE(fs::exists(p + "/post_chosen.vdb"));
+    EXPECT_FALSE(fs::exists(p + "/post_chosen_ct.nii.gz"));
+    EXPECT_FALSE(fs::exists(p + "/post_chosen_labels.nii.gz"));
+    EXPECT_FALSE(fs::exists(p + "/survival.png"));
+    EXPECT_EQ(Read(p + "/result.json"),
+              Read(dir_.File(std::string("out/patients/") + id + "/result.json")));
+  }
+  // summary.json differs only in the results folder run.json names (its cohort path).
+  auto a = nlohmann::json::parse(Read(dir_.File("out/summary.json")));
+  auto b = nlohmann::json::parse(Read(dir_.File("off/summary.json")));
+  a.erase("run");
+  b.erase("run");
+  EXPECT_EQ(a, b);
+  // The key is read from the scenario, and checked.
+  auto parsed = ParseScenario(Synthetic().text + "\n[results]\nnifti = false\nplots = false\n",
+                              "x.toml", dir_.path().string());
+  ASSERT_TRUE(parsed) << parsed.error().message;
+  EXPECT_FALSE(parsed->results.nifti);
+  EXPECT_FALSE(parsed->results.plots);
+  EXPECT_TRUE(Synthetic().results.nifti);
+  EXPECT_TRUE(Synthetic().results.plots);
+  auto bad = ParseScenario(Synthetic().text + "\n[results]\nnifti = 1\npng = true\n", "x.toml",
+                           dir_.path().string());
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("results.nifti"), std::string::npos) << bad.error().message;
+  EXPECT_NE(bad.error().message.find("png"), std::string::npos) << bad.error().message;
+}
+
+TEST_F(RunnerTest, SummaryCsvLeavesAnUnreachedMedianEmptyAndRunJsonSeedIsANumber) {
+  CollectingSink sink;
+  ASSERT_TRUE(Run(Synthetic(), {}, &sink));
+  const auto run = nlohmann::json::parse(Read(dir_.File("out/run.json")));
+  ASSERT_TRUE(run.at("seed").is_number_unsigned()) << run.dump();
+  EXPECT_EQ(run.at("seed").get<std::uint64_t>(), 5u);
+  EXPECT_TRUE(
+      nlohmann::json::parse(Read(dir_.File("out/summary.json"))).at("run").at("seed").is_number());
+  // A curve that never reaches 0.5: result.json says -1, summary.csv leaves the field empty.
+  const std::string path = dir_.File("out/patients/P0002/result.json");
+  auto result = nlohmann::json::parse(Read(path));
+  result["median_months"] = -1.0;
+  ASSERT_TRUE(WriteFileAtomic(path, result.dump(1) + "\n"));
+  ASSERT_TRUE(WriteSummary(dir_.File("out")));
+  const std::string csv = Read(dir_.File("out/summary.csv"));
+  EXPECT_EQ(csv.find("-1"), std::string::npos) << csv;
+  std::istringstream lines(csv);
+  std::string line;
+  std::getline(lines, line);
+  ASSERT_EQ(line,
+            "patient_id,status,plan,risk_mean,risk_std,median_months,simulations,memo_hits,"
+            "error");
+  int rows = 0;
+  while (std::getline(lines, line)) {
+    ++rows;
+    std::vector<std::string> fields;
+    std::string field;
+    std::istringstream cells(line);
+    while (std::getline(cells, field, ',')) fields.push_back(field);
+    ASSERT_GE(fields.size(), 8u) << line;
+    if (fields[0] == "P0002") {
+      EXPECT_EQ(fields[5], "") << line;
+    } else if (!fields[5].empty()) {
+      EXPECT_GT(std::stod(fields[5]), 0.0) << line;
+    }
+  }
+  EXPECT_EQ(rows, 3);
 }
 
 TEST_F(RunnerTest, FailingPatientsAreReportedAndTheRunGoesOn) {

@@ -31,6 +31,7 @@
 #include "mewm/core/nifti_io.h"
 #include "mewm/core/render.h"
 #include "mewm/core/vdb_io.h"
+#include "mewm/core/volume_file.h"
 
 namespace mewm {
 namespace {
@@ -275,6 +276,69 @@ TEST_F(CliTest, RenderWithOverlayWritesAPng) {
   auto image = ReadPng(png);
   ASSERT_TRUE(image);
   EXPECT_EQ(image->width, 20);
+}
+
+TEST_F(CliTest, ConvertWritesEveryGridOfAMultiGridVdbOrTheGridAsked) {
+  // A .vdb of two grids, as `mewm convert` writes one from a CT and a mask.
+  const std::string vdb = dir_.File("patient.vdb");
+  auto ct = ReadVolumeFile(ct_path_, NiftiKind::kScalar, "ct");
+  auto tumor = ReadVolumeFile(tumor_path_, NiftiKind::kLabel, "tumor");
+  ASSERT_TRUE(ct && tumor);
+  VolumeSet set = *ct;
+  set.labels = tumor->labels;
+  ASSERT_TRUE(WriteVdb(vdb, set));
+  Result r = RunMewm("convert " + vdb + " " + dir_.File("out.nii.gz"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("wrote " + dir_.File("out_ct.nii.gz")), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("wrote " + dir_.File("out_tumor.nii.gz")), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("out.nii.gz")));
+  auto a = ReadNifti(ct_path_);
+  auto b = ReadNifti(dir_.File("out_ct.nii.gz"));
+  auto m = ReadNiftiLabels(tumor_path_);
+  auto n = ReadNiftiLabels(dir_.File("out_tumor.nii.gz"));
+  ASSERT_TRUE(a && b && m && n);
+  EXPECT_EQ(a->data, b->data);
+  EXPECT_EQ(m->data, n->data);
+  EXPECT_TRUE(a->geometry.ApproxEquals(b->geometry, 1e-5));
+  EXPECT_TRUE(m->geometry.ApproxEquals(n->geometry, 1e-5));
+  // --grid still picks one grid into the file named.
+  r = RunMewm("convert " + vdb + " " + dir_.File("only.nii") + " --grid tumor");
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto only = ReadNiftiLabels(dir_.File("only.nii"));
+  ASSERT_TRUE(only);
+  EXPECT_EQ(only->data, m->data);
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("only_ct.nii")));
+  r = RunMewm("convert " + vdb + " " + dir_.File("x.nii") + " --grid liver");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("liver"), std::string::npos) << r.output;
+}
+
+TEST_F(CliTest, ConvertAutoReadsAnInt16CtWithNegativeHuAsCtAndSaysWhy) {
+  const std::string kind = std::string(MEWM_TEST_DATA_DIR) + "/nifti/kind/";
+  // An int16 CT (written by nibabel with scl_slope 1, as dcm2niix writes them).
+  Result r = RunMewm("convert " + kind + "int16_hu.nii.gz " + dir_.File("ct.vdb"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("as CT (int16 data with negative values"), std::string::npos) << r.output;
+  auto ct = ReadVdb(dir_.File("ct.vdb"));
+  ASSERT_TRUE(ct);
+  ASSERT_TRUE(ct->Scalar("ct")) << r.output;
+  EXPECT_TRUE(ct->labels.empty());
+  // A mask with the label intent code, and a uint8 mask without one.
+  for (const char* name : {"int16_intent_label.nii.gz", "uint8_few_values.nii.gz"}) {
+    r = RunMewm("convert " + kind + name + " " + dir_.File("seg.vdb"));
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("as labels ("), std::string::npos) << r.output;
+    auto seg = ReadVdb(dir_.File("seg.vdb"));
+    ASSERT_TRUE(seg);
+    EXPECT_TRUE(seg->Label("label")) << name;
+  }
+  // --kind overrides the evidence, and then nothing is said about it.
+  r = RunMewm("convert " + kind + "uint8_few_values.nii.gz " + dir_.File("f.vdb") + " --kind ct");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.find("read "), std::string::npos) << r.output;
+  auto forced = ReadVdb(dir_.File("f.vdb"));
+  ASSERT_TRUE(forced);
+  EXPECT_TRUE(forced->Scalar("ct"));
 }
 
 TEST_F(CliTest, ErrorsExitNonZeroAndNameTheFileAndProblem) {
@@ -565,9 +629,20 @@ TEST_F(CliTest, TrainRunEvaluateMergeAndInterrupt) {
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("plan_toxicity"), std::string::npos);
   r = RunMewm("eval survival --model " + dir_.File("cox.json") + " --cohort " + train +
-              " --train-cohort " + train);
+              " --train-cohort " + train + " --plot " + dir_.File("km.png"));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("Harrell C"), std::string::npos);
+  // The cohort's Kaplan-Meier curve (black) against the predicted curves (blue).
+  auto km = ReadPng(dir_.File("km.png"));
+  ASSERT_TRUE(km) << r.output;
+  int black = 0, blue = 0;
+  for (std::size_t n = 0; n + 2 < km->pixels.size(); n += 3) {
+    const std::uint8_t* p = &km->pixels[n];
+    black += p[0] == 20 && p[1] == 20 && p[2] == 20;
+    blue += p[0] == 31 && p[1] == 100 && p[2] == 200;
+  }
+  EXPECT_GT(black, 500);
+  EXPECT_GT(blue, 500);
 
   const auto scenario = [&](int n, const std::string& planner = "beams = 2\nsamples = 1\n") {
     return "[run]\nname = \"cli\"\nseed = 1\n[cohort]\nsource = \"synthetic\"\nn = " +
@@ -1260,6 +1335,81 @@ TEST_F(CliDataTest, ImagesOverTheVoxelLimitAreRefusedBeforeAllocating) {
   output.resize(std::fread(output.data(), 1, output.size(), pipe));
   EXPECT_EQ(WEXITSTATUS(::pclose(pipe)), 1) << output;
   EXPECT_NE(output.find("ok.vdb"), std::string::npos) << output;
+}
+
+/// results.nifti through the binary: the NIfTI files of every patient match post_chosen.vdb,
+/// travel through merge and resume, and `mewm convert` of the .vdb gives the same CT.
+TEST_F(CliDataTest, RunWritesNiftiBesideTheVdbAndMergeAndResumeKeepIt) {
+  const std::string s = Write("s.toml", Scenario());
+  for (int i = 0; i < 2; ++i) {
+    const Result r = RunMewm("run " + s + " --quiet --shard " + std::to_string(i) + "/2 --out " +
+                             dir_.File("shard" + std::to_string(i)));
+    ASSERT_EQ(r.code, 0) << r.output;
+  }
+  const std::string merged = dir_.File("merged");
+  Result r =
+      RunMewm("merge --out " + merged + " " + dir_.File("shard0") + " " + dir_.File("shard1"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const char* id : {"P0001", "P0002"}) {
+    SCOPED_TRACE(id);
+    const std::string p = merged + "/patients/" + id;
+    auto vdb = ReadVdb(p + "/post_chosen.vdb");
+    ASSERT_TRUE(vdb) << vdb.error().message;
+    const Volume& ct = vdb->scalars.at("ct");
+    NiftiInfo info;
+    auto nii = ReadNifti(p + "/post_chosen_ct.nii.gz", &info);
+    ASSERT_TRUE(nii) << nii.error().message;
+    EXPECT_EQ(nii->data, ct.ToDense().data);
+    EXPECT_TRUE(nii->geometry.ApproxEquals(ct.geometry(), 1e-5));
+    EXPECT_EQ(info.sform_code, 1);
+    auto labels = ReadNiftiLabels(p + "/post_chosen_labels.nii.gz");
+    ASSERT_TRUE(labels);
+    const DenseLabel viable = vdb->labels.at("viable").ToDense();
+    std::size_t viable_voxels = 0, two = 0;
+    for (std::size_t n = 0; n < viable.data.size(); ++n) {
+      viable_voxels += viable.data[n] != 0;
+      two += labels->data[n] == 2;
+    }
+    EXPECT_EQ(two, viable_voxels);
+  }
+  // `mewm convert` of the run's .vdb, one file per grid: its CT is the run's NIfTI CT.
+  const std::string vdb = merged + "/patients/P0001/post_chosen.vdb";
+  r = RunMewm("convert " + vdb + " " + dir_.File("conv.nii.gz"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const char* grid : {"ct", "viable", "viable_fraction", "pre_tumor"}) {
+    EXPECT_TRUE(fs::exists(dir_.File(std::string("conv_") + grid + ".nii.gz"))) << r.output;
+  }
+  auto converted = ReadNifti(dir_.File("conv_ct.nii.gz"));
+  auto written = ReadNifti(merged + "/patients/P0001/post_chosen_ct.nii.gz");
+  ASSERT_TRUE(converted && written);
+  EXPECT_EQ(converted->data, written->data);
+  EXPECT_TRUE(converted->geometry.ApproxEquals(written->geometry, 1e-6));
+
+  // Resume replans a removed patient with its NIfTI, and keeps the others' files as they were.
+  const std::string shard0 = dir_.File("shard0");  // shard 0/2 of two patients: P0001
+  const auto before = Slurp(shard0 + "/patients/P0001/post_chosen_ct.nii.gz");
+  ASSERT_FALSE(before.empty());
+  fs::remove_all(shard0 + "/patients/P0001");
+  r = RunMewm("run " + s + " --quiet --resume --shard 0/2 --out " + shard0);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(Slurp(shard0 + "/patients/P0001/post_chosen_ct.nii.gz"), before);
+
+  // run.json's seed is a number; summary.csv has its header.
+  const auto run = nlohmann::json::parse(Slurp(merged + "/run.json"));
+  EXPECT_TRUE(run.at("seed").is_number()) << run.dump();
+  EXPECT_EQ(Slurp(merged + "/summary.csv").rfind("patient_id,status,plan,", 0), 0u);
+
+  // results.nifti = false: the .vdb alone.
+  const std::string off = Write("off.toml", Scenario("data", "[results]\nnifti = false\n"));
+  r = RunMewm("run " + off + " --quiet --out " + dir_.File("off"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(fs::exists(dir_.File("off/patients/P0001/post_chosen.vdb")));
+  EXPECT_FALSE(fs::exists(dir_.File("off/patients/P0001/post_chosen_ct.nii.gz")));
+  EXPECT_FALSE(fs::exists(dir_.File("off/patients/P0001/post_chosen_labels.nii.gz")));
+  r = RunMewm("run " + Write("bad.toml", Scenario("data", "[results]\nnifti = \"yes\"\n")) +
+              " --quiet --out " + dir_.File("bad"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("results.nifti"), std::string::npos) << r.output;
 }
 
 }  // namespace

@@ -19,8 +19,11 @@ Action RegisterConvert(CLI::App& app) {
   app.add_option("OUT", o->out, "Output .nii, .nii.gz or .vdb")->required();
   app.add_option("--grid", o->grid,
                  "NIfTI input: name of the grid to create (default ct / label); "
-                 "NIfTI output: grid to write (default: the only grid)");
-  app.add_option("--kind", o->kind, "NIfTI input: read as ct, label or auto (by datatype)")
+                 "NIfTI output: grid to write (default: every grid, one file each, "
+                 "OUT_<grid>.nii.gz, or OUT itself for a file of one grid)");
+  app.add_option("--kind", o->kind,
+                 "NIfTI input: read as ct, label or auto (by the intent code, the datatype, the "
+                 "values, and the file name last)")
       ->check(CLI::IsMember({"auto", "ct", "label"}))
       ->capture_default_str();
   app.add_option("--patient-id", o->patient, ".vdb output: patient id metadata");
@@ -30,11 +33,24 @@ Action RegisterConvert(CLI::App& app) {
                            : o->kind == "label" ? NiftiKind::kLabel
                                                 : NiftiKind::kAuto;
     const bool nifti_in = !IsVdbPath(o->in);
-    auto set = ReadVolumeFile(o->in, kind, nifti_in ? o->grid : "");
+    NiftiKindDecision decision;
+    auto set = ReadVolumeFile(o->in, kind, nifti_in ? o->grid : "", &decision);
     if (!set) return Fail(set.error());
+    if (nifti_in && kind == NiftiKind::kAuto) {
+      std::cout << "read " << o->in << " as "
+                << (decision.kind == NiftiKind::kLabel ? "labels" : "CT") << " (" << decision.reason
+                << "; --kind ct or label overrides)\n";
+    }
     if (!o->patient.empty()) set->metadata.patient_id = o->patient;
     set->metadata.provenance_json =
         nlohmann::json{{"tool", "mewm convert"}, {"version", Version()}, {"source", o->in}}.dump();
+    if (!nifti_in && o->grid.empty() && IsNiftiPath(o->out) && set->GridNames().size() > 1) {
+      // A NIfTI file holds one grid: every grid goes to a file of its own.
+      auto written = WriteNiftiPerGrid(o->out, *set);
+      if (!written) return Fail(written.error());
+      for (const std::string& path : *written) std::cout << "wrote " << path << "\n";
+      return 0;
+    }
     if (auto written =
             WriteVolumeFile(o->out, *set, nifti_in ? "" : o->grid, VdbWriteOptions{o->half});
         !written) {

@@ -6,13 +6,14 @@
 
 #include "commands.h"
 #include "mewm/core/file_util.h"
+#include "mewm/core/render.h"
 #include "mewm/scenarios/evaluation.h"
 
 namespace mewm::cli {
 
 Action RegisterEval(CLI::App& app, const BackendRegistry& backends) {
   struct Options {
-    std::string run_dir, json_out, model, cohort, train;
+    std::string run_dir, json_out, model, cohort, train, plot;
     bool json = false;
     GeneratorOptions generator;
   };
@@ -28,6 +29,9 @@ Action RegisterEval(CLI::App& app, const BackendRegistry& backends) {
   surv->add_option("--train-cohort", o->train,
                    "Training cohort (censoring distribution for Uno's C and Brier)")
       ->required();
+  surv->add_option("--plot", o->plot,
+                   "Also write the observed Kaplan-Meier curve against the predicted curves "
+                   "as this PNG");
   AddGeneratorOptions(surv, &o->generator);
   Action dynamics = AddEvalDynamics(app, backends);
   for (CLI::App* sub : {plans, surv}) {
@@ -52,6 +56,12 @@ Action RegisterEval(CLI::App& app, const BackendRegistry& backends) {
       if (!eval) return Fail(eval.error());
       table = eval->FormatTable();
       json = eval->ToJson();
+      if (!o->plot.empty()) {
+        auto image = eval->Plot();
+        if (!image) return Fail(image.error());
+        if (auto written = WritePng(o->plot, *image); !written) return Fail(written.error());
+        table += "wrote " + o->plot + "\n";
+      }
     }
     std::cout << (o->json ? json + "\n" : table);
     if (!o->json_out.empty()) {

@@ -24,6 +24,7 @@ struct NiftiInfo {
   Index3 dims{0, 0, 0};
   int datatype = 0;               ///< NIFTI_TYPE_* code
   bool integer_datatype = false;  ///< true for the integer NIfTI types
+  int intent_code = 0;            ///< NIFTI_INTENT_* code (1002 label, 1003 NeuroNames)
   int sform_code = 0;
   int qform_code = 0;
   Eigen::Matrix4d affine_ras = Eigen::Matrix4d::Identity();  ///< as nibabel's img.affine
@@ -59,7 +60,9 @@ Expected<DenseLabel> ReadNiftiLabels(const std::string& path, NiftiInfo* info = 
 Status WriteNifti(const std::string& path, const DenseFloat& image,
                   NiftiVersion version = NiftiVersion::kNifti1);
 
-/// Writes labels as int16 when they fit, else int32. Same atomicity and errors (NaN aside).
+/// Writes labels as int16 when they fit, else int32, with intent code NIFTI_INTENT_LABEL (1002),
+/// so readers that look at the intent (and ReadVolumeFile's kAuto) take them as labels. Same
+/// atomicity and errors (NaN aside).
 Status WriteNiftiLabels(const std::string& path, const DenseLabel& labels,
                         NiftiVersion version = NiftiVersion::kNifti1);
 

@@ -15,9 +15,11 @@
 
 #include "mewm/core/action_base.h"
 #include "mewm/core/expected.h"
+#include "mewm/core/render.h"
 #include "mewm/dynamics/calibration.h"
 #include "mewm/dynamics/dynamics_model.h"
 #include "mewm/survival/cox_survival.h"
+#include "mewm/survival/metrics.h"
 
 namespace mewm::scenarios {
 
@@ -63,8 +65,17 @@ struct SurvivalEvaluation {
   int patients = 0;
   double harrell_c = 0.0, uno_c = 0.0, integrated_brier = 0.0, auc_24 = 0.0;
   double oracle_harrell_c = 0.0;  ///< Harrell's C of the true hazard of the administered plan
+  /// Calibration in one picture: the Kaplan-Meier curve of the observed follow-up, and the mean
+  /// and the 10th to 90th percentile of the patients' predicted curves at `curve_times`
+  /// (months, 200 steps up to the last follow-up).
+  survival::KaplanMeier observed;
+  int deaths = 0;
+  std::vector<double> curve_times, predicted_mean, predicted_lo, predicted_hi;
+
   std::string FormatTable() const;
   std::string ToJson() const;
+  /// The observed Kaplan-Meier curve against the predicted curves (core/plot.h), for a PNG.
+  Expected<RgbImage> Plot() const;
 };
 
 /// Which post-treatment outcome a survival model is fit or scored on: the administered true image

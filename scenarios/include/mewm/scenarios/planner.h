@@ -30,6 +30,9 @@ struct CandidateScore {
   double risk_std = 0.0;             ///< its spread (sample standard deviation; 0 for T = 1)
   std::vector<double> sample_risks;  ///< one per sample, in sample order
   survival::RiskScore curve;         ///< mean survival curve over the samples
+  /// The spread of the samples' curves: at each time of `curve`, the lowest and the highest
+  /// sample's S(t) (for plots; result.json does not store them).
+  std::vector<double> survival_lo, survival_hi;
 };
 
 struct PlannerCounters {

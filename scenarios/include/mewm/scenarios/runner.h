@@ -7,6 +7,9 @@
 //   <out>/run.json, scenario.toml, events.jsonl, summary.json, summary.csv
 //   <out>/patients/<id>/result.json     chosen plan, every candidate, survival curve, counters
 //   <out>/patients/<id>/post_chosen.vdb  simulated post-treatment CT + viable mask of the plan
+//   <out>/patients/<id>/post_chosen_ct.nii.gz, post_chosen_labels.nii.gz  its NIfTI copies
+//                                        (results.nifti, default on)
+//   <out>/patients/<id>/survival.png     chosen vs next-best predicted survival (results.plots)
 //
 // A failing patient is reported (patient_failed, summary) and the run goes on.
 //
@@ -130,10 +133,11 @@ Status WriteSummary(const std::string& output_dir);
 /// in two shards is an error) and writes the summary. Every shard is checked in full first: its
 /// run.json (shard "i/N" with 0 <= i < N, one N and run id for all, every i once), scenario.toml,
 /// patients/ (a folder) and each patients/<id>/result.json (a patient result of that id, with its
-/// post_chosen.vdb when finished); errors name the shard's file (kInvalidArgument, kMismatch,
-/// kCorruptData, kNotFound). The merge is written into `output_dir`/.tmp-merge-<pid>/ and renamed
-/// into place at the end, so a failure leaves the output as it was. An earlier merge's files in
-/// `output_dir` are replaced; files a run did not write are refused, never deleted.
+/// post_chosen.vdb when finished; its NIfTI copies and survival.png are copied when present);
+/// errors name the shard's file (kInvalidArgument, kMismatch, kCorruptData, kNotFound). The merge
+/// is written into `output_dir`/.tmp-merge-<pid>/ and renamed into place at the end, so a failure
+/// leaves the output as it was. An earlier merge's files in `output_dir` are replaced; files a run
+/// did not write are refused, never deleted.
 Status MergeResults(const std::vector<std::string>& shard_dirs, const std::string& output_dir);
 
 }  // namespace mewm::scenarios

@@ -50,6 +50,16 @@ struct CohortSpec {
   std::string manifest;  ///< CSV path, resolved against the scenario's folder
 };
 
+/// What a run writes beside each patient's result.json.
+struct ResultsSpec {
+  /// post_chosen_ct.nii.gz and post_chosen_labels.nii.gz beside post_chosen.vdb, for viewers
+  /// that do not read .vdb (3D Slicer, ITK-SNAP).
+  bool nifti = true;
+  /// survival.png: the predicted survival of the chosen and the next-best plan, with the spread
+  /// of their T samples.
+  bool plots = true;
+};
+
 /// A path a scenario names, with the key that names it.
 struct ScenarioPath {
   std::string key;   ///< "dynamics.model"
@@ -91,6 +101,8 @@ struct ScenarioSpec {
   // [constraints]
   std::vector<std::string> require;  ///< canonical items every plan must contain
   std::vector<std::string> forbid;   ///< canonical items no plan may contain
+  // [results]
+  ResultsSpec results;
 
   /// Every file the scenario reads, with its key, as resolved (only the keys that are set):
   /// cohort.manifest, dynamics.calibration, dynamics.model, survival.model, actions.path. A key
