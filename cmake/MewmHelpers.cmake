@@ -10,6 +10,13 @@ function(mewm_set_warnings target)
   endif()
   # Internal invariants (core/include/mewm/core/assert.h) are checked in Debug and sanitizer builds.
   target_compile_definitions(${target} PRIVATE $<$<CONFIG:Debug>:MEWM_ENABLE_ASSERTS>)
+  if(MEWM_FUZZ)
+    # The fuzz build: coverage for libFuzzer in every mewm library and binary, and ASan/UBSan;
+    # the fuzz targets add -fsanitize=fuzzer at link time (streaming/CMakeLists.txt).
+    target_compile_definitions(${target} PRIVATE MEWM_ENABLE_ASSERTS)
+    target_compile_options(${target} PRIVATE -fsanitize=fuzzer-no-link,address,undefined -g)
+    target_link_options(${target} PRIVATE -fsanitize=address,undefined)
+  endif()
   if(MEWM_SANITIZE)
     target_compile_definitions(${target} PRIVATE MEWM_ENABLE_ASSERTS)
     target_compile_options(${target} PRIVATE -fsanitize=address,undefined -fno-omit-frame-pointer
