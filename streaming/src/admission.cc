@@ -7,7 +7,7 @@
 #include <cstdio>
 #include <vector>
 
-#include "mewm/scenarios/synthetic_world.h"
+#include "mewm/world/synthetic_world.h"
 
 namespace mewm::streaming {
 namespace {

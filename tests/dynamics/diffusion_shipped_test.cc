@@ -12,7 +12,7 @@
 #include "../core/test_env.h"
 #include "mewm/core/stats.h"
 #include "mewm/dynamics/diffusion_backend.h"
-#include "mewm/scenarios/synthetic_world.h"
+#include "mewm/world/synthetic_world.h"
 
 namespace mewm::dynamics {
 namespace {

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
-#include "mewm/scenarios/clinical_note.h"
+#include "mewm/world/clinical_note.h"
 
 #include <gtest/gtest.h>
 
@@ -21,7 +21,7 @@
 #include "mewm/core/seed.h"
 #include "mewm/core/vdb_io.h"
 #include "mewm/dynamics/calibration.h"
-#include "mewm/scenarios/cohort_source.h"
+#include "mewm/run/cohort_source.h"
 
 namespace mewm::scenarios {
 namespace {

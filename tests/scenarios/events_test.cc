@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
-#include "mewm/scenarios/events.h"
+#include "mewm/run/events.h"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
-#include "mewm/scenarios/planner.h"
+#include "mewm/planner/planner.h"
 
 #include <gtest/gtest.h>
 

@@ -13,8 +13,9 @@
 #include "../core/test_env.h"
 #include "mewm/core/seed.h"
 #include "mewm/dynamics/calibration.h"
-#include "mewm/scenarios/synthetic_world.h"
 #include "mewm/survival/cox_survival.h"
+#include "mewm/world/cohort.h"
+#include "mewm/world/synthetic_world.h"
 
 namespace mewm::testing {
 
@@ -69,6 +70,17 @@ calibration = "models/calibration.json"
 backend = "cox"
 model = "models/cox.json"
 )";
+
+/// The shipped backends with the synthetic world plugged in as the synthetic cohort source, as the
+/// mewm binary's main builds them (without the diffusion model).
+inline const scenarios::BackendRegistry& WorldBackends() {
+  static const scenarios::BackendRegistry backends = [] {
+    auto r = scenarios::BackendRegistry::Builtin();
+    r.SetSyntheticCohorts(scenarios::SyntheticWorldCohorts());
+    return r;
+  }();
+  return backends;
+}
 
 /// Writes models/cox.json and models/calibration.json under `dir`.
 inline void WriteTestModels(const std::string& dir) {

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
-#include "mewm/scenarios/runner.h"
+#include "mewm/run/runner.h"
 
 #include <gtest/gtest.h>
 
@@ -13,7 +13,7 @@
 #include "mewm/core/render.h"
 #include "mewm/core/vdb_io.h"
 #include "mewm/core/volume_file.h"
-#include "mewm/scenarios/evaluation.h"
+#include "mewm/eval/evaluation.h"
 #include "planning_fixture.h"
 
 namespace mewm::scenarios {
@@ -65,6 +65,7 @@ samples = 2
   }
 
   Expected<RunSummary> Run(const ScenarioSpec& spec, RunOptions options, CollectingSink* sink) {
+    if (options.backends == nullptr) options.backends = &testing::WorldBackends();
     MEWM_TRY(auto runner, Runner::Create(spec, options));
     return runner->Run(*sink);
   }
@@ -184,6 +185,39 @@ TEST_F(RunnerTest, ShardsMergeIntoTheFullRun) {
   bad.shard_index = 2;
   bad.shard_count = 2;
   EXPECT_FALSE(Runner::Create(Synthetic(), bad));
+}
+
+TEST_F(RunnerTest, ASyntheticCohortComesFromTheSourcePluggedIntoTheRegistry) {
+  // The run library does not link the synthetic world: without a synthetic cohort source the
+  // run fails with a clear error and generates nothing.
+  const BackendRegistry without = BackendRegistry::Builtin();
+  ASSERT_FALSE(without.HasSyntheticCohorts());
+  RunOptions options;
+  options.backends = &without;
+  CollectingSink sink;
+  auto refused = Run(Synthetic(), options, &sink);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, ErrorCode::kUnsupported);
+  EXPECT_NE(refused.error().message.find("no synthetic world"), std::string::npos);
+  ASSERT_FALSE(sink.Of<RunFailed>().empty());
+  EXPECT_FALSE(fs::exists(dir_.File("out") + "/cohort/manifest.json"));
+
+  // A source plugged in is the one the run asks, with the scenario's cohort table and folder.
+  BackendRegistry counting = BackendRegistry::Builtin();
+  std::vector<std::string> asked;
+  counting.SetSyntheticCohorts([&](const CohortSpec& cohort, const ActionBase& actions,
+                                   const std::string& dir, const auto& progress,
+                                   const auto& cancelled) {
+    asked.push_back(dir + " n=" + std::to_string(cohort.n));
+    return SyntheticWorldCohorts()(cohort, actions, dir, progress, cancelled);
+  });
+  options.backends = &counting;
+  options.force = true;
+  CollectingSink again;
+  ASSERT_TRUE(Run(Synthetic(), options, &again));
+  ASSERT_EQ(asked.size(), 1u);
+  EXPECT_EQ(asked[0], dir_.File("out") + "/cohort n=3");
+  EXPECT_EQ(again.Of<PlanDecided>().size(), 3u);
 }
 
 TEST_F(RunnerTest, NiftiAndPlotBesideTheVdbHoldItsGridsAndCurves) {

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
-#include "mewm/scenarios/scenario.h"
+#include "mewm/run/scenario.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -17,8 +17,8 @@
 #include <sstream>
 
 #include "mewm/core/file_util.h"
-#include "mewm/scenarios/dynamics_data.h"
-#include "mewm/scenarios/runner.h"
+#include "mewm/eval/dynamics_data.h"
+#include "mewm/run/runner.h"
 #include "planning_fixture.h"
 
 namespace mewm::scenarios {

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
-#include "mewm/scenarios/synthetic_world.h"
+#include "mewm/world/synthetic_world.h"
 
 #include <gtest/gtest.h>
 
@@ -13,10 +13,10 @@
 #include "../core/test_env.h"
 #include "mewm/core/file_util.h"
 #include "mewm/core/vdb_io.h"
-#include "mewm/scenarios/clinical_note.h"
-#include "mewm/scenarios/cohort.h"
-#include "mewm/scenarios/cohort_source.h"
-#include "mewm/scenarios/dynamics_data.h"
+#include "mewm/eval/dynamics_data.h"
+#include "mewm/run/cohort_source.h"
+#include "mewm/world/clinical_note.h"
+#include "mewm/world/cohort.h"
 
 namespace mewm::scenarios {
 namespace {

@@ -2,7 +2,7 @@
 // SPDX-FileCopyrightText: the mewm authors
 //
 // The Turing-test statistics on hand-built inputs (no files): scoring, agreement, the leak audit.
-#include "mewm/scenarios/turing.h"
+#include "mewm/eval/turing.h"
 
 #include <gtest/gtest.h>
 

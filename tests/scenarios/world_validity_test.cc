@@ -8,7 +8,7 @@
 #include <iostream>
 
 #include "../core/test_env.h"
-#include "mewm/scenarios/cohort.h"
+#include "mewm/world/cohort.h"
 
 namespace mewm::scenarios {
 namespace {

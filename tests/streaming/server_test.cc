@@ -157,6 +157,7 @@ class ServerTest : public testing::VdbTest {
     options.results_root = dir_.File("results");
     options.scenario_base = dir_.path().string();
     options.heartbeat_ms = 50;
+    options.backends = &testing::WorldBackends();
     return options;
   }
 

@@ -25,12 +25,12 @@
 #include "mewm/core/stats.h"
 #include "mewm/core/vdb_io.h"
 #include "mewm/core/version.h"
+#include "mewm/planner/planner.h"
 #include "mewm/policy/policy_model.h"
-#include "mewm/scenarios/cohort.h"
-#include "mewm/scenarios/cohort_source.h"
-#include "mewm/scenarios/planner.h"
-#include "mewm/scenarios/runner.h"
-#include "mewm/scenarios/synthetic_world.h"
+#include "mewm/run/cohort_source.h"
+#include "mewm/run/runner.h"
+#include "mewm/world/cohort.h"
+#include "mewm/world/synthetic_world.h"
 
 namespace mewm::cli {
 namespace {
@@ -316,7 +316,7 @@ int RunPlannerBench(const std::string& scenario, int patients, bool exhaustive,
   auto cohort = scenarios::SyntheticCohortDir(*spec, spec->output);
   if (!cohort) return Fail(cohort.error());
   const std::string cohort_dir = *cohort;
-  auto entries = scenarios::PrepareCohort(*spec, cohort_dir);
+  auto entries = scenarios::PrepareCohort(*spec, backends, cohort_dir);
   if (!entries) return Fail(entries.error());
   auto truth_path = scenarios::SyntheticTruthPath(cohort_dir);
   if (!truth_path) return Fail(truth_path.error());

@@ -3,7 +3,7 @@
 #include <iostream>
 
 #include "commands.h"
-#include "mewm/scenarios/cohort.h"
+#include "mewm/world/cohort.h"
 #include "progress.h"
 
 namespace mewm::cli {

@@ -12,10 +12,10 @@
 #include "commands.h"
 #include "mewm/core/file_util.h"
 #include "mewm/dynamics/diffusion_backend.h"
-#include "mewm/scenarios/dynamics_data.h"
-#include "mewm/scenarios/planner.h"
-#include "mewm/scenarios/runner.h"
-#include "mewm/scenarios/scenario.h"
+#include "mewm/eval/dynamics_data.h"
+#include "mewm/planner/planner.h"
+#include "mewm/run/runner.h"
+#include "mewm/run/scenario.h"
 #include "progress.h"
 
 namespace mewm::cli {
@@ -429,7 +429,7 @@ Action AddBenchDynamics(CLI::App& bench_app, const BackendRegistry& backends) {
     }
     auto cohort = scenarios::SyntheticCohortDir(*spec, spec->output);
     if (!cohort) return Fail(cohort.error());
-    auto entries = scenarios::PrepareCohort(*spec, *cohort);
+    auto entries = scenarios::PrepareCohort(*spec, backends, *cohort);
     if (!entries) return Fail(entries.error());
     auto patient = scenarios::LoadPatient(entries->front());
     if (!patient) return Fail(patient.error());

@@ -7,7 +7,7 @@
 #include "commands.h"
 #include "mewm/core/file_util.h"
 #include "mewm/core/render.h"
-#include "mewm/scenarios/evaluation.h"
+#include "mewm/eval/evaluation.h"
 
 namespace mewm::cli {
 

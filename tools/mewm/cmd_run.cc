@@ -12,7 +12,7 @@
 
 #include "commands.h"
 #include "mewm/core/text.h"
-#include "mewm/scenarios/runner.h"
+#include "mewm/run/runner.h"
 #include "mewm/streaming/server.h"
 #include "progress.h"
 #include "terminal_sink.h"
@@ -118,6 +118,7 @@ Action RegisterRun(CLI::App& app, const BackendRegistry& backends) {
       server_options.control_endpoint = o->control;
       server_options.exit_when_idle = true;
       server_options.recover_runs = false;  // this run only
+      server_options.backends = &backends;
       auto server = streaming::Server::Create(server_options);
       if (!server) return Fail(server.error());
       if (auto queued = (*server)->SubmitLocal(*spec, options, &sink); !queued) {

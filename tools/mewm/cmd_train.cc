@@ -9,7 +9,7 @@
 #include "commands.h"
 #include "mewm/core/file_util.h"
 #include "mewm/core/text.h"
-#include "mewm/scenarios/evaluation.h"
+#include "mewm/eval/evaluation.h"
 #include "progress.h"
 
 namespace mewm::cli {

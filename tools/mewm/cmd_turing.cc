@@ -14,9 +14,9 @@
 #include "mewm/core/file_util.h"
 #include "mewm/core/nifti_io.h"
 #include "mewm/dynamics/diffusion_backend.h"
-#include "mewm/scenarios/runner.h"
-#include "mewm/scenarios/scenario.h"
-#include "mewm/scenarios/turing.h"
+#include "mewm/eval/turing.h"
+#include "mewm/run/runner.h"
+#include "mewm/run/scenario.h"
 #include "progress.h"
 
 namespace mewm::cli {

@@ -20,7 +20,7 @@
 #include "commands.h"
 #include "mewm/core/file_util.h"
 #include "mewm/core/seed.h"
-#include "mewm/scenarios/turing.h"
+#include "mewm/eval/turing.h"
 #include "turing_page.h"
 
 // Last: <resolv.h>, which httplib includes, defines a macro `_res` that breaks Eigen's headers.

@@ -14,7 +14,7 @@
 
 #include "mewm/core/expected.h"
 #include "mewm/dynamics/dynamics_model.h"
-#include "mewm/scenarios/backends.h"
+#include "mewm/run/backends.h"
 
 namespace mewm::cli {
 

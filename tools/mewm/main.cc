@@ -12,6 +12,7 @@
 #include "mewm/core/log.h"
 #include "mewm/core/version.h"
 #include "mewm/dynamics/diffusion_backend.h"
+#include "mewm/world/cohort.h"
 
 namespace mewm::cli {
 
@@ -137,9 +138,13 @@ int main(int argc, char** argv) {
   app.add_flag("-v,--verbose", verbose,
                "Debug logging, with the full text of library errors (libtorch backtraces)");
 
-  // The one backend registry: every command that parses a scenario or creates a model gets it.
-  const mewm::scenarios::BackendRegistry backends =
-      mewm::scenarios::BackendRegistry::Builtin(mewm::dynamics::DiffusionFactoryFunction());
+  // The one backend registry: every command that parses a scenario, creates a model or prepares
+  // a synthetic cohort gets it. The torch diffusion backend and the synthetic world plug in here.
+  const mewm::scenarios::BackendRegistry backends = [] {
+    auto r = mewm::scenarios::BackendRegistry::Builtin(mewm::dynamics::DiffusionFactoryFunction());
+    r.SetSyntheticCohorts(mewm::scenarios::SyntheticWorldCohorts());
+    return r;
+  }();
   std::map<CLI::App*, mewm::cli::Action> actions;
   const auto add = [&](const char* name, const char* help, auto registrar) {
     CLI::App* sub = app.add_subcommand(name, help);

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "mewm/scenarios/events.h"
+#include "mewm/run/events.h"
 
 namespace mewm::cli {
 

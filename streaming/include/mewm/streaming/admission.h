@@ -10,7 +10,7 @@
 #include <string>
 
 #include "mewm/core/expected.h"
-#include "mewm/scenarios/scenario.h"
+#include "mewm/run/scenario.h"
 #include "mewm/streaming/protocol.h"
 
 namespace mewm::streaming {

@@ -19,7 +19,7 @@
 
 #include "mewm/core/expected.h"
 #include "mewm/core/sha256.h"
-#include "mewm/scenarios/events.h"
+#include "mewm/run/events.h"
 
 namespace mewm::streaming {
 

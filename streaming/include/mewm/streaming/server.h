@@ -22,7 +22,7 @@
 #include <string_view>
 
 #include "mewm/core/expected.h"
-#include "mewm/scenarios/runner.h"
+#include "mewm/run/runner.h"
 #include "mewm/streaming/protocol.h"
 
 namespace mewm::streaming {

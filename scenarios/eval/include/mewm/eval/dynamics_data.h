@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// Learned-dynamics data and evaluation on synthetic cohorts generated with counterfactual plans
+// (`mewm cohort generate --plans-per-patient K`): every patient's pre-treatment crop next to its
+// true post-treatment crop under several plans. `mewm train dynamics` trains on it and
+// `mewm eval dynamics` scores backends against it.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mewm/core/action_base.h"
+#include "mewm/core/expected.h"
+#include "mewm/dynamics/diffusion.h"
+#include "mewm/run/cohort_source.h"
+
+namespace mewm::scenarios {
+
+/// A plan and the file holding its true post-treatment image (grids ct, viable).
+struct PlanOutcomeFile {
+  Plan plan;
+  std::string post;
+};
+
+/// Per patient id: the administered plan and every counterfactual plan with its image, from
+/// manifest.json (post_administered) and truth/truth.json (plans, counterfactual images): for
+/// dynamics training and evaluation only. kNotFound / kCorruptData naming the file, kMismatch
+/// for a cohort of the old layout.
+Expected<std::map<std::string, std::vector<PlanOutcomeFile>>> ReadPlanOutcomes(
+    const std::string& cohort_dir, const ActionBase& actions);
+
+/// Crop pairs of every (patient, lesion crop, plan) of a cohort; patients in `ids` only when it is
+/// non-empty. Reads patients in parallel; `progress(done, total)` per patient.
+Expected<std::vector<dynamics::DiffusionPair>> BuildDiffusionPairs(
+    const std::string& cohort_dir, const dynamics::DiffusionConfig& config,
+    const ActionBase& actions, const std::vector<std::string>& ids = {},
+    const std::function<void(int, int)>& progress = {});
+
+}  // namespace mewm::scenarios
+
+namespace mewm::scenarios {
+
+/// Fidelity of one dynamics method against the mechanistic truth, over (patient, plan) cases.
+/// "Residual" is the integrated viable fraction (what survival reads, ViableVolumeMl); "mask" is
+/// the viable mask thresholded at 0.5, which is empty for many true partial responses.
+struct DynamicsMetrics {
+  std::string method;
+  int cases = 0;
+  double residual_mae_ml = 0.0;     ///< mean |pred - true| residual, mL
+  double residual_bias_ml = 0.0;    ///< mean (pred - true) residual, mL
+  double residual_rel_error = 0.0;  ///< median |pred - true| / max(true, 1 mL) of the residual
+  double dice = 0.0;                ///< mean mask Dice over cases where either mask is non-empty
+  int dice_cases = 0;               ///< cases behind `dice`
+  int empty_both = 0;               ///< cases where both masks are empty (left out of `dice`)
+  double mask_mae_ml = 0.0;         ///< mean |pred - true| mask volume, mL
+  bool has_image = true;            ///< false for a baseline without an image (complete response)
+  double hu_mae = 0.0;  ///< mean |pred - true| HU within 6 mm of the pre-treatment tumor
+  /// Mean over patients of Spearman(pred, true residual) across plans. Every patient whose true
+  /// residual varies counts; a prediction constant across plans counts as 0.
+  double spearman = 0.0;
+  int spearman_patients = 0;       ///< patients counted
+  int spearman_constant = 0;       ///< of them, patients whose prediction was constant
+  double spearman_shuffled = 0.0;  ///< the same with predictions shuffled across plans (mean)
+  double spearman_p = 1.0;         ///< permutation p-value of spearman over the shuffled control
+  bool has_turing = false;
+  dynamics::TuringTestResult turing;
+  double seconds = 0.0;  ///< simulation wall time
+};
+
+struct DynamicsEvaluation {
+  std::string cohort_dir;
+  int patients = 0, plans_per_patient = 0;
+  std::vector<DynamicsMetrics> methods;
+  std::string FormatTable() const;
+  std::string ToJson() const;
+};
+
+/// The machine Turing test, injected so this module stays free of libtorch. `groups` gives each
+/// crop's patient (real crops first, then synthetic), so folds and the CI can respect patients.
+using TuringTest = std::function<Expected<dynamics::TuringTestResult>(
+    const std::vector<DenseFloat>& real, const std::vector<DenseFloat>& synthetic,
+    const std::vector<int>& groups)>;
+
+/// A generator's ceiling: a true outcome passed through its autoencoder alone
+/// (DiffusionDynamics::Reconstruct), injected like the Turing test.
+using Reconstruction = std::function<Expected<Outcome>(const PatientCase&, const Outcome&)>;
+
+/// Scores each method (name, model) and two baselines on every patient and plan of a held-out
+/// cohort with counterfactual plans, one sample per case: "no change" (post = pre) and "complete
+/// response" (no residual anywhere; it has no image). With `ceiling`, also "autoencoder
+/// ceiling", the true outcomes reconstructed. Crops for the Turing test follow `crop_config`. At
+/// most `max_patients` patients when > 0. kInvalidArgument for a cohort without counterfactual
+/// plans.
+Expected<DynamicsEvaluation> EvaluateDynamics(
+    const std::string& cohort_dir,
+    const std::vector<std::pair<std::string, dynamics::DynamicsModel*>>& methods,
+    const ActionBase& actions, const dynamics::DiffusionConfig& crop_config,
+    const TuringTest& turing, std::uint64_t seed,
+    const std::function<void(int, int)>& progress = {}, int max_patients = 0,
+    const Reconstruction& ceiling = {});
+
+}  // namespace mewm::scenarios

@@ -1,0 +1,345 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// `mewm eval dynamics`: fidelity of dynamics backends against the synthetic world's truth.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <random>
+
+#include "mewm/core/seed.h"
+#include "mewm/core/stats.h"
+#include "mewm/eval/dynamics_data.h"
+#include "mewm/planner/planner.h"
+
+namespace mewm::scenarios {
+namespace {
+
+/// The "no change" baseline: the post-treatment image is the pre-treatment one.
+class IdentityDynamics final : public dynamics::DynamicsModel {
+ public:
+  Expected<std::vector<Outcome>> Simulate(const PatientCase& patient,
+                                          const std::vector<SimulationRequest>& requests) override {
+    std::vector<Outcome> out;
+    for (const SimulationRequest& r : requests) {
+      out.push_back({r.plan, r.sample_index, patient.ct.DeepCopy(), patient.tumor.DeepCopy()});
+    }
+    return out;
+  }
+  std::int64_t evaluations() const override { return 0; }
+  std::string name() const override { return "no change"; }
+};
+
+/// The "complete response" baseline: no residual tumor whatever the plan. Its image is the
+/// pre-treatment CT, which is not its claim, so its image metrics are not reported.
+class CompleteResponseDynamics final : public dynamics::DynamicsModel {
+ public:
+  Expected<std::vector<Outcome>> Simulate(const PatientCase& patient,
+                                          const std::vector<SimulationRequest>& requests) override {
+    std::vector<Outcome> out;
+    for (const SimulationRequest& r : requests) {
+      Outcome o{r.plan, r.sample_index, patient.ct.DeepCopy(),
+                LabelVolume(patient.ct.geometry(), patient.ct.extent(), "viable")};
+      o.viable_fraction =
+          Volume(openvdb::FloatGrid::create(0.0f), patient.ct.geometry(), patient.ct.extent());
+      out.push_back(std::move(o));
+    }
+    return out;
+  }
+  std::int64_t evaluations() const override { return 0; }
+  std::string name() const override { return "complete response"; }
+};
+
+/// The autoencoder's ceiling: each request's true outcome, reconstructed. `truth` is set to the
+/// patient's true outcomes (in request order) before each Simulate.
+class CeilingDynamics final : public dynamics::DynamicsModel {
+ public:
+  explicit CeilingDynamics(Reconstruction reconstruct) : reconstruct_(std::move(reconstruct)) {}
+  Expected<std::vector<Outcome>> Simulate(const PatientCase& patient,
+                                          const std::vector<SimulationRequest>& requests) override {
+    std::vector<Outcome> out;
+    for (std::size_t r = 0; r < requests.size(); ++r) {
+      MEWM_TRY(Outcome o, reconstruct_(patient, (*truth)[r]));
+      out.push_back(std::move(o));
+    }
+    return out;
+  }
+  std::int64_t evaluations() const override { return 0; }
+  std::string name() const override { return "autoencoder ceiling"; }
+  const std::vector<Outcome>* truth = nullptr;
+
+ private:
+  Reconstruction reconstruct_;
+};
+
+double MaskMl(const LabelVolume& viable) {
+  const Eigen::Vector3d s = viable.geometry().spacing;
+  return double(CountLabel(viable)) * s.prod() * 1e-3;
+}
+
+/// Dice of two masks; NaN when both are empty.
+double Dice(const LabelVolume& a, const LabelVolume& b) {
+  std::int64_t na = 0, nb = 0, both = 0;
+  auto bacc = b.grid().getConstAccessor();
+  for (auto it = a.grid().cbeginValueOn(); it; ++it) {
+    if (*it == 0) continue;
+    ++na;
+    if (bacc.getValue(it.getCoord()) != 0) ++both;
+  }
+  nb = CountLabel(b);
+  return na + nb == 0 ? std::nan("") : 2.0 * double(both) / double(na + nb);
+}
+
+/// Mean |a - b| HU over the voxels of `region` (the tumor's neighbourhood).
+double HuMae(const Volume& a, const Volume& b, const Volume& region) {
+  auto aa = a.grid().getConstAccessor(), ba = b.grid().getConstAccessor();
+  double sum = 0.0;
+  std::int64_t n = 0;
+  for (auto it = region.grid().cbeginValueOn(); it; ++it) {
+    sum += std::abs(double(aa.getValue(it.getCoord())) - double(ba.getValue(it.getCoord())));
+    ++n;
+  }
+  return n > 0 ? sum / double(n) : 0.0;
+}
+
+double Mean(const std::vector<double>& v) { return MeanStd(v).first; }
+
+struct MethodCases {
+  std::vector<double> residual_abs, residual_diff, residual_rel, dice, mask_abs, hu;
+  int empty_both = 0;
+  std::vector<std::vector<double>> pred_ml, true_ml;  ///< per patient, per plan (residual)
+  std::vector<DenseFloat> crops;
+  std::vector<int> crop_patient;
+  double seconds = 0.0;
+};
+
+/// Mean over patients of Spearman(pred, true) across plans: patients whose truth is constant are
+/// left out (nothing to rank), a constant prediction counts as 0.
+double MeanSpearman(const std::vector<std::vector<double>>& pred,
+                    const std::vector<std::vector<double>>& truth, int* counted, int* constant) {
+  double sum = 0.0;
+  int k = 0, flat = 0;
+  for (std::size_t p = 0; p < pred.size(); ++p) {
+    if (std::isnan(Spearman(truth[p], truth[p]))) continue;
+    double rho = Spearman(pred[p], truth[p]);
+    if (std::isnan(rho)) {
+      rho = 0.0;
+      ++flat;
+    }
+    sum += rho;
+    ++k;
+  }
+  if (counted != nullptr) *counted = k;
+  if (constant != nullptr) *constant = flat;
+  return k > 0 ? sum / k : std::nan("");
+}
+
+}  // namespace
+
+Expected<DynamicsEvaluation> EvaluateDynamics(
+    const std::string& cohort_dir,
+    const std::vector<std::pair<std::string, dynamics::DynamicsModel*>>& methods,
+    const ActionBase& actions, const dynamics::DiffusionConfig& crop_config,
+    const TuringTest& turing, std::uint64_t seed, const std::function<void(int, int)>& progress,
+    int max_patients, const Reconstruction& ceiling) {
+  MEWM_TRY(const auto outcomes, ReadPlanOutcomes(cohort_dir, actions));
+  MEWM_TRY(std::vector<CohortEntry> entries, ReadSyntheticCohort(cohort_dir));
+  if (max_patients > 0 && int(entries.size()) > max_patients) entries.resize(max_patients);
+  IdentityDynamics identity;
+  CompleteResponseDynamics complete;
+  std::vector<std::pair<std::string, dynamics::DynamicsModel*>> all = {
+      {"no change", &identity}, {"complete response", &complete}};
+  CeilingDynamics reconstructed(ceiling);
+  if (ceiling) all.emplace_back("autoencoder ceiling", &reconstructed);
+  all.insert(all.end(), methods.begin(), methods.end());
+  std::vector<MethodCases> cases(all.size());
+  std::vector<DenseFloat> real_crops;
+  std::vector<int> real_patient;
+  DynamicsEvaluation eval;
+  eval.cohort_dir = cohort_dir;
+  for (std::size_t n = 0; n < entries.size(); ++n) {
+    const CohortEntry& entry = entries[n];
+    const auto listed = outcomes.find(entry.id);
+    if (listed == outcomes.end() || listed->second.size() < 2) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "patient '" + entry.id + "' of " + cohort_dir +
+                           " has no counterfactual plans (generate the cohort with "
+                           "--plans-per-patient K)");
+    }
+    eval.plans_per_patient = int(listed->second.size());
+    MEWM_TRY(const PatientCase patient, LoadPatient(entry));
+    MEWM_TRY(const PatientCase region, TumorRegion(patient, 6.0));
+    MEWM_TRY(const auto crops, dynamics::LesionCrops(patient, crop_config));
+    std::vector<SimulationRequest> requests;
+    std::vector<Outcome> truth;
+    for (const PlanOutcomeFile& file : listed->second) {
+      requests.push_back({file.plan, 0, Planner::SampleSeed(seed, entry.id, file.plan, 0),
+                          Planner::SharedSeed(seed, entry.id, 0)});
+      MEWM_TRY(Outcome outcome, LoadOutcomeFile(file.post, file.plan));
+      truth.push_back(std::move(outcome));
+      MEWM_TRY(auto crop, dynamics::ExtractChannels(truth.back().post_ct, truth.back().viable,
+                                                    crops.front(), crop_config.window));
+      real_crops.push_back(std::move(crop.ct));
+      real_patient.push_back(int(n));
+    }
+    reconstructed.truth = &truth;
+    for (std::size_t m = 0; m < all.size(); ++m) {
+      MethodCases& c = cases[m];
+      const auto t0 = std::chrono::steady_clock::now();
+      auto simulated = all[m].second->Simulate(patient, requests);
+      if (!simulated) {
+        return simulated.error().WithContext(all[m].first + ", patient '" + entry.id + "'");
+      }
+      c.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::vector<double> pred_ml, true_ml;
+      for (std::size_t p = 0; p < requests.size(); ++p) {
+        const Outcome& o = (*simulated)[p];
+        const double pr = ViableVolumeMl(o), tr = ViableVolumeMl(truth[p]);
+        pred_ml.push_back(pr);
+        true_ml.push_back(tr);
+        c.residual_abs.push_back(std::abs(pr - tr));
+        c.residual_diff.push_back(pr - tr);
+        c.residual_rel.push_back(std::abs(pr - tr) / std::max(tr, 1.0));
+        c.mask_abs.push_back(std::abs(MaskMl(o.viable) - MaskMl(truth[p].viable)));
+        const double dice = Dice(o.viable, truth[p].viable);
+        if (std::isnan(dice)) {
+          ++c.empty_both;
+        } else {
+          c.dice.push_back(dice);
+        }
+        c.hu.push_back(HuMae(o.post_ct, truth[p].post_ct, region.ct));
+        MEWM_TRY(auto crop,
+                 dynamics::ExtractChannels(o.post_ct, o.viable, crops.front(), crop_config.window));
+        c.crops.push_back(std::move(crop.ct));
+        c.crop_patient.push_back(int(n));
+      }
+      c.pred_ml.push_back(std::move(pred_ml));
+      c.true_ml.push_back(std::move(true_ml));
+    }
+    ++eval.patients;
+    if (progress) progress(int(n + 1), int(entries.size()));
+  }
+  std::mt19937_64 rng(DeriveSeed(seed, "spearman-shuffle"));
+  for (std::size_t m = 0; m < all.size(); ++m) {
+    MethodCases& c = cases[m];
+    DynamicsMetrics r;
+    r.method = all[m].first;
+    r.cases = int(c.residual_abs.size());
+    r.residual_mae_ml = Mean(c.residual_abs);
+    r.residual_bias_ml = Mean(c.residual_diff);
+    r.residual_rel_error = Median(c.residual_rel);
+    r.dice = Mean(c.dice);
+    r.dice_cases = int(c.dice.size());
+    r.empty_both = c.empty_both;
+    r.mask_mae_ml = Mean(c.mask_abs);
+    r.has_image = all[m].second != &complete;
+    r.hu_mae = Mean(c.hu);
+    r.seconds = c.seconds;
+    // Plan sensitivity, and a control with each patient's predictions shuffled across plans.
+    r.spearman = MeanSpearman(c.pred_ml, c.true_ml, &r.spearman_patients, &r.spearman_constant);
+    if (!std::isnan(r.spearman) && r.spearman_constant < r.spearman_patients) {
+      constexpr int kShuffles = 2000;
+      int above = 0;
+      double total = 0.0;
+      for (int s = 0; s < kShuffles; ++s) {
+        auto shuffled = c.pred_ml;
+        for (auto& v : shuffled) std::shuffle(v.begin(), v.end(), rng);
+        const double rho = MeanSpearman(shuffled, c.true_ml, nullptr, nullptr);
+        total += rho;
+        if (rho >= r.spearman) ++above;
+      }
+      r.spearman_shuffled = total / kShuffles;
+      r.spearman_p = double(above + 1) / double(kShuffles + 1);
+    }
+    if (turing && r.has_image) {
+      std::vector<int> groups = real_patient;
+      groups.insert(groups.end(), c.crop_patient.begin(), c.crop_patient.end());
+      MEWM_TRY(r.turing, turing(real_crops, c.crops, groups));
+      r.has_turing = true;
+    }
+    eval.methods.push_back(r);
+  }
+  return eval;
+}
+
+std::string DynamicsEvaluation::FormatTable() const {
+  std::string out = "dynamics fidelity on " + cohort_dir + ": " + std::to_string(patients) +
+                    " patients x " + std::to_string(plans_per_patient) + " plans\n";
+  char line[640];
+  std::snprintf(line, sizeof line, "%-18s %9s %9s %8s %13s %9s %7s %22s %20s %8s\n", "method",
+                "resid.MAE", "resid.bias", "resid.rel", "Dice(n,empty)", "mask.MAE", "HU.MAE",
+                "Spearman(shuffle),n", "Turing AUC [95% CI]", "sim.s");
+  out += line;
+  for (const DynamicsMetrics& m : methods) {
+    char spearman[96], turing_text[64], dice[48], hu[16];
+    if (std::isnan(m.spearman)) {
+      std::snprintf(spearman, sizeof spearman, "n/a");
+    } else {
+      std::snprintf(spearman, sizeof spearman, "%+.3f (%+.3f),%d", m.spearman, m.spearman_shuffled,
+                    m.spearman_patients);
+    }
+    if (m.has_turing) {
+      std::snprintf(turing_text, sizeof turing_text, "%.3f [%.3f, %.3f]", m.turing.auc,
+                    m.turing.ci_low, m.turing.ci_high);
+    } else {
+      std::snprintf(turing_text, sizeof turing_text, "-");
+    }
+    std::snprintf(dice, sizeof dice, "%.3f(%d,%d)", m.dice, m.dice_cases, m.empty_both);
+    if (m.has_image) {
+      std::snprintf(hu, sizeof hu, "%.1f", m.hu_mae);
+    } else {
+      std::snprintf(hu, sizeof hu, "-");
+    }
+    std::snprintf(line, sizeof line,
+                  "%-18s %7.2fmL %+8.2fmL %8.3f %13s %7.2fmL %7s %22s %20s %8.1f\n",
+                  m.method.c_str(), m.residual_mae_ml, m.residual_bias_ml, m.residual_rel_error,
+                  dice, m.mask_mae_ml, hu, spearman, turing_text, m.seconds);
+    out += line;
+  }
+  out +=
+      "residual: the integrated viable fraction (what survival reads); Dice over cases where "
+      "either viable mask (fraction >= 0.5) is non-empty, n cases, empty = both empty; Spearman: "
+      "mean over the n patients whose true residual varies across plans, a constant prediction "
+      "counting 0; Turing folds and CI grouped by patient\n";
+  return out;
+}
+
+std::string DynamicsEvaluation::ToJson() const {
+  nlohmann::json j = {
+      {"cohort", cohort_dir}, {"patients", patients}, {"plans_per_patient", plans_per_patient}};
+  for (const DynamicsMetrics& m : methods) {
+    const auto num = [](double v) { return std::isnan(v) ? nlohmann::json() : nlohmann::json(v); };
+    nlohmann::json e = {{"method", m.method},
+                        {"cases", m.cases},
+                        {"residual_mae_ml", m.residual_mae_ml},
+                        {"residual_bias_ml", m.residual_bias_ml},
+                        {"residual_rel_error_median", m.residual_rel_error},
+                        {"dice", m.dice},
+                        {"dice_cases", m.dice_cases},
+                        {"empty_both", m.empty_both},
+                        {"mask_mae_ml", m.mask_mae_ml},
+                        {"hu_mae", m.has_image ? nlohmann::json(m.hu_mae) : nlohmann::json()},
+                        {"spearman", num(m.spearman)},
+                        {"spearman_patients", m.spearman_patients},
+                        {"spearman_constant", m.spearman_constant},
+                        {"spearman_shuffled", num(m.spearman_shuffled)},
+                        {"spearman_p", m.spearman_p},
+                        {"simulation_seconds", m.seconds}};
+    if (m.has_turing) {
+      e["turing"] = {{"auc", m.turing.auc},
+                     {"ci95", {m.turing.ci_low, m.turing.ci_high}},
+                     {"ci_method", "patient-cluster bootstrap"},
+                     {"real", m.turing.real},
+                     {"synthetic", m.turing.synthetic},
+                     {"folds", m.turing.folds},
+                     {"patients", m.turing.groups}};
+    }
+    j["methods"].push_back(e);
+  }
+  return j.dump(2);
+}
+
+}  // namespace mewm::scenarios

@@ -1,0 +1,437 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "mewm/eval/evaluation.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "mewm/core/file_util.h"
+#include "mewm/core/plot.h"
+#include "mewm/core/stats.h"
+#include "mewm/planner/planner.h"
+#include "mewm/run/cohort_source.h"
+#include "mewm/survival/metrics.h"
+
+namespace mewm::scenarios {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+Expected<json> ReadJson(const std::string& path) {
+  MEWM_TRY(const std::string text, ReadFile(path));
+  try {
+    return json::parse(text);
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kCorruptData, "'" + path + "': " + e.what());
+  }
+}
+
+Plan PlanOf(const std::string& text) {
+  std::vector<std::string> items;
+  if (text == "none" || text.empty()) return Plan(items);
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, '+')) items.push_back(item);
+  return Plan(items);
+}
+
+/// Accumulates one method's per-patient results.
+struct Accumulator {
+  explicit Accumulator(std::string method) { s.method = std::move(method); }
+  MethodScores s;
+  std::vector<double> regrets;
+  void Add(const PlanMatch& m, double regret, double ratio, double weight = 1.0) {
+    s.f1 += weight * m.f1;
+    s.jaccard += weight * m.jaccard;
+    s.precision += weight * m.precision;
+    s.recall += weight * m.recall;
+    s.top1 += weight * (m.exact ? 1.0 : 0.0);
+    s.regret += weight * regret;
+    s.risk_ratio += weight * ratio;
+  }
+  MethodScores Finish(int patients) {
+    const double n = std::max(1, patients);
+    s.patients = patients;
+    for (double* v :
+         {&s.f1, &s.jaccard, &s.precision, &s.recall, &s.top1, &s.regret, &s.risk_ratio}) {
+      *v /= n;
+    }
+    s.regret_median = Median(regrets);
+    return s;
+  }
+};
+
+json MethodJson(const MethodScores& m) {
+  if (!m.available) {
+    json j = {{"method", m.method}, {"available", false}, {"patients", m.patients}};
+    for (const char* key : {"f1", "jaccard", "precision", "recall", "top1", "regret_mean",
+                            "regret_median", "risk_ratio_mean"}) {
+      j[key] = nullptr;
+    }
+    return j;
+  }
+  return {{"method", m.method},
+          {"available", true},
+          {"patients", m.patients},
+          {"f1", m.f1},
+          {"jaccard", m.jaccard},
+          {"precision", m.precision},
+          {"recall", m.recall},
+          {"top1", m.top1},
+          {"regret_mean", m.regret},
+          {"regret_median", m.regret_median},
+          {"risk_ratio_mean", m.risk_ratio}};
+}
+
+}  // namespace
+
+PlanMatch ComparePlanItems(const Plan& chosen, const Plan& optimal) {
+  PlanMatch m;
+  const std::set<std::string> a(chosen.items().begin(), chosen.items().end());
+  const std::set<std::string> b(optimal.items().begin(), optimal.items().end());
+  std::size_t common = 0;
+  for (const std::string& item : a) common += b.count(item);
+  const std::size_t uni = a.size() + b.size() - common;
+  m.exact = a == b;
+  if (a.empty() && b.empty()) {
+    m.precision = m.recall = m.f1 = m.jaccard = 1.0;
+    return m;
+  }
+  m.precision = a.empty() ? 0.0 : double(common) / double(a.size());
+  m.recall = b.empty() ? 0.0 : double(common) / double(b.size());
+  m.f1 = m.precision + m.recall > 0 ? 2 * m.precision * m.recall / (m.precision + m.recall) : 0.0;
+  m.jaccard = uni > 0 ? double(common) / double(uni) : 1.0;
+  return m;
+}
+
+Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir) {
+  MEWM_TRY(const json summary, ReadJson((fs::path(run_dir) / "summary.json").string()));
+  PlanEvaluation eval;
+  eval.run_dir = run_dir;
+  json truth;
+  try {
+    if (summary.at("run").at("cohort_source").get<std::string>() != "synthetic") {
+      return MakeError(
+          ErrorCode::kNotFound,
+          "run '" + run_dir + "' planned a manifest cohort, which has no ground truth");
+    }
+    eval.cohort_dir = summary.at("run").at("cohort").get<std::string>();
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kCorruptData, "'" + run_dir + "/summary.json': " + e.what());
+  }
+  MEWM_TRY(const std::string truth_path, SyntheticTruthPath(eval.cohort_dir));
+  MEWM_TRY(truth, ReadJson(truth_path));
+
+  struct Row {
+    std::string id;
+    Plan chosen, first_choice, optimal;
+    std::map<std::string, double> risks;
+  };
+  std::vector<Row> rows;
+  try {
+    for (const json& p : summary.at("patients")) {
+      if (p.at("status").get<std::string>() != "finished") {
+        ++eval.failed;
+        continue;
+      }
+      Row row;
+      row.id = p.at("patient_id").get<std::string>();
+      const json& t = truth.at("patients").at(row.id);
+      row.chosen = PlanOf(p.at("plan").get<std::string>());
+      row.first_choice = PlanOf(p.at("proposal").value("first_choice", ""));
+      row.optimal = PlanOf(t.at("optimal_plan").get<std::string>());
+      for (const auto& [plan, risk] : t.at("plan_risks").items())
+        row.risks[plan] = risk.get<double>();
+      rows.push_back(std::move(row));
+    }
+  } catch (const std::exception& e) {
+    return MakeError(
+        ErrorCode::kCorruptData,
+        "run '" + run_dir + "' does not match cohort truth '" + eval.cohort_dir + "': " + e.what());
+  }
+  if (rows.empty()) {
+    return MakeError(ErrorCode::kInvalidArgument, "run '" + run_dir + "' has no finished patient");
+  }
+  eval.patients = int(rows.size());
+
+  std::map<std::string, int> optimal_counts;
+  for (const Row& r : rows) ++optimal_counts[r.optimal.ToString()];
+
+  Accumulator pipeline("pipeline"), random("random valid plan"), majority("majority plan"),
+      guideline("guideline first choice");
+  const auto score = [](Accumulator& acc, const Row& r, const Plan& plan) -> Status {
+    const double opt = r.risks.at(r.optimal.ToString());
+    auto it = r.risks.find(plan.ToString());
+    if (it == r.risks.end()) {
+      return MakeError(
+          ErrorCode::kInvalidArgument,
+          "patient '" + r.id + "': plan " + plan.ToString() + " is not a valid plan of the cohort");
+    }
+    acc.Add(ComparePlanItems(plan, r.optimal), it->second - opt, it->second / opt);
+    acc.regrets.push_back(it->second - opt);
+    return {};
+  };
+  // The leave-one-out majority needs at least 2 other patients: with 1 it is that patient's
+  // optimum, with 0 the patient's own (the truth itself).
+  const bool majority_available = rows.size() >= 3;
+  for (const Row& r : rows) {
+    MEWM_RETURN_IF_ERROR(score(pipeline, r, r.chosen));
+    if (!r.first_choice.empty()) MEWM_RETURN_IF_ERROR(score(guideline, r, r.first_choice));
+    // Majority: the most frequent optimum among the *other* patients (ties by name).
+    std::string best;
+    int best_count = 0;
+    for (const auto& [plan, count] : optimal_counts) {
+      const int c = count - (plan == r.optimal.ToString() ? 1 : 0);
+      if (c > best_count) best = plan, best_count = c;
+    }
+    if (majority_available) MEWM_RETURN_IF_ERROR(score(majority, r, PlanOf(best)));
+    // Random: the exact expectation over every valid plan.
+    const double opt = r.risks.at(r.optimal.ToString());
+    const double w = 1.0 / double(r.risks.size());
+    double mean_regret = 0.0;
+    for (const auto& [plan, risk] : r.risks) {
+      random.Add(ComparePlanItems(PlanOf(plan), r.optimal), risk - opt, risk / opt, w);
+      mean_regret += w * (risk - opt);
+    }
+    random.regrets.push_back(mean_regret);
+  }
+  eval.methods = {pipeline.Finish(eval.patients), random.Finish(eval.patients),
+                  majority.Finish(majority_available ? eval.patients : 0),
+                  guideline.Finish(int(guideline.regrets.size()))};
+  eval.methods[2].available = majority_available;
+  return eval;
+}
+
+std::string PlanEvaluation::FormatTable() const {
+  std::ostringstream out;
+  out << "plan selection on " << patients << " patients (" << failed << " failed) of " << cohort_dir
+      << "\n";
+  char line[256];
+  std::snprintf(line, sizeof(line), "%-24s %6s %6s %6s %6s %6s %9s %9s %7s\n", "method", "F1",
+                "Jacc", "Prec", "Rec", "Top1", "regret", "reg.med", "HR/opt");
+  out << line;
+  for (const MethodScores& m : methods) {
+    if (!m.available) {
+      std::snprintf(line, sizeof(line), "%-24s %6s %6s %6s %6s %6s %9s %9s %7s\n", m.method.c_str(),
+                    "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a");
+      out << line;
+      continue;
+    }
+    std::snprintf(line, sizeof(line), "%-24s %6.3f %6.3f %6.3f %6.3f %6.3f %9.4f %9.4f %7.3f\n",
+                  m.method.c_str(), m.f1, m.jaccard, m.precision, m.recall, m.top1, m.regret,
+                  m.regret_median, m.risk_ratio);
+    out << line;
+  }
+  return out.str();
+}
+
+std::string PlanEvaluation::ToJson() const {
+  json methods_json = json::array();
+  for (const MethodScores& m : methods) methods_json.push_back(MethodJson(m));
+  return json{{"run_dir", run_dir},
+              {"cohort_dir", cohort_dir},
+              {"patients", patients},
+              {"failed", failed},
+              {"methods", methods_json}}
+      .dump(1);
+}
+
+namespace {
+
+/// Follow-up records of a cohort, in manifest order.
+Expected<std::vector<survival::SurvivalRecord>> FollowUp(const std::vector<CohortEntry>& entries,
+                                                         const std::string& dir) {
+  std::vector<survival::SurvivalRecord> y;
+  for (const CohortEntry& e : entries) {
+    if (!e.survival) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "cohort '" + dir + "': patient '" + e.id + "' has no follow-up");
+    }
+    y.push_back(*e.survival);
+  }
+  return y;
+}
+
+/// The patient as the survival model sees it and the outcome it scores (OutcomeSource).
+Expected<std::pair<PatientCase, Outcome>> ScoredCase(const CohortEntry& entry,
+                                                     const OutcomeSource& source) {
+  MEWM_TRY(PatientCase patient, LoadPatient(entry));
+  if (source.generator == nullptr) {
+    MEWM_TRY(Outcome outcome, LoadAdministeredOutcome(entry, ActionBase::Default()));
+    return std::make_pair(std::move(patient), std::move(outcome));
+  }
+  MEWM_TRY(const Plan plan, ActionBase::Default().ParsePlan(entry.administered));
+  MEWM_TRY(PatientCase region, Planner::ModelRegion(patient, *source.generator));
+  MEWM_TRY(std::vector<Outcome> outcomes,
+           source.generator->Simulate(
+               region, {{plan, 0, Planner::SampleSeed(source.seed, entry.id, plan, 0),
+                         Planner::SharedSeed(source.seed, entry.id, 0)}}));
+  return std::make_pair(std::move(region), std::move(outcomes.front()));
+}
+
+}  // namespace
+
+Expected<SurvivalEvaluation> EvaluateSurvival(survival::SurvivalModel& model,
+                                              const std::string& cohort_dir,
+                                              const std::string& train_dir,
+                                              const std::function<void(int, int)>& progress,
+                                              const OutcomeSource& source) {
+  MEWM_TRY(const std::vector<CohortEntry> entries, ReadSyntheticCohortWithOutcomes(cohort_dir));
+  MEWM_TRY(const std::vector<CohortEntry> train, ReadSyntheticCohortWithOutcomes(train_dir));
+  MEWM_TRY(const std::vector<survival::SurvivalRecord> y, FollowUp(entries, cohort_dir));
+  MEWM_TRY(const std::vector<survival::SurvivalRecord> y_train, FollowUp(train, train_dir));
+  MEWM_TRY(const std::string truth_path, SyntheticTruthPath(cohort_dir));
+  MEWM_TRY(const json truth, ReadJson(truth_path));
+  std::vector<double> risk, oracle;
+  std::vector<survival::RiskScore> curves;
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    MEWM_TRY(const auto scored, ScoredCase(entries[i], source));
+    MEWM_TRY(survival::RiskScore score, model.Score(scored.first, scored.second));
+    risk.push_back(score.risk);
+    curves.push_back(std::move(score));
+    try {
+      oracle.push_back(
+          truth.at("patients").at(entries[i].id).at("administered_risk").get<double>());
+    } catch (const std::exception& e) {
+      return MakeError(ErrorCode::kCorruptData, "'" + truth_path + "': " + e.what());
+    }
+    if (progress) progress(int(i + 1), int(entries.size()));
+  }
+  SurvivalEvaluation eval;
+  eval.patients = int(entries.size());
+  MEWM_TRY(eval.harrell_c, survival::HarrellC(risk, y));
+  MEWM_TRY(eval.oracle_harrell_c, survival::HarrellC(oracle, y));
+  MEWM_TRY(eval.uno_c, survival::UnoC(risk, y, y_train, 48.0));
+  MEWM_TRY(eval.integrated_brier,
+           survival::IntegratedBrierScore(curves, y, y_train, {3, 6, 12, 18, 24, 30, 36, 42, 48}));
+  MEWM_TRY(eval.auc_24, survival::TimeDependentAuc(risk, y, y_train, 24.0));
+  MEWM_TRY(eval.observed, survival::FitKaplanMeier(y));
+  double last = 0.0;
+  for (const survival::SurvivalRecord& r : y) {
+    last = std::max(last, r.time);
+    eval.deaths += r.event ? 1 : 0;
+  }
+  constexpr int kSteps = 200;
+  std::vector<double> at(curves.size());
+  for (int k = 1; k <= kSteps && last > 0.0; ++k) {
+    const double t = last * k / kSteps;
+    for (std::size_t i = 0; i < curves.size(); ++i) {
+      const Expected<double> s = curves[i].SurvivalAt(t);
+      at[i] = s ? *s : 0.0;
+    }
+    std::sort(at.begin(), at.end());
+    const auto quantile = [&](double q) {
+      return at[std::min(at.size() - 1, std::size_t(std::lround(q * double(at.size() - 1))))];
+    };
+    double sum = 0.0;
+    for (const double v : at) sum += v;
+    eval.curve_times.push_back(t);
+    eval.predicted_mean.push_back(at.empty() ? 1.0 : sum / double(at.size()));
+    eval.predicted_lo.push_back(at.empty() ? 1.0 : quantile(0.1));
+    eval.predicted_hi.push_back(at.empty() ? 1.0 : quantile(0.9));
+  }
+  return eval;
+}
+
+Expected<RgbImage> SurvivalEvaluation::Plot() const {
+  SurvivalPlot plot;
+  plot.title = "Observed vs predicted survival, " + std::to_string(patients) + " patients";
+  plot.x_label = "Months of follow-up";
+  PlotCurve km;
+  km.label = "Observed: Kaplan-Meier (" + std::to_string(deaths) + " deaths)";
+  km.times = observed.times;
+  km.values = observed.survival;
+  km.color = {20, 20, 20};
+  PlotCurve predicted;
+  predicted.label = "Predicted: mean of the model's curves";
+  predicted.times = curve_times;
+  predicted.values = predicted_mean;
+  predicted.lo = predicted_lo;
+  predicted.hi = predicted_hi;
+  predicted.color = {31, 100, 200};
+  plot.curves = {km, predicted};
+  plot.notes = {"Band: 10th to 90th percentile of the patients' predicted curves"};
+  return RenderSurvivalPlot(plot);
+}
+
+std::string SurvivalEvaluation::FormatTable() const {
+  char text[512];
+  std::snprintf(text, sizeof(text),
+                "survival on %d held-out patients\n"
+                "  Harrell C            %.3f   (oracle, true hazard: %.3f)\n"
+                "  Uno C (tau 48 mo)    %.3f\n"
+                "  integrated Brier     %.3f   (3-48 months)\n"
+                "  AUC at 24 months     %.3f\n",
+                patients, harrell_c, oracle_harrell_c, uno_c, integrated_brier, auc_24);
+  return text;
+}
+
+std::string SurvivalEvaluation::ToJson() const {
+  return json{{"patients", patients}, {"harrell_c", harrell_c},
+              {"uno_c_tau48", uno_c}, {"integrated_brier_3_48", integrated_brier},
+              {"auc_24", auc_24},     {"oracle_harrell_c", oracle_harrell_c}}
+      .dump(1);
+}
+
+Expected<std::unique_ptr<survival::CoxSurvival>> TrainCoxSurvival(
+    const std::string& cohort_dir, survival::CoxTies ties,
+    const survival::ModelProvenance& provenance, const std::function<void(int, int)>& progress,
+    const OutcomeSource& source) {
+  MEWM_TRY(const std::vector<CohortEntry> entries, ReadSyntheticCohortWithOutcomes(cohort_dir));
+  MEWM_TRY(const std::vector<survival::SurvivalRecord> y, FollowUp(entries, cohort_dir));
+  const auto p = Eigen::Index(survival::CoxFeatureNames().size());
+  Eigen::MatrixXd X(Eigen::Index(entries.size()), p);
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    MEWM_TRY(const auto scored, ScoredCase(entries[i], source));
+    MEWM_TRY(const survival::PreTreatment pre, survival::MeasurePreTreatment(scored.first));
+    MEWM_TRY(const Eigen::VectorXd x,
+             survival::CoxFeatures(pre, scored.first.tumor, scored.second));
+    X.row(Eigen::Index(i)) = x.transpose();
+    if (progress) progress(int(i + 1), int(entries.size()));
+  }
+  // Plan toxicity is in hazard units by definition (core/pharmacology.h): its coefficient is 1,
+  // not estimated. Estimated from a few hundred administered plans it came out negative (World
+  // v2, 200 patients: -0.49), and a planner that trusted it chose the most toxic plans.
+  MEWM_TRY(survival::CoxFit fit, survival::FitCox(X, y, survival::CoxFeatureNames(), ties, 1e-4, 50,
+                                                  {{"plan_toxicity", 1.0}}));
+  return survival::CoxSurvival::Create(std::move(fit), provenance);
+}
+
+Expected<dynamics::BiologyRegression> TrainMechanisticCalibration(
+    const std::string& cohort_dir, double ridge, const std::function<void(int, int)>& progress) {
+  MEWM_TRY(const std::vector<CohortEntry> entries, ReadSyntheticCohort(cohort_dir));
+  MEWM_TRY(const std::string truth_path, SyntheticTruthPath(cohort_dir));
+  MEWM_TRY(const json truth, ReadJson(truth_path));
+  const auto p = Eigen::Index(dynamics::BiologyFeatureNames().size());
+  const auto q = Eigen::Index(dynamics::BiologyTargetNames().size());
+  Eigen::MatrixXd X(Eigen::Index(entries.size()), p), Y(Eigen::Index(entries.size()), q);
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    MEWM_TRY(const PatientCase patient, LoadPatient(entries[i]));
+    MEWM_TRY(const Eigen::VectorXd x, dynamics::BiologyFeatures(patient));
+    dynamics::TumorBiology b;
+    try {
+      const json& j = truth.at("patients").at(entries[i].id).at("biology");
+      b.proliferation_per_day = j.at("proliferation_per_day").get<double>();
+      b.infiltration_mm2_per_day = j.at("infiltration_mm2_per_day").get<double>();
+      b.vascularity = j.at("vascularity").get<double>();
+      const json& s = j.at("sensitivity");
+      for (std::size_t k = 0; k < 4; ++k)
+        b.sensitivity[k] = s.at(dynamics::kDrugClasses[k]).get<double>();
+    } catch (const std::exception& e) {
+      return MakeError(ErrorCode::kCorruptData,
+                       "'" + truth_path + "', patient '" + entries[i].id + "': " + e.what());
+    }
+    X.row(Eigen::Index(i)) = x.transpose();
+    Y.row(Eigen::Index(i)) = dynamics::BiologyTargets(b).transpose();
+    if (progress) progress(int(i + 1), int(entries.size()));
+  }
+  return dynamics::BiologyRegression::Fit(X, Y, ridge);
+}
+
+}  // namespace mewm::scenarios

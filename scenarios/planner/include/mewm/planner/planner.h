@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// The planner: searches the plan space (drug horizon, the protocol's mandatory items such as
+// Lipiodol, then the embolic horizon) for the plan with the lowest predicted risk, scoring each
+// candidate by the mean survival-model risk over T simulated outcomes. docs/SCENARIOS.md and
+// docs/DESIGN.md ("The planner") describe the three search modes.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "mewm/core/action_base.h"
+#include "mewm/core/expected.h"
+#include "mewm/core/patient.h"
+#include "mewm/dynamics/dynamics_model.h"
+#include "mewm/policy/policy_model.h"
+#include "mewm/survival/survival_model.h"
+
+namespace mewm::scenarios {
+
+enum class SearchMode {
+  kBeam,        ///< true beam search over distinct partial plans (default)
+  kReference,   ///< MeWM's released loop: per-beam greedy argmin, batch 1, no memo
+  kExhaustive,  ///< every valid plan within the horizons
+};
+const char* ToString(SearchMode mode);
+
+struct PlannerSpec {
+  SearchMode search = SearchMode::kBeam;
+  int beams = 5;            ///< B
+  int drug_horizon = 2;     ///< H_d: at most this many drugs
+  int embolic_horizon = 2;  ///< H_e: embolics including Lipiodol
+  int samples = 4;          ///< T: samples per candidate plan
+  int max_batch = 1024;     ///< requests per DynamicsModel::Simulate call (bounds memory)
+};
+
+/// One scored candidate plan.
+struct CandidateScore {
+  Plan plan;
+  double risk_mean = 0.0;            ///< mean relative risk over the samples (the score)
+  double risk_std = 0.0;             ///< its spread (sample standard deviation; 0 for T = 1)
+  std::vector<double> sample_risks;  ///< one per sample, in sample order
+  survival::RiskScore curve;         ///< mean survival curve over the samples
+  /// The spread of the samples' curves: at each time of `curve`, the lowest and the highest
+  /// sample's S(t) (for plots; result.json does not store them).
+  std::vector<double> survival_lo, survival_hi;
+};
+
+struct PlannerCounters {
+  std::int64_t simulations = 0;        ///< outcomes simulated by the dynamics model
+  std::int64_t memo_hits = 0;          ///< (plan, sample) scores reused instead of simulated
+  std::int64_t batches = 0;            ///< DynamicsModel::Simulate calls
+  std::int64_t model_evaluations = 0;  ///< backend work units (PDE solves, denoiser forwards)
+  std::int64_t survival_scores = 0;    ///< SurvivalModel::Score calls
+  std::int64_t candidates = 0;         ///< candidate evaluations reported (with repeats)
+  double dynamics_seconds = 0.0;
+  double survival_seconds = 0.0;
+  double search_seconds = 0.0;  ///< the whole search, wall time
+};
+
+/// Called as the search goes; all optional. `stage` is "drug", "embolic" or "exhaustive".
+struct PlannerObserver {
+  std::function<void(const CandidateScore&, const std::string& stage, int step, bool memo_hit)>
+      candidate;
+  std::function<void(const std::string& stage, int step, const std::vector<CandidateScore>& kept)>
+      beam;
+  /// Polled between simulation batches; returning true stops the search with kCancelled.
+  std::function<bool()> cancelled;
+  /// Wall time of each model call: "dynamics" (one Simulate batch), "survival" (its scoring).
+  std::function<void(const char* stage, double seconds)> stage_seconds;
+};
+
+struct PlanDecision {
+  CandidateScore best;
+  std::vector<CandidateScore> evaluated;  ///< every distinct plan scored, in first-scored order
+  PlannerCounters counters;
+};
+
+namespace detail {
+struct SearchSpace;  // scenarios/planner/src/search.h
+}  // namespace detail
+
+class Planner {
+ public:
+  /// Borrowed models must outlive the planner. kInvalidArgument for a bad spec (B, T < 1,
+  /// horizons out of range), or when the constraints themselves break a rule.
+  static Expected<Planner> Create(const PlannerSpec& spec, const ActionBase& actions,
+                                  const std::string& protocol,
+                                  const std::vector<std::string>& require,
+                                  const std::vector<std::string>& forbid,
+                                  dynamics::DynamicsModel& dynamics,
+                                  survival::SurvivalModel& survival);
+
+  /// Plans for one patient within the proposal's items. `run_seed` and the patient id seed every
+  /// sample: seed = f(run seed, patient, plan, sample index), so scores never depend on batching
+  /// or on the search mode's visiting order (except `reference`, which re-draws per beam as
+  /// MeWM's loop does). kCancelled when the observer asks to stop.
+  Expected<PlanDecision> Plan(const PatientCase& patient, const policy::Proposal& proposal,
+                              std::uint64_t run_seed, const PlannerObserver& observer = {});
+
+  /// The part of a patient the planner hands its models: the tumor's neighbourhood, wide enough
+  /// for `dynamics`'s context.
+  static Expected<PatientCase> ModelRegion(const PatientCase& patient,
+                                           const dynamics::DynamicsModel& dynamics);
+
+  /// The sample seed of (run, patient, plan, sample).
+  static std::uint64_t SampleSeed(std::uint64_t run_seed, const std::string& patient_id,
+                                  const mewm::Plan& plan, int sample_index);
+  /// The shared seed of (run, patient, sample): the same simulated patient for every plan.
+  static std::uint64_t SharedSeed(std::uint64_t run_seed, const std::string& patient_id,
+                                  int sample_index);
+
+ private:
+  Planner(const PlannerSpec& spec, const ActionBase& actions, std::string protocol,
+          std::vector<std::string> require, std::vector<std::string> forbid,
+          dynamics::DynamicsModel& dynamics, survival::SurvivalModel& survival)
+      : spec_(spec),
+        actions_(actions),
+        protocol_(std::move(protocol)),
+        require_(std::move(require)),
+        forbid_(std::move(forbid)),
+        dynamics_(&dynamics),
+        survival_(&survival) {}
+
+  /// The root plan and the stages' items for this proposal (forbidden items dropped).
+  Expected<detail::SearchSpace> Space(const policy::Proposal& proposal) const;
+
+  PlannerSpec spec_;
+  ActionBase actions_;
+  std::string protocol_;
+  std::vector<std::string> require_, forbid_;
+  dynamics::DynamicsModel* dynamics_;
+  survival::SurvivalModel* survival_;
+};
+
+}  // namespace mewm::scenarios

@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "mewm/planner/planner.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "mewm/core/seed.h"
+#include "search.h"
+
+namespace mewm::scenarios {
+
+const char* ToString(SearchMode mode) {
+  switch (mode) {
+    case SearchMode::kBeam:
+      return "beam";
+    case SearchMode::kReference:
+      return "reference";
+    case SearchMode::kExhaustive:
+      return "exhaustive";
+  }
+  return "?";
+}
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+/// Models see the tumor's neighbourhood only; outcomes then cost a small copy instead of the
+/// whole CT. 20 mm covers the mechanistic margin (6 mm) plus a follow-up's growth; a backend that
+/// reads more context (the diffusion model's crops) asks for more.
+constexpr double kPlanningMarginMm = 20.0;
+
+}  // namespace
+
+Expected<PatientCase> Planner::ModelRegion(const PatientCase& patient,
+                                           const dynamics::DynamicsModel& dynamics) {
+  return TumorRegion(patient, std::max(kPlanningMarginMm, dynamics.context_margin_mm()));
+}
+
+std::uint64_t Planner::SampleSeed(std::uint64_t run_seed, const std::string& patient_id,
+                                  const mewm::Plan& plan, int sample_index) {
+  // Seed 0 means "unperturbed" to the mechanistic model; sample seeds are never 0.
+  const std::uint64_t seed = DeriveSeed(
+      run_seed, {HashString(patient_id), HashString(plan.ToString()), std::uint64_t(sample_index)});
+  return seed == 0 ? 1 : seed;
+}
+
+std::uint64_t Planner::SharedSeed(std::uint64_t run_seed, const std::string& patient_id,
+                                  int sample_index) {
+  const std::uint64_t seed = DeriveSeed(
+      run_seed, {HashString(patient_id), HashString("shared"), std::uint64_t(sample_index)});
+  return seed == 0 ? 1 : seed;
+}
+
+Expected<Planner> Planner::Create(const PlannerSpec& spec, const ActionBase& actions,
+                                  const std::string& protocol,
+                                  const std::vector<std::string>& require,
+                                  const std::vector<std::string>& forbid,
+                                  dynamics::DynamicsModel& dynamics,
+                                  survival::SurvivalModel& survival) {
+  if (spec.beams < 1 || spec.samples < 1 || spec.max_batch < 1 || spec.drug_horizon < 0 ||
+      spec.embolic_horizon < 0) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "planner: beams, samples and max_batch must be >= 1, horizons >= 0");
+  }
+  MEWM_TRY(std::vector<std::string> root, actions.MandatoryItems(protocol));
+  root.insert(root.end(), require.begin(), require.end());
+  MEWM_TRY(const mewm::Plan root_plan, actions.MakePlan(root));
+  if (auto valid = actions.Validate(root_plan, protocol); !valid) {
+    return valid.error().WithContext("planner: the required items");
+  }
+  if (detail::CountKind(root_plan, actions, ItemKind::kDrug) > spec.drug_horizon ||
+      detail::CountKind(root_plan, actions, ItemKind::kEmbolic) > spec.embolic_horizon) {
+    return MakeError(ErrorCode::kInvalidArgument, "planner: the mandatory and required items (" +
+                                                      root_plan.ToString() +
+                                                      ") exceed the horizons");
+  }
+  return Planner(spec, actions, protocol, require, forbid, dynamics, survival);
+}
+
+Expected<PlanDecision> Planner::Plan(const PatientCase& full_patient,
+                                     const policy::Proposal& proposal, std::uint64_t run_seed,
+                                     const PlannerObserver& observer) {
+  const auto t0 = Clock::now();
+  MEWM_TRY(const PatientCase patient, ModelRegion(full_patient, *dynamics_));
+  PlanDecision decision;
+  detail::Search search(spec_, patient, run_seed, *dynamics_, *survival_, observer, &decision);
+  MEWM_TRY(const detail::SearchSpace space, Space(proposal));
+  const auto strategy = spec_.search == SearchMode::kExhaustive ? detail::SearchExhaustive
+                        : spec_.search == SearchMode::kBeam     ? detail::SearchBeam
+                                                                : detail::SearchReference;
+  MEWM_TRY(decision.best, strategy(search, space, spec_, observer));
+  decision.counters.search_seconds = Since(t0);
+  return decision;
+}
+
+Expected<detail::SearchSpace> Planner::Space(const policy::Proposal& proposal) const {
+  const auto allowed = [&](const std::string& item) {
+    return std::find(forbid_.begin(), forbid_.end(), item) == forbid_.end();
+  };
+  std::vector<std::string> drugs, embolics;
+  for (const std::string& d : proposal.drugs) {
+    if (allowed(d)) drugs.push_back(d);
+  }
+  MEWM_TRY(std::vector<std::string> root_items, actions_.MandatoryItems(protocol_));
+  for (const std::string& e : proposal.embolics) {
+    if (allowed(e) && std::find(root_items.begin(), root_items.end(), e) == root_items.end()) {
+      embolics.push_back(e);
+    }
+  }
+  root_items.insert(root_items.end(), require_.begin(), require_.end());
+  MEWM_TRY(const mewm::Plan root, actions_.MakePlan(root_items));
+  const auto count = [&](ItemKind kind) { return detail::CountKind(root, actions_, kind); };
+  return detail::SearchSpace{
+      actions_,
+      protocol_,
+      require_,
+      root_items,
+      root,
+      {{"drug", std::move(drugs), ItemKind::kDrug, spec_.drug_horizon,
+        spec_.drug_horizon - count(ItemKind::kDrug)},
+       {"embolic", std::move(embolics), ItemKind::kEmbolic, spec_.embolic_horizon,
+        spec_.embolic_horizon - count(ItemKind::kEmbolic)}}};
+}
+
+}  // namespace mewm::scenarios

@@ -1,0 +1,450 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "mewm/world/synthetic_world.h"
+
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+
+#include <Eigen/Geometry>
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <optional>
+
+#include "mewm/core/plan_space.h"
+#include "mewm/core/seed.h"
+
+namespace mewm::scenarios {
+namespace {
+
+constexpr double kAirHu = -1000.0;
+
+double Sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+double ValueNoise(std::uint64_t seed, const Eigen::Vector3d& p, double scale_mm) {
+  return mewm::ValueNoise(seed, p[0], p[1], p[2], scale_mm);
+}
+
+double SegmentDistance(const Eigen::Vector3d& p, const Eigen::Vector3d& a,
+                       const Eigen::Vector3d& b) {
+  const Eigen::Vector3d ab = b - a;
+  const double t = std::clamp((p - a).dot(ab) / std::max(ab.squaredNorm(), 1e-12), 0.0, 1.0);
+  return (a + t * ab - p).norm();
+}
+
+Eigen::Matrix3d RandomRotation(Rng& rng) {
+  Eigen::Quaterniond q(rng.Normal(), rng.Normal(), rng.Normal(), rng.Normal());
+  q.normalize();
+  return q.toRotationMatrix();
+}
+
+/// Normalised ellipsoid radius of p for a lesion, with its boundary irregularity.
+double LesionRadius(const LesionSpec& l, const Eigen::Vector3d& p) {
+  const Eigen::Vector3d q = (l.axes.transpose() * (p - l.center_mm)).cwiseQuotient(l.radii_mm);
+  return q.norm() * (1.0 + l.deform * ValueNoise(l.shape_seed, p, 10.0));
+}
+
+/// Shares one cancellation among a loop's worker threads: once any of them sees `cancelled`,
+/// every later poll says stop without calling it again.
+class CancelLatch {
+ public:
+  explicit CancelLatch(const CancelFn& cancelled) : cancelled_(cancelled) {}
+  bool Poll() {
+    if (stop_.load(std::memory_order_relaxed)) return true;
+    if (cancelled_ && cancelled_()) stop_.store(true, std::memory_order_relaxed);
+    return stop_.load(std::memory_order_relaxed);
+  }
+  bool stopped() const { return stop_.load(std::memory_order_relaxed); }
+
+ private:
+  const CancelFn& cancelled_;
+  std::atomic<bool> stop_{false};
+};
+
+Plan DrawAdministeredPlan(Rng& rng, const ActionBase& actions, const std::vector<Plan>& valid) {
+  // Physicians' habits: popular drugs, usually one or two, often a gelatin sponge.
+  static const std::vector<std::pair<const char*, double>> kDrugs = {
+      {"Epirubicin", 3}, {"Pirarubicin", 2}, {"Oxaliplatin", 2},
+      {"Lobaplatin", 2}, {"Raltitrexed", 2}, {"Cisplatin", 1},
+      {"Idarubicin", 1}, {"Nedaplatin", 1},  {"Mitomycin", 1}};
+  static const std::vector<std::pair<const char*, double>> kEmbolics = {{"", 0.25},
+                                                                        {"Gelatin Sponge", 0.45},
+                                                                        {"PVA", 0.2},
+                                                                        {"NBCA", 0.05},
+                                                                        {"Absolute Alcohol", 0.05}};
+  const auto pick = [&](const std::vector<std::pair<const char*, double>>& table) {
+    double total = 0;
+    for (const auto& e : table) total += e.second;
+    double u = rng.Uniform() * total;
+    for (const auto& e : table) {
+      if ((u -= e.second) < 0) return std::string(e.first);
+    }
+    return std::string(table.back().first);
+  };
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    const double u = rng.Uniform();
+    const int n_drugs = u < 0.1 ? 0 : u < 0.6 ? 1 : 2;
+    std::vector<std::string> items = {"Lipiodol"};
+    for (int d = 0; d < n_drugs; ++d) items.push_back(pick(kDrugs));
+    const std::string embolic = pick(kEmbolics);
+    if (!embolic.empty()) items.push_back(embolic);
+    Plan plan(items);
+    if (int(plan.size()) != 1 + n_drugs + (embolic.empty() ? 0 : 1)) continue;  // drug drawn twice
+    if (!actions.Violations(plan).empty()) continue;
+    if (std::binary_search(valid.begin(), valid.end(), plan)) return plan;
+  }
+  return valid.front();
+}
+
+}  // namespace
+
+Status WorldConfig::Validate() const {
+  if (!(spacing_mm >= 0.3 && spacing_mm <= 5.0)) {
+    return MakeError(ErrorCode::kInvalidArgument, "world spacing must be in [0.3, 5] mm");
+  }
+  if (!(fov_mm.minCoeff() >= 64.0 && fov_mm.maxCoeff() <= 600.0)) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "world field of view must be in [64, 600] mm per axis");
+  }
+  if (!(weibull_shape > 0 && weibull_scale_months > 0 && censor_min_months > 0 &&
+        censor_max_months >= censor_min_months)) {
+    return MakeError(ErrorCode::kInvalidArgument, "world survival parameters must be positive");
+  }
+  if (counterfactual_plans < 0) {
+    return MakeError(ErrorCode::kInvalidArgument, "plans per patient must be >= 0");
+  }
+  return {};
+}
+
+Geometry WorldConfig::CtGeometry() const {
+  const Index3 e = CtExtent();
+  Geometry g = Geometry::Isotropic(spacing_mm);
+  g.origin =
+      -0.5 * spacing_mm * Eigen::Vector3d(double(e[0] - 1), double(e[1] - 1), double(e[2] - 1));
+  return g;
+}
+
+Index3 WorldConfig::CtExtent() const {
+  return {std::int64_t(std::lround(fov_mm[0] / spacing_mm)),
+          std::int64_t(std::lround(fov_mm[1] / spacing_mm)),
+          std::int64_t(std::lround(fov_mm[2] / spacing_mm))};
+}
+
+Expected<SyntheticWorld> SyntheticWorld::Create(const WorldConfig& config,
+                                                const ActionBase& actions) {
+  MEWM_RETURN_IF_ERROR(config.Validate());
+  MEWM_TRY(std::vector<Plan> plans,
+           EnumeratePlans(actions, config.drug_horizon, config.embolic_horizon));
+  if (plans.empty()) return MakeError(ErrorCode::kInvalidArgument, "the plan space is empty");
+  for (const Plan& p : plans) {
+    for (const auto& item : p.items()) MEWM_RETURN_IF_ERROR(PhysicsOf(item));
+  }
+  if (config.counterfactual_plans >= int(plans.size())) {
+    return MakeError(
+        ErrorCode::kInvalidArgument,
+        "plans per patient must be below the " + std::to_string(plans.size()) + " valid plans");
+  }
+  return SyntheticWorld(config, actions, std::move(plans));
+}
+
+SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) const {
+  SyntheticPatient p;
+  char id[16];
+  std::snprintf(id, sizeof(id), "P%04d", index + 1);
+  p.id = id;
+  p.seed = DeriveSeed(cohort_seed, {std::uint64_t(index)});
+  Rng rng(p.seed);
+
+  // Hidden latent factors.
+  const double z_p = rng.Normal(), z_d = rng.Normal(), z_v = rng.Normal();
+  const double z_pt = rng.Normal(), z_an = rng.Normal(), z_am = rng.Normal(), z_mi = rng.Normal();
+  dynamics::TumorBiology& b = p.biology;
+  b.proliferation_per_day = 0.02 * std::exp(0.6 * z_p);
+  b.infiltration_mm2_per_day = 0.08 * std::exp(1.1 * z_d);
+  b.vascularity = Sigmoid(1.2 * z_v);
+  b.sensitivity = {std::exp(0.8 * z_pt), std::exp(0.8 * z_an), std::exp(0.8 * z_am),
+                   std::exp(0.8 * z_mi)};
+  b.pattern_seed = DeriveSeed(p.seed, "collateral-pattern");
+
+  // Anatomy.
+  AnatomySpec& a = p.anatomy;
+  a.body_radii_mm = {135 + 8 * rng.Normal(), 105 + 6 * rng.Normal()};
+  a.fat_mm = rng.Uniform(10, 24);
+  a.liver_center_mm = {-48 + 3 * rng.Normal(), -8 + 3 * rng.Normal(), 3 * rng.Normal()};
+  a.liver_radii_mm = {72 + 4 * rng.Normal(), 64 + 4 * rng.Normal(), 60 + 4 * rng.Normal()};
+  // Portal-venous phase: the liver parenchyma enhances to about 105 HU.
+  a.liver_hu = std::clamp(105 + 6 * rng.Normal(), 90.0, 120.0);
+  a.noise_sd = rng.Uniform(10, 20);
+  a.texture_seed = rng.NextU64();
+  const Eigen::Vector3d hilum = a.liver_center_mm + Eigen::Vector3d(25, 10, -12);
+  for (int v = 0; v < 5; ++v) {
+    const Eigen::Vector3d dir =
+        Eigen::Vector3d(rng.Normal(), rng.Normal(), rng.Normal()).normalized();
+    a.vessels.push_back({hilum, a.liver_center_mm + 0.8 * dir.cwiseProduct(a.liver_radii_mm),
+                         rng.Uniform(2.0, 5.0), 170 + 8 * rng.Normal()});
+  }
+
+  // Lesions: the largest first.
+  const double u_count = rng.Uniform();
+  // Drawn counts; lesions that find no room are dropped below, which brings the share of
+  // multifocal patients down to about 45%.
+  const int count = u_count < 0.40 ? 1 : u_count < 0.75 ? 2 : 3;
+  const double d1 = std::clamp(std::exp(std::log(45.0) + 0.45 * rng.Normal()), 12.0, 110.0);
+  const double z_an_seen = 0.6 * z_an + 0.8 * rng.Normal();
+  for (int l = 0; l < count; ++l) {
+    LesionSpec s;
+    const double d = l == 0 ? d1 : std::max(6.0, d1 * rng.Uniform(0.2, 0.7));
+    for (int k = 0; k < 3; ++k)
+      s.radii_mm[k] = 0.5 * d * std::clamp(1.0 + 0.15 * rng.Normal(), 0.7, 1.3);
+    s.axes = RandomRotation(rng);
+    s.deform = std::clamp(0.08 + 0.05 * (0.7 * z_d + 0.7 * rng.Normal()), 0.02, 0.25);
+    // Inside the liver, clear of every earlier lesion. A lesion that finds no room shrinks by
+    // 15% every 40 tries and is dropped after 200, so the lesion count always matches the label
+    // image.
+    bool placed = false;
+    for (int attempt = 0; attempt < 200 && !placed; ++attempt) {
+      if (attempt > 0 && attempt % 40 == 0) s.radii_mm *= 0.85;
+      const double reach =
+          std::max(0.0, 0.75 - s.radii_mm.maxCoeff() / a.liver_radii_mm.minCoeff());
+      const Eigen::Vector3d dir =
+          Eigen::Vector3d(rng.Normal(), rng.Normal(), rng.Normal()).normalized();
+      s.center_mm =
+          a.liver_center_mm + reach * std::cbrt(rng.Uniform()) * dir.cwiseProduct(a.liver_radii_mm);
+      placed = true;
+      for (const LesionSpec& other : p.lesions) {
+        // The deformed boundaries reach (1 + deform) times the largest radius at most.
+        const double extent = s.radii_mm.maxCoeff() * (1.0 + s.deform) +
+                              other.radii_mm.maxCoeff() * (1.0 + other.deform);
+        placed = placed && (s.center_mm - other.center_mm).norm() > extent + 4.0;
+      }
+    }
+    const bool core =
+        d >= 15.0 && rng.Bernoulli(Sigmoid(0.2 + 0.8 * z_an_seen + (d > 40 ? 0.5 : 0.0)));
+    s.core_fraction = core ? std::clamp(0.35 + 0.1 * z_an_seen, 0.15, 0.6) : 0.0;
+    s.rim_mm = rng.Uniform(1.5, 3.5);
+    s.rim_hu = 100 + 25 * b.vascularity + 4 * rng.Normal();
+    s.interior_hu = 62 + 35 * b.vascularity + 5 * rng.Normal();
+    s.texture_sd = std::clamp(7 + 3 * (0.6 * z_pt + 0.8 * rng.Normal()), 2.0, 15.0);
+    s.shape_seed = rng.NextU64();
+    if (placed) p.lesions.push_back(s);
+  }
+
+  // Clinical covariates, partly driven by the hidden biology.
+  Covariates& c = p.covariates;
+  c.age_years = std::clamp(62 + 9 * rng.Normal() + 2.5 * z_mi, 30.0, 88.0);
+  c.sex = rng.Bernoulli(0.82) ? Covariates::Sex::kMale : Covariates::Sex::kFemale;
+  const double u_cp = rng.Uniform();
+  c.child_pugh = u_cp < 0.70 ? 'A' : u_cp < 0.97 ? 'B' : 'C';
+  c.afp_ng_ml =
+      std::pow(10.0, std::clamp(1.5 + 0.75 * z_p - 0.35 * z_am + 0.55 * rng.Normal(), 0.3, 5.0));
+  c.lesion_count = int(p.lesions.size());
+  c.max_diameter_mm = d1;
+  c.vascular_invasion = rng.Bernoulli(Sigmoid(-1.6 + 0.9 * z_d + 0.4 * z_p + 0.015 * (d1 - 45)));
+  if (c.vascular_invasion) {
+    c.bclc_stage = 'C';
+  } else if (c.lesion_count == 1 && d1 < 50 && c.child_pugh == 'A' && rng.Bernoulli(0.6)) {
+    c.bclc_stage = 'A';
+  } else {
+    c.bclc_stage = 'B';
+  }
+
+  p.administered = DrawAdministeredPlan(rng, actions_, plans_);
+  while (int(p.counterfactual.size()) < config_.counterfactual_plans) {
+    const Plan& candidate = plans_[std::size_t(rng.UniformInt(0, std::int64_t(plans_.size()) - 1))];
+    if (candidate != p.administered && std::find(p.counterfactual.begin(), p.counterfactual.end(),
+                                                 candidate) == p.counterfactual.end()) {
+      p.counterfactual.push_back(candidate);
+    }
+  }
+  return p;
+}
+
+Expected<PatientCase> SyntheticWorld::Render(const SyntheticPatient& p, bool tumor_region_only,
+                                             const CancelFn& cancelled) const {
+  const Geometry g = config_.CtGeometry();
+  const Index3 extent = config_.CtExtent();
+  std::vector<IndexBox> boxes;
+  if (tumor_region_only) {
+    const double pad = config_.mechanistic.margin_mm + 3.0 * config_.spacing_mm;
+    for (const LesionSpec& l : p.lesions) {
+      const double r = l.radii_mm.maxCoeff() * (1.0 + l.deform) + pad;
+      const Eigen::Vector3d lo = g.WorldToIndex(l.center_mm - Eigen::Vector3d::Constant(r));
+      const Eigen::Vector3d hi = g.WorldToIndex(l.center_mm + Eigen::Vector3d::Constant(r));
+      IndexBox box;
+      for (int k = 0; k < 3; ++k) {
+        box.min[k] = std::max<std::int64_t>(0, std::int64_t(std::floor(lo[k])));
+        box.max[k] = std::min<std::int64_t>(extent[k] - 1, std::int64_t(std::ceil(hi[k])));
+      }
+      boxes.push_back(box);
+    }
+  } else {
+    boxes.push_back(IndexBox{{0, 0, 0}, {extent[0] - 1, extent[1] - 1, extent[2] - 1}});
+  }
+  const AnatomySpec& a = p.anatomy;
+  const std::uint64_t noise_seed = DeriveSeed(p.seed, "ct-noise");
+  const Eigen::Vector2d spine(0.0, 0.62 * a.body_radii_mm[1]);
+  const Eigen::Vector2d aorta(18.0, 0.38 * a.body_radii_mm[1]);
+  const Eigen::Vector2d ivc(-24.0, 0.30 * a.body_radii_mm[1]);
+
+  Volume ct_volume(g, extent, "ct");
+  LabelVolume tumor_volume(g, extent, "tumor"), liver_volume(g, extent, "liver");
+  CancelLatch cancel(cancelled);
+  for (const IndexBox& box : boxes) {
+    const Index3 n = box.extent();
+    std::vector<float> ct(std::size_t(n[0] * n[1] * n[2]), float(kAirHu));
+    std::vector<std::int32_t> liver(ct.size(), 0), tumor(ct.size(), 0);
+    tbb::parallel_for(
+        tbb::blocked_range<std::int64_t>(box.min[2], box.max[2] + 1),
+        [&](const tbb::blocked_range<std::int64_t>& range) {
+          for (std::int64_t k = range.begin(); k != range.end(); ++k) {
+            if (cancel.Poll()) return;  // a slice at 0.5 mm is ~0.26 M voxels: a short wait
+            for (std::int64_t j = box.min[1]; j <= box.max[1]; ++j) {
+              for (std::int64_t i = box.min[0]; i <= box.max[0]; ++i) {
+                const Eigen::Vector3d w =
+                    g.IndexToWorld(Eigen::Vector3d(double(i), double(j), double(k)));
+                const double bx = w[0] / a.body_radii_mm[0], by = w[1] / a.body_radii_mm[1];
+                const double r = std::sqrt(bx * bx + by * by);
+                if (r > 1.0) continue;  // air: the sparse background
+                const double depth = (1.0 - r) * a.body_radii_mm.minCoeff();
+                double hu;
+                if (depth < a.fat_mm) {
+                  hu = -100 + 10 * ValueNoise(a.texture_seed + 3, w, 8.0);  // subcutaneous fat
+                } else if (depth < a.fat_mm + 12.0) {
+                  hu = 48 + 6 * ValueNoise(a.texture_seed + 4, w, 6.0);  // abdominal wall muscle
+                } else {
+                  // Bowel and mesenteric fat, mottled.
+                  hu = -20 + 60 * ValueNoise(a.texture_seed + 5, w, 14.0);
+                }
+                const Eigen::Vector2d xy(w[0], w[1]);
+                const double ds = (xy - spine).norm();
+                if (ds < 17.0) hu = ds > 13.5 ? 650.0 : 260.0;  // vertebral cortex and body
+                if ((xy - aorta).norm() < 11.0) hu = 160.0;     // portal-venous phase
+                if ((xy - ivc).norm() < 10.5) hu = 150.0;
+                std::int32_t liver_label = 0, tumor_label = 0;
+                // The liver and its lesions are intra-abdominal: never in the fat or muscle wall.
+                const bool visceral = depth >= a.fat_mm + 12.0;
+                const Eigen::Vector3d q = (w - a.liver_center_mm).cwiseQuotient(a.liver_radii_mm);
+                if (visceral && q.norm() < 1.25 &&
+                    q.norm() * (1.0 + 0.08 * ValueNoise(a.texture_seed, w, 30.0)) < 1.0) {
+                  liver_label = 1;
+                  hu = a.liver_hu + 6.0 * ValueNoise(a.texture_seed + 1, w, 6.0);
+                  for (const auto& v : a.vessels) {
+                    if (SegmentDistance(w, v.a, v.b) < v.radius_mm) hu = v.hu;
+                  }
+                }
+                for (std::size_t l = 0; visceral && l < p.lesions.size(); ++l) {
+                  const LesionSpec& s = p.lesions[l];
+                  if ((w - s.center_mm).norm() > s.radii_mm.maxCoeff() * (1.0 + s.deform) + 1.0)
+                    continue;
+                  const double rho = LesionRadius(s, w);
+                  if (rho >= 1.0) continue;
+                  tumor_label = std::int32_t(l + 1);
+                  liver_label = 1;
+                  const double depth_mm = (1.0 - rho) * s.radii_mm.minCoeff();
+                  if (s.core_fraction > 0.0 && rho < s.core_fraction) {
+                    hu = 20.0 + 4.0 * ValueNoise(s.shape_seed + 9, w, 5.0);  // necrotic core
+                  } else if (depth_mm < s.rim_mm) {
+                    hu = s.rim_hu;  // enhancing rim
+                  } else {
+                    hu = s.interior_hu + s.texture_sd * ValueNoise(s.shape_seed + 7, w, 4.0);
+                  }
+                }
+                // The noise is keyed by the voxel's index in the whole CT, whatever box is
+                // rendered.
+                const std::uint64_t voxel = std::uint64_t(i + extent[0] * (j + extent[1] * k));
+                const std::size_t at = std::size_t(
+                    (i - box.min[0]) + n[0] * ((j - box.min[1]) + n[1] * (k - box.min[2])));
+                ct[at] = float(hu + a.noise_sd * HashNormal(noise_seed, voxel));
+                if (ct[at] == float(kAirHu)) ct[at] = float(kAirHu + 1.0);
+                liver[at] = liver_label;
+                tumor[at] = tumor_label;
+              }
+            }
+          }
+        });
+    if (cancel.stopped()) {
+      return MakeError(ErrorCode::kCancelled, "rendering patient " + p.id + " was cancelled");
+    }
+    MEWM_RETURN_IF_ERROR(ct_volume.CopyFromDense(box, ct));
+    MEWM_RETURN_IF_ERROR(tumor_volume.CopyFromDense(box, tumor));
+    MEWM_RETURN_IF_ERROR(liver_volume.CopyFromDense(box, liver));
+  }
+  return PatientCase{p.id, std::move(ct_volume), std::move(tumor_volume), std::move(liver_volume),
+                     p.covariates};
+}
+
+double SyntheticWorld::LinearPredictor(const SyntheticPatient& p, double post_viable_ml,
+                                       double toxicity) const {
+  const Covariates& c = p.covariates;
+  const double cp = c.child_pugh == 'A' ? 0.0 : c.child_pugh == 'B' ? 0.45 : 0.9;
+  const double bclc = c.bclc_stage == 'C' ? 0.35 : c.bclc_stage == 'B' ? 0.0 : -0.3;
+  // The hidden biology's own progression: faster-growing tumors recur sooner, whatever the image
+  // showed at follow-up (z_p, the proliferation's standard-normal latent).
+  const double z_p = std::log(p.biology.proliferation_per_day / 0.02) / 0.6;
+  return 0.80 * std::log1p(post_viable_ml) - 3.15 + 0.30 * (std::log10(c.afp_ng_ml) - 1.5) + cp +
+         bclc + 0.35 * (c.vascular_invasion ? 1.0 : 0.0) + 0.015 * (c.age_years - 62.0) +
+         0.25 * z_p + toxicity;
+}
+
+Expected<PatientTruth> SyntheticWorld::Truth(const SyntheticPatient& p, const PatientCase& rendered,
+                                             const CancelFn& cancelled) const {
+  MEWM_TRY(const std::vector<dynamics::TumorField> fields,
+           dynamics::BuildTumorFields(rendered, config_.mechanistic));
+  return Truth(p, fields, cancelled);
+}
+
+Expected<PatientTruth> SyntheticWorld::Truth(const SyntheticPatient& p,
+                                             const std::vector<dynamics::TumorField>& fields,
+                                             const CancelFn& cancelled) const {
+  PatientTruth truth;
+  truth.plans.resize(plans_.size());
+  std::vector<std::optional<Error>> errors(plans_.size());
+  std::vector<double> pre(plans_.size()), pre_mask(plans_.size());
+  CancelLatch cancel(cancelled);
+  tbb::parallel_for(std::size_t(0), plans_.size(), [&](std::size_t n) {
+    if (cancel.Poll()) return;  // one plan's PDE runs on the 2 mm response grid: milliseconds
+    auto r = dynamics::SimulateResponse(fields, p.biology, plans_[n], p.covariates.child_pugh,
+                                        config_.mechanistic, /*sample_seed=*/0, nullptr);
+    if (!r) {
+      errors[n] = r.error();
+      return;
+    }
+    pre[n] = r->pre_viable_ml;
+    pre_mask[n] = r->pre_mask_ml;
+    PlanTruth& t = truth.plans[n];
+    t = PlanTruth{plans_[n],
+                  r->post_viable_ml,
+                  r->post_mask_ml,
+                  r->toxicity,
+                  LinearPredictor(p, r->post_viable_ml, r->toxicity),
+                  0.0};
+    t.risk = std::exp(t.linear_predictor);
+  });
+  if (cancel.stopped()) {
+    return MakeError(ErrorCode::kCancelled, "the truth of patient " + p.id + " was cancelled");
+  }
+  for (const auto& e : errors) {
+    if (e) return *e;
+  }
+  truth.pre_viable_ml = pre.front();
+  truth.pre_mask_ml = pre_mask.front();
+  for (std::size_t n = 0; n < truth.plans.size(); ++n) {
+    if (truth.plans[n].risk < truth.plans[truth.optimal].risk) truth.optimal = n;
+    if (truth.plans[n].plan == p.administered) truth.administered = n;
+  }
+  // Weibull proportional hazards: S(t) = exp(-(t / scale)^shape * exp(eta)).
+  Rng rng(DeriveSeed(p.seed, "survival"));
+  double u;
+  do {
+    u = rng.Uniform();
+  } while (u <= 0.0);
+  const double eta = truth.plans[truth.administered].linear_predictor;
+  const double t_event = config_.weibull_scale_months *
+                         std::pow(-std::log(u) / std::exp(eta), 1.0 / config_.weibull_shape);
+  const double t_censor = rng.Uniform(config_.censor_min_months, config_.censor_max_months);
+  truth.event = t_event <= t_censor;
+  truth.event_time_months = std::min(t_event, t_censor);
+  return truth;
+}
+
+}  // namespace mewm::scenarios
