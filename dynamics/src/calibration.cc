@@ -9,7 +9,7 @@
 
 #include "mewm/core/file_util.h"
 #include "mewm/core/sha256.h"
-#include "mewm/core/tumor_features.h"
+#include "mewm/tace/tumor_features.h"
 
 namespace mewm::dynamics {
 namespace {

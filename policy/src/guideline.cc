@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "mewm/core/pharmacology.h"
-#include "mewm/core/tumor_features.h"
+#include "mewm/tace/pharmacology.h"
+#include "mewm/tace/tumor_features.h"
 
 namespace mewm::policy {
 namespace {

@@ -6,8 +6,8 @@
 #include <nlohmann/json.hpp>
 
 #include "mewm/core/file_util.h"
-#include "mewm/core/pharmacology.h"
 #include "mewm/core/sha256.h"
+#include "mewm/tace/pharmacology.h"
 
 namespace mewm::survival {
 namespace {

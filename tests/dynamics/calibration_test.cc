@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "../core/test_env.h"
-#include "mewm/core/tumor_features.h"
+#include "mewm/tace/tumor_features.h"
 
 namespace mewm::dynamics {
 namespace {

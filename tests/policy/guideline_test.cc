@@ -8,7 +8,7 @@
 #include <cmath>
 
 #include "../core/test_env.h"
-#include "mewm/core/pharmacology.h"
+#include "mewm/tace/pharmacology.h"
 
 namespace mewm::policy {
 namespace {

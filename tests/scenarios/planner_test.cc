@@ -7,7 +7,7 @@
 #include <map>
 #include <set>
 
-#include "mewm/core/plan_space.h"
+#include "mewm/tace/plan_space.h"
 #include "planning_fixture.h"
 
 namespace mewm::scenarios {

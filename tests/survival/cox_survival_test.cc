@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "../core/test_env.h"
-#include "mewm/core/pharmacology.h"
+#include "mewm/tace/pharmacology.h"
 
 namespace mewm::survival {
 namespace {

@@ -294,11 +294,10 @@ const char* TuringDesignName(TuringDesign design) {
   return design == TuringDesign::kPair ? "pair" : "single";
 }
 
-Expected<TuringExportResult> ExportTuringCases(const TuringExportOptions& options,
-                                               dynamics::DynamicsModel& model,
-                                               const ActionBase& actions,
-                                               const std::function<void(int, int)>& progress) {
-  const auto t0 = std::chrono::steady_clock::now();
+namespace {
+
+/// Everything that can refuse an export, checked before anything is written.
+Status CheckExportOptions(const TuringExportOptions& options) {
   if (options.key.empty() || options.out.empty()) {
     return MakeError(ErrorCode::kInvalidArgument, "turing export needs --out and --key");
   }
@@ -329,20 +328,15 @@ Expected<TuringExportResult> ExportTuringCases(const TuringExportOptions& option
                                            "overwrite it");
     }
   }
-  MEWM_RETURN_IF_ERROR(CheckWritable(options.key));
-  const int patients_needed = options.design == TuringDesign::kSingle ? options.n / 2 : options.n;
-  MEWM_TRY(std::vector<CohortEntry> entries, CohortWithFollowUp(options.cohort));
-  if (int(entries.size()) < patients_needed) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     options.cohort + " has " + std::to_string(entries.size()) +
-                         " patients with a follow-up image; --n " + std::to_string(options.n) +
-                         " in the " + TuringDesignName(options.design) + " design needs " +
-                         std::to_string(patients_needed));
-  }
-  entries.resize(patients_needed);
-  MEWM_RETURN_IF_ERROR(PrepareOutDir(options.out));
+  return CheckWritable(options.key);
+}
 
-  // 1. Both volumes of every patient, on the same crop.
+/// Step 1: both volumes of every patient, on the same crop: the real follow-up and the model's
+/// outcome of the plan given.
+Expected<std::vector<PatientVolumes>> SimulateVolumes(
+    const TuringExportOptions& options, const std::vector<CohortEntry>& entries,
+    dynamics::DynamicsModel& model, const ActionBase& actions,
+    const std::function<void(int, int)>& progress) {
   std::vector<PatientVolumes> volumes;
   volumes.reserve(entries.size());
   for (std::size_t p = 0; p < entries.size(); ++p) {
@@ -373,8 +367,12 @@ Expected<TuringExportResult> ExportTuringCases(const TuringExportOptions& option
     volumes.push_back(std::move(v));
     if (progress) progress(int(p + 1), int(entries.size()));
   }
+  return volumes;
+}
 
-  // 2. Cases, blinded: a seeded permutation gives the IDs, and pairs a seeded A/B order.
+/// Step 2: the cases, blinded. A seeded permutation gives the IDs, and pairs a seeded A/B order.
+std::vector<PendingCase> BlindCases(const TuringExportOptions& options,
+                                    const std::vector<PatientVolumes>& volumes) {
   Rng rng(DeriveSeed(options.seed, "turing-export"));
   std::vector<PendingCase> cases;
   for (const PatientVolumes& v : volumes) {
@@ -389,14 +387,24 @@ Expected<TuringExportResult> ExportTuringCases(const TuringExportOptions& option
   for (std::size_t i = cases.size(); i > 1; --i) {
     std::swap(cases[i - 1], cases[std::size_t(rng.UniformInt(0, std::int64_t(i) - 1))]);
   }
-  const int width = std::max(3, int(std::to_string(cases.size()).size()));
+  return cases;
+}
 
-  // 3. Files, in case-ID order.
+/// What step 3 wrote: the manifest's and the key's case lists, and the number of volumes.
+struct WrittenCases {
+  nlohmann::json manifest = nlohmann::json::array(), key = nlohmann::json::array();
+  int volumes = 0;
+};
+
+/// Step 3: the case files, in case-ID order, all with one modification time (the file system
+/// must not order the classes).
+Expected<WrittenCases> WriteCases(const TuringExportOptions& options,
+                                  const std::vector<PendingCase>& cases) {
   std::error_code ec;
   fs::create_directories(fs::path(options.out) / "cases", ec);
   if (ec) return MakeError(ErrorCode::kIo, options.out + "/cases: " + ec.message());
-  nlohmann::json manifest_cases = nlohmann::json::array(), key_cases = nlohmann::json::array();
-  int written = 0;
+  const int width = std::max(3, int(std::to_string(cases.size()).size()));
+  WrittenCases written;
   for (std::size_t c = 0; c < cases.size(); ++c) {
     std::string id = std::to_string(c + 1);
     id = "T" + std::string(std::size_t(width) - id.size(), '0') + id;
@@ -412,7 +420,7 @@ Expected<TuringExportResult> ExportTuringCases(const TuringExportOptions& option
           pending.synthetic[k] ? pending.source->synthetic : pending.source->real;
       MEWM_RETURN_IF_ERROR(
           WriteCaseVolume(options.out, label.empty() ? id : id + "_" + label, image, &volume));
-      ++written;
+      ++written.volumes;
       files.push_back(
           {{"label", label}, {"nifti", volume.nifti}, {"vdb", volume.vdb}, {"png", volume.png}});
       if (options.design == TuringDesign::kSingle) {
@@ -421,20 +429,23 @@ Expected<TuringExportResult> ExportTuringCases(const TuringExportOptions& option
         truth = label;
       }
     }
-    manifest_cases.push_back({{"id", id}, {"volumes", files}});
-    key_cases.push_back({{"id", id},
-                         {"patient", pending.source->patient},
-                         {"plan", pending.source->plan},
-                         {"truth", truth}});
+    written.manifest.push_back({{"id", id}, {"volumes", files}});
+    written.key.push_back({{"id", id},
+                           {"patient", pending.source->patient},
+                           {"plan", pending.source->plan},
+                           {"truth", truth}});
   }
-  // One modification time for every case file: the file system must not order the classes.
   const auto stamp = fs::file_time_type::clock::now();
   for (const auto& entry : fs::directory_iterator(fs::path(options.out) / "cases", ec)) {
     fs::last_write_time(entry.path(), stamp, ec);
   }
+  return written;
+}
 
-  // 4. The key, then the public manifest with the key's hash (the manifest marks completion).
-  const DenseFloat& any = volumes.front().real;
+/// Step 4: the key, then the public manifest with the key's hash (the manifest marks
+/// completion). Returns the key's SHA-256 in hex.
+Expected<std::string> WriteKeyAndManifest(const TuringExportOptions& options,
+                                          const WrittenCases& written, const DenseFloat& any) {
   const nlohmann::json key = {{"format", kKeyFormat},
                               {"version", 1},
                               {"design", TuringDesignName(options.design)},
@@ -442,16 +453,15 @@ Expected<TuringExportResult> ExportTuringCases(const TuringExportOptions& option
                               {"cohort", options.cohort},
                               {"dynamics", options.backend_description},
                               {"written_by", std::string("mewm ") + Version()},
-                              {"cases", key_cases}};
+                              {"cases", written.key}};
   const std::string key_text = key.dump(2) + "\n";
   MEWM_RETURN_IF_ERROR(WriteFileAtomic(options.key, key_text));
-  TuringExportResult result;
-  result.key_sha256 = ToHex(Sha256(key_text));
+  const std::string key_sha256 = ToHex(Sha256(key_text));
   const nlohmann::json manifest = {
       {"format", kManifestFormat},
       {"version", 1},
       {"design", TuringDesignName(options.design)},
-      {"key_sha256", result.key_sha256},
+      {"key_sha256", key_sha256},
       {"window_hu", {kLiverWindow.lo, kLiverWindow.hi}},
       {"crop_mm", options.crop_mm},
       {"spacing_mm", {any.geometry.spacing[0], any.geometry.spacing[1], any.geometry.spacing[2]}},
@@ -459,12 +469,41 @@ Expected<TuringExportResult> ExportTuringCases(const TuringExportOptions& option
                        ? "Is this post-treatment CT real or synthetic?"
                        : "Which of the two post-treatment CTs (A or B) is synthetic?"},
       {"written_by", std::string("mewm ") + Version()},
-      {"cases", manifest_cases}};
+      {"cases", written.manifest}};
   MEWM_RETURN_IF_ERROR(
       WriteFileAtomic((fs::path(options.out) / "manifest.json").string(), manifest.dump(2) + "\n"));
+  return key_sha256;
+}
+
+}  // namespace
+
+Expected<TuringExportResult> ExportTuringCases(const TuringExportOptions& options,
+                                               dynamics::DynamicsModel& model,
+                                               const ActionBase& actions,
+                                               const std::function<void(int, int)>& progress) {
+  const auto t0 = std::chrono::steady_clock::now();
+  MEWM_RETURN_IF_ERROR(CheckExportOptions(options));
+  const int patients_needed = options.design == TuringDesign::kSingle ? options.n / 2 : options.n;
+  MEWM_TRY(std::vector<CohortEntry> entries, CohortWithFollowUp(options.cohort));
+  if (int(entries.size()) < patients_needed) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     options.cohort + " has " + std::to_string(entries.size()) +
+                         " patients with a follow-up image; --n " + std::to_string(options.n) +
+                         " in the " + TuringDesignName(options.design) + " design needs " +
+                         std::to_string(patients_needed));
+  }
+  entries.resize(patients_needed);
+  MEWM_RETURN_IF_ERROR(PrepareOutDir(options.out));
+
+  MEWM_TRY(const std::vector<PatientVolumes> volumes,
+           SimulateVolumes(options, entries, model, actions, progress));
+  const std::vector<PendingCase> cases = BlindCases(options, volumes);
+  MEWM_TRY(const WrittenCases written, WriteCases(options, cases));
+  TuringExportResult result;
+  MEWM_TRY(result.key_sha256, WriteKeyAndManifest(options, written, volumes.front().real));
   result.cases = int(cases.size());
   result.patients = int(volumes.size());
-  result.volumes = written;
+  result.volumes = written.volumes;
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return result;
 }

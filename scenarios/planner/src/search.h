@@ -13,9 +13,9 @@
 #include <utility>
 #include <vector>
 
-#include "mewm/core/action_base.h"
 #include "mewm/core/expected.h"
 #include "mewm/planner/planner.h"
+#include "mewm/tace/action_base.h"
 
 namespace mewm::scenarios::detail {
 

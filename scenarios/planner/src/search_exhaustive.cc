@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <set>
 
-#include "mewm/core/plan_space.h"
+#include "mewm/tace/plan_space.h"
 #include "search.h"
 
 namespace mewm::scenarios::detail {

@@ -17,13 +17,13 @@
 
 #include "mewm/core/file_util.h"
 #include "mewm/core/nifti_io.h"
-#include "mewm/core/pharmacology.h"
 #include "mewm/core/seed.h"
 #include "mewm/core/vdb_io.h"
 #include "mewm/run/cohort_source.h"
 #include "mewm/run/scenario.h"
 #include "mewm/survival/cox.h"
 #include "mewm/survival/metrics.h"
+#include "mewm/tace/pharmacology.h"
 #include "mewm/world/clinical_note.h"
 
 namespace mewm::scenarios {
@@ -244,7 +244,12 @@ Expected<PatientTruth> GeneratePatient(const SyntheticWorld& world, const Synthe
 
 }  // namespace
 
-Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
+namespace {
+
+/// Checks the cohort folder and makes it ready: a previous mewm cohort there is replaced (with
+/// force), the marker is written first (a generation cut short before manifest.json stays
+/// replaceable), and patient folders an interrupted generation left are removed.
+Status PrepareCohortFolder(const CohortOptions& options) {
   if (options.n <= 0) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "--n must be >= 1 (got " + std::to_string(options.n) + ")");
@@ -292,9 +297,6 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
                      "cannot write to '" + options.out_dir + "'" +
                          (ec ? ": " + ec.message() : std::string(": permission denied")));
   }
-  MEWM_TRY(const SyntheticWorld world, SyntheticWorld::Create(options.world, actions));
-  std::vector<SyntheticPatient> patients;
-  for (int n = 0; n < options.n; ++n) patients.push_back(world.Sample(options.seed, n));
   // Folders left by an interrupted run are incomplete by construction: remove them.
   for (const fs::path& parent :
        {fs::path(options.out_dir) / "patients", fs::path(options.out_dir) / "truth" / "patients"}) {
@@ -305,6 +307,14 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
     }
   }
 
+  return {};
+}
+
+/// Generates every patient's files and truth, in parallel; kCancelled when `cancelled` stopped
+/// it, else the first patient's error.
+Expected<std::vector<PatientTruth>> GeneratePatients(const SyntheticWorld& world,
+                                                     const std::vector<SyntheticPatient>& patients,
+                                                     const CohortOptions& options) {
   std::vector<PatientTruth> truths(patients.size());
   std::vector<std::optional<Error>> errors(patients.size());
   std::atomic<int> done{0};
@@ -342,8 +352,14 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
     if (e) return *e;
   }
 
-  // The seeds reproduce every hidden draw: they go with the truth, never beside the planner's
-  // files.
+  return truths;
+}
+
+/// The index files, manifest.json last (it marks a complete cohort). The seeds reproduce every
+/// hidden draw: they go with the truth, never beside the planner's files.
+Status WriteCohortIndex(const CohortOptions& options, const SyntheticWorld& world,
+                        const std::vector<SyntheticPatient>& patients,
+                        const std::vector<PatientTruth>& truths) {
   json generation = {{"seed", std::to_string(options.seed)}, {"patient_seeds", json::object()}};
   json truth = {{"world_version", kWorldVersion},
                 {"layout", kCohortLayout},
@@ -388,6 +404,17 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
   MEWM_RETURN_IF_ERROR(WriteFileAtomic((out / "clinical.csv").string(), ClinicalCsv(patients)));
   MEWM_RETURN_IF_ERROR(WriteFileAtomic((out / "manifest.json").string(), manifest.dump(2) + "\n"));
   return {};
+}
+
+}  // namespace
+
+Status GenerateCohort(const CohortOptions& options, const ActionBase& actions) {
+  MEWM_RETURN_IF_ERROR(PrepareCohortFolder(options));
+  MEWM_TRY(const SyntheticWorld world, SyntheticWorld::Create(options.world, actions));
+  std::vector<SyntheticPatient> patients;
+  for (int n = 0; n < options.n; ++n) patients.push_back(world.Sample(options.seed, n));
+  MEWM_TRY(const std::vector<PatientTruth> truths, GeneratePatients(world, patients, options));
+  return WriteCohortIndex(options, world, patients, truths);
 }
 
 bool IsCohortOf(const std::string& dir, const CohortOptions& options, const ActionBase& actions) {

@@ -11,8 +11,8 @@
 #include <cmath>
 #include <optional>
 
-#include "mewm/core/plan_space.h"
 #include "mewm/core/seed.h"
+#include "mewm/tace/plan_space.h"
 
 namespace mewm::scenarios {
 namespace {

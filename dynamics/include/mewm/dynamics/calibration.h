@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "mewm/core/expected.h"
-#include "mewm/core/patient.h"
 #include "mewm/dynamics/mechanistic.h"
+#include "mewm/tace/patient.h"
 
 namespace mewm::dynamics {
 

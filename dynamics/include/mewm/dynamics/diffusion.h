@@ -20,12 +20,12 @@
 #include <string>
 #include <vector>
 
-#include "mewm/core/action_base.h"
 #include "mewm/core/crop.h"
 #include "mewm/core/dense.h"
 #include "mewm/core/expected.h"
-#include "mewm/core/patient.h"
 #include "mewm/dynamics/dynamics_model.h"
+#include "mewm/tace/action_base.h"
+#include "mewm/tace/patient.h"
 
 namespace mewm::dynamics {
 

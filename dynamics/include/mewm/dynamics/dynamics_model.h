@@ -15,10 +15,10 @@
 #include <string>
 #include <vector>
 
-#include "mewm/core/action_base.h"
 #include "mewm/core/expected.h"
-#include "mewm/core/outcome.h"
-#include "mewm/core/patient.h"
+#include "mewm/tace/action_base.h"
+#include "mewm/tace/outcome.h"
+#include "mewm/tace/patient.h"
 
 namespace mewm::dynamics {
 

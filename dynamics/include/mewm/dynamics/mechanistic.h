@@ -18,12 +18,12 @@
 #include <string>
 #include <vector>
 
-#include "mewm/core/action_base.h"
 #include "mewm/core/dense.h"
 #include "mewm/core/expected.h"
-#include "mewm/core/outcome.h"
-#include "mewm/core/pharmacology.h"
 #include "mewm/dynamics/dynamics_model.h"
+#include "mewm/tace/action_base.h"
+#include "mewm/tace/outcome.h"
+#include "mewm/tace/pharmacology.h"
 
 namespace mewm::dynamics {
 

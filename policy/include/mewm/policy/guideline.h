@@ -15,10 +15,10 @@
 #include <string>
 #include <utility>
 
-#include "mewm/core/action_base.h"
 #include "mewm/core/expected.h"
-#include "mewm/core/patient.h"
 #include "mewm/policy/policy_model.h"
+#include "mewm/tace/action_base.h"
+#include "mewm/tace/patient.h"
 
 namespace mewm::policy {
 

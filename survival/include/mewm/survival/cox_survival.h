@@ -10,9 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "mewm/core/tumor_features.h"
 #include "mewm/survival/cox.h"
 #include "mewm/survival/survival_model.h"
+#include "mewm/tace/tumor_features.h"
 
 namespace mewm::survival {
 

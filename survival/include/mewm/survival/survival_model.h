@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "mewm/core/expected.h"
-#include "mewm/core/outcome.h"
-#include "mewm/core/patient.h"
+#include "mewm/tace/outcome.h"
+#include "mewm/tace/patient.h"
 
 namespace mewm::survival {
 

@@ -13,10 +13,10 @@
 #include <string>
 #include <vector>
 
-#include "mewm/core/action_base.h"
 #include "mewm/core/expected.h"
 #include "mewm/dynamics/diffusion.h"
 #include "mewm/run/cohort_source.h"
+#include "mewm/tace/action_base.h"
 
 namespace mewm::scenarios {
 

@@ -13,13 +13,13 @@
 #include <string>
 #include <vector>
 
-#include "mewm/core/action_base.h"
 #include "mewm/core/expected.h"
 #include "mewm/core/render.h"
 #include "mewm/dynamics/calibration.h"
 #include "mewm/dynamics/dynamics_model.h"
 #include "mewm/survival/cox_survival.h"
 #include "mewm/survival/metrics.h"
+#include "mewm/tace/action_base.h"
 
 namespace mewm::scenarios {
 

@@ -21,10 +21,10 @@
 #include <string>
 #include <vector>
 
-#include "mewm/core/action_base.h"
 #include "mewm/core/crop.h"
 #include "mewm/core/expected.h"
 #include "mewm/dynamics/dynamics_model.h"
+#include "mewm/tace/action_base.h"
 
 namespace mewm::scenarios {
 

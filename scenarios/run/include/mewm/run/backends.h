@@ -14,13 +14,13 @@
 #include <string>
 #include <vector>
 
-#include "mewm/core/action_base.h"
 #include "mewm/core/config.h"
 #include "mewm/core/expected.h"
 #include "mewm/dynamics/diffusion.h"
 #include "mewm/dynamics/dynamics_model.h"
 #include "mewm/policy/policy_model.h"
 #include "mewm/survival/survival_model.h"
+#include "mewm/tace/action_base.h"
 
 namespace mewm::scenarios {
 

@@ -10,12 +10,12 @@
 #include <string>
 #include <vector>
 
-#include "mewm/core/action_base.h"
 #include "mewm/core/expected.h"
 #include "mewm/dynamics/diffusion.h"
 #include "mewm/dynamics/mechanistic.h"
 #include "mewm/planner/planner.h"
 #include "mewm/policy/guideline.h"
+#include "mewm/tace/action_base.h"
 
 namespace mewm::scenarios {
 

@@ -33,10 +33,10 @@
 #include <string>
 #include <vector>
 
-#include "mewm/core/action_base.h"
 #include "mewm/core/expected.h"
 #include "mewm/run/backends.h"
 #include "mewm/run/cohort_source.h"
+#include "mewm/tace/action_base.h"
 #include "mewm/world/synthetic_world.h"
 
 namespace mewm::scenarios {

@@ -14,10 +14,10 @@
 #include <string>
 #include <vector>
 
-#include "mewm/core/action_base.h"
 #include "mewm/core/expected.h"
-#include "mewm/core/patient.h"
 #include "mewm/dynamics/mechanistic.h"
+#include "mewm/tace/action_base.h"
+#include "mewm/tace/patient.h"
 
 namespace mewm::scenarios {
 

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
-#include "mewm/core/action_base.h"
+#include "mewm/tace/action_base.h"
 
 #include <gtest/gtest.h>
 
@@ -137,7 +137,7 @@ TEST_F(ActionBaseTest, DrugsCarryTheirClass) {
 
 #ifdef MEWM_SOURCE_DIR
 TEST_F(ActionBaseTest, CompiledInTextIsTheShippedFile) {
-  const std::string path = std::string(MEWM_SOURCE_DIR) + "/core/data/tace_actions.toml";
+  const std::string path = std::string(MEWM_SOURCE_DIR) + "/core/tace/data/tace_actions.toml";
   std::ifstream in(path, std::ios::binary);
   ASSERT_TRUE(in) << path;
   std::ostringstream text;

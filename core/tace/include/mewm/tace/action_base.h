@@ -2,7 +2,7 @@
 // SPDX-FileCopyrightText: the mewm authors
 //
 // The treatment vocabulary: which drugs and embolic materials exist, their classes and aliases,
-// and the rules a plan must obey. It is data (core/data/tace_actions.toml), replaceable per
+// and the rules a plan must obey. It is data (core/tace/data/tace_actions.toml), replaceable per
 // institution; every component validates plans through ActionBase::Validate.
 #pragma once
 
@@ -65,7 +65,7 @@ class ActionBase {
   /// Parses TOML text; `origin` names the source in errors ("tace_actions.toml:12: ...").
   static Expected<ActionBase> FromToml(const std::string& toml_text, const std::string& origin);
   static Expected<ActionBase> Load(const std::string& path);
-  /// The action base shipped with mewm (compiled in from core/data/tace_actions.toml), parsed
+  /// The action base shipped with mewm (compiled in from core/tace/data/tace_actions.toml), parsed
   /// once on first use. That text is part of the build and a unit test parses it, so a failure
   /// is a build defect rather than an input error: Default() then throws std::logic_error (it
   /// never aborts). Code that loads institution files uses FromToml / Load, which return errors.

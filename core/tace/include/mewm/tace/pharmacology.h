@@ -8,8 +8,8 @@
 
 #include <string>
 
-#include "mewm/core/action_base.h"
 #include "mewm/core/expected.h"
+#include "mewm/tace/action_base.h"
 
 namespace mewm {
 

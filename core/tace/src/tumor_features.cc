@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
-#include "mewm/core/tumor_features.h"
+#include "mewm/tace/tumor_features.h"
 
 #include <cmath>
 #include <set>

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
-#include "mewm/core/action_base.h"
+#include "mewm/tace/action_base.h"
 
 #include <algorithm>
 #include <cctype>
@@ -14,7 +14,7 @@
 #include "mewm/core/text.h"
 
 namespace mewm::detail {
-/// The text of core/data/tace_actions.toml; CMake generates the definition from
+/// The text of core/tace/data/tace_actions.toml; CMake generates the definition from
 /// core/src/embedded_actions.cc.in.
 const std::string& EmbeddedActionsToml();
 }  // namespace mewm::detail
@@ -23,7 +23,7 @@ namespace mewm {
 namespace {
 
 /// Where the compiled-in text comes from; used as the origin in its (never expected) errors.
-constexpr const char* kDefaultOrigin = "core/data/tace_actions.toml";
+constexpr const char* kDefaultOrigin = "core/tace/data/tace_actions.toml";
 
 /// The plan separator and the name of the empty plan; item names may use neither.
 constexpr char kSeparator = '+';

@@ -1,14 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
-#include "mewm/core/tumor_features.h"
+#include "mewm/tace/tumor_features.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <string>
 
-#include "mewm/core/patient.h"
-#include "test_env.h"
+#include "../core/test_env.h"
+#include "mewm/tace/patient.h"
 
 namespace mewm {
 namespace {

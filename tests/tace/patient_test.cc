@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
-#include "mewm/core/patient.h"
+#include "mewm/tace/patient.h"
 
 #include <gtest/gtest.h>
 
-#include "mewm/core/outcome.h"
-#include "test_env.h"
+#include "../core/test_env.h"
+#include "mewm/tace/outcome.h"
 
 namespace mewm {
 namespace {

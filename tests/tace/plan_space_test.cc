@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
-#include "mewm/core/plan_space.h"
+#include "mewm/tace/plan_space.h"
 
 #include <gtest/gtest.h>
 

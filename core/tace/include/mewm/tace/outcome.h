@@ -8,9 +8,9 @@
 #include <cstdint>
 #include <optional>
 
-#include "mewm/core/action_base.h"
 #include "mewm/core/expected.h"
-#include "mewm/core/patient.h"
+#include "mewm/tace/action_base.h"
+#include "mewm/tace/patient.h"
 
 namespace mewm {
 

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "mewm/core/action_base.h"
+#include "mewm/tace/action_base.h"
 
 namespace mewm {
 

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
-#include "mewm/core/patient.h"
+#include "mewm/tace/patient.h"
 
 #include <algorithm>
 #include <cmath>

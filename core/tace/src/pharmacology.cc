@@ -4,7 +4,7 @@
 // The pharmacology of each plan item: potency, toxicity and embolic behaviour. These constants
 // define the synthetic world (docs/SYNTHETIC_WORLD.md explains each and must change with them);
 // toxicity is public drug knowledge, so planners and survival models may use it too.
-#include "mewm/core/pharmacology.h"
+#include "mewm/tace/pharmacology.h"
 
 #include <map>
 
