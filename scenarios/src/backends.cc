@@ -10,6 +10,7 @@
 #include "mewm/dynamics/calibration.h"
 #include "mewm/dynamics/mechanistic.h"
 #include "mewm/policy/guideline.h"
+#include "mewm/policy/vlm.h"
 #include "mewm/scenarios/scenario.h"
 #include "mewm/survival/cox_survival.h"
 
@@ -34,6 +35,36 @@ Backend<policy::PolicyModel> GuidelineBackend() {
             MEWM_TRY(auto policy, policy::GuidelinePolicy::Create(s.actions, s.guideline));
             return std::unique_ptr<policy::PolicyModel>(std::move(policy));
           }};
+}
+
+Backend<policy::PolicyModel> VlmBackend(policy::VlmFactory factory) {
+  return {
+      "vlm",
+      {"checkpoint", "top_k", "device", "threads", "contraindications", "inputs"},
+      [](BackendTableReader& r, ScenarioSpec& s) {
+        const ConfigTable& t = r.table();
+        r.Path("checkpoint", &s.vlm.checkpoint);
+        ReadInt(r, "top_k", 1, 64, &s.vlm.top_k);
+        ReadInt(r, "threads", 0, 256, &s.vlm.threads);
+        r.Take(t.GetString("device", std::string()), &s.vlm.device);
+        r.Take(t.GetBool("contraindications", true), &s.vlm.contraindications);
+        r.Take(t.GetEnum("inputs", {"both", "image", "note"}, std::string("both")), &s.vlm.inputs);
+      },
+      [factory = std::move(factory)](
+          const ScenarioSpec& s) -> Expected<std::unique_ptr<policy::PolicyModel>> {
+        if (!factory) {
+          return MakeError(ErrorCode::kUnsupported,
+                           "this binary was built without the vlm policy backend (link "
+                           "mewm::policy_vlm and pass policy::VlmFactoryFunction() to "
+                           "BackendRegistry::Builtin)");
+        }
+        policy::VlmOptions options = s.vlm;
+        if (options.device.empty()) options.device = s.device;
+        options.grammar.drug_horizon = s.planner.drug_horizon;
+        options.grammar.embolic_horizon = s.planner.embolic_horizon;
+        options.grammar.protocol = s.protocol;
+        return factory(options, s.actions);
+      }};
 }
 
 Backend<dynamics::DynamicsModel> MechanisticBackend() {
@@ -167,9 +198,10 @@ const char* FamilyName(BackendFamily family) {
   return "?";
 }
 
-BackendRegistry BackendRegistry::Builtin(dynamics::DiffusionFactory diffusion) {
+BackendRegistry BackendRegistry::Builtin(dynamics::DiffusionFactory diffusion,
+                                         policy::VlmFactory vlm) {
   BackendRegistry registry;
-  registry.policies_ = {GuidelineBackend()};
+  registry.policies_ = {GuidelineBackend(), VlmBackend(std::move(vlm))};
   registry.dynamics_ = {MechanisticBackend(), DiffusionBackend(std::move(diffusion))};
   registry.survival_ = {CoxBackend()};
   return registry;

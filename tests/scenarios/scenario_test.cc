@@ -389,9 +389,9 @@ TEST_F(ScenarioTest, TheInputCheckRunsBeforeAnyFileIsLookedAt) {
 /// so a new path key cannot escape the server's confinement silently: add a new string key
 /// either to those lists or, if it is no path, here.
 const std::set<std::string> kStringKeysThatAreNotPaths = {
-    "run.name",         "run.device",      "cohort.source",        "policy.backend",
-    "dynamics.backend", "dynamics.config", "dynamics.uncertainty", "survival.backend",
-    "planner.search",   "actions.protocol"};
+    "run.name",         "run.device",       "cohort.source",        "policy.backend",
+    "dynamics.backend", "dynamics.config",  "dynamics.uncertainty", "survival.backend",
+    "planner.search",   "actions.protocol", "policy.device",        "policy.inputs"};
 
 /// A scenario as tables of key = TOML value ("" is the root, written first).
 using Tables = std::map<std::string, std::map<std::string, std::string>>;
@@ -421,6 +421,7 @@ TEST_F(ScenarioTest, EveryPathKeyIsEnumerated) {
   const Tables manifest = {
       {"run", {{"name", "\"t\""}}},
       {"cohort", {{"source", "\"manifest\""}, {"manifest", probe_file("m.csv")}}},
+      {"policy", {{"backend", "\"vlm\""}, {"checkpoint", probe_file("v.pt")}}},
       {"dynamics", {{"backend", "\"diffusion\""}, {"model", probe_file("d.pt")}}},
       {"survival", {{"backend", "\"cox\""}, {"model", shared_models}}}};
   std::set<std::string> string_keys;

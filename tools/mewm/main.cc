@@ -12,6 +12,7 @@
 #include "mewm/core/log.h"
 #include "mewm/core/version.h"
 #include "mewm/dynamics/diffusion_backend.h"
+#include "mewm/policy/vlm_backend.h"
 
 namespace mewm::cli {
 
@@ -79,7 +80,11 @@ const std::map<std::string, std::string>& Examples() {
        "mewm train mechanistic --cohort cohorts/train --out models/mechanistic_calibration.json"},
       {"train dynamics",
        "mewm train dynamics --cohort cohorts/train6 --out dyn.pt --state-dir dyn_state"},
+      {"train policy",
+       "mewm train policy --cohort cohorts/train --out models/policy_vlm.pt --seed 1"},
       {"eval plans", "mewm eval plans out/demo --json-out out/demo/eval_plans.json"},
+      {"eval policy",
+       "mewm eval policy --cohort cohorts/test --checkpoint models/policy_vlm.pt --ablations"},
       {"eval survival",
        "mewm eval survival --model models/cox_survival.json --cohort cohorts/test "
        "--train-cohort cohorts/train"},
@@ -138,8 +143,8 @@ int main(int argc, char** argv) {
                "Debug logging, with the full text of library errors (libtorch backtraces)");
 
   // The one backend registry: every command that parses a scenario or creates a model gets it.
-  const mewm::scenarios::BackendRegistry backends =
-      mewm::scenarios::BackendRegistry::Builtin(mewm::dynamics::DiffusionFactoryFunction());
+  const mewm::scenarios::BackendRegistry backends = mewm::scenarios::BackendRegistry::Builtin(
+      mewm::dynamics::DiffusionFactoryFunction(), mewm::policy::VlmFactoryFunction());
   std::map<CLI::App*, mewm::cli::Action> actions;
   const auto add = [&](const char* name, const char* help, auto registrar) {
     CLI::App* sub = app.add_subcommand(name, help);

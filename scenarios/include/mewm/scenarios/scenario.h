@@ -15,6 +15,7 @@
 #include "mewm/dynamics/diffusion.h"
 #include "mewm/dynamics/mechanistic.h"
 #include "mewm/policy/guideline.h"
+#include "mewm/policy/vlm.h"
 
 namespace mewm::scenarios {
 
@@ -79,6 +80,9 @@ struct ScenarioSpec {
   // [policy]
   std::string policy_backend = "guideline";
   policy::GuidelineConfig guideline;
+  /// vlm: checkpoint (resolved path), top_k, device ("" = run.device), threads, inputs. The
+  /// grammar's horizons and protocol come from [planner] and [actions] when the model is created.
+  policy::VlmOptions vlm;
   // [dynamics]
   std::string dynamics_backend = "mechanistic";
   std::string calibration;  ///< mechanistic: BiologyRegression file (resolved path)
