@@ -363,12 +363,20 @@ struct BatchLoss {
 
 /// The listwise plan loss plus the findings loss on a batch of prepared patients.
 BatchLoss Loss(VlmNet& net, const std::vector<const Prepared*>& batch,
-               const std::vector<Blank>& blanks, double findings_weight) {
+               const std::vector<Blank>& blanks, double findings_weight,
+               const std::vector<int>& flips = {}) {
   std::vector<torch::Tensor> crops, notes, tokens, targets, allowed, weights, findings;
   std::vector<int64_t> lesion, cp;
   for (std::size_t b = 0; b < batch.size(); ++b) {
     const Prepared& p = *batch[b];
-    crops.push_back(blanks[b] == Blank::kImage ? torch::zeros_like(p.crop) : p.crop);
+    torch::Tensor crop = blanks[b] == Blank::kImage ? torch::zeros_like(p.crop) : p.crop;
+    // Augmentation: mirror the crop along the axes set in flips[b] (bit a = axis a).
+    std::vector<int64_t> dims;
+    for (int a = 0; a < 3; ++a) {
+      if (b < flips.size() && (flips[b] >> a) & 1) dims.push_back(1 + a);
+    }
+    if (!dims.empty()) crop = crop.flip(dims);
+    crops.push_back(crop);
     notes.push_back(blanks[b] == Blank::kNote ? torch::full_like(p.note, kVlmPadToken) : p.note);
     tokens.push_back(p.tokens);
     targets.push_back(p.targets);
@@ -495,7 +503,8 @@ Expected<VlmTrainReport> TrainVlm(const std::vector<VlmTrainingExample>& example
   std::shuffle(order.begin(), order.end(), std::mt19937_64(Mix(o.seed, 0xA11)));
   const std::size_t n_val = std::size_t(std::floor(o.validation_fraction * double(data.size())));
   const std::vector<std::size_t> val(order.begin(), order.begin() + long(n_val));
-  std::vector<std::size_t> train(order.begin() + long(n_val), order.end());
+  const std::vector<std::size_t> train_base(order.begin() + long(n_val), order.end());
+  std::vector<std::size_t> train = train_base;
 
   torch::optim::AdamW optimizer(net->parameters(),
                                 torch::optim::AdamWOptions(o.lr).weight_decay(1e-4));
@@ -557,25 +566,55 @@ Expected<VlmTrainReport> TrainVlm(const std::vector<VlmTrainingExample>& example
     net->train();
   };
 
+  // The shipped weights are those of the epoch with the lowest validation loss (early stopping);
+  // without validation patients, the last epoch's.
+  const auto snapshot = [&]() {
+    std::vector<torch::Tensor> copy;
+    for (const auto& p : net->parameters()) copy.push_back(p.detach().clone());
+    return copy;
+  };
+  std::vector<torch::Tensor> best = snapshot();
+  double best_loss = std::numeric_limits<double>::infinity();
+  int best_epoch = start_epoch;
+  if (o.resume && start_epoch > 0) {
+    const std::string state_file = state_dir + "/state.json";
+    MEWM_TRY(const std::string text, ReadFile(state_file));
+    const json s = json::parse(text, nullptr, false);
+    if (s.is_object() && s.contains("best_epoch")) {
+      best_epoch = s["best_epoch"].get<int>();
+      best_loss = s["best_val_loss"].is_number() ? s["best_val_loss"].get<double>()
+                                                 : std::numeric_limits<double>::infinity();
+      try {
+        torch::load(best, state_dir + "/best.pt");
+      } catch (const c10::Error& e) {
+        return MakeError(ErrorCode::kCorruptData, "vlm training: cannot read '" + state_dir +
+                                                      "/best.pt': " + e.what_without_backtrace());
+      }
+    }
+  }
+
   net->train();
   for (int epoch = start_epoch; epoch < o.epochs; ++epoch) {
     // Everything random in an epoch comes from (seed, epoch): a resumed run repeats it exactly.
     torch::manual_seed(Mix(o.seed, std::uint64_t(epoch) + 1));
     std::mt19937_64 rng(Mix(o.seed, 0x5EED0000ull + std::uint64_t(epoch)));
+    train = train_base;  // each epoch's order depends on (seed, epoch) only
     std::shuffle(train.begin(), train.end(), rng);
     std::uniform_real_distribution<double> u(0.0, 1.0);
     double total = 0.0;
     for (std::size_t i = 0; i < train.size(); i += std::size_t(o.batch)) {
       std::vector<const Prepared*> batch;
       std::vector<Blank> blanks;
+      std::vector<int> flips;
       for (std::size_t j = i; j < std::min(train.size(), i + std::size_t(o.batch)); ++j) {
         batch.push_back(&data[train[j]]);
         const double r = u(rng);
         blanks.push_back(r < o.modality_dropout       ? Blank::kImage
                          : r < 2 * o.modality_dropout ? Blank::kNote
                                                       : Blank::kNone);
+        flips.push_back(int(rng() & 7u));
       }
-      const BatchLoss l = Loss(net, batch, blanks, o.findings_weight);
+      const BatchLoss l = Loss(net, batch, blanks, o.findings_weight, flips);
       optimizer.zero_grad();
       l.total.backward();
       torch::nn::utils::clip_grad_norm_(net->parameters(), 1.0);
@@ -586,6 +625,11 @@ Expected<VlmTrainReport> TrainVlm(const std::vector<VlmTrainingExample>& example
     e.epoch = epoch + 1;
     e.train_loss = total / double(train.size());
     evaluate(e);
+    if (val.empty() || e.val_loss < best_loss) {
+      best = snapshot();
+      best_loss = val.empty() ? best_loss : e.val_loss;
+      best_epoch = e.epoch;
+    }
     report.epochs.push_back(e);
     if (progress) progress(e);
     // The resumable state, written to temporaries and renamed.
@@ -597,16 +641,20 @@ Expected<VlmTrainReport> TrainVlm(const std::vector<VlmTrainingExample>& example
     try {
       torch::save(net, state_dir + "/net.pt.tmp");
       torch::save(optimizer, state_dir + "/optim.pt.tmp");
+      torch::save(best, state_dir + "/best.pt.tmp");
     } catch (const c10::Error& e2) {
       return MakeError(ErrorCode::kIo, "cannot write the training state in '" + state_dir +
                                            "': " + e2.what_without_backtrace());
     }
     fs::rename(state_dir + "/net.pt.tmp", state_dir + "/net.pt", ec);
     if (!ec) fs::rename(state_dir + "/optim.pt.tmp", state_dir + "/optim.pt", ec);
+    if (!ec) fs::rename(state_dir + "/best.pt.tmp", state_dir + "/best.pt", ec);
     if (ec) return MakeError(ErrorCode::kIo, "cannot write '" + state_dir + "': " + ec.message());
     const json state = {{"epoch", epoch + 1},
                         {"seed", o.seed},
                         {"patients", int(data.size())},
+                        {"best_epoch", best_epoch},
+                        {"best_val_loss", std::isfinite(best_loss) ? json(best_loss) : json()},
                         {"config", config.ToJson()}};
     MEWM_RETURN_IF_ERROR(WriteFileAtomic(state_dir + "/state.json", state.dump(1)));
   }

@@ -63,12 +63,15 @@ struct VlmEpoch {
 struct VlmTrainReport {
   std::vector<VlmEpoch> epochs;  ///< this run's epochs (not those resumed from)
   int resumed_from_epoch = 0;
+  int best_epoch = 0;  ///< the epoch whose weights were written (lowest validation loss)
   int train_patients = 0, validation_patients = 0;
   std::int64_t parameters = 0;
   double seconds = 0.0;
 };
 
-/// Trains on the examples and writes options.out (checkpoint + .sha256). Deterministic given the
+/// Trains on the examples and writes options.out (checkpoint + .sha256) with the weights of the
+/// epoch of lowest validation loss (the last epoch's without validation patients); the crop is
+/// mirrored at random along each axis (augmentation). Deterministic given the
 /// seed, the data and the thread count; after every epoch the state is saved to `out`.state/ so
 /// that `resume` continues exactly where an interrupted run stopped. kInvalidArgument for fewer
 /// than 4 examples, bad options, or an example without a plan the grammar accepts.
