@@ -132,7 +132,9 @@ TEST_F(CliTest, EveryCommandsHelpShowsAnExample) {
                           "train survival",
                           "train mechanistic",
                           "train dynamics",
+                          "train policy",
                           "eval plans",
+                          "eval policy",
                           "eval survival",
                           "eval dynamics",
                           "inspect",
@@ -182,7 +184,7 @@ TEST_F(CliTest, RenderRefusesNegativeIndicesAndOtherFormats) {
 
 TEST_F(CliTest, TrainingChecksItsOutputsBeforeItStarts) {
   // The cohort does not matter: the unwritable --out is refused first, before any reading.
-  for (const char* kind : {"survival", "mechanistic", "dynamics"}) {
+  for (const char* kind : {"survival", "mechanistic", "dynamics", "policy"}) {
     const Result r = RunMewm(std::string("train ") + kind + " --cohort " + dir_.File("none") +
                              " --out " + dir_.File("no/such/folder/m.out"));
     EXPECT_EQ(r.code, 1) << kind << ": " << r.output;
@@ -1410,6 +1412,70 @@ TEST_F(CliDataTest, RunWritesNiftiBesideTheVdbAndMergeAndResumeKeepIt) {
               " --quiet --out " + dir_.File("bad"));
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("results.nifti"), std::string::npos) << r.output;
+}
+
+/// The VLM policy end to end through the binary: train on a small cohort, score it alone (no
+/// invalid plan), then plan with it from a scenario under strace: the planning run, model
+/// included, never opens the cohort's truth.
+TEST_F(CliTest, PolicyTrainEvaluateAndPlanWithTheVlmWithoutReadingTheTruth) {
+  const std::string cohort = dir_.File("pc");
+  Result r =
+      RunMewm("cohort generate --n 6 --seed 11 --spacing 3 --no-nifti --quiet --out " + cohort);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string model = dir_.File("vlm.pt");
+  r = RunMewm("train policy --quiet --cohort " + cohort + " --out " + model +
+              " --epochs 2 --batch 2 --threads 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(std::filesystem::exists(model + ".sha256"));
+  r = RunMewm("eval policy --quiet --cohort " + cohort + " --checkpoint " + model +
+              " --ablations --top-k 5 --json-out " + dir_.File("p.json"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const char* row :
+       {"vlm first plan", "vlm (image only)", "vlm (note only)", "guideline first choice",
+        "majority plan", "random valid plan", "guideline ordering"}) {
+    EXPECT_NE(r.output.find(row), std::string::npos) << row << "\n" << r.output;
+  }
+  const nlohmann::json eval = nlohmann::json::parse(ReadText(dir_.File("p.json")));
+  EXPECT_EQ(eval.at("patients"), 6);
+  ASSERT_EQ(eval.at("policies").size(), 3u);
+  for (const auto& p : eval.at("policies")) {
+    EXPECT_EQ(p.at("invalid_plans"), 0);
+    EXPECT_EQ(p.at("plans_checked"), 30);
+  }
+
+  std::ofstream(dir_.File("vlm.toml"))
+      << "[run]\nname = \"vlm\"\nseed = 1\n[cohort]\nsource = \"synthetic\"\nn = 6\nseed = 11\n"
+      << "spacing_mm = 3.0\ndir = \"" << cohort << "\"\n[policy]\nbackend = \"vlm\"\n"
+      << "checkpoint = \"" << model << "\"\ntop_k = 3\nthreads = 1\n[dynamics]\n"
+      << "backend = \"mechanistic\"\ncalibration = \"" << MEWM_SOURCE_DIR
+      << "/models/mechanistic_calibration.json\"\n[survival]\nbackend = \"cox\"\nmodel = \""
+      << MEWM_SOURCE_DIR << "/models/cox_survival.json\"\n[planner]\nbeams = 1\nsamples = 1\n";
+  const std::string out = dir_.File("out");
+  const bool traced =
+      std::system("strace -f -qq -e trace=%file -o /dev/null true > /dev/null 2>&1") == 0;
+  const std::string trace = dir_.File("trace.txt");
+  r = RunMewmWith(traced ? "strace -f -qq -e trace=%file -o " + trace + " " : "",
+                  "run " + dir_.File("vlm.toml") + " --quiet --out " + out);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const nlohmann::json result =
+      nlohmann::json::parse(ReadText(out + "/patients/P0001/result.json"));
+  ASSERT_EQ(result.at("proposal").at("plans").size(), 3u);
+  EXPECT_EQ(result.at("proposal").at("first_choice"),
+            result.at("proposal").at("plans")[0].at("plan"));
+  EXPECT_NE(result.at("proposal").at("rationale").get<std::string>().find("VLM findings"),
+            std::string::npos);
+  // The planner scored exactly the proposed plans.
+  EXPECT_EQ(result.at("candidates").size(), 3u) << result.dump(1).substr(0, 2000);
+  if (!traced) GTEST_SKIP() << "strace is missing: the truth check did not run";
+  std::ifstream in(trace);
+  std::string line;
+  bool read_model = false;
+  while (std::getline(in, line)) {
+    EXPECT_EQ(line.find("/truth"), std::string::npos) << line;
+    EXPECT_EQ(line.find("outcomes.csv"), std::string::npos) << line;
+    read_model = read_model || line.find("vlm.pt") != std::string::npos;
+  }
+  EXPECT_TRUE(read_model) << "the trace did not see the checkpoint being read";
 }
 
 }  // namespace
