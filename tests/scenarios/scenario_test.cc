@@ -236,7 +236,7 @@ class ConstantRisk : public survival::SurvivalModel {
 
 TEST_F(ScenarioTest, TheBuiltinRegistryNamesEveryShippedBackend) {
   const BackendRegistry backends = BackendRegistry::Builtin();
-  EXPECT_EQ(backends.Names(BackendFamily::kPolicy), std::vector<std::string>{"guideline"});
+  EXPECT_EQ(backends.Names(BackendFamily::kPolicy), (std::vector<std::string>{"guideline", "vlm"}));
   EXPECT_EQ(backends.Names(BackendFamily::kDynamics),
             (std::vector<std::string>{"mechanistic", "diffusion"}));
   EXPECT_EQ(backends.Names(BackendFamily::kSurvival), std::vector<std::string>{"cox"});
@@ -509,7 +509,8 @@ TEST_F(ScenarioTest, EveryPathKeyIsEnumerated) {
     EXPECT_EQ(checked, inputs);
     EXPECT_EQ(inputs.count("actions.path"), 1u);
     EXPECT_EQ(inputs.count("survival.model"), 1u);
-    EXPECT_EQ(inputs.size(), spec->cohort.source == CohortSpec::Source::kManifest ? 4u : 3u);
+    // The manifest probe also runs the vlm policy (policy.checkpoint).
+    EXPECT_EQ(inputs.size(), spec->cohort.source == CohortSpec::Source::kManifest ? 5u : 3u);
   }
 }
 
