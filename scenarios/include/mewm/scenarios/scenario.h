@@ -15,6 +15,7 @@
 #include "mewm/dynamics/diffusion.h"
 #include "mewm/dynamics/mechanistic.h"
 #include "mewm/policy/guideline.h"
+#include "mewm/policy/openai.h"
 #include "mewm/policy/vlm.h"
 
 namespace mewm::scenarios {
@@ -83,6 +84,9 @@ struct ScenarioSpec {
   /// vlm: checkpoint (resolved path), top_k, device ("" = run.device), threads, inputs. The
   /// grammar's horizons and protocol come from [planner] and [actions] when the model is created.
   policy::VlmOptions vlm;
+  /// openai: endpoint, model, api_key_env, top_k, images, response_format, temperature, timeouts,
+  /// retries and repairs; horizons and protocol as for vlm.
+  policy::OpenAiOptions openai;
   // [dynamics]
   std::string dynamics_backend = "mechanistic";
   std::string calibration;  ///< mechanistic: BiologyRegression file (resolved path)
