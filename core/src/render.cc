@@ -124,16 +124,10 @@ Expected<RgbImage> RenderSlice(const Volume& volume, const SliceSpec& spec,
   return image;
 }
 
-Status WritePng(const std::string& path, const RgbImage& image) {
+Expected<std::string> EncodePng(const RgbImage& image) {
   if (image.width <= 0 || image.height <= 0 ||
       image.pixels.size() != std::size_t(image.width) * std::size_t(image.height) * 3) {
-    return MakeError(ErrorCode::kInvalidArgument, "cannot write '" + path + "': malformed image");
-  }
-  std::string extension = std::filesystem::path(path).extension().string();
-  for (char& c : extension) c = char(std::tolower(static_cast<unsigned char>(c)));
-  if (extension != ".png") {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "cannot write '" + path + "': only PNG is written; name the file *.png");
+    return MakeError(ErrorCode::kInvalidArgument, "malformed image");
   }
   png_image png;
   std::memset(&png, 0, sizeof(png));
@@ -150,7 +144,19 @@ Status WritePng(const std::string& path, const RgbImage& image) {
     return MakeError(ErrorCode::kInternal, std::string("PNG encoding failed: ") + png.message);
   }
   bytes.resize(size);
-  return WriteFileAtomic(path, bytes);
+  return bytes;
+}
+
+Status WritePng(const std::string& path, const RgbImage& image) {
+  std::string extension = std::filesystem::path(path).extension().string();
+  for (char& c : extension) c = char(std::tolower(static_cast<unsigned char>(c)));
+  if (extension != ".png") {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "cannot write '" + path + "': only PNG is written; name the file *.png");
+  }
+  auto bytes = EncodePng(image);
+  if (!bytes) return bytes.error().WithContext("cannot write '" + path + "'");
+  return WriteFileAtomic(path, *bytes);
 }
 
 Expected<RgbImage> ReadPng(const std::string& path) {

@@ -30,6 +30,17 @@ Expected<Proposal> CanonicalizeProposal(const Proposal& proposal, const ActionBa
   };
   MEWM_RETURN_IF_ERROR(take(proposal.drugs, ItemKind::kDrug, out.drugs));
   MEWM_RETURN_IF_ERROR(take(proposal.embolics, ItemKind::kEmbolic, out.embolics));
+  out.plans.clear();
+  for (const RankedPlan& ranked : proposal.plans) {
+    MEWM_TRY(Plan plan, actions.MakePlan(ranked.plan.items()));
+    for (const RankedPlan& seen : out.plans) {
+      if (seen.plan == plan) {
+        return MakeError(ErrorCode::kInvalidArgument,
+                         "proposal lists plan " + plan.ToString() + " more than once");
+      }
+    }
+    out.plans.push_back({std::move(plan), ranked.log_prob});
+  }
   return out;
 }
 

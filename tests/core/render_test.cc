@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "mewm/core/file_util.h"
+#include "mewm/core/text.h"
 #include "test_env.h"
 
 namespace mewm {
@@ -30,6 +31,28 @@ class RenderTest : public testing::VdbTest {
   std::optional<LabelVolume> tumor_;
   testing::TempDir dir_;
 };
+
+TEST(TextTest, Base64MatchesTheRfc4648Vectors) {
+  EXPECT_EQ(Base64Encode(""), "");
+  EXPECT_EQ(Base64Encode("f"), "Zg==");
+  EXPECT_EQ(Base64Encode("fo"), "Zm8=");
+  EXPECT_EQ(Base64Encode("foo"), "Zm9v");
+  EXPECT_EQ(Base64Encode("foob"), "Zm9vYg==");
+  EXPECT_EQ(Base64Encode("fooba"), "Zm9vYmE=");
+  EXPECT_EQ(Base64Encode("foobar"), "Zm9vYmFy");
+  EXPECT_EQ(Base64Encode(std::string("\xff\xfe\x00", 3)), "//4A");
+}
+
+TEST_F(RenderTest, EncodePngGivesTheBytesWritePngWrites) {
+  const RgbImage image{2, 1, {255, 0, 0, 0, 0, 255}};
+  auto bytes = EncodePng(image);
+  ASSERT_TRUE(bytes) << bytes.error().message;
+  EXPECT_EQ(bytes->substr(1, 3), "PNG");
+  const std::string path = dir_.File("a.png");
+  ASSERT_TRUE(WritePng(path, image));
+  EXPECT_EQ(*ReadFile(path), *bytes);
+  EXPECT_FALSE(EncodePng(RgbImage{2, 2, {1, 2, 3}}));  // too few pixels
+}
 
 TEST_F(RenderTest, AxialSliceIsWindowedWithRightOnTheLeft) {
   SliceSpec spec;

@@ -236,7 +236,8 @@ class ConstantRisk : public survival::SurvivalModel {
 
 TEST_F(ScenarioTest, TheBuiltinRegistryNamesEveryShippedBackend) {
   const BackendRegistry backends = BackendRegistry::Builtin();
-  EXPECT_EQ(backends.Names(BackendFamily::kPolicy), std::vector<std::string>{"guideline"});
+  EXPECT_EQ(backends.Names(BackendFamily::kPolicy),
+            (std::vector<std::string>{"guideline", "vlm", "openai"}));
   EXPECT_EQ(backends.Names(BackendFamily::kDynamics),
             (std::vector<std::string>{"mechanistic", "diffusion"}));
   EXPECT_EQ(backends.Names(BackendFamily::kSurvival), std::vector<std::string>{"cox"});
@@ -251,6 +252,42 @@ TEST_F(ScenarioTest, TheBuiltinRegistryNamesEveryShippedBackend) {
   ASSERT_TRUE(models) << models.error().message;
   EXPECT_EQ(models->policy->name(), "guideline");
   EXPECT_EQ(models->survival->name(), "cox");
+}
+
+TEST_F(ScenarioTest, TheOpenAiPolicyTableIsReadAndValidated) {
+  auto spec = Parse(Valid() + R"(
+[policy]
+backend = "openai"
+endpoint = "http://127.0.0.1:11434/v1"
+model = "qwen2.5vl"
+top_k = 8
+images = false
+response_format = "json_schema"
+timeout_s = 30
+max_repairs = 1
+)");
+  ASSERT_TRUE(spec) << spec.error().message;
+  EXPECT_EQ(spec->policy_backend, "openai");
+  EXPECT_EQ(spec->openai.model, "qwen2.5vl");
+  EXPECT_EQ(spec->openai.top_k, 8);
+  EXPECT_FALSE(spec->openai.images);
+  EXPECT_EQ(spec->openai.response_format, "json_schema");
+  EXPECT_EQ(spec->openai.max_repairs, 1);
+  EXPECT_EQ(spec->openai.api_key_env, "OPENAI_API_KEY");
+  auto models = LoadModels(*spec, BackendRegistry::Builtin());
+  ASSERT_TRUE(models) << models.error().message;
+  EXPECT_EQ(models->policy->name(), "openai");
+
+  // Every problem at once: a bad endpoint, a key it does not know, a missing model.
+  auto bad = Parse(Valid() + R"(
+[policy]
+backend = "openai"
+endpoint = "ftp://host/v1"
+api_key = "sk-never-in-a-file"
+)");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("model"), std::string::npos) << bad.error().message;
+  EXPECT_NE(bad.error().message.find("api_key"), std::string::npos) << bad.error().message;
 }
 
 TEST_F(ScenarioTest, ABackendAddedToTheRegistryIsParsedAndCreatedFromItsOneEntry) {
@@ -389,9 +426,9 @@ TEST_F(ScenarioTest, TheInputCheckRunsBeforeAnyFileIsLookedAt) {
 /// so a new path key cannot escape the server's confinement silently: add a new string key
 /// either to those lists or, if it is no path, here.
 const std::set<std::string> kStringKeysThatAreNotPaths = {
-    "run.name",         "run.device",      "cohort.source",        "policy.backend",
-    "dynamics.backend", "dynamics.config", "dynamics.uncertainty", "survival.backend",
-    "planner.search",   "actions.protocol"};
+    "run.name",         "run.device",       "cohort.source",        "policy.backend",
+    "dynamics.backend", "dynamics.config",  "dynamics.uncertainty", "survival.backend",
+    "planner.search",   "actions.protocol", "policy.device",        "policy.inputs"};
 
 /// A scenario as tables of key = TOML value ("" is the root, written first).
 using Tables = std::map<std::string, std::map<std::string, std::string>>;
@@ -421,6 +458,7 @@ TEST_F(ScenarioTest, EveryPathKeyIsEnumerated) {
   const Tables manifest = {
       {"run", {{"name", "\"t\""}}},
       {"cohort", {{"source", "\"manifest\""}, {"manifest", probe_file("m.csv")}}},
+      {"policy", {{"backend", "\"vlm\""}, {"checkpoint", probe_file("v.pt")}}},
       {"dynamics", {{"backend", "\"diffusion\""}, {"model", probe_file("d.pt")}}},
       {"survival", {{"backend", "\"cox\""}, {"model", shared_models}}}};
   std::set<std::string> string_keys;
@@ -508,7 +546,8 @@ TEST_F(ScenarioTest, EveryPathKeyIsEnumerated) {
     EXPECT_EQ(checked, inputs);
     EXPECT_EQ(inputs.count("actions.path"), 1u);
     EXPECT_EQ(inputs.count("survival.model"), 1u);
-    EXPECT_EQ(inputs.size(), spec->cohort.source == CohortSpec::Source::kManifest ? 4u : 3u);
+    // The manifest probe also runs the vlm policy (policy.checkpoint).
+    EXPECT_EQ(inputs.size(), spec->cohort.source == CohortSpec::Source::kManifest ? 5u : 3u);
   }
 }
 

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cctype>
 #include <chrono>
 #include <cstdio>
@@ -28,10 +29,14 @@
 #include <vector>
 
 #include "../core/test_env.h"
+#include "mewm/core/file_util.h"
 #include "mewm/core/nifti_io.h"
 #include "mewm/core/render.h"
 #include "mewm/core/vdb_io.h"
 #include "mewm/core/volume_file.h"
+
+// Last: httplib.h includes <resolv.h>, whose `_res` macro breaks Eigen headers included after it.
+#include <httplib.h>  // NOLINT(llvm-include-order)
 
 namespace mewm {
 namespace {
@@ -132,7 +137,9 @@ TEST_F(CliTest, EveryCommandsHelpShowsAnExample) {
                           "train survival",
                           "train mechanistic",
                           "train dynamics",
+                          "train policy",
                           "eval plans",
+                          "eval policy",
                           "eval survival",
                           "eval dynamics",
                           "inspect",
@@ -182,7 +189,7 @@ TEST_F(CliTest, RenderRefusesNegativeIndicesAndOtherFormats) {
 
 TEST_F(CliTest, TrainingChecksItsOutputsBeforeItStarts) {
   // The cohort does not matter: the unwritable --out is refused first, before any reading.
-  for (const char* kind : {"survival", "mechanistic", "dynamics"}) {
+  for (const char* kind : {"survival", "mechanistic", "dynamics", "policy"}) {
     const Result r = RunMewm(std::string("train ") + kind + " --cohort " + dir_.File("none") +
                              " --out " + dir_.File("no/such/folder/m.out"));
     EXPECT_EQ(r.code, 1) << kind << ": " << r.output;
@@ -228,6 +235,64 @@ TEST_F(CliTest, ADiffusionScenarioPlansThroughTheBinarysBackendRegistry) {
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("1 planned, 0 failed"), std::string::npos) << r.output;
   EXPECT_TRUE(std::filesystem::exists(dir_.File("out/patients/P0001/post_chosen.vdb")));
+}
+
+TEST_F(CliTest, AnOpenAiPolicyScenarioPlansOnlyTheEndpointsPlans) {
+  // A chat endpoint on 127.0.0.1: the first request is rate limited, then every answer names
+  // two plans (one by an alias). The run plans each patient within those plans.
+  httplib::Server endpoint;
+  std::atomic<int> requests{0};
+  endpoint.Post("/v1/chat/completions", [&](const httplib::Request& req, httplib::Response& res) {
+    const auto body = nlohmann::json::parse(req.body, nullptr, false);
+    if (requests++ == 0 || body.is_discarded()) {
+      res.status = 429;
+      res.set_header("Retry-After", "0");
+      return;
+    }
+    const nlohmann::json plans = {
+        {"plans",
+         {{{"items", {"Lipiodol", "THP"}}, {"rationale", "hypervascular"}},
+          {{"items", {"Lipiodol", "Gelatin Sponge", "Raltitrexed"}}, {"rationale", "large"}}}}};
+    res.set_content(
+        nlohmann::json{
+            {"choices", {{{"message", {{"role", "assistant"}, {"content", plans.dump()}}}}}}}
+            .dump(),
+        "application/json");
+  });
+  const int port = endpoint.bind_to_any_port("127.0.0.1");
+  std::thread serve([&] { endpoint.listen_after_bind(); });
+  const std::string models = std::string(MEWM_SOURCE_DIR) + "/models/";
+  const std::string scenario = dir_.File("o.toml");
+  std::ofstream(scenario) << "[run]\nname = \"o\"\nseed = 1\n[cohort]\nsource = \"synthetic\"\n"
+                             "n = 2\nseed = 5\nspacing_mm = 2.0\n[policy]\nbackend = \"openai\"\n"
+                             "endpoint = \"http://127.0.0.1:"
+                          << port
+                          << "/v1\"\nmodel = \"m\"\napi_key_env = \"\"\nmax_backoff_s = 0.1\n"
+                             "[dynamics]\nbackend = \"mechanistic\"\ncalibration = \""
+                          << models << "mechanistic_calibration.json\"\n[survival]\nbackend = "
+                          << "\"cox\"\nmodel = \"" << models
+                          << "cox_survival.json\"\n[planner]\nbeams = 2\nsamples = 1\n";
+  const Result r = RunMewm("run " + scenario + " --quiet --out " + dir_.File("out"));
+  endpoint.stop();
+  serve.join();
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("2 planned, 0 failed"), std::string::npos) << r.output;
+  EXPECT_EQ(requests.load(), 3);  // one 429, then one answer per patient
+  for (const char* id : {"P0001", "P0002"}) {
+    auto text = ReadFile(dir_.File(std::string("out/patients/") + id + "/result.json"));
+    ASSERT_TRUE(text) << id;
+    const auto result = nlohmann::json::parse(*text);
+    const std::string chosen = result["chosen"]["plan"];
+    EXPECT_TRUE(chosen == "Lipiodol+Pirarubicin" || chosen == "Gelatin Sponge+Lipiodol+Raltitrexed")
+        << chosen;
+    for (const auto& candidate : result["candidates"]) {
+      const std::string plan = candidate["plan"];
+      EXPECT_TRUE(plan == "Lipiodol+Pirarubicin" || plan == "Gelatin Sponge+Lipiodol+Raltitrexed")
+          << "searched outside the endpoint's plans: " << plan;
+    }
+    ASSERT_TRUE(result["proposal"].contains("plans")) << result["proposal"].dump();
+    EXPECT_EQ(result["proposal"]["plans"].size(), 2u) << result["proposal"].dump();
+  }
 }
 
 TEST_F(CliTest, ALibtorchErrorIsOneLineUnlessVerbose) {
@@ -1410,6 +1475,70 @@ TEST_F(CliDataTest, RunWritesNiftiBesideTheVdbAndMergeAndResumeKeepIt) {
               " --quiet --out " + dir_.File("bad"));
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("results.nifti"), std::string::npos) << r.output;
+}
+
+/// The VLM policy end to end through the binary: train on a small cohort, score it alone (no
+/// invalid plan), then plan with it from a scenario under strace: the planning run, model
+/// included, never opens the cohort's truth.
+TEST_F(CliTest, PolicyTrainEvaluateAndPlanWithTheVlmWithoutReadingTheTruth) {
+  const std::string cohort = dir_.File("pc");
+  Result r =
+      RunMewm("cohort generate --n 6 --seed 11 --spacing 3 --no-nifti --quiet --out " + cohort);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string model = dir_.File("vlm.pt");
+  r = RunMewm("train policy --quiet --cohort " + cohort + " --out " + model +
+              " --epochs 2 --batch 2 --threads 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(std::filesystem::exists(model + ".sha256"));
+  r = RunMewm("eval policy --quiet --cohort " + cohort + " --checkpoint " + model +
+              " --ablations --top-k 5 --json-out " + dir_.File("p.json"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const char* row :
+       {"vlm first plan", "vlm (image only)", "vlm (note only)", "guideline first choice",
+        "majority plan", "random valid plan", "guideline ordering"}) {
+    EXPECT_NE(r.output.find(row), std::string::npos) << row << "\n" << r.output;
+  }
+  const nlohmann::json eval = nlohmann::json::parse(ReadText(dir_.File("p.json")));
+  EXPECT_EQ(eval.at("patients"), 6);
+  ASSERT_EQ(eval.at("policies").size(), 3u);
+  for (const auto& p : eval.at("policies")) {
+    EXPECT_EQ(p.at("invalid_plans"), 0);
+    EXPECT_EQ(p.at("plans_checked"), 30);
+  }
+
+  std::ofstream(dir_.File("vlm.toml"))
+      << "[run]\nname = \"vlm\"\nseed = 1\n[cohort]\nsource = \"synthetic\"\nn = 6\nseed = 11\n"
+      << "spacing_mm = 3.0\ndir = \"" << cohort << "\"\n[policy]\nbackend = \"vlm\"\n"
+      << "checkpoint = \"" << model << "\"\ntop_k = 3\nthreads = 1\n[dynamics]\n"
+      << "backend = \"mechanistic\"\ncalibration = \"" << MEWM_SOURCE_DIR
+      << "/models/mechanistic_calibration.json\"\n[survival]\nbackend = \"cox\"\nmodel = \""
+      << MEWM_SOURCE_DIR << "/models/cox_survival.json\"\n[planner]\nbeams = 1\nsamples = 1\n";
+  const std::string out = dir_.File("out");
+  const bool traced =
+      std::system("strace -f -qq -e trace=%file -o /dev/null true > /dev/null 2>&1") == 0;
+  const std::string trace = dir_.File("trace.txt");
+  r = RunMewmWith(traced ? "strace -f -qq -e trace=%file -o " + trace + " " : "",
+                  "run " + dir_.File("vlm.toml") + " --quiet --out " + out);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const nlohmann::json result =
+      nlohmann::json::parse(ReadText(out + "/patients/P0001/result.json"));
+  ASSERT_EQ(result.at("proposal").at("plans").size(), 3u);
+  EXPECT_EQ(result.at("proposal").at("first_choice"),
+            result.at("proposal").at("plans")[0].at("plan"));
+  EXPECT_NE(result.at("proposal").at("rationale").get<std::string>().find("VLM findings"),
+            std::string::npos);
+  // The planner scored exactly the proposed plans.
+  EXPECT_EQ(result.at("candidates").size(), 3u) << result.dump(1).substr(0, 2000);
+  if (!traced) GTEST_SKIP() << "strace is missing: the truth check did not run";
+  std::ifstream in(trace);
+  std::string line;
+  bool read_model = false;
+  while (std::getline(in, line)) {
+    EXPECT_EQ(line.find("/truth"), std::string::npos) << line;
+    EXPECT_EQ(line.find("outcomes.csv"), std::string::npos) << line;
+    read_model = read_model || line.find("vlm.pt") != std::string::npos;
+  }
+  EXPECT_TRUE(read_model) << "the trace did not see the checkpoint being read";
 }
 
 }  // namespace

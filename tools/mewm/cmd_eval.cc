@@ -34,12 +34,14 @@ Action RegisterEval(CLI::App& app, const BackendRegistry& backends) {
                    "as this PNG");
   AddGeneratorOptions(surv, &o->generator);
   Action dynamics = AddEvalDynamics(app, backends);
+  Action policy_vlm = AddEvalPolicy(app);
   for (CLI::App* sub : {plans, surv}) {
     sub->add_flag("--json", o->json, "Print the numbers as JSON on stdout instead of the table");
     sub->add_option("--json-out", o->json_out, "Also write the numbers as JSON to this file");
   }
-  return [o, plans, dynamics]() -> int {
+  return [o, plans, dynamics, policy_vlm]() -> int {
     if (const int rc = dynamics(); rc >= 0) return rc;
+    if (const int rc = policy_vlm(); rc >= 0) return rc;
     std::string table, json;
     if (plans->parsed()) {
       auto eval = scenarios::EvaluatePlans(o->run_dir);

@@ -2,7 +2,7 @@
 // SPDX-FileCopyrightText: the mewm authors
 //
 // `mewm train survival|mechanistic`: fit the shipped non-deep models on a training cohort
-// (`mewm train dynamics` lives in cmd_dynamics.cc).
+// (`mewm train dynamics` lives in cmd_dynamics.cc, `mewm train policy` in cmd_policy.cc).
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -38,6 +38,7 @@ Action RegisterTrain(CLI::App& app) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   Action dynamics = AddTrainDynamics(app);
+  Action policy_vlm = AddTrainPolicy(app);
   for (CLI::App* sub : {surv, mech}) {
     sub->add_option("--cohort", o->cohort, "Training cohort folder (mewm cohort generate)")
         ->required();
@@ -46,8 +47,9 @@ Action RegisterTrain(CLI::App& app) {
                     "Held-out cohort: evaluate and store the numbers in the model file");
     sub->add_flag("--quiet", o->quiet, "No progress bar");
   }
-  return [o, surv, dynamics]() -> int {
+  return [o, surv, dynamics, policy_vlm]() -> int {
     if (const int rc = dynamics(); rc >= 0) return rc;
+    if (const int rc = policy_vlm(); rc >= 0) return rc;
     if (auto writable = CheckWritable(o->out); !writable) return Fail(writable.error());
     const std::string command =
         "mewm train " + std::string(surv->parsed() ? "survival" : "mechanistic") + " --cohort " +

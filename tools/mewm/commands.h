@@ -35,6 +35,9 @@ Action RegisterTrain(CLI::App& app);
 Action RegisterEval(CLI::App& app, const BackendRegistry& backends);
 /// Adds `dynamics` under `train`; the action returns -1 when that subcommand was not chosen.
 Action AddTrainDynamics(CLI::App& train);
+/// `train policy` and `eval policy` (cmd_policy.cc), likewise.
+Action AddTrainPolicy(CLI::App& train);
+Action AddEvalPolicy(CLI::App& eval);
 /// `eval dynamics` and `bench dynamics`, likewise.
 Action AddEvalDynamics(CLI::App& eval, const BackendRegistry& backends);
 Action AddBenchDynamics(CLI::App& bench, const BackendRegistry& backends);

@@ -12,6 +12,7 @@
 #include "mewm/core/log.h"
 #include "mewm/core/version.h"
 #include "mewm/dynamics/diffusion_backend.h"
+#include "mewm/policy/vlm_backend.h"
 #include "mewm/world/cohort.h"
 
 namespace mewm::cli {
@@ -80,7 +81,11 @@ const std::map<std::string, std::string>& Examples() {
        "mewm train mechanistic --cohort cohorts/train --out models/mechanistic_calibration.json"},
       {"train dynamics",
        "mewm train dynamics --cohort cohorts/train6 --out dyn.pt --state-dir dyn_state"},
+      {"train policy",
+       "mewm train policy --cohort cohorts/train --out models/policy_vlm.pt --seed 1"},
       {"eval plans", "mewm eval plans out/demo --json-out out/demo/eval_plans.json"},
+      {"eval policy",
+       "mewm eval policy --cohort cohorts/test --checkpoint models/policy_vlm.pt --ablations"},
       {"eval survival",
        "mewm eval survival --model models/cox_survival.json --cohort cohorts/test "
        "--train-cohort cohorts/train"},
@@ -139,9 +144,11 @@ int main(int argc, char** argv) {
                "Debug logging, with the full text of library errors (libtorch backtraces)");
 
   // The one backend registry: every command that parses a scenario, creates a model or prepares
-  // a synthetic cohort gets it. The torch diffusion backend and the synthetic world plug in here.
+  // a synthetic cohort gets it. The torch backends (diffusion, vlm) and the synthetic world plug
+  // in here.
   const mewm::scenarios::BackendRegistry backends = [] {
-    auto r = mewm::scenarios::BackendRegistry::Builtin(mewm::dynamics::DiffusionFactoryFunction());
+    auto r = mewm::scenarios::BackendRegistry::Builtin(mewm::dynamics::DiffusionFactoryFunction(),
+                                                       mewm::policy::VlmFactoryFunction());
     r.SetSyntheticCohorts(mewm::scenarios::SyntheticWorldCohorts());
     return r;
   }();

@@ -457,6 +457,22 @@ Expected<Plan> ActionBase::ParsePlan(const std::string& text) const {
 // ---------------------------------------------------------------------------------------------
 // Rules
 
+std::vector<std::string> ActionBase::RuleSentences() const {
+  std::vector<std::string> out;
+  for (const ClassLimit& limit : class_limits_) {
+    out.push_back(limit.id + ": " +
+                  (limit.max == 0 ? "no " + limit.drug_class + " drug"
+                                  : "at most " + std::to_string(limit.max) + " " +
+                                        limit.drug_class + (limit.max == 1 ? " drug" : " drugs")));
+  }
+  for (const Exclusion& exclusion : exclusions_) {
+    out.push_back(exclusion.id + ": " +
+                  (exclusion.items.size() == 2 ? JoinAnd(exclusion.items) + " exclude each other"
+                                               : "at most one of " + Join(exclusion.items, ", ")));
+  }
+  return out;
+}
+
 std::vector<RuleViolation> ActionBase::Violations(const Plan& plan,
                                                   const std::string& protocol) const {
   std::vector<RuleViolation> out;

@@ -90,6 +90,17 @@ Expected<PlanDecision> Planner::Plan(const PatientCase& full_patient,
   MEWM_TRY(const PatientCase patient, ModelRegion(full_patient, *dynamics_));
   PlanDecision decision;
   detail::Search search(spec_, patient, run_seed, *dynamics_, *survival_, observer, &decision);
+  if (!proposal.plans.empty()) {
+    // A policy that writes whole plans (`vlm`): the search scores exactly its top K plans that
+    // keep the scenario's constraints and horizons.
+    MEWM_TRY(const std::vector<mewm::Plan> plans, ProposalPlans(proposal));
+    MEWM_TRY(std::vector<CandidateScore> scores, search.Evaluate(plans, "proposals", 1));
+    std::sort(scores.begin(), scores.end(), detail::Better);
+    if (observer.beam) observer.beam("proposals", 1, scores);
+    decision.best = scores.front();
+    decision.counters.search_seconds = Since(t0);
+    return decision;
+  }
   MEWM_TRY(const detail::SearchSpace space, Space(proposal));
   const auto strategy = spec_.search == SearchMode::kExhaustive ? detail::SearchExhaustive
                         : spec_.search == SearchMode::kBeam     ? detail::SearchBeam
@@ -97,6 +108,28 @@ Expected<PlanDecision> Planner::Plan(const PatientCase& full_patient,
   MEWM_TRY(decision.best, strategy(search, space, spec_, observer));
   decision.counters.search_seconds = Since(t0);
   return decision;
+}
+
+Expected<std::vector<mewm::Plan>> Planner::ProposalPlans(const policy::Proposal& proposal) const {
+  std::vector<mewm::Plan> plans;
+  for (const policy::RankedPlan& ranked : proposal.plans) {
+    const mewm::Plan& p = ranked.plan;
+    const bool forbidden = std::any_of(forbid_.begin(), forbid_.end(),
+                                       [&](const std::string& i) { return p.Contains(i); });
+    const bool has_required = std::all_of(require_.begin(), require_.end(),
+                                          [&](const std::string& i) { return p.Contains(i); });
+    const bool within = detail::CountKind(p, actions_, ItemKind::kDrug) <= spec_.drug_horizon &&
+                        detail::CountKind(p, actions_, ItemKind::kEmbolic) <= spec_.embolic_horizon;
+    if (!forbidden && has_required && within && actions_.Violations(p, protocol_).empty()) {
+      plans.push_back(p);
+    }
+  }
+  if (plans.empty()) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "none of the policy's " + std::to_string(proposal.plans.size()) +
+                         " proposed plans keeps the scenario's constraints and horizons");
+  }
+  return plans;
 }
 
 Expected<detail::SearchSpace> Planner::Space(const policy::Proposal& proposal) const {

@@ -10,6 +10,7 @@
 #include "mewm/dynamics/calibration.h"
 #include "mewm/dynamics/mechanistic.h"
 #include "mewm/policy/guideline.h"
+#include "mewm/policy/vlm.h"
 #include "mewm/run/scenario.h"
 #include "mewm/survival/cox_survival.h"
 
@@ -33,6 +34,76 @@ Backend<policy::PolicyModel> GuidelineBackend() {
           [](const ScenarioSpec& s) -> Expected<std::unique_ptr<policy::PolicyModel>> {
             MEWM_TRY(auto policy, policy::GuidelinePolicy::Create(s.actions, s.guideline));
             return std::unique_ptr<policy::PolicyModel>(std::move(policy));
+          }};
+}
+
+Backend<policy::PolicyModel> VlmBackend(policy::VlmFactory factory) {
+  return {
+      "vlm",
+      {"checkpoint", "top_k", "device", "threads", "contraindications", "inputs"},
+      [](BackendTableReader& r, ScenarioSpec& s) {
+        const ConfigTable& t = r.table();
+        r.Path("checkpoint", &s.vlm.checkpoint);
+        ReadInt(r, "top_k", 1, 64, &s.vlm.top_k);
+        ReadInt(r, "threads", 0, 256, &s.vlm.threads);
+        r.Take(t.GetString("device", std::string()), &s.vlm.device);
+        r.Take(t.GetBool("contraindications", true), &s.vlm.contraindications);
+        r.Take(t.GetEnum("inputs", {"both", "image", "note"}, std::string("both")), &s.vlm.inputs);
+      },
+      [factory = std::move(factory)](
+          const ScenarioSpec& s) -> Expected<std::unique_ptr<policy::PolicyModel>> {
+        if (!factory) {
+          return MakeError(ErrorCode::kUnsupported,
+                           "this binary was built without the vlm policy backend (link "
+                           "mewm::policy_vlm and pass policy::VlmFactoryFunction() to "
+                           "BackendRegistry::Builtin)");
+        }
+        policy::VlmOptions options = s.vlm;
+        if (options.device.empty()) options.device = s.device;
+        options.grammar.drug_horizon = s.planner.drug_horizon;
+        options.grammar.embolic_horizon = s.planner.embolic_horizon;
+        options.grammar.protocol = s.protocol;
+        return factory(options, s.actions);
+      }};
+}
+
+Backend<policy::PolicyModel> OpenAiBackend() {
+  return {"openai",
+          {"endpoint", "model", "api_key_env", "top_k", "images", "response_format", "temperature",
+           "timeout_s", "max_retries", "max_repairs", "deadline_s", "max_backoff_s",
+           "max_answer_bytes", "contraindications"},
+          [](BackendTableReader& r, ScenarioSpec& s) {
+            const ConfigTable& t = r.table();
+            policy::OpenAiOptions& o = s.openai;
+            r.Take(t.GetString("endpoint"), &o.endpoint);
+            r.Take(t.GetString("model"), &o.model);
+            r.Take(t.GetString("api_key_env", o.api_key_env), &o.api_key_env);
+            ReadInt(r, "top_k", 1, 20, &o.top_k);
+            r.Take(t.GetBool("images", o.images), &o.images);
+            r.Take(t.GetEnum("response_format", {"json_object", "json_schema", "none"},
+                             o.response_format),
+                   &o.response_format);
+            r.Take(t.GetDouble("temperature", o.temperature, 0.0, 2.0), &o.temperature);
+            r.Take(t.GetDouble("timeout_s", o.timeout_s, 0.01, 3600.0), &o.timeout_s);
+            ReadInt(r, "max_retries", 0, 20, &o.max_retries);
+            ReadInt(r, "max_repairs", 0, 10, &o.max_repairs);
+            r.Take(t.GetDouble("deadline_s", o.deadline_s, 0.01, 86400.0), &o.deadline_s);
+            r.Take(t.GetDouble("max_backoff_s", o.max_backoff_s, 0.0, 600.0), &o.max_backoff_s);
+            std::int64_t bytes = o.max_answer_bytes;
+            if (r.Take(t.GetInt("max_answer_bytes", bytes, 1024, std::int64_t(1) << 30), &bytes)) {
+              o.max_answer_bytes = bytes;
+            }
+            r.Take(t.GetBool("contraindications", o.contraindications), &o.contraindications);
+            if (!o.endpoint.empty() && !o.model.empty()) {
+              if (auto valid = o.Validate(); !valid) r.Problem(valid.error().message);
+            }
+          },
+          [](const ScenarioSpec& s) -> Expected<std::unique_ptr<policy::PolicyModel>> {
+            policy::OpenAiOptions options = s.openai;
+            options.grammar.drug_horizon = s.planner.drug_horizon;
+            options.grammar.embolic_horizon = s.planner.embolic_horizon;
+            options.grammar.protocol = s.protocol;
+            return policy::CreateOpenAiPolicy(options, s.actions);
           }};
 }
 
@@ -186,9 +257,10 @@ Status BackendRegistry::PrepareSyntheticCohort(const CohortSpec& cohort, const A
   return synthetic_cohorts_(cohort, actions, dir, progress, cancelled);
 }
 
-BackendRegistry BackendRegistry::Builtin(dynamics::DiffusionFactory diffusion) {
+BackendRegistry BackendRegistry::Builtin(dynamics::DiffusionFactory diffusion,
+                                         policy::VlmFactory vlm) {
   BackendRegistry registry;
-  registry.policies_ = {GuidelineBackend()};
+  registry.policies_ = {GuidelineBackend(), VlmBackend(std::move(vlm)), OpenAiBackend()};
   registry.dynamics_ = {MechanisticBackend(), DiffusionBackend(std::move(diffusion))};
   registry.survival_ = {CoxBackend()};
   return registry;

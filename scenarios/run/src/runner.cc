@@ -35,6 +35,15 @@ using Clock = std::chrono::steady_clock;
 
 PlanScoreView View(const CandidateScore& c) { return {c.plan.items(), c.risk_mean, c.risk_std}; }
 
+/// A plan-writing policy's ranked plans with their log-probabilities, and its stated findings.
+json ProposalPlansJson(const policy::Proposal& proposal) {
+  json plans = json::array();
+  for (const policy::RankedPlan& r : proposal.plans) {
+    plans.push_back({{"plan", r.plan.ToString()}, {"log_prob", r.log_prob}});
+  }
+  return plans;
+}
+
 json CandidateJson(const CandidateScore& c) {
   return {{"plan", c.plan.ToString()},
           {"items", c.plan.items()},
@@ -460,8 +469,12 @@ struct Runner::Impl {
     const Expected<double> median_or = best.curve.MedianMonths();
     const double median = median_or ? *median_or : -1.0;
     // The policy's own single plan, kept for the "no search" baseline of `mewm eval plans`.
-    auto first_choice = policy::FirstChoicePlan(proposal, spec.actions, spec.planner.drug_horizon,
-                                                spec.planner.embolic_horizon, spec.protocol);
+    // A plan-writing policy's first choice is its most probable plan.
+    auto first_choice =
+        !proposal.plans.empty()
+            ? Expected<Plan>(proposal.plans.front().plan)
+            : policy::FirstChoicePlan(proposal, spec.actions, spec.planner.drug_horizon,
+                                      spec.planner.embolic_horizon, spec.protocol);
     json candidates = json::array();
     for (const CandidateScore& c : decision->evaluated) candidates.push_back(CandidateJson(c));
     const PlannerCounters& k = decision->counters;
@@ -476,6 +489,7 @@ struct Runner::Impl {
          {{"drugs", proposal.drugs},
           {"embolics", proposal.embolics},
           {"rationale", proposal.rationale},
+          {"plans", ProposalPlansJson(proposal)},
           {"first_choice", first_choice ? first_choice->ToString() : std::string()}}},
         {"chosen", CandidateJson(best)},
         {"survival_curve",

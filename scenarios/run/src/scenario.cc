@@ -330,6 +330,7 @@ std::vector<ScenarioPath> ScenarioSpec::InputPaths() const {
   add("cohort.manifest", cohort.manifest);
   add("dynamics.calibration", calibration);
   add("dynamics.model", diffusion.model_path);
+  add("policy.checkpoint", vlm.checkpoint);
   add("survival.model", survival_model);
   add("actions.path", actions_path);
   return paths;

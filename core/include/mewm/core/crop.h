@@ -55,6 +55,11 @@ struct HuWindow {
   Status Validate() const;
 };
 
+/// The liver window for display: level 80 HU, width 250 HU (the synthetic world's enhanced liver
+/// is near 100 HU; Lipiodol deposits stay white above it). The Turing-test montages and the
+/// slices the openai policy sends use it.
+inline constexpr HuWindow kLiverWindow{-45.0f, 205.0f};
+
 /// Applies the window in place.
 void WindowToUnit(DenseFloat& image, const HuWindow& window);
 void UnitToHu(DenseFloat& image, const HuWindow& window);

@@ -43,6 +43,10 @@ struct SliceSpec {
 Expected<RgbImage> RenderSlice(const Volume& volume, const SliceSpec& spec,
                                const LabelVolume* overlay = nullptr);
 
+/// The PNG bytes of an image (8-bit RGB), for files and for data URLs. kInvalidArgument for a
+/// malformed image (pixels not width * height * 3).
+Expected<std::string> EncodePng(const RgbImage& image);
+
 /// Writes a PNG atomically. kInvalidArgument when the path does not end in .png (any case), kIo
 /// on failure.
 Status WritePng(const std::string& path, const RgbImage& image);

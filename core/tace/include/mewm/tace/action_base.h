@@ -104,6 +104,11 @@ class ActionBase {
   /// "plan Cisplatin+Oxaliplatin breaks 2 rules:\none_platinum: at most 1 ...".
   Status Validate(const Plan& plan, const std::string& protocol = "cTACE") const;
 
+  /// The class limits and exclusions as sentences, in file order ("one_platinum: at most 1
+  /// platinum drug", "no_double_particles: PVA and Microspheres exclude each other"): what a
+  /// plan-writing model is told (mandatory items: MandatoryItems).
+  std::vector<std::string> RuleSentences() const;
+
   /// Mandatory items of a protocol (kNotFound for an unknown protocol).
   Expected<std::vector<std::string>> MandatoryItems(const std::string& protocol) const;
   /// Names of the protocols the action base defines, e.g. {"cTACE"}.

@@ -36,10 +36,6 @@ enum class TuringDesign { kSingle, kPair };
 Expected<TuringDesign> ParseTuringDesign(const std::string& text);
 const char* TuringDesignName(TuringDesign design);
 
-/// The liver window of the PNG montages: level 80 HU, width 250 HU (the synthetic world's
-/// enhanced liver is near 100 HU; lipiodol deposits stay white above it).
-inline constexpr HuWindow kLiverWindow{-45.0f, 205.0f};
-
 struct TuringExportOptions {
   std::string cohort;  ///< synthetic cohort folder, or a manifest .csv with post + plan columns
   std::string out;     ///< export folder (created; refused when non-empty and not an export)

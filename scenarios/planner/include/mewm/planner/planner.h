@@ -95,10 +95,12 @@ class Planner {
                                   dynamics::DynamicsModel& dynamics,
                                   survival::SurvivalModel& survival);
 
-  /// Plans for one patient within the proposal's items. `run_seed` and the patient id seed every
-  /// sample: seed = f(run seed, patient, plan, sample index), so scores never depend on batching
-  /// or on the search mode's visiting order (except `reference`, which re-draws per beam as
-  /// MeWM's loop does). kCancelled when the observer asks to stop.
+  /// Plans for one patient within the proposal's items; when the proposal carries whole plans
+  /// (a plan-writing policy such as `vlm`), only those that keep the constraints, horizons and
+  /// rules are scored (stage "proposals", T samples each) and the best is chosen. `run_seed` and
+  /// the patient id seed every sample: seed = f(run seed, patient, plan, sample index), so scores
+  /// never depend on batching or on the search mode's visiting order (except `reference`, which
+  /// re-draws per beam as MeWM's loop does). kCancelled when the observer asks to stop.
   Expected<PlanDecision> Plan(const PatientCase& patient, const policy::Proposal& proposal,
                               std::uint64_t run_seed, const PlannerObserver& observer = {});
 
@@ -126,6 +128,8 @@ class Planner {
         dynamics_(&dynamics),
         survival_(&survival) {}
 
+  /// The proposal's whole plans that keep the constraints; kInvalidArgument when none does.
+  Expected<std::vector<mewm::Plan>> ProposalPlans(const policy::Proposal& proposal) const;
   /// The root plan and the stages' items for this proposal (forbidden items dropped).
   Expected<detail::SearchSpace> Space(const policy::Proposal& proposal) const;
 

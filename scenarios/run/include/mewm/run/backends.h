@@ -19,6 +19,7 @@
 #include "mewm/dynamics/diffusion.h"
 #include "mewm/dynamics/dynamics_model.h"
 #include "mewm/policy/policy_model.h"
+#include "mewm/policy/vlm.h"
 #include "mewm/survival/survival_model.h"
 #include "mewm/tace/action_base.h"
 
@@ -80,11 +81,13 @@ struct Backend {
 
 class BackendRegistry {
  public:
-  /// The shipped backends: policy guideline; dynamics mechanistic and diffusion; survival cox.
-  /// The diffusion backend needs libtorch: `diffusion` creates its model (main passes
-  /// dynamics::DiffusionFactoryFunction from mewm::dynamics_diffusion). Without it, diffusion
-  /// scenarios still parse, and creating the model is kUnsupported.
-  static BackendRegistry Builtin(dynamics::DiffusionFactory diffusion = {});
+  /// The shipped backends: policy guideline and vlm; dynamics mechanistic and diffusion; survival
+  /// cox. The diffusion and vlm backends need libtorch: `diffusion` and `vlm` create their models
+  /// (main passes dynamics::DiffusionFactoryFunction from mewm::dynamics_diffusion and
+  /// policy::VlmFactoryFunction from mewm::policy_vlm). Without them, such scenarios still parse,
+  /// and creating the model is kUnsupported.
+  static BackendRegistry Builtin(dynamics::DiffusionFactory diffusion = {},
+                                 policy::VlmFactory vlm = {});
 
   /// Adds a backend; kInvalidArgument when its family already has one of that name.
   Status Add(Backend<policy::PolicyModel> backend);

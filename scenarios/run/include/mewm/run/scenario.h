@@ -15,6 +15,8 @@
 #include "mewm/dynamics/mechanistic.h"
 #include "mewm/planner/planner.h"
 #include "mewm/policy/guideline.h"
+#include "mewm/policy/openai.h"
+#include "mewm/policy/vlm.h"
 #include "mewm/tace/action_base.h"
 
 namespace mewm::scenarios {
@@ -64,6 +66,12 @@ struct ScenarioSpec {
   // [policy]
   std::string policy_backend = "guideline";
   policy::GuidelineConfig guideline;
+  /// vlm: checkpoint (resolved path), top_k, device ("" = run.device), threads, inputs. The
+  /// grammar's horizons and protocol come from [planner] and [actions] when the model is created.
+  policy::VlmOptions vlm;
+  /// openai: endpoint, model, api_key_env, top_k, images, response_format, temperature, timeouts,
+  /// retries and repairs; horizons and protocol as for vlm.
+  policy::OpenAiOptions openai;
   // [dynamics]
   std::string dynamics_backend = "mechanistic";
   std::string calibration;  ///< mechanistic: BiologyRegression file (resolved path)

@@ -1,0 +1,391 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "mewm/eval/policy_eval.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "mewm/core/file_util.h"
+#include "mewm/core/stats.h"
+#include "mewm/policy/guideline.h"
+#include "mewm/run/cohort_source.h"
+#include "mewm/tace/tumor_features.h"
+
+namespace mewm::scenarios {
+namespace {
+
+using nlohmann::json;
+
+Plan PlanOf(const std::string& text) {
+  std::vector<std::string> items;
+  if (text == "none" || text.empty()) return Plan(items);
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, '+')) items.push_back(item);
+  return Plan(items);
+}
+
+struct Scores {
+  MethodScores s;
+  std::vector<double> regrets;
+  void Add(const Plan& plan, const Plan& optimal, double risk, double opt, double w = 1.0) {
+    const PlanMatch m = ComparePlanItems(plan, optimal);
+    s.f1 += w * m.f1;
+    s.jaccard += w * m.jaccard;
+    s.precision += w * m.precision;
+    s.recall += w * m.recall;
+    s.top1 += w * (m.exact ? 1.0 : 0.0);
+    s.regret += w * (risk - opt);
+    s.risk_ratio += w * risk / opt;
+  }
+  MethodScores Finish(int n) {
+    const double d = std::max(1, n);
+    s.patients = n;
+    for (double* v :
+         {&s.f1, &s.jaccard, &s.precision, &s.recall, &s.top1, &s.regret, &s.risk_ratio}) {
+      *v /= d;
+    }
+    s.regret_median = Median(regrets);
+    return s;
+  }
+};
+
+json MethodToJson(const MethodScores& m) {
+  return {{"method", m.method},
+          {"available", m.available},
+          {"patients", m.patients},
+          {"f1", m.f1},
+          {"jaccard", m.jaccard},
+          {"precision", m.precision},
+          {"recall", m.recall},
+          {"top1", m.top1},
+          {"regret_mean", m.regret},
+          {"regret_median", m.regret_median},
+          {"risk_ratio_mean", m.risk_ratio}};
+}
+
+}  // namespace
+
+std::vector<Plan> GuidelinePlanOrder(const policy::Proposal& proposal, const Plan& first_choice,
+                                     const policy::PlanGrammar& grammar,
+                                     const std::vector<bool>& forbidden,
+                                     const ActionBase& actions) {
+  const auto rank = [&](const std::string& item) -> double {
+    for (const auto* list : {&proposal.drugs, &proposal.embolics}) {
+      const auto it = std::find(list->begin(), list->end(), item);
+      if (it != list->end()) return double(it - list->begin());
+    }
+    return double(actions.items().size()) + 10.0;
+  };
+  std::vector<std::pair<double, Plan>> scored;
+  for (const Plan& p : grammar.plans()) {
+    if (!grammar.Accepts(p, forbidden)) continue;
+    double s = 0.0;
+    for (const std::string& item : p.items()) s += rank(item);
+    scored.push_back({p == first_choice ? -1.0 : s, p});
+  }
+  std::sort(scored.begin(), scored.end(), [](const auto& a, const auto& b) {
+    if (a.first != b.first) return a.first < b.first;
+    return a.second.ToString() < b.second.ToString();
+  });
+  std::vector<Plan> out;
+  for (auto& [s, p] : scored) out.push_back(std::move(p));
+  return out;
+}
+
+Expected<PolicyEvaluation> EvaluatePolicies(
+    const std::vector<std::pair<std::string, policy::PolicyModel*>>& policies,
+    const ActionBase& actions, const PolicyEvalOptions& options) {
+  MEWM_TRY(const std::vector<CohortEntry> all, ReadSyntheticCohort(options.cohort_dir));
+  MEWM_TRY(const policy::PlanGrammar grammar,
+           policy::PlanGrammar::Create(actions, options.grammar));
+  MEWM_TRY(auto guideline, policy::GuidelinePolicy::Create(actions));
+  std::vector<CohortEntry> entries = all;
+  if (options.max_patients > 0 && int(entries.size()) > options.max_patients) {
+    entries.resize(std::size_t(options.max_patients));
+  }
+
+  struct Answer {
+    std::vector<policy::RankedPlan> plans;
+    std::optional<policy::StatedFindings> findings;
+    double seconds = 0.0;
+  };
+  struct Row {
+    std::string id;
+    std::vector<Answer> answers;  ///< per policy
+    Plan guideline_first;
+    std::vector<Plan> guideline_order;
+    std::vector<bool> forbidden;
+    policy::StatedFindings measured;
+  };
+  // 1. The policies answer, seeing only what a planning run sees.
+  std::vector<Row> rows;
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    MEWM_TRY(const PatientCase patient, LoadPatient(entries[i]));
+    Row row;
+    row.id = patient.id;
+    std::vector<std::string> forbidden_names;
+    if (options.contraindications) {
+      for (const auto& c : policy::Contraindications(patient.covariates, actions)) {
+        forbidden_names.push_back(c.item);
+      }
+    }
+    row.forbidden = grammar.ForbiddenMask(forbidden_names);
+    for (const auto& [name, model] : policies) {
+      const auto t0 = std::chrono::steady_clock::now();
+      auto proposal = model->Propose(patient);
+      Answer a;
+      a.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (!proposal) {
+        return MakeError(proposal.error().code, "policy '" + name + "', patient '" + patient.id +
+                                                    "': " + proposal.error().message);
+      }
+      if (proposal->plans.empty()) {
+        return MakeError(ErrorCode::kInvalidArgument,
+                         "policy '" + name +
+                             "' writes no whole plans (eval policy scores "
+                             "plan-writing policies such as vlm)");
+      }
+      a.plans = proposal->plans;
+      a.findings = proposal->findings;
+      row.answers.push_back(std::move(a));
+    }
+    MEWM_TRY(const policy::Proposal g, guideline->Propose(patient));
+    MEWM_TRY(row.guideline_first,
+             policy::FirstChoicePlan(g, actions, options.grammar.drug_horizon,
+                                     options.grammar.embolic_horizon, options.grammar.protocol));
+    row.guideline_order =
+        GuidelinePlanOrder(g, row.guideline_first, grammar, row.forbidden, actions);
+    MEWM_TRY(const TumorFeatures features, ComputeTumorFeatures(patient.ct, patient.tumor));
+    row.measured.lesion_count = features.lesions;
+    row.measured.max_diameter_mm = patient.covariates.max_diameter_mm;
+    row.measured.enhancing_hu = features.enhancing_hu;
+    row.measured.necrotic_fraction = features.necrotic_fraction;
+    row.measured.child_pugh = patient.covariates.child_pugh;
+    rows.push_back(std::move(row));
+    if (options.progress) options.progress(int(i) + 1, int(entries.size()));
+  }
+  if (rows.empty()) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "cohort '" + options.cohort_dir + "' has no patient");
+  }
+
+  // 2. Only now the truth.
+  MEWM_TRY(const std::string truth_path, SyntheticTruthPath(options.cohort_dir));
+  MEWM_TRY(const std::string truth_text, ReadFile(truth_path));
+  struct Truth {
+    Plan optimal;
+    std::map<std::string, double> risks;
+  };
+  std::vector<Truth> truths;
+  try {
+    const json truth = json::parse(truth_text);
+    for (const Row& r : rows) {
+      const json& t = truth.at("patients").at(r.id);
+      Truth tr;
+      tr.optimal = PlanOf(t.at("optimal_plan").get<std::string>());
+      for (const auto& [plan, risk] : t.at("plan_risks").items()) {
+        tr.risks[plan] = risk.get<double>();
+      }
+      truths.push_back(std::move(tr));
+    }
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kCorruptData, "'" + truth_path + "': " + e.what());
+  }
+
+  PolicyEvaluation eval;
+  eval.cohort_dir = options.cohort_dir;
+  eval.patients = int(rows.size());
+  const int n = eval.patients;
+  std::map<std::string, int> optimal_counts;
+  for (const Truth& t : truths) ++optimal_counts[t.optimal.ToString()];
+
+  const auto risk_of = [&](const Truth& t, const Plan& p, const std::string& who,
+                           const std::string& id) -> Expected<double> {
+    const auto it = t.risks.find(p.ToString());
+    if (it == t.risks.end()) {
+      return MakeError(ErrorCode::kInvalidArgument, who + ", patient '" + id + "': plan " +
+                                                        p.ToString() +
+                                                        " is not a valid plan of the cohort");
+    }
+    return it->second;
+  };
+  const auto recall = [](const std::vector<Plan>& order, const Plan& optimal, std::size_t k) {
+    const std::size_t m = std::min(k, order.size());
+    return std::find(order.begin(), order.begin() + long(m), optimal) != order.begin() + long(m)
+               ? 1.0
+               : 0.0;
+  };
+
+  for (std::size_t p = 0; p < policies.size(); ++p) {
+    PolicyScores ps;
+    Scores first;
+    first.s.method = policies[p].first + " first plan";
+    FindingsScores& f = ps.findings;
+    for (std::size_t r = 0; r < rows.size(); ++r) {
+      const Answer& a = rows[r].answers[p];
+      const Truth& t = truths[r];
+      const double opt = t.risks.at(t.optimal.ToString());
+      std::vector<Plan> order;
+      for (const policy::RankedPlan& rp : a.plans) {
+        order.push_back(rp.plan);
+        ++ps.plans_checked;
+        const bool valid = grammar.Accepts(rp.plan, rows[r].forbidden) &&
+                           actions.Violations(rp.plan, options.grammar.protocol).empty();
+        if (!valid) ++ps.invalid_plans;
+      }
+      MEWM_TRY(const double risk, risk_of(t, order.front(), policies[p].first, rows[r].id));
+      first.Add(order.front(), t.optimal, risk, opt);
+      first.regrets.push_back(risk - opt);
+      ps.recall_at_1 += recall(order, t.optimal, 1) / n;
+      ps.recall_at_5 += recall(order, t.optimal, 5) / n;
+      ps.recall_at_10 += recall(order, t.optimal, 10) / n;
+      ps.mean_plans += double(order.size()) / n;
+      ps.seconds_per_patient += a.seconds / n;
+      if (a.findings) {
+        const policy::StatedFindings& s = *a.findings;
+        const policy::StatedFindings& m = rows[r].measured;
+        ++f.patients;
+        f.lesion_count_accuracy += s.lesion_count == m.lesion_count ? 1.0 : 0.0;
+        f.diameter_mae_mm += std::abs(s.max_diameter_mm - m.max_diameter_mm);
+        f.enhancing_mae_hu += std::abs(s.enhancing_hu - m.enhancing_hu);
+        f.necrotic_mae += std::abs(s.necrotic_fraction - m.necrotic_fraction);
+        f.child_pugh_accuracy += s.child_pugh == m.child_pugh ? 1.0 : 0.0;
+      }
+    }
+    if (f.patients > 0) {
+      for (double* v : {&f.lesion_count_accuracy, &f.diameter_mae_mm, &f.enhancing_mae_hu,
+                        &f.necrotic_mae, &f.child_pugh_accuracy}) {
+        *v /= f.patients;
+      }
+    }
+    ps.first = first.Finish(n);
+    eval.policy_names.push_back(policies[p].first);
+    eval.policies.push_back(ps);
+  }
+
+  Scores random, majority, guideline_first;
+  random.s.method = "random valid plan";
+  majority.s.method = "majority plan";
+  guideline_first.s.method = "guideline first choice";
+  const bool majority_available = n >= 3;
+  for (std::size_t r = 0; r < rows.size(); ++r) {
+    const Truth& t = truths[r];
+    const double opt = t.risks.at(t.optimal.ToString());
+    MEWM_TRY(const double g_risk, risk_of(t, rows[r].guideline_first, "guideline", rows[r].id));
+    guideline_first.Add(rows[r].guideline_first, t.optimal, g_risk, opt);
+    guideline_first.regrets.push_back(g_risk - opt);
+    eval.guideline_recall_at_1 += recall(rows[r].guideline_order, t.optimal, 1) / n;
+    eval.guideline_recall_at_5 += recall(rows[r].guideline_order, t.optimal, 5) / n;
+    eval.guideline_recall_at_10 += recall(rows[r].guideline_order, t.optimal, 10) / n;
+    if (majority_available) {
+      std::string best;
+      int best_count = 0;
+      for (const auto& [plan, count] : optimal_counts) {
+        const int c = count - (plan == t.optimal.ToString() ? 1 : 0);
+        if (c > best_count) best = plan, best_count = c;
+      }
+      MEWM_TRY(const double m_risk, risk_of(t, PlanOf(best), "majority", rows[r].id));
+      majority.Add(PlanOf(best), t.optimal, m_risk, opt);
+      majority.regrets.push_back(m_risk - opt);
+    }
+    const double w = 1.0 / double(t.risks.size());
+    double mean_regret = 0.0;
+    for (const auto& [plan, risk] : t.risks) {
+      random.Add(PlanOf(plan), t.optimal, risk, opt, w);
+      mean_regret += w * (risk - opt);
+    }
+    random.regrets.push_back(mean_regret);
+  }
+  eval.baselines = {guideline_first.Finish(n), majority.Finish(majority_available ? n : 0),
+                    random.Finish(n)};
+  eval.baselines[1].available = majority_available;
+  return eval;
+}
+
+std::string PolicyEvaluation::FormatTable() const {
+  std::ostringstream out;
+  out << "policies alone (first plan, no search) on " << patients << " patients of " << cohort_dir
+      << "\n";
+  char line[320];
+  std::snprintf(line, sizeof(line), "%-28s %6s %6s %6s %9s %9s %7s\n", "method", "F1", "Jacc",
+                "Top1", "regret", "reg.med", "HR/opt");
+  out << line;
+  const auto row = [&](const MethodScores& m) {
+    if (!m.available) {
+      std::snprintf(line, sizeof(line), "%-28s %6s\n", m.method.c_str(), "n/a");
+    } else {
+      std::snprintf(line, sizeof(line), "%-28s %6.3f %6.3f %6.3f %9.4f %9.4f %7.3f\n",
+                    m.method.c_str(), m.f1, m.jaccard, m.top1, m.regret, m.regret_median,
+                    m.risk_ratio);
+    }
+    out << line;
+  };
+  for (const PolicyScores& p : policies) row(p.first);
+  for (const MethodScores& m : baselines) row(m);
+  out << "\nrecall of the true optimum within the top 1 / 5 / 10 proposals\n";
+  for (std::size_t i = 0; i < policies.size(); ++i) {
+    const PolicyScores& p = policies[i];
+    std::snprintf(line, sizeof(line), "%-28s %6.3f %6.3f %6.3f  (%.1f plans/patient)\n",
+                  policy_names[i].c_str(), p.recall_at_1, p.recall_at_5, p.recall_at_10,
+                  p.mean_plans);
+    out << line;
+  }
+  std::snprintf(line, sizeof(line), "%-28s %6.3f %6.3f %6.3f\n", "guideline ordering",
+                guideline_recall_at_1, guideline_recall_at_5, guideline_recall_at_10);
+  out << line;
+  out << "\nvalidity, findings and cost\n";
+  for (std::size_t i = 0; i < policies.size(); ++i) {
+    const PolicyScores& p = policies[i];
+    const FindingsScores& f = p.findings;
+    std::snprintf(line, sizeof(line),
+                  "%-28s invalid %d/%d; lesions %.3f, diameter MAE %.1f mm, enhancement MAE "
+                  "%.1f HU, necrosis MAE %.3f, Child-Pugh %.3f; %.3f s/patient\n",
+                  policy_names[i].c_str(), p.invalid_plans, p.plans_checked,
+                  f.lesion_count_accuracy, f.diameter_mae_mm, f.enhancing_mae_hu, f.necrotic_mae,
+                  f.child_pugh_accuracy, p.seconds_per_patient);
+    out << line;
+  }
+  return out.str();
+}
+
+std::string PolicyEvaluation::ToJson() const {
+  json ps = json::array();
+  for (std::size_t i = 0; i < policies.size(); ++i) {
+    const PolicyScores& p = policies[i];
+    const FindingsScores& f = p.findings;
+    ps.push_back({{"name", policy_names[i]},
+                  {"first_plan", MethodToJson(p.first)},
+                  {"recall_at_1", p.recall_at_1},
+                  {"recall_at_5", p.recall_at_5},
+                  {"recall_at_10", p.recall_at_10},
+                  {"mean_plans", p.mean_plans},
+                  {"plans_checked", p.plans_checked},
+                  {"invalid_plans", p.invalid_plans},
+                  {"findings",
+                   {{"patients", f.patients},
+                    {"lesion_count_accuracy", f.lesion_count_accuracy},
+                    {"diameter_mae_mm", f.diameter_mae_mm},
+                    {"enhancing_mae_hu", f.enhancing_mae_hu},
+                    {"necrotic_mae", f.necrotic_mae},
+                    {"child_pugh_accuracy", f.child_pugh_accuracy}}},
+                  {"seconds_per_patient", p.seconds_per_patient}});
+  }
+  json bs = json::array();
+  for (const MethodScores& m : baselines) bs.push_back(MethodToJson(m));
+  return json{{"cohort_dir", cohort_dir},
+              {"patients", patients},
+              {"policies", ps},
+              {"baselines", bs},
+              {"guideline_ordering",
+               {{"recall_at_1", guideline_recall_at_1},
+                {"recall_at_5", guideline_recall_at_5},
+                {"recall_at_10", guideline_recall_at_10}}}}
+      .dump(1);
+}
+
+}  // namespace mewm::scenarios
