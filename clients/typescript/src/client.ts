@@ -430,10 +430,11 @@ export class Client {
           if (r.state === "queued" || r.state === "running") follower.last.set(r.runId, 0n);
         }
       }
+      // A batch is yielded whole: the follower marks a run ended when it reads the terminal
+      // event, before the events ahead of it in the batch were handed over.
       for (const e of await healAll()) {
         sync();
         yield e;
-        if (done()) return;
       }
       let lastTraffic = Date.now();
       while (!done()) {
@@ -450,7 +451,6 @@ export class Client {
           for (const e of await handle(frames)) {
             sync();
             yield e;
-            if (done()) break;
           }
           continue;
         }

@@ -223,7 +223,7 @@ async function main(): Promise<void> {
     assert.ok(["queued", "running", "cancelled"].includes(cancelled.state), cancelled.state);
     const tail: RunEvent[] = [];
     for await (const e of client.watch({ runId: second.runId })) tail.push(e);
-    assert.equal(tail[tail.length - 1].type, "run_cancelled");
+    assert.equal(tail[tail.length - 1].type, "run_cancelled", `events: ${tail.map((e) => `${e.seq} ${e.type}`).join(", ")}`);
     const secondStatus = await client.status(second.runId);
     assert.equal(secondStatus.state, "cancelled");
     assertSameAsLog(tail, readLog(path.resolve(dir, "results", secondStatus.outputDir, "events.jsonl")),
