@@ -174,6 +174,12 @@ async function main(): Promise<void> {
       }
     })();
     await subscriberLive;
+    // A watch of every run, started before the submit: it ends at the server's closing.
+    const everyRun = (async () => {
+      const got: RunEvent[] = [];
+      for await (const e of client.watch()) got.push(e);
+      return got;
+    })();
 
     const submitted = await client.submit(toml, { scenarioPath: "s.toml", clientRequestId: "ts-e2e-1" });
     runId = submitted.runId;
@@ -232,6 +238,11 @@ async function main(): Promise<void> {
 
     server.kill("SIGTERM");
     assert.equal(await exited, 0, fs.readFileSync(path.join(dir, "serve.log"), "utf8"));
+    const all = await everyRun;
+    assertSameAsLog(all.filter((e) => e.runId === runId), lines, "every-run watch, first run");
+    assertSameAsLog(all.filter((e) => e.runId === second.runId), readLog(path.resolve(dir, "results",
+      secondStatus.outputDir, "events.jsonl")), "every-run watch, second run");
+    log(`every-run watch: ${all.length} events of 2 runs, ended at server/closing`);
     const gone = new Client({ control, events, requestTimeoutMs: 300 });
     await assert.rejects(gone.status(runId), (e: MewmError) => e.code === "io" && /no reply/.test(e.message));
     gone.close();
