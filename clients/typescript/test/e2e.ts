@@ -9,14 +9,16 @@
 // Usage: node dist/test/e2e.js MEWM SOURCE_DIR. Exits 0 on success, 1 on failure; 90 s at most.
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
+import { fileURLToPath } from "node:url";
 import { Client, MewmError, newStats, type RunEvent } from "../src/index.js";
 
 const LIMIT_MS = 85_000;
+const here = path.dirname(fileURLToPath(import.meta.url));
 const started = Date.now();
 const log = (msg: string) =>
   console.log(`[${((Date.now() - started) / 1000).toFixed(2)} s] ${msg}`);
@@ -222,6 +224,16 @@ async function main(): Promise<void> {
         `${types.size} types; live subscription == events.jsonl`);
 
     await assert.rejects(client.cancel(runId), (e: MewmError) => e.code === "not_cancellable");
+
+    // The example program, in its own process, after the run ended: the whole history.
+    const follow = spawnSync(process.execPath,
+      [path.join(here, "../examples/follow.js"), runId, control, events], { encoding: "utf8", timeout: 20_000 });
+    assert.equal(follow.status, 0, follow.stderr);
+    const printed = follow.stdout.trim().split("\n");
+    assert.deepEqual(printed.map((l) => l.split(" ").slice(0, 2).join(" ")),
+      lines.map((l) => `${l.seq} ${l.json.type}`));
+    assert.equal(printed.filter((l) => / plan_decided P\d+: /.test(l)).length, 2);
+    log(`examples/follow.js: ${printed.length} lines, exit 0`);
 
     // Cancel: a second run, cancelled at once; its watch ends with run_cancelled.
     const second = await client.submit(toml, { scenarioPath: "s.toml" });
