@@ -4,6 +4,7 @@
 // The mewm client: requests on the control socket (DEALER, Lazy Pirate) and events on the PUB
 // socket (SUB), with the late join of docs/PROTOCOL.md "Joining late".
 
+import { readFileSync } from "node:fs";
 import * as capnp from "capnp-es";
 import { Dealer, Subscriber } from "zeromq";
 import * as wire from "./gen/mewm.js";
@@ -111,6 +112,21 @@ function runStatus(s: wire.RunStatus): RunStatus {
   };
 }
 
+/**
+ * Reads a key file of `mewm keygen` (BASE.pub or BASE.key): its one line that is not a comment,
+ * a Z85 key of 40 characters.
+ */
+export function readCurveKey(file: string): string {
+  const lines = readFileSync(file, "utf8")
+    .split("\n")
+    .map((l) => l.trim())
+    .filter((l) => l.length > 0 && !l.startsWith("#"));
+  if (lines.length !== 1 || lines[0].length !== 40) {
+    throw new MewmError(`${file} is not a mewm key file (one Z85 key of 40 characters)`, "invalid_argument");
+  }
+  return lines[0];
+}
+
 /** The run topic prefix; the trailing "/" keeps run/abc/ from matching run/abcd/. */
 export function runTopicPrefix(runId: string): string {
   return `run/${runId}/`;
@@ -160,7 +176,14 @@ export class Client {
   }
 
   private openDealer(): Dealer {
-    const dealer = new Dealer({ linger: 0, receiveTimeout: this.requestTimeoutMs, ...this.secure() });
+    // A send waits at most the request timeout for a connection: a DEALER whose peer is gone (a
+    // CURVE handshake the server refused, a server not up) would otherwise block it forever.
+    const dealer = new Dealer({
+      linger: 0,
+      sendTimeout: this.requestTimeoutMs,
+      receiveTimeout: this.requestTimeoutMs,
+      ...this.secure(),
+    });
     dealer.connect(this.control);
     return dealer;
   }
@@ -182,7 +205,18 @@ export class Client {
     fill(request.body);
     const bytes = Buffer.from(message.toArrayBuffer());
     const deadline = Date.now() + this.requestTimeoutMs;
-    await this.dealer.send([Buffer.alloc(0), bytes]);
+    try {
+      await this.dealer.send([Buffer.alloc(0), bytes]);
+    } catch (err) {
+      this.dealer.close();
+      this.dealer = this.openDealer();
+      if (!isTimeout(err)) throw new MewmError(`control socket: ${(err as Error).message}`, "io");
+      throw new MewmError(
+        `cannot send to ${this.control} within ${this.requestTimeoutMs} ms (is the server ` +
+          `running? with CURVE: is this client's key on its allowlist?)`,
+        "io",
+      );
+    }
     for (;;) {
       const left = deadline - Date.now();
       let frames: Buffer[];

@@ -5,6 +5,7 @@
 
 export {
   Client,
+  readCurveKey,
   runTopicPrefix,
   type ClientOptions,
   type RunState,

@@ -15,7 +15,7 @@ import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
-import { Client, MewmError, newStats, type RunEvent } from "../src/index.js";
+import { Client, MewmError, newStats, readCurveKey, type RunEvent } from "../src/index.js";
 
 const LIMIT_MS = 85_000;
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -119,6 +119,46 @@ async function waitFor<T>(what: string, f: () => Promise<T | undefined>, ms: num
     if (got !== undefined) return got;
     if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** A CURVE server: a listed key gets replies and events, an unlisted one nothing. */
+async function curve(mewm: string, dir: string): Promise<void> {
+  for (const base of ["server", "alice", "mallory"]) {
+    assert.equal(spawnSync(mewm, ["keygen", path.join(dir, base)]).status, 0, `mewm keygen ${base}`);
+  }
+  fs.copyFileSync(path.join(dir, "alice.pub"), path.join(dir, "allowed.txt"));
+  const [controlPort, eventsPort] = await freePorts();
+  const control = `tcp://127.0.0.1:${controlPort}`;
+  const events = `tcp://127.0.0.1:${eventsPort}`;
+  const server = spawn(mewm, ["serve", "--control", control, "--events", events, "--results-root",
+    path.join(dir, "curve_results"), "--scenario-base", dir, "--heartbeat-ms", "100",
+    "--curve-key", path.join(dir, "server.key"), "--curve-allow", path.join(dir, "allowed.txt")],
+    { stdio: "ignore" });
+  const exited = new Promise<number | null>((r) => server.once("exit", (code) => r(code)));
+  const keys = (base: string) => ({
+    serverPublicKey: readCurveKey(path.join(dir, "server.pub")),
+    publicKey: readCurveKey(path.join(dir, `${base}.pub`)),
+    secretKey: readCurveKey(path.join(dir, `${base}.key`)),
+  });
+  const alice = new Client({ control, events, requestTimeoutMs: 300, curve: keys("alice") });
+  const mallory = new Client({ control, events, requestTimeoutMs: 300, curve: keys("mallory") });
+  const plain = new Client({ control, events, requestTimeoutMs: 300 });
+  try {
+    await waitFor("the CURVE server", async () => (await alice.listRuns()) && true, 20_000);
+    for await (const e of alice.subscribe()) {
+      assert.equal(e.type, "heartbeat");
+      break;
+    }
+    await assert.rejects(mallory.listRuns(), (e: MewmError) => e.code === "io");
+    await assert.rejects(plain.listRuns(), (e: MewmError) => e.code === "io");
+    assert.throws(() => new Client({ curve: { ...keys("alice"), secretKey: "short" } }), /40 characters/);
+    assert.throws(() => readCurveKey(path.join(dir, "allowed.txt.missing")));
+    log("CURVE: the listed key gets replies and heartbeats; an unlisted key and no key get no reply");
+  } finally {
+    for (const c of [alice, mallory, plain]) c.close();
+    server.kill("SIGTERM");
+    assert.equal(await exited, 0);
   }
 }
 
@@ -256,8 +296,9 @@ async function main(): Promise<void> {
       secondStatus.outputDir, "events.jsonl")), "every-run watch, second run");
     log(`every-run watch: ${all.length} events of 2 runs, ended at server/closing`);
     const gone = new Client({ control, events, requestTimeoutMs: 300 });
-    await assert.rejects(gone.status(runId), (e: MewmError) => e.code === "io" && /no reply/.test(e.message));
+    await assert.rejects(gone.status(runId), (e: MewmError) => e.code === "io" && /no reply|cannot send/.test(e.message));
     gone.close();
+    await curve(mewm, dir);
     log("PASS");
   } catch (err) {
     console.error(fs.readFileSync(path.join(dir, "serve.log"), "utf8").slice(-4000));
