@@ -196,6 +196,9 @@ async function main(): Promise<void> {
 
     // Error replies.
     await assert.rejects(client.status("nope-00000000"), (e: MewmError) => e.code === "unknown_run");
+    await assert.rejects(async () => {
+      for await (const e of client.watch({ runId: "nope-00000000" })) assert.fail(`an event: ${e.type}`);
+    }, (e: MewmError) => e.code === "unknown_run");
     await assert.rejects(client.submit("[run\nname = ", { scenarioPath: "bad.toml" }),
       (e: MewmError) => e.code === "invalid_scenario" && /server: invalid_scenario/.test(e.message));
 
