@@ -122,7 +122,10 @@ export function readCurveKey(file: string): string {
     .map((l) => l.trim())
     .filter((l) => l.length > 0 && !l.startsWith("#"));
   if (lines.length !== 1 || lines[0].length !== 40) {
-    throw new MewmError(`${file} is not a mewm key file (one Z85 key of 40 characters)`, "invalid_argument");
+    throw new MewmError(
+      `${file} is not a mewm key file (one Z85 key of 40 characters)`,
+      "invalid_argument",
+    );
   }
   return lines[0];
 }
@@ -303,7 +306,8 @@ export class Client {
     });
     Client.expect(body, wire.Reply_Body_Which.RUNS, "list");
     const out: RunStatus[] = [];
-    for (let i = 0; i < body.runs.length; i++) out.push(runStatus(body.runs.at(i) as wire.RunStatus));
+    for (let i = 0; i < body.runs.length; i++)
+      out.push(runStatus(body.runs.at(i) as wire.RunStatus));
     return out;
   }
 
@@ -324,7 +328,8 @@ export class Client {
     const events: RunEvent[] = [];
     for (let i = 0; i < page.events.length; i++) {
       const e = decodeEnvelope((page.events.at(i) as capnp.Data).toUint8Array());
-      if (e.kind !== "run") throw new MewmError(`snapshot of ${runId} holds a server event`, "corrupt");
+      if (e.kind !== "run")
+        throw new MewmError(`snapshot of ${runId} holds a server event`, "corrupt");
       events.push(e);
     }
     return { run: runStatus(page.run), events, more: page.more };
@@ -362,7 +367,8 @@ export class Client {
       while (!options.signal?.aborted) {
         const frames = await Client.receive(sub);
         if (!frames) continue;
-        if (frames.length < 2) throw new MewmError("event message without an envelope frame", "corrupt");
+        if (frames.length < 2)
+          throw new MewmError("event message without an envelope frame", "corrupt");
         const e = decodeEnvelope(frames[1]);
         if (e.kind === "run") attachVolume(e, frames);
         yield e;
@@ -425,7 +431,8 @@ export class Client {
       }
     };
     const handle = async (frames: Buffer[]): Promise<RunEvent[]> => {
-      if (frames.length < 2) throw new MewmError("event message without an envelope frame", "corrupt");
+      if (frames.length < 2)
+        throw new MewmError("event message without an envelope frame", "corrupt");
       const e = decodeEnvelope(frames[1]);
       if (e.kind === "server") {
         stats.heartbeats++;

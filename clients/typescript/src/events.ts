@@ -148,7 +148,10 @@ function runBody(ev: wire.Envelope_Event): { type: RunEventType; data: unknown }
     }
     case W.RUN_FINISHED: {
       const b = ev.runFinished;
-      return { type: "run_finished", data: { finished: b.finished, failed: b.failed, seconds: b.seconds } };
+      return {
+        type: "run_finished",
+        data: { finished: b.finished, failed: b.failed, seconds: b.seconds },
+      };
     }
     case W.RUN_FAILED:
       return { type: "run_failed", data: { error: ev.runFailed.error } };
@@ -156,7 +159,10 @@ function runBody(ev: wire.Envelope_Event): { type: RunEventType; data: unknown }
       return { type: "run_cancelled", data: { finished: ev.runCancelled.finished } };
     case W.PATIENT_STARTED: {
       const b = ev.patientStarted;
-      return { type: "patient_started", data: { patientId: b.patientId, index: b.index, total: b.total } };
+      return {
+        type: "patient_started",
+        data: { patientId: b.patientId, index: b.index, total: b.total },
+      };
     }
     case W.PATIENT_FINISHED: {
       const b = ev.patientFinished;
@@ -198,7 +204,10 @@ function runBody(ev: wire.Envelope_Event): { type: RunEventType; data: unknown }
       const b = ev.beamUpdated;
       const beams: PlanScore[] = [];
       for (let i = 0; i < b.beams.length; i++) beams.push(score(b.beams.at(i) as wire.PlanScore));
-      return { type: "beam_updated", data: { patientId: b.patientId, stage: b.stage, step: b.step, beams } };
+      return {
+        type: "beam_updated",
+        data: { patientId: b.patientId, stage: b.stage, step: b.step, beams },
+      };
     }
     case W.PLAN_DECIDED: {
       const b = ev.planDecided;
@@ -291,6 +300,9 @@ export function attachVolume(e: RunEvent, frames: Buffer[]): void {
     }
     e.volume.data = frame;
   } else if (frames.length !== 2) {
-    throw new MewmError(`unexpected frames after the envelope of ${e.runId} seq ${e.seq}`, "corrupt");
+    throw new MewmError(
+      `unexpected frames after the envelope of ${e.runId} seq ${e.seq}`,
+      "corrupt",
+    );
   }
 }

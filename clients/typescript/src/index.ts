@@ -29,4 +29,10 @@ export {
   type ServerEvent,
   type VolumeRef,
 } from "./events.js";
-export { Follower, newStats, type HistoryPage, type ReadHistory, type WatchStats } from "./follow.js";
+export {
+  Follower,
+  newStats,
+  type HistoryPage,
+  type ReadHistory,
+  type WatchStats,
+} from "./follow.js";

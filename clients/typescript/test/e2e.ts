@@ -125,16 +125,37 @@ async function waitFor<T>(what: string, f: () => Promise<T | undefined>, ms: num
 /** A CURVE server: a listed key gets replies and events, an unlisted one nothing. */
 async function curve(mewm: string, dir: string): Promise<void> {
   for (const base of ["server", "alice", "mallory"]) {
-    assert.equal(spawnSync(mewm, ["keygen", path.join(dir, base)]).status, 0, `mewm keygen ${base}`);
+    assert.equal(
+      spawnSync(mewm, ["keygen", path.join(dir, base)]).status,
+      0,
+      `mewm keygen ${base}`,
+    );
   }
   fs.copyFileSync(path.join(dir, "alice.pub"), path.join(dir, "allowed.txt"));
   const [controlPort, eventsPort] = await freePorts();
   const control = `tcp://127.0.0.1:${controlPort}`;
   const events = `tcp://127.0.0.1:${eventsPort}`;
-  const server = spawn(mewm, ["serve", "--control", control, "--events", events, "--results-root",
-    path.join(dir, "curve_results"), "--scenario-base", dir, "--heartbeat-ms", "100",
-    "--curve-key", path.join(dir, "server.key"), "--curve-allow", path.join(dir, "allowed.txt")],
-    { stdio: "ignore" });
+  const server = spawn(
+    mewm,
+    [
+      "serve",
+      "--control",
+      control,
+      "--events",
+      events,
+      "--results-root",
+      path.join(dir, "curve_results"),
+      "--scenario-base",
+      dir,
+      "--heartbeat-ms",
+      "100",
+      "--curve-key",
+      path.join(dir, "server.key"),
+      "--curve-allow",
+      path.join(dir, "allowed.txt"),
+    ],
+    { stdio: "ignore" },
+  );
   const exited = new Promise<number | null>((r) => server.once("exit", (code) => r(code)));
   const keys = (base: string) => ({
     serverPublicKey: readCurveKey(path.join(dir, "server.pub")),
@@ -152,9 +173,14 @@ async function curve(mewm: string, dir: string): Promise<void> {
     }
     await assert.rejects(mallory.listRuns(), (e: MewmError) => e.code === "io");
     await assert.rejects(plain.listRuns(), (e: MewmError) => e.code === "io");
-    assert.throws(() => new Client({ curve: { ...keys("alice"), secretKey: "short" } }), /40 characters/);
+    assert.throws(
+      () => new Client({ curve: { ...keys("alice"), secretKey: "short" } }),
+      /40 characters/,
+    );
     assert.throws(() => readCurveKey(path.join(dir, "allowed.txt.missing")));
-    log("CURVE: the listed key gets replies and heartbeats; an unlisted key and no key get no reply");
+    log(
+      "CURVE: the listed key gets replies and heartbeats; an unlisted key and no key get no reply",
+    );
   } finally {
     for (const c of [alice, mallory, plain]) c.close();
     server.kill("SIGTERM");
@@ -166,7 +192,10 @@ async function main(): Promise<void> {
   const [mewm, src] = process.argv.slice(2);
   assert.ok(mewm && src, "usage: e2e.js MEWM SOURCE_DIR");
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mewm-ts-client."));
-  fs.copyFileSync(path.join(src, "models/mechanistic_calibration.json"), path.join(dir, "mech.json"));
+  fs.copyFileSync(
+    path.join(src, "models/mechanistic_calibration.json"),
+    path.join(dir, "mech.json"),
+  );
   fs.copyFileSync(path.join(src, "models/cox_survival.json"), path.join(dir, "cox.json"));
   const toml = scenario(src);
   fs.writeFileSync(path.join(dir, "s.toml"), toml);
@@ -177,8 +206,19 @@ async function main(): Promise<void> {
   const serveLog = fs.openSync(path.join(dir, "serve.log"), "w");
   const server = spawn(
     mewm,
-    ["serve", "--control", control, "--events", events, "--results-root", path.join(dir, "results"),
-     "--scenario-base", dir, "--heartbeat-ms", "100"],
+    [
+      "serve",
+      "--control",
+      control,
+      "--events",
+      events,
+      "--results-root",
+      path.join(dir, "results"),
+      "--scenario-base",
+      dir,
+      "--heartbeat-ms",
+      "100",
+    ],
     { stdio: ["ignore", serveLog, serveLog] },
   );
   const exited = new Promise<number | null>((r) => server.once("exit", (code) => r(code)));
@@ -195,12 +235,21 @@ async function main(): Promise<void> {
     log(`mewm serve answers on ${control}, events on ${events}`);
 
     // Error replies.
-    await assert.rejects(client.status("nope-00000000"), (e: MewmError) => e.code === "unknown_run");
-    await assert.rejects(async () => {
-      for await (const e of client.watch({ runId: "nope-00000000" })) assert.fail(`an event: ${e.type}`);
-    }, (e: MewmError) => e.code === "unknown_run");
-    await assert.rejects(client.submit("[run\nname = ", { scenarioPath: "bad.toml" }),
-      (e: MewmError) => e.code === "invalid_scenario" && /server: invalid_scenario/.test(e.message));
+    await assert.rejects(
+      client.status("nope-00000000"),
+      (e: MewmError) => e.code === "unknown_run",
+    );
+    await assert.rejects(
+      async () => {
+        for await (const e of client.watch({ runId: "nope-00000000" }))
+          assert.fail(`an event: ${e.type}`);
+      },
+      (e: MewmError) => e.code === "unknown_run",
+    );
+    await assert.rejects(
+      client.submit("[run\nname = ", { scenarioPath: "bad.toml" }),
+      (e: MewmError) => e.code === "invalid_scenario" && /server: invalid_scenario/.test(e.message),
+    );
 
     // A live subscriber, live before the submit (its first heartbeat says so).
     const liveCtl = new AbortController();
@@ -226,26 +275,38 @@ async function main(): Promise<void> {
       return got;
     })();
 
-    const submitted = await client.submit(toml, { scenarioPath: "s.toml", clientRequestId: "ts-e2e-1" });
+    const submitted = await client.submit(toml, {
+      scenarioPath: "s.toml",
+      clientRequestId: "ts-e2e-1",
+    });
     runId = submitted.runId;
     assert.match(runId, /^tace_demo-[0-9a-f]{8}$/);
-    const again = await client.submit(toml, { scenarioPath: "s.toml", clientRequestId: "ts-e2e-1" });
+    const again = await client.submit(toml, {
+      scenarioPath: "s.toml",
+      clientRequestId: "ts-e2e-1",
+    });
     assert.equal(again.runId, runId);
     assert.equal(again.duplicate, true);
     log(`submitted ${runId} (queue position ${submitted.queuePosition})`);
 
     // Join late: after the run published its first patient's events.
-    const before = await waitFor("the run to publish", async () => {
-      const s = await client.status(runId);
-      return s.lastSeq >= 5n || s.state !== "queued" && s.state !== "running" ? s : undefined;
-    }, 60_000);
+    const before = await waitFor(
+      "the run to publish",
+      async () => {
+        const s = await client.status(runId);
+        return s.lastSeq >= 5n || (s.state !== "queued" && s.state !== "running") ? s : undefined;
+      },
+      60_000,
+    );
     log(`joining late: the run is ${before.state} at seq ${before.lastSeq}`);
     const stats = newStats();
     const watched: RunEvent[] = [];
     for await (const e of client.watch({ runId, stats })) watched.push(e);
-    log(`watch: ${stats.delivered} events, ${stats.fromHistory} from the history, ` +
+    log(
+      `watch: ${stats.delivered} events, ${stats.fromHistory} from the history, ` +
         `${stats.delivered - stats.fromHistory} live, ${stats.duplicates} live duplicates dropped, ` +
-        `${stats.gaps} gaps healed, ${stats.heartbeats} server events`);
+        `${stats.gaps} gaps healed, ${stats.heartbeats} server events`,
+    );
     assert.ok(stats.fromHistory >= Number(before.lastSeq), "the late join read the history");
     assert.equal(stats.delivered, watched.length);
 
@@ -255,26 +316,45 @@ async function main(): Promise<void> {
     assert.equal(status.state, "finished", `run ended ${status.state}: ${status.error}`);
     assert.equal(status.patientsDone, 2);
     const jsonl = path.resolve(dir, "results", status.outputDir, "events.jsonl");
-    const lines = readLog(fs.existsSync(jsonl) ? jsonl : path.join(status.outputDir, "events.jsonl"));
+    const lines = readLog(
+      fs.existsSync(jsonl) ? jsonl : path.join(status.outputDir, "events.jsonl"),
+    );
     assert.equal(status.lastSeq, lines[lines.length - 1].seq);
     assertSameAsLog(watched, lines, "late join");
-    assertSameAsLog(live.filter((e) => e.runId === runId), lines, "live subscription");
+    assertSameAsLog(
+      live.filter((e) => e.runId === runId),
+      lines,
+      "live subscription",
+    );
     const types = new Set(watched.map((e) => e.type));
-    for (const t of ["run_accepted", "run_started", "candidate_evaluated", "plan_decided", "run_finished"]) {
+    for (const t of [
+      "run_accepted",
+      "run_started",
+      "candidate_evaluated",
+      "plan_decided",
+      "run_finished",
+    ]) {
       assert.ok(types.has(t as RunEvent["type"]), `no ${t} event`);
     }
-    log(`late join == events.jsonl: ${lines.length} events, seq 1..${status.lastSeq}, ` +
-        `${types.size} types; live subscription == events.jsonl`);
+    log(
+      `late join == events.jsonl: ${lines.length} events, seq 1..${status.lastSeq}, ` +
+        `${types.size} types; live subscription == events.jsonl`,
+    );
 
     await assert.rejects(client.cancel(runId), (e: MewmError) => e.code === "not_cancellable");
 
     // The example program, in its own process, after the run ended: the whole history.
-    const follow = spawnSync(process.execPath,
-      [path.join(here, "../examples/follow.js"), runId, control, events], { encoding: "utf8", timeout: 20_000 });
+    const follow = spawnSync(
+      process.execPath,
+      [path.join(here, "../examples/follow.js"), runId, control, events],
+      { encoding: "utf8", timeout: 20_000 },
+    );
     assert.equal(follow.status, 0, follow.stderr);
     const printed = follow.stdout.trim().split("\n");
-    assert.deepEqual(printed.map((l) => l.split(" ").slice(0, 2).join(" ")),
-      lines.map((l) => `${l.seq} ${l.json.type}`));
+    assert.deepEqual(
+      printed.map((l) => l.split(" ").slice(0, 2).join(" ")),
+      lines.map((l) => `${l.seq} ${l.json.type}`),
+    );
     assert.equal(printed.filter((l) => / plan_decided P\d+: /.test(l)).length, 2);
     log(`examples/follow.js: ${printed.length} lines, exit 0`);
 
@@ -284,22 +364,39 @@ async function main(): Promise<void> {
     assert.ok(["queued", "running", "cancelled"].includes(cancelled.state), cancelled.state);
     const tail: RunEvent[] = [];
     for await (const e of client.watch({ runId: second.runId })) tail.push(e);
-    assert.equal(tail[tail.length - 1].type, "run_cancelled", `events: ${tail.map((e) => `${e.seq} ${e.type}`).join(", ")}`);
+    assert.equal(
+      tail[tail.length - 1].type,
+      "run_cancelled",
+      `events: ${tail.map((e) => `${e.seq} ${e.type}`).join(", ")}`,
+    );
     const secondStatus = await client.status(second.runId);
     assert.equal(secondStatus.state, "cancelled");
-    assertSameAsLog(tail, readLog(path.resolve(dir, "results", secondStatus.outputDir, "events.jsonl")),
-      "cancelled run");
+    assertSameAsLog(
+      tail,
+      readLog(path.resolve(dir, "results", secondStatus.outputDir, "events.jsonl")),
+      "cancelled run",
+    );
     log(`cancelled ${second.runId}: ${tail.length} events, the last run_cancelled`);
 
     server.kill("SIGTERM");
     assert.equal(await exited, 0, fs.readFileSync(path.join(dir, "serve.log"), "utf8"));
     const all = await everyRun;
-    assertSameAsLog(all.filter((e) => e.runId === runId), lines, "every-run watch, first run");
-    assertSameAsLog(all.filter((e) => e.runId === second.runId), readLog(path.resolve(dir, "results",
-      secondStatus.outputDir, "events.jsonl")), "every-run watch, second run");
+    assertSameAsLog(
+      all.filter((e) => e.runId === runId),
+      lines,
+      "every-run watch, first run",
+    );
+    assertSameAsLog(
+      all.filter((e) => e.runId === second.runId),
+      readLog(path.resolve(dir, "results", secondStatus.outputDir, "events.jsonl")),
+      "every-run watch, second run",
+    );
     log(`every-run watch: ${all.length} events of 2 runs, ended at server/closing`);
     const gone = new Client({ control, events, requestTimeoutMs: 300 });
-    await assert.rejects(gone.status(runId), (e: MewmError) => e.code === "io" && /no reply|cannot send/.test(e.message));
+    await assert.rejects(
+      gone.status(runId),
+      (e: MewmError) => e.code === "io" && /no reply|cannot send/.test(e.message),
+    );
     gone.close();
     await curve(mewm, dir);
     log("PASS");

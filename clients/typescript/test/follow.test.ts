@@ -20,7 +20,9 @@ function ev(runId: string, seq: number, type: "progress" | "run_finished" = "pro
 
 /** A history of events 1..n of run "r", served in pages of `page`; counts the calls. */
 function history(n: number, page = 3, runId = "r") {
-  const all = Array.from({ length: n }, (_, i) => ev(runId, i + 1, i + 1 === n ? "run_finished" : "progress"));
+  const all = Array.from({ length: n }, (_, i) =>
+    ev(runId, i + 1, i + 1 === n ? "run_finished" : "progress"),
+  );
   const calls: bigint[] = [];
   const read = async (id: string, after: bigint): Promise<HistoryPage> => {
     calls.push(after);
