@@ -4,10 +4,14 @@
 #
 # One entry point for a fresh Debian 12 machine (run as root, or with sudo available):
 #   tools/dev.sh setup   install the Debian packages mewm needs (skips what is installed), then
-#                        the reader-study page's npm packages (turing-web)
+#                        the reader-study page's npm packages (turing-web) and the TypeScript
+#                        client's (ts-client)
 #   tools/dev.sh turing-web  Debian chromium, node and npm, and tools/turing_web's pinned npm
 #                        packages (NiiVue for `mewm turing serve`, puppeteer-core for its browser
 #                        test) from package-lock.json; a failure only warns (the test then skips)
+#   tools/dev.sh ts-client  node and npm, and clients/typescript's pinned npm packages (capnp-es,
+#                        zeromq with its prebuilt binary, typescript) from package-lock.json; a
+#                        failure only warns (ts_client_test then skips)
 #   tools/dev.sh build   setup, then configure and build (Release, -j2) into build/
 #   tools/dev.sh test    build, then run the test suite (ctest; MEWM_TEST_LABELS selects labels)
 #   tools/dev.sh demo    build, then plan scenarios/tace_demo; results land in out/demo/
@@ -69,9 +73,29 @@ turing_web() {
   fi
 }
 
+# The TypeScript client (clients/typescript/README.md) and its test against a real server. The
+# zeromq package ships prebuilt binaries for linux x64/arm64 (glibc and musl): nothing is
+# compiled and nothing is downloaded beyond the npm registry.
+ts_client() {
+  local pkg="$ROOT/clients/typescript"
+  local wanted=(nodejs)
+  command -v npm >/dev/null || wanted+=(npm)
+  if ! install_packages "${wanted[@]}"; then
+    echo "setup: warning: node/npm not installed; the TypeScript client test will skip" >&2
+    return 0
+  fi
+  if [ ! -f "$pkg/node_modules/.package-lock.json" ] ||
+      [ "$pkg/package-lock.json" -nt "$pkg/node_modules/.package-lock.json" ]; then
+    echo "setup: installing clients/typescript's npm packages (package-lock.json)"
+    (cd "$pkg" && npm ci --no-audit --no-fund --loglevel=error) ||
+      echo "setup: warning: npm ci failed in $pkg; the TypeScript client test skips" >&2
+  fi
+}
+
 setup() {
   install_packages "${PACKAGES[@]}"
   turing_web
+  ts_client
 }
 
 # configure_and_build DIR [TARGET...] [-- CMAKE_ARGS...]
@@ -183,6 +207,7 @@ fuzz() {
 case "${1:-}" in
   setup) setup ;;
   turing-web) turing_web ;;
+  ts-client) ts_client ;;
   build) build ;;
   test) run_tests ;;
   demo) demo ;;
@@ -190,5 +215,5 @@ case "${1:-}" in
   asan) asan ;;
   bench) bench ;;
   fuzz) fuzz "${2:-60}" "${3:-control}" ;;
-  *) sed -n '5,19p' "$0"; exit 2 ;;
+  *) sed -n '5,22p' "$0"; exit 2 ;;
 esac
