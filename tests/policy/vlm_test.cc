@@ -121,6 +121,8 @@ TEST_F(VlmTest, TrainingIsDeterministicAndResumable) {
   EXPECT_EQ(a->epochs.size(), 3u);
   EXPECT_GT(a->parameters, 100000);
   EXPECT_EQ(a->train_patients + a->validation_patients, 12);
+  EXPECT_GE(a->best_epoch, 1);  // the lowest validation loss among the 3 epochs
+  EXPECT_LE(a->best_epoch, 3);
   ASSERT_TRUE(TrainVlm(examples, actions, Options(Path("b.pt"), 3)));
   // Interrupted after 1 epoch, then resumed to 3.
   ASSERT_TRUE(TrainVlm(examples, actions, Options(Path("c.pt"), 1)));

@@ -192,6 +192,35 @@ TEST_F(PlannerTest, ProposalLimitsTheSearch) {
   EXPECT_EQ(decision->evaluated.size(), 4u);
 }
 
+TEST_F(PlannerTest, WholePlansFromThePolicyAreTheOnlyCandidates) {
+  // A plan-writing policy (vlm): the planner scores exactly its plans that keep the constraints
+  // and horizons, T samples each, and picks the best of them.
+  const auto plan = [&](const char* text) { return *actions_.ParsePlan(text); };
+  proposal_.plans = {{plan("Lipiodol+Epirubicin"), -0.5},
+                     {plan("Lipiodol+Cisplatin+PVA"), -1.0},
+                     {plan("Lipiodol+Epirubicin+Gelatin Sponge"), -2.0},
+                     {plan("Lipiodol+Epirubicin+Cisplatin+Mitomycin"), -3.0}};  // 3 drugs
+  for (SearchMode mode : {SearchMode::kBeam, SearchMode::kExhaustive}) {
+    auto decision = Run(Spec(mode, 3, 2), {}, {"PVA"});
+    ASSERT_TRUE(decision) << decision.error().message;
+    std::set<std::string> scored;
+    for (const CandidateScore& c : decision->evaluated) scored.insert(c.plan.ToString());
+    EXPECT_EQ(scored,
+              (std::set<std::string>{"Epirubicin+Lipiodol", "Epirubicin+Gelatin Sponge+Lipiodol"}));
+    EXPECT_TRUE(scored.count(decision->best.plan.ToString()));
+    for (const CandidateScore& c : decision->evaluated) {
+      EXPECT_GE(decision->best.risk_mean, 0.0);
+      EXPECT_LE(decision->best.risk_mean, c.risk_mean);
+      EXPECT_EQ(c.sample_risks.size(), 2u);
+    }
+  }
+  // None of them keeps the constraints: a clear error, not an empty plan.
+  auto none = Run(Spec(SearchMode::kBeam), {"Raltitrexed"});
+  ASSERT_FALSE(none);
+  EXPECT_NE(none.error().message.find("none of the policy's 4 proposed plans"), std::string::npos)
+      << none.error().message;
+}
+
 TEST_F(PlannerTest, CancelStopsBetweenBatches) {
   PlannerObserver observer;
   int polls = 0;

@@ -334,7 +334,8 @@ TEST_F(ScenarioTest, ABackendAddedToTheRegistryIsParsedAndCreatedFromItsOneEntry
 }
 
 TEST_F(ScenarioTest, ShippedScenariosAreValid) {
-  for (const char* name : {"tace_demo", "tace_cohort_eval", "tace_cohort_eval_diffusion"}) {
+  for (const char* name :
+       {"tace_demo", "tace_cohort_eval", "tace_cohort_eval_diffusion", "tace_cohort_eval_vlm"}) {
     auto spec =
         LoadScenario(std::string(MEWM_SOURCE_DIR) + "/scenarios/" + name + "/scenario.toml");
     EXPECT_TRUE(spec) << name << ": " << spec.error().message;

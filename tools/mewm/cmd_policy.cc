@@ -124,12 +124,14 @@ Action AddTrainPolicy(CLI::App& train_app) {
         });
     if (!report) return Fail(report.error());
     std::printf(
-        "wrote %s: %lld parameters, %d train + %d validation patients, %.1f s%s\n", o->out.c_str(),
-        static_cast<long long>(report->parameters), report->train_patients,
-        report->validation_patients, report->seconds,
-        report->resumed_from_epoch > 0
-            ? (" (resumed after epoch " + std::to_string(report->resumed_from_epoch) + ")").c_str()
-            : "");
+        "wrote %s with the weights of epoch %d (lowest validation loss): %lld parameters, "
+        "%d train + %d validation patients, %.1f s",
+        o->out.c_str(), report->best_epoch, static_cast<long long>(report->parameters),
+        report->train_patients, report->validation_patients, report->seconds);
+    if (report->resumed_from_epoch > 0) {
+      std::printf(" (resumed after epoch %d)", report->resumed_from_epoch);
+    }
+    std::printf("\n");
     return 0;
   };
 }

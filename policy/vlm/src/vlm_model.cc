@@ -585,6 +585,7 @@ Expected<VlmTrainReport> TrainVlm(const std::vector<VlmTrainingExample>& example
       best_loss = s["best_val_loss"].is_number() ? s["best_val_loss"].get<double>()
                                                  : std::numeric_limits<double>::infinity();
       try {
+        best.clear();  // torch::load appends to the vector
         torch::load(best, state_dir + "/best.pt");
       } catch (const c10::Error& e) {
         return MakeError(ErrorCode::kCorruptData, "vlm training: cannot read '" + state_dir +
@@ -676,6 +677,18 @@ Expected<VlmTrainReport> TrainVlm(const std::vector<VlmTrainingExample>& example
     metadata["final_val_loss"] = report.epochs.back().val_loss;
     metadata["final_val_top1"] = report.epochs.back().val_top1;
   }
+  {
+    torch::NoGradGuard no_grad;
+    const auto params = net->parameters();
+    if (best.size() != params.size()) {
+      return MakeError(ErrorCode::kCorruptData, "vlm training: the best weights in '" + state_dir +
+                                                    "' do not match the network");
+    }
+    for (std::size_t i = 0; i < params.size(); ++i) params[i].copy_(best[i]);
+  }
+  report.best_epoch = best_epoch;
+  metadata["best_epoch"] = best_epoch;
+  if (std::isfinite(best_loss)) metadata["best_val_loss"] = best_loss;
   net->eval();
   MEWM_RETURN_IF_ERROR(
       torch_bridge::SaveCheckpoint(o.out, *net, {config.ToJson().dump(), metadata.dump()}));
