@@ -318,18 +318,22 @@ struct HttpServer::Impl {
 
   /// Pulls from a stream while its client has room and sends what the socket takes; false when
   /// the connection is done (answered and sent, the stream complete, or the peer gone).
+  /// Tops up a stream's buffer from its source when it is below half full.
+  void Refill(Connection& c) {
+    if (!c.stream || c.stream_done || c.pending() >= limits.stream_buffer_bytes / 2) return;
+    if (c.sent > 0) {
+      c.out.erase(0, c.sent);
+      c.sent = 0;
+    }
+    std::uint64_t events = 0;
+    c.stream_done = !c.stream->Pull(&c.out, limits.stream_buffer_bytes - c.out.size(), &events);
+    counters->sse_events.fetch_add(events, std::memory_order_relaxed);
+  }
+
   bool Pump(Connection& c, Clock::time_point now) {
     if (!c.answered) return true;
     for (int turn = 0; turn < 8; ++turn) {  // a bounded share of the loop per connection
-      if (c.stream && !c.stream_done && c.pending() < limits.stream_buffer_bytes / 2) {
-        if (c.sent > 0) {
-          c.out.erase(0, c.sent);
-          c.sent = 0;
-        }
-        std::uint64_t events = 0;
-        c.stream_done = !c.stream->Pull(&c.out, limits.stream_buffer_bytes - c.out.size(), &events);
-        counters->sse_events.fetch_add(events, std::memory_order_relaxed);
-      }
+      Refill(c);
       if (c.pending() == 0) break;
       const ssize_t n = ::send(c.fd, c.out.data() + c.sent, c.pending(), MSG_NOSIGNAL);
       if (n < 0) {
@@ -341,6 +345,8 @@ struct HttpServer::Impl {
       c.last_progress = c.last_write = now;
       if (c.stream) counters->sse_bytes.fetch_add(std::uint64_t(n), std::memory_order_relaxed);
     }
+    // What is ready stays buffered, so poll waits for the socket (POLLOUT), not for a wake-up.
+    Refill(c);
     if (c.pending() == 0) {
       c.last_progress = now;  // nothing waits on the client: it is not stalling
       if (!c.stream || c.stream_done) return false;
