@@ -92,7 +92,7 @@ Expected<scenarios::RunSummary> RunWithRunner(const scenarios::ScenarioSpec& spe
 class Server {
  public:
   /// Binds the sockets (so endpoints with port 0 or * are known at once), loads the CURVE keys
-  /// (an unreadable key or allowlist is an error: it fails closed) and starts the metrics endpoint.
+  /// (an unreadable key or allowlist is an error: it fails closed) and opens the HTTP port.
   static Expected<std::unique_ptr<Server>> Create(const ServerOptions& options,
                                                   RunFunction run = RunWithRunner);
   ~Server();
