@@ -28,6 +28,8 @@ PACKAGES=(
   libopenvdb-dev libopenvdb-tools libboost-iostreams-dev libtbb-dev
   libzmq3-dev cppzmq-dev capnproto libcapnp-dev
   libeigen3-dev libnifti2-dev zlib1g-dev libpng-dev
+  libdcmtk-dev  # mewm import dicom
+  python3-pydicom  # writes the DICOM series the import tests read (not written by mewm)
   libssl-dev libcpp-httplib-dev
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
