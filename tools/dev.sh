@@ -29,7 +29,7 @@ PACKAGES=(
   libzmq3-dev cppzmq-dev capnproto libcapnp-dev
   libeigen3-dev libnifti2-dev zlib1g-dev libpng-dev
   libdcmtk-dev  # mewm import dicom
-  python3-pydicom  # writes the DICOM series the import tests read (not written by mewm)
+  python3-pydicom python3-nibabel  # the DICOM import test: series by pydicom, checked by nibabel
   libssl-dev libcpp-httplib-dev
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
