@@ -12,6 +12,7 @@ orientations, two series without --series-uid (listed), an undecodable transfer 
 and an RLE-compressed series that DCMTK decodes. Exit 77 (skipped) without pydicom or nibabel.
 
     /usr/bin/python3 tests/tools/dicom_import_test.py MEWM
+    /usr/bin/python3 tests/tools/dicom_import_test.py --write-fixture FOLDER [TILT_MM]
 """
 import os
 import random
@@ -229,5 +230,19 @@ def main():
     return 0
 
 
+def write_fixture(folder, tilt_mm):
+    """For the C++ test: FOLDER/source.nii.gz (nibabel) and FOLDER/series/ (pydicom) from it."""
+    os.makedirs(folder, exist_ok=True)
+    nib.save(nib.Nifti1Image(volume(), ras_affine()), os.path.join(folder, "source.nii.gz"))
+    source = nib.load(os.path.join(folder, "source.nii.gz"))
+    write_series(os.path.join(folder, "series"), np.asarray(source.dataobj), source.affine,
+                 slope=0.5, tilt_mm=tilt_mm)
+    with open(os.path.join(folder, "series", "README.txt"), "w") as f:
+        f.write("not DICOM\n")
+    return 0
+
+
 if __name__ == "__main__":
+    if MEWM == "--write-fixture":  # dicom_import_test.py --write-fixture FOLDER [TILT_MM]
+        sys.exit(write_fixture(sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 0.0))
     sys.exit(main())
