@@ -81,7 +81,34 @@ struct Slice {
 
 struct FileHeader {
   std::string path, series_uid, modality, description, patient_id;
+  Expected<Slice> geometry = Slice{};  ///< read in the same pass, checked when imported
 };
+
+Expected<Slice> ReadGeometry(DcmDataset& ds, const std::string& path) {
+  Slice slice;
+  slice.path = path;
+  MEWM_TRY(const auto iop, Numbers(ds, DCM_ImageOrientationPatient, 6,
+                                   "ImageOrientationPatient (0020,0037)", path));
+  MEWM_TRY(const auto ipp,
+           Numbers(ds, DCM_ImagePositionPatient, 3, "ImagePositionPatient (0020,0032)", path));
+  MEWM_TRY(const auto spacing, Numbers(ds, DCM_PixelSpacing, 2, "PixelSpacing (0028,0030)", path));
+  slice.row = {iop[0], iop[1], iop[2]};
+  slice.column = {iop[3], iop[4], iop[5]};
+  slice.position = {ipp[0], ipp[1], ipp[2]};
+  slice.row_spacing = spacing[0];
+  slice.column_spacing = spacing[1];
+  Uint16 rows = 0, columns = 0;
+  if (ds.findAndGetUint16(DCM_Rows, rows).bad() ||
+      ds.findAndGetUint16(DCM_Columns, columns).bad() || rows == 0 || columns == 0) {
+    return MakeError(ErrorCode::kCorruptData, "'" + path + "': no Rows/Columns");
+  }
+  slice.rows = rows;
+  slice.columns = columns;
+  if (!(spacing[0] > 0) || !(spacing[1] > 0)) {
+    return MakeError(ErrorCode::kCorruptData, "'" + path + "': PixelSpacing must be positive");
+  }
+  return slice;
+}
 
 /// Every regular file under `folder` (sorted, so runs are repeatable), at most max_files.
 Expected<std::vector<fs::path>> ListFiles(const std::string& folder, int max_files) {
@@ -121,8 +148,9 @@ Expected<std::vector<FileHeader>> ReadHeaders(const std::string& folder, int max
       continue;
     }
     DcmDataset& ds = *file.getDataset();
-    FileHeader header{path.string(), Text(ds, DCM_SeriesInstanceUID), Text(ds, DCM_Modality),
-                      Text(ds, DCM_SeriesDescription), Text(ds, DCM_PatientID)};
+    FileHeader header{path.string(),           Text(ds, DCM_SeriesInstanceUID),
+                      Text(ds, DCM_Modality),  Text(ds, DCM_SeriesDescription),
+                      Text(ds, DCM_PatientID), ReadGeometry(ds, path.string())};
     if (header.series_uid.empty()) {
       ++scan->not_dicom;  // a DICOMDIR or another non-image object
       continue;
@@ -137,32 +165,6 @@ Expected<std::vector<FileHeader>> ReadHeaders(const std::string& folder, int max
   }
   for (auto& [uid, info] : series) scan->series.push_back(info);
   return headers;
-}
-
-Expected<Slice> ReadGeometry(DcmDataset& ds, const std::string& path) {
-  Slice slice;
-  slice.path = path;
-  MEWM_TRY(const auto iop, Numbers(ds, DCM_ImageOrientationPatient, 6,
-                                   "ImageOrientationPatient (0020,0037)", path));
-  MEWM_TRY(const auto ipp,
-           Numbers(ds, DCM_ImagePositionPatient, 3, "ImagePositionPatient (0020,0032)", path));
-  MEWM_TRY(const auto spacing, Numbers(ds, DCM_PixelSpacing, 2, "PixelSpacing (0028,0030)", path));
-  slice.row = {iop[0], iop[1], iop[2]};
-  slice.column = {iop[3], iop[4], iop[5]};
-  slice.position = {ipp[0], ipp[1], ipp[2]};
-  slice.row_spacing = spacing[0];
-  slice.column_spacing = spacing[1];
-  Uint16 rows = 0, columns = 0;
-  if (ds.findAndGetUint16(DCM_Rows, rows).bad() ||
-      ds.findAndGetUint16(DCM_Columns, columns).bad() || rows == 0 || columns == 0) {
-    return MakeError(ErrorCode::kCorruptData, "'" + path + "': no Rows/Columns");
-  }
-  slice.rows = rows;
-  slice.columns = columns;
-  if (!(spacing[0] > 0) || !(spacing[1] > 0)) {
-    return MakeError(ErrorCode::kCorruptData, "'" + path + "': PixelSpacing must be positive");
-  }
-  return slice;
 }
 
 std::string Mm(double value) {
@@ -298,12 +300,8 @@ Expected<ImportResult> ImportSeries(const std::string& folder, const ImportOptio
   std::vector<Slice> slices;
   for (const FileHeader& h : headers) {
     if (h.series_uid != chosen->series_uid) continue;
-    DcmFileFormat file;
-    if (OFCondition c = file.loadFile(h.path.c_str(), EXS_Unknown, EGL_noChange, 4096); c.bad()) {
-      return MakeError(ErrorCode::kIo, "'" + h.path + "': " + c.text());
-    }
-    MEWM_TRY(Slice slice, ReadGeometry(*file.getDataset(), h.path));
-    slices.push_back(std::move(slice));
+    if (!h.geometry) return h.geometry.error();
+    slices.push_back(*h.geometry);
   }
   const Slice& first = slices.front();
   // One orientation, rows, columns and pixel spacing for all.
