@@ -7,6 +7,8 @@
 #include <cstring>
 #include <sstream>
 
+#include "mewm/core/version.h"
+
 namespace mewm::streaming {
 namespace {
 
@@ -119,7 +121,7 @@ std::string RenderPrometheus(const Health& health, const StageMetrics& stages,
   return out.str();
 }
 
-const char* BuildVersion() { return MEWM_BUILD_VERSION; }
+const char* BuildVersion() { return Version(); }
 const char* BuildGitHash() { return MEWM_BUILD_GIT_HASH; }
 
 }  // namespace mewm::streaming
