@@ -359,6 +359,7 @@ struct Server::Impl {
   const Clock::time_point started = Clock::now();
 
   std::atomic<bool> stop{false};
+  std::atomic<bool> serving{false};  ///< Serve() answers requests (recovery and start-up are done)
   std::atomic<std::uint64_t> published{0}, dropped{0}, bad_requests{0}, rejected{0},
       auth_failures{0}, bytes_published{0};
   /// Control requests answered, by kind and reply code ("ok" or the error's name).
@@ -1117,14 +1118,17 @@ struct Server::Impl {
       {
         auto t = table.Lock();
         const bool room = int(t->queue.size()) < options.queue_capacity;
-        ready = t->accepting && room;
+        const bool started = serving.load();
+        ready = started && t->accepting && room;
         body = {{"ready", ready},
                 {"accepting", t->accepting},
                 {"queue_depth", t->queue.size()},
                 {"queue_capacity", options.queue_capacity},
                 {"active_run", t->active ? t->active->id : ""},
                 {"models_loaded", t->models_loaded}};
-        if (!t->accepting) {
+        if (!started) {
+          body["reason"] = "starting: the control socket is not served yet";
+        } else if (!t->accepting) {
           body["reason"] = "shutting down";
         } else if (!room) {
           body["reason"] = "the run queue is full";
@@ -1330,6 +1334,7 @@ Status Server::Serve() {
   bool shutting_down = false;
   int cancelled_runs = 0;
   const auto heartbeat_ns = std::int64_t(m.options.heartbeat_ms) * 1000000;
+  m.serving = true;
   for (;;) {
     const bool idle_exit = [&] {
       if (!m.options.exit_when_idle) return false;
@@ -1382,6 +1387,7 @@ Status Server::Serve() {
       m.PublishServer(beat);
     }
   }
+  m.serving = false;
   if (m.worker.joinable()) m.worker.join();
   m.Flush();
   m.PublishServer(ServerClosing{m.stop.load() ? "shutdown" : "idle", cancelled_runs});

@@ -1633,8 +1633,19 @@ TEST_F(HttpTest, StreamsOverTheLimitGet503AndHealthSaysWhenTheQueueIsFull) {
   ServerOptions options = HttpOptions();
   options.max_event_streams = 2;
   options.queue_capacity = 1;
+  {
+    // Created but not serving yet (Serve() not called): live, not ready.
+    auto created = Server::Create(options, Scripted({}));
+    ASSERT_TRUE(created);
+    const int http = (*created)->metrics_port();
+    EXPECT_EQ(HttpGet(http, "/v2/health/live").first, 200);
+    const auto [status, body] = HttpGet(http, "/v2/health/ready");
+    EXPECT_EQ(status, 503);
+    EXPECT_NE(body.find("starting"), std::string::npos) << body;
+  }
   StartServer(options, Scripted(PausedAt(3, gate)));
   auto client = NewClient();
+  ASSERT_TRUE(client->GetHealth());  // a reply: Serve() runs
   EXPECT_EQ(HttpGet(port(), "/v2/health/live").first, 200);
   EXPECT_EQ(HttpGet(port(), "/v2/health/ready").first, 200);
   const std::string id = SubmitOk(*client);
