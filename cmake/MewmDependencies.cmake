@@ -41,3 +41,6 @@ if(MEWM_WITH_CUDA)
   enable_language(CUDA)
 endif()
 find_package(Torch REQUIRED)
+
+# DICOM in (core/dicom/): DCMTK (libdcmtk-dev), whose Debian CMake config works as shipped.
+find_package(DCMTK CONFIG REQUIRED)

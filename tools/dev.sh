@@ -32,6 +32,8 @@ PACKAGES=(
   libopenvdb-dev libopenvdb-tools libboost-iostreams-dev libtbb-dev
   libzmq3-dev cppzmq-dev capnproto libcapnp-dev
   libeigen3-dev libnifti2-dev zlib1g-dev libpng-dev
+  libdcmtk-dev  # mewm import dicom
+  python3-pydicom python3-nibabel  # the DICOM import test: series by pydicom, checked by nibabel
   libssl-dev libcpp-httplib-dev
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev

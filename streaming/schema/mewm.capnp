@@ -17,7 +17,8 @@ const schemaVersion :UInt16 = 1;
 # --- Events (PUB socket, and inside snapshot replies) ---------------------------------------------
 
 struct PlanScore {
-  items @0 :List(Text);   # canonical plan items, e.g. ["Lipiodol", "Epirubicin"]; empty = no treatment
+  plan @0 :List(Text);    # canonical plan items, e.g. ["Lipiodol", "Epirubicin"]; empty = no treatment
+                          # (named `items` before; same ordinal, so the wire is unchanged)
   riskMean @1 :Float64;
   riskStd @2 :Float64;
 }

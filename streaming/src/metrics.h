@@ -2,16 +2,14 @@
 // SPDX-FileCopyrightText: the mewm authors
 //
 // Latency histograms per pipeline stage and the server's counters, rendered in the Prometheus
-// text format and served over HTTP (a small poll(2) endpoint, bounded in connections and time)
-// when asked for.
+// text format (served on the HTTP port, http_server.h).
 #pragma once
 
 #include <array>
 #include <atomic>
 #include <cstdint>
-#include <functional>
-#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mewm/core/expected.h"
@@ -47,22 +45,24 @@ struct StageMetrics {
   std::vector<StageStats> Stats() const;
 };
 
-/// Prometheus text exposition of a health snapshot plus the stage histograms.
-std::string RenderPrometheus(const Health& health, const StageMetrics& stages);
-
-/// Serves GET /metrics on a background thread.
-class MetricsServer {
- public:
-  /// port 0 picks a free port. kIo when it cannot bind.
-  static Expected<std::unique_ptr<MetricsServer>> Start(const std::string& address, int port,
-                                                        std::function<std::string()> render);
-  ~MetricsServer();
-  int port() const;
-
- private:
-  struct Impl;
-  explicit MetricsServer(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
+/// One sample of a labelled metric.
+struct Sample {
+  std::vector<std::pair<std::string, std::string>> labels;
+  double value = 0.0;
 };
+/// A metric family beyond the health snapshot's: name, type (counter or gauge), help, samples.
+struct MetricFamily {
+  std::string name, type, help;
+  std::vector<Sample> samples;
+};
+
+/// Prometheus text exposition of a health snapshot, the stage histograms, and more families.
+std::string RenderPrometheus(const Health& health, const StageMetrics& stages,
+                             const std::vector<MetricFamily>& more = {});
+
+/// The build's version and git hash (from CMake at configure time; "unknown" outside a git
+/// checkout), for mewm_build_info.
+const char* BuildVersion();
+const char* BuildGitHash();
 
 }  // namespace mewm::streaming

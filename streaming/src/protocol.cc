@@ -56,12 +56,12 @@ std::vector<std::string> Texts(capnp::List<capnp::Text>::Reader list) {
 }
 
 void SetScore(w::PlanScore::Builder b, const scenarios::PlanScoreView& s) {
-  SetTexts(b.initItems(unsigned(s.plan.size())), s.plan);
+  SetTexts(b.initPlan(unsigned(s.plan.size())), s.plan);
   b.setRiskMean(s.risk_mean);
   b.setRiskStd(s.risk_std);
 }
 scenarios::PlanScoreView Score(w::PlanScore::Reader r) {
-  return {Texts(r.getItems()), r.getRiskMean(), r.getRiskStd()};
+  return {Texts(r.getPlan()), r.getRiskMean(), r.getRiskStd()};
 }
 
 std::string Serialize(capnp::MessageBuilder& message) {

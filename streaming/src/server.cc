@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -17,12 +18,14 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <set>
 #include <thread>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
+#include "http_server.h"
 #include "metrics.h"
 #include "mewm/core/batch_queue.h"
 #include "mewm/core/file_util.h"
@@ -223,6 +226,11 @@ Expected<std::set<std::string>> ReadAllowlist(const std::string& path) {
   return keys;
 }
 
+/// Whether an address names this machine only (127.0.0.0/8, ::1, localhost).
+bool IsLoopback(const std::string& address) {
+  return address == "localhost" || address == "::1" || address.rfind("127.", 0) == 0;
+}
+
 std::string BoundEndpoint(zmq::socket_t& socket) { return socket.get(zmq::sockopt::last_endpoint); }
 
 /// `size` bytes of a file from `offset`.
@@ -243,6 +251,90 @@ Expected<std::string> ReadRange(const std::string& path, std::uint64_t offset, s
   return bytes;
 }
 
+/// A run's events as Server-Sent Events, read from its durable log (the same index and file as
+/// the snapshots of the ZeroMQ late join): `id: <seq>` and `data: <the events.jsonl line>`, from
+/// the event after `after`, until the run's terminal event.
+class RunEventStream final : public StreamSource {
+ public:
+  RunEventStream(std::shared_ptr<RunRecord> run, std::uint64_t after)
+      : run_(std::move(run)), after_(after) {}
+
+  bool Pull(std::string* out, std::size_t budget, std::uint64_t* events) override {
+    std::uint64_t from = 0, to = 0, first = 0, lines = 0;
+    bool ended = false;
+    {
+      std::lock_guard<std::mutex> lock(run_->mutex);
+      const std::uint64_t count = run_->offsets.size();
+      const std::uint64_t begin = after_ < run_->first_seq ? 0 : after_ + 1 - run_->first_seq;
+      std::uint64_t end = begin;
+      if (begin < count) {
+        from = run_->offsets[begin];
+        end = begin + 1;  // at least one line, then as many as fit the budget
+        while (end < count && run_->offsets[end] - from < budget) ++end;
+        to = end < count ? run_->offsets[end] : run_->log_size;
+        first = run_->first_seq + begin;
+        lines = end - begin;
+      }
+      ended = IsEnded(run_->state) && end >= count;
+    }
+    if (lines == 0) return !ended;
+    auto page = ReadRange(run_->log_path(), from, to - from);
+    if (!page) {
+      LogWarn("event stream of " + run_->id + ": " + page.error().message);
+      return false;  // the client reconnects with Last-Event-ID
+    }
+    std::uint64_t seq = first;
+    for (std::size_t start = 0, end = page->find('\n'); end != std::string::npos;
+         start = end + 1, end = page->find('\n', start), ++seq) {
+      *out += "id: " + std::to_string(seq) + "\ndata: ";
+      out->append(*page, start, end - start);
+      *out += "\n\n";
+      ++*events;
+      after_ = seq;
+    }
+    return !ended;
+  }
+
+ private:
+  std::shared_ptr<RunRecord> run_;
+  std::uint64_t after_;
+};
+
+nlohmann::json StatusJson(const RunStatus& s) {
+  return {{"run_id", s.run_id},
+          {"scenario", s.scenario},
+          {"state", ToString(s.state)},
+          {"last_seq", s.last_seq},
+          {"patients_total", s.patients_total},
+          {"patients_done", s.patients_done},
+          {"patients_failed", s.patients_failed},
+          {"output_dir", s.output_dir},
+          {"error", s.error},
+          {"trace_id", s.trace_id}};
+}
+
+std::string ErrorJson(const std::string& message) {
+  return nlohmann::json{{"error", message}}.dump();
+}
+
+/// The seq a client resumes after: Last-Event-ID (the header EventSource sends on reconnect), else
+/// the `last_event_id` query parameter, else 0 (from the first event). nullopt when malformed.
+std::optional<std::uint64_t> ResumeAfter(const HttpRequest& request) {
+  std::string raw;
+  if (const std::string* header = request.Header("last-event-id")) {
+    raw = *header;
+  } else if (auto query = request.Query("last_event_id")) {
+    raw = *query;
+  }
+  if (raw.empty()) return 0;
+  std::uint64_t value = 0;
+  const auto [end, ec] = std::from_chars(raw.data(), raw.data() + raw.size(), value);
+  if (ec != std::errc() || end != raw.data() + raw.size() || raw[0] == '+' || raw[0] == '-') {
+    return std::nullopt;
+  }
+  return value;
+}
+
 }  // namespace
 
 Expected<scenarios::RunSummary> RunWithRunner(const scenarios::ScenarioSpec& spec,
@@ -261,13 +353,17 @@ struct Server::Impl {
   std::set<std::string> allowlist;
   std::thread zap_thread, worker;
   std::atomic<bool> zap_stop{false};
-  std::unique_ptr<MetricsServer> metrics;
+  std::unique_ptr<HttpServer> http;
+  HttpCounters http_counters;
   StageMetrics stages;
   const Clock::time_point started = Clock::now();
 
   std::atomic<bool> stop{false};
+  std::atomic<bool> serving{false};  ///< Serve() answers requests (recovery and start-up are done)
   std::atomic<std::uint64_t> published{0}, dropped{0}, bad_requests{0}, rejected{0},
-      auth_failures{0};
+      auth_failures{0}, bytes_published{0};
+  /// Control requests answered, by kind and reply code ("ok" or the error's name).
+  MutexGuarded<std::map<std::pair<std::string, std::string>, std::uint64_t>> requests;
   std::atomic<std::int64_t> last_publish_ns{SteadyNs()};
   /// The event PUB socket and the server's own event sequence: one sender at a time.
   struct Publisher {
@@ -307,7 +403,7 @@ struct Server::Impl {
     if (worker.joinable()) worker.join();
     log_queue.Stop();
     if (log_thread.joinable()) log_thread.join();
-    metrics.reset();
+    http.reset();
     control.close();
     pub.Lock()->socket.close();
     zap_stop = true;
@@ -326,6 +422,7 @@ struct Server::Impl {
   void PublishLocked(Publisher& publisher, const std::string& topic, const std::string& envelope,
                      std::string* volume) {
     zmq::socket_t& events = publisher.socket;
+    const std::size_t volume_bytes = volume ? volume->size() : 0;
     const auto more = zmq::send_flags::sndmore | zmq::send_flags::dontwait;
     if (!events.send(zmq::buffer(topic), more)) {
       // A subscriber is at its high-water mark (XPUB_NODROP refuses the send to tell us). Count
@@ -349,6 +446,8 @@ struct Server::Impl {
       (void)events.send(frame, zmq::send_flags::dontwait);
     }
     published.fetch_add(1, std::memory_order_relaxed);
+    bytes_published.fetch_add(topic.size() + envelope.size() + (volume ? volume_bytes : 0),
+                              std::memory_order_relaxed);
     last_publish_ns.store(SteadyNs(), std::memory_order_relaxed);
   }
 
@@ -420,6 +519,7 @@ struct Server::Impl {
         WriteThenPublish(batch, begin, end);
         begin = end;
       }
+      if (http) http->Notify();  // event streams read the new lines
       log_queue.Done(batch.size());
     }
   }
@@ -861,7 +961,16 @@ struct Server::Impl {
     return h;
   }
 
+  /// Dispatch() counted by request kind and reply code (mewm_requests_total).
   Reply Handle(std::string_view bytes) {
+    const char* kind = "undecodable";
+    Reply reply = Dispatch(bytes, &kind);
+    const auto* error = std::get_if<ErrorReply>(&reply.body);
+    ++(*requests.Lock())[{kind, error ? ToString(error->code) : "ok"}];
+    return reply;
+  }
+
+  Reply Dispatch(std::string_view bytes, const char** kind) {
     if (bytes.size() > options.max_request_bytes) {
       bad_requests.fetch_add(1, std::memory_order_relaxed);
       return Fail("", ReplyError::kTooLarge,
@@ -877,6 +986,10 @@ struct Server::Impl {
                   request.error().message);
     }
     const std::string& rid = request->request_id;
+    static constexpr const char* kKinds[] = {"submit",   "cancel", "status",
+                                             "snapshot", "list",   "health"};
+    static_assert(std::variant_size_v<decltype(request->body)> == std::size(kKinds));
+    *kind = kKinds[request->body.index()];
     if (const auto* x = std::get_if<SubmitRequest>(&request->body))
       return HandleSubmit(*request, *x);
     if (const auto* x = std::get_if<CancelRequest>(&request->body))
@@ -896,6 +1009,167 @@ struct Server::Impl {
       return Reply{rid, std::move(list)};
     }
     return Reply{rid, MakeHealth()};
+  }
+
+  // --- HTTP: metrics, health, run status and event streams (docs/PROTOCOL.md "HTTP") ----------
+
+  /// The families beyond Health's for /metrics.
+  std::vector<MetricFamily> MoreMetrics() const {
+    std::vector<MetricFamily> more;
+    const auto counter = [&](const char* name, const char* help, double value) {
+      more.push_back({name, "counter", help, {{{}, value}}});
+    };
+    more.push_back({"mewm_build_info",
+                    "gauge",
+                    "The build: version and git hash (1).",
+                    {{{{"version", BuildVersion()}, {"git_hash", BuildGitHash()}}, 1.0}}});
+    MetricFamily runs{"mewm_runs", "gauge", "Runs the server knows, by state.", {}};
+    {
+      std::map<std::string, int> by_state;
+      for (RunState state : {RunState::kQueued, RunState::kRunning, RunState::kFinished,
+                             RunState::kFailed, RunState::kCancelled}) {
+        by_state[ToString(state)] = 0;
+      }
+      auto t = table.Lock();
+      for (const auto& run : t->run_order) {
+        std::lock_guard<std::mutex> lock(run->mutex);
+        ++by_state[ToString(run->state)];
+      }
+      for (const auto& [state, n] : by_state)
+        runs.samples.push_back({{{"state", state}}, double(n)});
+    }
+    more.push_back(std::move(runs));
+    MetricFamily control_requests{
+        "mewm_requests_total", "counter", "Control requests answered, by kind and reply code.", {}};
+    for (const auto& [key, n] : *requests.Lock()) {
+      control_requests.samples.push_back({{{"kind", key.first}, {"code", key.second}}, double(n)});
+    }
+    more.push_back(std::move(control_requests));
+    counter("mewm_bytes_published_total", "Bytes sent on the PUB socket (every frame).",
+            double(bytes_published.load()));
+    MetricFamily http_requests{"mewm_http_requests_total",
+                               "counter",
+                               "HTTP requests answered, by route and status code.",
+                               {}};
+    for (const auto& [key, n] : http_counters.Requests()) {
+      http_requests.samples.push_back(
+          {{{"route", key.first}, {"code", std::to_string(key.second)}}, double(n)});
+    }
+    more.push_back(std::move(http_requests));
+    more.push_back({"mewm_sse_streams",
+                    "gauge",
+                    "Event streams (SSE) open now.",
+                    {{{}, double(http_counters.streams_open.load())}}});
+    counter("mewm_sse_events_sent_total", "Events written to event streams (SSE).",
+            double(http_counters.sse_events.load()));
+    counter("mewm_sse_bytes_sent_total", "Bytes sent on event streams (SSE).",
+            double(http_counters.sse_bytes.load()));
+    counter("mewm_sse_dropped_total",
+            "Event streams closed because the client took nothing for the stall timeout.",
+            double(http_counters.streams_dropped.load()));
+    counter("mewm_sse_rejected_total", "Event streams refused (503) at the stream limit.",
+            double(http_counters.streams_rejected.load()));
+    counter("mewm_http_auth_failures_total",
+            "HTTP requests refused (401) for a missing or wrong "
+            "bearer token.",
+            double(http_counters.auth_failures.load()));
+    return more;
+  }
+
+  HttpResponse HandleHttp(const HttpRequest& request) {
+    static const std::string kRuns = "/v1/runs", kRunsPrefix = "/v1/runs/", kEvents = "/events";
+    const std::string& path = request.path;
+    std::string route = "other", run_id;
+    bool events = false;
+    if (path == "/metrics" || path == "/v2/health/live" || path == "/v2/health/ready" ||
+        path == kRuns) {
+      route = path;
+    } else if (path.compare(0, kRunsPrefix.size(), kRunsPrefix) == 0) {
+      run_id = path.substr(kRunsPrefix.size());
+      if (run_id.size() > kEvents.size() &&
+          run_id.compare(run_id.size() - kEvents.size(), kEvents.size(), kEvents) == 0) {
+        run_id.resize(run_id.size() - kEvents.size());
+        events = true;
+      }
+      if (!run_id.empty() && run_id.find('/') == std::string::npos) {
+        route = events ? "/v1/runs/{id}/events" : "/v1/runs/{id}";
+      }
+    }
+    if (route == "other") {
+      return JsonResponse(404, ErrorJson("no such endpoint: " + path), route);
+    }
+    if (request.method != "GET") {
+      HttpResponse response =
+          JsonResponse(405, ErrorJson(request.method + " is not allowed here; use GET"), route);
+      response.headers.emplace_back("Allow", "GET");
+      return response;
+    }
+    if (route == "/metrics") {
+      HttpResponse response;
+      response.content_type = "text/plain; version=0.0.4; charset=utf-8";
+      response.body = RenderPrometheus(MakeHealth(), stages, MoreMetrics());
+      response.route = route;
+      return response;
+    }
+    if (route == "/v2/health/live") return JsonResponse(200, R"({"live":true})", route);
+    if (route == "/v2/health/ready") {
+      nlohmann::json body;
+      bool ready;
+      {
+        auto t = table.Lock();
+        const bool room = int(t->queue.size()) < options.queue_capacity;
+        const bool started = serving.load();
+        ready = started && t->accepting && room;
+        body = {{"ready", ready},
+                {"accepting", t->accepting},
+                {"queue_depth", t->queue.size()},
+                {"queue_capacity", options.queue_capacity},
+                {"active_run", t->active ? t->active->id : ""},
+                {"models_loaded", t->models_loaded}};
+        if (!started) {
+          body["reason"] = "starting: the control socket is not served yet";
+        } else if (!t->accepting) {
+          body["reason"] = "shutting down";
+        } else if (!room) {
+          body["reason"] = "the run queue is full";
+        }
+      }
+      return JsonResponse(ready ? 200 : 503, body.dump(), route);
+    }
+    if (route == kRuns) {
+      nlohmann::json runs = nlohmann::json::array();
+      {
+        auto t = table.Lock();
+        for (const auto& run : t->run_order) runs.push_back(StatusJson(run->GetStatus()));
+      }
+      return JsonResponse(200, nlohmann::json{{"runs", std::move(runs)}}.dump(), route);
+    }
+    auto run = Find(run_id);
+    if (!run) return JsonResponse(404, ErrorJson("no run '" + run_id + "'"), route);
+    const RunStatus status = run->GetStatus();
+    if (!events) return JsonResponse(200, StatusJson(status).dump(), route);
+    const auto after = ResumeAfter(request);
+    if (!after) {
+      return JsonResponse(
+          400, ErrorJson("Last-Event-ID (or last_event_id) must be a decimal event seq"), route);
+    }
+    if (*after > status.last_seq) {
+      return JsonResponse(
+          400,
+          ErrorJson("Last-Event-ID " + std::to_string(*after) + " is beyond the run's last event " +
+                    std::to_string(status.last_seq)),
+          route);
+    }
+    if (IsEnded(status.state) && *after == status.last_seq) {
+      HttpResponse done;  // the run ended and nothing follows: EventSource stops reconnecting
+      done.status = 204;
+      done.route = route;
+      return done;
+    }
+    HttpResponse response;
+    response.stream = std::make_unique<RunEventStream>(run, *after);
+    response.route = route;
+    return response;
   }
 
   /// Answers every request waiting on the control socket.
@@ -988,10 +1262,11 @@ Expected<std::unique_ptr<Server>> Server::Create(const ServerOptions& options, R
     return MakeError(ErrorCode::kInvalidArgument, "admission limits must be >= 0 (0 = none)");
   }
   if (options.queue_capacity < 1 || options.send_hwm < 0 || options.heartbeat_ms < 1 ||
-      options.snapshot_page < 1) {
+      options.snapshot_page < 1 || options.max_event_streams < 1 || options.stream_stall_ms < 1 ||
+      options.stream_keepalive_ms < 1) {
     return MakeError(ErrorCode::kInvalidArgument,
-                     "queue capacity, heartbeat and snapshot page must be >= 1, the high-water "
-                     "mark >= 0");
+                     "queue capacity, heartbeat, snapshot page and the event-stream limits must "
+                     "be >= 1, the high-water mark >= 0");
   }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
@@ -1024,11 +1299,22 @@ Expected<std::unique_ptr<Server>> Server::Create(const ServerOptions& options, R
                                          "): " + e.what());
   }
   if (options.metrics_port >= 0) {
+    HttpLimits limits;
+    if (!options.http_token_file.empty()) {
+      MEWM_TRY(limits.token, ReadTokenFile(options.http_token_file));
+    } else if (!IsLoopback(options.metrics_address)) {
+      LogWarn("the HTTP port listens on " + options.metrics_address +
+              " without a bearer token (--http-token-file): anyone who reaches it can read every "
+              "run's events");
+    }
+    limits.max_streams = std::size_t(options.max_event_streams);
+    limits.stall_timeout = std::chrono::milliseconds(options.stream_stall_ms);
+    limits.keepalive = std::chrono::milliseconds(options.stream_keepalive_ms);
     Impl* raw = impl.get();
-    MEWM_TRY(impl->metrics,
-             MetricsServer::Start(options.metrics_address, options.metrics_port, [raw] {
-               return RenderPrometheus(raw->MakeHealth(), raw->stages);
-             }));
+    MEWM_TRY(impl->http,
+             HttpServer::Start(
+                 options.metrics_address, options.metrics_port, std::move(limits),
+                 [raw](const HttpRequest& r) { return raw->HandleHttp(r); }, &impl->http_counters));
   }
   Impl* raw = impl.get();
   impl->log_thread = std::thread([raw] {
@@ -1048,6 +1334,7 @@ Status Server::Serve() {
   bool shutting_down = false;
   int cancelled_runs = 0;
   const auto heartbeat_ns = std::int64_t(m.options.heartbeat_ms) * 1000000;
+  m.serving = true;
   for (;;) {
     const bool idle_exit = [&] {
       if (!m.options.exit_when_idle) return false;
@@ -1100,6 +1387,7 @@ Status Server::Serve() {
       m.PublishServer(beat);
     }
   }
+  m.serving = false;
   if (m.worker.joinable()) m.worker.join();
   m.Flush();
   m.PublishServer(ServerClosing{m.stop.load() ? "shutdown" : "idle", cancelled_runs});
@@ -1142,7 +1430,7 @@ Expected<std::string> Server::SubmitLocal(const scenarios::ScenarioSpec& spec,
 
 const std::string& Server::control_endpoint() const { return impl_->control_ep; }
 const std::string& Server::event_endpoint() const { return impl_->event_ep; }
-int Server::metrics_port() const { return impl_->metrics ? impl_->metrics->port() : -1; }
+int Server::metrics_port() const { return impl_->http ? impl_->http->port() : -1; }
 const std::string& Server::public_key() const { return impl_->public_key; }
 Health Server::health() const { return impl_->MakeHealth(); }
 std::string Server::HandleRequestForTest(std::string_view request) {

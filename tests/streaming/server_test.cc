@@ -21,7 +21,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <random>
+#include <set>
+#include <sstream>
 #include <thread>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
@@ -1207,6 +1211,540 @@ TEST_F(SlowCohortTest, ShutdownStopsCohortGenerationWithinTwoSeconds) {
   EXPECT_TRUE(served_);
   server_.reset();
   ExpectNoHalfWrittenCohort();
+}
+
+// --- the HTTP port: run status, event streams (SSE), health, token, hostile requests ----------
+
+/// A raw HTTP/1.1 client on a blocking socket with a receive timeout (no library between the
+/// test and the bytes): Server-Sent Events parsed as they arrive.
+class HttpPeer {
+ public:
+  struct Sse {
+    std::uint64_t id = 0;
+    std::string data;
+  };
+
+  explicit HttpPeer(int port, int rcvbuf = 0) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (rcvbuf > 0) ::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+    timeval timeout{10, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(std::uint16_t(port));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
+  }
+  ~HttpPeer() { Close(); }
+  void Close() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+  bool connected() const { return connected_; }
+  void ShutdownWrite() { ::shutdown(fd_, SHUT_WR); }
+
+  bool Send(const std::string& bytes) {
+    return ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) == ssize_t(bytes.size());
+  }
+  bool Get(const std::string& target, const std::string& headers = "") {
+    return Send("GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\n" + headers + "\r\n");
+  }
+
+  /// Reads the status line and headers; the status code, or -1.
+  int Status() {
+    while (head_.empty()) {
+      const std::size_t end = buffer_.find("\r\n\r\n");
+      if (end != std::string::npos) {
+        head_ = buffer_.substr(0, end + 2);
+        buffer_.erase(0, end + 4);
+        break;
+      }
+      if (!Fill()) return -1;
+    }
+    return head_.size() > 12 ? std::atoi(head_.c_str() + 9) : -1;
+  }
+  const std::string& head() const { return head_; }
+
+  /// The rest of the response until the server closes (bounded by the receive timeout).
+  std::string Body() {
+    while (Fill()) {
+    }
+    return std::move(buffer_);
+  }
+  bool closed() const { return closed_; }
+
+  /// Reads SSE messages until `count` more arrived or the stream ended; false on a timeout.
+  bool Read(std::size_t count, std::vector<Sse>* out) {
+    std::size_t got = 0;
+    while (got < count) {
+      const std::size_t end = buffer_.find("\n\n");
+      if (end == std::string::npos) {
+        if (!Fill()) return closed_;
+        continue;
+      }
+      const std::string block = buffer_.substr(0, end + 1);
+      buffer_.erase(0, end + 2);
+      Sse event;
+      bool has_data = false;
+      for (std::size_t start = 0, stop = block.find('\n'); stop != std::string::npos;
+           start = stop + 1, stop = block.find('\n', start)) {
+        const std::string line = block.substr(start, stop - start);
+        if (line.rfind("id: ", 0) == 0) event.id = std::stoull(line.substr(4));
+        if (line.rfind("data: ", 0) == 0) {
+          event.data = line.substr(6);
+          has_data = true;
+        }
+      }
+      if (has_data) {
+        out->push_back(std::move(event));
+        ++got;
+      }
+    }
+    return true;
+  }
+
+ private:
+  bool Fill() {
+    if (closed_) return false;
+    char chunk[65536];
+    const ssize_t n = ::recv(fd_, chunk, sizeof(chunk), 0);
+    if (n <= 0) {
+      closed_ = n == 0 || errno == ECONNRESET;
+      return false;
+    }
+    buffer_.append(chunk, std::size_t(n));
+    return true;
+  }
+
+  int fd_ = -1;
+  bool connected_ = false, closed_ = false;
+  std::string buffer_, head_;
+};
+
+std::vector<std::string> LogLines(const std::string& path) {
+  std::vector<std::string> lines;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+std::vector<std::string> Data(const std::vector<HttpPeer::Sse>& events) {
+  std::vector<std::string> out;
+  for (const auto& e : events) out.push_back(e.data);
+  return out;
+}
+
+/// One GET on a fresh connection: status and body.
+std::pair<int, std::string> HttpGet(int port, const std::string& target,
+                                    const std::string& headers = "") {
+  HttpPeer peer(port);
+  EXPECT_TRUE(peer.connected());
+  EXPECT_TRUE(peer.Get(target, headers));
+  const int status = peer.Status();
+  return {status, peer.Body()};
+}
+
+std::string MetricsText(int port, const std::string& headers = "") {
+  auto [status, body] = HttpGet(port, "/metrics", headers);
+  EXPECT_EQ(status, 200);
+  return body;
+}
+
+class HttpTest : public ServerTest {
+ protected:
+  ServerOptions HttpOptions() const {
+    ServerOptions options = Options();
+    options.metrics_port = 0;
+    return options;
+  }
+  int port() const { return server_->metrics_port(); }
+  std::string LogPath(const std::string& id) {
+    auto status = NewClient()->GetStatus(id);
+    EXPECT_TRUE(status);
+    return status ? status->output_dir + "/events.jsonl" : "";
+  }
+};
+
+TEST_F(HttpTest, LateJoinStreamEndsWithExactlyTheRunsEventLog) {
+  StartServer(HttpOptions(), Scripted({}));
+  auto client = NewClient();
+  const std::string id = SubmitOk(*client);
+  WatchToEnd(*client, id);
+  HttpPeer peer(port());
+  ASSERT_TRUE(peer.Get("/v1/runs/" + id + "/events"));
+  ASSERT_EQ(peer.Status(), 200);
+  EXPECT_NE(peer.head().find("Content-Type: text/event-stream"), std::string::npos);
+  std::vector<HttpPeer::Sse> events;
+  ASSERT_TRUE(peer.Read(SIZE_MAX, &events));
+  EXPECT_TRUE(peer.closed());  // the stream ends with the run
+  const std::vector<std::string> log = LogLines(LogPath(id));
+  // accepted, started, 2 x (started, 5 candidates, decided, finished), finished
+  ASSERT_EQ(log.size(), 19u);
+  EXPECT_EQ(Data(events), log);
+  for (std::size_t i = 0; i < events.size(); ++i) EXPECT_EQ(events[i].id, i + 1);
+  // Status as JSON: the list and the run.
+  auto [list_status, list] = HttpGet(port(), "/v1/runs");
+  EXPECT_EQ(list_status, 200);
+  const auto runs = nlohmann::json::parse(list).at("runs");
+  ASSERT_EQ(runs.size(), 1u);
+  EXPECT_EQ(runs[0].at("run_id"), id);
+  auto [run_status, run] = HttpGet(port(), "/v1/runs/" + id);
+  EXPECT_EQ(run_status, 200);
+  const auto json = nlohmann::json::parse(run);
+  EXPECT_EQ(json.at("state"), "finished");
+  EXPECT_EQ(json.at("last_seq"), 19);
+  EXPECT_EQ(json.at("patients_done"), 2);
+}
+
+TEST_F(HttpTest, ResumeWithLastEventIdHasNoGapAndNoDuplicate) {
+  auto gate = std::make_shared<Gate>();
+  Script script = PausedAt(30, gate);
+  script.candidates = 20;
+  StartServer(HttpOptions(), Scripted(script));
+  auto client = NewClient();
+  const std::string id = SubmitOk(*client);
+  ASSERT_TRUE(gate->WaitReached());  // 30 events emitted (29 + run_accepted on disk at most)
+  std::vector<HttpPeer::Sse> got;
+  {
+    HttpPeer first(port());
+    ASSERT_TRUE(first.Get("/v1/runs/" + id + "/events"));
+    ASSERT_EQ(first.Status(), 200);
+    ASSERT_TRUE(first.Read(12, &got));
+  }  // disconnects mid-stream
+  ASSERT_EQ(got.size(), 12u);
+  {
+    // The header, as EventSource sends it on reconnect; a live run: it stays open across the gate.
+    HttpPeer second(port());
+    ASSERT_TRUE(second.Get("/v1/runs/" + id + "/events",
+                           "Last-Event-ID: " + std::to_string(got.back().id) + "\r\n"));
+    ASSERT_EQ(second.Status(), 200);
+    ASSERT_TRUE(second.Read(8, &got));
+  }
+  ASSERT_EQ(got.size(), 20u);
+  gate->Release();
+  WatchToEnd(*client, id);
+  // The query parameter (for clients that cannot set headers), to the end of the run; the header
+  // wins over it when both are given.
+  HttpPeer third(port());
+  ASSERT_TRUE(third.Get("/v1/runs/" + id + "/events?last_event_id=3",
+                        "Last-Event-ID: " + std::to_string(got.back().id) + "\r\n"));
+  ASSERT_EQ(third.Status(), 200);
+  ASSERT_TRUE(third.Read(SIZE_MAX, &got));
+  EXPECT_TRUE(third.closed());
+  EXPECT_EQ(Data(got), LogLines(LogPath(id)));
+  for (std::size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i].id, i + 1);
+  HttpPeer query(port());
+  ASSERT_TRUE(query.Get("/v1/runs/" + id + "/events?last_event_id=40"));
+  ASSERT_EQ(query.Status(), 200);
+  std::vector<HttpPeer::Sse> tail;
+  ASSERT_TRUE(query.Read(SIZE_MAX, &tail));
+  ASSERT_FALSE(tail.empty());
+  EXPECT_EQ(tail.front().id, 41u);
+  EXPECT_EQ(tail.back().id, got.back().id);
+  // Resuming at the last event of an ended run: 204, nothing follows (EventSource stops).
+  auto [done, body] = HttpGet(port(), "/v1/runs/" + id + "/events",
+                              "Last-Event-ID: " + std::to_string(got.back().id) + "\r\n");
+  EXPECT_EQ(done, 204);
+  EXPECT_TRUE(body.empty());
+}
+
+TEST_F(HttpTest, LiveStreamFollowsARunFromItsStart) {
+  auto gate = std::make_shared<Gate>();
+  StartServer(HttpOptions(), Scripted(PausedAt(3, gate)));
+  auto client = NewClient();
+  const std::string id = SubmitOk(*client);
+  ASSERT_TRUE(gate->WaitReached());
+  HttpPeer peer(port());
+  ASSERT_TRUE(peer.Get("/v1/runs/" + id + "/events"));
+  ASSERT_EQ(peer.Status(), 200);
+  std::vector<HttpPeer::Sse> events;
+  ASSERT_TRUE(peer.Read(2, &events));  // what is on disk before the gate opens
+  gate->Release();
+  ASSERT_TRUE(peer.Read(SIZE_MAX, &events));
+  EXPECT_TRUE(peer.closed());
+  EXPECT_EQ(Data(events), LogLines(LogPath(id)));
+}
+
+TEST_F(HttpTest, ErrorsAreClearAndHostileRequestsAreClosed) {
+  StartServer(HttpOptions(), Scripted({}));
+  auto client = NewClient();
+  const std::string id = SubmitOk(*client);
+  WatchToEnd(*client, id);
+  const std::string events = "/v1/runs/" + id + "/events";
+  EXPECT_EQ(HttpGet(port(), "/v1/runs/nope/events").first, 404);
+  EXPECT_EQ(HttpGet(port(), "/v1/runs/nope").first, 404);
+  EXPECT_EQ(HttpGet(port(), "/v2/nothing").first, 404);
+  for (const std::string bad : {"abc", "-1", "+3", "1.5", "99999999999999999999999", "0x10"}) {
+    const auto [status, body] = HttpGet(port(), events, "Last-Event-ID: " + bad + "\r\n");
+    EXPECT_EQ(status, 400) << bad;
+    EXPECT_NE(body.find("Last-Event-ID"), std::string::npos) << body;
+  }
+  EXPECT_EQ(HttpGet(port(), events + "?last_event_id=x").first, 400);
+  EXPECT_EQ(HttpGet(port(), events, "Last-Event-ID: 20\r\n").first, 400);  // beyond the end (19)
+  {
+    HttpPeer post(port());
+    ASSERT_TRUE(post.Send("POST " + events + " HTTP/1.1\r\nContent-Length: 0\r\n\r\n"));
+    EXPECT_EQ(post.Status(), 405);
+    EXPECT_NE(post.head().find("Allow: GET"), std::string::npos);
+  }
+  // Garbage, a header without a colon, a request line that is not HTTP/1.x, NUL bytes: 400 and
+  // closed; an endless head: 431 and closed. The server keeps serving.
+  for (const std::string& junk :
+       {std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 15),
+        std::string("GET /metrics HTTP/1.1\r\nno colon here\r\n\r\n"),
+        std::string("GET /metrics SPDY/9\r\n\r\n"), std::string("GET  HTTP/1.1\r\n\r\n"),
+        std::string("GET /met\0rics HTTP/1.1\r\n\r\n", 26)}) {
+    HttpPeer peer(port());
+    ASSERT_TRUE(peer.Send(junk));
+    EXPECT_EQ(peer.Status(), 400) << junk;
+    peer.Body();
+    EXPECT_TRUE(peer.closed());
+  }
+  {
+    HttpPeer peer(port());
+    ASSERT_TRUE(peer.Send("GET /metrics HTTP/1.1\r\nX-Long: " + std::string(20000, 'a')));
+    EXPECT_EQ(peer.Status(), 431);
+    peer.Body();
+    EXPECT_TRUE(peer.closed());
+  }
+  {
+    // A request sent in pieces, then a half-close: still answered.
+    HttpPeer peer(port());
+    ASSERT_TRUE(peer.Send("GET /v2/health/li"));
+    ASSERT_TRUE(peer.Send("ve HTTP/1.0\r\n\r\n"));
+    peer.ShutdownWrite();
+    EXPECT_EQ(peer.Status(), 200);
+  }
+  const std::string metrics = MetricsText(port());
+  EXPECT_NE(metrics.find("mewm_http_requests_total{route=\"/v1/runs/{id}/events\",code=\"400\"} 8"),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("mewm_http_requests_total{route=\"-\",code=\"431\"} 1"),
+            std::string::npos);
+}
+
+TEST_F(HttpTest, BearerTokenProtectsEveryEndpoint) {
+  const std::string token = "s3cret-token-0123456789abcdef";
+  const std::string token_file = dir_.File("http.token");
+  ASSERT_TRUE(WriteFileAtomic(token_file, "# the HTTP bearer token\n" + token + "\n"));
+  ServerOptions options = HttpOptions();
+  options.http_token_file = token_file;
+  StartServer(options, Scripted({}));
+  auto client = NewClient();
+  const std::string id = SubmitOk(*client);
+  WatchToEnd(*client, id);
+  for (const std::string& target :
+       {"/metrics"s, "/v1/runs"s, "/v1/runs/" + id, "/v1/runs/" + id + "/events",
+        "/v2/health/ready"s, "/v1/runs/nope"s}) {
+    HttpPeer none(port());
+    ASSERT_TRUE(none.Get(target));
+    EXPECT_EQ(none.Status(), 401) << target;
+    EXPECT_NE(none.head().find("WWW-Authenticate: Bearer"), std::string::npos);
+    for (const std::string& wrong :
+         {"Bearer " + token + "x", "Bearer " + token.substr(1), "Basic " + token, "Bearer"s}) {
+      EXPECT_EQ(HttpGet(port(), target, "Authorization: " + wrong + "\r\n").first, 401) << wrong;
+    }
+  }
+  const std::string good = "Authorization: Bearer " + token + "\r\n";
+  EXPECT_EQ(HttpGet(port(), "/v1/runs/" + id, good).first, 200);
+  EXPECT_EQ(HttpGet(port(), "/v1/runs/" + id, "authorization: bearer " + token + "\r\n").first,
+            200);
+  HttpPeer peer(port());
+  ASSERT_TRUE(peer.Get("/v1/runs/" + id + "/events", good));
+  ASSERT_EQ(peer.Status(), 200);
+  std::vector<HttpPeer::Sse> events;
+  ASSERT_TRUE(peer.Read(SIZE_MAX, &events));
+  EXPECT_EQ(Data(events), LogLines(LogPath(id)));
+  EXPECT_NE(MetricsText(port(), good).find("\nmewm_http_auth_failures_total 30\n"),
+            std::string::npos);
+  StopServer();
+  // A token that is too short, or a missing file: the server does not start (fails closed).
+  ASSERT_TRUE(WriteFileAtomic(token_file, "short\n"));
+  auto refused = Server::Create(options, Scripted({}));
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("at least 16"), std::string::npos);
+  options.http_token_file = dir_.File("missing.token");
+  EXPECT_FALSE(Server::Create(options, Scripted({})));
+}
+
+TEST_F(HttpTest, SlowStreamIsDroppedAndCountedWithoutHoldingUpOthers) {
+  auto gate = std::make_shared<Gate>();
+  Script script = PausedAt(3, gate);
+  script.patients = 1;
+  script.candidates = 120;
+  script.payload = 100000;  // 12 MB of events: more than any socket buffer holds
+  ServerOptions options = HttpOptions();
+  options.stream_stall_ms = 300;
+  StartServer(options, Scripted(script));
+  auto client = NewClient();
+  const std::string id = SubmitOk(*client);
+  ASSERT_TRUE(gate->WaitReached());
+  HttpPeer slow(port(), 4096);  // connects, asks, never reads
+  ASSERT_TRUE(slow.Get("/v1/runs/" + id + "/events"));
+  HttpPeer fast(port());
+  ASSERT_TRUE(fast.Get("/v1/runs/" + id + "/events"));
+  ASSERT_EQ(fast.Status(), 200);
+  gate->Release();
+  std::vector<HttpPeer::Sse> events;
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(fast.Read(SIZE_MAX, &events));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(Data(events), LogLines(LogPath(id)));
+  std::printf("SSE: %zu events (%.1f MB) in %.3f s beside a stalled stream\n", events.size(),
+              double(fs::file_size(LogPath(id))) / 1e6, seconds);
+  // The stalled client is dropped within its stall timeout and counted.
+  std::string metrics;
+  for (int i = 0; i < 100; ++i) {
+    metrics = MetricsText(port());
+    if (metrics.find("\nmewm_sse_dropped_total 1\n") != std::string::npos) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_NE(metrics.find("\nmewm_sse_dropped_total 1\n"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("\nmewm_sse_streams 0\n"), std::string::npos);
+}
+
+TEST_F(HttpTest, LargeLateJoinIsPacedByTheSocketNotByTheLoopTimer) {
+  // A stream whose buffer drained while more of the log was ready once waited for the loop's 1 s
+  // tick (2 MB/s); it must go at the socket's pace. 10 MB: 5 s then, well under 1 s now.
+  Script script;
+  script.patients = 1;
+  script.candidates = 100;
+  script.payload = 100000;
+  StartServer(HttpOptions(), Scripted(script));
+  auto client = NewClient();
+  const std::string id = SubmitOk(*client);
+  WatchToEnd(*client, id);
+  HttpPeer peer(port());
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(peer.Get("/v1/runs/" + id + "/events"));
+  ASSERT_EQ(peer.Status(), 200);
+  std::vector<HttpPeer::Sse> events;
+  ASSERT_TRUE(peer.Read(SIZE_MAX, &events));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(Data(events), LogLines(LogPath(id)));
+  std::printf("SSE late join: %zu events, %.1f MB in %.3f s\n", events.size(),
+              double(fs::file_size(LogPath(id))) / 1e6, seconds);
+  EXPECT_LT(seconds, 3.0);
+}
+
+TEST_F(HttpTest, StreamsOverTheLimitGet503AndHealthSaysWhenTheQueueIsFull) {
+  auto gate = std::make_shared<Gate>();
+  ServerOptions options = HttpOptions();
+  options.max_event_streams = 2;
+  options.queue_capacity = 1;
+  {
+    // Created but not serving yet (Serve() not called): live, not ready.
+    auto created = Server::Create(options, Scripted({}));
+    ASSERT_TRUE(created);
+    const int http = (*created)->metrics_port();
+    EXPECT_EQ(HttpGet(http, "/v2/health/live").first, 200);
+    const auto [status, body] = HttpGet(http, "/v2/health/ready");
+    EXPECT_EQ(status, 503);
+    EXPECT_NE(body.find("starting"), std::string::npos) << body;
+  }
+  StartServer(options, Scripted(PausedAt(3, gate)));
+  auto client = NewClient();
+  ASSERT_TRUE(client->GetHealth());  // a reply: Serve() runs
+  EXPECT_EQ(HttpGet(port(), "/v2/health/live").first, 200);
+  EXPECT_EQ(HttpGet(port(), "/v2/health/ready").first, 200);
+  const std::string id = SubmitOk(*client);
+  ASSERT_TRUE(gate->WaitReached());
+  HttpPeer a(port()), b(port());
+  ASSERT_TRUE(a.Get("/v1/runs/" + id + "/events"));
+  ASSERT_TRUE(b.Get("/v1/runs/" + id + "/events"));
+  EXPECT_EQ(a.Status(), 200);
+  EXPECT_EQ(b.Status(), 200);
+  const auto [third, body] = HttpGet(port(), "/v1/runs/" + id + "/events");
+  EXPECT_EQ(third, 503);
+  EXPECT_NE(body.find("too many event streams"), std::string::npos);
+  // One run active, one queued: the queue (capacity 1) is full, so not ready.
+  SubmitOk(*client);
+  const auto [ready, reason] = HttpGet(port(), "/v2/health/ready");
+  EXPECT_EQ(ready, 503);
+  EXPECT_EQ(nlohmann::json::parse(reason).at("reason"), "the run queue is full");
+  EXPECT_EQ(HttpGet(port(), "/v2/health/live").first, 200);
+  const std::string metrics = MetricsText(port());
+  EXPECT_NE(metrics.find("\nmewm_sse_rejected_total 1\n"), std::string::npos);
+  EXPECT_NE(metrics.find("\nmewm_runs{state=\"queued\"} 1\n"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("\nmewm_runs{state=\"running\"} 1\n"), std::string::npos);
+  gate->Release();
+}
+
+/// promtool's own lint rules that matter here, checked without it: every sample belongs to a
+/// family announced by HELP and TYPE before it, counters end in _total, nothing is announced twice.
+void ExpectWellFormedExposition(const std::string& text) {
+  std::set<std::string> announced;
+  std::map<std::string, std::string> types;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("# HELP ", 0) == 0) {
+      const std::string name = line.substr(7, line.find(' ', 7) - 7);
+      EXPECT_TRUE(announced.insert(name).second) << "announced twice: " << name;
+      continue;
+    }
+    if (line.rfind("# TYPE ", 0) == 0) {
+      const std::string rest = line.substr(7);
+      types[rest.substr(0, rest.find(' '))] = rest.substr(rest.find(' ') + 1);
+      continue;
+    }
+    std::string name = line.substr(0, line.find_first_of("{ "));
+    for (const char* suffix : {"_bucket", "_sum", "_count"}) {
+      const std::string s = suffix;
+      if (name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0 &&
+          types[name.substr(0, name.size() - s.size())] == "histogram") {
+        name.resize(name.size() - s.size());
+      }
+    }
+    EXPECT_TRUE(announced.count(name)) << "sample before its HELP: " << line;
+    if (types[name] == "counter") {
+      EXPECT_EQ(name.substr(name.size() - 6), "_total") << name;
+    }
+  }
+}
+
+TEST_F(HttpTest, MetricsCountRequestsRunsBytesAndPassPromtool) {
+  StartServer(HttpOptions(), Scripted({}));
+  auto client = NewClient();
+  const std::string id = SubmitOk(*client);
+  WatchToEnd(*client, id);
+  EXPECT_FALSE(client->GetStatus("nope"));
+  EXPECT_EQ(HttpGet(port(), "/v1/runs/nope").first, 404);
+  HttpPeer peer(port());
+  ASSERT_TRUE(peer.Get("/v1/runs/" + id + "/events"));
+  std::vector<HttpPeer::Sse> events;
+  ASSERT_TRUE(peer.Read(SIZE_MAX, &events));
+  const std::string text = MetricsText(port());
+  for (const std::string& expected : {
+           "mewm_build_info{version=\""s,
+           "\nmewm_runs{state=\"finished\"} 1\n"s,
+           "\nmewm_requests_total{kind=\"submit\",code=\"ok\"} 1\n"s,
+           "\nmewm_requests_total{kind=\"status\",code=\"unknown_run\"} 1\n"s,
+           "\nmewm_http_requests_total{route=\"/v1/runs/{id}\",code=\"404\"} 1\n"s,
+           "\nmewm_sse_events_sent_total 19\n"s,
+           "mewm_stage_seconds_bucket{stage=\"publish\",le=\"+Inf\"} 19\n"s,
+       }) {
+    EXPECT_NE(text.find(expected), std::string::npos) << expected << "\n" << text;
+  }
+  const auto bytes_at = text.find("\nmewm_bytes_published_total ");
+  ASSERT_NE(bytes_at, std::string::npos);
+  EXPECT_GT(std::stod(text.substr(bytes_at + 28)), 19 * 40.0);
+  const std::string hash = BuildGitHash();
+  EXPECT_TRUE(hash == "unknown" || hash.find_first_not_of("0123456789abcdef") == std::string::npos)
+      << hash;
+  ExpectWellFormedExposition(text);
+  // Debian's promtool (package prometheus, 96 MB: not in tools/dev.sh's set) when installed.
+  if (std::system("command -v promtool >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "promtool not installed (apt-get install prometheus): checked the format "
+                    "rules above without it";
+  }
+  const std::string file = dir_.File("metrics.txt");
+  ASSERT_TRUE(WriteFileAtomic(file, text));
+  const std::string out = dir_.File("promtool.txt");
+  const int rc = std::system(("promtool check metrics < " + file + " > " + out + " 2>&1").c_str());
+  auto report = ReadFile(out);
+  EXPECT_EQ(rc, 0) << (report ? *report : report.error().message);
 }
 
 }  // namespace

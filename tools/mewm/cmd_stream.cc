@@ -208,12 +208,22 @@ Action RegisterServe(CLI::App& app, const BackendRegistry& backends) {
                  "Admission: refuse a run estimated to take longer (hours; 0 = no limit)")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1e6));
-  app.add_option("--metrics-port", o->metrics_port,
-                 "Serve Prometheus metrics on this port (0 = any free port; -1 = off)")
+  app.add_option("--metrics-port,--http-port", o->metrics_port,
+                 "The HTTP port: Prometheus /metrics, /v2/health/live|ready, /v1/runs and the "
+                 "runs' event streams (SSE) (0 = any free port; -1 = off)")
       ->capture_default_str()
       ->check(CLI::Range(-1, 65535));
-  app.add_option("--metrics-address", o->metrics_address, "Address of the metrics endpoint")
+  app.add_option("--metrics-address,--http-address", o->metrics_address,
+                 "Address of the HTTP port (keep 127.0.0.1 unless a token protects it)")
       ->capture_default_str();
+  app.add_option("--http-token-file", o->http_token_file,
+                 "Every HTTP request must carry `Authorization: Bearer <token>` with the token in "
+                 "this file (its first line; 16+ characters, e.g. `openssl rand -hex 32`)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--max-event-streams", o->max_event_streams,
+                 "Open SSE event streams at most; more get 503")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
   app.add_option("--curve-key", o->curve_secret_file,
                  "CURVE: the server's secret key file (`mewm keygen BASE` writes BASE.key)");
   app.add_option("--curve-allow", o->curve_allowlist_file,
@@ -233,8 +243,9 @@ Action RegisterServe(CLI::App& app, const BackendRegistry& backends) {
               << (*server)->event_endpoint() << ", results under " << o->results_root;
     if (!(*server)->public_key().empty()) std::cout << ", CURVE key " << (*server)->public_key();
     if ((*server)->metrics_port() >= 0) {
-      std::cout << ", metrics http://" << o->metrics_address << ":" << (*server)->metrics_port()
-                << "/metrics";
+      std::cout << ", http http://" << o->metrics_address << ":" << (*server)->metrics_port()
+                << " (/metrics, /v2/health/ready, /v1/runs"
+                << (o->http_token_file.empty() ? "" : ", bearer token") << ")";
     }
     std::cout << std::endl;
     const Status served = (*server)->Serve();

@@ -26,6 +26,7 @@ using scenarios::BackendRegistry;
 
 Action RegisterInspect(CLI::App& app);
 Action RegisterConvert(CLI::App& app);
+Action RegisterImport(CLI::App& app);
 Action RegisterRender(CLI::App& app);
 Action RegisterBench(CLI::App& app, const BackendRegistry& backends);
 Action RegisterCohort(CLI::App& app);

@@ -74,6 +74,8 @@ const std::map<std::string, std::string>& Examples() {
       {"watch", "mewm watch --run tace_demo-1a2b3c4d --json"},
       {"status", "mewm status tace_demo-1a2b3c4d"},
       {"cancel", "mewm cancel tace_demo-1a2b3c4d"},
+      {"import dicom",
+       "mewm import dicom ct_folder/ --out patient.nii.gz   # --list shows the series"},
       {"keygen", "mewm keygen keys/server   # writes keys/server.key (0600) and keys/server.pub"},
       {"train survival",
        "mewm train survival --cohort cohorts/train --out models/cox_survival.json"},
@@ -183,6 +185,8 @@ int main(int argc, char** argv) {
       mewm::cli::RegisterInspect);
   add("convert", "Convert between NIfTI (.nii, .nii.gz) and .vdb, keeping geometry and values",
       mewm::cli::RegisterConvert);
+  add("import", "Import a DICOM CT series as .vdb or NIfTI (mewm import dicom DIR --out FILE)",
+      mewm::cli::RegisterImport);
   add("render", "Render one slice of a volume to PNG, optionally with a label overlay",
       mewm::cli::RegisterRender);
   add("cohort", "Generate a synthetic cohort, or print its world-validity figures",

@@ -54,9 +54,17 @@ struct ServerOptions {
   /// the allowlist of client public keys (one z85 key per line, # comments). Both or neither.
   std::string curve_secret_file;
   std::string curve_allowlist_file;
-  /// Prometheus text endpoint: -1 = off, 0 = any free port, else the port (on metrics_address).
+  /// The HTTP port (docs/PROTOCOL.md "HTTP"): Prometheus /metrics, /v2/health/live|ready, run
+  /// status (/v1/runs) and Server-Sent Event streams (/v1/runs/<id>/events). -1 = off, 0 = any
+  /// free port, else the port (on metrics_address, 127.0.0.1 by default).
   int metrics_port = -1;
   std::string metrics_address = "127.0.0.1";
+  /// A file holding the bearer token every HTTP request must carry (Authorization: Bearer ...);
+  /// "" = none (then a non-loopback metrics_address logs a warning).
+  std::string http_token_file;
+  int max_event_streams = 32;       ///< open SSE streams; more get 503
+  int stream_stall_ms = 30000;      ///< an SSE client that takes nothing this long is dropped
+  int stream_keepalive_ms = 15000;  ///< an SSE comment after this long without an event
   /// Serve() returns once the queue is empty and nothing runs (the embedded runner's mode).
   bool exit_when_idle = false;
   /// List the runs found under results_root (their events.jsonl) as known runs, with status and
@@ -84,7 +92,7 @@ Expected<scenarios::RunSummary> RunWithRunner(const scenarios::ScenarioSpec& spe
 class Server {
  public:
   /// Binds the sockets (so endpoints with port 0 or * are known at once), loads the CURVE keys
-  /// (an unreadable key or allowlist is an error: it fails closed) and starts the metrics endpoint.
+  /// (an unreadable key or allowlist is an error: it fails closed) and opens the HTTP port.
   static Expected<std::unique_ptr<Server>> Create(const ServerOptions& options,
                                                   RunFunction run = RunWithRunner);
   ~Server();

@@ -1,0 +1,537 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+#include "http_server.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <openssl/crypto.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <thread>
+
+#include "mewm/core/file_util.h"
+#include "mewm/core/sha256.h"
+
+namespace mewm::streaming {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string Lower(std::string_view text) {
+  std::string out(text);
+  for (char& c : out) c = char(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+std::string Trim(std::string_view text) {
+  const auto first = text.find_first_not_of(" \t");
+  if (first == std::string_view::npos) return "";
+  return std::string(text.substr(first, text.find_last_not_of(" \t") + 1 - first));
+}
+
+int HexDigit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+std::string PercentDecode(std::string_view text) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '%' && i + 2 < text.size() && HexDigit(text[i + 1]) >= 0 &&
+        HexDigit(text[i + 2]) >= 0) {
+      out += char(HexDigit(text[i + 1]) * 16 + HexDigit(text[i + 2]));
+      i += 2;
+    } else {
+      out += text[i] == '+' ? ' ' : text[i];
+    }
+  }
+  return out;
+}
+
+std::string Head(int status, const std::string& content_type, std::size_t length,
+                 const std::vector<std::pair<std::string, std::string>>& headers, bool stream) {
+  std::string head = "HTTP/1.1 " + std::to_string(status) + " " + HttpReason(status) +
+                     "\r\nContent-Type: " + content_type + "\r\n";
+  if (stream) {
+    head += "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n";
+  } else {
+    head += "Content-Length: " + std::to_string(length) + "\r\n";
+  }
+  for (const auto& [name, value] : headers) head += name + ": " + value + "\r\n";
+  return head + "Connection: close\r\n\r\n";
+}
+
+HttpResponse Plain(int status, std::string body, std::string route = "-") {
+  HttpResponse response;
+  response.status = status;
+  response.body = std::move(body);
+  response.route = std::move(route);
+  return response;
+}
+
+/// Parses a request head (without the blank line); nullopt when it is not HTTP/1.x.
+std::optional<HttpRequest> ParseHead(const std::string& head) {
+  HttpRequest request;
+  std::size_t line_end = head.find("\r\n");
+  const std::string line = head.substr(0, line_end);
+  const std::size_t sp1 = line.find(' ');
+  const std::size_t sp2 = sp1 == std::string::npos ? sp1 : line.find(' ', sp1 + 1);
+  if (sp1 == 0 || sp2 == std::string::npos || line.find(' ', sp2 + 1) != std::string::npos) {
+    return std::nullopt;
+  }
+  request.method = line.substr(0, sp1);
+  request.target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+  const std::string version = line.substr(sp2 + 1);
+  if (version != "HTTP/1.1" && version != "HTTP/1.0") return std::nullopt;
+  if (request.target.empty() || request.target[0] != '/') return std::nullopt;
+  for (char c : request.method) {
+    if (!std::isupper(static_cast<unsigned char>(c))) return std::nullopt;
+  }
+  for (char c : request.target) {
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return std::nullopt;
+  }
+  const std::size_t q = request.target.find('?');
+  request.path = request.target.substr(0, q);
+  request.query = q == std::string::npos ? "" : request.target.substr(q + 1);
+  while (line_end != std::string::npos) {
+    const std::size_t start = line_end + 2;
+    line_end = head.find("\r\n", start);
+    const std::string field = head.substr(start, line_end - start);
+    if (field.empty()) continue;
+    const std::size_t colon = field.find(':');
+    if (colon == std::string::npos || colon == 0) return std::nullopt;
+    for (char c : field.substr(0, colon)) {
+      if (std::isspace(static_cast<unsigned char>(c)) ||
+          std::iscntrl(static_cast<unsigned char>(c)))
+        return std::nullopt;
+    }
+    request.headers.emplace_back(Lower(field.substr(0, colon)), Trim(field.substr(colon + 1)));
+  }
+  return request;
+}
+
+/// Reads what is waiting (so close() sends FIN, not RST, which could discard the response's
+/// tail at the client), then closes.
+void Finish(int fd) {
+  char buffer[4096];
+  for (int i = 0; i < 16 && ::recv(fd, buffer, sizeof(buffer), MSG_DONTWAIT) > 0; ++i) {
+  }
+  ::shutdown(fd, SHUT_WR);
+  ::close(fd);
+}
+
+struct Connection {
+  int fd = -1;
+  Clock::time_point deadline;  ///< short requests: read, answer and write by then
+  std::string in;
+  std::string out;
+  std::size_t sent = 0;
+  bool answered = false;
+  bool read_closed = false;  ///< the client closed its side after its request
+  std::unique_ptr<StreamSource> stream;
+  bool stream_done = false;
+  Clock::time_point last_progress, last_write;
+  std::size_t pending() const { return out.size() - sent; }
+};
+
+}  // namespace
+
+const std::string* HttpRequest::Header(std::string_view name) const {
+  for (const auto& [key, value] : headers) {
+    if (key == name) return &value;
+  }
+  return nullptr;
+}
+
+std::optional<std::string> HttpRequest::Query(std::string_view name) const {
+  std::size_t start = 0;
+  while (start <= query.size() && !query.empty()) {
+    std::size_t end = query.find('&', start);
+    if (end == std::string::npos) end = query.size();
+    const std::string_view pair = std::string_view(query).substr(start, end - start);
+    const std::size_t eq = pair.find('=');
+    if (PercentDecode(pair.substr(0, eq)) == name) {
+      return eq == std::string_view::npos ? std::string() : PercentDecode(pair.substr(eq + 1));
+    }
+    start = end + 1;
+  }
+  return std::nullopt;
+}
+
+std::map<std::pair<std::string, int>, std::uint64_t> HttpCounters::Requests() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return requests_;
+}
+
+void HttpCounters::Count(const std::string& route, int status) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++requests_[{route, status}];
+}
+
+const char* HttpReason(int status) {
+  switch (status) {
+    case 200:
+      return "OK";
+    case 204:
+      return "No Content";
+    case 400:
+      return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 500:
+      return "Internal Server Error";
+    case 503:
+      return "Service Unavailable";
+    default:
+      return "Unknown";
+  }
+}
+
+HttpResponse JsonResponse(int status, std::string body, std::string route) {
+  HttpResponse response;
+  response.status = status;
+  response.content_type = "application/json";
+  response.body = std::move(body);
+  response.body += '\n';
+  response.route = std::move(route);
+  return response;
+}
+
+bool TokenMatches(std::string_view presented, std::string_view expected) {
+  // Digests of equal length: the comparison's time tells nothing about the token or its length.
+  const std::string a = Sha256(presented), b = Sha256(expected);
+  return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+Expected<std::string> ReadTokenFile(const std::string& path) {
+  MEWM_TRY(const std::string text, ReadFile(path));
+  std::size_t start = 0;
+  while (start < text.size()) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    std::string line = Trim(std::string_view(text).substr(start, end - start));
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    start = end + 1;
+    if (line.empty() || line[0] == '#') continue;
+    for (char c : line) {
+      if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) {
+        return MakeError(ErrorCode::kInvalidArgument,
+                         "'" + path + "': the token may not contain spaces or control characters");
+      }
+    }
+    if (line.size() < 16) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "'" + path + "': the token must be at least 16 characters (got " +
+                           std::to_string(line.size()) + "); `openssl rand -hex 32` makes one");
+    }
+    return line;
+  }
+  return MakeError(ErrorCode::kInvalidArgument, "'" + path + "' holds no token");
+}
+
+struct HttpServer::Impl {
+  int listen_fd = -1;
+  int wake[2] = {-1, -1};  ///< a byte on wake[1] wakes the loop (Notify, or stop)
+  int port = -1;
+  HttpLimits limits;
+  Handler handler;
+  HttpCounters* counters = nullptr;
+  std::atomic<bool> stop{false};
+  std::thread thread;
+  std::vector<Connection> connections;
+
+  ~Impl() {
+    for (Connection& c : connections) ::close(c.fd);
+    for (int fd : {listen_fd, wake[0], wake[1]}) {
+      if (fd >= 0) ::close(fd);
+    }
+  }
+
+  void Wake() {
+    const char byte = 0;
+    (void)!::write(wake[1], &byte, 1);  // a full pipe already wakes the loop
+  }
+
+  /// The answer to a complete request head.
+  HttpResponse Answer(const std::string& head) {
+    auto request = ParseHead(head);
+    if (!request) return Plain(400, "not an HTTP/1.x request\n");
+    if (!limits.token.empty()) {
+      const std::string* auth = request->Header("authorization");
+      const bool ok = auth != nullptr && auth->size() > 7 &&
+                      Lower(auth->substr(0, 7)) == "bearer " &&
+                      TokenMatches(Trim(auth->substr(7)), limits.token);
+      if (!ok) {
+        counters->auth_failures.fetch_add(1, std::memory_order_relaxed);
+        HttpResponse refused =
+            Plain(401, "a bearer token is required (Authorization: Bearer ...)\n");
+        refused.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"mewm\"");
+        return refused;
+      }
+    }
+    return handler(*request);
+  }
+
+  /// Turns the response into bytes on the connection (a stream keeps its source).
+  void Respond(Connection& c, HttpResponse response) {
+    if (response.stream &&
+        counters->streams_open.load(std::memory_order_relaxed) >= limits.max_streams) {
+      counters->streams_rejected.fetch_add(1, std::memory_order_relaxed);
+      std::string route = response.route;
+      response = Plain(503,
+                       "too many event streams open (" + std::to_string(limits.max_streams) +
+                           "); try again later\n",
+                       std::move(route));
+      response.headers.emplace_back("Retry-After", "1");
+    }
+    counters->Count(response.route, response.status);
+    c.answered = true;
+    if (response.stream) {
+      c.out = Head(response.status, "text/event-stream; charset=utf-8", 0, response.headers, true);
+      c.stream = std::move(response.stream);
+      c.deadline = Clock::time_point::max();
+      c.last_progress = c.last_write = Clock::now();
+      counters->streams_open.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      c.out = Head(response.status, response.content_type, response.body.size(), response.headers,
+                   false) +
+              response.body;
+    }
+    c.sent = 0;
+  }
+
+  /// Pulls from a stream while its client has room and sends what the socket takes; false when
+  /// the connection is done (answered and sent, the stream complete, or the peer gone).
+  /// Tops up a stream's buffer from its source when it is below half full.
+  void Refill(Connection& c) {
+    if (!c.stream || c.stream_done || c.pending() >= limits.stream_buffer_bytes / 2) return;
+    if (c.sent > 0) {
+      c.out.erase(0, c.sent);
+      c.sent = 0;
+    }
+    std::uint64_t events = 0;
+    c.stream_done = !c.stream->Pull(&c.out, limits.stream_buffer_bytes - c.out.size(), &events);
+    counters->sse_events.fetch_add(events, std::memory_order_relaxed);
+  }
+
+  bool Pump(Connection& c, Clock::time_point now) {
+    if (!c.answered) return true;
+    for (int turn = 0; turn < 8; ++turn) {  // a bounded share of the loop per connection
+      Refill(c);
+      if (c.pending() == 0) break;
+      const ssize_t n = ::send(c.fd, c.out.data() + c.sent, c.pending(), MSG_NOSIGNAL);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+        return false;
+      }
+      c.sent += std::size_t(n);
+      c.last_progress = c.last_write = now;
+      if (c.stream) counters->sse_bytes.fetch_add(std::uint64_t(n), std::memory_order_relaxed);
+    }
+    // What is ready stays buffered, so poll waits for the socket (POLLOUT), not for a wake-up.
+    Refill(c);
+    if (c.pending() == 0) {
+      c.last_progress = now;  // nothing waits on the client: it is not stalling
+      if (!c.stream || c.stream_done) return false;
+      if (now - c.last_write >= limits.keepalive) {
+        c.out += ": keepalive\n\n";  // sent on the next turn; keeps proxies from timing out
+      }
+      return true;
+    }
+    if (c.stream && now - c.last_progress >= limits.stall_timeout) {
+      counters->streams_dropped.fetch_add(1, std::memory_order_relaxed);
+      return false;  // it resumes with Last-Event-ID when it reads again
+    }
+    return true;
+  }
+
+  /// Reads what the socket has; false when the connection is done.
+  bool Read(Connection& c) {
+    char buffer[4096];
+    for (;;) {
+      const ssize_t n = ::recv(c.fd, buffer, sizeof(buffer), 0);
+      if (n == 0) {
+        // A stream's client that closes has left; a short request's client may close its side
+        // after asking (a half-close) and still read the answer.
+        c.read_closed = true;
+        return c.answered && !c.stream;
+      }
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return errno == EAGAIN || errno == EWOULDBLOCK;
+      }
+      if (c.answered) continue;  // input after the request is ignored
+      c.in.append(buffer, std::size_t(n));
+      const std::size_t end = c.in.find("\r\n\r\n");
+      if (end != std::string::npos) {
+        Respond(c, Answer(c.in.substr(0, end)));
+        c.in.clear();
+        c.in.shrink_to_fit();
+      } else if (c.in.size() > limits.max_request_bytes) {
+        Respond(c, Plain(431, "request head over " + std::to_string(limits.max_request_bytes) +
+                                  " bytes\n"));
+      }
+    }
+  }
+
+  void Close(Connection& c) {
+    if (c.stream) counters->streams_open.fetch_sub(1, std::memory_order_relaxed);
+    Finish(c.fd);
+  }
+
+  void Accept(Clock::time_point now) {
+    for (;;) {
+      const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) return;  // EAGAIN: all taken; anything else: try again on the next wake-up
+      std::size_t short_ones = 0;
+      for (const Connection& c : connections) short_ones += c.stream ? 0 : 1;
+      if (short_ones >= limits.max_connections) {
+        // Full: the oldest short connection (the longest stalled) makes room for the newest.
+        // Streams are limited on their own (max_streams) and never evicted for this.
+        for (auto it = connections.begin(); it != connections.end(); ++it) {
+          if (!it->stream) {
+            Close(*it);
+            connections.erase(it);
+            break;
+          }
+        }
+      }
+      Connection c;
+      c.fd = fd;
+      c.deadline = now + limits.request_deadline;
+      connections.push_back(std::move(c));
+    }
+  }
+
+  void Loop() {
+    std::vector<pollfd> fds;
+    while (!stop.load()) {
+      fds.clear();
+      fds.push_back({wake[0], POLLIN, 0});
+      fds.push_back({listen_fd, POLLIN, 0});
+      auto next = Clock::now() + std::chrono::seconds(1);
+      for (const Connection& c : connections) {
+        short events = c.read_closed ? 0 : POLLIN;
+        if (c.answered && c.pending() > 0) events |= POLLOUT;
+        fds.push_back({c.fd, events, 0});
+        if (!c.stream) next = std::min(next, c.deadline);
+      }
+      const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next - Clock::now());
+      const int ready =
+          ::poll(fds.data(), fds.size(), int(std::max<std::int64_t>(0, wait.count())));
+      if (ready < 0 && errno != EINTR) return;
+      if (ready > 0 && fds[0].revents != 0) {
+        char bytes[256];
+        while (::read(wake[0], bytes, sizeof(bytes)) > 0) {
+        }
+      }
+      if (stop.load()) return;
+      // Connections first (their pollfd slots match the list), then new ones.
+      const auto now = Clock::now();
+      std::vector<Connection> kept;
+      kept.reserve(connections.size());
+      for (std::size_t i = 0; i < connections.size(); ++i) {
+        Connection& c = connections[i];
+        const short revents = ready > 0 ? fds[i + 2].revents : short(0);
+        bool open = true;
+        if (revents & (POLLERR | POLLNVAL)) open = false;
+        if (open && (revents & (POLLIN | POLLHUP))) open = Read(c);
+        // Every stream is pumped each turn (new events are announced by Notify's wake-up).
+        if (open) open = Pump(c, now);
+        if (open && !c.stream && now >= c.deadline) open = false;
+        if (open) {
+          kept.push_back(std::move(c));
+        } else {
+          Close(c);
+        }
+      }
+      connections.swap(kept);
+      if (ready > 0 && (fds[1].revents & POLLIN)) Accept(now);
+    }
+  }
+};
+
+HttpServer::HttpServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+HttpServer::~HttpServer() {
+  impl_->stop.store(true);
+  impl_->Wake();
+  if (impl_->thread.joinable()) impl_->thread.join();
+  for (Connection& c : impl_->connections) impl_->Close(c);
+  impl_->connections.clear();
+}
+
+int HttpServer::port() const { return impl_->port; }
+
+void HttpServer::Notify() {
+  if (impl_->counters->streams_open.load(std::memory_order_relaxed) > 0) impl_->Wake();
+}
+
+Expected<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& address, int port,
+                                                        HttpLimits limits, Handler handler,
+                                                        HttpCounters* counters) {
+  const auto fail = [&](const std::string& why) {
+    return MakeError(ErrorCode::kIo,
+                     "cannot serve HTTP on " + address + ":" + std::to_string(port) + ": " + why);
+  };
+  if (port < 0 || port > 65535) return fail("the port must be in [0, 65535]");
+  auto impl = std::make_unique<Impl>();
+  impl->limits = std::move(limits);
+  impl->handler = std::move(handler);
+  impl->counters = counters;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  if (const int rc = ::getaddrinfo(address.c_str(), std::to_string(port).c_str(), &hints, &found);
+      rc != 0) {
+    return fail(::gai_strerror(rc));
+  }
+  std::string why = "no address";
+  for (addrinfo* a = found; a != nullptr && impl->listen_fd < 0; a = a->ai_next) {
+    const int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) continue;
+    const int on = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+    if (::bind(fd, a->ai_addr, a->ai_addrlen) == 0 && ::listen(fd, 128) == 0) {
+      impl->listen_fd = fd;
+    } else {
+      why = std::strerror(errno) + std::string(" (port in use?)");
+      ::close(fd);
+    }
+  }
+  ::freeaddrinfo(found);
+  if (impl->listen_fd < 0) return fail(why);
+  sockaddr_storage bound{};
+  socklen_t length = sizeof(bound);
+  if (::getsockname(impl->listen_fd, reinterpret_cast<sockaddr*>(&bound), &length) != 0) {
+    return fail(std::strerror(errno));
+  }
+  impl->port = bound.ss_family == AF_INET6
+                   ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
+                   : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+  if (::pipe2(impl->wake, O_CLOEXEC | O_NONBLOCK) != 0) return fail(std::strerror(errno));
+  Impl* raw = impl.get();
+  impl->thread = std::thread([raw] { raw->Loop(); });
+  return std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));
+}
+
+}  // namespace mewm::streaming

@@ -1,0 +1,112 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// The server's HTTP port (docs/PROTOCOL.md "HTTP"): one thread and poll(2), every socket
+// non-blocking. Short requests (metrics, health, run status) are answered and closed within a
+// deadline; event streams (Server-Sent Events) stay open and are fed by pulling from a source only
+// when the client has taken what it was sent, so a slow reader costs a bounded buffer and never
+// holds up the loop, the other clients or a run. A stream whose client takes nothing for the stall
+// timeout is dropped and counted. With a token, every request must carry
+// `Authorization: Bearer <token>` (compared in constant time) or gets 401.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "mewm/core/expected.h"
+
+namespace mewm::streaming {
+
+struct HttpRequest {
+  std::string method, target, path, query;  ///< path and query split at the first '?'
+  std::vector<std::pair<std::string, std::string>> headers;  ///< names in lower case
+  /// The first header of that (lower-case) name, or nullptr.
+  const std::string* Header(std::string_view name) const;
+  /// A query parameter (percent-decoded), or nullopt.
+  std::optional<std::string> Query(std::string_view name) const;
+};
+
+/// A stream the loop pulls from when its client has room.
+class StreamSource {
+ public:
+  virtual ~StreamSource() = default;
+  /// Appends the next whole SSE messages (about `budget` bytes, at least one message when one is
+  /// ready) to *out and counts the events in *events. Returns false once the stream is complete:
+  /// nothing follows what it appended now.
+  virtual bool Pull(std::string* out, std::size_t budget, std::uint64_t* events) = 0;
+};
+
+struct HttpResponse {
+  int status = 200;
+  std::string content_type = "text/plain; charset=utf-8";
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;
+  /// Set: a `text/event-stream` response whose body comes from the source (`body` unused).
+  std::unique_ptr<StreamSource> stream;
+  /// The route's name in mewm_http_requests_total (a path template, never a run id).
+  std::string route = "other";
+};
+
+struct HttpLimits {
+  std::size_t max_connections = 64;  ///< open short requests; the oldest makes room
+  std::size_t max_streams = 32;      ///< open event streams; more get 503
+  std::size_t max_request_bytes = 8192;
+  std::size_t stream_buffer_bytes = 256 * 1024;  ///< unsent bytes per stream, at most (about)
+  std::chrono::milliseconds request_deadline{2000};
+  std::chrono::milliseconds stall_timeout{30000};
+  std::chrono::milliseconds keepalive{15000};  ///< an SSE comment after this long idle
+  std::string token;                           ///< "" = no authentication
+};
+
+/// What the port did, for the metrics. Owned by the caller, shared with the loop thread.
+struct HttpCounters {
+  std::atomic<std::uint64_t> streams_open{0}, streams_dropped{0}, streams_rejected{0},
+      sse_events{0}, sse_bytes{0}, auth_failures{0};
+  /// Requests answered, by route and status code.
+  std::map<std::pair<std::string, int>, std::uint64_t> Requests() const;
+  void Count(const std::string& route, int status);
+
+ private:
+  mutable std::mutex mutex_;
+  std::map<std::pair<std::string, int>, std::uint64_t> requests_;
+};
+
+/// The status line's reason phrase.
+const char* HttpReason(int status);
+/// A complete short response (Connection: close).
+HttpResponse JsonResponse(int status, std::string body, std::string route);
+/// Constant-time comparison of a presented token with the expected one (their SHA-256 digests).
+bool TokenMatches(std::string_view presented, std::string_view expected);
+/// Reads a bearer token from a file: its first non-blank line, trimmed; at least 16 characters
+/// with no spaces or control characters (kInvalidArgument), else kIo when unreadable.
+Expected<std::string> ReadTokenFile(const std::string& path);
+
+class HttpServer {
+ public:
+  using Handler = std::function<HttpResponse(const HttpRequest&)>;
+  /// Binds address:port (0 = any free port); kIo when it cannot.
+  static Expected<std::unique_ptr<HttpServer>> Start(const std::string& address, int port,
+                                                     HttpLimits limits, Handler handler,
+                                                     HttpCounters* counters);
+  ~HttpServer();
+  int port() const;
+  /// New data may be ready for the streams: the loop pulls them. Cheap without open streams.
+  void Notify();
+
+ private:
+  struct Impl;
+  explicit HttpServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace mewm::streaming
