@@ -21,7 +21,7 @@ async function main(): Promise<number> {
     for await (const e of client.watch({ runId })) {
       let detail = "";
       if (e.type === "plan_decided") {
-        const plan = e.data.best.items.join(" + ") || "no treatment";
+        const plan = e.data.best.plan.join(" + ") || "no treatment";
         detail = ` ${e.data.patientId}: ${plan} (risk ${e.data.best.riskMean.toFixed(3)})`;
       } else if (e.data && "patientId" in e.data) {
         detail = ` ${e.data.patientId}`;

@@ -13,7 +13,7 @@ import * as wire from "./gen/mewm.js";
 export const SCHEMA_VERSION = 1;
 
 export interface PlanScore {
-  items: string[];
+  plan: string[];
   riskMean: number;
   riskStd: number;
 }
@@ -124,7 +124,7 @@ function strings(list: capnp.List<string>): string[] {
 }
 
 function score(s: wire.PlanScore): PlanScore {
-  return { items: strings(s.items), riskMean: s.riskMean, riskStd: s.riskStd };
+  return { plan: strings(s.plan), riskMean: s.riskMean, riskStd: s.riskStd };
 }
 
 function runBody(ev: wire.Envelope_Event): { type: RunEventType; data: unknown } | undefined {

@@ -58,14 +58,14 @@ function scenario(src: string): string {
   return toml;
 }
 
-/** The events.jsonl line's shape for an event: snake_case keys, PlanScore.items as "plan". */
+/** The events.jsonl line's shape for an event: snake_case keys (one vocabulary: the same words). */
 function toJsonShape(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(toJsonShape);
   if (typeof value === "bigint") return Number(value);
   if (value && typeof value === "object") {
     const out: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(value)) {
-      const key = k === "items" ? "plan" : k.replace(/[A-Z]/g, (c) => "_" + c.toLowerCase());
+      const key = k.replace(/[A-Z]/g, (c) => "_" + c.toLowerCase());
       out[key] = toJsonShape(v);
     }
     return out;

@@ -10,6 +10,7 @@
 #include <set>
 #include <sstream>
 
+#include "method_scores.h"
 #include "mewm/core/file_util.h"
 #include "mewm/core/plot.h"
 #include "mewm/core/stats.h"
@@ -31,41 +32,6 @@ Expected<json> ReadJson(const std::string& path) {
     return MakeError(ErrorCode::kCorruptData, "'" + path + "': " + e.what());
   }
 }
-
-Plan PlanOf(const std::string& text) {
-  std::vector<std::string> items;
-  if (text == "none" || text.empty()) return Plan(items);
-  std::stringstream in(text);
-  std::string item;
-  while (std::getline(in, item, '+')) items.push_back(item);
-  return Plan(items);
-}
-
-/// Accumulates one method's per-patient results.
-struct Accumulator {
-  explicit Accumulator(std::string method) { s.method = std::move(method); }
-  MethodScores s;
-  std::vector<double> regrets;
-  void Add(const PlanMatch& m, double regret, double ratio, double weight = 1.0) {
-    s.f1 += weight * m.f1;
-    s.jaccard += weight * m.jaccard;
-    s.precision += weight * m.precision;
-    s.recall += weight * m.recall;
-    s.top1 += weight * (m.exact ? 1.0 : 0.0);
-    s.regret += weight * regret;
-    s.risk_ratio += weight * ratio;
-  }
-  MethodScores Finish(int patients) {
-    const double n = std::max(1, patients);
-    s.patients = patients;
-    for (double* v :
-         {&s.f1, &s.jaccard, &s.precision, &s.recall, &s.top1, &s.regret, &s.risk_ratio}) {
-      *v /= n;
-    }
-    s.regret_median = Median(regrets);
-    return s;
-  }
-};
 
 json MethodJson(const MethodScores& m) {
   if (!m.available) {

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "method_scores.h"
 #include "mewm/core/file_util.h"
 #include "mewm/core/stats.h"
 #include "mewm/policy/guideline.h"
@@ -19,40 +20,6 @@ namespace mewm::scenarios {
 namespace {
 
 using nlohmann::json;
-
-Plan PlanOf(const std::string& text) {
-  std::vector<std::string> items;
-  if (text == "none" || text.empty()) return Plan(items);
-  std::stringstream in(text);
-  std::string item;
-  while (std::getline(in, item, '+')) items.push_back(item);
-  return Plan(items);
-}
-
-struct Scores {
-  MethodScores s;
-  std::vector<double> regrets;
-  void Add(const Plan& plan, const Plan& optimal, double risk, double opt, double w = 1.0) {
-    const PlanMatch m = ComparePlanItems(plan, optimal);
-    s.f1 += w * m.f1;
-    s.jaccard += w * m.jaccard;
-    s.precision += w * m.precision;
-    s.recall += w * m.recall;
-    s.top1 += w * (m.exact ? 1.0 : 0.0);
-    s.regret += w * (risk - opt);
-    s.risk_ratio += w * risk / opt;
-  }
-  MethodScores Finish(int n) {
-    const double d = std::max(1, n);
-    s.patients = n;
-    for (double* v :
-         {&s.f1, &s.jaccard, &s.precision, &s.recall, &s.top1, &s.regret, &s.risk_ratio}) {
-      *v /= d;
-    }
-    s.regret_median = Median(regrets);
-    return s;
-  }
-};
 
 json MethodToJson(const MethodScores& m) {
   return {{"method", m.method},
@@ -223,7 +190,7 @@ Expected<PolicyEvaluation> EvaluatePolicies(
 
   for (std::size_t p = 0; p < policies.size(); ++p) {
     PolicyScores ps;
-    Scores first;
+    Accumulator first("");
     first.s.method = policies[p].first + " first plan";
     FindingsScores& f = ps.findings;
     for (std::size_t r = 0; r < rows.size(); ++r) {
@@ -239,7 +206,7 @@ Expected<PolicyEvaluation> EvaluatePolicies(
         if (!valid) ++ps.invalid_plans;
       }
       MEWM_TRY(const double risk, risk_of(t, order.front(), policies[p].first, rows[r].id));
-      first.Add(order.front(), t.optimal, risk, opt);
+      first.Add(ComparePlanItems(order.front(), t.optimal), risk - opt, risk / opt);
       first.regrets.push_back(risk - opt);
       ps.recall_at_1 += recall(order, t.optimal, 1) / n;
       ps.recall_at_5 += recall(order, t.optimal, 5) / n;
@@ -268,7 +235,7 @@ Expected<PolicyEvaluation> EvaluatePolicies(
     eval.policies.push_back(ps);
   }
 
-  Scores random, majority, guideline_first;
+  Accumulator random(""), majority(""), guideline_first("");
   random.s.method = "random valid plan";
   majority.s.method = "majority plan";
   guideline_first.s.method = "guideline first choice";
@@ -277,7 +244,8 @@ Expected<PolicyEvaluation> EvaluatePolicies(
     const Truth& t = truths[r];
     const double opt = t.risks.at(t.optimal.ToString());
     MEWM_TRY(const double g_risk, risk_of(t, rows[r].guideline_first, "guideline", rows[r].id));
-    guideline_first.Add(rows[r].guideline_first, t.optimal, g_risk, opt);
+    guideline_first.Add(ComparePlanItems(rows[r].guideline_first, t.optimal), g_risk - opt,
+                        g_risk / opt);
     guideline_first.regrets.push_back(g_risk - opt);
     eval.guideline_recall_at_1 += recall(rows[r].guideline_order, t.optimal, 1) / n;
     eval.guideline_recall_at_5 += recall(rows[r].guideline_order, t.optimal, 5) / n;
@@ -290,13 +258,13 @@ Expected<PolicyEvaluation> EvaluatePolicies(
         if (c > best_count) best = plan, best_count = c;
       }
       MEWM_TRY(const double m_risk, risk_of(t, PlanOf(best), "majority", rows[r].id));
-      majority.Add(PlanOf(best), t.optimal, m_risk, opt);
+      majority.Add(ComparePlanItems(PlanOf(best), t.optimal), m_risk - opt, m_risk / opt);
       majority.regrets.push_back(m_risk - opt);
     }
     const double w = 1.0 / double(t.risks.size());
     double mean_regret = 0.0;
     for (const auto& [plan, risk] : t.risks) {
-      random.Add(PlanOf(plan), t.optimal, risk, opt, w);
+      random.Add(ComparePlanItems(PlanOf(plan), t.optimal), risk - opt, risk / opt, w);
       mean_regret += w * (risk - opt);
     }
     random.regrets.push_back(mean_regret);

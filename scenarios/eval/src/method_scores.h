@@ -1,0 +1,55 @@
+// SPDX-License-Identifier: Apache-2.0
+// SPDX-FileCopyrightText: the mewm authors
+//
+// Shared by the plan evaluation (evaluation.cc) and the policy evaluation (policy_eval.cc): the
+// plan strings of result and truth files, and one method's running scores.
+#pragma once
+
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "mewm/core/stats.h"
+#include "mewm/eval/evaluation.h"
+#include "mewm/tace/action_base.h"
+
+namespace mewm::scenarios {
+
+/// A plan string of result.json or truth.json ("Lipiodol+Epirubicin", "none") as a Plan; the
+/// items are not checked.
+inline Plan PlanOf(const std::string& text) {
+  std::vector<std::string> items;
+  if (text == "none" || text.empty()) return Plan(items);
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, '+')) items.push_back(item);
+  return Plan(items);
+}
+
+/// Accumulates one method's per-patient results.
+struct Accumulator {
+  explicit Accumulator(std::string method) { s.method = std::move(method); }
+  MethodScores s;
+  std::vector<double> regrets;
+  void Add(const PlanMatch& m, double regret, double ratio, double weight = 1.0) {
+    s.f1 += weight * m.f1;
+    s.jaccard += weight * m.jaccard;
+    s.precision += weight * m.precision;
+    s.recall += weight * m.recall;
+    s.top1 += weight * (m.exact ? 1.0 : 0.0);
+    s.regret += weight * regret;
+    s.risk_ratio += weight * ratio;
+  }
+  MethodScores Finish(int patients) {
+    const double n = std::max(1, patients);
+    s.patients = patients;
+    for (double* v :
+         {&s.f1, &s.jaccard, &s.precision, &s.recall, &s.top1, &s.regret, &s.risk_ratio}) {
+      *v /= n;
+    }
+    s.regret_median = Median(regrets);
+    return s;
+  }
+};
+
+}  // namespace mewm::scenarios
