@@ -143,7 +143,7 @@ std::string JsonPart(const std::string& text) {
 class OpenAiPolicy final : public PolicyModel {
  public:
   OpenAiPolicy(OpenAiOptions options, ActionBase actions, PlanGrammar grammar, Endpoint endpoint,
-               std::vector<std::string> mandatory)
+               const std::vector<std::string>& mandatory)
       : options_(std::move(options)),
         actions_(std::move(actions)),
         grammar_(std::move(grammar)),
@@ -462,7 +462,7 @@ Expected<std::unique_ptr<PolicyModel>> CreateOpenAiPolicy(const OpenAiOptions& o
   MEWM_TRY(PlanGrammar grammar, PlanGrammar::Create(actions, options.grammar));
   MEWM_TRY(std::vector<std::string> mandatory, actions.MandatoryItems(options.grammar.protocol));
   return std::unique_ptr<PolicyModel>(
-      new OpenAiPolicy(options, actions, std::move(grammar), endpoint, std::move(mandatory)));
+      new OpenAiPolicy(options, actions, std::move(grammar), endpoint, mandatory));
 }
 
 }  // namespace mewm::policy

@@ -42,7 +42,7 @@ Expected<std::vector<policy::VlmTrainingExample>> ReadTrainingCohort(
       for (const auto& [plan, risk] :
            truth.at("patients").at(patient.id).at("plan_risks").items()) {
         MEWM_TRY(Plan p, actions.ParsePlan(plan));
-        ex.plan_risks.push_back({std::move(p), risk.get<double>()});
+        ex.plan_risks.emplace_back(std::move(p), risk.get<double>());
       }
     } catch (const std::exception& e) {
       return MakeError(ErrorCode::kCorruptData,
@@ -176,7 +176,7 @@ Action AddEvalPolicy(CLI::App& eval_app) {
       options.inputs = in;
       auto model = policy::CreateVlmPolicy(options, actions);
       if (!model) return Fail(model.error());
-      named.push_back({in == "both" ? "vlm" : "vlm (" + in + " only)", model->get()});
+      named.emplace_back(in == "both" ? "vlm" : "vlm (" + in + " only)", model->get());
       models.push_back(std::move(*model));
     }
     scenarios::PolicyEvalOptions options;

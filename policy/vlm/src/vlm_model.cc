@@ -316,7 +316,7 @@ Expected<Prepared> Prepare(const VlmTrainingExample& ex, const PlanGrammar& gram
   std::vector<std::pair<double, Plan>> ranked;
   for (const auto& [plan, risk] : ex.plan_risks) {
     if (grammar.Accepts(plan, forbidden) && risk > 0 && std::isfinite(risk)) {
-      ranked.push_back({risk, plan});
+      ranked.emplace_back(risk, plan);
     }
   }
   if (ranked.empty()) {

@@ -53,7 +53,7 @@ std::vector<Plan> GuidelinePlanOrder(const policy::Proposal& proposal, const Pla
     if (!grammar.Accepts(p, forbidden)) continue;
     double s = 0.0;
     for (const std::string& item : p.items()) s += rank(item);
-    scored.push_back({p == first_choice ? -1.0 : s, p});
+    scored.emplace_back(p == first_choice ? -1.0 : s, p);
   }
   std::sort(scored.begin(), scored.end(), [](const auto& a, const auto& b) {
     if (a.first != b.first) return a.first < b.first;

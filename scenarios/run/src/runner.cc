@@ -44,6 +44,18 @@ json ProposalPlansJson(const policy::Proposal& proposal) {
   return plans;
 }
 
+/// result.json's "proposal": the items, the rationale, the first choice and, for a policy that
+/// writes whole plans (vlm, openai), its ranked "plans"; an item policy's results carry no
+/// "plans" key, so they read as before plan-writing policies existed.
+json ProposalJson(const policy::Proposal& proposal, const Expected<Plan>& first_choice) {
+  json j = {{"drugs", proposal.drugs},
+            {"embolics", proposal.embolics},
+            {"rationale", proposal.rationale},
+            {"first_choice", first_choice ? first_choice->ToString() : std::string()}};
+  if (!proposal.plans.empty()) j["plans"] = ProposalPlansJson(proposal);
+  return j;
+}
+
 json CandidateJson(const CandidateScore& c) {
   return {{"plan", c.plan.ToString()},
           {"items", c.plan.items()},
@@ -485,12 +497,7 @@ struct Runner::Impl {
         {"patient_id", patient.id},
         {"run_id", run_id},
         {"search", ToString(spec.planner.search)},
-        {"proposal",
-         {{"drugs", proposal.drugs},
-          {"embolics", proposal.embolics},
-          {"rationale", proposal.rationale},
-          {"plans", ProposalPlansJson(proposal)},
-          {"first_choice", first_choice ? first_choice->ToString() : std::string()}}},
+        {"proposal", ProposalJson(proposal, first_choice)},
         {"chosen", CandidateJson(best)},
         {"survival_curve",
          {{"times_months", best.curve.times_months}, {"survival", best.curve.survival}}},
