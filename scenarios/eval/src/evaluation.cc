@@ -33,28 +33,6 @@ Expected<json> ReadJson(const std::string& path) {
   }
 }
 
-json MethodJson(const MethodScores& m) {
-  if (!m.available) {
-    json j = {{"method", m.method}, {"available", false}, {"patients", m.patients}};
-    for (const char* key : {"f1", "jaccard", "precision", "recall", "top1", "regret_mean",
-                            "regret_median", "risk_ratio_mean"}) {
-      j[key] = nullptr;
-    }
-    return j;
-  }
-  return {{"method", m.method},
-          {"available", true},
-          {"patients", m.patients},
-          {"f1", m.f1},
-          {"jaccard", m.jaccard},
-          {"precision", m.precision},
-          {"recall", m.recall},
-          {"top1", m.top1},
-          {"regret_mean", m.regret},
-          {"regret_median", m.regret_median},
-          {"risk_ratio_mean", m.risk_ratio}};
-}
-
 }  // namespace
 
 PlanMatch ComparePlanItems(const Plan& chosen, const Plan& optimal) {

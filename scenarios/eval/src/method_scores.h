@@ -5,6 +5,7 @@
 // plan strings of result and truth files, and one method's running scores.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -51,5 +52,29 @@ struct Accumulator {
     return s;
   }
 };
+
+/// One method's row in the evaluations' JSON; a method that could not be scored (too few patients
+/// for a majority plan) has null numbers, never zeros that read like a result.
+inline nlohmann::json MethodJson(const MethodScores& m) {
+  if (!m.available) {
+    nlohmann::json j = {{"method", m.method}, {"available", false}, {"patients", m.patients}};
+    for (const char* key : {"f1", "jaccard", "precision", "recall", "top1", "regret_mean",
+                            "regret_median", "risk_ratio_mean"}) {
+      j[key] = nullptr;
+    }
+    return j;
+  }
+  return {{"method", m.method},
+          {"available", true},
+          {"patients", m.patients},
+          {"f1", m.f1},
+          {"jaccard", m.jaccard},
+          {"precision", m.precision},
+          {"recall", m.recall},
+          {"top1", m.top1},
+          {"regret_mean", m.regret},
+          {"regret_median", m.regret_median},
+          {"risk_ratio_mean", m.risk_ratio}};
+}
 
 }  // namespace mewm::scenarios

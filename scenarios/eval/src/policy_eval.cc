@@ -17,25 +17,7 @@
 #include "mewm/tace/tumor_features.h"
 
 namespace mewm::scenarios {
-namespace {
-
 using nlohmann::json;
-
-json MethodToJson(const MethodScores& m) {
-  return {{"method", m.method},
-          {"available", m.available},
-          {"patients", m.patients},
-          {"f1", m.f1},
-          {"jaccard", m.jaccard},
-          {"precision", m.precision},
-          {"recall", m.recall},
-          {"top1", m.top1},
-          {"regret_mean", m.regret},
-          {"regret_median", m.regret_median},
-          {"risk_ratio_mean", m.risk_ratio}};
-}
-
-}  // namespace
 
 std::vector<Plan> GuidelinePlanOrder(const policy::Proposal& proposal, const Plan& first_choice,
                                      const policy::PlanGrammar& grammar,
@@ -327,7 +309,7 @@ std::string PolicyEvaluation::ToJson() const {
     const PolicyScores& p = policies[i];
     const FindingsScores& f = p.findings;
     ps.push_back({{"name", policy_names[i]},
-                  {"first_plan", MethodToJson(p.first)},
+                  {"first_plan", MethodJson(p.first)},
                   {"recall_at_1", p.recall_at_1},
                   {"recall_at_5", p.recall_at_5},
                   {"recall_at_10", p.recall_at_10},
@@ -344,7 +326,7 @@ std::string PolicyEvaluation::ToJson() const {
                   {"seconds_per_patient", p.seconds_per_patient}});
   }
   json bs = json::array();
-  for (const MethodScores& m : baselines) bs.push_back(MethodToJson(m));
+  for (const MethodScores& m : baselines) bs.push_back(MethodJson(m));
   return json{{"cohort_dir", cohort_dir},
               {"patients", patients},
               {"policies", ps},
