@@ -107,6 +107,153 @@ struct DepthExcess {
   const char* what = "";
 };
 
+/// One pass of FindExcessiveDepth over TOML text: the scanner's state and what each significant
+/// character does to it.
+class DepthScanner {
+ public:
+  explicit DepthScanner(const std::string& text) : text_(text), n_(text.size()) {}
+
+  /// Scans the whole text; where it first nests too deep, or nothing.
+  std::optional<DepthExcess> Scan() {
+    for (std::size_t i = 0; i < n_; ++i) {
+      const char c = text_[i];
+      switch (c) {
+        case '"':
+        case '\'':
+          SkipString(i);
+          break;
+        case '#':
+          while (i + 1 < n_ && text_[i + 1] != '\n') ++i;
+          break;
+        case '\n':
+          NewLine();
+          break;
+        case '.':
+          if (auto excess = Dot()) return excess;
+          break;
+        case '=':
+          key_parts_ = dots_ + 1;
+          dots_ = 0;
+          in_key_ = false;
+          break;
+        case ',':
+          in_key_ = !frames_.empty() && frames_.back().table;
+          dots_ = 0;
+          key_parts_ = 0;
+          break;
+        case '[':
+        case '{':
+          if (auto excess = Open(i)) return excess;
+          break;
+        case ']':
+        case '}':
+          Close(i);
+          break;
+        default:
+          break;
+      }
+    }
+    return std::nullopt;
+  }
+
+ private:
+  struct Frame {
+    bool table;     ///< '{' (keys follow) rather than '[' (values follow)
+    int key_parts;  ///< parts of the key whose value it is (0 inside an array)
+  };
+
+  /// Skips a string starting at i (at its quote); leaves i on its last character.
+  void SkipString(std::size_t& i) {
+    const char q = text_[i];
+    const bool multi = i + 2 < n_ && text_[i + 1] == q && text_[i + 2] == q;
+    i += multi ? 3 : 1;
+    for (; i < n_; ++i) {
+      const char c = text_[i];
+      if (c == '\\' && q == '"') {
+        if (i + 1 < n_ && text_[i + 1] == '\n') ++line_;
+        ++i;
+      } else if (c == '\n') {
+        ++line_;
+        if (!multi) return;  // unterminated: toml++ reports it
+      } else if (c == q && (!multi || (i + 2 < n_ && text_[i + 1] == q && text_[i + 2] == q))) {
+        if (multi) i += 2;
+        return;
+      }
+    }
+  }
+
+  /// A line break: a new statement starts unless an array or inline table is open.
+  void NewLine() {
+    ++line_;
+    if (frames_.empty()) {  // a new statement (arrays may span lines)
+      in_key_ = true;
+      dots_ = 0;
+      key_parts_ = 0;
+    }
+  }
+
+  /// A dot: one more key part when reading a key (else a float or a date-time).
+  std::optional<DepthExcess> Dot() {
+    if (!in_key_) return std::nullopt;  // a float or a date-time
+    ++dots_;
+    if (depth_ + dots_ + 1 > kMaxConfigDepth) {
+      return DepthExcess{line_, in_header_ ? "a table header goes" : "a dotted key goes"};
+    }
+    return std::nullopt;
+  }
+
+  /// '[' or '{' at i: a [table] or [[array of tables]] header starts, or an array or inline
+  /// table opens one level deeper.
+  std::optional<DepthExcess> Open(std::size_t& i) {
+    const char c = text_[i];
+    if (c == '[' && frames_.empty() && in_key_ && !in_header_) {  // a header
+      in_header_ = true;
+      if (i + 1 < n_ && text_[i + 1] == '[') ++i;
+      depth_ = 0;
+      dots_ = 0;
+      return std::nullopt;
+    }
+    frames_.push_back({c == '{', key_parts_});
+    depth_ += key_parts_ + 1;
+    if (depth_ > kMaxConfigDepth) return DepthExcess{line_, "arrays and inline tables go"};
+    in_key_ = c == '{';
+    dots_ = 0;
+    key_parts_ = 0;
+    return std::nullopt;
+  }
+
+  /// ']' or '}' at i: a header ends, or an array or inline table closes.
+  void Close(std::size_t& i) {
+    if (text_[i] == ']' && in_header_) {
+      if (i + 1 < n_ && text_[i + 1] == ']') ++i;
+      header_parts_ = dots_ + 1;
+      depth_ = header_parts_;
+      in_header_ = false;
+      in_key_ = false;  // until the next line
+      dots_ = 0;
+      return;
+    }
+    if (!frames_.empty()) {
+      depth_ -= frames_.back().key_parts + 1;
+      frames_.pop_back();
+    }
+    in_key_ = false;
+    dots_ = 0;
+    key_parts_ = 0;
+  }
+
+  const std::string& text_;
+  const std::size_t n_;
+  std::vector<Frame> frames_;
+  int line_ = 1;
+  int header_parts_ = 0;  ///< parts of the current [table] or [[array]] header
+  int depth_ = 0;         ///< header_parts_ + sum over frames_ of (key_parts + 1)
+  int dots_ = 0;          ///< dots in the key being read
+  int key_parts_ = 0;     ///< parts of the key before the last '=' at this level
+  bool in_key_ = true;    ///< reading a key (statement start, after '{' or a ',' in a table)
+  bool in_header_ = false;
+};
+
 /// Scans TOML text for its deepest nesting without parsing it: one pass, no recursion, no
 /// allocation beyond one int per open bracket. The depth of a point is what toml++ would recurse
 /// through to reach it: the parts of the current [table] header, plus for each open array or
@@ -115,116 +262,7 @@ struct DepthExcess {
 /// dot, bracket or '#' inside them counts for nothing; everything else that toml++ would refuse
 /// is left for it to report.
 std::optional<DepthExcess> FindExcessiveDepth(const std::string& text) {
-  struct Frame {
-    bool table;     ///< '{' (keys follow) rather than '[' (values follow)
-    int key_parts;  ///< parts of the key whose value it is (0 inside an array)
-  };
-  std::vector<Frame> frames;
-  int line = 1;
-  int header_parts = 0;  ///< parts of the current [table] or [[array]] header
-  int depth = 0;         ///< header_parts + sum over frames of (key_parts + 1)
-  int dots = 0;          ///< dots in the key being read
-  int key_parts = 0;     ///< parts of the key before the last '=' at this level
-  bool in_key = true;    ///< reading a key (statement start, after '{' or a ',' in a table)
-  bool in_header = false;
-  const std::size_t n = text.size();
-  // Skips a string starting at i (at its quote); leaves i on its last character.
-  const auto skip_string = [&](std::size_t& i) {
-    const char q = text[i];
-    const bool multi = i + 2 < n && text[i + 1] == q && text[i + 2] == q;
-    i += multi ? 3 : 1;
-    for (; i < n; ++i) {
-      const char c = text[i];
-      if (c == '\\' && q == '"') {
-        if (i + 1 < n && text[i + 1] == '\n') ++line;
-        ++i;
-      } else if (c == '\n') {
-        ++line;
-        if (!multi) return;  // unterminated: toml++ reports it
-      } else if (c == q && (!multi || (i + 2 < n && text[i + 1] == q && text[i + 2] == q))) {
-        if (multi) i += 2;
-        return;
-      }
-    }
-  };
-  for (std::size_t i = 0; i < n; ++i) {
-    const char c = text[i];
-    switch (c) {
-      case '"':
-      case '\'':
-        skip_string(i);
-        break;
-      case '#':
-        while (i + 1 < n && text[i + 1] != '\n') ++i;
-        break;
-      case '\n':
-        ++line;
-        if (frames.empty()) {  // a new statement (arrays may span lines)
-          in_key = true;
-          dots = 0;
-          key_parts = 0;
-        }
-        break;
-      case '.':
-        if (!in_key) break;  // a float or a date-time
-        ++dots;
-        if (depth + dots + 1 > kMaxConfigDepth) {
-          return DepthExcess{line, in_header ? "a table header goes" : "a dotted key goes"};
-        }
-        break;
-      case '=':
-        key_parts = dots + 1;
-        dots = 0;
-        in_key = false;
-        break;
-      case ',':
-        in_key = !frames.empty() && frames.back().table;
-        dots = 0;
-        key_parts = 0;
-        break;
-      case '[':
-        if (frames.empty() && in_key && !in_header) {  // a [table] or [[array of tables]] header
-          in_header = true;
-          if (i + 1 < n && text[i + 1] == '[') ++i;
-          depth = 0;
-          dots = 0;
-          break;
-        }
-        [[fallthrough]];
-      case '{': {
-        frames.push_back({c == '{', key_parts});
-        depth += key_parts + 1;
-        if (depth > kMaxConfigDepth) return DepthExcess{line, "arrays and inline tables go"};
-        in_key = c == '{';
-        dots = 0;
-        key_parts = 0;
-        break;
-      }
-      case ']':
-        if (in_header) {
-          if (i + 1 < n && text[i + 1] == ']') ++i;
-          header_parts = dots + 1;
-          depth = header_parts;
-          in_header = false;
-          in_key = false;  // until the next line
-          dots = 0;
-          break;
-        }
-        [[fallthrough]];
-      case '}':
-        if (!frames.empty()) {
-          depth -= frames.back().key_parts + 1;
-          frames.pop_back();
-        }
-        in_key = false;
-        dots = 0;
-        key_parts = 0;
-        break;
-      default:
-        break;
-    }
-  }
-  return std::nullopt;
+  return DepthScanner(text).Scan();
 }
 
 }  // namespace

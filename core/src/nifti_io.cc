@@ -312,10 +312,8 @@ Expected<Eigen::Matrix4d> NibabelAffine(const std::string& path, const RawHeader
   return a;
 }
 
-// Reads and checks the header without touching voxel data (except for the size check of an
-// uncompressed file, which needs only its length).
-Expected<ParsedHeader> ReadHeader(const std::string& path) {
-  SilenceNiftilib();
+/// Checks that `path` names an existing regular .nii or .nii.gz file, and returns its size.
+Expected<std::uintmax_t> NiftiFileSize(const std::string& path) {
   if (!IsNiftiPath(path)) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "'" + path + "' is not a NIfTI path (expected .nii or .nii.gz)");
@@ -334,8 +332,11 @@ Expected<ParsedHeader> ReadHeader(const std::string& path) {
   }
   const std::uintmax_t file_size = fs::file_size(path, ec);
   if (ec) return FileError(ErrorCode::kIo, path, ec.message());
+  return file_size;
+}
 
-  MEWM_TRY(RawHeader h, ReadRawHeader(path, file_size));
+/// Checks the magic of a single-file NIfTI-1 or -2 (and NIfTI-2's end-of-line bytes).
+Status CheckMagic(const std::string& path, const RawHeader& h) {
   const std::string single_magic = h.version == 1 ? "n+1" : "n+2";
   if (h.magic != single_magic) {
     const std::string pair_magic = h.version == 1 ? "ni1" : "ni2";
@@ -349,25 +350,11 @@ Expected<ParsedHeader> ReadHeader(const std::string& path) {
                      "NIfTI-2 magic is followed by bytes other than \\r\\n\\032\\n; the "
                      "file was probably mangled by an end-of-line conversion");
   }
-  ParsedHeader out;
-  NiftiInfo& info = out.info;
-  info.version = h.version;
-  info.datatype = h.datatype;
-  info.integer_datatype = nifti_is_inttype(h.datatype) != 0;
-  info.intent_code = h.intent_code;
-  info.scl_slope = h.scl_slope;
-  info.scl_inter = h.scl_inter;
-  info.sform_code = h.sform_code;
-  info.qform_code = h.qform_code;
+  return {};
+}
 
-  if (!SupportedDatatype(h.datatype)) {
-    const char* name = nifti_datatype_string(h.datatype);
-    return FileError(ErrorCode::kUnsupported, path,
-                     "datatype " + std::to_string(h.datatype) + " (" + (name ? name : "?") +
-                         ") is not supported; expected an integer or real type of 8 to 64 bits");
-  }
-
-  // Shape: 3-D, or 3-D followed by dimensions of size 1 (e.g. a 4th dimension of 1).
+/// The image's shape (dim[1..dim[0]]), checked to be 3-D or 3-D followed by dimensions of 1.
+Expected<std::vector<std::int64_t>> ThreeDShape(const std::string& path, const RawHeader& h) {
   const std::int64_t ndim = h.dim[0];
   if (ndim < 1 || ndim > 7) {
     return FileError(ErrorCode::kCorruptData, path,
@@ -388,13 +375,21 @@ Expected<ParsedHeader> ReadHeader(const std::string& path) {
                      "is a " + std::to_string(ndim) + "-D image (shape " + FormatShape(shape) +
                          "); expected a 3-D image (trailing dimensions of size 1 are allowed)");
   }
-  info.dims = {shape[0], shape[1], shape[2]};
+  return shape;
+}
 
+/// Fills `out`'s voxel count, sizes and data offset from the header, checking that they are
+/// plausible and, for an uncompressed file, that the file holds every voxel.
+Status SizeVoxelData(const std::string& path, const RawHeader& h,
+                     const std::vector<std::int64_t>& shape, std::uintmax_t file_size,
+                     ParsedHeader& out) {
   int nbyper = 0, swapsize = 0;
   nifti_datatype_sizes(h.datatype, &nbyper, &swapsize);
   std::uint64_t count = 1;
   for (int d = 0; d < 3; ++d) {
-    if (__builtin_mul_overflow(count, static_cast<std::uint64_t>(info.dims[d]), &count)) count = 0;
+    if (__builtin_mul_overflow(count, static_cast<std::uint64_t>(out.info.dims[d]), &count)) {
+      count = 0;
+    }
   }
   std::uint64_t bytes = 0;
   if (count == 0 || __builtin_mul_overflow(count, static_cast<std::uint64_t>(nbyper), &bytes) ||
@@ -428,6 +423,38 @@ Expected<ParsedHeader> ReadHeader(const std::string& path) {
                      "header claims " + std::to_string(bytes) + " bytes of voxels, more than a " +
                          std::to_string(file_size) + "-byte gzip file can hold");
   }
+  return {};
+}
+
+// Reads and checks the header without touching voxel data (except for the size check of an
+// uncompressed file, which needs only its length).
+Expected<ParsedHeader> ReadHeader(const std::string& path) {
+  SilenceNiftilib();
+  MEWM_TRY(const std::uintmax_t file_size, NiftiFileSize(path));
+  MEWM_TRY(RawHeader h, ReadRawHeader(path, file_size));
+  MEWM_RETURN_IF_ERROR(CheckMagic(path, h));
+  ParsedHeader out;
+  NiftiInfo& info = out.info;
+  info.version = h.version;
+  info.datatype = h.datatype;
+  info.integer_datatype = nifti_is_inttype(h.datatype) != 0;
+  info.intent_code = h.intent_code;
+  info.scl_slope = h.scl_slope;
+  info.scl_inter = h.scl_inter;
+  info.sform_code = h.sform_code;
+  info.qform_code = h.qform_code;
+
+  if (!SupportedDatatype(h.datatype)) {
+    const char* name = nifti_datatype_string(h.datatype);
+    return FileError(ErrorCode::kUnsupported, path,
+                     "datatype " + std::to_string(h.datatype) + " (" + (name ? name : "?") +
+                         ") is not supported; expected an integer or real type of 8 to 64 bits");
+  }
+
+  // Shape: 3-D, or 3-D followed by dimensions of size 1 (e.g. a 4th dimension of 1).
+  MEWM_TRY(const std::vector<std::int64_t> shape, ThreeDShape(path, h));
+  info.dims = {shape[0], shape[1], shape[2]};
+  MEWM_RETURN_IF_ERROR(SizeVoxelData(path, h, shape, file_size, out));
 
   // Scaling as nibabel: none when the slope is 0 or not finite; then the intercept must be finite.
   if (h.scl_slope != 0.0 && std::isfinite(h.scl_slope)) {

@@ -72,9 +72,21 @@ Status CheckCurve(const PlotCurve& c) {
   return {};
 }
 
-}  // namespace
+/// The plot area in pixels and the months it spans, with the data-to-pixel mappings.
+struct PlotFrame {
+  int line = 16;  ///< text line height (7 px glyphs, the title 14 px, and spacing)
+  int left = 0, right = 0, top = 0, bottom = 0;
+  double max_t = 1.0;
+  /// The x pixel of time `t`.
+  int Px(double t) const { return left + int(std::lround(t / max_t * (right - left))); }
+  /// The y pixel of survival `s` (clamped to 0..1).
+  int Py(double s) const {
+    return bottom - int(std::lround(std::clamp(s, 0.0, 1.0) * (bottom - top)));
+  }
+};
 
-Expected<RgbImage> RenderSurvivalPlot(const SurvivalPlot& plot) {
+/// Checks the plot and its curves, and returns the months its x axis spans.
+Expected<double> CheckPlot(const SurvivalPlot& plot) {
   if (plot.curves.empty()) {
     return MakeError(ErrorCode::kInvalidArgument, "a survival plot needs at least one curve");
   }
@@ -89,57 +101,58 @@ Expected<RgbImage> RenderSurvivalPlot(const SurvivalPlot& plot) {
     if (plot.max_months <= 0.0 && !c.times.empty()) max_t = std::max(max_t, c.times.back());
   }
   if (!(max_t > 0.0)) max_t = 1.0;
+  return max_t;
+}
 
-  const Color white{255, 255, 255}, black{0, 0, 0}, grid{225, 225, 225}, grey{90, 90, 90};
-  RgbImage image;
-  image.width = plot.width;
-  image.height = plot.height;
-  image.pixels.assign(std::size_t(plot.width) * std::size_t(plot.height) * 3, 255);
-
-  // Layout: title and y label on top, legend at the bottom, ticks left and below.
-  const int line = 16;  // text line height (7 px glyphs, the title 14 px, and spacing)
+/// Lays the plot out: title and y label on top, legend at the bottom, ticks left and below.
+Expected<PlotFrame> LayOut(const SurvivalPlot& plot, double max_t) {
+  PlotFrame f;
+  f.max_t = max_t;
   const int legend_lines = int(plot.curves.size() + plot.notes.size());
-  const int left = 64, right = plot.width - 24, top = 20 + 2 * line;
-  const int bottom = plot.height - 16 - line * (legend_lines + 2) - 8;
-  if (bottom - top < 60) {
+  f.left = 64;
+  f.right = plot.width - 24;
+  f.top = 20 + 2 * f.line;
+  f.bottom = plot.height - 16 - f.line * (legend_lines + 2) - 8;
+  if (f.bottom - f.top < 60) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "a survival plot of " + std::to_string(plot.height) +
                          " pixels has no room for " + std::to_string(legend_lines) +
                          " legend lines");
   }
-  const auto px = [&](double t) { return left + int(std::lround(t / max_t * (right - left))); };
-  const auto py = [&](double s) {
-    return bottom - int(std::lround(std::clamp(s, 0.0, 1.0) * (bottom - top)));
-  };
+  return f;
+}
 
-  DrawText(image, left, 8, plot.title, black, 2);
-  DrawText(image, 8, 8 + line + 4, plot.y_label, grey);
-
-  // Grid and ticks.
+/// Draws the title, axis labels, grid lines and ticks.
+void DrawGrid(RgbImage& image, const SurvivalPlot& plot, const PlotFrame& f) {
+  const Color black{0, 0, 0}, grid{225, 225, 225}, grey{90, 90, 90};
+  DrawText(image, f.left, 8, plot.title, black, 2);
+  DrawText(image, 8, 8 + f.line + 4, plot.y_label, grey);
   for (int k = 0; k <= 5; ++k) {
     const double s = 0.2 * k;
-    FillRect(image, left, py(s), right, py(s), grid);
+    FillRect(image, f.left, f.Py(s), f.right, f.Py(s), grid);
     const std::string label = FormatTick(s, 0.1);
-    DrawText(image, left - 8 - TextWidth(label), py(s) - 3, label, black);
+    DrawText(image, f.left - 8 - TextWidth(label), f.Py(s) - 3, label, black);
   }
-  const double step = NiceStep(max_t, 8);
-  for (double t = 0.0; t <= max_t + 1e-9; t += step) {
-    FillRect(image, px(t), top, px(t), bottom, grid);
-    FillRect(image, px(t), bottom, px(t), bottom + 4, black);
+  const double step = NiceStep(f.max_t, 8);
+  for (double t = 0.0; t <= f.max_t + 1e-9; t += step) {
+    FillRect(image, f.Px(t), f.top, f.Px(t), f.bottom, grid);
+    FillRect(image, f.Px(t), f.bottom, f.Px(t), f.bottom + 4, black);
     const std::string label = FormatTick(t, step);
-    DrawText(image, px(t) - TextWidth(label) / 2, bottom + 8, label, black);
+    DrawText(image, f.Px(t) - TextWidth(label) / 2, f.bottom + 8, label, black);
   }
-  DrawText(image, (left + right - TextWidth(plot.x_label)) / 2, bottom + 8 + line, plot.x_label,
-           grey);
+  DrawText(image, (f.left + f.right - TextWidth(plot.x_label)) / 2, f.bottom + 8 + f.line,
+           plot.x_label, grey);
+}
 
-  // Bands first, blended so that overlapping bands both show; then the curves, the first one
-  // last so that it lies on top.
+/// Draws the bands first, blended so that overlapping bands both show; then the curves, the
+/// first one last so that it lies on top.
+void DrawCurves(RgbImage& image, const SurvivalPlot& plot, const PlotFrame& f) {
   for (const PlotCurve& c : plot.curves) {
     if (c.lo.empty()) continue;
-    for (int x = left; x <= right; ++x) {
-      const double t = double(x - left) / double(right - left) * max_t;
-      const int y0 = py(StepAt(c.times, c.lo, t, 1.0));
-      const int y1 = py(StepAt(c.times, c.hi, t, 1.0));
+    for (int x = f.left; x <= f.right; ++x) {
+      const double t = double(x - f.left) / double(f.right - f.left) * f.max_t;
+      const int y0 = f.Py(StepAt(c.times, c.lo, t, 1.0));
+      const int y1 = f.Py(StepAt(c.times, c.hi, t, 1.0));
       for (int yy = std::min(y0, y1); yy <= std::max(y0, y1); ++yy) {
         Blend(image, x, yy, c.color, kBandAlpha);
       }
@@ -147,35 +160,53 @@ Expected<RgbImage> RenderSurvivalPlot(const SurvivalPlot& plot) {
   }
   for (auto it = plot.curves.rbegin(); it != plot.curves.rend(); ++it) {
     const PlotCurve& c = *it;
-    int previous = py(1.0);
-    for (int x = left; x <= right; ++x) {
-      const double t = double(x - left) / double(right - left) * max_t;
-      const int y = py(StepAt(c.times, c.values, t, 1.0));
-      const bool on = !c.dashed || ((x - left) / 6) % 2 == 0;
+    int previous = f.Py(1.0);
+    for (int x = f.left; x <= f.right; ++x) {
+      const double t = double(x - f.left) / double(f.right - f.left) * f.max_t;
+      const int y = f.Py(StepAt(c.times, c.values, t, 1.0));
+      const bool on = !c.dashed || ((x - f.left) / 6) % 2 == 0;
       if (on || y != previous)
         FillRect(image, x, std::min(previous, y), x + 1, std::max(previous, y) + 1, c.color);
       previous = y;
     }
   }
+}
 
-  // Axes over everything.
-  FillRect(image, left, top, left, bottom, black);
-  FillRect(image, left, bottom, right, bottom, black);
-
-  // Legend: a swatch (line, with the band colour behind it when there is one) and the label.
-  int y = bottom + 8 + 2 * line + 8;
+/// Draws the legend: per curve a swatch (line, with the band colour behind it when there is
+/// one) and the label, then the notes.
+void DrawLegend(RgbImage& image, const SurvivalPlot& plot, const PlotFrame& f) {
+  const Color white{255, 255, 255}, black{0, 0, 0}, grey{90, 90, 90};
+  int y = f.bottom + 8 + 2 * f.line + 8;
   for (const PlotCurve& c : plot.curves) {
     if (!c.lo.empty())
-      FillRect(image, left, y, left + 27, y + 9, Lighter(c.color, 1.0 - kBandAlpha));
-    FillRect(image, left, y + 4, left + 27, y + 5, c.color);
-    if (c.dashed) FillRect(image, left + 10, y + 4, left + 16, y + 5, white);
-    DrawText(image, left + 36, y, c.label, black);
-    y += line;
+      FillRect(image, f.left, y, f.left + 27, y + 9, Lighter(c.color, 1.0 - kBandAlpha));
+    FillRect(image, f.left, y + 4, f.left + 27, y + 5, c.color);
+    if (c.dashed) FillRect(image, f.left + 10, y + 4, f.left + 16, y + 5, white);
+    DrawText(image, f.left + 36, y, c.label, black);
+    y += f.line;
   }
   for (const std::string& note : plot.notes) {
-    DrawText(image, left, y, note, grey);
-    y += line;
+    DrawText(image, f.left, y, note, grey);
+    y += f.line;
   }
+}
+
+}  // namespace
+
+Expected<RgbImage> RenderSurvivalPlot(const SurvivalPlot& plot) {
+  MEWM_TRY(const double max_t, CheckPlot(plot));
+  RgbImage image;
+  image.width = plot.width;
+  image.height = plot.height;
+  image.pixels.assign(std::size_t(plot.width) * std::size_t(plot.height) * 3, 255);
+  MEWM_TRY(const PlotFrame frame, LayOut(plot, max_t));
+  DrawGrid(image, plot, frame);
+  DrawCurves(image, plot, frame);
+  // Axes over everything.
+  const Color black{0, 0, 0};
+  FillRect(image, frame.left, frame.top, frame.left, frame.bottom, black);
+  FillRect(image, frame.left, frame.bottom, frame.right, frame.bottom, black);
+  DrawLegend(image, plot, frame);
   return image;
 }
 

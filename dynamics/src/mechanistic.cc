@@ -231,6 +231,105 @@ Expected<std::vector<TumorField>> BuildTumorFields(const PatientCase& patient,
   return fields;
 }
 
+namespace {
+
+/// Per tumor voxel: how much drug reaches it, how much it depends on arterial supply, and its
+/// Lipiodol uptake (zero without Lipiodol). Outside tumor tissue all three are 0.
+struct DeliveryMaps {
+  std::vector<float> delivery, dependence, lipiodol;
+};
+
+DeliveryMaps MapDelivery(const TumorField& field, const TumorBiology& bio,
+                         const PlanEffect& effect) {
+  const Index3 n = field.density.dims;
+  const std::vector<float>& perf = field.perfusion.data;
+  const std::vector<float>& periphery = field.periphery.data;
+  // Delivery of drugs and dependence on arterial supply, per voxel (tumor tissue only). A
+  // collateral (portal) supply that particles do not cut and drugs reach less spares the
+  // margin and, in a smooth hidden pattern, patches inside; more so in hypovascular tumors.
+  // Liquid agents reach part of it. The result is the classic residual: a rim and nodules.
+  const double vasc = bio.vascularity;
+  const double margin = 0.7 * std::pow(1.0 - vasc, 1.5);
+  // Patches where the smooth pattern exceeds this level keep their supply: about half of a
+  // hypovascular tumor, none of a hypervascular one (v > 0.7).
+  const double level = -0.5 + 1.75 * vasc;
+  const std::uint64_t pattern = DeriveSeed(bio.pattern_seed, {std::uint64_t(field.label)});
+  const std::size_t size = field.density.data.size();
+  DeliveryMaps m{std::vector<float>(size), std::vector<float>(size),
+                 std::vector<float>(size, 0.0f)};
+  for (std::int64_t k = 0; k < n[2]; ++k) {
+    for (std::int64_t j = 0; j < n[1]; ++j) {
+      for (std::int64_t i = 0; i < n[0]; ++i) {
+        const auto x = std::size_t(i + n[0] * (j + n[1] * k));
+        if (!(field.density.data[x] > 0.0f || perf[x] > 0.0f)) continue;  // not tissue
+        double spared = margin * periphery[x];
+        if (bio.pattern_seed != 0) {
+          const Eigen::Vector3d w =
+              field.density.geometry.IndexToWorld(Eigen::Vector3d(double(i), double(j), double(k)));
+          const double t = std::clamp(
+              (ValueNoise(pattern, w[0], w[1], w[2], 6.0) - level) / 0.2 + 0.5, 0.0, 1.0);
+          spared += t * t * (3.0 - 2.0 * t);  // smoothstep: patches are spared or not
+        }
+        spared = std::clamp(spared, 0.0, 1.0) * (1.0 - effect.penetration);
+        m.delivery[x] = float((0.3 + 0.7 * perf[x]) * (0.5 + 0.5 * vasc) * (1.0 - 0.5 * spared));
+        m.dependence[x] = float((0.4 + 0.6 * perf[x]) * (0.4 + 0.6 * vasc) * (1.0 - spared));
+        if (effect.lipiodol) m.lipiodol[x] = LipiodolUptake(perf[x]);
+      }
+    }
+  }
+  return m;
+}
+
+/// Integrates the reaction-diffusion model over `steps` steps of `dt` days from the density `u`
+/// (in place): diffusion, logistic growth, and the kill of drug and ischemia.
+void Integrate(const TumorBiology& bio, const PlanEffect& effect, const DeliveryMaps& m,
+               const Index3 n, double h, double dt, int steps, double diameter_mm,
+               std::vector<float>& u) {
+  std::vector<float> next(u.size());
+  const double drug_boost = effect.lipiodol ? 1.3 : 1.0;
+  const double tau = DrugTau(effect.lipiodol);
+  const std::int64_t sy = n[0], sz = n[0] * n[1];
+  for (int s = 0; s < steps; ++s) {
+    const double t = (s + 0.5) * dt;
+    const double drug = effect.drug_rate * drug_boost * std::exp(-t / tau);
+    double ischemia = 0.0;
+    for (const auto& e : effect.embolics) ischemia += IschemiaRate(e, t, diameter_mm);
+    const double growth = bio.proliferation_per_day * dt;
+    const double diffusion = bio.infiltration_mm2_per_day * dt / (h * h);
+    for (std::int64_t k = 0; k < n[2]; ++k) {
+      for (std::int64_t j = 0; j < n[1]; ++j) {
+        const std::int64_t base = n[0] * (j + n[1] * k);
+        const float* row = &u[std::size_t(base)];
+        // Zero-flux boundary: a missing neighbour mirrors the centre row.
+        const float* ym = j > 0 ? row - sy : row;
+        const float* yp = j + 1 < n[1] ? row + sy : row;
+        const float* zm = k > 0 ? row - sz : row;
+        const float* zp = k + 1 < n[2] ? row + sz : row;
+        for (std::int64_t i = 0; i < n[0]; ++i) {
+          const double c = row[i];
+          const double xm = i > 0 ? row[i - 1] : c;
+          const double xp = i + 1 < n[0] ? row[i + 1] : c;
+          const double lap = xm + xp + ym[i] + yp[i] + zm[i] + zp[i] - 6.0 * c;
+          const std::size_t x = std::size_t(base + i);
+          if (c == 0.0 && lap == 0.0) {  // empty margin stays empty
+            next[x] = 0.0f;
+            continue;
+          }
+          double v = c + diffusion * lap;
+          v += growth * v * (1.0 - v);
+          // Kill integrated exactly over the step (stable for any rate).
+          const double kill = drug * m.delivery[x] + ischemia * m.dependence[x];
+          if (kill > 0.0) v *= std::exp(-kill * dt);
+          next[x] = float(std::clamp(v, 0.0, 1.0));
+        }
+      }
+    }
+    u.swap(next);
+  }
+}
+
+}  // namespace
+
 Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields,
                                            const TumorBiology& biology_in, const Plan& plan,
                                            char child_pugh, const MechanisticConfig& config,
@@ -260,80 +359,9 @@ Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields
 
     // A fresh `u` each call; clang-tidy mistakes the move at the end for a later iteration's.
     // NOLINTNEXTLINE(bugprone-use-after-move)
-    std::vector<float> u = field.density.data, next(u.size());
-    const std::vector<float>& perf = field.perfusion.data;
-    const std::vector<float>& periphery = field.periphery.data;
-    // Delivery of drugs and dependence on arterial supply, per voxel (tumor tissue only). A
-    // collateral (portal) supply that particles do not cut and drugs reach less spares the
-    // margin and, in a smooth hidden pattern, patches inside; more so in hypovascular tumors.
-    // Liquid agents reach part of it. The result is the classic residual: a rim and nodules.
-    const double vasc = bio.vascularity;
-    const double margin = 0.7 * std::pow(1.0 - vasc, 1.5);
-    // Patches where the smooth pattern exceeds this level keep their supply: about half of a
-    // hypovascular tumor, none of a hypervascular one (v > 0.7).
-    const double level = -0.5 + 1.75 * vasc;
-    const std::uint64_t pattern = DeriveSeed(bio.pattern_seed, {std::uint64_t(field.label)});
-    std::vector<float> delivery(u.size()), dependence(u.size()), lipiodol(u.size(), 0.0f);
-    for (std::int64_t k = 0; k < n[2]; ++k) {
-      for (std::int64_t j = 0; j < n[1]; ++j) {
-        for (std::int64_t i = 0; i < n[0]; ++i) {
-          const auto x = std::size_t(i + n[0] * (j + n[1] * k));
-          if (!(field.density.data[x] > 0.0f || perf[x] > 0.0f)) continue;  // not tissue
-          double spared = margin * periphery[x];
-          if (bio.pattern_seed != 0) {
-            const Eigen::Vector3d w = field.density.geometry.IndexToWorld(
-                Eigen::Vector3d(double(i), double(j), double(k)));
-            const double t = std::clamp(
-                (ValueNoise(pattern, w[0], w[1], w[2], 6.0) - level) / 0.2 + 0.5, 0.0, 1.0);
-            spared += t * t * (3.0 - 2.0 * t);  // smoothstep: patches are spared or not
-          }
-          spared = std::clamp(spared, 0.0, 1.0) * (1.0 - effect.penetration);
-          delivery[x] = float((0.3 + 0.7 * perf[x]) * (0.5 + 0.5 * vasc) * (1.0 - 0.5 * spared));
-          dependence[x] = float((0.4 + 0.6 * perf[x]) * (0.4 + 0.6 * vasc) * (1.0 - spared));
-          if (effect.lipiodol) lipiodol[x] = LipiodolUptake(perf[x]);
-        }
-      }
-    }
-    const double drug_boost = effect.lipiodol ? 1.3 : 1.0;
-    const double tau = DrugTau(effect.lipiodol);
-    const std::int64_t sy = n[0], sz = n[0] * n[1];
-    for (int s = 0; s < steps; ++s) {
-      const double t = (s + 0.5) * dt;
-      const double drug = effect.drug_rate * drug_boost * std::exp(-t / tau);
-      double ischemia = 0.0;
-      for (const auto& e : effect.embolics) ischemia += IschemiaRate(e, t, field.diameter_mm);
-      const double growth = bio.proliferation_per_day * dt;
-      const double diffusion = bio.infiltration_mm2_per_day * dt / (h * h);
-      for (std::int64_t k = 0; k < n[2]; ++k) {
-        for (std::int64_t j = 0; j < n[1]; ++j) {
-          const std::int64_t base = n[0] * (j + n[1] * k);
-          const float* row = &u[std::size_t(base)];
-          // Zero-flux boundary: a missing neighbour mirrors the centre row.
-          const float* ym = j > 0 ? row - sy : row;
-          const float* yp = j + 1 < n[1] ? row + sy : row;
-          const float* zm = k > 0 ? row - sz : row;
-          const float* zp = k + 1 < n[2] ? row + sz : row;
-          for (std::int64_t i = 0; i < n[0]; ++i) {
-            const double c = row[i];
-            const double xm = i > 0 ? row[i - 1] : c;
-            const double xp = i + 1 < n[0] ? row[i + 1] : c;
-            const double lap = xm + xp + ym[i] + yp[i] + zm[i] + zp[i] - 6.0 * c;
-            const std::size_t x = std::size_t(base + i);
-            if (c == 0.0 && lap == 0.0) {  // empty margin stays empty
-              next[x] = 0.0f;
-              continue;
-            }
-            double v = c + diffusion * lap;
-            v += growth * v * (1.0 - v);
-            // Kill integrated exactly over the step (stable for any rate).
-            const double kill = drug * delivery[x] + ischemia * dependence[x];
-            if (kill > 0.0) v *= std::exp(-kill * dt);
-            next[x] = float(std::clamp(v, 0.0, 1.0));
-          }
-        }
-      }
-      u.swap(next);
-    }
+    std::vector<float> u = field.density.data;
+    DeliveryMaps maps = MapDelivery(field, bio, effect);
+    Integrate(bio, effect, maps, n, h, dt, steps, field.diameter_mm, u);
     double pre = 0.0, post = 0.0, pre_mask = 0.0, post_mask = 0.0;
     const auto threshold = float(config.viable_threshold);
     for (std::size_t x = 0; x < u.size(); ++x) {
@@ -343,7 +371,7 @@ Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields
       post_mask += u[x] >= threshold ? 1.0 : 0.0;
       if (field.density.data[x] > 0.5f) {
         tumor_voxels += 1.0;
-        if (lipiodol[x] > 0.2f) covered += 1.0;
+        if (maps.lipiodol[x] > 0.2f) covered += 1.0;
       }
     }
     summary.pre_viable_ml += pre * voxel_ml;
@@ -353,7 +381,7 @@ Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields
     if (responses != nullptr) {
       FieldResponse r{field.density, field.density};
       r.density.data = std::move(u);
-      r.lipiodol.data = std::move(lipiodol);
+      r.lipiodol.data = std::move(maps.lipiodol);
       responses->push_back(std::move(r));
     }
   }

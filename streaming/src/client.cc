@@ -10,6 +10,7 @@
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
+#include "mewm/core/mutex_guarded.h"
 #include "zmq_util.h"
 
 namespace mewm::streaming {
@@ -63,7 +64,7 @@ struct Client::Impl {
   zmq::context_t context{1};
   zmq::socket_t dealer;
   std::uint64_t requests = 0;
-  WatchStats stats;
+  MutexGuarded<WatchStats> stats;  ///< Watch() counts; stats() copies them from another thread
 
   void Secure(zmq::socket_t& socket) const {
     if (options.server_public_key.empty()) return;
@@ -183,7 +184,7 @@ Expected<SnapshotReply> Client::Snapshot(const std::string& run_id, std::uint64_
                                          std::uint32_t max_events) {
   return impl_->Snapshot(run_id, after_seq, max_events);
 }
-const WatchStats& Client::stats() const { return impl_->stats; }
+WatchStats Client::stats() const { return *impl_->stats.Lock(); }
 
 /// One Watch() call: what it has delivered per run, and the steps of the Clone pattern.
 class Client::Impl::Watcher {
@@ -220,12 +221,12 @@ class Client::Impl::Watcher {
 void Client::Impl::Watcher::Deliver(const RunEvent& e, const std::string& volume, bool history) {
   last_[e.event.run_id] = e.event.seq;
   if (e.unknown_kind) {  // a newer server's event kind: keep the seq, show nothing
-    ++m_.stats.unknown;
+    ++m_.stats.Lock()->unknown;
     return;
   }
   if (scenarios::IsTerminal(e.event.body)) ended_.insert(e.event.run_id);
-  ++m_.stats.delivered;
-  if (history) ++m_.stats.from_history;
+  ++m_.stats.Lock()->delivered;
+  if (history) ++m_.stats.Lock()->from_history;
   if (!on_event_(e, volume)) halted_ = true;
 }
 
@@ -279,7 +280,7 @@ Status Client::Impl::Watcher::Handle(std::vector<zmq::message_t>& frames) {
 }
 
 Status Client::Impl::Watcher::HandleServer(const ServerEvent& server) {
-  ++m_.stats.heartbeats;
+  ++m_.stats.Lock()->heartbeats;
   if (on_server_) on_server_(server);
   if (const auto* beat = std::get_if<Heartbeat>(&server.body)) {
     // A run further along than what we have, with nothing on the way: a missed tail.
@@ -290,7 +291,7 @@ Status Client::Impl::Watcher::HandleServer(const ServerEvent& server) {
                                 ? last_.count(run.run_id) > 0 || run.run_id == beat->active_run
                                 : run.run_id == options_.run_id;
       if (!followed || ended_.count(run.run_id) || run.last_seq <= last_[run.run_id]) continue;
-      ++m_.stats.gaps;
+      ++m_.stats.Lock()->gaps;
       if (auto healed = Heal(run.run_id); !healed && healed.error().code != ErrorCode::kIo) {
         return healed;
       }
@@ -326,11 +327,12 @@ Status Client::Impl::Watcher::HandleRun(const RunEvent& e, std::vector<zmq::mess
   }
   const std::uint64_t have = last_.count(run_id) ? last_[run_id] : 0;
   if (e.event.seq <= have) {
-    ++m_.stats.duplicates;
+    ++m_.stats.Lock()->duplicates;
     return {};
   }
   if (e.event.seq > have + 1) {
-    if (last_.count(run_id)) ++m_.stats.gaps;  // a run seen for the first time is a late join
+    if (last_.count(run_id))
+      ++m_.stats.Lock()->gaps;  // a run seen for the first time is a late join
     last_[run_id] = have;
     if (auto healed = Heal(run_id); !healed) {
       return MakeError(ErrorCode::kCorruptData,
@@ -394,7 +396,7 @@ Status Client::Impl::Watcher::Run() {
         if (Clock::now() - last_traffic > std::chrono::milliseconds(m_.options.liveness_ms)) {
           // Silence: reopen the subscription, then catch up from the history.
           sub = Subscribe();
-          ++m_.stats.reconnects;
+          ++m_.stats.Lock()->reconnects;
           last_traffic = Clock::now();
           if (auto healed = HealAll(); !healed) {
             if (healed.error().code != ErrorCode::kIo) return healed;  // server away: keep trying

@@ -169,13 +169,11 @@ std::optional<std::string> HttpRequest::Query(std::string_view name) const {
 }
 
 std::map<std::pair<std::string, int>, std::uint64_t> HttpCounters::Requests() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return requests_;
+  return *requests_.Lock();
 }
 
 void HttpCounters::Count(const std::string& route, int status) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  ++requests_[{route, status}];
+  ++(*requests_.Lock())[{route, status}];
 }
 
 const char* HttpReason(int status) {
@@ -188,6 +186,8 @@ const char* HttpReason(int status) {
       return "Bad Request";
     case 401:
       return "Unauthorized";
+    case 403:
+      return "Forbidden";
     case 404:
       return "Not Found";
     case 405:
@@ -211,6 +211,32 @@ HttpResponse JsonResponse(int status, std::string body, std::string route) {
   response.body += '\n';
   response.route = std::move(route);
   return response;
+}
+
+Status CheckCorsOrigin(const std::string& origin) {
+  if (origin == "*") return {};
+  const auto bad = [&] {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "CORS origin '" + origin +
+                         "' must be * or scheme://host[:port], as a browser sends it (e.g. "
+                         "http://localhost:3000; no path, no trailing slash)");
+  };
+  std::size_t host = 0;
+  if (origin.rfind("http://", 0) == 0) {
+    host = 7;
+  } else if (origin.rfind("https://", 0) == 0) {
+    host = 8;
+  } else {
+    return bad();
+  }
+  if (host >= origin.size()) return bad();
+  for (std::size_t i = host; i < origin.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(origin[i]);
+    if (!(std::isalnum(c) || c == '.' || c == '-' || c == ':' || c == '[' || c == ']')) {
+      return bad();
+    }
+  }
+  return {};
 }
 
 bool TokenMatches(std::string_view presented, std::string_view expected) {
@@ -268,12 +294,49 @@ struct HttpServer::Impl {
     (void)!::write(wake[1], &byte, 1);  // a full pipe already wakes the loop
   }
 
-  /// The answer to a complete request head.
+  /// The Access-Control-Allow-Origin value for a request from `origin` ("" = none).
+  std::string AllowedOrigin(const std::string* origin) const {
+    if (origin == nullptr) return "";
+    for (const std::string& allowed : limits.cors_origins) {
+      if (allowed == "*") return "*";
+      if (allowed == *origin) return allowed;
+    }
+    return "";
+  }
+
+  /// The answer to a complete request head, with the CORS headers where they apply.
   HttpResponse Answer(const std::string& head) {
     auto request = ParseHead(head);
     if (!request) return Plain(400, "not an HTTP/1.x request\n");
+    const bool cors = !limits.cors_origins.empty() &&
+                      (request->path.rfind("/v1/", 0) == 0 || request->path.rfind("/v2/", 0) == 0);
+    if (!cors) return Authorized(*request);
+    const std::string allowed = AllowedOrigin(request->Header("origin"));
+    HttpResponse response;
+    if (request->method == "OPTIONS") {
+      // A preflight: answered here, before the token check (browsers send it without one).
+      if (allowed.empty()) {
+        response = Plain(403, "this origin may not read the HTTP port (--http-cors-origin)\n",
+                         "preflight");
+      } else {
+        response = Plain(204, "", "preflight");
+        response.headers.emplace_back("Access-Control-Allow-Methods", "GET, OPTIONS");
+        response.headers.emplace_back("Access-Control-Allow-Headers",
+                                      "Authorization, Last-Event-ID");
+        response.headers.emplace_back("Access-Control-Max-Age", "600");
+      }
+    } else {
+      response = Authorized(*request);
+    }
+    if (!allowed.empty()) response.headers.emplace_back("Access-Control-Allow-Origin", allowed);
+    response.headers.emplace_back("Vary", "Origin");  // the answer depends on the Origin header
+    return response;
+  }
+
+  /// The handler's answer, or 401 when a token is required and the request lacks it.
+  HttpResponse Authorized(const HttpRequest& request) {
     if (!limits.token.empty()) {
-      const std::string* auth = request->Header("authorization");
+      const std::string* auth = request.Header("authorization");
       const bool ok = auth != nullptr && auth->size() > 7 &&
                       Lower(auth->substr(0, 7)) == "bearer " &&
                       TokenMatches(Trim(auth->substr(7)), limits.token);
@@ -285,7 +348,7 @@ struct HttpServer::Impl {
         return refused;
       }
     }
-    return handler(*request);
+    return handler(request);
   }
 
   /// Turns the response into bytes on the connection (a stream keeps its source).
@@ -294,10 +357,17 @@ struct HttpServer::Impl {
         counters->streams_open.load(std::memory_order_relaxed) >= limits.max_streams) {
       counters->streams_rejected.fetch_add(1, std::memory_order_relaxed);
       std::string route = response.route;
+      std::vector<std::pair<std::string, std::string>> cors;  // kept: a browser reads the 503
+      for (auto& header : response.headers) {
+        if (header.first.rfind("Access-Control-", 0) == 0 || header.first == "Vary") {
+          cors.push_back(std::move(header));
+        }
+      }
       response = Plain(503,
                        "too many event streams open (" + std::to_string(limits.max_streams) +
                            "); try again later\n",
                        std::move(route));
+      response.headers = std::move(cors);
       response.headers.emplace_back("Retry-After", "1");
     }
     counters->Count(response.route, response.status);

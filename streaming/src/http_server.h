@@ -7,7 +7,8 @@
 // when the client has taken what it was sent, so a slow reader costs a bounded buffer and never
 // holds up the loop, the other clients or a run. A stream whose client takes nothing for the stall
 // timeout is dropped and counted. With a token, every request must carry
-// `Authorization: Bearer <token>` (compared in constant time) or gets 401.
+// `Authorization: Bearer <token>` (compared in constant time) or gets 401. With CORS origins
+// (HttpLimits::cors_origins), browser pages of those origins may read /v1/ and /v2/.
 #pragma once
 
 #include <atomic>
@@ -16,7 +17,6 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "mewm/core/expected.h"
+#include "mewm/core/mutex_guarded.h"
 
 namespace mewm::streaming {
 
@@ -66,7 +67,17 @@ struct HttpLimits {
   std::chrono::milliseconds stall_timeout{30000};
   std::chrono::milliseconds keepalive{15000};  ///< an SSE comment after this long idle
   std::string token;                           ///< "" = no authentication
+  /// CORS (opt-in): origins ("https://host[:port]", or "*" for any) whose browser pages may read
+  /// /v1/ and /v2/. Their requests get Access-Control-Allow-Origin and Vary: Origin, and an
+  /// OPTIONS preflight there is answered (204, allowing GET with the Authorization and
+  /// Last-Event-ID headers) before the token check, as browsers send it without credentials.
+  /// Empty = no CORS headers, and OPTIONS is the handler's (405).
+  std::vector<std::string> cors_origins;
 };
+
+/// kInvalidArgument unless `origin` is "*" or scheme://host[:port] (http or https, no path, no
+/// trailing slash), as a browser sends it in the Origin header.
+Status CheckCorsOrigin(const std::string& origin);
 
 /// What the port did, for the metrics. Owned by the caller, shared with the loop thread.
 struct HttpCounters {
@@ -77,8 +88,7 @@ struct HttpCounters {
   void Count(const std::string& route, int status);
 
  private:
-  mutable std::mutex mutex_;
-  std::map<std::pair<std::string, int>, std::uint64_t> requests_;
+  MutexGuarded<std::map<std::pair<std::string, int>, std::uint64_t>> requests_;
 };
 
 /// The status line's reason phrase.

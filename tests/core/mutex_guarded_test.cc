@@ -45,5 +45,26 @@ TEST(MutexGuardedTest, AConditionVariableWaitsOnTheHandlesLock) {
   setter.join();
 }
 
+TEST(MutexGuardedTest, WithRunsUnderTheLockAndReturnsItsResult) {
+  MutexGuarded<Counter> counter(Counter{5, false});
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 10000; ++i) counter.With([](Counter& c) { ++c.value; });
+    });
+  }
+  for (auto& t : threads) t.join();
+  const MutexGuarded<Counter>& view = counter;
+  EXPECT_EQ(view.With([](const Counter& c) { return c.value; }), 40005);
+  // While one thread holds the handle, With waits for it.
+  auto held = counter.Lock();
+  std::thread other([&] { counter.With([](Counter& c) { c.value = -1; }); });
+  held->value = 7;
+  EXPECT_EQ(held->value, 7);
+  held.lock().unlock();
+  other.join();
+  EXPECT_EQ(view.With([](const Counter& c) { return c.value; }), -1);
+}
+
 }  // namespace
 }  // namespace mewm

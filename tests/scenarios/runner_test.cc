@@ -436,6 +436,15 @@ TEST_F(RunnerTest, EvaluatePlansAgainstTruthWithBaselines) {
   }
   EXPECT_NE(eval->FormatTable().find("guideline first choice"), std::string::npos);
   EXPECT_NE(eval->ToJson().find("\"regret_mean\""), std::string::npos);
+  // The search's cost is the mean of the run's own counters.
+  std::ifstream in(dir_.File("out/summary.json"));
+  const auto summary = nlohmann::json::parse(in);
+  double simulations = 0.0;
+  for (const auto& p : summary["patients"])
+    simulations += p["counters"]["simulations"].get<double>();
+  EXPECT_GT(simulations, 0.0);
+  EXPECT_DOUBLE_EQ(eval->simulations_per_patient, simulations / 3.0);
+  EXPECT_NE(eval->FormatTable().find("outcome simulations per patient"), std::string::npos);
 }
 
 TEST_F(RunnerTest, MajorityBaselineNeedsTwoOtherPatients) {

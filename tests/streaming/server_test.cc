@@ -1567,6 +1567,105 @@ TEST_F(HttpTest, BearerTokenProtectsEveryEndpoint) {
   EXPECT_FALSE(Server::Create(options, Scripted({})));
 }
 
+TEST_F(HttpTest, CorsIsOffByDefaultAndOptInForNamedOrigins) {
+  // Off (today's behaviour): no CORS headers, OPTIONS is not allowed.
+  StartServer(HttpOptions(), Scripted({}));
+  {
+    HttpPeer peer(port());
+    ASSERT_TRUE(peer.Get("/v1/runs", "Origin: http://localhost:3000\r\n"));
+    EXPECT_EQ(peer.Status(), 200);
+    EXPECT_EQ(peer.head().find("Access-Control"), std::string::npos) << peer.head();
+    HttpPeer preflight(port());
+    ASSERT_TRUE(
+        preflight.Send("OPTIONS /v1/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: "
+                       "http://localhost:3000\r\n\r\n"));
+    EXPECT_EQ(preflight.Status(), 405);
+  }
+  StopServer();
+  // On, with a token: the named origin reads /v1 and /v2, its preflight passes without the token.
+  const std::string token = "cors-token-0123456789abcdef";
+  ASSERT_TRUE(WriteFileAtomic(dir_.File("http.token"), token + "\n"));
+  ServerOptions options = HttpOptions();
+  options.http_token_file = dir_.File("http.token");
+  options.http_cors_origins = {"http://localhost:3000", "https://viewer.example.org"};
+  StartServer(options, Scripted({}));
+  auto client = NewClient();
+  const std::string id = SubmitOk(*client);
+  WatchToEnd(*client, id);
+  const std::string origin = "Origin: http://localhost:3000\r\n";
+  const std::string auth = "Authorization: Bearer " + token + "\r\n";
+  HttpPeer preflight(port());
+  ASSERT_TRUE(
+      preflight.Send("OPTIONS /v1/runs/" + id + "/events HTTP/1.1\r\nHost: 127.0.0.1\r\n" + origin +
+                     "Access-Control-Request-Method: GET\r\n"
+                     "Access-Control-Request-Headers: authorization,last-event-id\r\n\r\n"));
+  EXPECT_EQ(preflight.Status(), 204);
+  const std::string& head = preflight.head();
+  EXPECT_NE(head.find("Access-Control-Allow-Origin: http://localhost:3000\r\n"), std::string::npos)
+      << head;
+  EXPECT_NE(head.find("Access-Control-Allow-Headers: Authorization, Last-Event-ID\r\n"),
+            std::string::npos)
+      << head;
+  EXPECT_NE(head.find("Access-Control-Allow-Methods: GET, OPTIONS\r\n"), std::string::npos);
+  EXPECT_NE(head.find("Vary: Origin\r\n"), std::string::npos);
+  for (const std::string& target : {"/v1/runs"s, "/v1/runs/" + id, "/v2/health/ready"s}) {
+    HttpPeer peer(port());
+    ASSERT_TRUE(peer.Get(target, origin + auth));
+    EXPECT_EQ(peer.Status(), 200) << target;
+    EXPECT_NE(peer.head().find("Access-Control-Allow-Origin: http://localhost:3000\r\n"),
+              std::string::npos)
+        << target << "\n"
+        << peer.head();
+    EXPECT_NE(peer.head().find("Vary: Origin\r\n"), std::string::npos) << target;
+  }
+  // The event stream, resumed with Last-Event-ID, carries the header too.
+  HttpPeer stream(port());
+  ASSERT_TRUE(stream.Get("/v1/runs/" + id + "/events", origin + auth + "Last-Event-ID: 17\r\n"));
+  ASSERT_EQ(stream.Status(), 200);
+  EXPECT_NE(stream.head().find("Access-Control-Allow-Origin: http://localhost:3000"),
+            std::string::npos);
+  std::vector<HttpPeer::Sse> events;
+  ASSERT_TRUE(stream.Read(SIZE_MAX, &events));
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[0].id, 18u);
+  // Without the token a browser can read the 401 (the header is there), not the data.
+  HttpPeer refused(port());
+  ASSERT_TRUE(refused.Get("/v1/runs", origin));
+  EXPECT_EQ(refused.Status(), 401);
+  EXPECT_NE(refused.head().find("Access-Control-Allow-Origin: http://localhost:3000"),
+            std::string::npos);
+  // Another origin gets no Allow-Origin and its preflight is refused; /metrics has no CORS.
+  HttpPeer other(port());
+  ASSERT_TRUE(other.Get("/v1/runs", "Origin: http://evil.example\r\n" + auth));
+  EXPECT_EQ(other.Status(), 200);
+  EXPECT_EQ(other.head().find("Access-Control-Allow-Origin"), std::string::npos);
+  EXPECT_NE(other.head().find("Vary: Origin"), std::string::npos);
+  HttpPeer other_preflight(port());
+  ASSERT_TRUE(other_preflight.Send(
+      "OPTIONS /v1/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.example\r\n\r\n"));
+  EXPECT_EQ(other_preflight.Status(), 403);
+  EXPECT_EQ(other_preflight.head().find("Access-Control-Allow-Origin"), std::string::npos);
+  HttpPeer metrics(port());
+  ASSERT_TRUE(metrics.Get("/metrics", origin + auth));
+  EXPECT_EQ(metrics.Status(), 200);
+  EXPECT_EQ(metrics.head().find("Access-Control"), std::string::npos);
+  StopServer();
+  // "*" allows any origin; a malformed origin stops the server from starting.
+  options.http_cors_origins = {"*"};
+  StartServer(options, Scripted({}));
+  HttpPeer any(port());
+  ASSERT_TRUE(any.Get("/v2/health/live", "Origin: http://anything.test:8080\r\n" + auth));
+  EXPECT_EQ(any.Status(), 200);
+  EXPECT_NE(any.head().find("Access-Control-Allow-Origin: *\r\n"), std::string::npos);
+  StopServer();
+  for (const std::string& bad : {"localhost:3000"s, "http://host/path"s, "http://host/"s, ""s}) {
+    options.http_cors_origins = {bad};
+    auto not_started = Server::Create(options, Scripted({}));
+    ASSERT_FALSE(not_started) << bad;
+    EXPECT_NE(not_started.error().message.find("CORS origin"), std::string::npos) << bad;
+  }
+}
+
 TEST_F(HttpTest, SlowStreamIsDroppedAndCountedWithoutHoldingUpOthers) {
   auto gate = std::make_shared<Gate>();
   Script script = PausedAt(3, gate);

@@ -1541,5 +1541,54 @@ TEST_F(CliTest, PolicyTrainEvaluateAndPlanWithTheVlmWithoutReadingTheTruth) {
   EXPECT_TRUE(read_model) << "the trace did not see the checkpoint being read";
 }
 
+// The VLM policy on a user's own cohort: a manifest CSV whose rows name images and, for one
+// patient, a clinical note; the other patient has none (the model reads an empty note).
+TEST_F(CliTest, VlmPolicyPlansAManifestCohortWithAndWithoutNotes) {
+  const std::string cohort = dir_.File("gen");
+  Result r =
+      RunMewm("cohort generate --n 2 --seed 12 --spacing 3 --no-nifti --quiet --out " + cohort);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string mine = dir_.File("mine");
+  std::filesystem::create_directories(mine);
+  std::ifstream clinical(cohort + "/clinical.csv");
+  std::string header, line;
+  ASSERT_TRUE(std::getline(clinical, header));
+  std::ofstream csv(mine + "/patients.csv");
+  csv << "ct,tumor,note," << header << "\n";
+  for (const char* id : {"P0001", "P0002"}) {
+    ASSERT_TRUE(std::getline(clinical, line));
+    ASSERT_EQ(line.rfind(id, 0), 0u) << line;
+    std::filesystem::copy_file(cohort + "/patients/" + id + "/pre.vdb", mine + "/" + id + ".vdb");
+    std::string note;
+    if (std::string(id) == "P0001") {
+      std::filesystem::copy_file(cohort + "/patients/" + id + "/note.txt",
+                                 mine + "/" + id + ".txt");
+      note = std::string(id) + ".txt";
+    }
+    csv << id << ".vdb," << id << ".vdb," << note << "," << line << "\n";
+  }
+  csv.close();
+  std::ofstream(mine + "/scenario.toml")
+      << "[run]\nname = \"vlm-manifest\"\nseed = 1\n[cohort]\nsource = \"manifest\"\n"
+      << "manifest = \"patients.csv\"\n[policy]\nbackend = \"vlm\"\ncheckpoint = \""
+      << MEWM_SOURCE_DIR << "/models/policy_vlm.pt\"\ntop_k = 3\nthreads = 1\n[dynamics]\n"
+      << "backend = \"mechanistic\"\ncalibration = \"" << MEWM_SOURCE_DIR
+      << "/models/mechanistic_calibration.json\"\n[survival]\nbackend = \"cox\"\nmodel = \""
+      << MEWM_SOURCE_DIR << "/models/cox_survival.json\"\n[planner]\nbeams = 1\nsamples = 1\n";
+  const std::string out = dir_.File("out");
+  r = RunMewm("run " + mine + "/scenario.toml --quiet --out " + out);
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const char* id : {"P0001", "P0002"}) {
+    const nlohmann::json result =
+        nlohmann::json::parse(ReadText(out + "/patients/" + id + "/result.json"));
+    EXPECT_EQ(result.at("status"), "finished") << id;
+    EXPECT_EQ(result.at("proposal").at("plans").size(), 3u) << id;
+    EXPECT_EQ(result.at("candidates").size(), 3u) << id;
+    EXPECT_NE(result.at("proposal").at("rationale").get<std::string>().find("VLM findings"),
+              std::string::npos)
+        << id;
+  }
+}
+
 }  // namespace
 }  // namespace mewm

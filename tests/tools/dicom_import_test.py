@@ -62,8 +62,10 @@ def volume(shape=(40, 36, 12), seed=5):
 
 def write_series(folder, data, affine, series_uid=None, slope=1.0, intercept=-1024.0,
                  tilt_mm=0.0, skip=(), orientation_of=None, syntax=ExplicitVRLittleEndian,
-                 description="pydicom CT"):
-    """Writes data (i, j, k) with a RAS affine as one CT series, one file per slice."""
+                 description="pydicom CT", frame_of_reference_uid=None, instances=None):
+    """Writes data (i, j, k) with a RAS affine as one CT series, one file per slice. With
+    frame_of_reference_uid, the files carry it; `instances`, a list, receives the SOP instance
+    UIDs."""
     os.makedirs(folder, exist_ok=True)
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
@@ -88,6 +90,10 @@ def write_series(folder, data, affine, series_uid=None, slope=1.0, intercept=-10
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.SeriesDescription = description
+        if frame_of_reference_uid:
+            ds.FrameOfReferenceUID = frame_of_reference_uid
+        if instances is not None:
+            instances.append(ds.SOPInstanceUID)
         ds.InstanceNumber = data.shape[2] - k  # reversed: not the order to trust either
         position = lps @ np.array([0.0, 0.0, k, 1.0])
         position[:3] += np.array(row) * tilt_mm * k  # a sideways shift per slice: gantry tilt

@@ -305,90 +305,37 @@ Expected<double> BestReachableRisk(const nlohmann::json& plan_risks, const Actio
 /// process: simulations, model evaluations, wall time and the true regret of each choice, the
 /// paired regret difference of beam and reference with its interval, and how much of the regret
 /// the policy's exclusions alone cause.
-int RunPlannerBench(const std::string& scenario, int patients, bool exhaustive,
-                    const std::string& json_path, const BackendRegistry& backends) {
-  auto spec = scenarios::LoadScenario(scenario, &backends);
-  if (!spec) return Fail(spec.error());
-  if (spec->cohort.source != scenarios::CohortSpec::Source::kSynthetic) {
-    return Fail(Error{ErrorCode::kInvalidArgument,
-                      "bench planner needs a synthetic cohort (it reads the true risks)"});
-  }
-  auto cohort = scenarios::SyntheticCohortDir(*spec, spec->output);
-  if (!cohort) return Fail(cohort.error());
-  const std::string cohort_dir = *cohort;
-  auto entries = scenarios::PrepareCohort(*spec, backends, cohort_dir);
-  if (!entries) return Fail(entries.error());
-  auto truth_path = scenarios::SyntheticTruthPath(cohort_dir);
-  if (!truth_path) return Fail(truth_path.error());
-  auto truth_text = ReadFile(*truth_path);
-  if (!truth_text) return Fail(truth_text.error());
-  nlohmann::json truth;
+/// The search strategies' totals over a planner bench's patients.
+struct PlannerBenchTotals {
+  double seconds = 0, regret = 0;
+  std::int64_t simulations = 0, evaluations = 0;
+  int optimal = 0;
+};
+
+/// A synthetic cohort's truth.json (the true risk of every plan).
+Expected<nlohmann::json> ReadCohortTruth(const std::string& cohort_dir) {
+  MEWM_TRY(const std::string truth_path, scenarios::SyntheticTruthPath(cohort_dir));
+  MEWM_TRY(const std::string text, ReadFile(truth_path));
   try {
-    truth = nlohmann::json::parse(*truth_text);
+    return nlohmann::json::parse(text);
   } catch (const std::exception& e) {
-    return Fail(Error{ErrorCode::kCorruptData, "'" + *truth_path + "': " + e.what()});
+    return MakeError(ErrorCode::kCorruptData, "'" + truth_path + "': " + e.what());
   }
-  auto models = scenarios::LoadModels(*spec, backends);
-  if (!models) return Fail(models.error());
-  std::vector<scenarios::SearchMode> modes = {scenarios::SearchMode::kBeam,
-                                              scenarios::SearchMode::kReference};
-  if (exhaustive) modes.push_back(scenarios::SearchMode::kExhaustive);
-  struct Totals {
-    double seconds = 0, regret = 0;
-    std::int64_t simulations = 0, evaluations = 0;
-    int optimal = 0;
-  };
-  std::vector<Totals> totals(modes.size());
-  std::vector<std::vector<double>> regrets(modes.size());
-  std::vector<double> exclusion_regrets;
-  auto mandatory = spec->actions.MandatoryItems(spec->protocol);
-  if (!mandatory) return Fail(mandatory.error());
-  const int n = std::min<int>(patients, int(entries->size()));
-  std::cout << "planner bench: " << n << " patients of " << scenario
-            << ", B=" << spec->planner.beams << " T=" << spec->planner.samples
-            << " H=" << spec->planner.drug_horizon << "/" << spec->planner.embolic_horizon << "\n";
-  for (int i = 0; i < n; ++i) {
-    auto patient = scenarios::LoadPatient((*entries)[std::size_t(i)]);
-    if (!patient) return Fail(patient.error());
-    auto proposal = models->policy->Propose(*patient);
-    if (!proposal) return Fail(proposal.error());
-    const nlohmann::json& t = truth.at("patients").at(patient->id);
-    const double optimal = t.at("optimal_risk").get<double>();
-    auto reachable = BestReachableRisk(t.at("plan_risks"), spec->actions, *proposal, *mandatory,
-                                       spec->require, spec->forbid);
-    if (!reachable) return Fail(reachable.error().WithContext("the truth of " + patient->id));
-    exclusion_regrets.push_back(*reachable - optimal);
-    for (std::size_t m = 0; m < modes.size(); ++m) {
-      scenarios::PlannerSpec ps = spec->planner;
-      ps.search = modes[m];
-      auto planner = scenarios::Planner::Create(ps, spec->actions, spec->protocol, spec->require,
-                                                spec->forbid, *models->dynamics, *models->survival);
-      if (!planner) return Fail(planner.error());
-      auto decision = planner->Plan(*patient, *proposal, spec->seed);
-      if (!decision) return Fail(decision.error());
-      const auto known = t.at("plan_risks").find(decision->best.plan.ToString());
-      if (known == t.at("plan_risks").end()) {
-        return Fail(Error{ErrorCode::kInvalidArgument,
-                          std::string(scenarios::ToString(modes[m])) + " chose " +
-                              decision->best.plan.ToString() + " for " + patient->id +
-                              ", which the cohort's truth does not score (horizons above 2/2?)"});
-      }
-      const double risk = known->get<double>();
-      Totals& k = totals[m];
-      k.seconds += decision->counters.search_seconds;
-      k.simulations += decision->counters.simulations;
-      k.evaluations += decision->counters.model_evaluations;
-      k.regret += risk - optimal;
-      regrets[m].push_back(risk - optimal);
-      k.optimal += decision->best.plan.ToString() == t.at("optimal_plan").get<std::string>();
-    }
-    std::cerr << "  " << patient->id << " done\n";
-  }
+}
+
+/// Prints the planner bench's table and comparisons, and writes them to `json_path` (if set).
+Status ReportPlannerBench(const std::string& scenario,
+                          const std::vector<scenarios::SearchMode>& modes,
+                          const std::vector<PlannerBenchTotals>& totals,
+                          const std::vector<std::vector<double>>& regrets,
+                          const std::vector<double>& exclusion_regrets,
+                          const std::string& json_path) {
+  const int n = int(exclusion_regrets.size());
   nlohmann::json rows = nlohmann::json::array();
   std::printf("%-11s %12s %12s %10s %12s %8s\n", "search", "simulations", "model evals", "wall s",
               "mean regret", "optimal");
   for (std::size_t m = 0; m < modes.size(); ++m) {
-    const Totals& k = totals[m];
+    const PlannerBenchTotals& k = totals[m];
     std::printf("%-11s %12lld %12lld %10.2f %12.4f %5d/%d\n", scenarios::ToString(modes[m]),
                 static_cast<long long>(k.simulations), static_cast<long long>(k.evaluations),
                 k.seconds, k.regret / n, k.optimal, n);
@@ -424,7 +371,80 @@ int RunPlannerBench(const std::string& scenario, int patients, bool exhaustive,
                             {"ci95", {beam_vs_reference.lo, beam_vs_reference.hi}}}},
                           {"regret_from_policy_exclusions",
                            {{"mean", exclusion.mean}, {"ci95", {exclusion.lo, exclusion.hi}}}}};
-    if (auto w = WriteFileAtomic(json_path, out.dump(2) + "\n"); !w) return Fail(w.error());
+    MEWM_RETURN_IF_ERROR(WriteFileAtomic(json_path, out.dump(2) + "\n"));
+  }
+  return {};
+}
+
+int RunPlannerBench(const std::string& scenario, int patients, bool exhaustive,
+                    const std::string& json_path, const BackendRegistry& backends) {
+  auto spec = scenarios::LoadScenario(scenario, &backends);
+  if (!spec) return Fail(spec.error());
+  if (spec->cohort.source != scenarios::CohortSpec::Source::kSynthetic) {
+    return Fail(Error{ErrorCode::kInvalidArgument,
+                      "bench planner needs a synthetic cohort (it reads the true risks)"});
+  }
+  auto cohort = scenarios::SyntheticCohortDir(*spec, spec->output);
+  if (!cohort) return Fail(cohort.error());
+  const std::string cohort_dir = *cohort;
+  auto entries = scenarios::PrepareCohort(*spec, backends, cohort_dir);
+  if (!entries) return Fail(entries.error());
+  auto truth = ReadCohortTruth(cohort_dir);
+  if (!truth) return Fail(truth.error());
+  auto models = scenarios::LoadModels(*spec, backends);
+  if (!models) return Fail(models.error());
+  std::vector<scenarios::SearchMode> modes = {scenarios::SearchMode::kBeam,
+                                              scenarios::SearchMode::kReference};
+  if (exhaustive) modes.push_back(scenarios::SearchMode::kExhaustive);
+  std::vector<PlannerBenchTotals> totals(modes.size());
+  std::vector<std::vector<double>> regrets(modes.size());
+  std::vector<double> exclusion_regrets;
+  auto mandatory = spec->actions.MandatoryItems(spec->protocol);
+  if (!mandatory) return Fail(mandatory.error());
+  const int n = std::min<int>(patients, int(entries->size()));
+  std::cout << "planner bench: " << n << " patients of " << scenario
+            << ", B=" << spec->planner.beams << " T=" << spec->planner.samples
+            << " H=" << spec->planner.drug_horizon << "/" << spec->planner.embolic_horizon << "\n";
+  for (int i = 0; i < n; ++i) {
+    auto patient = scenarios::LoadPatient((*entries)[std::size_t(i)]);
+    if (!patient) return Fail(patient.error());
+    auto proposal = models->policy->Propose(*patient);
+    if (!proposal) return Fail(proposal.error());
+    const nlohmann::json& t = truth->at("patients").at(patient->id);
+    const double optimal = t.at("optimal_risk").get<double>();
+    auto reachable = BestReachableRisk(t.at("plan_risks"), spec->actions, *proposal, *mandatory,
+                                       spec->require, spec->forbid);
+    if (!reachable) return Fail(reachable.error().WithContext("the truth of " + patient->id));
+    exclusion_regrets.push_back(*reachable - optimal);
+    for (std::size_t m = 0; m < modes.size(); ++m) {
+      scenarios::PlannerSpec ps = spec->planner;
+      ps.search = modes[m];
+      auto planner = scenarios::Planner::Create(ps, spec->actions, spec->protocol, spec->require,
+                                                spec->forbid, *models->dynamics, *models->survival);
+      if (!planner) return Fail(planner.error());
+      auto decision = planner->Plan(*patient, *proposal, spec->seed);
+      if (!decision) return Fail(decision.error());
+      const auto known = t.at("plan_risks").find(decision->best.plan.ToString());
+      if (known == t.at("plan_risks").end()) {
+        return Fail(Error{ErrorCode::kInvalidArgument,
+                          std::string(scenarios::ToString(modes[m])) + " chose " +
+                              decision->best.plan.ToString() + " for " + patient->id +
+                              ", which the cohort's truth does not score (horizons above 2/2?)"});
+      }
+      const double risk = known->get<double>();
+      PlannerBenchTotals& k = totals[m];
+      k.seconds += decision->counters.search_seconds;
+      k.simulations += decision->counters.simulations;
+      k.evaluations += decision->counters.model_evaluations;
+      k.regret += risk - optimal;
+      regrets[m].push_back(risk - optimal);
+      k.optimal += decision->best.plan.ToString() == t.at("optimal_plan").get<std::string>();
+    }
+    std::cerr << "  " << patient->id << " done\n";
+  }
+  if (auto w = ReportPlannerBench(scenario, modes, totals, regrets, exclusion_regrets, json_path);
+      !w) {
+    return Fail(w.error());
   }
   return 0;
 }

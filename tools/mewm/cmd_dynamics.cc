@@ -20,23 +20,27 @@
 
 namespace mewm::cli {
 
-Action AddTrainDynamics(CLI::App& train_app) {
-  struct Options {
-    std::string cohort, out, config = "cpu", state_dir;
-    std::uint64_t seed = 1;
-    int ae_steps = 1500, denoiser_steps = 1500, ae_batch = 8, denoiser_batch = 12, threads = 0;
-    double validation_fraction = 0.1;
-    bool quiet = false;
-  };
-  auto o = std::make_shared<Options>();
-  CLI::App* sub = train_app.add_subcommand(
-      "dynamics",
-      "Train the diffusion dynamics (autoencoder, then denoiser) on a cohort with "
-      "counterfactual plans");
+namespace {
+
+/// `mewm train dynamics`'s options.
+struct TrainDynamicsOptions {
+  std::string cohort, out, config = "cpu", state_dir;
+  std::uint64_t seed = 1;
+  int ae_steps = 1500, denoiser_steps = 1500, ae_batch = 8, denoiser_batch = 12, threads = 0;
+  double validation_fraction = 0.1;
+  bool quiet = false;
+};
+
+/// Adds the options that name the training data and the checkpoint written.
+void AddTrainInputOutputOptions(CLI::App* sub, TrainDynamicsOptions* o) {
   sub->add_option("--cohort", o->cohort,
                   "Training cohort (mewm cohort generate --plans-per-patient K)")
       ->required();
   sub->add_option("--out", o->out, "Checkpoint to write (.pt)")->required();
+}
+
+/// Adds the architecture, seed and optimisation schedule options.
+void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
   sub->add_option("--config", o->config, "Architecture preset: cpu or mewm")
       ->check(CLI::IsMember({"cpu", "mewm"}))
       ->capture_default_str();
@@ -46,6 +50,10 @@ Action AddTrainDynamics(CLI::App& train_app) {
   sub->add_option("--denoiser-steps", o->denoiser_steps, "Denoiser steps")->capture_default_str();
   sub->add_option("--ae-batch", o->ae_batch, "Autoencoder batch")->capture_default_str();
   sub->add_option("--denoiser-batch", o->denoiser_batch, "Denoiser batch")->capture_default_str();
+}
+
+/// Adds the validation split, resumable state, threads and progress options.
+void AddTrainRuntimeOptions(CLI::App* sub, TrainDynamicsOptions* o) {
   sub->add_option("--validation-fraction", o->validation_fraction,
                   "Patients held out for validation (the last ones)")
       ->check(CLI::Range(0.0, 0.5))
@@ -55,61 +63,124 @@ Action AddTrainDynamics(CLI::App& train_app) {
   sub->add_option("--threads", o->threads, "libtorch threads (0 = all cores)")
       ->capture_default_str();
   sub->add_flag("--quiet", o->quiet, "No progress bars");
+}
+
+/// Checks that the checkpoint and the training state (its folder created) can be written, so a
+/// run fails now rather than after an hour of training.
+Status CheckTrainOutputs(const TrainDynamicsOptions& o) {
+  if (auto writable = CheckWritable(o.out); !writable) return writable.error();
+  if (!o.state_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(o.state_dir, ec);
+    const std::string probe = (std::filesystem::path(o.state_dir) / "state.json").string();
+    if (auto writable = CheckWritable(probe); !writable) {
+      return writable.error().WithContext("--state-dir");
+    }
+  }
+  return {};
+}
+
+/// The training and validation crop pairs (validation: the cohort's last patients).
+struct TrainValPairs {
+  std::vector<dynamics::DiffusionPair> train, val;
+};
+
+/// Splits the cohort into training and validation patients, reads their crop pairs and prints
+/// how many there are.
+Expected<TrainValPairs> ReadTrainValPairs(const TrainDynamicsOptions& o,
+                                          const dynamics::DiffusionConfig& config,
+                                          const ActionBase& actions) {
+  MEWM_TRY(const auto entries, scenarios::ReadSyntheticCohort(o.cohort));
+  const int n_val = int(double(entries.size()) * o.validation_fraction);
+  std::vector<std::string> train_ids, val_ids;
+  for (std::size_t k = 0; k < entries.size(); ++k) {
+    (int(k) >= int(entries.size()) - n_val ? val_ids : train_ids).push_back(entries[k].id);
+  }
+  TrainValPairs pairs;
+  MEWM_TRY(pairs.train,
+           scenarios::BuildDiffusionPairs(o.cohort, config, actions, train_ids,
+                                          PatientProgress("reading training crops", o.quiet)));
+  if (!val_ids.empty()) {
+    MEWM_TRY(pairs.val,
+             scenarios::BuildDiffusionPairs(o.cohort, config, actions, val_ids,
+                                            PatientProgress("reading validation crops", o.quiet)));
+  }
+  std::cout << pairs.train.size() << " training and " << pairs.val.size()
+            << " validation crop pairs (" << train_ids.size() << " + " << val_ids.size()
+            << " patients)\n";
+  return pairs;
+}
+
+/// TrainDiffusion's options from the command line, with the command and the cohort's
+/// provenance as the checkpoint's metadata.
+dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
+                                               const dynamics::DiffusionConfig& config) {
+  const std::string command =
+      "mewm train dynamics --cohort " + o.cohort + " --out " + o.out + " --config " + o.config +
+      " --seed " + std::to_string(o.seed) + " --ae-steps " + std::to_string(o.ae_steps) +
+      " --denoiser-steps " + std::to_string(o.denoiser_steps) + " --ae-batch " +
+      std::to_string(o.ae_batch) + " --denoiser-batch " + std::to_string(o.denoiser_batch);
+  const auto [cohort_seed, data] = CohortProvenance(o.cohort);
+  dynamics::DiffusionTrainOptions options;
+  options.config = config;
+  options.seed = o.seed;
+  options.ae_steps = o.ae_steps;
+  options.denoiser_steps = o.denoiser_steps;
+  options.ae_batch = o.ae_batch;
+  options.denoiser_batch = o.denoiser_batch;
+  options.state_dir = o.state_dir;
+  options.threads = o.threads;
+  options.out = o.out;
+  options.metadata_json =
+      nlohmann::json{{"command", command}, {"seed", o.seed}, {"data", data}}.dump();
+  return options;
+}
+
+/// Prints the trained model's validation scores, the recommended guidance and where it went.
+void PrintTrainReport(const dynamics::DiffusionTrainReport& report, const std::string& out) {
+  std::printf(
+      "autoencoder: validation CT L1 %.4f (window units), mask Dice %.3f, residual error of "
+      "reconstructions %.1f%%\n"
+      "denoiser: validation v-loss %.4f, latent scale %.3f\n",
+      report.ae_val_l1_ct, report.ae_val_mask_dice, 100.0 * report.ae_val_residual_rel,
+      report.denoiser_val_loss, report.latent_scale);
+  for (const dynamics::GuidanceScore& g : report.guidance_scores) {
+    std::printf(
+        "  guidance %.1f on validation (10 DDIM steps): residual Spearman %+.3f, "
+        "residual MAE %.2f mL per crop\n",
+        g.guidance, g.spearman, g.residual_mae_ml);
+  }
+  std::printf(
+      "recommended guidance %.1f (set dynamics.guidance in the scenario)\n"
+      "trained in %.0f s%s; wrote %s\n",
+      report.recommended_guidance, report.seconds,
+      report.resumed_from_step > 0
+          ? (" (resumed at step " + std::to_string(report.resumed_from_step) + ")").c_str()
+          : "",
+      out.c_str());
+}
+
+}  // namespace
+
+Action AddTrainDynamics(CLI::App& train_app) {
+  auto o = std::make_shared<TrainDynamicsOptions>();
+  CLI::App* sub = train_app.add_subcommand(
+      "dynamics",
+      "Train the diffusion dynamics (autoencoder, then denoiser) on a cohort with "
+      "counterfactual plans");
+  AddTrainInputOutputOptions(sub, o.get());
+  AddTrainScheduleOptions(sub, o.get());
+  AddTrainRuntimeOptions(sub, o.get());
   return [o, sub]() -> int {
     if (!sub->parsed()) return -1;
     // Fail now, not after an hour of training, when the outputs cannot be written.
-    if (auto writable = CheckWritable(o->out); !writable) return Fail(writable.error());
-    if (!o->state_dir.empty()) {
-      std::error_code ec;
-      std::filesystem::create_directories(o->state_dir, ec);
-      const std::string probe = (std::filesystem::path(o->state_dir) / "state.json").string();
-      if (auto writable = CheckWritable(probe); !writable) {
-        return Fail(writable.error().WithContext("--state-dir"));
-      }
-    }
+    if (auto writable = CheckTrainOutputs(*o); !writable) return Fail(writable.error());
     const ActionBase& actions = ActionBase::Default();
     auto config = dynamics::DiffusionConfig::Preset(o->config, actions);
     if (!config) return Fail(config.error());
-    auto entries = scenarios::ReadSyntheticCohort(o->cohort);
-    if (!entries) return Fail(entries.error());
-    const int n_val = int(double(entries->size()) * o->validation_fraction);
-    std::vector<std::string> train_ids, val_ids;
-    for (std::size_t k = 0; k < entries->size(); ++k) {
-      (int(k) >= int(entries->size()) - n_val ? val_ids : train_ids).push_back((*entries)[k].id);
-    }
-    auto train =
-        scenarios::BuildDiffusionPairs(o->cohort, *config, actions, train_ids,
-                                       PatientProgress("reading training crops", o->quiet));
-    if (!train) return Fail(train.error());
-    std::vector<dynamics::DiffusionPair> val;
-    if (!val_ids.empty()) {
-      auto read =
-          scenarios::BuildDiffusionPairs(o->cohort, *config, actions, val_ids,
-                                         PatientProgress("reading validation crops", o->quiet));
-      if (!read) return Fail(read.error());
-      val = std::move(*read);
-    }
-    std::cout << train->size() << " training and " << val.size() << " validation crop pairs ("
-              << train_ids.size() << " + " << val_ids.size() << " patients)\n";
-    const std::string command = "mewm train dynamics --cohort " + o->cohort + " --out " + o->out +
-                                " --config " + o->config + " --seed " + std::to_string(o->seed) +
-                                " --ae-steps " + std::to_string(o->ae_steps) +
-                                " --denoiser-steps " + std::to_string(o->denoiser_steps) +
-                                " --ae-batch " + std::to_string(o->ae_batch) +
-                                " --denoiser-batch " + std::to_string(o->denoiser_batch);
-    const auto [cohort_seed, data] = CohortProvenance(o->cohort);
-    dynamics::DiffusionTrainOptions options;
-    options.config = *config;
-    options.seed = o->seed;
-    options.ae_steps = o->ae_steps;
-    options.denoiser_steps = o->denoiser_steps;
-    options.ae_batch = o->ae_batch;
-    options.denoiser_batch = o->denoiser_batch;
-    options.state_dir = o->state_dir;
-    options.threads = o->threads;
-    options.out = o->out;
-    options.metadata_json =
-        nlohmann::json{{"command", command}, {"seed", o->seed}, {"data", data}}.dump();
+    auto pairs = ReadTrainValPairs(*o, *config, actions);
+    if (!pairs) return Fail(pairs.error());
+    const dynamics::DiffusionTrainOptions options = TrainOptionsOf(*o, *config);
     std::unique_ptr<ProgressBar> bar;
     std::string stage;
     const auto progress = [&](const dynamics::DiffusionTrainProgress& p) {
@@ -125,29 +196,10 @@ Action AddTrainDynamics(CLI::App& train_app) {
         std::fflush(stdout);
       }
     };
-    auto report = dynamics::TrainDiffusion(*train, val, options, progress);
+    auto report = dynamics::TrainDiffusion(pairs->train, pairs->val, options, progress);
     if (bar) bar->Finish();
     if (!report) return Fail(report.error());
-    std::printf(
-        "autoencoder: validation CT L1 %.4f (window units), mask Dice %.3f, residual error of "
-        "reconstructions %.1f%%\n"
-        "denoiser: validation v-loss %.4f, latent scale %.3f\n",
-        report->ae_val_l1_ct, report->ae_val_mask_dice, 100.0 * report->ae_val_residual_rel,
-        report->denoiser_val_loss, report->latent_scale);
-    for (const dynamics::GuidanceScore& g : report->guidance_scores) {
-      std::printf(
-          "  guidance %.1f on validation (10 DDIM steps): residual Spearman %+.3f, "
-          "residual MAE %.2f mL per crop\n",
-          g.guidance, g.spearman, g.residual_mae_ml);
-    }
-    std::printf(
-        "recommended guidance %.1f (set dynamics.guidance in the scenario)\n"
-        "trained in %.0f s%s; wrote %s\n",
-        report->recommended_guidance, report->seconds,
-        report->resumed_from_step > 0
-            ? (" (resumed at step " + std::to_string(report->resumed_from_step) + ")").c_str()
-            : "",
-        o->out.c_str());
+    PrintTrainReport(*report, o->out);
     return 0;
   };
 }

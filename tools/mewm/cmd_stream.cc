@@ -220,6 +220,10 @@ Action RegisterServe(CLI::App& app, const BackendRegistry& backends) {
                  "Every HTTP request must carry `Authorization: Bearer <token>` with the token in "
                  "this file (its first line; 16+ characters, e.g. `openssl rand -hex 32`)")
       ->check(CLI::ExistingFile);
+  app.add_option("--http-cors-origin", o->http_cors_origins,
+                 "Let browser pages of this origin (e.g. http://localhost:3000, or *) read /v1/ "
+                 "and /v2/ (CORS: Access-Control-Allow-Origin, OPTIONS preflight allowing "
+                 "Authorization and Last-Event-ID); repeatable; default none");
   app.add_option("--max-event-streams", o->max_event_streams,
                  "Open SSE event streams at most; more get 503")
       ->capture_default_str()
@@ -245,7 +249,8 @@ Action RegisterServe(CLI::App& app, const BackendRegistry& backends) {
     if ((*server)->metrics_port() >= 0) {
       std::cout << ", http http://" << o->metrics_address << ":" << (*server)->metrics_port()
                 << " (/metrics, /v2/health/ready, /v1/runs"
-                << (o->http_token_file.empty() ? "" : ", bearer token") << ")";
+                << (o->http_token_file.empty() ? "" : ", bearer token")
+                << (o->http_cors_origins.empty() ? "" : ", CORS") << ")";
     }
     std::cout << std::endl;
     const Status served = (*server)->Serve();

@@ -185,7 +185,9 @@ int main(int argc, char** argv) {
       mewm::cli::RegisterInspect);
   add("convert", "Convert between NIfTI (.nii, .nii.gz) and .vdb, keeping geometry and values",
       mewm::cli::RegisterConvert);
-  add("import", "Import a DICOM CT series as .vdb or NIfTI (mewm import dicom DIR --out FILE)",
+  add("import",
+      "Import a DICOM CT series or a DICOM-SEG mask as .vdb or NIfTI (mewm import dicom DIR --out "
+      "FILE; mewm import dicom-seg SEG --ct DIR --out FILE)",
       mewm::cli::RegisterImport);
   add("render", "Render one slice of a volume to PNG, optionally with a label overlay",
       mewm::cli::RegisterRender);

@@ -50,8 +50,11 @@ void TerminalSink::Show(const scenarios::PatientStarted& e) {
   step_ = 0;
   stage_ = "proposal";
   best_.clear();
+  rationale_.clear();
   Redraw();
 }
+
+void TerminalSink::Show(const scenarios::ProposalMade& e) { rationale_ = e.rationale; }
 
 void TerminalSink::Show(const scenarios::CandidateEvaluated& e) {
   ++candidates_;
@@ -77,6 +80,7 @@ void TerminalSink::Show(const scenarios::PlanDecided& e) {
                e.median_months < 0
                    ? "> follow-up"
                    : (std::to_string(std::lround(e.median_months)) + " mo").c_str());
+  if (!rationale_.empty()) std::fprintf(stderr, "%-8s proposal: %s\n", "", rationale_.c_str());
 }
 
 void TerminalSink::Show(const scenarios::PatientFinished&) { ++done_; }

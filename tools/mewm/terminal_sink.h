@@ -28,7 +28,7 @@ class TerminalSink final : public scenarios::EventSink {
   void Show(const scenarios::Progress& e);
   void Show(const scenarios::RunStarted& e);
   void Show(const scenarios::PatientStarted& e);
-  void Show(const scenarios::ProposalMade&) {}
+  void Show(const scenarios::ProposalMade& e);
   void Show(const scenarios::CandidateEvaluated& e);
   void Show(const scenarios::BeamUpdated& e);
   void Show(const scenarios::PlanDecided& e);
@@ -44,6 +44,7 @@ class TerminalSink final : public scenarios::EventSink {
   Clock::time_point start_ = Clock::now();
   int total_ = 0, done_ = 0, index_ = 0, candidates_ = 0, step_ = 0;
   std::string patient_, best_, stage_;
+  std::string rationale_;  ///< the current patient's proposal, shown under its decision
 };
 
 }  // namespace mewm::cli

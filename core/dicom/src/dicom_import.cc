@@ -6,11 +6,7 @@
 //
 #include <dcmtk/dcmdata/dcdeftag.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
-#include <dcmtk/dcmdata/dcrledrg.h>
 #include <dcmtk/dcmdata/dcxfer.h>
-#include <dcmtk/dcmjpeg/djdecode.h>
-#include <dcmtk/dcmjpls/djdecode.h>
-#include <dcmtk/oflog/oflog.h>
 
 #include <Eigen/Geometry>
 #include <algorithm>
@@ -18,11 +14,12 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "dcmtk_util.h"
 #include "mewm/core/dense.h"
+#include "mewm/core/file_util.h"
 #include "mewm/core/limits.h"
 
 namespace mewm::dicom {
@@ -30,29 +27,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-void InitDcmtk() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    // DCMTK logs every file it cannot parse; mewm reports what matters itself.
-    OFLog::configure(OFLogger::FATAL_LOG_LEVEL);
-    DJDecoderRegistration::registerCodecs();    // JPEG baseline, extended, lossless
-    DJLSDecoderRegistration::registerCodecs();  // JPEG-LS
-    DcmRLEDecoderRegistration::registerCodecs();
-  });
-}
-
-/// True when the file has the DICOM Part 10 preamble ("DICM" at byte 128).
-bool HasPreamble(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  char magic[4] = {};
-  in.seekg(128);
-  return in.read(magic, 4) && std::string(magic, 4) == "DICM";
-}
-
-std::string Text(DcmDataset& ds, const DcmTagKey& tag) {
-  OFString value;
-  return ds.findAndGetOFStringArray(tag, value).good() ? std::string(value.c_str()) : "";
-}
+using detail::HasPreamble;
+using detail::InitDcmtk;
+using detail::Text;
 
 /// `count` decimal values of a multi-valued tag, or kCorruptData naming it.
 Expected<std::vector<double>> Numbers(DcmDataset& ds, const DcmTagKey& tag, unsigned count,
@@ -82,6 +59,7 @@ struct Slice {
 struct FileHeader {
   std::string path, series_uid, modality, description, patient_id;
   Expected<Slice> geometry = Slice{};  ///< read in the same pass, checked when imported
+  std::string frame_of_reference_uid;
 };
 
 Expected<Slice> ReadGeometry(DcmDataset& ds, const std::string& path) {
@@ -110,8 +88,10 @@ Expected<Slice> ReadGeometry(DcmDataset& ds, const std::string& path) {
   return slice;
 }
 
-/// Every regular file under `folder` (sorted, so runs are repeatable), at most max_files.
-Expected<std::vector<fs::path>> ListFiles(const std::string& folder, int max_files) {
+/// Every regular file under `folder` (sorted, so runs are repeatable), at most max_files. Symbolic
+/// links that lead out of the folder are skipped and counted in `outside`: a folder that a server
+/// confines stays confined.
+Expected<std::vector<fs::path>> ListFiles(const std::string& folder, int max_files, int* outside) {
   std::error_code ec;
   if (!fs::is_directory(folder, ec)) {
     return MakeError(ErrorCode::kNotFound, "'" + folder + "' is not a folder");
@@ -120,6 +100,10 @@ Expected<std::vector<fs::path>> ListFiles(const std::string& folder, int max_fil
   for (auto it = fs::recursive_directory_iterator(folder, ec);
        !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
     if (!it->is_regular_file(ec)) continue;
+    if (it->is_symlink(ec) && !IsPathInside(it->path().string(), folder)) {
+      ++*outside;
+      continue;
+    }
     files.push_back(it->path());
     if (int(files.size()) > max_files) {
       return MakeError(ErrorCode::kInvalidArgument, "'" + folder + "' holds more than " +
@@ -136,7 +120,7 @@ Expected<std::vector<fs::path>> ListFiles(const std::string& folder, int max_fil
 Expected<std::vector<FileHeader>> ReadHeaders(const std::string& folder, int max_files,
                                               FolderScan* scan) {
   InitDcmtk();
-  MEWM_TRY(const std::vector<fs::path> files, ListFiles(folder, max_files));
+  MEWM_TRY(const std::vector<fs::path> files, ListFiles(folder, max_files, &scan->outside));
   scan->files = int(files.size());
   std::vector<FileHeader> headers;
   for (const fs::path& path : files) {
@@ -148,9 +132,13 @@ Expected<std::vector<FileHeader>> ReadHeaders(const std::string& folder, int max
       continue;
     }
     DcmDataset& ds = *file.getDataset();
-    FileHeader header{path.string(),           Text(ds, DCM_SeriesInstanceUID),
-                      Text(ds, DCM_Modality),  Text(ds, DCM_SeriesDescription),
-                      Text(ds, DCM_PatientID), ReadGeometry(ds, path.string())};
+    FileHeader header{path.string(),
+                      Text(ds, DCM_SeriesInstanceUID),
+                      Text(ds, DCM_Modality),
+                      Text(ds, DCM_SeriesDescription),
+                      Text(ds, DCM_PatientID),
+                      ReadGeometry(ds, path.string()),
+                      Text(ds, DCM_FrameOfReferenceUID)};
     if (header.series_uid.empty()) {
       ++scan->not_dicom;  // a DICOMDIR or another non-image object
       continue;
@@ -160,7 +148,9 @@ Expected<std::vector<FileHeader>> ReadHeaders(const std::string& folder, int max
   std::map<std::string, SeriesInfo> series;
   for (const FileHeader& h : headers) {
     SeriesInfo& s = series[h.series_uid];
-    if (s.files == 0) s = {h.series_uid, h.modality, h.description, h.patient_id, 0};
+    if (s.files == 0) {
+      s = {h.series_uid, h.modality, h.description, h.patient_id, 0, h.frame_of_reference_uid};
+    }
     ++s.files;
   }
   for (auto& [uid, info] : series) scan->series.push_back(info);
@@ -271,13 +261,13 @@ std::string DescribeSeries(const FolderScan& scan) {
   return out.str();
 }
 
-Expected<ImportResult> ImportSeries(const std::string& folder, const ImportOptions& options) {
-  FolderScan scan;
-  MEWM_TRY(const std::vector<FileHeader> headers, ReadHeaders(folder, options.max_files, &scan));
+namespace {
+
+/// The series to import: the only one, or the one `options.series_uid` names.
+Expected<const SeriesInfo*> ChooseSeries(const FolderScan& scan, const std::string& folder,
+                                         const ImportOptions& options) {
   if (scan.series.empty()) {
-    return MakeError(ErrorCode::kNotFound, "no DICOM image series in '" + folder + "' (" +
-                                               std::to_string(scan.files) + " files, " +
-                                               std::to_string(scan.not_dicom) + " not DICOM)");
+    return detail::NoImageSeries(scan, folder);
   }
   const SeriesInfo* chosen = nullptr;
   if (options.series_uid.empty()) {
@@ -296,15 +286,13 @@ Expected<ImportResult> ImportSeries(const std::string& folder, const ImportOptio
                                                  "'; it holds:\n" + DescribeSeries(scan));
     }
   }
-  // Geometry of every slice, from the headers.
-  std::vector<Slice> slices;
-  for (const FileHeader& h : headers) {
-    if (h.series_uid != chosen->series_uid) continue;
-    if (!h.geometry) return h.geometry.error();
-    slices.push_back(*h.geometry);
-  }
+  return chosen;
+}
+
+/// Checks that all slices share one orientation (two unit vectors at right angles), rows,
+/// columns and pixel spacing.
+Status CheckSlicesAgree(const std::vector<Slice>& slices) {
   const Slice& first = slices.front();
-  // One orientation, rows, columns and pixel spacing for all.
   for (const Slice& s : slices) {
     if ((s.row - first.row).cwiseAbs().maxCoeff() > 1e-4 ||
         (s.column - first.column).cwiseAbs().maxCoeff() > 1e-4) {
@@ -326,12 +314,12 @@ Expected<ImportResult> ImportSeries(const std::string& folder, const ImportOptio
                          "': ImageOrientationPatient is not two unit vectors at "
                          "right angles");
   }
-  const Eigen::Vector3d row = first.row.normalized();
-  const Eigen::Vector3d column = (first.column - first.column.dot(row) * row).normalized();
-  const Eigen::Vector3d normal = row.cross(column);
-  for (Slice& s : slices) s.along = s.position.dot(normal);
-  std::sort(slices.begin(), slices.end(),
-            [](const Slice& a, const Slice& b) { return a.along < b.along; });
+  return {};
+}
+
+/// The distance between slices sorted along `normal`: their common step, checked to be regular
+/// (no repeated position, no gantry tilt, no uneven gap); one slice takes its SliceThickness.
+Expected<double> SliceStep(const std::vector<Slice>& slices, const Eigen::Vector3d& normal) {
   // A regular lattice: each step along the normal, without a sideways shift (tilt), all equal.
   std::vector<double> steps;
   for (std::size_t k = 1; k < slices.size(); ++k) {
@@ -371,11 +359,52 @@ Expected<ImportResult> ImportSeries(const std::string& folder, const ImportOptio
   } else {
     DcmFileFormat file;
     Float64 thickness = 0;
-    if (file.loadFile(first.path.c_str(), EXS_Unknown, EGL_noChange, 4096).good()) {
+    if (file.loadFile(slices.front().path.c_str(), EXS_Unknown, EGL_noChange, 4096).good()) {
       file.getDataset()->findAndGetFloat64(DCM_SliceThickness, thickness);
     }
     step = thickness > 0 ? thickness : 1.0;
   }
+  return step;
+}
+
+/// The imported CT's provenance: folder, series, frame of reference, slices and step.
+std::string SeriesProvenanceJson(const std::string& folder, const SeriesInfo& chosen,
+                                 std::size_t slices, double step) {
+  return nlohmann::json{{"source", "dicom"},
+                        {"reader", "DCMTK"},
+                        {"folder", fs::absolute(folder).lexically_normal().string()},
+                        {"series_uid", chosen.series_uid},
+                        {"frame_of_reference_uid", chosen.frame_of_reference_uid},
+                        {"series_description", chosen.description},
+                        {"slices", slices},
+                        {"slice_step_mm", step}}
+      .dump();
+}
+
+}  // namespace
+
+Expected<ImportResult> ImportSeries(const std::string& folder, const ImportOptions& options) {
+  FolderScan scan;
+  MEWM_TRY(const std::vector<FileHeader> headers, ReadHeaders(folder, options.max_files, &scan));
+  MEWM_TRY(const SeriesInfo* chosen, ChooseSeries(scan, folder, options));
+  // Geometry of every slice, from the headers.
+  std::vector<Slice> slices;
+  for (const FileHeader& h : headers) {
+    if (h.series_uid != chosen->series_uid) continue;
+    if (!h.geometry) return h.geometry.error();
+    slices.push_back(*h.geometry);
+  }
+  // One orientation, rows, columns and pixel spacing for all.
+  MEWM_RETURN_IF_ERROR(CheckSlicesAgree(slices));
+  const Slice& first = slices.front();
+  const Eigen::Vector3d row = first.row.normalized();
+  const Eigen::Vector3d column = (first.column - first.column.dot(row) * row).normalized();
+  const Eigen::Vector3d normal = row.cross(column);
+  for (Slice& s : slices) s.along = s.position.dot(normal);
+  std::sort(slices.begin(), slices.end(),
+            [](const Slice& a, const Slice& b) { return a.along < b.along; });
+  MEWM_TRY(const double step, SliceStep(slices, normal));
+  // `first` is now the lowest slice along the normal.
   const Index3 dims{std::int64_t(first.columns), std::int64_t(first.rows),
                     std::int64_t(slices.size())};
   MEWM_RETURN_IF_ERROR(CheckImageVoxels(
@@ -403,14 +432,7 @@ Expected<ImportResult> ImportSeries(const std::string& folder, const ImportOptio
       chosen->patient_id.empty() ? fs::path(folder).filename().string() : chosen->patient_id;
   result.set.metadata.modality = chosen->modality.empty() ? "CT" : chosen->modality;
   result.set.metadata.units = result.set.metadata.modality == "CT" ? "HU" : "";
-  result.set.metadata.provenance_json = nlohmann::json{
-      {"source", "dicom"},
-      {"reader", "DCMTK"},
-      {"folder", fs::absolute(folder).lexically_normal().string()},
-      {"series_uid", chosen->series_uid},
-      {"series_description", chosen->description},
-      {"slices", slices.size()},
-      {"slice_step_mm", step}}.dump();
+  result.set.metadata.provenance_json = SeriesProvenanceJson(folder, *chosen, slices.size(), step);
   result.set.scalars.emplace("ct", std::move(ct));
   return result;
 }

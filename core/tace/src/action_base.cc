@@ -215,6 +215,100 @@ std::string Plan::ToString() const {
 // ---------------------------------------------------------------------------------------------
 // Loading
 
+Expected<std::string> ActionBase::ResolveItem(const ConfigTable& table, const std::string& key,
+                                              const std::string& name) const {
+  const ActionItem* item = FindItem(name);
+  if (item == nullptr) {
+    return MakeError(ErrorCode::kInvalidArgument, table.WhereKey(key) + ": " + table.path() + "." +
+                                                      key + " names unknown item " + Quote(name) +
+                                                      DidYouMean(items_, name));
+  }
+  return item->name;
+}
+
+Status ActionBase::ReadRules(const ConfigTable& rule_table) {
+  const std::vector<std::string> classes = DrugClasses();
+  auto limit_tables = rule_table.GetTableArray("class_limit");
+  auto exclusive_tables = rule_table.GetTableArray("exclusive");
+  MEWM_RETURN_IF_ERROR(rule_table.RejectUnknownKeys());
+  RuleIds ids;
+
+  MEWM_TRY(const std::vector<ConfigTable> limits, std::move(limit_tables));
+  for (const ConfigTable& table : limits) {
+    auto id = table.GetString("id");
+    auto drug_class = table.GetString("class");
+    auto max = table.GetInt("max", std::nullopt, /*min=*/0);
+    MEWM_RETURN_IF_ERROR(table.RejectUnknownKeys());
+    ClassLimit limit;
+    MEWM_TRY(limit.id, std::move(id));
+    MEWM_TRY(limit.drug_class, std::move(drug_class));
+    MEWM_TRY(const std::int64_t max_value, std::move(max));
+    // Any count above the number of drugs is "no limit"; clamp so the value fits an int.
+    limit.max = static_cast<int>(std::min<std::int64_t>(max_value, INT_MAX));
+    MEWM_RETURN_IF_ERROR(ids.Add(table, limit.id));
+    if (std::find(classes.begin(), classes.end(), limit.drug_class) == classes.end()) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       table.WhereKey("class") + ": " + table.path() + ".class " +
+                           Quote(limit.drug_class) +
+                           " is not the class of any drug (classes: " + Join(classes, ", ") + ")");
+    }
+    class_limits_.push_back(std::move(limit));
+  }
+
+  MEWM_TRY(const std::vector<ConfigTable> exclusives, std::move(exclusive_tables));
+  for (const ConfigTable& table : exclusives) {
+    auto id = table.GetString("id");
+    auto items = table.GetStringList("items");
+    MEWM_RETURN_IF_ERROR(table.RejectUnknownKeys());
+    Exclusion exclusion;
+    MEWM_TRY(exclusion.id, std::move(id));
+    MEWM_TRY(const std::vector<std::string> written, std::move(items));
+    MEWM_RETURN_IF_ERROR(ids.Add(table, exclusion.id));
+    for (const std::string& name : written) {
+      MEWM_TRY(std::string canonical, ResolveItem(table, "items", name));
+      if (std::find(exclusion.items.begin(), exclusion.items.end(), canonical) ==
+          exclusion.items.end()) {
+        exclusion.items.push_back(std::move(canonical));
+      }
+    }
+    if (exclusion.items.size() < 2) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       table.WhereKey("items") + ": " + table.path() +
+                           ".items must name at least 2 different items (got " +
+                           std::to_string(exclusion.items.size()) + ")");
+    }
+    exclusions_.push_back(std::move(exclusion));
+  }
+  return {};
+}
+
+Status ActionBase::ReadProtocols(const ConfigTable& protocol_table) {
+  std::map<std::string, std::string> protocol_where;  // lower-case name -> where
+  for (const std::string& name : protocol_table.Keys()) {
+    MEWM_TRY(const ConfigTable table, protocol_table.GetTable(name));
+    auto mandatory = table.GetStringList("mandatory");
+    MEWM_RETURN_IF_ERROR(table.RejectUnknownKeys());
+    const auto [seen, inserted] = protocol_where.emplace(Lower(name), table.Where());
+    if (!inserted) {
+      return MakeError(ErrorCode::kInvalidArgument, table.Where() + ": protocol " + Quote(name) +
+                                                        " is already defined at " + seen->second +
+                                                        " (protocol names are case-insensitive)");
+    }
+    MEWM_TRY(const std::vector<std::string> written, std::move(mandatory));
+    std::vector<std::string> canonical_items;
+    for (const std::string& item_name : written) {
+      MEWM_TRY(std::string canonical, ResolveItem(table, "mandatory", item_name));
+      if (std::find(canonical_items.begin(), canonical_items.end(), canonical) ==
+          canonical_items.end()) {
+        canonical_items.push_back(std::move(canonical));
+      }
+    }
+    protocols_[name] = std::move(canonical_items);
+  }
+  MEWM_RETURN_IF_ERROR(protocol_table.RejectUnknownKeys());
+  return {};
+}
+
 Expected<ActionBase> ActionBase::FromToml(const std::string& toml_text, const std::string& origin) {
   MEWM_TRY(const ConfigDocument doc, ConfigDocument::Parse(toml_text, origin));
   const ConfigTable root = doc.Root();
@@ -246,100 +340,10 @@ Expected<ActionBase> ActionBase::FromToml(const std::string& toml_text, const st
     MEWM_TRY(ActionItem item, ReadItem(table, ItemKind::kEmbolic, names));
     base.items_.push_back(std::move(item));
   }
-  const std::vector<std::string> classes = base.DrugClasses();
-
-  // Resolves an item named by a rule or protocol to its canonical name.
-  const auto resolve = [&base](const ConfigTable& table, const std::string& key,
-                               const std::string& name) -> Expected<std::string> {
-    const ActionItem* item = base.FindItem(name);
-    if (item == nullptr) {
-      return MakeError(ErrorCode::kInvalidArgument,
-                       table.WhereKey(key) + ": " + table.path() + "." + key +
-                           " names unknown item " + Quote(name) + DidYouMean(base.items_, name));
-    }
-    return item->name;
-  };
-
-  // Rules.
   MEWM_TRY(const ConfigTable rule_table, std::move(rules));
-  auto limit_tables = rule_table.GetTableArray("class_limit");
-  auto exclusive_tables = rule_table.GetTableArray("exclusive");
-  MEWM_RETURN_IF_ERROR(rule_table.RejectUnknownKeys());
-  RuleIds ids;
-
-  MEWM_TRY(const std::vector<ConfigTable> limits, std::move(limit_tables));
-  for (const ConfigTable& table : limits) {
-    auto id = table.GetString("id");
-    auto drug_class = table.GetString("class");
-    auto max = table.GetInt("max", std::nullopt, /*min=*/0);
-    MEWM_RETURN_IF_ERROR(table.RejectUnknownKeys());
-    ClassLimit limit;
-    MEWM_TRY(limit.id, std::move(id));
-    MEWM_TRY(limit.drug_class, std::move(drug_class));
-    MEWM_TRY(const std::int64_t max_value, std::move(max));
-    // Any count above the number of drugs is "no limit"; clamp so the value fits an int.
-    limit.max = static_cast<int>(std::min<std::int64_t>(max_value, INT_MAX));
-    MEWM_RETURN_IF_ERROR(ids.Add(table, limit.id));
-    if (std::find(classes.begin(), classes.end(), limit.drug_class) == classes.end()) {
-      return MakeError(ErrorCode::kInvalidArgument,
-                       table.WhereKey("class") + ": " + table.path() + ".class " +
-                           Quote(limit.drug_class) +
-                           " is not the class of any drug (classes: " + Join(classes, ", ") + ")");
-    }
-    base.class_limits_.push_back(std::move(limit));
-  }
-
-  MEWM_TRY(const std::vector<ConfigTable> exclusives, std::move(exclusive_tables));
-  for (const ConfigTable& table : exclusives) {
-    auto id = table.GetString("id");
-    auto items = table.GetStringList("items");
-    MEWM_RETURN_IF_ERROR(table.RejectUnknownKeys());
-    Exclusion exclusion;
-    MEWM_TRY(exclusion.id, std::move(id));
-    MEWM_TRY(const std::vector<std::string> written, std::move(items));
-    MEWM_RETURN_IF_ERROR(ids.Add(table, exclusion.id));
-    for (const std::string& name : written) {
-      MEWM_TRY(std::string canonical, resolve(table, "items", name));
-      if (std::find(exclusion.items.begin(), exclusion.items.end(), canonical) ==
-          exclusion.items.end()) {
-        exclusion.items.push_back(std::move(canonical));
-      }
-    }
-    if (exclusion.items.size() < 2) {
-      return MakeError(ErrorCode::kInvalidArgument,
-                       table.WhereKey("items") + ": " + table.path() +
-                           ".items must name at least 2 different items (got " +
-                           std::to_string(exclusion.items.size()) + ")");
-    }
-    base.exclusions_.push_back(std::move(exclusion));
-  }
-
-  // Protocols: every key of [protocol] is a protocol name.
+  MEWM_RETURN_IF_ERROR(base.ReadRules(rule_table));
   MEWM_TRY(const ConfigTable protocol_table, std::move(protocols));
-  std::map<std::string, std::string> protocol_where;  // lower-case name -> where
-  for (const std::string& name : protocol_table.Keys()) {
-    MEWM_TRY(const ConfigTable table, protocol_table.GetTable(name));
-    auto mandatory = table.GetStringList("mandatory");
-    MEWM_RETURN_IF_ERROR(table.RejectUnknownKeys());
-    const auto [seen, inserted] = protocol_where.emplace(Lower(name), table.Where());
-    if (!inserted) {
-      return MakeError(ErrorCode::kInvalidArgument, table.Where() + ": protocol " + Quote(name) +
-                                                        " is already defined at " + seen->second +
-                                                        " (protocol names are case-insensitive)");
-    }
-    MEWM_TRY(const std::vector<std::string> written, std::move(mandatory));
-    std::vector<std::string> canonical_items;
-    for (const std::string& item_name : written) {
-      MEWM_TRY(std::string canonical, resolve(table, "mandatory", item_name));
-      if (std::find(canonical_items.begin(), canonical_items.end(), canonical) ==
-          canonical_items.end()) {
-        canonical_items.push_back(std::move(canonical));
-      }
-    }
-    base.protocols_[name] = std::move(canonical_items);
-  }
-  MEWM_RETURN_IF_ERROR(protocol_table.RejectUnknownKeys());
-
+  MEWM_RETURN_IF_ERROR(base.ReadProtocols(protocol_table));
   return base;
 }
 

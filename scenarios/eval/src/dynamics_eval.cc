@@ -139,6 +139,73 @@ double MeanSpearman(const std::vector<std::vector<double>>& pred,
 
 }  // namespace
 
+/// Scores one method's simulated outcomes of one patient (patient index `patient`) against the
+/// true outcomes of the same plans, and keeps their crops for the machine Turing test.
+Status ScorePatient(const std::vector<Outcome>& simulated, const std::vector<Outcome>& truth,
+                    const PatientCase& region, const CropSpec& lesion,
+                    const dynamics::DiffusionConfig& crop_config, int patient, MethodCases& c) {
+  std::vector<double> pred_ml, true_ml;
+  for (std::size_t p = 0; p < truth.size(); ++p) {
+    const Outcome& o = simulated[p];
+    const double pr = ViableVolumeMl(o), tr = ViableVolumeMl(truth[p]);
+    pred_ml.push_back(pr);
+    true_ml.push_back(tr);
+    c.residual_abs.push_back(std::abs(pr - tr));
+    c.residual_diff.push_back(pr - tr);
+    c.residual_rel.push_back(std::abs(pr - tr) / std::max(tr, 1.0));
+    c.mask_abs.push_back(std::abs(MaskMl(o.viable) - MaskMl(truth[p].viable)));
+    const double dice = Dice(o.viable, truth[p].viable);
+    if (std::isnan(dice)) {
+      ++c.empty_both;
+    } else {
+      c.dice.push_back(dice);
+    }
+    c.hu.push_back(HuMae(o.post_ct, truth[p].post_ct, region.ct));
+    MEWM_TRY(auto crop, dynamics::ExtractChannels(o.post_ct, o.viable, lesion, crop_config.window));
+    c.crops.push_back(std::move(crop.ct));
+    c.crop_patient.push_back(patient);
+  }
+  c.pred_ml.push_back(std::move(pred_ml));
+  c.true_ml.push_back(std::move(true_ml));
+  return {};
+}
+
+/// One method's metrics over every case; the plan-sensitivity control shuffles each patient's
+/// predictions across plans with `rng`.
+DynamicsMetrics Summarize(const std::string& method, const MethodCases& c, bool has_image,
+                          std::mt19937_64& rng) {
+  DynamicsMetrics r;
+  r.method = method;
+  r.cases = int(c.residual_abs.size());
+  r.residual_mae_ml = Mean(c.residual_abs);
+  r.residual_bias_ml = Mean(c.residual_diff);
+  r.residual_rel_error = Median(c.residual_rel);
+  r.dice = Mean(c.dice);
+  r.dice_cases = int(c.dice.size());
+  r.empty_both = c.empty_both;
+  r.mask_mae_ml = Mean(c.mask_abs);
+  r.has_image = has_image;
+  r.hu_mae = Mean(c.hu);
+  r.seconds = c.seconds;
+  // Plan sensitivity, and a control with each patient's predictions shuffled across plans.
+  r.spearman = MeanSpearman(c.pred_ml, c.true_ml, &r.spearman_patients, &r.spearman_constant);
+  if (!std::isnan(r.spearman) && r.spearman_constant < r.spearman_patients) {
+    constexpr int kShuffles = 2000;
+    int above = 0;
+    double total = 0.0;
+    for (int s = 0; s < kShuffles; ++s) {
+      auto shuffled = c.pred_ml;
+      for (auto& v : shuffled) std::shuffle(v.begin(), v.end(), rng);
+      const double rho = MeanSpearman(shuffled, c.true_ml, nullptr, nullptr);
+      total += rho;
+      if (rho >= r.spearman) ++above;
+    }
+    r.spearman_shuffled = total / kShuffles;
+    r.spearman_p = double(above + 1) / double(kShuffles + 1);
+  }
+  return r;
+}
+
 Expected<DynamicsEvaluation> EvaluateDynamics(
     const std::string& cohort_dir,
     const std::vector<std::pair<std::string, dynamics::DynamicsModel*>>& methods,
@@ -194,30 +261,8 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
         return simulated.error().WithContext(all[m].first + ", patient '" + entry.id + "'");
       }
       c.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      std::vector<double> pred_ml, true_ml;
-      for (std::size_t p = 0; p < requests.size(); ++p) {
-        const Outcome& o = (*simulated)[p];
-        const double pr = ViableVolumeMl(o), tr = ViableVolumeMl(truth[p]);
-        pred_ml.push_back(pr);
-        true_ml.push_back(tr);
-        c.residual_abs.push_back(std::abs(pr - tr));
-        c.residual_diff.push_back(pr - tr);
-        c.residual_rel.push_back(std::abs(pr - tr) / std::max(tr, 1.0));
-        c.mask_abs.push_back(std::abs(MaskMl(o.viable) - MaskMl(truth[p].viable)));
-        const double dice = Dice(o.viable, truth[p].viable);
-        if (std::isnan(dice)) {
-          ++c.empty_both;
-        } else {
-          c.dice.push_back(dice);
-        }
-        c.hu.push_back(HuMae(o.post_ct, truth[p].post_ct, region.ct));
-        MEWM_TRY(auto crop,
-                 dynamics::ExtractChannels(o.post_ct, o.viable, crops.front(), crop_config.window));
-        c.crops.push_back(std::move(crop.ct));
-        c.crop_patient.push_back(int(n));
-      }
-      c.pred_ml.push_back(std::move(pred_ml));
-      c.true_ml.push_back(std::move(true_ml));
+      MEWM_RETURN_IF_ERROR(
+          ScorePatient(*simulated, truth, region, crops.front(), crop_config, int(n), c));
     }
     ++eval.patients;
     if (progress) progress(int(n + 1), int(entries.size()));
@@ -225,35 +270,7 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
   std::mt19937_64 rng(DeriveSeed(seed, "spearman-shuffle"));
   for (std::size_t m = 0; m < all.size(); ++m) {
     MethodCases& c = cases[m];
-    DynamicsMetrics r;
-    r.method = all[m].first;
-    r.cases = int(c.residual_abs.size());
-    r.residual_mae_ml = Mean(c.residual_abs);
-    r.residual_bias_ml = Mean(c.residual_diff);
-    r.residual_rel_error = Median(c.residual_rel);
-    r.dice = Mean(c.dice);
-    r.dice_cases = int(c.dice.size());
-    r.empty_both = c.empty_both;
-    r.mask_mae_ml = Mean(c.mask_abs);
-    r.has_image = all[m].second != &complete;
-    r.hu_mae = Mean(c.hu);
-    r.seconds = c.seconds;
-    // Plan sensitivity, and a control with each patient's predictions shuffled across plans.
-    r.spearman = MeanSpearman(c.pred_ml, c.true_ml, &r.spearman_patients, &r.spearman_constant);
-    if (!std::isnan(r.spearman) && r.spearman_constant < r.spearman_patients) {
-      constexpr int kShuffles = 2000;
-      int above = 0;
-      double total = 0.0;
-      for (int s = 0; s < kShuffles; ++s) {
-        auto shuffled = c.pred_ml;
-        for (auto& v : shuffled) std::shuffle(v.begin(), v.end(), rng);
-        const double rho = MeanSpearman(shuffled, c.true_ml, nullptr, nullptr);
-        total += rho;
-        if (rho >= r.spearman) ++above;
-      }
-      r.spearman_shuffled = total / kShuffles;
-      r.spearman_p = double(above + 1) / double(kShuffles + 1);
-    }
+    DynamicsMetrics r = Summarize(all[m].first, c, all[m].second != &complete, rng);
     if (turing && r.has_image) {
       std::vector<int> groups = real_patient;
       groups.insert(groups.end(), c.crop_patient.begin(), c.crop_patient.end());

@@ -90,6 +90,8 @@ Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir) {
       row.chosen = PlanOf(p.at("plan").get<std::string>());
       row.first_choice = PlanOf(p.at("proposal").value("first_choice", ""));
       row.optimal = PlanOf(t.at("optimal_plan").get<std::string>());
+      if (p.contains("counters"))
+        eval.simulations_per_patient += p["counters"].value("simulations", 0.0);
       for (const auto& [plan, risk] : t.at("plan_risks").items())
         row.risks[plan] = risk.get<double>();
       rows.push_back(std::move(row));
@@ -103,6 +105,7 @@ Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir) {
     return MakeError(ErrorCode::kInvalidArgument, "run '" + run_dir + "' has no finished patient");
   }
   eval.patients = int(rows.size());
+  eval.simulations_per_patient /= double(rows.size());
 
   std::map<std::string, int> optimal_counts;
   for (const Row& r : rows) ++optimal_counts[r.optimal.ToString()];
@@ -157,6 +160,9 @@ std::string PlanEvaluation::FormatTable() const {
   out << "plan selection on " << patients << " patients (" << failed << " failed) of " << cohort_dir
       << "\n";
   char line[256];
+  std::snprintf(line, sizeof(line), "search: %.1f outcome simulations per patient\n",
+                simulations_per_patient);
+  out << line;
   std::snprintf(line, sizeof(line), "%-24s %6s %6s %6s %6s %6s %9s %9s %7s\n", "method", "F1",
                 "Jacc", "Prec", "Rec", "Top1", "regret", "reg.med", "HR/opt");
   out << line;
@@ -182,6 +188,7 @@ std::string PlanEvaluation::ToJson() const {
               {"cohort_dir", cohort_dir},
               {"patients", patients},
               {"failed", failed},
+              {"simulations_per_patient", simulations_per_patient},
               {"methods", methods_json}}
       .dump(1);
 }

@@ -174,98 +174,105 @@ Expected<std::map<std::string, std::vector<TuringAnswer>>> ReadAnswers(
   return answers;
 }
 
-TuringScores ScoreReaders(const TuringKey& key,
-                          const std::map<std::string, std::vector<TuringAnswer>>& answers,
-                          int bootstrap, std::uint64_t seed) {
-  TuringScores s;
-  s.design = key.design;
-  s.cases = int(key.cases.size());
-  s.bootstrap = bootstrap;
+namespace {
+
+/// Reader -> case -> answer category (1: "synthetic" or "A"), for the agreement statistics.
+using ReaderCategories = std::map<std::string, std::map<std::string, int>>;
+
+/// Scores one reader's answers: accuracy (with sensitivity and specificity in a single design),
+/// binomial p, AUC and median time; records each answer's category in `categories` and the
+/// reader's (correct, answered) counts in `tally`.
+ReaderScore ScoreReader(const std::string& reader, const std::vector<TuringAnswer>& list,
+                        const TuringKey& key, ReaderCategories& categories,
+                        std::pair<int, int>& tally) {
   const bool single = key.design == TuringDesign::kSingle;
-  std::vector<std::pair<int, int>> per_reader;                   // (correct, answered)
-  std::map<std::string, std::map<std::string, int>> categories;  // reader -> case -> category
-  for (const auto& [reader, list] : answers) {
-    ReaderScore r;
-    r.reader = reader;
-    int correct = 0, pos = 0, pos_hit = 0, neg = 0, neg_hit = 0;
-    std::vector<double> scores, seconds;
-    std::vector<int> positive;
-    for (const TuringAnswer& a : list) {
-      const auto it = key.cases.find(a.case_id);
-      if (it == key.cases.end()) continue;  // ReadAnswers refuses these; callers may not
-      const bool hit = Correct(a, it->second);
-      correct += hit ? 1 : 0;
-      const bool truth_positive =
-          single ? it->second.truth == "synthetic" : it->second.truth == "A";
-      if (truth_positive) {
-        ++pos;
-        pos_hit += hit ? 1 : 0;
-      } else {
-        ++neg;
-        neg_hit += hit ? 1 : 0;
-      }
-      // Signed confidence: positive when the reader says "synthetic" (or "A is synthetic").
-      scores.push_back(Category(a) == 1 ? a.confidence : -a.confidence);
-      positive.push_back(truth_positive ? 1 : 0);
-      seconds.push_back(a.seconds);
-      categories[reader][a.case_id] = Category(a);
+  ReaderScore r;
+  r.reader = reader;
+  int correct = 0, pos = 0, pos_hit = 0, neg = 0, neg_hit = 0;
+  std::vector<double> scores, seconds;
+  std::vector<int> positive;
+  for (const TuringAnswer& a : list) {
+    const auto it = key.cases.find(a.case_id);
+    if (it == key.cases.end()) continue;  // ReadAnswers refuses these; callers may not
+    const bool hit = Correct(a, it->second);
+    correct += hit ? 1 : 0;
+    const bool truth_positive = single ? it->second.truth == "synthetic" : it->second.truth == "A";
+    if (truth_positive) {
+      ++pos;
+      pos_hit += hit ? 1 : 0;
+    } else {
+      ++neg;
+      neg_hit += hit ? 1 : 0;
     }
-    const int n = int(scores.size());
-    r.accuracy = MakeProportion(correct, n);
-    if (single) {
-      r.sensitivity = MakeProportion(pos_hit, pos);
-      r.specificity = MakeProportion(neg_hit, neg);
-    }
-    r.binomial_p = BinomialTestHalf(correct, n);
-    r.auc = RocAuc(scores, positive);
-    r.median_seconds = Median(seconds);
-    per_reader.emplace_back(correct, n);
-    s.readers.push_back(r);
+    // Signed confidence: positive when the reader says "synthetic" (or "A is synthetic").
+    scores.push_back(Category(a) == 1 ? a.confidence : -a.confidence);
+    positive.push_back(truth_positive ? 1 : 0);
+    seconds.push_back(a.seconds);
+    categories[reader][a.case_id] = Category(a);
   }
-  // Agreement: Fleiss over the cases every reader answered, Cohen per pair of readers.
+  const int n = int(scores.size());
+  r.accuracy = MakeProportion(correct, n);
+  if (single) {
+    r.sensitivity = MakeProportion(pos_hit, pos);
+    r.specificity = MakeProportion(neg_hit, neg);
+  }
+  r.binomial_p = BinomialTestHalf(correct, n);
+  r.auc = RocAuc(scores, positive);
+  r.median_seconds = Median(seconds);
+  tally = {correct, n};
+  return r;
+}
+
+/// Agreement between readers into `s`: Fleiss' kappa over the cases every reader answered, and
+/// Cohen's kappa per pair of readers over the cases both answered.
+void ScoreAgreement(const TuringKey& key, ReaderCategories& categories, TuringScores& s) {
   s.fleiss_kappa = std::nan("");
-  if (s.readers.size() >= 2) {
-    std::vector<std::vector<int>> table;
-    for (const auto& [id, truth] : key.cases) {
-      std::vector<int> row(2, 0);
-      bool all = true;
-      for (const ReaderScore& r : s.readers) {
-        const auto& mine = categories[r.reader];
-        const auto it = mine.find(id);
-        if (it == mine.end()) {
-          all = false;
-          break;
-        }
-        ++row[std::size_t(it->second)];
+  if (s.readers.size() < 2) return;
+  std::vector<std::vector<int>> table;
+  for (const auto& [id, truth] : key.cases) {
+    std::vector<int> row(2, 0);
+    bool all = true;
+    for (const ReaderScore& r : s.readers) {
+      const auto& mine = categories[r.reader];
+      const auto it = mine.find(id);
+      if (it == mine.end()) {
+        all = false;
+        break;
       }
-      if (all) table.push_back(row);
+      ++row[std::size_t(it->second)];
     }
-    s.fleiss_cases = int(table.size());
-    if (!table.empty()) s.fleiss_kappa = FleissKappa(table);
-    for (std::size_t a = 0; a < s.readers.size(); ++a) {
-      for (std::size_t b = a + 1; b < s.readers.size(); ++b) {
-        const auto& ma = categories[s.readers[a].reader];
-        const auto& mb = categories[s.readers[b].reader];
-        std::vector<int> va, vb;
-        for (const auto& [id, cat] : ma) {
-          const auto it = mb.find(id);
-          if (it == mb.end()) continue;
-          va.push_back(cat);
-          vb.push_back(it->second);
-        }
-        s.cohen.push_back({s.readers[a].reader, s.readers[b].reader,
-                           va.empty() ? std::nan("") : CohenKappa(va, vb), int(va.size())});
+    if (all) table.push_back(row);
+  }
+  s.fleiss_cases = int(table.size());
+  if (!table.empty()) s.fleiss_kappa = FleissKappa(table);
+  for (std::size_t a = 0; a < s.readers.size(); ++a) {
+    for (std::size_t b = a + 1; b < s.readers.size(); ++b) {
+      const auto& ma = categories[s.readers[a].reader];
+      const auto& mb = categories[s.readers[b].reader];
+      std::vector<int> va, vb;
+      for (const auto& [id, cat] : ma) {
+        const auto it = mb.find(id);
+        if (it == mb.end()) continue;
+        va.push_back(cat);
+        vb.push_back(it->second);
       }
+      s.cohen.push_back({s.readers[a].reader, s.readers[b].reader,
+                         va.empty() ? std::nan("") : CohenKappa(va, vb), int(va.size())});
     }
   }
-  // Pooled accuracy; its CI resamples readers (a reader's answers stay together).
+}
+
+/// Pooled accuracy over all readers; its CI resamples readers (a reader's answers stay together)
+/// `bootstrap` times, drawing from a stream derived from `seed`.
+Proportion PooledAccuracy(const std::vector<std::pair<int, int>>& per_reader, int bootstrap,
+                          std::uint64_t seed) {
   int k = 0, n = 0;
   for (const auto& [c, m] : per_reader) {
     k += c;
     n += m;
   }
-  s.pooled = MakeProportion(k, n);
-  s.pooled.lo = s.pooled.hi = std::nan("");
+  Proportion pooled = MakeProportion(k, n);
+  pooled.lo = pooled.hi = std::nan("");
   if (!per_reader.empty() && bootstrap > 0) {
     Rng rng(DeriveSeed(seed, "turing-reader-bootstrap"));
     std::vector<double> values;
@@ -285,10 +292,31 @@ TuringScores ScoreReaders(const TuringKey& key,
         return values[std::min(values.size() - 1,
                                std::size_t(std::lround(q * double(values.size() - 1))))];
       };
-      s.pooled.lo = at(0.025);
-      s.pooled.hi = at(0.975);
+      pooled.lo = at(0.025);
+      pooled.hi = at(0.975);
     }
   }
+  return pooled;
+}
+
+}  // namespace
+
+TuringScores ScoreReaders(const TuringKey& key,
+                          const std::map<std::string, std::vector<TuringAnswer>>& answers,
+                          int bootstrap, std::uint64_t seed) {
+  TuringScores s;
+  s.design = key.design;
+  s.cases = int(key.cases.size());
+  s.bootstrap = bootstrap;
+  std::vector<std::pair<int, int>> per_reader;  // (correct, answered)
+  ReaderCategories categories;
+  for (const auto& [reader, list] : answers) {
+    std::pair<int, int> tally;
+    s.readers.push_back(ScoreReader(reader, list, key, categories, tally));
+    per_reader.push_back(tally);
+  }
+  ScoreAgreement(key, categories, s);
+  s.pooled = PooledAccuracy(per_reader, bootstrap, seed);
   return s;
 }
 

@@ -8,6 +8,8 @@
 
 #include "mewm/core/file_util.h"
 #include "mewm/core/volume_file.h"
+#include "mewm/dicom/dicom_import.h"
+#include "mewm/dicom/dicom_seg.h"
 
 namespace mewm::scenarios {
 namespace fs = std::filesystem;
@@ -269,6 +271,8 @@ Expected<std::vector<CohortEntry>> ReadManifest(const std::string& csv_path) {
     e.tumor = Resolve(base, tumor);
     e.liver = Resolve(base, t.Optional(r, "liver").value_or(""));
     e.post = Resolve(base, t.Optional(r, "post").value_or(""));
+    e.ct_series_uid = t.Optional(r, "ct_series_uid").value_or("");
+    e.segment_map = t.Optional(r, "segment_map").value_or("");
     if (auto note = t.Optional(r, "note"); note && !note->empty()) {
       MEWM_TRY(e.note, NotePath(base, *note, e.origin));
     }
@@ -284,15 +288,71 @@ Expected<std::vector<CohortEntry>> ReadManifest(const std::string& csv_path) {
   return entries;
 }
 
+namespace {
+
+/// The DICOM files of one patient, each read once: the CT series and the SEGs on it.
+struct DicomCache {
+  std::optional<dicom::SegReference> ct;  ///< set when the CT came from a DICOM folder
+  std::map<std::string, VolumeSet> segs;  ///< by path
+};
+
+bool IsFolder(const std::string& path) {
+  std::error_code ec;
+  return fs::is_directory(path, ec);
+}
+
+/// The CT of a DICOM folder; the series as LoadPatient documents.
+Expected<Volume> ReadDicomCt(const CohortEntry& entry, DicomCache* cache) {
+  std::string uid = entry.ct_series_uid;
+  if (uid.empty() && dicom::IsDicomFile(entry.tumor)) {
+    MEWM_TRY(const dicom::SegHeader header, dicom::ReadSegHeader(entry.tumor));
+    MEWM_TRY(uid, dicom::ChooseSeriesForSeg(entry.ct, header));
+  }
+  dicom::ImportOptions options;
+  options.series_uid = uid;
+  MEWM_TRY(dicom::ImportResult imported, dicom::ImportSeries(entry.ct, options));
+  cache->ct = dicom::ReferenceOf(imported);
+  return imported.set.scalars.at("ct");
+}
+
+/// Grid `grid` ("tumor" or "liver") of the DICOM-SEG at `path`, on the patient's DICOM CT.
+Expected<LabelVolume> ReadDicomSegGrid(const CohortEntry& entry, const std::string& path,
+                                       const std::string& grid, DicomCache* cache) {
+  if (!cache->ct) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "a DICOM-SEG mask needs its CT as a DICOM series folder in the ct column "
+                     "(got '" +
+                         entry.ct + "')");
+  }
+  auto it = cache->segs.find(path);
+  if (it == cache->segs.end()) {
+    dicom::SegImportOptions options;
+    if (!entry.segment_map.empty()) {
+      MEWM_TRY(options.segment_map, dicom::ParseSegmentMap(entry.segment_map));
+    }
+    MEWM_TRY(dicom::SegImportResult imported, dicom::ImportSegmentation(path, *cache->ct, options));
+    it = cache->segs.emplace(path, std::move(imported.set)).first;
+  }
+  return it->second.Label(grid);  // kNotFound lists the grids the SEG gave
+}
+
+}  // namespace
+
 Expected<PatientCase> LoadPatient(const CohortEntry& entry) {
   const std::string who = "patient '" + entry.id + "' (" + entry.origin + ")";
   const auto fail = [&](const Error& e, const std::string& file) {
     return e.WithContext(who + ", file '" + file + "'");
   };
   VdbCache cache;
-  auto ct = ReadGrid<Volume>(entry.ct, "ct", &cache);
+  DicomCache dicom_cache;
+  auto ct = IsFolder(entry.ct) ? ReadDicomCt(entry, &dicom_cache)
+                               : ReadGrid<Volume>(entry.ct, "ct", &cache);
   if (!ct) return fail(ct.error(), entry.ct);
-  auto tumor = ReadGrid<LabelVolume>(entry.tumor, "tumor", &cache);
+  const auto read_labels = [&](const std::string& path, const std::string& grid) {
+    return dicom::IsDicomFile(path) ? ReadDicomSegGrid(entry, path, grid, &dicom_cache)
+                                    : ReadGrid<LabelVolume>(path, grid, &cache);
+  };
+  auto tumor = read_labels(entry.tumor, "tumor");
   if (!tumor) return fail(tumor.error(), entry.tumor);
   PatientCase patient{entry.id, std::move(*ct), std::move(*tumor), std::nullopt, entry.covariates};
   if (!entry.note.empty()) {
@@ -301,7 +361,7 @@ Expected<PatientCase> LoadPatient(const CohortEntry& entry) {
     patient.note = std::move(*note);
   }
   if (!entry.liver.empty()) {
-    auto liver = ReadGrid<LabelVolume>(entry.liver, "liver", &cache);
+    auto liver = read_labels(entry.liver, "liver");
     if (!liver) return fail(liver.error(), entry.liver);
     patient.liver = std::move(*liver);
   }

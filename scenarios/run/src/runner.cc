@@ -889,40 +889,45 @@ Expected<ShardContents> ReadShard(const std::string& shard) {
   return s;
 }
 
-}  // namespace
-
-Status MergeResults(const std::vector<std::string>& shard_dirs, const std::string& output_dir) {
-  if (shard_dirs.empty()) {
-    return MakeError(ErrorCode::kInvalidArgument, "merge needs at least one shard folder");
+/// Refuses shard `s` unless it is of the same split and run (scenario, search) as `first`.
+Status CheckSameRun(const ShardContents& s, const ShardContents& first, const std::string& dir) {
+  const std::string run_file = (s.dir / "run.json").string();
+  const std::string first_file = (first.dir / "run.json").string();
+  if (s.count != first.count) {
+    return MakeError(ErrorCode::kMismatch,
+                     "'" + run_file + "' says shard " + s.run["shard"].get<std::string>() + ", '" +
+                         first_file + "' says " + first.run["shard"].get<std::string>() +
+                         "; only the shards of one split merge");
   }
-  // 1. Every shard, in full, before anything is written.
+  if (s.run["run_id"] != first.run["run_id"] ||
+      s.run.value("search", "") != first.run.value("search", "") ||
+      s.scenario_text != first.scenario_text) {
+    return MakeError(ErrorCode::kMismatch, "'" + dir + "' ran another scenario or search than '" +
+                                               first.dir.string() + "' (run ids " +
+                                               s.run["run_id"].get<std::string>() + " and " +
+                                               first.run["run_id"].get<std::string>() +
+                                               "); only shards of one run merge");
+  }
+  return {};
+}
+
+/// The shards of a merge, all read and checked, and where each patient's folder is.
+struct ShardSet {
   std::vector<ShardContents> shards;
-  std::map<int, std::string> by_index;
   std::map<std::string, fs::path> sources;  // patient id -> folder
+};
+
+/// Reads every shard in full and checks that together they are all shards of one run, each once,
+/// with no patient twice and none of them the output folder.
+Expected<ShardSet> ReadShards(const std::vector<std::string>& shard_dirs,
+                              const std::string& output_dir) {
+  ShardSet set;
+  std::map<int, std::string> by_index;
   std::error_code ec;
   for (const std::string& dir : shard_dirs) {
     MEWM_TRY(ShardContents s, ReadShard(dir));
     const std::string run_file = (s.dir / "run.json").string();
-    if (!shards.empty()) {
-      const ShardContents& first = shards.front();
-      const std::string first_file = (first.dir / "run.json").string();
-      if (s.count != first.count) {
-        return MakeError(ErrorCode::kMismatch, "'" + run_file + "' says shard " +
-                                                   s.run["shard"].get<std::string>() + ", '" +
-                                                   first_file + "' says " +
-                                                   first.run["shard"].get<std::string>() +
-                                                   "; only the shards of one split merge");
-      }
-      if (s.run["run_id"] != first.run["run_id"] ||
-          s.run.value("search", "") != first.run.value("search", "") ||
-          s.scenario_text != first.scenario_text) {
-        return MakeError(
-            ErrorCode::kMismatch,
-            "'" + dir + "' ran another scenario or search than '" + first.dir.string() +
-                "' (run ids " + s.run["run_id"].get<std::string>() + " and " +
-                first.run["run_id"].get<std::string>() + "); only shards of one run merge");
-      }
-    }
+    if (!set.shards.empty()) MEWM_RETURN_IF_ERROR(CheckSameRun(s, set.shards.front(), dir));
     if (auto [it, fresh] = by_index.emplace(s.index, dir); !fresh) {
       return MakeError(ErrorCode::kMismatch, "'" + run_file + "' is not a distinct shard i/N: '" +
                                                  it->second + "' is shard " +
@@ -933,24 +938,27 @@ Status MergeResults(const std::vector<std::string>& shard_dirs, const std::strin
                        "merge output '" + output_dir + "' is one of the shards");
     }
     for (const auto& [id, folder] : s.patients) {
-      if (auto [it, fresh] = sources.emplace(id, folder); !fresh) {
+      if (auto [it, fresh] = set.sources.emplace(id, folder); !fresh) {
         return MakeError(ErrorCode::kMismatch, "patient '" + id + "' is in both '" +
                                                    it->second.string() + "' and '" +
                                                    folder.string() + "'");
       }
     }
-    shards.push_back(std::move(s));
+    set.shards.push_back(std::move(s));
   }
-  const int count = shards.front().count;
+  const int count = set.shards.front().count;
   if (int(by_index.size()) != count) {
     return MakeError(ErrorCode::kInvalidArgument, "merge got " + std::to_string(by_index.size()) +
                                                       " of " + std::to_string(count) +
                                                       " shards; every shard 0.." +
                                                       std::to_string(count - 1) + " is needed");
   }
+  return set;
+}
 
-  // 2. The output folder: files of an earlier merge (or run) are replaced, nothing else.
-  const fs::path out(output_dir);
+/// Checks the merge output: a folder (or nothing) whose run files, if any, a mewm run wrote.
+Status CheckMergeOutput(const fs::path& out, const std::string& output_dir) {
+  std::error_code ec;
   if (fs::exists(out, ec) && !fs::is_directory(out, ec)) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "merge output '" + output_dir + "' exists and is not a folder");
@@ -966,25 +974,17 @@ Status MergeResults(const std::vector<std::string>& shard_dirs, const std::strin
       }
     }
   }
-  MEWM_RETURN_IF_ERROR(CheckPatientsFolder(out / "patients"));
+  return CheckPatientsFolder(out / "patients");
+}
 
-  // 3. Write everything into a temporary folder inside the output, then rename into place.
-  const bool created = !fs::exists(out, ec);
-  fs::create_directories(out, ec);
-  if (ec) return MakeError(ErrorCode::kIo, "cannot create '" + output_dir + "': " + ec.message());
-  const fs::path temp = out / (".tmp-merge-" + std::to_string(::getpid()));
-  const auto discard = [&](Error e) -> Status {
-    std::error_code ignored;
-    fs::remove_all(temp, ignored);
-    if (created) fs::remove(out, ignored);  // only when empty again
-    return e;
-  };
+/// Writes the merged run into the temporary folder `temp`: patients' files copied from
+/// `sources`, the first shard's scenario, its run.json marked merged, and a fresh summary.
+Status StageMerge(const fs::path& temp, const ShardSet& set, std::size_t shard_count) {
+  std::error_code ec;
   fs::remove_all(temp, ec);
   fs::create_directories(temp / "patients", ec);
-  if (ec) {
-    return discard(Error{ErrorCode::kIo, "cannot create '" + temp.string() + "': " + ec.message()});
-  }
-  for (const auto& [id, source] : sources) {
+  if (ec) return Error{ErrorCode::kIo, "cannot create '" + temp.string() + "': " + ec.message()};
+  for (const auto& [id, source] : set.sources) {
     const fs::path target = temp / "patients" / id;
     fs::create_directory(target, ec);
     for (const char* name : kPatientFiles) {
@@ -992,17 +992,23 @@ Status MergeResults(const std::vector<std::string>& shard_dirs, const std::strin
       fs::copy_file(source / name, target / name, ec);
     }
     if (ec) {
-      return discard(Error{ErrorCode::kIo, "cannot copy '" + source.string() + "' to '" +
-                                               target.string() + "': " + ec.message()});
+      return Error{ErrorCode::kIo, "cannot copy '" + source.string() + "' to '" + target.string() +
+                                       "': " + ec.message()};
     }
   }
-  json run = shards.front().run;
-  run["shard"] = "merged from " + std::to_string(shard_dirs.size()) + " shards";
-  Status written = WriteFileAtomic((temp / "scenario.toml").string(), shards.front().scenario_text);
+  json run = set.shards.front().run;
+  run["shard"] = "merged from " + std::to_string(shard_count) + " shards";
+  Status written =
+      WriteFileAtomic((temp / "scenario.toml").string(), set.shards.front().scenario_text);
   if (written) written = WriteFileAtomic((temp / "run.json").string(), run.dump(1) + "\n");
   if (written) written = WriteSummary(temp.string());
-  if (!written) return discard(written.error());
+  return written;
+}
 
+/// Moves the staged merge from `temp` into `out` (replaced patients go aside into `temp`), then
+/// removes `temp`.
+Status InstallMerge(const fs::path& temp, const fs::path& out, const std::string& output_dir) {
+  std::error_code ec;
   if (fs::exists(out / "patients", ec)) fs::rename(out / "patients", temp / "replaced", ec);
   if (!ec) fs::rename(temp / "patients", out / "patients", ec);
   for (const char* name : {"scenario.toml", "run.json", "summary.json", "summary.csv"}) {
@@ -1014,6 +1020,34 @@ Status MergeResults(const std::vector<std::string>& shard_dirs, const std::strin
   }
   fs::remove_all(temp, ec);
   return {};
+}
+
+}  // namespace
+
+Status MergeResults(const std::vector<std::string>& shard_dirs, const std::string& output_dir) {
+  if (shard_dirs.empty()) {
+    return MakeError(ErrorCode::kInvalidArgument, "merge needs at least one shard folder");
+  }
+  // 1. Every shard, in full, before anything is written.
+  MEWM_TRY(const ShardSet set, ReadShards(shard_dirs, output_dir));
+
+  // 2. The output folder: files of an earlier merge (or run) are replaced, nothing else.
+  const fs::path out(output_dir);
+  MEWM_RETURN_IF_ERROR(CheckMergeOutput(out, output_dir));
+
+  // 3. Write everything into a temporary folder inside the output, then rename into place.
+  std::error_code ec;
+  const bool created = !fs::exists(out, ec);
+  fs::create_directories(out, ec);
+  if (ec) return MakeError(ErrorCode::kIo, "cannot create '" + output_dir + "': " + ec.message());
+  const fs::path temp = out / (".tmp-merge-" + std::to_string(::getpid()));
+  if (Status staged = StageMerge(temp, set, shard_dirs.size()); !staged) {
+    std::error_code ignored;
+    fs::remove_all(temp, ignored);
+    if (created) fs::remove(out, ignored);  // only when empty again
+    return staged;
+  }
+  return InstallMerge(temp, out, output_dir);
 }
 
 }  // namespace mewm::scenarios

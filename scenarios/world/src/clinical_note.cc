@@ -120,20 +120,8 @@ struct Facts {
   std::vector<std::string> history;  ///< comorbidities, may be empty
 };
 
-Facts DrawFacts(const SyntheticPatient& patient, std::uint64_t seed) {
-  const Covariates& c = patient.covariates;
-  Facts f;
-  f.age = int(std::floor(c.age_years));
-  f.male = c.sex == Covariates::Sex::kMale;
-  f.child_pugh = c.child_pugh;
-  f.bclc = c.bclc_stage;
-  f.afp = c.afp_ng_ml;
-  f.lesions = c.lesion_count;
-  f.diameter_mm = c.max_diameter_mm;
-  f.vascular_invasion = c.vascular_invasion;
-
-  Rng rng(seed);
-  // Etiology: HBV and HCV dominate; alcohol is commoner in men and MASLD in women.
+/// Etiology: HBV and HCV dominate; alcohol is commoner in men and MASLD in women.
+void DrawEtiology(Rng& rng, Facts& f) {
   const int e = f.male ? Choose(rng, {0.30, 0.22, 0.22, 0.14, 0.05, 0.04, 0.03, 0.0})
                        : Choose(rng, {0.28, 0.27, 0.10, 0.22, 0.02, 0.06, 0.0, 0.05});
   f.etiology = Etiology(e);
@@ -159,8 +147,11 @@ Facts DrawFacts(const SyntheticPatient& patient, std::uint64_t seed) {
     default:
       break;
   }
+}
 
-  // Child-Pugh score within the class (A 5-6, B 7-9, C 10-15), spread over its five components.
+/// Child-Pugh score within the class (A 5-6, B 7-9, C 10-15), spread over its five components,
+/// and the laboratory values those points imply.
+void DrawChildPughComponents(Rng& rng, Facts& f) {
   if (f.child_pugh == 'A') {
     f.cp_score = 5 + Choose(rng, {0.6, 0.4});
   } else if (f.child_pugh == 'B') {
@@ -186,11 +177,10 @@ Facts DrawFacts(const SyntheticPatient& patient, std::uint64_t seed) {
   f.inr = f.inr_points == 1   ? Uniform1(rng, 1.0, 1.6)
           : f.inr_points == 2 ? Uniform1(rng, 1.7, 2.2)
                               : Uniform1(rng, 2.4, 3.0);
+}
 
-  // ECOG: BCLC 0-B requires performance status 0; BCLC C allows 1-2.
-  f.ecog = f.bclc == 'C' ? Choose(rng, {0.4, 0.45, 0.15}) : 0;
-
-  // Prior HCC-directed treatment (most referrals for TACE are treatment-naive).
+/// Prior HCC-directed treatment (most referrals for TACE are treatment-naive).
+void DrawPriorTreatment(Rng& rng, Facts& f) {
   const int months = int(rng.UniformInt(6, 40));
   switch (Choose(rng, {0.62, 0.09, 0.12, 0.07, f.bclc == 'C' ? 0.10 : 0.0})) {
     case 1:
@@ -212,8 +202,10 @@ Facts DrawFacts(const SyntheticPatient& patient, std::uint64_t seed) {
     default:
       break;
   }
+}
 
-  // Relevant history.
+/// Relevant history: diabetes, hypertension, obesity, varices and other comorbidities.
+void DrawHistory(Rng& rng, Facts& f) {
   const bool masld = f.etiology == Etiology::kMasld;
   if (rng.Bernoulli(masld ? 0.6 : 0.2)) {
     f.history.push_back(Pick(rng, {"type 2 diabetes", "type 2 diabetes on metformin",
@@ -241,6 +233,28 @@ Facts DrawFacts(const SyntheticPatient& patient, std::uint64_t seed) {
   if (rng.Bernoulli(0.06)) f.history.emplace_back("COPD");
   if (rng.Bernoulli(0.05)) f.history.emplace_back("hypothyroidism");
   if (rng.Bernoulli(0.2)) f.history.push_back(Pick(rng, {"former tobacco use", "past smoking"}));
+}
+
+Facts DrawFacts(const SyntheticPatient& patient, std::uint64_t seed) {
+  const Covariates& c = patient.covariates;
+  Facts f;
+  f.age = int(std::floor(c.age_years));
+  f.male = c.sex == Covariates::Sex::kMale;
+  f.child_pugh = c.child_pugh;
+  f.bclc = c.bclc_stage;
+  f.afp = c.afp_ng_ml;
+  f.lesions = c.lesion_count;
+  f.diameter_mm = c.max_diameter_mm;
+  f.vascular_invasion = c.vascular_invasion;
+
+  Rng rng(seed);
+  DrawEtiology(rng, f);
+  DrawChildPughComponents(rng, f);
+  // ECOG: BCLC 0-B requires performance status 0; BCLC C allows 1-2.
+  f.ecog = f.bclc == 'C' ? Choose(rng, {0.4, 0.45, 0.15}) : 0;
+
+  DrawPriorTreatment(rng, f);
+  DrawHistory(rng, f);
   return f;
 }
 

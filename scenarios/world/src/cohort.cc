@@ -550,6 +550,110 @@ double RSquared(const std::vector<std::pair<double, double>>& pairs) {
   return total > 0.0 ? 1.0 - residual / total : std::numeric_limits<double>::quiet_NaN();
 }
 
+struct DrugEffects {
+  double chemo_vs_bland = 0.0;  ///< mean log HR of one drug against bland embolization (NaN: none)
+  double second_drug = 0.0;     ///< mean log HR of a second drug against one (NaN: none)
+};
+
+/// Chemoembolization against bland embolization, and a second drug against one, on the most used
+/// embolic (gelatin sponge) where the plan space has it.
+DrugEffects MeanDrugEffects(const PatientTruth& t, const std::map<std::string, double>& risk_of) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const Plan bland({"Gelatin Sponge", "Lipiodol"});
+  std::vector<std::string> drugs;
+  for (const PlanTruth& pt : t.plans) {
+    for (const std::string& d : DrugsOf(pt.plan)) {
+      if (std::find(drugs.begin(), drugs.end(), d) == drugs.end()) drugs.push_back(d);
+    }
+  }
+  const auto risk = [&](const Plan& plan) {
+    auto it = risk_of.find(plan.ToString());
+    return it == risk_of.end() ? nan : it->second;
+  };
+  double chemo_sum = 0.0, second_sum = 0.0;
+  int chemo_n = 0, second_n = 0;
+  for (const std::string& d1 : drugs) {
+    const double one = risk(bland.With(d1));
+    if (!std::isfinite(one) || !std::isfinite(risk(bland))) continue;
+    chemo_sum += std::log(one / risk(bland));
+    ++chemo_n;
+    for (const std::string& d2 : drugs) {
+      const double two = risk(bland.With(d1).With(d2));
+      if (d2 == d1 || !std::isfinite(two)) continue;
+      second_sum += std::log(two / one);
+      ++second_n;
+    }
+  }
+  return {chemo_n ? chemo_sum / chemo_n : nan, second_n ? second_sum / second_n : nan};
+}
+
+/// The 95% interval of the Kaplan-Meier median by bootstrap (refitted per resample); left unset
+/// when fewer than 100 of the 400 resamples reach a median.
+void BootstrapKmMedianInterval(const std::vector<survival::SurvivalRecord>& records,
+                               Figure* median) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  Rng rng(DeriveSeed(0x5eed, "world-stats-km"));
+  std::vector<double> medians;
+  for (int b = 0; b < 400; ++b) {
+    std::vector<survival::SurvivalRecord> sample;
+    for (std::size_t k = 0; k < records.size(); ++k) {
+      sample.push_back(records[std::size_t(rng.UniformInt(0, std::int64_t(records.size()) - 1))]);
+    }
+    auto fit = survival::FitKaplanMeier(sample);
+    auto m = fit ? survival::MedianSurvival(*fit) : Expected<double>(nan);
+    if (m && std::isfinite(*m)) medians.push_back(*m);
+  }
+  if (medians.size() >= 100) {
+    std::sort(medians.begin(), medians.end());
+    median->lo = medians[std::size_t(0.025 * double(medians.size() - 1))];
+    median->hi = medians[std::size_t(0.975 * double(medians.size() - 1))];
+  }
+}
+
+/// Harrell's C of a Cox model on what a clinician sees (volumes and covariates), 2-fold
+/// cross-validated; NaN when a fold cannot be fitted.
+double VisibleCoxCIndex(const std::vector<SyntheticPatient>& patients,
+                        const std::vector<PatientTruth>& truths,
+                        const std::vector<survival::SurvivalRecord>& records) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const std::vector<std::string> names = {
+      "log_pre_viable_ml", "log10_afp", "child_pugh_b", "child_pugh_c",    "bclc_a", "bclc_c",
+      "vascular_invasion", "age",       "lesions",      "log_max_diameter"};
+  Eigen::MatrixXd x(long(patients.size()), long(names.size()));
+  for (std::size_t n = 0; n < patients.size(); ++n) {
+    const Covariates& c = patients[n].covariates;
+    x.row(long(n)) << std::log1p(truths[n].pre_viable_ml), std::log10(c.afp_ng_ml),
+        c.child_pugh == 'B', c.child_pugh == 'C', c.bclc_stage == 'A', c.bclc_stage == 'C',
+        c.vascular_invasion ? 1.0 : 0.0, c.age_years, double(c.lesion_count),
+        std::log(c.max_diameter_mm);
+  }
+  std::vector<double> predicted(patients.size(), 0.0);
+  bool cox_ok = true;
+  for (int fold = 0; fold < 2; ++fold) {
+    std::vector<long> train;
+    for (std::size_t n = 0; n < patients.size(); ++n) {
+      if (int(n % 2) != fold) train.push_back(long(n));
+    }
+    Eigen::MatrixXd xt(long(train.size()), x.cols());
+    std::vector<survival::SurvivalRecord> yt;
+    for (std::size_t r = 0; r < train.size(); ++r) {
+      xt.row(long(r)) = x.row(train[r]);
+      yt.push_back(records[std::size_t(train[r])]);
+    }
+    auto fit = survival::FitCox(xt, yt, names);
+    if (!fit) {
+      cox_ok = false;
+      break;
+    }
+    for (std::size_t n = 0; n < patients.size(); ++n) {
+      if (int(n % 2) == fold) predicted[n] = fit->LinearPredictor(x.row(long(n)).transpose());
+    }
+  }
+  if (!cox_ok) return nan;
+  auto c = survival::HarrellC(predicted, records);
+  return c ? *c : nan;
+}
+
 }  // namespace
 
 Expected<WorldStats> SummarizeTruths(const std::vector<SyntheticPatient>& patients,
@@ -593,35 +697,9 @@ Expected<WorldStats> SummarizeTruths(const std::vector<SyntheticPatient>& patien
     objective.push_back(category <= 1);
     pd.push_back(category == 3);
 
-    // Chemoembolization against bland embolization, and a second drug against one, on the
-    // most used embolic (gelatin sponge) where the plan space has it.
-    const Plan bland({"Gelatin Sponge", "Lipiodol"});
-    std::vector<std::string> drugs;
-    for (const PlanTruth& pt : t.plans) {
-      for (const std::string& d : DrugsOf(pt.plan)) {
-        if (std::find(drugs.begin(), drugs.end(), d) == drugs.end()) drugs.push_back(d);
-      }
-    }
-    const auto risk = [&](const Plan& plan) {
-      auto it = risk_of.find(plan.ToString());
-      return it == risk_of.end() ? nan : it->second;
-    };
-    double chemo_sum = 0.0, second_sum = 0.0;
-    int chemo_n = 0, second_n = 0;
-    for (const std::string& d1 : drugs) {
-      const double one = risk(bland.With(d1));
-      if (!std::isfinite(one) || !std::isfinite(risk(bland))) continue;
-      chemo_sum += std::log(one / risk(bland));
-      ++chemo_n;
-      for (const std::string& d2 : drugs) {
-        const double two = risk(bland.With(d1).With(d2));
-        if (d2 == d1 || !std::isfinite(two)) continue;
-        second_sum += std::log(two / one);
-        ++second_n;
-      }
-    }
-    chemo.push_back(chemo_n ? chemo_sum / chemo_n : nan);
-    second.push_back(second_n ? second_sum / second_n : nan);
+    const DrugEffects effects = MeanDrugEffects(t, risk_of);
+    chemo.push_back(effects.chemo_vs_bland);
+    second.push_back(effects.second_drug);
   }
   s.mean_hr_median_vs_optimal = Bootstrap(hr_median);
   s.distinct_optimal_plans = int(optimal_counts.size());
@@ -649,62 +727,9 @@ Expected<WorldStats> SummarizeTruths(const std::vector<SyntheticPatient>& patien
   MEWM_TRY(const survival::KaplanMeier km, survival::FitKaplanMeier(records));
   auto median = survival::MedianSurvival(km);
   s.km_median_os_months.value = median ? *median : nan;
-  {
-    // Bootstrap of the Kaplan-Meier median (refitted per resample).
-    Rng rng(DeriveSeed(0x5eed, "world-stats-km"));
-    std::vector<double> medians;
-    for (int b = 0; b < 400; ++b) {
-      std::vector<survival::SurvivalRecord> sample;
-      for (std::size_t k = 0; k < records.size(); ++k) {
-        sample.push_back(records[std::size_t(rng.UniformInt(0, std::int64_t(records.size()) - 1))]);
-      }
-      auto fit = survival::FitKaplanMeier(sample);
-      auto m = fit ? survival::MedianSurvival(*fit) : Expected<double>(nan);
-      if (m && std::isfinite(*m)) medians.push_back(*m);
-    }
-    if (medians.size() >= 100) {
-      std::sort(medians.begin(), medians.end());
-      s.km_median_os_months.lo = medians[std::size_t(0.025 * double(medians.size() - 1))];
-      s.km_median_os_months.hi = medians[std::size_t(0.975 * double(medians.size() - 1))];
-    }
-  }
+  BootstrapKmMedianInterval(records, &s.km_median_os_months);
 
-  // A Cox model on what a clinician sees (volumes and covariates), 2-fold cross-validated.
-  const std::vector<std::string> names = {
-      "log_pre_viable_ml", "log10_afp", "child_pugh_b", "child_pugh_c",    "bclc_a", "bclc_c",
-      "vascular_invasion", "age",       "lesions",      "log_max_diameter"};
-  Eigen::MatrixXd x(long(patients.size()), long(names.size()));
-  for (std::size_t n = 0; n < patients.size(); ++n) {
-    const Covariates& c = patients[n].covariates;
-    x.row(long(n)) << std::log1p(truths[n].pre_viable_ml), std::log10(c.afp_ng_ml),
-        c.child_pugh == 'B', c.child_pugh == 'C', c.bclc_stage == 'A', c.bclc_stage == 'C',
-        c.vascular_invasion ? 1.0 : 0.0, c.age_years, double(c.lesion_count),
-        std::log(c.max_diameter_mm);
-  }
-  std::vector<double> predicted(patients.size(), 0.0);
-  bool cox_ok = true;
-  for (int fold = 0; fold < 2; ++fold) {
-    std::vector<long> train;
-    for (std::size_t n = 0; n < patients.size(); ++n) {
-      if (int(n % 2) != fold) train.push_back(long(n));
-    }
-    Eigen::MatrixXd xt(long(train.size()), x.cols());
-    std::vector<survival::SurvivalRecord> yt;
-    for (std::size_t r = 0; r < train.size(); ++r) {
-      xt.row(long(r)) = x.row(train[r]);
-      yt.push_back(records[std::size_t(train[r])]);
-    }
-    auto fit = survival::FitCox(xt, yt, names);
-    if (!fit) {
-      cox_ok = false;
-      break;
-    }
-    for (std::size_t n = 0; n < patients.size(); ++n) {
-      if (int(n % 2) == fold) predicted[n] = fit->LinearPredictor(x.row(long(n)).transpose());
-    }
-  }
-  auto cox_c = cox_ok ? survival::HarrellC(predicted, records) : Expected<double>(nan);
-  s.visible_cox_c_index = cox_c ? *cox_c : nan;
+  s.visible_cox_c_index = VisibleCoxCIndex(patients, truths, records);
   s.liver_hu = s.viable_tumor_hu = s.necrosis_hu = s.lipiodol_hu = s.air_hu = nan;
   return s;
 }

@@ -147,27 +147,41 @@ Expected<SyntheticWorld> SyntheticWorld::Create(const WorldConfig& config,
   return SyntheticWorld(config, actions, std::move(plans));
 }
 
-SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) const {
-  SyntheticPatient p;
-  char id[16];
-  std::snprintf(id, sizeof(id), "P%04d", index + 1);
-  p.id = id;
-  p.seed = DeriveSeed(cohort_seed, {std::uint64_t(index)});
-  Rng rng(p.seed);
+namespace {
 
-  // Hidden latent factors.
-  const double z_p = rng.Normal(), z_d = rng.Normal(), z_v = rng.Normal();
-  const double z_pt = rng.Normal(), z_an = rng.Normal(), z_am = rng.Normal(), z_mi = rng.Normal();
-  dynamics::TumorBiology& b = p.biology;
-  b.proliferation_per_day = 0.02 * std::exp(0.6 * z_p);
-  b.infiltration_mm2_per_day = 0.08 * std::exp(1.1 * z_d);
-  b.vascularity = Sigmoid(1.2 * z_v);
-  b.sensitivity = {std::exp(0.8 * z_pt), std::exp(0.8 * z_an), std::exp(0.8 * z_am),
-                   std::exp(0.8 * z_mi)};
-  b.pattern_seed = DeriveSeed(p.seed, "collateral-pattern");
+/// A synthetic patient's hidden latent factors (standard normal), drawn first.
+struct HiddenFactors {
+  double z_p = 0, z_d = 0, z_v = 0, z_pt = 0, z_an = 0, z_am = 0, z_mi = 0;
+};
 
-  // Anatomy.
-  AnatomySpec& a = p.anatomy;
+/// Draws the hidden factors, in the order z_p, z_d, z_v, z_pt, z_an, z_am, z_mi.
+HiddenFactors DrawHiddenFactors(Rng& rng) {
+  HiddenFactors z;
+  z.z_p = rng.Normal();
+  z.z_d = rng.Normal();
+  z.z_v = rng.Normal();
+  z.z_pt = rng.Normal();
+  z.z_an = rng.Normal();
+  z.z_am = rng.Normal();
+  z.z_mi = rng.Normal();
+  return z;
+}
+
+/// The tumour biology the hidden factors imply (no draws).
+dynamics::TumorBiology BiologyOf(const HiddenFactors& z, std::uint64_t patient_seed) {
+  dynamics::TumorBiology b;
+  b.proliferation_per_day = 0.02 * std::exp(0.6 * z.z_p);
+  b.infiltration_mm2_per_day = 0.08 * std::exp(1.1 * z.z_d);
+  b.vascularity = Sigmoid(1.2 * z.z_v);
+  b.sensitivity = {std::exp(0.8 * z.z_pt), std::exp(0.8 * z.z_an), std::exp(0.8 * z.z_am),
+                   std::exp(0.8 * z.z_mi)};
+  b.pattern_seed = DeriveSeed(patient_seed, "collateral-pattern");
+  return b;
+}
+
+/// Draws the body, liver, CT noise and five hepatic vessels from the hilum.
+AnatomySpec DrawAnatomy(Rng& rng) {
+  AnatomySpec a;
   a.body_radii_mm = {135 + 8 * rng.Normal(), 105 + 6 * rng.Normal()};
   a.fat_mm = rng.Uniform(10, 24);
   a.liver_center_mm = {-48 + 3 * rng.Normal(), -8 + 3 * rng.Normal(), 3 * rng.Normal()};
@@ -183,63 +197,84 @@ SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) co
     a.vessels.push_back({hilum, a.liver_center_mm + 0.8 * dir.cwiseProduct(a.liver_radii_mm),
                          rng.Uniform(2.0, 5.0), 170 + 8 * rng.Normal()});
   }
+  return a;
+}
 
-  // Lesions: the largest first.
+/// Draws a centre for lesion `s` inside the liver, clear of every lesion already `placed`. A
+/// lesion that finds no room shrinks by 15% every 40 tries; false after 200 tries.
+bool PlaceLesion(Rng& rng, const AnatomySpec& a, const std::vector<LesionSpec>& placed_lesions,
+                 LesionSpec& s) {
+  bool placed = false;
+  for (int attempt = 0; attempt < 200 && !placed; ++attempt) {
+    if (attempt > 0 && attempt % 40 == 0) s.radii_mm *= 0.85;
+    const double reach = std::max(0.0, 0.75 - s.radii_mm.maxCoeff() / a.liver_radii_mm.minCoeff());
+    const Eigen::Vector3d dir =
+        Eigen::Vector3d(rng.Normal(), rng.Normal(), rng.Normal()).normalized();
+    s.center_mm =
+        a.liver_center_mm + reach * std::cbrt(rng.Uniform()) * dir.cwiseProduct(a.liver_radii_mm);
+    placed = true;
+    for (const LesionSpec& other : placed_lesions) {
+      // The deformed boundaries reach (1 + deform) times the largest radius at most.
+      const double extent = s.radii_mm.maxCoeff() * (1.0 + s.deform) +
+                            other.radii_mm.maxCoeff() * (1.0 + other.deform);
+      placed = placed && (s.center_mm - other.center_mm).norm() > extent + 4.0;
+    }
+  }
+  return placed;
+}
+
+/// The lesions drawn for a patient (those that found room) and the largest one's diameter.
+struct DrawnLesions {
+  std::vector<LesionSpec> lesions;
+  double d1 = 0.0;  ///< the first (largest) lesion's drawn diameter, mm
+};
+
+/// Draws one to three lesions, the largest first: size, shape, place, necrotic core, rim and
+/// texture; lesions that find no room are dropped, so the count always matches the label image.
+DrawnLesions DrawLesions(Rng& rng, const HiddenFactors& z, const dynamics::TumorBiology& b,
+                         const AnatomySpec& a) {
+  DrawnLesions out;
   const double u_count = rng.Uniform();
   // Drawn counts; lesions that find no room are dropped below, which brings the share of
   // multifocal patients down to about 45%.
   const int count = u_count < 0.40 ? 1 : u_count < 0.75 ? 2 : 3;
   const double d1 = std::clamp(std::exp(std::log(45.0) + 0.45 * rng.Normal()), 12.0, 110.0);
-  const double z_an_seen = 0.6 * z_an + 0.8 * rng.Normal();
+  out.d1 = d1;
+  const double z_an_seen = 0.6 * z.z_an + 0.8 * rng.Normal();
   for (int l = 0; l < count; ++l) {
     LesionSpec s;
     const double d = l == 0 ? d1 : std::max(6.0, d1 * rng.Uniform(0.2, 0.7));
     for (int k = 0; k < 3; ++k)
       s.radii_mm[k] = 0.5 * d * std::clamp(1.0 + 0.15 * rng.Normal(), 0.7, 1.3);
     s.axes = RandomRotation(rng);
-    s.deform = std::clamp(0.08 + 0.05 * (0.7 * z_d + 0.7 * rng.Normal()), 0.02, 0.25);
-    // Inside the liver, clear of every earlier lesion. A lesion that finds no room shrinks by
-    // 15% every 40 tries and is dropped after 200, so the lesion count always matches the label
-    // image.
-    bool placed = false;
-    for (int attempt = 0; attempt < 200 && !placed; ++attempt) {
-      if (attempt > 0 && attempt % 40 == 0) s.radii_mm *= 0.85;
-      const double reach =
-          std::max(0.0, 0.75 - s.radii_mm.maxCoeff() / a.liver_radii_mm.minCoeff());
-      const Eigen::Vector3d dir =
-          Eigen::Vector3d(rng.Normal(), rng.Normal(), rng.Normal()).normalized();
-      s.center_mm =
-          a.liver_center_mm + reach * std::cbrt(rng.Uniform()) * dir.cwiseProduct(a.liver_radii_mm);
-      placed = true;
-      for (const LesionSpec& other : p.lesions) {
-        // The deformed boundaries reach (1 + deform) times the largest radius at most.
-        const double extent = s.radii_mm.maxCoeff() * (1.0 + s.deform) +
-                              other.radii_mm.maxCoeff() * (1.0 + other.deform);
-        placed = placed && (s.center_mm - other.center_mm).norm() > extent + 4.0;
-      }
-    }
+    s.deform = std::clamp(0.08 + 0.05 * (0.7 * z.z_d + 0.7 * rng.Normal()), 0.02, 0.25);
+    const bool placed = PlaceLesion(rng, a, out.lesions, s);
     const bool core =
         d >= 15.0 && rng.Bernoulli(Sigmoid(0.2 + 0.8 * z_an_seen + (d > 40 ? 0.5 : 0.0)));
     s.core_fraction = core ? std::clamp(0.35 + 0.1 * z_an_seen, 0.15, 0.6) : 0.0;
     s.rim_mm = rng.Uniform(1.5, 3.5);
     s.rim_hu = 100 + 25 * b.vascularity + 4 * rng.Normal();
     s.interior_hu = 62 + 35 * b.vascularity + 5 * rng.Normal();
-    s.texture_sd = std::clamp(7 + 3 * (0.6 * z_pt + 0.8 * rng.Normal()), 2.0, 15.0);
+    s.texture_sd = std::clamp(7 + 3 * (0.6 * z.z_pt + 0.8 * rng.Normal()), 2.0, 15.0);
     s.shape_seed = rng.NextU64();
-    if (placed) p.lesions.push_back(s);
+    if (placed) out.lesions.push_back(s);
   }
+  return out;
+}
 
-  // Clinical covariates, partly driven by the hidden biology.
-  Covariates& c = p.covariates;
-  c.age_years = std::clamp(62 + 9 * rng.Normal() + 2.5 * z_mi, 30.0, 88.0);
+/// Draws the clinical covariates, partly driven by the hidden biology and the lesions.
+Covariates DrawCovariates(Rng& rng, const HiddenFactors& z, int lesion_count, double d1) {
+  Covariates c;
+  c.age_years = std::clamp(62 + 9 * rng.Normal() + 2.5 * z.z_mi, 30.0, 88.0);
   c.sex = rng.Bernoulli(0.82) ? Covariates::Sex::kMale : Covariates::Sex::kFemale;
   const double u_cp = rng.Uniform();
   c.child_pugh = u_cp < 0.70 ? 'A' : u_cp < 0.97 ? 'B' : 'C';
-  c.afp_ng_ml =
-      std::pow(10.0, std::clamp(1.5 + 0.75 * z_p - 0.35 * z_am + 0.55 * rng.Normal(), 0.3, 5.0));
-  c.lesion_count = int(p.lesions.size());
+  c.afp_ng_ml = std::pow(
+      10.0, std::clamp(1.5 + 0.75 * z.z_p - 0.35 * z.z_am + 0.55 * rng.Normal(), 0.3, 5.0));
+  c.lesion_count = lesion_count;
   c.max_diameter_mm = d1;
-  c.vascular_invasion = rng.Bernoulli(Sigmoid(-1.6 + 0.9 * z_d + 0.4 * z_p + 0.015 * (d1 - 45)));
+  c.vascular_invasion =
+      rng.Bernoulli(Sigmoid(-1.6 + 0.9 * z.z_d + 0.4 * z.z_p + 0.015 * (d1 - 45)));
   if (c.vascular_invasion) {
     c.bclc_stage = 'C';
   } else if (c.lesion_count == 1 && d1 < 50 && c.child_pugh == 'A' && rng.Bernoulli(0.6)) {
@@ -247,25 +282,52 @@ SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) co
   } else {
     c.bclc_stage = 'B';
   }
+  return c;
+}
 
-  p.administered = DrawAdministeredPlan(rng, actions_, plans_);
-  while (int(p.counterfactual.size()) < config_.counterfactual_plans) {
-    const Plan& candidate = plans_[std::size_t(rng.UniformInt(0, std::int64_t(plans_.size()) - 1))];
-    if (candidate != p.administered && std::find(p.counterfactual.begin(), p.counterfactual.end(),
-                                                 candidate) == p.counterfactual.end()) {
-      p.counterfactual.push_back(candidate);
+/// Draws `count` distinct plans of `plans`, none of them `administered`.
+std::vector<Plan> DrawCounterfactualPlans(Rng& rng, const std::vector<Plan>& plans,
+                                          const Plan& administered, int count) {
+  std::vector<Plan> counterfactual;
+  while (int(counterfactual.size()) < count) {
+    const Plan& candidate = plans[std::size_t(rng.UniformInt(0, std::int64_t(plans.size()) - 1))];
+    if (candidate != administered && std::find(counterfactual.begin(), counterfactual.end(),
+                                               candidate) == counterfactual.end()) {
+      counterfactual.push_back(candidate);
     }
   }
+  return counterfactual;
+}
+
+}  // namespace
+
+SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) const {
+  SyntheticPatient p;
+  char id[16];
+  std::snprintf(id, sizeof(id), "P%04d", index + 1);
+  p.id = id;
+  p.seed = DeriveSeed(cohort_seed, {std::uint64_t(index)});
+  Rng rng(p.seed);
+  // One stream, drawn in this order: hidden factors, anatomy, lesions, covariates, plans.
+  const HiddenFactors z = DrawHiddenFactors(rng);
+  p.biology = BiologyOf(z, p.seed);
+  p.anatomy = DrawAnatomy(rng);
+  DrawnLesions drawn = DrawLesions(rng, z, p.biology, p.anatomy);
+  p.lesions = std::move(drawn.lesions);
+  p.covariates = DrawCovariates(rng, z, int(p.lesions.size()), drawn.d1);
+  p.administered = DrawAdministeredPlan(rng, actions_, plans_);
+  p.counterfactual =
+      DrawCounterfactualPlans(rng, plans_, p.administered, config_.counterfactual_plans);
   return p;
 }
 
-Expected<PatientCase> SyntheticWorld::Render(const SyntheticPatient& p, bool tumor_region_only,
-                                             const CancelFn& cancelled) const {
-  const Geometry g = config_.CtGeometry();
-  const Index3 extent = config_.CtExtent();
+namespace {
+
+/// The index boxes to render: one box around each lesion (with `pad` mm), or the whole CT.
+std::vector<IndexBox> RenderBoxes(const SyntheticPatient& p, bool tumor_region_only, double pad,
+                                  const Geometry& g, const Index3& extent) {
   std::vector<IndexBox> boxes;
   if (tumor_region_only) {
-    const double pad = config_.mechanistic.margin_mm + 3.0 * config_.spacing_mm;
     for (const LesionSpec& l : p.lesions) {
       const double r = l.radii_mm.maxCoeff() * (1.0 + l.deform) + pad;
       const Eigen::Vector3d lo = g.WorldToIndex(l.center_mm - Eigen::Vector3d::Constant(r));
@@ -280,11 +342,101 @@ Expected<PatientCase> SyntheticWorld::Render(const SyntheticPatient& p, bool tum
   } else {
     boxes.push_back(IndexBox{{0, 0, 0}, {extent[0] - 1, extent[1] - 1, extent[2] - 1}});
   }
+  return boxes;
+}
+
+/// The axial (x, y) centres of the spine, aorta and inferior vena cava of a body.
+struct BodyLandmarks {
+  Eigen::Vector2d spine, aorta, ivc;
+};
+
+/// One voxel's noise-free HU and labels.
+struct VoxelTissue {
+  double hu = 0.0;
+  std::int32_t liver = 0, tumor = 0;
+};
+
+/// HU of the body outside the liver at world point `w`, `depth` mm below the skin: fat, muscle
+/// wall, mottled bowel, then spine, aorta and IVC over them.
+double BodyHu(const AnatomySpec& a, const BodyLandmarks& marks, const Eigen::Vector3d& w,
+              double depth) {
+  double hu;
+  if (depth < a.fat_mm) {
+    hu = -100 + 10 * ValueNoise(a.texture_seed + 3, w, 8.0);  // subcutaneous fat
+  } else if (depth < a.fat_mm + 12.0) {
+    hu = 48 + 6 * ValueNoise(a.texture_seed + 4, w, 6.0);  // abdominal wall muscle
+  } else {
+    // Bowel and mesenteric fat, mottled.
+    hu = -20 + 60 * ValueNoise(a.texture_seed + 5, w, 14.0);
+  }
+  const Eigen::Vector2d xy(w[0], w[1]);
+  const double ds = (xy - marks.spine).norm();
+  if (ds < 17.0) hu = ds > 13.5 ? 650.0 : 260.0;     // vertebral cortex and body
+  if ((xy - marks.aorta).norm() < 11.0) hu = 160.0;  // portal-venous phase
+  if ((xy - marks.ivc).norm() < 10.5) hu = 150.0;
+  return hu;
+}
+
+/// Paints the lesions over `t` at world point `w` (a later lesion over an earlier one): necrotic
+/// core, enhancing rim or textured interior, each also liver.
+void PaintLesions(const std::vector<LesionSpec>& lesions, const Eigen::Vector3d& w,
+                  VoxelTissue& t) {
+  for (std::size_t l = 0; l < lesions.size(); ++l) {
+    const LesionSpec& s = lesions[l];
+    if ((w - s.center_mm).norm() > s.radii_mm.maxCoeff() * (1.0 + s.deform) + 1.0) continue;
+    const double rho = LesionRadius(s, w);
+    if (rho >= 1.0) continue;
+    t.tumor = std::int32_t(l + 1);
+    t.liver = 1;
+    const double depth_mm = (1.0 - rho) * s.radii_mm.minCoeff();
+    if (s.core_fraction > 0.0 && rho < s.core_fraction) {
+      t.hu = 20.0 + 4.0 * ValueNoise(s.shape_seed + 9, w, 5.0);  // necrotic core
+    } else if (depth_mm < s.rim_mm) {
+      t.hu = s.rim_hu;  // enhancing rim
+    } else {
+      t.hu = s.interior_hu + s.texture_sd * ValueNoise(s.shape_seed + 7, w, 4.0);
+    }
+  }
+}
+
+/// The tissue at world point `w`, or nothing outside the body (air, the sparse background).
+std::optional<VoxelTissue> TissueAt(const SyntheticPatient& p, const BodyLandmarks& marks,
+                                    const Eigen::Vector3d& w) {
+  const AnatomySpec& a = p.anatomy;
+  const double bx = w[0] / a.body_radii_mm[0], by = w[1] / a.body_radii_mm[1];
+  const double r = std::sqrt(bx * bx + by * by);
+  if (r > 1.0) return std::nullopt;  // air: the sparse background
+  const double depth = (1.0 - r) * a.body_radii_mm.minCoeff();
+  VoxelTissue t;
+  t.hu = BodyHu(a, marks, w, depth);
+  // The liver and its lesions are intra-abdominal: never in the fat or muscle wall.
+  const bool visceral = depth >= a.fat_mm + 12.0;
+  if (!visceral) return t;
+  const Eigen::Vector3d q = (w - a.liver_center_mm).cwiseQuotient(a.liver_radii_mm);
+  if (q.norm() < 1.25 && q.norm() * (1.0 + 0.08 * ValueNoise(a.texture_seed, w, 30.0)) < 1.0) {
+    t.liver = 1;
+    t.hu = a.liver_hu + 6.0 * ValueNoise(a.texture_seed + 1, w, 6.0);
+    for (const auto& v : a.vessels) {
+      if (SegmentDistance(w, v.a, v.b) < v.radius_mm) t.hu = v.hu;
+    }
+  }
+  PaintLesions(p.lesions, w, t);
+  return t;
+}
+
+}  // namespace
+
+Expected<PatientCase> SyntheticWorld::Render(const SyntheticPatient& p, bool tumor_region_only,
+                                             const CancelFn& cancelled) const {
+  const Geometry g = config_.CtGeometry();
+  const Index3 extent = config_.CtExtent();
+  const std::vector<IndexBox> boxes = RenderBoxes(
+      p, tumor_region_only, config_.mechanistic.margin_mm + 3.0 * config_.spacing_mm, g, extent);
   const AnatomySpec& a = p.anatomy;
   const std::uint64_t noise_seed = DeriveSeed(p.seed, "ct-noise");
-  const Eigen::Vector2d spine(0.0, 0.62 * a.body_radii_mm[1]);
-  const Eigen::Vector2d aorta(18.0, 0.38 * a.body_radii_mm[1]);
-  const Eigen::Vector2d ivc(-24.0, 0.30 * a.body_radii_mm[1]);
+  const BodyLandmarks marks{Eigen::Vector2d(0.0, 0.62 * a.body_radii_mm[1]),
+                            Eigen::Vector2d(18.0, 0.38 * a.body_radii_mm[1]),
+                            Eigen::Vector2d(-24.0, 0.30 * a.body_radii_mm[1])};
 
   Volume ct_volume(g, extent, "ct");
   LabelVolume tumor_volume(g, extent, "tumor"), liver_volume(g, extent, "liver");
@@ -302,62 +454,17 @@ Expected<PatientCase> SyntheticWorld::Render(const SyntheticPatient& p, bool tum
               for (std::int64_t i = box.min[0]; i <= box.max[0]; ++i) {
                 const Eigen::Vector3d w =
                     g.IndexToWorld(Eigen::Vector3d(double(i), double(j), double(k)));
-                const double bx = w[0] / a.body_radii_mm[0], by = w[1] / a.body_radii_mm[1];
-                const double r = std::sqrt(bx * bx + by * by);
-                if (r > 1.0) continue;  // air: the sparse background
-                const double depth = (1.0 - r) * a.body_radii_mm.minCoeff();
-                double hu;
-                if (depth < a.fat_mm) {
-                  hu = -100 + 10 * ValueNoise(a.texture_seed + 3, w, 8.0);  // subcutaneous fat
-                } else if (depth < a.fat_mm + 12.0) {
-                  hu = 48 + 6 * ValueNoise(a.texture_seed + 4, w, 6.0);  // abdominal wall muscle
-                } else {
-                  // Bowel and mesenteric fat, mottled.
-                  hu = -20 + 60 * ValueNoise(a.texture_seed + 5, w, 14.0);
-                }
-                const Eigen::Vector2d xy(w[0], w[1]);
-                const double ds = (xy - spine).norm();
-                if (ds < 17.0) hu = ds > 13.5 ? 650.0 : 260.0;  // vertebral cortex and body
-                if ((xy - aorta).norm() < 11.0) hu = 160.0;     // portal-venous phase
-                if ((xy - ivc).norm() < 10.5) hu = 150.0;
-                std::int32_t liver_label = 0, tumor_label = 0;
-                // The liver and its lesions are intra-abdominal: never in the fat or muscle wall.
-                const bool visceral = depth >= a.fat_mm + 12.0;
-                const Eigen::Vector3d q = (w - a.liver_center_mm).cwiseQuotient(a.liver_radii_mm);
-                if (visceral && q.norm() < 1.25 &&
-                    q.norm() * (1.0 + 0.08 * ValueNoise(a.texture_seed, w, 30.0)) < 1.0) {
-                  liver_label = 1;
-                  hu = a.liver_hu + 6.0 * ValueNoise(a.texture_seed + 1, w, 6.0);
-                  for (const auto& v : a.vessels) {
-                    if (SegmentDistance(w, v.a, v.b) < v.radius_mm) hu = v.hu;
-                  }
-                }
-                for (std::size_t l = 0; visceral && l < p.lesions.size(); ++l) {
-                  const LesionSpec& s = p.lesions[l];
-                  if ((w - s.center_mm).norm() > s.radii_mm.maxCoeff() * (1.0 + s.deform) + 1.0)
-                    continue;
-                  const double rho = LesionRadius(s, w);
-                  if (rho >= 1.0) continue;
-                  tumor_label = std::int32_t(l + 1);
-                  liver_label = 1;
-                  const double depth_mm = (1.0 - rho) * s.radii_mm.minCoeff();
-                  if (s.core_fraction > 0.0 && rho < s.core_fraction) {
-                    hu = 20.0 + 4.0 * ValueNoise(s.shape_seed + 9, w, 5.0);  // necrotic core
-                  } else if (depth_mm < s.rim_mm) {
-                    hu = s.rim_hu;  // enhancing rim
-                  } else {
-                    hu = s.interior_hu + s.texture_sd * ValueNoise(s.shape_seed + 7, w, 4.0);
-                  }
-                }
+                const std::optional<VoxelTissue> t = TissueAt(p, marks, w);
+                if (!t) continue;
                 // The noise is keyed by the voxel's index in the whole CT, whatever box is
                 // rendered.
                 const std::uint64_t voxel = std::uint64_t(i + extent[0] * (j + extent[1] * k));
                 const std::size_t at = std::size_t(
                     (i - box.min[0]) + n[0] * ((j - box.min[1]) + n[1] * (k - box.min[2])));
-                ct[at] = float(hu + a.noise_sd * HashNormal(noise_seed, voxel));
+                ct[at] = float(t->hu + a.noise_sd * HashNormal(noise_seed, voxel));
                 if (ct[at] == float(kAirHu)) ct[at] = float(kAirHu + 1.0);
-                liver[at] = liver_label;
-                tumor[at] = tumor_label;
+                liver[at] = t->liver;
+                tumor[at] = t->tumor;
               }
             }
           }

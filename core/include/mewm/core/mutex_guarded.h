@@ -2,8 +2,9 @@
 // SPDX-FileCopyrightText: the mewm authors
 //
 // A value that can only be reached under its mutex: Lock() returns a handle that holds the lock
-// for as long as it lives and gives access to the value. What a lock guards is then written in
-// the types, not in comments.
+// for as long as it lives and gives access to the value, With(f) calls f with the value under the
+// lock. What a lock guards is then written in the types, not in comments, and any compiler
+// (GCC too, unlike Clang's thread-safety analysis) rejects an access without the lock.
 #pragma once
 
 #include <mutex>
@@ -37,6 +38,18 @@ class MutexGuarded {
 
   Locked<T> Lock() { return Locked<T>(mutex_, &value_); }
   Locked<const T> Lock() const { return Locked<const T>(mutex_, &value_); }
+
+  /// Calls `f(value)` under the lock and returns what it returns.
+  template <typename F>
+  decltype(auto) With(F&& f) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return std::forward<F>(f)(value_);
+  }
+  template <typename F>
+  decltype(auto) With(F&& f) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return std::forward<F>(f)(value_);
+  }
 
  private:
   mutable std::mutex mutex_;

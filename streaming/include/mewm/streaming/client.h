@@ -82,7 +82,9 @@ class Client {
   Status Watch(const WatchOptions& options,
                const std::function<bool(const RunEvent&, const std::string& volume)>& on_event,
                const std::function<void(const ServerEvent&)>& on_server = {});
-  const WatchStats& stats() const;
+  /// The counts of the running or last Watch(), copied under their lock: safe to call from
+  /// another thread while Watch() runs.
+  WatchStats stats() const;
 
  private:
   struct Impl;

@@ -20,6 +20,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "mewm/core/expected.h"
 #include "mewm/run/runner.h"
@@ -62,6 +63,9 @@ struct ServerOptions {
   /// A file holding the bearer token every HTTP request must carry (Authorization: Bearer ...);
   /// "" = none (then a non-loopback metrics_address logs a warning).
   std::string http_token_file;
+  /// CORS on the HTTP port's /v1/ and /v2/ (docs/PROTOCOL.md "HTTP"): the origins whose browser
+  /// pages may read them ("https://host[:port]" each, or "*"); empty = no CORS headers.
+  std::vector<std::string> http_cors_origins;
   int max_event_streams = 32;       ///< open SSE streams; more get 503
   int stream_stall_ms = 30000;      ///< an SSE client that takes nothing this long is dropped
   int stream_keepalive_ms = 15000;  ///< an SSE comment after this long without an event

@@ -29,6 +29,8 @@ namespace mewm::dicom {
 struct SeriesInfo {
   std::string series_uid, modality, description, patient_id;
   int files = 0;
+  std::string
+      frame_of_reference_uid;  ///< FrameOfReferenceUID of the series' first file ("" = none)
 };
 
 /// The DICOM series under a folder.
@@ -36,6 +38,7 @@ struct FolderScan {
   std::vector<SeriesInfo> series;  ///< by series UID
   int files = 0;                   ///< regular files looked at
   int not_dicom = 0;               ///< files skipped: no DICOM preamble, or unreadable as DICOM
+  int outside = 0;  ///< files skipped: symbolic links leading out of the folder (not read)
 };
 
 /// Lists the series under `folder` (recursively, at most `max_files` files). kNotFound when the

@@ -15,6 +15,8 @@
 
 namespace mewm {
 
+class ConfigTable;
+
 enum class ItemKind { kDrug, kEmbolic };
 
 /// One plan item as the action base defines it.
@@ -128,6 +130,13 @@ class ActionBase {
     std::vector<std::string> items;
   };
   const ActionItem* FindItem(const std::string& name_or_alias) const;
+  /// The canonical name of an item that a rule or protocol names (`table`.`key`), or an error
+  /// that says where, with a "did you mean".
+  Expected<std::string> ResolveItem(const ConfigTable& table, const std::string& key,
+                                    const std::string& name) const;
+  /// FromToml's [rule] and [protocol] tables, read after the items.
+  Status ReadRules(const ConfigTable& rule_table);
+  Status ReadProtocols(const ConfigTable& protocol_table);
 
   int version_ = 0;
   std::vector<ActionItem> items_;

@@ -46,8 +46,11 @@ struct MethodScores {
 
 struct PlanEvaluation {
   std::string run_dir, cohort_dir;
-  int patients = 0;                   ///< finished patients compared
-  int failed = 0;                     ///< patients of the run that failed (not compared)
+  int patients = 0;  ///< finished patients compared
+  int failed = 0;    ///< patients of the run that failed (not compared)
+  /// The search's cost: outcome simulations per compared patient (the run's counters; the
+  /// chosen plan's rendering is not counted).
+  double simulations_per_patient = 0.0;
   std::vector<MethodScores> methods;  ///< pipeline first, then the baselines
 
   std::string FormatTable() const;

@@ -26,10 +26,13 @@ inline constexpr std::uint64_t kMaxNoteBytes = 64u << 10;
 /// One patient of a cohort, before its images are read.
 struct CohortEntry {
   std::string id;
-  std::string ct;     ///< path; a .vdb holds a grid "ct", a NIfTI holds the CT itself
-  std::string tumor;  ///< path; a .vdb grid "tumor" (or the only label grid)
-  std::string liver;  ///< optional path ("" = none)
-  std::string note;   ///< optional path of the clinical note, a text file ("" = none)
+  std::string ct;     ///< path; a .vdb holds a grid "ct", a NIfTI holds the CT itself, a folder
+                      ///< holds a DICOM CT series
+  std::string tumor;  ///< path; a .vdb grid "tumor" (or the only label grid), or a DICOM-SEG
+  std::string liver;  ///< optional path ("" = none); as tumor (a DICOM-SEG: its liver segments)
+  std::string ct_series_uid;  ///< DICOM folders: the series to read ("" = see LoadPatient)
+  std::string segment_map;    ///< DICOM-SEG: "1=liver,2=tumor" overrides ("" = by their words)
+  std::string note;           ///< optional path of the clinical note, a text file ("" = none)
   Covariates covariates;
   std::string origin;  ///< "file:line" that described this patient
   // Observed follow-up, when the source has it (training cohorts):
@@ -78,13 +81,19 @@ Expected<std::string> SyntheticTruthPath(const std::string& dir);
 /// Reads a manifest CSV. Required columns: patient_id, ct, tumor, age_years, sex (M/F),
 /// child_pugh, bclc_stage, afp_ng_ml, lesion_count, max_diameter_mm, vascular_invasion (0/1).
 /// Optional: liver, post, administered_plan, time_months + event, note (a text file, which must lie
-/// inside the CSV's folder). Paths resolve against the CSV's folder. kParse / kInvalidArgument
-/// naming file:line and the column.
+/// inside the CSV's folder), ct_series_uid and segment_map (DICOM, see LoadPatient). Paths resolve
+/// against the CSV's folder. kParse / kInvalidArgument naming file:line and the column.
 Expected<std::vector<CohortEntry>> ReadManifest(const std::string& csv_path);
 
 /// Reads the images and the clinical note of one patient and validates them
 /// (PatientCase::Validate): missing files, mismatched geometry, an empty tumor mask and a note that
 /// is not a regular file of at most kMaxNoteBytes are errors naming the patient and the file.
+/// DICOM (docs/ECOSYSTEM.md, "DICOM-SEG in"): a `ct` that is a folder is read as a DICOM CT series
+/// (dicom::ImportSeries): the series `ct_series_uid` names, else the folder's only series, else
+/// the one the tumor's DICOM-SEG references. A `tumor` or `liver` that is a DICOM file is read as
+/// a DICOM-SEG onto that CT's lattice (dicom::ImportSegmentation, with `segment_map`), and its
+/// grid "tumor" or "liver" is taken; one SEG file named in both columns is read once. A DICOM-SEG
+/// with a CT that is not a DICOM folder is kInvalidArgument.
 Expected<PatientCase> LoadPatient(const CohortEntry& entry);
 
 /// A post-treatment image file (.vdb with grids ct and viable, optionally viable_fraction) as
