@@ -2,13 +2,18 @@
 // SPDX-FileCopyrightText: the mewm authors
 #include "mewm/streaming/protocol.h"
 
+#include <capnp/dynamic.h>
 #include <capnp/message.h>
+#include <capnp/schema.h>
 #include <capnp/serialize.h>
 #include <kj/debug.h>
 #include <kj/exception.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
+#include <type_traits>
+#include <vector>
 
 #include "mewm.capnp.h"
 
@@ -53,15 +58,6 @@ std::vector<std::string> Texts(capnp::List<capnp::Text>::Reader list) {
   out.reserve(list.size());
   for (auto t : Bounded(list)) out.push_back(S(t));
   return out;
-}
-
-void SetScore(w::PlanScore::Builder b, const scenarios::PlanScoreView& s) {
-  SetTexts(b.initPlan(unsigned(s.plan.size())), s.plan);
-  b.setRiskMean(s.risk_mean);
-  b.setRiskStd(s.risk_std);
-}
-scenarios::PlanScoreView Score(w::PlanScore::Reader r) {
-  return {Texts(r.getPlan()), r.getRiskMean(), r.getRiskStd()};
 }
 
 std::string Serialize(capnp::MessageBuilder& message) {
@@ -118,157 +114,265 @@ Unexpected Unknown(const char* what, unsigned which) {
                                                 std::to_string(which) + " (newer schema?)");
 }
 
-// --- run events ---------------------------------------------------------------------------------
+// --- run events, from their one description (mewm/run/events.h) ---------------------------------
+//
+// The Cap'n Proto side of each event is found by name: the union member is the event's type in
+// camelCase, and each field the described field's name in camelCase. The lookups happen once;
+// encoding and decoding then go through Cap'n Proto's dynamic API with the found fields.
 
-struct EventWriter {
-  w::Envelope::Event::Builder b;
-  void operator()(const scenarios::RunAccepted& e) {
-    auto x = b.initRunAccepted();
-    x.setScenario(T(e.scenario));
-    x.setOutputDir(T(e.output_dir));
-    x.setQueuePosition(std::uint32_t(e.queue_position));
+/// "patient_id" -> "patientId".
+std::string CamelCase(const char* snake) {
+  std::string out;
+  for (const char* p = snake; *p != '\0'; ++p) {
+    if (*p == '_' && p[1] != '\0') {
+      out.push_back(char(std::toupper(static_cast<unsigned char>(*++p))));
+    } else {
+      out.push_back(*p);
+    }
   }
-  void operator()(const scenarios::RunStarted& e) {
-    auto x = b.initRunStarted();
-    x.setScenario(T(e.scenario));
-    x.setOutputDir(T(e.output_dir));
-    x.setSeed(e.seed);
-    x.setPatients(std::uint32_t(e.patients));
-    x.setSkipped(std::uint32_t(e.skipped));
-  }
-  void operator()(const scenarios::RunFinished& e) {
-    auto x = b.initRunFinished();
-    x.setFinished(std::uint32_t(e.finished));
-    x.setFailed(std::uint32_t(e.failed));
-    x.setSeconds(e.seconds);
-  }
-  void operator()(const scenarios::RunFailed& e) { b.initRunFailed().setError(T(e.error)); }
-  void operator()(const scenarios::RunCancelled& e) {
-    b.initRunCancelled().setFinished(std::uint32_t(e.finished));
-  }
-  void operator()(const scenarios::PatientStarted& e) {
-    auto x = b.initPatientStarted();
-    x.setPatientId(T(e.patient_id));
-    x.setIndex(std::uint32_t(e.index));
-    x.setTotal(std::uint32_t(e.total));
-  }
-  void operator()(const scenarios::PatientFinished& e) {
-    auto x = b.initPatientFinished();
-    x.setPatientId(T(e.patient_id));
-    x.setSimulations(e.simulations);
-    x.setMemoHits(e.memo_hits);
-    x.setModelEvaluations(e.model_evaluations);
-    x.setSeconds(e.seconds);
-  }
-  void operator()(const scenarios::PatientFailed& e) {
-    auto x = b.initPatientFailed();
-    x.setPatientId(T(e.patient_id));
-    x.setError(T(e.error));
-  }
-  void operator()(const scenarios::ProposalMade& e) {
-    auto x = b.initProposal();
-    x.setPatientId(T(e.patient_id));
-    SetTexts(x.initDrugs(unsigned(e.drugs.size())), e.drugs);
-    SetTexts(x.initEmbolics(unsigned(e.embolics.size())), e.embolics);
-    x.setRationale(T(e.rationale));
-  }
-  void operator()(const scenarios::CandidateEvaluated& e) {
-    auto x = b.initCandidateEvaluated();
-    x.setPatientId(T(e.patient_id));
-    x.setStage(T(e.stage));
-    x.setStep(std::uint32_t(e.step));
-    SetScore(x.initScore(), e.score);
-    x.setMemoHit(e.memo_hit);
-  }
-  void operator()(const scenarios::BeamUpdated& e) {
-    auto x = b.initBeamUpdated();
-    x.setPatientId(T(e.patient_id));
-    x.setStage(T(e.stage));
-    x.setStep(std::uint32_t(e.step));
-    auto beams = x.initBeams(unsigned(e.beams.size()));
-    for (unsigned i = 0; i < e.beams.size(); ++i) SetScore(beams[i], e.beams[i]);
-  }
-  void operator()(const scenarios::PlanDecided& e) {
-    auto x = b.initPlanDecided();
-    x.setPatientId(T(e.patient_id));
-    SetScore(x.initBest(), e.best);
-    x.setMedianMonths(e.median_months);
-    x.setVolumePath(T(e.volume_path));
-  }
-  void operator()(const scenarios::Progress& e) {
-    auto x = b.initProgress();
-    x.setStage(T(e.stage));
-    x.setDone(std::uint32_t(e.done));
-    x.setTotal(std::uint32_t(e.total));
-  }
+  return out;
+}
+
+/// The schema's fields for Desc's described fields, in the description's order, looked up in
+/// `schema` on the first call (a described type always maps to the same schema struct).
+template <typename Desc>
+const std::vector<capnp::StructSchema::Field>& SchemaFields(capnp::StructSchema schema) {
+  static const std::vector<capnp::StructSchema::Field> fields = [schema] {
+    std::vector<capnp::StructSchema::Field> out;
+    Desc probe{};
+    scenarios::ForEachField(probe, [&](std::size_t, const char* name, const auto&) {
+      out.push_back(schema.getFieldByName(CamelCase(name)));
+    });
+    return out;
+  }();
+  return fields;
+}
+
+/// The event union (Envelope.event) and, for each EventBody alternative, its member.
+struct EventUnion {
+  capnp::StructSchema group;
+  std::vector<capnp::StructSchema::Field> member_of;  ///< by EventBody index
+  std::vector<int> alternative_of;                     ///< by union member index; -1 = none
 };
 
-Expected<scenarios::EventBody> ReadRunBody(w::Envelope::Event::Reader r) {
-  using W = w::Envelope::Event::Which;
-  switch (r.which()) {
-    case W::RUN_ACCEPTED: {
-      auto x = r.getRunAccepted();
-      return scenarios::RunAccepted{S(x.getScenario()), S(x.getOutputDir()),
-                                    int(x.getQueuePosition())};
+const EventUnion& Events() {
+  static const EventUnion events = [] {
+    EventUnion u;
+    u.group = capnp::Schema::from<w::Envelope>().getFieldByName("event").getType().asStruct();
+    u.alternative_of.assign(u.group.getFields().size(), -1);
+    scenarios::ForEachEventType([&](auto index) {
+      using Body = std::variant_alternative_t<decltype(index)::value, scenarios::EventBody>;
+      u.member_of.push_back(u.group.getFieldByName(CamelCase(scenarios::EventFields<Body>::kType)));
+      u.alternative_of[u.member_of.back().getIndex()] = int(index);
+    });
+    return u;
+  }();
+  return events;
+}
+
+template <typename V>
+struct IsVector : std::false_type {};
+template <typename V>
+struct IsVector<std::vector<V>> : std::true_type {};
+
+template <typename Desc>
+void WriteFields(capnp::DynamicStruct::Builder b, const Desc& value);
+
+void SetItem(capnp::DynamicList::Builder list, unsigned i, const std::string& text) {
+  list.set(i, T(text));
+}
+template <typename Desc>
+void SetItem(capnp::DynamicList::Builder list, unsigned i, const Desc& value) {
+  WriteFields(list[i].as<capnp::DynamicStruct>(), value);
+}
+
+/// Sets `field` of `b` from a described member.
+template <typename V>
+void SetValue(capnp::DynamicStruct::Builder b, capnp::StructSchema::Field field, const V& value) {
+  if constexpr (std::is_same_v<V, std::string>) {
+    b.set(field, T(value));
+  } else if constexpr (std::is_same_v<V, bool> || std::is_floating_point_v<V>) {
+    b.set(field, value);
+  } else if constexpr (std::is_integral_v<V>) {
+    // Counts are unsigned on the wire: the same conversion the generated setters would make.
+    switch (field.getType().which()) {
+      case capnp::schema::Type::UINT32:
+        b.set(field, std::uint32_t(value));
+        break;
+      case capnp::schema::Type::UINT64:
+        b.set(field, std::uint64_t(value));
+        break;
+      default:
+        b.set(field, std::int64_t(value));
     }
-    case W::RUN_STARTED: {
-      auto x = r.getRunStarted();
-      return scenarios::RunStarted{S(x.getScenario()), S(x.getOutputDir()), x.getSeed(),
-                                   int(x.getPatients()), int(x.getSkipped())};
-    }
-    case W::RUN_FINISHED: {
-      auto x = r.getRunFinished();
-      return scenarios::RunFinished{int(x.getFinished()), int(x.getFailed()), x.getSeconds()};
-    }
-    case W::RUN_FAILED:
-      return scenarios::RunFailed{S(r.getRunFailed().getError())};
-    case W::RUN_CANCELLED:
-      return scenarios::RunCancelled{int(r.getRunCancelled().getFinished())};
-    case W::PATIENT_STARTED: {
-      auto x = r.getPatientStarted();
-      return scenarios::PatientStarted{S(x.getPatientId()), int(x.getIndex()), int(x.getTotal())};
-    }
-    case W::PATIENT_FINISHED: {
-      auto x = r.getPatientFinished();
-      return scenarios::PatientFinished{S(x.getPatientId()), x.getSimulations(), x.getMemoHits(),
-                                        x.getModelEvaluations(), x.getSeconds()};
-    }
-    case W::PATIENT_FAILED: {
-      auto x = r.getPatientFailed();
-      return scenarios::PatientFailed{S(x.getPatientId()), S(x.getError())};
-    }
-    case W::PROPOSAL: {
-      auto x = r.getProposal();
-      return scenarios::ProposalMade{S(x.getPatientId()), Texts(x.getDrugs()),
-                                     Texts(x.getEmbolics()), S(x.getRationale())};
-    }
-    case W::CANDIDATE_EVALUATED: {
-      auto x = r.getCandidateEvaluated();
-      return scenarios::CandidateEvaluated{S(x.getPatientId()), S(x.getStage()), int(x.getStep()),
-                                           Score(x.getScore()), x.getMemoHit()};
-    }
-    case W::BEAM_UPDATED: {
-      auto x = r.getBeamUpdated();
-      std::vector<scenarios::PlanScoreView> beams;
-      for (auto s : Bounded(x.getBeams())) beams.push_back(Score(s));
-      return scenarios::BeamUpdated{S(x.getPatientId()), S(x.getStage()), int(x.getStep()),
-                                    std::move(beams)};
-    }
-    case W::PLAN_DECIDED: {
-      auto x = r.getPlanDecided();
-      return scenarios::PlanDecided{S(x.getPatientId()), Score(x.getBest()), x.getMedianMonths(),
-                                    S(x.getVolumePath())};
-    }
-    case W::PROGRESS: {
-      auto x = r.getProgress();
-      return scenarios::Progress{S(x.getStage()), int(x.getDone()), int(x.getTotal())};
-    }
-    default:
-      return MakeError(
-          ErrorCode::kUnsupported,
-          "event kind " + std::to_string(unsigned(r.which())) + " is newer than this build");
+  } else if constexpr (IsVector<V>::value) {
+    auto list = b.init(field, unsigned(value.size())).template as<capnp::DynamicList>();
+    for (unsigned i = 0; i < value.size(); ++i) SetItem(list, i, value[i]);
+  } else {
+    WriteFields(b.init(field).template as<capnp::DynamicStruct>(), value);
   }
 }
+
+template <typename Desc>
+void WriteFields(capnp::DynamicStruct::Builder b, const Desc& value) {
+  const auto& fields = SchemaFields<Desc>(b.getSchema());
+  scenarios::ForEachField(value, [&](std::size_t i, const char*, const auto& member) {
+    SetValue(b, fields[i], member);
+  });
+}
+
+template <typename Desc>
+void ReadFields(capnp::DynamicStruct::Reader r, Desc* value);
+
+/// Reads a described member from `r`; Cap'n Proto throws on a value that does not fit.
+template <typename V>
+void GetValue(capnp::DynamicValue::Reader r, V* value) {
+  if constexpr (std::is_same_v<V, std::string>) {
+    *value = S(r.as<capnp::Text>());
+  } else if constexpr (std::is_same_v<V, bool> || std::is_floating_point_v<V>) {
+    *value = r.as<V>();
+  } else if constexpr (std::is_integral_v<V>) {
+    *value = r.getType() == capnp::DynamicValue::UINT ? V(r.as<std::uint64_t>())
+                                                       : V(r.as<std::int64_t>());
+  } else if constexpr (IsVector<V>::value) {
+    auto list = Bounded(r.as<capnp::DynamicList>());
+    value->resize(list.size());
+    for (unsigned i = 0; i < list.size(); ++i) GetValue(list[i], &(*value)[i]);
+  } else {
+    ReadFields(r.as<capnp::DynamicStruct>(), value);
+  }
+}
+
+template <typename Desc>
+void ReadFields(capnp::DynamicStruct::Reader r, Desc* value) {
+  const auto& fields = SchemaFields<Desc>(r.getSchema());
+  scenarios::ForEachField(*value, [&](std::size_t i, const char*, auto& member) {
+    GetValue(r.get(fields[i]), &member);
+  });
+}
+
+void WriteRunBody(w::Envelope::Event::Builder b, const scenarios::EventBody& body) {
+  auto event = capnp::toDynamic(b);
+  const auto member = Events().member_of[body.index()];
+  std::visit(
+      [&](const auto& value) {
+        WriteFields(event.init(member).template as<capnp::DynamicStruct>(), value);
+      },
+      body);
+}
+
+Expected<scenarios::EventBody> ReadRunBody(w::Envelope::Event::Reader r) {
+  auto event = capnp::toDynamic(r);
+  const auto& events = Events();
+  int alternative = -1;
+  KJ_IF_MAYBE (member, event.which()) {
+    alternative = events.alternative_of[member->getIndex()];
+  }
+  if (alternative < 0) {
+    return MakeError(
+        ErrorCode::kUnsupported,
+        "event kind " + std::to_string(unsigned(r.which())) + " is newer than this build");
+  }
+  scenarios::EventBody body;
+  scenarios::ForEachEventType([&](auto index) {
+    if (int(index) != alternative) return;
+    std::variant_alternative_t<decltype(index)::value, scenarios::EventBody> value;
+    ReadFields(event.get(events.member_of[index]).template as<capnp::DynamicStruct>(), &value);
+    body = std::move(value);
+  });
+  return body;
+}
+
+// --- the description against the schema -------------------------------------------------------
+
+template <typename Desc>
+Status CheckStruct(capnp::StructSchema schema, const std::string& where);
+
+/// Checks that a field of `type` can hold a described member of type V.
+template <typename V>
+Status CheckType(capnp::Type type, const std::string& where) {
+  using K = capnp::schema::Type;
+  bool fits = false;
+  if constexpr (std::is_same_v<V, std::string>) {
+    fits = type.isText();
+  } else if constexpr (std::is_same_v<V, bool>) {
+    fits = type.isBool();
+  } else if constexpr (std::is_floating_point_v<V>) {
+    fits = type.isFloat64();
+  } else if constexpr (std::is_integral_v<V>) {
+    const auto k = type.which();
+    fits = k == K::INT32 || k == K::INT64 || k == K::UINT32 || k == K::UINT64;
+  } else if constexpr (IsVector<V>::value) {
+    if (type.isList()) return CheckType<typename V::value_type>(type.asList().getElementType(), where);
+  } else {
+    if (type.isStruct()) return CheckStruct<V>(type.asStruct(), where);
+  }
+  if (fits) return {};
+  return MakeError(ErrorCode::kMismatch,
+                   where + " has a schema type that cannot hold its described member");
+}
+
+/// Every described field of Desc has its camelCase field in `schema`, of a fitting type, and the
+/// schema has no field the description lacks.
+template <typename Desc>
+Status CheckStruct(capnp::StructSchema schema, const std::string& where) {
+  Status status;
+  unsigned described = 0;
+  Desc probe{};
+  scenarios::ForEachField(probe, [&](std::size_t, const char* name, const auto& member) {
+    ++described;
+    if (!status) return;
+    const std::string camel = CamelCase(name);
+    KJ_IF_MAYBE (field, schema.findFieldByName(camel)) {
+      status = CheckType<std::decay_t<decltype(member)>>(field->getType(), where + "." + camel);
+    } else {
+      status = MakeError(ErrorCode::kMismatch, where + " has no field '" + camel +
+                                                   "' for the described field '" + name + "'");
+    }
+  });
+  if (!status) return status;
+  if (schema.getFields().size() != described) {
+    return MakeError(ErrorCode::kMismatch,
+                     where + " has " + std::to_string(schema.getFields().size()) +
+                         " fields in the schema but " + std::to_string(described) +
+                         " in the description (mewm/run/events.h)");
+  }
+  return {};
+}
+
+}  // namespace
+
+Status CheckEventSchema() {
+  const auto group =
+      capnp::Schema::from<w::Envelope>().getFieldByName("event").getType().asStruct();
+  std::vector<bool> covered(group.getFields().size(), false);
+  Status status;
+  scenarios::ForEachEventType([&](auto index) {
+    using Body = std::variant_alternative_t<decltype(index)::value, scenarios::EventBody>;
+    if (!status) return;
+    const std::string member = CamelCase(scenarios::EventFields<Body>::kType);
+    KJ_IF_MAYBE (field, group.findFieldByName(member)) {
+      covered[field->getIndex()] = true;
+      status = CheckType<Body>(field->getType(), "Envelope.event." + member);
+    } else {
+      status = MakeError(ErrorCode::kMismatch, std::string("event type '") +
+                                                   scenarios::EventFields<Body>::kType +
+                                                   "' has no member '" + member +
+                                                   "' in the Envelope.event union");
+    }
+  });
+  if (!status) return status;
+  for (auto field : group.getFields()) {
+    const std::string name = field.getProto().getName().cStr();
+    if (!covered[field.getIndex()] && name != "heartbeat" && name != "serverClosing") {
+      return MakeError(ErrorCode::kMismatch, "the Envelope.event union's member '" + name +
+                                                 "' is no described event (mewm/run/events.h)");
+    }
+  }
+  return {};
+}
+
+namespace {
 
 // --- run status ---------------------------------------------------------------------------------
 
@@ -319,7 +423,7 @@ std::string EncodeEnvelope(const Envelope& envelope) {
       v.setSha256(D(run->volume->sha256));
       v.setPath(T(run->volume->path));
     }
-    std::visit(EventWriter{b.getEvent()}, run->event.body);
+    WriteRunBody(b.getEvent(), run->event.body);
   } else {
     const auto& server = std::get<ServerEvent>(envelope);
     b.setSeq(server.seq);

@@ -2,8 +2,11 @@
 // SPDX-FileCopyrightText: the mewm authors
 #include "mewm/run/events.h"
 
+#include <array>
 #include <chrono>
 #include <cstdio>
+#include <stdexcept>
+#include <type_traits>
 #include <nlohmann/json.hpp>
 
 #include "mewm/core/file_util.h"
@@ -12,43 +15,13 @@ namespace mewm::scenarios {
 
 using nlohmann::json;
 
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(PlanScoreView, plan, risk_mean, risk_std)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RunStarted, scenario, output_dir, seed, patients, skipped)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(PatientStarted, patient_id, index, total)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(ProposalMade, patient_id, drugs, embolics, rationale)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(CandidateEvaluated, patient_id, stage, step, score, memo_hit)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(BeamUpdated, patient_id, stage, step, beams)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(PlanDecided, patient_id, best, median_months, volume_path)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(PatientFinished, patient_id, simulations, memo_hits,
-                                   model_evaluations, seconds)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(PatientFailed, patient_id, error)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RunFinished, finished, failed, seconds)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RunFailed, error)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RunCancelled, finished)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RunAccepted, scenario, output_dir, queue_position)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Progress, stage, done, total)
-
 namespace {
 
-constexpr const char* kTypeNames[] = {
-    "run_started",   "patient_started",  "proposal",       "candidate_evaluated", "beam_updated",
-    "plan_decided",  "patient_finished", "patient_failed", "run_finished",        "run_failed",
-    "run_cancelled", "run_accepted",     "progress"};
-static_assert(std::size(kTypeNames) == std::variant_size_v<EventBody>);
-
-/// Builds the alternative with index I from JSON when its name matches.
-template <std::size_t I = 0>
-bool BodyFromJson(const std::string& type, const json& j, EventBody* body) {
-  if constexpr (I < std::variant_size_v<EventBody>) {
-    if (type == kTypeNames[I]) {
-      *body = j.get<std::variant_alternative_t<I, EventBody>>();
-      return true;
-    }
-    return BodyFromJson<I + 1>(type, j, body);
-  } else {
-    return false;
-  }
+template <std::size_t... I>
+constexpr std::array<const char*, sizeof...(I)> TypeNames(std::index_sequence<I...> /*unused*/) {
+  return {EventFields<std::variant_alternative_t<I, EventBody>>::kType...};
 }
+constexpr auto kTypeNames = TypeNames(std::make_index_sequence<std::variant_size_v<EventBody>>{});
 
 /// Appends `text` as a JSON string. The same output as nlohmann's dump for valid UTF-8, several
 /// times faster on long text (runs of plain characters are copied at once); an invalid UTF-8
@@ -121,37 +94,97 @@ void AppendJsonString(const std::string& text, std::string* out) {
   out->push_back('"');
 }
 
-/// nlohmann's compact dump, with strings written by AppendJsonString.
-void AppendJson(const json& j, std::string* out) {
-  switch (j.type()) {
-    case json::value_t::object: {
-      out->push_back('{');
-      bool first = true;
-      for (const auto& [key, value] : j.items()) {
-        if (!first) out->push_back(',');
-        first = false;
-        AppendJsonString(key, out);
-        out->push_back(':');
-        AppendJson(value, out);
-      }
-      out->push_back('}');
-      break;
-    }
-    case json::value_t::array: {
-      out->push_back('[');
-      for (std::size_t k = 0; k < j.size(); ++k) {
-        if (k > 0) out->push_back(',');
-        AppendJson(j[k], out);
-      }
-      out->push_back(']');
-      break;
-    }
-    case json::value_t::string:
-      AppendJsonString(j.get_ref<const std::string&>(), out);
-      break;
-    default:
-      out->append(j.dump());  // numbers, booleans, null: nlohmann's own formatting
+// --- JSON from the description: each value as nlohmann's compact dump writes it -------------
+
+void AppendValue(const std::string& text, std::string* out) { AppendJsonString(text, out); }
+void AppendValue(bool value, std::string* out) { out->append(value ? "true" : "false"); }
+void AppendValue(double value, std::string* out) { out->append(json(value).dump()); }
+template <typename Int, typename = std::enable_if_t<std::is_integral_v<Int>>>
+void AppendValue(Int value, std::string* out) {
+  out->append(std::to_string(value));
+}
+template <typename T>
+void AppendValue(const std::vector<T>& values, std::string* out);
+template <typename T, typename = decltype(EventFields<T>::kFields)>
+void AppendValue(const T& value, std::string* out);
+
+/// Appends `,"name":value` for every described field of `value`.
+template <typename T>
+void AppendFields(const T& value, std::string* out) {
+  ForEachField(value, [out](std::size_t /*index*/, const char* name, const auto& member) {
+    out->append(",\"");
+    out->append(name);  // described names are plain snake_case: nothing to escape
+    out->append("\":");
+    AppendValue(member, out);
+  });
+}
+
+template <typename T>
+void AppendValue(const std::vector<T>& values, std::string* out) {
+  out->push_back('[');
+  for (std::size_t k = 0; k < values.size(); ++k) {
+    if (k > 0) out->push_back(',');
+    AppendValue(values[k], out);
   }
+  out->push_back(']');
+}
+
+template <typename T, typename>
+void AppendValue(const T& value, std::string* out) {
+  const std::size_t open = out->size();
+  AppendFields(value, out);
+  if (out->size() > open) {
+    (*out)[open] = '{';  // in place of the first field's comma
+  } else {
+    out->push_back('{');
+  }
+  out->push_back('}');
+}
+
+// --- and back ---------------------------------------------------------------------------------
+
+template <typename T>
+void ReadValue(const json& j, T* value);
+
+/// Reads every described field of `value` from the object `j`; nlohmann's exceptions name what
+/// is missing or does not fit.
+template <typename T>
+void ReadFields(const json& j, T* value) {
+  if (!j.is_object()) throw std::invalid_argument("expected an object");
+  ForEachField(*value, [&j](std::size_t /*index*/, const char* name, auto& member) {
+    ReadValue(j.at(name), &member);
+  });
+}
+
+template <typename T>
+struct IsVector : std::false_type {};
+template <typename T>
+struct IsVector<std::vector<T>> : std::true_type {};
+
+template <typename T>
+void ReadValue(const json& j, T* value) {
+  if constexpr (std::is_same_v<T, std::string> || std::is_arithmetic_v<T>) {
+    j.get_to(*value);
+  } else if constexpr (IsVector<T>::value) {
+    if (!j.is_array()) throw std::invalid_argument("expected an array");
+    value->resize(j.size());
+    for (std::size_t k = 0; k < j.size(); ++k) ReadValue(j[k], &(*value)[k]);
+  } else {
+    ReadFields(j, value);
+  }
+}
+
+/// Builds the alternative named `type` from `j`; false when no alternative has that name.
+bool BodyFromJson(const std::string& type, const json& j, EventBody* body) {
+  bool found = false;
+  ForEachEventType([&](auto index) {
+    if (found || type != kTypeNames[index]) return;
+    std::variant_alternative_t<decltype(index)::value, EventBody> alternative;
+    ReadFields(j, &alternative);
+    *body = std::move(alternative);
+    found = true;
+  });
+  return found;
 }
 
 }  // namespace
@@ -170,14 +203,19 @@ bool IsTerminal(const EventBody& body) {
 }
 
 std::string EventToJson(const Event& event) {
-  json j = std::visit([](const auto& b) { return json(b); }, event.body);
-  j["run_id"] = event.run_id;
-  j["seq"] = event.seq;
-  j["timestamp_ns"] = event.timestamp_ns;
-  j["type"] = EventTypeName(event.body);
   std::string line;
   line.reserve(256);
-  AppendJson(j, &line);
+  line.append("{\"run_id\":");
+  AppendJsonString(event.run_id, &line);
+  line.append(",\"seq\":");
+  AppendValue(event.seq, &line);
+  line.append(",\"timestamp_ns\":");
+  AppendValue(event.timestamp_ns, &line);
+  line.append(",\"type\":\"");
+  line.append(EventTypeName(event.body));
+  line.push_back('"');
+  std::visit([&line](const auto& body) { AppendFields(body, &line); }, event.body);
+  line.push_back('}');
   return line;
 }
 

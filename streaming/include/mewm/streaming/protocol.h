@@ -74,6 +74,11 @@ struct ServerEvent {
 
 using Envelope = std::variant<RunEvent, ServerEvent>;
 
+/// Checks that the wire schema and the events' one description (mewm/run/events.h) agree: every
+/// event type has its union member, every described field its schema field of a fitting type,
+/// and no event's schema struct has a field the description lacks. kMismatch names the first
+/// difference. The codec below relies on it (ProtocolTest checks it).
+Status CheckEventSchema();
 std::string EncodeEnvelope(const Envelope& envelope);
 Expected<Envelope> DecodeEnvelope(std::string_view bytes, const DecodeLimits& limits = {});
 

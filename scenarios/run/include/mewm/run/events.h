@@ -11,6 +11,9 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -95,6 +98,107 @@ struct Progress {
 using EventBody = std::variant<RunStarted, PatientStarted, ProposalMade, CandidateEvaluated,
                                BeamUpdated, PlanDecided, PatientFinished, PatientFailed,
                                RunFinished, RunFailed, RunCancelled, RunAccepted, Progress>;
+
+// --- The one description of every event -----------------------------------------------------
+//
+// Each event body (and PlanScoreView, which events nest) describes itself once, in EventFields:
+// its type name and its fields in order. Both encodings come from that description:
+// - JSON (EventToJson, EventFromJson): {"run_id", "seq", "timestamp_ns", "type"} and then every
+//   field under its name, in the described order;
+// - Cap'n Proto (mewm::streaming's protocol): the event union's member named by the type in
+//   camelCase (plan_decided -> planDecided), and in it each field by its camelCase name
+//   (patient_id -> patientId). CheckEventSchema() (streaming) proves that the schema has every
+//   described field and nothing more.
+// Adding an event kind: its struct and its EventFields here, an EventBody alternative, and a
+// union member in streaming/schema/mewm.capnp. Adding a field: the member, its entry here, and
+// the schema field.
+
+/// A described field: its name (the JSON key; its camelCase form is the schema's field) and
+/// the member it reads and writes.
+template <typename Struct, typename Member>
+struct FieldOf {
+  const char* name;
+  Member Struct::*member;
+};
+
+/// Specialised for every event body and nested struct: `kType` (the event's type name; nullptr
+/// for nested structs) and `kFields` (a tuple of FieldOf).
+template <typename T>
+struct EventFields;
+
+#define MEWM_FIELD(Struct, member) \
+  ::mewm::scenarios::FieldOf<Struct, decltype(Struct::member)> { #member, &Struct::member }
+
+#define MEWM_DESCRIBE(Struct, type_name, ...)               \
+  template <>                                                \
+  struct EventFields<Struct> {                               \
+    static constexpr const char* kType = type_name;          \
+    static constexpr auto kFields = std::make_tuple(__VA_ARGS__); \
+  }
+
+MEWM_DESCRIBE(PlanScoreView, nullptr, MEWM_FIELD(PlanScoreView, plan),
+              MEWM_FIELD(PlanScoreView, risk_mean), MEWM_FIELD(PlanScoreView, risk_std));
+MEWM_DESCRIBE(RunStarted, "run_started", MEWM_FIELD(RunStarted, scenario),
+              MEWM_FIELD(RunStarted, output_dir), MEWM_FIELD(RunStarted, seed),
+              MEWM_FIELD(RunStarted, patients), MEWM_FIELD(RunStarted, skipped));
+MEWM_DESCRIBE(PatientStarted, "patient_started", MEWM_FIELD(PatientStarted, patient_id),
+              MEWM_FIELD(PatientStarted, index), MEWM_FIELD(PatientStarted, total));
+MEWM_DESCRIBE(ProposalMade, "proposal", MEWM_FIELD(ProposalMade, patient_id),
+              MEWM_FIELD(ProposalMade, drugs), MEWM_FIELD(ProposalMade, embolics),
+              MEWM_FIELD(ProposalMade, rationale));
+MEWM_DESCRIBE(CandidateEvaluated, "candidate_evaluated", MEWM_FIELD(CandidateEvaluated, patient_id),
+              MEWM_FIELD(CandidateEvaluated, stage), MEWM_FIELD(CandidateEvaluated, step),
+              MEWM_FIELD(CandidateEvaluated, score), MEWM_FIELD(CandidateEvaluated, memo_hit));
+MEWM_DESCRIBE(BeamUpdated, "beam_updated", MEWM_FIELD(BeamUpdated, patient_id),
+              MEWM_FIELD(BeamUpdated, stage), MEWM_FIELD(BeamUpdated, step),
+              MEWM_FIELD(BeamUpdated, beams));
+MEWM_DESCRIBE(PlanDecided, "plan_decided", MEWM_FIELD(PlanDecided, patient_id),
+              MEWM_FIELD(PlanDecided, best), MEWM_FIELD(PlanDecided, median_months),
+              MEWM_FIELD(PlanDecided, volume_path));
+MEWM_DESCRIBE(PatientFinished, "patient_finished", MEWM_FIELD(PatientFinished, patient_id),
+              MEWM_FIELD(PatientFinished, simulations), MEWM_FIELD(PatientFinished, memo_hits),
+              MEWM_FIELD(PatientFinished, model_evaluations), MEWM_FIELD(PatientFinished, seconds));
+MEWM_DESCRIBE(PatientFailed, "patient_failed", MEWM_FIELD(PatientFailed, patient_id),
+              MEWM_FIELD(PatientFailed, error));
+MEWM_DESCRIBE(RunFinished, "run_finished", MEWM_FIELD(RunFinished, finished),
+              MEWM_FIELD(RunFinished, failed), MEWM_FIELD(RunFinished, seconds));
+MEWM_DESCRIBE(RunFailed, "run_failed", MEWM_FIELD(RunFailed, error));
+MEWM_DESCRIBE(RunCancelled, "run_cancelled", MEWM_FIELD(RunCancelled, finished));
+MEWM_DESCRIBE(RunAccepted, "run_accepted", MEWM_FIELD(RunAccepted, scenario),
+              MEWM_FIELD(RunAccepted, output_dir), MEWM_FIELD(RunAccepted, queue_position));
+MEWM_DESCRIBE(Progress, "progress", MEWM_FIELD(Progress, stage), MEWM_FIELD(Progress, done),
+              MEWM_FIELD(Progress, total));
+
+#undef MEWM_DESCRIBE
+#undef MEWM_FIELD
+
+namespace detail {
+template <typename T, typename Fn, std::size_t... I>
+void ForEachField(T& value, Fn& fn, std::index_sequence<I...> /*unused*/) {
+  constexpr const auto& fields = EventFields<std::remove_const_t<T>>::kFields;
+  (fn(I, std::get<I>(fields).name, value.*(std::get<I>(fields).member)), ...);
+}
+template <typename Fn, std::size_t... I>
+void ForEachEventType(Fn& fn, std::index_sequence<I...> /*unused*/) {
+  (fn(std::integral_constant<std::size_t, I>{}), ...);
+}
+}  // namespace detail
+
+/// The number of described fields of T.
+template <typename T>
+constexpr std::size_t kFieldCount = std::tuple_size_v<decltype(EventFields<T>::kFields)>;
+
+/// Calls `fn(index, name, member)` for each described field of `value` (const or not), in order.
+template <typename T, typename Fn>
+void ForEachField(T& value, Fn&& fn) {
+  detail::ForEachField(value, fn, std::make_index_sequence<kFieldCount<std::remove_const_t<T>>>{});
+}
+
+/// Calls `fn(std::integral_constant<std::size_t, I>)` for each alternative I of EventBody.
+template <typename Fn>
+void ForEachEventType(Fn&& fn) {
+  detail::ForEachEventType(fn, std::make_index_sequence<std::variant_size_v<EventBody>>{});
+}
 
 /// True for run_finished, run_failed and run_cancelled: nothing follows them in a run.
 bool IsTerminal(const EventBody& body);
