@@ -252,6 +252,7 @@ void EventLog::WriteThenPublish(Files& files, std::deque<Item>& batch, std::size
     socket.Send(item.topic, item.encoded, item.volume.empty() ? nullptr : &item.volume);
     stages_.publish().Observe(std::chrono::duration<double>(Clock::now() - item.made).count());
   }
+  run->published_seq.store(batch[end - 1].seq, std::memory_order_release);
 }
 
 Expected<HistoryPage> ReadHistory(const RunRecord& run, std::uint64_t after,

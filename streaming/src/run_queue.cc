@@ -234,7 +234,9 @@ Heartbeat RunQueue::MakeHeartbeat() const {
   for (auto it = t->run_order.rbegin(); it != t->run_order.rend() && beat.recent_runs.size() < 16;
        ++it) {
     if ((*it)->last_event_ns.load(std::memory_order_relaxed) < recent) continue;
-    beat.recent_runs.push_back({(*it)->id, (*it)->GetStatus().last_seq});
+    // The last seq *sent*, not the last logged: the log runs ahead of the socket by a batch,
+    // and a heartbeat sent in between would announce events still on their way (a false gap).
+    beat.recent_runs.push_back({(*it)->id, (*it)->published_seq.load(std::memory_order_acquire)});
   }
   return beat;
 }

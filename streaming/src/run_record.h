@@ -74,6 +74,9 @@ struct RunRecord {
 
   std::atomic<bool> cancel{false};             ///< the runner stops between simulation batches
   std::atomic<std::int64_t> last_event_ns{0};  ///< SteadyNs() of the last published event
+  /// The last seq sent on the PUB socket (after its line is in the log): what heartbeats
+  /// announce, so a watcher never sees a seq named before the event itself could reach it.
+  std::atomic<std::uint64_t> published_seq{0};
   std::atomic<std::uint64_t> queued_seq{0};    ///< last seq handed to the event log
   std::atomic<bool> log_failed{false};         ///< then progress's log_error says why (sticky)
 
