@@ -436,12 +436,19 @@ struct Runner::Impl {
     }
   }
 
-  /// Plans one patient and writes its folder atomically. Returns the decision's event data.
-  Status PlanPatient(const CohortEntry& entry, EventSink& sink, PatientFinished* finished) {
-    const auto t0 = Clock::now();
-    MEWM_TRY(const PatientCase patient, LoadPatient(entry));
+  /// One patient's search: the proposal, and the planner's decision within it.
+  struct Searched {
+    PatientCase patient;
+    policy::Proposal proposal;
+    PlanDecision decision;
+  };
+
+  /// Loads the patient, asks the policy and searches, emitting proposal, candidate and beam
+  /// events as they happen.
+  Expected<Searched> Search(const CohortEntry& entry, EventSink& sink) {
+    MEWM_TRY(PatientCase patient, LoadPatient(entry));
     const auto t_policy = Clock::now();
-    MEWM_TRY(const policy::Proposal proposal, policy->Propose(patient));
+    MEWM_TRY(policy::Proposal proposal, policy->Propose(patient));
     if (options.stage_seconds) {
       options.stage_seconds("policy",
                             std::chrono::duration<double>(Clock::now() - t_policy).count());
@@ -469,48 +476,49 @@ struct Runner::Impl {
     auto decision = planner.Plan(patient, proposal, spec.seed, observer);
     MEWM_RETURN_IF_ERROR(sink_status);
     if (!decision) return decision.error();
+    return Searched{std::move(patient), std::move(proposal), std::move(*decision)};
+  }
 
-    // The chosen plan's outcome on the full lattice: sample 0, the same seed the search used.
-    const CandidateScore& best = decision->best;
-    const SimulationRequest request{best.plan, 0,
-                                    Planner::SampleSeed(spec.seed, patient.id, best.plan, 0),
-                                    Planner::SharedSeed(spec.seed, patient.id, 0)};
-    MEWM_TRY(std::vector<Outcome> outcomes, dynamics->Simulate(patient, {request}));
-    MEWM_RETURN_IF_ERROR(CheckOutcome(outcomes.front(), request, patient));
-
-    const Expected<double> median_or = best.curve.MedianMonths();
-    const double median = median_or ? *median_or : -1.0;
+  /// The patient's result.json.
+  json ResultJson(const Searched& s, double median) const {
+    const CandidateScore& best = s.decision.best;
     // The policy's own single plan, kept for the "no search" baseline of `mewm eval plans`.
     // A plan-writing policy's first choice is its most probable plan.
     auto first_choice =
-        !proposal.plans.empty()
-            ? Expected<Plan>(proposal.plans.front().plan)
-            : policy::FirstChoicePlan(proposal, spec.actions, spec.planner.drug_horizon,
+        !s.proposal.plans.empty()
+            ? Expected<Plan>(s.proposal.plans.front().plan)
+            : policy::FirstChoicePlan(s.proposal, spec.actions, spec.planner.drug_horizon,
                                       spec.planner.embolic_horizon, spec.protocol);
     json candidates = json::array();
-    for (const CandidateScore& c : decision->evaluated) candidates.push_back(CandidateJson(c));
-    const PlannerCounters& k = decision->counters;
-    const json result = {
-        {"format", kResultFormat},
-        {"version", 1},
-        {"status", "finished"},
-        {"patient_id", patient.id},
-        {"run_id", run_id},
-        {"search", ToString(spec.planner.search)},
-        {"proposal", ProposalJson(proposal, first_choice)},
-        {"chosen", CandidateJson(best)},
-        {"survival_curve",
-         {{"times_months", best.curve.times_months}, {"survival", best.curve.survival}}},
-        {"median_months", median},
-        {"candidates", candidates},
-        {"counters",
-         {{"simulations", k.simulations},
-          {"render_simulations", 1},  // the chosen plan re-simulated on the full lattice
-          {"memo_hits", k.memo_hits},
-          {"batches", k.batches},
-          {"model_evaluations", k.model_evaluations},
-          {"survival_scores", k.survival_scores}}},
-        {"volume", "post_chosen.vdb"}};
+    for (const CandidateScore& c : s.decision.evaluated) candidates.push_back(CandidateJson(c));
+    const PlannerCounters& k = s.decision.counters;
+    return {{"format", kResultFormat},
+            {"version", 1},
+            {"status", "finished"},
+            {"patient_id", s.patient.id},
+            {"run_id", run_id},
+            {"search", ToString(spec.planner.search)},
+            {"proposal", ProposalJson(s.proposal, first_choice)},
+            {"chosen", CandidateJson(best)},
+            {"survival_curve",
+             {{"times_months", best.curve.times_months}, {"survival", best.curve.survival}}},
+            {"median_months", median},
+            {"candidates", candidates},
+            {"counters",
+             {{"simulations", k.simulations},
+              {"render_simulations", 1},  // the chosen plan re-simulated on the full lattice
+              {"memo_hits", k.memo_hits},
+              {"batches", k.batches},
+              {"model_evaluations", k.model_evaluations},
+              {"survival_scores", k.survival_scores}}},
+            {"volume", "post_chosen.vdb"}};
+  }
+
+  /// Writes the patient's folder (volume, NIfTI, plot, result.json) under a temporary name and
+  /// then moves it into place, so a folder is either whole or absent. Returns its path.
+  Expected<fs::path> WritePatientFolder(const Searched& s, const Outcome& outcome,
+                                        const json& result) const {
+    const PatientCase& patient = s.patient;
     const fs::path final_dir = fs::path(out) / "patients" / patient.id;
     const fs::path temp_dir = fs::path(out) / "patients" / (".tmp-" + patient.id);
     std::error_code ec;
@@ -519,24 +527,22 @@ struct Runner::Impl {
     if (ec) return MakeError(ErrorCode::kIo, "cannot create '" + temp_dir.string() + "'");
     VolumeSet set;
     set.metadata.patient_id = patient.id;
-    set.metadata.provenance_json = json{
-        {"run_id", run_id},
-        {"plan", best.plan.ToString()},
-        {"model", dynamics->name()}}.dump();
-    set.scalars.emplace("ct", outcomes.front().post_ct);
-    set.labels.emplace("viable", outcomes.front().viable);
-    if (outcomes.front().viable_fraction) {
-      set.scalars.emplace("viable_fraction", *outcomes.front().viable_fraction);
-    }
+    set.metadata.provenance_json = json{{"run_id", run_id},
+                                        {"plan", s.decision.best.plan.ToString()},
+                                        {"model", dynamics->name()}}
+                                       .dump();
+    set.scalars.emplace("ct", outcome.post_ct);
+    set.labels.emplace("viable", outcome.viable);
+    if (outcome.viable_fraction) set.scalars.emplace("viable_fraction", *outcome.viable_fraction);
     set.labels.emplace("pre_tumor", patient.tumor);
     MEWM_RETURN_IF_ERROR(WriteVdb((temp_dir / kPostVdb).string(), set));
     if (spec.results.nifti) {
-      MEWM_RETURN_IF_ERROR(WritePostNifti(temp_dir, outcomes.front().post_ct,
-                                          outcomes.front().viable, patient.tumor));
+      MEWM_RETURN_IF_ERROR(
+          WritePostNifti(temp_dir, outcome.post_ct, outcome.viable, patient.tumor));
     }
     if (spec.results.plots) {
-      MEWM_RETURN_IF_ERROR(
-          WriteSurvivalPlot(temp_dir / kSurvivalPng, patient.id, *decision, spec.planner.samples));
+      MEWM_RETURN_IF_ERROR(WriteSurvivalPlot(temp_dir / kSurvivalPng, patient.id, s.decision,
+                                             spec.planner.samples));
     }
     MEWM_RETURN_IF_ERROR(
         WriteFileAtomic((temp_dir / "result.json").string(), result.dump(1) + "\n"));
@@ -546,8 +552,28 @@ struct Runner::Impl {
       return MakeError(ErrorCode::kIo, "cannot move '" + temp_dir.string() + "' to '" +
                                            final_dir.string() + "': " + ec.message());
     }
+    return final_dir;
+  }
+
+  /// Plans one patient and writes its folder atomically. Returns the decision's event data.
+  Status PlanPatient(const CohortEntry& entry, EventSink& sink, PatientFinished* finished) {
+    const auto t0 = Clock::now();
+    MEWM_TRY(const Searched searched, Search(entry, sink));
+    const PatientCase& patient = searched.patient;
+    // The chosen plan's outcome on the full lattice: sample 0, the same seed the search used.
+    const CandidateScore& best = searched.decision.best;
+    const SimulationRequest request{best.plan, 0,
+                                    Planner::SampleSeed(spec.seed, patient.id, best.plan, 0),
+                                    Planner::SharedSeed(spec.seed, patient.id, 0)};
+    MEWM_TRY(std::vector<Outcome> outcomes, dynamics->Simulate(patient, {request}));
+    MEWM_RETURN_IF_ERROR(CheckOutcome(outcomes.front(), request, patient));
+    const Expected<double> median_or = best.curve.MedianMonths();
+    const double median = median_or ? *median_or : -1.0;
+    MEWM_TRY(const fs::path folder, WritePatientFolder(searched, outcomes.front(),
+                                                        ResultJson(searched, median)));
     MEWM_RETURN_IF_ERROR(Emit(sink, PlanDecided{patient.id, View(best), median,
-                                                (final_dir / "post_chosen.vdb").string()}));
+                                                (folder / "post_chosen.vdb").string()}));
+    const PlannerCounters& k = searched.decision.counters;
     *finished = {patient.id, k.simulations, k.memo_hits, k.model_evaluations,
                  std::chrono::duration<double>(Clock::now() - t0).count()};
     return {};
