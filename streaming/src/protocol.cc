@@ -152,7 +152,7 @@ const std::vector<capnp::StructSchema::Field>& SchemaFields(capnp::StructSchema 
 struct EventUnion {
   capnp::StructSchema group;
   std::vector<capnp::StructSchema::Field> member_of;  ///< by EventBody index
-  std::vector<int> alternative_of;                     ///< by union member index; -1 = none
+  std::vector<int> alternative_of;                    ///< by union member index; -1 = none
 };
 
 const EventUnion& Events() {
@@ -233,7 +233,7 @@ void GetValue(capnp::DynamicValue::Reader r, V* value) {
     *value = r.as<V>();
   } else if constexpr (std::is_integral_v<V>) {
     *value = r.getType() == capnp::DynamicValue::UINT ? V(r.as<std::uint64_t>())
-                                                       : V(r.as<std::int64_t>());
+                                                      : V(r.as<std::int64_t>());
   } else if constexpr (IsVector<V>::value) {
     auto list = Bounded(r.as<capnp::DynamicList>());
     value->resize(list.size());
@@ -269,9 +269,8 @@ Expected<scenarios::EventBody> ReadRunBody(w::Envelope::Event::Reader r) {
     alternative = events.alternative_of[member->getIndex()];
   }
   if (alternative < 0) {
-    return MakeError(
-        ErrorCode::kUnsupported,
-        "event kind " + std::to_string(unsigned(r.which())) + " is newer than this build");
+    return MakeError(ErrorCode::kUnsupported, "event kind " + std::to_string(unsigned(r.which())) +
+                                                  " is newer than this build");
   }
   scenarios::EventBody body;
   scenarios::ForEachEventType([&](auto index) {
@@ -303,7 +302,8 @@ Status CheckType(capnp::Type type, const std::string& where) {
     const auto k = type.which();
     fits = k == K::INT32 || k == K::INT64 || k == K::UINT32 || k == K::UINT64;
   } else if constexpr (IsVector<V>::value) {
-    if (type.isList()) return CheckType<typename V::value_type>(type.asList().getElementType(), where);
+    if (type.isList())
+      return CheckType<typename V::value_type>(type.asList().getElementType(), where);
   } else {
     if (type.isStruct()) return CheckStruct<V>(type.asStruct(), where);
   }
@@ -355,10 +355,9 @@ Status CheckEventSchema() {
       covered[field->getIndex()] = true;
       status = CheckType<Body>(field->getType(), "Envelope.event." + member);
     } else {
-      status = MakeError(ErrorCode::kMismatch, std::string("event type '") +
-                                                   scenarios::EventFields<Body>::kType +
-                                                   "' has no member '" + member +
-                                                   "' in the Envelope.event union");
+      status = MakeError(ErrorCode::kMismatch,
+                         std::string("event type '") + scenarios::EventFields<Body>::kType +
+                             "' has no member '" + member + "' in the Envelope.event union");
     }
   });
   if (!status) return status;

@@ -77,8 +77,8 @@ struct RunRecord {
   /// The last seq sent on the PUB socket (after its line is in the log): what heartbeats
   /// announce, so a watcher never sees a seq named before the event itself could reach it.
   std::atomic<std::uint64_t> published_seq{0};
-  std::atomic<std::uint64_t> queued_seq{0};    ///< last seq handed to the event log
-  std::atomic<bool> log_failed{false};         ///< then progress's log_error says why (sticky)
+  std::atomic<std::uint64_t> queued_seq{0};  ///< last seq handed to the event log
+  std::atomic<bool> log_failed{false};       ///< then progress's log_error says why (sticky)
 
   MutexGuarded<RunProgress> progress;
 

@@ -30,13 +30,14 @@ TEST(EventsTest, JsonLinesMatchNlohmannForValidTextAndRoundTrip) {
 }
 
 TEST(EventsTest, EveryEventIsOneFlatObjectWithItsEnvelopeKeysFirst) {
-  const Event decided{"r-1", 9, 1234,
-                      PlanDecided{"P1", PlanScoreView{{"Lipiodol", "Epirubicin"}, 0.25, 0.5}, -1.0,
-                                  "/x.vdb"}};
-  EXPECT_EQ(EventToJson(decided),
-            "{\"run_id\":\"r-1\",\"seq\":9,\"timestamp_ns\":1234,\"type\":\"plan_decided\","
-            "\"patient_id\":\"P1\",\"best\":{\"plan\":[\"Lipiodol\",\"Epirubicin\"],"
-            "\"risk_mean\":0.25,\"risk_std\":0.5},\"median_months\":-1.0,\"volume_path\":\"/x.vdb\"}");
+  const Event decided{
+      "r-1", 9, 1234,
+      PlanDecided{"P1", PlanScoreView{{"Lipiodol", "Epirubicin"}, 0.25, 0.5}, -1.0, "/x.vdb"}};
+  EXPECT_EQ(
+      EventToJson(decided),
+      "{\"run_id\":\"r-1\",\"seq\":9,\"timestamp_ns\":1234,\"type\":\"plan_decided\","
+      "\"patient_id\":\"P1\",\"best\":{\"plan\":[\"Lipiodol\",\"Epirubicin\"],"
+      "\"risk_mean\":0.25,\"risk_std\":0.5},\"median_months\":-1.0,\"volume_path\":\"/x.vdb\"}");
   const Event empty{"r-1", 10, 5, BeamUpdated{"P1", "drug", 2, {PlanScoreView{}}}};
   EXPECT_EQ(EventToJson(empty),
             "{\"run_id\":\"r-1\",\"seq\":10,\"timestamp_ns\":5,\"type\":\"beam_updated\","

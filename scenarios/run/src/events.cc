@@ -5,9 +5,9 @@
 #include <array>
 #include <chrono>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <type_traits>
-#include <nlohmann/json.hpp>
 
 #include "mewm/core/file_util.h"
 

@@ -527,10 +527,10 @@ struct Runner::Impl {
     if (ec) return MakeError(ErrorCode::kIo, "cannot create '" + temp_dir.string() + "'");
     VolumeSet set;
     set.metadata.patient_id = patient.id;
-    set.metadata.provenance_json = json{{"run_id", run_id},
-                                        {"plan", s.decision.best.plan.ToString()},
-                                        {"model", dynamics->name()}}
-                                       .dump();
+    set.metadata.provenance_json = json{
+        {"run_id", run_id},
+        {"plan", s.decision.best.plan.ToString()},
+        {"model", dynamics->name()}}.dump();
     set.scalars.emplace("ct", outcome.post_ct);
     set.labels.emplace("viable", outcome.viable);
     if (outcome.viable_fraction) set.scalars.emplace("viable_fraction", *outcome.viable_fraction);
@@ -541,8 +541,8 @@ struct Runner::Impl {
           WritePostNifti(temp_dir, outcome.post_ct, outcome.viable, patient.tumor));
     }
     if (spec.results.plots) {
-      MEWM_RETURN_IF_ERROR(WriteSurvivalPlot(temp_dir / kSurvivalPng, patient.id, s.decision,
-                                             spec.planner.samples));
+      MEWM_RETURN_IF_ERROR(
+          WriteSurvivalPlot(temp_dir / kSurvivalPng, patient.id, s.decision, spec.planner.samples));
     }
     MEWM_RETURN_IF_ERROR(
         WriteFileAtomic((temp_dir / "result.json").string(), result.dump(1) + "\n"));
@@ -569,10 +569,10 @@ struct Runner::Impl {
     MEWM_RETURN_IF_ERROR(CheckOutcome(outcomes.front(), request, patient));
     const Expected<double> median_or = best.curve.MedianMonths();
     const double median = median_or ? *median_or : -1.0;
-    MEWM_TRY(const fs::path folder, WritePatientFolder(searched, outcomes.front(),
-                                                        ResultJson(searched, median)));
-    MEWM_RETURN_IF_ERROR(Emit(sink, PlanDecided{patient.id, View(best), median,
-                                                (folder / "post_chosen.vdb").string()}));
+    MEWM_TRY(const fs::path folder,
+             WritePatientFolder(searched, outcomes.front(), ResultJson(searched, median)));
+    MEWM_RETURN_IF_ERROR(Emit(
+        sink, PlanDecided{patient.id, View(best), median, (folder / "post_chosen.vdb").string()}));
     const PlannerCounters& k = searched.decision.counters;
     *finished = {patient.id, k.simulations, k.memo_hits, k.model_evaluations,
                  std::chrono::duration<double>(Clock::now() - t0).count()};

@@ -129,10 +129,10 @@ struct EventFields;
 #define MEWM_FIELD(Struct, member) \
   ::mewm::scenarios::FieldOf<Struct, decltype(Struct::member)> { #member, &Struct::member }
 
-#define MEWM_DESCRIBE(Struct, type_name, ...)               \
-  template <>                                                \
-  struct EventFields<Struct> {                               \
-    static constexpr const char* kType = type_name;          \
+#define MEWM_DESCRIBE(Struct, type_name, ...)                     \
+  template <>                                                     \
+  struct EventFields<Struct> {                                    \
+    static constexpr const char* kType = type_name;               \
     static constexpr auto kFields = std::make_tuple(__VA_ARGS__); \
   }
 
