@@ -127,33 +127,9 @@ void AddExamples(CLI::App& app, const std::string& path) {
   }
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  CLI::App app{"mewm: a medical world model for TACE treatment planning"};
-  app.set_version_flag("--version", std::string("mewm ") + mewm::Version());
-  app.require_subcommand(1);
-  app.footer(
-      "Exit status: 0 success; 1 error (the message names the file and the problem); 2 usage "
-      "error; 3 some patients failed (run, watch, submit --wait); 4 run cancelled (watch, "
-      "submit --wait); 70 internal error (a bug); 130/143 interrupted by SIGINT/SIGTERM.\n"
-      "Example: mewm run scenarios/tace_demo/scenario.toml --out out/demo");
-  std::string log_level = "warn";
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
-      ->capture_default_str();
-  bool verbose = false;
-  app.add_flag("-v,--verbose", verbose,
-               "Debug logging, with the full text of library errors (libtorch backtraces)");
-
-  // The one backend registry: every command that parses a scenario, creates a model or prepares
-  // a synthetic cohort gets it. The torch backends (diffusion, vlm) and the synthetic world plug
-  // in here.
-  const mewm::scenarios::BackendRegistry backends = [] {
-    auto r = mewm::scenarios::BackendRegistry::Builtin(mewm::dynamics::DiffusionFactoryFunction(),
-                                                       mewm::policy::VlmFactoryFunction());
-    r.SetSyntheticCohorts(mewm::scenarios::SyntheticWorldCohorts());
-    return r;
-  }();
+/// Every command of the CLI: its name, its one-line help, and the action it runs when parsed.
+std::map<CLI::App*, mewm::cli::Action> AddCommands(
+    CLI::App& app, const mewm::scenarios::BackendRegistry& backends) {
   std::map<CLI::App*, mewm::cli::Action> actions;
   const auto add = [&](const char* name, const char* help, auto registrar) {
     CLI::App* sub = app.add_subcommand(name, help);
@@ -196,6 +172,37 @@ int main(int argc, char** argv) {
   add("bench", "Measure core operations and the synthetic world", mewm::cli::RegisterBench);
   add("turing", "Turing-test reader study: export blinded cases, audit, serve the page, score",
       mewm::cli::RegisterTuring);
+  return actions;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"mewm: a medical world model for TACE treatment planning"};
+  app.set_version_flag("--version", std::string("mewm ") + mewm::Version());
+  app.require_subcommand(1);
+  app.footer(
+      "Exit status: 0 success; 1 error (the message names the file and the problem); 2 usage "
+      "error; 3 some patients failed (run, watch, submit --wait); 4 run cancelled (watch, "
+      "submit --wait); 70 internal error (a bug); 130/143 interrupted by SIGINT/SIGTERM.\n"
+      "Example: mewm run scenarios/tace_demo/scenario.toml --out out/demo");
+  std::string log_level = "warn";
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
+      ->capture_default_str();
+  bool verbose = false;
+  app.add_flag("-v,--verbose", verbose,
+               "Debug logging, with the full text of library errors (libtorch backtraces)");
+
+  // The one backend registry: every command that parses a scenario, creates a model or prepares
+  // a synthetic cohort gets it. The torch backends (diffusion, vlm) and the synthetic world plug
+  // in here.
+  const mewm::scenarios::BackendRegistry backends = [] {
+    auto r = mewm::scenarios::BackendRegistry::Builtin(mewm::dynamics::DiffusionFactoryFunction(),
+                                                       mewm::policy::VlmFactoryFunction());
+    r.SetSyntheticCohorts(mewm::scenarios::SyntheticWorldCohorts());
+    return r;
+  }();
+  const std::map<CLI::App*, mewm::cli::Action> actions = AddCommands(app, backends);
 
   AddExamples(app, "");
   // An unknown command word is named, with the list of commands, rather than CLI11's "The
