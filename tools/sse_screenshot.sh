@@ -13,6 +13,8 @@ set -euo pipefail
 MEWM="$(realpath "$1")"
 OUT="$(realpath -m "$2")"
 SRC="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=lib/serve_fixture.sh
+source "$SRC/tools/lib/serve_fixture.sh"
 TMP="$(mktemp -d)"
 SERVER_PID=""
 cleanup() {
@@ -22,36 +24,8 @@ cleanup() {
 trap cleanup EXIT
 
 cd "$TMP"
-cp "$SRC/models/mechanistic_calibration.json" mech.json
-cp "$SRC/models/cox_survival.json" cox.json
-cat > demo.toml <<'TOML'
-[run]
-name = "sse_demo"
-seed = 1
-output = "runs"
-[cohort]
-source = "synthetic"
-n = 3
-seed = 77
-spacing_mm = 3.0
-[dynamics]
-backend = "mechanistic"
-calibration = "mech.json"
-[survival]
-backend = "cox"
-model = "cox.json"
-[planner]
-beams = 2
-samples = 2
-TOML
-read -r CONTROL EVENTS HTTP < <(python3 - <<'PY'
-import socket
-socks = [socket.socket() for _ in range(3)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])
-PY
-)
+write_small_scenario "$SRC" . demo.toml sse_demo
+read -r CONTROL EVENTS HTTP < <(free_ports 3)
 URL="http://127.0.0.1:$HTTP"
 ENDPOINTS=(--control "tcp://127.0.0.1:$CONTROL" --events "tcp://127.0.0.1:$EVENTS")
 "$MEWM" serve "${ENDPOINTS[@]}" --http-port "$HTTP" --results-root results --scenario-base . \

@@ -29,7 +29,7 @@ Status VlmOptions::Validate() const {
 
 Expected<VlmInput> MakeVlmInput(const PatientCase& patient) {
   MEWM_RETURN_IF_ERROR(patient.Validate());
-  MEWM_TRY(const TumorFeatures features, ComputeTumorFeatures(patient.ct, patient.tumor));
+  MEWM_TRY(const StatedFindings measured, MeasureFindings(patient));
   MEWM_TRY(const WorldBox box, LabelWorldBox(patient.tumor));
   CropSpec spec;
   spec.center_world = 0.5 * (box.min + box.max);
@@ -46,12 +46,19 @@ Expected<VlmInput> MakeVlmInput(const PatientCase& patient) {
   for (std::size_t i = 0; i < tumor.data.size(); ++i) in.tumor[i] = tumor.data[i] != 0 ? 1.f : 0.f;
   in.note = patient.note.substr(0, kVlmNoteBytes);
   in.covariates = patient.covariates;
-  in.measured.lesion_count = features.lesions;
-  in.measured.max_diameter_mm = patient.covariates.max_diameter_mm;
-  in.measured.enhancing_hu = features.enhancing_hu;
-  in.measured.necrotic_fraction = features.necrotic_fraction;
-  in.measured.child_pugh = patient.covariates.child_pugh;
+  in.measured = measured;
   return in;
+}
+
+Expected<StatedFindings> MeasureFindings(const PatientCase& patient) {
+  MEWM_TRY(const TumorFeatures features, ComputeTumorFeatures(patient.ct, patient.tumor));
+  StatedFindings measured;
+  measured.lesion_count = features.lesions;
+  measured.max_diameter_mm = patient.covariates.max_diameter_mm;
+  measured.enhancing_hu = features.enhancing_hu;
+  measured.necrotic_fraction = features.necrotic_fraction;
+  measured.child_pugh = patient.covariates.child_pugh;
+  return measured;
 }
 
 std::vector<int> TokenizeNote(const std::string& note) {

@@ -9,6 +9,8 @@
 #   tests/tools/cors_browser_test.sh MEWM
 set -euo pipefail
 MEWM="$1"
+# shellcheck source=../../tools/lib/serve_fixture.sh
+source "$(cd "$(dirname "$0")/../.." && pwd)/tools/lib/serve_fixture.sh"
 CHROMIUM="$(command -v chromium || command -v chromium-browser || true)"
 [ -n "$CHROMIUM" ] || { echo "skipped: chromium is not installed"; exit 77; }
 command -v python3 >/dev/null || { echo "skipped: python3 is not installed"; exit 77; }
@@ -23,14 +25,7 @@ trap cleanup EXIT
 fail() { echo "FAIL: $*"; echo "--- serve.log"; cat "$TMP/serve.log" || true; exit 1; }
 
 # Five ports the kernel hands out as free: control, events, the API, two page origins.
-read -r CONTROL EVENTS API ALLOWED OTHER < <(python3 - <<'PY'
-import socket
-socks = [socket.socket() for _ in range(5)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])
-PY
-)
+read -r CONTROL EVENTS API ALLOWED OTHER < <(free_ports 5)
 mkdir -p "$TMP/www"
 cat > "$TMP/www/page.html" <<'HTML'
 <!doctype html><html><body><pre id="out">pending</pre><script>

@@ -12,6 +12,8 @@ set -euo pipefail
 MEWM="$1"
 SRC="$2"
 FOLLOW="$SRC/tools/examples/follow_run.py"
+# shellcheck source=../../tools/lib/serve_fixture.sh
+source "$SRC/tools/lib/serve_fixture.sh"
 command -v python3 >/dev/null || { echo "skipped: python3 is not installed"; exit 77; }
 
 TMP="$(mktemp -d)"
@@ -23,39 +25,11 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "FAIL: $*"; echo "--- serve.log"; cat "$TMP/serve.log" || true; exit 1; }
 
-cp "$SRC/models/mechanistic_calibration.json" "$TMP/mech.json"
-cp "$SRC/models/cox_survival.json" "$TMP/cox.json"
-cat > "$TMP/s.toml" <<TOML
-[run]
-name = "sse"
-seed = 1
-output = "runs"
-[cohort]
-source = "synthetic"
-n = 3
-seed = 77
-spacing_mm = 3.0
-[dynamics]
-backend = "mechanistic"
-calibration = "mech.json"
-[survival]
-backend = "cox"
-model = "cox.json"
-[planner]
-beams = 2
-samples = 2
-TOML
+write_small_scenario "$SRC" "$TMP" s.toml sse
 python3 -c 'import secrets; print(secrets.token_hex(32))' > "$TMP/token"
 chmod 600 "$TMP/token"
 # Three ports the kernel hands out as free.
-read -r CONTROL EVENTS HTTP < <(python3 - <<'PY'
-import socket
-socks = [socket.socket() for _ in range(3)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])
-PY
-)
+read -r CONTROL EVENTS HTTP < <(free_ports 3)
 ENDPOINTS=(--control "tcp://127.0.0.1:$CONTROL" --events "tcp://127.0.0.1:$EVENTS")
 URL="http://127.0.0.1:$HTTP"
 "$MEWM" serve "${ENDPOINTS[@]}" --http-port "$HTTP" --http-token-file "$TMP/token" \

@@ -13,8 +13,8 @@
 #include "mewm/core/file_util.h"
 #include "mewm/core/stats.h"
 #include "mewm/policy/guideline.h"
+#include "mewm/policy/vlm.h"
 #include "mewm/run/cohort_source.h"
-#include "mewm/tace/tumor_features.h"
 
 namespace mewm::scenarios {
 using nlohmann::json;
@@ -112,12 +112,7 @@ Expected<PatientRow> AnswerPatient(
            policy::FirstChoicePlan(g, actions, options.grammar.drug_horizon,
                                    options.grammar.embolic_horizon, options.grammar.protocol));
   row.guideline_order = GuidelinePlanOrder(g, row.guideline_first, grammar, row.forbidden, actions);
-  MEWM_TRY(const TumorFeatures features, ComputeTumorFeatures(patient.ct, patient.tumor));
-  row.measured.lesion_count = features.lesions;
-  row.measured.max_diameter_mm = patient.covariates.max_diameter_mm;
-  row.measured.enhancing_hu = features.enhancing_hu;
-  row.measured.necrotic_fraction = features.necrotic_fraction;
-  row.measured.child_pugh = patient.covariates.child_pugh;
+  MEWM_TRY(row.measured, policy::MeasureFindings(patient));
   return row;
 }
 

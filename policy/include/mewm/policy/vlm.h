@@ -63,6 +63,11 @@ struct VlmInput {
 /// Crops and measures one patient. Errors of PatientCase::Validate and ComputeTumorFeatures.
 Expected<VlmInput> MakeVlmInput(const PatientCase& patient);
 
+/// The findings as measured, against which a model's stated findings are scored: lesion count,
+/// enhancement and necrotic fraction from ComputeTumorFeatures, diameter and Child-Pugh from the
+/// covariates (what the note states). Errors of ComputeTumorFeatures.
+Expected<StatedFindings> MeasureFindings(const PatientCase& patient);
+
 /// The byte-level tokens of a note: one token per byte (0..255), padded with kVlmPadToken to
 /// kVlmNoteBytes. Byte-level needs no training and reads any spelling, number format or unit.
 inline constexpr int kVlmPadToken = 256;
