@@ -64,6 +64,9 @@ Status DiffusionConfig::Validate() const {
     return Invalid("mask_channel must be viable_fraction or viable_mask, not '" + mask_channel +
                    "'");
   }
+  if (!(guidance_distilled >= 1.0 && guidance_distilled <= 20.0)) {
+    return Invalid("guidance_distilled must be in [1, 20]");
+  }
   if (std::set<std::string>(items.begin(), items.end()).size() != items.size()) {
     return Invalid("the plan-item vocabulary repeats an item");
   }
@@ -71,17 +74,19 @@ Status DiffusionConfig::Validate() const {
 }
 
 std::string DiffusionConfig::ToJson() const {
-  const json j = {{"name", name},
-                  {"crop_voxels", crop_voxels},
-                  {"spacing_mm", spacing_mm},
-                  {"latent_channels", latent_channels},
-                  {"ae_channels", ae_channels},
-                  {"unet_channels", unet_channels},
-                  {"embed_dim", embed_dim},
-                  {"train_timesteps", train_timesteps},
-                  {"window_hu", {window.lo, window.hi}},
-                  {"mask_channel", mask_channel},
-                  {"items", items}};
+  json j = {{"name", name},
+            {"crop_voxels", crop_voxels},
+            {"spacing_mm", spacing_mm},
+            {"latent_channels", latent_channels},
+            {"ae_channels", ae_channels},
+            {"unet_channels", unet_channels},
+            {"embed_dim", embed_dim},
+            {"train_timesteps", train_timesteps},
+            {"window_hu", {window.lo, window.hi}},
+            {"mask_channel", mask_channel},
+            {"items", items}};
+  // Written only when distilled, so configs of undistilled checkpoints stay as they were.
+  if (guidance_distilled != 1.0) j["guidance_distilled"] = guidance_distilled;
   return j.dump();
 }
 
@@ -104,6 +109,7 @@ Expected<DiffusionConfig> DiffusionConfig::FromJson(const std::string& text,
     // Checkpoints written before the field existed were trained on the thresholded mask.
     c.mask_channel = j.value("mask_channel", std::string("viable_mask"));
     c.items = j.at("items").get<std::vector<std::string>>();
+    c.guidance_distilled = j.value("guidance_distilled", 1.0);
   } catch (const std::exception& e) {
     return MakeError(ErrorCode::kParse, origin + ": not a diffusion config: " + e.what());
   }

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
 //
-// The shipped diffusion checkpoint (models/dynamics_diffusion.pt) responds to plans in the
-// truth's direction. Labelled slow: it loads the real weights and renders synthetic patients.
+// The shipped diffusion checkpoints (models/dynamics_diffusion.pt and its guidance-distilled
+// student, models/dynamics_diffusion_distilled.pt) respond to plans in the truth's direction.
+// Labelled slow: they load the real weights and render synthetic patients.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -19,14 +20,15 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class DiffusionShippedTest : public testing::VdbTest {};
+class DiffusionShippedTest : public testing::VdbTest,
+                             public ::testing::WithParamInterface<const char*> {};
 
-/// The shipped checkpoint on synthetic patients it never saw (cohort seed 777): across 8 plans
+/// Each shipped checkpoint on synthetic patients it never saw (cohort seed 777): across 8 plans
 /// spanning each patient's true residuals, with the same noise for every plan, the generated
 /// residual ranks with the truth's, and partial response is representable (a plan whose true
 /// residual is well above zero does not come back empty).
-TEST_F(DiffusionShippedTest, GeneratedResidualRanksPlansLikeTheTruth) {
-  const std::string model = std::string(MEWM_SOURCE_DIR) + "/models/dynamics_diffusion.pt";
+TEST_P(DiffusionShippedTest, GeneratedResidualRanksPlansLikeTheTruth) {
+  const std::string model = std::string(MEWM_SOURCE_DIR) + "/models/" + GetParam();
   ASSERT_TRUE(fs::exists(model)) << model;
   auto world = scenarios::SyntheticWorld::Create(scenarios::WorldConfig{}, ActionBase::Default());
   ASSERT_TRUE(world);
@@ -69,6 +71,15 @@ TEST_F(DiffusionShippedTest, GeneratedResidualRanksPlansLikeTheTruth) {
   EXPECT_GT(rho_sum / patients, 0.3);
   EXPECT_GT(partial_kept, partial_seen / 2) << partial_kept << " of " << partial_seen;
 }
+
+INSTANTIATE_TEST_SUITE_P(Checkpoints, DiffusionShippedTest,
+                         ::testing::Values("dynamics_diffusion.pt",
+                                           "dynamics_diffusion_distilled.pt"),
+                         [](const ::testing::TestParamInfo<const char*>& param) {
+                           return std::string(param.param).find("distilled") == std::string::npos
+                                      ? "Teacher"
+                                      : "Distilled";
+                         });
 
 }  // namespace
 }  // namespace mewm::dynamics

@@ -146,6 +146,13 @@ TEST_F(DiffusionTest, ConfigRoundTripsAndRejectsBadValues) {
   bad = c;
   bad.mask_channel = "density";
   EXPECT_FALSE(bad.Validate());
+  // Distilled guidance is written only when there is some, and read back.
+  EXPECT_FALSE(old.contains("guidance_distilled"));
+  DiffusionConfig distilled = c;
+  distilled.guidance_distilled = 2.5;
+  EXPECT_DOUBLE_EQ(DiffusionConfig::FromJson(distilled.ToJson(), "d.pt")->guidance_distilled, 2.5);
+  distilled.guidance_distilled = 0.5;
+  EXPECT_FALSE(distilled.Validate());
   EXPECT_FALSE((SamplerConfig{0, 0.0, 1.0}.Validate()));
   EXPECT_FALSE((SamplerConfig{10, 1.5, 1.0}.Validate()));
   EXPECT_EQ(ReferenceSampler().steps, 200);
@@ -267,6 +274,81 @@ TEST_F(DiffusionTest, GuidanceBatchesTheNullPlanIntoTheSameForward) {
   ASSERT_TRUE(out) << out.error().ToString();
   EXPECT_EQ((*model)->counters().forwards, 4);
   EXPECT_EQ((*model)->counters().sample_forwards, 8);
+}
+
+TEST_F(DiffusionTest, GuidanceDistilsIntoOnePass) {
+  // A teacher trained long enough for its plan and null-plan passes to differ.
+  DiffusionTrainOptions t;
+  t.config = Tiny();
+  t.seed = 11;
+  t.ae_steps = 30;
+  t.ae_batch = 4;
+  t.ae_patch = 16;
+  t.denoiser_steps = 300;
+  t.denoiser_batch = 4;
+  t.null_plan_prob = 0.3;
+  t.validate_every = 100;
+  t.threads = 1;
+  t.out = (dir_->path() / "teacher.pt").string();
+  ASSERT_TRUE(TrainDiffusion(Pairs(t.config), {}, t, {}));
+  t.denoiser_steps = 60;
+  t.validate_every = 30;
+  t.distill_from = t.out;
+  t.state_dir = (dir_->path() / "distill_state").string();  // a fresh state starts distilling
+  t.distill_guidance = 3.0;
+  t.out = (dir_->path() / "distilled.pt").string();
+  std::vector<double> losses;
+  auto report = TrainDiffusion(Pairs(t.config), {}, t, [&](const DiffusionTrainProgress& p) {
+    EXPECT_EQ(p.stage, "denoiser");  // the teacher's autoencoder is kept
+    losses.push_back(p.loss);
+  });
+  ASSERT_TRUE(report) << report.error().ToString();
+  // The student learns the teacher's guided prediction: the distillation loss (0 would be a
+  // perfect copy) falls well below where the teacher's own conditional pass starts.
+  ASSERT_EQ(losses.size(), 60u);
+  const double first = (losses[0] + losses[1] + losses[2] + losses[3] + losses[4]) / 5;
+  const double last = (losses[55] + losses[56] + losses[57] + losses[58] + losses[59]) / 5;
+  EXPECT_LT(last, 0.5 * first) << first << " -> " << last;
+  // Scored at guidance 1 only: the guidance is in the weights.
+  ASSERT_EQ(report->guidance_scores.size(), 1u);
+  EXPECT_EQ(report->recommended_guidance, 1.0);
+
+  DiffusionBackendOptions o = Options();
+  o.model_path = t.out;
+  auto student = CreateDiffusionDynamics(o);
+  ASSERT_TRUE(student) << student.error().ToString();
+  EXPECT_DOUBLE_EQ((*student)->config().guidance_distilled, 3.0);
+  const PatientCase p = Phantom({{0, 0, 0}});
+  const SimulationRequest request{P("Lipiodol+PVA"), 0, 42, 0};
+  auto one_pass = (*student)->Simulate(p, {request});
+  ASSERT_TRUE(one_pass) << one_pass.error().ToString();
+  // One row per step: no null-plan rows.
+  EXPECT_EQ((*student)->counters().sample_forwards, o.sampler.steps);
+
+  // Guiding a distilled checkpoint again is refused, at load and at sampling.
+  o.sampler.guidance = 3.0;
+  auto twice = CreateDiffusionDynamics(o);
+  ASSERT_FALSE(twice);
+  EXPECT_EQ(twice.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(twice.error().message.find("distilled"), std::string::npos) << twice.error().message;
+  (*student)->set_sampler({4, 0.0, 2.0});
+  auto refused = (*student)->Simulate(p, {request});
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, ErrorCode::kInvalidArgument);
+
+  // A missing teacher, a teacher of another config, and nothing to distil.
+  const std::string teacher = t.distill_from;
+  t.distill_from = (dir_->path() / "missing.pt").string();
+  EXPECT_EQ(TrainDiffusion(Pairs(t.config), {}, t, {}).error().code, ErrorCode::kNotFound);
+  t.distill_from = teacher;
+  t.config.embed_dim = 32;
+  const auto other = TrainDiffusion(Pairs(t.config), {}, t, {});
+  ASSERT_FALSE(other);
+  EXPECT_EQ(other.error().code, ErrorCode::kMismatch);
+  EXPECT_NE(other.error().message.find("teacher"), std::string::npos) << other.error().message;
+  t.config = Tiny();
+  t.distill_guidance = 1.0;
+  EXPECT_EQ(TrainDiffusion(Pairs(t.config), {}, t, {}).error().code, ErrorCode::kInvalidArgument);
 }
 
 TEST_F(DiffusionTest, BadInputGivesClearErrors) {

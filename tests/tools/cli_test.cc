@@ -664,6 +664,22 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
     EXPECT_EQ(m.at("hu_mae").is_null(), m.at("method") == "complete response");
     EXPECT_EQ(m.contains("turing"), m.at("method") != "complete response");
   }
+  // Its guidance distilled into a student: the command records it, and the student refuses to be
+  // guided again.
+  const std::string student = dir_.File("dd_student.pt");
+  r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + student +
+              " --distill-from " + model +
+              " --distill-guidance 2 --denoiser-steps 2 "
+              "--denoiser-batch 2 --validation-fraction 0.25 --threads 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("recommended guidance 1.0"), std::string::npos) << r.output;
+  r = RunMewm("inspect --json " + student);
+  EXPECT_NE(r.output.find("guidance_distilled"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--distill-from"), std::string::npos) << r.output;
+  r = RunMewm("eval dynamics --quiet --cohort " + cohort + " --model " + student +
+              " --calibration \"\" --patients 3 --folds 2 --steps 2 --guidance 2 --threads 1");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("distilled into it"), std::string::npos) << r.output;
   r = RunMewm("train survival --quiet --cohort " + cohort + " --out " + dir_.File("gen_cox.json") +
               " --generator " + model + " --generator-steps 2");
   ASSERT_EQ(r.code, 0) << r.output;
@@ -1317,8 +1333,8 @@ TEST_F(CliDataTest, MergeChecksEveryShardBeforeWritingAndNamesTheShardsFile) {
 TEST_F(CliDataTest, ModelChecksumsAreCheckedAtLoadAndShownByInspect) {
   const fs::path models = fs::path(MEWM_SOURCE_DIR) / "models";
   // The shipped models carry checksum files that match.
-  for (const char* name :
-       {"dynamics_diffusion.pt", "cox_survival.json", "mechanistic_calibration.json"}) {
+  for (const char* name : {"dynamics_diffusion.pt", "dynamics_diffusion_distilled.pt",
+                           "cox_survival.json", "mechanistic_calibration.json"}) {
     const std::string recorded = Slurp((models / (std::string(name) + ".sha256")).string());
     ASSERT_GE(recorded.size(), 64u) << name;
     Result r = RunMewm("inspect --json " + (models / name).string());

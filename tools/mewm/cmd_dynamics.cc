@@ -24,7 +24,8 @@ namespace {
 
 /// `mewm train dynamics`'s options.
 struct TrainDynamicsOptions {
-  std::string cohort, out, config = "cpu", state_dir;
+  std::string cohort, out, config = "cpu", state_dir, distill_from;
+  double distill_guidance = 2.0;
   std::uint64_t seed = 1;
   int ae_steps = 1500, denoiser_steps = 1500, ae_batch = 8, denoiser_batch = 12, threads = 0;
   double validation_fraction = 0.1;
@@ -50,6 +51,14 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
   sub->add_option("--denoiser-steps", o->denoiser_steps, "Denoiser steps")->capture_default_str();
   sub->add_option("--ae-batch", o->ae_batch, "Autoencoder batch")->capture_default_str();
   sub->add_option("--denoiser-batch", o->denoiser_batch, "Denoiser batch")->capture_default_str();
+  sub->add_option("--distill-from", o->distill_from,
+                  "Guidance distillation: a trained checkpoint whose denoiser learns to predict "
+                  "its guided output in one pass (its autoencoder is kept; --ae-steps unused)")
+      ->check(CLI::ExistingFile);
+  sub->add_option("--distill-guidance", o->distill_guidance,
+                  "The teacher's guidance scale to distil (with --distill-from)")
+      ->check(CLI::Range(1.0, 20.0))
+      ->capture_default_str();
 }
 
 /// Adds the validation split, resumable state, threads and progress options.
@@ -119,7 +128,10 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
       "mewm train dynamics --cohort " + o.cohort + " --out " + o.out + " --config " + o.config +
       " --seed " + std::to_string(o.seed) + " --ae-steps " + std::to_string(o.ae_steps) +
       " --denoiser-steps " + std::to_string(o.denoiser_steps) + " --ae-batch " +
-      std::to_string(o.ae_batch) + " --denoiser-batch " + std::to_string(o.denoiser_batch);
+      std::to_string(o.ae_batch) + " --denoiser-batch " + std::to_string(o.denoiser_batch) +
+      (o.distill_from.empty() ? ""
+                              : " --distill-from " + o.distill_from + " --distill-guidance " +
+                                    nlohmann::json(o.distill_guidance).dump());
   const auto [cohort_seed, data] = CohortProvenance(o.cohort);
   dynamics::DiffusionTrainOptions options;
   options.config = config;
@@ -129,6 +141,8 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
   options.ae_batch = o.ae_batch;
   options.denoiser_batch = o.denoiser_batch;
   options.state_dir = o.state_dir;
+  options.distill_from = o.distill_from;
+  options.distill_guidance = o.distill_guidance;
   options.threads = o.threads;
   options.out = o.out;
   options.metadata_json =
@@ -433,6 +447,18 @@ Status BenchDecision(const dynamics::DiffusionBackendOptions& options,
       "reference (200 ancestral)", static_cast<long long>(rc.simulations),
       static_cast<long long>(ref_forwards), static_cast<long long>(ref_forwards), ref_wall,
       forward_ratio, latent_ratio, ref_wall / bc.search_seconds);
+  // Where the beam decision's time goes: the backend's stages, and the rest (planner, survival).
+  const dynamics::DiffusionCounters& k = beam.second;
+  const double outside = bc.search_seconds - k.prepare_s - k.sample_s - k.decode_s - k.paste_s;
+  std::printf(
+      "  beam decision's time: encoding %.1f s, sampling %.1f s, decoding %.1f s, outcome "
+      "volumes %.1f s, outside the backend (planner, survival) %.1f s\n",
+      k.prepare_s, k.sample_s, k.decode_s, k.paste_s, outside);
+  out["decision_time_s"] = {{"prepare", k.prepare_s},
+                            {"sample", k.sample_s},
+                            {"decode", k.decode_s},
+                            {"outcome_volumes", k.paste_s},
+                            {"outside_backend", outside}};
   out["decision"] = {{"crops", crops},
                      {"beam",
                       {{"simulations", bc.simulations},

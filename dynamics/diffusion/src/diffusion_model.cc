@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <map>
 
 #include "diffusion_nets.h"
@@ -74,10 +75,7 @@ torch::Tensor Ddim(Denoiser& denoiser, torch::Tensor x, const torch::Tensor& con
     torch::Tensor v = denoiser->forward(xin, ctx, tt, cond);
     tl_flop_sink = nullptr;
     if (on_forward) on_forward(xin.size(0), flops * 1e-9);
-    if (guided) {
-      const auto parts = v.chunk(2, 0);
-      v = parts[1] + s.guidance * (parts[0] - parts[1]);
-    }
+    if (guided) v = Guide(v, s.guidance);
     const double sa = std::sqrt(ab), sb = std::sqrt(1.0 - ab);
     torch::Tensor x0 = sa * x - sb * v;
     const torch::Tensor eps = sb * x + sa * v;
@@ -113,6 +111,20 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+/// Seconds since the last lap (or construction).
+class Stopwatch {
+ public:
+  double Lap() {
+    const Clock::time_point now = Clock::now();
+    const double s = std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+    return s;
+  }
+
+ private:
+  Clock::time_point last_ = Clock::now();
+};
+
 /// The seed of a request's noise: its shared seed when it has one, so that sample t starts from the
 /// same latent noise under every plan and plans are compared on the same draws (common random
 /// numbers); else its own seed.
@@ -125,6 +137,20 @@ torch::Tensor Noise(std::uint64_t seed, std::uint64_t stream,
                     const std::vector<std::int64_t>& shape) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(DeriveSeed(seed, {stream}));
   return torch::randn(shape, gen);
+}
+
+/// A checkpoint with guidance distilled into it samples with guidance 1: its null plan was not
+/// trained with the student, so guiding it again would extrapolate from an untrained branch.
+Status CheckSampler(const DiffusionConfig& config, const SamplerConfig& sampler,
+                    const std::string& model) {
+  if (config.guidance_distilled == 1.0 || sampler.guidance == 1.0) return {};
+  char text[64];
+  std::snprintf(text, sizeof text, "%g", config.guidance_distilled);
+  return MakeError(ErrorCode::kInvalidArgument,
+                   "'" + model + "' has guidance " + text +
+                       " distilled into it: sample it with guidance 1 (dynamics.guidance = 1.0 "
+                       "gives the distilled guidance " +
+                       text + " in one pass)");
 }
 
 class DiffusionDynamicsImpl final : public DiffusionDynamics {
@@ -155,6 +181,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
   Expected<std::vector<Outcome>> SimulateUnguarded(const PatientCase& patient,
                                                    const std::vector<SimulationRequest>& requests) {
     if (requests.empty()) return std::vector<Outcome>{};
+    MEWM_RETURN_IF_ERROR(CheckSampler(config_, options_.sampler, options_.model_path));
     torch::NoGradGuard no_grad;
     std::vector<Plan> plans;
     std::map<std::string, std::int64_t> plan_index;
@@ -165,7 +192,9 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
       row_plan.push_back(it->second);
     }
     MEWM_TRY(const torch::Tensor multi_hot, nets::PlansToMultiHot(plans, config_.items));
+    Stopwatch clock;
     MEWM_RETURN_IF_ERROR(PreparePatient(patient));
+    counters_.prepare_s += clock.Lap();
     // Each plan is embedded once per call, however many samples it has.
     const torch::Tensor plan_emb = net_->denoiser->PlanEmbedding(multi_hot.to(device_));
     counters_.plan_embeddings += std::int64_t(plans.size());
@@ -177,6 +206,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     for (const SimulationRequest& r : requests) {
       outcomes.push_back(BlankOutcome(patient, r.plan, r.sample_index));
     }
+    counters_.paste_s += clock.Lap();
     const std::int64_t n = std::int64_t(requests.size());
     for (std::size_t c = 0; c < crops_.size(); ++c) {
       for (std::int64_t begin = 0; begin < n; begin += kMaxRows) {
@@ -187,6 +217,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
         }
         torch::Tensor x = torch::stack(noise).to(device_);
         x = Sample(x, crops_[c].context, rows_plan.slice(0, begin, end), requests, begin);
+        counters_.sample_s += clock.Lap();
         // Decode z_post = z_pre + delta / scale in small chunks (decoder activations are large).
         for (std::int64_t d = 0; d < end - begin; d += kDecodeRows) {
           const std::int64_t e = std::min(end - begin, d + kDecodeRows);
@@ -194,10 +225,12 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
               crops_[c].z_pre + x.slice(0, d, e) / net_->latent_scale.to(device_);
           const torch::Tensor decoded = net_->ae->Decode(z).to(torch::kCPU).contiguous();
           counters_.decodes += e - d;
+          counters_.decode_s += clock.Lap();
           for (std::int64_t row = 0; row < e - d; ++row) {
             const std::size_t r = std::size_t(begin + d + row);
             MEWM_RETURN_IF_ERROR(Paste(decoded[row], crops_[c], outcomes[r]));
           }
+          counters_.paste_s += clock.Lap();
         }
       }
     }
@@ -390,11 +423,15 @@ Expected<std::unique_ptr<DiffusionDynamics>> CreateDiffusionDynamics(
   MEWM_TRY(const torch::Device device, torch_bridge::ResolveDevice(options.device));
   MEWM_TRY(const auto info, torch_bridge::ReadCheckpointInfo(options.model_path));
   DiffusionConfig expected;
+  MEWM_TRY(const DiffusionConfig stored,
+           DiffusionConfig::FromJson(info.config_json, options.model_path));
   if (options.config.empty()) {
-    MEWM_TRY(expected, DiffusionConfig::FromJson(info.config_json, options.model_path));
+    expected = stored;
   } else {
     MEWM_TRY(expected, DiffusionConfig::Preset(options.config, options.actions));
+    expected.guidance_distilled = stored.guidance_distilled;  // the weights', not the preset's
   }
+  MEWM_RETURN_IF_ERROR(CheckSampler(expected, options.sampler, options.model_path));
   torch_bridge::ConfigureThreads(options.threads);
   torch_bridge::KeepLargeBuffersInHeap();
   auto model =

@@ -252,6 +252,12 @@ inline std::vector<double> CosineAlphaBar(int timesteps) {
   return alpha_bar;
 }
 
+/// Classifier-free guidance: `v` holds the conditional rows, then as many null-plan rows.
+inline torch::Tensor Guide(const torch::Tensor& v, double guidance) {
+  const auto parts = v.chunk(2, 0);
+  return parts[1] + guidance * (parts[0] - parts[1]);
+}
+
 /// DDIM (eta = 0) to ancestral (eta = 1) sampling of the delta latent from the noise `x`,
 /// v-parametrised, with classifier-free guidance batched into the same forward. `context` and
 /// `plan` have one row per row of x. `step_noise(i)` gives fresh noise for step i when eta > 0;

@@ -13,6 +13,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <optional>
 #include <random>
 
 #include "diffusion_nets.h"
@@ -117,9 +118,10 @@ Status SaveState(const std::string& dir, const TrainState& state, nets::Diffusio
   return WriteFileAtomic(dir + "/state.json", j.dump() + "\n");
 }
 
-Expected<TrainState> LoadState(const std::string& dir, nets::DiffusionNet& net,
-                               nets::DiffusionNet& ema) {
-  TrainState state;
+/// The state saved in `dir`, loaded into `net` and `ema`; `fresh` when there is none.
+Expected<TrainState> LoadState(const std::string& dir, const TrainState& fresh,
+                               nets::DiffusionNet& net, nets::DiffusionNet& ema) {
+  TrainState state = fresh;
   auto text = ReadFile(dir + "/state.json");
   if (!text) return state;  // nothing to resume
   try {
@@ -169,13 +171,11 @@ torch::Tensor EncodeAll(nets::DiffusionNet& net, const torch::Tensor& crops) {
 /// grid, and scores the generated residual (integrated viable fraction) against the truth: per
 /// patient, Spearman across plans (crops of one plan summed; a constant prediction counts 0), and
 /// the mean absolute error per crop.
-std::vector<GuidanceScore> ScoreGuidance(nets::DiffusionNet& net,
-                                         const std::vector<DiffusionPair>& pairs,
-                                         const torch::Tensor& z_pre, const torch::Tensor& context,
-                                         const torch::Tensor& multi_hot, const torch::Tensor& pre,
-                                         const torch::Tensor& post,
-                                         const std::vector<double>& alpha_bar,
-                                         const DiffusionTrainOptions& o) {
+std::vector<GuidanceScore> ScoreGuidance(
+    nets::DiffusionNet& net, const std::vector<DiffusionPair>& pairs, const torch::Tensor& z_pre,
+    const torch::Tensor& context, const torch::Tensor& multi_hot, const torch::Tensor& pre,
+    const torch::Tensor& post, const std::vector<double>& alpha_bar,
+    const std::vector<double>& grid, const DiffusionTrainOptions& o) {
   torch::NoGradGuard no_grad;
   const std::int64_t n = std::min<std::int64_t>(z_pre.size(0), 96);
   // Each row's pre-treatment latent decoded and its tumor mask: the reference of the change.
@@ -195,7 +195,7 @@ std::vector<GuidanceScore> ScoreGuidance(nets::DiffusionNet& net,
   auto gen = Rng(o.seed, {4});
   const torch::Tensor noise = torch::randn(z_pre.slice(0, 0, n).sizes(), gen);
   std::vector<GuidanceScore> scores;
-  for (double guidance : o.guidance_grid) {
+  for (double guidance : grid) {
     SamplerConfig sampler{10, 0.0, guidance};
     std::vector<double> pred(std::size_t(n), 0.0);
     for (std::int64_t b = 0; b < n; b += 8) {
@@ -252,24 +252,38 @@ namespace {
 /// is set, because the networks draw their initial weights from it.
 class Trainer {
  public:
+  /// With a `teacher` (guidance distillation), both networks start as its copy and training
+  /// starts at the denoiser stage.
   Trainer(Stacked data, Stacked val, const DiffusionTrainOptions& o,
-          const std::function<void(const DiffusionTrainProgress&)>& progress)
-      : o_(o), progress_(progress), data_(std::move(data)), val_(std::move(val)) {
+          const std::function<void(const DiffusionTrainProgress&)>& progress,
+          nets::DiffusionNet* teacher)
+      : o_(o),
+        progress_(progress),
+        data_(std::move(data)),
+        val_(std::move(val)),
+        teacher_(teacher) {
+    if (teacher_ != nullptr) {
+      CopyWeights(net_, *teacher_);
+      (*teacher_)->eval();
+      state_ = {"denoiser", 0};
+    }
     CopyWeights(ema_, net_);
   }
 
   /// Continues from the state folder's last checkpoint, when there is one.
   Status Resume() {
     if (o_.state_dir.empty()) return {};
-    MEWM_TRY(state_, LoadState(o_.state_dir, net_, ema_));
-    result_.resumed_from_step =
-        state_.stage == "autoencoder" ? state_.step : o_.ae_steps + state_.step;
+    MEWM_TRY(state_, LoadState(o_.state_dir, state_, net_, ema_));
+    result_.resumed_from_step = state_.stage == "autoencoder" || teacher_ != nullptr
+                                    ? state_.step
+                                    : o_.ae_steps + state_.step;
     return {};
   }
 
   Status TrainAutoencoder();
   /// Encodes every crop with the trained autoencoder: the denoiser's targets (the scaled change
-  /// of the latent) and contexts, for training and validation.
+  /// of the latent) and contexts, for training and validation. A distilled student keeps its
+  /// teacher's latent scale.
   void EncodeLatents();
   Status TrainDenoiser();
   /// Ships the EMA denoiser with the trained autoencoder and scale, and scores the guidance grid
@@ -286,15 +300,26 @@ class Trainer {
   /// Validation L1 of the CT channel, Dice of the mask channel and the relative residual error
   /// of eight pre- and eight post-treatment validation crops.
   std::tuple<double, double, double> ValidateAutoencoder();
+  /// A batch noised at random timesteps: x_t, the float timesteps and the v target.
+  struct Noised {
+    torch::Tensor xt, t, v;
+  };
+  Noised Noise(const torch::Tensor& x0, at::Generator& gen) const;
   /// v-prediction loss of a batch; `null_prob` of the rows see the null plan.
   torch::Tensor DenoiseLoss(nets::Denoiser& denoiser, const torch::Tensor& x0,
                             const torch::Tensor& ctx, const torch::Tensor& hot, at::Generator& gen,
                             double null_prob) const;
+  /// Guidance distillation: the student's conditional v against the teacher's guided v at the
+  /// same x_t (one pass against two).
+  torch::Tensor DistillLoss(nets::Denoiser& student, const torch::Tensor& x0,
+                            const torch::Tensor& ctx, const torch::Tensor& hot,
+                            at::Generator& gen) const;
   double ValidateDenoiser(nets::DiffusionNet& model) const;
 
   const DiffusionTrainOptions& o_;
   const std::function<void(const DiffusionTrainProgress&)>& progress_;
   const Stacked data_, val_;
+  nets::DiffusionNet* teacher_;  ///< guidance distillation's teacher, or null
   nets::DiffusionNet net_{o_.config}, ema_{o_.config};
   TrainState state_;
   DiffusionTrainReport result_;
@@ -393,7 +418,8 @@ void Trainer::EncodeLatents() {
   const torch::Tensor mask_down =
       torch::avg_pool3d(data_.pre.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5), 4);
   const double delta_std = (z_post - z_pre).std().item<double>();
-  const double scale = 1.0 / std::max(delta_std, 1e-3);
+  const double scale =
+      teacher_ != nullptr ? net_->latent_scale.item<double>() : 1.0 / std::max(delta_std, 1e-3);
   {
     torch::NoGradGuard no_grad;
     net_->latent_scale.fill_(scale);
@@ -411,21 +437,42 @@ void Trainer::EncodeLatents() {
   ab_ = torch::tensor(alpha_bar_, torch::kDouble).to(torch::kFloat);
 }
 
-torch::Tensor Trainer::DenoiseLoss(nets::Denoiser& denoiser, const torch::Tensor& x0,
-                                   const torch::Tensor& ctx, const torch::Tensor& hot,
-                                   at::Generator& gen, double null_prob) const {
+Trainer::Noised Trainer::Noise(const torch::Tensor& x0, at::Generator& gen) const {
   const std::int64_t n = x0.size(0);
   const torch::Tensor t = torch::randint(o_.config.train_timesteps, {n}, gen, torch::kLong);
   const torch::Tensor a = ab_.index_select(0, t).view({n, 1, 1, 1, 1});
   const torch::Tensor noise = torch::randn(x0.sizes(), gen);
-  const torch::Tensor xt = a.sqrt() * x0 + (1 - a).sqrt() * noise;
-  const torch::Tensor v = a.sqrt() * noise - (1 - a).sqrt() * x0;
+  return {a.sqrt() * x0 + (1 - a).sqrt() * noise, t.to(torch::kFloat),
+          a.sqrt() * noise - (1 - a).sqrt() * x0};
+}
+
+torch::Tensor Trainer::DenoiseLoss(nets::Denoiser& denoiser, const torch::Tensor& x0,
+                                   const torch::Tensor& ctx, const torch::Tensor& hot,
+                                   at::Generator& gen, double null_prob) const {
+  const Noised b = Noise(x0, gen);
   torch::Tensor plan = denoiser->PlanEmbedding(hot);
   if (null_prob > 0.0) {
-    const torch::Tensor drop = (torch::rand({n, 1}, gen) < null_prob).to(torch::kFloat);
+    const torch::Tensor drop = (torch::rand({x0.size(0), 1}, gen) < null_prob).to(torch::kFloat);
     plan = plan * (1 - drop) + denoiser->null_plan.unsqueeze(0) * drop;
   }
-  return torch::mse_loss(denoiser->forward(xt, ctx, t.to(torch::kFloat), plan), v);
+  return torch::mse_loss(denoiser->forward(b.xt, ctx, b.t, plan), b.v);
+}
+
+torch::Tensor Trainer::DistillLoss(nets::Denoiser& student, const torch::Tensor& x0,
+                                   const torch::Tensor& ctx, const torch::Tensor& hot,
+                                   at::Generator& gen) const {
+  const Noised b = Noise(x0, gen);
+  torch::Tensor target;
+  {
+    torch::NoGradGuard no_grad;
+    nets::Denoiser& teacher = (*teacher_)->denoiser;
+    const torch::Tensor plan = teacher->PlanEmbedding(hot);
+    target = nets::Guide(
+        teacher->forward(torch::cat({b.xt, b.xt}), torch::cat({ctx, ctx}), torch::cat({b.t, b.t}),
+                         torch::cat({plan, teacher->null_plan.expand({x0.size(0), -1})})),
+        o_.distill_guidance);
+  }
+  return torch::mse_loss(student->forward(b.xt, ctx, b.t, student->PlanEmbedding(hot)), target);
 }
 
 double Trainer::ValidateDenoiser(nets::DiffusionNet& model) const {
@@ -458,9 +505,11 @@ Status Trainer::TrainDenoiser() {
     for (auto& group : optimizer.param_groups()) {
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
     }
+    const torch::Tensor x0 = delta_.index_select(0, idx), ctx = context_.index_select(0, idx);
+    const torch::Tensor hot = data_.multi_hot.index_select(0, idx);
     const torch::Tensor loss =
-        DenoiseLoss(net_->denoiser, delta_.index_select(0, idx), context_.index_select(0, idx),
-                    data_.multi_hot.index_select(0, idx), gen, o_.null_plan_prob);
+        teacher_ != nullptr ? DistillLoss(net_->denoiser, x0, ctx, hot, gen)
+                            : DenoiseLoss(net_->denoiser, x0, ctx, hot, gen, o_.null_plan_prob);
     optimizer.zero_grad();
     loss.backward();
     torch::nn::utils::clip_grad_norm_(net_->denoiser->parameters(), 1.0);
@@ -489,8 +538,12 @@ void Trainer::Finish(const std::vector<DiffusionPair>& validation_pairs) {
   }
   result_.denoiser_val_loss = ValidateDenoiser(ema_);
   ema_->eval();
-  result_.guidance_scores = ScoreGuidance(ema_, validation_pairs, vz_pre_, vcontext_,
-                                          val_.multi_hot, val_.pre, val_.post, alpha_bar_, o_);
+  // A distilled student samples with guidance 1 only (its guidance is in its weights).
+  const std::vector<double> grid =
+      teacher_ != nullptr ? std::vector<double>{1.0} : o_.guidance_grid;
+  result_.guidance_scores =
+      ScoreGuidance(ema_, validation_pairs, vz_pre_, vcontext_, val_.multi_hot, val_.pre, val_.post,
+                    alpha_bar_, grid, o_);
   double best = -2.0, best_mae = 0.0;
   for (const GuidanceScore& g : result_.guidance_scores) {
     if (g.spearman > best + 1e-9 ||
@@ -523,7 +576,12 @@ Status Trainer::Save(std::size_t train_pairs, std::size_t validation_pairs) {
                       {"train_pairs", train_pairs},
                       {"validation_pairs", validation_pairs},
                       {"seconds", result_.seconds}};
-  return torch_bridge::SaveCheckpoint(o_.out, *ema_, {o_.config.ToJson(), meta.dump()});
+  DiffusionConfig config = o_.config;
+  if (teacher_ != nullptr) {
+    config.guidance_distilled = o_.distill_guidance;
+    meta["training"]["distilled_from"] = o_.distill_from;
+  }
+  return torch_bridge::SaveCheckpoint(o_.out, *ema_, {config.ToJson(), meta.dump()});
 }
 
 Expected<DiffusionTrainReport> Train(
@@ -532,8 +590,10 @@ Expected<DiffusionTrainReport> Train(
     const std::function<void(const DiffusionTrainProgress&)>& progress) {
   const auto t_start = Clock::now();
   MEWM_RETURN_IF_ERROR(o.config.Validate());
-  if (o.ae_steps < 1 || o.denoiser_steps < 1 || o.ae_batch < 1 || o.denoiser_batch < 1 ||
-      o.ae_patch < 8 || o.ae_patch % 4 != 0 || o.ae_patch > o.config.crop_voxels) {
+  // A distillation keeps its teacher's autoencoder: the autoencoder's schedule is unused.
+  const bool ae_bad = o.ae_steps < 1 || o.ae_batch < 1 || o.ae_patch < 8 || o.ae_patch % 4 != 0 ||
+                      o.ae_patch > o.config.crop_voxels;
+  if ((ae_bad && o.distill_from.empty()) || o.denoiser_steps < 1 || o.denoiser_batch < 1) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "training steps and batches must be >= 1 and the patch a multiple of 4 "
                      "within the crop");
@@ -544,7 +604,23 @@ Expected<DiffusionTrainReport> Train(
   const std::vector<DiffusionPair>& validation_pairs = validation.empty() ? train : validation;
   MEWM_TRY(Stacked data, Stack(train, o.config));
   MEWM_TRY(Stacked val, Stack(validation_pairs, o.config));
-  Trainer trainer(std::move(data), std::move(val), o, progress);
+  std::optional<nets::DiffusionNet> teacher;
+  if (!o.distill_from.empty()) {
+    if (!(o.distill_guidance > 1.0 && o.distill_guidance <= 20.0)) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "the distilled guidance must be in (1, 20] (1 is no guidance to distil)");
+    }
+    if (o.config.guidance_distilled != 1.0) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "the distillation's config already has guidance distilled into it");
+    }
+    teacher.emplace(o.config);
+    if (auto loaded = torch_bridge::LoadCheckpoint(o.distill_from, **teacher, o.config.ToJson());
+        !loaded) {
+      return loaded.error().WithContext("the distillation's teacher");
+    }
+  }
+  Trainer trainer(std::move(data), std::move(val), o, progress, teacher ? &*teacher : nullptr);
   MEWM_RETURN_IF_ERROR(trainer.Resume());
   MEWM_RETURN_IF_ERROR(trainer.TrainAutoencoder());
   trainer.EncodeLatents();

@@ -47,6 +47,11 @@ struct DiffusionConfig {
   /// tumor mask either way (all of a tumor is viable before treatment).
   std::string mask_channel = "viable_fraction";
   std::vector<std::string> items;  ///< plan-item vocabulary (canonical names)
+  /// Classifier-free guidance distilled into the denoiser (`mewm train dynamics --distill-from`):
+  /// its one conditional pass predicts what the teacher predicted at this guidance scale, so it
+  /// samples with guidance 1 and half the forwards. 1 = not distilled. A property of the trained
+  /// weights, not of the architecture: a preset takes it from the checkpoint.
+  double guidance_distilled = 1.0;
 
   /// The presets, with the action base's items as vocabulary. kInvalidArgument for another name.
   static Expected<DiffusionConfig> Preset(const std::string& name, const ActionBase& actions);

@@ -29,6 +29,11 @@ struct DiffusionCounters {
   std::int64_t decodes = 0;          ///< outcome crops decoded
   std::int64_t plan_embeddings = 0;  ///< plan embeddings computed
   double denoiser_gflop = 0.0;       ///< convolution GFLOP spent in the denoiser
+  // Wall time inside Simulate, by stage (the rest of a decision is the planner's and survival's).
+  double prepare_s = 0.0;  ///< cropping and encoding the patient, decoding the pre-treatment crop
+  double sample_s = 0.0;   ///< the denoiser's steps (noise included)
+  double decode_s = 0.0;   ///< decoding the outcome latents
+  double paste_s = 0.0;    ///< outcome volumes: the patient's CT copied, crops pasted into it
 };
 
 /// The diffusion DynamicsModel. Created by CreateDiffusionDynamics.
@@ -72,6 +77,13 @@ struct DiffusionTrainOptions {
   std::vector<double> guidance_grid{1.0, 2.0, 3.0, 5.0};  ///< scales tried on validation
   double ema_decay = 0.995;
   int validate_every = 250;
+  /// Guidance distillation when not empty: this trained checkpoint is the teacher. Its
+  /// autoencoder and latent scale are kept (the autoencoder stage is skipped, ae_steps unused) and
+  /// its denoiser, copied, learns to predict in one conditional pass what the teacher predicts
+  /// with classifier-free guidance `distill_guidance` (two passes). The checkpoint written records
+  /// the scale as DiffusionConfig::guidance_distilled.
+  std::string distill_from;
+  double distill_guidance = 2.0;
   std::string state_dir;  ///< resumable state; "" = no resume
   int threads = 0;
   std::string out;            ///< checkpoint to write
