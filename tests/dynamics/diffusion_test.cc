@@ -38,6 +38,22 @@ DiffusionConfig Tiny() {
   return c;
 }
 
+/// A tiny training run on one thread: `steps` of each stage at `batch`, validated every
+/// `validate_every` steps.
+DiffusionTrainOptions TinyTraining(std::uint64_t seed, int steps, int batch, int validate_every) {
+  DiffusionTrainOptions o;
+  o.config = Tiny();
+  o.seed = seed;
+  o.ae_steps = steps;
+  o.ae_batch = batch;
+  o.ae_patch = 16;
+  o.denoiser_steps = steps;
+  o.denoiser_batch = batch;
+  o.validate_every = validate_every;
+  o.threads = 1;
+  return o;
+}
+
 /// A 48 mm cube of liver with spherical tumors of `radius` mm at `centres` (lesion k = label k+1).
 PatientCase Phantom(const std::vector<Eigen::Vector3d>& centres, double radius = 9.0,
                     double tumor_hu = 100.0) {
@@ -82,16 +98,7 @@ class DiffusionTest : public testing::VdbTest {
  protected:
   static void SetUpTestSuite() {
     dir_ = new testing::TempDir();
-    DiffusionTrainOptions o;
-    o.config = Tiny();
-    o.seed = 5;
-    o.ae_steps = 30;
-    o.ae_batch = 4;
-    o.ae_patch = 16;
-    o.denoiser_steps = 30;
-    o.denoiser_batch = 4;
-    o.validate_every = 10;
-    o.threads = 1;
+    DiffusionTrainOptions o = TinyTraining(5, 30, 4, 10);
     o.out = (dir_->path() / "tiny.pt").string();
     o.metadata_json = R"({"command":"test"})";
     auto pairs = Pairs(o.config);
@@ -278,17 +285,9 @@ TEST_F(DiffusionTest, GuidanceBatchesTheNullPlanIntoTheSameForward) {
 
 TEST_F(DiffusionTest, GuidanceDistilsIntoOnePass) {
   // A teacher trained long enough for its plan and null-plan passes to differ.
-  DiffusionTrainOptions t;
-  t.config = Tiny();
-  t.seed = 11;
-  t.ae_steps = 30;
-  t.ae_batch = 4;
-  t.ae_patch = 16;
+  DiffusionTrainOptions t = TinyTraining(11, 30, 4, 100);
   t.denoiser_steps = 300;
-  t.denoiser_batch = 4;
   t.null_plan_prob = 0.3;
-  t.validate_every = 100;
-  t.threads = 1;
   t.out = (dir_->path() / "teacher.pt").string();
   ASSERT_TRUE(TrainDiffusion(Pairs(t.config), {}, t, {}));
   t.denoiser_steps = 60;
@@ -402,16 +401,7 @@ TEST_F(DiffusionTest, BadInputGivesClearErrors) {
 }
 
 TEST_F(DiffusionTest, TrainingResumesFromItsState) {
-  DiffusionTrainOptions o;
-  o.config = Tiny();
-  o.seed = 9;
-  o.ae_steps = 4;
-  o.ae_batch = 2;
-  o.ae_patch = 16;
-  o.denoiser_steps = 4;
-  o.denoiser_batch = 2;
-  o.validate_every = 2;
-  o.threads = 1;
+  DiffusionTrainOptions o = TinyTraining(9, 4, 2, 2);
   o.state_dir = (dir_->path() / "state").string();
   o.out = (dir_->path() / "resumed.pt").string();
   const auto pairs = Pairs(o.config);
