@@ -417,10 +417,9 @@ void Trainer::EncodeLatents() {
   const torch::Tensor z_pre = EncodeAll(net_, data_.pre), z_post = EncodeAll(net_, data_.post);
   const torch::Tensor mask_down =
       torch::avg_pool3d(data_.pre.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5), 4);
-  const double delta_std = (z_post - z_pre).std().item<double>();
-  const double scale =
-      teacher_ != nullptr ? net_->latent_scale.item<double>() : 1.0 / std::max(delta_std, 1e-3);
-  {
+  double scale = net_->latent_scale.item<double>();  // a distilled student keeps its teacher's
+  if (teacher_ == nullptr) {
+    scale = 1.0 / std::max((z_post - z_pre).std().item<double>(), 1e-3);
     torch::NoGradGuard no_grad;
     net_->latent_scale.fill_(scale);
   }
