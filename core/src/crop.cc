@@ -125,21 +125,12 @@ void ForEachCoveredVoxel(const Geometry& volume_geometry, const Geometry& crop_g
 }
 
 template <typename T>
-Status CheckPasteInputs(const DenseVolume<T>& crop, const DenseFloat& weight) {
-  if (crop.dims != weight.dims) {
-    return MakeError(ErrorCode::kMismatch, "paste weight dims differ from the crop's dims");
+Status CheckDenseData(const DenseVolume<T>& dense, const char* what) {
+  if (dense.data.size() != static_cast<std::size_t>(dense.dims[0] * dense.dims[1] * dense.dims[2]) ||
+      dense.data.empty()) {
+    return MakeError(ErrorCode::kInvalidArgument, std::string(what) + " data size does not match its dims");
   }
-  if (crop.data.size() != static_cast<std::size_t>(crop.dims[0] * crop.dims[1] * crop.dims[2]) ||
-      crop.data.empty()) {
-    return MakeError(ErrorCode::kInvalidArgument, "crop data size does not match its dims");
-  }
-  MEWM_RETURN_IF_ERROR(crop.geometry.Validate());
-  for (float w : weight.data) {
-    if (!(w >= 0.0f && w <= 1.0f)) {
-      return MakeError(ErrorCode::kInvalidArgument, "paste weights must lie in [0, 1]");
-    }
-  }
-  return {};
+  return dense.geometry.Validate();
 }
 
 }  // namespace
@@ -164,65 +155,137 @@ Expected<DenseLabel> ExtractCrop(const LabelVolume& labels, const CropSpec& spec
   return Resample<LabelVolume, openvdb::tools::PointSampler>(labels, spec);
 }
 
-namespace {
-
-/// Sets every covered voxel of `volume` with a positive weight to combine(old value, w, crop
-/// value), crop and weight sampled trilinearly; a voxel that ends at the background goes inactive.
-template <typename Combine>
-Status CombineCrop(Volume& volume, const DenseFloat& crop, const DenseFloat& weight,
-                   Combine combine) {
-  MEWM_RETURN_IF_ERROR(CheckPasteInputs(crop, weight));
-  for (float v : crop.data) {
-    if (!std::isfinite(v))
-      return MakeError(ErrorCode::kInvalidArgument, "crop has non-finite values");
+/// What the paste functions need of a footprint's private parts.
+struct PasteAccess {
+  /// kMismatch unless `volume` and `crop` are the footprint's volume geometry and crop lattice.
+  template <typename T>
+  static Status Check(const PasteFootprint& footprint, const Geometry& volume,
+                      const DenseVolume<T>& crop) {
+    MEWM_RETURN_IF_ERROR(CheckDenseData(crop, "crop"));
+    if (crop.dims != footprint.crop_dims_ || !crop.geometry.ApproxEquals(footprint.crop_geometry_)) {
+      return MakeError(ErrorCode::kMismatch,
+                       "the crop's lattice differs from the paste footprint's (dims or geometry)");
+    }
+    if (!volume.ApproxEquals(footprint.volume_geometry_)) {
+      return MakeError(ErrorCode::kMismatch,
+                       "the volume's geometry differs from the one the paste footprint was made for");
+    }
+    return {};
   }
-  auto accessor = volume.grid().getAccessor();
-  const float background = Volume::Background();
+
+  /// Sets every footprint voxel to combine(old value, w, crop value), the crop sampled
+  /// trilinearly; a voxel that ends at the background goes inactive.
+  template <typename Fn>
+  static Status Combine(Volume& volume, const DenseFloat& crop, const PasteFootprint& footprint,
+                        Fn combine) {
+    MEWM_RETURN_IF_ERROR(Check(footprint, volume.geometry(), crop));
+    for (float v : crop.data) {
+      if (!std::isfinite(v))
+        return MakeError(ErrorCode::kInvalidArgument, "crop has non-finite values");
+    }
+    auto accessor = volume.grid().getAccessor();
+    const float background = Volume::Background();
+    for (const PasteFootprint::Voxel& voxel : footprint.voxels_) {
+      const float value =
+          combine(accessor.getValue(voxel.ijk), voxel.weight, SampleTrilinear(crop, voxel.index));
+      if (value == background) {
+        accessor.setValueOff(voxel.ijk, background);
+      } else {
+        accessor.setValueOn(voxel.ijk, value);
+      }
+    }
+    return {};
+  }
+
+  static Status Labels(LabelVolume& labels, const DenseLabel& crop,
+                       const PasteFootprint& footprint) {
+    MEWM_RETURN_IF_ERROR(Check(footprint, labels.geometry(), crop));
+    auto accessor = labels.grid().getAccessor();
+    for (const PasteFootprint::Voxel& voxel : footprint.voxels_) {
+      if (!voxel.label) continue;
+      const std::int32_t label = crop.data[std::size_t(voxel.nearest)];
+      if (label == 0) {
+        accessor.setValueOff(voxel.ijk, 0);
+      } else {
+        accessor.setValueOn(voxel.ijk, label);
+      }
+    }
+    return {};
+  }
+};
+
+Expected<PasteFootprint> PasteFootprint::Make(const Geometry& volume_geometry,
+                                              const DenseFloat& weight) {
+  MEWM_RETURN_IF_ERROR(CheckDenseData(weight, "paste weight"));
+  MEWM_RETURN_IF_ERROR(volume_geometry.Validate());
+  for (float w : weight.data) {
+    if (!(w >= 0.0f && w <= 1.0f)) {
+      return MakeError(ErrorCode::kInvalidArgument, "paste weights must lie in [0, 1]");
+    }
+  }
+  PasteFootprint footprint;
+  footprint.volume_geometry_ = volume_geometry;
+  footprint.crop_geometry_ = weight.geometry;
+  footprint.crop_dims_ = weight.dims;
   ForEachCoveredVoxel(
-      volume.geometry(), crop.geometry, crop.dims,
+      volume_geometry, weight.geometry, weight.dims,
       [&](std::int64_t i, std::int64_t j, std::int64_t k, const Eigen::Vector3d& c) {
         const float w = SampleTrilinear(weight, c);
         if (w <= 0.0f) return;
-        const openvdb::Coord ijk{int(i), int(j), int(k)};
-        const float value = combine(accessor.getValue(ijk), w, SampleTrilinear(crop, c));
-        if (value == background) {
-          accessor.setValueOff(ijk, background);
-        } else {
-          accessor.setValueOn(ijk, value);
+        // Nearest lattice point, clamped: c may lie a rounding error outside the lattice.
+        std::int64_t n[3];
+        for (int a = 0; a < 3; ++a) {
+          n[a] = std::clamp<std::int64_t>(std::llround(c[a]), 0, weight.dims[a] - 1);
         }
+        const std::size_t nearest = weight.Offset(n[0], n[1], n[2]);
+        // A nearest weight >= 0.5 makes the trilinear one >= 1/16, so no labelled voxel is lost.
+        footprint.voxels_.push_back({openvdb::Coord{int(i), int(j), int(k)}, w, c,
+                                     std::int64_t(nearest), weight.data[nearest] >= 0.5f});
       });
-  return {};
+  return footprint;
 }
+
+namespace {
+
+/// The weight overloads: a footprint made for this one paste.
+Expected<PasteFootprint> FootprintFor(const Geometry& volume, const Index3& crop_dims,
+                                      const DenseFloat& weight) {
+  if (crop_dims != weight.dims) {
+    return MakeError(ErrorCode::kMismatch, "paste weight dims differ from the crop's dims");
+  }
+  return PasteFootprint::Make(volume, weight);
+}
+
+float Blend(float old, float w, float value) { return w * value + (1.0f - w) * old; }
+float Add(float old, float w, float change) { return old + w * change; }
 
 }  // namespace
 
+Status PasteCrop(Volume& volume, const DenseFloat& crop, const PasteFootprint& footprint) {
+  return PasteAccess::Combine(volume, crop, footprint, Blend);
+}
+
+Status AddCrop(Volume& volume, const DenseFloat& delta, const PasteFootprint& footprint) {
+  return PasteAccess::Combine(volume, delta, footprint, Add);
+}
+
+Status PasteCrop(LabelVolume& labels, const DenseLabel& crop, const PasteFootprint& footprint) {
+  return PasteAccess::Labels(labels, crop, footprint);
+}
+
 Status PasteCrop(Volume& volume, const DenseFloat& crop, const DenseFloat& weight) {
-  return CombineCrop(volume, crop, weight,
-                     [](float old, float w, float value) { return w * value + (1.0f - w) * old; });
+  MEWM_TRY(const PasteFootprint footprint, FootprintFor(volume.geometry(), crop.dims, weight));
+  return PasteCrop(volume, crop, footprint);
 }
 
 Status AddCrop(Volume& volume, const DenseFloat& delta, const DenseFloat& weight) {
-  return CombineCrop(volume, delta, weight,
-                     [](float old, float w, float change) { return old + w * change; });
+  MEWM_TRY(const PasteFootprint footprint, FootprintFor(volume.geometry(), delta.dims, weight));
+  return AddCrop(volume, delta, footprint);
 }
 
 Status PasteCrop(LabelVolume& labels, const DenseLabel& crop, const DenseFloat& weight) {
-  MEWM_RETURN_IF_ERROR(CheckPasteInputs(crop, weight));
-  auto accessor = labels.grid().getAccessor();
-  ForEachCoveredVoxel(
-      labels.geometry(), crop.geometry, crop.dims,
-      [&](std::int64_t i, std::int64_t j, std::int64_t k, const Eigen::Vector3d& c) {
-        const auto ci = std::llround(c[0]), cj = std::llround(c[1]), ck = std::llround(c[2]);
-        if (weight.at(ci, cj, ck) < 0.5f) return;
-        const openvdb::Coord ijk{int(i), int(j), int(k)};
-        const std::int32_t label = crop.at(ci, cj, ck);
-        if (label == 0) {
-          accessor.setValueOff(ijk, 0);
-        } else {
-          accessor.setValueOn(ijk, label);
-        }
-      });
-  return {};
+  MEWM_TRY(const PasteFootprint footprint, FootprintFor(labels.geometry(), crop.dims, weight));
+  return PasteCrop(labels, crop, footprint);
 }
 
 float HuWindow::ToUnit(float hu) const {

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <Eigen/Geometry>
+#include <algorithm>
 #include <cmath>
 
 #include "test_env.h"
@@ -139,6 +140,73 @@ TEST_F(CropTest, BadSpecsAndInputsAreErrors) {
   crop.data[0] = std::nanf("");
   DenseFloat ok(spec.size, crop.geometry, 1.0f);
   EXPECT_FALSE(PasteCrop(target, crop, ok));
+}
+
+TEST_F(CropTest, AFootprintPastesAsTheWeightDoesOverOnlyTheWeightedVoxels) {
+  Geometry g = Geometry::Isotropic(1.0, {1, 2, 3});
+  g.direction = Eigen::AngleAxisd(0.3, Eigen::Vector3d(1, 0, 0)).toRotationMatrix();
+  CropSpec spec{g.IndexToWorld({20.3, 19.6, 20.2}), {12, 12, 12}, Eigen::Vector3d(1.5, 1.0, 1.25)};
+  const Geometry lattice = CropGeometry(g, spec);
+  // A weight that is 1 in a small core, fades over two lattice points and is 0 elsewhere.
+  DenseFloat weight(spec.size, lattice, 0.0f);
+  DenseFloat delta(spec.size, lattice, 0.0f), paste(spec.size, lattice, 0.0f);
+  DenseLabel labels_crop(spec.size, lattice, 0);
+  for (int k = 0; k < 12; ++k)
+    for (int j = 0; j < 12; ++j)
+      for (int i = 0; i < 12; ++i) {
+        const double r = (Eigen::Vector3d(i, j, k) - Eigen::Vector3d::Constant(5.5)).norm();
+        weight.at(i, j, k) = float(std::clamp(4.0 - r, 0.0, 2.0) / 2.0);
+        delta.at(i, j, k) = float(i * j - 3 * k);
+        paste.at(i, j, k) = float(100 + i + 7 * j);
+        labels_crop.at(i, j, k) = (i + j + k) % 3;
+      }
+  auto footprint = PasteFootprint::Make(g, weight);
+  ASSERT_TRUE(footprint);
+  EXPECT_GT(footprint->size(), 0u);
+  EXPECT_LT(footprint->size(), 12u * 12 * 12);  // far fewer than the lattice covers
+
+  Volume by_weight = Ramp(g), by_footprint = Ramp(g);
+  ASSERT_TRUE(AddCrop(by_weight, delta, weight));
+  ASSERT_TRUE(AddCrop(by_footprint, delta, *footprint));
+  ASSERT_TRUE(PasteCrop(by_weight, paste, weight));
+  ASSERT_TRUE(PasteCrop(by_footprint, paste, *footprint));
+  const DenseFloat a = by_weight.ToDense(), b = by_footprint.ToDense();
+  ASSERT_EQ(a.data, b.data);
+  EXPECT_NE(a.data, Ramp(g).ToDense().data);  // the pastes did change something
+
+  LabelVolume labels_w(g, {40, 40, 40}, "viable"), labels_f(g, {40, 40, 40}, "viable");
+  ASSERT_TRUE(PasteCrop(labels_w, labels_crop, weight));
+  ASSERT_TRUE(PasteCrop(labels_f, labels_crop, *footprint));
+  EXPECT_GT(CountLabel(labels_w), 0);
+  EXPECT_EQ(labels_w.ToDense().data, labels_f.ToDense().data);
+}
+
+TEST_F(CropTest, AFootprintRefusesAnotherLatticeOrVolume) {
+  const Geometry g = Geometry::Isotropic(1.0);
+  CropSpec spec{g.IndexToWorld({20, 20, 20}), {5, 5, 5}, Eigen::Vector3d::Constant(1.0)};
+  const DenseFloat weight(spec.size, CropGeometry(g, spec), 1.0f);
+  auto footprint = PasteFootprint::Make(g, weight);
+  ASSERT_TRUE(footprint);
+  EXPECT_EQ(footprint->size(), 125u);
+  Volume v = Ramp(g);
+  DenseFloat other_dims({4, 5, 5}, weight.geometry, 0.0f);
+  EXPECT_EQ(AddCrop(v, other_dims, *footprint).error().code, ErrorCode::kMismatch);
+  spec.center_world += Eigen::Vector3d(0.5, 0, 0);
+  DenseFloat moved(spec.size, CropGeometry(g, spec), 0.0f);
+  EXPECT_EQ(PasteCrop(v, moved, *footprint).error().code, ErrorCode::kMismatch);
+  Volume other_volume = Ramp(Geometry::Isotropic(2.0));
+  EXPECT_EQ(AddCrop(other_volume, DenseFloat(weight.dims, weight.geometry, 0.0f), *footprint)
+                .error()
+                .code,
+            ErrorCode::kMismatch);
+  LabelVolume labels(Geometry::Isotropic(2.0), {40, 40, 40}, "viable");
+  EXPECT_EQ(PasteCrop(labels, DenseLabel(weight.dims, weight.geometry, 1), *footprint).error().code,
+            ErrorCode::kMismatch);
+  EXPECT_FALSE(PasteFootprint::Make(g, DenseFloat(spec.size, weight.geometry, -0.1f)));
+  DenseFloat truncated = weight;
+  truncated.data.pop_back();
+  EXPECT_FALSE(PasteFootprint::Make(g, truncated));
+  EXPECT_EQ(v.ToDense().data, Ramp(g).ToDense().data);  // refusals change nothing
 }
 
 TEST(SampleTrilinearTest, InterpolatesLinearFieldsExactlyAndClampsAtEdges) {

@@ -298,7 +298,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     Geometry geometry;
     torch::Tensor z_pre;        ///< [1, latent, l, l, l]
     torch::Tensor context;      ///< [1, latent + 1, l, l, l]: z_pre, downsampled mask
-    DenseFloat weight;          ///< paste weight
+    PasteFootprint footprint;   ///< the patient voxels the paste weight reaches
     torch::Tensor decoded_pre;  ///< [2, D, H, W] on the CPU: z_pre decoded (Paste's reference)
     torch::Tensor pre_mask;     ///< [1, D, H, W] on the CPU: the tumor mask, 0/1
     DenseFloat pre_ct_hu;       ///< decoded_pre's CT in HU
@@ -342,7 +342,11 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
       ++counters_.encodes;
       const torch::Tensor mask = input.slice(1, 1, 2).add(1.0).mul(0.5);
       crop.context = torch::cat({crop.z_pre, torch::avg_pool3d(mask, 4)}, 1);
-      crop.weight = BlendWeight(channels->mask, config_.spacing_mm, options_.blend_margin_mm);
+      const DenseFloat weight =
+          BlendWeight(channels->mask, config_.spacing_mm, options_.blend_margin_mm);
+      auto footprint = PasteFootprint::Make(patient.ct.geometry(), weight);
+      if (!footprint) return context(footprint.error());
+      crop.footprint = std::move(*footprint);
       crop.decoded_pre = net_->ae->Decode(crop.z_pre).to(torch::kCPU).contiguous()[0];
       ++counters_.decodes;
       crop.pre_mask = input[0].slice(0, 1, 2).add(1.0).mul(0.5).to(torch::kCPU).contiguous();
@@ -398,9 +402,9 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
                  crop.geometry));
     DenseLabel labels(fraction.dims, fraction.geometry, 0);
     for (std::size_t x = 0; x < fraction.size(); ++x) labels.data[x] = fraction.data[x] >= 0.5f;
-    MEWM_RETURN_IF_ERROR(AddCrop(outcome.post_ct, *ct, crop.weight));
-    MEWM_RETURN_IF_ERROR(PasteCrop(*outcome.viable_fraction, fraction, crop.weight));
-    return PasteCrop(outcome.viable, labels, crop.weight);
+    MEWM_RETURN_IF_ERROR(AddCrop(outcome.post_ct, *ct, crop.footprint));
+    MEWM_RETURN_IF_ERROR(PasteCrop(*outcome.viable_fraction, fraction, crop.footprint));
+    return PasteCrop(outcome.viable, labels, crop.footprint);
   }
 
   DiffusionConfig config_;

@@ -7,6 +7,9 @@
 
 #include <Eigen/Core>
 
+#include <cstdint>
+#include <vector>
+
 #include "mewm/core/dense.h"
 #include "mewm/core/expected.h"
 #include "mewm/core/volume.h"
@@ -29,6 +32,34 @@ Expected<DenseFloat> ExtractCrop(const Volume& volume, const CropSpec& spec);
 /// Nearest-neighbour resampling of labels into the crop; outside reads as 0.
 Expected<DenseLabel> ExtractCrop(const LabelVolume& labels, const CropSpec& spec);
 
+/// The voxels of a volume that pasting through one crop lattice and paste weight reaches: those
+/// whose centre falls inside the lattice with a positive weight (sampled trilinearly). Pasting many
+/// crops of one lattice and weight (the samples of one lesion) through a footprint made once walks
+/// only these voxels, not every voxel under the lattice each time.
+class PasteFootprint {
+ public:
+  /// `weight` lives on the crop lattice (its dims and geometry), values in [0, 1]; kInvalidArgument
+  /// otherwise.
+  static Expected<PasteFootprint> Make(const Geometry& volume_geometry, const DenseFloat& weight);
+
+  /// Number of volume voxels with a positive weight.
+  std::size_t size() const { return voxels_.size(); }
+
+ private:
+  friend struct PasteAccess;
+  struct Voxel {
+    openvdb::Coord ijk;
+    float weight;           ///< trilinear weight at the voxel centre, > 0
+    Eigen::Vector3d index;  ///< continuous crop index of the voxel centre
+    std::int64_t nearest;   ///< flat crop index of the nearest lattice point
+    bool label;             ///< the nearest lattice point's weight is >= 0.5
+  };
+  Geometry volume_geometry_;
+  Geometry crop_geometry_;
+  Index3 crop_dims_{0, 0, 0};
+  std::vector<Voxel> voxels_;
+};
+
 /// Blends `crop` into `volume`: v = w * crop + (1 - w) * v for every voxel of the volume whose
 /// centre falls inside the crop lattice, with crop and weight sampled trilinearly. `weight` has the
 /// crop's dims, values in [0, 1]. Voxels that end at the background become inactive.
@@ -39,6 +70,13 @@ Status PasteCrop(Volume& volume, const DenseFloat& crop, const DenseFloat& weigh
 Status AddCrop(Volume& volume, const DenseFloat& delta, const DenseFloat& weight);
 /// Labels: where the (nearest) weight is >= 0.5 the crop's label replaces the volume's.
 Status PasteCrop(LabelVolume& labels, const DenseLabel& crop, const DenseFloat& weight);
+
+/// The same three through a footprint made for the volume's geometry and the crop's lattice; the
+/// results are those of the calls above with the footprint's weight. kMismatch when the volume's
+/// geometry or the crop's dims or geometry differ from the footprint's.
+Status PasteCrop(Volume& volume, const DenseFloat& crop, const PasteFootprint& footprint);
+Status AddCrop(Volume& volume, const DenseFloat& delta, const PasteFootprint& footprint);
+Status PasteCrop(LabelVolume& labels, const DenseLabel& crop, const PasteFootprint& footprint);
 
 /// Trilinear sample of a dense array at a continuous index (i, j, k), clamped to its edges.
 float SampleTrilinear(const DenseFloat& dense, const Eigen::Vector3d& index);
