@@ -215,7 +215,8 @@ struct PasteAccess {
 };
 
 Expected<PasteFootprint> PasteFootprint::Make(const Geometry& volume_geometry,
-                                              const DenseFloat& weight) {
+                                              const DenseFloat& weight,
+                                              const std::optional<WorldBox>& within) {
   MEWM_RETURN_IF_ERROR(CheckDenseData(weight, "paste weight"));
   MEWM_RETURN_IF_ERROR(volume_geometry.Validate());
   for (float w : weight.data) {
@@ -232,6 +233,13 @@ Expected<PasteFootprint> PasteFootprint::Make(const Geometry& volume_geometry,
       [&](std::int64_t i, std::int64_t j, std::int64_t k, const Eigen::Vector3d& c) {
         const float w = SampleTrilinear(weight, c);
         if (w <= 0.0f) return;
+        if (within) {
+          const Eigen::Vector3d p =
+              volume_geometry.IndexToWorld(Eigen::Vector3d(double(i), double(j), double(k)));
+          if ((p.array() < within->min.array()).any() || (p.array() >= within->max.array()).any()) {
+            return;
+          }
+        }
         // Nearest lattice point, clamped: c may lie a rounding error outside the lattice.
         std::int64_t n[3];
         for (int a = 0; a < 3; ++a) {

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -132,8 +133,16 @@ Status SamplerConfig::Validate() const {
 
 SamplerConfig ReferenceSampler() { return SamplerConfig{200, 1.0, 1.0}; }
 
-Expected<std::vector<CropSpec>> LesionCrops(const PatientCase& patient,
-                                            const DiffusionConfig& config) {
+namespace {
+
+/// LesionCrops' crops, each with the box of the lesion it is centred on.
+struct CentredCrop {
+  CropSpec spec;
+  WorldBox box;
+};
+
+Expected<std::vector<CentredCrop>> CentredCrops(const PatientCase& patient,
+                                                const DiffusionConfig& config) {
   std::set<std::int32_t> labels;
   for (auto it = patient.tumor.grid().cbeginValueOn(); it; ++it) {
     if (*it != 0) labels.insert(*it);
@@ -144,22 +153,79 @@ Expected<std::vector<CropSpec>> LesionCrops(const PatientCase& patient,
   }
   const double half = 0.5 * config.crop_voxels * config.spacing_mm;
   constexpr double kMarginMm = 8.0;
-  std::vector<CropSpec> crops;
+  std::vector<CentredCrop> crops;
   for (std::int32_t label : labels) {
     MEWM_TRY(const WorldBox box, LabelWorldBox(patient.tumor, label));
     const Eigen::Vector3d centre = 0.5 * (box.min + box.max);
-    const bool covered = std::any_of(crops.begin(), crops.end(), [&](const CropSpec& c) {
-      return ((box.min - c.center_world).array().abs() < half - kMarginMm).all() &&
-             ((box.max - c.center_world).array().abs() < half - kMarginMm).all();
+    const bool covered = std::any_of(crops.begin(), crops.end(), [&](const CentredCrop& c) {
+      return ((box.min - c.spec.center_world).array().abs() < half - kMarginMm).all() &&
+             ((box.max - c.spec.center_world).array().abs() < half - kMarginMm).all();
     });
     if (covered) continue;
     CropSpec spec;
     spec.center_world = centre;
     spec.size = {config.crop_voxels, config.crop_voxels, config.crop_voxels};
     spec.spacing_mm = Eigen::Vector3d::Constant(config.spacing_mm);
-    crops.push_back(spec);
+    crops.push_back({spec, box});
   }
   return crops;
+}
+
+}  // namespace
+
+Expected<std::vector<CropSpec>> LesionCrops(const PatientCase& patient,
+                                            const DiffusionConfig& config) {
+  MEWM_TRY(const std::vector<CentredCrop> crops, CentredCrops(patient, config));
+  std::vector<CropSpec> specs;
+  for (const CentredCrop& c : crops) specs.push_back(c.spec);
+  return specs;
+}
+
+Expected<std::vector<LesionTile>> LesionTiles(const PatientCase& patient,
+                                              const DiffusionConfig& config) {
+  MEWM_TRY(const std::vector<CentredCrop> crops, CentredCrops(patient, config));
+  const double edge = config.crop_voxels * config.spacing_mm;
+  constexpr double kFitMarginMm = 8.0;  // LesionCrops' margin: a lesion within it fits one crop
+  // A tile's reach beyond its territory: 8 voxels (12 mm at 1.5 mm), past BlendWeight's border
+  // taper (6 voxels), so the weight is whole up to the territory's faces.
+  const double tile_margin_mm = 8.0 * config.spacing_mm;
+  const double inf = std::numeric_limits<double>::infinity();
+  const WorldBox everywhere{Eigen::Vector3d::Constant(-inf), Eigen::Vector3d::Constant(inf)};
+  std::vector<LesionTile> tiles;
+  for (const auto& [crop, box] : crops) {
+    const Eigen::Vector3d extent = box.max - box.min;
+    if ((extent.array() < edge - 2.0 * kFitMarginMm).all()) {
+      tiles.push_back({crop, everywhere});
+      continue;
+    }
+    if (config.crop_voxels <= 24) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "patient '" + patient.id + "' has a lesion larger than the " +
+                           std::to_string(int(edge)) + " mm crop of config '" + config.name +
+                           "', whose crops (" + std::to_string(config.crop_voxels) +
+                           " voxels) are too small to tile it (more than 24 voxels needed)");
+    }
+    int n[3];
+    for (int a = 0; a < 3; ++a) {
+      n[a] = std::max(1, int(std::ceil(extent[a] / (edge - 2.0 * tile_margin_mm))));
+    }
+    for (int k = 0; k < n[2]; ++k) {
+      for (int j = 0; j < n[1]; ++j) {
+        for (int i = 0; i < n[0]; ++i) {
+          const int at[3] = {i, j, k};
+          LesionTile tile{crop, everywhere};
+          for (int a = 0; a < 3; ++a) {
+            const double step = extent[a] / n[a];
+            tile.spec.center_world[a] = box.min[a] + (at[a] + 0.5) * step;
+            if (at[a] > 0) tile.territory.min[a] = box.min[a] + at[a] * step;
+            if (at[a] < n[a] - 1) tile.territory.max[a] = box.min[a] + (at[a] + 1) * step;
+          }
+          tiles.push_back(tile);
+        }
+      }
+    }
+  }
+  return tiles;
 }
 
 namespace {

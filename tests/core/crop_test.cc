@@ -7,6 +7,7 @@
 #include <Eigen/Geometry>
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "test_env.h"
 
@@ -179,6 +180,28 @@ TEST_F(CropTest, AFootprintPastesAsTheWeightDoesOverOnlyTheWeightedVoxels) {
   ASSERT_TRUE(PasteCrop(labels_f, labels_crop, *footprint));
   EXPECT_GT(CountLabel(labels_w), 0);
   EXPECT_EQ(labels_w.ToDense().data, labels_f.ToDense().data);
+}
+
+TEST_F(CropTest, FootprintsWithinBoxesThatTileSpaceShareNoVoxel) {
+  const Geometry g = Geometry::Isotropic(1.0);
+  CropSpec spec{g.IndexToWorld({20, 20, 20}), {9, 9, 9}, Eigen::Vector3d::Constant(1.0)};
+  const DenseFloat weight(spec.size, CropGeometry(g, spec), 1.0f);
+  const double inf = std::numeric_limits<double>::infinity();
+  const double face = g.IndexToWorld({20, 20, 20})[0];  // a voxel centre: min includes it
+  const WorldBox low{Eigen::Vector3d::Constant(-inf), Eigen::Vector3d(face, inf, inf)};
+  const WorldBox high{Eigen::Vector3d(face, -inf, -inf), Eigen::Vector3d::Constant(inf)};
+  auto all = PasteFootprint::Make(g, weight);
+  auto a = PasteFootprint::Make(g, weight, low);
+  auto b = PasteFootprint::Make(g, weight, high);
+  ASSERT_TRUE(all && a && b);
+  EXPECT_EQ(a->size(), 4u * 81);
+  EXPECT_EQ(b->size(), 5u * 81);
+  Volume v = Ramp(g);
+  const DenseFloat delta(spec.size, weight.geometry, 10.0f);
+  ASSERT_TRUE(AddCrop(v, delta, *a));
+  ASSERT_TRUE(AddCrop(v, delta, *b));
+  EXPECT_EQ(v.GetValue(20, 20, 20), float(2 * 20 + 3 * 20 - 20) + 10.0f);  // added once
+  EXPECT_EQ(v.GetValue(19, 20, 20), float(2 * 19 + 3 * 20 - 20) + 10.0f);
 }
 
 TEST_F(CropTest, AFootprintRefusesAnotherLatticeOrVolume) {

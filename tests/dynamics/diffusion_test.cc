@@ -187,6 +187,81 @@ TEST_F(DiffusionTest, CropsCoverEveryLesionAndWeightsFadeAwayFromTheTumor) {
   EXPECT_LT(w.at(32, 32, 58), 0.05f);       // 39 mm out
 }
 
+TEST_F(DiffusionTest, ALesionLargerThanACropIsTiledAndServedWhole) {
+  DiffusionConfig c = Tiny();
+  c.crop_voxels = 32;  // 96 mm at 3 mm: a lesion above 80 mm is tiled
+  auto one = LesionTiles(Phantom({{0, 0, 0}}, 12.0), c);
+  ASSERT_TRUE(one);
+  ASSERT_EQ(one->size(), 1u);
+  EXPECT_TRUE(one->front().territory.min.array().isInf().all());
+  EXPECT_EQ(one->front().spec.center_world,
+            LesionCrops(Phantom({{0, 0, 0}}, 12.0), c)->front().center_world);
+  EXPECT_EQ(LesionTiles(Phantom({{0, 0, 0}}, 45.0), Tiny()).error().code,
+            ErrorCode::kInvalidArgument);  // 16-voxel crops cannot tile a 90 mm lesion
+
+  const PatientCase big = Phantom({{0, 0, 0}}, 45.0);
+  auto tiles = LesionTiles(big, c);
+  ASSERT_TRUE(tiles) << tiles.error().ToString();
+  ASSERT_EQ(tiles->size(), 8u);  // 90 mm: two 45 mm territories per axis
+  const double reach = 0.5 * 96.0 - 24.0;
+  for (const LesionTile& t : *tiles) {
+    for (int a = 0; a < 3; ++a) {  // each tile reaches 24 mm beyond the faces it shares
+      for (double face : {t.territory.min[a], t.territory.max[a]}) {
+        if (std::isfinite(face)) {
+          EXPECT_LE(std::abs(face - t.spec.center_world[a]), reach + 1e-9);
+        }
+      }
+    }
+  }
+  const DenseLabel tumor = big.tumor.ToDense();
+  std::int64_t tumor_voxels = 0;
+  for (std::int64_t k = 0; k < 80; ++k)
+    for (std::int64_t j = 0; j < 80; ++j)
+      for (std::int64_t i = 0; i < 80; ++i) {
+        if (tumor.at(i, j, k) == 0) continue;
+        ++tumor_voxels;
+        const Eigen::Vector3d w = tumor.geometry.IndexToWorld({double(i), double(j), double(k)});
+        int owners = 0;
+        for (const LesionTile& t : *tiles) {
+          owners += (w.array() >= t.territory.min.array()).all() &&
+                    (w.array() < t.territory.max.array()).all();
+        }
+        ASSERT_EQ(owners, 1) << "voxel " << i << "," << j << "," << k;
+      }
+
+  // Served: an outcome identical to the patient comes back whole, every tumor voxel viable (the
+  // decoded change is zero, the weight is 1 on the tumor of every territory) but for those
+  // within a lattice cell of the surface, where the 3 mm crop's mask is interpolated. One 96 mm
+  // crop would have tapered its weight from 30 mm out.
+  testing::TempDir dir;
+  DiffusionTrainOptions o = TinyTraining(3, 2, 2, 100);
+  o.config = c;
+  o.out = (dir.path() / "tiles.pt").string();
+  ASSERT_TRUE(TrainDiffusion(Pairs(c), {}, o, {}));
+  DiffusionBackendOptions b = Options();
+  b.model_path = o.out;
+  auto model = CreateDiffusionDynamics(b);
+  ASSERT_TRUE(model) << model.error().ToString();
+  const Outcome unchanged{P("Lipiodol"), 0, big.ct.DeepCopy(), big.tumor.DeepCopy()};
+  auto served = (*model)->Reconstruct(big, unchanged);
+  ASSERT_TRUE(served) << served.error().ToString();
+  ASSERT_TRUE(served->viable_fraction);
+  const DenseFloat fraction = served->viable_fraction->ToDense();
+  std::int64_t inner = 0, whole = 0;
+  for (std::int64_t k = 0; k < 80; ++k)
+    for (std::int64_t j = 0; j < 80; ++j)
+      for (std::int64_t i = 0; i < 80; ++i) {
+        if (tumor.geometry.IndexToWorld({double(i), double(j), double(k)}).norm() >= 45.0 - 4.5) {
+          continue;
+        }
+        ++inner;
+        whole += fraction.at(i, j, k) > 0.99f;
+      }
+  EXPECT_GT(inner, tumor_voxels / 2);
+  EXPECT_EQ(whole, inner);
+  EXPECT_EQ((*model)->counters().encodes, 8);
+}
+
 TEST_F(DiffusionTest, PostCropsCarryTheContinuousViableFraction) {
   const DiffusionConfig c = *DiffusionConfig::Preset("cpu", ActionBase::Default());
   const PatientCase p = Phantom({{0, 0, 0}});

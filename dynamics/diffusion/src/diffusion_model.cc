@@ -321,7 +321,8 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     return {config_.latent_channels, l, l, l};
   }
 
-  /// Crops, their latents and paste weights, once per patient (keyed like MechanisticDynamics).
+  /// Tiles (LesionTiles), their latents and paste footprints, once per patient (keyed like
+  /// MechanisticDynamics).
   Status PreparePatient(const PatientCase& patient) {
     if (patient.id == cached_id_ && &patient.tumor.grid() == cached_tumor_ && !crops_.empty()) {
       return {};
@@ -332,9 +333,9 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
       return e.WithContext("patient '" + patient.id + "'");
     };
     if (auto valid = patient.Validate(); !valid) return context(valid.error());
-    auto specs = LesionCrops(patient, config_);
-    if (!specs) return context(specs.error());
-    for (const CropSpec& spec : *specs) {
+    auto tiles = LesionTiles(patient, config_);
+    if (!tiles) return context(tiles.error());
+    for (const auto& [spec, territory] : *tiles) {
       auto channels = ExtractChannels(patient.ct, patient.tumor, spec, config_.window);
       if (!channels) return context(channels.error());
       Crop crop;
@@ -347,7 +348,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
       crop.context = torch::cat({crop.z_pre, torch::avg_pool3d(mask, 4)}, 1);
       const DenseFloat weight =
           BlendWeight(channels->mask, config_.spacing_mm, options_.blend_margin_mm);
-      auto footprint = PasteFootprint::Make(patient.ct.geometry(), weight);
+      auto footprint = PasteFootprint::Make(patient.ct.geometry(), weight, territory);
       if (!footprint) return context(footprint.error());
       crop.footprint = std::move(*footprint);
       crop.decoded_pre = net_->ae->Decode(crop.z_pre).to(torch::kCPU).contiguous()[0];

@@ -8,6 +8,7 @@
 #include <Eigen/Core>
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "mewm/core/dense.h"
@@ -39,8 +40,10 @@ Expected<DenseLabel> ExtractCrop(const LabelVolume& labels, const CropSpec& spec
 class PasteFootprint {
  public:
   /// `weight` lives on the crop lattice (its dims and geometry), values in [0, 1]; kInvalidArgument
-  /// otherwise.
-  static Expected<PasteFootprint> Make(const Geometry& volume_geometry, const DenseFloat& weight);
+  /// otherwise. With `within`, only voxels whose centre lies in that world box, min included and
+  /// max excluded, so that boxes that tile space give footprints that share no voxel.
+  static Expected<PasteFootprint> Make(const Geometry& volume_geometry, const DenseFloat& weight,
+                                       const std::optional<WorldBox>& within = std::nullopt);
 
   /// Number of volume voxels with a positive weight.
   std::size_t size() const { return voxels_.size(); }

@@ -86,6 +86,25 @@ struct CropChannels {
 Expected<std::vector<CropSpec>> LesionCrops(const PatientCase& patient,
                                             const DiffusionConfig& config);
 
+/// A crop lattice the serving backend samples, and the part of the patient it answers for.
+struct LesionTile {
+  CropSpec spec;
+  /// World box (LPS mm) whose voxels this tile's paste may change (PasteFootprint's `within`);
+  /// unbounded (+-inf) for a lesion that one crop holds whole.
+  WorldBox territory;
+};
+
+/// Crop lattices that hold every lesion whole, for serving: a lesion that one crop holds with an
+/// 8 mm margin gets LesionCrops' crop, with an unbounded territory. A larger lesion (above 80 mm
+/// along an axis at the cpu config's 96 mm crops) is tiled: its box is cut into n_x x n_y x n_z
+/// equal territories of at most crop - 16 voxels per axis, each at the centre of its own crop, so
+/// every tile reaches 8 voxels (12 mm at 1.5 mm) beyond its territory, where the paste weight is
+/// whole. Before tiling, the part of a large lesion outside its one crop read as fully necrotic.
+/// kInvalidArgument for an empty tumor mask, and for a lesion to tile with crops of 24 voxels or
+/// fewer.
+Expected<std::vector<LesionTile>> LesionTiles(const PatientCase& patient,
+                                              const DiffusionConfig& config);
+
 /// Resamples CT (windowed to [-1, 1]) and a label mask (non-zero = 1) into `spec`.
 /// kInvalidArgument when the CT crop holds NaN or Inf; kMismatch when the two volumes' lattices
 /// differ.
