@@ -126,9 +126,11 @@ void ForEachCoveredVoxel(const Geometry& volume_geometry, const Geometry& crop_g
 
 template <typename T>
 Status CheckDenseData(const DenseVolume<T>& dense, const char* what) {
-  if (dense.data.size() != static_cast<std::size_t>(dense.dims[0] * dense.dims[1] * dense.dims[2]) ||
+  if (dense.data.size() !=
+          static_cast<std::size_t>(dense.dims[0] * dense.dims[1] * dense.dims[2]) ||
       dense.data.empty()) {
-    return MakeError(ErrorCode::kInvalidArgument, std::string(what) + " data size does not match its dims");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     std::string(what) + " data size does not match its dims");
   }
   return dense.geometry.Validate();
 }
@@ -162,13 +164,15 @@ struct PasteAccess {
   static Status Check(const PasteFootprint& footprint, const Geometry& volume,
                       const DenseVolume<T>& crop) {
     MEWM_RETURN_IF_ERROR(CheckDenseData(crop, "crop"));
-    if (crop.dims != footprint.crop_dims_ || !crop.geometry.ApproxEquals(footprint.crop_geometry_)) {
+    if (crop.dims != footprint.crop_dims_ ||
+        !crop.geometry.ApproxEquals(footprint.crop_geometry_)) {
       return MakeError(ErrorCode::kMismatch,
                        "the crop's lattice differs from the paste footprint's (dims or geometry)");
     }
     if (!volume.ApproxEquals(footprint.volume_geometry_)) {
-      return MakeError(ErrorCode::kMismatch,
-                       "the volume's geometry differs from the one the paste footprint was made for");
+      return MakeError(
+          ErrorCode::kMismatch,
+          "the volume's geometry differs from the one the paste footprint was made for");
     }
     return {};
   }
