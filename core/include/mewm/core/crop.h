@@ -64,8 +64,8 @@ class PasteFootprint {
 
 /// Blends `crop` into `volume`: v = w * crop + (1 - w) * v for every voxel of the volume whose
 /// centre falls inside the crop lattice, with crop and weight sampled trilinearly. `weight` has the
-/// crop's dims, values in [0, 1]. Voxels that end at the background become inactive.
-/// kMismatch when the weight's dims differ from the crop's.
+/// crop's dims and geometry, values in [0, 1]. Voxels that end at the background become inactive.
+/// kMismatch when the weight's dims or geometry differ from the crop's.
 Status PasteCrop(Volume& volume, const DenseFloat& crop, const DenseFloat& weight);
 /// Adds a change: v = v + w * delta over the same voxels, so that what the change leaves alone
 /// (texture, noise) stays exactly as it was. kMismatch when the dims differ.
