@@ -135,6 +135,9 @@ SamplerConfig ReferenceSampler() { return SamplerConfig{200, 1.0, 1.0}; }
 
 namespace {
 
+/// A lesion within this margin of a crop's faces is held by it (LesionCrops, LesionTiles).
+constexpr double kLesionMarginMm = 8.0;
+
 /// LesionCrops' crops, each with the box of the lesion it is centred on.
 struct CentredCrop {
   CropSpec spec;
@@ -152,14 +155,13 @@ Expected<std::vector<CentredCrop>> CentredCrops(const PatientCase& patient,
                      "patient '" + patient.id + "' has an empty tumor mask");
   }
   const double half = 0.5 * config.crop_voxels * config.spacing_mm;
-  constexpr double kMarginMm = 8.0;
   std::vector<CentredCrop> crops;
   for (std::int32_t label : labels) {
     MEWM_TRY(const WorldBox box, LabelWorldBox(patient.tumor, label));
     const Eigen::Vector3d centre = 0.5 * (box.min + box.max);
     const bool covered = std::any_of(crops.begin(), crops.end(), [&](const CentredCrop& c) {
-      return ((box.min - c.spec.center_world).array().abs() < half - kMarginMm).all() &&
-             ((box.max - c.spec.center_world).array().abs() < half - kMarginMm).all();
+      return ((box.min - c.spec.center_world).array().abs() < half - kLesionMarginMm).all() &&
+             ((box.max - c.spec.center_world).array().abs() < half - kLesionMarginMm).all();
     });
     if (covered) continue;
     CropSpec spec;
@@ -185,7 +187,6 @@ Expected<std::vector<LesionTile>> LesionTiles(const PatientCase& patient,
                                               const DiffusionConfig& config) {
   MEWM_TRY(const std::vector<CentredCrop> crops, CentredCrops(patient, config));
   const double edge = config.crop_voxels * config.spacing_mm;
-  constexpr double kFitMarginMm = 8.0;  // LesionCrops' margin: a lesion within it fits one crop
   // A tile's reach beyond its territory: 8 voxels (12 mm at 1.5 mm), past BlendWeight's border
   // taper (6 voxels), so the weight is whole up to the territory's faces.
   const double tile_margin_mm = 8.0 * config.spacing_mm;
@@ -194,7 +195,7 @@ Expected<std::vector<LesionTile>> LesionTiles(const PatientCase& patient,
   std::vector<LesionTile> tiles;
   for (const auto& [crop, box] : crops) {
     const Eigen::Vector3d extent = box.max - box.min;
-    if ((extent.array() < edge - 2.0 * kFitMarginMm).all()) {
+    if ((extent.array() < edge - 2.0 * kLesionMarginMm).all()) {
       tiles.push_back({crop, everywhere});
       continue;
     }
