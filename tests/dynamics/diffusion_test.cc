@@ -425,6 +425,53 @@ TEST_F(DiffusionTest, GuidanceDistilsIntoOnePass) {
   EXPECT_EQ(TrainDiffusion(Pairs(t.config), {}, t, {}).error().code, ErrorCode::kInvalidArgument);
 }
 
+TEST_F(DiffusionTest, FineTuningKeepsTheAutoencoderAndTrainsTheDenoiserFurther) {
+  DiffusionTrainOptions t = TinyTraining(13, 20, 4, 100);
+  t.out = (dir_->path() / "base.pt").string();
+  auto base = TrainDiffusion(Pairs(t.config), {}, t, {});
+  ASSERT_TRUE(base) << base.error().ToString();
+  t.init_from = t.out;
+  t.out = (dir_->path() / "tuned.pt").string();
+  t.seed = 14;
+  t.denoiser_steps = 10;
+  int steps = 0;
+  auto tuned = TrainDiffusion(Pairs(t.config), {}, t, [&](const DiffusionTrainProgress& p) {
+    EXPECT_EQ(p.stage, "denoiser");  // the autoencoder stage is skipped
+    ++steps;
+  });
+  ASSERT_TRUE(tuned) << tuned.error().ToString();
+  EXPECT_EQ(steps, 10);
+  // The same autoencoder and latent scale: the same reconstructions of the same crops.
+  EXPECT_FLOAT_EQ(float(tuned->latent_scale), float(base->latent_scale));  // stored as float
+  EXPECT_EQ(tuned->ae_val_l1_ct, base->ae_val_l1_ct);
+  EXPECT_EQ(tuned->ae_val_mask_dice, base->ae_val_mask_dice);
+  // Not distilled: scored over the whole guidance grid, and loadable with guidance.
+  EXPECT_EQ(tuned->guidance_scores.size(), t.guidance_grid.size());
+  DiffusionBackendOptions o = Options();
+  o.model_path = t.out;
+  o.sampler.guidance = 2.0;
+  auto model = CreateDiffusionDynamics(o);
+  ASSERT_TRUE(model) << model.error().ToString();
+  EXPECT_EQ((*model)->config().guidance_distilled, 1.0);
+
+  // Refusals: with a distillation, a missing checkpoint, another architecture.
+  const std::string tuned_path = t.out;
+  t.distill_from = tuned_path;
+  auto both = TrainDiffusion(Pairs(t.config), {}, t, {});
+  ASSERT_FALSE(both);
+  EXPECT_EQ(both.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(both.error().message.find("init_from"), std::string::npos) << both.error().message;
+  t.distill_from.clear();
+  t.init_from = (dir_->path() / "missing.pt").string();
+  EXPECT_EQ(TrainDiffusion(Pairs(t.config), {}, t, {}).error().code, ErrorCode::kNotFound);
+  t.init_from = tuned_path;
+  t.config.embed_dim = 32;
+  const auto other = TrainDiffusion(Pairs(t.config), {}, t, {});
+  ASSERT_FALSE(other);
+  EXPECT_EQ(other.error().code, ErrorCode::kMismatch);
+  EXPECT_NE(other.error().message.find("fine-tune"), std::string::npos) << other.error().message;
+}
+
 TEST_F(DiffusionTest, BadInputGivesClearErrors) {
   auto model = Model();
   ASSERT_TRUE(model);

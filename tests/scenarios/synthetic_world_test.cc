@@ -99,6 +99,58 @@ TEST_F(SyntheticWorldTest, TruthFindsTheMinimumOverEveryValidPlan) {
   EXPECT_GT(truth->pre_viable_ml, 0.0);
 }
 
+TEST_F(SyntheticWorldTest, EmbolicContrastShowsThePatientsDrugsWithOtherEmbolics) {
+  const ActionBase& actions = ActionBase::Default();
+  const std::vector<std::string> drugs = actions.Drugs();
+  const auto drugs_of = [&](const Plan& plan) {
+    std::vector<std::string> out;
+    for (const std::string& item : plan.items()) {
+      if (std::find(drugs.begin(), drugs.end(), item) != drugs.end()) out.push_back(item);
+    }
+    return out;
+  };
+  WorldConfig random = SmallWorld(), contrast = SmallWorld();
+  random.counterfactual_plans = contrast.counterfactual_plans = 7;
+  contrast.counterfactual_design = CounterfactualDesign::kEmbolicContrast;
+  auto a = SyntheticWorld::Create(random, actions), b = SyntheticWorld::Create(contrast, actions);
+  ASSERT_TRUE(a && b);
+  int same_drugs_random = 0;
+  for (int i = 0; i < 20; ++i) {
+    const SyntheticPatient r = a->Sample(9, i), c = b->Sample(9, i);
+    // The plans are drawn last: the patient is the same under both designs.
+    EXPECT_EQ(r.administered, c.administered);
+    EXPECT_EQ(r.covariates.age_years, c.covariates.age_years);
+    EXPECT_EQ(r.covariates.max_diameter_mm, c.covariates.max_diameter_mm);
+    ASSERT_EQ(r.lesions.size(), c.lesions.size());
+    ASSERT_EQ(c.counterfactual.size(), 7u);
+    int same = 0;
+    for (std::size_t k = 0; k < c.counterfactual.size(); ++k) {
+      const Plan& plan = c.counterfactual[k];
+      EXPECT_NE(plan, c.administered);
+      EXPECT_TRUE(actions.Validate(plan)) << plan.ToString();
+      EXPECT_EQ(std::count(c.counterfactual.begin(), c.counterfactual.end(), plan), 1);
+      const bool kept = drugs_of(plan) == drugs_of(c.administered);
+      same += kept;
+      // The first ceil(7/2) = 4 keep the drugs (every drug set has at least 4 other embolic
+      // choices), then come the random plans.
+      if (k < 4) {
+        EXPECT_TRUE(kept) << plan.ToString() << " against " << c.administered.ToString();
+      }
+    }
+    EXPECT_GE(same, 4);
+    for (const Plan& plan : r.counterfactual)
+      same_drugs_random += drugs_of(plan) == drugs_of(r.administered);
+  }
+  // Uniform draws rarely keep the drugs.
+  EXPECT_LT(same_drugs_random, 20);
+  EXPECT_EQ(*ParseCounterfactualDesign("embolic-contrast"), CounterfactualDesign::kEmbolicContrast);
+  EXPECT_EQ(ToString(CounterfactualDesign::kRandom), "random");
+  const auto bad = ParseCounterfactualDesign("contrast");
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(bad.error().message.find("embolic-contrast"), std::string::npos);
+}
+
 TEST_F(SyntheticWorldTest, BadConfigsAreRejected) {
   WorldConfig c = SmallWorld();
   c.spacing_mm = 0.0;

@@ -638,9 +638,17 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
   const std::string cohort = dir_.File("dd");
   Result r = RunMewm(
       "cohort generate --n 12 --seed 8 --spacing 3 --plans-per-patient 2 "
-      "--no-nifti --quiet --out " +
+      "--counterfactual-design embolic-contrast --no-nifti --quiet --out " +
       cohort);
   ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(nlohmann::json::parse(ReadText(cohort + "/manifest.json")).at("counterfactual_design"),
+            "embolic-contrast");
+  r = RunMewm(
+      "cohort generate --n 1 --plans-per-patient 2 --counterfactual-design contrast "
+      "--out " +
+      dir_.File("bad_design"));
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("embolic-contrast"), std::string::npos) << r.output;
   const std::string model = dir_.File("dd.pt");
   r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + model +
               " --ae-steps 2 --denoiser-steps 2 --ae-batch 2 --denoiser-batch 2 "
@@ -664,6 +672,15 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
     EXPECT_EQ(m.at("hu_mae").is_null(), m.at("method") == "complete response");
     EXPECT_EQ(m.contains("turing"), m.at("method") != "complete response");
   }
+  // Fine-tuned on the same cohort: the command records where it started.
+  const std::string tuned = dir_.File("dd_tuned.pt");
+  r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + tuned + " --init-from " +
+              model +
+              " --denoiser-steps 2 --denoiser-batch 2 --validation-fraction 0.25 --threads 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = RunMewm("inspect --json " + tuned);
+  EXPECT_NE(r.output.find("--init-from"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("fine_tuned_from"), std::string::npos) << r.output;
   // Its guidance distilled into a student: the command records it, and the student refuses to be
   // guided again.
   const std::string student = dir_.File("dd_student.pt");

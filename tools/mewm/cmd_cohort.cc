@@ -12,7 +12,7 @@ Action RegisterCohort(CLI::App& app) {
   struct Options {
     int n = 0;
     std::uint64_t seed = 1;
-    std::string out, dir;
+    std::string out, dir, counterfactual_design = "random";
     int plans_per_patient = 0;
     bool force = false, no_nifti = false, quiet = false, strict = false;
     double spacing_mm = 1.0;
@@ -32,6 +32,12 @@ Action RegisterCohort(CLI::App& app) {
   generate
       ->add_option("--plans-per-patient", o->plans_per_patient,
                    "Extra counterfactual plans simulated per patient (for training)")
+      ->capture_default_str();
+  generate
+      ->add_option("--counterfactual-design", o->counterfactual_design,
+                   "How the counterfactual plans are drawn: random, or embolic-contrast (half of "
+                   "them keep the administered plan's drugs with other embolics)")
+      ->check(CLI::IsMember({"random", "embolic-contrast"}))
       ->capture_default_str();
   generate->add_option("--spacing", o->spacing_mm, "CT voxel size in mm")->capture_default_str();
   generate->add_flag("--force", o->force, "Replace the cohort in a non-empty output folder");
@@ -67,6 +73,9 @@ Action RegisterCohort(CLI::App& app) {
       options.write_nifti = !o->no_nifti;
       options.world.spacing_mm = o->spacing_mm;
       options.world.counterfactual_plans = o->plans_per_patient;
+      auto design = scenarios::ParseCounterfactualDesign(o->counterfactual_design);
+      if (!design) return Fail(design.error());
+      options.world.counterfactual_design = *design;
       ProgressBar bar("cohort", o->n, o->quiet);
       options.progress = [&bar](int done, int) { bar.Update(done); };
       Status generated = scenarios::GenerateCohort(options, ActionBase::Default());

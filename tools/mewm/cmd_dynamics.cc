@@ -24,7 +24,7 @@ namespace {
 
 /// `mewm train dynamics`'s options.
 struct TrainDynamicsOptions {
-  std::string cohort, out, config = "cpu", state_dir, distill_from;
+  std::string cohort, out, config = "cpu", state_dir, distill_from, init_from;
   double distill_guidance = 2.0;
   std::uint64_t seed = 1;
   int ae_steps = 1500, denoiser_steps = 1500, ae_batch = 8, denoiser_batch = 12, threads = 0;
@@ -54,6 +54,11 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
   sub->add_option("--distill-from", o->distill_from,
                   "Guidance distillation: a trained checkpoint whose denoiser learns to predict "
                   "its guided output in one pass (its autoencoder is kept; --ae-steps unused)")
+      ->check(CLI::ExistingFile);
+  sub->add_option("--init-from", o->init_from,
+                  "Fine-tuning: start from this trained checkpoint, keep its autoencoder and "
+                  "latent scale (--ae-steps unused) and train its denoiser --denoiser-steps more "
+                  "steps on --cohort")
       ->check(CLI::ExistingFile);
   sub->add_option("--distill-guidance", o->distill_guidance,
                   "The teacher's guidance scale to distil (with --distill-from)")
@@ -131,7 +136,8 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
       std::to_string(o.ae_batch) + " --denoiser-batch " + std::to_string(o.denoiser_batch) +
       (o.distill_from.empty() ? ""
                               : " --distill-from " + o.distill_from + " --distill-guidance " +
-                                    nlohmann::json(o.distill_guidance).dump());
+                                    nlohmann::json(o.distill_guidance).dump()) +
+      (o.init_from.empty() ? "" : " --init-from " + o.init_from);
   const auto [cohort_seed, data] = CohortProvenance(o.cohort);
   dynamics::DiffusionTrainOptions options;
   options.config = config;
@@ -143,6 +149,7 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
   options.state_dir = o.state_dir;
   options.distill_from = o.distill_from;
   options.distill_guidance = o.distill_guidance;
+  options.init_from = o.init_from;
   options.threads = o.threads;
   options.out = o.out;
   options.metadata_json =

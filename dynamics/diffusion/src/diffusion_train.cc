@@ -252,21 +252,23 @@ namespace {
 /// is set, because the networks draw their initial weights from it.
 class Trainer {
  public:
-  /// With a `teacher` (guidance distillation), both networks start as its copy and training
-  /// starts at the denoiser stage.
+  /// With a `start` (a guidance distillation's teacher, or the checkpoint fine-tuned), both
+  /// networks start as its copy and training starts at the denoiser stage. With a `teacher`, the
+  /// denoiser learns the teacher's guided prediction.
   Trainer(Stacked data, Stacked val, const DiffusionTrainOptions& o,
           const std::function<void(const DiffusionTrainProgress&)>& progress,
-          nets::DiffusionNet* teacher)
+          nets::DiffusionNet* start, nets::DiffusionNet* teacher)
       : o_(o),
         progress_(progress),
         data_(std::move(data)),
         val_(std::move(val)),
+        start_(start),
         teacher_(teacher) {
-    if (teacher_ != nullptr) {
-      CopyWeights(net_, *teacher_);
-      (*teacher_)->eval();
+    if (start_ != nullptr) {
+      CopyWeights(net_, *start_);
       state_ = {"denoiser", 0};
     }
+    if (teacher_ != nullptr) (*teacher_)->eval();
     CopyWeights(ema_, net_);
   }
 
@@ -274,7 +276,7 @@ class Trainer {
   Status Resume() {
     if (o_.state_dir.empty()) return {};
     MEWM_TRY(state_, LoadState(o_.state_dir, state_, net_, ema_));
-    result_.resumed_from_step = state_.stage == "autoencoder" || teacher_ != nullptr
+    result_.resumed_from_step = state_.stage == "autoencoder" || start_ != nullptr
                                     ? state_.step
                                     : o_.ae_steps + state_.step;
     return {};
@@ -283,7 +285,7 @@ class Trainer {
   Status TrainAutoencoder();
   /// Encodes every crop with the trained autoencoder: the denoiser's targets (the scaled change
   /// of the latent) and contexts, for training and validation. A distilled student keeps its
-  /// teacher's latent scale.
+  /// teacher's latent scale, a fine-tuned model its own.
   void EncodeLatents();
   Status TrainDenoiser();
   /// Ships the EMA denoiser with the trained autoencoder and scale, and scores the guidance grid
@@ -319,6 +321,7 @@ class Trainer {
   const DiffusionTrainOptions& o_;
   const std::function<void(const DiffusionTrainProgress&)>& progress_;
   const Stacked data_, val_;
+  nets::DiffusionNet* start_;    ///< the trained network training starts from, or null
   nets::DiffusionNet* teacher_;  ///< guidance distillation's teacher, or null
   nets::DiffusionNet net_{o_.config}, ema_{o_.config};
   TrainState state_;
@@ -417,8 +420,8 @@ void Trainer::EncodeLatents() {
   const torch::Tensor z_pre = EncodeAll(net_, data_.pre), z_post = EncodeAll(net_, data_.post);
   const torch::Tensor mask_down =
       torch::avg_pool3d(data_.pre.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5), 4);
-  double scale = net_->latent_scale.item<double>();  // a distilled student keeps its teacher's
-  if (teacher_ == nullptr) {
+  double scale = net_->latent_scale.item<double>();  // kept when starting from a checkpoint
+  if (start_ == nullptr) {
     scale = 1.0 / std::max((z_post - z_pre).std().item<double>(), 1e-3);
     torch::NoGradGuard no_grad;
     net_->latent_scale.fill_(scale);
@@ -580,6 +583,7 @@ Status Trainer::Save(std::size_t train_pairs, std::size_t validation_pairs) {
     config.guidance_distilled = o_.distill_guidance;
     meta["training"]["distilled_from"] = o_.distill_from;
   }
+  if (!o_.init_from.empty()) meta["training"]["fine_tuned_from"] = o_.init_from;
   return torch_bridge::SaveCheckpoint(o_.out, *ema_, {config.ToJson(), meta.dump()});
 }
 
@@ -589,10 +593,12 @@ Expected<DiffusionTrainReport> Train(
     const std::function<void(const DiffusionTrainProgress&)>& progress) {
   const auto t_start = Clock::now();
   MEWM_RETURN_IF_ERROR(o.config.Validate());
-  // A distillation keeps its teacher's autoencoder: the autoencoder's schedule is unused.
+  // A distillation or a fine-tuning keeps its start's autoencoder: the autoencoder's schedule is
+  // unused.
   const bool ae_bad = o.ae_steps < 1 || o.ae_batch < 1 || o.ae_patch < 8 || o.ae_patch % 4 != 0 ||
                       o.ae_patch > o.config.crop_voxels;
-  if ((ae_bad && o.distill_from.empty()) || o.denoiser_steps < 1 || o.denoiser_batch < 1) {
+  const bool from_checkpoint = !o.distill_from.empty() || !o.init_from.empty();
+  if ((ae_bad && !from_checkpoint) || o.denoiser_steps < 1 || o.denoiser_batch < 1) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "training steps and batches must be >= 1 and the patch a multiple of 4 "
                      "within the crop");
@@ -603,7 +609,19 @@ Expected<DiffusionTrainReport> Train(
   const std::vector<DiffusionPair>& validation_pairs = validation.empty() ? train : validation;
   MEWM_TRY(Stacked data, Stack(train, o.config));
   MEWM_TRY(Stacked val, Stack(validation_pairs, o.config));
-  std::optional<nets::DiffusionNet> teacher;
+  if (!o.distill_from.empty() && !o.init_from.empty()) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "fine-tuning (init_from) and guidance distillation (distill_from) do not "
+                     "combine: distil the fine-tuned checkpoint afterwards");
+  }
+  std::optional<nets::DiffusionNet> teacher, init;
+  if (!o.init_from.empty()) {
+    init.emplace(o.config);
+    if (auto loaded = torch_bridge::LoadCheckpoint(o.init_from, **init, o.config.ToJson());
+        !loaded) {
+      return loaded.error().WithContext("the checkpoint to fine-tune");
+    }
+  }
   if (!o.distill_from.empty()) {
     if (!(o.distill_guidance > 1.0 && o.distill_guidance <= 20.0)) {
       return MakeError(ErrorCode::kInvalidArgument,
@@ -619,7 +637,9 @@ Expected<DiffusionTrainReport> Train(
       return loaded.error().WithContext("the distillation's teacher");
     }
   }
-  Trainer trainer(std::move(data), std::move(val), o, progress, teacher ? &*teacher : nullptr);
+  nets::DiffusionNet* start = teacher ? &*teacher : init ? &*init : nullptr;
+  Trainer trainer(std::move(data), std::move(val), o, progress, start,
+                  teacher ? &*teacher : nullptr);
   MEWM_RETURN_IF_ERROR(trainer.Resume());
   MEWM_RETURN_IF_ERROR(trainer.TrainAutoencoder());
   trainer.EncodeLatents();

@@ -371,6 +371,7 @@ Status WriteCohortIndex(const CohortOptions& options, const SyntheticWorld& worl
       {"layout", kCohortLayout},
       {"n", options.n},
       {"plans_per_patient", options.world.counterfactual_plans},
+      {"counterfactual_design", ToString(options.world.counterfactual_design)},
       {"spacing_mm", options.world.spacing_mm},
       {"fov_mm", {options.world.fov_mm[0], options.world.fov_mm[1], options.world.fov_mm[2]}},
       {"follow_up_days", options.world.mechanistic.follow_up_days},

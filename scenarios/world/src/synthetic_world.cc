@@ -98,6 +98,17 @@ Plan DrawAdministeredPlan(Rng& rng, const ActionBase& actions, const std::vector
 
 }  // namespace
 
+Expected<CounterfactualDesign> ParseCounterfactualDesign(const std::string& text) {
+  if (text == "random") return CounterfactualDesign::kRandom;
+  if (text == "embolic-contrast") return CounterfactualDesign::kEmbolicContrast;
+  return MakeError(ErrorCode::kInvalidArgument,
+                   "unknown counterfactual design '" + text + "' (random or embolic-contrast)");
+}
+
+std::string ToString(CounterfactualDesign design) {
+  return design == CounterfactualDesign::kEmbolicContrast ? "embolic-contrast" : "random";
+}
+
 Status WorldConfig::Validate() const {
   if (!(spacing_mm >= 0.3 && spacing_mm <= 5.0)) {
     return MakeError(ErrorCode::kInvalidArgument, "world spacing must be in [0.3, 5] mm");
@@ -285,10 +296,36 @@ Covariates DrawCovariates(Rng& rng, const HiddenFactors& z, int lesion_count, do
   return c;
 }
 
-/// Draws `count` distinct plans of `plans`, none of them `administered`.
-std::vector<Plan> DrawCounterfactualPlans(Rng& rng, const std::vector<Plan>& plans,
-                                          const Plan& administered, int count) {
+/// The drugs of a plan (its items the action base calls drugs), in the plan's order.
+std::vector<std::string> DrugsOf(const Plan& plan, const ActionBase& actions) {
+  const std::vector<std::string> drugs = actions.Drugs();
+  std::vector<std::string> out;
+  for (const std::string& item : plan.items()) {
+    if (std::find(drugs.begin(), drugs.end(), item) != drugs.end()) out.push_back(item);
+  }
+  return out;
+}
+
+/// Draws `count` distinct plans of `plans`, none of them `administered` (see
+/// CounterfactualDesign).
+std::vector<Plan> DrawCounterfactualPlans(Rng& rng, const ActionBase& actions,
+                                          const std::vector<Plan>& plans, const Plan& administered,
+                                          int count, CounterfactualDesign design) {
   std::vector<Plan> counterfactual;
+  if (design == CounterfactualDesign::kEmbolicContrast) {
+    const std::vector<std::string> drugs = DrugsOf(administered, actions);
+    std::vector<Plan> same_drugs;
+    for (const Plan& p : plans) {
+      if (p != administered && DrugsOf(p, actions) == drugs) same_drugs.push_back(p);
+    }
+    const std::size_t take = std::min(same_drugs.size(), std::size_t(count + 1) / 2);
+    for (std::size_t k = 0; k < take; ++k) {  // a partial Fisher-Yates shuffle
+      const auto pick =
+          std::size_t(rng.UniformInt(std::int64_t(k), std::int64_t(same_drugs.size()) - 1));
+      std::swap(same_drugs[k], same_drugs[pick]);
+      counterfactual.push_back(same_drugs[k]);
+    }
+  }
   while (int(counterfactual.size()) < count) {
     const Plan& candidate = plans[std::size_t(rng.UniformInt(0, std::int64_t(plans.size()) - 1))];
     if (candidate != administered && std::find(counterfactual.begin(), counterfactual.end(),
@@ -317,7 +354,8 @@ SyntheticPatient SyntheticWorld::Sample(std::uint64_t cohort_seed, int index) co
   p.covariates = DrawCovariates(rng, z, int(p.lesions.size()), drawn.d1);
   p.administered = DrawAdministeredPlan(rng, actions_, plans_);
   p.counterfactual =
-      DrawCounterfactualPlans(rng, plans_, p.administered, config_.counterfactual_plans);
+      DrawCounterfactualPlans(rng, actions_, plans_, p.administered, config_.counterfactual_plans,
+                              config_.counterfactual_design);
   return p;
 }
 

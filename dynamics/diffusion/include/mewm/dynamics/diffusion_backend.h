@@ -84,6 +84,10 @@ struct DiffusionTrainOptions {
   /// the scale as DiffusionConfig::guidance_distilled.
   std::string distill_from;
   double distill_guidance = 2.0;
+  /// Fine-tuning when not empty: training starts from this trained checkpoint (not a distilled
+  /// one). Its autoencoder and latent scale are kept (the autoencoder stage is skipped) and its
+  /// denoiser trains on the pairs given for `denoiser_steps` more steps. Not with distill_from.
+  std::string init_from;
   std::string state_dir;  ///< resumable state; "" = no resume
   int threads = 0;
   std::string out;            ///< checkpoint to write

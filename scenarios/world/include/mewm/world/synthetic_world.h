@@ -72,6 +72,20 @@ struct SyntheticPatient {
   std::vector<Plan> counterfactual;  ///< extra plans simulated for training (--plans-per-patient)
 };
 
+/// How a patient's counterfactual plans (`mewm cohort generate --plans-per-patient K`) are drawn.
+enum class CounterfactualDesign {
+  /// K distinct valid plans drawn uniformly, none of them the administered one.
+  kRandom,
+  /// Up to ceil(K/2) plans with the administered plan's drugs and other embolics (in random
+  /// order), the rest drawn as kRandom. Each patient then shows embolics side by side, on its own
+  /// anatomy and lesion size, which uniform draws rarely do.
+  kEmbolicContrast,
+};
+
+/// "random" or "embolic-contrast"; kInvalidArgument otherwise.
+Expected<CounterfactualDesign> ParseCounterfactualDesign(const std::string& text);
+std::string ToString(CounterfactualDesign design);
+
 struct WorldConfig {
   double spacing_mm = 1.0;
   Eigen::Vector3d fov_mm{288, 224, 112};  ///< CT field of view (x, y, z)
@@ -83,6 +97,7 @@ struct WorldConfig {
   double censor_min_months = 6.0;      ///< administrative censoring ~ Uniform(min, max)
   double censor_max_months = 60.0;
   int counterfactual_plans = 0;
+  CounterfactualDesign counterfactual_design = CounterfactualDesign::kRandom;
 
   Status Validate() const;
   /// The CT lattice: isotropic spacing, identity direction, centred on the world origin.
