@@ -430,7 +430,7 @@ TEST_F(ServerTest, HeartbeatsNeverAnnounceASeqBeforeItIsPublished) {
   options.heartbeat_ms = 1;
   Script script;
   script.patients = 2;
-  script.candidates = 15000;
+  script.candidates = 40000;  // long enough (about 1.5 s) for well over 20 heartbeats
   StartServer(options, Scripted(script));
   auto watcher = NewClient();
   std::atomic<bool> live{false};
