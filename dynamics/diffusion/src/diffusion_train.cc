@@ -603,17 +603,17 @@ Expected<DiffusionTrainReport> Train(
                      "training steps and batches must be >= 1 and the patch a multiple of 4 "
                      "within the crop");
   }
+  if (!o.distill_from.empty() && !o.init_from.empty()) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "fine-tuning (init_from) and guidance distillation (distill_from) do not "
+                     "combine: distil the fine-tuned checkpoint afterwards");
+  }
   torch_bridge::ConfigureThreads(o.threads);
   torch_bridge::KeepLargeBuffersInHeap();
   torch::manual_seed(o.seed);
   const std::vector<DiffusionPair>& validation_pairs = validation.empty() ? train : validation;
   MEWM_TRY(Stacked data, Stack(train, o.config));
   MEWM_TRY(Stacked val, Stack(validation_pairs, o.config));
-  if (!o.distill_from.empty() && !o.init_from.empty()) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "fine-tuning (init_from) and guidance distillation (distill_from) do not "
-                     "combine: distil the fine-tuned checkpoint afterwards");
-  }
   std::optional<nets::DiffusionNet> teacher, init;
   if (!o.init_from.empty()) {
     init.emplace(o.config);

@@ -296,9 +296,8 @@ Covariates DrawCovariates(Rng& rng, const HiddenFactors& z, int lesion_count, do
   return c;
 }
 
-/// The drugs of a plan (its items the action base calls drugs), in the plan's order.
-std::vector<std::string> DrugsOf(const Plan& plan, const ActionBase& actions) {
-  const std::vector<std::string> drugs = actions.Drugs();
+/// The items of `plan` that are among `drugs` (the action base's drugs), in the plan's order.
+std::vector<std::string> DrugsOf(const Plan& plan, const std::vector<std::string>& drugs) {
   std::vector<std::string> out;
   for (const std::string& item : plan.items()) {
     if (std::find(drugs.begin(), drugs.end(), item) != drugs.end()) out.push_back(item);
@@ -313,10 +312,11 @@ std::vector<Plan> DrawCounterfactualPlans(Rng& rng, const ActionBase& actions,
                                           int count, CounterfactualDesign design) {
   std::vector<Plan> counterfactual;
   if (design == CounterfactualDesign::kEmbolicContrast) {
-    const std::vector<std::string> drugs = DrugsOf(administered, actions);
+    const std::vector<std::string> all_drugs = actions.Drugs();
+    const std::vector<std::string> drugs = DrugsOf(administered, all_drugs);
     std::vector<Plan> same_drugs;
     for (const Plan& p : plans) {
-      if (p != administered && DrugsOf(p, actions) == drugs) same_drugs.push_back(p);
+      if (p != administered && DrugsOf(p, all_drugs) == drugs) same_drugs.push_back(p);
     }
     const std::size_t take = std::min(same_drugs.size(), std::size_t(count + 1) / 2);
     for (std::size_t k = 0; k < take; ++k) {  // a partial Fisher-Yates shuffle
