@@ -88,6 +88,7 @@ std::string DiffusionConfig::ToJson() const {
             {"items", items}};
   // Written only when distilled, so configs of undistilled checkpoints stay as they were.
   if (guidance_distilled != 1.0) j["guidance_distilled"] = guidance_distilled;
+  if (lesion_size) j["lesion_size"] = true;  // likewise
   return j.dump();
 }
 
@@ -111,6 +112,7 @@ Expected<DiffusionConfig> DiffusionConfig::FromJson(const std::string& text,
     c.mask_channel = j.value("mask_channel", std::string("viable_mask"));
     c.items = j.at("items").get<std::vector<std::string>>();
     c.guidance_distilled = j.value("guidance_distilled", 1.0);
+    c.lesion_size = j.value("lesion_size", false);
   } catch (const std::exception& e) {
     return MakeError(ErrorCode::kParse, origin + ": not a diffusion config: " + e.what());
   }
@@ -138,10 +140,12 @@ namespace {
 /// A lesion within this margin of a crop's faces is held by it (LesionCrops, LesionTiles).
 constexpr double kLesionMarginMm = 8.0;
 
-/// LesionCrops' crops, each with the box of the lesion it is centred on.
+/// LesionCrops' crops, each with the box and the equivalent diameter of the lesion it is centred
+/// on.
 struct CentredCrop {
   CropSpec spec;
   WorldBox box;
+  double diameter_mm;
 };
 
 Expected<std::vector<CentredCrop>> CentredCrops(const PatientCase& patient,
@@ -168,19 +172,29 @@ Expected<std::vector<CentredCrop>> CentredCrops(const PatientCase& patient,
     spec.center_world = centre;
     spec.size = {config.crop_voxels, config.crop_voxels, config.crop_voxels};
     spec.spacing_mm = Eigen::Vector3d::Constant(config.spacing_mm);
-    crops.push_back({spec, box});
+    const Eigen::Vector3d& h = patient.tumor.geometry().spacing;
+    const double volume_mm3 = double(CountLabel(patient.tumor, label)) * h.prod();
+    crops.push_back({spec, box, std::cbrt(6.0 * volume_mm3 / M_PI)});
   }
   return crops;
 }
 
+/// An unbounded territory: every voxel.
+WorldBox Everywhere() {
+  const double inf = std::numeric_limits<double>::infinity();
+  return {Eigen::Vector3d::Constant(-inf), Eigen::Vector3d::Constant(inf)};
+}
+
 }  // namespace
 
-Expected<std::vector<CropSpec>> LesionCrops(const PatientCase& patient,
-                                            const DiffusionConfig& config) {
+double LesionSizeFeature(double diameter_mm) { return std::log(std::max(diameter_mm, 1.0) / 35.0); }
+
+Expected<std::vector<LesionTile>> LesionCrops(const PatientCase& patient,
+                                              const DiffusionConfig& config) {
   MEWM_TRY(const std::vector<CentredCrop> crops, CentredCrops(patient, config));
-  std::vector<CropSpec> specs;
-  for (const CentredCrop& c : crops) specs.push_back(c.spec);
-  return specs;
+  std::vector<LesionTile> out;
+  for (const CentredCrop& c : crops) out.push_back({c.spec, Everywhere(), c.diameter_mm});
+  return out;
 }
 
 Expected<std::vector<LesionTile>> LesionTiles(const PatientCase& patient,
@@ -190,13 +204,11 @@ Expected<std::vector<LesionTile>> LesionTiles(const PatientCase& patient,
   // A tile's reach beyond its territory: 8 voxels (12 mm at 1.5 mm), past BlendWeight's border
   // taper (6 voxels), so the weight is whole up to the territory's faces.
   const double tile_margin_mm = 8.0 * config.spacing_mm;
-  const double inf = std::numeric_limits<double>::infinity();
-  const WorldBox everywhere{Eigen::Vector3d::Constant(-inf), Eigen::Vector3d::Constant(inf)};
   std::vector<LesionTile> tiles;
-  for (const auto& [crop, box] : crops) {
+  for (const auto& [crop, box, diameter_mm] : crops) {
     const Eigen::Vector3d extent = box.max - box.min;
     if ((extent.array() < edge - 2.0 * kLesionMarginMm).all()) {
-      tiles.push_back({crop, everywhere});
+      tiles.push_back({crop, Everywhere(), diameter_mm});
       continue;
     }
     if (config.crop_voxels <= 24) {
@@ -214,7 +226,7 @@ Expected<std::vector<LesionTile>> LesionTiles(const PatientCase& patient,
       for (int j = 0; j < n[1]; ++j) {
         for (int i = 0; i < n[0]; ++i) {
           const int at[3] = {i, j, k};
-          LesionTile tile{crop, everywhere};
+          LesionTile tile{crop, Everywhere(), diameter_mm};
           for (int a = 0; a < 3; ++a) {
             const double step = extent[a] / n[a];
             tile.spec.center_world[a] = box.min[a] + (at[a] + 0.5) * step;

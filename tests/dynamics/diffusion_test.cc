@@ -83,12 +83,14 @@ std::vector<DiffusionPair> Pairs(const DiffusionConfig& config) {
   std::vector<DiffusionPair> pairs;
   for (int n = 0; n < 6; ++n) {
     const PatientCase pre = Phantom({{double(n % 3) * 3.0, 0, 0}}, 8.0 + n);
-    const CropSpec spec = LesionCrops(pre, config)->front();
+    const LesionTile crop = LesionCrops(pre, config)->front();
+    const CropSpec& spec = crop.spec;
     for (const auto& [plan, kept] : std::vector<std::pair<std::string, double>>{
              {"Lipiodol+Epirubicin", 0.8}, {"Lipiodol+PVA", 0.3}}) {
       const PatientCase post = Phantom({{double(n % 3) * 3.0, 0, 0}}, (8.0 + n) * kept, 20.0);
       pairs.push_back({pre.id, P(plan), *ExtractChannels(pre.ct, pre.tumor, spec, config.window),
-                       *ExtractChannels(post.ct, post.tumor, spec, config.window)});
+                       *ExtractChannels(post.ct, post.tumor, spec, config.window),
+                       crop.diameter_mm});
     }
   }
   return pairs;
@@ -160,6 +162,15 @@ TEST_F(DiffusionTest, ConfigRoundTripsAndRejectsBadValues) {
   EXPECT_DOUBLE_EQ(DiffusionConfig::FromJson(distilled.ToJson(), "d.pt")->guidance_distilled, 2.5);
   distilled.guidance_distilled = 0.5;
   EXPECT_FALSE(distilled.Validate());
+  // Likewise the lesion-size input.
+  EXPECT_FALSE(old.contains("lesion_size"));
+  EXPECT_FALSE(DiffusionConfig::FromJson(old.dump(), "v1.pt")->lesion_size);
+  DiffusionConfig sized = c;
+  sized.lesion_size = true;
+  EXPECT_TRUE(DiffusionConfig::FromJson(sized.ToJson(), "s.pt")->lesion_size);
+  EXPECT_NEAR(LesionSizeFeature(35.0), 0.0, 1e-12);
+  EXPECT_NEAR(LesionSizeFeature(70.0), std::log(2.0), 1e-12);
+  EXPECT_TRUE(std::isfinite(LesionSizeFeature(0.0)));
   EXPECT_FALSE((SamplerConfig{0, 0.0, 1.0}.Validate()));
   EXPECT_FALSE((SamplerConfig{10, 1.5, 1.0}.Validate()));
   EXPECT_EQ(ReferenceSampler().steps, 200);
@@ -174,7 +185,7 @@ TEST_F(DiffusionTest, CropsCoverEveryLesionAndWeightsFadeAwayFromTheTumor) {
   EXPECT_EQ(LesionCrops(empty, c).error().code, ErrorCode::kInvalidArgument);
 
   const PatientCase p = Phantom({{0, 0, 0}});
-  const CropSpec spec = LesionCrops(p, c)->front();
+  const CropSpec spec = LesionCrops(p, c)->front().spec;
   auto ch = ExtractChannels(p.ct, p.tumor, spec, c.window);
   ASSERT_TRUE(ch) << ch.error().ToString();
   EXPECT_EQ(ch->ct.dims, (Index3{64, 64, 64}));
@@ -195,7 +206,8 @@ TEST_F(DiffusionTest, ALesionLargerThanACropIsTiledAndServedWhole) {
   ASSERT_EQ(one->size(), 1u);
   EXPECT_TRUE(one->front().territory.min.array().isInf().all());
   EXPECT_EQ(one->front().spec.center_world,
-            LesionCrops(Phantom({{0, 0, 0}}, 12.0), c)->front().center_world);
+            LesionCrops(Phantom({{0, 0, 0}}, 12.0), c)->front().spec.center_world);
+  EXPECT_NEAR(one->front().diameter_mm, 24.0, 1.0);  // equivalent sphere of the voxelised ball
   EXPECT_EQ(LesionTiles(Phantom({{0, 0, 0}}, 45.0), Tiny()).error().code,
             ErrorCode::kInvalidArgument);  // 16-voxel crops cannot tile a 90 mm lesion
 
@@ -205,7 +217,8 @@ TEST_F(DiffusionTest, ALesionLargerThanACropIsTiledAndServedWhole) {
   ASSERT_EQ(tiles->size(), 8u);  // 90 mm: two 45 mm territories per axis
   const double reach = 0.5 * 96.0 - 24.0;
   for (const LesionTile& t : *tiles) {
-    for (int a = 0; a < 3; ++a) {  // each tile reaches 24 mm beyond the faces it shares
+    EXPECT_NEAR(t.diameter_mm, 90.0, 1.0);  // every tile reads the whole lesion's size
+    for (int a = 0; a < 3; ++a) {           // each tile reaches 24 mm beyond the faces it shares
       for (double face : {t.territory.min[a], t.territory.max[a]}) {
         if (std::isfinite(face)) {
           EXPECT_LE(std::abs(face - t.spec.center_world[a]), reach + 1e-9);
@@ -265,7 +278,7 @@ TEST_F(DiffusionTest, ALesionLargerThanACropIsTiledAndServedWhole) {
 TEST_F(DiffusionTest, PostCropsCarryTheContinuousViableFraction) {
   const DiffusionConfig c = *DiffusionConfig::Preset("cpu", ActionBase::Default());
   const PatientCase p = Phantom({{0, 0, 0}});
-  const CropSpec spec = LesionCrops(p, c)->front();
+  const CropSpec spec = LesionCrops(p, c)->front().spec;
   // A partial response: 30% of the tumor survives everywhere, so the thresholded mask is empty.
   Outcome o{P("Lipiodol+Epirubicin"), 0, p.ct.DeepCopy(),
             LabelVolume(p.ct.geometry(), p.ct.extent(), "viable")};
@@ -470,6 +483,33 @@ TEST_F(DiffusionTest, FineTuningKeepsTheAutoencoderAndTrainsTheDenoiserFurther) 
   ASSERT_FALSE(other);
   EXPECT_EQ(other.error().code, ErrorCode::kMismatch);
   EXPECT_NE(other.error().message.find("fine-tune"), std::string::npos) << other.error().message;
+}
+
+TEST_F(DiffusionTest, TheLesionSizeInputCanBeAddedByFineTuning) {
+  DiffusionTrainOptions t = TinyTraining(15, 10, 4, 100);
+  t.init_from = *model_path_;
+  t.config.lesion_size = true;
+  t.out = (dir_->path() / "sized.pt").string();
+  auto sized = TrainDiffusion(Pairs(t.config), {}, t, {});
+  ASSERT_TRUE(sized) << sized.error().ToString();
+  DiffusionBackendOptions o = Options();
+  o.model_path = t.out;
+  auto model = CreateDiffusionDynamics(o);
+  ASSERT_TRUE(model) << model.error().ToString();
+  EXPECT_TRUE((*model)->config().lesion_size);
+  // Two lesions in separate crops: each plan is embedded once per crop, with that crop's size.
+  const PatientCase two = Phantom({{-30, 0, 0}, {30, 0, 0}}, 8.0);
+  auto outcomes = (*model)->Simulate(two, {{P("Lipiodol+PVA"), 0, 1, 0}, {P("Lipiodol"), 0, 2, 0}});
+  ASSERT_TRUE(outcomes) << outcomes.error().ToString();
+  EXPECT_EQ((*model)->counters().plan_embeddings, 4);
+  // Not the reverse: a model with the input cannot start one without it.
+  t.init_from = t.out;
+  t.config.lesion_size = false;
+  t.out = (dir_->path() / "unsized.pt").string();
+  auto back = TrainDiffusion(Pairs(t.config), {}, t, {});
+  ASSERT_FALSE(back);
+  EXPECT_EQ(back.error().code, ErrorCode::kMismatch);
+  EXPECT_NE(back.error().message.find("lesion_size"), std::string::npos) << back.error().message;
 }
 
 TEST_F(DiffusionTest, BadInputGivesClearErrors) {

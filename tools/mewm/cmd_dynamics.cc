@@ -29,6 +29,7 @@ struct TrainDynamicsOptions {
   std::uint64_t seed = 1;
   int ae_steps = 1500, denoiser_steps = 1500, ae_batch = 8, denoiser_batch = 12, threads = 0;
   double validation_fraction = 0.1;
+  bool lesion_size = false;
   bool quiet = false;
 };
 
@@ -64,6 +65,10 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                   "The teacher's guidance scale to distil (with --distill-from)")
       ->check(CLI::Range(1.0, 20.0))
       ->capture_default_str();
+  sub->add_flag("--lesion-size", o->lesion_size,
+                "The plan embedding also reads the equivalent diameter of the lesion each crop "
+                "is centred on (a teacher distilled needs it too; --init-from may add it to a "
+                "checkpoint without it)");
 }
 
 /// Adds the validation split, resumable state, threads and progress options.
@@ -137,7 +142,8 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
       (o.distill_from.empty() ? ""
                               : " --distill-from " + o.distill_from + " --distill-guidance " +
                                     nlohmann::json(o.distill_guidance).dump()) +
-      (o.init_from.empty() ? "" : " --init-from " + o.init_from);
+      (o.init_from.empty() ? "" : " --init-from " + o.init_from) +
+      (o.lesion_size ? " --lesion-size" : "");
   const auto [cohort_seed, data] = CohortProvenance(o.cohort);
   dynamics::DiffusionTrainOptions options;
   options.config = config;
@@ -199,6 +205,7 @@ Action AddTrainDynamics(CLI::App& train_app) {
     const ActionBase& actions = ActionBase::Default();
     auto config = dynamics::DiffusionConfig::Preset(o->config, actions);
     if (!config) return Fail(config.error());
+    config->lesion_size = o->lesion_size;
     auto pairs = ReadTrainValPairs(*o, *config, actions);
     if (!pairs) return Fail(pairs.error());
     const dynamics::DiffusionTrainOptions options = TrainOptionsOf(*o, *config);

@@ -44,6 +44,18 @@ Expected<torch::Tensor> PlansToMultiHot(const std::vector<Plan>& plans,
   return rows;
 }
 
+torch::Tensor PlanRows(const torch::Tensor& multi_hot, const std::vector<double>& diameters,
+                       const DiffusionConfig& config) {
+  if (!config.lesion_size) return multi_hot;
+  const std::int64_t n = multi_hot.size(0);
+  torch::Tensor size = torch::empty({n, 1}, multi_hot.options());
+  for (std::int64_t r = 0; r < n; ++r) {
+    size[r][0] =
+        LesionSizeFeature(diameters.size() == 1 ? diameters[0] : diameters[std::size_t(r)]);
+  }
+  return torch::cat({multi_hot, size}, 1);
+}
+
 torch::Tensor Ddim(Denoiser& denoiser, torch::Tensor x, const torch::Tensor& context,
                    const torch::Tensor& plan, const std::vector<double>& alpha_bar,
                    const SamplerConfig& s,
@@ -195,11 +207,15 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     Stopwatch clock;
     MEWM_RETURN_IF_ERROR(PreparePatient(patient));
     counters_.prepare_s += clock.Lap();
-    // Each plan is embedded once per call, however many samples it has.
-    const torch::Tensor plan_emb = net_->denoiser->PlanEmbedding(multi_hot.to(device_));
-    counters_.plan_embeddings += std::int64_t(plans.size());
-    const torch::Tensor rows_plan =
-        plan_emb.index_select(0, torch::tensor(row_plan, torch::kLong).to(device_));
+    // Each plan is embedded once per call, however many samples it has (once per crop when the
+    // embedding reads the size of the crop's lesion).
+    const torch::Tensor row_index = torch::tensor(row_plan, torch::kLong).to(device_);
+    const auto embed = [&](double diameter_mm) {
+      counters_.plan_embeddings += std::int64_t(plans.size());
+      const torch::Tensor rows = nets::PlanRows(multi_hot, {diameter_mm}, config_);
+      return net_->denoiser->PlanEmbedding(rows.to(device_)).index_select(0, row_index);
+    };
+    torch::Tensor rows_plan = config_.lesion_size ? torch::Tensor() : embed(0.0);
 
     std::vector<Outcome> outcomes;
     outcomes.reserve(requests.size());
@@ -209,6 +225,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     counters_.paste_s += clock.Lap();
     const std::int64_t n = std::int64_t(requests.size());
     for (std::size_t c = 0; c < crops_.size(); ++c) {
+      if (config_.lesion_size) rows_plan = embed(crops_[c].diameter_mm);
       for (std::int64_t begin = 0; begin < n; begin += kMaxRows) {
         const std::int64_t end = std::min(n, begin + kMaxRows);
         std::vector<torch::Tensor> noise;
@@ -298,6 +315,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
 
   struct Crop {
     CropSpec spec;
+    double diameter_mm = 0.0;  ///< of the lesion the tile is centred on (LesionTile)
     Geometry geometry;
     torch::Tensor z_pre;        ///< [1, latent, l, l, l]
     torch::Tensor context;      ///< [1, latent + 1, l, l, l]: z_pre, downsampled mask
@@ -335,11 +353,12 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     if (auto valid = patient.Validate(); !valid) return context(valid.error());
     auto tiles = LesionTiles(patient, config_);
     if (!tiles) return context(tiles.error());
-    for (const auto& [spec, territory] : *tiles) {
+    for (const auto& [spec, territory, diameter_mm] : *tiles) {
       auto channels = ExtractChannels(patient.ct, patient.tumor, spec, config_.window);
       if (!channels) return context(channels.error());
       Crop crop;
       crop.spec = spec;
+      crop.diameter_mm = diameter_mm;
       crop.geometry = channels->ct.geometry;
       const torch::Tensor input = nets::ChannelsToTensor(*channels).unsqueeze(0).to(device_);
       crop.z_pre = net_->ae->Encode(input).first;
@@ -438,6 +457,7 @@ Expected<std::unique_ptr<DiffusionDynamics>> CreateDiffusionDynamics(
   } else {
     MEWM_TRY(expected, DiffusionConfig::Preset(options.config, options.actions));
     expected.guidance_distilled = stored.guidance_distilled;  // the weights', not the preset's
+    expected.lesion_size = stored.lesion_size;                // likewise
   }
   MEWM_RETURN_IF_ERROR(CheckSampler(expected, options.sampler, options.model_path));
   torch_bridge::ConfigureThreads(options.threads);

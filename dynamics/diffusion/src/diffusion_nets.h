@@ -9,8 +9,9 @@
 // Denoiser: a 2-level 3D U-Net on [noisy delta latent, pre-treatment latent, tumor mask / 4],
 // predicting v; time + plan embedding drive a scale/shift in every residual block. The plan
 // embedding is an MLP over the sum of learned item embeddings (order-invariant), with a learned
-// null plan for classifier-free guidance. The diffusion runs on the change of the latent,
-// (z_post - z_pre) * latent_scale, which is zero away from the tumor.
+// null plan for classifier-free guidance; optionally the lesion's size enters the same MLP. The
+// diffusion runs on the change of the latent, (z_post - z_pre) * latent_scale, which is zero away
+// from the tumor.
 #pragma once
 
 #include <torch/torch.h>
@@ -178,6 +179,13 @@ class DenoiserImpl : public torch::nn::Module {
     plan1 = register_module("plan1", torch::nn::Linear(e, e));
     plan2 = register_module("plan2", torch::nn::Linear(e, e));
     null_plan = register_parameter("null_plan", torch::randn({e}) * 0.02);
+    if (c.lesion_size) {
+      // Zero at the start: a denoiser fine-tuned from one without it starts where that one was.
+      size = register_module("size", torch::nn::Linear(1, e));
+      torch::NoGradGuard no_grad;
+      size->weight.zero_();
+      size->bias.zero_();
+    }
     conv_in = register_module("conv_in", Conv3d(2 * latent + 1, c0, 3));
     rb_in = register_module("rb_in", ResBlock(c0, c0, e));
     down = register_module("down", Conv3d(c0, c1, 3, 2));
@@ -192,9 +200,14 @@ class DenoiserImpl : public torch::nn::Module {
     conv_out->bias.zero_();
   }
   /// Plans as multi-hot rows over the vocabulary, [P, V] -> [P, embed]: sum of item embeddings
-  /// (order-invariant), then an MLP.
-  torch::Tensor PlanEmbedding(const torch::Tensor& multi_hot) {
-    return plan2(torch::silu(plan1(multi_hot.matmul(items->weight))));
+  /// (order-invariant), then an MLP. With DiffusionConfig::lesion_size each row has one more
+  /// column, the crop's LesionSizeFeature, added inside the MLP (before its nonlinearity), so an
+  /// item's effect can depend on the lesion's size.
+  torch::Tensor PlanEmbedding(const torch::Tensor& rows) {
+    const std::int64_t v = items->weight.size(0);
+    torch::Tensor h = plan1(rows.slice(1, 0, v).matmul(items->weight));
+    if (size) h = h + size(rows.slice(1, v, v + 1));
+    return plan2(torch::silu(h));
   }
   /// x: [N, latent] noisy delta; context: [N, latent + 1] (pre latent, mask); t: [N] float
   /// timesteps; plan: [N, embed] plan embeddings (or the null plan).
@@ -208,7 +221,7 @@ class DenoiserImpl : public torch::nn::Module {
     h = rb_up(torch::cat({h, h0}, 1), cond);
     return conv_out(torch::silu(norm_out(h)));
   }
-  torch::nn::Linear time1{nullptr}, time2{nullptr}, plan1{nullptr}, plan2{nullptr};
+  torch::nn::Linear time1{nullptr}, time2{nullptr}, plan1{nullptr}, plan2{nullptr}, size{nullptr};
   torch::nn::Embedding items{nullptr};
   torch::Tensor null_plan;
   Conv3d conv_in{nullptr}, down{nullptr}, up{nullptr}, conv_out{nullptr};
@@ -283,6 +296,12 @@ torch::Tensor ResidualFraction(const torch::Tensor& post, const torch::Tensor& p
 /// Multi-hot plan rows over `vocabulary`; kInvalidArgument naming an unknown item.
 Expected<torch::Tensor> PlansToMultiHot(const std::vector<Plan>& plans,
                                         const std::vector<std::string>& vocabulary);
+
+/// The denoiser's plan rows (Denoiser::PlanEmbedding's input): `multi_hot` [P, V], with one more
+/// column holding LesionSizeFeature(diameters[p]) when config.lesion_size (`diameters` has one
+/// entry per row, or one for all rows).
+torch::Tensor PlanRows(const torch::Tensor& multi_hot, const std::vector<double>& diameters,
+                       const DiffusionConfig& config);
 
 /// A crop pair as a [2, D, H, W] tensor (CT, mask mapped to [-1, 1]).
 torch::Tensor ChannelsToTensor(const CropChannels& channels);

@@ -43,9 +43,10 @@ double Seconds(Clock::time_point t0) {
 }
 
 /// The stacked dataset: [M, 2, D, H, W] pre and post crops in half precision (1 MiB per crop at
-/// 64^3), plus each pair's plan row.
+/// 64^3), plus each pair's plan row (nets::PlanRows: the plan, and the lesion's size when the
+/// config reads it).
 struct Stacked {
-  torch::Tensor pre, post, multi_hot;
+  torch::Tensor pre, post, plan_rows;
 };
 
 Expected<Stacked> Stack(const std::vector<DiffusionPair>& pairs, const DiffusionConfig& config) {
@@ -53,6 +54,7 @@ Expected<Stacked> Stack(const std::vector<DiffusionPair>& pairs, const Diffusion
   const Index3 want{config.crop_voxels, config.crop_voxels, config.crop_voxels};
   std::vector<torch::Tensor> pre, post;
   std::vector<Plan> plans;
+  std::vector<double> diameters;
   for (const DiffusionPair& p : pairs) {
     for (const CropChannels* c : {&p.pre, &p.post}) {
       if (c->ct.dims != want || c->mask.dims != want) {
@@ -65,9 +67,11 @@ Expected<Stacked> Stack(const std::vector<DiffusionPair>& pairs, const Diffusion
     pre.push_back(nets::ChannelsToTensor(p.pre).to(torch::kHalf));
     post.push_back(nets::ChannelsToTensor(p.post).to(torch::kHalf));
     plans.push_back(p.plan);
+    diameters.push_back(p.lesion_diameter_mm);
   }
-  MEWM_TRY(torch::Tensor multi_hot, nets::PlansToMultiHot(plans, config.items));
-  return Stacked{torch::stack(pre), torch::stack(post), multi_hot};
+  MEWM_TRY(const torch::Tensor multi_hot, nets::PlansToMultiHot(plans, config.items));
+  return Stacked{torch::stack(pre), torch::stack(post),
+                 nets::PlanRows(multi_hot, diameters, config)};
 }
 
 /// Reconstruction loss of the autoencoder: L1 per channel (mask weighted 2x), an L1 on the CT's
@@ -147,10 +151,14 @@ void UpdateEma(nets::DiffusionNet& ema, nets::DiffusionNet& net, double decay) {
   }
 }
 
+/// Copies every parameter and buffer `from` has; one it lacks keeps its initialisation (the size
+/// input of a DiffusionConfig::lesion_size denoiser fine-tuned from one without it).
 void CopyWeights(nets::DiffusionNet& to, nets::DiffusionNet& from) {
   torch::NoGradGuard no_grad;
   auto t = to->named_parameters(), f = from->named_parameters();
-  for (auto& item : t) item.value().copy_(f[item.key()]);
+  for (auto& item : t) {
+    if (const torch::Tensor* source = f.find(item.key())) item.value().copy_(*source);
+  }
   auto tb = to->named_buffers(), fb = from->named_buffers();
   for (auto& item : tb) item.value().copy_(fb[item.key()]);
 }
@@ -173,7 +181,7 @@ torch::Tensor EncodeAll(nets::DiffusionNet& net, const torch::Tensor& crops) {
 /// the mean absolute error per crop.
 std::vector<GuidanceScore> ScoreGuidance(
     nets::DiffusionNet& net, const std::vector<DiffusionPair>& pairs, const torch::Tensor& z_pre,
-    const torch::Tensor& context, const torch::Tensor& multi_hot, const torch::Tensor& pre,
+    const torch::Tensor& context, const torch::Tensor& plan_rows, const torch::Tensor& pre,
     const torch::Tensor& post, const std::vector<double>& alpha_bar,
     const std::vector<double>& grid, const DiffusionTrainOptions& o) {
   torch::NoGradGuard no_grad;
@@ -191,7 +199,7 @@ std::vector<GuidanceScore> ScoreGuidance(
   const torch::Tensor true_ml =
       post.slice(0, 0, n).slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5).sum({1, 2, 3, 4}) *
       voxel_ml;
-  const torch::Tensor plan_emb = net->denoiser->PlanEmbedding(multi_hot.slice(0, 0, n));
+  const torch::Tensor plan_emb = net->denoiser->PlanEmbedding(plan_rows.slice(0, 0, n));
   auto gen = Rng(o.seed, {4});
   const torch::Tensor noise = torch::randn(z_pre.slice(0, 0, n).sizes(), gen);
   std::vector<GuidanceScore> scores;
@@ -485,7 +493,7 @@ double Trainer::ValidateDenoiser(nets::DiffusionNet& model) const {
   for (std::int64_t b = 0; b < n; b += 16) {
     const std::int64_t e = std::min(n, b + 16);
     total += DenoiseLoss(model->denoiser, vdelta_.slice(0, b, e), vcontext_.slice(0, b, e),
-                         val_.multi_hot.slice(0, b, e), gen, 0.0)
+                         val_.plan_rows.slice(0, b, e), gen, 0.0)
                  .item<double>() *
              double(e - b);
   }
@@ -508,7 +516,7 @@ Status Trainer::TrainDenoiser() {
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
     }
     const torch::Tensor x0 = delta_.index_select(0, idx), ctx = context_.index_select(0, idx);
-    const torch::Tensor hot = data_.multi_hot.index_select(0, idx);
+    const torch::Tensor hot = data_.plan_rows.index_select(0, idx);
     const torch::Tensor loss =
         teacher_ != nullptr ? DistillLoss(net_->denoiser, x0, ctx, hot, gen)
                             : DenoiseLoss(net_->denoiser, x0, ctx, hot, gen, o_.null_plan_prob);
@@ -544,7 +552,7 @@ void Trainer::Finish(const std::vector<DiffusionPair>& validation_pairs) {
   const std::vector<double> grid =
       teacher_ != nullptr ? std::vector<double>{1.0} : o_.guidance_grid;
   result_.guidance_scores =
-      ScoreGuidance(ema_, validation_pairs, vz_pre_, vcontext_, val_.multi_hot, val_.pre, val_.post,
+      ScoreGuidance(ema_, validation_pairs, vz_pre_, vcontext_, val_.plan_rows, val_.pre, val_.post,
                     alpha_bar_, grid, o_);
   double best = -2.0, best_mae = 0.0;
   for (const GuidanceScore& g : result_.guidance_scores) {
@@ -616,8 +624,16 @@ Expected<DiffusionTrainReport> Train(
   MEWM_TRY(Stacked val, Stack(validation_pairs, o.config));
   std::optional<nets::DiffusionNet> teacher, init;
   if (!o.init_from.empty()) {
-    init.emplace(o.config);
-    if (auto loaded = torch_bridge::LoadCheckpoint(o.init_from, **init, o.config.ToJson());
+    // A checkpoint without the lesion-size input can start a model with it (the input starts at
+    // zero, CopyWeights), not the reverse.
+    DiffusionConfig start_config = o.config;
+    auto info = torch_bridge::ReadCheckpointInfo(o.init_from);
+    if (!info) return info.error().WithContext("the checkpoint to fine-tune");
+    auto stored = DiffusionConfig::FromJson(info->config_json, o.init_from);
+    if (!stored) return stored.error().WithContext("the checkpoint to fine-tune");
+    if (!stored->lesion_size) start_config.lesion_size = false;
+    init.emplace(start_config);
+    if (auto loaded = torch_bridge::LoadCheckpoint(o.init_from, **init, start_config.ToJson());
         !loaded) {
       return loaded.error().WithContext("the checkpoint to fine-tune");
     }

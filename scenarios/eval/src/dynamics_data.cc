@@ -77,9 +77,9 @@ Expected<std::vector<dynamics::DiffusionPair>> BuildDiffusionPairs(
       MEWM_TRY(const PatientCase patient, LoadPatient(entry));
       MEWM_TRY(const auto crops, dynamics::LesionCrops(patient, config));
       std::vector<dynamics::CropChannels> pre;
-      for (const CropSpec& spec : crops) {
+      for (const dynamics::LesionTile& crop : crops) {
         MEWM_TRY(auto channels,
-                 dynamics::ExtractChannels(patient.ct, patient.tumor, spec, config.window));
+                 dynamics::ExtractChannels(patient.ct, patient.tumor, crop.spec, config.window));
         pre.push_back(std::move(channels));
       }
       auto it = outcomes.find(entry.id);
@@ -87,9 +87,10 @@ Expected<std::vector<dynamics::DiffusionPair>> BuildDiffusionPairs(
       for (const PlanOutcomeFile& file : it->second) {
         MEWM_TRY(const Outcome truth, LoadOutcomeFile(file.post, file.plan));
         for (std::size_t c = 0; c < crops.size(); ++c) {
-          auto post = dynamics::OutcomeChannels(truth, crops[c], config);
+          auto post = dynamics::OutcomeChannels(truth, crops[c].spec, config);
           if (!post) return post.error().WithContext("file '" + file.post + "'");
-          per_patient[n].push_back({entry.id, file.plan, pre[c], std::move(*post)});
+          per_patient[n].push_back(
+              {entry.id, file.plan, pre[c], std::move(*post), crops[c].diameter_mm});
         }
       }
       return {};

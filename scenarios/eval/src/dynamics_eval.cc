@@ -248,7 +248,7 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
       MEWM_TRY(Outcome outcome, LoadOutcomeFile(file.post, file.plan));
       truth.push_back(std::move(outcome));
       MEWM_TRY(auto crop, dynamics::ExtractChannels(truth.back().post_ct, truth.back().viable,
-                                                    crops.front(), crop_config.window));
+                                                    crops.front().spec, crop_config.window));
       real_crops.push_back(std::move(crop.ct));
       real_patient.push_back(int(n));
     }
@@ -262,7 +262,7 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
       }
       c.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       MEWM_RETURN_IF_ERROR(
-          ScorePatient(*simulated, truth, region, crops.front(), crop_config, int(n), c));
+          ScorePatient(*simulated, truth, region, crops.front().spec, crop_config, int(n), c));
     }
     ++eval.patients;
     if (progress) progress(int(n + 1), int(entries.size()));

@@ -52,6 +52,11 @@ struct DiffusionConfig {
   /// samples with guidance 1 and half the forwards. 1 = not distilled. A property of the trained
   /// weights, not of the architecture: a preset takes it from the checkpoint.
   double guidance_distilled = 1.0;
+  /// Whether the plan embedding also reads the size of the lesion a crop is centred on
+  /// (LesionSizeFeature of its equivalent diameter), so that an item's effect can depend on it:
+  /// in the synthetic world an embolic's ischemic kill does. Trained with `mewm train dynamics
+  /// --lesion-size`; like guidance_distilled, a preset takes it from the checkpoint.
+  bool lesion_size = false;
 
   /// The presets, with the action base's items as vocabulary. kInvalidArgument for another name.
   static Expected<DiffusionConfig> Preset(const std::string& name, const ActionBase& actions);
@@ -80,19 +85,22 @@ struct CropChannels {
   DenseFloat mask;
 };
 
-/// Crop lattices covering every lesion: one per lesion, centred on its bounding box, skipping a
-/// lesion already inside an earlier crop (with an 8 mm margin). kInvalidArgument for an empty
-/// tumor mask.
-Expected<std::vector<CropSpec>> LesionCrops(const PatientCase& patient,
-                                            const DiffusionConfig& config);
-
 /// A crop lattice the serving backend samples, and the part of the patient it answers for.
 struct LesionTile {
   CropSpec spec;
   /// World box (LPS mm) whose voxels this tile's paste may change (PasteFootprint's `within`);
   /// unbounded (+-inf) for a lesion that one crop holds whole.
   WorldBox territory;
+  /// Equivalent-sphere diameter (mm) of the whole lesion (tumor label) the crop is centred on,
+  /// from its voxel count: what the world's embolic kill reads.
+  double diameter_mm = 0.0;
 };
+
+/// Crop lattices covering every lesion: one per lesion, centred on its bounding box, skipping a
+/// lesion already inside an earlier crop (with an 8 mm margin); territories unbounded.
+/// kInvalidArgument for an empty tumor mask.
+Expected<std::vector<LesionTile>> LesionCrops(const PatientCase& patient,
+                                              const DiffusionConfig& config);
 
 /// Crop lattices that hold every lesion whole, for serving: a lesion that one crop holds with an
 /// 8 mm margin gets LesionCrops' crop, with an unbounded territory. A larger lesion (above 80 mm
@@ -104,6 +112,11 @@ struct LesionTile {
 /// fewer.
 Expected<std::vector<LesionTile>> LesionTiles(const PatientCase& patient,
                                               const DiffusionConfig& config);
+
+/// The lesion size a DiffusionConfig::lesion_size denoiser reads: ln(diameter / 35 mm), about
+/// -1.3 to +1.5 over the world's 10 to 150 mm lesions (35 mm is where the world's embolic kill
+/// starts to depend on size).
+double LesionSizeFeature(double diameter_mm);
 
 /// Resamples CT (windowed to [-1, 1]) and a label mask (non-zero = 1) into `spec`.
 /// kInvalidArgument when the CT crop holds NaN or Inf; kMismatch when the two volumes' lattices
@@ -146,8 +159,9 @@ using DiffusionFactory =
 struct DiffusionPair {
   std::string patient;
   Plan plan;
-  CropChannels pre;   ///< pre-treatment CT and tumor mask
-  CropChannels post;  ///< post-treatment CT and viable mask
+  CropChannels pre;                 ///< pre-treatment CT and tumor mask
+  CropChannels post;                ///< post-treatment CT and viable mask
+  double lesion_diameter_mm = 0.0;  ///< LesionTile::diameter_mm of the crop
 };
 
 /// What a machine Turing test (MachineTuringTest, mewm/dynamics/diffusion_backend.h) reports.
