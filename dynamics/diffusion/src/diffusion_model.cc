@@ -47,13 +47,11 @@ Expected<torch::Tensor> PlansToMultiHot(const std::vector<Plan>& plans,
 torch::Tensor PlanRows(const torch::Tensor& multi_hot, const std::vector<double>& diameters,
                        const DiffusionConfig& config) {
   if (!config.lesion_size) return multi_hot;
-  const std::int64_t n = multi_hot.size(0);
-  torch::Tensor size = torch::empty({n, 1}, multi_hot.options());
-  for (std::int64_t r = 0; r < n; ++r) {
-    size[r][0] =
-        LesionSizeFeature(diameters.size() == 1 ? diameters[0] : diameters[std::size_t(r)]);
+  std::vector<float> size(std::size_t(multi_hot.size(0)));
+  for (std::size_t r = 0; r < size.size(); ++r) {
+    size[r] = float(LesionSizeFeature(diameters.size() == 1 ? diameters[0] : diameters[r]));
   }
-  return torch::cat({multi_hot, size}, 1);
+  return torch::cat({multi_hot, torch::tensor(size).view({-1, 1}).to(multi_hot.options())}, 1);
 }
 
 torch::Tensor Ddim(Denoiser& denoiser, torch::Tensor x, const torch::Tensor& context,
