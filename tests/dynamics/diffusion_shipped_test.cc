@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
 //
-// The shipped diffusion checkpoints (models/dynamics_diffusion.pt and its guidance-distilled
-// student, models/dynamics_diffusion_distilled.pt) respond to plans in the truth's direction.
+// The shipped diffusion checkpoints (models/dynamics_diffusion.pt, its guidance-distilled student
+// models/dynamics_diffusion_distilled.pt, and the distilled student with the lesion-size input,
+// models/dynamics_diffusion_lesion_size.pt) respond to plans in the truth's direction.
 // Labelled slow: they load the real weights and render synthetic patients.
 #include <gtest/gtest.h>
 
@@ -74,11 +75,13 @@ TEST_P(DiffusionShippedTest, GeneratedResidualRanksPlansLikeTheTruth) {
 
 INSTANTIATE_TEST_SUITE_P(Checkpoints, DiffusionShippedTest,
                          ::testing::Values("dynamics_diffusion.pt",
-                                           "dynamics_diffusion_distilled.pt"),
+                                           "dynamics_diffusion_distilled.pt",
+                                           "dynamics_diffusion_lesion_size.pt"),
                          [](const ::testing::TestParamInfo<const char*>& param) {
-                           return std::string(param.param).find("distilled") == std::string::npos
-                                      ? "Teacher"
-                                      : "Distilled";
+                           const std::string name = param.param;
+                           if (name.find("lesion_size") != std::string::npos) return "LesionSize";
+                           if (name.find("distilled") != std::string::npos) return "Distilled";
+                           return "Teacher";
                          });
 
 }  // namespace
