@@ -11,6 +11,8 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "mewm/tace/tumor_features.h"
+
 namespace mewm::dynamics {
 namespace {
 
@@ -173,8 +175,8 @@ Expected<std::vector<CentredCrop>> CentredCrops(const PatientCase& patient,
     spec.size = {config.crop_voxels, config.crop_voxels, config.crop_voxels};
     spec.spacing_mm = Eigen::Vector3d::Constant(config.spacing_mm);
     const Eigen::Vector3d& h = patient.tumor.geometry().spacing;
-    const double volume_mm3 = double(CountLabel(patient.tumor, label)) * h.prod();
-    crops.push_back({spec, box, std::cbrt(6.0 * volume_mm3 / M_PI)});
+    const double volume_ml = double(CountLabel(patient.tumor, label)) * h.prod() / 1000.0;
+    crops.push_back({spec, box, EquivalentDiameterMm(volume_ml)});
   }
   return crops;
 }

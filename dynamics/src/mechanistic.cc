@@ -12,6 +12,7 @@
 
 #include "mewm/core/crop.h"
 #include "mewm/core/seed.h"
+#include "mewm/tace/tumor_features.h"
 
 namespace mewm::dynamics {
 namespace {
@@ -185,7 +186,7 @@ Expected<std::vector<TumorField>> BuildTumorFields(const PatientCase& patient,
     field.label = label;
     field.density = DenseFloat(dims, fg, 0.0f);
     field.perfusion = DenseFloat(dims, fg, 0.0f);
-    field.diameter_mm = std::cbrt(6.0 * double(count) * voxel_ml * 1000.0 / M_PI);
+    field.diameter_mm = EquivalentDiameterMm(double(count) * voxel_ml);
     auto ct = patient.ct.grid().getConstAccessor();
     auto labels = patient.tumor.grid().getConstAccessor();
     const double step = 1.0 / kSubsamples;

@@ -99,9 +99,8 @@ Expected<Proposal> GuidelinePolicy::Propose(const PatientCase& patient) {
   const Covariates& cov = patient.covariates;
 
   // The recorded max diameter, else that of a sphere with the measured tumor volume.
-  const double diameter_mm = cov.max_diameter_mm > 0.0
-                                 ? cov.max_diameter_mm
-                                 : std::cbrt(6.0 * tumor.volume_ml * 1000.0 / M_PI);
+  const double diameter_mm =
+      cov.max_diameter_mm > 0.0 ? cov.max_diameter_mm : EquivalentDiameterMm(tumor.volume_ml);
   const bool poor_reserve = cov.child_pugh != 'A';
   const bool elderly = cov.age_years >= kElderlyYears;
   const bool high_afp = cov.afp_ng_ml > kHighAfpNgMl;

@@ -65,6 +65,8 @@ Expected<TumorFeatures> ComputeTumorFeatures(const Volume& ct, const LabelVolume
   return f;
 }
 
+double EquivalentDiameterMm(double volume_ml) { return std::cbrt(6.0 * volume_ml * 1000.0 / M_PI); }
+
 Expected<double> LipiodolCoverage(const Volume& post_ct, const LabelVolume& pre_tumor) {
   MEWM_RETURN_IF_ERROR(SameLattice(post_ct, pre_tumor, "Lipiodol coverage"));
   auto ct = post_ct.grid().getConstAccessor();

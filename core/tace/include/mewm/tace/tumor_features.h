@@ -30,6 +30,10 @@ struct TumorFeatures {
 /// extents differ, kInvalidArgument when the mask is empty.
 Expected<TumorFeatures> ComputeTumorFeatures(const Volume& ct, const LabelVolume& tumor);
 
+/// Diameter (mm) of the sphere of `volume_ml`: a lesion's size read from its volume (the
+/// guideline, the mechanistic model and the diffusion model's size input all read it this way).
+double EquivalentDiameterMm(double volume_ml);
+
 /// Share of the pre-treatment tumor voxels whose post-treatment HU is at least kLipiodolHu.
 /// kMismatch for different lattices, kInvalidArgument for an empty mask.
 Expected<double> LipiodolCoverage(const Volume& post_ct, const LabelVolume& pre_tumor);
