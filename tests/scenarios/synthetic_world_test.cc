@@ -151,6 +151,53 @@ TEST_F(SyntheticWorldTest, EmbolicContrastShowsThePatientsDrugsWithOtherEmbolics
   EXPECT_NE(bad.error().message.find("embolic-contrast"), std::string::npos);
 }
 
+TEST_F(SyntheticWorldTest, ItemContrastShowsThePatientsDrugsAndItsEmbolicsWithOtherItems) {
+  const ActionBase& actions = ActionBase::Default();
+  const std::vector<std::string> drugs = actions.Drugs();
+  const auto split = [&](const Plan& plan) {
+    std::pair<std::vector<std::string>, std::vector<std::string>> out;  // drugs, the rest
+    for (const std::string& item : plan.items()) {
+      const bool drug = std::find(drugs.begin(), drugs.end(), item) != drugs.end();
+      (drug ? out.first : out.second).push_back(item);
+    }
+    return out;
+  };
+  WorldConfig embolic = SmallWorld(), item = SmallWorld();
+  embolic.counterfactual_plans = item.counterfactual_plans = 8;
+  embolic.counterfactual_design = CounterfactualDesign::kEmbolicContrast;
+  item.counterfactual_design = CounterfactualDesign::kItemContrast;
+  auto a = SyntheticWorld::Create(embolic, actions), b = SyntheticWorld::Create(item, actions);
+  ASSERT_TRUE(a && b);
+  int drug_changes_embolic_design = 0;
+  for (int i = 0; i < 20; ++i) {
+    const SyntheticPatient e = a->Sample(9, i), c = b->Sample(9, i);
+    EXPECT_EQ(e.administered, c.administered);
+    ASSERT_EQ(c.counterfactual.size(), 8u);
+    const auto given = split(c.administered);
+    for (std::size_t k = 0; k < c.counterfactual.size(); ++k) {
+      const Plan& plan = c.counterfactual[k];
+      EXPECT_NE(plan, c.administered);
+      EXPECT_TRUE(actions.Validate(plan)) << plan.ToString();
+      EXPECT_EQ(std::count(c.counterfactual.begin(), c.counterfactual.end(), plan), 1);
+      const auto parts = split(plan);
+      // ceil(8/3) = 3 keep the drugs and change the embolics, then 3 keep the embolics and
+      // change the drugs (every plan has at least 3 such neighbours), then 2 random plans.
+      if (k < 3) {
+        EXPECT_TRUE(parts.first == given.first && parts.second != given.second) << plan.ToString();
+      } else if (k < 6) {
+        EXPECT_TRUE(parts.second == given.second && parts.first != given.first) << plan.ToString();
+      }
+    }
+    for (const Plan& plan : e.counterfactual)
+      drug_changes_embolic_design += split(plan).second == given.second;
+  }
+  // The embolic-contrast design rarely shows a patient's embolics with other drugs.
+  EXPECT_LT(drug_changes_embolic_design, 20);
+  EXPECT_EQ(*ParseCounterfactualDesign("item-contrast"), CounterfactualDesign::kItemContrast);
+  EXPECT_EQ(ToString(CounterfactualDesign::kItemContrast), "item-contrast");
+  EXPECT_EQ(ToString(CounterfactualDesign::kEmbolicContrast), "embolic-contrast");
+}
+
 TEST_F(SyntheticWorldTest, BadConfigsAreRejected) {
   WorldConfig c = SmallWorld();
   c.spacing_mm = 0.0;

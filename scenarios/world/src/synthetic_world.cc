@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <functional>
 #include <optional>
 
 #include "mewm/core/seed.h"
@@ -101,12 +102,22 @@ Plan DrawAdministeredPlan(Rng& rng, const ActionBase& actions, const std::vector
 Expected<CounterfactualDesign> ParseCounterfactualDesign(const std::string& text) {
   if (text == "random") return CounterfactualDesign::kRandom;
   if (text == "embolic-contrast") return CounterfactualDesign::kEmbolicContrast;
-  return MakeError(ErrorCode::kInvalidArgument,
-                   "unknown counterfactual design '" + text + "' (random or embolic-contrast)");
+  if (text == "item-contrast") return CounterfactualDesign::kItemContrast;
+  return MakeError(
+      ErrorCode::kInvalidArgument,
+      "unknown counterfactual design '" + text + "' (random, embolic-contrast or item-contrast)");
 }
 
 std::string ToString(CounterfactualDesign design) {
-  return design == CounterfactualDesign::kEmbolicContrast ? "embolic-contrast" : "random";
+  switch (design) {
+    case CounterfactualDesign::kEmbolicContrast:
+      return "embolic-contrast";
+    case CounterfactualDesign::kItemContrast:
+      return "item-contrast";
+    case CounterfactualDesign::kRandom:
+      break;
+  }
+  return "random";
 }
 
 Status WorldConfig::Validate() const {
@@ -305,26 +316,50 @@ std::vector<std::string> DrugsOf(const Plan& plan, const std::vector<std::string
   return out;
 }
 
+/// The items of `plan` that are not among `drugs`: its embolics and Lipiodol, in the plan's order.
+std::vector<std::string> NonDrugsOf(const Plan& plan, const std::vector<std::string>& drugs) {
+  std::vector<std::string> out;
+  for (const std::string& item : plan.items()) {
+    if (std::find(drugs.begin(), drugs.end(), item) == drugs.end()) out.push_back(item);
+  }
+  return out;
+}
+
+/// Appends to `out` up to `count` plans of `plans` in random order (a partial Fisher-Yates
+/// shuffle) that `keep` accepts, skipping `administered` and plans already in `out`.
+void DrawKeeping(Rng& rng, const std::vector<Plan>& plans, const Plan& administered,
+                 std::size_t count, const std::function<bool(const Plan&)>& keep,
+                 std::vector<Plan>& out) {
+  std::vector<Plan> pool;
+  for (const Plan& p : plans) {
+    if (p != administered && keep(p) && std::find(out.begin(), out.end(), p) == out.end())
+      pool.push_back(p);
+  }
+  const std::size_t take = std::min(pool.size(), count);
+  for (std::size_t k = 0; k < take; ++k) {
+    const auto pick = std::size_t(rng.UniformInt(std::int64_t(k), std::int64_t(pool.size()) - 1));
+    std::swap(pool[k], pool[pick]);
+    out.push_back(pool[k]);
+  }
+}
+
 /// Draws `count` distinct plans of `plans`, none of them `administered` (see
 /// CounterfactualDesign).
 std::vector<Plan> DrawCounterfactualPlans(Rng& rng, const ActionBase& actions,
                                           const std::vector<Plan>& plans, const Plan& administered,
                                           int count, CounterfactualDesign design) {
   std::vector<Plan> counterfactual;
+  const std::vector<std::string> all_drugs = actions.Drugs();
+  const std::vector<std::string> drugs = DrugsOf(administered, all_drugs);
+  const std::vector<std::string> others = NonDrugsOf(administered, all_drugs);
+  const auto same_drugs = [&](const Plan& p) { return DrugsOf(p, all_drugs) == drugs; };
+  const auto same_others = [&](const Plan& p) { return NonDrugsOf(p, all_drugs) == others; };
   if (design == CounterfactualDesign::kEmbolicContrast) {
-    const std::vector<std::string> all_drugs = actions.Drugs();
-    const std::vector<std::string> drugs = DrugsOf(administered, all_drugs);
-    std::vector<Plan> same_drugs;
-    for (const Plan& p : plans) {
-      if (p != administered && DrugsOf(p, all_drugs) == drugs) same_drugs.push_back(p);
-    }
-    const std::size_t take = std::min(same_drugs.size(), std::size_t(count + 1) / 2);
-    for (std::size_t k = 0; k < take; ++k) {  // a partial Fisher-Yates shuffle
-      const auto pick =
-          std::size_t(rng.UniformInt(std::int64_t(k), std::int64_t(same_drugs.size()) - 1));
-      std::swap(same_drugs[k], same_drugs[pick]);
-      counterfactual.push_back(same_drugs[k]);
-    }
+    DrawKeeping(rng, plans, administered, std::size_t(count + 1) / 2, same_drugs, counterfactual);
+  } else if (design == CounterfactualDesign::kItemContrast) {
+    const std::size_t third = std::size_t(count + 2) / 3;
+    DrawKeeping(rng, plans, administered, third, same_drugs, counterfactual);
+    DrawKeeping(rng, plans, administered, third, same_others, counterfactual);
   }
   while (int(counterfactual.size()) < count) {
     const Plan& candidate = plans[std::size_t(rng.UniformInt(0, std::int64_t(plans.size()) - 1))];

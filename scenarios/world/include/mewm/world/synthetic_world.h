@@ -80,9 +80,14 @@ enum class CounterfactualDesign {
   /// order), the rest drawn as kRandom. Each patient then shows embolics side by side, on its own
   /// anatomy and lesion size, which uniform draws rarely do.
   kEmbolicContrast,
+  /// Up to ceil(K/3) plans with the administered plan's drugs and other embolics, then up to
+  /// ceil(K/3) with its embolics (and Lipiodol) and other drugs, both in random order; the rest
+  /// drawn as kRandom. Each patient then shows drugs side by side as well, so a drug's effect is
+  /// seen within patients rather than guessed from who happened to receive it.
+  kItemContrast,
 };
 
-/// "random" or "embolic-contrast"; kInvalidArgument otherwise.
+/// "random", "embolic-contrast" or "item-contrast"; kInvalidArgument otherwise.
 Expected<CounterfactualDesign> ParseCounterfactualDesign(const std::string& text);
 std::string ToString(CounterfactualDesign design);
 
