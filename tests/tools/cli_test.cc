@@ -638,17 +638,18 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
   const std::string cohort = dir_.File("dd");
   Result r = RunMewm(
       "cohort generate --n 12 --seed 8 --spacing 3 --plans-per-patient 2 "
-      "--counterfactual-design embolic-contrast --no-nifti --quiet --out " +
+      "--counterfactual-design item-contrast --no-nifti --quiet --out " +
       cohort);
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(nlohmann::json::parse(ReadText(cohort + "/manifest.json")).at("counterfactual_design"),
-            "embolic-contrast");
+            "item-contrast");
   r = RunMewm(
       "cohort generate --n 1 --plans-per-patient 2 --counterfactual-design contrast "
       "--out " +
       dir_.File("bad_design"));
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("embolic-contrast"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("item-contrast"), std::string::npos) << r.output;
   const std::string model = dir_.File("dd.pt");
   r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + model +
               " --ae-steps 2 --denoiser-steps 2 --ae-batch 2 --denoiser-batch 2 "
