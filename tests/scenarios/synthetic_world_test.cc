@@ -30,6 +30,17 @@ WorldConfig SmallWorld() {
   return c;
 }
 
+/// A plan's drugs (first) and its other items (second), each in the plan's order.
+std::pair<std::vector<std::string>, std::vector<std::string>> SplitDrugs(const Plan& plan) {
+  const std::vector<std::string> drugs = ActionBase::Default().Drugs();
+  std::pair<std::vector<std::string>, std::vector<std::string>> out;
+  for (const std::string& item : plan.items()) {
+    const bool drug = std::find(drugs.begin(), drugs.end(), item) != drugs.end();
+    (drug ? out.first : out.second).push_back(item);
+  }
+  return out;
+}
+
 class SyntheticWorldTest : public testing::VdbTest {
  protected:
   SyntheticWorld world_ = *SyntheticWorld::Create(SmallWorld(), ActionBase::Default());
@@ -101,14 +112,7 @@ TEST_F(SyntheticWorldTest, TruthFindsTheMinimumOverEveryValidPlan) {
 
 TEST_F(SyntheticWorldTest, EmbolicContrastShowsThePatientsDrugsWithOtherEmbolics) {
   const ActionBase& actions = ActionBase::Default();
-  const std::vector<std::string> drugs = actions.Drugs();
-  const auto drugs_of = [&](const Plan& plan) {
-    std::vector<std::string> out;
-    for (const std::string& item : plan.items()) {
-      if (std::find(drugs.begin(), drugs.end(), item) != drugs.end()) out.push_back(item);
-    }
-    return out;
-  };
+  const auto drugs_of = [](const Plan& plan) { return SplitDrugs(plan).first; };
   WorldConfig random = SmallWorld(), contrast = SmallWorld();
   random.counterfactual_plans = contrast.counterfactual_plans = 7;
   contrast.counterfactual_design = CounterfactualDesign::kEmbolicContrast;
@@ -153,15 +157,6 @@ TEST_F(SyntheticWorldTest, EmbolicContrastShowsThePatientsDrugsWithOtherEmbolics
 
 TEST_F(SyntheticWorldTest, ItemContrastShowsThePatientsDrugsAndItsEmbolicsWithOtherItems) {
   const ActionBase& actions = ActionBase::Default();
-  const std::vector<std::string> drugs = actions.Drugs();
-  const auto split = [&](const Plan& plan) {
-    std::pair<std::vector<std::string>, std::vector<std::string>> out;  // drugs, the rest
-    for (const std::string& item : plan.items()) {
-      const bool drug = std::find(drugs.begin(), drugs.end(), item) != drugs.end();
-      (drug ? out.first : out.second).push_back(item);
-    }
-    return out;
-  };
   WorldConfig embolic = SmallWorld(), item = SmallWorld();
   embolic.counterfactual_plans = item.counterfactual_plans = 8;
   embolic.counterfactual_design = CounterfactualDesign::kEmbolicContrast;
@@ -173,13 +168,13 @@ TEST_F(SyntheticWorldTest, ItemContrastShowsThePatientsDrugsAndItsEmbolicsWithOt
     const SyntheticPatient e = a->Sample(9, i), c = b->Sample(9, i);
     EXPECT_EQ(e.administered, c.administered);
     ASSERT_EQ(c.counterfactual.size(), 8u);
-    const auto given = split(c.administered);
+    const auto given = SplitDrugs(c.administered);
     for (std::size_t k = 0; k < c.counterfactual.size(); ++k) {
       const Plan& plan = c.counterfactual[k];
       EXPECT_NE(plan, c.administered);
       EXPECT_TRUE(actions.Validate(plan)) << plan.ToString();
       EXPECT_EQ(std::count(c.counterfactual.begin(), c.counterfactual.end(), plan), 1);
-      const auto parts = split(plan);
+      const auto parts = SplitDrugs(plan);
       // ceil(8/3) = 3 keep the drugs and change the embolics, then 3 keep the embolics and
       // change the drugs (every plan has at least 3 such neighbours), then 2 random plans.
       if (k < 3) {
@@ -189,7 +184,7 @@ TEST_F(SyntheticWorldTest, ItemContrastShowsThePatientsDrugsAndItsEmbolicsWithOt
       }
     }
     for (const Plan& plan : e.counterfactual)
-      drug_changes_embolic_design += split(plan).second == given.second;
+      drug_changes_embolic_design += SplitDrugs(plan).second == given.second;
   }
   // The embolic-contrast design rarely shows a patient's embolics with other drugs.
   EXPECT_LT(drug_changes_embolic_design, 20);

@@ -307,20 +307,17 @@ Covariates DrawCovariates(Rng& rng, const HiddenFactors& z, int lesion_count, do
   return c;
 }
 
-/// The items of `plan` that are among `drugs` (the action base's drugs), in the plan's order.
-std::vector<std::string> DrugsOf(const Plan& plan, const std::vector<std::string>& drugs) {
-  std::vector<std::string> out;
-  for (const std::string& item : plan.items()) {
-    if (std::find(drugs.begin(), drugs.end(), item) != drugs.end()) out.push_back(item);
-  }
-  return out;
-}
+/// The items of a plan split by role, each part in the plan's order.
+struct ItemsByRole {
+  std::vector<std::string> drugs;   ///< among the action base's drugs
+  std::vector<std::string> others;  ///< Lipiodol and the embolics
+};
 
-/// The items of `plan` that are not among `drugs`: its embolics and Lipiodol, in the plan's order.
-std::vector<std::string> NonDrugsOf(const Plan& plan, const std::vector<std::string>& drugs) {
-  std::vector<std::string> out;
+ItemsByRole SplitByRole(const Plan& plan, const std::vector<std::string>& drugs) {
+  ItemsByRole out;
   for (const std::string& item : plan.items()) {
-    if (std::find(drugs.begin(), drugs.end(), item) == drugs.end()) out.push_back(item);
+    const bool drug = std::find(drugs.begin(), drugs.end(), item) != drugs.end();
+    (drug ? out.drugs : out.others).push_back(item);
   }
   return out;
 }
@@ -350,10 +347,13 @@ std::vector<Plan> DrawCounterfactualPlans(Rng& rng, const ActionBase& actions,
                                           int count, CounterfactualDesign design) {
   std::vector<Plan> counterfactual;
   const std::vector<std::string> all_drugs = actions.Drugs();
-  const std::vector<std::string> drugs = DrugsOf(administered, all_drugs);
-  const std::vector<std::string> others = NonDrugsOf(administered, all_drugs);
-  const auto same_drugs = [&](const Plan& p) { return DrugsOf(p, all_drugs) == drugs; };
-  const auto same_others = [&](const Plan& p) { return NonDrugsOf(p, all_drugs) == others; };
+  const ItemsByRole given = SplitByRole(administered, all_drugs);
+  const auto same_drugs = [&](const Plan& p) {
+    return SplitByRole(p, all_drugs).drugs == given.drugs;
+  };
+  const auto same_others = [&](const Plan& p) {
+    return SplitByRole(p, all_drugs).others == given.others;
+  };
   if (design == CounterfactualDesign::kEmbolicContrast) {
     DrawKeeping(rng, plans, administered, std::size_t(count + 1) / 2, same_drugs, counterfactual);
   } else if (design == CounterfactualDesign::kItemContrast) {
