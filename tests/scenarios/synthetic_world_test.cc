@@ -41,6 +41,14 @@ std::pair<std::vector<std::string>, std::vector<std::string>> SplitDrugs(const P
   return out;
 }
 
+/// One of a patient's counterfactual plans is valid, differs from the administered plan and is
+/// drawn once.
+void ExpectNewValidPlan(const SyntheticPatient& p, const Plan& plan) {
+  EXPECT_NE(plan, p.administered);
+  EXPECT_TRUE(ActionBase::Default().Validate(plan)) << plan.ToString();
+  EXPECT_EQ(std::count(p.counterfactual.begin(), p.counterfactual.end(), plan), 1);
+}
+
 class SyntheticWorldTest : public testing::VdbTest {
  protected:
   SyntheticWorld world_ = *SyntheticWorld::Create(SmallWorld(), ActionBase::Default());
@@ -130,9 +138,7 @@ TEST_F(SyntheticWorldTest, EmbolicContrastShowsThePatientsDrugsWithOtherEmbolics
     int same = 0;
     for (std::size_t k = 0; k < c.counterfactual.size(); ++k) {
       const Plan& plan = c.counterfactual[k];
-      EXPECT_NE(plan, c.administered);
-      EXPECT_TRUE(actions.Validate(plan)) << plan.ToString();
-      EXPECT_EQ(std::count(c.counterfactual.begin(), c.counterfactual.end(), plan), 1);
+      ExpectNewValidPlan(c, plan);
       const bool kept = drugs_of(plan) == drugs_of(c.administered);
       same += kept;
       // The first ceil(7/2) = 4 keep the drugs (every drug set has at least 4 other embolic
@@ -171,9 +177,7 @@ TEST_F(SyntheticWorldTest, ItemContrastShowsThePatientsDrugsAndItsEmbolicsWithOt
     const auto given = SplitDrugs(c.administered);
     for (std::size_t k = 0; k < c.counterfactual.size(); ++k) {
       const Plan& plan = c.counterfactual[k];
-      EXPECT_NE(plan, c.administered);
-      EXPECT_TRUE(actions.Validate(plan)) << plan.ToString();
-      EXPECT_EQ(std::count(c.counterfactual.begin(), c.counterfactual.end(), plan), 1);
+      ExpectNewValidPlan(c, plan);
       const auto parts = SplitDrugs(plan);
       // ceil(8/3) = 3 keep the drugs and change the embolics, then 3 keep the embolics and
       // change the drugs (every plan has at least 3 such neighbours), then 2 random plans.
