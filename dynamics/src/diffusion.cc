@@ -43,6 +43,21 @@ Expected<DiffusionConfig> DiffusionConfig::Preset(const std::string& name,
                    "unknown diffusion config '" + name + "' (expected cpu or mewm)");
 }
 
+Expected<std::vector<std::string>> ItemGroups(const ActionBase& actions,
+                                              const std::string& sharing) {
+  if (sharing == "none") return std::vector<std::string>{};
+  if (sharing != "class" && sharing != "all") {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "unknown drug sharing '" + sharing + "' (expected none, class or all)");
+  }
+  std::vector<std::string> groups;
+  for (const ActionItem& item : actions.items()) {
+    const bool drug = item.kind == ItemKind::kDrug;
+    groups.push_back(!drug ? "" : sharing == "all" ? "drug" : item.drug_class);
+  }
+  return groups;
+}
+
 Status DiffusionConfig::Validate() const {
   if (crop_voxels < 16 || crop_voxels > 256 || crop_voxels % 4 != 0) {
     return Invalid("crop_voxels must be a multiple of 4 in [16, 256]");
@@ -73,6 +88,9 @@ Status DiffusionConfig::Validate() const {
   if (std::set<std::string>(items.begin(), items.end()).size() != items.size()) {
     return Invalid("the plan-item vocabulary repeats an item");
   }
+  if (!item_groups.empty() && item_groups.size() != items.size()) {
+    return Invalid("item_groups must be empty or have one entry per item");
+  }
   return window.Validate();
 }
 
@@ -91,6 +109,7 @@ std::string DiffusionConfig::ToJson() const {
   // Written only when distilled, so configs of undistilled checkpoints stay as they were.
   if (guidance_distilled != 1.0) j["guidance_distilled"] = guidance_distilled;
   if (lesion_size) j["lesion_size"] = true;  // likewise
+  if (!item_groups.empty()) j["item_groups"] = item_groups;
   return j.dump();
 }
 
@@ -115,6 +134,7 @@ Expected<DiffusionConfig> DiffusionConfig::FromJson(const std::string& text,
     c.items = j.at("items").get<std::vector<std::string>>();
     c.guidance_distilled = j.value("guidance_distilled", 1.0);
     c.lesion_size = j.value("lesion_size", false);
+    c.item_groups = j.value("item_groups", std::vector<std::string>{});
   } catch (const std::exception& e) {
     return MakeError(ErrorCode::kParse, origin + ": not a diffusion config: " + e.what());
   }

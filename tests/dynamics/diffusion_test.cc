@@ -6,9 +6,11 @@
 // shipped checkpoint.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "../core/test_env.h"
@@ -510,6 +512,91 @@ TEST_F(DiffusionTest, TheLesionSizeInputCanBeAddedByFineTuning) {
   ASSERT_FALSE(back);
   EXPECT_EQ(back.error().code, ErrorCode::kMismatch);
   EXPECT_NE(back.error().message.find("lesion_size"), std::string::npos) << back.error().message;
+}
+
+/// The largest absolute difference between two volumes' voxels (infinite for different sizes).
+double MaxDifference(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return std::numeric_limits<double>::infinity();
+  double max_diff = 0.0;
+  for (std::size_t x = 0; x < a.size(); ++x) {
+    max_diff = std::max(max_diff, double(std::abs(a[x] - b[x])));
+  }
+  return max_diff;
+}
+
+TEST_F(DiffusionTest, DrugsOfOneGroupShareOneEmbedding) {
+  const ActionBase& actions = ActionBase::Default();
+  const std::vector<std::string>& items = Tiny().items;
+  const auto at = [&](const std::vector<std::string>& groups, const std::string& item) {
+    return groups[std::size_t(std::find(items.begin(), items.end(), item) - items.begin())];
+  };
+  // The groups come from the action base's public classes, never from the world's potencies.
+  const auto by_class = ItemGroups(actions, "class");
+  ASSERT_TRUE(by_class) << by_class.error().ToString();
+  ASSERT_EQ(by_class->size(), items.size());
+  EXPECT_EQ(at(*by_class, "Oxaliplatin"), "platinum");
+  EXPECT_EQ(at(*by_class, "Nedaplatin"), "platinum");
+  EXPECT_EQ(at(*by_class, "Epirubicin"), "anthracycline");
+  EXPECT_EQ(at(*by_class, "Lipiodol"), "");
+  const auto all = ItemGroups(actions, "all");
+  ASSERT_TRUE(all);
+  EXPECT_EQ(at(*all, "Epirubicin"), at(*all, "Oxaliplatin"));
+  EXPECT_EQ(at(*all, "PVA"), "");
+  EXPECT_TRUE(ItemGroups(actions, "none")->empty());
+  const auto bogus = ItemGroups(actions, "potency");
+  ASSERT_FALSE(bogus);
+  EXPECT_EQ(bogus.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(bogus.error().message.find("potency"), std::string::npos);
+  // Written only when set, read back, and one entry per item or refused.
+  DiffusionConfig grouped = Tiny();
+  EXPECT_EQ(nlohmann::json::parse(grouped.ToJson()).count("item_groups"), 0u);
+  grouped.item_groups = *by_class;
+  EXPECT_EQ(DiffusionConfig::FromJson(grouped.ToJson(), "g.pt")->item_groups, *by_class);
+  grouped.item_groups.pop_back();
+  EXPECT_FALSE(grouped.Validate());
+
+  // Without groups the tiny model tells two platinum drugs apart; fine-tuned with them, it
+  // cannot, while a drug of another class still differs. The checkpoint records the groups. Each
+  // request is simulated alone, so equal embeddings give bit-identical outcomes (one thread).
+  const PatientCase p = Phantom({{0, 0, 0}});
+  const auto simulate = [&](DiffusionDynamics& model, const std::string& plan) {
+    auto out = model.Simulate(p, {{P(plan), 0, 42, 0}});
+    EXPECT_TRUE(out) << out.error().ToString();
+    return out ? out->front().post_ct.ToDense().data : std::vector<float>{};
+  };
+  auto base = Model();
+  ASSERT_TRUE(base);
+  EXPECT_GT(MaxDifference(simulate(*base, "Lipiodol+Oxaliplatin"),
+                          simulate(*base, "Lipiodol+Nedaplatin")),
+            0.0);
+  DiffusionTrainOptions t = TinyTraining(17, 10, 4, 100);
+  t.init_from = *model_path_;
+  t.config.item_groups = *by_class;
+  t.out = (dir_->path() / "grouped.pt").string();
+  auto tuned = TrainDiffusion(Pairs(t.config), {}, t, {});
+  ASSERT_TRUE(tuned) << tuned.error().ToString();
+  DiffusionBackendOptions o = Options();
+  o.model_path = t.out;
+  auto model = CreateDiffusionDynamics(o);
+  ASSERT_TRUE(model) << model.error().ToString();
+  EXPECT_EQ((*model)->config().item_groups, *by_class);
+  const std::vector<float> oxaliplatin = simulate(**model, "Lipiodol+Oxaliplatin");
+  EXPECT_EQ(MaxDifference(oxaliplatin, simulate(**model, "Lipiodol+Nedaplatin")), 0.0);
+  EXPECT_GT(MaxDifference(oxaliplatin, simulate(**model, "Lipiodol+Epirubicin")), 0.0);
+
+  // A grouped teacher distils into an ungrouped student, and back: grouping changes no weight.
+  t.init_from.clear();
+  t.distill_from = t.out;
+  t.config.item_groups.clear();
+  t.denoiser_steps = 4;
+  t.out = (dir_->path() / "ungrouped_student.pt").string();
+  auto student = TrainDiffusion(Pairs(t.config), {}, t, {});
+  ASSERT_TRUE(student) << student.error().ToString();
+  t.distill_from = *model_path_;
+  t.config.item_groups = *all;
+  t.out = (dir_->path() / "grouped_student.pt").string();
+  student = TrainDiffusion(Pairs(t.config), {}, t, {});
+  ASSERT_TRUE(student) << student.error().ToString();
 }
 
 TEST_F(DiffusionTest, BadInputGivesClearErrors) {

@@ -24,7 +24,8 @@ namespace {
 
 /// `mewm train dynamics`'s options.
 struct TrainDynamicsOptions {
-  std::string cohort, out, config = "cpu", state_dir, distill_from, init_from;
+  std::string cohort, out, config = "cpu", state_dir, distill_from, init_from,
+                           drug_sharing = "none";
   double distill_guidance = 2.0;
   std::uint64_t seed = 1;
   int ae_steps = 1500, denoiser_steps = 1500, ae_batch = 8, denoiser_batch = 12, threads = 0;
@@ -69,6 +70,13 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                 "The plan embedding also reads the equivalent diameter of the lesion each crop "
                 "is centred on (a teacher distilled needs it too; --init-from may add it to a "
                 "checkpoint without it)");
+  sub->add_option("--drug-sharing", o->drug_sharing,
+                  "Drugs that share one plan embedding: none, class (the action base's drug "
+                  "classes) or all (every drug alike; drugs then differ only by what the survival "
+                  "model reads, such as toxicity). --init-from and --distill-from may start from "
+                  "a checkpoint that shares otherwise")
+      ->check(CLI::IsMember({"none", "class", "all"}))
+      ->capture_default_str();
 }
 
 /// Adds the validation split, resumable state, threads and progress options.
@@ -143,7 +151,8 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
                               : " --distill-from " + o.distill_from + " --distill-guidance " +
                                     nlohmann::json(o.distill_guidance).dump()) +
       (o.init_from.empty() ? "" : " --init-from " + o.init_from) +
-      (o.lesion_size ? " --lesion-size" : "");
+      (o.lesion_size ? " --lesion-size" : "") +
+      (o.drug_sharing == "none" ? "" : " --drug-sharing " + o.drug_sharing);
   const auto [cohort_seed, data] = CohortProvenance(o.cohort);
   dynamics::DiffusionTrainOptions options;
   options.config = config;
@@ -206,6 +215,9 @@ Action AddTrainDynamics(CLI::App& train_app) {
     auto config = dynamics::DiffusionConfig::Preset(o->config, actions);
     if (!config) return Fail(config.error());
     config->lesion_size = o->lesion_size;
+    auto groups = dynamics::ItemGroups(actions, o->drug_sharing);
+    if (!groups) return Fail(groups.error());
+    config->item_groups = *groups;
     auto pairs = ReadTrainValPairs(*o, *config, actions);
     if (!pairs) return Fail(pairs.error());
     const dynamics::DiffusionTrainOptions options = TrainOptionsOf(*o, *config);

@@ -456,6 +456,7 @@ Expected<std::unique_ptr<DiffusionDynamics>> CreateDiffusionDynamics(
     MEWM_TRY(expected, DiffusionConfig::Preset(options.config, options.actions));
     expected.guidance_distilled = stored.guidance_distilled;  // the weights', not the preset's
     expected.lesion_size = stored.lesion_size;                // likewise
+    expected.item_groups = stored.item_groups;                // likewise
   }
   MEWM_RETURN_IF_ERROR(CheckSampler(expected, options.sampler, options.model_path));
   torch_bridge::ConfigureThreads(options.threads);

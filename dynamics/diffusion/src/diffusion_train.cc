@@ -623,15 +623,24 @@ Expected<DiffusionTrainReport> Train(
   MEWM_TRY(Stacked data, Stack(train, o.config));
   MEWM_TRY(Stacked val, Stack(validation_pairs, o.config));
   std::optional<nets::DiffusionNet> teacher, init;
+  // The config a starting checkpoint loads with: the one trained, with the checkpoint's item
+  // groups (grouping changes no weight, so either side may have it or not).
+  const auto stored_config = [](const std::string& path,
+                                const std::string& role) -> Expected<DiffusionConfig> {
+    auto info = torch_bridge::ReadCheckpointInfo(path);
+    if (!info) return info.error().WithContext(role);
+    auto stored = DiffusionConfig::FromJson(info->config_json, path);
+    if (!stored) return stored.error().WithContext(role);
+    return *stored;
+  };
   if (!o.init_from.empty()) {
+    MEWM_TRY(const DiffusionConfig stored,
+             stored_config(o.init_from, "the checkpoint to fine-tune"));
+    DiffusionConfig start_config = o.config;
+    start_config.item_groups = stored.item_groups;
     // A checkpoint without the lesion-size input can start a model with it (the input starts at
     // zero, CopyWeights), not the reverse.
-    DiffusionConfig start_config = o.config;
-    auto info = torch_bridge::ReadCheckpointInfo(o.init_from);
-    if (!info) return info.error().WithContext("the checkpoint to fine-tune");
-    auto stored = DiffusionConfig::FromJson(info->config_json, o.init_from);
-    if (!stored) return stored.error().WithContext("the checkpoint to fine-tune");
-    if (!stored->lesion_size) start_config.lesion_size = false;
+    if (!stored.lesion_size) start_config.lesion_size = false;
     init.emplace(start_config);
     if (auto loaded = torch_bridge::LoadCheckpoint(o.init_from, **init, start_config.ToJson());
         !loaded) {
@@ -647,8 +656,13 @@ Expected<DiffusionTrainReport> Train(
       return MakeError(ErrorCode::kInvalidArgument,
                        "the distillation's config already has guidance distilled into it");
     }
-    teacher.emplace(o.config);
-    if (auto loaded = torch_bridge::LoadCheckpoint(o.distill_from, **teacher, o.config.ToJson());
+    MEWM_TRY(const DiffusionConfig stored,
+             stored_config(o.distill_from, "the distillation's teacher"));
+    DiffusionConfig teacher_config = o.config;
+    teacher_config.item_groups = stored.item_groups;
+    teacher.emplace(teacher_config);
+    if (auto loaded =
+            torch_bridge::LoadCheckpoint(o.distill_from, **teacher, teacher_config.ToJson());
         !loaded) {
       return loaded.error().WithContext("the distillation's teacher");
     }

@@ -57,6 +57,12 @@ struct DiffusionConfig {
   /// in the synthetic world an embolic's ischemic kill does. Trained with `mewm train dynamics
   /// --lesion-size`; like guidance_distilled, a preset takes it from the checkpoint.
   bool lesion_size = false;
+  /// Embedding groups, empty or one entry per item: items with the same non-empty group share
+  /// one plan embedding (the mean of their own), so the denoiser cannot tell them apart; an empty
+  /// entry keeps the item's own. Filled by ItemGroups from public drug knowledge (`mewm train
+  /// dynamics --drug-sharing`). It changes no weight's shape, so a checkpoint with or without it
+  /// can start one with or without it; like lesion_size, a preset takes it from the checkpoint.
+  std::vector<std::string> item_groups;
 
   /// The presets, with the action base's items as vocabulary. kInvalidArgument for another name.
   static Expected<DiffusionConfig> Preset(const std::string& name, const ActionBase& actions);
@@ -67,6 +73,12 @@ struct DiffusionConfig {
   /// kParse / kInvalidArgument naming `origin`.
   static Expected<DiffusionConfig> FromJson(const std::string& text, const std::string& origin);
 };
+
+/// DiffusionConfig::item_groups for `actions`' items: "none" (empty), "class" (each drug grouped
+/// with its action-base class, embolics alone) or "all" (every drug in one group). The hidden
+/// potencies of the synthetic world are never read. kInvalidArgument for another `sharing`.
+Expected<std::vector<std::string>> ItemGroups(const ActionBase& actions,
+                                              const std::string& sharing);
 
 /// DDIM sampling. eta = 1 with many steps is DDPM's ancestral sampler (the `reference` search).
 struct SamplerConfig {
