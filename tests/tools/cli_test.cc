@@ -682,18 +682,25 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
   r = RunMewm("inspect --json " + tuned);
   EXPECT_NE(r.output.find("--init-from"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("fine_tuned_from"), std::string::npos) << r.output;
-  // Its guidance distilled into a student: the command records it, and the student refuses to be
-  // guided again.
+  // Its guidance distilled into a student whose drugs share one embedding: the command and the
+  // config record both, and the student refuses to be guided again.
   const std::string student = dir_.File("dd_student.pt");
   r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + student +
               " --distill-from " + model +
-              " --distill-guidance 2 --denoiser-steps 2 "
+              " --distill-guidance 2 --drug-sharing all --denoiser-steps 2 "
               "--denoiser-batch 2 --validation-fraction 0.25 --threads 1");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("recommended guidance 1.0"), std::string::npos) << r.output;
   r = RunMewm("inspect --json " + student);
   EXPECT_NE(r.output.find("guidance_distilled"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("--distill-from"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("item_groups"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--drug-sharing all"), std::string::npos) << r.output;
+  r = RunMewm("train dynamics --cohort " + cohort + " --out " + dir_.File("dd_bad.pt") +
+              " --drug-sharing potency");
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("class"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("dd_bad.pt")));
   r = RunMewm("eval dynamics --quiet --cohort " + cohort + " --model " + student +
               " --calibration \"\" --patients 3 --folds 2 --steps 2 --guidance 2 --threads 1");
   EXPECT_EQ(r.code, 1) << r.output;
