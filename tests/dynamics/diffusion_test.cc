@@ -98,6 +98,16 @@ std::vector<DiffusionPair> Pairs(const DiffusionConfig& config) {
   return pairs;
 }
 
+/// The largest absolute difference between two volumes' voxels (infinite for different sizes).
+double MaxDifference(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return std::numeric_limits<double>::infinity();
+  double max_diff = 0.0;
+  for (std::size_t x = 0; x < a.size(); ++x) {
+    max_diff = std::max(max_diff, double(std::abs(a[x] - b[x])));
+  }
+  return max_diff;
+}
+
 class DiffusionTest : public testing::VdbTest {
  protected:
   static void SetUpTestSuite() {
@@ -342,12 +352,8 @@ TEST_F(DiffusionTest, PlansConditionTheOutcomeAndSeedsMakeItReproducible) {
   // An outcome depends on its request alone, not on its batch.
   auto alone = model->Simulate(p, {a});
   ASSERT_TRUE(alone);
-  const DenseFloat c1 = (*alone)[0].post_ct.ToDense();
-  double max_diff = 0.0;
-  for (std::size_t x = 0; x < ca.size(); ++x) {
-    max_diff = std::max(max_diff, double(std::abs(ca.data[x] - c1.data[x])));
-  }
-  EXPECT_LT(max_diff, 0.5);  // HU: float noise of a different batch size only
+  // HU: float noise of a different batch size only.
+  EXPECT_LT(MaxDifference(ca.data, (*alone)[0].post_ct.ToDense().data), 0.5);
   // Away from the tumor the CT is untouched.
   EXPECT_FLOAT_EQ((*both)[0].post_ct.GetValue(2, 2, 2), p.ct.GetValue(2, 2, 2));
   // Counters: one encode for the patient, one forward per step, one embedding per plan.
@@ -512,16 +518,6 @@ TEST_F(DiffusionTest, TheLesionSizeInputCanBeAddedByFineTuning) {
   ASSERT_FALSE(back);
   EXPECT_EQ(back.error().code, ErrorCode::kMismatch);
   EXPECT_NE(back.error().message.find("lesion_size"), std::string::npos) << back.error().message;
-}
-
-/// The largest absolute difference between two volumes' voxels (infinite for different sizes).
-double MaxDifference(const std::vector<float>& a, const std::vector<float>& b) {
-  if (a.size() != b.size()) return std::numeric_limits<double>::infinity();
-  double max_diff = 0.0;
-  for (std::size_t x = 0; x < a.size(); ++x) {
-    max_diff = std::max(max_diff, double(std::abs(a[x] - b[x])));
-  }
-  return max_diff;
 }
 
 TEST_F(DiffusionTest, DrugsOfOneGroupShareOneEmbedding) {
