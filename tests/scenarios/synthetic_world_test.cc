@@ -30,6 +30,14 @@ WorldConfig SmallWorld() {
   return c;
 }
 
+/// The small world drawing `plans` counterfactual plans per patient by `design`.
+Expected<SyntheticWorld> DesignWorld(CounterfactualDesign design, int plans) {
+  WorldConfig c = SmallWorld();
+  c.counterfactual_plans = plans;
+  c.counterfactual_design = design;
+  return SyntheticWorld::Create(c, ActionBase::Default());
+}
+
 /// A plan's drugs (first) and its other items (second), each in the plan's order.
 std::pair<std::vector<std::string>, std::vector<std::string>> SplitDrugs(const Plan& plan) {
   const std::vector<std::string> drugs = ActionBase::Default().Drugs();
@@ -119,12 +127,9 @@ TEST_F(SyntheticWorldTest, TruthFindsTheMinimumOverEveryValidPlan) {
 }
 
 TEST_F(SyntheticWorldTest, EmbolicContrastShowsThePatientsDrugsWithOtherEmbolics) {
-  const ActionBase& actions = ActionBase::Default();
   const auto drugs_of = [](const Plan& plan) { return SplitDrugs(plan).first; };
-  WorldConfig random = SmallWorld(), contrast = SmallWorld();
-  random.counterfactual_plans = contrast.counterfactual_plans = 7;
-  contrast.counterfactual_design = CounterfactualDesign::kEmbolicContrast;
-  auto a = SyntheticWorld::Create(random, actions), b = SyntheticWorld::Create(contrast, actions);
+  auto a = DesignWorld(CounterfactualDesign::kRandom, 7),
+       b = DesignWorld(CounterfactualDesign::kEmbolicContrast, 7);
   ASSERT_TRUE(a && b);
   int same_drugs_random = 0;
   for (int i = 0; i < 20; ++i) {
@@ -162,12 +167,8 @@ TEST_F(SyntheticWorldTest, EmbolicContrastShowsThePatientsDrugsWithOtherEmbolics
 }
 
 TEST_F(SyntheticWorldTest, ItemContrastShowsThePatientsDrugsAndItsEmbolicsWithOtherItems) {
-  const ActionBase& actions = ActionBase::Default();
-  WorldConfig embolic = SmallWorld(), item = SmallWorld();
-  embolic.counterfactual_plans = item.counterfactual_plans = 8;
-  embolic.counterfactual_design = CounterfactualDesign::kEmbolicContrast;
-  item.counterfactual_design = CounterfactualDesign::kItemContrast;
-  auto a = SyntheticWorld::Create(embolic, actions), b = SyntheticWorld::Create(item, actions);
+  auto a = DesignWorld(CounterfactualDesign::kEmbolicContrast, 8),
+       b = DesignWorld(CounterfactualDesign::kItemContrast, 8);
   ASSERT_TRUE(a && b);
   int drug_changes_embolic_design = 0;
   for (int i = 0; i < 20; ++i) {
