@@ -91,6 +91,7 @@ Status DiffusionConfig::Validate() const {
   if (!item_groups.empty() && item_groups.size() != items.size()) {
     return Invalid("item_groups must be empty or have one entry per item");
   }
+  if (group_once && item_groups.empty()) return Invalid("group_once needs item_groups");
   return window.Validate();
 }
 
@@ -110,6 +111,7 @@ std::string DiffusionConfig::ToJson() const {
   if (guidance_distilled != 1.0) j["guidance_distilled"] = guidance_distilled;
   if (lesion_size) j["lesion_size"] = true;  // likewise
   if (!item_groups.empty()) j["item_groups"] = item_groups;
+  if (group_once) j["group_once"] = true;
   return j.dump();
 }
 
@@ -135,6 +137,7 @@ Expected<DiffusionConfig> DiffusionConfig::FromJson(const std::string& text,
     c.guidance_distilled = j.value("guidance_distilled", 1.0);
     c.lesion_size = j.value("lesion_size", false);
     c.item_groups = j.value("item_groups", std::vector<std::string>{});
+    c.group_once = j.value("group_once", false);
   } catch (const std::exception& e) {
     return MakeError(ErrorCode::kParse, origin + ": not a diffusion config: " + e.what());
   }

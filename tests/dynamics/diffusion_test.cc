@@ -595,6 +595,45 @@ TEST_F(DiffusionTest, DrugsOfOneGroupShareOneEmbedding) {
   ASSERT_TRUE(student) << student.error().ToString();
 }
 
+TEST_F(DiffusionTest, SaturatedGroupCountsOncePerPlan) {
+  const auto all = ItemGroups(ActionBase::Default(), "all");
+  ASSERT_TRUE(all);
+  // Written only when set, read back, and refused without groups to count.
+  DiffusionConfig config = Tiny();
+  config.group_once = true;
+  const Status ungrouped = config.Validate();
+  ASSERT_FALSE(ungrouped);
+  EXPECT_NE(ungrouped.error().message.find("group_once"), std::string::npos);
+  config.item_groups = *all;
+  ASSERT_TRUE(config.Validate());
+  EXPECT_TRUE(DiffusionConfig::FromJson(config.ToJson(), "g.pt")->group_once);
+  EXPECT_EQ(nlohmann::json::parse(Tiny().ToJson()).count("group_once"), 0u);
+
+  // Fine-tuned with one saturating drug group, a second drug (of another class) changes nothing,
+  // while the first still does. Each request is simulated alone (one thread), so equal
+  // embeddings give bit-identical outcomes.
+  const PatientCase p = Phantom({{0, 0, 0}});
+  DiffusionTrainOptions t = TinyTraining(19, 10, 4, 100);
+  t.init_from = *model_path_;
+  t.config = config;
+  t.out = (dir_->path() / "saturated.pt").string();
+  auto tuned = TrainDiffusion(Pairs(t.config), {}, t, {});
+  ASSERT_TRUE(tuned) << tuned.error().ToString();
+  DiffusionBackendOptions o = Options();
+  o.model_path = t.out;
+  auto model = CreateDiffusionDynamics(o);
+  ASSERT_TRUE(model) << model.error().ToString();
+  EXPECT_TRUE((*model)->config().group_once);
+  const auto simulate = [&](const std::string& plan) {
+    auto out = (*model)->Simulate(p, {{P(plan), 0, 42, 0}});
+    EXPECT_TRUE(out) << out.error().ToString();
+    return out ? out->front().post_ct.ToDense().data : std::vector<float>{};
+  };
+  const std::vector<float> one = simulate("Lipiodol+Oxaliplatin");
+  EXPECT_EQ(MaxDifference(one, simulate("Lipiodol+Oxaliplatin+Epirubicin")), 0.0);
+  EXPECT_GT(MaxDifference(one, simulate("Lipiodol")), 0.0);
+}
+
 TEST_F(DiffusionTest, BadInputGivesClearErrors) {
   auto model = Model();
   ASSERT_TRUE(model);

@@ -701,6 +701,12 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("class"), std::string::npos) << r.output;
   EXPECT_FALSE(std::filesystem::exists(dir_.File("dd_bad.pt")));
+  // A saturating group needs groups to saturate.
+  r = RunMewm("train dynamics --cohort " + cohort + " --out " + dir_.File("dd_bad.pt") +
+              " --drug-saturate");
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("group_once needs item_groups"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("dd_bad.pt")));
   r = RunMewm("eval dynamics --quiet --cohort " + cohort + " --model " + student +
               " --calibration \"\" --patients 3 --folds 2 --steps 2 --guidance 2 --threads 1");
   EXPECT_EQ(r.code, 1) << r.output;

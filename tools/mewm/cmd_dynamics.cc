@@ -30,7 +30,7 @@ struct TrainDynamicsOptions {
   std::uint64_t seed = 1;
   int ae_steps = 1500, denoiser_steps = 1500, ae_batch = 8, denoiser_batch = 12, threads = 0;
   double validation_fraction = 0.1;
-  bool lesion_size = false;
+  bool lesion_size = false, drug_saturate = false;
   bool quiet = false;
 };
 
@@ -77,6 +77,9 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                   "a checkpoint that shares otherwise")
       ->check(CLI::IsMember({"none", "class", "all"}))
       ->capture_default_str();
+  sub->add_flag("--drug-saturate", o->drug_saturate,
+                "Each drug group counts once per plan, however many of its drugs the plan holds "
+                "(needs --drug-sharing class or all)");
 }
 
 /// Adds the validation split, resumable state, threads and progress options.
@@ -152,7 +155,8 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
                                     nlohmann::json(o.distill_guidance).dump()) +
       (o.init_from.empty() ? "" : " --init-from " + o.init_from) +
       (o.lesion_size ? " --lesion-size" : "") +
-      (o.drug_sharing == "none" ? "" : " --drug-sharing " + o.drug_sharing);
+      (o.drug_sharing == "none" ? "" : " --drug-sharing " + o.drug_sharing) +
+      (o.drug_saturate ? " --drug-saturate" : "");
   const auto [cohort_seed, data] = CohortProvenance(o.cohort);
   dynamics::DiffusionTrainOptions options;
   options.config = config;
@@ -218,6 +222,8 @@ Action AddTrainDynamics(CLI::App& train_app) {
     auto groups = dynamics::ItemGroups(actions, o->drug_sharing);
     if (!groups) return Fail(groups.error());
     config->item_groups = *groups;
+    config->group_once = o->drug_saturate;
+    if (auto valid = config->Validate(); !valid) return Fail(valid.error());
     auto pairs = ReadTrainValPairs(*o, *config, actions);
     if (!pairs) return Fail(pairs.error());
     const dynamics::DiffusionTrainOptions options = TrainOptionsOf(*o, *config);

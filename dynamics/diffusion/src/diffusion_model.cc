@@ -457,6 +457,7 @@ Expected<std::unique_ptr<DiffusionDynamics>> CreateDiffusionDynamics(
     expected.guidance_distilled = stored.guidance_distilled;  // the weights', not the preset's
     expected.lesion_size = stored.lesion_size;                // likewise
     expected.item_groups = stored.item_groups;                // likewise
+    expected.group_once = stored.group_once;                  // likewise
   }
   MEWM_RETURN_IF_ERROR(CheckSampler(expected, options.sampler, options.model_path));
   torch_bridge::ConfigureThreads(options.threads);

@@ -181,6 +181,7 @@ class DenoiserImpl : public torch::nn::Module {
     plan2 = register_module("plan2", torch::nn::Linear(e, e));
     null_plan = register_parameter("null_plan", torch::randn({e}) * 0.02);
     SetGroups(c.item_groups);
+    group_once_ = c.group_once;
     if (c.lesion_size) {
       // Zero at the start: a denoiser fine-tuned from one without it starts where that one was.
       size = register_module("size", torch::nn::Linear(1, e));
@@ -203,18 +204,25 @@ class DenoiserImpl : public torch::nn::Module {
   }
   /// Plans as multi-hot rows over the vocabulary, [P, V] -> [P, embed]: sum of item embeddings
   /// (order-invariant; items of one DiffusionConfig::item_groups group each count as the group's
-  /// mean embedding), then an MLP. With DiffusionConfig::lesion_size each row has one more
-  /// column, the crop's LesionSizeFeature, added inside the MLP (before its nonlinearity), so an
-  /// item's effect can depend on the lesion's size.
+  /// mean embedding, and with DiffusionConfig::group_once a group counts once per plan), then an
+  /// MLP. With DiffusionConfig::lesion_size each row has one more column, the crop's
+  /// LesionSizeFeature, added inside the MLP (before its nonlinearity), so an item's effect can
+  /// depend on the lesion's size.
   torch::Tensor PlanEmbedding(const torch::Tensor& rows) {
     const std::int64_t v = items->weight.size(0);
     const torch::Tensor& w = items->weight;
-    // Each group's mean is computed once and indexed, so the members' rows are bit-identical.
-    const torch::Tensor table = group_mean_.defined()
-                                    ? torch::cat({w, group_mean_.to(w.device()).matmul(w)})
-                                          .index_select(0, row_of_.to(w.device()))
-                                    : w;
-    torch::Tensor h = plan1(rows.slice(1, 0, v).matmul(table));
+    const torch::Tensor plan_items = rows.slice(1, 0, v);
+    torch::Tensor sum;
+    if (!group_mean_.defined()) {
+      sum = plan_items.matmul(w);
+    } else {
+      // Members count through their group's count, so the members' rows are bit-identical.
+      const torch::Tensor mean = group_mean_.to(w.device());
+      torch::Tensor counts = plan_items.matmul((mean > 0).to(w.dtype()).t());  // [P, G]
+      if (group_once_) counts = counts.clamp_max(1.0);
+      sum = (plan_items * ungrouped_.to(w.device())).matmul(w) + counts.matmul(mean.matmul(w));
+    }
+    torch::Tensor h = plan1(sum);
     if (size) h = h + size(rows.slice(1, v, v + 1));
     return plan2(torch::silu(h));
   }
@@ -238,33 +246,34 @@ class DenoiserImpl : public torch::nn::Module {
   torch::nn::GroupNorm norm_out{nullptr};
 
  private:
-  /// group_mean_ [G, V] averages each group's members; row_of_ [V] gives each item's row of
-  /// [items; group means] (its own when ungrouped). Undefined when no item is grouped. Not
-  /// buffers: a checkpoint holds the groups in its config.
+  /// group_mean_ [G, V] averages each group's members; ungrouped_ [V] is 1 for the items that
+  /// keep their own embedding. Undefined when no item is grouped. Not buffers: a checkpoint holds
+  /// the groups in its config.
   void SetGroups(const std::vector<std::string>& groups) {
     const auto v = std::int64_t(groups.size());
     std::vector<std::string> names;
-    std::vector<std::int64_t> row_of;
-    for (std::int64_t i = 0; i < v; ++i) {
-      const std::string& g = groups[std::size_t(i)];
-      if (g.empty()) {
-        row_of.push_back(i);
-        continue;
-      }
+    std::vector<std::int64_t> group_of;  // -1: ungrouped
+    for (const std::string& g : groups) {
       const auto at = std::find(names.begin(), names.end(), g);
-      row_of.push_back(v + std::int64_t(at - names.begin()));
-      if (at == names.end()) names.push_back(g);
+      group_of.push_back(g.empty() ? -1 : std::int64_t(at - names.begin()));
+      if (!g.empty() && at == names.end()) names.push_back(g);
     }
     if (names.empty()) return;
     group_mean_ = torch::zeros({std::int64_t(names.size()), v});
+    ungrouped_ = torch::zeros({v});
     for (std::int64_t i = 0; i < v; ++i) {
-      if (row_of[std::size_t(i)] >= v) group_mean_[row_of[std::size_t(i)] - v][i] = 1.0;
+      const std::int64_t g = group_of[std::size_t(i)];
+      if (g < 0) {
+        ungrouped_[i] = 1.0;
+      } else {
+        group_mean_[g][i] = 1.0;
+      }
     }
     group_mean_ /= group_mean_.sum(1, true);
-    row_of_ = torch::tensor(row_of, torch::kLong);
   }
   int embed_dim_;
-  torch::Tensor group_mean_, row_of_;
+  bool group_once_ = false;
+  torch::Tensor group_mean_, ungrouped_;
 };
 TORCH_MODULE(Denoiser);
 

@@ -638,6 +638,7 @@ Expected<DiffusionTrainReport> Train(
              stored_config(o.init_from, "the checkpoint to fine-tune"));
     DiffusionConfig start_config = o.config;
     start_config.item_groups = stored.item_groups;
+    start_config.group_once = stored.group_once;
     // A checkpoint without the lesion-size input can start a model with it (the input starts at
     // zero, CopyWeights), not the reverse.
     if (!stored.lesion_size) start_config.lesion_size = false;
@@ -660,6 +661,7 @@ Expected<DiffusionTrainReport> Train(
              stored_config(o.distill_from, "the distillation's teacher"));
     DiffusionConfig teacher_config = o.config;
     teacher_config.item_groups = stored.item_groups;
+    teacher_config.group_once = stored.group_once;
     teacher.emplace(teacher_config);
     if (auto loaded =
             torch_bridge::LoadCheckpoint(o.distill_from, **teacher, teacher_config.ToJson());

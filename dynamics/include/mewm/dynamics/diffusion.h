@@ -63,6 +63,11 @@ struct DiffusionConfig {
   /// dynamics --drug-sharing`). It changes no weight's shape, so a checkpoint with or without it
   /// can start one with or without it; like lesion_size, a preset takes it from the checkpoint.
   std::vector<std::string> item_groups;
+  /// Whether a group counts once per plan however many of its items the plan holds (`mewm train
+  /// dynamics --drug-saturate`): with every drug in one group, a second drug then looks like the
+  /// first to the denoiser, and plans differ by it only through what the survival model reads.
+  /// Needs item_groups; like them, it changes no weight and a preset takes it from the checkpoint.
+  bool group_once = false;
 
   /// The presets, with the action base's items as vocabulary. kInvalidArgument for another name.
   static Expected<DiffusionConfig> Preset(const std::string& name, const ActionBase& actions);
