@@ -137,6 +137,24 @@ class DiffusionTest : public testing::VdbTest {
     EXPECT_TRUE(m) << m.error().ToString();
     return m ? std::move(*m) : nullptr;
   }
+  /// The tiny model fine-tuned for 10 steps with `config` (seeded by `seed`), saved as `name` in
+  /// the suite's folder and loaded; nullptr after a failed expectation.
+  static std::unique_ptr<DiffusionDynamics> FineTuned(std::uint64_t seed,
+                                                      const DiffusionConfig& config,
+                                                      const std::string& name) {
+    DiffusionTrainOptions t = TinyTraining(seed, 10, 4, 100);
+    t.init_from = *model_path_;
+    t.config = config;
+    t.out = (dir_->path() / name).string();
+    auto tuned = TrainDiffusion(Pairs(t.config), {}, t, {});
+    EXPECT_TRUE(tuned) << tuned.error().ToString();
+    if (!tuned) return nullptr;
+    DiffusionBackendOptions o = Options();
+    o.model_path = t.out;
+    auto m = CreateDiffusionDynamics(o);
+    EXPECT_TRUE(m) << m.error().ToString();
+    return m ? std::move(*m) : nullptr;
+  }
   static testing::TempDir* dir_;
   static std::string* model_path_;
 };
@@ -494,25 +512,19 @@ TEST_F(DiffusionTest, FineTuningKeepsTheAutoencoderAndTrainsTheDenoiserFurther) 
 }
 
 TEST_F(DiffusionTest, TheLesionSizeInputCanBeAddedByFineTuning) {
-  DiffusionTrainOptions t = TinyTraining(15, 10, 4, 100);
-  t.init_from = *model_path_;
-  t.config.lesion_size = true;
-  t.out = (dir_->path() / "sized.pt").string();
-  auto sized = TrainDiffusion(Pairs(t.config), {}, t, {});
-  ASSERT_TRUE(sized) << sized.error().ToString();
-  DiffusionBackendOptions o = Options();
-  o.model_path = t.out;
-  auto model = CreateDiffusionDynamics(o);
-  ASSERT_TRUE(model) << model.error().ToString();
-  EXPECT_TRUE((*model)->config().lesion_size);
+  DiffusionConfig sized = Tiny();
+  sized.lesion_size = true;
+  const auto model = FineTuned(15, sized, "sized.pt");
+  ASSERT_TRUE(model);
+  EXPECT_TRUE(model->config().lesion_size);
   // Two lesions in separate crops: each plan is embedded once per crop, with that crop's size.
   const PatientCase two = Phantom({{-30, 0, 0}, {30, 0, 0}}, 8.0);
-  auto outcomes = (*model)->Simulate(two, {{P("Lipiodol+PVA"), 0, 1, 0}, {P("Lipiodol"), 0, 2, 0}});
+  auto outcomes = model->Simulate(two, {{P("Lipiodol+PVA"), 0, 1, 0}, {P("Lipiodol"), 0, 2, 0}});
   ASSERT_TRUE(outcomes) << outcomes.error().ToString();
-  EXPECT_EQ((*model)->counters().plan_embeddings, 4);
+  EXPECT_EQ(model->counters().plan_embeddings, 4);
   // Not the reverse: a model with the input cannot start one without it.
-  t.init_from = t.out;
-  t.config.lesion_size = false;
+  DiffusionTrainOptions t = TinyTraining(15, 10, 4, 100);
+  t.init_from = (dir_->path() / "sized.pt").string();
   t.out = (dir_->path() / "unsized.pt").string();
   auto back = TrainDiffusion(Pairs(t.config), {}, t, {});
   ASSERT_FALSE(back);
@@ -613,19 +625,11 @@ TEST_F(DiffusionTest, SaturatedGroupCountsOncePerPlan) {
   // while the first still does. Each request is simulated alone (one thread), so equal
   // embeddings give bit-identical outcomes.
   const PatientCase p = Phantom({{0, 0, 0}});
-  DiffusionTrainOptions t = TinyTraining(19, 10, 4, 100);
-  t.init_from = *model_path_;
-  t.config = config;
-  t.out = (dir_->path() / "saturated.pt").string();
-  auto tuned = TrainDiffusion(Pairs(t.config), {}, t, {});
-  ASSERT_TRUE(tuned) << tuned.error().ToString();
-  DiffusionBackendOptions o = Options();
-  o.model_path = t.out;
-  auto model = CreateDiffusionDynamics(o);
-  ASSERT_TRUE(model) << model.error().ToString();
-  EXPECT_TRUE((*model)->config().group_once);
+  const auto model = FineTuned(19, config, "saturated.pt");
+  ASSERT_TRUE(model);
+  EXPECT_TRUE(model->config().group_once);
   const auto simulate = [&](const std::string& plan) {
-    auto out = (*model)->Simulate(p, {{P(plan), 0, 42, 0}});
+    auto out = model->Simulate(p, {{P(plan), 0, 42, 0}});
     EXPECT_TRUE(out) << out.error().ToString();
     return out ? out->front().post_ct.ToDense().data : std::vector<float>{};
   };
