@@ -218,7 +218,7 @@ class DenoiserImpl : public torch::nn::Module {
     } else {
       // Members count through their group's count, so the members' rows are bit-identical.
       const torch::Tensor mean = group_mean_.to(w.device());
-      torch::Tensor counts = plan_items.matmul((mean > 0).to(w.dtype()).t());  // [P, G]
+      torch::Tensor counts = plan_items.matmul(group_members_.to(w.device()).t());  // [P, G]
       if (group_once_) counts = counts.clamp_max(1.0);
       sum = (plan_items * ungrouped_.to(w.device())).matmul(w) + counts.matmul(mean.matmul(w));
     }
@@ -246,9 +246,9 @@ class DenoiserImpl : public torch::nn::Module {
   torch::nn::GroupNorm norm_out{nullptr};
 
  private:
-  /// group_mean_ [G, V] averages each group's members; ungrouped_ [V] is 1 for the items that
-  /// keep their own embedding. Undefined when no item is grouped. Not buffers: a checkpoint holds
-  /// the groups in its config.
+  /// group_members_ [G, V] is 1 where an item belongs to a group and group_mean_ averages each
+  /// group's members; ungrouped_ [V] is 1 for the items that keep their own embedding. Undefined
+  /// when no item is grouped. Not buffers: a checkpoint holds the groups in its config.
   void SetGroups(const std::vector<std::string>& groups) {
     const auto v = std::int64_t(groups.size());
     std::vector<std::string> names;
@@ -259,21 +259,21 @@ class DenoiserImpl : public torch::nn::Module {
       if (!g.empty() && at == names.end()) names.push_back(g);
     }
     if (names.empty()) return;
-    group_mean_ = torch::zeros({std::int64_t(names.size()), v});
+    group_members_ = torch::zeros({std::int64_t(names.size()), v});
     ungrouped_ = torch::zeros({v});
     for (std::int64_t i = 0; i < v; ++i) {
       const std::int64_t g = group_of[std::size_t(i)];
       if (g < 0) {
         ungrouped_[i] = 1.0;
       } else {
-        group_mean_[g][i] = 1.0;
+        group_members_[g][i] = 1.0;
       }
     }
-    group_mean_ /= group_mean_.sum(1, true);
+    group_mean_ = group_members_ / group_members_.sum(1, true);
   }
   int embed_dim_;
   bool group_once_ = false;
-  torch::Tensor group_mean_, ungrouped_;
+  torch::Tensor group_members_, group_mean_, ungrouped_;
 };
 TORCH_MODULE(Denoiser);
 

@@ -623,8 +623,6 @@ Expected<DiffusionTrainReport> Train(
   MEWM_TRY(Stacked data, Stack(train, o.config));
   MEWM_TRY(Stacked val, Stack(validation_pairs, o.config));
   std::optional<nets::DiffusionNet> teacher, init;
-  // The config a starting checkpoint loads with: the one trained, with the checkpoint's item
-  // groups (grouping changes no weight, so either side may have it or not).
   const auto stored_config = [](const std::string& path,
                                 const std::string& role) -> Expected<DiffusionConfig> {
     auto info = torch_bridge::ReadCheckpointInfo(path);
@@ -633,12 +631,18 @@ Expected<DiffusionTrainReport> Train(
     if (!stored) return stored.error().WithContext(role);
     return *stored;
   };
+  // The config a starting checkpoint loads with: the one trained, with the checkpoint's item
+  // groups and group_once (grouping changes no weight, so either side may have it or not).
+  const auto with_groups_of = [&o](const DiffusionConfig& stored) {
+    DiffusionConfig c = o.config;
+    c.item_groups = stored.item_groups;
+    c.group_once = stored.group_once;
+    return c;
+  };
   if (!o.init_from.empty()) {
     MEWM_TRY(const DiffusionConfig stored,
              stored_config(o.init_from, "the checkpoint to fine-tune"));
-    DiffusionConfig start_config = o.config;
-    start_config.item_groups = stored.item_groups;
-    start_config.group_once = stored.group_once;
+    DiffusionConfig start_config = with_groups_of(stored);
     // A checkpoint without the lesion-size input can start a model with it (the input starts at
     // zero, CopyWeights), not the reverse.
     if (!stored.lesion_size) start_config.lesion_size = false;
@@ -659,9 +663,7 @@ Expected<DiffusionTrainReport> Train(
     }
     MEWM_TRY(const DiffusionConfig stored,
              stored_config(o.distill_from, "the distillation's teacher"));
-    DiffusionConfig teacher_config = o.config;
-    teacher_config.item_groups = stored.item_groups;
-    teacher_config.group_once = stored.group_once;
+    const DiffusionConfig teacher_config = with_groups_of(stored);
     teacher.emplace(teacher_config);
     if (auto loaded =
             torch_bridge::LoadCheckpoint(o.distill_from, **teacher, teacher_config.ToJson());
