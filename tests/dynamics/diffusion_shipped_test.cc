@@ -2,8 +2,9 @@
 // SPDX-FileCopyrightText: the mewm authors
 //
 // The shipped diffusion checkpoints (models/dynamics_diffusion.pt, its guidance-distilled student
-// models/dynamics_diffusion_distilled.pt, and the distilled student with the lesion-size input,
-// models/dynamics_diffusion_lesion_size.pt) respond to plans in the truth's direction.
+// models/dynamics_diffusion_distilled.pt, the distilled student with the lesion-size input,
+// models/dynamics_diffusion_lesion_size.pt, and the one whose drugs share one saturating group,
+// models/dynamics_diffusion_drug_saturate.pt) respond to plans in the truth's direction.
 // Labelled slow: they load the real weights and render synthetic patients.
 #include <gtest/gtest.h>
 
@@ -76,10 +77,12 @@ TEST_P(DiffusionShippedTest, GeneratedResidualRanksPlansLikeTheTruth) {
 INSTANTIATE_TEST_SUITE_P(Checkpoints, DiffusionShippedTest,
                          ::testing::Values("dynamics_diffusion.pt",
                                            "dynamics_diffusion_distilled.pt",
-                                           "dynamics_diffusion_lesion_size.pt"),
+                                           "dynamics_diffusion_lesion_size.pt",
+                                           "dynamics_diffusion_drug_saturate.pt"),
                          [](const ::testing::TestParamInfo<const char*>& param) {
                            const std::string name = param.param;
                            if (name.find("lesion_size") != std::string::npos) return "LesionSize";
+                           if (name.find("saturate") != std::string::npos) return "DrugSaturate";
                            if (name.find("distilled") != std::string::npos) return "Distilled";
                            return "Teacher";
                          });

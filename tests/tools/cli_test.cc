@@ -1366,7 +1366,8 @@ TEST_F(CliDataTest, ModelChecksumsAreCheckedAtLoadAndShownByInspect) {
   // The shipped models carry checksum files that match.
   for (const char* name :
        {"dynamics_diffusion.pt", "dynamics_diffusion_distilled.pt",
-        "dynamics_diffusion_lesion_size.pt", "cox_survival.json", "mechanistic_calibration.json"}) {
+        "dynamics_diffusion_lesion_size.pt", "dynamics_diffusion_drug_saturate.pt",
+        "cox_survival.json", "mechanistic_calibration.json"}) {
     const std::string recorded = Slurp((models / (std::string(name) + ".sha256")).string());
     ASSERT_GE(recorded.size(), 64u) << name;
     Result r = RunMewm("inspect --json " + (models / name).string());
