@@ -672,7 +672,26 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
     // The complete-response baseline has no image: no HU error and no Turing test.
     EXPECT_EQ(m.at("hu_mae").is_null(), m.at("method") == "complete response");
     EXPECT_EQ(m.contains("turing"), m.at("method") != "complete response");
+    // Item effects within patients. Lipiodol is in every plan: no effect to measure. The truth's
+    // effects are the same whichever method; post = pre and no residual predict none.
+    const auto& effects = m.at("item_effects");
+    ASSERT_FALSE(effects.empty()) << m.dump();
+    const auto& reference = eval.at("methods").front().at("item_effects");
+    ASSERT_EQ(effects.size(), reference.size());
+    const bool constant = m.at("method") == "no change" || m.at("method") == "complete response";
+    for (std::size_t i = 0; i < effects.size(); ++i) {
+      const auto& e = effects[i];
+      EXPECT_NE(e.at("item"), "Lipiodol");
+      EXPECT_EQ(e.at("item"), reference[i].at("item"));
+      EXPECT_GE(e.at("patients").get<int>(), 1) << e.dump();
+      EXPECT_EQ(e.at("true_residual_ml"), reference[i].at("true_residual_ml"));
+      EXPECT_EQ(e.contains("lipiodol_coverage"), m.at("method") != "complete response");
+      if (constant) {
+        EXPECT_EQ(e.at("residual_ml").get<double>(), 0.0) << e.dump();
+      }
+    }
   }
+  EXPECT_NE(r.output.find("item effects within patients"), std::string::npos) << r.output;
   // Fine-tuned on the same cohort: the command records where it started.
   const std::string tuned = dir_.File("dd_tuned.pt");
   r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + tuned + " --init-from " +

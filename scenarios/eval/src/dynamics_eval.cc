@@ -6,14 +6,17 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
+#include <set>
 
 #include "mewm/core/seed.h"
 #include "mewm/core/stats.h"
 #include "mewm/eval/dynamics_data.h"
 #include "mewm/planner/planner.h"
+#include "mewm/tace/tumor_features.h"
 
 namespace mewm::scenarios {
 namespace {
@@ -111,6 +114,8 @@ struct MethodCases {
   std::vector<double> residual_abs, residual_diff, residual_rel, dice, mask_abs, hu;
   int empty_both = 0;
   std::vector<std::vector<double>> pred_ml, true_ml;  ///< per patient, per plan (residual)
+  std::vector<std::vector<double>> pred_coverage, true_coverage;  ///< the same, LipiodolCoverage
+  std::vector<std::vector<Plan>> plans;                           ///< per patient, per plan
   std::vector<DenseFloat> crops;
   std::vector<int> crop_patient;
   double seconds = 0.0;
@@ -137,6 +142,48 @@ double MeanSpearman(const std::vector<std::vector<double>>& pred,
   return k > 0 ? sum / k : std::nan("");
 }
 
+/// MethodCases' per-patient series in ItemEffect's order: predicted and true residual, predicted
+/// and true coverage.
+std::vector<ItemEffect> ItemEffects(const MethodCases& c) {
+  const std::vector<std::vector<double>>* series[4] = {&c.pred_ml, &c.true_ml, &c.pred_coverage,
+                                                       &c.true_coverage};
+  std::map<std::string, ItemEffect> effects;
+  for (std::size_t patient = 0; patient < c.plans.size(); ++patient) {
+    const std::vector<Plan>& plans = c.plans[patient];
+    std::set<std::string> items;
+    for (const Plan& plan : plans) items.insert(plan.items().begin(), plan.items().end());
+    for (const std::string& item : items) {
+      double with[4] = {}, without[4] = {};
+      int n_with = 0;
+      for (std::size_t p = 0; p < plans.size(); ++p) {
+        const bool holds = plans[p].Contains(item);
+        n_with += holds ? 1 : 0;
+        for (int s = 0; s < 4; ++s) (holds ? with : without)[s] += (*series[s])[patient][p];
+      }
+      const int n_without = int(plans.size()) - n_with;
+      if (n_with == 0 || n_without == 0) continue;
+      double d[4];
+      for (int s = 0; s < 4; ++s) d[s] = with[s] / n_with - without[s] / n_without;
+      ItemEffect& e = effects[item];
+      e.item = item;
+      ++e.patients;
+      e.residual_ml += d[0];
+      e.true_residual_ml += d[1];
+      e.lipiodol_coverage += d[2];
+      e.true_lipiodol_coverage += d[3];
+    }
+  }
+  std::vector<ItemEffect> out;
+  for (auto& [item, e] : effects) {
+    for (double* v :
+         {&e.residual_ml, &e.true_residual_ml, &e.lipiodol_coverage, &e.true_lipiodol_coverage}) {
+      *v /= e.patients;
+    }
+    out.push_back(e);
+  }
+  return out;
+}
+
 }  // namespace
 
 /// Scores one method's simulated outcomes of one patient (patient index `patient`) against the
@@ -144,7 +191,8 @@ double MeanSpearman(const std::vector<std::vector<double>>& pred,
 Status ScorePatient(const std::vector<Outcome>& simulated, const std::vector<Outcome>& truth,
                     const PatientCase& region, const CropSpec& lesion,
                     const dynamics::DiffusionConfig& crop_config, int patient, MethodCases& c) {
-  std::vector<double> pred_ml, true_ml;
+  std::vector<double> pred_ml, true_ml, pred_coverage, true_coverage;
+  std::vector<Plan> plans;
   for (std::size_t p = 0; p < truth.size(); ++p) {
     const Outcome& o = simulated[p];
     const double pr = ViableVolumeMl(o), tr = ViableVolumeMl(truth[p]);
@@ -152,6 +200,11 @@ Status ScorePatient(const std::vector<Outcome>& simulated, const std::vector<Out
     true_ml.push_back(tr);
     c.residual_abs.push_back(std::abs(pr - tr));
     c.residual_diff.push_back(pr - tr);
+    MEWM_TRY(const double pc, LipiodolCoverage(o.post_ct, region.tumor));
+    MEWM_TRY(const double tc, LipiodolCoverage(truth[p].post_ct, region.tumor));
+    pred_coverage.push_back(pc);
+    true_coverage.push_back(tc);
+    plans.push_back(truth[p].plan);
     c.residual_rel.push_back(std::abs(pr - tr) / std::max(tr, 1.0));
     c.mask_abs.push_back(std::abs(MaskMl(o.viable) - MaskMl(truth[p].viable)));
     const double dice = Dice(o.viable, truth[p].viable);
@@ -167,6 +220,9 @@ Status ScorePatient(const std::vector<Outcome>& simulated, const std::vector<Out
   }
   c.pred_ml.push_back(std::move(pred_ml));
   c.true_ml.push_back(std::move(true_ml));
+  c.pred_coverage.push_back(std::move(pred_coverage));
+  c.true_coverage.push_back(std::move(true_coverage));
+  c.plans.push_back(std::move(plans));
   return {};
 }
 
@@ -187,6 +243,7 @@ DynamicsMetrics Summarize(const std::string& method, const MethodCases& c, bool 
   r.has_image = has_image;
   r.hu_mae = Mean(c.hu);
   r.seconds = c.seconds;
+  r.item_effects = ItemEffects(c);
   // Plan sensitivity, and a control with each patient's predictions shuffled across plans.
   r.spearman = MeanSpearman(c.pred_ml, c.true_ml, &r.spearman_patients, &r.spearman_constant);
   if (!std::isnan(r.spearman) && r.spearman_constant < r.spearman_patients) {
@@ -321,6 +378,24 @@ std::string DynamicsEvaluation::FormatTable() const {
       "either viable mask (fraction >= 0.5) is non-empty, n cases, empty = both empty; Spearman: "
       "mean over the n patients whose true residual varies across plans, a constant prediction "
       "counting 0; Turing folds and CI grouped by patient\n";
+  out +=
+      "item effects within patients (plans with the item minus plans without), predicted / true: "
+      "residual mL, Lipiodol coverage; n patients:\n";
+  for (const DynamicsMetrics& m : methods) {
+    out += "  " + m.method + ":";
+    for (const ItemEffect& e : m.item_effects) {
+      std::snprintf(line, sizeof line, " %s %+.1f/%+.1f", e.item.c_str(), e.residual_ml,
+                    e.true_residual_ml);
+      out += line;
+      if (m.has_image) {
+        std::snprintf(line, sizeof line, " %+.3f/%+.3f", e.lipiodol_coverage,
+                      e.true_lipiodol_coverage);
+        out += line;
+      }
+      out += " " + std::to_string(e.patients) + ";";
+    }
+    out.back() = '\n';
+  }
   return out;
 }
 
@@ -345,6 +420,18 @@ std::string DynamicsEvaluation::ToJson() const {
                         {"spearman_shuffled", num(m.spearman_shuffled)},
                         {"spearman_p", m.spearman_p},
                         {"simulation_seconds", m.seconds}};
+    e["item_effects"] = nlohmann::json::array();
+    for (const ItemEffect& effect : m.item_effects) {
+      nlohmann::json item = {{"item", effect.item},
+                             {"patients", effect.patients},
+                             {"residual_ml", effect.residual_ml},
+                             {"true_residual_ml", effect.true_residual_ml}};
+      if (m.has_image) {
+        item["lipiodol_coverage"] = effect.lipiodol_coverage;
+        item["true_lipiodol_coverage"] = effect.true_lipiodol_coverage;
+      }
+      e["item_effects"].push_back(item);
+    }
     if (m.has_turing) {
       e["turing"] = {{"auc", m.turing.auc},
                      {"ci95", {m.turing.ci_low, m.turing.ci_high}},

@@ -44,6 +44,17 @@ Expected<std::vector<dynamics::DiffusionPair>> BuildDiffusionPairs(
 
 namespace mewm::scenarios {
 
+/// What one plan item does to what survival reads from an outcome's image (the residual and the
+/// Lipiodol coverage, CoxFeatures), as a method predicts it and as the truth has it. Within each
+/// patient: the mean over the patient's plans that hold the item minus the mean over those that
+/// do not; then the mean over the patients that have both kinds of plan.
+struct ItemEffect {
+  std::string item;
+  int patients = 0;
+  double residual_ml = 0.0, true_residual_ml = 0.0;
+  double lipiodol_coverage = 0.0, true_lipiodol_coverage = 0.0;
+};
+
 /// Fidelity of one dynamics method against the mechanistic truth, over (patient, plan) cases.
 /// "Residual" is the integrated viable fraction (what survival reads, ViableVolumeMl); "mask" is
 /// the viable mask thresholded at 0.5, which is empty for many true partial responses.
@@ -69,6 +80,9 @@ struct DynamicsMetrics {
   bool has_turing = false;
   dynamics::TuringTestResult turing;
   double seconds = 0.0;  ///< simulation wall time
+  /// One entry per item that some patient's plans both hold and leave out, by item name. A
+  /// planner on this method misjudges an item whose predicted effect differs from the true one.
+  std::vector<ItemEffect> item_effects;
 };
 
 struct DynamicsEvaluation {
