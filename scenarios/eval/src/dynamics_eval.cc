@@ -142,35 +142,34 @@ double MeanSpearman(const std::vector<std::vector<double>>& pred,
   return k > 0 ? sum / k : std::nan("");
 }
 
-/// MethodCases' per-patient series in ItemEffect's order: predicted and true residual, predicted
-/// and true coverage.
+/// Each item's effect within patients (ItemEffect), from every method's per-patient series.
 std::vector<ItemEffect> ItemEffects(const MethodCases& c) {
-  const std::vector<std::vector<double>>* series[4] = {&c.pred_ml, &c.true_ml, &c.pred_coverage,
-                                                       &c.true_coverage};
   std::map<std::string, ItemEffect> effects;
   for (std::size_t patient = 0; patient < c.plans.size(); ++patient) {
     const std::vector<Plan>& plans = c.plans[patient];
     std::set<std::string> items;
     for (const Plan& plan : plans) items.insert(plan.items().begin(), plan.items().end());
     for (const std::string& item : items) {
-      double with[4] = {}, without[4] = {};
-      int n_with = 0;
-      for (std::size_t p = 0; p < plans.size(); ++p) {
-        const bool holds = plans[p].Contains(item);
-        n_with += holds ? 1 : 0;
-        for (int s = 0; s < 4; ++s) (holds ? with : without)[s] += (*series[s])[patient][p];
-      }
-      const int n_without = int(plans.size()) - n_with;
+      std::vector<bool> holds;
+      for (const Plan& plan : plans) holds.push_back(plan.Contains(item));
+      const auto n_with = std::count(holds.begin(), holds.end(), true);
+      const auto n_without = std::ptrdiff_t(plans.size()) - n_with;
       if (n_with == 0 || n_without == 0) continue;
-      double d[4];
-      for (int s = 0; s < 4; ++s) d[s] = with[s] / n_with - without[s] / n_without;
+      // The patient's mean over the plans with the item minus its mean over those without.
+      const auto contrast = [&](const std::vector<std::vector<double>>& series) {
+        double with = 0.0, without = 0.0;
+        for (std::size_t p = 0; p < plans.size(); ++p) {
+          (holds[p] ? with : without) += series[patient][p];
+        }
+        return with / double(n_with) - without / double(n_without);
+      };
       ItemEffect& e = effects[item];
       e.item = item;
       ++e.patients;
-      e.residual_ml += d[0];
-      e.true_residual_ml += d[1];
-      e.lipiodol_coverage += d[2];
-      e.true_lipiodol_coverage += d[3];
+      e.residual_ml += contrast(c.pred_ml);
+      e.true_residual_ml += contrast(c.true_ml);
+      e.lipiodol_coverage += contrast(c.pred_coverage);
+      e.true_lipiodol_coverage += contrast(c.true_coverage);
     }
   }
   std::vector<ItemEffect> out;
