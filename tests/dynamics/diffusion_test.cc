@@ -511,6 +511,76 @@ TEST_F(DiffusionTest, FineTuningKeepsTheAutoencoderAndTrainsTheDenoiserFurther) 
   EXPECT_NE(other.error().message.find("fine-tune"), std::string::npos) << other.error().message;
 }
 
+TEST_F(DiffusionTest, DecoderFineTuneLearnsThePasteAndLeavesTheDenoiserAlone) {
+  // A distilled student: a decoder-only fine-tune may start from one and keeps its guidance.
+  DiffusionTrainOptions t = TinyTraining(17, 10, 4, 100);
+  t.distill_from = *model_path_;
+  t.denoiser_steps = 2;
+  t.out = (dir_->path() / "student.pt").string();
+  auto student = TrainDiffusion(Pairs(t.config), {}, t, {});
+  ASSERT_TRUE(student) << student.error().ToString();
+  t.distill_from.clear();
+  t.init_from = t.out;
+  t.out = (dir_->path() / "decoder.pt").string();
+  t.denoiser_steps = 0;
+  t.decoder_steps = 40;
+  t.decoder_lr = 2e-3;
+  t.validate_every = 20;
+  std::vector<double> losses;
+  int validated = 0;
+  auto tuned = TrainDiffusion(Pairs(t.config), {}, t, [&](const DiffusionTrainProgress& p) {
+    EXPECT_EQ(p.stage, "decoder");  // neither the autoencoder nor the denoiser trains
+    losses.push_back(p.loss);
+    if (p.val_loss >= 0.0) ++validated;
+  });
+  ASSERT_TRUE(tuned) << tuned.error().ToString();
+  ASSERT_EQ(losses.size(), 40u);
+  EXPECT_EQ(validated, 2);
+  // The paste loss falls.
+  const double first = (losses[0] + losses[1] + losses[2] + losses[3]) / 4;
+  const double last = (losses[36] + losses[37] + losses[38] + losses[39]) / 4;
+  EXPECT_LT(last, 0.8 * first) << first << " -> " << last;
+  // The encoder, the latent scale and the denoiser are the student's: the same denoiser loss on
+  // the same latents.
+  EXPECT_EQ(tuned->denoiser_val_loss, student->denoiser_val_loss);
+  EXPECT_FLOAT_EQ(float(tuned->latent_scale), float(student->latent_scale));
+  // The decoder did change, and the checkpoint is still the distilled student.
+  EXPECT_NE(tuned->ae_val_l1_ct, student->ae_val_l1_ct);
+  ASSERT_EQ(tuned->guidance_scores.size(), 1u);
+  DiffusionBackendOptions o = Options();
+  o.model_path = t.out;
+  auto model = CreateDiffusionDynamics(o);
+  ASSERT_TRUE(model) << model.error().ToString();
+  EXPECT_DOUBLE_EQ((*model)->config().guidance_distilled, 2.0);
+  EXPECT_NE((*model)->metadata_json().find("decoder_steps"), std::string::npos);
+
+  // In a fresh run the decoder trains between the autoencoder and the denoiser.
+  // Resumed, it counts the decoder's steps among those done.
+  DiffusionTrainOptions fresh = TinyTraining(18, 3, 2, 100);
+  fresh.decoder_steps = 3;
+  fresh.state_dir = (dir_->path() / "decoder_state").string();
+  std::vector<std::string> stages;
+  ASSERT_TRUE(TrainDiffusion(Pairs(fresh.config), {}, fresh, [&](const DiffusionTrainProgress& p) {
+    if (stages.empty() || stages.back() != p.stage) stages.push_back(p.stage);
+  }));
+  EXPECT_EQ(stages, (std::vector<std::string>{"autoencoder", "decoder", "denoiser"}));
+  fresh.denoiser_steps = 5;
+  auto resumed = TrainDiffusion(Pairs(fresh.config), {}, fresh, {});
+  ASSERT_TRUE(resumed) << resumed.error().ToString();
+  EXPECT_EQ(resumed->resumed_from_step, 9);
+  fresh.state_dir.clear();
+
+  // Refusals: no denoiser steps without a checkpoint, or without decoder steps; negative steps.
+  fresh.denoiser_steps = 0;
+  EXPECT_EQ(TrainDiffusion(Pairs(fresh.config), {}, fresh, {}).error().code,
+            ErrorCode::kInvalidArgument);
+  t.decoder_steps = 0;
+  EXPECT_EQ(TrainDiffusion(Pairs(t.config), {}, t, {}).error().code, ErrorCode::kInvalidArgument);
+  t.decoder_steps = -1;
+  t.denoiser_steps = 1;
+  EXPECT_EQ(TrainDiffusion(Pairs(t.config), {}, t, {}).error().code, ErrorCode::kInvalidArgument);
+}
+
 TEST_F(DiffusionTest, TheLesionSizeInputCanBeAddedByFineTuning) {
   DiffusionConfig sized = Tiny();
   sized.lesion_size = true;

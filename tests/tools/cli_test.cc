@@ -715,6 +715,25 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
   EXPECT_NE(r.output.find("--distill-from"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("item_groups"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("--drug-sharing all"), std::string::npos) << r.output;
+  // The student's decoder fine-tuned alone: it stays a distilled student, and the command and
+  // the metadata record the decoder's steps.
+  const std::string decoder = dir_.File("dd_decoder.pt");
+  r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + decoder + " --init-from " +
+              student +
+              " --denoiser-steps 0 --decoder-steps 2 --validation-fraction 0.25 "
+              "--threads 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("recommended guidance 1.0"), std::string::npos) << r.output;
+  r = RunMewm("inspect --json " + decoder);
+  EXPECT_NE(r.output.find("guidance_distilled"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--decoder-steps 2"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\"decoder_steps\":2"), std::string::npos) << r.output;
+  // No denoiser steps without a checkpoint whose decoder alone is tuned.
+  r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + dir_.File("dd_bad.pt") +
+              " --denoiser-steps 0 --decoder-steps 2 --threads 1");
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("denoiser steps may be 0 only"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("dd_bad.pt")));
   r = RunMewm("train dynamics --cohort " + cohort + " --out " + dir_.File("dd_bad.pt") +
               " --drug-sharing potency");
   EXPECT_NE(r.code, 0) << r.output;

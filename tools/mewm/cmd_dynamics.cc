@@ -28,7 +28,8 @@ struct TrainDynamicsOptions {
                            drug_sharing = "none";
   double distill_guidance = 2.0;
   std::uint64_t seed = 1;
-  int ae_steps = 1500, denoiser_steps = 1500, ae_batch = 8, denoiser_batch = 12, threads = 0;
+  int ae_steps = 1500, denoiser_steps = 1500, decoder_steps = 0, ae_batch = 8, denoiser_batch = 12,
+      threads = 0;
   double validation_fraction = 0.1;
   bool lesion_size = false, drug_saturate = false;
   bool quiet = false;
@@ -51,6 +52,13 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
       ->capture_default_str();
   sub->add_option("--ae-steps", o->ae_steps, "Autoencoder steps")->capture_default_str();
   sub->add_option("--denoiser-steps", o->denoiser_steps, "Denoiser steps")->capture_default_str();
+  sub->add_option("--decoder-steps", o->decoder_steps,
+                  "Decoder fine-tune steps after the autoencoder: the encoder frozen, the decoder "
+                  "learns the change the backend pastes (CT, viable fraction, residual). With "
+                  "--init-from and --denoiser-steps 0 only the checkpoint's decoder changes (a "
+                  "distilled one's too)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   sub->add_option("--ae-batch", o->ae_batch, "Autoencoder batch")->capture_default_str();
   sub->add_option("--denoiser-batch", o->denoiser_batch, "Denoiser batch")->capture_default_str();
   sub->add_option("--distill-from", o->distill_from,
@@ -148,8 +156,10 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
   const std::string command =
       "mewm train dynamics --cohort " + o.cohort + " --out " + o.out + " --config " + o.config +
       " --seed " + std::to_string(o.seed) + " --ae-steps " + std::to_string(o.ae_steps) +
-      " --denoiser-steps " + std::to_string(o.denoiser_steps) + " --ae-batch " +
-      std::to_string(o.ae_batch) + " --denoiser-batch " + std::to_string(o.denoiser_batch) +
+      " --denoiser-steps " + std::to_string(o.denoiser_steps) +
+      (o.decoder_steps > 0 ? " --decoder-steps " + std::to_string(o.decoder_steps) : "") +
+      " --ae-batch " + std::to_string(o.ae_batch) + " --denoiser-batch " +
+      std::to_string(o.denoiser_batch) +
       (o.distill_from.empty() ? ""
                               : " --distill-from " + o.distill_from + " --distill-guidance " +
                                     nlohmann::json(o.distill_guidance).dump()) +
@@ -163,6 +173,7 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
   options.seed = o.seed;
   options.ae_steps = o.ae_steps;
   options.denoiser_steps = o.denoiser_steps;
+  options.decoder_steps = o.decoder_steps;
   options.ae_batch = o.ae_batch;
   options.denoiser_batch = o.denoiser_batch;
   options.state_dir = o.state_dir;

@@ -74,27 +74,55 @@ Expected<Stacked> Stack(const std::vector<DiffusionPair>& pairs, const Diffusion
                  nets::PlanRows(multi_hot, diameters, config)};
 }
 
-/// Reconstruction loss of the autoencoder: L1 per channel (mask weighted 2x), an L1 on the CT's
-/// finite differences (edges), and the KL term.
-torch::Tensor AeLoss(const torch::Tensor& x, const torch::Tensor& recon, const torch::Tensor& mean,
-                     const torch::Tensor& logvar, const torch::Tensor& region,
-                     const DiffusionTrainOptions& o) {
-  const torch::Tensor ct = x.slice(1, 0, 1), rct = recon.slice(1, 0, 1);
-  // The tumor's neighbourhood (where treatment changes the image) weighs 5x.
+/// The CT term of the reconstruction losses: L1 with the tumor's neighbourhood `region` (where
+/// treatment changes the image) weighted 5x, plus `edge_weight` times the L1 of the finite
+/// differences (edges). `ct` and `target` are [N, 1, D, H, W].
+torch::Tensor CtLoss(const torch::Tensor& ct, const torch::Tensor& target,
+                     const torch::Tensor& region, double edge_weight) {
   const torch::Tensor weight = 1.0 + 4.0 * region;
-  torch::Tensor loss = ((rct - ct).abs() * weight).mean() / weight.mean() +
-                       2.0 * torch::l1_loss(recon.slice(1, 1, 2), x.slice(1, 1, 2));
-  if (o.edge_weight > 0.0) {
+  torch::Tensor loss = ((ct - target).abs() * weight).mean() / weight.mean();
+  if (edge_weight > 0.0) {
     for (int axis = 2; axis < 5; ++axis) {
-      const std::int64_t n = x.size(axis);
+      const std::int64_t n = ct.size(axis);
       const auto d = [&](const torch::Tensor& t) {
         return t.slice(axis, 1, n) - t.slice(axis, 0, n - 1);
       };
-      loss = loss + o.edge_weight / 3.0 * torch::l1_loss(d(rct), d(ct));
+      loss = loss + edge_weight / 3.0 * torch::l1_loss(d(ct), d(target));
     }
   }
+  return loss;
+}
+
+/// Reconstruction loss of the autoencoder: the CT term (CtLoss), the mask channel's L1 weighted
+/// 2x, and the KL term.
+torch::Tensor AeLoss(const torch::Tensor& x, const torch::Tensor& recon, const torch::Tensor& mean,
+                     const torch::Tensor& logvar, const torch::Tensor& region,
+                     const DiffusionTrainOptions& o) {
+  const torch::Tensor loss = CtLoss(recon.slice(1, 0, 1), x.slice(1, 0, 1), region, o.edge_weight) +
+                             2.0 * torch::l1_loss(recon.slice(1, 1, 2), x.slice(1, 1, 2));
   const torch::Tensor kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean();
   return loss + o.kl_weight * kl;
+}
+
+/// Loss of the decoder fine-tune, on what the backend pastes: the change decoded(z_post) -
+/// decoded(z_pre) added to the exact pre-treatment crop, against the true post-treatment crop.
+/// The CT term is CtLoss; the viable fraction (nets::ResidualFraction before its cut) gets a
+/// voxel L1 weighted 2x and the error of its sum over the crop, relative to the pre-treatment
+/// tumor volume: the residual the survival model reads. `dec_pre` and `dec_post` are the decoder's
+/// outputs; `region` the tumor's neighbourhood.
+torch::Tensor PasteLoss(const torch::Tensor& pre, const torch::Tensor& post,
+                        const torch::Tensor& dec_pre, const torch::Tensor& dec_post,
+                        const torch::Tensor& region, const DiffusionTrainOptions& o) {
+  const torch::Tensor ct = pre.slice(1, 0, 1) + dec_post.slice(1, 0, 1) - dec_pre.slice(1, 0, 1);
+  const torch::Tensor pre_mask = pre.slice(1, 1, 2).add(1.0).mul(0.5);
+  const torch::Tensor u = (pre_mask + nets::DecodedFraction(dec_post.slice(1, 1, 2), o.config) -
+                           nets::DecodedFraction(dec_pre.slice(1, 1, 2), o.config))
+                              .clamp(0.0, 1.0);
+  const torch::Tensor u_true = post.slice(1, 1, 2).add(1.0).mul(0.5);
+  const torch::Tensor sum_error = (u.sum({1, 2, 3, 4}) - u_true.sum({1, 2, 3, 4})).abs() /
+                                  pre_mask.sum({1, 2, 3, 4}).clamp_min(1.0);
+  return CtLoss(ct, post.slice(1, 0, 1), region, o.edge_weight) + 2.0 * torch::l1_loss(u, u_true) +
+         sum_error.mean();
 }
 
 /// Resumable state: which stage and step, plus the modules and optimizers.
@@ -274,7 +302,7 @@ class Trainer {
         teacher_(teacher) {
     if (start_ != nullptr) {
       CopyWeights(net_, *start_);
-      state_ = {"denoiser", 0};
+      state_ = {AfterAutoencoder(), 0};
     }
     if (teacher_ != nullptr) (*teacher_)->eval();
     CopyWeights(ema_, net_);
@@ -284,13 +312,20 @@ class Trainer {
   Status Resume() {
     if (o_.state_dir.empty()) return {};
     MEWM_TRY(state_, LoadState(o_.state_dir, state_, net_, ema_));
-    result_.resumed_from_step = state_.stage == "autoencoder" || start_ != nullptr
-                                    ? state_.step
-                                    : o_.ae_steps + state_.step;
+    // Steps of the stages before the one resumed: the autoencoder's (unless a checkpoint gave
+    // it), then the decoder's.
+    const int before_decoder = start_ != nullptr ? 0 : o_.ae_steps;
+    result_.resumed_from_step = state_.stage == "autoencoder" ? state_.step
+                                : state_.stage == "decoder"
+                                    ? before_decoder + state_.step
+                                    : before_decoder + o_.decoder_steps + state_.step;
     return {};
   }
 
   Status TrainAutoencoder();
+  /// The decoder fine-tune (DiffusionTrainOptions::decoder_steps): the encoder frozen, the
+  /// decoder learns what the backend pastes (PasteLoss) on the training pairs.
+  Status TrainDecoder();
   /// Encodes every crop with the trained autoencoder: the denoiser's targets (the scaled change
   /// of the latent) and contexts, for training and validation. A distilled student keeps its
   /// teacher's latent scale, a fine-tuned model its own.
@@ -307,6 +342,8 @@ class Trainer {
   void Report(const DiffusionTrainProgress& p) const {
     if (progress_) progress_(p);
   }
+  /// The stage after the autoencoder's: the decoder fine-tune when it has steps.
+  const char* AfterAutoencoder() const { return o_.decoder_steps > 0 ? "decoder" : "denoiser"; }
   /// Validation L1 of the CT channel, Dice of the mask channel and the relative residual error
   /// of eight pre- and eight post-treatment validation crops.
   std::tuple<double, double, double> ValidateAutoencoder();
@@ -416,8 +453,55 @@ Status Trainer::TrainAutoencoder() {
       }
       Report(p);
     }
-    state_ = {"denoiser", 0};
+    state_ = {AfterAutoencoder(), 0};
   }
+  std::tie(result_.ae_val_l1_ct, result_.ae_val_mask_dice, result_.ae_val_residual_rel) =
+      ValidateAutoencoder();
+  return {};
+}
+
+Status Trainer::TrainDecoder() {
+  if (state_.stage != "decoder") return {};
+  const torch::Tensor z_pre = EncodeAll(net_, data_.pre), z_post = EncodeAll(net_, data_.post);
+  // The tumor's neighbourhood: the pre-treatment mask dilated by 4 voxels (6 mm at 1.5 mm, where
+  // the backend's paste weight is 1).
+  const torch::Tensor regions =
+      torch::max_pool3d(data_.pre.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5), 9, 1, 4)
+          .to(torch::kHalf);
+  std::vector<torch::Tensor> params;
+  for (auto& item : net_->ae->named_parameters()) {
+    if (item.key().rfind("dec_", 0) == 0) params.push_back(item.value());
+  }
+  torch::optim::Adam optimizer(params, torch::optim::AdamOptions(o_.decoder_lr));
+  if (state_.step > 0) torch::load(optimizer, o_.state_dir + "/optim.pt");
+  net_->train();
+  for (int step = state_.step; step < o_.decoder_steps; ++step) {
+    auto gen = Rng(o_.seed, {5, std::uint64_t(step)});
+    const torch::Tensor idx = RandomIndex(z_pre.size(0), o_.decoder_batch, gen);
+    const double lr = o_.decoder_lr * 0.5 * (1.0 + std::cos(M_PI * step / o_.decoder_steps));
+    for (auto& group : optimizer.param_groups()) {
+      static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
+    }
+    const torch::Tensor decoded =
+        net_->ae->Decode(torch::cat({z_pre.index_select(0, idx), z_post.index_select(0, idx)}));
+    const std::int64_t b = idx.size(0);
+    const torch::Tensor loss =
+        PasteLoss(data_.pre.index_select(0, idx).to(torch::kFloat),
+                  data_.post.index_select(0, idx).to(torch::kFloat), decoded.slice(0, 0, b),
+                  decoded.slice(0, b), regions.index_select(0, idx).to(torch::kFloat), o_);
+    optimizer.zero_grad();
+    loss.backward();
+    optimizer.step();
+    DiffusionTrainProgress p{"decoder", step + 1, o_.decoder_steps, loss.item<double>(), -1.0};
+    if ((step + 1) % o_.validate_every == 0 || step + 1 == o_.decoder_steps) {
+      p.val_loss = std::get<2>(ValidateAutoencoder());
+      if (!o_.state_dir.empty()) {
+        MEWM_RETURN_IF_ERROR(SaveState(o_.state_dir, {"decoder", step + 1}, net_, ema_, optimizer));
+      }
+    }
+    Report(p);
+  }
+  state_ = {"denoiser", 0};
   std::tie(result_.ae_val_l1_ct, result_.ae_val_mask_dice, result_.ae_val_residual_rel) =
       ValidateAutoencoder();
   return {};
@@ -549,8 +633,9 @@ void Trainer::Finish(const std::vector<DiffusionPair>& validation_pairs) {
   result_.denoiser_val_loss = ValidateDenoiser(ema_);
   ema_->eval();
   // A distilled student samples with guidance 1 only (its guidance is in its weights).
-  const std::vector<double> grid =
-      teacher_ != nullptr ? std::vector<double>{1.0} : o_.guidance_grid;
+  const std::vector<double> grid = teacher_ != nullptr || o_.config.guidance_distilled != 1.0
+                                       ? std::vector<double>{1.0}
+                                       : o_.guidance_grid;
   result_.guidance_scores =
       ScoreGuidance(ema_, validation_pairs, vz_pre_, vcontext_, val_.plan_rows, val_.pre, val_.post,
                     alpha_bar_, grid, o_);
@@ -592,6 +677,7 @@ Status Trainer::Save(std::size_t train_pairs, std::size_t validation_pairs) {
     meta["training"]["distilled_from"] = o_.distill_from;
   }
   if (!o_.init_from.empty()) meta["training"]["fine_tuned_from"] = o_.init_from;
+  if (o_.decoder_steps > 0) meta["training"]["decoder_steps"] = o_.decoder_steps;
   return torch_bridge::SaveCheckpoint(o_.out, *ema_, {config.ToJson(), meta.dump()});
 }
 
@@ -606,10 +692,14 @@ Expected<DiffusionTrainReport> Train(
   const bool ae_bad = o.ae_steps < 1 || o.ae_batch < 1 || o.ae_patch < 8 || o.ae_patch % 4 != 0 ||
                       o.ae_patch > o.config.crop_voxels;
   const bool from_checkpoint = !o.distill_from.empty() || !o.init_from.empty();
-  if ((ae_bad && !from_checkpoint) || o.denoiser_steps < 1 || o.denoiser_batch < 1) {
+  // A fine-tune of the decoder alone leaves the checkpoint's denoiser as it is.
+  const bool decoder_only = !o.init_from.empty() && o.denoiser_steps == 0 && o.decoder_steps > 0;
+  if ((ae_bad && !from_checkpoint) || (o.denoiser_steps < 1 && !decoder_only) ||
+      o.denoiser_batch < 1 || o.decoder_steps < 0 || o.decoder_batch < 1) {
     return MakeError(ErrorCode::kInvalidArgument,
-                     "training steps and batches must be >= 1 and the patch a multiple of 4 "
-                     "within the crop");
+                     "training steps and batches must be >= 1 (denoiser steps may be 0 only for "
+                     "a decoder fine-tune of an --init-from checkpoint) and the patch a multiple "
+                     "of 4 within the crop");
   }
   if (!o.distill_from.empty() && !o.init_from.empty()) {
     return MakeError(ErrorCode::kInvalidArgument,
@@ -620,9 +710,8 @@ Expected<DiffusionTrainReport> Train(
   torch_bridge::KeepLargeBuffersInHeap();
   torch::manual_seed(o.seed);
   const std::vector<DiffusionPair>& validation_pairs = validation.empty() ? train : validation;
-  MEWM_TRY(Stacked data, Stack(train, o.config));
-  MEWM_TRY(Stacked val, Stack(validation_pairs, o.config));
   std::optional<nets::DiffusionNet> teacher, init;
+  DiffusionTrainOptions run = o;  // a decoder-only fine-tune takes its checkpoint's config
   const auto stored_config = [](const std::string& path,
                                 const std::string& role) -> Expected<DiffusionConfig> {
     auto info = torch_bridge::ReadCheckpointInfo(path);
@@ -646,6 +735,8 @@ Expected<DiffusionTrainReport> Train(
     // A checkpoint without the lesion-size input can start a model with it (the input starts at
     // zero, CopyWeights), not the reverse.
     if (!stored.lesion_size) start_config.lesion_size = false;
+    // Only its decoder changes: everything else stays the checkpoint's, a distilled guidance too.
+    if (decoder_only) start_config = run.config = stored;
     init.emplace(start_config);
     if (auto loaded = torch_bridge::LoadCheckpoint(o.init_from, **init, start_config.ToJson());
         !loaded) {
@@ -671,11 +762,14 @@ Expected<DiffusionTrainReport> Train(
       return loaded.error().WithContext("the distillation's teacher");
     }
   }
+  MEWM_TRY(Stacked data, Stack(train, run.config));
+  MEWM_TRY(Stacked val, Stack(validation_pairs, run.config));
   nets::DiffusionNet* start = teacher ? &*teacher : init ? &*init : nullptr;
-  Trainer trainer(std::move(data), std::move(val), o, progress, start,
+  Trainer trainer(std::move(data), std::move(val), run, progress, start,
                   teacher ? &*teacher : nullptr);
   MEWM_RETURN_IF_ERROR(trainer.Resume());
   MEWM_RETURN_IF_ERROR(trainer.TrainAutoencoder());
+  MEWM_RETURN_IF_ERROR(trainer.TrainDecoder());
   trainer.EncodeLatents();
   MEWM_RETURN_IF_ERROR(trainer.TrainDenoiser());
   trainer.Finish(validation_pairs);

@@ -70,6 +70,14 @@ struct DiffusionTrainOptions {
   double ae_lr = 2e-3;
   double kl_weight = 1e-6;
   double edge_weight = 0.5;  ///< weight of the gradient (edge) term on the CT channel
+  /// Decoder fine-tune, after the autoencoder (or on the checkpoint's, with init_from): the
+  /// encoder frozen, the decoder trains these steps on what the backend pastes, the change
+  /// decoded(z_post) - decoded(z_pre) added to the exact pre-treatment crop, against the true
+  /// post-treatment crop (CT, viable fraction and its sum over the crop). The latents do not
+  /// change, so a trained denoiser stays valid. 0 = none.
+  int decoder_steps = 0;
+  int decoder_batch = 2;  ///< crop pairs per step (whole crops: two decodes each)
+  double decoder_lr = 2e-4;
   int denoiser_steps = 1500;
   int denoiser_batch = 12;
   double denoiser_lr = 1e-3;
@@ -87,6 +95,8 @@ struct DiffusionTrainOptions {
   /// Fine-tuning when not empty: training starts from this trained checkpoint (not a distilled
   /// one). Its autoencoder and latent scale are kept (the autoencoder stage is skipped) and its
   /// denoiser trains on the pairs given for `denoiser_steps` more steps. Not with distill_from.
+  /// With denoiser_steps 0 and decoder_steps > 0, only the decoder is fine-tuned, and the
+  /// checkpoint may be any, a distilled one included: its config is kept as stored.
   std::string init_from;
   std::string state_dir;  ///< resumable state; "" = no resume
   int threads = 0;
@@ -95,10 +105,12 @@ struct DiffusionTrainOptions {
 };
 
 struct DiffusionTrainProgress {
-  std::string stage;  ///< "autoencoder" or "denoiser"
+  std::string stage;  ///< "autoencoder", "decoder" or "denoiser"
   int step = 0, total = 0;
   double loss = 0.0;
-  double val_loss = -1.0;  ///< < 0 when not validated at this step
+  /// < 0 when not validated at this step; for the decoder, the relative residual error of the
+  /// validation reconstructions (DiffusionTrainReport::ae_val_residual_rel)
+  double val_loss = -1.0;
 };
 
 /// One classifier-free guidance scale tried on the validation pairs after training.
