@@ -373,6 +373,15 @@ class Trainer {
   DiffusionTrainReport result_;
   // Latent targets and contexts (EncodeLatents).
   torch::Tensor delta_, context_, vz_pre_, vdelta_, vcontext_, ab_;
+  /// The training pairs' latents (the encoder's means), once the encoder is final: the decoder
+  /// stage and EncodeLatents share them (TrainingLatents).
+  torch::Tensor z_pre_, z_post_;
+  void TrainingLatents() {
+    if (!z_pre_.defined()) {
+      z_pre_ = EncodeAll(net_, data_.pre);
+      z_post_ = EncodeAll(net_, data_.post);
+    }
+  }
   std::vector<double> alpha_bar_;
 };
 
@@ -462,7 +471,8 @@ Status Trainer::TrainAutoencoder() {
 
 Status Trainer::TrainDecoder() {
   if (state_.stage != "decoder") return {};
-  const torch::Tensor z_pre = EncodeAll(net_, data_.pre), z_post = EncodeAll(net_, data_.post);
+  TrainingLatents();
+  const torch::Tensor &z_pre = z_pre_, &z_post = z_post_;
   // The tumor's neighbourhood: the pre-treatment mask dilated by 4 voxels (6 mm at 1.5 mm, where
   // the backend's paste weight is 1).
   const torch::Tensor regions =
@@ -509,7 +519,8 @@ Status Trainer::TrainDecoder() {
 
 void Trainer::EncodeLatents() {
   net_->eval();
-  const torch::Tensor z_pre = EncodeAll(net_, data_.pre), z_post = EncodeAll(net_, data_.post);
+  TrainingLatents();
+  const torch::Tensor &z_pre = z_pre_, &z_post = z_post_;
   const torch::Tensor mask_down =
       torch::avg_pool3d(data_.pre.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5), 4);
   double scale = net_->latent_scale.item<double>();  // kept when starting from a checkpoint
