@@ -3,8 +3,9 @@
 //
 // The shipped diffusion checkpoints (models/dynamics_diffusion.pt, its guidance-distilled student
 // models/dynamics_diffusion_distilled.pt, the distilled student with the lesion-size input,
-// models/dynamics_diffusion_lesion_size.pt, and the one whose drugs share one saturating group,
-// models/dynamics_diffusion_drug_saturate.pt) respond to plans in the truth's direction.
+// models/dynamics_diffusion_lesion_size.pt, the one whose drugs share one saturating group,
+// models/dynamics_diffusion_drug_saturate.pt, and the undistilled one with a decoder trained on
+// the paste, models/dynamics_diffusion_paste.pt) respond to plans in the truth's direction.
 // Labelled slow: they load the real weights and render synthetic patients.
 #include <gtest/gtest.h>
 
@@ -78,11 +79,13 @@ INSTANTIATE_TEST_SUITE_P(Checkpoints, DiffusionShippedTest,
                          ::testing::Values("dynamics_diffusion.pt",
                                            "dynamics_diffusion_distilled.pt",
                                            "dynamics_diffusion_lesion_size.pt",
-                                           "dynamics_diffusion_drug_saturate.pt"),
+                                           "dynamics_diffusion_drug_saturate.pt",
+                                           "dynamics_diffusion_paste.pt"),
                          [](const ::testing::TestParamInfo<const char*>& param) {
                            const std::string name = param.param;
                            if (name.find("lesion_size") != std::string::npos) return "LesionSize";
                            if (name.find("saturate") != std::string::npos) return "DrugSaturate";
+                           if (name.find("paste") != std::string::npos) return "PasteDecoder";
                            if (name.find("distilled") != std::string::npos) return "Distilled";
                            return "Teacher";
                          });
