@@ -38,6 +38,14 @@ torch::Tensor RandomIndex(std::int64_t n, std::int64_t count, at::Generator& gen
   return torch::randint(n, {count}, gen, torch::kLong);
 }
 
+/// Sets the cosine-annealed learning rate base * (1 + cos(pi * step / steps)) / 2 on every
+/// parameter group; `Options` is the optimizer's options type (Adam's or AdamW's).
+template <class Options>
+void SetCosineLr(torch::optim::Optimizer& optimizer, double base, int step, int steps) {
+  const double lr = base * 0.5 * (1.0 + std::cos(M_PI * step / steps));
+  for (auto& group : optimizer.param_groups()) static_cast<Options&>(group.options()).lr(lr);
+}
+
 double Seconds(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
@@ -442,10 +450,7 @@ Status Trainer::TrainAutoencoder() {
         x = cut(x);
         region = cut(region);
       }
-      const double lr = o_.ae_lr * 0.5 * (1.0 + std::cos(M_PI * step / o_.ae_steps));
-      for (auto& group : optimizer.param_groups()) {
-        static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
-      }
+      SetCosineLr<torch::optim::AdamOptions>(optimizer, o_.ae_lr, step, o_.ae_steps);
       auto [mean, logvar] = net_->ae->Encode(x);
       const torch::Tensor z = mean + torch::exp(0.5 * logvar) * torch::randn(mean.sizes(), gen);
       const torch::Tensor loss = AeLoss(x, net_->ae->Decode(z), mean, logvar, region, o_);
@@ -488,10 +493,7 @@ Status Trainer::TrainDecoder() {
   for (int step = state_.step; step < o_.decoder_steps; ++step) {
     auto gen = Rng(o_.seed, {5, std::uint64_t(step)});
     const torch::Tensor idx = RandomIndex(z_pre.size(0), o_.decoder_batch, gen);
-    const double lr = o_.decoder_lr * 0.5 * (1.0 + std::cos(M_PI * step / o_.decoder_steps));
-    for (auto& group : optimizer.param_groups()) {
-      static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
-    }
+    SetCosineLr<torch::optim::AdamOptions>(optimizer, o_.decoder_lr, step, o_.decoder_steps);
     const torch::Tensor decoded =
         net_->ae->Decode(torch::cat({z_pre.index_select(0, idx), z_post.index_select(0, idx)}));
     const std::int64_t b = idx.size(0);
@@ -605,11 +607,8 @@ Status Trainer::TrainDenoiser() {
     auto gen = Rng(o_.seed, {2, std::uint64_t(step)});
     const torch::Tensor idx = RandomIndex(delta_.size(0), o_.denoiser_batch, gen);
     const double warm = std::min(1.0, double(step + 1) / 100.0);
-    const double lr =
-        o_.denoiser_lr * warm * 0.5 * (1.0 + std::cos(M_PI * step / o_.denoiser_steps));
-    for (auto& group : optimizer.param_groups()) {
-      static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-    }
+    SetCosineLr<torch::optim::AdamWOptions>(optimizer, o_.denoiser_lr * warm, step,
+                                            o_.denoiser_steps);
     const torch::Tensor x0 = delta_.index_select(0, idx), ctx = context_.index_select(0, idx);
     const torch::Tensor hot = data_.plan_rows.index_select(0, idx);
     const torch::Tensor loss =
