@@ -216,6 +216,13 @@ Status WriteVdb(const std::string& path, const VolumeSet& set, const VdbWriteOpt
       file.write(grids, meta);
       const std::string tag = file.getUniqueTag();
       file.close();
+      // OpenVDB does not check its output stream: a full disk or a file-size limit leaves a
+      // short file behind a write that succeeded. The layout walk finds the missing bytes.
+      if (Status whole = CheckGridsInsideFile(temp); !whole) {
+        return MakeError(ErrorCode::kIo, "cannot write '" + path +
+                                             "': short write (disk full or file too large): " +
+                                             whole.error().message);
+      }
       return MakeUuidDeterministic(temp, tag);
     } catch (const std::exception& e) {
       return MakeError(ErrorCode::kIo, "cannot write '" + path + "': " + e.what());

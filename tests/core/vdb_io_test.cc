@@ -3,11 +3,15 @@
 #include "mewm/core/vdb_io.h"
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 
 #include <Eigen/Geometry>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <string>
+#include <vector>
 
 #include "mewm/core/file_util.h"
 #include "test_env.h"
@@ -147,6 +151,29 @@ TEST_F(VdbIoTest, WriteRejectsBadPathsAndLeavesNothingBehind) {
   ASSERT_FALSE(no_dir);
   EXPECT_EQ(no_dir.error().code, ErrorCode::kIo);
   EXPECT_TRUE(std::filesystem::is_empty(dir_.path()));
+}
+
+TEST_F(VdbIoTest, AShortWriteIsAnErrorAndLeavesNothingBehind) {
+  // A full disk, made reproducible by a file-size limit: OpenVDB's stream stops at the limit and
+  // reports success; WriteVdb must report the short file and remove it.
+  const std::string whole = dir_.File("whole.vdb");
+  ASSERT_TRUE(WriteVdb(whole, Patient()));
+  rlimit old{};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
+  rlimit low = old;
+  low.rlim_cur = rlim_t(std::filesystem::file_size(whole) / 2);
+  const auto previous = std::signal(SIGXFSZ, SIG_IGN);  // EFBIG instead of a fatal signal
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &low), 0);
+  auto r = WriteVdb(dir_.File("short.vdb"), Patient());
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &old), 0);
+  std::signal(SIGXFSZ, previous);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kIo);
+  EXPECT_NE(r.error().message.find("short write"), std::string::npos) << r.error().message;
+  std::vector<std::string> left;
+  for (const auto& e : std::filesystem::directory_iterator(dir_.path()))
+    left.push_back(e.path().filename().string());
+  EXPECT_EQ(left, std::vector<std::string>{"whole.vdb"});
 }
 
 TEST_F(VdbIoTest, DuplicateGridNameIsRejected) {

@@ -217,6 +217,48 @@ TEST_F(CliTest, AMissingTableIsNamedByTheBinary) {
   EXPECT_FALSE(std::filesystem::exists(dir_.File("out")));
 }
 
+TEST_F(CliTest, AFullDiskFailsEachPatientCleanlyAndARerunPlansThem) {
+  // A full disk, made reproducible by a file-size limit (64-128 KiB: the shell's ulimit unit is
+  // 512 or 1024 bytes): every patient's volume is cut short. Each patient must be recorded as
+  // failed with the reason, no half-written folder may stay, and the run must go on; a rerun
+  // with room plans them.
+  const std::string cohort = dir_.File("c");
+  Result r =
+      RunMewm("cohort generate --n 2 --seed 3 --spacing 3 --no-nifti --quiet --out " + cohort);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string models = std::string(MEWM_SOURCE_DIR) + "/models/";
+  const std::string scenario = dir_.File("s.toml");
+  std::ofstream(scenario) << "[run]\nname = \"d\"\nseed = 1\n[cohort]\nsource = \"synthetic\"\n"
+                             "n = 2\nseed = 3\nspacing_mm = 3.0\ndir = \""
+                          << cohort << "\"\n[dynamics]\nbackend = \"mechanistic\"\ncalibration = \""
+                          << models << "mechanistic_calibration.json\"\n[survival]\nbackend = "
+                          << "\"cox\"\nmodel = \"" << models
+                          << "cox_survival.json\"\n[planner]\nbeams = 1\nsamples = 1\n"
+                             "drug_horizon = 1\nembolic_horizon = 1\n";
+  const std::string out = dir_.File("out");
+  r = RunMewmWith("trap '' XFSZ; ulimit -f 128; ", "run " + scenario + " --quiet --out " + out);
+  EXPECT_EQ(r.code, 3) << r.output;
+  EXPECT_NE(r.output.find("0 planned, 2 failed"), std::string::npos) << r.output;
+  std::set<std::string> entries;
+  for (const auto& e : std::filesystem::directory_iterator(out + "/patients"))
+    entries.insert(e.path().filename().string());
+  EXPECT_EQ(entries, (std::set<std::string>{"P0001", "P0002"}));
+  for (const std::string id : {"P0001", "P0002"}) {
+    std::set<std::string> files;
+    for (const auto& e : std::filesystem::directory_iterator(out + "/patients/" + id))
+      files.insert(e.path().filename().string());
+    EXPECT_EQ(files, std::set<std::string>{"result.json"}) << id;
+    const auto result = nlohmann::json::parse(*ReadFile(out + "/patients/" + id + "/result.json"));
+    EXPECT_EQ(result.at("status"), "failed");
+    EXPECT_NE(result.at("error").get<std::string>().find("short write"), std::string::npos)
+        << result.dump();
+  }
+  r = RunMewm("run " + scenario + " --quiet --out " + out);
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("2 planned, 0 failed"), std::string::npos) << r.output;
+  EXPECT_TRUE(ReadVdb(out + "/patients/P0002/post_chosen.vdb"));
+}
+
 TEST_F(CliTest, ADiffusionScenarioPlansThroughTheBinarysBackendRegistry) {
   // The binary's registry carries the libtorch backend: a diffusion scenario plans (a registry
   // without it would end the run with "built without the diffusion dynamics backend").

@@ -515,7 +515,8 @@ struct Runner::Impl {
   }
 
   /// Writes the patient's folder (volume, NIfTI, plot, result.json) under a temporary name and
-  /// then moves it into place, so a folder is either whole or absent. Returns its path.
+  /// then moves it into place, so a folder is either whole or absent: a failed write (a full
+  /// disk) removes what it wrote. Returns its path.
   Expected<fs::path> WritePatientFolder(const Searched& s, const Outcome& outcome,
                                         const json& result) const {
     const PatientCase& patient = s.patient;
@@ -525,6 +526,25 @@ struct Runner::Impl {
     fs::remove_all(temp_dir, ec);
     fs::create_directories(temp_dir, ec);
     if (ec) return MakeError(ErrorCode::kIo, "cannot create '" + temp_dir.string() + "'");
+    Status written = WritePatientFiles(temp_dir, s, outcome, result);
+    if (written) {
+      fs::remove_all(final_dir, ec);
+      fs::rename(temp_dir, final_dir, ec);
+      if (ec) {
+        written = MakeError(ErrorCode::kIo, "cannot move '" + temp_dir.string() + "' to '" +
+                                                final_dir.string() + "': " + ec.message());
+      }
+    }
+    if (!written) {
+      fs::remove_all(temp_dir, ec);
+      return std::move(written).error();
+    }
+    return final_dir;
+  }
+
+  Status WritePatientFiles(const fs::path& dir, const Searched& s, const Outcome& outcome,
+                           const json& result) const {
+    const PatientCase& patient = s.patient;
     VolumeSet set;
     set.metadata.patient_id = patient.id;
     set.metadata.provenance_json = json{
@@ -535,24 +555,15 @@ struct Runner::Impl {
     set.labels.emplace("viable", outcome.viable);
     if (outcome.viable_fraction) set.scalars.emplace("viable_fraction", *outcome.viable_fraction);
     set.labels.emplace("pre_tumor", patient.tumor);
-    MEWM_RETURN_IF_ERROR(WriteVdb((temp_dir / kPostVdb).string(), set));
+    MEWM_RETURN_IF_ERROR(WriteVdb((dir / kPostVdb).string(), set));
     if (spec.results.nifti) {
-      MEWM_RETURN_IF_ERROR(
-          WritePostNifti(temp_dir, outcome.post_ct, outcome.viable, patient.tumor));
+      MEWM_RETURN_IF_ERROR(WritePostNifti(dir, outcome.post_ct, outcome.viable, patient.tumor));
     }
     if (spec.results.plots) {
       MEWM_RETURN_IF_ERROR(
-          WriteSurvivalPlot(temp_dir / kSurvivalPng, patient.id, s.decision, spec.planner.samples));
+          WriteSurvivalPlot(dir / kSurvivalPng, patient.id, s.decision, spec.planner.samples));
     }
-    MEWM_RETURN_IF_ERROR(
-        WriteFileAtomic((temp_dir / "result.json").string(), result.dump(1) + "\n"));
-    fs::remove_all(final_dir, ec);
-    fs::rename(temp_dir, final_dir, ec);
-    if (ec) {
-      return MakeError(ErrorCode::kIo, "cannot move '" + temp_dir.string() + "' to '" +
-                                           final_dir.string() + "': " + ec.message());
-    }
-    return final_dir;
+    return WriteFileAtomic((dir / "result.json").string(), result.dump(1) + "\n");
   }
 
   /// Plans one patient and writes its folder atomically. Returns the decision's event data.
@@ -584,6 +595,8 @@ struct Runner::Impl {
     std::error_code ec;
     fs::remove_all(dir, ec);
     fs::create_directories(dir, ec);
+    if (ec)
+      return MakeError(ErrorCode::kIo, "cannot create '" + dir.string() + "': " + ec.message());
     const json result = {{"format", kResultFormat}, {"version", 1},     {"status", "failed"},
                          {"patient_id", id},        {"run_id", run_id}, {"error", error}};
     return WriteFileAtomic((dir / "result.json").string(), result.dump(1) + "\n");
