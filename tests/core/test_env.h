@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <set>
 #include <string>
 
 namespace mewm::testing {
@@ -43,6 +44,14 @@ class VdbTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() { openvdb::initialize(); }
 };
+
+/// The names of the entries of folder `dir` (files and folders, hidden ones included).
+inline std::set<std::string> FileNames(const std::string& dir) {
+  std::set<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(dir))
+    names.insert(entry.path().filename().string());
+  return names;
+}
 
 /// Truncates a file to `size` bytes.
 inline void Truncate(const std::string& path, std::uintmax_t size) {

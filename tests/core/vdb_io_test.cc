@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -170,10 +171,7 @@ TEST_F(VdbIoTest, AShortWriteIsAnErrorAndLeavesNothingBehind) {
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code, ErrorCode::kIo);
   EXPECT_NE(r.error().message.find("short write"), std::string::npos) << r.error().message;
-  std::vector<std::string> left;
-  for (const auto& e : std::filesystem::directory_iterator(dir_.path()))
-    left.push_back(e.path().filename().string());
-  EXPECT_EQ(left, std::vector<std::string>{"whole.vdb"});
+  EXPECT_EQ(testing::FileNames(dir_.path().string()), std::set<std::string>{"whole.vdb"});
 }
 
 TEST_F(VdbIoTest, DuplicateGridNameIsRejected) {

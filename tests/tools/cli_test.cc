@@ -239,15 +239,10 @@ TEST_F(CliTest, AFullDiskFailsEachPatientCleanlyAndARerunPlansThem) {
   r = RunMewmWith("trap '' XFSZ; ulimit -f 128; ", "run " + scenario + " --quiet --out " + out);
   EXPECT_EQ(r.code, 3) << r.output;
   EXPECT_NE(r.output.find("0 planned, 2 failed"), std::string::npos) << r.output;
-  std::set<std::string> entries;
-  for (const auto& e : std::filesystem::directory_iterator(out + "/patients"))
-    entries.insert(e.path().filename().string());
-  EXPECT_EQ(entries, (std::set<std::string>{"P0001", "P0002"}));
+  EXPECT_EQ(testing::FileNames(out + "/patients"), (std::set<std::string>{"P0001", "P0002"}));
   for (const std::string id : {"P0001", "P0002"}) {
-    std::set<std::string> files;
-    for (const auto& e : std::filesystem::directory_iterator(out + "/patients/" + id))
-      files.insert(e.path().filename().string());
-    EXPECT_EQ(files, std::set<std::string>{"result.json"}) << id;
+    EXPECT_EQ(testing::FileNames(out + "/patients/" + id), std::set<std::string>{"result.json"})
+        << id;
     const auto result = nlohmann::json::parse(*ReadFile(out + "/patients/" + id + "/result.json"));
     EXPECT_EQ(result.at("status"), "failed");
     EXPECT_NE(result.at("error").get<std::string>().find("short write"), std::string::npos)

@@ -542,6 +542,7 @@ struct Runner::Impl {
     return final_dir;
   }
 
+  /// Writes the patient's files into `dir`; WritePatientFolder owns the folder.
   Status WritePatientFiles(const fs::path& dir, const Searched& s, const Outcome& outcome,
                            const json& result) const {
     const PatientCase& patient = s.patient;
