@@ -259,7 +259,8 @@ TEST_F(CliTest, ADiffusionScenarioPlansThroughTheBinarysBackendRegistry) {
   // without it would end the run with "built without the diffusion dynamics backend").
   const std::string models = std::string(MEWM_SOURCE_DIR) + "/models/";
   const std::string scenario = dir_.File("d.toml");
-  std::ofstream(scenario) << "[run]\nname = \"d\"\nseed = 1\n[cohort]\nsource = \"synthetic\"\n"
+  std::ofstream(scenario) << "[run]\nname = \"d\"\nseed = 1\noutput = \"" << dir_.File("out")
+                          << "\"\n[cohort]\nsource = \"synthetic\"\n"
                              "n = 1\nseed = 5\nspacing_mm = 1.0\n[dynamics]\nbackend = "
                              "\"diffusion\"\nmodel = \""
                           << models
@@ -272,6 +273,12 @@ TEST_F(CliTest, ADiffusionScenarioPlansThroughTheBinarysBackendRegistry) {
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("1 planned, 0 failed"), std::string::npos) << r.output;
   EXPECT_TRUE(std::filesystem::exists(dir_.File("out/patients/P0001/post_chosen.vdb")));
+  // `bench dynamics --patient` names a patient of the scenario's cohort; another id is refused
+  // before anything is timed.
+  const Result bench = RunMewm("bench dynamics " + scenario + " --patient P0009");
+  EXPECT_EQ(bench.code, 1) << bench.output;
+  EXPECT_NE(bench.output.find("the cohort has no patient 'P0009'"), std::string::npos)
+      << bench.output;
 }
 
 TEST_F(CliTest, AnOpenAiPolicyScenarioPlansOnlyTheEndpointsPlans) {

@@ -3,6 +3,7 @@
 //
 // `mewm train dynamics`, `mewm eval dynamics` and `mewm bench dynamics`: the learned diffusion
 // dynamics, trained and measured by the project's own commands.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -525,7 +526,7 @@ Status BenchDecision(const dynamics::DiffusionBackendOptions& options,
 
 Action AddBenchDynamics(CLI::App& bench_app, const BackendRegistry& backends) {
   struct Options {
-    std::string scenario, json_out;
+    std::string scenario, json_out, patient;
     int batch = 8, iterations = 10;
   };
   auto o = std::make_shared<Options>();
@@ -539,6 +540,9 @@ Action AddBenchDynamics(CLI::App& bench_app, const BackendRegistry& backends) {
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
   sub->add_option("--iterations", o->iterations, "Timed forwards")->capture_default_str();
+  sub->add_option("--patient", o->patient,
+                  "Patient id of the scenario's cohort to bench (default: its first patient); "
+                  "a patient with a large lesion has several crops");
   sub->add_option("--json-out", o->json_out, "Also write the figures as JSON to this file");
   return [o, sub, &backends]() -> int {
     if (!sub->parsed()) return -1;
@@ -552,7 +556,16 @@ Action AddBenchDynamics(CLI::App& bench_app, const BackendRegistry& backends) {
     if (!cohort) return Fail(cohort.error());
     auto entries = scenarios::PrepareCohort(*spec, backends, *cohort);
     if (!entries) return Fail(entries.error());
-    auto patient = scenarios::LoadPatient(entries->front());
+    auto entry = entries->begin();
+    if (!o->patient.empty()) {
+      entry = std::find_if(entries->begin(), entries->end(),
+                           [&](const scenarios::CohortEntry& e) { return e.id == o->patient; });
+      if (entry == entries->end()) {
+        return Fail(Error{ErrorCode::kNotFound,
+                          o->scenario + ": the cohort has no patient '" + o->patient + "'"});
+      }
+    }
+    auto patient = scenarios::LoadPatient(*entry);
     if (!patient) return Fail(patient.error());
     dynamics::DiffusionBackendOptions options = spec->diffusion;
     options.actions = spec->actions;
