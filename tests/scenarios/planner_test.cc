@@ -194,30 +194,51 @@ TEST_F(PlannerTest, ProposalLimitsTheSearch) {
 
 TEST_F(PlannerTest, WholePlansFromThePolicyAreTheOnlyCandidates) {
   // A plan-writing policy (vlm): the planner scores exactly its plans that keep the constraints
-  // and horizons, T samples each, and picks the best of them.
+  // and horizons, T samples each, and picks the best of them; with the control arm on (the
+  // default) also the root plan, Lipiodol alone, which this policy did not propose.
   const auto plan = [&](const char* text) { return *actions_.ParsePlan(text); };
   proposal_.plans = {{plan("Lipiodol+Epirubicin"), -0.5},
                      {plan("Lipiodol+Cisplatin+PVA"), -1.0},
                      {plan("Lipiodol+Epirubicin+Gelatin Sponge"), -2.0},
                      {plan("Lipiodol+Epirubicin+Cisplatin+Mitomycin"), -3.0}};  // 3 drugs
+  const std::set<std::string> proposed = {"Epirubicin+Lipiodol",
+                                          "Epirubicin+Gelatin Sponge+Lipiodol"};
   for (SearchMode mode : {SearchMode::kBeam, SearchMode::kExhaustive}) {
-    auto decision = Run(Spec(mode, 3, 2), {}, {"PVA"});
-    ASSERT_TRUE(decision) << decision.error().message;
-    std::set<std::string> scored;
-    for (const CandidateScore& c : decision->evaluated) scored.insert(c.plan.ToString());
-    EXPECT_EQ(scored,
-              (std::set<std::string>{"Epirubicin+Lipiodol", "Epirubicin+Gelatin Sponge+Lipiodol"}));
-    EXPECT_TRUE(scored.count(decision->best.plan.ToString()));
-    for (const CandidateScore& c : decision->evaluated) {
-      EXPECT_GE(decision->best.risk_mean, 0.0);
-      EXPECT_LE(decision->best.risk_mean, c.risk_mean);
-      EXPECT_EQ(c.sample_risks.size(), 2u);
+    for (bool control_arm : {false, true}) {
+      PlannerSpec spec = Spec(mode, 3, 2);
+      spec.control_arm = control_arm;
+      auto decision = Run(spec, {}, {"PVA"});
+      ASSERT_TRUE(decision) << decision.error().message;
+      std::multiset<std::string> scored;
+      for (const CandidateScore& c : decision->evaluated) scored.insert(c.plan.ToString());
+      std::multiset<std::string> expected(proposed.begin(), proposed.end());
+      if (control_arm) expected.insert("Lipiodol");
+      EXPECT_EQ(scored, expected) << control_arm;
+      EXPECT_TRUE(scored.count(decision->best.plan.ToString()));
+      for (const CandidateScore& c : decision->evaluated) {
+        EXPECT_GE(decision->best.risk_mean, 0.0);
+        EXPECT_LE(decision->best.risk_mean, c.risk_mean);
+        EXPECT_EQ(c.sample_risks.size(), 2u);
+      }
     }
   }
-  // None of them keeps the constraints: a clear error, not an empty plan.
+  // A policy that proposes the root itself: it is scored once. With a required item the root
+  // is the mandatory and required items together.
+  proposal_.plans.push_back({plan("Lipiodol"), -4.0});
+  auto once = Run(Spec(SearchMode::kBeam, 3, 2), {}, {"PVA"});
+  ASSERT_TRUE(once) << once.error().message;
+  EXPECT_EQ(once->evaluated.size(), 3u);
+  auto required = Run(Spec(SearchMode::kBeam, 3, 2), {"Epirubicin"}, {"PVA"});
+  ASSERT_TRUE(required) << required.error().message;
+  std::multiset<std::string> scored;
+  for (const CandidateScore& c : required->evaluated) scored.insert(c.plan.ToString());
+  EXPECT_EQ(scored, (std::multiset<std::string>{"Epirubicin+Lipiodol",
+                                                "Epirubicin+Gelatin Sponge+Lipiodol"}));
+  // None of them keeps the constraints: a clear error, not an empty plan nor the control arm
+  // alone.
   auto none = Run(Spec(SearchMode::kBeam), {"Raltitrexed"});
   ASSERT_FALSE(none);
-  EXPECT_NE(none.error().message.find("none of the policy's 4 proposed plans"), std::string::npos)
+  EXPECT_NE(none.error().message.find("none of the policy's 5 proposed plans"), std::string::npos)
       << none.error().message;
 }
 

@@ -72,6 +72,7 @@ TEST_F(ScenarioTest, ParsesAValidScenarioWithDefaults) {
   EXPECT_EQ(spec->planner.search, SearchMode::kBeam);
   EXPECT_EQ(spec->planner.beams, 5);
   EXPECT_EQ(spec->planner.samples, 4);
+  EXPECT_TRUE(spec->planner.control_arm);
   EXPECT_EQ(spec->policy_backend, "guideline");
   EXPECT_EQ(spec->calibration, dir_.File("models/calibration.json"));
   EXPECT_EQ(spec->protocol, "cTACE");
@@ -86,6 +87,7 @@ beams = 2
 samples = 3
 drug_horizon = 1
 embolic_horizon = 3
+control_arm = false
 
 [constraints]
 require = ["thp"]
@@ -95,6 +97,7 @@ forbid = ["pva"]
   EXPECT_EQ(spec->planner.search, SearchMode::kReference);
   EXPECT_EQ(spec->planner.beams, 2);
   EXPECT_EQ(spec->planner.drug_horizon, 1);
+  EXPECT_FALSE(spec->planner.control_arm);
   EXPECT_EQ(spec->require, std::vector<std::string>{"Pirarubicin"});  // aliases canonicalised
   EXPECT_EQ(spec->forbid, std::vector<std::string>{"PVA"});
 }
@@ -102,7 +105,7 @@ forbid = ["pva"]
 TEST_F(ScenarioTest, ReportsEveryProblemAtOnceWithLines) {
   const std::string text =
       Replace(Replace(Valid(), "n = 2", "n = 0"), "seed = 3", "seed = \"three\"") +
-      "\n[planner]\nbeamz = 3\nsearch = \"greedy\"\n";
+      "\n[planner]\nbeamz = 3\nsearch = \"greedy\"\ncontrol_arm = \"yes\"\n";
   auto spec = Parse(text);
   ASSERT_FALSE(spec);
   const std::string& m = spec.error().message;
@@ -113,6 +116,7 @@ TEST_F(ScenarioTest, ReportsEveryProblemAtOnceWithLines) {
   EXPECT_NE(m.find("beamz"), std::string::npos) << m;     // unknown key
   EXPECT_NE(m.find("greedy"), std::string::npos) << m;    // bad enum
   EXPECT_NE(m.find("beam, reference, exhaustive"), std::string::npos) << m;
+  EXPECT_NE(m.find("planner.control_arm"), std::string::npos) << m;  // not a boolean
 }
 
 TEST_F(ScenarioTest, MissingTablesAreProblemsWhateverKeysTheTextHas) {

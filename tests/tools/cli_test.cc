@@ -315,7 +315,8 @@ TEST_F(CliTest, AnOpenAiPolicyScenarioPlansOnlyTheEndpointsPlans) {
                              "[dynamics]\nbackend = \"mechanistic\"\ncalibration = \""
                           << models << "mechanistic_calibration.json\"\n[survival]\nbackend = "
                           << "\"cox\"\nmodel = \"" << models
-                          << "cox_survival.json\"\n[planner]\nbeams = 2\nsamples = 1\n";
+                          << "cox_survival.json\"\n[planner]\nbeams = 2\nsamples = 1\n"
+                             "control_arm = false\n";  // nothing but the endpoint's plans
   const Result r = RunMewm("run " + scenario + " --quiet --out " + dir_.File("out"));
   endpoint.stop();
   serve.join();
@@ -1714,7 +1715,9 @@ TEST_F(CliTest, VlmPolicyPlansAManifestCohortWithAndWithoutNotes) {
         nlohmann::json::parse(ReadText(out + "/patients/" + id + "/result.json"));
     EXPECT_EQ(result.at("status"), "finished") << id;
     EXPECT_EQ(result.at("proposal").at("plans").size(), 3u) << id;
-    EXPECT_EQ(result.at("candidates").size(), 3u) << id;
+    // The 3 proposed plans and the control arm, Lipiodol alone (the VLM ranks it lower).
+    EXPECT_EQ(result.at("candidates").size(), 4u) << id;
+    EXPECT_EQ(result.at("candidates").back().at("plan"), "Lipiodol") << id;
     EXPECT_NE(result.at("proposal").at("rationale").get<std::string>().find("VLM findings"),
               std::string::npos)
         << id;

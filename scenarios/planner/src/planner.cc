@@ -91,8 +91,8 @@ Expected<PlanDecision> Planner::Plan(const PatientCase& full_patient,
   PlanDecision decision;
   detail::Search search(spec_, patient, run_seed, *dynamics_, *survival_, observer, &decision);
   if (!proposal.plans.empty()) {
-    // A policy that writes whole plans (`vlm`): the search scores exactly its top K plans that
-    // keep the scenario's constraints and horizons.
+    // A policy that writes whole plans (`vlm`, `openai`): the search scores its top K plans that
+    // keep the scenario's constraints and horizons, and the control arm.
     MEWM_TRY(const std::vector<mewm::Plan> plans, ProposalPlans(proposal));
     MEWM_TRY(std::vector<CandidateScore> scores, search.Evaluate(plans, "proposals", 1));
     std::sort(scores.begin(), scores.end(), detail::Better);
@@ -111,25 +111,40 @@ Expected<PlanDecision> Planner::Plan(const PatientCase& full_patient,
 }
 
 Expected<std::vector<mewm::Plan>> Planner::ProposalPlans(const policy::Proposal& proposal) const {
-  std::vector<mewm::Plan> plans;
-  for (const policy::RankedPlan& ranked : proposal.plans) {
-    const mewm::Plan& p = ranked.plan;
+  const auto keeps = [&](const mewm::Plan& p) {
     const bool forbidden = std::any_of(forbid_.begin(), forbid_.end(),
                                        [&](const std::string& i) { return p.Contains(i); });
     const bool has_required = std::all_of(require_.begin(), require_.end(),
                                           [&](const std::string& i) { return p.Contains(i); });
     const bool within = detail::CountKind(p, actions_, ItemKind::kDrug) <= spec_.drug_horizon &&
                         detail::CountKind(p, actions_, ItemKind::kEmbolic) <= spec_.embolic_horizon;
-    if (!forbidden && has_required && within && actions_.Violations(p, protocol_).empty()) {
-      plans.push_back(p);
-    }
+    return !forbidden && has_required && within && actions_.Violations(p, protocol_).empty();
+  };
+  std::vector<mewm::Plan> plans;
+  for (const policy::RankedPlan& ranked : proposal.plans) {
+    if (keeps(ranked.plan)) plans.push_back(ranked.plan);
   }
   if (plans.empty()) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "none of the policy's " + std::to_string(proposal.plans.size()) +
                          " proposed plans keeps the scenario's constraints and horizons");
   }
+  if (spec_.control_arm) {
+    // A plan-writing policy rarely proposes the least intensive plan (the VLM ranks Lipiodol
+    // alone below its top 15 for most patients whose optimum it is); beam search over items
+    // always scores it first. It costs T simulations.
+    MEWM_TRY(const mewm::Plan root, RootPlan());
+    if (keeps(root) && std::find(plans.begin(), plans.end(), root) == plans.end()) {
+      plans.push_back(root);
+    }
+  }
   return plans;
+}
+
+Expected<mewm::Plan> Planner::RootPlan() const {
+  MEWM_TRY(std::vector<std::string> items, actions_.MandatoryItems(protocol_));
+  items.insert(items.end(), require_.begin(), require_.end());
+  return actions_.MakePlan(items);
 }
 
 Expected<detail::SearchSpace> Planner::Space(const policy::Proposal& proposal) const {
@@ -147,7 +162,7 @@ Expected<detail::SearchSpace> Planner::Space(const policy::Proposal& proposal) c
     }
   }
   root_items.insert(root_items.end(), require_.begin(), require_.end());
-  MEWM_TRY(const mewm::Plan root, actions_.MakePlan(root_items));
+  MEWM_TRY(const mewm::Plan root, RootPlan());
   const auto count = [&](ItemKind kind) { return detail::CountKind(root, actions_, kind); };
   return detail::SearchSpace{
       actions_,

@@ -208,6 +208,7 @@ void ScenarioParser::ReadPlanner(const ConfigTable& plan) {
   Int(plan, "embolic_horizon", 2, 1, 5, &s.planner.embolic_horizon);
   Int(plan, "samples", 4, 1, 64, &s.planner.samples);
   Int(plan, "max_batch", 1024, 1, 1 << 20, &s.planner.max_batch);
+  problems.Take(plan.GetBool("control_arm", true), &s.planner.control_arm);
   problems.Check(plan.RejectUnknownKeys());
 }
 

@@ -36,6 +36,9 @@ struct PlannerSpec {
   int embolic_horizon = 2;  ///< H_e: embolics including Lipiodol
   int samples = 4;          ///< T: samples per candidate plan
   int max_batch = 1024;     ///< requests per DynamicsModel::Simulate call (bounds memory)
+  /// With whole plans from the policy: also score the root plan (the mandatory and required
+  /// items alone) when the policy did not propose it, as beam search over items scores it first.
+  bool control_arm = true;
 };
 
 /// One scored candidate plan.
@@ -97,7 +100,8 @@ class Planner {
 
   /// Plans for one patient within the proposal's items; when the proposal carries whole plans
   /// (a plan-writing policy such as `vlm`), only those that keep the constraints, horizons and
-  /// rules are scored (stage "proposals", T samples each) and the best is chosen. `run_seed` and
+  /// rules are scored (stage "proposals", T samples each), with the root plan as a control arm
+  /// (spec.control_arm), and the best is chosen. `run_seed` and
   /// the patient id seed every sample: seed = f(run seed, patient, plan, sample index), so scores
   /// never depend on batching or on the search mode's visiting order (except `reference`, which
   /// re-draws per beam as MeWM's loop does). kCancelled when the observer asks to stop.
@@ -128,8 +132,11 @@ class Planner {
         dynamics_(&dynamics),
         survival_(&survival) {}
 
-  /// The proposal's whole plans that keep the constraints; kInvalidArgument when none does.
+  /// The proposal's whole plans that keep the constraints, then the control arm when it is on
+  /// and not among them; kInvalidArgument when no proposed plan keeps them.
   Expected<std::vector<mewm::Plan>> ProposalPlans(const policy::Proposal& proposal) const;
+  /// The mandatory and required items alone: where beam search starts, and the control arm.
+  Expected<mewm::Plan> RootPlan() const;
   /// The root plan and the stages' items for this proposal (forbidden items dropped).
   Expected<detail::SearchSpace> Space(const policy::Proposal& proposal) const;
 
