@@ -192,11 +192,17 @@ TEST_F(PlannerTest, ProposalLimitsTheSearch) {
   EXPECT_EQ(decision->evaluated.size(), 4u);
 }
 
-TEST_F(PlannerTest, WholePlansFromThePolicyAreTheOnlyCandidates) {
-  // A plan-writing policy (vlm): the planner scores exactly its plans that keep the constraints
-  // and horizons, T samples each, and picks the best of them; with the control arm on (the
-  // default) also the root plan, Lipiodol alone, which this policy did not propose.
+TEST_F(PlannerTest, WholePlansFromThePolicyAreScoredAsTheyStand) {
+  // A plan-writing policy (vlm) with proposals = "score": the planner scores exactly its plans
+  // that keep the constraints and horizons, T samples each, and picks the best of them; with the
+  // control arm on (the default) also the root plan, Lipiodol alone, which this policy did not
+  // propose.
   const auto plan = [&](const char* text) { return *actions_.ParsePlan(text); };
+  const auto scoring = [](SearchMode mode) {
+    PlannerSpec spec = Spec(mode, 3, 2);
+    spec.proposals = ProposalMode::kScore;
+    return spec;
+  };
   proposal_.plans = {{plan("Lipiodol+Epirubicin"), -0.5},
                      {plan("Lipiodol+Cisplatin+PVA"), -1.0},
                      {plan("Lipiodol+Epirubicin+Gelatin Sponge"), -2.0},
@@ -205,7 +211,7 @@ TEST_F(PlannerTest, WholePlansFromThePolicyAreTheOnlyCandidates) {
                                           "Epirubicin+Gelatin Sponge+Lipiodol"};
   for (SearchMode mode : {SearchMode::kBeam, SearchMode::kExhaustive}) {
     for (bool control_arm : {false, true}) {
-      PlannerSpec spec = Spec(mode, 3, 2);
+      PlannerSpec spec = scoring(mode);
       spec.control_arm = control_arm;
       auto decision = Run(spec, {}, {"PVA"});
       ASSERT_TRUE(decision) << decision.error().message;
@@ -225,10 +231,10 @@ TEST_F(PlannerTest, WholePlansFromThePolicyAreTheOnlyCandidates) {
   // A policy that proposes the root itself: it is scored once. With a required item the root
   // is the mandatory and required items together.
   proposal_.plans.push_back({plan("Lipiodol"), -4.0});
-  auto once = Run(Spec(SearchMode::kBeam, 3, 2), {}, {"PVA"});
+  auto once = Run(scoring(SearchMode::kBeam), {}, {"PVA"});
   ASSERT_TRUE(once) << once.error().message;
   EXPECT_EQ(once->evaluated.size(), 3u);
-  auto required = Run(Spec(SearchMode::kBeam, 3, 2), {"Epirubicin"}, {"PVA"});
+  auto required = Run(scoring(SearchMode::kBeam), {"Epirubicin"}, {"PVA"});
   ASSERT_TRUE(required) << required.error().message;
   std::multiset<std::string> scored;
   for (const CandidateScore& c : required->evaluated) scored.insert(c.plan.ToString());
@@ -236,9 +242,62 @@ TEST_F(PlannerTest, WholePlansFromThePolicyAreTheOnlyCandidates) {
                                                 "Epirubicin+Gelatin Sponge+Lipiodol"}));
   // None of them keeps the constraints: a clear error, not an empty plan nor the control arm
   // alone.
-  auto none = Run(Spec(SearchMode::kBeam), {"Raltitrexed"});
+  auto none = Run(scoring(SearchMode::kBeam), {"Raltitrexed"});
   ASSERT_FALSE(none);
   EXPECT_NE(none.error().message.find("none of the policy's 5 proposed plans"), std::string::npos)
+      << none.error().message;
+}
+
+TEST_F(PlannerTest, WholePlansFromThePolicyBoundTheSearch) {
+  // proposals = "search" (the default): the search walks from the root plan through the sub-plans
+  // of the proposed plans that keep the constraints, and nowhere else. Here those are
+  // Lipiodol+Epirubicin and Lipiodol+Epirubicin+Gelatin Sponge (PVA is forbidden, three drugs
+  // exceed the horizon), so the plans to search are the root, the two, and Lipiodol+Gelatin
+  // Sponge: with 3 beams, beam search scores all four, as exhaustive search does.
+  const auto plan = [&](const char* text) { return *actions_.ParsePlan(text); };
+  proposal_.plans = {{plan("Lipiodol+Epirubicin"), -0.5},
+                     {plan("Lipiodol+Cisplatin+PVA"), -1.0},
+                     {plan("Lipiodol+Epirubicin+Gelatin Sponge"), -2.0},
+                     {plan("Lipiodol+Epirubicin+Cisplatin+Mitomycin"), -3.0}};
+  const auto scored = [](const PlanDecision& d) {
+    std::multiset<std::string> out;
+    for (const CandidateScore& c : d.evaluated) out.insert(c.plan.ToString());
+    return out;
+  };
+  const std::multiset<std::string> walk = {"Lipiodol", "Epirubicin+Lipiodol",
+                                           "Gelatin Sponge+Lipiodol",
+                                           "Epirubicin+Gelatin Sponge+Lipiodol"};
+  for (SearchMode mode : {SearchMode::kBeam, SearchMode::kExhaustive}) {
+    for (bool control_arm : {false, true}) {  // no effect: the root is where the search starts
+      PlannerSpec spec = Spec(mode, 3, 2);
+      spec.control_arm = control_arm;
+      auto decision = Run(spec, {}, {"PVA"});
+      ASSERT_TRUE(decision) << decision.error().message;
+      EXPECT_EQ(scored(*decision), walk) << ToString(mode) << " " << control_arm;
+      EXPECT_TRUE(walk.count(decision->best.plan.ToString()));
+    }
+  }
+  // With one beam, beam search keeps one plan per step: it scores fewer than the walk holds and
+  // still nothing outside it (never Cisplatin, though the other items' plans would allow it).
+  auto narrow = Run(Spec(SearchMode::kBeam, 1, 2), {}, {"PVA"});
+  ASSERT_TRUE(narrow) << narrow.error().message;
+  for (const std::string& p : scored(*narrow)) EXPECT_TRUE(walk.count(p)) << p;
+  EXPECT_LE(narrow->evaluated.size(), walk.size());
+  // A required item is in the root: the walk starts there.
+  auto required = Run(Spec(SearchMode::kBeam), {"Epirubicin"}, {"PVA"});
+  ASSERT_TRUE(required) << required.error().message;
+  EXPECT_EQ(scored(*required), (std::multiset<std::string>{"Epirubicin+Lipiodol",
+                                                           "Epirubicin+Gelatin Sponge+Lipiodol"}));
+  // MeWM's loop has no sub-plans to walk (it starts without Lipiodol): it scores the plans as
+  // they stand, with the control arm.
+  auto reference = Run(Spec(SearchMode::kReference), {}, {"PVA"});
+  ASSERT_TRUE(reference) << reference.error().message;
+  EXPECT_EQ(scored(*reference), (std::multiset<std::string>{"Lipiodol", "Epirubicin+Lipiodol",
+                                                            "Epirubicin+Gelatin Sponge+Lipiodol"}));
+  // None of them keeps the constraints: the same clear error as when scoring.
+  auto none = Run(Spec(SearchMode::kBeam), {"Raltitrexed"});
+  ASSERT_FALSE(none);
+  EXPECT_NE(none.error().message.find("none of the policy's 4 proposed plans"), std::string::npos)
       << none.error().message;
 }
 

@@ -73,6 +73,7 @@ TEST_F(ScenarioTest, ParsesAValidScenarioWithDefaults) {
   EXPECT_EQ(spec->planner.beams, 5);
   EXPECT_EQ(spec->planner.samples, 4);
   EXPECT_TRUE(spec->planner.control_arm);
+  EXPECT_EQ(spec->planner.proposals, ProposalMode::kSearch);
   EXPECT_EQ(spec->policy_backend, "guideline");
   EXPECT_EQ(spec->calibration, dir_.File("models/calibration.json"));
   EXPECT_EQ(spec->protocol, "cTACE");
@@ -88,6 +89,7 @@ samples = 3
 drug_horizon = 1
 embolic_horizon = 3
 control_arm = false
+proposals = "score"
 
 [constraints]
 require = ["thp"]
@@ -98,6 +100,7 @@ forbid = ["pva"]
   EXPECT_EQ(spec->planner.beams, 2);
   EXPECT_EQ(spec->planner.drug_horizon, 1);
   EXPECT_FALSE(spec->planner.control_arm);
+  EXPECT_EQ(spec->planner.proposals, ProposalMode::kScore);
   EXPECT_EQ(spec->require, std::vector<std::string>{"Pirarubicin"});  // aliases canonicalised
   EXPECT_EQ(spec->forbid, std::vector<std::string>{"PVA"});
 }
@@ -105,7 +108,8 @@ forbid = ["pva"]
 TEST_F(ScenarioTest, ReportsEveryProblemAtOnceWithLines) {
   const std::string text =
       Replace(Replace(Valid(), "n = 2", "n = 0"), "seed = 3", "seed = \"three\"") +
-      "\n[planner]\nbeamz = 3\nsearch = \"greedy\"\ncontrol_arm = \"yes\"\n";
+      "\n[planner]\nbeamz = 3\nsearch = \"greedy\"\ncontrol_arm = \"yes\"\n"
+      "proposals = \"all\"\n";
   auto spec = Parse(text);
   ASSERT_FALSE(spec);
   const std::string& m = spec.error().message;
@@ -117,6 +121,7 @@ TEST_F(ScenarioTest, ReportsEveryProblemAtOnceWithLines) {
   EXPECT_NE(m.find("greedy"), std::string::npos) << m;    // bad enum
   EXPECT_NE(m.find("beam, reference, exhaustive"), std::string::npos) << m;
   EXPECT_NE(m.find("planner.control_arm"), std::string::npos) << m;  // not a boolean
+  EXPECT_NE(m.find("search, score"), std::string::npos) << m;        // proposals: bad enum
 }
 
 TEST_F(ScenarioTest, MissingTablesAreProblemsWhateverKeysTheTextHas) {
@@ -433,7 +438,8 @@ TEST_F(ScenarioTest, TheInputCheckRunsBeforeAnyFileIsLookedAt) {
 const std::set<std::string> kStringKeysThatAreNotPaths = {
     "run.name",         "run.device",       "cohort.source",        "policy.backend",
     "dynamics.backend", "dynamics.config",  "dynamics.uncertainty", "survival.backend",
-    "planner.search",   "actions.protocol", "policy.device",        "policy.inputs"};
+    "planner.search",   "actions.protocol", "policy.device",        "policy.inputs",
+    "planner.proposals"};
 
 /// A scenario as tables of key = TOML value ("" is the root, written first).
 using Tables = std::map<std::string, std::map<std::string, std::string>>;

@@ -281,7 +281,7 @@ TEST_F(CliTest, ADiffusionScenarioPlansThroughTheBinarysBackendRegistry) {
       << bench.output;
 }
 
-TEST_F(CliTest, AnOpenAiPolicyScenarioPlansOnlyTheEndpointsPlans) {
+TEST_F(CliTest, AnOpenAiPolicyScenarioSearchesOnlyWithinTheEndpointsPlans) {
   // A chat endpoint on 127.0.0.1: the first request is rate limited, then every answer names
   // two plans (one by an alias). The run plans each patient within those plans.
   httplib::Server endpoint;
@@ -315,8 +315,7 @@ TEST_F(CliTest, AnOpenAiPolicyScenarioPlansOnlyTheEndpointsPlans) {
                              "[dynamics]\nbackend = \"mechanistic\"\ncalibration = \""
                           << models << "mechanistic_calibration.json\"\n[survival]\nbackend = "
                           << "\"cox\"\nmodel = \"" << models
-                          << "cox_survival.json\"\n[planner]\nbeams = 2\nsamples = 1\n"
-                             "control_arm = false\n";  // nothing but the endpoint's plans
+                          << "cox_survival.json\"\n[planner]\nbeams = 2\nsamples = 1\n";
   const Result r = RunMewm("run " + scenario + " --quiet --out " + dir_.File("out"));
   endpoint.stop();
   serve.join();
@@ -327,13 +326,15 @@ TEST_F(CliTest, AnOpenAiPolicyScenarioPlansOnlyTheEndpointsPlans) {
     auto text = ReadFile(dir_.File(std::string("out/patients/") + id + "/result.json"));
     ASSERT_TRUE(text) << id;
     const auto result = nlohmann::json::parse(*text);
-    const std::string chosen = result["chosen"]["plan"];
-    EXPECT_TRUE(chosen == "Lipiodol+Pirarubicin" || chosen == "Gelatin Sponge+Lipiodol+Raltitrexed")
-        << chosen;
+    // The search walks from Lipiodol alone to the endpoint's plans, and nowhere else.
+    const std::set<std::string> walk = {"Lipiodol", "Lipiodol+Pirarubicin",
+                                        "Gelatin Sponge+Lipiodol", "Lipiodol+Raltitrexed",
+                                        "Gelatin Sponge+Lipiodol+Raltitrexed"};
+    EXPECT_TRUE(walk.count(result["chosen"]["plan"])) << result["chosen"]["plan"];
+    EXPECT_EQ(result["candidates"].front()["plan"], "Lipiodol");
     for (const auto& candidate : result["candidates"]) {
-      const std::string plan = candidate["plan"];
-      EXPECT_TRUE(plan == "Lipiodol+Pirarubicin" || plan == "Gelatin Sponge+Lipiodol+Raltitrexed")
-          << "searched outside the endpoint's plans: " << plan;
+      EXPECT_TRUE(walk.count(candidate["plan"]))
+          << "searched outside the endpoint's plans: " << candidate["plan"];
     }
     ASSERT_TRUE(result["proposal"].contains("plans")) << result["proposal"].dump();
     EXPECT_EQ(result["proposal"]["plans"].size(), 2u) << result["proposal"].dump();
@@ -1715,9 +1716,19 @@ TEST_F(CliTest, VlmPolicyPlansAManifestCohortWithAndWithoutNotes) {
         nlohmann::json::parse(ReadText(out + "/patients/" + id + "/result.json"));
     EXPECT_EQ(result.at("status"), "finished") << id;
     EXPECT_EQ(result.at("proposal").at("plans").size(), 3u) << id;
-    // The 3 proposed plans and the control arm, Lipiodol alone (the VLM ranks it lower).
-    EXPECT_EQ(result.at("candidates").size(), 4u) << id;
-    EXPECT_EQ(result.at("candidates").back().at("plan"), "Lipiodol") << id;
+    // Beam search from Lipiodol alone, through the 3 proposed plans' sub-plans only.
+    EXPECT_EQ(result.at("candidates").front().at("plan"), "Lipiodol") << id;
+    for (const auto& candidate : result.at("candidates")) {
+      const auto inside = [&](const nlohmann::json& proposed) {
+        const std::string plan = "+" + proposed.at("plan").get<std::string>() + "+";
+        for (const auto& item : candidate.at("items")) {
+          if (plan.find("+" + item.get<std::string>() + "+") == std::string::npos) return false;
+        }
+        return true;
+      };
+      const auto& plans = result.at("proposal").at("plans");
+      EXPECT_TRUE(std::any_of(plans.begin(), plans.end(), inside)) << id << " " << candidate;
+    }
     EXPECT_NE(result.at("proposal").at("rationale").get<std::string>().find("VLM findings"),
               std::string::npos)
         << id;

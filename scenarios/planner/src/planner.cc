@@ -22,6 +22,11 @@ const char* ToString(SearchMode mode) {
   }
   return "?";
 }
+
+const char* ToString(ProposalMode mode) {
+  return mode == ProposalMode::kSearch ? "search" : "score";
+}
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -90,18 +95,42 @@ Expected<PlanDecision> Planner::Plan(const PatientCase& full_patient,
   MEWM_TRY(const PatientCase patient, ModelRegion(full_patient, *dynamics_));
   PlanDecision decision;
   detail::Search search(spec_, patient, run_seed, *dynamics_, *survival_, observer, &decision);
+  const policy::Proposal* items = &proposal;
+  policy::Proposal proposed_items;  // with whole plans: the items they hold
+  std::vector<mewm::Plan> within;
   if (!proposal.plans.empty()) {
-    // A policy that writes whole plans (`vlm`, `openai`): the search scores its top K plans that
-    // keep the scenario's constraints and horizons, and the control arm.
-    MEWM_TRY(const std::vector<mewm::Plan> plans, ProposalPlans(proposal));
-    MEWM_TRY(std::vector<CandidateScore> scores, search.Evaluate(plans, "proposals", 1));
-    std::sort(scores.begin(), scores.end(), detail::Better);
-    if (observer.beam) observer.beam("proposals", 1, scores);
-    decision.best = scores.front();
-    decision.counters.search_seconds = Since(t0);
-    return decision;
+    // A policy that writes whole plans (`vlm`, `openai`): only those that keep the scenario's
+    // constraints and horizons count.
+    MEWM_TRY(std::vector<mewm::Plan> plans, ProposalPlans(proposal));
+    if (spec_.proposals == ProposalMode::kScore || spec_.search == SearchMode::kReference) {
+      MEWM_TRY(const mewm::Plan root, RootPlan());
+      if (spec_.control_arm && std::find(plans.begin(), plans.end(), root) == plans.end() &&
+          Keeps(root)) {
+        // A plan-writing policy rarely proposes the least intensive plan (the VLM ranks Lipiodol
+        // alone below its top 15 for most patients whose optimum it is); beam search over items
+        // always scores it first. It costs T simulations.
+        plans.push_back(root);
+      }
+      MEWM_TRY(std::vector<CandidateScore> scores, search.Evaluate(plans, "proposals", 1));
+      std::sort(scores.begin(), scores.end(), detail::Better);
+      if (observer.beam) observer.beam("proposals", 1, scores);
+      decision.best = scores.front();
+      decision.counters.search_seconds = Since(t0);
+      return decision;
+    }
+    // Search them as beam search searches every item: from the root, through their sub-plans.
+    for (const mewm::Plan& plan : plans) {
+      for (const std::string& item : plan.items()) {
+        auto found = actions_.Find(item);
+        auto& list = found && found->kind == ItemKind::kDrug ? proposed_items.drugs
+                                                             : proposed_items.embolics;
+        if (std::find(list.begin(), list.end(), item) == list.end()) list.push_back(item);
+      }
+    }
+    items = &proposed_items;
+    within = std::move(plans);
   }
-  MEWM_TRY(const detail::SearchSpace space, Space(proposal));
+  MEWM_TRY(const detail::SearchSpace space, Space(*items, std::move(within)));
   const auto strategy = spec_.search == SearchMode::kExhaustive ? detail::SearchExhaustive
                         : spec_.search == SearchMode::kBeam     ? detail::SearchBeam
                                                                 : detail::SearchReference;
@@ -110,33 +139,25 @@ Expected<PlanDecision> Planner::Plan(const PatientCase& full_patient,
   return decision;
 }
 
+bool Planner::Keeps(const mewm::Plan& p) const {
+  const bool forbidden = std::any_of(forbid_.begin(), forbid_.end(),
+                                     [&](const std::string& i) { return p.Contains(i); });
+  const bool has_required = std::all_of(require_.begin(), require_.end(),
+                                        [&](const std::string& i) { return p.Contains(i); });
+  const bool within = detail::CountKind(p, actions_, ItemKind::kDrug) <= spec_.drug_horizon &&
+                      detail::CountKind(p, actions_, ItemKind::kEmbolic) <= spec_.embolic_horizon;
+  return !forbidden && has_required && within && actions_.Violations(p, protocol_).empty();
+}
+
 Expected<std::vector<mewm::Plan>> Planner::ProposalPlans(const policy::Proposal& proposal) const {
-  const auto keeps = [&](const mewm::Plan& p) {
-    const bool forbidden = std::any_of(forbid_.begin(), forbid_.end(),
-                                       [&](const std::string& i) { return p.Contains(i); });
-    const bool has_required = std::all_of(require_.begin(), require_.end(),
-                                          [&](const std::string& i) { return p.Contains(i); });
-    const bool within = detail::CountKind(p, actions_, ItemKind::kDrug) <= spec_.drug_horizon &&
-                        detail::CountKind(p, actions_, ItemKind::kEmbolic) <= spec_.embolic_horizon;
-    return !forbidden && has_required && within && actions_.Violations(p, protocol_).empty();
-  };
   std::vector<mewm::Plan> plans;
   for (const policy::RankedPlan& ranked : proposal.plans) {
-    if (keeps(ranked.plan)) plans.push_back(ranked.plan);
+    if (Keeps(ranked.plan)) plans.push_back(ranked.plan);
   }
   if (plans.empty()) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "none of the policy's " + std::to_string(proposal.plans.size()) +
                          " proposed plans keeps the scenario's constraints and horizons");
-  }
-  if (spec_.control_arm) {
-    // A plan-writing policy rarely proposes the least intensive plan (the VLM ranks Lipiodol
-    // alone below its top 15 for most patients whose optimum it is); beam search over items
-    // always scores it first. It costs T simulations.
-    MEWM_TRY(const mewm::Plan root, RootPlan());
-    if (keeps(root) && std::find(plans.begin(), plans.end(), root) == plans.end()) {
-      plans.push_back(root);
-    }
   }
   return plans;
 }
@@ -147,7 +168,8 @@ Expected<mewm::Plan> Planner::RootPlan() const {
   return actions_.MakePlan(items);
 }
 
-Expected<detail::SearchSpace> Planner::Space(const policy::Proposal& proposal) const {
+Expected<detail::SearchSpace> Planner::Space(const policy::Proposal& proposal,
+                                             std::vector<mewm::Plan> within) const {
   const auto allowed = [&](const std::string& item) {
     return std::find(forbid_.begin(), forbid_.end(), item) == forbid_.end();
   };
@@ -173,7 +195,8 @@ Expected<detail::SearchSpace> Planner::Space(const policy::Proposal& proposal) c
       {{"drug", std::move(drugs), ItemKind::kDrug, spec_.drug_horizon,
         spec_.drug_horizon - count(ItemKind::kDrug)},
        {"embolic", std::move(embolics), ItemKind::kEmbolic, spec_.embolic_horizon,
-        spec_.embolic_horizon - count(ItemKind::kEmbolic)}}};
+        spec_.embolic_horizon - count(ItemKind::kEmbolic)}},
+      std::move(within)};
 }
 
 }  // namespace mewm::scenarios

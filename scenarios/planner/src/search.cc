@@ -185,12 +185,19 @@ void Search::Report(const CandidateScore& score, const std::string& stage, int s
   if (observer_.candidate) observer_.candidate(score, stage, step, memo_hit);
 }
 
+bool SearchSpace::Inside(const Plan& plan) const {
+  return within.empty() || std::any_of(within.begin(), within.end(), [&](const Plan& w) {
+           return std::all_of(plan.items().begin(), plan.items().end(),
+                              [&](const std::string& i) { return w.Contains(i); });
+         });
+}
+
 std::vector<Plan> SearchSpace::Expand(const Plan& plan, const SearchStage& stage) const {
   std::vector<Plan> out;
   for (const std::string& item : stage.items) {
     if (plan.Contains(item)) continue;
     Plan next = plan.With(item);
-    if (CountKind(next, actions, stage.kind) <= stage.horizon &&
+    if (Inside(next) && CountKind(next, actions, stage.kind) <= stage.horizon &&
         actions.Violations(next, protocol).empty()) {
       out.push_back(next);
     }

@@ -83,8 +83,12 @@ struct SearchSpace {
   std::vector<std::string> root_items;  ///< mandatory, then required items
   Plan root;
   std::vector<SearchStage> stages;  ///< drug, embolic
+  /// With whole plans from the policy: the plans searched are these and their sub-plans.
+  std::vector<Plan> within;
 
-  /// The valid plans that add one of `stage.items` to `plan` within the stage's horizon.
+  /// Whether every item of `plan` is in one of `within` (always, when it is empty).
+  bool Inside(const Plan& plan) const;
+  /// The valid plans Inside() that add one of `stage.items` to `plan` within the stage's horizon.
   std::vector<Plan> Expand(const Plan& plan, const SearchStage& stage) const;
 };
 

@@ -25,7 +25,7 @@ Expected<CandidateScore> SearchExhaustive(Search& search, const SearchSpace& spa
                                     [&](const std::string& i) { return items.count(i) > 0; });
     const bool has_required = std::all_of(space.root_items.begin(), space.root_items.end(),
                                           [&](const std::string& i) { return p.Contains(i); });
-    if (inside && has_required) plans.push_back(p);
+    if (inside && has_required && space.Inside(p)) plans.push_back(p);
   }
   MEWM_TRY(std::vector<CandidateScore> scores, search.Evaluate(plans, "exhaustive", 1));
   std::sort(scores.begin(), scores.end(), Better);

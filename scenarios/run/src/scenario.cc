@@ -208,6 +208,11 @@ void ScenarioParser::ReadPlanner(const ConfigTable& plan) {
   Int(plan, "embolic_horizon", 2, 1, 5, &s.planner.embolic_horizon);
   Int(plan, "samples", 4, 1, 64, &s.planner.samples);
   Int(plan, "max_batch", 1024, 1, 1 << 20, &s.planner.max_batch);
+  std::string proposals;
+  if (problems.Take(plan.GetEnum("proposals", {"search", "score"}, std::string("search")),
+                    &proposals)) {
+    s.planner.proposals = proposals == "search" ? ProposalMode::kSearch : ProposalMode::kScore;
+  }
   problems.Take(plan.GetBool("control_arm", true), &s.planner.control_arm);
   problems.Check(plan.RejectUnknownKeys());
 }

@@ -29,6 +29,13 @@ enum class SearchMode {
 };
 const char* ToString(SearchMode mode);
 
+/// What the planner does with whole plans from a plan-writing policy (`vlm`, `openai`).
+enum class ProposalMode {
+  kSearch,  ///< the scenario's search over the proposed plans and their sub-plans (default)
+  kScore,   ///< score each proposed plan, and the control arm, as it stands
+};
+const char* ToString(ProposalMode mode);
+
 struct PlannerSpec {
   SearchMode search = SearchMode::kBeam;
   int beams = 5;            ///< B
@@ -36,8 +43,12 @@ struct PlannerSpec {
   int embolic_horizon = 2;  ///< H_e: embolics including Lipiodol
   int samples = 4;          ///< T: samples per candidate plan
   int max_batch = 1024;     ///< requests per DynamicsModel::Simulate call (bounds memory)
-  /// With whole plans from the policy: also score the root plan (the mandatory and required
+  /// With whole plans from the policy: search among them and their sub-plans, or score each.
+  /// `reference` search always scores each (MeWM's loop starts without the mandatory items).
+  ProposalMode proposals = ProposalMode::kSearch;
+  /// With whole plans scored as they stand: also score the root plan (the mandatory and required
   /// items alone) when the policy did not propose it, as beam search over items scores it first.
+  /// A search over the proposals always scores the root, where it starts.
   bool control_arm = true;
 };
 
@@ -98,10 +109,12 @@ class Planner {
                                   dynamics::DynamicsModel& dynamics,
                                   survival::SurvivalModel& survival);
 
-  /// Plans for one patient within the proposal's items; when the proposal carries whole plans
+  /// Plans for one patient within the proposal's items. When the proposal carries whole plans
   /// (a plan-writing policy such as `vlm`), only those that keep the constraints, horizons and
-  /// rules are scored (stage "proposals", T samples each), with the root plan as a control arm
-  /// (spec.control_arm), and the best is chosen. `run_seed` and
+  /// rules count. With spec.proposals = kSearch the search runs from the root plan over them and
+  /// their sub-plans only (an item is added only on the way to a proposed plan); with kScore, or
+  /// `reference` search, each is scored (stage "proposals", T samples each), with the root plan
+  /// as a control arm (spec.control_arm), and the best is chosen. `run_seed` and
   /// the patient id seed every sample: seed = f(run seed, patient, plan, sample index), so scores
   /// never depend on batching or on the search mode's visiting order (except `reference`, which
   /// re-draws per beam as MeWM's loop does). kCancelled when the observer asks to stop.
@@ -132,13 +145,16 @@ class Planner {
         dynamics_(&dynamics),
         survival_(&survival) {}
 
-  /// The proposal's whole plans that keep the constraints, then the control arm when it is on
-  /// and not among them; kInvalidArgument when no proposed plan keeps them.
+  /// Whether a whole plan keeps the forbidden and required items, the horizons and the rules.
+  bool Keeps(const mewm::Plan& plan) const;
+  /// The proposal's whole plans that Keep(); kInvalidArgument when none does.
   Expected<std::vector<mewm::Plan>> ProposalPlans(const policy::Proposal& proposal) const;
   /// The mandatory and required items alone: where beam search starts, and the control arm.
   Expected<mewm::Plan> RootPlan() const;
-  /// The root plan and the stages' items for this proposal (forbidden items dropped).
-  Expected<detail::SearchSpace> Space(const policy::Proposal& proposal) const;
+  /// The root plan and the stages' items for this proposal (forbidden items dropped); with
+  /// `within`, the search stays among those plans and their sub-plans.
+  Expected<detail::SearchSpace> Space(const policy::Proposal& proposal,
+                                      std::vector<mewm::Plan> within = {}) const;
 
   PlannerSpec spec_;
   ActionBase actions_;
