@@ -29,6 +29,19 @@ const char* ToString(ProposalMode mode) {
 
 namespace {
 
+/// The drugs and embolics that `plans` hold, each once, in order of first appearance.
+policy::Proposal ItemsOf(const std::vector<Plan>& plans, const ActionBase& actions) {
+  policy::Proposal items;
+  for (const Plan& plan : plans) {
+    for (const std::string& item : plan.items()) {
+      auto found = actions.Find(item);
+      auto& list = found && found->kind == ItemKind::kDrug ? items.drugs : items.embolics;
+      if (std::find(list.begin(), list.end(), item) == list.end()) list.push_back(item);
+    }
+  }
+  return items;
+}
+
 using Clock = std::chrono::steady_clock;
 
 double Since(Clock::time_point start) {
@@ -119,14 +132,7 @@ Expected<PlanDecision> Planner::Plan(const PatientCase& full_patient,
       return decision;
     }
     // Search them as beam search searches every item: from the root, through their sub-plans.
-    for (const mewm::Plan& plan : plans) {
-      for (const std::string& item : plan.items()) {
-        auto found = actions_.Find(item);
-        auto& list = found && found->kind == ItemKind::kDrug ? proposed_items.drugs
-                                                             : proposed_items.embolics;
-        if (std::find(list.begin(), list.end(), item) == list.end()) list.push_back(item);
-      }
-    }
+    proposed_items = ItemsOf(plans, actions_);
     items = &proposed_items;
     within = std::move(plans);
   }
