@@ -23,10 +23,6 @@ const char* ToString(SearchMode mode) {
   return "?";
 }
 
-const char* ToString(ProposalMode mode) {
-  return mode == ProposalMode::kSearch ? "search" : "score";
-}
-
 namespace {
 
 /// The drugs and embolics that `plans` hold, each once, in order of first appearance.

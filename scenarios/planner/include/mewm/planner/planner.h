@@ -34,7 +34,6 @@ enum class ProposalMode {
   kSearch,  ///< the scenario's search over the proposed plans and their sub-plans (default)
   kScore,   ///< score each proposed plan, and the control arm, as it stands
 };
-const char* ToString(ProposalMode mode);
 
 struct PlannerSpec {
   SearchMode search = SearchMode::kBeam;
