@@ -67,6 +67,34 @@ class PlannerTest : public testing::VdbTest {
     return planner.Plan(*patient_, proposal_, 42, observer);
   }
 
+  /// A plan-writing policy's (vlm, openai) four proposals. With PVA forbidden and the default
+  /// horizons only two keep the rules: Lipiodol+Epirubicin and Lipiodol+Epirubicin+Gelatin Sponge
+  /// (PVA is forbidden, three drugs exceed the horizon).
+  void ProposeFourPlans() {
+    const auto plan = [&](const char* text) { return *actions_.ParsePlan(text); };
+    proposal_.plans = {{plan("Lipiodol+Epirubicin"), -0.5},
+                       {plan("Lipiodol+Cisplatin+PVA"), -1.0},
+                       {plan("Lipiodol+Epirubicin+Gelatin Sponge"), -2.0},
+                       {plan("Lipiodol+Epirubicin+Cisplatin+Mitomycin"), -3.0}};
+  }
+
+  /// The plans a decision scored, as a multiset: a plan scored twice shows twice.
+  static std::multiset<std::string> Scored(const PlanDecision& decision) {
+    std::multiset<std::string> out;
+    for (const CandidateScore& c : decision.evaluated) out.insert(c.plan.ToString());
+    return out;
+  }
+
+  /// Checks the error of a policy whose `n` plans all break the rules (Raltitrexed required).
+  void ExpectNoProposalKeepsTheRules(PlannerSpec spec, int n) {
+    auto none = Run(spec, {"Raltitrexed"});
+    ASSERT_FALSE(none);
+    EXPECT_NE(
+        none.error().message.find("none of the policy's " + std::to_string(n) + " proposed plans"),
+        std::string::npos)
+        << none.error().message;
+  }
+
   static PlannerSpec Spec(SearchMode mode, int beams = 3, int samples = 2) {
     PlannerSpec spec;
     spec.search = mode;
@@ -203,10 +231,7 @@ TEST_F(PlannerTest, WholePlansFromThePolicyAreScoredAsTheyStand) {
     spec.proposals = ProposalMode::kScore;
     return spec;
   };
-  proposal_.plans = {{plan("Lipiodol+Epirubicin"), -0.5},
-                     {plan("Lipiodol+Cisplatin+PVA"), -1.0},
-                     {plan("Lipiodol+Epirubicin+Gelatin Sponge"), -2.0},
-                     {plan("Lipiodol+Epirubicin+Cisplatin+Mitomycin"), -3.0}};  // 3 drugs
+  ProposeFourPlans();
   const std::set<std::string> proposed = {"Epirubicin+Lipiodol",
                                           "Epirubicin+Gelatin Sponge+Lipiodol"};
   for (SearchMode mode : {SearchMode::kBeam, SearchMode::kExhaustive}) {
@@ -215,8 +240,7 @@ TEST_F(PlannerTest, WholePlansFromThePolicyAreScoredAsTheyStand) {
       spec.control_arm = control_arm;
       auto decision = Run(spec, {}, {"PVA"});
       ASSERT_TRUE(decision) << decision.error().message;
-      std::multiset<std::string> scored;
-      for (const CandidateScore& c : decision->evaluated) scored.insert(c.plan.ToString());
+      const std::multiset<std::string> scored = Scored(*decision);
       std::multiset<std::string> expected(proposed.begin(), proposed.end());
       if (control_arm) expected.insert("Lipiodol");
       EXPECT_EQ(scored, expected) << control_arm;
@@ -236,16 +260,11 @@ TEST_F(PlannerTest, WholePlansFromThePolicyAreScoredAsTheyStand) {
   EXPECT_EQ(once->evaluated.size(), 3u);
   auto required = Run(scoring(SearchMode::kBeam), {"Epirubicin"}, {"PVA"});
   ASSERT_TRUE(required) << required.error().message;
-  std::multiset<std::string> scored;
-  for (const CandidateScore& c : required->evaluated) scored.insert(c.plan.ToString());
-  EXPECT_EQ(scored, (std::multiset<std::string>{"Epirubicin+Lipiodol",
-                                                "Epirubicin+Gelatin Sponge+Lipiodol"}));
+  EXPECT_EQ(Scored(*required), (std::multiset<std::string>{"Epirubicin+Lipiodol",
+                                                           "Epirubicin+Gelatin Sponge+Lipiodol"}));
   // None of them keeps the constraints: a clear error, not an empty plan nor the control arm
   // alone.
-  auto none = Run(scoring(SearchMode::kBeam), {"Raltitrexed"});
-  ASSERT_FALSE(none);
-  EXPECT_NE(none.error().message.find("none of the policy's 5 proposed plans"), std::string::npos)
-      << none.error().message;
+  ExpectNoProposalKeepsTheRules(scoring(SearchMode::kBeam), 5);
 }
 
 TEST_F(PlannerTest, WholePlansFromThePolicyBoundTheSearch) {
@@ -254,16 +273,7 @@ TEST_F(PlannerTest, WholePlansFromThePolicyBoundTheSearch) {
   // Lipiodol+Epirubicin and Lipiodol+Epirubicin+Gelatin Sponge (PVA is forbidden, three drugs
   // exceed the horizon), so the plans to search are the root, the two, and Lipiodol+Gelatin
   // Sponge: with 3 beams, beam search scores all four, as exhaustive search does.
-  const auto plan = [&](const char* text) { return *actions_.ParsePlan(text); };
-  proposal_.plans = {{plan("Lipiodol+Epirubicin"), -0.5},
-                     {plan("Lipiodol+Cisplatin+PVA"), -1.0},
-                     {plan("Lipiodol+Epirubicin+Gelatin Sponge"), -2.0},
-                     {plan("Lipiodol+Epirubicin+Cisplatin+Mitomycin"), -3.0}};
-  const auto scored = [](const PlanDecision& d) {
-    std::multiset<std::string> out;
-    for (const CandidateScore& c : d.evaluated) out.insert(c.plan.ToString());
-    return out;
-  };
+  ProposeFourPlans();
   const std::multiset<std::string> walk = {"Lipiodol", "Epirubicin+Lipiodol",
                                            "Gelatin Sponge+Lipiodol",
                                            "Epirubicin+Gelatin Sponge+Lipiodol"};
@@ -273,7 +283,7 @@ TEST_F(PlannerTest, WholePlansFromThePolicyBoundTheSearch) {
       spec.control_arm = control_arm;
       auto decision = Run(spec, {}, {"PVA"});
       ASSERT_TRUE(decision) << decision.error().message;
-      EXPECT_EQ(scored(*decision), walk) << ToString(mode) << " " << control_arm;
+      EXPECT_EQ(Scored(*decision), walk) << ToString(mode) << " " << control_arm;
       EXPECT_TRUE(walk.count(decision->best.plan.ToString()));
     }
   }
@@ -281,24 +291,21 @@ TEST_F(PlannerTest, WholePlansFromThePolicyBoundTheSearch) {
   // still nothing outside it (never Cisplatin, though the other items' plans would allow it).
   auto narrow = Run(Spec(SearchMode::kBeam, 1, 2), {}, {"PVA"});
   ASSERT_TRUE(narrow) << narrow.error().message;
-  for (const std::string& p : scored(*narrow)) EXPECT_TRUE(walk.count(p)) << p;
+  for (const std::string& p : Scored(*narrow)) EXPECT_TRUE(walk.count(p)) << p;
   EXPECT_LE(narrow->evaluated.size(), walk.size());
   // A required item is in the root: the walk starts there.
   auto required = Run(Spec(SearchMode::kBeam), {"Epirubicin"}, {"PVA"});
   ASSERT_TRUE(required) << required.error().message;
-  EXPECT_EQ(scored(*required), (std::multiset<std::string>{"Epirubicin+Lipiodol",
+  EXPECT_EQ(Scored(*required), (std::multiset<std::string>{"Epirubicin+Lipiodol",
                                                            "Epirubicin+Gelatin Sponge+Lipiodol"}));
   // MeWM's loop has no sub-plans to walk (it starts without Lipiodol): it scores the plans as
   // they stand, with the control arm.
   auto reference = Run(Spec(SearchMode::kReference), {}, {"PVA"});
   ASSERT_TRUE(reference) << reference.error().message;
-  EXPECT_EQ(scored(*reference), (std::multiset<std::string>{"Lipiodol", "Epirubicin+Lipiodol",
+  EXPECT_EQ(Scored(*reference), (std::multiset<std::string>{"Lipiodol", "Epirubicin+Lipiodol",
                                                             "Epirubicin+Gelatin Sponge+Lipiodol"}));
   // None of them keeps the constraints: the same clear error as when scoring.
-  auto none = Run(Spec(SearchMode::kBeam), {"Raltitrexed"});
-  ASSERT_FALSE(none);
-  EXPECT_NE(none.error().message.find("none of the policy's 4 proposed plans"), std::string::npos)
-      << none.error().message;
+  ExpectNoProposalKeepsTheRules(Spec(SearchMode::kBeam), 4);
 }
 
 TEST_F(PlannerTest, CancelStopsBetweenBatches) {

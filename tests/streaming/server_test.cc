@@ -1876,7 +1876,15 @@ TEST_F(HttpTest, MetricsCountRequestsRunsBytesAndPassPromtool) {
   ASSERT_TRUE(peer.Get("/v1/runs/" + id + "/events"));
   std::vector<HttpPeer::Sse> events;
   ASSERT_TRUE(peer.Read(SIZE_MAX, &events));
-  const std::string text = MetricsText(port());
+  // The run's record and its history are final before the log thread has published every event
+  // (events.jsonl first, then the PUB socket): under load the watcher can finish from history
+  // first. Wait (bounded) for the 19th publish before reading the counters.
+  const std::string published_all = "stage_seconds_bucket{stage=\"publish\",le=\"+Inf\"} 19\n";
+  std::string text = MetricsText(port());
+  for (int i = 0; i < 500 && text.find(published_all) == std::string::npos; ++i) {
+    std::this_thread::sleep_for(10ms);
+    text = MetricsText(port());
+  }
   for (const std::string& expected : {
            "mewm_build_info{version=\""s,
            "\nmewm_runs{state=\"finished\"} 1\n"s,
