@@ -21,11 +21,11 @@ Expected<CandidateScore> SearchExhaustive(Search& search, const SearchSpace& spa
     items.insert(stage.items.begin(), stage.items.end());
   std::vector<Plan> plans;
   for (const Plan& p : all) {
-    const bool inside = std::all_of(p.items().begin(), p.items().end(),
+    const bool staged = std::all_of(p.items().begin(), p.items().end(),
                                     [&](const std::string& i) { return items.count(i) > 0; });
     const bool has_required = std::all_of(space.root_items.begin(), space.root_items.end(),
                                           [&](const std::string& i) { return p.Contains(i); });
-    if (inside && has_required && space.Inside(p)) plans.push_back(p);
+    if (staged && has_required && space.Inside(p)) plans.push_back(p);
   }
   MEWM_TRY(std::vector<CandidateScore> scores, search.Evaluate(plans, "exhaustive", 1));
   std::sort(scores.begin(), scores.end(), Better);
