@@ -112,6 +112,7 @@ std::string DiffusionConfig::ToJson() const {
   if (lesion_size) j["lesion_size"] = true;  // likewise
   if (!item_groups.empty()) j["item_groups"] = item_groups;
   if (group_once) j["group_once"] = true;
+  if (decoder_pre) j["decoder_pre"] = true;
   return j.dump();
 }
 
@@ -138,6 +139,7 @@ Expected<DiffusionConfig> DiffusionConfig::FromJson(const std::string& text,
     c.lesion_size = j.value("lesion_size", false);
     c.item_groups = j.value("item_groups", std::vector<std::string>{});
     c.group_once = j.value("group_once", false);
+    c.decoder_pre = j.value("decoder_pre", false);
   } catch (const std::exception& e) {
     return MakeError(ErrorCode::kParse, origin + ": not a diffusion config: " + e.what());
   }

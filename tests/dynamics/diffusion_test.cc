@@ -581,6 +581,56 @@ TEST_F(DiffusionTest, DecoderFineTuneLearnsThePasteAndLeavesTheDenoiserAlone) {
   EXPECT_EQ(TrainDiffusion(Pairs(t.config), {}, t, {}).error().code, ErrorCode::kInvalidArgument);
 }
 
+TEST_F(DiffusionTest, TheDecoderCanLearnToReadThePreTreatmentCrop) {
+  // A decoder-only fine-tune adds the decoder's view of the pre-treatment crop to a checkpoint
+  // without it. Its last layer starts at zero: with a zero learning rate the outcomes are the
+  // start's, bit for bit.
+  const PatientCase p = Phantom({{0, 0, 0}});
+  const auto simulate = [&](DiffusionDynamics& model) {
+    auto out = model.Simulate(p, {{P("Lipiodol+PVA"), 0, 42, 0}});
+    EXPECT_TRUE(out) << out.error().ToString();
+    return out ? out->front().post_ct.ToDense().data : std::vector<float>{};
+  };
+  auto base = Model();
+  ASSERT_TRUE(base);
+  EXPECT_FALSE(base->config().decoder_pre);
+  const std::vector<float> before = simulate(*base);
+  DiffusionTrainOptions t = TinyTraining(19, 10, 4, 100);
+  t.init_from = *model_path_;
+  t.config.decoder_pre = true;
+  t.denoiser_steps = 0;
+  t.decoder_steps = 2;
+  t.decoder_lr = 0.0;
+  t.out = (dir_->path() / "pre_zero.pt").string();
+  ASSERT_TRUE(TrainDiffusion(Pairs(t.config), {}, t, {}));
+  DiffusionBackendOptions o = Options();
+  o.model_path = t.out;
+  auto unchanged = CreateDiffusionDynamics(o);
+  ASSERT_TRUE(unchanged) << unchanged.error().ToString();
+  EXPECT_TRUE((*unchanged)->config().decoder_pre);  // recorded in the checkpoint
+  EXPECT_EQ(MaxDifference(simulate(**unchanged), before), 0.0);
+  // Trained, the paste loss falls and the outcomes move; the denoiser is the start's.
+  t.decoder_steps = 30;
+  t.decoder_lr = 2e-3;
+  t.out = (dir_->path() / "pre.pt").string();
+  std::vector<double> losses;
+  auto tuned = TrainDiffusion(Pairs(t.config), {}, t, [&](const DiffusionTrainProgress& progress) {
+    losses.push_back(progress.loss);
+  });
+  ASSERT_TRUE(tuned) << tuned.error().ToString();
+  ASSERT_EQ(losses.size(), 30u);
+  EXPECT_LT((losses[26] + losses[27] + losses[28] + losses[29]) / 4,
+            0.8 * (losses[0] + losses[1] + losses[2] + losses[3]) / 4);
+  o.model_path = t.out;
+  auto reading = CreateDiffusionDynamics(o);
+  ASSERT_TRUE(reading) << reading.error().ToString();
+  EXPECT_GT(MaxDifference(simulate(**reading), before), 0.0);
+  // The ceiling (the truth encoded and decoded) reads the pre-treatment crop too.
+  auto truth = base->Simulate(p, {{P("Lipiodol+PVA"), 0, 42, 0}});
+  ASSERT_TRUE(truth);
+  EXPECT_TRUE((*reading)->Reconstruct(p, truth->front()));
+}
+
 TEST_F(DiffusionTest, TheLesionSizeInputCanBeAddedByFineTuning) {
   DiffusionConfig sized = Tiny();
   sized.lesion_size = true;

@@ -32,7 +32,7 @@ struct TrainDynamicsOptions {
   int ae_steps = 1500, denoiser_steps = 1500, decoder_steps = 0, ae_batch = 8, denoiser_batch = 12,
       threads = 0;
   double validation_fraction = 0.1;
-  bool lesion_size = false, drug_saturate = false;
+  bool lesion_size = false, drug_saturate = false, decoder_pre = false;
   bool quiet = false;
 };
 
@@ -89,6 +89,9 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
   sub->add_flag("--drug-saturate", o->drug_saturate,
                 "Each drug group counts once per plan, however many of its drugs the plan holds "
                 "(needs --drug-sharing class or all)");
+  sub->add_flag("--decoder-pre", o->decoder_pre,
+                "The decoder also reads the pre-treatment crop at full resolution (new weights, "
+                "trained by --decoder-steps; --init-from may add it to a checkpoint without it)");
 }
 
 /// Adds the validation split, resumable state, threads and progress options.
@@ -167,7 +170,7 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
       (o.init_from.empty() ? "" : " --init-from " + o.init_from) +
       (o.lesion_size ? " --lesion-size" : "") +
       (o.drug_sharing == "none" ? "" : " --drug-sharing " + o.drug_sharing) +
-      (o.drug_saturate ? " --drug-saturate" : "");
+      (o.drug_saturate ? " --drug-saturate" : "") + (o.decoder_pre ? " --decoder-pre" : "");
   const auto [cohort_seed, data] = CohortProvenance(o.cohort);
   dynamics::DiffusionTrainOptions options;
   options.config = config;
@@ -235,6 +238,7 @@ Action AddTrainDynamics(CLI::App& train_app) {
     if (!groups) return Fail(groups.error());
     config->item_groups = *groups;
     config->group_once = o->drug_saturate;
+    config->decoder_pre = o->decoder_pre;
     if (auto valid = config->Validate(); !valid) return Fail(valid.error());
     auto pairs = ReadTrainValPairs(*o, *config, actions);
     if (!pairs) return Fail(pairs.error());

@@ -238,7 +238,8 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
           const std::int64_t e = std::min(end - begin, d + kDecodeRows);
           const torch::Tensor z =
               crops_[c].z_pre + x.slice(0, d, e) / net_->latent_scale.to(device_);
-          const torch::Tensor decoded = net_->ae->Decode(z).to(torch::kCPU).contiguous();
+          const torch::Tensor decoded =
+              net_->ae->Decode(z, crops_[c].pre_features).to(torch::kCPU).contiguous();
           counters_.decodes += e - d;
           counters_.decode_s += clock.Lap();
           for (std::int64_t row = 0; row < e - d; ++row) {
@@ -261,7 +262,9 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
         MEWM_TRY(const CropChannels channels, OutcomeChannels(truth, crop.spec, config_));
         const torch::Tensor input = nets::ChannelsToTensor(channels).unsqueeze(0).to(device_);
         const torch::Tensor decoded =
-            net_->ae->Decode(net_->ae->Encode(input).first).to(torch::kCPU).contiguous();
+            net_->ae->Decode(net_->ae->Encode(input).first, crop.pre_features)
+                .to(torch::kCPU)
+                .contiguous();
         MEWM_RETURN_IF_ERROR(Paste(decoded[0], crop, out));
       }
       return out;
@@ -315,12 +318,13 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     CropSpec spec;
     double diameter_mm = 0.0;  ///< of the lesion the tile is centred on (LesionTile)
     Geometry geometry;
-    torch::Tensor z_pre;        ///< [1, latent, l, l, l]
-    torch::Tensor context;      ///< [1, latent + 1, l, l, l]: z_pre, downsampled mask
-    PasteFootprint footprint;   ///< the patient voxels the paste weight reaches
-    torch::Tensor decoded_pre;  ///< [2, D, H, W] on the CPU: z_pre decoded (Paste's reference)
-    torch::Tensor pre_mask;     ///< [1, D, H, W] on the CPU: the tumor mask, 0/1
-    DenseFloat pre_ct_hu;       ///< decoded_pre's CT in HU
+    torch::Tensor z_pre;         ///< [1, latent, l, l, l]
+    torch::Tensor context;       ///< [1, latent + 1, l, l, l]: z_pre, downsampled mask
+    torch::Tensor pre_features;  ///< the decoder's view of the pre-treatment crop, or undefined
+    PasteFootprint footprint;    ///< the patient voxels the paste weight reaches
+    torch::Tensor decoded_pre;   ///< [2, D, H, W] on the CPU: z_pre decoded (Paste's reference)
+    torch::Tensor pre_mask;      ///< [1, D, H, W] on the CPU: the tumor mask, 0/1
+    DenseFloat pre_ct_hu;        ///< decoded_pre's CT in HU
   };
 
   static Outcome BlankOutcome(const PatientCase& patient, const Plan& plan, int sample_index) {
@@ -368,7 +372,9 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
       auto footprint = PasteFootprint::Make(patient.ct.geometry(), weight, territory);
       if (!footprint) return context(footprint.error());
       crop.footprint = std::move(*footprint);
-      crop.decoded_pre = net_->ae->Decode(crop.z_pre).to(torch::kCPU).contiguous()[0];
+      crop.pre_features = net_->ae->PreFeatures(input);
+      crop.decoded_pre =
+          net_->ae->Decode(crop.z_pre, crop.pre_features).to(torch::kCPU).contiguous()[0];
       ++counters_.decodes;
       crop.pre_mask = input[0].slice(0, 1, 2).add(1.0).mul(0.5).to(torch::kCPU).contiguous();
       MEWM_TRY(crop.pre_ct_hu, torch_bridge::FromTensor(crop.decoded_pre[0], crop.geometry));
@@ -458,6 +464,7 @@ Expected<std::unique_ptr<DiffusionDynamics>> CreateDiffusionDynamics(
     expected.lesion_size = stored.lesion_size;                // likewise
     expected.item_groups = stored.item_groups;                // likewise
     expected.group_once = stored.group_once;                  // likewise
+    expected.decoder_pre = stored.decoder_pre;                // likewise
   }
   MEWM_RETURN_IF_ERROR(CheckSampler(expected, options.sampler, options.model_path));
   torch_bridge::ConfigureThreads(options.threads);

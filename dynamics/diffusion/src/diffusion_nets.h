@@ -138,6 +138,14 @@ class AutoencoderImpl : public torch::nn::Module {
     dec_up0 = register_module("dec_up0", Conv3d(c1, c0, 3));
     dec_norm = register_module("dec_norm", Norm(c0));
     dec_out = register_module("dec_out", Conv3d(c0, 2, 3));
+    if (c.decoder_pre) {
+      // Zero at the start: a decoder fine-tuned from one without it starts where that one was.
+      dec_pre1 = register_module("dec_pre1", Conv3d(2, c0, 3));
+      dec_pre2 = register_module("dec_pre2", Conv3d(c0, c0, 3));
+      torch::NoGradGuard no_grad;
+      dec_pre2->weight.zero_();
+      dec_pre2->bias.zero_();
+    }
   }
   /// [N, 2, D, H, W] -> (mean, logvar), each [N, latent, D/4, H/4, W/4].
   std::pair<torch::Tensor, torch::Tensor> Encode(const torch::Tensor& x) {
@@ -147,14 +155,23 @@ class AutoencoderImpl : public torch::nn::Module {
     const auto parts = enc_out(torch::silu(enc_norm(h))).chunk(2, 1);
     return {parts[0], parts[1].clamp(-20.0, 10.0)};
   }
-  torch::Tensor Decode(const torch::Tensor& z) {
+  /// What a DiffusionConfig::decoder_pre decoder reads of the pre-treatment crop `pre` [N, 2, D,
+  /// H, W]: [N, c0, D, H, W], the same for every outcome of the crop. Undefined without it.
+  torch::Tensor PreFeatures(const torch::Tensor& pre) {
+    if (!dec_pre1) return {};
+    return dec_pre2(torch::silu(dec_pre1(pre)));
+  }
+  /// `pre_features`: PreFeatures of the rows' pre-treatment crops (one row broadcasts to all), or
+  /// undefined (a plain reconstruction, and every decoder without DiffusionConfig::decoder_pre).
+  torch::Tensor Decode(const torch::Tensor& z, const torch::Tensor& pre_features = {}) {
     torch::Tensor h = dec_rb2(dec_in(z));
     h = dec_rb1(dec_up1(Upsample2(h)));
-    h = torch::silu(dec_norm(dec_up0(Upsample2(h))));
-    return dec_out(h);
+    h = dec_up0(Upsample2(h));
+    if (pre_features.defined()) h = h + pre_features;
+    return dec_out(torch::silu(dec_norm(h)));
   }
   Conv3d enc_in{nullptr}, enc_down1{nullptr}, enc_down2{nullptr}, enc_out{nullptr}, dec_in{nullptr},
-      dec_up1{nullptr}, dec_up0{nullptr}, dec_out{nullptr};
+      dec_up1{nullptr}, dec_up0{nullptr}, dec_out{nullptr}, dec_pre1{nullptr}, dec_pre2{nullptr};
   ResBlock enc_rb1{nullptr}, enc_rb2{nullptr}, dec_rb2{nullptr}, dec_rb1{nullptr};
   torch::nn::GroupNorm enc_norm{nullptr}, dec_norm{nullptr};
 };

@@ -222,11 +222,16 @@ std::vector<GuidanceScore> ScoreGuidance(
     const std::vector<double>& grid, const DiffusionTrainOptions& o) {
   torch::NoGradGuard no_grad;
   const std::int64_t n = std::min<std::int64_t>(z_pre.size(0), 96);
+  // What a DiffusionConfig::decoder_pre decoder reads of rows [b, e)'s pre-treatment crops.
+  const auto pre_features = [&](std::int64_t b, std::int64_t e) {
+    return net->ae->PreFeatures(pre.slice(0, b, e).to(torch::kFloat));
+  };
   // Each row's pre-treatment latent decoded and its tumor mask: the reference of the change.
   std::vector<torch::Tensor> decoded_pre_parts;
   for (std::int64_t d = 0; d < n; d += 2) {
     decoded_pre_parts.push_back(
-        net->ae->Decode(z_pre.slice(0, d, std::min(n, d + 2))).slice(1, 1, 2));
+        net->ae->Decode(z_pre.slice(0, d, std::min(n, d + 2)), pre_features(d, std::min(n, d + 2)))
+            .slice(1, 1, 2));
   }
   const torch::Tensor decoded_pre = torch::cat(decoded_pre_parts);
   const torch::Tensor pre_mask =
@@ -252,8 +257,8 @@ std::vector<GuidanceScore> ScoreGuidance(
         const torch::Tensor z =
             z_pre.slice(0, d, f) + delta.slice(0, d - b, f - b) / net->latent_scale;
         const torch::Tensor u =
-            nets::ResidualFraction(net->ae->Decode(z).slice(1, 1, 2), decoded_pre.slice(0, d, f),
-                                   pre_mask.slice(0, d, f), o.config)
+            nets::ResidualFraction(net->ae->Decode(z, pre_features(d, f)).slice(1, 1, 2),
+                                   decoded_pre.slice(0, d, f), pre_mask.slice(0, d, f), o.config)
                 .sum({1, 2, 3, 4});
         for (std::int64_t r = d; r < f; ++r)
           pred[std::size_t(r)] = u[r - d].item<double>() * voxel_ml;
@@ -400,12 +405,16 @@ std::tuple<double, double, double> Trainer::ValidateAutoencoder() {
   const torch::Tensor val_crops = torch::cat({val_pre, val_post});
   net_->eval();
   std::vector<torch::Tensor> parts;
+  const std::int64_t half = val_pre.size(0);
   for (std::int64_t b = 0; b < val_crops.size(0); b += 2) {
-    parts.push_back(net_->ae->Decode(net_->ae->Encode(val_crops.slice(0, b, b + 2)).first));
+    // Each crop decoded with its pair's pre-treatment crop (a decoder_pre decoder reads it).
+    const std::int64_t e = std::min(val_crops.size(0), b + 2);
+    const torch::Tensor pre_rows = torch::arange(b, e, torch::kLong).remainder(half);
+    parts.push_back(net_->ae->Decode(net_->ae->Encode(val_crops.slice(0, b, e)).first,
+                                     net_->ae->PreFeatures(val_pre.index_select(0, pre_rows))));
   }
   const torch::Tensor recon = torch::cat(parts);
   // The pre-treatment crops with their own post-treatment crops, for the residual ceiling.
-  const std::int64_t half = val_pre.size(0);
   const torch::Tensor post_fraction = nets::ResidualFraction(
       recon.slice(0, half).slice(1, 1, 2), recon.slice(0, 0, half).slice(1, 1, 2),
       val_pre.slice(1, 1, 2).add(1.0).mul(0.5), o_.config);
@@ -494,12 +503,14 @@ Status Trainer::TrainDecoder() {
     auto gen = Rng(o_.seed, {5, std::uint64_t(step)});
     const torch::Tensor idx = RandomIndex(z_pre.size(0), o_.decoder_batch, gen);
     SetCosineLr<torch::optim::AdamOptions>(optimizer, o_.decoder_lr, step, o_.decoder_steps);
+    const torch::Tensor pre = data_.pre.index_select(0, idx).to(torch::kFloat);
+    const torch::Tensor features = net_->ae->PreFeatures(pre);
     const torch::Tensor decoded =
-        net_->ae->Decode(torch::cat({z_pre.index_select(0, idx), z_post.index_select(0, idx)}));
+        net_->ae->Decode(torch::cat({z_pre.index_select(0, idx), z_post.index_select(0, idx)}),
+                         features.defined() ? torch::cat({features, features}) : features);
     const std::int64_t b = idx.size(0);
     const torch::Tensor loss =
-        PasteLoss(data_.pre.index_select(0, idx).to(torch::kFloat),
-                  data_.post.index_select(0, idx).to(torch::kFloat), decoded.slice(0, 0, b),
+        PasteLoss(pre, data_.post.index_select(0, idx).to(torch::kFloat), decoded.slice(0, 0, b),
                   decoded.slice(0, b), regions.index_select(0, idx).to(torch::kFloat), o_);
     optimizer.zero_grad();
     loss.backward();
@@ -745,8 +756,13 @@ Expected<DiffusionTrainReport> Train(
     // A checkpoint without the lesion-size input can start a model with it (the input starts at
     // zero, CopyWeights), not the reverse.
     if (!stored.lesion_size) start_config.lesion_size = false;
-    // Only its decoder changes: everything else stays the checkpoint's, a distilled guidance too.
-    if (decoder_only) start_config = run.config = stored;
+    if (!stored.decoder_pre) start_config.decoder_pre = false;  // likewise the decoder's view
+    // Only its decoder changes: everything else stays the checkpoint's, a distilled guidance too;
+    // the decoder may gain its view of the pre-treatment crop.
+    if (decoder_only) {
+      start_config = run.config = stored;
+      run.config.decoder_pre = stored.decoder_pre || o.config.decoder_pre;
+    }
     init.emplace(start_config);
     if (auto loaded = torch_bridge::LoadCheckpoint(o.init_from, **init, start_config.ToJson());
         !loaded) {
@@ -764,7 +780,8 @@ Expected<DiffusionTrainReport> Train(
     }
     MEWM_TRY(const DiffusionConfig stored,
              stored_config(o.distill_from, "the distillation's teacher"));
-    const DiffusionConfig teacher_config = with_groups_of(stored);
+    DiffusionConfig teacher_config = with_groups_of(stored);
+    teacher_config.decoder_pre = stored.decoder_pre;  // the student's may start at zero
     teacher.emplace(teacher_config);
     if (auto loaded =
             torch_bridge::LoadCheckpoint(o.distill_from, **teacher, teacher_config.ToJson());

@@ -68,6 +68,13 @@ struct DiffusionConfig {
   /// first to the denoiser, and plans differ by it only through what the survival model reads.
   /// Needs item_groups; like them, it changes no weight and a preset takes it from the checkpoint.
   bool group_once = false;
+  /// Whether the decoder also reads the pre-treatment crop at full resolution (`mewm train
+  /// dynamics --decoder-pre`): two convolutions of the crop's two channels, added to the decoder's
+  /// last feature map, so the decoded change can take the fine structure the 4x-down latent cannot
+  /// hold (the enhancement pattern the retained Lipiodol follows) from the image itself. Adds
+  /// weights; a checkpoint without it can start one with it (the new weights start at zero), and
+  /// a preset takes it from the checkpoint.
+  bool decoder_pre = false;
 
   /// The presets, with the action base's items as vocabulary. kInvalidArgument for another name.
   static Expected<DiffusionConfig> Preset(const std::string& name, const ActionBase& actions);
