@@ -58,6 +58,28 @@ Expected<std::vector<std::string>> ItemGroups(const ActionBase& actions,
   return groups;
 }
 
+Status TextureModel::Validate() const {
+  const auto ascending = [](const std::vector<double>& v) {
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      if (!std::isfinite(v[i]) || (i > 0 && !(v[i] > v[i - 1]))) return false;
+    }
+    return v.size() <= 64;
+  };
+  if (!ascending(fraction_edges) || !ascending(change_edges_hu) || !ascending(pre_edges_hu)) {
+    return Invalid("texture bin edges must be finite, ascending and at most 64");
+  }
+  if (offset_hu.size() != bins() || noise_hu.size() != bins()) {
+    return Invalid("texture needs one offset_hu and one noise_hu per bin (" +
+                   std::to_string(bins()) + ")");
+  }
+  for (std::size_t b = 0; b < bins(); ++b) {
+    if (!(std::abs(offset_hu[b]) <= 2000.0) || !(noise_hu[b] >= 0.0 && noise_hu[b] <= 200.0)) {
+      return Invalid("texture offsets must be within 2000 HU and noise_hu in [0, 200] HU");
+    }
+  }
+  return {};
+}
+
 Status DiffusionConfig::Validate() const {
   if (crop_voxels < 16 || crop_voxels > 256 || crop_voxels % 4 != 0) {
     return Invalid("crop_voxels must be a multiple of 4 in [16, 256]");
@@ -92,6 +114,7 @@ Status DiffusionConfig::Validate() const {
     return Invalid("item_groups must be empty or have one entry per item");
   }
   if (group_once && item_groups.empty()) return Invalid("group_once needs item_groups");
+  if (!texture.empty()) MEWM_RETURN_IF_ERROR(texture.Validate());
   return window.Validate();
 }
 
@@ -113,6 +136,13 @@ std::string DiffusionConfig::ToJson() const {
   if (!item_groups.empty()) j["item_groups"] = item_groups;
   if (group_once) j["group_once"] = true;
   if (decoder_pre) j["decoder_pre"] = true;
+  if (!texture.empty()) {
+    j["texture"] = {{"fraction_edges", texture.fraction_edges},
+                    {"change_edges_hu", texture.change_edges_hu},
+                    {"pre_edges_hu", texture.pre_edges_hu},
+                    {"offset_hu", texture.offset_hu},
+                    {"noise_hu", texture.noise_hu}};
+  }
   return j.dump();
 }
 
@@ -140,6 +170,15 @@ Expected<DiffusionConfig> DiffusionConfig::FromJson(const std::string& text,
     c.item_groups = j.value("item_groups", std::vector<std::string>{});
     c.group_once = j.value("group_once", false);
     c.decoder_pre = j.value("decoder_pre", false);
+    if (j.contains("texture")) {
+      const json& t = j.at("texture");
+      c.texture.fraction_edges = t.at("fraction_edges").get<std::vector<double>>();
+      c.texture.change_edges_hu = t.at("change_edges_hu").get<std::vector<double>>();
+      c.texture.pre_edges_hu = t.at("pre_edges_hu").get<std::vector<double>>();
+      c.texture.offset_hu = t.at("offset_hu").get<std::vector<double>>();
+      c.texture.noise_hu = t.at("noise_hu").get<std::vector<double>>();
+      if (c.texture.empty()) throw std::runtime_error("texture has no bins");
+    }
   } catch (const std::exception& e) {
     return MakeError(ErrorCode::kParse, origin + ": not a diffusion config: " + e.what());
   }

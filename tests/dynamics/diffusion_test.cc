@@ -201,6 +201,36 @@ TEST_F(DiffusionTest, ConfigRoundTripsAndRejectsBadValues) {
   EXPECT_NEAR(LesionSizeFeature(35.0), 0.0, 1e-12);
   EXPECT_NEAR(LesionSizeFeature(70.0), std::log(2.0), 1e-12);
   EXPECT_TRUE(std::isfinite(LesionSizeFeature(0.0)));
+  // A texture model is written only when fitted, read back, and checked bin by bin.
+  EXPECT_FALSE(old.contains("texture"));
+  EXPECT_TRUE(DiffusionConfig::FromJson(old.dump(), "v1.pt")->texture.empty());
+  DiffusionConfig textured = c;
+  textured.texture.fraction_edges = {0.5};
+  textured.texture.change_edges_hu = {-20.0, 20.0};
+  textured.texture.pre_edges_hu = {40.0};
+  EXPECT_EQ(textured.texture.bins(), 24u);
+  textured.texture.offset_hu.assign(24, 0.0);
+  textured.texture.noise_hu.assign(24, 0.0);
+  textured.texture.offset_hu[23] = 180.0;
+  textured.texture.noise_hu[12] = 8.0;
+  auto read = DiffusionConfig::FromJson(textured.ToJson(), "t.pt");
+  ASSERT_TRUE(read) << read.error().ToString();
+  EXPECT_EQ(read->texture.offset_hu, textured.texture.offset_hu);
+  EXPECT_EQ(read->texture.noise_hu, textured.texture.noise_hu);
+  nlohmann::json hostile = nlohmann::json::parse(textured.ToJson());
+  hostile["texture"]["offset_hu"] = {1.0, 2.0};  // not one per bin
+  EXPECT_EQ(DiffusionConfig::FromJson(hostile.dump(), "h.pt").error().code,
+            ErrorCode::kInvalidArgument);
+  hostile = nlohmann::json::parse(textured.ToJson());
+  hostile["texture"]["change_edges_hu"] = {20.0, -20.0};  // not ascending
+  EXPECT_EQ(DiffusionConfig::FromJson(hostile.dump(), "h.pt").error().code,
+            ErrorCode::kInvalidArgument);
+  hostile = nlohmann::json::parse(textured.ToJson());
+  hostile["texture"]["noise_hu"][0] = -1.0;
+  EXPECT_EQ(DiffusionConfig::FromJson(hostile.dump(), "h.pt").error().code,
+            ErrorCode::kInvalidArgument);
+  hostile["texture"] = {{"offset_hu", nlohmann::json::array()}};
+  EXPECT_EQ(DiffusionConfig::FromJson(hostile.dump(), "h.pt").error().code, ErrorCode::kParse);
   EXPECT_FALSE((SamplerConfig{0, 0.0, 1.0}.Validate()));
   EXPECT_FALSE((SamplerConfig{10, 1.5, 1.0}.Validate()));
   EXPECT_EQ(ReferenceSampler().steps, 200);
@@ -629,6 +659,79 @@ TEST_F(DiffusionTest, TheDecoderCanLearnToReadThePreTreatmentCrop) {
   auto truth = base->Simulate(p, {{P("Lipiodol+PVA"), 0, 42, 0}});
   ASSERT_TRUE(truth);
   EXPECT_TRUE((*reading)->Reconstruct(p, truth->front()));
+}
+
+TEST_F(DiffusionTest, ATextureFitAddsTheFineTextureTheDecoderCannotCarry) {
+  const PatientCase p = Phantom({{0, 0, 0}});
+  const SimulationRequest request{P("Lipiodol+PVA"), 0, 42, 0};
+  auto base = Model();
+  ASSERT_TRUE(base);
+  auto plain = base->Simulate(p, {request});
+  ASSERT_TRUE(plain) << plain.error().ToString();
+  // A texture fit alone: no weight changes, the checkpoint gains the fitted table.
+  DiffusionTrainOptions t = TinyTraining(23, 10, 4, 100);
+  t.init_from = *model_path_;
+  t.denoiser_steps = 0;
+  t.decoder_steps = 0;
+  t.fit_texture = true;
+  t.out = (dir_->path() / "texture.pt").string();
+  auto fitted = TrainDiffusion(Pairs(t.config), {}, t, {});
+  ASSERT_TRUE(fitted) << fitted.error().ToString();
+  EXPECT_GT(fitted->texture_bins, 0);
+  DiffusionBackendOptions o = Options();
+  o.model_path = t.out;
+  auto textured = CreateDiffusionDynamics(o);
+  ASSERT_TRUE(textured) << textured.error().ToString();
+  const TextureModel& texture = (*textured)->config().texture;
+  ASSERT_FALSE(texture.empty());
+  EXPECT_TRUE(texture.Validate());
+  const auto nonzero = std::count_if(texture.noise_hu.begin(), texture.noise_hu.end(),
+                                     [](double sd) { return sd > 0.0; });
+  EXPECT_GT(nonzero, 0);
+  EXPECT_LE(nonzero, fitted->texture_bins);
+  // The outcome's CT changes inside the crop only, reproducibly for one seed; its viable
+  // fraction, which survival reads, does not change.
+  auto once = (*textured)->Simulate(p, {request});
+  auto again = (*textured)->Simulate(p, {request});
+  ASSERT_TRUE(once && again);
+  const std::vector<float> ct = once->front().post_ct.ToDense().data;
+  EXPECT_EQ(MaxDifference(ct, again->front().post_ct.ToDense().data), 0.0);
+  EXPECT_GT(MaxDifference(ct, plain->front().post_ct.ToDense().data), 0.0);
+  EXPECT_EQ(MaxDifference(once->front().viable_fraction->ToDense().data,
+                          plain->front().viable_fraction->ToDense().data),
+            0.0);
+  EXPECT_EQ(ct.front(), plain->front().post_ct.ToDense().data.front());  // a corner, far away
+  EXPECT_TRUE((*textured)->Reconstruct(p, plain->front()));
+  // A run that changes the decoder drops the table fitted to the old one; one that leaves the
+  // decoder (a denoiser fine-tune) keeps it.
+  DiffusionTrainOptions next = TinyTraining(23, 10, 4, 100);
+  next.init_from = t.out;
+  next.denoiser_steps = 0;
+  next.decoder_steps = 2;
+  next.out = (dir_->path() / "texture_dropped.pt").string();
+  ASSERT_TRUE(TrainDiffusion(Pairs(next.config), {}, next, {}));
+  o.model_path = next.out;
+  EXPECT_TRUE((*CreateDiffusionDynamics(o))->config().texture.empty());
+  next.denoiser_steps = 2;
+  next.decoder_steps = 0;
+  next.out = (dir_->path() / "texture_kept.pt").string();
+  ASSERT_TRUE(TrainDiffusion(Pairs(next.config), {}, next, {}));
+  o.model_path = next.out;
+  EXPECT_EQ((*CreateDiffusionDynamics(o))->config().texture.offset_hu, texture.offset_hu);
+  // Refusals: a decoder that reads the pre-treatment crop with nothing to train it, and a
+  // negative decoder learning rate.
+  DiffusionTrainOptions bad = TinyTraining(23, 10, 4, 100);
+  bad.config.decoder_pre = true;
+  auto refused = TrainDiffusion(Pairs(bad.config), {}, bad, {});
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(refused.error().message.find("decoder steps"), std::string::npos);
+  bad = t;
+  bad.fit_texture = false;
+  bad.decoder_steps = 2;
+  bad.decoder_lr = -1e-3;
+  EXPECT_EQ(TrainDiffusion(Pairs(bad.config), {}, bad, {}).error().code,
+            ErrorCode::kInvalidArgument);
 }
 
 TEST_F(DiffusionTest, TheLesionSizeInputCanBeAddedByFineTuning) {

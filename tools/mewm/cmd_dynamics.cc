@@ -32,7 +32,7 @@ struct TrainDynamicsOptions {
   int ae_steps = 1500, denoiser_steps = 1500, decoder_steps = 0, ae_batch = 8, denoiser_batch = 12,
       threads = 0;
   double validation_fraction = 0.1;
-  bool lesion_size = false, drug_saturate = false, decoder_pre = false;
+  bool lesion_size = false, drug_saturate = false, decoder_pre = false, texture = false;
   bool quiet = false;
 };
 
@@ -92,6 +92,10 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
   sub->add_flag("--decoder-pre", o->decoder_pre,
                 "The decoder also reads the pre-treatment crop at full resolution (new weights, "
                 "trained by --decoder-steps; --init-from may add it to a checkpoint without it)");
+  sub->add_flag("--texture", o->texture,
+                "Fit the voxel-scale CT texture the decoder cannot carry (per voxel, by its "
+                "pre-treatment HU: necrosis that stays dark beside retained Lipiodol, fresh "
+                "noise) on the training pairs after training; with --init-from, --denoiser-steps 0 and --decoder-steps 0, only that");
 }
 
 /// Adds the validation split, resumable state, threads and progress options.
@@ -170,7 +174,8 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
       (o.init_from.empty() ? "" : " --init-from " + o.init_from) +
       (o.lesion_size ? " --lesion-size" : "") +
       (o.drug_sharing == "none" ? "" : " --drug-sharing " + o.drug_sharing) +
-      (o.drug_saturate ? " --drug-saturate" : "") + (o.decoder_pre ? " --decoder-pre" : "");
+      (o.drug_saturate ? " --drug-saturate" : "") + (o.decoder_pre ? " --decoder-pre" : "") +
+      (o.texture ? " --texture" : "");
   const auto [cohort_seed, data] = CohortProvenance(o.cohort);
   dynamics::DiffusionTrainOptions options;
   options.config = config;
@@ -184,6 +189,7 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
   options.distill_from = o.distill_from;
   options.distill_guidance = o.distill_guidance;
   options.init_from = o.init_from;
+  options.fit_texture = o.texture;
   options.threads = o.threads;
   options.out = o.out;
   options.metadata_json =
@@ -204,6 +210,12 @@ void PrintTrainReport(const dynamics::DiffusionTrainReport& report, const std::s
         "  guidance %.1f on validation (10 DDIM steps): residual Spearman %+.3f, "
         "residual MAE %.2f mL per crop\n",
         g.guidance, g.spearman, g.residual_mae_ml);
+  }
+  if (report.texture_bins > 0) {
+    std::printf(
+        "texture: %d bins fitted; inside the tumor it adds %.1f HU (mean |offset|) and "
+        "%.1f HU of noise (RMS)\n",
+        report.texture_bins, report.texture_tumor_offset_hu, report.texture_tumor_noise_hu);
   }
   std::printf(
       "recommended guidance %.1f (set dynamics.guidance in the scenario)\n"

@@ -115,6 +115,31 @@ torch::Tensor ChannelsToTensor(const CropChannels& channels) {
       {torch_bridge::ToTensor(channels.ct), torch_bridge::ToTensor(channels.mask) * 2.0 - 1.0});
 }
 
+torch::Tensor HighPass(const torch::Tensor& ct) {
+  const auto shape = ct.sizes().vec();
+  const torch::Tensor x = ct.reshape({-1, 1, shape[shape.size() - 3], shape[shape.size() - 2],
+                                      shape[shape.size() - 1]});
+  const torch::Tensor mean = torch::avg_pool3d(x, 3, 1, 1, /*ceil_mode=*/false,
+                                               /*count_include_pad=*/false);
+  return (x - mean).reshape(shape);
+}
+
+torch::Tensor TextureBins(const TextureModel& texture, const torch::Tensor& pre_mask,
+                          const torch::Tensor& fraction, const torch::Tensor& change_hu,
+                          const torch::Tensor& pre_hu) {
+  torch::Tensor bin = (pre_mask > 0.5).to(torch::kLong);
+  const std::pair<const torch::Tensor*, const std::vector<double>*> axes[] = {
+      {&fraction, &texture.fraction_edges},
+      {&change_hu, &texture.change_edges_hu},
+      {&pre_hu, &texture.pre_edges_hu}};
+  for (const auto& [value, edges] : axes) {
+    const torch::Tensor e = torch::tensor(*edges, torch::kFloat);
+    bin = bin * (std::int64_t(edges->size()) + 1) +
+          torch::bucketize(value->to(torch::kFloat), e, /*out_int32=*/false, /*right=*/true);
+  }
+  return bin;
+}
+
 }  // namespace nets
 
 namespace {
@@ -244,7 +269,8 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
           counters_.decode_s += clock.Lap();
           for (std::int64_t row = 0; row < e - d; ++row) {
             const std::size_t r = std::size_t(begin + d + row);
-            MEWM_RETURN_IF_ERROR(Paste(decoded[row], crops_[c], outcomes[r]));
+            MEWM_RETURN_IF_ERROR(Paste(decoded[row], crops_[c],
+                                       TextureNoise(NoiseSeed(requests[r]), c), outcomes[r]));
           }
           counters_.paste_s += clock.Lap();
         }
@@ -258,14 +284,16 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
       torch::NoGradGuard no_grad;
       MEWM_RETURN_IF_ERROR(PreparePatient(patient));
       Outcome out = BlankOutcome(patient, truth.plan, truth.sample_index);
-      for (const Crop& crop : crops_) {
+      for (std::size_t c = 0; c < crops_.size(); ++c) {
+        const Crop& crop = crops_[c];
         MEWM_TRY(const CropChannels channels, OutcomeChannels(truth, crop.spec, config_));
         const torch::Tensor input = nets::ChannelsToTensor(channels).unsqueeze(0).to(device_);
         const torch::Tensor decoded =
             net_->ae->Decode(net_->ae->Encode(input).first, crop.pre_features)
                 .to(torch::kCPU)
                 .contiguous();
-        MEWM_RETURN_IF_ERROR(Paste(decoded[0], crop, out));
+        const std::uint64_t seed = DeriveSeed(0x7e47u, {std::uint64_t(truth.sample_index)});
+        MEWM_RETURN_IF_ERROR(Paste(decoded[0], crop, TextureNoise(seed, c), out));
       }
       return out;
     } catch (const std::exception& e) {
@@ -325,6 +353,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     torch::Tensor decoded_pre;   ///< [2, D, H, W] on the CPU: z_pre decoded (Paste's reference)
     torch::Tensor pre_mask;      ///< [1, D, H, W] on the CPU: the tumor mask, 0/1
     DenseFloat pre_ct_hu;        ///< decoded_pre's CT in HU
+    torch::Tensor pre_hu;        ///< [D, H, W] on the CPU: the crop's CT in HU (with a texture)
   };
 
   static Outcome BlankOutcome(const PatientCase& patient, const Plan& plan, int sample_index) {
@@ -379,6 +408,12 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
       crop.pre_mask = input[0].slice(0, 1, 2).add(1.0).mul(0.5).to(torch::kCPU).contiguous();
       MEWM_TRY(crop.pre_ct_hu, torch_bridge::FromTensor(crop.decoded_pre[0], crop.geometry));
       UnitToHu(crop.pre_ct_hu, config_.window);
+      if (!config_.texture.empty()) {
+        MEWM_TRY(DenseFloat pre_hu, torch_bridge::FromTensor(input[0][0].to(torch::kCPU),
+                                                             crop.geometry));
+        UnitToHu(pre_hu, config_.window);
+        crop.pre_hu = torch_bridge::ToTensor(pre_hu);
+      }
       crops_.push_back(std::move(crop));
     }
     cached_id_ = patient.id;
@@ -409,12 +444,22 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
                       options_.sampler, step_noise, count);
   }
 
+  /// The unit noise of an outcome's texture in crop `c` (DiffusionConfig::texture), from the seed
+  /// its latent noise comes from; undefined without a texture model.
+  torch::Tensor TextureNoise(std::uint64_t seed, std::size_t c) const {
+    if (config_.texture.empty()) return {};
+    const std::int64_t n = config_.crop_voxels;
+    return Noise(seed, 2000 + c, {n, n, n});
+  }
+
   /// Pastes one decoded [2, D, H, W] crop into an outcome as a change from the pre-treatment crop:
   /// the CT gets decoded(post) - decoded(pre) added to its exact voxels, so tissue the model leaves
   /// alone keeps its texture and noise, and the autoencoder's own error cancels where nothing
   /// changes; the viable fraction is the tumor mask plus the decoded change
-  /// (nets::ResidualFraction).
-  Status Paste(const torch::Tensor& decoded, const Crop& crop, Outcome& outcome) const {
+  /// (nets::ResidualFraction). With a texture model the CT change also gets its per-voxel texture
+  /// (TextureModel), `texture_noise` [D, H, W] being its unit noise.
+  Status Paste(const torch::Tensor& decoded, const Crop& crop, const torch::Tensor& texture_noise,
+               Outcome& outcome) const {
     auto ct = torch_bridge::FromTensor(decoded[0], crop.geometry);
     if (!ct) {
       return MakeError(ErrorCode::kInternal,
@@ -427,6 +472,16 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
                  nets::ResidualFraction(decoded.slice(0, 1, 2), crop.decoded_pre.slice(0, 1, 2),
                                         crop.pre_mask, config_)[0],
                  crop.geometry));
+    if (!config_.texture.empty()) {
+      const TextureModel& t = config_.texture;
+      const torch::Tensor change = torch_bridge::ToTensor(*ct);
+      const torch::Tensor bins = nets::TextureBins(t, crop.pre_mask[0],
+                                                   torch_bridge::ToTensor(fraction), change,
+                                                   crop.pre_hu);
+      const torch::Tensor offset = torch::tensor(t.offset_hu, torch::kFloat).index({bins});
+      const torch::Tensor sd = torch::tensor(t.noise_hu, torch::kFloat).index({bins});
+      MEWM_TRY(*ct, torch_bridge::FromTensor(change + offset + sd * texture_noise, crop.geometry));
+    }
     DenseLabel labels(fraction.dims, fraction.geometry, 0);
     for (std::size_t x = 0; x < fraction.size(); ++x) labels.data[x] = fraction.data[x] >= 0.5f;
     MEWM_RETURN_IF_ERROR(AddCrop(outcome.post_ct, *ct, crop.footprint));
@@ -465,6 +520,7 @@ Expected<std::unique_ptr<DiffusionDynamics>> CreateDiffusionDynamics(
     expected.item_groups = stored.item_groups;                // likewise
     expected.group_once = stored.group_once;                  // likewise
     expected.decoder_pre = stored.decoder_pre;                // likewise
+    expected.texture = stored.texture;                        // likewise
   }
   MEWM_RETURN_IF_ERROR(CheckSampler(expected, options.sampler, options.model_path));
   torch_bridge::ConfigureThreads(options.threads);

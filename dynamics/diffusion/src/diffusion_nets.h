@@ -354,6 +354,16 @@ torch::Tensor DecodedFraction(const torch::Tensor& channel, const DiffusionConfi
 torch::Tensor ResidualFraction(const torch::Tensor& post, const torch::Tensor& pre,
                                const torch::Tensor& pre_mask, const DiffusionConfig& config);
 
+/// The fine texture of a CT crop [..., D, H, W]: each voxel minus the mean of its 3x3x3
+/// neighbourhood (the neighbours inside the crop).
+torch::Tensor HighPass(const torch::Tensor& ct);
+
+/// The TextureModel bin of each voxel, from the pre-treatment tumor mask (0/1), the decoded viable
+/// fraction, the decoded CT change (HU) and the pre-treatment CT (HU), all of one shape; kLong.
+torch::Tensor TextureBins(const TextureModel& texture, const torch::Tensor& pre_mask,
+                          const torch::Tensor& fraction, const torch::Tensor& change_hu,
+                          const torch::Tensor& pre_hu);
+
 /// Multi-hot plan rows over `vocabulary`; kInvalidArgument naming an unknown item.
 Expected<torch::Tensor> PlansToMultiHot(const std::vector<Plan>& plans,
                                         const std::vector<std::string>& vocabulary);

@@ -133,6 +133,74 @@ torch::Tensor PasteLoss(const torch::Tensor& pre, const torch::Tensor& post,
          sum_error.mean();
 }
 
+/// DiffusionTrainOptions::fit_texture: the TextureModel of `net`'s autoencoder on up to 64 of the
+/// pairs, seen as the backend pastes them. Each true post-treatment crop is encoded and decoded
+/// (with its pre-treatment crop when the decoder reads it) and pasted as a change onto the
+/// pre-treatment crop; each voxel is binned by nets::TextureBins. Per bin, the offset is the mean
+/// of what the truth adds to the paste, and the noise the SD of what is left, measured through
+/// nets::HighPass (so the decoded change's own error, which is smooth, does not count as noise).
+/// Bins of under 500 voxels add nothing.
+TextureModel FitTexture(nets::DiffusionNet& net, const Stacked& data, const DiffusionConfig& config,
+                        DiffusionTrainReport& report) {
+  torch::NoGradGuard no_grad;
+  TextureModel t;
+  t.fraction_edges = {0.05, 0.35, 0.65, 0.95};
+  t.change_edges_hu = {-60.0, -20.0, 20.0, 60.0, 120.0, 200.0};
+  t.pre_edges_hu = {-20.0, 0.0, 15.0, 30.0, 45.0, 60.0, 75.0, 90.0, 110.0, 130.0, 160.0, 200.0};
+  const std::int64_t bins = std::int64_t(t.bins());
+  const auto hu = [&config](const torch::Tensor& unit) {
+    return (unit + 1.0) * (0.5 * double(config.window.hi - config.window.lo)) +
+           double(config.window.lo);
+  };
+  // Per pair: each voxel's bin and what the truth adds to the paste there.
+  std::vector<torch::Tensor> voxel_bins, added;
+  torch::Tensor count = torch::zeros({bins}, torch::kDouble), sum = count.clone();
+  const bool was_training = net->is_training();
+  net->eval();
+  for (std::int64_t i = 0; i < std::min<std::int64_t>(data.pre.size(0), 64); ++i) {
+    const torch::Tensor pre = data.pre.slice(0, i, i + 1).to(torch::kFloat);
+    const torch::Tensor post = data.post.slice(0, i, i + 1).to(torch::kFloat);
+    const torch::Tensor features = net->ae->PreFeatures(pre);
+    const torch::Tensor dec_pre = net->ae->Decode(net->ae->Encode(pre).first, features);
+    const torch::Tensor dec_post = net->ae->Decode(net->ae->Encode(post).first, features);
+    const torch::Tensor pre_mask = pre.slice(1, 1, 2).add(1.0).mul(0.5);
+    const torch::Tensor fraction = nets::ResidualFraction(
+        dec_post.slice(1, 1, 2), dec_pre.slice(1, 1, 2), pre_mask, config);
+    const torch::Tensor pre_hu = hu(pre.slice(1, 0, 1));
+    const torch::Tensor change = hu(dec_post.slice(1, 0, 1)) - hu(dec_pre.slice(1, 0, 1));
+    voxel_bins.push_back(nets::TextureBins(t, pre_mask, fraction, change, pre_hu)[0][0]);
+    added.push_back((hu(post.slice(1, 0, 1)) - pre_hu - change)[0][0]);
+    count.index_add_(0, voxel_bins.back().flatten(),
+                     torch::ones({voxel_bins.back().numel()}, torch::kDouble));
+    sum.index_add_(0, voxel_bins.back().flatten(), added.back().flatten().to(torch::kDouble));
+  }
+  if (was_training) net->train();
+  const torch::Tensor fitted = count >= 500.0;
+  const torch::Tensor offset = torch::where(fitted, sum / count.clamp_min(1.0), 0.0);
+  // The noise: what the offsets leave, through the high-pass (white noise of SD sigma keeps
+  // sigma^2 * 26/27 of its variance).
+  torch::Tensor square = torch::zeros({bins}, torch::kDouble);
+  for (std::size_t k = 0; k < voxel_bins.size(); ++k) {
+    const torch::Tensor left =
+        added[k] - offset.index({voxel_bins[k]}).to(torch::kFloat);
+    square.index_add_(0, voxel_bins[k].flatten(),
+                      nets::HighPass(left).flatten().to(torch::kDouble).square());
+  }
+  const torch::Tensor noise = torch::where(
+      fitted, (square / count.clamp_min(1.0) * (27.0 / 26.0)).sqrt().clamp_max(200.0), 0.0);
+  t.offset_hu.assign(offset.data_ptr<double>(), offset.data_ptr<double>() + bins);
+  t.noise_hu.assign(noise.data_ptr<double>(), noise.data_ptr<double>() + bins);
+  report.texture_bins = int(fitted.sum().item<std::int64_t>());
+  // Voxel-weighted summaries over the bins inside the pre-treatment tumor (the upper half).
+  const torch::Tensor tumor_count = count.slice(0, bins / 2) * fitted.slice(0, bins / 2);
+  const double tumor_voxels = std::max(1.0, tumor_count.sum().item<double>());
+  report.texture_tumor_offset_hu =
+      (tumor_count * offset.slice(0, bins / 2).abs()).sum().item<double>() / tumor_voxels;
+  report.texture_tumor_noise_hu = std::sqrt(
+      (tumor_count * noise.slice(0, bins / 2).square()).sum().item<double>() / tumor_voxels);
+  return t;
+}
+
 /// Resumable state: which stage and step, plus the modules and optimizers.
 struct TrainState {
   std::string stage = "autoencoder";
@@ -382,6 +450,7 @@ class Trainer {
   nets::DiffusionNet* start_;    ///< the trained network training starts from, or null
   nets::DiffusionNet* teacher_;  ///< guidance distillation's teacher, or null
   nets::DiffusionNet net_{o_.config}, ema_{o_.config};
+  TextureModel texture_ = o_.config.texture;  ///< what the checkpoint stores (Finish may fit it)
   TrainState state_;
   DiffusionTrainReport result_;
   // Latent targets and contexts (EncodeLatents).
@@ -651,6 +720,7 @@ void Trainer::Finish(const std::vector<DiffusionPair>& validation_pairs) {
     for (auto& item : ae_t) item.value().copy_(ae_f[item.key()]);
     ema_->latent_scale.copy_(net_->latent_scale);
   }
+  if (o_.fit_texture) texture_ = FitTexture(ema_, data_, o_.config, result_);
   result_.denoiser_val_loss = ValidateDenoiser(ema_);
   ema_->eval();
   // A distilled student samples with guidance 1 only (its guidance is in its weights).
@@ -693,6 +763,7 @@ Status Trainer::Save(std::size_t train_pairs, std::size_t validation_pairs) {
                       {"validation_pairs", validation_pairs},
                       {"seconds", result_.seconds}};
   DiffusionConfig config = o_.config;
+  config.texture = texture_;
   if (teacher_ != nullptr) {
     config.guidance_distilled = o_.distill_guidance;
     meta["training"]["distilled_from"] = o_.distill_from;
@@ -713,15 +784,26 @@ Expected<DiffusionTrainReport> Train(
   const bool ae_bad = o.ae_steps < 1 || o.ae_batch < 1 || o.ae_patch < 8 || o.ae_patch % 4 != 0 ||
                       o.ae_patch > o.config.crop_voxels;
   const bool from_checkpoint = !o.distill_from.empty() || !o.init_from.empty();
-  // A fine-tune of the decoder alone leaves the checkpoint's denoiser as it is.
-  const bool decoder_only = !o.init_from.empty() && o.denoiser_steps == 0 && o.decoder_steps > 0;
+  // A fine-tune of the decoder alone, or a texture fit alone, leaves the checkpoint's denoiser
+  // as it is.
+  const bool decoder_only = !o.init_from.empty() && o.denoiser_steps == 0 &&
+                            (o.decoder_steps > 0 || o.fit_texture);
   if ((ae_bad && !from_checkpoint) || (o.denoiser_steps < 1 && !decoder_only) ||
       o.denoiser_batch < 1 || o.decoder_steps < 0 || o.decoder_batch < 1) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "training steps and batches must be >= 1 (denoiser steps may be 0 only for "
-                     "a decoder fine-tune of an --init-from checkpoint) and the patch a multiple "
-                     "of 4 within the crop");
+                     "a decoder fine-tune or a texture fit of an --init-from checkpoint) and the "
+                     "patch a multiple of 4 within the crop");
   }
+  if (!(o.decoder_lr >= 0.0 && o.decoder_lr <= 1.0)) {
+    return MakeError(ErrorCode::kInvalidArgument, "the decoder's learning rate must be in [0, 1]");
+  }
+  const auto untrained_view = [] {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "decoder_pre adds decoder weights that only the decoder fine-tune trains: "
+                     "give decoder steps (--decoder-steps), or the decoder stays as without it");
+  };
+  if (o.config.decoder_pre && o.decoder_steps == 0 && !from_checkpoint) return untrained_view();
   if (!o.distill_from.empty() && !o.init_from.empty()) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "fine-tuning (init_from) and guidance distillation (distill_from) do not "
@@ -747,6 +829,7 @@ Expected<DiffusionTrainReport> Train(
     DiffusionConfig c = o.config;
     c.item_groups = stored.item_groups;
     c.group_once = stored.group_once;
+    c.texture = stored.texture;  // a fitted table, no weight
     return c;
   };
   if (!o.init_from.empty()) {
@@ -757,12 +840,15 @@ Expected<DiffusionTrainReport> Train(
     // zero, CopyWeights), not the reverse.
     if (!stored.lesion_size) start_config.lesion_size = false;
     if (!stored.decoder_pre) start_config.decoder_pre = false;  // likewise the decoder's view
+    if (!stored.decoder_pre && o.config.decoder_pre && o.decoder_steps == 0) return untrained_view();
     // Only its decoder changes: everything else stays the checkpoint's, a distilled guidance too;
     // the decoder may gain its view of the pre-treatment crop.
     if (decoder_only) {
       start_config = run.config = stored;
       run.config.decoder_pre = stored.decoder_pre || o.config.decoder_pre;
     }
+    // The stored texture was fitted to the stored decoder: kept while the decoder is.
+    run.config.texture = o.decoder_steps > 0 ? TextureModel{} : stored.texture;
     init.emplace(start_config);
     if (auto loaded = torch_bridge::LoadCheckpoint(o.init_from, **init, start_config.ToJson());
         !loaded) {
@@ -782,6 +868,7 @@ Expected<DiffusionTrainReport> Train(
              stored_config(o.distill_from, "the distillation's teacher"));
     DiffusionConfig teacher_config = with_groups_of(stored);
     teacher_config.decoder_pre = stored.decoder_pre;  // the student's may start at zero
+    run.config.texture = stored.texture;              // the student keeps the teacher's decoder
     teacher.emplace(teacher_config);
     if (auto loaded =
             torch_bridge::LoadCheckpoint(o.distill_from, **teacher, teacher_config.ToJson());
@@ -789,6 +876,7 @@ Expected<DiffusionTrainReport> Train(
       return loaded.error().WithContext("the distillation's teacher");
     }
   }
+  if (!from_checkpoint) run.config.texture = {};  // a new autoencoder: nothing fitted yet
   MEWM_TRY(Stacked data, Stack(train, run.config));
   MEWM_TRY(Stacked val, Stack(validation_pairs, run.config));
   nets::DiffusionNet* start = teacher ? &*teacher : init ? &*init : nullptr;

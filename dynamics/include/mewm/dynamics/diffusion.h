@@ -29,6 +29,31 @@
 
 namespace mewm::dynamics {
 
+/// The voxel-scale texture of the post-treatment CT that a smooth decoded change cannot carry, as
+/// a per-voxel rule fitted on training pairs. What a dead tumor voxel becomes depends on the voxel
+/// itself: in the synthetic world a voxel that was already necrotic stays dark while its enhancing
+/// neighbour fills with Lipiodol, and necrosis brings fresh scanner noise. The backend pastes the
+/// decoded change onto the exact pre-treatment crop and then adds, per voxel,
+///   offset_hu + noise_hu * N(0, 1),
+/// looked up by the voxel's bin: inside the pre-treatment tumor or not, its decoded viable
+/// fraction, its decoded CT change and its own pre-treatment HU. Nothing (0, 0) in bins with too
+/// few training voxels.
+struct TextureModel {
+  std::vector<double> fraction_edges;   ///< ascending inner edges of the viable-fraction bins
+  std::vector<double> change_edges_hu;  ///< ascending inner edges of the CT-change bins, HU
+  std::vector<double> pre_edges_hu;     ///< ascending inner edges of the pre-treatment HU bins
+  /// One entry per bin, [tumor (0, 1)][fraction bin][change bin][pre bin] row-major; a value
+  /// equal to an edge falls in the bin above it.
+  std::vector<double> offset_hu, noise_hu;
+  bool empty() const { return offset_hu.empty(); }
+  std::size_t bins() const {
+    return 2 * (fraction_edges.size() + 1) * (change_edges_hu.size() + 1) *
+           (pre_edges_hu.size() + 1);
+  }
+  /// kInvalidArgument naming the first bad field (sizes, order, finite values, ranges).
+  Status Validate() const;
+};
+
 /// Architecture of the autoencoder and denoiser. A checkpoint stores it; loading a checkpoint
 /// whose config differs from the one asked for is kMismatch naming each differing key.
 struct DiffusionConfig {
@@ -75,6 +100,9 @@ struct DiffusionConfig {
   /// weights; a checkpoint without it can start one with it (the new weights start at zero), and
   /// a preset takes it from the checkpoint.
   bool decoder_pre = false;
+  /// CT texture the decoder cannot carry (TextureModel), fitted on the training pairs by `mewm
+  /// train dynamics --texture`; empty = none. A preset takes it from the checkpoint.
+  TextureModel texture;
 
   /// The presets, with the action base's items as vocabulary. kInvalidArgument for another name.
   static Expected<DiffusionConfig> Preset(const std::string& name, const ActionBase& actions);

@@ -98,6 +98,11 @@ struct DiffusionTrainOptions {
   /// With denoiser_steps 0 and decoder_steps > 0, only the decoder is fine-tuned, and the
   /// checkpoint may be any, a distilled one included: its config is kept as stored.
   std::string init_from;
+  /// Fit DiffusionConfig::texture on the training pairs through the final autoencoder, after
+  /// training (FitTexture). With init_from, denoiser_steps 0 and decoder_steps 0, only that: the
+  /// checkpoint is rewritten with the texture and nothing else changes. Without it, a run whose
+  /// decoder changes drops a stored texture (fitted to the old decoder) and any other keeps it.
+  bool fit_texture = false;
   std::string state_dir;  ///< resumable state; "" = no resume
   int threads = 0;
   std::string out;            ///< checkpoint to write
@@ -132,6 +137,10 @@ struct DiffusionTrainReport {
   double latent_scale = 1.0;
   double seconds = 0.0;
   int resumed_from_step = 0;  ///< global step the run resumed from (0: fresh)
+  /// With DiffusionTrainOptions::fit_texture: the bins fitted (the rest add nothing), and over the
+  /// training voxels inside the pre-treatment tumor, the mean |offset| and the RMS noise added.
+  int texture_bins = 0;
+  double texture_tumor_offset_hu = 0.0, texture_tumor_noise_hu = 0.0;
 };
 
 /// Trains the autoencoder, then the denoiser (EMA weights are shipped), and writes `options.out`.
