@@ -95,7 +95,8 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
   sub->add_flag("--texture", o->texture,
                 "Fit the voxel-scale CT texture the decoder cannot carry (per voxel, by its "
                 "pre-treatment HU: necrosis that stays dark beside retained Lipiodol, fresh "
-                "noise) on the training pairs after training; with --init-from, --denoiser-steps 0 and --decoder-steps 0, only that");
+                "noise) on the training pairs after training; with --init-from, --denoiser-steps 0 "
+                "and --decoder-steps 0, only that");
 }
 
 /// Adds the validation split, resumable state, threads and progress options.

@@ -117,8 +117,8 @@ torch::Tensor ChannelsToTensor(const CropChannels& channels) {
 
 torch::Tensor HighPass(const torch::Tensor& ct) {
   const auto shape = ct.sizes().vec();
-  const torch::Tensor x = ct.reshape({-1, 1, shape[shape.size() - 3], shape[shape.size() - 2],
-                                      shape[shape.size() - 1]});
+  const torch::Tensor x = ct.reshape(
+      {-1, 1, shape[shape.size() - 3], shape[shape.size() - 2], shape[shape.size() - 1]});
   const torch::Tensor mean = torch::avg_pool3d(x, 3, 1, 1, /*ceil_mode=*/false,
                                                /*count_include_pad=*/false);
   return (x - mean).reshape(shape);
@@ -409,8 +409,8 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
       MEWM_TRY(crop.pre_ct_hu, torch_bridge::FromTensor(crop.decoded_pre[0], crop.geometry));
       UnitToHu(crop.pre_ct_hu, config_.window);
       if (!config_.texture.empty()) {
-        MEWM_TRY(DenseFloat pre_hu, torch_bridge::FromTensor(input[0][0].to(torch::kCPU),
-                                                             crop.geometry));
+        MEWM_TRY(DenseFloat pre_hu,
+                 torch_bridge::FromTensor(input[0][0].to(torch::kCPU), crop.geometry));
         UnitToHu(pre_hu, config_.window);
         crop.pre_hu = torch_bridge::ToTensor(pre_hu);
       }
@@ -475,9 +475,8 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     if (!config_.texture.empty()) {
       const TextureModel& t = config_.texture;
       const torch::Tensor change = torch_bridge::ToTensor(*ct);
-      const torch::Tensor bins = nets::TextureBins(t, crop.pre_mask[0],
-                                                   torch_bridge::ToTensor(fraction), change,
-                                                   crop.pre_hu);
+      const torch::Tensor bins = nets::TextureBins(
+          t, crop.pre_mask[0], torch_bridge::ToTensor(fraction), change, crop.pre_hu);
       const torch::Tensor offset = torch::tensor(t.offset_hu, torch::kFloat).index({bins});
       const torch::Tensor sd = torch::tensor(t.noise_hu, torch::kFloat).index({bins});
       MEWM_TRY(*ct, torch_bridge::FromTensor(change + offset + sd * texture_noise, crop.geometry));

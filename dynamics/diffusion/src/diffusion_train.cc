@@ -164,8 +164,8 @@ TextureModel FitTexture(nets::DiffusionNet& net, const Stacked& data, const Diff
     const torch::Tensor dec_pre = net->ae->Decode(net->ae->Encode(pre).first, features);
     const torch::Tensor dec_post = net->ae->Decode(net->ae->Encode(post).first, features);
     const torch::Tensor pre_mask = pre.slice(1, 1, 2).add(1.0).mul(0.5);
-    const torch::Tensor fraction = nets::ResidualFraction(
-        dec_post.slice(1, 1, 2), dec_pre.slice(1, 1, 2), pre_mask, config);
+    const torch::Tensor fraction =
+        nets::ResidualFraction(dec_post.slice(1, 1, 2), dec_pre.slice(1, 1, 2), pre_mask, config);
     const torch::Tensor pre_hu = hu(pre.slice(1, 0, 1));
     const torch::Tensor change = hu(dec_post.slice(1, 0, 1)) - hu(dec_pre.slice(1, 0, 1));
     voxel_bins.push_back(nets::TextureBins(t, pre_mask, fraction, change, pre_hu)[0][0]);
@@ -181,8 +181,7 @@ TextureModel FitTexture(nets::DiffusionNet& net, const Stacked& data, const Diff
   // sigma^2 * 26/27 of its variance).
   torch::Tensor square = torch::zeros({bins}, torch::kDouble);
   for (std::size_t k = 0; k < voxel_bins.size(); ++k) {
-    const torch::Tensor left =
-        added[k] - offset.index({voxel_bins[k]}).to(torch::kFloat);
+    const torch::Tensor left = added[k] - offset.index({voxel_bins[k]}).to(torch::kFloat);
     square.index_add_(0, voxel_bins[k].flatten(),
                       nets::HighPass(left).flatten().to(torch::kDouble).square());
   }
@@ -786,8 +785,8 @@ Expected<DiffusionTrainReport> Train(
   const bool from_checkpoint = !o.distill_from.empty() || !o.init_from.empty();
   // A fine-tune of the decoder alone, or a texture fit alone, leaves the checkpoint's denoiser
   // as it is.
-  const bool decoder_only = !o.init_from.empty() && o.denoiser_steps == 0 &&
-                            (o.decoder_steps > 0 || o.fit_texture);
+  const bool decoder_only =
+      !o.init_from.empty() && o.denoiser_steps == 0 && (o.decoder_steps > 0 || o.fit_texture);
   if ((ae_bad && !from_checkpoint) || (o.denoiser_steps < 1 && !decoder_only) ||
       o.denoiser_batch < 1 || o.decoder_steps < 0 || o.decoder_batch < 1) {
     return MakeError(ErrorCode::kInvalidArgument,
@@ -840,7 +839,8 @@ Expected<DiffusionTrainReport> Train(
     // zero, CopyWeights), not the reverse.
     if (!stored.lesion_size) start_config.lesion_size = false;
     if (!stored.decoder_pre) start_config.decoder_pre = false;  // likewise the decoder's view
-    if (!stored.decoder_pre && o.config.decoder_pre && o.decoder_steps == 0) return untrained_view();
+    if (!stored.decoder_pre && o.config.decoder_pre && o.decoder_steps == 0)
+      return untrained_view();
     // Only its decoder changes: everything else stays the checkpoint's, a distilled guidance too;
     // the decoder may gain its view of the pre-treatment crop.
     if (decoder_only) {
