@@ -115,6 +115,10 @@ torch::Tensor ChannelsToTensor(const CropChannels& channels) {
       {torch_bridge::ToTensor(channels.ct), torch_bridge::ToTensor(channels.mask) * 2.0 - 1.0});
 }
 
+torch::Tensor UnitToHu(const torch::Tensor& unit, const HuWindow& window) {
+  return (unit.clamp(-1.0, 1.0) + 1.0) * (0.5 * double(window.hi - window.lo)) + double(window.lo);
+}
+
 torch::Tensor HighPass(const torch::Tensor& ct) {
   const auto shape = ct.sizes().vec();
   const torch::Tensor x = ct.reshape(
@@ -197,7 +201,12 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
         device_(device),
         metadata_(std::move(metadata)),
         net_(config_),
-        alpha_bar_(nets::CosineAlphaBar(config_.train_timesteps)) {}
+        alpha_bar_(nets::CosineAlphaBar(config_.train_timesteps)) {
+    if (!config_.texture.empty()) {
+      texture_offset_ = torch::tensor(config_.texture.offset_hu, torch::kFloat);
+      texture_noise_ = torch::tensor(config_.texture.noise_hu, torch::kFloat);
+    }
+  }
 
   nets::DiffusionNet& net() { return net_; }
 
@@ -409,10 +418,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
       MEWM_TRY(crop.pre_ct_hu, torch_bridge::FromTensor(crop.decoded_pre[0], crop.geometry));
       UnitToHu(crop.pre_ct_hu, config_.window);
       if (!config_.texture.empty()) {
-        MEWM_TRY(DenseFloat pre_hu,
-                 torch_bridge::FromTensor(input[0][0].to(torch::kCPU), crop.geometry));
-        UnitToHu(pre_hu, config_.window);
-        crop.pre_hu = torch_bridge::ToTensor(pre_hu);
+        crop.pre_hu = nets::UnitToHu(input[0][0].to(torch::kCPU), config_.window);
       }
       crops_.push_back(std::move(crop));
     }
@@ -477,8 +483,8 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
       const torch::Tensor change = torch_bridge::ToTensor(*ct);
       const torch::Tensor bins = nets::TextureBins(
           t, crop.pre_mask[0], torch_bridge::ToTensor(fraction), change, crop.pre_hu);
-      const torch::Tensor offset = torch::tensor(t.offset_hu, torch::kFloat).index({bins});
-      const torch::Tensor sd = torch::tensor(t.noise_hu, torch::kFloat).index({bins});
+      const torch::Tensor offset = texture_offset_.index({bins});
+      const torch::Tensor sd = texture_noise_.index({bins});
       MEWM_TRY(*ct, torch_bridge::FromTensor(change + offset + sd * texture_noise, crop.geometry));
     }
     DenseLabel labels(fraction.dims, fraction.geometry, 0);
@@ -494,6 +500,8 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
   std::string metadata_;
   nets::DiffusionNet net_;
   std::vector<double> alpha_bar_;
+  /// DiffusionConfig::texture's offsets and noise SDs per bin (kFloat), or undefined without one.
+  torch::Tensor texture_offset_, texture_noise_;
   DiffusionCounters counters_;
   std::string cached_id_;
   const void* cached_tumor_ = nullptr;

@@ -354,6 +354,10 @@ torch::Tensor DecodedFraction(const torch::Tensor& channel, const DiffusionConfi
 torch::Tensor ResidualFraction(const torch::Tensor& post, const torch::Tensor& pre,
                                const torch::Tensor& pre_mask, const DiffusionConfig& config);
 
+/// Window units to HU, element-wise, clamping to [-1, 1] first like HuWindow::FromUnit (so a
+/// tensor and a DenseFloat converted from the same values agree).
+torch::Tensor UnitToHu(const torch::Tensor& unit, const HuWindow& window);
+
 /// The fine texture of a CT crop [..., D, H, W]: each voxel minus the mean of its 3x3x3
 /// neighbourhood (the neighbours inside the crop).
 torch::Tensor HighPass(const torch::Tensor& ct);

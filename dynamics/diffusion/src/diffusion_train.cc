@@ -149,10 +149,9 @@ TextureModel FitTexture(nets::DiffusionNet& net, const Stacked& data, const Diff
   t.pre_edges_hu = {-20.0, 0.0, 15.0, 30.0, 45.0, 60.0, 75.0, 90.0, 110.0, 130.0, 160.0, 200.0};
   const std::int64_t bins = std::int64_t(t.bins());
   const auto hu = [&config](const torch::Tensor& unit) {
-    return (unit + 1.0) * (0.5 * double(config.window.hi - config.window.lo)) +
-           double(config.window.lo);
+    return nets::UnitToHu(unit, config.window);
   };
-  // Per pair: each voxel's bin and what the truth adds to the paste there.
+  // Per pair: each voxel's bin (kInt, to halve what is kept) and what the truth adds to the paste.
   std::vector<torch::Tensor> voxel_bins, added;
   torch::Tensor count = torch::zeros({bins}, torch::kDouble), sum = count.clone();
   const bool was_training = net->is_training();
@@ -168,11 +167,11 @@ TextureModel FitTexture(nets::DiffusionNet& net, const Stacked& data, const Diff
         nets::ResidualFraction(dec_post.slice(1, 1, 2), dec_pre.slice(1, 1, 2), pre_mask, config);
     const torch::Tensor pre_hu = hu(pre.slice(1, 0, 1));
     const torch::Tensor change = hu(dec_post.slice(1, 0, 1)) - hu(dec_pre.slice(1, 0, 1));
-    voxel_bins.push_back(nets::TextureBins(t, pre_mask, fraction, change, pre_hu)[0][0]);
+    const torch::Tensor bin = nets::TextureBins(t, pre_mask, fraction, change, pre_hu)[0][0];
     added.push_back((hu(post.slice(1, 0, 1)) - pre_hu - change)[0][0]);
-    count.index_add_(0, voxel_bins.back().flatten(),
-                     torch::ones({voxel_bins.back().numel()}, torch::kDouble));
-    sum.index_add_(0, voxel_bins.back().flatten(), added.back().flatten().to(torch::kDouble));
+    count.index_add_(0, bin.flatten(), torch::ones({bin.numel()}, torch::kDouble));
+    sum.index_add_(0, bin.flatten(), added.back().flatten().to(torch::kDouble));
+    voxel_bins.push_back(bin.to(torch::kInt));
   }
   if (was_training) net->train();
   const torch::Tensor fitted = count >= 500.0;
@@ -181,9 +180,9 @@ TextureModel FitTexture(nets::DiffusionNet& net, const Stacked& data, const Diff
   // sigma^2 * 26/27 of its variance).
   torch::Tensor square = torch::zeros({bins}, torch::kDouble);
   for (std::size_t k = 0; k < voxel_bins.size(); ++k) {
-    const torch::Tensor left = added[k] - offset.index({voxel_bins[k]}).to(torch::kFloat);
-    square.index_add_(0, voxel_bins[k].flatten(),
-                      nets::HighPass(left).flatten().to(torch::kDouble).square());
+    const torch::Tensor bin = voxel_bins[k].to(torch::kLong);
+    const torch::Tensor left = added[k] - offset.index({bin}).to(torch::kFloat);
+    square.index_add_(0, bin.flatten(), nets::HighPass(left).flatten().to(torch::kDouble).square());
   }
   const torch::Tensor noise = torch::where(
       fitted, (square / count.clamp_min(1.0) * (27.0 / 26.0)).sqrt().clamp_max(200.0), 0.0);
