@@ -461,6 +461,15 @@ TEST_F(CohortTest, AnOldLayoutCohortIsRefusedWithAClearMessage) {
   auto outcomes = ReadPlanOutcomes(old, ActionBase::Default());
   ASSERT_FALSE(outcomes);
   expect_old(outcomes.error(), "ReadPlanOutcomes");
+  // The dynamics evaluation refuses it the same way, and fewer than one sample per plan first.
+  const dynamics::DiffusionConfig crops;
+  auto eval = EvaluateDynamics(old, {}, ActionBase::Default(), crops, {}, 1);
+  ASSERT_FALSE(eval);
+  expect_old(eval.error(), "EvaluateDynamics");
+  auto no_samples = EvaluateDynamics(old, {}, ActionBase::Default(), crops, {}, 1, {}, 0, {}, 0);
+  ASSERT_FALSE(no_samples);
+  EXPECT_EQ(no_samples.error().code, ErrorCode::kInvalidArgument) << no_samples.error().ToString();
+  EXPECT_NE(no_samples.error().message.find("samples per plan"), std::string::npos);
   CohortOptions o = Options(old, 1);
   EXPECT_FALSE(IsCohortOf(old, o, ActionBase::Default()));
   // It is mewm's, so --force replaces it (the runner does the same).

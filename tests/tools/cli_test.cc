@@ -738,6 +738,43 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
     }
   }
   EXPECT_NE(r.output.find("item effects within patients"), std::string::npos) << r.output;
+  // Two samples per plan, seeded as the planner's: the residual figures read their mean, the
+  // images the first sample, which is the one-sample run's; the deterministic baselines and the
+  // ceiling draw one each and score as before.
+  r = RunMewm("eval dynamics --quiet --cohort " + cohort + " --model " + model +
+              " --calibration \"\" --patients 3 --folds 2 --steps 2 --threads 1 --samples 2 "
+              "--json-out " +
+              dir_.File("dd2.json"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("SD across samples"), std::string::npos) << r.output;
+  const nlohmann::json eval2 = nlohmann::json::parse(ReadText(dir_.File("dd2.json")));
+  EXPECT_EQ(eval.at("samples"), 1);
+  EXPECT_EQ(eval2.at("samples"), 2);
+  ASSERT_EQ(eval2.at("methods").size(), eval.at("methods").size());
+  for (std::size_t m = 0; m < eval.at("methods").size(); ++m) {
+    const auto& one = eval.at("methods")[m];
+    const auto& two = eval2.at("methods")[m];
+    ASSERT_EQ(one.at("method"), two.at("method"));
+    EXPECT_EQ(two.at("cases"), 9);
+    EXPECT_EQ(one.at("residual_mae_single_ml"), one.at("residual_mae_ml")) << one.dump();
+    EXPECT_EQ(one.at("residual_sample_sd_ml").get<double>(), 0.0);
+    EXPECT_NEAR(two.at("hu_mae").is_null() ? 0.0 : two.at("hu_mae").get<double>(),
+                one.at("hu_mae").is_null() ? 0.0 : one.at("hu_mae").get<double>(), 1e-9)
+        << two.dump();
+    if (one.at("method") == "diffusion") {
+      // Mean of two samples against the truth: never worse than the single samples on average.
+      EXPECT_LE(two.at("residual_mae_ml").get<double>(),
+                two.at("residual_mae_single_ml").get<double>() + 1e-9);
+      EXPECT_GT(two.at("residual_sample_sd_ml").get<double>(), 0.0) << two.dump();
+    } else {
+      EXPECT_EQ(two.at("residual_mae_ml"), one.at("residual_mae_ml")) << two.dump();
+      EXPECT_EQ(two.at("residual_sample_sd_ml").get<double>(), 0.0);
+    }
+  }
+  r = RunMewm("eval dynamics --quiet --cohort " + cohort + " --model " + model +
+              " --calibration \"\" --samples 0");
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("--samples"), std::string::npos) << r.output;
   // Fine-tuned on the same cohort: the command records where it started.
   const std::string tuned = dir_.File("dd_tuned.pt");
   r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + tuned + " --init-from " +

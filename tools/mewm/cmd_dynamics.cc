@@ -307,7 +307,7 @@ Action AddEvalDynamics(CLI::App& eval_app, const BackendRegistry& backends) {
     std::string config = "cpu";
     dynamics::SamplerConfig sampler;
     std::uint64_t seed = 1;
-    int folds = 5, threads = 0, patients = 0;
+    int folds = 5, threads = 0, patients = 0, samples = 1;
     bool quiet = false, json = false;
   };
   auto o = std::make_shared<Options>();
@@ -339,6 +339,11 @@ Action AddEvalDynamics(CLI::App& eval_app, const BackendRegistry& backends) {
       ->capture_default_str();
   sub->add_option("--patients", o->patients, "Only the first N patients (0 = all)")
       ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  sub->add_option("--samples", o->samples,
+                  "Samples per plan, seeded as the planner's; the residual figures read their "
+                  "mean, the images the first")
+      ->check(CLI::Range(1, 64))
       ->capture_default_str();
   sub->add_flag("--json", o->json, "Print the numbers as JSON on stdout instead of the table");
   sub->add_option("--json-out", o->json_out, "Also write the numbers as JSON to this file");
@@ -377,7 +382,8 @@ Action AddEvalDynamics(CLI::App& eval_app, const BackendRegistry& backends) {
         PatientProgress("simulating patients", o->quiet), o->patients,
         [&](const PatientCase& patient, const Outcome& truth) {
           return (*diffusion)->Reconstruct(patient, truth);
-        });
+        },
+        o->samples);
     if (!eval) return Fail(eval.error());
     if (o->json) {
       std::cout << eval->ToJson() << "\n";

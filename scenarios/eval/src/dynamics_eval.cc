@@ -111,7 +111,12 @@ double HuMae(const Volume& a, const Volume& b, const Volume& region) {
 double Mean(const std::vector<double>& v) { return MeanStd(v).first; }
 
 struct MethodCases {
-  std::vector<double> residual_abs, residual_diff, residual_rel, dice, mask_abs, hu;
+  /// Per case (patient, plan): the residual of the mean over the case's samples against the truth.
+  std::vector<double> residual_abs, residual_diff, residual_rel;
+  /// Per sample: |residual - true|; per case: the SD of the residual across its samples.
+  std::vector<double> residual_abs_single, residual_spread;
+  /// Images, per case, from its first sample.
+  std::vector<double> dice, mask_abs, hu;
   int empty_both = 0;
   std::vector<std::vector<double>> pred_ml, true_ml;  ///< per patient, per plan (residual)
   std::vector<std::vector<double>> pred_coverage, true_coverage;  ///< the same, LipiodolCoverage
@@ -187,19 +192,33 @@ std::vector<ItemEffect> ItemEffects(const MethodCases& c) {
 
 /// Scores one method's simulated outcomes of one patient (patient index `patient`) against the
 /// true outcomes of the same plans, and keeps their crops for the machine Turing test.
-Status ScorePatient(const std::vector<Outcome>& simulated, const std::vector<Outcome>& truth,
-                    const PatientCase& region, const CropSpec& lesion,
-                    const dynamics::DiffusionConfig& crop_config, int patient, MethodCases& c) {
+/// `simulated` holds `samples` outcomes per plan, sample-major (sample t of plan p at
+/// t * plans + p): the residual and the Lipiodol coverage are their means, as a planner averages
+/// over samples; the images are the first sample's.
+Status ScorePatient(const std::vector<Outcome>& simulated, int samples,
+                    const std::vector<Outcome>& truth, const PatientCase& region,
+                    const CropSpec& lesion, const dynamics::DiffusionConfig& crop_config,
+                    int patient, MethodCases& c) {
   std::vector<double> pred_ml, true_ml, pred_coverage, true_coverage;
   std::vector<Plan> plans;
   for (std::size_t p = 0; p < truth.size(); ++p) {
     const Outcome& o = simulated[p];
-    const double pr = ViableVolumeMl(o), tr = ViableVolumeMl(truth[p]);
+    const double tr = ViableVolumeMl(truth[p]);
+    std::vector<double> residuals;
+    double pc = 0.0;
+    for (int t = 0; t < samples; ++t) {
+      const Outcome& sample = simulated[std::size_t(t) * truth.size() + p];
+      residuals.push_back(ViableVolumeMl(sample));
+      c.residual_abs_single.push_back(std::abs(residuals.back() - tr));
+      MEWM_TRY(const double coverage, LipiodolCoverage(sample.post_ct, region.tumor));
+      pc += coverage / samples;
+    }
+    const auto [pr, spread] = MeanStd(residuals);
+    c.residual_spread.push_back(spread);
     pred_ml.push_back(pr);
     true_ml.push_back(tr);
     c.residual_abs.push_back(std::abs(pr - tr));
     c.residual_diff.push_back(pr - tr);
-    MEWM_TRY(const double pc, LipiodolCoverage(o.post_ct, region.tumor));
     MEWM_TRY(const double tc, LipiodolCoverage(truth[p].post_ct, region.tumor));
     pred_coverage.push_back(pc);
     true_coverage.push_back(tc);
@@ -235,6 +254,8 @@ DynamicsMetrics Summarize(const std::string& method, const MethodCases& c, bool 
   r.residual_mae_ml = Mean(c.residual_abs);
   r.residual_bias_ml = Mean(c.residual_diff);
   r.residual_rel_error = Median(c.residual_rel);
+  r.residual_mae_single_ml = Mean(c.residual_abs_single);
+  r.residual_spread_ml = Mean(c.residual_spread);
   r.dice = Mean(c.dice);
   r.dice_cases = int(c.dice.size());
   r.empty_both = c.empty_both;
@@ -267,7 +288,11 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
     const std::vector<std::pair<std::string, dynamics::DynamicsModel*>>& methods,
     const ActionBase& actions, const dynamics::DiffusionConfig& crop_config,
     const TuringTest& turing, std::uint64_t seed, const std::function<void(int, int)>& progress,
-    int max_patients, const Reconstruction& ceiling) {
+    int max_patients, const Reconstruction& ceiling, int samples) {
+  if (samples < 1) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "samples per plan must be at least 1, not " + std::to_string(samples));
+  }
   MEWM_TRY(const auto outcomes, ReadPlanOutcomes(cohort_dir, actions));
   MEWM_TRY(std::vector<CohortEntry> entries, ReadSyntheticCohort(cohort_dir));
   if (max_patients > 0 && int(entries.size()) > max_patients) entries.resize(max_patients);
@@ -277,12 +302,15 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
       {"no change", &identity}, {"complete response", &complete}};
   CeilingDynamics reconstructed(ceiling);
   if (ceiling) all.emplace_back("autoencoder ceiling", &reconstructed);
+  // The baselines and the ceiling are deterministic: one sample each.
+  const std::size_t deterministic = all.size();
   all.insert(all.end(), methods.begin(), methods.end());
   std::vector<MethodCases> cases(all.size());
   std::vector<DenseFloat> real_crops;
   std::vector<int> real_patient;
   DynamicsEvaluation eval;
   eval.cohort_dir = cohort_dir;
+  eval.samples = samples;
   for (std::size_t n = 0; n < entries.size(); ++n) {
     const CohortEntry& entry = entries[n];
     const auto listed = outcomes.find(entry.id);
@@ -296,11 +324,15 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
     MEWM_TRY(const PatientCase patient, LoadPatient(entry));
     MEWM_TRY(const PatientCase region, TumorRegion(patient, 6.0));
     MEWM_TRY(const auto crops, dynamics::LesionCrops(patient, crop_config));
-    std::vector<SimulationRequest> requests;
+    std::vector<SimulationRequest> requests;  // sample-major, as ScorePatient reads them
+    for (int t = 0; t < samples; ++t) {
+      for (const PlanOutcomeFile& file : listed->second) {
+        requests.push_back({file.plan, t, Planner::SampleSeed(seed, entry.id, file.plan, t),
+                            Planner::SharedSeed(seed, entry.id, t)});
+      }
+    }
     std::vector<Outcome> truth;
     for (const PlanOutcomeFile& file : listed->second) {
-      requests.push_back({file.plan, 0, Planner::SampleSeed(seed, entry.id, file.plan, 0),
-                          Planner::SharedSeed(seed, entry.id, 0)});
       MEWM_TRY(Outcome outcome, LoadOutcomeFile(file.post, file.plan));
       truth.push_back(std::move(outcome));
       MEWM_TRY(auto crop, dynamics::ExtractChannels(truth.back().post_ct, truth.back().viable,
@@ -311,14 +343,23 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
     reconstructed.truth = &truth;
     for (std::size_t m = 0; m < all.size(); ++m) {
       MethodCases& c = cases[m];
+      const int method_samples = m < deterministic ? 1 : samples;
+      const std::vector<SimulationRequest> method_requests(
+          requests.begin(), requests.begin() + std::ptrdiff_t(method_samples * truth.size()));
       const auto t0 = std::chrono::steady_clock::now();
-      auto simulated = all[m].second->Simulate(patient, requests);
+      auto simulated = all[m].second->Simulate(patient, method_requests);
       if (!simulated) {
         return simulated.error().WithContext(all[m].first + ", patient '" + entry.id + "'");
       }
       c.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      MEWM_RETURN_IF_ERROR(
-          ScorePatient(*simulated, truth, region, crops.front().spec, crop_config, int(n), c));
+      if (simulated->size() != method_requests.size()) {
+        return MakeError(ErrorCode::kInternal,
+                         all[m].first + " returned " + std::to_string(simulated->size()) +
+                             " outcomes for " + std::to_string(method_requests.size()) +
+                             " requests of patient '" + entry.id + "'");
+      }
+      MEWM_RETURN_IF_ERROR(ScorePatient(*simulated, method_samples, truth, region,
+                                        crops.front().spec, crop_config, int(n), c));
     }
     ++eval.patients;
     if (progress) progress(int(n + 1), int(entries.size()));
@@ -340,7 +381,8 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
 
 std::string DynamicsEvaluation::FormatTable() const {
   std::string out = "dynamics fidelity on " + cohort_dir + ": " + std::to_string(patients) +
-                    " patients x " + std::to_string(plans_per_patient) + " plans\n";
+                    " patients x " + std::to_string(plans_per_patient) + " plans x " +
+                    std::to_string(samples) + (samples == 1 ? " sample\n" : " samples\n");
   char line[640];
   std::snprintf(line, sizeof line, "%-18s %9s %9s %8s %13s %9s %7s %22s %20s %8s\n", "method",
                 "resid.MAE", "resid.bias", "resid.rel", "Dice(n,empty)", "mask.MAE", "HU.MAE",
@@ -377,6 +419,17 @@ std::string DynamicsEvaluation::FormatTable() const {
       "either viable mask (fraction >= 0.5) is non-empty, n cases, empty = both empty; Spearman: "
       "mean over the n patients whose true residual varies across plans, a constant prediction "
       "counting 0; Turing folds and CI grouped by patient\n";
+  if (samples > 1) {
+    out += "with " + std::to_string(samples) +
+           " samples per plan: residual, Spearman and item effects read the mean of a plan's "
+           "samples (the baselines and the ceiling are deterministic: one each), the images "
+           "(Dice, mask, HU, Turing) its first sample. Single samples:\n";
+    for (const DynamicsMetrics& m : methods) {
+      std::snprintf(line, sizeof line, "  %-18s residual MAE %.2f mL, SD across samples %.2f mL\n",
+                    m.method.c_str(), m.residual_mae_single_ml, m.residual_spread_ml);
+      out += line;
+    }
+  }
   out +=
       "item effects within patients (plans with the item minus plans without), predicted / true: "
       "residual mL, Lipiodol coverage; n patients:\n";
@@ -399,8 +452,10 @@ std::string DynamicsEvaluation::FormatTable() const {
 }
 
 std::string DynamicsEvaluation::ToJson() const {
-  nlohmann::json j = {
-      {"cohort", cohort_dir}, {"patients", patients}, {"plans_per_patient", plans_per_patient}};
+  nlohmann::json j = {{"cohort", cohort_dir},
+                      {"patients", patients},
+                      {"plans_per_patient", plans_per_patient},
+                      {"samples", samples}};
   for (const DynamicsMetrics& m : methods) {
     const auto num = [](double v) { return std::isnan(v) ? nlohmann::json() : nlohmann::json(v); };
     nlohmann::json e = {{"method", m.method},
@@ -408,6 +463,8 @@ std::string DynamicsEvaluation::ToJson() const {
                         {"residual_mae_ml", m.residual_mae_ml},
                         {"residual_bias_ml", m.residual_bias_ml},
                         {"residual_rel_error_median", m.residual_rel_error},
+                        {"residual_mae_single_ml", m.residual_mae_single_ml},
+                        {"residual_sample_sd_ml", m.residual_spread_ml},
                         {"dice", m.dice},
                         {"dice_cases", m.dice_cases},
                         {"empty_both", m.empty_both},

@@ -57,19 +57,23 @@ struct ItemEffect {
 
 /// Fidelity of one dynamics method against the mechanistic truth, over (patient, plan) cases.
 /// "Residual" is the integrated viable fraction (what survival reads, ViableVolumeMl); "mask" is
-/// the viable mask thresholded at 0.5, which is empty for many true partial responses.
+/// the viable mask thresholded at 0.5, which is empty for many true partial responses. `pred` is
+/// the mean over the case's samples for the residual, the Lipiodol coverage, the Spearman and the
+/// item effects (as a planner averages over samples), the first sample for the image metrics.
 struct DynamicsMetrics {
   std::string method;
   int cases = 0;
-  double residual_mae_ml = 0.0;     ///< mean |pred - true| residual, mL
-  double residual_bias_ml = 0.0;    ///< mean (pred - true) residual, mL
-  double residual_rel_error = 0.0;  ///< median |pred - true| / max(true, 1 mL) of the residual
-  double dice = 0.0;                ///< mean mask Dice over cases where either mask is non-empty
-  int dice_cases = 0;               ///< cases behind `dice`
-  int empty_both = 0;               ///< cases where both masks are empty (left out of `dice`)
-  double mask_mae_ml = 0.0;         ///< mean |pred - true| mask volume, mL
-  bool has_image = true;            ///< false for a baseline without an image (complete response)
-  double hu_mae = 0.0;  ///< mean |pred - true| HU within 6 mm of the pre-treatment tumor
+  double residual_mae_ml = 0.0;         ///< mean |pred - true| residual, mL
+  double residual_bias_ml = 0.0;        ///< mean (pred - true) residual, mL
+  double residual_rel_error = 0.0;      ///< median |pred - true| / max(true, 1 mL) of the residual
+  double residual_mae_single_ml = 0.0;  ///< mean |sample - true| residual over every sample, mL
+  double residual_spread_ml = 0.0;      ///< mean over cases of the residual's SD across samples
+  double dice = 0.0;         ///< mean mask Dice over cases where either mask is non-empty
+  int dice_cases = 0;        ///< cases behind `dice`
+  int empty_both = 0;        ///< cases where both masks are empty (left out of `dice`)
+  double mask_mae_ml = 0.0;  ///< mean |pred - true| mask volume, mL
+  bool has_image = true;     ///< false for a baseline without an image (complete response)
+  double hu_mae = 0.0;       ///< mean |pred - true| HU within 6 mm of the pre-treatment tumor
   /// Mean over patients of Spearman(pred, true residual) across plans. Every patient whose true
   /// residual varies counts; a prediction constant across plans counts as 0.
   double spearman = 0.0;
@@ -88,6 +92,7 @@ struct DynamicsMetrics {
 struct DynamicsEvaluation {
   std::string cohort_dir;
   int patients = 0, plans_per_patient = 0;
+  int samples = 1;  ///< samples per (patient, plan) of the stochastic methods
   std::vector<DynamicsMetrics> methods;
   std::string FormatTable() const;
   std::string ToJson() const;
@@ -104,17 +109,18 @@ using TuringTest = std::function<Expected<dynamics::TuringTestResult>(
 using Reconstruction = std::function<Expected<Outcome>(const PatientCase&, const Outcome&)>;
 
 /// Scores each method (name, model) and two baselines on every patient and plan of a held-out
-/// cohort with counterfactual plans, one sample per case: "no change" (post = pre) and "complete
-/// response" (no residual anywhere; it has no image). With `ceiling`, also "autoencoder
-/// ceiling", the true outcomes reconstructed. Crops for the Turing test follow `crop_config`. At
-/// most `max_patients` patients when > 0. kInvalidArgument for a cohort without counterfactual
-/// plans.
+/// cohort with counterfactual plans: "no change" (post = pre) and "complete response" (no
+/// residual anywhere; it has no image). With `ceiling`, also "autoencoder ceiling", the true
+/// outcomes reconstructed. Each method draws `samples` samples per case, seeded as the planner
+/// seeds them (the baselines and the ceiling, being deterministic, one). Crops for the Turing
+/// test follow `crop_config`. At most `max_patients` patients when > 0. kInvalidArgument for a
+/// cohort without counterfactual plans or for `samples` < 1.
 Expected<DynamicsEvaluation> EvaluateDynamics(
     const std::string& cohort_dir,
     const std::vector<std::pair<std::string, dynamics::DynamicsModel*>>& methods,
     const ActionBase& actions, const dynamics::DiffusionConfig& crop_config,
     const TuringTest& turing, std::uint64_t seed,
     const std::function<void(int, int)>& progress = {}, int max_patients = 0,
-    const Reconstruction& ceiling = {});
+    const Reconstruction& ceiling = {}, int samples = 1);
 
 }  // namespace mewm::scenarios
