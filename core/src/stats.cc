@@ -7,6 +7,8 @@
 #include <map>
 #include <numeric>
 
+#include "mewm/core/seed.h"
+
 namespace mewm {
 
 std::pair<double, double> MeanStd(const std::vector<double>& values) {
@@ -16,6 +18,26 @@ std::pair<double, double> MeanStd(const std::vector<double>& values) {
   double ss = 0.0;
   for (double v : values) ss += (v - mean) * (v - mean);
   return {mean, std::sqrt(ss / double(values.size() - 1))};
+}
+
+MeanInterval BootstrapMean(const std::vector<double>& values, std::uint64_t seed, int resamples) {
+  MeanInterval r;
+  if (values.empty()) return r;
+  const std::size_t n = values.size();
+  r.mean = r.lo = r.hi = std::accumulate(values.begin(), values.end(), 0.0) / double(n);
+  if (n < 2 || resamples < 1) return r;
+  Rng rng(seed);
+  std::vector<double> means(static_cast<std::size_t>(resamples));
+  for (double& m : means) {
+    double total = 0.0;
+    for (std::size_t k = 0; k < n; ++k)
+      total += values[std::size_t(rng.UniformInt(0, std::int64_t(n) - 1))];
+    m = total / double(n);
+  }
+  std::sort(means.begin(), means.end());
+  r.lo = means[std::size_t(0.025 * double(means.size() - 1))];
+  r.hi = means[std::size_t(0.975 * double(means.size() - 1))];
+  return r;
 }
 
 double Median(std::vector<double> values) {

@@ -18,6 +18,35 @@ TEST(StatsTest, MeanStdUsesTheSampleStandardDeviation) {
   EXPECT_DOUBLE_EQ(sd, 1.0);
 }
 
+TEST(StatsTest, BootstrapMeanIsReproducibleAndBracketsTheMean) {
+  const std::vector<double> values = {0.0, 1.0, 4.0, 2.0, 8.0, 3.0, 1.0, 5.0};
+  const MeanInterval m = BootstrapMean(values, 7);
+  EXPECT_DOUBLE_EQ(m.mean, 3.0);
+  EXPECT_LT(m.lo, m.mean);
+  EXPECT_GT(m.hi, m.mean);
+  EXPECT_GE(m.lo, 0.0);  // a resampled mean stays within the values
+  EXPECT_LE(m.hi, 8.0);
+  // Same seed, same interval; another seed moves it a little, not the mean.
+  const MeanInterval again = BootstrapMean(values, 7);
+  EXPECT_EQ(again.lo, m.lo);
+  EXPECT_EQ(again.hi, m.hi);
+  EXPECT_DOUBLE_EQ(BootstrapMean(values, 8).mean, 3.0);
+  // The 95% interval of a mean of 8 values with SD 2.6 is about 3.6 wide (normal theory).
+  EXPECT_GT(m.hi - m.lo, 2.0);
+  EXPECT_LT(m.hi - m.lo, 5.0);
+  // Degenerate inputs: no spread to resample.
+  const MeanInterval one = BootstrapMean({2.5}, 7);
+  EXPECT_DOUBLE_EQ(one.lo, 2.5);
+  EXPECT_DOUBLE_EQ(one.hi, 2.5);
+  const MeanInterval none = BootstrapMean({}, 7);
+  EXPECT_DOUBLE_EQ(none.mean, 0.0);
+  const MeanInterval constant = BootstrapMean({1.0, 1.0, 1.0}, 7);
+  EXPECT_DOUBLE_EQ(constant.lo, 1.0);
+  EXPECT_DOUBLE_EQ(constant.hi, 1.0);
+  const MeanInterval no_resamples = BootstrapMean(values, 7, 0);
+  EXPECT_DOUBLE_EQ(no_resamples.lo, 3.0);
+}
+
 TEST(StatsTest, MedianOfOddEvenAndEmptyLists) {
   EXPECT_EQ(Median({}), 0.0);
   EXPECT_EQ(Median({3.0, 1.0, 2.0}), 2.0);

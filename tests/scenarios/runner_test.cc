@@ -447,6 +447,101 @@ TEST_F(RunnerTest, EvaluatePlansAgainstTruthWithBaselines) {
   EXPECT_NE(eval->FormatTable().find("outcome simulations per patient"), std::string::npos);
 }
 
+TEST_F(RunnerTest, ComparePlanRunsPairsTheSamePatients) {
+  CollectingSink sink;
+  ASSERT_TRUE(Run(Synthetic(), {}, &sink));
+  const auto read_json = [&](const std::string& path) {
+    std::ifstream in(path);
+    return nlohmann::json::parse(in);
+  };
+  const auto write_json = [](const std::string& path, const nlohmann::json& j) {
+    std::ofstream(path) << j.dump(1);
+  };
+  // A run against itself: no difference, every patient equal.
+  auto self = ComparePlanRuns(dir_.File("out"), dir_.File("out"));
+  ASSERT_TRUE(self) << self.error().message;
+  EXPECT_EQ(self->patients, 3);
+  EXPECT_EQ(self->same, 3);
+  EXPECT_DOUBLE_EQ(self->regret_diff.mean, 0.0);
+  EXPECT_DOUBLE_EQ(self->regret_diff.lo, 0.0);
+  EXPECT_DOUBLE_EQ(self->regret_diff.hi, 0.0);
+  EXPECT_DOUBLE_EQ(self->a.regret, self->b.regret);
+
+  // Run B: a copy whose first patient chose the worst valid plan and whose last patient failed.
+  fs::copy(dir_.File("out"), dir_.File("b"), fs::copy_options::recursive);
+  nlohmann::json summary = read_json(dir_.File("b/summary.json"));
+  const std::string cohort = summary["run"]["cohort"].get<std::string>();
+  const nlohmann::json truth = read_json(cohort + "/truth/truth.json");
+  const std::string id = summary["patients"][0]["patient_id"].get<std::string>();
+  const nlohmann::json& risks = truth["patients"][id]["plan_risks"];
+  std::string worst;
+  for (const auto& [plan, risk] : risks.items()) {
+    if (worst.empty() || risk.get<double>() > risks[worst].get<double>()) worst = plan;
+  }
+  const double chosen_risk =
+      risks[summary["patients"][0]["plan"].get<std::string>()].get<double>();
+  summary["patients"][0]["plan"] = worst;
+  summary["patients"][2]["status"] = "failed";
+  write_json(dir_.File("b/summary.json"), summary);
+  auto paired = ComparePlanRuns(dir_.File("out"), dir_.File("b"));
+  ASSERT_TRUE(paired) << paired.error().message;
+  EXPECT_EQ(paired->patients, 2);
+  EXPECT_EQ(paired->only_a, 1);
+  EXPECT_EQ(paired->only_b, 0);
+  // Only the first patient differs: A's regret is lower by the risk between the two plans.
+  const double d = chosen_risk - risks[worst].get<double>();
+  EXPECT_NEAR(paired->regret_diff.mean, d / 2.0, 1e-12);
+  EXPECT_LE(paired->regret_diff.lo, paired->regret_diff.mean);
+  EXPECT_GE(paired->regret_diff.hi, paired->regret_diff.mean);
+  EXPECT_EQ(paired->a_better + paired->same, 2);
+  EXPECT_EQ(paired->a_better, d < 0.0 ? 1 : 0);
+  EXPECT_EQ(paired->a_worse, 0);
+  const auto j = nlohmann::json::parse(paired->ToJson());
+  EXPECT_EQ(j["patients"], 2);
+  EXPECT_NEAR(j["a_minus_b"]["regret"]["mean"].get<double>(), d / 2.0, 1e-12);
+  EXPECT_EQ(j["methods"].size(), 2u);
+  EXPECT_NE(paired->FormatTable().find("by A only"), std::string::npos) << paired->FormatTable();
+  // Swapping the runs flips the sign and the counts.
+  auto swapped = ComparePlanRuns(dir_.File("b"), dir_.File("out"));
+  ASSERT_TRUE(swapped) << swapped.error().message;
+  EXPECT_NEAR(swapped->regret_diff.mean, -d / 2.0, 1e-12);
+  EXPECT_EQ(swapped->only_b, 1);
+  EXPECT_EQ(swapped->a_worse, paired->a_better);
+
+  // The same cohort read from another folder is still the same cohort ...
+  fs::copy(cohort, dir_.File("cohort-copy"), fs::copy_options::recursive);
+  summary["run"]["cohort"] = dir_.File("cohort-copy");
+  write_json(dir_.File("b/summary.json"), summary);
+  EXPECT_TRUE(ComparePlanRuns(dir_.File("out"), dir_.File("b")));
+  // ... but a cohort whose truth differs is refused, naming the patient.
+  nlohmann::json other = truth;
+  other["patients"][id]["plan_risks"][worst] = risks[worst].get<double>() + 1.0;
+  write_json(dir_.File("cohort-copy/truth/truth.json"), other);
+  auto different = ComparePlanRuns(dir_.File("out"), dir_.File("b"));
+  ASSERT_FALSE(different);
+  EXPECT_EQ(different.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(different.error().message.find("different cohorts"), std::string::npos)
+      << different.error().message;
+  EXPECT_NE(different.error().message.find(id), std::string::npos);
+
+  // No patient finished by both runs.
+  summary["run"]["cohort"] = cohort;
+  summary["patients"][0]["status"] = "failed";
+  summary["patients"][1]["status"] = "failed";
+  summary["patients"][2]["status"] = "finished";
+  write_json(dir_.File("b/summary.json"), summary);
+  nlohmann::json a = read_json(dir_.File("out/summary.json"));
+  a["patients"][2]["status"] = "failed";
+  write_json(dir_.File("out/summary.json"), a);
+  auto disjoint = ComparePlanRuns(dir_.File("out"), dir_.File("b"));
+  ASSERT_FALSE(disjoint);
+  EXPECT_EQ(disjoint.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(disjoint.error().message.find("no finished patient in common"), std::string::npos)
+      << disjoint.error().message;
+  // A run that is not there.
+  EXPECT_FALSE(ComparePlanRuns(dir_.File("out"), dir_.File("nowhere")));
+}
+
 TEST_F(RunnerTest, MajorityBaselineNeedsTwoOtherPatients) {
   CollectingSink sink;
   ASSERT_TRUE(Run(Spec("source = \"synthetic\"\nn = 2\nseed = 4\nspacing_mm = 2.0"), {}, &sink));

@@ -913,6 +913,16 @@ TEST_F(CliTest, TrainRunEvaluateMergeAndInterrupt) {
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(ReadText(dir_.File("merged/patients/P0002/result.json")),
             ReadText(out + "/patients/P0002/result.json"));
+  // The merged run against the whole run, patient by patient: the same plans.
+  r = RunMewm("eval plans " + dir_.File("merged") + " --against " + out + " --json-out " +
+              dir_.File("paired.json"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("paired plan selection on 2 patients"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("equal for 2"), std::string::npos) << r.output;
+  EXPECT_NE(ReadText(dir_.File("paired.json")).find("\"a_minus_b\""), std::string::npos);
+  r = RunMewm("eval plans " + out + " --against " + dir_.File("nowhere"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.output.find("nowhere"), std::string::npos) << r.output;
 
   // Bad input: an invalid scenario, a bad shard.
   std::ofstream(dir_.File("bad.toml")) << scenario(2) << "[planner2]\n";

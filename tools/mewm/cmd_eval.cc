@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
 //
-// `mewm eval plans RUN_DIR` and `mewm eval survival`: the numbers the project reports.
+// `mewm eval plans RUN_DIR [--against OTHER_RUN]` and `mewm eval survival`: the numbers the project
+// reports.
 #include <iostream>
 
 #include "commands.h"
@@ -13,7 +14,7 @@ namespace mewm::cli {
 
 Action RegisterEval(CLI::App& app, const BackendRegistry& backends) {
   struct Options {
-    std::string run_dir, json_out, model, cohort, train, plot;
+    std::string run_dir, against, json_out, model, cohort, train, plot;
     bool json = false;
     GeneratorOptions generator;
   };
@@ -22,6 +23,9 @@ Action RegisterEval(CLI::App& app, const BackendRegistry& backends) {
   CLI::App* plans = app.add_subcommand(
       "plans", "Compare a run's chosen plans with the synthetic truth, next to baselines");
   plans->add_option("RUN_DIR", o->run_dir, "Results folder of mewm run")->required();
+  plans->add_option("--against", o->against,
+                    "Instead: compare RUN_DIR (A) with this run (B) of the same cohort, patient "
+                    "by patient, with bootstrap intervals of the differences A - B");
   CLI::App* surv =
       app.add_subcommand("survival", "C-index, Brier score and AUC of a survival model");
   surv->add_option("--model", o->model, "Survival model file (cox)")->required();
@@ -43,7 +47,12 @@ Action RegisterEval(CLI::App& app, const BackendRegistry& backends) {
     if (const int rc = dynamics(); rc >= 0) return rc;
     if (const int rc = policy_vlm(); rc >= 0) return rc;
     std::string table, json;
-    if (plans->parsed()) {
+    if (plans->parsed() && !o->against.empty()) {
+      auto comparison = scenarios::ComparePlanRuns(o->run_dir, o->against);
+      if (!comparison) return Fail(comparison.error());
+      table = comparison->FormatTable();
+      json = comparison->ToJson();
+    } else if (plans->parsed()) {
       auto eval = scenarios::EvaluatePlans(o->run_dir);
       if (!eval) return Fail(eval.error());
       table = eval->FormatTable();

@@ -13,6 +13,7 @@
 #include "method_scores.h"
 #include "mewm/core/file_util.h"
 #include "mewm/core/plot.h"
+#include "mewm/core/seed.h"
 #include "mewm/core/stats.h"
 #include "mewm/planner/planner.h"
 #include "mewm/run/cohort_source.h"
@@ -54,11 +55,28 @@ PlanMatch ComparePlanItems(const Plan& chosen, const Plan& optimal) {
   return m;
 }
 
-Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir) {
+namespace {
+
+/// A finished patient of a run, beside its truth: the chosen plan, the guideline's first choice,
+/// the optimal plan and the true risk of every valid plan.
+struct PlanRow {
+  std::string id;
+  Plan chosen, first_choice, optimal;
+  std::map<std::string, double> risks;
+};
+
+/// A run's finished patients and the counters of its summary (the methods are left empty).
+struct RunRows {
+  PlanEvaluation header;
+  std::vector<PlanRow> rows;
+};
+
+/// Reads a run's summary.json and its synthetic cohort's truth. kNotFound for a manifest cohort.
+Expected<RunRows> ReadRunRows(const std::string& run_dir) {
   MEWM_TRY(const json summary, ReadJson((fs::path(run_dir) / "summary.json").string()));
-  PlanEvaluation eval;
+  RunRows run;
+  PlanEvaluation& eval = run.header;
   eval.run_dir = run_dir;
-  json truth;
   try {
     if (summary.at("run").at("cohort_source").get<std::string>() != "synthetic") {
       return MakeError(
@@ -70,21 +88,14 @@ Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir) {
     return MakeError(ErrorCode::kCorruptData, "'" + run_dir + "/summary.json': " + e.what());
   }
   MEWM_TRY(const std::string truth_path, SyntheticTruthPath(eval.cohort_dir));
-  MEWM_TRY(truth, ReadJson(truth_path));
-
-  struct Row {
-    std::string id;
-    Plan chosen, first_choice, optimal;
-    std::map<std::string, double> risks;
-  };
-  std::vector<Row> rows;
+  MEWM_TRY(const json truth, ReadJson(truth_path));
   try {
     for (const json& p : summary.at("patients")) {
       if (p.at("status").get<std::string>() != "finished") {
         ++eval.failed;
         continue;
       }
-      Row row;
+      PlanRow row;
       row.id = p.at("patient_id").get<std::string>();
       const json& t = truth.at("patients").at(row.id);
       row.chosen = PlanOf(p.at("plan").get<std::string>());
@@ -94,42 +105,54 @@ Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir) {
         eval.simulations_per_patient += p["counters"].value("simulations", 0.0);
       for (const auto& [plan, risk] : t.at("plan_risks").items())
         row.risks[plan] = risk.get<double>();
-      rows.push_back(std::move(row));
+      run.rows.push_back(std::move(row));
     }
   } catch (const std::exception& e) {
     return MakeError(
         ErrorCode::kCorruptData,
         "run '" + run_dir + "' does not match cohort truth '" + eval.cohort_dir + "': " + e.what());
   }
-  if (rows.empty()) {
+  if (run.rows.empty()) {
     return MakeError(ErrorCode::kInvalidArgument, "run '" + run_dir + "' has no finished patient");
   }
-  eval.patients = int(rows.size());
-  eval.simulations_per_patient /= double(rows.size());
+  eval.patients = int(run.rows.size());
+  eval.simulations_per_patient /= double(run.rows.size());
+  return run;
+}
+
+/// Scores `plan` for a patient into `acc`: item agreement with the optimum and the regret.
+/// kInvalidArgument when the plan is not one of the cohort's valid plans.
+Status ScorePlan(Accumulator& acc, const PlanRow& r, const Plan& plan) {
+  const double opt = r.risks.at(r.optimal.ToString());
+  auto it = r.risks.find(plan.ToString());
+  if (it == r.risks.end()) {
+    return MakeError(
+        ErrorCode::kInvalidArgument,
+        "patient '" + r.id + "': plan " + plan.ToString() + " is not a valid plan of the cohort");
+  }
+  acc.Add(ComparePlanItems(plan, r.optimal), it->second - opt, it->second / opt);
+  acc.regrets.push_back(it->second - opt);
+  return {};
+}
+
+}  // namespace
+
+Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir) {
+  MEWM_TRY(RunRows run, ReadRunRows(run_dir));
+  PlanEvaluation eval = std::move(run.header);
+  const std::vector<PlanRow>& rows = run.rows;
 
   std::map<std::string, int> optimal_counts;
-  for (const Row& r : rows) ++optimal_counts[r.optimal.ToString()];
+  for (const PlanRow& r : rows) ++optimal_counts[r.optimal.ToString()];
 
   Accumulator pipeline("pipeline"), random("random valid plan"), majority("majority plan"),
       guideline("guideline first choice");
-  const auto score = [](Accumulator& acc, const Row& r, const Plan& plan) -> Status {
-    const double opt = r.risks.at(r.optimal.ToString());
-    auto it = r.risks.find(plan.ToString());
-    if (it == r.risks.end()) {
-      return MakeError(
-          ErrorCode::kInvalidArgument,
-          "patient '" + r.id + "': plan " + plan.ToString() + " is not a valid plan of the cohort");
-    }
-    acc.Add(ComparePlanItems(plan, r.optimal), it->second - opt, it->second / opt);
-    acc.regrets.push_back(it->second - opt);
-    return {};
-  };
   // The leave-one-out majority needs at least 2 other patients: with 1 it is that patient's
   // optimum, with 0 the patient's own (the truth itself).
   const bool majority_available = rows.size() >= 3;
-  for (const Row& r : rows) {
-    MEWM_RETURN_IF_ERROR(score(pipeline, r, r.chosen));
-    if (!r.first_choice.empty()) MEWM_RETURN_IF_ERROR(score(guideline, r, r.first_choice));
+  for (const PlanRow& r : rows) {
+    MEWM_RETURN_IF_ERROR(ScorePlan(pipeline, r, r.chosen));
+    if (!r.first_choice.empty()) MEWM_RETURN_IF_ERROR(ScorePlan(guideline, r, r.first_choice));
     // Majority: the most frequent optimum among the *other* patients (ties by name).
     std::string best;
     int best_count = 0;
@@ -137,7 +160,7 @@ Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir) {
       const int c = count - (plan == r.optimal.ToString() ? 1 : 0);
       if (c > best_count) best = plan, best_count = c;
     }
-    if (majority_available) MEWM_RETURN_IF_ERROR(score(majority, r, PlanOf(best)));
+    if (majority_available) MEWM_RETURN_IF_ERROR(ScorePlan(majority, r, PlanOf(best)));
     // Random: the exact expectation over every valid plan.
     const double opt = r.risks.at(r.optimal.ToString());
     const double w = 1.0 / double(r.risks.size());
@@ -155,14 +178,12 @@ Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir) {
   return eval;
 }
 
-std::string PlanEvaluation::FormatTable() const {
+namespace {
+
+/// The methods' columns, one row per method, under a header line.
+std::string MethodTable(const std::vector<MethodScores>& methods) {
   std::ostringstream out;
-  out << "plan selection on " << patients << " patients (" << failed << " failed) of " << cohort_dir
-      << "\n";
   char line[256];
-  std::snprintf(line, sizeof(line), "search: %.1f outcome simulations per patient\n",
-                simulations_per_patient);
-  out << line;
   std::snprintf(line, sizeof(line), "%-24s %6s %6s %6s %6s %6s %9s %9s %7s\n", "method", "F1",
                 "Jacc", "Prec", "Rec", "Top1", "regret", "reg.med", "HR/opt");
   out << line;
@@ -181,6 +202,19 @@ std::string PlanEvaluation::FormatTable() const {
   return out.str();
 }
 
+}  // namespace
+
+std::string PlanEvaluation::FormatTable() const {
+  std::ostringstream out;
+  out << "plan selection on " << patients << " patients (" << failed << " failed) of " << cohort_dir
+      << "\n";
+  char line[256];
+  std::snprintf(line, sizeof(line), "search: %.1f outcome simulations per patient\n",
+                simulations_per_patient);
+  out << line << MethodTable(methods);
+  return out.str();
+}
+
 std::string PlanEvaluation::ToJson() const {
   json methods_json = json::array();
   for (const MethodScores& m : methods) methods_json.push_back(MethodJson(m));
@@ -190,6 +224,97 @@ std::string PlanEvaluation::ToJson() const {
               {"failed", failed},
               {"simulations_per_patient", simulations_per_patient},
               {"methods", methods_json}}
+      .dump(1);
+}
+
+Expected<PlanRunComparison> ComparePlanRuns(const std::string& run_a, const std::string& run_b) {
+  MEWM_TRY(const RunRows a, ReadRunRows(run_a));
+  MEWM_TRY(const RunRows b, ReadRunRows(run_b));
+  std::map<std::string, const PlanRow*> b_rows;
+  for (const PlanRow& r : b.rows) b_rows[r.id] = &r;
+  PlanRunComparison c;
+  c.run_a = run_a;
+  c.run_b = run_b;
+  c.cohort_dir = a.header.cohort_dir;
+  Accumulator acc_a("run A"), acc_b("run B");
+  std::vector<double> regret_diff, f1_diff;
+  for (const PlanRow& ra : a.rows) {
+    const auto it = b_rows.find(ra.id);
+    if (it == b_rows.end()) {
+      ++c.only_a;
+      continue;
+    }
+    const PlanRow& rb = *it->second;
+    if (ra.optimal.ToString() != rb.optimal.ToString() || ra.risks != rb.risks) {
+      return MakeError(ErrorCode::kInvalidArgument, "runs '" + run_a + "' and '" + run_b +
+                                                        "' planned different cohorts: patient '" +
+                                                        ra.id + "' has other true plan risks in '" +
+                                                        a.header.cohort_dir + "' and '" +
+                                                        b.header.cohort_dir + "'");
+    }
+    MEWM_RETURN_IF_ERROR(ScorePlan(acc_a, ra, ra.chosen));
+    MEWM_RETURN_IF_ERROR(ScorePlan(acc_b, rb, rb.chosen));
+    const double d = acc_a.regrets.back() - acc_b.regrets.back();
+    regret_diff.push_back(d);
+    f1_diff.push_back(ComparePlanItems(ra.chosen, ra.optimal).f1 -
+                      ComparePlanItems(rb.chosen, rb.optimal).f1);
+    if (d > 0.0) {
+      ++c.a_worse;
+    } else if (d < 0.0) {
+      ++c.a_better;
+    } else {
+      ++c.same;
+    }
+  }
+  c.patients = int(regret_diff.size());
+  c.only_b = int(b.rows.size()) - c.patients;
+  if (c.patients == 0) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "runs '" + run_a + "' and '" + run_b + "' have no finished patient in common");
+  }
+  c.a = acc_a.Finish(c.patients);
+  c.b = acc_b.Finish(c.patients);
+  const std::uint64_t seed = DeriveSeed(1, "plan-run-comparison");
+  c.regret_diff = BootstrapMean(regret_diff, seed);
+  c.f1_diff = BootstrapMean(f1_diff, seed);
+  return c;
+}
+
+std::string PlanRunComparison::FormatTable() const {
+  std::ostringstream out;
+  out << "paired plan selection on " << patients << " patients finished by both runs (" << only_a
+      << " by A only, " << only_b << " by B only) of " << cohort_dir << "\n"
+      << "  A: " << run_a << "\n  B: " << run_b << "\n"
+      << MethodTable({a, b});
+  char line[256];
+  std::snprintf(line, sizeof(line),
+                "A - B, mean over patients [95%% bootstrap CI]: regret %+.4f [%+.4f, %+.4f], "
+                "F1 %+.3f [%+.3f, %+.3f]\n",
+                regret_diff.mean, regret_diff.lo, regret_diff.hi, f1_diff.mean, f1_diff.lo,
+                f1_diff.hi);
+  out << line << "regret under A: higher for " << a_worse << " patients, lower for " << a_better
+      << ", equal for " << same << "\n";
+  return out.str();
+}
+
+std::string PlanRunComparison::ToJson() const {
+  const auto interval = [](const MeanInterval& m) {
+    return json{{"mean", m.mean}, {"lo", m.lo}, {"hi", m.hi}};
+  };
+  return json{{"run_a", run_a},
+              {"run_b", run_b},
+              {"cohort_dir", cohort_dir},
+              {"patients", patients},
+              {"only_a", only_a},
+              {"only_b", only_b},
+              {"methods", {MethodJson(a), MethodJson(b)}},
+              {"a_minus_b",
+               {{"regret", interval(regret_diff)},
+                {"f1", interval(f1_diff)},
+                {"ci_method", "percentile bootstrap over patients, 2000 resamples"},
+                {"a_worse", a_worse},
+                {"a_better", a_better},
+                {"same", same}}}}
       .dump(1);
 }
 

@@ -18,6 +18,7 @@
 #include "mewm/core/file_util.h"
 #include "mewm/core/nifti_io.h"
 #include "mewm/core/seed.h"
+#include "mewm/core/stats.h"
 #include "mewm/core/vdb_io.h"
 #include "mewm/run/cohort_source.h"
 #include "mewm/run/scenario.h"
@@ -466,23 +467,13 @@ Figure Bootstrap(const std::vector<double>& values, double (*transform)(double) 
   }
   Figure f;
   if (v.empty()) return f;
+  // The transform is increasing, so it maps the interval's ends.
   const auto map = [&](double m) { return transform ? transform(m) : m; };
-  double sum = 0.0;
-  for (double x : v) sum += x;
-  f.value = map(sum / double(v.size()));
+  const MeanInterval m = BootstrapMean(v, DeriveSeed(0x5eed, "world-stats-bootstrap"));
+  f.value = map(m.mean);
   if (v.size() < 2) return f;
-  Rng rng(DeriveSeed(0x5eed, "world-stats-bootstrap"));
-  std::vector<double> means(2000);
-  for (double& m : means) {
-    double total = 0.0;
-    for (std::size_t n = 0; n < v.size(); ++n) {
-      total += v[std::size_t(rng.UniformInt(0, std::int64_t(v.size()) - 1))];
-    }
-    m = map(total / double(v.size()));
-  }
-  std::sort(means.begin(), means.end());
-  f.lo = means[std::size_t(0.025 * double(means.size() - 1))];
-  f.hi = means[std::size_t(0.975 * double(means.size() - 1))];
+  f.lo = map(m.lo);
+  f.hi = map(m.hi);
   return f;
 }
 

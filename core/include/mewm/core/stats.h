@@ -4,6 +4,7 @@
 // Small statistics shared by the planner, the evaluations and the trainers: one home for each.
 #pragma once
 
+#include <cstdint>
 #include <utility>
 #include <vector>
 
@@ -11,6 +12,18 @@ namespace mewm {
 
 /// Mean and sample SD (n - 1); (0, 0) for an empty list and SD 0 for one value.
 std::pair<double, double> MeanStd(const std::vector<double>& values);
+
+/// A mean with its 95% percentile-bootstrap interval.
+struct MeanInterval {
+  double mean = 0.0, lo = 0.0, hi = 0.0;
+};
+
+/// The mean of `values` and its 95% percentile-bootstrap interval: `resamples` means of draws
+/// with replacement, from an Rng seeded with `seed` (the interval is reproducible). lo = hi =
+/// mean for fewer than 2 values or resamples < 1; all 0 for an empty list. Values are
+/// independent units (patients): for paired figures, pass the per-unit differences.
+MeanInterval BootstrapMean(const std::vector<double>& values, std::uint64_t seed,
+                           int resamples = 2000);
 
 /// Median; 0 for an empty list.
 double Median(std::vector<double> values);

@@ -15,6 +15,7 @@
 
 #include "mewm/core/expected.h"
 #include "mewm/core/render.h"
+#include "mewm/core/stats.h"
 #include "mewm/dynamics/calibration.h"
 #include "mewm/dynamics/dynamics_model.h"
 #include "mewm/survival/cox_survival.h"
@@ -63,6 +64,28 @@ struct PlanEvaluation {
 /// finished patients) and the guideline policy's first choice without search. kNotFound when the
 /// run has no synthetic cohort truth.
 Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir);
+
+/// Two runs' chosen plans compared patient by patient, on the patients both finished: two
+/// settings (samples, backends, guidance) judged on the same patients, where the spread between
+/// patients would hide a difference of means. Each difference is run A minus run B: its mean over
+/// patients with a 95% percentile-bootstrap interval (2000 resamples, a fixed seed).
+struct PlanRunComparison {
+  std::string run_a, run_b, cohort_dir;  ///< cohort_dir: run A's
+  int patients = 0;                      ///< finished in both runs: the patients compared
+  int only_a = 0, only_b = 0;            ///< finished in one run only (not compared)
+  MethodScores a, b;                     ///< each run's chosen plans on the compared patients
+  MeanInterval regret_diff, f1_diff;
+  int a_worse = 0, a_better = 0, same = 0;  ///< patients whose true regret under A is above,
+                                            ///< below or equal to B's
+
+  std::string FormatTable() const;
+  std::string ToJson() const;
+};
+
+/// Compares two runs of one synthetic cohort (the runs may read it from different folders). Fails
+/// as EvaluatePlans does for either run; kInvalidArgument when no patient finished in both or
+/// when a common patient's truth differs between the runs' cohorts (different cohorts).
+Expected<PlanRunComparison> ComparePlanRuns(const std::string& run_a, const std::string& run_b);
 
 struct SurvivalEvaluation {
   int patients = 0;
