@@ -478,8 +478,7 @@ TEST_F(RunnerTest, ComparePlanRunsPairsTheSamePatients) {
   for (const auto& [plan, risk] : risks.items()) {
     if (worst.empty() || risk.get<double>() > risks[worst].get<double>()) worst = plan;
   }
-  const double chosen_risk =
-      risks[summary["patients"][0]["plan"].get<std::string>()].get<double>();
+  const double chosen_risk = risks[summary["patients"][0]["plan"].get<std::string>()].get<double>();
   summary["patients"][0]["plan"] = worst;
   summary["patients"][2]["status"] = "failed";
   write_json(dir_.File("b/summary.json"), summary);
