@@ -24,8 +24,10 @@ class CountingDynamics final : public dynamics::DynamicsModel {
   Expected<std::vector<Outcome>> Simulate(const PatientCase& patient,
                                           const std::vector<SimulationRequest>& requests) override {
     batch_sizes.push_back(requests.size());
-    for (const SimulationRequest& r : requests)
+    for (const SimulationRequest& r : requests) {
       ++requests_per_key[{r.plan.ToString(), r.sample_index}];
+      seen.push_back(r);
+    }
     return inner_->Simulate(patient, requests);
   }
   std::int64_t evaluations() const override { return inner_->evaluations(); }
@@ -33,6 +35,7 @@ class CountingDynamics final : public dynamics::DynamicsModel {
 
   std::map<std::pair<std::string, int>, int> requests_per_key;
   std::vector<std::size_t> batch_sizes;
+  std::vector<SimulationRequest> seen;
 
  private:
   std::unique_ptr<dynamics::DynamicsModel> inner_;
@@ -138,6 +141,27 @@ TEST_F(PlannerTest, BeamNeverSimulatesAPlanSampleTwiceAndBatchesEachStep) {
   EXPECT_TRUE(actions_.Validate(decision->best.plan));
   EXPECT_EQ(decision->best.sample_risks.size(), 2u);
   EXPECT_TRUE(decision->best.curve.Validate());
+}
+
+TEST_F(PlannerTest, TheSearchAsksForPlannerRequests) {
+  // Evaluations, exports and the run's chosen outcome rebuild a scored outcome with
+  // Planner::Request; the search must ask its model for exactly those requests.
+  ASSERT_TRUE(Run(Spec(SearchMode::kBeam)));
+  ASSERT_FALSE(dynamics_->seen.empty());
+  std::map<int, std::set<std::uint64_t>> shared_by_sample;
+  for (const SimulationRequest& r : dynamics_->seen) {
+    const SimulationRequest expected = Planner::Request(42, patient_->id, r.plan, r.sample_index);
+    EXPECT_EQ(r.plan, expected.plan);
+    EXPECT_EQ(r.seed, expected.seed) << r.plan.ToString() << " #" << r.sample_index;
+    EXPECT_EQ(r.shared_seed, expected.shared_seed);
+    EXPECT_NE(r.seed, 0u);
+    shared_by_sample[r.sample_index].insert(r.shared_seed);
+  }
+  // Common random numbers: one shared seed per sample index, whatever the plan.
+  ASSERT_EQ(shared_by_sample.size(), 2u);
+  EXPECT_EQ(shared_by_sample[0].size(), 1u);
+  EXPECT_EQ(shared_by_sample[1].size(), 1u);
+  EXPECT_NE(*shared_by_sample[0].begin(), *shared_by_sample[1].begin());
 }
 
 TEST_F(PlannerTest, BatchingNeverChangesAScore) {

@@ -327,8 +327,7 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
     std::vector<SimulationRequest> requests;  // sample-major, as ScorePatient reads them
     for (int t = 0; t < samples; ++t) {
       for (const PlanOutcomeFile& file : listed->second) {
-        requests.push_back({file.plan, t, Planner::SampleSeed(seed, entry.id, file.plan, t),
-                            Planner::SharedSeed(seed, entry.id, t)});
+        requests.push_back(Planner::Request(seed, entry.id, file.plan, t));
       }
     }
     std::vector<Outcome> truth;

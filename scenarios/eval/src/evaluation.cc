@@ -345,9 +345,7 @@ Expected<std::pair<PatientCase, Outcome>> ScoredCase(const CohortEntry& entry,
   MEWM_TRY(const Plan plan, ActionBase::Default().ParsePlan(entry.administered));
   MEWM_TRY(PatientCase region, Planner::ModelRegion(patient, *source.generator));
   MEWM_TRY(std::vector<Outcome> outcomes,
-           source.generator->Simulate(
-               region, {{plan, 0, Planner::SampleSeed(source.seed, entry.id, plan, 0),
-                         Planner::SharedSeed(source.seed, entry.id, 0)}}));
+           source.generator->Simulate(region, {Planner::Request(source.seed, entry.id, plan, 0)}));
   return std::make_pair(std::move(region), std::move(outcomes.front()));
 }
 

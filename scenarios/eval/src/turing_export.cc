@@ -343,9 +343,7 @@ Expected<std::vector<PatientVolumes>> SimulateVolumes(
     const CohortEntry& entry = entries[p];
     MEWM_TRY(const PatientCase patient, LoadPatient(entry));
     MEWM_TRY(const Outcome truth, LoadAdministeredOutcome(entry, actions));
-    const SimulationRequest request{truth.plan, 0,
-                                    Planner::SampleSeed(options.seed, entry.id, truth.plan, 0),
-                                    Planner::SharedSeed(options.seed, entry.id, 0)};
+    const SimulationRequest request = Planner::Request(options.seed, entry.id, truth.plan, 0);
     auto simulated = model.Simulate(patient, {request});
     if (!simulated) return simulated.error().WithContext("patient '" + entry.id + "'");
     if (simulated->size() != 1) {

@@ -71,6 +71,12 @@ std::uint64_t Planner::SharedSeed(std::uint64_t run_seed, const std::string& pat
   return seed == 0 ? 1 : seed;
 }
 
+SimulationRequest Planner::Request(std::uint64_t run_seed, const std::string& patient_id,
+                                   const mewm::Plan& plan, int sample_index) {
+  return {plan, sample_index, SampleSeed(run_seed, patient_id, plan, sample_index),
+          SharedSeed(run_seed, patient_id, sample_index)};
+}
+
 Expected<Planner> Planner::Create(const PlannerSpec& spec, const ActionBase& actions,
                                   const std::string& protocol,
                                   const std::vector<std::string>& require,

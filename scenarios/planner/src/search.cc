@@ -80,8 +80,7 @@ Expected<std::vector<CandidateScore>> Search::Evaluate(const std::vector<Plan>& 
       }
       pending_.insert(key);
       all_hit[p] = false;
-      requests.push_back({plans[p], s, Planner::SampleSeed(run_seed_, patient_.id, plans[p], s),
-                          Planner::SharedSeed(run_seed_, patient_.id, s)});
+      requests.push_back(Planner::Request(run_seed_, patient_.id, plans[p], s));
     }
   }
   for (std::size_t begin = 0; begin < requests.size(); begin += std::size_t(spec_.max_batch)) {

@@ -574,9 +574,7 @@ struct Runner::Impl {
     const PatientCase& patient = searched.patient;
     // The chosen plan's outcome on the full lattice: sample 0, the same seed the search used.
     const CandidateScore& best = searched.decision.best;
-    const SimulationRequest request{best.plan, 0,
-                                    Planner::SampleSeed(spec.seed, patient.id, best.plan, 0),
-                                    Planner::SharedSeed(spec.seed, patient.id, 0)};
+    const SimulationRequest request = Planner::Request(spec.seed, patient.id, best.plan, 0);
     MEWM_TRY(std::vector<Outcome> outcomes, dynamics->Simulate(patient, {request}));
     MEWM_RETURN_IF_ERROR(CheckOutcome(outcomes.front(), request, patient));
     const Expected<double> median_or = best.curve.MedianMonths();

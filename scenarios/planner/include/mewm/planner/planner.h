@@ -131,6 +131,11 @@ class Planner {
   /// The shared seed of (run, patient, sample): the same simulated patient for every plan.
   static std::uint64_t SharedSeed(std::uint64_t run_seed, const std::string& patient_id,
                                   int sample_index);
+  /// The planner's request for sample `sample_index` of `plan`, seeded with SampleSeed and
+  /// SharedSeed: what an evaluation, an export or the run's chosen outcome asks a dynamics model
+  /// for to reproduce the outcome the planner scored.
+  static SimulationRequest Request(std::uint64_t run_seed, const std::string& patient_id,
+                                   const mewm::Plan& plan, int sample_index);
 
  private:
   Planner(const PlannerSpec& spec, const ActionBase& actions, std::string protocol,
