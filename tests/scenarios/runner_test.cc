@@ -522,6 +522,18 @@ TEST_F(RunnerTest, ComparePlanRunsPairsTheSamePatients) {
   EXPECT_NE(different.error().message.find("different cohorts"), std::string::npos)
       << different.error().message;
   EXPECT_NE(different.error().message.find(id), std::string::npos);
+  // A truth whose optimal plan has no risk is corrupt, not a crash.
+  other["patients"][id]["plan_risks"].erase(
+      other["patients"][id]["optimal_plan"].get<std::string>());
+  write_json(dir_.File("cohort-copy/truth/truth.json"), other);
+  for (const auto& corrupt : {ComparePlanRuns(dir_.File("out"), dir_.File("b")),
+                              ComparePlanRuns(dir_.File("b"), dir_.File("out"))}) {
+    ASSERT_FALSE(corrupt);
+    EXPECT_EQ(corrupt.error().code, ErrorCode::kCorruptData);
+    EXPECT_NE(corrupt.error().message.find("has no risk"), std::string::npos)
+        << corrupt.error().message;
+  }
+  EXPECT_EQ(EvaluatePlans(dir_.File("b")).error().code, ErrorCode::kCorruptData);
 
   // No patient finished by both runs.
   summary["run"]["cohort"] = cohort;

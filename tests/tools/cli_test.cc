@@ -1685,6 +1685,17 @@ TEST_F(CliTest, PolicyTrainEvaluateAndPlanWithTheVlmWithoutReadingTheTruth) {
     EXPECT_EQ(p.at("invalid_plans"), 0);
     EXPECT_EQ(p.at("plans_checked"), 30);
   }
+  // A truth file whose optimal plan has no risk is reported as corrupt, not a crash.
+  const std::string corrupt = dir_.File("pc-corrupt");
+  std::filesystem::copy(cohort, corrupt, std::filesystem::copy_options::recursive);
+  nlohmann::json truth = nlohmann::json::parse(ReadText(corrupt + "/truth/truth.json"));
+  nlohmann::json& first = truth.at("patients").at("P0001");
+  first.at("plan_risks").erase(first.at("optimal_plan").get<std::string>());
+  std::ofstream(corrupt + "/truth/truth.json") << truth.dump();
+  r = RunMewm("eval policy --quiet --cohort " + corrupt + " --checkpoint " + model);
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("has no risk"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("truth.json"), std::string::npos) << r.output;
 
   std::ofstream(dir_.File("vlm.toml"))
       << "[run]\nname = \"vlm\"\nseed = 1\n[cohort]\nsource = \"synthetic\"\nn = 6\nseed = 11\n"

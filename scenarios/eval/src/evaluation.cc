@@ -61,8 +61,8 @@ namespace {
 /// the optimal plan and the true risk of every valid plan.
 struct PlanRow {
   std::string id;
-  Plan chosen, first_choice, optimal;
-  std::map<std::string, double> risks;
+  Plan chosen, first_choice;
+  TrueRisks truth;
 };
 
 /// A run's finished patients and the counters of its summary (the methods are left empty).
@@ -97,14 +97,11 @@ Expected<RunRows> ReadRunRows(const std::string& run_dir) {
       }
       PlanRow row;
       row.id = p.at("patient_id").get<std::string>();
-      const json& t = truth.at("patients").at(row.id);
       row.chosen = PlanOf(p.at("plan").get<std::string>());
       row.first_choice = PlanOf(p.at("proposal").value("first_choice", ""));
-      row.optimal = PlanOf(t.at("optimal_plan").get<std::string>());
+      row.truth = TrueRisksOf(truth.at("patients").at(row.id));
       if (p.contains("counters"))
         eval.simulations_per_patient += p["counters"].value("simulations", 0.0);
-      for (const auto& [plan, risk] : t.at("plan_risks").items())
-        row.risks[plan] = risk.get<double>();
       run.rows.push_back(std::move(row));
     }
   } catch (const std::exception& e) {
@@ -123,14 +120,14 @@ Expected<RunRows> ReadRunRows(const std::string& run_dir) {
 /// Scores `plan` for a patient into `acc`: item agreement with the optimum and the regret.
 /// kInvalidArgument when the plan is not one of the cohort's valid plans.
 Status ScorePlan(Accumulator& acc, const PlanRow& r, const Plan& plan) {
-  const double opt = r.risks.at(r.optimal.ToString());
-  auto it = r.risks.find(plan.ToString());
-  if (it == r.risks.end()) {
+  const double opt = r.truth.risks.at(r.truth.optimal.ToString());
+  auto it = r.truth.risks.find(plan.ToString());
+  if (it == r.truth.risks.end()) {
     return MakeError(
         ErrorCode::kInvalidArgument,
         "patient '" + r.id + "': plan " + plan.ToString() + " is not a valid plan of the cohort");
   }
-  acc.Add(ComparePlanItems(plan, r.optimal), it->second - opt, it->second / opt);
+  acc.Add(ComparePlanItems(plan, r.truth.optimal), it->second - opt, it->second / opt);
   acc.regrets.push_back(it->second - opt);
   return {};
 }
@@ -143,7 +140,7 @@ Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir) {
   const std::vector<PlanRow>& rows = run.rows;
 
   std::map<std::string, int> optimal_counts;
-  for (const PlanRow& r : rows) ++optimal_counts[r.optimal.ToString()];
+  for (const PlanRow& r : rows) ++optimal_counts[r.truth.optimal.ToString()];
 
   Accumulator pipeline("pipeline"), random("random valid plan"), majority("majority plan"),
       guideline("guideline first choice");
@@ -157,16 +154,16 @@ Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir) {
     std::string best;
     int best_count = 0;
     for (const auto& [plan, count] : optimal_counts) {
-      const int c = count - (plan == r.optimal.ToString() ? 1 : 0);
+      const int c = count - (plan == r.truth.optimal.ToString() ? 1 : 0);
       if (c > best_count) best = plan, best_count = c;
     }
     if (majority_available) MEWM_RETURN_IF_ERROR(ScorePlan(majority, r, PlanOf(best)));
     // Random: the exact expectation over every valid plan.
-    const double opt = r.risks.at(r.optimal.ToString());
-    const double w = 1.0 / double(r.risks.size());
+    const double opt = r.truth.risks.at(r.truth.optimal.ToString());
+    const double w = 1.0 / double(r.truth.risks.size());
     double mean_regret = 0.0;
-    for (const auto& [plan, risk] : r.risks) {
-      random.Add(ComparePlanItems(PlanOf(plan), r.optimal), risk - opt, risk / opt, w);
+    for (const auto& [plan, risk] : r.truth.risks) {
+      random.Add(ComparePlanItems(PlanOf(plan), r.truth.optimal), risk - opt, risk / opt, w);
       mean_regret += w * (risk - opt);
     }
     random.regrets.push_back(mean_regret);
@@ -245,7 +242,8 @@ Expected<PlanRunComparison> ComparePlanRuns(const std::string& run_a, const std:
       continue;
     }
     const PlanRow& rb = *it->second;
-    if (ra.optimal.ToString() != rb.optimal.ToString() || ra.risks != rb.risks) {
+    if (ra.truth.optimal.ToString() != rb.truth.optimal.ToString() ||
+        ra.truth.risks != rb.truth.risks) {
       return MakeError(ErrorCode::kInvalidArgument, "runs '" + run_a + "' and '" + run_b +
                                                         "' planned different cohorts: patient '" +
                                                         ra.id + "' has other true plan risks in '" +
@@ -256,8 +254,8 @@ Expected<PlanRunComparison> ComparePlanRuns(const std::string& run_a, const std:
     MEWM_RETURN_IF_ERROR(ScorePlan(acc_b, rb, rb.chosen));
     const double d = acc_a.regrets.back() - acc_b.regrets.back();
     regret_diff.push_back(d);
-    f1_diff.push_back(ComparePlanItems(ra.chosen, ra.optimal).f1 -
-                      ComparePlanItems(rb.chosen, rb.optimal).f1);
+    f1_diff.push_back(ComparePlanItems(ra.chosen, ra.truth.optimal).f1 -
+                      ComparePlanItems(rb.chosen, rb.truth.optimal).f1);
     if (d > 0.0) {
       ++c.a_worse;
     } else if (d < 0.0) {

@@ -5,8 +5,10 @@
 // plan strings of result and truth files, and one method's running scores.
 #pragma once
 
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -25,6 +27,26 @@ inline Plan PlanOf(const std::string& text) {
   std::string item;
   while (std::getline(in, item, '+')) items.push_back(item);
   return Plan(items);
+}
+
+/// A patient's entry of the cohort's truth.json: the optimal plan and the true risk of every
+/// valid plan.
+struct TrueRisks {
+  Plan optimal;
+  std::map<std::string, double> risks;
+};
+
+/// Reads a patient's entry of truth.json. Throws (the json's exceptions, or std::runtime_error when
+/// the optimal plan has no risk); the callers report kCorruptData naming the file.
+inline TrueRisks TrueRisksOf(const nlohmann::json& t) {
+  TrueRisks truth;
+  truth.optimal = PlanOf(t.at("optimal_plan").get<std::string>());
+  for (const auto& [plan, risk] : t.at("plan_risks").items())
+    truth.risks[plan] = risk.get<double>();
+  if (truth.risks.count(truth.optimal.ToString()) == 0) {
+    throw std::runtime_error("the optimal plan " + truth.optimal.ToString() + " has no risk");
+  }
+  return truth;
 }
 
 /// Accumulates one method's per-patient results.

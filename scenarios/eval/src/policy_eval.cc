@@ -66,11 +66,6 @@ struct PatientRow {
 };
 
 /// One patient's truth: the optimal plan and every valid plan's risk.
-struct PatientTruth {
-  Plan optimal;
-  std::map<std::string, double> risks;
-};
-
 /// Asks every policy and the guideline about one patient, seeing only what a planning run sees,
 /// and measures the findings the policies' stated findings are scored against.
 Expected<PatientRow> AnswerPatient(
@@ -117,21 +112,15 @@ Expected<PatientRow> AnswerPatient(
 }
 
 /// Reads the cohort's truth file for the patients of `rows`, in their order.
-Expected<std::vector<PatientTruth>> ReadTruths(const std::string& cohort_dir,
-                                               const std::vector<PatientRow>& rows) {
+Expected<std::vector<TrueRisks>> ReadTruths(const std::string& cohort_dir,
+                                            const std::vector<PatientRow>& rows) {
   MEWM_TRY(const std::string truth_path, SyntheticTruthPath(cohort_dir));
   MEWM_TRY(const std::string truth_text, ReadFile(truth_path));
-  std::vector<PatientTruth> truths;
+  std::vector<TrueRisks> truths;
   try {
     const json truth = json::parse(truth_text);
     for (const PatientRow& r : rows) {
-      const json& t = truth.at("patients").at(r.id);
-      PatientTruth tr;
-      tr.optimal = PlanOf(t.at("optimal_plan").get<std::string>());
-      for (const auto& [plan, risk] : t.at("plan_risks").items()) {
-        tr.risks[plan] = risk.get<double>();
-      }
-      truths.push_back(std::move(tr));
+      truths.push_back(TrueRisksOf(truth.at("patients").at(r.id)));
     }
   } catch (const std::exception& e) {
     return MakeError(ErrorCode::kCorruptData, "'" + truth_path + "': " + e.what());
@@ -140,7 +129,7 @@ Expected<std::vector<PatientTruth>> ReadTruths(const std::string& cohort_dir,
 }
 
 /// The true risk of plan `p` for a patient, or an error naming `who` when it is not a valid plan.
-Expected<double> RiskOf(const PatientTruth& t, const Plan& p, const std::string& who,
+Expected<double> RiskOf(const TrueRisks& t, const Plan& p, const std::string& who,
                         const std::string& id) {
   const auto it = t.risks.find(p.ToString());
   if (it == t.risks.end()) {
@@ -162,7 +151,7 @@ double Recall(const std::vector<Plan>& order, const Plan& optimal, std::size_t k
 /// Scores policy `p` over all patients: its first plan, recall, validity, time and findings.
 Expected<PolicyScores> ScorePolicy(std::size_t p, const std::string& name,
                                    const std::vector<PatientRow>& rows,
-                                   const std::vector<PatientTruth>& truths,
+                                   const std::vector<TrueRisks>& truths,
                                    const policy::PlanGrammar& grammar, const ActionBase& actions,
                                    const PolicyEvalOptions& options, int n) {
   PolicyScores ps;
@@ -171,7 +160,7 @@ Expected<PolicyScores> ScorePolicy(std::size_t p, const std::string& name,
   FindingsScores& f = ps.findings;
   for (std::size_t r = 0; r < rows.size(); ++r) {
     const PolicyAnswer& a = rows[r].answers[p];
-    const PatientTruth& t = truths[r];
+    const TrueRisks& t = truths[r];
     const double opt = t.risks.at(t.optimal.ToString());
     std::vector<Plan> order;
     for (const policy::RankedPlan& rp : a.plans) {
@@ -212,17 +201,17 @@ Expected<PolicyScores> ScorePolicy(std::size_t p, const std::string& name,
 
 /// Scores the baselines into `eval`: the guideline's first choice (and its recall), the majority
 /// optimal plan of the other patients (from 3 patients on), and a random valid plan.
-Status ScoreBaselines(const std::vector<PatientRow>& rows, const std::vector<PatientTruth>& truths,
+Status ScoreBaselines(const std::vector<PatientRow>& rows, const std::vector<TrueRisks>& truths,
                       int n, PolicyEvaluation& eval) {
   std::map<std::string, int> optimal_counts;
-  for (const PatientTruth& t : truths) ++optimal_counts[t.optimal.ToString()];
+  for (const TrueRisks& t : truths) ++optimal_counts[t.optimal.ToString()];
   Accumulator random(""), majority(""), guideline_first("");
   random.s.method = "random valid plan";
   majority.s.method = "majority plan";
   guideline_first.s.method = "guideline first choice";
   const bool majority_available = n >= 3;
   for (std::size_t r = 0; r < rows.size(); ++r) {
-    const PatientTruth& t = truths[r];
+    const TrueRisks& t = truths[r];
     const double opt = t.risks.at(t.optimal.ToString());
     MEWM_TRY(const double g_risk, RiskOf(t, rows[r].guideline_first, "guideline", rows[r].id));
     guideline_first.Add(ComparePlanItems(rows[r].guideline_first, t.optimal), g_risk - opt,
@@ -284,7 +273,7 @@ Expected<PolicyEvaluation> EvaluatePolicies(
   }
 
   // 2. Only now the truth.
-  MEWM_TRY(const std::vector<PatientTruth> truths, ReadTruths(options.cohort_dir, rows));
+  MEWM_TRY(const std::vector<TrueRisks> truths, ReadTruths(options.cohort_dir, rows));
 
   PolicyEvaluation eval;
   eval.cohort_dir = options.cohort_dir;
