@@ -549,8 +549,15 @@ TEST_F(RunnerTest, ComparePlanRunsPairsTheSamePatients) {
   EXPECT_EQ(disjoint.error().code, ErrorCode::kInvalidArgument);
   EXPECT_NE(disjoint.error().message.find("no finished patient in common"), std::string::npos)
       << disjoint.error().message;
-  // A run that is not there.
+  // A run that is not there, and a run whose summary is cut short.
   EXPECT_FALSE(ComparePlanRuns(dir_.File("out"), dir_.File("nowhere")));
+  const std::string text = summary.dump(1);
+  std::ofstream(dir_.File("b/summary.json")) << text.substr(0, text.size() / 2);
+  auto truncated = ComparePlanRuns(dir_.File("out"), dir_.File("b"));
+  ASSERT_FALSE(truncated);
+  EXPECT_EQ(truncated.error().code, ErrorCode::kCorruptData);
+  EXPECT_NE(truncated.error().message.find("summary.json"), std::string::npos)
+      << truncated.error().message;
 }
 
 TEST_F(RunnerTest, MajorityBaselineNeedsTwoOtherPatients) {
