@@ -12,6 +12,8 @@
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <utility>
+#include <vector>
 
 #include "../core/test_env.h"
 #include "mewm/core/file_util.h"
@@ -931,6 +933,29 @@ TEST_F(DiffusionTest, TrainingResumesFromItsState) {
   EXPECT_TRUE(std::isfinite(second->ae_val_residual_rel));
   EXPECT_EQ(steps_seen, 2);
   EXPECT_TRUE(fs::exists(o.out));
+}
+
+TEST_F(DiffusionTest, TrainsOnPairsMovedInBesideAValidationSplit) {
+  // The CLI moves its training pairs in and the trainer drops their full-precision crops once it
+  // has stacked them: what it records and scores afterwards must not read them.
+  DiffusionTrainOptions o = TinyTraining(21, 3, 2, 3);
+  o.out = (dir_->path() / "split.pt").string();
+  std::vector<DiffusionPair> train = Pairs(o.config);
+  const std::vector<DiffusionPair> validation(train.end() - 4, train.end());
+  train.resize(train.size() - 4);
+  auto report = TrainDiffusion(std::move(train), validation, o, {});
+  ASSERT_TRUE(report) << report.error().ToString();
+  ASSERT_EQ(report->guidance_scores.size(), o.guidance_grid.size());
+  for (const GuidanceScore& g : report->guidance_scores) {
+    EXPECT_TRUE(std::isfinite(g.residual_mae_ml)) << g.guidance;
+  }
+  DiffusionBackendOptions b = Options();
+  b.model_path = o.out;
+  auto model = CreateDiffusionDynamics(b);
+  ASSERT_TRUE(model) << model.error().ToString();
+  const nlohmann::json training = nlohmann::json::parse((*model)->metadata_json()).at("training");
+  EXPECT_EQ(training.at("train_pairs"), 8);
+  EXPECT_EQ(training.at("validation_pairs"), 4);
 }
 
 TEST_F(DiffusionTest, MachineTuringTestSeparatesDifferentCropsOnly) {

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <utility>
 
 #include "commands.h"
 #include "mewm/core/file_util.h"
@@ -271,7 +272,7 @@ Action AddTrainDynamics(CLI::App& train_app) {
         std::fflush(stdout);
       }
     };
-    auto report = dynamics::TrainDiffusion(pairs->train, pairs->val, options, progress);
+    auto report = dynamics::TrainDiffusion(std::move(pairs->train), pairs->val, options, progress);
     if (bar) bar->Finish();
     if (!report) return Fail(report.error());
     PrintTrainReport(*report, o->out);
