@@ -738,6 +738,37 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
     }
   }
   EXPECT_NE(r.output.find("item effects within patients"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("patient level"), std::string::npos) << r.output;
+  // Per patient, in cohort order: the patients' errors average to the method's (3 plans each),
+  // and the truth is the same whichever method.
+  const auto& truth_rows = eval.at("methods").front().at("per_patient");
+  for (const auto& m : eval.at("methods")) {
+    const auto& rows = m.at("per_patient");
+    ASSERT_EQ(rows.size(), 3u) << m.dump();
+    double mae = 0.0, bias = 0.0, level = 0.0, within = 0.0;
+    for (std::size_t p = 0; p < rows.size(); ++p) {
+      level += std::abs(rows[p].at("residual_bias_ml").get<double>()) / 3.0;
+      within += rows[p].at("residual_within_mae_ml").get<double>() / 3.0;
+      EXPECT_EQ(rows[p].at("id"), "P000" + std::to_string(p + 1));
+      EXPECT_GE(rows[p].at("lesion_crops").get<int>(), 1);
+      EXPECT_EQ(rows[p].at("true_residual_ml"), truth_rows[p].at("true_residual_ml"));
+      EXPECT_GE(rows[p].at("residual_mae_ml").get<double>(),
+                std::abs(rows[p].at("residual_bias_ml").get<double>()) - 1e-9);
+      mae += rows[p].at("residual_mae_ml").get<double>() / 3.0;
+      bias += rows[p].at("residual_bias_ml").get<double>() / 3.0;
+    }
+    EXPECT_NEAR(mae, m.at("residual_mae_ml").get<double>(), 1e-9) << m.dump();
+    EXPECT_NEAR(bias, m.at("residual_bias_ml").get<double>(), 1e-9) << m.dump();
+    EXPECT_NEAR(level, m.at("residual_patient_level_ml").get<double>(), 1e-9) << m.dump();
+    EXPECT_NEAR(within, m.at("residual_within_patient_ml").get<double>(), 1e-9) << m.dump();
+    EXPECT_LE(m.at("residual_mae_ml").get<double>(), level + within + 1e-9) << m.dump();
+    if (m.at("method") == "complete response") {
+      // No residual anywhere: the error is the truth, all of it under.
+      EXPECT_NEAR(rows[0].at("residual_bias_ml").get<double>(),
+                  -rows[0].at("true_residual_ml").get<double>(), 1e-9);
+      EXPECT_TRUE(rows[0].at("spearman").is_null());
+    }
+  }
   // Two samples per plan, seeded as the planner's: the residual figures read their mean, the
   // images the first sample, which is the one-sample run's; the deterministic baselines and the
   // ceiling draw one each and score as before.

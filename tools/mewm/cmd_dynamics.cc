@@ -346,7 +346,9 @@ Action AddEvalDynamics(CLI::App& eval_app, const BackendRegistry& backends) {
                   "mean, the images the first")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
-  sub->add_flag("--json", o->json, "Print the numbers as JSON on stdout instead of the table");
+  sub->add_flag("--json", o->json,
+                "Print the numbers as JSON on stdout instead of the table (with each patient's "
+                "residual figures)");
   sub->add_option("--json-out", o->json_out, "Also write the numbers as JSON to this file");
   sub->add_flag("--quiet", o->quiet, "No progress bar");
   return [o, sub, &backends]() -> int {

@@ -126,6 +126,30 @@ struct MethodCases {
   double seconds = 0.0;
 };
 
+/// Each patient's residual figures from the per-case series (cases in patient order, each
+/// patient's plans together); `ids` and `lesion_crops` per patient.
+std::vector<PatientFidelity> PerPatient(const MethodCases& c, const std::vector<std::string>& ids,
+                                        const std::vector<int>& lesion_crops) {
+  std::vector<PatientFidelity> out;
+  std::size_t k = 0;  // the patient's first case
+  for (std::size_t p = 0; p < c.pred_ml.size(); ++p) {
+    const std::size_t n = c.pred_ml[p].size();
+    const auto of_patient = [&](const std::vector<double>& per_case) {
+      return std::vector<double>(per_case.begin() + std::ptrdiff_t(k),
+                                 per_case.begin() + std::ptrdiff_t(k + n));
+    };
+    const std::vector<double> diff = of_patient(c.residual_diff);
+    const double bias = Mean(diff);
+    std::vector<double> within;
+    for (const double d : diff) within.push_back(std::abs(d - bias));
+    out.push_back({ids[p], lesion_crops[p], Mean(c.true_ml[p]), Mean(of_patient(c.residual_abs)),
+                   bias, Mean(within), Mean(of_patient(c.residual_spread)),
+                   Spearman(c.pred_ml[p], c.true_ml[p])});
+    k += n;
+  }
+  return out;
+}
+
 /// Mean over patients of Spearman(pred, true) across plans: patients whose truth is constant are
 /// left out (nothing to rank), a constant prediction counts as 0.
 double MeanSpearman(const std::vector<std::vector<double>>& pred,
@@ -247,6 +271,7 @@ Status ScorePatient(const std::vector<Outcome>& simulated, int samples,
 /// One method's metrics over every case; the plan-sensitivity control shuffles each patient's
 /// predictions across plans with `rng`.
 DynamicsMetrics Summarize(const std::string& method, const MethodCases& c, bool has_image,
+                          const std::vector<std::string>& ids, const std::vector<int>& lesion_crops,
                           std::mt19937_64& rng) {
   DynamicsMetrics r;
   r.method = method;
@@ -264,6 +289,12 @@ DynamicsMetrics Summarize(const std::string& method, const MethodCases& c, bool 
   r.hu_mae = Mean(c.hu);
   r.seconds = c.seconds;
   r.item_effects = ItemEffects(c);
+  r.per_patient = PerPatient(c, ids, lesion_crops);
+  for (std::size_t p = 0; p < r.per_patient.size(); ++p) {
+    const double share = double(c.pred_ml[p].size()) / double(std::max(r.cases, 1));
+    r.residual_patient_level_ml += std::abs(r.per_patient[p].residual_bias_ml) * share;
+    r.residual_within_patient_ml += r.per_patient[p].residual_within_mae_ml * share;
+  }
   // Plan sensitivity, and a control with each patient's predictions shuffled across plans.
   r.spearman = MeanSpearman(c.pred_ml, c.true_ml, &r.spearman_patients, &r.spearman_constant);
   if (!std::isnan(r.spearman) && r.spearman_constant < r.spearman_patients) {
@@ -308,6 +339,8 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
   std::vector<MethodCases> cases(all.size());
   std::vector<DenseFloat> real_crops;
   std::vector<int> real_patient;
+  std::vector<std::string> ids;
+  std::vector<int> lesion_crops;
   DynamicsEvaluation eval;
   eval.cohort_dir = cohort_dir;
   eval.samples = samples;
@@ -324,6 +357,8 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
     MEWM_TRY(const PatientCase patient, LoadPatient(entry));
     MEWM_TRY(const PatientCase region, TumorRegion(patient, 6.0));
     MEWM_TRY(const auto crops, dynamics::LesionCrops(patient, crop_config));
+    ids.push_back(entry.id);
+    lesion_crops.push_back(int(crops.size()));
     std::vector<SimulationRequest> requests;  // sample-major, as ScorePatient reads them
     for (int t = 0; t < samples; ++t) {
       for (const PlanOutcomeFile& file : listed->second) {
@@ -366,7 +401,8 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
   std::mt19937_64 rng(DeriveSeed(seed, "spearman-shuffle"));
   for (std::size_t m = 0; m < all.size(); ++m) {
     MethodCases& c = cases[m];
-    DynamicsMetrics r = Summarize(all[m].first, c, all[m].second != &complete, rng);
+    DynamicsMetrics r =
+        Summarize(all[m].first, c, all[m].second != &complete, ids, lesion_crops, rng);
     if (turing && r.has_image) {
       std::vector<int> groups = real_patient;
       groups.insert(groups.end(), c.crop_patient.begin(), c.crop_patient.end());
@@ -418,16 +454,27 @@ std::string DynamicsEvaluation::FormatTable() const {
       "either viable mask (fraction >= 0.5) is non-empty, n cases, empty = both empty; Spearman: "
       "mean over the n patients whose true residual varies across plans, a constant prediction "
       "counting 0; Turing folds and CI grouped by patient\n";
+  // One line per method with two of its figures (`format` names them).
+  const auto per_method = [&](const char* format, double DynamicsMetrics::*a,
+                              double DynamicsMetrics::*b) {
+    for (const DynamicsMetrics& m : methods) {
+      std::snprintf(line, sizeof line, format, m.method.c_str(), m.*a, m.*b);
+      out += line;
+    }
+  };
+  out +=
+      "residual error by patient: the mean |bias| of each patient's level over its plans, and "
+      "the mean error within patients once that level is removed:\n";
+  per_method("  %-18s patient level %.2f mL, within patients %.2f mL\n",
+             &DynamicsMetrics::residual_patient_level_ml,
+             &DynamicsMetrics::residual_within_patient_ml);
   if (samples > 1) {
     out += "with " + std::to_string(samples) +
            " samples per plan: residual, Spearman and item effects read the mean of a plan's "
            "samples (the baselines and the ceiling are deterministic: one each), the images "
            "(Dice, mask, HU, Turing) its first sample. Single samples:\n";
-    for (const DynamicsMetrics& m : methods) {
-      std::snprintf(line, sizeof line, "  %-18s residual MAE %.2f mL, SD across samples %.2f mL\n",
-                    m.method.c_str(), m.residual_mae_single_ml, m.residual_spread_ml);
-      out += line;
-    }
+    per_method("  %-18s residual MAE %.2f mL, SD across samples %.2f mL\n",
+               &DynamicsMetrics::residual_mae_single_ml, &DynamicsMetrics::residual_spread_ml);
   }
   out +=
       "item effects within patients (plans with the item minus plans without), predicted / true: "
@@ -464,6 +511,8 @@ std::string DynamicsEvaluation::ToJson() const {
                         {"residual_rel_error_median", m.residual_rel_error},
                         {"residual_mae_single_ml", m.residual_mae_single_ml},
                         {"residual_sample_sd_ml", m.residual_spread_ml},
+                        {"residual_patient_level_ml", m.residual_patient_level_ml},
+                        {"residual_within_patient_ml", m.residual_within_patient_ml},
                         {"dice", m.dice},
                         {"dice_cases", m.dice_cases},
                         {"empty_both", m.empty_both},
@@ -486,6 +535,17 @@ std::string DynamicsEvaluation::ToJson() const {
         item["true_lipiodol_coverage"] = effect.true_lipiodol_coverage;
       }
       e["item_effects"].push_back(item);
+    }
+    e["per_patient"] = nlohmann::json::array();
+    for (const PatientFidelity& p : m.per_patient) {
+      e["per_patient"].push_back({{"id", p.id},
+                                  {"lesion_crops", p.lesion_crops},
+                                  {"true_residual_ml", p.true_residual_ml},
+                                  {"residual_mae_ml", p.residual_mae_ml},
+                                  {"residual_bias_ml", p.residual_bias_ml},
+                                  {"residual_within_mae_ml", p.residual_within_mae_ml},
+                                  {"residual_sample_sd_ml", p.residual_spread_ml},
+                                  {"spearman", num(p.spearman)}});
     }
     if (m.has_turing) {
       e["turing"] = {{"auc", m.turing.auc},

@@ -55,6 +55,20 @@ struct ItemEffect {
   double lipiodol_coverage = 0.0, true_lipiodol_coverage = 0.0;
 };
 
+/// One patient's residual figures for one method, over the patient's plans (the residual read as
+/// in DynamicsMetrics: the mean over a plan's samples). Which patients carry a method's error.
+struct PatientFidelity {
+  std::string id;
+  int lesion_crops = 0;           ///< the crops a diffusion backend generates (large lesions tile)
+  double true_residual_ml = 0.0;  ///< the true residual, mean over the patient's plans
+  double residual_mae_ml = 0.0, residual_bias_ml = 0.0;
+  /// mean |(pred - true) - residual_bias_ml| over the plans: the error left once the patient's
+  /// level is right, which is what ranking the patient's plans sees
+  double residual_within_mae_ml = 0.0;
+  double residual_spread_ml = 0.0;  ///< the residual's SD across samples, mean over the plans
+  double spearman = 0.0;  ///< Spearman(pred, true) across the plans; NaN when either is constant
+};
+
 /// Fidelity of one dynamics method against the mechanistic truth, over (patient, plan) cases.
 /// "Residual" is the integrated viable fraction (what survival reads, ViableVolumeMl); "mask" is
 /// the viable mask thresholded at 0.5, which is empty for many true partial responses. `pred` is
@@ -68,6 +82,10 @@ struct DynamicsMetrics {
   double residual_rel_error = 0.0;      ///< median |pred - true| / max(true, 1 mL) of the residual
   double residual_mae_single_ml = 0.0;  ///< mean |sample - true| residual over every sample, mL
   double residual_spread_ml = 0.0;      ///< mean over cases of the residual's SD across samples
+  /// The residual error split by patient (PatientFidelity, weighted by plans): the mean |bias| of
+  /// each patient's level, and the mean error within patients once that level is removed.
+  /// residual_mae_ml <= the two summed.
+  double residual_patient_level_ml = 0.0, residual_within_patient_ml = 0.0;
   double dice = 0.0;         ///< mean mask Dice over cases where either mask is non-empty
   int dice_cases = 0;        ///< cases behind `dice`
   int empty_both = 0;        ///< cases where both masks are empty (left out of `dice`)
@@ -87,6 +105,7 @@ struct DynamicsMetrics {
   /// One entry per item that some patient's plans both hold and leave out, by item name. A
   /// planner on this method misjudges an item whose predicted effect differs from the true one.
   std::vector<ItemEffect> item_effects;
+  std::vector<PatientFidelity> per_patient;  ///< in cohort order
 };
 
 struct DynamicsEvaluation {
