@@ -133,6 +133,7 @@ std::string DiffusionConfig::ToJson() const {
   // Written only when distilled, so configs of undistilled checkpoints stay as they were.
   if (guidance_distilled != 1.0) j["guidance_distilled"] = guidance_distilled;
   if (lesion_size) j["lesion_size"] = true;  // likewise
+  if (clinical) j["clinical"] = true;
   if (!item_groups.empty()) j["item_groups"] = item_groups;
   if (group_once) j["group_once"] = true;
   if (decoder_pre) j["decoder_pre"] = true;
@@ -167,6 +168,7 @@ Expected<DiffusionConfig> DiffusionConfig::FromJson(const std::string& text,
     c.items = j.at("items").get<std::vector<std::string>>();
     c.guidance_distilled = j.value("guidance_distilled", 1.0);
     c.lesion_size = j.value("lesion_size", false);
+    c.clinical = j.value("clinical", false);
     c.item_groups = j.value("item_groups", std::vector<std::string>{});
     c.group_once = j.value("group_once", false);
     c.decoder_pre = j.value("decoder_pre", false);
@@ -254,6 +256,11 @@ WorldBox Everywhere() {
 }  // namespace
 
 double LesionSizeFeature(double diameter_mm) { return std::log(std::max(diameter_mm, 1.0) / 35.0); }
+
+std::array<double, 3> ClinicalFeatures(const Covariates& covariates) {
+  return {std::log10(std::max(covariates.afp_ng_ml, 0.1)) - 1.5,
+          covariates.vascular_invasion ? 1.0 : 0.0, (covariates.age_years - 62.0) / 9.0};
+}
 
 Expected<std::vector<LesionTile>> LesionCrops(const PatientCase& patient,
                                               const DiffusionConfig& config) {

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -93,8 +94,8 @@ std::vector<DiffusionPair> Pairs(const DiffusionConfig& config) {
              {"Lipiodol+Epirubicin", 0.8}, {"Lipiodol+PVA", 0.3}}) {
       const PatientCase post = Phantom({{double(n % 3) * 3.0, 0, 0}}, (8.0 + n) * kept, 20.0);
       pairs.push_back({pre.id, P(plan), *ExtractChannels(pre.ct, pre.tumor, spec, config.window),
-                       *ExtractChannels(post.ct, post.tumor, spec, config.window),
-                       crop.diameter_mm});
+                       *ExtractChannels(post.ct, post.tumor, spec, config.window), crop.diameter_mm,
+                       pre.covariates});
     }
   }
   return pairs;
@@ -203,6 +204,20 @@ TEST_F(DiffusionTest, ConfigRoundTripsAndRejectsBadValues) {
   EXPECT_NEAR(LesionSizeFeature(35.0), 0.0, 1e-12);
   EXPECT_NEAR(LesionSizeFeature(70.0), std::log(2.0), 1e-12);
   EXPECT_TRUE(std::isfinite(LesionSizeFeature(0.0)));
+  // Likewise the clinical input, and its features.
+  EXPECT_FALSE(old.contains("clinical"));
+  EXPECT_FALSE(DiffusionConfig::FromJson(old.dump(), "v1.pt")->clinical);
+  DiffusionConfig clinical = c;
+  clinical.clinical = true;
+  EXPECT_TRUE(DiffusionConfig::FromJson(clinical.ToJson(), "c.pt")->clinical);
+  Covariates typical;
+  typical.afp_ng_ml = std::pow(10.0, 1.5);
+  typical.age_years = 62;
+  EXPECT_EQ(ClinicalFeatures(typical), (std::array<double, 3>{0.0, 0.0, 0.0}));
+  typical.afp_ng_ml = 0.0;  // no AFP reads as 0.1 ng/mL, finite
+  typical.vascular_invasion = true;
+  typical.age_years = 80;
+  EXPECT_EQ(ClinicalFeatures(typical), (std::array<double, 3>{-2.5, 1.0, 2.0}));
   // A texture model is written only when fitted, read back, and checked bin by bin.
   EXPECT_FALSE(old.contains("texture"));
   EXPECT_TRUE(DiffusionConfig::FromJson(old.dump(), "v1.pt")->texture.empty());
@@ -755,6 +770,38 @@ TEST_F(DiffusionTest, TheLesionSizeInputCanBeAddedByFineTuning) {
   ASSERT_FALSE(back);
   EXPECT_EQ(back.error().code, ErrorCode::kMismatch);
   EXPECT_NE(back.error().message.find("lesion_size"), std::string::npos) << back.error().message;
+}
+
+TEST_F(DiffusionTest, TheClinicalInputCanBeAddedByFineTuningAndTheOutcomeFollowsIt) {
+  // One image, two patients: another AFP, vascular invasion and age.
+  PatientCase low = Phantom({{0, 0, 0}}, 10.0), high = low;
+  low.covariates.afp_ng_ml = 3.0;
+  high.covariates.afp_ng_ml = 20000.0;
+  high.covariates.vascular_invasion = true;
+  high.covariates.age_years = 80;
+  const auto post_ct = [](DiffusionDynamics& model, const PatientCase& p) {
+    auto outcomes = model.Simulate(p, {{P("Lipiodol+PVA"), 0, 7, 0}});
+    EXPECT_TRUE(outcomes) << outcomes.error().ToString();
+    return outcomes ? outcomes->front().post_ct.ToDense().data : std::vector<float>{};
+  };
+  auto base = Model();
+  ASSERT_TRUE(base);
+  EXPECT_FALSE(base->config().clinical);
+  EXPECT_EQ(MaxDifference(post_ct(*base, low), post_ct(*base, high)), 0.0);  // blind to them
+  DiffusionConfig config = Tiny();
+  config.clinical = true;
+  const auto model = FineTuned(23, config, "clinical.pt");
+  ASSERT_TRUE(model);
+  EXPECT_TRUE(model->config().clinical);
+  EXPECT_GT(MaxDifference(post_ct(*model, low), post_ct(*model, high)), 0.0);
+  // Not the reverse: a model with the input cannot start one without it.
+  DiffusionTrainOptions t = TinyTraining(23, 10, 4, 100);
+  t.init_from = (dir_->path() / "clinical.pt").string();
+  t.out = (dir_->path() / "not_clinical.pt").string();
+  auto back = TrainDiffusion(Pairs(t.config), {}, t, {});
+  ASSERT_FALSE(back);
+  EXPECT_EQ(back.error().code, ErrorCode::kMismatch);
+  EXPECT_NE(back.error().message.find("clinical"), std::string::npos) << back.error().message;
 }
 
 TEST_F(DiffusionTest, DrugsOfOneGroupShareOneEmbedding) {

@@ -33,7 +33,8 @@ struct TrainDynamicsOptions {
   int ae_steps = 1500, denoiser_steps = 1500, decoder_steps = 0, ae_batch = 8, denoiser_batch = 12,
       threads = 0;
   double validation_fraction = 0.1;
-  bool lesion_size = false, drug_saturate = false, decoder_pre = false, texture = false;
+  bool lesion_size = false, clinical = false, drug_saturate = false, decoder_pre = false,
+       texture = false;
   bool quiet = false;
 };
 
@@ -80,6 +81,9 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                 "The plan embedding also reads the equivalent diameter of the lesion each crop "
                 "is centred on (a teacher distilled needs it too; --init-from may add it to a "
                 "checkpoint without it)");
+  sub->add_flag("--clinical", o->clinical,
+                "The plan embedding also reads the patient's AFP, vascular invasion and age "
+                "(--init-from may add them to a checkpoint without them)");
   sub->add_option("--drug-sharing", o->drug_sharing,
                   "Drugs that share one plan embedding: none, class (the action base's drug "
                   "classes) or all (every drug alike; drugs then differ only by what the survival "
@@ -174,7 +178,7 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
                               : " --distill-from " + o.distill_from + " --distill-guidance " +
                                     nlohmann::json(o.distill_guidance).dump()) +
       (o.init_from.empty() ? "" : " --init-from " + o.init_from) +
-      (o.lesion_size ? " --lesion-size" : "") +
+      (o.lesion_size ? " --lesion-size" : "") + (o.clinical ? " --clinical" : "") +
       (o.drug_sharing == "none" ? "" : " --drug-sharing " + o.drug_sharing) +
       (o.drug_saturate ? " --drug-saturate" : "") + (o.decoder_pre ? " --decoder-pre" : "") +
       (o.texture ? " --texture" : "");
@@ -248,6 +252,7 @@ Action AddTrainDynamics(CLI::App& train_app) {
     auto config = dynamics::DiffusionConfig::Preset(o->config, actions);
     if (!config) return Fail(config.error());
     config->lesion_size = o->lesion_size;
+    config->clinical = o->clinical;
     auto groups = dynamics::ItemGroups(actions, o->drug_sharing);
     if (!groups) return Fail(groups.error());
     config->item_groups = *groups;

@@ -45,13 +45,20 @@ Expected<torch::Tensor> PlansToMultiHot(const std::vector<Plan>& plans,
 }
 
 torch::Tensor PlanRows(const torch::Tensor& multi_hot, const std::vector<double>& diameters,
-                       const DiffusionConfig& config) {
-  if (!config.lesion_size) return multi_hot;
-  std::vector<float> size(std::size_t(multi_hot.size(0)));
-  for (std::size_t r = 0; r < size.size(); ++r) {
-    size[r] = float(LesionSizeFeature(diameters.size() == 1 ? diameters[0] : diameters[r]));
+                       const std::vector<Covariates>& covariates, const DiffusionConfig& config) {
+  const auto rows = std::size_t(multi_hot.size(0));
+  // One entry for all rows, or one per row.
+  const auto of_row = [](const auto& v, std::size_t r) { return v.size() == 1 ? v[0] : v[r]; };
+  std::vector<float> extra;
+  for (std::size_t r = 0; r < rows; ++r) {
+    if (config.lesion_size) extra.push_back(float(LesionSizeFeature(of_row(diameters, r))));
+    if (config.clinical) {
+      for (double x : ClinicalFeatures(of_row(covariates, r))) extra.push_back(float(x));
+    }
   }
-  return torch::cat({multi_hot, torch::tensor(size).view({-1, 1}).to(multi_hot.options())}, 1);
+  if (extra.empty()) return multi_hot;
+  const auto width = std::int64_t(extra.size() / rows);
+  return torch::cat({multi_hot, torch::tensor(extra).view({-1, width}).to(multi_hot.options())}, 1);
 }
 
 torch::Tensor Ddim(Denoiser& denoiser, torch::Tensor x, const torch::Tensor& context,
@@ -244,7 +251,8 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     const torch::Tensor row_index = torch::tensor(row_plan, torch::kLong).to(device_);
     const auto embed = [&](double diameter_mm) {
       counters_.plan_embeddings += std::int64_t(plans.size());
-      const torch::Tensor rows = nets::PlanRows(multi_hot, {diameter_mm}, config_);
+      const torch::Tensor rows =
+          nets::PlanRows(multi_hot, {diameter_mm}, {patient.covariates}, config_);
       return net_->denoiser->PlanEmbedding(rows.to(device_)).index_select(0, row_index);
     };
     torch::Tensor rows_plan = config_.lesion_size ? torch::Tensor() : embed(0.0);
@@ -524,6 +532,7 @@ Expected<std::unique_ptr<DiffusionDynamics>> CreateDiffusionDynamics(
     MEWM_TRY(expected, DiffusionConfig::Preset(options.config, options.actions));
     expected.guidance_distilled = stored.guidance_distilled;  // the weights', not the preset's
     expected.lesion_size = stored.lesion_size;                // likewise
+    expected.clinical = stored.clinical;                      // likewise
     expected.item_groups = stored.item_groups;                // likewise
     expected.group_once = stored.group_once;                  // likewise
     expected.decoder_pre = stored.decoder_pre;                // likewise

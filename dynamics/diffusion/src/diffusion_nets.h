@@ -206,6 +206,12 @@ class DenoiserImpl : public torch::nn::Module {
       size->weight.zero_();
       size->bias.zero_();
     }
+    if (c.clinical) {  // likewise
+      clinical = register_module("clinical", torch::nn::Linear(kClinicalColumns, e));
+      torch::NoGradGuard no_grad;
+      clinical->weight.zero_();
+      clinical->bias.zero_();
+    }
     conv_in = register_module("conv_in", Conv3d(2 * latent + 1, c0, 3));
     rb_in = register_module("rb_in", ResBlock(c0, c0, e));
     down = register_module("down", Conv3d(c0, c1, 3, 2));
@@ -224,7 +230,8 @@ class DenoiserImpl : public torch::nn::Module {
   /// mean embedding, and with DiffusionConfig::group_once a group counts once per plan), then an
   /// MLP. With DiffusionConfig::lesion_size each row has one more column, the crop's
   /// LesionSizeFeature, added inside the MLP (before its nonlinearity), so an item's effect can
-  /// depend on the lesion's size.
+  /// depend on the lesion's size; with DiffusionConfig::clinical three more, the patient's
+  /// ClinicalFeatures, added the same way.
   torch::Tensor PlanEmbedding(const torch::Tensor& rows) {
     const std::int64_t v = items->weight.size(0);
     const torch::Tensor& w = items->weight;
@@ -240,7 +247,9 @@ class DenoiserImpl : public torch::nn::Module {
       sum = (plan_items * ungrouped_.to(w.device())).matmul(w) + counts.matmul(mean.matmul(w));
     }
     torch::Tensor h = plan1(sum);
-    if (size) h = h + size(rows.slice(1, v, v + 1));
+    const std::int64_t after_size = size ? v + 1 : v;
+    if (size) h = h + size(rows.slice(1, v, after_size));
+    if (clinical) h = h + clinical(rows.slice(1, after_size, after_size + kClinicalColumns));
     return plan2(torch::silu(h));
   }
   /// x: [N, latent] noisy delta; context: [N, latent + 1] (pre latent, mask); t: [N] float
@@ -255,7 +264,9 @@ class DenoiserImpl : public torch::nn::Module {
     h = rb_up(torch::cat({h, h0}, 1), cond);
     return conv_out(torch::silu(norm_out(h)));
   }
-  torch::nn::Linear time1{nullptr}, time2{nullptr}, plan1{nullptr}, plan2{nullptr}, size{nullptr};
+  static constexpr std::int64_t kClinicalColumns = 3;  ///< ClinicalFeatures' size
+  torch::nn::Linear time1{nullptr}, time2{nullptr}, plan1{nullptr}, plan2{nullptr}, size{nullptr},
+      clinical{nullptr};
   torch::nn::Embedding items{nullptr};
   torch::Tensor null_plan;
   Conv3d conv_in{nullptr}, down{nullptr}, up{nullptr}, conv_out{nullptr};
@@ -372,11 +383,12 @@ torch::Tensor TextureBins(const TextureModel& texture, const torch::Tensor& pre_
 Expected<torch::Tensor> PlansToMultiHot(const std::vector<Plan>& plans,
                                         const std::vector<std::string>& vocabulary);
 
-/// The denoiser's plan rows (Denoiser::PlanEmbedding's input): `multi_hot` [P, V], with one more
-/// column holding LesionSizeFeature(diameters[p]) when config.lesion_size (`diameters` has one
-/// entry per row, or one for all rows).
+/// The denoiser's plan rows (Denoiser::PlanEmbedding's input): `multi_hot` [P, V], then one
+/// column holding LesionSizeFeature(diameters[p]) when config.lesion_size, then three holding
+/// ClinicalFeatures(covariates[p]) when config.clinical (`diameters` and `covariates` each have
+/// one entry per row, or one for all rows).
 torch::Tensor PlanRows(const torch::Tensor& multi_hot, const std::vector<double>& diameters,
-                       const DiffusionConfig& config);
+                       const std::vector<Covariates>& covariates, const DiffusionConfig& config);
 
 /// A crop pair as a [2, D, H, W] tensor (CT, mask mapped to [-1, 1]).
 torch::Tensor ChannelsToTensor(const CropChannels& channels);

@@ -89,8 +89,8 @@ Expected<std::vector<dynamics::DiffusionPair>> BuildDiffusionPairs(
         for (std::size_t c = 0; c < crops.size(); ++c) {
           auto post = dynamics::OutcomeChannels(truth, crops[c].spec, config);
           if (!post) return post.error().WithContext("file '" + file.post + "'");
-          per_patient[n].push_back(
-              {entry.id, file.plan, pre[c], std::move(*post), crops[c].diameter_mm});
+          per_patient[n].push_back({entry.id, file.plan, pre[c], std::move(*post),
+                                    crops[c].diameter_mm, patient.covariates});
         }
       }
       return {};

@@ -14,6 +14,7 @@
 //   config:  DiffusionConfig (architecture, recorded in the checkpoint), SamplerConfig (DDIM)
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -82,6 +83,12 @@ struct DiffusionConfig {
   /// in the synthetic world an embolic's ischemic kill does. Trained with `mewm train dynamics
   /// --lesion-size`; like guidance_distilled, a preset takes it from the checkpoint.
   bool lesion_size = false;
+  /// Whether the plan embedding also reads the patient's clinical covariates (ClinicalFeatures:
+  /// AFP, vascular invasion, age), so that a patient's response level can follow them as well as
+  /// the image: in the synthetic world AFP rises with the hidden proliferation that also sets how
+  /// much tumor regrows. Trained with `mewm train dynamics --clinical`; a checkpoint without it
+  /// can start one with it (the input starts at zero), and a preset takes it from the checkpoint.
+  bool clinical = false;
   /// Embedding groups, empty or one entry per item: items with the same non-empty group share
   /// one plan embedding (the mean of their own), so the denoiser cannot tell them apart; an empty
   /// entry keeps the item's own. Filled by ItemGroups from public drug knowledge (`mewm train
@@ -170,6 +177,10 @@ Expected<std::vector<LesionTile>> LesionTiles(const PatientCase& patient,
 /// starts to depend on size).
 double LesionSizeFeature(double diameter_mm);
 
+/// The covariates a DiffusionConfig::clinical denoiser reads, each of about unit scale over the
+/// world's patients: log10(AFP in ng/mL) - 1.5, vascular invasion (0 or 1), (age - 62) / 9.
+std::array<double, 3> ClinicalFeatures(const Covariates& covariates);
+
 /// Resamples CT (windowed to [-1, 1]) and a label mask (non-zero = 1) into `spec`.
 /// kInvalidArgument when the CT crop holds NaN or Inf; kMismatch when the two volumes' lattices
 /// differ.
@@ -214,6 +225,7 @@ struct DiffusionPair {
   CropChannels pre;                 ///< pre-treatment CT and tumor mask
   CropChannels post;                ///< post-treatment CT and viable mask
   double lesion_diameter_mm = 0.0;  ///< LesionTile::diameter_mm of the crop
+  Covariates covariates{};  ///< the patient's (what a DiffusionConfig::clinical model reads)
 };
 
 /// What a machine Turing test (MachineTuringTest, mewm/dynamics/diffusion_backend.h) reports.
