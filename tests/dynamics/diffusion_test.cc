@@ -158,6 +158,17 @@ class DiffusionTest : public testing::VdbTest {
     EXPECT_TRUE(m) << m.error().ToString();
     return m ? std::move(*m) : nullptr;
   }
+  /// Expects that the suite's checkpoint `from` (which has the input named `input`) cannot start
+  /// a model without it: kMismatch naming the input.
+  static void ExpectNoFineTuneDropping(const std::string& from, const std::string& input) {
+    DiffusionTrainOptions t = TinyTraining(15, 10, 4, 100);
+    t.init_from = (dir_->path() / from).string();
+    t.out = (dir_->path() / ("without_" + input + ".pt")).string();
+    auto back = TrainDiffusion(Pairs(t.config), {}, t, {});
+    ASSERT_FALSE(back);
+    EXPECT_EQ(back.error().code, ErrorCode::kMismatch);
+    EXPECT_NE(back.error().message.find(input), std::string::npos) << back.error().message;
+  }
   static testing::TempDir* dir_;
   static std::string* model_path_;
 };
@@ -763,13 +774,7 @@ TEST_F(DiffusionTest, TheLesionSizeInputCanBeAddedByFineTuning) {
   ASSERT_TRUE(outcomes) << outcomes.error().ToString();
   EXPECT_EQ(model->counters().plan_embeddings, 4);
   // Not the reverse: a model with the input cannot start one without it.
-  DiffusionTrainOptions t = TinyTraining(15, 10, 4, 100);
-  t.init_from = (dir_->path() / "sized.pt").string();
-  t.out = (dir_->path() / "unsized.pt").string();
-  auto back = TrainDiffusion(Pairs(t.config), {}, t, {});
-  ASSERT_FALSE(back);
-  EXPECT_EQ(back.error().code, ErrorCode::kMismatch);
-  EXPECT_NE(back.error().message.find("lesion_size"), std::string::npos) << back.error().message;
+  ExpectNoFineTuneDropping("sized.pt", "lesion_size");
 }
 
 TEST_F(DiffusionTest, TheClinicalInputCanBeAddedByFineTuningAndTheOutcomeFollowsIt) {
@@ -794,14 +799,7 @@ TEST_F(DiffusionTest, TheClinicalInputCanBeAddedByFineTuningAndTheOutcomeFollows
   ASSERT_TRUE(model);
   EXPECT_TRUE(model->config().clinical);
   EXPECT_GT(MaxDifference(post_ct(*model, low), post_ct(*model, high)), 0.0);
-  // Not the reverse: a model with the input cannot start one without it.
-  DiffusionTrainOptions t = TinyTraining(23, 10, 4, 100);
-  t.init_from = (dir_->path() / "clinical.pt").string();
-  t.out = (dir_->path() / "not_clinical.pt").string();
-  auto back = TrainDiffusion(Pairs(t.config), {}, t, {});
-  ASSERT_FALSE(back);
-  EXPECT_EQ(back.error().code, ErrorCode::kMismatch);
-  EXPECT_NE(back.error().message.find("clinical"), std::string::npos) << back.error().message;
+  ExpectNoFineTuneDropping("clinical.pt", "clinical");  // nor the reverse
 }
 
 TEST_F(DiffusionTest, DrugsOfOneGroupShareOneEmbedding) {
