@@ -789,8 +789,11 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
     EXPECT_EQ(two.at("cases"), 9);
     EXPECT_EQ(one.at("residual_mae_single_ml"), one.at("residual_mae_ml")) << one.dump();
     EXPECT_EQ(one.at("residual_sample_sd_ml").get<double>(), 0.0);
-    EXPECT_NEAR(two.at("hu_mae").is_null() ? 0.0 : two.at("hu_mae").get<double>(),
-                one.at("hu_mae").is_null() ? 0.0 : one.at("hu_mae").get<double>(), 1e-9)
+    // The same first sample, denoised in another batch: oneDNN may order its sums differently
+    // (an AVX-512 machine did), so the voxels agree to float precision, not bit for bit.
+    const double hu_one = one.at("hu_mae").is_null() ? 0.0 : one.at("hu_mae").get<double>();
+    EXPECT_NEAR(two.at("hu_mae").is_null() ? 0.0 : two.at("hu_mae").get<double>(), hu_one,
+                1e-6 * std::max(1.0, hu_one))
         << two.dump();
     if (one.at("method") == "diffusion") {
       // Mean of two samples against the truth: never worse than the single samples on average.
