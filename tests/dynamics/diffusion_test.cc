@@ -802,6 +802,51 @@ TEST_F(DiffusionTest, TheClinicalInputCanBeAddedByFineTuningAndTheOutcomeFollows
   ExpectNoFineTuneDropping("clinical.pt", "clinical");  // nor the reverse
 }
 
+TEST_F(DiffusionTest, TheResidualTermChangesWhatTheDenoiserLearnsAndIsRecorded) {
+  // One fine-tune, seed and set of pairs, with and without the residual term.
+  DiffusionTrainOptions t = TinyTraining(31, 10, 4, 100);
+  t.init_from = *model_path_;
+  const auto pairs = Pairs(t.config);
+  t.out = (dir_->path() / "plain_loss.pt").string();
+  auto plain = TrainDiffusion(pairs, {}, t, {});
+  ASSERT_TRUE(plain) << plain.error().ToString();
+  t.residual_weight = 4.0;
+  t.out = (dir_->path() / "residual_loss.pt").string();
+  auto weighted = TrainDiffusion(pairs, {}, t, {});
+  ASSERT_TRUE(weighted) << weighted.error().ToString();
+  // The reported validation loss is the v-loss alone in both, so it differs only because the
+  // denoisers do.
+  EXPECT_TRUE(std::isfinite(weighted->denoiser_val_loss));
+  EXPECT_NE(weighted->denoiser_val_loss, plain->denoiser_val_loss);
+  const auto training = [](const std::string& path) {
+    DiffusionBackendOptions o = Options();
+    o.model_path = path;
+    auto model = CreateDiffusionDynamics(o);
+    EXPECT_TRUE(model) << model.error().ToString();
+    return model ? nlohmann::json::parse((*model)->metadata_json()).at("training")
+                 : nlohmann::json::object();
+  };
+  const nlohmann::json recorded = training(t.out);
+  EXPECT_EQ(recorded.value("residual_weight", 0.0), 4.0);
+  EXPECT_GE(recorded.value("residual_sd_ml", 0.0), 1.0);
+  EXPECT_FALSE(training((dir_->path() / "plain_loss.pt").string()).contains("residual_weight"));
+  // Refused: a negative or NaN weight, and a distillation (it trains against its teacher).
+  for (double bad : {-1.0, std::nan("")}) {
+    t.residual_weight = bad;
+    const auto refused = TrainDiffusion(pairs, {}, t, {});
+    ASSERT_FALSE(refused);
+    EXPECT_EQ(refused.error().code, ErrorCode::kInvalidArgument);
+  }
+  t.residual_weight = 1.0;
+  t.init_from.clear();
+  t.distill_from = *model_path_;
+  const auto distilled = TrainDiffusion(pairs, {}, t, {});
+  ASSERT_FALSE(distilled);
+  EXPECT_EQ(distilled.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(distilled.error().message.find("distill"), std::string::npos)
+      << distilled.error().message;
+}
+
 TEST_F(DiffusionTest, DrugsOfOneGroupShareOneEmbedding) {
   const ActionBase& actions = ActionBase::Default();
   const std::vector<std::string>& items = Tiny().items;

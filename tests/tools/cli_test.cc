@@ -809,15 +809,24 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
               " --calibration \"\" --samples 0");
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("--samples"), std::string::npos) << r.output;
-  // Fine-tuned on the same cohort: the command records where it started.
+  // Fine-tuned on the same cohort with the residual term: the command records where it started
+  // and the term's weight. A negative weight is refused before anything is read.
   const std::string tuned = dir_.File("dd_tuned.pt");
   r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + tuned + " --init-from " +
               model +
-              " --denoiser-steps 2 --denoiser-batch 2 --validation-fraction 0.25 --threads 1");
+              " --denoiser-steps 2 --denoiser-batch 2 --validation-fraction 0.25 --threads 1 "
+              "--residual-weight 0.5");
   ASSERT_EQ(r.code, 0) << r.output;
   r = RunMewm("inspect --json " + tuned);
   EXPECT_NE(r.output.find("--init-from"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("fine_tuned_from"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--residual-weight 0.5"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\"residual_weight\":0.5"), std::string::npos) << r.output;
+  r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + dir_.File("dd_bad.pt") +
+              " --init-from " + model + " --residual-weight -1");
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("--residual-weight"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("dd_bad.pt")));
   // Its guidance distilled into a student whose drugs share one embedding: the command and the
   // config record both, and the student refuses to be guided again.
   const std::string student = dir_.File("dd_student.pt");

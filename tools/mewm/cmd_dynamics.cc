@@ -32,7 +32,7 @@ struct TrainDynamicsOptions {
   std::uint64_t seed = 1;
   int ae_steps = 1500, denoiser_steps = 1500, decoder_steps = 0, ae_batch = 8, denoiser_batch = 12,
       threads = 0;
-  double validation_fraction = 0.1;
+  double validation_fraction = 0.1, residual_weight = 0.0;
   bool lesion_size = false, clinical = false, drug_saturate = false, decoder_pre = false,
        texture = false;
   bool quiet = false;
@@ -81,6 +81,13 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                 "The plan embedding also reads the equivalent diameter of the lesion each crop "
                 "is centred on (a teacher distilled needs it too; --init-from may add it to a "
                 "checkpoint without it)");
+  sub->add_option("--residual-weight", o->residual_weight,
+                  "Adds to the denoiser's loss this weight times the squared error of the "
+                  "residual tumor its prediction implies once decoded (mL, to first order, over "
+                  "the SD of the training residuals), so that how much tumor is left counts, not "
+                  "only the image (0 = the v-loss alone; not with --distill-from)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   sub->add_flag("--clinical", o->clinical,
                 "The plan embedding also reads the patient's AFP, vascular invasion and age "
                 "(--init-from may add them to a checkpoint without them)");
@@ -181,7 +188,9 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
       (o.lesion_size ? " --lesion-size" : "") + (o.clinical ? " --clinical" : "") +
       (o.drug_sharing == "none" ? "" : " --drug-sharing " + o.drug_sharing) +
       (o.drug_saturate ? " --drug-saturate" : "") + (o.decoder_pre ? " --decoder-pre" : "") +
-      (o.texture ? " --texture" : "");
+      (o.texture ? " --texture" : "") +
+      (o.residual_weight > 0.0 ? " --residual-weight " + nlohmann::json(o.residual_weight).dump()
+                               : "");
   const auto [cohort_seed, data] = CohortProvenance(o.cohort);
   dynamics::DiffusionTrainOptions options;
   options.config = config;
@@ -196,6 +205,7 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
   options.distill_guidance = o.distill_guidance;
   options.init_from = o.init_from;
   options.fit_texture = o.texture;
+  options.residual_weight = o.residual_weight;
   options.threads = o.threads;
   options.out = o.out;
   options.metadata_json =

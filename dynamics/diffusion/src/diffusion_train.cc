@@ -291,6 +291,13 @@ torch::Tensor EncodeAll(nets::DiffusionNet& net, const torch::Tensor& crops) {
   return torch::cat(z);
 }
 
+/// Each crop's residual in mL: its viable fraction (the second channel, [-1, 1] stored) summed.
+/// `crops` [N, 2, D, H, W] of any floating type; [N] float.
+torch::Tensor ResidualMl(const torch::Tensor& crops, const DiffusionConfig& config) {
+  return crops.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5).sum({1, 2, 3, 4}) *
+         (std::pow(config.spacing_mm, 3) * 1e-3);
+}
+
 /// Samples every validation pair (at most 96) with 10-step DDIM at each guidance scale of the
 /// grid, and scores the generated residual (integrated viable fraction) against the truth: per
 /// patient, Spearman across plans (crops of one plan summed; a constant prediction counts 0), and
@@ -317,9 +324,7 @@ std::vector<GuidanceScore> ScoreGuidance(
   const torch::Tensor pre_mask =
       pre.slice(0, 0, n).slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5);
   const double voxel_ml = std::pow(o.config.spacing_mm, 3) * 1e-3;
-  const torch::Tensor true_ml =
-      post.slice(0, 0, n).slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5).sum({1, 2, 3, 4}) *
-      voxel_ml;
+  const torch::Tensor true_ml = ResidualMl(post.slice(0, 0, n), o.config);
   const torch::Tensor plan_emb = net->denoiser->PlanEmbedding(plan_rows.slice(0, 0, n));
   auto gen = Rng(o.seed, {4});
   const torch::Tensor noise = torch::randn(z_pre.slice(0, 0, n).sizes(), gen);
@@ -421,7 +426,7 @@ class Trainer {
   Status TrainDecoder();
   /// Encodes every crop with the trained autoencoder: the denoiser's targets (the scaled change
   /// of the latent) and contexts, for training and validation. A distilled student keeps its
-  /// teacher's latent scale, a fine-tuned model its own.
+  /// teacher's latent scale, a fine-tuned model its own. Then the residual term's gradients.
   void EncodeLatents();
   Status TrainDenoiser();
   /// Ships the EMA denoiser with the trained autoencoder and scale, and scores the guidance grid
@@ -440,15 +445,22 @@ class Trainer {
   /// Validation L1 of the CT channel, Dice of the mask channel and the relative residual error
   /// of eight pre- and eight post-treatment validation crops.
   std::tuple<double, double, double> ValidateAutoencoder();
-  /// A batch noised at random timesteps: x_t, the float timesteps and the v target.
+  /// A batch noised at random timesteps: x_t, the float timesteps, the v target, and each row's
+  /// sqrt(1 - alpha_bar) ([N, 1, 1, 1, 1]), by which an error of v is an error of x_0.
   struct Noised {
-    torch::Tensor xt, t, v;
+    torch::Tensor xt, t, v, sigma;
   };
   Noised Noise(const torch::Tensor& x0, at::Generator& gen) const;
-  /// v-prediction loss of a batch; `null_prob` of the rows see the null plan.
+  /// v-prediction loss of a batch; `null_prob` of the rows see the null plan. With the rows'
+  /// `residual_grad` (ResidualGradients), plus DiffusionTrainOptions::residual_weight times the
+  /// squared residual error the prediction implies, over the training residuals' SD.
   torch::Tensor DenoiseLoss(nets::Denoiser& denoiser, const torch::Tensor& x0,
                             const torch::Tensor& ctx, const torch::Tensor& hot, at::Generator& gen,
-                            double null_prob) const;
+                            double null_prob, const torch::Tensor& residual_grad = {}) const;
+  /// DiffusionTrainOptions::residual_weight: each training pair's gradient of its decoded
+  /// residual (mL, summed as nets::ResidualFraction gives it) with respect to the scaled latent
+  /// change, at its true change, and the SD of the pairs' true residuals.
+  void ResidualGradients();
   /// Guidance distillation: the student's conditional v against the teacher's guided v at the
   /// same x_t (one pass against two).
   torch::Tensor DistillLoss(nets::Denoiser& student, const torch::Tensor& x0,
@@ -470,6 +482,9 @@ class Trainer {
   /// The training pairs' latents (the encoder's means), once the encoder is final: the decoder
   /// stage and EncodeLatents share them (TrainingLatents).
   torch::Tensor z_pre_, z_post_;
+  /// ResidualGradients: [M, latent, d, h, w] (undefined without the residual term) and mL.
+  torch::Tensor residual_grad_;
+  double residual_sd_ml_ = 1.0;
   void TrainingLatents() {
     if (!z_pre_.defined()) {
       z_pre_ = EncodeAll(net_, data_.pre);
@@ -634,6 +649,7 @@ void Trainer::EncodeLatents() {
       1);
   alpha_bar_ = nets::CosineAlphaBar(o_.config.train_timesteps);
   ab_ = torch::tensor(alpha_bar_, torch::kDouble).to(torch::kFloat);
+  ResidualGradients();
 }
 
 Trainer::Noised Trainer::Noise(const torch::Tensor& x0, at::Generator& gen) const {
@@ -642,19 +658,54 @@ Trainer::Noised Trainer::Noise(const torch::Tensor& x0, at::Generator& gen) cons
   const torch::Tensor a = ab_.index_select(0, t).view({n, 1, 1, 1, 1});
   const torch::Tensor noise = torch::randn(x0.sizes(), gen);
   return {a.sqrt() * x0 + (1 - a).sqrt() * noise, t.to(torch::kFloat),
-          a.sqrt() * noise - (1 - a).sqrt() * x0};
+          a.sqrt() * noise - (1 - a).sqrt() * x0, (1 - a).sqrt()};
 }
 
 torch::Tensor Trainer::DenoiseLoss(nets::Denoiser& denoiser, const torch::Tensor& x0,
                                    const torch::Tensor& ctx, const torch::Tensor& hot,
-                                   at::Generator& gen, double null_prob) const {
+                                   at::Generator& gen, double null_prob,
+                                   const torch::Tensor& residual_grad) const {
   const Noised b = Noise(x0, gen);
   torch::Tensor plan = denoiser->PlanEmbedding(hot);
   if (null_prob > 0.0) {
     const torch::Tensor drop = (torch::rand({x0.size(0), 1}, gen) < null_prob).to(torch::kFloat);
     plan = plan * (1 - drop) + denoiser->null_plan.unsqueeze(0) * drop;
   }
-  return torch::mse_loss(denoiser->forward(b.xt, ctx, b.t, plan), b.v);
+  const torch::Tensor v = denoiser->forward(b.xt, ctx, b.t, plan);
+  torch::Tensor loss = torch::mse_loss(v, b.v);
+  if (!residual_grad.defined()) return loss;
+  // x_0 predicted = sqrt(a) x_t - sigma v, so its error is -sigma (v - v_true); to first order
+  // the decoded residual moves by the gradient dotted with it.
+  const torch::Tensor residual_error_ml = (b.sigma * (v - b.v) * residual_grad).sum({1, 2, 3, 4});
+  return loss + o_.residual_weight * (residual_error_ml / residual_sd_ml_).square().mean();
+}
+
+void Trainer::ResidualGradients() {
+  if (o_.residual_weight <= 0.0 || teacher_ != nullptr) return;
+  net_->eval();
+  const double voxel_ml = std::pow(o_.config.spacing_mm, 3) * 1e-3;
+  const torch::Tensor scale = net_->latent_scale.detach();
+  std::vector<torch::Tensor> grads;
+  for (std::int64_t i = 0; i < delta_.size(0); ++i) {
+    const torch::Tensor pre = data_.pre.slice(0, i, i + 1).to(torch::kFloat);
+    const torch::Tensor z_pre = z_pre_.slice(0, i, i + 1);
+    torch::Tensor features, decoded_pre;
+    {
+      torch::NoGradGuard no_grad;
+      features = net_->ae->PreFeatures(pre);
+      decoded_pre = net_->ae->Decode(z_pre, features).slice(1, 1, 2);
+    }
+    const torch::Tensor change = delta_.slice(0, i, i + 1).clone().requires_grad_(true);
+    const torch::Tensor residual =
+        nets::ResidualFraction(net_->ae->Decode(z_pre + change / scale, features).slice(1, 1, 2),
+                               decoded_pre, pre.slice(1, 1, 2).add(1.0).mul(0.5), o_.config)
+            .sum() *
+        voxel_ml;
+    grads.push_back(torch::autograd::grad({residual}, {change})[0].detach());
+  }
+  residual_grad_ = torch::cat(grads);
+  const torch::Tensor true_ml = ResidualMl(data_.post, o_.config);
+  residual_sd_ml_ = std::max(true_ml.numel() > 1 ? true_ml.std().item<double>() : 0.0, 1.0);
 }
 
 torch::Tensor Trainer::DistillLoss(nets::Denoiser& student, const torch::Tensor& x0,
@@ -704,8 +755,11 @@ Status Trainer::TrainDenoiser() {
     const torch::Tensor x0 = delta_.index_select(0, idx), ctx = context_.index_select(0, idx);
     const torch::Tensor hot = data_.plan_rows.index_select(0, idx);
     const torch::Tensor loss =
-        teacher_ != nullptr ? DistillLoss(net_->denoiser, x0, ctx, hot, gen)
-                            : DenoiseLoss(net_->denoiser, x0, ctx, hot, gen, o_.null_plan_prob);
+        teacher_ != nullptr
+            ? DistillLoss(net_->denoiser, x0, ctx, hot, gen)
+            : DenoiseLoss(
+                  net_->denoiser, x0, ctx, hot, gen, o_.null_plan_prob,
+                  residual_grad_.defined() ? residual_grad_.index_select(0, idx) : torch::Tensor());
     optimizer.zero_grad();
     loss.backward();
     torch::nn::utils::clip_grad_norm_(net_->denoiser->parameters(), 1.0);
@@ -782,6 +836,10 @@ Status Trainer::Save(std::size_t train_pairs, std::size_t validation_pairs) {
   }
   if (!o_.init_from.empty()) meta["training"]["fine_tuned_from"] = o_.init_from;
   if (o_.decoder_steps > 0) meta["training"]["decoder_steps"] = o_.decoder_steps;
+  if (o_.residual_weight > 0.0) {
+    meta["training"]["residual_weight"] = o_.residual_weight;
+    meta["training"]["residual_sd_ml"] = residual_sd_ml_;
+  }
   return torch_bridge::SaveCheckpoint(o_.out, *ema_, {config.ToJson(), meta.dump()});
 }
 
@@ -820,6 +878,15 @@ Expected<DiffusionTrainReport> Train(
     return MakeError(ErrorCode::kInvalidArgument,
                      "fine-tuning (init_from) and guidance distillation (distill_from) do not "
                      "combine: distil the fine-tuned checkpoint afterwards");
+  }
+  if (!(o.residual_weight >= 0.0 && std::isfinite(o.residual_weight))) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "the residual weight must be finite and >= 0 (0 = the v-loss alone)");
+  }
+  if (o.residual_weight > 0.0 && !o.distill_from.empty()) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "the residual weight trains against the true outcomes, a distillation "
+                     "against its teacher: give it to the teacher's training (distill_from)");
   }
   torch_bridge::ConfigureThreads(o.threads);
   torch_bridge::KeepLargeBuffersInHeap();

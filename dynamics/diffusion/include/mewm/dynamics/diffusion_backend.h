@@ -82,6 +82,14 @@ struct DiffusionTrainOptions {
   int denoiser_batch = 12;
   double denoiser_lr = 1e-3;
   double null_plan_prob = 0.1;  ///< plan dropped to the learned null plan (for guidance)
+  /// Weight of the residual term of the denoiser's loss; 0 = the v-prediction loss alone. The
+  /// term is the squared error of the residual (integrated viable fraction, mL) that the
+  /// prediction implies after decoding, to first order: each training pair's gradient of its
+  /// decoded residual with respect to the latent change, taken once at the true change, dotted
+  /// with the error of the predicted change, over the SD of the training crops' true residuals.
+  /// The v-loss weighs every latent element alike, so a patient's level (a small, smooth shift
+  /// over the tumor) barely counts in it; this term counts it in mL. Not with distill_from.
+  double residual_weight = 0.0;
   std::vector<double> guidance_grid{1.0, 2.0, 3.0, 5.0};  ///< scales tried on validation
   double ema_decay = 0.995;
   int validate_every = 250;
