@@ -169,6 +169,14 @@ class DiffusionTest : public testing::VdbTest {
     EXPECT_EQ(back.error().code, ErrorCode::kMismatch);
     EXPECT_NE(back.error().message.find(input), std::string::npos) << back.error().message;
   }
+  /// The post-treatment CT of `p`'s one outcome of Lipiodol+PVA, seeded by `seed`; empty after a
+  /// failed expectation.
+  static std::vector<float> PostCt(DiffusionDynamics& model, const PatientCase& p,
+                                   std::uint64_t seed) {
+    auto outcomes = model.Simulate(p, {{P("Lipiodol+PVA"), 0, seed, 0}});
+    EXPECT_TRUE(outcomes) << outcomes.error().ToString();
+    return outcomes ? outcomes->front().post_ct.ToDense().data : std::vector<float>{};
+  }
   static testing::TempDir* dir_;
   static std::string* model_path_;
 };
@@ -644,11 +652,7 @@ TEST_F(DiffusionTest, TheDecoderCanLearnToReadThePreTreatmentCrop) {
   // without it. Its last layer starts at zero: with a zero learning rate the outcomes are the
   // start's, bit for bit.
   const PatientCase p = Phantom({{0, 0, 0}});
-  const auto simulate = [&](DiffusionDynamics& model) {
-    auto out = model.Simulate(p, {{P("Lipiodol+PVA"), 0, 42, 0}});
-    EXPECT_TRUE(out) << out.error().ToString();
-    return out ? out->front().post_ct.ToDense().data : std::vector<float>{};
-  };
+  const auto simulate = [&](DiffusionDynamics& model) { return PostCt(model, p, 42); };
   auto base = Model();
   ASSERT_TRUE(base);
   EXPECT_FALSE(base->config().decoder_pre);
@@ -785,9 +789,7 @@ TEST_F(DiffusionTest, TheClinicalInputCanBeAddedByFineTuningAndTheOutcomeFollows
   high.covariates.vascular_invasion = true;
   high.covariates.age_years = 80;
   const auto post_ct = [](DiffusionDynamics& model, const PatientCase& p) {
-    auto outcomes = model.Simulate(p, {{P("Lipiodol+PVA"), 0, 7, 0}});
-    EXPECT_TRUE(outcomes) << outcomes.error().ToString();
-    return outcomes ? outcomes->front().post_ct.ToDense().data : std::vector<float>{};
+    return PostCt(model, p, 7);
   };
   auto base = Model();
   ASSERT_TRUE(base);
