@@ -745,6 +745,7 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
   for (const auto& m : eval.at("methods")) {
     const auto& rows = m.at("per_patient");
     ASSERT_EQ(rows.size(), 3u) << m.dump();
+    const bool constant = m.at("method") == "no change" || m.at("method") == "complete response";
     double mae = 0.0, bias = 0.0, level = 0.0, within = 0.0;
     for (std::size_t p = 0; p < rows.size(); ++p) {
       level += std::abs(rows[p].at("residual_bias_ml").get<double>()) / 3.0;
@@ -752,6 +753,12 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
       EXPECT_EQ(rows[p].at("id"), "P000" + std::to_string(p + 1));
       EXPECT_GE(rows[p].at("lesion_crops").get<int>(), 1);
       EXPECT_EQ(rows[p].at("true_residual_ml"), truth_rows[p].at("true_residual_ml"));
+      // Spearman is missing only where the truth has nothing to rank (the same patients for
+      // every method); a constant prediction counts 0.
+      EXPECT_EQ(rows[p].at("spearman").is_null(), truth_rows[p].at("spearman").is_null());
+      if (constant && !rows[p].at("spearman").is_null()) {
+        EXPECT_EQ(rows[p].at("spearman").get<double>(), 0.0) << rows[p].dump();
+      }
       EXPECT_GE(rows[p].at("residual_mae_ml").get<double>(),
                 std::abs(rows[p].at("residual_bias_ml").get<double>()) - 1e-9);
       mae += rows[p].at("residual_mae_ml").get<double>() / 3.0;
@@ -766,7 +773,6 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
       // No residual anywhere: the error is the truth, all of it under.
       EXPECT_NEAR(rows[0].at("residual_bias_ml").get<double>(),
                   -rows[0].at("true_residual_ml").get<double>(), 1e-9);
-      EXPECT_TRUE(rows[0].at("spearman").is_null());
     }
   }
   // Two samples per plan, seeded as the planner's: the residual figures read their mean, the
@@ -822,6 +828,51 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
   EXPECT_NE(r.output.find("fine_tuned_from"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("--residual-weight 0.5"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("\"residual_weight\":0.5"), std::string::npos) << r.output;
+  // The fine-tuned checkpoint paired by patient against the one it started from. The "against"
+  // method is the first run's "diffusion" again (same checkpoint, same sample seeds), and the
+  // paired means are the methods' differences (every patient has 3 plans).
+  r = RunMewm("eval dynamics --quiet --cohort " + cohort + " --model " + tuned + " --against " +
+              model +
+              " --calibration \"\" --patients 3 --folds 2 --steps 2 --threads 1 --json-out " +
+              dir_.File("paired.json"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("paired by patient, diffusion - against"), std::string::npos)
+      << r.output;
+  {
+    const nlohmann::json paired = nlohmann::json::parse(ReadText(dir_.File("paired.json")));
+    std::map<std::string, nlohmann::json> by_name;
+    for (const auto& m : paired.at("methods")) by_name[m.at("method")] = m;
+    for (const auto& m : eval.at("methods")) {
+      if (m.at("method") == "diffusion") {
+        const double mae = m.at("residual_mae_ml").get<double>();
+        EXPECT_NEAR(by_name.at("against").at("residual_mae_ml").get<double>(), mae,
+                    1e-5 * std::max(1.0, mae));
+      }
+    }
+    const auto& a = by_name.at("diffusion");
+    const auto& b = by_name.at("against");
+    const auto& d = paired.at("paired");
+    EXPECT_EQ(d.at("patients"), 3);
+    EXPECT_NEAR(d.at("residual_mae_ml").at("mean").get<double>(),
+                a.at("residual_mae_ml").get<double>() - b.at("residual_mae_ml").get<double>(),
+                1e-9);
+    EXPECT_EQ(d.at("spearman_patients"), a.at("spearman_patients"));
+    if (d.at("spearman_patients").get<int>() > 0) {
+      EXPECT_NEAR(d.at("spearman").at("mean").get<double>(),
+                  a.at("spearman").get<double>() - b.at("spearman").get<double>(), 1e-9);
+    }
+    EXPECT_EQ(d.at("spearman_higher").get<int>() + d.at("spearman_lower").get<int>() +
+                  d.at("spearman_same").get<int>(),
+              d.at("spearman_patients").get<int>());
+    for (const char* figure : {"residual_mae_ml", "residual_patient_level_ml", "spearman"}) {
+      EXPECT_LE(d.at(figure).at("lo").get<double>(), d.at(figure).at("mean").get<double>());
+      EXPECT_GE(d.at(figure).at("hi").get<double>(), d.at(figure).at("mean").get<double>());
+    }
+  }
+  r = RunMewm("eval dynamics --quiet --cohort " + cohort + " --model " + tuned + " --against " +
+              dir_.File("missing.pt") + " --calibration \"\" --patients 3");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("missing.pt"), std::string::npos) << r.output;
   r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + dir_.File("dd_bad.pt") +
               " --init-from " + model + " --residual-weight -1");
   EXPECT_NE(r.code, 0) << r.output;

@@ -319,7 +319,8 @@ Expected<std::unique_ptr<dynamics::DynamicsModel>> LoadGenerator(const Generator
 
 Action AddEvalDynamics(CLI::App& eval_app, const BackendRegistry& backends) {
   struct Options {
-    std::string cohort, model, calibration = "models/mechanistic_calibration.json", json_out;
+    std::string cohort, model, against, calibration = "models/mechanistic_calibration.json";
+    std::string json_out;
     std::string config = "cpu";
     dynamics::SamplerConfig sampler;
     std::uint64_t seed = 1;
@@ -335,6 +336,10 @@ Action AddEvalDynamics(CLI::App& eval_app, const BackendRegistry& backends) {
                   "Held-out cohort with counterfactual plans (--plans-per-patient K)")
       ->required();
   sub->add_option("--model", o->model, "Diffusion checkpoint")->required();
+  sub->add_option("--against", o->against,
+                  "Also score this diffusion checkpoint (method \"against\"; same config, "
+                  "sampler and sample seeds) and compare the two patient by patient, --model "
+                  "minus --against, with bootstrap intervals");
   sub->add_option("--config", o->config,
                   "Preset the checkpoint must match: cpu or mewm (\"\" = the checkpoint's own)")
       ->check(CLI::IsMember({"", "cpu", "mewm"}))
@@ -376,6 +381,13 @@ Action AddEvalDynamics(CLI::App& eval_app, const BackendRegistry& backends) {
     options.threads = o->threads;
     auto diffusion = dynamics::CreateDiffusionDynamics(options);
     if (!diffusion) return Fail(diffusion.error());
+    std::unique_ptr<dynamics::DiffusionDynamics> against;
+    if (!o->against.empty()) {
+      options.model_path = o->against;
+      auto loaded = dynamics::CreateDiffusionDynamics(options);
+      if (!loaded) return Fail(loaded.error());
+      against = std::move(*loaded);
+    }
     std::vector<std::pair<std::string, dynamics::DynamicsModel*>> methods;
     std::unique_ptr<dynamics::DynamicsModel> mechanistic;
     if (!o->calibration.empty()) {
@@ -388,6 +400,7 @@ Action AddEvalDynamics(CLI::App& eval_app, const BackendRegistry& backends) {
       methods.emplace_back("mechanistic", mechanistic.get());
     }
     methods.emplace_back("diffusion", diffusion->get());
+    if (against) methods.emplace_back("against", against.get());
     const int folds = o->folds, threads = o->threads;
     const std::uint64_t seed = o->seed;
     const scenarios::TuringTest turing = [=](const std::vector<DenseFloat>& real,
@@ -403,6 +416,11 @@ Action AddEvalDynamics(CLI::App& eval_app, const BackendRegistry& backends) {
         },
         o->samples);
     if (!eval) return Fail(eval.error());
+    if (against) {
+      auto paired = scenarios::CompareDynamicsMethods(*eval, "diffusion", "against");
+      if (!paired) return Fail(paired.error());
+      eval->paired = *paired;
+    }
     if (o->json) {
       std::cout << eval->ToJson() << "\n";
     } else {

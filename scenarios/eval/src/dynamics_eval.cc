@@ -128,6 +128,14 @@ struct MethodCases {
 
 /// Each patient's residual figures from the per-case series (cases in patient order, each
 /// patient's plans together); `ids` and `lesion_crops` per patient.
+/// One patient's Spearman(pred, true) across plans: NaN when the truth is constant (nothing to
+/// rank), 0 when the prediction is.
+double PatientSpearman(const std::vector<double>& pred, const std::vector<double>& truth) {
+  if (std::isnan(Spearman(truth, truth))) return std::nan("");
+  const double rho = Spearman(pred, truth);
+  return std::isnan(rho) ? 0.0 : rho;
+}
+
 std::vector<PatientFidelity> PerPatient(const MethodCases& c, const std::vector<std::string>& ids,
                                         const std::vector<int>& lesion_crops) {
   std::vector<PatientFidelity> out;
@@ -144,7 +152,7 @@ std::vector<PatientFidelity> PerPatient(const MethodCases& c, const std::vector<
     for (const double d : diff) within.push_back(std::abs(d - bias));
     out.push_back({ids[p], lesion_crops[p], Mean(c.true_ml[p]), Mean(of_patient(c.residual_abs)),
                    bias, Mean(within), Mean(of_patient(c.residual_spread)),
-                   Spearman(c.pred_ml[p], c.true_ml[p])});
+                   PatientSpearman(c.pred_ml[p], c.true_ml[p])});
     k += n;
   }
   return out;
@@ -157,12 +165,9 @@ double MeanSpearman(const std::vector<std::vector<double>>& pred,
   double sum = 0.0;
   int k = 0, flat = 0;
   for (std::size_t p = 0; p < pred.size(); ++p) {
-    if (std::isnan(Spearman(truth[p], truth[p]))) continue;
-    double rho = Spearman(pred[p], truth[p]);
-    if (std::isnan(rho)) {
-      rho = 0.0;
-      ++flat;
-    }
+    const double rho = PatientSpearman(pred[p], truth[p]);
+    if (std::isnan(rho)) continue;
+    if (std::isnan(Spearman(pred[p], truth[p]))) ++flat;
     sum += rho;
     ++k;
   }
@@ -414,6 +419,58 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
   return eval;
 }
 
+Expected<DynamicsComparison> CompareDynamicsMethods(const DynamicsEvaluation& eval,
+                                                    const std::string& a, const std::string& b) {
+  if (a == b) {
+    return MakeError(ErrorCode::kInvalidArgument, "compare two different methods, not '" + a +
+                                                      "' with itself");
+  }
+  const auto find = [&](const std::string& name) -> Expected<const DynamicsMetrics*> {
+    for (const DynamicsMetrics& m : eval.methods) {
+      if (m.method == name) return &m;
+    }
+    return MakeError(ErrorCode::kNotFound, "no method '" + name + "' in the evaluation of " +
+                                               eval.cohort_dir);
+  };
+  MEWM_TRY(const DynamicsMetrics* ma, find(a));
+  MEWM_TRY(const DynamicsMetrics* mb, find(b));
+  DynamicsComparison c;
+  c.method_a = a;
+  c.method_b = b;
+  std::vector<double> mae, level, rho;
+  for (std::size_t p = 0; p < ma->per_patient.size(); ++p) {
+    const PatientFidelity& pa = ma->per_patient[p];
+    if (p >= mb->per_patient.size() || mb->per_patient[p].id != pa.id) {
+      return MakeError(ErrorCode::kInvalidArgument, "methods '" + a + "' and '" + b +
+                                                        "' were not scored on the same patients");
+    }
+    const PatientFidelity& pb = mb->per_patient[p];
+    mae.push_back(pa.residual_mae_ml - pb.residual_mae_ml);
+    level.push_back(std::abs(pa.residual_bias_ml) - std::abs(pb.residual_bias_ml));
+    if (std::isnan(pa.spearman) || std::isnan(pb.spearman)) continue;
+    const double d = pa.spearman - pb.spearman;
+    rho.push_back(d);
+    if (d > 0.0) {
+      ++c.spearman_higher;
+    } else if (d < 0.0) {
+      ++c.spearman_lower;
+    } else {
+      ++c.spearman_same;
+    }
+  }
+  if (mae.size() != mb->per_patient.size()) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "methods '" + a + "' and '" + b + "' were not scored on the same patients");
+  }
+  c.patients = int(mae.size());
+  c.spearman_patients = int(rho.size());
+  const std::uint64_t seed = DeriveSeed(1, "dynamics-method-comparison");
+  c.residual_mae_diff = BootstrapMean(mae, seed);
+  c.residual_level_diff = BootstrapMean(level, seed);
+  c.spearman_diff = BootstrapMean(rho, seed);
+  return c;
+}
+
 std::string DynamicsEvaluation::FormatTable() const {
   std::string out = "dynamics fidelity on " + cohort_dir + ": " + std::to_string(patients) +
                     " patients x " + std::to_string(plans_per_patient) + " plans x " +
@@ -494,6 +551,21 @@ std::string DynamicsEvaluation::FormatTable() const {
     }
     out.back() = '\n';
   }
+  if (paired) {
+    const DynamicsComparison& c = *paired;
+    std::snprintf(line, sizeof line,
+                  "paired by patient, %s - %s, mean [95%% bootstrap CI]:\n"
+                  "  over the %d patients: residual MAE %+.2f mL [%+.2f, %+.2f], patient level "
+                  "%+.2f mL [%+.2f, %+.2f]\n"
+                  "  over the %d whose true residual varies: Spearman %+.3f [%+.3f, %+.3f], "
+                  "higher for %d, lower for %d, equal for %d\n",
+                  c.method_a.c_str(), c.method_b.c_str(), c.patients, c.residual_mae_diff.mean,
+                  c.residual_mae_diff.lo, c.residual_mae_diff.hi, c.residual_level_diff.mean,
+                  c.residual_level_diff.lo, c.residual_level_diff.hi, c.spearman_patients,
+                  c.spearman_diff.mean, c.spearman_diff.lo, c.spearman_diff.hi, c.spearman_higher,
+                  c.spearman_lower, c.spearman_same);
+    out += line;
+  }
   return out;
 }
 
@@ -557,6 +629,23 @@ std::string DynamicsEvaluation::ToJson() const {
                      {"patients", m.turing.groups}};
     }
     j["methods"].push_back(e);
+  }
+  if (paired) {
+    const auto interval = [](const MeanInterval& m) {
+      return nlohmann::json{{"mean", m.mean}, {"lo", m.lo}, {"hi", m.hi}};
+    };
+    const DynamicsComparison& c = *paired;
+    j["paired"] = {{"a", c.method_a},
+                   {"b", c.method_b},
+                   {"patients", c.patients},
+                   {"residual_mae_ml", interval(c.residual_mae_diff)},
+                   {"residual_patient_level_ml", interval(c.residual_level_diff)},
+                   {"spearman_patients", c.spearman_patients},
+                   {"spearman", interval(c.spearman_diff)},
+                   {"spearman_higher", c.spearman_higher},
+                   {"spearman_lower", c.spearman_lower},
+                   {"spearman_same", c.spearman_same},
+                   {"ci_method", "percentile bootstrap over patients, 2000 resamples"}};
   }
   return j.dump(2);
 }

@@ -10,10 +10,12 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "mewm/core/expected.h"
+#include "mewm/core/stats.h"
 #include "mewm/dynamics/diffusion.h"
 #include "mewm/run/cohort_source.h"
 #include "mewm/tace/action_base.h"
@@ -66,7 +68,9 @@ struct PatientFidelity {
   /// level is right, which is what ranking the patient's plans sees
   double residual_within_mae_ml = 0.0;
   double residual_spread_ml = 0.0;  ///< the residual's SD across samples, mean over the plans
-  double spearman = 0.0;  ///< Spearman(pred, true) across the plans; NaN when either is constant
+  /// Spearman(pred, true) across the plans, as DynamicsMetrics::spearman counts it: 0 when the
+  /// prediction is constant, NaN when the truth is (nothing to rank)
+  double spearman = 0.0;
 };
 
 /// Fidelity of one dynamics method against the mechanistic truth, over (patient, plan) cases.
@@ -108,11 +112,27 @@ struct DynamicsMetrics {
   std::vector<PatientFidelity> per_patient;  ///< in cohort order
 };
 
+/// Two methods of one evaluation compared patient by patient: the same cases and, for stochastic
+/// methods, the same sample seeds, so two checkpoints or settings are judged where the spread
+/// between patients would hide a difference of means. Each difference is method A minus method
+/// B: its mean over patients with a 95% percentile-bootstrap interval (2000 resamples, a fixed
+/// seed).
+struct DynamicsComparison {
+  std::string method_a, method_b;
+  int patients = 0;  ///< every patient: the residual differences
+  MeanInterval residual_mae_diff;    ///< PatientFidelity::residual_mae_ml, mL
+  MeanInterval residual_level_diff;  ///< |PatientFidelity::residual_bias_ml|, mL
+  int spearman_patients = 0;         ///< patients whose true residual varies across plans
+  MeanInterval spearman_diff;        ///< PatientFidelity::spearman; its mean is A's minus B's
+  int spearman_higher = 0, spearman_lower = 0, spearman_same = 0;  ///< A's against B's
+};
+
 struct DynamicsEvaluation {
   std::string cohort_dir;
   int patients = 0, plans_per_patient = 0;
   int samples = 1;  ///< samples per (patient, plan) of the stochastic methods
   std::vector<DynamicsMetrics> methods;
+  std::optional<DynamicsComparison> paired;  ///< set by the caller (CompareDynamicsMethods)
   std::string FormatTable() const;
   std::string ToJson() const;
 };
@@ -141,5 +161,11 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
     const TuringTest& turing, std::uint64_t seed,
     const std::function<void(int, int)>& progress = {}, int max_patients = 0,
     const Reconstruction& ceiling = {}, int samples = 1);
+
+/// Compares methods `a` and `b` of `eval` patient by patient (DynamicsComparison). kNotFound for
+/// a method `eval` does not hold, kInvalidArgument for a = b or for per-patient rows that differ
+/// in patients (not one evaluation).
+Expected<DynamicsComparison> CompareDynamicsMethods(const DynamicsEvaluation& eval,
+                                                    const std::string& a, const std::string& b);
 
 }  // namespace mewm::scenarios
