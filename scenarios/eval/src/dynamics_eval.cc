@@ -126,8 +126,6 @@ struct MethodCases {
   double seconds = 0.0;
 };
 
-/// Each patient's residual figures from the per-case series (cases in patient order, each
-/// patient's plans together); `ids` and `lesion_crops` per patient.
 /// One patient's Spearman(pred, true) across plans: NaN when the truth is constant (nothing to
 /// rank), 0 when the prediction is.
 double PatientSpearman(const std::vector<double>& pred, const std::vector<double>& truth) {
@@ -136,6 +134,8 @@ double PatientSpearman(const std::vector<double>& pred, const std::vector<double
   return std::isnan(rho) ? 0.0 : rho;
 }
 
+/// Each patient's residual figures from the per-case series (cases in patient order, each
+/// patient's plans together); `ids` and `lesion_crops` per patient.
 std::vector<PatientFidelity> PerPatient(const MethodCases& c, const std::vector<std::string>& ids,
                                         const std::vector<int>& lesion_crops) {
   std::vector<PatientFidelity> out;
