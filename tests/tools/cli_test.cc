@@ -836,8 +836,7 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
               " --calibration \"\" --patients 3 --folds 2 --steps 2 --threads 1 --json-out " +
               dir_.File("paired.json"));
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("paired by patient, diffusion - against"), std::string::npos)
-      << r.output;
+  EXPECT_NE(r.output.find("paired by patient, diffusion - against"), std::string::npos) << r.output;
   {
     const nlohmann::json paired = nlohmann::json::parse(ReadText(dir_.File("paired.json")));
     std::map<std::string, nlohmann::json> by_name;

@@ -422,15 +422,15 @@ Expected<DynamicsEvaluation> EvaluateDynamics(
 Expected<DynamicsComparison> CompareDynamicsMethods(const DynamicsEvaluation& eval,
                                                     const std::string& a, const std::string& b) {
   if (a == b) {
-    return MakeError(ErrorCode::kInvalidArgument, "compare two different methods, not '" + a +
-                                                      "' with itself");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "compare two different methods, not '" + a + "' with itself");
   }
   const auto find = [&](const std::string& name) -> Expected<const DynamicsMetrics*> {
     for (const DynamicsMetrics& m : eval.methods) {
       if (m.method == name) return &m;
     }
-    return MakeError(ErrorCode::kNotFound, "no method '" + name + "' in the evaluation of " +
-                                               eval.cohort_dir);
+    return MakeError(ErrorCode::kNotFound,
+                     "no method '" + name + "' in the evaluation of " + eval.cohort_dir);
   };
   MEWM_TRY(const DynamicsMetrics* ma, find(a));
   MEWM_TRY(const DynamicsMetrics* mb, find(b));
@@ -441,8 +441,8 @@ Expected<DynamicsComparison> CompareDynamicsMethods(const DynamicsEvaluation& ev
   for (std::size_t p = 0; p < ma->per_patient.size(); ++p) {
     const PatientFidelity& pa = ma->per_patient[p];
     if (p >= mb->per_patient.size() || mb->per_patient[p].id != pa.id) {
-      return MakeError(ErrorCode::kInvalidArgument, "methods '" + a + "' and '" + b +
-                                                        "' were not scored on the same patients");
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "methods '" + a + "' and '" + b + "' were not scored on the same patients");
     }
     const PatientFidelity& pb = mb->per_patient[p];
     mae.push_back(pa.residual_mae_ml - pb.residual_mae_ml);

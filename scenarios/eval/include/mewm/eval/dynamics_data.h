@@ -119,7 +119,7 @@ struct DynamicsMetrics {
 /// seed).
 struct DynamicsComparison {
   std::string method_a, method_b;
-  int patients = 0;  ///< every patient: the residual differences
+  int patients = 0;                  ///< every patient: the residual differences
   MeanInterval residual_mae_diff;    ///< PatientFidelity::residual_mae_ml, mL
   MeanInterval residual_level_diff;  ///< |PatientFidelity::residual_bias_ml|, mL
   int spearman_patients = 0;         ///< patients whose true residual varies across plans
