@@ -12,6 +12,7 @@
 #include <random>
 #include <set>
 
+#include "method_scores.h"
 #include "mewm/core/seed.h"
 #include "mewm/core/stats.h"
 #include "mewm/eval/dynamics_data.h"
@@ -434,16 +435,20 @@ Expected<DynamicsComparison> CompareDynamicsMethods(const DynamicsEvaluation& ev
   };
   MEWM_TRY(const DynamicsMetrics* ma, find(a));
   MEWM_TRY(const DynamicsMetrics* mb, find(b));
+  const auto same_id = [](const PatientFidelity& x, const PatientFidelity& y) {
+    return x.id == y.id;
+  };
+  if (!std::equal(ma->per_patient.begin(), ma->per_patient.end(), mb->per_patient.begin(),
+                  mb->per_patient.end(), same_id)) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "methods '" + a + "' and '" + b + "' were not scored on the same patients");
+  }
   DynamicsComparison c;
   c.method_a = a;
   c.method_b = b;
   std::vector<double> mae, level, rho;
   for (std::size_t p = 0; p < ma->per_patient.size(); ++p) {
     const PatientFidelity& pa = ma->per_patient[p];
-    if (p >= mb->per_patient.size() || mb->per_patient[p].id != pa.id) {
-      return MakeError(ErrorCode::kInvalidArgument,
-                       "methods '" + a + "' and '" + b + "' were not scored on the same patients");
-    }
     const PatientFidelity& pb = mb->per_patient[p];
     mae.push_back(pa.residual_mae_ml - pb.residual_mae_ml);
     level.push_back(std::abs(pa.residual_bias_ml) - std::abs(pb.residual_bias_ml));
@@ -457,10 +462,6 @@ Expected<DynamicsComparison> CompareDynamicsMethods(const DynamicsEvaluation& ev
     } else {
       ++c.spearman_same;
     }
-  }
-  if (mae.size() != mb->per_patient.size()) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "methods '" + a + "' and '" + b + "' were not scored on the same patients");
   }
   c.patients = int(mae.size());
   c.spearman_patients = int(rho.size());
@@ -631,17 +632,14 @@ std::string DynamicsEvaluation::ToJson() const {
     j["methods"].push_back(e);
   }
   if (paired) {
-    const auto interval = [](const MeanInterval& m) {
-      return nlohmann::json{{"mean", m.mean}, {"lo", m.lo}, {"hi", m.hi}};
-    };
     const DynamicsComparison& c = *paired;
     j["paired"] = {{"a", c.method_a},
                    {"b", c.method_b},
                    {"patients", c.patients},
-                   {"residual_mae_ml", interval(c.residual_mae_diff)},
-                   {"residual_patient_level_ml", interval(c.residual_level_diff)},
+                   {"residual_mae_ml", IntervalJson(c.residual_mae_diff)},
+                   {"residual_patient_level_ml", IntervalJson(c.residual_level_diff)},
                    {"spearman_patients", c.spearman_patients},
-                   {"spearman", interval(c.spearman_diff)},
+                   {"spearman", IntervalJson(c.spearman_diff)},
                    {"spearman_higher", c.spearman_higher},
                    {"spearman_lower", c.spearman_lower},
                    {"spearman_same", c.spearman_same},

@@ -296,9 +296,6 @@ std::string PlanRunComparison::FormatTable() const {
 }
 
 std::string PlanRunComparison::ToJson() const {
-  const auto interval = [](const MeanInterval& m) {
-    return json{{"mean", m.mean}, {"lo", m.lo}, {"hi", m.hi}};
-  };
   return json{{"run_a", run_a},
               {"run_b", run_b},
               {"cohort_dir", cohort_dir},
@@ -307,8 +304,8 @@ std::string PlanRunComparison::ToJson() const {
               {"only_b", only_b},
               {"methods", {MethodJson(a), MethodJson(b)}},
               {"a_minus_b",
-               {{"regret", interval(regret_diff)},
-                {"f1", interval(f1_diff)},
+               {{"regret", IntervalJson(regret_diff)},
+                {"f1", IntervalJson(f1_diff)},
                 {"ci_method", "percentile bootstrap over patients, 2000 resamples"},
                 {"a_worse", a_worse},
                 {"a_better", a_better},

@@ -2,7 +2,8 @@
 // SPDX-FileCopyrightText: the mewm authors
 //
 // Shared by the plan evaluation (evaluation.cc) and the policy evaluation (policy_eval.cc): the
-// plan strings of result and truth files, and one method's running scores.
+// plan strings of result and truth files, and one method's running scores; and by every
+// evaluation's JSON, the form of a bootstrap interval.
 #pragma once
 
 #include <map>
@@ -17,6 +18,11 @@
 #include "mewm/tace/action_base.h"
 
 namespace mewm::scenarios {
+
+/// A mean with its bootstrap interval as the evaluations' JSON writes it.
+inline nlohmann::json IntervalJson(const MeanInterval& m) {
+  return nlohmann::json{{"mean", m.mean}, {"lo", m.lo}, {"hi", m.hi}};
+}
 
 /// A plan string of result.json or truth.json ("Lipiodol+Epirubicin", "none") as a Plan; the
 /// items are not checked.
