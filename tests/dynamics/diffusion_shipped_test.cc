@@ -4,8 +4,10 @@
 // The shipped diffusion checkpoints (models/dynamics_diffusion.pt, its guidance-distilled student
 // models/dynamics_diffusion_distilled.pt, the distilled student with the lesion-size input,
 // models/dynamics_diffusion_lesion_size.pt, the one whose drugs share one saturating group,
-// models/dynamics_diffusion_drug_saturate.pt, and the undistilled one with a decoder trained on
-// the paste, models/dynamics_diffusion_paste.pt) respond to plans in the truth's direction.
+// models/dynamics_diffusion_drug_saturate.pt, the undistilled one with a decoder trained on
+// the paste, models/dynamics_diffusion_paste.pt, and its fine-tune with the patient's covariates
+// and a loss term on the decoded residual, models/dynamics_diffusion_residual.pt) respond to
+// plans in the truth's direction.
 // Labelled slow: they load the real weights and render synthetic patients.
 #include <gtest/gtest.h>
 
@@ -75,20 +77,20 @@ TEST_P(DiffusionShippedTest, GeneratedResidualRanksPlansLikeTheTruth) {
   EXPECT_GT(partial_kept, partial_seen / 2) << partial_kept << " of " << partial_seen;
 }
 
-INSTANTIATE_TEST_SUITE_P(Checkpoints, DiffusionShippedTest,
-                         ::testing::Values("dynamics_diffusion.pt",
-                                           "dynamics_diffusion_distilled.pt",
-                                           "dynamics_diffusion_lesion_size.pt",
-                                           "dynamics_diffusion_drug_saturate.pt",
-                                           "dynamics_diffusion_paste.pt"),
-                         [](const ::testing::TestParamInfo<const char*>& param) {
-                           const std::string name = param.param;
-                           if (name.find("lesion_size") != std::string::npos) return "LesionSize";
-                           if (name.find("saturate") != std::string::npos) return "DrugSaturate";
-                           if (name.find("paste") != std::string::npos) return "PasteDecoder";
-                           if (name.find("distilled") != std::string::npos) return "Distilled";
-                           return "Teacher";
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Checkpoints, DiffusionShippedTest,
+    ::testing::Values("dynamics_diffusion.pt", "dynamics_diffusion_distilled.pt",
+                      "dynamics_diffusion_lesion_size.pt", "dynamics_diffusion_drug_saturate.pt",
+                      "dynamics_diffusion_paste.pt", "dynamics_diffusion_residual.pt"),
+    [](const ::testing::TestParamInfo<const char*>& param) {
+      const std::string name = param.param;
+      if (name.find("lesion_size") != std::string::npos) return "LesionSize";
+      if (name.find("saturate") != std::string::npos) return "DrugSaturate";
+      if (name.find("paste") != std::string::npos) return "PasteDecoder";
+      if (name.find("residual") != std::string::npos) return "ResidualTerm";
+      if (name.find("distilled") != std::string::npos) return "Distilled";
+      return "Teacher";
+    });
 
 }  // namespace
 }  // namespace mewm::dynamics
