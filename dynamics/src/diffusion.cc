@@ -114,6 +114,7 @@ Status DiffusionConfig::Validate() const {
     return Invalid("item_groups must be empty or have one entry per item");
   }
   if (group_once && item_groups.empty()) return Invalid("group_once needs item_groups");
+  if (item_size && !lesion_size) return Invalid("item_size needs lesion_size");
   if (!texture.empty()) MEWM_RETURN_IF_ERROR(texture.Validate());
   return window.Validate();
 }
@@ -133,6 +134,7 @@ std::string DiffusionConfig::ToJson() const {
   // Written only when distilled, so configs of undistilled checkpoints stay as they were.
   if (guidance_distilled != 1.0) j["guidance_distilled"] = guidance_distilled;
   if (lesion_size) j["lesion_size"] = true;  // likewise
+  if (item_size) j["item_size"] = true;
   if (clinical) j["clinical"] = true;
   if (!item_groups.empty()) j["item_groups"] = item_groups;
   if (group_once) j["group_once"] = true;
@@ -168,6 +170,7 @@ Expected<DiffusionConfig> DiffusionConfig::FromJson(const std::string& text,
     c.items = j.at("items").get<std::vector<std::string>>();
     c.guidance_distilled = j.value("guidance_distilled", 1.0);
     c.lesion_size = j.value("lesion_size", false);
+    c.item_size = j.value("item_size", false);
     c.clinical = j.value("clinical", false);
     c.item_groups = j.value("item_groups", std::vector<std::string>{});
     c.group_once = j.value("group_once", false);

@@ -223,6 +223,14 @@ TEST_F(DiffusionTest, ConfigRoundTripsAndRejectsBadValues) {
   EXPECT_NEAR(LesionSizeFeature(35.0), 0.0, 1e-12);
   EXPECT_NEAR(LesionSizeFeature(70.0), std::log(2.0), 1e-12);
   EXPECT_TRUE(std::isfinite(LesionSizeFeature(0.0)));
+  // Likewise the items' size slopes, which need the size input.
+  EXPECT_FALSE(old.contains("item_size"));
+  sized.item_size = true;
+  EXPECT_TRUE(DiffusionConfig::FromJson(sized.ToJson(), "s.pt")->item_size);
+  DiffusionConfig unsized = c;
+  unsized.item_size = true;
+  ASSERT_FALSE(unsized.Validate());
+  EXPECT_NE(unsized.Validate().error().message.find("lesion_size"), std::string::npos);
   // Likewise the clinical input, and its features.
   EXPECT_FALSE(old.contains("clinical"));
   EXPECT_FALSE(DiffusionConfig::FromJson(old.dump(), "v1.pt")->clinical);
@@ -779,6 +787,22 @@ TEST_F(DiffusionTest, TheLesionSizeInputCanBeAddedByFineTuning) {
   EXPECT_EQ(model->counters().plan_embeddings, 4);
   // Not the reverse: a model with the input cannot start one without it.
   ExpectNoFineTuneDropping("sized.pt", "lesion_size");
+}
+
+TEST_F(DiffusionTest, ItemSizeSlopesCanBeAddedByFineTuningAndChangeWhatTheSizeDoes) {
+  // The same fine-tune (seed, steps, pairs) with and without the items' size slopes, from a
+  // checkpoint that has neither: the slopes start at zero, train, and change the outcome.
+  DiffusionConfig sized = Tiny();
+  sized.lesion_size = true;
+  const auto without = FineTuned(19, sized, "sized_19.pt");
+  sized.item_size = true;
+  const auto with = FineTuned(19, sized, "item_sized.pt");
+  ASSERT_TRUE(without && with);
+  EXPECT_FALSE(without->config().item_size);
+  EXPECT_TRUE(with->config().item_size);
+  const PatientCase p = Phantom({{0, 0, 0}}, 12.0);
+  EXPECT_GT(MaxDifference(PostCt(*with, p, 5), PostCt(*without, p, 5)), 0.0);
+  ExpectNoFineTuneDropping("item_sized.pt", "item_size");
 }
 
 TEST_F(DiffusionTest, TheClinicalInputCanBeAddedByFineTuningAndTheOutcomeFollowsIt) {

@@ -763,6 +763,29 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
                 std::abs(rows[p].at("residual_bias_ml").get<double>()) - 1e-9);
       mae += rows[p].at("residual_mae_ml").get<double>() / 3.0;
       bias += rows[p].at("residual_bias_ml").get<double>() / 3.0;
+      // Each plan's figures: the truth's are every method's, and they average to the patient's.
+      const auto& plans = rows[p].at("plans");
+      ASSERT_EQ(plans.size(), 3u) << rows[p].dump();
+      double true_ml = 0.0, diff = 0.0;
+      for (std::size_t q = 0; q < plans.size(); ++q) {
+        const auto& truth_plan = truth_rows[p].at("plans")[q];
+        EXPECT_EQ(plans[q].at("plan"), truth_plan.at("plan"));
+        EXPECT_NE(plans[q].at("plan").get<std::string>().find("Lipiodol"), std::string::npos);
+        EXPECT_EQ(plans[q].at("true_residual_ml"), truth_plan.at("true_residual_ml"));
+        EXPECT_EQ(plans[q].contains("lipiodol_coverage"), m.at("method") != "complete response");
+        // No change predicts the pre-treatment tumor under every plan; complete response none.
+        if (constant) {
+          EXPECT_EQ(plans[q].at("residual_ml"), plans[0].at("residual_ml"));
+        }
+        if (m.at("method") == "complete response") {
+          EXPECT_EQ(plans[q].at("residual_ml").get<double>(), 0.0) << plans[q].dump();
+        }
+        true_ml += plans[q].at("true_residual_ml").get<double>() / 3.0;
+        diff += (plans[q].at("residual_ml").get<double>() -
+                 plans[q].at("true_residual_ml").get<double>()) / 3.0;
+      }
+      EXPECT_NEAR(true_ml, rows[p].at("true_residual_ml").get<double>(), 1e-9);
+      EXPECT_NEAR(diff, rows[p].at("residual_bias_ml").get<double>(), 1e-9);
     }
     EXPECT_NEAR(mae, m.at("residual_mae_ml").get<double>(), 1e-9) << m.dump();
     EXPECT_NEAR(bias, m.at("residual_bias_ml").get<double>(), 1e-9) << m.dump();

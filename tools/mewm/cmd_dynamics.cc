@@ -33,8 +33,8 @@ struct TrainDynamicsOptions {
   int ae_steps = 1500, denoiser_steps = 1500, decoder_steps = 0, ae_batch = 8, denoiser_batch = 12,
       threads = 0;
   double validation_fraction = 0.1, residual_weight = 0.0;
-  bool lesion_size = false, clinical = false, drug_saturate = false, decoder_pre = false,
-       texture = false;
+  bool lesion_size = false, item_size = false, clinical = false, drug_saturate = false,
+       decoder_pre = false, texture = false;
   bool quiet = false;
 };
 
@@ -81,6 +81,10 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                 "The plan embedding also reads the equivalent diameter of the lesion each crop "
                 "is centred on (a teacher distilled needs it too; --init-from may add it to a "
                 "checkpoint without it)");
+  sub->add_flag("--item-size", o->item_size,
+                "Each plan item also gets its own size slope, so two items can trade places as "
+                "the lesion grows (needs --lesion-size; --init-from may add it to a checkpoint "
+                "without it)");
   sub->add_option("--residual-weight", o->residual_weight,
                   "Adds to the denoiser's loss this weight times the squared error of the "
                   "residual tumor its prediction implies once decoded (mL, to first order, over "
@@ -185,7 +189,8 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
                               : " --distill-from " + o.distill_from + " --distill-guidance " +
                                     nlohmann::json(o.distill_guidance).dump()) +
       (o.init_from.empty() ? "" : " --init-from " + o.init_from) +
-      (o.lesion_size ? " --lesion-size" : "") + (o.clinical ? " --clinical" : "") +
+      (o.lesion_size ? " --lesion-size" : "") + (o.item_size ? " --item-size" : "") +
+      (o.clinical ? " --clinical" : "") +
       (o.drug_sharing == "none" ? "" : " --drug-sharing " + o.drug_sharing) +
       (o.drug_saturate ? " --drug-saturate" : "") + (o.decoder_pre ? " --decoder-pre" : "") +
       (o.texture ? " --texture" : "") +
@@ -262,6 +267,7 @@ Action AddTrainDynamics(CLI::App& train_app) {
     auto config = dynamics::DiffusionConfig::Preset(o->config, actions);
     if (!config) return Fail(config.error());
     config->lesion_size = o->lesion_size;
+    config->item_size = o->item_size;
     config->clinical = o->clinical;
     auto groups = dynamics::ItemGroups(actions, o->drug_sharing);
     if (!groups) return Fail(groups.error());

@@ -532,6 +532,7 @@ Expected<std::unique_ptr<DiffusionDynamics>> CreateDiffusionDynamics(
     MEWM_TRY(expected, DiffusionConfig::Preset(options.config, options.actions));
     expected.guidance_distilled = stored.guidance_distilled;  // the weights', not the preset's
     expected.lesion_size = stored.lesion_size;                // likewise
+    expected.item_size = stored.item_size;                    // likewise
     expected.clinical = stored.clinical;                      // likewise
     expected.item_groups = stored.item_groups;                // likewise
     expected.group_once = stored.group_once;                  // likewise

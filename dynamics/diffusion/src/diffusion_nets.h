@@ -206,6 +206,12 @@ class DenoiserImpl : public torch::nn::Module {
       size->weight.zero_();
       size->bias.zero_();
     }
+    if (c.item_size) {  // likewise
+      item_size = register_module("item_size",
+                                  torch::nn::Embedding(std::int64_t(c.items.size()), e));
+      torch::NoGradGuard no_grad;
+      item_size->weight.zero_();
+    }
     if (c.clinical) {  // likewise
       clinical = register_module("clinical", torch::nn::Linear(kClinicalColumns, e));
       torch::NoGradGuard no_grad;
@@ -230,24 +236,25 @@ class DenoiserImpl : public torch::nn::Module {
   /// mean embedding, and with DiffusionConfig::group_once a group counts once per plan), then an
   /// MLP. With DiffusionConfig::lesion_size each row has one more column, the crop's
   /// LesionSizeFeature, added inside the MLP (before its nonlinearity), so an item's effect can
-  /// depend on the lesion's size; with DiffusionConfig::clinical three more, the patient's
-  /// ClinicalFeatures, added the same way.
+  /// depend on the lesion's size; with DiffusionConfig::item_size each item's size slope times
+  /// that column is added to the item sum; with DiffusionConfig::clinical three more columns,
+  /// the patient's ClinicalFeatures, added like the size.
   torch::Tensor PlanEmbedding(const torch::Tensor& rows) {
     const std::int64_t v = items->weight.size(0);
-    const torch::Tensor& w = items->weight;
     const torch::Tensor plan_items = rows.slice(1, 0, v);
-    torch::Tensor sum;
-    if (!group_mean_.defined()) {
-      sum = plan_items.matmul(w);
-    } else {
+    // The plan's sum of one per-item table [V, e], with the item groups applied.
+    const auto item_sum = [&](const torch::Tensor& w) {
+      if (!group_mean_.defined()) return plan_items.matmul(w);
       // Members count through their group's count, so the members' rows are bit-identical.
       const torch::Tensor mean = group_mean_.to(w.device());
       torch::Tensor counts = plan_items.matmul(group_members_.to(w.device()).t());  // [P, G]
       if (group_once_) counts = counts.clamp_max(1.0);
-      sum = (plan_items * ungrouped_.to(w.device())).matmul(w) + counts.matmul(mean.matmul(w));
-    }
-    torch::Tensor h = plan1(sum);
+      return (plan_items * ungrouped_.to(w.device())).matmul(w) + counts.matmul(mean.matmul(w));
+    };
+    torch::Tensor sum = item_sum(items->weight);
     const std::int64_t after_size = size ? v + 1 : v;
+    if (item_size) sum = sum + rows.slice(1, v, after_size) * item_sum(item_size->weight);
+    torch::Tensor h = plan1(sum);
     if (size) h = h + size(rows.slice(1, v, after_size));
     if (clinical) h = h + clinical(rows.slice(1, after_size, after_size + kClinicalColumns));
     return plan2(torch::silu(h));
@@ -267,7 +274,7 @@ class DenoiserImpl : public torch::nn::Module {
   static constexpr std::int64_t kClinicalColumns = 3;  ///< ClinicalFeatures' size
   torch::nn::Linear time1{nullptr}, time2{nullptr}, plan1{nullptr}, plan2{nullptr}, size{nullptr},
       clinical{nullptr};
-  torch::nn::Embedding items{nullptr};
+  torch::nn::Embedding items{nullptr}, item_size{nullptr};
   torch::Tensor null_plan;
   Conv3d conv_in{nullptr}, down{nullptr}, up{nullptr}, conv_out{nullptr};
   ResBlock rb_in{nullptr}, rb_down{nullptr}, rb_mid{nullptr}, rb_up{nullptr};

@@ -268,7 +268,8 @@ void UpdateEma(nets::DiffusionNet& ema, nets::DiffusionNet& net, double decay) {
 }
 
 /// Copies every parameter and buffer `from` has; one it lacks keeps its initialisation (the size
-/// input of a DiffusionConfig::lesion_size or ::clinical denoiser fine-tuned from one without it).
+/// input of a DiffusionConfig::lesion_size, ::item_size or ::clinical denoiser fine-tuned from one
+/// without it).
 void CopyWeights(nets::DiffusionNet& to, nets::DiffusionNet& from) {
   torch::NoGradGuard no_grad;
   auto t = to->named_parameters(), f = from->named_parameters();
@@ -920,6 +921,7 @@ Expected<DiffusionTrainReport> Train(
     // zero, CopyWeights), not the reverse.
     if (!stored.lesion_size) start_config.lesion_size = false;
     if (!stored.clinical) start_config.clinical = false;        // likewise the covariates
+    if (!stored.item_size) start_config.item_size = false;      // likewise the size slopes
     if (!stored.decoder_pre) start_config.decoder_pre = false;  // likewise the decoder's view
     if (!stored.decoder_pre && o.config.decoder_pre && o.decoder_steps == 0)
       return untrained_view();

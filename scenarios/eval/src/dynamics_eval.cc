@@ -151,9 +151,14 @@ std::vector<PatientFidelity> PerPatient(const MethodCases& c, const std::vector<
     const double bias = Mean(diff);
     std::vector<double> within;
     for (const double d : diff) within.push_back(std::abs(d - bias));
+    std::vector<PlanFidelity> plans;
+    for (std::size_t q = 0; q < n; ++q) {
+      plans.push_back({c.plans[p][q].ToString(), c.pred_ml[p][q], c.true_ml[p][q],
+                       c.pred_coverage[p][q], c.true_coverage[p][q]});
+    }
     out.push_back({ids[p], lesion_crops[p], Mean(c.true_ml[p]), Mean(of_patient(c.residual_abs)),
                    bias, Mean(within), Mean(of_patient(c.residual_spread)),
-                   PatientSpearman(c.pred_ml[p], c.true_ml[p])});
+                   PatientSpearman(c.pred_ml[p], c.true_ml[p]), std::move(plans)});
     k += n;
   }
   return out;
@@ -611,6 +616,17 @@ std::string DynamicsEvaluation::ToJson() const {
     }
     e["per_patient"] = nlohmann::json::array();
     for (const PatientFidelity& p : m.per_patient) {
+      nlohmann::json plans = nlohmann::json::array();
+      for (const PlanFidelity& q : p.plans) {
+        nlohmann::json plan = {{"plan", q.plan},
+                               {"residual_ml", q.residual_ml},
+                               {"true_residual_ml", q.true_residual_ml}};
+        if (m.has_image) {
+          plan["lipiodol_coverage"] = q.lipiodol_coverage;
+          plan["true_lipiodol_coverage"] = q.true_lipiodol_coverage;
+        }
+        plans.push_back(std::move(plan));
+      }
       e["per_patient"].push_back({{"id", p.id},
                                   {"lesion_crops", p.lesion_crops},
                                   {"true_residual_ml", p.true_residual_ml},
@@ -618,7 +634,8 @@ std::string DynamicsEvaluation::ToJson() const {
                                   {"residual_bias_ml", p.residual_bias_ml},
                                   {"residual_within_mae_ml", p.residual_within_mae_ml},
                                   {"residual_sample_sd_ml", p.residual_spread_ml},
-                                  {"spearman", num(p.spearman)}});
+                                  {"spearman", num(p.spearman)},
+                                  {"plans", std::move(plans)}});
     }
     if (m.has_turing) {
       e["turing"] = {{"auc", m.turing.auc},

@@ -83,6 +83,13 @@ struct DiffusionConfig {
   /// in the synthetic world an embolic's ischemic kill does. Trained with `mewm train dynamics
   /// --lesion-size`; like guidance_distilled, a preset takes it from the checkpoint.
   bool lesion_size = false;
+  /// Whether each item also has its own size slope (`mewm train dynamics --item-size`, needs
+  /// lesion_size): the item's embedding moves along a learned direction in proportion to the
+  /// lesion's LesionSizeFeature, so two items can trade places as the lesion grows. Without it the
+  /// size reaches the items only through the plan MLP's one nonlinearity, and a fine-tune learned
+  /// no such crossing (models/README.md). Adds weights; a checkpoint without it can start one
+  /// with it (the slopes start at zero), and a preset takes it from the checkpoint.
+  bool item_size = false;
   /// Whether the plan embedding also reads the patient's clinical covariates (ClinicalFeatures:
   /// AFP, vascular invasion, age), so that a patient's response level can follow them as well as
   /// the image: in the synthetic world AFP rises with the hidden proliferation that also sets how

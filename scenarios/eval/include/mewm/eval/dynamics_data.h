@@ -57,6 +57,15 @@ struct ItemEffect {
   double lipiodol_coverage = 0.0, true_lipiodol_coverage = 0.0;
 };
 
+/// One plan of one patient, as a method predicts it and as the truth has it: the residual (mean
+/// over the plan's samples, mL) and the Lipiodol coverage (likewise). Two plans of a patient that
+/// differ by one item show that item's effect on that patient, where ItemEffect averages it away.
+struct PlanFidelity {
+  std::string plan;  ///< Plan::ToString
+  double residual_ml = 0.0, true_residual_ml = 0.0;
+  double lipiodol_coverage = 0.0, true_lipiodol_coverage = 0.0;
+};
+
 /// One patient's residual figures for one method, over the patient's plans (the residual read as
 /// in DynamicsMetrics: the mean over a plan's samples). Which patients carry a method's error.
 struct PatientFidelity {
@@ -71,6 +80,7 @@ struct PatientFidelity {
   /// Spearman(pred, true) across the plans, as DynamicsMetrics::spearman counts it: 0 when the
   /// prediction is constant, NaN when the truth is (nothing to rank)
   double spearman = 0.0;
+  std::vector<PlanFidelity> plans;  ///< in the cohort's order of the patient's plans
 };
 
 /// Fidelity of one dynamics method against the mechanistic truth, over (patient, plan) cases.
