@@ -782,7 +782,8 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
         }
         true_ml += plans[q].at("true_residual_ml").get<double>() / 3.0;
         diff += (plans[q].at("residual_ml").get<double>() -
-                 plans[q].at("true_residual_ml").get<double>()) / 3.0;
+                 plans[q].at("true_residual_ml").get<double>()) /
+                3.0;
       }
       EXPECT_NEAR(true_ml, rows[p].at("true_residual_ml").get<double>(), 1e-9);
       EXPECT_NEAR(diff, rows[p].at("residual_bias_ml").get<double>(), 1e-9);

@@ -207,8 +207,8 @@ class DenoiserImpl : public torch::nn::Module {
       size->bias.zero_();
     }
     if (c.item_size) {  // likewise
-      item_size = register_module("item_size",
-                                  torch::nn::Embedding(std::int64_t(c.items.size()), e));
+      item_size =
+          register_module("item_size", torch::nn::Embedding(std::int64_t(c.items.size()), e));
       torch::NoGradGuard no_grad;
       item_size->weight.zero_();
     }
