@@ -86,9 +86,11 @@ struct DiffusionConfig {
   /// Whether each item also has its own size slope (`mewm train dynamics --item-size`, needs
   /// lesion_size): the item's embedding moves along a learned direction in proportion to the
   /// lesion's LesionSizeFeature, so two items can trade places as the lesion grows. Without it the
-  /// size reaches the items only through the plan MLP's one nonlinearity, and a fine-tune learned
-  /// no such crossing (models/README.md). Adds weights; a checkpoint without it can start one
-  /// with it (the slopes start at zero), and a preset takes it from the checkpoint.
+  /// size reaches the items only through the plan MLP's one nonlinearity. Measured, not shipped:
+  /// a fine-tune with it learned the size, but the world's choice between NBCA and PVA follows
+  /// vascularity (models/README.md, "NBCA against PVA, plan by plan"). Adds weights; a checkpoint
+  /// without it can start one with it (the slopes start at zero), and a preset takes it from the
+  /// checkpoint.
   bool item_size = false;
   /// Whether the plan embedding also reads the patient's clinical covariates (ClinicalFeatures:
   /// AFP, vascular invasion, age), so that a patient's response level can follow them as well as
