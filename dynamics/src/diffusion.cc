@@ -135,6 +135,7 @@ std::string DiffusionConfig::ToJson() const {
   if (guidance_distilled != 1.0) j["guidance_distilled"] = guidance_distilled;
   if (lesion_size) j["lesion_size"] = true;  // likewise
   if (item_size) j["item_size"] = true;
+  if (item_enhancement) j["item_enhancement"] = true;
   if (clinical) j["clinical"] = true;
   if (!item_groups.empty()) j["item_groups"] = item_groups;
   if (group_once) j["group_once"] = true;
@@ -171,6 +172,7 @@ Expected<DiffusionConfig> DiffusionConfig::FromJson(const std::string& text,
     c.guidance_distilled = j.value("guidance_distilled", 1.0);
     c.lesion_size = j.value("lesion_size", false);
     c.item_size = j.value("item_size", false);
+    c.item_enhancement = j.value("item_enhancement", false);
     c.clinical = j.value("clinical", false);
     c.item_groups = j.value("item_groups", std::vector<std::string>{});
     c.group_once = j.value("group_once", false);
@@ -259,6 +261,8 @@ WorldBox Everywhere() {
 }  // namespace
 
 double LesionSizeFeature(double diameter_mm) { return std::log(std::max(diameter_mm, 1.0) / 35.0); }
+
+double EnhancementFeature(double enhancing_hu) { return (enhancing_hu - 90.0) / 20.0; }
 
 std::array<double, 3> ClinicalFeatures(const Covariates& covariates) {
   return {std::log10(std::max(covariates.afp_ng_ml, 0.1)) - 1.5,

@@ -21,6 +21,7 @@
 #include "mewm/core/seed.h"
 #include "mewm/core/stats.h"
 #include "mewm/dynamics/diffusion_backend.h"
+#include "mewm/tace/tumor_features.h"
 
 namespace mewm::dynamics {
 namespace {
@@ -95,7 +96,7 @@ std::vector<DiffusionPair> Pairs(const DiffusionConfig& config) {
       const PatientCase post = Phantom({{double(n % 3) * 3.0, 0, 0}}, (8.0 + n) * kept, 20.0);
       pairs.push_back({pre.id, P(plan), *ExtractChannels(pre.ct, pre.tumor, spec, config.window),
                        *ExtractChannels(post.ct, post.tumor, spec, config.window), crop.diameter_mm,
-                       pre.covariates});
+                       pre.covariates, ComputeTumorFeatures(pre.ct, pre.tumor)->enhancing_hu});
     }
   }
   return pairs;
@@ -231,6 +232,14 @@ TEST_F(DiffusionTest, ConfigRoundTripsAndRejectsBadValues) {
   unsized.item_size = true;
   ASSERT_FALSE(unsized.Validate());
   EXPECT_NE(unsized.Validate().error().message.find("lesion_size"), std::string::npos);
+  // Likewise the items' enhancement slopes, and their feature.
+  EXPECT_FALSE(old.contains("item_enhancement"));
+  DiffusionConfig enhanced = c;
+  enhanced.item_enhancement = true;
+  EXPECT_TRUE(DiffusionConfig::FromJson(enhanced.ToJson(), "e.pt")->item_enhancement);
+  EXPECT_FALSE(DiffusionConfig::FromJson(c.ToJson(), "c.pt")->item_enhancement);
+  EXPECT_NEAR(EnhancementFeature(90.0), 0.0, 1e-12);
+  EXPECT_NEAR(EnhancementFeature(110.0), 1.0, 1e-12);
   // Likewise the clinical input, and its features.
   EXPECT_FALSE(old.contains("clinical"));
   EXPECT_FALSE(DiffusionConfig::FromJson(old.dump(), "v1.pt")->clinical);
@@ -803,6 +812,41 @@ TEST_F(DiffusionTest, ItemSizeSlopesCanBeAddedByFineTuningAndChangeWhatTheSizeDo
   const PatientCase p = Phantom({{0, 0, 0}}, 12.0);
   EXPECT_GT(MaxDifference(PostCt(*with, p, 5), PostCt(*without, p, 5)), 0.0);
   ExpectNoFineTuneDropping("item_sized.pt", "item_size");
+}
+
+TEST_F(DiffusionTest, ItemEnhancementSlopesCanBeAddedByFineTuningAndReadTheMeasuredEnhancement) {
+  // Two patients whose crops are identical (liver and tumor both above the window's top, where it
+  // clamps) but whose tumors' measured enhancement differs: only the slopes can tell them apart.
+  const auto bright = [](double tumor_hu) {
+    PatientCase p = Phantom({{0, 0, 0}}, 12.0, tumor_hu);
+    DenseFloat ct = p.ct.ToDense();
+    const DenseLabel tumor = p.tumor.ToDense();
+    for (std::size_t v = 0; v < ct.data.size(); ++v) {
+      if (tumor.data[v] == 0) ct.data[v] = 650.0f;
+    }
+    p.ct = *Volume::FromDense(ct, "ct");
+    return p;
+  };
+  const PatientCase low = bright(700.0), high = bright(900.0);
+  // The generated viable fraction (the post-treatment CT keeps each patient's own HU where the
+  // paste leaves it).
+  const auto fraction = [](DiffusionDynamics& model, const PatientCase& p) {
+    auto outcomes = model.Simulate(p, {{P("Lipiodol+PVA"), 0, 3, 0}});
+    EXPECT_TRUE(outcomes) << outcomes.error().ToString();
+    return outcomes ? outcomes->front().viable_fraction->ToDense().data : std::vector<float>{};
+  };
+  auto base = Model();
+  ASSERT_TRUE(base);
+  EXPECT_EQ(MaxDifference(fraction(*base, low), fraction(*base, high)), 0.0);  // blind to it
+  DiffusionConfig config = Tiny();
+  config.item_enhancement = true;
+  const auto model = FineTuned(29, config, "item_enhanced.pt");
+  ASSERT_TRUE(model);
+  EXPECT_TRUE(model->config().item_enhancement);
+  const double apart = MaxDifference(fraction(*model, low), fraction(*model, high));
+  EXPECT_GT(apart, 0.0);
+  EXPECT_TRUE(std::isfinite(apart));
+  ExpectNoFineTuneDropping("item_enhanced.pt", "item_enhancement");  // nor the reverse
 }
 
 TEST_F(DiffusionTest, TheClinicalInputCanBeAddedByFineTuningAndTheOutcomeFollowsIt) {

@@ -33,8 +33,8 @@ struct TrainDynamicsOptions {
   int ae_steps = 1500, denoiser_steps = 1500, decoder_steps = 0, ae_batch = 8, denoiser_batch = 12,
       threads = 0;
   double validation_fraction = 0.1, residual_weight = 0.0;
-  bool lesion_size = false, item_size = false, clinical = false, drug_saturate = false,
-       decoder_pre = false, texture = false;
+  bool lesion_size = false, item_size = false, item_enhancement = false, clinical = false,
+       drug_saturate = false, decoder_pre = false, texture = false;
   bool quiet = false;
 };
 
@@ -85,6 +85,10 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                 "Each plan item also gets its own size slope, so two items can trade places as "
                 "the lesion grows (needs --lesion-size; --init-from may add it to a checkpoint "
                 "without it)");
+  sub->add_flag("--item-enhancement", o->item_enhancement,
+                "Each plan item also gets its own slope on the tumor's arterial enhancement (a "
+                "visible sign of its vascularity), so two items can trade places as it changes "
+                "(--init-from may add it to a checkpoint without it)");
   sub->add_option("--residual-weight", o->residual_weight,
                   "Adds to the denoiser's loss this weight times the squared error of the "
                   "residual tumor its prediction implies once decoded (mL, to first order, over "
@@ -190,7 +194,7 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
                                     nlohmann::json(o.distill_guidance).dump()) +
       (o.init_from.empty() ? "" : " --init-from " + o.init_from) +
       (o.lesion_size ? " --lesion-size" : "") + (o.item_size ? " --item-size" : "") +
-      (o.clinical ? " --clinical" : "") +
+      (o.item_enhancement ? " --item-enhancement" : "") + (o.clinical ? " --clinical" : "") +
       (o.drug_sharing == "none" ? "" : " --drug-sharing " + o.drug_sharing) +
       (o.drug_saturate ? " --drug-saturate" : "") + (o.decoder_pre ? " --decoder-pre" : "") +
       (o.texture ? " --texture" : "") +
@@ -268,6 +272,7 @@ Action AddTrainDynamics(CLI::App& train_app) {
     if (!config) return Fail(config.error());
     config->lesion_size = o->lesion_size;
     config->item_size = o->item_size;
+    config->item_enhancement = o->item_enhancement;
     config->clinical = o->clinical;
     auto groups = dynamics::ItemGroups(actions, o->drug_sharing);
     if (!groups) return Fail(groups.error());

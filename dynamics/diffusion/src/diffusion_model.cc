@@ -15,6 +15,7 @@
 #include "diffusion_nets.h"
 #include "mewm/core/log.h"
 #include "mewm/core/seed.h"
+#include "mewm/tace/tumor_features.h"
 #include "mewm/torch/bridge.h"
 
 namespace mewm::dynamics {
@@ -45,7 +46,8 @@ Expected<torch::Tensor> PlansToMultiHot(const std::vector<Plan>& plans,
 }
 
 torch::Tensor PlanRows(const torch::Tensor& multi_hot, const std::vector<double>& diameters,
-                       const std::vector<Covariates>& covariates, const DiffusionConfig& config) {
+                       const std::vector<Covariates>& covariates,
+                       const std::vector<double>& enhancing_hu, const DiffusionConfig& config) {
   const auto rows = std::size_t(multi_hot.size(0));
   // One entry for all rows, or one per row.
   const auto of_row = [](const auto& v, std::size_t r) { return v.size() == 1 ? v[0] : v[r]; };
@@ -54,6 +56,9 @@ torch::Tensor PlanRows(const torch::Tensor& multi_hot, const std::vector<double>
     if (config.lesion_size) extra.push_back(float(LesionSizeFeature(of_row(diameters, r))));
     if (config.clinical) {
       for (double x : ClinicalFeatures(of_row(covariates, r))) extra.push_back(float(x));
+    }
+    if (config.item_enhancement) {
+      extra.push_back(float(EnhancementFeature(of_row(enhancing_hu, r))));
     }
   }
   if (extra.empty()) return multi_hot;
@@ -252,7 +257,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     const auto embed = [&](double diameter_mm) {
       counters_.plan_embeddings += std::int64_t(plans.size());
       const torch::Tensor rows =
-          nets::PlanRows(multi_hot, {diameter_mm}, {patient.covariates}, config_);
+          nets::PlanRows(multi_hot, {diameter_mm}, {patient.covariates}, {enhancing_hu_}, config_);
       return net_->denoiser->PlanEmbedding(rows.to(device_)).index_select(0, row_index);
     };
     torch::Tensor rows_plan = config_.lesion_size ? torch::Tensor() : embed(0.0);
@@ -399,6 +404,11 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
       return e.WithContext("patient '" + patient.id + "'");
     };
     if (auto valid = patient.Validate(); !valid) return context(valid.error());
+    if (config_.item_enhancement) {
+      auto features = ComputeTumorFeatures(patient.ct, patient.tumor);
+      if (!features) return context(features.error());
+      enhancing_hu_ = features->enhancing_hu;
+    }
     auto tiles = LesionTiles(patient, config_);
     if (!tiles) return context(tiles.error());
     for (const auto& [spec, territory, diameter_mm] : *tiles) {
@@ -513,6 +523,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
   DiffusionCounters counters_;
   std::string cached_id_;
   const void* cached_tumor_ = nullptr;
+  double enhancing_hu_ = 0.0;  ///< the cached patient's, with DiffusionConfig::item_enhancement
   std::vector<Crop> crops_;
 };
 
@@ -533,6 +544,7 @@ Expected<std::unique_ptr<DiffusionDynamics>> CreateDiffusionDynamics(
     expected.guidance_distilled = stored.guidance_distilled;  // the weights', not the preset's
     expected.lesion_size = stored.lesion_size;                // likewise
     expected.item_size = stored.item_size;                    // likewise
+    expected.item_enhancement = stored.item_enhancement;      // likewise
     expected.clinical = stored.clinical;                      // likewise
     expected.item_groups = stored.item_groups;                // likewise
     expected.group_once = stored.group_once;                  // likewise

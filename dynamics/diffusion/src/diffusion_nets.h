@@ -212,6 +212,12 @@ class DenoiserImpl : public torch::nn::Module {
       torch::NoGradGuard no_grad;
       item_size->weight.zero_();
     }
+    if (c.item_enhancement) {  // likewise
+      item_enhancement = register_module("item_enhancement",
+                                         torch::nn::Embedding(std::int64_t(c.items.size()), e));
+      torch::NoGradGuard no_grad;
+      item_enhancement->weight.zero_();
+    }
     if (c.clinical) {  // likewise
       clinical = register_module("clinical", torch::nn::Linear(kClinicalColumns, e));
       torch::NoGradGuard no_grad;
@@ -238,7 +244,9 @@ class DenoiserImpl : public torch::nn::Module {
   /// LesionSizeFeature, added inside the MLP (before its nonlinearity), so an item's effect can
   /// depend on the lesion's size; with DiffusionConfig::item_size each item's size slope times
   /// that column is added to the item sum; with DiffusionConfig::clinical three more columns,
-  /// the patient's ClinicalFeatures, added like the size.
+  /// the patient's ClinicalFeatures, added like the size; with DiffusionConfig::item_enhancement
+  /// a last column, the EnhancementFeature, times each item's enhancement slope is added to the
+  /// item sum.
   torch::Tensor PlanEmbedding(const torch::Tensor& rows) {
     const std::int64_t v = items->weight.size(0);
     const torch::Tensor plan_items = rows.slice(1, 0, v);
@@ -253,10 +261,15 @@ class DenoiserImpl : public torch::nn::Module {
     };
     torch::Tensor sum = item_sum(items->weight);
     const std::int64_t after_size = size ? v + 1 : v;
+    const std::int64_t after_clinical = clinical ? after_size + kClinicalColumns : after_size;
     if (item_size) sum = sum + rows.slice(1, v, after_size) * item_sum(item_size->weight);
+    if (item_enhancement) {
+      sum = sum +
+            rows.slice(1, after_clinical, after_clinical + 1) * item_sum(item_enhancement->weight);
+    }
     torch::Tensor h = plan1(sum);
     if (size) h = h + size(rows.slice(1, v, after_size));
-    if (clinical) h = h + clinical(rows.slice(1, after_size, after_size + kClinicalColumns));
+    if (clinical) h = h + clinical(rows.slice(1, after_size, after_clinical));
     return plan2(torch::silu(h));
   }
   /// x: [N, latent] noisy delta; context: [N, latent + 1] (pre latent, mask); t: [N] float
@@ -274,7 +287,7 @@ class DenoiserImpl : public torch::nn::Module {
   static constexpr std::int64_t kClinicalColumns = 3;  ///< ClinicalFeatures' size
   torch::nn::Linear time1{nullptr}, time2{nullptr}, plan1{nullptr}, plan2{nullptr}, size{nullptr},
       clinical{nullptr};
-  torch::nn::Embedding items{nullptr}, item_size{nullptr};
+  torch::nn::Embedding items{nullptr}, item_size{nullptr}, item_enhancement{nullptr};
   torch::Tensor null_plan;
   Conv3d conv_in{nullptr}, down{nullptr}, up{nullptr}, conv_out{nullptr};
   ResBlock rb_in{nullptr}, rb_down{nullptr}, rb_mid{nullptr}, rb_up{nullptr};
@@ -392,10 +405,12 @@ Expected<torch::Tensor> PlansToMultiHot(const std::vector<Plan>& plans,
 
 /// The denoiser's plan rows (Denoiser::PlanEmbedding's input): `multi_hot` [P, V], then one
 /// column holding LesionSizeFeature(diameters[p]) when config.lesion_size, then three holding
-/// ClinicalFeatures(covariates[p]) when config.clinical (`diameters` and `covariates` each have
-/// one entry per row, or one for all rows).
+/// ClinicalFeatures(covariates[p]) when config.clinical, then one holding
+/// EnhancementFeature(enhancing_hu[p]) when config.item_enhancement (`diameters`, `covariates`
+/// and `enhancing_hu` each have one entry per row, or one for all rows).
 torch::Tensor PlanRows(const torch::Tensor& multi_hot, const std::vector<double>& diameters,
-                       const std::vector<Covariates>& covariates, const DiffusionConfig& config);
+                       const std::vector<Covariates>& covariates,
+                       const std::vector<double>& enhancing_hu, const DiffusionConfig& config);
 
 /// A crop pair as a [2, D, H, W] tensor (CT, mask mapped to [-1, 1]).
 torch::Tensor ChannelsToTensor(const CropChannels& channels);

@@ -54,8 +54,8 @@ double Seconds(Clock::time_point t0) {
 }
 
 /// The stacked dataset: [M, 2, D, H, W] pre and post crops in half precision (1 MiB per crop at
-/// 64^3), plus each pair's plan row (nets::PlanRows: the plan, and the lesion's size and the
-/// patient's covariates when the config reads them).
+/// 64^3), plus each pair's plan row (nets::PlanRows: the plan, and the lesion's size, the
+/// patient's covariates and the tumor's enhancement when the config reads them).
 struct Stacked {
   torch::Tensor pre, post, plan_rows;
 };
@@ -83,6 +83,7 @@ Expected<Stacked> Stack(const std::vector<DiffusionPair>& pairs, const Diffusion
   std::vector<Plan> plans;
   std::vector<double> diameters;
   std::vector<Covariates> covariates;
+  std::vector<double> enhancing_hu;
   for (std::size_t k = 0; k < pairs.size(); ++k) {
     const DiffusionPair& p = pairs[k];
     pre[std::int64_t(k)].copy_(nets::ChannelsToTensor(p.pre));
@@ -90,10 +91,11 @@ Expected<Stacked> Stack(const std::vector<DiffusionPair>& pairs, const Diffusion
     plans.push_back(p.plan);
     diameters.push_back(p.lesion_diameter_mm);
     covariates.push_back(p.covariates);
+    enhancing_hu.push_back(p.enhancing_hu);
     if (copied) copied(k);
   }
   MEWM_TRY(const torch::Tensor multi_hot, nets::PlansToMultiHot(plans, config.items));
-  return Stacked{pre, post, nets::PlanRows(multi_hot, diameters, covariates, config)};
+  return Stacked{pre, post, nets::PlanRows(multi_hot, diameters, covariates, enhancing_hu, config)};
 }
 
 /// The CT term of the reconstruction losses: L1 with the tumor's neighbourhood `region` (where
@@ -268,8 +270,8 @@ void UpdateEma(nets::DiffusionNet& ema, nets::DiffusionNet& net, double decay) {
 }
 
 /// Copies every parameter and buffer `from` has; one it lacks keeps its initialisation (the size
-/// input of a DiffusionConfig::lesion_size, ::item_size or ::clinical denoiser fine-tuned from one
-/// without it).
+/// input of a DiffusionConfig::lesion_size, ::item_size, ::item_enhancement or ::clinical denoiser
+/// fine-tuned from one without it).
 void CopyWeights(nets::DiffusionNet& to, nets::DiffusionNet& from) {
   torch::NoGradGuard no_grad;
   auto t = to->named_parameters(), f = from->named_parameters();
@@ -920,8 +922,9 @@ Expected<DiffusionTrainReport> Train(
     // A checkpoint without the lesion-size input can start a model with it (the input starts at
     // zero, CopyWeights), not the reverse.
     if (!stored.lesion_size) start_config.lesion_size = false;
-    if (!stored.clinical) start_config.clinical = false;        // likewise the covariates
-    if (!stored.item_size) start_config.item_size = false;      // likewise the size slopes
+    if (!stored.clinical) start_config.clinical = false;    // likewise the covariates
+    if (!stored.item_size) start_config.item_size = false;  // likewise the size slopes
+    if (!stored.item_enhancement) start_config.item_enhancement = false;  // and the enhancement's
     if (!stored.decoder_pre) start_config.decoder_pre = false;  // likewise the decoder's view
     if (!stored.decoder_pre && o.config.decoder_pre && o.decoder_steps == 0)
       return untrained_view();

@@ -12,6 +12,7 @@
 #include <set>
 
 #include "mewm/core/file_util.h"
+#include "mewm/tace/tumor_features.h"
 
 namespace mewm::scenarios {
 namespace {
@@ -76,6 +77,7 @@ Expected<std::vector<dynamics::DiffusionPair>> BuildDiffusionPairs(
       const CohortEntry& entry = entries[n];
       MEWM_TRY(const PatientCase patient, LoadPatient(entry));
       MEWM_TRY(const auto crops, dynamics::LesionCrops(patient, config));
+      MEWM_TRY(const TumorFeatures features, ComputeTumorFeatures(patient.ct, patient.tumor));
       std::vector<dynamics::CropChannels> pre;
       for (const dynamics::LesionTile& crop : crops) {
         MEWM_TRY(auto channels,
@@ -90,7 +92,8 @@ Expected<std::vector<dynamics::DiffusionPair>> BuildDiffusionPairs(
           auto post = dynamics::OutcomeChannels(truth, crops[c].spec, config);
           if (!post) return post.error().WithContext("file '" + file.post + "'");
           per_patient[n].push_back({entry.id, file.plan, pre[c], std::move(*post),
-                                    crops[c].diameter_mm, patient.covariates});
+                                    crops[c].diameter_mm, patient.covariates,
+                                    features.enhancing_hu});
         }
       }
       return {};

@@ -92,6 +92,13 @@ struct DiffusionConfig {
   /// without it can start one with it (the slopes start at zero), and a preset takes it from the
   /// checkpoint.
   bool item_size = false;
+  /// Whether each item also has its own enhancement slope (`mewm train dynamics
+  /// --item-enhancement`): the item's embedding moves along a learned direction in proportion to
+  /// the patient's EnhancementFeature, the arterial enhancement of the pre-treatment tumor. In the
+  /// synthetic world the choice between NBCA and PVA follows the tumor's vascularity, which the CT
+  /// shows as enhancement. Adds weights and one plan-row column; a checkpoint without it can start
+  /// one with it (the slopes start at zero), and a preset takes it from the checkpoint.
+  bool item_enhancement = false;
   /// Whether the plan embedding also reads the patient's clinical covariates (ClinicalFeatures:
   /// AFP, vascular invasion, age), so that a patient's response level can follow them as well as
   /// the image: in the synthetic world AFP rises with the hidden proliferation that also sets how
@@ -186,6 +193,11 @@ Expected<std::vector<LesionTile>> LesionTiles(const PatientCase& patient,
 /// starts to depend on size).
 double LesionSizeFeature(double diameter_mm);
 
+/// The enhancement a DiffusionConfig::item_enhancement denoiser reads: (enhancing_hu - 90) / 20,
+/// of TumorFeatures::enhancing_hu (mean HU of the non-necrotic pre-treatment tumor); about -1 to
+/// +1.5 over the world's tumors (90 HU is the guideline's hypervascular threshold).
+double EnhancementFeature(double enhancing_hu);
+
 /// The covariates a DiffusionConfig::clinical denoiser reads, each of about unit scale over the
 /// world's patients: log10(AFP in ng/mL) - 1.5, vascular invasion (0 or 1), (age - 62) / 9.
 std::array<double, 3> ClinicalFeatures(const Covariates& covariates);
@@ -235,6 +247,9 @@ struct DiffusionPair {
   CropChannels post;                ///< post-treatment CT and viable mask
   double lesion_diameter_mm = 0.0;  ///< LesionTile::diameter_mm of the crop
   Covariates covariates{};  ///< the patient's (what a DiffusionConfig::clinical model reads)
+  /// The patient's TumorFeatures::enhancing_hu (what a DiffusionConfig::item_enhancement model
+  /// reads)
+  double enhancing_hu = 0.0;
 };
 
 /// What a machine Turing test (MachineTuringTest, mewm/dynamics/diffusion_backend.h) reports.
