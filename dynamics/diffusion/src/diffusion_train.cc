@@ -921,11 +921,12 @@ Expected<DiffusionTrainReport> Train(
     DiffusionConfig start_config = with_groups_of(stored);
     // A checkpoint without the lesion-size input can start a model with it (the input starts at
     // zero, CopyWeights), not the reverse.
+    // Likewise the covariates, the size and enhancement slopes and the decoder's view.
     if (!stored.lesion_size) start_config.lesion_size = false;
-    if (!stored.clinical) start_config.clinical = false;    // likewise the covariates
-    if (!stored.item_size) start_config.item_size = false;  // likewise the size slopes
-    if (!stored.item_enhancement) start_config.item_enhancement = false;  // and the enhancement's
-    if (!stored.decoder_pre) start_config.decoder_pre = false;  // likewise the decoder's view
+    if (!stored.clinical) start_config.clinical = false;
+    if (!stored.item_size) start_config.item_size = false;
+    if (!stored.item_enhancement) start_config.item_enhancement = false;
+    if (!stored.decoder_pre) start_config.decoder_pre = false;
     if (!stored.decoder_pre && o.config.decoder_pre && o.decoder_steps == 0)
       return untrained_view();
     // Only its decoder changes: everything else stays the checkpoint's, a distilled guidance too;
