@@ -96,8 +96,11 @@ struct DiffusionConfig {
   /// --item-enhancement`): the item's embedding moves along a learned direction in proportion to
   /// the patient's EnhancementFeature, the arterial enhancement of the pre-treatment tumor. In the
   /// synthetic world the choice between NBCA and PVA follows the tumor's vascularity, which the CT
-  /// shows as enhancement. Adds weights and one plan-row column; a checkpoint without it can start
-  /// one with it (the slopes start at zero), and a preset takes it from the checkpoint.
+  /// shows as enhancement. Measured, not shipped: a fine-tune with it learned each patient's
+  /// response level and not that interaction, and planned worse (models/README.md, "Item slopes
+  /// on the tumor's measured enhancement"). Adds weights and one plan-row column; a checkpoint
+  /// without it can start one with it (the slopes start at zero), and a preset takes it from the
+  /// checkpoint.
   bool item_enhancement = false;
   /// Whether the plan embedding also reads the patient's clinical covariates (ClinicalFeatures:
   /// AFP, vascular invasion, age), so that a patient's response level can follow them as well as
