@@ -917,6 +917,61 @@ TEST_F(DiffusionTest, TheResidualTermChangesWhatTheDenoiserLearnsAndIsRecorded) 
       << distilled.error().message;
 }
 
+TEST_F(DiffusionTest, ThePairedPlanTermChangesWhatTheDenoiserLearnsAndNeedsTwoPlansOfACrop) {
+  // Pairs() holds each phantom's crop under two plans: the term has partners to pair. The same
+  // paired batches with a negligible weight and with a real one: only the term differs.
+  DiffusionTrainOptions t = TinyTraining(37, 10, 4, 100);
+  t.init_from = *model_path_;
+  t.residual_weight = 1.0;
+  t.pair_weight = 1e-12;
+  const auto pairs = Pairs(t.config);
+  t.out = (dir_->path() / "unpaired.pt").string();
+  auto unpaired = TrainDiffusion(pairs, {}, t, {});
+  ASSERT_TRUE(unpaired) << unpaired.error().ToString();
+  t.pair_weight = 2.0;
+  t.out = (dir_->path() / "paired.pt").string();
+  auto paired = TrainDiffusion(pairs, {}, t, {});
+  ASSERT_TRUE(paired) << paired.error().ToString();
+  EXPECT_TRUE(std::isfinite(paired->denoiser_val_loss));
+  EXPECT_NE(paired->denoiser_val_loss, unpaired->denoiser_val_loss);
+  DiffusionBackendOptions o = Options();
+  o.model_path = t.out;
+  auto model = CreateDiffusionDynamics(o);
+  ASSERT_TRUE(model) << model.error().ToString();
+  const nlohmann::json recorded = nlohmann::json::parse((*model)->metadata_json()).at("training");
+  EXPECT_EQ(recorded.value("pair_weight", 0.0), 2.0);
+  EXPECT_GE(recorded.value("pair_rms_ml", 0.0), 1.0);
+  // One plan per crop (every second pair dropped): nothing to pair, refused before training.
+  std::vector<DiffusionPair> single;
+  for (std::size_t k = 0; k < pairs.size(); k += 2) single.push_back(pairs[k]);
+  const auto lonely = TrainDiffusion(single, {}, t, {});
+  ASSERT_FALSE(lonely);
+  EXPECT_EQ(lonely.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(lonely.error().message.find("two plans"), std::string::npos) << lonely.error().message;
+  // Two patients whose crops are alike are not partners: crops are matched within a patient.
+  std::vector<DiffusionPair> strangers = single;
+  strangers.push_back(single.front());
+  strangers.back().patient = "another " + single.front().patient;
+  strangers.back().plan = pairs[1].plan;  // the other plan
+  EXPECT_FALSE(TrainDiffusion(strangers, {}, t, {}));
+  // Refused: a negative or NaN weight, and a distillation.
+  for (double bad : {-1.0, std::nan("")}) {
+    t.pair_weight = bad;
+    const auto refused = TrainDiffusion(pairs, {}, t, {});
+    ASSERT_FALSE(refused);
+    EXPECT_EQ(refused.error().code, ErrorCode::kInvalidArgument);
+  }
+  t.pair_weight = 1.0;
+  t.residual_weight = 0.0;
+  t.init_from.clear();
+  t.distill_from = *model_path_;
+  const auto distilled = TrainDiffusion(pairs, {}, t, {});
+  ASSERT_FALSE(distilled);
+  EXPECT_EQ(distilled.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(distilled.error().message.find("distill"), std::string::npos)
+      << distilled.error().message;
+}
+
 TEST_F(DiffusionTest, DrugsOfOneGroupShareOneEmbedding) {
   const ActionBase& actions = ActionBase::Default();
   const std::vector<std::string>& items = Tiny().items;

@@ -32,7 +32,7 @@ struct TrainDynamicsOptions {
   std::uint64_t seed = 1;
   int ae_steps = 1500, denoiser_steps = 1500, decoder_steps = 0, ae_batch = 8, denoiser_batch = 12,
       threads = 0;
-  double validation_fraction = 0.1, residual_weight = 0.0;
+  double validation_fraction = 0.1, residual_weight = 0.0, pair_weight = 0.0;
   bool lesion_size = false, item_size = false, item_enhancement = false, clinical = false,
        drug_saturate = false, decoder_pre = false, texture = false;
   bool quiet = false;
@@ -94,6 +94,13 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                   "residual tumor its prediction implies once decoded (mL, to first order, over "
                   "the SD of the training residuals), so that how much tumor is left counts, not "
                   "only the image (0 = the v-loss alone; not with --distill-from)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  sub->add_option("--pair-weight", o->pair_weight,
+                  "Draws the denoiser's batches in pairs (one crop of one patient under two "
+                  "plans, the same noise) and adds this weight times the squared error of the "
+                  "difference between their residuals, so that the contrast between plans "
+                  "counts (0 = none; needs several plans per patient; not with --distill-from)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   sub->add_flag("--clinical", o->clinical,
@@ -199,7 +206,8 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
       (o.drug_saturate ? " --drug-saturate" : "") + (o.decoder_pre ? " --decoder-pre" : "") +
       (o.texture ? " --texture" : "") +
       (o.residual_weight > 0.0 ? " --residual-weight " + nlohmann::json(o.residual_weight).dump()
-                               : "");
+                               : "") +
+      (o.pair_weight > 0.0 ? " --pair-weight " + nlohmann::json(o.pair_weight).dump() : "");
   const auto [cohort_seed, data] = CohortProvenance(o.cohort);
   dynamics::DiffusionTrainOptions options;
   options.config = config;
@@ -215,6 +223,7 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
   options.init_from = o.init_from;
   options.fit_texture = o.texture;
   options.residual_weight = o.residual_weight;
+  options.pair_weight = o.pair_weight;
   options.threads = o.threads;
   options.out = o.out;
   options.metadata_json =

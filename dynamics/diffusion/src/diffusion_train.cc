@@ -58,6 +58,9 @@ double Seconds(Clock::time_point t0) {
 /// patient's covariates and the tumor's enhancement when the config reads them).
 struct Stacked {
   torch::Tensor pre, post, plan_rows;
+  /// Each row's crop: rows with the same value hold one crop of one patient (the same
+  /// pre-treatment channels) under different plans.
+  std::vector<std::int64_t> crop;
 };
 
 /// Stacks `pairs` into tensors allocated once and filled pair by pair. `copied(k)`, when given, is
@@ -84,9 +87,18 @@ Expected<Stacked> Stack(const std::vector<DiffusionPair>& pairs, const Diffusion
   std::vector<double> diameters;
   std::vector<Covariates> covariates;
   std::vector<double> enhancing_hu;
+  std::vector<std::int64_t> crop(pairs.size());
+  std::map<std::string, std::vector<std::int64_t>> first_rows;  // of each crop, per patient
+  std::int64_t crops = 0;
   for (std::size_t k = 0; k < pairs.size(); ++k) {
     const DiffusionPair& p = pairs[k];
-    pre[std::int64_t(k)].copy_(nets::ChannelsToTensor(p.pre));
+    const auto row = std::int64_t(k);
+    pre[row].copy_(nets::ChannelsToTensor(p.pre));
+    std::vector<std::int64_t>& seen = first_rows[p.patient];
+    const auto same = std::find_if(seen.begin(), seen.end(),
+                                   [&](std::int64_t j) { return torch::equal(pre[j], pre[row]); });
+    crop[k] = same != seen.end() ? crop[std::size_t(*same)] : crops++;
+    if (same == seen.end()) seen.push_back(row);
     post[std::int64_t(k)].copy_(nets::ChannelsToTensor(p.post));
     plans.push_back(p.plan);
     diameters.push_back(p.lesion_diameter_mm);
@@ -95,7 +107,8 @@ Expected<Stacked> Stack(const std::vector<DiffusionPair>& pairs, const Diffusion
     if (copied) copied(k);
   }
   MEWM_TRY(const torch::Tensor multi_hot, nets::PlansToMultiHot(plans, config.items));
-  return Stacked{pre, post, nets::PlanRows(multi_hot, diameters, covariates, enhancing_hu, config)};
+  return Stacked{pre, post, nets::PlanRows(multi_hot, diameters, covariates, enhancing_hu, config),
+                 std::move(crop)};
 }
 
 /// The CT term of the reconstruction losses: L1 with the tumor's neighbourhood `region` (where
@@ -380,6 +393,26 @@ std::vector<GuidanceScore> ScoreGuidance(
   return scores;
 }
 
+/// For each row of `data`, the rows of the same crop under another plan (the paired-plan term's
+/// partners; DiffusionTrainOptions::pair_weight).
+std::vector<std::vector<std::int64_t>> PlanPartners(const Stacked& data) {
+  std::map<std::int64_t, std::vector<std::int64_t>> rows_of_crop;
+  for (std::size_t k = 0; k < data.crop.size(); ++k) {
+    rows_of_crop[data.crop[k]].push_back(std::int64_t(k));
+  }
+  std::vector<std::vector<std::int64_t>> partners(data.crop.size());
+  for (const auto& [crop, rows] : rows_of_crop) {
+    for (std::int64_t a : rows) {
+      for (std::int64_t b : rows) {
+        if (!torch::equal(data.plan_rows[a], data.plan_rows[b])) {
+          partners[std::size_t(a)].push_back(b);
+        }
+      }
+    }
+  }
+  return partners;
+}
+
 }  // namespace
 
 namespace {
@@ -407,7 +440,16 @@ class Trainer {
     }
     if (teacher_ != nullptr) (*teacher_)->eval();
     CopyWeights(ema_, net_);
+    if (o_.pair_weight > 0.0) {
+      partners_ = PlanPartners(data_);
+      for (std::size_t k = 0; k < partners_.size(); ++k) {
+        if (!partners_[k].empty()) anchors_.push_back(std::int64_t(k));
+      }
+    }
   }
+
+  /// False when the paired-plan term is asked for but no crop has two plans to pair.
+  bool Pairable() const { return o_.pair_weight <= 0.0 || !anchors_.empty(); }
 
   /// Continues from the state folder's last checkpoint, when there is one.
   Status Resume() {
@@ -453,13 +495,21 @@ class Trainer {
   struct Noised {
     torch::Tensor xt, t, v, sigma;
   };
-  Noised Noise(const torch::Tensor& x0, at::Generator& gen) const;
+  /// `paired`: the second half of the rows gets the first half's timesteps and noise.
+  Noised Noise(const torch::Tensor& x0, at::Generator& gen, bool paired = false) const;
   /// v-prediction loss of a batch; `null_prob` of the rows see the null plan. With the rows'
   /// `residual_grad` (ResidualGradients), plus DiffusionTrainOptions::residual_weight times the
-  /// squared residual error the prediction implies, over the training residuals' SD.
+  /// squared residual error the prediction implies, over the training residuals' SD. `paired`
+  /// (a PairedIndex batch): the halves share timesteps, noise and plan dropping, and the loss
+  /// adds DiffusionTrainOptions::pair_weight times the squared error of the difference between
+  /// the halves' residuals, over the RMS of the true differences.
   torch::Tensor DenoiseLoss(nets::Denoiser& denoiser, const torch::Tensor& x0,
                             const torch::Tensor& ctx, const torch::Tensor& hot, at::Generator& gen,
-                            double null_prob, const torch::Tensor& residual_grad = {}) const;
+                            double null_prob, const torch::Tensor& residual_grad = {},
+                            bool paired = false) const;
+  /// A batch of the paired-plan term: half of DiffusionTrainOptions::denoiser_batch random rows
+  /// that have a partner, then for each a random partner (the same crop, another plan).
+  torch::Tensor PairedIndex(at::Generator& gen) const;
   /// DiffusionTrainOptions::residual_weight: each training pair's gradient of its decoded
   /// residual (mL, summed as nets::ResidualFraction gives it) with respect to the scaled latent
   /// change, at its true change, and the SD of the pairs' true residuals.
@@ -485,9 +535,15 @@ class Trainer {
   /// The training pairs' latents (the encoder's means), once the encoder is final: the decoder
   /// stage and EncodeLatents share them (TrainingLatents).
   torch::Tensor z_pre_, z_post_;
-  /// ResidualGradients: [M, latent, d, h, w] (undefined without the residual term) and mL.
+  /// ResidualGradients: [M, latent, d, h, w] (undefined without the residual or the paired-plan
+  /// term) and mL.
   torch::Tensor residual_grad_;
   double residual_sd_ml_ = 1.0;
+  /// The paired-plan term (with DiffusionTrainOptions::pair_weight only): PlanPartners, the rows
+  /// that have one, and the RMS of the true residual differences between partners (mL).
+  std::vector<std::vector<std::int64_t>> partners_;
+  std::vector<std::int64_t> anchors_;
+  double pair_rms_ml_ = 1.0;
   void TrainingLatents() {
     if (!z_pre_.defined()) {
       z_pre_ = EncodeAll(net_, data_.pre);
@@ -655,11 +711,15 @@ void Trainer::EncodeLatents() {
   ResidualGradients();
 }
 
-Trainer::Noised Trainer::Noise(const torch::Tensor& x0, at::Generator& gen) const {
-  const std::int64_t n = x0.size(0);
-  const torch::Tensor t = torch::randint(o_.config.train_timesteps, {n}, gen, torch::kLong);
+Trainer::Noised Trainer::Noise(const torch::Tensor& x0, at::Generator& gen, bool paired) const {
+  const std::int64_t n = x0.size(0), draws = paired ? n / 2 : n;
+  torch::Tensor t = torch::randint(o_.config.train_timesteps, {draws}, gen, torch::kLong);
+  torch::Tensor noise = torch::randn(x0.slice(0, 0, draws).sizes(), gen);
+  if (paired) {
+    t = torch::cat({t, t});
+    noise = torch::cat({noise, noise});
+  }
   const torch::Tensor a = ab_.index_select(0, t).view({n, 1, 1, 1, 1});
-  const torch::Tensor noise = torch::randn(x0.sizes(), gen);
   return {a.sqrt() * x0 + (1 - a).sqrt() * noise, t.to(torch::kFloat),
           a.sqrt() * noise - (1 - a).sqrt() * x0, (1 - a).sqrt()};
 }
@@ -667,11 +727,14 @@ Trainer::Noised Trainer::Noise(const torch::Tensor& x0, at::Generator& gen) cons
 torch::Tensor Trainer::DenoiseLoss(nets::Denoiser& denoiser, const torch::Tensor& x0,
                                    const torch::Tensor& ctx, const torch::Tensor& hot,
                                    at::Generator& gen, double null_prob,
-                                   const torch::Tensor& residual_grad) const {
-  const Noised b = Noise(x0, gen);
+                                   const torch::Tensor& residual_grad, bool paired) const {
+  const Noised b = Noise(x0, gen, paired);
+  const std::int64_t n = x0.size(0), half = n / 2;
   torch::Tensor plan = denoiser->PlanEmbedding(hot);
+  torch::Tensor drop = torch::zeros({n, 1});
   if (null_prob > 0.0) {
-    const torch::Tensor drop = (torch::rand({x0.size(0), 1}, gen) < null_prob).to(torch::kFloat);
+    drop = (torch::rand({paired ? half : n, 1}, gen) < null_prob).to(torch::kFloat);
+    if (paired) drop = torch::cat({drop, drop});
     plan = plan * (1 - drop) + denoiser->null_plan.unsqueeze(0) * drop;
   }
   const torch::Tensor v = denoiser->forward(b.xt, ctx, b.t, plan);
@@ -680,11 +743,34 @@ torch::Tensor Trainer::DenoiseLoss(nets::Denoiser& denoiser, const torch::Tensor
   // x_0 predicted = sqrt(a) x_t - sigma v, so its error is -sigma (v - v_true); to first order
   // the decoded residual moves by the gradient dotted with it.
   const torch::Tensor residual_error_ml = (b.sigma * (v - b.v) * residual_grad).sum({1, 2, 3, 4});
-  return loss + o_.residual_weight * (residual_error_ml / residual_sd_ml_).square().mean();
+  loss = loss + o_.residual_weight * (residual_error_ml / residual_sd_ml_).square().mean();
+  if (!paired) return loss;
+  // With the noise and timestep shared, what the two rows' errors have in common (the crop, the
+  // noise) cancels in their difference: what is left is the error of the plans' contrast, which
+  // the v-loss of each row alone barely weighs. Pairs whose plans were dropped have no contrast.
+  const torch::Tensor contrast_error =
+      (residual_error_ml.slice(0, 0, half) - residual_error_ml.slice(0, half)) / pair_rms_ml_;
+  const torch::Tensor kept = 1 - drop.slice(0, 0, half).view({half});
+  return loss + o_.pair_weight * (contrast_error.square() * kept).mean();
+}
+
+torch::Tensor Trainer::PairedIndex(at::Generator& gen) const {
+  const std::int64_t half = std::max(o_.denoiser_batch / 2, 1);
+  const torch::Tensor pick = RandomIndex(std::int64_t(anchors_.size()), half, gen);
+  const torch::Tensor which = torch::rand({half}, gen, torch::kDouble);
+  std::vector<std::int64_t> rows(std::size_t(2 * half));
+  for (std::int64_t i = 0; i < half; ++i) {
+    const std::int64_t a = anchors_[std::size_t(pick[i].item<std::int64_t>())];
+    const std::vector<std::int64_t>& partners = partners_[std::size_t(a)];
+    rows[std::size_t(i)] = a;
+    rows[std::size_t(half + i)] = partners[std::min(
+        partners.size() - 1, std::size_t(which[i].item<double>() * double(partners.size())))];
+  }
+  return torch::tensor(rows, torch::kLong);
 }
 
 void Trainer::ResidualGradients() {
-  if (o_.residual_weight <= 0.0 || teacher_ != nullptr) return;
+  if ((o_.residual_weight <= 0.0 && o_.pair_weight <= 0.0) || teacher_ != nullptr) return;
   net_->eval();
   const double voxel_ml = std::pow(o_.config.spacing_mm, 3) * 1e-3;
   const torch::Tensor scale = net_->latent_scale.detach();
@@ -709,6 +795,15 @@ void Trainer::ResidualGradients() {
   residual_grad_ = torch::cat(grads);
   const torch::Tensor true_ml = ResidualMl(data_.post, o_.config);
   residual_sd_ml_ = std::max(true_ml.numel() > 1 ? true_ml.std().item<double>() : 0.0, 1.0);
+  double sum_sq = 0.0;
+  std::size_t count = 0;
+  for (std::int64_t a : anchors_) {
+    for (std::int64_t b : partners_[std::size_t(a)]) {
+      sum_sq += std::pow((true_ml[a] - true_ml[b]).item<double>(), 2);
+      ++count;
+    }
+  }
+  if (count > 0) pair_rms_ml_ = std::max(std::sqrt(sum_sq / double(count)), 1.0);
 }
 
 torch::Tensor Trainer::DistillLoss(nets::Denoiser& student, const torch::Tensor& x0,
@@ -751,7 +846,9 @@ Status Trainer::TrainDenoiser() {
   net_->train();
   for (int step = state_.step; step < o_.denoiser_steps; ++step) {
     auto gen = Rng(o_.seed, {2, std::uint64_t(step)});
-    const torch::Tensor idx = RandomIndex(delta_.size(0), o_.denoiser_batch, gen);
+    const bool paired = o_.pair_weight > 0.0;
+    const torch::Tensor idx =
+        paired ? PairedIndex(gen) : RandomIndex(delta_.size(0), o_.denoiser_batch, gen);
     const double warm = std::min(1.0, double(step + 1) / 100.0);
     SetCosineLr<torch::optim::AdamWOptions>(optimizer, o_.denoiser_lr * warm, step,
                                             o_.denoiser_steps);
@@ -762,7 +859,8 @@ Status Trainer::TrainDenoiser() {
             ? DistillLoss(net_->denoiser, x0, ctx, hot, gen)
             : DenoiseLoss(
                   net_->denoiser, x0, ctx, hot, gen, o_.null_plan_prob,
-                  residual_grad_.defined() ? residual_grad_.index_select(0, idx) : torch::Tensor());
+                  residual_grad_.defined() ? residual_grad_.index_select(0, idx) : torch::Tensor(),
+                  paired);
     optimizer.zero_grad();
     loss.backward();
     torch::nn::utils::clip_grad_norm_(net_->denoiser->parameters(), 1.0);
@@ -843,6 +941,10 @@ Status Trainer::Save(std::size_t train_pairs, std::size_t validation_pairs) {
     meta["training"]["residual_weight"] = o_.residual_weight;
     meta["training"]["residual_sd_ml"] = residual_sd_ml_;
   }
+  if (o_.pair_weight > 0.0) {
+    meta["training"]["pair_weight"] = o_.pair_weight;
+    meta["training"]["pair_rms_ml"] = pair_rms_ml_;
+  }
   return torch_bridge::SaveCheckpoint(o_.out, *ema_, {config.ToJson(), meta.dump()});
 }
 
@@ -886,10 +988,15 @@ Expected<DiffusionTrainReport> Train(
     return MakeError(ErrorCode::kInvalidArgument,
                      "the residual weight must be finite and >= 0 (0 = the v-loss alone)");
   }
-  if (o.residual_weight > 0.0 && !o.distill_from.empty()) {
+  if (!(o.pair_weight >= 0.0 && std::isfinite(o.pair_weight))) {
     return MakeError(ErrorCode::kInvalidArgument,
-                     "the residual weight trains against the true outcomes, a distillation "
-                     "against its teacher: give it to the teacher's training (distill_from)");
+                     "the pair weight must be finite and >= 0 (0 = no paired-plan term)");
+  }
+  if ((o.residual_weight > 0.0 || o.pair_weight > 0.0) && !o.distill_from.empty()) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "the residual and pair weights train against the true outcomes, a "
+                     "distillation against its teacher: give them to the teacher's training "
+                     "(distill_from)");
   }
   torch_bridge::ConfigureThreads(o.threads);
   torch_bridge::KeepLargeBuffersInHeap();
@@ -977,6 +1084,12 @@ Expected<DiffusionTrainReport> Train(
   nets::DiffusionNet* start = teacher ? &*teacher : init ? &*init : nullptr;
   Trainer trainer(std::move(data), std::move(val), run, progress, start,
                   teacher ? &*teacher : nullptr);
+  if (!trainer.Pairable()) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "the pair weight needs a crop of one patient under two plans in the training "
+                     "pairs, and none has: pair_weight 0, or a cohort with several plans per "
+                     "patient");
+  }
   MEWM_RETURN_IF_ERROR(trainer.Resume());
   MEWM_RETURN_IF_ERROR(trainer.TrainAutoencoder());
   MEWM_RETURN_IF_ERROR(trainer.TrainDecoder());

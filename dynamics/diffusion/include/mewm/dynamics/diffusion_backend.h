@@ -90,6 +90,14 @@ struct DiffusionTrainOptions {
   /// The v-loss weighs every latent element alike, so a patient's level (a small, smooth shift
   /// over the tumor) barely counts in it; this term counts it in mL. Not with distill_from.
   double residual_weight = 0.0;
+  /// Weight of the paired-plan term; 0 = none. Batches are drawn in pairs, one crop of one
+  /// patient under two plans, with the same timestep and noise; the term is the squared error of
+  /// the difference between the two residuals the predictions imply (to first order, as above),
+  /// over the RMS of the true differences. The residual term weighs each plan's error; most of it
+  /// is the crop's and the noise's, common to every plan, so the contrast between plans (what a
+  /// planner ranks by) barely counts in it. This term counts only the contrast. It needs a crop
+  /// under two plans in the training pairs. Not with distill_from.
+  double pair_weight = 0.0;
   std::vector<double> guidance_grid{1.0, 2.0, 3.0, 5.0};  ///< scales tried on validation
   double ema_decay = 0.995;
   int validate_every = 250;
