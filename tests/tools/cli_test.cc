@@ -839,19 +839,22 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
               " --calibration \"\" --samples 0");
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("--samples"), std::string::npos) << r.output;
-  // Fine-tuned on the same cohort with the residual term: the command records where it started
-  // and the term's weight. A negative weight is refused before anything is read.
+  // Fine-tuned on the same cohort with the residual and the paired-plan terms (every patient has
+  // 3 plans): the command records where it started and the terms' weights. A negative weight is
+  // refused before anything is read.
   const std::string tuned = dir_.File("dd_tuned.pt");
   r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + tuned + " --init-from " +
               model +
               " --denoiser-steps 2 --denoiser-batch 2 --validation-fraction 0.25 --threads 1 "
-              "--residual-weight 0.5");
+              "--residual-weight 0.5 --pair-weight 0.25");
   ASSERT_EQ(r.code, 0) << r.output;
   r = RunMewm("inspect --json " + tuned);
   EXPECT_NE(r.output.find("--init-from"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("fine_tuned_from"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("--residual-weight 0.5"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("\"residual_weight\":0.5"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--pair-weight 0.25"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\"pair_weight\":0.25"), std::string::npos) << r.output;
   // The fine-tuned checkpoint paired by patient against the one it started from. The "against"
   // method is the first run's "diffusion" again (same checkpoint, same sample seeds), and the
   // paired means are the methods' differences (every patient has 3 plans).
@@ -900,6 +903,11 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
               " --init-from " + model + " --residual-weight -1");
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("--residual-weight"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("dd_bad.pt")));
+  r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + dir_.File("dd_bad.pt") +
+              " --init-from " + model + " --pair-weight -1");
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("--pair-weight"), std::string::npos) << r.output;
   EXPECT_FALSE(std::filesystem::exists(dir_.File("dd_bad.pt")));
   // Its guidance distilled into a student whose drugs share one embedding: the command and the
   // config record both, and the student refuses to be guided again.
