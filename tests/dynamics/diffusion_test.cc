@@ -170,6 +170,35 @@ class DiffusionTest : public testing::VdbTest {
     EXPECT_EQ(back.error().code, ErrorCode::kMismatch);
     EXPECT_NE(back.error().message.find(input), std::string::npos) << back.error().message;
   }
+  /// What the checkpoint at `path` records of its training (its metadata's "training").
+  static nlohmann::json TrainingRecord(const std::string& path) {
+    DiffusionBackendOptions o = Options();
+    o.model_path = path;
+    auto model = CreateDiffusionDynamics(o);
+    EXPECT_TRUE(model) << model.error().ToString();
+    return model ? nlohmann::json::parse((*model)->metadata_json()).at("training")
+                 : nlohmann::json::object();
+  }
+  /// Expects the loss weight `weight` of `t` refused when negative or NaN, and with a
+  /// distillation (which trains against its teacher, not the true outcomes).
+  static void ExpectWeightRefused(DiffusionTrainOptions t, double DiffusionTrainOptions::*weight,
+                                  const std::vector<DiffusionPair>& pairs) {
+    for (double bad : {-1.0, std::nan("")}) {
+      t.*weight = bad;
+      const auto refused = TrainDiffusion(pairs, {}, t, {});
+      ASSERT_FALSE(refused);
+      EXPECT_EQ(refused.error().code, ErrorCode::kInvalidArgument);
+    }
+    t.residual_weight = t.pair_weight = 0.0;
+    t.*weight = 1.0;
+    t.init_from.clear();
+    t.distill_from = *model_path_;
+    const auto distilled = TrainDiffusion(pairs, {}, t, {});
+    ASSERT_FALSE(distilled);
+    EXPECT_EQ(distilled.error().code, ErrorCode::kInvalidArgument);
+    EXPECT_NE(distilled.error().message.find("distill"), std::string::npos)
+        << distilled.error().message;
+  }
   /// The post-treatment CT of `p`'s one outcome of Lipiodol+PVA, seeded by `seed`; empty after a
   /// failed expectation.
   static std::vector<float> PostCt(DiffusionDynamics& model, const PatientCase& p,
@@ -888,33 +917,12 @@ TEST_F(DiffusionTest, TheResidualTermChangesWhatTheDenoiserLearnsAndIsRecorded) 
   // denoisers do.
   EXPECT_TRUE(std::isfinite(weighted->denoiser_val_loss));
   EXPECT_NE(weighted->denoiser_val_loss, plain->denoiser_val_loss);
-  const auto training = [](const std::string& path) {
-    DiffusionBackendOptions o = Options();
-    o.model_path = path;
-    auto model = CreateDiffusionDynamics(o);
-    EXPECT_TRUE(model) << model.error().ToString();
-    return model ? nlohmann::json::parse((*model)->metadata_json()).at("training")
-                 : nlohmann::json::object();
-  };
-  const nlohmann::json recorded = training(t.out);
+  const nlohmann::json recorded = TrainingRecord(t.out);
   EXPECT_EQ(recorded.value("residual_weight", 0.0), 4.0);
   EXPECT_GE(recorded.value("residual_sd_ml", 0.0), 1.0);
-  EXPECT_FALSE(training((dir_->path() / "plain_loss.pt").string()).contains("residual_weight"));
-  // Refused: a negative or NaN weight, and a distillation (it trains against its teacher).
-  for (double bad : {-1.0, std::nan("")}) {
-    t.residual_weight = bad;
-    const auto refused = TrainDiffusion(pairs, {}, t, {});
-    ASSERT_FALSE(refused);
-    EXPECT_EQ(refused.error().code, ErrorCode::kInvalidArgument);
-  }
-  t.residual_weight = 1.0;
-  t.init_from.clear();
-  t.distill_from = *model_path_;
-  const auto distilled = TrainDiffusion(pairs, {}, t, {});
-  ASSERT_FALSE(distilled);
-  EXPECT_EQ(distilled.error().code, ErrorCode::kInvalidArgument);
-  EXPECT_NE(distilled.error().message.find("distill"), std::string::npos)
-      << distilled.error().message;
+  EXPECT_FALSE(
+      TrainingRecord((dir_->path() / "plain_loss.pt").string()).contains("residual_weight"));
+  ExpectWeightRefused(t, &DiffusionTrainOptions::residual_weight, pairs);
 }
 
 TEST_F(DiffusionTest, ThePairedPlanTermChangesWhatTheDenoiserLearnsAndNeedsTwoPlansOfACrop) {
@@ -934,11 +942,7 @@ TEST_F(DiffusionTest, ThePairedPlanTermChangesWhatTheDenoiserLearnsAndNeedsTwoPl
   ASSERT_TRUE(paired) << paired.error().ToString();
   EXPECT_TRUE(std::isfinite(paired->denoiser_val_loss));
   EXPECT_NE(paired->denoiser_val_loss, unpaired->denoiser_val_loss);
-  DiffusionBackendOptions o = Options();
-  o.model_path = t.out;
-  auto model = CreateDiffusionDynamics(o);
-  ASSERT_TRUE(model) << model.error().ToString();
-  const nlohmann::json recorded = nlohmann::json::parse((*model)->metadata_json()).at("training");
+  const nlohmann::json recorded = TrainingRecord(t.out);
   EXPECT_EQ(recorded.value("pair_weight", 0.0), 2.0);
   EXPECT_GE(recorded.value("pair_rms_ml", 0.0), 1.0);
   // One plan per crop (every second pair dropped): nothing to pair, refused before training.
@@ -954,22 +958,7 @@ TEST_F(DiffusionTest, ThePairedPlanTermChangesWhatTheDenoiserLearnsAndNeedsTwoPl
   strangers.back().patient = "another " + single.front().patient;
   strangers.back().plan = pairs[1].plan;  // the other plan
   EXPECT_FALSE(TrainDiffusion(strangers, {}, t, {}));
-  // Refused: a negative or NaN weight, and a distillation.
-  for (double bad : {-1.0, std::nan("")}) {
-    t.pair_weight = bad;
-    const auto refused = TrainDiffusion(pairs, {}, t, {});
-    ASSERT_FALSE(refused);
-    EXPECT_EQ(refused.error().code, ErrorCode::kInvalidArgument);
-  }
-  t.pair_weight = 1.0;
-  t.residual_weight = 0.0;
-  t.init_from.clear();
-  t.distill_from = *model_path_;
-  const auto distilled = TrainDiffusion(pairs, {}, t, {});
-  ASSERT_FALSE(distilled);
-  EXPECT_EQ(distilled.error().code, ErrorCode::kInvalidArgument);
-  EXPECT_NE(distilled.error().message.find("distill"), std::string::npos)
-      << distilled.error().message;
+  ExpectWeightRefused(t, &DiffusionTrainOptions::pair_weight, pairs);
 }
 
 TEST_F(DiffusionTest, DrugsOfOneGroupShareOneEmbedding) {

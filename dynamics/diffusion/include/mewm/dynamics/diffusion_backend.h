@@ -96,7 +96,9 @@ struct DiffusionTrainOptions {
   /// over the RMS of the true differences. The residual term weighs each plan's error; most of it
   /// is the crop's and the noise's, common to every plan, so the contrast between plans (what a
   /// planner ranks by) barely counts in it. This term counts only the contrast. It needs a crop
-  /// under two plans in the training pairs. Not with distill_from.
+  /// under two plans in the training pairs. Not with distill_from. Measured once (models/README.md,
+  /// "A paired-plan term"): it learned the NBCA/PVA contrast the other terms missed, but not how
+  /// it changes with tumor size, and planned no better; no shipped model uses it.
   double pair_weight = 0.0;
   std::vector<double> guidance_grid{1.0, 2.0, 3.0, 5.0};  ///< scales tried on validation
   double ema_decay = 0.995;
