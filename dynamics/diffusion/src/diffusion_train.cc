@@ -97,9 +97,13 @@ Expected<Stacked> Stack(const std::vector<DiffusionPair>& pairs, const Diffusion
     std::vector<std::int64_t>& seen = first_rows[p.patient];
     const auto same = std::find_if(seen.begin(), seen.end(),
                                    [&](std::int64_t j) { return torch::equal(pre[j], pre[row]); });
-    crop[k] = same != seen.end() ? crop[std::size_t(*same)] : crops++;
-    if (same == seen.end()) seen.push_back(row);
-    post[std::int64_t(k)].copy_(nets::ChannelsToTensor(p.post));
+    if (same != seen.end()) {
+      crop[k] = crop[std::size_t(*same)];
+    } else {
+      crop[k] = crops++;
+      seen.push_back(row);
+    }
+    post[row].copy_(nets::ChannelsToTensor(p.post));
     plans.push_back(p.plan);
     diameters.push_back(p.lesion_diameter_mm);
     covariates.push_back(p.covariates);
