@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -466,6 +467,13 @@ TEST_F(RunnerTest, ComparePlanRunsPairsTheSamePatients) {
   EXPECT_DOUBLE_EQ(self->regret_diff.lo, 0.0);
   EXPECT_DOUBLE_EQ(self->regret_diff.hi, 0.0);
   EXPECT_DOUBLE_EQ(self->a.regret, self->b.regret);
+  EXPECT_DOUBLE_EQ(self->regret_diff_median, 0.0);
+  EXPECT_DOUBLE_EQ(self->sign_test_p, 1.0);  // every patient ties
+  if (self->b.regret > 0.0) {
+    EXPECT_DOUBLE_EQ(self->regret_ratio, 1.0);
+  } else {
+    EXPECT_TRUE(std::isnan(self->regret_ratio));
+  }
 
   // Run B: a copy whose first patient chose the worst valid plan and whose last patient failed.
   fs::copy(dir_.File("out"), dir_.File("b"), fs::copy_options::recursive);
@@ -495,9 +503,18 @@ TEST_F(RunnerTest, ComparePlanRunsPairsTheSamePatients) {
   EXPECT_EQ(paired->a_better + paired->same, 2);
   EXPECT_EQ(paired->a_better, d < 0.0 ? 1 : 0);
   EXPECT_EQ(paired->a_worse, 0);
+  // Two patients, differences d and 0: the median is their mean; one win is no evidence.
+  EXPECT_NEAR(paired->regret_diff_median, d / 2.0, 1e-12);
+  EXPECT_DOUBLE_EQ(paired->sign_test_p, 1.0);
+  ASSERT_GT(paired->b.regret, 0.0);  // B chose the worst plan for its first patient
+  EXPECT_NEAR(paired->regret_ratio, paired->a.regret / paired->b.regret, 1e-12);
   const auto j = nlohmann::json::parse(paired->ToJson());
   EXPECT_EQ(j["patients"], 2);
   EXPECT_NEAR(j["a_minus_b"]["regret"]["mean"].get<double>(), d / 2.0, 1e-12);
+  EXPECT_NEAR(j["a_minus_b"]["regret_median"].get<double>(), d / 2.0, 1e-12);
+  EXPECT_NEAR(j["a_minus_b"]["regret_ratio"].get<double>(), paired->regret_ratio, 1e-12);
+  EXPECT_DOUBLE_EQ(j["a_minus_b"]["sign_test_p"].get<double>(), 1.0);
+  EXPECT_NE(paired->FormatTable().find("sign test p = 1"), std::string::npos);
   EXPECT_EQ(j["methods"].size(), 2u);
   EXPECT_NE(paired->FormatTable().find("by A only"), std::string::npos) << paired->FormatTable();
   // Swapping the runs flips the sign and the counts.

@@ -275,6 +275,9 @@ Expected<PlanRunComparison> ComparePlanRuns(const std::string& run_a, const std:
   const std::uint64_t seed = DeriveSeed(1, "plan-run-comparison");
   c.regret_diff = BootstrapMean(regret_diff, seed);
   c.f1_diff = BootstrapMean(f1_diff, seed);
+  c.regret_diff_median = Median(regret_diff);
+  c.sign_test_p = BinomialTestHalf(c.a_worse, c.a_worse + c.a_better);
+  c.regret_ratio = c.b.regret > 0.0 ? c.a.regret / c.b.regret : std::nan("");
   return c;
 }
 
@@ -290,8 +293,13 @@ std::string PlanRunComparison::FormatTable() const {
                 "F1 %+.3f [%+.3f, %+.3f]\n",
                 regret_diff.mean, regret_diff.lo, regret_diff.hi, f1_diff.mean, f1_diff.lo,
                 f1_diff.hi);
-  out << line << "regret under A: higher for " << a_worse << " patients, lower for " << a_better
-      << ", equal for " << same << "\n";
+  out << line;
+  std::snprintf(line, sizeof(line),
+                "A - B, median over patients: regret %+.4f; mean regret A / B: %.2f\n"
+                "regret under A: higher for %d patients, lower for %d, equal for %d "
+                "(two-sided sign test p = %.3g)\n",
+                regret_diff_median, regret_ratio, a_worse, a_better, same, sign_test_p);
+  out << line;
   return out.str();
 }
 
@@ -307,9 +315,12 @@ std::string PlanRunComparison::ToJson() const {
                {{"regret", IntervalJson(regret_diff)},
                 {"f1", IntervalJson(f1_diff)},
                 {"ci_method", "percentile bootstrap over patients, 2000 resamples"},
+                {"regret_median", regret_diff_median},
+                {"regret_ratio", std::isfinite(regret_ratio) ? json(regret_ratio) : json(nullptr)},
                 {"a_worse", a_worse},
                 {"a_better", a_better},
-                {"same", same}}}}
+                {"same", same},
+                {"sign_test_p", sign_test_p}}}}
       .dump(1);
 }
 

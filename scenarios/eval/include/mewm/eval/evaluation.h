@@ -77,6 +77,11 @@ struct PlanRunComparison {
   MeanInterval regret_diff, f1_diff;
   int a_worse = 0, a_better = 0, same = 0;  ///< patients whose true regret under A is above,
                                             ///< below or equal to B's
+  /// The typical patient, where a few large, high-risk patients dominate the mean: the median of
+  /// the per-patient regret differences, and the exact two-sided sign test of `a_worse` against
+  /// `a_better` (ties left out; 1 when every patient ties).
+  double regret_diff_median = 0.0, sign_test_p = 1.0;
+  double regret_ratio = 0.0;  ///< A's mean regret over B's; NaN when B's is 0
 
   std::string FormatTable() const;
   std::string ToJson() const;
