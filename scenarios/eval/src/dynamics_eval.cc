@@ -581,7 +581,6 @@ std::string DynamicsEvaluation::ToJson() const {
                       {"plans_per_patient", plans_per_patient},
                       {"samples", samples}};
   for (const DynamicsMetrics& m : methods) {
-    const auto num = [](double v) { return std::isnan(v) ? nlohmann::json() : nlohmann::json(v); };
     nlohmann::json e = {{"method", m.method},
                         {"cases", m.cases},
                         {"residual_mae_ml", m.residual_mae_ml},
@@ -596,10 +595,10 @@ std::string DynamicsEvaluation::ToJson() const {
                         {"empty_both", m.empty_both},
                         {"mask_mae_ml", m.mask_mae_ml},
                         {"hu_mae", m.has_image ? nlohmann::json(m.hu_mae) : nlohmann::json()},
-                        {"spearman", num(m.spearman)},
+                        {"spearman", NumberOrNull(m.spearman)},
                         {"spearman_patients", m.spearman_patients},
                         {"spearman_constant", m.spearman_constant},
-                        {"spearman_shuffled", num(m.spearman_shuffled)},
+                        {"spearman_shuffled", NumberOrNull(m.spearman_shuffled)},
                         {"spearman_p", m.spearman_p},
                         {"simulation_seconds", m.seconds}};
     e["item_effects"] = nlohmann::json::array();
@@ -634,7 +633,7 @@ std::string DynamicsEvaluation::ToJson() const {
                                   {"residual_bias_ml", p.residual_bias_ml},
                                   {"residual_within_mae_ml", p.residual_within_mae_ml},
                                   {"residual_sample_sd_ml", p.residual_spread_ml},
-                                  {"spearman", num(p.spearman)},
+                                  {"spearman", NumberOrNull(p.spearman)},
                                   {"plans", std::move(plans)}});
     }
     if (m.has_turing) {

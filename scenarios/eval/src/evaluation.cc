@@ -316,7 +316,7 @@ std::string PlanRunComparison::ToJson() const {
                 {"f1", IntervalJson(f1_diff)},
                 {"ci_method", "percentile bootstrap over patients, 2000 resamples"},
                 {"regret_median", regret_diff_median},
-                {"regret_ratio", std::isfinite(regret_ratio) ? json(regret_ratio) : json(nullptr)},
+                {"regret_ratio", NumberOrNull(regret_ratio)},
                 {"a_worse", a_worse},
                 {"a_better", a_better},
                 {"same", same},

@@ -3,9 +3,10 @@
 //
 // Shared by the plan evaluation (evaluation.cc) and the policy evaluation (policy_eval.cc): the
 // plan strings of result and truth files, and one method's running scores; and by every
-// evaluation's JSON, the form of a bootstrap interval.
+// evaluation's JSON, the form of a bootstrap interval and of an undefined figure.
 #pragma once
 
+#include <cmath>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -22,6 +23,11 @@ namespace mewm::scenarios {
 /// A mean with its bootstrap interval as the evaluations' JSON writes it.
 inline nlohmann::json IntervalJson(const MeanInterval& m) {
   return nlohmann::json{{"mean", m.mean}, {"lo", m.lo}, {"hi", m.hi}};
+}
+
+/// A figure that may be undefined (NaN) as the evaluations' JSON writes it: null when undefined.
+inline nlohmann::json NumberOrNull(double v) {
+  return std::isnan(v) ? nlohmann::json() : nlohmann::json(v);
 }
 
 /// A plan string of result.json or truth.json ("Lipiodol+Epirubicin", "none") as a Plan; the

@@ -10,6 +10,7 @@
 #include <set>
 #include <sstream>
 
+#include "method_scores.h"
 #include "mewm/core/file_util.h"
 #include "mewm/core/raster.h"
 #include "mewm/core/seed.h"
@@ -33,10 +34,8 @@ Proportion MakeProportion(int k, int n) {
   return p;
 }
 
-nlohmann::json Num(double v) { return std::isnan(v) ? nlohmann::json() : nlohmann::json(v); }
-
 nlohmann::json ProportionJson(const Proportion& p) {
-  return {{"k", p.k}, {"n", p.n}, {"value", Num(p.value)}, {"ci95", {p.lo, p.hi}}};
+  return {{"k", p.k}, {"n", p.n}, {"value", NumberOrNull(p.value)}, {"ci95", {p.lo, p.hi}}};
 }
 
 std::string FormatProportion(const Proportion& p) {
@@ -367,7 +366,7 @@ std::string TuringScores::ToJson() const {
     nlohmann::json e = {{"reader", r.reader},
                         {"accuracy", ProportionJson(r.accuracy)},
                         {"binomial_p", r.binomial_p},
-                        {"auc", Num(r.auc)},
+                        {"auc", NumberOrNull(r.auc)},
                         {"median_seconds", r.median_seconds}};
     if (design == TuringDesign::kSingle) {
       e["sensitivity"] = ProportionJson(r.sensitivity);
@@ -377,15 +376,15 @@ std::string TuringScores::ToJson() const {
   }
   j["pooled"] = {{"k", pooled.k},
                  {"n", pooled.n},
-                 {"accuracy", Num(pooled.value)},
-                 {"ci95", {Num(pooled.lo), Num(pooled.hi)}},
+                 {"accuracy", NumberOrNull(pooled.value)},
+                 {"ci95", {NumberOrNull(pooled.lo), NumberOrNull(pooled.hi)}},
                  {"ci_method", "by-reader percentile bootstrap"},
                  {"resamples", bootstrap}};
-  j["fleiss_kappa"] = {{"kappa", Num(fleiss_kappa)}, {"cases", fleiss_cases}};
+  j["fleiss_kappa"] = {{"kappa", NumberOrNull(fleiss_kappa)}, {"cases", fleiss_cases}};
   j["cohen_kappa"] = nlohmann::json::array();
   for (const Pair& p : cohen) {
     j["cohen_kappa"].push_back(
-        {{"a", p.a}, {"b", p.b}, {"kappa", Num(p.kappa)}, {"cases", p.cases}});
+        {{"a", p.a}, {"b", p.b}, {"kappa", NumberOrNull(p.kappa)}, {"cases", p.cases}});
   }
   return j.dump(2);
 }
