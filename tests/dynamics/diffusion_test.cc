@@ -961,6 +961,46 @@ TEST_F(DiffusionTest, ThePairedPlanTermChangesWhatTheDenoiserLearnsAndNeedsTwoPl
   ExpectWeightRefused(t, &DiffusionTrainOptions::pair_weight, pairs);
 }
 
+TEST_F(DiffusionTest, ThePairedPlanTermCanPairOnlyPlansOneItemApart) {
+  DiffusionTrainOptions t = TinyTraining(37, 10, 4, 20);
+  t.init_from = *model_path_;
+  t.pair_weight = 1.0;
+  t.pair_neighbours = true;
+  // Pairs() holds each crop under Lipiodol+Epirubicin and Lipiodol+PVA: one item swapped.
+  const auto pairs = Pairs(t.config);
+  t.out = (dir_->path() / "neighbours.pt").string();
+  auto swapped = TrainDiffusion(pairs, {}, t, {});
+  ASSERT_TRUE(swapped) << swapped.error().ToString();
+  EXPECT_TRUE(TrainingRecord(t.out).value("pair_neighbours", false));
+  // One item removed (Lipiodol alone) is a neighbour too.
+  auto with_second = [&](const std::string& plan) {
+    std::vector<DiffusionPair> changed = pairs;
+    for (std::size_t k = 1; k < changed.size(); k += 2) changed[k].plan = P(plan);
+    return changed;
+  };
+  EXPECT_TRUE(TrainDiffusion(with_second("Lipiodol"), {}, t, {}));
+  // Two items added (as many columns differ as in a swap, but not as many items), or one
+  // removed and two added: no crop has a neighbour, refused before training; without
+  // pair_neighbours the same pairs train.
+  for (const char* far : {"Lipiodol+Epirubicin+PVA+NBCA", "Lipiodol+PVA+NBCA"}) {
+    const auto refused = TrainDiffusion(with_second(far), {}, t, {});
+    ASSERT_FALSE(refused) << far;
+    EXPECT_EQ(refused.error().code, ErrorCode::kInvalidArgument);
+    EXPECT_NE(refused.error().message.find("one item apart"), std::string::npos)
+        << refused.error().message;
+  }
+  t.pair_neighbours = false;
+  EXPECT_TRUE(TrainDiffusion(with_second("Lipiodol+PVA+NBCA"), {}, t, {}));
+  // Without a pair weight there is no term to choose pairs for.
+  t.pair_neighbours = true;
+  t.pair_weight = 0.0;
+  const auto unweighted = TrainDiffusion(pairs, {}, t, {});
+  ASSERT_FALSE(unweighted);
+  EXPECT_EQ(unweighted.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(unweighted.error().message.find("pair weight"), std::string::npos)
+      << unweighted.error().message;
+}
+
 TEST_F(DiffusionTest, DrugsOfOneGroupShareOneEmbedding) {
   const ActionBase& actions = ActionBase::Default();
   const std::vector<std::string>& items = Tiny().items;

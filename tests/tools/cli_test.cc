@@ -909,6 +909,11 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("--pair-weight"), std::string::npos) << r.output;
   EXPECT_FALSE(std::filesystem::exists(dir_.File("dd_bad.pt")));
+  r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + dir_.File("dd_bad.pt") +
+              " --init-from " + model + " --pair-neighbours");
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("--pair-weight"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("dd_bad.pt")));
   // Its guidance distilled into a student whose drugs share one embedding: the command and the
   // config record both, and the student refuses to be guided again.
   const std::string student = dir_.File("dd_student.pt");

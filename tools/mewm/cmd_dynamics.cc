@@ -34,7 +34,7 @@ struct TrainDynamicsOptions {
       threads = 0;
   double validation_fraction = 0.1, residual_weight = 0.0, pair_weight = 0.0;
   bool lesion_size = false, item_size = false, item_enhancement = false, clinical = false,
-       drug_saturate = false, decoder_pre = false, texture = false;
+       drug_saturate = false, decoder_pre = false, texture = false, pair_neighbours = false;
   bool quiet = false;
 };
 
@@ -96,13 +96,18 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                   "only the image (0 = the v-loss alone; not with --distill-from)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  sub->add_option("--pair-weight", o->pair_weight,
+  CLI::Option* pair_weight = sub->add_option("--pair-weight", o->pair_weight,
                   "Draws the denoiser's batches in pairs (one crop of one patient under two "
                   "plans, the same noise) and adds this weight times the squared error of the "
                   "difference between their residuals, so that the contrast between plans "
                   "counts (0 = none; needs several plans per patient; not with --distill-from)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  sub->add_flag("--pair-neighbours", o->pair_neighbours,
+                "With --pair-weight: pairs only plans one item apart (one added, removed or "
+                "swapped), so that small contrasts such as one embolic agent against another "
+                "are not outweighed by pairs that differ by tens of mL")
+      ->needs(pair_weight);
   sub->add_flag("--clinical", o->clinical,
                 "The plan embedding also reads the patient's AFP, vascular invasion and age "
                 "(--init-from may add them to a checkpoint without them)");
@@ -207,7 +212,8 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
       (o.texture ? " --texture" : "") +
       (o.residual_weight > 0.0 ? " --residual-weight " + nlohmann::json(o.residual_weight).dump()
                                : "") +
-      (o.pair_weight > 0.0 ? " --pair-weight " + nlohmann::json(o.pair_weight).dump() : "");
+      (o.pair_weight > 0.0 ? " --pair-weight " + nlohmann::json(o.pair_weight).dump() : "") +
+      (o.pair_neighbours ? " --pair-neighbours" : "");
   const auto [cohort_seed, data] = CohortProvenance(o.cohort);
   dynamics::DiffusionTrainOptions options;
   options.config = config;
@@ -224,6 +230,7 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
   options.fit_texture = o.texture;
   options.residual_weight = o.residual_weight;
   options.pair_weight = o.pair_weight;
+  options.pair_neighbours = o.pair_neighbours;
   options.threads = o.threads;
   options.out = o.out;
   options.metadata_json =

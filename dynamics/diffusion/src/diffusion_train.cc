@@ -398,8 +398,12 @@ std::vector<GuidanceScore> ScoreGuidance(
 }
 
 /// For each row of `data`, the rows of the same crop under another plan (the paired-plan term's
-/// partners; DiffusionTrainOptions::pair_weight).
-std::vector<std::vector<std::int64_t>> PlanPartners(const Stacked& data) {
+/// partners; DiffusionTrainOptions::pair_weight). With `neighbours_only`, only plans one item
+/// apart (DiffusionTrainOptions::pair_neighbours): the plan rows' first `items` columns are the
+/// multi-hot, and two of them are neighbours when one item was added or removed (one column
+/// differs) or swapped for another (two differ, and the plans have as many items).
+std::vector<std::vector<std::int64_t>> PlanPartners(const Stacked& data, std::int64_t items,
+                                                    bool neighbours_only) {
   std::map<std::int64_t, std::vector<std::int64_t>> rows_of_crop;
   for (std::size_t k = 0; k < data.crop.size(); ++k) {
     rows_of_crop[data.crop[k]].push_back(std::int64_t(k));
@@ -408,9 +412,15 @@ std::vector<std::vector<std::int64_t>> PlanPartners(const Stacked& data) {
   for (const auto& [crop, rows] : rows_of_crop) {
     for (std::int64_t a : rows) {
       for (std::int64_t b : rows) {
-        if (!torch::equal(data.plan_rows[a], data.plan_rows[b])) {
-          partners[std::size_t(a)].push_back(b);
+        if (torch::equal(data.plan_rows[a], data.plan_rows[b])) continue;
+        if (neighbours_only) {
+          const torch::Tensor ha = data.plan_rows[a].slice(0, 0, items);
+          const torch::Tensor hb = data.plan_rows[b].slice(0, 0, items);
+          const double apart = (ha - hb).abs().sum().item<double>();
+          const bool swap = apart == 2.0 && ha.sum().item<double>() == hb.sum().item<double>();
+          if (apart != 1.0 && !swap) continue;
         }
+        partners[std::size_t(a)].push_back(b);
       }
     }
   }
@@ -445,14 +455,15 @@ class Trainer {
     if (teacher_ != nullptr) (*teacher_)->eval();
     CopyWeights(ema_, net_);
     if (o_.pair_weight > 0.0) {
-      partners_ = PlanPartners(data_);
+      partners_ = PlanPartners(data_, std::int64_t(o_.config.items.size()), o_.pair_neighbours);
       for (std::size_t k = 0; k < partners_.size(); ++k) {
         if (!partners_[k].empty()) anchors_.push_back(std::int64_t(k));
       }
     }
   }
 
-  /// False when the paired-plan term is asked for but no crop has two plans to pair.
+  /// False when the paired-plan term is asked for but no crop has two plans to pair (one item
+  /// apart, with DiffusionTrainOptions::pair_neighbours).
   bool Pairable() const { return o_.pair_weight <= 0.0 || !anchors_.empty(); }
 
   /// Continues from the state folder's last checkpoint, when there is one.
@@ -948,6 +959,7 @@ Status Trainer::Save(std::size_t train_pairs, std::size_t validation_pairs) {
   if (o_.pair_weight > 0.0) {
     meta["training"]["pair_weight"] = o_.pair_weight;
     meta["training"]["pair_rms_ml"] = pair_rms_ml_;
+    if (o_.pair_neighbours) meta["training"]["pair_neighbours"] = true;
   }
   return torch_bridge::SaveCheckpoint(o_.out, *ema_, {config.ToJson(), meta.dump()});
 }
@@ -995,6 +1007,11 @@ Expected<DiffusionTrainReport> Train(
   if (!(o.pair_weight >= 0.0 && std::isfinite(o.pair_weight))) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "the pair weight must be finite and >= 0 (0 = no paired-plan term)");
+  }
+  if (o.pair_neighbours && o.pair_weight <= 0.0) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "pair_neighbours chooses the paired-plan term's pairs: it needs a pair "
+                     "weight > 0");
   }
   if ((o.residual_weight > 0.0 || o.pair_weight > 0.0) && !o.distill_from.empty()) {
     return MakeError(ErrorCode::kInvalidArgument,
@@ -1090,9 +1107,10 @@ Expected<DiffusionTrainReport> Train(
                   teacher ? &*teacher : nullptr);
   if (!trainer.Pairable()) {
     return MakeError(ErrorCode::kInvalidArgument,
-                     "the pair weight needs a crop of one patient under two plans in the training "
-                     "pairs, and none has: pair_weight 0, or a cohort with several plans per "
-                     "patient");
+                     std::string("the pair weight needs a crop of one patient under two plans") +
+                         (run.pair_neighbours ? " one item apart" : "") +
+                         " in the training pairs, and none has: pair_weight 0, or a cohort with "
+                         "several plans per patient");
   }
   MEWM_RETURN_IF_ERROR(trainer.Resume());
   MEWM_RETURN_IF_ERROR(trainer.TrainAutoencoder());

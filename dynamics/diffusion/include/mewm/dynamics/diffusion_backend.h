@@ -100,6 +100,12 @@ struct DiffusionTrainOptions {
   /// "A paired-plan term"): it learned the NBCA/PVA contrast the other terms missed, but not how
   /// it changes with tumor size, and planned no better; no shipped model uses it.
   double pair_weight = 0.0;
+  /// With pair_weight: pairs only plans one item apart (one added, removed or swapped for
+  /// another), the choices a planner's search weighs one by one, and the term's RMS is theirs.
+  /// Among all pairs, such contrasts (an NBCA/PVA swap: a few mL) are a small share and weigh
+  /// little beside pairs that differ by tens of mL. Measured once (models/README.md, "Pairs of
+  /// neighbouring plans only"): it did not change what the term learns.
+  bool pair_neighbours = false;
   std::vector<double> guidance_grid{1.0, 2.0, 3.0, 5.0};  ///< scales tried on validation
   double ema_decay = 0.995;
   int validate_every = 250;
