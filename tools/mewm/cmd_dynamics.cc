@@ -96,13 +96,14 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                   "only the image (0 = the v-loss alone; not with --distill-from)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  CLI::Option* pair_weight = sub->add_option("--pair-weight", o->pair_weight,
-                  "Draws the denoiser's batches in pairs (one crop of one patient under two "
-                  "plans, the same noise) and adds this weight times the squared error of the "
-                  "difference between their residuals, so that the contrast between plans "
-                  "counts (0 = none; needs several plans per patient; not with --distill-from)")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
+  CLI::Option* pair_weight =
+      sub->add_option("--pair-weight", o->pair_weight,
+                      "Draws the denoiser's batches in pairs (one crop of one patient under two "
+                      "plans, the same noise) and adds this weight times the squared error of the "
+                      "difference between their residuals, so that the contrast between plans "
+                      "counts (0 = none; needs several plans per patient; not with --distill-from)")
+          ->check(CLI::NonNegativeNumber)
+          ->capture_default_str();
   sub->add_flag("--pair-neighbours", o->pair_neighbours,
                 "With --pair-weight: pairs only plans one item apart (one added, removed or "
                 "swapped), so that small contrasts such as one embolic agent against another "
