@@ -1177,6 +1177,49 @@ TEST_F(DiffusionTest, TrainingResumesFromItsState) {
   EXPECT_TRUE(std::isfinite(second->ae_val_residual_rel));
   EXPECT_EQ(steps_seen, 2);
   EXPECT_TRUE(fs::exists(o.out));
+
+  // Another run's state is refused before any step, naming what differs, and left as it is:
+  // another option, other data (one crop changed, its name kept), another architecture.
+  const std::string state_file = o.state_dir + "/state.json";
+  const std::string saved = *ReadFile(state_file);
+  const auto refusal = [&](const DiffusionTrainOptions& other,
+                           const std::vector<DiffusionPair>& data) {
+    int ran = 0;
+    auto r = TrainDiffusion(data, {}, other, [&](const DiffusionTrainProgress&) { ++ran; });
+    EXPECT_EQ(ran, 0);
+    EXPECT_EQ(*ReadFile(state_file), saved);
+    if (r) ADD_FAILURE() << "another run's state was resumed";
+    return r ? Error{} : r.error();
+  };
+  DiffusionTrainOptions other = o;
+  other.denoiser_lr = 5e-4;
+  Error e = refusal(other, pairs);
+  EXPECT_EQ(e.code, ErrorCode::kMismatch);
+  EXPECT_NE(e.message.find("another run, which differs in denoiser_lr:"), std::string::npos)
+      << e.message;
+  auto changed = pairs;
+  changed[3].post.mask.data[100] += 0.5f;
+  e = refusal(o, changed);
+  EXPECT_EQ(e.code, ErrorCode::kMismatch);
+  EXPECT_NE(e.message.find("differs in data:"), std::string::npos) << e.message;
+  other = o;
+  other.config.lesion_size = true;
+  e = refusal(other, pairs);
+  EXPECT_NE(e.message.find("config.lesion_size"), std::string::npos) << e.message;
+  // Fewer steps than the state has done.
+  other = o;
+  other.denoiser_steps = 3;
+  e = refusal(other, pairs);
+  EXPECT_EQ(e.code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(e.message.find("denoiser step 6, past the 3 steps asked"), std::string::npos)
+      << e.message;
+  // The same run still continues; so does a state saved before runs were recorded.
+  ASSERT_TRUE(WriteFileAtomic(state_file, R"({"stage": "denoiser", "step": 6})"));
+  o.denoiser_steps = 7;
+  auto third = TrainDiffusion(pairs, {}, o, {});
+  ASSERT_TRUE(third) << third.error().ToString();
+  EXPECT_EQ(third->resumed_from_step, 10);
+  EXPECT_NE(ReadFile(state_file)->find("\"run\""), std::string::npos);
 }
 
 TEST_F(DiffusionTest, TrainsOnPairsMovedInBesideAValidationSplit) {

@@ -139,7 +139,8 @@ void AddTrainRuntimeOptions(CLI::App* sub, TrainDynamicsOptions* o) {
       ->check(CLI::Range(0.0, 0.5))
       ->capture_default_str();
   sub->add_option("--state-dir", o->state_dir,
-                  "Resumable training state; a rerun with the same folder continues");
+                  "Resumable training state; a rerun with the same folder, options and cohort "
+                  "continues (more steps extend it); another run's state is refused");
   sub->add_option("--threads", o->threads, "libtorch threads (0 = all cores)")
       ->capture_default_str();
   sub->add_flag("--quiet", o->quiet, "No progress bars");

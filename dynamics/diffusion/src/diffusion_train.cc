@@ -23,6 +23,7 @@
 #include "mewm/core/file_util.h"
 #include "mewm/core/log.h"
 #include "mewm/core/seed.h"
+#include "mewm/core/sha256.h"
 #include "mewm/core/stats.h"
 #include "mewm/torch/bridge.h"
 
@@ -238,8 +239,72 @@ struct TrainState {
   int step = 0;
 };
 
-Status SaveState(const std::string& dir, const TrainState& state, nets::DiffusionNet& net,
-                 nets::DiffusionNet& ema, torch::optim::Optimizer& optimizer) {
+/// What a resumed run must share with the run that saved the state: every option that shapes the
+/// weights except the step counts (more steps extend a run), and the training data (each pair's
+/// patient, plan and crop sums, as a SHA-256). Checkpoint paths are compared as absolute paths.
+nlohmann::json RunIdentity(const DiffusionTrainOptions& o, const std::vector<DiffusionPair>& train,
+                           const std::vector<DiffusionPair>& validation) {
+  const auto sum = [](const DenseFloat& d) {
+    return std::accumulate(d.data.begin(), d.data.end(), 0.0);
+  };
+  nlohmann::json data = nlohmann::json::array();
+  for (const std::vector<DiffusionPair>* pairs : {&train, &validation}) {
+    nlohmann::json list = nlohmann::json::array();
+    for (const DiffusionPair& p : *pairs) {
+      list.push_back({p.patient, p.plan.ToString(), sum(p.pre.ct), sum(p.pre.mask), sum(p.post.ct),
+                      sum(p.post.mask)});
+    }
+    data.push_back(std::move(list));
+  }
+  const auto absolute = [](const std::string& path) {
+    return path.empty() ? path : fs::weakly_canonical(fs::absolute(path)).string();
+  };
+  return {{"config", nlohmann::json::parse(o.config.ToJson())},
+          {"seed", o.seed},
+          {"ae_batch", o.ae_batch},
+          {"ae_patch", o.ae_patch},
+          {"ae_lr", o.ae_lr},
+          {"kl_weight", o.kl_weight},
+          {"edge_weight", o.edge_weight},
+          {"decoder_batch", o.decoder_batch},
+          {"decoder_lr", o.decoder_lr},
+          {"denoiser_batch", o.denoiser_batch},
+          {"denoiser_lr", o.denoiser_lr},
+          {"null_plan_prob", o.null_plan_prob},
+          {"residual_weight", o.residual_weight},
+          {"pair_weight", o.pair_weight},
+          {"pair_neighbours", o.pair_neighbours},
+          {"ema_decay", o.ema_decay},
+          {"distill_from", absolute(o.distill_from)},
+          {"distill_guidance", o.distill_guidance},
+          {"init_from", absolute(o.init_from)},
+          {"train_pairs", train.size()},
+          {"validation_pairs", validation.size()},
+          {"data", ToHex(Sha256(data.dump()))}};
+}
+
+/// The keys whose values differ between two RunIdentity objects, one level into objects
+/// ("config.lesion_size"), comma-separated.
+std::string DifferingKeys(const nlohmann::json& saved, const nlohmann::json& now) {
+  std::string out;
+  for (const auto& [key, value] : now.items()) {
+    const auto old = saved.find(key);
+    if (old != saved.end() && *old == value) continue;
+    if (old != saved.end() && old->is_object() && value.is_object()) {
+      for (const auto& [sub, v] : value.items()) {
+        if (!old->contains(sub) || (*old)[sub] != v)
+          out += (out.empty() ? "" : ", ") + key + "." + sub;
+      }
+    } else {
+      out += (out.empty() ? "" : ", ") + key;
+    }
+  }
+  return out;
+}
+
+Status SaveState(const std::string& dir, const TrainState& state, const nlohmann::json& run,
+                 nets::DiffusionNet& net, nets::DiffusionNet& ema,
+                 torch::optim::Optimizer& optimizer) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   try {
@@ -253,13 +318,16 @@ Status SaveState(const std::string& dir, const TrainState& state, nets::Diffusio
     return MakeError(ErrorCode::kIo,
                      "cannot save training state in '" + dir + "': " + ExceptionCause(e));
   }
-  const nlohmann::json j = {{"stage", state.stage}, {"step", state.step}};
+  const nlohmann::json j = {{"stage", state.stage}, {"step", state.step}, {"run", run}};
   return WriteFileAtomic(dir + "/state.json", j.dump() + "\n");
 }
 
-/// The state saved in `dir`, loaded into `net` and `ema`; `fresh` when there is none.
+/// The state saved in `dir`, loaded into `net` and `ema`; `fresh` when there is none. kMismatch,
+/// naming what differs, when another run saved it (`run`: RunIdentity); a state saved before
+/// runs were recorded is resumed unchecked.
 Expected<TrainState> LoadState(const std::string& dir, const TrainState& fresh,
-                               nets::DiffusionNet& net, nets::DiffusionNet& ema) {
+                               const nlohmann::json& run, nets::DiffusionNet& net,
+                               nets::DiffusionNet& ema) {
   TrainState state = fresh;
   auto text = ReadFile(dir + "/state.json");
   if (!text) return state;  // nothing to resume
@@ -267,6 +335,13 @@ Expected<TrainState> LoadState(const std::string& dir, const TrainState& fresh,
     const auto j = nlohmann::json::parse(*text);
     state.stage = j.at("stage").get<std::string>();
     state.step = j.at("step").get<int>();
+    if (const auto saved = j.find("run"); saved != j.end() && *saved != run) {
+      return MakeError(ErrorCode::kMismatch,
+                       "training state in '" + dir + "' belongs to another run, which differs in " +
+                           DifferingKeys(*saved, run) +
+                           ": resume with that run's options and cohort, or give "
+                           "another state folder; the folder is left as it is");
+    }
     torch::load(net, dir + "/net.pt");
     torch::load(ema, dir + "/ema.pt");
   } catch (const std::exception& e) {
@@ -466,10 +541,21 @@ class Trainer {
   /// apart, with DiffusionTrainOptions::pair_neighbours).
   bool Pairable() const { return o_.pair_weight <= 0.0 || !anchors_.empty(); }
 
-  /// Continues from the state folder's last checkpoint, when there is one.
-  Status Resume() {
+  /// Continues from the state folder's last checkpoint, when there is one, if the same run
+  /// (`run`: RunIdentity) saved it and it is not past the steps asked.
+  Status Resume(nlohmann::json run) {
+    run_ = std::move(run);
     if (o_.state_dir.empty()) return {};
-    MEWM_TRY(state_, LoadState(o_.state_dir, state_, net_, ema_));
+    MEWM_TRY(state_, LoadState(o_.state_dir, state_, run_, net_, ema_));
+    const int asked = state_.stage == "autoencoder" ? o_.ae_steps
+                      : state_.stage == "decoder"   ? o_.decoder_steps
+                                                    : o_.denoiser_steps;
+    if (state_.step > asked) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "training state in '" + o_.state_dir + "' is at " + state_.stage + " step " +
+                           std::to_string(state_.step) + ", past the " + std::to_string(asked) +
+                           " steps asked: ask at least as many, or give another state folder");
+    }
     // Steps of the stages before the one resumed: the autoencoder's (unless a checkpoint gave
     // it), then the decoder's.
     const int before_decoder = start_ != nullptr ? 0 : o_.ae_steps;
@@ -544,6 +630,7 @@ class Trainer {
   nets::DiffusionNet net_{o_.config}, ema_{o_.config};
   TextureModel texture_ = o_.config.texture;  ///< what the checkpoint stores (Finish may fit it)
   TrainState state_;
+  nlohmann::json run_;  ///< RunIdentity, saved with every state
   DiffusionTrainReport result_;
   // Latent targets and contexts (EncodeLatents).
   torch::Tensor delta_, context_, vz_pre_, vdelta_, vcontext_, ab_;
@@ -641,7 +728,7 @@ Status Trainer::TrainAutoencoder() {
         p.val_loss = std::get<0>(ValidateAutoencoder());
         if (!o_.state_dir.empty()) {
           MEWM_RETURN_IF_ERROR(
-              SaveState(o_.state_dir, {"autoencoder", step + 1}, net_, ema_, optimizer));
+              SaveState(o_.state_dir, {"autoencoder", step + 1}, run_, net_, ema_, optimizer));
         }
       }
       Report(p);
@@ -689,7 +776,8 @@ Status Trainer::TrainDecoder() {
     if ((step + 1) % o_.validate_every == 0 || step + 1 == o_.decoder_steps) {
       p.val_loss = std::get<2>(ValidateAutoencoder());
       if (!o_.state_dir.empty()) {
-        MEWM_RETURN_IF_ERROR(SaveState(o_.state_dir, {"decoder", step + 1}, net_, ema_, optimizer));
+        MEWM_RETURN_IF_ERROR(
+            SaveState(o_.state_dir, {"decoder", step + 1}, run_, net_, ema_, optimizer));
       }
     }
     Report(p);
@@ -887,7 +975,7 @@ Status Trainer::TrainDenoiser() {
       if (!o_.state_dir.empty()) {
         // The autoencoder and scale live in `net_`; EMA copies them before saving.
         MEWM_RETURN_IF_ERROR(
-            SaveState(o_.state_dir, {"denoiser", step + 1}, net_, ema_, optimizer));
+            SaveState(o_.state_dir, {"denoiser", step + 1}, run_, net_, ema_, optimizer));
       }
     }
     Report(p);
@@ -1096,6 +1184,7 @@ Expected<DiffusionTrainReport> Train(
   // The stacked copy is what trains. The training pairs' full-precision crops are read again only
   // as the validation set, which they are without a split; with one they are freed as stacked.
   const std::size_t train_count = train.size();
+  nlohmann::json identity = RunIdentity(run, train, validation);
   const auto free_crops = [&train](std::size_t k) { train[k].pre = train[k].post = {}; };
   MEWM_TRY(Stacked data,
            Stack(train, run.config,
@@ -1112,7 +1201,7 @@ Expected<DiffusionTrainReport> Train(
                          " in the training pairs, and none has: pair_weight 0, or a cohort with "
                          "several plans per patient");
   }
-  MEWM_RETURN_IF_ERROR(trainer.Resume());
+  MEWM_RETURN_IF_ERROR(trainer.Resume(std::move(identity)));
   MEWM_RETURN_IF_ERROR(trainer.TrainAutoencoder());
   MEWM_RETURN_IF_ERROR(trainer.TrainDecoder());
   trainer.EncodeLatents();

@@ -127,7 +127,11 @@ struct DiffusionTrainOptions {
   /// checkpoint is rewritten with the texture and nothing else changes. Without it, a run whose
   /// decoder changes drops a stored texture (fitted to the old decoder) and any other keeps it.
   bool fit_texture = false;
-  std::string state_dir;  ///< resumable state; "" = no resume
+  /// Resumable state; "" = no resume. A rerun continues from it when it has the same options
+  /// and data (every option but the step counts, which may grow to extend the run); a state
+  /// saved by another run is refused with kMismatch naming what differs, and one past the steps
+  /// asked with kInvalidArgument. Neither touches the folder.
+  std::string state_dir;
   int threads = 0;
   std::string out;            ///< checkpoint to write
   std::string metadata_json;  ///< provenance to store (command, seed, data)
