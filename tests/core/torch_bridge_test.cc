@@ -64,6 +64,24 @@ TEST(TorchBridgeTest, DenseTensorRoundTripKeepsLayoutAndGeometry) {
   EXPECT_EQ(nan.error().code, ErrorCode::kCorruptData);
 }
 
+TEST(TorchBridgeTest, JsonDifferencesNameEveryKeyThatDiffers) {
+  EXPECT_EQ(DescribeJsonDifferences(R"({"a": 1, "b": {"c": [1, 2]}})", "x has",
+                                    R"({"b": {"c": [1, 2]}, "a": 1})", "y has"),
+            "");
+  EXPECT_EQ(DescribeJsonDifferences(R"({"a": 1, "b": {"c": 2, "d": "s"}, "e": true})", "x has",
+                                    R"({"a": 1.5, "b": {"c": 2, "d": "t"}, "f": null})", "y has"),
+            "\n  a: x has 1, y has 1.5"
+            "\n  b.d: x has \"s\", y has \"t\""
+            "\n  e: x has true, y has (none)"
+            "\n  f: x has (none), y has null");
+  // Whole values when either side is not an object, or not JSON at all; long ones shortened.
+  EXPECT_EQ(DescribeJsonDifferences("[1]", "x has", "{", "y has"),
+            "\n  value: x has [1], y has (none)");
+  const std::string long_text = "\"" + std::string(100, 'z') + "\"";
+  EXPECT_EQ(DescribeJsonDifferences(long_text, "x has", "1", "y has").size(),
+            std::string("\n  value: x has , y has 1").size() + 80);
+}
+
 TEST(TorchBridgeTest, CheckpointRoundTripAndEveryRefusal) {
   testing::TempDir dir;
   const std::string path = dir.File("tiny.pt");

@@ -35,6 +35,28 @@ Expected<nlohmann::json> ParseJson(const std::string& text, const std::string& w
   }
 }
 
+/// DescribeJsonDifferences on parsed values; `path` prefixes the keys of nested objects.
+void Differences(const nlohmann::json& a, const std::string& a_says, const nlohmann::json& b,
+                 const std::string& b_says, const std::string& path, std::string& out) {
+  if (a == b) return;
+  if (!a.is_object() || !b.is_object()) {
+    out += "\n  " + (path.empty() ? std::string("value") : path) + ": " + a_says + " " +
+           (a.is_discarded() ? "(none)" : ShortJson(a)) + ", " + b_says + " " +
+           (b.is_discarded() ? "(none)" : ShortJson(b));
+    return;
+  }
+  const nlohmann::json none(nlohmann::json::value_t::discarded);
+  for (const auto& [key, value] : a.items()) {
+    Differences(value, a_says, b.contains(key) ? b[key] : none, b_says,
+                path.empty() ? key : path + "." + key, out);
+  }
+  for (const auto& [key, value] : b.items()) {
+    if (!a.contains(key)) {
+      Differences(none, a_says, value, b_says, path.empty() ? key : path + "." + key, out);
+    }
+  }
+}
+
 Expected<torch::serialize::InputArchive> OpenArchive(const std::string& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) {
@@ -183,6 +205,14 @@ Expected<CheckpointInfo> ReadCheckpointInfo(const std::string& path) {
   return ReadInfo(archive, path);
 }
 
+std::string DescribeJsonDifferences(const std::string& a_json, const std::string& a_says,
+                                    const std::string& b_json, const std::string& b_says) {
+  std::string out;
+  Differences(nlohmann::json::parse(a_json, nullptr, false), a_says,
+              nlohmann::json::parse(b_json, nullptr, false), b_says, "", out);
+  return out;
+}
+
 Expected<CheckpointInfo> LoadCheckpoint(const std::string& path, torch::nn::Module& module,
                                         const std::string& expected_config_json) {
   MEWM_RETURN_IF_ERROR(VerifyModelChecksum(path));
@@ -192,22 +222,7 @@ Expected<CheckpointInfo> LoadCheckpoint(const std::string& path, torch::nn::Modu
   MEWM_TRY(const nlohmann::json expected, ParseJson(expected_config_json, "expected config"));
   if (stored != expected) {
     std::string diff;
-    if (stored.is_object() && expected.is_object()) {
-      for (const auto& [key, value] : expected.items()) {
-        if (!stored.contains(key)) {
-          diff += "\n  " + key + ": missing in checkpoint, model expects " + ShortJson(value);
-        } else if (stored[key] != value) {
-          diff += "\n  " + key + ": checkpoint has " + ShortJson(stored[key]) + ", model expects " +
-                  ShortJson(value);
-        }
-      }
-      for (const auto& [key, value] : stored.items()) {
-        if (!expected.contains(key))
-          diff += "\n  " + key + ": only in checkpoint (" + ShortJson(value) + ")";
-      }
-    } else {
-      diff = "\n  checkpoint " + ShortJson(stored) + " vs model " + ShortJson(expected);
-    }
+    Differences(stored, "checkpoint has", expected, "model expects", "", diff);
     return MakeError(ErrorCode::kMismatch,
                      "checkpoint '" + path + "' was saved for another model config:" + diff);
   }

@@ -283,25 +283,6 @@ nlohmann::json RunIdentity(const DiffusionTrainOptions& o, const std::vector<Dif
           {"data", ToHex(Sha256(data.dump()))}};
 }
 
-/// The keys whose values differ between two RunIdentity objects, one level into objects
-/// ("config.lesion_size"), comma-separated.
-std::string DifferingKeys(const nlohmann::json& saved, const nlohmann::json& now) {
-  std::string out;
-  for (const auto& [key, value] : now.items()) {
-    const auto old = saved.find(key);
-    if (old != saved.end() && *old == value) continue;
-    if (old != saved.end() && old->is_object() && value.is_object()) {
-      for (const auto& [sub, v] : value.items()) {
-        if (!old->contains(sub) || (*old)[sub] != v)
-          out += (out.empty() ? "" : ", ") + key + "." + sub;
-      }
-    } else {
-      out += (out.empty() ? "" : ", ") + key;
-    }
-  }
-  return out;
-}
-
 Status SaveState(const std::string& dir, const TrainState& state, const nlohmann::json& run,
                  nets::DiffusionNet& net, nets::DiffusionNet& ema,
                  torch::optim::Optimizer& optimizer) {
@@ -337,10 +318,11 @@ Expected<TrainState> LoadState(const std::string& dir, const TrainState& fresh,
     state.step = j.at("step").get<int>();
     if (const auto saved = j.find("run"); saved != j.end() && *saved != run) {
       return MakeError(ErrorCode::kMismatch,
-                       "training state in '" + dir + "' belongs to another run, which differs in " +
-                           DifferingKeys(*saved, run) +
-                           ": resume with that run's options and cohort, or give "
-                           "another state folder; the folder is left as it is");
+                       "training state in '" + dir +
+                           "' belongs to another run; resume with that run's options and "
+                           "cohort, or give another state folder (this one is left as it is):" +
+                           torch_bridge::DescribeJsonDifferences(saved->dump(), "the state has",
+                                                                 run.dump(), "this run has"));
     }
     torch::load(net, dir + "/net.pt");
     torch::load(ema, dir + "/ema.pt");

@@ -57,6 +57,12 @@ Status SaveCheckpoint(const std::string& path, const torch::nn::Module& module,
 Expected<CheckpointInfo> LoadCheckpoint(const std::string& path, torch::nn::Module& module,
                                         const std::string& expected_config_json);
 
+/// What differs between two JSON texts, for kMismatch messages: one line per differing key,
+/// "\n  KEY: A_SAYS V, B_SAYS W", nested objects key by key ("config.lesion_size"), "(none)" for
+/// a key or text one side lacks; "" when they are equal as JSON values.
+std::string DescribeJsonDifferences(const std::string& a_json, const std::string& a_says,
+                                    const std::string& b_json, const std::string& b_says);
+
 /// Reads only the info of a checkpoint (for `mewm inspect`), after the same checksum check.
 Expected<CheckpointInfo> ReadCheckpointInfo(const std::string& path);
 
