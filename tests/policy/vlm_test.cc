@@ -141,13 +141,40 @@ TEST_F(VlmTest, TrainingIsDeterministicAndResumable) {
   EXPECT_EQ(answer, Answer(Path("c.pt"), patient));
   EXPECT_NE(answer, Answer(Path("d.pt"), patient));
   EXPECT_LT(fs::file_size(Path("a.pt")), 20u << 20);
-  // A resume with another seed is refused rather than silently mixed.
+  // A resume of another run is refused rather than silently mixed, naming what differs (another
+  // seed, learning rate, or examples), and the state is left as it is.
+  const std::string state_file = Path("c.pt") + ".state/state.json";
+  const std::string saved = *ReadFile(state_file);
+  const auto refusal = [&](const VlmTrainOptions& o, const std::vector<VlmTrainingExample>& data) {
+    auto r = TrainVlm(data, actions, o);
+    EXPECT_EQ(*ReadFile(state_file), saved);
+    if (r) ADD_FAILURE() << "another run's state was resumed";
+    return r ? Error{} : r.error();
+  };
   VlmTrainOptions wrong = Options(Path("c.pt"), 4);
   wrong.resume = true;
   wrong.seed = 9;
-  auto refused = TrainVlm(examples, actions, wrong);
-  ASSERT_FALSE(refused);
-  EXPECT_EQ(refused.error().code, ErrorCode::kMismatch);
+  Error e = refusal(wrong, examples);
+  EXPECT_EQ(e.code, ErrorCode::kMismatch);
+  EXPECT_NE(e.message.find("seed: the state has 7, this run has 9"), std::string::npos)
+      << e.message;
+  wrong = Options(Path("c.pt"), 4);
+  wrong.resume = true;
+  wrong.lr = 2e-3;
+  EXPECT_NE(refusal(wrong, examples).message.find("lr: the state has 0.001, this run has 0.002"),
+            std::string::npos);
+  auto edited = examples;
+  edited[5].input.note += " edited";
+  wrong.lr = resume.lr;
+  e = refusal(wrong, edited);
+  EXPECT_EQ(e.code, ErrorCode::kMismatch);
+  EXPECT_NE(e.message.find("\n  data: the state has"), std::string::npos) << e.message;
+  // Fewer epochs than the state has done.
+  wrong = Options(Path("c.pt"), 2);
+  wrong.resume = true;
+  e = refusal(wrong, examples);
+  EXPECT_EQ(e.code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(e.message.find("at epoch 3, past the 2 epochs asked"), std::string::npos) << e.message;
 }
 
 /// The trained model on rendered synthetic patients: K distinct valid plans, best first, with

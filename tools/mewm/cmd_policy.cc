@@ -90,7 +90,9 @@ Action AddTrainPolicy(CLI::App& train_app) {
   sub->add_option("--threads", o->train.threads, "libtorch threads (0 = all)")
       ->check(CLI::Range(0, 256))
       ->capture_default_str();
-  sub->add_flag("--resume", o->train.resume, "Continue from OUT.state/ (same seed and data)");
+  sub->add_flag("--resume", o->train.resume,
+                "Continue from OUT.state/ (same options and data; more epochs extend it, another "
+                "run's state is refused)");
   sub->add_flag("--quiet", o->quiet, "No progress lines");
   return [o, sub]() -> int {
     if (!sub->parsed()) return -1;

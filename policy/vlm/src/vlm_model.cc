@@ -12,6 +12,7 @@
 #include <random>
 
 #include "mewm/core/file_util.h"
+#include "mewm/core/sha256.h"
 #include "mewm/policy/vlm_backend.h"
 #include "mewm/torch/bridge.h"
 
@@ -514,6 +515,32 @@ Expected<VlmTrainReport> TrainVlm(const std::vector<VlmTrainingExample>& example
   for (const auto& p : net->parameters()) report.parameters += p.numel();
 
   const std::string state_dir = o.out + ".state";
+  // What a resumed run must share with the one that saved the state: every option that shapes
+  // the weights but the epoch count (more epochs extend a run), and the examples (SHA-256 of each
+  // one's id, note, crop sums and listed plans).
+  json examples_seen = json::array();
+  for (const VlmTrainingExample& ex : examples) {
+    json plans = json::array();
+    for (const auto& [plan, risk] : ex.plan_risks) plans.push_back({plan.ToString(), risk});
+    examples_seen.push_back(
+        {ex.input.id, ex.input.note, std::accumulate(ex.input.ct.begin(), ex.input.ct.end(), 0.0),
+         std::accumulate(ex.input.tumor.begin(), ex.input.tumor.end(), 0.0), plans});
+  }
+  const json run = {{"seed", o.seed},
+                    {"config", config.ToJson()},
+                    {"patients", int(data.size())},
+                    {"batch", o.batch},
+                    {"lr", o.lr},
+                    {"list_size", o.list_size},
+                    {"temperature", o.temperature},
+                    {"findings_weight", o.findings_weight},
+                    {"modality_dropout", o.modality_dropout},
+                    {"validation_fraction", o.validation_fraction},
+                    {"grammar",
+                     {{"drug_horizon", o.grammar.drug_horizon},
+                      {"embolic_horizon", o.grammar.embolic_horizon},
+                      {"protocol", o.grammar.protocol}}},
+                    {"data", ToHex(Sha256(examples_seen.dump()))}};
   int start_epoch = 0;
   if (o.resume) {
     const std::string state_file = state_dir + "/state.json";
@@ -521,13 +548,30 @@ Expected<VlmTrainReport> TrainVlm(const std::vector<VlmTrainingExample>& example
       MEWM_TRY(const std::string text, ReadFile(state_file));
       try {
         const json s = json::parse(text);
-        if (s.at("seed").get<std::uint64_t>() != o.seed || s.at("config") != config.ToJson() ||
-            s.at("patients").get<int>() != int(data.size())) {
+        // A state saved before runs were recorded names only its seed, config and patient count.
+        const json saved = s.contains("run") ? s.at("run")
+                                             : json{{"seed", s.at("seed")},
+                                                    {"config", s.at("config")},
+                                                    {"patients", s.at("patients")}};
+        const json now = s.contains("run") ? run
+                                           : json{{"seed", o.seed},
+                                                  {"config", config.ToJson()},
+                                                  {"patients", int(data.size())}};
+        if (saved != now) {
           return MakeError(ErrorCode::kMismatch,
                            "vlm training: '" + state_dir +
-                               "' belongs to another run (seed, data or architecture differ)");
+                               "' belongs to another run; resume with that run's options and "
+                               "data, or train to another --out (the state is left as it is):" +
+                               torch_bridge::DescribeJsonDifferences(saved.dump(), "the state has",
+                                                                     now.dump(), "this run has"));
         }
         start_epoch = s.at("epoch").get<int>();
+        if (start_epoch > o.epochs) {
+          return MakeError(ErrorCode::kInvalidArgument,
+                           "vlm training: '" + state_dir + "' is at epoch " +
+                               std::to_string(start_epoch) + ", past the " +
+                               std::to_string(o.epochs) + " epochs asked: ask at least as many");
+        }
       } catch (const std::exception& e) {
         return MakeError(ErrorCode::kCorruptData, "'" + state_file + "': " + e.what());
       }
@@ -652,11 +696,9 @@ Expected<VlmTrainReport> TrainVlm(const std::vector<VlmTrainingExample>& example
     if (!ec) fs::rename(state_dir + "/best.pt.tmp", state_dir + "/best.pt", ec);
     if (ec) return MakeError(ErrorCode::kIo, "cannot write '" + state_dir + "': " + ec.message());
     const json state = {{"epoch", epoch + 1},
-                        {"seed", o.seed},
-                        {"patients", int(data.size())},
                         {"best_epoch", best_epoch},
                         {"best_val_loss", std::isfinite(best_loss) ? json(best_loss) : json()},
-                        {"config", config.ToJson()}};
+                        {"run", run}};
     MEWM_RETURN_IF_ERROR(WriteFileAtomic(state_dir + "/state.json", state.dump(1)));
   }
 

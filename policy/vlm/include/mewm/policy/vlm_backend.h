@@ -49,6 +49,10 @@ struct VlmTrainOptions {
   int threads = 0;  ///< libtorch intra-op threads (0 = all); results depend on it only by rounding
   GrammarOptions grammar;
   std::string out;  ///< checkpoint; its state for --resume is kept in `out`.state/
+  /// Continue from `out`.state/ when it holds the same run: the same options but the epoch count
+  /// (more epochs extend it) and the same examples. Another run's state is refused with
+  /// kMismatch naming what differs, and one past the epochs asked with kInvalidArgument; neither
+  /// touches it.
   bool resume = false;
   std::string metadata_json = "{}";  ///< provenance stored in the checkpoint (command, data)
 };
