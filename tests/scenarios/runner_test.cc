@@ -469,24 +469,29 @@ TEST_F(RunnerTest, ComparePlanRunsPairsTheSamePatients) {
   EXPECT_DOUBLE_EQ(self->a.regret, self->b.regret);
   EXPECT_DOUBLE_EQ(self->regret_diff_median, 0.0);
   EXPECT_DOUBLE_EQ(self->sign_test_p, 1.0);  // every patient ties
+  EXPECT_TRUE(self->decisive.empty());       // so none decides anything
   if (self->b.regret > 0.0) {
     EXPECT_DOUBLE_EQ(self->regret_ratio, 1.0);
   } else {
     EXPECT_TRUE(std::isnan(self->regret_ratio));
   }
 
-  // Run B: a copy whose first patient chose the worst valid plan and whose last patient failed.
+  // Run B: a copy whose first patient chose the worst valid plan other than A's (so the two
+  // differ; A's may be the worst) and whose last patient failed.
   fs::copy(dir_.File("out"), dir_.File("b"), fs::copy_options::recursive);
   nlohmann::json summary = read_json(dir_.File("b/summary.json"));
   const std::string cohort = summary["run"]["cohort"].get<std::string>();
   const nlohmann::json truth = read_json(cohort + "/truth/truth.json");
   const std::string id = summary["patients"][0]["patient_id"].get<std::string>();
   const nlohmann::json& risks = truth["patients"][id]["plan_risks"];
+  const std::string chosen = summary["patients"][0]["plan"].get<std::string>();
+  const double chosen_risk = risks[chosen].get<double>();
   std::string worst;
   for (const auto& [plan, risk] : risks.items()) {
+    if (risk.get<double>() == chosen_risk) continue;
     if (worst.empty() || risk.get<double>() > risks[worst].get<double>()) worst = plan;
   }
-  const double chosen_risk = risks[summary["patients"][0]["plan"].get<std::string>()].get<double>();
+  ASSERT_FALSE(worst.empty()) << "every valid plan of " << id << " has one risk";
   summary["patients"][0]["plan"] = worst;
   summary["patients"][2]["status"] = "failed";
   write_json(dir_.File("b/summary.json"), summary);
@@ -495,18 +500,19 @@ TEST_F(RunnerTest, ComparePlanRunsPairsTheSamePatients) {
   EXPECT_EQ(paired->patients, 2);
   EXPECT_EQ(paired->only_a, 1);
   EXPECT_EQ(paired->only_b, 0);
-  // Only the first patient differs: A's regret is lower by the risk between the two plans.
+  // Only the first patient differs, by the risk between the two plans.
   const double d = chosen_risk - risks[worst].get<double>();
+  ASSERT_NE(d, 0.0);
   EXPECT_NEAR(paired->regret_diff.mean, d / 2.0, 1e-12);
   EXPECT_LE(paired->regret_diff.lo, paired->regret_diff.mean);
   EXPECT_GE(paired->regret_diff.hi, paired->regret_diff.mean);
-  EXPECT_EQ(paired->a_better + paired->same, 2);
+  EXPECT_EQ(paired->same, 1);
   EXPECT_EQ(paired->a_better, d < 0.0 ? 1 : 0);
-  EXPECT_EQ(paired->a_worse, 0);
+  EXPECT_EQ(paired->a_worse, d > 0.0 ? 1 : 0);
   // Two patients, differences d and 0: the median is their mean; one win is no evidence.
   EXPECT_NEAR(paired->regret_diff_median, d / 2.0, 1e-12);
   EXPECT_DOUBLE_EQ(paired->sign_test_p, 1.0);
-  ASSERT_GT(paired->b.regret, 0.0);  // B chose the worst plan for its first patient
+  ASSERT_GT(paired->b.regret, 0.0);  // B chose a bad plan for its first patient
   EXPECT_NEAR(paired->regret_ratio, paired->a.regret / paired->b.regret, 1e-12);
   const auto j = nlohmann::json::parse(paired->ToJson());
   EXPECT_EQ(j["patients"], 2);
@@ -517,6 +523,22 @@ TEST_F(RunnerTest, ComparePlanRunsPairsTheSamePatients) {
   EXPECT_NE(paired->FormatTable().find("sign test p = 1"), std::string::npos);
   EXPECT_EQ(j["methods"].size(), 2u);
   EXPECT_NE(paired->FormatTable().find("by A only"), std::string::npos) << paired->FormatTable();
+  // The one patient that differs is named, with both plans, and without it the runs tie.
+  ASSERT_EQ(paired->decisive.size(), 1u);
+  const PlanRunComparison::Decisive& p = paired->decisive[0];
+  EXPECT_EQ(p.patient, id);
+  EXPECT_NEAR(p.regret_a - p.regret_b, d, 1e-12);
+  EXPECT_EQ(p.plan_b, worst);
+  EXPECT_EQ(p.plan_a, chosen);
+  if (paired->a.regret * 2 - p.regret_a > 0.0) {
+    EXPECT_NEAR(p.ratio_without, 1.0, 1e-12);
+  } else {
+    EXPECT_TRUE(std::isnan(p.ratio_without));
+  }
+  EXPECT_EQ(j["decisive"][0]["patient"], id);
+  EXPECT_EQ(j["decisive"][0]["plan_b"], worst);
+  EXPECT_NE(paired->FormatTable().find("differ most"), std::string::npos);
+  EXPECT_NE(paired->FormatTable().find("B: " + worst), std::string::npos);
   // Swapping the runs flips the sign and the counts.
   auto swapped = ComparePlanRuns(dir_.File("b"), dir_.File("out"));
   ASSERT_TRUE(swapped) << swapped.error().message;

@@ -235,6 +235,7 @@ Expected<PlanRunComparison> ComparePlanRuns(const std::string& run_a, const std:
   c.cohort_dir = a.header.cohort_dir;
   Accumulator acc_a("run A"), acc_b("run B");
   std::vector<double> regret_diff, f1_diff;
+  std::vector<PlanRunComparison::Decisive> paired;
   for (const PlanRow& ra : a.rows) {
     const auto it = b_rows.find(ra.id);
     if (it == b_rows.end()) {
@@ -254,6 +255,8 @@ Expected<PlanRunComparison> ComparePlanRuns(const std::string& run_a, const std:
     MEWM_RETURN_IF_ERROR(ScorePlan(acc_b, rb, rb.chosen));
     const double d = acc_a.regrets.back() - acc_b.regrets.back();
     regret_diff.push_back(d);
+    paired.push_back({ra.id, acc_a.regrets.back(), acc_b.regrets.back(), ra.chosen.ToString(),
+                      rb.chosen.ToString(), 0.0});
     f1_diff.push_back(ComparePlanItems(ra.chosen, ra.truth.optimal).f1 -
                       ComparePlanItems(rb.chosen, rb.truth.optimal).f1);
     if (d > 0.0) {
@@ -278,6 +281,18 @@ Expected<PlanRunComparison> ComparePlanRuns(const std::string& run_a, const std:
   c.regret_diff_median = Median(regret_diff);
   c.sign_test_p = BinomialTestHalf(c.a_worse, c.a_worse + c.a_better);
   c.regret_ratio = c.b.regret > 0.0 ? c.a.regret / c.b.regret : std::nan("");
+  const auto gap = [](const PlanRunComparison::Decisive& p) {
+    return std::abs(p.regret_a - p.regret_b);
+  };
+  std::stable_sort(paired.begin(), paired.end(),
+                   [&](const auto& x, const auto& y) { return gap(x) > gap(y); });
+  const double sum_a = c.a.regret * c.patients, sum_b = c.b.regret * c.patients;
+  for (std::size_t k = 0; k < std::min<std::size_t>(3, paired.size()) && gap(paired[k]) > 0; ++k) {
+    PlanRunComparison::Decisive p = paired[k];
+    const double rest_b = sum_b - p.regret_b;
+    p.ratio_without = rest_b > 0.0 ? (sum_a - p.regret_a) / rest_b : std::nan("");
+    c.decisive.push_back(std::move(p));
+  }
   return c;
 }
 
@@ -300,10 +315,27 @@ std::string PlanRunComparison::FormatTable() const {
                 "(two-sided sign test p = %.3g)\n",
                 regret_diff_median, regret_ratio, a_worse, a_better, same, sign_test_p);
   out << line;
+  if (!decisive.empty()) {
+    out << "patients whose regrets differ most (mean regret A / B without the patient):\n";
+  }
+  for (const Decisive& p : decisive) {
+    std::snprintf(line, sizeof(line), "  %-10s A %.4f - B %.4f = %+.4f (%.2f)", p.patient.c_str(),
+                  p.regret_a, p.regret_b, p.regret_a - p.regret_b, p.ratio_without);
+    out << line << "  A: " << p.plan_a << "  B: " << p.plan_b << "\n";
+  }
   return out.str();
 }
 
 std::string PlanRunComparison::ToJson() const {
+  json decisive_json = json::array();
+  for (const Decisive& p : decisive) {
+    decisive_json.push_back({{"patient", p.patient},
+                             {"regret_a", p.regret_a},
+                             {"regret_b", p.regret_b},
+                             {"plan_a", p.plan_a},
+                             {"plan_b", p.plan_b},
+                             {"regret_ratio_without", NumberOrNull(p.ratio_without)}});
+  }
   return json{{"run_a", run_a},
               {"run_b", run_b},
               {"cohort_dir", cohort_dir},
@@ -320,7 +352,8 @@ std::string PlanRunComparison::ToJson() const {
                 {"a_worse", a_worse},
                 {"a_better", a_better},
                 {"same", same},
-                {"sign_test_p", sign_test_p}}}}
+                {"sign_test_p", sign_test_p}}},
+              {"decisive", decisive_json}}
       .dump(1);
 }
 

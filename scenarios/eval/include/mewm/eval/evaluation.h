@@ -82,6 +82,17 @@ struct PlanRunComparison {
   /// `a_better` (ties left out; 1 when every patient ties).
   double regret_diff_median = 0.0, sign_test_p = 1.0;
   double regret_ratio = 0.0;  ///< A's mean regret over B's; NaN when B's is 0
+  /// A patient whose true regrets under A and B differ much: regret has heavy tails, so a few
+  /// high-risk patients can decide the mean and the ratio.
+  struct Decisive {
+    std::string patient;
+    double regret_a = 0.0, regret_b = 0.0;
+    std::string plan_a, plan_b;
+    double ratio_without = 0.0;  ///< A's mean regret over B's without this patient; NaN as above
+  };
+  /// The (at most) three patients with the largest |regret A - regret B|, largest first; those
+  /// that tie are left out.
+  std::vector<Decisive> decisive;
 
   std::string FormatTable() const;
   std::string ToJson() const;
