@@ -8,6 +8,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <set>
 
@@ -175,6 +176,23 @@ TEST_F(VlmTest, TrainingIsDeterministicAndResumable) {
   e = refusal(wrong, examples);
   EXPECT_EQ(e.code, ErrorCode::kInvalidArgument);
   EXPECT_NE(e.message.find("at epoch 3, past the 2 epochs asked"), std::string::npos) << e.message;
+  // A state saved before runs were recorded names only its seed, config and patient count: those
+  // are still checked, and a match resumes.
+  const nlohmann::json run = nlohmann::json::parse(saved).at("run");
+  nlohmann::json legacy = nlohmann::json::parse(saved);
+  legacy.erase("run");
+  legacy["seed"] = run.at("seed");
+  legacy["config"] = run.at("config");
+  legacy["patients"] = run.at("patients");
+  ASSERT_TRUE(WriteFileAtomic(state_file, legacy.dump()));
+  wrong = Options(Path("c.pt"), 4);
+  wrong.resume = true;
+  wrong.seed = 9;
+  EXPECT_EQ(TrainVlm(examples, actions, wrong).error().code, ErrorCode::kMismatch);
+  auto legacy_resumed = TrainVlm(examples, actions, resume);  // 3 epochs asked, 3 done
+  ASSERT_TRUE(legacy_resumed) << legacy_resumed.error().ToString();
+  EXPECT_EQ(legacy_resumed->resumed_from_epoch, 3);
+  EXPECT_TRUE(legacy_resumed->epochs.empty());
 }
 
 /// The trained model on rendered synthetic patients: K distinct valid plans, best first, with

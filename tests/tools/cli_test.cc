@@ -899,21 +899,17 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
               dir_.File("missing.pt") + " --calibration \"\" --patients 3");
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("missing.pt"), std::string::npos) << r.output;
-  r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + dir_.File("dd_bad.pt") +
-              " --init-from " + model + " --residual-weight -1");
-  EXPECT_NE(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("--residual-weight"), std::string::npos) << r.output;
-  EXPECT_FALSE(std::filesystem::exists(dir_.File("dd_bad.pt")));
-  r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + dir_.File("dd_bad.pt") +
-              " --init-from " + model + " --pair-weight -1");
-  EXPECT_NE(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("--pair-weight"), std::string::npos) << r.output;
-  EXPECT_FALSE(std::filesystem::exists(dir_.File("dd_bad.pt")));
-  r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + dir_.File("dd_bad.pt") +
-              " --init-from " + model + " --pair-neighbours");
-  EXPECT_NE(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("--pair-weight"), std::string::npos) << r.output;
-  EXPECT_FALSE(std::filesystem::exists(dir_.File("dd_bad.pt")));
+  // Loss options refused before training, naming the option; nothing is written.
+  for (const auto& [option, named] : std::vector<std::pair<std::string, std::string>>{
+           {"--residual-weight -1", "--residual-weight"},
+           {"--pair-weight -1", "--pair-weight"},
+           {"--pair-neighbours", "--pair-weight"}}) {
+    r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + dir_.File("dd_bad.pt") +
+                " --init-from " + model + " " + option);
+    EXPECT_NE(r.code, 0) << option << ": " << r.output;
+    EXPECT_NE(r.output.find(named), std::string::npos) << option << ": " << r.output;
+    EXPECT_FALSE(std::filesystem::exists(dir_.File("dd_bad.pt"))) << option;
+  }
   // Its guidance distilled into a student whose drugs share one embedding: the command and the
   // config record both, and the student refuses to be guided again.
   const std::string student = dir_.File("dd_student.pt");
