@@ -19,6 +19,7 @@
 #include "../core/test_env.h"
 #include "mewm/core/file_util.h"
 #include "mewm/core/seed.h"
+#include "mewm/core/sha256.h"
 #include "mewm/core/stats.h"
 #include "mewm/dynamics/diffusion_backend.h"
 #include "mewm/tace/tumor_features.h"
@@ -1207,6 +1208,14 @@ TEST_F(DiffusionTest, TrainingResumesFromItsState) {
   other.config.lesion_size = true;
   e = refusal(other, pairs);
   EXPECT_NE(e.message.find("config.lesion_size: the state has (none), this run has true"),
+            std::string::npos)
+      << e.message;
+  // A start checkpoint counts by its content.
+  other = o;
+  other.init_from = o.out;
+  e = refusal(other, pairs);
+  EXPECT_NE(e.message.find("init_from_sha256: the state has \"\", this run has \"" +
+                           *Sha256File(o.out) + "\""),
             std::string::npos)
       << e.message;
   // Fewer steps than the state has done.

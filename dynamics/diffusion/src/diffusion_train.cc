@@ -241,9 +241,11 @@ struct TrainState {
 
 /// What a resumed run must share with the run that saved the state: every option that shapes the
 /// weights except the step counts (more steps extend a run), and the training data (each pair's
-/// patient, plan and crop sums, as a SHA-256). Checkpoint paths are compared as absolute paths.
-nlohmann::json RunIdentity(const DiffusionTrainOptions& o, const std::vector<DiffusionPair>& train,
-                           const std::vector<DiffusionPair>& validation) {
+/// patient, plan and crop sums, as a SHA-256). A starting checkpoint counts by its SHA-256, not its
+/// path, so a moved copy resumes and a retrained file at the same path does not.
+Expected<nlohmann::json> RunIdentity(const DiffusionTrainOptions& o,
+                                     const std::vector<DiffusionPair>& train,
+                                     const std::vector<DiffusionPair>& validation) {
   const auto sum = [](const DenseFloat& d) {
     return std::accumulate(d.data.begin(), d.data.end(), 0.0);
   };
@@ -256,31 +258,34 @@ nlohmann::json RunIdentity(const DiffusionTrainOptions& o, const std::vector<Dif
     }
     data.push_back(std::move(list));
   }
-  const auto absolute = [](const std::string& path) {
-    return path.empty() ? path : fs::weakly_canonical(fs::absolute(path)).string();
+  const auto content = [](const std::string& path) -> Expected<std::string> {
+    if (path.empty()) return path;
+    return Sha256File(path);
   };
-  return {{"config", nlohmann::json::parse(o.config.ToJson())},
-          {"seed", o.seed},
-          {"ae_batch", o.ae_batch},
-          {"ae_patch", o.ae_patch},
-          {"ae_lr", o.ae_lr},
-          {"kl_weight", o.kl_weight},
-          {"edge_weight", o.edge_weight},
-          {"decoder_batch", o.decoder_batch},
-          {"decoder_lr", o.decoder_lr},
-          {"denoiser_batch", o.denoiser_batch},
-          {"denoiser_lr", o.denoiser_lr},
-          {"null_plan_prob", o.null_plan_prob},
-          {"residual_weight", o.residual_weight},
-          {"pair_weight", o.pair_weight},
-          {"pair_neighbours", o.pair_neighbours},
-          {"ema_decay", o.ema_decay},
-          {"distill_from", absolute(o.distill_from)},
-          {"distill_guidance", o.distill_guidance},
-          {"init_from", absolute(o.init_from)},
-          {"train_pairs", train.size()},
-          {"validation_pairs", validation.size()},
-          {"data", ToHex(Sha256(data.dump()))}};
+  MEWM_TRY(const std::string distill_from, content(o.distill_from));
+  MEWM_TRY(const std::string init_from, content(o.init_from));
+  return nlohmann::json{{"config", nlohmann::json::parse(o.config.ToJson())},
+                        {"seed", o.seed},
+                        {"ae_batch", o.ae_batch},
+                        {"ae_patch", o.ae_patch},
+                        {"ae_lr", o.ae_lr},
+                        {"kl_weight", o.kl_weight},
+                        {"edge_weight", o.edge_weight},
+                        {"decoder_batch", o.decoder_batch},
+                        {"decoder_lr", o.decoder_lr},
+                        {"denoiser_batch", o.denoiser_batch},
+                        {"denoiser_lr", o.denoiser_lr},
+                        {"null_plan_prob", o.null_plan_prob},
+                        {"residual_weight", o.residual_weight},
+                        {"pair_weight", o.pair_weight},
+                        {"pair_neighbours", o.pair_neighbours},
+                        {"ema_decay", o.ema_decay},
+                        {"distill_from_sha256", distill_from},
+                        {"distill_guidance", o.distill_guidance},
+                        {"init_from_sha256", init_from},
+                        {"train_pairs", train.size()},
+                        {"validation_pairs", validation.size()},
+                        {"data", ToHex(Sha256(data.dump()))}};
 }
 
 Status SaveState(const std::string& dir, const TrainState& state, const nlohmann::json& run,
@@ -1166,7 +1171,7 @@ Expected<DiffusionTrainReport> Train(
   // The stacked copy is what trains. The training pairs' full-precision crops are read again only
   // as the validation set, which they are without a split; with one they are freed as stacked.
   const std::size_t train_count = train.size();
-  nlohmann::json identity = RunIdentity(run, train, validation);
+  MEWM_TRY(nlohmann::json identity, RunIdentity(run, train, validation));
   const auto free_crops = [&train](std::size_t k) { train[k].pre = train[k].post = {}; };
   MEWM_TRY(Stacked data,
            Stack(train, run.config,
