@@ -549,14 +549,13 @@ Expected<VlmTrainReport> TrainVlm(const std::vector<VlmTrainingExample>& example
       try {
         const json s = json::parse(text);
         // A state saved before runs were recorded names only its seed, config and patient count.
-        const json saved = s.contains("run") ? s.at("run")
-                                             : json{{"seed", s.at("seed")},
-                                                    {"config", s.at("config")},
-                                                    {"patients", s.at("patients")}};
-        const json now = s.contains("run") ? run
-                                           : json{{"seed", o.seed},
-                                                  {"config", config.ToJson()},
-                                                  {"patients", int(data.size())}};
+        const auto recorded_before = [](const json& j) {
+          return json{
+              {"seed", j.at("seed")}, {"config", j.at("config")}, {"patients", j.at("patients")}};
+        };
+        const bool legacy = !s.contains("run");
+        const json saved = legacy ? recorded_before(s) : s.at("run");
+        const json now = legacy ? recorded_before(run) : run;
         if (saved != now) {
           return MakeError(ErrorCode::kMismatch,
                            "vlm training: '" + state_dir +
