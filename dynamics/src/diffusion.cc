@@ -58,6 +58,26 @@ Expected<std::vector<std::string>> ItemGroups(const ActionBase& actions,
   return groups;
 }
 
+std::string GeneratorPlanKey(const Plan& plan, const DiffusionConfig& config) {
+  std::string key;
+  std::map<std::string, int> groups;
+  for (const std::string& item : plan.items()) {
+    const auto at = std::find(config.items.begin(), config.items.end(), item);
+    const std::string group = config.item_groups.empty() || at == config.items.end()
+                                  ? std::string()
+                                  : config.item_groups[std::size_t(at - config.items.begin())];
+    if (group.empty()) {
+      key += item + "+";
+    } else {
+      ++groups[group];
+    }
+  }
+  for (const auto& [group, count] : groups) {
+    key += "[" + group + " x" + std::to_string(config.group_once ? 1 : count) + "]";
+  }
+  return key;
+}
+
 Status TextureModel::Validate() const {
   const auto ascending = [](const std::vector<double>& v) {
     for (std::size_t i = 0; i < v.size(); ++i) {

@@ -480,16 +480,20 @@ TEST_F(DiffusionTest, PlansConditionTheOutcomeAndSeedsMakeItReproducible) {
   double diff = 0.0;
   for (std::size_t x = 0; x < ca.size(); ++x) diff += std::abs(ca.data[x] - cb.data[x]);
   EXPECT_GT(diff, 1.0);
-  // An outcome depends on its request alone, not on its batch.
-  auto alone = model->Simulate(p, {a});
+  // An outcome depends on its request alone, not on its batch (asked as another patient id, which
+  // the model computes again rather than copying: SaturatedGroupCountsOncePerPlan).
+  PatientCase again = p;
+  again.id = "again";
+  auto alone = model->Simulate(again, {a});
   ASSERT_TRUE(alone);
   // HU: float noise of a different batch size only.
   EXPECT_LT(MaxDifference(ca.data, (*alone)[0].post_ct.ToDense().data), 0.5);
   // Away from the tumor the CT is untouched.
   EXPECT_FLOAT_EQ((*both)[0].post_ct.GetValue(2, 2, 2), p.ct.GetValue(2, 2, 2));
-  // Counters: one encode for the patient, one forward per step, one embedding per plan.
+  // Counters: one encode per patient id, one forward per step, one embedding per plan.
   const DiffusionCounters k = model->counters();
-  EXPECT_EQ(k.encodes, 1);
+  EXPECT_EQ(k.encodes, 2);
+  EXPECT_EQ(k.reused, 0);
   EXPECT_EQ(k.forwards, 8);
   EXPECT_EQ(k.sample_forwards, 12);
   EXPECT_EQ(k.plan_embeddings, 3);
@@ -1035,10 +1039,14 @@ TEST_F(DiffusionTest, DrugsOfOneGroupShareOneEmbedding) {
 
   // Without groups the tiny model tells two platinum drugs apart; fine-tuned with them, it
   // cannot, while a drug of another class still differs. The checkpoint records the groups. Each
-  // request is simulated alone, so equal embeddings give bit-identical outcomes (one thread).
+  // request is simulated alone, so equal embeddings give bit-identical outcomes (one thread); each
+  // as another patient id, so the network computes it (equal requests of one patient are copied).
   const PatientCase p = Phantom({{0, 0, 0}});
+  int calls = 0;
   const auto simulate = [&](DiffusionDynamics& model, const std::string& plan) {
-    auto out = model.Simulate(p, {{P(plan), 0, 42, 0}});
+    PatientCase again = p;
+    again.id = "phantom " + std::to_string(++calls);
+    auto out = model.Simulate(again, {{P(plan), 0, 42, 0}});
     EXPECT_TRUE(out) << out.error().ToString();
     return out ? out->front().post_ct.ToDense().data : std::vector<float>{};
   };
@@ -1093,19 +1101,91 @@ TEST_F(DiffusionTest, SaturatedGroupCountsOncePerPlan) {
 
   // Fine-tuned with one saturating drug group, a second drug (of another class) changes nothing,
   // while the first still does. Each request is simulated alone (one thread), so equal
-  // embeddings give bit-identical outcomes.
+  // embeddings give bit-identical outcomes; each as another patient id, so the network computes
+  // it (equal requests of one patient are copied, below).
   const PatientCase p = Phantom({{0, 0, 0}});
   const auto model = FineTuned(19, config, "saturated.pt");
   ASSERT_TRUE(model);
   EXPECT_TRUE(model->config().group_once);
+  int calls = 0;
   const auto simulate = [&](const std::string& plan) {
-    auto out = model->Simulate(p, {{P(plan), 0, 42, 0}});
+    PatientCase again = p;
+    again.id = "phantom " + std::to_string(++calls);
+    auto out = model->Simulate(again, {{P(plan), 0, 42, 0}});
     EXPECT_TRUE(out) << out.error().ToString();
     return out ? out->front().post_ct.ToDense().data : std::vector<float>{};
   };
   const std::vector<float> one = simulate("Lipiodol+Oxaliplatin");
   EXPECT_EQ(MaxDifference(one, simulate("Lipiodol+Oxaliplatin+Epirubicin")), 0.0);
   EXPECT_GT(MaxDifference(one, simulate("Lipiodol")), 0.0);
+
+  // So one patient's requests with equal keys and noise are generated once and copied, in one
+  // call and across calls; each copy carries its own plan and sample index.
+  const auto dense = [](const Outcome& o) { return o.post_ct.ToDense().data; };
+  const int steps = model->sampler().steps;
+  const SimulationRequest a{P("Lipiodol+Oxaliplatin"), 0, 42, 0};
+  const SimulationRequest same_noise{P("Lipiodol+Nedaplatin"), 0, 7, 42};  // shared seed 42
+  const SimulationRequest other_noise{P("Lipiodol+Oxaliplatin"), 1, 43, 0};
+  const SimulationRequest no_drug{P("Lipiodol"), 0, 42, 0};
+  DiffusionCounters before = model->counters();
+  auto batch = model->Simulate(p, {a, same_noise, other_noise, no_drug});
+  ASSERT_TRUE(batch) << batch.error().ToString();
+  ASSERT_EQ(batch->size(), 4u);
+  EXPECT_EQ(model->counters().reused - before.reused, 1);
+  EXPECT_EQ(model->counters().decodes - before.decodes, 3 + 1);  // and the pre-treatment crop
+  EXPECT_EQ(model->counters().sample_forwards - before.sample_forwards, 3 * steps);
+  EXPECT_EQ(MaxDifference(dense((*batch)[0]), one), 0.0);
+  EXPECT_EQ(MaxDifference(dense((*batch)[1]), one), 0.0);
+  EXPECT_TRUE(CheckOutcome((*batch)[1], same_noise, p));
+  EXPECT_EQ((*batch)[1].plan, same_noise.plan);
+  EXPECT_GT(MaxDifference(dense((*batch)[2]), one), 0.0);
+  EXPECT_GT(MaxDifference(dense((*batch)[3]), one), 0.0);
+  // A copy is the caller's own: changing it changes no later copy.
+  (*batch)[1].post_ct.SetValue(40, 40, 40, 5000.0f);
+  (*batch)[1].viable_fraction->SetValue(40, 40, 40, 0.25f);
+  before = model->counters();
+  const SimulationRequest two_drugs{P("Lipiodol+Oxaliplatin+Epirubicin"), 1, 99, 43};
+  auto later = model->Simulate(p, {same_noise, two_drugs});
+  ASSERT_TRUE(later) << later.error().ToString();
+  EXPECT_EQ(model->counters().reused - before.reused, 2);
+  EXPECT_EQ(model->counters().sample_forwards, before.sample_forwards);
+  EXPECT_EQ(MaxDifference(dense((*later)[0]), one), 0.0);
+  EXPECT_EQ(MaxDifference(dense((*later)[1]), dense((*batch)[2])), 0.0);
+  EXPECT_TRUE(CheckOutcome((*later)[1], two_drugs, p));
+  // Another patient, or another sampler, generates again.
+  PatientCase other = p;
+  other.id = "another";
+  before = model->counters();
+  ASSERT_TRUE(model->Simulate(other, {a}));
+  EXPECT_EQ(model->counters().reused, before.reused);
+  SamplerConfig fewer = model->sampler();
+  fewer.steps = steps - 1;
+  model->set_sampler(fewer);
+  before = model->counters();
+  ASSERT_TRUE(model->Simulate(other, {a}));
+  EXPECT_EQ(model->counters().sample_forwards - before.sample_forwards, steps - 1);
+}
+
+TEST(GeneratorPlanKeyTest, NamesWhatThePlanEmbeddingReads) {
+  const ActionBase& actions = ActionBase::Default();
+  DiffusionConfig config = *DiffusionConfig::Preset("cpu", actions);
+  const auto key = [&](const std::string& plan) { return GeneratorPlanKey(P(plan), config); };
+  // No groups: every item by name.
+  EXPECT_NE(key("Lipiodol+Oxaliplatin"), key("Lipiodol+Nedaplatin"));
+  EXPECT_EQ(key("Lipiodol+PVA"), "Lipiodol+PVA+");
+  // Drugs in their classes: two platinum drugs alike, one of each class not; counts matter.
+  config.item_groups = *ItemGroups(actions, "class");
+  EXPECT_EQ(key("Lipiodol+Oxaliplatin"), key("Lipiodol+Nedaplatin"));
+  EXPECT_NE(key("Lipiodol+Oxaliplatin"), key("Lipiodol+Epirubicin"));
+  EXPECT_NE(key("Lipiodol+Oxaliplatin"), key("Lipiodol+Oxaliplatin+Nedaplatin"));
+  EXPECT_NE(key("Lipiodol+Oxaliplatin"), key("Lipiodol+Oxaliplatin+PVA"));
+  // One saturating group: any one or two drugs alike, none not.
+  config.item_groups = *ItemGroups(actions, "all");
+  config.group_once = true;
+  EXPECT_EQ(key("Lipiodol+Oxaliplatin"), key("Lipiodol+Epirubicin+Mitomycin"));
+  EXPECT_NE(key("Lipiodol+Oxaliplatin"), key("Lipiodol"));
+  // An item outside the vocabulary counts by name (the simulation refuses it).
+  EXPECT_NE(GeneratorPlanKey(Plan({"Lipiodol", "Unobtainium"}), config), key("Lipiodol"));
 }
 
 TEST_F(DiffusionTest, BadInputGivesClearErrors) {

@@ -537,9 +537,13 @@ Status BenchDecision(const dynamics::DiffusionBackendOptions& options,
   MEWM_TRY(auto policy_model, backends.CreatePolicy(spec));
   MEWM_TRY(const policy::Proposal proposal, policy_model->Propose(patient));
   MEWM_TRY(auto survival, backends.CreateSurvival(spec));
-  const auto decide = [&](scenarios::SearchMode mode, const dynamics::SamplerConfig& sampler)
-      -> Expected<std::pair<scenarios::PlanDecision, dynamics::DiffusionCounters>> {
-    MEWM_TRY(auto fresh, dynamics::CreateDiffusionDynamics(options));
+  const auto decide =
+      [&](scenarios::SearchMode mode, const dynamics::SamplerConfig& sampler,
+          bool reuse =
+              true) -> Expected<std::pair<scenarios::PlanDecision, dynamics::DiffusionCounters>> {
+    dynamics::DiffusionBackendOptions model_options = options;
+    model_options.reuse_outcomes = reuse;
+    MEWM_TRY(auto fresh, dynamics::CreateDiffusionDynamics(model_options));
     fresh->set_sampler(sampler);
     scenarios::PlannerSpec ps = spec.planner;
     ps.search = mode;
@@ -550,6 +554,8 @@ Status BenchDecision(const dynamics::DiffusionBackendOptions& options,
   };
   const dynamics::SamplerConfig full = dynamics::ReferenceSampler();
   MEWM_TRY(const auto beam, decide(scenarios::SearchMode::kBeam, options.sampler));
+  // The same decision generating every request, as before outcomes were shared.
+  MEWM_TRY(const auto unshared, decide(scenarios::SearchMode::kBeam, options.sampler, false));
   // The reference loop at 200 steps would take tens of minutes on 2 cores. It runs here with a
   // 2-step ancestral sampler: its Simulate calls and requests are exact, and each call is one
   // request, so 200 steps cost exactly 200 batch-1 forwards per simulation and lesion crop (the
@@ -579,6 +585,14 @@ Status BenchDecision(const dynamics::DiffusionBackendOptions& options,
       "reference (200 ancestral)", static_cast<long long>(rc.simulations),
       static_cast<long long>(ref_forwards), static_cast<long long>(ref_forwards), ref_wall,
       forward_ratio, latent_ratio, ref_wall / bc.search_seconds);
+  const auto& uc = unshared.first.counters;
+  std::printf(
+      "  shared outcomes: %lld of %lld simulations copied from an equal request; without "
+      "sharing %lld latent evaluations, %.1f s (%.2fx the time); plan %s, without %s\n",
+      static_cast<long long>(beam.second.reused), static_cast<long long>(bc.simulations),
+      static_cast<long long>(unshared.second.sample_forwards), uc.search_seconds,
+      uc.search_seconds / bc.search_seconds, beam.first.best.plan.ToString().c_str(),
+      unshared.first.best.plan.ToString().c_str());
   // Where the beam decision's time goes: the backend's stages, and the rest (planner, survival).
   const dynamics::DiffusionCounters& k = beam.second;
   const double outside = bc.search_seconds - k.prepare_s - k.sample_s - k.decode_s - k.paste_s;
@@ -597,7 +611,14 @@ Status BenchDecision(const dynamics::DiffusionBackendOptions& options,
                        {"denoiser_calls", beam.second.forwards},
                        {"latent_evaluations", beam.second.sample_forwards},
                        {"wall_s", bc.search_seconds},
+                       {"reused_outcomes", beam.second.reused},
                        {"plan", beam.first.best.plan.ToString()}}},
+                     {"beam_unshared",
+                      {{"simulations", uc.simulations},
+                       {"denoiser_calls", unshared.second.forwards},
+                       {"latent_evaluations", unshared.second.sample_forwards},
+                       {"wall_s", uc.search_seconds},
+                       {"plan", unshared.first.best.plan.ToString()}}},
                      {"reference",
                       {{"simulations", rc.simulations},
                        {"denoiser_calls", ref_forwards},

@@ -7,9 +7,11 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <deque>
 #include <map>
 
 #include "diffusion_nets.h"
@@ -234,10 +236,57 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     }
   }
 
+  /// Generates each distinct (GeneratorPlanKey, noise seed) once per patient: a request equal to
+  /// one generated before, in this call or an earlier one, gets a copy of its outcome with its
+  /// own plan and sample index. The copy is what generating it again would give (the same
+  /// embedding, noise and texture), without the denoiser, the decoder or the paste.
   Expected<std::vector<Outcome>> SimulateUnguarded(const PatientCase& patient,
                                                    const std::vector<SimulationRequest>& requests) {
     if (requests.empty()) return std::vector<Outcome>{};
     MEWM_RETURN_IF_ERROR(CheckSampler(config_, options_.sampler, options_.model_path));
+    if (!options_.reuse_outcomes) return Generate(patient, requests);
+    // Keyed like PreparePatient, and on the covariates the plan rows read.
+    const std::array<double, 3> clinical =
+        config_.clinical ? ClinicalFeatures(patient.covariates) : std::array<double, 3>{};
+    if (patient.id != reuse_.patient_id || &patient.tumor.grid() != reuse_.tumor ||
+        clinical != reuse_.clinical) {
+      reuse_ = {};
+      reuse_.patient_id = patient.id;
+      reuse_.tumor = &patient.tumor.grid();
+      reuse_.clinical = clinical;
+    }
+    std::vector<std::string> keys;
+    std::map<std::string, std::size_t> first;  // key -> its row in `fresh`
+    std::vector<SimulationRequest> fresh;
+    std::vector<std::size_t> fresh_request;  // the request each row of `fresh` is
+    for (std::size_t r = 0; r < requests.size(); ++r) {
+      keys.push_back(GeneratorPlanKey(requests[r].plan, config_) + "@" +
+                     std::to_string(NoiseSeed(requests[r])));
+      if (reuse_.outcomes.count(keys.back()) == 0 &&
+          first.emplace(keys.back(), fresh.size()).second) {
+        fresh.push_back(requests[r]);
+        fresh_request.push_back(r);
+      }
+    }
+    MEWM_TRY(std::vector<Outcome> generated, Generate(patient, fresh));
+    std::vector<Outcome> outcomes;
+    outcomes.reserve(requests.size());
+    for (std::size_t r = 0; r < requests.size(); ++r) {
+      const auto kept = reuse_.outcomes.find(keys[r]);
+      const auto made = first.find(keys[r]);
+      if (kept != reuse_.outcomes.end() || fresh_request[made->second] != r) ++counters_.reused;
+      const Outcome& source =
+          kept != reuse_.outcomes.end() ? kept->second : generated[made->second];
+      outcomes.push_back(CopyOutcome(source, requests[r]));
+    }
+    for (const auto& [key, row] : first) Keep(key, std::move(generated[row]));
+    return outcomes;
+  }
+
+  /// Simulates every request (SimulateUnguarded's generation).
+  Expected<std::vector<Outcome>> Generate(const PatientCase& patient,
+                                          const std::vector<SimulationRequest>& requests) {
+    if (requests.empty()) return std::vector<Outcome>{};
     torch::NoGradGuard no_grad;
     std::vector<Plan> plans;
     std::map<std::string, std::int64_t> plan_index;
@@ -332,7 +381,10 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
   std::string name() const override { return "diffusion"; }
   const DiffusionConfig& config() const override { return config_; }
   const SamplerConfig& sampler() const override { return options_.sampler; }
-  void set_sampler(const SamplerConfig& sampler) override { options_.sampler = sampler; }
+  void set_sampler(const SamplerConfig& sampler) override {
+    options_.sampler = sampler;
+    reuse_ = {};  // outcomes of the old sampler
+  }
   DiffusionCounters counters() const override { return counters_; }
   const std::string& metadata_json() const override { return metadata_; }
 
@@ -363,6 +415,19 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
   // under glibc's 32 MB mmap ceiling (bridge's KeepLargeBuffersInHeap); at 2 rows every 64^3
   // layer maps and page-faults fresh memory, measured 71 against 34 ms per row.
   static constexpr std::int64_t kDecodeRows = 1;
+  // The outcomes kept for reuse (SimulateUnguarded), at most this many bytes of grids: a beam
+  // decision needs a few dozen (docs/BENCHMARKS.md), tens of MB each on a large patient region.
+  static constexpr std::size_t kReuseBytes = std::size_t(1) << 30;
+
+  /// One patient's generated outcomes by generator key and noise seed, oldest first in `order`.
+  struct Reuse {
+    std::string patient_id;
+    const void* tumor = nullptr;
+    std::array<double, 3> clinical{};  ///< ClinicalFeatures, when the config reads them
+    std::map<std::string, Outcome> outcomes;
+    std::deque<std::pair<std::string, std::size_t>> order;  ///< key, bytes
+    std::size_t bytes = 0;
+  };
 
   struct Crop {
     CropSpec spec;
@@ -377,6 +442,29 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     DenseFloat pre_ct_hu;        ///< decoded_pre's CT in HU
     torch::Tensor pre_hu;        ///< [D, H, W] on the CPU: the crop's CT in HU (with a texture)
   };
+
+  /// A deep copy of `source` as the outcome of `request`.
+  static Outcome CopyOutcome(const Outcome& source, const SimulationRequest& request) {
+    Outcome o{request.plan, request.sample_index, source.post_ct.DeepCopy(),
+              source.viable.DeepCopy()};
+    if (source.viable_fraction) o.viable_fraction = source.viable_fraction->DeepCopy();
+    return o;
+  }
+
+  /// Keeps a generated outcome for reuse (SimulateUnguarded), forgetting the oldest ones beyond
+  /// kReuseBytes.
+  void Keep(const std::string& key, Outcome outcome) {
+    std::size_t bytes = outcome.post_ct.grid().memUsage() + outcome.viable.grid().memUsage();
+    if (outcome.viable_fraction) bytes += outcome.viable_fraction->grid().memUsage();
+    reuse_.bytes += bytes;
+    reuse_.order.emplace_back(key, bytes);
+    reuse_.outcomes.emplace(key, std::move(outcome));
+    while (reuse_.bytes > kReuseBytes && !reuse_.order.empty()) {
+      reuse_.bytes -= reuse_.order.front().second;
+      reuse_.outcomes.erase(reuse_.order.front().first);
+      reuse_.order.pop_front();
+    }
+  }
 
   static Outcome BlankOutcome(const PatientCase& patient, const Plan& plan, int sample_index) {
     Outcome o{plan, sample_index, patient.ct.DeepCopy(),
@@ -523,6 +611,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
   DiffusionCounters counters_;
   std::string cached_id_;
   const void* cached_tumor_ = nullptr;
+  Reuse reuse_;
   double enhancing_hu_ = 0.0;  ///< the cached patient's, with DiffusionConfig::item_enhancement
   std::vector<Crop> crops_;
 };

@@ -146,6 +146,13 @@ struct DiffusionConfig {
 Expected<std::vector<std::string>> ItemGroups(const ActionBase& actions,
                                               const std::string& sharing);
 
+/// The plan as the denoiser's plan embedding sees it: the items outside groups by name, then each
+/// group with its count of the plan's items (1 with group_once). Plans with equal keys get
+/// bit-identical embeddings, so with the same noise a generator gives them the same outcome
+/// (DiffusionDynamics copies it rather than generating it again). Items outside config.items
+/// count by name.
+std::string GeneratorPlanKey(const Plan& plan, const DiffusionConfig& config);
+
 /// DDIM sampling. eta = 1 with many steps is DDPM's ancestral sampler (the `reference` search).
 struct SamplerConfig {
   int steps = 25;         ///< denoiser steps per outcome, in [1, train_timesteps]
@@ -231,6 +238,10 @@ struct DiffusionBackendOptions {
   int threads = 0;                             ///< libtorch intra-op threads; 0 = all cores
   double blend_margin_mm = 6.0;                ///< paste margin around the pre-treatment tumor
   ActionBase actions = ActionBase::Default();  ///< vocabulary source for the config preset
+  /// Whether a patient's requests with equal GeneratorPlanKey and noise share one generated
+  /// outcome (copied; at most 1 GiB of outcomes kept). Off, every request is generated: only to
+  /// measure what sharing saves (`mewm bench dynamics`).
+  bool reuse_outcomes = true;
 };
 
 /// Creates the diffusion DynamicsModel. mewm::dynamics_diffusion defines the real one

@@ -28,7 +28,10 @@ struct DiffusionCounters {
   std::int64_t encodes = 0;          ///< pre-treatment crops encoded (once per patient crop)
   std::int64_t decodes = 0;          ///< outcome crops decoded
   std::int64_t plan_embeddings = 0;  ///< plan embeddings computed
-  double denoiser_gflop = 0.0;       ///< convolution GFLOP spent in the denoiser
+  /// Outcomes copied from an equal request of the same patient (same GeneratorPlanKey and noise)
+  /// instead of generated: with drugs in one group, most of a beam decision's.
+  std::int64_t reused = 0;
+  double denoiser_gflop = 0.0;  ///< convolution GFLOP spent in the denoiser
   // Wall time inside Simulate, by stage (the rest of a decision is the planner's and survival's).
   double prepare_s = 0.0;  ///< cropping and encoding the patient, decoding the pre-treatment crop
   double sample_s = 0.0;   ///< the denoiser's steps (noise included)
