@@ -448,6 +448,75 @@ TEST_F(RunnerTest, EvaluatePlansAgainstTruthWithBaselines) {
   EXPECT_NE(eval->FormatTable().find("outcome simulations per patient"), std::string::npos);
 }
 
+TEST_F(RunnerTest, ComparePlanRunsPoolsPairsOfRunsOfSeveralCohorts) {
+  CollectingSink sink;
+  ASSERT_TRUE(Run(Synthetic(), {}, &sink));
+  RunOptions second;
+  second.output_dir = dir_.File("out2");
+  ASSERT_TRUE(
+      Run(Spec("source = \"synthetic\"\nn = 2\nseed = 6\nspacing_mm = 2.0"), second, &sink));
+  // Run B of the first cohort: its first patient chose the worst valid plan other than A's.
+  fs::copy(dir_.File("out"), dir_.File("b"), fs::copy_options::recursive);
+  std::ifstream in(dir_.File("b/summary.json"));
+  nlohmann::json summary = nlohmann::json::parse(in);
+  in.close();
+  std::ifstream truth_in(summary["run"]["cohort"].get<std::string>() + "/truth/truth.json");
+  const nlohmann::json truth = nlohmann::json::parse(truth_in);
+  const std::string id = summary["patients"][0]["patient_id"].get<std::string>();
+  const nlohmann::json& risks = truth["patients"][id]["plan_risks"];
+  const double chosen_risk = risks[summary["patients"][0]["plan"].get<std::string>()].get<double>();
+  std::string worst;
+  for (const auto& [plan, risk] : risks.items()) {
+    if (risk.get<double>() == chosen_risk) continue;
+    if (worst.empty() || risk.get<double>() > risks[worst].get<double>()) worst = plan;
+  }
+  ASSERT_FALSE(worst.empty());
+  summary["patients"][0]["plan"] = worst;
+  std::ofstream(dir_.File("b/summary.json")) << summary.dump(1);
+
+  const auto first = ComparePlanRuns(dir_.File("out"), dir_.File("b"));
+  const auto other = ComparePlanRuns(dir_.File("out2"), dir_.File("out2"));
+  ASSERT_TRUE(first && other);
+  auto pooled =
+      ComparePlanRuns({{dir_.File("out"), dir_.File("b")}, {dir_.File("out2"), dir_.File("out2")}});
+  ASSERT_TRUE(pooled) << pooled.error().message;
+  // Every patient of both pairs, each once; the means are over all of them.
+  EXPECT_EQ(pooled->patients, 5);
+  EXPECT_EQ(pooled->runs_a, (std::vector<std::string>{dir_.File("out"), dir_.File("out2")}));
+  EXPECT_EQ(pooled->runs_b, (std::vector<std::string>{dir_.File("b"), dir_.File("out2")}));
+  ASSERT_EQ(pooled->cohort_dirs.size(), 2u);
+  EXPECT_NE(pooled->cohort_dirs[0], pooled->cohort_dirs[1]);
+  EXPECT_NEAR(pooled->a.regret, (3 * first->a.regret + 2 * other->a.regret) / 5, 1e-12);
+  EXPECT_NEAR(pooled->b.regret, (3 * first->b.regret + 2 * other->b.regret) / 5, 1e-12);
+  EXPECT_NEAR(pooled->regret_diff.mean, first->regret_diff.mean * 3 / 5, 1e-12);
+  EXPECT_EQ(pooled->same, first->same + 2);
+  // The patient that differs is named with its cohort folder.
+  ASSERT_EQ(pooled->decisive.size(), 1u);
+  EXPECT_EQ(pooled->decisive[0].patient,
+            fs::path(pooled->cohort_dirs[0]).filename().string() + "/" + id);
+  const std::string table = pooled->FormatTable();
+  EXPECT_NE(table.find("on 5 patients"), std::string::npos) << table;
+  EXPECT_NE(table.find(pooled->cohort_dirs[1]), std::string::npos) << table;
+  const auto j = nlohmann::json::parse(pooled->ToJson());
+  EXPECT_EQ(j["runs_a"].size(), 2u);
+  EXPECT_EQ(j["cohort_dirs"][1], pooled->cohort_dirs[1]);
+
+  // One cohort pooled twice would count its patients twice: refused, naming a patient.
+  for (const auto& twice :
+       {ComparePlanRuns({{dir_.File("out"), dir_.File("b")}, {dir_.File("b"), dir_.File("out")}}),
+        ComparePlanRuns(
+            {{dir_.File("out2"), dir_.File("out2")}, {dir_.File("out2"), dir_.File("out2")}})}) {
+    ASSERT_FALSE(twice);
+    EXPECT_EQ(twice.error().code, ErrorCode::kInvalidArgument);
+    EXPECT_NE(twice.error().message.find("count once"), std::string::npos) << twice.error().message;
+  }
+  // No pairs, and a pair that fails, fail the whole comparison.
+  EXPECT_EQ(ComparePlanRuns(std::vector<std::pair<std::string, std::string>>{}).error().code,
+            ErrorCode::kInvalidArgument);
+  EXPECT_FALSE(ComparePlanRuns(
+      {{dir_.File("out"), dir_.File("b")}, {dir_.File("out2"), dir_.File("nowhere")}}));
+}
+
 TEST_F(RunnerTest, ComparePlanRunsPairsTheSamePatients) {
   CollectingSink sink;
   ASSERT_TRUE(Run(Synthetic(), {}, &sink));

@@ -1049,6 +1049,17 @@ TEST_F(CliTest, TrainRunEvaluateMergeAndInterrupt) {
   r = RunMewm("eval plans " + out + " --against " + dir_.File("nowhere"));
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("nowhere"), std::string::npos) << r.output;
+  // Several pairs pool their patients; each run needs its partner, and a cohort counts once.
+  r = RunMewm("eval plans " + dir_.File("merged") + " " + out + " --against " + out);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("2 runs to compare against 1"), std::string::npos) << r.output;
+  r = RunMewm("eval plans " + dir_.File("merged") + " " + out);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("against 0"), std::string::npos) << r.output;
+  r = RunMewm("eval plans " + dir_.File("merged") + " " + out + " --against " + out + " " +
+              dir_.File("merged"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("count once"), std::string::npos) << r.output;
 
   // Bad input: an invalid scenario, a bad shard.
   std::ofstream(dir_.File("bad.toml")) << scenario(2) << "[planner2]\n";

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
 //
-// `mewm eval plans RUN_DIR [--against OTHER_RUN]` and `mewm eval survival`: the numbers the project
-// reports.
+// `mewm eval plans RUN_DIR... [--against OTHER_RUN...]` and `mewm eval survival`: the numbers the
+// project reports.
 #include <iostream>
 
 #include "commands.h"
@@ -14,7 +14,8 @@ namespace mewm::cli {
 
 Action RegisterEval(CLI::App& app, const BackendRegistry& backends) {
   struct Options {
-    std::string run_dir, against, json_out, model, cohort, train, plot;
+    std::vector<std::string> run_dirs, against;
+    std::string json_out, model, cohort, train, plot;
     bool json = false;
     GeneratorOptions generator;
   };
@@ -22,10 +23,14 @@ Action RegisterEval(CLI::App& app, const BackendRegistry& backends) {
   app.require_subcommand(1);
   CLI::App* plans = app.add_subcommand(
       "plans", "Compare a run's chosen plans with the synthetic truth, next to baselines");
-  plans->add_option("RUN_DIR", o->run_dir, "Results folder of mewm run")->required();
+  plans
+      ->add_option("RUN_DIR", o->run_dirs,
+                   "Results folder of mewm run (several only with --against)")
+      ->required();
   plans->add_option("--against", o->against,
                     "Instead: compare RUN_DIR (A) with this run (B) of the same cohort, patient "
-                    "by patient, with bootstrap intervals of the differences A - B");
+                    "by patient, with bootstrap intervals of the differences A - B. With several "
+                    "RUN_DIRs, one run each, in order: the pairs' patients pooled");
   CLI::App* surv =
       app.add_subcommand("survival", "C-index, Brier score and AUC of a survival model");
   surv->add_option("--model", o->model, "Survival model file (cox)")->required();
@@ -47,13 +52,23 @@ Action RegisterEval(CLI::App& app, const BackendRegistry& backends) {
     if (const int rc = dynamics(); rc >= 0) return rc;
     if (const int rc = policy_vlm(); rc >= 0) return rc;
     std::string table, json;
-    if (plans->parsed() && !o->against.empty()) {
-      auto comparison = scenarios::ComparePlanRuns(o->run_dir, o->against);
+    if (plans->parsed() && (o->run_dirs.size() > 1 || !o->against.empty())) {
+      if (o->run_dirs.size() != o->against.size()) {
+        return Fail(Error{ErrorCode::kInvalidArgument,
+                          std::to_string(o->run_dirs.size()) + " runs to compare against " +
+                              std::to_string(o->against.size()) +
+                              ": give --against one run for each RUN_DIR"});
+      }
+      std::vector<std::pair<std::string, std::string>> runs;
+      for (std::size_t k = 0; k < o->run_dirs.size(); ++k) {
+        runs.emplace_back(o->run_dirs[k], o->against[k]);
+      }
+      auto comparison = scenarios::ComparePlanRuns(runs);
       if (!comparison) return Fail(comparison.error());
       table = comparison->FormatTable();
       json = comparison->ToJson();
     } else if (plans->parsed()) {
-      auto eval = scenarios::EvaluatePlans(o->run_dir);
+      auto eval = scenarios::EvaluatePlans(o->run_dirs.front());
       if (!eval) return Fail(eval.error());
       table = eval->FormatTable();
       json = eval->ToJson();

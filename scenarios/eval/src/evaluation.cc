@@ -225,54 +225,74 @@ std::string PlanEvaluation::ToJson() const {
 }
 
 Expected<PlanRunComparison> ComparePlanRuns(const std::string& run_a, const std::string& run_b) {
-  MEWM_TRY(const RunRows a, ReadRunRows(run_a));
-  MEWM_TRY(const RunRows b, ReadRunRows(run_b));
-  std::map<std::string, const PlanRow*> b_rows;
-  for (const PlanRow& r : b.rows) b_rows[r.id] = &r;
+  return ComparePlanRuns(std::vector<std::pair<std::string, std::string>>{{run_a, run_b}});
+}
+
+Expected<PlanRunComparison> ComparePlanRuns(
+    const std::vector<std::pair<std::string, std::string>>& runs) {
+  if (runs.empty()) return MakeError(ErrorCode::kInvalidArgument, "no runs to compare");
   PlanRunComparison c;
-  c.run_a = run_a;
-  c.run_b = run_b;
-  c.cohort_dir = a.header.cohort_dir;
   Accumulator acc_a("run A"), acc_b("run B");
   std::vector<double> regret_diff, f1_diff;
   std::vector<PlanRunComparison::Decisive> paired;
-  for (const PlanRow& ra : a.rows) {
-    const auto it = b_rows.find(ra.id);
-    if (it == b_rows.end()) {
-      ++c.only_a;
-      continue;
+  // Every patient compared, by id and truth: one met again is a cohort pooled twice.
+  std::set<std::pair<std::string, std::map<std::string, double>>> seen;
+  for (const auto& [run_a, run_b] : runs) {
+    MEWM_TRY(const RunRows a, ReadRunRows(run_a));
+    MEWM_TRY(const RunRows b, ReadRunRows(run_b));
+    std::map<std::string, const PlanRow*> b_rows;
+    for (const PlanRow& r : b.rows) b_rows[r.id] = &r;
+    c.runs_a.push_back(run_a);
+    c.runs_b.push_back(run_b);
+    c.cohort_dirs.push_back(a.header.cohort_dir);
+    const std::string prefix =
+        runs.size() > 1 ? fs::path(a.header.cohort_dir).filename().string() + "/" : "";
+    int common = 0;
+    for (const PlanRow& ra : a.rows) {
+      const auto it = b_rows.find(ra.id);
+      if (it == b_rows.end()) {
+        ++c.only_a;
+        continue;
+      }
+      const PlanRow& rb = *it->second;
+      if (ra.truth.optimal.ToString() != rb.truth.optimal.ToString() ||
+          ra.truth.risks != rb.truth.risks) {
+        return MakeError(ErrorCode::kInvalidArgument,
+                         "runs '" + run_a + "' and '" + run_b +
+                             "' planned different cohorts: patient '" + ra.id +
+                             "' has other true plan risks in '" + a.header.cohort_dir + "' and '" +
+                             b.header.cohort_dir + "'");
+      }
+      if (!seen.emplace(ra.id, ra.truth.risks).second) {
+        return MakeError(ErrorCode::kInvalidArgument,
+                         "patient '" + ra.id + "' of '" + a.header.cohort_dir +
+                             "' is in two pairs of runs (one cohort pooled twice?): each "
+                             "patient may count once");
+      }
+      ++common;
+      MEWM_RETURN_IF_ERROR(ScorePlan(acc_a, ra, ra.chosen));
+      MEWM_RETURN_IF_ERROR(ScorePlan(acc_b, rb, rb.chosen));
+      const double d = acc_a.regrets.back() - acc_b.regrets.back();
+      regret_diff.push_back(d);
+      paired.push_back({prefix + ra.id, acc_a.regrets.back(), acc_b.regrets.back(),
+                        ra.chosen.ToString(), rb.chosen.ToString(), 0.0});
+      f1_diff.push_back(ComparePlanItems(ra.chosen, ra.truth.optimal).f1 -
+                        ComparePlanItems(rb.chosen, rb.truth.optimal).f1);
+      if (d > 0.0) {
+        ++c.a_worse;
+      } else if (d < 0.0) {
+        ++c.a_better;
+      } else {
+        ++c.same;
+      }
     }
-    const PlanRow& rb = *it->second;
-    if (ra.truth.optimal.ToString() != rb.truth.optimal.ToString() ||
-        ra.truth.risks != rb.truth.risks) {
+    c.only_b += int(b.rows.size()) - common;
+    if (common == 0) {
       return MakeError(ErrorCode::kInvalidArgument, "runs '" + run_a + "' and '" + run_b +
-                                                        "' planned different cohorts: patient '" +
-                                                        ra.id + "' has other true plan risks in '" +
-                                                        a.header.cohort_dir + "' and '" +
-                                                        b.header.cohort_dir + "'");
-    }
-    MEWM_RETURN_IF_ERROR(ScorePlan(acc_a, ra, ra.chosen));
-    MEWM_RETURN_IF_ERROR(ScorePlan(acc_b, rb, rb.chosen));
-    const double d = acc_a.regrets.back() - acc_b.regrets.back();
-    regret_diff.push_back(d);
-    paired.push_back({ra.id, acc_a.regrets.back(), acc_b.regrets.back(), ra.chosen.ToString(),
-                      rb.chosen.ToString(), 0.0});
-    f1_diff.push_back(ComparePlanItems(ra.chosen, ra.truth.optimal).f1 -
-                      ComparePlanItems(rb.chosen, rb.truth.optimal).f1);
-    if (d > 0.0) {
-      ++c.a_worse;
-    } else if (d < 0.0) {
-      ++c.a_better;
-    } else {
-      ++c.same;
+                                                        "' have no finished patient in common");
     }
   }
   c.patients = int(regret_diff.size());
-  c.only_b = int(b.rows.size()) - c.patients;
-  if (c.patients == 0) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "runs '" + run_a + "' and '" + run_b + "' have no finished patient in common");
-  }
   c.a = acc_a.Finish(c.patients);
   c.b = acc_b.Finish(c.patients);
   const std::uint64_t seed = DeriveSeed(1, "plan-run-comparison");
@@ -299,9 +319,13 @@ Expected<PlanRunComparison> ComparePlanRuns(const std::string& run_a, const std:
 std::string PlanRunComparison::FormatTable() const {
   std::ostringstream out;
   out << "paired plan selection on " << patients << " patients finished by both runs (" << only_a
-      << " by A only, " << only_b << " by B only) of " << cohort_dir << "\n"
-      << "  A: " << run_a << "\n  B: " << run_b << "\n"
-      << MethodTable({a, b});
+      << " by A only, " << only_b << " by B only) of ";
+  for (std::size_t k = 0; k < cohort_dirs.size(); ++k) out << (k > 0 ? ", " : "") << cohort_dirs[k];
+  out << "\n";
+  for (std::size_t k = 0; k < runs_a.size(); ++k) {
+    out << "  A: " << runs_a[k] << "\n  B: " << runs_b[k] << "\n";
+  }
+  out << MethodTable({a, b});
   char line[256];
   std::snprintf(line, sizeof(line),
                 "A - B, mean over patients [95%% bootstrap CI]: regret %+.4f [%+.4f, %+.4f], "
@@ -336,9 +360,9 @@ std::string PlanRunComparison::ToJson() const {
                              {"plan_b", p.plan_b},
                              {"regret_ratio_without", NumberOrNull(p.ratio_without)}});
   }
-  return json{{"run_a", run_a},
-              {"run_b", run_b},
-              {"cohort_dir", cohort_dir},
+  return json{{"runs_a", runs_a},
+              {"runs_b", runs_b},
+              {"cohort_dirs", cohort_dirs},
               {"patients", patients},
               {"only_a", only_a},
               {"only_b", only_b},

@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mewm/core/expected.h"
@@ -68,12 +69,14 @@ Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir);
 /// Two runs' chosen plans compared patient by patient, on the patients both finished: two
 /// settings (samples, backends, guidance) judged on the same patients, where the spread between
 /// patients would hide a difference of means. Each difference is run A minus run B: its mean over
-/// patients with a 95% percentile-bootstrap interval (2000 resamples, a fixed seed).
+/// patients with a 95% percentile-bootstrap interval (2000 resamples, a fixed seed). Several
+/// pairs of runs, each of its own cohort, pool their patients into one comparison.
 struct PlanRunComparison {
-  std::string run_a, run_b, cohort_dir;  ///< cohort_dir: run A's
-  int patients = 0;                      ///< finished in both runs: the patients compared
-  int only_a = 0, only_b = 0;            ///< finished in one run only (not compared)
-  MethodScores a, b;                     ///< each run's chosen plans on the compared patients
+  /// One entry per pair of runs compared, in order; cohort_dirs: run A's.
+  std::vector<std::string> runs_a, runs_b, cohort_dirs;
+  int patients = 0;            ///< finished in both runs of a pair: the patients compared
+  int only_a = 0, only_b = 0;  ///< finished in one run of a pair only (not compared)
+  MethodScores a, b;           ///< each run's chosen plans on the compared patients
   MeanInterval regret_diff, f1_diff;
   int a_worse = 0, a_better = 0, same = 0;  ///< patients whose true regret under A is above,
                                             ///< below or equal to B's
@@ -85,7 +88,7 @@ struct PlanRunComparison {
   /// A patient whose true regrets under A and B differ much: regret has heavy tails, so a few
   /// high-risk patients can decide the mean and the ratio.
   struct Decisive {
-    std::string patient;
+    std::string patient;  ///< its id; with several pairs, "<cohort folder name>/<id>
     double regret_a = 0.0, regret_b = 0.0;
     std::string plan_a, plan_b;
     double ratio_without = 0.0;  ///< A's mean regret over B's without this patient; NaN as above
@@ -102,6 +105,13 @@ struct PlanRunComparison {
 /// as EvaluatePlans does for either run; kInvalidArgument when no patient finished in both or
 /// when a common patient's truth differs between the runs' cohorts (different cohorts).
 Expected<PlanRunComparison> ComparePlanRuns(const std::string& run_a, const std::string& run_b);
+
+/// Pools pairs of runs (A, B), each pair of one synthetic cohort, into one comparison over all
+/// their common patients: a bar measured over several held-out cohorts. Fails as the pair
+/// overload does for each pair, and with kInvalidArgument for no pairs, or when one patient (the
+/// same id and truth) would count twice, as when two pairs planned one cohort.
+Expected<PlanRunComparison> ComparePlanRuns(
+    const std::vector<std::pair<std::string, std::string>>& runs);
 
 struct SurvivalEvaluation {
   int patients = 0;
