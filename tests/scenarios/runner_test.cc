@@ -490,12 +490,12 @@ TEST_F(RunnerTest, ComparePlanRunsPoolsPairsOfRunsOfSeveralCohorts) {
   EXPECT_NEAR(pooled->b.regret, (3 * first->b.regret + 2 * other->b.regret) / 5, 1e-12);
   EXPECT_NEAR(pooled->regret_diff.mean, first->regret_diff.mean * 3 / 5, 1e-12);
   EXPECT_EQ(pooled->same, first->same + 2);
-  // The patient that differs is named with its cohort folder.
+  // The patient that differs is named with its pair's number, as the table numbers the runs.
   ASSERT_EQ(pooled->decisive.size(), 1u);
-  EXPECT_EQ(pooled->decisive[0].patient,
-            fs::path(pooled->cohort_dirs[0]).filename().string() + "/" + id);
+  EXPECT_EQ(pooled->decisive[0].patient, "1:" + id);
   const std::string table = pooled->FormatTable();
   EXPECT_NE(table.find("on 5 patients"), std::string::npos) << table;
+  EXPECT_NE(table.find("B2: " + dir_.File("out2")), std::string::npos) << table;
   EXPECT_NE(table.find(pooled->cohort_dirs[1]), std::string::npos) << table;
   const auto j = nlohmann::json::parse(pooled->ToJson());
   EXPECT_EQ(j["runs_a"].size(), 2u);

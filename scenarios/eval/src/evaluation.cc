@@ -246,7 +246,7 @@ Expected<PlanRunComparison> ComparePlanRuns(
     c.runs_b.push_back(run_b);
     c.cohort_dirs.push_back(a.header.cohort_dir);
     const std::string prefix =
-        runs.size() > 1 ? fs::path(a.header.cohort_dir).filename().string() + "/" : "";
+        runs.size() > 1 ? std::to_string(c.runs_a.size()) + ":" : "";  // the pair's number
     int common = 0;
     for (const PlanRow& ra : a.rows) {
       const auto it = b_rows.find(ra.id);
@@ -323,7 +323,8 @@ std::string PlanRunComparison::FormatTable() const {
   for (std::size_t k = 0; k < cohort_dirs.size(); ++k) out << (k > 0 ? ", " : "") << cohort_dirs[k];
   out << "\n";
   for (std::size_t k = 0; k < runs_a.size(); ++k) {
-    out << "  A: " << runs_a[k] << "\n  B: " << runs_b[k] << "\n";
+    const std::string n = runs_a.size() > 1 ? std::to_string(k + 1) : "";
+    out << "  A" << n << ": " << runs_a[k] << "\n  B" << n << ": " << runs_b[k] << "\n";
   }
   out << MethodTable({a, b});
   char line[256];

@@ -88,7 +88,7 @@ struct PlanRunComparison {
   /// A patient whose true regrets under A and B differ much: regret has heavy tails, so a few
   /// high-risk patients can decide the mean and the ratio.
   struct Decisive {
-    std::string patient;  ///< its id; with several pairs, "<cohort folder name>/<id>
+    std::string patient;  ///< its id; with several pairs, "<pair number from 1>:<id>"
     double regret_a = 0.0, regret_b = 0.0;
     std::string plan_a, plan_b;
     double ratio_without = 0.0;  ///< A's mean regret over B's without this patient; NaN as above
