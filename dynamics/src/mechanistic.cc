@@ -534,13 +534,11 @@ Expected<std::unique_ptr<MechanisticDynamics>> MechanisticDynamics::Create(
 
 Expected<std::vector<Outcome>> MechanisticDynamics::Simulate(
     const PatientCase& patient, const std::vector<SimulationRequest>& requests) {
-  if (cached_id_.empty() || cached_id_ != patient.id ||
-      cached_tumor_ != patient.tumor.grid_ptr().get()) {
-    cached_id_.clear();
+  if (!cached_patient_.Matches(patient)) {
+    cached_patient_.Forget();
     MEWM_TRY(cached_biology_, biology_(patient));
     MEWM_TRY(cached_fields_, BuildTumorFields(patient, config_));
-    cached_id_ = patient.id;
-    cached_tumor_ = patient.tumor.grid_ptr().get();
+    cached_patient_.Remember(patient);
   }
   const TumorBiology& biology = cached_biology_;
   const std::vector<TumorField>& fields = cached_fields_;

@@ -137,11 +137,11 @@ Status CoxSurvival::Save(const std::string& path) const {
 }
 
 Expected<RiskScore> CoxSurvival::Score(const PatientCase& pre, const Outcome& post) {
-  // Keyed by id and tumor grid, so another case under the same id is measured afresh.
-  if (cached_id_ != pre.id || cached_tumor_ != pre.tumor.grid_ptr().get() || cached_id_.empty()) {
+  // Another case under the same id, or the same id's grids replaced, is measured afresh.
+  if (!cached_patient_.Matches(pre)) {
+    cached_patient_.Forget();
     MEWM_TRY(cached_, MeasurePreTreatment(pre));
-    cached_id_ = pre.id;
-    cached_tumor_ = pre.tumor.grid_ptr().get();
+    cached_patient_.Remember(pre);
   }
   if (post.viable.extent() != pre.ct.extent() ||
       !post.viable.geometry().ApproxEquals(pre.ct.geometry(), 1e-4)) {

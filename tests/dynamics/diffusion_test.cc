@@ -1164,6 +1164,18 @@ TEST_F(DiffusionTest, SaturatedGroupCountsOncePerPlan) {
   before = model->counters();
   ASSERT_TRUE(model->Simulate(other, {a}));
   EXPECT_EQ(model->counters().sample_forwards - before.sample_forwards, steps - 1);
+  // The same id and tumor grid with another CT grid is another patient too (PatientIdentity):
+  // cropped, encoded and generated afresh.
+  PatientCase rescanned = other;
+  rescanned.ct = other.ct.DeepCopy();
+  before = model->counters();
+  ASSERT_TRUE(model->Simulate(rescanned, {a}));
+  EXPECT_EQ(model->counters().reused, before.reused);
+  EXPECT_EQ(model->counters().encodes - before.encodes, 1);
+  before = model->counters();
+  ASSERT_TRUE(model->Simulate(rescanned, {a}));
+  EXPECT_EQ(model->counters().reused - before.reused, 1);
+  EXPECT_EQ(model->counters().encodes, before.encodes);
 }
 
 TEST(GeneratorPlanKeyTest, NamesWhatThePlanEmbeddingReads) {

@@ -143,6 +143,45 @@ TEST_F(MechanisticTest, ToxicityGrowsWithPoorLiverReserveAndRiskyPairs) {
   EXPECT_NE(unknown.error().message.find("Sorafenib"), std::string::npos);
 }
 
+TEST_F(MechanisticTest, PerPatientWorkIsRedoneForAnotherCaseUnderTheSameId) {
+  int estimates = 0;
+  auto model = MechanisticDynamics::Create(
+      MechanisticConfig{}, [&estimates](const PatientCase&) -> Expected<TumorBiology> {
+        ++estimates;
+        return TumorBiology{};
+      });
+  ASSERT_TRUE(model);
+  const std::vector<SimulationRequest> request = {{P("Lipiodol+Epirubicin"), 0, 5, 0}};
+  const PatientCase patient = Case();
+  ASSERT_TRUE((*model)->Simulate(patient, request));
+  ASSERT_TRUE((*model)->Simulate(PatientCase(patient), request));  // a copy: the same patient
+  EXPECT_EQ(estimates, 1);
+  // The same id and tumor grid with another CT (the old key saw only the id and tumor grid).
+  PatientCase rescanned = patient;
+  rescanned.ct = patient.ct.DeepCopy();
+  rescanned.ct.SetValue(24, 24, 24, 300.0f);
+  auto a = (*model)->Simulate(rescanned, request);
+  ASSERT_TRUE(a);
+  EXPECT_EQ(estimates, 2);
+  auto fresh = MechanisticDynamics::Create(
+      MechanisticConfig{},
+      [](const PatientCase&) -> Expected<TumorBiology> { return TumorBiology{}; });
+  ASSERT_TRUE(fresh);
+  auto b = (*fresh)->Simulate(rescanned, request);
+  ASSERT_TRUE(b);
+  EXPECT_EQ(a->front().post_ct.ToDense().data, b->front().post_ct.ToDense().data);
+  // A failed estimate leaves nothing cached: the next call tries again.
+  auto failing = MechanisticDynamics::Create(
+      MechanisticConfig{}, [&estimates](const PatientCase&) -> Expected<TumorBiology> {
+        if (++estimates == 3) return MakeError(ErrorCode::kInvalidArgument, "no estimate");
+        return TumorBiology{};
+      });
+  ASSERT_TRUE(failing);
+  EXPECT_FALSE((*failing)->Simulate(patient, request));
+  EXPECT_TRUE((*failing)->Simulate(patient, request));
+  EXPECT_EQ(estimates, 4);
+}
+
 TEST_F(MechanisticTest, BackendRendersOutcomesAndBatchingNeverChangesThem) {
   const PatientCase patient = Case();
   TumorBiology b;

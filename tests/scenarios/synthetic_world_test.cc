@@ -4,8 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -417,6 +419,35 @@ TEST_F(CohortTest, NoSeedAndNoOutcomeBesideThePlannersFiles) {
   EXPECT_NE(outcomes->at("P0001")[1].post.find("truth/patients/P0001/post_cf1.vdb"),
             std::string::npos);
   EXPECT_TRUE(fs::exists(outcomes->at("P0001")[1].post));
+  // Training pairs on centred crops and on the crops the backend serves. With 32 mm crops every
+  // lesion wider than 16 mm is tiled: more pairs, as many under each plan, each reading the whole
+  // lesion's diameter, and tiles off the lesion's centre that no centred pair holds.
+  dynamics::DiffusionConfig small;
+  small.crop_voxels = 32;
+  small.spacing_mm = 1.0;
+  auto centred = BuildDiffusionPairs(out, small, ActionBase::Default(), PairCrops::kCentred);
+  auto serving = BuildDiffusionPairs(out, small, ActionBase::Default(), PairCrops::kServing);
+  ASSERT_TRUE(centred) << centred.error().ToString();
+  ASSERT_TRUE(serving) << serving.error().ToString();
+  EXPECT_GT(serving->size(), centred->size());
+  std::map<std::pair<std::string, std::string>, int> crops_per_plan;
+  int off_centre = 0;  // tiles whose crop no centred pair has
+  for (const dynamics::DiffusionPair& pair : *serving) {
+    ++crops_per_plan[{pair.patient, pair.plan.ToString()}];
+    const bool whole_lesion =
+        std::any_of(centred->begin(), centred->end(), [&](const dynamics::DiffusionPair& c) {
+          return c.patient == pair.patient && c.lesion_diameter_mm == pair.lesion_diameter_mm;
+        });
+    EXPECT_TRUE(whole_lesion) << pair.patient << " " << pair.lesion_diameter_mm;
+    off_centre += std::none_of(centred->begin(), centred->end(), [&](const auto& c) {
+      return c.patient == pair.patient && c.pre.ct.data == pair.pre.ct.data;
+    });
+  }
+  EXPECT_GT(off_centre, 0);
+  EXPECT_EQ(crops_per_plan.size(), 4u);  // 2 patients x 2 plans
+  for (const auto& [key, n] : crops_per_plan) {
+    EXPECT_EQ(n, crops_per_plan.at({key.first, outcomes->at(key.first)[0].plan.ToString()}));
+  }
   // The runner recognises the cohort of a seed from its covariates alone.
   EXPECT_TRUE(IsCohortOf(out, o, ActionBase::Default()));
   CohortOptions other = o;

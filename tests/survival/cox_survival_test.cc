@@ -266,6 +266,12 @@ TEST_F(CoxSurvivalTest, ScoresEachPatientWithItsOwnMeasurements) {
   ASSERT_TRUE(a && b && c);
   EXPECT_NEAR(b->risk / a->risk, std::exp(0.05 * 20), 1e-9);
   EXPECT_EQ(a->risk, c->risk);
+  // The same id and grids with other covariates are another case, measured afresh.
+  PatientCase aged_young = young;
+  aged_young.covariates.age_years = 83;
+  auto d = (*aged)->Score(aged_young, MakeOutcome(young, plan, n / 2));
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->risk, b->risk);
 }
 
 TEST_F(CoxSurvivalTest, ScoreRejectsAnInvalidPatientOrAnOutcomeOffTheLattice) {

@@ -4,8 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <memory>
+
 #include "../core/test_env.h"
 #include "mewm/tace/outcome.h"
+#include "mewm/tace/patient_identity.h"
 
 namespace mewm {
 namespace {
@@ -21,6 +24,41 @@ class PatientTest : public testing::VdbTest {
                        std::nullopt, Covariates{}};
   }
 };
+
+TEST_F(PatientTest, IdentityIsTheIdCovariatesAndTheVeryGridsAndHoldsThem) {
+  PatientIdentity identity;
+  const PatientCase original = Case();
+  EXPECT_FALSE(identity.Matches(original));  // nothing remembered yet
+  identity.Remember(original);
+  EXPECT_TRUE(identity.Matches(original));
+  EXPECT_TRUE(identity.Matches(PatientCase(original)));  // a copy shares the grids
+  PatientCase other = original;
+  other.id = "P2";
+  EXPECT_FALSE(identity.Matches(other));
+  other = original;
+  other.tumor = original.tumor.DeepCopy();  // equal voxels, another grid
+  EXPECT_FALSE(identity.Matches(other));
+  other = original;
+  other.ct = original.ct.DeepCopy();  // the old key read the tumor grid alone
+  EXPECT_FALSE(identity.Matches(other));
+  other = original;
+  other.liver = original.tumor;
+  EXPECT_FALSE(identity.Matches(other));
+  other = original;
+  other.covariates.afp_ng_ml = 400.0;
+  EXPECT_FALSE(identity.Matches(other));
+  // It keeps the grids alive, so no other patient's grid can be given their address.
+  std::weak_ptr<const openvdb::Int32Grid> tumor;
+  {
+    PatientCase temporary = Case();
+    tumor = temporary.tumor.grid_ptr();
+    identity.Remember(temporary);
+  }
+  EXPECT_FALSE(tumor.expired());
+  identity.Forget();
+  EXPECT_TRUE(tumor.expired());
+  EXPECT_FALSE(identity.Matches(original));
+}
 
 TEST_F(PatientTest, AValidCasePasses) {
   PatientCase c = Case();

@@ -840,13 +840,13 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("--samples"), std::string::npos) << r.output;
   // Fine-tuned on the same cohort with the residual and the paired-plan terms (every patient has
-  // 3 plans): the command records where it started and the terms' weights. A negative weight is
-  // refused before anything is read.
+  // 3 plans), on the crops the backend serves: the command records where it started, the terms'
+  // weights and the crops. A negative weight is refused before anything is read.
   const std::string tuned = dir_.File("dd_tuned.pt");
   r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + tuned + " --init-from " +
               model +
               " --denoiser-steps 2 --denoiser-batch 2 --validation-fraction 0.25 --threads 1 "
-              "--residual-weight 0.5 --pair-weight 0.25");
+              "--residual-weight 0.5 --pair-weight 0.25 --serving-crops");
   ASSERT_EQ(r.code, 0) << r.output;
   r = RunMewm("inspect --json " + tuned);
   EXPECT_NE(r.output.find("--init-from"), std::string::npos) << r.output;
@@ -855,6 +855,7 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
   EXPECT_NE(r.output.find("\"residual_weight\":0.5"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("--pair-weight 0.25"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("\"pair_weight\":0.25"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--serving-crops"), std::string::npos) << r.output;
   // The fine-tuned checkpoint paired by patient against the one it started from. The "against"
   // method is the first run's "diffusion" again (same checkpoint, same sample seeds), and the
   // paired means are the methods' differences (every patient has 3 plans).

@@ -34,7 +34,8 @@ struct TrainDynamicsOptions {
       threads = 0;
   double validation_fraction = 0.1, residual_weight = 0.0, pair_weight = 0.0;
   bool lesion_size = false, item_size = false, item_enhancement = false, clinical = false,
-       drug_saturate = false, decoder_pre = false, texture = false, pair_neighbours = false;
+       drug_saturate = false, decoder_pre = false, texture = false, pair_neighbours = false,
+       serving_crops = false;
   bool quiet = false;
 };
 
@@ -109,6 +110,10 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                 "swapped), so that small contrasts such as one embolic agent against another "
                 "are not outweighed by pairs that differ by tens of mL")
       ->needs(pair_weight);
+  sub->add_flag("--serving-crops", o->serving_crops,
+                "Cuts the training pairs on the crops the backend generates on, so a lesion "
+                "larger than a crop is tiled and each tile seen off-centre as when serving "
+                "(default: one crop centred on each lesion, as every shipped checkpoint)");
   sub->add_flag("--clinical", o->clinical,
                 "The plan embedding also reads the patient's AFP, vascular invasion and age "
                 "(--init-from may add them to a checkpoint without them)");
@@ -177,13 +182,15 @@ Expected<TrainValPairs> ReadTrainValPairs(const TrainDynamicsOptions& o,
   for (std::size_t k = 0; k < entries.size(); ++k) {
     (int(k) >= int(entries.size()) - n_val ? val_ids : train_ids).push_back(entries[k].id);
   }
+  const scenarios::PairCrops crops =
+      o.serving_crops ? scenarios::PairCrops::kServing : scenarios::PairCrops::kCentred;
   TrainValPairs pairs;
   MEWM_TRY(pairs.train,
-           scenarios::BuildDiffusionPairs(o.cohort, config, actions, train_ids,
+           scenarios::BuildDiffusionPairs(o.cohort, config, actions, crops, train_ids,
                                           PatientProgress("reading training crops", o.quiet)));
   if (!val_ids.empty()) {
     MEWM_TRY(pairs.val,
-             scenarios::BuildDiffusionPairs(o.cohort, config, actions, val_ids,
+             scenarios::BuildDiffusionPairs(o.cohort, config, actions, crops, val_ids,
                                             PatientProgress("reading validation crops", o.quiet)));
   }
   std::cout << pairs.train.size() << " training and " << pairs.val.size()
@@ -215,7 +222,7 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
       (o.residual_weight > 0.0 ? " --residual-weight " + nlohmann::json(o.residual_weight).dump()
                                : "") +
       (o.pair_weight > 0.0 ? " --pair-weight " + nlohmann::json(o.pair_weight).dump() : "") +
-      (o.pair_neighbours ? " --pair-neighbours" : "");
+      (o.pair_neighbours ? " --pair-neighbours" : "") + (o.serving_crops ? " --serving-crops" : "");
   const auto [cohort_seed, data] = CohortProvenance(o.cohort);
   dynamics::DiffusionTrainOptions options;
   options.config = config;

@@ -17,6 +17,7 @@
 #include "diffusion_nets.h"
 #include "mewm/core/log.h"
 #include "mewm/core/seed.h"
+#include "mewm/tace/patient_identity.h"
 #include "mewm/tace/tumor_features.h"
 #include "mewm/torch/bridge.h"
 
@@ -245,16 +246,10 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     if (requests.empty()) return std::vector<Outcome>{};
     MEWM_RETURN_IF_ERROR(CheckSampler(config_, options_.sampler, options_.model_path));
     if (!options_.reuse_outcomes) return Generate(patient, requests);
-    // Keyed like PreparePatient, and on the covariates the plan rows read.
-    const std::array<double, 3> clinical =
-        config_.clinical ? ClinicalFeatures(patient.covariates) : std::array<double, 3>{};
-    if (patient.id != reuse_.patient_id || &patient.tumor.grid() != reuse_.tumor ||
-        clinical != reuse_.clinical) {
-      reuse_ = {};
-      reuse_.patient_id = patient.id;
-      reuse_.tumor = &patient.tumor.grid();
-      reuse_.clinical = clinical;
-    }
+    // Another patient empties the kept outcomes.
+    Stopwatch clock;
+    MEWM_RETURN_IF_ERROR(PreparePatient(patient));
+    counters_.prepare_s += clock.Lap();
     std::vector<std::string> keys;
     std::map<std::string, std::size_t> first;  // key -> its row in `fresh`
     std::vector<SimulationRequest> fresh;
@@ -419,11 +414,9 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
   // decision needs a few dozen (docs/BENCHMARKS.md), tens of MB each on a large patient region.
   static constexpr std::size_t kReuseBytes = std::size_t(1) << 30;
 
-  /// One patient's generated outcomes by generator key and noise seed, oldest first in `order`.
+  /// The prepared patient's generated outcomes by generator key and noise seed, oldest first in
+  /// `order`.
   struct Reuse {
-    std::string patient_id;
-    const void* tumor = nullptr;
-    std::array<double, 3> clinical{};  ///< ClinicalFeatures, when the config reads them
     std::map<std::string, Outcome> outcomes;
     std::deque<std::pair<std::string, std::size_t>> order;  ///< key, bytes
     std::size_t bytes = 0;
@@ -480,14 +473,13 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     return {config_.latent_channels, l, l, l};
   }
 
-  /// Tiles (LesionTiles), their latents and paste footprints, once per patient (keyed like
-  /// MechanisticDynamics).
+  /// Tiles (LesionTiles), their latents and paste footprints, once per patient (PatientIdentity,
+  /// as MechanisticDynamics keys its work); another patient also empties the kept outcomes.
   Status PreparePatient(const PatientCase& patient) {
-    if (patient.id == cached_id_ && &patient.tumor.grid() == cached_tumor_ && !crops_.empty()) {
-      return {};
-    }
+    if (prepared_.Matches(patient) && !crops_.empty()) return {};
     crops_.clear();
-    cached_id_.clear();
+    prepared_.Forget();
+    reuse_ = {};
     const auto context = [&](const Error& e) {
       return e.WithContext("patient '" + patient.id + "'");
     };
@@ -528,8 +520,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
       }
       crops_.push_back(std::move(crop));
     }
-    cached_id_ = patient.id;
-    cached_tumor_ = &patient.tumor.grid();
+    prepared_.Remember(patient);
     return {};
   }
 
@@ -609,8 +600,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
   /// DiffusionConfig::texture's offsets and noise SDs per bin (kFloat), or undefined without one.
   torch::Tensor texture_offset_, texture_noise_;
   DiffusionCounters counters_;
-  std::string cached_id_;
-  const void* cached_tumor_ = nullptr;
+  PatientIdentity prepared_;
   Reuse reuse_;
   double enhancing_hu_ = 0.0;  ///< the cached patient's, with DiffusionConfig::item_enhancement
   std::vector<Crop> crops_;

@@ -58,7 +58,7 @@ Expected<std::map<std::string, std::vector<PlanOutcomeFile>>> ReadPlanOutcomes(
 
 Expected<std::vector<dynamics::DiffusionPair>> BuildDiffusionPairs(
     const std::string& cohort_dir, const dynamics::DiffusionConfig& config,
-    const ActionBase& actions, const std::vector<std::string>& ids,
+    const ActionBase& actions, PairCrops layout, const std::vector<std::string>& ids,
     const std::function<void(int, int)>& progress) {
   MEWM_TRY(const auto outcomes, ReadPlanOutcomes(cohort_dir, actions));
   MEWM_TRY(std::vector<CohortEntry> entries, ReadSyntheticCohort(cohort_dir));
@@ -76,7 +76,9 @@ Expected<std::vector<dynamics::DiffusionPair>> BuildDiffusionPairs(
     status[n] = [&]() -> Status {
       const CohortEntry& entry = entries[n];
       MEWM_TRY(const PatientCase patient, LoadPatient(entry));
-      MEWM_TRY(const auto crops, dynamics::LesionCrops(patient, config));
+      MEWM_TRY(const auto crops, layout == PairCrops::kServing
+                                     ? dynamics::LesionTiles(patient, config)
+                                     : dynamics::LesionCrops(patient, config));
       MEWM_TRY(const TumorFeatures features, ComputeTumorFeatures(patient.ct, patient.tumor));
       std::vector<dynamics::CropChannels> pre;
       for (const dynamics::LesionTile& crop : crops) {

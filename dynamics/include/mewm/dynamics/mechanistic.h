@@ -23,6 +23,7 @@
 #include "mewm/dynamics/dynamics_model.h"
 #include "mewm/tace/action_base.h"
 #include "mewm/tace/outcome.h"
+#include "mewm/tace/patient_identity.h"
 #include "mewm/tace/pharmacology.h"
 
 namespace mewm::dynamics {
@@ -154,9 +155,8 @@ class MechanisticDynamics final : public DynamicsModel {
   BiologySource biology_;
   std::int64_t solves_ = 0;
   /// Per-patient work (biology estimate, tumor fields), kept for the patient last simulated so a
-  /// planner's successive batches for one patient do it once. Keyed by id and tumor grid.
-  std::string cached_id_;
-  const void* cached_tumor_ = nullptr;
+  /// planner's successive batches for one patient do it once.
+  PatientIdentity cached_patient_;
   TumorBiology cached_biology_;
   std::vector<TumorField> cached_fields_;
 };

@@ -12,6 +12,7 @@
 
 #include "mewm/survival/cox.h"
 #include "mewm/survival/survival_model.h"
+#include "mewm/tace/patient_identity.h"
 #include "mewm/tace/tumor_features.h"
 
 namespace mewm::survival {
@@ -52,7 +53,7 @@ class CoxSurvival final : public SurvivalModel {
   /// Writes the model atomically as JSON, then its checksum file `path`.sha256.
   Status Save(const std::string& path) const;
 
-  /// Scores one outcome. The pre-treatment measurement is cached per patient (id and tumor grid).
+  /// Scores one outcome. The pre-treatment measurement is cached per patient (PatientIdentity).
   Expected<RiskScore> Score(const PatientCase& pre, const Outcome& post) override;
   std::string name() const override { return "cox"; }
 
@@ -64,8 +65,7 @@ class CoxSurvival final : public SurvivalModel {
       : fit_(std::move(fit)), provenance_(std::move(provenance)) {}
   CoxFit fit_;
   ModelProvenance provenance_;
-  std::string cached_id_;
-  const void* cached_tumor_ = nullptr;
+  PatientIdentity cached_patient_;
   PreTreatment cached_;
 };
 

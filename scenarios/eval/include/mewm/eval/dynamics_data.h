@@ -35,11 +35,21 @@ struct PlanOutcomeFile {
 Expected<std::map<std::string, std::vector<PlanOutcomeFile>>> ReadPlanOutcomes(
     const std::string& cohort_dir, const ActionBase& actions);
 
-/// Crop pairs of every (patient, lesion crop, plan) of a cohort; patients in `ids` only when it is
-/// non-empty. Reads patients in parallel; `progress(done, total)` per patient.
+/// Which crops training pairs are cut on.
+enum class PairCrops {
+  /// dynamics::LesionCrops: one crop centred on each lesion, cut at the crop's faces for a lesion
+  /// larger than it. Every shipped checkpoint was trained on these.
+  kCentred,
+  /// dynamics::LesionTiles: the crops the backend generates on. A lesion larger than a crop is
+  /// tiled, and each tile sees part of it, off-centre, as the denoiser does when it serves.
+  kServing,
+};
+
+/// Crop pairs of every (patient, lesion crop, plan) of a cohort, on `crops`; patients in `ids`
+/// only when it is non-empty. Reads patients in parallel; `progress(done, total)` per patient.
 Expected<std::vector<dynamics::DiffusionPair>> BuildDiffusionPairs(
     const std::string& cohort_dir, const dynamics::DiffusionConfig& config,
-    const ActionBase& actions, const std::vector<std::string>& ids = {},
+    const ActionBase& actions, PairCrops crops, const std::vector<std::string>& ids = {},
     const std::function<void(int, int)>& progress = {});
 
 }  // namespace mewm::scenarios
