@@ -445,6 +445,17 @@ TEST_F(CohortTest, NoSeedAndNoOutcomeBesideThePlannersFiles) {
   }
   EXPECT_GT(off_centre, 0);
   EXPECT_EQ(crops_per_plan.size(), 4u);  // 2 patients x 2 plans
+  // Crops too small to tile a lesion: the serving layout is refused, naming the patient and the
+  // crop; the centred one still cuts its crops.
+  small.crop_voxels = 16;
+  auto untileable = BuildDiffusionPairs(out, small, ActionBase::Default(), PairCrops::kServing);
+  ASSERT_FALSE(untileable);
+  EXPECT_EQ(untileable.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(untileable.error().message.find("too small to tile"), std::string::npos)
+      << untileable.error().ToString();
+  EXPECT_NE(untileable.error().ToString().find("P000"), std::string::npos)
+      << untileable.error().ToString();
+  EXPECT_TRUE(BuildDiffusionPairs(out, small, ActionBase::Default(), PairCrops::kCentred));
   for (const auto& [key, n] : crops_per_plan) {
     EXPECT_EQ(n, crops_per_plan.at({key.first, outcomes->at(key.first)[0].plan.ToString()}));
   }
