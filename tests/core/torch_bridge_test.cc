@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <thread>
 
 #include "mewm/core/file_util.h"
 #include "mewm/torch/bridge.h"
@@ -38,6 +39,22 @@ TEST(TorchBridgeTest, DevicesResolveOrFailClearly) {
     EXPECT_EQ(cuda.error().code, ErrorCode::kUnsupported);
     EXPECT_NE(cuda.error().message.find("no usable CUDA"), std::string::npos);
   }
+}
+
+TEST(TorchBridgeTest, ThreadsReachLibtorchAndOpenBlas) {
+  ConfigureThreads(1);
+  EXPECT_EQ(at::get_num_threads(), 1);
+  const int blas_one = BlasThreads();
+  ConfigureThreads(2);
+  EXPECT_EQ(at::get_num_threads(), 2);
+  const int blas_two = BlasThreads();
+  ConfigureThreads(0);  // every hardware thread
+  EXPECT_EQ(at::get_num_threads(), int(std::max(1u, std::thread::hardware_concurrency())));
+  if (blas_one == 0) GTEST_SKIP() << "the BLAS loaded is not OpenBLAS: nothing more to set";
+  // OpenBLAS's own pool follows, or a one-thread run spins on every core.
+  EXPECT_EQ(blas_one, 1);
+  EXPECT_EQ(blas_two, 2);
+  EXPECT_EQ(BlasThreads(), int(std::max(1u, std::thread::hardware_concurrency())));
 }
 
 TEST(TorchBridgeTest, DenseTensorRoundTripKeepsLayoutAndGeometry) {

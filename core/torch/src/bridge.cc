@@ -2,6 +2,7 @@
 // SPDX-FileCopyrightText: the mewm authors
 #include "mewm/torch/bridge.h"
 
+#include <dlfcn.h>
 #include <malloc.h>
 
 #include <filesystem>
@@ -134,6 +135,20 @@ Expected<torch::Device> ResolveDevice(const std::string& text) {
 void ConfigureThreads(int threads) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(threads);
+  // libtorch's setting does not reach OpenBLAS (the libblas.so.3 that the setup installs), whose
+  // own pool is sized to every core when it loads and whose idle threads spin: a run told to use
+  // one thread busy-waited on the other core (a 2-step training: 112 s of CPU instead of 83).
+  // Looked up at run time, so another BLAS, or none, is left as it is.
+  using SetBlasThreads = void (*)(int);
+  if (void* set = dlsym(RTLD_DEFAULT, "openblas_set_num_threads")) {
+    reinterpret_cast<SetBlasThreads>(set)(threads);
+  }
+}
+
+int BlasThreads() {
+  using GetBlasThreads = int (*)();
+  void* get = dlsym(RTLD_DEFAULT, "openblas_get_num_threads");
+  return get != nullptr ? reinterpret_cast<GetBlasThreads>(get)() : 0;
 }
 
 void KeepLargeBuffersInHeap() {

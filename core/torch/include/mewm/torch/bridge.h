@@ -21,8 +21,12 @@ namespace mewm::torch_bridge {
 Expected<torch::Device> ResolveDevice(const DeviceSpec& spec);
 Expected<torch::Device> ResolveDevice(const std::string& text);
 
-/// Sets libtorch's intra-op threads (libtorch starts with 1); 0 means all hardware threads.
+/// Sets libtorch's intra-op threads (libtorch starts with 1), and OpenBLAS's when it is the BLAS
+/// loaded; 0 means all hardware threads.
 void ConfigureThreads(int threads);
+
+/// OpenBLAS's thread count, or 0 when the BLAS loaded is not OpenBLAS.
+int BlasThreads();
 
 /// Keeps freed tensor buffers of up to 32 MiB in the heap for reuse. glibc otherwise returns each
 /// large buffer to the OS and the next one page-faults afresh: measured as 85% system time when
