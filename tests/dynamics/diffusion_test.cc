@@ -1259,14 +1259,35 @@ TEST_F(DiffusionTest, TrainingResumesFromItsState) {
   ASSERT_TRUE(first) << first.error().ToString();
   EXPECT_EQ(first->resumed_from_step, 0);
   o.denoiser_steps = 6;  // continue the same run for two more steps
+  // Another guidance grid changes what is scored after training, not the run resumed.
+  o.guidance_grid = {1.5, 4.0};
   int steps_seen = 0;
   auto second = TrainDiffusion(pairs, {}, o, [&](const DiffusionTrainProgress&) { ++steps_seen; });
   ASSERT_TRUE(second) << second.error().ToString();
   EXPECT_EQ(second->resumed_from_step, 8);
   // Guidance scales tried on validation, and the recommended one among them.
   ASSERT_EQ(second->guidance_scores.size(), o.guidance_grid.size());
+  EXPECT_EQ(second->guidance_scores[0].guidance, 1.5);
+  EXPECT_EQ(second->guidance_scores[1].guidance, 4.0);
   EXPECT_NE(std::find(o.guidance_grid.begin(), o.guidance_grid.end(), second->recommended_guidance),
             o.guidance_grid.end());
+  // A grid with nothing to score, or a scale outside dynamics.guidance's range, is refused
+  // before any step.
+  for (const std::vector<double>& bad :
+       {std::vector<double>{}, std::vector<double>{1.0, 25.0}, std::vector<double>{-1.0},
+        std::vector<double>{std::nan("")}}) {
+    DiffusionTrainOptions refused_options = o;
+    refused_options.guidance_grid = bad;
+    refused_options.out = (dir_->path() / "grid_refused.pt").string();
+    refused_options.state_dir.clear();
+    const auto refused = TrainDiffusion(pairs, {}, refused_options, {});
+    ASSERT_FALSE(refused);
+    EXPECT_EQ(refused.error().code, ErrorCode::kInvalidArgument);
+    EXPECT_NE(refused.error().message.find("guidance grid"), std::string::npos)
+        << refused.error().message;
+    EXPECT_FALSE(fs::exists(refused_options.out));
+  }
+  o.guidance_grid = DiffusionTrainOptions{}.guidance_grid;
   EXPECT_TRUE(std::isfinite(second->ae_val_residual_rel));
   EXPECT_EQ(steps_seen, 2);
   EXPECT_TRUE(fs::exists(o.out));

@@ -846,9 +846,14 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
   r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + tuned + " --init-from " +
               model +
               " --denoiser-steps 2 --denoiser-batch 2 --validation-fraction 0.25 --threads 1 "
-              "--residual-weight 0.5 --pair-weight 0.25 --serving-crops");
+              "--residual-weight 0.5 --pair-weight 0.25 --serving-crops --guidance-grid 1,1.5");
   ASSERT_EQ(r.code, 0) << r.output;
+  // Only the guidance scales asked for are scored on validation.
+  EXPECT_NE(r.output.find("guidance 1.0 on validation"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("guidance 1.5 on validation"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("guidance 2.0 on validation"), std::string::npos) << r.output;
   r = RunMewm("inspect --json " + tuned);
+  EXPECT_NE(r.output.find("--guidance-grid 1.0,1.5"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("--init-from"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("fine_tuned_from"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("--residual-weight 0.5"), std::string::npos) << r.output;
@@ -904,7 +909,8 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
   for (const auto& [option, named] : std::vector<std::pair<std::string, std::string>>{
            {"--residual-weight -1", "--residual-weight"},
            {"--pair-weight -1", "--pair-weight"},
-           {"--pair-neighbours", "--pair-weight"}}) {
+           {"--pair-neighbours", "--pair-weight"},
+           {"--guidance-grid 1,30", "--guidance-grid"}}) {
     r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + dir_.File("dd_bad.pt") +
                 " --init-from " + model + " " + option);
     EXPECT_NE(r.code, 0) << option << ": " << r.output;

@@ -33,6 +33,7 @@ struct TrainDynamicsOptions {
   int ae_steps = 1500, denoiser_steps = 1500, decoder_steps = 0, ae_batch = 8, denoiser_batch = 12,
       threads = 0;
   double validation_fraction = 0.1, residual_weight = 0.0, pair_weight = 0.0;
+  std::vector<double> guidance_grid{1.0, 2.0, 3.0, 5.0};
   bool lesion_size = false, item_size = false, item_enhancement = false, clinical = false,
        drug_saturate = false, decoder_pre = false, texture = false, pair_neighbours = false,
        serving_crops = false;
@@ -143,6 +144,13 @@ void AddTrainRuntimeOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                   "Patients held out for validation (the last ones)")
       ->check(CLI::Range(0.0, 0.5))
       ->capture_default_str();
+  sub->add_option("--guidance-grid", o->guidance_grid,
+                  "Guidance scales scored on the validation patients after training, comma "
+                  "separated; the best is recommended. Each samples every validation pair, so "
+                  "fewer finish sooner (a distilled student scores 1 alone)")
+      ->delimiter(',')
+      ->check(CLI::Range(0.0, 20.0))
+      ->capture_default_str();
   sub->add_option("--state-dir", o->state_dir,
                   "Resumable training state; a rerun with the same folder, options and cohort "
                   "continues (more steps extend it); another run's state is refused");
@@ -199,6 +207,13 @@ Expected<TrainValPairs> ReadTrainValPairs(const TrainDynamicsOptions& o,
   return pairs;
 }
 
+/// Guidance scales as --guidance-grid reads them: "1,2.5".
+std::string JoinGrid(const std::vector<double>& grid) {
+  std::string text;
+  for (double g : grid) text += (text.empty() ? "" : ",") + nlohmann::json(g).dump();
+  return text;
+}
+
 /// TrainDiffusion's options from the command line, with the command and the cohort's
 /// provenance as the checkpoint's metadata.
 dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
@@ -222,7 +237,11 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
       (o.residual_weight > 0.0 ? " --residual-weight " + nlohmann::json(o.residual_weight).dump()
                                : "") +
       (o.pair_weight > 0.0 ? " --pair-weight " + nlohmann::json(o.pair_weight).dump() : "") +
-      (o.pair_neighbours ? " --pair-neighbours" : "") + (o.serving_crops ? " --serving-crops" : "");
+      (o.pair_neighbours ? " --pair-neighbours" : "") +
+      (o.serving_crops ? " --serving-crops" : "") +
+      (o.guidance_grid == TrainDynamicsOptions{}.guidance_grid
+           ? ""
+           : " --guidance-grid " + JoinGrid(o.guidance_grid));
   const auto [cohort_seed, data] = CohortProvenance(o.cohort);
   dynamics::DiffusionTrainOptions options;
   options.config = config;
@@ -241,6 +260,7 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
   options.pair_weight = o.pair_weight;
   options.pair_neighbours = o.pair_neighbours;
   options.threads = o.threads;
+  options.guidance_grid = o.guidance_grid;
   options.out = o.out;
   options.metadata_json =
       nlohmann::json{{"command", command}, {"seed", o.seed}, {"data", data}}.dump();

@@ -1079,6 +1079,12 @@ Expected<DiffusionTrainReport> Train(
     return MakeError(ErrorCode::kInvalidArgument,
                      "the residual weight must be finite and >= 0 (0 = the v-loss alone)");
   }
+  if (o.guidance_grid.empty() || std::any_of(o.guidance_grid.begin(), o.guidance_grid.end(),
+                                             [](double g) { return !(g >= 0.0 && g <= 20.0); })) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "the guidance grid scored on validation needs at least one scale, each in "
+                     "[0, 20] as dynamics.guidance");
+  }
   if (!(o.pair_weight >= 0.0 && std::isfinite(o.pair_weight))) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "the pair weight must be finite and >= 0 (0 = no paired-plan term)");
