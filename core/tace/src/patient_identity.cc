@@ -2,16 +2,20 @@
 // SPDX-FileCopyrightText: the mewm authors
 #include "mewm/tace/patient_identity.h"
 
+#include <tuple>
+
 namespace mewm {
 
 namespace {
 
-bool SameCovariates(const Covariates& a, const Covariates& b) {
-  return a.age_years == b.age_years && a.sex == b.sex && a.child_pugh == b.child_pugh &&
-         a.bclc_stage == b.bclc_stage && a.afp_ng_ml == b.afp_ng_ml &&
-         a.lesion_count == b.lesion_count && a.max_diameter_mm == b.max_diameter_mm &&
-         a.vascular_invasion == b.vascular_invasion;
+/// Every field of `c`. The binding names each member, so a field added to Covariates stops this
+/// compiling until it is named here, and so compared.
+auto Fields(const Covariates& c) {
+  const auto& [age, sex, child_pugh, bclc, afp, lesions, diameter, invasion] = c;
+  return std::tie(age, sex, child_pugh, bclc, afp, lesions, diameter, invasion);
 }
+
+bool SameCovariates(const Covariates& a, const Covariates& b) { return Fields(a) == Fields(b); }
 
 }  // namespace
 
