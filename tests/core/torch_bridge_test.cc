@@ -1,11 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
-#include <c10/core/CPUAllocator.h>
 #include <gtest/gtest.h>
-#include <sys/resource.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <thread>
 
@@ -59,41 +55,6 @@ TEST(TorchBridgeTest, ThreadsReachLibtorchAndOpenBlas) {
   EXPECT_EQ(blas_one, 1);
   EXPECT_EQ(blas_two, 2);
   EXPECT_EQ(BlasThreads(), int(std::max(1u, std::thread::hardware_concurrency())));
-}
-
-/// Minor page faults of this process so far.
-long MinorFaults() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return usage.ru_minflt;
-}
-
-TEST(TorchBridgeTest, LargeBuffersAreReusedWithoutFaultingAgain) {
-  KeepLargeBuffersInHeap();
-  KeepLargeBuffersInHeap();  // idempotent
-  c10::Allocator* allocator = c10::GetCPUAllocator();
-  EXPECT_NE(allocator, c10::GetDefaultCPUAllocator());
-  constexpr std::int64_t kFloats = std::int64_t(64) << 18;  // 64 MiB, above glibc's mmap ceiling
-  { torch::ones({kFloats}); }                               // mapped and freed once
-  // Freed, it is kept: the same size again is the same memory, with no page faulted in afresh
-  // (glibc alone maps it anew: 16,384 faults).
-  const long before = MinorFaults();
-  const torch::Tensor again = torch::full({kFloats}, 2.0f);
-  const long faults = MinorFaults() - before;
-  EXPECT_LT(faults, 1000);
-  EXPECT_EQ(again.sum().item<double>(), 2.0 * double(kFloats));
-  // The raw interface (oneDNN's scratch buffers use it, and free them with free()), large and
-  // small.
-  for (std::size_t bytes : {std::size_t(100), std::size_t(40) << 20}) {
-    void* p = allocator->raw_allocate(bytes);
-    ASSERT_NE(p, nullptr);
-    std::memset(p, 1, bytes);
-    allocator->raw_deallocate(p);
-    void* q = allocator->raw_allocate(bytes);
-    std::memset(q, 1, bytes);
-    std::free(q);
-  }
-  EXPECT_EQ(torch::arange(5).sum().item<int64_t>(), 10);  // small tensors as before
 }
 
 TEST(TorchBridgeTest, DenseTensorRoundTripKeepsLayoutAndGeometry) {

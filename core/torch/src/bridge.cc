@@ -2,15 +2,11 @@
 // SPDX-FileCopyrightText: the mewm authors
 #include "mewm/torch/bridge.h"
 
-#include <c10/core/CPUAllocator.h>
 #include <dlfcn.h>
 #include <malloc.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <map>
-#include <memory>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -155,76 +151,9 @@ int BlasThreads() {
   return get != nullptr ? reinterpret_cast<GetBlasThreads>(get)() : 0;
 }
 
-namespace {
-
-/// libtorch's CPU allocator, with freed buffers above glibc's mmap ceiling kept for the next
-/// request of the same size. glibc maps each such buffer afresh and unmaps it when freed, so every
-/// step page-faults it in again: a decoder backward at 64^3 faulted 165 MB per crop. Smaller
-/// buffers come from the allocator it replaces (glibc's heap keeps them: mallopt below). As with
-/// that one, every pointer handed out is its own context and may be given to free() (oneDNN's
-/// scratch buffers are), and the raw deleter frees any of them, so the raw interface works.
-class LargeBufferCache final : public c10::Allocator {
- public:
-  static constexpr std::size_t kLarge = std::size_t(32) << 20;      // glibc's mmap ceiling
-  static constexpr std::size_t kMaxKept = std::size_t(2048) << 20;  // free bytes kept at most
-
-  explicit LargeBufferCache(c10::Allocator* small) : small_(small) { instance_ = this; }
-
-  c10::DataPtr allocate(std::size_t n) const override {
-    if (n < kLarge) return small_->allocate(n);  // its own deleter: no lock on the hot path
-    std::lock_guard<std::mutex> lock(mutex_);
-    void* p = nullptr;
-    if (auto it = free_.find(n); it != free_.end()) {
-      p = it->second;
-      free_.erase(it);
-      kept_ -= n;
-    } else if (posix_memalign(&p, 64, n) != 0) {
-      throw std::bad_alloc();
-    }
-    live_[p] = n;
-    return {p, p, &Release, c10::Device(c10::DeviceType::CPU)};
-  }
-
-  c10::DeleterFnPtr raw_deleter() const override { return &Release; }
-
- private:
-  static void Release(void* p) {
-    if (p == nullptr) return;
-    LargeBufferCache& cache = *instance_;
-    {
-      std::lock_guard<std::mutex> lock(cache.mutex_);
-      if (auto it = cache.live_.find(p); it != cache.live_.end()) {
-        const std::size_t bytes = it->second;
-        cache.live_.erase(it);
-        if (cache.kept_ + bytes <= kMaxKept) {
-          cache.free_.emplace(bytes, p);
-          cache.kept_ += bytes;
-          return;
-        }
-      }
-    }
-    std::free(p);  // a small buffer, or one beyond what is kept (c10's own deleter frees so)
-  }
-
-  static inline LargeBufferCache* instance_ = nullptr;
-  c10::Allocator* small_;
-  mutable std::mutex mutex_;
-  mutable std::multimap<std::size_t, void*> free_;  // freed large buffers by size
-  mutable std::map<void*, std::size_t> live_;       // large buffers handed out
-  mutable std::size_t kept_ = 0;
-};
-
-}  // namespace
-
 void KeepLargeBuffersInHeap() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's maximum on 64-bit
-    mallopt(M_TRIM_THRESHOLD, 512 << 20);
-    // Never destroyed: tensors may outlive static destruction.
-    static auto* cache = new LargeBufferCache(c10::GetCPUAllocator());
-    c10::SetCPUAllocator(cache, /*priority=*/1);
-  });
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's maximum on 64-bit
+  mallopt(M_TRIM_THRESHOLD, 512 << 20);
 }
 
 torch::Tensor ToTensor(const DenseFloat& dense, const torch::Device& device) {
