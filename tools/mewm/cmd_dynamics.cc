@@ -33,7 +33,7 @@ struct TrainDynamicsOptions {
   int ae_steps = 1500, denoiser_steps = 1500, decoder_steps = 0, ae_batch = 8, denoiser_batch = 12,
       threads = 0;
   double validation_fraction = 0.1, residual_weight = 0.0, pair_weight = 0.0;
-  std::vector<double> guidance_grid{1.0, 2.0, 3.0, 5.0};
+  std::vector<double> guidance_grid = dynamics::DiffusionTrainOptions{}.guidance_grid;
   bool lesion_size = false, item_size = false, item_enhancement = false, clinical = false,
        drug_saturate = false, decoder_pre = false, texture = false, pair_neighbours = false,
        serving_crops = false;
@@ -239,7 +239,7 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
       (o.pair_weight > 0.0 ? " --pair-weight " + nlohmann::json(o.pair_weight).dump() : "") +
       (o.pair_neighbours ? " --pair-neighbours" : "") +
       (o.serving_crops ? " --serving-crops" : "") +
-      (o.guidance_grid == TrainDynamicsOptions{}.guidance_grid
+      (o.guidance_grid == dynamics::DiffusionTrainOptions{}.guidance_grid
            ? ""
            : " --guidance-grid " + JoinGrid(o.guidance_grid));
   const auto [cohort_seed, data] = CohortProvenance(o.cohort);

@@ -137,7 +137,7 @@ void ConfigureThreads(int threads) {
   at::set_num_threads(threads);
   // libtorch's setting does not reach OpenBLAS (the libblas.so.3 that the setup installs), whose
   // own pool is sized to every core when it loads and whose idle threads spin: a run told to use
-  // one thread busy-waited on the other core (a 2-step training: 112 s of CPU instead of 83).
+  // one thread busy-waited on the other core (a 2-step training: 112 s of CPU instead of 78).
   // Looked up at run time, so another BLAS, or none, is left as it is.
   using SetBlasThreads = void (*)(int);
   if (void* set = dlsym(RTLD_DEFAULT, "openblas_set_num_threads")) {
