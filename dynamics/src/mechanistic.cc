@@ -234,6 +234,34 @@ Expected<std::vector<TumorField>> BuildTumorFields(const PatientCase& patient,
 
 namespace {
 
+/// Runs `visit(i, j, k, x)` over every tissue voxel of a field (density or perfusion above 0),
+/// `x` being its linear index.
+template <typename Visit>
+void ForEachTissueVoxel(const TumorField& field, Visit&& visit) {
+  const Index3 n = field.density.dims;
+  for (std::int64_t k = 0; k < n[2]; ++k) {
+    for (std::int64_t j = 0; j < n[1]; ++j) {
+      for (std::int64_t i = 0; i < n[0]; ++i) {
+        const auto x = std::size_t(i + n[0] * (j + n[1] * k));
+        if (field.density.data[x] > 0.0f || field.perfusion.data[x] > 0.0f) visit(i, j, k, x);
+      }
+    }
+  }
+}
+
+/// The key of a field's collateral pattern for a biology's (nonzero) pattern seed.
+std::uint64_t PatternKey(const TumorField& field, std::uint64_t pattern_seed) {
+  return DeriveSeed(pattern_seed, {std::uint64_t(field.label)});
+}
+
+/// The collateral pattern's smooth noise at voxel (i, j, k) of a field, given its PatternKey.
+double CollateralNoise(const TumorField& field, std::uint64_t pattern, std::int64_t i,
+                       std::int64_t j, std::int64_t k) {
+  const Eigen::Vector3d w =
+      field.density.geometry.IndexToWorld(Eigen::Vector3d(double(i), double(j), double(k)));
+  return ValueNoise(pattern, w[0], w[1], w[2], 6.0);
+}
+
 /// Per tumor voxel: how much drug reaches it, how much it depends on arterial supply, and its
 /// Lipiodol uptake (zero without Lipiodol). Outside tumor tissue all three are 0.
 struct DeliveryMaps {
@@ -242,7 +270,6 @@ struct DeliveryMaps {
 
 DeliveryMaps MapDelivery(const TumorField& field, const TumorBiology& bio,
                          const PlanEffect& effect) {
-  const Index3 n = field.density.dims;
   const std::vector<float>& perf = field.perfusion.data;
   const std::vector<float>& periphery = field.periphery.data;
   // Delivery of drugs and dependence on arterial supply, per voxel (tumor tissue only). A
@@ -254,30 +281,23 @@ DeliveryMaps MapDelivery(const TumorField& field, const TumorBiology& bio,
   // Patches where the smooth pattern exceeds this level keep their supply: about half of a
   // hypovascular tumor, none of a hypervascular one (v > 0.7).
   const double level = -0.5 + 1.75 * vasc;
-  const std::uint64_t pattern = DeriveSeed(bio.pattern_seed, {std::uint64_t(field.label)});
+  const bool tabulated = field.pattern_seed == bio.pattern_seed && !field.pattern.empty();
+  const std::uint64_t pattern = PatternKey(field, bio.pattern_seed);
   const std::size_t size = field.density.data.size();
   DeliveryMaps m{std::vector<float>(size), std::vector<float>(size),
                  std::vector<float>(size, 0.0f)};
-  for (std::int64_t k = 0; k < n[2]; ++k) {
-    for (std::int64_t j = 0; j < n[1]; ++j) {
-      for (std::int64_t i = 0; i < n[0]; ++i) {
-        const auto x = std::size_t(i + n[0] * (j + n[1] * k));
-        if (!(field.density.data[x] > 0.0f || perf[x] > 0.0f)) continue;  // not tissue
-        double spared = margin * periphery[x];
-        if (bio.pattern_seed != 0) {
-          const Eigen::Vector3d w =
-              field.density.geometry.IndexToWorld(Eigen::Vector3d(double(i), double(j), double(k)));
-          const double t = std::clamp(
-              (ValueNoise(pattern, w[0], w[1], w[2], 6.0) - level) / 0.2 + 0.5, 0.0, 1.0);
-          spared += t * t * (3.0 - 2.0 * t);  // smoothstep: patches are spared or not
-        }
-        spared = std::clamp(spared, 0.0, 1.0) * (1.0 - effect.penetration);
-        m.delivery[x] = float((0.3 + 0.7 * perf[x]) * (0.5 + 0.5 * vasc) * (1.0 - 0.5 * spared));
-        m.dependence[x] = float((0.4 + 0.6 * perf[x]) * (0.4 + 0.6 * vasc) * (1.0 - spared));
-        if (effect.lipiodol) m.lipiodol[x] = LipiodolUptake(perf[x]);
-      }
+  ForEachTissueVoxel(field, [&](std::int64_t i, std::int64_t j, std::int64_t k, std::size_t x) {
+    double spared = margin * periphery[x];
+    if (bio.pattern_seed != 0) {
+      const double noise = tabulated ? field.pattern[x] : CollateralNoise(field, pattern, i, j, k);
+      const double t = std::clamp((noise - level) / 0.2 + 0.5, 0.0, 1.0);
+      spared += t * t * (3.0 - 2.0 * t);  // smoothstep: patches are spared or not
     }
-  }
+    spared = std::clamp(spared, 0.0, 1.0) * (1.0 - effect.penetration);
+    m.delivery[x] = float((0.3 + 0.7 * perf[x]) * (0.5 + 0.5 * vasc) * (1.0 - 0.5 * spared));
+    m.dependence[x] = float((0.4 + 0.6 * perf[x]) * (0.4 + 0.6 * vasc) * (1.0 - spared));
+    if (effect.lipiodol) m.lipiodol[x] = LipiodolUptake(perf[x]);
+  });
   return m;
 }
 
@@ -290,6 +310,12 @@ void Integrate(const TumorBiology& bio, const PlanEffect& effect, const Delivery
   const double drug_boost = effect.lipiodol ? 1.3 : 1.0;
   const double tau = DrugTau(effect.lipiodol);
   const std::int64_t sy = n[0], sz = n[0] * n[1];
+  // One row at a time in two passes: the diffusion and growth update, then the kill. The first
+  // pass has no branch in its interior, so the compiler vectorizes it; the second calls exp()
+  // only where there is a kill and tissue left. Every voxel's arithmetic is the same expression
+  // in the same order as a single voxel loop, so the result is bit for bit the same.
+  const auto row_size = static_cast<std::size_t>(n[0]);
+  std::vector<double> grown(row_size), kill(row_size);
   for (int s = 0; s < steps; ++s) {
     const double t = (s + 0.5) * dt;
     const double drug = effect.drug_rate * drug_boost * std::exp(-t / tau);
@@ -297,32 +323,44 @@ void Integrate(const TumorBiology& bio, const PlanEffect& effect, const Delivery
     for (const auto& e : effect.embolics) ischemia += IschemiaRate(e, t, diameter_mm);
     const double growth = bio.proliferation_per_day * dt;
     const double diffusion = bio.infiltration_mm2_per_day * dt / (h * h);
+    const auto grow = [&](double c, double lap) {
+      const double v = c + diffusion * lap;
+      return v + growth * v * (1.0 - v);
+    };
     for (std::int64_t k = 0; k < n[2]; ++k) {
       for (std::int64_t j = 0; j < n[1]; ++j) {
         const std::int64_t base = n[0] * (j + n[1] * k);
         const float* row = &u[std::size_t(base)];
-        // Zero-flux boundary: a missing neighbour mirrors the centre row.
+        // Zero-flux boundary: a missing neighbour mirrors the centre voxel or row.
         const float* ym = j > 0 ? row - sy : row;
         const float* yp = j + 1 < n[1] ? row + sy : row;
         const float* zm = k > 0 ? row - sz : row;
         const float* zp = k + 1 < n[2] ? row + sz : row;
-        for (std::int64_t i = 0; i < n[0]; ++i) {
+        const float* delivery = &m.delivery[std::size_t(base)];
+        const float* dependence = &m.dependence[std::size_t(base)];
+        const auto edge = [&](std::int64_t i) {
           const double c = row[i];
           const double xm = i > 0 ? row[i - 1] : c;
           const double xp = i + 1 < n[0] ? row[i + 1] : c;
-          const double lap = xm + xp + ym[i] + yp[i] + zm[i] + zp[i] - 6.0 * c;
-          const std::size_t x = std::size_t(base + i);
-          if (c == 0.0 && lap == 0.0) {  // empty margin stays empty
-            next[x] = 0.0f;
-            continue;
-          }
-          double v = c + diffusion * lap;
-          v += growth * v * (1.0 - v);
-          // Kill integrated exactly over the step (stable for any rate).
-          const double kill = drug * m.delivery[x] + ischemia * m.dependence[x];
-          if (kill > 0.0) v *= std::exp(-kill * dt);
-          next[x] = float(std::clamp(v, 0.0, 1.0));
+          grown[std::size_t(i)] = grow(c, xm + xp + ym[i] + yp[i] + zm[i] + zp[i] - 6.0 * c);
+        };
+        edge(0);
+        for (std::int64_t i = 1; i + 1 < n[0]; ++i) {
+          const double c = row[i];
+          const double xm = row[i - 1];
+          const double xp = row[i + 1];
+          grown[std::size_t(i)] = grow(c, xm + xp + ym[i] + yp[i] + zm[i] + zp[i] - 6.0 * c);
         }
+        if (n[0] > 1) edge(n[0] - 1);
+        for (std::int64_t i = 0; i < n[0]; ++i) {
+          kill[std::size_t(i)] = drug * delivery[i] + ischemia * dependence[i];
+        }
+        // Kill integrated exactly over the step (stable for any rate). Empty voxels stay 0.
+        for (std::size_t i = 0; i < row_size; ++i) {
+          if (kill[i] > 0.0 && grown[i] != 0.0) grown[i] *= std::exp(-kill[i] * dt);
+        }
+        float* out = &next[std::size_t(base)];
+        for (std::size_t i = 0; i < row_size; ++i) out[i] = float(std::clamp(grown[i], 0.0, 1.0));
       }
     }
     u.swap(next);
@@ -330,6 +368,19 @@ void Integrate(const TumorBiology& bio, const PlanEffect& effect, const Delivery
 }
 
 }  // namespace
+
+void TabulateCollateralPattern(std::vector<TumorField>& fields, std::uint64_t pattern_seed) {
+  for (TumorField& field : fields) {
+    field.pattern_seed = pattern_seed;
+    field.pattern.clear();
+    if (pattern_seed == 0) continue;
+    field.pattern.assign(field.density.data.size(), 0.0);
+    const std::uint64_t pattern = PatternKey(field, pattern_seed);
+    ForEachTissueVoxel(field, [&](std::int64_t i, std::int64_t j, std::int64_t k, std::size_t x) {
+      field.pattern[x] = CollateralNoise(field, pattern, i, j, k);
+    });
+  }
+}
 
 Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields,
                                            const TumorBiology& biology_in, const Plan& plan,

@@ -178,8 +178,8 @@ Expected<PatientTruth> GeneratePatient(const SyntheticWorld& world, const Synthe
   const auto cancelled = [&] { return options.cancelled && options.cancelled(); };
   MEWM_TRY(const PatientCase rendered, world.Render(p, false, options.cancelled));
   const auto& mech = world.config().mechanistic;
-  MEWM_TRY(const std::vector<dynamics::TumorField> fields,
-           dynamics::BuildTumorFields(rendered, mech));
+  MEWM_TRY(std::vector<dynamics::TumorField> fields, dynamics::BuildTumorFields(rendered, mech));
+  dynamics::TabulateCollateralPattern(fields, p.biology.pattern_seed);
   MEWM_TRY(PatientTruth truth, world.Truth(p, fields, options.cancelled));
 
   const fs::path out(options.out_dir);
@@ -743,8 +743,9 @@ Expected<WorldStats> SimulateWorldStats(const WorldConfig& config, const ActionB
   tbb::parallel_for(std::size_t(0), patients.size(), [&](std::size_t i) {
     auto run = [&]() -> Status {
       MEWM_TRY(const PatientCase rendered, world.Render(patients[i], /*tumor_region_only=*/true));
-      MEWM_TRY(const std::vector<dynamics::TumorField> fields,
+      MEWM_TRY(std::vector<dynamics::TumorField> fields,
                dynamics::BuildTumorFields(rendered, mech));
+      dynamics::TabulateCollateralPattern(fields, patients[i].biology.pattern_seed);
       MEWM_TRY(truths[i], world.Truth(patients[i], fields));
       const auto& plans = truths[i].plans;
       for (int k = 0; k < visibility_plans; ++k) {

@@ -568,8 +568,9 @@ double SyntheticWorld::LinearPredictor(const SyntheticPatient& p, double post_vi
 
 Expected<PatientTruth> SyntheticWorld::Truth(const SyntheticPatient& p, const PatientCase& rendered,
                                              const CancelFn& cancelled) const {
-  MEWM_TRY(const std::vector<dynamics::TumorField> fields,
+  MEWM_TRY(std::vector<dynamics::TumorField> fields,
            dynamics::BuildTumorFields(rendered, config_.mechanistic));
+  dynamics::TabulateCollateralPattern(fields, p.biology.pattern_seed);
   return Truth(p, fields, cancelled);
 }
 

@@ -82,6 +82,10 @@ struct TumorField {
   /// margin, which keeps a collateral (portal) supply that embolization does not cut.
   DenseFloat periphery;
   double diameter_mm = 0;  ///< equivalent-sphere diameter of the lesion (mask volume)
+  /// The collateral pattern's value noise per voxel, tabulated by TabulateCollateralPattern for
+  /// the biology whose pattern_seed is `pattern_seed` (0: nothing tabulated).
+  std::uint64_t pattern_seed = 0;
+  std::vector<double> pattern;
 };
 
 /// The response of one field: final density and Lipiodol deposit fraction, on its lattice.
@@ -95,6 +99,12 @@ struct FieldResponse {
 /// `config.grid_mm` covering the lesion plus margin. kInvalidArgument for an empty tumor mask.
 Expected<std::vector<TumorField>> BuildTumorFields(const PatientCase& patient,
                                                    const MechanisticConfig& config);
+
+/// Tabulates, in every field, the collateral pattern of a biology with this `pattern_seed` (0
+/// clears the tables). SimulateResponse then reads the table instead of evaluating the noise
+/// per voxel whenever its biology has the same seed, as every plan of one unperturbed patient
+/// does; the response is bit for bit the same either way.
+void TabulateCollateralPattern(std::vector<TumorField>& fields, std::uint64_t pattern_seed);
 
 /// Runs the PDE for one plan over every field. `sample_seed` 0 gives the unperturbed biology; any
 /// other seed perturbs it log-normally by config.sample_log_sd (or sample_sigma). Fills

@@ -159,7 +159,8 @@ class SyntheticWorld {
   Expected<PatientTruth> Truth(const SyntheticPatient& patient, const PatientCase& rendered,
                                const CancelFn& cancelled = {}) const;
   /// The same, from tumor fields already built from the render (callers that also simulate
-  /// outcomes build them once).
+  /// outcomes build them once). Tabulating the patient's collateral pattern in them first
+  /// (dynamics::TabulateCollateralPattern) saves evaluating it again for every plan.
   Expected<PatientTruth> Truth(const SyntheticPatient& patient,
                                const std::vector<dynamics::TumorField>& fields,
                                const CancelFn& cancelled = {}) const;
