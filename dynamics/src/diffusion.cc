@@ -124,8 +124,8 @@ Status DiffusionConfig::Validate() const {
     return Invalid("mask_channel must be viable_fraction or viable_mask, not '" + mask_channel +
                    "'");
   }
-  if (!(guidance_distilled >= 1.0 && guidance_distilled <= 20.0)) {
-    return Invalid("guidance_distilled must be in [1, 20]");
+  if (!(guidance_distilled >= 1.0 && guidance_distilled <= kMaxGuidance)) {
+    return Invalid("guidance_distilled must be in [1, " + std::to_string(kMaxGuidance) + "]");
   }
   if (std::set<std::string>(items.begin(), items.end()).size() != items.size()) {
     return Invalid("the plan-item vocabulary repeats an item");
@@ -220,8 +220,9 @@ Status SamplerConfig::Validate() const {
   if (!(eta >= 0.0 && eta <= 1.0)) {
     return MakeError(ErrorCode::kInvalidArgument, "sampler eta must be in [0, 1]");
   }
-  if (!(guidance >= 0.0 && guidance <= 20.0)) {
-    return MakeError(ErrorCode::kInvalidArgument, "guidance scale must be in [0, 20]");
+  if (!(guidance >= 0.0 && guidance <= kMaxGuidance)) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "guidance scale must be in [0, " + std::to_string(kMaxGuidance) + "]");
   }
   return {};
 }

@@ -77,7 +77,7 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
       ->check(CLI::ExistingFile);
   sub->add_option("--distill-guidance", o->distill_guidance,
                   "The teacher's guidance scale to distil (with --distill-from)")
-      ->check(CLI::Range(1.0, 20.0))
+      ->check(CLI::Range(1.0, double(dynamics::kMaxGuidance)))
       ->capture_default_str();
   sub->add_flag("--lesion-size", o->lesion_size,
                 "The plan embedding also reads the equivalent diameter of the lesion each crop "
@@ -149,7 +149,7 @@ void AddTrainRuntimeOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                   "separated; the best is recommended. Each samples every validation pair, so "
                   "fewer finish sooner (a distilled student scores 1 alone)")
       ->delimiter(',')
-      ->check(CLI::Range(0.0, 20.0))
+      ->check(CLI::Range(0.0, double(dynamics::kMaxGuidance)))
       ->capture_default_str();
   sub->add_option("--state-dir", o->state_dir,
                   "Resumable training state; a rerun with the same folder, options and cohort "

@@ -1079,11 +1079,13 @@ Expected<DiffusionTrainReport> Train(
     return MakeError(ErrorCode::kInvalidArgument,
                      "the residual weight must be finite and >= 0 (0 = the v-loss alone)");
   }
-  if (o.guidance_grid.empty() || std::any_of(o.guidance_grid.begin(), o.guidance_grid.end(),
-                                             [](double g) { return !(g >= 0.0 && g <= 20.0); })) {
+  if (o.guidance_grid.empty() ||
+      std::any_of(o.guidance_grid.begin(), o.guidance_grid.end(),
+                  [](double g) { return !(g >= 0.0 && g <= kMaxGuidance); })) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "the guidance grid scored on validation needs at least one scale, each in "
-                     "[0, 20] as dynamics.guidance");
+                     "[0, " +
+                         std::to_string(kMaxGuidance) + "] as dynamics.guidance");
   }
   if (!(o.pair_weight >= 0.0 && std::isfinite(o.pair_weight))) {
     return MakeError(ErrorCode::kInvalidArgument,
@@ -1153,9 +1155,10 @@ Expected<DiffusionTrainReport> Train(
     }
   }
   if (!o.distill_from.empty()) {
-    if (!(o.distill_guidance > 1.0 && o.distill_guidance <= 20.0)) {
-      return MakeError(ErrorCode::kInvalidArgument,
-                       "the distilled guidance must be in (1, 20] (1 is no guidance to distil)");
+    if (!(o.distill_guidance > 1.0 && o.distill_guidance <= kMaxGuidance)) {
+      return MakeError(ErrorCode::kInvalidArgument, "the distilled guidance must be in (1, " +
+                                                        std::to_string(kMaxGuidance) +
+                                                        "] (1 is no guidance to distil)");
     }
     if (o.config.guidance_distilled != 1.0) {
       return MakeError(ErrorCode::kInvalidArgument,

@@ -150,7 +150,8 @@ Backend<dynamics::DynamicsModel> DiffusionBackend(dynamics::DiffusionFactory fac
             dynamics::SamplerConfig& sampler = s.diffusion.sampler;
             ReadInt(r, "steps", 1, 1000, &sampler.steps);
             r.Take(t.GetDouble("eta", sampler.eta, 0.0, 1.0), &sampler.eta);
-            r.Take(t.GetDouble("guidance", sampler.guidance, 0.0, 20.0), &sampler.guidance);
+            r.Take(t.GetDouble("guidance", sampler.guidance, 0.0, dynamics::kMaxGuidance),
+                   &sampler.guidance);
             r.Take(t.GetDouble("blend_margin_mm", s.diffusion.blend_margin_mm, 0.0, 50.0),
                    &s.diffusion.blend_margin_mm);
           },

@@ -153,6 +153,10 @@ Expected<std::vector<std::string>> ItemGroups(const ActionBase& actions,
 /// count by name.
 std::string GeneratorPlanKey(const Plan& plan, const DiffusionConfig& config);
 
+/// The largest classifier-free guidance scale accepted anywhere: a scenario's
+/// `dynamics.guidance`, a distilled scale, the scales a training run scores, the CLI's flags.
+inline constexpr int kMaxGuidance = 20;
+
 /// DDIM sampling. eta = 1 with many steps is DDPM's ancestral sampler (the `reference` search).
 struct SamplerConfig {
   int steps = 25;         ///< denoiser steps per outcome, in [1, train_timesteps]
