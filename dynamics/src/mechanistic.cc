@@ -281,9 +281,10 @@ DeliveryMaps MapDelivery(const TumorField& field, const TumorBiology& bio,
   // Patches where the smooth pattern exceeds this level keep their supply: about half of a
   // hypovascular tumor, none of a hypervascular one (v > 0.7).
   const double level = -0.5 + 1.75 * vasc;
-  const bool tabulated = field.pattern_seed == bio.pattern_seed && !field.pattern.empty();
-  const std::uint64_t pattern = PatternKey(field, bio.pattern_seed);
   const std::size_t size = field.density.data.size();
+  const bool tabulated =
+      field.pattern_seed == bio.pattern_seed && field.pattern.size() == size && size > 0;
+  const std::uint64_t pattern = PatternKey(field, bio.pattern_seed);
   DeliveryMaps m{std::vector<float>(size), std::vector<float>(size),
                  std::vector<float>(size, 0.0f)};
   ForEachTissueVoxel(field, [&](std::int64_t i, std::int64_t j, std::int64_t k, std::size_t x) {
@@ -314,6 +315,7 @@ void Integrate(const TumorBiology& bio, const PlanEffect& effect, const Delivery
   // pass has no branch in its interior, so the compiler vectorizes it; the second calls exp()
   // only where there is a kill and tissue left. Every voxel's arithmetic is the same expression
   // in the same order as a single voxel loop, so the result is bit for bit the same.
+  if (u.empty()) return;  // a field with no voxels has nothing to integrate
   const auto row_size = static_cast<std::size_t>(n[0]);
   std::vector<double> grown(row_size), kill(row_size);
   for (int s = 0; s < steps; ++s) {

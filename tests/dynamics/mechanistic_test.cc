@@ -161,12 +161,34 @@ TEST_F(MechanisticTest, ATabulatedCollateralPatternGivesTheSameResponseBitForBit
   std::fill(spared.front().pattern.begin(), spared.front().pattern.end(), 1.0);
   EXPECT_GT(respond(spared, "Gelatin Sponge+Lipiodol+Epirubicin", 0).first,
             respond(plain, "Gelatin Sponge+Lipiodol+Epirubicin", 0).first);
-  // Another seed's table is ignored, and seed 0 clears the tables.
+  // Another seed's table is ignored, as is a table of the wrong size; seed 0 clears the tables.
+  std::vector<TumorField> cut = tabulated;
+  cut.front().pattern.assign(3, 1.0);
+  EXPECT_EQ(respond(cut, "Gelatin Sponge+Lipiodol+Epirubicin", 0).first,
+            respond(plain, "Gelatin Sponge+Lipiodol+Epirubicin", 0).first);
   TabulateCollateralPattern(spared, 78);
   EXPECT_EQ(respond(spared, "PVA", 0).first, respond(plain, "PVA", 0).first);
   TabulateCollateralPattern(spared, 0);
   EXPECT_TRUE(spared.front().pattern.empty());
   EXPECT_EQ(spared.front().pattern_seed, 0u);
+}
+
+TEST_F(MechanisticTest, AFieldWithoutVoxelsHasNoResponse) {
+  TumorField empty;
+  empty.density = DenseFloat({0, 3, 3}, Geometry::Isotropic(2.0, {0, 0, 0}));
+  empty.perfusion = empty.density;
+  empty.periphery = empty.density;
+  std::vector<TumorField> fields = {empty};
+  TabulateCollateralPattern(fields, 77);
+  TumorBiology b;
+  b.pattern_seed = 77;
+  std::vector<FieldResponse> out;
+  auto r = SimulateResponse(fields, b, P("Lipiodol+Epirubicin"), 'A', MechanisticConfig{}, 0, &out);
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->pre_viable_ml, 0.0);
+  EXPECT_EQ(r->post_viable_ml, 0.0);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_TRUE(out.front().density.data.empty());
 }
 
 TEST_F(MechanisticTest, ToxicityGrowsWithPoorLiverReserveAndRiskyPairs) {
