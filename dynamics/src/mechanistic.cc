@@ -340,20 +340,16 @@ void Integrate(const TumorBiology& bio, const PlanEffect& effect, const Delivery
         const float* zp = k + 1 < n[2] ? row + sz : row;
         const float* delivery = &m.delivery[std::size_t(base)];
         const float* dependence = &m.dependence[std::size_t(base)];
-        const auto edge = [&](std::int64_t i) {
+        // Voxel i with its x neighbours xm and xp.
+        const auto update = [&](std::int64_t i, double xm, double xp) {
           const double c = row[i];
-          const double xm = i > 0 ? row[i - 1] : c;
-          const double xp = i + 1 < n[0] ? row[i + 1] : c;
           grown[std::size_t(i)] = grow(c, xm + xp + ym[i] + yp[i] + zm[i] + zp[i] - 6.0 * c);
         };
-        edge(0);
-        for (std::int64_t i = 1; i + 1 < n[0]; ++i) {
-          const double c = row[i];
-          const double xm = row[i - 1];
-          const double xp = row[i + 1];
-          grown[std::size_t(i)] = grow(c, xm + xp + ym[i] + yp[i] + zm[i] + zp[i] - 6.0 * c);
-        }
-        if (n[0] > 1) edge(n[0] - 1);
+        // The row's ends mirror the centre voxel for a missing neighbour; the interior has both.
+        const std::int64_t last = n[0] - 1;
+        update(0, row[0], last > 0 ? row[1] : row[0]);
+        for (std::int64_t i = 1; i < last; ++i) update(i, row[i - 1], row[i + 1]);
+        if (last > 0) update(last, row[last - 1], row[last]);
         for (std::int64_t i = 0; i < n[0]; ++i) {
           kill[std::size_t(i)] = drug * delivery[i] + ischemia * dependence[i];
         }

@@ -13,6 +13,7 @@
 
 #include "commands.h"
 #include "mewm/core/file_util.h"
+#include "mewm/core/text.h"
 #include "mewm/dynamics/diffusion_backend.h"
 #include "mewm/eval/dynamics_data.h"
 #include "mewm/planner/planner.h"
@@ -209,9 +210,9 @@ Expected<TrainValPairs> ReadTrainValPairs(const TrainDynamicsOptions& o,
 
 /// Guidance scales as --guidance-grid reads them: "1,2.5".
 std::string JoinGrid(const std::vector<double>& grid) {
-  std::string text;
-  for (double g : grid) text += (text.empty() ? "" : ",") + nlohmann::json(g).dump();
-  return text;
+  std::vector<std::string> scales;
+  for (double g : grid) scales.push_back(nlohmann::json(g).dump());
+  return Join(scales, ",");
 }
 
 /// TrainDiffusion's options from the command line, with the command and the cohort's

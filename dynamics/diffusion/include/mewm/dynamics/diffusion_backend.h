@@ -110,7 +110,8 @@ struct DiffusionTrainOptions {
   /// neighbouring plans only"): it did not change what the term learns.
   bool pair_neighbours = false;
   /// Guidance scales scored on the validation pairs after training (each samples every pair);
-  /// the best is recommended. Not empty, each in [0, 20]. A distilled student scores 1 alone.
+  /// the best is recommended. Not empty, each in [0, kMaxGuidance]. A distilled student scores 1
+  /// alone.
   std::vector<double> guidance_grid{1.0, 2.0, 3.0, 5.0};
   double ema_decay = 0.995;
   int validate_every = 250;
