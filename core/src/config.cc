@@ -267,6 +267,42 @@ std::optional<DepthExcess> FindExcessiveDepth(const std::string& text) {
 
 }  // namespace
 
+/// The first key or string of a parsed document that holds a control character (TOML's escapes
+/// can write any, "\u0000" and "\u001b" included; strings may hold newlines and tabs): where it
+/// is and what. No mewm key or value
+/// needs one, a NUL cuts a path short where the operating system reads it, and an ESC in an error
+/// message reaches the terminal of whoever reads it.
+std::optional<std::string> FindControlCharacter(const toml::node& node, const std::string& origin,
+                                                const std::string& path) {
+  if (const auto* table = node.as_table()) {
+    for (const auto& [key, value] : *table) {
+      const std::string name =
+          path.empty() ? std::string(key.str()) : path + "." + std::string(key.str());
+      if (HasControlCharacter(key.str())) {
+        return WhereLine(origin, key.source()) + ": the key \"" + EscapeControl(name) +
+               "\" holds a control character";
+      }
+      if (auto found = FindControlCharacter(value, origin, name)) return found;
+    }
+  } else if (const auto* array = node.as_array()) {
+    for (std::size_t i = 0; i < array->size(); ++i) {
+      if (auto found =
+              FindControlCharacter((*array)[i], origin, path + "[" + std::to_string(i) + "]")) {
+        return found;
+      }
+    }
+  } else if (const auto* text = node.as_string()) {
+    // A multi-line string holds newlines and may hold tabs: EscapeControl keeps those two and
+    // writes every other control character out.
+    const std::string shown = EscapeControl(text->get());
+    if (shown != text->get()) {
+      return WhereLine(origin, node.source()) + ": " + EscapeControl(path) + " = \"" + shown +
+             "\" holds a control character";
+    }
+  }
+  return std::nullopt;
+}
+
 // ---------------------------------------------------------------------------------------------
 // ConfigDocument
 
@@ -291,7 +327,10 @@ Expected<ConfigDocument> ConfigDocument::Parse(const std::string& text, const st
     const auto& pos = e.source().begin;
     return MakeError(ErrorCode::kParse, origin + ":" + std::to_string(pos.line) + ":" +
                                             std::to_string(pos.column) + ": " +
-                                            std::string(e.description()));
+                                            EscapeControl(e.description()));
+  }
+  if (auto control = FindControlCharacter(impl->root, origin, "")) {
+    return MakeError(ErrorCode::kParse, *control);
   }
   return ConfigDocument(std::move(impl));
 }
@@ -539,13 +578,19 @@ Expected<std::vector<ConfigTable>> ConfigTable::GetTableArray(const std::string&
 Status ConfigTable::RejectUnknownKeys() const {
   const std::vector<std::string> allowed(used_->begin(), used_->end());  // sorted: std::set
   const std::string allowed_text = allowed.empty() ? "none" : Join(allowed, ", ");
+  constexpr std::size_t kMaxListed = 20;  // a table of 90,000 unknown keys: 13 MB of message
   std::vector<std::string> lines;
+  std::size_t unknown = 0;
   for (const std::string& key : Keys()) {  // file order
-    if (used_->count(key) != 0) continue;
+    if (used_->count(key) != 0 || ++unknown > kMaxListed) continue;
     lines.push_back(WhereKey(key) + ": unknown key " + KeyPath(key) + " (allowed: " + allowed_text +
                     ")");
   }
   if (lines.empty()) return {};
+  if (unknown > kMaxListed) {
+    lines.push_back(Where() + ": and " + std::to_string(unknown - kMaxListed) +
+                    " more unknown keys in " + (path_.empty() ? "the top level" : path_));
+  }
   return MakeError(ErrorCode::kInvalidArgument, Join(lines, "\n"));
 }
 

@@ -35,4 +35,49 @@ std::string Base64Encode(const std::string& bytes) {
   return out;
 }
 
+namespace {
+
+/// The length of the control character at text[i], or 0: a C0 control or DEL (one byte), or a C1
+/// control written in UTF-8 (U+0080 to U+009F: 0xC2 then 0x80 to 0x9F), which some terminals
+/// obey as they do ESC [.
+std::size_t ControlAt(std::string_view text, std::size_t i) {
+  const auto byte = static_cast<unsigned char>(text[i]);
+  if (byte < 0x20 || byte == 0x7f) return 1;
+  if (byte == 0xc2 && i + 1 < text.size()) {
+    const auto next = static_cast<unsigned char>(text[i + 1]);
+    if (next >= 0x80 && next <= 0x9f) return 2;
+  }
+  return 0;
+}
+
+}  // namespace
+
+bool HasControlCharacter(std::string_view text) {
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if (ControlAt(text, i) != 0) return true;
+  }
+  return false;
+}
+
+std::string EscapeControl(std::string_view text) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(text.size());
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const std::size_t n = ControlAt(text, i);
+    if (n == 0 || text[i] == '\n' || text[i] == '\t') {
+      out.push_back(text[i]);
+      continue;
+    }
+    for (std::size_t k = i; k < i + n; ++k) {
+      const auto byte = static_cast<unsigned char>(text[k]);
+      out += "\\x";
+      out.push_back(kHex[byte >> 4]);
+      out.push_back(kHex[byte & 15]);
+    }
+    i += n - 1;
+  }
+  return out;
+}
+
 }  // namespace mewm

@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
+#include <limits>
 #include <vector>
 
+#include "mewm/tace/plan_space.h"
 #include "mewm/world/synthetic_world.h"
 
 namespace mewm::streaming {
@@ -23,7 +25,32 @@ constexpr double kCohortBytesPerVoxel = 6.0;
 constexpr double kResultBytesPerVoxel = 3.0;
 constexpr double kResultNiftiBytesPerVoxel = 3.0;
 constexpr double kGenerateSecondsPerVoxel = 1.5e-6;
-constexpr double kPlanSecondsPerBeamSample = 0.5;
+// Simulations per beam x sample: beam search with the shipped action base and horizons 2/2 ran 216
+// simulations at 5 x 4 (10.8 each), MeWM's reference loop 384 (19.2), counted by `mewm bench
+// dynamics`. Planning took 0.43 s per beam x sample above, so 0.04 s per simulation, rounded up.
+constexpr std::uint64_t kSimulationsPerBeamSample = 11;
+constexpr std::uint64_t kReferenceSimulationsPerBeamSample = 20;
+constexpr double kPlanSecondsPerSimulation = 0.05;
+
+/// What the search simulates per patient (CostEstimate::simulations).
+std::uint64_t Simulations(const scenarios::ScenarioSpec& spec) {
+  const auto samples = std::uint64_t(std::max(0, spec.planner.samples));
+  switch (spec.planner.search) {
+    case scenarios::SearchMode::kExhaustive: {
+      const std::uint64_t plans = PlanSpaceBound(spec.actions, spec.planner.drug_horizon,
+                                                 spec.planner.embolic_horizon, spec.protocol);
+      return samples == 0 || plans <= std::numeric_limits<std::uint64_t>::max() / samples
+                 ? plans * samples
+                 : std::numeric_limits<std::uint64_t>::max();
+    }
+    case scenarios::SearchMode::kReference:
+      return std::uint64_t(std::max(0, spec.planner.beams)) * samples *
+             kReferenceSimulationsPerBeamSample;
+    case scenarios::SearchMode::kBeam:
+      break;
+  }
+  return std::uint64_t(std::max(0, spec.planner.beams)) * samples * kSimulationsPerBeamSample;
+}
 
 std::string Gb(double bytes) {
   char text[32];
@@ -42,6 +69,7 @@ std::string Hours(double seconds) {
 CostEstimate EstimateCost(const scenarios::ScenarioSpec& spec) {
   CostEstimate cost;
   cost.beam_samples = spec.planner.beams * spec.planner.samples;
+  cost.simulations = Simulations(spec);
   if (spec.cohort.source != scenarios::CohortSpec::Source::kSynthetic) return cost;
   scenarios::WorldConfig world;  // the runner generates with the default world at this spacing
   world.spacing_mm = spec.cohort.spacing_mm;
@@ -57,7 +85,7 @@ CostEstimate EstimateCost(const scenarios::ScenarioSpec& spec) {
       kResultBytesPerVoxel + (spec.results.nifti ? kResultNiftiBytesPerVoxel : 0.0);
   cost.disk_bytes = std::uint64_t(n * voxels * (kCohortBytesPerVoxel + result_bytes));
   cost.seconds = n * (voxels * kGenerateSecondsPerVoxel +
-                      double(cost.beam_samples) * kPlanSecondsPerBeamSample);
+                      double(cost.simulations) * kPlanSecondsPerSimulation);
   return cost;
 }
 
@@ -78,6 +106,18 @@ Status CheckAdmission(const CostEstimate& cost, const AdmissionLimits& limits) {
     over.push_back("beams x samples: planner.beams x planner.samples = " +
                    std::to_string(cost.beam_samples) + " is over the limit of " +
                    std::to_string(limits.max_beam_samples) + " (--max-beam-samples)");
+  }
+  // Outcomes per patient, bounded at what the costliest search (the reference loop) simulates at
+  // the beams x samples limit. Beam and reference searches are bounded by beams x samples
+  // already; this bounds exhaustive search, whose cost is the plan space x samples.
+  const std::uint64_t max_simulations =
+      std::uint64_t(std::max(0, limits.max_beam_samples)) * kReferenceSimulationsPerBeamSample;
+  if (max_simulations > 0 && cost.simulations > max_simulations &&
+      cost.beam_samples <= limits.max_beam_samples) {
+    over.push_back("simulations: an estimated " + std::to_string(cost.simulations) +
+                   " outcomes per patient is over the limit of " + std::to_string(max_simulations) +
+                   " (--max-beam-samples x " + std::to_string(kReferenceSimulationsPerBeamSample) +
+                   ", what the reference search simulates at that limit)");
   }
   if (limits.max_disk_bytes > 0 && cost.disk_bytes > limits.max_disk_bytes) {
     over.push_back("disk: an estimated " + Gb(double(cost.disk_bytes)) + " is over the limit of " +

@@ -10,6 +10,7 @@
 #include <zmq_addon.hpp>
 
 #include "mewm/core/file_util.h"
+#include "mewm/core/text.h"
 #include "mewm/streaming/admission.h"
 #include "zmq_util.h"
 
@@ -34,6 +35,11 @@ struct Refusal {
 /// whatever lies at the path, so a refusal tells nothing about files outside the root.
 Expected<fs::path> Confine(const fs::path& root, const char* root_name, const std::string& path,
                            const std::string& key) {
+  // A NUL would cut the path short where the system opens it, after the check read it whole.
+  if (HasControlCharacter(path)) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     key + " = \"" + EscapeControl(path) + "\" holds a control character");
+  }
   const fs::path p(path);
   for (const auto& part : p) {
     if (part == "..") {

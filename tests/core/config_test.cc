@@ -360,6 +360,59 @@ TEST_F(ConfigTest, ParseErrorsGiveLineAndColumn) {
   EXPECT_GT(m.size(), second_colon + 2);
 }
 
+TEST_F(ConfigTest, ControlCharactersInKeysAndStringsAreRefusedWithTheirLine) {
+  // TOML's escapes can write any control character. A NUL cut a server's path short where the
+  // file was opened, after the check had read the whole path; an ESC reached the terminal of
+  // whoever read the error.
+  struct Case {
+    std::string text;
+    std::string says;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"[run]\nseed = 1\noutput = \"/etc/shadow\\u0000/../x\"\n",
+            "bad.toml:3: run.output = \"/etc/shadow\\x00/../x\" holds a control character"},
+           {"[run]\nname = \"a\\u001b[2Jb\"\n",
+            "bad.toml:2: run.name = \"a\\x1b[2Jb\" holds a control character"},
+           {"[run]\nlist = [\"ok\", \"cr\\r\"]\n",
+            "bad.toml:2: run.list[1] = \"cr\\x0d\" holds a control character"},
+           {"[run]\n\"k\\u0007\" = 1\n",
+            "bad.toml:2: the key \"run.k\\x07\" holds a control character"},
+           {"[run]\ncsi = \"\\u009b2J\"\n",
+            "bad.toml:2: run.csi = \"\\xc2\\x9b2J\" holds a control character"},
+       }) {
+    auto doc = ConfigDocument::Parse(c.text, "bad.toml");
+    ASSERT_FALSE(doc.has_value()) << c.text;
+    EXPECT_EQ(doc.error().code, ErrorCode::kParse);
+    EXPECT_EQ(doc.error().message, c.says);
+  }
+  // A string may hold newlines and tabs (a multi-line string does); a key may not.
+  const ConfigDocument lines = Doc("[run]\nt = \"a\\tb\\nc\"\n");
+  EXPECT_EQ(*lines.Root().GetTable("run")->GetString("t"), "a\tb\nc");
+  EXPECT_FALSE(ConfigDocument::Parse("[run]\n\"a\\tb\" = 1\n", "bad.toml"));
+  // Raw control bytes are the parser's errors, whose text is escaped too.
+  auto raw = ConfigDocument::Parse("a = \"\x1b[2J\"\n", "raw.toml");
+  ASSERT_FALSE(raw.has_value());
+  EXPECT_EQ(raw.error().message.find('\x1b'), std::string::npos) << raw.error().message;
+  // Other UTF-8 text (an accent, a no-break space, sharp s) is not a control character.
+  const ConfigDocument doc = Doc("[run]\nname = \"\xc3\xa9tude \xc2\xa0 \xc3\x9f\"\n");
+  EXPECT_EQ(*doc.Root().GetTable("run")->GetString("name"), "\xc3\xa9tude \xc2\xa0 \xc3\x9f");
+}
+
+TEST_F(ConfigTest, UnknownKeysPastTwentyAreCountedNotListed) {
+  std::string text = "[planner]\nbeams = 4\n";
+  for (int i = 0; i < 90000; ++i) text += "k" + std::to_string(i) + " = 1\n";
+  const ConfigDocument doc = Doc(text);
+  auto planner = doc.Root().GetTable("planner");
+  (void)planner->GetInt("beams");
+  const std::string message = planner->RejectUnknownKeys().error().message;
+  EXPECT_EQ(std::count(message.begin(), message.end(), '\n'), 20);
+  EXPECT_EQ(message.rfind("scenario.toml:3: unknown key planner.k0 (allowed: beams)\n", 0), 0u);
+  EXPECT_NE(message.find("scenario.toml:22: unknown key planner.k19 (allowed: beams)\n"
+                         "scenario.toml:1: and 89980 more unknown keys in planner"),
+            std::string::npos)
+      << message.substr(0, 2000);
+}
+
 TEST_F(ConfigTest, DuplicateKeysAreParseErrors) {
   auto doc = ConfigDocument::Parse("[run]\nseed = 1\nseed = 2\n", "dup.toml");
   ASSERT_FALSE(doc.has_value());

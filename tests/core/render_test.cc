@@ -43,6 +43,23 @@ TEST(TextTest, Base64MatchesTheRfc4648Vectors) {
   EXPECT_EQ(Base64Encode(std::string("\xff\xfe\x00", 3)), "//4A");
 }
 
+TEST(TextTest, ControlCharactersAreFoundAndEscapedButNewlinesTabsAndUtf8Kept) {
+  EXPECT_FALSE(HasControlCharacter(""));
+  EXPECT_FALSE(HasControlCharacter("plain text, \xc3\xa9t\xc3\xa9 \xc2\xa0 \xe2\x82\xac"));
+  for (const std::string& bad :
+       {std::string("a\0b", 3), std::string("\x1b[2J"), std::string("\r"), std::string("\n"),
+        std::string("\t"), std::string("\x7f"), std::string("\xc2\x9b"), std::string("\xc2\x80")}) {
+    EXPECT_TRUE(HasControlCharacter(bad)) << EscapeControl(bad);
+  }
+  EXPECT_EQ(EscapeControl(std::string("/etc/shadow\0/x", 14)), "/etc/shadow\\x00/x");
+  EXPECT_EQ(EscapeControl("\x1b]0;PWNED\x07 ok\r"), "\\x1b]0;PWNED\\x07 ok\\x0d");
+  EXPECT_EQ(EscapeControl("line one\nline\ttwo"), "line one\nline\ttwo");
+  EXPECT_EQ(EscapeControl("\xc2\x9b"
+                          "2J \xc2\xa0 \xc3\xa9 \x7f"),
+            "\\xc2\\x9b2J \xc2\xa0 \xc3\xa9 \\x7f");
+  EXPECT_EQ(EscapeControl("\xc2"), "\xc2");  // a truncated sequence is not a control character
+}
+
 TEST_F(RenderTest, EncodePngGivesTheBytesWritePngWrites) {
   const RgbImage image{2, 1, {255, 0, 0, 0, 0, 255}};
   auto bytes = EncodePng(image);

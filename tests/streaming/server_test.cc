@@ -609,6 +609,19 @@ TEST_F(ServerTest, InvalidScenariosAndEscapingPathsAreRejected) {
   absolute.replace(absolute.find("\"runs\""), 6, "\"/tmp/elsewhere\"");
   expect({absolute, "", ""}, ReplyError::kForbiddenPath, "outside");
   expect({Toml(), "", "../outside/s.toml"}, ReplyError::kForbiddenPath, "..");
+  // A NUL cut the path short where the file was opened, after the check had normalised the
+  // whole text: "/etc/shadow\0/../<base>/models/cox.json" passed as inside and opened
+  // /etc/shadow. An ESC would reach the terminal of whoever reads the reply.
+  const std::string base = fs::absolute(dir_.path()).string();
+  std::string nul = Toml();
+  nul.replace(nul.find("\"models/cox.json\""), 17,
+              "\"/etc/shadow\\u0000/../../../../../.." + base + "/models/cox.json\"");
+  expect({nul, "", ""}, ReplyError::kInvalidScenario, "survival.model = \"/etc/shadow\\x00/../");
+  std::string esc = Toml();
+  esc.replace(esc.find("\"runs\""), 6, "\"runs\\u001b[2J\"");
+  expect({esc, "", ""}, ReplyError::kInvalidScenario, "run.output = \"runs\\x1b[2J\"");
+  expect({Toml(), "", std::string("s.toml\0/../../x", 15)}, ReplyError::kForbiddenPath,
+         "scenario path = \"s.toml\\x00/../../x\" holds a control character");
   EXPECT_TRUE(client->ListRuns()->empty());  // nothing was queued
 }
 
@@ -1148,12 +1161,22 @@ TEST_F(ServerTest, SubmitsOverAnAdmissionLimitAreRefusedNamingTheLimit) {
   std::string wide = Toml();
   wide.replace(wide.find("beams = 2\nsamples = 2"), 21, "beams = 64\nsamples = 64");
   EXPECT_NE(refusal(wide).find("beams x samples"), std::string::npos);
+  // An exhaustive search has no beams to count: it simulates its whole plan space (185 plans of
+  // the shipped base at horizons 2/2, bounded at 230) x samples. One beam of 64 samples was
+  // admitted as if it were cheap.
+  std::string exhaustive = Toml();
+  exhaustive.replace(exhaustive.find("beams = 2\nsamples = 2"), 21,
+                     "beams = 1\nsamples = 64\nsearch = \"exhaustive\"");
+  EXPECT_NE(refusal(exhaustive)
+                .find("simulations: an estimated 14720 outcomes per patient is over "
+                      "the limit of 5120 (--max-beam-samples x 20"),
+            std::string::npos);
   // Nothing was queued or written; the refusals are counted.
   EXPECT_TRUE(client->ListRuns()->empty());
   EXPECT_FALSE(fs::exists(dir_.File("results/runs")));
   auto health = client->GetHealth();
   ASSERT_TRUE(health);
-  EXPECT_EQ(health->rejected_submits, 2u);
+  EXPECT_EQ(health->rejected_submits, 3u);
   // Health reports the limits in force.
   const AdmissionLimits defaults;
   EXPECT_EQ(health->limits.max_patients, defaults.max_patients);

@@ -30,6 +30,22 @@ TEST(PlanSpaceTest, LargerEmbolicHorizonExcludesConflictingPairs) {
   EXPECT_EQ(plans->size(), 1u + 4u + 6u - 2u);
 }
 
+TEST(PlanSpaceTest, TheBoundCountsThePlansBeforeTheRulesRemoveAny) {
+  const ActionBase& base = ActionBase::Default();
+  // Drugs: 1 + 9 + 36 subsets of at most 2 (the rules then remove 9 pairs); embolics: Lipiodol
+  // alone or with one of 4 others.
+  EXPECT_EQ(PlanSpaceBound(base, 2, 2), 46u * 5u);
+  EXPECT_GE(PlanSpaceBound(base, 2, 2), EnumeratePlans(base, 2, 2)->size());
+  EXPECT_EQ(PlanSpaceBound(base, 0, 3), 1u + 4u + 6u);
+  EXPECT_GE(PlanSpaceBound(base, 0, 3), EnumeratePlans(base, 0, 3)->size());
+  EXPECT_EQ(PlanSpaceBound(base, 0, 1), 1u);  // Lipiodol alone
+  EXPECT_EQ(PlanSpaceBound(base, 4, 5), (1u + 9u + 36u + 84u + 126u) * 16u);
+  // Where EnumeratePlans fails, 0.
+  EXPECT_EQ(PlanSpaceBound(base, -1, 2), 0u);
+  EXPECT_EQ(PlanSpaceBound(base, 2, 0), 0u);
+  EXPECT_EQ(PlanSpaceBound(base, 2, 2, "DEB-TACE"), 0u);
+}
+
 TEST(PlanSpaceTest, BadHorizonsAndProtocolsAreErrors) {
   EXPECT_FALSE(EnumeratePlans(ActionBase::Default(), -1, 2));
   EXPECT_FALSE(EnumeratePlans(ActionBase::Default(), 2, 0));

@@ -14,6 +14,7 @@
 
 #include "commands.h"
 #include "mewm/core/file_util.h"
+#include "mewm/core/text.h"
 #include "mewm/streaming/client.h"
 #include "mewm/streaming/server.h"
 #include "terminal_sink.h"
@@ -135,7 +136,8 @@ int WatchRuns(streaming::Client& client, const std::string& run_id, bool json) {
         auto& display = displays[e.event.run_id];
         if (!display) {
           display = std::make_unique<TerminalSink>(false);
-          if (run_id.empty()) std::fprintf(stderr, "== %s\n", e.event.run_id.c_str());
+          if (run_id.empty())
+            std::fprintf(stderr, "== %s\n", EscapeControl(e.event.run_id).c_str());
         }
         (void)display->Emit(e.event);
         return true;
@@ -147,12 +149,15 @@ int WatchRuns(streaming::Client& client, const std::string& run_id, bool json) {
   return ExitCodeOf(*status);
 }
 
+/// One run's line, with the server's text escaped (EscapeControl): a run's output folder is what a
+/// submitter wrote, and the server is another party.
 std::string Row(const streaming::RunStatus& run) {
   char line[512];
   std::snprintf(line, sizeof(line), "%-28s %-10s %3d/%-3d failed %-3d seq %-7llu %s",
-                run.run_id.c_str(), streaming::ToString(run.state), run.patients_done,
-                run.patients_total, run.patients_failed,
-                static_cast<unsigned long long>(run.last_seq), run.output_dir.c_str());
+                EscapeControl(run.run_id).c_str(), streaming::ToString(run.state),
+                run.patients_done, run.patients_total, run.patients_failed,
+                static_cast<unsigned long long>(run.last_seq),
+                EscapeControl(run.output_dir).c_str());
   return line;
 }
 
@@ -287,7 +292,7 @@ Action RegisterSubmit(CLI::App& app) {
     const std::string path = fs::path(o->scenario).lexically_normal().string();
     auto submitted = (*client)->Submit({*text, o->request_id, path});
     if (!submitted) return Fail(submitted.error());
-    std::cout << submitted->run_id << std::endl;
+    std::cout << EscapeControl(submitted->run_id) << std::endl;
     if (!o->wait) return 0;
     return WatchRuns(**client, submitted->run_id, o->json);
   };
@@ -326,7 +331,7 @@ Action RegisterStatus(CLI::App& app) {
       auto status = (*client)->GetStatus(o->run);
       if (!status) return Fail(status.error());
       std::cout << Row(*status) << "\n";
-      if (!status->error.empty()) std::cout << "error: " << status->error << "\n";
+      if (!status->error.empty()) std::cout << "error: " << EscapeControl(status->error) << "\n";
       return 0;
     }
     auto health = (*client)->GetHealth();
@@ -337,7 +342,7 @@ Action RegisterStatus(CLI::App& app) {
         "up %.0f s, queue %d/%d, active %s, published %llu, dropped %llu, bad requests "
         "%llu, rejected %llu, auth failures %llu\n",
         health->uptime_seconds, health->queue_depth, health->queue_capacity,
-        health->active_run.empty() ? "-" : health->active_run.c_str(),
+        health->active_run.empty() ? "-" : EscapeControl(health->active_run).c_str(),
         static_cast<unsigned long long>(health->events_published),
         static_cast<unsigned long long>(health->events_dropped),
         static_cast<unsigned long long>(health->bad_requests),
@@ -349,10 +354,11 @@ Action RegisterStatus(CLI::App& app) {
         "(0 = none)\n",
         limits.max_patients, static_cast<unsigned long long>(limits.max_voxels),
         limits.max_beam_samples, double(limits.max_disk_bytes) / 1e9, limits.max_seconds / 3600.0);
-    for (const auto& model : health->models_loaded) std::printf("model %s\n", model.c_str());
+    for (const auto& model : health->models_loaded)
+      std::printf("model %s\n", EscapeControl(model).c_str());
     for (const auto& stage : health->stages) {
       if (stage.count == 0) continue;
-      std::printf("stage %-9s %8llu calls, mean %.4f s\n", stage.stage.c_str(),
+      std::printf("stage %-9s %8llu calls, mean %.4f s\n", EscapeControl(stage.stage).c_str(),
                   static_cast<unsigned long long>(stage.count),
                   stage.sum_seconds / double(stage.count));
     }

@@ -222,6 +222,11 @@ Action AddTuringServe(CLI::App& turing) {
 
     httplib::Server server;
     server.set_payload_max_length(kMaxBody);
+    // cpp-httplib holds one thread of its pool per connection for as long as the client keeps
+    // sending, with no deadline for the request's head: 8 clients sending a header line a second
+    // (its default pool) stalled every reader. 64 threads raise that bar well above a study's
+    // readers; the pool's threads sleep until a connection comes.
+    server.new_task_queue = [] { return new httplib::ThreadPool(64); };
     server.Get("/", [](const httplib::Request&, httplib::Response& res) {
       res.set_content(TuringPageHtml(), "text/html; charset=utf-8");
     });

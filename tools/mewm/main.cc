@@ -10,6 +10,7 @@
 
 #include "commands.h"
 #include "mewm/core/log.h"
+#include "mewm/core/text.h"
 #include "mewm/core/version.h"
 #include "mewm/dynamics/diffusion_backend.h"
 #include "mewm/policy/vlm_backend.h"
@@ -18,7 +19,9 @@
 namespace mewm::cli {
 
 int Fail(const Error& error) {
-  std::cerr << "mewm: error: " << error.message << " [" << ErrorCodeName(error.code) << "]\n";
+  // Messages quote what others wrote (a server's reply, a file's text): never raw control bytes.
+  std::cerr << "mewm: error: " << EscapeControl(error.message) << " [" << ErrorCodeName(error.code)
+            << "]\n";
   return 1;
 }
 

@@ -13,7 +13,7 @@
 namespace mewm::cli {
 
 std::string PlanText(const std::vector<std::string>& items) {
-  return items.empty() ? "none" : Join(items, "+");
+  return items.empty() ? "none" : EscapeControl(Join(items, "+"));
 }
 
 TerminalSink::TerminalSink(bool quiet) : quiet_(quiet), tty_(::isatty(STDERR_FILENO) != 0) {}
@@ -25,13 +25,14 @@ Status TerminalSink::Emit(const scenarios::Event& event) {
 }
 
 void TerminalSink::Show(const scenarios::RunAccepted& e) {
-  std::fprintf(stderr, "run %s accepted (queue position %d), results in %s\n", e.scenario.c_str(),
-               e.queue_position, e.output_dir.c_str());
+  std::fprintf(stderr, "run %s accepted (queue position %d), results in %s\n",
+               EscapeControl(e.scenario).c_str(), e.queue_position,
+               EscapeControl(e.output_dir).c_str());
 }
 
 void TerminalSink::Show(const scenarios::Progress& e) {
   if (!tty_) return;  // the embedded runner shows its own bar; a watcher's line is enough
-  std::fprintf(stderr, "\r%s %d/%d\x1b[K", e.stage.c_str(), e.done, e.total);
+  std::fprintf(stderr, "\r%s %d/%d\x1b[K", EscapeControl(e.stage).c_str(), e.done, e.total);
   std::fflush(stderr);
 }
 
@@ -40,12 +41,13 @@ void TerminalSink::Show(const scenarios::RunStarted& e) {
   start_ = Clock::now();
   total_ = e.patients;
   std::fprintf(stderr, "run %s: %d patients to plan (%d skipped), results in %s\n",
-               e.scenario.c_str(), e.patients, e.skipped, e.output_dir.c_str());
+               EscapeControl(e.scenario).c_str(), e.patients, e.skipped,
+               EscapeControl(e.output_dir).c_str());
 }
 
 void TerminalSink::Show(const scenarios::PatientStarted& e) {
   index_ = e.index;
-  patient_ = e.patient_id;
+  patient_ = EscapeControl(e.patient_id);
   candidates_ = 0;
   step_ = 0;
   stage_ = "proposal";
@@ -54,11 +56,13 @@ void TerminalSink::Show(const scenarios::PatientStarted& e) {
   Redraw();
 }
 
-void TerminalSink::Show(const scenarios::ProposalMade& e) { rationale_ = e.rationale; }
+void TerminalSink::Show(const scenarios::ProposalMade& e) {
+  rationale_ = EscapeControl(e.rationale);
+}
 
 void TerminalSink::Show(const scenarios::CandidateEvaluated& e) {
   ++candidates_;
-  stage_ = e.stage;
+  stage_ = EscapeControl(e.stage);
   step_ = e.step;
   Redraw();
 }
@@ -75,11 +79,11 @@ void TerminalSink::Show(const scenarios::BeamUpdated& e) {
 
 void TerminalSink::Show(const scenarios::PlanDecided& e) {
   ClearLine();
-  std::fprintf(stderr, "%-8s %-48s risk %.3f +- %.3f  median OS %s\n", e.patient_id.c_str(),
-               PlanText(e.best.plan).c_str(), e.best.risk_mean, e.best.risk_std,
-               e.median_months < 0
-                   ? "> follow-up"
-                   : (std::to_string(std::lround(e.median_months)) + " mo").c_str());
+  std::fprintf(
+      stderr, "%-8s %-48s risk %.3f +- %.3f  median OS %s\n", EscapeControl(e.patient_id).c_str(),
+      PlanText(e.best.plan).c_str(), e.best.risk_mean, e.best.risk_std,
+      e.median_months < 0 ? "> follow-up"
+                          : (std::to_string(std::lround(e.median_months)) + " mo").c_str());
   if (!rationale_.empty()) std::fprintf(stderr, "%-8s proposal: %s\n", "", rationale_.c_str());
 }
 
@@ -88,7 +92,8 @@ void TerminalSink::Show(const scenarios::PatientFinished&) { ++done_; }
 void TerminalSink::Show(const scenarios::PatientFailed& e) {
   ++done_;
   ClearLine();
-  std::fprintf(stderr, "%-8s FAILED: %s\n", e.patient_id.c_str(), e.error.c_str());
+  std::fprintf(stderr, "%-8s FAILED: %s\n", EscapeControl(e.patient_id).c_str(),
+               EscapeControl(e.error).c_str());
 }
 
 void TerminalSink::Show(const scenarios::RunFinished& e) {
@@ -99,7 +104,7 @@ void TerminalSink::Show(const scenarios::RunFinished& e) {
 
 void TerminalSink::Show(const scenarios::RunFailed& e) {
   ClearLine();
-  std::fprintf(stderr, "run failed: %s\n", e.error.c_str());
+  std::fprintf(stderr, "run failed: %s\n", EscapeControl(e.error).c_str());
 }
 
 void TerminalSink::Show(const scenarios::RunCancelled& e) {

@@ -36,12 +36,24 @@ class Problems {
     if (!status) Add(status.error().message);
   }
   bool empty() const { return messages_.empty(); }
+  /// Every problem, one per indented line; past kMaxLines lines, how many more there are. Built
+  /// in one pass: a submitted scenario of 90,000 unknown keys took 15 s when each line break was
+  /// spliced into the text, and the server answered nothing else meanwhile.
   Error ToError(const std::string& origin) const {
-    std::string text = Join(messages_, "\n");
-    for (std::size_t at = text.find('\n'); at != std::string::npos; at = text.find('\n', at + 3)) {
-      text.replace(at, 1, "\n  ");
+    constexpr std::size_t kMaxLines = 100;
+    std::string text = "invalid scenario " + origin + ":";
+    std::size_t lines = 0;
+    for (const std::string& message : messages_) {
+      for (std::size_t begin = 0; begin <= message.size();) {
+        const std::size_t end = std::min(message.find('\n', begin), message.size());
+        if (++lines <= kMaxLines) text += "\n  " + message.substr(begin, end - begin);
+        begin = end + 1;
+      }
     }
-    return Error{ErrorCode::kInvalidArgument, "invalid scenario " + origin + ":\n  " + text};
+    if (lines > kMaxLines) {
+      text += "\n  ... and " + std::to_string(lines - kMaxLines) + " more";
+    }
+    return Error{ErrorCode::kInvalidArgument, std::move(text)};
   }
 
  private:

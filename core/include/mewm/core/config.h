@@ -93,8 +93,9 @@ class ConfigTable {
 
   /// kInvalidArgument naming every key of this table that no getter asked for, with its line and
   /// the allowed keys, one per line: "a.toml:7: unknown key planner.beamz (allowed: beams,
-  /// samples, search)". Call after reading all expected keys. Reads through any copy of this
-  /// view, or through another view of the same table, count (not thread-safe).
+  /// samples, search)"; past the first 20, how many more. Call after reading all expected keys.
+  /// Reads through any copy of this view, or through another view of the same table, count (not
+  /// thread-safe).
   Status RejectUnknownKeys() const;
 
  private:

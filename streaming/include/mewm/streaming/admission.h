@@ -18,9 +18,13 @@ namespace mewm::streaming {
 /// A submitted run's cost, estimated. A manifest cohort's size and images are the operator's own
 /// files, unknown here: its patients, voxels, disk and time are 0 (not estimated).
 struct CostEstimate {
-  int patients = 0;              ///< synthetic cohort.n
-  std::uint64_t voxels = 0;      ///< CT voxels per synthetic patient (the world's FOV / spacing)
-  int beam_samples = 0;          ///< planner beams x samples
+  int patients = 0;          ///< synthetic cohort.n
+  std::uint64_t voxels = 0;  ///< CT voxels per synthetic patient (the world's FOV / spacing)
+  int beam_samples = 0;      ///< planner beams x samples
+  /// Outcomes the search simulates per patient: beams x samples x 11 for beam search (216 for the
+  /// shipped 5 x 4, measured), x 20 for the reference loop (384), and for exhaustive search every
+  /// plan of the space (PlanSpaceBound) x samples.
+  std::uint64_t simulations = 0;
   std::uint64_t disk_bytes = 0;  ///< the generated cohort plus the run's results
   double seconds = 0.0;          ///< generation plus planning, on a 2-core machine
 };
@@ -30,7 +34,9 @@ struct CostEstimate {
 CostEstimate EstimateCost(const scenarios::ScenarioSpec& spec);
 
 /// kInvalidArgument naming every limit the estimate exceeds (limit = 0: none), with the estimate,
-/// the limit and the `mewm serve` flag that sets it; ok otherwise.
+/// the limit and the `mewm serve` flag that sets it; ok otherwise. The beams x samples limit also
+/// bounds the simulations per patient, at what the reference search simulates at that limit, so
+/// that an exhaustive search (whose beams do not count) is bounded too.
 Status CheckAdmission(const CostEstimate& cost, const AdmissionLimits& limits);
 
 }  // namespace mewm::streaming

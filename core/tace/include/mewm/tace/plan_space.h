@@ -6,6 +6,7 @@
 // further embolics up to an embolic horizon H_e that counts the mandatory embolics too.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -19,5 +20,12 @@ namespace mewm {
 Expected<std::vector<Plan>> EnumeratePlans(const ActionBase& actions, int drug_horizon,
                                            int embolic_horizon,
                                            const std::string& protocol = "cTACE");
+
+/// How many plans EnumeratePlans can give at most, counted without listing them: the subsets of
+/// drugs within the drug horizon times those of the optional embolics within the embolic horizon,
+/// before the base's rules remove any (saturating at UINT64_MAX). For estimating a search's cost
+/// where enumerating could itself be the cost (a large action base). 0 where EnumeratePlans fails.
+std::uint64_t PlanSpaceBound(const ActionBase& actions, int drug_horizon, int embolic_horizon,
+                             const std::string& protocol = "cTACE");
 
 }  // namespace mewm
