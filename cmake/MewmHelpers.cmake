@@ -66,7 +66,12 @@ function(mewm_add_test name)
   if(NOT labels)
     set(labels unit)
   endif()
-  gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT ${ARG_TIMEOUT})
+  # ctest runs two tests at once on two cores. libtorch's OpenMP workers spin for milliseconds after
+  # every parallel region unless told to sleep, and beside another busy process that spinning takes
+  # the cores both need: two generator runs side by side took 34 s each, 26 s with the passive
+  # policy (docs/BENCHMARKS.md, "OpenMP's wait policy"). The mewm processes a test starts inherit it.
+  gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60
+    PROPERTIES TIMEOUT ${ARG_TIMEOUT} ENVIRONMENT "OMP_WAIT_POLICY=PASSIVE")
   # Labels are set by a script of our own that ctest reads after the discovered tests: passed
   # through gtest_discover_tests' PROPERTIES, every label after the first was read as a property
   # name, so `ctest -L core` or `-L streaming` found nothing.
