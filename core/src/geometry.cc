@@ -58,13 +58,14 @@ Eigen::Vector3d Geometry::WorldToIndex(const Eigen::Vector3d& world) const {
 
 Status Geometry::Validate() const {
   for (int c = 0; c < 3; ++c) {
-    if (!std::isfinite(spacing[c]) || spacing[c] <= 0.0) {
+    if (!(spacing[c] >= kMinSpacingMm && spacing[c] <= kMaxSpacingMm)) {  // NaN fails too
       return MakeError(ErrorCode::kInvalidArgument,
-                       "spacing must be finite and > 0 mm (got " + ToString() + ")");
+                       "spacing must be between 0.001 and 100000 mm (got " + ToString() + ")");
     }
   }
-  if (!origin.allFinite()) {
-    return MakeError(ErrorCode::kInvalidArgument, "origin must be finite");
+  if (!(origin.cwiseAbs().maxCoeff() <= kMaxOriginMm)) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "origin must be finite and within 1e9 mm of 0 (got " + ToString() + ")");
   }
   const Eigen::Matrix3d gram = direction.transpose() * direction;
   if (!direction.allFinite() || (gram - Eigen::Matrix3d::Identity()).cwiseAbs().maxCoeff() > 1e-4) {

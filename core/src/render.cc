@@ -91,9 +91,22 @@ Expected<RgbImage> RenderSlice(const Volume& volume, const SliceSpec& spec,
   const double col_mm = volume.geometry().spacing[axes.col];
   const double row_mm = volume.geometry().spacing[axes.row];
   const double pixel_mm = std::min(col_mm, row_mm);
+  // Square pixels of the finer spacing: a slice of 0.001 x 1000 mm voxels would be a million times
+  // longer than it is wide (it ran out of memory; a larger ratio overflowed into an 8 x 1 image).
+  constexpr double kMaxSide = 16384.0;  // pixels, per side
+  const double width = double(ncols) * col_mm / pixel_mm,
+               height = double(nrows) * row_mm / pixel_mm;
+  if (!(width <= kMaxSide && height <= kMaxSide)) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "the " + std::string(PlaneName(spec.plane)) + " slice of '" + volume.name() +
+                         "' would be " + std::to_string(std::llround(std::min(width, 1e18))) +
+                         " x " + std::to_string(std::llround(std::min(height, 1e18))) +
+                         " pixels at its finer spacing (" + std::to_string(pixel_mm) +
+                         " mm); at most 16384 per side");
+  }
   RgbImage image;
-  image.width = std::max(1, int(std::lround(double(ncols) * col_mm / pixel_mm)));
-  image.height = std::max(1, int(std::lround(double(nrows) * row_mm / pixel_mm)));
+  image.width = std::max(1, int(std::lround(width)));
+  image.height = std::max(1, int(std::lround(height)));
   image.pixels.assign(std::size_t(image.width) * std::size_t(image.height) * 3, 0);
   for (int y = 0; y < image.height; ++y) {
     std::int64_t r = std::min<std::int64_t>(nrows - 1, std::int64_t((y + 0.5) * pixel_mm / row_mm));

@@ -24,12 +24,23 @@ Expected<Geometry> GeometryFromTransform(const openvdb::math::Transform& transfo
     return MakeError(ErrorCode::kUnsupported,
                      "grid transform is not linear (frustum maps are not supported)");
   }
-  const openvdb::math::Mat4d m = transform.baseMap()->getAffineMap()->getMat4();
+  openvdb::math::Mat4d m;
+  try {
+    // A file's map of scale 0 or NaN makes OpenVDB throw here, where it inverts the matrix.
+    m = transform.baseMap()->getAffineMap()->getMat4();
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kCorruptData,
+                     std::string("grid transform is unusable: ") + e.what());
+  }
   Eigen::Matrix4d a;
   for (int r = 0; r < 4; ++r) {
     for (int c = 0; c < 4; ++c) a(c, r) = m[r][c];
   }
-  return Geometry::FromAffine(a);
+  MEWM_TRY(Geometry geometry, Geometry::FromAffine(a));
+  if (Status valid = geometry.Validate(); !valid) {
+    return MakeError(ErrorCode::kCorruptData, "grid transform: " + valid.error().message);
+  }
+  return geometry;
 }
 
 namespace {

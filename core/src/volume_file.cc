@@ -8,12 +8,14 @@
 #include <cctype>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <optional>
 #include <set>
 #include <sstream>
 #include <unordered_set>
 
 #include "mewm/core/file_util.h"
+#include "mewm/core/limits.h"
 #include "mewm/core/nifti_io.h"
 #include "mewm/core/text.h"
 
@@ -197,11 +199,32 @@ Status WriteVolumeFile(const std::string& path, const VolumeSet& set, const std:
     }
     name = names.front();
   }
+  // The box the NIfTI covers, within the voxel limit: a grid's active voxels may lie far outside
+  // the extent its file recorded (one changed byte of a .vdb put them 10 million voxels out, and
+  // the conversion ran out of memory).
+  const auto covering = [&](const auto& volume) -> Expected<IndexBox> {
+    const IndexBox box = CoveringBox(volume);
+    const Index3 extent = box.extent();
+    std::uint64_t voxels = 1;
+    for (int a = 0; a < 3; ++a) {
+      if (__builtin_mul_overflow(voxels, std::uint64_t(extent[a]), &voxels)) {
+        voxels = std::numeric_limits<std::uint64_t>::max();
+      }
+    }
+    MEWM_RETURN_IF_ERROR(
+        CheckImageVoxels(path + "', grid '" + name,
+                         std::to_string(extent[0]) + " x " + std::to_string(extent[1]) + " x " +
+                             std::to_string(extent[2]) + " (the extent and every active voxel)",
+                         voxels, 4));
+    return box;
+  };
   if (auto it = set.scalars.find(name); it != set.scalars.end()) {
-    return WriteNifti(path, it->second.ToDense(CoveringBox(it->second)));
+    MEWM_TRY(const IndexBox box, covering(it->second));
+    return WriteNifti(path, it->second.ToDense(box));
   }
   if (auto it = set.labels.find(name); it != set.labels.end()) {
-    return WriteNiftiLabels(path, it->second.ToDense(CoveringBox(it->second)));
+    MEWM_TRY(const IndexBox box, covering(it->second));
+    return WriteNiftiLabels(path, it->second.ToDense(box));
   }
   MEWM_RETURN_IF_ERROR(set.Scalar(name));  // produces the "no grid, grids: ..." error
   return {};

@@ -79,6 +79,14 @@ TEST(FileUtilTest, ErrorsNameThePath) {
   EXPECT_NE(missing.error().message.find("none.txt"), std::string::npos);
   auto folder = ReadFile(dir.path().string());
   ASSERT_FALSE(folder);
+  // A device never ends: /dev/zero given as a calibration read until memory ran out.
+  for (const char* device : {"/dev/zero", "/dev/null"}) {
+    auto read = ReadFile(device);
+    ASSERT_FALSE(read) << device;
+    EXPECT_EQ(read.error().code, ErrorCode::kInvalidArgument);
+    EXPECT_NE(read.error().message.find(std::string(device) + "' is a device"), std::string::npos)
+        << read.error().message;
+  }
   auto no_parent = WriteFileAtomic(dir.File("a/b/c.txt"), "x");
   ASSERT_FALSE(no_parent);
   EXPECT_EQ(no_parent.error().code, ErrorCode::kIo);

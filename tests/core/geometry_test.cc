@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <Eigen/Geometry>
+#include <cmath>
 
 namespace mewm {
 namespace {
@@ -79,6 +80,21 @@ TEST(GeometryTest, ValidateRejectsBadSpacingAndDirection) {
   g = Geometry();
   g.direction(0, 1) = 0.3;
   EXPECT_FALSE(g.Validate());
+  // Sizes and positions OpenVDB cannot invert, or no scanner makes, are refused; the bounds pass.
+  for (const double spacing : {1e-300, 1e-4, 1e6, std::nan(""), HUGE_VAL}) {
+    g = Geometry();
+    g.spacing[2] = spacing;
+    EXPECT_FALSE(g.Validate()) << spacing;
+  }
+  for (const double origin : {1e30, -2e9, std::nan("")}) {
+    g = Geometry();
+    g.origin[0] = origin;
+    EXPECT_FALSE(g.Validate()) << origin;
+  }
+  g = Geometry();
+  g.spacing = Eigen::Vector3d(Geometry::kMinSpacingMm, Geometry::kMaxSpacingMm, 0.5);
+  g.origin = Eigen::Vector3d(-Geometry::kMaxOriginMm, Geometry::kMaxOriginMm, 0.0);
+  EXPECT_TRUE(g.Validate());
 }
 
 }  // namespace

@@ -125,6 +125,16 @@ TEST_F(RenderTest, ErrorsForBadIndexPlaneOverlayAndFiles) {
   spec = SliceSpec{};
   spec.window = HuWindow{10, 10};
   EXPECT_FALSE(RenderSlice(*ct_, spec));
+  // Pixels are square at the finer spacing: 0.001 x 1000 mm voxels would make a 4 x 4,000,000
+  // image (it ran out of memory).
+  Geometry needle;
+  needle.spacing = Eigen::Vector3d(0.001, 1000.0, 1.0);
+  auto thin = Volume::FromDense(DenseFloat({4, 4, 4}, needle, 0.0f), "thin");
+  ASSERT_TRUE(thin);
+  auto tall = RenderSlice(*thin, SliceSpec{});
+  ASSERT_FALSE(tall);
+  EXPECT_NE(tall.error().message.find("4 x 4000000 pixels"), std::string::npos)
+      << tall.error().message;
   ASSERT_TRUE(WriteFileAtomic(dir_.File("bad.png"), "not a png"));
   auto bad = ReadPng(dir_.File("bad.png"));
   ASSERT_FALSE(bad);

@@ -6,8 +6,10 @@
 #include <sys/resource.h>
 
 #include <Eigen/Geometry>
+#include <cmath>
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -64,6 +66,40 @@ TEST_F(VdbIoTest, RoundTripKeepsGridsGeometryValuesAndMetadata) {
   auto tumor = back->Label("tumor");
   ASSERT_TRUE(tumor);
   EXPECT_EQ(tumor->ToDense().data, set.labels.at("tumor").ToDense().data);
+}
+
+TEST_F(VdbIoTest, AnUnusableTransformInTheFileIsAnErrorNotACrash) {
+  // A voxel size of 0 or a NaN origin, patched into a valid file: OpenVDB threw while inverting the
+  // map, out of ReadVdb (`mewm inspect` exited 70).
+  Geometry g;
+  g.spacing = Eigen::Vector3d(0.8125, 0.8125, 0.8125);
+  g.origin = Eigen::Vector3d(-51.375, 7.0, 3.0);
+  DenseFloat ct({8, 8, 8}, g, 10.0f);
+  VolumeSet set;
+  set.scalars.emplace("ct", *Volume::FromDense(ct, "ct"));
+  const std::string path = dir_.File("p.vdb");
+  ASSERT_TRUE(WriteVdb(path, set));
+  ASSERT_TRUE(ReadVdb(path));
+  const std::string bytes = *ReadFile(path);
+  const auto patched = [&](double from, double to) {
+    std::string text = bytes, a(8, '\0'), b(8, '\0');
+    std::memcpy(a.data(), &from, 8);
+    std::memcpy(b.data(), &to, 8);
+    int count = 0;
+    for (auto at = text.find(a); at != std::string::npos; at = text.find(a, at + 8), ++count) {
+      text.replace(at, 8, b);
+    }
+    EXPECT_GT(count, 0) << from;
+    const std::string out = dir_.File("patched.vdb");
+    std::ofstream(out, std::ios::binary) << text;
+    return out;
+  };
+  for (const auto& [from, to] : std::vector<std::pair<double, double>>{
+           {0.8125, 0.0}, {0.8125, 1e-300}, {-51.375, std::nan("")}, {-51.375, 1e30}}) {
+    auto read = ReadVdb(patched(from, to));
+    ASSERT_FALSE(read) << from << " -> " << to;
+    EXPECT_NE(read.error().message.find("'ct'"), std::string::npos) << read.error().message;
+  }
 }
 
 TEST_F(VdbIoTest, HalfFloatStorageKeepsValuesWithinHalfAHounsfieldUnit) {

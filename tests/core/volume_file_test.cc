@@ -93,6 +93,21 @@ TEST_F(VolumeFileTest, AmbiguousOrUnknownTargetsAreErrors) {
   EXPECT_FALSE(WriteVolumeFile(dir_.File("x.png"), set));
 }
 
+TEST_F(VolumeFileTest, ANiftiCoveringActiveVoxelsFarOutsideTheExtentIsRefusedByTheVoxelLimit) {
+  // The NIfTI covers the extent and every active voxel. One changed byte of a .vdb put a voxel 10
+  // million voxels out, and the conversion ran out of memory instead of naming the limit.
+  VolumeSet set;
+  Volume ct = *Volume::FromDense(Ct(), "ct");
+  ct.SetValue(10'000'000, 0, 0, 50.0f);
+  set.scalars.emplace("ct", std::move(ct));
+  auto refused = WriteVolumeFile(dir_.File("far.nii.gz"), set);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("over the limit"), std::string::npos)
+      << refused.error().message;
+  EXPECT_NE(refused.error().message.find("far.nii.gz', grid 'ct'"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("far.nii.gz")));
+}
+
 // --kind auto: the evidence of files written by nibabel (tests/data/nifti/make_kind_fixtures.py).
 TEST_F(VolumeFileTest, AutoKindFollowsTheEvidenceOfFilesWrittenByNibabel) {
   const std::string folder = std::string(MEWM_TEST_DATA_DIR) + "/nifti/kind";

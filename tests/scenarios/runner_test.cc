@@ -712,6 +712,30 @@ TEST_F(RunnerTest, AFolderHoldingOnlyTheScenariosOwnCohortIsAcceptedAsEmpty) {
   EXPECT_FALSE(CheckRunFolder(Synthetic(), {}));
 }
 
+TEST_F(RunnerTest, AFolderHoldingOneFileOfTheUsersIsNotEmpty) {
+  // The one entry used to be taken for the cohort, which did not exist yet: the folder counted as
+  // empty, and the run overwrote a lone summary.csv of the user's without --force.
+  for (const char* name : {"notes.txt", "summary.csv", "events.jsonl"}) {
+    fs::remove_all(dir_.File("out"));
+    fs::create_directories(dir_.File("out"));
+    std::ofstream(dir_.File("out/") + name) << "a user's file";
+    auto refused = CheckRunFolder(Synthetic(), {});
+    ASSERT_FALSE(refused) << name;
+    EXPECT_NE(refused.error().message.find("is not empty"), std::string::npos)
+        << refused.error().message;
+    CollectingSink sink;
+    EXPECT_FALSE(Run(Synthetic(), {}, &sink)) << name;
+    auto kept = ReadFile(dir_.File("out/") + name);
+    ASSERT_TRUE(kept) << name;
+    EXPECT_EQ(*kept, "a user's file") << name;
+  }
+  // A file named like the cohort folder is not the cohort either.
+  fs::remove_all(dir_.File("out"));
+  fs::create_directories(dir_.File("out"));
+  std::ofstream(dir_.File("out/cohort")) << "a user's file";
+  EXPECT_FALSE(CheckRunFolder(Synthetic(), {}));
+}
+
 TEST(EventsTest, JsonRoundTripAndCutOffLastLine) {
   testing::TempDir dir;
   Event e{"run-1", 7, 123, CandidateEvaluated{"P1", "drug", 2, {{"A", "B"}, 0.5, 0.1}, true}};

@@ -261,6 +261,16 @@ TEST_F(TuringCliTest, ExportRefusesAKeyInsideTheExportAndForeignFolders) {
               " --key " + (*root_ / "k3.json").string());
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("must be even"), std::string::npos) << r.output;
+  // A crop of 1e5 mm allocated 4 GB before it failed (exit 70); inf exported a tiny crop.
+  for (const char* crop : {"0", "1e5", "inf", "nan"}) {
+    r = RunMewm("turing export --dynamics-backend mechanistic --calibration " + kCalibration +
+                " --n 2 --quiet --cohort " + cohort_ + " --crop-mm " + crop + " --out " +
+                (*root_ / "crop").string() + " --key " + (*root_ / "kc.json").string());
+    EXPECT_EQ(r.code, 1) << crop << ": " << r.output;
+    EXPECT_NE(r.output.find("--crop-mm must be > 0 and at most 1000 mm"), std::string::npos)
+        << r.output;
+    EXPECT_FALSE(std::filesystem::exists(*root_ / "kc.json")) << crop;
+  }
   // A key that does not hash to the manifest's key_sha256 is refused by audit and score.
   std::ofstream(k2, std::ios::app) << " ";
   r = RunMewm("turing audit " + again + " --key " + k2 + " --folds 2");

@@ -316,8 +316,11 @@ Status CheckExportOptions(const TuringExportOptions& options) {
                      "one synthetic case; got " +
                          std::to_string(options.n) + ")");
   }
-  if (!(options.crop_mm > 0.0)) {
-    return MakeError(ErrorCode::kInvalidArgument, "--crop-mm must be > 0");
+  // A metre holds any liver with room to spare; 1e5 mm asked for 4 GB of crop, 1e9 and inf worse.
+  if (!(options.crop_mm > 0.0 && options.crop_mm <= 1000.0)) {
+    return MakeError(
+        ErrorCode::kInvalidArgument,
+        "--crop-mm must be > 0 and at most 1000 mm (got " + std::to_string(options.crop_mm) + ")");
   }
   if (fs::exists(options.key)) {
     MEWM_TRY(const std::string text, ReadFile(options.key));

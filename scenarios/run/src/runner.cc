@@ -314,16 +314,20 @@ Expected<std::uint64_t> CheckFolder(const ScenarioSpec& spec, const RunOptions& 
   }
 
   // A folder holding nothing but this scenario's own synthetic cohort (generated there ahead of
-  // the run, as models/README.md shows) counts as empty.
+  // the run, as models/README.md shows) counts as empty. The one entry must be that cohort: a
+  // folder holding one file of the user's (notes.txt, or a summary.csv of their own) counted as
+  // empty while the cohort did not exist yet, and the run overwrote the file without --force.
   bool empty = fs::is_empty(dir, ec);
   if (!empty && spec.cohort.source == CohortSpec::Source::kSynthetic) {
     auto cohort = SyntheticCohortDir(spec, out);
     std::size_t entries = 0;
+    bool is_cohort = false;
     for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator(); ++it) {
       ++entries;
+      std::error_code same;
+      is_cohort = cohort && fs::equivalent(it->path(), *cohort, same);
     }
-    empty = cohort && entries == 1 && fs::equivalent(fs::path(*cohort).parent_path(), dir, ec) &&
-            IsEmptyOrMewmCohort(*cohort);
+    empty = entries == 1 && is_cohort && IsEmptyOrMewmCohort(*cohort);
   }
   const bool same_scenario = run && (*run)["scenario"].get<std::string>() == spec.name;
   if (!empty && !same_scenario && !log_is_ours) {

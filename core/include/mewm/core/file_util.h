@@ -28,7 +28,8 @@ Status WriteAtomically(const std::string& path,
 /// stays. kIo naming the path and the reason.
 Status CheckWritable(const std::string& path);
 
-/// Reads a whole file. kNotFound or kIo.
+/// Reads a whole file, a FIFO's included. kNotFound or kIo; kInvalidArgument for a device or a
+/// socket, which never end or are no file (ReadRegularFile also refuses FIFOs and bounds the size).
 Expected<std::string> ReadFile(const std::string& path);
 
 /// Reads a whole regular file of at most `max_bytes`, for files named by untrusted input. It never

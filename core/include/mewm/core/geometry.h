@@ -55,8 +55,17 @@ struct Geometry {
   Eigen::Vector3d IndexToWorld(const Eigen::Vector3d& index) const;
   Eigen::Vector3d WorldToIndex(const Eigen::Vector3d& world) const;
 
-  /// kInvalidArgument when spacing is non-positive or not finite, or direction not orthonormal.
+  /// kInvalidArgument when a spacing is outside [kMinSpacingMm, kMaxSpacingMm], the origin is not
+  /// finite or further than kMaxOriginMm from 0 on an axis, or direction is not orthonormal.
   Status Validate() const;
+
+  /// The voxel sizes and positions a volume may have. Wider than any scanner's (micro-CT voxels
+  /// are about 0.01 mm), narrow enough that OpenVDB's transforms stay invertible: a spacing of
+  /// 1e-300 mm or an origin of 1e30 mm made OpenVDB throw inside `inspect`, `convert`, `render`
+  /// and `import` (exit 70) where they now refuse the file.
+  static constexpr double kMinSpacingMm = 1e-3;
+  static constexpr double kMaxSpacingMm = 1e5;
+  static constexpr double kMaxOriginMm = 1e9;
 
   /// True when spacing, origin and direction agree within `tolerance`.
   bool ApproxEquals(const Geometry& other, double tolerance = 1e-5) const;
