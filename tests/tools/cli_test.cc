@@ -206,6 +206,41 @@ TEST_F(CliTest, TrainingChecksItsOutputsBeforeItStarts) {
   EXPECT_FALSE(std::filesystem::exists(dir_.File("d.pt")));
 }
 
+TEST_F(CliTest, OutputsInsideTheCommandsInputsAreRefusedBeforeAnythingIsRead) {
+  // `train survival --out COHORT/manifest.json` replaced the cohort it trained on; `turing score
+  // --json-out KEY` the study's answer key.
+  const std::string cohort = dir_.File("cohort");
+  std::filesystem::create_directories(cohort + "/answers");
+  std::ofstream(cohort + "/manifest.json") << "the user's manifest";
+  const std::string key = dir_.File("key.json");
+  std::ofstream(key) << "the study's key";
+  for (const std::string& args :
+       {"train survival --cohort " + cohort + " --out " + cohort + "/manifest.json",
+        "train mechanistic --cohort " + cohort + " --out " + cohort + "/m.json",
+        "train survival --cohort " + dir_.File("none") + " --eval-cohort " + cohort + " --out " +
+            cohort + "/answers/../s.json",
+        "train dynamics --cohort " + cohort + " --out " + cohort + "/d.pt",
+        "train policy --cohort " + cohort + " --out " + cohort + "/p.pt",
+        "turing score " + cohort + " --key " + key + " --json-out " + key,
+        "turing score " + cohort + " --key " + key + " --plot " + cohort + "/answers/a.png",
+        "turing audit " + cohort + " --key " + key + " --json-out " + dir_.File(".") +
+            "/key.json"}) {
+    const Result r = RunMewm(args);
+    EXPECT_EQ(r.code, 1) << args << ": " << r.output;
+    EXPECT_NE(r.output.find("which this command reads and does not replace"), std::string::npos)
+        << args << ": " << r.output;
+  }
+  const auto text = [](const std::string& path) {
+    std::ifstream in(path);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  EXPECT_EQ(text(cohort + "/manifest.json"), "the user's manifest");
+  EXPECT_EQ(text(key), "the study's key");
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(cohort),
+                          std::filesystem::directory_iterator()),
+            2);  // manifest.json and answers/, nothing written
+}
+
 TEST_F(CliTest, AMissingTableIsNamedByTheBinary) {
   // A scenario without its [cohort] table: the message names the table, never a placeholder.
   const std::string scenario = dir_.File("s.toml");

@@ -164,6 +164,8 @@ void AddTrainRuntimeOptions(CLI::App* sub, TrainDynamicsOptions* o) {
 /// run fails now rather than after an hour of training.
 Status CheckTrainOutputs(const TrainDynamicsOptions& o) {
   if (auto writable = CheckWritable(o.out); !writable) return writable.error();
+  MEWM_RETURN_IF_ERROR(RefuseOutputInInputs("--out", o.out, {o.cohort}));
+  MEWM_RETURN_IF_ERROR(RefuseOutputInInputs("--state-dir", o.state_dir, {o.cohort}));
   if (!o.state_dir.empty()) {
     std::error_code ec;
     std::filesystem::create_directories(o.state_dir, ec);

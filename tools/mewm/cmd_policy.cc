@@ -97,6 +97,9 @@ Action AddTrainPolicy(CLI::App& train_app) {
   return [o, sub]() -> int {
     if (!sub->parsed()) return -1;
     if (auto writable = CheckWritable(o->out); !writable) return Fail(writable.error());
+    if (auto apart = RefuseOutputInInputs("--out", o->out, o->cohorts); !apart) {
+      return Fail(apart.error());
+    }
     std::vector<policy::VlmTrainingExample> examples;
     json data = json::array();
     for (const std::string& dir : o->cohorts) {

@@ -51,6 +51,9 @@ Action RegisterTrain(CLI::App& app) {
     if (const int rc = dynamics(); rc >= 0) return rc;
     if (const int rc = policy_vlm(); rc >= 0) return rc;
     if (auto writable = CheckWritable(o->out); !writable) return Fail(writable.error());
+    if (auto apart = RefuseOutputInInputs("--out", o->out, {o->cohort, o->eval_cohort}); !apart) {
+      return Fail(apart.error());
+    }
     const std::string command =
         "mewm train " + std::string(surv->parsed() ? "survival" : "mechanistic") + " --cohort " +
         o->cohort + " --out " + o->out +

@@ -133,6 +133,9 @@ Action AddAudit(CLI::App& turing) {
   sub->add_option("--json-out", o->json_out, "Also write the table as JSON");
   return [o, sub]() -> int {
     if (!sub->parsed()) return -1;
+    if (auto apart = RefuseOutputInInputs("--json-out", o->json_out, {o->key}); !apart) {
+      return Fail(apart.error());
+    }
     auto study = ReadStudy(o->dir, o->key);
     if (!study) return Fail(study.error());
     auto features = scenarios::ExtractTuringFeatures(study->first, study->second);
@@ -207,10 +210,15 @@ Action AddScore(CLI::App& turing) {
       ->capture_default_str();
   return [o, sub]() -> int {
     if (!sub->parsed()) return -1;
-    auto study = ReadStudy(o->dir, o->key);
-    if (!study) return Fail(study.error());
     const std::string answers_dir =
         o->answers.empty() ? (std::filesystem::path(o->dir) / "answers").string() : o->answers;
+    for (const auto& [flag, out] : {std::pair{"--json-out", o->json_out}, {"--plot", o->plot}}) {
+      if (auto apart = RefuseOutputInInputs(flag, out, {o->key, answers_dir}); !apart) {
+        return Fail(apart.error());
+      }
+    }
+    auto study = ReadStudy(o->dir, o->key);
+    if (!study) return Fail(study.error());
     auto answers = scenarios::ReadAnswers(answers_dir, study->first);
     if (!answers) return Fail(answers.error());
     const scenarios::TuringScores scores =

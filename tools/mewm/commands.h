@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "mewm/core/expected.h"
 #include "mewm/dynamics/dynamics_model.h"
@@ -70,6 +71,13 @@ int RunStreamBench(int events, const std::string& json_path);
 
 /// Prints "mewm: error: <message>" to stderr and returns 1.
 int Fail(const Error& error);
+
+/// kInvalidArgument when the output `out` of option `flag` is one of the command's inputs or lies
+/// inside one (a cohort folder, an answer key, a folder of answers): writing it would replace what
+/// the command reads and did not create (`train survival --out COHORT/manifest.json` destroyed
+/// its training cohort). Empty outputs and inputs are skipped.
+Status RefuseOutputInInputs(const std::string& flag, const std::string& out,
+                            const std::vector<std::string>& inputs);
 
 /// A synthetic cohort's generator seed and a description of it (size, counterfactual plans, world
 /// version) from its manifest.json and truth/truth.json (the seed), for model provenance; ("", dir)

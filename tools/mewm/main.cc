@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "commands.h"
+#include "mewm/core/file_util.h"
 #include "mewm/core/log.h"
 #include "mewm/core/text.h"
 #include "mewm/core/version.h"
@@ -23,6 +24,18 @@ int Fail(const Error& error) {
   std::cerr << "mewm: error: " << EscapeControl(error.message) << " [" << ErrorCodeName(error.code)
             << "]\n";
   return 1;
+}
+
+Status RefuseOutputInInputs(const std::string& flag, const std::string& out,
+                            const std::vector<std::string>& inputs) {
+  for (const std::string& input : inputs) {
+    if (out.empty() || input.empty() || !IsPathInside(out, input)) continue;
+    return MakeError(ErrorCode::kInvalidArgument,
+                     flag + " '" + out + "' is " + (IsPathInside(input, out) ? "" : "inside ") +
+                         "the input '" + input +
+                         "', which this command reads and does not replace; write it elsewhere");
+  }
+  return {};
 }
 
 }  // namespace mewm::cli
