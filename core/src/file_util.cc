@@ -108,15 +108,15 @@ Status WriteFileAtomic(const std::string& path, const std::string& bytes) {
 
 Expected<std::string> ReadFile(const std::string& path) {
   std::error_code ec;
-  if (!fs::exists(path, ec)) {
+  const fs::file_status status = fs::status(path, ec);
+  if (!fs::exists(status)) {
     return MakeError(ErrorCode::kNotFound, "file '" + path + "' does not exist");
   }
-  if (fs::is_directory(path, ec)) {
+  if (fs::is_directory(status)) {
     return MakeError(ErrorCode::kIo, "'" + path + "' is a folder, expected a file");
   }
   // A device never ends (/dev/zero given as a calibration read until memory ran out) and a socket
   // is no file. A FIFO is read: it is what a shell's <(command) gives.
-  const fs::file_status status = fs::status(path, ec);
   if (fs::is_character_file(status) || fs::is_block_file(status) || fs::is_socket(status)) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "'" + path + "' is " + (fs::is_socket(status) ? "a socket" : "a device") +

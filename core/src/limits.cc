@@ -5,6 +5,9 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
+
+#include "extent_limit.h"
 
 namespace mewm {
 
@@ -34,6 +37,20 @@ Status CheckImageVoxels(const std::string& path, const std::string& shape, std::
                        " voxels, over the limit of " + std::to_string(limit) +
                        " (MEWM_MAX_VOXELS); reading it would need about " + need +
                        " of memory. Set MEWM_MAX_VOXELS higher if the machine has it");
+}
+
+Status CheckExtentVoxels(const std::string& path, const Index3& extent,
+                         std::uint64_t bytes_per_voxel, const std::string& note) {
+  std::uint64_t voxels = 1;
+  for (int d = 0; d < 3; ++d) {
+    if (extent[d] < 0 || __builtin_mul_overflow(voxels, std::uint64_t(extent[d]), &voxels)) {
+      voxels = std::numeric_limits<std::uint64_t>::max();
+    }
+  }
+  return CheckImageVoxels(path,
+                          std::to_string(extent[0]) + " x " + std::to_string(extent[1]) + " x " +
+                              std::to_string(extent[2]) + note,
+                          voxels, bytes_per_voxel);
 }
 
 }  // namespace mewm

@@ -7,9 +7,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <limits>
 #include <set>
 
+#include "extent_limit.h"
 #include "mewm/core/file_util.h"
 #include "mewm/core/limits.h"
 #include "mewm/core/log.h"
@@ -266,17 +266,7 @@ Expected<VolumeSet> ReadVdb(const std::string& path) {
     if (!geometry) return geometry.error().WithContext("'" + path + "', grid '" + name + "'");
     const Index3 extent = ExtentOf(*base);
     // Readers densify the extent (ToDense): bound it as a NIfTI image is bounded.
-    std::uint64_t voxels = 1;
-    for (int d = 0; d < 3; ++d) {
-      if (extent[d] < 0 || __builtin_mul_overflow(voxels, std::uint64_t(extent[d]), &voxels)) {
-        voxels = std::numeric_limits<std::uint64_t>::max();
-      }
-    }
-    MEWM_RETURN_IF_ERROR(CheckImageVoxels(path + "', grid '" + name,
-                                          std::to_string(extent[0]) + " x " +
-                                              std::to_string(extent[1]) + " x " +
-                                              std::to_string(extent[2]),
-                                          voxels, 4));
+    MEWM_RETURN_IF_ERROR(CheckExtentVoxels(path + "', grid '" + name, extent, 4));
     if (auto f = openvdb::gridPtrCast<openvdb::FloatGrid>(base)) {
       set.scalars.emplace(name, Volume(f, *geometry, extent));
     } else if (auto l = openvdb::gridPtrCast<openvdb::Int32Grid>(base)) {

@@ -8,14 +8,13 @@
 #include <cctype>
 #include <cmath>
 #include <filesystem>
-#include <limits>
 #include <optional>
 #include <set>
 #include <sstream>
 #include <unordered_set>
 
+#include "extent_limit.h"
 #include "mewm/core/file_util.h"
-#include "mewm/core/limits.h"
 #include "mewm/core/nifti_io.h"
 #include "mewm/core/text.h"
 
@@ -204,18 +203,8 @@ Status WriteVolumeFile(const std::string& path, const VolumeSet& set, const std:
   // the conversion ran out of memory).
   const auto covering = [&](const auto& volume) -> Expected<IndexBox> {
     const IndexBox box = CoveringBox(volume);
-    const Index3 extent = box.extent();
-    std::uint64_t voxels = 1;
-    for (int a = 0; a < 3; ++a) {
-      if (__builtin_mul_overflow(voxels, std::uint64_t(extent[a]), &voxels)) {
-        voxels = std::numeric_limits<std::uint64_t>::max();
-      }
-    }
-    MEWM_RETURN_IF_ERROR(
-        CheckImageVoxels(path + "', grid '" + name,
-                         std::to_string(extent[0]) + " x " + std::to_string(extent[1]) + " x " +
-                             std::to_string(extent[2]) + " (the extent and every active voxel)",
-                         voxels, 4));
+    MEWM_RETURN_IF_ERROR(CheckExtentVoxels(path + "', grid '" + name, box.extent(), 4,
+                                           " (the extent and every active voxel)"));
     return box;
   };
   if (auto it = set.scalars.find(name); it != set.scalars.end()) {
