@@ -344,6 +344,33 @@ TEST_F(CohortTest, ForceReplacesOnlyACohortMewmWrote) {
   EXPECT_FALSE(fs::exists(cut + "/truth.json"));
   EXPECT_TRUE(fs::exists(cut + "/truth/truth.json"));
   EXPECT_TRUE(fs::exists(cut + "/truth/patients/P0001/truth.json"));
+  // A file of the user's inside the cohort's patient folders, or a link there, stops the
+  // replacement before anything is removed: the cohort and the file stay as they were.
+  const std::string manifest = *ReadFile(cut + "/manifest.json");
+  for (const std::string& planted :
+       {cut + "/patients/P0001/my_segmentation.nii.gz", cut + "/truth/patients/P0001/notes.md",
+        cut + "/patients/readme.txt", cut + "/patients/P0001/post_cf1.vdb.bak"}) {
+    ASSERT_TRUE(WriteFileAtomic(planted, "mine"));
+    auto kept = GenerateCohort(again, ActionBase::Default());
+    ASSERT_FALSE(kept) << planted;
+    EXPECT_EQ(kept.error().code, ErrorCode::kInvalidArgument);
+    EXPECT_NE(kept.error().message.find("'" + planted + "' "), std::string::npos)
+        << kept.error().message;
+    EXPECT_EQ(*ReadFile(planted), "mine");
+    EXPECT_EQ(*ReadFile(cut + "/manifest.json"), manifest);
+    EXPECT_TRUE(fs::exists(cut + "/patients/P0001/pre.vdb"));
+    fs::remove(planted);
+  }
+  fs::create_directories(dir_.File("elsewhere"));
+  ASSERT_TRUE(WriteFileAtomic(dir_.File("elsewhere/scan.nii.gz"), "precious"));
+  fs::create_directory_symlink(dir_.File("elsewhere"), cut + "/patients/P0002");
+  ASSERT_FALSE(GenerateCohort(again, ActionBase::Default()));
+  EXPECT_EQ(*ReadFile(dir_.File("elsewhere/scan.nii.gz")), "precious");
+  fs::remove(cut + "/patients/P0002");
+  // What a cohort wrote alone is replaced, the first layout's names included.
+  ASSERT_TRUE(WriteFileAtomic(cut + "/patients/P0001/post_cf3.vdb", "old layout"));
+  ASSERT_TRUE(GenerateCohort(again, ActionBase::Default()));
+  EXPECT_FALSE(fs::exists(cut + "/patients/P0001/post_cf3.vdb"));
   // A folder with only a truth/ of someone else's is not a cohort either.
   const std::string theirs = dir_.File("theirs");
   fs::create_directories(theirs + "/truth");

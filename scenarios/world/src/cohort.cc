@@ -247,6 +247,63 @@ Expected<PatientTruth> GeneratePatient(const SyntheticWorld& world, const Synthe
 
 namespace {
 
+/// True for a name a cohort writes into a patient's folder (this layout or the first, where the
+/// truth and counterfactual outcomes sat beside the planner's files), or a temporary file of a
+/// write cut short.
+bool IsCohortPatientFile(const std::string& name) {
+  static constexpr const char* kNames[] = {
+      "pre.vdb",        "note.txt",       "pre_ct.nii.gz",         "liver.nii.gz",
+      "tumor.nii.gz",   "post_ct.nii.gz", "post_administered.vdb", "viable.nii.gz",
+      "truth.json"};
+  if (std::any_of(std::begin(kNames), std::end(kNames), [&](const char* n) { return name == n; }))
+    return true;
+  if (name.rfind(".tmp-", 0) == 0) return true;
+  // post_cf<k>.vdb, k >= 1
+  const std::string prefix = "post_cf", suffix = ".vdb";
+  if (name.size() <= prefix.size() + suffix.size() || name.rfind(prefix, 0) != 0 ||
+      name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) {
+    return false;
+  }
+  const std::string k = name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
+  return std::all_of(k.begin(), k.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+/// OK when `parent` (a cohort's patients/ or truth/patients/) is absent or holds only patient
+/// folders of files a cohort writes, and temporary folders of an interrupted generation. A forced
+/// regeneration removes these folders whole, so anything else in them is refused first, with its
+/// path: `--force` replaces the cohort, never a file of the user's put inside it.
+Status CheckCohortPatients(const fs::path& parent) {
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(parent, ec))) return {};
+  const auto foreign = [&](const fs::path& p, const std::string& why) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "'" + p.string() + "' " + why +
+                         "; mewm replaces only the files a cohort writes, so move it away first "
+                         "or choose another folder");
+  };
+  if (fs::is_symlink(parent, ec) || !fs::is_directory(parent, ec)) {
+    return foreign(parent, "is not a folder of patients mewm wrote");
+  }
+  for (const auto& entry : fs::directory_iterator(parent, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (entry.is_symlink() || !entry.is_directory()) {
+      return foreign(entry.path(), "is not a patient folder of a mewm cohort");
+    }
+    if (name.rfind(".tmp-", 0) == 0) continue;  // an interrupted patient: incomplete by design
+    for (const auto& file : fs::directory_iterator(entry.path(), ec)) {
+      if (file.is_symlink() || !file.is_regular_file() ||
+          !IsCohortPatientFile(file.path().filename().string())) {
+        return foreign(file.path(), "was not written by mewm cohort generate");
+      }
+    }
+    if (ec) break;
+  }
+  if (ec) {
+    return MakeError(ErrorCode::kIo, "cannot list '" + parent.string() + "': " + ec.message());
+  }
+  return {};
+}
+
 /// Checks the cohort folder and makes it ready: a previous mewm cohort there is replaced (with
 /// force), the marker is written first (a generation cut short before manifest.json stays
 /// replaceable), and patient folders an interrupted generation left are removed.
@@ -276,8 +333,11 @@ Status PrepareCohortFolder(const CohortOptions& options) {
   }
   if (options.force) {
     // Replace the previous cohort (its patients, truth and index files, of this layout or the
-    // first), nothing else in the folder: under truth/ only what a cohort writes there.
+    // first), nothing else in the folder: under truth/ only what a cohort writes there, and the
+    // patient folders only when they hold nothing else.
     const fs::path out(options.out_dir);
+    MEWM_RETURN_IF_ERROR(CheckCohortPatients(out / "patients"));
+    MEWM_RETURN_IF_ERROR(CheckCohortPatients(out / "truth" / "patients"));
     for (const char* name : {"patients", "manifest.json", "clinical.csv", "outcomes.csv",
                              "truth.json", "truth/truth.json", "truth/patients"}) {
       fs::remove_all(out / name, ec);
