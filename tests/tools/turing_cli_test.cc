@@ -21,6 +21,7 @@
 #include <sstream>
 
 #include "../core/test_env.h"
+#include "mewm/core/file_util.h"
 #include "mewm/core/nifti_io.h"
 #include "mewm/core/render.h"
 #include "mewm/core/vdb_io.h"
@@ -256,6 +257,22 @@ TEST_F(TuringCliTest, ExportRefusesAKeyInsideTheExportAndForeignFolders) {
   EXPECT_EQ(r.code, 0) << r.output;
   r = RunMewm("turing export" + base + " --out " + again + " --key " + k2);
   EXPECT_EQ(r.code, 0) << r.output;
+  // But not over a file of the user's in its cases/ (the export removed cases/ whole), nor over
+  // the key of another export (that study could no longer be scored): both refused, both kept.
+  const std::string manifest = *ReadFile(again + "/manifest.json"), key = *ReadFile(k2);
+  std::ofstream(again + "/cases/reader_notes.txt") << "mine";
+  r = RunMewm("turing export" + base + " --out " + again + " --key " + k2);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("reader_notes.txt: not a case file of an export"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(*ReadFile(again + "/cases/reader_notes.txt"), "mine");
+  EXPECT_EQ(*ReadFile(again + "/manifest.json"), manifest);
+  fs::remove(again + "/cases/reader_notes.txt");
+  r = RunMewm("turing export" + base + " --out " + (*root_ / "third").string() + " --key " + k2);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("the answer key of another export"), std::string::npos) << r.output;
+  EXPECT_EQ(*ReadFile(k2), key);
+  EXPECT_FALSE(fs::exists(*root_ / "third"));
   r = RunMewm("turing export --dynamics-backend mechanistic --calibration " + kCalibration +
               " --n 3 --quiet --cohort " + cohort_ + " --out " + (*root_ / "odd").string() +
               " --key " + (*root_ / "k3.json").string());

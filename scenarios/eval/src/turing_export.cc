@@ -229,8 +229,23 @@ Status WriteCaseVolume(const std::string& dir, const std::string& stem, const De
   return WriteStoredPng((fs::path(dir) / files->png).string(), montage);
 }
 
+/// True for a name WriteCases gives a case's file (T<digits>, then _A or _B in the pair design,
+/// then .nii.gz, .vdb or .png), or a temporary file of a write cut short.
+bool IsCaseFileName(const std::string& name) {
+  if (name.rfind(".tmp-", 0) == 0) return true;
+  std::size_t i = 0;
+  if (name.empty() || name[i++] != 'T') return false;
+  const std::size_t digits = i;
+  while (i < name.size() && name[i] >= '0' && name[i] <= '9') ++i;
+  if (i == digits) return false;
+  if (name.compare(i, 2, "_A") == 0 || name.compare(i, 2, "_B") == 0) i += 2;
+  const std::string rest = name.substr(i);
+  return rest == ".nii.gz" || rest == ".vdb" || rest == ".png";
+}
+
 /// Makes `out` ready: created when missing; an earlier export (manifest.json of this format, no
-/// answers) is cleared; anything else that is not empty is refused.
+/// answers, nothing in cases/ but case files) is cleared; anything else that is not empty is
+/// refused, before anything is removed.
 Status PrepareOutDir(const std::string& out) {
   std::error_code ec;
   if (!fs::exists(out, ec)) {
@@ -260,8 +275,25 @@ Status PrepareOutDir(const std::string& out) {
                                          "' in it (answers of a study?); refusing to overwrite "
                                          "it (choose an empty folder)");
   }
+  const fs::path cases = fs::path(out) / "cases";
+  if (fs::exists(fs::symlink_status(cases, ec))) {
+    if (fs::is_symlink(cases, ec) || !fs::is_directory(cases, ec)) {
+      return MakeError(ErrorCode::kIo, cases.string() +
+                                           ": not the cases folder of an export; refusing to "
+                                           "overwrite it (choose an empty folder)");
+    }
+    for (const auto& entry : fs::directory_iterator(cases, ec)) {
+      if (entry.is_symlink() || !entry.is_regular_file() ||
+          !IsCaseFileName(entry.path().filename().string())) {
+        return MakeError(ErrorCode::kIo, entry.path().string() +
+                                             ": not a case file of an export; refusing to "
+                                             "overwrite the export it is in (move it away or "
+                                             "choose an empty folder)");
+      }
+    }
+  }
   fs::remove(manifest, ec);
-  fs::remove_all(fs::path(out) / "cases", ec);
+  fs::remove_all(cases, ec);
   if (ec)
     return MakeError(ErrorCode::kIo, out + ": cannot clear the earlier export: " + ec.message());
   return {};
@@ -329,6 +361,20 @@ Status CheckExportOptions(const TuringExportOptions& options) {
       return MakeError(ErrorCode::kIo, options.key +
                                            ": exists and is not a mewm turing key; refusing to "
                                            "overwrite it");
+    }
+    // A key is replaced only with the export it belongs to: any other key is a study's only way
+    // to be scored.
+    std::string replaced;
+    if (auto m = ReadFile((fs::path(options.out) / "manifest.json").string()); m) {
+      const nlohmann::json manifest = nlohmann::json::parse(*m, nullptr, false);
+      if (manifest.is_object()) replaced = manifest.value("key_sha256", "");
+    }
+    if (replaced != ToHex(Sha256(text))) {
+      return MakeError(ErrorCode::kIo,
+                       options.key +
+                           ": the answer key of another export; refusing to overwrite "
+                           "it (that study could no longer be scored). Choose another "
+                           "--key, or replace the export it belongs to");
     }
   }
   return CheckWritable(options.key);

@@ -252,8 +252,8 @@ namespace {
 /// write cut short.
 bool IsCohortPatientFile(const std::string& name) {
   static constexpr const char* kNames[] = {
-      "pre.vdb",        "note.txt",       "pre_ct.nii.gz",         "liver.nii.gz",
-      "tumor.nii.gz",   "post_ct.nii.gz", "post_administered.vdb", "viable.nii.gz",
+      "pre.vdb",      "note.txt",       "pre_ct.nii.gz",         "liver.nii.gz",
+      "tumor.nii.gz", "post_ct.nii.gz", "post_administered.vdb", "viable.nii.gz",
       "truth.json"};
   if (std::any_of(std::begin(kNames), std::end(kNames), [&](const char* n) { return name == n; }))
     return true;
