@@ -133,12 +133,13 @@ demo() {
   echo "demo: streaming on $events (control $control); watch with: $mewm watch"
   "$mewm" run "$ROOT/scenarios/tace_demo/scenario.toml" --out "$out" \
     --publish "$events" --control "$control"
-  "$mewm" eval plans "$out" --json-out "$out/eval_plans.json"
+  # The demo's folder is its own: a second demo replaces the first's report and pictures.
+  "$mewm" eval plans "$out" --json-out "$out/eval_plans.json" --force
   local p="$out/patients/P0001"
   "$mewm" render "$out/cohort/patients/P0001/pre.vdb" --plane axial --at tumor --overlay tumor \
-    --out "$out/P0001_pre_axial.png"
+    --out "$out/P0001_pre_axial.png" --force
   "$mewm" render "$p/post_chosen.vdb" --plane axial --at pre_tumor --overlay viable \
-    --out "$out/P0001_chosen_post_axial.png"
+    --out "$out/P0001_chosen_post_axial.png" --force
   echo "demo: results in $out (summary.json, summary.csv, events.jsonl, patients/*, *.png)"
 }
 

@@ -187,6 +187,50 @@ TEST_F(CliTest, RenderRefusesNegativeIndicesAndOtherFormats) {
   EXPECT_EQ(r.code, 0) << r.output;
 }
 
+TEST_F(CliTest, AnExistingOutputFileIsReplacedOnlyWithForce) {
+  // Every command that writes a file named on its command line: an existing file there is the
+  // user's until they say otherwise. Refused before any input is read (the inputs here do not
+  // exist), the file unchanged; --force replaces it.
+  const std::string mine = dir_.File("mine.out");
+  std::ofstream(mine) << "the user's file";
+  const std::string none = dir_.File("none");
+  for (const std::string& args : {
+           "render " + ct_path_ + " --out " + mine,
+           "convert " + ct_path_ + " " + mine,
+           "train survival --cohort " + none + " --out " + mine,
+           "train mechanistic --cohort " + none + " --out " + mine,
+           "train dynamics --cohort " + none + " --out " + mine,
+           "train policy --cohort " + none + " --out " + mine,
+           "eval plans " + none + " --json-out " + mine,
+           "eval survival --model " + none + " --cohort " + none + " --train-cohort " + none +
+               " --plot " + mine,
+           "eval dynamics --cohort " + none + " --model " + none + " --json-out " + mine,
+           "eval policy --cohort " + none + " --checkpoint " + none + " --json-out " + mine,
+           "bench planner " + none + " --json-out " + mine,
+           "bench dynamics " + none + " --json-out " + mine,
+           "turing audit " + none + " --key " + none + " --json-out " + mine,
+           "turing score " + none + " --key " + none + " --plot " + mine,
+           "import dicom " + none + " --out " + dir_.File("mine.vdb"),
+       }) {
+    if (args.rfind("import", 0) == 0) std::ofstream(dir_.File("mine.vdb")) << "the user's file";
+    const Result r = RunMewm(args);
+    EXPECT_EQ(r.code, 1) << args << ": " << r.output;
+    EXPECT_NE(r.output.find("' exists; choose another name, or pass --force"), std::string::npos)
+        << args << ": " << r.output;
+  }
+  EXPECT_EQ(*ReadFile(mine), "the user's file");
+  EXPECT_EQ(*ReadFile(dir_.File("mine.vdb")), "the user's file");
+  // Asked to, the commands replace it.
+  const std::string png = dir_.File("slice.png"), nii = dir_.File("copy.nii.gz");
+  for (const std::string& args :
+       {"render " + ct_path_ + " --out " + png, "convert " + ct_path_ + " " + nii}) {
+    ASSERT_EQ(RunMewm(args).code, 0) << args;
+    EXPECT_EQ(RunMewm(args).code, 1) << args;
+    const Result r = RunMewm(args + " --force");
+    EXPECT_EQ(r.code, 0) << args << ": " << r.output;
+  }
+}
+
 TEST_F(CliTest, TrainingChecksItsOutputsBeforeItStarts) {
   // The cohort does not matter: the unwritable --out is refused first, before any reading.
   for (const char* kind : {"survival", "mechanistic", "dynamics", "policy"}) {

@@ -378,6 +378,21 @@ TEST_F(TuringCliTest, ScoreComputesTheHandCheckedFiguresAndNamesBadLines) {
   expect_error({ok, "{not json"}, "not a JSON object");
   expect_error({ok, Line(key["cases"][1]["id"], "maybe", 3, hash)}, "answer 'maybe'");
   expect_error({ok, Line(key["cases"][1]["id"], "real", 7, hash)}, "confidence");
+  // No answers at all (an empty folder, a reader's empty file) is an error, not an empty table.
+  fs::remove_all(bad);
+  fs::create_directories(bad);
+  for (int round = 0; round < 2; ++round) {
+    const Result e = RunMewm("turing score " + out + " --key " + key_path + " --answers " + bad);
+    EXPECT_EQ(e.code, 1) << e.output;
+    EXPECT_NE(e.output.find(bad + ": no answers to score"), std::string::npos) << e.output;
+    std::ofstream(bad + "/r1.jsonl") << "\n";
+  }
+  // An existing report is replaced only with --force.
+  r = RunMewm("turing score " + out + " --key " + key_path + " --plot " + plot);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("--plot '" + plot + "' exists"), std::string::npos) << r.output;
+  r = RunMewm("turing score " + out + " --key " + key_path + " --plot " + plot + " --force");
+  EXPECT_EQ(r.code, 0) << r.output;
 }
 
 // The simulated panel: the guesser stays near chance, the readers who use image statistics do

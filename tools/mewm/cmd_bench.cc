@@ -488,10 +488,15 @@ Action RegisterBench(CLI::App& app, const BackendRegistry& backends) {
       ->check(CLI::Range(1000, 10000000))
       ->capture_default_str();
   stream->add_option("--json-out", *json_path, "Also write the figures as JSON to this file");
+  auto force = std::make_shared<bool>(false);
+  for (CLI::App* sub : {core, world, planner, stream}) AddForceFlag(sub, force.get());
   Action dynamics = AddBenchDynamics(app, backends);
   app.require_subcommand(1);
   return [=, &backends]() -> int {
     if (const int rc = dynamics(); rc >= 0) return rc;
+    if (auto free = CheckOutput("--json-out", *json_path, *force, {*planner_scenario}); !free) {
+      return Fail(free.error());
+    }
     if (stream->parsed()) return RunStreamBench(*stream_events, *json_path);
     if (world->parsed()) return RunWorldBench(*world_patients, *json_path);
     if (planner->parsed()) {

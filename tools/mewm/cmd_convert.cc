@@ -12,7 +12,7 @@ namespace mewm::cli {
 Action RegisterConvert(CLI::App& app) {
   struct Options {
     std::string in, out, grid, kind = "auto", patient;
-    bool half = false;
+    bool half = false, force = false;
   };
   auto o = std::make_shared<Options>();
   app.add_option("IN", o->in, "Input .nii, .nii.gz or .vdb")->required();
@@ -28,6 +28,7 @@ Action RegisterConvert(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--patient-id", o->patient, ".vdb output: patient id metadata");
   app.add_flag("--half", o->half, ".vdb output: store CT as 16-bit halves (about half the size)");
+  AddForceFlag(&app, &o->force);
   return [o]() -> int {
     const NiftiKind kind = o->kind == "ct"      ? NiftiKind::kScalar
                            : o->kind == "label" ? NiftiKind::kLabel
@@ -44,8 +45,22 @@ Action RegisterConvert(CLI::App& app) {
     if (!o->patient.empty()) set->metadata.patient_id = o->patient;
     set->metadata.provenance_json =
         nlohmann::json{{"tool", "mewm convert"}, {"version", Version()}, {"source", o->in}}.dump();
-    if (!nifti_in && o->grid.empty() && IsNiftiPath(o->out) && set->GridNames().size() > 1) {
-      // A NIfTI file holds one grid: every grid goes to a file of its own.
+    // A NIfTI file holds one grid: from a .vdb of several, every grid goes to a file of its own.
+    const bool per_grid =
+        !nifti_in && o->grid.empty() && IsNiftiPath(o->out) && set->GridNames().size() > 1;
+    std::vector<std::string> targets = {o->out};
+    if (per_grid) {
+      targets.clear();
+      for (const std::string& name : set->GridNames()) {
+        targets.push_back(PerGridNiftiPath(o->out, name));
+      }
+    }
+    for (const std::string& target : targets) {
+      if (auto free = CheckOutput("OUT", target, o->force); !free) {
+        return Fail(free.error());
+      }
+    }
+    if (per_grid) {
       auto written = WriteNiftiPerGrid(o->out, *set);
       if (!written) return Fail(written.error());
       for (const std::string& path : *written) std::cout << "wrote " << path << "\n";

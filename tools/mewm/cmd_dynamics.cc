@@ -38,7 +38,7 @@ struct TrainDynamicsOptions {
   bool lesion_size = false, item_size = false, item_enhancement = false, clinical = false,
        drug_saturate = false, decoder_pre = false, texture = false, pair_neighbours = false,
        serving_crops = false;
-  bool quiet = false;
+  bool quiet = false, force = false;
 };
 
 /// Adds the options that name the training data and the checkpoint written.
@@ -47,6 +47,7 @@ void AddTrainInputOutputOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                   "Training cohort (mewm cohort generate --plans-per-patient K)")
       ->required();
   sub->add_option("--out", o->out, "Checkpoint to write (.pt)")->required();
+  AddForceFlag(sub, &o->force);
 }
 
 /// Adds the architecture, seed and optimisation schedule options.
@@ -163,8 +164,7 @@ void AddTrainRuntimeOptions(CLI::App* sub, TrainDynamicsOptions* o) {
 /// Checks that the checkpoint and the training state (its folder created) can be written, so a
 /// run fails now rather than after an hour of training.
 Status CheckTrainOutputs(const TrainDynamicsOptions& o) {
-  if (auto writable = CheckWritable(o.out); !writable) return writable.error();
-  MEWM_RETURN_IF_ERROR(RefuseOutputInInputs("--out", o.out, {o.cohort}));
+  MEWM_RETURN_IF_ERROR(CheckOutput("--out", o.out, o.force, {o.cohort}));
   MEWM_RETURN_IF_ERROR(RefuseOutputInInputs("--state-dir", o.state_dir, {o.cohort}));
   if (!o.state_dir.empty()) {
     std::error_code ec;
@@ -384,7 +384,7 @@ Action AddEvalDynamics(CLI::App& eval_app, const BackendRegistry& backends) {
     dynamics::SamplerConfig sampler;
     std::uint64_t seed = 1;
     int folds = 5, threads = 0, patients = 0, samples = 1;
-    bool quiet = false, json = false;
+    bool quiet = false, json = false, force = false;
   };
   auto o = std::make_shared<Options>();
   CLI::App* sub = eval_app.add_subcommand(
@@ -430,8 +430,14 @@ Action AddEvalDynamics(CLI::App& eval_app, const BackendRegistry& backends) {
                 "residual figures)");
   sub->add_option("--json-out", o->json_out, "Also write the numbers as JSON to this file");
   sub->add_flag("--quiet", o->quiet, "No progress bar");
+  AddForceFlag(sub, &o->force);
   return [o, sub, &backends]() -> int {
     if (!sub->parsed()) return -1;
+    if (auto free = CheckOutput("--json-out", o->json_out, o->force,
+                                {o->cohort, o->model, o->against, o->calibration});
+        !free) {
+      return Fail(free.error());
+    }
     const ActionBase& actions = ActionBase::Default();
     dynamics::DiffusionBackendOptions options;
     options.model_path = o->model;
@@ -667,6 +673,7 @@ Action AddBenchDynamics(CLI::App& bench_app, const BackendRegistry& backends) {
   struct Options {
     std::string scenario, json_out, patient;
     int batch = 8, iterations = 10;
+    bool force = false;
   };
   auto o = std::make_shared<Options>();
   CLI::App* sub = bench_app.add_subcommand(
@@ -683,8 +690,12 @@ Action AddBenchDynamics(CLI::App& bench_app, const BackendRegistry& backends) {
                   "Patient id of the scenario's cohort to bench (default: its first patient); "
                   "a patient with a large lesion has several crops");
   sub->add_option("--json-out", o->json_out, "Also write the figures as JSON to this file");
+  AddForceFlag(sub, &o->force);
   return [o, sub, &backends]() -> int {
     if (!sub->parsed()) return -1;
+    if (auto free = CheckOutput("--json-out", o->json_out, o->force, {o->scenario}); !free) {
+      return Fail(free.error());
+    }
     auto spec = scenarios::LoadScenario(o->scenario, &backends);
     if (!spec) return Fail(spec.error());
     if (spec->dynamics_backend != "diffusion") {

@@ -16,7 +16,7 @@ Action RegisterEval(CLI::App& app, const BackendRegistry& backends) {
   struct Options {
     std::vector<std::string> run_dirs, against;
     std::string json_out, model, cohort, train, plot;
-    bool json = false;
+    bool json = false, force = false;
     GeneratorOptions generator;
   };
   auto o = std::make_shared<Options>();
@@ -47,10 +47,18 @@ Action RegisterEval(CLI::App& app, const BackendRegistry& backends) {
   for (CLI::App* sub : {plans, surv}) {
     sub->add_flag("--json", o->json, "Print the numbers as JSON on stdout instead of the table");
     sub->add_option("--json-out", o->json_out, "Also write the numbers as JSON to this file");
+    AddForceFlag(sub, &o->force);
   }
   return [o, plans, dynamics, policy_vlm]() -> int {
     if (const int rc = dynamics(); rc >= 0) return rc;
     if (const int rc = policy_vlm(); rc >= 0) return rc;
+    // The outputs are checked before anything is read. A report may go into a run's folder
+    // (the demo keeps it there), not into a cohort.
+    for (const auto& [flag, out] : {std::pair{"--json-out", o->json_out}, {"--plot", o->plot}}) {
+      if (auto free = CheckOutput(flag, out, o->force, {o->model, o->cohort, o->train}); !free) {
+        return Fail(free.error());
+      }
+    }
     std::string table, json;
     if (plans->parsed() && (o->run_dirs.size() > 1 || !o->against.empty())) {
       if (o->run_dirs.size() != o->against.size()) {

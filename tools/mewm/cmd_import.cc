@@ -16,16 +16,6 @@ struct SegOptions {
   bool force;
 };
 
-/// Refuses to replace an existing `path` unless --force was given.
-Status RefuseToReplace(const std::string& path, bool force) {
-  std::error_code ec;
-  if (!force && std::filesystem::exists(path, ec)) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "'" + path + "' exists; choose another name or pass --force");
-  }
-  return {};
-}
-
 int ImportSegFile(const SegOptions& o) {
   if (!IsVdbPath(o.out) && !IsNiftiPath(o.out)) {
     return Fail(MakeError(ErrorCode::kInvalidArgument,
@@ -59,7 +49,7 @@ int ImportSegFile(const SegOptions& o) {
     targets.push_back(o.out);
   }
   for (const std::string& target : targets) {
-    if (Status free = RefuseToReplace(target, o.force); !free) return Fail(free.error());
+    if (Status free = CheckOutput("--out", target, o.force); !free) return Fail(free.error());
   }
   if (per_grid) {
     auto written = WriteNiftiPerGrid(o.out, imported->set);
@@ -108,7 +98,7 @@ Action RegisterImport(CLI::App& app) {
   dicom->add_option("--series-uid", o->series_uid,
                     "The series to read when the folder holds several (see --list)");
   dicom->add_flag("--list", o->list, "List the series in the folder and exit");
-  dicom->add_flag("--force", o->force, "Replace OUT when it exists");
+  AddForceFlag(dicom, &o->force);
   dicom->add_flag("--half", o->half, ".vdb output: store CT as 16-bit halves");
   CLI::App* seg = app.add_subcommand(
       "dicom-seg",
@@ -128,7 +118,7 @@ Action RegisterImport(CLI::App& app) {
                   "Output .vdb (grids liver, tumor) or .nii/.nii.gz (one grid; with both, one "
                   "file per grid: OUT_liver.nii.gz, OUT_tumor.nii.gz)")
       ->required();
-  seg->add_flag("--force", o->force, "Replace OUT when it exists");
+  AddForceFlag(seg, &o->force);
   return [o, seg]() -> int {
     if (seg->parsed()) {
       return ImportSegFile(
@@ -151,7 +141,7 @@ Action RegisterImport(CLI::App& app) {
                             "--out must end in .vdb, .nii or .nii.gz: '" + o->out + "'")
                       .error);
     }
-    if (Status free = RefuseToReplace(o->out, o->force); !free) return Fail(free.error());
+    if (Status free = CheckOutput("--out", o->out, o->force); !free) return Fail(free.error());
     dicom::ImportOptions options;
     options.series_uid = o->series_uid;
     auto imported = dicom::ImportSeries(o->folder, options);

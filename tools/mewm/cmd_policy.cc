@@ -61,7 +61,7 @@ Action AddTrainPolicy(CLI::App& train_app) {
     std::vector<std::string> cohorts;
     std::string out;
     policy::VlmTrainOptions train;
-    bool quiet = false;
+    bool quiet = false, force = false;
   };
   auto o = std::make_shared<Options>();
   CLI::App* sub = train_app.add_subcommand(
@@ -94,11 +94,11 @@ Action AddTrainPolicy(CLI::App& train_app) {
                 "Continue from OUT.state/ (same options and data; more epochs extend it, another "
                 "run's state is refused)");
   sub->add_flag("--quiet", o->quiet, "No progress lines");
+  AddForceFlag(sub, &o->force);
   return [o, sub]() -> int {
     if (!sub->parsed()) return -1;
-    if (auto writable = CheckWritable(o->out); !writable) return Fail(writable.error());
-    if (auto apart = RefuseOutputInInputs("--out", o->out, o->cohorts); !apart) {
-      return Fail(apart.error());
+    if (auto free = CheckOutput("--out", o->out, o->force, o->cohorts); !free) {
+      return Fail(free.error());
     }
     std::vector<policy::VlmTrainingExample> examples;
     json data = json::array();
@@ -145,7 +145,7 @@ Action AddEvalPolicy(CLI::App& eval_app) {
   struct Options {
     std::string cohort, checkpoint, json_out;
     int top_k = 10, max_patients = 0, threads = 1;
-    bool ablations = false, json = false, quiet = false;
+    bool ablations = false, json = false, quiet = false, force = false;
   };
   auto o = std::make_shared<Options>();
   CLI::App* sub = eval_app.add_subcommand(
@@ -166,8 +166,13 @@ Action AddEvalPolicy(CLI::App& eval_app) {
   sub->add_flag("--json", o->json, "Print the numbers as JSON on stdout instead of the table");
   sub->add_option("--json-out", o->json_out, "Also write the numbers as JSON to this file");
   sub->add_flag("--quiet", o->quiet, "No progress bar");
+  AddForceFlag(sub, &o->force);
   return [o, sub]() -> int {
     if (!sub->parsed()) return -1;
+    if (auto free = CheckOutput("--json-out", o->json_out, o->force, {o->cohort, o->checkpoint});
+        !free) {
+      return Fail(free.error());
+    }
     const ActionBase& actions = ActionBase::Default();
     std::vector<std::unique_ptr<policy::PolicyModel>> models;
     std::vector<std::pair<std::string, policy::PolicyModel*>> named;

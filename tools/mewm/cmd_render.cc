@@ -34,6 +34,7 @@ Action RegisterRender(CLI::App& app) {
   struct Options {
     std::string file, plane = "axial", window = "-175,600", overlay, grid = "ct", out, at;
     std::int64_t index = -1;
+    bool force = false;
   };
   auto o = std::make_shared<Options>();
   app.add_option("FILE", o->file, "Volume (.vdb, .nii, .nii.gz)")->required();
@@ -48,11 +49,15 @@ Action RegisterRender(CLI::App& app) {
       "--at", o->at,
       "Slice through the centre of this label grid of FILE (e.g. tumor) instead of --index");
   app.add_option("--out", o->out, "Output PNG path")->required();
+  AddForceFlag(&app, &o->force);
   return [o]() -> int {
     auto plane = ParseSlicePlane(o->plane);
     if (!plane) return Fail(plane.error());
     auto window = ParseWindow(o->window);
     if (!window) return Fail(window.error());
+    if (auto free = CheckOutput("--out", o->out, o->force, {o->file, o->overlay}); !free) {
+      return Fail(free.error());
+    }
     auto set = ReadVolumeFile(o->file, NiftiKind::kScalar, o->grid);
     if (!set) return Fail(set.error());
     auto ct = set->Scalar(o->grid);

@@ -18,7 +18,7 @@ Action RegisterTrain(CLI::App& app) {
   struct Options {
     std::string cohort, out, backend = "cox", ties = "efron", eval_cohort;
     double ridge = 1.0;
-    bool quiet = false;
+    bool quiet = false, force = false;
     std::string command;
     GeneratorOptions generator;
   };
@@ -46,13 +46,13 @@ Action RegisterTrain(CLI::App& app) {
     sub->add_option("--eval-cohort", o->eval_cohort,
                     "Held-out cohort: evaluate and store the numbers in the model file");
     sub->add_flag("--quiet", o->quiet, "No progress bar");
+    AddForceFlag(sub, &o->force);
   }
   return [o, surv, dynamics, policy_vlm]() -> int {
     if (const int rc = dynamics(); rc >= 0) return rc;
     if (const int rc = policy_vlm(); rc >= 0) return rc;
-    if (auto writable = CheckWritable(o->out); !writable) return Fail(writable.error());
-    if (auto apart = RefuseOutputInInputs("--out", o->out, {o->cohort, o->eval_cohort}); !apart) {
-      return Fail(apart.error());
+    if (auto free = CheckOutput("--out", o->out, o->force, {o->cohort, o->eval_cohort}); !free) {
+      return Fail(free.error());
     }
     const std::string command =
         "mewm train " + std::string(surv->parsed() ? "survival" : "mechanistic") + " --cohort " +

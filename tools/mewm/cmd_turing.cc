@@ -118,6 +118,7 @@ Action AddAudit(CLI::App& turing) {
     std::string dir, key, json_out;
     int folds = 5;
     std::uint64_t seed = 1;
+    bool force = false;
   };
   auto o = std::make_shared<Options>();
   CLI::App* sub = turing.add_subcommand(
@@ -131,10 +132,12 @@ Action AddAudit(CLI::App& turing) {
       ->capture_default_str();
   sub->add_option("--seed", o->seed, "Seed of the folds and the bootstrap")->capture_default_str();
   sub->add_option("--json-out", o->json_out, "Also write the table as JSON");
+  AddForceFlag(sub, &o->force);
   return [o, sub]() -> int {
     if (!sub->parsed()) return -1;
-    if (auto apart = RefuseOutputInInputs("--json-out", o->json_out, {o->key}); !apart) {
-      return Fail(apart.error());
+    // Not inside the export either: readers see that folder.
+    if (auto free = CheckOutput("--json-out", o->json_out, o->force, {o->key, o->dir}); !free) {
+      return Fail(free.error());
     }
     auto study = ReadStudy(o->dir, o->key);
     if (!study) return Fail(study.error());
@@ -186,7 +189,7 @@ Expected<dynamics::TuringTestResult> MachineTest(const scenarios::TuringManifest
 Action AddScore(CLI::App& turing) {
   struct Options {
     std::string dir, key, answers, json_out, plot;
-    bool json = false, machine = false;
+    bool json = false, machine = false, force = false;
     int bootstrap = 2000, folds = 5;
     std::uint64_t seed = 1;
   };
@@ -199,6 +202,7 @@ Action AddScore(CLI::App& turing) {
   sub->add_flag("--json", o->json, "Print JSON instead of the table");
   sub->add_option("--json-out", o->json_out, "Also write the scores as JSON");
   sub->add_option("--plot", o->plot, "Write a PNG of per-reader accuracy with CIs");
+  AddForceFlag(sub, &o->force);
   sub->add_option("--bootstrap", o->bootstrap, "Reader bootstrap resamples")
       ->check(CLI::Range(0, 100000))
       ->capture_default_str();
@@ -213,14 +217,21 @@ Action AddScore(CLI::App& turing) {
     const std::string answers_dir =
         o->answers.empty() ? (std::filesystem::path(o->dir) / "answers").string() : o->answers;
     for (const auto& [flag, out] : {std::pair{"--json-out", o->json_out}, {"--plot", o->plot}}) {
-      if (auto apart = RefuseOutputInInputs(flag, out, {o->key, answers_dir}); !apart) {
-        return Fail(apart.error());
+      if (auto free = CheckOutput(flag, out, o->force, {o->key, o->dir, answers_dir}); !free) {
+        return Fail(free.error());
       }
     }
     auto study = ReadStudy(o->dir, o->key);
     if (!study) return Fail(study.error());
     auto answers = scenarios::ReadAnswers(answers_dir, study->first);
     if (!answers) return Fail(answers.error());
+    if (answers->empty() && !o->machine) {
+      // A table of no readers read as a finished study (exit 0) when the answers were elsewhere.
+      return Fail(Error{ErrorCode::kNotFound,
+                        answers_dir + ": no answers to score (no <reader>.jsonl holding an "
+                                      "answer); --answers names another folder, --machine runs "
+                                      "the machine test alone"});
+    }
     const scenarios::TuringScores scores =
         scenarios::ScoreReaders(study->second, *answers, o->bootstrap, o->seed);
     nlohmann::json json = nlohmann::json::parse(scores.ToJson());

@@ -79,6 +79,16 @@ int Fail(const Error& error);
 Status RefuseOutputInInputs(const std::string& flag, const std::string& out,
                             const std::vector<std::string>& inputs);
 
+/// Registers `--force` on `sub`: let the command replace output files that exist.
+void AddForceFlag(CLI::App* sub, bool* force);
+
+/// The checks every output file of a command passes before the command does any work, so a long
+/// run never fails at its end and a path typed by mistake loses nothing. For output `out` of
+/// option `flag` (skipped when empty): RefuseOutputInInputs; kInvalidArgument when it exists and
+/// `force` is false (commands replace a file only when asked); CheckWritable.
+Status CheckOutput(const std::string& flag, const std::string& out, bool force,
+                   const std::vector<std::string>& inputs = {});
+
 /// A synthetic cohort's generator seed and a description of it (size, counterfactual plans, world
 /// version) from its manifest.json and truth/truth.json (the seed), for model provenance; ("", dir)
 /// when there is none.

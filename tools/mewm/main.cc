@@ -4,6 +4,7 @@
 // mewm: the one command-line tool. Thin: parses flags and calls library APIs.
 #include <openvdb/openvdb.h>
 
+#include <filesystem>
 #include <iostream>
 #include <map>
 #include <type_traits>
@@ -36,6 +37,24 @@ Status RefuseOutputInInputs(const std::string& flag, const std::string& out,
                          "', which this command reads and does not replace; write it elsewhere");
   }
   return {};
+}
+
+void AddForceFlag(CLI::App* sub, bool* force) {
+  sub->add_flag("--force", *force, "Replace output files that exist");
+}
+
+Status CheckOutput(const std::string& flag, const std::string& out, bool force,
+                   const std::vector<std::string>& inputs) {
+  if (out.empty()) return {};
+  MEWM_RETURN_IF_ERROR(RefuseOutputInInputs(flag, out, inputs));
+  std::error_code ec;
+  if (!force && std::filesystem::exists(std::filesystem::symlink_status(out, ec))) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     flag + " '" + out +
+                         "' exists; choose another name, or pass --force to "
+                         "replace it");
+  }
+  return CheckWritable(out);
 }
 
 }  // namespace mewm::cli
