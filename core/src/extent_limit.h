@@ -13,8 +13,8 @@
 
 namespace mewm {
 
-/// CheckImageVoxels for a lattice of `extent` voxels per axis (a negative axis, or a product past
-/// 2^64, counts as too many), its shape shown as "X x Y x Z" followed by `note`.
+/// CheckImageVoxels for a lattice of `extent` voxels per axis (a product past 2^64 counts as too
+/// many), its shape shown as "X x Y x Z" followed by `note`; kCorruptData for a negative axis.
 Status CheckExtentVoxels(const std::string& path, const Index3& extent,
                          std::uint64_t bytes_per_voxel, const std::string& note = "");
 

@@ -41,16 +41,22 @@ Status CheckImageVoxels(const std::string& path, const std::string& shape, std::
 
 Status CheckExtentVoxels(const std::string& path, const Index3& extent,
                          std::uint64_t bytes_per_voxel, const std::string& note) {
+  const std::string shape = std::to_string(extent[0]) + " x " + std::to_string(extent[1]) + " x " +
+                            std::to_string(extent[2]);
+  if (extent[0] < 0 || extent[1] < 0 || extent[2] < 0) {
+    // A damaged extent, or a foreign grid whose voxels all lie below index 0 (it was reported as
+    // 18446744073709551615 voxels over the limit).
+    return MakeError(ErrorCode::kCorruptData,
+                     "'" + path + "': the image's extent " + shape + note +
+                         " is negative: mewm reads images whose voxels start at index 0");
+  }
   std::uint64_t voxels = 1;
   for (int d = 0; d < 3; ++d) {
-    if (extent[d] < 0 || __builtin_mul_overflow(voxels, std::uint64_t(extent[d]), &voxels)) {
+    if (__builtin_mul_overflow(voxels, std::uint64_t(extent[d]), &voxels)) {
       voxels = std::numeric_limits<std::uint64_t>::max();
     }
   }
-  return CheckImageVoxels(path,
-                          std::to_string(extent[0]) + " x " + std::to_string(extent[1]) + " x " +
-                              std::to_string(extent[2]) + note,
-                          voxels, bytes_per_voxel);
+  return CheckImageVoxels(path, shape + note, voxels, bytes_per_voxel);
 }
 
 }  // namespace mewm

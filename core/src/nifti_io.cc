@@ -98,7 +98,8 @@ struct RawHeader {
   double quatern[3] = {};
   double qoffset[3] = {};
   double srow[3][4] = {};
-  std::int64_t vox_offset = 0;
+  std::int64_t vox_offset = 0;     ///< -1 when the stored value is no byte offset
+  double stored_vox_offset = 0.0;  ///< as stored, for messages
 };
 
 template <typename H>
@@ -130,6 +131,7 @@ RawHeader CopyRaw(const H& h, int version) {
   // NIfTI-1 stores the offset as a float; niftilib and nibabel truncate it to an integer. A
   // garbage float (NaN, 1e30) must not reach the conversion, which would be undefined.
   const double offset = static_cast<double>(h.vox_offset);
+  r.stored_vox_offset = offset;
   r.vox_offset = offset >= 0.0 && offset < 1e18 ? static_cast<std::int64_t>(offset) : -1;
   return r;
 }
@@ -403,6 +405,12 @@ Status SizeVoxelData(const std::string& path, const RawHeader& h,
   out.swap_size = (swapsize > 1 && h.swapped) ? swapsize : 0;
   out.data_offset = h.vox_offset;
   const std::int64_t header_size = h.version == 1 ? 348 : 540;
+  if (out.data_offset < 0) {
+    char stored[32];
+    std::snprintf(stored, sizeof stored, "%g", h.stored_vox_offset);
+    return FileError(ErrorCode::kCorruptData, path,
+                     std::string("vox_offset ") + stored + " is not a byte offset");
+  }
   if (out.data_offset < header_size) {
     return FileError(ErrorCode::kCorruptData, path,
                      "vox_offset " + std::to_string(out.data_offset) +

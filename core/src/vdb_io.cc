@@ -4,6 +4,7 @@
 
 #include <openvdb/io/File.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -195,6 +196,24 @@ Status WriteVdb(const std::string& path, const VolumeSet& set, const VdbWriteOpt
     return {};
   };
   for (const auto& [name, volume] : set.scalars) {
+    if (options.half_float) {
+      // A half holds at most 65504 in magnitude: beyond it OpenVDB stores inf, silently.
+      constexpr double kHalfMax = 65504.0;
+      const VolumeStats stats = volume.Statistics();
+      const double background = volume.grid().background();
+      const auto number = [](double v) {
+        char text[32];
+        std::snprintf(text, sizeof text, "%g", v);
+        return std::string(text);
+      };
+      if (!(stats.min >= -kHalfMax && stats.max <= kHalfMax && std::abs(background) <= kHalfMax)) {
+        return MakeError(ErrorCode::kInvalidArgument,
+                         "cannot write '" + path + "' as 16-bit halves: grid '" + name +
+                             "' holds values from " + number(stats.min) + " to " +
+                             number(stats.max) + " (background " + number(background) +
+                             "), beyond the +-65504 a half can hold; write it without --half");
+      }
+    }
     openvdb::GridBase::Ptr grid = PrepareForWrite(volume, name);
     grid->setSaveFloatAsHalf(options.half_float);
     MEWM_RETURN_IF_ERROR(add(name, std::move(grid)));

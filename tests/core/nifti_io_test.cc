@@ -570,6 +570,23 @@ TEST_F(NiftiIoTest, HeaderClaimingMoreDataThanTheFileHoldsIsCorruptData) {
   // The gzip variant of this is the fixture implausible_size.nii.gz (expected.json, "rejected").
 }
 
+TEST_F(NiftiIoTest, AnOffsetThatIsNoNumberIsNamedAsStored) {
+  // NIfTI-1 stores vox_offset as a float; NaN and 1e30 were reported as "vox_offset -1".
+  const std::string path = Path("offset.nii");
+  for (const auto& [value, shown] : {std::pair{std::nanf(""), "vox_offset nan "},
+                                     {1e30f, "vox_offset 1e+30 "},
+                                     {-5.0f, "vox_offset -5 "}}) {
+    ASSERT_TRUE(WriteNifti(path, Ramp(Geometry::Isotropic(1.0))).has_value());
+    Poke<float>(path, 108, value);
+    Expected<NiftiInfo> info = ReadNiftiInfo(path);
+    ASSERT_FALSE(info.has_value()) << shown;
+    EXPECT_EQ(info.error().code, ErrorCode::kCorruptData);
+    EXPECT_NE(info.error().message.find(std::string(shown) + "is not a byte offset"),
+              std::string::npos)
+        << info.error().message;
+  }
+}
+
 // ----------------------------------------------------------------------------------------------
 // Write errors
 

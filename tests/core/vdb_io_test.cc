@@ -114,6 +114,38 @@ TEST_F(VdbIoTest, HalfFloatStorageKeepsValuesWithinHalfAHounsfieldUnit) {
   EXPECT_EQ(back->labels.at("tumor").ToDense().data, set.labels.at("tumor").ToDense().data);
 }
 
+TEST_F(VdbIoTest, ValuesAHalfCannotHoldAreRefusedNotStoredAsInfinity) {
+  // 65504 is the largest half; OpenVDB wrote 100000 as inf without a word.
+  VolumeSet set = Patient();
+  DenseFloat dense = set.scalars.at("ct").ToDense();
+  ASSERT_TRUE(WriteVdb(dir_.File("edge.vdb"), set, VdbWriteOptions{true}));
+  dense.data[dense.data.size() / 2] = 100000.0f;
+  set.scalars.insert_or_assign("ct", *Volume::FromDense(dense, "ct"));
+  const Status refused = WriteVdb(dir_.File("over.vdb"), set, VdbWriteOptions{true});
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(refused.error().message.find("to 100000"), std::string::npos)
+      << refused.error().message;
+  EXPECT_NE(refused.error().message.find("without --half"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("over.vdb")));
+  EXPECT_TRUE(WriteVdb(dir_.File("full.vdb"), set));  // full floats hold it
+}
+
+TEST_F(VdbIoTest, AGridBelowIndexZeroIsNamedAsSuchNotAsTooManyVoxels) {
+  // A foreign grid (no extent of mewm's) whose only voxel lies at negative indices.
+  openvdb::FloatGrid::Ptr grid = openvdb::FloatGrid::create(-1000.0f);
+  grid->tree().setValue(openvdb::Coord(-5, -5, -5), 40.0f);
+  grid->setName("ct");
+  openvdb::io::File file(dir_.File("below.vdb"));
+  file.write({grid});
+  file.close();
+  auto read = ReadVdb(dir_.File("below.vdb"));
+  ASSERT_FALSE(read);
+  EXPECT_EQ(read.error().code, ErrorCode::kCorruptData) << read.error().message;
+  EXPECT_NE(read.error().message.find("extent -4 x -4 x -4 is negative"), std::string::npos)
+      << read.error().message;
+}
+
 TEST_F(VdbIoTest, SameGridsGiveByteIdenticalFiles) {
   const VolumeSet set = Patient();
   ASSERT_TRUE(WriteVdb(dir_.File("a.vdb"), set));
