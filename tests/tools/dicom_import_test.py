@@ -220,6 +220,23 @@ def main():
         code, text = mewm(os.path.join(tmp, "j2k"), "--out", os.path.join(tmp, "j.nii.gz"))
         check(code == 1 and "JPEG 2000" in text and "cannot be decoded" in text, "J2K: %s" % text)
 
+        # A slice cut short at either end of the series was skipped as "not DICOM" and the
+        # volume imported one slice short; it is refused, named, wherever the cut falls.
+        for cut in (200, 3000):
+            folder = os.path.join(tmp, "cut%d" % cut)
+            write_series(folder, data, source.affine)
+            names = sorted(os.listdir(folder))
+            last = max(names, key=lambda n: float(
+                pydicom.dcmread(os.path.join(folder, n)).ImagePositionPatient[2]))
+            with open(os.path.join(folder, last), "r+b") as f:
+                f.truncate(cut)
+            code, text = mewm(folder, "--out", os.path.join(tmp, "cut%d.nii.gz" % cut))
+            check(code == 1 and "start like DICOM but cannot be read" in text and last in text,
+                  "cut at %d: %s" % (cut, text))
+            check(not os.path.exists(os.path.join(tmp, "cut%d.nii.gz" % cut)), "cut: no output")
+            code, text = mewm(folder, "--list")
+            check(code == 0 and "damaged, not readable as DICOM" in text, "cut, list: %s" % text)
+
         # No DICOM at all; a missing folder.
         os.makedirs(os.path.join(tmp, "empty"))
         with open(os.path.join(tmp, "empty", "notes.txt"), "w") as f:

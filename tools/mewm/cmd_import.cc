@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "mewm/core/text.h"
 #include "mewm/core/volume_file.h"
 #include "mewm/dicom/dicom_import.h"
 #include "mewm/dicom/dicom_seg.h"
@@ -130,6 +131,9 @@ Action RegisterImport(CLI::App& app) {
       std::cout << scan->series.size() << " series in " << o->folder << " (" << scan->files
                 << " files, " << scan->not_dicom << " not DICOM):\n"
                 << dicom::DescribeSeries(*scan);
+      for (const std::string& file : scan->damaged) {
+        std::cout << "  damaged, not readable as DICOM: " << EscapeControl(file) << "\n";
+      }
       return 0;
     }
     if (o->out.empty()) {

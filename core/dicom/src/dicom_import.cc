@@ -126,9 +126,16 @@ Expected<std::vector<FileHeader>> ReadHeaders(const std::string& folder, int max
   for (const fs::path& path : files) {
     DcmFileFormat file;
     // Part 10 files only (the preamble), and elements over 4 KiB (the pixels) left on disk.
-    if (!HasPreamble(path) ||
-        file.loadFile(path.c_str(), EXS_Unknown, EGL_noChange, 4096, ERM_fileOnly).bad()) {
+    if (!HasPreamble(path)) {
       ++scan->not_dicom;
+      continue;
+    }
+    if (OFCondition loaded =
+            file.loadFile(path.c_str(), EXS_Unknown, EGL_noChange, 4096, ERM_fileOnly);
+        loaded.bad()) {
+      // A DICOM file cut short: skipping it would drop a slice without a word when it is the
+      // first or last of the series (a gap inside one is refused as uneven spacing).
+      scan->damaged.push_back("'" + path.string() + "' (" + loaded.text() + ")");
       continue;
     }
     DcmDataset& ds = *file.getDataset();
@@ -386,6 +393,14 @@ std::string SeriesProvenanceJson(const std::string& folder, const SeriesInfo& ch
 Expected<ImportResult> ImportSeries(const std::string& folder, const ImportOptions& options) {
   FolderScan scan;
   MEWM_TRY(const std::vector<FileHeader> headers, ReadHeaders(folder, options.max_files, &scan));
+  if (!scan.damaged.empty()) {
+    return MakeError(ErrorCode::kCorruptData,
+                     std::to_string(scan.damaged.size()) + " file" +
+                         (scan.damaged.size() == 1 ? "" : "s") + " in '" + folder +
+                         "' start like DICOM but cannot be read, first " + scan.damaged.front() +
+                         "; a slice of the series may be among them, so nothing is imported. "
+                         "Repair them or move them out of the folder");
+  }
   MEWM_TRY(const SeriesInfo* chosen, ChooseSeries(scan, folder, options));
   // Geometry of every slice, from the headers.
   std::vector<Slice> slices;

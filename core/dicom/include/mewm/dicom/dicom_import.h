@@ -37,7 +37,10 @@ struct SeriesInfo {
 struct FolderScan {
   std::vector<SeriesInfo> series;  ///< by series UID
   int files = 0;                   ///< regular files looked at
-  int not_dicom = 0;               ///< files skipped: no DICOM preamble, or unreadable as DICOM
+  int not_dicom = 0;               ///< files skipped: no DICOM preamble, or not an image
+  /// Files with the DICOM preamble that DCMTK cannot read (truncated, damaged), each with the
+  /// reason. ImportSeries refuses a folder holding any: one may be a slice of the series.
+  std::vector<std::string> damaged;
   int outside = 0;  ///< files skipped: symbolic links leading out of the folder (not read)
 };
 
