@@ -71,6 +71,26 @@ std::string Head(int status, const std::string& content_type, std::size_t length
   return head + "Connection: close\r\n\r\n";
 }
 
+/// False when the first bytes of a request head cannot begin an HTTP/1.x request: a method that
+/// is not a token of at most 16 characters (a TLS hello, random bytes), or a control character
+/// other than CR, LF and tab. Lets binary input be answered 400 at once, where waiting for the
+/// blank line that ends a head would only end at the request deadline, with no answer.
+bool CanStartHttp(const std::string& in) {
+  const auto token = [](unsigned char ch) {
+    return std::isalnum(ch) != 0 || std::strchr("!#$%&'*+-.^_`|~", ch) != nullptr;
+  };
+  std::size_t method = 0;
+  while (method < in.size() && in[method] != ' ') {
+    if (method >= 16 || !token(static_cast<unsigned char>(in[method]))) return false;
+    ++method;
+  }
+  for (const char ch : in) {
+    const auto u = static_cast<unsigned char>(ch);
+    if ((u < 0x20 && ch != '\r' && ch != '\n' && ch != '\t') || u == 0x7f) return false;
+  }
+  return true;
+}
+
 HttpResponse Plain(int status, std::string body, std::string route = "-") {
   HttpResponse response;
   response.status = status;
@@ -454,6 +474,8 @@ struct HttpServer::Impl {
         Respond(c, Answer(c.in.substr(0, end)));
         c.in.clear();
         c.in.shrink_to_fit();
+      } else if (!CanStartHttp(c.in)) {
+        Respond(c, Plain(400, "not an HTTP/1.x request\n"));
       } else if (c.in.size() > limits.max_request_bytes) {
         Respond(c, Plain(431, "request head over " + std::to_string(limits.max_request_bytes) +
                                   " bytes\n"));

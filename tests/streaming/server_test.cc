@@ -1581,9 +1581,13 @@ TEST_F(HttpTest, ErrorsAreClearAndHostileRequestsAreClosed) {
     EXPECT_NE(post.head().find("Allow: GET"), std::string::npos);
   }
   // Garbage, a header without a colon, a request line that is not HTTP/1.x, NUL bytes: 400 and
-  // closed; an endless head: 431 and closed. The server keeps serving.
+  // closed; an endless head: 431 and closed. The server keeps serving. A TLS hello and binary
+  // bytes end no head: they are answered from their first bytes (they were closed unanswered at
+  // the request deadline).
   for (const std::string& junk :
        {std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 15),
+        std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 11),
+        std::string("\x89PNG\x01\x02\xff\xfe binary", 15), std::string("GET /\x1b[2J", 9),
         std::string("GET /metrics HTTP/1.1\r\nno colon here\r\n\r\n"),
         std::string("GET /metrics SPDY/9\r\n\r\n"), std::string("GET  HTTP/1.1\r\n\r\n"),
         std::string("GET /met\0rics HTTP/1.1\r\n\r\n", 26)}) {
