@@ -12,7 +12,9 @@
 #include <algorithm>
 #include <cctype>
 #include <cstring>
+#include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "mewm.capnp.h"
@@ -390,6 +392,15 @@ void SetStatus(w::RunStatus::Builder b, const RunStatus& s) {
 Expected<RunStatus> ReadStatus(w::RunStatus::Reader r) {
   const auto state = unsigned(r.getState());
   if (state > unsigned(RunState::kCancelled)) return Unknown("run state", state);
+  // The counts are uint32 on the wire; past INT_MAX they read as negative (a client showed -1).
+  for (const auto& [what, count] : {std::pair{"patientsTotal", r.getPatientsTotal()},
+                                    {"patientsDone", r.getPatientsDone()},
+                                    {"patientsFailed", r.getPatientsFailed()}}) {
+    if (count > std::uint32_t(std::numeric_limits<int>::max())) {
+      return MakeError(ErrorCode::kCorruptData, std::string("run status: ") + what + " " +
+                                                    std::to_string(count) + " is out of range");
+    }
+  }
   return RunStatus{S(r.getRunId()),
                    S(r.getScenario()),
                    RunState(state),

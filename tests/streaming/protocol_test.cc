@@ -143,6 +143,18 @@ TEST(ProtocolTest, RequestsAndRepliesRoundTrip) {
             (std::vector<std::string>{"a", "bc"}));
   auto health_out = DecodeReply(EncodeReply(Reply{"r", health}));
   EXPECT_EQ(std::get<Health>(health_out->body).stages.front().sum_seconds, 1.5);
+  // A count past INT_MAX on the wire (uint32 4294967295 here) is refused, not shown as -1.
+  RunStatus hostile = status;
+  hostile.patients_done = -1;
+  for (const auto& body : std::vector<decltype(Reply::body)>{
+           hostile, CancelReply{hostile}, SnapshotReply{hostile, {}, true}, RunList{{hostile}}}) {
+    auto refused = DecodeReply(EncodeReply(Reply{"r", body}));
+    ASSERT_FALSE(refused);
+    EXPECT_EQ(refused.error().code, ErrorCode::kCorruptData);
+    EXPECT_NE(refused.error().message.find("patientsDone 4294967295 is out of range"),
+              std::string::npos)
+        << refused.error().message;
+  }
 }
 
 TEST(ProtocolTest, DecodesFromUnalignedBuffers) {
