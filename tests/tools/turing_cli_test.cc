@@ -19,11 +19,13 @@
 #include <regex>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include "../core/test_env.h"
 #include "mewm/core/file_util.h"
 #include "mewm/core/nifti_io.h"
 #include "mewm/core/render.h"
+#include "mewm/core/sha256.h"
 #include "mewm/core/vdb_io.h"
 
 // Last: <resolv.h>, which httplib includes, defines a macro `_res` that breaks Eigen's headers.
@@ -236,6 +238,52 @@ TEST_F(TuringCliTest, PairDesignHidesTheSyntheticVolumeBehindAOrB) {
   }
 }
 
+// A study's manifest and key are files a user may hand over: a damaged one is refused with exit 1,
+// naming the problem ("format": 5 exited 70; a manifest could name ../key.json for the server to
+// serve; duplicate cases and an invalid truth were accepted; 16 MiB of '[' took 1.4 GB).
+TEST_F(TuringCliTest, DamagedStudyFilesAreRefusedNamingTheProblem) {
+  const std::string out = Export("damaged", "single", 4);
+  const std::string key_path = out + "-key.json";
+  const std::string manifest_text = Slurp(out + "/manifest.json"), key_text = Slurp(key_path);
+  const auto write = [](const std::string& path, const std::string& text) {
+    std::ofstream(path, std::ios::trunc) << text;
+  };
+  const auto refused = [&](const std::string& what, const std::string& named) {
+    const Result r = RunMewm("turing score " + out + " --key " + key_path);
+    EXPECT_EQ(r.code, 1) << what << ": " << r.output;
+    EXPECT_NE(r.output.find(named), std::string::npos) << what << ": " << r.output;
+  };
+  const nlohmann::json manifest = nlohmann::json::parse(manifest_text);
+  nlohmann::json m = manifest;
+  m["format"] = 5;
+  write(out + "/manifest.json", m.dump());
+  refused("a numeric format", "not a mewm turing export manifest");
+  for (const std::string file : {"../damaged-key.json", "/etc/passwd", "cases/../x.png"}) {
+    m = manifest;
+    m["cases"][0]["volumes"][0]["png"] = file;
+    write(out + "/manifest.json", m.dump());
+    refused(file, "names the file '" + file + "', which is not a case file of the export");
+  }
+  m = manifest;
+  m["cases"][1]["id"] = m["cases"][0]["id"];
+  write(out + "/manifest.json", m.dump());
+  refused("a duplicate case", "listed twice");
+  write(out + "/manifest.json", std::string(1 << 20, '['));
+  refused("deep nesting", "not a mewm turing export manifest");
+  // The key: its hash must match the manifest's, so each damaged key gets a matching manifest.
+  for (const auto& [field, value, named] :
+       {std::tuple<std::string, std::string, std::string>{"truth", "maybe", "has truth 'maybe'"},
+        {"id", "", "listed twice"}}) {
+    nlohmann::json k = nlohmann::json::parse(key_text);
+    k["cases"][1][field] = field == "id" ? k["cases"][0]["id"].get<std::string>() : value;
+    write(key_path, k.dump());
+    m = manifest;
+    m["key_sha256"] = ToHex(Sha256(k.dump()));
+    write(out + "/manifest.json", m.dump());
+    refused(field, named);
+  }
+}
+
 TEST_F(TuringCliTest, ExportRefusesAKeyInsideTheExportAndForeignFolders) {
   const std::string base = " --dynamics-backend mechanistic --calibration " + kCalibration +
                            " --n 4 --quiet --cohort " + cohort_;
@@ -378,6 +426,18 @@ TEST_F(TuringCliTest, ScoreComputesTheHandCheckedFiguresAndNamesBadLines) {
   expect_error({ok, "{not json"}, "not a JSON object");
   expect_error({ok, Line(key["cases"][1]["id"], "maybe", 3, hash)}, "answer 'maybe'");
   expect_error({ok, Line(key["cases"][1]["id"], "real", 7, hash)}, "confidence");
+  nlohmann::json other_reader = nlohmann::json::parse(Line(key["cases"][1]["id"], "real", 3, hash));
+  other_reader["reader"] = "mallory";
+  expect_error({ok, other_reader.dump()}, "the answer's reader \"mallory\" is not 'r1'");
+  // A link in the answers folder is refused (it could be any file).
+  fs::remove_all(bad);
+  fs::create_directories(bad);
+  fs::create_symlink("/etc/passwd", bad + "/r1.jsonl");
+  {
+    const Result e = RunMewm("turing score " + out + " --key " + key_path + " --answers " + bad);
+    EXPECT_EQ(e.code, 1) << e.output;
+    EXPECT_NE(e.output.find("a symbolic link"), std::string::npos) << e.output;
+  }
   // No answers at all (an empty folder, a reader's empty file) is an error, not an empty table.
   fs::remove_all(bad);
   fs::create_directories(bad);
@@ -405,6 +465,15 @@ TEST_F(TuringCliTest, SimulatedReadersAreScored) {
   for (const char* reader : {"guesser", "machine", "histogram"}) {
     EXPECT_TRUE(fs::exists(out + "/answers/" + std::string(reader) + ".jsonl")) << reader;
   }
+  // Run again, the answers there (a human reader may have chosen "guesser") are kept unless
+  // --force says otherwise.
+  const std::string before = Slurp(out + "/answers/guesser.jsonl");
+  r = RunMewm("turing simulate-readers " + out + " --key " + key_path + " --seed 2");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("guesser.jsonl' exists"), std::string::npos) << r.output;
+  EXPECT_EQ(Slurp(out + "/answers/guesser.jsonl"), before);
+  r = RunMewm("turing simulate-readers " + out + " --key " + key_path + " --force");
+  EXPECT_EQ(r.code, 0) << r.output;
   // With eval dynamics's machine Turing test (the 3D CNN) on the same volumes, side by side.
   r = RunMewm("turing score " + out + " --key " + key_path + " --machine --folds 4");
   ASSERT_EQ(r.code, 0) << r.output;
@@ -558,6 +627,27 @@ TEST_F(TuringCliTest, ServeStoresAnswersResumesAndNeverServesTheKey) {
     EXPECT_EQ(post(with("seconds", -1)), 400);
     EXPECT_EQ(post(with("extra", 1)), 400);
     EXPECT_EQ(post(std::string(64 * 1024, ' ')), 413);
+    EXPECT_EQ(post(with("seconds", 1e308)), 400);  // over a day
+    // Chunked, a body has no Content-Length to refuse: 1 MiB of it is refused as it arrives
+    // (600 MiB used to be read whole).
+    std::size_t sent = 0;
+    auto chunked = client.Post(
+        "/api/answer",
+        [&](std::size_t, httplib::DataSink& sink) {
+          if (sent >= (1u << 20)) {
+            sink.done();
+            return true;
+          }
+          const std::string chunk(64 * 1024, ' ');
+          sent += chunk.size();
+          return sink.write(chunk.data(), chunk.size());
+        },
+        "application/json");
+    EXPECT_TRUE(!chunked || chunked->status == 413) << (chunked ? chunked->body : "");
+    // Another site's page can send text/plain without a preflight: refused, nothing stored.
+    auto plain = client.Post("/api/answer", good.dump(), "text/plain");
+    ASSERT_TRUE(plain);
+    EXPECT_EQ(plain->status, 415);
     EXPECT_EQ(client.Get("/api/session?reader=../x")->status, 400);
     EXPECT_EQ(Lines(out + "/answers/alice.jsonl").size(), 3u);
     EXPECT_FALSE(fs::exists(out + "/answers/...jsonl"));

@@ -269,6 +269,7 @@ Action AddSimulateReaders(CLI::App& turing) {
   struct Options {
     std::string dir, key, out;
     std::uint64_t seed = 1;
+    bool force = false;
   };
   auto o = std::make_shared<Options>();
   CLI::App* sub = turing.add_subcommand(
@@ -279,6 +280,7 @@ Action AddSimulateReaders(CLI::App& turing) {
   sub->add_option("--key", o->key, "The export's key.json")->required();
   sub->add_option("--out", o->out, "Answers folder to write (default DIR/answers)");
   sub->add_option("--seed", o->seed, "Seed")->capture_default_str();
+  AddForceFlag(sub, &o->force);
   return [o, sub]() -> int {
     if (!sub->parsed()) return -1;
     auto study = ReadStudy(o->dir, o->key);
@@ -289,6 +291,15 @@ Action AddSimulateReaders(CLI::App& turing) {
     if (!readers) return Fail(readers.error());
     const std::string out =
         o->out.empty() ? (std::filesystem::path(o->dir) / "answers").string() : o->out;
+    // A human reader may have chosen one of these ids: their answers are never replaced unasked.
+    for (const auto& [reader, list] : *readers) {
+      const std::string path = (std::filesystem::path(out) / (reader + ".jsonl")).string();
+      std::error_code ec;
+      if (!std::filesystem::is_directory(out, ec)) continue;  // created below, so nothing exists
+      if (auto free = CheckOutput("--out", path, o->force, {o->key}); !free) {
+        return Fail(free.error());
+      }
+    }
     std::error_code ec;
     std::filesystem::create_directories(out, ec);
     for (const auto& [reader, list] : *readers) {

@@ -49,7 +49,8 @@ std::string UtcNow() {
 /// Appends one line and fsyncs the file (and, for a new file, its folder). kIo naming the file.
 Status AppendDurably(const std::string& path, const std::string& line) {
   const bool created = !fs::exists(path);
-  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  // Never through a link: an answers file is the study's own (a link appended answers anywhere).
+  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
   if (fd < 0) return MakeError(ErrorCode::kIo, path + ": cannot open for appending");
   std::size_t done = 0;
   while (done < line.size()) {
@@ -239,10 +240,31 @@ Action AddTuringServe(CLI::App& turing) {
       }
       res.set_content(study.Session(reader).dump(), "application/json");
     });
-    server.Post("/api/answer", [&](const httplib::Request& req, httplib::Response& res) {
-      const auto [status, body] = study.Answer(req.body);
+    server.Post("/api/answer", [&](const httplib::Request& req, httplib::Response& res,
+                                   const httplib::ContentReader& content) {
+      // JSON only: a page of another site can POST text/plain without asking (no CORS
+      // preflight), and one forged answer per case would lock the reader out of it.
+      if (req.get_header_value("Content-Type").rfind("application/json", 0) != 0) {
+        res.status = 415;
+        res.set_content("the body must be application/json", "text/plain");
+        return;
+      }
+      // Read here, bounded: set_payload_max_length bounds a Content-Length, not a chunked body
+      // (600 MiB of chunks were read whole).
+      std::string body;
+      const bool read = content([&](const char* data, std::size_t length) {
+        if (body.size() + length > kMaxBody) return false;
+        body.append(data, length);
+        return true;
+      });
+      if (!read) {  // over the limit, by Content-Length (cpp-httplib's check) or as it came
+        res.status = 413;
+        res.set_content("the body is over " + std::to_string(kMaxBody) + " bytes", "text/plain");
+        return;
+      }
+      const auto [status, text] = study.Answer(body);
       res.status = status;
-      res.set_content(body, status == 200 ? "application/json" : "text/plain");
+      res.set_content(text, status == 200 ? "application/json" : "text/plain");
     });
     // Everything else: only the allow-listed files; no path is ever mapped onto the folder.
     server.Get(R"(/.*)", [&](const httplib::Request& req, httplib::Response& res) {

@@ -20,6 +20,7 @@
 #include "mewm/eval/turing.h"
 #include "mewm/planner/planner.h"
 #include "mewm/run/cohort_source.h"
+#include "study_json.h"
 
 namespace mewm::scenarios {
 namespace fs = std::filesystem;
@@ -28,6 +29,8 @@ namespace {
 
 constexpr const char* kManifestFormat = "mewm-turing-export";
 constexpr const char* kKeyFormat = "mewm-turing-key";
+/// The most a manifest or key may hold: about 100 bytes a case, so over 100,000 cases.
+constexpr std::uint64_t kMaxStudyJsonBytes = 16u << 20;
 
 /// The cases of one patient before blinding.
 struct PatientVolumes {
@@ -243,6 +246,14 @@ bool IsCaseFileName(const std::string& name) {
   return rest == ".nii.gz" || rest == ".vdb" || rest == ".png";
 }
 
+/// True for "cases/<name>" where <name> is a case file's name (IsCaseFileName): what a manifest
+/// may name.
+bool IsCaseFilePath(const std::string& path) {
+  const std::string prefix = "cases/";
+  return path.rfind(prefix, 0) == 0 && IsCaseFileName(path.substr(prefix.size())) &&
+         path.compare(prefix.size(), 5, ".tmp-") != 0;
+}
+
 /// Makes `out` ready: created when missing; an earlier export (manifest.json of this format, no
 /// answers, nothing in cases/ but case files) is cleared; anything else that is not empty is
 /// refused, before anything is removed.
@@ -259,9 +270,8 @@ Status PrepareOutDir(const std::string& out) {
   if (fs::is_empty(out, ec)) return {};
   const std::string manifest = (fs::path(out) / "manifest.json").string();
   bool ours = false;
-  if (auto text = ReadFile(manifest); text) {
-    const nlohmann::json j = nlohmann::json::parse(*text, nullptr, false);
-    ours = j.is_object() && j.value("format", "") == kManifestFormat;
+  if (auto text = ReadRegularFile(manifest, kMaxStudyJsonBytes); text) {
+    ours = StringMember(ParseStudyJson(*text), "format") == kManifestFormat;
   }
   if (!ours) {
     return MakeError(ErrorCode::kIo, out +
@@ -355,9 +365,8 @@ Status CheckExportOptions(const TuringExportOptions& options) {
         "--crop-mm must be > 0 and at most 1000 mm (got " + std::to_string(options.crop_mm) + ")");
   }
   if (fs::exists(options.key)) {
-    MEWM_TRY(const std::string text, ReadFile(options.key));
-    const nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
-    if (!j.is_object() || j.value("format", "") != kKeyFormat) {
+    MEWM_TRY(const std::string text, ReadRegularFile(options.key, kMaxStudyJsonBytes));
+    if (StringMember(ParseStudyJson(text), "format") != kKeyFormat) {
       return MakeError(ErrorCode::kIo, options.key +
                                            ": exists and is not a mewm turing key; refusing to "
                                            "overwrite it");
@@ -365,9 +374,9 @@ Status CheckExportOptions(const TuringExportOptions& options) {
     // A key is replaced only with the export it belongs to: any other key is a study's only way
     // to be scored.
     std::string replaced;
-    if (auto m = ReadFile((fs::path(options.out) / "manifest.json").string()); m) {
-      const nlohmann::json manifest = nlohmann::json::parse(*m, nullptr, false);
-      if (manifest.is_object()) replaced = manifest.value("key_sha256", "");
+    const std::string manifest = (fs::path(options.out) / "manifest.json").string();
+    if (auto m = ReadRegularFile(manifest, kMaxStudyJsonBytes); m) {
+      replaced = StringMember(ParseStudyJson(*m), "key_sha256");
     }
     if (replaced != ToHex(Sha256(text))) {
       return MakeError(ErrorCode::kIo,
@@ -564,9 +573,9 @@ const TuringCase* TuringManifest::Find(const std::string& id) const {
 
 Expected<TuringManifest> ReadTuringManifest(const std::string& dir) {
   const std::string path = (fs::path(dir) / "manifest.json").string();
-  MEWM_TRY(const std::string text, ReadFile(path));
-  const nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
-  if (!j.is_object() || j.value("format", "") != kManifestFormat) {
+  MEWM_TRY(const std::string text, ReadRegularFile(path, kMaxStudyJsonBytes));
+  const nlohmann::json j = ParseStudyJson(text);
+  if (StringMember(j, "format") != kManifestFormat) {
     return MakeError(
         ErrorCode::kCorruptData,
         path + ": not a mewm turing export manifest (format must be \"" + kManifestFormat + "\")");
@@ -579,9 +588,22 @@ Expected<TuringManifest> ReadTuringManifest(const std::string& dir) {
     for (const nlohmann::json& c : j.at("cases")) {
       TuringCase tc;
       tc.id = c.at("id").get<std::string>();
+      if (m.Find(tc.id) != nullptr) {
+        return MakeError(ErrorCode::kCorruptData, path + ": case '" + tc.id + "' listed twice");
+      }
       for (const nlohmann::json& v : c.at("volumes")) {
         tc.volumes.push_back({v.at("label").get<std::string>(), v.at("nifti").get<std::string>(),
                               v.at("vdb").get<std::string>(), v.at("png").get<std::string>()});
+        // The server serves these files and the audit reads them: they must be files of the
+        // export's cases/ folder, never a path that leaves it (the key beside the study).
+        for (const std::string* file :
+             {&tc.volumes.back().nifti, &tc.volumes.back().vdb, &tc.volumes.back().png}) {
+          if (!IsCaseFilePath(*file)) {
+            return MakeError(ErrorCode::kCorruptData,
+                             path + ": case '" + tc.id + "' names the file '" + *file +
+                                 "', which is not a case file of the export (cases/<name>)");
+          }
+        }
       }
       const std::size_t expected = m.design == TuringDesign::kPair ? 2 : 1;
       if (tc.volumes.size() != expected) {
@@ -598,7 +620,7 @@ Expected<TuringManifest> ReadTuringManifest(const std::string& dir) {
 }
 
 Expected<TuringKey> ReadTuringKey(const std::string& path, const TuringManifest& manifest) {
-  MEWM_TRY(const std::string text, ReadFile(path));
+  MEWM_TRY(const std::string text, ReadRegularFile(path, kMaxStudyJsonBytes));
   TuringKey key;
   key.sha256 = ToHex(Sha256(text));
   if (key.sha256 != manifest.key_sha256) {
@@ -607,16 +629,25 @@ Expected<TuringKey> ReadTuringKey(const std::string& path, const TuringManifest&
                          manifest.key_sha256 + " of " + manifest.dir +
                          "/manifest.json (another study's key, or a key changed after export)");
   }
-  const nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
-  if (!j.is_object() || j.value("format", "") != kKeyFormat) {
+  const nlohmann::json j = ParseStudyJson(text);
+  if (StringMember(j, "format") != kKeyFormat) {
     return MakeError(ErrorCode::kCorruptData, path + ": not a mewm turing key");
   }
   try {
     MEWM_TRY(key.design, ParseTuringDesign(j.at("design").get<std::string>()));
+    const bool pair = key.design == TuringDesign::kPair;
     for (const nlohmann::json& c : j.at("cases")) {
       TuringKeyCase k{c.at("id").get<std::string>(), c.at("patient").get<std::string>(),
                       c.at("plan").get<std::string>(), c.at("truth").get<std::string>()};
-      key.cases[k.id] = k;
+      if (pair ? (k.truth != "A" && k.truth != "B")
+               : (k.truth != "real" && k.truth != "synthetic")) {
+        return MakeError(ErrorCode::kCorruptData,
+                         path + ": case '" + k.id + "' has truth '" + k.truth + "' (expected " +
+                             (pair ? "A or B" : "real or synthetic") + ")");
+      }
+      if (!key.cases.emplace(k.id, k).second) {
+        return MakeError(ErrorCode::kCorruptData, path + ": case '" + k.id + "' listed twice");
+      }
     }
   } catch (const nlohmann::json::exception& e) {
     return MakeError(ErrorCode::kCorruptData, path + ": " + e.what());

@@ -16,6 +16,7 @@
 #include "mewm/core/seed.h"
 #include "mewm/core/stats.h"
 #include "mewm/eval/turing.h"
+#include "study_json.h"
 
 namespace mewm::scenarios {
 namespace fs = std::filesystem;
@@ -24,6 +25,7 @@ namespace {
 
 /// The largest answers file read (a reader answers a few hundred cases; a line is ~200 bytes).
 constexpr std::uint64_t kMaxAnswersBytes = 16u << 20;
+constexpr double kMaxAnswerSeconds = 86400.0;
 
 Proportion MakeProportion(int k, int n) {
   Proportion p;
@@ -61,9 +63,15 @@ bool ValidReaderId(const std::string& id) {
 
 Expected<TuringAnswer> ParseAnswerLine(const std::string& line, const TuringManifest& manifest,
                                        const std::string& reader, const std::string& origin) {
-  const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+  const nlohmann::json j = ParseStudyJson(line);
   if (!j.is_object()) {
     return MakeError(ErrorCode::kParse, origin + ": not a JSON object");
+  }
+  // A line names its reader, and it must be the reader whose file holds it (a line of
+  // "mallory" in r.jsonl was counted as r's).
+  if (const auto it = j.find("reader"); it != j.end() && (!it->is_string() || *it != reader)) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     origin + ": the answer's reader " + it->dump() + " is not '" + reader + "'");
   }
   const auto field = [&](const char* name, nlohmann::json::value_t type) -> const nlohmann::json* {
     const auto it = j.find(name);
@@ -114,9 +122,12 @@ Expected<TuringAnswer> ParseAnswerLine(const std::string& line, const TuringMani
         origin + ": confidence must be an integer from 1 to 5 (got " + conf->dump() + ")");
   }
   a.confidence = int(confidence);
-  if (!(a.seconds >= 0.0) || !std::isfinite(a.seconds)) {
-    return MakeError(ErrorCode::kInvalidArgument, origin + ": seconds must be >= 0");
+  // A case read for over a day is not a reading time (1e308 was stored and printed).
+  if (!(a.seconds >= 0.0 && a.seconds <= kMaxAnswerSeconds)) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     origin + ": seconds must be from 0 to 86400 (got " + secs->dump() + ")");
   }
+  a.seconds += 0.0;  // -0.0 reads as 0
   if (a.key_sha256 != manifest.key_sha256) {
     return MakeError(ErrorCode::kMismatch, origin + ": key_sha256 " + a.key_sha256 +
                                                " is not the export's " + manifest.key_sha256 +
@@ -140,7 +151,15 @@ Expected<std::map<std::string, std::vector<TuringAnswer>>> ReadAnswers(
   }
   std::vector<fs::path> files;
   for (const auto& entry : fs::directory_iterator(answers_dir, ec)) {
-    if (entry.path().extension() == ".jsonl") files.push_back(entry.path());
+    if (entry.path().extension() != ".jsonl") continue;
+    if (entry.is_symlink()) {
+      // The answers are the study's own files: a link could read (or, for the server, append
+      // to) a file anywhere.
+      return MakeError(
+          ErrorCode::kInvalidArgument,
+          entry.path().string() + ": a symbolic link; answers must be files of " + answers_dir);
+    }
+    files.push_back(entry.path());
   }
   std::sort(files.begin(), files.end());
   std::map<std::string, std::vector<TuringAnswer>> answers;
