@@ -23,7 +23,9 @@ struct MdContextFree {
 
 /// The expected hash in a checksum file: its first 64 characters, which must be hex.
 Expected<std::string> ReadExpected(const std::string& checksum_path) {
-  MEWM_TRY(const std::string text, ReadFile(checksum_path));
+  // Found beside the model, not named by the user: a regular file only (a FIFO there blocked every
+  // load), and a checksum line is short.
+  MEWM_TRY(const std::string text, ReadRegularFile(checksum_path, 4096));
   std::string hex = text.substr(0, 64);
   bool ok = hex.size() == 64 && (text.size() == 64 || std::isspace((unsigned char)text[64]));
   for (char& c : hex) {
@@ -43,7 +45,9 @@ Expected<ModelChecksum> Compare(const std::string& model_path, std::string actua
   ModelChecksum out{std::move(actual), false};
   const std::string checksum_path = ChecksumPath(model_path);
   std::error_code ec;
-  if (!std::filesystem::exists(checksum_path, ec)) return out;
+  // A link that leads nowhere is a checksum file gone wrong, not an absent one: ReadExpected
+  // refuses it rather than the check being skipped.
+  if (!std::filesystem::exists(std::filesystem::symlink_status(checksum_path, ec))) return out;
   MEWM_TRY(const std::string expected, ReadExpected(checksum_path));
   if (expected != out.sha256) {
     return MakeError(ErrorCode::kCorruptData,

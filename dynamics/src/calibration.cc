@@ -225,7 +225,9 @@ Expected<BiologyRegression> BiologyRegression::FromJson(const std::string& text,
 }
 
 Expected<BiologyRegression> BiologyRegression::Load(const std::string& path) {
-  MEWM_TRY(const std::string text, ReadFile(path));
+  // The shipped calibration is a few KB; a 200 MB file took 4.7 GB to refuse.
+  constexpr std::uint64_t kMaxBytes = 16u << 20;
+  MEWM_TRY(const std::string text, ReadRegularFile(path, kMaxBytes));
   MEWM_RETURN_IF_ERROR(VerifyModelChecksum(path, text));
   return FromJson(text, path);
 }

@@ -303,6 +303,9 @@ std::vector<double> ToVector(const Eigen::VectorXd& v) {
   return std::vector<double>(v.data(), v.data() + v.size());
 }
 
+constexpr double kMaxAbsBeta = 100.0;
+constexpr std::size_t kMaxBaselineTimes = 100000;
+
 Unexpected Corrupt(const std::string& message) {
   return MakeError(ErrorCode::kCorruptData, "Cox model JSON: " + message);
 }
@@ -364,12 +367,24 @@ Expected<CoxFit> ParseCoxJson(const json& j) {
                    std::to_string(mean.size()) + ", " + std::to_string(scale.size()) + ")");
   }
   for (std::size_t k = 0; k < p; ++k) {
+    // On standardised features a coefficient is a log hazard ratio per SD: beyond 100 every
+    // plan's hazard overflows or vanishes (1e300 scored every plan 0).
+    if (std::abs(beta[k]) > kMaxAbsBeta) {
+      return Corrupt("'beta' of feature '" + fit.feature_names[k] + "' is " + Num(beta[k]) +
+                     ", beyond +-" + Num(kMaxAbsBeta) + " per standard deviation");
+    }
     if (!(scale[k] > 0.0)) {
       return Corrupt("'scale' of feature '" + fit.feature_names[k] + "' must be > 0 (got " +
                      Num(scale[k]) + ")");
     }
   }
   const std::size_t m = fit.baseline_times.size();
+  if (m > kMaxBaselineTimes) {
+    // One time per distinct event of the training cohort; a longer curve is no model of ours
+    // and slows every scored plan.
+    return Corrupt("'baseline_times' holds " + std::to_string(m) + " times, over " +
+                   std::to_string(kMaxBaselineTimes));
+  }
   if (fit.baseline_cumhaz.size() != m) {
     return Corrupt("'baseline_times' and 'baseline_cumhaz' differ in length (" + std::to_string(m) +
                    " vs " + std::to_string(fit.baseline_cumhaz.size()) + ")");

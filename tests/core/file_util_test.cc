@@ -42,6 +42,19 @@ TEST(ModelChecksumTest, RecordedChecksumsAreVerified) {
   EXPECT_NE(damaged.error().message.find(ToHex(Sha256("weightz"))), std::string::npos);
   EXPECT_NE(damaged.error().message.find(ToHex(Sha256("weights"))), std::string::npos);
 
+  // A checksum file is found, not named: one that is no regular file, or a link that leads
+  // nowhere, is refused, not read (a FIFO blocked every load) nor taken for absent.
+  std::filesystem::remove(model + ".sha256");
+  ASSERT_EQ(::mkfifo((model + ".sha256").c_str(), 0600), 0);
+  auto fifo = VerifyModelChecksum(model);
+  ASSERT_FALSE(fifo);
+  EXPECT_NE(fifo.error().message.find("expected a regular file"), std::string::npos)
+      << fifo.error().message;
+  std::filesystem::remove(model + ".sha256");
+  std::filesystem::create_symlink(dir.File("nowhere"), model + ".sha256");
+  EXPECT_FALSE(VerifyModelChecksum(model));
+  std::filesystem::remove(model + ".sha256");
+
   ASSERT_TRUE(WriteFileAtomic(model + ".sha256", "not a checksum\n"));
   auto malformed = VerifyModelChecksum(model);
   ASSERT_FALSE(malformed);

@@ -186,6 +186,33 @@ TEST_F(RunnerTest, ShardsMergeIntoTheFullRun) {
   bad.shard_index = 2;
   bad.shard_count = 2;
   EXPECT_FALSE(Runner::Create(Synthetic(), bad));
+  // A shard's file that is a link is refused: the merge would copy whatever it leads to.
+  ASSERT_TRUE(WriteFileAtomic(dir_.File("secret.txt"), "not the run's"));
+  const std::string plot = shards[0] + "/patients/P0003/survival.png";
+  fs::remove(plot);
+  fs::create_symlink(dir_.File("secret.txt"), plot);
+  auto linked = MergeResults(shards, dir_.File("linked"));
+  ASSERT_FALSE(linked);
+  EXPECT_NE(linked.error().message.find("survival.png' is not a file of a mewm run"),
+            std::string::npos)
+      << linked.error().message;
+  EXPECT_FALSE(fs::exists(dir_.File("linked/patients/P0003/survival.png")));
+  // Nor does a run resume into a patients/ that is a link: it would write where the link leads.
+  fs::remove(plot);
+  fs::create_directories(dir_.File("elsewhere"));
+  fs::remove_all(shards[1] + "/patients");
+  fs::create_directory_symlink(dir_.File("elsewhere"), shards[1] + "/patients");
+  RunOptions resume;
+  resume.shard_index = 1;
+  resume.shard_count = 2;
+  resume.resume = true;
+  resume.output_dir = shards[1];
+  CollectingSink sink;
+  auto through = Run(Synthetic(), resume, &sink);
+  ASSERT_FALSE(through);
+  EXPECT_NE(through.error().message.find("is a symbolic link"), std::string::npos)
+      << through.error().message;
+  EXPECT_TRUE(fs::is_empty(dir_.File("elsewhere")));
 }
 
 TEST_F(RunnerTest, ASyntheticCohortComesFromTheSourcePluggedIntoTheRegistry) {
@@ -446,6 +473,16 @@ TEST_F(RunnerTest, EvaluatePlansAgainstTruthWithBaselines) {
   EXPECT_GT(simulations, 0.0);
   EXPECT_DOUBLE_EQ(eval->simulations_per_patient, simulations / 3.0);
   EXPECT_NE(eval->FormatTable().find("outcome simulations per patient"), std::string::npos);
+  // A summary listing a patient twice is refused: counted twice, the patient would also be among
+  // the "other" patients of its own leave-one-out majority.
+  nlohmann::json twice = summary;
+  twice["patients"].push_back(twice["patients"][0]);
+  ASSERT_TRUE(WriteFileAtomic(dir_.File("out/summary.json"), twice.dump()));
+  auto refused = EvaluatePlans(dir_.File("out"));
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, ErrorCode::kCorruptData);
+  EXPECT_NE(refused.error().message.find("is listed twice"), std::string::npos)
+      << refused.error().message;
 }
 
 TEST_F(RunnerTest, ComparePlanRunsPoolsPairsOfRunsOfSeveralCohorts) {

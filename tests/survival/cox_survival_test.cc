@@ -409,6 +409,24 @@ TEST_F(CoxSurvivalTest, LoadRejectsFilesThatAreNotCoxSurvivalModels) {
   bad_model["model"]["scale"][0] = -1.0;
   expect_load_error("bad_model.json", bad_model.dump(), ErrorCode::kCorruptData);
 
+  // Values no fit gives: a coefficient past 100 per SD (1e300 scored every plan 0), a baseline of
+  // more than 100,000 times (each scored plan walks it), a file over 16 MiB (read whole first).
+  json huge_beta = saved;
+  huge_beta["model"]["beta"][0] = 1e300;
+  expect_load_error("huge_beta.json", huge_beta.dump(), ErrorCode::kCorruptData);
+  json long_baseline = saved;
+  json& times = long_baseline["model"]["baseline_times"];
+  json& cumhaz = long_baseline["model"]["baseline_cumhaz"];
+  times = json::array();
+  cumhaz = json::array();
+  for (int k = 0; k <= 100000; ++k) {
+    times.push_back(0.01 * (k + 1));
+    cumhaz.push_back(1e-6 * k);
+  }
+  expect_load_error("long_baseline.json", long_baseline.dump(), ErrorCode::kCorruptData);
+  expect_load_error("huge.json", saved.dump() + std::string(17u << 20, ' '),
+                    ErrorCode::kInvalidArgument);
+
   json renamed = saved;
   renamed["model"]["feature_names"][3] = "lipiodol_fraction";
   expect_load_error("renamed.json", renamed.dump(), ErrorCode::kMismatch);

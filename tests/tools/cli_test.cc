@@ -515,10 +515,11 @@ TEST_F(CliTest, ConvertAutoReadsAnInt16CtWithNegativeHuAsCtAndSaysWhy) {
   EXPECT_TRUE(ct->labels.empty());
   // A mask with the label intent code, and a uint8 mask without one.
   for (const char* name : {"int16_intent_label.nii.gz", "uint8_few_values.nii.gz"}) {
-    r = RunMewm("convert " + kind + name + " " + dir_.File("seg.vdb"));
+    const std::string seg_path = dir_.File(std::string(name) + ".vdb");
+    r = RunMewm("convert " + kind + name + " " + seg_path);
     ASSERT_EQ(r.code, 0) << r.output;
     EXPECT_NE(r.output.find("as labels ("), std::string::npos) << r.output;
-    auto seg = ReadVdb(dir_.File("seg.vdb"));
+    auto seg = ReadVdb(seg_path);
     ASSERT_TRUE(seg);
     EXPECT_TRUE(seg->Label("label")) << name;
   }
@@ -536,6 +537,18 @@ TEST_F(CliTest, ErrorsExitNonZeroAndNameTheFileAndProblem) {
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("missing.vdb"), std::string::npos);
   EXPECT_NE(r.output.find("does not exist"), std::string::npos);
+
+  // A name that is not UTF-8 cannot go into JSON: a usage error before anything runs (it exited
+  // 70 inside the JSON encoder, after `run` had created its folder).
+  for (const std::string& args :
+       {"inspect '" + dir_.File("\xff.json") + "'",
+        "run scenarios/tace_demo/scenario.toml --out '" + dir_.File("o_\xff") + "'"}) {
+    r = RunMewm(args);
+    EXPECT_EQ(r.code, 2) << args << ": " << r.output;
+    EXPECT_NE(r.output.find("\\xff"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("' is not valid UTF-8"), std::string::npos) << r.output;
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("o_\xff")));
 
   r = RunMewm("render " + ct_path_ + " --window 600 --out " + dir_.File("x.png"));
   EXPECT_EQ(r.code, 1);

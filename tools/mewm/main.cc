@@ -4,9 +4,11 @@
 // mewm: the one command-line tool. Thin: parses flags and calls library APIs.
 #include <openvdb/openvdb.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <type_traits>
 
 #include "commands.h"
@@ -64,6 +66,34 @@ namespace {
 /// Exit statuses every command shares (README, docs/SCENARIOS.md).
 constexpr int kExitUsage = 2;      ///< the command line is wrong: unknown command, bad flag
 constexpr int kExitInternal = 70;  ///< a bug (sysexits' EX_SOFTWARE): please report it
+
+/// "" when every argument is valid UTF-8, else a message naming the first that is not (bytes
+/// escaped). Paths go into JSON (results, events, model provenance), which holds UTF-8 only: a
+/// name with a byte such as 0xff reached nlohmann's encoder and exited 70, after a run had
+/// already created its folder.
+std::string NonUtf8Argument(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    try {
+      (void)nlohmann::json(std::string(argv[i])).dump();
+    } catch (const nlohmann::json::type_error&) {
+      std::string shown;
+      for (const char c : std::string(argv[i])) {
+        const auto u = static_cast<unsigned char>(c);
+        if (u >= 0x20 && u < 0x7f) {
+          shown += c;
+        } else {
+          char hex[8];
+          std::snprintf(hex, sizeof hex, "\\x%02x", u);
+          shown += hex;
+        }
+      }
+      return "argument " + std::to_string(i) + " '" + shown +
+             "' is not valid UTF-8; mewm writes paths into JSON, which holds UTF-8 only: rename "
+             "the file or folder";
+    }
+  }
+  return "";
+}
 
 /// Checks the command words of argv against the command tree: each word that follows a command
 /// with subcommands must name one of them. Returns "" when they do, else the message naming the
@@ -244,6 +274,10 @@ int main(int argc, char** argv) {
   // following arguments were not expected" or "A subcommand is required".
   if (const std::string unknown = UnknownCommand(app, argc, argv); !unknown.empty()) {
     std::cerr << "mewm: error: " << unknown << "\n";
+    return kExitUsage;
+  }
+  if (const std::string bad = NonUtf8Argument(argc, argv); !bad.empty()) {
+    std::cerr << "mewm: error: " << bad << "\n";
     return kExitUsage;
   }
   try {

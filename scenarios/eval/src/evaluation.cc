@@ -89,14 +89,21 @@ Expected<RunRows> ReadRunRows(const std::string& run_dir) {
   }
   MEWM_TRY(const std::string truth_path, SyntheticTruthPath(eval.cohort_dir));
   MEWM_TRY(const json truth, ReadJson(truth_path));
+  std::set<std::string> seen;
   try {
     for (const json& p : summary.at("patients")) {
+      const std::string id = p.at("patient_id").get<std::string>();
+      // Counted twice, a patient would also see its own optimum in the leave-one-out majority.
+      if (!seen.insert(id).second) {
+        return MakeError(ErrorCode::kCorruptData, "run '" + run_dir + "': patient '" + id +
+                                                      "' is listed twice in summary.json");
+      }
       if (p.at("status").get<std::string>() != "finished") {
         ++eval.failed;
         continue;
       }
       PlanRow row;
-      row.id = p.at("patient_id").get<std::string>();
+      row.id = id;
       row.chosen = PlanOf(p.at("plan").get<std::string>());
       row.first_choice = PlanOf(p.at("proposal").value("first_choice", ""));
       row.truth = TrueRisksOf(truth.at("patients").at(row.id));

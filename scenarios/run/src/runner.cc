@@ -237,13 +237,15 @@ Status WriteSurvivalPlot(const fs::path& path, const std::string& patient_id,
 /// folders of an interrupted patient. Replacing them then deletes nothing a run did not write.
 Status CheckPatientsFolder(const fs::path& patients) {
   std::error_code ec;
-  if (!fs::exists(patients, ec)) return {};
+  if (!fs::exists(fs::symlink_status(patients, ec))) return {};
   const auto foreign = [&](const fs::path& p, const std::string& why) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "'" + p.string() + "' " + why +
                          "; mewm only replaces what a run wrote there. Move it away or choose "
                          "another --out");
   };
+  // A link would have the run write its patients wherever it leads (--resume did).
+  if (fs::is_symlink(patients, ec)) return foreign(patients, "is a symbolic link");
   if (!fs::is_directory(patients, ec)) return foreign(patients, "is not a folder");
   for (const auto& entry : fs::directory_iterator(patients, ec)) {
     if (entry.is_symlink() || !entry.is_directory()) {
@@ -914,6 +916,13 @@ Expected<ShardContents> ReadShard(const std::string& shard) {
       return MakeError(ErrorCode::kCorruptData,
                        "'" + e.path().string() + "' is not a patient folder of a mewm run");
     }
+    // Its files are copied into the merge: a link there would copy whatever it leads to.
+    for (const auto& file : fs::directory_iterator(e.path(), ec)) {
+      if (file.is_symlink() || !file.is_regular_file()) {
+        return MakeError(ErrorCode::kCorruptData,
+                         "'" + file.path().string() + "' is not a file of a mewm run");
+      }
+    }
     MEWM_TRY(const ResultRow row, ReadResultRow(e.path() / "result.json"));
     if (row.patient_id != id) {
       return MakeError(ErrorCode::kCorruptData, "'" + (e.path() / "result.json").string() +
@@ -941,8 +950,11 @@ Status CheckSameRun(const ShardContents& s, const ShardContents& first, const st
                          first_file + "' says " + first.run["shard"].get<std::string>() +
                          "; only the shards of one split merge");
   }
-  if (s.run["run_id"] != first.run["run_id"] ||
-      s.run.value("search", "") != first.run.value("search", "") ||
+  // "search" may be absent (older runs); compared as JSON, so a wrong type differs, never throws.
+  const auto search = [](const json& run) {
+    return run.contains("search") ? run["search"] : json("");
+  };
+  if (s.run["run_id"] != first.run["run_id"] || search(s.run) != search(first.run) ||
       s.scenario_text != first.scenario_text) {
     return MakeError(ErrorCode::kMismatch, "'" + dir + "' ran another scenario or search than '" +
                                                first.dir.string() + "' (run ids " +
