@@ -549,6 +549,11 @@ TEST_F(CliTest, ErrorsExitNonZeroAndNameTheFileAndProblem) {
     EXPECT_NE(r.output.find("' is not valid UTF-8"), std::string::npos) << r.output;
   }
   EXPECT_FALSE(std::filesystem::exists(dir_.File("o_\xff")));
+  // A model file cut short is not JSON: an error, not "format": null and exit 0.
+  std::ofstream(dir_.File("cut.json")) << "{\"format\": \"mewm.cox_surv";
+  r = RunMewm("inspect " + dir_.File("cut.json"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("cut.json' is not JSON"), std::string::npos) << r.output;
 
   r = RunMewm("render " + ct_path_ + " --window 600 --out " + dir_.File("x.png"));
   EXPECT_EQ(r.code, 1);

@@ -108,12 +108,22 @@ Action RegisterInspect(CLI::App& app) {
       if (extension == ".pt") {
         auto info = torch_bridge::ReadCheckpointInfo(*path);
         if (!info) return Fail(info.error());
-        out["checkpoint"] = {{"config", json::parse(info->config_json, nullptr, false)},
-                             {"metadata", json::parse(info->metadata_json, nullptr, false)}};
+        // Shown as JSON when they are JSON, else as the text they are (a discarded value
+        // printed as "<discarded>", which is no JSON).
+        const auto shown = [](const std::string& text) {
+          json parsed = json::parse(text, nullptr, false);
+          return parsed.is_discarded() ? json(text) : parsed;
+        };
+        out["checkpoint"] = {{"config", shown(info->config_json)},
+                             {"metadata", shown(info->metadata_json)}};
       } else {
-        auto text = ReadFile(*path);
+        // Every JSON model of mewm's is well under 16 MiB (a 200 MB file took 4.7 GB to parse).
+        auto text = ReadRegularFile(*path, 16u << 20);
         if (!text) return Fail(text.error());
         const json model = json::parse(*text, nullptr, false);
+        if (model.is_discarded()) {
+          return Fail(MakeError(ErrorCode::kCorruptData, "'" + *path + "' is not JSON").error);
+        }
         out["format"] = model.is_object() ? model.value("format", json(nullptr)) : json(nullptr);
       }
       std::cout << out.dump(*as_json ? -1 : 2) << "\n";
