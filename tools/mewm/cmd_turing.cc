@@ -292,15 +292,16 @@ Action AddSimulateReaders(CLI::App& turing) {
     const std::string out =
         o->out.empty() ? (std::filesystem::path(o->dir) / "answers").string() : o->out;
     // A human reader may have chosen one of these ids: their answers are never replaced unasked.
-    for (const auto& [reader, list] : *readers) {
-      const std::string path = (std::filesystem::path(out) / (reader + ".jsonl")).string();
-      std::error_code ec;
-      if (!std::filesystem::is_directory(out, ec)) continue;  // created below, so nothing exists
-      if (auto free = CheckOutput("--out", path, o->force, {o->key}); !free) {
-        return Fail(free.error());
+    // (A folder not there yet is created below, empty.)
+    std::error_code ec;
+    if (std::filesystem::is_directory(out, ec)) {
+      for (const auto& [reader, list] : *readers) {
+        const std::string path = (std::filesystem::path(out) / (reader + ".jsonl")).string();
+        if (auto free = CheckOutput("--out", path, o->force, {o->key}); !free) {
+          return Fail(free.error());
+        }
       }
     }
-    std::error_code ec;
     std::filesystem::create_directories(out, ec);
     for (const auto& [reader, list] : *readers) {
       std::string text;

@@ -232,10 +232,9 @@ Status WriteCaseVolume(const std::string& dir, const std::string& stem, const De
   return WriteStoredPng((fs::path(dir) / files->png).string(), montage);
 }
 
-/// True for a name WriteCases gives a case's file (T<digits>, then _A or _B in the pair design,
-/// then .nii.gz, .vdb or .png), or a temporary file of a write cut short.
+/// True for a name WriteCases gives a case's file: T<digits>, then _A or _B in the pair design,
+/// then .nii.gz, .vdb or .png.
 bool IsCaseFileName(const std::string& name) {
-  if (name.rfind(".tmp-", 0) == 0) return true;
   std::size_t i = 0;
   if (name.empty() || name[i++] != 'T') return false;
   const std::size_t digits = i;
@@ -250,8 +249,7 @@ bool IsCaseFileName(const std::string& name) {
 /// may name.
 bool IsCaseFilePath(const std::string& path) {
   const std::string prefix = "cases/";
-  return path.rfind(prefix, 0) == 0 && IsCaseFileName(path.substr(prefix.size())) &&
-         path.compare(prefix.size(), 5, ".tmp-") != 0;
+  return path.rfind(prefix, 0) == 0 && IsCaseFileName(path.substr(prefix.size()));
 }
 
 /// Makes `out` ready: created when missing; an earlier export (manifest.json of this format, no
@@ -293,8 +291,10 @@ Status PrepareOutDir(const std::string& out) {
                                            "overwrite it (choose an empty folder)");
     }
     for (const auto& entry : fs::directory_iterator(cases, ec)) {
+      const std::string name = entry.path().filename().string();
+      // A case file, or the temporary file of one whose write was cut short.
       if (entry.is_symlink() || !entry.is_regular_file() ||
-          !IsCaseFileName(entry.path().filename().string())) {
+          !(IsCaseFileName(name) || name.rfind(".tmp-", 0) == 0)) {
         return MakeError(ErrorCode::kIo, entry.path().string() +
                                              ": not a case file of an export; refusing to "
                                              "overwrite the export it is in (move it away or "
