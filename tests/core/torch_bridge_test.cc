@@ -1,11 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
+#include <caffe2/serialize/inline_container.h>
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <map>
+#include <set>
 #include <thread>
 
 #include "mewm/core/file_util.h"
+#include "mewm/core/sha256.h"
 #include "mewm/torch/bridge.h"
 #include "test_env.h"
 
@@ -157,6 +161,97 @@ TEST(TorchBridgeTest, CheckpointRoundTripAndEveryRefusal) {
   EXPECT_NE(flipped.error().message.find(path + ".sha256' expects"), std::string::npos)
       << flipped.error().message;
   EXPECT_FALSE(ReadCheckpointInfo(path));
+}
+
+// A .pt file is a ZIP archive whose TorchScript source libtorch compiles on load, so a hostile one
+// can run code. Archives are checked from their ZIP directory first: only the members and the
+// attribute declarations OutputArchive writes pass. Each hostile archive below is written with
+// libtorch's own writer from a real checkpoint's records, and its checksum rewritten, as an
+// attacker would, so only the layout check stands in the way.
+TEST(TorchBridgeTest, HostileArchivesAreRefusedBeforeLibtorchReadsThem) {
+  testing::TempDir dir;
+  const std::string path = dir.File("tiny.pt");
+  const std::string config = R"({"channels": 4, "kind": "tiny"})";
+  TinyNet saved(4);
+  ASSERT_TRUE(SaveCheckpoint(path, *saved, {config, "{}"}));
+  std::map<std::string, std::string> records;
+  {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    for (const std::string& name : reader.getAllRecords()) {
+      const auto [data, size] = reader.getRecord(name);
+      records[name].assign(static_cast<const char*>(data.get()), size);
+    }
+  }
+  ASSERT_EQ(records.count("code/__torch__.py"), 1u);
+  const std::string code = records["code/__torch__.py"];
+  int written = 0;
+  // Writes `changed` with libtorch's writer (`deflated` members compressed) and loads it.
+  const auto refusal = [&](const std::map<std::string, std::string>& changed,
+                           const std::set<std::string>& deflated = {}) {
+    const std::string hostile = dir.File("hostile" + std::to_string(++written) + ".pt");
+    {
+      caffe2::serialize::PyTorchStreamWriter writer(hostile);
+      for (const auto& [name, bytes] : changed) {
+        if (name == "version") continue;  // the writer adds its own
+        writer.writeRecord(name, bytes.data(), bytes.size(), deflated.count(name) > 0);
+      }
+      writer.writeEndOfFile();
+    }
+    EXPECT_TRUE(WriteModelChecksum(hostile));
+    TinyNet loaded(4);
+    auto result = LoadCheckpoint(hostile, *loaded, config);
+    EXPECT_FALSE(result);
+    if (result) return std::string("loaded");
+    EXPECT_EQ(result.error().code, ErrorCode::kCorruptData) << result.error().message;
+    return result.error().message;
+  };
+  const auto with = [&](const std::string& name, const std::string& bytes) {
+    auto changed = records;
+    changed[name] = bytes;
+    return changed;
+  };
+  // The records rewritten unchanged load, compressed code included: the check passes them.
+  {
+    caffe2::serialize::PyTorchStreamWriter writer(dir.File("same.pt"));
+    for (const auto& [name, bytes] : records) {
+      if (name != "version") {
+        writer.writeRecord(name, bytes.data(), bytes.size(), name == "code/__torch__.py");
+      }
+    }
+    writer.writeEndOfFile();
+  }
+  ASSERT_TRUE(WriteModelChecksum(dir.File("same.pt")));
+  TinyNet loaded(4);
+  auto same = LoadCheckpoint(dir.File("same.pt"), *loaded, config);
+  ASSERT_TRUE(same) << same.error().message;
+
+  // A method with a loop that never ends, as an audit's file had: refused at its line.
+  const std::string loop = code + "  def __setstate__(self, state: int):\n    while True:\n";
+  EXPECT_NE(
+      refusal(with("code/__torch__.py", loop), {"code/__torch__.py"}).find("is TorchScript code"),
+      std::string::npos);
+  // An expression where a type belongs.
+  std::string typed = code;
+  typed.replace(typed.find("] = int"), 7, "] = int if os.system('x') else int");
+  EXPECT_NE(refusal(with("code/__torch__.py", typed)).find("is TorchScript code"),
+            std::string::npos);
+  // A code member far larger than any checkpoint's, refused by its declared size.
+  EXPECT_NE(
+      refusal(with("code/__torch__.py", code + std::string(5u << 20, '\n'))).find("over the 4 MiB"),
+      std::string::npos);
+  // Members libtorch's writer never makes for a checkpoint.
+  EXPECT_NE(refusal(with("code/evil.py", "import os\n")).find("unexpected member"),
+            std::string::npos);
+  // A tensor record compressed (a deflate bomb would need that).
+  EXPECT_NE(refusal(records, {"data/0"}).find("is compressed"), std::string::npos);
+  // Cut before the ZIP directory's end: not taken for a ZIP at all.
+  std::filesystem::copy_file(path, dir.File("cut.pt"));
+  testing::Truncate(dir.File("cut.pt"), std::filesystem::file_size(path) - 30);
+  ASSERT_TRUE(WriteModelChecksum(dir.File("cut.pt")));
+  auto cut = ReadCheckpointInfo(dir.File("cut.pt"));
+  ASSERT_FALSE(cut);
+  EXPECT_NE(cut.error().message.find("not a ZIP archive"), std::string::npos)
+      << cut.error().message;
 }
 
 }  // namespace

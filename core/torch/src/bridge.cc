@@ -2,12 +2,16 @@
 // SPDX-FileCopyrightText: the mewm authors
 #include "mewm/torch/bridge.h"
 
+#include <caffe2/serialize/inline_container.h>
 #include <dlfcn.h>
 #include <malloc.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 
 #include "mewm/core/file_util.h"
@@ -58,11 +62,172 @@ void Differences(const nlohmann::json& a, const std::string& a_says, const nlohm
   }
 }
 
+// ---- The archive's layout, checked before libtorch reads it ----
+//
+// A .pt archive is a ZIP file, and libtorch compiles the TorchScript source it holds (code/) when
+// it loads one: a hostile file can loop forever or crash the process there. A mewm checkpoint's
+// code only declares the module's attributes, so the members and the code are checked first, from
+// the ZIP's own directory, without libtorch.
+
+constexpr std::uint64_t kMaxCodeBytes = 4u << 20;     // code/__torch__.py (2,000 tensors: ~150 KiB)
+constexpr std::uint64_t kMaxPickleBytes = 16u << 20;  // data.pkl, constants.pkl, debug_pkl
+constexpr std::size_t kMaxMembers = 100000;
+
+std::uint32_t Le(const std::string& b, std::size_t at, int bytes) {
+  std::uint32_t v = 0;
+  for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | std::uint8_t(b[at + std::size_t(i)]);
+  return v;
+}
+
+bool AllDigits(const std::string& s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+/// The members a checkpoint written by libtorch's OutputArchive holds.
+bool KnownMember(const std::string& name) {
+  static const std::set<std::string> fixed = {"data.pkl",          "constants.pkl",
+                                              "version",           "byteorder",
+                                              ".data/version",     ".data/serialization_id",
+                                              "code/__torch__.py", "code/__torch__.py.debug_pkl"};
+  return fixed.count(name) > 0 || (name.rfind("data/", 0) == 0 && AllDigits(name.substr(5)));
+}
+
+/// A line of code/__torch__.py as OutputArchive writes it: the class, and declarations of its
+/// attributes by name and type. Anything else (a def, an import, an expression) is code.
+bool DeclarationLine(const std::string& line) {
+  // Parsed by hand: std::regex recurses per character and overflows the stack on a long line.
+  const auto quoted = [&](std::size_t& at) {  // "name", no quote or backslash inside
+    if (at >= line.size() || line[at] != '"') return false;
+    const std::size_t close = line.find_first_of("\"\\", at + 1);
+    if (close == std::string::npos || line[close] != '"') return false;
+    at = close + 1;
+    return true;
+  };
+  const auto starts = [&](const std::string& prefix) { return line.rfind(prefix, 0) == 0; };
+  if (line.empty() || line == "class Module(Module):" || line == "  __annotations__ = []") {
+    return true;
+  }
+  for (const std::string prefix : {"  __parameters__ = [", "  __buffers__ = ["}) {
+    if (!starts(prefix)) continue;
+    std::size_t at = prefix.size();
+    while (at < line.size() && line[at] == '"') {
+      if (!quoted(at) || line.compare(at, 2, ", ") != 0) return false;
+      at += 2;
+    }
+    return at + 1 == line.size() && line[at] == ']';
+  }
+  std::size_t at = std::string("  __annotations__[").size();
+  if (!starts("  __annotations__[") || !quoted(at) || line.compare(at, 4, "] = ") != 0) {
+    return false;
+  }
+  const std::string type = line.substr(at + 4);
+  return type == "Tensor" || type == "int" || type == "float" || type == "bool" || type == "str";
+}
+
+Status CheckArchiveLayout(const std::string& path) {
+  const auto corrupt = [&](const std::string& what) {
+    return MakeError(ErrorCode::kCorruptData, "checkpoint '" + path + "': " + what +
+                                                  " (a mewm checkpoint holds tensors and the "
+                                                  "declarations libtorch writes, nothing else)");
+  };
+  std::ifstream in(path, std::ios::binary);
+  std::error_code ec;
+  const std::uint64_t file_size = std::filesystem::file_size(path, ec);
+  if (!in || ec) return MakeError(ErrorCode::kIo, "cannot read checkpoint '" + path + "'");
+  const auto read = [&](std::uint64_t at, std::uint64_t n, std::string& out) {
+    if (at > file_size || n > file_size - at) return false;
+    out.assign(std::size_t(n), '\0');
+    in.seekg(std::streamoff(at));
+    return bool(in.read(out.data(), std::streamsize(n)));
+  };
+  // The end-of-directory record: the last 22 bytes, or earlier behind a comment.
+  std::string tail;
+  const std::uint64_t tail_size = std::min<std::uint64_t>(file_size, 22 + 65535);
+  if (file_size < 22 || !read(file_size - tail_size, tail_size, tail)) {
+    return corrupt("not a ZIP archive (too short)");
+  }
+  std::size_t eocd = std::string::npos;
+  for (std::size_t at = tail.size() - 22 + 1; at-- > 0;) {
+    if (Le(tail, at, 4) == 0x06054b50u) {
+      eocd = at;
+      break;
+    }
+  }
+  if (eocd == std::string::npos) return corrupt("not a ZIP archive (no central directory)");
+  const std::uint32_t count = Le(tail, eocd + 10, 2), dir_size = Le(tail, eocd + 12, 4),
+                      dir_offset = Le(tail, eocd + 16, 4);
+  if (count == 0xffffu || dir_offset == 0xffffffffu || dir_size == 0xffffffffu) {
+    return corrupt("a ZIP64 archive (over 4 GiB or 65,535 members), which mewm does not write");
+  }
+  std::string dir;
+  if (!read(dir_offset, dir_size, dir)) return corrupt("its ZIP directory lies outside the file");
+  std::set<std::string> seen;  // member names, relative to the archive's top folder
+  std::string top;
+  if (count > kMaxMembers) return corrupt("more than 100,000 members");
+  for (std::size_t at = 0, n = 0; n < count; ++n) {
+    if (at + 46 > dir.size() || Le(dir, at, 4) != 0x02014b50u) {
+      return corrupt("its ZIP directory is damaged");
+    }
+    const std::size_t name_len = Le(dir, at + 28, 2), extra = Le(dir, at + 30, 2),
+                      comment = Le(dir, at + 32, 2);
+    if (at + 46 + name_len > dir.size()) return corrupt("its ZIP directory is damaged");
+    const std::string full = dir.substr(at + 46, name_len);
+    const std::size_t slash = full.find('/');
+    if (slash == std::string::npos || slash == 0)
+      return corrupt("member '" + full + "' has no folder");
+    if (top.empty()) top = full.substr(0, slash + 1);
+    if (full.compare(0, top.size(), top) != 0) {
+      return corrupt("members in two folders ('" + top + "', '" + full + "')");
+    }
+    const std::string name = full.substr(top.size());
+    const std::uint32_t method = Le(dir, at + 10, 2), size = Le(dir, at + 24, 4);
+    if (!KnownMember(name)) return corrupt("unexpected member '" + full + "'");
+    if (!seen.insert(name).second) return corrupt("member '" + full + "' appears twice");
+    const bool code = name == "code/__torch__.py";
+    const bool pickle = name.size() > 4 && name.substr(name.size() - 3) == "pkl";
+    // libtorch stores tensors as they are, and may deflate the small members.
+    const bool stored = method == 0 && size == Le(dir, at + 20, 4);
+    if (!stored && !((code || pickle) && method == 8)) {
+      return corrupt("member '" + full + "' is compressed where libtorch stores it as it is");
+    }
+    if ((code && size > kMaxCodeBytes) || (pickle && size > kMaxPickleBytes)) {
+      return corrupt("member '" + full + "' has " + std::to_string(size) + " bytes, over the " +
+                     std::to_string((code ? kMaxCodeBytes : kMaxPickleBytes) >> 20) +
+                     " MiB a checkpoint needs");
+    }
+    at += 46 + name_len + extra + comment;
+  }
+  if (!seen.count("data.pkl")) return corrupt("no data.pkl");
+  if (!seen.count("code/__torch__.py")) return {};
+  // The sizes are bounded above, so the reader (which extracts into a buffer of the declared size,
+  // and reads nothing but the directory and the version on opening) cannot be made to inflate more.
+  std::string source;
+  try {
+    caffe2::serialize::PyTorchStreamReader reader(path);
+    const auto [data, size] = reader.getRecord("code/__torch__.py");
+    source.assign(static_cast<const char*>(data.get()), size);
+  } catch (const std::exception& e) {
+    return corrupt("'" + top + "code/__torch__.py' cannot be read: " + ExceptionCause(e));
+  }
+  std::size_t line_no = 0;
+  for (std::size_t at = 0; at <= source.size();) {
+    const std::size_t end = std::min(source.find('\n', at), source.size());
+    ++line_no;
+    if (!DeclarationLine(source.substr(at, end - at))) {
+      return corrupt("'" + top + "code/__torch__.py' line " + std::to_string(line_no) +
+                     " is TorchScript code, not a declaration");
+    }
+    at = end + 1;
+  }
+  return {};
+}
+
 Expected<torch::serialize::InputArchive> OpenArchive(const std::string& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) {
     return MakeError(ErrorCode::kNotFound, "checkpoint '" + path + "' does not exist");
   }
+  MEWM_RETURN_IF_ERROR(CheckArchiveLayout(path));
   torch::serialize::InputArchive archive;
   try {
     archive.load_from(path, torch::Device(torch::kCPU));
