@@ -22,14 +22,24 @@ double Sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
 std::vector<double> ToVector(const Eigen::VectorXd& v) { return {v.data(), v.data() + v.size()}; }
 
-Expected<Eigen::VectorXd> FromVector(const json& j, Eigen::Index n, const char* what) {
-  const auto v = j.get<std::vector<double>>();
-  if (Eigen::Index(v.size()) != n) {
-    return MakeError(ErrorCode::kCorruptData, std::string(what) + " has " +
-                                                  std::to_string(v.size()) + " values, expected " +
-                                                  std::to_string(n));
+/// `n` numbers, each in [lo, hi]; the errors name the key (`what`).
+Expected<Eigen::VectorXd> FromVector(const json& j, Eigen::Index n, const std::string& what,
+                                     double lo, double hi) {
+  if (!j.is_array() || Eigen::Index(j.size()) != n) {
+    return MakeError(ErrorCode::kCorruptData, what + " must be an array of " + std::to_string(n) +
+                                                  " numbers, not " + j.dump().substr(0, 60));
   }
-  return Eigen::VectorXd(Eigen::Map<const Eigen::VectorXd>(v.data(), n));
+  Eigen::VectorXd v(n);
+  for (Eigen::Index i = 0; i < n; ++i) {
+    const json& x = j[std::size_t(i)];
+    v[i] = x.is_number() ? x.get<double>() : std::nan("");
+    if (!(v[i] >= lo && v[i] <= hi)) {
+      return MakeError(ErrorCode::kCorruptData, what + "[" + std::to_string(i) + "] is " +
+                                                    x.dump().substr(0, 40) + ", outside [" +
+                                                    json(lo).dump() + ", " + json(hi).dump() + "]");
+    }
+  }
+  return v;
 }
 
 }  // namespace
@@ -190,28 +200,28 @@ Expected<BiologyRegression> BiologyRegression::FromJson(const std::string& text,
     const auto p = Eigen::Index(BiologyFeatureNames().size());
     const auto q = Eigen::Index(BiologyTargetNames().size());
     BiologyRegression r;
-    const auto vec = [&](const char* key, Eigen::Index n) -> Expected<Eigen::VectorXd> {
-      auto v = FromVector(j.at(key), n, key);
+    // Bounds far outside any fit (features are standardised, targets on log scales), so a
+    // damaged file cannot load as a model whose every prediction is clamped to a range's end.
+    const auto vec = [&](const char* key, Eigen::Index n, double lo,
+                         double hi) -> Expected<Eigen::VectorXd> {
+      auto v = FromVector(j.at(key), n, key, lo, hi);
       if (!v) return v.error().WithContext("'" + origin + "'");
       return v;
     };
-    MEWM_TRY(r.mean_, vec("feature_mean", p));
-    MEWM_TRY(r.scale_, vec("feature_scale", p));
-    MEWM_TRY(r.intercept_, vec("intercept", q));
-    MEWM_TRY(r.r2_, vec("r2", q));
-    MEWM_TRY(r.residual_sd_, vec("residual_sd", q));
+    MEWM_TRY(r.mean_, vec("feature_mean", p, -1e6, 1e6));
+    MEWM_TRY(r.scale_, vec("feature_scale", p, 1e-6, 1e6));
+    MEWM_TRY(r.intercept_, vec("intercept", q, -100, 100));
+    MEWM_TRY(r.r2_, vec("r2", q, -100, 1));
+    MEWM_TRY(r.residual_sd_, vec("residual_sd", q, 0, 100));
     const json& w = j.at("weights");
     if (!w.is_array() || Eigen::Index(w.size()) != p) {
       return corrupt("weights must have " + std::to_string(p) + " rows");
     }
     r.weights_.resize(p, q);
     for (Eigen::Index k = 0; k < p; ++k) {
-      auto row = FromVector(w[std::size_t(k)], q, "weights row");
+      auto row = FromVector(w[std::size_t(k)], q, "weights[" + std::to_string(k) + "]", -100, 100);
       if (!row) return row.error().WithContext("'" + origin + "'");
       r.weights_.row(k) = row->transpose();
-    }
-    if (!r.mean_.allFinite() || !r.weights_.allFinite() || !(r.scale_.array() > 0).all()) {
-      return corrupt("non-finite weights or non-positive feature scales");
     }
     const json& prov = j.at("provenance");
     r.command = prov.at("command").get<std::string>();

@@ -375,6 +375,29 @@ TEST_F(CalibrationTest, FromJsonRejectsOtherFilesAndNamesTheOrigin) {
   j.erase("provenance");
   expect_error(j.dump(), ErrorCode::kCorruptData, "no provenance");
 
+  // Values no fit produces load as a model whose every prediction sits at a clamp: refused, the
+  // message naming the key and the entry.
+  const auto expect_named = [&](const char* key, std::size_t at, const json& value,
+                                const std::string& needle) {
+    json bad = good;
+    if (std::string(key) == "weights") {
+      bad[key][at][0] = value;
+    } else {
+      bad[key][at] = value;
+    }
+    expect_error(bad.dump(), ErrorCode::kCorruptData, needle);
+    auto r = BiologyRegression::FromJson(bad.dump(), "in.json");
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find(needle), std::string::npos) << r.error().message;
+  };
+  expect_named("intercept", 2, 1e300, "intercept[2] is 1e+300, outside [-100.0, 100.0]");
+  expect_named("feature_scale", 1, 1e-320, "feature_scale[1] is");
+  expect_named("residual_sd", 0, "wide", "residual_sd[0] is \"wide\"");
+  expect_named("residual_sd", 3, -1.0, "residual_sd[3] is -1.0");
+  expect_named("r2", 0, 2.0, "r2[0] is 2.0");
+  expect_named("weights", 4, 1e9, "weights[4][0] is");
+  expect_named("feature_mean", 0, nullptr, "feature_mean[0] is null");
+
   // The untouched document still parses.
   EXPECT_TRUE(BiologyRegression::FromJson(good.dump(), "in.json"));
 }
