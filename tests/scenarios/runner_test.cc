@@ -8,6 +8,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <tuple>
+#include <vector>
 
 #include "mewm/core/file_util.h"
 #include "mewm/core/nifti_io.h"
@@ -175,6 +177,40 @@ TEST_F(RunnerTest, ShardsMergeIntoTheFullRun) {
   // A merge over an earlier merge accepts the files a run wrote.
   ASSERT_TRUE(MergeResults(shards, dir_.File("merged")));
   EXPECT_NE(Read(dir_.File("merged/summary.json")).find("\"finished\": 3"), std::string::npos);
+  // But not a folder where a run writes a file: it is refused, and it and everything beside it
+  // stay (moving the patients in first, then failing on it, left the output half replaced).
+  fs::remove(dir_.File("merged/summary.csv"));
+  fs::create_directories(dir_.File("merged/summary.csv/notes"));
+  const std::string merged_run = Read(dir_.File("merged/run.json"));
+  auto folder = MergeResults(shards, dir_.File("merged"));
+  ASSERT_FALSE(folder);
+  EXPECT_NE(folder.error().message.find("summary.csv' is not a file a mewm run wrote"),
+            std::string::npos)
+      << folder.error().message;
+  EXPECT_TRUE(fs::is_directory(dir_.File("merged/summary.csv/notes")));
+  EXPECT_EQ(Read(dir_.File("merged/run.json")), merged_run);
+  EXPECT_TRUE(fs::exists(dir_.File("merged/patients/P0003/result.json")));
+  fs::remove_all(dir_.File("merged/summary.csv"));
+  // A shard's result.json whose fields have other types is refused naming the field (an array
+  // risk_mean shifted the summary's columns; simulations 1e30 overflowed).
+  const std::string result_path = shards[1] + "/patients/P0002/result.json";
+  const std::string good_result = Read(result_path);
+  for (const auto& [field, value, needle] :
+       std::vector<std::tuple<std::string, nlohmann::json, std::string>>{
+           {"risk_mean", nlohmann::json::array({1, 2}),
+            "chosen.risk_mean is [1,2], expected a finite number"},
+           {"simulations", 1e30, "counters.simulations is 1e+30, expected a count"},
+           {"memo_hits", -3, "counters.memo_hits is -3"},
+           {"plan", 7, "chosen.plan is 7, expected a string"}}) {
+    nlohmann::json r = nlohmann::json::parse(good_result);
+    (field == "risk_mean" || field == "plan" ? r["chosen"] : r["counters"])[field] = value;
+    ASSERT_TRUE(WriteFileAtomic(result_path, r.dump()));
+    auto typed = MergeResults(shards, dir_.File("typed"));
+    ASSERT_FALSE(typed) << field;
+    EXPECT_NE(typed.error().message.find(needle), std::string::npos) << typed.error().message;
+    EXPECT_FALSE(fs::exists(dir_.File("typed")));
+  }
+  ASSERT_TRUE(WriteFileAtomic(result_path, good_result));
   // The same shard twice, or a missing shard, is refused.
   auto twice = MergeResults({shards[0], shards[0]}, dir_.File("bad"));
   ASSERT_FALSE(twice);

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -137,8 +138,17 @@ struct ResultRow {
 
 /// Reads and checks a result.json a run wrote; kCorruptData naming `path` when it is not one.
 Expected<ResultRow> ReadResultRow(const fs::path& path) {
-  MEWM_TRY(const std::string text, ReadFile(path.string()));
+  // A result is tens of KB; a merge reads the shards' as input it did not write.
+  constexpr std::uint64_t kMaxResultBytes = 16u << 20;
+  MEWM_TRY(const std::string text, ReadRegularFile(path.string(), kMaxResultBytes));
   ResultRow row;
+  // The fields the summary copies, checked by type: an array risk_mean shifted the CSV's columns,
+  // and simulations 1e30 overflowed an integer.
+  const auto bad = [&](const std::string& key, const json& value, const char* expected) {
+    return MakeError(ErrorCode::kCorruptData, "'" + path.string() + "': " + key + " is " +
+                                                  value.dump().substr(0, 40) + ", expected " +
+                                                  expected);
+  };
   try {
     const json r = json::parse(text);
     if (!r.is_object() || r.value("format", "") != kResultFormat) {
@@ -153,6 +163,22 @@ Expected<ResultRow> ReadResultRow(const fs::path& path) {
       row.finished = true;
       const json& c = r.at("chosen");
       const json& k = r.at("counters");
+      for (const char* key : {"risk_mean", "risk_std"}) {
+        const json& v = c.at(key);
+        if (!v.is_number() || !std::isfinite(v.get<double>())) {
+          return bad(std::string("chosen.") + key, v, "a finite number");
+        }
+      }
+      if (!c.at("plan").is_string()) return bad("chosen.plan", c.at("plan"), "a string");
+      if (!r.at("median_months").is_number()) {
+        return bad("median_months", r.at("median_months"), "a number");
+      }
+      for (const char* key : {"simulations", "memo_hits", "model_evaluations"}) {
+        const json& v = k.at(key);
+        if (!v.is_number_integer() || v.get<std::int64_t>() < 0) {
+          return bad(std::string("counters.") + key, v, "a count (an integer >= 0)");
+        }
+      }
       row.item["plan"] = c.at("plan");
       row.item["items"] = c.at("items");
       row.item["risk_mean"] = c.at("risk_mean");
@@ -1017,15 +1043,21 @@ Status CheckMergeOutput(const fs::path& out, const std::string& output_dir) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "merge output '" + output_dir + "' exists and is not a folder");
   }
-  if (!ReadRunJson(out)) {
-    for (const char* name : kRunFiles) {
-      if (std::string(name) == "events.jsonl") continue;  // a merge writes none
-      if (fs::exists(out / name, ec) || fs::is_symlink(out / name, ec)) {
-        return MakeError(ErrorCode::kInvalidArgument,
-                         "'" + (out / name).string() +
-                             "' was not written by a mewm run or merge (no run.json of a run "
-                             "beside it); mewm does not overwrite it");
-      }
+  const bool of_a_run = bool(ReadRunJson(out));
+  for (const char* name : kRunFiles) {
+    if (std::string(name) == "events.jsonl") continue;  // a merge writes none
+    const fs::file_status status = fs::symlink_status(out / name, ec);
+    if (!fs::exists(status)) continue;
+    if (!of_a_run) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "'" + (out / name).string() +
+                           "' was not written by a mewm run or merge (no run.json of a run "
+                           "beside it); mewm does not overwrite it");
+    }
+    if (!fs::is_regular_file(status)) {  // a run writes files there, never folders or links
+      return MakeError(ErrorCode::kInvalidArgument, "'" + (out / name).string() +
+                                                        "' is not a file a mewm run wrote; "
+                                                        "mewm does not replace it");
     }
   }
   return CheckPatientsFolder(out / "patients");
@@ -1059,18 +1091,37 @@ Status StageMerge(const fs::path& temp, const ShardSet& set, std::size_t shard_c
   return written;
 }
 
-/// Moves the staged merge from `temp` into `out` (replaced patients go aside into `temp`), then
-/// removes `temp`.
+/// Moves the staged merge from `temp` into `out`, then removes `temp`. What it replaces goes aside
+/// into `temp` first, so when a move fails every earlier one is undone and `out` is as it was.
 Status InstallMerge(const fs::path& temp, const fs::path& out, const std::string& output_dir) {
   std::error_code ec;
-  if (fs::exists(out / "patients", ec)) fs::rename(out / "patients", temp / "replaced", ec);
-  if (!ec) fs::rename(temp / "patients", out / "patients", ec);
-  for (const char* name : {"scenario.toml", "run.json", "summary.json", "summary.csv"}) {
-    if (!ec) fs::rename(temp / name, out / name, ec);
+  std::vector<std::pair<fs::path, fs::path>> done;  // (from, to), in order
+  const auto move = [&](const fs::path& from, const fs::path& to) {
+    if (!ec) fs::rename(from, to, ec);
+    if (!ec) done.emplace_back(from, to);
+  };
+  fs::create_directory(temp / "replaced", ec);
+  for (const char* name :
+       {"patients", "scenario.toml", "run.json", "summary.json", "summary.csv"}) {
+    std::error_code exists;
+    if (fs::exists(fs::symlink_status(out / name, exists)))
+      move(out / name, temp / "replaced" / name);
+    move(temp / name, out / name);
   }
   if (ec) {
-    return MakeError(ErrorCode::kIo, "cannot move the merge from '" + temp.string() + "' into '" +
-                                         output_dir + "': " + ec.message());
+    const std::string failed = "cannot move the merge from '" + temp.string() + "' into '" +
+                               output_dir + "': " + ec.message();
+    std::error_code undo;
+    for (auto it = done.rbegin(); it != done.rend() && !undo; ++it) {
+      fs::rename(it->second, it->first, undo);
+    }
+    if (undo) {  // the replaced files stay where they are, named
+      return MakeError(ErrorCode::kIo, failed + "; undoing it failed too (" + undo.message() +
+                                           "): the files it replaced are in '" +
+                                           (temp / "replaced").string() + "'");
+    }
+    fs::remove_all(temp, undo);  // the staged merge alone
+    return MakeError(ErrorCode::kIo, failed + "; '" + output_dir + "' is as it was");
   }
   fs::remove_all(temp, ec);
   return {};
