@@ -220,6 +220,21 @@ TEST_F(CliTest, AnExistingOutputFileIsReplacedOnlyWithForce) {
   }
   EXPECT_EQ(*ReadFile(mine), "the user's file");
   EXPECT_EQ(*ReadFile(dir_.File("mine.vdb")), "the user's file");
+  // Two outputs of one command naming one file: the PNG replaced the JSON report, --force or not.
+  const std::string report = dir_.File("report.out");
+  for (const std::string& args : {
+           "eval survival --model " + none + " --cohort " + none + " --train-cohort " + none +
+               " --json-out " + report + " --plot " + dir_.path().string() +
+               "/./report.out --force",
+           "turing score " + none + " --key " + none + " --json-out " + report + " --plot " +
+               report,
+       }) {
+    const Result r = RunMewm(args);
+    EXPECT_EQ(r.code, 1) << args << ": " << r.output;
+    EXPECT_NE(r.output.find("--json-out and --plot name the same file"), std::string::npos)
+        << args << ": " << r.output;
+  }
+  EXPECT_FALSE(std::filesystem::exists(report));
   // Asked to, the commands replace it.
   const std::string png = dir_.File("slice.png"), nii = dir_.File("copy.nii.gz");
   for (const std::string& args :

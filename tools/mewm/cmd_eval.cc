@@ -54,10 +54,10 @@ Action RegisterEval(CLI::App& app, const BackendRegistry& backends) {
     if (const int rc = policy_vlm(); rc >= 0) return rc;
     // The outputs are checked before anything is read. A report may go into a run's folder
     // (the demo keeps it there), not into a cohort.
-    for (const auto& [flag, out] : {std::pair{"--json-out", o->json_out}, {"--plot", o->plot}}) {
-      if (auto free = CheckOutput(flag, out, o->force, {o->model, o->cohort, o->train}); !free) {
-        return Fail(free.error());
-      }
+    if (auto free = CheckOutputs({{"--json-out", o->json_out}, {"--plot", o->plot}}, o->force,
+                                 {o->model, o->cohort, o->train});
+        !free) {
+      return Fail(free.error());
     }
     std::string table, json;
     if (plans->parsed() && (o->run_dirs.size() > 1 || !o->against.empty())) {

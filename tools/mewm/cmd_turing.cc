@@ -216,10 +216,10 @@ Action AddScore(CLI::App& turing) {
     if (!sub->parsed()) return -1;
     const std::string answers_dir =
         o->answers.empty() ? (std::filesystem::path(o->dir) / "answers").string() : o->answers;
-    for (const auto& [flag, out] : {std::pair{"--json-out", o->json_out}, {"--plot", o->plot}}) {
-      if (auto free = CheckOutput(flag, out, o->force, {o->key, o->dir, answers_dir}); !free) {
-        return Fail(free.error());
-      }
+    if (auto free = CheckOutputs({{"--json-out", o->json_out}, {"--plot", o->plot}}, o->force,
+                                 {o->key, o->dir, answers_dir});
+        !free) {
+      return Fail(free.error());
     }
     auto study = ReadStudy(o->dir, o->key);
     if (!study) return Fail(study.error());

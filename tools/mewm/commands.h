@@ -88,6 +88,10 @@ void AddForceFlag(CLI::App* sub, bool* force);
 /// `force` is false (commands replace a file only when asked); CheckWritable.
 Status CheckOutput(const std::string& flag, const std::string& out, bool force,
                    const std::vector<std::string>& inputs = {});
+/// CheckOutput for each (flag, path) of a command that writes several files, after refusing two
+/// of them naming one file (the second written would replace the first).
+Status CheckOutputs(const std::vector<std::pair<std::string, std::string>>& outputs, bool force,
+                    const std::vector<std::string>& inputs = {});
 
 /// A synthetic cohort's generator seed and a description of it (size, counterfactual plans, world
 /// version) from its manifest.json and truth/truth.json (the seed), for model provenance; ("", dir)

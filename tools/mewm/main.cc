@@ -59,6 +59,23 @@ Status CheckOutput(const std::string& flag, const std::string& out, bool force,
   return CheckWritable(out);
 }
 
+Status CheckOutputs(const std::vector<std::pair<std::string, std::string>>& outputs, bool force,
+                    const std::vector<std::string>& inputs) {
+  for (std::size_t i = 0; i < outputs.size(); ++i) {
+    const auto& [flag, out] = outputs[i];
+    for (std::size_t j = 0; j < i; ++j) {
+      const auto& [other_flag, other] = outputs[j];
+      if (!out.empty() && !other.empty() && IsPathInside(out, other) && IsPathInside(other, out)) {
+        return MakeError(
+            ErrorCode::kInvalidArgument,
+            other_flag + " and " + flag + " name the same file '" + out + "'; give each its own");
+      }
+    }
+    MEWM_RETURN_IF_ERROR(CheckOutput(flag, out, force, inputs));
+  }
+  return {};
+}
+
 }  // namespace mewm::cli
 
 namespace {
