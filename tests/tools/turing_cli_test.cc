@@ -621,6 +621,10 @@ TEST_F(TuringCliTest, ServeStoresAnswersResumesAndNeverServesTheKey) {
     EXPECT_EQ(post(with("reader", "a b")), 400);
     EXPECT_EQ(post(with("reader", std::string(65, 'a'))), 400);
     EXPECT_EQ(post(with("case", "T999")), 400);
+    // Its reply names the case, not the server's folders.
+    auto unknown = client.Post("/api/answer", with("case", "T999"), "application/json");
+    ASSERT_TRUE(unknown);
+    EXPECT_EQ(unknown->body, "unknown case \"T999\"");
     EXPECT_EQ(post(with("answer", "maybe")), 400);
     EXPECT_EQ(post(with("confidence", 0)), 400);
     EXPECT_EQ(post(with("confidence", 2.5)), 400);

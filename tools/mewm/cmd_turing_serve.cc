@@ -32,6 +32,9 @@ namespace fs = std::filesystem;
 
 /// The largest request body accepted (an answer is ~200 bytes).
 constexpr std::size_t kMaxBody = 16 * 1024;
+/// Reader IDs with answers, at most: each is a file in answers/ and an entry held in memory, and
+/// anyone who reaches the port can make up IDs. A study has a handful.
+constexpr std::size_t kMaxReaders = 1000;
 
 std::string UtcNow() {
   const auto now = std::chrono::system_clock::now();
@@ -130,13 +133,15 @@ class ReaderStudy {
       cases[c.id] = volumes;
     }
     std::lock_guard<std::mutex> lock(mutex_);
+    // Looked up, never added: each new ID asked for grew the map (a reader appears once answered).
+    const auto done = answered_.find(reader);
     return {{"reader", reader},
             {"design", scenarios::TuringDesignName(manifest_.design)},
             {"question", manifest_.design == scenarios::TuringDesign::kPair
                              ? "Which of the two post-treatment CTs is synthetic?"
                              : "Is this post-treatment CT real or synthetic?"},
             {"order", order},
-            {"answered", answered_[reader]},
+            {"answered", done == answered_.end() ? std::vector<std::string>{} : done->second},
             {"cases", cases}};
   }
 
@@ -155,6 +160,13 @@ class ReaderStudy {
         return {400, "unexpected field \"" + k + "\""};
       }
     }
+    // Checked here so the reply names no file of the server (the parser's message names the
+    // manifest's path).
+    const auto case_it = j.find("case");
+    if (case_it != j.end() && case_it->is_string() &&
+        manifest_.Find(case_it->get<std::string>()) == nullptr) {
+      return {400, "unknown case " + case_it->dump()};
+    }
     nlohmann::json line = j;
     line.erase("reader");
     line["time"] = UtcNow();
@@ -162,13 +174,18 @@ class ReaderStudy {
     auto answer = scenarios::ParseAnswerLine(line.dump(), manifest_, reader, "answer");
     if (!answer) return {400, answer.error().message};
     std::lock_guard<std::mutex> lock(mutex_);
+    if (answered_.count(reader) == 0 && answered_.size() >= kMaxReaders) {
+      return {403, "the study has " + std::to_string(kMaxReaders) + " readers; no new reader IDs"};
+    }
     std::vector<std::string>& done = answered_[reader];
     if (std::find(done.begin(), done.end(), answer->case_id) != done.end()) {
       return {409, "case '" + answer->case_id + "' is already answered by '" + reader + "'"};
     }
     const std::string path = (fs::path(answers_dir_) / (reader + ".jsonl")).string();
     if (auto stored = AppendDurably(path, scenarios::AnswerToJsonLine(*answer) + "\n"); !stored) {
-      return {500, stored.error().message};
+      std::fprintf(stderr, "mewm turing serve: %s\n", stored.error().message.c_str());
+      if (done.empty()) answered_.erase(reader);
+      return {500, "the answer could not be stored; the server's log says why"};
     }
     done.push_back(answer->case_id);
     return {200, nlohmann::json{{"answered", done}, {"total", manifest_.cases.size()}}.dump()};
