@@ -21,9 +21,9 @@
 #include <thread>
 
 #include "event_publisher.h"
-#include "http_server.h"
 #include "metrics.h"
 #include "mewm/core/batch_queue.h"
+#include "mewm/streaming/http_server.h"
 #include "run_record.h"
 
 namespace mewm::streaming {

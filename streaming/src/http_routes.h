@@ -4,14 +4,14 @@
 // What the HTTP port serves (docs/PROTOCOL.md "HTTP"), read through the run queue's views and
 // the event log's streams: /metrics (text made by the server), /v2/health/live and /ready,
 // /v1/runs, /v1/runs/<id> and /v1/runs/<id>/events (Server-Sent Events with Last-Event-ID
-// resume). Runs on the HTTP loop's thread (http_server.h).
+// resume). Runs on the HTTP loop's thread (mewm/streaming/http_server.h).
 #pragma once
 
 #include <atomic>
 #include <functional>
 #include <string>
 
-#include "http_server.h"
+#include "mewm/streaming/http_server.h"
 #include "run_queue.h"
 
 namespace mewm::streaming {

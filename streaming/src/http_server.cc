@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
-#include "http_server.h"
+#include "mewm/streaming/http_server.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -152,8 +152,11 @@ void Finish(int fd) {
 
 struct Connection {
   int fd = -1;
-  Clock::time_point deadline;  ///< short requests: read, answer and write by then
+  /// Short requests: the request read by then, and each part of the answer taken by the next.
+  Clock::time_point deadline;
   std::string in;
+  std::optional<HttpRequest> awaiting_body;  ///< its head read, `body_length` bytes to come
+  std::size_t body_length = 0;
   std::string out;
   std::size_t sent = 0;
   bool answered = false;
@@ -212,6 +215,14 @@ const char* HttpReason(int status) {
       return "Not Found";
     case 405:
       return "Method Not Allowed";
+    case 409:
+      return "Conflict";
+    case 411:
+      return "Length Required";
+    case 413:
+      return "Content Too Large";
+    case 415:
+      return "Unsupported Media Type";
     case 431:
       return "Request Header Fields Too Large";
     case 500:
@@ -324,9 +335,8 @@ struct HttpServer::Impl {
     return "";
   }
 
-  /// The answer to a complete request head, with the CORS headers where they apply.
-  HttpResponse Answer(const std::string& head) {
-    auto request = ParseHead(head);
+  /// The answer to a complete request, with the CORS headers where they apply.
+  HttpResponse Answer(const std::optional<HttpRequest>& request) {
     if (!request) return Plain(400, "not an HTTP/1.x request\n");
     const bool cors = !limits.cors_origins.empty() &&
                       (request->path.rfind("/v1/", 0) == 0 || request->path.rfind("/v2/", 0) == 0);
@@ -433,6 +443,7 @@ struct HttpServer::Impl {
       }
       c.sent += std::size_t(n);
       c.last_progress = c.last_write = now;
+      if (!c.stream) c.deadline = now + limits.request_deadline;  // it is taking the answer
       if (c.stream) counters->sse_bytes.fetch_add(std::uint64_t(n), std::memory_order_relaxed);
     }
     // What is ready stays buffered, so poll waits for the socket (POLLOUT), not for a wake-up.
@@ -469,9 +480,20 @@ struct HttpServer::Impl {
       }
       if (c.answered) continue;  // input after the request is ignored
       c.in.append(buffer, std::size_t(n));
+      if (c.awaiting_body) {
+        if (c.in.size() >= c.body_length) AnswerWithBody(c);
+        continue;
+      }
       const std::size_t end = c.in.find("\r\n\r\n");
       if (end != std::string::npos) {
-        Respond(c, Answer(c.in.substr(0, end)));
+        std::optional<HttpRequest> request = ParseHead(c.in.substr(0, end));
+        c.in.erase(0, end + 4);
+        if (limits.max_body_bytes > 0 && request && Announced(c, *request)) {
+          c.awaiting_body = std::move(request);
+          if (c.in.size() >= c.body_length) AnswerWithBody(c);
+          continue;
+        }
+        if (!c.answered) Respond(c, Answer(request));
         c.in.clear();
         c.in.shrink_to_fit();
       } else if (!CanStartHttp(c.in)) {
@@ -481,6 +503,41 @@ struct HttpServer::Impl {
                                   " bytes\n"));
       }
     }
+  }
+
+  /// With bodies allowed: true when `request` announces one to wait for (its length in
+  /// c.body_length); false when it has none, or when it was refused here (c answered).
+  bool Announced(Connection& c, const HttpRequest& request) {
+    if (request.Header("transfer-encoding") != nullptr) {
+      // A chunked body has no length to check before it is read: refused, as RFC 9112 allows.
+      Respond(c, Plain(411, "send the body with a Content-Length\n"));
+      return false;
+    }
+    const std::string* length = request.Header("content-length");
+    if (length == nullptr) return false;
+    const bool digits =
+        !length->empty() && length->size() <= 12 &&
+        std::all_of(length->begin(), length->end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+    if (!digits) {
+      Respond(c, Plain(400, "Content-Length must be a number\n"));
+      return false;
+    }
+    c.body_length = std::stoull(*length);
+    if (c.body_length > limits.max_body_bytes) {
+      Respond(c,
+              Plain(413, "the body is over " + std::to_string(limits.max_body_bytes) + " bytes\n"));
+      return false;
+    }
+    return c.body_length > 0;
+  }
+
+  void AnswerWithBody(Connection& c) {
+    c.awaiting_body->body = c.in.substr(0, c.body_length);
+    const std::optional<HttpRequest> request = std::move(c.awaiting_body);
+    c.awaiting_body.reset();
+    c.in.clear();
+    c.in.shrink_to_fit();
+    Respond(c, Answer(request));
   }
 
   void Close(Connection& c) {

@@ -2,7 +2,7 @@
 // SPDX-FileCopyrightText: the mewm authors
 //
 // Latency histograms per pipeline stage and the server's counters, rendered in the Prometheus
-// text format (served on the HTTP port, http_server.h).
+// text format (served on the HTTP port, mewm/streaming/http_server.h).
 #pragma once
 
 #include <array>

@@ -23,9 +23,9 @@
 #include "event_log.h"
 #include "event_publisher.h"
 #include "http_routes.h"
-#include "http_server.h"
 #include "metrics.h"
 #include "mewm/core/log.h"
+#include "mewm/streaming/http_server.h"
 #include "run_queue.h"
 #include "zmq_util.h"
 

@@ -3,9 +3,12 @@
 //
 // `mewm turing ...` end to end on the real binary: one small synthetic cohort (8 patients at 3
 // mm, generated once for the suite), exported with the mechanistic backend.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -649,7 +652,7 @@ TEST_F(TuringCliTest, ServeStoresAnswersResumesAndNeverServesTheKey) {
           return sink.write(chunk.data(), chunk.size());
         },
         "application/json");
-    EXPECT_TRUE(!chunked || chunked->status == 413) << (chunked ? chunked->body : "");
+    EXPECT_TRUE(!chunked || chunked->status == 411) << (chunked ? chunked->body : "");
     // Another site's page can send text/plain without a preflight: refused, nothing stored.
     auto plain = client.Post("/api/answer", good.dump(), "text/plain");
     ASSERT_TRUE(plain);
@@ -657,6 +660,26 @@ TEST_F(TuringCliTest, ServeStoresAnswersResumesAndNeverServesTheKey) {
     EXPECT_EQ(client.Get("/api/session?reader=../x")->status, 400);
     EXPECT_EQ(Lines(out + "/answers/alice.jsonl").size(), 3u);
     EXPECT_FALSE(fs::exists(out + "/answers/...jsonl"));
+    // Clients that open a request and never finish it do not hold the page up: 100 of them
+    // (a thread per connection, 64 threads, let 64 such clients stall every reader).
+    std::vector<int> slow;
+    for (int i = 0; i < 100; ++i) {
+      const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in addr{};
+      addr.sin_family = AF_INET;
+      addr.sin_port = htons(std::uint16_t(server.port()));
+      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+      const std::string partial = "GET / HTTP/1.1\r\nHost: x\r\n";
+      ASSERT_EQ(::send(fd, partial.data(), partial.size(), MSG_NOSIGNAL), ssize_t(partial.size()));
+      slow.push_back(fd);
+    }
+    httplib::Client reader("127.0.0.1", server.port());
+    reader.set_read_timeout(3, 0);
+    auto meanwhile = reader.Get("/api/session?reader=carol");
+    ASSERT_TRUE(meanwhile) << "the page stalled behind slow clients";
+    EXPECT_EQ(meanwhile->status, 200);
+    for (int fd : slow) ::close(fd);
     // Only the listed files are served: never the key, the manifest or the answers.
     EXPECT_EQ(client.Get("/cases/" + order[0] + ".png")->status, 200);
     for (const std::string& path : std::vector<std::string>{

@@ -1,14 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
 //
-// `mewm turing serve DIR`: the reader-study page over HTTP (cpp-httplib). Only the page, the
-// NiiVue bundle and the files the export's manifest lists are served (an allow-list, so no path
-// can reach the key or anything else); answers are appended to answers/<reader>.jsonl and
-// fsynced before the reply.
+// `mewm turing serve DIR`: the reader-study page over HTTP (mewm::streaming's HttpServer). Only
+// the page, the NiiVue bundle and the files the export's manifest lists are served (an
+// allow-list, so no path can reach the key or anything else); answers are appended to
+// answers/<reader>.jsonl and fsynced before the reply.
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -16,15 +18,14 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <thread>
 
 #include "commands.h"
 #include "mewm/core/file_util.h"
 #include "mewm/core/seed.h"
 #include "mewm/eval/turing.h"
+#include "mewm/streaming/http_server.h"
 #include "turing_page.h"
-
-// Last: <resolv.h>, which httplib includes, defines a macro `_res` that breaks Eigen's headers.
-#include <httplib.h>  // NOLINT(llvm-include-order)
 
 namespace mewm::cli {
 namespace {
@@ -32,6 +33,8 @@ namespace fs = std::filesystem;
 
 /// The largest request body accepted (an answer is ~200 bytes).
 constexpr std::size_t kMaxBody = 16 * 1024;
+/// The largest case file served (a NIfTI crop is a few MB; read whole into the answer).
+constexpr std::uint64_t kMaxCaseFileBytes = 512u << 20;
 /// Reader IDs with answers, at most: each is a file in answers/ and an entry held in memory, and
 /// anyone who reaches the port can make up IDs. A study has a handful.
 constexpr std::size_t kMaxReaders = 1000;
@@ -208,6 +211,55 @@ const char* ContentType(const std::string& path) {
   return "application/octet-stream";
 }
 
+streaming::HttpResponse Reply(int status, std::string body, std::string content_type,
+                              std::string route) {
+  streaming::HttpResponse response;
+  response.status = status;
+  response.body = std::move(body);
+  response.content_type = std::move(content_type);
+  response.route = std::move(route);
+  return response;
+}
+
+/// The study's routes, on the HTTP loop's thread.
+streaming::HttpResponse Route(ReaderStudy& study, const streaming::HttpRequest& req) {
+  const auto text = [](int status, const std::string& body) {
+    return Reply(status, body, "text/plain; charset=utf-8", "-");
+  };
+  if (req.path == "/api/answer") {
+    if (req.method != "POST") return text(405, "POST an answer here");
+    // JSON only: a page of another site can POST text/plain without asking (no CORS
+    // preflight), and one forged answer per case would lock the reader out of it.
+    const std::string* type = req.Header("content-type");
+    if (type == nullptr || type->rfind("application/json", 0) != 0) {
+      return text(415, "the body must be application/json");
+    }
+    const auto [status, body] = study.Answer(req.body);
+    return status == 200 ? Reply(200, body, "application/json", "answer") : text(status, body);
+  }
+  if (req.method != "GET") return text(405, "only GET here");
+  if (req.path == "/") return Reply(200, TuringPageHtml(), "text/html; charset=utf-8", "page");
+  if (req.path == "/api/session") {
+    const std::string reader = req.Query("reader").value_or("");
+    if (!scenarios::ValidReaderId(reader)) {
+      return text(400, "reader must be 1-64 characters of A-Z a-z 0-9 _ -");
+    }
+    return Reply(200, study.Session(reader).dump(), "application/json", "session");
+  }
+  // Everything else: only the allow-listed files; no path is ever mapped onto the folder.
+  const std::string file = study.File(req.path);
+  auto bytes = file.empty() ? Expected<std::string>(MakeError(ErrorCode::kNotFound, ""))
+                            : ReadRegularFile(file, kMaxCaseFileBytes);
+  if (!bytes) return text(404, "not found");
+  streaming::HttpResponse response = Reply(200, std::move(*bytes), ContentType(file), "file");
+  response.headers.emplace_back("Cache-Control", "no-store");
+  return response;
+}
+
+std::atomic<bool> g_stop{false};
+
+extern "C" void OnStop(int) { g_stop.store(true); }
+
 }  // namespace
 
 Action AddTuringServe(CLI::App& turing) {
@@ -238,83 +290,25 @@ Action AddTuringServe(CLI::App& turing) {
     ReaderStudy study(std::move(*manifest), answers, o->viewer);
     if (auto loaded = study.LoadAnswers(); !loaded) return Fail(loaded.error());
 
-    httplib::Server server;
-    server.set_payload_max_length(kMaxBody);
-    // cpp-httplib holds one thread of its pool per connection for as long as the client keeps
-    // sending, with no deadline for the request's head: 8 clients sending a header line a second
-    // (its default pool) stalled every reader. 64 threads raise that bar well above a study's
-    // readers; the pool's threads sleep until a connection comes.
-    server.new_task_queue = [] { return new httplib::ThreadPool(64); };
-    server.Get("/", [](const httplib::Request&, httplib::Response& res) {
-      res.set_content(TuringPageHtml(), "text/html; charset=utf-8");
-    });
-    server.Get("/api/session", [&](const httplib::Request& req, httplib::Response& res) {
-      const std::string reader = req.get_param_value("reader");
-      if (!scenarios::ValidReaderId(reader)) {
-        res.status = 400;
-        res.set_content("reader must be 1-64 characters of A-Z a-z 0-9 _ -", "text/plain");
-        return;
-      }
-      res.set_content(study.Session(reader).dump(), "application/json");
-    });
-    server.Post("/api/answer", [&](const httplib::Request& req, httplib::Response& res,
-                                   const httplib::ContentReader& content) {
-      // JSON only: a page of another site can POST text/plain without asking (no CORS
-      // preflight), and one forged answer per case would lock the reader out of it.
-      if (req.get_header_value("Content-Type").rfind("application/json", 0) != 0) {
-        res.status = 415;
-        res.set_content("the body must be application/json", "text/plain");
-        return;
-      }
-      // Read here, bounded: set_payload_max_length bounds a Content-Length, not a chunked body
-      // (600 MiB of chunks were read whole).
-      std::string body;
-      const bool read = content([&](const char* data, std::size_t length) {
-        if (body.size() + length > kMaxBody) return false;
-        body.append(data, length);
-        return true;
-      });
-      if (!read) {  // over the limit, by Content-Length (cpp-httplib's check) or as it came
-        res.status = 413;
-        res.set_content("the body is over " + std::to_string(kMaxBody) + " bytes", "text/plain");
-        return;
-      }
-      const auto [status, text] = study.Answer(body);
-      res.status = status;
-      res.set_content(text, status == 200 ? "application/json" : "text/plain");
-    });
-    // Everything else: only the allow-listed files; no path is ever mapped onto the folder.
-    server.Get(R"(/.*)", [&](const httplib::Request& req, httplib::Response& res) {
-      const std::string file = study.File(req.path);
-      auto bytes = file.empty() ? Expected<std::string>(MakeError(ErrorCode::kNotFound, ""))
-                                : ReadFile(file);
-      if (!bytes) {
-        res.status = 404;
-        res.set_content("not found", "text/plain");
-        return;
-      }
-      res.set_content(*bytes, ContentType(file));
-      res.set_header("Cache-Control", "no-store");
-    });
-    int port = o->port;
-    if (port == 0) {
-      port = server.bind_to_any_port(o->bind);
-      if (port < 0) port = 0;
-    } else if (!server.bind_to_port(o->bind, port)) {
-      port = 0;
-    }
-    if (port == 0) {
-      return Fail(Error{ErrorCode::kIo, "cannot listen on " + o->bind + ":" +
-                                            std::to_string(o->port) +
-                                            " (in use, or not an "
-                                            "address of this machine)"});
-    }
+    // The project's poll(2) server, one thread: a request's head and body must arrive within
+    // the deadline however slowly a client sends, so slow clients cannot hold readers up (with
+    // a thread per connection, 64 clients sending a header line a second stalled the page).
+    streaming::HttpLimits limits;
+    limits.max_body_bytes = kMaxBody;
+    limits.max_connections = 256;
+    limits.request_deadline = std::chrono::seconds(5);
+    streaming::HttpCounters counters;
+    std::signal(SIGINT, OnStop);
+    std::signal(SIGTERM, OnStop);
+    auto server = streaming::HttpServer::Start(
+        o->bind, o->port, limits,
+        [&study](const streaming::HttpRequest& req) { return Route(study, req); }, &counters);
+    if (!server) return Fail(server.error());
     std::printf("mewm turing serve: listening on http://%s:%d/ (%zu cases; answers in %s)\n",
-                o->bind.c_str(), port, study.cases(), answers.c_str());
+                o->bind.c_str(), (*server)->port(), study.cases(), answers.c_str());
     std::fflush(stdout);
-    if (!server.listen_after_bind()) {
-      return Fail(Error{ErrorCode::kIo, "the HTTP server stopped with an error"});
-    }
+    while (!g_stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    server->reset();  // answers are fsynced as they come: nothing is left to write
     return 0;
   };
 }

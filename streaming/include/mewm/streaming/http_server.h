@@ -1,14 +1,17 @@
 // SPDX-License-Identifier: Apache-2.0
 // SPDX-FileCopyrightText: the mewm authors
 //
-// The server's HTTP port (docs/PROTOCOL.md "HTTP"): one thread and poll(2), every socket
-// non-blocking. Short requests (metrics, health, run status) are answered and closed within a
-// deadline; event streams (Server-Sent Events) stay open and are fed by pulling from a source only
-// when the client has taken what it was sent, so a slow reader costs a bounded buffer and never
-// holds up the loop, the other clients or a run. A stream whose client takes nothing for the stall
-// timeout is dropped and counted. With a token, every request must carry
-// `Authorization: Bearer <token>` (compared in constant time) or gets 401. With CORS origins
-// (HttpLimits::cors_origins), browser pages of those origins may read /v1/ and /v2/.
+// An HTTP/1.1 server on one thread and poll(2), every socket non-blocking: the server's HTTP port
+// (docs/PROTOCOL.md "HTTP") and `mewm turing serve`. A request's head (and its body, where
+// HttpLimits::max_body_bytes allows one) must arrive within a deadline, however slowly a client
+// sends; an answer is written while the client takes it, and closed. Short requests (metrics,
+// health, run status) are answered and closed within a deadline; event streams (Server-Sent Events)
+// stay open and are fed by pulling from a source only when the client has taken what it was sent,
+// so a slow reader costs a bounded buffer and never holds up the loop, the other clients or a run.
+// A stream whose client takes nothing for the stall timeout is dropped and counted. With a token,
+// every request must carry `Authorization: Bearer <token>` (compared in constant time) or gets 401.
+// With CORS origins (HttpLimits::cors_origins), browser pages of those origins may read /v1/ and
+// /v2/.
 #pragma once
 
 #include <atomic>
@@ -31,6 +34,8 @@ namespace mewm::streaming {
 struct HttpRequest {
   std::string method, target, path, query;  ///< path and query split at the first '?'
   std::vector<std::pair<std::string, std::string>> headers;  ///< names in lower case
+  /// The body, as Content-Length announced it; empty unless HttpLimits::max_body_bytes > 0.
+  std::string body;
   /// The first header of that (lower-case) name, or nullptr.
   const std::string* Header(std::string_view name) const;
   /// A query parameter (percent-decoded), or nullopt.
@@ -62,7 +67,12 @@ struct HttpLimits {
   std::size_t max_connections = 64;  ///< open short requests; the oldest makes room
   std::size_t max_streams = 32;      ///< open event streams; more get 503
   std::size_t max_request_bytes = 8192;
+  /// Request bodies, at most (Content-Length; a chunked body is refused 411). 0 = bodies are not
+  /// read (the head is answered; what follows it is ignored).
+  std::size_t max_body_bytes = 0;
   std::size_t stream_buffer_bytes = 256 * 1024;  ///< unsent bytes per stream, at most (about)
+  /// A request's head and body must arrive by then; its answer is closed when the client has
+  /// taken nothing of it for this long.
   std::chrono::milliseconds request_deadline{2000};
   std::chrono::milliseconds stall_timeout{30000};
   std::chrono::milliseconds keepalive{15000};  ///< an SSE comment after this long idle
