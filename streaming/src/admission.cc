@@ -8,6 +8,7 @@
 #include <limits>
 #include <vector>
 
+#include "mewm/dynamics/mechanistic.h"
 #include "mewm/tace/plan_space.h"
 #include "mewm/world/synthetic_world.h"
 
@@ -59,8 +60,9 @@ std::string Gb(double bytes) {
 }
 
 std::string Hours(double seconds) {
+  // Three significant digits: at one decimal, 150 s over a 7 s limit read "0.0 h over 0.0 h".
   char text[32];
-  std::snprintf(text, sizeof(text), "%.1f h", seconds / 3600.0);
+  std::snprintf(text, sizeof(text), "%.3g h", seconds / 3600.0);
   return text;
 }
 
@@ -84,8 +86,19 @@ CostEstimate EstimateCost(const scenarios::ScenarioSpec& spec) {
   const double result_bytes =
       kResultBytesPerVoxel + (spec.results.nifti ? kResultNiftiBytesPerVoxel : 0.0);
   cost.disk_bytes = std::uint64_t(n * voxels * (kCohortBytesPerVoxel + result_bytes));
-  cost.seconds = n * (voxels * kGenerateSecondsPerVoxel +
-                      double(cost.simulations) * kPlanSecondsPerSimulation);
+  // The per-simulation figure was measured with the mechanistic defaults. Its PDE solve grows
+  // with the grid's voxels and with the days simulated (and its CFL-limited steps with a finer
+  // grid too, left out): a 0.5 mm grid over 365 days ran about 230 times longer, and was admitted
+  // at the defaults' estimate.
+  double per_simulation = kPlanSecondsPerSimulation;
+  if (spec.dynamics_backend == "mechanistic") {
+    const dynamics::MechanisticConfig defaults;
+    const double finer = defaults.grid_mm / std::max(spec.mechanistic.grid_mm, 1e-3);
+    per_simulation *= std::max(1.0, finer * finer * finer) *
+                      std::max(1.0, spec.mechanistic.follow_up_days / defaults.follow_up_days);
+  }
+  cost.seconds =
+      n * (voxels * kGenerateSecondsPerVoxel + double(cost.simulations) * per_simulation);
   return cost;
 }
 

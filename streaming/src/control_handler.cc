@@ -94,6 +94,22 @@ std::optional<Refusal> ParseSubmitted(const SubmitRequest& submit, const ServerO
     return Refusal{forbidden ? ReplyError::kForbiddenPath : ReplyError::kInvalidScenario,
                    parsed.error().message};
   }
+  if (parsed->policy_backend == "openai") {
+    const auto listed = [](const std::vector<std::string>& list, const std::string& value) {
+      return std::find(list.begin(), list.end(), value) != list.end();
+    };
+    const policy::OpenAiOptions& openai = parsed->openai;
+    if (!listed(options.policy_endpoints, openai.endpoint)) {
+      return Refusal{ReplyError::kForbiddenPath,
+                     "policy.endpoint = \"" + openai.endpoint +
+                         "\" is not one this server may call (mewm serve --policy-endpoint)"};
+    }
+    if (!openai.api_key_env.empty() && !listed(options.policy_key_envs, openai.api_key_env)) {
+      return Refusal{ReplyError::kForbiddenPath,
+                     "policy.api_key_env = \"" + openai.api_key_env +
+                         "\" is not a variable this server may send (mewm serve --policy-key-env)"};
+    }
+  }
   if (auto admitted = CheckAdmission(EstimateCost(*parsed), options.limits); !admitted) {
     return Refusal{ReplyError::kOverLimit, admitted.error().message};
   }

@@ -26,8 +26,14 @@ nlohmann::json StatusJson(const RunStatus& s) {
           {"trace_id", s.trace_id}};
 }
 
+/// Compact JSON; bytes that are not UTF-8 (a request path, a model's error) become U+FFFD, where
+/// nlohmann's default threw and `GET /\xff` ended the server.
+std::string Dump(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 std::string ErrorJson(const std::string& message) {
-  return nlohmann::json{{"error", message}}.dump();
+  return Dump(nlohmann::json{{"error", message}});
 }
 
 /// The seq a client resumes after: Last-Event-ID (the header EventSource sends on reconnect), else
@@ -126,13 +132,13 @@ HttpResponse HttpRoutes::Ready(const std::string& route) const {
   } else if (!room) {
     body["reason"] = "the run queue is full";
   }
-  return JsonResponse(ready ? 200 : 503, body.dump(), route);
+  return JsonResponse(ready ? 200 : 503, Dump(body), route);
 }
 
 HttpResponse HttpRoutes::Runs(const std::string& route) const {
   nlohmann::json runs = nlohmann::json::array();
   for (const RunStatus& status : runs_.Statuses()) runs.push_back(StatusJson(status));
-  return JsonResponse(200, nlohmann::json{{"runs", std::move(runs)}}.dump(), route);
+  return JsonResponse(200, Dump(nlohmann::json{{"runs", std::move(runs)}}), route);
 }
 
 HttpResponse HttpRoutes::Run(const HttpRequest& request, const std::string& route,
@@ -140,7 +146,7 @@ HttpResponse HttpRoutes::Run(const HttpRequest& request, const std::string& rout
   auto run = runs_.Find(id);
   if (!run) return JsonResponse(404, ErrorJson("no run '" + id + "'"), route);
   const RunStatus status = run->GetStatus();
-  if (!events) return JsonResponse(200, StatusJson(status).dump(), route);
+  if (!events) return JsonResponse(200, Dump(StatusJson(status)), route);
   const auto after = ResumeAfter(request);
   if (!after) {
     return JsonResponse(

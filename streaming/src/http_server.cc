@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "mewm/core/file_util.h"
+#include "mewm/core/log.h"
 #include "mewm/core/sha256.h"
 
 namespace mewm::streaming {
@@ -378,7 +379,13 @@ struct HttpServer::Impl {
         return refused;
       }
     }
-    return handler(request);
+    // A handler's exception must not end the process (the loop's thread would terminate it).
+    try {
+      return handler(request);
+    } catch (const std::exception& e) {
+      LogError("HTTP handler failed on " + request.method + " " + request.path + ": " + e.what());
+      return Plain(500, "internal error; the server's log says why\n");
+    }
   }
 
   /// Turns the response into bytes on the connection (a stream keeps its source).

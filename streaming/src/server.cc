@@ -175,7 +175,11 @@ struct Server::Impl {
       curve->Secure(events);
       events.set(zmq::sockopt::sndhwm, options.send_hwm);
       events.set(zmq::sockopt::xpub_nodrop, 1);  // EAGAIN at the HWM: drops are counted
-      events.set(zmq::sockopt::maxmsgsize, std::int64_t(options.hard_max_message_bytes));
+      // What a subscriber sends the PUB socket is subscriptions: topics of under 100 bytes. A
+      // peer that subscribes with more is disconnected (64 MiB were accepted, and the topic trie
+      // held about 31 times the bytes sent).
+      constexpr std::int64_t kMaxSubscriptionBytes = 4096;
+      events.set(zmq::sockopt::maxmsgsize, kMaxSubscriptionBytes);
       events.set(zmq::sockopt::linger, options.linger_ms);
       events.bind(options.event_endpoint);
       event_ep = BoundEndpoint(events);

@@ -1232,6 +1232,63 @@ TEST_F(ServerTest, DefaultAdmissionLimitsAdmitTheShippedScenarios) {
   EXPECT_GE(checked, 3);
 }
 
+TEST(AdmissionTest, TheTimeEstimateFollowsTheMechanisticGridAndFollowUp) {
+  // A 0.5 mm grid over 365 days ran about 230 times longer than the defaults and was admitted at
+  // their estimate.
+  scenarios::ScenarioSpec spec;
+  spec.cohort.source = scenarios::CohortSpec::Source::kSynthetic;
+  spec.cohort.n = 1;
+  spec.cohort.spacing_mm = 2.0;
+  const double defaults = EstimateCost(spec).seconds;
+  spec.mechanistic.grid_mm = 0.5;
+  spec.mechanistic.follow_up_days = 365.0;
+  EXPECT_GT(EstimateCost(spec).seconds, 100.0 * defaults);
+  // The limit's message keeps three digits: at one decimal, 150 s over 7.2 s read "0.0 h is over
+  // the limit of 0.0 h".
+  CostEstimate cost;
+  cost.seconds = 150.0;
+  AdmissionLimits limits;
+  limits.max_seconds = 7.2;
+  const Status refused = CheckAdmission(cost, limits);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("an estimated 0.0417 h is over the limit of 0.002 h"),
+            std::string::npos)
+      << refused.error().message;
+}
+
+TEST_F(ServerTest, SubmittedOpenAiPoliciesNeedAnEndpointAndAKeyVariableTheOperatorAllowed) {
+  // Any peer could have the server send any of its environment variables, as a bearer token, to
+  // any URL, and read the start of the reply back in an event.
+  ServerOptions options = Options();
+  StartServer(options, Scripted({}));
+  auto client = NewClient();
+  const auto forbidden = [&](const std::string& toml) -> std::string {
+    auto reply = client->Call(Request{"", "", SubmitRequest{toml, "", ""}});
+    EXPECT_TRUE(reply);
+    const auto* error = reply ? std::get_if<ErrorReply>(&reply->body) : nullptr;
+    EXPECT_NE(error, nullptr) << "admitted: " << toml;
+    if (error == nullptr) return "";
+    EXPECT_EQ(error->code, ReplyError::kForbiddenPath) << error->message;
+    return error->message;
+  };
+  const std::string openai =
+      Toml() +
+      "\n[policy]\nbackend = \"openai\"\nendpoint = \"http://127.0.0.1:9/v1\"\n"
+      "model = \"m\"\napi_key_env = \"HOME\"\n";
+  EXPECT_NE(forbidden(openai).find("policy.endpoint = \"http://127.0.0.1:9/v1\" is not one this "
+                                   "server may call (mewm serve --policy-endpoint)"),
+            std::string::npos);
+  StopServer();
+  options.policy_endpoints = {"http://127.0.0.1:9/v1"};
+  StartServer(options, Scripted({}));
+  client = NewClient();
+  EXPECT_NE(forbidden(openai).find("policy.api_key_env = \"HOME\" is not a variable this server "
+                                   "may send (mewm serve --policy-key-env)"),
+            std::string::npos);
+  EXPECT_TRUE(client->ListRuns()->empty());
+  StopServer();
+}
+
 /// Waits (bounded) until a file or folder whose name starts with `prefix` exists under `root`.
 bool WaitForPathUnder(const fs::path& root, const std::string& prefix) {
   for (int i = 0; i < 3000; ++i) {
@@ -1567,6 +1624,12 @@ TEST_F(HttpTest, ErrorsAreClearAndHostileRequestsAreClosed) {
   EXPECT_EQ(HttpGet(port(), "/v1/runs/nope/events").first, 404);
   EXPECT_EQ(HttpGet(port(), "/v1/runs/nope").first, 404);
   EXPECT_EQ(HttpGet(port(), "/v2/nothing").first, 404);
+  // A path that is not UTF-8: its 404's JSON threw, and the exception ended the server.
+  for (const std::string path : {"/\xff", "/v1/runs/\xc3\x28", "/v1/runs/\xff/events"}) {
+    const auto [status, body] = HttpGet(port(), path);
+    EXPECT_EQ(status, 404) << body;
+    EXPECT_NE(body.find("\xEF\xBF\xBD"), std::string::npos) << body;  // U+FFFD in its place
+  }
   for (const std::string bad : {"abc", "-1", "+3", "1.5", "99999999999999999999999", "0x10"}) {
     const auto [status, body] = HttpGet(port(), events, "Last-Event-ID: " + bad + "\r\n");
     EXPECT_EQ(status, 400) << bad;

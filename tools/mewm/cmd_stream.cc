@@ -229,6 +229,12 @@ Action RegisterServe(CLI::App& app, const BackendRegistry& backends) {
                  "Let browser pages of this origin (e.g. http://localhost:3000, or *) read /v1/ "
                  "and /v2/ (CORS: Access-Control-Allow-Origin, OPTIONS preflight allowing "
                  "Authorization and Last-Event-ID); repeatable; default none");
+  app.add_option("--policy-endpoint", o->policy_endpoints,
+                 "Submitted scenarios may use the openai policy with this endpoint (as written "
+                 "in the scenario); repeatable; default none, which refuses that backend");
+  app.add_option("--policy-key-env", o->policy_key_envs,
+                 "The environment variable an allowed openai endpoint may get its bearer key "
+                 "from; repeatable; default none");
   app.add_option("--max-event-streams", o->max_event_streams,
                  "Open SSE event streams at most; more get 503")
       ->capture_default_str()

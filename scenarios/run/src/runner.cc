@@ -596,7 +596,8 @@ struct Runner::Impl {
       MEWM_RETURN_IF_ERROR(
           WriteSurvivalPlot(dir / kSurvivalPng, patient.id, s.decision, spec.planner.samples));
     }
-    return WriteFileAtomic((dir / "result.json").string(), result.dump(1) + "\n");
+    return WriteFileAtomic((dir / "result.json").string(),
+                           result.dump(1, ' ', false, json::error_handler_t::replace) + "\n");
   }
 
   /// Plans one patient and writes its folder atomically. Returns the decision's event data.
@@ -630,7 +631,8 @@ struct Runner::Impl {
       return MakeError(ErrorCode::kIo, "cannot create '" + dir.string() + "': " + ec.message());
     const json result = {{"format", kResultFormat}, {"version", 1},     {"status", "failed"},
                          {"patient_id", id},        {"run_id", run_id}, {"error", error}};
-    return WriteFileAtomic((dir / "result.json").string(), result.dump(1) + "\n");
+    return WriteFileAtomic((dir / "result.json").string(),
+                           result.dump(1, ' ', false, json::error_handler_t::replace) + "\n");
   }
 
   /// Creates the results folder with scenario.toml and run.json (which marks it as this
@@ -655,7 +657,8 @@ struct Runner::Impl {
                        : fs::absolute(spec.cohort.manifest).string()},
         {"shard", std::to_string(options.shard_index) + "/" + std::to_string(options.shard_count)}};
     MEWM_RETURN_IF_ERROR(
-        WriteFileAtomic((fs::path(out) / "run.json").string(), run.dump(1) + "\n"));
+        WriteFileAtomic((fs::path(out) / "run.json").string(),
+                        run.dump(1, ' ', false, json::error_handler_t::replace) + "\n"));
     fs::create_directories(fs::path(out) / "patients", ec);
     if (ec)
       return MakeError(ErrorCode::kIo, "cannot create '" + out + "/patients': " + ec.message());
@@ -881,7 +884,8 @@ Status WriteSummary(const std::string& output_dir) {
     }
   }
   MEWM_RETURN_IF_ERROR(
-      WriteFileAtomic((fs::path(output_dir) / "summary.json").string(), summary.dump(1) + "\n"));
+      WriteFileAtomic((fs::path(output_dir) / "summary.json").string(),
+                      summary.dump(1, ' ', false, json::error_handler_t::replace) + "\n"));
   return WriteFileAtomic((fs::path(output_dir) / "summary.csv").string(), csv.str());
 }
 
@@ -1086,7 +1090,9 @@ Status StageMerge(const fs::path& temp, const ShardSet& set, std::size_t shard_c
   run["shard"] = "merged from " + std::to_string(shard_count) + " shards";
   Status written =
       WriteFileAtomic((temp / "scenario.toml").string(), set.shards.front().scenario_text);
-  if (written) written = WriteFileAtomic((temp / "run.json").string(), run.dump(1) + "\n");
+  if (written)
+    written = WriteFileAtomic((temp / "run.json").string(),
+                              run.dump(1, ' ', false, json::error_handler_t::replace) + "\n");
   if (written) written = WriteSummary(temp.string());
   return written;
 }

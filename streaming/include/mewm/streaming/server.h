@@ -66,6 +66,11 @@ struct ServerOptions {
   /// CORS on the HTTP port's /v1/ and /v2/ (docs/PROTOCOL.md "HTTP"): the origins whose browser
   /// pages may read them ("https://host[:port]" each, or "*"); empty = no CORS headers.
   std::vector<std::string> http_cors_origins;
+  /// The `openai` policy in submitted scenarios: the endpoints they may name (exactly, as
+  /// written), and the environment variables they may take a key from ("" always allowed: no
+  /// key). Empty endpoints: the backend is refused. Otherwise any peer could have the server send
+  /// any of its environment variables, as a bearer token, to any URL.
+  std::vector<std::string> policy_endpoints, policy_key_envs;
   int max_event_streams = 32;       ///< open SSE streams; more get 503
   int stream_stall_ms = 30000;      ///< an SSE client that takes nothing this long is dropped
   int stream_keepalive_ms = 15000;  ///< an SSE comment after this long without an event
