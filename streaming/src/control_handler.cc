@@ -12,6 +12,7 @@
 #include "mewm/core/file_util.h"
 #include "mewm/core/text.h"
 #include "mewm/streaming/admission.h"
+#include "mewm/world/cohort.h"
 #include "zmq_util.h"
 
 namespace mewm::streaming {
@@ -144,6 +145,30 @@ std::optional<Refusal> ConfineOutputs(const fs::path& root, scenarios::ScenarioS
     auto cohort = scenarios::SyntheticCohortDir(spec, confined->string(), root.string());
     if (!cohort) return Refusal{ReplyError::kForbiddenPath, cohort.error().message};
     spec.cohort.dir = *cohort;
+    // A run generates its cohort there unless the folder holds this very cohort, and other runs
+    // read the cohort already there: a peer naming another run's cohort with another n or seed
+    // replaced it, truth included, and that run's evaluation silently used the wrong truth.
+    scenarios::CohortOptions same;
+    same.n = spec.cohort.n;
+    same.seed = spec.cohort.seed;
+    same.world.spacing_mm = spec.cohort.spacing_mm;
+    std::error_code ec;
+    if (fs::exists(fs::path(*cohort) / "manifest.json", ec) &&
+        !scenarios::IsCohortOf(*cohort, same, spec.actions)) {
+      return Refusal{ReplyError::kForbiddenPath,
+                     "cohort.dir '" + *cohort +
+                         "' holds another cohort (other n, seed or spacing), which other runs "
+                         "may read; name a folder of its own"};
+    }
+  }
+  const auto below =
+      fs::path(ResolvedPath(confined->string())).lexically_relative(ResolvedPath(root.string()));
+  if (std::distance(below.begin(), below.end()) > kMaxRunOutputDepth) {
+    return Refusal{ReplyError::kForbiddenPath,
+                   "run.output = \"" + spec.output + "\" is more than " +
+                       std::to_string(kMaxRunOutputDepth) +
+                       " folders below the results root, where a restarted server would not "
+                       "find the run"};
   }
   *output = std::move(*confined);
   return std::nullopt;

@@ -87,7 +87,8 @@ void RunQueue::Recover(const std::string& results_root) {
   std::vector<std::pair<std::int64_t, std::shared_ptr<RunRecord>>> found;
   for (auto it = fs::recursive_directory_iterator(root, ec);
        !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-    if (it.depth() > 6) it.disable_recursion_pending();
+    // <run.output>/<run id>/events.jsonl: run.output's folders, then two more levels.
+    if (it.depth() > kMaxRunOutputDepth) it.disable_recursion_pending();
     if (it->path().filename() != "events.jsonl") continue;
     auto run = ReadEarlierRun(it->path().parent_path());
     if (!run) {

@@ -50,6 +50,11 @@ struct CancelOutcome {
   std::string error;
 };
 
+/// How many folders below the results root a submitted run.output may go: Recover looks for runs'
+/// logs (<run.output>/<run id>/events.jsonl) no deeper, and a run it cannot find after a restart
+/// would never be listed, nor ended if it was cut off.
+constexpr int kMaxRunOutputDepth = 6;
+
 class RunQueue {
  public:
   RunQueue(EventLog& log, StageMetrics& stages, RunFunction run, int capacity);

@@ -806,6 +806,15 @@ TEST_F(ServerTest, CohortFoldersStayInCohortsAndRunsStayOut) {
   expect_forbidden(cohort("/tmp/elsewhere"), "outside the server's results root");
   expect_forbidden(output("cohorts/mine"), "where only cohorts live");
   expect_forbidden(output("link"), "outside the server's results root");
+  // A folder holding another cohort, which other runs read: generating this run's cohort there
+  // replaced it (a peer named another run's default cohort with another seed).
+  fs::create_directories(root + "/cohorts/theirs");
+  std::ofstream(root + "/cohorts/theirs/manifest.json") << R"({"n": 7, "note": "another cohort"})";
+  expect_forbidden(cohort("cohorts/theirs"), "holds another cohort (other n, seed or spacing)");
+  EXPECT_EQ(*ReadFile(root + "/cohorts/theirs/manifest.json"),
+            R"({"n": 7, "note": "another cohort"})");
+  // Deeper than a restarted server looks for runs: it would have lost the run.
+  expect_forbidden(output("a/b/c/d/e/f/g"), "is more than 6 folders below the results root");
   EXPECT_EQ(client->ListRuns()->size(), 1u);
   EXPECT_TRUE(fs::is_empty(dir_.File("elsewhere")));
   // Where the layout says, a cohort folder of one's own choosing is fine.
