@@ -244,6 +244,21 @@ TEST(TorchBridgeTest, HostileArchivesAreRefusedBeforeLibtorchReadsThem) {
             std::string::npos);
   // A tensor record compressed (a deflate bomb would need that).
   EXPECT_NE(refusal(records, {"data/0"}).find("is compressed"), std::string::npos);
+  // A directory claiming 2 GiB: refused by its size, before anything is allocated for it.
+  {
+    auto bytes = ReadFile(path);
+    ASSERT_TRUE(bytes);
+    const std::size_t end = bytes->rfind(std::string("PK\x05\x06", 4));
+    ASSERT_NE(end, std::string::npos);
+    for (int i = 0; i < 4; ++i) (*bytes)[end + 12 + std::size_t(i)] = i == 3 ? '\x7f' : '\xff';
+    ASSERT_TRUE(WriteFileAtomic(dir.File("wide.pt"), *bytes));
+    ASSERT_TRUE(WriteModelChecksum(dir.File("wide.pt")));
+    auto wide = ReadCheckpointInfo(dir.File("wide.pt"));
+    ASSERT_FALSE(wide);
+    EXPECT_NE(wide.error().message.find("a ZIP directory of 2147483647 bytes, over the 64 MiB"),
+              std::string::npos)
+        << wide.error().message;
+  }
   // Cut before the ZIP directory's end: not taken for a ZIP at all.
   std::filesystem::copy_file(path, dir.File("cut.pt"));
   testing::Truncate(dir.File("cut.pt"), std::filesystem::file_size(path) - 30);

@@ -159,6 +159,13 @@ Status CheckArchiveLayout(const std::string& path) {
   if (count == 0xffffu || dir_offset == 0xffffffffu || dir_size == 0xffffffffu) {
     return corrupt("a ZIP64 archive (over 4 GiB or 65,535 members), which mewm does not write");
   }
+  // 100,000 members with names of a few dozen bytes: a few MiB. Bounded before it is read, so a
+  // file that claims a directory of gigabytes is refused without allocating it.
+  constexpr std::uint32_t kMaxDirectoryBytes = 64u << 20;
+  if (dir_size > kMaxDirectoryBytes) {
+    return corrupt("a ZIP directory of " + std::to_string(dir_size) + " bytes, over the 64 MiB " +
+                   "a checkpoint needs");
+  }
   std::string dir;
   if (!read(dir_offset, dir_size, dir)) return corrupt("its ZIP directory lies outside the file");
   std::set<std::string> seen;  // member names, relative to the archive's top folder
