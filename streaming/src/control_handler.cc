@@ -148,13 +148,10 @@ std::optional<Refusal> ConfineOutputs(const fs::path& root, scenarios::ScenarioS
     // A run generates its cohort there unless the folder holds this very cohort, and other runs
     // read the cohort already there: a peer naming another run's cohort with another n or seed
     // replaced it, truth included, and that run's evaluation silently used the wrong truth.
-    scenarios::CohortOptions same;
-    same.n = spec.cohort.n;
-    same.seed = spec.cohort.seed;
-    same.world.spacing_mm = spec.cohort.spacing_mm;
     std::error_code ec;
     if (fs::exists(fs::path(*cohort) / "manifest.json", ec) &&
-        !scenarios::IsCohortOf(*cohort, same, spec.actions)) {
+        !scenarios::IsCohortOf(*cohort, scenarios::ScenarioCohortOptions(spec.cohort),
+                               spec.actions)) {
       return Refusal{ReplyError::kForbiddenPath,
                      "cohort.dir '" + *cohort +
                          "' holds another cohort (other n, seed or spacing), which other runs "

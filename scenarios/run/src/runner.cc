@@ -136,6 +136,12 @@ struct ResultRow {
   std::int64_t simulations = 0, memo_hits = 0, evaluations = 0;
 };
 
+/// A JSON file's text as runs write them (indented, one trailing newline). Bytes that are not
+/// UTF-8 (a model's or an endpoint's error message) become U+FFFD, where nlohmann's default threw.
+std::string JsonFileText(const json& j) {
+  return j.dump(1, ' ', false, json::error_handler_t::replace) + "\n";
+}
+
 /// Reads and checks a result.json a run wrote; kCorruptData naming `path` when it is not one.
 Expected<ResultRow> ReadResultRow(const fs::path& path) {
   // A result is tens of KB; a merge reads the shards' as input it did not write.
@@ -596,8 +602,7 @@ struct Runner::Impl {
       MEWM_RETURN_IF_ERROR(
           WriteSurvivalPlot(dir / kSurvivalPng, patient.id, s.decision, spec.planner.samples));
     }
-    return WriteFileAtomic((dir / "result.json").string(),
-                           result.dump(1, ' ', false, json::error_handler_t::replace) + "\n");
+    return WriteFileAtomic((dir / "result.json").string(), JsonFileText(result));
   }
 
   /// Plans one patient and writes its folder atomically. Returns the decision's event data.
@@ -631,8 +636,7 @@ struct Runner::Impl {
       return MakeError(ErrorCode::kIo, "cannot create '" + dir.string() + "': " + ec.message());
     const json result = {{"format", kResultFormat}, {"version", 1},     {"status", "failed"},
                          {"patient_id", id},        {"run_id", run_id}, {"error", error}};
-    return WriteFileAtomic((dir / "result.json").string(),
-                           result.dump(1, ' ', false, json::error_handler_t::replace) + "\n");
+    return WriteFileAtomic((dir / "result.json").string(), JsonFileText(result));
   }
 
   /// Creates the results folder with scenario.toml and run.json (which marks it as this
@@ -656,9 +660,7 @@ struct Runner::Impl {
                        ? fs::absolute(cohort_dir).string()
                        : fs::absolute(spec.cohort.manifest).string()},
         {"shard", std::to_string(options.shard_index) + "/" + std::to_string(options.shard_count)}};
-    MEWM_RETURN_IF_ERROR(
-        WriteFileAtomic((fs::path(out) / "run.json").string(),
-                        run.dump(1, ' ', false, json::error_handler_t::replace) + "\n"));
+    MEWM_RETURN_IF_ERROR(WriteFileAtomic((fs::path(out) / "run.json").string(), JsonFileText(run)));
     fs::create_directories(fs::path(out) / "patients", ec);
     if (ec)
       return MakeError(ErrorCode::kIo, "cannot create '" + out + "/patients': " + ec.message());
@@ -884,8 +886,7 @@ Status WriteSummary(const std::string& output_dir) {
     }
   }
   MEWM_RETURN_IF_ERROR(
-      WriteFileAtomic((fs::path(output_dir) / "summary.json").string(),
-                      summary.dump(1, ' ', false, json::error_handler_t::replace) + "\n"));
+      WriteFileAtomic((fs::path(output_dir) / "summary.json").string(), JsonFileText(summary)));
   return WriteFileAtomic((fs::path(output_dir) / "summary.csv").string(), csv.str());
 }
 
@@ -1090,9 +1091,7 @@ Status StageMerge(const fs::path& temp, const ShardSet& set, std::size_t shard_c
   run["shard"] = "merged from " + std::to_string(shard_count) + " shards";
   Status written =
       WriteFileAtomic((temp / "scenario.toml").string(), set.shards.front().scenario_text);
-  if (written)
-    written = WriteFileAtomic((temp / "run.json").string(),
-                              run.dump(1, ' ', false, json::error_handler_t::replace) + "\n");
+  if (written) written = WriteFileAtomic((temp / "run.json").string(), JsonFileText(run));
   if (written) written = WriteSummary(temp.string());
   return written;
 }

@@ -1084,17 +1084,22 @@ std::string WorldStats::Format() const {
   return out.str();
 }
 
+CohortOptions ScenarioCohortOptions(const CohortSpec& cohort) {
+  CohortOptions c;
+  c.n = cohort.n;
+  c.seed = cohort.seed;
+  c.world.spacing_mm = cohort.spacing_mm;
+  return c;
+}
+
 SyntheticCohortSource SyntheticWorldCohorts() {
   return [](const CohortSpec& cohort, const ActionBase& actions, const std::string& dir,
             const std::function<void(int, int)>& progress,
             const std::function<bool()>& cancelled) -> Status {
-    CohortOptions c;
-    c.n = cohort.n;
-    c.seed = cohort.seed;
+    CohortOptions c = ScenarioCohortOptions(cohort);
     c.out_dir = dir;
     c.force = true;
     c.write_nifti = false;
-    c.world.spacing_mm = cohort.spacing_mm;
     c.progress = progress;
     c.cancelled = cancelled;
     if (IsCohortOf(dir, c, actions)) return {};

@@ -72,6 +72,10 @@ Status GenerateCohort(const CohortOptions& options, const ActionBase& actions);
 /// them, and nothing under truth/ is opened.
 bool IsCohortOf(const std::string& dir, const CohortOptions& options, const ActionBase& actions);
 
+/// The cohort a scenario's cohort table describes (n, seed, spacing), as a run generates it and
+/// as IsCohortOf recognises it; the rest of the options at their defaults.
+CohortOptions ScenarioCohortOptions(const CohortSpec& cohort);
+
 /// The synthetic world as a run's cohort source (BackendRegistry::SetSyntheticCohorts): the
 /// cohort a scenario's cohort table describes (n, seed, spacing) is reused when IsCohortOf says
 /// the folder holds it, else generated there with force (a folder holding anything but a mewm
