@@ -50,6 +50,26 @@ std::size_t ControlAt(std::string_view text, std::size_t i) {
   return 0;
 }
 
+/// The length of the well-formed UTF-8 character that starts at text[i] (2 to 4 bytes), or 0
+/// for a byte that starts none: a continuation byte, an overlong or surrogate form, a sequence
+/// cut short.
+std::size_t Utf8Length(std::string_view text, std::size_t i) {
+  const auto at = [&](std::size_t k) { return static_cast<unsigned char>(text[k]); };
+  const unsigned char c = at(i);
+  const std::size_t length = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 0;
+  if (length == 0 || c > 0xF4 || i + length > text.size()) return 0;
+  for (std::size_t k = 1; k < length; ++k) {
+    if ((at(i + k) & 0xC0) != 0x80) return 0;
+  }
+  if (length == 3 && ((c == 0xE0 && at(i + 1) < 0xA0) || (c == 0xED && at(i + 1) >= 0xA0))) {
+    return 0;
+  }
+  if (length == 4 && ((c == 0xF0 && at(i + 1) < 0x90) || (c == 0xF4 && at(i + 1) >= 0x90))) {
+    return 0;
+  }
+  return length;
+}
+
 }  // namespace
 
 bool HasControlCharacter(std::string_view text) {
@@ -64,7 +84,18 @@ std::string EscapeControl(std::string_view text) {
   std::string out;
   out.reserve(text.size());
   for (std::size_t i = 0; i < text.size(); ++i) {
-    const std::size_t n = ControlAt(text, i);
+    std::size_t n = ControlAt(text, i);
+    if (n == 0 && static_cast<unsigned char>(text[i]) >= 0x80) {
+      // Not ASCII: a well-formed UTF-8 character is copied whole; a byte that starts none (a
+      // lone 0x9b is CSI to a terminal in an 8-bit mode) is escaped.
+      const std::size_t length = Utf8Length(text, i);
+      if (length > 0) {
+        out.append(text.substr(i, length));
+        i += length - 1;
+        continue;
+      }
+      n = 1;
+    }
     if (n == 0 || text[i] == '\n' || text[i] == '\t') {
       out.push_back(text[i]);
       continue;

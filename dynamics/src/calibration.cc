@@ -182,7 +182,13 @@ Expected<BiologyRegression> BiologyRegression::FromJson(const std::string& text,
     return MakeError(ErrorCode::kCorruptData, "'" + origin + "': " + what);
   };
   try {
-    const json j = json::parse(text);
+    const json j = json::parse(text, /*cb=*/nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded()) {
+      // Said without nlohmann's message, which quotes the file's bytes.
+      return corrupt(
+          "not JSON; a mechanistic calibration is the JSON file `mewm train "
+          "mechanistic` writes");
+    }
     if (!j.is_object() || j.value("format", "") != kFormat) {
       return corrupt(std::string("not a mewm mechanistic calibration (format must be '") + kFormat +
                      "')");

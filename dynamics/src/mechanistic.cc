@@ -303,10 +303,11 @@ DeliveryMaps MapDelivery(const TumorField& field, const TumorBiology& bio,
 }
 
 /// Integrates the reaction-diffusion model over `steps` steps of `dt` days from the density `u`
-/// (in place): diffusion, logistic growth, and the kill of drug and ischemia.
-void Integrate(const TumorBiology& bio, const PlanEffect& effect, const DeliveryMaps& m,
+/// (in place): diffusion, logistic growth, and the kill of drug and ischemia. false when
+/// `cancelled` stopped it before the last step.
+bool Integrate(const TumorBiology& bio, const PlanEffect& effect, const DeliveryMaps& m,
                const Index3 n, double h, double dt, int steps, double diameter_mm,
-               std::vector<float>& u) {
+               const std::function<bool()>& cancelled, std::vector<float>& u) {
   std::vector<float> next(u.size());
   const double drug_boost = effect.lipiodol ? 1.3 : 1.0;
   const double tau = DrugTau(effect.lipiodol);
@@ -315,10 +316,11 @@ void Integrate(const TumorBiology& bio, const PlanEffect& effect, const Delivery
   // pass has no branch in its interior, so the compiler vectorizes it; the second calls exp()
   // only where there is a kill and tissue left. Every voxel's arithmetic is the same expression
   // in the same order as a single voxel loop, so the result is bit for bit the same.
-  if (u.empty()) return;  // a field with no voxels has nothing to integrate
+  if (u.empty()) return true;  // a field with no voxels has nothing to integrate
   const auto row_size = static_cast<std::size_t>(n[0]);
   std::vector<double> grown(row_size), kill(row_size);
   for (int s = 0; s < steps; ++s) {
+    if (cancelled && cancelled()) return false;
     const double t = (s + 0.5) * dt;
     const double drug = effect.drug_rate * drug_boost * std::exp(-t / tau);
     double ischemia = 0.0;
@@ -363,6 +365,7 @@ void Integrate(const TumorBiology& bio, const PlanEffect& effect, const Delivery
     }
     u.swap(next);
   }
+  return true;
 }
 
 }  // namespace
@@ -384,7 +387,8 @@ Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields
                                            const TumorBiology& biology_in, const Plan& plan,
                                            char child_pugh, const MechanisticConfig& config,
                                            std::uint64_t sample_seed,
-                                           std::vector<FieldResponse>* responses) {
+                                           std::vector<FieldResponse>* responses,
+                                           const std::function<bool()>& cancelled) {
   MEWM_RETURN_IF_ERROR(biology_in.Validate());
   if (!(config.follow_up_days > 0.0) || !(config.max_dt_days > 0.0)) {
     return MakeError(ErrorCode::kInvalidArgument, "follow_up_days and max_dt_days must be > 0");
@@ -411,7 +415,9 @@ Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields
     // NOLINTNEXTLINE(bugprone-use-after-move)
     std::vector<float> u = field.density.data;
     DeliveryMaps maps = MapDelivery(field, bio, effect);
-    Integrate(bio, effect, maps, n, h, dt, steps, field.diameter_mm, u);
+    if (!Integrate(bio, effect, maps, n, h, dt, steps, field.diameter_mm, cancelled, u)) {
+      return MakeError(ErrorCode::kCancelled, "the simulation was cancelled");
+    }
     double pre = 0.0, post = 0.0, pre_mask = 0.0, post_mask = 0.0;
     const auto threshold = float(config.viable_threshold);
     for (std::size_t x = 0; x < u.size(); ++x) {
@@ -600,9 +606,9 @@ Expected<std::vector<Outcome>> MechanisticDynamics::Simulate(
     std::vector<FieldResponse> responses;
     // The biology draw uses the shared seed when there is one: every plan with this sample index
     // then acts on the same simulated patient (common random numbers).
-    auto solved =
-        SimulateResponse(fields, biology, request.plan, patient.covariates.child_pugh, config_,
-                         request.shared_seed != 0 ? request.shared_seed : request.seed, &responses);
+    auto solved = SimulateResponse(
+        fields, biology, request.plan, patient.covariates.child_pugh, config_,
+        request.shared_seed != 0 ? request.shared_seed : request.seed, &responses, cancelled_);
     if (!solved) {
       errors[n] = solved.error();
       return;

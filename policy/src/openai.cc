@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <future>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -151,6 +152,9 @@ class OpenAiPolicy final : public PolicyModel {
         system_(SystemPrompt(actions_, options_, mandatory)) {}
 
   std::string name() const override { return "openai"; }
+  void set_cancelled(std::function<bool()> cancelled) override {
+    cancelled_ = std::move(cancelled);
+  }
 
   Expected<Proposal> Propose(const PatientCase& patient) override {
     const Clock::time_point deadline =
@@ -333,6 +337,7 @@ class OpenAiPolicy final : public PolicyModel {
     }
     std::string last_failure;
     for (int attempt = 0;; ++attempt) {
+      if (Cancelled()) return CancelledError();
       const double remaining = std::chrono::duration<double>(deadline - Clock::now()).count();
       if (remaining <= 0.0) {
         return MakeError(ErrorCode::kIo,
@@ -361,9 +366,17 @@ class OpenAiPolicy final : public PolicyModel {
           return false;
         }
         answer.append(data, n);
-        return true;
+        return !Cancelled();
       };
-      const httplib::Result result = client.send(req);
+      // The request runs on its own thread so that a cancellation can end it: stop() shuts the
+      // socket down under the request, which then fails at once. It is repeated until the request
+      // returns, since a stop() that comes before the connection exists has nothing to shut.
+      auto sent = std::async(std::launch::async, [&] { return client.send(req); });
+      while (sent.wait_for(kCancelPoll) != std::future_status::ready) {
+        if (Cancelled()) client.stop();
+      }
+      const httplib::Result result = sent.get();
+      if (Cancelled()) return CancelledError();
       if (oversized) {
         return MakeError(ErrorCode::kCorruptData,
                          "the endpoint's answer is over max_answer_bytes = " +
@@ -396,9 +409,19 @@ class OpenAiPolicy final : public PolicyModel {
       }
       const double left = std::chrono::duration<double>(deadline - Clock::now()).count();
       LogDebug("openai policy: " + last_failure + "; retrying in " + Number(wait) + " s");
-      std::this_thread::sleep_for(
-          std::chrono::duration<double>(std::max(0.0, std::min(wait, left))));
+      const Clock::time_point until =
+          Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                             std::chrono::duration<double>(std::max(0.0, std::min(wait, left))));
+      while (Clock::now() < until && !Cancelled()) {
+        std::this_thread::sleep_for(std::min<Clock::duration>(kCancelPoll, until - Clock::now()));
+      }
     }
+  }
+
+  bool Cancelled() const { return cancelled_ && cancelled_(); }
+  Error CancelledError() const {
+    return Error{ErrorCode::kCancelled,
+                 "cancelled while waiting for the endpoint " + options_.endpoint};
   }
 
   /// choices[0].message.content of a chat-completion answer.
@@ -424,7 +447,11 @@ class OpenAiPolicy final : public PolicyModel {
     return text;
   }
 
+  /// How often a request in flight, or a wait before a retry, looks at cancelled_.
+  static constexpr std::chrono::milliseconds kCancelPoll{100};
+
   OpenAiOptions options_;
+  std::function<bool()> cancelled_;
   ActionBase actions_;
   PlanGrammar grammar_;
   Endpoint endpoint_;

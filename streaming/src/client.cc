@@ -18,6 +18,13 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+/// The largest message a client takes from a server; a larger one disconnects the server before
+/// it is held in memory. A reply is decoded within 32 MiB of pointed-to data (DecodeLimits), so
+/// 64 MiB holds any reply this client can read. An event frame may be a plan's `.vdb` volume,
+/// which for a whole-abdomen CT at 1 mm is tens of MB.
+constexpr std::int64_t kMaxReplyBytes = std::int64_t(64) << 20;
+constexpr std::int64_t kMaxEventFrameBytes = std::int64_t(1) << 30;
+
 template <typename T>
 Expected<T> Expect(Expected<Reply> reply, const char* what) {
   if (!reply) return reply.error();
@@ -76,6 +83,7 @@ struct Client::Impl {
   void OpenDealer() {
     dealer = zmq::socket_t(context, zmq::socket_type::dealer);
     dealer.set(zmq::sockopt::linger, 0);
+    dealer.set(zmq::sockopt::maxmsgsize, kMaxReplyBytes);
     Secure(dealer);
     dealer.connect(options.control_endpoint);
   }
@@ -84,6 +92,7 @@ struct Client::Impl {
     zmq::socket_t sub(context, zmq::socket_type::sub);
     sub.set(zmq::sockopt::linger, 0);
     sub.set(zmq::sockopt::rcvhwm, options.receive_hwm);
+    sub.set(zmq::sockopt::maxmsgsize, kMaxEventFrameBytes);
     Secure(sub);
     sub.set(zmq::sockopt::subscribe, run_id.empty() ? std::string("run/") : RunTopicPrefix(run_id));
     sub.set(zmq::sockopt::subscribe, "server/");
@@ -230,9 +239,13 @@ void Client::Impl::Watcher::Deliver(const RunEvent& e, const std::string& volume
   if (!on_event_(e, volume)) halted_ = true;
 }
 
-/// Reads a run's history after the last delivered event, page by page.
+/// Reads a run's history after the last delivered event, page by page, until a page says it is
+/// the last or the watch is stopped. A page that announces more but brings nothing new is an
+/// error: a server that keeps sending it would otherwise be asked again forever.
 Status Client::Impl::Watcher::Heal(const std::string& run_id) {
   for (;;) {
+    if (Done()) return {};
+    const std::uint64_t before = last_[run_id];
     auto snapshot = m_.Snapshot(run_id, last_[run_id], 0);
     if (!snapshot) return snapshot.error();
     for (const std::string& bytes : snapshot->events) {
@@ -253,6 +266,11 @@ Status Client::Impl::Watcher::Heal(const std::string& run_id) {
       if (halted_) return {};
     }
     if (!snapshot->more || snapshot->events.empty()) return {};
+    if (last_[run_id] == before) {
+      return MakeError(ErrorCode::kCorruptData,
+                       "the server's history of " + run_id + " announces more events after seq " +
+                           std::to_string(before) + " but its page holds none after it");
+    }
   }
 }
 

@@ -13,6 +13,7 @@
 #include <cctype>
 #include <cstring>
 #include <limits>
+#include <stdexcept>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -234,8 +235,24 @@ void GetValue(capnp::DynamicValue::Reader r, V* value) {
   } else if constexpr (std::is_same_v<V, bool> || std::is_floating_point_v<V>) {
     *value = r.as<V>();
   } else if constexpr (std::is_integral_v<V>) {
-    *value = r.getType() == capnp::DynamicValue::UINT ? V(r.as<std::uint64_t>())
-                                                      : V(r.as<std::int64_t>());
+    // A uint32 count past INT_MAX would read as negative in an int (a client showed -1).
+    const auto out_of_range = [](const std::string& number) {
+      return std::range_error("the number " + number + " is out of range for its field");
+    };
+    if (r.getType() == capnp::DynamicValue::UINT) {
+      const std::uint64_t wide = r.as<std::uint64_t>();
+      if (wide > std::uint64_t(std::numeric_limits<V>::max())) {
+        throw out_of_range(std::to_string(wide));
+      }
+      *value = V(wide);
+    } else {
+      const std::int64_t wide = r.as<std::int64_t>();
+      if (wide < std::int64_t(std::numeric_limits<V>::min()) ||
+          (wide > 0 && std::uint64_t(wide) > std::uint64_t(std::numeric_limits<V>::max()))) {
+        throw out_of_range(std::to_string(wide));
+      }
+      *value = V(wide);
+    }
   } else if constexpr (IsVector<V>::value) {
     auto list = Bounded(r.as<capnp::DynamicList>());
     value->resize(list.size());
@@ -389,28 +406,25 @@ void SetStatus(w::RunStatus::Builder b, const RunStatus& s) {
   b.setError(T(s.error));
   b.setTraceId(T(s.trace_id));
 }
+/// A uint32 count of the wire as an int. Past INT_MAX it would read as negative (a client showed
+/// "queue -1/-1"), so it is kCorruptData naming the field.
+Expected<int> Count(const char* what, std::uint32_t count) {
+  if (count > std::uint32_t(std::numeric_limits<int>::max())) {
+    return MakeError(ErrorCode::kCorruptData,
+                     std::string(what) + " " + std::to_string(count) + " is out of range");
+  }
+  return int(count);
+}
+
 Expected<RunStatus> ReadStatus(w::RunStatus::Reader r) {
   const auto state = unsigned(r.getState());
   if (state > unsigned(RunState::kCancelled)) return Unknown("run state", state);
-  // The counts are uint32 on the wire; past INT_MAX they read as negative (a client showed -1).
-  for (const auto& [what, count] : {std::pair{"patientsTotal", r.getPatientsTotal()},
-                                    {"patientsDone", r.getPatientsDone()},
-                                    {"patientsFailed", r.getPatientsFailed()}}) {
-    if (count > std::uint32_t(std::numeric_limits<int>::max())) {
-      return MakeError(ErrorCode::kCorruptData, std::string("run status: ") + what + " " +
-                                                    std::to_string(count) + " is out of range");
-    }
-  }
-  return RunStatus{S(r.getRunId()),
-                   S(r.getScenario()),
-                   RunState(state),
-                   r.getLastSeq(),
-                   int(r.getPatientsTotal()),
-                   int(r.getPatientsDone()),
-                   int(r.getPatientsFailed()),
-                   S(r.getOutputDir()),
-                   S(r.getError()),
-                   S(r.getTraceId())};
+  MEWM_TRY(const int total, Count("run status: patientsTotal", r.getPatientsTotal()));
+  MEWM_TRY(const int done, Count("run status: patientsDone", r.getPatientsDone()));
+  MEWM_TRY(const int failed, Count("run status: patientsFailed", r.getPatientsFailed()));
+  return RunStatus{
+      S(r.getRunId()), S(r.getScenario()),  RunState(state), r.getLastSeq(),   total, done,
+      failed,          S(r.getOutputDir()), S(r.getError()), S(r.getTraceId())};
 }
 
 }  // namespace
@@ -469,14 +483,17 @@ Expected<Envelope> DecodeEnvelope(std::string_view bytes, const DecodeLimits& li
           server.timestamp_ns = r.getTimestampNs();
           if (event.which() == W::HEARTBEAT) {
             auto x = event.getHeartbeat();
-            Heartbeat beat{S(x.getActiveRun()), int(x.getQueueDepth()), {}};
+            MEWM_TRY(const int depth, Count("heartbeat: queueDepth", x.getQueueDepth()));
+            Heartbeat beat{S(x.getActiveRun()), depth, {}};
             for (auto run : Bounded(x.getRecentRuns())) {
               beat.recent_runs.push_back({S(run.getRunId()), run.getLastSeq()});
             }
             server.body = std::move(beat);
           } else {
             auto x = event.getServerClosing();
-            server.body = ServerClosing{S(x.getReason()), int(x.getCancelledRuns())};
+            MEWM_TRY(const int cancelled,
+                     Count("server closing: cancelledRuns", x.getCancelledRuns()));
+            server.body = ServerClosing{S(x.getReason()), cancelled};
           }
           return Envelope(std::move(server));
         }
@@ -679,7 +696,8 @@ Expected<Reply> DecodeReply(std::string_view bytes, const DecodeLimits& limits) 
       }
       case W::SUBMITTED: {
         auto s = body.getSubmitted();
-        reply.body = Submitted{S(s.getRunId()), int(s.getQueuePosition()), s.getDuplicate()};
+        MEWM_TRY(const int position, Count("submitted: queuePosition", s.getQueuePosition()));
+        reply.body = Submitted{S(s.getRunId()), position, s.getDuplicate()};
         break;
       }
       case W::CANCELLED: {
@@ -714,8 +732,8 @@ Expected<Reply> DecodeReply(std::string_view bytes, const DecodeLimits& limits) 
         auto x = body.getHealth();
         Health h;
         h.uptime_seconds = x.getUptimeSeconds();
-        h.queue_depth = int(x.getQueueDepth());
-        h.queue_capacity = int(x.getQueueCapacity());
+        MEWM_TRY(h.queue_depth, Count("health: queueDepth", x.getQueueDepth()));
+        MEWM_TRY(h.queue_capacity, Count("health: queueCapacity", x.getQueueCapacity()));
         h.active_run = S(x.getActiveRun());
         h.models_loaded = Texts(x.getModelsLoaded());
         h.events_published = x.getEventsPublished();

@@ -87,11 +87,10 @@ Expected<std::unique_ptr<CoxSurvival>> CoxSurvival::Load(const std::string& path
   const auto corrupt = [&](const std::string& what) {
     return MakeError(ErrorCode::kCorruptData, "'" + path + "': " + what);
   };
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const std::exception& e) {
-    return corrupt(std::string("not JSON: ") + e.what());
+  // Said without nlohmann's message, which quotes the file's bytes.
+  const json j = json::parse(text, /*cb=*/nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) {
+    return corrupt("not JSON; a Cox survival model is the JSON file `mewm train survival` writes");
   }
   ModelProvenance provenance;
   std::string model_text;

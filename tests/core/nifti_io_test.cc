@@ -8,6 +8,7 @@
 #include <Eigen/Geometry>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -503,6 +504,27 @@ TEST_F(NiftiIoTest, GzipChecksumMismatchIsCorruptData) {
   Expected<DenseFloat> image = ReadNifti(path);
   ASSERT_FALSE(image.has_value());
   EXPECT_EQ(image.error().code, ErrorCode::kCorruptData) << image.error().ToString();
+}
+
+TEST_F(NiftiIoTest, DataLongAfterTheVoxelsOfANiiGzIsRefusedUnread) {
+  // An image followed by compressed zeros: up to 16 MiB are inflated (for the gzip trailer's
+  // check) and tolerated; more is refused rather than inflated to the end (20 GiB took minutes).
+  for (const std::uint64_t trailing : {std::uint64_t(1) << 20, std::uint64_t(32) << 20}) {
+    const std::string plain = Path("tail.nii"), packed = Path("tail.nii.gz");
+    ASSERT_TRUE(WriteNifti(plain, Ramp(ObliqueGeometry(false))).has_value());
+    std::ofstream(plain, std::ios::binary | std::ios::app) << std::string(trailing, '\0');
+    fs::remove(packed);
+    ASSERT_EQ(std::system(("gzip -c '" + plain + "' > '" + packed + "'").c_str()), 0);
+    Expected<DenseFloat> image = ReadNifti(packed);
+    if (trailing <= (std::uint64_t(16) << 20)) {
+      EXPECT_TRUE(image.has_value()) << image.error().message;
+    } else {
+      ASSERT_FALSE(image.has_value());
+      EXPECT_EQ(image.error().code, ErrorCode::kCorruptData);
+      EXPECT_NE(image.error().message.find("bytes after its voxel data"), std::string::npos)
+          << image.error().message;
+    }
+  }
 }
 
 TEST_F(NiftiIoTest, NonFiniteVoxelsAreReportedWithCountAndFirstIndex) {

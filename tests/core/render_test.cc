@@ -57,7 +57,14 @@ TEST(TextTest, ControlCharactersAreFoundAndEscapedButNewlinesTabsAndUtf8Kept) {
   EXPECT_EQ(EscapeControl("\xc2\x9b"
                           "2J \xc2\xa0 \xc3\xa9 \x7f"),
             "\\xc2\\x9b2J \xc2\xa0 \xc3\xa9 \\x7f");
-  EXPECT_EQ(EscapeControl("\xc2"), "\xc2");  // a truncated sequence is not a control character
+  // A byte that is not part of well-formed UTF-8 is escaped too: a lone 0x9b is CSI to a terminal
+  // in an 8-bit mode. Well-formed characters of 3 and 4 bytes are kept.
+  EXPECT_EQ(EscapeControl("a\x9b"
+                          "2J"),
+            "a\\x9b2J");
+  EXPECT_EQ(EscapeControl("\xc2"), "\\xc2");                    // cut short
+  EXPECT_EQ(EscapeControl("\xed\xa0\x80"), "\\xed\\xa0\\x80");  // a surrogate
+  EXPECT_EQ(EscapeControl("\xe2\x82\xac \xf0\x9f\x98\x80"), "\xe2\x82\xac \xf0\x9f\x98\x80");
 }
 
 TEST_F(RenderTest, EncodePngGivesTheBytesWritePngWrites) {

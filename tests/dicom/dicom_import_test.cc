@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -60,6 +61,24 @@ TEST_F(DicomImportTest, SeriesByPydicomMatchesTheNiftiItWasWrittenFrom) {
   ASSERT_EQ(ct.extent(), expected.extent());
   const auto a = ct.ToDense(), b = expected.ToDense();
   EXPECT_EQ(a.data, b.data);  // HU = stored x 0.5 - 1024, exactly
+
+  // One slice a link out of the folder: not read (confinement), so nothing is imported rather
+  // than a series one slice short.
+  fs::create_directories(dir_.File("partial"));
+  bool linked = false;
+  for (const auto& entry : fs::directory_iterator(dir_.File("a/series"))) {
+    const fs::path to = fs::path(dir_.File("partial")) / entry.path().filename();
+    if (!linked && entry.path().filename() != "README.txt") {
+      fs::create_symlink(entry.path(), to);
+      linked = true;
+    } else {
+      fs::copy_file(entry.path(), to);
+    }
+  }
+  auto partial = ImportSeries(dir_.File("partial"));
+  ASSERT_FALSE(partial);
+  EXPECT_NE(partial.error().message.find("1 links out of the folder skipped"), std::string::npos)
+      << partial.error().message;
 }
 
 TEST_F(DicomImportTest, RefusalsAndErrorsNameTheirReason) {
@@ -87,6 +106,63 @@ TEST_F(DicomImportTest, RefusalsAndErrorsNameTheirReason) {
   ASSERT_FALSE(many);
   EXPECT_EQ(many.error().code, ErrorCode::kInvalidArgument);
   EXPECT_NE(many.error().message.find("more than 5 files"), std::string::npos);
+}
+
+TEST_F(DicomImportTest, AFileNestedDeeperThanAnyDicomObjectIsRefusedNotParsed) {
+  // 20,000 undefined-length sequences, each in an item of the one before (720 KB): DCMTK reads
+  // nesting by recursion, and this overflowed the stack (exit 139).
+  const auto u16 = [](std::string& out, unsigned v) {
+    out.push_back(char(v & 0xFF));
+    out.push_back(char(v >> 8));
+  };
+  const auto u32 = [&](std::string& out, std::uint32_t v) {
+    u16(out, v & 0xFFFF);
+    u16(out, v >> 16);
+  };
+  const auto element = [&](std::string& out, unsigned group, unsigned elem, const char* vr,
+                           const std::string& value) {
+    u16(out, group);
+    u16(out, elem);
+    out += vr;
+    u16(out, unsigned(value.size()));
+    out += value;
+  };
+  std::string meta;
+  element(meta, 0x0002, 0x0010, "UI", std::string("1.2.840.10008.1.2.1") + '\0');
+  std::string file(128, '\0');
+  file += "DICM";
+  u16(file, 0x0002);
+  u16(file, 0x0000);
+  file += "UL";
+  u16(file, 4);
+  u32(file, std::uint32_t(meta.size()));
+  file += meta;
+  element(file, 0x0008, 0x0060, "CS", "CT");
+  for (int level = 0; level < 20000; ++level) {
+    u16(file, 0x0008);
+    u16(file, 0x1115);
+    file += "SQ";
+    u16(file, 0);
+    u32(file, 0xFFFFFFFFu);
+    u16(file, 0xFFFE);
+    u16(file, 0xE000);
+    u32(file, 0xFFFFFFFFu);
+  }
+  for (int level = 0; level < 20000; ++level) {
+    for (unsigned delimiter : {0xE00Du, 0xE0DDu}) {
+      u16(file, 0xFFFE);
+      u16(file, delimiter);
+      u32(file, 0);
+    }
+  }
+  fs::create_directories(dir_.File("deep"));
+  std::ofstream(dir_.File("deep/a.dcm"), std::ios::binary) << file;
+  auto scan = ScanFolder(dir_.File("deep"));
+  ASSERT_TRUE(scan) << scan.error().message;
+  ASSERT_EQ(scan->damaged.size(), 1u);
+  EXPECT_NE(scan->damaged[0].find("nest more than 64 levels"), std::string::npos)
+      << scan->damaged[0];
+  EXPECT_FALSE(ImportSeries(dir_.File("deep")));
 }
 
 }  // namespace

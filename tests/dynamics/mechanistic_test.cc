@@ -4,6 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <functional>
+
 #include "../core/test_env.h"
 
 namespace mewm::dynamics {
@@ -266,6 +269,42 @@ TEST_F(MechanisticTest, BackendRendersOutcomesAndBatchingNeverChangesThem) {
   const Outcome& o = batch->front();
   EXPECT_GT(o.post_ct.Statistics().max, 200.0);
   EXPECT_LT(ViableVolumeMl(o), 7.24);
+}
+
+TEST_F(MechanisticTest, ACancellationStopsTheSolvesAtTheirNextTimeStep) {
+  const PatientCase patient = Case();
+  auto fields = *BuildTumorFields(patient, MechanisticConfig{});
+  TumorBiology b;
+  b.infiltration_mm2_per_day = 5.0;  // many CFL-limited steps, as in the stability test
+  // The solve polls once per time step: cancelled at the third poll, it stops there.
+  std::atomic<int> polls{0};
+  const std::function<bool()> third = [&] { return ++polls >= 3; };
+  auto stopped = SimulateResponse(fields, b, P("Lipiodol+Epirubicin"), 'A', MechanisticConfig{}, 0,
+                                  nullptr, third);
+  ASSERT_FALSE(stopped);
+  EXPECT_EQ(stopped.error().code, ErrorCode::kCancelled);
+  EXPECT_EQ(polls.load(), 3);
+  // Never cancelled: the same response as without the callback.
+  auto whole = SimulateResponse(fields, b, P("Lipiodol+Epirubicin"), 'A', MechanisticConfig{}, 0,
+                                nullptr, [] { return false; });
+  ASSERT_TRUE(whole);
+  EXPECT_EQ(whole->post_viable_ml, Residual(fields, b, "Lipiodol+Epirubicin"));
+
+  // The backend passes its cancellation to every solve of a batch, from its worker threads.
+  auto model = MechanisticDynamics::Create(
+      MechanisticConfig{}, [b](const PatientCase&) -> Expected<TumorBiology> { return b; });
+  ASSERT_TRUE(model);
+  polls = 0;
+  (*model)->set_cancelled([&] { return ++polls > 8; });
+  std::vector<SimulationRequest> requests;
+  for (int n = 0; n < 6; ++n) requests.push_back({P("Lipiodol+Epirubicin"), n, 10u + n, 0});
+  auto batch = (*model)->Simulate(patient, requests);
+  ASSERT_FALSE(batch);
+  EXPECT_EQ(batch.error().code, ErrorCode::kCancelled) << batch.error().message;
+  // Each of the 6 solves stops at its first poll after the 8th: far fewer than whole solves take.
+  EXPECT_LE(polls.load(), 8 + 6);
+  (*model)->set_cancelled({});
+  EXPECT_TRUE((*model)->Simulate(patient, {requests.front()}));
 }
 
 TEST_F(MechanisticTest, BadInputsAreClearErrors) {

@@ -279,6 +279,44 @@ TEST_F(OpenAiPolicyTest, RetriesAreBoundedAndTheDeadlineStopsASlowEndpoint) {
   EXPECT_LT(seconds, 1.5);
 }
 
+TEST_F(OpenAiPolicyTest, ACancellationEndsARequestInFlightAndAWaitBeforeARetry) {
+  OpenAiOptions o = Options();
+  o.timeout_s = 30.0;
+  o.deadline_s = 60.0;
+  o.max_backoff_s = 30.0;
+  auto policy = Policy(o);
+  const Clock::time_point cancel_at = Clock::now() + std::chrono::milliseconds(300);
+  policy->set_cancelled([&] { return Clock::now() >= cancel_at; });
+  // The endpoint holds its answer for 3 s; the request is cut at the cancellation.
+  endpoint_.QueueContent(Plans({{"Lipiodol", "Epirubicin"}}), 3.0);
+  auto t0 = Clock::now();
+  auto in_flight = policy->Propose(Patient());
+  double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  ASSERT_FALSE(in_flight);
+  EXPECT_EQ(in_flight.error().code, ErrorCode::kCancelled) << in_flight.error().message;
+  EXPECT_NE(in_flight.error().message.find(endpoint_.url()), std::string::npos);
+  EXPECT_LT(seconds, 1.5);
+
+  // A 429 that asks for 20 s: the wait before the retry ends at the cancellation too.
+  endpoint_.Queue({429, "{\"error\": \"slow down\"}", "20", 0.0});
+  const Clock::time_point later = Clock::now() + std::chrono::milliseconds(300);
+  policy->set_cancelled([&] { return Clock::now() >= later; });
+  t0 = Clock::now();
+  auto waiting = policy->Propose(Patient());
+  seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  ASSERT_FALSE(waiting);
+  EXPECT_EQ(waiting.error().code, ErrorCode::kCancelled) << waiting.error().message;
+  EXPECT_LT(seconds, 1.5);
+
+  // Cancelled before it starts: no request is sent.
+  const std::size_t sent = endpoint_.requests().size();
+  policy->set_cancelled([] { return true; });
+  auto before = policy->Propose(Patient());
+  ASSERT_FALSE(before);
+  EXPECT_EQ(before.error().code, ErrorCode::kCancelled);
+  EXPECT_EQ(endpoint_.requests().size(), sent);
+}
+
 TEST_F(OpenAiPolicyTest, ClientErrorsAreNotRetriedAndOversizedAnswersAreNotRead) {
   endpoint_.Queue({401, "{\"error\": \"invalid api key\"}", "", 0.0});
   auto refused = Policy(Options())->Propose(Patient());

@@ -3,6 +3,7 @@
 #include "mewm/run/runner.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <cmath>
 #include <fstream>
@@ -472,6 +473,27 @@ TEST_F(RunnerTest, FailingPatientsAreReportedAndTheRunGoesOn) {
   EXPECT_EQ(eval.error().code, ErrorCode::kNotFound);
 }
 
+TEST_F(RunnerTest, ACohortFolderThatOverlapsTheResultsIsRefusedBeforeAnythingIsWritten) {
+  // cohort.dir is relative to the working directory, like run.output: absolute paths here.
+  for (const std::string& dir : {dir_.File("out"), dir_.File("out/patients"),
+                                 dir_.File("out/patients/P0001"), dir_.path().string()}) {
+    const ScenarioSpec spec = Spec("source = \"synthetic\"\nn = 2\nseed = 4\nspacing_mm = 2.0\n" +
+                                   std::string("dir = \"") + dir + "\"");
+    RunOptions options;
+    options.backends = &testing::WorldBackends();
+    auto runner = Runner::Create(spec, options);
+    ASSERT_FALSE(runner) << dir;
+    EXPECT_EQ(runner.error().code, ErrorCode::kInvalidArgument);
+    EXPECT_NE(runner.error().message.find("overlap"), std::string::npos) << runner.error().message;
+    EXPECT_FALSE(fs::exists(dir_.File("out"))) << dir;
+  }
+  // The folder the run would give its cohort anyway, named explicitly, is the run's own.
+  CollectingSink sink;
+  EXPECT_TRUE(Run(Spec("source = \"synthetic\"\nn = 2\nseed = 4\nspacing_mm = 2.0\ndir = \"" +
+                       dir_.File("out/cohort") + "\""),
+                  {}, &sink));
+}
+
 TEST_F(RunnerTest, CancelKeepsFinishedPatients) {
   CollectingSink sink;
   RunOptions options;
@@ -519,6 +541,38 @@ TEST_F(RunnerTest, EvaluatePlansAgainstTruthWithBaselines) {
   EXPECT_EQ(refused.error().code, ErrorCode::kCorruptData);
   EXPECT_NE(refused.error().message.find("is listed twice"), std::string::npos)
       << refused.error().message;
+  ASSERT_TRUE(WriteFileAtomic(dir_.File("out/summary.json"), summary.dump()));
+
+  // The run names its cohort's seed; a cohort generated again in its folder with another seed
+  // (its truth says so) is refused rather than scored against the wrong truth.
+  EXPECT_EQ(summary["run"]["cohort_seed"], "4");
+  const std::string truth_file = summary["run"]["cohort"].get<std::string>() + "/truth/truth.json";
+  std::ifstream truth_in(truth_file);
+  nlohmann::json truth = nlohmann::json::parse(truth_in);
+  truth_in.close();
+  truth["generation"]["seed"] = "5";
+  ASSERT_TRUE(WriteFileAtomic(truth_file, truth.dump()));
+  auto regenerated = EvaluatePlans(dir_.File("out"));
+  ASSERT_FALSE(regenerated);
+  EXPECT_EQ(regenerated.error().code, ErrorCode::kMismatch);
+  EXPECT_NE(regenerated.error().message.find("planned the cohort of seed \"4\""), std::string::npos)
+      << regenerated.error().message;
+  // A truth whose risk is not a positive number is refused (0 printed HR/opt "-nan").
+  truth["generation"]["seed"] = "4";
+  auto& risks = truth["patients"].begin().value()["plan_risks"];
+  risks.begin().value() = 0.0;
+  ASSERT_TRUE(WriteFileAtomic(truth_file, truth.dump()));
+  auto zero = EvaluatePlans(dir_.File("out"));
+  ASSERT_FALSE(zero);
+  EXPECT_EQ(zero.error().code, ErrorCode::kCorruptData);
+  EXPECT_NE(zero.error().message.find("not a positive number"), std::string::npos)
+      << zero.error().message;
+  // A summary.json that is a FIFO is refused, not waited on for ever.
+  fs::remove(dir_.File("out/summary.json"));
+  ASSERT_EQ(::mkfifo(dir_.File("out/summary.json").c_str(), 0600), 0);
+  auto fifo = EvaluatePlans(dir_.File("out"));
+  ASSERT_FALSE(fifo);
+  EXPECT_NE(fifo.error().message.find("summary.json"), std::string::npos) << fifo.error().message;
 }
 
 TEST_F(RunnerTest, ComparePlanRunsPoolsPairsOfRunsOfSeveralCohorts) {

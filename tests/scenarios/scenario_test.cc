@@ -375,6 +375,19 @@ TEST_F(ScenarioTest, ShippedScenariosAreValid) {
   }
 }
 
+TEST_F(ScenarioTest, AScenarioFileOverItsLimitIsRefusedUnread) {
+  // A shipped scenario padded with a comment past kMaxScenarioBytes: refused by its size.
+  auto text = ReadFile(std::string(MEWM_SOURCE_DIR) + "/scenarios/tace_demo/scenario.toml");
+  ASSERT_TRUE(text);
+  std::ofstream(dir_.File("big.toml"))
+      << *text << "# " << std::string(kMaxScenarioBytes, 'x') << "\n";
+  auto big = LoadScenario(dir_.File("big.toml"));
+  ASSERT_FALSE(big);
+  EXPECT_EQ(big.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(big.error().message.find(std::to_string(kMaxScenarioBytes)), std::string::npos)
+      << big.error().message;
+}
+
 TEST_F(ScenarioTest, RunNamesOutsideTheSafeAlphabetAreRefused) {
   for (const char* good : {"t", "tace_demo", "A-1.b_c", "9lives"}) {
     EXPECT_TRUE(ValidateRunName(good)) << good;

@@ -278,6 +278,35 @@ TEST_F(CohortTest, SameSeedGivesByteIdenticalCohorts) {
   ASSERT_FALSE(refused);
   EXPECT_NE(refused.error().message.find("outside the cohort's folder"), std::string::npos)
       << refused.error().message;
+  // So is an image outside it (training read another cohort's), and a patient listed twice (the
+  // second took the first one's clinical row), and a clinical row given twice.
+  std::string image_outside = manifest;
+  image_outside.replace(image_outside.find("patients/P0001/pre.vdb"), 22,
+                        "../a/patients/P0001/pre.vdb");
+  ASSERT_TRUE(WriteFileAtomic(b + "/manifest.json", image_outside));
+  refused = ReadSyntheticCohort(b);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("image '../a/patients/P0001/pre.vdb' lies outside"),
+            std::string::npos)
+      << refused.error().message;
+  nlohmann::json twice = nlohmann::json::parse(manifest);
+  twice["patients"].push_back(twice["patients"][0]);
+  ASSERT_TRUE(WriteFileAtomic(b + "/manifest.json", twice.dump()));
+  refused = ReadSyntheticCohort(b);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("lists patient 'P0001' twice"), std::string::npos)
+      << refused.error().message;
+  ASSERT_TRUE(WriteFileAtomic(b + "/manifest.json", manifest));
+  const std::string clinical = *ReadFile(b + "/clinical.csv");
+  const std::string first_row = clinical.substr(
+      clinical.find('\n') + 1, clinical.find('\n', clinical.find('\n') + 1) - clinical.find('\n'));
+  ASSERT_TRUE(WriteFileAtomic(b + "/clinical.csv", clinical + first_row));
+  refused = ReadSyntheticCohort(b);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("two rows for patient 'P0001'"), std::string::npos)
+      << refused.error().message;
+  ASSERT_TRUE(WriteFileAtomic(b + "/clinical.csv", clinical));
+  EXPECT_TRUE(ReadSyntheticCohort(b));
 }
 
 TEST_F(CohortTest, RefusesBadRequestsAndLeavesNoTemporaryFolders) {
@@ -381,6 +410,20 @@ TEST_F(CohortTest, ForceReplacesOnlyACohortMewmWrote) {
   over.force = true;
   EXPECT_FALSE(GenerateCohort(over, ActionBase::Default()));
   EXPECT_TRUE(fs::exists(theirs + "/truth/truth.json"));
+  // A cohort whose truth/ links to another cohort's: refused, and the other cohort keeps its
+  // truth (it was removed through the link, then written over).
+  const std::string other = dir_.File("other");
+  CohortOptions second = Options(other, 1);
+  ASSERT_TRUE(GenerateCohort(second, ActionBase::Default()));
+  const std::string other_truth = *ReadFile(other + "/truth/truth.json");
+  fs::remove_all(cut + "/truth");
+  fs::create_directory_symlink(other + "/truth", cut + "/truth");
+  auto linked = GenerateCohort(again, ActionBase::Default());
+  ASSERT_FALSE(linked);
+  EXPECT_NE(linked.error().message.find("is a symbolic link"), std::string::npos)
+      << linked.error().message;
+  EXPECT_EQ(*ReadFile(other + "/truth/truth.json"), other_truth);
+  EXPECT_TRUE(fs::exists(other + "/truth/patients/P0001/truth.json"));
 }
 
 /// The leak check on the files: no seed (the cohort's or a patient's, as a number or as a

@@ -155,6 +155,30 @@ TEST(ProtocolTest, RequestsAndRepliesRoundTrip) {
               std::string::npos)
         << refused.error().message;
   }
+  // So is every other count a client shows: health, submitted, heartbeat, closing, run events.
+  Health deep = health;
+  deep.queue_capacity = -1;
+  const std::vector<std::pair<std::string, std::string>> hostile_replies = {
+      {EncodeReply(Reply{"r", deep}), "queueCapacity"},
+      {EncodeReply(Reply{"r", Submitted{"x-1", -1, false}}), "queuePosition"}};
+  for (const auto& [bytes, field] : hostile_replies) {
+    auto refused = DecodeReply(bytes);
+    ASSERT_FALSE(refused) << field;
+    EXPECT_EQ(refused.error().code, ErrorCode::kCorruptData);
+    EXPECT_NE(refused.error().message.find(field), std::string::npos) << refused.error().message;
+  }
+  const std::vector<std::string> hostile_events = {
+      EncodeEnvelope(ServerEvent{3, 99, Heartbeat{"r-1", -1, {}}}),
+      EncodeEnvelope(ServerEvent{4, 99, ServerClosing{"shutdown", -1}}),
+      EncodeEnvelope(
+          RunEvent{Event{"r-1", 1, 1, scenarios::RunAccepted{"s", "o", -1}}, "", std::nullopt})};
+  for (const std::string& bytes : hostile_events) {
+    auto refused = DecodeEnvelope(bytes);
+    ASSERT_FALSE(refused);
+    EXPECT_EQ(refused.error().code, ErrorCode::kCorruptData) << refused.error().message;
+    EXPECT_NE(refused.error().message.find("out of range"), std::string::npos)
+        << refused.error().message;
+  }
 }
 
 TEST(ProtocolTest, DecodesFromUnalignedBuffers) {

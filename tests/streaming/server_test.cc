@@ -389,6 +389,97 @@ TEST_F(ServerTest, GapThatTheServerCannotFillIsAnExplicitError) {
   EXPECT_EQ(seqs, (std::vector<std::uint64_t>{1, 2}));  // nothing after the gap was delivered
 }
 
+TEST_F(ServerTest, AHistoryThatAnnouncesMoreButBringsNothingNewEndsTheWatch) {
+  // A fake server whose every snapshot page of run "h-1" is seq 1 and 2 with `more` set: the
+  // client once asked again forever, at full CPU, deaf to Ctrl-C.
+  zmq::context_t context;
+  zmq::socket_t pub(context, zmq::socket_type::pub), router(context, zmq::socket_type::router);
+  pub.bind("tcp://127.0.0.1:*");
+  router.bind("tcp://127.0.0.1:*");
+  const auto make = [](std::uint64_t seq) {
+    return EncodeEnvelope(RunEvent{
+        Event{"h-1", seq, scenarios::NowNs(), scenarios::Progress{"x", 0, 1}}, "", std::nullopt});
+  };
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  std::atomic<bool> done{false};
+  std::atomic<int> pages{0};
+  std::thread fake([&] {
+    while (!done && std::chrono::steady_clock::now() < deadline) {
+      zmq::pollitem_t item{router.handle(), 0, ZMQ_POLLIN, 0};
+      if (zmq::poll(&item, 1, 5ms) <= 0) continue;
+      std::vector<zmq::message_t> frames;
+      (void)zmq::recv_multipart(router, std::back_inserter(frames));
+      auto request = DecodeRequest(frames.back().to_string_view());
+      Reply reply{request ? request->request_id : "", RunList{}};
+      if (request && std::holds_alternative<SnapshotRequest>(request->body)) {
+        ++pages;
+        RunStatus run{"h-1", "h", RunState::kRunning, 9, 0, 0, 0, "", "", ""};
+        reply.body = SnapshotReply{run, {make(1), make(2)}, true};
+      }
+      const std::string bytes = EncodeReply(reply);
+      std::array<zmq::const_buffer, 3> out = {zmq::buffer(frames[0].to_string_view()),
+                                              zmq::const_buffer(), zmq::buffer(bytes)};
+      (void)zmq::send_multipart(router, out);
+    }
+  });
+  ClientOptions options;
+  options.control_endpoint = router.get(zmq::sockopt::last_endpoint);
+  options.event_endpoint = pub.get(zmq::sockopt::last_endpoint);
+  options.request_timeout_ms = 2000;
+  auto client = Client::Connect(options);
+  ASSERT_TRUE(client);
+  std::vector<std::uint64_t> seqs;
+  WatchOptions watch;
+  watch.run_id = "h-1";
+  watch.stop = [&] { return std::chrono::steady_clock::now() > deadline; };
+  const Status watched = (*client)->Watch(watch, [&](const RunEvent& e, const std::string&) {
+    seqs.push_back(e.event.seq);
+    return true;
+  });
+  done = true;
+  fake.join();
+  ASSERT_FALSE(watched);
+  EXPECT_EQ(watched.error().code, ErrorCode::kCorruptData);
+  EXPECT_NE(watched.error().message.find("announces more events after seq 2"), std::string::npos)
+      << watched.error().message;
+  EXPECT_EQ(seqs, (std::vector<std::uint64_t>{1, 2}));
+  EXPECT_EQ(pages.load(), 2);
+}
+
+TEST_F(ServerTest, AClientDropsAServerThatSendsAnOversizedReply) {
+  // A fake server answering every request with a 100 MiB frame. The client's socket refuses a
+  // message over 64 MiB and drops the peer, so the call times out; before, it held the frame and
+  // only then found it corrupt (a 2 GiB announcement reached 1.7 GB).
+  zmq::context_t context;
+  zmq::socket_t router(context, zmq::socket_type::router);
+  router.bind("tcp://127.0.0.1:*");
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  std::atomic<bool> done{false};
+  std::thread fake([&] {
+    const std::string huge(100u << 20, 'x');
+    while (!done && std::chrono::steady_clock::now() < deadline) {
+      zmq::pollitem_t item{router.handle(), 0, ZMQ_POLLIN, 0};
+      if (zmq::poll(&item, 1, 5ms) <= 0) continue;
+      std::vector<zmq::message_t> frames;
+      (void)zmq::recv_multipart(router, std::back_inserter(frames));
+      std::array<zmq::const_buffer, 3> out = {zmq::buffer(frames[0].to_string_view()),
+                                              zmq::const_buffer(), zmq::buffer(huge)};
+      (void)zmq::send_multipart(router, out, zmq::send_flags::dontwait);
+    }
+  });
+  ClientOptions options;
+  options.control_endpoint = router.get(zmq::sockopt::last_endpoint);
+  options.request_timeout_ms = 1500;
+  auto client = Client::Connect(options);
+  ASSERT_TRUE(client);
+  auto health = (*client)->GetHealth();
+  done = true;
+  fake.join();
+  ASSERT_FALSE(health);
+  EXPECT_EQ(health.error().code, ErrorCode::kIo) << health.error().message;
+  EXPECT_NE(health.error().message.find("no reply"), std::string::npos) << health.error().message;
+}
+
 TEST_F(ServerTest, SlowSubscriberNeitherBlocksTheRunNorLosesEventsForOthers) {
   ServerOptions options = Options();
   options.send_hwm = 4;

@@ -1188,6 +1188,23 @@ TEST_F(CliTest, TrainRunEvaluateMergeAndInterrupt) {
   r = RunMewm("run " + dir_.File("s.toml") + " --shard 2/2");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("shard"), std::string::npos) << r.output;
+  // Counts past int are refused as written, not wrapped (0/4294967297 ran as 0/1).
+  for (const char* shard : {"0/4294967297", "0/99999999999999999999", "-1/2", "0/2x", "0/+2"}) {
+    r = RunMewm("run " + dir_.File("s.toml") + " --shard " + shard);
+    EXPECT_EQ(r.code, 1) << shard;
+    EXPECT_NE(r.output.find(std::string("got '") + shard + "'"), std::string::npos) << r.output;
+  }
+  // A run estimated at days says so before it starts. This one is then refused, before anything
+  // is written: its cohort.dir is its own output folder.
+  std::string huge = scenario(100000);
+  huge.replace(huge.find("spacing_mm = 3.0\n"), 17,
+               "spacing_mm = 0.5\ndir = \"" + dir_.File("huge") + "\"\n");
+  std::ofstream(dir_.File("huge.toml")) << huge;
+  r = RunMewm("run " + dir_.File("huge.toml") + " --out " + dir_.File("huge"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("warning: this run is estimated at"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("overlap"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("huge")));
 
   // Ctrl-C: finished patients stay, the run ends with run_cancelled and exit 130.
   // Exhaustive search with 4 samples takes seconds per patient, so the signal lands mid-run.

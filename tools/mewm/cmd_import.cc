@@ -129,7 +129,11 @@ Action RegisterImport(CLI::App& app) {
       auto scan = dicom::ScanFolder(o->folder);
       if (!scan) return Fail(scan.error());
       std::cout << scan->series.size() << " series in " << o->folder << " (" << scan->files
-                << " files, " << scan->not_dicom << " not DICOM):\n"
+                << " files, " << scan->not_dicom << " not DICOM"
+                << (scan->outside > 0
+                        ? ", " + std::to_string(scan->outside) + " links out of the folder skipped"
+                        : std::string())
+                << "):\n"
                 << dicom::DescribeSeries(*scan);
       for (const std::string& file : scan->damaged) {
         std::cout << "  damaged, not readable as DICOM: " << EscapeControl(file) << "\n";

@@ -13,6 +13,7 @@
 #include "commands.h"
 #include "mewm/core/text.h"
 #include "mewm/run/runner.h"
+#include "mewm/streaming/admission.h"
 #include "mewm/streaming/server.h"
 #include "progress.h"
 #include "terminal_sink.h"
@@ -83,16 +84,38 @@ Action RegisterRun(CLI::App& app, const BackendRegistry& backends) {
     options.resume = o->resume;
     options.force = o->force;
     if (!o->shard.empty()) {
+      // Digits only, at most 9 of them: sscanf's %d wrapped 4294967297 to 1 (0/4294967297 ran
+      // as 0/1) and is undefined past INT_MAX.
+      const auto number = [](const std::string& text, int* value) {
+        if (text.empty() || text.size() > 9 ||
+            text.find_first_not_of("0123456789") != std::string::npos) {
+          return false;
+        }
+        *value = std::stoi(text);
+        return true;
+      };
+      const std::size_t slash = o->shard.find('/');
       int i = -1, n = -1;
-      char tail = 0;
-      if (std::sscanf(o->shard.c_str(), "%d/%d%c", &i, &n, &tail) != 2) {
+      if (slash == std::string::npos || !number(o->shard.substr(0, slash), &i) ||
+          !number(o->shard.substr(slash + 1), &n)) {
         return Fail(Error{ErrorCode::kInvalidArgument,
-                          "--shard must look like i/N (e.g. 0/4), got '" + o->shard + "'"});
+                          "--shard must look like i/N with 0 <= i < N < 10^9 (e.g. 0/4), got '" +
+                              EscapeControl(o->shard) + "'"});
       }
       options.shard_index = i;
       options.shard_count = n;
     }
     options.cancelled = [] { return g_stop.load(); };
+    // `mewm run` has no admission limits (the operator's own machine), but a scenario that would
+    // take days or fill a disk says so before it starts, with `mewm serve`'s estimate.
+    const streaming::CostEstimate cost = streaming::EstimateCost(*spec);
+    if (cost.seconds > 24 * 3600.0 || cost.disk_bytes > (std::uint64_t(100) << 30)) {
+      std::fprintf(stderr,
+                   "mewm: warning: this run is estimated at %.3g h and %.3g GB on a 2-core "
+                   "machine (%d patients, %llu simulations each); Ctrl-C stops it\n",
+                   cost.seconds / 3600.0, double(cost.disk_bytes) / 1e9, cost.patients,
+                   static_cast<unsigned long long>(cost.simulations));
+    }
     auto bar = std::make_shared<ProgressBar>("cohort", spec->cohort.n, o->quiet || o->json);
     options.cohort_progress = [bar](int done, int) { bar->Update(done); };
     TerminalSink terminal(o->quiet || o->json);

@@ -79,11 +79,16 @@ void TerminalSink::Show(const scenarios::BeamUpdated& e) {
 
 void TerminalSink::Show(const scenarios::PlanDecided& e) {
   ClearLine();
-  std::fprintf(
-      stderr, "%-8s %-48s risk %.3f +- %.3f  median OS %s\n", EscapeControl(e.patient_id).c_str(),
-      PlanText(e.best.plan).c_str(), e.best.risk_mean, e.best.risk_std,
-      e.median_months < 0 ? "> follow-up"
-                          : (std::to_string(std::lround(e.median_months)) + " mo").c_str());
+  // The median comes from a server too: printed with %g past any real survival (1e300 made
+  // lround overflow), never converted to an integer.
+  char median[32] = "> follow-up";
+  if (!(e.median_months < 0)) {
+    std::snprintf(median, sizeof(median), e.median_months < 1e4 ? "%.0f mo" : "%.3g mo",
+                  e.median_months);
+  }
+  std::fprintf(stderr, "%-8s %-48s risk %.3f +- %.3f  median OS %s\n",
+               EscapeControl(e.patient_id).c_str(), PlanText(e.best.plan).c_str(), e.best.risk_mean,
+               e.best.risk_std, median);
   if (!rationale_.empty()) std::fprintf(stderr, "%-8s proposal: %s\n", "", rationale_.c_str());
 }
 

@@ -29,6 +29,7 @@ namespace fs = std::filesystem;
 
 using detail::HasPreamble;
 using detail::InitDcmtk;
+using detail::LoadDicomFile;
 using detail::Text;
 
 /// `count` decimal values of a multi-valued tag, or kCorruptData naming it.
@@ -130,9 +131,7 @@ Expected<std::vector<FileHeader>> ReadHeaders(const std::string& folder, int max
       ++scan->not_dicom;
       continue;
     }
-    if (OFCondition loaded =
-            file.loadFile(path.c_str(), EXS_Unknown, EGL_noChange, 4096, ERM_fileOnly);
-        loaded.bad()) {
+    if (OFCondition loaded = LoadDicomFile(file, path.string(), 4096, ERM_fileOnly); loaded.bad()) {
       // A DICOM file cut short: skipping it would drop a slice without a word when it is the
       // first or last of the series (a gap inside one is refused as uneven spacing).
       scan->damaged.push_back("'" + path.string() + "' (" + loaded.text() + ")");
@@ -174,7 +173,7 @@ std::string Mm(double value) {
 /// Decodes one slice's pixels into HU (slope/intercept applied) at `out`.
 Status ReadPixels(const std::string& path, const Slice& expected, float* out) {
   DcmFileFormat file;
-  if (OFCondition loaded = file.loadFile(path.c_str()); loaded.bad()) {
+  if (OFCondition loaded = LoadDicomFile(file, path); loaded.bad()) {
     return MakeError(ErrorCode::kIo, "'" + path + "': " + loaded.text());
   }
   DcmDataset& ds = *file.getDataset();
@@ -366,7 +365,7 @@ Expected<double> SliceStep(const std::vector<Slice>& slices, const Eigen::Vector
   } else {
     DcmFileFormat file;
     Float64 thickness = 0;
-    if (file.loadFile(slices.front().path.c_str(), EXS_Unknown, EGL_noChange, 4096).good()) {
+    if (LoadDicomFile(file, slices.front().path, 4096).good()) {
       file.getDataset()->findAndGetFloat64(DCM_SliceThickness, thickness);
     }
     step = thickness > 0 ? thickness : 1.0;
@@ -400,6 +399,15 @@ Expected<ImportResult> ImportSeries(const std::string& folder, const ImportOptio
                          "' start like DICOM but cannot be read, first " + scan.damaged.front() +
                          "; a slice of the series may be among them, so nothing is imported. "
                          "Repair them or move them out of the folder");
+  }
+  if (scan.outside > 0) {
+    // Skipped for confinement: one of them may be a slice (the first or last of the series goes
+    // missing without a gap), so the import stops rather than give a shorter volume.
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "'" + folder + "': " + std::to_string(scan.outside) +
+                         " links out of the folder skipped (symbolic links are read only inside "
+                         "it); a slice of the series may be among them, so nothing is imported. "
+                         "Copy the files into the folder");
   }
   MEWM_TRY(const SeriesInfo* chosen, ChooseSeries(scan, folder, options));
   // Geometry of every slice, from the headers.
@@ -437,7 +445,15 @@ Expected<ImportResult> ImportSeries(const std::string& folder, const ImportOptio
   for (std::size_t k = 0; k < slices.size(); ++k) {
     MEWM_RETURN_IF_ERROR(ReadPixels(slices[k].path, first, dense.data.data() + k * per_slice));
   }
-  MEWM_TRY(Volume ct, Volume::FromDense(dense, "ct"));
+  // A spacing, origin or HU value out of range comes from the headers: say where.
+  auto made = Volume::FromDense(dense, "ct");
+  if (!made) {
+    return made.error().WithContext(
+        "series " + chosen->series_uid + " in '" + folder +
+        "' (spacing from PixelSpacing and the slice positions, origin from "
+        "ImagePositionPatient, HU = stored value x RescaleSlope + RescaleIntercept)");
+  }
+  Volume ct = std::move(*made);
   ImportResult result;
   result.series = *chosen;
   result.slices = int(slices.size());

@@ -34,6 +34,7 @@ namespace {
 namespace fs = std::filesystem;
 using detail::HasPreamble;
 using detail::InitDcmtk;
+using detail::LoadDicomFile;
 using detail::Text;
 
 /// Lower-case words of `text` (split at anything but letters and digits).
@@ -194,8 +195,7 @@ Expected<SegHeader> ReadSegHeader(const std::string& path) {
         "'" + path + "' is not a DICOM file (no DICM preamble); a DICOM-SEG file was expected");
   }
   DcmFileFormat file;
-  if (OFCondition loaded = file.loadFile(path.c_str(), EXS_Unknown, EGL_noChange, 4096);
-      loaded.bad()) {
+  if (OFCondition loaded = LoadDicomFile(file, path, 4096); loaded.bad()) {
     return MakeError(ErrorCode::kCorruptData,
                      "'" + path + "': DCMTK cannot read it: " + loaded.text());
   }
@@ -472,10 +472,38 @@ Expected<FramePlacement> PlaceFrame(FGInterface& groups, std::size_t f, std::siz
   return FramePlacement{segment_number, i0, j0, k};
 }
 
-/// Frame `f`'s pixel values, one byte per pixel (a BINARY frame is unpacked into `unpacked`).
+/// The bytes of a BINARY SEG's PixelData when it is stored natively (not compressed), else
+/// nullptr. ReadSegLayout has checked that they hold every declared frame.
+const Uint8* NativeBinaryBits(DcmDataset& ds, const SegLayout& layout) {
+  if (layout.type != "BINARY" || DcmXfer(ds.getOriginalXfer()).isEncapsulated()) return nullptr;
+  DcmElement* pixels = nullptr;
+  if (ds.findAndGetElement(DCM_PixelData, pixels).bad() || pixels == nullptr) return nullptr;
+  Uint8* bytes = nullptr;
+  if (pixels->getUint8Array(bytes).good() && bytes != nullptr) return bytes;
+  Uint16* words = nullptr;  // OW: the same bytes on a little-endian machine
+  if (pixels->getUint16Array(words).good() && words != nullptr) {
+    return reinterpret_cast<const Uint8*>(words);
+  }
+  return nullptr;
+}
+
+/// Frame `f`'s pixel values, one byte per pixel. A BINARY frame is unpacked into `unpacked`:
+/// from `native_bits` when set, else by dcmseg. Frames are packed back to back, the first pixel in
+/// the lowest bit, so a frame whose pixel count is not a multiple of 8 starts inside a byte;
+/// dcmseg (3.6.7) starts every frame at a byte, which read every frame after the first wrong.
 Expected<const Uint8*> FramePixels(DcmSegmentation& seg, std::size_t f, const SegLayout& layout,
-                                   const std::string& frame_name,
+                                   const std::string& frame_name, const Uint8* native_bits,
+                                   std::vector<Uint8>& own,
                                    std::unique_ptr<DcmIODTypes::Frame>& unpacked) {
+  if (native_bits != nullptr) {
+    own.resize(layout.frame_pixels);
+    const std::uint64_t first = std::uint64_t(f) * layout.frame_pixels;
+    for (std::uint64_t p = 0; p < layout.frame_pixels; ++p) {
+      const std::uint64_t bit = first + p;
+      own[p] = Uint8((native_bits[bit >> 3] >> (bit & 7)) & 1);
+    }
+    return own.data();
+  }
   const DcmIODTypes::Frame* frame = seg.getFrame(f);
   if (!frame || !frame->pixData) {
     return MakeError(ErrorCode::kCorruptData, frame_name + ": no pixel data (a missing frame)");
@@ -589,7 +617,7 @@ Expected<SegImportResult> ImportSegmentation(const std::string& seg_path, const 
   MEWM_RETURN_IF_ERROR(CheckSegDrawnOnCt(header, ct, where));
 
   DcmFileFormat file;
-  if (OFCondition loaded = file.loadFile(seg_path.c_str()); loaded.bad()) {
+  if (OFCondition loaded = LoadDicomFile(file, seg_path); loaded.bad()) {
     return MakeError(ErrorCode::kIo, where + ": " + loaded.text());
   }
   DcmDataset& ds = *file.getDataset();
@@ -640,6 +668,8 @@ Expected<SegImportResult> ImportSegmentation(const std::string& seg_path, const 
                          ", dcmseg read " + std::to_string(frame_count) + " frames");
   }
   result.frames = int(frame_count);
+  const Uint8* native_bits = NativeBinaryBits(ds, layout);
+  std::vector<Uint8> own;
   for (std::size_t f = 0; f < frame_count; ++f) {
     const std::string frame_name = where + " frame " + std::to_string(f + 1);
     MEWM_TRY(const FramePlacement placement,
@@ -656,7 +686,8 @@ Expected<SegImportResult> ImportSegmentation(const std::string& seg_path, const 
     ++info.frames;
     if (info.role == SegmentRole::kIgnore) continue;
     std::unique_ptr<DcmIODTypes::Frame> unpacked;
-    MEWM_TRY(const Uint8* values, FramePixels(*seg, f, layout, frame_name, unpacked));
+    MEWM_TRY(const Uint8* values,
+             FramePixels(*seg, f, layout, frame_name, native_bits, own, unpacked));
     PaintFrame(values, layout, placement, info, canvas);
   }
   result.notes = OverlapNotes(canvas.overlaps, result.segments);

@@ -25,8 +25,11 @@ using nlohmann::json;
 
 namespace {
 
+/// A run's summary.json or a cohort's truth.json: files inside folders, never a FIFO (a
+/// summary.json that was one blocked `eval plans` for ever). A 1000-patient truth is about 50 MB.
 Expected<json> ReadJson(const std::string& path) {
-  MEWM_TRY(const std::string text, ReadFile(path));
+  constexpr std::uint64_t kMaxBytes = std::uint64_t(1) << 30;
+  MEWM_TRY(const std::string text, ReadRegularFile(path, kMaxBytes));
   try {
     return json::parse(text);
   } catch (const std::exception& e) {
@@ -89,6 +92,21 @@ Expected<RunRows> ReadRunRows(const std::string& run_dir) {
   }
   MEWM_TRY(const std::string truth_path, SyntheticTruthPath(eval.cohort_dir));
   MEWM_TRY(const json truth, ReadJson(truth_path));
+  // Runs since the seed was recorded name their cohort's seed: a cohort generated again in the
+  // same folder with another seed has patients of the same ids and other truths.
+  const json planned_seed = summary.at("run").value("cohort_seed", json());
+  if (!planned_seed.is_null()) {
+    const json truth_seed = truth.contains("generation") && truth["generation"].is_object()
+                                ? truth["generation"].value("seed", json())
+                                : json();
+    if (truth_seed != planned_seed) {
+      return MakeError(ErrorCode::kMismatch,
+                       "run '" + run_dir + "' planned the cohort of seed " + planned_seed.dump() +
+                           ", but '" + truth_path + "' is the truth of seed " + truth_seed.dump() +
+                           ": the cohort was generated again since; regenerate it with seed " +
+                           planned_seed.dump() + " (mewm cohort generate --seed) to evaluate");
+    }
+  }
   std::set<std::string> seen;
   try {
     for (const json& p : summary.at("patients")) {

@@ -49,12 +49,20 @@ struct TrueRisks {
 };
 
 /// Reads a patient's entry of truth.json. Throws (the json's exceptions, or std::runtime_error when
-/// the optimal plan has no risk); the callers report kCorruptData naming the file.
+/// the optimal plan has no risk or a risk is not a positive number); the callers report
+/// kCorruptData naming the file.
 inline TrueRisks TrueRisksOf(const nlohmann::json& t) {
   TrueRisks truth;
   truth.optimal = PlanOf(t.at("optimal_plan").get<std::string>());
-  for (const auto& [plan, risk] : t.at("plan_risks").items())
-    truth.risks[plan] = risk.get<double>();
+  for (const auto& [plan, risk] : t.at("plan_risks").items()) {
+    // A relative hazard: risks of 0 printed HR/opt "-nan" and negative ones a negative regret.
+    const double value = risk.get<double>();
+    if (!(value > 0.0 && value < 1e300)) {
+      throw std::runtime_error("the risk of plan " + plan + " is " + risk.dump() +
+                               ", not a positive number");
+    }
+    truth.risks[plan] = value;
+  }
   if (truth.risks.count(truth.optimal.ToString()) == 0) {
     throw std::runtime_error("the optimal plan " + truth.optimal.ToString() + " has no risk");
   }

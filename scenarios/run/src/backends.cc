@@ -124,8 +124,9 @@ Backend<dynamics::DynamicsModel> MechanisticBackend() {
             r.Take(t.GetDouble("follow_up_days", m.follow_up_days, 1.0, 365.0), &m.follow_up_days);
           },
           [](const ScenarioSpec& s) -> Expected<std::unique_ptr<dynamics::DynamicsModel>> {
-            MEWM_TRY(const dynamics::BiologyRegression calibration,
-                     dynamics::BiologyRegression::Load(s.calibration));
+            auto loaded = dynamics::BiologyRegression::Load(s.calibration);
+            if (!loaded) return loaded.error().WithContext("dynamics.calibration");
+            const dynamics::BiologyRegression& calibration = *loaded;
             dynamics::MechanisticConfig config = s.mechanistic;
             if (s.calibrated_uncertainty) {
               // Samples follow the calibration's predictive spread instead of a fixed sigma.
@@ -179,8 +180,9 @@ Backend<survival::SurvivalModel> CoxBackend() {
           {"model"},
           [](BackendTableReader& r, ScenarioSpec& s) { r.Path("model", &s.survival_model); },
           [](const ScenarioSpec& s) -> Expected<std::unique_ptr<survival::SurvivalModel>> {
-            MEWM_TRY(auto model, survival::CoxSurvival::Load(s.survival_model));
-            return std::unique_ptr<survival::SurvivalModel>(std::move(model));
+            auto model = survival::CoxSurvival::Load(s.survival_model);
+            if (!model) return model.error().WithContext("survival.model");
+            return std::unique_ptr<survival::SurvivalModel>(std::move(*model));
           }};
 }
 

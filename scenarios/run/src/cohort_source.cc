@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "mewm/core/file_util.h"
 #include "mewm/core/volume_file.h"
@@ -22,18 +23,34 @@ std::string Resolve(const fs::path& base, const std::string& path) {
   return (base / path).lexically_normal().string();
 }
 
-/// The clinical note path `path` resolved against `base` and confined to it (a note is a file the
-/// cohort ships, not one from elsewhere on the machine). kInvalidArgument naming `where`.
-Expected<std::string> NotePath(const fs::path& base, const std::string& path,
-                               const std::string& where) {
+/// A file a cohort ships (`what`: its clinical note, or a synthetic cohort's images), its path
+/// `path` resolved against `base` and confined to it, not a file from elsewhere on the machine.
+/// kInvalidArgument naming `where`.
+Expected<std::string> CohortFilePath(const fs::path& base, const std::string& path,
+                                     const std::string& where, const std::string& what) {
   const std::string resolved = Resolve(base, path);
   const std::string root = base.empty() ? std::string(".") : base.string();
   if (!IsPathInside(resolved, root)) {
-    return MakeError(
-        ErrorCode::kInvalidArgument,
-        where + ": note '" + path + "' lies outside the cohort's folder " + ResolvedPath(root));
+    return MakeError(ErrorCode::kInvalidArgument, where + ": " + what + " '" + path +
+                                                      "' lies outside the cohort's folder " +
+                                                      ResolvedPath(root));
   }
   return resolved;
+}
+
+/// The row of each patient id in a cohort's CSV file; kCorruptData for an id on two rows, whose
+/// values one of the two would silently take.
+Expected<std::map<std::string, std::size_t>> RowsById(const CsvTable& table,
+                                                      const std::string& path) {
+  std::map<std::string, std::size_t> rows;
+  for (std::size_t r = 0; r < table.rows(); ++r) {
+    MEWM_TRY(const std::string id, table.Get(r, "patient_id"));
+    if (!rows.emplace(id, r).second) {
+      return MakeError(ErrorCode::kCorruptData,
+                       "'" + path + "' has two rows for patient '" + id + "'");
+    }
+  }
+  return rows;
 }
 
 /// .vdb files already read while loading one patient: a synthetic pre.vdb holds the CT, tumor
@@ -184,23 +201,26 @@ Expected<std::vector<CohortEntry>> ReadSyntheticCohort(const std::string& dir) {
   const std::string manifest_path = (base / "manifest.json").string();
   MEWM_TRY(const std::string text, ReadFile(manifest_path));
   MEWM_TRY(const CsvTable clinical, CsvTable::Load((base / "clinical.csv").string()));
-  std::map<std::string, std::size_t> rows;
-  for (std::size_t r = 0; r < clinical.rows(); ++r) {
-    MEWM_TRY(const std::string id, clinical.Get(r, "patient_id"));
-    rows[id] = r;
-  }
+  MEWM_TRY(const auto rows, RowsById(clinical, (base / "clinical.csv").string()));
   std::vector<CohortEntry> entries;
+  std::set<std::string> seen;
   try {
     const json manifest = json::parse(text);
     for (const json& p : manifest.at("patients")) {
       CohortEntry e;
       e.id = p.at("id").get<std::string>();
       e.origin = manifest_path + " (patient " + e.id + ")";
-      const std::string pre = Resolve(base, p.at("pre").get<std::string>());
+      if (!seen.insert(e.id).second) {
+        return MakeError(ErrorCode::kCorruptData,
+                         "'" + manifest_path + "' lists patient '" + e.id + "' twice");
+      }
+      MEWM_TRY(const std::string pre,
+               CohortFilePath(base, p.at("pre").get<std::string>(), e.origin, "image"));
       e.ct = e.tumor = e.liver = pre;
-      e.post = Resolve(base, p.at("post_administered").get<std::string>());
+      MEWM_TRY(e.post, CohortFilePath(base, p.at("post_administered").get<std::string>(), e.origin,
+                                      "image"));
       if (const std::string note = p.value("note", std::string()); !note.empty()) {
-        MEWM_TRY(e.note, NotePath(base, note, e.origin));
+        MEWM_TRY(e.note, CohortFilePath(base, note, e.origin, "note"));
       }
       auto row = rows.find(e.id);
       if (row == rows.end()) {
@@ -221,11 +241,7 @@ Expected<std::vector<CohortEntry>> ReadSyntheticCohortWithOutcomes(const std::st
   MEWM_TRY(std::vector<CohortEntry> entries, ReadSyntheticCohort(dir));
   const std::string path = (fs::path(dir) / "outcomes.csv").string();
   MEWM_TRY(const CsvTable outcomes, CsvTable::Load(path));
-  std::map<std::string, std::size_t> rows;
-  for (std::size_t r = 0; r < outcomes.rows(); ++r) {
-    MEWM_TRY(const std::string id, outcomes.Get(r, "patient_id"));
-    rows[id] = r;
-  }
+  MEWM_TRY(const auto rows, RowsById(outcomes, path));
   for (CohortEntry& e : entries) {
     auto row = rows.find(e.id);
     if (row == rows.end()) {
@@ -274,7 +290,7 @@ Expected<std::vector<CohortEntry>> ReadManifest(const std::string& csv_path) {
     e.ct_series_uid = t.Optional(r, "ct_series_uid").value_or("");
     e.segment_map = t.Optional(r, "segment_map").value_or("");
     if (auto note = t.Optional(r, "note"); note && !note->empty()) {
-      MEWM_TRY(e.note, NotePath(base, *note, e.origin));
+      MEWM_TRY(e.note, CohortFilePath(base, *note, e.origin, "note"));
     }
     auto covariates = ReadCovariates(t, r);
     if (!covariates) return covariates.error().WithContext("patient '" + e.id + "'");

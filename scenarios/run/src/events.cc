@@ -83,7 +83,14 @@ void AppendJsonString(const std::string& text, std::string* out) {
     if (valid && length == 4) {
       valid = !(c == 0xF0 && p[i + 1] < 0x90) && !(c == 0xF4 && p[i + 1] >= 0x90);
     }
-    if (valid) {
+    if (valid && c == 0xC2 && p[i + 1] <= 0x9F) {
+      // A C1 control (U+0080 to U+009F), escaped as C0 controls are: some terminals obey it as
+      // they do ESC [, and `mewm watch --json` prints these lines on one.
+      char escaped[8];
+      std::snprintf(escaped, sizeof(escaped), "\\u%04x", unsigned(p[i + 1]));
+      out->append(escaped);
+      i += length;
+    } else if (valid) {
       out->append(text, i, length);
       i += length;
     } else {

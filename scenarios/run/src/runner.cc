@@ -648,7 +648,7 @@ struct Runner::Impl {
     if (ec) return MakeError(ErrorCode::kIo, "cannot create '" + out + "': " + ec.message());
     // run.json first: it is what marks the folder as this scenario's results folder.
     MEWM_RETURN_IF_ERROR(WriteFileAtomic((fs::path(out) / "scenario.toml").string(), spec.text));
-    const json run = {
+    json run = {
         {"run_id", run_id},
         {"scenario", spec.name},
         {"scenario_path", spec.path},
@@ -660,6 +660,11 @@ struct Runner::Impl {
                        ? fs::absolute(cohort_dir).string()
                        : fs::absolute(spec.cohort.manifest).string()},
         {"shard", std::to_string(options.shard_index) + "/" + std::to_string(options.shard_count)}};
+    // The synthetic cohort's seed, so that `mewm eval plans` can tell the truth it reads from the
+    // truth of another cohort generated since in the same folder.
+    if (spec.cohort.source == CohortSpec::Source::kSynthetic) {
+      run["cohort_seed"] = std::to_string(spec.cohort.seed);
+    }
     MEWM_RETURN_IF_ERROR(WriteFileAtomic((fs::path(out) / "run.json").string(), JsonFileText(run)));
     fs::create_directories(fs::path(out) / "patients", ec);
     if (ec)
@@ -762,6 +767,9 @@ Expected<std::unique_ptr<Runner>> Runner::Create(const ScenarioSpec& spec,
   impl->policy = std::move(models.policy);
   impl->dynamics = std::move(models.dynamics);
   impl->survival = std::move(models.survival);
+  // A cancel reaches into a proposal that waits on an endpoint and into a simulation batch.
+  impl->policy->set_cancelled(options.cancelled);
+  impl->dynamics->set_cancelled(options.cancelled);
   return std::unique_ptr<Runner>(new Runner(std::move(impl)));
 }
 

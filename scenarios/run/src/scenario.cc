@@ -364,7 +364,22 @@ std::vector<ScenarioPath> ScenarioSpec::OutputPaths() const {
 Expected<std::string> SyntheticCohortDir(const ScenarioSpec& spec, const std::string& run_output,
                                          const std::string& results_root) {
   if (results_root.empty()) {
-    return spec.cohort.dir.empty() ? (fs::path(run_output) / "cohort").string() : spec.cohort.dir;
+    const std::string own = (fs::path(run_output) / "cohort").string();
+    if (spec.cohort.dir.empty()) return own;
+    // A cohort folder that holds the results, or sits among them anywhere but where the run puts
+    // its own cohort, would have the run and the cohort write over each other (a run refused
+    // itself after writing there, or planned into its patients/).
+    const bool holds_results = IsPathInside(run_output, spec.cohort.dir);
+    const bool among_results = IsPathInside(spec.cohort.dir, run_output) &&
+                               ResolvedPath(spec.cohort.dir) != ResolvedPath(own);
+    if (holds_results || among_results) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "cohort.dir = \"" + spec.cohort.dir + "\" and the output folder '" +
+                           run_output + "' overlap; give the cohort a folder of its own outside " +
+                           "the results (or leave cohort.dir out: the run then keeps its cohort " +
+                           "in <output>/cohort)");
+    }
+    return spec.cohort.dir;
   }
   const fs::path cohorts = fs::path(results_root) / "cohorts";
   if (spec.cohort.dir.empty()) {
@@ -428,7 +443,7 @@ Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string&
 }
 
 Expected<ScenarioSpec> LoadScenario(const std::string& path, const BackendRegistry* backends) {
-  MEWM_TRY(const std::string text, ReadFile(path));
+  MEWM_TRY(const std::string text, ReadRegularFile(path, kMaxScenarioBytes));
   const fs::path p(path);
   ParseOptions options;
   options.backends = backends;

@@ -336,6 +336,22 @@ Status PrepareCohortFolder(const CohortOptions& options) {
     // first), nothing else in the folder: under truth/ only what a cohort writes there, and the
     // patient folders only when they hold nothing else.
     const fs::path out(options.out_dir);
+    // A link under a cohort's names would have the removals below, and the writes after them,
+    // reach through it: a truth/ linked to another cohort's lost that cohort's truth.
+    for (const char* name : {"patients", "truth", "manifest.json", "clinical.csv", "outcomes.csv",
+                             "truth.json", "truth/truth.json", "truth/patients", kCohortMarker}) {
+      if (fs::is_symlink(out / name, ec)) {
+        return MakeError(ErrorCode::kInvalidArgument,
+                         "'" + (out / name).string() +
+                             "' is a symbolic link, which no cohort writes; mewm replaces only "
+                             "the files a cohort writes, so move it away first or choose "
+                             "another folder");
+      }
+    }
+    if (fs::exists(fs::symlink_status(out / "truth", ec)) && !fs::is_directory(out / "truth", ec)) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "'" + (out / "truth").string() + "' is not a folder a cohort writes");
+    }
     MEWM_RETURN_IF_ERROR(CheckCohortPatients(out / "patients"));
     MEWM_RETURN_IF_ERROR(CheckCohortPatients(out / "truth" / "patients"));
     for (const char* name : {"patients", "manifest.json", "clinical.csv", "outcomes.csv",

@@ -20,9 +20,10 @@ std::string Base64Encode(const std::string& bytes);
 /// or U+0080 to U+009F written in UTF-8. Other bytes of UTF-8 sequences are not control characters.
 bool HasControlCharacter(std::string_view text);
 
-/// `text` with every control character but newline and tab written as \xHH ("\x1b[2J"), so that
-/// text from another party (a server's reply, a submitted scenario) printed on a terminal or in a
-/// log cannot clear the screen, retitle the window or overwrite a line.
+/// `text` with every control character but newline and tab, and every byte that is not part of
+/// well-formed UTF-8, written as \xHH ("\x1b[2J", a lone "\x9b"), so that text from another
+/// party (a server's reply, a submitted scenario) printed on a terminal or in a log cannot clear
+/// the screen, retitle the window or overwrite a line.
 std::string EscapeControl(std::string_view text);
 
 }  // namespace mewm

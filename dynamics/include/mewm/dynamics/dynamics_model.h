@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,10 @@ class DynamicsModel {
   /// How much image context around the tumor's bounding box the backend reads, in mm. Planners
   /// hand it the patient cut to at least this neighbourhood (outcomes then copy less).
   virtual double context_margin_mm() const { return 0.0; }
+  /// Polled during Simulate, possibly from several threads at once (it must be thread-safe);
+  /// once it returns true, a backend that honours it stops the batch and Simulate returns
+  /// kCancelled. Empty: never cancelled. The default ignores it.
+  virtual void set_cancelled(std::function<bool()> cancelled) { (void)cancelled; }
 };
 
 }  // namespace mewm::dynamics

@@ -108,12 +108,14 @@ void TabulateCollateralPattern(std::vector<TumorField>& fields, std::uint64_t pa
 
 /// Runs the PDE for one plan over every field. `sample_seed` 0 gives the unperturbed biology; any
 /// other seed perturbs it log-normally by config.sample_log_sd (or sample_sigma). Fills
-/// `responses` when non-null.
+/// `responses` when non-null. `cancelled`, when set, is polled at every time step; true stops
+/// the solve with kCancelled.
 Expected<ResponseSummary> SimulateResponse(const std::vector<TumorField>& fields,
                                            const TumorBiology& biology, const Plan& plan,
                                            char child_pugh, const MechanisticConfig& config,
                                            std::uint64_t sample_seed,
-                                           std::vector<FieldResponse>* responses);
+                                           std::vector<FieldResponse>* responses,
+                                           const std::function<bool()>& cancelled = {});
 
 /// Renders the post-treatment CT and viable mask on the patient's lattice. The viable density u
 /// is rendered continuously: a tumor voxel is the mix u x (its pre-treatment HU) + (1 - u) x
@@ -150,19 +152,24 @@ class MechanisticDynamics final : public DynamicsModel {
                                                                BiologySource biology);
 
   /// Simulates each request. The biology estimate and tumor fields are computed once per patient
-  /// and reused while the same patient (id and tumor grid) comes back.
+  /// and reused while the same patient (id and tumor grid) comes back. A cancellation stops every
+  /// solve at its next time step.
   Expected<std::vector<Outcome>> Simulate(const PatientCase& patient,
                                           const std::vector<SimulationRequest>& requests) override;
   std::string name() const override { return "mechanistic"; }
 
   /// Number of PDE solves run so far (one per request).
   std::int64_t evaluations() const override { return solves_; }
+  void set_cancelled(std::function<bool()> cancelled) override {
+    cancelled_ = std::move(cancelled);
+  }
 
  private:
   MechanisticDynamics(const MechanisticConfig& config, BiologySource biology)
       : config_(config), biology_(std::move(biology)) {}
   MechanisticConfig config_;
   BiologySource biology_;
+  std::function<bool()> cancelled_;
   std::int64_t solves_ = 0;
   /// Per-patient work (biology estimate, tumor fields), kept for the patient last simulated so a
   /// planner's successive batches for one patient do it once.

@@ -7,6 +7,7 @@
 // Backends: `guideline` (rules), `vlm` (native libtorch, mewm::policy_vlm); planned: `openai`.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -65,6 +66,11 @@ class PolicyModel {
   virtual Expected<Proposal> Propose(const PatientCase& patient) = 0;
   /// Backend name, e.g. "guideline".
   virtual std::string name() const = 0;
+  /// Polled while Propose waits on something outside the process (the `openai` backend's
+  /// requests and the waits between its retries); once it returns true, Propose gives up within
+  /// about 0.1 s and returns kCancelled. Empty: never cancelled. Backends that compute locally
+  /// finish a proposal in seconds and ignore it.
+  virtual void set_cancelled(std::function<bool()> cancelled) { (void)cancelled; }
 };
 
 }  // namespace mewm::policy

@@ -130,6 +130,10 @@ struct ParseOptions {
 /// The largest action base file (`actions.path`) a scenario may name, in bytes. The shipped one
 /// is about 6 KB.
 inline constexpr std::uint64_t kMaxActionBaseBytes = 1u << 20;
+/// The largest scenario file LoadScenario reads, in bytes: a server takes requests of at most
+/// 1 MiB, and the shipped scenarios are about 2 KB. A 200 MB comment took 1 GB to parse, and the
+/// run copied it into its results.
+inline constexpr std::uint64_t kMaxScenarioBytes = 1u << 20;
 
 /// Parses and validates a scenario. Relative input paths (manifest, models, action base) resolve
 /// against `base_dir`; each must name an existing regular file, and the action base is read
@@ -138,14 +142,17 @@ inline constexpr std::uint64_t kMaxActionBaseBytes = 1u << 20;
 /// for bad TOML; the error of `options.check_input` as it is.
 Expected<ScenarioSpec> ParseScenario(const std::string& text, const std::string& origin,
                                      const std::string& base_dir, const ParseOptions& options = {});
-/// Reads and parses a scenario file; relative paths resolve against its folder.
+/// Reads and parses a scenario file (a regular file of at most kMaxScenarioBytes); relative paths
+/// resolve against its folder.
 Expected<ScenarioSpec> LoadScenario(const std::string& path,
                                     const BackendRegistry* backends = nullptr);
 
 /// The one rule for where a run keeps its synthetic cohort, shared by `mewm run` (the Runner,
 /// and the commands that prepare a scenario's cohort) and the server:
 ///  - without `results_root` (`mewm run`): `cohort.dir` as given (relative to the working
-///    directory), or `<run_output>/cohort` when unset;
+///    directory), or `<run_output>/cohort` when unset. A `cohort.dir` that holds the output
+///    folder, or lies inside it anywhere but at `<run_output>/cohort`, is kInvalidArgument: the
+///    run and the cohort would write over each other;
 ///  - with `results_root` (the server): cohorts live in `<results_root>/cohorts/`. Unset, it is
 ///    `<results_root>/cohorts/n<N>-seed<S>-<spacing>mm`, shared by every run of that cohort; a
 ///    relative `cohort.dir` resolves against `results_root`, and the folder must lie strictly
