@@ -237,6 +237,18 @@ def main():
             code, text = mewm(folder, "--list")
             check(code == 0 and "damaged, not readable as DICOM" in text, "cut, list: %s" % text)
 
+        # A slice declaring more pixels than its PixelData holds (4096 x 4096 in a few KB) is
+        # refused from its header, before the volume is allocated.
+        folder = os.path.join(tmp, "short")
+        write_series(folder, data, source.affine)
+        first = os.path.join(folder, sorted(os.listdir(folder))[0])
+        ds = pydicom.dcmread(first)
+        ds.Rows, ds.Columns = 4096, 4096
+        ds.save_as(first)
+        code, text = mewm(folder, "--out", os.path.join(tmp, "short.nii.gz"))
+        check(code == 1 and "PixelData holds" in text and "4096 x 4096" in text,
+              "short PixelData: %s" % text)
+
         # No DICOM at all; a missing folder.
         os.makedirs(os.path.join(tmp, "empty"))
         with open(os.path.join(tmp, "empty", "notes.txt"), "w") as f:

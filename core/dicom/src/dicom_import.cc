@@ -83,6 +83,23 @@ Expected<Slice> ReadGeometry(DcmDataset& ds, const std::string& path) {
   }
   slice.rows = rows;
   slice.columns = columns;
+  // The pixels' size from the header alone (they stay on disk here): a slice that declares more
+  // pixels than its PixelData holds is refused before the volume is allocated (8 files of 1 KB
+  // declaring 4096 x 4096 took 722 MB first).
+  Uint16 allocated = 0;
+  ds.findAndGetUint16(DCM_BitsAllocated, allocated);
+  DcmElement* pixels = nullptr;
+  if ((allocated == 8 || allocated == 16) && !DcmXfer(ds.getOriginalXfer()).isEncapsulated() &&
+      ds.findAndGetElement(DCM_PixelData, pixels).good() && pixels != nullptr) {
+    const std::uint64_t need = std::uint64_t(rows) * columns * (allocated / 8u);
+    if (pixels->getLength() < need) {
+      return MakeError(ErrorCode::kCorruptData,
+                       "'" + path + "': PixelData holds " + std::to_string(pixels->getLength()) +
+                           " bytes, not the " + std::to_string(need) + " of " +
+                           std::to_string(columns) + " x " + std::to_string(rows) + " pixels of " +
+                           std::to_string(allocated) + " bits");
+    }
+  }
   if (!(spacing[0] > 0) || !(spacing[1] > 0)) {
     return MakeError(ErrorCode::kCorruptData, "'" + path + "': PixelSpacing must be positive");
   }
