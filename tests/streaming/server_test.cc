@@ -327,61 +327,111 @@ TEST_F(ServerTest, EveryRunWatchFollowsNewRunsAndEndsWhenTheServerCloses) {
   EXPECT_EQ(Json(events), Json(log));
 }
 
-TEST_F(ServerTest, GapThatTheServerCannotFillIsAnExplicitError) {
-  // A fake server: its history of run "g-1" ends at seq 2, but it publishes seq 4.
-  zmq::context_t context;
-  zmq::socket_t pub(context, zmq::socket_type::pub), router(context, zmq::socket_type::router);
-  pub.bind("tcp://127.0.0.1:*");
-  router.bind("tcp://127.0.0.1:*");
-  const auto make = [](std::uint64_t seq) {
-    return EncodeEnvelope(RunEvent{
-        Event{"g-1", seq, scenarios::NowNs(), scenarios::Progress{"x", 0, 1}}, "", std::nullopt});
-  };
-  // One deadline bounds both the fake and the watch: a watcher that misses the gap fails the
-  // test instead of waiting forever on a server that has gone quiet.
-  const auto deadline = std::chrono::steady_clock::now() + 60s;
-  std::atomic<bool> done{false};
-  std::thread fake([&] {
-    while (!done && std::chrono::steady_clock::now() < deadline) {
-      zmq::pollitem_t item{router.handle(), 0, ZMQ_POLLIN, 0};
-      if (zmq::poll(&item, 1, 5ms) > 0) {
-        std::vector<zmq::message_t> frames;
-        (void)zmq::recv_multipart(router, std::back_inserter(frames));
-        auto request = DecodeRequest(frames.back().to_string_view());
-        Reply reply{request ? request->request_id : "", RunList{}};
-        if (request && std::holds_alternative<SnapshotRequest>(request->body)) {
-          RunStatus run{"g-1", "g", RunState::kRunning, 2, 0, 0, 0, "", "", ""};
-          reply.body = SnapshotReply{run, {make(1), make(2)}, false};
+/// A fake server on 127.0.0.1 for tests of the client against servers that misbehave: a ROUTER
+/// that answers each request with `answer(request)` (the reply's bytes), and a PUB on which
+/// `tick` may publish between polls. Its thread stops when the object is destroyed, or at
+/// `deadline`, which also bounds the client's watch: a client that misses what the test expects
+/// fails instead of waiting forever on a server that has gone quiet.
+class FakeServer {
+ public:
+  using Answer = std::function<std::string(const Expected<Request>& request)>;
+  using Tick = std::function<void(zmq::socket_t& pub)>;
+
+  explicit FakeServer(Answer answer, Tick tick = {})
+      : pub_(context_, zmq::socket_type::pub), router_(context_, zmq::socket_type::router) {
+    pub_.bind("tcp://127.0.0.1:*");
+    router_.bind("tcp://127.0.0.1:*");
+    thread_ = std::thread([this, answer = std::move(answer), tick = std::move(tick)] {
+      while (!done_ && std::chrono::steady_clock::now() < deadline) {
+        zmq::pollitem_t item{router_.handle(), 0, ZMQ_POLLIN, 0};
+        if (zmq::poll(&item, 1, 5ms) > 0) {
+          std::vector<zmq::message_t> frames;
+          (void)zmq::recv_multipart(router_, std::back_inserter(frames));
+          const std::string bytes = answer(DecodeRequest(frames.back().to_string_view()));
+          std::array<zmq::const_buffer, 3> out = {zmq::buffer(frames[0].to_string_view()),
+                                                  zmq::const_buffer(), zmq::buffer(bytes)};
+          (void)zmq::send_multipart(router_, out, zmq::send_flags::dontwait);
         }
-        const std::string bytes = EncodeReply(reply);
-        std::array<zmq::const_buffer, 3> out = {zmq::buffer(frames[0].to_string_view()),
-                                                zmq::const_buffer(), zmq::buffer(bytes)};
-        (void)zmq::send_multipart(router, out);
+        if (tick) tick(pub_);
       }
-      // seq 1 and 2 until the watcher has them (the subscription takes a moment), then 4.
-      for (std::uint64_t seq : {1, 2, 4}) {
-        const std::string bytes = make(seq);
-        std::array<zmq::const_buffer, 2> msg = {zmq::str_buffer("run/g-1/progress"),
-                                                zmq::buffer(bytes)};
-        (void)zmq::send_multipart(pub, msg);
-      }
+    });
+  }
+  ~FakeServer() {
+    done_ = true;
+    thread_.join();
+  }
+
+  std::unique_ptr<Client> Connect(int request_timeout_ms) {
+    ClientOptions options;
+    options.control_endpoint = router_.get(zmq::sockopt::last_endpoint);
+    options.event_endpoint = pub_.get(zmq::sockopt::last_endpoint);
+    options.request_timeout_ms = request_timeout_ms;
+    auto client = Client::Connect(options);
+    EXPECT_TRUE(client);
+    return client ? std::move(*client) : nullptr;
+  }
+  /// Watches `run_id` until the watch ends or the deadline passes; the seqs it delivered.
+  Status Watch(Client& client, const std::string& run_id, std::vector<std::uint64_t>* seqs) {
+    WatchOptions watch;
+    watch.run_id = run_id;
+    watch.stop = [&] { return std::chrono::steady_clock::now() > deadline; };
+    return client.Watch(watch, [&](const RunEvent& e, const std::string&) {
+      seqs->push_back(e.event.seq);
+      return true;
+    });
+  }
+  /// An event of run `run_id` with sequence number `seq`.
+  static std::string EventBytes(const std::string& run_id, std::uint64_t seq) {
+    return EncodeEnvelope(
+        RunEvent{scenarios::Event{run_id, seq, scenarios::NowNs(), scenarios::Progress{"x", 0, 1}},
+                 "", std::nullopt});
+  }
+  /// A snapshot reply of run `run_id` holding `events`.
+  static std::string Snapshot(const Expected<Request>& request, const std::string& run_id,
+                              std::vector<std::string> events, bool more) {
+    Reply reply{request ? request->request_id : "", RunList{}};
+    if (request && std::holds_alternative<SnapshotRequest>(request->body)) {
+      RunStatus run{run_id, "fake", RunState::kRunning, 2, 0, 0, 0, "", "", ""};
+      reply.body = SnapshotReply{run, std::move(events), more};
     }
-  });
-  ClientOptions options;
-  options.control_endpoint = router.get(zmq::sockopt::last_endpoint);
-  options.event_endpoint = pub.get(zmq::sockopt::last_endpoint);
-  options.request_timeout_ms = 2000;
-  auto client = Client::Connect(options);
+    return EncodeReply(reply);
+  }
+
+  const std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::now() + 60s;
+
+ private:
+  zmq::context_t context_;
+  zmq::socket_t pub_, router_;
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
+
+TEST_F(ServerTest, GapThatTheServerCannotFillIsAnExplicitError) {
+  // Its history of run "g-1" ends at seq 2, but it publishes seq 4: seq 1 and 2 until the watcher
+  // has them (the subscription takes a moment), then 4.
+  FakeServer fake(
+      [](const Expected<Request>& request) {
+        return FakeServer::Snapshot(
+            request, "g-1", {FakeServer::EventBytes("g-1", 1), FakeServer::EventBytes("g-1", 2)},
+            false);
+      },
+      [](zmq::socket_t& pub) {
+        for (std::uint64_t seq : {1, 2, 4}) {
+          const std::string bytes = FakeServer::EventBytes("g-1", seq);
+          std::array<zmq::const_buffer, 2> msg = {zmq::str_buffer("run/g-1/progress"),
+                                                  zmq::buffer(bytes)};
+          (void)zmq::send_multipart(pub, msg);
+        }
+      });
+  auto client = fake.Connect(2000);
   ASSERT_TRUE(client);
   std::vector<std::uint64_t> seqs;
-  WatchOptions watch;
-  watch.stop = [&] { return std::chrono::steady_clock::now() > deadline; };
-  const Status watched = (*client)->Watch(watch, [&](const RunEvent& e, const std::string&) {
+  WatchOptions every;  // the whole stream, not one run: the gap shows on the live events
+  every.stop = [&] { return std::chrono::steady_clock::now() > fake.deadline; };
+  const Status watched = client->Watch(every, [&](const RunEvent& e, const std::string&) {
     seqs.push_back(e.event.seq);
     return true;
   });
-  done = true;
-  fake.join();
   ASSERT_FALSE(watched);
   EXPECT_EQ(watched.error().code, ErrorCode::kCorruptData);
   EXPECT_NE(watched.error().message.find("gap in g-1"), std::string::npos)
@@ -390,54 +440,18 @@ TEST_F(ServerTest, GapThatTheServerCannotFillIsAnExplicitError) {
 }
 
 TEST_F(ServerTest, AHistoryThatAnnouncesMoreButBringsNothingNewEndsTheWatch) {
-  // A fake server whose every snapshot page of run "h-1" is seq 1 and 2 with `more` set: the
-  // client once asked again forever, at full CPU, deaf to Ctrl-C.
-  zmq::context_t context;
-  zmq::socket_t pub(context, zmq::socket_type::pub), router(context, zmq::socket_type::router);
-  pub.bind("tcp://127.0.0.1:*");
-  router.bind("tcp://127.0.0.1:*");
-  const auto make = [](std::uint64_t seq) {
-    return EncodeEnvelope(RunEvent{
-        Event{"h-1", seq, scenarios::NowNs(), scenarios::Progress{"x", 0, 1}}, "", std::nullopt});
-  };
-  const auto deadline = std::chrono::steady_clock::now() + 60s;
-  std::atomic<bool> done{false};
+  // Every snapshot page of run "h-1" is seq 1 and 2 with `more` set: the client once asked again
+  // forever, at full CPU, deaf to Ctrl-C.
   std::atomic<int> pages{0};
-  std::thread fake([&] {
-    while (!done && std::chrono::steady_clock::now() < deadline) {
-      zmq::pollitem_t item{router.handle(), 0, ZMQ_POLLIN, 0};
-      if (zmq::poll(&item, 1, 5ms) <= 0) continue;
-      std::vector<zmq::message_t> frames;
-      (void)zmq::recv_multipart(router, std::back_inserter(frames));
-      auto request = DecodeRequest(frames.back().to_string_view());
-      Reply reply{request ? request->request_id : "", RunList{}};
-      if (request && std::holds_alternative<SnapshotRequest>(request->body)) {
-        ++pages;
-        RunStatus run{"h-1", "h", RunState::kRunning, 9, 0, 0, 0, "", "", ""};
-        reply.body = SnapshotReply{run, {make(1), make(2)}, true};
-      }
-      const std::string bytes = EncodeReply(reply);
-      std::array<zmq::const_buffer, 3> out = {zmq::buffer(frames[0].to_string_view()),
-                                              zmq::const_buffer(), zmq::buffer(bytes)};
-      (void)zmq::send_multipart(router, out);
-    }
+  FakeServer fake([&](const Expected<Request>& request) {
+    if (request && std::holds_alternative<SnapshotRequest>(request->body)) ++pages;
+    return FakeServer::Snapshot(
+        request, "h-1", {FakeServer::EventBytes("h-1", 1), FakeServer::EventBytes("h-1", 2)}, true);
   });
-  ClientOptions options;
-  options.control_endpoint = router.get(zmq::sockopt::last_endpoint);
-  options.event_endpoint = pub.get(zmq::sockopt::last_endpoint);
-  options.request_timeout_ms = 2000;
-  auto client = Client::Connect(options);
+  auto client = fake.Connect(2000);
   ASSERT_TRUE(client);
   std::vector<std::uint64_t> seqs;
-  WatchOptions watch;
-  watch.run_id = "h-1";
-  watch.stop = [&] { return std::chrono::steady_clock::now() > deadline; };
-  const Status watched = (*client)->Watch(watch, [&](const RunEvent& e, const std::string&) {
-    seqs.push_back(e.event.seq);
-    return true;
-  });
-  done = true;
-  fake.join();
+  const Status watched = fake.Watch(*client, "h-1", &seqs);
   ASSERT_FALSE(watched);
   EXPECT_EQ(watched.error().code, ErrorCode::kCorruptData);
   EXPECT_NE(watched.error().message.find("announces more events after seq 2"), std::string::npos)
@@ -447,34 +461,14 @@ TEST_F(ServerTest, AHistoryThatAnnouncesMoreButBringsNothingNewEndsTheWatch) {
 }
 
 TEST_F(ServerTest, AClientDropsAServerThatSendsAnOversizedReply) {
-  // A fake server answering every request with a 100 MiB frame. The client's socket refuses a
-  // message over 64 MiB and drops the peer, so the call times out; before, it held the frame and
-  // only then found it corrupt (a 2 GiB announcement reached 1.7 GB).
-  zmq::context_t context;
-  zmq::socket_t router(context, zmq::socket_type::router);
-  router.bind("tcp://127.0.0.1:*");
-  const auto deadline = std::chrono::steady_clock::now() + 30s;
-  std::atomic<bool> done{false};
-  std::thread fake([&] {
-    const std::string huge(100u << 20, 'x');
-    while (!done && std::chrono::steady_clock::now() < deadline) {
-      zmq::pollitem_t item{router.handle(), 0, ZMQ_POLLIN, 0};
-      if (zmq::poll(&item, 1, 5ms) <= 0) continue;
-      std::vector<zmq::message_t> frames;
-      (void)zmq::recv_multipart(router, std::back_inserter(frames));
-      std::array<zmq::const_buffer, 3> out = {zmq::buffer(frames[0].to_string_view()),
-                                              zmq::const_buffer(), zmq::buffer(huge)};
-      (void)zmq::send_multipart(router, out, zmq::send_flags::dontwait);
-    }
-  });
-  ClientOptions options;
-  options.control_endpoint = router.get(zmq::sockopt::last_endpoint);
-  options.request_timeout_ms = 1500;
-  auto client = Client::Connect(options);
+  // Every request answered with a 100 MiB frame. The client's socket refuses a message over
+  // 64 MiB and drops the peer, so the call times out; before, it held the frame and only then
+  // found it corrupt (a 2 GiB announcement reached 1.7 GB).
+  const std::string huge(100u << 20, 'x');
+  FakeServer fake([&](const Expected<Request>&) { return huge; });
+  auto client = fake.Connect(1500);
   ASSERT_TRUE(client);
-  auto health = (*client)->GetHealth();
-  done = true;
-  fake.join();
+  auto health = client->GetHealth();
   ASSERT_FALSE(health);
   EXPECT_EQ(health.error().code, ErrorCode::kIo) << health.error().message;
   EXPECT_NE(health.error().message.find("no reply"), std::string::npos) << health.error().message;
