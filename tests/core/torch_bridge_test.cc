@@ -10,6 +10,7 @@
 
 #include "mewm/core/file_util.h"
 #include "mewm/core/sha256.h"
+#include "mewm/torch/archive_check.h"
 #include "mewm/torch/bridge.h"
 #include "test_env.h"
 
@@ -267,6 +268,62 @@ TEST(TorchBridgeTest, HostileArchivesAreRefusedBeforeLibtorchReadsThem) {
   ASSERT_FALSE(cut);
   EXPECT_NE(cut.error().message.find("not a ZIP archive"), std::string::npos)
       << cut.error().message;
+}
+
+/// A module with a submodule and a buffer, as a training state's network is.
+struct NestedNetImpl : torch::nn::Module {
+  NestedNetImpl() {
+    inner = register_module("inner", torch::nn::Linear(3, 2));
+    scale = register_buffer("scale", torch::ones({1}));
+  }
+  torch::nn::Linear inner{nullptr};
+  torch::Tensor scale;
+};
+TORCH_MODULE(NestedNet);
+
+TEST(TorchBridgeTest, TrainingStateArchivesPassAndTheirNestedCodeIsCheckedToo) {
+  // A training state: a module with nested modules and an Adam optimizer after one step, saved
+  // by libtorch's own torch::save. Their code members, one per nested class, declare only.
+  testing::TempDir dir;
+  NestedNet net;
+  torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(1e-3));
+  net->inner->forward(torch::ones({4, 3})).sum().backward();
+  adam.step();
+  torch::save(net, dir.File("net.pt"));
+  torch::save(adam, dir.File("optim.pt"));
+  for (const char* name : {"net.pt", "optim.pt"}) {
+    auto checked = CheckArchiveLayout(dir.File(name));
+    EXPECT_TRUE(checked) << name << ": " << checked.error().message;
+  }
+  // A method hidden in a nested class's code: refused, naming the member and the line.
+  std::map<std::string, std::string> records;
+  std::string nested;
+  {
+    caffe2::serialize::PyTorchStreamReader reader(dir.File("optim.pt"));
+    for (const std::string& name : reader.getAllRecords()) {
+      const auto [data, size] = reader.getRecord(name);
+      records[name].assign(static_cast<const char*>(data.get()), size);
+      if (nested.empty() && name.rfind("code/__torch__/___torch_mangle_", 0) == 0 &&
+          name.size() > 3 && name.compare(name.size() - 3, 3, ".py") == 0) {
+        nested = name;
+      }
+    }
+  }
+  ASSERT_FALSE(nested.empty()) << "no nested class in the optimizer's archive";
+  records[nested] += "  def __setstate__(self, state: int):\n    while True:\n";
+  {
+    caffe2::serialize::PyTorchStreamWriter writer(dir.File("hostile.pt"));
+    for (const auto& [name, bytes] : records) {
+      if (name != "version") writer.writeRecord(name, bytes.data(), bytes.size());
+    }
+    writer.writeEndOfFile();
+  }
+  auto refused = CheckArchiveLayout(dir.File("hostile.pt"));
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, ErrorCode::kCorruptData);
+  EXPECT_NE(refused.error().message.find(nested + "' line"), std::string::npos)
+      << refused.error().message;
+  EXPECT_NE(refused.error().message.find("is TorchScript code"), std::string::npos);
 }
 
 }  // namespace

@@ -7,9 +7,11 @@
 #include <malloc.h>
 
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
@@ -17,6 +19,7 @@
 #include "mewm/core/file_util.h"
 #include "mewm/core/log.h"
 #include "mewm/core/sha256.h"
+#include "mewm/torch/archive_check.h"
 
 namespace mewm::torch_bridge {
 namespace {
@@ -83,17 +86,45 @@ bool AllDigits(const std::string& s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
-/// The members a checkpoint written by libtorch's OutputArchive holds.
+/// The code member of a nested module's class, "code/__torch__/___torch_mangle_<n>.py" (a
+/// training state's module and optimizer have one per submodule), with `suffix` after ".py".
+bool NestedCodeMember(const std::string& name, const std::string& suffix = "") {
+  const std::string prefix = "code/__torch__/___torch_mangle_", tail = ".py" + suffix;
+  return name.size() > prefix.size() + tail.size() && name.rfind(prefix, 0) == 0 &&
+         name.compare(name.size() - tail.size(), tail.size(), tail) == 0 &&
+         AllDigits(name.substr(prefix.size(), name.size() - prefix.size() - tail.size()));
+}
+
+/// A member holding TorchScript source, which libtorch compiles on load.
+bool CodeMember(const std::string& name) {
+  return name == "code/__torch__.py" || NestedCodeMember(name);
+}
+
+/// The members an archive written by libtorch's OutputArchive holds.
 bool KnownMember(const std::string& name) {
   static const std::set<std::string> fixed = {"data.pkl",          "constants.pkl",
                                               "version",           "byteorder",
                                               ".data/version",     ".data/serialization_id",
                                               "code/__torch__.py", "code/__torch__.py.debug_pkl"};
-  return fixed.count(name) > 0 || (name.rfind("data/", 0) == 0 && AllDigits(name.substr(5)));
+  return fixed.count(name) > 0 || (name.rfind("data/", 0) == 0 && AllDigits(name.substr(5))) ||
+         NestedCodeMember(name) || NestedCodeMember(name, ".debug_pkl");
 }
 
-/// A line of code/__torch__.py as OutputArchive writes it: the class, and declarations of its
-/// attributes by name and type. Anything else (a def, an import, an expression) is code.
+/// A type an attribute declaration may name: a value type, or a nested module's class.
+bool DeclaredType(const std::string& type) {
+  static const std::set<std::string> values = {"Tensor", "int", "float",
+                                               "bool",   "str", "Tuple[float, float]"};
+  const std::string prefix = "__torch__.___torch_mangle_", suffix = ".Module";
+  const bool nested =
+      type.size() > prefix.size() + suffix.size() && type.rfind(prefix, 0) == 0 &&
+      type.compare(type.size() - suffix.size(), suffix.size(), suffix) == 0 &&
+      AllDigits(type.substr(prefix.size(), type.size() - prefix.size() - suffix.size()));
+  return values.count(type) > 0 || nested;
+}
+
+/// A line of a code member as OutputArchive writes it: the class, and declarations of its
+/// attributes by name and type ("__annotations__["w"] = Tensor", or "  w : Tensor" in a training
+/// state). Anything else (a def, an import, an expression) is code.
 bool DeclarationLine(const std::string& line) {
   // Parsed by hand: std::regex recurses per character and overflows the stack on a long line.
   const auto quoted = [&](std::size_t& at) {  // "name", no quote or backslash inside
@@ -117,12 +148,23 @@ bool DeclarationLine(const std::string& line) {
     return at + 1 == line.size() && line[at] == ']';
   }
   std::size_t at = std::string("  __annotations__[").size();
-  if (!starts("  __annotations__[") || !quoted(at) || line.compare(at, 4, "] = ") != 0) {
+  if (starts("  __annotations__[")) {
+    return quoted(at) && line.compare(at, 4, "] = ") == 0 && DeclaredType(line.substr(at + 4));
+  }
+  // "  name : Type": an identifier, then the type.
+  at = 2;
+  if (!starts("  ") || at >= line.size() ||
+      !(std::isalpha(static_cast<unsigned char>(line[at])) || line[at] == '_')) {
     return false;
   }
-  const std::string type = line.substr(at + 4);
-  return type == "Tensor" || type == "int" || type == "float" || type == "bool" || type == "str";
+  while (at < line.size() &&
+         (std::isalnum(static_cast<unsigned char>(line[at])) || line[at] == '_')) {
+    ++at;
+  }
+  return line.compare(at, 3, " : ") == 0 && DeclaredType(line.substr(at + 3));
 }
+
+}  // namespace
 
 Status CheckArchiveLayout(const std::string& path) {
   const auto corrupt = [&](const std::string& what) {
@@ -190,7 +232,7 @@ Status CheckArchiveLayout(const std::string& path) {
     const std::uint32_t method = Le(dir, at + 10, 2), size = Le(dir, at + 24, 4);
     if (!KnownMember(name)) return corrupt("unexpected member '" + full + "'");
     if (!seen.insert(name).second) return corrupt("member '" + full + "' appears twice");
-    const bool code = name == "code/__torch__.py";
+    const bool code = CodeMember(name);
     const bool pickle = name.size() > 4 && name.substr(name.size() - 3) == "pkl";
     // libtorch stores tensors as they are, and may deflate the small members.
     const bool stored = method == 0 && size == Le(dir, at + 20, 4);
@@ -205,29 +247,35 @@ Status CheckArchiveLayout(const std::string& path) {
     at += 46 + name_len + extra + comment;
   }
   if (!seen.count("data.pkl")) return corrupt("no data.pkl");
-  if (!seen.count("code/__torch__.py")) return {};
-  // The sizes are bounded above, so the reader (which extracts into a buffer of the declared size,
-  // and reads nothing but the directory and the version on opening) cannot be made to inflate more.
-  std::string source;
-  try {
-    caffe2::serialize::PyTorchStreamReader reader(path);
-    const auto [data, size] = reader.getRecord("code/__torch__.py");
-    source.assign(static_cast<const char*>(data.get()), size);
-  } catch (const std::exception& e) {
-    return corrupt("'" + top + "code/__torch__.py' cannot be read: " + ExceptionCause(e));
-  }
-  std::size_t line_no = 0;
-  for (std::size_t at = 0; at <= source.size();) {
-    const std::size_t end = std::min(source.find('\n', at), source.size());
-    ++line_no;
-    if (!DeclarationLine(source.substr(at, end - at))) {
-      return corrupt("'" + top + "code/__torch__.py' line " + std::to_string(line_no) +
-                     " is TorchScript code, not a declaration");
+  // Every code member, each bounded above, so the reader (which extracts into a buffer of the
+  // declared size, and reads nothing but the directory and the version on opening) cannot be made
+  // to inflate more.
+  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
+  for (const std::string& name : seen) {
+    if (!CodeMember(name)) continue;
+    std::string source;
+    try {
+      if (!reader) reader = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
+      const auto [data, size] = reader->getRecord(name);
+      source.assign(static_cast<const char*>(data.get()), size);
+    } catch (const std::exception& e) {
+      return corrupt("'" + top + name + "' cannot be read: " + ExceptionCause(e));
     }
-    at = end + 1;
+    std::size_t line_no = 0;
+    for (std::size_t at = 0; at <= source.size();) {
+      const std::size_t end = std::min(source.find('\n', at), source.size());
+      ++line_no;
+      if (!DeclarationLine(source.substr(at, end - at))) {
+        return corrupt("'" + top + name + "' line " + std::to_string(line_no) +
+                       " is TorchScript code, not a declaration");
+      }
+      at = end + 1;
+    }
   }
   return {};
 }
+
+namespace {
 
 Expected<torch::serialize::InputArchive> OpenArchive(const std::string& path) {
   std::error_code ec;

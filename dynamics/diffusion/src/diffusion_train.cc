@@ -25,6 +25,7 @@
 #include "mewm/core/seed.h"
 #include "mewm/core/sha256.h"
 #include "mewm/core/stats.h"
+#include "mewm/torch/archive_check.h"
 #include "mewm/torch/bridge.h"
 
 namespace mewm::dynamics {
@@ -328,6 +329,16 @@ Expected<TrainState> LoadState(const std::string& dir, const TrainState& fresh,
                            "cohort, or give another state folder (this one is left as it is):" +
                            torch_bridge::DescribeJsonDifferences(saved->dump(), "the state has",
                                                                  run.dump(), "this run has"));
+    }
+    // libtorch compiles the code an archive holds as it loads it: each file of the state is
+    // checked first, the optimizer's too (read later, by the stage that resumes).
+    for (const char* name : {"net.pt", "ema.pt", "optim.pt"}) {
+      const std::string file = dir + "/" + name;
+      if (std::string(name) == "optim.pt" && !std::filesystem::exists(file)) continue;
+      if (auto layout = torch_bridge::CheckArchiveLayout(file); !layout) {
+        return layout.error().WithContext("training state in '" + dir +
+                                          "' (delete the folder to start afresh)");
+      }
     }
     torch::load(net, dir + "/net.pt");
     torch::load(ema, dir + "/ema.pt");
