@@ -503,6 +503,21 @@ Action RegisterBench(CLI::App& app, const BackendRegistry& backends) {
       return RunPlannerBench(*planner_scenario, *planner_patients, !*planner_skip_exhaustive,
                              *json_path, backends);
     }
+    if (!keep->empty()) {
+      // The phantom files go into a folder the user has, and replace files there only with
+      // --force (they replaced a user's phantom.vdb, and created missing parents anywhere).
+      std::error_code ec;
+      if (!fs::is_directory(*keep, ec)) {
+        return Fail(
+            Error{ErrorCode::kInvalidArgument, "--keep '" + *keep + "' is not an existing folder"});
+      }
+      if (auto free = CheckOutputs({{"--keep", (fs::path(*keep) / "phantom.vdb").string()},
+                                    {"--keep", (fs::path(*keep) / "phantom.nii").string()}},
+                                   *force);
+          !free) {
+        return Fail(free.error());
+      }
+    }
     return RunCoreBench(*repeats, *json_path, *keep);
   };
 }

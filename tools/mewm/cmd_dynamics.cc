@@ -157,6 +157,7 @@ void AddTrainRuntimeOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                   "Resumable training state; a rerun with the same folder, options and cohort "
                   "continues (more steps extend it); another run's state is refused");
   sub->add_option("--threads", o->threads, "libtorch threads (0 = all cores)")
+      ->check(CLI::Range(0, 256))
       ->capture_default_str();
   sub->add_flag("--quiet", o->quiet, "No progress bars");
 }
@@ -416,6 +417,7 @@ Action AddEvalDynamics(CLI::App& eval_app, const BackendRegistry& backends) {
       ->check(CLI::Range(2, 20))
       ->capture_default_str();
   sub->add_option("--threads", o->threads, "libtorch threads (0 = all cores)")
+      ->check(CLI::Range(0, 256))
       ->capture_default_str();
   sub->add_option("--patients", o->patients, "Only the first N patients (0 = all)")
       ->check(CLI::NonNegativeNumber)
@@ -685,7 +687,9 @@ Action AddBenchDynamics(CLI::App& bench_app, const BackendRegistry& backends) {
   sub->add_option("--batch", o->batch, "Serving batch of the denoiser timing")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
-  sub->add_option("--iterations", o->iterations, "Timed forwards")->capture_default_str();
+  sub->add_option("--iterations", o->iterations, "Timed forwards")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
   sub->add_option("--patient", o->patient,
                   "Patient id of the scenario's cohort to bench (default: its first patient); "
                   "a patient with a large lesion has several crops");

@@ -100,6 +100,16 @@ Action AddTrainPolicy(CLI::App& train_app) {
     if (auto free = CheckOutput("--out", o->out, o->force, o->cohorts); !free) {
       return Fail(free.error());
     }
+    // OUT.state/ is another run's resumable state (or someone's files): kept unless --resume
+    // continues it or --force replaces it.
+    if (const std::string state = o->out + ".state";
+        !o->train.resume && !o->force &&
+        std::filesystem::exists(std::filesystem::symlink_status(state))) {
+      return Fail(Error{ErrorCode::kInvalidArgument,
+                        "'" + state +
+                            "' exists (an earlier run's training state): pass --resume "
+                            "to continue it or --force to start afresh over it"});
+    }
     std::vector<policy::VlmTrainingExample> examples;
     json data = json::array();
     for (const std::string& dir : o->cohorts) {
@@ -159,7 +169,9 @@ Action AddEvalPolicy(CLI::App& eval_app) {
       ->capture_default_str();
   sub->add_option("--max-patients", o->max_patients, "Only the first N patients (0 = all)")
       ->capture_default_str();
-  sub->add_option("--threads", o->threads, "libtorch threads (0 = all)")->capture_default_str();
+  sub->add_option("--threads", o->threads, "libtorch threads (0 = all)")
+      ->check(CLI::Range(0, 256))
+      ->capture_default_str();
   sub->add_flag("--ablations", o->ablations,
                 "Also score the model with the note blanked (image only) and with the image "
                 "blanked (note only)");

@@ -172,8 +172,12 @@ Status CheckArchiveLayout(const std::string& path) {
                                                   " (a mewm checkpoint holds tensors and the "
                                                   "declarations libtorch writes, nothing else)");
   };
-  std::ifstream in(path, std::ios::binary);
   std::error_code ec;
+  // Before opening it: a FIFO in its place would block the open for ever.
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    return MakeError(ErrorCode::kInvalidArgument, "'" + path + "' is not a regular file");
+  }
+  std::ifstream in(path, std::ios::binary);
   const std::uint64_t file_size = std::filesystem::file_size(path, ec);
   if (!in || ec) return MakeError(ErrorCode::kIo, "cannot read checkpoint '" + path + "'");
   const auto read = [&](std::uint64_t at, std::uint64_t n, std::string& out) {

@@ -25,6 +25,7 @@
 #include "mewm/core/seed.h"
 #include "mewm/core/sha256.h"
 #include "mewm/core/stats.h"
+#include "mewm/core/text.h"
 #include "mewm/torch/archive_check.h"
 #include "mewm/torch/bridge.h"
 
@@ -316,12 +317,27 @@ Expected<TrainState> LoadState(const std::string& dir, const TrainState& fresh,
                                const nlohmann::json& run, nets::DiffusionNet& net,
                                nets::DiffusionNet& ema) {
   TrainState state = fresh;
-  auto text = ReadFile(dir + "/state.json");
-  if (!text) return state;  // nothing to resume
+  if (!std::filesystem::exists(std::filesystem::symlink_status(dir + "/state.json"))) {
+    return state;  // nothing to resume
+  }
+  // A state file is small; a FIFO put in its place would block the read for ever.
+  MEWM_TRY(const std::string text, ReadRegularFile(dir + "/state.json", std::uint64_t(1) << 20));
   try {
-    const auto j = nlohmann::json::parse(*text);
+    const auto j = nlohmann::json::parse(text);
     state.stage = j.at("stage").get<std::string>();
-    state.step = j.at("step").get<int>();
+    const nlohmann::json& step = j.at("step");
+    if (state.stage != "autoencoder" && state.stage != "decoder" && state.stage != "denoiser") {
+      return MakeError(ErrorCode::kCorruptData, "training state in '" + dir + "': stage '" +
+                                                    EscapeControl(state.stage) +
+                                                    "' is none of the trainer's");
+    }
+    if (!step.is_number_integer() || step.get<std::int64_t>() < 0 ||
+        step.get<std::int64_t>() > 100000000) {
+      return MakeError(ErrorCode::kCorruptData, "training state in '" + dir + "': step " +
+                                                    step.dump() +
+                                                    " is not a whole number of steps done");
+    }
+    state.step = step.get<int>();
     if (const auto saved = j.find("run"); saved != j.end() && *saved != run) {
       return MakeError(ErrorCode::kMismatch,
                        "training state in '" + dir +

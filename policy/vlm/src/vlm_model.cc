@@ -14,10 +14,14 @@
 #include "mewm/core/file_util.h"
 #include "mewm/core/sha256.h"
 #include "mewm/policy/vlm_backend.h"
+#include "mewm/torch/archive_check.h"
 #include "mewm/torch/bridge.h"
 
 namespace mewm::policy {
 namespace {
+
+/// A training state's state.json is a few hundred bytes.
+constexpr std::uint64_t kMaxStateBytes = 1u << 20;
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -545,7 +549,8 @@ Expected<VlmTrainReport> TrainVlm(const std::vector<VlmTrainingExample>& example
   if (o.resume) {
     const std::string state_file = state_dir + "/state.json";
     if (fs::exists(state_file)) {
-      MEWM_TRY(const std::string text, ReadFile(state_file));
+      // A state file is small; a FIFO put in its place would block the read for ever.
+      MEWM_TRY(const std::string text, ReadRegularFile(state_file, kMaxStateBytes));
       try {
         const json s = json::parse(text);
         // A state saved before runs were recorded names only its seed, config and patient count.
@@ -564,7 +569,14 @@ Expected<VlmTrainReport> TrainVlm(const std::vector<VlmTrainingExample>& example
                                torch_bridge::DescribeJsonDifferences(saved.dump(), "the state has",
                                                                      now.dump(), "this run has"));
         }
-        start_epoch = s.at("epoch").get<int>();
+        const json& epoch = s.at("epoch");
+        if (!epoch.is_number_integer() || epoch.get<std::int64_t>() < 0 ||
+            epoch.get<std::int64_t>() > 1000000) {
+          return MakeError(ErrorCode::kCorruptData,
+                           "'" + state_file + "': epoch " + epoch.dump() +
+                               " is not a whole number of epochs done (0 or more)");
+        }
+        start_epoch = epoch.get<int>();
         if (start_epoch > o.epochs) {
           return MakeError(ErrorCode::kInvalidArgument,
                            "vlm training: '" + state_dir + "' is at epoch " +
@@ -573,6 +585,15 @@ Expected<VlmTrainReport> TrainVlm(const std::vector<VlmTrainingExample>& example
         }
       } catch (const std::exception& e) {
         return MakeError(ErrorCode::kCorruptData, "'" + state_file + "': " + e.what());
+      }
+      // libtorch compiles the code an archive holds as it loads it (and a FIFO would block it):
+      // each file of the state is checked first, as checkpoints are.
+      for (const char* name : {"net.pt", "optim.pt", "best.pt"}) {
+        const std::string file = state_dir + "/" + name;
+        if (std::string(name) == "best.pt" && !fs::exists(fs::symlink_status(file))) continue;
+        if (auto layout = torch_bridge::CheckArchiveLayout(file); !layout) {
+          return layout.error().WithContext("vlm training: the state in '" + state_dir + "'");
+        }
       }
       try {
         torch::load(net, state_dir + "/net.pt");
@@ -621,9 +642,15 @@ Expected<VlmTrainReport> TrainVlm(const std::vector<VlmTrainingExample>& example
   int best_epoch = start_epoch;
   if (o.resume && start_epoch > 0) {
     const std::string state_file = state_dir + "/state.json";
-    MEWM_TRY(const std::string text, ReadFile(state_file));
+    MEWM_TRY(const std::string text, ReadRegularFile(state_file, kMaxStateBytes));
     const json s = json::parse(text, nullptr, false);
     if (s.is_object() && s.contains("best_epoch")) {
+      if (!s["best_epoch"].is_number_integer() || s["best_epoch"].get<std::int64_t>() < 0 ||
+          s["best_epoch"].get<std::int64_t>() > start_epoch) {
+        return MakeError(ErrorCode::kCorruptData, "'" + state_file + "': best_epoch " +
+                                                      s["best_epoch"].dump() +
+                                                      " is not an epoch done before");
+      }
       best_epoch = s["best_epoch"].get<int>();
       best_loss = s["best_val_loss"].is_number() ? s["best_val_loss"].get<double>()
                                                  : std::numeric_limits<double>::infinity();
