@@ -1250,6 +1250,26 @@ TEST_F(DiffusionTest, BadInputGivesClearErrors) {
   EXPECT_EQ(TrainDiffusion(Pairs(Tiny()), {}, t, {}).error().code, ErrorCode::kMismatch);
 }
 
+TEST_F(DiffusionTest, AStateOfAnUnknownStageOrStepIsRefusedBeforeAnyStep) {
+  // A negative or huge step trained for ever (about 2^31 steps), a string one exited 70.
+  for (const std::string& text : {std::string(R"({"stage": "autoencoder", "step": -2000000000})"),
+                                  std::string(R"({"stage": "autoencoder", "step": 1e300})"),
+                                  std::string(R"({"stage": "autoencoder", "step": "x"})"),
+                                  std::string(R"({"stage": "zzz", "step": 1})")}) {
+    DiffusionTrainOptions o = TinyTraining(9, 4, 2, 2);
+    o.state_dir = (dir_->path() / "bad_state").string();
+    o.out = (dir_->path() / "bad_state.pt").string();
+    fs::create_directories(o.state_dir);
+    ASSERT_TRUE(WriteFileAtomic(o.state_dir + "/state.json", text));
+    const auto refused = TrainDiffusion(Pairs(o.config), {}, o, {});
+    ASSERT_FALSE(refused) << text;
+    EXPECT_EQ(refused.error().code, ErrorCode::kCorruptData) << refused.error().message;
+    EXPECT_NE(refused.error().message.find("bad_state"), std::string::npos)
+        << refused.error().message;
+    EXPECT_FALSE(fs::exists(o.out));
+  }
+}
+
 TEST_F(DiffusionTest, TrainingResumesFromItsState) {
   DiffusionTrainOptions o = TinyTraining(9, 4, 2, 2);
   o.state_dir = (dir_->path() / "state").string();

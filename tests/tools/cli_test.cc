@@ -263,6 +263,35 @@ TEST_F(CliTest, TrainingChecksItsOutputsBeforeItStarts) {
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("a_file/state"), std::string::npos) << r.output;
   EXPECT_FALSE(std::filesystem::exists(dir_.File("d.pt")));
+  // Another run's policy state beside a new --out is kept: refused without --resume or --force,
+  // before any cohort is read.
+  std::filesystem::create_directories(dir_.File("p.pt.state"));
+  std::ofstream(dir_.File("p.pt.state/state.json")) << "{\"epoch\": 3}";
+  const Result state =
+      RunMewm("train policy --cohort " + dir_.File("none") + " --out " + dir_.File("p.pt"));
+  EXPECT_EQ(state.code, 1) << state.output;
+  EXPECT_NE(state.output.find("p.pt.state' exists"), std::string::npos) << state.output;
+  EXPECT_EQ(*ReadFile(dir_.File("p.pt.state/state.json")), "{\"epoch\": 3}");
+  // Thread counts past any machine's are usage errors.
+  const Result threads = RunMewm("eval policy --cohort " + dir_.File("none") + " --threads 2000");
+  EXPECT_EQ(threads.code, 2) << threads.output;
+  EXPECT_NE(threads.output.find("not in range"), std::string::npos) << threads.output;
+}
+
+TEST_F(CliTest, BenchCoreKeepsItsFilesOnlyInAnExistingFolderAndReplacesThemOnlyWithForce) {
+  const std::string file = dir_.File("a_file");
+  std::ofstream(file) << "x";
+  Result r = RunMewm("bench core --repeats 1 --keep " + file);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("is not an existing folder"), std::string::npos) << r.output;
+  r = RunMewm("bench core --repeats 1 --keep " + dir_.File("no/such"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("no")));
+  std::filesystem::create_directories(dir_.File("keep"));
+  std::ofstream(dir_.File("keep/phantom.vdb")) << "mine";
+  r = RunMewm("bench core --repeats 1 --keep " + dir_.File("keep"));
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_EQ(*ReadFile(dir_.File("keep/phantom.vdb")), "mine");
 }
 
 TEST_F(CliTest, OutputsInsideTheCommandsInputsAreRefusedBeforeAnythingIsRead) {
