@@ -289,6 +289,17 @@ TEST_F(CohortTest, SameSeedGivesByteIdenticalCohorts) {
   EXPECT_NE(refused.error().message.find("image '../a/patients/P0001/pre.vdb' lies outside"),
             std::string::npos)
       << refused.error().message;
+  // The follow-up image is confined where it is read (training, evaluation): a planning run
+  // must not touch it even to resolve it.
+  std::string post_outside = manifest;
+  post_outside.replace(post_outside.find("patients/P0001/post_administered.vdb"), 36,
+                       "../a/patients/P0001/post_administered.vdb");
+  ASSERT_TRUE(WriteFileAtomic(b + "/manifest.json", post_outside));
+  EXPECT_TRUE(ReadSyntheticCohort(b));
+  refused = ReadSyntheticCohortWithOutcomes(b);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("lies outside the cohort's folder"), std::string::npos)
+      << refused.error().message;
   nlohmann::json twice = nlohmann::json::parse(manifest);
   twice["patients"].push_back(twice["patients"][0]);
   ASSERT_TRUE(WriteFileAtomic(b + "/manifest.json", twice.dump()));

@@ -217,8 +217,10 @@ Expected<std::vector<CohortEntry>> ReadSyntheticCohort(const std::string& dir) {
       MEWM_TRY(const std::string pre,
                CohortFilePath(base, p.at("pre").get<std::string>(), e.origin, "image"));
       e.ct = e.tumor = e.liver = pre;
-      MEWM_TRY(e.post, CohortFilePath(base, p.at("post_administered").get<std::string>(), e.origin,
-                                      "image"));
+      // The follow-up image is the truth's: a planning run must not touch it, not even to
+      // resolve it (the leak test traces every file call), so it is confined where it is read,
+      // by ReadSyntheticCohortWithOutcomes.
+      e.post = Resolve(base, p.at("post_administered").get<std::string>());
       if (const std::string note = p.value("note", std::string()); !note.empty()) {
         MEWM_TRY(e.note, CohortFilePath(base, note, e.origin, "note"));
       }
@@ -249,6 +251,11 @@ Expected<std::vector<CohortEntry>> ReadSyntheticCohortWithOutcomes(const std::st
                        "'" + path + "' has no row for patient '" + e.id + "' of the manifest");
     }
     MEWM_RETURN_IF_ERROR(ReadFollowUp(outcomes, row->second, &e));
+    if (!IsPathInside(e.post, dir)) {
+      return MakeError(ErrorCode::kInvalidArgument, e.origin + ": image '" + e.post +
+                                                        "' lies outside the cohort's folder " +
+                                                        ResolvedPath(dir));
+    }
     if (e.administered.empty() || !e.survival) {
       return MakeError(ErrorCode::kCorruptData,
                        outcomes.Where(row->second) +
