@@ -48,6 +48,7 @@ class DynamicsModel {
   /// Polled during Simulate, possibly from several threads at once (it must be thread-safe);
   /// once it returns true, a backend that honours it stops the batch and Simulate returns
   /// kCancelled. Empty: never cancelled. The default ignores it.
+  // NOLINTNEXTLINE(performance-unnecessary-value-param): the overriders keep their copy
   virtual void set_cancelled(std::function<bool()> cancelled) { (void)cancelled; }
 };
 

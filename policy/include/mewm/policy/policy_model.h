@@ -70,6 +70,7 @@ class PolicyModel {
   /// requests and the waits between its retries); once it returns true, Propose gives up within
   /// about 0.1 s and returns kCancelled. Empty: never cancelled. Backends that compute locally
   /// finish a proposal in seconds and ignore it.
+  // NOLINTNEXTLINE(performance-unnecessary-value-param): the overriders keep their copy
   virtual void set_cancelled(std::function<bool()> cancelled) { (void)cancelled; }
 };
 
