@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <optional>
 #include <set>
 
 #include "mewm/tace/plan_space.h"
@@ -28,7 +29,26 @@ class CountingDynamics final : public dynamics::DynamicsModel {
       ++requests_per_key[{r.plan.ToString(), r.sample_index}];
       seen.push_back(r);
     }
-    return inner_->Simulate(patient, requests);
+    if (!blind_drug) return inner_->Simulate(patient, requests);
+    // A model blind to which drug a plan holds (as a generator with one shared drug embedding
+    // is): any drugs become `*blind_drug` alone, and the noise is the shared draw's, so plans
+    // that differ only in their drugs get exactly the same outcome.
+    std::vector<SimulationRequest> blind = requests;
+    for (SimulationRequest& r : blind) {
+      std::vector<std::string> items;
+      bool drug = false;
+      for (const std::string& item : r.plan.items()) {
+        const bool is_drug = ActionBase::Default().Find(item)->kind == ItemKind::kDrug;
+        drug = drug || is_drug;
+        if (!is_drug) items.push_back(item);
+      }
+      if (drug) items.push_back(*blind_drug);
+      r.plan = Plan(items);
+      r.seed = r.shared_seed;
+    }
+    MEWM_TRY(std::vector<Outcome> outcomes, inner_->Simulate(patient, blind));
+    for (std::size_t i = 0; i < outcomes.size(); ++i) outcomes[i].plan = requests[i].plan;
+    return outcomes;
   }
   std::int64_t evaluations() const override { return inner_->evaluations(); }
   std::string name() const override { return "counting"; }
@@ -36,6 +56,7 @@ class CountingDynamics final : public dynamics::DynamicsModel {
   std::map<std::pair<std::string, int>, int> requests_per_key;
   std::vector<std::size_t> batch_sizes;
   std::vector<SimulationRequest> seen;
+  std::optional<std::string> blind_drug;
 
  private:
   std::unique_ptr<dynamics::DynamicsModel> inner_;
@@ -330,6 +351,55 @@ TEST_F(PlannerTest, WholePlansFromThePolicyBoundTheSearch) {
                                                             "Epirubicin+Gelatin Sponge+Lipiodol"}));
   // None of them keeps the constraints: the same clear error as when scoring.
   ExpectNoProposalKeepsTheRules(Spec(SearchMode::kBeam), 4);
+}
+
+TEST_F(PlannerTest, PlansTheModelCannotTellApartGoToThePolicysRanking) {
+  // A model that cannot tell the drugs apart scores every single-drug plan exactly alike (and a
+  // second drug adds nothing). The choice between them is then the policy's: its first drug, in
+  // beam and exhaustive search, whichever end of the alphabet it sits at. It used to be the plan
+  // whose text sorts first (Cisplatin, whatever the policy proposed).
+  dynamics_->blind_drug = "Epirubicin";
+  survival::CoxFit fit = HandCox();
+  fit.beta[4] = 0.0;  // no toxicity term: only the outcome, which cannot tell the drugs apart
+  auto cox = survival::CoxSurvival::Create(fit);
+  ASSERT_TRUE(cox);
+  survival_ = std::move(*cox);
+  PlannerSpec spec = Spec(SearchMode::kBeam, 3, 2);
+  spec.embolic_horizon = 1;  // Lipiodol alone: the drugs decide
+  for (SearchMode mode : {SearchMode::kBeam, SearchMode::kExhaustive}) {
+    spec.search = mode;
+    for (const std::vector<std::string>& drugs :
+         {std::vector<std::string>{"Raltitrexed", "Nedaplatin", "Cisplatin"},
+          std::vector<std::string>{"Nedaplatin", "Cisplatin", "Raltitrexed"},
+          std::vector<std::string>{"Cisplatin", "Raltitrexed", "Nedaplatin"}}) {
+      proposal_.drugs = drugs;
+      auto decision = Run(spec);
+      ASSERT_TRUE(decision) << decision.error().message;
+      // The tie is real: every plan with a drug scored alike, and better than Lipiodol alone.
+      int with_drug = 0;
+      for (const CandidateScore& c : decision->evaluated) {
+        if (c.plan.size() == 1) {
+          EXPECT_GT(c.risk_mean, decision->best.risk_mean);
+        } else {
+          EXPECT_EQ(c.risk_mean, decision->best.risk_mean) << c.plan.ToString();
+          ++with_drug;
+        }
+      }
+      EXPECT_GE(with_drug, 3);
+      EXPECT_EQ(decision->best.plan, *actions_.MakePlan({"Lipiodol", drugs.front()}))
+          << ToString(mode) << " chose " << decision->best.plan.ToString();
+    }
+  }
+  // A policy that writes whole plans: equal scores go to the plan it ranked higher.
+  const auto plan = [&](const char* text) { return *actions_.ParsePlan(text); };
+  spec.proposals = ProposalMode::kScore;
+  for (const bool reversed : {false, true}) {
+    proposal_.plans = {{plan("Lipiodol+Raltitrexed"), -0.5}, {plan("Lipiodol+Nedaplatin"), -0.9}};
+    if (reversed) std::swap(proposal_.plans[0], proposal_.plans[1]);
+    auto decision = Run(spec);
+    ASSERT_TRUE(decision) << decision.error().message;
+    EXPECT_EQ(decision->best.plan, proposal_.plans.front().plan) << reversed;
+  }
 }
 
 TEST_F(PlannerTest, CancelStopsBetweenBatches) {

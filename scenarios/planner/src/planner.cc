@@ -127,7 +127,8 @@ Expected<PlanDecision> Planner::Plan(const PatientCase& full_patient,
         plans.push_back(root);
       }
       MEWM_TRY(std::vector<CandidateScore> scores, search.Evaluate(plans, "proposals", 1));
-      std::sort(scores.begin(), scores.end(), detail::Better);
+      // Equal scores go to the plan the policy ranked higher; the control arm ranks last.
+      std::sort(scores.begin(), scores.end(), detail::PlanOrder::ByPlans(plans));
       if (observer.beam) observer.beam("proposals", 1, scores);
       decision.best = scores.front();
       decision.counters.search_seconds = Since(t0);
@@ -204,7 +205,8 @@ Expected<detail::SearchSpace> Planner::Space(const policy::Proposal& proposal,
         spec_.drug_horizon - count(ItemKind::kDrug)},
        {"embolic", std::move(embolics), ItemKind::kEmbolic, spec_.embolic_horizon,
         spec_.embolic_horizon - count(ItemKind::kEmbolic)}},
-      std::move(within)};
+      std::move(within),
+      detail::PlanOrder::ByItems(proposal)};
 }
 
 }  // namespace mewm::scenarios

@@ -49,9 +49,41 @@ survival::RiskScore MeanCurve(const std::vector<const survival::RiskScore*>& cur
 
 }  // namespace
 
-bool Better(const CandidateScore& a, const CandidateScore& b) {
+PlanOrder PlanOrder::ByItems(const policy::Proposal& proposal) {
+  PlanOrder order;
+  for (const std::vector<std::string>* list : {&proposal.drugs, &proposal.embolics}) {
+    for (std::size_t i = 0; i < list->size(); ++i) order.item_rank_.emplace((*list)[i], int(i));
+  }
+  return order;
+}
+
+PlanOrder PlanOrder::ByPlans(const std::vector<Plan>& plans) {
+  PlanOrder order;
+  for (std::size_t i = 0; i < plans.size(); ++i) {
+    order.plan_rank_.emplace(plans[i].ToString(), int(i));
+  }
+  return order;
+}
+
+std::vector<int> PlanOrder::Rank(const Plan& plan) const {
+  if (!plan_rank_.empty()) {
+    const auto it = plan_rank_.find(plan.ToString());
+    return {it == plan_rank_.end() ? int(plan_rank_.size()) : it->second};
+  }
+  std::vector<int> rank;
+  for (const std::string& item : plan.items()) {
+    const auto it = item_rank_.find(item);
+    if (it != item_rank_.end()) rank.push_back(it->second);
+  }
+  std::sort(rank.begin(), rank.end());
+  return rank;
+}
+
+bool PlanOrder::operator()(const CandidateScore& a, const CandidateScore& b) const {
   if (a.risk_mean != b.risk_mean) return a.risk_mean < b.risk_mean;
-  return a.plan.ToString() < b.plan.ToString();  // deterministic tie-break
+  const std::vector<int> rank_a = Rank(a.plan), rank_b = Rank(b.plan);
+  if (rank_a != rank_b) return rank_a < rank_b;
+  return a.plan.ToString() < b.plan.ToString();
 }
 
 int CountKind(const Plan& plan, const ActionBase& actions, ItemKind kind) {

@@ -15,6 +15,7 @@
 
 #include "mewm/core/expected.h"
 #include "mewm/planner/planner.h"
+#include "mewm/policy/policy_model.h"
 #include "mewm/tace/action_base.h"
 
 namespace mewm::scenarios::detail {
@@ -25,8 +26,34 @@ struct SampleScore {
   survival::RiskScore curve;
 };
 
-/// Lower mean risk first; ties broken by the plan's text, so orders are deterministic.
-bool Better(const CandidateScore& a, const CandidateScore& b);
+/// The order in which plans are chosen: lower mean risk first. Equal mean risks go to the plan
+/// the policy ranks higher, then to the plan whose text sorts first, so orders are deterministic.
+///
+/// A world model that cannot tell two plans apart gives them exactly the same score (the
+/// diffusion backend with one shared drug embedding scores a plan with Nedaplatin and the same
+/// plan with Raltitrexed alike). The choice between them is then the policy's, not the alphabet's.
+class PlanOrder {
+ public:
+  /// Ties by plan text alone.
+  PlanOrder() = default;
+  /// A policy that proposes items: a plan's rank is the list of its proposed items' positions in
+  /// the proposal (drugs in `proposal.drugs`, embolics in `proposal.embolics`), sorted, compared
+  /// element by element; a plan whose list is a prefix of another's (fewer items, the same
+  /// first ones) ranks higher. Items the proposal does not hold (mandatory, required) do not count.
+  static PlanOrder ByItems(const policy::Proposal& proposal);
+  /// A policy that writes whole plans: a plan's rank is its position in `plans`, best first;
+  /// plans not among them rank below all of them.
+  static PlanOrder ByPlans(const std::vector<Plan>& plans);
+
+  /// Whether `a` is chosen before `b`.
+  bool operator()(const CandidateScore& a, const CandidateScore& b) const;
+
+ private:
+  std::vector<int> Rank(const Plan& plan) const;
+
+  std::map<std::string, int> item_rank_;
+  std::map<std::string, int> plan_rank_;
+};
 
 /// How many items of `kind` the plan holds.
 int CountKind(const Plan& plan, const ActionBase& actions, ItemKind kind);
@@ -85,6 +112,8 @@ struct SearchSpace {
   std::vector<SearchStage> stages;  ///< drug, embolic
   /// With whole plans from the policy: the plans searched are these and their sub-plans.
   std::vector<Plan> within;
+  /// How the strategies rank scored plans (ties by the proposal's order of items).
+  PlanOrder better;
 
   /// Whether every item of `plan` is in one of `within` (always, when it is empty).
   bool Inside(const Plan& plan) const;

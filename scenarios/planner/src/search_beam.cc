@@ -27,7 +27,7 @@ Expected<CandidateScore> SearchBeam(Search& search, const SearchSpace& space,
         }
       }
       MEWM_TRY(std::vector<CandidateScore> scores, search.Evaluate(candidates, stage.name, step));
-      std::sort(scores.begin(), scores.end(), Better);
+      std::sort(scores.begin(), scores.end(), space.better);
       scores.resize(std::min(scores.size(), std::size_t(spec.beams)));
       kept = std::move(scores);
       if (observer.beam) observer.beam(stage.name, step, kept);

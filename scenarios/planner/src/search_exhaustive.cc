@@ -28,7 +28,7 @@ Expected<CandidateScore> SearchExhaustive(Search& search, const SearchSpace& spa
     if (staged && has_required && space.Inside(p)) plans.push_back(p);
   }
   MEWM_TRY(std::vector<CandidateScore> scores, search.Evaluate(plans, "exhaustive", 1));
-  std::sort(scores.begin(), scores.end(), Better);
+  std::sort(scores.begin(), scores.end(), space.better);
   if (observer.beam) {
     const auto kept = std::min<std::ptrdiff_t>(spec.beams, std::ptrdiff_t(scores.size()));
     observer.beam("exhaustive", 1,
