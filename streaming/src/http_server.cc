@@ -100,11 +100,37 @@ HttpResponse Plain(int status, std::string body, std::string route = "-") {
   return response;
 }
 
-/// Parses a request head (without the blank line); nullopt when it is not HTTP/1.x.
+/// Where the request head in `in` ends: the position of its empty line, with *next the first
+/// byte after that line; npos while it has not come. Lines end in CRLF or, as RFC 9112 lets a
+/// recipient accept, in a bare LF (`printf 'GET /metrics HTTP/1.0\n\n' | nc` went unanswered).
+std::size_t HeadEnd(const std::string& in, std::size_t* next) {
+  for (std::size_t lf = in.find('\n'); lf != std::string::npos; lf = in.find('\n', lf + 1)) {
+    if (lf + 1 < in.size() && in[lf + 1] == '\n') {
+      *next = lf + 2;
+      return lf;
+    }
+    if (lf + 2 < in.size() && in[lf + 1] == '\r' && in[lf + 2] == '\n') {
+      *next = lf + 3;
+      return lf;
+    }
+  }
+  return std::string::npos;
+}
+
+/// The next line of `head` from `start`, without its CRLF or LF; *end is where its LF is (npos
+/// for the last line).
+std::string HeadLine(const std::string& head, std::size_t start, std::size_t* end) {
+  *end = head.find('\n', start);
+  std::string line = head.substr(start, *end == std::string::npos ? *end : *end - start);
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  return line;
+}
+
+/// Parses a request head (HeadEnd's part of the input); nullopt when it is not HTTP/1.x.
 std::optional<HttpRequest> ParseHead(const std::string& head) {
   HttpRequest request;
-  std::size_t line_end = head.find("\r\n");
-  const std::string line = head.substr(0, line_end);
+  std::size_t line_end = 0;
+  const std::string line = HeadLine(head, 0, &line_end);
   const std::size_t sp1 = line.find(' ');
   const std::size_t sp2 = sp1 == std::string::npos ? sp1 : line.find(' ', sp1 + 1);
   if (sp1 == 0 || sp2 == std::string::npos || line.find(' ', sp2 + 1) != std::string::npos) {
@@ -125,9 +151,7 @@ std::optional<HttpRequest> ParseHead(const std::string& head) {
   request.path = request.target.substr(0, q);
   request.query = q == std::string::npos ? "" : request.target.substr(q + 1);
   while (line_end != std::string::npos) {
-    const std::size_t start = line_end + 2;
-    line_end = head.find("\r\n", start);
-    const std::string field = head.substr(start, line_end - start);
+    const std::string field = HeadLine(head, line_end + 1, &line_end);
     if (field.empty()) continue;
     const std::size_t colon = field.find(':');
     if (colon == std::string::npos || colon == 0) return std::nullopt;
@@ -491,10 +515,11 @@ struct HttpServer::Impl {
         if (c.in.size() >= c.body_length) AnswerWithBody(c);
         continue;
       }
-      const std::size_t end = c.in.find("\r\n\r\n");
+      std::size_t next = 0;
+      const std::size_t end = HeadEnd(c.in, &next);
       if (end != std::string::npos) {
         std::optional<HttpRequest> request = ParseHead(c.in.substr(0, end));
-        c.in.erase(0, end + 4);
+        c.in.erase(0, next);
         if (limits.max_body_bytes > 0 && request && Announced(c, *request)) {
           c.awaiting_body = std::move(request);
           if (c.in.size() >= c.body_length) AnswerWithBody(c);
