@@ -272,10 +272,23 @@ TEST_F(CliTest, TrainingChecksItsOutputsBeforeItStarts) {
   EXPECT_EQ(state.code, 1) << state.output;
   EXPECT_NE(state.output.find("p.pt.state' exists"), std::string::npos) << state.output;
   EXPECT_EQ(*ReadFile(dir_.File("p.pt.state/state.json")), "{\"epoch\": 3}");
-  // Thread counts past any machine's are usage errors.
+  // A file where OUT.state/ goes is refused before training, even with --force, and kept.
+  std::ofstream(dir_.File("q.pt.state")) << "mine";
+  for (const char* flag : {"", " --force", " --resume"}) {
+    const Result file_state = RunMewm("train policy --cohort " + dir_.File("none") + " --out " +
+                                      dir_.File("q.pt") + flag);
+    EXPECT_EQ(file_state.code, 1) << flag << ": " << file_state.output;
+    EXPECT_NE(file_state.output.find("q.pt.state' exists and is not a folder"), std::string::npos)
+        << flag << ": " << file_state.output;
+  }
+  EXPECT_EQ(*ReadFile(dir_.File("q.pt.state")), "mine");
+  // Thread counts past any machine's, and negative patient counts, are usage errors.
   const Result threads = RunMewm("eval policy --cohort " + dir_.File("none") + " --threads 2000");
   EXPECT_EQ(threads.code, 2) << threads.output;
   EXPECT_NE(threads.output.find("not in range"), std::string::npos) << threads.output;
+  const Result negative =
+      RunMewm("eval policy --cohort " + dir_.File("none") + " --checkpoint x.pt --max-patients -5");
+  EXPECT_EQ(negative.code, 2) << negative.output;
 }
 
 TEST_F(CliTest, BenchCoreKeepsItsFilesOnlyInAnExistingFolderAndReplacesThemOnlyWithForce) {
@@ -402,6 +415,18 @@ TEST_F(CliTest, ADiffusionScenarioPlansThroughTheBinarysBackendRegistry) {
   EXPECT_EQ(bench.code, 1) << bench.output;
   EXPECT_NE(bench.output.find("the cohort has no patient 'P0009'"), std::string::npos)
       << bench.output;
+  // Its figures never go into the cohort it reads, even with --force (they replaced its
+  // manifest); `bench planner` reads the same folder.
+  const std::string manifest = dir_.File("out/cohort/manifest.json");
+  const Expected<std::string> before = ReadFile(manifest);
+  ASSERT_TRUE(before) << before.error().message;
+  for (const char* bench_kind : {"dynamics", "planner"}) {
+    const Result into = RunMewm(std::string("bench ") + bench_kind + " " + scenario +
+                                " --json-out " + manifest + " --force");
+    EXPECT_EQ(into.code, 1) << bench_kind << ": " << into.output;
+    EXPECT_NE(into.output.find("--json-out"), std::string::npos) << into.output;
+    EXPECT_EQ(*ReadFile(manifest), *before) << bench_kind;
+  }
 }
 
 TEST_F(CliTest, AnOpenAiPolicyScenarioSearchesOnlyWithinTheEndpointsPlans) {

@@ -387,6 +387,9 @@ int RunPlannerBench(const std::string& scenario, int patients, bool exhaustive,
   auto cohort = scenarios::SyntheticCohortDir(*spec, spec->output);
   if (!cohort) return Fail(cohort.error());
   const std::string cohort_dir = *cohort;
+  if (auto outside = RefuseOutputInInputs("--json-out", json_path, {cohort_dir}); !outside) {
+    return Fail(outside.error());
+  }
   auto entries = scenarios::PrepareCohort(*spec, backends, cohort_dir);
   if (!entries) return Fail(entries.error());
   auto truth = ReadCohortTruth(cohort_dir);

@@ -708,6 +708,9 @@ Action AddBenchDynamics(CLI::App& bench_app, const BackendRegistry& backends) {
     }
     auto cohort = scenarios::SyntheticCohortDir(*spec, spec->output);
     if (!cohort) return Fail(cohort.error());
+    if (auto outside = RefuseOutputInInputs("--json-out", o->json_out, {*cohort}); !outside) {
+      return Fail(outside.error());
+    }
     auto entries = scenarios::PrepareCohort(*spec, backends, *cohort);
     if (!entries) return Fail(entries.error());
     auto entry = entries->begin();

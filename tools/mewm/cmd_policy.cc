@@ -101,10 +101,17 @@ Action AddTrainPolicy(CLI::App& train_app) {
       return Fail(free.error());
     }
     // OUT.state/ is another run's resumable state (or someone's files): kept unless --resume
-    // continues it or --force replaces it.
-    if (const std::string state = o->out + ".state";
-        !o->train.resume && !o->force &&
-        std::filesystem::exists(std::filesystem::symlink_status(state))) {
+    // continues it or --force replaces it. Anything there but a folder is never ours: refused
+    // now, not when the first epoch's state is written.
+    const std::string state = o->out + ".state";
+    const auto state_status = std::filesystem::symlink_status(state);
+    if (std::filesystem::exists(state_status) && !std::filesystem::is_directory(state_status)) {
+      return Fail(Error{ErrorCode::kInvalidArgument,
+                        "'" + state +
+                            "' exists and is not a folder: the training state goes there "
+                            "(choose another --out, or move it)"});
+    }
+    if (!o->train.resume && !o->force && std::filesystem::exists(state_status)) {
       return Fail(Error{ErrorCode::kInvalidArgument,
                         "'" + state +
                             "' exists (an earlier run's training state): pass --resume "
@@ -168,6 +175,7 @@ Action AddEvalPolicy(CLI::App& eval_app) {
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
   sub->add_option("--max-patients", o->max_patients, "Only the first N patients (0 = all)")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   sub->add_option("--threads", o->threads, "libtorch threads (0 = all)")
       ->check(CLI::Range(0, 256))
