@@ -367,8 +367,8 @@ TEST_F(ScenarioTest, ABackendAddedToTheRegistryIsParsedAndCreatedFromItsOneEntry
 }
 
 TEST_F(ScenarioTest, ShippedScenariosAreValid) {
-  for (const char* name :
-       {"tace_demo", "tace_cohort_eval", "tace_cohort_eval_diffusion", "tace_cohort_eval_vlm"}) {
+  for (const char* name : {"tace_demo", "tace_cohort_eval", "tace_cohort_eval_diffusion",
+                           "tace_cohort_eval_vlm", "tace_cohort_eval_vlm_diffusion"}) {
     auto spec =
         LoadScenario(std::string(MEWM_SOURCE_DIR) + "/scenarios/" + name + "/scenario.toml");
     EXPECT_TRUE(spec) << name << ": " << spec.error().message;
