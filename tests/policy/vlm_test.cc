@@ -193,6 +193,28 @@ TEST_F(VlmTest, TrainingIsDeterministicAndResumable) {
   ASSERT_TRUE(legacy_resumed) << legacy_resumed.error().ToString();
   EXPECT_EQ(legacy_resumed->resumed_from_epoch, 3);
   EXPECT_TRUE(legacy_resumed->epochs.empty());
+  // Epoch counts the trainer never writes are refused as corrupt, and the state is kept; a
+  // state without its best validation loss still resumes.
+  for (const auto& [key, value] :
+       std::vector<std::pair<std::string, nlohmann::json>>{{"epoch", -1},
+                                                           {"epoch", 1e300},
+                                                           {"epoch", "3"},
+                                                           {"best_epoch", "x"},
+                                                           {"best_epoch", 9},
+                                                           {"best_epoch", -2}}) {
+    nlohmann::json bad = legacy;
+    bad[key] = value;
+    ASSERT_TRUE(WriteFileAtomic(state_file, bad.dump()));
+    auto r = TrainVlm(examples, actions, resume);
+    ASSERT_FALSE(r) << key << " " << value.dump();
+    EXPECT_EQ(r.error().code, ErrorCode::kCorruptData) << r.error().message;
+    EXPECT_NE(r.error().message.find(key), std::string::npos) << r.error().message;
+    EXPECT_EQ(*ReadFile(state_file), bad.dump());
+  }
+  legacy.erase("best_val_loss");
+  ASSERT_TRUE(WriteFileAtomic(state_file, legacy.dump()));
+  auto without_loss = TrainVlm(examples, actions, resume);
+  ASSERT_TRUE(without_loss) << without_loss.error().ToString();
 }
 
 /// The trained model on rendered synthetic patients: K distinct valid plans, best first, with

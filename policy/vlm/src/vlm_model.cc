@@ -546,13 +546,15 @@ Expected<VlmTrainReport> TrainVlm(const std::vector<VlmTrainingExample>& example
                       {"protocol", o.grammar.protocol}}},
                     {"data", ToHex(Sha256(examples_seen.dump()))}};
   int start_epoch = 0;
+  const std::string state_file = state_dir + "/state.json";
+  json resumed;  // the state resumed from, read once
   if (o.resume) {
-    const std::string state_file = state_dir + "/state.json";
     if (fs::exists(state_file)) {
       // A state file is small; a FIFO put in its place would block the read for ever.
       MEWM_TRY(const std::string text, ReadRegularFile(state_file, kMaxStateBytes));
       try {
-        const json s = json::parse(text);
+        resumed = json::parse(text);
+        const json& s = resumed;
         // A state saved before runs were recorded names only its seed, config and patient count.
         const auto recorded_before = [](const json& j) {
           return json{
@@ -640,27 +642,24 @@ Expected<VlmTrainReport> TrainVlm(const std::vector<VlmTrainingExample>& example
   std::vector<torch::Tensor> best = snapshot();
   double best_loss = std::numeric_limits<double>::infinity();
   int best_epoch = start_epoch;
-  if (o.resume && start_epoch > 0) {
-    const std::string state_file = state_dir + "/state.json";
-    MEWM_TRY(const std::string text, ReadRegularFile(state_file, kMaxStateBytes));
-    const json s = json::parse(text, nullptr, false);
-    if (s.is_object() && s.contains("best_epoch")) {
-      if (!s["best_epoch"].is_number_integer() || s["best_epoch"].get<std::int64_t>() < 0 ||
-          s["best_epoch"].get<std::int64_t>() > start_epoch) {
-        return MakeError(ErrorCode::kCorruptData, "'" + state_file + "': best_epoch " +
-                                                      s["best_epoch"].dump() +
-                                                      " is not an epoch done before");
-      }
-      best_epoch = s["best_epoch"].get<int>();
-      best_loss = s["best_val_loss"].is_number() ? s["best_val_loss"].get<double>()
-                                                 : std::numeric_limits<double>::infinity();
-      try {
-        best.clear();  // torch::load appends to the vector
-        torch::load(best, state_dir + "/best.pt");
-      } catch (const c10::Error& e) {
-        return MakeError(ErrorCode::kCorruptData, "vlm training: cannot read '" + state_dir +
-                                                      "/best.pt': " + e.what_without_backtrace());
-      }
+  if (o.resume && start_epoch > 0 && resumed.is_object() && resumed.contains("best_epoch")) {
+    const json& at = resumed.at("best_epoch");
+    if (!at.is_number_integer() || at.get<std::int64_t>() < 0 ||
+        at.get<std::int64_t>() > start_epoch) {
+      return MakeError(ErrorCode::kCorruptData, "'" + state_file + "': best_epoch " + at.dump() +
+                                                    " is not an epoch done before");
+    }
+    best_epoch = at.get<int>();
+    const auto loss = resumed.find("best_val_loss");
+    best_loss = loss != resumed.end() && loss->is_number()
+                    ? loss->get<double>()
+                    : std::numeric_limits<double>::infinity();
+    try {
+      best.clear();  // torch::load appends to the vector
+      torch::load(best, state_dir + "/best.pt");
+    } catch (const c10::Error& e) {
+      return MakeError(ErrorCode::kCorruptData, "vlm training: cannot read '" + state_dir +
+                                                    "/best.pt': " + e.what_without_backtrace());
     }
   }
 
