@@ -175,8 +175,28 @@ void Finish(int fd) {
   ::close(fd);
 }
 
+/// A client's address as text, without its port; an IPv4 client of a dual-stack socket as IPv4.
+std::string PeerAddress(const sockaddr_storage& from) {
+  char text[INET6_ADDRSTRLEN] = {};
+  if (from.ss_family == AF_INET) {
+    const auto& v4 = reinterpret_cast<const sockaddr_in&>(from);
+    if (::inet_ntop(AF_INET, &v4.sin_addr, text, sizeof(text)) != nullptr) return text;
+  } else if (from.ss_family == AF_INET6) {
+    const auto& v6 = reinterpret_cast<const sockaddr_in6&>(from);
+    if (IN6_IS_ADDR_V4MAPPED(&v6.sin6_addr)) {
+      if (::inet_ntop(AF_INET, &v6.sin6_addr.s6_addr[12], text, sizeof(text)) != nullptr) {
+        return text;
+      }
+    } else if (::inet_ntop(AF_INET6, &v6.sin6_addr, text, sizeof(text)) != nullptr) {
+      return text;
+    }
+  }
+  return "";
+}
+
 struct Connection {
   int fd = -1;
+  std::string peer;  ///< the client's address, without its port ("" when unknown)
   /// Short requests: the request read by then, and each part of the answer taken by the next.
   Clock::time_point deadline;
   std::string in;
@@ -248,6 +268,8 @@ const char* HttpReason(int status) {
       return "Content Too Large";
     case 415:
       return "Unsupported Media Type";
+    case 429:
+      return "Too Many Requests";
     case 431:
       return "Request Header Fields Too Large";
     case 500:
@@ -337,6 +359,7 @@ struct HttpServer::Impl {
   std::atomic<bool> stop{false};
   std::thread thread;
   std::vector<Connection> connections;
+  std::map<std::string, std::size_t> peer_streams;  ///< open event streams by client address
 
   ~Impl() {
     for (Connection& c : connections) ::close(c.fd);
@@ -414,22 +437,18 @@ struct HttpServer::Impl {
 
   /// Turns the response into bytes on the connection (a stream keeps its source).
   void Respond(Connection& c, HttpResponse response) {
-    if (response.stream &&
-        counters->streams_open.load(std::memory_order_relaxed) >= limits.max_streams) {
-      counters->streams_rejected.fetch_add(1, std::memory_order_relaxed);
-      std::string route = response.route;
-      std::vector<std::pair<std::string, std::string>> cors;  // kept: a browser reads the 503
-      for (auto& header : response.headers) {
-        if (header.first.rfind("Access-Control-", 0) == 0 || header.first == "Vary") {
-          cors.push_back(std::move(header));
-        }
+    if (response.stream) {
+      const auto mine = peer_streams.find(c.peer);
+      if (counters->streams_open.load(std::memory_order_relaxed) >= limits.max_streams) {
+        response = StreamRefused(std::move(response), 503,
+                                 "too many event streams open (" +
+                                     std::to_string(limits.max_streams) + "); try again later\n");
+      } else if (mine != peer_streams.end() && mine->second >= limits.max_streams_per_peer) {
+        response = StreamRefused(std::move(response), 429,
+                                 "too many event streams open from " + c.peer + " (" +
+                                     std::to_string(limits.max_streams_per_peer) +
+                                     "); close one, or try again later\n");
       }
-      response = Plain(503,
-                       "too many event streams open (" + std::to_string(limits.max_streams) +
-                           "); try again later\n",
-                       std::move(route));
-      response.headers = std::move(cors);
-      response.headers.emplace_back("Retry-After", "1");
     }
     counters->Count(response.route, response.status);
     c.answered = true;
@@ -439,6 +458,7 @@ struct HttpServer::Impl {
       c.deadline = Clock::time_point::max();
       c.last_progress = c.last_write = Clock::now();
       counters->streams_open.fetch_add(1, std::memory_order_relaxed);
+      ++peer_streams[c.peer];
     } else {
       c.out = Head(response.status, response.content_type, response.body.size(), response.headers,
                    false) +
@@ -572,14 +592,35 @@ struct HttpServer::Impl {
     Respond(c, Answer(request));
   }
 
+  /// A stream the limits leave no room for: a short answer instead, counted as rejected. It
+  /// keeps the route and the CORS headers (a browser reads the refusal).
+  HttpResponse StreamRefused(HttpResponse stream, int status, std::string why) {
+    counters->streams_rejected.fetch_add(1, std::memory_order_relaxed);
+    HttpResponse refused = Plain(status, std::move(why), std::move(stream.route));
+    for (auto& header : stream.headers) {
+      if (header.first.rfind("Access-Control-", 0) == 0 || header.first == "Vary") {
+        refused.headers.push_back(std::move(header));
+      }
+    }
+    refused.headers.emplace_back("Retry-After", "1");
+    return refused;
+  }
+
   void Close(Connection& c) {
-    if (c.stream) counters->streams_open.fetch_sub(1, std::memory_order_relaxed);
+    if (c.stream) {
+      counters->streams_open.fetch_sub(1, std::memory_order_relaxed);
+      const auto mine = peer_streams.find(c.peer);
+      if (mine != peer_streams.end() && --mine->second == 0) peer_streams.erase(mine);
+    }
     Finish(c.fd);
   }
 
   void Accept(Clock::time_point now) {
     for (;;) {
-      const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      sockaddr_storage from{};
+      socklen_t from_length = sizeof(from);
+      const int fd = ::accept4(listen_fd, reinterpret_cast<sockaddr*>(&from), &from_length,
+                               SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd < 0) return;  // EAGAIN: all taken; anything else: try again on the next wake-up
       std::size_t short_ones = 0;
       for (const Connection& c : connections) short_ones += c.stream ? 0 : 1;
@@ -596,6 +637,7 @@ struct HttpServer::Impl {
       }
       Connection c;
       c.fd = fd;
+      c.peer = PeerAddress(from);
       c.deadline = now + limits.request_deadline;
       connections.push_back(std::move(c));
     }

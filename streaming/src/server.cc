@@ -47,7 +47,8 @@ Status CheckOptions(const ServerOptions& options) {
     return MakeError(ErrorCode::kInvalidArgument, "admission limits must be >= 0 (0 = none)");
   }
   if (options.queue_capacity < 1 || options.send_hwm < 0 || options.heartbeat_ms < 1 ||
-      options.snapshot_page < 1 || options.max_event_streams < 1 || options.stream_stall_ms < 1 ||
+      options.snapshot_page < 1 || options.max_event_streams < 1 ||
+      options.max_event_streams_per_peer < 1 || options.stream_stall_ms < 1 ||
       options.stream_keepalive_ms < 1) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "queue capacity, heartbeat, snapshot page and the event-stream limits must "
@@ -71,6 +72,7 @@ Expected<HttpLimits> HttpLimitsOf(const ServerOptions& options) {
   }
   limits.cors_origins = options.http_cors_origins;
   limits.max_streams = std::size_t(options.max_event_streams);
+  limits.max_streams_per_peer = std::size_t(options.max_event_streams_per_peer);
   limits.stall_timeout = std::chrono::milliseconds(options.stream_stall_ms);
   limits.keepalive = std::chrono::milliseconds(options.stream_keepalive_ms);
   return limits;
@@ -116,7 +118,8 @@ void AddHttpMetrics(const HttpCounters& http, std::vector<MetricFamily>* more) {
               "Event streams closed because the client took nothing for the stall timeout.",
               double(http.streams_dropped.load())));
   more->push_back(Counter("mewm_sse_rejected_total",
-                          "Event streams refused (503) at the stream limit.",
+                          "Event streams refused at the stream limit (503) or the "
+                          "per-address limit (429).",
                           double(http.streams_rejected.load())));
   more->push_back(Counter("mewm_http_auth_failures_total",
                           "HTTP requests refused (401) for a missing or wrong "

@@ -1468,11 +1468,20 @@ class HttpPeer {
     std::string data;
   };
 
-  explicit HttpPeer(int port, int rcvbuf = 0) {
+  /// `from`: the loopback address to connect from (any of 127.0.0.0/8 reaches 127.0.0.1).
+  explicit HttpPeer(int port, int rcvbuf = 0, const char* from = nullptr) {
     fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
     if (rcvbuf > 0) ::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
     timeval timeout{10, 0};
     ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    if (from != nullptr) {
+      sockaddr_in local{};
+      local.sin_family = AF_INET;
+      if (::inet_pton(AF_INET, from, &local.sin_addr) != 1 ||
+          ::bind(fd_, reinterpret_cast<sockaddr*>(&local), sizeof(local)) != 0) {
+        return;  // not connected
+      }
+    }
     sockaddr_in address{};
     address.sin_family = AF_INET;
     address.sin_port = htons(std::uint16_t(port));
@@ -2032,6 +2041,57 @@ TEST_F(HttpTest, StreamsOverTheLimitGet503AndHealthSaysWhenTheQueueIsFull) {
   EXPECT_NE(metrics.find("\nmewm_sse_rejected_total 1\n"), std::string::npos);
   EXPECT_NE(metrics.find("\nmewm_runs{state=\"queued\"} 1\n"), std::string::npos) << metrics;
   EXPECT_NE(metrics.find("\nmewm_runs{state=\"running\"} 1\n"), std::string::npos);
+  gate->Release();
+}
+
+TEST_F(HttpTest, OneClientAddressCannotHoldEveryStream) {
+  // A client that opens streams and never reads them costs nothing while a run is quiet, so the
+  // global limit alone let one address take every slot. Streams from one address are capped.
+  {
+    ServerOptions bad = HttpOptions();
+    bad.max_event_streams_per_peer = 0;
+    auto refused = Server::Create(bad, Scripted({}));
+    ASSERT_FALSE(refused);
+    EXPECT_EQ(refused.error().code, ErrorCode::kInvalidArgument);
+  }
+  auto gate = std::make_shared<Gate>();
+  ServerOptions options = HttpOptions();
+  options.max_event_streams = 4;
+  options.max_event_streams_per_peer = 2;
+  StartServer(options, Scripted(PausedAt(3, gate)));
+  auto client = NewClient();
+  const std::string id = SubmitOk(*client);
+  ASSERT_TRUE(gate->WaitReached());
+  const std::string events = "/v1/runs/" + id + "/events";
+  auto a = std::make_unique<HttpPeer>(port());
+  HttpPeer b(port());
+  ASSERT_TRUE(a->Get(events));
+  ASSERT_TRUE(b.Get(events));
+  ASSERT_EQ(a->Status(), 200);
+  ASSERT_EQ(b.Status(), 200);
+  HttpPeer third(port());
+  ASSERT_TRUE(third.Get(events));
+  EXPECT_EQ(third.Status(), 429);
+  EXPECT_NE(third.head().find("Retry-After: 1"), std::string::npos) << third.head();
+  EXPECT_NE(third.Body().find("too many event streams open from 127.0.0.1 (2)"), std::string::npos);
+  // Another address still gets a stream, and short requests from the capped one are answered.
+  HttpPeer other(port(), 0, "127.0.0.2");
+  ASSERT_TRUE(other.connected());
+  ASSERT_TRUE(other.Get(events));
+  EXPECT_EQ(other.Status(), 200);
+  EXPECT_EQ(HttpGet(port(), "/v2/health/live").first, 200);
+  // Closing one of its streams gives the address its slot back (the loop sees the close).
+  a.reset();
+  int status = 0;
+  for (int i = 0; i < 100 && status != 200; ++i) {
+    HttpPeer again(port());
+    if (again.Get(events)) status = again.Status();
+    if (status != 200) std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_EQ(status, 200);
+  const std::string metrics = MetricsText(port());
+  EXPECT_NE(metrics.find("\nmewm_sse_rejected_total "), std::string::npos);
+  EXPECT_EQ(metrics.find("\nmewm_sse_rejected_total 0\n"), std::string::npos) << metrics;
   gate->Release();
 }
 

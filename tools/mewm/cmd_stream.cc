@@ -239,6 +239,11 @@ Action RegisterServe(CLI::App& app, const BackendRegistry& backends) {
                  "Open SSE event streams at most; more get 503")
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));
+  app.add_option("--max-event-streams-per-peer", o->max_event_streams_per_peer,
+                 "Open SSE event streams from one client address at most; more get 429 (behind "
+                 "a reverse proxy, raise it to --max-event-streams)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
   app.add_option("--curve-key", o->curve_secret_file,
                  "CURVE: the server's secret key file (`mewm keygen BASE` writes BASE.key)");
   app.add_option("--curve-allow", o->curve_allowlist_file,

@@ -71,7 +71,9 @@ struct ServerOptions {
   /// key). Empty endpoints: the backend is refused. Otherwise any peer could have the server send
   /// any of its environment variables, as a bearer token, to any URL.
   std::vector<std::string> policy_endpoints, policy_key_envs;
-  int max_event_streams = 32;       ///< open SSE streams; more get 503
+  int max_event_streams = 32;  ///< open SSE streams; more get 503
+  /// Open SSE streams from one client address; more from it get 429 (HttpLimits).
+  int max_event_streams_per_peer = 8;
   int stream_stall_ms = 30000;      ///< an SSE client that takes nothing this long is dropped
   int stream_keepalive_ms = 15000;  ///< an SSE comment after this long without an event
   /// Serve() returns once the queue is empty and nothing runs (the embedded runner's mode).
