@@ -14,7 +14,10 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <utility>
 #include <vector>
+
+#include "mewm/core/regular_file.h"
 
 namespace mewm {
 namespace fs = std::filesystem;
@@ -158,54 +161,75 @@ Unexpected TooLarge(const std::string& path, std::uint64_t size, std::uint64_t m
 
 }  // namespace
 
-Expected<std::string> ReadRegularFile(const std::string& path, std::uint64_t max_bytes) {
+Expected<RegularFile> RegularFile::Open(const std::string& path, std::uint64_t max_bytes) {
+  const auto failed = [&path] {
+    return MakeError(ErrorCode::kIo,
+                     "cannot read '" + path + "': " + std::string(std::strerror(errno)));
+  };
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
     if (errno == ENOENT || errno == ENOTDIR) {
       return MakeError(ErrorCode::kNotFound, "file '" + path + "' does not exist");
     }
-    return MakeError(ErrorCode::kIo,
-                     "cannot read '" + path + "': " + std::string(std::strerror(errno)));
+    return failed();
   }
   if (!S_ISREG(st.st_mode)) return NotRegular(path, st.st_mode);
   if (std::uint64_t(st.st_size) > max_bytes) return TooLarge(path, st.st_size, max_bytes);
   // O_NONBLOCK: should the path have become a FIFO since stat(), open() still returns at once.
   const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0) {
-    return MakeError(ErrorCode::kIo,
-                     "cannot read '" + path + "': " + std::string(std::strerror(errno)));
+  if (fd < 0) return failed();
+  RegularFile file(fd, 0, path);  // closes fd on every return below
+  if (::fstat(fd, &st) != 0) return failed();
+  if (!S_ISREG(st.st_mode)) return NotRegular(path, st.st_mode);
+  if (std::uint64_t(st.st_size) > max_bytes) return TooLarge(path, st.st_size, max_bytes);
+  file.size_ = std::uint64_t(st.st_size);
+  return file;
+}
+
+RegularFile::RegularFile(int fd, std::uint64_t size, std::string path)
+    : fd_(fd), size_(size), path_(std::move(path)) {}
+
+RegularFile::RegularFile(RegularFile&& other) noexcept
+    : fd_(std::exchange(other.fd_, -1)), size_(other.size_), path_(std::move(other.path_)) {}
+
+RegularFile& RegularFile::operator=(RegularFile&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = std::exchange(other.fd_, -1);
+    size_ = other.size_;
+    path_ = std::move(other.path_);
   }
-  std::string out;
-  Status status;
-  if (::fstat(fd, &st) != 0) {
-    status = MakeError(ErrorCode::kIo,
-                       "cannot read '" + path + "': " + std::string(std::strerror(errno)));
-  } else if (!S_ISREG(st.st_mode)) {
-    status = NotRegular(path, st.st_mode);
-  } else {
-    // Reads at most max_bytes + 1, so a file that grows meanwhile is caught without reading it.
-    std::vector<char> buffer(64 * 1024);
-    for (;;) {
-      const std::uint64_t room = max_bytes + 1 - out.size();
-      const ssize_t n =
-          ::read(fd, buffer.data(), std::size_t(std::min<std::uint64_t>(room, buffer.size())));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) {
-        status = MakeError(ErrorCode::kIo,
-                           "error while reading '" + path + "': " + std::strerror(errno));
-        break;
-      }
-      if (n == 0) break;
-      out.append(buffer.data(), std::size_t(n));
-      if (out.size() > max_bytes) {
-        status = TooLarge(path, out.size(), max_bytes);
-        break;
-      }
+  return *this;
+}
+
+RegularFile::~RegularFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Expected<std::size_t> RegularFile::Read(char* out, std::size_t count) {
+  for (;;) {
+    const ssize_t n = ::read(fd_, out, count);
+    if (n >= 0) return std::size_t(n);
+    if (errno != EINTR) {
+      return MakeError(ErrorCode::kIo,
+                       "error while reading '" + path_ + "': " + std::strerror(errno));
     }
   }
-  ::close(fd);
-  if (!status) return status.error();
-  return out;
+}
+
+Expected<std::string> ReadRegularFile(const std::string& path, std::uint64_t max_bytes) {
+  MEWM_TRY(RegularFile file, RegularFile::Open(path, max_bytes));
+  // Reads at most max_bytes + 1, so a file that grows meanwhile is caught without reading it.
+  std::string out;
+  std::vector<char> buffer(64 * 1024);
+  for (;;) {
+    const std::uint64_t room = max_bytes + 1 - out.size();
+    MEWM_TRY(const std::size_t n,
+             file.Read(buffer.data(), std::size_t(std::min<std::uint64_t>(room, buffer.size()))));
+    if (n == 0) return out;
+    out.append(buffer.data(), n);
+    if (out.size() > max_bytes) return TooLarge(path, out.size(), max_bytes);
+  }
 }
 
 std::string ResolvedPath(const std::string& path) {

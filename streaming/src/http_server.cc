@@ -208,6 +208,8 @@ struct Connection {
   bool read_closed = false;  ///< the client closed its side after its request
   std::unique_ptr<StreamSource> stream;
   bool stream_done = false;
+  std::optional<RegularFile> file;  ///< a short answer's body still to read (HttpResponse::file)
+  std::uint64_t file_left = 0;      ///< bytes of it not yet read
   Clock::time_point last_progress, last_write;
   std::size_t pending() const { return out.size() - sent; }
 };
@@ -459,6 +461,11 @@ struct HttpServer::Impl {
       c.last_progress = c.last_write = Clock::now();
       counters->streams_open.fetch_add(1, std::memory_order_relaxed);
       ++peer_streams[c.peer];
+    } else if (response.file) {
+      c.file_left = response.file->size();
+      c.out = Head(response.status, response.content_type, std::size_t(c.file_left),
+                   response.headers, false);
+      c.file = std::move(response.file);
     } else {
       c.out = Head(response.status, response.content_type, response.body.size(), response.headers,
                    false) +
@@ -467,20 +474,35 @@ struct HttpServer::Impl {
     c.sent = 0;
   }
 
-  /// Pulls from a stream while its client has room and sends what the socket takes; false when
-  /// the connection is done (answered and sent, the stream complete, or the peer gone).
-  /// Tops up a stream's buffer from its source when it is below half full.
+  /// Tops up a stream's buffer, or a file answer's, when it is below half full.
   void Refill(Connection& c) {
-    if (!c.stream || c.stream_done || c.pending() >= limits.stream_buffer_bytes / 2) return;
+    const bool more = c.stream ? !c.stream_done : c.file.has_value();
+    if (!more || c.pending() >= limits.stream_buffer_bytes / 2) return;
     if (c.sent > 0) {
       c.out.erase(0, c.sent);
       c.sent = 0;
     }
-    std::uint64_t events = 0;
-    c.stream_done = !c.stream->Pull(&c.out, limits.stream_buffer_bytes - c.out.size(), &events);
-    counters->sse_events.fetch_add(events, std::memory_order_relaxed);
+    const std::size_t room = limits.stream_buffer_bytes - c.out.size();
+    if (c.stream) {
+      std::uint64_t events = 0;
+      c.stream_done = !c.stream->Pull(&c.out, room, &events);
+      counters->sse_events.fetch_add(events, std::memory_order_relaxed);
+      return;
+    }
+    const std::size_t want = std::size_t(std::min<std::uint64_t>(room, c.file_left));
+    const std::size_t had = c.out.size();
+    c.out.resize(had + want);
+    const Expected<std::size_t> got = c.file->Read(c.out.data() + had, want);
+    const std::size_t n = got ? *got : 0;
+    c.out.resize(had + n);
+    c.file_left -= n;
+    // Done, or the file ended early (shrunk) or failed: the client gets what was read, then the
+    // close, short of the Content-Length it was promised.
+    if (c.file_left == 0 || n == 0) c.file.reset();
   }
 
+  /// Pulls from a stream (or a file) while its client has room and sends what the socket takes;
+  /// false when the connection is done (answered and sent, the stream complete, or the peer gone).
   bool Pump(Connection& c, Clock::time_point now) {
     if (!c.answered) return true;
     for (int turn = 0; turn < 8; ++turn) {  // a bounded share of the loop per connection

@@ -8,6 +8,7 @@
 
 #include <filesystem>
 
+#include "mewm/core/regular_file.h"
 #include "mewm/core/sha256.h"
 #include "test_env.h"
 
@@ -154,6 +155,62 @@ TEST(FileUtilTest, ReadRegularFileRefusesFifosDevicesFoldersAndLargeFilesWithout
   auto missing = ReadRegularFile(dir.File("none"), 1 << 20);
   ASSERT_FALSE(missing);
   EXPECT_EQ(missing.error().code, ErrorCode::kNotFound);
+}
+
+TEST(FileUtilTest, RegularFileOpensWithTheSameChecksAndReadsInPieces) {
+  testing::TempDir dir;
+  ASSERT_TRUE(WriteFileAtomic(dir.File("ok.txt"), "twelve bytes"));
+  auto opened = RegularFile::Open(dir.File("ok.txt"), 12);
+  ASSERT_TRUE(opened) << opened.error().message;
+  RegularFile file = std::move(*opened);  // moved: the new owner reads, the old closes nothing
+  EXPECT_EQ(file.size(), 12u);
+  char piece[5] = {};
+  std::string read;
+  for (;;) {
+    auto n = file.Read(piece, sizeof(piece));
+    ASSERT_TRUE(n) << n.error().message;
+    if (*n == 0) break;
+    EXPECT_LE(*n, sizeof(piece));
+    read.append(piece, *n);
+  }
+  EXPECT_EQ(read, "twelve bytes");
+  // Every refusal of ReadRegularFile, before anything is read.
+  auto large = RegularFile::Open(dir.File("ok.txt"), 11);
+  ASSERT_FALSE(large);
+  EXPECT_EQ(large.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(large.error().message.find("too large"), std::string::npos);
+  ASSERT_EQ(::mkfifo(dir.File("fifo").c_str(), 0600), 0);
+  auto fifo = RegularFile::Open(dir.File("fifo"), 1 << 20);
+  ASSERT_FALSE(fifo);
+  EXPECT_NE(fifo.error().message.find("a FIFO"), std::string::npos);
+  auto zero = RegularFile::Open("/dev/zero", 1 << 20);
+  ASSERT_FALSE(zero);
+  EXPECT_NE(zero.error().message.find("character device"), std::string::npos);
+  auto folder = RegularFile::Open(dir.path().string(), 1 << 20);
+  ASSERT_FALSE(folder);
+  EXPECT_NE(folder.error().message.find("a folder"), std::string::npos);
+  auto missing = RegularFile::Open(dir.File("none"), 1 << 20);
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().code, ErrorCode::kNotFound);
+  // Opened files are closed: a thousand opens leave no descriptor behind.
+  const auto open_fds = [] {
+    std::size_t n = 0;
+    for ([[maybe_unused]] const auto& entry :
+         std::filesystem::directory_iterator("/proc/self/fd")) {
+      ++n;
+    }
+    return n;
+  };
+  const std::size_t before = open_fds();
+  for (int i = 0; i < 1000; ++i) {
+    auto again = RegularFile::Open(dir.File("ok.txt"), 12);
+    ASSERT_TRUE(again);
+    RegularFile moved = std::move(*again);
+    moved = std::move(*RegularFile::Open(dir.File("ok.txt"), 12));
+    auto refused = RegularFile::Open(dir.File("ok.txt"), 11);
+    ASSERT_FALSE(refused);
+  }
+  EXPECT_EQ(open_fds(), before);
 }
 
 TEST(FileUtilTest, IsPathInsideComparesResolvedComponents) {

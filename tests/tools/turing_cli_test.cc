@@ -9,6 +9,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -524,6 +525,7 @@ class ServeProcess {
   ServeProcess(const ServeProcess&) = delete;
   ServeProcess& operator=(const ServeProcess&) = delete;
   int port() const { return port_; }
+  pid_t pid() const { return pid_; }
   const std::string& first_line() const { return first_line_; }
 
  private:
@@ -706,6 +708,90 @@ TEST_F(TuringCliTest, ServeStoresAnswersResumesAndNeverServesTheKey) {
   const Result r = RunMewm("turing score " + out + " --key " + key_path);
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("alice"), std::string::npos) << r.output;
+}
+
+/// The process's peak resident memory (VmHWM), in bytes; 0 when unreadable.
+std::uint64_t PeakResidentBytes(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;  // in kB
+  }
+  return 0;
+}
+
+/// A raw client that sends a GET and reads only when told to.
+int OpenGet(int port, const std::string& target) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  timeval timeout{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(std::uint16_t(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const std::string request = "GET " + target + " HTTP/1.1\r\nHost: x\r\n\r\n";
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      ::send(fd, request.data(), request.size(), MSG_NOSIGNAL) != ssize_t(request.size())) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+TEST_F(TuringCliTest, ServeSendsLargeCaseFilesInPiecesAsTheyAreTaken) {
+  // A case file was read whole into every answer: eight clients asking for a 128 MiB file and
+  // reading nothing held 1 GiB of the server's memory. It is now read as each client takes it.
+  const std::string out = Export("serve-large", "single", 2);
+  ServeProcess probe(out);
+  ASSERT_GT(probe.port(), 0) << probe.first_line();
+  httplib::Client client("127.0.0.1", probe.port());
+  const auto session = nlohmann::json::parse(client.Get("/api/session?reader=alice")->body);
+  const std::string first = session["order"][0];
+  const std::string nifti = session["cases"][first][0]["nifti"];
+  const std::string path = out + "/" + nifti;
+  constexpr std::uint64_t kSize = std::uint64_t(128) << 20;
+  fs::resize_file(path, 0);
+  fs::resize_file(path, kSize);  // sparse zeros: no disk used
+  const std::uint64_t base = PeakResidentBytes(probe.pid());
+  ASSERT_GT(base, 0u);
+  std::vector<int> idle;
+  for (int i = 0; i < 8; ++i) {
+    const int fd = OpenGet(probe.port(), "/" + nifti);
+    ASSERT_GE(fd, 0);
+    idle.push_back(fd);
+  }
+  // A reader meanwhile gets the whole file, byte for byte, at the socket's pace.
+  auto whole = client.Get("/" + nifti);
+  ASSERT_TRUE(whole);
+  EXPECT_EQ(whole->status, 200);
+  EXPECT_EQ(whole->get_header_value("Content-Length"), std::to_string(kSize));
+  ASSERT_EQ(whole->body.size(), kSize);
+  EXPECT_EQ(whole->body.find_first_not_of('\0'), std::string::npos);
+  const std::uint64_t grown = PeakResidentBytes(probe.pid()) - base;
+  std::printf("peak resident memory grew by %.1f MiB serving 9 copies of a %llu MiB file\n",
+              double(grown) / (1 << 20), static_cast<unsigned long long>(kSize >> 20));
+  EXPECT_LT(grown, kSize / 2);
+  for (int fd : idle) ::close(fd);
+  // A file that shrinks while it is sent ends its answer short, and the connection closes.
+  const int fd = OpenGet(probe.port(), "/" + nifti);
+  ASSERT_GE(fd, 0);
+  char buffer[64 * 1024];
+  const ssize_t head = ::recv(fd, buffer, sizeof buffer, 0);
+  ASSERT_GT(head, 0);
+  EXPECT_EQ(std::string(buffer, std::size_t(head)).rfind("HTTP/1.1 200", 0), 0u);
+  fs::resize_file(path, 1 << 20);
+  std::uint64_t received = std::uint64_t(head);
+  for (ssize_t n; (n = ::recv(fd, buffer, sizeof buffer, 0)) > 0;) received += std::uint64_t(n);
+  ::close(fd);
+  EXPECT_LT(received, kSize);
+  // A case file that became a FIFO is not found, at once (never a blocked loop).
+  fs::remove(path);
+  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);
+  httplib::Client after("127.0.0.1", probe.port());
+  after.set_read_timeout(3, 0);
+  auto fifo = after.Get("/" + nifti);
+  ASSERT_TRUE(fifo);
+  EXPECT_EQ(fifo->status, 404);
+  EXPECT_EQ(after.Get("/api/session?reader=alice")->status, 200);
 }
 
 // A manifest cohort (CSV) whose patients have a follow-up image and an administered plan exports

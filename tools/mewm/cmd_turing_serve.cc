@@ -21,6 +21,7 @@
 
 #include "commands.h"
 #include "mewm/core/file_util.h"
+#include "mewm/core/regular_file.h"
 #include "mewm/core/seed.h"
 #include "mewm/eval/turing.h"
 #include "mewm/streaming/http_server.h"
@@ -32,7 +33,7 @@ namespace fs = std::filesystem;
 
 /// The largest request body accepted (an answer is ~200 bytes).
 constexpr std::size_t kMaxBody = 16 * 1024;
-/// The largest case file served (a NIfTI crop is a few MB; read whole into the answer).
+/// The largest case file served (a NIfTI crop is a few MB; sent in pieces as it is taken).
 constexpr std::uint64_t kMaxCaseFileBytes = 512u << 20;
 /// Reader IDs with answers, at most: each is a file in answers/ and an entry held in memory, and
 /// anyone who reaches the port can make up IDs. A study has a handful.
@@ -245,10 +246,11 @@ streaming::HttpResponse Route(ReaderStudy& study, const streaming::HttpRequest& 
   }
   // Everything else: only the allow-listed files; no path is ever mapped onto the folder.
   const std::string file = study.File(req.path);
-  auto bytes = file.empty() ? Expected<std::string>(MakeError(ErrorCode::kNotFound, ""))
-                            : ReadRegularFile(file, kMaxCaseFileBytes);
-  if (!bytes) return text(404, "not found");
-  streaming::HttpResponse response = Reply(200, std::move(*bytes), ContentType(file), "file");
+  auto opened = file.empty() ? Expected<RegularFile>(MakeError(ErrorCode::kNotFound, ""))
+                             : RegularFile::Open(file, kMaxCaseFileBytes);
+  if (!opened) return text(404, "not found");
+  streaming::HttpResponse response = Reply(200, "", ContentType(file), "file");
+  response.file = std::move(*opened);
   response.headers.emplace_back("Cache-Control", "no-store");
   return response;
 }

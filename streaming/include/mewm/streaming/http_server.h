@@ -28,6 +28,7 @@
 
 #include "mewm/core/expected.h"
 #include "mewm/core/mutex_guarded.h"
+#include "mewm/core/regular_file.h"
 
 namespace mewm::streaming {
 
@@ -59,6 +60,10 @@ struct HttpResponse {
   std::vector<std::pair<std::string, std::string>> headers;
   /// Set: a `text/event-stream` response whose body comes from the source (`body` unused).
   std::unique_ptr<StreamSource> stream;
+  /// Set (and `stream` not): the body is this file (`body` unused), its size the Content-Length.
+  /// It is read in pieces as the client takes them, so an answer never holds a whole file in
+  /// memory; a file that shrinks meanwhile ends the answer short of its Content-Length.
+  std::optional<RegularFile> file;
   /// The route's name in mewm_http_requests_total (a path template, never a run id).
   std::string route = "other";
 };
