@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -501,6 +502,45 @@ TEST_F(DiffusionTest, PlansConditionTheOutcomeAndSeedsMakeItReproducible) {
   // Planners must hand it the crop's whole context: half the 48 mm crop, plus 2 mm.
   EXPECT_DOUBLE_EQ(model->context_margin_mm(), 26.0);
   EXPECT_GT(k.denoiser_gflop, 0.0);
+}
+
+TEST_F(DiffusionTest, ACancelledBatchStopsWithinAStepAndKeepsNothing) {
+  // The backend ignored cancellation: a run's cancel waited for the whole batch.
+  auto model = Model();
+  ASSERT_TRUE(model);
+  const PatientCase p = Phantom({{0, 0, 0}});
+  std::vector<SimulationRequest> requests;
+  for (int n = 0; n < 12; ++n) requests.push_back({P("Lipiodol+PVA"), n, 100u + n, 0});
+  std::atomic<int> polls{0};
+  model->set_cancelled([&] { return ++polls > 2; });
+  auto stopped = model->Simulate(p, requests);
+  ASSERT_FALSE(stopped);
+  EXPECT_EQ(stopped.error().code, ErrorCode::kCancelled);
+  EXPECT_NE(stopped.error().message.find("cancelled"), std::string::npos);
+  // Stopped before its third step: 2 forwards, where the batch takes 8 (2 chunks x 4 steps).
+  EXPECT_EQ(model->counters().forwards, 2);
+  // A cancelled batch leaves nothing half-made behind: the same requests, not cancelled, give
+  // what a fresh model gives, generated rather than copied.
+  model->set_cancelled({});
+  auto whole = model->Simulate(p, requests);
+  ASSERT_TRUE(whole) << whole.error().ToString();
+  EXPECT_EQ(model->counters().reused, 0);
+  auto fresh = Model();
+  auto expected = fresh->Simulate(p, requests);
+  ASSERT_TRUE(expected);
+  for (std::size_t r = 0; r < requests.size(); ++r) {
+    EXPECT_EQ((*whole)[r].post_ct.ToDense().data, (*expected)[r].post_ct.ToDense().data) << r;
+  }
+  // Polled before each decode too: a cancel after the last step still stops the batch.
+  auto late = Model();
+  polls = 0;
+  late->set_cancelled([&] { return ++polls > 4; });  // 4 steps pass, then the decode stops
+  PatientCase other = p;
+  other.id = "other";
+  auto decoded = late->Simulate(other, {requests.front()});
+  ASSERT_FALSE(decoded);
+  EXPECT_EQ(decoded.error().code, ErrorCode::kCancelled);
+  EXPECT_EQ(late->counters().forwards, 4);
 }
 
 TEST_F(DiffusionTest, GuidanceBatchesTheNullPlanIntoTheSameForward) {

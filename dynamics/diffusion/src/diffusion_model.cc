@@ -73,7 +73,8 @@ torch::Tensor Ddim(Denoiser& denoiser, torch::Tensor x, const torch::Tensor& con
                    const torch::Tensor& plan, const std::vector<double>& alpha_bar,
                    const SamplerConfig& s,
                    const std::function<torch::Tensor(std::size_t)>& step_noise,
-                   const std::function<void(std::int64_t, double)>& on_forward) {
+                   const std::function<void(std::int64_t, double)>& on_forward,
+                   const std::function<bool()>& stop) {
   const int T = int(alpha_bar.size());
   const int steps = std::min(s.steps, T);
   std::vector<int> ts;
@@ -90,6 +91,7 @@ torch::Tensor Ddim(Denoiser& denoiser, torch::Tensor x, const torch::Tensor& con
     cond = torch::cat({plan, denoiser->null_plan.expand({rows, -1})});
   }
   for (std::size_t i = 0; i < ts.size(); ++i) {
+    if (stop && stop()) return {};
     const int t = ts[i];
     const double ab = alpha_bar[std::size_t(t)];
     const double ab_prev = i + 1 < ts.size() ? alpha_bar[std::size_t(ts[i + 1])] : 1.0;
@@ -324,9 +326,11 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
         torch::Tensor x = torch::stack(noise).to(device_);
         x = Sample(x, crops_[c].context, rows_plan.slice(0, begin, end), requests, begin);
         counters_.sample_s += clock.Lap();
+        if (!x.defined()) return Cancelled(patient);
         // Decode z_post = z_pre + delta / scale in small chunks (decoder activations are large).
         for (std::int64_t d = 0; d < end - begin; d += kDecodeRows) {
           const std::int64_t e = std::min(end - begin, d + kDecodeRows);
+          if (cancelled_ && cancelled_()) return Cancelled(patient);
           const torch::Tensor z =
               crops_[c].z_pre + x.slice(0, d, e) / net_->latent_scale.to(device_);
           const torch::Tensor decoded =
@@ -382,6 +386,11 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
   }
   DiffusionCounters counters() const override { return counters_; }
   const std::string& metadata_json() const override { return metadata_; }
+  /// Polled before each denoiser step and each decode: a cancelled batch stops within one of
+  /// them (kCancelled), and nothing of it is kept for reuse.
+  void set_cancelled(std::function<bool()> cancelled) override {
+    cancelled_ = std::move(cancelled);
+  }
 
   /// One denoiser forward on `rows` random inputs, counting FLOPs (for MeasureDenoiserSpeed).
   double TimedForward(int rows, int iterations, double* gflop) {
@@ -468,6 +477,11 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     return o;
   }
 
+  static Unexpected Cancelled(const PatientCase& patient) {
+    return MakeError(ErrorCode::kCancelled,
+                     "diffusion simulation of patient '" + patient.id + "' cancelled");
+  }
+
   std::vector<std::int64_t> LatentShape() const {
     const std::int64_t l = config_.latent_voxels();
     return {config_.latent_channels, l, l, l};
@@ -544,7 +558,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
       counters_.sample_forwards += batch_rows;
     };
     return nets::Ddim(net_->denoiser, x, context.expand({rows, -1, -1, -1, -1}), plan, alpha_bar_,
-                      options_.sampler, step_noise, count);
+                      options_.sampler, step_noise, count, cancelled_);
   }
 
   /// The unit noise of an outcome's texture in crop `c` (DiffusionConfig::texture), from the seed
@@ -600,6 +614,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
   /// DiffusionConfig::texture's offsets and noise SDs per bin (kFloat), or undefined without one.
   torch::Tensor texture_offset_, texture_noise_;
   DiffusionCounters counters_;
+  std::function<bool()> cancelled_;  ///< set_cancelled
   PatientIdentity prepared_;
   Reuse reuse_;
   double enhancing_hu_ = 0.0;  ///< the cached patient's, with DiffusionConfig::item_enhancement

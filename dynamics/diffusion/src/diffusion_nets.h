@@ -366,12 +366,14 @@ inline torch::Tensor Guide(const torch::Tensor& v, double guidance) {
 /// DDIM (eta = 0) to ancestral (eta = 1) sampling of the delta latent from the noise `x`,
 /// v-parametrised, with classifier-free guidance batched into the same forward. `context` and
 /// `plan` have one row per row of x. `step_noise(i)` gives fresh noise for step i when eta > 0;
-/// `on_forward(rows, gflop)` is told of every denoiser call.
+/// `on_forward(rows, gflop)` is told of every denoiser call. `stop`, when set, is polled before
+/// each call; once it returns true, Ddim returns an undefined tensor.
 torch::Tensor Ddim(Denoiser& denoiser, torch::Tensor x, const torch::Tensor& context,
                    const torch::Tensor& plan, const std::vector<double>& alpha_bar,
                    const SamplerConfig& sampler,
                    const std::function<torch::Tensor(std::size_t)>& step_noise,
-                   const std::function<void(std::int64_t, double)>& on_forward);
+                   const std::function<void(std::int64_t, double)>& on_forward,
+                   const std::function<bool()>& stop = {});
 
 /// The decoder's second channel as a viable fraction in [0, 1]: a "viable_fraction" channel was
 /// trained on 2u - 1; a "viable_mask" channel on {-1, 1}, and [-0.5, 0.5] maps to [0, 1] so that
