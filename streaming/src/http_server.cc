@@ -175,20 +175,23 @@ void Finish(int fd) {
   ::close(fd);
 }
 
-/// A client's address as text, without its port; an IPv4 client of a dual-stack socket as IPv4.
+/// Who a client is, for the per-peer stream limit: its IPv4 address (also when it reaches a
+/// dual-stack socket), or the /64 network of its IPv6 address, since one IPv6 host is commonly
+/// given a whole /64 and could otherwise take a new address for every stream.
 std::string PeerAddress(const sockaddr_storage& from) {
   char text[INET6_ADDRSTRLEN] = {};
   if (from.ss_family == AF_INET) {
     const auto& v4 = reinterpret_cast<const sockaddr_in&>(from);
     if (::inet_ntop(AF_INET, &v4.sin_addr, text, sizeof(text)) != nullptr) return text;
   } else if (from.ss_family == AF_INET6) {
-    const auto& v6 = reinterpret_cast<const sockaddr_in6&>(from);
-    if (IN6_IS_ADDR_V4MAPPED(&v6.sin6_addr)) {
-      if (::inet_ntop(AF_INET, &v6.sin6_addr.s6_addr[12], text, sizeof(text)) != nullptr) {
-        return text;
+    in6_addr address = reinterpret_cast<const sockaddr_in6&>(from).sin6_addr;
+    if (IN6_IS_ADDR_V4MAPPED(&address)) {
+      if (::inet_ntop(AF_INET, &address.s6_addr[12], text, sizeof(text)) != nullptr) return text;
+    } else {
+      std::fill(std::begin(address.s6_addr) + 8, std::end(address.s6_addr), std::uint8_t(0));
+      if (::inet_ntop(AF_INET6, &address, text, sizeof(text)) != nullptr) {
+        return std::string(text) + "/64";
       }
-    } else if (::inet_ntop(AF_INET6, &v6.sin6_addr, text, sizeof(text)) != nullptr) {
-      return text;
     }
   }
   return "";

@@ -35,6 +35,7 @@
 #include "mewm/core/file_util.h"
 #include "mewm/streaming/admission.h"
 #include "mewm/streaming/client.h"
+#include "mewm/streaming/http_server.h"
 
 namespace mewm::streaming {
 namespace {
@@ -2093,6 +2094,62 @@ TEST_F(HttpTest, OneClientAddressCannotHoldEveryStream) {
   EXPECT_NE(metrics.find("\nmewm_sse_rejected_total "), std::string::npos);
   EXPECT_EQ(metrics.find("\nmewm_sse_rejected_total 0\n"), std::string::npos) << metrics;
   gate->Release();
+}
+
+/// A stream that stays open and sends nothing.
+class QuietStream : public StreamSource {
+ public:
+  bool Pull(std::string*, std::size_t, std::uint64_t*) override { return true; }
+};
+
+TEST(HttpServerTest, AnIpv6ClientIsCountedByItsSlash64) {
+  // One IPv6 host usually has a whole /64 to take addresses from: the limit counts the /64.
+  HttpLimits limits;
+  limits.max_streams_per_peer = 1;
+  HttpCounters counters;
+  auto server = HttpServer::Start(
+      "::1", 0, limits,
+      [](const HttpRequest&) {
+        HttpResponse response;
+        response.stream = std::make_unique<QuietStream>();
+        return response;
+      },
+      &counters);
+  if (!server) GTEST_SKIP() << "no IPv6 loopback here: " << server.error().message;
+  const auto connect = [&] {
+    const int fd = ::socket(AF_INET6, SOCK_STREAM, 0);
+    timeval timeout{10, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    sockaddr_in6 address{};
+    address.sin6_family = AF_INET6;
+    address.sin6_port = htons(std::uint16_t((*server)->port()));
+    address.sin6_addr = in6addr_loopback;
+    const std::string get = "GET /events HTTP/1.1\r\nHost: x\r\n\r\n";
+    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+    EXPECT_EQ(::send(fd, get.data(), get.size(), MSG_NOSIGNAL), ssize_t(get.size()));
+    return fd;
+  };
+  const auto head = [](int fd) {
+    std::string in;
+    char buffer[4096];
+    while (in.find("\r\n\r\n") == std::string::npos) {
+      const ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
+      if (n <= 0) break;
+      in.append(buffer, std::size_t(n));
+    }
+    return in;
+  };
+  const int first = connect();
+  EXPECT_EQ(head(first).rfind("HTTP/1.1 200", 0), 0u);
+  const int second = connect();
+  std::string refused = head(second);
+  char buffer[4096];
+  for (ssize_t n; (n = ::recv(second, buffer, sizeof(buffer), 0)) > 0;) refused.append(buffer, n);
+  EXPECT_EQ(refused.rfind("HTTP/1.1 429", 0), 0u) << refused;
+  EXPECT_NE(refused.find("from ::/64 (1)"), std::string::npos) << refused;
+  EXPECT_EQ(counters.streams_rejected.load(), 1u);
+  ::close(first);
+  ::close(second);
 }
 
 /// promtool's own lint rules that matter here, checked without it: every sample belongs to a

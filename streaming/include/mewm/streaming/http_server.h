@@ -71,10 +71,11 @@ struct HttpResponse {
 struct HttpLimits {
   std::size_t max_connections = 64;  ///< open short requests; the oldest makes room
   std::size_t max_streams = 32;      ///< open event streams; more get 503
-  /// Open event streams from one client address, at most; more from it get 429. A client that
-  /// opens streams and never reads them costs the server no data (nothing piles up while the
-  /// run is quiet), so without this one address could hold every stream slot. Behind a reverse
-  /// proxy every client shares its address: raise it to max_streams there.
+  /// Open event streams from one client address (an IPv6 client's /64), at most; more from it
+  /// get 429. A client that opens streams and never reads them costs the server no data
+  /// (nothing piles up while the run is quiet), so without this one address could hold every
+  /// stream slot. Behind a reverse proxy every client shares its address: raise it to
+  /// max_streams there.
   std::size_t max_streams_per_peer = 8;
   std::size_t max_request_bytes = 8192;
   /// Request bodies, at most (Content-Length; a chunked body is refused 411). 0 = bodies are not
