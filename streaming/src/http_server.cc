@@ -496,6 +496,7 @@ struct HttpServer::Impl {
     const std::size_t had = c.out.size();
     c.out.resize(had + want);
     const Expected<std::size_t> got = c.file->Read(c.out.data() + had, want);
+    if (!got) LogWarn("HTTP answer cut short: " + got.error().message);
     const std::size_t n = got ? *got : 0;
     c.out.resize(had + n);
     c.file_left -= n;
