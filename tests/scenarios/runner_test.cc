@@ -542,6 +542,19 @@ TEST_F(RunnerTest, EvaluatePlansAgainstTruthWithBaselines) {
   EXPECT_NE(refused.error().message.find("is listed twice"), std::string::npos)
       << refused.error().message;
   ASSERT_TRUE(WriteFileAtomic(dir_.File("out/summary.json"), summary.dump()));
+  // A plan-writing policy's first choice is its own most probable plan, and the row says so.
+  EXPECT_EQ(eval->methods[3].method, "guideline first choice");
+  nlohmann::json written = summary;
+  for (auto& p : written["patients"]) {
+    p["proposal"]["plans"] = {{{"plan", p["proposal"]["first_choice"]}, {"log_prob", -0.1}}};
+  }
+  ASSERT_TRUE(WriteFileAtomic(dir_.File("out/summary.json"), written.dump()));
+  auto by_plans = EvaluatePlans(dir_.File("out"));
+  ASSERT_TRUE(by_plans) << by_plans.error().message;
+  EXPECT_EQ(by_plans->methods[3].method, "policy first plan");
+  EXPECT_DOUBLE_EQ(by_plans->methods[3].regret, eval->methods[3].regret);
+  EXPECT_EQ(by_plans->FormatTable().find("guideline first choice"), std::string::npos);
+  ASSERT_TRUE(WriteFileAtomic(dir_.File("out/summary.json"), summary.dump()));
 
   // The run names its cohort's seed; a cohort generated again in its folder with another seed
   // (its truth says so) is refused rather than scored against the wrong truth.

@@ -72,6 +72,9 @@ struct PlanRow {
 struct RunRows {
   PlanEvaluation header;
   std::vector<PlanRow> rows;
+  /// The policy wrote whole plans (`proposal.plans`: vlm, openai): its first choice is its most
+  /// probable plan, not the guideline's.
+  bool plan_policy = false;
 };
 
 /// Reads a run's summary.json and its synthetic cohort's truth. kNotFound for a manifest cohort.
@@ -123,7 +126,10 @@ Expected<RunRows> ReadRunRows(const std::string& run_dir) {
       PlanRow row;
       row.id = id;
       row.chosen = PlanOf(p.at("plan").get<std::string>());
-      row.first_choice = PlanOf(p.at("proposal").value("first_choice", ""));
+      const json& proposal = p.at("proposal");
+      row.first_choice = PlanOf(proposal.value("first_choice", ""));
+      const auto plans = proposal.find("plans");
+      if (plans != proposal.end() && plans->is_array() && !plans->empty()) run.plan_policy = true;
       row.truth = TrueRisksOf(truth.at("patients").at(row.id));
       if (p.contains("counters"))
         eval.simulations_per_patient += p["counters"].value("simulations", 0.0);
@@ -168,7 +174,7 @@ Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir) {
   for (const PlanRow& r : rows) ++optimal_counts[r.truth.optimal.ToString()];
 
   Accumulator pipeline("pipeline"), random("random valid plan"), majority("majority plan"),
-      guideline("guideline first choice");
+      guideline(run.plan_policy ? "policy first plan" : "guideline first choice");
   // The leave-one-out majority needs at least 2 other patients: with 1 it is that patient's
   // optimum, with 0 the patient's own (the truth itself).
   const bool majority_available = rows.size() >= 3;

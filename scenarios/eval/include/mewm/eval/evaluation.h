@@ -62,8 +62,9 @@ struct PlanEvaluation {
 /// Compares a run's chosen plans with its synthetic cohort's truth, next to three baselines on
 /// the same patients: a random valid plan (the exact expectation over every valid plan), the
 /// majority optimal plan (leave-one-out over the other patients; not available with fewer than 3
-/// finished patients) and the guideline policy's first choice without search. kNotFound when the
-/// run has no synthetic cohort truth.
+/// finished patients) and the policy's first choice without search ("guideline first choice", or
+/// "policy first plan" where the policy wrote whole plans). kNotFound when the run has no
+/// synthetic cohort truth.
 Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir);
 
 /// Two runs' chosen plans compared patient by patient, on the patients both finished: two
