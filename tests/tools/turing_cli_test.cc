@@ -547,6 +547,29 @@ std::vector<std::string> Lines(const std::string& path) {
 // ID, answers stored durably (one JSON line each, with case, answer, confidence, time on case,
 // timestamp), resumed after a restart, bad bodies refused with 400, and no path reaching the key
 // or anything the manifest does not list.
+/// A raw client on loopback that has sent `bytes` and reads only when told to (a 10 s receive
+/// timeout); -1 when it cannot connect or send.
+int OpenSending(int port, const std::string& bytes) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  timeval timeout{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(std::uint16_t(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) != ssize_t(bytes.size())) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/// The same, having sent a whole GET of `target`.
+int OpenGet(int port, const std::string& target) {
+  return OpenSending(port, "GET " + target + " HTTP/1.1\r\nHost: x\r\n\r\n");
+}
+
 TEST_F(TuringCliTest, ServeStoresAnswersResumesAndNeverServesTheKey) {
   const std::string out = Export("serve", "single", 8);
   const std::string key_path = out + "-key.json";
@@ -666,14 +689,8 @@ TEST_F(TuringCliTest, ServeStoresAnswersResumesAndNeverServesTheKey) {
     // (a thread per connection, 64 threads, let 64 such clients stall every reader).
     std::vector<int> slow;
     for (int i = 0; i < 100; ++i) {
-      const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-      sockaddr_in addr{};
-      addr.sin_family = AF_INET;
-      addr.sin_port = htons(std::uint16_t(server.port()));
-      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-      ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-      const std::string partial = "GET / HTTP/1.1\r\nHost: x\r\n";
-      ASSERT_EQ(::send(fd, partial.data(), partial.size(), MSG_NOSIGNAL), ssize_t(partial.size()));
+      const int fd = OpenSending(server.port(), "GET / HTTP/1.1\r\nHost: x\r\n");
+      ASSERT_GE(fd, 0);  // connected, and the partial head sent
       slow.push_back(fd);
     }
     httplib::Client reader("127.0.0.1", server.port());
@@ -717,24 +734,6 @@ std::uint64_t PeakResidentBytes(pid_t pid) {
     if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;  // in kB
   }
   return 0;
-}
-
-/// A raw client that sends a GET and reads only when told to.
-int OpenGet(int port, const std::string& target) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  timeval timeout{10, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(std::uint16_t(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  const std::string request = "GET " + target + " HTTP/1.1\r\nHost: x\r\n\r\n";
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      ::send(fd, request.data(), request.size(), MSG_NOSIGNAL) != ssize_t(request.size())) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
 }
 
 TEST_F(TuringCliTest, ServeSendsLargeCaseFilesInPiecesAsTheyAreTaken) {
