@@ -92,10 +92,14 @@ def lowest_among_policy(result):
     return min(scored, key=lambda p: cs[p]['risk_mean']) if scored else lowest(result)
 
 
+def first_against_lowest(result):
+    """The scored candidates by plan, the policy's first plan and the lowest-risk candidate."""
+    return candidates(result), first(result), lowest(result)
+
+
 def gate(z):
     def rule(result):
-        cs = candidates(result)
-        f, best = first(result), lowest(result)
+        cs, f, best = first_against_lowest(result)
         if f not in cs:
             return best
         a, b = cs[f]['sample_risks'], cs[best]['sample_risks']
@@ -111,8 +115,7 @@ def gate(z):
 
 def margin(m):
     def rule(result):
-        cs = candidates(result)
-        f, best = first(result), lowest(result)
+        cs, f, best = first_against_lowest(result)
         if f not in cs:
             return best
         return best if cs[f]['risk_mean'] - cs[best]['risk_mean'] > m else f
