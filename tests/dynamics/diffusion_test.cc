@@ -554,6 +554,84 @@ TEST_F(DiffusionTest, GuidanceBatchesTheNullPlanIntoTheSameForward) {
   EXPECT_EQ((*model)->counters().sample_forwards, 8);
 }
 
+TEST_F(DiffusionTest, TrainingOnADeviceThisBuildCannotUseIsRefusedBeforeAnyWork) {
+  EXPECT_TRUE(CheckDevice("cpu"));
+  const auto misspelt = CheckDevice("gpu");
+  ASSERT_FALSE(misspelt);
+  EXPECT_EQ(misspelt.error().code, ErrorCode::kInvalidArgument);
+  DiffusionTrainOptions t = TinyTraining(21, 5, 4, 100);
+  t.out = (dir_->path() / "on_no_device.pt").string();
+  t.state_dir = (dir_->path() / "on_no_device_state").string();
+  t.device = "gpu";
+  const auto refused = TrainDiffusion(Pairs(t.config), {}, t, {});
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, ErrorCode::kInvalidArgument);
+  if (CheckDevice("cuda")) GTEST_SKIP() << "CUDA is usable here: OnCudaTrainingAndSampling... runs";
+  t.device = "cuda";
+  const auto no_cuda = TrainDiffusion(Pairs(t.config), {}, t, {});
+  ASSERT_FALSE(no_cuda);
+  EXPECT_EQ(no_cuda.error().code, ErrorCode::kUnsupported);
+  EXPECT_NE(no_cuda.error().message.find("no usable CUDA"), std::string::npos)
+      << no_cuda.error().message;
+  EXPECT_FALSE(fs::exists(t.out));
+  EXPECT_FALSE(fs::exists(t.state_dir));
+}
+
+// Runs only where CUDA is usable (a CUDA build on a GPU machine: tools/gpu_check.sh); skipped
+// elsewhere.
+TEST_F(DiffusionTest, OnCudaTrainingAndSamplingFollowTheCpu) {
+  if (!CheckDevice("cuda")) GTEST_SKIP() << "no usable CUDA in this build or on this machine";
+  const auto train = [&](const std::string& device, const std::string& name,
+                         std::vector<double>& losses) {
+    DiffusionTrainOptions t = TinyTraining(23, 20, 4, 10);
+    t.device = device;
+    t.out = (dir_->path() / (name + ".pt")).string();
+    t.state_dir = (dir_->path() / (name + "_state")).string();
+    const auto report = TrainDiffusion(
+        Pairs(t.config), {}, t, [&](const DiffusionTrainProgress& p) { losses.push_back(p.loss); });
+    EXPECT_TRUE(report) << report.error().ToString();
+    return t;
+  };
+  std::vector<double> on_cpu, on_cuda;
+  train("cpu", "trained_on_cpu", on_cpu);
+  DiffusionTrainOptions cuda = train("cuda", "trained_on_cuda", on_cuda);
+  // The same initial weights, batches and noise: the first loss agrees to float precision (TF32
+  // convolutions included), and the run stays close to the CPU's.
+  ASSERT_EQ(on_cpu.size(), 40u);
+  ASSERT_EQ(on_cuda.size(), 40u);
+  EXPECT_NEAR(on_cuda[0], on_cpu[0], 0.02 * std::abs(on_cpu[0]));
+  const auto last = [](const std::vector<double>& l) {
+    return (l[35] + l[36] + l[37] + l[38] + l[39]) / 5.0;
+  };
+  EXPECT_NEAR(last(on_cuda), last(on_cpu), 0.3 * last(on_cpu));
+  EXPECT_EQ(TrainingRecord(cuda.out).value("device", ""), "cuda:0");
+
+  // The checkpoint trained on CUDA samples on either device, the same outcome to within float
+  // noise.
+  const PatientCase p = Phantom({{0, 0, 0}});
+  const SimulationRequest request{P("Lipiodol+PVA"), 0, 42, 0};
+  DiffusionBackendOptions o = Options();
+  o.model_path = cuda.out;
+  std::vector<DenseFloat> ct;
+  for (const char* device : {"cpu", "cuda"}) {
+    o.device = device;
+    auto model = CreateDiffusionDynamics(o);
+    ASSERT_TRUE(model) << model.error().ToString();
+    auto out = (*model)->Simulate(p, {request});
+    ASSERT_TRUE(out) << out.error().ToString();
+    EXPECT_TRUE(CheckOutcome(out->front(), request, p));
+    ct.push_back(out->front().post_ct.ToDense());
+  }
+  EXPECT_LT(MaxDifference(ct[0].data, ct[1].data), 5.0);
+
+  // Its training state, saved on CUDA, resumes on the CPU.
+  cuda.device = "cpu";
+  cuda.denoiser_steps = 30;
+  const auto resumed = TrainDiffusion(Pairs(cuda.config), {}, cuda, {});
+  ASSERT_TRUE(resumed) << resumed.error().ToString();
+  EXPECT_EQ(resumed->resumed_from_step, 40);
+}
+
 TEST_F(DiffusionTest, GuidanceDistilsIntoOnePass) {
   // A teacher trained long enough for its plan and null-plan passes to differ.
   DiffusionTrainOptions t = TinyTraining(11, 30, 4, 100);

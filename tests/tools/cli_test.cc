@@ -263,6 +263,30 @@ TEST_F(CliTest, TrainingChecksItsOutputsBeforeItStarts) {
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("a_file/state"), std::string::npos) << r.output;
   EXPECT_FALSE(std::filesystem::exists(dir_.File("d.pt")));
+  // A device this build cannot use is refused before the cohort is read, and the state folder is
+  // not created. With a CUDA build on a GPU machine, `cuda` passes and the missing cohort stops it.
+  for (const char* device : {"gpu", "cuda"}) {
+    const Result d =
+        RunMewm("train dynamics --cohort " + dir_.File("none") + " --out " + dir_.File("d.pt") +
+                " --state-dir " + dir_.File("d_state") + " --device " + device);
+    EXPECT_NE(d.code, 0) << device << ": " << d.output;
+    const bool refused = d.output.find(std::string("--device")) != std::string::npos;
+    if (std::string(device) == "gpu") {
+      EXPECT_TRUE(refused) << d.output;
+      EXPECT_NE(d.output.find("expected cpu, cuda or cuda:N"), std::string::npos) << d.output;
+    } else if (refused) {
+      EXPECT_NE(d.output.find("no usable CUDA"), std::string::npos) << d.output;
+    }
+    if (refused) {
+      EXPECT_FALSE(std::filesystem::exists(dir_.File("d_state"))) << device;
+    }
+    EXPECT_FALSE(std::filesystem::exists(dir_.File("d.pt"))) << device;
+  }
+  // `eval dynamics` resolves its device before it reads the checkpoint.
+  const Result eval = RunMewm("eval dynamics --cohort " + dir_.File("none") + " --model " +
+                              dir_.File("none.pt") + " --device gpu");
+  EXPECT_NE(eval.code, 0) << eval.output;
+  EXPECT_NE(eval.output.find("expected cpu, cuda or cuda:N"), std::string::npos) << eval.output;
   // Another run's policy state beside a new --out is kept: refused without --resume or --force,
   // before any cohort is read.
   std::filesystem::create_directories(dir_.File("p.pt.state"));

@@ -28,7 +28,7 @@ namespace {
 /// `mewm train dynamics`'s options.
 struct TrainDynamicsOptions {
   std::string cohort, out, config = "cpu", state_dir, distill_from, init_from,
-                           drug_sharing = "none";
+                           drug_sharing = "none", device = "cpu";
   double distill_guidance = 2.0;
   std::uint64_t seed = 1;
   int ae_steps = 1500, denoiser_steps = 1500, decoder_steps = 0, ae_batch = 8, denoiser_batch = 12,
@@ -159,6 +159,10 @@ void AddTrainRuntimeOptions(CLI::App* sub, TrainDynamicsOptions* o) {
   sub->add_option("--threads", o->threads, "libtorch threads (0 = all cores)")
       ->check(CLI::Range(0, 256))
       ->capture_default_str();
+  sub->add_option("--device", o->device,
+                  "Where the networks train: cpu, cuda or cuda:N (a CUDA build of mewm); the "
+                  "checkpoint loads on any device")
+      ->capture_default_str();
   sub->add_flag("--quiet", o->quiet, "No progress bars");
 }
 
@@ -243,6 +247,7 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
       (o.pair_weight > 0.0 ? " --pair-weight " + nlohmann::json(o.pair_weight).dump() : "") +
       (o.pair_neighbours ? " --pair-neighbours" : "") +
       (o.serving_crops ? " --serving-crops" : "") +
+      (o.device == "cpu" ? "" : " --device " + o.device) +
       (o.guidance_grid == dynamics::DiffusionTrainOptions{}.guidance_grid
            ? ""
            : " --guidance-grid " + JoinGrid(o.guidance_grid));
@@ -264,6 +269,7 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
   options.pair_weight = o.pair_weight;
   options.pair_neighbours = o.pair_neighbours;
   options.threads = o.threads;
+  options.device = o.device;
   options.guidance_grid = o.guidance_grid;
   options.out = o.out;
   options.metadata_json =
@@ -314,7 +320,11 @@ Action AddTrainDynamics(CLI::App& train_app) {
   AddTrainRuntimeOptions(sub, o.get());
   return [o, sub]() -> int {
     if (!sub->parsed()) return -1;
-    // Fail now, not after an hour of training, when the outputs cannot be written.
+    // Fail now, not after an hour of training, when the outputs cannot be written or the device
+    // cannot be used.
+    if (auto usable = dynamics::CheckDevice(o->device); !usable) {
+      return Fail(usable.error().WithContext("--device"));
+    }
     if (auto writable = CheckTrainOutputs(*o); !writable) return Fail(writable.error());
     const ActionBase& actions = ActionBase::Default();
     auto config = dynamics::DiffusionConfig::Preset(o->config, actions);
@@ -381,7 +391,7 @@ Action AddEvalDynamics(CLI::App& eval_app, const BackendRegistry& backends) {
   struct Options {
     std::string cohort, model, against, calibration = "models/mechanistic_calibration.json";
     std::string json_out;
-    std::string config = "cpu";
+    std::string config = "cpu", device = "cpu";
     dynamics::SamplerConfig sampler;
     std::uint64_t seed = 1;
     int folds = 5, threads = 0, patients = 0, samples = 1;
@@ -419,6 +429,9 @@ Action AddEvalDynamics(CLI::App& eval_app, const BackendRegistry& backends) {
   sub->add_option("--threads", o->threads, "libtorch threads (0 = all cores)")
       ->check(CLI::Range(0, 256))
       ->capture_default_str();
+  sub->add_option("--device", o->device,
+                  "Where the generator runs: cpu, cuda or cuda:N (a CUDA build of mewm)")
+      ->capture_default_str();
   sub->add_option("--patients", o->patients, "Only the first N patients (0 = all)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
@@ -446,6 +459,7 @@ Action AddEvalDynamics(CLI::App& eval_app, const BackendRegistry& backends) {
     options.config = o->config;
     options.sampler = o->sampler;
     options.threads = o->threads;
+    options.device = o->device;
     auto diffusion = dynamics::CreateDiffusionDynamics(options);
     if (!diffusion) return Fail(diffusion.error());
     std::unique_ptr<dynamics::DiffusionDynamics> against;

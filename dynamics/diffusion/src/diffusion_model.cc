@@ -154,7 +154,7 @@ torch::Tensor TextureBins(const TextureModel& texture, const torch::Tensor& pre_
       {&change_hu, &texture.change_edges_hu},
       {&pre_hu, &texture.pre_edges_hu}};
   for (const auto& [value, edges] : axes) {
-    const torch::Tensor e = torch::tensor(*edges, torch::kFloat);
+    const torch::Tensor e = torch::tensor(*edges, torch::kFloat).to(value->device());
     bin = bin * (std::int64_t(edges->size()) + 1) +
           torch::bucketize(value->to(torch::kFloat), e, /*out_int32=*/false, /*right=*/true);
   }

@@ -66,6 +66,14 @@ struct Stacked {
   std::vector<std::int64_t> crop;
 };
 
+/// `s` with its tensors on `device` (the same tensors when they are there already).
+Stacked OnDevice(Stacked s, const torch::Device& device) {
+  s.pre = s.pre.to(device);
+  s.post = s.post.to(device);
+  s.plan_rows = s.plan_rows.to(device);
+  return s;
+}
+
 /// Stacks `pairs` into tensors allocated once and filled pair by pair. `copied(k)`, when given, is
 /// called once pair k is in the stack, so a caller that owns the pairs can free their
 /// full-precision crops at once (a 200-patient cohort's are 9 GB).
@@ -189,7 +197,9 @@ TextureModel FitTexture(nets::DiffusionNet& net, const Stacked& data, const Diff
   };
   // Per pair: each voxel's bin (kInt, to halve what is kept) and what the truth adds to the paste.
   std::vector<torch::Tensor> voxel_bins, added;
-  torch::Tensor count = torch::zeros({bins}, torch::kDouble), sum = count.clone();
+  // On the crops' device; read back at the end.
+  const auto on_data = data.pre.options().dtype(torch::kDouble);
+  torch::Tensor count = torch::zeros({bins}, on_data), sum = count.clone();
   const bool was_training = net->is_training();
   net->eval();
   for (std::int64_t i = 0; i < std::min<std::int64_t>(data.pre.size(0), 64); ++i) {
@@ -205,23 +215,28 @@ TextureModel FitTexture(nets::DiffusionNet& net, const Stacked& data, const Diff
     const torch::Tensor change = hu(dec_post.slice(1, 0, 1)) - hu(dec_pre.slice(1, 0, 1));
     const torch::Tensor bin = nets::TextureBins(t, pre_mask, fraction, change, pre_hu)[0][0];
     added.push_back((hu(post.slice(1, 0, 1)) - pre_hu - change)[0][0]);
-    count.index_add_(0, bin.flatten(), torch::ones({bin.numel()}, torch::kDouble));
+    count.index_add_(0, bin.flatten(), torch::ones({bin.numel()}, on_data));
     sum.index_add_(0, bin.flatten(), added.back().flatten().to(torch::kDouble));
     voxel_bins.push_back(bin.to(torch::kInt));
   }
   if (was_training) net->train();
-  const torch::Tensor fitted = count >= 500.0;
-  const torch::Tensor offset = torch::where(fitted, sum / count.clamp_min(1.0), 0.0);
+  torch::Tensor fitted = count >= 500.0;
+  torch::Tensor offset = torch::where(fitted, sum / count.clamp_min(1.0), 0.0);
   // The noise: what the offsets leave, through the high-pass (white noise of SD sigma keeps
   // sigma^2 * 26/27 of its variance).
-  torch::Tensor square = torch::zeros({bins}, torch::kDouble);
+  torch::Tensor square = torch::zeros({bins}, on_data);
   for (std::size_t k = 0; k < voxel_bins.size(); ++k) {
     const torch::Tensor bin = voxel_bins[k].to(torch::kLong);
     const torch::Tensor left = added[k] - offset.index({bin}).to(torch::kFloat);
     square.index_add_(0, bin.flatten(), nets::HighPass(left).flatten().to(torch::kDouble).square());
   }
-  const torch::Tensor noise = torch::where(
-      fitted, (square / count.clamp_min(1.0) * (27.0 / 26.0)).sqrt().clamp_max(200.0), 0.0);
+  const torch::Tensor noise =
+      torch::where(fitted, (square / count.clamp_min(1.0) * (27.0 / 26.0)).sqrt().clamp_max(200.0),
+                   0.0)
+          .cpu();
+  offset = offset.cpu();
+  count = count.cpu();
+  fitted = fitted.cpu();
   t.offset_hu.assign(offset.data_ptr<double>(), offset.data_ptr<double>() + bins);
   t.noise_hu.assign(noise.data_ptr<double>(), noise.data_ptr<double>() + bins);
   report.texture_bins = int(fitted.sum().item<std::int64_t>());
@@ -310,12 +325,13 @@ Status SaveState(const std::string& dir, const TrainState& state, const nlohmann
   return WriteFileAtomic(dir + "/state.json", j.dump() + "\n");
 }
 
-/// The state saved in `dir`, loaded into `net` and `ema`; `fresh` when there is none. kMismatch,
+/// The state saved in `dir`, loaded into `net` and `ema` on `device` (it may have been saved on
+/// another); `fresh` when there is none. kMismatch,
 /// naming what differs, when another run saved it (`run`: RunIdentity); a state saved before
 /// runs were recorded is resumed unchecked.
 Expected<TrainState> LoadState(const std::string& dir, const TrainState& fresh,
                                const nlohmann::json& run, nets::DiffusionNet& net,
-                               nets::DiffusionNet& ema) {
+                               nets::DiffusionNet& ema, const torch::Device& device) {
   TrainState state = fresh;
   if (!std::filesystem::exists(std::filesystem::symlink_status(dir + "/state.json"))) {
     return state;  // nothing to resume
@@ -356,8 +372,8 @@ Expected<TrainState> LoadState(const std::string& dir, const TrainState& fresh,
                                           "' (delete the folder to start afresh)");
       }
     }
-    torch::load(net, dir + "/net.pt");
-    torch::load(ema, dir + "/ema.pt");
+    torch::load(net, dir + "/net.pt", device);
+    torch::load(ema, dir + "/ema.pt", device);
   } catch (const std::exception& e) {
     return MakeError(ErrorCode::kCorruptData, "training state in '" + dir +
                                                   "' is unreadable: " + ExceptionCause(e) +
@@ -436,7 +452,7 @@ std::vector<GuidanceScore> ScoreGuidance(
   const torch::Tensor true_ml = ResidualMl(post.slice(0, 0, n), o.config);
   const torch::Tensor plan_emb = net->denoiser->PlanEmbedding(plan_rows.slice(0, 0, n));
   auto gen = Rng(o.seed, {4});
-  const torch::Tensor noise = torch::randn(z_pre.slice(0, 0, n).sizes(), gen);
+  const torch::Tensor noise = torch::randn(z_pre.slice(0, 0, n).sizes(), gen).to(z_pre.device());
   std::vector<GuidanceScore> scores;
   for (double guidance : grid) {
     SamplerConfig sampler{10, 0.0, guidance};
@@ -527,16 +543,21 @@ class Trainer {
  public:
   /// With a `start` (a guidance distillation's teacher, or the checkpoint fine-tuned), both
   /// networks start as its copy and training starts at the denoiser stage. With a `teacher`, the
-  /// denoiser learns the teacher's guided prediction.
+  /// denoiser learns the teacher's guided prediction. The crops, the networks (`start` and
+  /// `teacher` too) and everything computed from them live on `device`.
   Trainer(Stacked data, Stacked val, const DiffusionTrainOptions& o,
           const std::function<void(const DiffusionTrainProgress&)>& progress,
-          nets::DiffusionNet* start, nets::DiffusionNet* teacher)
+          nets::DiffusionNet* start, nets::DiffusionNet* teacher, const torch::Device& device)
       : o_(o),
         progress_(progress),
-        data_(std::move(data)),
-        val_(std::move(val)),
+        device_(device),
+        data_(OnDevice(std::move(data), device)),
+        val_(OnDevice(std::move(val), device)),
         start_(start),
         teacher_(teacher) {
+    for (nets::DiffusionNet* n : {&net_, &ema_, start_, teacher_}) {
+      if (n != nullptr) (*n)->to(device_);
+    }
     if (start_ != nullptr) {
       CopyWeights(net_, *start_);
       state_ = {AfterAutoencoder(), 0};
@@ -560,7 +581,7 @@ class Trainer {
   Status Resume(nlohmann::json run) {
     run_ = std::move(run);
     if (o_.state_dir.empty()) return {};
-    MEWM_TRY(state_, LoadState(o_.state_dir, state_, run_, net_, ema_));
+    MEWM_TRY(state_, LoadState(o_.state_dir, state_, run_, net_, ema_, device_));
     const int asked = state_.stage == "autoencoder" ? o_.ae_steps
                       : state_.stage == "decoder"   ? o_.decoder_steps
                                                     : o_.denoiser_steps;
@@ -638,6 +659,7 @@ class Trainer {
 
   const DiffusionTrainOptions& o_;
   const std::function<void(const DiffusionTrainProgress&)>& progress_;
+  const torch::Device device_;
   const Stacked data_, val_;
   nets::DiffusionNet* start_;    ///< the trained network training starts from, or null
   nets::DiffusionNet* teacher_;  ///< guidance distillation's teacher, or null
@@ -680,7 +702,8 @@ std::tuple<double, double, double> Trainer::ValidateAutoencoder() {
   for (std::int64_t b = 0; b < val_crops.size(0); b += 2) {
     // Each crop decoded with its pair's pre-treatment crop (a decoder_pre decoder reads it).
     const std::int64_t e = std::min(val_crops.size(0), b + 2);
-    const torch::Tensor pre_rows = torch::arange(b, e, torch::kLong).remainder(half);
+    const torch::Tensor pre_rows =
+        torch::arange(b, e, torch::TensorOptions(torch::kLong).device(device_)).remainder(half);
     parts.push_back(net_->ae->Decode(net_->ae->Encode(val_crops.slice(0, b, e)).first,
                                      net_->ae->PreFeatures(val_pre.index_select(0, pre_rows))));
   }
@@ -711,12 +734,12 @@ Status Trainer::TrainAutoencoder() {
             .to(torch::kHalf);
     const torch::Tensor all_regions = torch::cat({pre_region, pre_region});
     torch::optim::Adam optimizer(net_->ae->parameters(), torch::optim::AdamOptions(o_.ae_lr));
-    if (state_.step > 0) torch::load(optimizer, o_.state_dir + "/optim.pt");
+    if (state_.step > 0) torch::load(optimizer, o_.state_dir + "/optim.pt", device_);
     net_->train();
     const std::int64_t crop = o_.config.crop_voxels, patch = o_.ae_patch;
     for (int step = state_.step; step < o_.ae_steps; ++step) {
       auto gen = Rng(o_.seed, {1, std::uint64_t(step)});
-      const torch::Tensor idx = RandomIndex(all_crops.size(0), o_.ae_batch, gen);
+      const torch::Tensor idx = RandomIndex(all_crops.size(0), o_.ae_batch, gen).to(device_);
       torch::Tensor x = all_crops.index_select(0, idx).to(torch::kFloat);
       torch::Tensor region = all_regions.index_select(0, idx).to(torch::kFloat);
       if (patch < crop) {
@@ -732,7 +755,8 @@ Status Trainer::TrainAutoencoder() {
       }
       SetCosineLr<torch::optim::AdamOptions>(optimizer, o_.ae_lr, step, o_.ae_steps);
       auto [mean, logvar] = net_->ae->Encode(x);
-      const torch::Tensor z = mean + torch::exp(0.5 * logvar) * torch::randn(mean.sizes(), gen);
+      const torch::Tensor z =
+          mean + torch::exp(0.5 * logvar) * torch::randn(mean.sizes(), gen).to(device_);
       const torch::Tensor loss = AeLoss(x, net_->ae->Decode(z), mean, logvar, region, o_);
       optimizer.zero_grad();
       loss.backward();
@@ -768,11 +792,11 @@ Status Trainer::TrainDecoder() {
     if (item.key().rfind("dec_", 0) == 0) params.push_back(item.value());
   }
   torch::optim::Adam optimizer(params, torch::optim::AdamOptions(o_.decoder_lr));
-  if (state_.step > 0) torch::load(optimizer, o_.state_dir + "/optim.pt");
+  if (state_.step > 0) torch::load(optimizer, o_.state_dir + "/optim.pt", device_);
   net_->train();
   for (int step = state_.step; step < o_.decoder_steps; ++step) {
     auto gen = Rng(o_.seed, {5, std::uint64_t(step)});
-    const torch::Tensor idx = RandomIndex(z_pre.size(0), o_.decoder_batch, gen);
+    const torch::Tensor idx = RandomIndex(z_pre.size(0), o_.decoder_batch, gen).to(device_);
     SetCosineLr<torch::optim::AdamOptions>(optimizer, o_.decoder_lr, step, o_.decoder_steps);
     const torch::Tensor pre = data_.pre.index_select(0, idx).to(torch::kFloat);
     const torch::Tensor features = net_->ae->PreFeatures(pre);
@@ -824,14 +848,15 @@ void Trainer::EncodeLatents() {
       {vz_pre_, torch::avg_pool3d(val_.pre.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5), 4)},
       1);
   alpha_bar_ = nets::CosineAlphaBar(o_.config.train_timesteps);
-  ab_ = torch::tensor(alpha_bar_, torch::kDouble).to(torch::kFloat);
+  ab_ = torch::tensor(alpha_bar_, torch::kDouble).to(device_, torch::kFloat);
   ResidualGradients();
 }
 
 Trainer::Noised Trainer::Noise(const torch::Tensor& x0, at::Generator& gen, bool paired) const {
   const std::int64_t n = x0.size(0), draws = paired ? n / 2 : n;
-  torch::Tensor t = torch::randint(o_.config.train_timesteps, {draws}, gen, torch::kLong);
-  torch::Tensor noise = torch::randn(x0.slice(0, 0, draws).sizes(), gen);
+  torch::Tensor t =
+      torch::randint(o_.config.train_timesteps, {draws}, gen, torch::kLong).to(device_);
+  torch::Tensor noise = torch::randn(x0.slice(0, 0, draws).sizes(), gen).to(device_);
   if (paired) {
     t = torch::cat({t, t});
     noise = torch::cat({noise, noise});
@@ -848,9 +873,9 @@ torch::Tensor Trainer::DenoiseLoss(nets::Denoiser& denoiser, const torch::Tensor
   const Noised b = Noise(x0, gen, paired);
   const std::int64_t n = x0.size(0), half = n / 2;
   torch::Tensor plan = denoiser->PlanEmbedding(hot);
-  torch::Tensor drop = torch::zeros({n, 1});
+  torch::Tensor drop = torch::zeros({n, 1}, x0.options());
   if (null_prob > 0.0) {
-    drop = (torch::rand({paired ? half : n, 1}, gen) < null_prob).to(torch::kFloat);
+    drop = (torch::rand({paired ? half : n, 1}, gen) < null_prob).to(device_, torch::kFloat);
     if (paired) drop = torch::cat({drop, drop});
     plan = plan * (1 - drop) + denoiser->null_plan.unsqueeze(0) * drop;
   }
@@ -959,13 +984,14 @@ Status Trainer::TrainDenoiser() {
   if (state_.stage != "denoiser") return {};
   torch::optim::AdamW optimizer(net_->denoiser->parameters(),
                                 torch::optim::AdamWOptions(o_.denoiser_lr).weight_decay(1e-4));
-  if (state_.step > 0) torch::load(optimizer, o_.state_dir + "/optim.pt");
+  if (state_.step > 0) torch::load(optimizer, o_.state_dir + "/optim.pt", device_);
   net_->train();
   for (int step = state_.step; step < o_.denoiser_steps; ++step) {
     auto gen = Rng(o_.seed, {2, std::uint64_t(step)});
     const bool paired = o_.pair_weight > 0.0;
     const torch::Tensor idx =
-        paired ? PairedIndex(gen) : RandomIndex(delta_.size(0), o_.denoiser_batch, gen);
+        (paired ? PairedIndex(gen) : RandomIndex(delta_.size(0), o_.denoiser_batch, gen))
+            .to(device_);
     const double warm = std::min(1.0, double(step + 1) / 100.0);
     SetCosineLr<torch::optim::AdamWOptions>(optimizer, o_.denoiser_lr * warm, step,
                                             o_.denoiser_steps);
@@ -1053,6 +1079,7 @@ Status Trainer::Save(std::size_t train_pairs, std::size_t validation_pairs) {
     meta["training"]["distilled_from"] = o_.distill_from;
   }
   if (!o_.init_from.empty()) meta["training"]["fine_tuned_from"] = o_.init_from;
+  if (!device_.is_cpu()) meta["training"]["device"] = device_.str();
   if (o_.decoder_steps > 0) meta["training"]["decoder_steps"] = o_.decoder_steps;
   if (o_.residual_weight > 0.0) {
     meta["training"]["residual_weight"] = o_.residual_weight;
@@ -1063,6 +1090,8 @@ Status Trainer::Save(std::size_t train_pairs, std::size_t validation_pairs) {
     meta["training"]["pair_rms_ml"] = pair_rms_ml_;
     if (o_.pair_neighbours) meta["training"]["pair_neighbours"] = true;
   }
+  // With CPU tensors, so that any build loads it; the run is over.
+  ema_->to(torch::kCPU);
   return torch_bridge::SaveCheckpoint(o_.out, *ema_, {config.ToJson(), meta.dump()});
 }
 
@@ -1129,6 +1158,7 @@ Expected<DiffusionTrainReport> Train(
                      "distillation against its teacher: give them to the teacher's training "
                      "(distill_from)");
   }
+  MEWM_TRY(const torch::Device device, torch_bridge::ResolveDevice(o.device));
   torch_bridge::ConfigureThreads(o.threads);
   torch_bridge::KeepLargeBuffersInHeap();
   torch::manual_seed(o.seed);
@@ -1216,7 +1246,7 @@ Expected<DiffusionTrainReport> Train(
   MEWM_TRY(Stacked val, Stack(validation_pairs, run.config));
   nets::DiffusionNet* start = teacher ? &*teacher : init ? &*init : nullptr;
   Trainer trainer(std::move(data), std::move(val), run, progress, start,
-                  teacher ? &*teacher : nullptr);
+                  teacher ? &*teacher : nullptr, device);
   if (!trainer.Pairable()) {
     return MakeError(ErrorCode::kInvalidArgument,
                      std::string("the pair weight needs a crop of one patient under two plans") +
@@ -1236,6 +1266,12 @@ Expected<DiffusionTrainReport> Train(
 }
 
 }  // namespace
+
+Status CheckDevice(const std::string& device) {
+  auto resolved = torch_bridge::ResolveDevice(device);
+  if (!resolved) return std::move(resolved).error();
+  return {};
+}
 
 Expected<DiffusionTrainReport> TrainDiffusion(
     std::vector<DiffusionPair> train, const std::vector<DiffusionPair>& validation,

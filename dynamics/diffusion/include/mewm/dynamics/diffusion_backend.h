@@ -139,6 +139,12 @@ struct DiffusionTrainOptions {
   /// asked with kInvalidArgument. Neither touches the folder.
   std::string state_dir;
   int threads = 0;
+  /// "cpu", "cuda" or "cuda:N": where the networks train. The training crops, the networks and
+  /// the latents move there; batches, noise and timesteps are still drawn on the CPU from the
+  /// seeded generators, so a run draws the same on every device (its arithmetic may differ in
+  /// the last bits). The checkpoint is written with CPU tensors, and a training state resumes on
+  /// any device. kUnsupported when CUDA is asked of a libtorch without it.
+  std::string device = "cpu";
   std::string out;            ///< checkpoint to write
   std::string metadata_json;  ///< provenance to store (command, seed, data)
 };
@@ -176,6 +182,11 @@ struct DiffusionTrainReport {
   int texture_bins = 0;
   double texture_tumor_offset_hu = 0.0, texture_tumor_noise_hu = 0.0;
 };
+
+/// Whether this build can train or serve on `device` ("cpu", "cuda", "cuda:N"), checked before a
+/// long load: kInvalidArgument for a name not understood or a CUDA ordinal that does not exist,
+/// kUnsupported for CUDA on a libtorch without it (Debian's).
+Status CheckDevice(const std::string& device);
 
 /// Trains the autoencoder, then the denoiser (EMA weights are shipped), and writes `options.out`.
 /// Deterministic given the seed and data. kInvalidArgument for empty or mis-shaped data.
