@@ -3,24 +3,31 @@
 # Finds every third-party dependency once, so module CMakeLists only link targets.
 
 # OpenVDB ships only a find module, under its own folder.
-list(APPEND CMAKE_MODULE_PATH /usr/lib/x86_64-linux-gnu/cmake/OpenVDB /usr/lib/cmake/OpenVDB)
+# Under each prefix searched too (tools/gpu_check.sh unpacks Debian's packages under one).
+foreach(prefix IN LISTS CMAKE_PREFIX_PATH ITEMS /usr)
+  list(APPEND CMAKE_MODULE_PATH ${prefix}/lib/x86_64-linux-gnu/cmake/OpenVDB
+       ${prefix}/lib/cmake/OpenVDB)
+endforeach()
 find_package(OpenVDB REQUIRED COMPONENTS openvdb)
 find_package(TBB REQUIRED)
 find_package(Eigen3 REQUIRED NO_MODULE)
 find_package(nlohmann_json REQUIRED)
 find_package(tomlplusplus REQUIRED)
-find_package(CLI11 REQUIRED)
 find_package(spdlog REQUIRED)
 find_package(PNG REQUIRED)
 find_package(ZLIB REQUIRED)
 find_package(Threads REQUIRED)
-# Streaming: Cap'n Proto, ZeroMQ (cppzmq), OpenSSL libcrypto (SHA-256); cpp-httplib (the tests'
-# HTTP client of the metrics endpoint).
-find_package(CapnProto CONFIG REQUIRED)
-find_package(cppzmq REQUIRED)
+# OpenSSL libcrypto (SHA-256, in core).
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(CRYPTO REQUIRED IMPORTED_TARGET libcrypto)
-pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
+if(NOT MEWM_MODELS_ONLY)
+  find_package(CLI11 REQUIRED)
+  # Streaming: Cap'n Proto, ZeroMQ (cppzmq); cpp-httplib (the OpenAI policy's client and the
+  # tests' HTTP client of the metrics endpoint).
+  find_package(CapnProto CONFIG REQUIRED)
+  find_package(cppzmq REQUIRED)
+  pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
+endif()
 
 # libnifti2-dev's CMake config points at a non-existent libznz path: find the pieces by hand.
 find_path(NIFTI_INCLUDE_DIR nifti2_io.h PATH_SUFFIXES nifti REQUIRED)
@@ -43,4 +50,6 @@ endif()
 find_package(Torch REQUIRED)
 
 # DICOM in (core/dicom/): DCMTK (libdcmtk-dev), whose Debian CMake config works as shipped.
-find_package(DCMTK CONFIG REQUIRED)
+if(NOT MEWM_MODELS_ONLY)
+  find_package(DCMTK CONFIG REQUIRED)
+endif()
