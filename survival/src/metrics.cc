@@ -208,18 +208,17 @@ Expected<double> BrierAt(const std::vector<RiskScore>& predicted,
   for (std::size_t i = 0; i < y.size(); ++i) {
     const bool is_case = y[i].event && y[i].time <= t;
     const bool is_control = y[i].time > t;
-    if (!is_case && !is_control) continue;  // censored before t: weight 0
-    auto s = predicted[i].SurvivalAt(t);
-    if (!s) return s.error().WithContext("predicted[" + std::to_string(i) + "]");
+    if (!is_case && !is_control) continue;                 // censored before t: weight 0
+    const double s = predicted[i].SurvivalAtUnchecked(t);  // CheckPredicted validated it
     if (is_case) {
       MEWM_TRY(const double w, EventWeight(censoring, y[i].time));
-      sum += *s * *s * w;
+      sum += s * s * w;
     } else {
       if (!(g_t > 0.0)) {
         return Invalid("censoring survival estimate G(t) is 0 at t = " + Num(t) +
                        " months; the training follow-up does not cover the time grid");
       }
-      sum += (1.0 - *s) * (1.0 - *s) / g_t;
+      sum += (1.0 - s) * (1.0 - s) / g_t;
     }
   }
   return sum / double(y.size());
@@ -233,6 +232,12 @@ Status CheckPredicted(const std::vector<RiskScore>& predicted,
   if (predicted.size() != y_test.size()) {
     return Invalid("there are " + std::to_string(predicted.size()) + " predicted curves but " +
                    std::to_string(y_test.size()) + " test records");
+  }
+  // Once per curve here, so that BrierAt's lookups do not check it again at every time.
+  for (std::size_t i = 0; i < predicted.size(); ++i) {
+    if (auto valid = predicted[i].Validate(); !valid) {
+      return valid.error().WithContext("predicted[" + std::to_string(i) + "]");
+    }
   }
   return {};
 }

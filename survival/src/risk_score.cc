@@ -24,6 +24,10 @@ Status RiskScore::Validate() const {
 
 Expected<double> RiskScore::SurvivalAt(double months) const {
   MEWM_RETURN_IF_ERROR(Validate());
+  return SurvivalAtUnchecked(months);
+}
+
+double RiskScore::SurvivalAtUnchecked(double months) const {
   const auto it = std::upper_bound(times_months.begin(), times_months.end(), months);
   if (it == times_months.begin()) return 1.0;
   return survival[std::size_t(it - times_months.begin()) - 1];

@@ -14,6 +14,11 @@ TEST(RiskScoreTest, StepFunctionLookupAndMedian) {
   EXPECT_DOUBLE_EQ(*r.SurvivalAt(15.0), 0.6);
   EXPECT_DOUBLE_EQ(*r.SurvivalAt(99.0), 0.4);
   EXPECT_DOUBLE_EQ(*r.MedianMonths(), 20.0);
+  // The lookup without the check gives the same steps.
+  for (double t : {0.0, 2.999, 3.0, 9.0, 10.0, 15.0, 20.0, 99.0}) {
+    EXPECT_DOUBLE_EQ(r.SurvivalAtUnchecked(t), *r.SurvivalAt(t)) << t;
+  }
+  EXPECT_DOUBLE_EQ((RiskScore{1.0, {}, {}}).SurvivalAtUnchecked(5.0), 1.0);
   RiskScore never{1.0, {5.0}, {0.8}};
   auto m = never.MedianMonths();
   ASSERT_FALSE(m);

@@ -326,9 +326,8 @@ Status SaveState(const std::string& dir, const TrainState& state, const nlohmann
 }
 
 /// The state saved in `dir`, loaded into `net` and `ema` on `device` (it may have been saved on
-/// another); `fresh` when there is none. kMismatch,
-/// naming what differs, when another run saved it (`run`: RunIdentity); a state saved before
-/// runs were recorded is resumed unchecked.
+/// another); `fresh` when there is none. kMismatch, naming what differs, when another run saved
+/// it (`run`: RunIdentity); a state saved before runs were recorded is resumed unchecked.
 Expected<TrainState> LoadState(const std::string& dir, const TrainState& fresh,
                                const nlohmann::json& run, nets::DiffusionNet& net,
                                nets::DiffusionNet& ema, const torch::Device& device) {

@@ -488,11 +488,13 @@ Expected<SurvivalEvaluation> EvaluateSurvival(survival::SurvivalModel& model,
   }
   constexpr int kSteps = 200;
   std::vector<double> at(curves.size());
+  // Checked once per curve, not at each of the 200 times (SurvivalAt checks the whole curve).
+  std::vector<bool> valid(curves.size());
+  for (std::size_t i = 0; i < curves.size(); ++i) valid[i] = bool(curves[i].Validate());
   for (int k = 1; k <= kSteps && last > 0.0; ++k) {
     const double t = last * k / kSteps;
     for (std::size_t i = 0; i < curves.size(); ++i) {
-      const Expected<double> s = curves[i].SurvivalAt(t);
-      at[i] = s ? *s : 0.0;
+      at[i] = valid[i] ? curves[i].SurvivalAtUnchecked(t) : 0.0;
     }
     std::sort(at.begin(), at.end());
     const auto quantile = [&](double q) {

@@ -33,12 +33,7 @@ survival::RiskScore MeanCurve(const std::vector<const survival::RiskScore*>& cur
     // this quadratic in the baseline's length (a model of 200,000 times took minutes a patient).
     const bool valid = bool(c->Validate());
     for (std::size_t i = 0; i < mean.times_months.size(); ++i) {
-      double v = 0.0;
-      if (valid) {
-        const auto& t = c->times_months;
-        const auto it = std::upper_bound(t.begin(), t.end(), mean.times_months[i]);
-        v = it == t.begin() ? 1.0 : c->survival[std::size_t(it - t.begin()) - 1];
-      }
+      const double v = valid ? c->SurvivalAtUnchecked(mean.times_months[i]) : 0.0;
       mean.survival[i] += v / double(curves.size());
       (*lo)[i] = std::min((*lo)[i], v);
       (*hi)[i] = std::max((*hi)[i], v);

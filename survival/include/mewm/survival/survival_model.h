@@ -24,7 +24,12 @@ struct RiskScore {
   std::vector<double> survival;      ///< S(t) just after each time, non-increasing in [0, 1]
 
   /// S(t): 1 before the first time, then the step value. kInvalidArgument for a malformed curve.
+  /// It checks the whole curve at every call; see SurvivalAtUnchecked for many lookups.
   Expected<double> SurvivalAt(double months) const;
+  /// SurvivalAt's lookup alone, for a curve Validate() has accepted: a binary search, where
+  /// SurvivalAt costs the curve's length (a caller reading a curve at every time of another
+  /// went quadratic in it). Undefined for a curve that fails Validate().
+  double SurvivalAtUnchecked(double months) const;
   /// First time where S(t) <= 0.5, or kNotFound when the curve never reaches it.
   Expected<double> MedianMonths() const;
   /// kInvalidArgument when times are not increasing, sizes differ, or S leaves [0, 1] or rises.
