@@ -9,11 +9,13 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <limits>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <utility>
 #include <vector>
@@ -640,16 +642,27 @@ TEST_F(DiffusionTest, OnCudaTheMewmConfigTrainsAndSamples) {
   DiffusionTrainOptions t;
   t.config = *DiffusionConfig::Preset("mewm", ActionBase::Default());
   t.seed = 29;
-  t.ae_steps = t.denoiser_steps = 4;
-  t.ae_batch = t.denoiser_batch = 2;
-  t.validate_every = 2;
+  t.ae_steps = t.denoiser_steps = 6;
+  t.ae_batch = 8;  // the recipe's batches
+  t.denoiser_batch = 12;
+  t.validate_every = 100;  // validated once, after each stage's last step
   t.guidance_grid = {1.0};
   t.device = "cuda";
   t.out = (dir_->path() / "mewm_on_cuda.pt").string();
-  const auto report = TrainDiffusion(Pairs(t.config), {}, t, {});
+  // When each step ended, by stage: steps 2 to 5 time a step (the first warms up, the last also
+  // validates), for planning a full run.
+  std::map<std::string, std::vector<std::chrono::steady_clock::time_point>> ended;
+  const auto report = TrainDiffusion(Pairs(t.config), {}, t, [&](const DiffusionTrainProgress& p) {
+    ended[p.stage].push_back(std::chrono::steady_clock::now());
+  });
   ASSERT_TRUE(report) << report.error().ToString();
   EXPECT_TRUE(std::isfinite(report->denoiser_val_loss));
-  std::cout << "mewm config on CUDA: 4 + 4 steps and the validation in " << report->seconds
+  for (const auto& [stage, at] : ended) {
+    ASSERT_EQ(at.size(), 6u) << stage;
+    std::cout << "mewm config on CUDA, " << stage << ": "
+              << std::chrono::duration<double>(at[4] - at[0]).count() / 4.0 << " s a step\n";
+  }
+  std::cout << "mewm config on CUDA: the whole run (2 x 6 steps, validations) " << report->seconds
             << " s\n";
   DiffusionBackendOptions o = Options();
   o.model_path = t.out;
