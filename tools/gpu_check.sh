@@ -73,6 +73,7 @@ run() {
   mkdir -p "$out"
   out="$(cd "$out" && pwd)"
   exec > >(tee "$out/gpu_check.log") 2>&1
+  echo "== mewm $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '(not a git checkout)')"
   echo "== machine"
   uname -srm
   echo "cores: $(nproc)"
@@ -98,8 +99,13 @@ print(torch.__version__.split("+")[0], torch.version.cuda, torch.cuda.is_availab
     local nvcc
     nvcc="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
     [ -x "$nvcc" ] || { echo "gpu_check: no nvcc" >&2; exit 1; }
-    cuda_args=(-DMEWM_WITH_CUDA=ON "-DTorch_DIR=$torch_dir" "-DCMAKE_CUDA_COMPILER=$nvcc")
-    echo "cuda: $cuda; nvcc: $nvcc; C++$std"
+    # The toolkit is the one of this nvcc, wherever the image keeps it (Torch's CMake package
+    # looks for it too).
+    local toolkit
+    toolkit="$(cd "$(dirname "$(readlink -f "$nvcc")")/.." && pwd)"
+    cuda_args=(-DMEWM_WITH_CUDA=ON "-DTorch_DIR=$torch_dir" "-DCMAKE_CUDA_COMPILER=$nvcc"
+      "-DCUDAToolkit_ROOT=$toolkit" "-DCUDA_TOOLKIT_ROOT_DIR=$toolkit")
+    echo "cuda: $cuda; nvcc: $nvcc (toolkit $toolkit); C++$std"
   elif [ -n "$torch_dir" ]; then
     cuda_args=("-DTorch_DIR=$torch_dir")
   fi
