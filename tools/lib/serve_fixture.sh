@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 # SPDX-FileCopyrightText: the mewm authors
 #
-# Sourced (not run) by the scripts that start a real `mewm serve` on loopback:
-# tests/tools/sse_python_test.sh, tests/tools/cors_browser_test.sh and tools/sse_screenshot.sh.
+# Sourced (not run) by the scripts that start a real `mewm serve` on loopback
+# (tests/tools/sse_python_test.sh, tests/tools/cors_browser_test.sh, tools/sse_screenshot.sh) and by
+# tests/tools/rerank_test.sh, which plans write_small_scenario's scenario.
 
 # free_ports N: prints N TCP ports on 127.0.0.1 that the kernel hands out as free.
 free_ports() {
