@@ -10,10 +10,10 @@
 #
 #   tools/gpu_check.sh prepare          on a Debian 12 machine with apt: downloads the Debian
 #                                       packages the build needs into .gpu-deps/ (git-ignored,
-#                                       about 24 MiB), to carry to the GPU machine
+#                                       about 25 MiB), to carry to the GPU machine
 #   tools/gpu_check.sh run OUT          on the GPU machine, in the repository root: unpacks them
-#                                       into a temporary folder, configures and builds
-#                                       build-cuda/, runs the tests; the log and the test reports
+#                                       into build-gpu-check/deps, configures and builds
+#                                       build-gpu-check/, runs the tests; the log and the test reports
 #                                       go to OUT. Exit 0 when every test passed and the CUDA
 #                                       cases ran (not skipped)
 #   tools/gpu_check.sh run OUT --cpu    the same flow without a GPU, against the system's
@@ -26,6 +26,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEPS="$ROOT/.gpu-deps"
 MARK=".mewm-gpu-deps"
+BUILD_MARK=".mewm-gpu-check"  # in the build folder it made
 # The build's Debian packages (headers, CMake files) and the shared libraries they link; what
 # every glibc system with a compiler has (libc, libstdc++, zlib, bzip2, lzma, zstd, lz4) is left
 # out.
@@ -70,6 +71,14 @@ run() {
   [ -n "$out" ] || usage
   [ -z "$cpu" ] || [ "$cpu" = --cpu ] || usage
   [ -f "$DEPS/$MARK" ] || { echo "gpu_check: no $DEPS (run 'tools/gpu_check.sh prepare' first)" >&2; exit 1; }
+  # A folder of its own: docs/BUILDING.md's manual CUDA build is build-cuda/, which configuring
+  # with MEWM_MODELS_ONLY would turn into this one.
+  local build="$ROOT/build-gpu-check"
+  [ -z "$cpu" ] || build="$ROOT/build-gpu-check-rehearsal"
+  if [ -e "$build" ] && [ ! -f "$build/$BUILD_MARK" ]; then
+    echo "gpu_check: $build exists and was not made by this script; move it away" >&2
+    exit 1
+  fi
   mkdir -p "$out"
   out="$(cd "$out" && pwd)"
   exec > >(tee "$out/gpu_check.log") 2>&1
@@ -113,11 +122,14 @@ print(torch.__version__.split("+")[0], torch.version.cuda, torch.cuda.is_availab
   std="${MEWM_CXX_STANDARD:-$std}"
 
   echo "== the carried packages"
-  local sysroot
-  sysroot="$(mktemp -d "${TMPDIR:-/tmp}/mewm-gpu-sysroot.XXXXXX")"
-  # Expanded now: the local is gone when the trap runs.
-  # shellcheck disable=SC2064
-  trap "rm -rf '$sysroot'" EXIT
+  mkdir -p "$build"
+  touch "$build/$BUILD_MARK"
+  # Inside the build folder, at the same path every run: CMake's cache keeps the paths it found
+  # there, so a rerun reconfigures against the same place (a fresh temporary folder each run
+  # left the cache pointing at a deleted one).
+  local sysroot="$build/deps"
+  rm -rf "$sysroot"
+  mkdir -p "$sysroot"
   local debs=("$DEPS"/*.deb)
   for deb in "${debs[@]}"; do dpkg-deb -x "$deb" "$sysroot"; done
   local lib="$sysroot/usr/lib/x86_64-linux-gnu"
@@ -129,8 +141,6 @@ print(torch.__version__.split("+")[0], torch.version.cuda, torch.cuda.is_availab
   echo "${#debs[@]} packages unpacked in $sysroot"
 
   echo "== configure and build"
-  local build="$ROOT/build-cuda"
-  [ -z "$cpu" ] || build="$ROOT/build-cuda-rehearsal"
   cmake -S "$ROOT" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMEWM_MODELS_ONLY=ON \
     -DMEWM_WERROR=OFF "-DCMAKE_CXX_STANDARD=$std" "-DCMAKE_PREFIX_PATH=$sysroot/usr" \
     "-DPKG_CONFIG_EXECUTABLE=$sysroot/usr/bin/pkgconf" "${cuda_args[@]}"
