@@ -157,6 +157,7 @@ std::string DiffusionConfig::ToJson() const {
   if (item_size) j["item_size"] = true;
   if (item_enhancement) j["item_enhancement"] = true;
   if (clinical) j["clinical"] = true;
+  if (response_head) j["response_head"] = true;
   if (!item_groups.empty()) j["item_groups"] = item_groups;
   if (group_once) j["group_once"] = true;
   if (decoder_pre) j["decoder_pre"] = true;
@@ -194,6 +195,7 @@ Expected<DiffusionConfig> DiffusionConfig::FromJson(const std::string& text,
     c.item_size = j.value("item_size", false);
     c.item_enhancement = j.value("item_enhancement", false);
     c.clinical = j.value("clinical", false);
+    c.response_head = j.value("response_head", false);
     c.item_groups = j.value("item_groups", std::vector<std::string>{});
     c.group_once = j.value("group_once", false);
     c.decoder_pre = j.value("decoder_pre", false);
@@ -284,6 +286,10 @@ WorldBox Everywhere() {
 double LesionSizeFeature(double diameter_mm) { return std::log(std::max(diameter_mm, 1.0) / 35.0); }
 
 double EnhancementFeature(double enhancing_hu) { return (enhancing_hu - 90.0) / 20.0; }
+
+double ResponseLevelFeature(double residual_ml, double pre_ml) {
+  return std::log((std::max(residual_ml, 0.0) + 1.0) / (std::max(pre_ml, 0.0) + 1.0));
+}
 
 std::array<double, 3> ClinicalFeatures(const Covariates& covariates) {
   return {std::log10(std::max(covariates.afp_ng_ml, 0.1)) - 1.5,

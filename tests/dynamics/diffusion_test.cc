@@ -17,6 +17,7 @@
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <utility>
 #include <vector>
 
@@ -274,6 +275,12 @@ TEST_F(DiffusionTest, ConfigRoundTripsAndRejectsBadValues) {
   EXPECT_FALSE(DiffusionConfig::FromJson(c.ToJson(), "c.pt")->item_enhancement);
   EXPECT_NEAR(EnhancementFeature(90.0), 0.0, 1e-12);
   EXPECT_NEAR(EnhancementFeature(110.0), 1.0, 1e-12);
+  // Likewise the response head.
+  EXPECT_FALSE(old.contains("response_head"));
+  DiffusionConfig headed = c;
+  headed.response_head = true;
+  EXPECT_TRUE(DiffusionConfig::FromJson(headed.ToJson(), "h.pt")->response_head);
+  EXPECT_FALSE(DiffusionConfig::FromJson(c.ToJson(), "c.pt")->response_head);
   // Likewise the clinical input, and its features.
   EXPECT_FALSE(old.contains("clinical"));
   EXPECT_FALSE(DiffusionConfig::FromJson(old.dump(), "v1.pt")->clinical);
@@ -1067,6 +1074,67 @@ TEST_F(DiffusionTest, TheClinicalInputCanBeAddedByFineTuningAndTheOutcomeFollows
   EXPECT_TRUE(model->config().clinical);
   EXPECT_GT(MaxDifference(post_ct(*model, low), post_ct(*model, high)), 0.0);
   ExpectNoFineTuneDropping("clinical.pt", "clinical");  // nor the reverse
+}
+
+TEST_F(DiffusionTest, AResponseHeadLearnsEachPlansLevelAndIsServedPerCrop) {
+  DiffusionConfig config = Tiny();
+  config.response_head = true;
+  const auto model = FineTuned(41, config, "response.pt");
+  ASSERT_TRUE(model);
+  EXPECT_TRUE(model->config().response_head);
+  // The pairs' true levels: a constant prediction's RMS error is their SD. The head reads the
+  // plan, so it does far better than that.
+  double sum = 0.0, sum_sq = 0.0;
+  const auto pairs = Pairs(config);
+  const double voxel_ml = std::pow(config.spacing_mm, 3) * 1e-3;
+  for (const DiffusionPair& pair : pairs) {
+    const auto ml = [voxel_ml](const DenseFloat& mask) {
+      return std::accumulate(mask.data.begin(), mask.data.end(), 0.0) * voxel_ml;
+    };
+    const double level = ResponseLevelFeature(ml(pair.post.mask), ml(pair.pre.mask));
+    sum += level;
+    sum_sq += level * level;
+  }
+  const double n = double(pairs.size());
+  const double constant_rmse = std::sqrt(sum_sq / n - (sum / n) * (sum / n));
+  ASSERT_GT(constant_rmse, 0.5);
+  const nlohmann::json head = TrainingRecord((dir_->path() / "response.pt").string())
+                                  .value("response_head", nlohmann::json::object());
+  EXPECT_LT(head.value("train_rmse", 1e9), 0.25 * constant_rmse) << head.dump();
+  // Likewise the contrast between a crop's two plans, against none (no split: the validation
+  // pairs are the training pairs).
+  EXPECT_LT(head.value("train_contrast_rmse", 1e9),
+            0.25 * head.value("validation_no_contrast_rmse", 0.0))
+      << head.dump();
+  EXPECT_TRUE(std::isfinite(head.value("validation_rmse", std::nan(""))));
+  // Two lesions in separate crops: the level is predicted from each crop, so each plan is
+  // embedded once per crop.
+  const PatientCase two = Phantom({{-30, 0, 0}, {30, 0, 0}}, 8.0);
+  auto outcomes = model->Simulate(two, {{P("Lipiodol+PVA"), 0, 1, 0}, {P("Lipiodol"), 0, 2, 0}});
+  ASSERT_TRUE(outcomes) << outcomes.error().ToString();
+  EXPECT_EQ(model->counters().plan_embeddings, 4);
+  // The feature: no change is 0, a complete response of a 50 mL tumor about -3.9.
+  EXPECT_NEAR(ResponseLevelFeature(50.0, 50.0), 0.0, 1e-12);
+  EXPECT_NEAR(ResponseLevelFeature(0.0, 50.0), -std::log(51.0), 1e-12);
+  EXPECT_TRUE(std::isfinite(ResponseLevelFeature(-1.0, 0.0)));
+  ExpectNoFineTuneDropping("response.pt", "response_head");  // nor the reverse
+  // The head can be fitted again alone (denoiser steps 0), but not onto a checkpoint whose
+  // denoiser never learnt to read a level.
+  DiffusionTrainOptions refit = TinyTraining(43, 10, 4, 100);
+  refit.config = config;
+  refit.denoiser_steps = 0;
+  refit.init_from = (dir_->path() / "response.pt").string();
+  refit.out = (dir_->path() / "response_refit.pt").string();
+  auto refitted = TrainDiffusion(pairs, {}, refit, {});
+  ASSERT_TRUE(refitted) << refitted.error().ToString();
+  EXPECT_LT(refitted->response.train_rmse, 0.25 * constant_rmse);
+  refit.init_from = *model_path_;
+  refit.out = (dir_->path() / "response_refused.pt").string();
+  auto refused = TrainDiffusion(pairs, {}, refit, {});
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(refused.error().message.find("response head"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(refit.out));
 }
 
 TEST_F(DiffusionTest, TheResidualTermChangesWhatTheDenoiserLearnsAndIsRecorded) {

@@ -1030,14 +1030,17 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("--samples"), std::string::npos) << r.output;
   // Fine-tuned on the same cohort with the residual and the paired-plan terms (every patient has
-  // 3 plans), on the crops the backend serves: the command records where it started, the terms'
-  // weights and the crops. A negative weight is refused before anything is read.
+  // 3 plans), on the crops the backend serves, with a response head: the command records where
+  // it started, the terms' weights, the crops and the head's fit. A negative weight is refused
+  // before anything is read.
   const std::string tuned = dir_.File("dd_tuned.pt");
   r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + tuned + " --init-from " +
               model +
               " --denoiser-steps 2 --denoiser-batch 2 --validation-fraction 0.25 --threads 1 "
-              "--residual-weight 0.5 --pair-weight 0.25 --serving-crops --guidance-grid 1,1.5");
+              "--residual-weight 0.5 --pair-weight 0.25 --serving-crops --response-head "
+              "--guidance-grid 1,1.5");
   ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("response head: level RMS error"), std::string::npos) << r.output;
   // Only the guidance scales asked for are scored on validation.
   EXPECT_NE(r.output.find("guidance 1.0 on validation"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("guidance 1.5 on validation"), std::string::npos) << r.output;
@@ -1051,6 +1054,8 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
   EXPECT_NE(r.output.find("--pair-weight 0.25"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("\"pair_weight\":0.25"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("--serving-crops"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--response-head"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\"response_head\":{"), std::string::npos) << r.output;
   // The fine-tuned checkpoint paired by patient against the one it started from. The "against"
   // method is the first run's "diffusion" again (same checkpoint, same sample seeds), and the
   // paired means are the methods' differences (every patient has 3 plans).

@@ -37,7 +37,7 @@ struct TrainDynamicsOptions {
   std::vector<double> guidance_grid = dynamics::DiffusionTrainOptions{}.guidance_grid;
   bool lesion_size = false, item_size = false, item_enhancement = false, clinical = false,
        drug_saturate = false, decoder_pre = false, texture = false, pair_neighbours = false,
-       serving_crops = false;
+       serving_crops = false, response_head = false;
   bool quiet = false, force = false;
 };
 
@@ -93,6 +93,11 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                 "Each plan item also gets its own slope on the tumor's arterial enhancement (a "
                 "visible sign of its vascularity), so two items can trade places as it changes "
                 "(--init-from may add it to a checkpoint without it)");
+  sub->add_flag("--response-head", o->response_head,
+                "A response head (a small network over the plan, the tumor's enhancement and size, "
+                "the covariates read and the pre-treatment latent) learns how much tumor each plan "
+                "leaves, and the denoiser generates the outcome at that level (--init-from may "
+                "add it to a checkpoint without it)");
   sub->add_option("--residual-weight", o->residual_weight,
                   "Adds to the denoiser's loss this weight times the squared error of the "
                   "residual tumor its prediction implies once decoded (mL, to first order, over "
@@ -239,6 +244,7 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
       (o.init_from.empty() ? "" : " --init-from " + o.init_from) +
       (o.lesion_size ? " --lesion-size" : "") + (o.item_size ? " --item-size" : "") +
       (o.item_enhancement ? " --item-enhancement" : "") + (o.clinical ? " --clinical" : "") +
+      (o.response_head ? " --response-head" : "") +
       (o.drug_sharing == "none" ? "" : " --drug-sharing " + o.drug_sharing) +
       (o.drug_saturate ? " --drug-saturate" : "") + (o.decoder_pre ? " --decoder-pre" : "") +
       (o.texture ? " --texture" : "") +
@@ -291,6 +297,16 @@ void PrintTrainReport(const dynamics::DiffusionTrainReport& report, const std::s
         "residual MAE %.2f mL per crop\n",
         g.guidance, g.spearman, g.residual_mae_ml);
   }
+  if (const dynamics::ResponseHeadFit& r = report.response; r.val_rmse > 0.0) {
+    std::printf(
+        "response head: level RMS error %.3f on training, %.3f on validation (a constant "
+        "level: %.3f); contrast between a crop's plans %.3f on training, %.3f on validation "
+        "(none: %.3f)\n"
+        "  with the true level in place of the head's (guidance 1): residual Spearman %+.3f, "
+        "residual MAE %.2f mL per crop\n",
+        r.train_rmse, r.val_rmse, r.val_constant_rmse, r.train_contrast_rmse, r.val_contrast_rmse,
+        r.val_no_contrast_rmse, r.true_level_spearman, r.true_level_mae_ml);
+  }
   if (report.texture_bins > 0) {
     std::printf(
         "texture: %d bins fitted; inside the tumor it adds %.1f HU (mean |offset|) and "
@@ -333,6 +349,7 @@ Action AddTrainDynamics(CLI::App& train_app) {
     config->item_size = o->item_size;
     config->item_enhancement = o->item_enhancement;
     config->clinical = o->clinical;
+    config->response_head = o->response_head;
     auto groups = dynamics::ItemGroups(actions, o->drug_sharing);
     if (!groups) return Fail(groups.error());
     config->item_groups = *groups;

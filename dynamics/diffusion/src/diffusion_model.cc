@@ -60,13 +60,18 @@ torch::Tensor PlanRows(const torch::Tensor& multi_hot, const std::vector<double>
     if (config.clinical) {
       for (double x : ClinicalFeatures(of_row(covariates, r))) extra.push_back(float(x));
     }
-    if (config.item_enhancement) {
+    if (config.item_enhancement || config.response_head) {
       extra.push_back(float(EnhancementFeature(of_row(enhancing_hu, r))));
     }
   }
   if (extra.empty()) return multi_hot;
   const auto width = std::int64_t(extra.size() / rows);
   return torch::cat({multi_hot, torch::tensor(extra).view({-1, width}).to(multi_hot.options())}, 1);
+}
+
+torch::Tensor TumorShare(const torch::Tensor& context) {
+  const std::int64_t latent = context.size(1) - 1;
+  return context.slice(1, latent, latent + 1).mean({2, 3, 4}) * 10.0;
 }
 
 torch::Tensor Ddim(Denoiser& denoiser, torch::Tensor x, const torch::Tensor& context,
@@ -298,15 +303,21 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     MEWM_RETURN_IF_ERROR(PreparePatient(patient));
     counters_.prepare_s += clock.Lap();
     // Each plan is embedded once per call, however many samples it has (once per crop when the
-    // embedding reads the size of the crop's lesion).
+    // embedding reads the size of the crop's lesion, or a level predicted from the crop).
     const torch::Tensor row_index = torch::tensor(row_plan, torch::kLong).to(device_);
-    const auto embed = [&](double diameter_mm) {
+    const auto embed = [&](const Crop* crop) {
       counters_.plan_embeddings += std::int64_t(plans.size());
-      const torch::Tensor rows =
-          nets::PlanRows(multi_hot, {diameter_mm}, {patient.covariates}, {enhancing_hu_}, config_);
-      return net_->denoiser->PlanEmbedding(rows.to(device_)).index_select(0, row_index);
+      torch::Tensor rows = nets::PlanRows(multi_hot, {crop != nullptr ? crop->diameter_mm : 0.0},
+                                          {patient.covariates}, {enhancing_hu_}, config_)
+                               .to(device_);
+      if (config_.response_head) {
+        rows = torch::cat(
+            {rows, net_->denoiser->PredictLevel(rows, nets::TumorShare(crop->context))}, 1);
+      }
+      return net_->denoiser->PlanEmbedding(rows).index_select(0, row_index);
     };
-    torch::Tensor rows_plan = config_.lesion_size ? torch::Tensor() : embed(0.0);
+    const bool per_crop = config_.lesion_size || config_.response_head;
+    torch::Tensor rows_plan = per_crop ? torch::Tensor() : embed(nullptr);
 
     std::vector<Outcome> outcomes;
     outcomes.reserve(requests.size());
@@ -316,7 +327,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     counters_.paste_s += clock.Lap();
     const std::int64_t n = std::int64_t(requests.size());
     for (std::size_t c = 0; c < crops_.size(); ++c) {
-      if (config_.lesion_size) rows_plan = embed(crops_[c].diameter_mm);
+      if (per_crop) rows_plan = embed(&crops_[c]);
       for (std::int64_t begin = 0; begin < n; begin += kMaxRows) {
         const std::int64_t end = std::min(n, begin + kMaxRows);
         std::vector<torch::Tensor> noise;
@@ -498,7 +509,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
       return e.WithContext("patient '" + patient.id + "'");
     };
     if (auto valid = patient.Validate(); !valid) return context(valid.error());
-    if (config_.item_enhancement) {
+    if (config_.item_enhancement || config_.response_head) {
       auto features = ComputeTumorFeatures(patient.ct, patient.tumor);
       if (!features) return context(features.error());
       enhancing_hu_ = features->enhancing_hu;
@@ -640,6 +651,7 @@ Expected<std::unique_ptr<DiffusionDynamics>> CreateDiffusionDynamics(
     expected.item_size = stored.item_size;                    // likewise
     expected.item_enhancement = stored.item_enhancement;      // likewise
     expected.clinical = stored.clinical;                      // likewise
+    expected.response_head = stored.response_head;            // likewise
     expected.item_groups = stored.item_groups;                // likewise
     expected.group_once = stored.group_once;                  // likewise
     expected.decoder_pre = stored.decoder_pre;                // likewise

@@ -224,6 +224,23 @@ class DenoiserImpl : public torch::nn::Module {
       clinical->weight.zero_();
       clinical->bias.zero_();
     }
+    if (c.response_head) {
+      level = register_module("level", torch::nn::Linear(1, e));  // zero at the start, likewise
+      {
+        torch::NoGradGuard no_grad;
+        level->weight.zero_();
+        level->bias.zero_();
+      }
+      // The plan row without its level (the items, the size and covariates when read, the
+      // enhancement), then the crop's tumor share (TumorShare).
+      const std::int64_t in = std::int64_t(c.items.size()) + (c.lesion_size ? 1 : 0) +
+                              (c.clinical ? kClinicalColumns : 0) + 1 + 1;
+      response = register_module(
+          "response",
+          torch::nn::Sequential(torch::nn::Linear(in, kResponseWidth), torch::nn::SiLU(),
+                                torch::nn::Linear(kResponseWidth, kResponseWidth),
+                                torch::nn::SiLU(), torch::nn::Linear(kResponseWidth, 1)));
+    }
     conv_in = register_module("conv_in", Conv3d(2 * latent + 1, c0, 3));
     rb_in = register_module("rb_in", ResBlock(c0, c0, e));
     down = register_module("down", Conv3d(c0, c1, 3, 2));
@@ -245,8 +262,10 @@ class DenoiserImpl : public torch::nn::Module {
   /// depend on the lesion's size; with DiffusionConfig::item_size each item's size slope times
   /// that column is added to the item sum; with DiffusionConfig::clinical three more columns,
   /// the patient's ClinicalFeatures, added like the size; with DiffusionConfig::item_enhancement
-  /// a last column, the EnhancementFeature, times each item's enhancement slope is added to the
-  /// item sum.
+  /// a column, the EnhancementFeature, times each item's enhancement slope is added to the item
+  /// sum (a DiffusionConfig::response_head row holds that column too); with
+  /// DiffusionConfig::response_head a last column, the outcome's ResponseLevelFeature, is added
+  /// like the size.
   torch::Tensor PlanEmbedding(const torch::Tensor& rows) {
     const std::int64_t v = items->weight.size(0);
     const torch::Tensor plan_items = rows.slice(1, 0, v);
@@ -270,7 +289,17 @@ class DenoiserImpl : public torch::nn::Module {
     torch::Tensor h = plan1(sum);
     if (size) h = h + size(rows.slice(1, v, after_size));
     if (clinical) h = h + clinical(rows.slice(1, after_size, after_clinical));
+    if (level) {
+      const std::int64_t at = after_clinical + 1;  // after the enhancement column
+      h = h + level(rows.slice(1, at, at + 1));
+    }
     return plan2(torch::silu(h));
+  }
+  /// DiffusionConfig::response_head: the predicted ResponseLevelFeature of each plan row, [P, 1].
+  /// `rows` [P, ...] are plan rows without the level column; `share` [P or 1, 1] the crop's
+  /// TumorShare (one row broadcasts to all).
+  torch::Tensor PredictLevel(const torch::Tensor& rows, const torch::Tensor& share) {
+    return response->forward(torch::cat({rows, share.expand({rows.size(0), -1})}, 1));
   }
   /// x: [N, latent] noisy delta; context: [N, latent + 1] (pre latent, mask); t: [N] float
   /// timesteps; plan: [N, embed] plan embeddings (or the null plan).
@@ -285,8 +314,10 @@ class DenoiserImpl : public torch::nn::Module {
     return conv_out(torch::silu(norm_out(h)));
   }
   static constexpr std::int64_t kClinicalColumns = 3;  ///< ClinicalFeatures' size
+  static constexpr std::int64_t kResponseWidth = 32;   ///< the response head's hidden width
   torch::nn::Linear time1{nullptr}, time2{nullptr}, plan1{nullptr}, plan2{nullptr}, size{nullptr},
-      clinical{nullptr};
+      clinical{nullptr}, level{nullptr};
+  torch::nn::Sequential response{nullptr};
   torch::nn::Embedding items{nullptr}, item_size{nullptr}, item_enhancement{nullptr};
   torch::Tensor null_plan;
   Conv3d conv_in{nullptr}, down{nullptr}, up{nullptr}, conv_out{nullptr};
@@ -408,11 +439,18 @@ Expected<torch::Tensor> PlansToMultiHot(const std::vector<Plan>& plans,
 /// The denoiser's plan rows (Denoiser::PlanEmbedding's input): `multi_hot` [P, V], then one
 /// column holding LesionSizeFeature(diameters[p]) when config.lesion_size, then three holding
 /// ClinicalFeatures(covariates[p]) when config.clinical, then one holding
-/// EnhancementFeature(enhancing_hu[p]) when config.item_enhancement (`diameters`, `covariates`
+/// EnhancementFeature(enhancing_hu[p]) when config.item_enhancement or config.response_head
+/// (the caller appends a response_head's level column) (`diameters`, `covariates`
 /// and `enhancing_hu` each have one entry per row, or one for all rows).
 torch::Tensor PlanRows(const torch::Tensor& multi_hot, const std::vector<double>& diameters,
                        const std::vector<Covariates>& covariates,
                        const std::vector<double>& enhancing_hu, const DiffusionConfig& config);
+
+/// What a DiffusionConfig::response_head reads of a crop's context [N, latent + 1, d, h, w] (the
+/// pre-treatment latent, then the tumor mask downsampled) besides the plan row: the tumor's share
+/// of the crop, times 10; [N, 1]. Not the latent: a head that read it fitted each training
+/// patient's level and did worse on validation after 100 of its 2,000 steps.
+torch::Tensor TumorShare(const torch::Tensor& context);
 
 /// A crop pair as a [2, D, H, W] tensor (CT, mask mapped to [-1, 1]).
 torch::Tensor ChannelsToTensor(const CropChannels& channels);

@@ -56,9 +56,17 @@ double Seconds(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
+/// Each crop's residual in mL: its viable fraction (the second channel, [-1, 1] stored) summed.
+/// `crops` [N, 2, D, H, W] of any floating type; [N] float.
+torch::Tensor ResidualMl(const torch::Tensor& crops, const DiffusionConfig& config) {
+  return crops.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5).sum({1, 2, 3, 4}) *
+         (std::pow(config.spacing_mm, 3) * 1e-3);
+}
+
 /// The stacked dataset: [M, 2, D, H, W] pre and post crops in half precision (1 MiB per crop at
 /// 64^3), plus each pair's plan row (nets::PlanRows: the plan, and the lesion's size, the
-/// patient's covariates and the tumor's enhancement when the config reads them).
+/// patient's covariates and the tumor's enhancement when the config reads them; with
+/// DiffusionConfig::response_head, last, the pair's true ResponseLevelFeature).
 struct Stacked {
   torch::Tensor pre, post, plan_rows;
   /// Each row's crop: rows with the same value hold one crop of one patient (the same
@@ -122,8 +130,16 @@ Expected<Stacked> Stack(const std::vector<DiffusionPair>& pairs, const Diffusion
     if (copied) copied(k);
   }
   MEWM_TRY(const torch::Tensor multi_hot, nets::PlansToMultiHot(plans, config.items));
-  return Stacked{pre, post, nets::PlanRows(multi_hot, diameters, covariates, enhancing_hu, config),
-                 std::move(crop)};
+  torch::Tensor rows = nets::PlanRows(multi_hot, diameters, covariates, enhancing_hu, config);
+  if (config.response_head) {
+    torch::Tensor level = torch::empty({m, 1});
+    for (std::int64_t k = 0; k < m; ++k) {
+      level[k][0] = ResponseLevelFeature(ResidualMl(post.slice(0, k, k + 1), config).item<double>(),
+                                         ResidualMl(pre.slice(0, k, k + 1), config).item<double>());
+    }
+    rows = torch::cat({rows, level.to(rows.options())}, 1);
+  }
+  return Stacked{pre, post, rows, std::move(crop)};
 }
 
 /// The CT term of the reconstruction losses: L1 with the tumor's neighbourhood `region` (where
@@ -249,6 +265,9 @@ TextureModel FitTexture(nets::DiffusionNet& net, const Stacked& data, const Diff
       (tumor_count * noise.slice(0, bins / 2).square()).sum().item<double>() / tumor_voxels);
   return t;
 }
+
+/// Full-batch steps of the response head's fit (DiffusionConfig::response_head): a few seconds.
+constexpr int kResponseSteps = 2000;
 
 /// Resumable state: which stage and step, plus the modules and optimizers.
 struct TrainState {
@@ -413,13 +432,6 @@ torch::Tensor EncodeAll(nets::DiffusionNet& net, const torch::Tensor& crops) {
         net->ae->Encode(crops.slice(0, b, std::min(crops.size(0), b + 2)).to(torch::kFloat)).first);
   }
   return torch::cat(z);
-}
-
-/// Each crop's residual in mL: its viable fraction (the second channel, [-1, 1] stored) summed.
-/// `crops` [N, 2, D, H, W] of any floating type; [N] float.
-torch::Tensor ResidualMl(const torch::Tensor& crops, const DiffusionConfig& config) {
-  return crops.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5).sum({1, 2, 3, 4}) *
-         (std::pow(config.spacing_mm, 3) * 1e-3);
 }
 
 /// Samples every validation pair (at most 96) with 10-step DDIM at each guidance scale of the
@@ -608,6 +620,14 @@ class Trainer {
   /// of the latent) and contexts, for training and validation. A distilled student keeps its
   /// teacher's latent scale, a fine-tuned model its own. Then the residual term's gradients.
   void EncodeLatents();
+  /// DiffusionConfig::response_head (asked for by the run's options, not only kept from its
+  /// checkpoint): fits the response head to the training pairs' true levels (full batch, AdamW).
+  /// The loss is the level's squared error plus that of its contrast between the plans of one
+  /// crop (each minus the crop's mean), and the weights kept are those of the lowest validation
+  /// contrast error: the patient's level, which the head cannot know, would stop the fit while
+  /// the contrasts, which the planner ranks, still improve. The EMA copy gets the same. A run
+  /// resumed inside the denoiser stage keeps the head its state holds (and reports its fit).
+  void TrainResponseHead();
   Status TrainDenoiser();
   /// Ships the EMA denoiser with the trained autoencoder and scale, and scores the guidance grid
   /// on the validation pairs.
@@ -851,6 +871,74 @@ void Trainer::EncodeLatents() {
   ResidualGradients();
 }
 
+/// Each row of `v` [M, 1] minus the mean of its crop's rows (one crop under several plans):
+/// what the plans change. `crop` holds each row's crop (Stacked::crop).
+torch::Tensor WithinCrop(const torch::Tensor& v, const std::vector<std::int64_t>& crop) {
+  const torch::Tensor index = torch::tensor(crop, torch::kLong).to(v.device());
+  const std::int64_t crops = *std::max_element(crop.begin(), crop.end()) + 1;
+  const torch::Tensor sums = torch::zeros({crops, 1}, v.options()).index_add(0, index, v);
+  const torch::Tensor counts =
+      torch::zeros({crops, 1}, v.options()).index_add(0, index, torch::ones_like(v));
+  return v - (sums / counts).index_select(0, index);
+}
+
+void Trainer::TrainResponseHead() {
+  nets::Denoiser& head = net_->denoiser;
+  const std::int64_t width = data_.plan_rows.size(1) - 1;  // the level is the last column
+  const torch::Tensor x = data_.plan_rows.slice(1, 0, width), y = data_.plan_rows.slice(1, width);
+  const torch::Tensor vx = val_.plan_rows.slice(1, 0, width), vy = val_.plan_rows.slice(1, width);
+  const torch::Tensor share = nets::TumorShare(context_).detach();
+  const torch::Tensor vshare = nets::TumorShare(vcontext_).detach();
+  const torch::Tensor y_within = WithinCrop(y, data_.crop), vy_within = WithinCrop(vy, val_.crop);
+  const auto rms = [](const torch::Tensor& e) { return e.square().mean().sqrt().item<double>(); };
+  torch::optim::AdamW optimizer(head->response->parameters(),
+                                torch::optim::AdamWOptions(1e-3).weight_decay(0.1));
+  const auto val_contrast_rmse = [&] {
+    torch::NoGradGuard no_grad;
+    return rms(WithinCrop(head->PredictLevel(vx, vshare), val_.crop) - vy_within);
+  };
+  std::vector<torch::Tensor> best;
+  double best_val = std::numeric_limits<double>::infinity();
+  head->train();
+  // A run resumed inside the denoiser stage keeps the head its state holds.
+  const int steps = state_.stage == "denoiser" && state_.step > 0 ? 0 : kResponseSteps;
+  for (int step = 0; step < steps; ++step) {
+    const torch::Tensor pred = head->PredictLevel(x, share);
+    const torch::Tensor loss =
+        torch::mse_loss(WithinCrop(pred, data_.crop), y_within) + torch::mse_loss(pred, y);
+    optimizer.zero_grad();
+    loss.backward();
+    optimizer.step();
+    DiffusionTrainProgress p{"response", step + 1, steps, loss.item<double>(), -1.0};
+    if ((step + 1) % 50 == 0) {
+      torch::NoGradGuard no_grad;
+      p.val_loss = val_contrast_rmse();
+      if (p.val_loss < best_val) {
+        best_val = p.val_loss;
+        best.clear();
+        for (const torch::Tensor& w : head->response->parameters())
+          best.push_back(w.detach().clone());
+      }
+    }
+    Report(p);
+  }
+  torch::NoGradGuard no_grad;
+  const auto params = head->response->parameters();
+  const auto ema_params = ema_->denoiser->response->parameters();
+  for (std::size_t k = 0; k < params.size(); ++k) {
+    if (!best.empty()) params[k].copy_(best[k]);  // none when resumed, or never finite
+    ema_params[k].copy_(params[k]);
+  }
+  const torch::Tensor fitted = head->PredictLevel(x, share),
+                      vfitted = head->PredictLevel(vx, vshare);
+  result_.response.train_rmse = rms(fitted - y);
+  result_.response.val_rmse = rms(vfitted - vy);
+  result_.response.val_constant_rmse = rms(vy - y.mean());
+  result_.response.train_contrast_rmse = rms(WithinCrop(fitted, data_.crop) - y_within);
+  result_.response.val_contrast_rmse = val_contrast_rmse();
+  result_.response.val_no_contrast_rmse = rms(vy_within);
+}
+
 Trainer::Noised Trainer::Noise(const torch::Tensor& x0, at::Generator& gen, bool paired) const {
   const std::int64_t n = x0.size(0), draws = paired ? n / 2 : n;
   torch::Tensor t =
@@ -1036,9 +1124,25 @@ void Trainer::Finish(const std::vector<DiffusionPair>& validation_pairs) {
   const std::vector<double> grid = teacher_ != nullptr || o_.config.guidance_distilled != 1.0
                                        ? std::vector<double>{1.0}
                                        : o_.guidance_grid;
-  result_.guidance_scores =
-      ScoreGuidance(ema_, validation_pairs, vz_pre_, vcontext_, val_.plan_rows, val_.pre, val_.post,
-                    alpha_bar_, grid, o_);
+  // A response head's level is the head's prediction, as when serving, not the truth's.
+  torch::Tensor val_rows = val_.plan_rows;
+  if (o_.config.response_head) {
+    torch::NoGradGuard no_grad;
+    const torch::Tensor rows = val_rows.slice(1, 0, val_rows.size(1) - 1);
+    val_rows =
+        torch::cat({rows, ema_->denoiser->PredictLevel(rows, nets::TumorShare(vcontext_))}, 1);
+  }
+  result_.guidance_scores = ScoreGuidance(ema_, validation_pairs, vz_pre_, vcontext_, val_rows,
+                                          val_.pre, val_.post, alpha_bar_, grid, o_);
+  if (o_.config.response_head) {
+    // The denoiser's share: the same with each pair's true level, as if the head were exact.
+    const GuidanceScore exact =
+        ScoreGuidance(ema_, validation_pairs, vz_pre_, vcontext_, val_.plan_rows, val_.pre,
+                      val_.post, alpha_bar_, {1.0}, o_)
+            .front();
+    result_.response.true_level_spearman = exact.spearman;
+    result_.response.true_level_mae_ml = exact.residual_mae_ml;
+  }
   double best = -2.0, best_mae = 0.0;
   for (const GuidanceScore& g : result_.guidance_scores) {
     if (g.spearman > best + 1e-9 ||
@@ -1084,6 +1188,17 @@ Status Trainer::Save(std::size_t train_pairs, std::size_t validation_pairs) {
     meta["training"]["residual_weight"] = o_.residual_weight;
     meta["training"]["residual_sd_ml"] = residual_sd_ml_;
   }
+  if (o_.config.response_head) {
+    const ResponseHeadFit& r = result_.response;
+    meta["training"]["response_head"] = {{"train_rmse", r.train_rmse},
+                                         {"validation_rmse", r.val_rmse},
+                                         {"validation_constant_rmse", r.val_constant_rmse},
+                                         {"train_contrast_rmse", r.train_contrast_rmse},
+                                         {"validation_contrast_rmse", r.val_contrast_rmse},
+                                         {"validation_no_contrast_rmse", r.val_no_contrast_rmse},
+                                         {"true_level_spearman", r.true_level_spearman},
+                                         {"true_level_mae_ml", r.true_level_mae_ml}};
+  }
   if (o_.pair_weight > 0.0) {
     meta["training"]["pair_weight"] = o_.pair_weight;
     meta["training"]["pair_rms_ml"] = pair_rms_ml_;
@@ -1105,16 +1220,16 @@ Expected<DiffusionTrainReport> Train(
   const bool ae_bad = o.ae_steps < 1 || o.ae_batch < 1 || o.ae_patch < 8 || o.ae_patch % 4 != 0 ||
                       o.ae_patch > o.config.crop_voxels;
   const bool from_checkpoint = !o.distill_from.empty() || !o.init_from.empty();
-  // A fine-tune of the decoder alone, or a texture fit alone, leaves the checkpoint's denoiser
-  // as it is.
-  const bool decoder_only =
-      !o.init_from.empty() && o.denoiser_steps == 0 && (o.decoder_steps > 0 || o.fit_texture);
-  if ((ae_bad && !from_checkpoint) || (o.denoiser_steps < 1 && !decoder_only) ||
+  // A fine-tune of the decoder alone, a texture fit alone, or a response head's fit alone,
+  // leaves the checkpoint's denoiser as it is.
+  const bool refit_only = !o.init_from.empty() && o.denoiser_steps == 0 &&
+                          (o.decoder_steps > 0 || o.fit_texture || o.config.response_head);
+  if ((ae_bad && !from_checkpoint) || (o.denoiser_steps < 1 && !refit_only) ||
       o.denoiser_batch < 1 || o.decoder_steps < 0 || o.decoder_batch < 1) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "training steps and batches must be >= 1 (denoiser steps may be 0 only for "
-                     "a decoder fine-tune or a texture fit of an --init-from checkpoint) and the "
-                     "patch a multiple of 4 within the crop");
+                     "a decoder fine-tune, a texture fit or a response head's fit of an "
+                     "--init-from checkpoint) and the patch a multiple of 4 within the crop");
   }
   if (!(o.decoder_lr >= 0.0 && o.decoder_lr <= 1.0)) {
     return MakeError(ErrorCode::kInvalidArgument, "the decoder's learning rate must be in [0, 1]");
@@ -1191,16 +1306,24 @@ Expected<DiffusionTrainReport> Train(
     // Likewise the covariates, the size and enhancement slopes and the decoder's view.
     if (!stored.lesion_size) start_config.lesion_size = false;
     if (!stored.clinical) start_config.clinical = false;
+    if (!stored.response_head) start_config.response_head = false;
     if (!stored.item_size) start_config.item_size = false;
     if (!stored.item_enhancement) start_config.item_enhancement = false;
     if (!stored.decoder_pre) start_config.decoder_pre = false;
     if (!stored.decoder_pre && o.config.decoder_pre && o.decoder_steps == 0)
       return untrained_view();
-    // Only its decoder changes: everything else stays the checkpoint's, a distilled guidance too;
-    // the decoder may gain its view of the pre-treatment crop.
-    if (decoder_only) {
+    // Only its decoder, texture or response head changes: everything else stays the
+    // checkpoint's, a distilled guidance too; the decoder may gain its view of the pre-treatment
+    // crop. A head alone is no use to a denoiser that never learnt to read its level.
+    if (refit_only && o.config.response_head && !stored.response_head) {
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "a response head fitted alone (denoiser steps 0) needs a checkpoint "
+                       "trained with one, whose denoiser reads the level: give denoiser steps");
+    }
+    if (refit_only) {
       start_config = run.config = stored;
       run.config.decoder_pre = stored.decoder_pre || o.config.decoder_pre;
+      run.config.response_head = stored.response_head || o.config.response_head;
     }
     // The stored texture was fitted to the stored decoder: kept while the decoder is.
     run.config.texture = o.decoder_steps > 0 ? TextureModel{} : stored.texture;
@@ -1257,6 +1380,7 @@ Expected<DiffusionTrainReport> Train(
   MEWM_RETURN_IF_ERROR(trainer.TrainAutoencoder());
   MEWM_RETURN_IF_ERROR(trainer.TrainDecoder());
   trainer.EncodeLatents();
+  if (o.config.response_head) trainer.TrainResponseHead();
   MEWM_RETURN_IF_ERROR(trainer.TrainDenoiser());
   trainer.Finish(validation_pairs);
   trainer.result().seconds = Seconds(t_start);

@@ -108,6 +108,16 @@ struct DiffusionConfig {
   /// much tumor regrows. Trained with `mewm train dynamics --clinical`; a checkpoint without it
   /// can start one with it (the input starts at zero), and a preset takes it from the checkpoint.
   bool clinical = false;
+  /// Whether the denoiser is conditioned on the outcome's level, predicted by a response head
+  /// (`mewm train dynamics --response-head`). The level is ResponseLevelFeature of the crop's
+  /// residual; the denoiser reads it as one more plan-row column, inside the plan MLP like the
+  /// size. It trains on each pair's true level. The head, a small MLP over the plan row (with the
+  /// tumor's EnhancementFeature) and the pre-treatment latent pooled over the tumor, learns the
+  /// level by regression, and serving and the validation scores use its prediction. The diffusion
+  /// loss weighs a plan's effect on the residual little against the rest of the image; the head's
+  /// loss is that effect alone. Adds weights; a checkpoint without it can start one with it (the
+  /// level's input starts at zero), and a preset takes it from the checkpoint.
+  bool response_head = false;
   /// Embedding groups, empty or one entry per item: items with the same non-empty group share
   /// one plan embedding (the mean of their own), so the denoiser cannot tell them apart; an empty
   /// entry keeps the item's own. Filled by ItemGroups from public drug knowledge (`mewm train
@@ -211,6 +221,11 @@ double LesionSizeFeature(double diameter_mm);
 /// of TumorFeatures::enhancing_hu (mean HU of the non-necrotic pre-treatment tumor); about -1 to
 /// +1.5 over the world's tumors (90 HU is the guideline's hypervascular threshold).
 double EnhancementFeature(double enhancing_hu);
+
+/// The level a DiffusionConfig::response_head denoiser reads: ln((residual + 1) / (pre + 1)), of
+/// a crop's residual (integrated viable fraction) and its pre-treatment tumor volume, in mL; 0 for
+/// no change, about -4 for a complete response of a 50 mL tumor, above 0 for growth.
+double ResponseLevelFeature(double residual_ml, double pre_ml);
 
 /// The covariates a DiffusionConfig::clinical denoiser reads, each of about unit scale over the
 /// world's patients: log10(AFP in ng/mL) - 1.5, vascular invasion (0 or 1), (age - 62) / 9.

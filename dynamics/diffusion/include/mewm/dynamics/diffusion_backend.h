@@ -150,7 +150,7 @@ struct DiffusionTrainOptions {
 };
 
 struct DiffusionTrainProgress {
-  std::string stage;  ///< "autoencoder", "decoder" or "denoiser"
+  std::string stage;  ///< "autoencoder", "decoder", "response" (the response head) or "denoiser"
   int step = 0, total = 0;
   double loss = 0.0;
   /// < 0 when not validated at this step; for the decoder, the relative residual error of the
@@ -165,6 +165,18 @@ struct GuidanceScore {
   double residual_mae_ml = 0.0;  ///< mean |generated - true| residual per crop, mL
 };
 
+/// How a DiffusionConfig::response_head fits: RMS errors of its level (ResponseLevelFeature), and
+/// of its contrast between the plans of one crop (each level minus the crop's mean level).
+struct ResponseHeadFit {
+  double train_rmse = 0.0, val_rmse = 0.0;
+  double val_constant_rmse = 0.0;  ///< a constant level, the training pairs' mean
+  double train_contrast_rmse = 0.0, val_contrast_rmse = 0.0;
+  double val_no_contrast_rmse = 0.0;  ///< the same level for every plan of a crop
+  /// The validation pairs generated at guidance 1 (as GuidanceScore) with each pair's true level
+  /// in place of the head's: what the denoiser makes of an exact level.
+  double true_level_spearman = 0.0, true_level_mae_ml = 0.0;
+};
+
 struct DiffusionTrainReport {
   double ae_val_l1_ct = 0.0;      ///< validation L1 of the CT channel, [-1, 1] units
   double ae_val_mask_dice = 0.0;  ///< validation Dice of the reconstructed mask channel
@@ -177,6 +189,7 @@ struct DiffusionTrainReport {
   double latent_scale = 1.0;
   double seconds = 0.0;
   int resumed_from_step = 0;  ///< global step the run resumed from (0: fresh)
+  ResponseHeadFit response;   ///< with DiffusionConfig::response_head
   /// With DiffusionTrainOptions::fit_texture: the bins fitted (the rest add nothing), and over the
   /// training voxels inside the pre-treatment tumor, the mean |offset| and the RMS noise added.
   int texture_bins = 0;
