@@ -897,8 +897,9 @@ void Trainer::TrainResponseHead() {
     torch::NoGradGuard no_grad;
     return rms(WithinCrop(head->PredictLevel(vx, vshare), val_.crop) - vy_within);
   };
+  // The weights it starts from count too: a head fitted again may already be at its best.
   std::vector<torch::Tensor> best;
-  double best_val = std::numeric_limits<double>::infinity();
+  double best_val = val_contrast_rmse();
   head->train();
   // A run resumed inside the denoiser stage keeps the head its state holds.
   const int steps = state_.stage == "denoiser" && state_.step > 0 ? 0 : kResponseSteps;
@@ -926,7 +927,7 @@ void Trainer::TrainResponseHead() {
   const auto params = head->response->parameters();
   const auto ema_params = ema_->denoiser->response->parameters();
   for (std::size_t k = 0; k < params.size(); ++k) {
-    if (!best.empty()) params[k].copy_(best[k]);  // none when resumed, or never finite
+    if (!best.empty()) params[k].copy_(best[k]);  // none: the weights it started from
     ema_params[k].copy_(params[k]);
   }
   const torch::Tensor fitted = head->PredictLevel(x, share),
