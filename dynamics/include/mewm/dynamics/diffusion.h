@@ -115,8 +115,11 @@ struct DiffusionConfig {
   /// tumor's EnhancementFeature) and the pre-treatment latent pooled over the tumor, learns the
   /// level by regression, and serving and the validation scores use its prediction. The diffusion
   /// loss weighs a plan's effect on the residual little against the rest of the image; the head's
-  /// loss is that effect alone. Adds weights; a checkpoint without it can start one with it (the
-  /// level's input starts at zero), and a preset takes it from the checkpoint.
+  /// loss is that effect alone. Measured, not shipped: the head learned about three quarters of
+  /// the contrast between plans on unseen patients, but a fine-tuned denoiser hardly used the
+  /// level, even an exact one, and planned worse (models/README.md, "A response head"). Adds
+  /// weights; a checkpoint without it can start one with it (the level's input starts at zero),
+  /// and a preset takes it from the checkpoint.
   bool response_head = false;
   /// Embedding groups, empty or one entry per item: items with the same non-empty group share
   /// one plan embedding (the mean of their own), so the denoiser cannot tell them apart; an empty
