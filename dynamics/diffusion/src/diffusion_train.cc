@@ -871,16 +871,22 @@ void Trainer::EncodeLatents() {
   ResidualGradients();
 }
 
-/// Each row of `v` [M, 1] minus the mean of its crop's rows (one crop under several plans):
-/// what the plans change. `crop` holds each row's crop (Stacked::crop).
-torch::Tensor WithinCrop(const torch::Tensor& v, const std::vector<std::int64_t>& crop) {
-  const torch::Tensor index = torch::tensor(crop, torch::kLong).to(v.device());
-  const std::int64_t crops = *std::max_element(crop.begin(), crop.end()) + 1;
-  const torch::Tensor sums = torch::zeros({crops, 1}, v.options()).index_add(0, index, v);
-  const torch::Tensor counts =
-      torch::zeros({crops, 1}, v.options()).index_add(0, index, torch::ones_like(v));
-  return v - (sums / counts).index_select(0, index);
-}
+/// Subtracts from each row of a [M, 1] tensor the mean of its crop's rows (one crop under several
+/// plans): what the plans change. Built once from each row's crop (Stacked::crop).
+class WithinCrop {
+ public:
+  WithinCrop(const std::vector<std::int64_t>& crop, const torch::Device& device)
+      : index_(torch::tensor(crop, torch::kLong).to(device)),
+        counts_(torch::zeros({*std::max_element(crop.begin(), crop.end()) + 1, 1}, device)
+                    .index_add(0, index_, torch::ones({index_.size(0), 1}, device))) {}
+  torch::Tensor operator()(const torch::Tensor& v) const {
+    const torch::Tensor sums = torch::zeros_like(counts_).index_add(0, index_, v);
+    return v - (sums / counts_).index_select(0, index_);
+  }
+
+ private:
+  torch::Tensor index_, counts_;
+};
 
 void Trainer::TrainResponseHead() {
   nets::Denoiser& head = net_->denoiser;
@@ -889,13 +895,14 @@ void Trainer::TrainResponseHead() {
   const torch::Tensor vx = val_.plan_rows.slice(1, 0, width), vy = val_.plan_rows.slice(1, width);
   const torch::Tensor share = nets::TumorShare(context_).detach();
   const torch::Tensor vshare = nets::TumorShare(vcontext_).detach();
-  const torch::Tensor y_within = WithinCrop(y, data_.crop), vy_within = WithinCrop(vy, val_.crop);
+  const WithinCrop within(data_.crop, device_), vwithin(val_.crop, device_);
+  const torch::Tensor y_within = within(y), vy_within = vwithin(vy);
   const auto rms = [](const torch::Tensor& e) { return e.square().mean().sqrt().item<double>(); };
   torch::optim::AdamW optimizer(head->response->parameters(),
                                 torch::optim::AdamWOptions(1e-3).weight_decay(0.1));
   const auto val_contrast_rmse = [&] {
     torch::NoGradGuard no_grad;
-    return rms(WithinCrop(head->PredictLevel(vx, vshare), val_.crop) - vy_within);
+    return rms(vwithin(head->PredictLevel(vx, vshare)) - vy_within);
   };
   // The weights it starts from count too: a head fitted again may already be at its best.
   std::vector<torch::Tensor> best;
@@ -905,8 +912,7 @@ void Trainer::TrainResponseHead() {
   const int steps = state_.stage == "denoiser" && state_.step > 0 ? 0 : kResponseSteps;
   for (int step = 0; step < steps; ++step) {
     const torch::Tensor pred = head->PredictLevel(x, share);
-    const torch::Tensor loss =
-        torch::mse_loss(WithinCrop(pred, data_.crop), y_within) + torch::mse_loss(pred, y);
+    const torch::Tensor loss = torch::mse_loss(within(pred), y_within) + torch::mse_loss(pred, y);
     optimizer.zero_grad();
     loss.backward();
     optimizer.step();
@@ -935,7 +941,7 @@ void Trainer::TrainResponseHead() {
   result_.response.train_rmse = rms(fitted - y);
   result_.response.val_rmse = rms(vfitted - vy);
   result_.response.val_constant_rmse = rms(vy - y.mean());
-  result_.response.train_contrast_rmse = rms(WithinCrop(fitted, data_.crop) - y_within);
+  result_.response.train_contrast_rmse = rms(within(fitted) - y_within);
   result_.response.val_contrast_rmse = val_contrast_rmse();
   result_.response.val_no_contrast_rmse = rms(vy_within);
 }
