@@ -1128,6 +1128,16 @@ TEST_F(DiffusionTest, AResponseHeadLearnsEachPlansLevelAndIsServedPerCrop) {
   auto refitted = TrainDiffusion(pairs, {}, refit, {});
   ASSERT_TRUE(refitted) << refitted.error().ToString();
   EXPECT_LT(refitted->response.train_rmse, 0.25 * constant_rmse);
+  // A texture fitted alone keeps the head as it was, and the checkpoint still records its fit.
+  DiffusionTrainOptions textured = TinyTraining(47, 10, 4, 100);
+  textured.fit_texture = true;
+  textured.denoiser_steps = 0;
+  textured.init_from = refit.out;
+  textured.out = (dir_->path() / "response_textured.pt").string();
+  ASSERT_TRUE(TrainDiffusion(pairs, {}, textured, {}));
+  const nlohmann::json kept = TrainingRecord(textured.out).at("response_head");
+  EXPECT_NEAR(kept.at("train_rmse").get<double>(), refitted->response.train_rmse, 1e-6)
+      << kept.dump();
   refit.init_from = *model_path_;
   refit.out = (dir_->path() / "response_refused.pt").string();
   auto refused = TrainDiffusion(pairs, {}, refit, {});

@@ -620,14 +620,15 @@ class Trainer {
   /// of the latent) and contexts, for training and validation. A distilled student keeps its
   /// teacher's latent scale, a fine-tuned model its own. Then the residual term's gradients.
   void EncodeLatents();
-  /// DiffusionConfig::response_head (asked for by the run's options, not only kept from its
-  /// checkpoint): fits the response head to the training pairs' true levels (full batch, AdamW).
+  /// DiffusionConfig::response_head: with `fit` (the head asked for, not only kept from the
+  /// checkpoint a refit starts from), fits the response head to the training pairs' true levels
+  /// (full batch, AdamW); either way, measures its fit for the report.
   /// The loss is the level's squared error plus that of its contrast between the plans of one
   /// crop (each minus the crop's mean), and the weights kept are those of the lowest validation
   /// contrast error: the patient's level, which the head cannot know, would stop the fit while
   /// the contrasts, which the planner ranks, still improve. The EMA copy gets the same. A run
   /// resumed inside the denoiser stage keeps the head its state holds (and reports its fit).
-  void TrainResponseHead();
+  void TrainResponseHead(bool fit);
   Status TrainDenoiser();
   /// Ships the EMA denoiser with the trained autoencoder and scale, and scores the guidance grid
   /// on the validation pairs.
@@ -888,7 +889,7 @@ class WithinCrop {
   torch::Tensor index_, counts_;
 };
 
-void Trainer::TrainResponseHead() {
+void Trainer::TrainResponseHead(bool fit) {
   nets::Denoiser& head = net_->denoiser;
   const std::int64_t width = data_.plan_rows.size(1) - 1;  // the level is the last column
   const torch::Tensor x = data_.plan_rows.slice(1, 0, width), y = data_.plan_rows.slice(1, width);
@@ -909,7 +910,7 @@ void Trainer::TrainResponseHead() {
   double best_val = val_contrast_rmse();
   head->train();
   // A run resumed inside the denoiser stage keeps the head its state holds.
-  const int steps = state_.stage == "denoiser" && state_.step > 0 ? 0 : kResponseSteps;
+  const int steps = !fit || (state_.stage == "denoiser" && state_.step > 0) ? 0 : kResponseSteps;
   for (int step = 0; step < steps; ++step) {
     const torch::Tensor pred = head->PredictLevel(x, share);
     const torch::Tensor loss = torch::mse_loss(within(pred), y_within) + torch::mse_loss(pred, y);
@@ -1387,7 +1388,7 @@ Expected<DiffusionTrainReport> Train(
   MEWM_RETURN_IF_ERROR(trainer.TrainAutoencoder());
   MEWM_RETURN_IF_ERROR(trainer.TrainDecoder());
   trainer.EncodeLatents();
-  if (o.config.response_head) trainer.TrainResponseHead();
+  if (run.config.response_head) trainer.TrainResponseHead(o.config.response_head);
   MEWM_RETURN_IF_ERROR(trainer.TrainDenoiser());
   trainer.Finish(validation_pairs);
   trainer.result().seconds = Seconds(t_start);
