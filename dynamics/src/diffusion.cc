@@ -291,6 +291,60 @@ double ResponseLevelFeature(double residual_ml, double pre_ml) {
   return std::log((std::max(residual_ml, 0.0) + 1.0) / (std::max(pre_ml, 0.0) + 1.0));
 }
 
+double ResidualOfLevel(double level, double pre_ml) {
+  return std::max(0.0, std::exp(level) * (std::max(pre_ml, 0.0) + 1.0) - 1.0);
+}
+
+Expected<double> AnchorResidual(DenseFloat& fraction, const DenseFloat& mask, double voxel_ml,
+                                double target_ml) {
+  if (fraction.dims != mask.dims || !fraction.geometry.ApproxEquals(mask.geometry)) {
+    return MakeError(ErrorCode::kMismatch, "the mask's lattice (" + mask.geometry.ToString() +
+                                               ") differs from the viable fraction's (" +
+                                               fraction.geometry.ToString() + ")");
+  }
+  if (!(std::isfinite(target_ml) && target_ml >= 0.0 && std::isfinite(voxel_ml) &&
+        voxel_ml > 0.0)) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "anchoring a residual needs a finite target >= 0 mL and voxel volume > 0 "
+                     "(got " +
+                         std::to_string(target_ml) + " and " + std::to_string(voxel_ml) + ")");
+  }
+  // The logits of the voxels that move: the tumor's, and any the generator made viable outside it
+  // (growth), clamped away from 0 and 1 so that a shift can move each of them. The rest stay 0.
+  constexpr double kEdge = 1e-4;
+  std::vector<std::size_t> moving;
+  std::vector<double> logit;
+  for (std::size_t x = 0; x < fraction.size(); ++x) {
+    const double v = std::clamp(double(fraction.data[x]), 0.0, 1.0);
+    if (mask.data[x] > 0.5f || v > 0.0) {
+      const double c = std::clamp(v, kEdge, 1.0 - kEdge);
+      moving.push_back(x);
+      logit.push_back(std::log(c / (1.0 - c)));
+    }
+  }
+  if (moving.empty()) return 0.0;
+  const double want = std::clamp(target_ml / voxel_ml, 0.0, double(moving.size()));
+  const auto sum_at = [&](double shift) {
+    double sum = 0.0;
+    for (double l : logit) sum += 1.0 / (1.0 + std::exp(-(l + shift)));
+    return sum;
+  };
+  // The sum rises with the shift: bisect it (40 halvings of [-40, 40] reach 1e-10).
+  double lo = -40.0, hi = 40.0;
+  for (int i = 0; i < 40; ++i) {
+    const double mid = 0.5 * (lo + hi);
+    (sum_at(mid) < want ? lo : hi) = mid;
+  }
+  const double shift = 0.5 * (lo + hi);
+  double reached = 0.0;
+  for (std::size_t k = 0; k < moving.size(); ++k) {
+    const double v = 1.0 / (1.0 + std::exp(-(logit[k] + shift)));
+    fraction.data[moving[k]] = float(v);
+    reached += v;
+  }
+  return reached * voxel_ml;
+}
+
 std::array<double, 3> ClinicalFeatures(const Covariates& covariates) {
   return {std::log10(std::max(covariates.afp_ng_ml, 0.1)) - 1.5,
           covariates.vascular_invasion ? 1.0 : 0.0, (covariates.age_years - 62.0) / 9.0};

@@ -1113,6 +1113,37 @@ TEST_F(DiffusionTest, AResponseHeadLearnsEachPlansLevelAndIsServedPerCrop) {
   auto outcomes = model->Simulate(two, {{P("Lipiodol+PVA"), 0, 1, 0}, {P("Lipiodol"), 0, 2, 0}});
   ASSERT_TRUE(outcomes) << outcomes.error().ToString();
   EXPECT_EQ(model->counters().plan_embeddings, 4);
+  // Anchored (DiffusionBackendOptions::anchor_level), the amount of viable tumor is the head's:
+  // two samples of a plan differ in where it lies, not in how much, and the plan the pairs kept
+  // more of keeps more. The CT is the one generated without the anchor.
+  const std::vector<SimulationRequest> requests = {{P("Lipiodol+Epirubicin"), 0, 1, 0},
+                                                   {P("Lipiodol+Epirubicin"), 1, 2, 0},
+                                                   {P("Lipiodol+PVA"), 0, 1, 0}};
+  DiffusionBackendOptions anchored = Options();
+  anchored.model_path = (dir_->path() / "response.pt").string();
+  anchored.anchor_level = true;
+  auto anchored_model = CreateDiffusionDynamics(anchored);
+  ASSERT_TRUE(anchored_model) << anchored_model.error().ToString();
+  auto moved = (*anchored_model)->Simulate(two, requests);
+  auto free = model->Simulate(two, requests);
+  ASSERT_TRUE(moved) << moved.error().ToString();
+  ASSERT_TRUE(free) << free.error().ToString();
+  const auto residual = [](const Outcome& o) {
+    const auto f = o.viable_fraction->ToDense().data;
+    return std::accumulate(f.begin(), f.end(), 0.0);
+  };
+  EXPECT_NEAR(residual((*moved)[0]) / residual((*moved)[1]), 1.0, 0.02);
+  EXPECT_GT(std::abs(residual((*free)[0]) / residual((*free)[1]) - 1.0), 1e-4);
+  EXPECT_LT(residual((*moved)[2]), residual((*moved)[0]) / 1.2);
+  for (std::size_t k = 0; k < requests.size(); ++k) {
+    EXPECT_EQ(MaxDifference((*moved)[k].post_ct.ToDense().data, (*free)[k].post_ct.ToDense().data),
+              0.0);
+  }
+  anchored.model_path = *model_path_;  // no head
+  const auto headless = CreateDiffusionDynamics(anchored);
+  ASSERT_FALSE(headless);
+  EXPECT_EQ(headless.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(headless.error().message.find("response head"), std::string::npos);
   // The feature: no change is 0, a complete response of a 50 mL tumor about -3.9.
   EXPECT_NEAR(ResponseLevelFeature(50.0, 50.0), 0.0, 1e-12);
   EXPECT_NEAR(ResponseLevelFeature(0.0, 50.0), -std::log(51.0), 1e-12);
@@ -1145,6 +1176,56 @@ TEST_F(DiffusionTest, AResponseHeadLearnsEachPlansLevelAndIsServedPerCrop) {
   EXPECT_EQ(refused.error().code, ErrorCode::kInvalidArgument);
   EXPECT_NE(refused.error().message.find("response head"), std::string::npos);
   EXPECT_FALSE(std::filesystem::exists(refit.out));
+}
+
+TEST(AnchorResidualTest, ShiftsTheMovingFractionToTheTargetAndKeepsItsOrder) {
+  const Geometry g = Geometry::Isotropic(2.0);  // 8 uL voxels
+  const double voxel_ml = 8e-3;
+  // The tumor: the first 32 voxels; outside it, two voxels of growth and 30 of nothing.
+  DenseFloat mask({4, 4, 4}, g, 0.0f), start({4, 4, 4}, g, 0.0f);
+  for (std::size_t x = 0; x < 32; ++x) {
+    mask.data[x] = 1.0f;
+    start.data[x] = x % 2 == 0 ? 0.3f : 0.6f;
+  }
+  start.data[2] = 0.0f;  // an empty voxel in the tumor can be filled too
+  start.data[40] = start.data[41] = 0.2f;
+  const auto sum_ml = [voxel_ml](const DenseFloat& f) {
+    return std::accumulate(f.data.begin(), f.data.end(), 0.0) * voxel_ml;
+  };
+  for (double target_ml : {0.01, 0.08, 0.15, 0.25}) {
+    DenseFloat f = start;
+    auto reached = AnchorResidual(f, mask, voxel_ml, target_ml);
+    ASSERT_TRUE(reached) << reached.error().ToString();
+    EXPECT_NEAR(*reached, target_ml, 1e-9);
+    EXPECT_NEAR(sum_ml(f), target_ml, 1e-5);
+    EXPECT_LT(f.data[0], f.data[1]);  // the order is kept
+    EXPECT_LT(f.data[2], f.data[0]);
+    EXPECT_GT(f.data[2], 0.0f);
+    EXPECT_LT(f.data[40], f.data[1]);  // growth moves with the tumor
+    EXPECT_EQ(f.data[40], f.data[41]);
+    for (std::size_t x = 42; x < 64; ++x) EXPECT_EQ(f.data[x], 0.0f);  // nothing stays nothing
+  }
+  // As near as it can: every moving voxel empty, or every one full.
+  for (const auto& [target_ml, each] : {std::pair{0.0, 0.0}, std::pair{10.0, 1.0}}) {
+    DenseFloat f = start;
+    auto reached = AnchorResidual(f, mask, voxel_ml, target_ml);
+    ASSERT_TRUE(reached);
+    EXPECT_NEAR(*reached, 34 * each * voxel_ml, 1e-9);
+    EXPECT_NEAR(f.data[5], each, 1e-6);
+    EXPECT_NEAR(f.data[41], each, 1e-6);
+  }
+  // The level's inverse.
+  EXPECT_NEAR(ResidualOfLevel(ResponseLevelFeature(12.5, 40.0), 40.0), 12.5, 1e-9);
+  EXPECT_EQ(ResidualOfLevel(-50.0, 40.0), 0.0);
+  // Refused: another lattice, a negative or non-finite target, a voxel of no volume.
+  DenseFloat f = start;
+  DenseFloat small({2, 2, 2}, g, 1.0f);
+  EXPECT_EQ(AnchorResidual(f, small, voxel_ml, 0.1).error().code, ErrorCode::kMismatch);
+  for (double bad : {-1.0, std::nan(""), std::numeric_limits<double>::infinity()}) {
+    EXPECT_EQ(AnchorResidual(f, mask, voxel_ml, bad).error().code, ErrorCode::kInvalidArgument);
+  }
+  EXPECT_EQ(AnchorResidual(f, mask, 0.0, 0.1).error().code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(MaxDifference(f.data, start.data), 0.0);  // a refusal changes nothing
 }
 
 TEST_F(DiffusionTest, TheResidualTermChangesWhatTheDenoiserLearnsAndIsRecorded) {

@@ -231,9 +231,10 @@ TEST_F(ScenarioTest, DiffusionBackendReadsItsModelAndSampler) {
   std::ofstream(dir_.File("models/diffusion.pt")) << "weights";
   auto spec = Parse(Replace(Valid(), mech,
                             "backend = \"diffusion\"\nmodel = \"models/diffusion.pt\"\n"
-                            "steps = 10\neta = 0.5\nguidance = 2.0"));
+                            "steps = 10\neta = 0.5\nguidance = 2.0\nanchor_level = true"));
   ASSERT_TRUE(spec) << spec.error().message;
   EXPECT_EQ(spec->dynamics_backend, "diffusion");
+  EXPECT_TRUE(spec->diffusion.anchor_level);
   EXPECT_EQ(spec->diffusion.model_path, dir_.File("models/diffusion.pt"));
   EXPECT_EQ(spec->diffusion.config, "cpu");
   EXPECT_EQ(spec->diffusion.sampler.steps, 10);
@@ -243,8 +244,9 @@ TEST_F(ScenarioTest, DiffusionBackendReadsItsModelAndSampler) {
   auto wrong = Parse(Replace(Valid(), mech,
                              "backend = \"diffusion\"\nmodel = \"models/diffusion.pt\"\n"
                              "calibration = \"models/calibration.json\"\nsteps = 0\n"
-                             "config = \"gpu\""));
+                             "config = \"gpu\"\nanchor_level = \"yes\""));
   ASSERT_FALSE(wrong);
+  EXPECT_NE(wrong.error().message.find("anchor_level"), std::string::npos);
   EXPECT_NE(wrong.error().message.find("calibration"), std::string::npos);
   EXPECT_NE(wrong.error().message.find("steps"), std::string::npos);
   EXPECT_NE(wrong.error().message.find("gpu"), std::string::npos);

@@ -1100,6 +1100,16 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
               dir_.File("missing.pt") + " --calibration \"\" --patients 3");
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_NE(r.output.find("missing.pt"), std::string::npos) << r.output;
+  // Its residuals moved to its head's levels (--anchor-level). The model it started from has no
+  // head and is refused, naming it.
+  r = RunMewm("eval dynamics --quiet --cohort " + cohort + " --model " + tuned +
+              " --anchor-level --calibration \"\" --patients 3 --folds 2 --steps 2 --threads 1");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("diffusion"), std::string::npos) << r.output;
+  r = RunMewm("eval dynamics --quiet --cohort " + cohort + " --model " + model +
+              " --anchor-level --calibration \"\" --patients 3 --steps 2 --threads 1");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("response head"), std::string::npos) << r.output;
   // Loss options refused before training, naming the option; nothing is written.
   for (const auto& [option, named] : std::vector<std::pair<std::string, std::string>>{
            {"--residual-weight -1", "--residual-weight"},
@@ -1164,6 +1174,13 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
               " --generator " + model + " --generator-steps 2");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(ReadText(dir_.File("gen_cox.json")).find("--generator"), std::string::npos);
+  // Fitted on the head's anchored outcomes, the provenance says so.
+  r = RunMewm("train survival --quiet --cohort " + cohort + " --out " +
+              dir_.File("anchored_cox.json") + " --generator " + tuned +
+              " --generator-steps 2 --generator-anchor-level");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(ReadText(dir_.File("anchored_cox.json")).find("--generator-anchor-level"),
+            std::string::npos);
   r = RunMewm("eval survival --model " + dir_.File("gen_cox.json") + " --cohort " + cohort +
               " --train-cohort " + cohort + " --generator " + model + " --generator-steps 2");
   ASSERT_EQ(r.code, 0) << r.output;

@@ -391,6 +391,9 @@ void AddGeneratorOptions(CLI::App* sub, GeneratorOptions* options) {
       ->capture_default_str();
   sub->add_option("--generator-seed", options->seed, "Run seed of its samples")
       ->capture_default_str();
+  sub->add_flag("--generator-anchor-level", options->anchor_level,
+                "Move each generated residual to its response head's prediction (a checkpoint "
+                "trained with --response-head)");
 }
 
 Expected<std::unique_ptr<dynamics::DynamicsModel>> LoadGenerator(const GeneratorOptions& options) {
@@ -400,6 +403,7 @@ Expected<std::unique_ptr<dynamics::DynamicsModel>> LoadGenerator(const Generator
   o.config = "";
   o.sampler.steps = options.steps;
   o.sampler.guidance = options.guidance;
+  o.anchor_level = options.anchor_level;
   MEWM_TRY(auto model, dynamics::CreateDiffusionDynamics(o));
   return std::unique_ptr<dynamics::DynamicsModel>(std::move(model));
 }
@@ -412,7 +416,7 @@ Action AddEvalDynamics(CLI::App& eval_app, const BackendRegistry& backends) {
     dynamics::SamplerConfig sampler;
     std::uint64_t seed = 1;
     int folds = 5, threads = 0, patients = 0, samples = 1;
-    bool quiet = false, json = false, force = false;
+    bool quiet = false, json = false, force = false, anchor_level = false;
   };
   auto o = std::make_shared<Options>();
   CLI::App* sub = eval_app.add_subcommand(
@@ -440,6 +444,9 @@ Action AddEvalDynamics(CLI::App& eval_app, const BackendRegistry& backends) {
       ->capture_default_str();
   sub->add_option("--seed", o->seed, "Run seed of the sample seeds and the Turing test")
       ->capture_default_str();
+  sub->add_flag("--anchor-level", o->anchor_level,
+                "Move each generated residual to the response head's prediction for its plan "
+                "(a checkpoint trained with --response-head; both models with --against)");
   sub->add_option("--folds", o->folds, "Cross-validation folds of the Turing test")
       ->check(CLI::Range(2, 20))
       ->capture_default_str();
@@ -477,6 +484,7 @@ Action AddEvalDynamics(CLI::App& eval_app, const BackendRegistry& backends) {
     options.sampler = o->sampler;
     options.threads = o->threads;
     options.device = o->device;
+    options.anchor_level = o->anchor_level;
     auto diffusion = dynamics::CreateDiffusionDynamics(options);
     if (!diffusion) return Fail(diffusion.error());
     std::unique_ptr<dynamics::DiffusionDynamics> against;

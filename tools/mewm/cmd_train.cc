@@ -65,7 +65,8 @@ Action RegisterTrain(CLI::App& app) {
              : " --generator " + o->generator.model + " --generator-steps " +
                    std::to_string(o->generator.steps) + " --generator-guidance " +
                    std::to_string(o->generator.guidance) + " --generator-seed " +
-                   std::to_string(o->generator.seed));
+                   std::to_string(o->generator.seed) +
+                   (o->generator.anchor_level ? " --generator-anchor-level" : ""));
     const auto [seed, data] = CohortProvenance(o->cohort);
     const auto progress = PatientProgress("reading patients", o->quiet);
     if (surv->parsed()) {

@@ -60,8 +60,10 @@ struct GeneratorOptions {
   int steps = 10;
   double guidance = 1.0;
   std::uint64_t seed = 1;
+  bool anchor_level = false;  ///< DiffusionBackendOptions::anchor_level
 };
-/// Registers --generator, --generator-steps, --generator-guidance and --generator-seed.
+/// Registers --generator, --generator-steps, --generator-guidance, --generator-seed and
+/// --generator-anchor-level.
 void AddGeneratorOptions(CLI::App* sub, GeneratorOptions* options);
 /// The generator named by the options, or nullptr when none is.
 Expected<std::unique_ptr<dynamics::DynamicsModel>> LoadGenerator(const GeneratorOptions& options);

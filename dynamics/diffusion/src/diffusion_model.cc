@@ -232,6 +232,9 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
 
   nets::DiffusionNet& net() { return net_; }
 
+  /// One crop voxel's volume in mL.
+  double VoxelMl() const { return std::pow(config_.spacing_mm, 3) * 1e-3; }
+
   Expected<std::vector<Outcome>> Simulate(const PatientCase& patient,
                                           const std::vector<SimulationRequest>& requests) override {
     // libtorch reports shape, memory and device problems by exception: they become error values
@@ -305,14 +308,24 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     // Each plan is embedded once per call, however many samples it has (once per crop when the
     // embedding reads the size of the crop's lesion, or a level predicted from the crop).
     const torch::Tensor row_index = torch::tensor(row_plan, torch::kLong).to(device_);
+    // With DiffusionBackendOptions::anchor_level, each plan's predicted residual in the crop.
+    std::vector<double> plan_residual_ml;
     const auto embed = [&](const Crop* crop) {
       counters_.plan_embeddings += std::int64_t(plans.size());
       torch::Tensor rows = nets::PlanRows(multi_hot, {crop != nullptr ? crop->diameter_mm : 0.0},
                                           {patient.covariates}, {enhancing_hu_}, config_)
                                .to(device_);
       if (config_.response_head) {
-        rows = torch::cat(
-            {rows, net_->denoiser->PredictLevel(rows, nets::TumorShare(crop->context))}, 1);
+        const torch::Tensor level =
+            net_->denoiser->PredictLevel(rows, nets::TumorShare(crop->context));
+        rows = torch::cat({rows, level}, 1);
+        if (options_.anchor_level) {
+          const torch::Tensor cpu = level.to(torch::kCPU, torch::kDouble).contiguous();
+          plan_residual_ml.clear();
+          for (std::int64_t p = 0; p < cpu.size(0); ++p) {
+            plan_residual_ml.push_back(ResidualOfLevel(cpu[p][0].item<double>(), crop->pre_ml));
+          }
+        }
       }
       return net_->denoiser->PlanEmbedding(rows).index_select(0, row_index);
     };
@@ -350,8 +363,11 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
           counters_.decode_s += clock.Lap();
           for (std::int64_t row = 0; row < e - d; ++row) {
             const std::size_t r = std::size_t(begin + d + row);
+            const double anchor_ml =
+                options_.anchor_level ? plan_residual_ml[std::size_t(row_plan[r])] : std::nan("");
             MEWM_RETURN_IF_ERROR(Paste(decoded[row], crops_[c],
-                                       TextureNoise(NoiseSeed(requests[r]), c), outcomes[r]));
+                                       TextureNoise(NoiseSeed(requests[r]), c), outcomes[r],
+                                       anchor_ml));
           }
           counters_.paste_s += clock.Lap();
         }
@@ -453,7 +469,9 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     torch::Tensor decoded_pre;   ///< [2, D, H, W] on the CPU: z_pre decoded (Paste's reference)
     torch::Tensor pre_mask;      ///< [1, D, H, W] on the CPU: the tumor mask, 0/1
     DenseFloat pre_ct_hu;        ///< decoded_pre's CT in HU
-    torch::Tensor pre_hu;        ///< [D, H, W] on the CPU: the crop's CT in HU (with a texture)
+    DenseFloat mask;       ///< the tumor mask, 0/1, with DiffusionBackendOptions::anchor_level
+    double pre_ml = 0.0;   ///< the tumor's volume in the crop (ResponseLevelFeature's pre)
+    torch::Tensor pre_hu;  ///< [D, H, W] on the CPU: the crop's CT in HU (with a texture)
   };
 
   /// A deep copy of `source` as the outcome of `request`.
@@ -538,6 +556,8 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
           net_->ae->Decode(crop.z_pre, crop.pre_features).to(torch::kCPU).contiguous()[0];
       ++counters_.decodes;
       crop.pre_mask = input[0].slice(0, 1, 2).add(1.0).mul(0.5).to(torch::kCPU).contiguous();
+      crop.pre_ml = crop.pre_mask.sum().item<double>() * VoxelMl();
+      if (options_.anchor_level) crop.mask = channels->mask;
       MEWM_TRY(crop.pre_ct_hu, torch_bridge::FromTensor(crop.decoded_pre[0], crop.geometry));
       UnitToHu(crop.pre_ct_hu, config_.window);
       if (!config_.texture.empty()) {
@@ -585,9 +605,11 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
   /// alone keeps its texture and noise, and the autoencoder's own error cancels where nothing
   /// changes; the viable fraction is the tumor mask plus the decoded change
   /// (nets::ResidualFraction). With a texture model the CT change also gets its per-voxel texture
-  /// (TextureModel), `texture_noise` [D, H, W] being its unit noise.
+  /// (TextureModel), `texture_noise` [D, H, W] being its unit noise. With `anchor_ml` (not NaN),
+  /// the viable fraction is first moved to that residual (AnchorResidual, DiffusionBackendOptions::
+  /// anchor_level).
   Status Paste(const torch::Tensor& decoded, const Crop& crop, const torch::Tensor& texture_noise,
-               Outcome& outcome) const {
+               Outcome& outcome, double anchor_ml = std::nan("")) const {
     auto ct = torch_bridge::FromTensor(decoded[0], crop.geometry);
     if (!ct) {
       return MakeError(ErrorCode::kInternal,
@@ -600,6 +622,9 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
                  nets::ResidualFraction(decoded.slice(0, 1, 2), crop.decoded_pre.slice(0, 1, 2),
                                         crop.pre_mask, config_)[0],
                  crop.geometry));
+    if (!std::isnan(anchor_ml)) {
+      MEWM_RETURN_IF_ERROR(AnchorResidual(fraction, crop.mask, VoxelMl(), anchor_ml));
+    }
     if (!config_.texture.empty()) {
       const TextureModel& t = config_.texture;
       const torch::Tensor change = torch_bridge::ToTensor(*ct);
@@ -658,6 +683,12 @@ Expected<std::unique_ptr<DiffusionDynamics>> CreateDiffusionDynamics(
     expected.texture = stored.texture;                        // likewise
   }
   MEWM_RETURN_IF_ERROR(CheckSampler(expected, options.sampler, options.model_path));
+  if (options.anchor_level && !expected.response_head) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "anchor_level needs a checkpoint with a response head (mewm train dynamics "
+                     "--response-head); " +
+                         options.model_path + " has none");
+  }
   torch_bridge::ConfigureThreads(options.threads);
   torch_bridge::KeepLargeBuffersInHeap();
   auto model =

@@ -142,7 +142,7 @@ Backend<dynamics::DynamicsModel> MechanisticBackend() {
 
 Backend<dynamics::DynamicsModel> DiffusionBackend(dynamics::DiffusionFactory factory) {
   return {"diffusion",
-          {"model", "config", "steps", "eta", "guidance", "blend_margin_mm"},
+          {"model", "config", "steps", "eta", "guidance", "blend_margin_mm", "anchor_level"},
           [](BackendTableReader& r, ScenarioSpec& s) {
             // The learned backend: a checkpoint, its preset and the DDIM sampler.
             const ConfigTable& t = r.table();
@@ -155,6 +155,7 @@ Backend<dynamics::DynamicsModel> DiffusionBackend(dynamics::DiffusionFactory fac
                    &sampler.guidance);
             r.Take(t.GetDouble("blend_margin_mm", s.diffusion.blend_margin_mm, 0.0, 50.0),
                    &s.diffusion.blend_margin_mm);
+            r.Take(t.GetBool("anchor_level", false), &s.diffusion.anchor_level);
           },
           [factory = std::move(factory)](
               const ScenarioSpec& s) -> Expected<std::unique_ptr<dynamics::DynamicsModel>> {

@@ -230,6 +230,19 @@ double EnhancementFeature(double enhancing_hu);
 /// no change, about -4 for a complete response of a 50 mL tumor, above 0 for growth.
 double ResponseLevelFeature(double residual_ml, double pre_ml);
 
+/// ResponseLevelFeature's inverse: the residual (mL) of `level` for a tumor of `pre_ml`.
+double ResidualOfLevel(double level, double pre_ml);
+
+/// Moves `fraction` (a viable fraction in [0, 1]) by one common shift of its logit, so that its
+/// sum times `voxel_ml` is `target_ml`, as near as it can (every moving voxel at 0 or at 1). The
+/// voxels that move are those inside `mask` (above 0.5) and those outside it with a fraction above
+/// 0 (growth); the others stay at 0, and the order of the moving voxels is kept. Returns the
+/// residual reached, in mL. What DiffusionBackendOptions::anchor_level does to each generated
+/// crop. kMismatch when the two lattices differ; kInvalidArgument for a negative or non-finite
+/// target or voxel volume.
+Expected<double> AnchorResidual(DenseFloat& fraction, const DenseFloat& mask, double voxel_ml,
+                                double target_ml);
+
 /// The covariates a DiffusionConfig::clinical denoiser reads, each of about unit scale over the
 /// world's patients: log10(AFP in ng/mL) - 1.5, vascular invasion (0 or 1), (age - 62) / 9.
 std::array<double, 3> ClinicalFeatures(const Covariates& covariates);
@@ -264,6 +277,13 @@ struct DiffusionBackendOptions {
   /// outcome (copied; at most 1 GiB of outcomes kept). Off, every request is generated: only to
   /// measure what sharing saves (`mewm bench dynamics`).
   bool reuse_outcomes = true;
+  /// With a DiffusionConfig::response_head checkpoint: each generated crop's viable fraction is
+  /// moved, in the pre-treatment tumor and its generated growth, to the residual the head predicts
+  /// for its plan (AnchorResidual of ResidualOfLevel), so the plan's effect on the residual is the
+  /// head's and the samples differ in where it lies. The CT's change is the generated one (with a
+  /// texture model, its texture follows the moved fraction). kInvalidArgument at creation for a
+  /// checkpoint without a head.
+  bool anchor_level = false;
 };
 
 /// Creates the diffusion DynamicsModel. mewm::dynamics_diffusion defines the real one
