@@ -6,8 +6,9 @@
 // models/dynamics_diffusion_lesion_size.pt, the one whose drugs share one saturating group,
 // models/dynamics_diffusion_drug_saturate.pt, the undistilled one with a decoder trained on
 // the paste, models/dynamics_diffusion_paste.pt, and its fine-tune with the patient's covariates
-// and a loss term on the decoded residual, models/dynamics_diffusion_residual.pt) respond to
-// plans in the truth's direction.
+// and a loss term on the decoded residual, models/dynamics_diffusion_residual.pt, and its
+// fine-tune with a response head, models/dynamics_diffusion_response.pt, served with each residual
+// anchored to the head's level) respond to plans in the truth's direction.
 // Labelled slow: they load the real weights and render synthetic patients.
 #include <gtest/gtest.h>
 
@@ -40,6 +41,7 @@ TEST_P(DiffusionShippedTest, GeneratedResidualRanksPlansLikeTheTruth) {
   DiffusionBackendOptions o;
   o.model_path = model;
   o.sampler.steps = 10;
+  o.anchor_level = std::string(GetParam()).find("response") != std::string::npos;
   auto m = CreateDiffusionDynamics(o);
   ASSERT_TRUE(m) << m.error().ToString();
   double rho_sum = 0.0;
@@ -81,13 +83,15 @@ INSTANTIATE_TEST_SUITE_P(
     Checkpoints, DiffusionShippedTest,
     ::testing::Values("dynamics_diffusion.pt", "dynamics_diffusion_distilled.pt",
                       "dynamics_diffusion_lesion_size.pt", "dynamics_diffusion_drug_saturate.pt",
-                      "dynamics_diffusion_paste.pt", "dynamics_diffusion_residual.pt"),
+                      "dynamics_diffusion_paste.pt", "dynamics_diffusion_residual.pt",
+                      "dynamics_diffusion_response.pt"),
     [](const ::testing::TestParamInfo<const char*>& param) {
       const std::string name = param.param;
       if (name.find("lesion_size") != std::string::npos) return "LesionSize";
       if (name.find("saturate") != std::string::npos) return "DrugSaturate";
       if (name.find("paste") != std::string::npos) return "PasteDecoder";
       if (name.find("residual") != std::string::npos) return "ResidualTerm";
+      if (name.find("response") != std::string::npos) return "ResponseHeadAnchored";
       if (name.find("distilled") != std::string::npos) return "Distilled";
       return "Teacher";
     });

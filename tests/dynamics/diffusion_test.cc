@@ -1518,6 +1518,11 @@ TEST(GeneratorPlanKeyTest, NamesWhatThePlanEmbeddingReads) {
   config.group_once = true;
   EXPECT_EQ(key("Lipiodol+Oxaliplatin"), key("Lipiodol+Epirubicin+Mitomycin"));
   EXPECT_NE(key("Lipiodol+Oxaliplatin"), key("Lipiodol"));
+  // A response head reads each item, whatever the groups: every item by name.
+  config.response_head = true;
+  EXPECT_NE(key("Lipiodol+Oxaliplatin"), key("Lipiodol+Epirubicin"));
+  EXPECT_EQ(key("Lipiodol+Oxaliplatin"), "Lipiodol+Oxaliplatin+");
+  config.response_head = false;
   // An item outside the vocabulary counts by name (the simulation refuses it).
   EXPECT_NE(GeneratorPlanKey(Plan({"Lipiodol", "Unobtainium"}), config), key("Lipiodol"));
 }

@@ -1871,8 +1871,8 @@ TEST_F(CliDataTest, ModelChecksumsAreCheckedAtLoadAndShownByInspect) {
   for (const char* name :
        {"dynamics_diffusion.pt", "dynamics_diffusion_distilled.pt",
         "dynamics_diffusion_lesion_size.pt", "dynamics_diffusion_drug_saturate.pt",
-        "dynamics_diffusion_paste.pt", "dynamics_diffusion_residual.pt", "cox_survival.json",
-        "mechanistic_calibration.json"}) {
+        "dynamics_diffusion_paste.pt", "dynamics_diffusion_residual.pt",
+        "dynamics_diffusion_response.pt", "cox_survival.json", "mechanistic_calibration.json"}) {
     const std::string recorded = Slurp((models / (std::string(name) + ".sha256")).string());
     ASSERT_GE(recorded.size(), 64u) << name;
     Result r = RunMewm("inspect --json " + (models / name).string());

@@ -163,7 +163,8 @@ Expected<std::vector<std::string>> ItemGroups(const ActionBase& actions,
 /// group with its count of the plan's items (1 with group_once). Plans with equal keys get
 /// bit-identical embeddings, so with the same noise a generator gives them the same outcome
 /// (DiffusionDynamics copies it rather than generating it again). Items outside config.items
-/// count by name.
+/// count by name. With DiffusionConfig::response_head every item counts by name: the head reads
+/// each item, and the embedding reads the head's level.
 std::string GeneratorPlanKey(const Plan& plan, const DiffusionConfig& config);
 
 /// The largest classifier-free guidance scale accepted anywhere: a scenario's
