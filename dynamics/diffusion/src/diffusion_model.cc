@@ -232,9 +232,6 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
 
   nets::DiffusionNet& net() { return net_; }
 
-  /// One crop voxel's volume in mL.
-  double VoxelMl() const { return std::pow(config_.spacing_mm, 3) * 1e-3; }
-
   Expected<std::vector<Outcome>> Simulate(const PatientCase& patient,
                                           const std::vector<SimulationRequest>& requests) override {
     // libtorch reports shape, memory and device problems by exception: they become error values
@@ -556,7 +553,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
           net_->ae->Decode(crop.z_pre, crop.pre_features).to(torch::kCPU).contiguous()[0];
       ++counters_.decodes;
       crop.pre_mask = input[0].slice(0, 1, 2).add(1.0).mul(0.5).to(torch::kCPU).contiguous();
-      crop.pre_ml = crop.pre_mask.sum().item<double>() * VoxelMl();
+      crop.pre_ml = crop.pre_mask.sum().item<double>() * nets::CropVoxelMl(config_);
       if (options_.anchor_level) crop.mask = channels->mask;
       MEWM_TRY(crop.pre_ct_hu, torch_bridge::FromTensor(crop.decoded_pre[0], crop.geometry));
       UnitToHu(crop.pre_ct_hu, config_.window);
@@ -623,7 +620,8 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
                                         crop.pre_mask, config_)[0],
                  crop.geometry));
     if (!std::isnan(anchor_ml)) {
-      MEWM_RETURN_IF_ERROR(AnchorResidual(fraction, crop.mask, VoxelMl(), anchor_ml));
+      MEWM_RETURN_IF_ERROR(
+          AnchorResidual(fraction, crop.mask, nets::CropVoxelMl(config_), anchor_ml));
     }
     if (!config_.texture.empty()) {
       const TextureModel& t = config_.texture;

@@ -452,6 +452,11 @@ torch::Tensor PlanRows(const torch::Tensor& multi_hot, const std::vector<double>
 /// patient's level and did worse on validation after 100 of its 2,000 steps.
 torch::Tensor TumorShare(const torch::Tensor& context);
 
+/// One crop voxel's volume in mL (the crop lattice's spacing, DiffusionConfig::spacing_mm).
+inline double CropVoxelMl(const DiffusionConfig& config) {
+  return std::pow(config.spacing_mm, 3) * 1e-3;
+}
+
 /// A crop pair as a [2, D, H, W] tensor (CT, mask mapped to [-1, 1]).
 torch::Tensor ChannelsToTensor(const CropChannels& channels);
 

@@ -60,7 +60,7 @@ double Seconds(Clock::time_point t0) {
 /// `crops` [N, 2, D, H, W] of any floating type; [N] float.
 torch::Tensor ResidualMl(const torch::Tensor& crops, const DiffusionConfig& config) {
   return crops.slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5).sum({1, 2, 3, 4}) *
-         (std::pow(config.spacing_mm, 3) * 1e-3);
+         nets::CropVoxelMl(config);
 }
 
 /// The stacked dataset: [M, 2, D, H, W] pre and post crops in half precision (1 MiB per crop at
@@ -459,7 +459,7 @@ std::vector<GuidanceScore> ScoreGuidance(
   const torch::Tensor decoded_pre = torch::cat(decoded_pre_parts);
   const torch::Tensor pre_mask =
       pre.slice(0, 0, n).slice(1, 1, 2).to(torch::kFloat).add(1.0).mul(0.5);
-  const double voxel_ml = std::pow(o.config.spacing_mm, 3) * 1e-3;
+  const double voxel_ml = nets::CropVoxelMl(o.config);
   const torch::Tensor true_ml = ResidualMl(post.slice(0, 0, n), o.config);
   const torch::Tensor plan_emb = net->denoiser->PlanEmbedding(plan_rows.slice(0, 0, n));
   auto gen = Rng(o.seed, {4});
