@@ -63,10 +63,9 @@ std::string GeneratorPlanKey(const Plan& plan, const DiffusionConfig& config) {
   std::map<std::string, int> groups;
   for (const std::string& item : plan.items()) {
     const auto at = std::find(config.items.begin(), config.items.end(), item);
-    const std::string group =
-        config.item_groups.empty() || config.response_head || at == config.items.end()
-            ? std::string()
-            : config.item_groups[std::size_t(at - config.items.begin())];
+    const std::string group = config.item_groups.empty() || at == config.items.end()
+                                  ? std::string()
+                                  : config.item_groups[std::size_t(at - config.items.begin())];
     if (group.empty()) {
       key += item + "+";
     } else {

@@ -1178,6 +1178,40 @@ TEST_F(DiffusionTest, AResponseHeadLearnsEachPlansLevelAndIsServedPerCrop) {
   EXPECT_FALSE(std::filesystem::exists(refit.out));
 }
 
+TEST_F(DiffusionTest, AResponseHeadReadsTheItemGroups) {
+  // With every drug in one saturating group, the head's level, and so the anchored amount of
+  // viable tumor, is the same whichever drugs a plan holds, and one drug differs from none.
+  // Each request is simulated alone, as another patient, so nothing is copied.
+  DiffusionConfig config = Tiny();
+  config.response_head = true;
+  config.item_groups = *ItemGroups(ActionBase::Default(), "all");
+  config.group_once = true;
+  ASSERT_TRUE(FineTuned(53, config, "response_grouped.pt"));
+  DiffusionBackendOptions anchored = Options();
+  anchored.model_path = (dir_->path() / "response_grouped.pt").string();
+  anchored.anchor_level = true;
+  auto model = CreateDiffusionDynamics(anchored);
+  ASSERT_TRUE(model) << model.error().ToString();
+  const PatientCase p = Phantom({{0, 0, 0}}, 8.0);
+  int calls = 0;
+  const auto fraction = [&](const std::string& plan) {
+    PatientCase again = p;
+    again.id = "phantom " + std::to_string(++calls);
+    auto out = (*model)->Simulate(again, {{P(plan), 0, 42, 0}});
+    EXPECT_TRUE(out) << out.error().ToString();
+    return out ? out->front().viable_fraction->ToDense().data : std::vector<float>{};
+  };
+  const std::vector<float> one = fraction("Lipiodol+Oxaliplatin");
+  EXPECT_EQ(MaxDifference(one, fraction("Lipiodol+Epirubicin")), 0.0);
+  EXPECT_EQ(MaxDifference(one, fraction("Lipiodol+Oxaliplatin+Mitomycin")), 0.0);
+  EXPECT_GT(MaxDifference(one, fraction("Lipiodol")), 0.0);
+  // So one patient's drug variants are generated once.
+  const DiffusionCounters before = (*model)->counters();
+  ASSERT_TRUE((*model)->Simulate(
+      p, {{P("Lipiodol+Oxaliplatin"), 0, 42, 0}, {P("Lipiodol+Nedaplatin"), 0, 43, 42}}));
+  EXPECT_EQ((*model)->counters().reused - before.reused, 1);
+}
+
 TEST(AnchorResidualTest, ShiftsTheMovingFractionToTheTargetAndKeepsItsOrder) {
   const Geometry g = Geometry::Isotropic(2.0);  // 8 uL voxels
   const double voxel_ml = 8e-3;
@@ -1518,10 +1552,13 @@ TEST(GeneratorPlanKeyTest, NamesWhatThePlanEmbeddingReads) {
   config.group_once = true;
   EXPECT_EQ(key("Lipiodol+Oxaliplatin"), key("Lipiodol+Epirubicin+Mitomycin"));
   EXPECT_NE(key("Lipiodol+Oxaliplatin"), key("Lipiodol"));
-  // A response head reads each item, whatever the groups: every item by name.
+  // A response head reads the groups as the embedding does: the same key.
   config.response_head = true;
-  EXPECT_NE(key("Lipiodol+Oxaliplatin"), key("Lipiodol+Epirubicin"));
+  EXPECT_EQ(key("Lipiodol+Oxaliplatin"), key("Lipiodol+Epirubicin"));
+  config.item_groups.clear();
+  config.group_once = false;
   EXPECT_EQ(key("Lipiodol+Oxaliplatin"), "Lipiodol+Oxaliplatin+");
+  config.item_groups = *ItemGroups(actions, "all");
   config.response_head = false;
   // An item outside the vocabulary counts by name (the simulation refuses it).
   EXPECT_NE(GeneratorPlanKey(Plan({"Lipiodol", "Unobtainium"}), config), key("Lipiodol"));

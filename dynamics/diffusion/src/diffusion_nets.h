@@ -274,9 +274,8 @@ class DenoiserImpl : public torch::nn::Module {
       if (!group_mean_.defined()) return plan_items.matmul(w);
       // Members count through their group's count, so the members' rows are bit-identical.
       const torch::Tensor mean = group_mean_.to(w.device());
-      torch::Tensor counts = plan_items.matmul(group_members_.to(w.device()).t());  // [P, G]
-      if (group_once_) counts = counts.clamp_max(1.0);
-      return (plan_items * ungrouped_.to(w.device())).matmul(w) + counts.matmul(mean.matmul(w));
+      return (plan_items * ungrouped_.to(w.device())).matmul(w) +
+             GroupCounts(plan_items).matmul(mean.matmul(w));
     };
     torch::Tensor sum = item_sum(items->weight);
     const std::int64_t after_size = size ? v + 1 : v;
@@ -297,9 +296,21 @@ class DenoiserImpl : public torch::nn::Module {
   }
   /// DiffusionConfig::response_head: the predicted ResponseLevelFeature of each plan row, [P, 1].
   /// `rows` [P, ...] are plan rows without the level column; `share` [P or 1, 1] the crop's
-  /// TumorShare (one row broadcasts to all).
+  /// TumorShare (one row broadcasts to all). The head reads the items as the plan embedding
+  /// does: with DiffusionConfig::item_groups, a group's members each count as the group's mean
+  /// item (its row is the members' average, times the group's count, at most 1 with
+  /// group_once), so plans that differ only within a group get bit-identical levels and
+  /// GeneratorPlanKey may share their outcomes.
   torch::Tensor PredictLevel(const torch::Tensor& rows, const torch::Tensor& share) {
-    return response->forward(torch::cat({rows, share.expand({rows.size(0), -1})}, 1));
+    torch::Tensor in = rows;
+    if (group_mean_.defined()) {
+      const std::int64_t v = items->weight.size(0);
+      const torch::Tensor plan_items = rows.slice(1, 0, v);
+      const torch::Tensor grouped = plan_items * ungrouped_.to(rows.device()) +
+                                    GroupCounts(plan_items).matmul(group_mean_.to(rows.device()));
+      in = torch::cat({grouped, rows.slice(1, v)}, 1);
+    }
+    return response->forward(torch::cat({in, share.expand({rows.size(0), -1})}, 1));
   }
   /// x: [N, latent] noisy delta; context: [N, latent + 1] (pre latent, mask); t: [N] float
   /// timesteps; plan: [N, embed] plan embeddings (or the null plan).
@@ -349,6 +360,12 @@ class DenoiserImpl : public torch::nn::Module {
       }
     }
     group_mean_ = group_members_ / group_members_.sum(1, true);
+  }
+  /// How many of each group's members a plan holds, [P, V] -> [P, G] (at most 1 with
+  /// DiffusionConfig::group_once). Needs groups (group_mean_ defined).
+  torch::Tensor GroupCounts(const torch::Tensor& plan_items) const {
+    const torch::Tensor counts = plan_items.matmul(group_members_.to(plan_items.device()).t());
+    return group_once_ ? counts.clamp_max(1.0) : counts;
   }
   int embed_dim_;
   bool group_once_ = false;

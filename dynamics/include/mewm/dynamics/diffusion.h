@@ -122,8 +122,9 @@ struct DiffusionConfig {
   /// and a preset takes it from the checkpoint.
   bool response_head = false;
   /// Embedding groups, empty or one entry per item: items with the same non-empty group share
-  /// one plan embedding (the mean of their own), so the denoiser cannot tell them apart; an empty
-  /// entry keeps the item's own. Filled by ItemGroups from public drug knowledge (`mewm train
+  /// one plan embedding (the mean of their own), so the denoiser cannot tell them apart (nor can
+  /// a response_head, which reads each member as the group's mean item); an empty entry keeps
+  /// the item's own. Filled by ItemGroups from public drug knowledge (`mewm train
   /// dynamics --drug-sharing`). It changes no weight's shape, so a checkpoint with or without it
   /// can start one with or without it; like lesion_size, a preset takes it from the checkpoint.
   std::vector<std::string> item_groups;
@@ -163,8 +164,8 @@ Expected<std::vector<std::string>> ItemGroups(const ActionBase& actions,
 /// group with its count of the plan's items (1 with group_once). Plans with equal keys get
 /// bit-identical embeddings, so with the same noise a generator gives them the same outcome
 /// (DiffusionDynamics copies it rather than generating it again). Items outside config.items
-/// count by name. With DiffusionConfig::response_head every item counts by name: the head reads
-/// each item, and the embedding reads the head's level.
+/// count by name. A DiffusionConfig::response_head reads the groups as the embedding does, so its
+/// level, and the embedding that reads it, are equal for equal keys too.
 std::string GeneratorPlanKey(const Plan& plan, const DiffusionConfig& config);
 
 /// The largest classifier-free guidance scale accepted anywhere: a scenario's
