@@ -222,7 +222,19 @@ AnatomySpec DrawAnatomy(Rng& rng) {
   return a;
 }
 
-/// Draws a centre for lesion `s` inside the liver, clear of every lesion already `placed`. A
+/// How deep world point `w` lies below the skin of the body's elliptic cross-section, in mm
+/// (negative outside the body: air).
+double BodyDepthMm(const AnatomySpec& a, const Eigen::Vector3d& w) {
+  const double bx = w[0] / a.body_radii_mm[0], by = w[1] / a.body_radii_mm[1];
+  return (1.0 - std::sqrt(bx * bx + by * by)) * a.body_radii_mm.minCoeff();
+}
+
+/// Whether a point `depth_mm` below the skin is inside the abdomen, below the fat and the muscle
+/// wall: only there are the liver and its lesions drawn.
+bool Visceral(const AnatomySpec& a, double depth_mm) { return depth_mm >= a.fat_mm + 12.0; }
+
+/// Draws a centre for lesion `s` inside the liver, clear of every lesion already `placed`, and
+/// inside the abdomen (a centre in the wall would leave the lesion mostly or wholly undrawn). A
 /// lesion that finds no room shrinks by 15% every 40 tries; false after 200 tries.
 bool PlaceLesion(Rng& rng, const AnatomySpec& a, const std::vector<LesionSpec>& placed_lesions,
                  LesionSpec& s) {
@@ -234,7 +246,7 @@ bool PlaceLesion(Rng& rng, const AnatomySpec& a, const std::vector<LesionSpec>& 
         Eigen::Vector3d(rng.Normal(), rng.Normal(), rng.Normal()).normalized();
     s.center_mm =
         a.liver_center_mm + reach * std::cbrt(rng.Uniform()) * dir.cwiseProduct(a.liver_radii_mm);
-    placed = true;
+    placed = Visceral(a, BodyDepthMm(a, s.center_mm));
     for (const LesionSpec& other : placed_lesions) {
       // The deformed boundaries reach (1 + deform) times the largest radius at most.
       const double extent = s.radii_mm.maxCoeff() * (1.0 + s.deform) +
@@ -476,15 +488,12 @@ void PaintLesions(const std::vector<LesionSpec>& lesions, const Eigen::Vector3d&
 std::optional<VoxelTissue> TissueAt(const SyntheticPatient& p, const BodyLandmarks& marks,
                                     const Eigen::Vector3d& w) {
   const AnatomySpec& a = p.anatomy;
-  const double bx = w[0] / a.body_radii_mm[0], by = w[1] / a.body_radii_mm[1];
-  const double r = std::sqrt(bx * bx + by * by);
-  if (r > 1.0) return std::nullopt;  // air: the sparse background
-  const double depth = (1.0 - r) * a.body_radii_mm.minCoeff();
+  const double depth = BodyDepthMm(a, w);
+  if (depth < 0.0) return std::nullopt;  // air: the sparse background
   VoxelTissue t;
   t.hu = BodyHu(a, marks, w, depth);
   // The liver and its lesions are intra-abdominal: never in the fat or muscle wall.
-  const bool visceral = depth >= a.fat_mm + 12.0;
-  if (!visceral) return t;
+  if (!Visceral(a, depth)) return t;
   const Eigen::Vector3d q = (w - a.liver_center_mm).cwiseQuotient(a.liver_radii_mm);
   if (q.norm() < 1.25 && q.norm() * (1.0 + 0.08 * ValueNoise(a.texture_seed, w, 30.0)) < 1.0) {
     t.liver = 1;

@@ -21,8 +21,9 @@
 
 namespace mewm::scenarios {
 
-/// Version of the generator; bump when any output of the world changes.
-inline constexpr const char* kWorldVersion = "2";
+/// Version of the generator; bump when any output of the world changes. 2.1: lesions are centred
+/// inside the abdomen (docs/SYNTHETIC_WORLD.md, "Lesions").
+inline constexpr const char* kWorldVersion = "2.1";
 
 /// Polled by the world's long loops (rendering slice by slice, the exhaustive truth plan by
 /// plan): returning true stops them with kCancelled. It may be called from several threads at
