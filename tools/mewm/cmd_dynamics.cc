@@ -126,10 +126,11 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                 "The plan embedding also reads the patient's AFP, vascular invasion and age "
                 "(--init-from may add them to a checkpoint without them)");
   sub->add_option("--drug-sharing", o->drug_sharing,
-                  "Drugs that share one plan embedding: none, class (the action base's drug "
-                  "classes) or all (every drug alike; drugs then differ only by what the survival "
-                  "model reads, such as toxicity). --init-from and --distill-from may start from "
-                  "a checkpoint that shares otherwise")
+                  "Drugs that share one plan embedding, and that a --response-head reads as "
+                  "one: none, class (the action base's drug classes) or all (every drug alike; "
+                  "drugs then differ only by what the survival model reads, such as toxicity). "
+                  "--init-from and --distill-from may start from a checkpoint that shares "
+                  "otherwise")
       ->check(CLI::IsMember({"none", "class", "all"}))
       ->capture_default_str();
   sub->add_flag("--drug-saturate", o->drug_saturate,
