@@ -60,7 +60,7 @@ torch::Tensor PlanRows(const torch::Tensor& multi_hot, const std::vector<double>
     if (config.clinical) {
       for (double x : ClinicalFeatures(of_row(covariates, r))) extra.push_back(float(x));
     }
-    if (config.item_enhancement || config.response_head) {
+    if (ReadsEnhancement(config)) {
       extra.push_back(float(EnhancementFeature(of_row(enhancing_hu, r))));
     }
   }
@@ -524,7 +524,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
       return e.WithContext("patient '" + patient.id + "'");
     };
     if (auto valid = patient.Validate(); !valid) return context(valid.error());
-    if (config_.item_enhancement || config_.response_head) {
+    if (nets::ReadsEnhancement(config_)) {
       auto features = ComputeTumorFeatures(patient.ct, patient.tumor);
       if (!features) return context(features.error());
       enhancing_hu_ = features->enhancing_hu;

@@ -453,12 +453,18 @@ torch::Tensor TextureBins(const TextureModel& texture, const torch::Tensor& pre_
 Expected<torch::Tensor> PlansToMultiHot(const std::vector<Plan>& plans,
                                         const std::vector<std::string>& vocabulary);
 
+/// Whether the plan rows hold the tumor's EnhancementFeature: the item slopes of
+/// DiffusionConfig::item_enhancement read it, and so does a response_head.
+inline bool ReadsEnhancement(const DiffusionConfig& config) {
+  return config.item_enhancement || config.response_head;
+}
+
 /// The denoiser's plan rows (Denoiser::PlanEmbedding's input): `multi_hot` [P, V], then one
 /// column holding LesionSizeFeature(diameters[p]) when config.lesion_size, then three holding
 /// ClinicalFeatures(covariates[p]) when config.clinical, then one holding
-/// EnhancementFeature(enhancing_hu[p]) when config.item_enhancement or config.response_head
-/// (the caller appends a response_head's level column) (`diameters`, `covariates`
-/// and `enhancing_hu` each have one entry per row, or one for all rows).
+/// EnhancementFeature(enhancing_hu[p]) when ReadsEnhancement(config) (the caller appends a
+/// response_head's level column) (`diameters`, `covariates` and `enhancing_hu` each have one entry
+/// per row, or one for all rows).
 torch::Tensor PlanRows(const torch::Tensor& multi_hot, const std::vector<double>& diameters,
                        const std::vector<Covariates>& covariates,
                        const std::vector<double>& enhancing_hu, const DiffusionConfig& config);
