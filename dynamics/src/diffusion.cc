@@ -135,6 +135,9 @@ Status DiffusionConfig::Validate() const {
   }
   if (group_once && item_groups.empty()) return Invalid("group_once needs item_groups");
   if (item_size && !lesion_size) return Invalid("item_size needs lesion_size");
+  if (response_sensitivity && !response_head) {
+    return Invalid("response_sensitivity needs response_head");
+  }
   if (!texture.empty()) MEWM_RETURN_IF_ERROR(texture.Validate());
   return window.Validate();
 }
@@ -158,6 +161,7 @@ std::string DiffusionConfig::ToJson() const {
   if (item_enhancement) j["item_enhancement"] = true;
   if (clinical) j["clinical"] = true;
   if (response_head) j["response_head"] = true;
+  if (response_sensitivity) j["response_sensitivity"] = true;
   if (!item_groups.empty()) j["item_groups"] = item_groups;
   if (group_once) j["group_once"] = true;
   if (decoder_pre) j["decoder_pre"] = true;
@@ -196,6 +200,7 @@ Expected<DiffusionConfig> DiffusionConfig::FromJson(const std::string& text,
     c.item_enhancement = j.value("item_enhancement", false);
     c.clinical = j.value("clinical", false);
     c.response_head = j.value("response_head", false);
+    c.response_sensitivity = j.value("response_sensitivity", false);
     c.item_groups = j.value("item_groups", std::vector<std::string>{});
     c.group_once = j.value("group_once", false);
     c.decoder_pre = j.value("decoder_pre", false);
@@ -343,6 +348,10 @@ Expected<double> AnchorResidual(DenseFloat& fraction, const DenseFloat& mask, do
     reached += v;
   }
   return reached * voxel_ml;
+}
+
+std::array<double, 2> SensitivityFeatures(const TumorFeatures& tumor) {
+  return {(tumor.sd_hu - 25.0) / 5.0, tumor.necrotic_fraction * 20.0};
 }
 
 std::array<double, 3> ClinicalFeatures(const Covariates& covariates) {

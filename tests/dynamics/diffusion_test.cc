@@ -91,18 +91,21 @@ PatientCase Phantom(const std::vector<Eigen::Vector3d>& centres, double radius =
 
 /// Training pairs where the post-treatment tumor shrinks more with an embolic than with a drug:
 /// a learnable, plan-dependent response.
-std::vector<DiffusionPair> Pairs(const DiffusionConfig& config) {
+/// Six phantom patients, each under each plan of `kept` (the plan, and the share of the tumor's
+/// radius it leaves).
+std::vector<DiffusionPair> Pairs(const DiffusionConfig& config,
+                                 const std::vector<std::pair<std::string, double>>& kept_by_plan = {
+                                     {"Lipiodol+Epirubicin", 0.8}, {"Lipiodol+PVA", 0.3}}) {
   std::vector<DiffusionPair> pairs;
   for (int n = 0; n < 6; ++n) {
     const PatientCase pre = Phantom({{double(n % 3) * 3.0, 0, 0}}, 8.0 + n);
     const LesionTile crop = LesionCrops(pre, config)->front();
     const CropSpec& spec = crop.spec;
-    for (const auto& [plan, kept] : std::vector<std::pair<std::string, double>>{
-             {"Lipiodol+Epirubicin", 0.8}, {"Lipiodol+PVA", 0.3}}) {
+    for (const auto& [plan, kept] : kept_by_plan) {
       const PatientCase post = Phantom({{double(n % 3) * 3.0, 0, 0}}, (8.0 + n) * kept, 20.0);
       pairs.push_back({pre.id, P(plan), *ExtractChannels(pre.ct, pre.tumor, spec, config.window),
                        *ExtractChannels(post.ct, post.tumor, spec, config.window), crop.diameter_mm,
-                       pre.covariates, ComputeTumorFeatures(pre.ct, pre.tumor)->enhancing_hu});
+                       pre.covariates, *ComputeTumorFeatures(pre.ct, pre.tumor)});
     }
   }
   return pairs;
@@ -281,6 +284,21 @@ TEST_F(DiffusionTest, ConfigRoundTripsAndRejectsBadValues) {
   headed.response_head = true;
   EXPECT_TRUE(DiffusionConfig::FromJson(headed.ToJson(), "h.pt")->response_head);
   EXPECT_FALSE(DiffusionConfig::FromJson(c.ToJson(), "c.pt")->response_head);
+  // Likewise the head's signs of drug sensitivity, which need the head, and their features.
+  EXPECT_FALSE(old.contains("response_sensitivity"));
+  headed.response_sensitivity = true;
+  EXPECT_TRUE(DiffusionConfig::FromJson(headed.ToJson(), "h.pt")->response_sensitivity);
+  EXPECT_FALSE(DiffusionConfig::FromJson(c.ToJson(), "c.pt")->response_sensitivity);
+  DiffusionConfig headless = c;
+  headless.response_sensitivity = true;
+  ASSERT_FALSE(headless.Validate());
+  EXPECT_NE(headless.Validate().error().message.find("response_head"), std::string::npos);
+  TumorFeatures tumor;
+  tumor.sd_hu = 25.0;
+  EXPECT_EQ(SensitivityFeatures(tumor), (std::array<double, 2>{0.0, 0.0}));
+  tumor.sd_hu = 35.0;
+  tumor.necrotic_fraction = 0.1;
+  EXPECT_EQ(SensitivityFeatures(tumor), (std::array<double, 2>{2.0, 2.0}));
   // Likewise the clinical input, and its features.
   EXPECT_FALSE(old.contains("clinical"));
   EXPECT_FALSE(DiffusionConfig::FromJson(old.dump(), "v1.pt")->clinical);
@@ -1210,6 +1228,58 @@ TEST_F(DiffusionTest, AResponseHeadReadsTheItemGroups) {
   ASSERT_TRUE((*model)->Simulate(
       p, {{P("Lipiodol+Oxaliplatin"), 0, 42, 0}, {P("Lipiodol+Nedaplatin"), 0, 43, 42}}));
   EXPECT_EQ((*model)->counters().reused - before.reused, 1);
+}
+
+TEST_F(DiffusionTest, ASensitivityHeadTellsDrugsApartAndTheirGenerationIsShared) {
+  // Every drug in one saturating group, and pairs where one drug leaves far more tumor than
+  // another: a head reading each drug by name learns the difference, the denoiser sees one group.
+  DiffusionTrainOptions t = TinyTraining(57, 10, 4, 100);
+  t.init_from = *model_path_;
+  t.config.response_head = true;
+  t.config.response_sensitivity = true;
+  t.config.item_groups = *ItemGroups(ActionBase::Default(), "all");
+  t.config.group_once = true;
+  t.out = (dir_->path() / "response_sensitivity.pt").string();
+  auto tuned = TrainDiffusion(
+      Pairs(t.config, {{"Lipiodol+Epirubicin", 0.8}, {"Lipiodol+Oxaliplatin", 0.3}}), {}, t, {});
+  ASSERT_TRUE(tuned) << tuned.error().ToString();
+  const nlohmann::json head =
+      TrainingRecord(t.out).value("response_head", nlohmann::json::object());
+  // The contrast between a crop's two drugs is learned (a grouped head sees none).
+  EXPECT_LT(head.value("train_contrast_rmse", 1e9),
+            0.25 * head.value("validation_no_contrast_rmse", 0.0))
+      << head.dump();
+  DiffusionBackendOptions anchored = Options();
+  anchored.model_path = t.out;
+  anchored.anchor_level = true;
+  auto model = CreateDiffusionDynamics(anchored);
+  ASSERT_TRUE(model) << model.error().ToString();
+  EXPECT_TRUE((*model)->config().response_sensitivity);
+  const PatientCase p = Phantom({{0, 0, 0}}, 10.0);
+  // One plan alone, for what one generation costs.
+  PatientCase other = p;
+  other.id = "another phantom";
+  ASSERT_TRUE((*model)->Simulate(other, {{P("Lipiodol+Epirubicin"), 0, 42, 0}}));
+  const std::int64_t one = (*model)->counters().sample_forwards;
+  // The two drugs with one noise, in one call: generated once, each anchored to its own level.
+  auto out = (*model)->Simulate(
+      p, {{P("Lipiodol+Epirubicin"), 0, 42, 0}, {P("Lipiodol+Oxaliplatin"), 0, 42, 0}});
+  ASSERT_TRUE(out) << out.error().ToString();
+  const DiffusionCounters after = (*model)->counters();
+  EXPECT_EQ(after.sample_forwards - one, one);
+  EXPECT_EQ(after.reused, 0);
+  const auto residual = [](const Outcome& o) {
+    const auto f = o.viable_fraction->ToDense().data;
+    return std::accumulate(f.begin(), f.end(), 0.0);
+  };
+  EXPECT_LT(residual((*out)[1]), residual((*out)[0]) / 1.2);
+  EXPECT_EQ(MaxDifference((*out)[0].post_ct.ToDense().data, (*out)[1].post_ct.ToDense().data), 0.0);
+  // A request of the same items and noise later is a copy; another drug is not.
+  auto again = (*model)->Simulate(
+      p, {{P("Lipiodol+Oxaliplatin"), 0, 43, 42}, {P("Lipiodol+Idarubicin"), 0, 44, 42}});
+  ASSERT_TRUE(again) << again.error().ToString();
+  EXPECT_EQ((*model)->counters().reused, 1);
+  EXPECT_EQ(residual((*again)[0]), residual((*out)[1]));
 }
 
 TEST(AnchorResidualTest, ShiftsTheMovingFractionToTheTargetAndKeepsItsOrder) {

@@ -37,7 +37,7 @@ struct TrainDynamicsOptions {
   std::vector<double> guidance_grid = dynamics::DiffusionTrainOptions{}.guidance_grid;
   bool lesion_size = false, item_size = false, item_enhancement = false, clinical = false,
        drug_saturate = false, decoder_pre = false, texture = false, pair_neighbours = false,
-       serving_crops = false, response_head = false;
+       serving_crops = false, response_head = false, response_sensitivity = false;
   bool quiet = false, force = false;
 };
 
@@ -95,9 +95,15 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                 "(--init-from may add it to a checkpoint without it)");
   sub->add_flag("--response-head", o->response_head,
                 "A response head (a small network over the plan, the tumor's enhancement and size, "
-                "the covariates read and the pre-treatment latent) learns how much tumor each plan "
-                "leaves, and the denoiser generates the outcome at that level (--init-from may "
-                "add it to a checkpoint without it)");
+                "the covariates read and the tumor's share of the crop) learns how much tumor each "
+                "plan leaves, and the denoiser generates the outcome at that level (--init-from "
+                "may add it to a checkpoint without it)");
+  sub->add_flag("--response-sensitivity", o->response_sensitivity,
+                "The response head reads each drug by name, even within a --drug-sharing group, "
+                "and the tumor's signs of drug sensitivity (HU heterogeneity, necrotic share); "
+                "the denoiser still sees the groups, and an anchored outcome takes the head's "
+                "level for its own drugs (needs --response-head; a head without it is fitted "
+                "afresh)");
   sub->add_option("--residual-weight", o->residual_weight,
                   "Adds to the denoiser's loss this weight times the squared error of the "
                   "residual tumor its prediction implies once decoded (mL, to first order, over "
@@ -246,6 +252,7 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
       (o.lesion_size ? " --lesion-size" : "") + (o.item_size ? " --item-size" : "") +
       (o.item_enhancement ? " --item-enhancement" : "") + (o.clinical ? " --clinical" : "") +
       (o.response_head ? " --response-head" : "") +
+      (o.response_sensitivity ? " --response-sensitivity" : "") +
       (o.drug_sharing == "none" ? "" : " --drug-sharing " + o.drug_sharing) +
       (o.drug_saturate ? " --drug-saturate" : "") + (o.decoder_pre ? " --decoder-pre" : "") +
       (o.texture ? " --texture" : "") +
@@ -351,6 +358,7 @@ Action AddTrainDynamics(CLI::App& train_app) {
     config->item_enhancement = o->item_enhancement;
     config->clinical = o->clinical;
     config->response_head = o->response_head;
+    config->response_sensitivity = o->response_sensitivity;
     auto groups = dynamics::ItemGroups(actions, o->drug_sharing);
     if (!groups) return Fail(groups.error());
     config->item_groups = *groups;

@@ -50,7 +50,7 @@ Expected<torch::Tensor> PlansToMultiHot(const std::vector<Plan>& plans,
 
 torch::Tensor PlanRows(const torch::Tensor& multi_hot, const std::vector<double>& diameters,
                        const std::vector<Covariates>& covariates,
-                       const std::vector<double>& enhancing_hu, const DiffusionConfig& config) {
+                       const std::vector<TumorFeatures>& tumors, const DiffusionConfig& config) {
   const auto rows = std::size_t(multi_hot.size(0));
   // One entry for all rows, or one per row.
   const auto of_row = [](const auto& v, std::size_t r) { return v.size() == 1 ? v[0] : v[r]; };
@@ -61,7 +61,10 @@ torch::Tensor PlanRows(const torch::Tensor& multi_hot, const std::vector<double>
       for (double x : ClinicalFeatures(of_row(covariates, r))) extra.push_back(float(x));
     }
     if (ReadsEnhancement(config)) {
-      extra.push_back(float(EnhancementFeature(of_row(enhancing_hu, r))));
+      extra.push_back(float(EnhancementFeature(of_row(tumors, r).enhancing_hu)));
+    }
+    if (config.response_sensitivity) {
+      for (double x : SensitivityFeatures(of_row(tumors, r))) extra.push_back(float(x));
     }
   }
   if (extra.empty()) return multi_hot;
@@ -244,10 +247,10 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     }
   }
 
-  /// Generates each distinct (GeneratorPlanKey, noise seed) once per patient: a request equal to
-  /// one generated before, in this call or an earlier one, gets a copy of its outcome with its
-  /// own plan and sample index. The copy is what generating it again would give (the same
-  /// embedding, noise and texture), without the denoiser, the decoder or the paste.
+  /// Generates each distinct OutcomeKey once per patient: a request equal to one generated before,
+  /// in this call or an earlier one, gets a copy of its outcome with its own plan and sample
+  /// index. The copy is what generating it again would give (the same embedding, noise and
+  /// texture), without the denoiser, the decoder or the paste.
   Expected<std::vector<Outcome>> SimulateUnguarded(const PatientCase& patient,
                                                    const std::vector<SimulationRequest>& requests) {
     if (requests.empty()) return std::vector<Outcome>{};
@@ -262,8 +265,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     std::vector<SimulationRequest> fresh;
     std::vector<std::size_t> fresh_request;  // the request each row of `fresh` is
     for (std::size_t r = 0; r < requests.size(); ++r) {
-      keys.push_back(GeneratorPlanKey(requests[r].plan, config_) + "@" +
-                     std::to_string(NoiseSeed(requests[r])));
+      keys.push_back(OutcomeKey(requests[r]));
       if (reuse_.outcomes.count(keys.back()) == 0 &&
           first.emplace(keys.back(), fresh.size()).second) {
         fresh.push_back(requests[r]);
@@ -285,7 +287,21 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     return outcomes;
   }
 
-  /// Simulates every request (SimulateUnguarded's generation).
+  /// The generator's key of a request: its GeneratorPlanKey and noise seed.
+  std::string GenerationKey(const SimulationRequest& request) const {
+    return GeneratorPlanKey(request.plan, config_) + "@" + std::to_string(NoiseSeed(request));
+  }
+  /// The key of the outcome a request may copy (SimulateUnguarded): its GenerationKey, and its
+  /// items when each plan is anchored to the level of its own items (DiffusionConfig::
+  /// response_sensitivity), since plans of one generation then differ in their anchor.
+  std::string OutcomeKey(const SimulationRequest& request) const {
+    const bool by_item = options_.anchor_level && config_.response_sensitivity;
+    return GenerationKey(request) + (by_item ? "|" + request.plan.ToString() : "");
+  }
+
+  /// Simulates every request (SimulateUnguarded's generation). With
+  /// DiffusionBackendOptions::reuse_outcomes, requests of one GenerationKey (here only those that
+  /// OutcomeKey tells apart) are sampled and decoded once, and each is pasted with its own anchor.
   Expected<std::vector<Outcome>> Generate(const PatientCase& patient,
                                           const std::vector<SimulationRequest>& requests) {
     if (requests.empty()) return std::vector<Outcome>{};
@@ -298,31 +314,49 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
       if (added) plans.push_back(r.plan);
       row_plan.push_back(it->second);
     }
+    std::vector<SimulationRequest> sampled;         // the first request of each generation
+    std::vector<std::vector<std::size_t>> users;    // the requests of each generation
+    std::vector<std::int64_t> sampled_plan;         // each generation's plan
+    std::map<std::string, std::size_t> generation;  // GenerationKey -> its row in `sampled`
+    for (std::size_t r = 0; r < requests.size(); ++r) {
+      const std::string key =
+          options_.reuse_outcomes ? GenerationKey(requests[r]) : std::to_string(r);
+      auto [it, added] = generation.emplace(key, sampled.size());
+      if (added) {
+        sampled.push_back(requests[r]);
+        users.emplace_back();
+        sampled_plan.push_back(row_plan[r]);
+      }
+      users[it->second].push_back(r);
+    }
     MEWM_TRY(const torch::Tensor multi_hot, nets::PlansToMultiHot(plans, config_.items));
     Stopwatch clock;
     MEWM_RETURN_IF_ERROR(PreparePatient(patient));
     counters_.prepare_s += clock.Lap();
     // Each plan is embedded once per call, however many samples it has (once per crop when the
     // embedding reads the size of the crop's lesion, or a level predicted from the crop).
-    const torch::Tensor row_index = torch::tensor(row_plan, torch::kLong).to(device_);
+    const torch::Tensor row_index = torch::tensor(sampled_plan, torch::kLong).to(device_);
     // With DiffusionBackendOptions::anchor_level, each plan's predicted residual in the crop.
     std::vector<double> plan_residual_ml;
     const auto embed = [&](const Crop* crop) {
       counters_.plan_embeddings += std::int64_t(plans.size());
       torch::Tensor rows = nets::PlanRows(multi_hot, {crop != nullptr ? crop->diameter_mm : 0.0},
-                                          {patient.covariates}, {enhancing_hu_}, config_)
+                                          {patient.covariates}, {tumor_}, config_)
                                .to(device_);
       if (config_.response_head) {
-        const torch::Tensor level =
-            net_->denoiser->PredictLevel(rows, nets::TumorShare(crop->context));
-        rows = torch::cat({rows, level}, 1);
+        const torch::Tensor share = nets::TumorShare(crop->context);
+        const torch::Tensor level = net_->denoiser->GeneratorLevel(rows, share);
         if (options_.anchor_level) {
-          const torch::Tensor cpu = level.to(torch::kCPU, torch::kDouble).contiguous();
+          const torch::Tensor cpu =
+              (config_.response_sensitivity ? net_->denoiser->PredictLevel(rows, share) : level)
+                  .to(torch::kCPU, torch::kDouble)
+                  .contiguous();
           plan_residual_ml.clear();
           for (std::int64_t p = 0; p < cpu.size(0); ++p) {
             plan_residual_ml.push_back(ResidualOfLevel(cpu[p][0].item<double>(), crop->pre_ml));
           }
         }
+        rows = torch::cat({rows, level}, 1);
       }
       return net_->denoiser->PlanEmbedding(rows).index_select(0, row_index);
     };
@@ -335,17 +369,17 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
       outcomes.push_back(BlankOutcome(patient, r.plan, r.sample_index));
     }
     counters_.paste_s += clock.Lap();
-    const std::int64_t n = std::int64_t(requests.size());
+    const std::int64_t n = std::int64_t(sampled.size());
     for (std::size_t c = 0; c < crops_.size(); ++c) {
       if (per_crop) rows_plan = embed(&crops_[c]);
       for (std::int64_t begin = 0; begin < n; begin += kMaxRows) {
         const std::int64_t end = std::min(n, begin + kMaxRows);
         std::vector<torch::Tensor> noise;
-        for (std::int64_t r = begin; r < end; ++r) {
-          noise.push_back(Noise(NoiseSeed(requests[std::size_t(r)]), c, LatentShape()));
+        for (std::int64_t g = begin; g < end; ++g) {
+          noise.push_back(Noise(NoiseSeed(sampled[std::size_t(g)]), c, LatentShape()));
         }
         torch::Tensor x = torch::stack(noise).to(device_);
-        x = Sample(x, crops_[c].context, rows_plan.slice(0, begin, end), requests, begin);
+        x = Sample(x, crops_[c].context, rows_plan.slice(0, begin, end), sampled, begin);
         counters_.sample_s += clock.Lap();
         if (!x.defined()) return Cancelled(patient);
         // Decode z_post = z_pre + delta / scale in small chunks (decoder activations are large).
@@ -359,12 +393,14 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
           counters_.decodes += e - d;
           counters_.decode_s += clock.Lap();
           for (std::int64_t row = 0; row < e - d; ++row) {
-            const std::size_t r = std::size_t(begin + d + row);
-            const double anchor_ml =
-                options_.anchor_level ? plan_residual_ml[std::size_t(row_plan[r])] : std::nan("");
-            MEWM_RETURN_IF_ERROR(Paste(decoded[row], crops_[c],
-                                       TextureNoise(NoiseSeed(requests[r]), c), outcomes[r],
-                                       anchor_ml));
+            const std::size_t g = std::size_t(begin + d + row);
+            const torch::Tensor texture_noise = TextureNoise(NoiseSeed(sampled[g]), c);
+            for (std::size_t r : users[g]) {
+              const double anchor_ml =
+                  options_.anchor_level ? plan_residual_ml[std::size_t(row_plan[r])] : std::nan("");
+              MEWM_RETURN_IF_ERROR(
+                  Paste(decoded[row], crops_[c], texture_noise, outcomes[r], anchor_ml));
+            }
           }
           counters_.paste_s += clock.Lap();
         }
@@ -527,7 +563,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     if (nets::ReadsEnhancement(config_)) {
       auto features = ComputeTumorFeatures(patient.ct, patient.tumor);
       if (!features) return context(features.error());
-      enhancing_hu_ = features->enhancing_hu;
+      tumor_ = *features;
     }
     auto tiles = LesionTiles(patient, config_);
     if (!tiles) return context(tiles.error());
@@ -651,7 +687,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
   std::function<bool()> cancelled_;  ///< set_cancelled
   PatientIdentity prepared_;
   Reuse reuse_;
-  double enhancing_hu_ = 0.0;  ///< the cached patient's, with DiffusionConfig::item_enhancement
+  TumorFeatures tumor_;  ///< the cached patient's, when nets::ReadsEnhancement
   std::vector<Crop> crops_;
 };
 
@@ -669,16 +705,17 @@ Expected<std::unique_ptr<DiffusionDynamics>> CreateDiffusionDynamics(
     expected = stored;
   } else {
     MEWM_TRY(expected, DiffusionConfig::Preset(options.config, options.actions));
-    expected.guidance_distilled = stored.guidance_distilled;  // the weights', not the preset's
-    expected.lesion_size = stored.lesion_size;                // likewise
-    expected.item_size = stored.item_size;                    // likewise
-    expected.item_enhancement = stored.item_enhancement;      // likewise
-    expected.clinical = stored.clinical;                      // likewise
-    expected.response_head = stored.response_head;            // likewise
-    expected.item_groups = stored.item_groups;                // likewise
-    expected.group_once = stored.group_once;                  // likewise
-    expected.decoder_pre = stored.decoder_pre;                // likewise
-    expected.texture = stored.texture;                        // likewise
+    expected.guidance_distilled = stored.guidance_distilled;      // the weights', not the preset's
+    expected.lesion_size = stored.lesion_size;                    // likewise
+    expected.item_size = stored.item_size;                        // likewise
+    expected.item_enhancement = stored.item_enhancement;          // likewise
+    expected.clinical = stored.clinical;                          // likewise
+    expected.response_head = stored.response_head;                // likewise
+    expected.response_sensitivity = stored.response_sensitivity;  // likewise
+    expected.item_groups = stored.item_groups;                    // likewise
+    expected.group_once = stored.group_once;                      // likewise
+    expected.decoder_pre = stored.decoder_pre;                    // likewise
+    expected.texture = stored.texture;                            // likewise
   }
   MEWM_RETURN_IF_ERROR(CheckSampler(expected, options.sampler, options.model_path));
   if (options.anchor_level && !expected.response_head) {

@@ -232,9 +232,11 @@ class DenoiserImpl : public torch::nn::Module {
         level->bias.zero_();
       }
       // The plan row without its level (the items, the size and covariates when read, the
-      // enhancement), then the crop's tumor share (TumorShare).
+      // enhancement, the signs of sensitivity when read), then the crop's tumor share
+      // (TumorShare).
+      by_item_ = c.response_sensitivity;
       const std::int64_t in = std::int64_t(c.items.size()) + (c.lesion_size ? 1 : 0) +
-                              (c.clinical ? kClinicalColumns : 0) + 1 + 1;
+                              (c.clinical ? kClinicalColumns : 0) + 1 + SignColumns() + 1;
       response = register_module(
           "response",
           torch::nn::Sequential(torch::nn::Linear(in, kResponseWidth), torch::nn::SiLU(),
@@ -263,9 +265,10 @@ class DenoiserImpl : public torch::nn::Module {
   /// that column is added to the item sum; with DiffusionConfig::clinical three more columns,
   /// the patient's ClinicalFeatures, added like the size; with DiffusionConfig::item_enhancement
   /// a column, the EnhancementFeature, times each item's enhancement slope is added to the item
-  /// sum (a DiffusionConfig::response_head row holds that column too); with
-  /// DiffusionConfig::response_head a last column, the outcome's ResponseLevelFeature, is added
-  /// like the size.
+  /// sum (a DiffusionConfig::response_head row holds that column too); a
+  /// DiffusionConfig::response_sensitivity row then holds the tumor's SensitivityFeatures, which
+  /// only the head reads; with DiffusionConfig::response_head a last column, the outcome's
+  /// ResponseLevelFeature, is added like the size.
   torch::Tensor PlanEmbedding(const torch::Tensor& rows) {
     const std::int64_t v = items->weight.size(0);
     const torch::Tensor plan_items = rows.slice(1, 0, v);
@@ -289,7 +292,7 @@ class DenoiserImpl : public torch::nn::Module {
     if (size) h = h + size(rows.slice(1, v, after_size));
     if (clinical) h = h + clinical(rows.slice(1, after_size, after_clinical));
     if (level) {
-      const std::int64_t at = after_clinical + 1;  // after the enhancement column
+      const std::int64_t at = after_clinical + 1 + SignColumns();  // after the enhancement
       h = h + level(rows.slice(1, at, at + 1));
     }
     return plan2(torch::silu(h));
@@ -297,20 +300,17 @@ class DenoiserImpl : public torch::nn::Module {
   /// DiffusionConfig::response_head: the predicted ResponseLevelFeature of each plan row, [P, 1].
   /// `rows` [P, ...] are plan rows without the level column; `share` [P or 1, 1] the crop's
   /// TumorShare (one row broadcasts to all). The head reads the items as the plan embedding
-  /// does: with DiffusionConfig::item_groups, a group's members each count as the group's mean
-  /// item (its row is the members' average, times the group's count, at most 1 with
-  /// group_once), so plans that differ only within a group get bit-identical levels and
-  /// GeneratorPlanKey may share their outcomes.
+  /// does (GeneratorLevel), or with DiffusionConfig::response_sensitivity each by its own name.
   torch::Tensor PredictLevel(const torch::Tensor& rows, const torch::Tensor& share) {
-    torch::Tensor in = rows;
-    if (group_mean_.defined()) {
-      const std::int64_t v = items->weight.size(0);
-      const torch::Tensor plan_items = rows.slice(1, 0, v);
-      const torch::Tensor grouped = plan_items * ungrouped_.to(rows.device()) +
-                                    GroupCounts(plan_items).matmul(group_mean_.to(rows.device()));
-      in = torch::cat({grouped, rows.slice(1, v)}, 1);
-    }
-    return response->forward(torch::cat({in, share.expand({rows.size(0), -1})}, 1));
+    return Head(by_item_ ? rows : Grouped(rows), share);
+  }
+  /// The level the denoiser reads for each plan row (the same arguments): the head's, with the
+  /// items read as the plan embedding reads them. With DiffusionConfig::item_groups a group's
+  /// members each count as the group's mean item (its row is the members' average, times the
+  /// group's count, at most 1 with group_once), so plans that differ only within a group get
+  /// bit-identical levels and GeneratorPlanKey may share their generation.
+  torch::Tensor GeneratorLevel(const torch::Tensor& rows, const torch::Tensor& share) {
+    return Head(Grouped(rows), share);
   }
   /// x: [N, latent] noisy delta; context: [N, latent + 1] (pre latent, mask); t: [N] float
   /// timesteps; plan: [N, embed] plan embeddings (or the null plan).
@@ -336,6 +336,22 @@ class DenoiserImpl : public torch::nn::Module {
   torch::nn::GroupNorm norm_out{nullptr};
 
  private:
+  /// The plan rows with each group member's item column read as its group (PlanEmbedding's
+  /// grouping); `rows` itself without groups.
+  torch::Tensor Grouped(const torch::Tensor& rows) const {
+    if (!group_mean_.defined()) return rows;
+    const std::int64_t v = group_mean_.size(1);
+    const torch::Tensor plan_items = rows.slice(1, 0, v);
+    const torch::Tensor grouped = plan_items * ungrouped_.to(rows.device()) +
+                                  GroupCounts(plan_items).matmul(group_mean_.to(rows.device()));
+    return torch::cat({grouped, rows.slice(1, v)}, 1);
+  }
+  torch::Tensor Head(const torch::Tensor& rows, const torch::Tensor& share) {
+    return response->forward(torch::cat({rows, share.expand({rows.size(0), -1})}, 1));
+  }
+  /// The plan-row columns of SensitivityFeatures (DiffusionConfig::response_sensitivity).
+  std::int64_t SignColumns() const { return by_item_ ? 2 : 0; }
+  bool by_item_ = false;  ///< DiffusionConfig::response_sensitivity
   /// group_members_ [G, V] is 1 where an item belongs to a group and group_mean_ averages each
   /// group's members; ungrouped_ [V] is 1 for the items that keep their own embedding. Undefined
   /// when no item is grouped. Not buffers: a checkpoint holds the groups in its config.
@@ -462,12 +478,13 @@ inline bool ReadsEnhancement(const DiffusionConfig& config) {
 /// The denoiser's plan rows (Denoiser::PlanEmbedding's input): `multi_hot` [P, V], then one
 /// column holding LesionSizeFeature(diameters[p]) when config.lesion_size, then three holding
 /// ClinicalFeatures(covariates[p]) when config.clinical, then one holding
-/// EnhancementFeature(enhancing_hu[p]) when ReadsEnhancement(config) (the caller appends a
-/// response_head's level column) (`diameters`, `covariates` and `enhancing_hu` each have one entry
-/// per row, or one for all rows).
+/// EnhancementFeature(tumors[p].enhancing_hu) when ReadsEnhancement(config), then two holding
+/// SensitivityFeatures(tumors[p]) when config.response_sensitivity (the caller appends a
+/// response_head's level column) (`diameters`, `covariates` and `tumors` each have one entry per
+/// row, or one for all rows).
 torch::Tensor PlanRows(const torch::Tensor& multi_hot, const std::vector<double>& diameters,
                        const std::vector<Covariates>& covariates,
-                       const std::vector<double>& enhancing_hu, const DiffusionConfig& config);
+                       const std::vector<TumorFeatures>& tumors, const DiffusionConfig& config);
 
 /// What a DiffusionConfig::response_head reads of a crop's context [N, latent + 1, d, h, w] (the
 /// pre-treatment latent, then the tumor mask downsampled) besides the plan row: the tumor's share

@@ -105,7 +105,7 @@ Expected<Stacked> Stack(const std::vector<DiffusionPair>& pairs, const Diffusion
   std::vector<Plan> plans;
   std::vector<double> diameters;
   std::vector<Covariates> covariates;
-  std::vector<double> enhancing_hu;
+  std::vector<TumorFeatures> tumors;
   std::vector<std::int64_t> crop(pairs.size());
   std::map<std::string, std::vector<std::int64_t>> first_rows;  // of each crop, per patient
   std::int64_t crops = 0;
@@ -126,11 +126,11 @@ Expected<Stacked> Stack(const std::vector<DiffusionPair>& pairs, const Diffusion
     plans.push_back(p.plan);
     diameters.push_back(p.lesion_diameter_mm);
     covariates.push_back(p.covariates);
-    enhancing_hu.push_back(p.enhancing_hu);
+    tumors.push_back(p.tumor);
     if (copied) copied(k);
   }
   MEWM_TRY(const torch::Tensor multi_hot, nets::PlansToMultiHot(plans, config.items));
-  torch::Tensor rows = nets::PlanRows(multi_hot, diameters, covariates, enhancing_hu, config);
+  torch::Tensor rows = nets::PlanRows(multi_hot, diameters, covariates, tumors, config);
   if (config.response_head) {
     torch::Tensor level = torch::empty({m, 1});
     for (std::int64_t k = 0; k < m; ++k) {
@@ -411,11 +411,19 @@ void UpdateEma(nets::DiffusionNet& ema, nets::DiffusionNet& net, double decay) {
 
 /// Copies every parameter and buffer `from` has; one it lacks keeps its initialisation (the size
 /// input of a DiffusionConfig::lesion_size, ::item_size, ::item_enhancement or ::clinical denoiser
-/// fine-tuned from one without it).
+/// fine-tuned from one without it). A response head that reads other inputs than `from`'s
+/// (DiffusionConfig::response_sensitivity added) keeps its initialisation, all of it: it is
+/// fitted whole (TrainResponseHead).
 void CopyWeights(nets::DiffusionNet& to, nets::DiffusionNet& from) {
   torch::NoGradGuard no_grad;
   auto t = to->named_parameters(), f = from->named_parameters();
+  const std::string head = "denoiser.response.";
+  const torch::Tensor* to_in = t.find(head + "0.weight");
+  const torch::Tensor* from_in = f.find(head + "0.weight");
+  const bool new_head =
+      to_in != nullptr && from_in != nullptr && to_in->sizes() != from_in->sizes();
   for (auto& item : t) {
+    if (new_head && item.key().rfind(head, 0) == 0) continue;
     if (const torch::Tensor* source = f.find(item.key())) item.value().copy_(*source);
   }
   auto tb = to->named_buffers(), fb = from->named_buffers();
@@ -1138,7 +1146,7 @@ void Trainer::Finish(const std::vector<DiffusionPair>& validation_pairs) {
     torch::NoGradGuard no_grad;
     const torch::Tensor rows = val_rows.slice(1, 0, val_rows.size(1) - 1);
     val_rows =
-        torch::cat({rows, ema_->denoiser->PredictLevel(rows, nets::TumorShare(vcontext_))}, 1);
+        torch::cat({rows, ema_->denoiser->GeneratorLevel(rows, nets::TumorShare(vcontext_))}, 1);
   }
   result_.guidance_scores = ScoreGuidance(ema_, validation_pairs, vz_pre_, vcontext_, val_rows,
                                           val_.pre, val_.post, alpha_bar_, grid, o_);
@@ -1315,6 +1323,7 @@ Expected<DiffusionTrainReport> Train(
     if (!stored.lesion_size) start_config.lesion_size = false;
     if (!stored.clinical) start_config.clinical = false;
     if (!stored.response_head) start_config.response_head = false;
+    start_config.response_sensitivity = stored.response_sensitivity;  // its head's width
     if (!stored.item_size) start_config.item_size = false;
     if (!stored.item_enhancement) start_config.item_enhancement = false;
     if (!stored.decoder_pre) start_config.decoder_pre = false;
@@ -1332,6 +1341,8 @@ Expected<DiffusionTrainReport> Train(
       start_config = run.config = stored;
       run.config.decoder_pre = stored.decoder_pre || o.config.decoder_pre;
       run.config.response_head = stored.response_head || o.config.response_head;
+      run.config.response_sensitivity =
+          stored.response_sensitivity || o.config.response_sensitivity;
     }
     // The stored texture was fitted to the stored decoder: kept while the decoder is.
     run.config.texture = o.decoder_steps > 0 ? TextureModel{} : stored.texture;

@@ -94,8 +94,7 @@ Expected<std::vector<dynamics::DiffusionPair>> BuildDiffusionPairs(
           auto post = dynamics::OutcomeChannels(truth, crops[c].spec, config);
           if (!post) return post.error().WithContext("file '" + file.post + "'");
           per_patient[n].push_back({entry.id, file.plan, pre[c], std::move(*post),
-                                    crops[c].diameter_mm, patient.covariates,
-                                    features.enhancing_hu});
+                                    crops[c].diameter_mm, patient.covariates, features});
         }
       }
       return {};

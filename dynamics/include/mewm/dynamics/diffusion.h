@@ -27,6 +27,7 @@
 #include "mewm/dynamics/dynamics_model.h"
 #include "mewm/tace/action_base.h"
 #include "mewm/tace/patient.h"
+#include "mewm/tace/tumor_features.h"
 
 namespace mewm::dynamics {
 
@@ -121,6 +122,15 @@ struct DiffusionConfig {
   /// weights; a checkpoint without it can start one with it (the level's input starts at zero),
   /// and a preset takes it from the checkpoint.
   bool response_head = false;
+  /// Whether the response head reads each plan item by its own name, even an item of an
+  /// item_groups group, and the tumor's visible signs of drug sensitivity (SensitivityFeatures:
+  /// heterogeneity and necrotic share), so that it can tell one drug from another for a patient
+  /// (`mewm train dynamics --response-sensitivity`, needs response_head). The denoiser still sees
+  /// the groups: it reads the head's level for the plan with each group member read as the
+  /// group's mean item, so plans that differ only within a group are generated once; with
+  /// DiffusionBackendOptions::anchor_level each is then anchored to the head's level for its own
+  /// items. Changes the head's input width: a head without it is fitted afresh.
+  bool response_sensitivity = false;
   /// Embedding groups, empty or one entry per item: items with the same non-empty group share
   /// one plan embedding (the mean of their own), so the denoiser cannot tell them apart (nor can
   /// a response_head, which reads each member as the group's mean item); an empty entry keeps
@@ -165,7 +175,8 @@ Expected<std::vector<std::string>> ItemGroups(const ActionBase& actions,
 /// bit-identical embeddings, so with the same noise a generator gives them the same outcome
 /// (DiffusionDynamics copies it rather than generating it again). Items outside config.items
 /// count by name. A DiffusionConfig::response_head reads the groups as the embedding does, so its
-/// level, and the embedding that reads it, are equal for equal keys too.
+/// level, and the embedding that reads it, are equal for equal keys too (a
+/// DiffusionConfig::response_sensitivity head gives the denoiser its level of the grouped plan).
 std::string GeneratorPlanKey(const Plan& plan, const DiffusionConfig& config);
 
 /// The largest classifier-free guidance scale accepted anywhere: a scenario's
@@ -245,6 +256,11 @@ double ResidualOfLevel(double level, double pre_ml);
 Expected<double> AnchorResidual(DenseFloat& fraction, const DenseFloat& mask, double voxel_ml,
                                 double target_ml);
 
+/// The visible signs of drug sensitivity a DiffusionConfig::response_sensitivity head reads, each
+/// of about unit scale over the world's tumors: (TumorFeatures::sd_hu - 25) / 5, the tumor's HU
+/// heterogeneity, and TumorFeatures::necrotic_fraction x 20, its non-enhancing share.
+std::array<double, 2> SensitivityFeatures(const TumorFeatures& tumor);
+
 /// The covariates a DiffusionConfig::clinical denoiser reads, each of about unit scale over the
 /// world's patients: log10(AFP in ng/mL) - 1.5, vascular invasion (0 or 1), (age - 62) / 9.
 std::array<double, 3> ClinicalFeatures(const Covariates& covariates);
@@ -276,8 +292,10 @@ struct DiffusionBackendOptions {
   double blend_margin_mm = 6.0;                ///< paste margin around the pre-treatment tumor
   ActionBase actions = ActionBase::Default();  ///< vocabulary source for the config preset
   /// Whether a patient's requests with equal GeneratorPlanKey and noise share one generated
-  /// outcome (copied; at most 1 GiB of outcomes kept). Off, every request is generated: only to
-  /// measure what sharing saves (`mewm bench dynamics`).
+  /// outcome (copied; at most 1 GiB of outcomes kept; anchored to its own level with a
+  /// DiffusionConfig::response_sensitivity head, so only a request of the same items and noise is
+  /// copied and the others of one call share the generation). Off, every request is generated:
+  /// only to measure what sharing saves (`mewm bench dynamics`).
   bool reuse_outcomes = true;
   /// With a DiffusionConfig::response_head checkpoint: each generated crop's viable fraction is
   /// moved, in the pre-treatment tumor and its generated growth, to the residual the head predicts
@@ -305,9 +323,9 @@ struct DiffusionPair {
   CropChannels post;                ///< post-treatment CT and viable mask
   double lesion_diameter_mm = 0.0;  ///< LesionTile::diameter_mm of the crop
   Covariates covariates{};  ///< the patient's (what a DiffusionConfig::clinical model reads)
-  /// The patient's TumorFeatures::enhancing_hu (what a DiffusionConfig::item_enhancement model
-  /// reads)
-  double enhancing_hu = 0.0;
+  /// The patient's pre-treatment tumor as measured on its CT (ComputeTumorFeatures): what a
+  /// DiffusionConfig::item_enhancement model and a response head read
+  TumorFeatures tumor{};
 };
 
 /// What a machine Turing test (MachineTuringTest, mewm/dynamics/diffusion_backend.h) reports.
