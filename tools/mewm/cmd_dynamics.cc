@@ -133,7 +133,8 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                 "(--init-from may add them to a checkpoint without them)");
   sub->add_option("--drug-sharing", o->drug_sharing,
                   "Drugs that share one plan embedding, and that a --response-head reads as "
-                  "one: none, class (the action base's drug classes) or all (every drug alike; "
+                  "one (unless --response-sensitivity): none, class (the action base's drug "
+                  "classes) or all (every drug alike; "
                   "drugs then differ only by what the survival model reads, such as toxicity). "
                   "--init-from and --distill-from may start from a checkpoint that shares "
                   "otherwise")
