@@ -113,14 +113,15 @@ struct DiffusionConfig {
   /// (`mewm train dynamics --response-head`). The level is ResponseLevelFeature of the crop's
   /// residual; the denoiser reads it as one more plan-row column, inside the plan MLP like the
   /// size. It trains on each pair's true level. The head, a small MLP over the plan row (with the
-  /// tumor's EnhancementFeature) and the pre-treatment latent pooled over the tumor, learns the
-  /// level by regression, and serving and the validation scores use its prediction. The diffusion
-  /// loss weighs a plan's effect on the residual little against the rest of the image; the head's
-  /// loss is that effect alone. Measured, not shipped: the head learned about three quarters of
-  /// the contrast between plans on unseen patients, but a fine-tuned denoiser hardly used the
-  /// level, even an exact one, and planned worse (models/README.md, "A response head"). Adds
-  /// weights; a checkpoint without it can start one with it (the level's input starts at zero),
-  /// and a preset takes it from the checkpoint.
+  /// tumor's EnhancementFeature) and the tumor's share of the crop, learns the level by
+  /// regression, and serving and the validation scores use its prediction. The diffusion loss
+  /// weighs a plan's effect on the residual little against the rest of the image; the head's loss
+  /// is that effect alone. The head learned about three quarters of the contrast between plans on
+  /// unseen patients, but a fine-tuned denoiser hardly used the level, even an exact one
+  /// (models/README.md, "A response head"); served with DiffusionBackendOptions::anchor_level, the
+  /// head's level sets the residual (models/dynamics_diffusion_response.pt, which no scenario
+  /// uses). Adds weights; a checkpoint without it can start one with it (the level's input starts
+  /// at zero), and a preset takes it from the checkpoint.
   bool response_head = false;
   /// Whether the response head reads each plan item by its own name, even an item of an
   /// item_groups group, and the tumor's visible signs of drug sensitivity (SensitivityFeatures:
