@@ -1801,6 +1801,33 @@ TEST_F(DiffusionTest, TrainingResumesFromItsState) {
   EXPECT_NE(ReadFile(state_file)->find("\"run\""), std::string::npos);
 }
 
+TEST_F(DiffusionTest, AResponseHeadRunResumedInsideTheDenoiserKeepsTheHeadItsStateHolds) {
+  // The head is fitted once, before the denoiser's steps. A run resumed inside the denoiser
+  // stage takes the head from its state and does not fit it again: it scores the same head.
+  DiffusionTrainOptions o = TinyTraining(53, 4, 2, 100);
+  o.config.response_head = true;
+  o.state_dir = (dir_->path() / "head_state").string();
+  o.out = (dir_->path() / "head_resumed.pt").string();
+  const auto pairs = Pairs(o.config);
+  int head_steps = 0;
+  const auto count_head_steps = [&](const DiffusionTrainProgress& p) {
+    head_steps += p.stage == "response";
+  };
+  auto first = TrainDiffusion(pairs, {}, o, count_head_steps);
+  ASSERT_TRUE(first) << first.error().ToString();
+  EXPECT_GT(head_steps, 0);
+  head_steps = 0;
+  o.denoiser_steps = 6;
+  auto second = TrainDiffusion(pairs, {}, o, count_head_steps);
+  ASSERT_TRUE(second) << second.error().ToString();
+  EXPECT_EQ(second->resumed_from_step, 8);
+  EXPECT_EQ(head_steps, 0);
+  EXPECT_EQ(second->response.train_rmse, first->response.train_rmse);
+  EXPECT_EQ(second->response.val_contrast_rmse, first->response.val_contrast_rmse);
+  const nlohmann::json kept = TrainingRecord(o.out).at("response_head");
+  EXPECT_EQ(kept.at("train_rmse").get<double>(), first->response.train_rmse) << kept.dump();
+}
+
 TEST_F(DiffusionTest, TrainsOnPairsMovedInBesideAValidationSplit) {
   // The CLI moves its training pairs in and the trainer drops their full-precision crops once it
   // has stacked them: what it records and scores afterwards must not read them.
