@@ -134,10 +134,9 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
   sub->add_option("--drug-sharing", o->drug_sharing,
                   "Drugs that share one plan embedding, and that a --response-head reads as "
                   "one (unless --response-sensitivity): none, class (the action base's drug "
-                  "classes) or all (every drug alike; "
-                  "drugs then differ only by what the survival model reads, such as toxicity). "
-                  "--init-from and --distill-from may start from a checkpoint that shares "
-                  "otherwise")
+                  "classes) or all (every drug alike; drugs then differ only by what the "
+                  "survival model reads, such as toxicity). --init-from and --distill-from may "
+                  "start from a checkpoint that shares otherwise")
       ->check(CLI::IsMember({"none", "class", "all"}))
       ->capture_default_str();
   sub->add_flag("--drug-saturate", o->drug_saturate,
