@@ -138,6 +138,9 @@ Status DiffusionConfig::Validate() const {
   if (response_sensitivity && !response_head) {
     return Invalid("response_sensitivity needs response_head");
   }
+  if (response_item_size && !(response_head && lesion_size)) {
+    return Invalid("response_item_size needs response_head and lesion_size");
+  }
   if (!texture.empty()) MEWM_RETURN_IF_ERROR(texture.Validate());
   return window.Validate();
 }
@@ -162,6 +165,7 @@ std::string DiffusionConfig::ToJson() const {
   if (clinical) j["clinical"] = true;
   if (response_head) j["response_head"] = true;
   if (response_sensitivity) j["response_sensitivity"] = true;
+  if (response_item_size) j["response_item_size"] = true;
   if (!item_groups.empty()) j["item_groups"] = item_groups;
   if (group_once) j["group_once"] = true;
   if (decoder_pre) j["decoder_pre"] = true;
@@ -201,6 +205,7 @@ Expected<DiffusionConfig> DiffusionConfig::FromJson(const std::string& text,
     c.clinical = j.value("clinical", false);
     c.response_head = j.value("response_head", false);
     c.response_sensitivity = j.value("response_sensitivity", false);
+    c.response_item_size = j.value("response_item_size", false);
     c.item_groups = j.value("item_groups", std::vector<std::string>{});
     c.group_once = j.value("group_once", false);
     c.decoder_pre = j.value("decoder_pre", false);

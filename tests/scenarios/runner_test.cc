@@ -633,6 +633,25 @@ TEST_F(RunnerTest, ComparePlanRunsPoolsPairsOfRunsOfSeveralCohorts) {
   // The patient that differs is named with its pair's number, as the table numbers the runs.
   ASSERT_EQ(pooled->decisive.size(), 1u);
   EXPECT_EQ(pooled->decisive[0].patient, "1:" + id);
+  // Split by the largest lesion's size: the bands hold every patient once, and the one band
+  // holding the patient that differs holds all of the difference.
+  const double diameter = truth["patients"][id]["covariates"]["max_diameter_mm"].get<double>();
+  const std::string differing_band = diameter < 50.0   ? "under 50 mm"
+                                     : diameter < 75.0 ? "50 to 75 mm"
+                                                       : "75 mm and over";
+  int banded = 0;
+  double regret_a = 0.0, f1_b = 0.0;
+  for (const auto& band : pooled->by_size) {
+    EXPECT_GT(band.patients, 0) << band.band;
+    banded += band.patients;
+    regret_a += band.regret_a * band.patients;
+    f1_b += band.f1_b * band.patients;
+    EXPECT_NEAR(band.share_of_difference, band.band == differing_band ? 1.0 : 0.0, 1e-12)
+        << band.band;
+  }
+  EXPECT_EQ(banded, 5);
+  EXPECT_NEAR(regret_a / 5, pooled->a.regret, 1e-12);
+  EXPECT_NEAR(f1_b / 5, pooled->b.f1, 1e-12);
   const std::string table = pooled->FormatTable();
   EXPECT_NE(table.find("on 5 patients"), std::string::npos) << table;
   EXPECT_NE(table.find("B2: " + dir_.File("out2")), std::string::npos) << table;
@@ -640,6 +659,9 @@ TEST_F(RunnerTest, ComparePlanRunsPoolsPairsOfRunsOfSeveralCohorts) {
   const auto j = nlohmann::json::parse(pooled->ToJson());
   EXPECT_EQ(j["runs_a"].size(), 2u);
   EXPECT_EQ(j["cohort_dirs"][1], pooled->cohort_dirs[1]);
+  EXPECT_EQ(j["by_largest_lesion"].size(), pooled->by_size.size());
+  EXPECT_NE(table.find("by the largest lesion's diameter"), std::string::npos) << table;
+  EXPECT_NE(table.find(differing_band), std::string::npos) << table;
 
   // One cohort pooled twice would count its patients twice: refused, naming a patient.
   for (const auto& twice :

@@ -1038,7 +1038,7 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
               model +
               " --denoiser-steps 2 --denoiser-batch 2 --validation-fraction 0.25 --threads 1 "
               "--residual-weight 0.5 --pair-weight 0.25 --serving-crops --response-head "
-              "--guidance-grid 1,1.5");
+              "--lesion-size --response-item-size --guidance-grid 1,1.5");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("response head: level RMS error"), std::string::npos) << r.output;
   // Only the guidance scales asked for are scored on validation.
@@ -1056,6 +1056,16 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
   EXPECT_NE(r.output.find("--serving-crops"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("--response-head"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("\"response_head\":{"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--response-item-size"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\"response_item_size\":true"), std::string::npos) << r.output;
+  // The head's size slopes need the size: refused, naming what is missing, before training.
+  r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + dir_.File("no_size.pt") +
+              " --init-from " + model + " --response-head --response-item-size");
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("response_item_size needs response_head and lesion_size"),
+            std::string::npos)
+      << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("no_size.pt")));
   // The fine-tuned checkpoint paired by patient against the one it started from. The "against"
   // method is the first run's "diffusion" again (same checkpoint, same sample seeds), and the
   // paired means are the methods' differences (every patient has 3 plans).

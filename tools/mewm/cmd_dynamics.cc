@@ -37,7 +37,8 @@ struct TrainDynamicsOptions {
   std::vector<double> guidance_grid = dynamics::DiffusionTrainOptions{}.guidance_grid;
   bool lesion_size = false, item_size = false, item_enhancement = false, clinical = false,
        drug_saturate = false, decoder_pre = false, texture = false, pair_neighbours = false,
-       serving_crops = false, response_head = false, response_sensitivity = false;
+       serving_crops = false, response_head = false, response_sensitivity = false,
+       response_item_size = false;
   bool quiet = false, force = false;
 };
 
@@ -104,6 +105,11 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                 "the denoiser still sees the groups, and an anchored outcome takes the head's "
                 "level for its own drugs (needs --response-head; a head without it is fitted "
                 "afresh)");
+  sub->add_flag("--response-item-size", o->response_item_size,
+                "The response head also reads each plan item times the lesion's size, so each "
+                "item's effect on the level has its own size slope and two items can trade "
+                "places as the lesion grows (needs --response-head and --lesion-size; a head "
+                "without it is fitted afresh)");
   sub->add_option("--residual-weight", o->residual_weight,
                   "Adds to the denoiser's loss this weight times the squared error of the "
                   "residual tumor its prediction implies once decoded (mL, to first order, over "
@@ -253,6 +259,7 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
       (o.item_enhancement ? " --item-enhancement" : "") + (o.clinical ? " --clinical" : "") +
       (o.response_head ? " --response-head" : "") +
       (o.response_sensitivity ? " --response-sensitivity" : "") +
+      (o.response_item_size ? " --response-item-size" : "") +
       (o.drug_sharing == "none" ? "" : " --drug-sharing " + o.drug_sharing) +
       (o.drug_saturate ? " --drug-saturate" : "") + (o.decoder_pre ? " --decoder-pre" : "") +
       (o.texture ? " --texture" : "") +
@@ -359,6 +366,7 @@ Action AddTrainDynamics(CLI::App& train_app) {
     config->clinical = o->clinical;
     config->response_head = o->response_head;
     config->response_sensitivity = o->response_sensitivity;
+    config->response_item_size = o->response_item_size;
     auto groups = dynamics::ItemGroups(actions, o->drug_sharing);
     if (!groups) return Fail(groups.error());
     config->item_groups = *groups;

@@ -712,6 +712,7 @@ Expected<std::unique_ptr<DiffusionDynamics>> CreateDiffusionDynamics(
     expected.clinical = stored.clinical;                          // likewise
     expected.response_head = stored.response_head;                // likewise
     expected.response_sensitivity = stored.response_sensitivity;  // likewise
+    expected.response_item_size = stored.response_item_size;      // likewise
     expected.item_groups = stored.item_groups;                    // likewise
     expected.group_once = stored.group_once;                      // likewise
     expected.decoder_pre = stored.decoder_pre;                    // likewise

@@ -235,8 +235,10 @@ class DenoiserImpl : public torch::nn::Module {
       // enhancement, the signs of sensitivity when read), then the crop's tumor share
       // (TumorShare).
       by_item_ = c.response_sensitivity;
-      const std::int64_t in = std::int64_t(c.items.size()) + (c.lesion_size ? 1 : 0) +
-                              (c.clinical ? kClinicalColumns : 0) + 1 + SignColumns() + 1;
+      item_size_head_ = c.response_item_size;
+      const auto v = std::int64_t(c.items.size());
+      const std::int64_t in = v + (c.lesion_size ? 1 : 0) + (c.clinical ? kClinicalColumns : 0) +
+                              1 + SignColumns() + 1 + (item_size_head_ ? v : 0);
       response = register_module(
           "response",
           torch::nn::Sequential(torch::nn::Linear(in, kResponseWidth), torch::nn::SiLU(),
@@ -346,12 +348,21 @@ class DenoiserImpl : public torch::nn::Module {
                                   GroupCounts(plan_items).matmul(group_mean_.to(rows.device()));
     return torch::cat({grouped, rows.slice(1, v)}, 1);
   }
+  /// The head's input: the plan row, the crop's tumor share and, with
+  /// DiffusionConfig::response_item_size, each item's column times the row's LesionSizeFeature
+  /// (the column after the items).
   torch::Tensor Head(const torch::Tensor& rows, const torch::Tensor& share) {
-    return response->forward(torch::cat({rows, share.expand({rows.size(0), -1})}, 1));
+    std::vector<torch::Tensor> in{rows, share.expand({rows.size(0), -1})};
+    if (item_size_head_) {
+      const std::int64_t v = items->weight.size(0);
+      in.push_back(rows.slice(1, 0, v) * rows.slice(1, v, v + 1));
+    }
+    return response->forward(torch::cat(in, 1));
   }
   /// The plan-row columns of SensitivityFeatures (DiffusionConfig::response_sensitivity).
   std::int64_t SignColumns() const { return by_item_ ? 2 : 0; }
-  bool by_item_ = false;  ///< DiffusionConfig::response_sensitivity
+  bool by_item_ = false;         ///< DiffusionConfig::response_sensitivity
+  bool item_size_head_ = false;  ///< DiffusionConfig::response_item_size
   /// group_members_ [G, V] is 1 where an item belongs to a group and group_mean_ averages each
   /// group's members; ungrouped_ [V] is 1 for the items that keep their own embedding. Undefined
   /// when no item is grouped. Not buffers: a checkpoint holds the groups in its config.

@@ -412,8 +412,8 @@ void UpdateEma(nets::DiffusionNet& ema, nets::DiffusionNet& net, double decay) {
 /// Copies every parameter and buffer `from` has; one it lacks keeps its initialisation (the size
 /// input of a DiffusionConfig::lesion_size, ::item_size, ::item_enhancement or ::clinical denoiser
 /// fine-tuned from one without it). A response head that reads other inputs than `from`'s
-/// (DiffusionConfig::response_sensitivity added) keeps its initialisation, all of it: it is
-/// fitted whole (TrainResponseHead).
+/// (DiffusionConfig::response_sensitivity or ::response_item_size added) keeps its initialisation,
+/// all of it: it is fitted whole (TrainResponseHead).
 void CopyWeights(nets::DiffusionNet& to, nets::DiffusionNet& from) {
   torch::NoGradGuard no_grad;
   auto t = to->named_parameters(), f = from->named_parameters();
@@ -1324,6 +1324,7 @@ Expected<DiffusionTrainReport> Train(
     if (!stored.clinical) start_config.clinical = false;
     if (!stored.response_head) start_config.response_head = false;
     start_config.response_sensitivity = stored.response_sensitivity;  // its head's width
+    start_config.response_item_size = stored.response_item_size;      // likewise
     if (!stored.item_size) start_config.item_size = false;
     if (!stored.item_enhancement) start_config.item_enhancement = false;
     if (!stored.decoder_pre) start_config.decoder_pre = false;
@@ -1343,6 +1344,7 @@ Expected<DiffusionTrainReport> Train(
       run.config.response_head = stored.response_head || o.config.response_head;
       run.config.response_sensitivity =
           stored.response_sensitivity || o.config.response_sensitivity;
+      run.config.response_item_size = stored.response_item_size || o.config.response_item_size;
     }
     // The stored texture was fitted to the stored decoder: kept while the decoder is.
     run.config.texture = o.decoder_steps > 0 ? TextureModel{} : stored.texture;

@@ -3,6 +3,7 @@
 #include "mewm/eval/evaluation.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -66,6 +67,7 @@ struct PlanRow {
   std::string id;
   Plan chosen, first_choice;
   TrueRisks truth;
+  double max_diameter_mm = 0.0;  ///< the largest lesion's, from the truth's covariates
 };
 
 /// A run's finished patients and the counters of its summary (the methods are left empty).
@@ -130,7 +132,9 @@ Expected<RunRows> ReadRunRows(const std::string& run_dir) {
       row.first_choice = PlanOf(proposal.value("first_choice", ""));
       const auto plans = proposal.find("plans");
       if (plans != proposal.end() && plans->is_array() && !plans->empty()) run.plan_policy = true;
-      row.truth = TrueRisksOf(truth.at("patients").at(row.id));
+      const json& patient_truth = truth.at("patients").at(row.id);
+      row.truth = TrueRisksOf(patient_truth);
+      row.max_diameter_mm = patient_truth.at("covariates").at("max_diameter_mm").get<double>();
       if (p.contains("counters"))
         eval.simulations_per_patient += p["counters"].value("simulations", 0.0);
       run.rows.push_back(std::move(row));
@@ -208,6 +212,22 @@ Expected<PlanEvaluation> EvaluatePlans(const std::string& run_dir) {
 
 namespace {
 
+/// PlanRunComparison::by_size's bands: each holds the diameters below its upper edge (mm) and
+/// at or above the previous band's.
+struct SizeBandEdge {
+  const char* name;
+  double below_mm;
+};
+constexpr std::array<SizeBandEdge, 3> kSizeBands = {
+    {{"under 50 mm", 50.0}, {"50 to 75 mm", 75.0}, {"75 mm and over", HUGE_VAL}}};
+
+/// The index in kSizeBands of the band holding `diameter_mm`.
+std::size_t SizeBandOf(double diameter_mm) {
+  std::size_t k = 0;
+  while (k + 1 < kSizeBands.size() && !(diameter_mm < kSizeBands[k].below_mm)) ++k;
+  return k;
+}
+
 /// The methods' columns, one row per method, under a header line.
 std::string MethodTable(const std::vector<MethodScores>& methods) {
   std::ostringstream out;
@@ -266,6 +286,7 @@ Expected<PlanRunComparison> ComparePlanRuns(
   Accumulator acc_a("run A"), acc_b("run B");
   std::vector<double> regret_diff, f1_diff;
   std::vector<PlanRunComparison::Decisive> paired;
+  std::array<PlanRunComparison::SizeBand, kSizeBands.size()> bands;  // sums until the end
   // Every patient compared, by id and truth: one met again is a cohort pooled twice.
   std::set<std::pair<std::string, std::map<std::string, double>>> seen;
   for (const auto& [run_a, run_b] : runs) {
@@ -307,8 +328,15 @@ Expected<PlanRunComparison> ComparePlanRuns(
       regret_diff.push_back(d);
       paired.push_back({prefix + ra.id, acc_a.regrets.back(), acc_b.regrets.back(),
                         ra.chosen.ToString(), rb.chosen.ToString(), 0.0});
-      f1_diff.push_back(ComparePlanItems(ra.chosen, ra.truth.optimal).f1 -
-                        ComparePlanItems(rb.chosen, rb.truth.optimal).f1);
+      const double f1_a = ComparePlanItems(ra.chosen, ra.truth.optimal).f1;
+      const double f1_b = ComparePlanItems(rb.chosen, rb.truth.optimal).f1;
+      f1_diff.push_back(f1_a - f1_b);
+      PlanRunComparison::SizeBand& band = bands[SizeBandOf(ra.max_diameter_mm)];
+      ++band.patients;
+      band.regret_a += acc_a.regrets.back();
+      band.regret_b += acc_b.regrets.back();
+      band.f1_a += f1_a;
+      band.f1_b += f1_b;
       if (d > 0.0) {
         ++c.a_worse;
       } else if (d < 0.0) {
@@ -332,6 +360,17 @@ Expected<PlanRunComparison> ComparePlanRuns(
   c.regret_diff_median = Median(regret_diff);
   c.sign_test_p = BinomialTestHalf(c.a_worse, c.a_worse + c.a_better);
   c.regret_ratio = c.b.regret > 0.0 ? c.a.regret / c.b.regret : std::nan("");
+  const double total_difference = (c.a.regret - c.b.regret) * c.patients;
+  for (std::size_t k = 0; k < bands.size(); ++k) {
+    PlanRunComparison::SizeBand& band = bands[k];
+    if (band.patients == 0) continue;
+    band.band = kSizeBands[k].name;
+    band.share_of_difference =
+        total_difference != 0.0 ? (band.regret_a - band.regret_b) / total_difference : std::nan("");
+    const double n = band.patients;
+    band.regret_a /= n, band.regret_b /= n, band.f1_a /= n, band.f1_b /= n;
+    c.by_size.push_back(band);
+  }
   const auto gap = [](const PlanRunComparison::Decisive& p) {
     return std::abs(p.regret_a - p.regret_b);
   };
@@ -371,6 +410,15 @@ std::string PlanRunComparison::FormatTable() const {
                 "(two-sided sign test p = %.3g)\n",
                 regret_diff_median, regret_ratio, a_worse, a_better, same, sign_test_p);
   out << line;
+  out << "by the largest lesion's diameter:\n";
+  for (const SizeBand& band : by_size) {
+    std::snprintf(line, sizeof(line),
+                  "  %-15s %4d patients  regret A %.4f  B %.4f  F1 A %.3f  B %.3f  "
+                  "share of the A - B regret %+.0f%%\n",
+                  band.band.c_str(), band.patients, band.regret_a, band.regret_b, band.f1_a,
+                  band.f1_b, 100.0 * band.share_of_difference);
+    out << line;
+  }
   if (!decisive.empty()) {
     out << "patients whose regrets differ most (mean regret A / B without the patient):\n";
   }
@@ -392,6 +440,16 @@ std::string PlanRunComparison::ToJson() const {
                              {"plan_b", p.plan_b},
                              {"regret_ratio_without", NumberOrNull(p.ratio_without)}});
   }
+  json by_size_json = json::array();
+  for (const SizeBand& band : by_size) {
+    by_size_json.push_back({{"band", band.band},
+                            {"patients", band.patients},
+                            {"regret_a", band.regret_a},
+                            {"regret_b", band.regret_b},
+                            {"f1_a", band.f1_a},
+                            {"f1_b", band.f1_b},
+                            {"share_of_difference", NumberOrNull(band.share_of_difference)}});
+  }
   return json{{"runs_a", runs_a},
               {"runs_b", runs_b},
               {"cohort_dirs", cohort_dirs},
@@ -409,7 +467,8 @@ std::string PlanRunComparison::ToJson() const {
                 {"a_better", a_better},
                 {"same", same},
                 {"sign_test_p", sign_test_p}}},
-              {"decisive", decisive_json}}
+              {"decisive", decisive_json},
+              {"by_largest_lesion", by_size_json}}
       .dump(1);
 }
 

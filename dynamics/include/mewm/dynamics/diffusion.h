@@ -132,6 +132,14 @@ struct DiffusionConfig {
   /// DiffusionBackendOptions::anchor_level each is then anchored to the head's level for its own
   /// items. Changes the head's input width: a head without it is fitted afresh.
   bool response_sensitivity = false;
+  /// Whether the response head also reads each plan item times the lesion's LesionSizeFeature
+  /// (`mewm train dynamics --response-item-size`, needs response_head and lesion_size): one more
+  /// head input per item, so each item's effect on the predicted level has its own slope in the
+  /// lesion's size and two items can trade places as the lesion grows (in the synthetic world an
+  /// embolic's ischemic kill and absolute alcohol's reach both depend on it). Without it the head
+  /// reads the size once, beside the items. Changes the head's input width: a head without it is
+  /// fitted afresh; a preset takes it from the checkpoint.
+  bool response_item_size = false;
   /// Embedding groups, empty or one entry per item: items with the same non-empty group share
   /// one plan embedding (the mean of their own), so the denoiser cannot tell them apart (nor can
   /// a response_head, which reads each member as the group's mean item); an empty entry keeps

@@ -97,6 +97,18 @@ struct PlanRunComparison {
   /// The (at most) three patients with the largest |regret A - regret B|, largest first; those
   /// that tie are left out.
   std::vector<Decisive> decisive;
+  /// The comparison split by the size of each patient's largest lesion (the truth's
+  /// covariates.max_diameter_mm), where a dynamics model's gap often lies: under 50 mm, 50 to
+  /// 75 mm, 75 mm and over. Bands without a patient are left out.
+  struct SizeBand {
+    std::string band;  ///< "under 50 mm", "50 to 75 mm", "75 mm and over"
+    int patients = 0;
+    double regret_a = 0.0, regret_b = 0.0, f1_a = 0.0, f1_b = 0.0;  ///< means over its patients
+    /// Its patients' summed regret A - B over all patients' (negative where A is better in the
+    /// band and worse overall); NaN when the total is 0.
+    double share_of_difference = 0.0;
+  };
+  std::vector<SizeBand> by_size;
 
   std::string FormatTable() const;
   std::string ToJson() const;
