@@ -633,8 +633,8 @@ TEST_F(RunnerTest, ComparePlanRunsPoolsPairsOfRunsOfSeveralCohorts) {
   // The patient that differs is named with its pair's number, as the table numbers the runs.
   ASSERT_EQ(pooled->decisive.size(), 1u);
   EXPECT_EQ(pooled->decisive[0].patient, "1:" + id);
-  // Split by the largest lesion's size: the bands hold every patient once, and the one band
-  // holding the patient that differs holds all of the difference.
+  // Split by the largest lesion's size: the bands hold every patient once, and the band holding
+  // the patient that differs holds all of the difference.
   const double diameter = truth["patients"][id]["covariates"]["max_diameter_mm"].get<double>();
   const std::string differing_band = diameter < 50.0   ? "under 50 mm"
                                      : diameter < 75.0 ? "50 to 75 mm"
@@ -646,7 +646,11 @@ TEST_F(RunnerTest, ComparePlanRunsPoolsPairsOfRunsOfSeveralCohorts) {
     banded += band.patients;
     regret_a += band.regret_a * band.patients;
     f1_b += band.f1_b * band.patients;
-    EXPECT_NEAR(band.share_of_difference, band.band == differing_band ? 1.0 : 0.0, 1e-12)
+    EXPECT_NEAR(band.summed_difference,
+                band.band == differing_band
+                    ? pooled->decisive[0].regret_a - pooled->decisive[0].regret_b
+                    : 0.0,
+                1e-12)
         << band.band;
   }
   EXPECT_EQ(banded, 5);
@@ -701,6 +705,11 @@ TEST_F(RunnerTest, ComparePlanRunsPairsTheSamePatients) {
   EXPECT_DOUBLE_EQ(self->regret_diff_median, 0.0);
   EXPECT_DOUBLE_EQ(self->sign_test_p, 1.0);  // every patient ties
   EXPECT_TRUE(self->decisive.empty());       // so none decides anything
+  // Nor in any size band.
+  ASSERT_FALSE(self->by_size.empty());
+  for (const auto& band : self->by_size) EXPECT_EQ(band.summed_difference, 0.0);
+  EXPECT_NE(self->FormatTable().find("summed regret A - B +0.0000"), std::string::npos)
+      << self->FormatTable();
   if (self->b.regret > 0.0) {
     EXPECT_DOUBLE_EQ(self->regret_ratio, 1.0);
   } else {

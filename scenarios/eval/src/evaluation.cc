@@ -360,13 +360,11 @@ Expected<PlanRunComparison> ComparePlanRuns(
   c.regret_diff_median = Median(regret_diff);
   c.sign_test_p = BinomialTestHalf(c.a_worse, c.a_worse + c.a_better);
   c.regret_ratio = c.b.regret > 0.0 ? c.a.regret / c.b.regret : std::nan("");
-  const double total_difference = (c.a.regret - c.b.regret) * c.patients;
   for (std::size_t k = 0; k < bands.size(); ++k) {
     PlanRunComparison::SizeBand& band = bands[k];
     if (band.patients == 0) continue;
     band.band = kSizeBands[k].name;
-    band.share_of_difference =
-        total_difference != 0.0 ? (band.regret_a - band.regret_b) / total_difference : std::nan("");
+    band.summed_difference = band.regret_a - band.regret_b;
     const double n = band.patients;
     band.regret_a /= n, band.regret_b /= n, band.f1_a /= n, band.f1_b /= n;
     c.by_size.push_back(band);
@@ -414,9 +412,9 @@ std::string PlanRunComparison::FormatTable() const {
   for (const SizeBand& band : by_size) {
     std::snprintf(line, sizeof(line),
                   "  %-15s %4d patients  regret A %.4f  B %.4f  F1 A %.3f  B %.3f  "
-                  "share of the A - B regret %+.0f%%\n",
+                  "summed regret A - B %+.4f\n",
                   band.band.c_str(), band.patients, band.regret_a, band.regret_b, band.f1_a,
-                  band.f1_b, 100.0 * band.share_of_difference);
+                  band.f1_b, band.summed_difference);
     out << line;
   }
   if (!decisive.empty()) {
@@ -448,7 +446,7 @@ std::string PlanRunComparison::ToJson() const {
                             {"regret_b", band.regret_b},
                             {"f1_a", band.f1_a},
                             {"f1_b", band.f1_b},
-                            {"share_of_difference", NumberOrNull(band.share_of_difference)}});
+                            {"summed_difference", band.summed_difference}});
   }
   return json{{"runs_a", runs_a},
               {"runs_b", runs_b},

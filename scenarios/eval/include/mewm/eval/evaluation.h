@@ -104,9 +104,9 @@ struct PlanRunComparison {
     std::string band;  ///< "under 50 mm", "50 to 75 mm", "75 mm and over"
     int patients = 0;
     double regret_a = 0.0, regret_b = 0.0, f1_a = 0.0, f1_b = 0.0;  ///< means over its patients
-    /// Its patients' summed regret A - B over all patients' (negative where A is better in the
-    /// band and worse overall); NaN when the total is 0.
-    double share_of_difference = 0.0;
+    /// Its patients' summed regret difference A - B: the bands' sums add up to all patients'
+    /// (a share of a total near 0 would mean little).
+    double summed_difference = 0.0;
   };
   std::vector<SizeBand> by_size;
 
