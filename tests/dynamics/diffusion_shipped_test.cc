@@ -8,7 +8,8 @@
 // the paste, models/dynamics_diffusion_paste.pt, and its fine-tune with the patient's covariates
 // and a loss term on the decoded residual, models/dynamics_diffusion_residual.pt, and its
 // fine-tune with a response head, models/dynamics_diffusion_response.pt, served with each residual
-// anchored to the head's level) respond to plans in the truth's direction.
+// anchored to the head's level, and the same with its head fitted again on a larger cohort,
+// models/dynamics_diffusion_response_refit.pt) respond to plans in the truth's direction.
 // Labelled slow: they load the real weights and render synthetic patients.
 #include <gtest/gtest.h>
 
@@ -84,13 +85,14 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values("dynamics_diffusion.pt", "dynamics_diffusion_distilled.pt",
                       "dynamics_diffusion_lesion_size.pt", "dynamics_diffusion_drug_saturate.pt",
                       "dynamics_diffusion_paste.pt", "dynamics_diffusion_residual.pt",
-                      "dynamics_diffusion_response.pt"),
+                      "dynamics_diffusion_response.pt", "dynamics_diffusion_response_refit.pt"),
     [](const ::testing::TestParamInfo<const char*>& param) {
       const std::string name = param.param;
       if (name.find("lesion_size") != std::string::npos) return "LesionSize";
       if (name.find("saturate") != std::string::npos) return "DrugSaturate";
       if (name.find("paste") != std::string::npos) return "PasteDecoder";
       if (name.find("residual") != std::string::npos) return "ResidualTerm";
+      if (name.find("refit") != std::string::npos) return "ResponseHeadRefitAnchored";
       if (name.find("response") != std::string::npos) return "ResponseHeadAnchored";
       if (name.find("distilled") != std::string::npos) return "Distilled";
       return "Teacher";

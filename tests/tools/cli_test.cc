@@ -1882,7 +1882,8 @@ TEST_F(CliDataTest, ModelChecksumsAreCheckedAtLoadAndShownByInspect) {
        {"dynamics_diffusion.pt", "dynamics_diffusion_distilled.pt",
         "dynamics_diffusion_lesion_size.pt", "dynamics_diffusion_drug_saturate.pt",
         "dynamics_diffusion_paste.pt", "dynamics_diffusion_residual.pt",
-        "dynamics_diffusion_response.pt", "cox_survival.json", "mechanistic_calibration.json"}) {
+        "dynamics_diffusion_response.pt", "dynamics_diffusion_response_refit.pt",
+        "cox_survival.json", "mechanistic_calibration.json"}) {
     const std::string recorded = Slurp((models / (std::string(name) + ".sha256")).string());
     ASSERT_GE(recorded.size(), 64u) << name;
     Result r = RunMewm("inspect --json " + (models / name).string());
