@@ -813,6 +813,17 @@ TEST_F(RunnerTest, ComparePlanRunsPairsTheSamePatients) {
         << corrupt.error().message;
   }
   EXPECT_EQ(EvaluatePlans(dir_.File("b")).error().code, ErrorCode::kCorruptData);
+  // A truth without the covariates: one run is still evaluated (it does not read the size), but
+  // the comparison's size bands need it, so the comparison is refused, naming the field.
+  other = truth;
+  other["patients"][id].erase("covariates");
+  write_json(dir_.File("cohort-copy/truth/truth.json"), other);
+  EXPECT_TRUE(EvaluatePlans(dir_.File("b")));
+  auto sizeless = ComparePlanRuns(dir_.File("b"), dir_.File("out"));
+  ASSERT_FALSE(sizeless);
+  EXPECT_EQ(sizeless.error().code, ErrorCode::kCorruptData);
+  EXPECT_NE(sizeless.error().message.find("max_diameter_mm"), std::string::npos)
+      << sizeless.error().message;
 
   // No patient finished by both runs.
   summary["run"]["cohort"] = cohort;

@@ -67,7 +67,9 @@ struct PlanRow {
   std::string id;
   Plan chosen, first_choice;
   TrueRisks truth;
-  double max_diameter_mm = 0.0;  ///< the largest lesion's, from the truth's covariates
+  /// The largest lesion's, from the truth's covariates; NaN when the truth has none (only
+  /// ComparePlanRuns' size bands read it).
+  double max_diameter_mm = std::nan("");
 };
 
 /// A run's finished patients and the counters of its summary (the methods are left empty).
@@ -134,7 +136,10 @@ Expected<RunRows> ReadRunRows(const std::string& run_dir) {
       if (plans != proposal.end() && plans->is_array() && !plans->empty()) run.plan_policy = true;
       const json& patient_truth = truth.at("patients").at(row.id);
       row.truth = TrueRisksOf(patient_truth);
-      row.max_diameter_mm = patient_truth.at("covariates").at("max_diameter_mm").get<double>();
+      const json covariates = patient_truth.value("covariates", json::object());
+      if (covariates.contains("max_diameter_mm")) {
+        row.max_diameter_mm = covariates.at("max_diameter_mm").get<double>();
+      }
       if (p.contains("counters"))
         eval.simulations_per_patient += p["counters"].value("simulations", 0.0);
       run.rows.push_back(std::move(row));
@@ -320,6 +325,12 @@ Expected<PlanRunComparison> ComparePlanRuns(
                          "patient '" + ra.id + "' of '" + a.header.cohort_dir +
                              "' is in two pairs of runs (one cohort pooled twice?): each "
                              "patient may count once");
+      }
+      if (!std::isfinite(ra.max_diameter_mm)) {
+        return MakeError(ErrorCode::kCorruptData,
+                         "patient '" + ra.id + "' of '" + a.header.cohort_dir +
+                             "' has no covariates.max_diameter_mm in its truth, which the "
+                             "comparison's size bands need");
       }
       ++common;
       MEWM_RETURN_IF_ERROR(ScorePlan(acc_a, ra, ra.chosen));
