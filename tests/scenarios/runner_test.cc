@@ -761,6 +761,18 @@ TEST_F(RunnerTest, ComparePlanRunsPairsTheSamePatients) {
   EXPECT_NEAR(j["a_minus_b"]["regret_ratio"].get<double>(), paired->regret_ratio, 1e-12);
   EXPECT_DOUBLE_EQ(j["a_minus_b"]["sign_test_p"].get<double>(), 1.0);
   EXPECT_NE(paired->FormatTable().find("sign test p = 1"), std::string::npos);
+  // The F1 difference split by item kind: each part's mean is that kind's A - B.
+  EXPECT_NEAR(paired->drug_f1_diff.mean, paired->a.drug_f1 - paired->b.drug_f1, 1e-12);
+  EXPECT_NEAR(paired->embolic_f1_diff.mean, paired->a.embolic_f1 - paired->b.embolic_f1, 1e-12);
+  const auto plan = [](const std::string& text) { return *ActionBase::Default().ParsePlan(text); };
+  const Plan optimal = plan(truth["patients"][id]["optimal_plan"].get<std::string>());
+  const PlanMatch was = ComparePlanItems(plan(chosen), optimal);
+  const PlanMatch now = ComparePlanItems(plan(worst), optimal);
+  EXPECT_NEAR(paired->drug_f1_diff.mean, (was.drug_f1 - now.drug_f1) / 2.0, 1e-12);
+  EXPECT_NEAR(paired->embolic_f1_diff.mean, (was.embolic_f1 - now.embolic_f1) / 2.0, 1e-12);
+  EXPECT_NEAR(j["a_minus_b"]["f1_drugs"]["mean"].get<double>(), paired->drug_f1_diff.mean, 1e-12);
+  EXPECT_EQ(j["methods"][0]["f1_embolics"].get<double>(), paired->a.embolic_f1);
+  EXPECT_NE(paired->FormatTable().find("F1 by item kind: drugs"), std::string::npos);
   EXPECT_EQ(j["methods"].size(), 2u);
   EXPECT_NE(paired->FormatTable().find("by A only"), std::string::npos) << paired->FormatTable();
   // The one patient that differs is named, with both plans, and without it the runs tie.
@@ -950,6 +962,27 @@ TEST(PlanMatchTest, ItemSetMetrics) {
   EXPECT_FALSE(m.exact);
   EXPECT_TRUE(ComparePlanItems(Plan({"A"}), Plan({"A"})).exact);
   EXPECT_EQ(ComparePlanItems(Plan({"A"}), Plan({"B"})).f1, 0.0);
+}
+
+TEST(PlanMatchTest, SplitsTheAgreementIntoDrugsAndTheOtherItems) {
+  // The right embolics with the wrong drug: the drugs disagree, the rest agrees.
+  const auto wrong_drug = ComparePlanItems(Plan({"Lipiodol", "PVA", "Raltitrexed"}),
+                                           Plan({"Lipiodol", "PVA", "Nedaplatin"}));
+  EXPECT_DOUBLE_EQ(wrong_drug.drug_f1, 0.0);
+  EXPECT_DOUBLE_EQ(wrong_drug.embolic_f1, 1.0);
+  EXPECT_DOUBLE_EQ(wrong_drug.f1, 2.0 / 3.0);
+  // One drug of the optimum's two, and another embolic beside Lipiodol.
+  const auto half = ComparePlanItems(Plan({"Gelatin Sponge", "Lipiodol", "Raltitrexed"}),
+                                     Plan({"Lipiodol", "Nedaplatin", "PVA", "Raltitrexed"}));
+  EXPECT_DOUBLE_EQ(half.drug_f1, 2 * 1.0 * 0.5 / 1.5);
+  EXPECT_DOUBLE_EQ(half.embolic_f1, 0.5);
+  // Neither plan has a drug: they agree on having none. A drug where the optimum has none is 0.
+  EXPECT_DOUBLE_EQ(ComparePlanItems(Plan({"Lipiodol"}), Plan({"Lipiodol", "PVA"})).drug_f1, 1.0);
+  EXPECT_DOUBLE_EQ(ComparePlanItems(Plan({"Lipiodol", "Mitomycin"}), Plan({"Lipiodol"})).drug_f1,
+                   0.0);
+  // Items outside the vocabulary count with the embolics, never as drugs.
+  EXPECT_DOUBLE_EQ(ComparePlanItems(Plan({"A"}), Plan({"A"})).embolic_f1, 1.0);
+  EXPECT_DOUBLE_EQ(ComparePlanItems(Plan({"A"}), Plan({"A"})).drug_f1, 1.0);
 }
 
 }  // namespace

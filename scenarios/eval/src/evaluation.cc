@@ -38,12 +38,9 @@ Expected<json> ReadJson(const std::string& path) {
   }
 }
 
-}  // namespace
-
-PlanMatch ComparePlanItems(const Plan& chosen, const Plan& optimal) {
+/// F1 of two item sets (1 when both are empty), with the precision, recall and Jaccard index.
+PlanMatch CompareItemSets(const std::set<std::string>& a, const std::set<std::string>& b) {
   PlanMatch m;
-  const std::set<std::string> a(chosen.items().begin(), chosen.items().end());
-  const std::set<std::string> b(optimal.items().begin(), optimal.items().end());
   std::size_t common = 0;
   for (const std::string& item : a) common += b.count(item);
   const std::size_t uni = a.size() + b.size() - common;
@@ -56,6 +53,27 @@ PlanMatch ComparePlanItems(const Plan& chosen, const Plan& optimal) {
   m.recall = b.empty() ? 0.0 : double(common) / double(b.size());
   m.f1 = m.precision + m.recall > 0 ? 2 * m.precision * m.recall / (m.precision + m.recall) : 0.0;
   m.jaccard = uni > 0 ? double(common) / double(uni) : 1.0;
+  return m;
+}
+
+}  // namespace
+
+PlanMatch ComparePlanItems(const Plan& chosen, const Plan& optimal) {
+  const std::set<std::string> a(chosen.items().begin(), chosen.items().end());
+  const std::set<std::string> b(optimal.items().begin(), optimal.items().end());
+  PlanMatch m = CompareItemSets(a, b);
+  const std::vector<std::string> list = ActionBase::Default().Drugs();
+  const std::set<std::string> drugs(list.begin(), list.end());
+  // The items of `items` that are drugs (or, with `drug` false, that are not).
+  const auto of_kind = [&drugs](const std::set<std::string>& items, bool drug) {
+    std::set<std::string> kind;
+    for (const std::string& item : items) {
+      if ((drugs.count(item) > 0) == drug) kind.insert(item);
+    }
+    return kind;
+  };
+  m.drug_f1 = CompareItemSets(of_kind(a, true), of_kind(b, true)).f1;
+  m.embolic_f1 = CompareItemSets(of_kind(a, false), of_kind(b, false)).f1;
   return m;
 }
 
@@ -237,19 +255,22 @@ std::size_t SizeBandOf(double diameter_mm) {
 std::string MethodTable(const std::vector<MethodScores>& methods) {
   std::ostringstream out;
   char line[256];
-  std::snprintf(line, sizeof(line), "%-24s %6s %6s %6s %6s %6s %9s %9s %7s\n", "method", "F1",
-                "Jacc", "Prec", "Rec", "Top1", "regret", "reg.med", "HR/opt");
+  std::snprintf(line, sizeof(line), "%-24s %6s %6s %6s %6s %6s %6s %6s %9s %9s %7s\n", "method",
+                "F1", "Jacc", "Prec", "Rec", "Top1", "F1drug", "F1emb", "regret", "reg.med",
+                "HR/opt");
   out << line;
   for (const MethodScores& m : methods) {
     if (!m.available) {
-      std::snprintf(line, sizeof(line), "%-24s %6s %6s %6s %6s %6s %9s %9s %7s\n", m.method.c_str(),
-                    "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a");
+      std::snprintf(line, sizeof(line), "%-24s %6s %6s %6s %6s %6s %6s %6s %9s %9s %7s\n",
+                    m.method.c_str(), "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a",
+                    "n/a");
       out << line;
       continue;
     }
-    std::snprintf(line, sizeof(line), "%-24s %6.3f %6.3f %6.3f %6.3f %6.3f %9.4f %9.4f %7.3f\n",
-                  m.method.c_str(), m.f1, m.jaccard, m.precision, m.recall, m.top1, m.regret,
-                  m.regret_median, m.risk_ratio);
+    std::snprintf(line, sizeof(line),
+                  "%-24s %6.3f %6.3f %6.3f %6.3f %6.3f %6.3f %6.3f %9.4f %9.4f %7.3f\n",
+                  m.method.c_str(), m.f1, m.jaccard, m.precision, m.recall, m.top1, m.drug_f1,
+                  m.embolic_f1, m.regret, m.regret_median, m.risk_ratio);
     out << line;
   }
   return out.str();
@@ -289,7 +310,7 @@ Expected<PlanRunComparison> ComparePlanRuns(
   if (runs.empty()) return MakeError(ErrorCode::kInvalidArgument, "no runs to compare");
   PlanRunComparison c;
   Accumulator acc_a("run A"), acc_b("run B");
-  std::vector<double> regret_diff, f1_diff;
+  std::vector<double> regret_diff, f1_diff, drug_f1_diff, embolic_f1_diff;
   std::vector<PlanRunComparison::Decisive> paired;
   std::array<PlanRunComparison::SizeBand, kSizeBands.size()> bands;  // sums until the end
   // Every patient compared, by id and truth: one met again is a cohort pooled twice.
@@ -339,9 +360,12 @@ Expected<PlanRunComparison> ComparePlanRuns(
       regret_diff.push_back(d);
       paired.push_back({prefix + ra.id, acc_a.regrets.back(), acc_b.regrets.back(),
                         ra.chosen.ToString(), rb.chosen.ToString(), 0.0});
-      const double f1_a = ComparePlanItems(ra.chosen, ra.truth.optimal).f1;
-      const double f1_b = ComparePlanItems(rb.chosen, rb.truth.optimal).f1;
+      const PlanMatch match_a = ComparePlanItems(ra.chosen, ra.truth.optimal);
+      const PlanMatch match_b = ComparePlanItems(rb.chosen, rb.truth.optimal);
+      const double f1_a = match_a.f1, f1_b = match_b.f1;
       f1_diff.push_back(f1_a - f1_b);
+      drug_f1_diff.push_back(match_a.drug_f1 - match_b.drug_f1);
+      embolic_f1_diff.push_back(match_a.embolic_f1 - match_b.embolic_f1);
       PlanRunComparison::SizeBand& band = bands[SizeBandOf(ra.max_diameter_mm)];
       ++band.patients;
       band.regret_a += acc_a.regrets.back();
@@ -368,6 +392,8 @@ Expected<PlanRunComparison> ComparePlanRuns(
   const std::uint64_t seed = DeriveSeed(1, "plan-run-comparison");
   c.regret_diff = BootstrapMean(regret_diff, seed);
   c.f1_diff = BootstrapMean(f1_diff, seed);
+  c.drug_f1_diff = BootstrapMean(drug_f1_diff, seed);
+  c.embolic_f1_diff = BootstrapMean(embolic_f1_diff, seed);
   c.regret_diff_median = Median(regret_diff);
   c.sign_test_p = BinomialTestHalf(c.a_worse, c.a_worse + c.a_better);
   c.regret_ratio = c.b.regret > 0.0 ? c.a.regret / c.b.regret : std::nan("");
@@ -412,6 +438,12 @@ std::string PlanRunComparison::FormatTable() const {
                 "F1 %+.3f [%+.3f, %+.3f]\n",
                 regret_diff.mean, regret_diff.lo, regret_diff.hi, f1_diff.mean, f1_diff.lo,
                 f1_diff.hi);
+  out << line;
+  std::snprintf(line, sizeof(line),
+                "A - B, F1 by item kind: drugs %+.3f [%+.3f, %+.3f], Lipiodol and embolics "
+                "%+.3f [%+.3f, %+.3f]\n",
+                drug_f1_diff.mean, drug_f1_diff.lo, drug_f1_diff.hi, embolic_f1_diff.mean,
+                embolic_f1_diff.lo, embolic_f1_diff.hi);
   out << line;
   std::snprintf(line, sizeof(line),
                 "A - B, median over patients: regret %+.4f; mean regret A / B: %.2f\n"
@@ -469,6 +501,8 @@ std::string PlanRunComparison::ToJson() const {
               {"a_minus_b",
                {{"regret", IntervalJson(regret_diff)},
                 {"f1", IntervalJson(f1_diff)},
+                {"f1_drugs", IntervalJson(drug_f1_diff)},
+                {"f1_embolics", IntervalJson(embolic_f1_diff)},
                 {"ci_method", "percentile bootstrap over patients, 2000 resamples"},
                 {"regret_median", regret_diff_median},
                 {"regret_ratio", NumberOrNull(regret_ratio)},

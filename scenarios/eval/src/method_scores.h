@@ -80,14 +80,16 @@ struct Accumulator {
     s.precision += weight * m.precision;
     s.recall += weight * m.recall;
     s.top1 += weight * (m.exact ? 1.0 : 0.0);
+    s.drug_f1 += weight * m.drug_f1;
+    s.embolic_f1 += weight * m.embolic_f1;
     s.regret += weight * regret;
     s.risk_ratio += weight * ratio;
   }
   MethodScores Finish(int patients) {
     const double n = std::max(1, patients);
     s.patients = patients;
-    for (double* v :
-         {&s.f1, &s.jaccard, &s.precision, &s.recall, &s.top1, &s.regret, &s.risk_ratio}) {
+    for (double* v : {&s.f1, &s.jaccard, &s.precision, &s.recall, &s.top1, &s.drug_f1,
+                      &s.embolic_f1, &s.regret, &s.risk_ratio}) {
       *v /= n;
     }
     s.regret_median = Median(regrets);
@@ -100,8 +102,8 @@ struct Accumulator {
 inline nlohmann::json MethodJson(const MethodScores& m) {
   if (!m.available) {
     nlohmann::json j = {{"method", m.method}, {"available", false}, {"patients", m.patients}};
-    for (const char* key : {"f1", "jaccard", "precision", "recall", "top1", "regret_mean",
-                            "regret_median", "risk_ratio_mean"}) {
+    for (const char* key : {"f1", "jaccard", "precision", "recall", "top1", "f1_drugs",
+                            "f1_embolics", "regret_mean", "regret_median", "risk_ratio_mean"}) {
       j[key] = nullptr;
     }
     return j;
@@ -114,6 +116,8 @@ inline nlohmann::json MethodJson(const MethodScores& m) {
           {"precision", m.precision},
           {"recall", m.recall},
           {"top1", m.top1},
+          {"f1_drugs", m.drug_f1},
+          {"f1_embolics", m.embolic_f1},
           {"regret_mean", m.regret},
           {"regret_median", m.regret_median},
           {"risk_ratio_mean", m.risk_ratio}};

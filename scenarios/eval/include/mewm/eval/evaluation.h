@@ -29,6 +29,10 @@ namespace mewm::scenarios {
 struct PlanMatch {
   double precision = 0.0, recall = 0.0, f1 = 0.0, jaccard = 0.0;
   bool exact = false;
+  /// F1 over the plans' drugs alone (the shipped vocabulary's, ActionBase::Default) and over
+  /// their other items alone (Lipiodol and the embolics): where two plans disagree. Each is 1
+  /// when neither plan holds an item of its kind.
+  double drug_f1 = 0.0, embolic_f1 = 0.0;
 };
 PlanMatch ComparePlanItems(const Plan& chosen, const Plan& optimal);
 
@@ -41,7 +45,8 @@ struct MethodScores {
   bool available = true;
   int patients = 0;
   double f1 = 0.0, jaccard = 0.0, precision = 0.0, recall = 0.0, top1 = 0.0;
-  double regret = 0.0;  ///< mean of true risk(chosen) - true risk(optimal)
+  double drug_f1 = 0.0, embolic_f1 = 0.0;  ///< PlanMatch::drug_f1 and ::embolic_f1, averaged
+  double regret = 0.0;                     ///< mean of true risk(chosen) - true risk(optimal)
   double regret_median = 0.0;
   double risk_ratio = 0.0;  ///< mean of true risk(chosen) / true risk(optimal)
 };
@@ -79,8 +84,9 @@ struct PlanRunComparison {
   int only_a = 0, only_b = 0;  ///< finished in one run of a pair only (not compared)
   MethodScores a, b;           ///< each run's chosen plans on the compared patients
   MeanInterval regret_diff, f1_diff;
-  int a_worse = 0, a_better = 0, same = 0;  ///< patients whose true regret under A is above,
-                                            ///< below or equal to B's
+  MeanInterval drug_f1_diff, embolic_f1_diff;  ///< f1_diff split by item kind (PlanMatch)
+  int a_worse = 0, a_better = 0, same = 0;     ///< patients whose true regret under A is above,
+                                               ///< below or equal to B's
   /// The typical patient, where a few large, high-risk patients dominate the mean: the median of
   /// the per-patient regret differences, and the exact two-sided sign test of `a_worse` against
   /// `a_better` (ties left out; 1 when every patient ties).
