@@ -25,6 +25,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -450,6 +451,36 @@ TEST_F(CliTest, ADiffusionScenarioPlansThroughTheBinarysBackendRegistry) {
     EXPECT_EQ(into.code, 1) << bench_kind << ": " << into.output;
     EXPECT_NE(into.output.find("--json-out"), std::string::npos) << into.output;
     EXPECT_EQ(*ReadFile(manifest), *before) << bench_kind;
+  }
+}
+
+TEST_F(CliTest, TheShippedDiffusionScenariosPlanAPatient) {
+  // The shipped scenario files themselves, their models and settings as they are, on one patient
+  // of their cohort: only the cohort's size and the two folders change, and the models are read
+  // where the scenario names them (its folder's ../../models).
+  for (const char* name : {"tace_cohort_eval_diffusion", "tace_cohort_eval_vlm_diffusion"}) {
+    const std::string source = std::string(MEWM_SOURCE_DIR) + "/scenarios/" + name;
+    Expected<std::string> text = ReadFile(source + "/scenario.toml");
+    ASSERT_TRUE(text) << text.error().message;
+    const std::string out = dir_.File(std::string("out_") + name);
+    const std::string cohort = dir_.File(std::string("cohort_") + name);
+    std::string edited;
+    std::istringstream lines(*text);
+    for (std::string line; std::getline(lines, line);) {
+      if (line.rfind("n = ", 0) == 0) line = "n = 1";
+      if (line.rfind("dir = ", 0) == 0) line = "dir = \"" + cohort + "\"";
+      if (line.rfind("output = ", 0) == 0) line = "output = \"" + out + "\"";
+      for (std::size_t at; (at = line.find("../../models/")) != std::string::npos;) {
+        line.replace(at, 13, std::string(MEWM_SOURCE_DIR) + "/models/");
+      }
+      edited += line + "\n";
+    }
+    const std::string scenario = dir_.File(std::string(name) + ".toml");
+    std::ofstream(scenario) << edited;
+    const Result r = RunMewm("run " + scenario + " --quiet");
+    EXPECT_EQ(r.code, 0) << name << ": " << r.output;
+    EXPECT_NE(r.output.find("1 planned, 0 failed"), std::string::npos) << name << ": " << r.output;
+    EXPECT_TRUE(std::filesystem::exists(out + "/patients/P0001/post_chosen.vdb")) << name;
   }
 }
 
