@@ -62,10 +62,12 @@ PlanMatch ComparePlanItems(const Plan& chosen, const Plan& optimal) {
   const std::set<std::string> a(chosen.items().begin(), chosen.items().end());
   const std::set<std::string> b(optimal.items().begin(), optimal.items().end());
   PlanMatch m = CompareItemSets(a, b);
-  const std::vector<std::string> list = ActionBase::Default().Drugs();
-  const std::set<std::string> drugs(list.begin(), list.end());
+  static const std::set<std::string> drugs = [] {
+    const std::vector<std::string> list = ActionBase::Default().Drugs();
+    return std::set<std::string>(list.begin(), list.end());
+  }();
   // The items of `items` that are drugs (or, with `drug` false, that are not).
-  const auto of_kind = [&drugs](const std::set<std::string>& items, bool drug) {
+  const auto of_kind = [](const std::set<std::string>& items, bool drug) {
     std::set<std::string> kind;
     for (const std::string& item : items) {
       if ((drugs.count(item) > 0) == drug) kind.insert(item);
