@@ -470,8 +470,9 @@ TEST_F(CliTest, TheShippedDiffusionScenariosPlanAPatient) {
       if (line.rfind("n = ", 0) == 0) line = "n = 1";
       if (line.rfind("dir = ", 0) == 0) line = "dir = \"" + cohort + "\"";
       if (line.rfind("output = ", 0) == 0) line = "output = \"" + out + "\"";
-      for (std::size_t at; (at = line.find("../../models/")) != std::string::npos;) {
-        line.replace(at, 13, std::string(MEWM_SOURCE_DIR) + "/models/");
+      const std::string relative_models = "../../models/";
+      for (std::size_t at; (at = line.find(relative_models)) != std::string::npos;) {
+        line.replace(at, relative_models.size(), std::string(MEWM_SOURCE_DIR) + "/models/");
       }
       edited += line + "\n";
     }
