@@ -156,9 +156,9 @@ Expected<RunRows> ReadRunRows(const std::string& run_dir) {
       if (plans != proposal.end() && plans->is_array() && !plans->empty()) run.plan_policy = true;
       const json& patient_truth = truth.at("patients").at(row.id);
       row.truth = TrueRisksOf(patient_truth);
-      const json covariates = patient_truth.value("covariates", json::object());
-      if (covariates.contains("max_diameter_mm")) {
-        row.max_diameter_mm = covariates.at("max_diameter_mm").get<double>();
+      const auto covariates = patient_truth.find("covariates");
+      if (covariates != patient_truth.end() && covariates->contains("max_diameter_mm")) {
+        row.max_diameter_mm = covariates->at("max_diameter_mm").get<double>();
       }
       if (p.contains("counters"))
         eval.simulations_per_patient += p["counters"].value("simulations", 0.0);
