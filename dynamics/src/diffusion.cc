@@ -141,6 +141,19 @@ Status DiffusionConfig::Validate() const {
   if (response_item_size && !(response_head && lesion_size)) {
     return Invalid("response_item_size needs response_head and lesion_size");
   }
+  if (!drug_classes.empty()) {
+    if (drug_classes.size() != items.size()) {
+      return Invalid("drug_classes must be empty or have one entry per item");
+    }
+    if (std::all_of(drug_classes.begin(), drug_classes.end(),
+                    [](const std::string& c) { return c.empty(); })) {
+      return Invalid("drug_classes names no drug");
+    }
+    if (!(response_head && clinical))
+      return Invalid("drug_classes needs response_head and clinical");
+    if (response_sensitivity)
+      return Invalid("drug_classes and response_sensitivity exclude each other");
+  }
   if (!texture.empty()) MEWM_RETURN_IF_ERROR(texture.Validate());
   return window.Validate();
 }
@@ -166,6 +179,7 @@ std::string DiffusionConfig::ToJson() const {
   if (response_head) j["response_head"] = true;
   if (response_sensitivity) j["response_sensitivity"] = true;
   if (response_item_size) j["response_item_size"] = true;
+  if (!drug_classes.empty()) j["drug_classes"] = drug_classes;
   if (!item_groups.empty()) j["item_groups"] = item_groups;
   if (group_once) j["group_once"] = true;
   if (decoder_pre) j["decoder_pre"] = true;
@@ -206,6 +220,7 @@ Expected<DiffusionConfig> DiffusionConfig::FromJson(const std::string& text,
     c.response_head = j.value("response_head", false);
     c.response_sensitivity = j.value("response_sensitivity", false);
     c.response_item_size = j.value("response_item_size", false);
+    c.drug_classes = j.value("drug_classes", std::vector<std::string>{});
     c.item_groups = j.value("item_groups", std::vector<std::string>{});
     c.group_once = j.value("group_once", false);
     c.decoder_pre = j.value("decoder_pre", false);

@@ -329,6 +329,37 @@ TEST_F(DiffusionTest, ConfigRoundTripsAndRejectsBadValues) {
     EXPECT_NE(lacking.Validate().error().message.find("response_item_size needs"),
               std::string::npos);
   }
+  // Likewise the head's drug classes, which need the head and the covariates, name a drug, have
+  // one entry per item and exclude the head that reads each drug by name.
+  EXPECT_FALSE(old.contains("drug_classes"));
+  DiffusionConfig classed = c;
+  classed.response_head = true;
+  classed.clinical = true;
+  classed.drug_classes = *ItemGroups(ActionBase::Default(), "class");
+  ASSERT_TRUE(classed.Validate()) << classed.Validate().error().ToString();
+  EXPECT_TRUE(classed.HeadReadsEachItem());
+  EXPECT_EQ(DiffusionConfig::FromJson(classed.ToJson(), "d.pt")->drug_classes,
+            classed.drug_classes);
+  EXPECT_FALSE(DiffusionConfig::FromJson(c.ToJson(), "c.pt")->HeadReadsEachItem());
+  const auto refused = [&](DiffusionConfig wrong, const std::string& why) {
+    ASSERT_FALSE(wrong.Validate()) << why;
+    EXPECT_NE(wrong.Validate().error().message.find(why), std::string::npos)
+        << wrong.Validate().error().message;
+  };
+  for (bool head : {false, true}) {
+    DiffusionConfig lacking = classed;
+    (head ? lacking.response_head : lacking.clinical) = false;
+    refused(lacking, "drug_classes needs response_head and clinical");
+  }
+  DiffusionConfig both = classed;
+  both.response_sensitivity = true;
+  refused(both, "exclude each other");
+  DiffusionConfig short_list = classed;
+  short_list.drug_classes.pop_back();
+  refused(short_list, "one entry per item");
+  DiffusionConfig no_drug = classed;
+  no_drug.drug_classes.assign(classed.items.size(), "");
+  refused(no_drug, "names no drug");
   TumorFeatures tumor;
   tumor.sd_hu = 25.0;
   EXPECT_EQ(SensitivityFeatures(tumor), (std::array<double, 2>{0.0, 0.0}));
@@ -1308,6 +1339,69 @@ TEST_F(DiffusionTest, ASensitivityHeadTellsDrugsApartAndTheirGenerationIsShared)
   ASSERT_TRUE(again) << again.error().ToString();
   EXPECT_EQ((*model)->counters().reused, 1);
   EXPECT_EQ(ViableSum((*again)[0]), ViableSum((*out)[1]));
+}
+
+TEST_F(DiffusionTest, ADrugClassTermFollowsASignOfSensitivityAndItsDrugsShareAGeneration) {
+  // Every drug in one saturating group. Raltitrexed (an antimetabolite) leaves less tumor than
+  // Oxaliplatin (a platinum) in the three patients of low AFP and more in the three of high AFP:
+  // neither the grouped head nor the denoiser can tell the two apart, the drug term can.
+  const std::string ral = "Lipiodol+Raltitrexed", oxa = "Lipiodol+Oxaliplatin";
+  DiffusionTrainOptions t = TinyTraining(59, 10, 4, 100);
+  t.init_from = *model_path_;
+  t.config.clinical = true;
+  t.config.response_head = true;
+  t.config.item_groups = *ItemGroups(ActionBase::Default(), "all");
+  t.config.group_once = true;
+  t.config.drug_classes = *ItemGroups(ActionBase::Default(), "class");
+  t.out = (dir_->path() / "response_drug_classes.pt").string();
+  const auto high_afp = [](int n) { return n >= 3; };
+  auto pairs = PairsBy(t.config, {ral, oxa}, [&](const std::string& plan, int n) {
+    return (plan == ral) == high_afp(n) ? 0.8 : 0.3;
+  });
+  for (std::size_t k = 0; k < pairs.size(); ++k) {  // two plans per patient
+    pairs[k].covariates.afp_ng_ml = high_afp(int(k / 2)) ? 10000.0 : 10.0;
+  }
+  auto tuned = TrainDiffusion(pairs, {}, t, {});
+  ASSERT_TRUE(tuned) << tuned.error().ToString();
+  const nlohmann::json head =
+      TrainingRecord(t.out).value("response_head", nlohmann::json::object());
+  EXPECT_LT(head.value("train_contrast_rmse", 1e9),
+            0.25 * head.value("validation_no_contrast_rmse", 0.0))
+      << head.dump();
+  DiffusionBackendOptions anchored = Options();
+  anchored.model_path = t.out;
+  anchored.anchor_level = true;
+  auto model = CreateDiffusionDynamics(anchored);
+  ASSERT_TRUE(model) << model.error().ToString();
+  EXPECT_EQ((*model)->config().drug_classes, t.config.drug_classes);
+  // Served anchored, the order of the two drugs turns over with AFP; each pair of them is
+  // generated once (a one-plan call's denoiser evaluations) and differs only in its residual.
+  for (const double afp : {10.0, 10000.0}) {
+    PatientCase p = Phantom({{0, 0, 0}}, 10.0);
+    p.id = "phantom, AFP " + std::to_string(afp);
+    p.covariates.afp_ng_ml = afp;
+    const std::int64_t before = (*model)->counters().sample_forwards;
+    auto out = (*model)->Simulate(p, {{P(ral), 0, 42, 0}, {P(oxa), 0, 42, 0}});
+    ASSERT_TRUE(out) << out.error().ToString();
+    const std::int64_t forwards = (*model)->counters().sample_forwards - before;
+    // A third drug of the same generation in a later call is pasted from the kept decoded crops:
+    // not sampled again, the same CT.
+    auto third = (*model)->Simulate(p, {{P("Lipiodol+Cisplatin"), 0, 42, 0}});
+    ASSERT_TRUE(third) << third.error().ToString();
+    EXPECT_EQ((*model)->counters().sample_forwards - before, forwards);
+    EXPECT_EQ(MaxDifference((*out)[0].post_ct.ToDense().data, (*third)[0].post_ct.ToDense().data),
+              0.0);
+    auto alone = (*model)->Simulate(Phantom({{0, 0, 0}}, 10.0), {{P(ral), 0, 42, 0}});
+    ASSERT_TRUE(alone) << alone.error().ToString();
+    EXPECT_EQ((*model)->counters().sample_forwards - before - forwards, forwards);
+    EXPECT_EQ(MaxDifference((*out)[0].post_ct.ToDense().data, (*out)[1].post_ct.ToDense().data),
+              0.0);
+    if (afp > 100.0) {
+      EXPECT_GT(ViableSum((*out)[0]), 1.2 * ViableSum((*out)[1])) << p.id;
+    } else {
+      EXPECT_LT(1.2 * ViableSum((*out)[0]), ViableSum((*out)[1])) << p.id;
+    }
+  }
 }
 
 TEST_F(DiffusionTest, AnItemSizeHeadIsTrainedAndServedWithEachItemsSizeSlope) {

@@ -1098,6 +1098,14 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
             std::string::npos)
       << r.output;
   EXPECT_FALSE(std::filesystem::exists(dir_.File("no_size.pt")));
+  // Likewise the head's drug term, which needs the covariates.
+  r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " +
+              dir_.File("no_covariates.pt") + " --init-from " + model +
+              " --response-head --response-drug-classes");
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("drug_classes needs response_head and clinical"), std::string::npos)
+      << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("no_covariates.pt")));
   // The fine-tuned checkpoint paired by patient against the one it started from. The "against"
   // method is the first run's "diffusion" again (same checkpoint, same sample seeds), and the
   // paired means are the methods' differences (every patient has 3 plans).

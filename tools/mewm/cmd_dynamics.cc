@@ -38,7 +38,7 @@ struct TrainDynamicsOptions {
   bool lesion_size = false, item_size = false, item_enhancement = false, clinical = false,
        drug_saturate = false, decoder_pre = false, texture = false, pair_neighbours = false,
        serving_crops = false, response_head = false, response_sensitivity = false,
-       response_item_size = false;
+       response_item_size = false, response_drug_classes = false;
   bool quiet = false, force = false;
 };
 
@@ -110,6 +110,13 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                 "item's effect on the level has its own size slope and two items can trade "
                 "places as the lesion grows (needs --response-head and --lesion-size; a head "
                 "without it is fitted afresh)");
+  sub->add_flag("--response-drug-classes", o->response_drug_classes,
+                "The response head adds a drug term to the level: each drug's own offset plus "
+                "its class's linear slope on the tumor's signs of sensitivity (HU heterogeneity, "
+                "necrotic share) and the patient's AFP and age; the denoiser and the head's "
+                "network still see the --drug-sharing groups, and an anchored outcome takes the "
+                "level of its own drugs (needs --response-head and --clinical; the term starts "
+                "at zero, so a head fitted without it starts where it was)");
   sub->add_option("--residual-weight", o->residual_weight,
                   "Adds to the denoiser's loss this weight times the squared error of the "
                   "residual tumor its prediction implies once decoded (mL, to first order, over "
@@ -260,6 +267,7 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
       (o.response_head ? " --response-head" : "") +
       (o.response_sensitivity ? " --response-sensitivity" : "") +
       (o.response_item_size ? " --response-item-size" : "") +
+      (o.response_drug_classes ? " --response-drug-classes" : "") +
       (o.drug_sharing == "none" ? "" : " --drug-sharing " + o.drug_sharing) +
       (o.drug_saturate ? " --drug-saturate" : "") + (o.decoder_pre ? " --decoder-pre" : "") +
       (o.texture ? " --texture" : "") +
@@ -371,6 +379,11 @@ Action AddTrainDynamics(CLI::App& train_app) {
     if (!groups) return Fail(groups.error());
     config->item_groups = *groups;
     config->group_once = o->drug_saturate;
+    if (o->response_drug_classes) {
+      auto classes = dynamics::ItemGroups(actions, "class");
+      if (!classes) return Fail(classes.error());
+      config->drug_classes = *classes;
+    }
     config->decoder_pre = o->decoder_pre;
     if (auto valid = config->Validate(); !valid) return Fail(valid.error());
     auto pairs = ReadTrainValPairs(*o, *config, actions);

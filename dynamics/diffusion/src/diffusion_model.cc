@@ -63,7 +63,7 @@ torch::Tensor PlanRows(const torch::Tensor& multi_hot, const std::vector<double>
     if (ReadsEnhancement(config)) {
       extra.push_back(float(EnhancementFeature(of_row(tumors, r).enhancing_hu)));
     }
-    if (config.response_sensitivity) {
+    if (config.HeadReadsEachItem()) {
       for (double x : SensitivityFeatures(of_row(tumors, r))) extra.push_back(float(x));
     }
   }
@@ -293,9 +293,9 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
   }
   /// The key of the outcome a request may copy (SimulateUnguarded): its GenerationKey, and its
   /// items when each plan is anchored to the level of its own items (DiffusionConfig::
-  /// response_sensitivity), since plans of one generation then differ in their anchor.
+  /// HeadReadsEachItem), since plans of one generation then differ in their anchor.
   std::string OutcomeKey(const SimulationRequest& request) const {
-    const bool by_item = options_.anchor_level && config_.response_sensitivity;
+    const bool by_item = options_.anchor_level && config_.HeadReadsEachItem();
     return GenerationKey(request) + (by_item ? "|" + request.plan.ToString() : "");
   }
 
@@ -318,9 +318,16 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     std::vector<std::vector<std::size_t>> users;    // the requests of each generation
     std::vector<std::int64_t> sampled_plan;         // each generation's plan
     std::map<std::string, std::size_t> generation;  // GenerationKey -> its row in `sampled`
+    // The requests of each generation whose decoded crops are kept (KeepDecoded): pasted again
+    // with their own anchors, not sampled.
+    std::map<std::string, std::vector<std::size_t>> from_kept;
     for (std::size_t r = 0; r < requests.size(); ++r) {
       const std::string key =
           options_.reuse_outcomes ? GenerationKey(requests[r]) : std::to_string(r);
+      if (KeepsDecoded() && reuse_.decoded.count(key) != 0) {
+        from_kept[key].push_back(r);
+        continue;
+      }
       auto [it, added] = generation.emplace(key, sampled.size());
       if (added) {
         sampled.push_back(requests[r]);
@@ -348,7 +355,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
         const torch::Tensor level = net_->denoiser->GeneratorLevel(rows, share);
         if (options_.anchor_level) {
           const torch::Tensor cpu =
-              (config_.response_sensitivity ? net_->denoiser->PredictLevel(rows, share) : level)
+              (config_.HeadReadsEachItem() ? net_->denoiser->PredictLevel(rows, share) : level)
                   .to(torch::kCPU, torch::kDouble)
                   .contiguous();
           plan_residual_ml.clear();
@@ -369,9 +376,21 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
       outcomes.push_back(BlankOutcome(patient, r.plan, r.sample_index));
     }
     counters_.paste_s += clock.Lap();
+    const auto anchor_ml = [&](std::size_t r) {
+      return options_.anchor_level ? plan_residual_ml[std::size_t(row_plan[r])] : std::nan("");
+    };
     const std::int64_t n = std::int64_t(sampled.size());
+    std::vector<std::vector<torch::Tensor>> decoded_crops(sampled.size());  // KeepsDecoded
     for (std::size_t c = 0; c < crops_.size(); ++c) {
       if (per_crop) rows_plan = embed(&crops_[c]);
+      for (const auto& [key, users_of] : from_kept) {
+        const torch::Tensor& decoded = reuse_.decoded.at(key)[c];
+        const torch::Tensor texture_noise = TextureNoise(NoiseSeed(requests[users_of.front()]), c);
+        for (std::size_t r : users_of) {
+          MEWM_RETURN_IF_ERROR(Paste(decoded, crops_[c], texture_noise, outcomes[r], anchor_ml(r)));
+        }
+      }
+      counters_.paste_s += clock.Lap();
       for (std::int64_t begin = 0; begin < n; begin += kMaxRows) {
         const std::int64_t end = std::min(n, begin + kMaxRows);
         std::vector<torch::Tensor> noise;
@@ -396,14 +415,18 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
             const std::size_t g = std::size_t(begin + d + row);
             const torch::Tensor texture_noise = TextureNoise(NoiseSeed(sampled[g]), c);
             for (std::size_t r : users[g]) {
-              const double anchor_ml =
-                  options_.anchor_level ? plan_residual_ml[std::size_t(row_plan[r])] : std::nan("");
               MEWM_RETURN_IF_ERROR(
-                  Paste(decoded[row], crops_[c], texture_noise, outcomes[r], anchor_ml));
+                  Paste(decoded[row], crops_[c], texture_noise, outcomes[r], anchor_ml(r)));
             }
+            if (KeepsDecoded()) decoded_crops[g].push_back(decoded[row]);
           }
           counters_.paste_s += clock.Lap();
         }
+      }
+    }
+    if (KeepsDecoded()) {
+      for (std::size_t g = 0; g < sampled.size(); ++g) {
+        KeepDecoded(GenerationKey(sampled[g]), std::move(decoded_crops[g]));
       }
     }
     return outcomes;
@@ -489,6 +512,11 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     std::map<std::string, Outcome> outcomes;
     std::deque<std::pair<std::string, std::size_t>> order;  ///< key, bytes
     std::size_t bytes = 0;
+    /// KeepsDecoded: each generation's decoded crops (on the CPU) by GenerationKey, oldest first
+    /// in `decoded_order`.
+    std::map<std::string, std::vector<torch::Tensor>> decoded;
+    std::deque<std::pair<std::string, std::size_t>> decoded_order;  ///< key, bytes
+    std::size_t decoded_bytes = 0;
   };
 
   struct Crop {
@@ -527,6 +555,28 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
       reuse_.bytes -= reuse_.order.front().second;
       reuse_.outcomes.erase(reuse_.order.front().first);
       reuse_.order.pop_front();
+    }
+  }
+
+  /// Whether generations' decoded crops are kept as well as outcomes: when each request is
+  /// anchored to its own items' level (DiffusionConfig::HeadReadsEachItem), a later call's drug
+  /// variant of an earlier generation has no outcome to copy, and its crops are pasted again with
+  /// its own anchor rather than sampled and decoded again (a tiled patient's later beam steps).
+  bool KeepsDecoded() const {
+    return options_.reuse_outcomes && options_.anchor_level && config_.HeadReadsEachItem();
+  }
+
+  /// Keeps a generation's decoded crops (KeepsDecoded), forgetting the oldest beyond kReuseBytes.
+  void KeepDecoded(const std::string& key, std::vector<torch::Tensor> crops) {
+    std::size_t bytes = 0;
+    for (const torch::Tensor& t : crops) bytes += std::size_t(t.numel() * t.element_size());
+    if (!reuse_.decoded.emplace(key, std::move(crops)).second) return;
+    reuse_.decoded_bytes += bytes;
+    reuse_.decoded_order.emplace_back(key, bytes);
+    while (reuse_.decoded_bytes > kReuseBytes && !reuse_.decoded_order.empty()) {
+      reuse_.decoded_bytes -= reuse_.decoded_order.front().second;
+      reuse_.decoded.erase(reuse_.decoded_order.front().first);
+      reuse_.decoded_order.pop_front();
     }
   }
 
@@ -713,6 +763,7 @@ Expected<std::unique_ptr<DiffusionDynamics>> CreateDiffusionDynamics(
     expected.response_head = stored.response_head;                // likewise
     expected.response_sensitivity = stored.response_sensitivity;  // likewise
     expected.response_item_size = stored.response_item_size;      // likewise
+    expected.drug_classes = stored.drug_classes;                  // likewise
     expected.item_groups = stored.item_groups;                    // likewise
     expected.group_once = stored.group_once;                      // likewise
     expected.decoder_pre = stored.decoder_pre;                    // likewise

@@ -237,8 +237,11 @@ class DenoiserImpl : public torch::nn::Module {
       by_item_ = c.response_sensitivity;
       item_size_head_ = c.response_item_size;
       const auto v = std::int64_t(c.items.size());
+      if (!c.drug_classes.empty()) SetDrugClasses(c.drug_classes);
+      // The network reads the signs of sensitivity only with response_sensitivity; with
+      // drug_classes they go to the drug term alone.
       const std::int64_t in = v + (c.lesion_size ? 1 : 0) + (c.clinical ? kClinicalColumns : 0) +
-                              1 + SignColumns() + 1 + (item_size_head_ ? v : 0);
+                              1 + (by_item_ ? kSignColumns : 0) + 1 + (item_size_head_ ? v : 0);
       response = register_module(
           "response",
           torch::nn::Sequential(torch::nn::Linear(in, kResponseWidth), torch::nn::SiLU(),
@@ -303,8 +306,21 @@ class DenoiserImpl : public torch::nn::Module {
   /// `rows` [P, ...] are plan rows without the level column; `share` [P or 1, 1] the crop's
   /// TumorShare (one row broadcasts to all). The head reads the items as the plan embedding
   /// does (GeneratorLevel), or with DiffusionConfig::response_sensitivity each by its own name.
+  /// With DiffusionConfig::drug_classes, the head's level of the grouped plan plus the drug term
+  /// of the plan's own drugs less that of the group's mean drug, so that the drug variants of one
+  /// plan spread around the grouped plan's level.
   torch::Tensor PredictLevel(const torch::Tensor& rows, const torch::Tensor& share) {
+    if (drug_offset) return Head(Grouped(rows), share) + DrugTerm(rows) - DrugTerm(Grouped(rows));
     return Head(by_item_ ? rows : Grouped(rows), share);
+  }
+  /// The response head's weights, the drug term's included: what a head fit trains.
+  std::vector<torch::Tensor> HeadParameters() const {
+    std::vector<torch::Tensor> p = response->parameters();
+    if (drug_offset) {
+      p.push_back(drug_offset->weight);
+      p.push_back(drug_slopes->weight);
+    }
+    return p;
   }
   /// The level the denoiser reads for each plan row (the same arguments): the head's, with the
   /// items read as the plan embedding reads them. With DiffusionConfig::item_groups a group's
@@ -328,8 +344,12 @@ class DenoiserImpl : public torch::nn::Module {
   }
   static constexpr std::int64_t kClinicalColumns = 3;  ///< ClinicalFeatures' size
   static constexpr std::int64_t kResponseWidth = 32;   ///< the response head's hidden width
+  static constexpr std::int64_t kSignColumns = 2;      ///< SensitivityFeatures' size
   torch::nn::Linear time1{nullptr}, time2{nullptr}, plan1{nullptr}, plan2{nullptr}, size{nullptr},
       clinical{nullptr}, level{nullptr};
+  /// DiffusionConfig::drug_classes: each item's offset [1, V] (read for drugs only) and each
+  /// class's slopes on the four signs (DrugTerm) [K, 4]; both start at zero.
+  torch::nn::Linear drug_offset{nullptr}, drug_slopes{nullptr};
   torch::nn::Sequential response{nullptr};
   torch::nn::Embedding items{nullptr}, item_size{nullptr}, item_enhancement{nullptr};
   torch::Tensor null_plan;
@@ -352,16 +372,67 @@ class DenoiserImpl : public torch::nn::Module {
   /// DiffusionConfig::response_item_size, each item's column times the row's LesionSizeFeature
   /// (the column after the items).
   torch::Tensor Head(const torch::Tensor& rows, const torch::Tensor& share) {
-    std::vector<torch::Tensor> in{rows, share.expand({rows.size(0), -1})};
+    torch::Tensor read = rows;
+    if (drug_offset) {  // the signs are the drug term's alone
+      const std::int64_t signs = SignsAt();
+      read = torch::cat({rows.slice(1, 0, signs), rows.slice(1, signs + kSignColumns)}, 1);
+    }
+    std::vector<torch::Tensor> in{read, share.expand({rows.size(0), -1})};
     if (item_size_head_) {
       const std::int64_t v = items->weight.size(0);
       in.push_back(rows.slice(1, 0, v) * rows.slice(1, v, v + 1));
     }
     return response->forward(torch::cat(in, 1));
   }
-  /// The plan-row columns of SensitivityFeatures (DiffusionConfig::response_sensitivity).
-  std::int64_t SignColumns() const { return by_item_ ? 2 : 0; }
-  bool by_item_ = false;         ///< DiffusionConfig::response_sensitivity
+  /// The plan-row columns of SensitivityFeatures (DiffusionConfig::HeadReadsEachItem).
+  std::int64_t SignColumns() const { return by_item_ || drug_offset ? kSignColumns : 0; }
+  /// The first of them: after the items, the size, the covariates and the enhancement.
+  std::int64_t SignsAt() const {
+    return items->weight.size(0) + (size ? 1 : 0) + (clinical ? kClinicalColumns : 0) + 1;
+  }
+  /// DiffusionConfig::drug_classes' term of each plan row, [P, 1]: the sum over the row's drugs of
+  /// the drug's offset plus its class's slopes times the signs (the two SensitivityFeatures, then
+  /// AFP and age of ClinicalFeatures). Linear in the item columns, so a grouped row gets the
+  /// group's mean drug's term.
+  torch::Tensor DrugTerm(const torch::Tensor& rows) const {
+    const std::int64_t v = items->weight.size(0), covariates = v + (size ? 1 : 0);
+    const std::int64_t signs = SignsAt();
+    const torch::Tensor x = rows.slice(1, 0, v);
+    const torch::Tensor s = torch::cat({rows.slice(1, signs, signs + kSignColumns),
+                                        rows.slice(1, covariates, covariates + 1),       // AFP
+                                        rows.slice(1, covariates + 2, covariates + 3)},  // age
+                                       1);
+    const torch::Tensor offsets = x.matmul((drug_offset->weight * drug_items_.to(x.device())).t());
+    const torch::Tensor by_class = x.matmul(class_members_.to(x.device()));  // [P, K]
+    return offsets + (by_class * s.matmul(drug_slopes->weight.t())).sum(1, true);
+  }
+  /// Registers the drug term's weights (zero) and its item tables for one class per drug item.
+  void SetDrugClasses(const std::vector<std::string>& classes) {
+    std::vector<std::string> names;
+    for (const std::string& c : classes) {
+      if (!c.empty() && std::find(names.begin(), names.end(), c) == names.end()) names.push_back(c);
+    }
+    const auto v = std::int64_t(classes.size()), k = std::int64_t(names.size());
+    drug_items_ = torch::zeros({1, v});
+    class_members_ = torch::zeros({v, k});
+    for (std::int64_t i = 0; i < v; ++i) {
+      const std::string& c = classes[std::size_t(i)];
+      if (c.empty()) continue;
+      drug_items_[0][i] = 1.0f;
+      class_members_[i][std::find(names.begin(), names.end(), c) - names.begin()] = 1.0f;
+    }
+    drug_offset = register_module("drug_offset",
+                                  torch::nn::Linear(torch::nn::LinearOptions(v, 1).bias(false)));
+    drug_slopes = register_module("drug_slopes",
+                                  torch::nn::Linear(torch::nn::LinearOptions(4, k).bias(false)));
+    torch::NoGradGuard no_grad;
+    drug_offset->weight.zero_();
+    drug_slopes->weight.zero_();
+  }
+  bool by_item_ = false;  ///< DiffusionConfig::response_sensitivity
+  /// DiffusionConfig::drug_classes: 1 for each drug item [1, V], and each item's class [V, K].
+  /// Not buffers, like the groups below.
+  torch::Tensor drug_items_, class_members_;
   bool item_size_head_ = false;  ///< DiffusionConfig::response_item_size
   /// group_members_ [G, V] is 1 where an item belongs to a group and group_mean_ averages each
   /// group's members; ungrouped_ [V] is 1 for the items that keep their own embedding. Undefined
@@ -490,7 +561,7 @@ inline bool ReadsEnhancement(const DiffusionConfig& config) {
 /// column holding LesionSizeFeature(diameters[p]) when config.lesion_size, then three holding
 /// ClinicalFeatures(covariates[p]) when config.clinical, then one holding
 /// EnhancementFeature(tumors[p].enhancing_hu) when ReadsEnhancement(config), then two holding
-/// SensitivityFeatures(tumors[p]) when config.response_sensitivity (the caller appends a
+/// SensitivityFeatures(tumors[p]) when config.HeadReadsEachItem() (the caller appends a
 /// response_head's level column) (`diameters`, `covariates` and `tumors` each have one entry per
 /// row, or one for all rows).
 torch::Tensor PlanRows(const torch::Tensor& multi_hot, const std::vector<double>& diameters,

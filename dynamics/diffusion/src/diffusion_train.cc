@@ -907,7 +907,7 @@ void Trainer::TrainResponseHead(bool fit) {
   const WithinCrop within(data_.crop, device_), vwithin(val_.crop, device_);
   const torch::Tensor y_within = within(y), vy_within = vwithin(vy);
   const auto rms = [](const torch::Tensor& e) { return e.square().mean().sqrt().item<double>(); };
-  torch::optim::AdamW optimizer(head->response->parameters(),
+  torch::optim::AdamW optimizer(head->HeadParameters(),
                                 torch::optim::AdamWOptions(1e-3).weight_decay(0.1));
   const auto val_contrast_rmse = [&] {
     torch::NoGradGuard no_grad;
@@ -932,15 +932,14 @@ void Trainer::TrainResponseHead(bool fit) {
       if (p.val_loss < best_val) {
         best_val = p.val_loss;
         best.clear();
-        for (const torch::Tensor& w : head->response->parameters())
-          best.push_back(w.detach().clone());
+        for (const torch::Tensor& w : head->HeadParameters()) best.push_back(w.detach().clone());
       }
     }
     Report(p);
   }
   torch::NoGradGuard no_grad;
-  const auto params = head->response->parameters();
-  const auto ema_params = ema_->denoiser->response->parameters();
+  const auto params = head->HeadParameters();
+  const auto ema_params = ema_->denoiser->HeadParameters();
   for (std::size_t k = 0; k < params.size(); ++k) {
     if (!best.empty()) params[k].copy_(best[k]);  // none: the weights it started from
     ema_params[k].copy_(params[k]);
@@ -1325,6 +1324,7 @@ Expected<DiffusionTrainReport> Train(
     if (!stored.response_head) start_config.response_head = false;
     start_config.response_sensitivity = stored.response_sensitivity;  // its head's width
     start_config.response_item_size = stored.response_item_size;      // likewise
+    start_config.drug_classes = stored.drug_classes;                  // likewise
     if (!stored.item_size) start_config.item_size = false;
     if (!stored.item_enhancement) start_config.item_enhancement = false;
     if (!stored.decoder_pre) start_config.decoder_pre = false;
@@ -1345,6 +1345,11 @@ Expected<DiffusionTrainReport> Train(
       run.config.response_sensitivity =
           stored.response_sensitivity || o.config.response_sensitivity;
       run.config.response_item_size = stored.response_item_size || o.config.response_item_size;
+      if (!o.config.drug_classes.empty()) run.config.drug_classes = o.config.drug_classes;
+      // A drug term needs what the checkpoint's head reads (its covariates, no per-drug head).
+      if (auto valid = run.config.Validate(); !valid) {
+        return valid.error().WithContext("the checkpoint to fine-tune");
+      }
     }
     // The stored texture was fitted to the stored decoder: kept while the decoder is.
     run.config.texture = o.decoder_steps > 0 ? TextureModel{} : stored.texture;

@@ -140,6 +140,18 @@ struct DiffusionConfig {
   /// reads the size once, beside the items. Changes the head's input width: a head without it is
   /// fitted afresh; a preset takes it from the checkpoint.
   bool response_item_size = false;
+  /// Drug classes for a drug term in the response head: empty, or one entry per item, the drug's
+  /// class in the action base and empty for an item that is not a drug (`mewm train dynamics
+  /// --response-drug-classes`, filled by ItemGroups(actions, "class"); needs response_head and
+  /// clinical, and excludes response_sensitivity). The head then adds to the level it predicts for
+  /// a plan, summed over the plan's drugs, each drug's own offset plus its class's linear slope on
+  /// the tumor's visible signs of sensitivity (SensitivityFeatures) and the patient's AFP and age
+  /// (ClinicalFeatures): about thirty weights, where a head reading each drug by name
+  /// (response_sensitivity) fits a hidden layer per drug, so the drugs of one class pool their
+  /// plans. The head's network and the denoiser still read the item groups: drug variants are
+  /// generated once and, with DiffusionBackendOptions::anchor_level, each is anchored to its own
+  /// level. The term starts at zero, so a head fitted without it starts where it was.
+  std::vector<std::string> drug_classes;
   /// Embedding groups, empty or one entry per item: items with the same non-empty group share
   /// one plan embedding (the mean of their own), so the denoiser cannot tell them apart (nor can
   /// a response_head, which reads each member as the group's mean item); an empty entry keeps
@@ -166,6 +178,9 @@ struct DiffusionConfig {
   /// The presets, with the action base's items as vocabulary. kInvalidArgument for another name.
   static Expected<DiffusionConfig> Preset(const std::string& name, const ActionBase& actions);
   int latent_voxels() const { return crop_voxels / 4; }
+  /// Whether the response head tells apart plans that differ only within an item group
+  /// (response_sensitivity, drug_classes): they then share a generation but not an anchor.
+  bool HeadReadsEachItem() const { return response_sensitivity || !drug_classes.empty(); }
   /// kInvalidArgument naming the first bad field.
   Status Validate() const;
   std::string ToJson() const;
@@ -185,7 +200,8 @@ Expected<std::vector<std::string>> ItemGroups(const ActionBase& actions,
 /// (DiffusionDynamics copies it rather than generating it again). Items outside config.items
 /// count by name. A DiffusionConfig::response_head reads the groups as the embedding does, so its
 /// level, and the embedding that reads it, are equal for equal keys too (a
-/// DiffusionConfig::response_sensitivity head gives the denoiser its level of the grouped plan).
+/// head that reads each item, DiffusionConfig::HeadReadsEachItem, gives the denoiser its level of
+/// the grouped plan).
 std::string GeneratorPlanKey(const Plan& plan, const DiffusionConfig& config);
 
 /// The largest classifier-free guidance scale accepted anywhere: a scenario's
@@ -301,9 +317,10 @@ struct DiffusionBackendOptions {
   double blend_margin_mm = 6.0;                ///< paste margin around the pre-treatment tumor
   ActionBase actions = ActionBase::Default();  ///< vocabulary source for the config preset
   /// Whether a patient's requests with equal GeneratorPlanKey and noise share one generated
-  /// outcome (copied; at most 1 GiB of outcomes kept; anchored to its own level with a
-  /// DiffusionConfig::response_sensitivity head, so only a request of the same items and noise is
-  /// copied and the others of one call share the generation). Off, every request is generated:
+  /// outcome (copied; at most 1 GiB of outcomes kept; anchored to its own level with a head that
+  /// reads each item, DiffusionConfig::HeadReadsEachItem, so only a request of the same items and
+  /// noise is copied, and the others share the generation: its decoded crops are kept too, at most
+  /// 1 GiB, and pasted again with each one's anchor). Off, every request is generated:
   /// only to measure what sharing saves (`mewm bench dynamics`).
   bool reuse_outcomes = true;
   /// With a DiffusionConfig::response_head checkpoint: each generated crop's viable fraction is
