@@ -191,6 +191,27 @@ class DiffusionTest : public testing::VdbTest {
     EXPECT_TRUE(m) << m.error().ToString();
     return m ? std::move(*m) : nullptr;
   }
+  /// The tiny model fine-tuned by `t` on `pairs`, with a head that tells the members of an item
+  /// group apart (DiffusionConfig::HeadReadsEachItem), loaded anchored. Expects the head to have
+  /// learned the contrast between a crop's plans, which a head reading the group cannot see;
+  /// nullptr after a failed expectation.
+  static std::unique_ptr<DiffusionDynamics> AnchoredItemHead(
+      const DiffusionTrainOptions& t, const std::vector<DiffusionPair>& pairs) {
+    auto tuned = TrainDiffusion(pairs, {}, t, {});
+    EXPECT_TRUE(tuned) << tuned.error().ToString();
+    if (!tuned) return nullptr;
+    const nlohmann::json head =
+        TrainingRecord(t.out).value("response_head", nlohmann::json::object());
+    EXPECT_LT(head.value("train_contrast_rmse", 1e9),
+              0.25 * head.value("validation_no_contrast_rmse", 0.0))
+        << head.dump();
+    DiffusionBackendOptions anchored = Options();
+    anchored.model_path = t.out;
+    anchored.anchor_level = true;
+    auto m = CreateDiffusionDynamics(anchored);
+    EXPECT_TRUE(m) << m.error().ToString();
+    return m ? std::move(*m) : nullptr;
+  }
   /// Expects that the suite's checkpoint `from` (which has the input named `input`) cannot start
   /// a model without it: kMismatch naming the input.
   static void ExpectNoFineTuneDropping(const std::string& from, const std::string& input) {
@@ -1303,48 +1324,39 @@ TEST_F(DiffusionTest, ASensitivityHeadTellsDrugsApartAndTheirGenerationIsShared)
   t.config.item_groups = *ItemGroups(ActionBase::Default(), "all");
   t.config.group_once = true;
   t.out = (dir_->path() / "response_sensitivity.pt").string();
-  auto tuned = TrainDiffusion(
-      Pairs(t.config, {{"Lipiodol+Epirubicin", 0.8}, {"Lipiodol+Oxaliplatin", 0.3}}), {}, t, {});
-  ASSERT_TRUE(tuned) << tuned.error().ToString();
-  const nlohmann::json head =
-      TrainingRecord(t.out).value("response_head", nlohmann::json::object());
   // The contrast between a crop's two drugs is learned (a grouped head sees none).
-  EXPECT_LT(head.value("train_contrast_rmse", 1e9),
-            0.25 * head.value("validation_no_contrast_rmse", 0.0))
-      << head.dump();
-  DiffusionBackendOptions anchored = Options();
-  anchored.model_path = t.out;
-  anchored.anchor_level = true;
-  auto model = CreateDiffusionDynamics(anchored);
-  ASSERT_TRUE(model) << model.error().ToString();
-  EXPECT_TRUE((*model)->config().response_sensitivity);
+  const auto model = AnchoredItemHead(
+      t, Pairs(t.config, {{"Lipiodol+Epirubicin", 0.8}, {"Lipiodol+Oxaliplatin", 0.3}}));
+  ASSERT_NE(model, nullptr);
+  EXPECT_TRUE(model->config().response_sensitivity);
   const PatientCase p = Phantom({{0, 0, 0}}, 10.0);
   // One plan alone, for what one generation costs.
   PatientCase other = p;
   other.id = "another phantom";
-  ASSERT_TRUE((*model)->Simulate(other, {{P("Lipiodol+Epirubicin"), 0, 42, 0}}));
-  const std::int64_t one = (*model)->counters().sample_forwards;
+  ASSERT_TRUE(model->Simulate(other, {{P("Lipiodol+Epirubicin"), 0, 42, 0}}));
+  const std::int64_t one = model->counters().sample_forwards;
   // The two drugs with one noise, in one call: generated once, each anchored to its own level.
-  auto out = (*model)->Simulate(
+  auto out = model->Simulate(
       p, {{P("Lipiodol+Epirubicin"), 0, 42, 0}, {P("Lipiodol+Oxaliplatin"), 0, 42, 0}});
   ASSERT_TRUE(out) << out.error().ToString();
-  const DiffusionCounters after = (*model)->counters();
+  const DiffusionCounters after = model->counters();
   EXPECT_EQ(after.sample_forwards - one, one);
   EXPECT_EQ(after.reused, 0);
   EXPECT_LT(ViableSum((*out)[1]), ViableSum((*out)[0]) / 1.2);
   EXPECT_EQ(MaxDifference((*out)[0].post_ct.ToDense().data, (*out)[1].post_ct.ToDense().data), 0.0);
   // A request of the same items and noise later is a copy; another drug is not.
-  auto again = (*model)->Simulate(
+  auto again = model->Simulate(
       p, {{P("Lipiodol+Oxaliplatin"), 0, 43, 42}, {P("Lipiodol+Idarubicin"), 0, 44, 42}});
   ASSERT_TRUE(again) << again.error().ToString();
-  EXPECT_EQ((*model)->counters().reused, 1);
+  EXPECT_EQ(model->counters().reused, 1);
   EXPECT_EQ(ViableSum((*again)[0]), ViableSum((*out)[1]));
 }
 
 TEST_F(DiffusionTest, ADrugClassTermFollowsASignOfSensitivityAndItsDrugsShareAGeneration) {
   // Every drug in one saturating group. Raltitrexed (an antimetabolite) leaves less tumor than
   // Oxaliplatin (a platinum) in the three patients of low AFP and more in the three of high AFP:
-  // neither the grouped head nor the denoiser can tell the two apart, the drug term can.
+  // neither the grouped head nor the denoiser can tell the two apart, the drug term (a class's
+  // slope on AFP) can.
   const std::string ral = "Lipiodol+Raltitrexed", oxa = "Lipiodol+Oxaliplatin";
   DiffusionTrainOptions t = TinyTraining(59, 10, 4, 100);
   t.init_from = *model_path_;
@@ -1361,39 +1373,31 @@ TEST_F(DiffusionTest, ADrugClassTermFollowsASignOfSensitivityAndItsDrugsShareAGe
   for (std::size_t k = 0; k < pairs.size(); ++k) {  // two plans per patient
     pairs[k].covariates.afp_ng_ml = high_afp(int(k / 2)) ? 10000.0 : 10.0;
   }
-  auto tuned = TrainDiffusion(pairs, {}, t, {});
-  ASSERT_TRUE(tuned) << tuned.error().ToString();
-  const nlohmann::json head =
-      TrainingRecord(t.out).value("response_head", nlohmann::json::object());
-  EXPECT_LT(head.value("train_contrast_rmse", 1e9),
-            0.25 * head.value("validation_no_contrast_rmse", 0.0))
-      << head.dump();
-  DiffusionBackendOptions anchored = Options();
-  anchored.model_path = t.out;
-  anchored.anchor_level = true;
-  auto model = CreateDiffusionDynamics(anchored);
-  ASSERT_TRUE(model) << model.error().ToString();
-  EXPECT_EQ((*model)->config().drug_classes, t.config.drug_classes);
+  const auto model = AnchoredItemHead(t, pairs);
+  ASSERT_NE(model, nullptr);
+  EXPECT_EQ(model->config().drug_classes, t.config.drug_classes);
   // Served anchored, the order of the two drugs turns over with AFP; each pair of them is
   // generated once (a one-plan call's denoiser evaluations) and differs only in its residual.
   for (const double afp : {10.0, 10000.0}) {
     PatientCase p = Phantom({{0, 0, 0}}, 10.0);
     p.id = "phantom, AFP " + std::to_string(afp);
     p.covariates.afp_ng_ml = afp;
-    const std::int64_t before = (*model)->counters().sample_forwards;
-    auto out = (*model)->Simulate(p, {{P(ral), 0, 42, 0}, {P(oxa), 0, 42, 0}});
+    const std::int64_t before = model->counters().sample_forwards;
+    auto out = model->Simulate(p, {{P(ral), 0, 42, 0}, {P(oxa), 0, 42, 0}});
     ASSERT_TRUE(out) << out.error().ToString();
-    const std::int64_t forwards = (*model)->counters().sample_forwards - before;
+    const std::int64_t forwards = model->counters().sample_forwards - before;
     // A third drug of the same generation in a later call is pasted from the kept decoded crops:
-    // not sampled again, the same CT.
-    auto third = (*model)->Simulate(p, {{P("Lipiodol+Cisplatin"), 0, 42, 0}});
+    // not sampled again, the same CT; Cisplatin is a platinum, as Oxaliplatin is, so its residual
+    // is Oxaliplatin's.
+    auto third = model->Simulate(p, {{P("Lipiodol+Cisplatin"), 0, 42, 0}});
     ASSERT_TRUE(third) << third.error().ToString();
-    EXPECT_EQ((*model)->counters().sample_forwards - before, forwards);
+    EXPECT_EQ(model->counters().sample_forwards - before, forwards);
     EXPECT_EQ(MaxDifference((*out)[0].post_ct.ToDense().data, (*third)[0].post_ct.ToDense().data),
               0.0);
-    auto alone = (*model)->Simulate(Phantom({{0, 0, 0}}, 10.0), {{P(ral), 0, 42, 0}});
+    EXPECT_EQ(ViableSum((*third)[0]), ViableSum((*out)[1]));
+    auto alone = model->Simulate(Phantom({{0, 0, 0}}, 10.0), {{P(ral), 0, 42, 0}});
     ASSERT_TRUE(alone) << alone.error().ToString();
-    EXPECT_EQ((*model)->counters().sample_forwards - before - forwards, forwards);
+    EXPECT_EQ(model->counters().sample_forwards - before - forwards, forwards);
     EXPECT_EQ(MaxDifference((*out)[0].post_ct.ToDense().data, (*out)[1].post_ct.ToDense().data),
               0.0);
     if (afp > 100.0) {

@@ -347,8 +347,8 @@ class DenoiserImpl : public torch::nn::Module {
   static constexpr std::int64_t kSignColumns = 2;      ///< SensitivityFeatures' size
   torch::nn::Linear time1{nullptr}, time2{nullptr}, plan1{nullptr}, plan2{nullptr}, size{nullptr},
       clinical{nullptr}, level{nullptr};
-  /// DiffusionConfig::drug_classes: each item's offset [1, V] (read for drugs only) and each
-  /// class's slopes on the four signs (DrugTerm) [K, 4]; both start at zero.
+  /// DiffusionConfig::drug_classes: each class's offset [1, K] and its slopes on the four signs
+  /// [K, 4] (DrugTerm); both start at zero.
   torch::nn::Linear drug_offset{nullptr}, drug_slopes{nullptr};
   torch::nn::Sequential response{nullptr};
   torch::nn::Embedding items{nullptr}, item_size{nullptr}, item_enhancement{nullptr};
@@ -391,38 +391,35 @@ class DenoiserImpl : public torch::nn::Module {
     return items->weight.size(0) + (size ? 1 : 0) + (clinical ? kClinicalColumns : 0) + 1;
   }
   /// DiffusionConfig::drug_classes' term of each plan row, [P, 1]: the sum over the row's drugs of
-  /// the drug's offset plus its class's slopes times the signs (the two SensitivityFeatures, then
-  /// AFP and age of ClinicalFeatures). Linear in the item columns, so a grouped row gets the
-  /// group's mean drug's term.
+  /// the drug's class's offset plus that class's slopes times the signs (the two
+  /// SensitivityFeatures, then AFP and age of ClinicalFeatures). Linear in the item columns, so a
+  /// grouped row gets the group's mean drug's term; the members of a class get one term.
   torch::Tensor DrugTerm(const torch::Tensor& rows) const {
     const std::int64_t v = items->weight.size(0), covariates = v + (size ? 1 : 0);
     const std::int64_t signs = SignsAt();
-    const torch::Tensor x = rows.slice(1, 0, v);
     const torch::Tensor s = torch::cat({rows.slice(1, signs, signs + kSignColumns),
                                         rows.slice(1, covariates, covariates + 1),       // AFP
                                         rows.slice(1, covariates + 2, covariates + 3)},  // age
                                        1);
-    const torch::Tensor offsets = x.matmul((drug_offset->weight * drug_items_.to(x.device())).t());
-    const torch::Tensor by_class = x.matmul(class_members_.to(x.device()));  // [P, K]
-    return offsets + (by_class * s.matmul(drug_slopes->weight.t())).sum(1, true);
+    const torch::Tensor by_class = rows.slice(1, 0, v).matmul(class_members_.to(rows.device()));
+    return (by_class * (drug_offset->weight + s.matmul(drug_slopes->weight.t()))).sum(1, true);
   }
-  /// Registers the drug term's weights (zero) and its item tables for one class per drug item.
+  /// Registers the drug term's weights (zero) and the class of each drug item.
   void SetDrugClasses(const std::vector<std::string>& classes) {
     std::vector<std::string> names;
     for (const std::string& c : classes) {
       if (!c.empty() && std::find(names.begin(), names.end(), c) == names.end()) names.push_back(c);
     }
     const auto v = std::int64_t(classes.size()), k = std::int64_t(names.size());
-    drug_items_ = torch::zeros({1, v});
     class_members_ = torch::zeros({v, k});
     for (std::int64_t i = 0; i < v; ++i) {
       const std::string& c = classes[std::size_t(i)];
-      if (c.empty()) continue;
-      drug_items_[0][i] = 1.0f;
-      class_members_[i][std::find(names.begin(), names.end(), c) - names.begin()] = 1.0f;
+      if (!c.empty()) {
+        class_members_[i][std::find(names.begin(), names.end(), c) - names.begin()] = 1.0f;
+      }
     }
     drug_offset = register_module("drug_offset",
-                                  torch::nn::Linear(torch::nn::LinearOptions(v, 1).bias(false)));
+                                  torch::nn::Linear(torch::nn::LinearOptions(k, 1).bias(false)));
     drug_slopes = register_module("drug_slopes",
                                   torch::nn::Linear(torch::nn::LinearOptions(4, k).bias(false)));
     torch::NoGradGuard no_grad;
@@ -430,9 +427,9 @@ class DenoiserImpl : public torch::nn::Module {
     drug_slopes->weight.zero_();
   }
   bool by_item_ = false;  ///< DiffusionConfig::response_sensitivity
-  /// DiffusionConfig::drug_classes: 1 for each drug item [1, V], and each item's class [V, K].
-  /// Not buffers, like the groups below.
-  torch::Tensor drug_items_, class_members_;
+  /// DiffusionConfig::drug_classes: each item's class [V, K] (a row of zeros for an item that is
+  /// not a drug). Not a buffer, like the groups below.
+  torch::Tensor class_members_;
   bool item_size_head_ = false;  ///< DiffusionConfig::response_item_size
   /// group_members_ [G, V] is 1 where an item belongs to a group and group_mean_ averages each
   /// group's members; ungrouped_ [V] is 1 for the items that keep their own embedding. Undefined
