@@ -266,7 +266,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     std::vector<std::size_t> fresh_request;  // the request each row of `fresh` is
     for (std::size_t r = 0; r < requests.size(); ++r) {
       keys.push_back(OutcomeKey(requests[r]));
-      if (reuse_.outcomes.count(keys.back()) == 0 &&
+      if (reuse_.outcomes.items.count(keys.back()) == 0 &&
           first.emplace(keys.back(), fresh.size()).second) {
         fresh.push_back(requests[r]);
         fresh_request.push_back(r);
@@ -276,11 +276,12 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     std::vector<Outcome> outcomes;
     outcomes.reserve(requests.size());
     for (std::size_t r = 0; r < requests.size(); ++r) {
-      const auto kept = reuse_.outcomes.find(keys[r]);
+      const auto kept = reuse_.outcomes.items.find(keys[r]);
       const auto made = first.find(keys[r]);
-      if (kept != reuse_.outcomes.end() || fresh_request[made->second] != r) ++counters_.reused;
+      if (kept != reuse_.outcomes.items.end() || fresh_request[made->second] != r)
+        ++counters_.reused;
       const Outcome& source =
-          kept != reuse_.outcomes.end() ? kept->second : generated[made->second];
+          kept != reuse_.outcomes.items.end() ? kept->second : generated[made->second];
       outcomes.push_back(CopyOutcome(source, requests[r]));
     }
     for (const auto& [key, row] : first) Keep(key, std::move(generated[row]));
@@ -317,6 +318,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     std::vector<SimulationRequest> sampled;         // the first request of each generation
     std::vector<std::vector<std::size_t>> users;    // the requests of each generation
     std::vector<std::int64_t> sampled_plan;         // each generation's plan
+    std::vector<std::string> sampled_key;           // each generation's key
     std::map<std::string, std::size_t> generation;  // GenerationKey -> its row in `sampled`
     // The requests of each generation whose decoded crops are kept (KeepDecoded): pasted again
     // with their own anchors, not sampled.
@@ -324,12 +326,13 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     for (std::size_t r = 0; r < requests.size(); ++r) {
       const std::string key =
           options_.reuse_outcomes ? GenerationKey(requests[r]) : std::to_string(r);
-      if (KeepsDecoded() && reuse_.decoded.count(key) != 0) {
+      if (KeepsDecoded() && reuse_.decoded.items.count(key) != 0) {
         from_kept[key].push_back(r);
         continue;
       }
       auto [it, added] = generation.emplace(key, sampled.size());
       if (added) {
+        sampled_key.push_back(key);
         sampled.push_back(requests[r]);
         users.emplace_back();
         sampled_plan.push_back(row_plan[r]);
@@ -384,7 +387,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     for (std::size_t c = 0; c < crops_.size(); ++c) {
       if (per_crop) rows_plan = embed(&crops_[c]);
       for (const auto& [key, users_of] : from_kept) {
-        const torch::Tensor& decoded = reuse_.decoded.at(key)[c];
+        const torch::Tensor& decoded = reuse_.decoded.items.at(key)[c];
         const torch::Tensor texture_noise = TextureNoise(NoiseSeed(requests[users_of.front()]), c);
         for (std::size_t r : users_of) {
           MEWM_RETURN_IF_ERROR(Paste(decoded, crops_[c], texture_noise, outcomes[r], anchor_ml(r)));
@@ -426,7 +429,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
     }
     if (KeepsDecoded()) {
       for (std::size_t g = 0; g < sampled.size(); ++g) {
-        KeepDecoded(GenerationKey(sampled[g]), std::move(decoded_crops[g]));
+        KeepDecoded(sampled_key[g], std::move(decoded_crops[g]));
       }
     }
     return outcomes;
@@ -506,17 +509,29 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
   // decision needs a few dozen (docs/BENCHMARKS.md), tens of MB each on a large patient region.
   static constexpr std::size_t kReuseBytes = std::size_t(1) << 30;
 
-  /// The prepared patient's generated outcomes by generator key and noise seed, oldest first in
-  /// `order`.
-  struct Reuse {
-    std::map<std::string, Outcome> outcomes;
+  /// Values kept by key, at most kReuseBytes of them, the oldest forgotten first.
+  template <typename T>
+  struct Kept {
+    std::map<std::string, T> items;
     std::deque<std::pair<std::string, std::size_t>> order;  ///< key, bytes
     std::size_t bytes = 0;
-    /// KeepsDecoded: each generation's decoded crops (on the CPU) by GenerationKey, oldest first
-    /// in `decoded_order`.
-    std::map<std::string, std::vector<torch::Tensor>> decoded;
-    std::deque<std::pair<std::string, std::size_t>> decoded_order;  ///< key, bytes
-    std::size_t decoded_bytes = 0;
+    /// Keeps `value` (of `size` bytes) unless `key` is kept already.
+    void Add(const std::string& key, T value, std::size_t size) {
+      if (!items.emplace(key, std::move(value)).second) return;
+      bytes += size;
+      order.emplace_back(key, size);
+      while (bytes > kReuseBytes && !order.empty()) {
+        bytes -= order.front().second;
+        items.erase(order.front().first);
+        order.pop_front();
+      }
+    }
+  };
+  /// The prepared patient's generated outcomes by OutcomeKey and, when KeepsDecoded, each
+  /// generation's decoded crops (on the CPU) by GenerationKey.
+  struct Reuse {
+    Kept<Outcome> outcomes;
+    Kept<std::vector<torch::Tensor>> decoded;
   };
 
   struct Crop {
@@ -548,14 +563,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
   void Keep(const std::string& key, Outcome outcome) {
     std::size_t bytes = outcome.post_ct.grid().memUsage() + outcome.viable.grid().memUsage();
     if (outcome.viable_fraction) bytes += outcome.viable_fraction->grid().memUsage();
-    reuse_.bytes += bytes;
-    reuse_.order.emplace_back(key, bytes);
-    reuse_.outcomes.emplace(key, std::move(outcome));
-    while (reuse_.bytes > kReuseBytes && !reuse_.order.empty()) {
-      reuse_.bytes -= reuse_.order.front().second;
-      reuse_.outcomes.erase(reuse_.order.front().first);
-      reuse_.order.pop_front();
-    }
+    reuse_.outcomes.Add(key, std::move(outcome), bytes);
   }
 
   /// Whether generations' decoded crops are kept as well as outcomes: when each request is
@@ -570,14 +578,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
   void KeepDecoded(const std::string& key, std::vector<torch::Tensor> crops) {
     std::size_t bytes = 0;
     for (const torch::Tensor& t : crops) bytes += std::size_t(t.numel() * t.element_size());
-    if (!reuse_.decoded.emplace(key, std::move(crops)).second) return;
-    reuse_.decoded_bytes += bytes;
-    reuse_.decoded_order.emplace_back(key, bytes);
-    while (reuse_.decoded_bytes > kReuseBytes && !reuse_.decoded_order.empty()) {
-      reuse_.decoded_bytes -= reuse_.decoded_order.front().second;
-      reuse_.decoded.erase(reuse_.decoded_order.front().first);
-      reuse_.decoded_order.pop_front();
-    }
+    reuse_.decoded.Add(key, std::move(crops), bytes);
   }
 
   static Outcome BlankOutcome(const PatientCase& patient, const Plan& plan, int sample_index) {

@@ -310,7 +310,10 @@ class DenoiserImpl : public torch::nn::Module {
   /// of the plan's own drugs less that of the group's mean drug, so that the drug variants of one
   /// plan spread around the grouped plan's level.
   torch::Tensor PredictLevel(const torch::Tensor& rows, const torch::Tensor& share) {
-    if (drug_offset) return Head(Grouped(rows), share) + DrugTerm(rows) - DrugTerm(Grouped(rows));
+    if (drug_offset) {
+      const torch::Tensor grouped = Grouped(rows);
+      return Head(grouped, share) + DrugTerm(rows) - DrugTerm(grouped);
+    }
     return Head(by_item_ ? rows : Grouped(rows), share);
   }
   /// The response head's weights, the drug term's included: what a head fit trains.
