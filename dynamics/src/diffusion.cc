@@ -370,6 +370,40 @@ Expected<double> AnchorResidual(DenseFloat& fraction, const DenseFloat& mask, do
   return reached * voxel_ml;
 }
 
+Status FollowAnchoredFraction(DenseFloat& change, const DenseFloat& generated,
+                              const DenseFloat& anchored, const DenseFloat& mask) {
+  for (const DenseFloat* other : {&generated, &anchored, &mask}) {
+    if (other->dims != change.dims || !other->geometry.ApproxEquals(change.geometry)) {
+      return MakeError(ErrorCode::kMismatch, "a lattice (" + other->geometry.ToString() +
+                                                 ") differs from the CT change's (" +
+                                                 change.geometry.ToString() + ")");
+    }
+  }
+  const auto dead = [](float fraction) { return 1.0 - std::clamp(double(fraction), 0.0, 1.0); };
+  // The crop's dead tissue: the change per unit of dead share over the voxels at least half dead.
+  constexpr double kOwn = 0.5;
+  double change_sum = 0.0, dead_sum = 0.0;
+  for (std::size_t x = 0; x < change.size(); ++x) {
+    if (mask.data[x] > 0.5f && dead(generated.data[x]) >= kOwn) {
+      change_sum += change.data[x];
+      dead_sum += dead(generated.data[x]);
+    }
+  }
+  if (dead_sum == 0.0) return {};
+  const double crop_dead = change_sum / dead_sum;
+  for (std::size_t x = 0; x < change.size(); ++x) {
+    if (mask.data[x] <= 0.5f) continue;
+    const double before = dead(generated.data[x]), after = dead(anchored.data[x]);
+    // From half dead on, the voxel's own dead tissue (change / before). Below, that reading would
+    // divide noise by a small share: its own weighs in with before / kOwn, the crop's fills in.
+    const double per_dead = before >= kOwn
+                                ? change.data[x] / before
+                                : change.data[x] / kOwn + (1.0 - before / kOwn) * crop_dead;
+    change.data[x] = float(change.data[x] + (after - before) * per_dead);
+  }
+  return {};
+}
+
 std::array<double, 2> SensitivityFeatures(const TumorFeatures& tumor) {
   return {(tumor.sd_hu - 25.0) / 5.0, tumor.necrotic_fraction * 20.0};
 }

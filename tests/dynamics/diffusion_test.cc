@@ -1221,7 +1221,8 @@ TEST_F(DiffusionTest, AResponseHeadLearnsEachPlansLevelAndIsServedPerCrop) {
   EXPECT_EQ(model->counters().plan_embeddings, 4);
   // Anchored (DiffusionBackendOptions::anchor_level), the amount of viable tumor is the head's:
   // two samples of a plan differ in where it lies, not in how much, and the plan the pairs kept
-  // more of keeps more. The CT is the one generated without the anchor.
+  // more of keeps more. The CT follows the moved amount in the tumor (FollowAnchoredFraction) and
+  // is the one generated without the anchor away from it.
   const std::vector<SimulationRequest> requests = {{P("Lipiodol+Epirubicin"), 0, 1, 0},
                                                    {P("Lipiodol+Epirubicin"), 1, 2, 0},
                                                    {P("Lipiodol+PVA"), 0, 1, 0}};
@@ -1237,9 +1238,22 @@ TEST_F(DiffusionTest, AResponseHeadLearnsEachPlansLevelAndIsServedPerCrop) {
   EXPECT_NEAR(ViableSum((*moved)[0]) / ViableSum((*moved)[1]), 1.0, 0.02);
   EXPECT_GT(std::abs(ViableSum((*free)[0]) / ViableSum((*free)[1]) - 1.0), 1e-4);
   EXPECT_LT(ViableSum((*moved)[2]), ViableSum((*moved)[0]) / 1.2);
-  for (std::size_t k = 0; k < requests.size(); ++k) {
-    EXPECT_EQ(MaxDifference((*moved)[k].post_ct.ToDense().data, (*free)[k].post_ct.ToDense().data),
-              0.0);
+  const Geometry& g = two.ct.geometry();
+  for (std::size_t r = 0; r < requests.size(); ++r) {
+    double in_tumor = 0.0, away = 0.0;  // the largest |anchored - free| HU
+    for (int k = 0; k < 80; ++k)
+      for (int j = 0; j < 80; ++j)
+        for (int i = 0; i < 80; ++i) {
+          const double d = std::abs(double((*moved)[r].post_ct.GetValue(i, j, k)) -
+                                    double((*free)[r].post_ct.GetValue(i, j, k)));
+          const Eigen::Vector3d w = g.IndexToWorld({double(i), double(j), double(k)});
+          const double from_centre = std::min((w - Eigen::Vector3d(-30, 0, 0)).norm(),
+                                              (w - Eigen::Vector3d(30, 0, 0)).norm());
+          if (two.tumor.GetValue(i, j, k) != 0) in_tumor = std::max(in_tumor, d);
+          if (from_centre > 8.0 + 4.0) away = std::max(away, d);
+        }
+    EXPECT_GT(in_tumor, 0.0) << r;
+    EXPECT_EQ(away, 0.0) << r;
   }
   anchored.model_path = *model_path_;  // no head
   const auto headless = CreateDiffusionDynamics(anchored);
@@ -1490,6 +1504,48 @@ TEST(AnchorResidualTest, ShiftsTheMovingFractionToTheTargetAndKeepsItsOrder) {
   }
   EXPECT_EQ(AnchorResidual(f, mask, 0.0, 0.1).error().code, ErrorCode::kInvalidArgument);
   EXPECT_EQ(MaxDifference(f.data, start.data), 0.0);  // a refusal changes nothing
+}
+
+TEST(FollowAnchoredFractionTest, TheChangeMovesWithTheDeadShareAndNothingElseMoves) {
+  const Geometry g = Geometry::Isotropic(2.0);
+  // The tumor: the first 32 voxels, drawn as a linear mix whose dead tissue is 300 HU (Lipiodol)
+  // above the voxel's pre-treatment HU. Outside it, a change that is not the tumor's.
+  constexpr float kDead = 300.0f;
+  DenseFloat mask({4, 4, 4}, g, 0.0f), generated({4, 4, 4}, g, 0.0f), change({4, 4, 4}, g, 5.0f);
+  for (std::size_t x = 0; x < 32; ++x) {
+    mask.data[x] = 1.0f;
+    generated.data[x] = x < 8 ? 0.95f : x < 16 ? 0.7f : x < 24 ? 0.4f : 0.0f;
+    change.data[x] = (1.0f - generated.data[x]) * kDead;
+  }
+  DenseFloat anchored = generated;
+  for (std::size_t x = 0; x < 32; ++x)
+    anchored.data[x] = std::clamp(generated.data[x] - 0.3f, 0.f, 1.f);
+  anchored.data[40] = 0.5f;  // growth moved outside the tumor keeps its change
+  DenseFloat moved = change;
+  ASSERT_TRUE(FollowAnchoredFraction(moved, generated, anchored, mask));
+  // Every tumor voxel of this linear world lands where the world would draw its new dead share:
+  // from its own dead tissue at half dead and more, from the crop's (300 HU) below.
+  for (std::size_t x = 0; x < 32; ++x) {
+    EXPECT_NEAR(moved.data[x], (1.0f - anchored.data[x]) * kDead, 1e-3) << x;
+  }
+  for (std::size_t x = 32; x < 64; ++x) EXPECT_EQ(moved.data[x], 5.0f);
+  // Unmoved, nothing changes; moved back, the change comes back.
+  DenseFloat same = change;
+  ASSERT_TRUE(FollowAnchoredFraction(same, generated, generated, mask));
+  EXPECT_EQ(MaxDifference(same.data, change.data), 0.0);
+  ASSERT_TRUE(FollowAnchoredFraction(moved, anchored, generated, mask));
+  EXPECT_LT(MaxDifference(moved.data, change.data), 1e-3);
+  // A crop with no voxel half dead has no dead tissue to copy: its change stays as drawn.
+  DenseFloat viable = generated, kept = change;
+  for (std::size_t x = 0; x < 32; ++x) viable.data[x] = 0.8f;
+  ASSERT_TRUE(FollowAnchoredFraction(kept, viable, anchored, mask));
+  EXPECT_EQ(MaxDifference(kept.data, change.data), 0.0);
+  // Refused, changing nothing: another lattice.
+  DenseFloat small({2, 2, 2}, g, 1.0f);
+  EXPECT_EQ(FollowAnchoredFraction(kept, generated, anchored, small).error().code,
+            ErrorCode::kMismatch);
+  EXPECT_EQ(FollowAnchoredFraction(kept, small, anchored, mask).error().code, ErrorCode::kMismatch);
+  EXPECT_EQ(MaxDifference(kept.data, change.data), 0.0);
 }
 
 TEST_F(DiffusionTest, TheResidualTermChangesWhatTheDenoiserLearnsAndIsRecorded) {

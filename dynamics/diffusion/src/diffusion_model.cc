@@ -691,7 +691,7 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
   /// (nets::ResidualFraction). With a texture model the CT change also gets its per-voxel texture
   /// (TextureModel), `texture_noise` [D, H, W] being its unit noise. With `anchor_ml` (not NaN),
   /// the viable fraction is first moved to that residual (AnchorResidual, DiffusionBackendOptions::
-  /// anchor_level).
+  /// anchor_level), and the CT's change with it (FollowAnchoredFraction).
   Status Paste(const torch::Tensor& decoded, const Crop& crop, const torch::Tensor& texture_noise,
                Outcome& outcome, double anchor_ml = std::nan("")) const {
     auto ct = torch_bridge::FromTensor(decoded[0], crop.geometry);
@@ -707,8 +707,10 @@ class DiffusionDynamicsImpl final : public DiffusionDynamics {
                                         crop.pre_mask, config_)[0],
                  crop.geometry));
     if (!std::isnan(anchor_ml)) {
+      const DenseFloat generated = fraction;
       MEWM_RETURN_IF_ERROR(
           AnchorResidual(fraction, crop.mask, nets::CropVoxelMl(config_), anchor_ml));
+      MEWM_RETURN_IF_ERROR(FollowAnchoredFraction(*ct, generated, fraction, crop.mask));
     }
     if (!config_.texture.empty()) {
       const TextureModel& t = config_.texture;

@@ -283,6 +283,19 @@ double ResidualOfLevel(double level, double pre_ml);
 Expected<double> AnchorResidual(DenseFloat& fraction, const DenseFloat& mask, double voxel_ml,
                                 double target_ml);
 
+/// Moves a generated CT change with its anchored viable fraction (AnchorResidual), so that the
+/// image shows the residual the fraction holds. Inside `mask` (the pre-treatment tumor, above 0.5)
+/// a voxel is read as a mix of viable tissue, which looks as it did before treatment, and dead
+/// tissue, which the generator drew: its `change` (HU, from the pre-treatment CT) is its dead share
+/// (1 - fraction) times the change of fully dead tissue. A voxel at least half dead in `generated`
+/// gives its own dead tissue's change; a more viable one borrows, in proportion, the crop's (the
+/// ratio of the summed change to the summed dead share over those voxels); each then moves by its
+/// dead share's change from `generated` to `anchored`. Voxels outside the mask, and every voxel
+/// of a crop with no voxel half dead (no dead tissue to copy), keep their change. kMismatch when
+/// the four lattices differ.
+Status FollowAnchoredFraction(DenseFloat& change, const DenseFloat& generated,
+                              const DenseFloat& anchored, const DenseFloat& mask);
+
 /// The visible signs of drug sensitivity a DiffusionConfig::response_sensitivity head reads, each
 /// of about unit scale over the world's tumors: (TumorFeatures::sd_hu - 25) / 5, the tumor's HU
 /// heterogeneity, and TumorFeatures::necrotic_fraction x 20, its non-enhancing share.
@@ -328,9 +341,9 @@ struct DiffusionBackendOptions {
   /// With a DiffusionConfig::response_head checkpoint: each generated crop's viable fraction is
   /// moved, in the pre-treatment tumor and its generated growth, to the residual the head predicts
   /// for its plan (AnchorResidual of ResidualOfLevel), so the plan's effect on the residual is the
-  /// head's and the samples differ in where it lies. The CT's change is the generated one (with a
-  /// texture model, its texture follows the moved fraction). kInvalidArgument at creation for a
-  /// checkpoint without a head.
+  /// head's and the samples differ in where it lies. In the tumor the CT's change follows the
+  /// moved fraction (FollowAnchoredFraction; with a texture model, its texture follows both).
+  /// kInvalidArgument at creation for a checkpoint without a head.
   bool anchor_level = false;
 };
 
