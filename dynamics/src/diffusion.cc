@@ -16,6 +16,11 @@
 namespace mewm::dynamics {
 namespace {
 
+/// Whether two dense crops share dims and geometry (AnchorResidual, FollowAnchoredFraction).
+bool SameLattice(const DenseFloat& a, const DenseFloat& b) {
+  return a.dims == b.dims && a.geometry.ApproxEquals(b.geometry);
+}
+
 using json = nlohmann::json;
 
 Status Invalid(const std::string& message) {
@@ -322,7 +327,7 @@ double ResidualOfLevel(double level, double pre_ml) {
 
 Expected<double> AnchorResidual(DenseFloat& fraction, const DenseFloat& mask, double voxel_ml,
                                 double target_ml) {
-  if (fraction.dims != mask.dims || !fraction.geometry.ApproxEquals(mask.geometry)) {
+  if (!SameLattice(fraction, mask)) {
     return MakeError(ErrorCode::kMismatch, "the mask's lattice (" + mask.geometry.ToString() +
                                                ") differs from the viable fraction's (" +
                                                fraction.geometry.ToString() + ")");
@@ -373,7 +378,7 @@ Expected<double> AnchorResidual(DenseFloat& fraction, const DenseFloat& mask, do
 Status FollowAnchoredFraction(DenseFloat& change, const DenseFloat& generated,
                               const DenseFloat& anchored, const DenseFloat& mask) {
   for (const DenseFloat* other : {&generated, &anchored, &mask}) {
-    if (other->dims != change.dims || !other->geometry.ApproxEquals(change.geometry)) {
+    if (!SameLattice(*other, change)) {
       return MakeError(ErrorCode::kMismatch, "a lattice (" + other->geometry.ToString() +
                                                  ") differs from the CT change's (" +
                                                  change.geometry.ToString() + ")");
