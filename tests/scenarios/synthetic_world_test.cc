@@ -230,6 +230,35 @@ TEST_F(SyntheticWorldTest, ItemContrastShowsThePatientsDrugsAndItsEmbolicsWithOt
   EXPECT_EQ(ToString(CounterfactualDesign::kEmbolicContrast), "embolic-contrast");
 }
 
+TEST_F(SyntheticWorldTest, DrugContrastKeepsThePatientsEmbolicsAndChangesOnlyTheDrugs) {
+  auto a = DesignWorld(CounterfactualDesign::kItemContrast, 7),
+       b = DesignWorld(CounterfactualDesign::kDrugContrast, 7);
+  ASSERT_TRUE(a && b);
+  std::set<std::string> drug_sets;
+  for (int i = 0; i < 20; ++i) {
+    const SyntheticPatient item = a->Sample(9, i), c = b->Sample(9, i);
+    EXPECT_EQ(item.administered, c.administered);  // the design draws after the patient
+    ASSERT_EQ(c.counterfactual.size(), 7u);
+    const auto given = SplitDrugs(c.administered);
+    for (const Plan& plan : c.counterfactual) {
+      ExpectNewValidPlan(c, plan);
+      const auto parts = SplitDrugs(plan);
+      EXPECT_EQ(parts.second, given.second) << plan.ToString();
+      EXPECT_NE(parts.first, given.first) << plan.ToString();
+      std::string key;
+      for (const std::string& d : parts.first) key += d + "+";
+      drug_sets.insert(key);
+    }
+  }
+  // Drawn at random among the 45 other drug sets, not the same few.
+  EXPECT_GT(drug_sets.size(), 30u);
+  EXPECT_EQ(*ParseCounterfactualDesign("drug-contrast"), CounterfactualDesign::kDrugContrast);
+  EXPECT_EQ(ToString(CounterfactualDesign::kDrugContrast), "drug-contrast");
+  const auto bad = ParseCounterfactualDesign("drugs");
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("drug-contrast"), std::string::npos);
+}
+
 TEST_F(SyntheticWorldTest, BadConfigsAreRejected) {
   WorldConfig c = SmallWorld();
   c.spacing_mm = 0.0;

@@ -1106,6 +1106,14 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
   EXPECT_NE(r.output.find("drug_classes needs response_head and clinical"), std::string::npos)
       << r.output;
   EXPECT_FALSE(std::filesystem::exists(dir_.File("no_covariates.pt")));
+  // The drug term fitted alone keeps the network: it needs denoiser steps 0.
+  r = RunMewm("train dynamics --quiet --cohort " + cohort + " --out " + dir_.File("drug_only.pt") +
+              " --init-from " + model +
+              " --clinical --response-head --response-drug-classes --response-drug-only "
+              "--denoiser-steps 3");
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("drug term alone"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("drug_only.pt")));
   // The fine-tuned checkpoint paired by patient against the one it started from. The "against"
   // method is the first run's "diffusion" again (same checkpoint, same sample seeds), and the
   // paired means are the methods' differences (every patient has 3 plans).

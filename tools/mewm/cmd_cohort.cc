@@ -37,8 +37,9 @@ Action RegisterCohort(CLI::App& app) {
       ->add_option("--counterfactual-design", o->counterfactual_design,
                    "How the counterfactual plans are drawn: random; embolic-contrast (half of "
                    "them keep the administered plan's drugs with other embolics); or "
-                   "item-contrast (a third keep the drugs, a third keep the embolics)")
-      ->check(CLI::IsMember({"random", "embolic-contrast", "item-contrast"}))
+                   "item-contrast (a third keep the drugs, a third keep the embolics); or "
+                   "drug-contrast (all keep the embolics, with other drugs)")
+      ->check(CLI::IsMember({"random", "embolic-contrast", "item-contrast", "drug-contrast"}))
       ->capture_default_str();
   generate->add_option("--spacing", o->spacing_mm, "CT voxel size in mm")->capture_default_str();
   generate->add_flag("--force", o->force, "Replace the cohort in a non-empty output folder");

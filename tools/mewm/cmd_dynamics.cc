@@ -38,7 +38,7 @@ struct TrainDynamicsOptions {
   bool lesion_size = false, item_size = false, item_enhancement = false, clinical = false,
        drug_saturate = false, decoder_pre = false, texture = false, pair_neighbours = false,
        serving_crops = false, response_head = false, response_sensitivity = false,
-       response_item_size = false, response_drug_classes = false;
+       response_item_size = false, response_drug_classes = false, response_drug_only = false;
   bool quiet = false, force = false;
 };
 
@@ -117,6 +117,11 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                 "network still see the --drug-sharing groups, and an anchored outcome takes the "
                 "level of its own drugs (needs --response-head and --clinical; the term starts "
                 "at zero, so a head fitted without it starts where it was)");
+  sub->add_flag("--response-drug-only", o->response_drug_only,
+                "With --response-drug-classes, fit the drug term alone: the head's network stays "
+                "the --init-from checkpoint's (needs --denoiser-steps 0; for a cohort generated "
+                "with --counterfactual-design drug-contrast, whose plans differ in their drugs "
+                "alone)");
   sub->add_option("--residual-weight", o->residual_weight,
                   "Adds to the denoiser's loss this weight times the squared error of the "
                   "residual tumor its prediction implies once decoded (mL, to first order, over "
@@ -268,6 +273,7 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
       (o.response_sensitivity ? " --response-sensitivity" : "") +
       (o.response_item_size ? " --response-item-size" : "") +
       (o.response_drug_classes ? " --response-drug-classes" : "") +
+      (o.response_drug_only ? " --response-drug-only" : "") +
       (o.drug_sharing == "none" ? "" : " --drug-sharing " + o.drug_sharing) +
       (o.drug_saturate ? " --drug-saturate" : "") + (o.decoder_pre ? " --decoder-pre" : "") +
       (o.texture ? " --texture" : "") +
@@ -294,6 +300,7 @@ dynamics::DiffusionTrainOptions TrainOptionsOf(const TrainDynamicsOptions& o,
   options.distill_guidance = o.distill_guidance;
   options.init_from = o.init_from;
   options.fit_texture = o.texture;
+  options.response_drug_only = o.response_drug_only;
   options.residual_weight = o.residual_weight;
   options.pair_weight = o.pair_weight;
   options.pair_neighbours = o.pair_neighbours;

@@ -319,11 +319,13 @@ class DenoiserImpl : public torch::nn::Module {
   /// The response head's weights, the drug term's included: what a head fit trains.
   std::vector<torch::Tensor> HeadParameters() const {
     std::vector<torch::Tensor> p = response->parameters();
-    if (drug_offset) {
-      p.push_back(drug_offset->weight);
-      p.push_back(drug_slopes->weight);
-    }
+    for (const torch::Tensor& w : DrugTermParameters()) p.push_back(w);
     return p;
+  }
+  /// The drug term's weights alone (none without DiffusionConfig::drug_classes).
+  std::vector<torch::Tensor> DrugTermParameters() const {
+    if (!drug_offset) return {};
+    return {drug_offset->weight, drug_slopes->weight, drug_item->weight};
   }
   /// The level the denoiser reads for each plan row (the same arguments): the head's, with the
   /// items read as the plan embedding reads them. With DiffusionConfig::item_groups a group's
@@ -350,9 +352,9 @@ class DenoiserImpl : public torch::nn::Module {
   static constexpr std::int64_t kSignColumns = 2;      ///< SensitivityFeatures' size
   torch::nn::Linear time1{nullptr}, time2{nullptr}, plan1{nullptr}, plan2{nullptr}, size{nullptr},
       clinical{nullptr}, level{nullptr};
-  /// DiffusionConfig::drug_classes: each class's offset [1, K] and its slopes on the four signs
-  /// [K, 4] (DrugTerm); both start at zero.
-  torch::nn::Linear drug_offset{nullptr}, drug_slopes{nullptr};
+  /// DiffusionConfig::drug_classes: each class's offset [1, K], its slopes on the four signs
+  /// [K, 4] and each drug's own offset on top of its class's [1, V] (DrugTerm); all start at zero.
+  torch::nn::Linear drug_offset{nullptr}, drug_slopes{nullptr}, drug_item{nullptr};
   torch::nn::Sequential response{nullptr};
   torch::nn::Embedding items{nullptr}, item_size{nullptr}, item_enhancement{nullptr};
   torch::Tensor null_plan;
@@ -394,9 +396,11 @@ class DenoiserImpl : public torch::nn::Module {
     return items->weight.size(0) + (size ? 1 : 0) + (clinical ? kClinicalColumns : 0) + 1;
   }
   /// DiffusionConfig::drug_classes' term of each plan row, [P, 1]: the sum over the row's drugs of
-  /// the drug's class's offset plus that class's slopes times the signs (the two
+  /// the drug's own offset, its class's offset, and that class's slopes times the signs (the two
   /// SensitivityFeatures, then AFP and age of ClinicalFeatures). Linear in the item columns, so a
-  /// grouped row gets the group's mean drug's term; the members of a class get one term.
+  /// grouped row gets the group's mean drug's term. The members of a class share its slopes and
+  /// its offset, which a drug the fit never saw keeps; the drug's own offset tells a class's
+  /// members apart (the least toxic platinum is also the least potent).
   torch::Tensor DrugTerm(const torch::Tensor& rows) const {
     const std::int64_t v = items->weight.size(0), covariates = v + (size ? 1 : 0);
     const std::int64_t signs = SignsAt();
@@ -405,7 +409,9 @@ class DenoiserImpl : public torch::nn::Module {
                                         rows.slice(1, covariates + 2, covariates + 3)},  // age
                                        1);
     const torch::Tensor by_class = rows.slice(1, 0, v).matmul(class_members_.to(rows.device()));
-    return (by_class * (drug_offset->weight + s.matmul(drug_slopes->weight.t()))).sum(1, true);
+    const torch::Tensor drugs = rows.slice(1, 0, v) * is_drug_.to(rows.device());
+    return (by_class * (drug_offset->weight + s.matmul(drug_slopes->weight.t()))).sum(1, true) +
+           drugs.matmul(drug_item->weight.t());
   }
   /// Registers the drug term's weights (zero) and the class of each drug item.
   void SetDrugClasses(const std::vector<std::string>& classes) {
@@ -425,14 +431,19 @@ class DenoiserImpl : public torch::nn::Module {
                                   torch::nn::Linear(torch::nn::LinearOptions(k, 1).bias(false)));
     drug_slopes = register_module("drug_slopes",
                                   torch::nn::Linear(torch::nn::LinearOptions(4, k).bias(false)));
+    drug_item =
+        register_module("drug_item", torch::nn::Linear(torch::nn::LinearOptions(v, 1).bias(false)));
+    is_drug_ = class_members_.sum(1);
     torch::NoGradGuard no_grad;
     drug_offset->weight.zero_();
     drug_slopes->weight.zero_();
+    drug_item->weight.zero_();
   }
   bool by_item_ = false;  ///< DiffusionConfig::response_sensitivity
   /// DiffusionConfig::drug_classes: each item's class [V, K] (a row of zeros for an item that is
   /// not a drug). Not a buffer, like the groups below.
   torch::Tensor class_members_;
+  torch::Tensor is_drug_;  ///< [V]: 1 for a drug item (a row of class_members_ that is not zero)
   bool item_size_head_ = false;  ///< DiffusionConfig::response_item_size
   /// group_members_ [G, V] is 1 where an item belongs to a group and group_mean_ averages each
   /// group's members; ungrouped_ [V] is 1 for the items that keep their own embedding. Undefined

@@ -907,8 +907,10 @@ void Trainer::TrainResponseHead(bool fit) {
   const WithinCrop within(data_.crop, device_), vwithin(val_.crop, device_);
   const torch::Tensor y_within = within(y), vy_within = vwithin(vy);
   const auto rms = [](const torch::Tensor& e) { return e.square().mean().sqrt().item<double>(); };
-  torch::optim::AdamW optimizer(head->HeadParameters(),
-                                torch::optim::AdamWOptions(1e-3).weight_decay(0.1));
+  // The drug term alone keeps the network's weights as they are (response_drug_only).
+  torch::optim::AdamW optimizer(
+      o_.response_drug_only ? head->DrugTermParameters() : head->HeadParameters(),
+      torch::optim::AdamWOptions(1e-3).weight_decay(0.1));
   const auto val_contrast_rmse = [&] {
     torch::NoGradGuard no_grad;
     return rms(vwithin(head->PredictLevel(vx, vshare)) - vy_within);
@@ -1230,6 +1232,12 @@ Expected<DiffusionTrainReport> Train(
     const std::function<void(const DiffusionTrainProgress&)>& progress) {
   const auto t_start = Clock::now();
   MEWM_RETURN_IF_ERROR(o.config.Validate());
+  if (o.response_drug_only &&
+      (o.config.drug_classes.empty() || o.init_from.empty() || o.denoiser_steps != 0)) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "a fit of the drug term alone needs drug classes, a checkpoint to start from "
+                     "(init_from) whose response head is fitted, and denoiser steps 0");
+  }
   // A distillation or a fine-tuning keeps its start's autoencoder: the autoencoder's schedule is
   // unused.
   const bool ae_bad = o.ae_steps < 1 || o.ae_batch < 1 || o.ae_patch < 8 || o.ae_patch % 4 != 0 ||

@@ -103,9 +103,10 @@ Expected<CounterfactualDesign> ParseCounterfactualDesign(const std::string& text
   if (text == "random") return CounterfactualDesign::kRandom;
   if (text == "embolic-contrast") return CounterfactualDesign::kEmbolicContrast;
   if (text == "item-contrast") return CounterfactualDesign::kItemContrast;
-  return MakeError(
-      ErrorCode::kInvalidArgument,
-      "unknown counterfactual design '" + text + "' (random, embolic-contrast or item-contrast)");
+  if (text == "drug-contrast") return CounterfactualDesign::kDrugContrast;
+  return MakeError(ErrorCode::kInvalidArgument,
+                   "unknown counterfactual design '" + text +
+                       "' (random, embolic-contrast, item-contrast or drug-contrast)");
 }
 
 std::string ToString(CounterfactualDesign design) {
@@ -114,6 +115,8 @@ std::string ToString(CounterfactualDesign design) {
       return "embolic-contrast";
     case CounterfactualDesign::kItemContrast:
       return "item-contrast";
+    case CounterfactualDesign::kDrugContrast:
+      return "drug-contrast";
     case CounterfactualDesign::kRandom:
       break;
   }
@@ -372,6 +375,8 @@ std::vector<Plan> DrawCounterfactualPlans(Rng& rng, const ActionBase& actions,
     const std::size_t third = std::size_t(count + 2) / 3;
     DrawKeeping(rng, plans, administered, third, same_drugs, counterfactual);
     DrawKeeping(rng, plans, administered, third, same_others, counterfactual);
+  } else if (design == CounterfactualDesign::kDrugContrast) {
+    DrawKeeping(rng, plans, administered, std::size_t(count), same_others, counterfactual);
   }
   while (int(counterfactual.size()) < count) {
     const Plan& candidate = plans[std::size_t(rng.UniformInt(0, std::int64_t(plans.size()) - 1))];

@@ -133,6 +133,12 @@ struct DiffusionTrainOptions {
   /// checkpoint is rewritten with the texture and nothing else changes. Without it, a run whose
   /// decoder changes drops a stored texture (fitted to the old decoder) and any other keeps it.
   bool fit_texture = false;
+  /// With DiffusionConfig::drug_classes, a response head's fit trains the drug term alone (each
+  /// class's offset and slopes, each drug's own offset): the head's network stays the
+  /// checkpoint's. Needs init_from a checkpoint whose head is fitted, and denoiser_steps 0. For a
+  /// cohort whose plans differ in their drugs alone (`--counterfactual-design drug-contrast`),
+  /// which would teach the network nothing of the embolics.
+  bool response_drug_only = false;
   /// Resumable state; "" = no resume. A rerun continues from it when it has the same options
   /// and data (every option but the step counts, which may grow to extend the run); a state
   /// saved by another run is refused with kMismatch naming what differs, and one past the steps

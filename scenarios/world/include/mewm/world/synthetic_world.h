@@ -86,9 +86,15 @@ enum class CounterfactualDesign {
   /// drawn as kRandom. Each patient then shows drugs side by side as well, so a drug's effect is
   /// seen within patients rather than guessed from who happened to receive it.
   kItemContrast,
+  /// Up to K plans with the administered plan's embolics (and Lipiodol) and other drugs (none,
+  /// one or two), in random order; any left drawn as kRandom. Every plan of a patient then differs
+  /// from the others in its drugs alone, so each drug is seen against the others on the same
+  /// tumor K + 1 times: what a drug term fitted alone on top of a response head needs
+  /// (`mewm train dynamics --response-drug-only`).
+  kDrugContrast,
 };
 
-/// "random", "embolic-contrast" or "item-contrast"; kInvalidArgument otherwise.
+/// "random", "embolic-contrast", "item-contrast" or "drug-contrast"; kInvalidArgument otherwise.
 Expected<CounterfactualDesign> ParseCounterfactualDesign(const std::string& text);
 std::string ToString(CounterfactualDesign design);
 
