@@ -212,6 +212,18 @@ class DiffusionTest : public testing::VdbTest {
     EXPECT_TRUE(m) << m.error().ToString();
     return m ? std::move(*m) : nullptr;
   }
+  /// The tiny model's fine-tune (seeded by `seed`, written as `name` in the suite's folder) with a
+  /// response head and every drug in one saturating group: the setup of the heads that tell drugs
+  /// apart.
+  static DiffusionTrainOptions GroupedDrugHead(std::uint64_t seed, const std::string& name) {
+    DiffusionTrainOptions t = TinyTraining(seed, 10, 4, 100);
+    t.init_from = *model_path_;
+    t.config.response_head = true;
+    t.config.item_groups = *ItemGroups(ActionBase::Default(), "all");
+    t.config.group_once = true;
+    t.out = (dir_->path() / name).string();
+    return t;
+  }
   /// Expects that the suite's checkpoint `from` (which has the input named `input`) cannot start
   /// a model without it: kMismatch naming the input.
   static void ExpectNoFineTuneDropping(const std::string& from, const std::string& input) {
@@ -1338,13 +1350,8 @@ TEST_F(DiffusionTest, AResponseHeadReadsTheItemGroups) {
 TEST_F(DiffusionTest, ASensitivityHeadTellsDrugsApartAndTheirGenerationIsShared) {
   // Every drug in one saturating group, and pairs where one drug leaves far more tumor than
   // another: a head reading each drug by name learns the difference, the denoiser sees one group.
-  DiffusionTrainOptions t = TinyTraining(57, 10, 4, 100);
-  t.init_from = *model_path_;
-  t.config.response_head = true;
+  DiffusionTrainOptions t = GroupedDrugHead(57, "response_sensitivity.pt");
   t.config.response_sensitivity = true;
-  t.config.item_groups = *ItemGroups(ActionBase::Default(), "all");
-  t.config.group_once = true;
-  t.out = (dir_->path() / "response_sensitivity.pt").string();
   // The contrast between a crop's two drugs is learned (a grouped head sees none).
   const auto model = AnchoredItemHead(
       t, Pairs(t.config, {{"Lipiodol+Epirubicin", 0.8}, {"Lipiodol+Oxaliplatin", 0.3}}));
@@ -1379,14 +1386,9 @@ TEST_F(DiffusionTest, ADrugClassTermFollowsASignOfSensitivityAndItsDrugsShareAGe
   // neither the grouped head nor the denoiser can tell the two apart, the drug term (a class's
   // slope on AFP) can.
   const std::string ral = "Lipiodol+Raltitrexed", oxa = "Lipiodol+Oxaliplatin";
-  DiffusionTrainOptions t = TinyTraining(59, 10, 4, 100);
-  t.init_from = *model_path_;
+  DiffusionTrainOptions t = GroupedDrugHead(59, "response_drug_classes.pt");
   t.config.clinical = true;
-  t.config.response_head = true;
-  t.config.item_groups = *ItemGroups(ActionBase::Default(), "all");
-  t.config.group_once = true;
   t.config.drug_classes = *ItemGroups(ActionBase::Default(), "class");
-  t.out = (dir_->path() / "response_drug_classes.pt").string();
   const auto high_afp = [](int n) { return n >= 3; };
   auto pairs = PairsBy(t.config, {ral, oxa}, [&](const std::string& plan, int n) {
     return (plan == ral) == high_afp(n) ? 0.8 : 0.3;
@@ -1436,13 +1438,8 @@ TEST_F(DiffusionTest, ADrugTermFittedAloneTellsAClassesMembersApartAndKeepsTheNe
   // class's offset and slopes cannot tell them apart, each drug's own offset can; the network,
   // and so the level of a plan without drugs, stays the first fit's.
   const std::string ned = "Lipiodol+Nedaplatin", cis = "Lipiodol+Cisplatin", pva = "Lipiodol+PVA";
-  DiffusionTrainOptions t = TinyTraining(63, 10, 4, 100);
-  t.init_from = *model_path_;
+  DiffusionTrainOptions t = GroupedDrugHead(63, "response_before_drug_term.pt");
   t.config.clinical = true;
-  t.config.response_head = true;
-  t.config.item_groups = *ItemGroups(ActionBase::Default(), "all");
-  t.config.group_once = true;
-  t.out = (dir_->path() / "response_before_drug_term.pt").string();
   ASSERT_TRUE(TrainDiffusion(Pairs(t.config, {{"Lipiodol", 0.9}, {pva, 0.4}}), {}, t, {}));
   DiffusionTrainOptions d = t;
   d.init_from = t.out;

@@ -408,8 +408,9 @@ class DenoiserImpl : public torch::nn::Module {
                                         rows.slice(1, covariates, covariates + 1),       // AFP
                                         rows.slice(1, covariates + 2, covariates + 3)},  // age
                                        1);
-    const torch::Tensor by_class = rows.slice(1, 0, v).matmul(class_members_.to(rows.device()));
-    const torch::Tensor drugs = rows.slice(1, 0, v) * is_drug_.to(rows.device());
+    const torch::Tensor plan_items = rows.slice(1, 0, v);
+    const torch::Tensor by_class = plan_items.matmul(class_members_.to(rows.device()));
+    const torch::Tensor drugs = plan_items * is_drug_.to(rows.device());
     return (by_class * (drug_offset->weight + s.matmul(drug_slopes->weight.t()))).sum(1, true) +
            drugs.matmul(drug_item->weight.t());
   }
