@@ -1472,10 +1472,17 @@ TEST_F(DiffusionTest, ADrugTermFittedAloneTellsAClassesMembersApartAndKeepsTheNe
   auto after = CreateDiffusionDynamics(anchored);
   ASSERT_TRUE(before && after);
   const PatientCase p = Phantom({{0, 0, 0}}, 10.0);
+  const std::string mito = "Lipiodol+Mitomycin", pair = "Lipiodol+Mitomycin+Nedaplatin";
   auto out = (*after)->Simulate(p, {{P(ned), 0, 42, 0}, {P(cis), 0, 42, 0}, {P(pva), 0, 42, 0}});
   auto kept = (*before)->Simulate(p, {{P(pva), 0, 42, 0}});
-  ASSERT_TRUE(out && kept);
+  auto two = (*after)->Simulate(p, {{P(ned), 0, 42, 0}, {P(mito), 0, 42, 0}, {P(pair), 0, 42, 0}});
+  ASSERT_TRUE(out && kept && two);
   EXPECT_GT(ViableSum((*out)[0]), 1.2 * ViableSum((*out)[1]));
+  // The fit saw no plan with two drugs, so a second drug adds nothing of its own: the pair lies
+  // strictly between its two drugs alone (a sum over drugs would count both).
+  const auto [least, most] = std::minmax(ViableSum((*two)[0]), ViableSum((*two)[1]));
+  EXPECT_LT(least, ViableSum((*two)[2]));
+  EXPECT_LT(ViableSum((*two)[2]), most);
   EXPECT_EQ(ViableSum((*out)[2]), ViableSum((*kept)[0]));
   EXPECT_EQ(MaxDifference((*out)[2].post_ct.ToDense().data, (*kept)[0].post_ct.ToDense().data),
             0.0);

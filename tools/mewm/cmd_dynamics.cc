@@ -113,9 +113,10 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
   sub->add_flag("--response-drug-classes", o->response_drug_classes,
                 "The response head adds a drug term to the level: each drug class's offset plus "
                 "its linear slope on the tumor's signs of sensitivity (HU heterogeneity, "
-                "necrotic share) and the patient's AFP and age, plus each drug's own offset; "
-                "the denoiser and the head's "
-                "network still see the --drug-sharing groups, and an anchored outcome takes the "
+                "necrotic share) and the patient's AFP and age, plus each drug's own offset, "
+                "averaged over the plan's drugs, and a learned weight for a second drug; the "
+                "denoiser and the head's network still see the --drug-sharing groups, and an "
+                "anchored outcome takes the "
                 "level of its own drugs (needs --response-head and --clinical; the term starts "
                 "at zero, so a head fitted without it starts where it was)");
   sub->add_flag("--response-drug-only", o->response_drug_only,

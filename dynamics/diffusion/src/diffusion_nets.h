@@ -325,7 +325,7 @@ class DenoiserImpl : public torch::nn::Module {
   /// The drug term's weights alone (none without DiffusionConfig::drug_classes).
   std::vector<torch::Tensor> DrugTermParameters() const {
     if (!drug_offset) return {};
-    return {drug_offset->weight, drug_slopes->weight, drug_item->weight};
+    return {drug_offset->weight, drug_slopes->weight, drug_item->weight, drug_second};
   }
   /// The level the denoiser reads for each plan row (the same arguments): the head's, with the
   /// items read as the plan embedding reads them. With DiffusionConfig::item_groups a group's
@@ -355,6 +355,8 @@ class DenoiserImpl : public torch::nn::Module {
   /// DiffusionConfig::drug_classes: each class's offset [1, K], its slopes on the four signs
   /// [K, 4] and each drug's own offset on top of its class's [1, V] (DrugTerm); all start at zero.
   torch::nn::Linear drug_offset{nullptr}, drug_slopes{nullptr}, drug_item{nullptr};
+  /// What each drug after a plan's first adds to the drug term (DrugTerm), [1]; starts at zero.
+  torch::Tensor drug_second;
   torch::nn::Sequential response{nullptr};
   torch::nn::Embedding items{nullptr}, item_size{nullptr}, item_enhancement{nullptr};
   torch::Tensor null_plan;
@@ -395,12 +397,16 @@ class DenoiserImpl : public torch::nn::Module {
   std::int64_t SignsAt() const {
     return items->weight.size(0) + (size ? 1 : 0) + (clinical ? kClinicalColumns : 0) + 1;
   }
-  /// DiffusionConfig::drug_classes' term of each plan row, [P, 1]: the sum over the row's drugs of
+  /// DiffusionConfig::drug_classes' term of each plan row, [P, 1]: the mean over the row's drugs of
   /// the drug's own offset, its class's offset, and that class's slopes times the signs (the two
-  /// SensitivityFeatures, then AFP and age of ClinicalFeatures). Linear in the item columns, so a
-  /// grouped row gets the group's mean drug's term. The members of a class share its slopes and
-  /// its offset, which a drug the fit never saw keeps; the drug's own offset tells a class's
-  /// members apart (the least toxic platinum is also the least potent).
+  /// SensitivityFeatures, then AFP and age of ClinicalFeatures), plus drug_second for each drug
+  /// after the first. A grouped row, whose drug columns sum to at most one with group_once, gets
+  /// the group's mean drug's term. The members of a class share its slopes and its offset, which
+  /// a drug the fit never saw keeps; the drug's own offset tells a class's members apart (the
+  /// least toxic platinum is also the least potent). The mean, not the sum: the world saturates a
+  /// second drug, and a sum gave two drugs twice one's effect, a pair the planner then took where
+  /// the optimum has one drug or none (models/README.md). What a second drug adds is drug_second,
+  /// learned from the plans with two drugs, and zero where the fit saw none.
   torch::Tensor DrugTerm(const torch::Tensor& rows) const {
     const std::int64_t v = items->weight.size(0), covariates = v + (size ? 1 : 0);
     const std::int64_t signs = SignsAt();
@@ -411,8 +417,11 @@ class DenoiserImpl : public torch::nn::Module {
     const torch::Tensor plan_items = rows.slice(1, 0, v);
     const torch::Tensor by_class = plan_items.matmul(class_members_.to(rows.device()));
     const torch::Tensor drugs = plan_items * is_drug_.to(rows.device());
-    return (by_class * (drug_offset->weight + s.matmul(drug_slopes->weight.t()))).sum(1, true) +
-           drugs.matmul(drug_item->weight.t());
+    const torch::Tensor summed =
+        (by_class * (drug_offset->weight + s.matmul(drug_slopes->weight.t()))).sum(1, true) +
+        drugs.matmul(drug_item->weight.t());
+    const torch::Tensor count = drugs.sum(1, true);
+    return summed / count.clamp_min(1.0) + (count - 1.0).clamp_min(0.0) * drug_second;
   }
   /// Registers the drug term's weights (zero) and the class of each drug item.
   void SetDrugClasses(const std::vector<std::string>& classes) {
@@ -434,6 +443,7 @@ class DenoiserImpl : public torch::nn::Module {
                                   torch::nn::Linear(torch::nn::LinearOptions(4, k).bias(false)));
     drug_item =
         register_module("drug_item", torch::nn::Linear(torch::nn::LinearOptions(v, 1).bias(false)));
+    drug_second = register_parameter("drug_second", torch::zeros({1}));
     is_drug_ = class_members_.sum(1);
     torch::NoGradGuard no_grad;
     drug_offset->weight.zero_();

@@ -144,15 +144,15 @@ struct DiffusionConfig {
   /// class in the action base and empty for an item that is not a drug (`mewm train dynamics
   /// --response-drug-classes`, filled by ItemGroups(actions, "class"); needs response_head and
   /// clinical, and excludes response_sensitivity). The head then adds to the level it predicts for
-  /// a plan, summed over the plan's drugs, the drug's class's offset plus that class's linear
+  /// a plan, averaged over the plan's drugs, the drug's class's offset plus that class's linear
   /// slope on the tumor's visible signs of sensitivity (SensitivityFeatures) and the patient's AFP
-  /// and age (ClinicalFeatures): twenty weights for four classes, where a head reading each drug
-  /// by name (response_sensitivity) fits a hidden layer per drug. The drugs of one class pool
-  /// their plans and get one level, so the survival model's toxicity term picks among them (an
-  /// offset per drug was measured, and learned noise: models/README.md). The head's network and the
-  /// denoiser still read the item groups: drug variants are generated once and, with
+  /// and age (ClinicalFeatures), plus the drug's own offset; and one learned weight for each drug
+  /// after the first, since the world saturates a second drug. Twenty weights for four classes,
+  /// one per drug and one for the second drug, where a head reading each drug by name
+  /// (response_sensitivity) fits a hidden layer per drug. The head's network and the denoiser
+  /// still read the item groups: drug variants are generated once and, with
   /// DiffusionBackendOptions::anchor_level, each is anchored to its own level. The term starts at
-  /// zero, so a head fitted without it starts where it was.
+  /// zero, so a head fitted without it starts where it was (models/README.md).
   std::vector<std::string> drug_classes;
   /// Embedding groups, empty or one entry per item: items with the same non-empty group share
   /// one plan embedding (the mean of their own), so the denoiser cannot tell them apart (nor can
