@@ -116,9 +116,9 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                 "necrotic share) and the patient's AFP and age, plus each drug's own offset, "
                 "averaged over the plan's drugs, and a learned weight for a second drug; the "
                 "denoiser and the head's network still see the --drug-sharing groups, and an "
-                "anchored outcome takes the "
-                "level of its own drugs (needs --response-head and --clinical; the term starts "
-                "at zero, so a head fitted without it starts where it was)");
+                "anchored outcome takes the level of its own drugs (needs --response-head and "
+                "--clinical; the term starts at zero, so a head fitted without it starts where "
+                "it was)");
   sub->add_flag("--response-drug-only", o->response_drug_only,
                 "With --response-drug-classes, fit the drug term alone: the head's network stays "
                 "the --init-from checkpoint's (needs --denoiser-steps 0; for a cohort generated "
