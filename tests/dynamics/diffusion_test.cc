@@ -1488,6 +1488,86 @@ TEST_F(DiffusionTest, ADrugTermFittedAloneTellsAClassesMembersApartAndKeepsTheNe
             0.0);
 }
 
+TEST_F(DiffusionTest, DrugTermsFittedAloneOnTwoCohortsAverageToTheMeanOfTheirTerms) {
+  // One head, then its drug term fitted alone on two "cohorts" that disagree: in the first
+  // Nedaplatin leaves more tumor than Cisplatin, in the second less. The average's term is the
+  // mean of the two, so each drug's residual lies strictly between the two fits' (the residual
+  // follows the level monotonically), and a plan without drugs keeps the head's residual.
+  const std::string ned = "Lipiodol+Nedaplatin", cis = "Lipiodol+Cisplatin", pva = "Lipiodol+PVA";
+  DiffusionTrainOptions t = GroupedDrugHead(65, "response_before_average.pt");
+  t.config.clinical = true;
+  ASSERT_TRUE(TrainDiffusion(Pairs(t.config, {{"Lipiodol", 0.9}, {pva, 0.4}}), {}, t, {}));
+  DiffusionTrainOptions d = t;
+  d.init_from = t.out;
+  d.denoiser_steps = 0;
+  d.config.drug_classes = *ItemGroups(ActionBase::Default(), "class");
+  d.response_drug_only = true;
+  std::vector<std::string> fits;
+  for (const auto& [name, levels] :
+       {std::pair{"drug_term_a.pt", std::pair{0.9, 0.5}}, {"drug_term_b.pt", {0.5, 0.9}}}) {
+    d.out = (dir_->path() / name).string();
+    auto fitted =
+        TrainDiffusion(Pairs(d.config, {{ned, levels.first}, {cis, levels.second}}), {}, d, {});
+    ASSERT_TRUE(fitted) << fitted.error().ToString();
+    fits.push_back(d.out);
+  }
+  const std::string out = (dir_->path() / "drug_term_average.pt").string();
+  ASSERT_TRUE(AverageDrugTerms(fits, out, R"({"command": "test"})"));
+  DiffusionBackendOptions anchored = Options();
+  anchored.anchor_level = true;
+  const PatientCase p = Phantom({{0, 0, 0}}, 10.0);
+  const std::vector<SimulationRequest> plans = {
+      {P(ned), 0, 42, 0}, {P(cis), 0, 42, 0}, {P(pva), 0, 42, 0}};
+  std::vector<std::vector<double>> residuals;  // per model: Nedaplatin, Cisplatin, PVA
+  for (const std::string& path : {fits[0], fits[1], out, t.out}) {
+    anchored.model_path = path;
+    auto model = CreateDiffusionDynamics(anchored);
+    ASSERT_TRUE(model) << model.error().ToString();
+    auto outcomes = (*model)->Simulate(p, plans);
+    ASSERT_TRUE(outcomes) << outcomes.error().ToString();
+    residuals.push_back({});
+    for (const Outcome& o : *outcomes) residuals.back().push_back(ViableSum(o));
+    if (path == out) {
+      const auto meta = nlohmann::json::parse((*model)->metadata_json());
+      EXPECT_EQ(meta.at("command"), "test");
+      ASSERT_EQ(meta.at("drug_term_average_of").size(), 2u);
+      EXPECT_EQ(meta["drug_term_average_of"][1].at("path"), fits[1]);
+      EXPECT_EQ(meta["drug_term_average_of"][1].at("sha256").get<std::string>().size(), 64u);
+    }
+  }
+  EXPECT_GT(residuals[0][0], residuals[0][1]);  // the two fits disagree
+  EXPECT_LT(residuals[1][0], residuals[1][1]);
+  for (int drug : {0, 1}) {
+    const auto [least, most] = std::minmax(residuals[0][drug], residuals[1][drug]);
+    EXPECT_LT(least, residuals[2][drug]) << drug;
+    EXPECT_LT(residuals[2][drug], most) << drug;
+  }
+  EXPECT_EQ(residuals[2][2], residuals[3][2]);
+  // Refused, and nothing written: one checkpoint; a first without a drug term; a checkpoint of
+  // another config; a drug term fitted with its head (the networks differ); a damaged file.
+  d.response_drug_only = false;
+  d.out = (dir_->path() / "drug_term_with_head.pt").string();
+  ASSERT_TRUE(TrainDiffusion(Pairs(d.config, {{ned, 0.9}, {cis, 0.5}}), {}, d, {}));
+  const std::string damaged = (dir_->path() / "drug_term_damaged.pt").string();
+  std::filesystem::copy_file(fits[1], damaged);
+  std::filesystem::copy_file(fits[1] + ".sha256", damaged + ".sha256");
+  std::filesystem::resize_file(damaged, std::filesystem::file_size(damaged) / 2);
+  const std::string refused_out = (dir_->path() / "drug_term_refused.pt").string();
+  for (const auto& [inputs, code, names] :
+       {std::tuple{std::vector<std::string>{fits[0]}, ErrorCode::kInvalidArgument, "two"},
+        {{t.out, fits[0]}, ErrorCode::kInvalidArgument, "no drug term"},
+        {{fits[0], t.out}, ErrorCode::kMismatch, "drug_classes"},
+        {{fits[0], d.out}, ErrorCode::kMismatch, "outside the drug term"},
+        {{fits[0], damaged}, ErrorCode::kCorruptData, "drug_term_damaged.pt"}}) {
+    auto refused = AverageDrugTerms(inputs, refused_out, "");
+    ASSERT_FALSE(refused) << names;
+    EXPECT_EQ(refused.error().code, code) << refused.error().ToString();
+    EXPECT_NE(refused.error().ToString().find(names), std::string::npos)
+        << refused.error().ToString();
+    EXPECT_FALSE(std::filesystem::exists(refused_out));
+  }
+}
+
 TEST_F(DiffusionTest, AnItemSizeHeadIsTrainedAndServedWithEachItemsSizeSlope) {
   // The drug leaves more of the three smaller tumors than the embolic, and less of the three
   // larger ones.

@@ -33,6 +33,7 @@
 #include "mewm/core/file_util.h"
 #include "mewm/core/nifti_io.h"
 #include "mewm/core/render.h"
+#include "mewm/core/sha256.h"
 #include "mewm/core/vdb_io.h"
 #include "mewm/core/volume_file.h"
 
@@ -138,6 +139,7 @@ TEST_F(CliTest, EveryCommandsHelpShowsAnExample) {
                           "train survival",
                           "train mechanistic",
                           "train dynamics",
+                          "train drug-average",
                           "train policy",
                           "eval plans",
                           "eval policy",
@@ -1114,6 +1116,17 @@ TEST_F(CliTest, DiffusionTrainEvaluateAndFitSurvivalOnGeneratedOutcomes) {
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("drug term alone"), std::string::npos) << r.output;
   EXPECT_FALSE(std::filesystem::exists(dir_.File("drug_only.pt")));
+  // Averaging drug terms (the library's test averages two): refused for checkpoints without one,
+  // and for an output that is one of the inputs, even with --force; nothing is written.
+  r = RunMewm("train drug-average --out " + dir_.File("average.pt") + " " + model + " " + tuned);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("no drug term"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("average.pt")));
+  const std::string tuned_sha = *Sha256File(tuned);
+  r = RunMewm("train drug-average --force --out " + tuned + " " + model + " " + tuned);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("--out"), std::string::npos) << r.output;
+  EXPECT_EQ(*Sha256File(tuned), tuned_sha);
   // The fine-tuned checkpoint paired by patient against the one it started from. The "against"
   // method is the first run's "diffusion" again (same checkpoint, same sample seeds), and the
   // paired means are the methods' differences (every patient has 3 plans).

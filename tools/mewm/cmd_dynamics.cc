@@ -421,6 +421,42 @@ Action AddTrainDynamics(CLI::App& train_app) {
   };
 }
 
+Action AddTrainDrugAverage(CLI::App& train_app) {
+  struct Options {
+    std::vector<std::string> checkpoints;
+    std::string out;
+    bool force = false;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* sub = train_app.add_subcommand(
+      "drug-average",
+      "Average the drug terms of diffusion checkpoints fitted alone (--response-drug-only) from "
+      "one checkpoint on different cohorts: the mean of their terms, with less of each cohort's "
+      "noise than any one fit");
+  sub->add_option("checkpoints", o->checkpoints,
+                  "Two or more drug-term fits that differ in nothing but their drug terms")
+      ->required()
+      ->check(CLI::ExistingFile);
+  sub->add_option("--out", o->out, "Checkpoint to write")->required();
+  AddForceFlag(sub, &o->force);
+  return [o, sub]() -> int {
+    if (!sub->parsed()) return -1;
+    if (auto free = CheckOutput("--out", o->out, o->force, o->checkpoints); !free) {
+      return Fail(free.error());
+    }
+    const std::string command =
+        "mewm train drug-average --out " + o->out + " " + Join(o->checkpoints, " ");
+    if (auto written = dynamics::AverageDrugTerms(o->checkpoints, o->out,
+                                                  nlohmann::json{{"command", command}}.dump());
+        !written) {
+      return Fail(written.error());
+    }
+    std::printf("averaged the drug terms of %zu checkpoints; wrote %s\n", o->checkpoints.size(),
+                o->out.c_str());
+    return 0;
+  };
+}
+
 void AddGeneratorOptions(CLI::App* sub, GeneratorOptions* options) {
   sub->add_option("--generator", options->model,
                   "Diffusion checkpoint: use its outcomes of the administered plans instead of "

@@ -2,7 +2,8 @@
 // SPDX-FileCopyrightText: the mewm authors
 //
 // `mewm train survival|mechanistic`: fit the shipped non-deep models on a training cohort
-// (`mewm train dynamics` lives in cmd_dynamics.cc, `mewm train policy` in cmd_policy.cc).
+// (`mewm train dynamics` and `drug-average` live in cmd_dynamics.cc, `mewm train policy` in
+// cmd_policy.cc).
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -38,6 +39,7 @@ Action RegisterTrain(CLI::App& app) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   Action dynamics = AddTrainDynamics(app);
+  Action drug_average = AddTrainDrugAverage(app);
   Action policy_vlm = AddTrainPolicy(app);
   for (CLI::App* sub : {surv, mech}) {
     sub->add_option("--cohort", o->cohort, "Training cohort folder (mewm cohort generate)")
@@ -48,8 +50,9 @@ Action RegisterTrain(CLI::App& app) {
     sub->add_flag("--quiet", o->quiet, "No progress bar");
     AddForceFlag(sub, &o->force);
   }
-  return [o, surv, dynamics, policy_vlm]() -> int {
+  return [o, surv, dynamics, drug_average, policy_vlm]() -> int {
     if (const int rc = dynamics(); rc >= 0) return rc;
+    if (const int rc = drug_average(); rc >= 0) return rc;
     if (const int rc = policy_vlm(); rc >= 0) return rc;
     if (auto free = CheckOutput("--out", o->out, o->force, {o->cohort, o->eval_cohort}); !free) {
       return Fail(free.error());

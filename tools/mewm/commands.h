@@ -37,6 +37,8 @@ Action RegisterTrain(CLI::App& app);
 Action RegisterEval(CLI::App& app, const BackendRegistry& backends);
 /// Adds `dynamics` under `train`; the action returns -1 when that subcommand was not chosen.
 Action AddTrainDynamics(CLI::App& train);
+/// `drug-average` under `train` (cmd_dynamics.cc), likewise.
+Action AddTrainDrugAverage(CLI::App& train);
 /// `train policy` and `eval policy` (cmd_policy.cc), likewise.
 Action AddTrainPolicy(CLI::App& train);
 Action AddEvalPolicy(CLI::App& eval);

@@ -165,6 +165,8 @@ const std::map<std::string, std::string>& Examples() {
        "mewm train mechanistic --cohort cohorts/train --out models/mechanistic_calibration.json"},
       {"train dynamics",
        "mewm train dynamics --cohort cohorts/train6 --out dyn.pt --state-dir dyn_state"},
+      {"train drug-average",
+       "mewm train drug-average --out drugs.pt drugs_seed1.pt drugs_seed2.pt drugs_seed3.pt"},
       {"train policy",
        "mewm train policy --cohort cohorts/train --out models/policy_vlm.pt --seed 1"},
       {"eval plans", "mewm eval plans out/demo --json-out out/demo/eval_plans.json"},

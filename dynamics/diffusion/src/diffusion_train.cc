@@ -1442,6 +1442,84 @@ Expected<DiffusionTrainReport> TrainDiffusion(
   }
 }
 
+namespace {
+
+Status AverageDrugTermsOf(const std::vector<std::string>& checkpoints, const std::string& out,
+                          const std::string& metadata_json) {
+  if (checkpoints.size() < 2) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "averaging drug terms needs at least two checkpoints");
+  }
+  MEWM_TRY(const torch_bridge::CheckpointInfo first,
+           torch_bridge::ReadCheckpointInfo(checkpoints.front()));
+  MEWM_TRY(const DiffusionConfig config,
+           DiffusionConfig::FromJson(first.config_json, checkpoints.front()));
+  if (config.drug_classes.empty()) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "'" + checkpoints.front() +
+                         "' has no drug term (it was trained without --response-drug-classes)");
+  }
+  // Every checkpoint loads with the first one's config: LoadCheckpoint names what differs.
+  std::vector<nets::DiffusionNet> fits;
+  nlohmann::json sources = nlohmann::json::array();
+  for (const std::string& path : checkpoints) {
+    fits.emplace_back(config);
+    MEWM_TRY(const torch_bridge::CheckpointInfo info,
+             torch_bridge::LoadCheckpoint(path, *fits.back(), config.ToJson()));
+    MEWM_TRY(const std::string sha256, Sha256File(path));
+    const nlohmann::json meta = nlohmann::json::parse(info.metadata_json, nullptr, false);
+    sources.push_back({{"path", path},
+                       {"sha256", sha256},
+                       {"command", meta.is_object() ? meta.value("command", "") : ""}});
+  }
+  torch::NoGradGuard no_grad;
+  const std::vector<torch::Tensor> term = fits.front()->denoiser->DrugTermParameters();
+  const auto in_term = [&term](const torch::Tensor& t) {
+    return std::any_of(term.begin(), term.end(),
+                       [&t](const torch::Tensor& w) { return w.is_same(t); });
+  };
+  // Each fit's weights and buffers by name; the first's alias its module, which is saved.
+  std::vector<std::map<std::string, torch::Tensor>> named(fits.size());
+  for (std::size_t k = 0; k < fits.size(); ++k) {
+    for (const auto& dict : {fits[k]->named_parameters(), fits[k]->named_buffers()}) {
+      for (const auto& item : dict) named[k][item.key()] = item.value();
+    }
+  }
+  for (const auto& [name, tensor] : named.front()) {
+    const bool average = in_term(tensor);
+    torch::Tensor sum = tensor.clone();
+    for (std::size_t k = 1; k < fits.size(); ++k) {
+      const torch::Tensor& other = named[k].at(name);
+      if (average) {
+        sum += other;
+      } else if (!torch::equal(tensor, other)) {
+        return MakeError(ErrorCode::kMismatch,
+                         "'" + checkpoints[k] + "' and '" + checkpoints.front() + "' differ in '" +
+                             name +
+                             "', outside the drug term: only drug terms fitted alone "
+                             "(--response-drug-only) from one checkpoint can be averaged");
+      }
+    }
+    if (average) torch::Tensor(tensor).copy_(sum / double(fits.size()));
+  }
+  nlohmann::json meta =
+      nlohmann::json::parse(metadata_json.empty() ? "{}" : metadata_json, nullptr, false);
+  if (meta.is_discarded() || !meta.is_object()) meta = nlohmann::json::object();
+  meta["drug_term_average_of"] = std::move(sources);
+  return torch_bridge::SaveCheckpoint(out, *fits.front(), {first.config_json, meta.dump()});
+}
+
+}  // namespace
+
+Status AverageDrugTerms(const std::vector<std::string>& checkpoints, const std::string& out,
+                        const std::string& metadata_json) {
+  try {
+    return AverageDrugTermsOf(checkpoints, out, metadata_json);
+  } catch (const std::exception& e) {
+    return MakeError(ErrorCode::kInternal, "averaging drug terms failed: " + ExceptionCause(e));
+  }
+}
+
 // ---- Machine Turing test ----
 
 namespace {

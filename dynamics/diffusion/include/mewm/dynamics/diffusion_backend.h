@@ -217,6 +217,20 @@ Expected<DiffusionTrainReport> TrainDiffusion(
     const DiffusionTrainOptions& options,
     const std::function<void(const DiffusionTrainProgress&)>& progress);
 
+/// Averages the drug terms (DiffusionConfig::drug_classes) of diffusion checkpoints that differ in
+/// nothing else, and writes the average to `out`: drug terms fitted alone
+/// (DiffusionTrainOptions::response_drug_only) from one checkpoint, each on its own cohort. The
+/// term is linear in its weights, so the average's term is the mean of the fits' terms: one fit's
+/// cohort noise shrinks as the number of cohorts grows, where a single fit on all of them would
+/// hold every crop in memory at once. The output keeps the first checkpoint's config; its
+/// metadata is `metadata_json` (an object; "" for none) with each source's path, SHA-256 and
+/// command added. kInvalidArgument for fewer than two checkpoints or a first without a drug term;
+/// kMismatch, naming it, for a checkpoint whose config or whose tensors outside the drug term
+/// differ from the first's; reading and writing errors as torch_bridge::LoadCheckpoint and
+/// SaveCheckpoint report them.
+Status AverageDrugTerms(const std::vector<std::string>& checkpoints, const std::string& out,
+                        const std::string& metadata_json);
+
 // ---- Evaluation ----
 
 /// A machine Turing test: a small 3D CNN learns to tell `real` from `synthetic` crops (one
