@@ -224,6 +224,23 @@ class DiffusionTest : public testing::VdbTest {
     t.out = (dir_->path() / name).string();
     return t;
   }
+  /// A grouped-drug head with covariates (GroupedDrugHead), trained on an embolic's contrast
+  /// (Lipiodol alone against Lipiodol+PVA) and written to `name`; then the options that fit its
+  /// drug term alone (response_drug_only) from it. Returns the two, the head's first.
+  static std::pair<DiffusionTrainOptions, DiffusionTrainOptions> HeadThenItsDrugTerm(
+      std::uint64_t seed, const std::string& name) {
+    DiffusionTrainOptions t = GroupedDrugHead(seed, name);
+    t.config.clinical = true;
+    auto head =
+        TrainDiffusion(Pairs(t.config, {{"Lipiodol", 0.9}, {"Lipiodol+PVA", 0.4}}), {}, t, {});
+    EXPECT_TRUE(head) << head.error().ToString();
+    DiffusionTrainOptions d = t;
+    d.init_from = t.out;
+    d.denoiser_steps = 0;
+    d.config.drug_classes = *ItemGroups(ActionBase::Default(), "class");
+    d.response_drug_only = true;
+    return {t, d};
+  }
   /// Expects that the suite's checkpoint `from` (which has the input named `input`) cannot start
   /// a model without it: kMismatch naming the input.
   static void ExpectNoFineTuneDropping(const std::string& from, const std::string& input) {
@@ -1438,14 +1455,7 @@ TEST_F(DiffusionTest, ADrugTermFittedAloneTellsAClassesMembersApartAndKeepsTheNe
   // class's offset and slopes cannot tell them apart, each drug's own offset can; the network,
   // and so the level of a plan without drugs, stays the first fit's.
   const std::string ned = "Lipiodol+Nedaplatin", cis = "Lipiodol+Cisplatin", pva = "Lipiodol+PVA";
-  DiffusionTrainOptions t = GroupedDrugHead(63, "response_before_drug_term.pt");
-  t.config.clinical = true;
-  ASSERT_TRUE(TrainDiffusion(Pairs(t.config, {{"Lipiodol", 0.9}, {pva, 0.4}}), {}, t, {}));
-  DiffusionTrainOptions d = t;
-  d.init_from = t.out;
-  d.denoiser_steps = 0;
-  d.config.drug_classes = *ItemGroups(ActionBase::Default(), "class");
-  d.response_drug_only = true;
+  auto [t, d] = HeadThenItsDrugTerm(63, "response_before_drug_term.pt");
   d.out = (dir_->path() / "response_drug_term.pt").string();
   const auto drug_pairs = Pairs(d.config, {{ned, 0.9}, {cis, 0.5}});
   // Refused without a checkpoint to start from, or with denoiser steps; nothing is written.
@@ -1494,14 +1504,7 @@ TEST_F(DiffusionTest, DrugTermsFittedAloneOnTwoCohortsAverageToTheMeanOfTheirTer
   // mean of the two, so each drug's residual lies strictly between the two fits' (the residual
   // follows the level monotonically), and a plan without drugs keeps the head's residual.
   const std::string ned = "Lipiodol+Nedaplatin", cis = "Lipiodol+Cisplatin", pva = "Lipiodol+PVA";
-  DiffusionTrainOptions t = GroupedDrugHead(65, "response_before_average.pt");
-  t.config.clinical = true;
-  ASSERT_TRUE(TrainDiffusion(Pairs(t.config, {{"Lipiodol", 0.9}, {pva, 0.4}}), {}, t, {}));
-  DiffusionTrainOptions d = t;
-  d.init_from = t.out;
-  d.denoiser_steps = 0;
-  d.config.drug_classes = *ItemGroups(ActionBase::Default(), "class");
-  d.response_drug_only = true;
+  auto [t, d] = HeadThenItsDrugTerm(65, "response_before_average.pt");
   std::vector<std::string> fits;
   for (const auto& [name, levels] :
        {std::pair{"drug_term_a.pt", std::pair{0.9, 0.5}}, {"drug_term_b.pt", {0.5, 0.9}}}) {
