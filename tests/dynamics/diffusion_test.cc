@@ -1490,12 +1490,43 @@ TEST_F(DiffusionTest, ADrugTermFittedAloneTellsAClassesMembersApartAndKeepsTheNe
   EXPECT_GT(ViableSum((*out)[0]), 1.2 * ViableSum((*out)[1]));
   // The fit saw no plan with two drugs, so a second drug adds nothing of its own: the pair lies
   // strictly between its two drugs alone (a sum over drugs would count both).
-  const auto [least, most] = std::minmax(ViableSum((*two)[0]), ViableSum((*two)[1]));
+  const auto [least, most] = std::minmax({ViableSum((*two)[0]), ViableSum((*two)[1])});
   EXPECT_LT(least, ViableSum((*two)[2]));
   EXPECT_LT(ViableSum((*two)[2]), most);
   EXPECT_EQ(ViableSum((*out)[2]), ViableSum((*kept)[0]));
   EXPECT_EQ(MaxDifference((*out)[2].post_ct.ToDense().data, (*kept)[0].post_ct.ToDense().data),
             0.0);
+}
+
+TEST_F(DiffusionTest, ADrugTermFittedAloneIsSolvedExactlySoAOneDrugClassCountsItsEffectOnce) {
+  // With the head's network fixed the drug term is linear in its weights, and the fit solves it.
+  // Mitomycin is alone in its class, so its class's offset and its own carry one effect. The
+  // optimizer this replaced moved both in step and stopped early, giving Mitomycin twice what
+  // the data said; a ridge on both would shrink it half as much as the others. Here Mitomycin
+  // and Cisplatin leave the same tumor and Nedaplatin more, and the validation pairs show both
+  // effects smaller, so the ridge chosen on them shrinks the term. Served anchored, Mitomycin
+  // must still land on Cisplatin, not past it.
+  const std::string ned = "Lipiodol+Nedaplatin", cis = "Lipiodol+Cisplatin";
+  const std::string mito = "Lipiodol+Mitomycin";
+  auto [t, d] = HeadThenItsDrugTerm(67, "response_before_exact_term.pt");
+  d.out = (dir_->path() / "response_exact_term.pt").string();
+  auto fitted = TrainDiffusion(Pairs(d.config, {{ned, 0.9}, {cis, 0.5}, {mito, 0.5}}),
+                               Pairs(d.config, {{ned, 0.9}, {cis, 0.7}, {mito, 0.7}}), d, {});
+  ASSERT_TRUE(fitted) << fitted.error().ToString();
+  EXPECT_GT(fitted->response.drug_ridge, 0.0);
+  DiffusionBackendOptions anchored = Options();
+  anchored.anchor_level = true;
+  anchored.model_path = d.out;
+  auto model = CreateDiffusionDynamics(anchored);
+  ASSERT_TRUE(model) << model.error().ToString();
+  auto out = (*model)->Simulate(Phantom({{0, 0, 0}}, 10.0),
+                                {{P(ned), 0, 42, 0}, {P(cis), 0, 42, 0}, {P(mito), 0, 42, 0}});
+  ASSERT_TRUE(out) << out.error().ToString();
+  const double gap = ViableSum((*out)[0]) - ViableSum((*out)[1]);
+  EXPECT_GT(gap, 0.0);
+  EXPECT_LT(std::abs(ViableSum((*out)[2]) - ViableSum((*out)[1])), 0.1 * gap)
+      << "Nedaplatin " << ViableSum((*out)[0]) << ", Cisplatin " << ViableSum((*out)[1])
+      << ", Mitomycin " << ViableSum((*out)[2]);
 }
 
 TEST_F(DiffusionTest, DrugTermsFittedAloneOnTwoCohortsAverageToTheMeanOfTheirTerms) {

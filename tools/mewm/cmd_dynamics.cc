@@ -338,6 +338,8 @@ void PrintTrainReport(const dynamics::DiffusionTrainReport& report, const std::s
         "residual MAE %.2f mL per crop\n",
         r.train_rmse, r.val_rmse, r.val_constant_rmse, r.train_contrast_rmse, r.val_contrast_rmse,
         r.val_no_contrast_rmse, r.true_level_spearman, r.true_level_mae_ml);
+    if (r.drug_ridge > 0.0)
+      std::printf("  drug term solved with ridge weight %.3g\n", r.drug_ridge);
   }
   if (report.texture_bins > 0) {
     std::printf(

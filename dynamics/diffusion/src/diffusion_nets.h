@@ -327,6 +327,18 @@ class DenoiserImpl : public torch::nn::Module {
     if (!drug_offset) return {};
     return {drug_offset->weight, drug_slopes->weight, drug_item->weight, drug_second};
   }
+  /// DiffusionConfig::drug_classes: each item's class, [V, K] (a row of zeros for an item that is
+  /// not a drug).
+  const torch::Tensor& DrugClassMembers() const { return class_members_; }
+  /// The four signs the drug term's slopes read from each plan row, [P, 4]: the two
+  /// SensitivityFeatures, then AFP and age of ClinicalFeatures (DrugTerm).
+  torch::Tensor DrugSigns(const torch::Tensor& rows) const {
+    const std::int64_t covariates = items->weight.size(0) + (size ? 1 : 0), signs = SignsAt();
+    return torch::cat({rows.slice(1, signs, signs + kSignColumns),
+                       rows.slice(1, covariates, covariates + 1),       // AFP
+                       rows.slice(1, covariates + 2, covariates + 3)},  // age
+                      1);
+  }
   /// The level the denoiser reads for each plan row (the same arguments): the head's, with the
   /// items read as the plan embedding reads them. With DiffusionConfig::item_groups a group's
   /// members each count as the group's mean item (its row is the members' average, times the
@@ -408,12 +420,8 @@ class DenoiserImpl : public torch::nn::Module {
   /// the optimum has one drug or none (models/README.md). What a second drug adds is drug_second,
   /// learned from the plans with two drugs, and zero where the fit saw none.
   torch::Tensor DrugTerm(const torch::Tensor& rows) const {
-    const std::int64_t v = items->weight.size(0), covariates = v + (size ? 1 : 0);
-    const std::int64_t signs = SignsAt();
-    const torch::Tensor s = torch::cat({rows.slice(1, signs, signs + kSignColumns),
-                                        rows.slice(1, covariates, covariates + 1),       // AFP
-                                        rows.slice(1, covariates + 2, covariates + 3)},  // age
-                                       1);
+    const std::int64_t v = items->weight.size(0);
+    const torch::Tensor s = DrugSigns(rows);
     const torch::Tensor plan_items = rows.slice(1, 0, v);
     const torch::Tensor by_class = plan_items.matmul(class_members_.to(rows.device()));
     const torch::Tensor drugs = plan_items * is_drug_.to(rows.device());

@@ -268,6 +268,9 @@ TextureModel FitTexture(nets::DiffusionNet& net, const Stacked& data, const Diff
 
 /// Full-batch steps of the response head's fit (DiffusionConfig::response_head): a few seconds.
 constexpr int kResponseSteps = 2000;
+/// The ridge weights the drug term fitted alone tries (SolveDrugTerm): 1e-6 to 10 times the mean
+/// diagonal of its Gram matrix, a decade apart.
+constexpr int kDrugRidgeGrid = 8;
 
 /// Resumable state: which stage and step, plus the modules and optimizers.
 struct TrainState {
@@ -630,13 +633,22 @@ class Trainer {
   void EncodeLatents();
   /// DiffusionConfig::response_head: with `fit` (the head asked for, not only kept from the
   /// checkpoint a refit starts from), fits the response head to the training pairs' true levels
-  /// (full batch, AdamW); either way, measures its fit for the report.
+  /// (full batch, AdamW; the drug term alone is solved, SolveDrugTerm); either way, measures its
+  /// fit for the report.
   /// The loss is the level's squared error plus that of its contrast between the plans of one
   /// crop (each minus the crop's mean), and the weights kept are those of the lowest validation
   /// contrast error: the patient's level, which the head cannot know, would stop the fit while
   /// the contrasts, which the planner ranks, still improve. The EMA copy gets the same. A run
   /// resumed inside the denoiser stage keeps the head its state holds (and reports its fit).
   void TrainResponseHead(bool fit);
+  /// DiffusionTrainOptions::response_drug_only: the drug term's weights solved exactly, as a ridge
+  /// regression of the training pairs' level contrasts between each crop's plans (x and share:
+  /// their rows and tumor shares; vx and vshare the validation pairs'), the ridge weight the one
+  /// of kDrugRidgeGrid's with the lowest validation contrast error. An optimizer stopped early
+  /// left each weight where its first steps had carried it: a class with one drug got its offset
+  /// twice (the class's and the drug's moved in step), whatever the data said.
+  void SolveDrugTerm(const torch::Tensor& x, const torch::Tensor& share, const torch::Tensor& vx,
+                     const torch::Tensor& vshare);
   Status TrainDenoiser();
   /// Ships the EMA denoiser with the trained autoencoder and scale, and scores the guidance grid
   /// on the validation pairs.
@@ -888,14 +900,119 @@ class WithinCrop {
       : index_(torch::tensor(crop, torch::kLong).to(device)),
         counts_(torch::zeros({*std::max_element(crop.begin(), crop.end()) + 1, 1}, device)
                     .index_add(0, index_, torch::ones({index_.size(0), 1}, device))) {}
+  /// `v` is [M, k], in any floating type: each column apart.
   torch::Tensor operator()(const torch::Tensor& v) const {
-    const torch::Tensor sums = torch::zeros_like(counts_).index_add(0, index_, v);
-    return v - (sums / counts_).index_select(0, index_);
+    const torch::Tensor sums =
+        torch::zeros({counts_.size(0), v.size(1)}, v.options()).index_add(0, index_, v);
+    return v - (sums / counts_.to(v.scalar_type())).index_select(0, index_);
   }
 
  private:
   torch::Tensor index_, counts_;
 };
+
+/// The drug term fitted alone is linear: with the head's network fixed, PredictLevel is affine in
+/// the term's weights. Its design over `rows`: the level each row gets with every weight at zero
+/// ([M, 1], in `at_zero`), and what one unit of each weight adds to it ([M, n], the weights of
+/// DrugTermParameters flattened in order). Every weight is zero when it returns.
+torch::Tensor DrugTermDesign(nets::Denoiser& head, const torch::Tensor& rows,
+                             const torch::Tensor& share, torch::Tensor& at_zero) {
+  torch::NoGradGuard no_grad;
+  const std::vector<torch::Tensor> weights = head->DrugTermParameters();
+  for (const torch::Tensor& w : weights) w.zero_();
+  at_zero = head->PredictLevel(rows, share).to(torch::kDouble);
+  std::vector<torch::Tensor> columns;
+  for (const torch::Tensor& w : weights) {
+    const torch::Tensor flat = w.view({-1});
+    for (std::int64_t j = 0; j < flat.numel(); ++j) {
+      flat[j].fill_(1.0);
+      columns.push_back(head->PredictLevel(rows, share).to(torch::kDouble) - at_zero);
+      flat[j].fill_(0.0);
+    }
+  }
+  return torch::cat(columns, 1);
+}
+
+void Trainer::SolveDrugTerm(const torch::Tensor& x, const torch::Tensor& share,
+                            const torch::Tensor& vx, const torch::Tensor& vshare) {
+  nets::Denoiser& head = net_->denoiser;
+  const WithinCrop within(data_.crop, device_), vwithin(val_.crop, device_);
+  const std::int64_t width = data_.plan_rows.size(1) - 1;
+  const torch::Tensor y = data_.plan_rows.slice(1, width).to(torch::kDouble);
+  const torch::Tensor vy = val_.plan_rows.slice(1, width).to(torch::kDouble);
+  torch::NoGradGuard no_grad;
+  const std::vector<torch::Tensor> weights = head->DrugTermParameters();
+  torch::Tensor start = torch::cat([&] {
+    std::vector<torch::Tensor> flat;
+    for (const torch::Tensor& w : weights) flat.push_back(w.detach().view({-1, 1}).clone());
+    return flat;
+  }());
+  start = start.to(torch::kDouble);
+  torch::Tensor b, vb;
+  const torch::Tensor full = DrugTermDesign(head, x, share, b);
+  const torch::Tensor vfull = DrugTermDesign(head, vx, vshare, vb);
+  // A drug's offset is its class's plus its own, one effect in two weights; a ridge on both
+  // would shrink a class of one drug half as much as the others. So each drug's whole offset is
+  // solved (its own weight's column adds exactly that), and split afterwards. The slopes are
+  // solved on the signs centred and scaled over the training rows, so that the ridge weighs each
+  // sign alike and a sign's mean stays in the offsets: raw = to_raw * solved.
+  const torch::Tensor members = head->DrugClassMembers().to(torch::kDouble);  // [V, K]
+  const std::int64_t k = members.size(1), v = members.size(0);
+  const torch::Tensor signs = head->DrugSigns(x).to(torch::kDouble);
+  const torch::Tensor mean = signs.mean(0), sd = signs.std(0).clamp_min(1e-6);
+  const std::int64_t n = 4 * k + v + 1;  // the slopes, each drug's offset, drug_second
+  torch::Tensor to_raw = torch::eye(n, mean.options());
+  to_raw.slice(0, 0, 4 * k).slice(1, 0, 4 * k) = torch::diag((1.0 / sd).repeat({k}));
+  to_raw.slice(0, 4 * k, 4 * k + v).slice(1, 0, 4 * k) =
+      -(members.unsqueeze(2) * (mean / sd).view({1, 1, 4})).reshape({v, 4 * k});
+  const torch::Tensor raw = full.slice(1, k);
+  const torch::Tensor a = within(raw.matmul(to_raw));
+  // Only the contrast between a crop's plans counts: a crop's mean level is the head's (and the
+  // patient's), which the term would otherwise be bent to explain through the signs.
+  const torch::Tensor target = within(y - b), vtarget = vwithin(vy - vb);
+  const auto m = double(a.size(0));
+  const torch::Tensor gram = a.t().matmul(a) / m, moment = a.t().matmul(target) / m;
+  const double scale = std::max(gram.trace().item<double>() / double(n), 1e-12);
+  // The solved weights in DrugTermParameters' order: each class's offset is the mean of its
+  // drugs' offsets, over the drugs the pairs hold, and each of those drugs keeps the rest; a drug
+  // the pairs lack keeps its class's.
+  const torch::Tensor seen =
+      (raw.slice(1, 4 * k, 4 * k + v).abs().sum(0) > 0).to(torch::kDouble).view({v, 1});
+  const auto split = [&](const torch::Tensor& solved) {
+    const torch::Tensor w = to_raw.matmul(solved);
+    const torch::Tensor drug = w.slice(0, 4 * k, 4 * k + v), counted = members * seen;
+    const torch::Tensor offset =
+        counted.t().matmul(drug) / counted.sum(0).clamp_min(1.0).view({k, 1});
+    const torch::Tensor own = (drug - members.matmul(offset)) * seen;
+    return torch::cat({offset, w.slice(0, 0, 4 * k), own, w.slice(0, 4 * k + v)});
+  };
+  const auto val_rms = [&](const torch::Tensor& w) {
+    return (vwithin(vfull.matmul(w)) - vtarget).square().mean().sqrt().item<double>();
+  };
+  // The starting weights (zero for a term never fitted) compete too, as in the network's fit.
+  torch::Tensor best = start;
+  double best_val = val_rms(best);
+  const int grid = kDrugRidgeGrid;
+  for (int step = 0; step < grid; ++step) {
+    const double ridge = scale * std::pow(10.0, step - 6);
+    const torch::Tensor w =
+        split(torch::linalg_solve(gram + ridge * torch::eye(n, gram.options()), moment));
+    DiffusionTrainProgress p{"response", step + 1, grid,
+                             (within(full.matmul(w)) - target).square().mean().item<double>(),
+                             val_rms(w)};
+    if (p.val_loss < best_val) {
+      best_val = p.val_loss;
+      best = w;
+      result_.response.drug_ridge = ridge;
+    }
+    Report(p);
+  }
+  std::int64_t at = 0;
+  for (const torch::Tensor& w : weights) {
+    w.copy_(best.slice(0, at, at + w.numel()).view(w.sizes()).to(w.scalar_type()));
+    at += w.numel();
+  }
+}
 
 void Trainer::TrainResponseHead(bool fit) {
   nets::Denoiser& head = net_->denoiser;
@@ -907,10 +1024,9 @@ void Trainer::TrainResponseHead(bool fit) {
   const WithinCrop within(data_.crop, device_), vwithin(val_.crop, device_);
   const torch::Tensor y_within = within(y), vy_within = vwithin(vy);
   const auto rms = [](const torch::Tensor& e) { return e.square().mean().sqrt().item<double>(); };
-  // The drug term alone keeps the network's weights as they are (response_drug_only).
-  torch::optim::AdamW optimizer(
-      o_.response_drug_only ? head->DrugTermParameters() : head->HeadParameters(),
-      torch::optim::AdamWOptions(1e-3).weight_decay(0.1));
+  // The drug term alone is solved (response_drug_only); the optimizer fits the whole head.
+  torch::optim::AdamW optimizer(head->HeadParameters(),
+                                torch::optim::AdamWOptions(1e-3).weight_decay(0.1));
   const auto val_contrast_rmse = [&] {
     torch::NoGradGuard no_grad;
     return rms(vwithin(head->PredictLevel(vx, vshare)) - vy_within);
@@ -921,7 +1037,8 @@ void Trainer::TrainResponseHead(bool fit) {
   head->train();
   // A run resumed inside the denoiser stage keeps the head its state holds.
   const int steps = !fit || (state_.stage == "denoiser" && state_.step > 0) ? 0 : kResponseSteps;
-  for (int step = 0; step < steps; ++step) {
+  if (o_.response_drug_only && steps > 0) SolveDrugTerm(x, share, vx, vshare);
+  for (int step = 0; step < (o_.response_drug_only ? 0 : steps); ++step) {
     const torch::Tensor pred = head->PredictLevel(x, share);
     const torch::Tensor loss = torch::mse_loss(within(pred), y_within) + torch::mse_loss(pred, y);
     optimizer.zero_grad();

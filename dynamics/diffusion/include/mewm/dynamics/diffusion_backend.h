@@ -135,9 +135,11 @@ struct DiffusionTrainOptions {
   bool fit_texture = false;
   /// With DiffusionConfig::drug_classes, a response head's fit trains the drug term alone (each
   /// class's offset and slopes, each drug's own offset): the head's network stays the
-  /// checkpoint's. Needs init_from a checkpoint whose head is fitted, and denoiser_steps 0. For a
-  /// cohort whose plans differ in their drugs alone (`--counterfactual-design drug-contrast`),
-  /// which would teach the network nothing of the embolics.
+  /// checkpoint's. The term is then linear, and it is solved exactly as a ridge regression of
+  /// the level's contrasts between each crop's plans, the ridge weight chosen on validation. Needs
+  /// init_from a checkpoint whose head is fitted, and denoiser_steps 0. For a cohort whose plans
+  /// differ in their drugs alone (`--counterfactual-design drug-contrast`), which would teach the
+  /// network nothing of the embolics.
   bool response_drug_only = false;
   /// Resumable state; "" = no resume. A rerun continues from it when it has the same options
   /// and data (every option but the step counts, which may grow to extend the run); a state
@@ -178,6 +180,9 @@ struct ResponseHeadFit {
   double val_constant_rmse = 0.0;  ///< a constant level, the training pairs' mean
   double train_contrast_rmse = 0.0, val_contrast_rmse = 0.0;
   double val_no_contrast_rmse = 0.0;  ///< the same level for every plan of a crop
+  /// DiffusionTrainOptions::response_drug_only: the ridge weight of the exact solution kept, 0
+  /// when the starting weights were better on validation.
+  double drug_ridge = 0.0;
   /// The validation pairs generated at guidance 1 (as GuidanceScore) with each pair's true level
   /// in place of the head's: what the denoiser makes of an exact level.
   double true_level_spearman = 0.0, true_level_mae_ml = 0.0;
