@@ -121,9 +121,11 @@ void AddTrainScheduleOptions(CLI::App* sub, TrainDynamicsOptions* o) {
                 "it was)");
   sub->add_flag("--response-drug-only", o->response_drug_only,
                 "With --response-drug-classes, fit the drug term alone: the head's network stays "
-                "the --init-from checkpoint's (needs --denoiser-steps 0; for a cohort generated "
-                "with --counterfactual-design drug-contrast, whose plans differ in their drugs "
-                "alone)");
+                "the --init-from checkpoint's, and the term, linear in its weights, is solved "
+                "exactly as a ridge regression of the level's contrasts between each crop's "
+                "plans, the ridge weight chosen on validation (needs --denoiser-steps 0; for a "
+                "cohort generated with --counterfactual-design drug-contrast, whose plans differ "
+                "in their drugs alone)");
   sub->add_option("--residual-weight", o->residual_weight,
                   "Adds to the denoiser's loss this weight times the squared error of the "
                   "residual tumor its prediction implies once decoded (mL, to first order, over "
