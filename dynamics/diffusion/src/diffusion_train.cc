@@ -942,12 +942,11 @@ void Trainer::SolveDrugTerm(const torch::Tensor& x, const torch::Tensor& share,
   const torch::Tensor vy = val_.plan_rows.slice(1, width).to(torch::kDouble);
   torch::NoGradGuard no_grad;
   const std::vector<torch::Tensor> weights = head->DrugTermParameters();
-  torch::Tensor start = torch::cat([&] {
-    std::vector<torch::Tensor> flat;
-    for (const torch::Tensor& w : weights) flat.push_back(w.detach().view({-1, 1}).clone());
-    return flat;
-  }());
-  start = start.to(torch::kDouble);
+  // The starting weights in one column, copied: the design zeroes them.
+  std::vector<torch::Tensor> flat;
+  for (const torch::Tensor& w : weights)
+    flat.push_back(w.reshape({-1, 1}).to(torch::kDouble).clone());
+  const torch::Tensor start = torch::cat(flat);
   torch::Tensor b, vb;
   const torch::Tensor full = DrugTermDesign(head, x, share, b);
   const torch::Tensor vfull = DrugTermDesign(head, vx, vshare, vb);
@@ -960,11 +959,12 @@ void Trainer::SolveDrugTerm(const torch::Tensor& x, const torch::Tensor& share,
   const std::int64_t k = members.size(1), v = members.size(0);
   const torch::Tensor signs = head->DrugSigns(x).to(torch::kDouble);
   const torch::Tensor mean = signs.mean(0), sd = signs.std(0).clamp_min(1e-6);
-  const std::int64_t n = 4 * k + v + 1;  // the slopes, each drug's offset, drug_second
+  const std::int64_t ks = k * signs.size(1);  // the slopes: each class's on each sign
+  const std::int64_t n = ks + v + 1;          // then each drug's offset, then drug_second
   torch::Tensor to_raw = torch::eye(n, mean.options());
-  to_raw.slice(0, 0, 4 * k).slice(1, 0, 4 * k) = torch::diag((1.0 / sd).repeat({k}));
-  to_raw.slice(0, 4 * k, 4 * k + v).slice(1, 0, 4 * k) =
-      -(members.unsqueeze(2) * (mean / sd).view({1, 1, 4})).reshape({v, 4 * k});
+  to_raw.slice(0, 0, ks).slice(1, 0, ks) = torch::diag((1.0 / sd).repeat({k}));
+  to_raw.slice(0, ks, ks + v).slice(1, 0, ks) =
+      -(members.unsqueeze(2) * (mean / sd).view({1, 1, -1})).reshape({v, ks});
   const torch::Tensor raw = full.slice(1, k);
   const torch::Tensor a = within(raw.matmul(to_raw));
   // Only the contrast between a crop's plans counts: a crop's mean level is the head's (and the
@@ -977,14 +977,14 @@ void Trainer::SolveDrugTerm(const torch::Tensor& x, const torch::Tensor& share,
   // drugs' offsets, over the drugs the pairs hold, and each of those drugs keeps the rest; a drug
   // the pairs lack keeps its class's.
   const torch::Tensor seen =
-      (raw.slice(1, 4 * k, 4 * k + v).abs().sum(0) > 0).to(torch::kDouble).view({v, 1});
+      (raw.slice(1, ks, ks + v).abs().sum(0) > 0).to(torch::kDouble).view({v, 1});
   const auto split = [&](const torch::Tensor& solved) {
     const torch::Tensor w = to_raw.matmul(solved);
-    const torch::Tensor drug = w.slice(0, 4 * k, 4 * k + v), counted = members * seen;
+    const torch::Tensor drug = w.slice(0, ks, ks + v), counted = members * seen;
     const torch::Tensor offset =
         counted.t().matmul(drug) / counted.sum(0).clamp_min(1.0).view({k, 1});
     const torch::Tensor own = (drug - members.matmul(offset)) * seen;
-    return torch::cat({offset, w.slice(0, 0, 4 * k), own, w.slice(0, 4 * k + v)});
+    return torch::cat({offset, w.slice(0, 0, ks), own, w.slice(0, ks + v)});
   };
   const auto val_rms = [&](const torch::Tensor& w) {
     return (vwithin(vfull.matmul(w)) - vtarget).square().mean().sqrt().item<double>();
